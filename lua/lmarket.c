@@ -1,0 +1,67 @@
+/*
+** lmarket.c: the `market` Lua module and its driver submodules.
+**
+** One shared object serves every name: Lua's all-in-one C loader finds
+** luaopen_market_tcp in market.so for require "market.tcp".  The Lua half
+** of each module is compiled in (lua/embed.lua), so nothing needs to be
+** installed beside the .so.
+*/
+#include <stdio.h>
+#include <string.h>
+
+#include "mkl.h"
+
+#define MKL_VERSION MKL_VERSION_STRING
+
+/* core.term(v, what): v checked as a term: atoms and boxes as they are,
+** tables frozen into a box.  Raises "what: problem" otherwise. */
+static int c_term(lua_State *L) {
+  const char *what = luaL_optstring(L, 2, "term");
+  switch (lua_type(L, 1)) {
+    case LUA_TNIL: case LUA_TBOOLEAN: case LUA_TNUMBER: case LUA_TSTRING:
+      lua_settop(L, 1);
+      return 1;
+    default:
+      if (mkl_testbox(L, 1)) { lua_settop(L, 1); return 1; }
+      mkl_pushbox(L, mkl_checkterm(L, 1, what));
+      return 1;
+  }
+}
+
+/* Run an embedded chunk with the value on top as its only argument (when
+** narg is 1); leaves its result. */
+static int run_embedded(lua_State *L, const char *name, int narg) {
+  const mkl_source *s;
+  char chunk[64];
+  for (s = mkl_sources; s->name && strcmp(s->name, name) != 0; s++) {}
+  if (s->name == NULL) return luaL_error(L, "market: module '%s' is not built in", name);
+  snprintf(chunk, sizeof chunk, "=market%s%s", strcmp(name, "market") ? "." : "",
+           strcmp(name, "market") ? name : "");
+  if (luaL_loadbufferx(L, s->src, s->len, chunk, "t") != LUA_OK) return lua_error(L);
+  if (narg) lua_insert(L, -2);
+  lua_call(L, narg, 1);
+  return 1;
+}
+
+int luaopen_market(lua_State *L) {
+  mkl_open_core(L);                       /* core */
+  lua_newtable(L);
+  mkl_open_terms(L);
+  lua_setfield(L, -2, "terms");
+  lua_pushcfunction(L, c_term);
+  lua_setfield(L, -2, "term");
+  lua_pushliteral(L, MKL_VERSION);
+  lua_setfield(L, -2, "VERSION");
+  return run_embedded(L, "market", 1);
+}
+
+/* The drivers' Lua halves get `market` as their argument. */
+static int open_driver(lua_State *L, const char *name) {
+  luaL_requiref(L, "market", luaopen_market, 0);
+  return run_embedded(L, name, 1);
+}
+
+int luaopen_market_timer(lua_State *L) { return open_driver(L, "timer"); }
+int luaopen_market_tcp(lua_State *L) { return open_driver(L, "tcp"); }
+int luaopen_market_udp(lua_State *L) { return open_driver(L, "udp"); }
+int luaopen_market_event_relay(lua_State *L) { return open_driver(L, "event_relay"); }

@@ -1,0 +1,441 @@
+/*
+** lproc.c: Lua processes.  Each process is a coroutine of one lua_State
+** (the state that runs the ground VM); the VM resumes it with one event at
+** a time, and the coroutine yields back from core.wait() when done.
+**
+** The Lua side (market.lua) runs the dispatch loop inside the coroutine and
+** performs actions through the core.* functions here, which act on the
+** process that is running now.
+*/
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mkl.h"
+
+/* Per lua_State binding state, a full userdata anchored in the registry. */
+typedef struct mkl_state {
+  lua_State *L;          /* the main thread */
+  mk_ground *g;          /* the ground VM Lua processes live under, or NULL */
+  mk_proc *current;      /* the process whose event is being handled */
+  char *boot_error;      /* owned: traceback of a failed boot process */
+  int mainref;           /* the Lua-side process main function */
+  int trace;
+} mkl_state;
+
+/* A Lua process.  Owned by its mk_proc (destroy). */
+typedef struct lproc {
+  mkl_state *S;
+  lua_State *co;         /* anchored by coref */
+  int coref, ctxref;
+  uint8_t waiting;       /* suspended in core.wait() */
+  uint8_t boot;          /* a boot process: its failure is the program's */
+} lproc;
+
+static const char key_state = 0;
+
+static mkl_state *getstate(lua_State *L) {
+  mkl_state *S;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &key_state);
+  S = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return S;
+}
+
+#define STATE(L) ((mkl_state *)lua_touserdata(L, lua_upvalueindex(1)))
+
+/* ---- the behaviour ------------------------------------------------------ */
+
+static const mk_behavior lua_behavior;
+
+static void pushrole(lua_State *co, const mk_role *r) {
+  lua_pushinteger(co, r->orientation);
+  lua_pushinteger(co, r->interest);
+  if (r->topic) mkl_pushterm(co, r->topic); else lua_pushnil(co);
+}
+
+static mk_term *reason_of(lua_State *co) {
+  const char *err;
+  mk_term *t;
+  if (lua_type(co, -1) == LUA_TSTRING) {
+    size_t n;
+    const char *s = lua_tolstring(co, -1, &n);
+    return mk_str(s, n);
+  }
+  t = mkl_toterm(co, -1, &err);
+  if (t != NULL && t->kind != MK_NIL) return t;
+  mk_unref(t);
+  return mk_cstr(luaL_tolstring(co, -1, NULL));
+}
+
+static void handle(mk_proc *p, const mk_event *ev) {
+  lproc *lp = mk_proc_data(p);
+  mkl_state *S = lp->S;
+  lua_State *co = lp->co;
+  mk_proc *saved = S->current;
+  int nargs, nres = 0, st;
+  if (ev->type == MK_EV_BOOT) {
+    /* co holds [boot]; make it [main, ctx, boot]. */
+    lua_rawgeti(co, LUA_REGISTRYINDEX, S->mainref);
+    lua_insert(co, 1);
+    lua_createtable(co, 0, 8);
+    lua_pushinteger(co, (lua_Integer)mk_proc_pid(p));
+    lua_setfield(co, -2, "pid");
+    lua_pushvalue(co, -1);
+    lp->ctxref = luaL_ref(co, LUA_REGISTRYINDEX);
+    lua_insert(co, 2);
+    nargs = 2;
+  } else {
+    if (!lp->waiting) return;      /* cannot happen: it yielded only in core.wait */
+    lua_pushinteger(co, ev->type);
+    switch (ev->type) {
+      case MK_EV_PRESENCE:
+      case MK_EV_ABSENCE:
+        lua_pushstring(co, ev->endpoint);
+        lua_pushinteger(co, ev->meta);
+        pushrole(co, &ev->role);
+        if (ev->reason) mkl_pushterm(co, ev->reason); else lua_pushnil(co);
+        nargs = 7;
+        break;
+      case MK_EV_MESSAGE:
+        lua_pushstring(co, ev->endpoint);
+        lua_pushinteger(co, ev->meta);
+        mkl_pushterm(co, ev->message);
+        nargs = 4;
+        break;
+      case MK_EV_SPAWNED:
+        lua_pushinteger(co, (lua_Integer)(intptr_t)ev->cont);
+        lua_pushinteger(co, (lua_Integer)ev->pid);
+        nargs = 3;
+        break;
+      case MK_EV_RESUME:
+        lua_pushinteger(co, (lua_Integer)(intptr_t)ev->cont);
+        nargs = 2;
+        break;
+      default:
+        lua_pop(co, 1);
+        return;
+    }
+  }
+  lp->waiting = 0;
+  S->current = p;
+  st = lua_resume(co, NULL, nargs, &nres);
+  S->current = saved;
+  if (st == LUA_YIELD) {
+    lua_pop(co, nres);
+    if (!lp->waiting && mk_proc_alive(p))
+      mk_failf(p, "coroutine.yield() outside market.yield(): a process suspends only through market");
+  } else if (st == LUA_OK) {
+    lua_pop(co, nres);
+    if (mk_proc_alive(p)) mk_quit(p, 0, NULL);
+  } else {
+    mk_term *reason = reason_of(co);
+    if (lp->boot && S->boot_error == NULL) {
+      const char *msg = lua_tostring(co, -1);
+      luaL_traceback(S->L, co, msg ? msg : "(error object is not a string)", 0);
+      S->boot_error = strdup(lua_tostring(S->L, -1));
+      lua_pop(S->L, 1);
+    }
+    lua_settop(co, 0);
+    if (mk_proc_alive(p)) mk_fail(p, reason);
+    mk_unref(reason);
+  }
+}
+
+static void destroy(mk_proc *p) {
+  lproc *lp = mk_proc_data(p);
+  if (lp == NULL) return;
+  luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->coref);
+  if (lp->ctxref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->ctxref);
+  free(lp);
+}
+
+static const mk_behavior lua_behavior = { "lua", handle, NULL, destroy };
+
+/* A new process record for the function at the top of L (popped). */
+static lproc *newproc(mkl_state *S, lua_State *L) {
+  lproc *lp = malloc(sizeof *lp);
+  if (lp == NULL) luaL_error(L, "out of memory");
+  lp->S = S;
+  lp->co = lua_newthread(S->L);
+  lp->coref = luaL_ref(S->L, LUA_REGISTRYINDEX);
+  lp->ctxref = LUA_NOREF;
+  lp->waiting = 0;
+  lp->boot = 0;
+  lua_xmove(L, lp->co, 1);
+  return lp;
+}
+
+/* ---- the running process ------------------------------------------------ */
+
+/* The process running on thread L, or a Lua error: actions are performed
+** only by a process, from its own coroutine. */
+static mk_proc *self(lua_State *L, mkl_state *S, const char *what) {
+  mk_proc *p = S->current;
+  if (p == NULL || mk_proc_data(p) == NULL || ((lproc *)mk_proc_data(p))->co != L)
+    luaL_error(L, "market.%s: not inside a market process (actions are performed by processes)", what);
+  return p;
+}
+
+/* After an action that may have ended the process: a dead process does not
+** run another line.  It is never resumed again. */
+static int settle(lua_State *L, mk_proc *p, int nret) {
+  if (!mk_proc_alive(p)) return lua_yield(L, 0);
+  return nret;
+}
+
+static mk_action *wrap(mk_action *a, int levels) {
+  for (; levels > 0; levels--) a = mk_action_meta(a);
+  return a;
+}
+
+/* core.spawn(boot, name, cont, level, nested) -> pid (level 0) */
+static int c_spawn(lua_State *L) {
+  mkl_state *S = STATE(L);
+  mk_proc *p = self(L, S, "spawn");
+  const char *name = luaL_optstring(L, 2, NULL);
+  intptr_t cont = (intptr_t)luaL_optinteger(L, 3, 0);
+  int level = (int)luaL_optinteger(L, 4, 0);
+  int nested = lua_toboolean(L, 5);
+  const mk_behavior *b = &lua_behavior;
+  void *data;
+  mk_pid pid = 0;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  data = newproc(S, L);
+  if (nested) {
+    data = mk_nested_new(mk_proc_vm(p), b, data, name);
+    b = &mk_nested_behavior;
+  }
+  if (level == 0) pid = mk_spawn(p, b, data, name, (void *)cont);
+  else mk_at_meta_level(p, wrap(mk_action_spawn(b, data, name), level - 1));
+  lua_pushinteger(L, (lua_Integer)pid);
+  return settle(L, p, 1);
+}
+
+/* core.quit(pid|nil, reason, level) -> true, or nil when no such pid */
+static int c_quit(lua_State *L) {
+  mkl_state *S = STATE(L);
+  mk_proc *p = self(L, S, "quit");
+  mk_pid pid = (mk_pid)luaL_optinteger(L, 1, 0);
+  int level = (int)luaL_optinteger(L, 3, 0);
+  mk_term *reason = lua_isnoneornil(L, 2) ? NULL : mkl_checkterm(L, 2, "quit reason");
+  int r = 0;
+  if (level == 0) r = mk_quit(p, pid, reason);
+  else if (pid != 0) { mk_unref(reason); return luaL_error(L, "market.quit: at_meta_level quits the whole VM; it takes no pid"); }
+  else mk_at_meta_level(p, wrap(mk_action_quit(reason), level - 1));
+  mk_unref(reason);
+  if (r < 0) lua_pushnil(L); else lua_pushboolean(L, 1);
+  return settle(L, p, 1);
+}
+
+/* core.add(name, orientation, interest, topic, level) */
+static int c_add(lua_State *L) {
+  mkl_state *S = STATE(L);
+  mk_proc *p = self(L, S, "add endpoint");
+  const char *name = luaL_checkstring(L, 1);
+  mk_role role;
+  int level = (int)luaL_optinteger(L, 5, 0);
+  role.orientation = (mk_orientation)luaL_checkinteger(L, 2);
+  role.interest = (mk_interest)luaL_checkinteger(L, 3);
+  role.topic = mkl_checkterm(L, 4, "endpoint topic");
+  if (level <= 1) mk_add_endpoint(p, name, level, role);
+  else mk_at_meta_level(p, wrap(mk_action_add(name, role), level - 1));
+  mk_unref(role.topic);
+  return settle(L, p, 0);
+}
+
+/* core.delete(name, reason, level) */
+static int c_delete(lua_State *L) {
+  mkl_state *S = STATE(L);
+  mk_proc *p = self(L, S, "delete_endpoint");
+  const char *name = luaL_checkstring(L, 1);
+  int level = (int)luaL_optinteger(L, 3, 0);
+  mk_term *reason = lua_isnoneornil(L, 2) ? NULL : mkl_checkterm(L, 2, "delete_endpoint reason");
+  if (level <= 1) mk_delete_endpoint(p, name, level, reason);
+  else mk_at_meta_level(p, wrap(mk_action_delete(name, reason), level - 1));
+  mk_unref(reason);
+  return settle(L, p, 0);
+}
+
+static int sendlike(lua_State *L, int feedback) {
+  mkl_state *S = STATE(L);
+  mk_proc *p = self(L, S, feedback ? "feedback" : "send");
+  int level = (int)luaL_optinteger(L, 2, 0);
+  mk_term *body = mkl_testbox(L, 1);
+  if (body) mk_ref(body); else body = mkl_checkterm(L, 1, feedback ? "feedback" : "send");
+  if (level == 0) {
+    if (feedback) mk_feedback(p, body); else mk_send(p, body);
+  } else {
+    mk_action *a = feedback ? mk_action_feedback(body) : mk_action_send(body);
+    mk_at_meta_level(p, wrap(a, level - 1));
+  }
+  mk_unref(body);
+  return settle(L, p, 0);
+}
+
+static int c_send(lua_State *L) { return sendlike(L, 0); }
+static int c_feedback(lua_State *L) { return sendlike(L, 1); }
+
+/* core.yield(cont) */
+static int c_yield(lua_State *L) {
+  mkl_state *S = STATE(L);
+  mk_proc *p = self(L, S, "yield");
+  mk_yield(p, (void *)(intptr_t)luaL_checkinteger(L, 1));
+  return settle(L, p, 0);
+}
+
+/* core.wait() -> the next event's fields (see handle) */
+static int c_wait(lua_State *L) {
+  mkl_state *S = STATE(L);
+  mk_proc *p = self(L, S, "yield");
+  ((lproc *)mk_proc_data(p))->waiting = 1;
+  return lua_yield(L, 0);
+}
+
+/* core.current() -> ctx of the running process, or nil */
+static int c_current(lua_State *L) {
+  mkl_state *S = STATE(L);
+  mk_proc *p = S->current;
+  lproc *lp;
+  if (p == NULL || (lp = mk_proc_data(p)) == NULL || lp->co != L) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lp->ctxref);
+  return 1;
+}
+
+/* core.self() -> pid, name, vm path of the running process */
+static int c_self(lua_State *L) {
+  mkl_state *S = STATE(L);
+  mk_proc *p = self(L, S, "self");
+  lua_pushinteger(L, (lua_Integer)mk_proc_pid(p));
+  lua_pushstring(L, mk_proc_name(p));
+  lua_pushstring(L, mk_vm_path(mk_proc_vm(p)));
+  return 3;
+}
+
+/* core.set_name(name) */
+static int c_set_name(lua_State *L) {
+  mkl_state *S = STATE(L);
+  mk_proc_set_name(self(L, S, "set_name"), luaL_checkstring(L, 1));
+  return 0;
+}
+
+/* core.init(main): the process main function of market.lua */
+static int c_init(lua_State *L) {
+  mkl_state *S = STATE(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (S->mainref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->mainref);
+  lua_settop(L, 1);
+  S->mainref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+static void trace_line(void *ud, const char *line) {
+  fprintf(stderr, "market: %s\n", line);
+}
+
+/* core.ground_vm(boot, trace) -> true | nil, traceback */
+static int c_ground_vm(lua_State *L) {
+  mkl_state *S = STATE(L);
+  mk_ground *g;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (S->current != NULL || S->g != NULL)
+    return luaL_error(L, "market.ground_vm: a ground VM is already running in this Lua state");
+  g = mk_ground_new(NULL);
+  if (g == NULL) return luaL_error(L, "market.ground_vm: cannot create the ground VM");
+  mkl_attach(L, g);
+  if (lua_toboolean(L, 2)) mk_vm_set_trace(mk_ground_vm(g), trace_line, NULL);
+  lua_settop(L, 1);
+  mkl_spawn_boot(L, mk_ground_vm(g), "boot");
+  mk_ground_run(g);
+  mk_ground_free(g, NULL);
+  if (S->boot_error) {
+    lua_pushnil(L);
+    lua_pushstring(L, S->boot_error);
+    mkl_detach(L);
+    return 2;
+  }
+  mkl_detach(L);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* core.now() -> wall-clock ms as the loop sees it */
+static int c_now(lua_State *L) {
+  mkl_state *S = STATE(L);
+  if (S->g == NULL) return luaL_error(L, "market.now: no ground VM is running");
+  lua_pushnumber(L, mk_ground_now(S->g));
+  return 1;
+}
+
+/* ---- entry points for C ------------------------------------------------- */
+
+int mkl_attach(lua_State *L, mk_ground *g) {
+  mkl_state *S = getstate(L);
+  if (S == NULL || S->g != NULL) return -1;
+  S->g = g;
+  free(S->boot_error);
+  S->boot_error = NULL;
+  mk_vm_set_userdata(mk_ground_vm(g), S);
+  return 0;
+}
+
+void mkl_detach(lua_State *L) {
+  mkl_state *S = getstate(L);
+  if (S == NULL) return;
+  S->g = NULL;
+  free(S->boot_error);
+  S->boot_error = NULL;
+}
+
+const char *mkl_boot_error(lua_State *L) {
+  mkl_state *S = getstate(L);
+  return S ? S->boot_error : NULL;
+}
+
+mk_pid mkl_spawn_boot(lua_State *L, mk_vm *vm, const char *name) {
+  mkl_state *S = getstate(L);
+  lproc *lp = newproc(S, L);
+  lp->boot = 1;
+  return mk_vm_spawn(vm, &lua_behavior, lp, name);
+}
+
+static int state_gc(lua_State *L) {
+  mkl_state *S = lua_touserdata(L, 1);
+  free(S->boot_error);
+  S->boot_error = NULL;
+  return 0;
+}
+
+void mkl_open_core(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"spawn", c_spawn}, {"quit", c_quit}, {"add", c_add}, {"delete", c_delete},
+    {"send", c_send}, {"feedback", c_feedback}, {"yield", c_yield},
+    {"wait", c_wait}, {"current", c_current}, {"self", c_self},
+    {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
+    {"now", c_now}, {NULL, NULL}};
+  mkl_state *S = getstate(L);
+  if (S == NULL) {
+    S = lua_newuserdatauv(L, sizeof *S, 0);
+    memset(S, 0, sizeof *S);
+    S->L = L;
+    S->mainref = LUA_NOREF;
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, state_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_state);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    S->L = lua_tothread(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_createtable(L, 0, sizeof funcs / sizeof funcs[0]);
+  lua_pushlightuserdata(L, S);
+  luaL_setfuncs(L, funcs, 1);
+  lua_pushinteger(L, MK_EV_PRESENCE); lua_setfield(L, -2, "PRESENCE");
+  lua_pushinteger(L, MK_EV_ABSENCE); lua_setfield(L, -2, "ABSENCE");
+  lua_pushinteger(L, MK_EV_MESSAGE); lua_setfield(L, -2, "MESSAGE");
+  lua_pushinteger(L, MK_EV_SPAWNED); lua_setfield(L, -2, "SPAWNED");
+  lua_pushinteger(L, MK_EV_RESUME); lua_setfield(L, -2, "RESUME");
+}

@@ -1,0 +1,332 @@
+/*
+** lterm.c: terms in Lua.
+**
+** nil, booleans, numbers and strings are themselves; sequences are Lua
+** arrays (converted each way); records, the wildcard and EOF are full
+** userdata "boxes" holding a term reference, sharing one metatable.  Record
+** types are userdata too: callable constructors.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include "mkl.h"
+
+#define MAXDEPTH 200     /* deeper than this is taken for a cycle */
+
+typedef struct box { mk_term *t; } box;
+typedef struct rtbox { mk_rtype *rt; } rtbox;
+
+static const char key_wild = 0, key_eof = 0;
+
+mk_term *mkl_testbox(lua_State *L, int idx) {
+  box *b = luaL_testudata(L, idx, MKL_TERM_MT);
+  return b ? b->t : NULL;
+}
+
+void mkl_pushbox(lua_State *L, mk_term *t) {
+  box *b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->t = t;
+  luaL_setmetatable(L, MKL_TERM_MT);
+}
+
+static mk_term *toterm(lua_State *L, int idx, const char **err, int depth) {
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: return mk_nil();
+    case LUA_TBOOLEAN: return mk_bool(lua_toboolean(L, idx));
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) return mk_int(lua_tointeger(L, idx));
+      return mk_float(lua_tonumber(L, idx));
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, idx, &n);
+      return mk_str(s, n);
+    }
+    case LUA_TUSERDATA: {
+      mk_term *t = mkl_testbox(L, idx);
+      if (t) return mk_ref(t);
+      if (luaL_testudata(L, idx, MKL_RTYPE_MT))
+        *err = "a record constructor is not a term (call it to make a record)";
+      else
+        *err = "a userdata is not a term";
+      return NULL;
+    }
+    case LUA_TTABLE: {
+      lua_Unsigned n = lua_rawlen(L, idx), i, keys = 0;
+      mk_term *s;
+      if (depth > MAXDEPTH) { *err = "a table nested too deeply (a cycle?) is not a term"; return NULL; }
+      lua_pushnil(L);
+      while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 ||
+            (lua_Unsigned)lua_tointeger(L, -1) > n) {
+          lua_pop(L, 1);
+          *err = "a table with non-sequence keys is not a term (sequences are arrays 1..n)";
+          return NULL;
+        }
+        keys++;
+      }
+      if (keys != n) { *err = "a table with holes is not a term"; return NULL; }
+      if (n > UINT32_MAX) { *err = "a sequence that long is not a term"; return NULL; }
+      luaL_checkstack(L, 4, "term conversion");
+      s = mk_seq_new((uint32_t)n);
+      for (i = 0; i < n; i++) {
+        mk_term *item;
+        lua_rawgeti(L, idx, (lua_Integer)i + 1);
+        item = toterm(L, lua_gettop(L), err, depth + 1);
+        lua_pop(L, 1);
+        if (item == NULL) { mk_unref(s); return NULL; }
+        mk_set(s, (uint32_t)i, item);
+      }
+      return mk_seal(s);
+    }
+    case LUA_TFUNCTION: *err = "a function is not a term"; return NULL;
+    case LUA_TTHREAD: *err = "a coroutine is not a term"; return NULL;
+    default: *err = "a light userdata is not a term"; return NULL;
+  }
+}
+
+mk_term *mkl_toterm(lua_State *L, int idx, const char **err) {
+  *err = NULL;
+  return toterm(L, lua_absindex(L, idx), err, 0);
+}
+
+mk_term *mkl_checkterm(lua_State *L, int idx, const char *what) {
+  const char *err;
+  mk_term *t = mkl_toterm(L, idx, &err);
+  if (t == NULL) luaL_error(L, "%s: %s", what, err);
+  return t;
+}
+
+void mkl_pushterm(lua_State *L, mk_term *t) {
+  uint32_t i;
+  switch (t->kind) {
+    case MK_NIL: lua_pushnil(L); break;
+    case MK_FALSE: lua_pushboolean(L, 0); break;
+    case MK_TRUE: lua_pushboolean(L, 1); break;
+    case MK_INT: lua_pushinteger(L, t->v.i); break;
+    case MK_FLOAT: lua_pushnumber(L, t->v.f); break;
+    case MK_STR: lua_pushlstring(L, mk_strdata(t), t->n); break;
+    case MK_SEQ:
+      luaL_checkstack(L, 3, "term conversion");
+      lua_createtable(L, (int)t->n, 0);
+      for (i = 0; i < t->n; i++) {
+        mkl_pushterm(L, mk_items(t)[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+      }
+      break;
+    case MK_WILD: lua_rawgetp(L, LUA_REGISTRYINDEX, &key_wild); break;
+    case MK_EOF: lua_rawgetp(L, LUA_REGISTRYINDEX, &key_eof); break;
+    default: mkl_pushbox(L, mk_ref(t)); break;
+  }
+}
+
+/* ---- the term metatable ------------------------------------------------- */
+
+static mk_term *checkbox(lua_State *L, int idx) {
+  return ((box *)luaL_checkudata(L, idx, MKL_TERM_MT))->t;
+}
+
+static int term_gc(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, MKL_TERM_MT);
+  mk_unref(b->t);
+  b->t = NULL;
+  return 0;
+}
+
+static int term_tostring(lua_State *L) {
+  size_t n;
+  char *s = mk_repr(checkbox(L, 1), &n);
+  if (s == NULL) return luaL_error(L, "out of memory");
+  lua_pushlstring(L, s, n);
+  free(s);
+  return 1;
+}
+
+static int term_eq(lua_State *L) {
+  mk_term *a = mkl_testbox(L, 1), *b = mkl_testbox(L, 2);
+  lua_pushboolean(L, a && b && mk_equal(a, b));
+  return 1;
+}
+
+static int term_len(lua_State *L) {
+  mk_term *t = checkbox(L, 1);
+  lua_pushinteger(L, t->kind == MK_REC ? t->n : 0);
+  return 1;
+}
+
+/* r[i] is field i (1-based); r.name is the field called name. */
+static int term_index(lua_State *L) {
+  mk_term *t = checkbox(L, 1);
+  lua_Integer i;
+  if (t->kind != MK_REC) return luaL_error(L, "%s has no fields", t->kind == MK_WILD ? "the wildcard" : "EOF");
+  if (lua_isinteger(L, 2)) {
+    i = lua_tointeger(L, 2);
+    if (i < 1 || (lua_Unsigned)i > t->n) { lua_pushnil(L); return 1; }
+  } else {
+    const char *k = luaL_checkstring(L, 2);
+    int f = mk_rtype_field(t->v.rt, k);
+    if (f < 0) return luaL_error(L, "record %s has no field '%s'", t->v.rt->label, k);
+    i = f + 1;
+  }
+  mkl_pushterm(L, mk_items(t)[i - 1]);
+  return 1;
+}
+
+static int term_newindex(lua_State *L) {
+  return luaL_error(L, "terms are immutable");
+}
+
+/* ---- record types ------------------------------------------------------- */
+
+static mk_rtype *checkrt(lua_State *L, int idx) {
+  return ((rtbox *)luaL_checkudata(L, idx, MKL_RTYPE_MT))->rt;
+}
+
+static int rt_gc(lua_State *L) {
+  rtbox *b = luaL_checkudata(L, 1, MKL_RTYPE_MT);
+  if (b->rt) mk_rtype_unref(b->rt);
+  b->rt = NULL;
+  return 0;
+}
+
+/* ctor(f1, ..., fn): a record; exactly `arity` fields. */
+static int rt_call(lua_State *L) {
+  mk_rtype *rt = checkrt(L, 1);
+  int n = lua_gettop(L) - 1;
+  uint32_t i;
+  mk_term *r;
+  if ((uint32_t)n != rt->arity)
+    return luaL_error(L, "record %s takes %d field%s, got %d", rt->label, (int)rt->arity,
+                      rt->arity == 1 ? "" : "s", n);
+  r = mk_rec_new(rt);
+  for (i = 0; i < rt->arity; i++) {
+    const char *err;
+    mk_term *f = mkl_toterm(L, (int)i + 2, &err);
+    if (f == NULL) {
+      mk_unref(r);
+      return luaL_error(L, "record %s, field %d: %s", rt->label, (int)i + 1, err);
+    }
+    mk_set(r, i, f);
+  }
+  mkl_pushbox(L, mk_seal(r));
+  return 1;
+}
+
+static int rt_is(lua_State *L) {
+  mk_rtype *rt = checkrt(L, 1);
+  mk_term *t = mkl_testbox(L, 2);
+  lua_pushboolean(L, t != NULL && t->kind == MK_REC && t->v.rt == rt);
+  return 1;
+}
+
+static int rt_index(lua_State *L) {
+  mk_rtype *rt = checkrt(L, 1);
+  const char *k = luaL_checkstring(L, 2);
+  uint32_t i;
+  if (strcmp(k, "label") == 0) lua_pushlstring(L, rt->label, rt->labellen);
+  else if (strcmp(k, "arity") == 0) lua_pushinteger(L, rt->arity);
+  else if (strcmp(k, "is") == 0) lua_pushcfunction(L, rt_is);
+  else if (strcmp(k, "fields") == 0) {
+    lua_createtable(L, (int)rt->arity, 0);
+    for (i = 0; i < rt->arity && rt->names; i++) {
+      lua_pushstring(L, rt->names[i]);
+      lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+  } else lua_pushnil(L);
+  return 1;
+}
+
+static int rt_tostring(lua_State *L) {
+  mk_rtype *rt = checkrt(L, 1);
+  lua_pushfstring(L, "record %s/%d", rt->label, (int)rt->arity);
+  return 1;
+}
+
+/* market.record(label, field...) */
+static int l_record(lua_State *L) {
+  size_t ll;
+  const char *label = luaL_checklstring(L, 1, &ll);
+  int n = lua_gettop(L) - 1, i;
+  const char **names;
+  rtbox *b;
+  for (i = 0; i < n; i++) luaL_checkstring(L, i + 2);
+  names = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n ? n : 1), 0);
+  for (i = 0; i < n; i++) names[i] = lua_tostring(L, i + 2);
+  b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->rt = NULL;
+  luaL_setmetatable(L, MKL_RTYPE_MT);
+  b->rt = mk_rtype_get(label, ll, (uint32_t)n, n ? names : NULL);
+  if (b->rt == NULL) return luaL_error(L, "out of memory");
+  return 1;
+}
+
+/* market.is_term(v): can v be a topic or a message? */
+static int l_is_term(lua_State *L) {
+  const char *err;
+  mk_term *t = mkl_toterm(L, 1, &err);
+  lua_pushboolean(L, t != NULL);
+  mk_unref(t);
+  return 1;
+}
+
+/* market.unify(a, b): the most general unifier, or nil. */
+static int l_unify(lua_State *L) {
+  mk_term *a = mkl_checkterm(L, 1, "unify"), *b, *u;
+  const char *err;
+  b = mkl_toterm(L, 2, &err);
+  if (b == NULL) { mk_unref(a); return luaL_error(L, "unify: %s", err); }
+  u = mk_unify(a, b);
+  mk_unref(a);
+  mk_unref(b);
+  if (u == NULL) { lua_pushnil(L); return 1; }
+  mkl_pushterm(L, u);
+  mk_unref(u);
+  return 1;
+}
+
+/* market.repr(v): the readable text of a term. */
+static int l_repr(lua_State *L) {
+  mk_term *t = mkl_checkterm(L, 1, "repr");
+  size_t n;
+  char *s = mk_repr(t, &n);
+  mk_unref(t);
+  if (s == NULL) return luaL_error(L, "out of memory");
+  lua_pushlstring(L, s, n);
+  free(s);
+  return 1;
+}
+
+void mkl_open_terms(lua_State *L) {
+  static const luaL_Reg term_mt[] = {
+    {"__gc", term_gc}, {"__tostring", term_tostring}, {"__eq", term_eq},
+    {"__len", term_len}, {"__index", term_index}, {"__newindex", term_newindex},
+    {NULL, NULL}};
+  static const luaL_Reg rt_mt[] = {
+    {"__gc", rt_gc}, {"__call", rt_call}, {"__index", rt_index},
+    {"__tostring", rt_tostring}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+    {"record", l_record}, {"is_term", l_is_term}, {"unify", l_unify},
+    {"repr", l_repr}, {NULL, NULL}};
+  if (luaL_newmetatable(L, MKL_TERM_MT)) {
+    luaL_setfuncs(L, term_mt, 0);
+    lua_pushliteral(L, "market.term");
+    lua_setfield(L, -2, "__name");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, MKL_RTYPE_MT)) luaL_setfuncs(L, rt_mt, 0);
+  lua_pop(L, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_wild) == LUA_TNIL) {
+    lua_pop(L, 1);
+    mkl_pushbox(L, mk_wild());
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_wild);
+    mkl_pushbox(L, mk_eof());
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_eof);
+  } else {
+    lua_pop(L, 1);
+  }
+  luaL_setfuncs(L, funcs, 0);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &key_wild);
+  lua_setfield(L, -2, "_");
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &key_eof);
+  lua_setfield(L, -2, "EOF");
+}

@@ -1,0 +1,403 @@
+-- market.lua: the Lua surface of market (DESIGN §4).
+--
+-- Actions are plain values made by the constructors below; a handler
+-- returns them inside a transition, and straight-line code performs them
+-- with market.perform.  Every process runs this file's `main` in its own
+-- coroutine: it boots the process, then dispatches each event the VM
+-- resumes it with to the endpoint's handler.
+
+local core = ...          -- the C half, passed by luaopen_market
+local M = {}
+
+local PRESENCE, ABSENCE, MESSAGE = core.PRESENCE, core.ABSENCE, core.MESSAGE
+local SPAWNED, RESUME = core.SPAWNED, core.RESUME
+local cwait, csend = core.wait, core.send
+local type, select, error, setmetatable, getmetatable, tostring =
+  type, select, error, setmetatable, getmetatable, tostring
+
+local PUB, SUB = 0, 1
+local PARTICIPANT, OBSERVER, EVERYTHING = 0, 1, 2
+local ORIENT = { [0] = "publisher", "subscriber" }
+local INTEREST = { [0] = "participant", "observer", "everything" }
+
+-- Terms and records come from C.
+for k, v in pairs(core.terms) do M[k] = v end
+local _ = M._
+
+-- ---- actions -------------------------------------------------------------
+
+local Action = { __name = "market.action" }
+Action.__index = Action
+function Action.__tostring(a) return "action " .. a.kind end
+
+local function action(t) return setmetatable(t, Action) end
+local function is_action(v) return getmetatable(v) == Action end
+M.is_action = is_action
+
+function M.send(body)
+  if select("#", body) == 0 then error("market.send: a message body is required", 2) end
+  return action { kind = "send", body = core.term(body, "send") }
+end
+
+function M.feedback(body)
+  if select("#", body) == 0 then error("market.feedback: a message body is required", 2) end
+  return action { kind = "feedback", body = core.term(body, "feedback") }
+end
+
+local function check_opts(opts, fname)
+  if opts == nil then return {} end
+  if type(opts) == "string" then return { name = opts } end
+  if type(opts) ~= "table" then
+    error(fname .. ": options must be a table or a name, got " .. type(opts), 3)
+  end
+  if opts.k ~= nil and type(opts.k) ~= "function" then
+    error(fname .. ": the continuation k must be a function", 3)
+  end
+  return opts
+end
+
+-- spawn(boot [, {name=, k=}]): boot runs in the new process; it returns a
+-- transition (initial state and actions) or runs as straight-line code.
+function M.spawn(boot, opts)
+  if type(boot) ~= "function" then
+    error("market.spawn: the boot argument must be a function, got " .. type(boot), 2)
+  end
+  opts = check_opts(opts, "market.spawn")
+  return action { kind = "spawn", boot = boot, name = opts.name, k = opts.k }
+end
+
+-- nested_vm(boot [, opts]): spawn a VM whose first process runs boot.
+function M.nested_vm(boot, opts)
+  if type(boot) ~= "function" then
+    error("market.nested_vm: the boot argument must be a function, got " .. type(boot), 2)
+  end
+  opts = check_opts(opts, "market.nested_vm")
+  return action { kind = "spawn", boot = boot, name = opts.name or "nested-vm",
+                  k = opts.k, nested = true }
+end
+
+-- quit([pid [, reason]]): quit this process, or kill pid.
+function M.quit(pid, reason)
+  if pid ~= nil and math.type(pid) ~= "integer" then
+    error("market.quit: pid must be an integer or nil", 2)
+  end
+  return action { kind = "quit", pid = pid,
+                  reason = reason ~= nil and core.term(reason, "quit reason") or nil }
+end
+
+local HANDLER_KEYS = { on_presence = true, on_absence = true, on_message = true,
+                       name = true }
+
+local function endpoint(fname, orientation, interest)
+  return function(topic, handlers)
+    if select("#", topic) == 0 then error("market." .. fname .. ": a topic is required", 2) end
+    local t = core.term(topic, fname .. " topic")
+    if handlers == nil then handlers = {}
+    elseif type(handlers) == "string" then handlers = { name = handlers }
+    elseif type(handlers) ~= "table" then
+      error("market." .. fname .. ": handlers must be a table, got " .. type(handlers), 2)
+    end
+    for k, v in pairs(handlers) do
+      if not HANDLER_KEYS[k] then
+        error("market." .. fname .. ": unknown handler key '" .. tostring(k) .. "'", 2)
+      elseif k ~= "name" and type(v) ~= "function" then
+        error("market." .. fname .. ": handler " .. k .. " is not a function", 2)
+      end
+    end
+    local name = handlers.name
+    if name ~= nil and type(name) ~= "string" then
+      error("market." .. fname .. ": endpoint name must be a string", 2)
+    end
+    return action { kind = "add", name = name, orientation = orientation,
+                    interest = interest, topic = t, handlers = handlers }
+  end
+end
+
+M.publisher = endpoint("publisher", PUB, PARTICIPANT)
+M.subscriber = endpoint("subscriber", SUB, PARTICIPANT)
+-- Observing subscribers means taking the publisher side, and vice versa.
+M.observe_subscribers = endpoint("observe_subscribers", PUB, OBSERVER)
+M.observe_publishers = endpoint("observe_publishers", SUB, OBSERVER)
+M.observe_subscribers_everything = endpoint("observe_subscribers_everything", PUB, EVERYTHING)
+M.observe_publishers_everything = endpoint("observe_publishers_everything", SUB, EVERYTHING)
+
+function M.delete_endpoint(name, reason)
+  if type(name) ~= "string" then error("market.delete_endpoint: name must be a string", 2) end
+  return action { kind = "delete", name = name,
+                  reason = reason ~= nil and core.term(reason, "delete_endpoint reason") or nil }
+end
+
+function M.at_meta_level(...)
+  local n = select("#", ...)
+  local list = { ... }
+  for i = 1, n do
+    if not is_action(list[i]) then
+      error("market.at_meta_level: argument " .. i .. " is not an action", 2)
+    end
+  end
+  return action { kind = "meta", n = n, list = list }
+end
+
+-- ---- transitions ---------------------------------------------------------
+
+local Transition = { __name = "market.transition" }
+
+local function transition(keep, state, ...)
+  local n = select("#", ...)
+  local t = { state = state, keep = keep, n = n, ... }
+  for i = 1, n do
+    local a = t[i]
+    if not is_action(a) then
+      -- Nested lists of actions are flattened, as Marketplace allows.
+      if type(a) == "table" and getmetatable(a) == nil then
+        for j = 1, #a do
+          if not is_action(a[j]) then
+            error("market.transition: element " .. j .. " of action list " .. i ..
+                  " is not an action", 3)
+          end
+        end
+      elseif a ~= nil and a ~= false then
+        error("market.transition: argument " .. (i + 1) .. " is not an action (" ..
+              type(a) .. ")", 3)
+      end
+    end
+  end
+  return setmetatable(t, Transition)
+end
+
+function M.transition(state, ...) return transition(false, state, ...) end
+function M.transition_no_state(...) return transition(true, nil, ...) end
+function M.is_transition(v) return getmetatable(v) == Transition end
+
+-- ---- performing ----------------------------------------------------------
+
+local perform
+
+local function endpoints_at(ctx, level)
+  if level == 0 then return ctx.eps end
+  local m = ctx.metas[level]
+  if not m then m = {}; ctx.metas[level] = m end
+  return m
+end
+
+local function register_cont(ctx, k)
+  local id = ctx.nextcont
+  ctx.nextcont = id + 1
+  ctx.conts[id] = k
+  return id
+end
+
+local function perform_one(ctx, a, level)
+  local kind = a.kind
+  if kind == "send" then
+    csend(a.body, level)
+  elseif kind == "add" then
+    local name = a.name
+    if name == nil then
+      ctx.anon = ctx.anon + 1
+      name = "#" .. ctx.anon
+    end
+    endpoints_at(ctx, level)[name] = a.handlers
+    core.add(name, a.orientation, a.interest, a.topic, level)
+  elseif kind == "delete" then
+    endpoints_at(ctx, level)[a.name] = nil
+    core.delete(a.name, a.reason, level)
+  elseif kind == "feedback" then
+    core.feedback(a.body, level)
+  elseif kind == "spawn" then
+    local id = 0
+    if a.k and level == 0 then id = register_cont(ctx, a.k) end
+    return core.spawn(a.boot, a.name, id, level, a.nested)
+  elseif kind == "quit" then
+    return core.quit(a.pid, a.reason, level)
+  elseif kind == "yield" then
+    if level > 0 then error("market.yield: cannot be performed at meta level", 0) end
+    core.yield(register_cont(ctx, a.k))
+  elseif kind == "meta" then
+    for i = 1, a.n do perform(ctx, a.list[i], level + 1) end
+  end
+end
+
+function perform(ctx, a, level)
+  if is_action(a) then return perform_one(ctx, a, level) end
+  if type(a) == "table" then
+    for i = 1, #a do perform(ctx, a[i], level) end
+  end
+end
+
+local function apply(ctx, tr)
+  if tr == nil then return end
+  if getmetatable(tr) ~= Transition then
+    error("handler returned a " .. type(tr) .. ", not a transition (use market.transition)", 0)
+  end
+  if not tr.keep then ctx.state = tr.state end
+  for i = 1, tr.n do
+    local a = tr[i]
+    if a then perform(ctx, a, 0) end
+  end
+end
+
+local function current(fname)
+  local ctx = core.current()
+  if not ctx then
+    error("market." .. fname .. ": not inside a market process", 3)
+  end
+  return ctx
+end
+
+-- perform(action...): straight-line code does what the actions say, now.
+-- Returns the pid of each spawn, in order.
+function M.perform(...)
+  local ctx = current("perform")
+  local pids, n = {}, 0
+  for i = 1, select("#", ...) do
+    local a = select(i, ...)
+    if not is_action(a) then
+      error("market.perform: argument " .. i .. " is not an action", 2)
+    end
+    local r = perform_one(ctx, a, 0)
+    if a.kind == "spawn" then n = n + 1; pids[n] = r end
+  end
+  return table.unpack(pids, 1, n)
+end
+
+-- ---- events --------------------------------------------------------------
+
+local function role(o, i, topic)
+  return { orientation = ORIENT[o], interest = INTEREST[i], topic = topic }
+end
+
+-- Run the handler for one event; false when no handler wants it.
+local function dispatch(ctx, kind, a, b, c, d, e, f)
+  if kind == MESSAGE then
+    local eps = b == 0 and ctx.eps or ctx.metas[b]
+    local h = eps and eps[a]
+    local fn = h and h.on_message
+    if not fn then return false end
+    apply(ctx, fn(ctx.state, c, a))
+    return true
+  elseif kind == PRESENCE or kind == ABSENCE then
+    local eps = b == 0 and ctx.eps or ctx.metas[b]
+    local h = eps and eps[a]
+    if not h then return true end          -- endpoint gone: nobody to tell
+    if kind == PRESENCE then
+      if not h.on_presence then return false end
+      apply(ctx, h.on_presence(ctx.state, role(c, d, e), a))
+    else
+      if not h.on_absence then return false end
+      apply(ctx, h.on_absence(ctx.state, role(c, d, e), f, a))
+    end
+    return true
+  elseif kind == SPAWNED or kind == RESUME then
+    local k = ctx.conts[a]
+    ctx.conts[a] = nil
+    if k then
+      if kind == SPAWNED then apply(ctx, k(ctx.state, b)) else apply(ctx, k(ctx.state)) end
+    end
+    return true
+  end
+  return true
+end
+
+local KIND = { [PRESENCE] = "presence", [ABSENCE] = "absence", [MESSAGE] = "message" }
+
+local function event_table(kind, a, b, c, d, e, f)
+  if kind == MESSAGE then
+    return { type = "message", endpoint = a, meta = b, message = c }
+  end
+  return { type = KIND[kind], endpoint = a, meta = b, role = role(c, d, e), reason = f }
+end
+
+-- yield(k): the action "run everything pending, then k(state)".
+-- yield():  straight-line code waits for the next event that no handler
+--           takes, and returns it as a table {type=, endpoint=, message=,
+--           role=, reason=, meta=}.
+function M.yield(k)
+  if k ~= nil then
+    if type(k) ~= "function" then error("market.yield: k must be a function", 2) end
+    return action { kind = "yield", k = k }
+  end
+  local ctx = current("yield")
+  local backlog = ctx.backlog
+  if backlog and backlog.first <= backlog.last then
+    local ev = backlog[backlog.first]
+    backlog[backlog.first] = nil
+    backlog.first = backlog.first + 1
+    return ev
+  end
+  while true do
+    local kind, a, b, c, d, e, f = cwait()
+    if not dispatch(ctx, kind, a, b, c, d, e, f) then
+      return event_table(kind, a, b, c, d, e, f)
+    end
+  end
+end
+
+-- wait_for(pred): straight-line code waits for the first event for which
+-- pred(event) is true and returns it; the events passed over meanwhile are
+-- kept, in order, for the next market.yield() calls.
+function M.wait_for(pred)
+  local ctx = current("wait_for")
+  while true do
+    local kind, a, b, c, d, e, f = cwait()
+    if not dispatch(ctx, kind, a, b, c, d, e, f) then
+      local ev = event_table(kind, a, b, c, d, e, f)
+      if pred(ev) then return ev end
+      local backlog = ctx.backlog
+      if not backlog then backlog = { first = 1, last = 0 }; ctx.backlog = backlog end
+      backlog.last = backlog.last + 1
+      backlog[backlog.last] = ev
+    end
+  end
+end
+
+-- The state of the running process (straight-line code may set it too).
+function M.state() return current("state").state end
+function M.set_state(s) current("set_state").state = s end
+
+-- pid, name, VM path of the running process.
+function M.self() return core.self() end
+
+local function main(ctx, boot)
+  ctx.eps, ctx.metas, ctx.conts, ctx.nextcont, ctx.anon = {}, {}, {}, 1, 0
+  apply(ctx, boot(ctx.pid))
+  while true do
+    dispatch(ctx, cwait())
+  end
+end
+core.init(main)
+
+-- ground_vm(boot [, {drivers=, trace=}]): run a ground VM until it has
+-- nothing left to do.  Returns true, or nil and the boot failure's traceback.
+function M.ground_vm(boot, opts)
+  if type(boot) ~= "function" then
+    error("market.ground_vm: the boot argument must be a function, got " .. type(boot), 2)
+  end
+  opts = opts or {}
+  local start = boot
+  if opts.drivers then
+    start = function(pid)
+      for _, name in ipairs { "timer", "tcp", "udp" } do
+        local ok, d = pcall(require, "market." .. name)
+        if ok and d.driver then M.perform(M.spawn(d.driver, { name = name .. "-driver" })) end
+      end
+      return boot(pid)
+    end
+  end
+  return core.ground_vm(start, opts.trace)
+end
+
+M.now = core.now
+
+-- Ground events (see runtime/ground.h): subscribe to these in the ground VM
+-- (or through an event relay) to hear of operating-system readiness.
+M.ground = {
+  readable = M.record("market:readable", "fd"),
+  writable = M.record("market:writable", "fd"),
+  alarm = M.record("market:alarm", "msecs"),
+  signal = M.record("market:signal", "signum"),
+}
+M.PUBLISHER, M.SUBSCRIBER = "publisher", "subscriber"
+M.VERSION = core.VERSION
+
+return M

@@ -1,0 +1,124 @@
+/*
+** nested.c: a VM as a process of its parent VM (DESIGN §1, nested_vm).
+**
+** The nested VM's data is its inner mk_vm.  Each event the parent gives it
+** is forwarded to the child that asked for it, then the inner VM runs until
+** it has nothing queued, and what its processes did at meta level is
+** performed in the parent on behalf of the nested-VM process.
+**
+** Naming.  A child `c` adding endpoint "e" at meta level makes the nested-VM
+** process own endpoint "c/e" in the parent; an event on "c/e" comes back to
+** `c` as a meta event on "e".  Two levels up the name is "n/c/e", and so on:
+** each level strips one "pid/" prefix on the way down.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vmint.h"
+
+static char *prefixed(mk_pid pid, const char *name) {
+  size_t n = strlen(name);
+  char *s = malloc(n + 24);
+  if (s == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  snprintf(s, n + 24, "%llu/%s", (unsigned long long)pid, name);
+  return s;
+}
+
+/* Rename the endpoints in a list made by child `pid` for the level above. */
+static void prefix_names(mk_action *a, mk_pid pid) {
+  for (; a; a = a->next) {
+    if (a->type == MK_A_ADD || a->type == MK_A_DELETE || a->type == MK_A_DROP) {
+      char *s = prefixed(pid, a->name);
+      free(a->name);
+      a->name = s;
+    } else if (a->type == MK_A_META) {
+      prefix_names(a->list, pid);
+    }
+  }
+}
+
+/* Perform what the inner VM's processes did at meta level. */
+static void flush_outbox(mk_proc *self, mk_vm *vm) {
+  mk_action *item = mk_vm_take_outbox(vm), *next;
+  for (; item; item = next) {
+    next = item->next;
+    item->next = NULL;
+    if (item->type == MK_A_META) {
+      mk_action *a = item->list, *an;
+      item->list = NULL;
+      prefix_names(a, item->pid);
+      for (; a; a = an) {
+        an = a->next;
+        mkI_perform(self, a);
+      }
+      mk_action_free(item);
+    } else if (item->type == MK_A_DROP) {
+      /* A child died: its endpoints here go, and so do those it held
+      ** further up through us. */
+      if (self->vm->parent != NULL && mk_proc_alive(self)) {
+        mk_action *up = malloc(sizeof *up);
+        if (up == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+        memset(up, 0, sizeof *up);
+        up->type = MK_A_DROP;
+        up->name = strdup(item->name);
+        up->term = mk_ref(item->term);
+        mk_at_meta_level(self, up);
+      }
+      mkI_perform(self, item);
+    } else {
+      mk_action_free(item);
+    }
+  }
+}
+
+static void boot(mk_proc *self, mk_vm *vm) {
+  mk_vm *parent = self->vm;
+  size_t n = strlen(parent->path) + 24;
+  vm->parent = parent;
+  vm->self = self;
+  free(vm->path);
+  vm->path = malloc(n);
+  if (vm->path == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  snprintf(vm->path, n, "%s/%llu", parent->path, (unsigned long long)self->pid);
+  vm->trace = parent->trace;
+  vm->traceud = parent->traceud;
+  vm->userdata = parent->userdata;
+  if (vm->bootb) {
+    mk_vm_spawn(vm, vm->bootb, vm->bootdata, vm->bootname);
+    vm->bootb = NULL;
+    vm->bootdata = NULL;
+  }
+}
+
+static void handle(mk_proc *self, const mk_event *ev) {
+  mk_vm *vm = self->data;
+  if (ev->type == MK_EV_BOOT) {
+    boot(self, vm);
+  } else if (ev->endpoint != NULL) {
+    char *end;
+    unsigned long long pid = strtoull(ev->endpoint, &end, 10);
+    mk_proc *child;
+    if (end != ev->endpoint && *end == '/' && (child = mk_vm_proc(vm, pid)) != NULL)
+      mkI_enqueue_meta(vm, child, ev, end + 1, ev->meta + 1);
+  }
+  mk_vm_run(vm);
+  flush_outbox(self, vm);
+  if (mk_vm_nprocs(vm) == 0 && mk_proc_alive(self)) mk_quit(self, 0, NULL);
+}
+
+static void destroy(mk_proc *self) {
+  mk_vm *vm = self->data;
+  mk_vm_free(vm, NULL);
+}
+
+const mk_behavior mk_nested_behavior = { "nested-vm", handle, NULL, destroy };
+
+void *mk_nested_new(mk_vm *parent_hint, const mk_behavior *b, void *data, const char *name) {
+  mk_vm *vm = mk_vm_new();
+  vm->bootb = b;
+  vm->bootdata = data;
+  vm->bootname = name ? strdup(name) : NULL;
+  if (parent_hint) vm->userdata = parent_hint->userdata;
+  return vm;
+}

@@ -1,0 +1,680 @@
+/*
+** term.c: immutable reference-counted terms and interned record types.
+** See term.h for the ownership rules.
+*/
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "term.h"
+
+
+/*
+** {======================================================
+** Hashing: murmur3-style rounds and finaliser.  Every stored hash is
+** finalised, so callers (the intern table, the routing index) may use
+** the low bits directly as a table index.
+** =======================================================
+*/
+
+#define HSEED   0x9747b28cu
+
+static uint32_t rotl (uint32_t x, int r) {
+  return (x << r) | (x >> (32 - r));
+}
+
+/* one murmur3 mixing round of the 32-bit word k into h */
+static uint32_t hmix (uint32_t h, uint32_t k) {
+  k *= 0xcc9e2d51u;
+  k = rotl(k, 15);
+  k *= 0x1b873593u;
+  h ^= k;
+  h = rotl(h, 13);
+  return h * 5 + 0xe6546b64u;
+}
+
+static uint32_t hfinal (uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85ebca6bu;
+  h ^= h >> 13;
+  h *= 0xc2b2ae35u;
+  h ^= h >> 16;
+  return h;
+}
+
+static uint32_t hmix64 (uint32_t h, uint64_t k) {
+  return hmix(hmix(h, (uint32_t)k), (uint32_t)(k >> 32));
+}
+
+static uint32_t hbytes (uint32_t h, const char *s, size_t len) {
+  size_t i;
+  uint32_t k = 0;
+  for (i = 0; i + 4 <= len; i += 4) {
+    uint32_t w;
+    memcpy(&w, s + i, 4);  /* unaligned-safe load */
+    h = hmix(h, w);
+  }
+  switch (len - i) {  /* tail, as murmur3 does it */
+    case 3: k ^= (uint32_t)(unsigned char)s[i + 2] << 16;  /* FALLTHROUGH */
+    case 2: k ^= (uint32_t)(unsigned char)s[i + 1] << 8;   /* FALLTHROUGH */
+    case 1: k ^= (uint32_t)(unsigned char)s[i];
+            k *= 0xcc9e2d51u; k = rotl(k, 15); k *= 0x1b873593u;
+            h ^= k;
+  }
+  return h ^ (uint32_t)len;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Singletons.  They are never allocated or freed; their hashes are
+** arbitrary fixed constants (nothing else can be equal to them, so any
+** distinct values will do).
+** =======================================================
+*/
+
+#define SINGLETON(k,g,h)  { MK_IMMORTAL, (k), (g), (h), 0, { 0 } }
+
+static mk_term nil_obj   = SINGLETON(MK_NIL,   1, 0x1b3e6c2du);
+static mk_term false_obj = SINGLETON(MK_FALSE, 1, 0x5f0a93e1u);
+static mk_term true_obj  = SINGLETON(MK_TRUE,  1, 0x8c47d15bu);
+static mk_term wild_obj  = SINGLETON(MK_WILD,  0, 0xd2f86a37u);
+static mk_term eof_obj   = SINGLETON(MK_EOF,   1, 0x36a5c0f9u);
+
+mk_term *mk_nil (void) { return &nil_obj; }
+mk_term *mk_bool (int b) { return b ? &true_obj : &false_obj; }
+mk_term *mk_wild (void) { return &wild_obj; }
+mk_term *mk_eof (void) { return &eof_obj; }
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Allocation and reference counting
+** =======================================================
+*/
+
+static size_t live_terms = 0;
+
+size_t mk_term_live (void) {
+  return live_terms;
+}
+
+static mk_term *newterm (mk_kind kind, uint32_t n, size_t extra) {
+  mk_term *t = (mk_term *)malloc(sizeof(mk_term) + extra);
+  if (t == NULL) return NULL;
+  t->refs = 1;
+  t->kind = (uint8_t)kind;
+  t->ground = 1;
+  t->hash = 0;
+  t->n = n;
+  t->v.i = 0;
+  live_terms++;
+  return t;
+}
+
+static int iscompound (const mk_term *t) {
+  return t->kind == MK_REC || t->kind == MK_SEQ;
+}
+
+mk_term *mk_ref (mk_term *t) {
+  if (t != NULL && t->refs != MK_IMMORTAL) t->refs++;
+  return t;
+}
+
+/* Drop one reference; true when t has just died. */
+static int dies (mk_term *t) {
+  return t != NULL && t->refs != MK_IMMORTAL && --t->refs == 0;
+}
+
+/*
+** A dead term waiting to have its items released is chained through its
+** own value slot, so that freeing a deep term (a long cons list, say)
+** needs neither recursion nor an auxiliary stack.  Its record type is
+** released first, since that slot is reused.
+*/
+static void setnext (mk_term *t, mk_term *next) {
+  if (t->kind == MK_REC) mk_rtype_unref(t->v.rt);
+  memcpy(&t->v, &next, sizeof(next));
+}
+
+static mk_term *getnext (const mk_term *t) {
+  mk_term *next;
+  memcpy(&next, &t->v, sizeof(next));
+  return next;
+}
+
+void mk_unref (mk_term *t) {
+  mk_term *pending;
+  if (!dies(t)) return;
+  setnext(t, NULL);
+  pending = t;
+  while (pending != NULL) {
+    t = pending;
+    pending = getnext(t);
+    if (iscompound(t)) {
+      mk_term **items = mk_items(t);
+      uint32_t i;
+      for (i = 0; i < t->n; i++) {
+        if (dies(items[i])) {
+          setnext(items[i], pending);
+          pending = items[i];
+        }
+      }
+    }
+    free(t);
+    live_terms--;
+  }
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Atoms
+** =======================================================
+*/
+
+mk_term *mk_int (int64_t i) {
+  mk_term *t = newterm(MK_INT, 0, 0);
+  if (t == NULL) return NULL;
+  t->v.i = i;
+  t->hash = hfinal(hmix64(HSEED ^ MK_INT, (uint64_t)i));
+  return t;
+}
+
+static uint64_t floatbits (double f) {
+  uint64_t u;
+  memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+/*
+** An integral float that fits an int64 becomes an integer, so that 3.0
+** and 3 are the same term (and -0.0 is 0).  Every NaN is stored as the
+** one canonical NaN, which is structurally equal to itself: terms compare
+** by bits, not by IEEE ==, so a NaN topic can be routed to.
+*/
+mk_term *mk_float (double f) {
+  mk_term *t;
+  /* 2^63 is exact as a double; the test also rejects NaN */
+  if (f >= -9223372036854775808.0 && f < 9223372036854775808.0 &&
+      f == (double)(int64_t)f)
+    return mk_int((int64_t)f);
+  if (f != f) f = NAN;
+  t = newterm(MK_FLOAT, 0, 0);
+  if (t == NULL) return NULL;
+  t->v.f = f;
+  t->hash = hfinal(hmix64(HSEED ^ MK_FLOAT, floatbits(f)));
+  return t;
+}
+
+mk_term *mk_str (const char *s, size_t len) {
+  mk_term *t;
+  if (len > UINT32_MAX) return NULL;
+  t = newterm(MK_STR, (uint32_t)len, len + 1);
+  if (t == NULL) return NULL;
+  if (len > 0) memcpy(mk_strdata(t), s, len);
+  mk_strdata(t)[len] = '\0';
+  t->hash = hfinal(hbytes(HSEED ^ MK_STR, s, len));
+  return t;
+}
+
+mk_term *mk_cstr (const char *s) {
+  return mk_str(s, strlen(s));
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Record types, interned in a chained hash table keyed by (label, arity)
+** =======================================================
+*/
+
+static struct {
+  mk_rtype **bucket;
+  size_t size;      /* number of buckets: 0 or a power of 2 */
+  size_t count;     /* number of interned types */
+} rtypes = { NULL, 0, 0 };
+
+#define MINRTBUCKETS  32
+
+static uint32_t rthash (const char *label, size_t len, uint32_t arity) {
+  return hfinal(hmix(hbytes(HSEED ^ MK_REC, label, len), arity));
+}
+
+static int rtresize (size_t newsize) {
+  mk_rtype **nb = (mk_rtype **)calloc(newsize, sizeof(mk_rtype *));
+  size_t i;
+  if (nb == NULL) return -1;
+  for (i = 0; i < rtypes.size; i++) {
+    mk_rtype *rt = rtypes.bucket[i];
+    while (rt != NULL) {
+      mk_rtype *next = rt->chain;
+      size_t h = rt->hash & (newsize - 1);
+      rt->chain = nb[h];
+      nb[h] = rt;
+      rt = next;
+    }
+  }
+  free(rtypes.bucket);
+  rtypes.bucket = nb;
+  rtypes.size = newsize;
+  return 0;
+}
+
+static void freenames (char **names, uint32_t n) {
+  uint32_t i;
+  if (names == NULL) return;
+  for (i = 0; i < n; i++) free(names[i]);
+  free(names);
+}
+
+static char *dupmem (const char *s, size_t len) {
+  char *d = (char *)malloc(len + 1);
+  if (d == NULL) return NULL;
+  memcpy(d, s, len);
+  d[len] = '\0';
+  return d;
+}
+
+/* Copy all the names first, so that a failure leaves rt untouched. */
+static int setnames (mk_rtype *rt, const char *const *names) {
+  char **nn;
+  uint32_t i;
+  if (rt->arity == 0) return 0;
+  nn = (char **)calloc(rt->arity, sizeof(char *));
+  if (nn == NULL) return -1;
+  for (i = 0; i < rt->arity; i++) {
+    const char *s = names[i] ? names[i] : "";
+    if ((nn[i] = dupmem(s, strlen(s))) == NULL) {
+      freenames(nn, i);
+      return -1;
+    }
+  }
+  freenames(rt->names, rt->arity);
+  rt->names = nn;
+  return 0;
+}
+
+mk_rtype *mk_rtype_get (const char *label, size_t labellen, uint32_t arity,
+                        const char *const *names) {
+  uint32_t h = rthash(label, labellen, arity);
+  mk_rtype *rt;
+  if (rtypes.size > 0) {
+    for (rt = rtypes.bucket[h & (rtypes.size - 1)]; rt; rt = rt->chain) {
+      if (rt->hash == h && rt->arity == arity && rt->labellen == labellen &&
+          memcmp(rt->label, label, labellen) == 0) {
+        if (names != NULL && setnames(rt, names) != 0) return NULL;
+        rt->refs++;
+        return rt;
+      }
+    }
+  }
+  /* a new type; grow first, but a full table still works if growing fails */
+  if (rtypes.count >= rtypes.size &&
+      rtresize(rtypes.size ? rtypes.size * 2 : MINRTBUCKETS) != 0 &&
+      rtypes.size == 0)
+    return NULL;
+  rt = (mk_rtype *)malloc(sizeof(mk_rtype));
+  if (rt == NULL) return NULL;
+  rt->refs = 1;
+  rt->arity = arity;
+  rt->hash = h;
+  rt->labellen = labellen;
+  rt->names = NULL;
+  if ((rt->label = dupmem(label, labellen)) == NULL ||
+      (names != NULL && setnames(rt, names) != 0)) {
+    free(rt->label);
+    free(rt);
+    return NULL;
+  }
+  rt->chain = rtypes.bucket[h & (rtypes.size - 1)];
+  rtypes.bucket[h & (rtypes.size - 1)] = rt;
+  rtypes.count++;
+  return rt;
+}
+
+void mk_rtype_ref (mk_rtype *rt) {
+  if (rt != NULL) rt->refs++;
+}
+
+void mk_rtype_unref (mk_rtype *rt) {
+  mk_rtype **p;
+  if (rt == NULL || --rt->refs > 0) return;
+  for (p = &rtypes.bucket[rt->hash & (rtypes.size - 1)]; *p != rt; p = &(*p)->chain)
+    ;
+  *p = rt->chain;
+  freenames(rt->names, rt->arity);
+  free(rt->label);
+  free(rt);
+  if (--rtypes.count == 0) {  /* release the table too: leak checks stay clean */
+    free(rtypes.bucket);
+    rtypes.bucket = NULL;
+    rtypes.size = 0;
+  }
+}
+
+int mk_rtype_field (const mk_rtype *rt, const char *name) {
+  uint32_t i;
+  if (rt == NULL || rt->names == NULL) return -1;
+  for (i = 0; i < rt->arity; i++)
+    if (strcmp(rt->names[i], name) == 0) return (int)i;
+  return -1;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Compounds
+** =======================================================
+*/
+
+static mk_term *newcompound (mk_kind kind, uint32_t n) {
+  mk_term *t;
+  uint32_t i;
+  size_t extra = (size_t)n * sizeof(mk_term *);
+  if (extra / sizeof(mk_term *) != n || extra > SIZE_MAX - sizeof(mk_term))
+    return NULL;  /* only possible where size_t is narrow */
+  t = newterm(kind, n, extra);
+  if (t == NULL) return NULL;
+  for (i = 0; i < n; i++) mk_items(t)[i] = &nil_obj;
+  return t;
+}
+
+mk_term *mk_rec_new (mk_rtype *rt) {
+  mk_term *t;
+  if (rt == NULL) return NULL;
+  t = newcompound(MK_REC, rt->arity);
+  if (t == NULL) return NULL;
+  mk_rtype_ref(rt);
+  t->v.rt = rt;
+  return t;
+}
+
+mk_term *mk_seq_new (uint32_t n) {
+  return newcompound(MK_SEQ, n);
+}
+
+void mk_set (mk_term *c, uint32_t i, mk_term *item) {
+  if (c == NULL || !iscompound(c) || i >= c->n) {  /* misuse: still steal */
+    mk_unref(item);
+    return;
+  }
+  mk_unref(mk_items(c)[i]);
+  mk_items(c)[i] = item ? item : &nil_obj;
+}
+
+/* Items are sealed already, so hash and ground come from them in O(n). */
+mk_term *mk_seal (mk_term *c) {
+  uint32_t h, i;
+  int ground = 1;
+  if (c == NULL || !iscompound(c)) return c;
+  h = HSEED ^ c->kind;
+  if (c->kind == MK_REC) h = hmix(h, c->v.rt->hash);
+  for (i = 0; i < c->n; i++) {
+    const mk_term *it = mk_items(c)[i];
+    h = hmix(h, it->hash);
+    ground &= it->ground;
+  }
+  c->hash = hfinal(h ^ c->n);
+  c->ground = (uint8_t)ground;
+  return c;
+}
+
+mk_term *mk_rec (mk_rtype *rt, ...) {
+  mk_term *t = mk_rec_new(rt);
+  uint32_t i, n = rt ? rt->arity : 0;
+  va_list ap;
+  va_start(ap, rt);
+  for (i = 0; i < n; i++) {
+    mk_term *it = va_arg(ap, mk_term *);
+    if (t != NULL) mk_set(t, i, it);
+    else mk_unref(it);  /* the arguments are stolen even on failure */
+  }
+  va_end(ap);
+  return mk_seal(t);
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Equality and unification.  These recurse on all items but the last
+** and loop on the last one, so right-nested terms (cons lists) run in
+** constant stack.
+** =======================================================
+*/
+
+int mk_equal (const mk_term *a, const mk_term *b) {
+  for (;;) {
+    uint32_t i, n;
+    if (a == b) return 1;
+    if (a->kind != b->kind || a->hash != b->hash || a->n != b->n) return 0;
+    switch (a->kind) {
+      case MK_INT: return a->v.i == b->v.i;
+      case MK_FLOAT: return floatbits(a->v.f) == floatbits(b->v.f);
+      case MK_STR: return memcmp(mk_strdata(a), mk_strdata(b), a->n) == 0;
+      case MK_REC:
+        if (a->v.rt != b->v.rt) return 0;
+        /* FALLTHROUGH */
+      case MK_SEQ:
+        n = a->n;
+        if (n == 0) return 1;
+        for (i = 0; i + 1 < n; i++)
+          if (!mk_equal(mk_items(a)[i], mk_items(b)[i])) return 0;
+        a = mk_items(a)[n - 1];
+        b = mk_items(b)[n - 1];
+        break;
+      default: return 1;  /* singletons of the same kind */
+    }
+  }
+}
+
+uint32_t mk_hash (const mk_term *t) {
+  return t->hash;
+}
+
+int mk_unifies (const mk_term *a, const mk_term *b) {
+  for (;;) {
+    uint32_t i, n;
+    if (a == b || a->kind == MK_WILD || b->kind == MK_WILD) return 1;
+    if (a->kind != b->kind || a->n != b->n) return 0;
+    if (a->ground && b->ground) return mk_equal(a, b);
+    /* one of them holds a wildcard, so both are compounds */
+    if (a->kind == MK_REC && a->v.rt != b->v.rt) return 0;
+    n = a->n;  /* > 0, or it would be ground */
+    for (i = 0; i + 1 < n; i++)
+      if (!mk_unifies(mk_items(a)[i], mk_items(b)[i])) return 0;
+    a = mk_items(a)[n - 1];
+    b = mk_items(b)[n - 1];
+  }
+}
+
+/*
+** The unifier of two terms known to unify.  Wildcards are anonymous, so
+** the most general unifier is just the pointwise merge: each wildcard is
+** replaced by the other side's subterm.  Whole subterms are shared when
+** one side already is the answer.  NULL only on allocation failure.
+*/
+static mk_term *merge (mk_term *a, mk_term *b) {
+  mk_term *c;
+  uint32_t i;
+  int isa = 1, isb = 1;
+  if (a == b || b->kind == MK_WILD || a->ground) return mk_ref(a);
+  if (a->kind == MK_WILD || b->ground) return mk_ref(b);
+  c = (a->kind == MK_REC) ? mk_rec_new(a->v.rt) : mk_seq_new(a->n);
+  if (c == NULL) return NULL;
+  for (i = 0; i < a->n; i++) {
+    mk_term *ai = mk_items(a)[i], *bi = mk_items(b)[i];
+    mk_term *m = merge(ai, bi);
+    if (m == NULL) {
+      mk_unref(c);
+      return NULL;
+    }
+    mk_set(c, i, m);
+    isa &= (m == ai);
+    isb &= (m == bi);
+  }
+  if (isa || isb) {
+    mk_unref(c);
+    return mk_ref(isa ? a : b);
+  }
+  return mk_seal(c);
+}
+
+mk_term *mk_unify (mk_term *a, mk_term *b) {
+  return mk_unifies(a, b) ? merge(a, b) : NULL;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** mk_repr
+** =======================================================
+*/
+
+typedef struct Buf {
+  char *p;
+  size_t n, cap;
+  int oom;
+} Buf;
+
+/* Make room for `extra` more bytes (plus the final NUL). */
+static int reserve (Buf *b, size_t extra) {
+  size_t need;
+  if (b->oom) return 0;
+  need = b->n + extra + 1;
+  if (need < b->n) return b->oom = 1, 0;
+  if (need > b->cap) {
+    size_t ncap = b->cap ? b->cap : 64;
+    char *np;
+    while (ncap < need) {
+      if (ncap > SIZE_MAX / 2) { ncap = need; break; }
+      ncap *= 2;
+    }
+    np = (char *)realloc(b->p, ncap);
+    if (np == NULL) return b->oom = 1, 0;
+    b->p = np;
+    b->cap = ncap;
+  }
+  return 1;
+}
+
+static void addmem (Buf *b, const char *s, size_t len) {
+  if (!reserve(b, len)) return;
+  memcpy(b->p + b->n, s, len);
+  b->n += len;
+}
+
+static void addlit (Buf *b, const char *s) {
+  addmem(b, s, strlen(s));
+}
+
+static void addchar (Buf *b, char c) {
+  if (!reserve(b, 1)) return;
+  b->p[b->n++] = c;
+}
+
+/* Room enough for any %lld or %.17g. */
+#define NUMBUF  64
+
+static void addint (Buf *b, int64_t i) {
+  if (!reserve(b, NUMBUF)) return;
+  b->n += (size_t)snprintf(b->p + b->n, NUMBUF, "%lld", (long long)i);
+}
+
+/* A float must read back as a float, so "1e+300" stays but "5" gets ".0". */
+static void addfloat (Buf *b, double f) {
+  char *s;
+  size_t len;
+  if (isnan(f)) { addlit(b, "nan"); return; }
+  if (isinf(f)) { addlit(b, f > 0 ? "inf" : "-inf"); return; }
+  if (!reserve(b, NUMBUF + 2)) return;
+  s = b->p + b->n;
+  len = (size_t)snprintf(s, NUMBUF, "%.17g", f);
+  if (strspn(s, "-0123456789") == len) {
+    s[len++] = '.';
+    s[len++] = '0';
+  }
+  b->n += len;
+}
+
+/* Printable ASCII stays; every other byte is escaped. */
+static void addquoted (Buf *b, const char *s, size_t len) {
+  static const char hex[] = "0123456789abcdef";
+  size_t i;
+  addchar(b, '"');
+  for (i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    switch (c) {
+      case '"': addlit(b, "\\\""); break;
+      case '\\': addlit(b, "\\\\"); break;
+      case '\n': addlit(b, "\\n"); break;
+      case '\t': addlit(b, "\\t"); break;
+      case '\r': addlit(b, "\\r"); break;
+      default:
+        if (c >= 0x20 && c < 0x7f) addchar(b, (char)c);
+        else {
+          char e[4];
+          e[0] = '\\'; e[1] = 'x'; e[2] = hex[c >> 4]; e[3] = hex[c & 15];
+          addmem(b, e, 4);
+        }
+    }
+  }
+  addchar(b, '"');
+}
+
+static void addterm (Buf *b, const mk_term *t) {
+  uint32_t i;
+  switch (mk_kindof(t)) {
+    case MK_NIL: addlit(b, "nil"); break;
+    case MK_FALSE: addlit(b, "false"); break;
+    case MK_TRUE: addlit(b, "true"); break;
+    case MK_INT: addint(b, t->v.i); break;
+    case MK_FLOAT: addfloat(b, t->v.f); break;
+    case MK_STR: addquoted(b, mk_strdata(t), t->n); break;
+    case MK_WILD: addchar(b, '_'); break;
+    case MK_EOF: addlit(b, "#eof"); break;
+    case MK_REC: case MK_SEQ:
+      if (t->kind == MK_REC) {
+        addmem(b, t->v.rt->label, t->v.rt->labellen);
+        addchar(b, '(');
+      }
+      else addchar(b, '[');
+      for (i = 0; i < t->n && !b->oom; i++) {
+        if (i > 0) addlit(b, ", ");
+        addterm(b, mk_items(t)[i]);
+      }
+      addchar(b, t->kind == MK_REC ? ')' : ']');
+      break;
+  }
+}
+
+char *mk_repr (const mk_term *t, size_t *len) {
+  Buf b = { NULL, 0, 0, 0 };
+  addterm(&b, t);
+  if (!reserve(&b, 0)) {
+    free(b.p);
+    return NULL;
+  }
+  b.p[b.n] = '\0';
+  if (len != NULL) *len = b.n;
+  return b.p;
+}
+
+/* }====================================================== */

@@ -1,0 +1,124 @@
+/*
+** term.h: immutable terms, the values of topics and messages (DESIGN §2).
+**
+** A term is a reference-counted, immutable tree: nil, false, true, integers,
+** floats, byte strings, records (an interned record type plus fields),
+** sequences, the wildcard and EOF.  Single-threaded: the counts are plain.
+**
+** Ownership.  Every function that returns an `mk_term *` returns a NEW
+** reference the caller must release with mk_unref(), unless it says
+** "borrowed".  Builders that take sub-terms STEAL the references passed in
+** (like Python's PyTuple_SET_ITEM), so `mk_seq_set(s, 0, mk_int(1))` leaks
+** nothing.  The singletons (nil, booleans, wildcard, EOF) ignore counting.
+*/
+#ifndef MK_TERM_H
+#define MK_TERM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum mk_kind {
+  MK_NIL, MK_FALSE, MK_TRUE, MK_INT, MK_FLOAT, MK_STR,
+  MK_REC, MK_SEQ, MK_WILD, MK_EOF
+} mk_kind;
+
+typedef struct mk_rtype mk_rtype;
+typedef struct mk_term mk_term;
+
+/*
+** A record type: a label and an arity, interned so that two record types
+** with the same label and arity are the same pointer.  Field names are
+** optional (NULL until someone names them).  Reference counted: every record
+** term and every holder of mk_rtype_get() owns one reference.
+*/
+struct mk_rtype {
+  uint32_t refs;
+  uint32_t arity;
+  uint32_t hash;
+  size_t labellen;
+  char *label;            /* owned, NUL-terminated */
+  char **names;           /* owned array of `arity` owned strings, or NULL */
+  mk_rtype *chain;        /* intern table bucket chain (term.c only) */
+};
+
+struct mk_term {
+  uint32_t refs;          /* MK_IMMORTAL for the static singletons */
+  uint8_t kind;           /* mk_kind */
+  uint8_t ground;         /* 1 when no wildcard occurs inside */
+  uint32_t hash;          /* computed when sealed */
+  uint32_t n;             /* string length / record arity / sequence length */
+  union {
+    int64_t i;            /* MK_INT */
+    double f;             /* MK_FLOAT */
+    mk_rtype *rt;         /* MK_REC: owned reference */
+  } v;
+  /* followed by char[n+1] (MK_STR) or mk_term *[n] (MK_REC, MK_SEQ) */
+};
+
+#define MK_IMMORTAL UINT32_MAX
+
+/* Payload access. */
+#define mk_strdata(t)   ((char *)((t) + 1))
+#define mk_items(t)     ((mk_term **)((t) + 1))
+#define mk_kindof(t)    ((mk_kind)(t)->kind)
+
+/* Reference counting. mk_ref returns its argument. NULL is accepted. */
+mk_term *mk_ref(mk_term *t);
+void mk_unref(mk_term *t);
+
+/* Atoms (new references). */
+mk_term *mk_nil(void);
+mk_term *mk_bool(int b);
+mk_term *mk_int(int64_t i);
+mk_term *mk_float(double f);     /* an integral float in int64 range becomes MK_INT, as Lua table keys do */
+mk_term *mk_str(const char *s, size_t len);
+mk_term *mk_cstr(const char *s);
+mk_term *mk_wild(void);
+mk_term *mk_eof(void);
+
+/*
+** Record types.  mk_rtype_get interns (label, arity) and returns a new
+** reference; names may be NULL or an array of `arity` C strings, which are
+** copied and replace any earlier names.  Returns NULL on allocation failure.
+*/
+mk_rtype *mk_rtype_get(const char *label, size_t labellen, uint32_t arity,
+                       const char *const *names);
+void mk_rtype_ref(mk_rtype *rt);
+void mk_rtype_unref(mk_rtype *rt);
+/* Index of field `name` in rt, or -1. */
+int mk_rtype_field(const mk_rtype *rt, const char *name);
+
+/*
+** Compound builders.  mk_rec_new/mk_seq_new return a term whose slots are
+** mk_nil(); fill them with mk_*_set (steals `item`), then mk_seal() it
+** before any other use (hashing, comparing, routing).  mk_rec_new takes a
+** new reference to rt (the caller keeps its own).
+*/
+mk_term *mk_rec_new(mk_rtype *rt);
+mk_term *mk_seq_new(uint32_t n);
+void mk_set(mk_term *compound, uint32_t i, mk_term *item);
+mk_term *mk_seal(mk_term *compound);   /* returns compound */
+
+/* Convenience: a sealed record of rt with `n == rt->arity` stolen fields. */
+mk_term *mk_rec(mk_rtype *rt, ...);
+
+/* Structural equality and hashing (equal terms hash equal). */
+int mk_equal(const mk_term *a, const mk_term *b);
+uint32_t mk_hash(const mk_term *t);
+
+/* Symmetric unification: wildcards on either side, at any depth. */
+int mk_unifies(const mk_term *a, const mk_term *b);
+/* Most general unifier, or NULL when a and b do not unify. */
+mk_term *mk_unify(mk_term *a, mk_term *b);
+
+/*
+** Readable text, e.g.  chat-line("bob", "hi")  [1, 2, _]  #eof.
+** Returns a malloc'd NUL-terminated string the caller frees, and its length
+** in *len when len is not NULL.  NULL on allocation failure.
+*/
+char *mk_repr(const mk_term *t, size_t *len);
+
+/* The term-layer memory counters, for leak checks in tests. */
+size_t mk_term_live(void);
+
+#endif

@@ -1,0 +1,862 @@
+/*
+** vm.c: VMs, processes, endpoints, presence/absence and message routing.
+**
+** One FIFO queue of events per VM; actions are applied when a behaviour
+** makes them (see vm.h for why that equals Marketplace's order).  The
+** routing indexes (route.h) make add/delete/send cost what matches, not
+** what exists.
+*/
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vmint.h"
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void *xmalloc(size_t n) {
+  void *p = malloc(n);
+  if (p == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  return p;
+}
+
+static char *xstrdup(const char *s) {
+  size_t n;
+  char *d;
+  if (s == NULL) return NULL;
+  n = strlen(s) + 1;
+  d = xmalloc(n);
+  memcpy(d, s, n);
+  return d;
+}
+
+static uint32_t strhash(const char *s, uint32_t h) {
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
+static uint32_t pidhash(mk_pid pid) {
+  uint64_t x = pid * 0x9E3779B97F4A7C15ull;
+  return (uint32_t)(x >> 32);
+}
+
+int mk_role_equal(mk_role a, mk_role b) {
+  return a.orientation == b.orientation && a.interest == b.interest &&
+         mk_equal(a.topic, b.topic);
+}
+
+const char *mk_orientation_name(mk_orientation o) {
+  return o == MK_PUBLISHER ? "publisher" : "subscriber";
+}
+
+const char *mk_interest_name(mk_interest i) {
+  switch (i) {
+    case MK_PARTICIPANT: return "participant";
+    case MK_OBSERVER: return "observer";
+    default: return "everything";
+  }
+}
+
+/* ---- tracing ------------------------------------------------------------ */
+
+void mkI_trace(mk_vm *vm, const char *fmt, ...) {
+  va_list ap;
+  char small[256], *buf = small;
+  int n;
+  va_start(ap, fmt);
+  n = vsnprintf(small, sizeof small, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  if ((size_t)n >= sizeof small) {
+    buf = xmalloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(buf, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+  }
+  vm->trace(vm->traceud, buf);
+  if (buf != small) free(buf);
+}
+
+#define TRACING(vm) ((vm)->trace != NULL)
+
+static char *repr(const mk_term *t) {
+  char *s = t ? mk_repr(t, NULL) : NULL;
+  return s ? s : xstrdup(t ? "?" : "nil");
+}
+
+/* One readable line: "VM-path #pid name: what endpoint role topic [term]". */
+static void trace_proc(mk_proc *p, const char *what, const char *ep,
+                       const mk_role *role, const mk_term *extra) {
+  char *topic = role ? repr(role->topic) : NULL;
+  char *x = extra ? repr(extra) : NULL;
+  mkI_trace(p->vm, "%s #%llu %s: %s%s%s%s%s%s%s%s%s%s%s",
+            mk_vm_path(p->vm), (unsigned long long)p->pid,
+            p->name ? p->name : "-", what,
+            ep ? " " : "", ep ? ep : "",
+            role ? " " : "", role ? mk_orientation_name(role->orientation) : "",
+            role ? "/" : "", role ? mk_interest_name(role->interest) : "",
+            topic ? " " : "", topic ? topic : "",
+            x ? " " : "", x ? x : "");
+  free(topic);
+  free(x);
+}
+
+/* ---- tables ------------------------------------------------------------- */
+
+static void ptab_grow(mk_vm *vm) {
+  size_t n = vm->ptabsize ? vm->ptabsize * 2 : 64, i;
+  mk_proc **t = calloc(n, sizeof *t);
+  if (t == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  for (i = 0; i < vm->ptabsize; i++) {
+    mk_proc *p = vm->ptab[i], *nx;
+    for (; p; p = nx) {
+      size_t h = pidhash(p->pid) & (n - 1);
+      nx = p->hnext;
+      p->hnext = t[h];
+      t[h] = p;
+    }
+  }
+  free(vm->ptab);
+  vm->ptab = t;
+  vm->ptabsize = n;
+}
+
+mk_proc *mk_vm_proc(const mk_vm *vm, mk_pid pid) {
+  mk_proc *p;
+  if (vm->ptabsize == 0) return NULL;
+  for (p = vm->ptab[pidhash(pid) & (vm->ptabsize - 1)]; p; p = p->hnext)
+    if (p->pid == pid) return p;
+  return NULL;
+}
+
+static void ptab_remove(mk_vm *vm, mk_proc *p) {
+  mk_proc **pp = &vm->ptab[pidhash(p->pid) & (vm->ptabsize - 1)];
+  for (; *pp; pp = &(*pp)->hnext)
+    if (*pp == p) { *pp = p->hnext; vm->nprocs--; return; }
+}
+
+static uint32_t ephash(mk_pid pid, const char *name) {
+  return strhash(name, pidhash(pid) | 1u);
+}
+
+static void etab_grow(mk_vm *vm) {
+  size_t n = vm->etabsize ? vm->etabsize * 2 : 64, i;
+  mk_endpoint **t = calloc(n, sizeof *t);
+  if (t == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  for (i = 0; i < vm->etabsize; i++) {
+    mk_endpoint *e = vm->etab[i], *nx;
+    for (; e; e = nx) {
+      nx = e->hnext;
+      e->hnext = t[e->hash & (n - 1)];
+      t[e->hash & (n - 1)] = e;
+    }
+  }
+  free(vm->etab);
+  vm->etab = t;
+  vm->etabsize = n;
+}
+
+mk_endpoint *mkI_endpoint(mk_vm *vm, mk_pid pid, const char *name) {
+  uint32_t h;
+  mk_endpoint *e;
+  if (vm->etabsize == 0) return NULL;
+  h = ephash(pid, name);
+  for (e = vm->etab[h & (vm->etabsize - 1)]; e; e = e->hnext)
+    if (e->hash == h && e->proc->pid == pid && strcmp(e->name, name) == 0) return e;
+  return NULL;
+}
+
+static void etab_remove(mk_vm *vm, mk_endpoint *e) {
+  mk_endpoint **pp = &vm->etab[e->hash & (vm->etabsize - 1)];
+  for (; *pp; pp = &(*pp)->hnext)
+    if (*pp == e) { *pp = e->hnext; vm->neps--; return; }
+}
+
+/* ---- reference counting of processes and endpoints ---------------------- */
+
+static void proc_unref(mk_proc *p) {
+  mk_metaname *m, *mn;
+  if (--p->refs > 0) return;
+  if (p->b->destroy) p->b->destroy(p);
+  for (m = p->metas; m; m = mn) { mn = m->next; free(m); }
+  free(p->name);
+  free(p);
+}
+
+static void ep_unref(mk_endpoint *e) {
+  if (--e->refs > 0) return;
+  mk_unref(e->role.topic);
+  free(e);
+}
+
+/* ---- the queue ---------------------------------------------------------- */
+
+static mk_qev *qev_new(mk_vm *vm, mk_proc *p, mk_event_type type) {
+  mk_qev *q = xmalloc(sizeof *q);
+  memset(q, 0, sizeof *q);
+  q->type = (uint8_t)type;
+  q->proc = p;
+  p->refs++;
+  p->pending++;
+  if (vm->qtail) vm->qtail->next = q; else vm->qhead = q;
+  vm->qtail = q;
+  vm->qlen++;
+  return q;
+}
+
+static void qev_free(mk_qev *q) {
+  if (q->ep) ep_unref(q->ep);
+  mk_unref(q->term);
+  mk_unref(q->reason);
+  free(q->name);
+  free(q);
+}
+
+/* Queue an event naming endpoint `to` of its process. */
+static void enqueue_ep(mk_vm *vm, mk_endpoint *to, mk_event_type type,
+                       mk_term *term, const mk_role *peer, mk_term *reason) {
+  mk_qev *q = qev_new(vm, to->proc, type);
+  q->ep = to;
+  to->refs++;
+  q->term = term;                    /* already a new reference */
+  if (peer) {
+    q->orientation = (uint8_t)peer->orientation;
+    q->interest = (uint8_t)peer->interest;
+  }
+  q->reason = mk_ref(reason);
+}
+
+void mkI_enqueue_meta(mk_vm *vm, mk_proc *target, const mk_event *ev,
+                      const char *name, int meta) {
+  mk_qev *q = qev_new(vm, target, ev->type);
+  q->name = xstrdup(name);
+  q->meta = (uint8_t)meta;
+  q->term = mk_ref(ev->type == MK_EV_MESSAGE ? ev->message : ev->role.topic);
+  q->orientation = (uint8_t)ev->role.orientation;
+  q->interest = (uint8_t)ev->role.interest;
+  q->reason = mk_ref(ev->reason);
+}
+
+/* ---- VM life ------------------------------------------------------------ */
+
+mk_vm *mk_vm_new(void) {
+  mk_vm *vm = xmalloc(sizeof *vm);
+  memset(vm, 0, sizeof *vm);
+  vm->ix[0] = mk_index_new();
+  vm->ix[1] = mk_index_new();
+  if (!vm->ix[0] || !vm->ix[1]) { fputs("market: out of memory\n", stderr); abort(); }
+  vm->nextpid = 1;
+  vm->path = xstrdup("ground");
+  ptab_grow(vm);
+  etab_grow(vm);
+  return vm;
+}
+
+void mk_vm_set_hooks(mk_vm *vm, const mk_vm_hooks *hooks) {
+  if (hooks) vm->hooks = *hooks; else memset(&vm->hooks, 0, sizeof vm->hooks);
+}
+
+void mk_vm_set_trace(mk_vm *vm, mk_trace_fn fn, void *ud) {
+  vm->trace = fn;
+  vm->traceud = ud;
+}
+
+int mk_vm_idle(const mk_vm *vm) { return vm->qhead == NULL; }
+size_t mk_vm_nprocs(const mk_vm *vm) { return vm->nprocs; }
+mk_vm *mk_vm_parent(const mk_vm *vm) { return vm->parent; }
+mk_proc *mk_vm_self(const mk_vm *vm) { return vm->self; }
+const char *mk_vm_path(const mk_vm *vm) { return vm->path; }
+void *mk_vm_userdata(const mk_vm *vm) { return vm->userdata; }
+void mk_vm_set_userdata(mk_vm *vm, void *ud) { vm->userdata = ud; }
+
+mk_action *mk_vm_take_outbox(mk_vm *vm) {
+  mk_action *a = vm->outbox;
+  vm->outbox = vm->outtail = NULL;
+  return a;
+}
+
+static void drop_queue(mk_vm *vm);
+
+void mk_vm_free(mk_vm *vm, mk_term *reason) {
+  size_t i;
+  if (vm == NULL) return;
+  vm->freeing = 1;
+  /* Kill one process at a time and let the survivors see it go. */
+  while (vm->nprocs > 0) {
+    mk_proc *victim = NULL;
+    for (i = 0; i < vm->ptabsize && victim == NULL; i++) victim = vm->ptab[i];
+    for (i = 0; i < vm->ptabsize; i++) {
+      mk_proc *p;
+      for (p = vm->ptab[i]; p; p = p->hnext)
+        if (p->pid < victim->pid) victim = p;
+    }
+    mkI_kill(victim, reason);
+    mk_vm_run(vm);
+  }
+  drop_queue(vm);
+  mk_action_free(vm->outbox);
+  mk_index_free(vm->ix[0]);
+  mk_index_free(vm->ix[1]);
+  free(vm->ptab);
+  free(vm->etab);
+  free(vm->path);
+  free(vm->bootname);
+  if (vm->bootb && vm->bootb->destroy && vm->bootdata) {
+    /* A nested VM that never booted still owns its boot data: destroy
+    ** through a transient process record, as the behaviour expects. */
+    mk_proc tmp;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.vm = vm;
+    tmp.b = vm->bootb;
+    tmp.data = vm->bootdata;
+    vm->bootb->destroy(&tmp);
+  }
+  free(vm);
+}
+
+/* ---- processes ---------------------------------------------------------- */
+
+mk_pid mk_proc_pid(const mk_proc *p) { return p->pid; }
+const char *mk_proc_name(const mk_proc *p) { return p->name; }
+void mk_proc_set_name(mk_proc *p, const char *name) { free(p->name); p->name = xstrdup(name); }
+mk_vm *mk_proc_vm(const mk_proc *p) { return p->vm; }
+void *mk_proc_data(const mk_proc *p) { return p->data; }
+int mk_proc_alive(const mk_proc *p) { return !p->dead; }
+size_t mk_proc_nendpoints(const mk_proc *p) { return p->neps; }
+
+static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
+  mk_proc *p = xmalloc(sizeof *p);
+  size_t h;
+  memset(p, 0, sizeof *p);
+  p->vm = vm;
+  p->pid = vm->nextpid++;
+  p->name = xstrdup(name);
+  p->b = b;
+  p->data = data;
+  p->refs = 1;
+  if (vm->nprocs + 1 > vm->ptabsize) ptab_grow(vm);
+  h = pidhash(p->pid) & (vm->ptabsize - 1);
+  p->hnext = vm->ptab[h];
+  vm->ptab[h] = p;
+  vm->nprocs++;
+  qev_new(vm, p, MK_EV_BOOT);
+  if (TRACING(vm)) trace_proc(p, b->kind ? b->kind : "spawn", NULL, NULL, NULL);
+  return p;
+}
+
+mk_pid mk_vm_spawn(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
+  return proc_new(vm, b, data, name)->pid;
+}
+
+/* ---- endpoints, presence and absence ------------------------------------ */
+
+/* Can an endpoint of interest `seer` see a peer of interest `seen`? */
+static int visible(mk_interest seer, mk_interest seen) {
+  return seen == MK_PARTICIPANT || seer == MK_EVERYTHING;
+}
+
+typedef struct presence_ctx {
+  mk_vm *vm;
+  mk_endpoint *e;
+  mk_term *reason;
+  int absent;
+} presence_ctx;
+
+static int on_peer(mk_ilink *link, void *ud) {
+  presence_ctx *c = ud;
+  mk_endpoint *q = (mk_endpoint *)link, *e = c->e;
+  int e_sees = visible(e->role.interest, q->role.interest);
+  int q_sees = visible(q->role.interest, e->role.interest);
+  if (c->absent) {
+    /* Only the peer hears of it: the departing endpoint is gone. */
+    if (q_sees) {
+      mk_role r = e->role;
+      enqueue_ep(c->vm, q, MK_EV_ABSENCE, mk_unify(e->role.topic, q->role.topic), &r, c->reason);
+    }
+    return 0;
+  }
+  if (e_sees)
+    enqueue_ep(c->vm, e, MK_EV_PRESENCE, mk_unify(e->role.topic, q->role.topic), &q->role, NULL);
+  if (q_sees)
+    enqueue_ep(c->vm, q, MK_EV_PRESENCE, mk_unify(e->role.topic, q->role.topic), &e->role, NULL);
+  return 0;
+}
+
+static void metaname_add(mk_proc *p, const char *name) {
+  mk_metaname *m;
+  size_t n = strlen(name) + 1;
+  for (m = p->metas; m; m = m->next)
+    if (strcmp(m->name, name) == 0) return;
+  m = xmalloc(sizeof *m + n);
+  memcpy(m->name, name, n);
+  m->next = p->metas;
+  p->metas = m;
+}
+
+static void metaname_remove(mk_proc *p, const char *name) {
+  mk_metaname **pp;
+  for (pp = &p->metas; *pp; pp = &(*pp)->next)
+    if (strcmp((*pp)->name, name) == 0) {
+      mk_metaname *m = *pp;
+      *pp = m->next;
+      free(m);
+      return;
+    }
+}
+
+int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
+  mk_vm *vm = p->vm;
+  mk_endpoint *e;
+  presence_ctx c;
+  size_t n;
+  if (p->dead) return -1;
+  if (role.topic == NULL) { mk_failf(p, "endpoint '%s' has no topic", name); return -1; }
+  if (meta) {
+    /* Performed one level up when this VM's turn ends. */
+    mk_action *a = mk_action_add(name, role);
+    if (vm->parent == NULL) {
+      mk_action_free(a);
+      mk_failf(p, "at_meta_level in the ground VM: no VM above it (endpoint '%s')", name);
+      return -1;
+    }
+    metaname_add(p, name);
+    return mk_at_meta_level(p, a);
+  }
+  e = mkI_endpoint(vm, p->pid, name);
+  if (e != NULL) {
+    if (mk_role_equal(e->role, role)) return 1;
+    mk_failf(p, "endpoint '%s' re-added with a different role", name);
+    return -1;
+  }
+  n = strlen(name) + 1;
+  e = xmalloc(sizeof *e + n);
+  memset(e, 0, sizeof *e);
+  memcpy(e->name, name, n);
+  e->proc = p;
+  e->refs = 1;
+  e->role = role;
+  e->role.topic = mk_ref(role.topic);
+  e->hash = ephash(p->pid, name);
+  if (vm->neps + 1 > vm->etabsize) etab_grow(vm);
+  e->hnext = vm->etab[e->hash & (vm->etabsize - 1)];
+  vm->etab[e->hash & (vm->etabsize - 1)] = e;
+  vm->neps++;
+  e->pnext = p->eps;
+  if (p->eps) p->eps->pprev = e;
+  p->eps = e;
+  p->neps++;
+  if (TRACING(vm)) trace_proc(p, "add", name, &e->role, NULL);
+  c.vm = vm;
+  c.e = e;
+  c.reason = NULL;
+  c.absent = 0;
+  mk_index_match(vm->ix[!role.orientation], role.topic, on_peer, &c);
+  if (mk_index_add(vm->ix[role.orientation], role.topic, &e->link) != 0) {
+    fputs("market: out of memory\n", stderr);
+    abort();
+  }
+  if (vm->hooks.subscribed && role.orientation == MK_SUBSCRIBER &&
+      role.interest == MK_PARTICIPANT)
+    vm->hooks.subscribed(vm, role.topic, vm->hooks.ud);
+  return 0;
+}
+
+static void endpoint_remove(mk_endpoint *e, mk_term *reason) {
+  mk_proc *p = e->proc;
+  mk_vm *vm = p->vm;
+  presence_ctx c;
+  if (TRACING(vm)) trace_proc(p, "delete", e->name, &e->role, reason);
+  e->dead = 1;
+  mk_index_remove(vm->ix[e->role.orientation], &e->link);
+  etab_remove(vm, e);
+  if (e->pprev) e->pprev->pnext = e->pnext; else p->eps = e->pnext;
+  if (e->pnext) e->pnext->pprev = e->pprev;
+  p->neps--;
+  c.vm = vm;
+  c.e = e;
+  c.reason = reason;
+  c.absent = 1;
+  mk_index_match(vm->ix[!e->role.orientation], e->role.topic, on_peer, &c);
+  if (vm->hooks.unsubscribed && e->role.orientation == MK_SUBSCRIBER &&
+      e->role.interest == MK_PARTICIPANT)
+    vm->hooks.unsubscribed(vm, e->role.topic, vm->hooks.ud);
+  ep_unref(e);
+}
+
+int mk_delete_endpoint(mk_proc *p, const char *name, int meta, mk_term *reason) {
+  mk_endpoint *e;
+  if (p->dead) return -1;
+  if (meta) {
+    if (p->vm->parent == NULL) {
+      mk_failf(p, "at_meta_level in the ground VM: no VM above it (endpoint '%s')", name);
+      return -1;
+    }
+    metaname_remove(p, name);
+    return mk_at_meta_level(p, mk_action_delete(name, reason));
+  }
+  e = mkI_endpoint(p->vm, p->pid, name);
+  if (e == NULL) return -1;
+  endpoint_remove(e, reason);
+  return 0;
+}
+
+/* ---- messages ----------------------------------------------------------- */
+
+typedef struct send_ctx {
+  mk_vm *vm;
+  mk_term *body;
+} send_ctx;
+
+static int on_receiver(mk_ilink *link, void *ud) {
+  send_ctx *c = ud;
+  mk_endpoint *e = (mk_endpoint *)link;
+  enqueue_ep(c->vm, e, MK_EV_MESSAGE, mk_ref(c->body), &e->role, NULL);
+  return 0;
+}
+
+static void route(mk_vm *vm, mk_term *body, int feedback) {
+  send_ctx c;
+  c.vm = vm;
+  c.body = body;
+  /* send reaches subscribers; feedback reaches publishers. */
+  mk_index_match(vm->ix[feedback ? MK_PUBLISHER : MK_SUBSCRIBER], body, on_receiver, &c);
+}
+
+void mk_send(mk_proc *p, mk_term *body) {
+  if (p->dead) return;
+  if (TRACING(p->vm)) trace_proc(p, "send", NULL, NULL, body);
+  route(p->vm, body, 0);
+}
+
+void mk_feedback(mk_proc *p, mk_term *body) {
+  if (p->dead) return;
+  if (TRACING(p->vm)) trace_proc(p, "feedback", NULL, NULL, body);
+  route(p->vm, body, 1);
+}
+
+void mk_vm_send(mk_vm *vm, mk_term *body, int feedback) {
+  route(vm, body, feedback);
+}
+
+/* ---- spawn, quit, yield, meta ------------------------------------------- */
+
+mk_pid mk_spawn(mk_proc *p, const mk_behavior *b, void *data, const char *name, void *cont) {
+  mk_proc *child;
+  mk_qev *q;
+  if (p->dead) {
+    if (b->destroy) {
+      mk_proc tmp;
+      memset(&tmp, 0, sizeof tmp);
+      tmp.vm = p->vm;
+      tmp.b = b;
+      tmp.data = data;
+      b->destroy(&tmp);
+    }
+    if (cont && p->b->release_cont) p->b->release_cont(p, cont);
+    return 0;
+  }
+  child = proc_new(p->vm, b, data, name);
+  if (cont) {
+    q = qev_new(p->vm, p, MK_EV_SPAWNED);
+    q->cont = cont;
+    q->pid = child->pid;
+    p->conts++;
+  }
+  return child->pid;
+}
+
+void mkI_kill(mk_proc *p, mk_term *reason) {
+  mk_vm *vm = p->vm;
+  if (p->dead) return;
+  p->dead = 1;
+  if (TRACING(vm)) trace_proc(p, "quit", NULL, NULL, reason);
+  while (p->eps) endpoint_remove(p->eps, reason);
+  if (p->metas && vm->parent) {
+    /* Its endpoints one level up go with it, carrying the same reason. */
+    char prefix[32];
+    mk_action *a = xmalloc(sizeof *a);
+    memset(a, 0, sizeof *a);
+    a->type = MK_A_DROP;
+    snprintf(prefix, sizeof prefix, "%llu/", (unsigned long long)p->pid);
+    a->name = xstrdup(prefix);
+    a->term = mk_ref(reason);
+    if (vm->outtail) vm->outtail->next = a; else vm->outbox = a;
+    vm->outtail = a;
+  }
+  ptab_remove(vm, p);
+  proc_unref(p);
+}
+
+int mk_quit(mk_proc *p, mk_pid pid, mk_term *reason) {
+  mk_proc *victim;
+  if (p->dead) return -1;
+  if (pid == 0 || pid == p->pid) { mkI_kill(p, reason); return 0; }
+  victim = mk_vm_proc(p->vm, pid);
+  if (victim == NULL) return -1;
+  mkI_kill(victim, reason);
+  return 0;
+}
+
+int mk_vm_kill(mk_vm *vm, mk_pid pid, mk_term *reason) {
+  mk_proc *victim = mk_vm_proc(vm, pid);
+  if (victim == NULL) return -1;
+  mkI_kill(victim, reason);
+  return 0;
+}
+
+void mk_fail(mk_proc *p, mk_term *reason) {
+  mkI_kill(p, reason);
+}
+
+void mk_failf(mk_proc *p, const char *fmt, ...) {
+  va_list ap;
+  char small[256];
+  int n;
+  mk_term *r;
+  va_start(ap, fmt);
+  n = vsnprintf(small, sizeof small, fmt, ap);
+  va_end(ap);
+  if (n >= 0 && (size_t)n >= sizeof small) {
+    char *buf = xmalloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(buf, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    r = mk_str(buf, (size_t)n);
+    free(buf);
+  } else {
+    r = mk_cstr(n < 0 ? "error" : small);
+  }
+  mk_fail(p, r);
+  mk_unref(r);
+}
+
+void mk_yield(mk_proc *p, void *cont) {
+  mk_qev *q;
+  if (p->dead) {
+    if (cont && p->b->release_cont) p->b->release_cont(p, cont);
+    return;
+  }
+  q = qev_new(p->vm, p, MK_EV_RESUME);
+  q->cont = cont;
+  p->conts++;
+}
+
+int mk_at_meta_level(mk_proc *p, mk_action *list) {
+  mk_vm *vm = p->vm;
+  mk_action *a;
+  if (p->dead) { mk_action_free(list); return -1; }
+  if (vm->parent == NULL) {
+    mk_action_free(list);
+    mk_failf(p, "at_meta_level in the ground VM: there is no VM above it");
+    return -1;
+  }
+  if (TRACING(vm)) trace_proc(p, "at_meta_level", NULL, NULL, NULL);
+  a = xmalloc(sizeof *a);
+  memset(a, 0, sizeof *a);
+  a->type = MK_A_META;
+  a->pid = p->pid;
+  a->list = list;
+  for (; list; list = list->next) {
+    /* Track what this process holds above, so that it is not taken for
+    ** finished while it still has endpoints there. */
+    if (list->type == MK_A_ADD) metaname_add(p, list->name);
+    else if (list->type == MK_A_DELETE) metaname_remove(p, list->name);
+  }
+  if (vm->outtail) vm->outtail->next = a; else vm->outbox = a;
+  vm->outtail = a;
+  return 0;
+}
+
+/* ---- action values ------------------------------------------------------ */
+
+static mk_action *action_new(mk_action_type t) {
+  mk_action *a = xmalloc(sizeof *a);
+  memset(a, 0, sizeof *a);
+  a->type = t;
+  return a;
+}
+
+mk_action *mk_action_spawn(const mk_behavior *b, void *data, const char *name) {
+  mk_action *a = action_new(MK_A_SPAWN);
+  a->b = b;
+  a->data = data;
+  a->name = xstrdup(name);
+  return a;
+}
+
+mk_action *mk_action_quit(mk_term *reason) {
+  mk_action *a = action_new(MK_A_QUIT);
+  a->term = mk_ref(reason);
+  return a;
+}
+
+mk_action *mk_action_add(const char *name, mk_role role) {
+  mk_action *a = action_new(MK_A_ADD);
+  a->name = xstrdup(name);
+  a->role = role;
+  a->role.topic = mk_ref(role.topic);
+  return a;
+}
+
+mk_action *mk_action_delete(const char *name, mk_term *reason) {
+  mk_action *a = action_new(MK_A_DELETE);
+  a->name = xstrdup(name);
+  a->term = mk_ref(reason);
+  return a;
+}
+
+mk_action *mk_action_send(mk_term *body) {
+  mk_action *a = action_new(MK_A_SEND);
+  a->term = mk_ref(body);
+  return a;
+}
+
+mk_action *mk_action_feedback(mk_term *body) {
+  mk_action *a = action_new(MK_A_FEEDBACK);
+  a->term = mk_ref(body);
+  return a;
+}
+
+mk_action *mk_action_meta(mk_action *list) {
+  mk_action *a = action_new(MK_A_META);
+  a->list = list;
+  return a;
+}
+
+mk_action *mk_action_append(mk_action *a, mk_action *b) {
+  mk_action *t;
+  if (a == NULL) return b;
+  for (t = a; t->next; t = t->next) {}
+  t->next = b;
+  return a;
+}
+
+static void action_free1(mk_action *a) {
+  if (a->type == MK_A_SPAWN && a->data && a->b->destroy) {
+    mk_proc tmp;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.b = a->b;
+    tmp.data = a->data;
+    a->b->destroy(&tmp);
+  }
+  mk_action_free(a->list);
+  mk_unref(a->role.topic);
+  mk_unref(a->term);
+  free(a->name);
+  free(a);
+}
+
+void mk_action_free(mk_action *a) {
+  while (a) {
+    mk_action *n = a->next;
+    action_free1(a);
+    a = n;
+  }
+}
+
+/* Perform one action node on behalf of p (a nested-VM process performing
+** what its children made at meta level).  Consumes the node. */
+void mkI_perform(mk_proc *p, mk_action *a) {
+  a->next = NULL;
+  switch (a->type) {
+    case MK_A_SPAWN:
+      mk_spawn(p, a->b, a->data, a->name, NULL);
+      a->data = NULL;
+      break;
+    case MK_A_QUIT: mk_quit(p, 0, a->term); break;
+    case MK_A_ADD: mk_add_endpoint(p, a->name, 0, a->role); break;
+    case MK_A_DELETE: mk_delete_endpoint(p, a->name, 0, a->term); break;
+    case MK_A_SEND: mk_send(p, a->term); break;
+    case MK_A_FEEDBACK: mk_feedback(p, a->term); break;
+    case MK_A_META: mk_at_meta_level(p, a->list); a->list = NULL; break;
+    case MK_A_DROP: {
+      size_t n = strlen(a->name);
+      mk_endpoint *e = p->eps, *nx;
+      for (; e; e = nx) {
+        nx = e->pnext;
+        if (strncmp(e->name, a->name, n) == 0) endpoint_remove(e, a->term);
+      }
+      break;
+    }
+  }
+  action_free1(a);
+}
+
+/* ---- running ------------------------------------------------------------ */
+
+static void check_exit(mk_proc *p) {
+  /* Implicit exit: nothing to listen on here or above, nothing due. */
+  if (!p->dead && p->neps == 0 && p->metas == NULL && p->pending == 0 && !p->in_handle)
+    mkI_kill(p, NULL);
+}
+
+static void deliver(mk_vm *vm, mk_qev *q) {
+  mk_proc *p = q->proc;
+  mk_event ev;
+  if (q->type == MK_EV_SPAWNED || q->type == MK_EV_RESUME) p->conts--;
+  if (p->dead || (q->ep && q->ep->dead)) {
+    if (q->cont && p->b->release_cont) p->b->release_cont(p, q->cont);
+    return;
+  }
+  memset(&ev, 0, sizeof ev);
+  ev.type = (mk_event_type)q->type;
+  ev.endpoint = q->ep ? q->ep->name : q->name;
+  ev.meta = q->meta;
+  ev.role.orientation = (mk_orientation)q->orientation;
+  ev.role.interest = (mk_interest)q->interest;
+  if (q->type == MK_EV_MESSAGE) {
+    ev.message = q->term;
+    ev.role.topic = q->ep ? q->ep->role.topic : NULL;
+  } else {
+    ev.role.topic = q->term;
+  }
+  ev.reason = q->reason;
+  ev.pid = q->pid;
+  ev.cont = q->cont;
+  if (TRACING(vm) && q->type != MK_EV_BOOT) {
+    static const char *const names[] = {"boot", "presence", "absence", "message",
+                                        "spawned", "resume", "meta"};
+    trace_proc(p, names[q->type], ev.endpoint, ev.role.topic ? &ev.role : NULL,
+               q->type == MK_EV_MESSAGE ? ev.message : ev.reason);
+  }
+  p->in_handle++;
+  p->b->handle(p, &ev);
+  p->in_handle--;
+}
+
+int mk_vm_step(mk_vm *vm) {
+  mk_qev *q = vm->qhead;
+  mk_proc *p;
+  if (q == NULL) return 0;
+  vm->qhead = q->next;
+  if (vm->qhead == NULL) vm->qtail = NULL;
+  vm->qlen--;
+  p = q->proc;
+  p->pending--;
+  deliver(vm, q);
+  qev_free(q);
+  check_exit(p);
+  proc_unref(p);
+  return 1;
+}
+
+size_t mk_vm_run(mk_vm *vm) {
+  size_t n = 0;
+  while (mk_vm_step(vm)) n++;
+  return n;
+}
+
+static void drop_queue(mk_vm *vm) {
+  mk_qev *q;
+  while ((q = vm->qhead) != NULL) {
+    mk_proc *p = q->proc;
+    vm->qhead = q->next;
+    p->pending--;
+    if (q->cont && p->b->release_cont) p->b->release_cont(p, q->cont);
+    qev_free(q);
+    proc_unref(p);
+  }
+  vm->qtail = NULL;
+  vm->qlen = 0;
+}

@@ -1,0 +1,212 @@
+/*
+** vm.h: virtual machines, processes, endpoints and actions (DESIGN §1).
+**
+** A VM owns its processes; a process owns its endpoints; nothing else holds
+** a pointer to a process for longer than one event.  Processes are
+** "behaviours": a vtable (mk_behavior) plus a data pointer.  The Lua binding
+** is one behaviour, nested VMs another, native C processes a third.
+**
+** Events.  Every event for a process goes through the VM's FIFO queue, so a
+** process sees events in the order the VM produced them.  mk_vm_run() takes
+** one event at a time and calls the behaviour's `handle`.
+**
+** Actions.  A behaviour performs actions with the mk_* calls below while it
+** handles an event.  They are applied at once, in the order made: that is
+** the same as Marketplace's "apply the transition's actions in order after
+** the handler returns", because no other process of the VM runs between
+** them.  After a process quits (itself), further actions are dropped.
+** Actions "at meta level" are collected in the VM's outbox and performed by
+** the parent VM when the nested VM's turn ends (mk_meta_*).
+*/
+#ifndef MK_VM_H
+#define MK_VM_H
+
+#include <stdint.h>
+#include "term.h"
+#include "route.h"
+
+typedef struct mk_vm mk_vm;
+typedef struct mk_proc mk_proc;
+typedef struct mk_endpoint mk_endpoint;
+typedef struct mk_behavior mk_behavior;
+typedef struct mk_action mk_action;
+typedef uint64_t mk_pid;
+
+typedef enum mk_orientation { MK_PUBLISHER = 0, MK_SUBSCRIBER = 1 } mk_orientation;
+typedef enum mk_interest { MK_PARTICIPANT = 0, MK_OBSERVER = 1, MK_EVERYTHING = 2 } mk_interest;
+
+/* A role.  `topic` is owned by whoever holds the role. */
+typedef struct mk_role {
+  mk_orientation orientation;
+  mk_interest interest;
+  mk_term *topic;
+} mk_role;
+
+typedef enum mk_event_type {
+  MK_EV_BOOT,        /* first event of every process */
+  MK_EV_PRESENCE,    /* endpoint, role = the peer's role refined to the intersection */
+  MK_EV_ABSENCE,     /* endpoint, role as at presence, reason (NULL: normal) */
+  MK_EV_MESSAGE,     /* endpoint, message, role = the receiving endpoint's role */
+  MK_EV_SPAWNED,     /* cont, pid: a spawn continuation is due */
+  MK_EV_RESUME,      /* cont: a yield continuation is due */
+  MK_EV_META         /* VM-internal: an event for a child of a nested VM */
+} mk_event_type;
+
+/* An event as handed to a behaviour.  Everything in it is borrowed for the
+** duration of the call; mk_ref what you keep. */
+typedef struct mk_event {
+  mk_event_type type;
+  const char *endpoint;  /* receiving endpoint's name (presence/absence/message) */
+  int meta;              /* 1: the endpoint was added at meta level */
+  mk_role role;
+  mk_term *message;
+  mk_term *reason;
+  mk_pid pid;            /* MK_EV_SPAWNED: the new process */
+  void *cont;            /* MK_EV_SPAWNED, MK_EV_RESUME: the behaviour's token */
+} mk_event;
+
+/*
+** A process behaviour.  `handle` is called for each event; `release_cont`
+** frees a continuation token that will never be delivered (its process died
+** first); `destroy` frees the behaviour's data, exactly once, when the
+** process is gone.  `release_cont` and `destroy` may be NULL.  `name` is the
+** behaviour kind shown by --trace.
+**
+** `handle` reports a crash with mk_fail(p, reason): the process then quits
+** with that reason (absence events carry it to peers).
+*/
+struct mk_behavior {
+  const char *kind;
+  void (*handle)(mk_proc *p, const mk_event *ev);
+  void (*release_cont)(mk_proc *p, void *cont);
+  void (*destroy)(mk_proc *p);
+};
+
+/* Trace hook: called with one readable line (no newline) per event and
+** action when set (market --trace). */
+typedef void (*mk_trace_fn)(void *ud, const char *line);
+
+/* VM-level hooks, used by the ground VM to learn about subscriptions to
+** ground events.  Called after a subscriber endpoint with `topic` is added
+** to / removed from this VM. */
+typedef struct mk_vm_hooks {
+  void (*subscribed)(mk_vm *vm, const mk_term *topic, void *ud);
+  void (*unsubscribed)(mk_vm *vm, const mk_term *topic, void *ud);
+  void *ud;
+} mk_vm_hooks;
+
+/* ---- VMs ---------------------------------------------------------------- */
+
+/* A new, empty VM.  `parent` is NULL for a ground VM's core.  Owned by the
+** caller (mk_vm_free), or by the nested-VM process that made it. */
+mk_vm *mk_vm_new(void);
+/*
+** Kills every process (each sees the others' absence with `reason`, which
+** is borrowed; NULL means normal), drains the events that produces without
+** delivering further I/O, and frees the VM.
+*/
+void mk_vm_free(mk_vm *vm, mk_term *reason);
+void mk_vm_set_hooks(mk_vm *vm, const mk_vm_hooks *hooks);
+void mk_vm_set_trace(mk_vm *vm, mk_trace_fn fn, void *ud);
+/* Deliver queued events until the queue is empty.  Returns the number of
+** events delivered. */
+size_t mk_vm_run(mk_vm *vm);
+/* Deliver at most one event.  Returns 1 if one was delivered. */
+int mk_vm_step(mk_vm *vm);
+int mk_vm_idle(const mk_vm *vm);            /* queue empty */
+size_t mk_vm_nprocs(const mk_vm *vm);
+mk_vm *mk_vm_parent(const mk_vm *vm);
+mk_proc *mk_vm_self(const mk_vm *vm);       /* the nested-VM process in the parent, or NULL */
+/* VM path for traces: "ground", "ground/3", ... (borrowed, stable). */
+const char *mk_vm_path(const mk_vm *vm);
+/* User data slot, e.g. for the Lua binding's state.  Inherited by nested VMs. */
+void *mk_vm_userdata(const mk_vm *vm);
+void mk_vm_set_userdata(mk_vm *vm, void *ud);
+/* The VM's outbox: actions its processes made at meta level, in order.
+** mk_vm_take_outbox detaches and returns the list (caller owns it). */
+mk_action *mk_vm_take_outbox(mk_vm *vm);
+
+/*
+** Spawn a process from outside any process (the boot process of a ground
+** VM, a host's native process).  Returns its pid, or 0 on allocation
+** failure (destroy is then called on `data`'s behalf).
+*/
+mk_pid mk_vm_spawn(mk_vm *vm, const mk_behavior *b, void *data, const char *name);
+/* Send a message into the VM from outside any process. */
+void mk_vm_send(mk_vm *vm, mk_term *body, int feedback);   /* body borrowed */
+/* Kill a process from outside; reason borrowed (NULL normal).  -1 if no such pid. */
+int mk_vm_kill(mk_vm *vm, mk_pid pid, mk_term *reason);
+mk_proc *mk_vm_proc(const mk_vm *vm, mk_pid pid);
+
+/* ---- processes ---------------------------------------------------------- */
+
+mk_pid mk_proc_pid(const mk_proc *p);
+const char *mk_proc_name(const mk_proc *p);
+void mk_proc_set_name(mk_proc *p, const char *name);
+mk_vm *mk_proc_vm(const mk_proc *p);
+void *mk_proc_data(const mk_proc *p);
+int mk_proc_alive(const mk_proc *p);
+size_t mk_proc_nendpoints(const mk_proc *p);
+/* Crash: quit with `reason` (borrowed). */
+void mk_fail(mk_proc *p, mk_term *reason);
+void mk_failf(mk_proc *p, const char *fmt, ...);
+
+/* ---- actions, performed by the process `p` while it handles an event ---- */
+
+/* Spawn; `cont` (may be NULL) is delivered back to p as MK_EV_SPAWNED with
+** the new pid.  `data` is owned by the new process from here on.  Returns
+** the pid, or 0 when p is dead (destroy is called on data). */
+mk_pid mk_spawn(mk_proc *p, const mk_behavior *b, void *data, const char *name, void *cont);
+/* Quit p itself (pid 0 or p's pid) or another process of the VM.  reason
+** borrowed, NULL for a normal quit.  -1 when the pid does not exist. */
+int mk_quit(mk_proc *p, mk_pid pid, mk_term *reason);
+/* Add an endpoint (role.topic borrowed).  Re-adding an existing name with an
+** equal role returns 1 and changes nothing (the behaviour replaces its
+** handlers); with a different role the process fails and -1 is returned. */
+int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role);
+/* Delete an endpoint; reason borrowed.  -1 if there is no such endpoint. */
+int mk_delete_endpoint(mk_proc *p, const char *name, int meta, mk_term *reason);
+void mk_send(mk_proc *p, mk_term *body);        /* body borrowed */
+void mk_feedback(mk_proc *p, mk_term *body);    /* body borrowed */
+/* Queue `cont` behind everything now pending; delivered as MK_EV_RESUME. */
+void mk_yield(mk_proc *p, void *cont);
+/* Perform `a` (a list, owned from here on) in the parent VM, on behalf of p. */
+int mk_at_meta_level(mk_proc *p, mk_action *a);
+
+/* ---- action values, for at_meta_level ------------------------------------ */
+/*
+** An action value is a heap node owned by whoever holds the list head.  The
+** constructors copy strings and take references to terms (terms borrowed).
+** mk_action_free frees a whole list, releasing spawn data and continuation
+** tokens through their behaviours.
+*/
+mk_action *mk_action_spawn(const mk_behavior *b, void *data, const char *name);
+mk_action *mk_action_quit(mk_term *reason);
+mk_action *mk_action_add(const char *name, mk_role role);
+mk_action *mk_action_delete(const char *name, mk_term *reason);
+mk_action *mk_action_send(mk_term *body);
+mk_action *mk_action_feedback(mk_term *body);
+/* at_meta_level(list): performed one VM further up (owns list). */
+mk_action *mk_action_meta(mk_action *list);
+/* Append b to list *a (either may be NULL).  Returns the list. */
+mk_action *mk_action_append(mk_action *a, mk_action *b);
+void mk_action_free(mk_action *a);
+
+/* Role helpers. */
+int mk_role_equal(mk_role a, mk_role b);
+const char *mk_orientation_name(mk_orientation o);
+const char *mk_interest_name(mk_interest i);
+
+/* ---- nested VMs ---------------------------------------------------------- */
+
+/*
+** The behaviour of a nested VM.  Its data is the child mk_vm (created by
+** mk_nested_new).  The boot process of the nested VM is spawned with
+** (b, data, name) when the nested VM boots.
+*/
+extern const mk_behavior mk_nested_behavior;
+/* The data to spawn with mk_nested_behavior: a new VM whose boot process is
+** (b, data, name), not started until the nested VM process boots. */
+void *mk_nested_new(mk_vm *parent_hint, const mk_behavior *b, void *data, const char *name);
+
+#endif

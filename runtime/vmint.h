@@ -1,0 +1,111 @@
+/*
+** vmint.h: VM internals shared by vm.c and nested.c.  Not installed.
+*/
+#ifndef MK_VMINT_H
+#define MK_VMINT_H
+
+#include "vm.h"
+
+typedef enum mk_action_type {
+  MK_A_SPAWN, MK_A_QUIT, MK_A_ADD, MK_A_DELETE, MK_A_SEND, MK_A_FEEDBACK,
+  MK_A_META,      /* at_meta_level: `list` performed one level up */
+  MK_A_DROP       /* VM-internal: a child died; drop endpoints named "prefix..." */
+} mk_action_type;
+
+/* An action value (see vm.h).  Owned by the list holder; every pointer
+** field below is owned by the node. */
+struct mk_action {
+  mk_action *next;
+  mk_action_type type;
+  char *name;               /* SPAWN: debug name; ADD, DELETE: endpoint; DROP: prefix */
+  mk_role role;             /* ADD: role.topic owned */
+  mk_term *term;            /* SEND, FEEDBACK: body; QUIT, DELETE, DROP: reason (may be NULL) */
+  const mk_behavior *b;     /* SPAWN */
+  void *data;               /* SPAWN: behaviour data, destroyed if never spawned */
+  mk_pid pid;               /* META: the child that made it */
+  mk_action *list;          /* META */
+};
+
+/* Endpoint: attached to its process and (unless dead) to the VM's index
+** and name table.  Counted: one reference while attached, one per queued
+** event that names it.  Freed when the count reaches 0. */
+struct mk_endpoint {
+  mk_ilink link;            /* in vm->ix[orientation]; first member */
+  mk_proc *proc;            /* owner; valid while !dead */
+  mk_endpoint *pnext, *pprev;   /* the owner's endpoint list */
+  mk_endpoint *hnext;       /* vm name table chain */
+  uint32_t refs;
+  uint32_t hash;
+  uint8_t dead;
+  mk_role role;             /* role.topic owned */
+  char name[];              /* NUL-terminated, owned in place */
+};
+
+/* A queued event.  Holds counted references to its process and endpoint
+** and owns its terms and `name`. */
+typedef struct mk_qev {
+  struct mk_qev *next;
+  mk_proc *proc;
+  mk_endpoint *ep;          /* NULL for boot/cont/meta-forwarded events */
+  char *name;               /* meta-forwarded events: owned endpoint name */
+  mk_term *term;            /* message, or the peer's refined topic */
+  mk_term *reason;
+  void *cont;
+  mk_pid pid;
+  uint8_t type, meta, orientation, interest;
+} mk_qev;
+
+/* Meta-endpoint names a process holds one level up (for implicit exit). */
+typedef struct mk_metaname {
+  struct mk_metaname *next;
+  char name[];
+} mk_metaname;
+
+struct mk_proc {
+  mk_vm *vm;
+  mk_pid pid;
+  char *name;               /* owned, may be NULL */
+  const mk_behavior *b;
+  void *data;               /* owned by the behaviour: destroy() */
+  mk_endpoint *eps;         /* this process's endpoints */
+  size_t neps;
+  mk_metaname *metas;       /* owned list */
+  mk_proc *hnext;           /* vm pid table chain */
+  uint32_t refs;            /* 1 while alive + 1 per queued event */
+  uint32_t pending;         /* queued events for it */
+  uint32_t conts;           /* continuations not yet delivered */
+  uint8_t dead, in_handle;
+};
+
+struct mk_vm {
+  mk_vm *parent;            /* NULL for a ground VM's core */
+  mk_proc *self;            /* the nested-VM process in the parent */
+  mk_index *ix[2];          /* by orientation */
+  mk_proc **ptab;           /* pid table, chained */
+  size_t ptabsize, nprocs;
+  mk_endpoint **etab;       /* (pid, name) table, chained */
+  size_t etabsize, neps;
+  mk_qev *qhead, *qtail;
+  size_t qlen;
+  mk_pid nextpid;
+  mk_action *outbox, *outtail;
+  mk_vm_hooks hooks;
+  mk_trace_fn trace;
+  void *traceud;
+  void *userdata;
+  char *path;
+  /* boot process of a nested VM, spawned when it boots */
+  const mk_behavior *bootb;
+  void *bootdata;
+  char *bootname;
+  int freeing;
+};
+
+/* Used by nested.c. */
+void mkI_enqueue_meta(mk_vm *vm, mk_proc *target, const mk_event *ev, const char *name, int meta);
+void mkI_perform(mk_proc *p, mk_action *a);        /* performs one action node (consumed) */
+mk_endpoint *mkI_endpoint(mk_vm *vm, mk_pid pid, const char *name);
+void mkI_trace(mk_vm *vm, const char *fmt, ...);
+void mkI_kill(mk_proc *p, mk_term *reason);
+
+#endif

@@ -1,0 +1,796 @@
+/*
+** test_index.c: the routing index, by directed cases and by a randomised
+** cross-check against a linear scan with mk_unifies.
+*/
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "check.h"
+#include "route.h"
+
+
+/*
+** {======================================================
+** A small reader for term literals, so that tests can say
+**   P("f(1, [_, \"x\"])")
+** Records are label(args) with the arity counted from the args.
+** =======================================================
+*/
+
+typedef struct Rd { const char *s; } Rd;
+
+static void rdfail (Rd *r, const char *why) {
+  fprintf(stderr, "bad test literal (%s) at: %s\n", why, r->s);
+  exit(2);
+}
+
+static void skipsp (Rd *r) {
+  while (*r->s == ' ') r->s++;
+}
+
+static int identch (char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9') || c == '-' || c == '_';
+}
+
+static int hexval (char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+static mk_term *rdterm (Rd *r);
+
+/* Items up to `close`, into a growable array; returns the count. */
+static uint32_t rditems (Rd *r, char close, mk_term ***items) {
+  uint32_t n = 0, cap = 4;
+  *items = malloc(cap * sizeof(mk_term *));
+  skipsp(r);
+  if (*r->s == close) { r->s++; return 0; }
+  for (;;) {
+    if (n == cap) *items = realloc(*items, (cap *= 2) * sizeof(mk_term *));
+    (*items)[n++] = rdterm(r);
+    skipsp(r);
+    if (*r->s == ',') { r->s++; continue; }
+    if (*r->s == close) { r->s++; return n; }
+    rdfail(r, "expected , or close");
+  }
+}
+
+static mk_term *rdstring (Rd *r) {
+  size_t n = 0, cap = 16;
+  char *buf = malloc(cap);
+  mk_term *t;
+  r->s++;  /* opening quote */
+  while (*r->s != '"') {
+    char c = *r->s++;
+    if (c == '\0') rdfail(r, "unterminated string");
+    if (c == '\\') {
+      c = *r->s++;
+      switch (c) {
+        case 'n': c = '\n'; break;
+        case 't': c = '\t'; break;
+        case 'r': c = '\r'; break;
+        case '0': c = '\0'; break;
+        case 'x': c = (char)(hexval(r->s[0]) * 16 + hexval(r->s[1])); r->s += 2; break;
+        default: break;  /* \" and \\ */
+      }
+    }
+    if (n == cap) buf = realloc(buf, cap *= 2);
+    buf[n++] = c;
+  }
+  r->s++;
+  t = mk_str(buf, n);
+  free(buf);
+  return t;
+}
+
+static mk_term *rdterm (Rd *r) {
+  const char *start;
+  skipsp(r);
+  start = r->s;
+  if (*r->s == '"') return rdstring(r);
+  if (*r->s == '[') {
+    mk_term **items, *t;
+    uint32_t i, n;
+    r->s++;
+    n = rditems(r, ']', &items);
+    t = mk_seq_new(n);
+    for (i = 0; i < n; i++) mk_set(t, i, items[i]);
+    free(items);
+    return mk_seal(t);
+  }
+  if (strncmp(r->s, "#eof", 4) == 0) { r->s += 4; return mk_eof(); }
+  if ((*r->s >= '0' && *r->s <= '9') || *r->s == '-' || *r->s == '.') {
+    char *end;
+    double f = strtod(r->s, &end);
+    const char *p;
+    if (end == r->s) rdfail(r, "bad number");
+    for (p = r->s; p < end; p++) {
+      if (strchr(".eEnNiI", *p) != NULL) {  /* it reads as a float */
+        r->s = end;
+        return mk_float(f);
+      }
+    }
+    r->s = end;
+    return mk_int(strtoll(start, NULL, 10));
+  }
+  while (identch(*r->s)) r->s++;
+  if (r->s == start) rdfail(r, "unexpected character");
+  if (*r->s != '(') {
+    size_t len = (size_t)(r->s - start);
+    if (len == 1 && *start == '_') return mk_wild();
+    if (len == 3 && strncmp(start, "nil", 3) == 0) return mk_nil();
+    if (len == 4 && strncmp(start, "true", 4) == 0) return mk_bool(1);
+    if (len == 5 && strncmp(start, "false", 5) == 0) return mk_bool(0);
+    if (len == 3 && strncmp(start, "inf", 3) == 0) return mk_float(INFINITY);
+    if (len == 3 && strncmp(start, "nan", 3) == 0) return mk_float(NAN);
+    rdfail(r, "unknown word");
+  }
+  {
+    size_t len = (size_t)(r->s - start);
+    mk_term **items, *t;
+    mk_rtype *rt;
+    uint32_t i, n;
+    r->s++;
+    n = rditems(r, ')', &items);
+    rt = mk_rtype_get(start, len, n, NULL);
+    t = mk_rec_new(rt);
+    mk_rtype_unref(rt);
+    for (i = 0; i < n; i++) mk_set(t, i, items[i]);
+    free(items);
+    return mk_seal(t);
+  }
+}
+
+static mk_term *P (const char *s) {
+  Rd r;
+  mk_term *t;
+  r.s = s;
+  t = rdterm(&r);
+  skipsp(&r);
+  if (*r.s != '\0') rdfail(&r, "trailing text");
+  return t;
+}
+
+/* }====================================================== */
+
+
+/* An equal but separately built copy of t. */
+static mk_term *P_copy (const mk_term *t) {
+  char *s = mk_repr(t, NULL);
+  mk_term *c = P(s);
+  free(s);
+  return c;
+}
+
+
+/*
+** {======================================================
+** Items and match collection
+** =======================================================
+*/
+
+typedef struct Item {
+  mk_ilink link;
+  mk_term *topic;
+  int id;
+  int seen;      /* times reported by the last match */
+  int order;     /* position in the last match's report */
+} Item;
+
+#define ITEM(l)  ((Item *)(void *)((char *)(l) - offsetof(Item, link)))
+
+typedef struct Coll {
+  int calls;
+  int stopat;    /* return nonzero on this call (1-based); 0: never */
+} Coll;
+
+static int collect (mk_ilink *l, void *ctx) {
+  Coll *c = (Coll *)ctx;
+  Item *it = ITEM(l);
+  it->seen++;
+  it->order = c->calls++;
+  return c->stopat != 0 && c->calls == c->stopat;
+}
+
+static Item *mkitems (int n, const char *const *topics) {
+  Item *items = calloc((size_t)n, sizeof(Item));
+  int i;
+  for (i = 0; i < n; i++) {
+    items[i].id = i;
+    items[i].topic = topics ? P(topics[i]) : NULL;
+  }
+  return items;
+}
+
+static void freeitems (Item *items, int n) {
+  int i;
+  for (i = 0; i < n; i++) mk_unref(items[i].topic);
+  free(items);
+}
+
+static void addall (mk_index *ix, Item *items, int n) {
+  int i;
+  for (i = 0; i < n; i++) CHECK(mk_index_add(ix, items[i].topic, &items[i].link) == 0);
+}
+
+/*
+** Match `query` and compare with `want`, a string of item ids ("0 3 4",
+** any order).  Every item must be seen once or not at all.
+*/
+static int matches (mk_index *ix, Item *items, int n, const char *query,
+                    const char *want) {
+  mk_term *q = P(query);
+  Coll c = { 0, 0 };
+  size_t got;
+  int i, ok = 1, expect = 0;
+  char *mark = calloc((size_t)n, 1);
+  const char *w = want;
+  while (*w) {
+    char *end;
+    long id = strtol(w, &end, 10);
+    if (end == w) break;
+    mark[id] = 1;
+    expect++;
+    w = end;
+  }
+  for (i = 0; i < n; i++) items[i].seen = 0;
+  got = mk_index_match(ix, q, collect, &c);
+  ok = got == (size_t)expect && c.calls == expect;
+  for (i = 0; i < n; i++) ok &= items[i].seen == mark[i];
+  if (!ok) {
+    fprintf(stderr, "  match %s: want {%s}, got {", query, want);
+    for (i = 0; i < n; i++) if (items[i].seen) fprintf(stderr, " %d(x%d)", i, items[i].seen);
+    fprintf(stderr, " }\n");
+  }
+  free(mark);
+  mk_unref(q);
+  return ok;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Directed tests
+** =======================================================
+*/
+
+static void basic (void) {
+  static const char *const t[] = { "f(1)", "f(2)", "g(1)", "\"x\"", "[1, 2]", "nil" };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(6, t);
+  CHECK(mk_index_count(ix) == 0 && mk_index_nodes(ix) == 1);
+  addall(ix, it, 6);
+  CHECK(mk_index_count(ix) == 6);
+  CHECK(it[0].link.leaf != NULL);
+  CHECK(matches(ix, it, 6, "f(1)", "0"));
+  CHECK(matches(ix, it, 6, "f(2)", "1"));
+  CHECK(matches(ix, it, 6, "f(3)", ""));
+  CHECK(matches(ix, it, 6, "g(1)", "2"));
+  CHECK(matches(ix, it, 6, "g(1, 2)", ""));
+  CHECK(matches(ix, it, 6, "\"x\"", "3"));
+  CHECK(matches(ix, it, 6, "\"y\"", ""));
+  CHECK(matches(ix, it, 6, "[1, 2]", "4"));
+  CHECK(matches(ix, it, 6, "[1, 2, 3]", ""));
+  CHECK(matches(ix, it, 6, "[1]", ""));
+  CHECK(matches(ix, it, 6, "nil", "5"));
+  CHECK(matches(ix, it, 6, "false", ""));
+  CHECK(matches(ix, it, 6, "f(1.0)", "0"));   /* 1.0 is 1 */
+  mk_index_remove(ix, &it[0].link);
+  CHECK(it[0].link.leaf == NULL && mk_index_count(ix) == 5);
+  CHECK(matches(ix, it, 6, "f(1)", ""));
+  CHECK(matches(ix, it, 6, "f(2)", "1"));
+  mk_index_remove(ix, &it[0].link);            /* not indexed: no-op */
+  CHECK(mk_index_count(ix) == 5);
+  mk_index_free(ix);
+  /* freeing unlinks what is left */
+  CHECK(it[1].link.leaf == NULL && it[5].link.leaf == NULL);
+  freeitems(it, 6);
+  CHECK(mk_term_live() == base);
+}
+
+/* The index keeps what it needs of a topic: the caller may drop it. */
+static void borrowed_topics (void) {
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item it[2];
+  mk_term *t = P("chat(\"bob\", [1.5, \"hi\"])"), *q;
+  Coll c = { 0, 0 };
+  memset(it, 0, sizeof it);
+  CHECK(mk_index_add(ix, t, &it[0].link) == 0);
+  mk_unref(t);
+  t = P("other(\"carol\", _)");
+  CHECK(mk_index_add(ix, t, &it[1].link) == 0);
+  mk_unref(t);
+  CHECK(mk_term_live() > base);   /* the index holds the atoms */
+  q = P("chat(\"bob\", [1.5, \"hi\"])");
+  CHECK(mk_index_match(ix, q, collect, &c) == 1 && it[0].seen == 1);
+  mk_unref(q);
+  q = P("other(_, 7)");
+  CHECK(mk_index_match(ix, q, collect, &c) == 1 && it[1].seen == 1);
+  mk_unref(q);
+  mk_index_free(ix);
+  CHECK(mk_term_live() == base);
+}
+
+static void topic_wild (void) {
+  static const char *const t[] = {
+    "f(_)", "_", "f(1)", "[_, 2]", "[_, _]", "f(g(_, 1))", "f(g(2, _))",
+    "h(_, [_, x()], _)",
+  };
+  enum { N = sizeof t / sizeof t[0] };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(N, t);
+  addall(ix, it, N);
+  CHECK(matches(ix, it, N, "f(1)", "0 1 2"));
+  CHECK(matches(ix, it, N, "f(2)", "0 1"));
+  CHECK(matches(ix, it, N, "f([1, 2])", "0 1"));
+  CHECK(matches(ix, it, N, "[1, 2]", "1 3 4"));
+  CHECK(matches(ix, it, N, "[1, 3]", "1 4"));
+  CHECK(matches(ix, it, N, "[1]", "1"));
+  CHECK(matches(ix, it, N, "f(g(2, 1))", "0 1 5 6"));
+  CHECK(matches(ix, it, N, "f(g(3, 1))", "0 1 5"));
+  CHECK(matches(ix, it, N, "f(g(2, 2))", "0 1 6"));
+  CHECK(matches(ix, it, N, "h(1, [2, x()], 3)", "1 7"));
+  CHECK(matches(ix, it, N, "h(1, [2, y()], 3)", "1"));
+  CHECK(matches(ix, it, N, "#eof", "1"));
+  mk_index_free(ix);
+  freeitems(it, N);
+  CHECK(mk_term_live() == base);
+}
+
+static void query_wild (void) {
+  static const char *const t[] = {
+    "f(1)", "f(2)", "g(1)", "[1, 2]", "[f(1), 2]", "\"x\"", "f(1, 2)",
+    "[]", "[[1, [2, 3]], 4]", "k(f(1), [2, g(3)], 4)",
+  };
+  enum { N = sizeof t / sizeof t[0] };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(N, t);
+  addall(ix, it, N);
+  CHECK(matches(ix, it, N, "_", "0 1 2 3 4 5 6 7 8 9"));
+  CHECK(matches(ix, it, N, "f(_)", "0 1"));
+  CHECK(matches(ix, it, N, "f(_, _)", "6"));
+  CHECK(matches(ix, it, N, "[_, 2]", "3 4"));
+  CHECK(matches(ix, it, N, "[f(_), _]", "4"));
+  CHECK(matches(ix, it, N, "[_, _]", "3 4 8"));
+  CHECK(matches(ix, it, N, "[_, 4]", "8"));
+  CHECK(matches(ix, it, N, "[[_, _], _]", "8"));
+  CHECK(matches(ix, it, N, "[[_, [_, 3]], _]", "8"));
+  CHECK(matches(ix, it, N, "[[_, [_, 4]], _]", ""));
+  CHECK(matches(ix, it, N, "k(_, _, 4)", "9"));
+  CHECK(matches(ix, it, N, "k(_, [_, _], _)", "9"));
+  CHECK(matches(ix, it, N, "k(_, [_, g(_)], 4)", "9"));
+  CHECK(matches(ix, it, N, "k(_, [_, g(_)], 5)", ""));
+  CHECK(matches(ix, it, N, "k(_, [_], _)", ""));
+  CHECK(matches(ix, it, N, "[]", "7"));
+  CHECK(matches(ix, it, N, "[_]", ""));
+  mk_index_free(ix);
+  freeitems(it, N);
+  CHECK(mk_term_live() == base);
+}
+
+static void both_wild (void) {
+  static const char *const t[] = {
+    "f(_, 1)", "f(2, _)", "f(_, _)", "f(g(_), 3)", "_", "f([_, 1], _)",
+  };
+  enum { N = sizeof t / sizeof t[0] };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(N, t);
+  addall(ix, it, N);
+  CHECK(matches(ix, it, N, "f(_, 1)", "0 1 2 4 5"));
+  CHECK(matches(ix, it, N, "f(g(5), _)", "0 2 3 4"));
+  CHECK(matches(ix, it, N, "f(_, 3)", "1 2 3 4 5"));
+  CHECK(matches(ix, it, N, "f([_, _], 2)", "2 4 5"));
+  CHECK(matches(ix, it, N, "f([2, _], 2)", "2 4 5"));
+  CHECK(matches(ix, it, N, "f([2, 2], 2)", "2 4"));
+  CHECK(matches(ix, it, N, "f(2, 2)", "1 2 4"));
+  CHECK(matches(ix, it, N, "_", "0 1 2 3 4 5"));
+  CHECK(matches(ix, it, N, "g(_)", "4"));
+  mk_index_free(ix);
+  freeitems(it, N);
+  CHECK(mk_term_live() == base);
+}
+
+/* Equal topics share a leaf and report in insertion order. */
+static void leaf_order (void) {
+  enum { N = 6 };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(N, NULL);
+  mk_term *q = P("m(1, _)");
+  Coll c = { 0, 0 };
+  int i;
+  for (i = 0; i < N; i++) it[i].topic = P("m(1, [\"a\"])");   /* equal, not shared */
+  addall(ix, it, N);
+  CHECK(mk_index_nodes(ix) == 1 + 4);
+  CHECK(mk_index_match(ix, q, collect, &c) == N);
+  for (i = 0; i < N; i++) CHECK(it[i].seen == 1 && it[i].order == i);
+  /* remove from the middle and both ends, then re-add one: it goes last */
+  mk_index_remove(ix, &it[2].link);
+  mk_index_remove(ix, &it[0].link);
+  mk_index_remove(ix, &it[5].link);
+  CHECK(mk_index_add(ix, it[2].topic, &it[2].link) == 0);
+  for (i = 0; i < N; i++) it[i].seen = 0;
+  c.calls = 0;
+  CHECK(mk_index_match(ix, q, collect, &c) == 4);
+  CHECK(it[1].order == 0 && it[3].order == 1 && it[4].order == 2 && it[2].order == 3);
+  CHECK(it[0].seen == 0 && it[5].seen == 0);
+  /* adding an indexed item again moves it (here: to the end of its leaf) */
+  CHECK(mk_index_add(ix, it[1].topic, &it[1].link) == 0);
+  CHECK(mk_index_count(ix) == 4);
+  c.calls = 0;
+  mk_index_match(ix, q, collect, &c);
+  CHECK(it[3].order == 0 && it[4].order == 1 && it[2].order == 2 && it[1].order == 3);
+  mk_unref(q);
+  mk_index_free(ix);
+  freeitems(it, N);
+  CHECK(mk_term_live() == base);
+}
+
+static void early_stop (void) {
+  static const char *const t[] = { "a(1)", "a(_)", "_", "a(1)", "a(1)" };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(5, t);
+  mk_term *q = P("a(1)");
+  Coll c = { 0, 2 };
+  int i, seen = 0;
+  addall(ix, it, 5);
+  CHECK(mk_index_match(ix, q, collect, &c) == 2 && c.calls == 2);
+  for (i = 0; i < 5; i++) seen += it[i].seen;
+  CHECK(seen == 2);
+  c.calls = 0; c.stopat = 1;
+  CHECK(mk_index_match(ix, q, collect, &c) == 1);
+  c.calls = 0; c.stopat = 0;
+  CHECK(mk_index_match(ix, q, collect, &c) == 5);
+  mk_unref(q);
+  mk_index_free(ix);
+  freeitems(it, 5);
+  CHECK(mk_term_live() == base);
+}
+
+/* Node accounting: a topic costs one node per token, shared prefixes
+** are shared, and removal prunes back to the root. */
+static void pruning (void) {
+  static const char *const t[] = {
+    "f(1, [2])",       /* f/2 1 seq/1 2: 4 nodes */
+    "f(1, [3])",       /* + 3 */
+    "f(_, [3])",       /* + _ seq/1 3 */
+    "f(1, [2])",       /* same leaf */
+    "_",               /* + root's wild */
+    "[]",              /* + seq/0 */
+  };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(6, t);
+  CHECK(mk_index_add(ix, it[0].topic, &it[0].link) == 0);
+  CHECK(mk_index_nodes(ix) == 5);
+  CHECK(mk_index_add(ix, it[1].topic, &it[1].link) == 0);
+  CHECK(mk_index_nodes(ix) == 6);
+  CHECK(mk_index_add(ix, it[2].topic, &it[2].link) == 0);
+  CHECK(mk_index_nodes(ix) == 9);
+  CHECK(mk_index_add(ix, it[3].topic, &it[3].link) == 0);
+  CHECK(mk_index_nodes(ix) == 9);
+  CHECK(mk_index_add(ix, it[4].topic, &it[4].link) == 0);
+  CHECK(mk_index_add(ix, it[5].topic, &it[5].link) == 0);
+  CHECK(mk_index_nodes(ix) == 11 && mk_index_count(ix) == 6);
+  mk_index_remove(ix, &it[0].link);
+  CHECK(mk_index_nodes(ix) == 11);   /* it[3] still there */
+  mk_index_remove(ix, &it[3].link);
+  CHECK(mk_index_nodes(ix) == 10);
+  mk_index_remove(ix, &it[1].link);
+  CHECK(mk_index_nodes(ix) == 7);
+  CHECK(matches(ix, it, 6, "f(1, [3])", "2 4"));
+  mk_index_remove(ix, &it[4].link);
+  mk_index_remove(ix, &it[2].link);
+  CHECK(mk_index_nodes(ix) == 2);
+  mk_index_remove(ix, &it[5].link);
+  CHECK(mk_index_nodes(ix) == 1 && mk_index_count(ix) == 0);
+  CHECK(matches(ix, it, 6, "_", ""));
+  /* all the index's references to atoms are gone with the nodes */
+  freeitems(it, 6);
+  CHECK(mk_term_live() == base);
+  mk_index_free(ix);
+}
+
+/* Wide nodes: the child map grows into a hash table and shrinks back. */
+static void wide (void) {
+  enum { N = 3000 };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(N, NULL);
+  mk_rtype *w = mk_rtype_get("w", 1, 1, NULL);
+  int i, ok = 1;
+  char buf[32];
+  for (i = 0; i < N; i++) {
+    /* ints, strings and floats all hang off the same node */
+    mk_term *atom = i % 3 == 0 ? mk_int(i) : i % 3 == 1 ? mk_float(i + 0.5)
+                  : mk_str(buf, (size_t)snprintf(buf, sizeof buf, "s%d", i));
+    it[i].topic = mk_rec(w, atom);
+  }
+  addall(ix, it, N);
+  CHECK(mk_index_nodes(ix) == 2 + N);
+  for (i = 0; i < N; i++) {
+    Coll c = { 0, 0 };
+    it[i].seen = 0;
+    ok &= mk_index_match(ix, it[i].topic, collect, &c) == 1 && it[i].seen == 1;
+  }
+  CHECK(ok);
+  /* remove in a scrambled order, checking the survivors as we go */
+  for (i = 0; i < N; i++) {
+    int k = (int)(((unsigned)i * 7919u) % N);
+    Coll c = { 0, 0 };
+    mk_index_remove(ix, &it[k].link);
+    ok &= mk_index_match(ix, it[k].topic, collect, &c) == 0;
+    if (i % 97 == 0) {
+      int j;
+      for (j = 0; j < N; j++) {
+        c.calls = 0;
+        ok &= mk_index_match(ix, it[j].topic, collect, &c) == (it[j].link.leaf != NULL);
+      }
+      ok &= mk_index_nodes(ix) == 2 + mk_index_count(ix) || mk_index_count(ix) == 0;
+    }
+  }
+  CHECK(ok);
+  CHECK(mk_index_nodes(ix) == 1);
+  mk_rtype_unref(w);
+  mk_index_free(ix);
+  freeitems(it, N);
+  CHECK(mk_term_live() == base);
+}
+
+/* A callback may match again (on the same index). */
+typedef struct Nest {
+  mk_index *ix;
+  mk_term *inner;
+  size_t innercount;
+  int outer;
+} Nest;
+
+static int count_only (mk_ilink *l, void *ctx) {
+  (void)l;
+  (*(size_t *)ctx)++;
+  return 0;
+}
+
+static int nested_cb (mk_ilink *l, void *ctx) {
+  Nest *n = (Nest *)ctx;
+  size_t k = 0;
+  (void)l;
+  n->outer++;
+  n->innercount += mk_index_match(n->ix, n->inner, count_only, &k);
+  return 0;
+}
+
+static void reentrant (void) {
+  static const char *const t[] = { "a(1)", "a(2)", "a(_)", "b(_)", "_" };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(5, t);
+  mk_term *q = P("a(_)");
+  Nest n;
+  addall(ix, it, 5);
+  n.ix = ix;
+  n.inner = P("b(1)");
+  n.innercount = 0;
+  n.outer = 0;
+  CHECK(mk_index_match(ix, q, nested_cb, &n) == 4);
+  CHECK(n.outer == 4 && n.innercount == 4 * 2);
+  mk_unref(n.inner);
+  mk_unref(q);
+  mk_index_free(ix);
+  freeitems(it, 5);
+  CHECK(mk_term_live() == base);
+}
+
+/* A deep topic and query: the walk keeps no recursion. */
+static void deep_topic (void) {
+  enum { N = 100000 };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  mk_rtype *cons = mk_rtype_get("cons", 4, 2, NULL);
+  mk_term *a = mk_nil(), *b = mk_wild();
+  Item it[2];
+  Coll c = { 0, 0 };
+  int i;
+  memset(it, 0, sizeof it);
+  for (i = 0; i < N; i++) {
+    a = mk_rec(cons, mk_int(i % 5), a);
+    b = mk_rec(cons, i % 2 ? mk_wild() : mk_int(i % 5), b);
+  }
+  CHECK(mk_index_add(ix, a, &it[0].link) == 0);
+  CHECK(mk_index_nodes(ix) == 1 + 2 * (size_t)N + 1);
+  CHECK(mk_index_match(ix, a, collect, &c) == 1);
+  CHECK(mk_index_match(ix, b, collect, &c) == 1);
+  CHECK(mk_index_add(ix, b, &it[1].link) == 0);
+  c.calls = 0;
+  CHECK(mk_index_match(ix, a, collect, &c) == 2);
+  CHECK(mk_index_match(ix, mk_wild(), collect, &c) == 2);
+  mk_unref(a); mk_unref(b);
+  mk_index_remove(ix, &it[0].link);
+  CHECK(mk_index_nodes(ix) == 1 + 2 * (size_t)N + 1);
+  mk_index_free(ix);   /* frees a deep trie with it[1] still in it */
+  CHECK(it[1].link.leaf == NULL);
+  mk_rtype_unref(cons);
+  CHECK(mk_term_live() == base);
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Randomised cross-check
+** =======================================================
+*/
+
+static uint64_t rng;
+
+static uint32_t rnd (uint32_t n) {
+  rng ^= rng >> 12; rng ^= rng << 25; rng ^= rng >> 27;
+  return (uint32_t)((rng * 0x2545F4914F6CDD1Dull) >> 33) % n;
+}
+
+static mk_rtype *rts[5];
+
+static mk_term *gen (int depth, uint32_t wildpct) {
+  uint32_t r = rnd(100);
+  if (r < wildpct) return mk_wild();
+  if (depth == 0 || rnd(100) < 45) {
+    switch (rnd(8)) {
+      case 0: return mk_nil();
+      case 1: return mk_bool((int)rnd(2));
+      case 2: case 3: return mk_int((int64_t)rnd(3) - 1);
+      case 4: return mk_float(rnd(2) ? 0.5 : -1.5);
+      case 5: case 6: return mk_str("ba\0", rnd(4));
+      default: return rnd(4) ? mk_cstr("b") : mk_eof();
+    }
+  }
+  else {
+    mk_term *t;
+    uint32_t i;
+    if (rnd(2)) t = mk_rec_new(rts[rnd(5)]);
+    else t = mk_seq_new(rnd(4));
+    for (i = 0; i < t->n; i++) mk_set(t, i, gen(depth - 1, wildpct));
+    return mk_seal(t);
+  }
+}
+
+typedef struct Cross {
+  mk_index *ix;
+  Item *items;
+  int n;
+  int ok;
+  long reported, checked;
+} Cross;
+
+/* Compare one query's report with a linear scan. */
+static void crosscheck (Cross *x, mk_term *q) {
+  Coll c = { 0, 0 };
+  size_t got;
+  int i, want = 0;
+  for (i = 0; i < x->n; i++) x->items[i].seen = 0;
+  got = mk_index_match(x->ix, q, collect, &c);
+  for (i = 0; i < x->n; i++) {
+    Item *it = &x->items[i];
+    int u = it->link.leaf != NULL && mk_unifies(it->topic, q);
+    want += u;
+    if (it->seen != u) {
+      char *a = mk_repr(it->topic, NULL), *b = mk_repr(q, NULL);
+      if (x->ok) fprintf(stderr, "  topic %s query %s: seen %d times, unifies %d\n",
+                         a, b, it->seen, u);
+      free(a); free(b);
+      x->ok = 0;
+    }
+  }
+  if (got != (size_t)want || c.calls != want) x->ok = 0;
+  x->reported += want;
+  x->checked++;
+}
+
+static void randomized (void) {
+  static const uint64_t seeds[] = { 1, 42, 0xdeadbeefull, 0x9e3779b97f4a7c15ull, 777 };
+  enum { NTOPICS = 2000, NQUERIES = 2000 };
+  size_t base = mk_term_live(), s;
+  long reported = 0, checked = 0;
+  int ok = 1;
+  rts[0] = mk_rtype_get("p", 1, 0, NULL);
+  rts[1] = mk_rtype_get("p", 1, 2, NULL);
+  rts[2] = mk_rtype_get("q", 1, 1, NULL);
+  rts[3] = mk_rtype_get("q", 1, 3, NULL);
+  rts[4] = mk_rtype_get("r", 1, 2, NULL);
+  for (s = 0; s < sizeof seeds / sizeof seeds[0]; s++) {
+    Cross x;
+    int i, k, round;
+    rng = seeds[s];
+    x.ix = mk_index_new();
+    x.items = mkitems(NTOPICS, NULL);
+    x.n = NTOPICS;
+    x.ok = 1;
+    x.reported = x.checked = 0;
+    for (i = 0; i < NTOPICS; i++) {
+      uint32_t r = rnd(100);
+      if (i > 0 && r < 5)        /* the same term again */
+        x.items[i].topic = mk_ref(x.items[rnd((uint32_t)i)].topic);
+      else if (i > 0 && r < 10)  /* an equal copy, via repr round trip */
+        x.items[i].topic = P_copy(x.items[rnd((uint32_t)i)].topic);
+      else
+        x.items[i].topic = gen(1 + (int)rnd(4), 3 + rnd(12));
+      if (mk_index_add(x.ix, x.items[i].topic, &x.items[i].link) != 0) x.ok = 0;
+    }
+    for (round = 0; round < 3; round++) {
+      for (k = 0; k < NQUERIES; k++) {
+        mk_term *q;
+        uint32_t r = rnd(100);
+        if (r < 30)   /* a topic itself, or one with more wildcards */
+          q = mk_ref(x.items[rnd(NTOPICS)].topic);
+        else
+          q = gen((int)rnd(5), rnd(3) ? rnd(20) : 0);
+        crosscheck(&x, q);
+        mk_unref(q);
+      }
+      if (round == 0) {        /* remove half at random */
+        for (i = 0; i < NTOPICS; i++)
+          if (rnd(2)) mk_index_remove(x.ix, &x.items[i].link);
+      }
+      else if (round == 1) {   /* re-add some, remove others */
+        for (i = 0; i < NTOPICS; i++) {
+          Item *it = &x.items[i];
+          if (it->link.leaf == NULL) {
+            if (rnd(3) == 0 && mk_index_add(x.ix, it->topic, &it->link) != 0) x.ok = 0;
+          }
+          else if (rnd(4) == 0) mk_index_remove(x.ix, &it->link);
+        }
+      }
+      {
+        size_t live = 0;
+        for (i = 0; i < NTOPICS; i++) live += x.items[i].link.leaf != NULL;
+        if (mk_index_count(x.ix) != live) x.ok = 0;
+      }
+    }
+    for (i = 0; i < NTOPICS; i++) mk_index_remove(x.ix, &x.items[i].link);
+    if (mk_index_nodes(x.ix) != 1 || mk_index_count(x.ix) != 0) x.ok = 0;
+    mk_index_free(x.ix);
+    freeitems(x.items, NTOPICS);
+    ok &= x.ok;
+    reported += x.reported;
+    checked += x.checked;
+  }
+  for (s = 0; s < 5; s++) mk_rtype_unref(rts[s]);
+  CHECK(ok);
+  CHECK(checked == 5L * 3 * NQUERIES);
+  CHECK(reported > 50000);   /* matches are plentiful, not a vacuous pass */
+  printf("# %ld queries, %ld matches cross-checked\n", checked, reported);
+  CHECK(mk_term_live() == base);
+}
+
+/* }====================================================== */
+
+
+int main (void) {
+  RUN(basic);
+  RUN(borrowed_topics);
+  RUN(topic_wild);
+  RUN(query_wild);
+  RUN(both_wild);
+  RUN(leaf_order);
+  RUN(early_stop);
+  RUN(pruning);
+  RUN(wide);
+  RUN(reentrant);
+  RUN(deep_topic);
+  RUN(randomized);
+  return CHECK_DONE();
+}

@@ -1,0 +1,794 @@
+/*
+** test_term.c: terms, record types, equality, hashing, unification, repr.
+*/
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "check.h"
+#include "term.h"
+
+
+/*
+** {======================================================
+** A small reader for term literals, so that tests can say
+**   P("f(1, [_, \"x\"])")
+** Records are label(args) with the arity counted from the args.
+** =======================================================
+*/
+
+typedef struct Rd { const char *s; } Rd;
+
+static void rdfail (Rd *r, const char *why) {
+  fprintf(stderr, "bad test literal (%s) at: %s\n", why, r->s);
+  exit(2);
+}
+
+static void skipsp (Rd *r) {
+  while (*r->s == ' ') r->s++;
+}
+
+static int identch (char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9') || c == '-' || c == '_';
+}
+
+static int hexval (char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+static mk_term *rdterm (Rd *r);
+
+/* Items up to `close`, into a growable array; returns the count. */
+static uint32_t rditems (Rd *r, char close, mk_term ***items) {
+  uint32_t n = 0, cap = 4;
+  *items = malloc(cap * sizeof(mk_term *));
+  skipsp(r);
+  if (*r->s == close) { r->s++; return 0; }
+  for (;;) {
+    if (n == cap) *items = realloc(*items, (cap *= 2) * sizeof(mk_term *));
+    (*items)[n++] = rdterm(r);
+    skipsp(r);
+    if (*r->s == ',') { r->s++; continue; }
+    if (*r->s == close) { r->s++; return n; }
+    rdfail(r, "expected , or close");
+  }
+}
+
+static mk_term *rdstring (Rd *r) {
+  size_t n = 0, cap = 16;
+  char *buf = malloc(cap);
+  mk_term *t;
+  r->s++;  /* opening quote */
+  while (*r->s != '"') {
+    char c = *r->s++;
+    if (c == '\0') rdfail(r, "unterminated string");
+    if (c == '\\') {
+      c = *r->s++;
+      switch (c) {
+        case 'n': c = '\n'; break;
+        case 't': c = '\t'; break;
+        case 'r': c = '\r'; break;
+        case '0': c = '\0'; break;
+        case 'x': c = (char)(hexval(r->s[0]) * 16 + hexval(r->s[1])); r->s += 2; break;
+        default: break;  /* \" and \\ */
+      }
+    }
+    if (n == cap) buf = realloc(buf, cap *= 2);
+    buf[n++] = c;
+  }
+  r->s++;
+  t = mk_str(buf, n);
+  free(buf);
+  return t;
+}
+
+static mk_term *rdterm (Rd *r) {
+  const char *start;
+  skipsp(r);
+  start = r->s;
+  if (*r->s == '"') return rdstring(r);
+  if (*r->s == '[') {
+    mk_term **items, *t;
+    uint32_t i, n;
+    r->s++;
+    n = rditems(r, ']', &items);
+    t = mk_seq_new(n);
+    for (i = 0; i < n; i++) mk_set(t, i, items[i]);
+    free(items);
+    return mk_seal(t);
+  }
+  if (strncmp(r->s, "#eof", 4) == 0) { r->s += 4; return mk_eof(); }
+  if ((*r->s >= '0' && *r->s <= '9') || *r->s == '-' || *r->s == '.') {
+    char *end;
+    double f = strtod(r->s, &end);
+    const char *p;
+    if (end == r->s) rdfail(r, "bad number");
+    for (p = r->s; p < end; p++) {
+      if (strchr(".eEnNiI", *p) != NULL) {  /* it reads as a float */
+        r->s = end;
+        return mk_float(f);
+      }
+    }
+    r->s = end;
+    return mk_int(strtoll(start, NULL, 10));
+  }
+  while (identch(*r->s)) r->s++;
+  if (r->s == start) rdfail(r, "unexpected character");
+  if (*r->s != '(') {
+    size_t len = (size_t)(r->s - start);
+    if (len == 1 && *start == '_') return mk_wild();
+    if (len == 3 && strncmp(start, "nil", 3) == 0) return mk_nil();
+    if (len == 4 && strncmp(start, "true", 4) == 0) return mk_bool(1);
+    if (len == 5 && strncmp(start, "false", 5) == 0) return mk_bool(0);
+    if (len == 3 && strncmp(start, "inf", 3) == 0) return mk_float(INFINITY);
+    if (len == 3 && strncmp(start, "nan", 3) == 0) return mk_float(NAN);
+    rdfail(r, "unknown word");
+  }
+  {
+    size_t len = (size_t)(r->s - start);
+    mk_term **items, *t;
+    mk_rtype *rt;
+    uint32_t i, n;
+    r->s++;
+    n = rditems(r, ')', &items);
+    rt = mk_rtype_get(start, len, n, NULL);
+    t = mk_rec_new(rt);
+    mk_rtype_unref(rt);
+    for (i = 0; i < n; i++) mk_set(t, i, items[i]);
+    free(items);
+    return mk_seal(t);
+  }
+}
+
+static mk_term *P (const char *s) {
+  Rd r;
+  mk_term *t;
+  r.s = s;
+  t = rdterm(&r);
+  skipsp(&r);
+  if (*r.s != '\0') rdfail(&r, "trailing text");
+  return t;
+}
+
+/* }====================================================== */
+
+
+/* repr(t) equals `want`; releases t. */
+static int repr_is (mk_term *t, const char *want) {
+  size_t len;
+  char *s = mk_repr(t, &len);
+  int ok = s != NULL && len == strlen(want) && strcmp(s, want) == 0;
+  if (!ok) fprintf(stderr, "  repr: got <%s> want <%s>\n", s ? s : "(null)", want);
+  free(s);
+  mk_unref(t);
+  return ok;
+}
+
+/* The literal reads back as itself. */
+static int roundtrip (const char *s) {
+  return repr_is(P(s), s);
+}
+
+static int unifies_s (const char *a, const char *b) {
+  mk_term *x = P(a), *y = P(b);
+  int u = mk_unifies(x, y), v = mk_unifies(y, x);
+  if (u != v) fprintf(stderr, "  asymmetric: %s ~ %s\n", a, b);
+  mk_unref(x);
+  mk_unref(y);
+  return u == v ? u : -1;
+}
+
+/* mk_unify(a, b) and mk_unify(b, a) both equal `want` (NULL: no unifier). */
+static int mgu_is (const char *a, const char *b, const char *want) {
+  mk_term *x = P(a), *y = P(b), *w = want ? P(want) : NULL;
+  mk_term *m1 = mk_unify(x, y), *m2 = mk_unify(y, x);
+  int ok;
+  if (w == NULL) ok = m1 == NULL && m2 == NULL;
+  else ok = m1 && m2 && mk_equal(m1, w) && mk_equal(m2, w) &&
+            mk_hash(m1) == mk_hash(w) && m1->ground == w->ground;
+  if (!ok) {
+    char *s = m1 ? mk_repr(m1, NULL) : NULL;
+    fprintf(stderr, "  mgu(%s, %s): got %s want %s\n", a, b, s ? s : "NULL",
+            want ? want : "NULL");
+    free(s);
+  }
+  mk_unref(x); mk_unref(y); mk_unref(w); mk_unref(m1); mk_unref(m2);
+  return ok;
+}
+
+
+/*
+** {======================================================
+** Tests
+** =======================================================
+*/
+
+static void singletons (void) {
+  size_t base = mk_term_live();
+  mk_term *all[5];
+  int i, j;
+  all[0] = mk_nil(); all[1] = mk_bool(0); all[2] = mk_bool(1);
+  all[3] = mk_wild(); all[4] = mk_eof();
+  CHECK(mk_kindof(all[0]) == MK_NIL);
+  CHECK(mk_kindof(all[1]) == MK_FALSE);
+  CHECK(mk_kindof(all[2]) == MK_TRUE);
+  CHECK(mk_kindof(all[3]) == MK_WILD);
+  CHECK(mk_kindof(all[4]) == MK_EOF);
+  CHECK(mk_bool(42) == all[2]);
+  CHECK(mk_nil() == all[0] && mk_wild() == all[3] && mk_eof() == all[4]);
+  for (i = 0; i < 5; i++) {
+    CHECK(all[i]->refs == MK_IMMORTAL);
+    CHECK(mk_ref(all[i]) == all[i]);
+    mk_unref(all[i]);
+    mk_unref(all[i]);
+    CHECK(all[i]->refs == MK_IMMORTAL);
+    CHECK(all[i]->ground == (i != 3));
+    for (j = 0; j < 5; j++) CHECK(mk_equal(all[i], all[j]) == (i == j));
+  }
+  CHECK(mk_ref(NULL) == NULL);
+  mk_unref(NULL);
+  CHECK(mk_term_live() == base);
+}
+
+static void integers (void) {
+  size_t base = mk_term_live();
+  mk_term *a = mk_int(7), *b = mk_int(7), *c = mk_int(-7);
+  mk_term *mn = mk_int(INT64_MIN), *mx = mk_int(INT64_MAX);
+  CHECK(mk_term_live() == base + 5);
+  CHECK(mk_kindof(a) == MK_INT && a->v.i == 7 && a->refs == 1 && a->ground);
+  CHECK(a != b && mk_equal(a, b) && mk_hash(a) == mk_hash(b));
+  CHECK(!mk_equal(a, c));
+  CHECK(mk_hash(a) != mk_hash(c));
+  CHECK(mn->v.i == INT64_MIN && mx->v.i == INT64_MAX && !mk_equal(mn, mx));
+  CHECK(!mk_equal(a, mk_nil()) && !mk_equal(mk_bool(0), mk_nil()));
+  mk_unref(a); mk_unref(b); mk_unref(c); mk_unref(mn); mk_unref(mx);
+  CHECK(mk_term_live() == base);
+}
+
+static void floats (void) {
+  size_t base = mk_term_live();
+  mk_term *t, *u;
+  t = mk_float(3.0);
+  u = mk_int(3);
+  CHECK(mk_kindof(t) == MK_INT && t->v.i == 3);
+  CHECK(mk_equal(t, u) && mk_hash(t) == mk_hash(u));
+  mk_unref(t); mk_unref(u);
+  t = mk_float(-0.0);
+  CHECK(mk_kindof(t) == MK_INT && t->v.i == 0);
+  mk_unref(t);
+  t = mk_float(-9223372036854775808.0);  /* -2^63 fits */
+  CHECK(mk_kindof(t) == MK_INT && t->v.i == INT64_MIN);
+  mk_unref(t);
+  t = mk_float(9223372036854775808.0);   /* 2^63 does not */
+  CHECK(mk_kindof(t) == MK_FLOAT && t->v.f == 9223372036854775808.0);
+  mk_unref(t);
+  t = mk_float(0.5);
+  u = mk_float(0.5);
+  CHECK(mk_kindof(t) == MK_FLOAT && t->v.f == 0.5);
+  CHECK(mk_equal(t, u) && mk_hash(t) == mk_hash(u));
+  mk_unref(u);
+  u = mk_float(0.25);
+  CHECK(!mk_equal(t, u));
+  mk_unref(u);
+  u = mk_float(1.5);
+  CHECK(!mk_equal(t, u));
+  mk_unref(t); mk_unref(u);
+  t = mk_float(INFINITY);
+  u = mk_float(-INFINITY);
+  CHECK(mk_kindof(t) == MK_FLOAT && isinf(t->v.f) && !mk_equal(t, u));
+  mk_unref(t); mk_unref(u);
+  /* NaN: structurally equal to itself, whatever its sign or payload */
+  t = mk_float(NAN);
+  u = mk_float(-NAN);
+  CHECK(mk_kindof(t) == MK_FLOAT && isnan(t->v.f));
+  CHECK(mk_equal(t, t) && mk_equal(t, u) && mk_hash(t) == mk_hash(u));
+  CHECK(mk_unifies(t, u));
+  mk_unref(t); mk_unref(u);
+  CHECK(mk_term_live() == base);
+}
+
+static void strings (void) {
+  size_t base = mk_term_live();
+  mk_term *a = mk_str("ab\0c", 4), *b = mk_str("ab\0c", 4), *c = mk_str("ab\0d", 4);
+  mk_term *d = mk_cstr("ab"), *e = mk_str(NULL, 0), *f = mk_cstr("");
+  CHECK(mk_kindof(a) == MK_STR && a->n == 4 && a->ground);
+  CHECK(memcmp(mk_strdata(a), "ab\0c", 5) == 0);  /* NUL terminated too */
+  CHECK(mk_equal(a, b) && mk_hash(a) == mk_hash(b));
+  CHECK(!mk_equal(a, c) && !mk_equal(a, d));
+  CHECK(d->n == 2 && mk_strdata(d)[2] == '\0');
+  CHECK(e->n == 0 && mk_strdata(e)[0] == '\0' && mk_equal(e, f));
+  CHECK(!mk_equal(e, mk_nil()));
+  mk_unref(a); mk_unref(b); mk_unref(c); mk_unref(d); mk_unref(e); mk_unref(f);
+  CHECK(mk_term_live() == base);
+}
+
+static void rtypes (void) {
+  static const char *const names[] = { "from", "text" };
+  static const char *const names2[] = { "who", "what" };
+  mk_rtype *a = mk_rtype_get("chat-line", 9, 2, NULL);
+  mk_rtype *b = mk_rtype_get("chat-line", 9, 2, names);
+  mk_rtype *c = mk_rtype_get("chat-line", 9, 3, NULL);
+  mk_rtype *d = mk_rtype_get("chat-lint", 9, 2, NULL);
+  mk_rtype *e = mk_rtype_get("chat-line!", 9, 2, NULL);   /* length counts */
+  mk_rtype *z1 = mk_rtype_get("a\0b", 3, 0, NULL);
+  mk_rtype *z2 = mk_rtype_get("a\0c", 3, 0, NULL);
+  CHECK(a && b && c && d && e && z1 && z2);
+  CHECK(a == b && a == e && a->refs == 3);
+  CHECK(a != c && a != d && z1 != z2);
+  CHECK(a->arity == 2 && a->labellen == 9 && strcmp(a->label, "chat-line") == 0);
+  CHECK(z1->labellen == 3 && memcmp(z1->label, "a\0b", 4) == 0);
+  CHECK(a->names != NULL);
+  CHECK(mk_rtype_field(a, "from") == 0);
+  CHECK(mk_rtype_field(a, "text") == 1);
+  CHECK(mk_rtype_field(a, "who") == -1);
+  CHECK(mk_rtype_field(c, "from") == -1);   /* unnamed */
+  mk_rtype_unref(b);
+  b = mk_rtype_get("chat-line", 9, 2, names2);  /* names are replaced */
+  CHECK(b == a && mk_rtype_field(a, "from") == -1 && mk_rtype_field(a, "what") == 1);
+  mk_rtype_unref(b);
+  b = mk_rtype_get("chat-line", 9, 2, NULL);    /* NULL keeps them */
+  CHECK(mk_rtype_field(a, "who") == 0);
+  mk_rtype_ref(b);
+  CHECK(a->refs == 4);
+  mk_rtype_unref(b); mk_rtype_unref(b); mk_rtype_unref(e);
+  CHECK(a->refs == 1);
+  mk_rtype_unref(a); mk_rtype_unref(c); mk_rtype_unref(d);
+  mk_rtype_unref(z1); mk_rtype_unref(z2);
+  mk_rtype_ref(NULL);
+  mk_rtype_unref(NULL);
+  /* everything released: the type is made afresh, unnamed */
+  a = mk_rtype_get("chat-line", 9, 2, NULL);
+  CHECK(a != NULL && a->refs == 1 && a->names == NULL);
+  mk_rtype_unref(a);
+}
+
+/* Many types force the intern table to grow (and shrink back). */
+static void rtype_table (void) {
+  enum { N = 3000 };
+  static mk_rtype *rt[N];
+  char buf[32];
+  int i, ok = 1;
+  for (i = 0; i < N; i++) {
+    int len = snprintf(buf, sizeof buf, "t%d", i / 3);
+    rt[i] = mk_rtype_get(buf, (size_t)len, (uint32_t)(i % 3), NULL);
+  }
+  for (i = 0; i < N; i++) {
+    int len = snprintf(buf, sizeof buf, "t%d", i / 3);
+    mk_rtype *again = mk_rtype_get(buf, (size_t)len, (uint32_t)(i % 3), NULL);
+    ok &= again == rt[i] && rt[i]->refs == 2;
+    ok &= i == 0 || rt[i] != rt[i - 1];
+    mk_rtype_unref(again);
+  }
+  CHECK(ok);
+  for (i = 0; i < N; i += 2) mk_rtype_unref(rt[i]);
+  for (i = 1; i < N; i += 2) {
+    int len = snprintf(buf, sizeof buf, "t%d", i / 3);
+    mk_rtype *again = mk_rtype_get(buf, (size_t)len, (uint32_t)(i % 3), NULL);
+    ok &= again == rt[i];
+    mk_rtype_unref(again);
+  }
+  CHECK(ok);
+  for (i = 1; i < N; i += 2) mk_rtype_unref(rt[i]);
+}
+
+static void records (void) {
+  size_t base = mk_term_live();
+  static const char *const names[] = { "x", "y" };
+  mk_rtype *pt = mk_rtype_get("point", 5, 2, names);
+  mk_rtype *unit = mk_rtype_get("unit", 4, 0, NULL);
+  mk_term *a = mk_rec(pt, mk_int(1), mk_int(2));
+  mk_term *b = mk_rec_new(pt);
+  mk_term *u1 = mk_rec(unit), *u2 = mk_rec(unit);
+  mk_term *w = mk_rec(pt, mk_int(1), mk_wild());
+  CHECK(pt->refs == 4);   /* ours, a, b, w */
+  CHECK(mk_kindof(a) == MK_REC && a->n == 2 && a->v.rt == pt && a->ground);
+  CHECK(mk_items(a)[0]->v.i == 1 && mk_items(a)[1]->v.i == 2);
+  CHECK(mk_items(a)[mk_rtype_field(pt, "y")]->v.i == 2);
+  CHECK(mk_items(b)[0] == mk_nil() && mk_items(b)[1] == mk_nil());
+  mk_set(b, 0, mk_int(1));
+  mk_set(b, 1, mk_int(99));
+  mk_set(b, 1, mk_int(2));   /* replaces (and releases) the 99 */
+  mk_seal(b);
+  CHECK(mk_equal(a, b) && mk_hash(a) == mk_hash(b));
+  CHECK(mk_term_live() == base + 10);
+  CHECK(u1 != u2 && mk_equal(u1, u2) && u1->n == 0 && u1->ground);
+  CHECK(!w->ground && !mk_equal(a, w));
+  CHECK(!mk_equal(a, u1));
+  mk_unref(a); mk_unref(b); mk_unref(u1); mk_unref(u2); mk_unref(w);
+  CHECK(pt->refs == 1 && unit->refs == 1);
+  mk_rtype_unref(pt);
+  mk_rtype_unref(unit);
+  CHECK(mk_term_live() == base);
+}
+
+static void sequences (void) {
+  size_t base = mk_term_live();
+  mk_term *s = mk_seq_new(3), *e = mk_seal(mk_seq_new(0)), *t;
+  mk_set(s, 0, mk_int(1));
+  mk_set(s, 1, mk_cstr("two"));
+  mk_set(s, 2, mk_seal(mk_seq_new(0)));
+  mk_seal(s);
+  CHECK(mk_kindof(s) == MK_SEQ && s->n == 3 && s->ground);
+  t = P("[1, \"two\", []]");
+  CHECK(mk_equal(s, t) && mk_hash(s) == mk_hash(t));
+  mk_unref(t);
+  t = P("[1, \"two\"]");
+  CHECK(!mk_equal(s, t));
+  mk_unref(t);
+  t = P("[1, \"two\", [_]]");
+  CHECK(!mk_equal(s, t) && !t->ground);
+  mk_unref(t);
+  CHECK(e->n == 0 && e->ground);
+  /* a sequence and a record with the same items differ */
+  t = P("s(1, \"two\", [])");
+  CHECK(!mk_equal(s, t));
+  mk_unref(t);
+  mk_unref(s); mk_unref(e);
+  CHECK(mk_term_live() == base);
+}
+
+static void refcounts (void) {
+  size_t base = mk_term_live();
+  mk_term *leaf = mk_cstr("shared");
+  mk_term *a = P("f([1, 2.5], g(_))");
+  mk_term *s = mk_seq_new(2), *b;
+  mk_set(s, 0, mk_ref(leaf));
+  mk_set(s, 1, mk_ref(leaf));
+  mk_seal(s);
+  CHECK(leaf->refs == 3);
+  b = mk_seq_new(2);
+  mk_set(b, 0, mk_ref(s));
+  mk_set(b, 1, mk_ref(a));
+  mk_seal(b);
+  CHECK(s->refs == 2 && a->refs == 2);
+  mk_unref(s);
+  mk_unref(a);
+  CHECK(mk_items(b)[1] == a && mk_items(a)[0]->n == 2);   /* still alive */
+  mk_unref(leaf);
+  CHECK(mk_term_live() > base);
+  mk_unref(b);
+  CHECK(mk_term_live() == base);
+  /* misuse of mk_set still steals */
+  b = mk_seq_new(1);
+  mk_set(b, 5, mk_int(1));
+  mk_set(mk_nil(), 0, mk_int(1));
+  mk_unref(mk_seal(b));
+  CHECK(mk_term_live() == base);
+}
+
+/* Deep right-nested terms: freeing, equality and unification run in
+** constant stack. */
+static void deep (void) {
+  enum { N = 200000 };
+  size_t base = mk_term_live();
+  mk_rtype *cons = mk_rtype_get("cons", 4, 2, NULL);
+  mk_term *a = mk_nil(), *b = mk_nil(), *c = mk_wild();
+  int i;
+  for (i = 0; i < N; i++) {
+    a = mk_rec(cons, mk_int(i), a);
+    b = mk_rec(cons, mk_int(i), b);
+    c = mk_rec(cons, i == N - 1 ? mk_wild() : mk_int(i), c);
+  }
+  CHECK(mk_term_live() == base + 6 * (size_t)N - 1);  /* c's last item is _ */
+  CHECK(mk_equal(a, b) && mk_hash(a) == mk_hash(b));
+  CHECK(mk_unifies(a, c) && mk_unifies(c, b) && !c->ground);
+  mk_unref(a); mk_unref(b); mk_unref(c);
+  mk_rtype_unref(cons);
+  CHECK(mk_term_live() == base);
+}
+
+static void equal_hash (void) {
+  static const char *const lits[] = {
+    "nil", "true", "false", "0", "1", "-1", "0.5", "-0.5", "\"\"", "\"a\"",
+    "\"b\"", "\"a\\0\"", "[]", "[[]]", "[1]", "[1, 2]", "[2, 1]", "f()",
+    "f(1)", "g(1)", "f(1, 2)", "f([1], 2)", "[f(1), 2]", "_", "[_]", "f(_)",
+    "#eof", "inf", "-inf", "nan", "1e300", "[nil]", "[false]", "[\"1\"]",
+  };
+  size_t base = mk_term_live(), n = sizeof lits / sizeof lits[0], i, j;
+  int ok = 1;
+  for (i = 0; i < n; i++) {
+    for (j = 0; j < n; j++) {
+      mk_term *a = P(lits[i]), *b = P(lits[j]);
+      int eq = mk_equal(a, b);
+      ok &= eq == (i == j);
+      ok &= eq == mk_equal(b, a);
+      ok &= !eq || mk_hash(a) == mk_hash(b);
+      if (i != j && mk_hash(a) == mk_hash(b))
+        fprintf(stderr, "  (hash collision %s %s)\n", lits[i], lits[j]);
+      if (eq != (i == j)) fprintf(stderr, "  equal(%s, %s) = %d\n", lits[i], lits[j], eq);
+      mk_unref(a); mk_unref(b);
+    }
+  }
+  CHECK(ok);
+  CHECK(mk_term_live() == base);
+}
+
+static void unify (void) {
+  size_t base = mk_term_live();
+  CHECK(unifies_s("_", "_") == 1);
+  CHECK(unifies_s("_", "1") == 1);
+  CHECK(unifies_s("_", "f(1, [2])") == 1);
+  CHECK(unifies_s("1", "1") == 1);
+  CHECK(unifies_s("1.0", "1") == 1);
+  CHECK(unifies_s("f(_, 1)", "f(2, _)") == 1);
+  CHECK(unifies_s("f(_, _)", "f(2, 3)") == 1);
+  CHECK(unifies_s("[_, [1, _]]", "[[2], [_, 3]]") == 1);
+  CHECK(unifies_s("f(g(_, h(_)), [1, _])", "f(g(1, _), [_, [2]])") == 1);
+  CHECK(unifies_s("f(g(_, h(1)), _)", "f(g(2, h(_)), [[[_]]])") == 1);
+  CHECK(unifies_s("f([_], _)", "f(_, [_])") == 1);
+  CHECK(unifies_s("nan", "nan") == 1);
+  CHECK(unifies_s("\"a\\0b\"", "\"a\\0b\"") == 1);
+  CHECK(unifies_s("#eof", "_") == 1);
+  /* failures */
+  CHECK(unifies_s("1", "2") == 0);
+  CHECK(unifies_s("1", "1.5") == 0);
+  CHECK(unifies_s("1", "\"1\"") == 0);
+  CHECK(unifies_s("nil", "false") == 0);
+  CHECK(unifies_s("true", "false") == 0);
+  CHECK(unifies_s("#eof", "nil") == 0);
+  CHECK(unifies_s("\"a\\0b\"", "\"a\\0c\"") == 0);
+  CHECK(unifies_s("f(_)", "f(_, _)") == 0);        /* arity */
+  CHECK(unifies_s("f(_)", "g(_)") == 0);           /* label */
+  CHECK(unifies_s("[_]", "[_, _]") == 0);          /* length */
+  CHECK(unifies_s("[]", "[_]") == 0);
+  CHECK(unifies_s("f(_)", "[_]") == 0);            /* kind */
+  CHECK(unifies_s("f()", "[]") == 0);
+  CHECK(unifies_s("f(1, _)", "f(2, _)") == 0);
+  CHECK(unifies_s("f(_, g(1))", "f(_, g(2))") == 0);
+  CHECK(unifies_s("[_, [1, _]]", "[_, [2, _]]") == 0);
+  CHECK(unifies_s("f(g(_, h(1)), _)", "f(g(2, h(2)), _)") == 0);
+  CHECK(unifies_s("f(1, 2)", "f(1, 3)") == 0);
+  CHECK(mk_term_live() == base);
+}
+
+static void mgu (void) {
+  size_t base = mk_term_live();
+  mk_term *a, *b, *m;
+  CHECK(mgu_is("_", "_", "_"));
+  CHECK(mgu_is("_", "f(1)", "f(1)"));
+  CHECK(mgu_is("f(_, 1)", "f(2, _)", "f(2, 1)"));
+  CHECK(mgu_is("f(_, _)", "f(_, 3)", "f(_, 3)"));
+  CHECK(mgu_is("[_, [1, _]]", "[[2], [_, 3]]", "[[2], [1, 3]]"));
+  CHECK(mgu_is("f(g(_, h(_)), [1, _])", "f(g(1, _), [_, [2]])",
+               "f(g(1, h(_)), [1, [2]])"));
+  CHECK(mgu_is("[_, [_, x(_)]]", "[_, [y(), x(_)]]", "[_, [y(), x(_)]]"));
+  CHECK(mgu_is("f(1)", "f(2)", NULL));
+  CHECK(mgu_is("f(_, g(1))", "f(2, g(_, _))", NULL));
+  /* sharing: a side that is already the answer is returned itself */
+  a = P("f(1, [2])");
+  b = P("f(_, [_])");
+  m = mk_unify(a, b);
+  CHECK(m == a && a->refs == 2);
+  mk_unref(m);
+  m = mk_unify(b, a);
+  CHECK(m == a);
+  mk_unref(m);
+  mk_unref(b);
+  b = P("_");
+  m = mk_unify(b, a);
+  CHECK(m == a);
+  mk_unref(m);
+  mk_unref(b);
+  mk_unref(a);
+  a = P("f(g(1), _)");
+  b = P("f(_, [h(_)])");
+  m = mk_unify(a, b);
+  CHECK(m != a && m != b && m->ground == 0);
+  CHECK(mk_items(m)[0] == mk_items(a)[0] && mk_items(m)[1] == mk_items(b)[1]);
+  mk_unref(m);
+  mk_unref(b);
+  b = P("f(_, _)");  /* less specific: a itself */
+  m = mk_unify(a, b);
+  CHECK(m == a);
+  mk_unref(m);
+  mk_unref(a);
+  mk_unref(b);
+  CHECK(mk_term_live() == base);
+}
+
+static void repr (void) {
+  size_t base = mk_term_live();
+  mk_rtype *rt;
+  CHECK(repr_is(mk_nil(), "nil"));
+  CHECK(repr_is(mk_bool(1), "true"));
+  CHECK(repr_is(mk_bool(0), "false"));
+  CHECK(repr_is(mk_wild(), "_"));
+  CHECK(repr_is(mk_eof(), "#eof"));
+  CHECK(repr_is(mk_int(0), "0"));
+  CHECK(repr_is(mk_int(-42), "-42"));
+  CHECK(repr_is(mk_int(INT64_MIN), "-9223372036854775808"));
+  CHECK(repr_is(mk_int(INT64_MAX), "9223372036854775807"));
+  CHECK(repr_is(mk_float(0.5), "0.5"));
+  CHECK(repr_is(mk_float(-2.25), "-2.25"));
+  CHECK(repr_is(mk_float(0.1), "0.10000000000000001"));
+  CHECK(repr_is(mk_float(1e300), "1.0000000000000001e+300"));
+  CHECK(repr_is(mk_float(9223372036854775808.0), "9.2233720368547758e+18"));
+  CHECK(repr_is(mk_float(3.0), "3"));   /* it is an integer */
+  CHECK(repr_is(mk_float(INFINITY), "inf"));
+  CHECK(repr_is(mk_float(-INFINITY), "-inf"));
+  CHECK(repr_is(mk_float(NAN), "nan"));
+  CHECK(repr_is(mk_float(-NAN), "nan"));
+  CHECK(repr_is(mk_cstr(""), "\"\""));
+  CHECK(repr_is(mk_cstr("hi there"), "\"hi there\""));
+  CHECK(repr_is(mk_cstr("q\"b\\s"), "\"q\\\"b\\\\s\""));
+  CHECK(repr_is(mk_cstr("a\nb\tc\rd"), "\"a\\nb\\tc\\rd\""));
+  CHECK(repr_is(mk_str("\0\x01\x1f\x7f\x80\xff", 6), "\"\\x00\\x01\\x1f\\x7f\\x80\\xff\""));
+  CHECK(repr_is(mk_seal(mk_seq_new(0)), "[]"));
+  CHECK(repr_is(mk_seal(mk_seq_new(2)), "[nil, nil]"));
+  rt = mk_rtype_get("chat-line", 9, 2, NULL);
+  CHECK(repr_is(mk_rec(rt, mk_cstr("bob"), mk_cstr("hi")), "chat-line(\"bob\", \"hi\")"));
+  mk_rtype_unref(rt);
+  rt = mk_rtype_get("tick", 4, 0, NULL);
+  CHECK(repr_is(mk_rec(rt), "tick()"));
+  mk_rtype_unref(rt);
+  CHECK(roundtrip("[1, 2, _]"));
+  CHECK(roundtrip("f(g(_, h(\"x\\n\")), [1.5, [], [[#eof]]], nil, true, false)"));
+  CHECK(mk_term_live() == base);
+}
+
+/* A long repr exercises the buffer's growth. */
+static void repr_long (void) {
+  size_t base = mk_term_live(), len, i;
+  mk_term *s = mk_seq_new(5000);
+  char *r;
+  int ok = 1;
+  for (i = 0; i < 5000; i++) mk_set(s, (uint32_t)i, mk_int(7));
+  mk_seal(s);
+  r = mk_repr(s, &len);
+  CHECK(r != NULL && len == 2 + 5000 + 2 * 4999 && strlen(r) == len);
+  for (i = 1; r && i + 1 < len; i += 3) ok &= r[i] == '7';
+  CHECK(ok);
+  free(r);
+  mk_unref(s);
+  CHECK(mk_term_live() == base);
+}
+
+
+/*
+** {======================================================
+** Randomised cross-check of unification against a naive model
+** =======================================================
+*/
+
+static uint64_t rng;
+
+static uint32_t rnd (uint32_t n) {
+  rng ^= rng >> 12; rng ^= rng << 25; rng ^= rng >> 27;
+  return (uint32_t)((rng * 0x2545F4914F6CDD1Dull) >> 33) % n;
+}
+
+static mk_rtype *rts[4];
+
+static mk_term *gen (int depth) {
+  uint32_t r = rnd(100);
+  if (r < 15) return mk_wild();
+  if (depth == 0 || r < 50) {
+    switch (rnd(6)) {
+      case 0: return mk_nil();
+      case 1: return mk_bool((int)rnd(2));
+      case 2: return mk_int(rnd(3));
+      case 3: return mk_float(rnd(2) + 0.5);
+      case 4: return mk_str("ab", rnd(3));
+      default: return mk_eof();
+    }
+  }
+  else {
+    mk_term *t;
+    uint32_t i;
+    if (r < 75) t = mk_rec_new(rts[rnd(4)]);
+    else t = mk_seq_new(rnd(3));
+    for (i = 0; i < t->n; i++) mk_set(t, i, gen(depth - 1));
+    return mk_seal(t);
+  }
+}
+
+/* The model: a plain recursive reading of the rules. */
+static int naive_unifies (const mk_term *a, const mk_term *b) {
+  uint32_t i;
+  if (a->kind == MK_WILD || b->kind == MK_WILD) return 1;
+  if (a->kind != b->kind) return 0;
+  switch (a->kind) {
+    case MK_INT: return a->v.i == b->v.i;
+    case MK_FLOAT: return a->v.f == b->v.f;
+    case MK_STR: return a->n == b->n && memcmp(mk_strdata(a), mk_strdata(b), a->n) == 0;
+    case MK_REC: if (a->v.rt != b->v.rt) return 0; /* FALLTHROUGH */
+    case MK_SEQ:
+      if (a->n != b->n) return 0;
+      for (i = 0; i < a->n; i++)
+        if (!naive_unifies(mk_items(a)[i], mk_items(b)[i])) return 0;
+      return 1;
+    default: return 1;
+  }
+}
+
+static int naive_ground (const mk_term *t) {
+  uint32_t i;
+  if (t->kind == MK_WILD) return 0;
+  if (t->kind == MK_REC || t->kind == MK_SEQ)
+    for (i = 0; i < t->n; i++) if (!naive_ground(mk_items(t)[i])) return 0;
+  return 1;
+}
+
+/* m is the pointwise merge of a and b: m has a wildcard exactly where
+** both do, and elsewhere the non-wild side's atom or shape. */
+static int is_merge (const mk_term *m, const mk_term *a, const mk_term *b) {
+  uint32_t i;
+  if (a->kind == MK_WILD && b->kind == MK_WILD) return m->kind == MK_WILD;
+  if (a->kind == MK_WILD) return mk_equal(m, b);
+  if (b->kind == MK_WILD) return mk_equal(m, a);
+  if (m->kind != a->kind || m->n != a->n || m->ground != naive_ground(m)) return 0;
+  if (m->kind == MK_REC && m->v.rt != a->v.rt) return 0;
+  if (m->kind != MK_REC && m->kind != MK_SEQ) return mk_equal(m, a) && mk_equal(m, b);
+  for (i = 0; i < m->n; i++)
+    if (!is_merge(mk_items(m)[i], mk_items(a)[i], mk_items(b)[i])) return 0;
+  return 1;
+}
+
+static void random_unify (void) {
+  static const uint64_t seeds[] = { 1, 2, 3, 0x9e3779b97f4a7c15ull, 12345 };
+  size_t base = mk_term_live(), s;
+  int ok = 1, hits = 0;
+  rts[0] = mk_rtype_get("p", 1, 0, NULL);
+  rts[1] = mk_rtype_get("p", 1, 2, NULL);
+  rts[2] = mk_rtype_get("q", 1, 2, NULL);
+  rts[3] = mk_rtype_get("q", 1, 3, NULL);
+  for (s = 0; s < sizeof seeds / sizeof seeds[0]; s++) {
+    int k;
+    rng = seeds[s];
+    for (k = 0; k < 4000; k++) {
+      mk_term *a = gen(4), *b = gen(4), *m1, *m2;
+      int u = naive_unifies(a, b);
+      hits += u;
+      ok &= mk_unifies(a, b) == u && mk_unifies(b, a) == u;
+      ok &= a->ground == naive_ground(a);
+      ok &= mk_unifies(a, a) && mk_equal(a, a);
+      m1 = mk_unify(a, b);
+      m2 = mk_unify(b, a);
+      ok &= (m1 != NULL) == u && (m2 != NULL) == u;
+      if (u) {
+        ok &= is_merge(m1, a, b) && mk_equal(m1, m2) && mk_hash(m1) == mk_hash(m2);
+        ok &= mk_unifies(m1, a) && mk_unifies(m1, b);
+      }
+      if (mk_equal(a, b)) ok &= mk_hash(a) == mk_hash(b) && u;
+      if (!ok) {
+        char *x = mk_repr(a, NULL), *y = mk_repr(b, NULL);
+        fprintf(stderr, "  seed %zu case %d: %s ~ %s\n", s, k, x, y);
+        free(x); free(y);
+        k = 1 << 30;
+      }
+      mk_unref(a); mk_unref(b); mk_unref(m1); mk_unref(m2);
+    }
+  }
+  CHECK(ok);
+  CHECK(hits > 500);   /* the generator does produce unifiable pairs */
+  for (s = 0; s < 4; s++) mk_rtype_unref(rts[s]);
+  CHECK(mk_term_live() == base);
+}
+
+/* }====================================================== */
+
+
+int main (void) {
+  RUN(singletons);
+  RUN(integers);
+  RUN(floats);
+  RUN(strings);
+  RUN(rtypes);
+  RUN(rtype_table);
+  RUN(records);
+  RUN(sequences);
+  RUN(refcounts);
+  RUN(deep);
+  RUN(equal_hash);
+  RUN(unify);
+  RUN(mgu);
+  RUN(repr);
+  RUN(repr_long);
+  RUN(random_unify);
+  return CHECK_DONE();
+}
