@@ -255,11 +255,10 @@ static int addkid (mk_inode *n, mk_inode *c) {
 
 static void removekid (mk_inode *n, mk_inode *c) {
   uint32_t i;
-  if (n->kcap <= SMALLKIDS) {
+  if (n->kcap <= SMALLKIDS) {  /* order among children does not matter */
     for (i = 0; n->kids[i] != c; i++)
       ;
     n->kids[i] = n->kids[--n->nkids];
-    return;
   }
   else {
     /* linear probing: delete by shifting later entries back into the hole */
@@ -421,6 +420,7 @@ int mk_index_add (mk_index *ix, const mk_term *topic, mk_ilink *item) {
   Scratch *sc = &ix->sc;
   mk_inode *n = ix->root;
   size_t nq, i;
+  if (ix->busy) return -1;  /* from a match callback: the walk owns the scratch */
   if (item->leaf != NULL) mk_index_remove(ix, item);
   if ((nq = flatten(sc, topic)) == 0) return -1;
   for (i = 0; i < nq; i++) {

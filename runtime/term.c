@@ -308,8 +308,10 @@ static int setnames (mk_rtype *rt, const char *const *names) {
 
 mk_rtype *mk_rtype_get (const char *label, size_t labellen, uint32_t arity,
                         const char *const *names) {
-  uint32_t h = rthash(label, labellen, arity);
+  uint32_t h;
   mk_rtype *rt;
+  if (label == NULL) label = "";  /* (with labellen 0) */
+  h = rthash(label, labellen, arity);
   if (rtypes.size > 0) {
     for (rt = rtypes.bucket[h & (rtypes.size - 1)]; rt; rt = rt->chain) {
       if (rt->hash == h && rt->arity == arity && rt->labellen == labellen &&

@@ -551,12 +551,13 @@ static void wide (void) {
   CHECK(mk_term_live() == base);
 }
 
-/* A callback may match again (on the same index). */
+/* A callback may match again on the same index (but not add to it). */
 typedef struct Nest {
   mk_index *ix;
   mk_term *inner;
   size_t innercount;
   int outer;
+  int refused;   /* adds refused during the walk */
 } Nest;
 
 static int count_only (mk_ilink *l, void *ctx) {
@@ -569,8 +570,10 @@ static int nested_cb (mk_ilink *l, void *ctx) {
   Nest *n = (Nest *)ctx;
   size_t k = 0;
   (void)l;
+  mk_ilink extra = { NULL, NULL, NULL };
   n->outer++;
   n->innercount += mk_index_match(n->ix, n->inner, count_only, &k);
+  n->refused += mk_index_add(n->ix, n->inner, &extra) == -1 && extra.leaf == NULL;
   return 0;
 }
 
@@ -586,8 +589,10 @@ static void reentrant (void) {
   n.inner = P("b(1)");
   n.innercount = 0;
   n.outer = 0;
+  n.refused = 0;
   CHECK(mk_index_match(ix, q, nested_cb, &n) == 4);
   CHECK(n.outer == 4 && n.innercount == 4 * 2);
+  CHECK(n.refused == 4 && mk_index_count(ix) == 5);
   mk_unref(n.inner);
   mk_unref(q);
   mk_index_free(ix);
