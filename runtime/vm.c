@@ -209,6 +209,7 @@ static void qev_free(mk_qev *q) {
   if (q->ep) ep_unref(q->ep);
   mk_unref(q->term);
   mk_unref(q->reason);
+  mk_unref(q->topic);
   free(q->name);
   free(q);
 }
@@ -233,6 +234,9 @@ void mkI_enqueue_meta(mk_vm *vm, mk_proc *target, const mk_event *ev,
   q->name = xstrdup(name);
   q->meta = (uint8_t)meta;
   q->term = mk_ref(ev->type == MK_EV_MESSAGE ? ev->message : ev->role.topic);
+  /* A message event carries the receiving endpoint's role (vm.h); keep its
+  ** topic too, or the child got role.topic == NULL. */
+  if (ev->type == MK_EV_MESSAGE) q->topic = mk_ref(ev->role.topic);
   q->orientation = (uint8_t)ev->role.orientation;
   q->interest = (uint8_t)ev->role.interest;
   q->reason = mk_ref(ev->reason);
@@ -278,21 +282,31 @@ mk_action *mk_vm_take_outbox(mk_vm *vm) {
 
 static void drop_queue(mk_vm *vm);
 
+static int by_pid(const void *a, const void *b) {
+  mk_pid x = (*(mk_proc *const *)a)->pid, y = (*(mk_proc *const *)b)->pid;
+  return x < y ? -1 : x > y;
+}
+
 void mk_vm_free(mk_vm *vm, mk_term *reason) {
   size_t i;
   if (vm == NULL) return;
   vm->freeing = 1;
-  /* Kill one process at a time and let the survivors see it go. */
+  /* Kill one process at a time, oldest first, and let the survivors see
+  ** it go.  Processes spawned meanwhile are taken in the next round. */
   while (vm->nprocs > 0) {
-    mk_proc *victim = NULL;
-    for (i = 0; i < vm->ptabsize && victim == NULL; i++) victim = vm->ptab[i];
+    size_t n = 0, k;
+    mk_proc **all = xmalloc(vm->nprocs * sizeof *all);
     for (i = 0; i < vm->ptabsize; i++) {
       mk_proc *p;
-      for (p = vm->ptab[i]; p; p = p->hnext)
-        if (p->pid < victim->pid) victim = p;
+      for (p = vm->ptab[i]; p; p = p->hnext) { all[n++] = p; p->refs++; }
     }
-    mkI_kill(victim, reason);
-    mk_vm_run(vm);
+    qsort(all, n, sizeof *all, by_pid);
+    for (k = 0; k < n; k++) {
+      mkI_kill(all[k], reason);
+      mk_vm_run(vm);
+    }
+    for (k = 0; k < n; k++) proc_unref(all[k]);
+    free(all);
   }
   drop_queue(vm);
   mk_action_free(vm->outbox);
@@ -383,26 +397,55 @@ static int on_peer(mk_ilink *link, void *ud) {
   return 0;
 }
 
-static void metaname_add(mk_proc *p, const char *name) {
+/*
+** Meta-endpoint names a process holds above it, keyed "depth:name" (depth 1
+** = the parent VM).  The depth is part of the key because an endpoint "x"
+** one level up and another "x" two levels up are different endpoints:
+** deleting one must not make the process look finished while it still
+** holds the other.
+*/
+static void metaname_add(mk_proc *p, int depth, const char *name) {
   mk_metaname *m;
-  size_t n = strlen(name) + 1;
+  char key[16];
+  size_t k = (size_t)snprintf(key, sizeof key, "%d:", depth), n = strlen(name) + 1;
   for (m = p->metas; m; m = m->next)
-    if (strcmp(m->name, name) == 0) return;
-  m = xmalloc(sizeof *m + n);
-  memcpy(m->name, name, n);
+    if (strncmp(m->name, key, k) == 0 && strcmp(m->name + k, name) == 0) return;
+  m = xmalloc(sizeof *m + k + n);
+  memcpy(m->name, key, k);
+  memcpy(m->name + k, name, n);
   m->next = p->metas;
   p->metas = m;
 }
 
-static void metaname_remove(mk_proc *p, const char *name) {
+/* Forget "depth:name", or with `prefix` every "depth:name..." (MK_A_DROP). */
+static void metaname_remove(mk_proc *p, int depth, const char *name, int prefix) {
   mk_metaname **pp;
-  for (pp = &p->metas; *pp; pp = &(*pp)->next)
-    if (strcmp((*pp)->name, name) == 0) {
-      mk_metaname *m = *pp;
+  char key[16];
+  size_t k = (size_t)snprintf(key, sizeof key, "%d:", depth), n = strlen(name);
+  for (pp = &p->metas; *pp;) {
+    mk_metaname *m = *pp;
+    if (strncmp(m->name, key, k) == 0 &&
+        (prefix ? strncmp(m->name + k, name, n) == 0 : strcmp(m->name + k, name) == 0)) {
       *pp = m->next;
       free(m);
-      return;
+      if (!prefix) return;
+    } else {
+      pp = &m->next;
     }
+  }
+}
+
+/* Track what an at_meta_level list adds and deletes above p.  Recurses
+** into nested MK_A_META lists (two or more levels up): without that, a
+** process whose only endpoints are two levels up was taken for finished
+** (implicit exit) right after the handler that added them. */
+static void metaname_track(mk_proc *p, const mk_action *list, int depth) {
+  for (; list; list = list->next) {
+    if (list->type == MK_A_ADD) metaname_add(p, depth, list->name);
+    else if (list->type == MK_A_DELETE) metaname_remove(p, depth, list->name, 0);
+    else if (list->type == MK_A_DROP) metaname_remove(p, depth, list->name, 1);
+    else if (list->type == MK_A_META) metaname_track(p, list->list, depth + 1);
+  }
 }
 
 int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
@@ -420,8 +463,7 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
       mk_failf(p, "at_meta_level in the ground VM: no VM above it (endpoint '%s')", name);
       return -1;
     }
-    metaname_add(p, name);
-    return mk_at_meta_level(p, a);
+    return mk_at_meta_level(p, a);      /* tracks the name (metaname_track) */
   }
   e = mkI_endpoint(vm, p->pid, name);
   if (e != NULL) {
@@ -492,8 +534,7 @@ int mk_delete_endpoint(mk_proc *p, const char *name, int meta, mk_term *reason) 
       mk_failf(p, "at_meta_level in the ground VM: no VM above it (endpoint '%s')", name);
       return -1;
     }
-    metaname_remove(p, name);
-    return mk_at_meta_level(p, mk_action_delete(name, reason));
+    return mk_at_meta_level(p, mk_action_delete(name, reason));   /* untracks it */
   }
   e = mkI_endpoint(p->vm, p->pid, name);
   if (e == NULL) return -1;
@@ -657,12 +698,9 @@ int mk_at_meta_level(mk_proc *p, mk_action *list) {
   a->type = MK_A_META;
   a->pid = p->pid;
   a->list = list;
-  for (; list; list = list->next) {
-    /* Track what this process holds above, so that it is not taken for
-    ** finished while it still has endpoints there. */
-    if (list->type == MK_A_ADD) metaname_add(p, list->name);
-    else if (list->type == MK_A_DELETE) metaname_remove(p, list->name);
-  }
+  /* Track what this process holds above, so that it is not taken for
+  ** finished while it still has endpoints there. */
+  metaname_track(p, list, 1);
   if (vm->outtail) vm->outtail->next = a; else vm->outbox = a;
   vm->outtail = a;
   return 0;
@@ -786,7 +824,13 @@ void mkI_perform(mk_proc *p, mk_action *a) {
 /* ---- running ------------------------------------------------------------ */
 
 static void check_exit(mk_proc *p) {
-  /* Implicit exit: nothing to listen on here or above, nothing due. */
+  /* Implicit exit: nothing to listen on here or above, nothing due.
+  ** Not for a nested VM: it ends when its last process does (nested.c
+  ** quits it then, DESIGN §1).  Judged by its own endpoints, a nested VM
+  ** whose processes talk only among themselves (or whose last child with
+  ** meta endpoints crashed while siblings live on) was killed with all
+  ** its live processes. */
+  if (p->b == &mk_nested_behavior) return;
   if (!p->dead && p->neps == 0 && p->metas == NULL && p->pending == 0 && !p->in_handle)
     mkI_kill(p, NULL);
 }
@@ -807,7 +851,7 @@ static void deliver(mk_vm *vm, mk_qev *q) {
   ev.role.interest = (mk_interest)q->interest;
   if (q->type == MK_EV_MESSAGE) {
     ev.message = q->term;
-    ev.role.topic = q->ep ? q->ep->role.topic : NULL;
+    ev.role.topic = q->ep ? q->ep->role.topic : q->topic;
   } else {
     ev.role.topic = q->term;
   }

@@ -50,6 +50,7 @@ typedef struct mk_qev {
   char *name;               /* meta-forwarded events: owned endpoint name */
   mk_term *term;            /* message, or the peer's refined topic */
   mk_term *reason;
+  mk_term *topic;           /* meta-forwarded messages: the receiving endpoint's topic */
   void *cont;
   mk_pid pid;
   uint8_t type, meta, orientation, interest;

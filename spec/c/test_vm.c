@@ -1,0 +1,1667 @@
+/*
+** test_vm.c: the VM semantics of DESIGN §1, exercised with native C
+** processes.  A "recorder" process logs every event it receives as a line
+** of text ("presence ep subscriber/participant rec(3, 5)") into a log owned
+** by the test, so the log survives the process, and runs an optional
+** script (a C function) that performs the actions under test.
+*/
+#include <ev.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "ground.h"
+#include "vmint.h"   /* MK_A_META nodes: at_meta_level two levels up */
+
+/* ---- logs --------------------------------------------------------------- */
+
+typedef struct strlog {
+  char **v;
+  size_t n, cap;
+} strlog;
+
+static strlog glog;   /* every event of every recorder, as "TAG: line" */
+
+static void log_add(strlog *l, const char *s) {
+  if (l->n == l->cap) {
+    l->cap = l->cap ? l->cap * 2 : 16;
+    l->v = realloc(l->v, l->cap * sizeof *l->v);
+    if (l->v == NULL) abort();
+  }
+  l->v[l->n] = strdup(s);
+  if (l->v[l->n] == NULL) abort();
+  l->n++;
+}
+
+static void log_free(strlog *l) {
+  size_t i;
+  for (i = 0; i < l->n; i++) free(l->v[i]);
+  free(l->v);
+  memset(l, 0, sizeof *l);
+}
+
+static int log_count(const strlog *l, const char *s) {
+  size_t i;
+  int n = 0;
+  for (i = 0; i < l->n; i++) n += strcmp(l->v[i], s) == 0;
+  return n;
+}
+
+static int log_count_prefix(const strlog *l, const char *prefix) {
+  size_t i, k = strlen(prefix);
+  int n = 0;
+  for (i = 0; i < l->n; i++) n += strncmp(l->v[i], prefix, k) == 0;
+  return n;
+}
+
+/* Index of the first line equal to s, or -1. */
+static int log_find(const strlog *l, const char *s) {
+  size_t i;
+  for (i = 0; i < l->n; i++)
+    if (strcmp(l->v[i], s) == 0) return (int)i;
+  return -1;
+}
+
+static void log_dump(const strlog *l, const char *title) {
+  size_t i;
+  fprintf(stderr, "  --- %s (%zu lines)\n", title, l->n);
+  for (i = 0; i < l->n; i++) fprintf(stderr, "    %s\n", l->v[i]);
+}
+
+/* ---- terms -------------------------------------------------------------- */
+
+static mk_rtype *RT2, *CTL;   /* rec(a, b) and ctl(tag) */
+
+static mk_term *I(int64_t i) { return mk_int(i); }
+static mk_term *W(void) { return mk_wild(); }
+static mk_term *R(mk_term *a, mk_term *b) { return mk_rec(RT2, a, b); }
+static mk_term *Ctl(const char *tag) { return mk_rec(CTL, mk_cstr(tag)); }
+
+static mk_role role(mk_orientation o, mk_interest i, mk_term *topic) {
+  mk_role r;
+  r.orientation = o;
+  r.interest = i;
+  r.topic = topic;
+  return r;
+}
+
+/* ---- the recorder process ----------------------------------------------- */
+
+typedef struct epspec {
+  const char *name;
+  mk_orientation o;
+  mk_interest i;
+  mk_term *topic;   /* owned by the spec */
+  int meta;
+} epspec;
+
+typedef struct rec rec;
+typedef void (*script_fn)(mk_proc *p, const mk_event *ev, rec *r);
+
+struct rec {
+  const char *tag;
+  strlog log;
+  epspec eps[6];
+  int neps;
+  script_fn fn;
+  int mode;              /* what the script does; per test */
+  void *ud;              /* per test */
+  int64_t num;           /* per test */
+  mk_pid pid, spawned;
+  char path[64];         /* mk_vm_path of its VM at boot */
+  int boots, destroyed, released;
+  int ret[8];            /* return values the script recorded */
+  int nret;
+  char msgrole[128];     /* role of the last message event */
+};
+
+static void rec_init(rec *r, const char *tag) {
+  memset(r, 0, sizeof *r);
+  r->tag = tag;
+}
+
+/* Add an endpoint spec (the topic is stolen). */
+static void rec_ep(rec *r, const char *name, mk_orientation o, mk_interest i,
+                   mk_term *topic, int meta) {
+  epspec *e = &r->eps[r->neps++];
+  e->name = name;
+  e->o = o;
+  e->i = i;
+  e->topic = topic;
+  e->meta = meta;
+}
+
+/* A ctl(tag) subscription, to poke the process from the test. */
+static void rec_ctl(rec *r) {
+  rec_ep(r, "ctl", MK_SUBSCRIBER, MK_PARTICIPANT, Ctl(r->tag), 0);
+}
+
+static void rec_done(rec *r) {
+  int i;
+  for (i = 0; i < r->neps; i++) mk_unref(r->eps[i].topic);
+  log_free(&r->log);
+}
+
+static void rec_ret(rec *r, int v) {
+  if (r->nret < 8) r->ret[r->nret++] = v;
+}
+
+static const char *ori(mk_orientation o) { return mk_orientation_name(o); }
+static const char *intr(mk_interest i) { return mk_interest_name(i); }
+
+static void fmt_event(const mk_event *ev, char *line, size_t size) {
+  char meta[8] = "";
+  char *t = NULL, *x = NULL;
+  if (ev->meta) snprintf(meta, sizeof meta, "@%d", ev->meta);
+  switch (ev->type) {
+    case MK_EV_BOOT: snprintf(line, size, "boot"); break;
+    case MK_EV_PRESENCE:
+      t = ev->role.topic ? mk_repr(ev->role.topic, NULL) : NULL;
+      snprintf(line, size, "presence%s %s %s/%s %s", meta, ev->endpoint,
+               ori(ev->role.orientation), intr(ev->role.interest), t ? t : "NULL");
+      break;
+    case MK_EV_ABSENCE:
+      t = ev->role.topic ? mk_repr(ev->role.topic, NULL) : NULL;
+      x = ev->reason ? mk_repr(ev->reason, NULL) : NULL;
+      snprintf(line, size, "absence%s %s %s/%s %s %s", meta, ev->endpoint,
+               ori(ev->role.orientation), intr(ev->role.interest), t ? t : "NULL",
+               x ? x : "nil");
+      break;
+    case MK_EV_MESSAGE:
+      x = ev->message ? mk_repr(ev->message, NULL) : NULL;
+      snprintf(line, size, "message%s %s %s", meta, ev->endpoint, x ? x : "NULL");
+      break;
+    case MK_EV_SPAWNED:
+      snprintf(line, size, "spawned %s", ev->cont ? (const char *)ev->cont : "-");
+      break;
+    case MK_EV_RESUME:
+      snprintf(line, size, "resume %s", ev->cont ? (const char *)ev->cont : "-");
+      break;
+    default: snprintf(line, size, "event %d", (int)ev->type); break;
+  }
+  free(t);
+  free(x);
+}
+
+static void rec_handle(mk_proc *p, const mk_event *ev) {
+  rec *r = mk_proc_data(p);
+  char line[512], gline[600];
+  int i;
+  fmt_event(ev, line, sizeof line);
+  log_add(&r->log, line);
+  snprintf(gline, sizeof gline, "%s: %s", r->tag, line);
+  log_add(&glog, gline);
+  if (ev->type == MK_EV_BOOT) {
+    r->pid = mk_proc_pid(p);
+    r->boots++;
+    snprintf(r->path, sizeof r->path, "%s", mk_vm_path(mk_proc_vm(p)));
+    for (i = 0; i < r->neps; i++) {
+      epspec *e = &r->eps[i];
+      mk_add_endpoint(p, e->name, e->meta, role(e->o, e->i, e->topic));
+    }
+  } else if (ev->type == MK_EV_SPAWNED) {
+    r->spawned = ev->pid;
+  } else if (ev->type == MK_EV_MESSAGE) {
+    char *t = ev->role.topic ? mk_repr(ev->role.topic, NULL) : NULL;
+    snprintf(r->msgrole, sizeof r->msgrole, "%s/%s %s", ori(ev->role.orientation),
+             intr(ev->role.interest), t ? t : "NULL");
+    free(t);
+  }
+  if (r->fn) r->fn(p, ev, r);
+}
+
+static void rec_release(mk_proc *p, void *cont) {
+  rec *r = mk_proc_data(p);
+  r->released++;
+}
+
+static void rec_destroy(mk_proc *p) {
+  rec *r = mk_proc_data(p);
+  r->destroyed++;
+}
+
+static const mk_behavior recb = { "rec", rec_handle, rec_release, rec_destroy };
+
+static mk_pid spawn(mk_vm *vm, rec *r) {
+  return mk_vm_spawn(vm, &recb, r, r->tag);
+}
+
+static void poke(mk_vm *vm, const char *tag) {
+  mk_term *t = Ctl(tag);
+  mk_vm_send(vm, t, 0);
+  mk_unref(t);
+}
+
+static int is_ctl(const mk_event *ev) {
+  return ev->type == MK_EV_MESSAGE && strcmp(ev->endpoint, "ctl") == 0;
+}
+
+static mk_action *meta_list(mk_action *list) {
+  mk_action *a = calloc(1, sizeof *a);
+  if (a == NULL) abort();
+  a->type = MK_A_META;
+  a->list = list;
+  return a;
+}
+
+/* Every test starts and ends with the same number of live terms. */
+#define BEGIN size_t term_base = mk_term_live(); log_free(&glog)
+#define END do { CHECK(mk_term_live() == term_base); \
+    if (check_failed_now) { log_dump(&glog, "global event log"); } \
+    log_free(&glog); } while (0)
+
+/* ---- visibility, presence, absence -------------------------------------- */
+
+/* Removal of A's endpoint: 0 delete, 1 quit with a reason, 2 crash. */
+static void vis_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (!is_ctl(ev)) return;
+  switch (r->mode) {
+    case 0: rec_ret(r, mk_delete_endpoint(p, "ep", 0, NULL)); break;
+    case 1: t = mk_cstr("bye"); rec_ret(r, mk_quit(p, 0, t)); mk_unref(t); break;
+    default: t = mk_cstr("boom"); mk_fail(p, t); mk_unref(t); break;
+  }
+}
+
+/* sees[seer][seen], written out from DESIGN §1, not from vm.c. */
+static const int sees[3][3] = {
+  /* participant sees */ {1, 0, 0},
+  /* observer sees    */ {1, 0, 0},
+  /* everything sees  */ {1, 1, 1},
+};
+
+static void test_visibility_matrix(void) {
+  BEGIN;
+  int oa, ia, ib, order, mode, combos = 0;
+  static const char *const reasons[] = {"nil", "\"bye\"", "\"boom\""};
+  for (oa = 0; oa < 2; oa++)
+    for (ia = 0; ia < 3; ia++)
+      for (ib = 0; ib < 3; ib++)
+        for (order = 0; order < 2; order++)
+          for (mode = 0; mode < 3; mode++) {
+            int before = check_failed_now;
+            mk_vm *vm = mk_vm_new();
+            rec a, b;
+            mk_orientation ob = oa ? MK_PUBLISHER : MK_SUBSCRIBER;
+            char want[256];
+            combos++;
+            check_failed_now = 0;
+            rec_init(&a, "A");
+            rec_init(&b, "B");
+            rec_ep(&a, "ep", (mk_orientation)oa, (mk_interest)ia, R(W(), I(5)), 0);
+            rec_ctl(&a);
+            a.fn = vis_script;
+            a.mode = mode;
+            rec_ep(&b, "ep", ob, (mk_interest)ib, R(I(3), W()), 0);
+            if (order == 0) { spawn(vm, &a); mk_vm_run(vm); spawn(vm, &b); }
+            else { spawn(vm, &b); mk_vm_run(vm); spawn(vm, &a); }
+            mk_vm_run(vm);
+            /* presence: A hears of B when A can see B, and vice versa */
+            snprintf(want, sizeof want, "presence ep %s/%s rec(3, 5)", ori(ob),
+                     intr((mk_interest)ib));
+            CHECK(log_count(&a.log, want) == sees[ia][ib]);
+            CHECK(log_count_prefix(&a.log, "presence") == sees[ia][ib]);
+            snprintf(want, sizeof want, "presence ep %s/%s rec(3, 5)",
+                     ori((mk_orientation)oa), intr((mk_interest)ia));
+            CHECK(log_count(&b.log, want) == sees[ib][ia]);
+            CHECK(log_count_prefix(&b.log, "presence") == sees[ib][ia]);
+            /* removal of A's endpoint: B hears iff it saw A */
+            poke(vm, "A");
+            mk_vm_run(vm);
+            snprintf(want, sizeof want, "absence ep %s/%s rec(3, 5) %s",
+                     ori((mk_orientation)oa), intr((mk_interest)ia), reasons[mode]);
+            CHECK(log_count(&b.log, want) == sees[ib][ia]);
+            CHECK(log_count_prefix(&b.log, "absence") == sees[ib][ia]);
+            CHECK(log_count_prefix(&a.log, "absence") == 0);
+            if (mode == 0) CHECK(a.nret == 1 && a.ret[0] == 0);
+            if (mode == 1) CHECK(a.nret == 1 && a.ret[0] == 0);
+            /* A is gone after quit/crash, alive after a delete (it has ctl) */
+            CHECK(mk_vm_nprocs(vm) == (mode == 0 ? 2u : 1u));
+            CHECK(a.destroyed == (mode == 0 ? 0 : 1));
+            mk_vm_free(vm, NULL);
+            CHECK(a.destroyed == 1 && b.destroyed == 1);
+            if (check_failed_now) {
+              fprintf(stderr, "  combo: A %s/%s, B %s/%s, %s first, removal %d\n",
+                      ori((mk_orientation)oa), intr((mk_interest)ia), ori(ob),
+                      intr((mk_interest)ib), order ? "B" : "A", mode);
+              log_dump(&a.log, "A");
+              log_dump(&b.log, "B");
+            }
+            check_failed_now |= before;
+            rec_done(&a);
+            rec_done(&b);
+          }
+  CHECK(combos == 108);
+  END;
+}
+
+static void test_presence_refined_topic(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, b, c, d, e;
+  mk_rtype *rt1;
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_init(&c, "C");
+  rec_init(&d, "D");
+  rec_init(&e, "E");
+  rec_ep(&a, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(W(), I(5)), 0);
+  rec_ep(&b, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(3), W()), 0);
+  rec_ep(&c, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(4), I(6)), 0);   /* no match */
+  /* nested refinement */
+  rec_ep(&d, "deep", MK_PUBLISHER, MK_PARTICIPANT, R(W(), R(W(), I(7))), 0);
+  rec_ep(&e, "deep", MK_SUBSCRIBER, MK_PARTICIPANT, R(R(I(1), W()), R(I(2), W())), 0);
+  spawn(vm, &a);
+  spawn(vm, &b);
+  spawn(vm, &c);
+  spawn(vm, &d);
+  spawn(vm, &e);
+  mk_vm_run(vm);
+  CHECK(log_count(&a.log, "presence ep subscriber/participant rec(3, 5)") == 1);
+  CHECK(log_count(&b.log, "presence ep publisher/participant rec(3, 5)") == 1);
+  CHECK(log_count_prefix(&c.log, "presence") == 0);
+  CHECK(log_count(&d.log, "presence deep subscriber/participant rec(rec(1, _), rec(2, 7))") == 1);
+  CHECK(log_count(&e.log, "presence deep publisher/participant rec(rec(1, _), rec(2, 7))") == 1);
+  /* different arity or label never intersects */
+  rt1 = mk_rtype_get("rec", 3, 1, NULL);
+  {
+    rec f;
+    rec_init(&f, "F");
+    rec_ep(&f, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, mk_rec(rt1, W()), 0);
+    spawn(vm, &f);
+    mk_vm_run(vm);
+    CHECK(log_count_prefix(&f.log, "presence") == 0);
+    CHECK(log_count(&a.log, "presence ep subscriber/participant rec(3, 5)") == 1);
+    CHECK(a.log.n == 2);
+    mk_vm_free(vm, NULL);
+    rec_done(&f);
+  }
+  mk_rtype_unref(rt1);
+  rec_done(&a); rec_done(&b); rec_done(&c); rec_done(&d); rec_done(&e);
+  END;
+}
+
+static void test_absence_refined_and_reason(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, b;
+  mk_term *why = mk_cstr("shutdown");
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_ep(&a, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(W(), I(5)), 0);
+  rec_ep(&b, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(3), W()), 0);
+  spawn(vm, &a);
+  spawn(vm, &b);
+  mk_vm_run(vm);
+  CHECK(mk_vm_kill(vm, b.pid, why) == 0);
+  CHECK(mk_vm_kill(vm, 4242, why) == -1);
+  mk_vm_run(vm);
+  CHECK(log_count(&a.log, "absence ep subscriber/participant rec(3, 5) \"shutdown\"") == 1);
+  CHECK(b.destroyed == 1);
+  mk_vm_free(vm, NULL);
+  mk_unref(why);
+  rec_done(&a);
+  rec_done(&b);
+  END;
+}
+
+static void test_edges_not_counts(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec p, s1, s2, s3;
+  rec_init(&p, "P");
+  rec_init(&s1, "S1");
+  rec_init(&s2, "S2");
+  rec_init(&s3, "S3");
+  rec_ep(&p, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(1), W()), 0);
+  rec_ep(&s1, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), I(3)), 0);
+  rec_ep(&s2, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), I(3)), 0);
+  /* one process, two identical endpoints: still two edges */
+  rec_ep(&s3, "x", MK_SUBSCRIBER, MK_PARTICIPANT, R(W(), I(3)), 0);
+  rec_ep(&s3, "y", MK_SUBSCRIBER, MK_PARTICIPANT, R(W(), I(3)), 0);
+  spawn(vm, &p);
+  spawn(vm, &s1);
+  spawn(vm, &s2);
+  spawn(vm, &s3);
+  mk_vm_run(vm);
+  CHECK(log_count(&p.log, "presence ep subscriber/participant rec(1, 3)") == 4);
+  CHECK(log_count(&s3.log, "presence x publisher/participant rec(1, 3)") == 1);
+  CHECK(log_count(&s3.log, "presence y publisher/participant rec(1, 3)") == 1);
+  /* a second publisher: every subscriber endpoint gets one more presence */
+  {
+    rec q;
+    rec_init(&q, "Q");
+    rec_ep(&q, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(W(), W()), 0);
+    spawn(vm, &q);
+    mk_vm_run(vm);
+    CHECK(log_count_prefix(&q.log, "presence ep subscriber/participant") == 4);
+    CHECK(log_count_prefix(&s1.log, "presence") == 2);
+    CHECK(log_count_prefix(&s3.log, "presence") == 4);
+    /* S3 quits: P hears two absences, one per edge */
+    CHECK(mk_vm_kill(vm, s3.pid, NULL) == 0);
+    mk_vm_run(vm);
+    CHECK(log_count(&p.log, "absence ep subscriber/participant rec(1, 3) nil") == 2);
+    CHECK(log_count(&q.log, "absence ep subscriber/participant rec(_, 3) nil") == 2);
+    CHECK(log_count_prefix(&s1.log, "absence") == 0);
+    mk_vm_free(vm, NULL);
+    rec_done(&q);
+  }
+  rec_done(&p); rec_done(&s1); rec_done(&s2); rec_done(&s3);
+  END;
+}
+
+static void same_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (!is_ctl(ev)) return;
+  if (r->mode == 0) {
+    t = R(I(1), I(2));
+    mk_send(p, t);
+    mk_unref(t);
+    r->mode = 1;
+  } else {
+    rec_ret(r, mk_delete_endpoint(p, "p", 0, NULL));
+    rec_ret(r, mk_delete_endpoint(p, "nosuch", 0, NULL));
+  }
+}
+
+static void test_same_process_endpoints(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a;
+  rec_init(&a, "A");
+  rec_ep(&a, "p", MK_PUBLISHER, MK_PARTICIPANT, R(I(1), W()), 0);
+  rec_ep(&a, "s", MK_SUBSCRIBER, MK_PARTICIPANT, R(W(), I(2)), 0);
+  rec_ctl(&a);
+  a.fn = same_script;
+  spawn(vm, &a);
+  mk_vm_run(vm);
+  CHECK(log_count(&a.log, "presence p subscriber/participant rec(1, 2)") == 1);
+  CHECK(log_count(&a.log, "presence s publisher/participant rec(1, 2)") == 1);
+  CHECK(log_count_prefix(&a.log, "presence") == 2);
+  poke(vm, "A");
+  mk_vm_run(vm);
+  CHECK(log_count(&a.log, "message s rec(1, 2)") == 1);
+  CHECK(log_count_prefix(&a.log, "message p") == 0);
+  poke(vm, "A");
+  mk_vm_run(vm);
+  CHECK(a.nret == 2 && a.ret[0] == 0 && a.ret[1] == -1);
+  CHECK(log_count(&a.log, "absence s publisher/participant rec(1, 2) nil") == 1);
+  CHECK(log_count_prefix(&a.log, "absence p") == 0);
+  mk_vm_free(vm, NULL);
+  CHECK(a.destroyed == 1);
+  rec_done(&a);
+  END;
+}
+
+/* ---- messages ------------------------------------------------------------ */
+
+static void sender_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (!is_ctl(ev)) return;
+  t = R(I(7), I(1));
+  if (r->mode == 0) mk_send(p, t); else mk_feedback(p, t);
+  mk_unref(t);
+}
+
+static void test_send_and_feedback(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec x, s1, s2, s3, s4, p1, p2;
+  rec *all[] = {&x, &s1, &s2, &s3, &s4, &p1, &p2};
+  size_t i;
+  rec_init(&x, "X");
+  rec_init(&s1, "S1");
+  rec_init(&s2, "S2");
+  rec_init(&s3, "S3");
+  rec_init(&s4, "S4");
+  rec_init(&p1, "P1");
+  rec_init(&p2, "P2");
+  rec_ep(&x, "own", MK_SUBSCRIBER, MK_PARTICIPANT, R(W(), I(1)), 0);
+  rec_ep(&x, "out", MK_PUBLISHER, MK_PARTICIPANT, R(I(7), W()), 0);
+  rec_ctl(&x);
+  x.fn = sender_script;
+  rec_ep(&s1, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(7), W()), 0);
+  rec_ep(&s2, "in", MK_SUBSCRIBER, MK_OBSERVER, R(W(), I(1)), 0);
+  rec_ep(&s3, "in", MK_SUBSCRIBER, MK_EVERYTHING, R(W(), W()), 0);
+  rec_ep(&s4, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(8), W()), 0);   /* no match */
+  rec_ep(&p1, "out", MK_PUBLISHER, MK_PARTICIPANT, R(I(7), I(1)), 0);
+  rec_ep(&p2, "out", MK_PUBLISHER, MK_OBSERVER, R(I(7), I(2)), 0);     /* no match */
+  for (i = 0; i < sizeof all / sizeof *all; i++) spawn(vm, all[i]);
+  mk_vm_run(vm);
+  /* send: every matching subscriber, the sender's own included */
+  poke(vm, "X");
+  mk_vm_run(vm);
+  CHECK(log_count(&x.log, "message own rec(7, 1)") == 1);
+  CHECK(log_count(&s1.log, "message in rec(7, 1)") == 1);
+  CHECK(log_count(&s2.log, "message in rec(7, 1)") == 1);
+  CHECK(strcmp(s2.msgrole, "subscriber/observer rec(_, 1)") == 0);
+  CHECK(log_count(&s3.log, "message in rec(7, 1)") == 1);
+  CHECK(strcmp(s3.msgrole, "subscriber/everything rec(_, _)") == 0);
+  CHECK(log_count_prefix(&s4.log, "message") == 0);
+  CHECK(log_count_prefix(&p1.log, "message") == 0);
+  CHECK(log_count_prefix(&x.log, "message out") == 0);
+  /* feedback: every matching publisher, the sender's own included */
+  x.mode = 1;
+  poke(vm, "X");
+  mk_vm_run(vm);
+  CHECK(log_count(&x.log, "message out rec(7, 1)") == 1);
+  CHECK(strcmp(x.msgrole, "publisher/participant rec(7, _)") == 0);
+  CHECK(log_count(&p1.log, "message out rec(7, 1)") == 1);
+  CHECK(log_count_prefix(&p2.log, "message") == 0);
+  CHECK(log_count(&x.log, "message own rec(7, 1)") == 1);
+  CHECK(log_count_prefix(&s1.log, "message") == 1);
+  CHECK(log_count_prefix(&s3.log, "message") == 1);
+  /* from outside any process */
+  {
+    mk_term *t = R(I(7), I(9));
+    mk_vm_send(vm, t, 0);
+    mk_vm_send(vm, t, 1);
+    mk_unref(t);
+  }
+  mk_vm_run(vm);
+  CHECK(log_count(&s1.log, "message in rec(7, 9)") == 1);
+  CHECK(log_count(&x.log, "message out rec(7, 9)") == 1);
+  CHECK(log_count_prefix(&p1.log, "message") == 1);
+  mk_vm_free(vm, NULL);
+  for (i = 0; i < sizeof all / sizeof *all; i++) {
+    CHECK(all[i]->destroyed == 1);
+    rec_done(all[i]);
+  }
+  END;
+}
+
+static void send_at_boot(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (ev->type != MK_EV_BOOT) return;
+  t = R(I(9), I(r->num));
+  mk_send(p, t);
+  mk_unref(t);
+}
+
+static void test_no_buffering(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec early, s, late;
+  rec_init(&early, "early");
+  rec_init(&s, "S");
+  rec_init(&late, "late");
+  early.fn = send_at_boot;
+  early.num = 1;
+  late.fn = send_at_boot;
+  late.num = 2;
+  rec_ep(&s, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(9), W()), 0);
+  spawn(vm, &early);
+  mk_vm_run(vm);
+  CHECK(early.destroyed == 1);    /* no endpoints: it has finished */
+  spawn(vm, &s);
+  mk_vm_run(vm);
+  CHECK(log_count_prefix(&s.log, "message") == 0);
+  /* sending needs no endpoint of one's own */
+  spawn(vm, &late);
+  mk_vm_run(vm);
+  CHECK(log_count(&s.log, "message in rec(9, 2)") == 1);
+  CHECK(log_count_prefix(&s.log, "message") == 1);
+  CHECK(late.destroyed == 1);
+  mk_vm_free(vm, NULL);
+  rec_done(&early); rec_done(&s); rec_done(&late);
+  END;
+}
+
+static void test_wildcard_in_message(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, b, c, d;
+  mk_term *t;
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_init(&c, "C");
+  rec_init(&d, "D");
+  rec_ep(&a, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(3), W()), 0);
+  rec_ep(&b, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(4), I(5)), 0);
+  rec_ep(&c, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(4), I(6)), 0);
+  rec_ep(&d, "in", MK_PUBLISHER, MK_PARTICIPANT, R(I(4), I(5)), 0);
+  spawn(vm, &a); spawn(vm, &b); spawn(vm, &c); spawn(vm, &d);
+  mk_vm_run(vm);
+  t = R(W(), I(5));
+  mk_vm_send(vm, t, 0);
+  mk_unref(t);
+  t = W();
+  mk_vm_send(vm, t, 1);   /* a bare wildcard as feedback: every publisher */
+  mk_vm_run(vm);
+  CHECK(log_count(&a.log, "message in rec(_, 5)") == 1);
+  CHECK(log_count(&b.log, "message in rec(_, 5)") == 1);
+  CHECK(log_count_prefix(&c.log, "message") == 0);
+  CHECK(log_count(&d.log, "message in _") == 1);
+  CHECK(log_count_prefix(&d.log, "message") == 1);
+  mk_vm_free(vm, NULL);
+  rec_done(&a); rec_done(&b); rec_done(&c); rec_done(&d);
+  END;
+}
+
+/* ---- re-adding ----------------------------------------------------------- */
+
+static void readd_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (!is_ctl(ev)) return;
+  if (r->mode == 0) {
+    t = R(I(1), W());
+    rec_ret(r, mk_add_endpoint(p, "ep", 0, role(MK_PUBLISHER, MK_PARTICIPANT, t)));
+    mk_unref(t);
+    rec_ret(r, (int)mk_proc_nendpoints(p));
+  } else {
+    t = R(I(1), W());
+    /* same topic, other interest: a different role */
+    rec_ret(r, mk_add_endpoint(p, "ep", 0, role(MK_PUBLISHER, MK_OBSERVER, t)));
+    mk_unref(t);
+    t = R(I(1), I(2));
+    mk_send(p, t);      /* dead by now: dropped */
+    mk_unref(t);
+  }
+}
+
+static void test_readd_endpoint(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, b;
+  size_t na, nb;
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_ep(&a, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(1), W()), 0);
+  rec_ctl(&a);
+  a.fn = readd_script;
+  rec_ep(&b, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), I(2)), 0);
+  spawn(vm, &a);
+  spawn(vm, &b);
+  mk_vm_run(vm);
+  CHECK(log_count_prefix(&a.log, "presence") == 1);
+  CHECK(log_count_prefix(&b.log, "presence") == 1);
+  na = a.log.n;
+  nb = b.log.n;
+  /* equal role: 1, nothing happens */
+  poke(vm, "A");
+  mk_vm_run(vm);
+  CHECK(a.nret == 2 && a.ret[0] == 1 && a.ret[1] == 2);
+  CHECK(a.log.n == na + 1);           /* just the ctl message */
+  CHECK(b.log.n == nb);
+  CHECK(mk_vm_nprocs(vm) == 2);
+  /* different role: the process dies, B sees why */
+  a.mode = 1;
+  poke(vm, "A");
+  mk_vm_run(vm);
+  CHECK(a.nret == 3 && a.ret[2] == -1);
+  CHECK(a.destroyed == 1);
+  CHECK(mk_vm_proc(vm, a.pid) == NULL);
+  CHECK(mk_vm_nprocs(vm) == 1);
+  CHECK(log_count_prefix(&b.log, "absence ep publisher/participant rec(1, 2) \"") == 1);
+  CHECK(b.log.n > 0 && strstr(b.log.v[b.log.n - 1], "'ep'") != NULL);
+  CHECK(log_count_prefix(&b.log, "message") == 0);
+  mk_vm_free(vm, NULL);
+  rec_done(&a);
+  rec_done(&b);
+  END;
+}
+
+/* ---- quit ---------------------------------------------------------------- */
+
+static void quit_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  rec *child = r->ud;
+  if (!is_ctl(ev)) return;
+  rec_ret(r, mk_quit(p, 0, NULL));
+  t = R(I(5), I(5));
+  mk_send(p, t);
+  mk_feedback(p, t);
+  mk_unref(t);
+  t = R(I(5), W());
+  rec_ret(r, mk_add_endpoint(p, "more", 0, role(MK_SUBSCRIBER, MK_PARTICIPANT, t)));
+  mk_unref(t);
+  rec_ret(r, (int)mk_spawn(p, &recb, child, "child", "k"));
+  mk_yield(p, "y");
+  rec_ret(r, mk_quit(p, 0, NULL));
+  t = R(I(5), I(5));
+  rec_ret(r, mk_at_meta_level(p, mk_action_send(t)));
+  mk_unref(t);
+}
+
+static void test_quit_drops_rest(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, b, c;
+  mk_term *t;
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_init(&c, "C");
+  rec_ep(&a, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(5), W()), 0);
+  rec_ctl(&a);
+  a.fn = quit_script;
+  a.ud = &c;
+  rec_ep(&b, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(5), W()), 0);
+  spawn(vm, &a);
+  spawn(vm, &b);
+  mk_vm_run(vm);
+  poke(vm, "A");
+  mk_vm_run(vm);
+  CHECK(a.nret == 5);
+  CHECK(a.ret[0] == 0);       /* the quit */
+  CHECK(a.ret[1] == -1);      /* add after quit */
+  CHECK(a.ret[2] == 0);       /* spawn after quit: pid 0 */
+  CHECK(a.ret[3] == -1);      /* second quit */
+  CHECK(a.ret[4] == -1);      /* at_meta_level */
+  CHECK(c.boots == 0 && c.destroyed == 1);   /* spawn data released */
+  CHECK(a.released == 2);     /* the spawn and yield tokens */
+  CHECK(log_count_prefix(&b.log, "message") == 0);
+  CHECK(log_count(&b.log, "absence ep publisher/participant rec(5, _) nil") == 1);
+  CHECK(mk_vm_nprocs(vm) == 1);
+  CHECK(a.destroyed == 1);
+  /* B's endpoint still works */
+  t = R(I(5), I(6));
+  mk_vm_send(vm, t, 0);
+  mk_unref(t);
+  mk_vm_run(vm);
+  CHECK(log_count(&b.log, "message ep rec(5, 6)") == 1);
+  mk_vm_free(vm, NULL);
+  rec_done(&a); rec_done(&b); rec_done(&c);
+  END;
+}
+
+static void killer_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (!is_ctl(ev)) return;
+  t = mk_cstr("killed");
+  rec_ret(r, mk_quit(p, 4242, t));
+  rec_ret(r, mk_quit(p, *(mk_pid *)r->ud, t));
+  mk_unref(t);
+  t = R(I(6), I(1));
+  mk_send(p, t);     /* the killer carries on */
+  mk_unref(t);
+}
+
+static void test_quit_other_pid(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec k, v, t3;
+  mk_pid vpid;
+  rec_init(&k, "K");
+  rec_init(&v, "V");
+  rec_init(&t3, "T");
+  rec_ep(&k, "watch", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(6), W()), 0);
+  rec_ctl(&k);
+  k.fn = killer_script;
+  k.ud = &vpid;
+  rec_ep(&v, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(6), I(1)), 0);
+  rec_ep(&v, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(6), W()), 0);
+  rec_ep(&t3, "watch", MK_SUBSCRIBER, MK_OBSERVER, R(W(), I(1)), 0);
+  spawn(vm, &k);
+  vpid = spawn(vm, &v);
+  spawn(vm, &t3);
+  mk_vm_run(vm);
+  CHECK(log_count(&k.log, "presence watch publisher/participant rec(6, 1)") == 1);
+  CHECK(log_count(&t3.log, "presence watch publisher/participant rec(6, 1)") == 1);
+  poke(vm, "K");
+  mk_vm_run(vm);
+  CHECK(k.nret == 2 && k.ret[0] == -1 && k.ret[1] == 0);
+  CHECK(v.destroyed == 1);
+  CHECK(log_count_prefix(&v.log, "message") == 0);   /* dead before the send */
+  CHECK(log_count(&k.log, "absence watch publisher/participant rec(6, 1) \"killed\"") == 1);
+  CHECK(log_count(&t3.log, "absence watch publisher/participant rec(6, 1) \"killed\"") == 1);
+  CHECK(log_count(&k.log, "message watch rec(6, 1)") == 1);
+  CHECK(mk_vm_nprocs(vm) == 2);
+  mk_vm_free(vm, NULL);
+  rec_done(&k); rec_done(&v); rec_done(&t3);
+  END;
+}
+
+/* ---- implicit exit, spawn, yield, order --------------------------------- */
+
+static void yield_at_boot(mk_proc *p, const mk_event *ev, rec *r) {
+  if (ev->type == MK_EV_BOOT) mk_yield(p, "y");
+}
+
+static void delete_on_message(mk_proc *p, const mk_event *ev, rec *r) {
+  if (ev->type == MK_EV_MESSAGE) rec_ret(r, mk_delete_endpoint(p, "in", 0, NULL));
+}
+
+static void spawn_at_boot(mk_proc *p, const mk_event *ev, rec *r) {
+  if (ev->type == MK_EV_BOOT) rec_ret(r, (int)mk_spawn(p, &recb, r->ud, "child", "k1"));
+}
+
+static void test_implicit_exit(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, y, d, s, c;
+  mk_term *t;
+  rec_init(&a, "A");
+  rec_init(&y, "Y");
+  rec_init(&d, "D");
+  rec_init(&s, "S");
+  rec_init(&c, "C");
+  /* nothing at all */
+  spawn(vm, &a);
+  CHECK(mk_vm_nprocs(vm) == 1);
+  mk_vm_run(vm);
+  CHECK(mk_vm_nprocs(vm) == 0);
+  CHECK(a.boots == 1 && a.destroyed == 1);
+  /* a pending yield keeps it until resumed */
+  y.fn = yield_at_boot;
+  spawn(vm, &y);
+  CHECK(mk_vm_step(vm) == 1);
+  CHECK(mk_vm_proc(vm, y.pid) != NULL && y.destroyed == 0);
+  mk_vm_run(vm);
+  CHECK(log_count(&y.log, "resume y") == 1);
+  CHECK(y.destroyed == 1 && mk_vm_nprocs(vm) == 0);
+  /* endpoints keep it; deleting the last one ends it */
+  rec_ep(&d, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(2), W()), 0);
+  d.fn = delete_on_message;
+  spawn(vm, &d);
+  mk_vm_run(vm);
+  CHECK(mk_vm_nprocs(vm) == 1 && d.destroyed == 0);
+  t = R(I(2), I(2));
+  mk_vm_send(vm, t, 0);
+  mk_unref(t);
+  mk_vm_run(vm);
+  CHECK(d.nret == 1 && d.ret[0] == 0);
+  CHECK(d.destroyed == 1 && mk_vm_nprocs(vm) == 0);
+  /* a pending spawn continuation keeps it */
+  s.fn = spawn_at_boot;
+  s.ud = &c;
+  spawn(vm, &s);
+  CHECK(mk_vm_step(vm) == 1);                 /* S's boot */
+  CHECK(mk_vm_nprocs(vm) == 2 && s.destroyed == 0);
+  mk_vm_run(vm);
+  CHECK(log_count(&s.log, "spawned k1") == 1);
+  CHECK(s.destroyed == 1 && c.destroyed == 1 && mk_vm_nprocs(vm) == 0);
+  mk_vm_free(vm, NULL);
+  rec_done(&a); rec_done(&y); rec_done(&d); rec_done(&s); rec_done(&c);
+  END;
+}
+
+static void test_spawn_continuation(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec parent, child;
+  rec_init(&parent, "P");
+  rec_init(&child, "C");
+  rec_ep(&parent, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(8), W()), 0);
+  parent.fn = spawn_at_boot;
+  parent.ud = &child;
+  rec_ep(&child, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(8), I(8)), 0);
+  spawn(vm, &parent);
+  mk_vm_run(vm);
+  CHECK(parent.nret == 1 && parent.ret[0] != 0);
+  CHECK(child.boots == 1);
+  CHECK(parent.spawned == child.pid && (mk_pid)parent.ret[0] == child.pid);
+  CHECK(child.pid != parent.pid);
+  CHECK(log_count(&parent.log, "spawned k1") == 1);
+  CHECK(mk_vm_proc(vm, child.pid) != NULL);
+  CHECK(strcmp(mk_proc_name(mk_vm_proc(vm, child.pid)), "child") == 0);
+  CHECK(log_count(&parent.log, "presence ep publisher/participant rec(8, 8)") == 1);
+  /* the child boots before the continuation runs (both queued by the spawn) */
+  CHECK(log_find(&glog, "C: boot") >= 0 &&
+        log_find(&glog, "C: boot") < log_find(&glog, "P: spawned k1"));
+  mk_vm_free(vm, NULL);
+  CHECK(parent.released == 0);
+  rec_done(&parent); rec_done(&child);
+  END;
+}
+
+static void yield_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (ev->type != MK_EV_BOOT) return;
+  t = R(I(4), I(1));
+  mk_send(p, t);
+  mk_unref(t);
+  mk_yield(p, "y1");
+  t = R(I(4), I(2));
+  mk_send(p, t);
+  mk_unref(t);
+}
+
+static void test_yield(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec y, s;
+  int m1, m1y, r1, m2;
+  rec_init(&y, "Y");
+  rec_init(&s, "S");
+  rec_ep(&s, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(4), W()), 0);
+  rec_ep(&y, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(4), W()), 0);
+  y.fn = yield_script;
+  spawn(vm, &s);
+  mk_vm_run(vm);
+  spawn(vm, &y);
+  mk_vm_run(vm);
+  m1 = log_find(&glog, "S: message in rec(4, 1)");
+  m1y = log_find(&glog, "Y: message in rec(4, 1)");
+  r1 = log_find(&glog, "Y: resume y1");
+  m2 = log_find(&glog, "S: message in rec(4, 2)");
+  CHECK(m1 >= 0 && m1y >= 0 && r1 >= 0 && m2 >= 0);
+  CHECK(m1 < r1 && m1y < r1);     /* what was queued before the yield runs first */
+  CHECK(r1 < m2);                 /* what came after it, after */
+  CHECK(y.released == 0);
+  mk_vm_free(vm, NULL);
+  rec_done(&y); rec_done(&s);
+  END;
+}
+
+static void test_event_order(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec p, q;
+  int i, ok = 1;
+  mk_term *t;
+  char want[64];
+  rec_init(&p, "P");
+  rec_init(&q, "Q");
+  rec_ep(&p, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 0);
+  rec_ep(&q, "out", MK_PUBLISHER, MK_PARTICIPANT, R(I(1), W()), 0);
+  spawn(vm, &p);
+  mk_vm_run(vm);
+  t = R(I(1), I(0));
+  mk_vm_send(vm, t, 0);
+  mk_unref(t);
+  spawn(vm, &q);   /* its presence is produced when it boots: after message 50 */
+  for (i = 1; i <= 50; i++) {
+    t = R(I(1), I(i));
+    mk_vm_send(vm, t, 0);
+    mk_unref(t);
+  }
+  mk_vm_run(vm);
+  CHECK(p.log.n == 1 + 51 + 1);
+  if (p.log.n == 53) {
+    CHECK(strcmp(p.log.v[0], "boot") == 0);
+    for (i = 0; i <= 50; i++) {
+      snprintf(want, sizeof want, "message in rec(1, %d)", i);
+      if (strcmp(p.log.v[1 + i], want) != 0) ok = 0;
+    }
+    CHECK(ok);
+    CHECK(strcmp(p.log.v[52], "presence in publisher/participant rec(1, _)") == 0);
+  }
+  mk_vm_free(vm, NULL);
+  rec_done(&p); rec_done(&q);
+  END;
+}
+
+static void meta_in_ground(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (ev->type != MK_EV_BOOT) return;
+  t = R(I(1), W());
+  rec_ret(r, mk_add_endpoint(p, "up", 1, role(MK_SUBSCRIBER, MK_PARTICIPANT, t)));
+  mk_unref(t);
+}
+
+static void test_meta_above_ground_fails(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, b;
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_ep(&a, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(1), I(1)), 0);
+  a.fn = meta_in_ground;
+  rec_ep(&b, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 0);
+  spawn(vm, &b);
+  mk_vm_run(vm);
+  spawn(vm, &a);
+  mk_vm_run(vm);
+  CHECK(a.nret == 1 && a.ret[0] == -1);
+  CHECK(a.destroyed == 1);
+  CHECK(mk_vm_nprocs(vm) == 1);     /* the VM and B carry on */
+  CHECK(log_count(&b.log, "presence ep publisher/participant rec(1, 1)") == 1);
+  CHECK(log_count_prefix(&b.log, "absence ep publisher/participant rec(1, 1) \"at_meta_level") == 1);
+  mk_vm_free(vm, NULL);
+  rec_done(&a); rec_done(&b);
+  END;
+}
+
+/* ---- nested VMs ---------------------------------------------------------- */
+
+/* Child of a nested VM: on ctl at meta level, mode 0 sends up one level,
+** mode 1 sends locally, mode 2 quits with "bye", mode 3 crashes. */
+static void child_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (ev->type == MK_EV_BOOT && r->ud) {
+    rec_ret(r, (int)mk_spawn(p, &recb, r->ud, "sibling", NULL));
+    return;
+  }
+  if (ev->type != MK_EV_MESSAGE || strcmp(ev->endpoint, "ctl") != 0) return;
+  switch (r->mode) {
+    case 0: rec_ret(r, mk_at_meta_level(p, mk_action_send(t = R(I(1), I(4))))); mk_unref(t); break;
+    case 1: mk_send(p, t = R(I(1), I(5))); mk_unref(t); break;
+    case 2: mk_quit(p, 0, t = mk_cstr("bye")); mk_unref(t); break;
+    default: mk_fail(p, t = mk_cstr("crash")); mk_unref(t); break;
+  }
+}
+
+static void test_nested_meta_message(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec c, g, h;
+  mk_pid n;
+  mk_term *t;
+  rec_init(&c, "C");
+  rec_init(&g, "G");
+  rec_init(&h, "H");
+  rec_ep(&c, "up", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 1);
+  rec_ep(&c, "ctl", MK_SUBSCRIBER, MK_PARTICIPANT, Ctl("C"), 1);
+  rec_ep(&c, "local", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 0);
+  c.fn = child_script;
+  rec_ep(&g, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(1), I(2)), 0);
+  rec_ep(&h, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 0);
+  n = mk_vm_spawn(vm, &mk_nested_behavior, mk_nested_new(vm, &recb, &c, "child"), "nest");
+  mk_vm_run(vm);
+  CHECK(c.boots == 1);
+  CHECK(strcmp(c.path, "ground/1") == 0);
+  CHECK(mk_vm_nprocs(vm) == 1);
+  /* the nested-VM process holds "<child pid>/up" in the ground */
+  CHECK(mkI_endpoint(vm, n, "1/up") != NULL);
+  CHECK(mkI_endpoint(vm, n, "1/local") == NULL);
+  spawn(vm, &g);
+  spawn(vm, &h);
+  mk_vm_run(vm);
+  CHECK(log_count(&c.log, "presence@1 up publisher/participant rec(1, 2)") == 1);
+  /* G sees the nested VM's endpoint and H's: two edges */
+  CHECK(log_count(&g.log, "presence ep subscriber/participant rec(1, 2)") == 2);
+  CHECK(log_count_prefix(&c.log, "presence local") == 0);   /* different VM */
+  /* ground -> child */
+  t = R(I(1), I(3));
+  mk_vm_send(vm, t, 0);
+  mk_unref(t);
+  mk_vm_run(vm);
+  CHECK(log_count(&c.log, "message@1 up rec(1, 3)") == 1);
+  CHECK(strcmp(c.msgrole, "subscriber/participant rec(1, _)") == 0);   /* its endpoint's role */
+  CHECK(log_count_prefix(&c.log, "message local") == 0);
+  CHECK(log_count(&h.log, "message ep rec(1, 3)") == 1);
+  /* child -> ground, at meta level */
+  poke(vm, "C");
+  mk_vm_run(vm);
+  CHECK(log_count(&c.log, "message@1 ctl ctl(\"C\")") == 1);
+  CHECK(c.nret == 1 && c.ret[0] == 0);
+  CHECK(log_count(&h.log, "message ep rec(1, 4)") == 1);
+  CHECK(log_count(&c.log, "message@1 up rec(1, 4)") == 1);   /* its own meta subscriber */
+  /* a local send stays in the nested VM */
+  c.mode = 1;
+  poke(vm, "C");
+  mk_vm_run(vm);
+  CHECK(log_count(&c.log, "message local rec(1, 5)") == 1);
+  CHECK(log_count_prefix(&h.log, "message ep rec(1, 5)") == 0);
+  CHECK(log_count_prefix(&c.log, "message@1 up rec(1, 5)") == 0);
+  mk_vm_free(vm, NULL);
+  CHECK(c.destroyed == 1 && g.destroyed == 1 && h.destroyed == 1);
+  rec_done(&c); rec_done(&g); rec_done(&h);
+  END;
+}
+
+/* Two levels up through two nested VMs.  Mode 0 sends two levels up, mode 1
+** one level up, mode 2 quits with "done2". */
+static void deep_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (ev->type == MK_EV_BOOT) {
+    mk_action *l;
+    t = R(I(2), W());
+    l = mk_action_add("up2", role(MK_SUBSCRIBER, MK_PARTICIPANT, t));
+    mk_unref(t);
+    t = Ctl("C");
+    l = mk_action_append(l, mk_action_add("ctl", role(MK_SUBSCRIBER, MK_PARTICIPANT, t)));
+    mk_unref(t);
+    rec_ret(r, mk_at_meta_level(p, meta_list(l)));
+    return;
+  }
+  if (ev->type != MK_EV_MESSAGE || strcmp(ev->endpoint, "ctl") != 0) return;
+  switch (r->mode) {
+    case 0:
+      t = R(I(2), I(9));
+      rec_ret(r, mk_at_meta_level(p, meta_list(mk_action_send(t))));
+      mk_unref(t);
+      break;
+    case 1:
+      t = R(I(2), I(10));
+      rec_ret(r, mk_at_meta_level(p, mk_action_send(t)));
+      mk_unref(t);
+      break;
+    default:
+      t = mk_cstr("done2");
+      mk_quit(p, 0, t);
+      mk_unref(t);
+      break;
+  }
+}
+
+static void test_nested_two_levels(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec c, pub, h;
+  mk_pid n1;
+  mk_term *t;
+  void *inner;
+  rec_init(&c, "C");
+  rec_init(&pub, "P");
+  rec_init(&h, "H");
+  c.fn = deep_script;
+  rec_ep(&pub, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(2), I(7)), 0);
+  rec_ep(&h, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(2), W()), 0);
+  inner = mk_nested_new(NULL, &recb, &c, "C");
+  n1 = mk_vm_spawn(vm, &mk_nested_behavior, mk_nested_new(vm, &mk_nested_behavior, inner, "n2"),
+                   "n1");
+  mk_vm_run(vm);
+  CHECK(c.boots == 1);
+  CHECK(strcmp(c.path, "ground/1/1") == 0);
+  CHECK(c.nret == 1 && c.ret[0] == 0);
+  /* it holds endpoints two levels up: not finished */
+  CHECK(c.destroyed == 0);
+  CHECK(mk_vm_nprocs(vm) == 1);
+  CHECK(mkI_endpoint(vm, n1, "1/1/up2") != NULL);
+  spawn(vm, &pub);
+  spawn(vm, &h);
+  mk_vm_run(vm);
+  CHECK(log_count(&c.log, "presence@2 up2 publisher/participant rec(2, 7)") == 1);
+  /* P sees the nested VMs' endpoint and H's */
+  CHECK(log_count(&pub.log, "presence ep subscriber/participant rec(2, 7)") == 2);
+  /* ground -> two levels down */
+  t = R(I(2), I(8));
+  mk_vm_send(vm, t, 0);
+  mk_unref(t);
+  mk_vm_run(vm);
+  CHECK(log_count(&c.log, "message@2 up2 rec(2, 8)") == 1);
+  /* two levels up -> ground */
+  poke(vm, "C");
+  mk_vm_run(vm);
+  CHECK(log_count(&c.log, "message@2 ctl ctl(\"C\")") == 1);
+  CHECK(log_count(&h.log, "message ep rec(2, 9)") == 1);
+  CHECK(log_count(&c.log, "message@2 up2 rec(2, 9)") == 1);
+  /* one level up stays in the middle VM */
+  c.mode = 1;
+  poke(vm, "C");
+  mk_vm_run(vm);
+  CHECK(c.nret == 3 && c.ret[1] == 0 && c.ret[2] == 0);
+  CHECK(log_count_prefix(&h.log, "message ep rec(2, 10)") == 0);
+  /* the child quits: its ground endpoints go with its reason, both nested
+  ** VMs are empty and quit */
+  c.mode = 2;
+  poke(vm, "C");
+  mk_vm_run(vm);
+  CHECK(c.destroyed == 1);
+  CHECK(log_count(&pub.log, "absence ep subscriber/participant rec(2, 7) \"done2\"") == 1);
+  CHECK(mk_vm_proc(vm, n1) == NULL);
+  CHECK(mk_vm_nprocs(vm) == 2);
+  mk_vm_free(vm, NULL);
+  rec_done(&c); rec_done(&pub); rec_done(&h);
+  END;
+}
+
+/* Endpoints named "x" one and two levels up and nothing else; each message
+** on the upper "x" deletes one of them, the lower first. */
+static void meta_delete_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (ev->type == MK_EV_BOOT) {
+    t = R(I(5), W());
+    rec_ret(r, mk_add_endpoint(p, "x", 1, role(MK_SUBSCRIBER, MK_PARTICIPANT, t)));
+    mk_unref(t);
+    t = R(I(6), W());
+    rec_ret(r, mk_at_meta_level(p, meta_list(mk_action_add("x", role(MK_SUBSCRIBER,
+                                                                     MK_PARTICIPANT, t)))));
+    mk_unref(t);
+    return;
+  }
+  if (ev->type != MK_EV_MESSAGE || ev->meta != 2) return;
+  if (r->mode++ == 0) rec_ret(r, mk_delete_endpoint(p, "x", 1, NULL));
+  else rec_ret(r, mk_at_meta_level(p, meta_list(mk_action_delete("x", NULL))));
+}
+
+static void test_nested_meta_delete(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec c, pub;
+  mk_pid n1;
+  mk_term *t;
+  rec_init(&c, "C");
+  rec_init(&pub, "P");
+  c.fn = meta_delete_script;
+  rec_ep(&pub, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(W(), I(1)), 0);
+  n1 = mk_vm_spawn(vm, &mk_nested_behavior,
+                   mk_nested_new(vm, &mk_nested_behavior, mk_nested_new(NULL, &recb, &c, "C"), "n2"),
+                   "n1");
+  spawn(vm, &pub);
+  mk_vm_run(vm);
+  CHECK(c.nret == 2 && c.ret[0] == 0 && c.ret[1] == 0);
+  CHECK(c.destroyed == 0);
+  CHECK(log_count(&pub.log, "presence ep subscriber/participant rec(6, 1)") == 1);
+  CHECK(log_count(&c.log, "presence@2 x publisher/participant rec(6, 1)") == 1);
+  /* "x" one level up goes; "x" two levels up is a different endpoint and
+  ** keeps C alive */
+  t = R(I(6), I(2));
+  mk_vm_send(vm, t, 0);
+  mk_unref(t);
+  mk_vm_run(vm);
+  CHECK(log_count(&c.log, "message@2 x rec(6, 2)") == 1);
+  CHECK(c.nret == 3 && c.ret[2] == 0);
+  CHECK(c.destroyed == 0);
+  CHECK(mkI_endpoint(vm, n1, "1/1/x") != NULL);
+  CHECK(log_count_prefix(&pub.log, "absence") == 0);
+  /* the upper "x" goes: P sees it, C has finished, and so have both
+  ** nested VMs */
+  t = R(I(6), I(3));
+  mk_vm_send(vm, t, 0);
+  mk_unref(t);
+  mk_vm_run(vm);
+  CHECK(c.nret == 4 && c.ret[3] == 0);
+  CHECK(log_count(&pub.log, "absence ep subscriber/participant rec(6, 1) nil") == 1);
+  CHECK(c.destroyed == 1);
+  CHECK(mk_vm_proc(vm, n1) == NULL);
+  CHECK(mk_vm_nprocs(vm) == 1);
+  mk_vm_free(vm, NULL);
+  rec_done(&c); rec_done(&pub);
+  END;
+}
+
+static void test_nested_exit_quits_parent_process(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec c, w;
+  mk_pid n;
+  rec_init(&c, "C");
+  rec_init(&w, "W");
+  /* a watcher in the ground sees the nested VM's meta endpoint go */
+  rec_ep(&w, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(1), I(1)), 0);
+  spawn(vm, &w);
+  mk_vm_run(vm);
+  /* a child with nothing to do: finishes at once, and so does its VM */
+  n = mk_vm_spawn(vm, &mk_nested_behavior, mk_nested_new(vm, &recb, &c, "child"), "nest");
+  mk_vm_run(vm);
+  CHECK(c.boots == 1 && c.destroyed == 1);
+  CHECK(mk_vm_proc(vm, n) == NULL);
+  CHECK(mk_vm_nprocs(vm) == 1);
+  rec_done(&c);
+  /* a child that quits later, with meta endpoints */
+  rec_init(&c, "C");
+  rec_ep(&c, "up", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 1);
+  rec_ep(&c, "ctl", MK_SUBSCRIBER, MK_PARTICIPANT, Ctl("C"), 1);
+  c.fn = child_script;
+  c.mode = 2;
+  n = mk_vm_spawn(vm, &mk_nested_behavior, mk_nested_new(vm, &recb, &c, "child"), "nest");
+  mk_vm_run(vm);
+  CHECK(mk_vm_proc(vm, n) != NULL && c.destroyed == 0);
+  CHECK(log_count(&w.log, "presence ep subscriber/participant rec(1, 1)") == 1);
+  poke(vm, "C");
+  mk_vm_run(vm);
+  CHECK(c.destroyed == 1);
+  CHECK(mk_vm_proc(vm, n) == NULL);
+  CHECK(mk_vm_nprocs(vm) == 1);
+  CHECK(log_count(&w.log, "absence ep subscriber/participant rec(1, 1) \"bye\"") == 1);
+  mk_vm_free(vm, NULL);
+  rec_done(&c); rec_done(&w);
+  END;
+}
+
+static void test_nested_local_only_stays(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec c;
+  mk_pid n;
+  rec_init(&c, "C");
+  /* endpoints inside the nested VM only: nothing in the ground, yet the
+  ** nested VM has a live process and must not be taken for finished */
+  rec_ep(&c, "local", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 0);
+  n = mk_vm_spawn(vm, &mk_nested_behavior, mk_nested_new(vm, &recb, &c, "child"), "nest");
+  mk_vm_run(vm);
+  CHECK(c.boots == 1 && c.destroyed == 0);
+  CHECK(mk_vm_proc(vm, n) != NULL);
+  CHECK(mk_vm_nprocs(vm) == 1);
+  mk_vm_free(vm, NULL);
+  CHECK(c.destroyed == 1);
+  rec_done(&c);
+  END;
+}
+
+static void test_nested_child_crash_drops_meta_endpoints(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec c, sib, w;
+  mk_pid n;
+  mk_term *t;
+  rec_init(&c, "C");
+  rec_init(&sib, "sib");
+  rec_init(&w, "W");
+  rec_ep(&c, "up", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 1);
+  rec_ep(&c, "ctl", MK_SUBSCRIBER, MK_PARTICIPANT, Ctl("C"), 1);
+  c.fn = child_script;
+  c.mode = 3;
+  c.ud = &sib;   /* spawned at boot; keeps the nested VM alive */
+  rec_ep(&sib, "stay", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(99), W()), 0);
+  rec_ep(&w, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(1), I(1)), 0);
+  n = mk_vm_spawn(vm, &mk_nested_behavior, mk_nested_new(vm, &recb, &c, "child"), "nest");
+  spawn(vm, &w);
+  mk_vm_run(vm);
+  CHECK(sib.boots == 1);
+  CHECK(log_count(&w.log, "presence ep subscriber/participant rec(1, 1)") == 1);
+  CHECK(log_count(&c.log, "presence@1 up publisher/participant rec(1, 1)") == 1);
+  poke(vm, "C");
+  mk_vm_run(vm);
+  CHECK(c.destroyed == 1 && sib.destroyed == 0);
+  CHECK(log_count(&w.log, "absence ep subscriber/participant rec(1, 1) \"crash\"") == 1);
+  CHECK(mk_vm_proc(vm, n) != NULL);
+  CHECK(mkI_endpoint(vm, n, "1/up") == NULL);
+  CHECK(mkI_endpoint(vm, n, "1/ctl") == NULL);
+  /* nothing more reaches the dead child */
+  t = R(I(1), I(1));
+  mk_vm_send(vm, t, 0);
+  mk_unref(t);
+  mk_vm_run(vm);
+  CHECK(log_count_prefix(&c.log, "message@1 up") == 0);
+  /* killing the nested VM from outside ends its children */
+  CHECK(mk_vm_kill(vm, n, NULL) == 0);
+  mk_vm_run(vm);
+  CHECK(sib.destroyed == 1);
+  CHECK(mk_vm_nprocs(vm) == 1);
+  mk_vm_free(vm, NULL);
+  rec_done(&c); rec_done(&sib); rec_done(&w);
+  END;
+}
+
+/* ---- freeing with live processes ---------------------------------------- */
+
+static void yield_on_ctl(mk_proc *p, const mk_event *ev, rec *r) {
+  if (is_ctl(ev)) mk_yield(p, "y");
+}
+
+static void test_vm_free_live(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec y, a, b, o, c, w;
+  mk_term *why = mk_cstr("shutdown"), *t;
+  rec_init(&y, "Y");
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_init(&o, "O");
+  rec_init(&c, "C");
+  rec_init(&w, "W");
+  rec_ctl(&y);
+  y.fn = yield_on_ctl;
+  rec_ep(&a, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(1), W()), 0);
+  rec_ep(&b, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), I(2)), 0);
+  rec_ep(&o, "obs", MK_SUBSCRIBER, MK_EVERYTHING, R(I(1), W()), 0);
+  rec_ep(&c, "up", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(3), W()), 1);
+  rec_ep(&w, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(3), I(3)), 0);
+  spawn(vm, &y);                /* lowest pid: killed first */
+  spawn(vm, &a);
+  mk_vm_spawn(vm, &mk_nested_behavior, mk_nested_new(vm, &recb, &c, "child"), "nest");
+  spawn(vm, &b);
+  spawn(vm, &o);
+  spawn(vm, &w);
+  mk_vm_run(vm);
+  CHECK(log_count(&w.log, "presence ep subscriber/participant rec(3, 3)") == 1);
+  CHECK(mk_vm_nprocs(vm) == 6);
+  /* leave a resume token and a message queued */
+  poke(vm, "Y");
+  t = R(I(1), I(2));
+  mk_vm_send(vm, t, 0);
+  mk_unref(t);
+  CHECK(mk_vm_step(vm) == 1);   /* Y yields: its resume is queued */
+  CHECK(!mk_vm_idle(vm));
+  mk_vm_free(vm, why);
+  CHECK(y.destroyed == 1 && a.destroyed == 1 && b.destroyed == 1 && o.destroyed == 1);
+  CHECK(c.destroyed == 1 && w.destroyed == 1);
+  CHECK(y.released == 1);                       /* the token, never delivered */
+  CHECK(log_count_prefix(&y.log, "resume") == 0);
+  /* A goes before B and O: they see it go with the reason; the nested VM
+  ** goes before W: W sees its meta endpoint go */
+  CHECK(log_count(&b.log, "absence ep publisher/participant rec(1, 2) \"shutdown\"") == 1);
+  CHECK(log_count(&o.log, "absence obs publisher/participant rec(1, _) \"shutdown\"") == 1);
+  CHECK(log_count(&w.log, "absence ep subscriber/participant rec(3, 3) \"shutdown\"") == 1);
+  mk_unref(why);
+  rec_done(&y); rec_done(&a); rec_done(&b); rec_done(&o); rec_done(&c); rec_done(&w);
+  END;
+}
+
+/* ---- the ground VM -------------------------------------------------------- */
+
+typedef struct ground_ud {
+  mk_ground *g;
+  int fd;
+  int64_t at;
+  char got[8];
+  int keep;
+} ground_ud;
+
+static void alarm_script(mk_proc *p, const mk_event *ev, rec *r) {
+  ground_ud *u = r->ud;
+  mk_term *t;
+  if (ev->type == MK_EV_BOOT) {
+    t = mk_rec(mk_ground_alarm, mk_int(u->at));
+    rec_ret(r, mk_add_endpoint(p, "alarm", 0, role(MK_SUBSCRIBER, MK_PARTICIPANT, t)));
+    mk_unref(t);
+  } else if (ev->type == MK_EV_MESSAGE && !u->keep) {
+    mk_delete_endpoint(p, "alarm", 0, NULL);
+  }
+}
+
+static void test_ground_alarm(void) {
+  BEGIN;
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g = mk_ground_new(loop);
+  mk_vm *vm = mk_ground_vm(g);
+  rec a, b;
+  ground_ud ua, ub;
+  double t0, t1;
+  char want[128];
+  memset(&ua, 0, sizeof ua);
+  memset(&ub, 0, sizeof ub);
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  t0 = ev_time();
+  ua.g = g;
+  ua.at = (int64_t)(t0 * 1000.0) + 20;
+  ub.g = g;
+  ub.at = (int64_t)(t0 * 1000.0) + 5;
+  ub.keep = 1;            /* keeps its (now spent) subscription */
+  a.fn = alarm_script;
+  a.ud = &ua;
+  b.fn = alarm_script;
+  b.ud = &ub;
+  spawn(vm, &a);
+  spawn(vm, &b);
+  CHECK(mk_ground_run(g) == 0);
+  t1 = ev_time();
+  snprintf(want, sizeof want, "message alarm market:alarm(%lld)", (long long)ua.at);
+  CHECK(log_count(&a.log, want) == 1);
+  snprintf(want, sizeof want, "message alarm market:alarm(%lld)", (long long)ub.at);
+  CHECK(log_count(&b.log, want) == 1);
+  CHECK(t1 * 1000.0 >= (double)ua.at - 2.0);   /* not early */
+  CHECK(t1 - t0 < 2.0);                        /* and not stuck */
+  {
+    char bw[140];
+    snprintf(bw, sizeof bw, "B: %s", want);
+    CHECK(log_find(&glog, bw) >= 0);
+    snprintf(want, sizeof want, "A: message alarm market:alarm(%lld)", (long long)ua.at);
+    CHECK(log_find(&glog, bw) < log_find(&glog, want));   /* the earlier alarm first */
+  }
+  CHECK(a.destroyed == 1);
+  CHECK(b.destroyed == 0 && mk_vm_nprocs(vm) == 1);
+  CHECK(mk_ground_watching(g) == 0);
+  CHECK(mk_ground_now(g) >= (double)ua.at - 2.0);
+  mk_ground_free(g, NULL);
+  CHECK(b.destroyed == 1);
+  ev_loop_destroy(loop);
+  rec_done(&a); rec_done(&b);
+  END;
+}
+
+/* A nested child subscribes to a ground alarm at meta level. */
+static void meta_alarm_script(mk_proc *p, const mk_event *ev, rec *r) {
+  ground_ud *u = r->ud;
+  mk_term *t;
+  if (ev->type == MK_EV_BOOT) {
+    t = mk_rec(mk_ground_alarm, mk_int(u->at));
+    rec_ret(r, mk_add_endpoint(p, "alarm", 1, role(MK_SUBSCRIBER, MK_PARTICIPANT, t)));
+    mk_unref(t);
+  } else if (ev->type == MK_EV_MESSAGE) {
+    mk_delete_endpoint(p, "alarm", 1, NULL);
+  }
+}
+
+static void test_ground_nested_alarm(void) {
+  BEGIN;
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g = mk_ground_new(loop);
+  mk_vm *vm = mk_ground_vm(g);
+  rec c;
+  ground_ud u;
+  char want[128];
+  memset(&u, 0, sizeof u);
+  rec_init(&c, "C");
+  u.g = g;
+  u.at = (int64_t)(ev_time() * 1000.0) + 10;
+  c.fn = meta_alarm_script;
+  c.ud = &u;
+  mk_vm_spawn(vm, &mk_nested_behavior, mk_nested_new(vm, &recb, &c, "child"), "nest");
+  CHECK(mk_ground_run(g) == 0);
+  snprintf(want, sizeof want, "message@1 alarm market:alarm(%lld)", (long long)u.at);
+  CHECK(log_count(&c.log, want) == 1);
+  CHECK(ev_time() * 1000.0 >= (double)u.at - 2.0);
+  /* it withdrew: the child, then its VM, finished */
+  CHECK(c.destroyed == 1 && mk_vm_nprocs(vm) == 0);
+  CHECK(mk_ground_watching(g) == 0);
+  mk_ground_free(g, NULL);
+  ev_loop_destroy(loop);
+  rec_done(&c);
+  END;
+}
+
+static void readable_script(mk_proc *p, const mk_event *ev, rec *r) {
+  ground_ud *u = r->ud;
+  mk_term *t;
+  if (ev->type == MK_EV_BOOT) {
+    t = mk_rec(mk_ground_readable, mk_int(u->fd));
+    rec_ret(r, mk_add_endpoint(p, "rd", 0, role(MK_SUBSCRIBER, MK_PARTICIPANT, t)));
+    mk_unref(t);
+  } else if (ev->type == MK_EV_MESSAGE) {
+    ssize_t n = read(u->fd, u->got, sizeof u->got - 1);
+    if (n > 0) u->got[n] = 0;
+    mk_delete_endpoint(p, "rd", 0, NULL);
+  }
+}
+
+static void test_ground_readable(void) {
+  BEGIN;
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g = mk_ground_new(loop);
+  mk_vm *vm = mk_ground_vm(g);
+  rec a;
+  ground_ud u;
+  int fds[2];
+  char want[128];
+  memset(&u, 0, sizeof u);
+  rec_init(&a, "A");
+  CHECK(pipe(fds) == 0);
+  u.g = g;
+  u.fd = fds[0];
+  a.fn = readable_script;
+  a.ud = &u;
+  spawn(vm, &a);
+  CHECK(mk_ground_step(g) != 0);        /* watching, nothing to read yet */
+  CHECK(mk_ground_watching(g) == 1);
+  CHECK(log_count_prefix(&a.log, "message") == 0);
+  CHECK(write(fds[1], "xy", 2) == 2);
+  CHECK(mk_ground_run(g) == 0);
+  snprintf(want, sizeof want, "message rd market:readable(%d)", fds[0]);
+  CHECK(log_count(&a.log, want) == 1);
+  CHECK(strcmp(u.got, "xy") == 0);
+  CHECK(mk_ground_watching(g) == 0);
+  CHECK(a.destroyed == 1 && mk_vm_nprocs(vm) == 0);
+  mk_ground_free(g, NULL);
+  ev_loop_destroy(loop);
+  close(fds[0]);
+  close(fds[1]);
+  rec_done(&a);
+  END;
+}
+
+static void test_ground_free_live(void) {
+  BEGIN;
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g = mk_ground_new(loop);
+  mk_vm *vm = mk_ground_vm(g);
+  rec a, r, c, w;
+  ground_ud ua, ur;
+  int fds[2];
+  double t0;
+  mk_term *why = mk_cstr("bye");
+  memset(&ua, 0, sizeof ua);
+  memset(&ur, 0, sizeof ur);
+  CHECK(pipe(fds) == 0);
+  rec_init(&a, "A");
+  rec_init(&r, "R");
+  rec_init(&c, "C");
+  rec_init(&w, "W");
+  ua.g = g;
+  ua.at = (int64_t)(ev_time() * 1000.0) + 150;
+  ua.keep = 1;
+  a.fn = alarm_script;
+  a.ud = &ua;
+  ur.g = g;
+  ur.fd = fds[0];
+  r.fn = readable_script;
+  r.ud = &ur;
+  rec_ep(&c, "up", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(3), W()), 1);
+  rec_ep(&w, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(3), I(3)), 0);
+  spawn(vm, &a);
+  spawn(vm, &r);
+  mk_vm_spawn(vm, &mk_nested_behavior, mk_nested_new(vm, &recb, &c, "child"), "nest");
+  spawn(vm, &w);
+  CHECK(mk_ground_step(g) != 0);
+  CHECK(mk_ground_watching(g) == 2);
+  CHECK(mk_vm_nprocs(vm) == 4);
+  mk_ground_free(g, why);
+  CHECK(a.destroyed == 1 && r.destroyed == 1 && c.destroyed == 1 && w.destroyed == 1);
+  CHECK(log_count(&w.log, "absence ep subscriber/participant rec(3, 3) \"bye\"") == 1);
+  /* no watcher of the freed ground is left on the loop: running it
+  ** returns at once instead of waiting for the alarm */
+  t0 = ev_time();
+  ev_run(loop, 0);
+  CHECK(ev_time() - t0 < 0.1);
+  ev_loop_destroy(loop);
+  close(fds[0]);
+  close(fds[1]);
+  mk_unref(why);
+  rec_done(&a); rec_done(&r); rec_done(&c); rec_done(&w);
+  END;
+}
+
+int main(void) {
+  int rc;
+  alarm(60);   /* a hang is a failure, not a stuck CI job */
+  RT2 = mk_rtype_get("rec", 3, 2, NULL);
+  CTL = mk_rtype_get("ctl", 3, 1, NULL);
+  RUN(test_visibility_matrix);
+  RUN(test_presence_refined_topic);
+  RUN(test_absence_refined_and_reason);
+  RUN(test_edges_not_counts);
+  RUN(test_same_process_endpoints);
+  RUN(test_send_and_feedback);
+  RUN(test_no_buffering);
+  RUN(test_wildcard_in_message);
+  RUN(test_readd_endpoint);
+  RUN(test_quit_drops_rest);
+  RUN(test_quit_other_pid);
+  RUN(test_implicit_exit);
+  RUN(test_spawn_continuation);
+  RUN(test_yield);
+  RUN(test_event_order);
+  RUN(test_meta_above_ground_fails);
+  RUN(test_nested_meta_message);
+  RUN(test_nested_two_levels);
+  RUN(test_nested_meta_delete);
+  RUN(test_nested_exit_quits_parent_process);
+  RUN(test_nested_local_only_stays);
+  RUN(test_nested_child_crash_drops_meta_endpoints);
+  RUN(test_vm_free_live);
+  RUN(test_ground_alarm);
+  RUN(test_ground_nested_alarm);
+  RUN(test_ground_readable);
+  RUN(test_ground_free_live);
+  mk_rtype_unref(RT2);
+  mk_rtype_unref(CTL);
+  log_free(&glog);
+  rc = CHECK_DONE();
+  return rc;
+}
