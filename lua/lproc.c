@@ -55,6 +55,24 @@ static void pushrole(lua_State *co, const mk_role *r) {
   if (r->topic) mkl_pushterm(co, r->topic); else lua_pushnil(co);
 }
 
+/* A broadcast hands the same record to many processes: reuse the box made
+** for the last one (boxes are immutable, so sharing is invisible) rather
+** than make garbage for each delivery. */
+static const char key_lastbox = 0;
+static const mk_term *lastterm;
+
+static void pushmessage(lua_State *co, mk_term *t) {
+  if (t->kind != MK_REC) { mkl_pushterm(co, t); return; }
+  if (t == lastterm && lua_rawgetp(co, LUA_REGISTRYINDEX, &key_lastbox) == LUA_TUSERDATA
+      && mkl_testbox(co, -1) == t)
+    return;
+  if (t == lastterm) lua_pop(co, 1);
+  mkl_pushterm(co, t);
+  lua_pushvalue(co, -1);
+  lua_rawsetp(co, LUA_REGISTRYINDEX, &key_lastbox);
+  lastterm = t;
+}
+
 static mk_term *reason_of(lua_State *co) {
   const char *err;
   mk_term *t;
@@ -79,7 +97,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     /* co holds [boot]; make it [main, ctx, boot]. */
     lua_rawgeti(co, LUA_REGISTRYINDEX, S->mainref);
     lua_insert(co, 1);
-    lua_createtable(co, 0, 8);
+    lua_createtable(co, 0, 4);
     lua_pushinteger(co, (lua_Integer)mk_proc_pid(p));
     lua_setfield(co, -2, "pid");
     lua_pushvalue(co, -1);
@@ -101,7 +119,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
       case MK_EV_MESSAGE:
         lua_pushstring(co, ev->endpoint);
         lua_pushinteger(co, ev->meta);
-        mkl_pushterm(co, ev->message);
+        pushmessage(co, ev->message);
         nargs = 4;
         break;
       case MK_EV_SPAWNED:

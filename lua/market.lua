@@ -175,15 +175,19 @@ local perform
 
 local function endpoints_at(ctx, level)
   if level == 0 then return ctx.eps end
-  local m = ctx.metas[level]
-  if not m then m = {}; ctx.metas[level] = m end
+  local metas = ctx.metas
+  if not metas then metas = {}; ctx.metas = metas end
+  local m = metas[level]
+  if not m then m = {}; metas[level] = m end
   return m
 end
 
 local function register_cont(ctx, k)
-  local id = ctx.nextcont
-  ctx.nextcont = id + 1
-  ctx.conts[id] = k
+  local id = (ctx.nextcont or 0) + 1
+  ctx.nextcont = id
+  local conts = ctx.conts
+  if not conts then conts = {}; ctx.conts = conts end
+  conts[id] = k
   return id
 end
 
@@ -194,8 +198,9 @@ local function perform_one(ctx, a, level)
   elseif kind == "add" then
     local name = a.name
     if name == nil then
-      ctx.anon = ctx.anon + 1
-      name = "#" .. ctx.anon
+      local n = (ctx.anon or 0) + 1
+      ctx.anon = n
+      name = "#" .. n
     end
     endpoints_at(ctx, level)[name] = a.handlers
     core.add(name, a.orientation, a.interest, a.topic, level)
@@ -247,11 +252,18 @@ end
 
 -- perform(action...): straight-line code does what the actions say, now.
 -- Returns the pid of each spawn, in order.
-function M.perform(...)
+function M.perform(a1, ...)
   local ctx = current("perform")
+  local nargs = select("#", ...)
+  if nargs == 0 then         -- the common case, without garbage
+    if not is_action(a1) then error("market.perform: argument 1 is not an action", 2) end
+    local r = perform_one(ctx, a1, 0)
+    if a1.kind == "spawn" then return r end
+    return
+  end
   local pids, n = {}, 0
-  for i = 1, select("#", ...) do
-    local a = select(i, ...)
+  for i = 1, nargs + 1 do
+    local a = i == 1 and a1 or select(i - 1, ...)
     if not is_action(a) then
       error("market.perform: argument " .. i .. " is not an action", 2)
     end
@@ -270,14 +282,16 @@ end
 -- Run the handler for one event; false when no handler wants it.
 local function dispatch(ctx, kind, a, b, c, d, e, f)
   if kind == MESSAGE then
-    local eps = b == 0 and ctx.eps or ctx.metas[b]
+    local eps
+    if b == 0 then eps = ctx.eps else eps = ctx.metas and ctx.metas[b] end
     local h = eps and eps[a]
     local fn = h and h.on_message
     if not fn then return false end
     apply(ctx, fn(ctx.state, c, a))
     return true
   elseif kind == PRESENCE or kind == ABSENCE then
-    local eps = b == 0 and ctx.eps or ctx.metas[b]
+    local eps
+    if b == 0 then eps = ctx.eps else eps = ctx.metas and ctx.metas[b] end
     local h = eps and eps[a]
     if not h then return true end          -- endpoint gone: nobody to tell
     if kind == PRESENCE then
@@ -289,8 +303,8 @@ local function dispatch(ctx, kind, a, b, c, d, e, f)
     end
     return true
   elseif kind == SPAWNED or kind == RESUME then
-    local k = ctx.conts[a]
-    ctx.conts[a] = nil
+    local k = ctx.conts and ctx.conts[a]
+    if k then ctx.conts[a] = nil end
     if k then
       if kind == SPAWNED then apply(ctx, k(ctx.state, b)) else apply(ctx, k(ctx.state)) end
     end
@@ -336,6 +350,13 @@ end
 -- wait_for(pred): straight-line code waits for the first event for which
 -- pred(event) is true and returns it; the events passed over meanwhile are
 -- kept, in order, for the next market.yield() calls.
+local function keep(ctx, ev)
+  local backlog = ctx.backlog
+  if not backlog then backlog = { first = 1, last = 0 }; ctx.backlog = backlog end
+  backlog.last = backlog.last + 1
+  backlog[backlog.last] = ev
+end
+
 function M.wait_for(pred)
   local ctx = current("wait_for")
   while true do
@@ -343,10 +364,22 @@ function M.wait_for(pred)
     if not dispatch(ctx, kind, a, b, c, d, e, f) then
       local ev = event_table(kind, a, b, c, d, e, f)
       if pred(ev) then return ev end
-      local backlog = ctx.backlog
-      if not backlog then backlog = { first = 1, last = 0 }; ctx.backlog = backlog end
-      backlog.last = backlog.last + 1
-      backlog[backlog.last] = ev
+      keep(ctx, ev)
+    end
+  end
+end
+
+-- pause(): straight-line code lets the VM run everything now pending (the
+-- yield action), then goes on.  Events no handler takes meanwhile are kept
+-- for market.yield().
+function M.pause()
+  local ctx = current("pause")
+  local done = false
+  core.yield(register_cont(ctx, function() done = true end))
+  while not done do
+    local kind, a, b, c, d, e, f = cwait()
+    if not dispatch(ctx, kind, a, b, c, d, e, f) then
+      keep(ctx, event_table(kind, a, b, c, d, e, f))
     end
   end
 end
@@ -359,7 +392,7 @@ function M.set_state(s) current("set_state").state = s end
 function M.self() return core.self() end
 
 local function main(ctx, boot)
-  ctx.eps, ctx.metas, ctx.conts, ctx.nextcont, ctx.anon = {}, {}, {}, 1, 0
+  ctx.eps = {}     -- metas, conts, anon, backlog: made when first needed
   apply(ctx, boot(ctx.pid))
   while true do
     dispatch(ctx, cwait())

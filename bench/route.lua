@@ -1,0 +1,95 @@
+-- bench/route.lua: routing and process figures (issue: core runtime).
+--
+--   ninja -C build bench-route        (or: build/market bench/route.lua [N])
+--
+-- Prints Lua-to-Lua messages per second in one VM (one publisher, one
+-- subscriber, a 3-field record topic), the same with 100,000 extra
+-- subscriber endpoints on non-matching topics, their ratio
+-- (route-scaling-ratio), idle memory per process for 100,000 Lua processes
+-- with one endpoint each, and the spawn rate.
+local market = require "market"
+local _ = market._
+local N = tonumber(arg and arg[1]) or 2000000
+local BATCH = 1000
+local rec = market.record("bench-msg", "a", "b", "c")
+local other = market.record("bench-other", "i", "b", "c")
+
+local clock = os.clock
+local function wall()
+  -- os.clock is CPU time of this process: exactly what one VM thread costs.
+  return clock()
+end
+
+local function messages(extra)
+  local received, t0, t1 = 0, 0, 0
+  market.ground_vm(function()
+    if extra > 0 then
+      market.perform(market.spawn(function()
+        local acts = {}
+        for i = 1, extra do
+          acts[i] = market.subscriber(other(i, _, _), { name = "x" .. i,
+            on_message = function() end })
+        end
+        return market.transition(nil, acts)
+      end, { name = "crowd" }))
+      market.pause()
+    end
+    market.perform(market.spawn(function()
+      return market.transition(0, market.subscriber(rec(_, _, _), {
+        on_message = function()
+          received = received + 1
+          if received == N then t1 = wall(); return market.transition(nil, market.quit()) end
+        end }))
+    end, { name = "subscriber" }))
+    market.pause()
+    market.perform(market.spawn(function()
+      local send = market.send(rec(1, "two", 3.5))
+      local perform, pause = market.perform, market.pause
+      t0 = wall()
+      for _ = 1, N // BATCH do
+        for _ = 1, BATCH do perform(send) end
+        pause()
+      end
+    end, { name = "publisher" }))
+    if extra > 0 then market.perform(market.quit()) end
+  end)
+  assert(received == N, "lost messages: " .. received .. " of " .. N)
+  return N / (t1 - t0)
+end
+
+local function rss_kib()
+  local f = io.open("/proc/self/statm")
+  local _, res = f:read("n", "n")
+  f:close()
+  return res * 4
+end
+
+local function processes(n)
+  local per, rate
+  market.ground_vm(function()
+    collectgarbage()
+    local before = rss_kib()
+    local t0 = wall()
+    local boot = function(pid)
+      return market.transition(nil, market.subscriber(other(pid, _, _), { name = "in",
+        on_message = function() end }))
+    end
+    local spawn = market.spawn(boot)
+    for _ = 1, n do market.perform(spawn) end
+    market.pause()            -- every process has booted and added its endpoint
+    local t1 = wall()
+    collectgarbage()
+    per = (rss_kib() - before) * 1024 / n
+    rate = n / (t1 - t0)
+  end)
+  return per, rate
+end
+
+local base = messages(0)
+local crowd = messages(100000)
+print(("messages-per-second: %.0f"):format(base))
+print(("messages-per-second-with-100k-endpoints: %.0f"):format(crowd))
+print(("route-scaling-ratio: %.3f  (target <= 1.5)"):format(base / crowd))
+local per, rate = processes(100000)
+print(("idle-bytes-per-process: %.0f  (target <= 2048)"):format(per))
+print(("spawns-per-second: %.0f  (target >= 300000)"):format(rate))
