@@ -136,8 +136,13 @@ static void ptab_remove(mk_vm *vm, mk_proc *p) {
     if (*pp == p) { *pp = p->hnext; vm->nprocs--; return; }
 }
 
+/* Mix, do not chain: FNV seeded with the pid hash would keep the seed's
+** low-bit pattern and crowd half the buckets. */
 static uint32_t ephash(mk_pid pid, const char *name) {
-  return strhash(name, pidhash(pid) | 1u);
+  uint32_t h = strhash(name, 2166136261u) ^ pidhash(pid);
+  h ^= h >> 16;
+  h *= 0x45d9f3bu;
+  return h ^ (h >> 16);
 }
 
 static void etab_grow(mk_vm *vm) {
