@@ -28,8 +28,15 @@ static int c_term(lua_State *L) {
   }
 }
 
-/* Run an embedded chunk with the value on top as its only argument (when
-** narg is 1); leaves its result. */
+int mkl_builtin(const char *name) {
+  const mkl_source *s;
+  for (s = mkl_sources; s->name; s++)
+    if (strcmp(s->name, name) == 0) return 1;
+  return 0;
+}
+
+/* Run an embedded chunk with the narg values on top as its arguments;
+** leaves its result. */
 static int run_embedded(lua_State *L, const char *name, int narg) {
   const mkl_source *s;
   char chunk[64];
@@ -38,7 +45,7 @@ static int run_embedded(lua_State *L, const char *name, int narg) {
   snprintf(chunk, sizeof chunk, "=market%s%s", strcmp(name, "market") ? "." : "",
            strcmp(name, "market") ? name : "");
   if (luaL_loadbufferx(L, s->src, s->len, chunk, "t") != LUA_OK) return lua_error(L);
-  if (narg) lua_insert(L, -2);
+  if (narg) lua_insert(L, -1 - narg);
   lua_call(L, narg, 1);
   return 1;
 }
@@ -55,10 +62,14 @@ int luaopen_market(lua_State *L) {
   return run_embedded(L, "market", 1);
 }
 
-/* The drivers' Lua halves get `market` as their argument. */
+int luaopen_market_sys(lua_State *L);     /* drivers/lsys.c */
+
+/* The drivers' Lua halves get `market` and `market.sys` (the internal
+** socket calls) as their arguments. */
 static int open_driver(lua_State *L, const char *name) {
   luaL_requiref(L, "market", luaopen_market, 0);
-  return run_embedded(L, name, 1);
+  luaL_requiref(L, "market.sys", luaopen_market_sys, 0);
+  return run_embedded(L, name, 2);
 }
 
 int luaopen_market_timer(lua_State *L) { return open_driver(L, "timer"); }

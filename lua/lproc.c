@@ -22,6 +22,8 @@ typedef struct mkl_state {
   char *boot_error;      /* owned: traceback of a failed boot process */
   int mainref;           /* the Lua-side process main function */
   int trace;
+  mkl_fail_fn on_fail;   /* told when a boot process fails (host.c) */
+  void *fail_ud;
 } mkl_state;
 
 /* A Lua process.  Owned by its mk_proc (destroy). */
@@ -149,15 +151,22 @@ static void handle(mk_proc *p, const mk_event *ev) {
     if (mk_proc_alive(p)) mk_quit(p, 0, NULL);
   } else {
     mk_term *reason = reason_of(co);
-    if (lp->boot && S->boot_error == NULL) {
+    char *tb = NULL;
+    if (lp->boot) {
       const char *msg = lua_tostring(co, -1);
-      luaL_traceback(S->L, co, msg ? msg : "(error object is not a string)", 0);
-      S->boot_error = strdup(lua_tostring(S->L, -1));
+      char *shown = msg ? NULL : mk_repr(reason, NULL);
+      luaL_traceback(S->L, co, msg ? msg : shown ? shown : "(error object is not a string)", 0);
+      free(shown);
+      tb = strdup(lua_tostring(S->L, -1));
       lua_pop(S->L, 1);
+      if (S->boot_error == NULL && tb != NULL) S->boot_error = strdup(tb);
     }
     lua_settop(co, 0);
     if (mk_proc_alive(p)) mk_fail(p, reason);
     mk_unref(reason);
+    /* After the failure took effect: the hook may act on the host. */
+    if (tb != NULL && S->on_fail != NULL) S->on_fail(S->fail_ud, p, tb);
+    free(tb);
   }
 }
 
@@ -353,30 +362,31 @@ static void trace_line(void *ud, const char *line) {
   fprintf(stderr, "market: %s\n", line);
 }
 
-/* core.ground_vm(boot, trace) -> true | nil, traceback */
+/* core.ground_vm(boot, trace) -> true | nil, traceback
+** A host (market.h) on this Lua state and a loop of its own, run to the
+** end and freed: the same code path as the interpreter's. */
 static int c_ground_vm(lua_State *L) {
   mkl_state *S = STATE(L);
-  mk_ground *g;
+  mk_host *h;
+  mk_error err;
+  int rc;
   luaL_checktype(L, 1, LUA_TFUNCTION);
   if (S->current != NULL || S->g != NULL)
     return luaL_error(L, "market.ground_vm: a ground VM is already running in this Lua state");
-  g = mk_ground_new(NULL);
-  if (g == NULL) return luaL_error(L, "market.ground_vm: cannot create the ground VM");
-  mkl_attach(L, g);
-  if (lua_toboolean(L, 2)) mk_vm_set_trace(mk_ground_vm(g), trace_line, NULL);
+  h = mkl_host_new(L, NULL, &err);
+  if (h == NULL) return luaL_error(L, "market.ground_vm: %s", err.message);
+  if (lua_toboolean(L, 2)) mk_host_trace(h, trace_line, NULL);
   lua_settop(L, 1);
-  mkl_spawn_boot(L, mk_ground_vm(g), "boot");
-  mk_ground_run(g);
-  mk_ground_free(g, NULL);
-  if (S->boot_error) {
+  mkl_spawn_boot(L, mk_host_vm(h), "boot");
+  rc = mk_host_run(h);
+  if (rc == MK_EFAILED) {
     lua_pushnil(L);
-    lua_pushstring(L, S->boot_error);
-    mkl_detach(L);
-    return 2;
+    lua_pushstring(L, mk_host_error(h));
+  } else {
+    lua_pushboolean(L, 1);
   }
-  mkl_detach(L);
-  lua_pushboolean(L, 1);
-  return 1;
+  mk_host_free(h);
+  return rc == MK_EFAILED ? 2 : 1;
 }
 
 /* core.now() -> wall-clock ms as the loop sees it */
@@ -412,11 +422,27 @@ const char *mkl_boot_error(lua_State *L) {
   return S ? S->boot_error : NULL;
 }
 
-mk_pid mkl_spawn_boot(lua_State *L, mk_vm *vm, const char *name) {
+mk_pid mkl_spawn(lua_State *L, mk_vm *vm, const char *name, int report) {
   mkl_state *S = getstate(L);
   lproc *lp = newproc(S, L);
-  lp->boot = 1;
+  lp->boot = report != 0;
   return mk_vm_spawn(vm, &lua_behavior, lp, name);
+}
+
+mk_pid mkl_spawn_boot(lua_State *L, mk_vm *vm, const char *name) {
+  return mkl_spawn(L, vm, name, 1);
+}
+
+void mkl_on_fail(lua_State *L, mkl_fail_fn fn, void *ud) {
+  mkl_state *S = getstate(L);
+  if (S == NULL) return;
+  S->on_fail = fn;
+  S->fail_ud = ud;
+}
+
+int mkl_running(lua_State *L) {
+  mkl_state *S = getstate(L);
+  return S != NULL && S->current != NULL;
 }
 
 static int state_gc(lua_State *L) {

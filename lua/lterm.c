@@ -269,7 +269,9 @@ static int l_is_term(lua_State *L) {
   return 1;
 }
 
-/* market.unify(a, b): the most general unifier, or nil. */
+/* market.unify(a, b): the most general unifier and true, or nil and false.
+** The second result is needed because nil is a term too: unify(nil, _)
+** succeeds with the unifier nil, which alone reads like a failure. */
 static int l_unify(lua_State *L) {
   mk_term *a = mkl_checkterm(L, 1, "unify"), *b, *u;
   const char *err;
@@ -278,10 +280,11 @@ static int l_unify(lua_State *L) {
   u = mk_unify(a, b);
   mk_unref(a);
   mk_unref(b);
-  if (u == NULL) { lua_pushnil(L); return 1; }
+  if (u == NULL) { lua_pushnil(L); lua_pushboolean(L, 0); return 2; }
   mkl_pushterm(L, u);
   mk_unref(u);
-  return 1;
+  lua_pushboolean(L, 1);
+  return 2;
 }
 
 /* market.repr(v): the readable text of a term. */

@@ -1,19 +1,14 @@
 /*
 ** main.c: the `market` interpreter.  Runs a script as the boot process of
 ** a fresh ground VM, with the timer, tcp and udp drivers already running.
+**
+** A client of market.h like any embedding program: it uses nothing else
+** (docs/embedding.md).
 */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-#include <lualib.h>
-
-#include "mkl.h"
-
-int luaopen_market_timer(lua_State *L);
-int luaopen_market_tcp(lua_State *L);
-int luaopen_market_udp(lua_State *L);
-int luaopen_market_event_relay(lua_State *L);
+#include "market.h"
 
 static const char usage[] =
   "usage: market [options] [script [args...]]\n"
@@ -33,88 +28,28 @@ static const char usage[] =
   "and as `...`.  Exit status: 0 when every process finished, 1 when the\n"
   "boot process failed (its traceback is printed), 2 for a usage error.\n";
 
-static void preload(lua_State *L, const char *name, lua_CFunction f) {
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, f);
-  lua_setfield(L, -2, name);
-  lua_pop(L, 1);
-}
-
-/* Protected body: argv already checked. */
-static int pmain(lua_State *L) {
-  int argc = (int)lua_tointeger(L, 1);
-  char **argv = lua_touserdata(L, 2);
-  int trace = 0, drivers = 1, i, first;
-  const char *code = NULL, *script = NULL;
-  luaL_openlibs(L);
-  preload(L, "market", luaopen_market);
-  preload(L, "market.timer", luaopen_market_timer);
-  preload(L, "market.tcp", luaopen_market_tcp);
-  preload(L, "market.udp", luaopen_market_udp);
-  preload(L, "market.event_relay", luaopen_market_event_relay);
-  for (i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--trace") == 0) trace = 1;
-    else if (strcmp(argv[i], "--no-drivers") == 0) drivers = 0;
-    else if (strcmp(argv[i], "-e") == 0) code = argv[++i];
-    else if (strcmp(argv[i], "--") == 0) { i++; break; }
-    else break;
-  }
-  first = i;
-  if (code == NULL) {
-    if (first >= argc) return luaL_error(L, "no script given (try market --help)");
-    script = argv[first];
-  }
-  /* arg: like lua(1), arg[0] is the script, arg[1..] its arguments. */
-  lua_createtable(L, argc - first, first + 1);
-  for (i = 0; i < argc; i++) {
-    lua_pushstring(L, argv[i]);
-    lua_rawseti(L, -2, i - (code ? first - 1 : first));
-  }
-  lua_setglobal(L, "arg");
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "market");
-  lua_call(L, 1, 1);
-  lua_getfield(L, -1, "ground_vm");
-  if ((code ? luaL_loadbuffer(L, code, strlen(code), "=(command line)")
-            : luaL_loadfile(L, script)) != LUA_OK)
-    return lua_error(L);
-  /* boot = function() return chunk(args...) end, built in Lua for brevity */
-  luaL_loadstring(L, "local chunk, args = ...\n"
-                     "return function() return chunk(table.unpack(args, 1, args.n)) end");
-  lua_insert(L, -2);
-  lua_createtable(L, argc, 1);
-  for (i = code ? first : first + 1; i < argc; i++) {
-    lua_pushstring(L, argv[i]);
-    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
-  }
-  lua_pushinteger(L, (lua_Integer)lua_rawlen(L, -1));
-  lua_setfield(L, -2, "n");
-  lua_call(L, 2, 1);
-  lua_createtable(L, 0, 2);
-  lua_pushboolean(L, drivers);
-  lua_setfield(L, -2, "drivers");
-  lua_pushboolean(L, trace);
-  lua_setfield(L, -2, "trace");
-  lua_call(L, 2, 2);
-  if (lua_isnil(L, -2)) {
-    fprintf(stderr, "market: %s\n", lua_tostring(L, -1));
-    lua_pushinteger(L, 1);
-  } else {
-    lua_pushinteger(L, 0);
-  }
-  return 1;
+static void trace_line(void *ud, const char *line) {
+  (void)ud;
+  fprintf(stderr, "market: %s\n", line);
 }
 
 int main(int argc, char **argv) {
-  lua_State *L;
-  int status, i;
+  const char *const *args = (const char *const *)argv;
+  const char *code = NULL;
+  int trace = 0, drivers = 1, status = 0, i, first;
+  mk_host *h;
+  mk_error err;
+  mk_pid pid;
+
+  /* Options first: help and version win wherever they are, before the
+  ** script; anything else starting with '-' is a usage error. */
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
       fputs(usage, stdout);
       return 0;
     }
     if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--version") == 0) {
-      printf("market %s (%s)\n", MKL_VERSION_STRING, LUA_RELEASE);
+      printf("market %s (%s)\n", mk_version(), mk_lua_release());
       return 0;
     }
     if (strcmp(argv[i], "-e") == 0) {
@@ -128,18 +63,45 @@ int main(int argc, char **argv) {
     }
     break;
   }
-  L = luaL_newstate();
-  if (L == NULL) { fputs("market: cannot create a Lua state\n", stderr); return 1; }
-  lua_pushcfunction(L, pmain);
-  lua_pushinteger(L, argc);
-  lua_pushlightuserdata(L, argv);
-  status = lua_pcall(L, 2, 1, 0);
-  if (status != LUA_OK) {
-    fprintf(stderr, "market: %s\n", lua_tostring(L, -1));
-    lua_close(L);
+  for (i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--trace") == 0) trace = 1;
+    else if (strcmp(argv[i], "--no-drivers") == 0) drivers = 0;
+    else if (strcmp(argv[i], "-e") == 0) code = argv[++i];
+    else if (strcmp(argv[i], "--") == 0) { i++; break; }
+    else break;
+  }
+  first = i;   /* the script (or, with -e, its first argument) */
+  if (code == NULL && first >= argc) {
+    fputs("market: no script given (try market --help)\n", stderr);
+    return 2;
+  }
+
+  h = mk_host_new(NULL, &err);
+  if (h == NULL) {
+    fprintf(stderr, "market: %s\n", err.message);
     return 1;
   }
-  status = (int)lua_tointeger(L, -1);
-  lua_close(L);
+  if (trace) mk_host_trace(h, trace_line, NULL);
+  /* arg[0] is the script (with -e: the code), as lua(1) has it. */
+  if (mk_host_set_arg(h, argc, args, code ? first - 1 : first) != MK_OK ||
+      (drivers && mk_host_start_drivers(h) != MK_OK)) {
+    fprintf(stderr, "market: %s\n", mk_host_error(h));
+    mk_host_free(h);
+    return 1;
+  }
+  if (code)
+    pid = mk_host_spawn_string(h, code, "(command line)", argc - first, args + first);
+  else
+    pid = mk_host_spawn_file(h, argv[first], argc - first - 1, args + first + 1);
+  if (pid == 0) {
+    fprintf(stderr, "market: %s\n", mk_host_error(h));
+    mk_host_free(h);
+    return 1;
+  }
+  if (mk_host_run(h) == MK_EFAILED) {
+    fprintf(stderr, "market: %s\n", mk_host_error(h));
+    status = 1;
+  }
+  mk_host_free(h);
   return status;
 }

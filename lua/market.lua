@@ -34,14 +34,26 @@ local function action(t) return setmetatable(t, Action) end
 local function is_action(v) return getmetatable(v) == Action end
 M.is_action = is_action
 
-function M.send(body)
-  if select("#", body) == 0 then error("market.send: a message body is required", 2) end
-  return action { kind = "send", body = core.term(body, "send") }
+-- v checked as a term.  core.term raises from C, so its message would point
+-- into this file ("market:94: subscriber topic: ..."); re-raise it at the
+-- caller of the market.* function, named after it (misuse_spec).
+local cterm = core.term
+local function term(v, what)
+  local ok, t = pcall(cterm, v, what)
+  if ok then return t end
+  error((tostring(t):gsub("^market:%d+: ", "")), 3)
 end
 
-function M.feedback(body)
-  if select("#", body) == 0 then error("market.feedback: a message body is required", 2) end
-  return action { kind = "feedback", body = core.term(body, "feedback") }
+-- select("#", body) of a named parameter is always 1: count the varargs so
+-- that send() with no body is caught (send(nil) sends the term nil).
+function M.send(...)
+  if select("#", ...) == 0 then error("market.send: a message body is required", 2) end
+  return action { kind = "send", body = term((...), "market.send: body") }
+end
+
+function M.feedback(...)
+  if select("#", ...) == 0 then error("market.feedback: a message body is required", 2) end
+  return action { kind = "feedback", body = term((...), "market.feedback: body") }
 end
 
 local function check_opts(opts, fname)
@@ -82,16 +94,18 @@ function M.quit(pid, reason)
     error("market.quit: pid must be an integer or nil", 2)
   end
   return action { kind = "quit", pid = pid,
-                  reason = reason ~= nil and core.term(reason, "quit reason") or nil }
+                  reason = reason ~= nil and term(reason, "market.quit: reason") or nil }
 end
 
 local HANDLER_KEYS = { on_presence = true, on_absence = true, on_message = true,
                        name = true }
 
 local function endpoint(fname, orientation, interest)
-  return function(topic, handlers)
-    if select("#", topic) == 0 then error("market." .. fname .. ": a topic is required", 2) end
-    local t = core.term(topic, fname .. " topic")
+  return function(...)
+    -- Count the varargs: a named parameter would always count as given.
+    if select("#", ...) == 0 then error("market." .. fname .. ": a topic is required", 2) end
+    local topic, handlers = ...
+    local t = term(topic, "market." .. fname .. ": topic")
     if handlers == nil then handlers = {}
     elseif type(handlers) == "string" then handlers = { name = handlers }
     elseif type(handlers) ~= "table" then
@@ -124,7 +138,7 @@ M.observe_publishers_everything = endpoint("observe_publishers_everything", SUB,
 function M.delete_endpoint(name, reason)
   if type(name) ~= "string" then error("market.delete_endpoint: name must be a string", 2) end
   return action { kind = "delete", name = name,
-                  reason = reason ~= nil and core.term(reason, "delete_endpoint reason") or nil }
+                  reason = reason ~= nil and term(reason, "market.delete_endpoint: reason") or nil }
 end
 
 function M.at_meta_level(...)
@@ -152,12 +166,13 @@ local function transition(keep, state, ...)
       if type(a) == "table" and getmetatable(a) == nil then
         for j = 1, #a do
           if not is_action(a[j]) then
-            error("market.transition: element " .. j .. " of action list " .. i ..
-                  " is not an action", 3)
+            error("market.transition" .. (keep and "_no_state" or "") .. ": element " .. j ..
+                  " of argument " .. (keep and i or i + 1) .. " (a list) is not an action", 3)
           end
         end
       elseif a ~= nil and a ~= false then
-        error("market.transition: argument " .. (i + 1) .. " is not an action (" ..
+        error("market.transition" .. (keep and "_no_state" or "") .. ": argument " ..
+              (keep and i or i + 1) .. " is not an action (" ..
               type(a) .. ")", 3)
       end
     end
@@ -165,8 +180,10 @@ local function transition(keep, state, ...)
   return setmetatable(t, Transition)
 end
 
-function M.transition(state, ...) return transition(false, state, ...) end
-function M.transition_no_state(...) return transition(true, nil, ...) end
+-- Not tail calls: transition() raises at level 3, the caller of these two
+-- (a tail call would drop this frame and blame the caller's caller).
+function M.transition(state, ...) local t = transition(false, state, ...); return t end
+function M.transition_no_state(...) local t = transition(true, nil, ...); return t end
 function M.is_transition(v) return getmetatable(v) == Transition end
 
 -- ---- performing ----------------------------------------------------------
@@ -211,7 +228,12 @@ local function perform_one(ctx, a, level)
     core.feedback(a.body, level)
   elseif kind == "spawn" then
     local id = 0
-    if a.k and level == 0 then id = register_cont(ctx, a.k) end
+    if a.k and level > 0 then
+      -- The new pid is in a VM above; nothing would ever call k.  Say so
+      -- rather than drop it silently (misuse_spec).
+      error("market.spawn: a continuation k cannot be used at meta level", 0)
+    end
+    if a.k then id = register_cont(ctx, a.k) end
     return core.spawn(a.boot, a.name, id, level, a.nested)
   elseif kind == "quit" then
     return core.quit(a.pid, a.reason, level)
@@ -389,7 +411,7 @@ function M.state() return current("state").state end
 function M.set_state(s) current("set_state").state = s end
 
 -- pid, name, VM path of the running process.
-function M.self() return core.self() end
+function M.self() current("self"); return core.self() end
 
 local function main(ctx, boot)
   ctx.eps = {}     -- metas, conts, anon, backlog: made when first needed
@@ -414,6 +436,10 @@ function M.ground_vm(boot, opts)
         local ok, d = pcall(require, "market." .. name)
         if ok and d.driver then M.perform(M.spawn(d.driver, { name = name .. "-driver" })) end
       end
+      -- "Already running" (DESIGN §4): let the drivers boot and subscribe
+      -- before the script runs, or its first timer.set (say) is sent to
+      -- nobody and lost (no buffering).  interpreter_spec.
+      M.pause()
       return boot(pid)
     end
   end

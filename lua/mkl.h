@@ -7,11 +7,9 @@
 #include <lua.h>
 #include <lauxlib.h>
 
-#include "term.h"
-#include "vm.h"
-#include "ground.h"
+#include "market.h"
 
-#define MKL_VERSION_STRING "0.1.0"
+#define MKL_VERSION_STRING MK_VERSION_STRING
 
 #define MKL_TERM_MT   "market.term"
 #define MKL_RTYPE_MT  "market.rtype"
@@ -34,8 +32,17 @@ void mkl_open_terms(lua_State *L);   /* fields into the table at the top */
 /* lproc.c */
 void mkl_open_core(lua_State *L);    /* pushes the market.core table */
 /* Spawn the Lua function at the top of L's stack (popped) as a process of
-** vm, from outside any process.  Returns its pid. */
+** vm, from outside any process.  Returns its pid.  Raises a Lua error when
+** out of memory (call it protected).  mkl_spawn_boot flags the process as
+** a boot process (its failure is recorded and reported, see below);
+** mkl_spawn does so only when `report` is nonzero. */
 mk_pid mkl_spawn_boot(lua_State *L, mk_vm *vm, const char *name);
+mk_pid mkl_spawn(lua_State *L, mk_vm *vm, const char *name, int report);
+/* Called with the traceback when a flagged (boot) process fails. */
+typedef void (*mkl_fail_fn)(void *ud, mk_proc *p, const char *traceback);
+void mkl_on_fail(lua_State *L, mkl_fail_fn fn, void *ud);
+/* Nonzero while a Lua process of L is handling an event. */
+int mkl_running(lua_State *L);
 /* Make `vm` (a ground VM) host Lua processes on L.  Needed once per ground
 ** before mkl_spawn_boot.  Returns 0 or -1 when L already serves another. */
 int mkl_attach(lua_State *L, mk_ground *g);
@@ -50,5 +57,15 @@ extern const mkl_source mkl_sources[];
 
 /* lmarket.c */
 int luaopen_market(lua_State *L);
+int luaopen_market_timer(lua_State *L);
+int luaopen_market_tcp(lua_State *L);
+int luaopen_market_udp(lua_State *L);
+int luaopen_market_event_relay(lua_State *L);
+/* 1 when the Lua half of module `name` ("market", "timer", ...) is built in. */
+int mkl_builtin(const char *name);
+
+/* host.c: a host on an existing Lua state that has loaded "market" (the
+** Lua module's market.ground_vm).  The host does not close L. */
+mk_host *mkl_host_new(lua_State *L, struct ev_loop *loop, mk_error *err);
 
 #endif

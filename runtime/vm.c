@@ -292,12 +292,10 @@ static int by_pid(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-void mk_vm_free(mk_vm *vm, mk_term *reason) {
+/* Kill one process at a time, oldest first, and let the survivors see it
+** go.  Processes spawned meanwhile are taken in the next round. */
+static void kill_all(mk_vm *vm, mk_term *reason) {
   size_t i;
-  if (vm == NULL) return;
-  vm->freeing = 1;
-  /* Kill one process at a time, oldest first, and let the survivors see
-  ** it go.  Processes spawned meanwhile are taken in the next round. */
   while (vm->nprocs > 0) {
     size_t n = 0, k;
     mk_proc **all = xmalloc(vm->nprocs * sizeof *all);
@@ -313,6 +311,12 @@ void mk_vm_free(mk_vm *vm, mk_term *reason) {
     for (k = 0; k < n; k++) proc_unref(all[k]);
     free(all);
   }
+}
+
+void mk_vm_free(mk_vm *vm, mk_term *reason) {
+  if (vm == NULL) return;
+  vm->freeing = 1;
+  kill_all(vm, reason);
   drop_queue(vm);
   mk_action_free(vm->outbox);
   mk_index_free(vm->ix[0]);
@@ -631,6 +635,11 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
     vm->outtail = a;
   }
   ptab_remove(vm, p);
+  if (p->b == &mk_nested_behavior && p->data != NULL)
+    /* Its VM goes with it: the processes inside see each other go with
+    ** this reason (DESIGN §1 "its VM goes"), not with the nil that
+    ** mk_vm_free gives when destroy frees the VM later (nested_spec). */
+    kill_all((mk_vm *)p->data, reason);
   proc_unref(p);
 }
 

@@ -11,3 +11,175 @@ describe("terms", function()
     assert.is_true(line:is(r))
   end)
 end)
+
+-- DESIGN §2: terms, records, sequences, the wildcard, unification.
+local _ = market._
+local R = market.repr
+
+local function U(a, b)
+  local u, ok = market.unify(a, b)
+  local v, ok2 = market.unify(b, a)
+  assert.equal(ok, ok2, "unification must be symmetric")
+  if ok then assert.equal(R(u), R(v), "unification must be symmetric") end
+  return ok and R(u) or "no"
+end
+
+describe("unification", function()
+  it("atoms unify with equal atoms only", function()
+    assert.equal("1", U(1, 1))
+    assert.equal("no", U(1, 2))
+    assert.equal('"a"', U("a", "a"))
+    assert.equal("no", U("a", "b"))
+    assert.equal("no", U("1", 1))
+    assert.equal("true", U(true, true))
+    assert.equal("no", U(true, false))
+    assert.equal("no", U(false, nil))
+    assert.equal("nil", U(nil, nil))
+  end)
+
+  it("the wildcard unifies with anything, on either side, at any depth", function()
+    assert.equal("1", U(_, 1))
+    assert.equal("nil", U(_, nil))
+    assert.equal("_", U(_, _))
+    assert.equal('["a", 1]', U({ "a", _ }, { _, 1 }))
+    assert.equal('[[1, 2], [3, 4]]', U({ { 1, _ }, { _, 4 } }, { { _, 2 }, { 3, _ } }))
+    assert.equal("no", U({ "a", _ }, { "b", _ }))
+    local r = market.record("r", "a", "b")
+    assert.equal('r(1, ["x", 2])', U(r(1, { _, 2 }), r(_, { "x", _ })))
+    assert.equal('r(1, ["x", 2])', U(_, r(1, { "x", 2 })))
+  end)
+
+  it("the result is the most general unifier: wildcards remain where both sides have one",
+     function()
+    assert.equal('["a", _, 3]', U({ "a", _, _ }, { _, _, 3 }))
+  end)
+
+  it("unify says whether it succeeded: nil is a term and a possible unifier", function()
+    assert.same({ nil, true }, { market.unify(nil, _) })
+    assert.same({ nil, false }, { market.unify(nil, false) })
+  end)
+
+  it("sequences unify element-wise and only with sequences of the same length", function()
+    assert.equal("[1, 2]", U({ 1, 2 }, { 1, 2 }))
+    assert.equal("no", U({ 1, 2 }, { 1, 2, 3 }))
+    assert.equal("no", U({ 1 }, 1))
+    assert.equal("[]", U({}, {}))
+    assert.equal("no", U({}, { _ }))
+  end)
+
+  it("records unify with records of the same label and arity, field by field", function()
+    local a2, a1, b2 = market.record("a", "x", "y"), market.record("a", "x"),
+                       market.record("b", "x", "y")
+    assert.equal("a(1, 2)", U(a2(1, _), a2(_, 2)))
+    assert.equal("no", U(a2(1, 2), a1(1)))
+    assert.equal("no", U(a2(1, 2), b2(1, 2)))
+    assert.equal("no", U(a2(1, 2), { 1, 2 }))
+    assert.equal("no", U(a2(1, 2), a2(1, 3)))
+  end)
+
+  it("integral floats are integers: 3.0 and 3 are the same term", function()
+    assert.equal("3", U(3.0, 3))
+    local u = market.unify(3.0, _)
+    assert.equal("integer", math.type(u))
+    assert.equal("3.5", U(3.5, 3.5))
+    assert.equal("no", U(3.5, 3))
+    assert.equal("0", U(-0.0, 0))
+    local r = market.record("n", "v")
+    assert.is_true(r(3.0) == r(3))
+    assert.equal("n(3)", R(r(3.0)))
+    assert.equal("integer", math.type(r(3.0).v))
+    -- Out of the integer range a float stays a float.
+    assert.equal("float", math.type(market.unify(2.0^63, _)))
+    assert.equal("no", U(1/0, 1))
+    assert.equal(R(1/0), U(1/0, 1/0))
+    -- NaN is a term equal to itself (terms compare by value, not IEEE ==).
+    assert.equal(R(0/0), U(0/0, 0/0))
+    assert.equal("no", U(0/0, 1))
+  end)
+
+  it("strings are byte strings", function()
+    assert.equal("no", U("a\0b", "a\0c"))
+    assert.equal("a\0b\255", (market.unify("a\0b\255", _)))
+  end)
+
+  it("EOF is a distinct term", function()
+    assert.equal("#eof", U(market.EOF, market.EOF))
+    assert.equal("#eof", U(market.EOF, _))
+    assert.equal("no", U(market.EOF, "eof"))
+    assert.equal("no", U(market.EOF, nil))
+    assert.equal("no", U(market.EOF, {}))
+    assert.is_true(market.unify(market.EOF, _) == market.EOF)
+  end)
+end)
+
+describe("terms as Lua values", function()
+  it("sequences come back as fresh Lua arrays", function()
+    local t = { 1, { "a", true } }
+    local u = market.unify(t, _)
+    assert.same(t, u)
+    assert.is_false(rawequal(t, u))
+  end)
+
+  it("records compare structurally, print readably, and are immutable", function()
+    local p = market.record("point", "x", "y")
+    local a, b = p(1, { 2, 3 }), p(1, { 2, 3 })
+    assert.is_false(rawequal(a, b))
+    assert.is_true(a == b)
+    assert.is_false(a == p(1, { 2, 4 }))
+    assert.equal('point(1, [2, 3])', tostring(a))
+    assert.same({ 2, 3 }, a.y)
+    assert.equal(1, a[1])
+    assert.is_nil(a[3])
+    assert.equal(2, #a)
+    assert.has_error(function() a.x = 5 end)
+    assert.equal(1, a.x)
+  end)
+
+  it("a record constructor knows its label, arity and fields, and recognises its records",
+     function()
+    local line = market.record("chat-line", "who", "text")
+    assert.equal("chat-line", line.label)
+    assert.equal(2, line.arity)
+    assert.same({ "who", "text" }, line.fields)
+    assert.is_true(line:is(line("a", "b")))
+    assert.is_false(line:is(market.record("other", "who", "text")("a", "b")))
+    assert.is_false(line:is({ "a", "b" }))
+    assert.is_false(line:is("chat-line"))
+  end)
+
+  it("records with the same label and arity are the same type", function()
+    local r1 = market.record("same", "a")
+    local r2 = market.record("same", "b")
+    assert.is_true(r1(1) == r2(1))
+    assert.is_true(r1:is(r2(1)))
+    assert.is_false(market.record("same", "a", "b")(1, 2) == r1(1))
+    -- The type is shared, so the latest field names are the ones in force.
+    assert.equal(1, r1(1).b)
+    assert.same({ "b" }, r1.fields)
+  end)
+
+  it("the wildcard and EOF are unique values", function()
+    assert.is_true(rawequal(market._, market.unify(market._, market._)))
+    assert.equal("_", tostring(market._))
+    assert.equal("#eof", tostring(market.EOF))
+    assert.is_false(market._ == market.EOF)
+  end)
+
+  it("is_term tells what can be a topic or a message", function()
+    for _, v in ipairs { 1, 1.5, "s", true, false, {}, { 1, { 2 } }, market._, market.EOF,
+                         market.record("r", "a")(1) } do
+      assert.is_true(market.is_term(v), tostring(v))
+    end
+    assert.is_true(market.is_term(nil))
+    for _, v in ipairs { print, { a = 1 }, io.stdout, coroutine.create(print),
+                         market.record("r", "a") } do
+      assert.is_false(market.is_term(v), tostring(v))
+    end
+  end)
+
+  it("repr writes every kind of term", function()
+    assert.equal('[true, false, 1, 1.5, "s\\n", _, #eof, r(["x"])]',
+                 R({ true, false, 1, 1.5, "s\n", _, market.EOF, market.record("r", "a")({ "x" }) }))
+    assert.equal("nil", R(nil))
+  end)
+end)

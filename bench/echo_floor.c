@@ -1,0 +1,95 @@
+/*
+** echo_floor.c: the floor for bench/echo: a plain single-threaded libev
+** TCP echo server, as lean as such a server gets.  usage: echo_floor PORT
+*/
+#define _GNU_SOURCE
+#include <errno.h>
+#include <ev.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+typedef struct conn {
+  ev_io r, w;
+  char *pending;          /* owned: bytes not yet written back */
+  size_t plen;
+} conn;
+
+static char buf[65536];
+
+static void conn_close(struct ev_loop *loop, conn *c) {
+  ev_io_stop(loop, &c->r);
+  ev_io_stop(loop, &c->w);
+  close(c->r.fd);
+  free(c->pending);
+  free(c);
+}
+
+static void on_write(struct ev_loop *loop, ev_io *w, int revents) {
+  conn *c = w->data;
+  ssize_t n = write(w->fd, c->pending, c->plen);
+  if (n < 0 && errno != EAGAIN) { conn_close(loop, c); return; }
+  if (n > 0) {
+    memmove(c->pending, c->pending + n, c->plen - (size_t)n);
+    c->plen -= (size_t)n;
+  }
+  if (c->plen == 0) { ev_io_stop(loop, &c->w); ev_io_start(loop, &c->r); }
+}
+
+static void on_read(struct ev_loop *loop, ev_io *w, int revents) {
+  conn *c = w->data;
+  ssize_t n = read(w->fd, buf, sizeof buf), m;
+  if (n <= 0) {
+    if (n < 0 && errno == EAGAIN) return;
+    conn_close(loop, c);
+    return;
+  }
+  m = write(w->fd, buf, (size_t)n);
+  if (m < 0) { if (errno != EAGAIN) { conn_close(loop, c); return; } m = 0; }
+  if (m < n) {            /* hold the rest, stop reading until it is out */
+    c->pending = realloc(c->pending, (size_t)(n - m));
+    memcpy(c->pending, buf + m, (size_t)(n - m));
+    c->plen = (size_t)(n - m);
+    ev_io_stop(loop, &c->r);
+    ev_io_start(loop, &c->w);
+  }
+}
+
+static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
+  for (;;) {
+    int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK), one = 1;
+    conn *c;
+    if (fd < 0) return;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c = calloc(1, sizeof *c);
+    ev_io_init(&c->r, on_read, fd, EV_READ);
+    ev_io_init(&c->w, on_write, fd, EV_WRITE);
+    c->r.data = c->w.data = c;
+    ev_io_start(loop, &c->r);
+  }
+}
+
+int main(int argc, char **argv) {
+  struct sockaddr_in a;
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
+  struct ev_loop *loop = ev_default_loop(0);
+  ev_io acc;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t)(argc > 1 ? atoi(argv[1]) : 5998));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 4096) < 0) {
+    perror("echo_floor");
+    return 1;
+  }
+  ev_io_init(&acc, on_accept, fd, EV_READ);
+  ev_io_start(loop, &acc);
+  ev_run(loop, 0);
+  return 0;
+}

@@ -1,0 +1,595 @@
+/*
+** lsys.c: `market.sys`, thin non-blocking socket system calls for the tcp
+** and udp drivers (internal: not part of the public API).
+**
+** Everything is non-blocking and close-on-exec; every failure is a value
+** (nil, message), never a Lua error (bad arguments aside) and never a
+** crash.  A message is strerror's text with a lower-case first letter
+** ("connection refused").  "Would block" is distinguished as false:
+**
+**   sys.resolve(host, port, "tcp"|"udp")  -> addrs | req | nil, msg
+**       addrs: a list of {sa=<sockaddr bytes>, host=<numeric text>,
+**       port=n, family=4|6}, at once when host is numeric.  Otherwise a
+**       request whose getaddrinfo runs on its own thread: req:fd() is a pipe
+**       that becomes readable when req:result() (-> addrs | nil, msg) is
+**       ready; req:close() abandons it (the thread cleans up after itself).
+**   sys.tcp_listen(port [, backlog])      -> sock | nil, msg  (dual stack, SO_REUSEADDR)
+**   sys.tcp_connect(sa)                   -> sock, "connected"|"inprogress" | nil, msg
+**   sys.udp_bind(port)                    -> sock | nil, msg  (dual stack; 0: any port)
+**   sys.fd_read(fd [, max])               -> string | nil, "eof" | false | nil, msg
+**   sock:fd()  sock:local_port()  sock:peer() -> host, port
+**   sock:read([max])        -> string | nil, "eof" | false | nil, msg
+**   sock:write(s [, i])     -> bytes written from s[i..] (0: would block) | nil, msg
+**   sock:so_error()         -> nil (connected) | msg          (after connect)
+**   sock:shutdown()         -> true | nil, msg                (SHUT_WR)
+**   sock:accept()           -> sock, host, port | false | nil, msg
+**   sock:recvfrom()         -> data, host, port | false | nil, msg  (datagrams up to 65,535 bytes)
+**   sock:sendto(s, sa)      -> bytes | false | nil, msg
+**   sock:close()            (also on garbage collection)
+*/
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#define SOCK_MT "market.sys.socket"
+#define REQ_MT "market.sys.resolve"
+#define READ_MAX 65536
+#define DGRAM_MAX 65536            /* the largest UDP payload is 65,535 (IPv6), 65,507 (IPv4) */
+
+int luaopen_market_sys(lua_State *L);
+
+/* ---- errors ------------------------------------------------------------- */
+
+static void pushmsg(lua_State *L, const char *s) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  if (*s) {
+    luaL_addchar(&b, (char)tolower((unsigned char)*s));
+    luaL_addstring(&b, s + 1);
+  }
+  luaL_pushresult(&b);
+}
+
+static int fail(lua_State *L, int err) {
+  lua_pushnil(L);
+  pushmsg(L, strerror(err));
+  return 2;
+}
+
+static int would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+
+/* ---- addresses ---------------------------------------------------------- */
+
+/* An IPv4-mapped IPv6 address as the IPv4 one it stands for. */
+static socklen_t unmap(struct sockaddr_storage *ss, socklen_t len) {
+  struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+  if (ss->ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+    struct sockaddr_in s4;
+    memset(&s4, 0, sizeof s4);
+    s4.sin_family = AF_INET;
+    s4.sin_port = s6->sin6_port;
+    memcpy(&s4.sin_addr, &s6->sin6_addr.s6_addr[12], 4);
+    memcpy(ss, &s4, sizeof s4);
+    return sizeof s4;
+  }
+  return len;
+}
+
+/* Push numeric host text and port of sa; returns 2. */
+static int pushaddr(lua_State *L, const struct sockaddr *sa) {
+  char host[INET6_ADDRSTRLEN];
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+    inet_ntop(AF_INET, &s4->sin_addr, host, sizeof host);
+    lua_pushstring(L, host);
+    lua_pushinteger(L, ntohs(s4->sin_port));
+  } else if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+    inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
+    lua_pushstring(L, host);
+    lua_pushinteger(L, ntohs(s6->sin6_port));
+  } else {
+    lua_pushstring(L, "?");
+    lua_pushinteger(L, 0);
+  }
+  return 2;
+}
+
+/* Push the addrinfo list as a Lua list of address tables. */
+static void pushaddrs(lua_State *L, const struct addrinfo *ai) {
+  int n = 0;
+  lua_newtable(L);
+  for (; ai; ai = ai->ai_next) {
+    if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
+    lua_createtable(L, 0, 4);
+    lua_pushlstring(L, (const char *)ai->ai_addr, ai->ai_addrlen);
+    lua_setfield(L, -2, "sa");
+    pushaddr(L, ai->ai_addr);
+    lua_setfield(L, -3, "port");
+    lua_setfield(L, -2, "host");
+    lua_pushinteger(L, ai->ai_family == AF_INET ? 4 : 6);
+    lua_setfield(L, -2, "family");
+    lua_rawseti(L, -2, ++n);
+  }
+}
+
+static const char *gai_message(int rc, int syserr) {
+  if (rc == EAI_SYSTEM) return strerror(syserr);
+  return gai_strerror(rc);
+}
+
+/* ---- sockets ------------------------------------------------------------ */
+
+typedef struct sock { int fd; int family; } sock;
+
+static sock *newsock(lua_State *L, int fd, int family) {
+  sock *s = lua_newuserdatauv(L, sizeof *s, 0);
+  s->fd = fd;
+  s->family = family;
+  luaL_setmetatable(L, SOCK_MT);
+  return s;
+}
+
+static sock *checksock(lua_State *L) {
+  sock *s = luaL_checkudata(L, 1, SOCK_MT);
+  if (s->fd < 0) luaL_error(L, "market.sys: socket is closed");
+  return s;
+}
+
+static int s_close(lua_State *L) {
+  sock *s = luaL_checkudata(L, 1, SOCK_MT);
+  if (s->fd >= 0) { close(s->fd); s->fd = -1; }
+  return 0;
+}
+
+static int s_fd(lua_State *L) {
+  sock *s = luaL_checkudata(L, 1, SOCK_MT);
+  if (s->fd < 0) return 0;
+  lua_pushinteger(L, s->fd);
+  return 1;
+}
+
+static int s_tostring(lua_State *L) {
+  sock *s = luaL_checkudata(L, 1, SOCK_MT);
+  lua_pushfstring(L, "socket(%d)", s->fd);
+  return 1;
+}
+
+/* A dual-stack socket bound to the wildcard address on port. */
+static int bound_socket(lua_State *L, int type, lua_Integer port, int *familyp) {
+  int fd, one = 1, zero = 0, family = AF_INET6, err;
+  if (port < 0 || port > 65535) { errno = EINVAL; return -1; }
+  fd = socket(AF_INET6, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0 && (errno == EAFNOSUPPORT || errno == EPROTONOSUPPORT)) {
+    family = AF_INET;
+    fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  }
+  if (fd < 0) return -1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (family == AF_INET6) {
+    struct sockaddr_in6 a;
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    memset(&a, 0, sizeof a);
+    a.sin6_family = AF_INET6;
+    a.sin6_addr = in6addr_any;
+    a.sin6_port = htons((uint16_t)port);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0) { *familyp = family; return fd; }
+  } else {
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_ANY);
+    a.sin_port = htons((uint16_t)port);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0) { *familyp = family; return fd; }
+  }
+  err = errno;
+  close(fd);
+  errno = err;
+  return -1;
+}
+
+static int l_tcp_listen(lua_State *L) {
+  lua_Integer port = luaL_checkinteger(L, 1);
+  int backlog = (int)luaL_optinteger(L, 2, 128), family, fd, err;
+  fd = bound_socket(L, SOCK_STREAM, port, &family);
+  if (fd < 0) return fail(L, errno);
+  if (listen(fd, backlog) != 0) { err = errno; close(fd); return fail(L, err); }
+  newsock(L, fd, family);
+  return 1;
+}
+
+static int l_udp_bind(lua_State *L) {
+  lua_Integer port = luaL_optinteger(L, 1, 0);
+  int family, fd = bound_socket(L, SOCK_DGRAM, port, &family);
+  if (fd < 0) return fail(L, errno);
+  newsock(L, fd, family);
+  return 1;
+}
+
+static const struct sockaddr *checksa(lua_State *L, int idx, socklen_t *len) {
+  size_t n;
+  const char *s = luaL_checklstring(L, idx, &n);
+  const struct sockaddr *sa = (const struct sockaddr *)s;
+  if (n < sizeof(sa_family_t) ||
+      (sa->sa_family == AF_INET && n != sizeof(struct sockaddr_in)) ||
+      (sa->sa_family == AF_INET6 && n != sizeof(struct sockaddr_in6)) ||
+      (sa->sa_family != AF_INET && sa->sa_family != AF_INET6))
+    luaL_argerror(L, idx, "not a socket address from sys.resolve");
+  *len = (socklen_t)n;
+  return sa;
+}
+
+static int l_tcp_connect(lua_State *L) {
+  socklen_t len;
+  const struct sockaddr *sa = checksa(L, 1, &len);
+  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1, err;
+  if (fd < 0) return fail(L, errno);
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (connect(fd, sa, len) == 0) {
+    newsock(L, fd, sa->sa_family);
+    lua_pushliteral(L, "connected");
+    return 2;
+  }
+  if (errno == EINPROGRESS || errno == EINTR) {
+    newsock(L, fd, sa->sa_family);
+    lua_pushliteral(L, "inprogress");
+    return 2;
+  }
+  err = errno;
+  close(fd);
+  return fail(L, err);
+}
+
+static int s_so_error(lua_State *L) {
+  sock *s = checksock(L);
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err == 0) return 0;
+  pushmsg(L, strerror(err));
+  return 1;
+}
+
+/* A scratch buffer shared by every read (upvalue 1 of the functions). */
+static char *scratch(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
+
+static int readfd(lua_State *L, int fd, int issock, lua_Integer max) {
+  char *buf = scratch(L);
+  ssize_t n;
+  if (max <= 0 || max > READ_MAX) max = READ_MAX;
+  do {
+    n = issock ? recv(fd, buf, (size_t)max, 0) : read(fd, buf, (size_t)max);
+  } while (n < 0 && errno == EINTR);
+  if (n > 0) { lua_pushlstring(L, buf, (size_t)n); return 1; }
+  if (n == 0) { lua_pushnil(L); lua_pushliteral(L, "eof"); return 2; }
+  if (would_block(errno)) { lua_pushboolean(L, 0); return 1; }
+  return fail(L, errno);
+}
+
+static int s_read(lua_State *L) {
+  sock *s = checksock(L);
+  return readfd(L, s->fd, 1, luaL_optinteger(L, 2, READ_MAX));
+}
+
+static int l_fd_read(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1);
+  return readfd(L, fd, 0, luaL_optinteger(L, 2, READ_MAX));
+}
+
+static int s_write(lua_State *L) {
+  sock *s = checksock(L);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  lua_Integer i = luaL_optinteger(L, 3, 1);
+  ssize_t n;
+  if (i < 1) i = 1;
+  if ((size_t)i > len) { lua_pushinteger(L, 0); return 1; }
+  do {
+    n = send(s->fd, data + i - 1, len - (size_t)(i - 1), MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n >= 0) { lua_pushinteger(L, n); return 1; }
+  if (would_block(errno)) { lua_pushinteger(L, 0); return 1; }
+  return fail(L, errno);
+}
+
+static int s_shutdown(lua_State *L) {
+  sock *s = checksock(L);
+  if (shutdown(s->fd, SHUT_WR) != 0 && errno != ENOTCONN) return fail(L, errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int s_accept(lua_State *L) {
+  sock *s = checksock(L);
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  int fd, one = 1;
+  do {
+    fd = accept4(s->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    if (would_block(errno) || errno == ECONNABORTED || errno == EPROTO) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+    return fail(L, errno);
+  }
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  newsock(L, fd, ss.ss_family);
+  unmap(&ss, len);
+  pushaddr(L, (struct sockaddr *)&ss);
+  return 3;
+}
+
+static int s_local_port(lua_State *L) {
+  sock *s = checksock(L);
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getsockname(s->fd, (struct sockaddr *)&ss, &len) != 0) return fail(L, errno);
+  pushaddr(L, (struct sockaddr *)&ss);
+  lua_remove(L, -2);
+  return 1;
+}
+
+static int s_peer(lua_State *L) {
+  sock *s = checksock(L);
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getpeername(s->fd, (struct sockaddr *)&ss, &len) != 0) return fail(L, errno);
+  unmap(&ss, len);
+  return pushaddr(L, (struct sockaddr *)&ss);
+}
+
+static int s_recvfrom(lua_State *L) {
+  sock *s = checksock(L);
+  char *buf = scratch(L);
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  ssize_t n;
+  do {
+    n = recvfrom(s->fd, buf, DGRAM_MAX, MSG_TRUNC, (struct sockaddr *)&ss, &len);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (would_block(errno)) { lua_pushboolean(L, 0); return 1; }
+    return fail(L, errno);
+  }
+  if (n > DGRAM_MAX) n = DGRAM_MAX;     /* cannot happen for UDP */
+  lua_pushlstring(L, buf, (size_t)n);
+  unmap(&ss, len);
+  pushaddr(L, (struct sockaddr *)&ss);
+  return 3;
+}
+
+static int s_sendto(lua_State *L) {
+  sock *s = checksock(L);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  socklen_t salen;
+  const struct sockaddr *sa = checksa(L, 3, &salen);
+  struct sockaddr_in6 mapped;
+  ssize_t n;
+  if (s->family == AF_INET6 && sa->sa_family == AF_INET) {
+    const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+    memset(&mapped, 0, sizeof mapped);
+    mapped.sin6_family = AF_INET6;
+    mapped.sin6_port = s4->sin_port;
+    mapped.sin6_addr.s6_addr[10] = 0xff;
+    mapped.sin6_addr.s6_addr[11] = 0xff;
+    memcpy(&mapped.sin6_addr.s6_addr[12], &s4->sin_addr, 4);
+    sa = (const struct sockaddr *)&mapped;
+    salen = sizeof mapped;
+  } else if (s->family == AF_INET && sa->sa_family == AF_INET6) {
+    return fail(L, EAFNOSUPPORT);
+  }
+  do {
+    n = sendto(s->fd, data, len, MSG_NOSIGNAL, sa, salen);
+  } while (n < 0 && errno == EINTR);
+  if (n >= 0) { lua_pushinteger(L, n); return 1; }
+  if (would_block(errno)) { lua_pushboolean(L, 0); return 1; }
+  return fail(L, errno);
+}
+
+/* ---- name resolution ---------------------------------------------------- */
+
+/* Shared by the resolving thread and the Lua request; freed by the last of
+** the two to let go. */
+typedef struct resolve_job {
+  pthread_mutex_t mu;
+  int refs;
+  int wfd;                   /* the thread's end of the pipe */
+  int socktype;
+  int rc, syserr;            /* getaddrinfo's result */
+  int done;
+  struct addrinfo *res;
+  char *host, *service;
+} resolve_job;
+
+typedef struct req { resolve_job *job; int rfd; } req;
+
+static void job_release(resolve_job *j) {
+  int last;
+  pthread_mutex_lock(&j->mu);
+  last = --j->refs == 0;
+  pthread_mutex_unlock(&j->mu);
+  if (!last) return;
+  if (j->res) freeaddrinfo(j->res);
+  pthread_mutex_destroy(&j->mu);
+  free(j->host);
+  free(j->service);
+  free(j);
+}
+
+static void *resolve_thread(void *arg) {
+  resolve_job *j = arg;
+  struct addrinfo hints, *res = NULL;
+  int rc;
+  ssize_t w;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = j->socktype;
+  hints.ai_flags = AI_ADDRCONFIG;
+  rc = getaddrinfo(j->host, j->service, &hints, &res);
+  pthread_mutex_lock(&j->mu);
+  j->rc = rc;
+  j->syserr = errno;
+  j->res = rc == 0 ? res : NULL;
+  j->done = 1;
+  /* Under the lock: the reading end is open while the request holds on. */
+  if (j->refs == 2) do { w = write(j->wfd, "!", 1); } while (w < 0 && errno == EINTR);
+  pthread_mutex_unlock(&j->mu);
+  close(j->wfd);
+  job_release(j);
+  return NULL;
+}
+
+static int l_resolve(lua_State *L) {
+  const char *host = luaL_checkstring(L, 1);
+  lua_Integer port = luaL_checkinteger(L, 2);
+  const char *kind = luaL_optstring(L, 3, "tcp");
+  int socktype = strcmp(kind, "udp") == 0 ? SOCK_DGRAM : SOCK_STREAM;
+  char service[16];
+  struct addrinfo hints, *res = NULL;
+  int rc, fds[2], err;
+  resolve_job *j;
+  req *r;
+  pthread_t th;
+  pthread_attr_t attr;
+  sigset_t all, old;
+  if (port < 0 || port > 65535) { lua_pushnil(L); lua_pushliteral(L, "port out of range"); return 2; }
+  snprintf(service, sizeof service, "%d", (int)port);
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = socktype;
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+  rc = getaddrinfo(host, service, &hints, &res);
+  if (rc == 0) {                       /* numeric: no need to wait */
+    pushaddrs(L, res);
+    freeaddrinfo(res);
+    return 1;
+  }
+  if (*host == '\0') { lua_pushnil(L); lua_pushliteral(L, "empty host name"); return 2; }
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return fail(L, errno);
+  j = calloc(1, sizeof *j);
+  if (j == NULL || (j->host = strdup(host)) == NULL || (j->service = strdup(service)) == NULL) {
+    if (j) { free(j->host); free(j); }
+    close(fds[0]); close(fds[1]);
+    return fail(L, ENOMEM);
+  }
+  pthread_mutex_init(&j->mu, NULL);
+  j->refs = 2;
+  j->wfd = fds[1];
+  j->socktype = socktype;
+  r = lua_newuserdatauv(L, sizeof *r, 0);
+  r->job = NULL;
+  r->rfd = fds[0];
+  luaL_setmetatable(L, REQ_MT);
+  /* The thread takes no signals: they stay with the loop's thread. */
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  err = pthread_create(&th, &attr, resolve_thread, j);
+  pthread_attr_destroy(&attr);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (err != 0) {
+    close(fds[1]);
+    j->refs = 1;
+    job_release(j);
+    return fail(L, err);             /* the request userdata closes rfd when collected */
+  }
+  r->job = j;
+  return 1;
+}
+
+static req *checkreq(lua_State *L) { return luaL_checkudata(L, 1, REQ_MT); }
+
+static int r_fd(lua_State *L) {
+  req *r = checkreq(L);
+  if (r->rfd < 0) return 0;
+  lua_pushinteger(L, r->rfd);
+  return 1;
+}
+
+/* -> addrs | nil, msg | false (not done yet) */
+static int r_result(lua_State *L) {
+  req *r = checkreq(L);
+  resolve_job *j = r->job;
+  int done;
+  if (j == NULL) { lua_pushnil(L); lua_pushliteral(L, "resolution abandoned"); return 2; }
+  pthread_mutex_lock(&j->mu);
+  done = j->done;
+  pthread_mutex_unlock(&j->mu);
+  if (!done) { lua_pushboolean(L, 0); return 1; }
+  if (j->rc != 0) {
+    lua_pushnil(L);
+    pushmsg(L, gai_message(j->rc, j->syserr));
+    return 2;
+  }
+  pushaddrs(L, j->res);
+  if (lua_rawlen(L, -1) == 0) { lua_pop(L, 1); lua_pushnil(L); lua_pushliteral(L, "no address"); return 2; }
+  return 1;
+}
+
+static int r_close(lua_State *L) {
+  req *r = checkreq(L);
+  if (r->job) { resolve_job *j = r->job; r->job = NULL; job_release(j); }
+  if (r->rfd >= 0) { close(r->rfd); r->rfd = -1; }   /* after: the thread writes no more */
+  return 0;
+}
+
+/* ---- the module --------------------------------------------------------- */
+
+int luaopen_market_sys(lua_State *L) {
+  static const luaL_Reg sock_methods[] = {
+    {"fd", s_fd}, {"close", s_close}, {"read", s_read}, {"write", s_write},
+    {"so_error", s_so_error}, {"shutdown", s_shutdown}, {"accept", s_accept},
+    {"local_port", s_local_port}, {"peer", s_peer}, {"recvfrom", s_recvfrom},
+    {"sendto", s_sendto}, {NULL, NULL}};
+  static const luaL_Reg req_methods[] = {
+    {"fd", r_fd}, {"result", r_result}, {"close", r_close}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+    {"resolve", l_resolve}, {"tcp_listen", l_tcp_listen}, {"tcp_connect", l_tcp_connect},
+    {"udp_bind", l_udp_bind}, {"fd_read", l_fd_read}, {NULL, NULL}};
+  lua_newuserdatauv(L, READ_MAX > DGRAM_MAX ? READ_MAX : DGRAM_MAX, 0);   /* scratch */
+  if (luaL_newmetatable(L, SOCK_MT)) {
+    lua_newtable(L);
+    lua_pushvalue(L, -3);
+    luaL_setfuncs(L, sock_methods, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, s_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, s_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, s_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, REQ_MT)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, req_methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, r_close);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, funcs, 1);
+  lua_remove(L, -2);
+  return 1;
+}

@@ -1,0 +1,220 @@
+-- market.udp: the UDP driver (DESIGN §3; the user's view is docs/udp.md).
+--
+-- Subscribing to udp.packet(_, local, _), where local is udp.handle(id) or
+-- udp.listener(port), makes the driver bind a socket for local (handle: any
+-- free port; listener: that port) and keep it while such subscribers
+-- remain.  The socket's process publishes udp.packet(udp.remote_address(_,
+-- _), local, _) (its presence means "bound"; an absence with a reason
+-- means the bind failed) and udp.bound(local, port), and subscribes to
+-- udp.packet(local, udp.remote_address(_, _), _): each such message is sent
+-- as one datagram.  Written against ground events only, like market.tcp.
+local market, sys = ...
+local M = {}
+
+local _ = market._
+local repr, P = market.repr, market.perform
+local mtype = math.type
+local readable, writable = market.ground.readable, market.ground.writable
+
+local packet = market.record("udp-packet", "source", "destination", "body")
+local remote_address = market.record("udp-remote-address", "host", "port")
+local handle = market.record("udp-handle", "id")
+local listener = market.record("udp-listener", "port")
+local bound = market.record("udp-bound", "socket", "port")
+M.packet, M.remote_address, M.handle, M.listener, M.bound =
+  packet, remote_address, handle, listener, bound
+
+local stop = market.record("udp-driver:stop", "socket")
+
+M.MAX_QUEUED = 1 << 20     -- bytes waiting for a full socket buffer before dropping
+M.CACHE_MS = 60000         -- how long a resolved host name is remembered
+M.stats = { received = 0, sent = 0, dropped = 0 }
+
+local function warn(fmt, ...)
+  io.stderr:write("market.udp: ", fmt:format(...), "\n")
+end
+
+local function socket_proc(loc)
+  return function()
+    local port = listener:is(loc) and loc.port or 0
+    local in_topic = packet(remote_address(_, _), loc, _)
+    local s, err
+    if mtype(port) ~= "integer" then
+      err = "the port must be an integer"
+    else
+      s, err = sys.udp_bind(port)
+    end
+    if not s then
+      -- Presence, then absence with the reason, for the subscribers.
+      P(market.publisher(in_topic, "in"),
+        market.quit(nil, ("cannot bind udp port %s: %s"):format(tostring(port), err)))
+      return
+    end
+    local fd = s:fd()
+    local q, qh, qt, qbytes = {}, 1, 0, 0       -- datagrams waiting: {data, sa}
+    local cache, ncache = {}, 0                 -- "host port" -> {sa, expires}
+    local resolving = {}                        -- key -> {req, datagrams...}
+    local nres = 0
+    local watching = {}
+    local warned = {}
+
+    local function watch(name, topic, fn)
+      if watching[name] then return end
+      watching[name] = true
+      P(market.subscriber(topic, { name = name, on_message = fn }))
+    end
+    local function unwatch(name)
+      if not watching[name] then return end
+      watching[name] = nil
+      P(market.delete_endpoint(name))
+    end
+
+    local function drop(why)
+      M.stats.dropped = M.stats.dropped + 1
+      if not warned[why] then
+        warned[why] = true
+        warn("%s: dropping a datagram: %s", repr(loc), why)
+      end
+    end
+
+    local flush
+    local function transmit(data, sa)
+      if qh <= qt then                          -- keep the order
+        if qbytes + #data > M.MAX_QUEUED then return drop("send queue full") end
+        qt = qt + 1
+        q[qt] = { data, sa }
+        qbytes = qbytes + #data
+        return
+      end
+      local n, serr = s:sendto(data, sa)
+      if n then
+        M.stats.sent = M.stats.sent + 1
+      elseif n == false then
+        qt = qt + 1
+        q[qt] = { data, sa }
+        qbytes = qbytes + #data
+        watch("wr", writable(fd), flush)
+      else
+        drop(serr)
+      end
+    end
+
+    function flush()
+      while qh <= qt do
+        local d = q[qh]
+        local n, serr = s:sendto(d[1], d[2])
+        if n == false then return end
+        if n then M.stats.sent = M.stats.sent + 1 else drop(serr) end
+        q[qh], qh = nil, qh + 1
+        qbytes = qbytes - #d[1]
+      end
+      unwatch("wr")
+    end
+
+    local function remember(key, sa, numeric)
+      if ncache >= 1024 then cache, ncache = {}, 0 end
+      ncache = ncache + 1
+      cache[key] = { sa, numeric and math.huge or market.now() + M.CACHE_MS }
+    end
+
+    local function on_out(_, m)
+      local data, dst = m.body, m.destination
+      if type(data) ~= "string" then return drop("the body is not a string: " .. repr(data)) end
+      local host, rport = dst.host, dst.port
+      if type(host) ~= "string" or mtype(rport) ~= "integer" then
+        return drop("bad destination " .. repr(dst))
+      end
+      local key = host .. " " .. rport
+      local hit = cache[key]
+      if hit and hit[2] > market.now() then return transmit(data, hit[1]) end
+      local pend = resolving[key]
+      if pend then pend[#pend + 1] = data; return end
+      local r, rerr = sys.resolve(host, rport, "udp")
+      if type(r) == "table" then
+        remember(key, r[1].sa, true)
+        return transmit(data, r[1].sa)
+      elseif not r then
+        return drop(("cannot resolve %s: %s"):format(host, rerr))
+      end
+      nres = nres + 1
+      local name = "resolve#" .. nres
+      pend = { r, data }
+      resolving[key] = pend
+      watch(name, readable(r:fd()), function()
+        local res, e = r:result()
+        if res == false then return end
+        unwatch(name)
+        r:close()
+        resolving[key] = nil
+        if not res then
+          for i = 2, #pend do drop(("unknown host %s (%s)"):format(host, e)) end
+          return
+        end
+        remember(key, res[1].sa, false)
+        for i = 2, #pend do transmit(pend[i], res[1].sa) end
+      end)
+    end
+
+    local function on_readable()
+      for _ = 1, 64 do
+        local data, host, rport = s:recvfrom()
+        if not data then return end             -- false: nothing more; nil: an error, try later
+        M.stats.received = M.stats.received + 1
+        P(market.send(packet(remote_address(host, rport), loc, data)))
+      end
+    end
+
+    local function close()
+      for name in pairs(watching) do P(market.delete_endpoint(name)) end
+      watching = {}
+      for _, pend in pairs(resolving) do pend[1]:close() end
+      s:close()
+      P(market.quit())
+    end
+
+    P(market.publisher(in_topic, "in"),
+      market.publisher(bound(loc, s:local_port()), "bound"),
+      market.subscriber(packet(loc, remote_address(_, _), _), { name = "out", on_message = on_out }),
+      market.subscriber(stop(loc), { name = "stop", on_message = close }))
+    watch("rd", readable(fd), on_readable)
+  end
+end
+
+-- The driver's boot function: run it with market.spawn(udp.driver).
+function M.driver()
+  local sockets = {}        -- repr(local) -> subscribers
+
+  local function key_of(role)
+    local loc = role.topic.destination
+    if handle:is(loc) then
+      if loc.id == _ then return nil end
+    elseif loc.port == _ then
+      return nil
+    end
+    return repr(loc), loc
+  end
+
+  local handlers = {
+    on_presence = function(_, role)
+      local key, loc = key_of(role)
+      if not key then return end
+      local n = (sockets[key] or 0) + 1
+      sockets[key] = n
+      if n == 1 then P(market.spawn(socket_proc(loc), { name = "udp " .. key })) end
+    end,
+    on_absence = function(_, role)
+      local key, loc = key_of(role)
+      if not key or not sockets[key] then return end
+      local n = sockets[key] - 1
+      sockets[key] = n > 0 and n or nil
+      if n == 0 then P(market.send(stop(loc))) end
+    end,
+  }
+  return market.transition(nil,
+    market.observe_subscribers(packet(_, handle(_), _),
+      { name = "handles", on_presence = handlers.on_presence, on_absence = handlers.on_absence }),
+    market.observe_subscribers(packet(_, listener(_), _),
+      { name = "listeners", on_presence = handlers.on_presence, on_absence = handlers.on_absence }))
+end
+
+return M

@@ -1,0 +1,83 @@
+-- examples/echo.lua: a TCP echo server, one session process per connection.
+--
+--   build/market examples/echo.lua [port]        (default port 5999)
+--
+-- The boot process observes publishers of tcp.channel(_, tcp.listener(port),
+-- _): that makes the driver listen.  Each accepted connection appears as the
+-- presence of a publisher tcp.channel(remote, listener, _); a session is
+-- spawned for it.  The session sends back what it reads, honours the
+-- driver's backpressure (it stops taking input while its output is queued
+-- past the high-water mark, so a client that sends but never reads cannot
+-- make the server grow), half-closes on end of stream and then goes, which
+-- closes the connection.  SIGINT or SIGTERM stop listening; the program
+-- exits once the open sessions are done.
+local market = require "market"
+local tcp = require "market.tcp"
+local _ = market._
+
+local port = math.tointeger(tonumber((...) or 5999))
+if not port then error("usage: market examples/echo.lua [port]", 0) end
+local here = tcp.listener(port)
+
+local function session(remote)
+  return function()
+    local inbound, outbound = tcp.channel(remote, here, _), tcp.channel(here, remote, _)
+    local function reader()
+      return market.subscriber(inbound, {
+        name = "in",
+        on_message = function(_, m)
+          local data = m.subpacket
+          if data == market.EOF then
+            -- Half-close our side too, then go: the driver flushes and closes.
+            return market.transition_no_state(
+              market.send(tcp.channel(here, remote, market.EOF)), market.quit())
+          end
+          return market.transition_no_state(market.send(tcp.channel(here, remote, data)))
+        end,
+        on_absence = function() return market.transition_no_state(market.quit()) end,
+      })
+    end
+    return market.transition(nil,
+      reader(),
+      market.publisher(outbound, {
+        name = "out",
+        -- The connection's manager went (the peer reset, say): so do we.
+        on_absence = function() return market.transition_no_state(market.quit()) end,
+      }),
+      market.observe_publishers(tcp.backpressure(here, remote), {
+        name = "backpressure",
+        on_presence = function() return market.transition_no_state(market.delete_endpoint("in")) end,
+        on_absence = function() return market.transition_no_state(reader()) end,
+      }))
+  end
+end
+
+local stopping = false
+local function stop()
+  if stopping then return end
+  stopping = true
+  return market.transition_no_state(market.quit())
+end
+
+return market.transition(nil,
+  market.observe_publishers(tcp.channel(_, here, _), {
+    name = "accept",
+    on_presence = function(_, role)
+      local remote = role.topic.source
+      return market.transition_no_state(
+        market.spawn(session(remote), { name = "echo " .. remote.host .. ":" .. remote.port }))
+    end,
+  }),
+  market.subscriber(tcp.listening(port, _), {
+    name = "listening",
+    on_presence = function(_, role)
+      if math.type(role.topic.bound_port) == "integer" then
+        io.stderr:write(("echo: listening on port %d\n"):format(role.topic.bound_port))
+      end
+    end,
+    on_absence = function(_, _, reason)
+      if reason then error("echo: " .. tostring(reason), 0) end
+    end,
+  }),
+  market.subscriber(market.ground.signal(2), { name = "sigint", on_message = stop }),
+  market.subscriber(market.ground.signal(15), { name = "sigterm", on_message = stop }))

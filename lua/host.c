@@ -1,0 +1,616 @@
+/*
+** host.c: market.h, the embedding interface: a ground VM plus the Lua
+** state of its Lua processes, native C processes, and term helpers.
+**
+** Every Lua call made here runs protected (lua_pcall of a small C
+** function), so a Lua error becomes a status and a message, never a panic.
+** Nothing here prints or exits.
+*/
+#include <ev.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lualib.h>
+
+#include "mkl.h"
+
+struct mk_host {
+  struct ev_loop *loop;
+  mk_ground *g;
+  lua_State *L;
+  uint8_t own_loop, own_L, drivers, freeing;
+  int code;                 /* last error */
+  char *msg;                /* owned, or NULL */
+  char *failure;            /* owned: first unreported process failure */
+  mk_failure_fn on_failure;
+  void *failure_ud;
+};
+
+/* Native handlers running on this thread (any host): run, step and free
+** are refused from inside one. */
+static _Thread_local int native_depth;
+
+const char *mk_version(void) { return MK_VERSION_STRING; }
+const char *mk_lua_release(void) { return LUA_RELEASE; }
+
+const char *mk_status_name(int code) {
+  switch (code) {
+    case MK_OK: return "MK_OK";
+    case MK_ENOMEM: return "MK_ENOMEM";
+    case MK_EINVAL: return "MK_EINVAL";
+    case MK_ELOOP: return "MK_ELOOP";
+    case MK_EIO: return "MK_EIO";
+    case MK_ELUA: return "MK_ELUA";
+    case MK_ENOPROC: return "MK_ENOPROC";
+    case MK_EFAILED: return "MK_EFAILED";
+    case MK_EBUSY: return "MK_EBUSY";
+    default: return "?";
+  }
+}
+
+/* ---- errors ------------------------------------------------------------- */
+
+static char *vformat(const char *fmt, va_list ap) {
+  va_list aq;
+  int n;
+  char *s;
+  va_copy(aq, ap);
+  n = vsnprintf(NULL, 0, fmt, aq);
+  va_end(aq);
+  if (n < 0 || (s = malloc((size_t)n + 1)) == NULL) return NULL;
+  vsnprintf(s, (size_t)n + 1, fmt, ap);
+  return s;
+}
+
+/* Record an error on h and return its code (so: return seterr(...)). */
+static int seterr(mk_host *h, int code, const char *fmt, ...) {
+  va_list ap;
+  free(h->msg);
+  va_start(ap, fmt);
+  h->msg = vformat(fmt, ap);
+  va_end(ap);
+  h->code = code;
+  return code;
+}
+
+static void fillerr(mk_error *err, int code, const char *fmt, ...) {
+  va_list ap;
+  if (err == NULL) return;
+  err->code = code;
+  va_start(ap, fmt);
+  vsnprintf(err->message, sizeof err->message, fmt, ap);
+  va_end(ap);
+}
+
+const char *mk_host_error(const mk_host *h) {
+  if (h == NULL) return "no host (NULL)";
+  if (h->msg == NULL) return h->code == MK_ENOMEM ? "out of memory" : "";
+  return h->msg;
+}
+
+int mk_host_errcode(const mk_host *h) { return h ? h->code : MK_EINVAL; }
+
+static int busy(mk_host *h) {
+  return native_depth > 0 || mkl_running(h->L);
+}
+
+/* The status of a failed lua_pcall, recorded with the message on top of
+** h->L (popped). */
+static int luaerr(mk_host *h, int status, int code, const char *what) {
+  const char *m = lua_tostring(h->L, -1);
+  if (status == LUA_ERRMEM) code = MK_ENOMEM;
+  seterr(h, code, "%s%s%s", what, what[0] ? ": " : "", m ? m : "(error object is not a string)");
+  lua_pop(h->L, 1);
+  return code;
+}
+
+/* ---- process failures --------------------------------------------------- */
+
+static void failed(void *ud, mk_proc *p, const char *traceback) {
+  mk_host *h = ud;
+  if (h->freeing) return;
+  if (h->failure == NULL) h->failure = strdup(traceback);
+  if (h->on_failure)
+    h->on_failure(h, mk_proc_pid(p), mk_proc_name(p), traceback, h->failure_ud);
+}
+
+/* After run or step: a failure not yet reported becomes the last error. */
+static int report(mk_host *h) {
+  if (h->failure == NULL) return MK_OK;
+  free(h->msg);
+  h->msg = h->failure;
+  h->failure = NULL;
+  h->code = MK_EFAILED;
+  return MK_EFAILED;
+}
+
+void mk_host_on_failure(mk_host *h, mk_failure_fn fn, void *ud) {
+  if (h == NULL) return;
+  h->on_failure = fn;
+  h->failure_ud = ud;
+}
+
+/* ---- life --------------------------------------------------------------- */
+
+static void preload(lua_State *L, const char *name, lua_CFunction f) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, f);
+  lua_setfield(L, -2, name);
+  lua_pop(L, 1);
+}
+
+/* Protected: open a fresh state's libraries and load "market". */
+static int p_setup(lua_State *L) {
+  luaL_openlibs(L);
+  preload(L, "market", luaopen_market);
+  preload(L, "market.timer", luaopen_market_timer);
+  preload(L, "market.tcp", luaopen_market_tcp);
+  preload(L, "market.udp", luaopen_market_udp);
+  preload(L, "market.event_relay", luaopen_market_event_relay);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "market");
+  lua_call(L, 1, 0);
+  return 0;
+}
+
+static mk_host *host_make(lua_State *L, struct ev_loop *loop, mk_error *err) {
+  mk_host *h = calloc(1, sizeof *h);
+  int st;
+  if (h == NULL) { fillerr(err, MK_ENOMEM, "out of memory"); return NULL; }
+  if (loop == NULL) {
+    loop = ev_loop_new(EVFLAG_AUTO);
+    if (loop == NULL) {
+      fillerr(err, MK_ELOOP, "libev cannot create an event loop");
+      free(h);
+      return NULL;
+    }
+    h->own_loop = 1;
+  }
+  h->loop = loop;
+  if (L == NULL) {
+    L = luaL_newstate();
+    if (L == NULL) { fillerr(err, MK_ENOMEM, "cannot create a Lua state: out of memory"); goto fail; }
+    h->L = L;
+    h->own_L = 1;
+    lua_pushcfunction(L, p_setup);
+    if ((st = lua_pcall(L, 0, 0, 0)) != LUA_OK) {
+      const char *m = lua_tostring(L, -1);
+      fillerr(err, st == LUA_ERRMEM ? MK_ENOMEM : MK_ELUA, "cannot load the market module: %s",
+              m ? m : "?");
+      goto fail;
+    }
+  }
+  h->L = L;
+  h->g = mk_ground_new(loop);
+  if (h->g == NULL) { fillerr(err, MK_ENOMEM, "cannot create the ground VM: out of memory"); goto fail; }
+  if (mkl_attach(L, h->g) != 0) {
+    fillerr(err, MK_EINVAL, "this Lua state already runs a ground VM");
+    goto fail;
+  }
+  mkl_on_fail(L, failed, h);
+  fillerr(err, MK_OK, "%s", "");
+  return h;
+fail:
+  if (h->g) mk_ground_free(h->g, NULL);
+  if (h->own_L && h->L) lua_close(h->L);
+  if (h->own_loop) ev_loop_destroy(h->loop);
+  free(h);
+  return NULL;
+}
+
+mk_host *mk_host_new(struct ev_loop *loop, mk_error *err) {
+  return host_make(NULL, loop, err);
+}
+
+mk_host *mkl_host_new(lua_State *L, struct ev_loop *loop, mk_error *err) {
+  if (L == NULL) { fillerr(err, MK_EINVAL, "no Lua state"); return NULL; }
+  return host_make(L, loop, err);
+}
+
+void mk_host_free(mk_host *h) {
+  if (h == NULL) return;
+  if (busy(h)) { seterr(h, MK_EBUSY, "mk_host_free: called from inside a handler"); return; }
+  h->freeing = 1;
+  mk_ground_free(h->g, NULL);      /* every process sees the others go */
+  mkl_on_fail(h->L, NULL, NULL);
+  mkl_detach(h->L);
+  if (h->own_L) lua_close(h->L);
+  if (h->own_loop) ev_loop_destroy(h->loop);
+  free(h->msg);
+  free(h->failure);
+  free(h);
+}
+
+struct ev_loop *mk_host_loop(mk_host *h) { return h ? h->loop : NULL; }
+mk_ground *mk_host_ground(mk_host *h) { return h ? h->g : NULL; }
+mk_vm *mk_host_vm(mk_host *h) { return h ? mk_ground_vm(h->g) : NULL; }
+struct lua_State *mk_host_lua(mk_host *h) { return h ? h->L : NULL; }
+
+void mk_host_trace(mk_host *h, mk_trace_fn fn, void *ud) {
+  if (h) mk_vm_set_trace(mk_ground_vm(h->g), fn, ud);
+}
+
+/* ---- Lua processes ------------------------------------------------------ */
+
+static const char *const driver_names[] = {"timer", "tcp", "udp", NULL};
+
+/* Protected: require each built-in driver and spawn its `driver`. */
+static int p_drivers(lua_State *L) {
+  mk_host *h = lua_touserdata(L, 1);
+  const char *const *d;
+  char name[32];
+  for (d = driver_names; *d; d++) {
+    if (!mkl_builtin(*d)) continue;
+    lua_getglobal(L, "require");
+    lua_pushfstring(L, "market.%s", *d);
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "driver");
+    if (lua_type(L, -1) != LUA_TFUNCTION)
+      return luaL_error(L, "market.%s has no driver function", *d);
+    snprintf(name, sizeof name, "%s-driver", *d);
+    mkl_spawn(L, mk_ground_vm(h->g), name, 0);     /* pops the driver function */
+    lua_settop(L, 1);
+  }
+  return 0;
+}
+
+int mk_host_start_drivers(mk_host *h) {
+  int st;
+  if (h == NULL) return MK_EINVAL;
+  if (h->drivers) return MK_OK;
+  lua_pushcfunction(h->L, p_drivers);
+  lua_pushlightuserdata(h->L, h);
+  if ((st = lua_pcall(h->L, 1, 0, 0)) != LUA_OK) return luaerr(h, st, MK_ELUA, "starting the drivers");
+  h->drivers = 1;
+  return MK_OK;
+}
+
+typedef struct arg_req { int argc, zero; const char *const *argv; } arg_req;
+
+static int p_set_arg(lua_State *L) {
+  arg_req *r = lua_touserdata(L, 1);
+  int i;
+  lua_createtable(L, r->argc - r->zero, r->zero + 1);
+  for (i = 0; i < r->argc; i++) {
+    lua_pushstring(L, r->argv[i]);
+    lua_rawseti(L, -2, (lua_Integer)i - r->zero);
+  }
+  lua_setglobal(L, "arg");
+  return 0;
+}
+
+int mk_host_set_arg(mk_host *h, int argc, const char *const *argv, int zero) {
+  arg_req r;
+  int st;
+  if (h == NULL) return MK_EINVAL;
+  if (argc < 0 || (argc > 0 && argv == NULL) || zero < 0 || zero > argc)
+    return seterr(h, MK_EINVAL, "mk_host_set_arg: bad argc, argv or zero");
+  r.argc = argc;
+  r.zero = zero;
+  r.argv = argv;
+  lua_pushcfunction(h->L, p_set_arg);
+  lua_pushlightuserdata(h->L, &r);
+  if ((st = lua_pcall(h->L, 1, 0, 0)) != LUA_OK) return luaerr(h, st, MK_ENOMEM, "mk_host_set_arg");
+  return MK_OK;
+}
+
+typedef struct spawn_req {
+  mk_host *h;
+  const char *path, *code, *name;
+  int argc;
+  const char *const *argv;
+  int loadstatus;
+  mk_pid pid;
+} spawn_req;
+
+/* The boot function of a chunk: function() return chunk(args...) end. */
+static const char wrapper[] =
+  "local unpack, chunk, args = table.unpack, ...\n"
+  "return function() return chunk(unpack(args, 1, args.n)) end";
+
+/* Protected: load the chunk, wrap it with its arguments, spawn it. */
+static int p_spawn(lua_State *L) {
+  spawn_req *r = lua_touserdata(L, 1);
+  int i;
+  r->loadstatus = r->path ? luaL_loadfilex(L, r->path, NULL)
+                          : luaL_loadbufferx(L, r->code, strlen(r->code), lua_tostring(L, 2), "t");
+  if (r->loadstatus != LUA_OK) return lua_error(L);
+  if (luaL_loadbufferx(L, wrapper, sizeof wrapper - 1, "=market.spawn", "t") != LUA_OK)
+    return lua_error(L);
+  lua_insert(L, -2);
+  lua_createtable(L, r->argc, 1);
+  for (i = 0; i < r->argc; i++) {
+    lua_pushstring(L, r->argv[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_pushinteger(L, r->argc);
+  lua_setfield(L, -2, "n");
+  lua_call(L, 2, 1);
+  r->pid = mkl_spawn(L, mk_ground_vm(r->h->g), r->name, 1);
+  return 0;
+}
+
+static mk_pid spawn_lua(spawn_req *r) {
+  mk_host *h = r->h;
+  lua_State *L = h->L;
+  int st;
+  if (r->argc < 0 || (r->argc > 0 && r->argv == NULL)) {
+    seterr(h, MK_EINVAL, "spawn: argc < 0, or argv NULL with argc > 0");
+    return 0;
+  }
+  r->loadstatus = LUA_OK;
+  lua_pushcfunction(L, p_spawn);
+  lua_pushlightuserdata(L, r);
+  if (r->path) lua_pushnil(L);
+  else lua_pushfstring(L, "=%s", r->name);
+  if ((st = lua_pcall(L, 2, 0, 0)) != LUA_OK) {
+    int code = MK_ELUA;
+    if (r->loadstatus == LUA_ERRFILE) code = MK_EIO;
+    luaerr(h, st, code, "");
+    return 0;
+  }
+  return r->pid;
+}
+
+mk_pid mk_host_spawn_file(mk_host *h, const char *path, int argc, const char *const *argv) {
+  spawn_req r;
+  if (h == NULL) return 0;
+  if (path == NULL) { seterr(h, MK_EINVAL, "mk_host_spawn_file: path is NULL"); return 0; }
+  memset(&r, 0, sizeof r);
+  r.h = h;
+  r.path = path;
+  r.name = path;
+  r.argc = argc;
+  r.argv = argv;
+  return spawn_lua(&r);
+}
+
+mk_pid mk_host_spawn_string(mk_host *h, const char *code, const char *name,
+                            int argc, const char *const *argv) {
+  spawn_req r;
+  if (h == NULL) return 0;
+  if (code == NULL) { seterr(h, MK_EINVAL, "mk_host_spawn_string: code is NULL"); return 0; }
+  memset(&r, 0, sizeof r);
+  r.h = h;
+  r.code = code;
+  r.name = name ? name : "(string)";
+  r.argc = argc;
+  r.argv = argv;
+  return spawn_lua(&r);
+}
+
+/* ---- native processes --------------------------------------------------- */
+
+typedef struct native {
+  mk_native on;
+  void *ud;
+} native;
+
+static void native_handle(mk_proc *p, const mk_event *ev) {
+  native *n = mk_proc_data(p);
+  native_depth++;
+  switch (ev->type) {
+    case MK_EV_BOOT:
+      if (n->on.on_boot) n->on.on_boot(p, n->ud);
+      break;
+    case MK_EV_PRESENCE:
+      if (n->on.on_presence) n->on.on_presence(p, n->ud, &ev->role, ev->endpoint);
+      break;
+    case MK_EV_ABSENCE:
+      if (n->on.on_absence) n->on.on_absence(p, n->ud, &ev->role, ev->reason, ev->endpoint);
+      break;
+    case MK_EV_MESSAGE:
+      if (n->on.on_message) n->on.on_message(p, n->ud, ev->message, ev->endpoint);
+      break;
+    case MK_EV_SPAWNED:
+      if (n->on.on_continue) n->on.on_continue(p, n->ud, ev->cont, ev->pid);
+      break;
+    case MK_EV_RESUME:
+      if (n->on.on_continue) n->on.on_continue(p, n->ud, ev->cont, 0);
+      break;
+    default:
+      break;
+  }
+  native_depth--;
+}
+
+static void native_destroy(mk_proc *p) {
+  native *n = mk_proc_data(p);
+  if (n == NULL) return;
+  if (n->on.on_exit) {
+    native_depth++;
+    n->on.on_exit(p, n->ud);
+    native_depth--;
+  }
+  free(n);
+}
+
+/* Tokens are the host program's pointers: nothing to release. */
+static const mk_behavior native_behavior = { "native", native_handle, NULL, native_destroy };
+
+static native *native_new(const mk_native *handlers, void *ud) {
+  native *n = malloc(sizeof *n);
+  if (n == NULL) return NULL;
+  n->on = *handlers;
+  n->ud = ud;
+  return n;
+}
+
+mk_pid mk_host_spawn_native(mk_host *h, const mk_native *handlers, void *ud, const char *name) {
+  native *n;
+  if (h == NULL) return 0;
+  if (handlers == NULL) { seterr(h, MK_EINVAL, "mk_host_spawn_native: handlers is NULL"); return 0; }
+  if ((n = native_new(handlers, ud)) == NULL) { seterr(h, MK_ENOMEM, "out of memory"); return 0; }
+  return mk_vm_spawn(mk_ground_vm(h->g), &native_behavior, n, name);
+}
+
+mk_pid mk_spawn_native(mk_proc *self, const mk_native *handlers, void *ud,
+                       const char *name, void *token) {
+  native *n;
+  if (self == NULL || handlers == NULL || !mk_proc_alive(self)) return 0;
+  if ((n = native_new(handlers, ud)) == NULL) return 0;
+  return mk_spawn(self, &native_behavior, n, name, token);
+}
+
+static int add_participant(mk_proc *self, const char *name, mk_term *topic, mk_orientation o) {
+  mk_role role;
+  role.orientation = o;
+  role.interest = MK_PARTICIPANT;
+  role.topic = topic;
+  if (self == NULL || name == NULL || topic == NULL) return -1;
+  return mk_add_endpoint(self, name, 0, role);
+}
+
+int mk_add_publisher(mk_proc *self, const char *name, mk_term *topic) {
+  return add_participant(self, name, topic, MK_PUBLISHER);
+}
+
+int mk_add_subscriber(mk_proc *self, const char *name, mk_term *topic) {
+  return add_participant(self, name, topic, MK_SUBSCRIBER);
+}
+
+/* ---- messages from the host --------------------------------------------- */
+
+int mk_host_send(mk_host *h, mk_term *body) {
+  if (h == NULL) return MK_EINVAL;
+  if (body == NULL) return seterr(h, MK_EINVAL, "mk_host_send: body is NULL");
+  mk_vm_send(mk_ground_vm(h->g), body, 0);
+  return MK_OK;
+}
+
+int mk_host_feedback(mk_host *h, mk_term *body) {
+  if (h == NULL) return MK_EINVAL;
+  if (body == NULL) return seterr(h, MK_EINVAL, "mk_host_feedback: body is NULL");
+  mk_vm_send(mk_ground_vm(h->g), body, 1);
+  return MK_OK;
+}
+
+typedef struct subscription {
+  mk_host *h;
+  mk_term *topic;
+  mk_message_fn fn;
+  void *ud;
+} subscription;
+
+static void sub_boot(mk_proc *self, void *ud) {
+  subscription *s = ud;
+  mk_add_subscriber(self, "subscribe", s->topic);
+}
+
+static void sub_message(mk_proc *self, void *ud, mk_term *message, const char *endpoint) {
+  subscription *s = ud;
+  s->fn(s->h, message, s->ud);
+}
+
+static void sub_exit(mk_proc *self, void *ud) {
+  subscription *s = ud;
+  mk_unref(s->topic);
+  free(s);
+}
+
+static const mk_native sub_handlers = {
+  sub_boot, NULL, NULL, sub_message, NULL, sub_exit
+};
+
+mk_pid mk_host_subscribe(mk_host *h, mk_term *topic, mk_message_fn fn, void *ud) {
+  subscription *s;
+  mk_pid pid;
+  if (h == NULL) return 0;
+  if (topic == NULL || fn == NULL) {
+    seterr(h, MK_EINVAL, "mk_host_subscribe: topic or fn is NULL");
+    return 0;
+  }
+  if ((s = malloc(sizeof *s)) == NULL) { seterr(h, MK_ENOMEM, "out of memory"); return 0; }
+  s->h = h;
+  s->topic = mk_ref(topic);
+  s->fn = fn;
+  s->ud = ud;
+  pid = mk_host_spawn_native(h, &sub_handlers, s, "subscribe");
+  if (pid == 0) { mk_unref(s->topic); free(s); }
+  return pid;
+}
+
+int mk_host_kill(mk_host *h, mk_pid pid, mk_term *reason) {
+  if (h == NULL) return MK_EINVAL;
+  if (mk_vm_kill(mk_ground_vm(h->g), pid, reason) != 0)
+    return seterr(h, MK_ENOPROC, "no process %llu in the ground VM", (unsigned long long)pid);
+  return MK_OK;
+}
+
+/* ---- running ------------------------------------------------------------ */
+
+int mk_host_run(mk_host *h) {
+  if (h == NULL) return MK_EINVAL;
+  if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_run: called from inside a handler");
+  mk_ground_run(h->g);
+  return report(h);
+}
+
+int mk_host_step(mk_host *h) {
+  int more;
+  if (h == NULL) return MK_EINVAL;
+  if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_step: called from inside a handler");
+  more = mk_ground_step(h->g);
+  if (report(h) != MK_OK) return MK_EFAILED;
+  return more ? 1 : 0;
+}
+
+/* ---- terms -------------------------------------------------------------- */
+
+mk_term *mk_record(const char *label, uint32_t n, ...) {
+  mk_rtype *rt = label ? mk_rtype_get(label, strlen(label), n, NULL) : NULL;
+  mk_term *t = rt ? mk_rec_new(rt) : NULL;
+  uint32_t i;
+  va_list ap;
+  va_start(ap, n);
+  for (i = 0; i < n; i++) {
+    mk_term *it = va_arg(ap, mk_term *);
+    if (t != NULL) mk_set(t, i, it);
+    else mk_unref(it);
+  }
+  va_end(ap);
+  if (rt != NULL) mk_rtype_unref(rt);
+  return mk_seal(t);
+}
+
+int mk_is_record(const mk_term *t, const char *label, uint32_t arity) {
+  return t != NULL && label != NULL && t->kind == MK_REC && t->n == arity &&
+         strlen(label) == t->v.rt->labellen && memcmp(t->v.rt->label, label, t->v.rt->labellen) == 0;
+}
+
+const char *mk_record_label(const mk_term *t) {
+  return t != NULL && t->kind == MK_REC ? t->v.rt->label : NULL;
+}
+
+mk_term *mk_field(const mk_term *t, uint32_t i) {
+  if (t == NULL || (t->kind != MK_REC && t->kind != MK_SEQ) || i >= t->n) return NULL;
+  return mk_items(t)[i];
+}
+
+mk_term *mk_field_named(const mk_term *t, const char *name) {
+  int i;
+  if (t == NULL || name == NULL || t->kind != MK_REC) return NULL;
+  i = mk_rtype_field(t->v.rt, name);
+  return i < 0 ? NULL : mk_items(t)[i];
+}
+
+const char *mk_tostring(const mk_term *t, size_t *len) {
+  if (t == NULL || t->kind != MK_STR) return NULL;
+  if (len) *len = t->n;
+  return mk_strdata(t);
+}
+
+int mk_tointeger(const mk_term *t, int64_t *out) {
+  if (t == NULL || t->kind != MK_INT) return 0;
+  if (out) *out = t->v.i;
+  return 1;
+}
+
+int mk_tonumber(const mk_term *t, double *out) {
+  if (t == NULL) return 0;
+  if (t->kind == MK_INT) { if (out) *out = (double)t->v.i; return 1; }
+  if (t->kind == MK_FLOAT) { if (out) *out = t->v.f; return 1; }
+  return 0;
+}

@@ -1,0 +1,392 @@
+/*
+** market.h: the public C interface of market, for programs that embed it.
+**
+**   #include <market.h>          cc host.c $(pkg-config --cflags --libs market)
+**
+** A *host* is one ground VM (the root of a tree of VMs, DESIGN §1) together
+** with the Lua state that runs its Lua processes.  A C program creates a
+** host on its own libev loop or lets market make one, starts the standard
+** drivers if it wants them, spawns Lua processes (from a file or a string)
+** and native C processes, sends messages in and subscribes from C, runs the
+** loop (or steps it without blocking), and frees the host, which ends every
+** process (each one still sees the others' absence) and releases everything
+** market allocated.  docs/embedding.md walks through a complete program
+** (examples/embed/).
+**
+** This header includes the lower layers, which are public too:
+**   term.h    terms: build and read topics and messages (ownership rules there)
+**   vm.h      VMs, processes, endpoints, events, and the actions a process
+**             performs while it handles an event (mk_send, mk_add_endpoint, ...)
+**   ground.h  the ground VM on a libev loop and its ground events
+**   route.h   the routing index (used by vm.h's types)
+**
+** Conventions.
+**
+** - Errors.  Functions that can fail return an int status (MK_OK = 0, or a
+**   negative mk_status) or, when they make a process, its pid (never 0) or 0
+**   on failure.  The host keeps the last error: mk_host_errcode() gives its
+**   status and mk_host_error() a readable message.  mk_host_new(), which
+**   has no host to keep it in yet, fills an mk_error the caller passes.
+** - Nothing here prints, and nothing calls exit().  The one exception is
+**   the out-of-memory policy of the VM core: when malloc fails inside the
+**   VM (vm.c, nested.c), market writes "market: out of memory" to stderr
+**   and calls abort(), as a process that cannot allocate cannot keep its
+**   promises about presence and absence.  Lua allocations that fail inside
+**   Lua code are ordinary Lua errors (the process fails with "not enough
+**   memory"); allocation failures this header can report are MK_ENOMEM.
+**   Tracing (mk_host_trace) hands lines to a function of yours; market
+**   itself never writes them anywhere.
+** - Ownership.  Terms passed *in* to the functions below are borrowed
+**   unless it says "steals"; terms returned are new references unless it
+**   says "borrowed" (see term.h).  Strings are copied when kept.
+** - Threads.  market is single-threaded: terms are counted without atomics
+**   and record types are interned in one table for the whole program.  A
+**   program may hold several hosts, but all on the thread that uses market.
+** - Re-entrancy.  Native handlers and Lua processes run from inside
+**   mk_host_run(), mk_host_step() or your own ev_run().  From inside a
+**   handler you may call every function here except mk_host_run(),
+**   mk_host_step() and mk_host_free(), which return MK_EBUSY (free: does
+**   nothing) there.
+*/
+#ifndef MARKET_H
+#define MARKET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "term.h"
+#include "vm.h"
+#include "ground.h"
+
+#define MK_VERSION_STRING "0.1.0"
+#define MK_VERSION_MAJOR 0
+#define MK_VERSION_MINOR 1
+#define MK_VERSION_PATCH 0
+
+struct ev_loop;
+struct lua_State;
+
+/* The version of the library linked in (may differ from MK_VERSION_STRING
+** when the header and the library come from different installs). */
+const char *mk_version(void);
+/* The Lua release the library was built with, e.g. "Lua 5.4.4". */
+const char *mk_lua_release(void);
+
+/* ---- errors ------------------------------------------------------------- */
+
+typedef enum mk_status {
+  MK_OK = 0,
+  MK_ENOMEM = -1,    /* an allocation failed */
+  MK_EINVAL = -2,    /* a NULL or malformed argument */
+  MK_ELOOP = -3,     /* libev could not create a loop */
+  MK_EIO = -4,       /* a file could not be opened or read */
+  MK_ELUA = -5,      /* Lua code did not load (syntax error) or its setup raised an error */
+  MK_ENOPROC = -6,   /* no process with that pid */
+  MK_EFAILED = -7,   /* a process the host spawned failed (mk_host_run, mk_host_step) */
+  MK_EBUSY = -8      /* not allowed from inside a handler (see Re-entrancy above) */
+} mk_status;
+
+/* Where mk_host_new reports why it failed. */
+typedef struct mk_error {
+  int code;              /* an mk_status */
+  char message[256];     /* NUL-terminated, "" when code is MK_OK */
+} mk_error;
+
+/* A short constant name for a status, e.g. "MK_ENOMEM" ("?" when unknown). */
+const char *mk_status_name(int code);
+
+/* ---- hosts -------------------------------------------------------------- */
+
+typedef struct mk_host mk_host;
+
+/*
+** Create a host: a ground VM on `loop` and a fresh Lua state for its Lua
+** processes (standard libraries open; `require "market"` and the driver
+** modules "market.timer", "market.tcp", "market.udp", "market.event_relay"
+** are built in, no files needed).
+**
+** loop: your libev loop, which the host uses but never destroys; or NULL,
+**   and market creates a loop of its own (ev_loop_new), which
+**   mk_host_free() destroys.  Either way mk_host_loop() returns it.
+**   Ground signal events (market:signal) work on any loop, but a signal
+**   can be watched in only one loop of the program at a time (libev).
+** err: may be NULL; on failure it receives the status and a message.
+**
+** Returns the host, owned by the caller (mk_host_free), or NULL:
+**   MK_ENOMEM  out of memory (Lua state, VM, ...)
+**   MK_ELOOP   loop was NULL and libev could not create one
+**   MK_ELUA    the built-in Lua modules failed to load (a build problem)
+*/
+mk_host *mk_host_new(struct ev_loop *loop, mk_error *err);
+
+/*
+** End every process and free the host.  Processes are killed one at a time
+** in pid order; each survivor sees the absence of each victim's endpoints
+** (reason nil), and Lua handlers run for those events as usual.  Then the
+** ground's watchers are stopped, the Lua state is closed and, if market
+** created the loop, the loop is destroyed.  Your loop and your watchers on
+** it are left alone.  After this, every term and record type market made
+** is released; terms you still hold stay valid until you mk_unref them.
+** NULL is accepted.  Called from inside a handler it does nothing.
+*/
+void mk_host_free(mk_host *h);
+
+/* The loop (yours, or the one market made).  Borrowed. */
+struct ev_loop *mk_host_loop(mk_host *h);
+/* The ground VM and its VM, for the lower-level calls of ground.h and
+** vm.h (e.g. mk_vm_nprocs, mk_ground_watching).  Borrowed. */
+mk_ground *mk_host_ground(mk_host *h);
+mk_vm *mk_host_vm(mk_host *h);
+/*
+** The host's Lua state (borrowed; include <lua.h> to use it), for hosts
+** that extend the Lua side: set globals, package.path, or preload modules
+** of their own before spawning scripts.  Do not close it, and do not use
+** it from a native handler while a Lua process is running (it never is
+** when a native handler runs).  Errors raised through it outside a
+** protected call end the program (Lua's panic): use lua_pcall.
+*/
+struct lua_State *mk_host_lua(mk_host *h);
+
+/* The message of the last error on this host ("" if none yet).  Borrowed,
+** valid until the next call on h. */
+const char *mk_host_error(const mk_host *h);
+/* The status of the last error on this host (MK_OK if none yet). */
+int mk_host_errcode(const mk_host *h);
+
+/*
+** Trace every event and action of every VM of this host: fn receives one
+** readable line (no newline) per event and action, e.g.
+**   ground #3 echo: message in request(1, "hi")
+** fn NULL stops tracing.  The line is borrowed for the call.
+*/
+void mk_host_trace(mk_host *h, mk_trace_fn fn, void *ud);
+
+/*
+** Called when a Lua process spawned by mk_host_spawn_file or
+** mk_host_spawn_string fails (raises an error): pid, its name and the Lua
+** traceback (borrowed for the call).  Its peers see absence with the error
+** as the reason either way.  fn NULL removes the callback.  Processes they
+** spawned in turn, drivers and native processes are not reported here.
+*/
+typedef void (*mk_failure_fn)(mk_host *h, mk_pid pid, const char *name,
+                              const char *traceback, void *ud);
+void mk_host_on_failure(mk_host *h, mk_failure_fn fn, void *ud);
+
+/* ---- Lua processes ------------------------------------------------------ */
+
+/*
+** Set the Lua global `arg` as lua(1) and `market` do: arg[i - zero] =
+** argv[i] for every i in 0..argc-1, so arg[0] is argv[zero] (the script),
+** arg[1..] what follows it, and the interpreter and its options get
+** negative indices.  Returns MK_OK, MK_EINVAL (argc < 0, argv NULL with
+** argc > 0, zero outside 0..argc) or MK_ENOMEM.
+*/
+int mk_host_set_arg(mk_host *h, int argc, const char *const *argv, int zero);
+
+/*
+** Start the standard drivers as processes of the ground VM: timer, tcp and
+** udp (each one that this build has; see docs/).  Call it before spawning
+** the processes that use them, so that the drivers' endpoints exist before
+** those processes run (events are delivered in spawn order).  At most once
+** per host; a second call does nothing.
+** Returns MK_OK, MK_ELUA (a driver failed to load: message has the Lua
+** error), MK_ENOMEM.
+*/
+int mk_host_start_drivers(mk_host *h);
+
+/*
+** Spawn a Lua process that runs the chunk in file `path`, as `market
+** script.lua` does: the chunk is the process's boot function, called with
+** argv[0..argc-1] (strings) as `...`.  It may return a transition
+** (market.transition) or run as straight-line code (market.perform,
+** market.yield).  The process's debug name is `path`.  The global `arg` is
+** not set (set it through mk_host_lua if your scripts expect it).
+**
+** Returns the pid, or 0:
+**   MK_EINVAL  h or path NULL, argc < 0, or argv NULL with argc > 0
+**   MK_EIO     the file cannot be opened or read (message says why)
+**   MK_ELUA    the file does not compile (message: file:line: error)
+**   MK_ENOMEM  out of memory
+** The chunk runs later, when the VM delivers the process's boot event
+** (mk_host_run / mk_host_step / your loop); a runtime error there is a
+** process failure (mk_host_on_failure, MK_EFAILED), not a return code here.
+*/
+mk_pid mk_host_spawn_file(mk_host *h, const char *path, int argc, const char *const *argv);
+
+/*
+** As mk_host_spawn_file, with the chunk's source in `code` (text only).
+** `name` is the chunk name in error messages and the debug name (NULL:
+** "(string)").  Errors: MK_EINVAL, MK_ELUA, MK_ENOMEM.
+*/
+mk_pid mk_host_spawn_string(mk_host *h, const char *code, const char *name,
+                            int argc, const char *const *argv);
+
+/* ---- native processes --------------------------------------------------- */
+
+/*
+** A native process: C callbacks with the shape of a Lua process's handler
+** table.  `ud` is the process's state (the Lua handlers' `state`): a
+** pointer of yours, passed to every callback; market never touches it.
+** Any callback may be NULL (the event is then ignored).
+**
+** Inside a callback the process acts with the calls of vm.h on `self`,
+** applied at once and in order, exactly like the actions of a Lua
+** transition (DESIGN §1):
+**
+**   Lua                                 C
+**   market.publisher(topic, {name=n})   mk_add_publisher(self, n, topic)
+**   market.subscriber(topic, {name=n})  mk_add_subscriber(self, n, topic)
+**   market.observe_*(topic, ...)        mk_add_endpoint(self, n, 0, role)
+**   market.delete_endpoint(n, reason)   mk_delete_endpoint(self, n, 0, reason)
+**   market.send(body)                   mk_send(self, body)
+**   market.feedback(body)               mk_feedback(self, body)
+**   market.spawn(boot, {k=...})         mk_spawn_native(self, &handlers, ud, name, token)
+**   market.quit(pid, reason)            mk_quit(self, pid, reason)
+**   market.yield(k)                     mk_yield(self, token)
+**   error(reason)                       mk_fail(self, reason) / mk_failf(self, fmt, ...)
+**
+** and may call the mk_host_* functions (spawning Lua processes, sending
+** from outside, ...) except run, step and free.  Terms in events are
+** borrowed for the call: mk_ref what you keep.  A native process follows
+** the VM's rules like any other: one with no endpoints after handling its
+** events (and nothing pending) has finished and is removed, so on_boot
+** normally adds an endpoint.
+**
+** on_boot      the first event: the process exists, with pid mk_proc_pid(self).
+** on_presence  a peer's endpoint matched `endpoint` (one of yours); `peer`
+**              is its role with the topic refined to the intersection.
+** on_absence   that peer went; reason NULL for a normal removal, otherwise
+**              the error or quit reason.
+** on_message   a message (or feedback) arrived on `endpoint`.
+** on_continue  a continuation you asked for is due: after mk_yield(self,
+**              token) with spawned == 0, or after mk_spawn/mk_spawn_native
+**              with a non-NULL token, with spawned = the new pid.
+** on_exit      the process is gone (quit, failed, killed, or the host was
+**              freed); called exactly once, last.  Free `ud` here if the
+**              process owns it.  `self` may no longer act.
+*/
+typedef struct mk_native {
+  void (*on_boot)(mk_proc *self, void *ud);
+  void (*on_presence)(mk_proc *self, void *ud, const mk_role *peer, const char *endpoint);
+  void (*on_absence)(mk_proc *self, void *ud, const mk_role *peer, mk_term *reason,
+                     const char *endpoint);
+  void (*on_message)(mk_proc *self, void *ud, mk_term *message, const char *endpoint);
+  void (*on_continue)(mk_proc *self, void *ud, void *token, mk_pid spawned);
+  void (*on_exit)(mk_proc *self, void *ud);
+} mk_native;
+
+/*
+** Spawn a native process in the ground VM, from outside any process (or
+** from any handler).  `handlers` is copied; `ud` belongs to you (or to the
+** process, if its on_exit frees it).  name may be NULL.
+** Returns the pid, or 0 with MK_EINVAL (h or handlers NULL) or MK_ENOMEM;
+** on_exit is not called then.
+*/
+mk_pid mk_host_spawn_native(mk_host *h, const mk_native *handlers, void *ud, const char *name);
+
+/*
+** The action "spawn a native process", performed by `self` while it
+** handles an event: the child lives in self's VM.  token, when not NULL,
+** comes back to self's on_continue with the child's pid.  Returns the pid,
+** or 0 when self is not alive or handlers is NULL, or on MK_ENOMEM.
+*/
+mk_pid mk_spawn_native(mk_proc *self, const mk_native *handlers, void *ud,
+                       const char *name, void *token);
+
+/* Shorthands for mk_add_endpoint (vm.h) at this level, as participants.
+** topic borrowed.  Return what mk_add_endpoint returns (0, 1, or -1). */
+int mk_add_publisher(mk_proc *self, const char *name, mk_term *topic);
+int mk_add_subscriber(mk_proc *self, const char *name, mk_term *topic);
+
+/* ---- messages from the host --------------------------------------------- */
+
+/*
+** Send `body` (borrowed) into the ground VM from outside any process, like
+** market.send: every subscriber whose topic unifies with it gets it, when
+** the VM next runs.  No subscriber: the message is gone.  mk_host_feedback
+** does the same toward publishers.  Returns MK_OK or MK_EINVAL.
+*/
+int mk_host_send(mk_host *h, mk_term *body);
+int mk_host_feedback(mk_host *h, mk_term *body);
+
+/*
+** Subscribe from C: spawns a native process (named "subscribe") with one
+** subscriber endpoint on `topic` (borrowed) that calls fn(h, message, ud)
+** for each matching message (message borrowed for the call).  It lasts
+** until mk_host_kill(h, pid, NULL) or mk_host_free.  Its presence is seen
+** by publishers of matching topics like any subscriber's.
+** Returns the pid, or 0 with MK_EINVAL or MK_ENOMEM.
+*/
+typedef void (*mk_message_fn)(mk_host *h, mk_term *message, void *ud);
+mk_pid mk_host_subscribe(mk_host *h, mk_term *topic, mk_message_fn fn, void *ud);
+
+/*
+** End process `pid` of the ground VM from outside, with `reason` (borrowed;
+** NULL for a normal quit): its endpoints go and peers see absence.
+** Returns MK_OK or MK_ENOPROC.
+*/
+int mk_host_kill(mk_host *h, mk_pid pid, mk_term *reason);
+
+/* ---- running ------------------------------------------------------------ */
+
+/*
+** Run the loop until the ground VM has nothing left to do: no event
+** queued and no ground event watched (no timer, socket or signal anyone
+** waits for).  Processes may remain (e.g. a subscriber nobody will ever
+** send to); they are ended by mk_host_free.  Your own watchers on a shared
+** loop are served meanwhile, but do not keep it running: if you have
+** watchers of your own, run the loop yourself (ev_run) instead; the ground
+** VM then runs its queued events before each poll, by itself.
+** Returns MK_OK; MK_EFAILED when a Lua process spawned by the host failed
+** during the run (mk_host_error has the first such traceback; the run
+** still went on to the end); MK_EBUSY from inside a handler.
+*/
+int mk_host_run(mk_host *h);
+
+/*
+** One step that never blocks: deliver every queued event, poll the loop
+** once without waiting, deliver again.  Returns 1 while there is something
+** left to do (queued events or watched ground events), 0 when there is
+** nothing; MK_EFAILED when a Lua process spawned by the host failed during
+** this step (step again to go on); MK_EBUSY from inside a handler.
+*/
+int mk_host_step(mk_host *h);
+
+/* ---- terms from C (more in term.h) -------------------------------------- */
+
+/*
+** A record with `label` and n fields, stolen (even on failure), e.g.
+**   mk_record("chat-line", 2, mk_cstr("bob"), mk_cstr("hi"))
+** equals what Lua builds with market.record("chat-line", "who", "text")
+** ("bob", "hi"): record types are identified by label and arity.
+** Returns a new sealed term, or NULL when out of memory.
+*/
+mk_term *mk_record(const char *label, uint32_t n, ...);
+/* 1 when t is a record with this label and arity, else 0. */
+int mk_is_record(const mk_term *t, const char *label, uint32_t arity);
+/* The label of a record (borrowed), or NULL when t is not a record. */
+const char *mk_record_label(const mk_term *t);
+/* Field i of a record or item i of a sequence (borrowed), or NULL when t
+** is neither or i is out of range. */
+mk_term *mk_field(const mk_term *t, uint32_t i);
+/* The field named `name` of a record whose type has field names (records
+** made by Lua's market.record do), borrowed; NULL when there is none. */
+mk_term *mk_field_named(const mk_term *t, const char *name);
+/* The bytes of a string term (borrowed, NUL-terminated; *len gets the
+** length when len is not NULL), or NULL when t is not a string. */
+const char *mk_tostring(const mk_term *t, size_t *len);
+/* 1 and *out = the value when t is an integer, else 0.  (A float with an
+** integral value in int64 range is an integer term already: mk_float.) */
+int mk_tointeger(const mk_term *t, int64_t *out);
+/* 1 and *out = the value when t is a number, else 0. */
+int mk_tonumber(const mk_term *t, double *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,421 @@
+/*
+** test_host.c: market.h, the embedding interface: hosts, Lua and native
+** processes, messages in and out, failures, stepping, teardown.
+*/
+#include <ev.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "market.h"
+#include "check.h"
+
+/* ---- a log the processes write to ---------------------------------------- */
+
+static char logbuf[8192];
+
+static void logf_(const char *fmt, ...) {
+  va_list ap;
+  size_t n = strlen(logbuf);
+  va_start(ap, fmt);
+  vsnprintf(logbuf + n, sizeof logbuf - n, fmt, ap);
+  va_end(ap);
+  n = strlen(logbuf);
+  if (n + 1 < sizeof logbuf) { logbuf[n] = '\n'; logbuf[n + 1] = 0; }
+}
+
+static int has(const char *s) { return strstr(logbuf, s) != NULL; }
+
+/* Lua: note(s) appends s to the log. */
+static int l_note(lua_State *L) {
+  logf_("%s", luaL_checkstring(L, 1));
+  return 0;
+}
+
+static mk_host *newhost(void) {
+  mk_error err;
+  mk_host *h = mk_host_new(NULL, &err);
+  CHECK(h != NULL);
+  CHECK(err.code == MK_OK && err.message[0] == 0);
+  if (h) {
+    lua_State *L = mk_host_lua(h);
+    lua_pushcfunction(L, l_note);
+    lua_setglobal(L, "note");
+  }
+  logbuf[0] = 0;
+  return h;
+}
+
+static char *repr(const mk_term *t) { return mk_repr(t, NULL); }
+
+/* ---- a native process that logs everything -------------------------------- */
+
+typedef struct probe {
+  const char *who;
+  mk_term *sub, *pub;        /* topics to take at boot (owned), or NULL */
+  int exits;
+  int run_busy, free_busy;   /* results of calling run/free from a handler */
+  mk_host *h;
+} probe;
+
+static void p_boot(mk_proc *self, void *ud) {
+  probe *p = ud;
+  logf_("%s boot", p->who);
+  if (p->sub) mk_add_subscriber(self, "sub", p->sub);
+  if (p->pub) mk_add_publisher(self, "pub", p->pub);
+  if (p->h) {
+    p->run_busy = mk_host_run(p->h);
+    mk_host_free(p->h);               /* refused: must do nothing */
+    p->free_busy = mk_host_errcode(p->h);
+  }
+}
+
+static void p_presence(mk_proc *self, void *ud, const mk_role *peer, const char *ep) {
+  probe *p = ud;
+  char *t = repr(peer->topic);
+  logf_("%s presence %s %s", p->who, ep, t);
+  free(t);
+}
+
+static void p_absence(mk_proc *self, void *ud, const mk_role *peer, mk_term *reason,
+                      const char *ep) {
+  probe *p = ud;
+  char *t = repr(peer->topic), *r = reason ? repr(reason) : NULL;
+  logf_("%s absence %s %s %s", p->who, ep, t, r ? r : "nil");
+  free(t);
+  free(r);
+}
+
+static void p_message(mk_proc *self, void *ud, mk_term *m, const char *ep) {
+  probe *p = ud;
+  char *t = repr(m);
+  logf_("%s message %s %s", p->who, ep, t);
+  free(t);
+}
+
+static void p_exit(mk_proc *self, void *ud) {
+  probe *p = ud;
+  p->exits++;
+  logf_("%s exit", p->who);
+  mk_unref(p->sub);
+  mk_unref(p->pub);
+  p->sub = p->pub = NULL;
+}
+
+static const mk_native probe_handlers = {
+  p_boot, p_presence, p_absence, p_message, NULL, p_exit
+};
+
+/* ---- tests ------------------------------------------------------------------ */
+
+static void new_and_free(void) {
+  size_t base = mk_term_live();
+  mk_host *h = newhost();
+  CHECK(mk_host_errcode(h) == MK_OK);
+  CHECK(strcmp(mk_host_error(h), "") == 0);
+  CHECK(mk_host_loop(h) != NULL && mk_host_vm(h) != NULL && mk_host_ground(h) != NULL);
+  CHECK(mk_host_run(h) == MK_OK);       /* nothing to do */
+  CHECK(mk_host_step(h) == 0);
+  mk_host_free(h);
+  mk_host_free(NULL);
+  CHECK(mk_term_live() == base);
+  CHECK(strcmp(mk_version(), MK_VERSION_STRING) == 0);
+  CHECK(strncmp(mk_lua_release(), "Lua 5.4", 7) == 0);
+  CHECK(strcmp(mk_status_name(MK_EFAILED), "MK_EFAILED") == 0);
+}
+
+static void spawn_errors(void) {
+  mk_host *h = newhost();
+  const char *argv[1] = { "x" };
+  CHECK(mk_host_spawn_file(h, "/nonexistent/script.lua", 0, NULL) == 0);
+  CHECK(mk_host_errcode(h) == MK_EIO);
+  CHECK(strstr(mk_host_error(h), "/nonexistent/script.lua") != NULL);
+  CHECK(mk_host_spawn_string(h, "this is not lua", "broken", 0, NULL) == 0);
+  CHECK(mk_host_errcode(h) == MK_ELUA);
+  CHECK(strstr(mk_host_error(h), "broken:1:") != NULL);
+  CHECK(mk_host_spawn_string(h, NULL, "x", 0, NULL) == 0);
+  CHECK(mk_host_errcode(h) == MK_EINVAL);
+  CHECK(mk_host_spawn_string(h, "return", "x", 1, NULL) == 0);
+  CHECK(mk_host_errcode(h) == MK_EINVAL);
+  CHECK(mk_host_spawn_string(h, "return", "x", -1, argv) == 0);
+  CHECK(mk_host_errcode(h) == MK_EINVAL);
+  CHECK(mk_host_spawn_native(h, NULL, NULL, "x") == 0);
+  CHECK(mk_host_errcode(h) == MK_EINVAL);
+  CHECK(mk_host_kill(h, 999, NULL) == MK_ENOPROC);
+  CHECK(mk_host_send(h, NULL) == MK_EINVAL);
+  CHECK(mk_host_subscribe(h, NULL, NULL, NULL) == 0);
+  CHECK(mk_vm_nprocs(mk_host_vm(h)) == 0);
+  CHECK(mk_host_run(h) == MK_OK);
+  mk_host_free(h);
+}
+
+/* A Lua process and a native one talk; the Lua chunk sees its arguments. */
+static void lua_and_native(void) {
+  size_t base = mk_term_live();
+  mk_host *h = newhost();
+  probe p = { "native", NULL, NULL, 0, 0, 0, NULL };
+  const char *argv[2] = { "alpha", "beta" };
+  mk_pid np, lp;
+  p.sub = mk_record("pong", 2, mk_wild(), mk_wild());
+  p.pub = mk_record("ping", 1, mk_wild());
+  np = mk_host_spawn_native(h, &probe_handlers, &p, "probe");
+  lp = mk_host_spawn_string(h,
+    "local market = require 'market'\n"
+    "local a, b = ...\n"
+    "local ping, pong = market.record('ping', 'n'), market.record('pong', 'n', 'who')\n"
+    "return market.transition(0,\n"
+    "  market.subscriber(ping(market._), { on_message = function(s, m)\n"
+    "    note('lua got ping ' .. m.n)\n"
+    "    return market.transition(s, market.send(pong(m.n, a .. '+' .. b)), market.quit())\n"
+    "  end }),\n"
+    "  market.publisher(pong(market._, market._)))\n",
+    "pinger", 2, argv);
+  CHECK(np == 1 && lp == 2);
+  CHECK(mk_host_step(h) == 0);    /* both booted, presence seen; nothing watched */
+  CHECK(has("native boot"));
+  CHECK(has("native presence pub ping(_)"));
+  CHECK(has("native presence sub pong(_, _)"));
+  {
+    mk_term *m = mk_record("ping", 1, mk_int(7));
+    CHECK(mk_host_send(h, m) == MK_OK);
+    mk_unref(m);
+  }
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(has("lua got ping 7"));
+  CHECK(has("native message sub pong(7, \"alpha+beta\")"));
+  CHECK(has("native absence pub ping(_) nil"));        /* the Lua process quit */
+  CHECK(mk_vm_nprocs(mk_host_vm(h)) == 1);
+  CHECK(p.exits == 0);
+  mk_host_free(h);
+  CHECK(p.exits == 1 && has("native exit"));
+  CHECK(mk_term_live() == base);
+}
+
+/* Records made in C and in Lua are the same terms. */
+static void terms_across(void) {
+  mk_host *h = newhost();
+  mk_term *got = NULL;
+  probe p = { "native", NULL, NULL, 0, 0, 0, NULL };
+  mk_term *t = mk_record("chat-line", 2, mk_cstr("bob"), mk_cstr("hi"));
+  int64_t i;
+  double d;
+  size_t len;
+  CHECK(mk_is_record(t, "chat-line", 2) && !mk_is_record(t, "chat-line", 3));
+  CHECK(strcmp(mk_record_label(t), "chat-line") == 0);
+  CHECK(strcmp(mk_tostring(mk_field(t, 0), &len), "bob") == 0 && len == 3);
+  CHECK(mk_field(t, 2) == NULL && mk_field_named(t, "who") == NULL);
+  p.sub = mk_record("chat-line", 2, mk_wild(), mk_wild());
+  mk_host_spawn_native(h, &probe_handlers, &p, "probe");
+  mk_host_spawn_string(h,
+    "local market = require 'market'\n"
+    "local line = market.record('chat-line', 'who', 'text')\n"
+    "market.perform(market.send(line('ann', 'yo')), market.send({1, 2.5, true}))\n",
+    "sender", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(has("native message sub chat-line(\"ann\", \"yo\")"));
+  /* The Lua side named the fields: C can read them by name now. */
+  CHECK(strcmp(mk_tostring(mk_field_named(t, "text"), NULL), "hi") == 0);
+  got = mk_record("x", 3, mk_int(5), mk_float(2.5), mk_float(3.0));
+  CHECK(mk_tointeger(mk_field(got, 0), &i) && i == 5);
+  CHECK(!mk_tointeger(mk_field(got, 1), &i) && mk_tonumber(mk_field(got, 1), &d) && d == 2.5);
+  CHECK(mk_tointeger(mk_field(got, 2), &i) && i == 3);
+  CHECK(mk_tostring(got, NULL) == NULL && mk_record_label(mk_field(got, 0)) == NULL);
+  mk_unref(got);
+  mk_unref(t);
+  mk_host_free(h);
+}
+
+/* mk_host_subscribe: a callback per message, from Lua and from C. */
+static int nsub;
+static void on_sub(mk_host *h, mk_term *m, void *ud) {
+  char *s = repr(m);
+  logf_("%s got %s", (const char *)ud, s);
+  free(s);
+  nsub++;
+}
+
+static void subscribe(void) {
+  mk_host *h = newhost();
+  mk_term *topic = mk_record("news", 1, mk_wild()), *m;
+  mk_pid pid = mk_host_subscribe(h, topic, on_sub, "cb");
+  mk_unref(topic);
+  CHECK(pid != 0);
+  mk_host_spawn_string(h,
+    "local market = require 'market'\n"
+    "market.perform(market.send(market.record('news', 'what')('lua')))\n", "n", 0, NULL);
+  nsub = 0;
+  /* The subscription exists once its process has booted: before that, a
+  ** message sent from C finds nobody (no buffering). */
+  CHECK(mk_host_step(h) == 0 && nsub == 1);
+  m = mk_record("news", 1, mk_cstr("c"));
+  mk_host_send(h, m);
+  mk_unref(m);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(nsub == 2 && has("cb got news(\"lua\")") && has("cb got news(\"c\")"));
+  CHECK(mk_host_kill(h, pid, NULL) == MK_OK);
+  m = mk_record("news", 1, mk_cstr("late"));
+  mk_host_send(h, m);
+  mk_unref(m);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(nsub == 2);
+  mk_host_free(h);
+}
+
+/* A failing Lua process: MK_EFAILED with the traceback, the callback, and
+** the peers see absence with the error. */
+static int nfail;
+static void on_fail(mk_host *h, mk_pid pid, const char *name, const char *tb, void *ud) {
+  logf_("failed %llu %s", (unsigned long long)pid, name);
+  CHECK(strstr(tb, "kaboom") != NULL && strstr(tb, "stack traceback") != NULL);
+  nfail++;
+}
+
+static void failure(void) {
+  mk_host *h = newhost();
+  probe p = { "watcher", NULL, NULL, 0, 0, 0, NULL };
+  p.sub = mk_cstr("doomed");
+  mk_host_on_failure(h, on_fail, NULL);
+  mk_host_spawn_native(h, &probe_handlers, &p, "watcher");
+  mk_host_spawn_string(h,
+    "local market = require 'market'\n"
+    "market.perform(market.publisher('doomed'))\n"
+    "market.pause()\n"
+    "error('kaboom')\n", "bomb", 0, NULL);
+  nfail = 0;
+  CHECK(mk_host_run(h) == MK_EFAILED);
+  CHECK(mk_host_errcode(h) == MK_EFAILED);
+  CHECK(strstr(mk_host_error(h), "bomb:4: kaboom") != NULL);
+  CHECK(strstr(mk_host_error(h), "stack traceback") != NULL);
+  CHECK(nfail == 1 && has("failed 2 bomb"));
+  CHECK(has("watcher absence sub \"doomed\" \"bomb:4: kaboom\""));
+  CHECK(mk_host_run(h) == MK_OK);     /* reported once */
+  mk_host_free(h);
+}
+
+/* Freeing the host: every process sees the others' absence, Lua ones too. */
+static void teardown(void) {
+  size_t base = mk_term_live();
+  mk_host *h = newhost();
+  probe a = { "a", NULL, NULL, 0, 0, 0, NULL };
+  a.sub = mk_cstr("t");
+  mk_host_spawn_native(h, &probe_handlers, &a, "a");
+  mk_host_spawn_string(h,
+    "local market = require 'market'\n"
+    "return market.transition(0, market.publisher('t', { on_absence = function(s, r)\n"
+    "  note('lua absence ' .. market.repr(r.topic)) end }),\n"
+    "  market.subscriber('t', { on_absence = function(s, r)\n"
+    "  note('lua sub absence ' .. market.repr(r.topic)) end }))\n", "luap", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(has("a presence sub \"t\""));
+  CHECK(!has("absence"));
+  CHECK(mk_vm_nprocs(mk_host_vm(h)) == 2);
+  mk_host_free(h);
+  /* a (pid 1) goes first: the Lua process sees it; then the Lua process,
+  ** with nobody left to see it. */
+  CHECK(has("a exit"));
+  CHECK(has("lua absence \"t\""));
+  CHECK(!has("lua sub absence"));
+  CHECK(mk_term_live() == base);
+}
+
+/* run, step and free are refused from inside a handler. */
+static void busy(void) {
+  mk_host *h = newhost();
+  probe p = { "b", NULL, NULL, 0, 0, 0, NULL };
+  p.h = h;
+  mk_host_spawn_native(h, &probe_handlers, &p, "b");
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(p.run_busy == MK_EBUSY && p.free_busy == MK_EBUSY);
+  CHECK(p.exits == 1);    /* no endpoints: finished after boot */
+  mk_host_free(h);
+}
+
+/* Continuations of native processes: spawn with a token, yield. */
+static int tokens[2];
+static void c_boot(mk_proc *self, void *ud) {
+  probe *child = ud;
+  (void)child;
+  CHECK(mk_spawn_native(self, &probe_handlers, ud, "child", &tokens[0]) != 0);
+  mk_yield(self, &tokens[1]);
+}
+static void c_continue(mk_proc *self, void *ud, void *token, mk_pid spawned) {
+  logf_("continue %s %llu", token == &tokens[0] ? "spawn" : token == &tokens[1] ? "yield" : "?",
+        (unsigned long long)spawned);
+}
+static void continuations(void) {
+  mk_host *h = newhost();
+  probe child = { "child", NULL, NULL, 0, 0, 0, NULL };
+  mk_native parent = { c_boot, NULL, NULL, NULL, c_continue, NULL };
+  mk_host_spawn_native(h, &parent, &child, "parent");
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(has("child boot"));
+  CHECK(has("continue spawn 2"));
+  CHECK(has("continue yield 0"));
+  CHECK(child.exits == 1);
+  mk_host_free(h);
+}
+
+/* The host's own loop, stepped; drivers; arg. */
+static void own_loop_step(void) {
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_error err;
+  mk_host *h = mk_host_new(loop, &err);
+  const char *argv[3] = { "market", "script.lua", "one" };
+  int r, steps = 0;
+  lua_State *L;
+  CHECK(h != NULL && mk_host_loop(h) == loop);
+  L = mk_host_lua(h);
+  lua_pushcfunction(L, l_note);
+  lua_setglobal(L, "note");
+  logbuf[0] = 0;
+  CHECK(mk_host_set_arg(h, 3, argv, 1) == MK_OK);
+  CHECK(mk_host_set_arg(h, 3, argv, 4) == MK_EINVAL);
+  CHECK(mk_host_start_drivers(h) == MK_OK);
+  CHECK(mk_host_start_drivers(h) == MK_OK);      /* once */
+  mk_host_spawn_string(h,
+    "local market = require 'market'\n"
+    "local timer = require 'market.timer'\n"
+    "note('arg ' .. arg[-1] .. ' ' .. arg[0] .. ' ' .. arg[1])\n"
+    "timer.sleep(20)\n"
+    "note('slept')\n", "sleeper", 0, NULL);
+  while ((r = mk_host_step(h)) == 1 && steps < 100000) steps++;
+  CHECK(r == 0);
+  CHECK(has("arg market script.lua one"));
+  CHECK(has("slept"));
+  mk_host_free(h);
+  ev_loop_destroy(loop);
+}
+
+/* Trace lines go to the host's function, nowhere else. */
+static int ntrace;
+static void trace_fn(void *ud, const char *line) {
+  if (strstr(line, "traced")) ntrace++;
+}
+static void trace(void) {
+  mk_host *h = newhost();
+  mk_host_trace(h, trace_fn, NULL);
+  mk_host_spawn_string(h, "local m = require 'market'; m.perform(m.send('x'))", "traced", 0, NULL);
+  ntrace = 0;
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(ntrace > 0);
+  mk_host_free(h);
+}
+
+int main(void) {
+  RUN(new_and_free);
+  RUN(spawn_errors);
+  RUN(lua_and_native);
+  RUN(terms_across);
+  RUN(subscribe);
+  RUN(failure);
+  RUN(teardown);
+  RUN(busy);
+  RUN(continuations);
+  RUN(own_loop_step);
+  RUN(trace);
+  return CHECK_DONE();
+}

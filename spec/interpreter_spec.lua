@@ -1,0 +1,199 @@
+-- interpreter_spec.lua: the `market` program (DESIGN §4), run as a child
+-- process from $MARKET_BUILD/market.
+package.path = "spec/support/?.lua;" .. package.path
+local H = require "helpers"
+
+local function script(text)
+  return H.tempfile(text)
+end
+
+describe("market script.lua", function()
+  it("runs the script with its arguments in `arg` and `...`, and exits 0", function()
+    local path = script([[
+      print("arg0", arg[0] == (...) and "same" or arg[0]:match("[^/]*$"))
+      print("args", arg[1], arg[2], #arg, select("#", ...), ...)
+      print("neg", arg[-1] ~= nil)
+    ]])
+    local status, out, err = H.run(H.quote(path) .. " a 'b c'")
+    os.remove(path)
+    assert.equal(0, status, err)
+    assert.equal(("arg0\t%s\nargs\ta\tb c\t2\t2\ta\tb c\nneg\ttrue\n"):format(path:match("[^/]*$")),
+                 out)
+    assert.equal("", err)
+  end)
+
+  it("top-level code is the boot process: it performs actions and waits with market.yield",
+     function()
+    local path = script([[
+      local market = require "market"
+      local pid = market.perform(market.spawn(function()
+        return market.transition(0, market.subscriber("ping", { on_message = function(s)
+          return market.transition(s, market.send("pong"), market.quit())
+        end }))
+      end))
+      market.perform(market.subscriber("pong", "pong"))
+      market.pause()
+      market.perform(market.send("ping"))
+      local ev = market.yield()
+      print("boot", select(3, market.self()), "got", ev.message, "on", ev.endpoint, "child", pid)
+    ]])
+    local status, out, err = H.run("--no-drivers " .. H.quote(path))
+    os.remove(path)
+    assert.equal(0, status, err)
+    assert.equal("boot\tground\tgot\tpong\ton\tpong\tchild\t2\n", out)
+  end)
+
+  it("a script may return a transition: its state and actions, handlers included", function()
+    local path = script([[
+      local market = require "market"
+      return market.transition(10, market.subscriber("tick", { on_message = function(s)
+        print("tick", s)
+        if s == 12 then return market.transition(s, market.quit()) end
+        return market.transition(s + 1)
+      end }), market.send("tick"), market.send("tick"), market.send("tick"))
+    ]])
+    local status, out, err = H.run("--no-drivers " .. H.quote(path))
+    os.remove(path)
+    assert.equal(0, status, err)
+    assert.equal("tick\t10\ntick\t11\ntick\t12\n", out)
+  end)
+
+  it("starts the timer driver (and the others) unless --no-drivers", function()
+    local path = script([[
+      local market = require "market"
+      local timer = require "market.timer"
+      market.perform(market.subscriber(timer.expired("t", market._), "t"))
+      market.perform(market.send(timer.set("t", 5, "relative")))
+      local ev = market.yield()
+      print("expired", ev.message.label, math.type(ev.message.msecs) ~= nil)
+    ]])
+    local status, out, err = H.run(H.quote(path))
+    os.remove(path)
+    assert.equal(0, status, err)
+    assert.equal("expired\tt\ttrue\n", out)
+  end)
+
+  it("exits non-zero with the error and a traceback when the boot script fails", function()
+    local path = script([[
+      local function deeper() error("the script broke") end
+      deeper()
+    ]])
+    local status, out, err = H.run("--no-drivers " .. H.quote(path))
+    os.remove(path)
+    assert.equal(1, status)
+    assert.matches("^market: [^\n]*:1: the script broke\n", err)
+    assert.matches("stack traceback:", err)
+    assert.matches("in %a* ?%a* ?'?deeper'?", err)
+  end)
+
+  it("a crash of a spawned process is not the program's failure", function()
+    local path = script([[
+      local market = require "market"
+      market.perform(market.spawn(function() error("child broke") end))
+      market.pause()
+      print("boot done")
+    ]])
+    local status, out, err = H.run("--no-drivers " .. H.quote(path))
+    os.remove(path)
+    assert.equal(0, status, err)
+    assert.equal("boot done\n", out)
+  end)
+
+  it("a syntax error or a missing script is reported, non-zero", function()
+    local path = script("this is not lua\n")
+    local status, out, err = H.run(H.quote(path))
+    os.remove(path)
+    assert.equal(1, status)
+    assert.matches("^market: [^\n]*:1: syntax error", err)
+    status, out, err = H.run("/nonexistent/script.lua")
+    assert.equal(1, status)
+    assert.matches("^market: cannot open /nonexistent/script%.lua", err)
+  end)
+end)
+
+describe("market -e", function()
+  it("runs CODE as the boot process; further arguments are its arguments", function()
+    local status, out, err = H.run("-e " .. H.quote([[
+      local market = require "market"
+      market.perform(market.spawn(function() print("child", select(3, market.self())) end))
+      print("code", select("#", ...), arg[1], arg[2], ...)
+    ]]) .. " x y")
+    assert.equal(0, status, err)
+    assert.equal("code\t2\tx\ty\tx\ty\nchild\tground\n", out)
+  end)
+
+  it("fails like a script", function()
+    local status, out, err = H.run("-e " .. H.quote("error('from -e')"))
+    assert.equal(1, status)
+    assert.matches("^market: %(command line%):1: from %-e\n", err)
+    assert.matches("stack traceback", err)
+  end)
+
+  it("without CODE is a usage error", function()
+    local status, out, err = H.run("-e")
+    assert.equal(2, status)
+    assert.matches("%-e needs an argument", err)
+  end)
+end)
+
+describe("market options", function()
+  it("--help explains itself and exits 0", function()
+    for _, opt in ipairs { "--help", "-h" } do
+      local status, out, err = H.run(opt)
+      assert.equal(0, status)
+      assert.matches("^usage: market %[options%] %[script %[args%.%.%.%]%]", out)
+      for _, word in ipairs { "%-e CODE", "%-%-trace", "%-%-no%-drivers", "%-%-version", "arg" } do
+        assert.matches(word, out)
+      end
+    end
+  end)
+
+  it("--version prints the version", function()
+    local status, out = H.run("--version")
+    assert.equal(0, status)
+    assert.matches("^market %d+%.%d+[%.%d]* %(Lua 5%.4[%.%d]*%)\n$", out)
+  end)
+
+  it("an unknown option is a usage error (status 2)", function()
+    local status, out, err = H.run("--frobnicate")
+    assert.equal(2, status)
+    assert.matches("unknown option '%-%-frobnicate'", err)
+  end)
+
+  it("no script is an error", function()
+    local status, out, err = H.run("")
+    assert.is_true(status ~= 0)
+    assert.matches("no script given", err)
+  end)
+
+  it("--trace prints one line per event and action to stderr", function()
+    local path = script([[
+      local market = require "market"
+      market.perform(market.spawn(function()
+        return market.transition(0, market.subscriber({ "hello", market._ }, { name = "in",
+          on_message = function(s, m) return market.transition(s, market.quit(nil, "done")) end }))
+      end, { name = "greeter" }))
+      market.pause()
+      market.perform(market.send({ "hello", 42 }))
+    ]])
+    local status, out, err = H.run("--no-drivers --trace " .. H.quote(path))
+    os.remove(path)
+    assert.equal(0, status, err)
+    local lines = {}
+    -- The boot process is named after the script (or "boot").
+    local quoted = path:gsub("%p", "%%%0")
+    for l in err:gmatch("[^\n]+") do lines[#lines + 1] = (l:gsub(quoted, "boot")) end
+    local want = {
+      "market: ground #1 boot: lua",
+      "market: ground #2 greeter: lua",
+      'market: ground #2 greeter: add in subscriber/participant ["hello", _]',
+      "market: ground #1 boot: resume",
+      'market: ground #1 boot: send ["hello", 42]',
+      "market: ground #1 boot: quit",
+      'market: ground #2 greeter: message in subscriber/participant ["hello", _] ["hello", 42]',
+      'market: ground #2 greeter: quit "done"',
+      'market: ground #2 greeter: delete in subscriber/participant ["hello", _] "done"',
+    }
+    assert.same(want, lines)
+  end)
+end)

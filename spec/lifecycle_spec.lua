@@ -1,0 +1,537 @@
+-- lifecycle_spec.lua: processes: spawn, continuations, yield, quit, crash,
+-- implicit exit, VM exit, straight-line code (DESIGN §1, §4).
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local H = require "helpers"
+local _ = market._
+local T, S = market.transition, market.transition_no_state
+
+-- A process that just holds `actions` (from its boot transition).
+local function holder(name, ...)
+  local acts = table.pack(...)
+  return market.spawn(function() return T(0, table.unpack(acts, 1, acts.n)) end, { name = name })
+end
+
+describe("spawn", function()
+  it("a spawn continuation receives the new pid, which the child sees as its own", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        return T("parent-state", market.spawn(function(pid)
+          log("child boot arg %d self %d", pid, (market.self()))
+        end, { name = "child", k = function(state, pid)
+          log("k state %s pid %d", state, pid)
+        end }))
+      end, { name = "parent" }))
+    end)
+    -- boot is pid 1, the parent 2, the child 3; the child boots first (its
+    -- boot was queued by the spawn, the continuation after it).
+    assert.same({ "child boot arg 3 self 3", "k state parent-state pid 3" }, log.lines)
+  end)
+
+  it("perform(spawn) returns each pid, in order, and pids are unique and increasing", function()
+    local log = H.log()
+    H.ground(function()
+      local a, b, c = market.perform(market.spawn(function() end), market.send("x"),
+                                     market.spawn(function() end), market.spawn(function() end))
+      log("%d %d %d", a, b, c)
+    end)
+    assert.same({ "2 3 4" }, log.lines)
+  end)
+
+  it("the child's boot transition sets its initial state and actions", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("a", market.subscriber("go", { on_message = function(s, m)
+        log("state %s", s)
+        return T(s + 1)
+      end })))
+      H.step(market.send("go"), market.send("go"), market.send("go"))
+    end)
+    assert.same({ "state 0", "state 1", "state 2" }, log.lines)
+  end)
+
+  it("transition_no_state keeps the state", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        return T("kept", market.subscriber("go", { on_message = function(s)
+          log("state %s", s)
+          return S()
+        end }))
+      end))
+      H.step(market.send("go"), market.send("go"))
+    end)
+    assert.same({ "state kept", "state kept" }, log.lines)
+  end)
+end)
+
+describe("yield", function()
+  it("k runs after everything queued before it, and before what is queued after", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("listener", market.subscriber({ "m", _ }, { on_message = function(s, m)
+        log("listener %s", m[2])
+      end })))
+      H.step(holder("yielder", market.subscriber("go", { on_message = function(s)
+        return T(s, market.send({ "m", 1 }), market.send({ "m", 2 }),
+                 market.yield(function(state)
+                   log("k state %s", state)
+                   return T(state + 10, market.send({ "m", 3 }))
+                 end),
+                 market.send({ "m", 4 }))
+      end })))
+      H.step(market.send("go"))
+    end)
+    assert.same({ "listener 1", "listener 2", "k state 0", "listener 4", "listener 3" },
+                log.lines)
+  end)
+
+  it("a process whose only work is a pending continuation is kept until it runs", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        return T(7, market.yield(function(s)
+          log("k ran with %d", s)
+          return T(s, market.yield(function(s2) log("second k %d", s2) end))
+        end))
+      end))
+    end)
+    assert.same({ "k ran with 7", "second k 7" }, log.lines)
+  end)
+end)
+
+describe("quit", function()
+  it("actions after a quit in the same transition are not applied", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("listener", market.subscriber({ "q", _ }, { on_message = function(s, m)
+        log("got %s", m[2])
+      end })))
+      H.step(market.spawn(function()
+        return T(0, market.send({ "q", "before" }), market.quit(), market.send({ "q", "after" }),
+                 market.spawn(function() log("spawned after quit") end))
+      end))
+      log("end")
+    end)
+    assert.same({ "got before", "end" }, log.lines)
+  end)
+
+  it("a process quitting in the middle of its own transition: earlier actions stand", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("obs", market.observe_publishers({ "mid", _ }, H.logging(log, "obs"))))
+      H.step(market.spawn(function()
+        return T(0, market.publisher({ "mid", 1 }), market.quit(nil, "done"),
+                 market.publisher({ "mid", 2 }))
+      end))
+    end)
+    -- The observer's presence event was queued before the quit's absence.
+    -- (It is an observer: publishers are participants, so it sees them.)
+    assert.same({ 'obs presence #1 publisher/participant ["mid", 1]',
+                  'obs absence #1 publisher/participant ["mid", 1] done' }, log.lines)
+  end)
+
+  it("straight-line code does not run another line after perform(quit())", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        log("before")
+        market.perform(market.quit())
+        log("after")
+      end))
+      log("end")
+    end)
+    assert.same({ "before", "end" }, log.lines)
+  end)
+
+  it("quit(pid) kills another process; its peers, the killer among them, see the absence",
+     function()
+    local log = H.log()
+    H.ground(function()
+      local victim = market.perform(holder("victim", market.publisher({ "v", 1 }, "pub")))
+      H.step(holder("bystander", market.subscriber({ "v", _ }, H.logging(log, "bystander"))))
+      H.step(holder("killer", market.subscriber({ "v", _ }, H.logging(log, "killer", {
+        name = "watch",
+        on_presence = function(s, role, ep)
+          log("killer presence %s %s", ep, role)
+          return T(s, market.quit(victim, "killed"))
+        end,
+      }))))
+      log("end")
+    end)
+    assert.same({
+      'bystander presence #1 publisher/participant ["v", 1]',
+      'killer presence watch publisher/participant ["v", 1]',
+      'bystander absence #1 publisher/participant ["v", 1] killed',
+      'killer absence watch publisher/participant ["v", 1] killed',
+      "end" }, log.lines)
+  end)
+
+  it("quit(pid) of a pid that does not exist changes nothing", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("a", market.subscriber("x", { on_message = function() log("a alive") end })))
+      H.step(market.quit(999, "nobody"))
+      H.step(market.send("x"))
+    end)
+    assert.same({ "a alive" }, log.lines)
+  end)
+end)
+
+describe("absence reasons", function()
+  local function scenario(how)
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("obs", market.subscriber({ "r", _ }, H.logging(log, "obs"))))
+      H.step(holder("pub", market.publisher({ "r", 1 }, "p"),
+        market.subscriber("go", { on_message = function(s)
+          if how == "delete" then return T(s, market.delete_endpoint("p"))
+          elseif how == "delete with reason" then
+            return T(s, market.delete_endpoint("p", { "moved", 42 }))
+          elseif how == "quit" then return T(s, market.quit())
+          elseif how == "quit with reason" then return T(s, market.quit(nil, "tired"))
+          elseif how == "crash" then error("kaboom in handler")
+          elseif how == "crash with a term" then error(market.record("oops", "code")(17))
+          elseif how == "crash with a non-term" then error(function() end)
+          end
+        end })))
+      H.step(market.send("go"))
+      log("end")
+    end)
+    return log.lines
+  end
+
+  it("delete_endpoint without a reason: nil", function()
+    assert.same({ 'obs presence #1 publisher/participant ["r", 1]',
+                  'obs absence #1 publisher/participant ["r", 1] nil', "end" },
+                scenario("delete"))
+  end)
+  it("delete_endpoint with a reason: the reason, any term", function()
+    assert.same({ 'obs presence #1 publisher/participant ["r", 1]',
+                  'obs absence #1 publisher/participant ["r", 1] ["moved", 42]', "end" },
+                scenario("delete with reason"))
+  end)
+  it("quit without a reason: nil", function()
+    assert.same({ 'obs presence #1 publisher/participant ["r", 1]',
+                  'obs absence #1 publisher/participant ["r", 1] nil', "end" },
+                scenario("quit"))
+  end)
+  it("quit with a reason: the reason", function()
+    assert.same({ 'obs presence #1 publisher/participant ["r", 1]',
+                  'obs absence #1 publisher/participant ["r", 1] tired', "end" },
+                scenario("quit with reason"))
+  end)
+  it("crash: the error message, with its position", function()
+    local lines = scenario("crash")
+    assert.equal(3, #lines)
+    assert.matches('^obs absence #1 publisher/participant %["r", 1%] ' ..
+                   'spec/lifecycle_spec%.lua:%d+: kaboom in handler$', lines[2])
+  end)
+  it("crash with a term as the error value: that term", function()
+    assert.same({ 'obs presence #1 publisher/participant ["r", 1]',
+                  'obs absence #1 publisher/participant ["r", 1] oops(17)', "end" },
+                scenario("crash with a term"))
+  end)
+  it("crash with a value that is no term: its tostring", function()
+    local lines = scenario("crash with a non-term")
+    assert.matches('^obs absence #1 publisher/participant %["r", 1%] function: 0x%x+$', lines[2])
+  end)
+end)
+
+describe("crash isolation", function()
+  it("one process's error neither stops the others nor the VM", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("steady", market.subscriber({ "tick", _ }, { on_message = function(s, m)
+        log("steady %d", m[2])
+      end })))
+      H.step(holder("fragile", market.subscriber({ "tick", _ }, { on_message = function(s, m)
+        log("fragile %d", m[2])
+        if m[2] == 2 then error("fragile breaks") end
+      end })))
+      for i = 1, 4 do H.step(market.send({ "tick", i })) end
+      log("boot goes on")
+    end)
+    assert.same({ "steady 1", "fragile 1", "steady 2", "fragile 2", "steady 3", "steady 4",
+                  "boot goes on" }, log.lines)
+  end)
+
+  it("a crash in a spawned process's boot kills only it; ground_vm still succeeds", function()
+    local log = H.log()
+    local ok, err = market.ground_vm(function()
+      H.step(market.spawn(function() error("bad boot") end))
+      log("after")
+    end)
+    assert.same({ "after" }, log.lines)
+    assert.is_true(ok)
+    assert.is_nil(err)
+  end)
+
+  it("a handler returning something that is not a transition kills only its process", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("obs", market.subscriber({ "bad", _ }, H.logging(log, "obs"))))
+      H.step(holder("wrong", market.publisher({ "bad", 1 }),
+        market.subscriber("go", { on_message = function() return 42 end })))
+      H.step(holder("right", market.publisher({ "bad", 2 }),
+        market.subscriber("go", { on_message = function() log("right handled go") end })))
+      H.step(market.send("go"))
+      H.step(market.send("go"))
+    end)
+    assert.same({
+      'obs presence #1 publisher/participant ["bad", 1]',
+      'obs presence #1 publisher/participant ["bad", 2]',
+      -- "go" reached both at once; the absence is queued behind it.
+      "right handled go",
+      'obs absence #1 publisher/participant ["bad", 1] ' ..
+        'handler returned a number, not a transition (use market.transition)',
+      "right handled go" }, log.lines)
+  end)
+
+  it("re-adding an endpoint name with a different role kills only that process", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("obs", market.subscriber({ "re", _ }, H.logging(log, "obs"))))
+      H.step(holder("readder", market.publisher({ "re", 1 }, "e"),
+        market.subscriber("go", { on_message = function(s)
+          return T(s, market.publisher({ "re", 2 }, "e"))
+        end })))
+      H.step(holder("other", market.subscriber("go", { on_message = function()
+        log("other handled go")
+      end })))
+      H.step(market.send("go"))
+    end)
+    assert.same({
+      'obs presence #1 publisher/participant ["re", 1]',
+      "other handled go",     -- "go" reached both before the absence was queued
+      'obs absence #1 publisher/participant ["re", 1] ' ..
+        "endpoint 'e' re-added with a different role" }, log.lines)
+  end)
+
+  it("re-adding an endpoint with an equal role replaces its handlers, no new presence", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("obs", market.subscriber({ "same", _ }, H.logging(log, "obs"))))
+      H.step(holder("readder", market.publisher({ "same", 1 }, "e"),
+        market.subscriber("go", { name = "go", on_message = function(s)
+          log("old handler")
+          return T(s, market.subscriber("go", { name = "go", on_message = function()
+            log("new handler")
+          end }), market.publisher({ "same", 1 }, "e"))
+        end })))
+      H.step(market.send("go"))
+      H.step(market.send("go"))
+      H.step(market.send("go"))
+    end)
+    assert.same({ 'obs presence #1 publisher/participant ["same", 1]',
+                  "old handler", "new handler", "new handler" }, log.lines)
+  end)
+
+  it("the boot process's failure is ground_vm's: nil and a traceback; the rest still ran",
+     function()
+    local log = H.log()
+    local ok, err = market.ground_vm(function()
+      market.perform(holder("other", market.subscriber("x", { on_message = function()
+        log("other got x")
+      end })))
+      market.pause()
+      market.perform(market.send("x"))
+      error("boot failed here")
+    end)
+    assert.is_nil(ok)
+    assert.matches("boot failed here", err)
+    assert.matches("stack traceback", err)
+    assert.same({ "other got x" }, log.lines)
+  end)
+end)
+
+describe("implicit exit and VM exit", function()
+  it("ground_vm returns once nothing is left to do", function()
+    local log = H.log()
+    local ok = market.ground_vm(function()
+      market.perform(market.spawn(function() log("child ran") end))
+      log("boot ran")
+    end)
+    assert.is_true(ok)
+    assert.same({ "boot ran", "child ran" }, log.lines)
+  end)
+
+  it("a quiescent ground VM exits even though processes hold endpoints; they are torn down " ..
+     "in pid order and the survivors see normal absence", function()
+    local log = H.log()
+    H.ground(function()
+      market.perform(holder("p", market.publisher("t", H.logging(log, "p"))))
+      market.perform(holder("s", market.subscriber("t", H.logging(log, "s"))))
+      H.settle()
+      log("boot done")
+    end)
+    assert.same({ 's presence #1 publisher/participant "t"',
+                  'p presence #1 subscriber/participant "t"',
+                  "boot done",
+                  's absence #1 publisher/participant "t" nil' }, log.lines)
+  end)
+
+  it("a process with no endpoints, actions or continuations left is removed", function()
+    -- Observed through --trace: the process's quit follows its last event.
+    local script = H.tempfile([[
+      local market = require "market"
+      market.perform(market.spawn(function()
+        return market.transition(0, market.subscriber("x", { name = "only", on_message = function()
+          return market.transition(0, market.delete_endpoint("only"))
+        end }))
+      end, { name = "finisher" }))
+      market.pause()
+      market.perform(market.send("x"))
+      market.pause()
+      market.pause()
+      io.stderr:write("BOOT END\n")
+    ]])
+    local status, out, err = H.run("--no-drivers --trace " .. script)
+    os.remove(script)
+    assert.equal(0, status)
+    local delete = err:find("#2 finisher: delete only", 1, true)
+    local quit = err:find("#2 finisher: quit", 1, true)
+    local boot_end = err:find("BOOT END", 1, true)
+    assert.truthy(delete, err)
+    assert.truthy(quit, err)
+    assert.truthy(delete < quit and quit < boot_end, err)
+  end)
+end)
+
+describe("straight-line processes", function()
+  it("market.yield() waits for an unhandled event while the others keep running", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        market.perform(market.subscriber({ "sl", _ }, "in"))
+        log("waiting")
+        local ev = market.yield()
+        log("got %s on %s: %s", ev.type, ev.endpoint, ev.message)
+        ev = market.yield()
+        log("got %s on %s: %s", ev.type, ev.endpoint, ev.message)
+      end, { name = "straight" }))
+      H.step(holder("busy", market.subscriber("work", { on_message = function(s)
+        log("busy works %d", s)
+        return T(s + 1)
+      end })))
+      H.step(market.send("work"), market.send("work"))
+      H.step(market.send({ "sl", 1 }))
+      H.step(market.send("work"))
+      H.step(market.send({ "sl", 2 }))
+    end)
+    assert.same({ "waiting", "busy works 0", "busy works 1", 'got message on in: ["sl", 1]',
+                  "busy works 2", 'got message on in: ["sl", 2]' }, log.lines)
+  end)
+
+  it("market.yield() returns presence and absence as tables with the refined role", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        market.perform(market.subscriber({ "p", _ }, "watch"))
+        for _ = 1, 2 do
+          local ev = market.yield()
+          log("%s %s %s %s %s", ev.type, ev.endpoint, ev.role, tostring(ev.reason), ev.meta)
+        end
+      end))
+      H.step(holder("pub", market.publisher({ _, 5 }), market.subscriber("bye", {
+        on_message = function() return T(0, market.quit(nil, "gone")) end })))
+      H.step(market.send("bye"))
+    end)
+    assert.same({ 'presence watch publisher/participant ["p", 5] nil 0',
+                  'absence watch publisher/participant ["p", 5] gone 0' }, log.lines)
+  end)
+
+  it("handlers registered by straight-line code take their events; yield returns the rest",
+     function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        market.perform(market.subscriber("handled", { on_message = function(s, m)
+          log("handler %s", m)
+        end }), market.subscriber("raw", "raw"))
+        local ev = market.yield()
+        log("yield %s", ev.message)
+      end))
+      H.step(market.send("handled"), market.send("handled"), market.send("raw"))
+    end)
+    assert.same({ "handler handled", "handler handled", "yield raw" }, log.lines)
+  end)
+
+  it("market.perform applies at once: a send reaches peers before the code goes on", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("l", market.subscriber("now", { on_message = function() log("l got now") end })))
+      market.perform(market.send("now"))
+      log("boot after perform")
+      market.pause()
+      log("boot after pause")
+    end)
+    -- perform queues the delivery at once; it runs when the boot process waits.
+    assert.same({ "boot after perform", "l got now", "boot after pause" }, log.lines)
+  end)
+
+  it("market.state and set_state read and write the state of straight-line code", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        market.set_state(5)
+        market.perform(market.subscriber("inc", { on_message = function(s)
+          log("handler sees %d", s)
+          return T(s + 1)
+        end }), market.subscriber("done", "done"))
+        local ev = market.wait_for(function(e) return e.endpoint == "done" end)
+        log("state now %d after %s", market.state(), ev.message)
+      end))
+      H.step(market.send("inc"), market.send("done"))
+    end)
+    assert.same({ "handler sees 5", "state now 6 after done" }, log.lines)
+  end)
+end)
+
+describe("handlers", function()
+  it("an event with no handler of its kind is ignored by a transition-style process",
+     function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("quiet", market.subscriber({ "q", _ }, { name = "no-message-handler",
+        on_presence = function(s, role) log("presence %s", role) return T(s + 1) end }),
+        market.subscriber("state?", { on_message = function(s) log("state %d", s) end })))
+      H.step(holder("pub", market.publisher({ "q", 1 })))
+      H.step(market.send({ "q", 1 }), market.send("state?"))
+    end, log)
+    assert.same({ 'presence publisher/participant ["q", 1]', "state 1" }, log.lines)
+  end)
+
+  it("market.perform inside a handler acts at once; if the handler then fails, what it " ..
+     "performed stands and what it would have returned never happens", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("l", market.subscriber({ "pf", _ }, { on_message = function(s, m)
+        log("got %s", m[2])
+      end })))
+      H.step(holder("p", market.subscriber("go", { on_message = function(s)
+        market.perform(market.send({ "pf", "performed" }))
+        if s == 0 then error("after perform", 0) end
+      end })))
+      H.step(market.send("go"))
+      H.step(market.send("go"))       -- p is gone: nothing more
+    end, log)
+    assert.same({ "got performed" }, log.lines)
+  end)
+
+  it("performed actions come before the returned transition's actions", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("l", market.subscriber({ "order", _ }, { on_message = function(s, m)
+        log("got %s", m[2])
+      end })))
+      H.step(holder("p", market.subscriber("go", { on_message = function(s)
+        market.perform(market.send({ "order", 1 }))
+        return T(s, market.send({ "order", 3 }))
+      end })))
+      H.step(market.send("go"))
+    end, log)
+    assert.same({ "got 1", "got 3" }, log.lines)   -- 1 performed, 3 returned
+  end)
+end)

@@ -1,0 +1,204 @@
+-- messages_spec.lua: send, feedback, matching, wildcards, no buffering,
+-- edges not counts (DESIGN §1 "Messages", §2).
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local H = require "helpers"
+local _ = market._
+local T = market.transition
+
+local function holder(name, ...)
+  local acts = table.pack(...)
+  return market.spawn(function() return T(0, table.unpack(acts, 1, acts.n)) end, { name = name })
+end
+
+-- An endpoint that logs "<who> <endpoint> <message>" for each message.
+local function rx(log, who)
+  return { name = who, on_message = function(s, m, ep)
+    log("%s %s %s", who, ep, market.repr(m))
+  end }
+end
+
+describe("send", function()
+  it("reaches every matching subscriber, whatever its interest, the sender's own included",
+     function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("subs",
+        market.subscriber({ "m", _ }, rx(log, "participant")),
+        market.observe_publishers({ "m", _ }, rx(log, "observer")),
+        market.observe_publishers_everything({ "m", _ }, rx(log, "everything")),
+        market.publisher({ "m", _ }, rx(log, "publisher")),            -- not a subscriber
+        market.subscriber({ "other", _ }, rx(log, "nomatch"))))
+      H.step(holder("sender", market.subscriber({ "m", "self" }, rx(log, "own")),
+        market.subscriber("go", { on_message = function(s)
+          return T(s, market.send({ "m", "self" }))
+        end })))
+      H.step(market.send("go"))
+    end)
+    table.sort(log.lines)
+    assert.same({ 'everything everything ["m", "self"]', 'observer observer ["m", "self"]',
+                  'own own ["m", "self"]', 'participant participant ["m", "self"]' }, log.lines)
+  end)
+
+  it("a process with several matching endpoints gets one delivery per endpoint, " ..
+     "each naming its endpoint (edges, not counts)", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("twice",
+        market.subscriber({ "d", 1 }, rx(log, "first")),
+        market.subscriber({ "d", 1 }, rx(log, "second")),   -- a duplicate role, another name
+        market.subscriber({ "d", _ }, rx(log, "wild"))))
+      H.step(market.send({ "d", 1 }))
+    end)
+    assert.same({ 'first first ["d", 1]', 'second second ["d", 1]', 'wild wild ["d", 1]' },
+                log.lines)
+  end)
+
+  it("needs no endpoint of the sender's own, and is gone if nobody matches (no buffering)",
+     function()
+    local log = H.log()
+    H.ground(function()
+      market.perform(market.send({ "early", 1 }))         -- before anyone listens
+      H.settle()
+      H.step(holder("late", market.subscriber({ "early", _ }, rx(log, "late"))))
+      H.step(market.send({ "early", 2 }))
+    end)
+    assert.same({ 'late late ["early", 2]' }, log.lines)
+  end)
+
+  it("events of one sender arrive in the order sent", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("l", market.subscriber({ "seq", _ }, rx(log, "l"))))
+      local acts = {}
+      for i = 1, 20 do acts[i] = market.send({ "seq", i }) end
+      H.step(table.unpack(acts))
+    end)
+    assert.equal(20, #log.lines)
+    for i = 1, 20 do assert.equal(('l l ["seq", %d]'):format(i), log.lines[i]) end
+  end)
+end)
+
+describe("feedback", function()
+  it("reaches publishers (of any interest), never subscribers", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("eps",
+        market.publisher({ "f", _ }, rx(log, "publisher")),
+        market.observe_subscribers({ "f", _ }, rx(log, "observer")),
+        market.observe_subscribers_everything({ "f", _ }, rx(log, "everything")),
+        market.subscriber({ "f", _ }, rx(log, "subscriber"))))
+      H.step(market.feedback({ "f", "back" }))
+    end)
+    table.sort(log.lines)
+    assert.same({ 'everything everything ["f", "back"]', 'observer observer ["f", "back"]',
+                  'publisher publisher ["f", "back"]' }, log.lines)
+  end)
+
+  it("and send does not reach publishers", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("p", market.publisher({ "f", _ }, rx(log, "publisher")),
+                    market.subscriber({ "f", _ }, rx(log, "subscriber"))))
+      H.step(market.send({ "f", 1 }), market.feedback({ "f", 2 }))
+    end)
+    assert.same({ 'subscriber subscriber ["f", 1]', 'publisher publisher ["f", 2]' }, log.lines)
+  end)
+end)
+
+describe("matching", function()
+  local function deliveries(topics, messages)
+    local log = H.log()
+    H.ground(function()
+      local acts = {}
+      for i, t in ipairs(topics) do acts[i] = market.subscriber(t, rx(log, "s" .. i)) end
+      H.step(holder("subs", table.unpack(acts)))
+      local sends = {}
+      for i, m in ipairs(messages) do sends[i] = market.send(m) end
+      H.step(table.unpack(sends))
+    end)
+    local seen = {}
+    for _, l in ipairs(log.lines) do seen[#seen + 1] = l:match("^(%S+)") .. " <- " .. l:match("%S+ %S+ (.*)") end
+    return seen
+  end
+
+  it("a wildcard in a topic matches anything there, at any depth", function()
+    local rec = market.record("pair", "a", "b")
+    local got = deliveries({ _, rec(1, _), rec(_, { "x", _ }), rec(2, _), { 1, _ } },
+                           { rec(1, { "x", "y" }) })
+    table.sort(got)
+    assert.same({ 's1 <- pair(1, ["x", "y"])', 's2 <- pair(1, ["x", "y"])',
+                  's3 <- pair(1, ["x", "y"])' }, got)
+  end)
+
+  it("a wildcard in a message body reaches every topic it unifies with", function()
+    local log = deliveries({ { "a", 1 }, { "b", 1 }, { "a", 2 }, { _, _ }, { _, 3 }, "a", { _, 1, _ } },
+                           { { _, 1 } })
+    table.sort(log)
+    assert.same({ 's1 <- [_, 1]', 's2 <- [_, 1]', 's4 <- [_, 1]' }, log)
+  end)
+
+  it("the message arrives as sent, wildcards included (not refined to the topic)", function()
+    assert.same({ 's1 <- ["q", _]' }, deliveries({ { "q", 5 } }, { { "q", _ } }))
+  end)
+
+  it("sequences match only sequences of the same length", function()
+    assert.same({ 's2 <- [1, 2]' },
+                deliveries({ { 1 }, { 1, 2 }, { 1, 2, 3 }, { { 1, 2 } } }, { { 1, 2 } }))
+  end)
+
+  it("records match by label and arity, field by field", function()
+    local a2 = market.record("a", "x", "y")
+    local a1 = market.record("a", "x")
+    local b2 = market.record("b", "x", "y")
+    assert.same({ "s1 <- a(1, 2)", "s4 <- a(1, 2)" },
+                deliveries({ a2(1, 2), a1(1), b2(1, 2), a2(_, _), a2(1, 3), { 1, 2 } },
+                           { a2(1, 2) }))
+  end)
+
+  it("3.0 and 3 are the same term; a float that is not integral is not", function()
+    assert.same({ "s1 <- 3", "s2 <- 3", "s3 <- 3.5" },
+                deliveries({ 3, 3.0, 3.5 }, { 3.0, 3.5 }))
+  end)
+
+  it("strings are byte strings: embedded zeros and high bytes match exactly", function()
+    assert.same({ 's1 <- "a\\x00b\\xff"' },
+                deliveries({ "a\0b\255", "a\0c\255", "a" }, { "a\0b\255" }))
+  end)
+
+  it("booleans, nil and EOF are distinct atoms", function()
+    local l = deliveries({ true, false, market.EOF, "nil-holder" }, { false, market.EOF })
+    assert.same({ "s2 <- false", "s3 <- #eof" }, l)
+  end)
+end)
+
+describe("delivery to an endpoint deleted before the event is handled", function()
+  it("is dropped, even if an endpoint of the same name is added again", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("p", market.subscriber({ "x", _ }, { name = "e", on_message = function(s, m)
+        log("old handler %s", m)
+        if m[2] == 1 then
+          return T(s, market.delete_endpoint("e"), market.subscriber({ "x", _ }, {
+            name = "e", on_message = function(s2, m2) log("new handler %s", m2) end }))
+        end
+      end })))
+      -- 1, 2 and 3 are queued for the first endpoint before it handles 1.
+      H.step(market.send({ "x", 1 }), market.send({ "x", 2 }), market.send({ "x", 3 }))
+      H.step(market.send({ "x", 4 }))
+    end)
+    assert.same({ 'old handler ["x", 1]', 'new handler ["x", 4]' }, log.lines)
+  end)
+
+  it("presence for an endpoint added and deleted in one transition is dropped; " ..
+     "its peers see presence then absence", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("peer", market.subscriber({ "blip", _ }, H.logging(log, "peer"))))
+      H.step(holder("blipper", market.publisher({ "blip", 1 }, H.logging(log, "blipper",
+        { name = "b" })), market.delete_endpoint("b", "blink")))
+    end)
+    assert.same({ 'peer presence #1 publisher/participant ["blip", 1]',
+                  'peer absence #1 publisher/participant ["blip", 1] blink' }, log.lines)
+  end)
+end)

@@ -1,0 +1,246 @@
+-- misuse_spec.lua: wrong uses raise clear Lua errors naming the problem, at
+-- the caller; inside a process they end that process only (DESIGN §1
+-- "strict and isolated", §4).
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local H = require "helpers"
+local T = market.transition
+local THIS = "spec/misuse_spec%.lua:%d+: "
+
+-- The error a call raises, checked to point at this file.
+local function err_of(f, ...)
+  local ok, e = pcall(f, ...)
+  assert.is_false(ok, "expected an error")
+  return e
+end
+
+describe("constructing actions", function()
+  it("a topic that is not a term (a function) is an error naming the constructor", function()
+    assert.matches(THIS .. "market%.subscriber: topic: a function is not a term$",
+                   err_of(function() local _x = market.subscriber(print) end))
+    assert.matches(THIS .. "market%.observe_publishers_everything: topic: a coroutine is not a term$",
+                   err_of(function()
+                     local _x = market.observe_publishers_everything(coroutine.create(print))
+                   end))
+  end)
+
+  it("tables that are not sequences are not terms", function()
+    assert.matches(THIS .. "market%.publisher: topic: a table with non%-sequence keys",
+                   err_of(function() local _x = market.publisher({ a = 1 }) end))
+    assert.matches(THIS .. "market%.publisher: topic: a table with holes is not a term",
+                   err_of(function() local _x = market.publisher({ 1, nil, 3 }) end))
+    assert.matches(THIS .. "market%.publisher: topic: a table nested too deeply %(a cycle%?%)",
+                   err_of(function() local t = {}; t[1] = t; local _x = market.publisher(t) end))
+    assert.matches(THIS .. "market%.send: body: a userdata is not a term",
+                   err_of(function() local _x = market.send(io.stdout) end))
+    assert.matches(THIS .. "market%.send: body: a record constructor is not a term",
+                   err_of(function() local _x = market.send(market.record("r", "a")) end))
+  end)
+
+  it("a missing topic or body is an error; nil given explicitly is the term nil", function()
+    assert.matches(THIS .. "market%.subscriber: a topic is required",
+                   err_of(function() local _x = market.subscriber() end))
+    assert.matches(THIS .. "market%.send: a message body is required",
+                   err_of(function() local _x = market.send() end))
+    assert.matches(THIS .. "market%.feedback: a message body is required",
+                   err_of(function() local _x = market.feedback() end))
+    assert.is_true(market.is_action(market.send(nil)))
+    assert.is_true(market.is_action(market.subscriber(nil)))
+  end)
+
+  it("handlers must be functions, under known keys", function()
+    assert.matches(THIS .. "market%.subscriber: handler on_message is not a function",
+                   err_of(function() local _x = market.subscriber("x", { on_message = 5 }) end))
+    assert.matches(THIS .. "market%.publisher: unknown handler key 'on_mesage'",
+                   err_of(function()
+                     local _x = market.publisher("x", { on_mesage = function() end })
+                   end))
+    assert.matches(THIS .. "market%.subscriber: handlers must be a table, got number",
+                   err_of(function() local _x = market.subscriber("x", 5) end))
+    assert.matches(THIS .. "market%.subscriber: endpoint name must be a string",
+                   err_of(function() local _x = market.subscriber("x", { name = 5 }) end))
+  end)
+
+  it("other constructors check their arguments", function()
+    assert.matches(THIS .. "market%.spawn: the boot argument must be a function, got number",
+                   err_of(function() local _x = market.spawn(5) end))
+    assert.matches(THIS .. "market%.spawn: the continuation k must be a function",
+                   err_of(function() local _x = market.spawn(print, { k = 5 }) end))
+    assert.matches(THIS .. "market%.nested_vm: the boot argument must be a function",
+                   err_of(function() local _x = market.nested_vm("x") end))
+    assert.matches(THIS .. "market%.quit: pid must be an integer or nil",
+                   err_of(function() local _x = market.quit("x") end))
+    assert.matches(THIS .. "market%.quit: reason: a function is not a term",
+                   err_of(function() local _x = market.quit(nil, print) end))
+    assert.matches(THIS .. "market%.delete_endpoint: name must be a string",
+                   err_of(function() local _x = market.delete_endpoint(5) end))
+    assert.matches(THIS .. "market%.delete_endpoint: reason: a function is not a term",
+                   err_of(function() local _x = market.delete_endpoint("e", print) end))
+    assert.matches(THIS .. "market%.at_meta_level: argument 2 is not an action",
+                   err_of(function() local _x = market.at_meta_level(market.send(1), 5) end))
+    assert.matches(THIS .. "market%.yield: k must be a function",
+                   err_of(function() local _x = market.yield(5) end))
+    assert.matches(THIS .. "market%.ground_vm: the boot argument must be a function",
+                   err_of(function() local _x = market.ground_vm(5) end))
+  end)
+
+  it("a transition holding a non-action is an error at the transition call", function()
+    assert.matches(THIS .. "market%.transition: argument 2 is not an action %(number%)",
+                   err_of(function() local _x = market.transition(0, 5) end))
+    assert.matches(THIS .. "market%.transition: element 2 of argument 2 %(a list%) is not an action",
+                   err_of(function() local _x = market.transition(0, { market.send(1), "x" }) end))
+    assert.matches(THIS .. "market%.transition_no_state: argument 2 is not an action %(string%)",
+                   err_of(function() local _x = market.transition_no_state(market.send(1), "x") end))
+  end)
+
+  it("records check their arity and fields, and are immutable", function()
+    local r = market.record("r", "a", "b")
+    assert.matches(THIS .. "record r takes 2 fields, got 1", err_of(function() local _x = r(1) end))
+    assert.matches(THIS .. "record r, field 2: a function is not a term",
+                   err_of(function() local _x = r(1, print) end))
+    assert.matches(THIS .. "record r has no field 'c'",
+                   err_of(function() local _x = r(1, 2).c end))
+    assert.matches(THIS .. "terms are immutable",
+                   err_of(function() local x = r(1, 2); x.a = 3 end))
+  end)
+end)
+
+describe("performing outside a process", function()
+  it("is an error naming the function", function()
+    assert.matches(THIS .. "market%.perform: not inside a market process",
+                   err_of(function() market.perform(market.send("x")) end))
+    assert.matches(THIS .. "market%.yield: not inside a market process",
+                   err_of(function() local _x = market.yield() end))
+    assert.matches(THIS .. "market%.pause: not inside a market process",
+                   err_of(function() market.pause() end))
+    assert.matches(THIS .. "market%.self: not inside a market process",
+                   err_of(function() local _x = market.self() end))
+    assert.matches(THIS .. "market%.state: not inside a market process",
+                   err_of(function() local _x = market.state() end))
+  end)
+
+  it("includes a coroutine of a process's own making", function()
+    local e
+    H.ground(function()
+      local co = coroutine.create(function() market.perform(market.send("x")) end)
+      local ok
+      ok, e = coroutine.resume(co)
+    end)
+    assert.matches("market%.perform: not inside a market process", e)
+  end)
+
+  it("a ground VM inside a running ground VM is an error", function()
+    local e
+    H.ground(function()
+      local ok
+      ok, e = pcall(market.ground_vm, function() end)
+    end)
+    assert.matches("market%.ground_vm: a ground VM is already running", e)
+  end)
+end)
+
+describe("misuse inside a process ends that process only, with the error as reason", function()
+  local function victim_reason(bad)
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        return T(0, market.subscriber({ "victim", market._ }, H.logging(log, "watch")))
+      end))
+      H.step(market.spawn(function()
+        return T(0, market.publisher({ "victim", 1 }),
+                 market.subscriber("go", { on_message = bad }))
+      end))
+      H.step(market.spawn(function()
+        return T(0, market.subscriber("go", { on_message = function() log("other runs") end }))
+      end))
+      H.step(market.send("go"))
+    end, log)
+    assert.equal(3, #log.lines, table.concat(log.lines, "\n"))
+    assert.equal('watch presence #1 publisher/participant ["victim", 1]', log.lines[1])
+    assert.equal("other runs", log.lines[2])
+    return (log.lines[3]:match('^watch absence #1 publisher/participant %["victim", 1%] (.*)$'))
+  end
+
+  it("a bad topic raised in a handler", function()
+    assert.matches("^spec/misuse_spec%.lua:%d+: market%.subscriber: topic: a function is not a term$",
+                   victim_reason(function(s) return T(s, market.subscriber(print)) end))
+  end)
+
+  it("at_meta_level in the ground VM", function()
+    assert.equal("at_meta_level in the ground VM: there is no VM above it",
+                 victim_reason(function(s) return T(s, market.at_meta_level(market.send("x"))) end))
+  end)
+
+  it("an endpoint added at meta level in the ground VM", function()
+    assert.equal("at_meta_level in the ground VM: no VM above it (endpoint 'up')",
+                 victim_reason(function(s)
+                   return T(s, market.at_meta_level(market.subscriber("x", "up")))
+                 end))
+  end)
+
+  it("coroutine.yield() instead of market.yield()", function()
+    assert.equal("coroutine.yield() outside market.yield(): a process suspends only through market",
+                 victim_reason(function() coroutine.yield() end))
+  end)
+
+  it("a handler returning a table that is not a transition", function()
+    assert.equal("handler returned a table, not a transition (use market.transition)",
+                 victim_reason(function(s) return { market.send("x") } end))
+  end)
+end)
+
+describe("actions that make no sense at meta level end the process", function()
+  local function reason_of(action)
+    local log = H.log()
+    H.ground(function()
+      H.step(market.nested_vm(function()
+        return T(0, market.at_meta_level(market.subscriber("go", { on_message = function(s)
+          log("handling go")
+          return T(s, action())
+        end })), market.at_meta_level(market.publisher("watched")))
+      end))
+      H.step(market.spawn(function()
+        return T(0, market.subscriber("watched", H.logging(log, "w")))
+      end))
+      H.step(market.send("go"))
+    end, log)
+    assert.equal(3, #log.lines, table.concat(log.lines, "\n"))
+    assert.equal('w presence #1 publisher/participant "watched"', log.lines[1])
+    assert.equal("handling go", log.lines[2])
+    return log.lines[3]:match('^w absence #1 publisher/participant "watched" (.*)$')
+  end
+
+  it("a spawn continuation at meta level", function()
+    assert.equal("market.spawn: a continuation k cannot be used at meta level",
+                 reason_of(function()
+                   return market.at_meta_level(market.spawn(print, { k = print }))
+                 end))
+  end)
+
+  it("quit(pid) at meta level (a VM quits only itself)", function()
+    assert.matches("market%.quit: at_meta_level quits the whole VM; it takes no pid$",
+                   reason_of(function() return market.at_meta_level(market.quit(1)) end))
+  end)
+
+  it("yield at meta level", function()
+    assert.equal("market.yield: cannot be performed at meta level",
+                 reason_of(function() return market.at_meta_level(market.yield(print)) end))
+  end)
+end)
+
+describe("harmless no-ops", function()
+  it("deleting an endpoint that does not exist changes nothing", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        return T(0, market.subscriber("x", { on_message = function(s)
+          log("x %d", s)
+          return T(s + 1, market.delete_endpoint("no-such-endpoint"))
+        end }))
+      end))
+      H.step(market.send("x"))
+      H.step(market.send("x"))
+    end, log)
+    assert.same({ "x 0", "x 1" }, log.lines)
+  end)
+end)

@@ -1,0 +1,139 @@
+-- spec/support/h.lua: helpers shared by the busted specs.
+--
+-- Every process of an in-process ground VM is a coroutine of the same Lua
+-- state, so handlers can append to a log table the spec owns; the specs
+-- then assert the exact sequence of lines.
+local market = require "market"
+local H = {}
+
+-- ground(boot [, log]): run a ground VM to completion; fail the spec if
+-- ground_vm reports a boot failure.  With a log, close it when boot's
+-- function returns (so teardown events land in log.teardown).
+function H.ground(boot, log)
+  local run = boot
+  if log then run = function(...) boot(...); log.close() end end
+  local ok, err = market.ground_vm(run)
+  assert(ok == true, "ground_vm failed: " .. tostring(err))
+  return ok
+end
+
+-- A log: log(fmt, ...) appends one formatted line; log.lines is the list.
+-- After log.close() the lines go to log.teardown instead (what happens
+-- when the ground VM tears down the processes still holding endpoints).
+function H.log()
+  local self = { lines = {}, teardown = {} }
+  local lines = self.lines
+  function self.close() lines = self.teardown end
+  return setmetatable(self, {
+    __call = function(_, fmt, ...)
+      local args = table.pack(...)
+      for i = 1, args.n do
+        if type(args[i]) ~= "string" and type(args[i]) ~= "number" then
+          args[i] = H.show(args[i])
+        end
+      end
+      lines[#lines + 1] = string.format(fmt, table.unpack(args, 1, args.n))
+    end,
+  })
+end
+
+-- show(v): a readable text for any value (terms through market.repr).
+function H.show(v)
+  if type(v) == "table" and getmetatable(v) == nil and v.orientation then
+    return v.orientation .. "/" .. v.interest .. " " .. market.repr(v.topic)
+  end
+  if type(v) == "string" then return v end
+  if market.is_term(v) then return market.repr(v) end
+  return tostring(v)
+end
+
+-- role(r): "orientation/interest topic"
+function H.role(r) return H.show(r) end
+
+-- The handlers of an endpoint that logs every event as
+--   "<who> presence <ep> <role>", "<who> absence <ep> <role> <reason>",
+--   "<who> message <ep> <body>".
+function H.logging(log, who, extra)
+  local h = {
+    on_presence = function(s, role, ep)
+      log("%s presence %s %s", who, ep, H.role(role))
+    end,
+    on_absence = function(s, role, reason, ep)
+      log("%s absence %s %s %s", who, ep, H.role(role), H.show(reason))
+    end,
+    on_message = function(s, msg, ep)
+      log("%s message %s %s", who, ep, H.show(msg))
+    end,
+  }
+  for k, v in pairs(extra or {}) do h[k] = v end
+  return h
+end
+
+-- A process that holds `actions` until it is told, by a message on
+-- {"ctl", name, <command>}, to perform what cmds[command] returns.
+-- Commands run as a transition of that process.
+function H.controlled(name, cmds, ...)
+  local boot_actions = table.pack(...)
+  return market.spawn(function()
+    return market.transition(nil,
+      market.subscriber({ "ctl", name, market._ }, {
+        name = "ctl",
+        on_message = function(s, msg)
+          local f = cmds[msg[3]]
+          return market.transition(s, f())
+        end,
+      }),
+      table.unpack(boot_actions, 1, boot_actions.n))
+  end, { name = name })
+end
+
+-- ctl(name, command): the action that tells a controlled process.
+function H.ctl(name, command) return market.send({ "ctl", name, command }) end
+
+-- Straight-line helper for a boot process: perform the actions, then let
+-- everything they cause run.  One pause runs what is queued now; the
+-- events that produces (a spawned process's boot, the presence events its
+-- endpoints cause, the handlers' reactions) need a few more rounds.
+function H.settle(rounds)
+  for _ = 1, rounds or 5 do market.pause() end
+end
+
+function H.step(...)
+  market.perform(...)
+  H.settle()
+end
+
+-- A temporary file holding `text`; returns its path.
+function H.tempfile(text, suffix)
+  local path = os.tmpname() .. (suffix or ".lua")
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+-- The market interpreter of the build under test.
+function H.market_bin()
+  local dir = os.getenv("MARKET_BUILD")
+  if not dir then
+    local cpath = package.cpath:match("([^;]*)/lua/%?%.so")
+    dir = cpath
+  end
+  assert(dir, "MARKET_BUILD is not set")
+  return dir .. "/market"
+end
+
+-- run(args, stdin?): run the interpreter; returns status, stdout, stderr.
+function H.run(args)
+  local out, err = os.tmpname(), os.tmpname()
+  local cmd = H.market_bin() .. " " .. args .. " >" .. out .. " 2>" .. err .. " </dev/null"
+  local ok, how, code = os.execute(cmd)
+  local function slurp(p)
+    local f = io.open(p, "rb"); local s = f:read("a"); f:close(); os.remove(p); return s
+  end
+  return (how == "exit" and code or 128 + code), slurp(out), slurp(err)
+end
+
+function H.quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+return H

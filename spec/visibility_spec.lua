@@ -1,0 +1,285 @@
+-- visibility_spec.lua: who sees whom (DESIGN §1 "Endpoints and roles":
+-- visibility, presence, absence, refined roles, edges not counts).
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local H = require "helpers"
+local _ = market._
+
+local INTERESTS = { "participant", "observer", "everything" }
+local OTHER = { publisher = "subscriber", subscriber = "publisher" }
+local CTOR = {
+  publisher = { participant = market.publisher, observer = market.observe_subscribers,
+                everything = market.observe_subscribers_everything },
+  subscriber = { participant = market.subscriber, observer = market.observe_publishers,
+                 everything = market.observe_publishers_everything },
+}
+local mx = market.record("mx", "a", "b")
+
+-- DESIGN §1: L is told about R when R is a participant or L's interest is
+-- everything.
+local function sees(seer, seen) return seen == "participant" or seer == "everything" end
+
+local function copy(t) local c = {} for i, v in ipairs(t) do c[i] = v end return c end
+
+-- The two endpoints of a case: A is added first, B second.  Their topics
+-- differ but unify; the intersection is mx("x", 1).
+local TOPIC = { A = mx("x", _), B = mx(_, 1) }
+local MEET = 'mx("x", 1)'
+
+local function run_case(layout, oA, iA, iB, removal, first)
+  local oB = OTHER[oA]
+  local O = { A = oA, B = oB }
+  local I = { A = iA, B = iB }
+  local second = first == "A" and "B" or "A"
+  local log = H.log()
+  local function ep(who)
+    return CTOR[O[who]][I[who]](TOPIC[who], H.logging(log, who, { name = who }))
+  end
+  local snapshot
+  H.ground(function()
+    if layout == "two processes" then
+      local function proc(who)
+        return H.controlled(who, {
+          delete = function() return market.delete_endpoint(who, "bye") end,
+          quit = function() return market.quit(nil, "bye") end,
+          crash = function() error("boom", 0) end,
+        }, ep(who))
+      end
+      log("step add A"); H.step(proc("A"))
+      log("step add B"); H.step(proc("B"))
+      log("step remove %s", first); H.step(H.ctl(first, removal))
+      log("step remove %s", second); H.step(H.ctl(second, "delete"))
+    else
+      H.step(H.controlled("AB", {
+        addA = function() return ep("A") end,
+        addB = function() return ep("B") end,
+        deleteA = function() return market.delete_endpoint("A", "bye") end,
+        deleteB = function() return market.delete_endpoint("B", "bye") end,
+        quit = function() return market.quit(nil, "bye") end,
+        crash = function() error("boom", 0) end,
+      }))
+      log("step add A"); H.step(H.ctl("AB", "addA"))
+      log("step add B"); H.step(H.ctl("AB", "addB"))
+      log("step remove %s", first)
+      H.step(H.ctl("AB", removal == "delete" and "delete" .. first or removal))
+      log("step remove %s", second); H.step(H.ctl("AB", "delete" .. second))
+    end
+    log("end")
+    snapshot = copy(log.lines)
+  end)
+  return snapshot
+end
+
+local function expected(layout, oA, iA, iB, removal, first)
+  local O = { A = oA, B = OTHER[oA] }
+  local I = { A = iA, B = iB }
+  local second = first == "A" and "B" or "A"
+  local function role(who) return O[who] .. "/" .. I[who] .. " " .. MEET end
+  local e = { "step add A", "step add B" }
+  -- The new endpoint's presence event comes first, then the old one's.
+  if sees(I.B, I.A) then e[#e + 1] = "B presence B " .. role("A") end
+  if sees(I.A, I.B) then e[#e + 1] = "A presence A " .. role("B") end
+  e[#e + 1] = "step remove " .. first
+  -- A departing process's own endpoints hear nothing; a deleted endpoint
+  -- of a live process is heard of by every peer that saw it.
+  local peer_hears = layout == "two processes" or removal == "delete"
+  if peer_hears and sees(I[second], I[first]) then
+    e[#e + 1] = ("%s absence %s %s %s"):format(second, second, role(first),
+                                                removal == "delete" and "bye" or
+                                                removal == "quit" and "bye" or "boom")
+  end
+  e[#e + 1] = "step remove " .. second
+  e[#e + 1] = "end"
+  return e
+end
+
+describe("visibility matrix", function()
+  -- Every orientation x interest of both sides x which goes first x how it
+  -- goes x same/different process: the exact events.
+  for _, layout in ipairs { "two processes", "one process" } do
+    for _, oA in ipairs { "publisher", "subscriber" } do
+      for _, iA in ipairs(INTERESTS) do
+        for _, iB in ipairs(INTERESTS) do
+          for _, removal in ipairs { "delete", "quit", "crash" } do
+            for _, first in ipairs { "A", "B" } do
+              local name = ("%s: A=%s/%s then B=%s/%s, %s %s first"):format(
+                layout, oA, iA, OTHER[oA], iB, removal, first)
+              it(name, function()
+                assert.same(expected(layout, oA, iA, iB, removal, first),
+                            run_case(layout, oA, iA, iB, removal, first))
+              end)
+            end
+          end
+        end
+      end
+    end
+  end
+end)
+
+local T = market.transition
+local function holder(name, ...)
+  local acts = table.pack(...)
+  return market.spawn(function() return T(0, table.unpack(acts, 1, acts.n)) end, { name = name })
+end
+
+describe("no intersection, no events", function()
+  it("same orientation never intersects, even with equal topics", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("a", market.publisher("t", H.logging(log, "a")),
+                         market.observe_publishers_everything("u", H.logging(log, "a"))))
+      H.step(holder("b", market.publisher("t", H.logging(log, "b")),
+                         market.observe_publishers_everything("u", H.logging(log, "b")),
+                         market.subscriber("t", H.logging(log, "b-sub"))))
+      log("end")
+    end, log)
+    -- Only the b-sub/publisher pairs (a's and b's own publisher) intersect.
+    assert.same({
+      'b-sub presence #3 publisher/participant "t"',
+      'a presence #1 subscriber/participant "t"',
+      'b-sub presence #3 publisher/participant "t"',
+      'b presence #1 subscriber/participant "t"',
+      "end" }, log.lines)
+  end)
+
+  it("topics that do not unify do not intersect", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("a", market.publisher({ "x", 1 }, H.logging(log, "a")),
+                         market.publisher({ "x", 1, 2 }, H.logging(log, "a")),
+                         market.publisher(mx("x", 1), H.logging(log, "a"))))
+      H.step(holder("b", market.observe_publishers_everything({ "x", 2 }, H.logging(log, "b")),
+                         market.observe_publishers_everything({ "y", _ }, H.logging(log, "b")),
+                         market.observe_publishers_everything(mx("x", 2), H.logging(log, "b"))))
+      log("end")
+    end, log)
+    assert.same({ "end" }, log.lines)
+  end)
+end)
+
+describe("presence", function()
+  it("a new endpoint hears of every visible pre-existing peer, in its own process too",
+     function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("p1", market.publisher({ "pre", 1 }, H.logging(log, "p1"))))
+      H.step(holder("p2", market.publisher({ "pre", 2 }, H.logging(log, "p2")),
+                          market.observe_subscribers({ "pre", 99 }, H.logging(log, "p2obs"))))
+      H.step(holder("both", market.publisher({ "pre", 3 }, H.logging(log, "own")),
+                            market.subscriber({ "pre", _ }, H.logging(log, "new"))))
+      log("end")
+    end, log)
+    local lines = {}
+    for i, l in ipairs(log.lines) do lines[i] = l end
+    table.sort(lines)
+    assert.same({
+      "end",
+      'new presence #2 publisher/participant ["pre", 1]',
+      'new presence #2 publisher/participant ["pre", 2]',
+      'new presence #2 publisher/participant ["pre", 3]',
+      'own presence #1 subscriber/participant ["pre", 3]',
+      'p1 presence #1 subscriber/participant ["pre", 1]',
+      'p2 presence #1 subscriber/participant ["pre", 2]',
+      'p2obs presence #2 subscriber/participant ["pre", 99]',
+    }, lines)
+    assert.equal("end", log.lines[#log.lines])
+  end)
+
+  it("the role is the peer's, its topic refined to the intersection, values readable",
+     function()
+    local chan = market.record("chan", "src", "dst", "data")
+    local addr = market.record("addr", "host", "port")
+    local listener = market.record("listener", "port")
+    local seen
+    H.ground(function()
+      H.step(holder("server", market.observe_publishers(chan(_, listener(80), _), {
+        on_presence = function(s, role, ep)
+          seen = { role = role, ep = ep }
+        end })))
+      H.step(holder("conn", market.publisher(chan(addr("10.0.0.1", 5555), _, _))))
+    end)
+    assert.equal("publisher", seen.role.orientation)
+    assert.equal("participant", seen.role.interest)
+    assert.equal('chan(addr("10.0.0.1", 5555), listener(80), _)', market.repr(seen.role.topic))
+    assert.equal("10.0.0.1", seen.role.topic.src.host)
+    assert.equal(5555, seen.role.topic.src.port)
+    assert.equal(80, seen.role.topic.dst.port)
+    assert.equal("#1", seen.ep)   -- anonymous endpoints are named #1, #2, ...
+  end)
+
+  it("the absence event carries the same refined role as the presence event", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("w", market.subscriber({ _, "b", _ }, H.logging(log, "w"))))
+      H.step(holder("p", market.publisher({ "a", _, _ }), market.subscriber("bye", {
+        on_message = function() return T(0, market.quit(nil, "bye")) end })))
+      H.step(market.send("bye"))
+    end, log)
+    assert.same({ 'w presence #1 publisher/participant ["a", "b", _]',
+                  'w absence #1 publisher/participant ["a", "b", _] bye' }, log.lines)
+  end)
+
+  it("edges, not counts: two matching subscribers mean two presence events, " ..
+     "and each one's removal one absence", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("pub", market.publisher("e", H.logging(log, "pub"))))
+      H.step(H.controlled("s1", { quit = function() return market.quit() end },
+                          market.subscriber("e")))
+      H.step(H.controlled("s2", { quit = function() return market.quit() end },
+                          market.subscriber("e"), market.subscriber("e")))
+      log("quit s1"); H.step(H.ctl("s1", "quit"))
+      log("quit s2"); H.step(H.ctl("s2", "quit"))
+    end, log)
+    assert.same({
+      'pub presence #1 subscriber/participant "e"',
+      'pub presence #1 subscriber/participant "e"',
+      'pub presence #1 subscriber/participant "e"',
+      "quit s1",
+      'pub absence #1 subscriber/participant "e" nil',
+      "quit s2",
+      'pub absence #1 subscriber/participant "e" nil',
+      'pub absence #1 subscriber/participant "e" nil' }, log.lines)
+  end)
+
+  it("many matching peers with equal topics: presence in the order they were added", function()
+    local log = H.log()
+    H.ground(function()
+      for i = 1, 5 do
+        H.step(holder("p" .. i, market.publisher("same", { on_presence = function()
+          log("p%d presence", i)
+        end })))
+      end
+      H.step(holder("s", market.subscriber("same", { on_presence = function(st, role)
+        log("s presence")
+      end })))
+    end, log)
+    -- The new endpoint's event about each peer is queued just before that
+    -- peer's event about it.
+    assert.same({ "s presence", "p1 presence", "s presence", "p2 presence", "s presence",
+                  "p3 presence", "s presence", "p4 presence", "s presence", "p5 presence" },
+                log.lines)
+  end)
+
+  it("observers see participants but not observers; everything sees observers", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("listener-port", market.observe_publishers("port", H.logging(log, "obs")),
+                    market.observe_publishers_everything("port", H.logging(log, "all"))))
+      H.step(holder("observer-of-port", market.observe_subscribers("port",
+                                                                   H.logging(log, "watcher"))))
+      H.step(holder("user", market.publisher("port", H.logging(log, "user"))))
+    end, log)
+    assert.same({
+      -- the observer of subscribers is seen only by `everything`
+      'all presence #2 publisher/observer "port"',
+      -- a participant publisher: all of them see it; it sees participants only
+      'obs presence #1 publisher/participant "port"',
+      'all presence #2 publisher/participant "port"',
+    }, (function()
+      local l = {}
+      for _, v in ipairs(log.lines) do l[#l + 1] = v end
+      return l
+    end)())
+  end)
+end)
