@@ -14,7 +14,7 @@ local expired = market.record("timer-expired", "label", "msecs")
 M.set, M.expired = set, expired
 local alarm = market.ground.alarm
 local _ = market._
-local repr, floor = market.repr, math.floor
+local repr, ceil = market.repr, math.ceil
 
 -- The heap holds entries {deadline, seq, label, key}; an entry is live while
 -- current[key] is its seq (re-setting a label leaves the old entry stale).
@@ -93,7 +93,7 @@ function M.driver()
       return   -- malformed requests are ignored: nobody to answer
     end
     local deadline = kind == "absolute" and msecs or market.now() + msecs
-    deadline = floor(deadline + 0.5)
+    deadline = ceil(deadline)   -- never before the time asked for
     local key = repr(m.label)
     seq = seq + 1
     current[key] = seq

@@ -433,8 +433,8 @@ function M.ground_vm(boot, opts)
   if opts.drivers then
     start = function(pid)
       for _, name in ipairs { "timer", "tcp", "udp" } do
-        local ok, d = pcall(require, "market." .. name)
-        if ok and d.driver then M.perform(M.spawn(d.driver, { name = name .. "-driver" })) end
+        local d = require("market." .. name)
+        M.perform(M.spawn(d.driver, { name = name .. "-driver" }))
       end
       -- "Already running" (DESIGN §4): let the drivers boot and subscribe
       -- before the script runs, or its first timer.set (say) is sent to
