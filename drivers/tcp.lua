@@ -48,8 +48,11 @@ M.BACKLOG = 128
 -- For tests and monitoring: the largest output queue any connection had.
 M.stats = { max_queued = 0, pauses = 0, overflows = 0 }
 
+-- Through Lua's warn(): the host decides where warnings go (market.h's
+-- mk_host_on_warning; `market` prints them, plain lua5.4 only with -W).
+local lua_warn = warn
 local function warn(fmt, ...)
-  io.stderr:write("market.tcp: ", fmt:format(...), "\n")
+  lua_warn("market.tcp: ", fmt:format(...))
 end
 
 local function is_wild(v) return v == _ end

@@ -30,8 +30,11 @@ M.MAX_QUEUED = 1 << 20     -- bytes waiting for a full socket buffer before drop
 M.CACHE_MS = 60000         -- how long a resolved host name is remembered
 M.stats = { received = 0, sent = 0, dropped = 0 }
 
+-- Through Lua's warn(): the host decides where warnings go (market.h's
+-- mk_host_on_warning; `market` prints them, plain lua5.4 only with -W).
+local lua_warn = warn
 local function warn(fmt, ...)
-  io.stderr:write("market.udp: ", fmt:format(...), "\n")
+  lua_warn("market.udp: ", fmt:format(...))
 end
 
 local function socket_proc(loc)

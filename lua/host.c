@@ -26,11 +26,16 @@ struct mk_host {
   char *failure;            /* owned: first unreported process failure */
   mk_failure_fn on_failure;
   void *failure_ud;
+  mk_warning_fn on_warning;
+  void *warning_ud;
+  char *warning;            /* owned: a warning being assembled, or NULL */
+  size_t warnlen;
+  int warnpieces;
 };
 
-/* Native handlers running on this thread (any host): run, step and free
-** are refused from inside one. */
-static _Thread_local int native_depth;
+/* Native handlers running now (any host; market is single-threaded): run,
+** step and free are refused from inside one. */
+static int native_depth;
 
 const char *mk_version(void) { return MK_VERSION_STRING; }
 const char *mk_lua_release(void) { return LUA_RELEASE; }
@@ -132,6 +137,36 @@ void mk_host_on_failure(mk_host *h, mk_failure_fn fn, void *ud) {
   h->failure_ud = ud;
 }
 
+/* ---- warnings ----------------------------------------------------------- */
+
+/* Lua's warning function for a host's own state: assemble the pieces of
+** one warn() call and hand the line to the host's callback, if any. */
+static void warnf(void *ud, const char *msg, int tocont) {
+  mk_host *h = ud;
+  size_t n = strlen(msg);
+  char *w = realloc(h->warning, h->warnlen + n + 1);
+  if (w != NULL) {
+    memcpy(w + h->warnlen, msg, n + 1);
+    h->warning = w;
+    h->warnlen += n;
+  }
+  h->warnpieces++;
+  if (tocont) return;
+  if (h->warning != NULL && h->on_warning != NULL && !h->freeing &&
+      !(h->warnpieces == 1 && h->warning[0] == '@'))      /* a control message */
+    h->on_warning(h, h->warning, h->warning_ud);
+  free(h->warning);
+  h->warning = NULL;
+  h->warnlen = 0;
+  h->warnpieces = 0;
+}
+
+void mk_host_on_warning(mk_host *h, mk_warning_fn fn, void *ud) {
+  if (h == NULL) return;
+  h->on_warning = fn;
+  h->warning_ud = ud;
+}
+
 /* ---- life --------------------------------------------------------------- */
 
 static void preload(lua_State *L, const char *name, lua_CFunction f) {
@@ -174,6 +209,7 @@ static mk_host *host_make(lua_State *L, struct ev_loop *loop, mk_error *err) {
     if (L == NULL) { fillerr(err, MK_ENOMEM, "cannot create a Lua state: out of memory"); goto fail; }
     h->L = L;
     h->own_L = 1;
+    lua_setwarnf(L, warnf, h);
     lua_pushcfunction(L, p_setup);
     if ((st = lua_pcall(L, 0, 0, 0)) != LUA_OK) {
       const char *m = lua_tostring(L, -1);
@@ -220,6 +256,7 @@ void mk_host_free(mk_host *h) {
   if (h->own_loop) ev_loop_destroy(h->loop);
   free(h->msg);
   free(h->failure);
+  free(h->warning);
   free(h);
 }
 
@@ -552,7 +589,12 @@ int mk_host_step(mk_host *h) {
   int more;
   if (h == NULL) return MK_EINVAL;
   if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_step: called from inside a handler");
-  more = mk_ground_step(h->g);
+  /* As mk_ground_step, but the loop is polled even when the ground
+  ** watches nothing: the host's own watchers on it get their turn. */
+  mk_vm_run(mk_ground_vm(h->g));
+  ev_run(h->loop, EVRUN_NOWAIT);
+  mk_vm_run(mk_ground_vm(h->g));
+  more = mk_ground_watching(h->g) > 0 || !mk_vm_idle(mk_ground_vm(h->g));
   if (report(h) != MK_OK) return MK_EFAILED;
   return more ? 1 : 0;
 }

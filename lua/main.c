@@ -33,6 +33,13 @@ static void trace_line(void *ud, const char *line) {
   fprintf(stderr, "market: %s\n", line);
 }
 
+/* The drivers' warnings (they name themselves: "market.tcp: ..."). */
+static void warning_line(mk_host *h, const char *message, void *ud) {
+  (void)h;
+  (void)ud;
+  fprintf(stderr, "%s\n", message);
+}
+
 int main(int argc, char **argv) {
   const char *const *args = (const char *const *)argv;
   const char *code = NULL;
@@ -82,6 +89,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (trace) mk_host_trace(h, trace_line, NULL);
+  mk_host_on_warning(h, warning_line, NULL);
   /* arg[0] is the script (with -e: the code), as lua(1) has it. */
   if (mk_host_set_arg(h, argc, args, code ? first - 1 : first) != MK_OK ||
       (drivers && mk_host_start_drivers(h) != MK_OK)) {

@@ -12,7 +12,7 @@
 **   market:readable(fd)    fd is readable (level-triggered)
 **   market:writable(fd)    fd is writable (level-triggered)
 **   market:alarm(msecs)    the wall clock (ms since the epoch) reached msecs (once)
-**   market:signal(signum)  the signal arrived (default loop only)
+**   market:signal(signum)  the signal arrived (libev: a signal is watched by one loop at a time)
 **
 ** Fields must be numbers; a subscription with a wildcard watches nothing.
 */

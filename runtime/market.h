@@ -34,8 +34,8 @@
 **   promises about presence and absence.  Lua allocations that fail inside
 **   Lua code are ordinary Lua errors (the process fails with "not enough
 **   memory"); allocation failures this header can report are MK_ENOMEM.
-**   Tracing (mk_host_trace) hands lines to a function of yours; market
-**   itself never writes them anywhere.
+**   Tracing (mk_host_trace) and the drivers' warnings (mk_host_on_warning)
+**   go to functions of yours; market itself never writes them anywhere.
 ** - Ownership.  Terms passed *in* to the functions below are borrowed
 **   unless it says "steals"; terms returned are new references unless it
 **   says "borrowed" (see term.h).  Strings are copied when kept.
@@ -170,11 +170,23 @@ void mk_host_trace(mk_host *h, mk_trace_fn fn, void *ud);
 ** mk_host_spawn_string fails (raises an error): pid, its name and the Lua
 ** traceback (borrowed for the call).  Its peers see absence with the error
 ** as the reason either way.  fn NULL removes the callback.  Processes they
-** spawned in turn, drivers and native processes are not reported here.
+** spawned in turn, drivers and native processes are not reported here, and
+** nothing is reported while mk_host_free runs.
 */
 typedef void (*mk_failure_fn)(mk_host *h, mk_pid pid, const char *name,
                               const char *traceback, void *ud);
 void mk_host_on_failure(mk_host *h, mk_failure_fn fn, void *ud);
+
+/*
+** Warnings.  The drivers report trouble that is no process's failure (a
+** datagram dropped, accept() failing, a malformed request ignored) with
+** Lua's warn().  A host keeps them to itself unless you ask: fn receives
+** each warning as one line of text (borrowed for the call, no newline).
+** fn NULL stops them.  Your own Lua code may warn() too; Lua's control
+** messages ("@on", "@off") are ignored.  (`market` prints them to stderr.)
+*/
+typedef void (*mk_warning_fn)(mk_host *h, const char *message, void *ud);
+void mk_host_on_warning(mk_host *h, mk_warning_fn fn, void *ud);
 
 /* ---- Lua processes ------------------------------------------------------ */
 

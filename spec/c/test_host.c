@@ -360,7 +360,11 @@ static void continuations(void) {
 }
 
 /* The host's own loop, stepped; drivers; arg. */
+static int own_fired;
+static void own_cb(struct ev_loop *loop, ev_timer *w, int revents) { own_fired++; }
+
 static void own_loop_step(void) {
+  ev_timer own;
   struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
   mk_error err;
   mk_host *h = mk_host_new(loop, &err);
@@ -382,8 +386,13 @@ static void own_loop_step(void) {
     "note('arg ' .. arg[-1] .. ' ' .. arg[0] .. ' ' .. arg[1])\n"
     "timer.sleep(20)\n"
     "note('slept')\n", "sleeper", 0, NULL);
+  /* A watcher of ours on the same loop gets its turn in a step. */
+  ev_timer_init(&own, own_cb, 0, 0);
+  ev_timer_start(loop, &own);
+  own_fired = 0;
   while ((r = mk_host_step(h)) == 1 && steps < 100000) steps++;
   CHECK(r == 0);
+  CHECK(own_fired == 1);
   CHECK(has("arg market script.lua one"));
   CHECK(has("slept"));
   mk_host_free(h);
@@ -405,6 +414,22 @@ static void trace(void) {
   mk_host_free(h);
 }
 
+/* Warnings from Lua's warn() go to the host's callback, or nowhere. */
+static void on_warning(mk_host *h, const char *message, void *ud) {
+  logf_("warning [%s]", message);
+}
+static void warnings(void) {
+  mk_host *h = newhost();
+  mk_host_spawn_string(h, "warn('lost')", "w1", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  mk_host_on_warning(h, on_warning, NULL);
+  mk_host_spawn_string(h, "warn('@on'); warn('market.x: ', 'in ', 'pieces'); warn('@off')",
+                       "w2", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(strcmp(logbuf, "warning [market.x: in pieces]\n") == 0);
+  mk_host_free(h);
+}
+
 int main(void) {
   RUN(new_and_free);
   RUN(spawn_errors);
@@ -417,5 +442,6 @@ int main(void) {
   RUN(continuations);
   RUN(own_loop_step);
   RUN(trace);
+  RUN(warnings);
   return CHECK_DONE();
 }
