@@ -7,6 +7,7 @@
 ** performs actions through the core.* functions here, which act on the
 ** process that is running now.
 */
+#include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -390,6 +391,15 @@ static int c_ground_vm(lua_State *L) {
 }
 
 /* core.now() -> wall-clock ms as the loop sees it */
+/* core.memory() -> bytes the C heap has allocated and not freed (the Lua
+** heap included, as Lua allocates with malloc): live memory, unlike RSS,
+** which also counts what the allocator holds but does not use. */
+static int c_memory(lua_State *L) {
+  struct mallinfo2 mi = mallinfo2();
+  lua_pushinteger(L, (lua_Integer)mi.uordblks);
+  return 1;
+}
+
 static int c_now(lua_State *L) {
   mkl_state *S = STATE(L);
   if (S->g == NULL) return luaL_error(L, "market.now: no ground VM is running");
@@ -458,7 +468,7 @@ void mkl_open_core(lua_State *L) {
     {"send", c_send}, {"feedback", c_feedback}, {"yield", c_yield},
     {"wait", c_wait}, {"current", c_current}, {"self", c_self},
     {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
-    {"now", c_now}, {NULL, NULL}};
+    {"now", c_now}, {"memory", c_memory}, {NULL, NULL}};
   mkl_state *S = getstate(L);
   if (S == NULL) {
     S = lua_newuserdatauv(L, sizeof *S, 0);

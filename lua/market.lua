@@ -447,6 +447,9 @@ function M.ground_vm(boot, opts)
 end
 
 M.now = core.now
+-- memory(): bytes of heap in use by the whole program (C and Lua), for
+-- benchmarks and leak hunting.
+M.memory = core.memory
 
 -- Ground events (see runtime/ground.h): subscribe to these in the ground VM
 -- (or through an event relay) to hear of operating-system readiness.
