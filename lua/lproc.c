@@ -21,7 +21,8 @@ typedef struct mkl_state {
   mk_ground *g;          /* the ground VM Lua processes live under, or NULL */
   mk_proc *current;      /* the process whose event is being handled */
   char *boot_error;      /* owned: traceback of a failed boot process */
-  int mainref;           /* the Lua-side process main function */
+  int mainref;           /* market.lua's main(ctx, boot): the boot activation */
+  int activateref;       /* market.lua's activate(ctx, event...): later ones */
   int trace;
   mkl_fail_fn on_fail;   /* told when a boot process fails (host.c) */
   void *fail_ud;
@@ -90,6 +91,44 @@ static mk_term *reason_of(lua_State *co) {
   return mk_cstr(luaL_tolstring(co, -1, NULL));
 }
 
+#if LUA_VERSION_RELEASE_NUM >= 50406
+#define resetthread(co) lua_closethread((co), NULL)
+#else
+#define resetthread(co) lua_resetthread(co)
+#endif
+
+/* Push an event's fields as handle()'s Lua half expects them; returns how
+** many, or 0 for an event Lua processes do not take. */
+static int pushevent(lua_State *co, const mk_event *ev) {
+  switch (ev->type) {
+    case MK_EV_PRESENCE:
+    case MK_EV_ABSENCE:
+      lua_pushinteger(co, ev->type);
+      lua_pushstring(co, ev->endpoint);
+      lua_pushinteger(co, ev->meta);
+      pushrole(co, &ev->role);
+      if (ev->reason) mkl_pushterm(co, ev->reason); else lua_pushnil(co);
+      return 7;
+    case MK_EV_MESSAGE:
+      lua_pushinteger(co, ev->type);
+      lua_pushstring(co, ev->endpoint);
+      lua_pushinteger(co, ev->meta);
+      pushmessage(co, ev->message);
+      return 4;
+    case MK_EV_SPAWNED:
+      lua_pushinteger(co, ev->type);
+      lua_pushinteger(co, (lua_Integer)(intptr_t)ev->cont);
+      lua_pushinteger(co, (lua_Integer)ev->pid);
+      return 3;
+    case MK_EV_RESUME:
+      lua_pushinteger(co, ev->type);
+      lua_pushinteger(co, (lua_Integer)(intptr_t)ev->cont);
+      return 2;
+    default:
+      return 0;
+  }
+}
+
 static void handle(mk_proc *p, const mk_event *ev) {
   lproc *lp = mk_proc_data(p);
   mkl_state *S = lp->S;
@@ -107,37 +146,15 @@ static void handle(mk_proc *p, const mk_event *ev) {
     lp->ctxref = luaL_ref(co, LUA_REGISTRYINDEX);
     lua_insert(co, 2);
     nargs = 2;
+  } else if (lp->waiting) {
+    /* Straight-line code suspended in core.wait(): the event is its result. */
+    if ((nargs = pushevent(co, ev)) == 0) return;
   } else {
-    if (!lp->waiting) return;      /* cannot happen: it yielded only in core.wait */
-    lua_pushinteger(co, ev->type);
-    switch (ev->type) {
-      case MK_EV_PRESENCE:
-      case MK_EV_ABSENCE:
-        lua_pushstring(co, ev->endpoint);
-        lua_pushinteger(co, ev->meta);
-        pushrole(co, &ev->role);
-        if (ev->reason) mkl_pushterm(co, ev->reason); else lua_pushnil(co);
-        nargs = 7;
-        break;
-      case MK_EV_MESSAGE:
-        lua_pushstring(co, ev->endpoint);
-        lua_pushinteger(co, ev->meta);
-        pushmessage(co, ev->message);
-        nargs = 4;
-        break;
-      case MK_EV_SPAWNED:
-        lua_pushinteger(co, (lua_Integer)(intptr_t)ev->cont);
-        lua_pushinteger(co, (lua_Integer)ev->pid);
-        nargs = 3;
-        break;
-      case MK_EV_RESUME:
-        lua_pushinteger(co, (lua_Integer)(intptr_t)ev->cont);
-        nargs = 2;
-        break;
-      default:
-        lua_pop(co, 1);
-        return;
-    }
+    /* Idle between events: a fresh activation, activate(ctx, event...). */
+    lua_rawgeti(co, LUA_REGISTRYINDEX, S->activateref);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+    if ((nargs = pushevent(co, ev)) == 0) { lua_settop(co, 0); return; }
+    nargs++;
   }
   lp->waiting = 0;
   S->current = p;
@@ -148,8 +165,12 @@ static void handle(mk_proc *p, const mk_event *ev) {
     if (!lp->waiting && mk_proc_alive(p))
       mk_failf(p, "coroutine.yield() outside market.yield(): a process suspends only through market");
   } else if (st == LUA_OK) {
-    lua_pop(co, nres);
-    if (mk_proc_alive(p)) mk_quit(p, 0, NULL);
+    /* The activation ran to its end: the process is idle.  Resetting the
+    ** thread gives back the stack its handlers grew (45 -> 85 slots after
+    ** a typical first handler), which is most of an idle process's
+    ** memory; the next activation starts on a fresh, small stack. */
+    lua_settop(co, 0);
+    resetthread(co);
   } else {
     mk_term *reason = reason_of(co);
     char *tb = NULL;
@@ -353,8 +374,11 @@ static int c_set_name(lua_State *L) {
 static int c_init(lua_State *L) {
   mkl_state *S = STATE(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
   if (S->mainref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->mainref);
-  lua_settop(L, 1);
+  if (S->activateref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->activateref);
+  lua_settop(L, 2);
+  S->activateref = luaL_ref(L, LUA_REGISTRYINDEX);
   S->mainref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
@@ -474,7 +498,7 @@ void mkl_open_core(lua_State *L) {
     S = lua_newuserdatauv(L, sizeof *S, 0);
     memset(S, 0, sizeof *S);
     S->L = L;
-    S->mainref = LUA_NOREF;
+    S->mainref = S->activateref = LUA_NOREF;
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, state_gc);
     lua_setfield(L, -2, "__gc");

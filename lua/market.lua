@@ -413,14 +413,19 @@ function M.set_state(s) current("set_state").state = s end
 -- pid, name, VM path of the running process.
 function M.self() current("self"); return core.self() end
 
+-- A process's coroutine runs one activation at a time: main for the boot
+-- event, activate for each later event that finds it idle.  Between
+-- activations the coroutine has returned, so C can shrink its stack; only
+-- straight-line code waiting in market.yield() keeps a suspended stack.
 local function main(ctx, boot)
   ctx.eps = {}     -- metas, conts, anon, backlog: made when first needed
   apply(ctx, boot(ctx.pid))
-  while true do
-    dispatch(ctx, cwait())
-  end
 end
-core.init(main)
+
+local function activate(ctx, kind, a, b, c, d, e, f)
+  dispatch(ctx, kind, a, b, c, d, e, f)
+end
+core.init(main, activate)
 
 -- ground_vm(boot [, {drivers=, trace=}]): run a ground VM until it has
 -- nothing left to do.  Returns true, or nil and the boot failure's traceback.
