@@ -26,6 +26,7 @@
 **   sock:recvfrom()         -> data, host, port | false | nil, msg  (datagrams up to 65,535 bytes)
 **   sock:sendto(s, sa)      -> bytes | false | nil, msg
 **   sock:close()            (also on garbage collection)
+**   sys.set_resolve_delay(ms)  for tests: resolutions on a thread sleep first
 */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -41,6 +42,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lua.h>
@@ -415,6 +417,7 @@ typedef struct resolve_job {
   int socktype;
   int rc, syserr;            /* getaddrinfo's result */
   int done;
+  int delay_ms;
   struct addrinfo *res;
   char *host, *service;
 } resolve_job;
@@ -434,11 +437,19 @@ static void job_release(resolve_job *j) {
   free(j);
 }
 
+/* For tests: each resolution first sleeps this long (sys.set_resolve_delay),
+** standing in for a slow DNS server. */
+static int resolve_delay_ms;
+
 static void *resolve_thread(void *arg) {
   resolve_job *j = arg;
   struct addrinfo hints, *res = NULL;
   int rc;
   ssize_t w;
+  if (j->delay_ms > 0) {
+    struct timespec ts = { j->delay_ms / 1000, (long)(j->delay_ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+  }
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = j->socktype;
@@ -494,6 +505,7 @@ static int l_resolve(lua_State *L) {
   j->refs = 2;
   j->wfd = fds[1];
   j->socktype = socktype;
+  j->delay_ms = resolve_delay_ms;
   r = lua_newuserdatauv(L, sizeof *r, 0);
   r->job = NULL;
   r->rfd = fds[0];
@@ -552,6 +564,11 @@ static int r_close(lua_State *L) {
   return 0;
 }
 
+static int l_set_resolve_delay(lua_State *L) {
+  resolve_delay_ms = (int)luaL_checkinteger(L, 1);
+  return 0;
+}
+
 /* ---- the module --------------------------------------------------------- */
 
 int luaopen_market_sys(lua_State *L) {
@@ -564,7 +581,8 @@ int luaopen_market_sys(lua_State *L) {
     {"fd", r_fd}, {"result", r_result}, {"close", r_close}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {
     {"resolve", l_resolve}, {"tcp_listen", l_tcp_listen}, {"tcp_connect", l_tcp_connect},
-    {"udp_bind", l_udp_bind}, {"fd_read", l_fd_read}, {NULL, NULL}};
+    {"udp_bind", l_udp_bind}, {"fd_read", l_fd_read},
+    {"set_resolve_delay", l_set_resolve_delay}, {NULL, NULL}};
   lua_newuserdatauv(L, READ_MAX > DGRAM_MAX ? READ_MAX : DGRAM_MAX, 0);   /* scratch */
   if (luaL_newmetatable(L, SOCK_MT)) {
     lua_newtable(L);

@@ -41,7 +41,8 @@ local listener_closed = market.record("tcp-driver:listener-closed", "port")
 -- Tunables, read when a connection starts.
 M.HIGH_WATER = 1 << 20      -- bytes queued for output before backpressure is published
 M.LOW_WATER = nil           -- withdrawn again at or below this (default HIGH_WATER // 2)
-M.HARD_LIMIT = nil          -- over this the connection fails (default 8 * HIGH_WATER)
+M.HARD_LIMIT = nil          -- bytes a sender may add while backpressure is published
+                            -- before the connection fails (default 8 * HIGH_WATER)
 M.READ_SIZE = 65536         -- largest chunk read at once
 M.LINGER_MS = 30000         -- how long a closing connection may take to flush
 M.BACKLOG = 128
@@ -74,6 +75,7 @@ local function manager(c)
     local resolver, addrs, ai, lasterr
     local readers, senders, seen = 0, 0, false
     local q, qh, qt, qbytes, off = {}, 1, 0, 0, 1     -- output queue: strings, EOF
+    local overrun = 0                                 -- bytes queued while paused
     local paused, eof_in, eof_out, closing = false, false, false, false
     local watching = {}                               -- ground-event endpoints held
     local warned = false
@@ -124,16 +126,16 @@ local function manager(c)
     -- After the queue changed: backpressure, the writable watch, closing.
     local function update_flow()
       if qbytes > M.stats.max_queued then M.stats.max_queued = qbytes end
-      if qbytes > hard then
+      if overrun > hard then
         M.stats.overflows = M.stats.overflows + 1
-        return finish(("output queue over %d bytes: the peer is not reading"):format(hard))
+        return finish(("%d bytes sent despite backpressure: the peer is not reading"):format(overrun))
       end
       if not paused and qbytes > high then
         paused = true
         M.stats.pauses = M.stats.pauses + 1
         P(market.publisher(backpressure(loc, remote), "bp"))
       elseif paused and qbytes <= low then
-        paused = false
+        paused, overrun = false, 0
         P(market.delete_endpoint("bp"))
       end
       if not connected then return end
@@ -179,6 +181,7 @@ local function manager(c)
         return
       else
         qbytes = qbytes + #d
+        if paused then overrun = overrun + #d end
       end
       qt = qt + 1
       q[qt] = d
@@ -342,7 +345,12 @@ end
 -- The driver's boot function: run it with market.spawn(tcp.driver).
 function M.driver()
   local listeners = {}      -- port -> observers
-  local outbound = {}       -- key -> subscribers
+  -- Outbound, per (address, handle): subs = the users' subscriptions seen,
+  -- manager = nil | "spawned" | "alive".  A manager is spawned when a first
+  -- subscription appears and none is alive, so a process may withdraw its
+  -- subscription and subscribe again (to stop reading for a while) without
+  -- a second connection being made.
+  local outbound = {}
 
   local function listen_port(role)
     if role.interest == "participant" then return nil end   -- sessions, not observers
@@ -351,11 +359,21 @@ function M.driver()
     return port
   end
 
-  local function out_key(role)
+  local function out_entry(role, create)
     local t = role.topic
     local a, h = t.source, t.destination
     if is_wild(a.host) or is_wild(a.port) or is_wild(h.id) then return nil end
-    return repr(a) .. " " .. repr(h), a, h
+    local key = repr(a) .. " " .. repr(h)
+    local e = outbound[key]
+    if not e and create then
+      e = { key = key, subs = 0, manager = nil }
+      outbound[key] = e
+    end
+    return e, a, h
+  end
+
+  local function forget(e)
+    if e.subs == 0 and not e.manager then outbound[e.key] = nil end
   end
 
   return market.transition(nil,
@@ -378,23 +396,38 @@ function M.driver()
         if n == 0 then P(market.send(stop_listener(port))) end
       end,
     }),
+    -- Users asking for outbound connections: their inbound-flow subscriptions.
     market.observe_subscribers(channel(address(_, _), handle(_), _), {
       name = "connect",
       on_presence = function(_, role)
-        local key, a, h = out_key(role)
-        if not key then return end
-        local n = (outbound[key] or 0) + 1
-        outbound[key] = n
-        if n == 1 then
+        local e, a, h = out_entry(role, true)
+        if not e then return end
+        e.subs = e.subs + 1
+        if not e.manager then
+          e.manager = "spawned"
           P(market.spawn(manager { remote = a, loc = h },
                          { name = "tcp " .. repr(h) .. " -> " .. repr(a) }))
         end
       end,
       on_absence = function(_, role)
-        local key = out_key(role)
-        if not key or not outbound[key] then return end
-        local n = outbound[key] - 1
-        outbound[key] = n > 0 and n or nil
+        local e = out_entry(role, false)
+        if not e then return end
+        e.subs = e.subs - 1
+        forget(e)
+      end,
+    }),
+    -- Outbound managers themselves: their inbound-flow publishers.
+    market.observe_publishers(channel(address(_, _), handle(_), _), {
+      name = "managers",
+      on_presence = function(_, role)
+        local e = out_entry(role, true)
+        if e then e.manager = "alive" end
+      end,
+      on_absence = function(_, role)
+        local e = out_entry(role, false)
+        if not e then return end
+        e.manager = nil
+        forget(e)
       end,
     }))
 end

@@ -1,0 +1,115 @@
+-- dns_example_spec.lua: examples/dns.lua end to end with dig (and socat for
+-- malformed packets), on loopback port 47150, the server killed at the end.
+package.path = "spec/support/?.lua;" .. package.path
+local N = require "net"
+
+local PORT = 47150
+
+-- The answer section of `dig name type`, one record per line, whitespace
+-- collapsed; and the status line's rcode.
+local function dig(args)
+  local out = N.capture(("dig +tries=1 +time=2 @127.0.0.1 -p %d %s +noall +answer +authority +comments")
+    :format(PORT, args), 10)
+  local status = out:match("status: (%u+)")
+  local flags = out:match(";; flags: ([%w ]+);")
+  local lines = {}
+  for line in out:gmatch("[^\n]+") do
+    if not line:match("^;") and line:match("%S") then
+      lines[#lines + 1] = (line:gsub("%s+", " "))
+    end
+  end
+  return lines, status, flags, out
+end
+
+-- Send raw bytes (written as octal escapes for sh's printf) over UDP; the
+-- reply as hex bytes separated by spaces ("" for none within a second).
+local function raw(octal)
+  local out = N.capture(("printf '%s' | socat -T 1 - UDP:127.0.0.1:%d | od -An -v -tx1")
+    :format(octal, PORT), 5)
+  return (out:gsub("%s+", " "):gsub("^ ", ""):gsub(" $", ""))
+end
+
+describe("examples/dns.lua", function()
+  local server
+  setup(function()
+    server = N.start("examples/dns.lua", PORT)
+    assert(server.wait_for("on udp port " .. PORT), "dns did not start: " .. server.stderr())
+  end)
+  teardown(function() server.kill() end)
+
+  it("answers A authoritatively", function()
+    local lines, status, flags = dig("example.test A")
+    assert.equal("NOERROR", status)
+    assert.equal("qr aa rd", flags)
+    assert.are.same({ "example.test. 300 IN A 192.0.2.1" }, lines)
+  end)
+
+  it("answers AAAA and several A records", function()
+    assert.are.same({ "mail.example.test. 300 IN AAAA 2001:db8:0:1::25" }, (dig("mail.example.test AAAA")))
+    assert.are.same({ "mail.example.test. 300 IN A 192.0.2.25", "mail.example.test. 300 IN A 192.0.2.26" },
+      (dig("mail.example.test A")))
+  end)
+
+  it("answers TXT with several strings", function()
+    assert.are.same({ 'mail.example.test. 300 IN TXT "hello world" "a second string; with a semicolon"' },
+      (dig("mail.example.test TXT")))
+  end)
+
+  it("follows CNAME chains inside the zone", function()
+    assert.are.same({
+      "alias.example.test. 300 IN CNAME www.example.test.",
+      "www.example.test. 300 IN CNAME example.test.",
+      "example.test. 300 IN AAAA 2001:db8::1" }, (dig("alias.example.test AAAA")))
+    assert.are.same({ "www.example.test. 300 IN CNAME example.test." }, (dig("www.example.test CNAME")))
+    -- A CNAME out of the zone is answered as it is.
+    assert.are.same({ "away.example.test. 300 IN CNAME example.org." }, (dig("away.example.test A")))
+  end)
+
+  it("keeps the case of the question", function()
+    local lines = dig("WwW.Example.TEST A")
+    assert.equal("WwW.Example.TEST. 300 IN CNAME example.test.", lines[1])
+    assert.equal("example.test. 300 IN A 192.0.2.1", lines[2])
+  end)
+
+  it("answers NXDOMAIN for a name not in the zone, with the SOA", function()
+    local lines, status = dig("nothing.example.test A")
+    assert.equal("NXDOMAIN", status)
+    assert.are.same({ "example.test. 3600 IN SOA ns.example.test. hostmaster.example.test. 2024010101 3600 600 86400 300" }, lines)
+    local other, st2 = dig("example.org A")
+    assert.equal("NXDOMAIN", st2)
+    assert.are.same({}, other)
+  end)
+
+  it("answers an empty NOERROR for a type the name does not have", function()
+    local lines, status = dig("www.example.test MX")
+    assert.equal("NOERROR", status)
+    -- www is a CNAME: the chain is followed to example.test, which has no MX.
+    assert.are.same({ "www.example.test. 300 IN CNAME example.test.",
+      "example.test. 3600 IN SOA ns.example.test. hostmaster.example.test. 2024010101 3600 600 86400 300" }, lines)
+  end)
+
+  it("answers over TCP too (dig asks ANY over TCP)", function()
+    local lines, status = dig("example.test ANY")
+    assert.equal("NOERROR", status)
+    assert.equal(4, #lines)
+    assert.equal("example.test. 300 IN A 192.0.2.1", lines[2])
+    assert.are.same({ "ns.example.test. 300 IN A 192.0.2.53" }, (dig("+tcp ns.example.test A")))
+  end)
+
+  it("drops packets that are not queries and answers a malformed question with FORMERR", function()
+    -- Shorter than a header: dropped.
+    assert.equal("", raw("hello"))
+    -- A header with QR set (a response): dropped.
+    assert.equal("", raw("\\022\\064\\201\\000\\000\\001\\000\\000\\000\\000\\000\\000"))
+    -- One question, cut off in its name: FORMERR (rcode 1), no question.
+    assert.equal("12 34 81 01 00 00 00 00 00 00 00 00",
+      raw("\\022\\064\\001\\000\\000\\001\\000\\000\\000\\000\\000\\000\\007exam"))
+    -- And the server is still there.
+    assert.are.same({ "example.test. 300 IN A 192.0.2.1" }, (dig("example.test A")))
+  end)
+
+  it("exits cleanly on SIGTERM", function()
+    assert.equal(0, server.stop("TERM"))
+    assert.equal("dns: serving example.test. on udp port " .. PORT .. "\n", server.stderr())
+  end)
+end)

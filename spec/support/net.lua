@@ -1,0 +1,162 @@
+-- spec/support/net.lua: helpers for the tcp/udp driver and example specs.
+local market = require "market"
+local N = {}
+
+local ALIVE = { "net-spec", "alive" }
+
+-- run(boot [, timeout_ms]): run boot as straight-line code in a ground VM
+-- with the drivers.  A watchdog kills every process if boot has not
+-- returned within timeout_ms (default 10 s), so a hang fails the spec
+-- instead of stalling the suite.  When boot returns, its process quits
+-- (its endpoints go); the VM then runs until everything else has finished.
+-- Returns whatever boot returned.
+function N.run(boot, timeout_ms)
+  local timed_out, results = false, nil
+  local ok, err = market.ground_vm(function()
+    market.perform(market.publisher(ALIVE, "net-spec-alive"), market.spawn(function()
+      local me = market.self()
+      return market.transition(nil,
+        market.subscriber(ALIVE, {
+          on_absence = function() return market.transition_no_state(market.quit()) end }),
+        market.subscriber(market.ground.alarm(math.floor(market.now()) + (timeout_ms or 10000)), {
+          on_message = function()
+            timed_out = true
+            for pid = 1, 5000 do
+              if pid ~= me then market.perform(market.quit(pid, "spec timeout")) end
+            end
+            return market.transition_no_state(market.quit())
+          end }))
+    end, { name = "watchdog" }))
+    results = table.pack(boot())
+    market.perform(market.quit())
+  end, { drivers = true })
+  assert(ok == true, "ground_vm failed: " .. tostring(err))
+  assert(not timed_out, "the spec timed out (the watchdog killed its processes)")
+  return table.unpack(results, 1, results.n)
+end
+
+local waits = 0
+-- await(topic): straight-line: subscribe to topic, wait for one message
+-- on it, unsubscribe; returns the message.
+function N.await(topic)
+  waits = waits + 1
+  local name = "await#" .. waits
+  market.perform(market.subscriber(topic, name))
+  local ev = market.wait_for(function(e) return e.type == "message" and e.endpoint == name end)
+  market.perform(market.delete_endpoint(name))
+  return ev.message
+end
+
+-- A free TCP (or UDP) port on this host, as the kernel picks them.
+function N.free_port(kind)
+  local sys = require "market.sys"
+  local s = assert(kind == "udp" and sys.udp_bind(0) or sys.tcp_listen(0))
+  local port = s:local_port()
+  s:close()
+  return port
+end
+
+-- ---- subprocesses -----------------------------------------------------
+
+function N.market_bin()
+  local dir = os.getenv("MARKET_BUILD")
+  if not dir then dir = package.cpath:match("([^;]*)/lua/%?%.so") end
+  assert(dir, "MARKET_BUILD is not set")
+  return dir .. "/market"
+end
+
+function N.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+function N.slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function N.sh(cmd)
+  local ok, how, code = os.execute(cmd)
+  if how == "exit" then return code end
+  return 128 + code
+end
+
+function N.sleep(secs) os.execute("sleep " .. secs) end
+
+-- Start a shell command in the background (it should `exec` the program so
+-- that the pid is the program's), stdin from /dev/null, stdout and stderr
+-- to temporary files.  Returns an object: .pid, .stdout(), .stderr(),
+-- .running(), .exited() (the status once it has exited), .wait_for(text
+-- [, secs]) waits until stderr holds text, .wait_exit([secs]),
+-- .stop([signal]) signals it and waits (bounded) for its status, .kill()
+-- makes sure it is gone and removes the files.
+function N.start_cmd(command)
+  local base = os.tmpname()
+  local self = { out = base .. ".out", err = base .. ".err", status = base .. ".status" }
+  -- The outer shell records the pid, waits, then writes the exit status.
+  local cmd = ("( (%s) >%s 2>%s </dev/null & pid=$!; echo $pid >%s.pid; wait $pid; echo $? >%s.tmp; mv %s.tmp %s) >/dev/null 2>&1 &")
+    :format(command, self.out, self.err, base, self.status, self.status, self.status)
+  assert(os.execute(cmd))
+  for _ = 1, 250 do
+    local p = N.slurp(base .. ".pid")
+    if p and p:match("%d+\n") then self.pid = p:match("%d+"); break end
+    N.sleep(0.02)
+  end
+  os.remove(base .. ".pid")
+  os.remove(base)
+  assert(self.pid, "could not start " .. command)
+
+  function self.stderr() return N.slurp(self.err) or "" end
+  function self.stdout() return N.slurp(self.out) or "" end
+  function self.exited()
+    local s = N.slurp(self.status)
+    return s and tonumber(s:match("%d+"))
+  end
+  function self.running() return self.exited() == nil end
+  function self.wait_for(text, secs)
+    for _ = 1, math.floor((secs or 5) / 0.02) do
+      if self.stderr():find(text, 1, true) then return true end
+      if self.exited() then break end
+      N.sleep(0.02)
+    end
+    return self.stderr():find(text, 1, true) ~= nil
+  end
+  function self.wait_exit(secs)
+    for _ = 1, math.floor((secs or 5) / 0.02) do
+      local s = self.exited()
+      if s then return s end
+      N.sleep(0.02)
+    end
+    return self.exited()
+  end
+  function self.stop(sig)
+    if self.running() then os.execute("kill -" .. (sig or "TERM") .. " " .. self.pid .. " 2>/dev/null") end
+    return self.wait_exit(5)
+  end
+  function self.kill()
+    if self.running() then
+      os.execute("kill -KILL " .. self.pid .. " 2>/dev/null")
+      self.wait_exit(2)
+    end
+    os.remove(self.out); os.remove(self.err); os.remove(self.status)
+  end
+  return self
+end
+
+-- Start `market script args...` (see start_cmd).
+function N.start(script, ...)
+  local args = {}
+  for i = 1, select("#", ...) do args[#args + 1] = N.q(select(i, ...)) end
+  return N.start_cmd(("exec %s %s %s"):format(N.q(N.market_bin()), N.q(script), table.concat(args, " ")))
+end
+
+-- Run a shell command with a time bound; returns its stdout and status.
+function N.capture(cmd, secs)
+  local out = os.tmpname()
+  local status = N.sh(("timeout %d sh -c %s >%s 2>&1"):format(secs or 10, N.q(cmd), out))
+  local s = N.slurp(out)
+  os.remove(out)
+  return s, status
+end
+
+return N

@@ -1,0 +1,470 @@
+-- tcp_driver_spec.lua: the TCP driver in-process (DESIGN §3, docs/tcp.md).
+-- Each test runs a ground VM with the drivers and talks to itself over
+-- loopback, through the driver on both ends (or a raw socket on one).
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local tcp = require "market.tcp"
+local timer = require "market.timer"
+local relay = require "market.event_relay"
+local sys = require "market.sys"
+local N = require "net"
+local ANY, EOF = market._, market.EOF
+local send, T, quit = market.send, market.transition_no_state, market.quit
+
+-- A server process: observes the listener on `port` and spawns
+-- session(remote, here) for each connection; quits on {"stop-server", port}.
+local function serve(port, session)
+  local here = tcp.listener(port)
+  return market.spawn(function()
+    return market.transition(nil,
+      market.observe_publishers(tcp.channel(ANY, here, ANY), {
+        on_presence = function(_, role)
+          return T(market.spawn(session(role.topic.source, here), { name = "session" }))
+        end }),
+      market.subscriber({ "stop-server", port }, {
+        on_message = function() return T(quit()) end }))
+  end, { name = "server " .. port })
+end
+
+-- Straight-line: the next presence or absence of tcp.listening(port, _).
+local function listening_event(port)
+  market.perform(market.subscriber(tcp.listening(port, ANY), "listening?"))
+  local ev = market.wait_for(function(e) return e.endpoint == "listening?" end)
+  return ev
+end
+
+-- A client process for tcp.handle(id) connecting to address a.  It logs
+-- "connected" (the driver's presence), "data <text>", "eof" and
+-- "closed <reason>", and on eof or absence sends {"done", id} and quits.
+-- opts.on_connect(out) / opts.on_data(d, out) may return a transition;
+-- out(x) is the action sending x on the connection.
+local function client(id, a, log, opts)
+  opts = opts or {}
+  local h = tcp.handle(id)
+  return market.spawn(function()
+    local function out(x) return send(tcp.channel(h, a, x)) end
+    local function done() return send({ "done", id }), quit() end
+    return market.transition(nil,
+      market.subscriber(tcp.channel(a, h, ANY), {
+        name = "in",
+        on_message = function(_, m)
+          local d = m.subpacket
+          if d == EOF then
+            log[#log + 1] = "eof"
+            return T(done())
+          end
+          log[#log + 1] = "data " .. d
+          if opts.on_data then return opts.on_data(d, out) end
+        end,
+        on_absence = function(_, _, reason)
+          log[#log + 1] = "closed " .. tostring(reason)
+          return T(done())
+        end }),
+      market.publisher(tcp.channel(h, a, ANY), {
+        name = "out",
+        on_presence = function()
+          log[#log + 1] = "connected"
+          if opts.on_connect then return opts.on_connect(out) end
+        end }))
+  end, { name = "client " .. tostring(id) })
+end
+
+-- A session that answers each chunk with "you said <chunk>" and, on EOF,
+-- says "bye", half-closes and goes.
+local function polite(remote, here)
+  return function()
+    return market.transition(nil,
+      market.subscriber(tcp.channel(remote, here, ANY), {
+        on_message = function(_, m)
+          if m.subpacket == EOF then
+            return T(send(tcp.channel(here, remote, "bye")), send(tcp.channel(here, remote, EOF)),
+                     quit())
+          end
+          return T(send(tcp.channel(here, remote, "you said " .. m.subpacket)))
+        end }),
+      market.publisher(tcp.channel(here, remote, ANY)))
+  end
+end
+
+-- The log with adjacent "data" entries merged (TCP has no message boundaries).
+local function squash(log)
+  local out = {}
+  for _, line in ipairs(log) do
+    local prev = out[#out]
+    if prev and prev:sub(1, 5) == "data " and line:sub(1, 5) == "data " then
+      out[#out] = prev .. line:sub(6)
+    else
+      out[#out + 1] = line
+    end
+  end
+  return out
+end
+
+describe("tcp driver", function()
+  local saved
+  before_each(function()
+    saved = { tcp.HIGH_WATER, tcp.LOW_WATER, tcp.HARD_LIMIT }
+    tcp.stats.max_queued, tcp.stats.pauses, tcp.stats.overflows = 0, 0, 0
+  end)
+  after_each(function()
+    tcp.HIGH_WATER, tcp.LOW_WATER, tcp.HARD_LIMIT = saved[1], saved[2], saved[3]
+    sys.set_resolve_delay(0)
+  end)
+
+  it("listens on port 0, reports the kernel's port, and serves a client that connects by name", function()
+    local log, remote = {}, nil
+    local port = N.run(function()
+      market.perform(serve(0, function(r, here) remote = r; return polite(r, here) end))
+      local ev = listening_event(0)
+      assert.equal("presence", ev.type)
+      local p = ev.role.topic.bound_port
+      -- "localhost" is not numeric: it goes through the resolver thread.
+      market.perform(client("c", tcp.address("localhost", p), log, {
+        on_connect = function(out) return T(out("ping")) end,
+        on_data = function(d, out) if d:find("ping") then return T(out(EOF)) end end }))
+      N.await({ "done", "c" })
+      market.perform(send({ "stop-server", 0 }))
+      -- The listener goes with its last observer.
+      ev = market.wait_for(function(e) return e.endpoint == "listening?" end)
+      assert.equal("absence", ev.type)
+      assert.is_nil(ev.reason)
+      return p
+    end)
+    assert.is_true(math.type(port) == "integer" and port > 0)
+    assert.are.same({ "connected", "data you said pingbye", "eof" }, squash(log))
+    assert.is_true(remote.host == "127.0.0.1" or remote.host == "::1", remote.host)
+    assert.is_true(math.type(remote.port) == "integer" and remote.port > 0)
+  end)
+
+  it("stops listening when the last observer goes: connecting then is refused", function()
+    local log = {}
+    N.run(function()
+      market.perform(serve(0, polite))
+      local p = listening_event(0).role.topic.bound_port
+      market.perform(send({ "stop-server", 0 }))
+      assert.equal("absence", market.wait_for(function(e) return e.endpoint == "listening?" end).type)
+      market.perform(client("late", tcp.address("127.0.0.1", p), log))
+      N.await({ "done", "late" })
+    end)
+    assert.are.same({ "connected", "closed connection refused" }, log)
+  end)
+
+  it("reports a refused connection as an absence with a reason", function()
+    local log, port = {}, N.free_port()
+    N.run(function()
+      market.perform(client("r", tcp.address("127.0.0.1", port), log, {
+        on_connect = function(out) return T(out("lost")) end }))
+      N.await({ "done", "r" })
+    end)
+    assert.are.same({ "connected", "closed connection refused" }, log)
+  end)
+
+  it("reports an address already in use as the listener's absence with a reason", function()
+    local taken = assert(sys.tcp_listen(0))
+    local port = taken:local_port()
+    local ev
+    N.run(function()
+      market.perform(serve(port, polite))
+      ev = listening_event(port)
+      if ev.type == "presence" then
+        assert.is_nil(ev.role.topic.bound_port)      -- never listened
+        ev = market.wait_for(function(e) return e.endpoint == "listening?" end)
+      end
+      market.perform(send({ "stop-server", port }))
+    end)
+    taken:close()
+    assert.equal("absence", ev.type)
+    assert.equal(("cannot listen on port %d: address already in use"):format(port), ev.reason)
+  end)
+
+  it("half-closes on EOF: the other direction stays open", function()
+    local log, got = {}, {}
+    N.run(function()
+      -- The session collects everything until the client's EOF, then
+      -- answers over the still-open direction.
+      market.perform(serve(0, function(remote, here)
+        return function()
+          return market.transition(nil,
+            market.subscriber(tcp.channel(remote, here, ANY), {
+              on_message = function(_, m)
+                if m.subpacket ~= EOF then got[#got + 1] = m.subpacket; return end
+                got[#got + 1] = "<eof>"
+                return T(send(tcp.channel(here, remote, "after your eof: " .. table.concat(got))),
+                         send(tcp.channel(here, remote, EOF)), quit())
+              end }),
+            market.publisher(tcp.channel(here, remote, ANY)))
+        end
+      end))
+      local p = listening_event(0).role.topic.bound_port
+      market.perform(client("h", tcp.address("127.0.0.1", p), log, {
+        on_connect = function(out) return T(out("hello"), out(EOF)) end }))
+      N.await({ "done", "h" })
+      market.perform(send({ "stop-server", 0 }))
+    end)
+    assert.equal("hello<eof>", table.concat(got))
+    assert.are.same({ "connected", "data after your eof: hello<eof>", "eof" }, squash(log))
+  end)
+
+  it("reports a connection reset by the peer as an absence with a reason", function()
+    local reason
+    N.run(function()
+      market.perform(serve(0, function(remote, here)
+        return function()
+          return market.transition(nil,
+            market.subscriber(tcp.channel(remote, here, ANY), {
+              on_absence = function(_, _, why) reason = why; return T(send({ "reset-seen" }), quit()) end }),
+            market.publisher(tcp.channel(here, remote, ANY), {
+              on_presence = function() return T(send(tcp.channel(here, remote, ("x"):rep(10000))),
+                                                send({ "sent" })) end }))
+        end
+      end))
+      local p = listening_event(0).role.topic.bound_port
+      -- A raw client that never reads: closing it with unread data sends RST.
+      local raw = assert(sys.tcp_connect(assert(sys.resolve("127.0.0.1", p))[1].sa))
+      N.await({ "sent" })
+      timer.sleep(50)
+      raw:close()
+      N.await({ "reset-seen" })
+      market.perform(send({ "stop-server", 0 }))
+    end)
+    assert.equal("connection reset by peer", reason)
+  end)
+
+  it("fails an unknown host without blocking the VM", function()
+    local log, ticks, ticks_at_failure = {}, 0, nil
+    sys.set_resolve_delay(300)       -- a slow DNS server
+    N.run(function()
+      -- A ticker that runs every 10 ms while the name resolves.
+      market.perform(market.spawn(function()
+        return market.transition(nil,
+          market.subscriber(timer.expired("tick", ANY), {
+            on_message = function()
+              ticks = ticks + 1
+              return T(send(timer.set("tick", 10, "relative")))
+            end }),
+          market.subscriber({ "done", "u" }, {
+            on_message = function() ticks_at_failure = ticks; return T(quit()) end }),
+          send(timer.set("tick", 10, "relative")))
+      end, { name = "ticker" }))
+      market.perform(client("u", tcp.address("no-such-host.invalid", 80), log))
+      N.await({ "done", "u" })
+    end, 30000)      -- (the resolver may be slow to say no)
+    assert.equal("connected", log[1])
+    assert.equal("closed unknown host no-such-host.invalid (name or service not known)", log[2])
+    assert.is_true(ticks_at_failure >= 10, "only " .. tostring(ticks_at_failure) .. " ticks")
+  end)
+
+  it("bounds the output queue with backpressure; a sender that honours it loses nothing", function()
+    local HIGH, CHUNK, TOTAL = 64 * 1024, 16 * 1024, 24 * 1024 * 1024
+    tcp.HIGH_WATER = HIGH
+    local received, bad, pauses_seen, log = 0, 0, 0, {}
+    local function chunk(i) return string.rep(string.char(65 + i % 26), CHUNK) end
+    N.run(function()
+      -- The session pumps TOTAL bytes one chunk per turn, pausing while the
+      -- driver publishes tcp.backpressure for its flow.
+      market.perform(serve(0, function(remote, here)
+        return function()
+          local sent, paused, pumping = 0, false, false
+          local function pump()
+            pumping = false
+            if paused then return end
+            if sent >= TOTAL then
+              return T(send(tcp.channel(here, remote, EOF)), quit())
+            end
+            sent = sent + CHUNK
+            pumping = true
+            return T(send(tcp.channel(here, remote, chunk(sent // CHUNK))), market.yield(pump))
+          end
+          return market.transition(nil,
+            market.subscriber(tcp.channel(remote, here, ANY)),
+            market.publisher(tcp.channel(here, remote, ANY), {
+              on_presence = function() return pump() end }),
+            market.observe_publishers(tcp.backpressure(here, remote), {
+              on_presence = function() paused = true; pauses_seen = pauses_seen + 1 end,
+              on_absence = function() paused = false; if not pumping then return pump() end end }))
+        end
+      end))
+      local p = listening_event(0).role.topic.bound_port
+      -- The client takes nothing until the server has been paused for a
+      -- while, then reads everything.
+      local a, h = tcp.address("127.0.0.1", p), tcp.handle("slow")
+      market.perform(market.spawn(function()
+        local n = 0
+        local function reader()
+          return market.subscriber(tcp.channel(a, h, ANY), {
+            name = "in",
+            on_message = function(_, m)
+              local d = m.subpacket
+              if d == EOF then return T(send({ "done", "slow" }), quit()) end
+              -- Chunk k (1-based) is CHUNK copies of letter k % 26.
+              local i = 1
+              while i <= #d do
+                local k = n // CHUNK + 1
+                local j = math.min(#d, i + CHUNK - n % CHUNK - 1)
+                if d:sub(i, j) ~= string.rep(string.char(65 + k % 26), j - i + 1) then
+                  bad = bad + 1
+                end
+                n = n + (j - i + 1)
+                i = j + 1
+              end
+              received = n
+            end })
+        end
+        return market.transition(nil,
+          reader(),
+          market.publisher(tcp.channel(h, a, ANY), {
+            name = "out",
+            -- Connected: stop reading (the driver stops reading the socket).
+            on_presence = function() return T(market.delete_endpoint("in")) end }),
+          market.observe_publishers(tcp.backpressure(ANY, ANY), {
+            name = "bp",
+            on_presence = function()
+              log[#log + 1] = "server paused"
+              return T(market.delete_endpoint("bp"), send(timer.set("resume", 200, "relative")))
+            end }),
+          market.subscriber(timer.expired("resume", ANY), {
+            on_message = function()
+              log[#log + 1] = ("resuming at %d queued"):format(tcp.stats.max_queued)
+              return T(reader())
+            end }))
+      end, { name = "slow client" }))
+      N.await({ "done", "slow" })
+      market.perform(send({ "stop-server", 0 }))
+    end, 30000)
+    assert.equal(TOTAL, received)
+    assert.equal(0, bad)
+    assert.is_true(pauses_seen >= 1)
+    assert.equal("server paused", log[1])
+    -- While paused for 200 ms the queue did not grow past one or two
+    -- chunks over the mark (what was in flight when the pause was seen).
+    assert.is_true(tcp.stats.max_queued <= HIGH + 2 * CHUNK,
+      "max queued " .. tcp.stats.max_queued)
+    assert.equal(0, tcp.stats.overflows)
+  end)
+
+  it("fails the connection of a sender that ignores backpressure at the hard limit", function()
+    local HIGH, HARD, CHUNK = 64 * 1024, 1024 * 1024, 64 * 1024
+    tcp.HIGH_WATER, tcp.HARD_LIMIT = HIGH, HARD
+    local reason, sent
+    local mem_before, mem_after
+    N.run(function()
+      market.perform(serve(0, function(remote, here)
+        return function()
+          sent = 0
+          local function flood()
+            sent = sent + CHUNK
+            return T(send(tcp.channel(here, remote, ("z"):rep(CHUNK))), market.yield(flood))
+          end
+          return market.transition(nil,
+            market.subscriber(tcp.channel(remote, here, ANY)),
+            market.publisher(tcp.channel(here, remote, ANY), {
+              on_presence = function() return flood() end,
+              on_absence = function(_, _, why)
+                reason = why
+                return T(send({ "flood-over" }), quit())
+              end }))
+        end
+      end))
+      local p = listening_event(0).role.topic.bound_port
+      local a, h = tcp.address("127.0.0.1", p), tcp.handle("deaf")
+      collectgarbage()
+      mem_before = collectgarbage("count")
+      -- A client that never reads: it only publishes (its subscription is
+      -- withdrawn as soon as the connection is there).
+      market.perform(market.spawn(function()
+        return market.transition(nil,
+          market.subscriber(tcp.channel(a, h, ANY), "in"),
+          market.publisher(tcp.channel(h, a, ANY), {
+            on_presence = function() return T(market.delete_endpoint("in")) end }),
+          market.subscriber({ "stop-deaf" }, { on_message = function() return T(quit()) end }))
+      end, { name = "deaf client" }))
+      N.await({ "flood-over" })
+      collectgarbage()
+      mem_after = collectgarbage("count")
+      market.perform(send({ "stop-deaf" }), send({ "stop-server", 0 }))
+    end, 30000)
+    -- What the sender added after the pause was published is over HARD by
+    -- less than a chunk when the connection fails.
+    local over = tonumber(reason:match("^(%d+) bytes sent despite backpressure: the peer is not reading$"))
+    assert.is_true(over and over > HARD and over <= HARD + CHUNK, reason)
+    assert.is_true(tcp.stats.max_queued <= HIGH + CHUNK + HARD + CHUNK, "max queued " .. tcp.stats.max_queued)
+    assert.equal(1, tcp.stats.overflows)
+    assert.is_true(mem_after - mem_before < 8 * 1024, "Lua heap grew by " .. (mem_after - mem_before) .. " KiB")
+  end)
+
+  it("accepts one message larger than the limits and delivers it whole", function()
+    tcp.HIGH_WATER = 64 * 1024                   -- hard limit 512 KiB
+    local big = {}
+    for i = 1, 3 * 1024 * 1024 // 16 do big[i] = ("%15d\n"):format(i) end
+    big = table.concat(big)
+    local log = {}
+    N.run(function()
+      market.perform(serve(0, function(remote, here)
+        return function()
+          return market.transition(nil,
+            market.subscriber(tcp.channel(remote, here, ANY)),
+            market.publisher(tcp.channel(here, remote, ANY), {
+              on_presence = function()
+                return T(send(tcp.channel(here, remote, big)), send(tcp.channel(here, remote, EOF)), quit())
+              end }))
+        end
+      end))
+      local p = listening_event(0).role.topic.bound_port
+      market.perform(client("big", tcp.address("127.0.0.1", p), log))
+      N.await({ "done", "big" })
+      market.perform(send({ "stop-server", 0 }))
+    end)
+    local got = squash(log)
+    assert.equal(3, #got)
+    assert.equal("connected", got[1])
+    assert.is_true(got[2] == "data " .. big, "the data differ")
+    assert.equal("eof", got[3])
+    assert.equal(0, tcp.stats.overflows)
+  end)
+
+  it("closes a connection nobody took when the listener closes", function()
+    local result
+    N.run(function()
+      -- An observer that sees connections but starts no session.
+      market.perform(market.spawn(function()
+        return market.transition(nil,
+          market.observe_publishers(tcp.channel(ANY, tcp.listener(0), ANY), {
+            on_presence = function() return T(send({ "seen" })) end }),
+          market.subscriber({ "stop-server", 0 }, { on_message = function() return T(quit()) end }))
+      end, { name = "aloof" }))
+      local p = listening_event(0).role.topic.bound_port
+      local raw = assert(sys.tcp_connect(assert(sys.resolve("127.0.0.1", p))[1].sa))
+      N.await({ "seen" })
+      market.perform(send({ "stop-server", 0 }),
+        market.subscriber(market.ground.readable(raw:fd()), "raw"))
+      market.wait_for(function(e) return e.endpoint == "raw" end)
+      local data, err = raw:read()
+      result = tostring(data) .. " " .. tostring(err)
+      market.perform(market.delete_endpoint("raw"))
+      raw:close()
+    end)
+    assert.equal("nil eof", result)
+  end)
+
+  it("works unchanged in a nested VM through an event relay", function()
+    local log = {}
+    N.run(function()
+      market.perform(market.nested_vm(function()
+        market.perform(relay.event_relay("nested"),
+          market.spawn(timer.driver, { name = "timer-driver" }),
+          market.spawn(tcp.driver, { name = "tcp-driver" }),
+          serve(0, polite))
+        local ev = listening_event(0)
+        local p = ev.role.topic.bound_port
+        market.perform(market.delete_endpoint("listening?"),
+          client("n", tcp.address("127.0.0.1", p), log, {
+            on_connect = function(out) return T(out("from below")) end,
+            on_data = function(d, out) if d:find("below") then return T(out(EOF)) end end }))
+        N.await({ "done", "n" })
+        market.perform(send({ "stop-server", 0 }), market.at_meta_level(send({ "nested-done" })))
+      end, { name = "nested" }))
+      N.await({ "nested-done" })
+    end)
+    assert.are.same({ "connected", "data you said from belowbye", "eof" }, squash(log))
+  end)
+end)

@@ -1,0 +1,171 @@
+-- tcp_examples_spec.lua: examples/echo.lua, chat.lua and chat-client.lua
+-- end to end: each runs as a subprocess of $MARKET_BUILD/market on
+-- loopback (ports 47110-47119), driven by real clients (nc, socat), every
+-- client bounded by `timeout`, every server killed at the end.
+package.path = "spec/support/?.lua;" .. package.path
+local N = require "net"
+local q, capture = N.q, N.capture
+
+local function rss_kib(pid)
+  local s = N.slurp("/proc/" .. pid .. "/status") or ""
+  return tonumber(s:match("VmRSS:%s*(%d+)"))
+end
+
+describe("examples/echo.lua", function()
+  local PORT = 47110
+  local server
+  before_each(function()
+    server = N.start("examples/echo.lua", PORT)
+    assert(server.wait_for("listening on port " .. PORT), "echo did not start: " .. server.stderr())
+  end)
+  after_each(function() server.kill() end)
+
+  it("echoes what nc sends, then closes when nc half-closes", function()
+    local out, status = capture(("printf 'hello\\nworld\\n' | nc -N 127.0.0.1 %d"):format(PORT), 5)
+    assert.equal(0, status)
+    assert.equal("hello\nworld\n", out)
+  end)
+
+  it("serves IPv6 clients too", function()
+    local out = capture(("printf 'over six\\n' | nc -N ::1 %d"):format(PORT), 5)
+    assert.equal("over six\n", out)
+  end)
+
+  it("runs one session per connection: concurrent clients get their own bytes", function()
+    local cmd = {}
+    for i = 1, 5 do
+      cmd[#cmd + 1] = ("( (printf 'client %d says hi\\n'; sleep 0.3; printf 'client %d again\\n') | nc -N 127.0.0.1 %d > %s.%d ) &")
+        :format(i, i, PORT, "$base", i)
+    end
+    local script = "base=$(mktemp); " .. table.concat(cmd, " ") .. " wait; " ..
+      "for i in 1 2 3 4 5; do cat $base.$i; echo '|'; rm -f $base.$i; done; rm -f $base"
+    local out = capture(script, 10)
+    local want = {}
+    for i = 1, 5 do want[#want + 1] = ("client %d says hi\nclient %d again\n|\n"):format(i, i) end
+    assert.equal(table.concat(want), out)
+  end)
+
+  it("echoes a megabyte of random bytes intact (socat)", function()
+    local out, status = capture(([[
+      f=$(mktemp); g=$(mktemp)
+      head -c 1048576 /dev/urandom > $f
+      socat -t 10 -T 10 - TCP:127.0.0.1:%d < $f > $g
+      cmp $f $g && echo same; wc -c < $g; rm -f $f $g]]):format(PORT), 20)
+    assert.equal(0, status)
+    assert.equal("same\n1048576\n", out)
+  end)
+
+  it("does not grow when a client sends without reading (backpressure)", function()
+    local before = rss_kib(server.pid)
+    -- socat -u only writes to the connection and never reads from it.
+    local flood = N.start_cmd(("exec socat -u OPEN:/dev/zero TCP:127.0.0.1:%d"):format(PORT))
+    N.sleep(2)
+    local during = rss_kib(server.pid)
+    local alive = flood.running()
+    N.sleep(1)
+    local later = rss_kib(server.pid)
+    flood.kill()
+    -- Still connected (not dropped at the hard limit), and the server's
+    -- memory stayed flat while the client kept trying to send.
+    assert.is_true(alive, "the flooding client was disconnected")
+    assert.is_true(during - before < 40 * 1024, ("RSS grew from %d to %d KiB"):format(before, during))
+    assert.is_true(later - during < 4 * 1024, ("RSS grew from %d to %d KiB"):format(during, later))
+    -- And the server still serves others.
+    assert.equal("still here\n", (capture(("printf 'still here\\n' | nc -N 127.0.0.1 %d"):format(PORT), 5)))
+  end)
+
+  it("exits cleanly on SIGTERM", function()
+    assert.equal(0, server.stop("TERM"))
+    assert.equal("echo: listening on port " .. PORT .. "\n", server.stderr())
+  end)
+
+  it("reports a port already in use and exits with status 1", function()
+    local second = N.start("examples/echo.lua", PORT)
+    local status = second.wait_exit(5)
+    local err = second.stderr()
+    second.kill()
+    assert.equal(1, status)
+    assert.truthy(err:find("echo: cannot listen on port " .. PORT .. ": address already in use", 1, true), err)
+  end)
+end)
+
+describe("examples/chat.lua", function()
+  local PORT = 47111
+  local server
+  before_each(function()
+    server = N.start("examples/chat.lua", PORT)
+    assert(server.wait_for("listening on port " .. PORT), "chat did not start: " .. server.stderr())
+  end)
+  after_each(function() server.kill() end)
+
+  it("greets, relays lines to the others and announces joins and leaves", function()
+    -- A stays 1.6 s and speaks at 1.0 s; B comes at 0.4 s, speaks at
+    -- 0.7 s and leaves at 1.3 s (after hearing A).
+    local out = capture(([[
+      a=$(mktemp); b=$(mktemp)
+      (sleep 1.0; printf 'hello all\n'; sleep 0.6) | nc -N 127.0.0.1 %d > $a &
+      sleep 0.4
+      (sleep 0.3; printf 'hi A\n'; sleep 0.6) | nc -N 127.0.0.1 %d > $b
+      wait
+      cat $a; echo '|'; cat $b; rm -f $a $b]]):format(PORT, PORT), 10)
+    assert.equal(table.concat({
+      "welcome, you are user1; here: nobody else",
+      "user2 joined",
+      "user2: hi A",
+      "user2 left",
+      "|",
+      "welcome, you are user2; here: user1",
+      "user1: hello all",
+      "" }, "\n"), out)
+  end)
+
+  it("works with examples/chat-client.lua", function()
+    local out = capture(([[
+      a=$(mktemp); c=$(mktemp)
+      (sleep 1.2) | nc -N 127.0.0.1 %d > $a &
+      sleep 0.3
+      printf 'from the client\n' | %s examples/chat-client.lua 127.0.0.1 %d > $c
+      echo "client status $?"
+      wait
+      cat $c; echo '|'; cat $a; rm -f $a $c]]):format(PORT, q(N.market_bin()), PORT), 10)
+    assert.equal(table.concat({
+      "client status 0",
+      "welcome, you are user2; here: user1",
+      "|",
+      "welcome, you are user1; here: nobody else",
+      "user2 joined",
+      "user2: from the client",
+      "user2 left",
+      "" }, "\n"), out)
+  end)
+
+  it("tells connected users when it shuts down, then exits cleanly", function()
+    -- nc -d: reads nothing from stdin, exits when the server closes.
+    local a = N.start_cmd(("exec nc -d 127.0.0.1 %d"):format(PORT))
+    N.sleep(0.5)
+    local status = server.stop("TERM")
+    local done = a.wait_exit(3)
+    local heard = a.stdout()
+    a.kill()
+    assert.equal(0, status)
+    assert.equal("welcome, you are user1; here: nobody else\nserver shutting down\n", heard)
+    assert.is_not_nil(done, "the client's connection was not closed")
+  end)
+end)
+
+describe("examples/chat-client.lua", function()
+  it("fails with a readable reason when the server is not there", function()
+    local port = N.free_port()
+    local out, status = capture(("%s examples/chat-client.lua 127.0.0.1 %d </dev/null 2>&1")
+      :format(q(N.market_bin()), port), 5)
+    assert.equal(1, status)
+    assert.truthy(out:find("chat-client: connection refused", 1, true), out)
+  end)
+
+  it("fails with a readable reason for an unknown host", function()
+    local out, status = capture(("%s examples/chat-client.lua no-such-host.invalid 5999 </dev/null 2>&1")
+      :format(q(N.market_bin())), 30)
+    assert.equal(1, status)
+    assert.truthy(out:find("chat-client: unknown host no-such-host.invalid", 1, true), out)
+  end)
+end)

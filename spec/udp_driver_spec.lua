@@ -1,0 +1,120 @@
+-- udp_driver_spec.lua: the UDP driver in-process (DESIGN §3, docs/udp.md).
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local udp = require "market.udp"
+local timer = require "market.timer"
+local N = require "net"
+local ANY = market._
+local send, T, quit = market.send, market.transition_no_state, market.quit
+
+-- A server on udp.listener(port) answering each datagram with reply(body).
+local function server(port, reply)
+  local here = udp.listener(port)
+  return market.spawn(function()
+    return market.transition(nil,
+      market.subscriber(udp.packet(ANY, here, ANY), {
+        on_message = function(_, m)
+          return T(send(udp.packet(here, m.source, reply(m.body))))
+        end }),
+      market.subscriber({ "stop-udp-server" }, { on_message = function() return T(quit()) end }))
+  end, { name = "udp server" })
+end
+
+-- Straight-line: subscribe to udp.bound(sock, _) and return the next event.
+local function bound_event(sock, name)
+  market.perform(market.subscriber(udp.bound(sock, ANY), name))
+  return market.wait_for(function(e) return e.endpoint == name end)
+end
+
+describe("udp driver", function()
+  it("round-trips a 65,507-byte datagram between a handle and a listener on port 0", function()
+    local payload = {}
+    for i = 1, 65507 do payload[i] = string.char(i * 7 % 251) end
+    payload = table.concat(payload)
+    local reply, from, sport
+    N.run(function()
+      market.perform(server(0, function(body) return body:reverse() end))
+      sport = bound_event(udp.listener(0), "server-bound").role.topic.port
+      local me = udp.handle("client")
+      -- Subscribing to packets for the handle binds its socket.
+      market.perform(market.subscriber(udp.packet(ANY, me, ANY), "rx"))
+      local ev = bound_event(me, "client-bound")
+      assert.equal("presence", ev.type)
+      market.perform(send(udp.packet(me, udp.remote_address("127.0.0.1", sport), payload)))
+      local got = market.wait_for(function(e) return e.endpoint == "rx" end)
+      reply, from = got.message.body, got.message.source
+      market.perform(send({ "stop-udp-server" }))
+    end)
+    assert.is_true(math.type(sport) == "integer" and sport > 0)
+    assert.equal(65507, #reply)
+    assert.equal(payload:reverse(), reply)
+    assert.equal(udp.remote_address("127.0.0.1", sport), from)
+  end)
+
+  it("sends to a host name through the resolver", function()
+    local reply
+    N.run(function()
+      market.perform(server(0, function(body) return "echo:" .. body end))
+      local port = bound_event(udp.listener(0), "b").role.topic.port
+      local me = udp.handle("named")
+      market.perform(market.subscriber(udp.packet(ANY, me, ANY), "rx"))
+      bound_event(me, "mine")
+      market.perform(send(udp.packet(me, udp.remote_address("localhost", port), "hi")))
+      reply = market.wait_for(function(e) return e.endpoint == "rx" end).message.body
+      market.perform(send({ "stop-udp-server" }))
+    end)
+    assert.equal("echo:hi", reply)
+  end)
+
+  it("reports a socket that cannot be bound as an absence with a reason", function()
+    local events = {}
+    N.run(function()
+      local bad = udp.listener(70000)
+      market.perform(market.subscriber(udp.packet(ANY, bad, ANY), {
+        name = "rx",
+        on_presence = function() events[#events + 1] = "presence" end,
+        on_absence = function(_, _, reason) events[#events + 1] = "absence " .. tostring(reason) end }))
+      timer.sleep(50)
+    end)
+    assert.are.same({ "presence", "absence cannot bind udp port 70000: invalid argument" }, events)
+  end)
+
+  it("closes the socket when the last subscriber goes", function()
+    local seen = {}
+    N.run(function()
+      local me = udp.handle("brief")
+      market.perform(market.subscriber(udp.packet(ANY, me, ANY), "rx"),
+        market.subscriber(udp.bound(me, ANY), {
+          name = "bound",
+          on_presence = function(_, role) seen[#seen + 1] = "bound " .. math.type(role.topic.port) end,
+          on_absence = function(_, _, reason) seen[#seen + 1] = "unbound " .. tostring(reason) end }))
+      timer.sleep(20)
+      market.perform(market.delete_endpoint("rx"))
+      timer.sleep(20)
+    end)
+    assert.are.same({ "bound integer", "unbound nil" }, seen)
+  end)
+
+  it("drops a datagram for an unknown host, and keeps the socket", function()
+    local dropped, reply
+    N.run(function()
+      market.perform(server(0, function(body) return body:upper() end))
+      local port = bound_event(udp.listener(0), "b").role.topic.port
+      local me = udp.handle("lost")
+      market.perform(market.subscriber(udp.packet(ANY, me, ANY), "rx"))
+      bound_event(me, "mine")
+      local before = udp.stats.dropped
+      market.perform(send(udp.packet(me, udp.remote_address("no-such-host.invalid", 9), "lost")))
+      for _ = 1, 200 do
+        if udp.stats.dropped > before then break end
+        timer.sleep(10)
+      end
+      dropped = udp.stats.dropped - before
+      market.perform(send(udp.packet(me, udp.remote_address("127.0.0.1", port), "still here")))
+      reply = market.wait_for(function(e) return e.endpoint == "rx" end).message.body
+      market.perform(send({ "stop-udp-server" }))
+    end)
+    assert.equal(1, dropped)
+    assert.equal("STILL HERE", reply)
+  end)
+end)
