@@ -1,0 +1,84 @@
+-- nested_drivers_spec.lua: the drivers unchanged inside nested VMs, one
+-- and two levels down, each VM with its own event relay (DESIGN §3: "the
+-- test of whether the layering is real"), serving real sockets.
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local udp = require "market.udp"
+local tcp = require "market.tcp"
+local timer = require "market.timer"
+local relay = require "market.event_relay"
+local N = require "net"
+local ANY = market._
+local send, T = market.send, market.transition_no_state
+
+-- boot wrapped in `depth` nested VMs, each running its own event relay.
+local function nest(depth, boot)
+  for level = depth, 1, -1 do
+    local below = boot
+    local inside = function()
+      market.perform(relay.event_relay("level " .. level))
+      return below()
+    end
+    boot = function() market.perform(market.nested_vm(inside, "vm" .. level)) end
+  end
+  return boot
+end
+
+describe("examples/nested.lua (echo.lua inside nested VMs)", function()
+  for depth, port in pairs { [1] = 47160, [2] = 47161 } do
+    it(("echoes over real TCP %d level%s down"):format(depth, depth > 1 and "s" or ""), function()
+      local server = N.start("examples/nested.lua", port, depth)
+      local ok, err = pcall(function()
+        assert(server.wait_for("listening on port " .. port), "did not start: " .. server.stderr())
+        local out, status = N.capture(("printf 'one\\ntwo\\n' | nc -N 127.0.0.1 %d"):format(port), 5)
+        assert.equal(0, status)
+        assert.equal("one\ntwo\n", out)
+        assert.equal(0, server.stop("TERM"))
+      end)
+      server.kill()
+      assert(ok, err)
+    end)
+  end
+end)
+
+describe("the udp and timer drivers two levels down", function()
+  it("answer a datagram from the ground after a timer fires below", function()
+    local port = N.free_port("udp")
+    local reply
+    N.run(function()
+      local inner = function()
+        local here = udp.listener(port)
+        market.perform(market.spawn(udp.driver, "udp-driver"),
+                       market.spawn(timer.driver, "timer-driver"))
+        market.pause()
+        market.perform(market.spawn(function()
+          return market.transition(nil,
+            -- Each datagram: wait 10 ms on the (relayed) timer, then answer.
+            market.subscriber(udp.packet(ANY, here, ANY), { on_message = function(_, m)
+              return T(send(timer.set({ "reply", m.source, m.body }, 10, "relative")))
+            end }),
+            market.subscriber(timer.expired({ "reply", ANY, ANY }, ANY), { on_message = function(_, m)
+              local to, body = m.label[2], m.label[3]
+              return T(send(udp.packet(here, to, "below:" .. body)),
+                       market.quit())
+            end }),
+            -- Tell the ground we are bound (two levels up).
+            market.subscriber(udp.bound(here, ANY), { on_presence = function()
+              return T(market.at_meta_level(market.at_meta_level(send({ "bound-below" }))))
+            end }))
+        end, "udp server"))
+      end
+      market.perform(market.subscriber({ "bound-below" }, "bound?"))
+      market.perform(market.spawn(nest(2, inner), "outer"))
+      market.wait_for(function(e) return e.endpoint == "bound?" end)
+      local me = udp.handle("ground-client")
+      market.perform(market.subscriber(udp.packet(ANY, me, ANY), "rx"),
+                     market.subscriber(udp.bound(me, ANY), "me-bound"))
+      market.wait_for(function(e) return e.endpoint == "me-bound" end)
+      market.perform(send(udp.packet(me, udp.remote_address("127.0.0.1", port), "ping")))
+      local got = market.wait_for(function(e) return e.type == "message" and e.endpoint == "rx" end)
+      reply = got.message.body
+    end)
+    assert.equal("below:ping", reply)
+  end)
+end)
