@@ -180,6 +180,18 @@ static void etab_remove(mk_vm *vm, mk_endpoint *e) {
 
 /* ---- reference counting of processes and endpoints ---------------------- */
 
+/* Free behaviour data that never became a process (its spawn was dropped),
+** through a transient process record, as `destroy` expects one. */
+static void destroy_data(mk_vm *vm, const mk_behavior *b, void *data) {
+  mk_proc tmp;
+  if (b->destroy == NULL) return;
+  memset(&tmp, 0, sizeof tmp);
+  tmp.vm = vm;
+  tmp.b = b;
+  tmp.data = data;
+  b->destroy(&tmp);
+}
+
 static void proc_unref(mk_proc *p) {
   mk_metaname *m, *mn;
   if (--p->refs > 0) return;
@@ -325,16 +337,8 @@ void mk_vm_free(mk_vm *vm, mk_term *reason) {
   free(vm->etab);
   free(vm->path);
   free(vm->bootname);
-  if (vm->bootb && vm->bootb->destroy && vm->bootdata) {
-    /* A nested VM that never booted still owns its boot data: destroy
-    ** through a transient process record, as the behaviour expects. */
-    mk_proc tmp;
-    memset(&tmp, 0, sizeof tmp);
-    tmp.vm = vm;
-    tmp.b = vm->bootb;
-    tmp.data = vm->bootdata;
-    vm->bootb->destroy(&tmp);
-  }
+  /* A nested VM that never booted still owns its boot data. */
+  if (vm->bootb && vm->bootdata) destroy_data(vm, vm->bootb, vm->bootdata);
   free(vm);
 }
 
@@ -595,14 +599,7 @@ mk_pid mk_spawn(mk_proc *p, const mk_behavior *b, void *data, const char *name, 
   mk_proc *child;
   mk_qev *q;
   if (p->dead) {
-    if (b->destroy) {
-      mk_proc tmp;
-      memset(&tmp, 0, sizeof tmp);
-      tmp.vm = p->vm;
-      tmp.b = b;
-      tmp.data = data;
-      b->destroy(&tmp);
-    }
+    destroy_data(p->vm, b, data);
     if (cont && p->b->release_cont) p->b->release_cont(p, cont);
     return 0;
   }
@@ -785,13 +782,7 @@ mk_action *mk_action_append(mk_action *a, mk_action *b) {
 }
 
 static void action_free1(mk_action *a) {
-  if (a->type == MK_A_SPAWN && a->data && a->b->destroy) {
-    mk_proc tmp;
-    memset(&tmp, 0, sizeof tmp);
-    tmp.b = a->b;
-    tmp.data = a->data;
-    a->b->destroy(&tmp);
-  }
+  if (a->type == MK_A_SPAWN && a->data) destroy_data(NULL, a->b, a->data);
   mk_action_free(a->list);
   mk_unref(a->role.topic);
   mk_unref(a->term);
