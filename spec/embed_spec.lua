@@ -25,24 +25,7 @@ local function checked()
   return "valgrind -q --leak-check=full --errors-for-leak-kinds=all --error-exitcode=9 "
 end
 
-local function slurp(p)
-  local f = io.open(p, "rb")
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
--- sh(script): run a shell script; returns exit status, stdout, stderr
--- (of the script's commands, redirected to files).
-local function sh(script)
-  local out, err = os.tmpname(), os.tmpname()
-  local ok, how, code = os.execute("(" .. script .. ") >" .. out .. " 2>" .. err)
-  local o, e = slurp(out), slurp(err)
-  os.remove(out)
-  os.remove(err)
-  return (how == "exit" and code or 128 + code), o, e
-end
+local sh = H.sh
 
 local function lines(s)
   local t = {}

@@ -8,25 +8,13 @@
 -- costs a full build only the first time.
 package.path = "spec/support/?.lua;" .. package.path
 
-local function slurp(p)
-  local f = io.open(p, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local H = require "helpers"
+local slurp = H.slurp
 
--- sh(script): run with the sanitizer preloads of spec/run's second suite
+-- sh(script): H.sh with the sanitizer preloads of spec/run's second suite
 -- removed (meson, cc and the installed plain build are not sanitized).
--- Returns exit status, stdout, stderr.
 local function sh(script)
-  local out, err = os.tmpname(), os.tmpname()
-  local ok, how, code = os.execute("env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS sh -c " ..
-    ("'" .. script:gsub("'", "'\\''") .. "'") .. " >" .. out .. " 2>" .. err)
-  local o, e = slurp(out) or "", slurp(err) or ""
-  os.remove(out)
-  os.remove(err)
-  return (how == "exit" and code or 128 + code), o, e
+  return H.sh("env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS sh -c " .. H.quote(script))
 end
 
 local root = assert(io.popen("pwd")):read("l")

@@ -123,17 +123,30 @@ function H.market_bin()
   return dir .. "/market"
 end
 
--- run(args, stdin?): run the interpreter; returns status, stdout, stderr.
-function H.run(args)
-  local out, err = os.tmpname(), os.tmpname()
-  local cmd = H.market_bin() .. " " .. args .. " >" .. out .. " 2>" .. err .. " </dev/null"
-  local ok, how, code = os.execute(cmd)
-  local function slurp(p)
-    local f = io.open(p, "rb"); local s = f:read("a"); f:close(); os.remove(p); return s
-  end
-  return (how == "exit" and code or 128 + code), slurp(out), slurp(err)
+function H.slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
 end
 
-function H.quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+-- sh(script): run a shell script with its output in files; returns its
+-- exit status (128 + signal when killed), stdout and stderr.
+function H.sh(script)
+  local out, err = os.tmpname(), os.tmpname()
+  local ok, how, code = os.execute("(" .. script .. ") >" .. out .. " 2>" .. err)
+  local o, e = H.slurp(out) or "", H.slurp(err) or ""
+  os.remove(out)
+  os.remove(err)
+  return (how == "exit" and code or 128 + code), o, e
+end
+
+-- run(args): run the interpreter; returns status, stdout, stderr.
+function H.run(args)
+  return H.sh(H.market_bin() .. " " .. args .. " </dev/null")
+end
+
+function H.quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 return H

@@ -58,22 +58,9 @@ end
 
 -- ---- subprocesses -----------------------------------------------------
 
-function N.market_bin()
-  local dir = os.getenv("MARKET_BUILD")
-  if not dir then dir = package.cpath:match("([^;]*)/lua/%?%.so") end
-  assert(dir, "MARKET_BUILD is not set")
-  return dir .. "/market"
-end
-
-function N.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
-function N.slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+-- Shared with the other specs.
+local H = require "helpers"
+N.market_bin, N.q, N.slurp = H.market_bin, H.quote, H.slurp
 
 function N.sh(cmd)
   local ok, how, code = os.execute(cmd)
