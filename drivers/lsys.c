@@ -27,6 +27,11 @@
 **   sock:sendto(s, sa)      -> bytes | false | nil, msg
 **   sock:close()            (also on garbage collection)
 **   sys.set_resolve_delay(ms)  for tests: resolutions on a thread sleep first
+**   sys.tcp_accept, sys.tcp_manage, sys.tcp_stats: the TCP connection
+**       managers, native processes (drivers/tcpconn.c)
+**
+** The socket, accept, connect and resolver calls are also C functions for
+** tcpconn.c (drivers/mkd.h).
 */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -47,6 +52,8 @@
 
 #include <lua.h>
 #include <lauxlib.h>
+
+#include "mkd.h"
 
 #define SOCK_MT "market.sys.socket"
 #define REQ_MT "market.sys.resolve"
@@ -73,6 +80,12 @@ static int fail(lua_State *L, int err) {
   return 2;
 }
 
+const char *mkd_strerror(int err, char *buf, size_t size) {
+  snprintf(buf, size, "%s", strerror(err));
+  buf[0] = (char)tolower((unsigned char)buf[0]);
+  return buf;
+}
+
 static int would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
 /* ---- addresses ---------------------------------------------------------- */
@@ -92,23 +105,29 @@ static socklen_t unmap(struct sockaddr_storage *ss, socklen_t len) {
   return len;
 }
 
+/* Numeric host text and port of sa. */
+static void addrtext(const struct sockaddr *sa, char *host, size_t size, int *port) {
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+    inet_ntop(AF_INET, &s4->sin_addr, host, (socklen_t)size);
+    *port = ntohs(s4->sin_port);
+  } else if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+    inet_ntop(AF_INET6, &s6->sin6_addr, host, (socklen_t)size);
+    *port = ntohs(s6->sin6_port);
+  } else {
+    snprintf(host, size, "?");
+    *port = 0;
+  }
+}
+
 /* Push numeric host text and port of sa; returns 2. */
 static int pushaddr(lua_State *L, const struct sockaddr *sa) {
   char host[INET6_ADDRSTRLEN];
-  if (sa->sa_family == AF_INET) {
-    const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
-    inet_ntop(AF_INET, &s4->sin_addr, host, sizeof host);
-    lua_pushstring(L, host);
-    lua_pushinteger(L, ntohs(s4->sin_port));
-  } else if (sa->sa_family == AF_INET6) {
-    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
-    inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
-    lua_pushstring(L, host);
-    lua_pushinteger(L, ntohs(s6->sin6_port));
-  } else {
-    lua_pushstring(L, "?");
-    lua_pushinteger(L, 0);
-  }
+  int port;
+  addrtext(sa, host, sizeof host, &port);
+  lua_pushstring(L, host);
+  lua_pushinteger(L, port);
   return 2;
 }
 
@@ -151,6 +170,20 @@ static sock *checksock(lua_State *L) {
   sock *s = luaL_checkudata(L, 1, SOCK_MT);
   if (s->fd < 0) luaL_error(L, "market.sys: socket is closed");
   return s;
+}
+
+int mkd_sockfd(lua_State *L, int idx) {
+  sock *s = luaL_checkudata(L, idx, SOCK_MT);
+  if (s->fd < 0) luaL_error(L, "market.sys: socket is closed");
+  return s->fd;
+}
+
+int mkd_sock_take(lua_State *L, int idx) {
+  sock *s = luaL_checkudata(L, idx, SOCK_MT);
+  int fd = s->fd;
+  if (fd < 0) luaL_error(L, "market.sys: socket is closed");
+  s->fd = -1;
+  return fd;
 }
 
 static int s_close(lua_State *L) {
@@ -236,32 +269,38 @@ static const struct sockaddr *checksa(lua_State *L, int idx, socklen_t *len) {
   return sa;
 }
 
+int mkd_tcp_connect(const struct sockaddr *sa, socklen_t len, int *inprogress) {
+  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1, err;
+  if (fd < 0) return -1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (connect(fd, sa, len) == 0) { *inprogress = 0; return fd; }
+  if (errno == EINPROGRESS || errno == EINTR) { *inprogress = 1; return fd; }
+  err = errno;
+  close(fd);
+  errno = err;
+  return -1;
+}
+
 static int l_tcp_connect(lua_State *L) {
   socklen_t len;
   const struct sockaddr *sa = checksa(L, 1, &len);
-  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1, err;
+  int inprogress, fd = mkd_tcp_connect(sa, len, &inprogress);
   if (fd < 0) return fail(L, errno);
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (connect(fd, sa, len) == 0) {
-    newsock(L, fd, sa->sa_family);
-    lua_pushliteral(L, "connected");
-    return 2;
-  }
-  if (errno == EINPROGRESS || errno == EINTR) {
-    newsock(L, fd, sa->sa_family);
-    lua_pushliteral(L, "inprogress");
-    return 2;
-  }
-  err = errno;
-  close(fd);
-  return fail(L, err);
+  newsock(L, fd, sa->sa_family);
+  if (inprogress) lua_pushliteral(L, "inprogress"); else lua_pushliteral(L, "connected");
+  return 2;
+}
+
+int mkd_so_error(int fd) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  return err;
 }
 
 static int s_so_error(lua_State *L) {
   sock *s = checksock(L);
-  int err = 0;
-  socklen_t len = sizeof err;
-  if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  int err = mkd_so_error(s->fd);
   if (err == 0) return 0;
   pushmsg(L, strerror(err));
   return 1;
@@ -316,22 +355,40 @@ static int s_shutdown(lua_State *L) {
   return 1;
 }
 
+static int accept_fd(int lfd, struct sockaddr_storage *ss, socklen_t *len) {
+  int fd, one = 1;
+  do {
+    *len = sizeof *ss;
+    fd = accept4(lfd, (struct sockaddr *)ss, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    if (would_block(errno) || errno == ECONNABORTED || errno == EPROTO) errno = EAGAIN;
+    return -1;
+  }
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+int mkd_accept(int lfd, char *host, size_t hostsize, int *port) {
+  struct sockaddr_storage ss;
+  socklen_t len;
+  int fd = accept_fd(lfd, &ss, &len);
+  if (fd >= 0) {
+    unmap(&ss, len);
+    addrtext((struct sockaddr *)&ss, host, hostsize, port);
+  }
+  return fd;
+}
+
 static int s_accept(lua_State *L) {
   sock *s = checksock(L);
   struct sockaddr_storage ss;
-  socklen_t len = sizeof ss;
-  int fd, one = 1;
-  do {
-    fd = accept4(s->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-  } while (fd < 0 && errno == EINTR);
+  socklen_t len;
+  int fd = accept_fd(s->fd, &ss, &len);
   if (fd < 0) {
-    if (would_block(errno) || errno == ECONNABORTED || errno == EPROTO) {
-      lua_pushboolean(L, 0);
-      return 1;
-    }
+    if (errno == EAGAIN) { lua_pushboolean(L, 0); return 1; }
     return fail(L, errno);
   }
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   newsock(L, fd, ss.ss_family);
   unmap(&ss, len);
   pushaddr(L, (struct sockaddr *)&ss);
@@ -468,48 +525,38 @@ static void *resolve_thread(void *arg) {
   return NULL;
 }
 
-static int l_resolve(lua_State *L) {
-  const char *host = luaL_checkstring(L, 1);
-  lua_Integer port = luaL_checkinteger(L, 2);
-  const char *kind = luaL_optstring(L, 3, "tcp");
-  int socktype = strcmp(kind, "udp") == 0 ? SOCK_DGRAM : SOCK_STREAM;
+int mkd_resolve_start(const char *host, int port, int socktype,
+                      struct addrinfo **numeric, mkd_resolve_job **jobp, int *rfd,
+                      const char **errp) {
   char service[16];
   struct addrinfo hints, *res = NULL;
   int rc, fds[2], err;
   resolve_job *j;
-  req *r;
   pthread_t th;
   pthread_attr_t attr;
   sigset_t all, old;
-  if (port < 0 || port > 65535) { lua_pushnil(L); lua_pushliteral(L, "port out of range"); return 2; }
-  snprintf(service, sizeof service, "%d", (int)port);
+  if (port < 0 || port > 65535) { *errp = "port out of range"; return -1; }
+  snprintf(service, sizeof service, "%d", port);
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = socktype;
   hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
   rc = getaddrinfo(host, service, &hints, &res);
-  if (rc == 0) {                       /* numeric: no need to wait */
-    pushaddrs(L, res);
-    freeaddrinfo(res);
-    return 1;
-  }
-  if (*host == '\0') { lua_pushnil(L); lua_pushliteral(L, "empty host name"); return 2; }
-  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return fail(L, errno);
+  if (rc == 0) { *numeric = res; return 0; }     /* numeric: no need to wait */
+  if (*host == '\0') { *errp = "empty host name"; return -1; }
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) { *errp = strerror(errno); return -1; }
   j = calloc(1, sizeof *j);
   if (j == NULL || (j->host = strdup(host)) == NULL || (j->service = strdup(service)) == NULL) {
     if (j) { free(j->host); free(j); }
     close(fds[0]); close(fds[1]);
-    return fail(L, ENOMEM);
+    *errp = strerror(ENOMEM);
+    return -1;
   }
   pthread_mutex_init(&j->mu, NULL);
   j->refs = 2;
   j->wfd = fds[1];
   j->socktype = socktype;
   j->delay_ms = resolve_delay_ms;
-  r = lua_newuserdatauv(L, sizeof *r, 0);
-  r->job = NULL;
-  r->rfd = fds[0];
-  luaL_setmetatable(L, REQ_MT);
   /* The thread takes no signals: they stay with the loop's thread. */
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -519,12 +566,67 @@ static int l_resolve(lua_State *L) {
   pthread_attr_destroy(&attr);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (err != 0) {
+    close(fds[0]);
     close(fds[1]);
     j->refs = 1;
     job_release(j);
-    return fail(L, err);             /* the request userdata closes rfd when collected */
+    *errp = strerror(err);
+    return -1;
+  }
+  *jobp = j;
+  *rfd = fds[0];
+  return 1;
+}
+
+int mkd_resolve_poll(mkd_resolve_job *j, const struct addrinfo **res, const char **errp,
+                     char *buf, size_t size) {
+  int done;
+  pthread_mutex_lock(&j->mu);
+  done = j->done;
+  pthread_mutex_unlock(&j->mu);
+  if (!done) return 0;
+  *res = NULL;
+  if (j->rc != 0) {
+    *errp = buf;
+    snprintf(buf, size, "%s", gai_message(j->rc, j->syserr));
+    buf[0] = (char)tolower((unsigned char)buf[0]);
+    return 1;
+  }
+  *res = j->res;
+  return 1;
+}
+
+void mkd_resolve_release(mkd_resolve_job *j) { job_release(j); }
+
+static int l_resolve(lua_State *L) {
+  const char *host = luaL_checkstring(L, 1);
+  lua_Integer port = luaL_checkinteger(L, 2);
+  const char *kind = luaL_optstring(L, 3, "tcp");
+  int socktype = strcmp(kind, "udp") == 0 ? SOCK_DGRAM : SOCK_STREAM, rc, rfd;
+  struct addrinfo *res = NULL;
+  resolve_job *j = NULL;
+  const char *err = NULL;
+  req *r;
+  if (port < 0 || port > 65535) { lua_pushnil(L); lua_pushliteral(L, "port out of range"); return 2; }
+  /* The request userdata first: allocating it cannot then fail with a
+  ** thread already running. */
+  r = lua_newuserdatauv(L, sizeof *r, 0);
+  r->job = NULL;
+  r->rfd = -1;
+  luaL_setmetatable(L, REQ_MT);
+  rc = mkd_resolve_start(host, (int)port, socktype, &res, &j, &rfd, &err);
+  if (rc < 0) {
+    lua_pushnil(L);
+    pushmsg(L, err);
+    return 2;
+  }
+  if (rc == 0) {
+    pushaddrs(L, res);
+    freeaddrinfo(res);
+    return 1;
   }
   r->job = j;
+  r->rfd = rfd;
   return 1;
 }
 
@@ -609,5 +711,6 @@ int luaopen_market_sys(lua_State *L) {
   lua_pushvalue(L, -2);
   luaL_setfuncs(L, funcs, 1);
   lua_remove(L, -2);
+  mkd_open_tcpconn(L);
   return 1;
 }

@@ -11,15 +11,16 @@
 --   a listener        one per listened port: accepts, spawns a manager per
 --                     connection, publishes tcp.listening(port, bound_port).
 --   a manager         one per connection: publishes the inbound flow,
---                     subscribes to the outbound flow, owns the socket.
+--                     subscribes to the outbound flow, owns the socket.  A
+--                     native process (drivers/tcpconn.c), spawned through
+--                     sys.tcp_accept and sys.tcp_manage.
 local market, sys = ...
 local M = {}
 
-local _, EOF = market._, market.EOF
+local _ = market._
 local repr, P = market.repr, market.perform
 local mtype, floor = math.type, math.floor
-local readable, writable, alarm = market.ground.readable, market.ground.writable,
-  market.ground.alarm
+local readable, alarm = market.ground.readable, market.ground.alarm
 
 local channel = market.record("tcp-channel", "source", "destination", "subpacket")
 local address = market.record("tcp-address", "host", "port")
@@ -45,9 +46,10 @@ M.HARD_LIMIT = nil          -- bytes a sender may add while backpressure is publ
                             -- before the connection fails (default 8 * HIGH_WATER)
 M.READ_SIZE = 65536         -- largest chunk read at once
 M.LINGER_MS = 30000         -- how long a closing connection may take to flush
-M.BACKLOG = 128
--- For tests and monitoring: the largest output queue any connection had.
-M.stats = { max_queued = 0, pauses = 0, overflows = 0 }
+M.BACKLOG = 4096            -- the listen queue (the kernel caps it at net.core.somaxconn)
+-- For tests and monitoring (M.stats, below): the largest output queue any
+-- connection had, how often backpressure was published, how many senders
+-- overran the hard limit.
 
 -- Through Lua's warn(): the host decides where warnings go (market.h's
 -- mk_host_on_warning; `market` prints them, plain lua5.4 only with -W).
@@ -60,229 +62,16 @@ local function is_wild(v) return v == _ end
 
 -- ---- a connection's manager ------------------------------------------------
 
--- c = { remote = tcp.address, loc = tcp.handle | tcp.listener,
---       sock = an accepted socket (inbound) | nil (outbound: connect),
---       lport = the listener's port (inbound) }
-local function manager(c)
-  return function()
-    local remote, loc = c.remote, c.loc
-    local high = M.HIGH_WATER
-    local low = M.LOW_WATER or high // 2
-    local hard = M.HARD_LIMIT or 8 * high
-    local readsize = M.READ_SIZE
-    local sock, fd = c.sock, c.sock and c.sock:fd()
-    local connected = sock ~= nil
-    local resolver, addrs, ai, lasterr
-    local readers, senders, seen = 0, 0, false
-    local q, qh, qt, qbytes, off = {}, 1, 0, 0, 1     -- output queue: strings, EOF
-    local overrun = 0                                 -- bytes queued while paused
-    local paused, eof_in, eof_out, closing = false, false, false, false
-    local watching = {}                               -- ground-event endpoints held
-    local warned = false
+-- The managers are native processes (drivers/tcpconn.c): they carry every
+-- byte, so they are C.  They speak the protocol of docs/tcp.md by
+-- themselves; here is only what they start with: the tunables as they are
+-- when the connection starts, and the counters they share.
+M.stats = sys.tcp_stats()
 
-    local function watch(name, topic, fn)
-      if watching[name] then return end
-      watching[name] = true
-      P(market.subscriber(topic, { name = name, on_message = fn }))
-    end
-    local function unwatch(name)
-      if not watching[name] then return end
-      watching[name] = nil
-      P(market.delete_endpoint(name))
-    end
-
-    -- Stop watching, then close (never the other way round: the fd number
-    -- may be reused at once), then quit with reason.
-    local function finish(reason)
-      for name in pairs(watching) do P(market.delete_endpoint(name)) end
-      watching = {}
-      if resolver then resolver:close(); resolver = nil end
-      if sock then sock:close(); sock = nil end
-      P(market.quit(nil, reason))
-    end
-
-    local on_readable, flush
-
-    local function update_reading()
-      if connected and not eof_in and not closing and readers > 0 then
-        watch("rd", readable(fd), on_readable)
-      else
-        unwatch("rd")
-      end
-    end
-
-    function on_readable()
-      local data, err = sock:read(readsize)
-      if data then
-        P(market.send(channel(remote, loc, data)))
-      elseif data == nil then
-        if err ~= "eof" then return finish(err) end
-        eof_in = true
-        update_reading()
-        P(market.send(channel(remote, loc, EOF)))
-      end
-    end
-
-    -- After the queue changed: backpressure, the writable watch, closing.
-    local function update_flow()
-      if qbytes > M.stats.max_queued then M.stats.max_queued = qbytes end
-      if overrun > hard then
-        M.stats.overflows = M.stats.overflows + 1
-        return finish(("%d bytes sent despite backpressure: the peer is not reading"):format(overrun))
-      end
-      if not paused and qbytes > high then
-        paused = true
-        M.stats.pauses = M.stats.pauses + 1
-        P(market.publisher(backpressure(loc, remote), "bp"))
-      elseif paused and qbytes <= low then
-        paused, overrun = false, 0
-        P(market.delete_endpoint("bp"))
-      end
-      if not connected then return end
-      if qh <= qt then
-        watch("wr", writable(fd), flush)
-      else
-        unwatch("wr")
-        if closing then return finish(nil) end
-      end
-    end
-
-    function flush()
-      while qh <= qt do
-        local item = q[qh]
-        if item == EOF then
-          q[qh], qh = nil, qh + 1
-          local ok, err = sock:shutdown()
-          if not ok then return finish(err) end
-        else
-          local n, err = sock:write(item, off)
-          if not n then return finish(err) end
-          qbytes = qbytes - n
-          off = off + n
-          if off <= #item then break end     -- the socket is full
-          q[qh], qh, off = nil, qh + 1, 1
-        end
-      end
-      update_flow()
-    end
-
-    local function on_out(_, m)
-      local d = m.subpacket
-      if eof_out or closing then return end
-      if d == EOF then
-        eof_out = true
-      elseif type(d) ~= "string" then
-        if not warned then
-          warned = true
-          warn("%s: ignoring a non-string subpacket %s", repr(remote), repr(d))
-        end
-        return
-      elseif #d == 0 then
-        return
-      else
-        qbytes = qbytes + #d
-        if paused then overrun = overrun + #d end
-      end
-      qt = qt + 1
-      q[qt] = d
-      -- Write at once unless already waiting for the socket to drain.
-      if connected and not watching.wr then flush() else update_flow() end
-    end
-
-    -- Peers: readers subscribe to the inbound flow, senders publish the
-    -- outbound one.  When the last of them goes, flush and close.
-    local function peers_changed()
-      update_reading()
-      if not seen or readers + senders > 0 or closing then return end
-      closing = true
-      update_reading()
-      if not connected or qh > qt then return finish(nil) end
-      watch("linger", alarm(floor(market.now()) + M.LINGER_MS), function()
-        finish("closed with unsent output after " .. M.LINGER_MS .. " ms")
-      end)
-    end
-
-    local function on_connected()
-      connected = true
-      unwatch("conn")
-      update_reading()
-      flush()
-    end
-
-    local function try_next()
-      while true do
-        ai = ai + 1
-        local a = addrs[ai]
-        if not a then return finish(lasterr or "no address") end
-        local s, how = sys.tcp_connect(a.sa)
-        if s then
-          sock, fd = s, s:fd()
-          if how == "connected" then return on_connected() end
-          return watch("conn", writable(fd), function()
-            local err = sock:so_error()
-            if not err then return on_connected() end
-            lasterr = err
-            unwatch("conn")
-            sock:close()
-            sock = nil
-            try_next()
-          end)
-        end
-        lasterr = how
-      end
-    end
-
-    local function connect()
-      local host, port = remote.host, remote.port
-      if type(host) ~= "string" or mtype(port) ~= "integer" or port < 1 or port > 65535 then
-        return finish("bad address " .. repr(remote) .. ": want tcp.address(host, port 1..65535)")
-      end
-      local r, err = sys.resolve(host, port, "tcp")
-      if type(r) == "table" then
-        addrs, ai = r, 0
-        return try_next()
-      elseif not r then
-        return finish(("cannot resolve %s: %s"):format(host, err))
-      end
-      resolver = r
-      watch("resolve", readable(r:fd()), function()
-        local res, rerr = resolver:result()
-        if res == false then return end          -- not yet
-        unwatch("resolve")
-        resolver:close()
-        resolver = nil
-        if not res then return finish(("unknown host %s (%s)"):format(host, rerr)) end
-        addrs, ai = res, 0
-        try_next()
-      end)
-    end
-
-    P(market.publisher(channel(remote, loc, _), {
-        name = "in",
-        on_presence = function() readers, seen = readers + 1, true; peers_changed() end,
-        on_absence = function() readers = readers - 1; peers_changed() end,
-      }),
-      market.subscriber(channel(loc, remote, _), {
-        name = "out",
-        on_message = on_out,
-        on_presence = function() senders, seen = senders + 1, true; peers_changed() end,
-        on_absence = function() senders = senders - 1; peers_changed() end,
-      }))
-
-    if c.lport then
-      -- Inbound: the observer spawns a session when it sees us.  If the
-      -- listener closes before anyone took this connection, close it.
-      P(market.subscriber(listener_closed(c.lport), {
-        name = "listener",
-        on_message = function() if not seen then finish(nil) end end,
-      }))
-    else
-      -- Outbound: the process that asked is here already; if it went away
-      -- meanwhile, there is nobody to connect for.
-      P(market.yield(function() if not seen then finish(nil) end end))
-      connect()
-    end
-  end
+local function config()
+  local high = M.HIGH_WATER
+  return high, M.LOW_WATER or high // 2, M.HARD_LIMIT or 8 * high, M.READ_SIZE,
+    M.LINGER_MS, M.stats
 end
 
 -- ---- a listener ------------------------------------------------------------
@@ -312,26 +101,19 @@ local function listener_proc(port)
     end
 
     function on_accept()
-      for _ = 1, 64 do
-        local cs, host, rport = s:accept()
-        if cs then
-          P(market.spawn(manager { sock = cs, remote = address(host, rport), loc = loc, lport = port },
-                         { name = ("tcp %s:%d"):format(host, rport) }))
-        elseif cs == false then
-          return
-        else
-          -- Out of descriptors, say: back off instead of spinning.
-          warn("accept on port %d: %s", port, host)
-          P(market.delete_endpoint("accept"),
-            market.subscriber(alarm(floor(market.now()) + 100), {
-              name = "backoff",
-              on_message = function()
-                P(market.delete_endpoint("backoff"),
-                  market.subscriber(readable(fd), { name = "accept", on_message = on_accept }))
-              end }))
-          return
-        end
-      end
+      -- A manager per connection, spawned by this process (at most 64 per
+      -- turn: the others' events are not held up by a burst of connects).
+      local n, err = sys.tcp_accept(s, loc, port, 64, config())
+      if n then return end
+      -- Out of descriptors, say: back off instead of spinning.
+      warn("accept on port %d: %s", port, err)
+      P(market.delete_endpoint("accept"),
+        market.subscriber(alarm(floor(market.now()) + 100), {
+          name = "backoff",
+          on_message = function()
+            P(market.delete_endpoint("backoff"),
+              market.subscriber(readable(fd), { name = "accept", on_message = on_accept }))
+          end }))
     end
 
     P(market.publisher(listening(port, s:local_port()), "status"),
@@ -405,8 +187,7 @@ function M.driver()
         e.subs = e.subs + 1
         if not e.manager then
           e.manager = "spawned"
-          P(market.spawn(manager { remote = a, loc = h },
-                         { name = "tcp " .. repr(h) .. " -> " .. repr(a) }))
+          sys.tcp_manage(a, h, "tcp " .. repr(h) .. " -> " .. repr(a), config())
         end
       end,
       on_absence = function(_, role)

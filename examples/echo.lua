@@ -13,7 +13,8 @@
 -- exits once the open sessions are done.
 local market = require "market"
 local tcp = require "market.tcp"
-local _ = market._
+local _, EOF = market._, market.EOF
+local channel, send, transition_no_state = tcp.channel, market.send, market.transition_no_state
 
 local port = math.tointeger(tonumber((...) or 5999))
 if not port then error("usage: market examples/echo.lua [port]", 0) end
@@ -21,18 +22,17 @@ local here = tcp.listener(port)
 
 local function session(remote)
   return function()
-    local inbound, outbound = tcp.channel(remote, here, _), tcp.channel(here, remote, _)
+    local inbound, outbound = channel(remote, here, _), channel(here, remote, _)
     local function reader()
       return market.subscriber(inbound, {
         name = "in",
         on_message = function(_, m)
           local data = m.subpacket
-          if data == market.EOF then
+          if data == EOF then
             -- Half-close our side too, then go: the driver flushes and closes.
-            return market.transition_no_state(
-              market.send(tcp.channel(here, remote, market.EOF)), market.quit())
+            return transition_no_state(send(channel(here, remote, EOF)), market.quit())
           end
-          return market.transition_no_state(market.send(tcp.channel(here, remote, data)))
+          return transition_no_state(send(channel(here, remote, data)))
         end,
         on_absence = function() return market.transition_no_state(market.quit()) end,
       })

@@ -26,6 +26,8 @@ typedef struct mkl_state {
   int trace;
   mkl_fail_fn on_fail;   /* told when a boot process fails (host.c) */
   void *fail_ud;
+  struct lproc *idle[64];   /* gone idle lately, stack not reset yet (settle_idle) */
+  unsigned idle_next;
 } mkl_state;
 
 /* A Lua process.  Owned by its mk_proc (destroy). */
@@ -35,6 +37,8 @@ typedef struct lproc {
   int coref, ctxref;
   uint8_t waiting;       /* suspended in core.wait() */
   uint8_t boot;          /* a boot process: its failure is the program's */
+  uint8_t running;       /* in lua_resume */
+  int8_t idle_slot;      /* index in S->idle, or -1 */
 } lproc;
 
 static const char key_state = 0;
@@ -129,6 +133,68 @@ static int pushevent(lua_State *co, const mk_event *ev) {
   }
 }
 
+/* An event for an idle process whose endpoint has no handler for it would
+** be dispatched to nobody (market.lua's dispatch drops it): skip the
+** activation.  Observers receive every message that fits their topic
+** (DESIGN §1) and seldom handle them (a server's observer of its
+** connections sees every chunk they carry), and most endpoints ignore
+** presence.  Raw reads of ctx.eps (or ctx.metas[meta]) [endpoint][field];
+** a handler table with a metatable takes the general path. */
+static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
+  const char *field;
+  int top = lua_gettop(co), r = 1;
+  switch (ev->type) {
+    case MK_EV_MESSAGE: field = "on_message"; break;
+    case MK_EV_PRESENCE: field = "on_presence"; break;
+    case MK_EV_ABSENCE: field = "on_absence"; break;
+    default: return 0;
+  }
+  lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+  if (ev->meta == 0) {
+    lua_pushliteral(co, "eps");
+    lua_rawget(co, -2);
+  } else {
+    lua_pushliteral(co, "metas");
+    if (lua_rawget(co, -2) == LUA_TTABLE) lua_rawgeti(co, -1, ev->meta);
+  }
+  if (lua_type(co, -1) == LUA_TTABLE) {
+    lua_pushstring(co, ev->endpoint);
+    if (lua_rawget(co, -2) == LUA_TTABLE) {
+      lua_pushstring(co, field);
+      r = lua_rawget(co, -2) == LUA_TNIL && !lua_getmetatable(co, -2);
+    }
+  }
+  lua_settop(co, top);
+  return r;
+}
+
+/*
+** The activation ran to its end: the process is idle.  Resetting the
+** thread gives back the stack its handlers grew (45 -> 85 slots after a
+** typical first handler), which is most of an idle process's memory; the
+** next activation starts on a fresh, small stack.  Not at once, though: a
+** busy process would shrink after every event and grow again in the next
+** (two reallocations per event, one past 1 KiB, where malloc consolidates).
+** The last 64 processes to go idle keep their stacks; the one pushed out
+** by a newcomer is reset then (unless it is running or waiting in
+** market.yield() again).  A process that goes idle again while still
+** among them keeps its place, so a few busy processes never pay.
+*/
+static void settle_idle(mkl_state *S, lproc *lp) {
+  const size_t n = sizeof S->idle / sizeof S->idle[0];
+  lproc *old;
+  if (lp->idle_slot >= 0) return;
+  old = S->idle[S->idle_next];
+  if (old != NULL) {
+    old->idle_slot = -1;
+    if (!old->waiting && !old->running && lua_status(old->co) == LUA_OK)
+      resetthread(old->co);
+  }
+  S->idle[S->idle_next] = lp;
+  lp->idle_slot = (int8_t)S->idle_next;
+  S->idle_next = (unsigned)((S->idle_next + 1) % n);
+}
+
 static void handle(mk_proc *p, const mk_event *ev) {
   lproc *lp = mk_proc_data(p);
   mkl_state *S = lp->S;
@@ -150,6 +216,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     /* Straight-line code suspended in core.wait(): the event is its result. */
     if ((nargs = pushevent(co, ev)) == 0) return;
   } else {
+    if (unhandled(co, lp, ev)) return;
     /* Idle between events: a fresh activation, activate(ctx, event...). */
     lua_rawgeti(co, LUA_REGISTRYINDEX, S->activateref);
     lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
@@ -158,19 +225,17 @@ static void handle(mk_proc *p, const mk_event *ev) {
   }
   lp->waiting = 0;
   S->current = p;
+  lp->running = 1;
   st = lua_resume(co, NULL, nargs, &nres);
+  lp->running = 0;
   S->current = saved;
   if (st == LUA_YIELD) {
     lua_pop(co, nres);
     if (!lp->waiting && mk_proc_alive(p))
       mk_failf(p, "coroutine.yield() outside market.yield(): a process suspends only through market");
   } else if (st == LUA_OK) {
-    /* The activation ran to its end: the process is idle.  Resetting the
-    ** thread gives back the stack its handlers grew (45 -> 85 slots after
-    ** a typical first handler), which is most of an idle process's
-    ** memory; the next activation starts on a fresh, small stack. */
     lua_settop(co, 0);
-    resetthread(co);
+    settle_idle(S, lp);
   } else {
     mk_term *reason = reason_of(co);
     char *tb = NULL;
@@ -195,6 +260,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
 static void destroy(mk_proc *p) {
   lproc *lp = mk_proc_data(p);
   if (lp == NULL) return;
+  if (lp->idle_slot >= 0) lp->S->idle[lp->idle_slot] = NULL;
   luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->coref);
   if (lp->ctxref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->ctxref);
   free(lp);
@@ -212,6 +278,8 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lp->ctxref = LUA_NOREF;
   lp->waiting = 0;
   lp->boot = 0;
+  lp->running = 0;
+  lp->idle_slot = -1;
   lua_xmove(L, lp->co, 1);
   return lp;
 }
@@ -477,6 +545,13 @@ void mkl_on_fail(lua_State *L, mkl_fail_fn fn, void *ud) {
 int mkl_running(lua_State *L) {
   mkl_state *S = getstate(L);
   return S != NULL && S->current != NULL;
+}
+
+mk_proc *mkl_current(lua_State *L) {
+  mkl_state *S = getstate(L);
+  mk_proc *p = S ? S->current : NULL;
+  if (p == NULL || mk_proc_data(p) == NULL || ((lproc *)mk_proc_data(p))->co != L) return NULL;
+  return p;
 }
 
 static int state_gc(lua_State *L) {

@@ -38,7 +38,14 @@ M.is_action = is_action
 -- into this file ("market:94: subscriber topic: ..."); re-raise it at the
 -- caller of the market.* function, named after it (misuse_spec).
 local cterm = core.term
+local BOX = getmetatable(M._)      -- the metatable every term box shares
 local function term(v, what)
+  local tv = type(v)
+  -- Atoms and boxes are terms as they are: no need to ask C.
+  if tv == "userdata" and getmetatable(v) == BOX or tv == "string" or tv == "number" or
+     tv == "boolean" or tv == "nil" then
+    return v
+  end
   local ok, t = pcall(cterm, v, what)
   if ok then return t end
   error((tostring(t):gsub("^market:%d+: ", "")), 3)
@@ -47,8 +54,9 @@ end
 -- select("#", body) of a named parameter is always 1: count the varargs so
 -- that send() with no body is caught (send(nil) sends the term nil).
 function M.send(...)
-  if select("#", ...) == 0 then error("market.send: a message body is required", 2) end
-  return action { kind = "send", body = term((...), "market.send: body") }
+  local body = ...
+  if body == nil and select("#", ...) == 0 then error("market.send: a message body is required", 2) end
+  return action { kind = "send", body = term(body, "market.send: body") }
 end
 
 function M.feedback(...)
@@ -158,9 +166,10 @@ local Transition = { __name = "market.transition" }
 
 local function transition(keep, state, ...)
   local n = select("#", ...)
-  local t = { state = state, keep = keep, n = n, ... }
+  -- keep, state, n, then the actions: array slots only (no hash part).
+  local t = { keep, state, n, ... }
   for i = 1, n do
-    local a = t[i]
+    local a = t[i + 3]
     if not is_action(a) then
       -- Nested lists of actions are flattened, as Marketplace allows.
       if type(a) == "table" and getmetatable(a) == nil then
@@ -257,10 +266,11 @@ local function apply(ctx, tr)
   if getmetatable(tr) ~= Transition then
     error("handler returned a " .. type(tr) .. ", not a transition (use market.transition)", 0)
   end
-  if not tr.keep then ctx.state = tr.state end
-  for i = 1, tr.n do
+  if not tr[1] then ctx.state = tr[2] end
+  for i = 4, tr[3] + 3 do
     local a = tr[i]
-    if a then perform(ctx, a, 0) end
+    if getmetatable(a) == Action then perform_one(ctx, a, 0)
+    elseif a then perform(ctx, a, 0) end
   end
 end
 

@@ -43,6 +43,10 @@ typedef void (*mkl_fail_fn)(void *ud, mk_proc *p, const char *traceback);
 void mkl_on_fail(lua_State *L, mkl_fail_fn fn, void *ud);
 /* Nonzero while a Lua process of L is handling an event. */
 int mkl_running(lua_State *L);
+/* The process whose coroutine is L, while it handles an event, or NULL:
+** for C functions that act on behalf of the calling process (the tcp
+** driver spawns its native connection managers so). */
+mk_proc *mkl_current(lua_State *L);
 /* Make `vm` (a ground VM) host Lua processes on L.  Needed once per ground
 ** before mkl_spawn_boot.  Returns 0 or -1 when L already serves another. */
 int mkl_attach(lua_State *L, mk_ground *g);

@@ -1,0 +1,66 @@
+/*
+** mkd.h: what the drivers' C halves share (drivers/ only, not installed).
+**
+** lsys.c (market.sys) owns sockets as Lua userdata and resolves names on
+** threads; tcpconn.c (the TCP connection manager, a native process) uses
+** both from C.
+*/
+#ifndef MKD_H
+#define MKD_H
+
+#include <netdb.h>
+
+#include <lua.h>
+
+/* ---- lsys.c ------------------------------------------------------------- */
+
+/* strerror(err) as the drivers report it: first letter in lower case
+** ("connection refused").  Returns buf (at least 128 bytes). */
+const char *mkd_strerror(int err, char *buf, size_t size);
+
+/* The descriptor of the market.sys socket at idx (a Lua error when idx is
+** not an open one).  mkd_sock_take also makes the userdata forget it: the
+** caller owns the descriptor from then on. */
+int mkd_sockfd(lua_State *L, int idx);
+int mkd_sock_take(lua_State *L, int idx);
+
+/* Accept on listening socket fd: a non-blocking, close-on-exec socket with
+** TCP_NODELAY, and the peer's numeric host and port (IPv4-mapped addresses
+** as IPv4).  Returns the descriptor; -1 with errno = EAGAIN when there is
+** nothing to accept now (also for a connection aborted before it was
+** taken); -1 with errno otherwise. */
+int mkd_accept(int fd, char *host, size_t hostsize, int *port);
+
+/* A non-blocking TCP connection to sa: the descriptor and *inprogress (0:
+** connected at once, 1: completes later: watch for writable, then
+** mkd_so_error).  -1 with errno on failure. */
+int mkd_tcp_connect(const struct sockaddr *sa, socklen_t len, int *inprogress);
+/* SO_ERROR of fd: 0 when connected, else the error number. */
+int mkd_so_error(int fd);
+
+/*
+** Name resolution on a thread (the one behind sys.resolve).  Start: a
+** numeric host resolves at once (returns 0 and *numeric, which the caller
+** frees with freeaddrinfo); a name starts a thread (returns 1, *job and
+** *rfd, a pipe that becomes readable when the answer is there); -1 and
+** *err (static text) on failure.  Poll: 0 while not done; 1 when done,
+** with *res (borrowed from the job, only AF_INET/AF_INET6 entries matter)
+** or *res == NULL and *err (a message, lower-case first letter, in buf).
+** Release: abandon the job (the thread cleans up after itself); close
+** *rfd after releasing.
+*/
+typedef struct resolve_job mkd_resolve_job;
+int mkd_resolve_start(const char *host, int port, int socktype,
+                      struct addrinfo **numeric, mkd_resolve_job **job, int *rfd,
+                      const char **err);
+int mkd_resolve_poll(mkd_resolve_job *j, const struct addrinfo **res, const char **err,
+                     char *buf, size_t size);
+void mkd_resolve_release(mkd_resolve_job *j);
+
+/* ---- tcpconn.c ---------------------------------------------------------- */
+
+/* Adds tcp_accept, tcp_manage and tcp_stats to the market.sys table at
+** the top of L's stack (see tcpconn.c). */
+void mkd_open_tcpconn(lua_State *L);
+
+#endif

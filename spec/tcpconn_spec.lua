@@ -1,0 +1,191 @@
+-- tcpconn_spec.lua: corners of the TCP connection managers, the native
+-- processes of drivers/tcpconn.c (docs/tcp.md), that tcp_driver_spec.lua
+-- does not reach: bad addresses, a sender's non-string subpackets, the
+-- linger bound on flushing, tcp.stats, and many connections at once.
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local tcp = require "market.tcp"
+local sys = require "market.sys"
+local N = require "net"
+local ANY, EOF = market._, market.EOF
+local send, T, quit = market.send, market.transition_no_state, market.quit
+
+-- Straight-line: the bound port once tcp.listening(port, _) is present.
+local function bound(port)
+  market.perform(market.subscriber(tcp.listening(port, ANY), "listening?"))
+  local ev = market.wait_for(function(e) return e.endpoint == "listening?" end)
+  market.perform(market.delete_endpoint("listening?"))
+  return ev.role.topic.bound_port
+end
+
+-- A server on `port` spawning session(remote, here) per connection; quits
+-- on {"stop-server", port}.
+local function serve(port, session)
+  local here = tcp.listener(port)
+  return market.spawn(function()
+    return market.transition(nil,
+      market.observe_publishers(tcp.channel(ANY, here, ANY), {
+        on_presence = function(_, role)
+          return T(market.spawn(session(role.topic.source, here), { name = "session" }))
+        end }),
+      market.subscriber({ "stop-server", port }, { on_message = function() return T(quit()) end }))
+  end, { name = "server " .. port })
+end
+
+-- Straight-line: read raw socket s until end of stream (or an error);
+-- returns the bytes and how it ended.
+local function read_all(s)
+  local got = {}
+  market.perform(market.subscriber(market.ground.readable(s:fd()), "raw"))
+  while true do
+    market.wait_for(function(e) return e.endpoint == "raw" end)
+    local data, err = s:read()
+    if data then got[#got + 1] = data
+    elseif data == nil then
+      market.perform(market.delete_endpoint("raw"))
+      return table.concat(got), err
+    end
+  end
+end
+
+describe("tcp connection managers", function()
+  local saved
+  before_each(function()
+    saved = { tcp.LINGER_MS, tcp.HIGH_WATER }
+    tcp.stats.max_queued, tcp.stats.pauses, tcp.stats.overflows = 0, 0, 0
+  end)
+  after_each(function()
+    tcp.LINGER_MS, tcp.HIGH_WATER = saved[1], saved[2]
+  end)
+
+  it("reads and sets tcp.stats like a table, and refuses unknown fields", function()
+    tcp.stats.pauses = 3
+    assert.equal(3, tcp.stats.pauses)
+    assert.equal(0, tcp.stats.max_queued)
+    assert.is_nil(tcp.stats.nonsense)
+    assert.has_error(function() tcp.stats.nonsense = 1 end)
+    assert.matches("max_queued = 0, pauses = 3", tostring(tcp.stats))
+  end)
+
+  it("fails a connection to a bad address with a reason", function()
+    local reasons = {}
+    N.run(function()
+      for i, a in ipairs { tcp.address("127.0.0.1", 0), tcp.address("127.0.0.1", 70000),
+                           tcp.address(42, 80) } do
+        local h = tcp.handle("bad" .. i)
+        market.perform(market.spawn(function()
+          return market.transition(nil,
+            market.subscriber(tcp.channel(a, h, ANY), {
+              on_absence = function(_, _, why)
+                reasons[i] = why
+                return T(send({ "done", i }), quit())
+              end }),
+            market.publisher(tcp.channel(h, a, ANY)))
+        end))
+        N.await({ "done", i })
+      end
+    end)
+    assert.equal('bad address tcp-address("127.0.0.1", 0): want tcp.address(host, port 1..65535)',
+                 reasons[1])
+    assert.matches("^bad address tcp%-address%(\"127.0.0.1\", 70000%)", reasons[2])
+    assert.matches("^bad address tcp%-address%(42, 80%)", reasons[3])
+  end)
+
+  it("ignores a subpacket that is not a string and goes on", function()
+    local got
+    N.run(function()
+      market.perform(serve(0, function(remote, here)
+        return function()
+          return market.transition(nil,
+            market.subscriber(tcp.channel(remote, here, ANY)),
+            market.publisher(tcp.channel(here, remote, ANY), {
+              on_presence = function()
+                return T(send(tcp.channel(here, remote, "one ")), send(tcp.channel(here, remote, 42)),
+                         send(tcp.channel(here, remote, { "a", "list" })),
+                         send(tcp.channel(here, remote, "")),
+                         send(tcp.channel(here, remote, "two")), send(tcp.channel(here, remote, EOF)),
+                         quit())
+              end }))
+        end
+      end))
+      local p = bound(0)
+      local raw = assert(sys.tcp_connect(assert(sys.resolve("127.0.0.1", p))[1].sa))
+      got = table.pack(read_all(raw))
+      raw:close()
+      market.perform(send({ "stop-server", 0 }))
+    end)
+    assert.equal("one two", got[1])
+    assert.equal("eof", got[2])
+  end)
+
+  it("closes a connection whose output is not taken within tcp.LINGER_MS", function()
+    tcp.LINGER_MS = 300
+    local total, got, ended, waited = 16 * 1024 * 1024, nil, nil, nil
+    N.run(function()
+      market.perform(serve(0, function(remote, here)
+        return function()
+          return market.transition(nil,
+            market.publisher(tcp.channel(here, remote, ANY), {
+              -- Everything at once, then go: the manager lingers.
+              on_presence = function()
+                return T(send(tcp.channel(here, remote, ("q"):rep(total))), quit())
+              end }))
+        end
+      end))
+      local p = bound(0)
+      local raw = assert(sys.tcp_connect(assert(sys.resolve("127.0.0.1", p))[1].sa))
+      -- Do not read until the linger time has surely passed.
+      local t0 = market.now()
+      market.perform(market.subscriber(market.ground.alarm(math.floor(t0) + 1000), "later"))
+      market.wait_for(function(e) return e.endpoint == "later" end)
+      market.perform(market.delete_endpoint("later"))
+      got, ended = read_all(raw)
+      waited = market.now() - t0
+      raw:close()
+      market.perform(send({ "stop-server", 0 }))
+    end)
+    -- What the kernel had taken arrives, the rest was dropped at close.
+    assert.is_true(#got > 0 and #got < total, #got .. " bytes")
+    assert.is_true(ended == "eof" or ended == "connection reset by peer", ended)
+    assert.is_true(waited >= 1000)
+  end)
+
+  it("serves many connections at once, each its own bytes", function()
+    local n, bad = 300, 0
+    N.run(function()
+      market.perform(serve(0, function(remote, here)
+        return function()
+          return market.transition(nil,
+            market.subscriber(tcp.channel(remote, here, ANY), {
+              on_message = function(_, m)
+                if m.subpacket == EOF then return T(send(tcp.channel(here, remote, EOF)), quit()) end
+                return T(send(tcp.channel(here, remote, m.subpacket)))
+              end }),
+            market.publisher(tcp.channel(here, remote, ANY)))
+        end
+      end))
+      local p = bound(0)
+      local sa = assert(sys.resolve("127.0.0.1", p))[1].sa
+      local socks = {}
+      for i = 1, n do
+        socks[i] = assert(sys.tcp_connect(sa))
+      end
+      -- Write once writable (connected), then half-close.
+      for i = 1, n do
+        local s = socks[i]
+        market.perform(market.subscriber(market.ground.writable(s:fd()), "w"))
+        market.wait_for(function(e) return e.endpoint == "w" end)
+        market.perform(market.delete_endpoint("w"))
+        assert(s:write("conn " .. i) == #("conn " .. i))
+        assert(s:shutdown())
+      end
+      for i = 1, n do
+        local data, how = read_all(socks[i])
+        if data ~= "conn " .. i or how ~= "eof" then bad = bad + 1 end
+        socks[i]:close()
+      end
+      market.perform(send({ "stop-server", 0 }))
+    end, 30000)
+    assert.equal(0, bad)
+  end)
+end)
