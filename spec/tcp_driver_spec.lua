@@ -11,20 +11,7 @@ local N = require "net"
 local ANY, EOF = market._, market.EOF
 local send, T, quit = market.send, market.transition_no_state, market.quit
 
--- A server process: observes the listener on `port` and spawns
--- session(remote, here) for each connection; quits on {"stop-server", port}.
-local function serve(port, session)
-  local here = tcp.listener(port)
-  return market.spawn(function()
-    return market.transition(nil,
-      market.observe_publishers(tcp.channel(ANY, here, ANY), {
-        on_presence = function(_, role)
-          return T(market.spawn(session(role.topic.source, here), { name = "session" }))
-        end }),
-      market.subscriber({ "stop-server", port }, {
-        on_message = function() return T(quit()) end }))
-  end, { name = "server " .. port })
-end
+local serve = N.tcp_serve
 
 -- Straight-line: the next presence or absence of tcp.listening(port, _).
 local function listening_event(port)

@@ -18,19 +18,7 @@ local function bound(port)
   return ev.role.topic.bound_port
 end
 
--- A server on `port` spawning session(remote, here) per connection; quits
--- on {"stop-server", port}.
-local function serve(port, session)
-  local here = tcp.listener(port)
-  return market.spawn(function()
-    return market.transition(nil,
-      market.observe_publishers(tcp.channel(ANY, here, ANY), {
-        on_presence = function(_, role)
-          return T(market.spawn(session(role.topic.source, here), { name = "session" }))
-        end }),
-      market.subscriber({ "stop-server", port }, { on_message = function() return T(quit()) end }))
-  end, { name = "server " .. port })
-end
+local serve = N.tcp_serve
 
 -- Straight-line: read raw socket s until end of stream (or an error);
 -- returns the bytes and how it ended.

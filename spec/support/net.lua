@@ -47,6 +47,24 @@ function N.await(topic)
   return ev.message
 end
 
+-- tcp_serve(port, session): a server process observing the listener on
+-- `port` that spawns session(remote, here) for each connection; it quits
+-- on {"stop-server", port}.
+function N.tcp_serve(port, session)
+  local tcp = require "market.tcp"
+  local here = tcp.listener(port)
+  return market.spawn(function()
+    return market.transition(nil,
+      market.observe_publishers(tcp.channel(market._, here, market._), {
+        on_presence = function(_, role)
+          return market.transition_no_state(
+            market.spawn(session(role.topic.source, here), { name = "session" }))
+        end }),
+      market.subscriber({ "stop-server", port }, {
+        on_message = function() return market.transition_no_state(market.quit()) end }))
+  end, { name = "server " .. port })
+end
+
 -- A free TCP (or UDP) port on this host, as the kernel picks them.
 function N.free_port(kind)
   local sys = require "market.sys"
