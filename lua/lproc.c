@@ -591,4 +591,5 @@ void mkl_open_core(lua_State *L) {
   lua_pushinteger(L, MK_EV_MESSAGE); lua_setfield(L, -2, "MESSAGE");
   lua_pushinteger(L, MK_EV_SPAWNED); lua_setfield(L, -2, "SPAWNED");
   lua_pushinteger(L, MK_EV_RESUME); lua_setfield(L, -2, "RESUME");
+  mkl_open_actions(L);
 }

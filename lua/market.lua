@@ -51,13 +51,12 @@ local function term(v, what)
   error((tostring(t):gsub("^market:%d+: ", "")), 3)
 end
 
--- select("#", body) of a named parameter is always 1: count the varargs so
--- that send() with no body is caught (send(nil) sends the term nil).
-function M.send(...)
-  local body = ...
-  if body == nil and select("#", ...) == 0 then error("market.send: a message body is required", 2) end
-  return action { kind = "send", body = term(body, "market.send: body") }
-end
+-- send(body), transition(state, action...) and transition_no_state(...)
+-- are made in C (lua/laction.c), with these metatables: they are most of
+-- what a process does per message.
+local Transition = { __name = "market.transition" }
+local fast = core.fastpath(Action, Transition)
+M.send = fast.send
 
 function M.feedback(...)
   if select("#", ...) == 0 then error("market.feedback: a message body is required", 2) end
@@ -162,37 +161,8 @@ end
 
 -- ---- transitions ---------------------------------------------------------
 
-local Transition = { __name = "market.transition" }
-
-local function transition(keep, state, ...)
-  local n = select("#", ...)
-  -- keep, state, n, then the actions: array slots only (no hash part).
-  local t = { keep, state, n, ... }
-  for i = 1, n do
-    local a = t[i + 3]
-    if not is_action(a) then
-      -- Nested lists of actions are flattened, as Marketplace allows.
-      if type(a) == "table" and getmetatable(a) == nil then
-        for j = 1, #a do
-          if not is_action(a[j]) then
-            error("market.transition" .. (keep and "_no_state" or "") .. ": element " .. j ..
-                  " of argument " .. (keep and i or i + 1) .. " (a list) is not an action", 3)
-          end
-        end
-      elseif a ~= nil and a ~= false then
-        error("market.transition" .. (keep and "_no_state" or "") .. ": argument " ..
-              (keep and i or i + 1) .. " is not an action (" ..
-              type(a) .. ")", 3)
-      end
-    end
-  end
-  return setmetatable(t, Transition)
-end
-
--- Not tail calls: transition() raises at level 3, the caller of these two
--- (a tail call would drop this frame and blame the caller's caller).
-function M.transition(state, ...) local t = transition(false, state, ...); return t end
-function M.transition_no_state(...) local t = transition(true, nil, ...); return t end
+M.transition = fast.transition
+M.transition_no_state = fast.transition_no_state
 function M.is_transition(v) return getmetatable(v) == Transition end
 
 -- ---- performing ----------------------------------------------------------
@@ -261,14 +231,13 @@ function perform(ctx, a, level)
   end
 end
 
+-- Sends are applied in C; the first other action and all after it here.
+local capply = fast.apply
 local function apply(ctx, tr)
-  if tr == nil then return end
-  if getmetatable(tr) ~= Transition then
-    error("handler returned a " .. type(tr) .. ", not a transition (use market.transition)", 0)
-  end
-  if not tr[1] then ctx.state = tr[2] end
-  for i = 4, tr[3] + 3 do
-    local a = tr[i]
+  local i = capply(ctx, tr)
+  if not i then return end
+  for j = i, tr[3] + 3 do
+    local a = tr[j]
     if getmetatable(a) == Action then perform_one(ctx, a, 0)
     elseif a then perform(ctx, a, 0) end
   end
@@ -433,6 +402,12 @@ local function main(ctx, boot)
 end
 
 local function activate(ctx, kind, a, b, c, d, e, f)
+  -- A message at level 0 (C saw that its endpoint has a handler table).
+  if kind == MESSAGE and b == 0 then
+    local fn = ctx.eps[a].on_message
+    if fn then return apply(ctx, fn(ctx.state, c, a)) end
+    return
+  end
   dispatch(ctx, kind, a, b, c, d, e, f)
 end
 core.init(main, activate)

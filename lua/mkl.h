@@ -29,6 +29,9 @@ void mkl_pushterm(lua_State *L, mk_term *t);
 void mkl_pushbox(lua_State *L, mk_term *t);
 void mkl_open_terms(lua_State *L);   /* fields into the table at the top */
 
+/* laction.c */
+void mkl_open_actions(lua_State *L); /* core.fastpath into the table at the top */
+
 /* lproc.c */
 void mkl_open_core(lua_State *L);    /* pushes the market.core table */
 /* Spawn the Lua function at the top of L's stack (popped) as a process of

@@ -1,0 +1,192 @@
+/*
+** laction.c: the per-message path of market.lua, in C.
+**
+** A handler that answers a message typically does
+**     return market.transition_no_state(market.send(reply))
+** and the process then applies that transition.  In Lua that is a dozen
+** function calls (argument checks, getmetatable, setmetatable, the action
+** dispatch in perform_one, core.send), about half of what a Lua process
+** spends per message.  These functions build the very same tables (the
+** Action and Transition metatables are market.lua's, given to
+** core.fastpath) in one C call each, and apply a transition's sends
+** without going back to Lua.  Every other action stays in market.lua.
+**
+** Upvalues of every closure made by core.fastpath, by index:
+*/
+#include "mkl.h"
+
+#define U_ACTION      lua_upvalueindex(1)   /* market.lua's Action metatable */
+#define U_TRANSITION  lua_upvalueindex(2)   /* market.lua's Transition metatable */
+#define U_KIND        lua_upvalueindex(3)   /* "kind" */
+#define U_SEND        lua_upvalueindex(4)   /* "send" */
+#define U_BODY        lua_upvalueindex(5)   /* "body" */
+#define U_STATE       lua_upvalueindex(6)   /* "state" */
+#define NUPVALUES     6
+
+/* Is the value at idx a table whose metatable is the one at upvalue mt? */
+static int hasmeta(lua_State *L, int idx, int mt) {
+  int r;
+  if (!lua_getmetatable(L, idx)) return 0;
+  r = lua_rawequal(L, -1, mt);
+  lua_pop(L, 1);
+  return r;
+}
+
+/* send(body): the action that sends body.  Terms that are not atoms or
+** boxes (sequences given as tables) are converted, so a later change to
+** the table cannot change the message. */
+static int f_send(lua_State *L) {
+  int t = lua_type(L, 1);
+  if (t == LUA_TNONE) return luaL_error(L, "market.send: a message body is required");
+  lua_settop(L, 1);
+  if (t == LUA_TTABLE || (t == LUA_TUSERDATA && mkl_testbox(L, 1) == NULL) ||
+      t == LUA_TFUNCTION || t == LUA_TTHREAD || t == LUA_TLIGHTUSERDATA) {
+    const char *err;
+    mk_term *body = mkl_toterm(L, 1, &err);
+    if (body == NULL) return luaL_error(L, "market.send: body: %s", err);
+    mkl_pushterm(L, body);
+    mk_unref(body);
+    lua_replace(L, 1);
+  }
+  lua_createtable(L, 0, 2);
+  lua_pushvalue(L, U_KIND);
+  lua_pushvalue(L, U_SEND);
+  lua_rawset(L, -3);
+  lua_pushvalue(L, U_BODY);
+  lua_pushvalue(L, 1);
+  lua_rawset(L, -3);
+  lua_pushvalue(L, U_ACTION);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* The actions from stack index first on, as transition() stores them:
+** { keep, state, n, action... }.  Lists (tables without a metatable) of
+** actions are allowed as Marketplace allows them, and flattened when
+** applied; nil and false are skipped then. */
+static int mktransition(lua_State *L, int keep) {
+  const char *fname = keep ? "market.transition_no_state" : "market.transition";
+  int first = keep ? 1 : 2, top = lua_gettop(L), n = top - first + 1, i;
+  if (n < 0) n = 0;       /* transition() with no state at all */
+  for (i = first; i <= top; i++) {
+    if (hasmeta(L, i, U_ACTION)) continue;
+    if (lua_type(L, i) == LUA_TTABLE && !lua_getmetatable(L, i)) {
+      lua_Integer j, len = luaL_len(L, i);
+      for (j = 1; j <= len; j++) {
+        lua_rawgeti(L, i, j);
+        if (!hasmeta(L, -1, U_ACTION))
+          return luaL_error(L, "%s: element %d of argument %d (a list) is not an action",
+                            fname, (int)j, i);
+        lua_pop(L, 1);
+      }
+    } else if (lua_toboolean(L, i)) {
+      return luaL_error(L, "%s: argument %d is not an action (%s)", fname, i,
+                        luaL_typename(L, i));
+    }
+  }
+  lua_createtable(L, n + 3, 0);
+  lua_pushboolean(L, keep);
+  lua_rawseti(L, -2, 1);
+  if (!keep && top >= 1) {
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, 2);
+  }
+  lua_pushinteger(L, n);
+  lua_rawseti(L, -2, 3);
+  for (i = 0; i < n; i++) {
+    lua_pushvalue(L, first + i);
+    lua_rawseti(L, -2, i + 4);
+  }
+  lua_pushvalue(L, U_TRANSITION);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+static int f_transition(lua_State *L) { return mktransition(L, 0); }
+static int f_transition_no_state(lua_State *L) { return mktransition(L, 1); }
+
+/* Send the body of the send action at the top (popped). */
+static void dosend(lua_State *L, mk_proc *p) {
+  mk_term *body;
+  lua_pushvalue(L, U_BODY);
+  lua_rawget(L, -2);
+  body = mkl_testbox(L, -1);
+  if (body != NULL) {
+    mk_send(p, body);
+  } else {
+    const char *err;
+    body = mkl_toterm(L, -1, &err);   /* send() made it a term: cannot fail */
+    if (body != NULL) mk_send(p, body);
+    mk_unref(body);
+  }
+  lua_pop(L, 2);
+}
+
+/* apply(ctx, tr): take the transition's state into ctx, then perform its
+** actions from the first for as long as they are sends.  Returns nothing
+** when it did them all, or the index in tr of the first action left to
+** market.lua.  tr nil is the empty transition. */
+static int f_apply(lua_State *L) {
+  mk_proc *p;
+  lua_Integer i, n;
+  if (lua_isnil(L, 2)) return 0;
+  if (!hasmeta(L, 2, U_TRANSITION)) {
+    lua_pushfstring(L, "handler returned a %s, not a transition (use market.transition)",
+                    luaL_typename(L, 2));
+    return lua_error(L);
+  }
+  lua_settop(L, 2);
+  lua_rawgeti(L, 2, 1);
+  if (!lua_toboolean(L, -1)) {
+    lua_pushvalue(L, U_STATE);
+    lua_rawgeti(L, 2, 2);
+    lua_rawset(L, 1);
+  }
+  lua_pop(L, 1);
+  lua_rawgeti(L, 2, 3);
+  n = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  p = mkl_current(L);
+  for (i = 4; i <= n + 3; i++) {
+    int issend;
+    lua_rawgeti(L, 2, i);
+    if (!hasmeta(L, -1, U_ACTION) || p == NULL) { lua_pop(L, 1); break; }
+    lua_pushvalue(L, U_KIND);
+    lua_rawget(L, -2);
+    issend = lua_rawequal(L, -1, U_SEND);
+    lua_pop(L, 1);
+    if (!issend) { lua_pop(L, 1); break; }
+    dosend(L, p);
+    /* A dead process runs no further line (as core.send's settle). */
+    if (!mk_proc_alive(p)) return lua_yield(L, 0);
+  }
+  if (i > n + 3) return 0;
+  lua_pushinteger(L, i);
+  return 1;
+}
+
+/* core.fastpath(Action, Transition) -> { send=, transition=,
+** transition_no_state=, apply= } */
+static int c_fastpath(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"send", f_send}, {"transition", f_transition},
+    {"transition_no_state", f_transition_no_state}, {"apply", f_apply},
+    {NULL, NULL}};
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_createtable(L, 0, 4);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushliteral(L, "kind");
+  lua_pushliteral(L, "send");
+  lua_pushliteral(L, "body");
+  lua_pushliteral(L, "state");
+  luaL_setfuncs(L, funcs, NUPVALUES);
+  return 1;
+}
+
+void mkl_open_actions(lua_State *L) {
+  lua_pushcfunction(L, c_fastpath);
+  lua_setfield(L, -2, "fastpath");
+}
