@@ -17,19 +17,48 @@ typedef struct box { mk_term *t; } box;
 typedef struct rtbox { mk_rtype *rt; } rtbox;
 
 static const char key_wild = 0, key_eof = 0;
+/* The box metatable again, under a light-userdata key.  Boxes are checked
+** on every message, several times: luaL_testudata finds the metatable by
+** name, which costs a string lookup (and a strcmp) each time. */
+static const char key_box_mt = 0;
+
+/* The box at idx, or NULL.  mt: a stack index holding the box metatable,
+** or 0 to fetch it from the registry. */
+static box *tobox(lua_State *L, int idx, int mt) {
+  box *b = lua_touserdata(L, idx);
+  int same;
+  if (b == NULL || !lua_getmetatable(L, idx)) return NULL;
+  if (mt == 0) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_box_mt);
+    same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+  } else {
+    same = lua_rawequal(L, -1, mt);
+    lua_pop(L, 1);
+  }
+  return same ? b : NULL;
+}
 
 mk_term *mkl_testbox(lua_State *L, int idx) {
-  box *b = luaL_testudata(L, idx, MKL_TERM_MT);
+  box *b = tobox(L, idx, 0);
   return b ? b->t : NULL;
 }
 
-void mkl_pushbox(lua_State *L, mk_term *t) {
+/* Push a box for t (stolen); mt as for tobox. */
+static void pushbox(lua_State *L, mk_term *t, int mt) {
   box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->t = t;
-  luaL_setmetatable(L, MKL_TERM_MT);
+  if (mt == 0) lua_rawgetp(L, LUA_REGISTRYINDEX, &key_box_mt);
+  else lua_pushvalue(L, mt);
+  lua_setmetatable(L, -2);
 }
 
-static mk_term *toterm(lua_State *L, int idx, const char **err, int depth) {
+void mkl_pushbox(lua_State *L, mk_term *t) {
+  pushbox(L, t, 0);
+}
+
+/* mt: as for tobox. */
+static mk_term *toterm(lua_State *L, int idx, const char **err, int depth, int mt) {
   switch (lua_type(L, idx)) {
     case LUA_TNIL: return mk_nil();
     case LUA_TBOOLEAN: return mk_bool(lua_toboolean(L, idx));
@@ -42,8 +71,8 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, int depth) {
       return mk_str(s, n);
     }
     case LUA_TUSERDATA: {
-      mk_term *t = mkl_testbox(L, idx);
-      if (t) return mk_ref(t);
+      box *b = tobox(L, idx, mt);
+      if (b) return mk_ref(b->t);
       if (luaL_testudata(L, idx, MKL_RTYPE_MT))
         *err = "a record constructor is not a term (call it to make a record)";
       else
@@ -72,7 +101,7 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, int depth) {
       for (i = 0; i < n; i++) {
         mk_term *item;
         lua_rawgeti(L, idx, (lua_Integer)i + 1);
-        item = toterm(L, lua_gettop(L), err, depth + 1);
+        item = toterm(L, lua_gettop(L), err, depth + 1, mt);
         lua_pop(L, 1);
         if (item == NULL) { mk_unref(s); return NULL; }
         mk_set(s, (uint32_t)i, item);
@@ -87,7 +116,7 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, int depth) {
 
 mk_term *mkl_toterm(lua_State *L, int idx, const char **err) {
   *err = NULL;
-  return toterm(L, lua_absindex(L, idx), err, 0);
+  return toterm(L, lua_absindex(L, idx), err, 0, 0);
 }
 
 mk_term *mkl_checkterm(lua_State *L, int idx, const char *what) {
@@ -122,12 +151,21 @@ void mkl_pushterm(lua_State *L, mk_term *t) {
 
 /* ---- the term metatable ------------------------------------------------- */
 
+/* The metatable's own functions have it as upvalue 1 (see
+** mkl_open_terms); the record types' functions too, and their own
+** metatable as upvalue 2. */
+#define U_BOXMT  lua_upvalueindex(1)
+#define U_RTMT   lua_upvalueindex(2)
+
 static mk_term *checkbox(lua_State *L, int idx) {
-  return ((box *)luaL_checkudata(L, idx, MKL_TERM_MT))->t;
+  box *b = tobox(L, idx, U_BOXMT);
+  if (b == NULL) luaL_typeerror(L, idx, MKL_TERM_MT);
+  return b->t;
 }
 
 static int term_gc(lua_State *L) {
-  box *b = luaL_checkudata(L, 1, MKL_TERM_MT);
+  box *b = tobox(L, 1, U_BOXMT);
+  if (b == NULL) return 0;
   mk_unref(b->t);
   b->t = NULL;
   return 0;
@@ -143,8 +181,8 @@ static int term_tostring(lua_State *L) {
 }
 
 static int term_eq(lua_State *L) {
-  mk_term *a = mkl_testbox(L, 1), *b = mkl_testbox(L, 2);
-  lua_pushboolean(L, a && b && mk_equal(a, b));
+  box *a = tobox(L, 1, U_BOXMT), *b = tobox(L, 2, U_BOXMT);
+  lua_pushboolean(L, a && b && mk_equal(a->t, b->t));
   return 1;
 }
 
@@ -179,11 +217,16 @@ static int term_newindex(lua_State *L) {
 /* ---- record types ------------------------------------------------------- */
 
 static mk_rtype *checkrt(lua_State *L, int idx) {
-  return ((rtbox *)luaL_checkudata(L, idx, MKL_RTYPE_MT))->rt;
+  rtbox *b = lua_touserdata(L, idx);
+  if (b == NULL || !lua_getmetatable(L, idx) || !lua_rawequal(L, -1, U_RTMT))
+    luaL_typeerror(L, idx, "record constructor");
+  lua_pop(L, 1);
+  return b->rt;
 }
 
 static int rt_gc(lua_State *L) {
-  rtbox *b = luaL_checkudata(L, 1, MKL_RTYPE_MT);
+  rtbox *b = lua_touserdata(L, 1);
+  if (b == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, U_RTMT)) return 0;
   if (b->rt) mk_rtype_unref(b->rt);
   b->rt = NULL;
   return 0;
@@ -200,22 +243,22 @@ static int rt_call(lua_State *L) {
                       rt->arity == 1 ? "" : "s", n);
   r = mk_rec_new(rt);
   for (i = 0; i < rt->arity; i++) {
-    const char *err;
-    mk_term *f = mkl_toterm(L, (int)i + 2, &err);
+    const char *err = NULL;
+    mk_term *f = toterm(L, (int)i + 2, &err, 0, U_BOXMT);
     if (f == NULL) {
       mk_unref(r);
       return luaL_error(L, "record %s, field %d: %s", rt->label, (int)i + 1, err);
     }
     mk_set(r, i, f);
   }
-  mkl_pushbox(L, mk_seal(r));
+  pushbox(L, mk_seal(r), U_BOXMT);
   return 1;
 }
 
 static int rt_is(lua_State *L) {
   mk_rtype *rt = checkrt(L, 1);
-  mk_term *t = mkl_testbox(L, 2);
-  lua_pushboolean(L, t != NULL && t->kind == MK_REC && t->v.rt == rt);
+  box *b = tobox(L, 2, U_BOXMT);
+  lua_pushboolean(L, b != NULL && b->t->kind == MK_REC && b->t->v.rt == rt);
   return 1;
 }
 
@@ -225,7 +268,11 @@ static int rt_index(lua_State *L) {
   uint32_t i;
   if (strcmp(k, "label") == 0) lua_pushlstring(L, rt->label, rt->labellen);
   else if (strcmp(k, "arity") == 0) lua_pushinteger(L, rt->arity);
-  else if (strcmp(k, "is") == 0) lua_pushcfunction(L, rt_is);
+  else if (strcmp(k, "is") == 0) {
+    lua_pushvalue(L, U_BOXMT);
+    lua_pushvalue(L, U_RTMT);
+    lua_pushcclosure(L, rt_is, 2);
+  }
   else if (strcmp(k, "fields") == 0) {
     lua_createtable(L, (int)rt->arity, 0);
     for (i = 0; i < rt->arity && rt->names; i++) {
@@ -311,13 +358,17 @@ void mkl_open_terms(lua_State *L) {
     {"record", l_record}, {"is_term", l_is_term}, {"unify", l_unify},
     {"repr", l_repr}, {NULL, NULL}};
   if (luaL_newmetatable(L, MKL_TERM_MT)) {
-    luaL_setfuncs(L, term_mt, 0);
-    lua_pushliteral(L, "market.term");
-    lua_setfield(L, -2, "__name");
+    lua_pushvalue(L, -1);
+    luaL_setfuncs(L, term_mt, 1);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_box_mt);
   }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, MKL_RTYPE_MT)) luaL_setfuncs(L, rt_mt, 0);
-  lua_pop(L, 1);
+  if (luaL_newmetatable(L, MKL_RTYPE_MT)) {
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, rt_mt, 2);
+  }
+  lua_pop(L, 2);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_wild) == LUA_TNIL) {
     lua_pop(L, 1);
     mkl_pushbox(L, mk_wild());
