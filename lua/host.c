@@ -15,6 +15,7 @@
 #include <lualib.h>
 
 #include "mkl.h"
+#include "pool.h"
 
 struct mk_host {
   struct ev_loop *loop;
@@ -139,6 +140,13 @@ void mk_host_on_failure(mk_host *h, mk_failure_fn fn, void *ud) {
 
 /* ---- warnings ----------------------------------------------------------- */
 
+/* An error outside any protected call (luaL_newstate's panic function). */
+static int panicf(lua_State *L) {
+  const char *msg = lua_tostring(L, -1);
+  fprintf(stderr, "market: unprotected Lua error: %s\n", msg ? msg : "(not a string)");
+  return 0;   /* Lua then aborts */
+}
+
 /* Lua's warning function for a host's own state: assemble the pieces of
 ** one warn() call and hand the line to the host's callback, if any. */
 static void warnf(void *ud, const char *msg, int tocont) {
@@ -205,10 +213,12 @@ static mk_host *host_make(lua_State *L, struct ev_loop *loop, mk_error *err) {
   }
   h->loop = loop;
   if (L == NULL) {
-    L = luaL_newstate();
+    /* Lua's small objects come from the block cache too (pool.h). */
+    L = lua_newstate(mk_pool_lalloc, NULL);
     if (L == NULL) { fillerr(err, MK_ENOMEM, "cannot create a Lua state: out of memory"); goto fail; }
     h->L = L;
     h->own_L = 1;
+    lua_atpanic(L, panicf);
     lua_setwarnf(L, warnf, h);
     lua_pushcfunction(L, p_setup);
     if ((st = lua_pcall(L, 0, 0, 0)) != LUA_OK) {
@@ -253,6 +263,7 @@ void mk_host_free(mk_host *h) {
   mkl_on_fail(h->L, NULL, NULL);
   mkl_detach(h->L);
   if (h->own_L) lua_close(h->L);
+  mk_pool_trim();
   if (h->own_loop) ev_loop_destroy(h->loop);
   free(h->msg);
   free(h->failure);

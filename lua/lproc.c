@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "mkl.h"
+#include "pool.h"
 
 /* Per lua_State binding state, a full userdata anchored in the registry. */
 typedef struct mkl_state {
@@ -133,6 +134,15 @@ static int pushevent(lua_State *co, const mk_event *ev) {
   }
 }
 
+/* An endpoint's tag (mk_tag_endpoint), set by core.add from market.lua:
+** which handlers its table held when it was added.  Without TAG_KNOWN (a
+** handler table with a metatable, or a meta-level endpoint) the table
+** itself is consulted. */
+#define TAG_KNOWN     1
+#define TAG_MESSAGE   2
+#define TAG_PRESENCE  4
+#define TAG_ABSENCE   8
+
 /* An event for an idle process whose endpoint has no handler for it would
 ** be dispatched to nobody (market.lua's dispatch drops it): skip the
 ** activation.  Observers receive every message that fits their topic
@@ -142,13 +152,15 @@ static int pushevent(lua_State *co, const mk_event *ev) {
 ** a handler table with a metatable takes the general path. */
 static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   const char *field;
-  int top = lua_gettop(co), r = 1;
+  int top = lua_gettop(co), r = 1, bit;
   switch (ev->type) {
-    case MK_EV_MESSAGE: field = "on_message"; break;
-    case MK_EV_PRESENCE: field = "on_presence"; break;
-    case MK_EV_ABSENCE: field = "on_absence"; break;
+    case MK_EV_MESSAGE: field = "on_message"; bit = TAG_MESSAGE; break;
+    case MK_EV_PRESENCE: field = "on_presence"; bit = TAG_PRESENCE; break;
+    case MK_EV_ABSENCE: field = "on_absence"; bit = TAG_ABSENCE; break;
     default: return 0;
   }
+  /* The usual case, without a look into Lua tables: the endpoint's tag. */
+  if (ev->tag & TAG_KNOWN) return !(ev->tag & bit);
   lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
   if (ev->meta == 0) {
     lua_pushliteral(co, "eps");
@@ -347,7 +359,7 @@ static int c_quit(lua_State *L) {
   return settle(L, p, 1);
 }
 
-/* core.add(name, orientation, interest, topic, level) */
+/* core.add(name, orientation, interest, topic, level, tag) */
 static int c_add(lua_State *L) {
   mkl_state *S = STATE(L);
   mk_proc *p = self(L, S, "add endpoint");
@@ -357,7 +369,11 @@ static int c_add(lua_State *L) {
   role.orientation = (mk_orientation)luaL_checkinteger(L, 2);
   role.interest = (mk_interest)luaL_checkinteger(L, 3);
   role.topic = mkl_checkterm(L, 4, "endpoint topic");
-  if (level <= 1) mk_add_endpoint(p, name, level, role);
+  if (level == 0) {
+    if (mk_add_endpoint(p, name, 0, role) >= 0)
+      mk_tag_endpoint(p, name, (uint32_t)luaL_optinteger(L, 6, 0));
+  }
+  else if (level == 1) mk_add_endpoint(p, name, level, role);
   else mk_at_meta_level(p, wrap(mk_action_add(name, role), level - 1));
   mk_unref(role.topic);
   return settle(L, p, 0);
@@ -488,7 +504,8 @@ static int c_ground_vm(lua_State *L) {
 ** which also counts what the allocator holds but does not use. */
 static int c_memory(lua_State *L) {
   struct mallinfo2 mi = mallinfo2();
-  lua_pushinteger(L, (lua_Integer)mi.uordblks);
+  /* Blocks in the small-block cache are free, though malloc lent them. */
+  lua_pushinteger(L, (lua_Integer)(mi.uordblks - mk_pool_cached()));
   return 1;
 }
 

@@ -198,8 +198,14 @@ local function perform_one(ctx, a, level)
       ctx.anon = n
       name = "#" .. n
     end
-    endpoints_at(ctx, level)[name] = a.handlers
-    core.add(name, a.orientation, a.interest, a.topic, level)
+    local h = a.handlers
+    endpoints_at(ctx, level)[name] = h
+    -- Which handlers exist, for C to skip events nobody takes (lproc.c).
+    local tag = 0
+    if getmetatable(h) == nil then
+      tag = 1 | (h.on_message and 2 or 0) | (h.on_presence and 4 or 0) | (h.on_absence and 8 or 0)
+    end
+    core.add(name, a.orientation, a.interest, a.topic, level, tag)
   elseif kind == "delete" then
     endpoints_at(ctx, level)[a.name] = nil
     core.delete(a.name, a.reason, level)
@@ -402,9 +408,10 @@ local function main(ctx, boot)
 end
 
 local function activate(ctx, kind, a, b, c, d, e, f)
-  -- A message at level 0 (C saw that its endpoint has a handler table).
+  -- A message at level 0: straight to its handler.
   if kind == MESSAGE and b == 0 then
-    local fn = ctx.eps[a].on_message
+    local h = ctx.eps[a]
+    local fn = h and h.on_message
     if fn then return apply(ctx, fn(ctx.state, c, a)) end
     return
   end

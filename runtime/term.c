@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pool.h"
 #include "term.h"
 
 
@@ -49,7 +50,7 @@ static uint32_t hmix64 (uint32_t h, uint64_t k) {
   return hmix(hmix(h, (uint32_t)k), (uint32_t)(k >> 32));
 }
 
-static uint32_t hbytes (uint32_t h, const char *s, size_t len) {
+static uint32_t hfull (uint32_t h, const char *s, size_t len) {
   size_t i;
   uint32_t k = 0;
   for (i = 0; i + 4 <= len; i += 4) {
@@ -63,6 +64,31 @@ static uint32_t hbytes (uint32_t h, const char *s, size_t len) {
     case 1: k ^= (uint32_t)(unsigned char)s[i];
             k *= 0xcc9e2d51u; k = rotl(k, 15); k *= 0x1b873593u;
             h ^= k;
+  }
+  return h ^ (uint32_t)len;
+}
+
+/*
+** A string's hash.  Every message is hashed when it is made, and a server
+** passing kilobytes through would spend more time hashing its payloads
+** than routing them: strings longer than HSAMPLED bytes are hashed over
+** their first and last 64 bytes and 16 words spread between.  Equal
+** strings still hash equal; strings differing only elsewhere collide,
+** which costs the routing index one more comparison, never a wrong match
+** (and payloads are seldom keys in it: topics hold wildcards there).
+*/
+#define HSAMPLED 256
+
+static uint32_t hbytes (uint32_t h, const char *s, size_t len) {
+  size_t stride, j;
+  if (len <= HSAMPLED) return hfull(h, s, len);
+  h = hfull(h, s, 64);
+  h = hfull(h, s + len - 64, 64);
+  stride = (len - 128 - 4) / 16;
+  for (j = 0; j < 16; j++) {
+    uint32_t w;
+    memcpy(&w, s + 64 + j * stride, 4);
+    h = hmix(h, w);
   }
   return h ^ (uint32_t)len;
 }
@@ -106,8 +132,18 @@ size_t mk_term_live (void) {
   return live_terms;
 }
 
+/* The bytes of a term: the header and its payload.  Terms come from the
+** small-block cache (pool.h): messages are made and freed at a high rate. */
+static size_t termsize (mk_kind kind, uint32_t n) {
+  switch (kind) {
+    case MK_STR: return sizeof(mk_term) + (size_t)n + 1;
+    case MK_REC: case MK_SEQ: return sizeof(mk_term) + (size_t)n * sizeof(mk_term *);
+    default: return sizeof(mk_term);
+  }
+}
+
 static mk_term *newterm (mk_kind kind, uint32_t n, size_t extra) {
-  mk_term *t = (mk_term *)malloc(sizeof(mk_term) + extra);
+  mk_term *t = (mk_term *)mk_pool_alloc(sizeof(mk_term) + extra);
   if (t == NULL) return NULL;
   t->refs = 1;
   t->kind = (uint8_t)kind;
@@ -168,7 +204,7 @@ void mk_unref (mk_term *t) {
         }
       }
     }
-    free(t);
+    mk_pool_free(t, termsize((mk_kind)t->kind, t->n));
     live_terms--;
   }
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pool.h"
 #include "vmint.h"
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -210,7 +211,8 @@ static void ep_unref(mk_endpoint *e) {
 /* ---- the queue ---------------------------------------------------------- */
 
 static mk_qev *qev_new(mk_vm *vm, mk_proc *p, mk_event_type type) {
-  mk_qev *q = xmalloc(sizeof *q);
+  mk_qev *q = mk_pool_alloc(sizeof *q);   /* one or more per message */
+  if (q == NULL) { fputs("market: out of memory\n", stderr); abort(); }
   memset(q, 0, sizeof *q);
   q->type = (uint8_t)type;
   q->proc = p;
@@ -228,7 +230,7 @@ static void qev_free(mk_qev *q) {
   mk_unref(q->reason);
   mk_unref(q->topic);
   free(q->name);
-  free(q);
+  mk_pool_free(q, sizeof *q);
 }
 
 /* Queue an event naming endpoint `to` of its process. */
@@ -459,6 +461,13 @@ static void metaname_track(mk_proc *p, const mk_action *list, int depth) {
     else if (list->type == MK_A_DROP) metaname_remove(p, depth, list->name, 1);
     else if (list->type == MK_A_META) metaname_track(p, list->list, depth + 1);
   }
+}
+
+int mk_tag_endpoint(mk_proc *p, const char *name, uint32_t tag) {
+  mk_endpoint *e = p->dead ? NULL : mkI_endpoint(p->vm, p->pid, name);
+  if (e == NULL) return -1;
+  e->tag = tag;
+  return 0;
 }
 
 int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
@@ -863,6 +872,7 @@ static void deliver(mk_vm *vm, mk_qev *q) {
   ev.reason = q->reason;
   ev.pid = q->pid;
   ev.cont = q->cont;
+  ev.tag = q->ep ? q->ep->tag : 0;
   if (TRACING(vm) && q->type != MK_EV_BOOT) {
     static const char *const names[] = {"boot", "presence", "absence", "message",
                                         "spawned", "resume", "meta"};

@@ -63,6 +63,7 @@ typedef struct mk_event {
   mk_term *reason;
   mk_pid pid;            /* MK_EV_SPAWNED: the new process */
   void *cont;            /* MK_EV_SPAWNED, MK_EV_RESUME: the behaviour's token */
+  uint32_t tag;          /* the receiving endpoint's tag (mk_tag_endpoint), or 0 */
 } mk_event;
 
 /*
@@ -164,6 +165,11 @@ int mk_quit(mk_proc *p, mk_pid pid, mk_term *reason);
 ** equal role returns 1 and changes nothing (the behaviour replaces its
 ** handlers); with a different role the process fails and -1 is returned. */
 int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role);
+/* Set the tag of p's endpoint `name` (level 0), handed back in every
+** event for it: a behaviour keeps per-endpoint facts there (the Lua
+** binding, which handlers exist).  0 until set; -1 if there is no such
+** endpoint. */
+int mk_tag_endpoint(mk_proc *p, const char *name, uint32_t tag);
 /* Delete an endpoint; reason borrowed.  -1 if there is no such endpoint. */
 int mk_delete_endpoint(mk_proc *p, const char *name, int meta, mk_term *reason);
 void mk_send(mk_proc *p, mk_term *body);        /* body borrowed */

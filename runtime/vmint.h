@@ -37,6 +37,7 @@ struct mk_endpoint {
   uint32_t refs;
   uint32_t hash;
   uint8_t dead;
+  uint32_t tag;             /* mk_tag_endpoint */
   mk_role role;             /* role.topic owned */
   char name[];              /* NUL-terminated, owned in place */
 };

@@ -45,7 +45,7 @@ describe("meson install", function()
     for _, f in ipairs {
       "/lib/libmarket.so", "/lib/libmarket.a", "/lib/pkgconfig/market.pc",
       "/include/market/market.h", "/include/market/term.h", "/include/market/vm.h",
-      "/include/market/ground.h", "/include/market/route.h",
+      "/include/market/ground.h", "/include/market/route.h", "/include/market/pool.h",
       "/bin/market", "/lib/lua/5.4/market.so", "/share/man/man1/market.1",
     } do
       assert.truthy(slurp(prefix .. f), "not installed: " .. f)

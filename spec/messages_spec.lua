@@ -202,3 +202,46 @@ describe("delivery to an endpoint deleted before the event is handled", function
                   'peer absence #1 publisher/participant ["blip", 1] blink' }, log.lines)
   end)
 end)
+
+describe("handler tables", function()
+  it("may supply handlers through a metatable", function()
+    local log = H.log()
+    H.ground(function()
+      local handlers = setmetatable({ name = "e" }, { __index = {
+        on_message = function(s, m) log("got %s", m) end } })
+      H.step(holder("p", market.subscriber({ "x", _ }, handlers)))
+      H.step(market.send({ "x", 1 }))
+    end)
+    assert.same({ 'got ["x", 1]' }, log.lines)
+  end)
+
+  it("which handlers an endpoint has is fixed when it is added; " ..
+     "a handler replaced later is the one called", function()
+    local log = H.log()
+    H.ground(function()
+      local late = { name = "late" }
+      local swapped = { name = "swapped", on_message = function() log("first") end }
+      H.step(holder("p", market.subscriber({ "x", _ }, late),
+                         market.subscriber({ "y", _ }, swapped)))
+      late.on_message = function() log("late") end        -- too late: no handler at add
+      swapped.on_message = function() log("second") end
+      H.step(market.send({ "x", 1 }), market.send({ "y", 1 }))
+    end)
+    assert.same({ "second" }, log.lines)
+  end)
+
+  it("an event no handler takes still reaches straight-line code in market.yield()",
+     function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        market.perform(market.subscriber({ "x", _ }, { name = "bare" }))
+        local ev = market.yield()
+        while ev.type ~= "message" do ev = market.yield() end
+        log("%s %s %s", ev.type, ev.endpoint, ev.message)
+      end))
+      H.step(market.send({ "x", 1 }))
+    end)
+    assert.same({ 'message bare ["x", 1]' }, log.lines)
+  end)
+end)

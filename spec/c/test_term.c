@@ -159,6 +159,30 @@ static void strings (void) {
   CHECK(mk_term_live() == base);
 }
 
+/* Long strings are hashed over a sample of their bytes (term.c, hbytes):
+** equal ones still hash equal, and ones that differ only outside the
+** sample are still unequal. */
+static void long_strings (void) {
+  size_t base = mk_term_live(), n = 4096, i;
+  char *x = malloc(n), *y = malloc(n);
+  mk_term *a, *b, *c, *d;
+  for (i = 0; i < n; i++) x[i] = (char)('a' + i % 26);
+  memcpy(y, x, n);
+  a = mk_str(x, n);
+  b = mk_str(y, n);
+  CHECK(mk_equal(a, b) && mk_hash(a) == mk_hash(b));
+  y[1001] ^= 1;                   /* between sampled words */
+  c = mk_str(y, n);
+  CHECK(!mk_equal(a, c));
+  y[1001] ^= 1;
+  y[n - 1] ^= 1;                  /* the tail is always hashed */
+  d = mk_str(y, n);
+  CHECK(!mk_equal(a, d) && mk_hash(a) != mk_hash(d));
+  mk_unref(a); mk_unref(b); mk_unref(c); mk_unref(d);
+  free(x); free(y);
+  CHECK(mk_term_live() == base);
+}
+
 static void rtypes (void) {
   static const char *const names[] = { "from", "text" };
   static const char *const names2[] = { "who", "what" };
@@ -628,6 +652,7 @@ int main (void) {
   RUN(integers);
   RUN(floats);
   RUN(strings);
+  RUN(long_strings);
   RUN(rtypes);
   RUN(rtype_table);
   RUN(records);

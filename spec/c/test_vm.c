@@ -572,6 +572,49 @@ static void test_send_and_feedback(void) {
   END;
 }
 
+/* Endpoint tags: set after adding, handed back in the endpoint's events. */
+static void tag_script(mk_proc *p, const mk_event *ev, rec *r) {
+  char line[96];
+  if (ev->type == MK_EV_BOOT) {
+    rec_ret(r, mk_tag_endpoint(p, "in", 42));
+    rec_ret(r, mk_tag_endpoint(p, "nope", 1));
+  } else if (ev->type == MK_EV_MESSAGE || ev->type == MK_EV_PRESENCE) {
+    snprintf(line, sizeof line, "%s %s tag %u",
+             ev->type == MK_EV_MESSAGE ? "message" : "presence", ev->endpoint,
+             (unsigned)ev->tag);
+    log_add(&r->log, line);
+  }
+}
+
+static void test_endpoint_tags(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, b;
+  mk_term *t;
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_ep(&a, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(7), W()), 0);
+  rec_ep(&a, "plain", MK_SUBSCRIBER, MK_PARTICIPANT, R(W(), I(1)), 0);
+  a.fn = tag_script;
+  rec_ep(&b, "out", MK_PUBLISHER, MK_PARTICIPANT, R(I(7), I(1)), 0);
+  spawn(vm, &a);
+  spawn(vm, &b);
+  mk_vm_run(vm);
+  t = R(I(7), I(1));
+  mk_vm_send(vm, t, 0);
+  mk_unref(t);
+  mk_vm_run(vm);
+  CHECK(a.nret == 2 && a.ret[0] == 0 && a.ret[1] == -1);
+  CHECK(log_count(&a.log, "presence in tag 42") == 1);
+  CHECK(log_count(&a.log, "presence plain tag 0") == 1);
+  CHECK(log_count(&a.log, "message in tag 42") == 1);
+  CHECK(log_count(&a.log, "message plain tag 0") == 1);
+  mk_vm_free(vm, NULL);
+  rec_done(&a);
+  rec_done(&b);
+  END;
+}
+
 static void send_at_boot(mk_proc *p, const mk_event *ev, rec *r) {
   mk_term *t;
   if (ev->type != MK_EV_BOOT) return;
@@ -1638,6 +1681,7 @@ int main(void) {
   RUN(test_edges_not_counts);
   RUN(test_same_process_endpoints);
   RUN(test_send_and_feedback);
+  RUN(test_endpoint_tags);
   RUN(test_no_buffering);
   RUN(test_wildcard_in_message);
   RUN(test_readd_endpoint);

@@ -1,0 +1,106 @@
+/*
+** pool.c: the small-block cache (see pool.h).
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include "pool.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define POOL_OFF 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define POOL_OFF 1
+#endif
+#endif
+
+#define NCLASS (MK_POOL_MAX / 16)
+
+/* A cached block: the first word links it to the next. */
+typedef struct pblock { struct pblock *next; } pblock;
+
+typedef struct pclass {
+  pblock *head;
+  size_t count;          /* blocks in the list */
+} pclass;
+
+static pclass classes[NCLASS];
+static size_t cached;    /* bytes in all lists */
+
+/* The class of an n-byte request, 1 <= n <= MK_POOL_MAX; its blocks are
+** (class + 1) * 16 bytes. */
+static size_t classof(size_t n) { return (n - 1) >> 4; }
+
+void *mk_pool_alloc(size_t n) {
+#ifndef POOL_OFF
+  if (n - 1 < MK_POOL_MAX) {
+    pclass *c = &classes[classof(n)];
+    pblock *b = c->head;
+    if (b != NULL) {
+      c->head = b->next;
+      c->count--;
+      cached -= (classof(n) + 1) << 4;
+      return b;
+    }
+    return malloc((classof(n) + 1) << 4);
+  }
+#endif
+  return malloc(n);
+}
+
+void mk_pool_free(void *p, size_t n) {
+#ifndef POOL_OFF
+  if (p != NULL && n - 1 < MK_POOL_MAX) {
+    size_t k = classof(n), size = (k + 1) << 4;
+    pclass *c = &classes[k];
+    if (c->count * size < MK_POOL_HOLD) {
+      pblock *b = p;
+      b->next = c->head;
+      c->head = b;
+      c->count++;
+      cached += size;
+      return;
+    }
+  }
+#else
+  (void)n;
+#endif
+  free(p);
+}
+
+/* Lua gives the old size of every block it frees or resizes (for a new
+** block, osize is a type tag instead).  Resizing within one class keeps
+** the block; shrinking must not fail (Lua's rule), so when a smaller
+** block cannot be had, the old, larger one stays. */
+void *mk_pool_lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  void *q;
+  (void)ud;
+  if (ptr == NULL) return nsize ? mk_pool_alloc(nsize) : NULL;
+  if (nsize == 0) { mk_pool_free(ptr, osize); return NULL; }
+#ifndef POOL_OFF
+  if (osize > MK_POOL_MAX && nsize > MK_POOL_MAX) return realloc(ptr, nsize);
+  if (osize <= MK_POOL_MAX && nsize <= MK_POOL_MAX && classof(osize) == classof(nsize))
+    return ptr;
+  q = mk_pool_alloc(nsize);
+  if (q == NULL) return nsize <= osize ? ptr : NULL;
+  memcpy(q, ptr, osize < nsize ? osize : nsize);
+  mk_pool_free(ptr, osize);
+  return q;
+#else
+  q = realloc(ptr, nsize);
+  return (q == NULL && nsize <= osize) ? ptr : q;
+#endif
+}
+
+size_t mk_pool_cached(void) { return cached; }
+
+void mk_pool_trim(void) {
+  size_t k;
+  for (k = 0; k < NCLASS; k++) {
+    pblock *b = classes[k].head, *next;
+    for (; b != NULL; b = next) { next = b->next; free(b); }
+    classes[k].head = NULL;
+    classes[k].count = 0;
+  }
+  cached = 0;
+}

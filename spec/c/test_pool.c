@@ -1,0 +1,91 @@
+/*
+** test_pool.c: the small-block cache (runtime/pool.h).
+*/
+#include <stdint.h>
+#include <string.h>
+
+#include "check.h"
+#include "pool.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define POOL_ON 0       /* pool.c leaves everything to malloc under ASan */
+#else
+#define POOL_ON 1
+#endif
+
+static void reuse (void) {
+  void *p, *q, *r;
+  mk_pool_trim();
+  p = mk_pool_alloc(40);
+  CHECK(p != NULL);
+  memset(p, 0xab, 40);
+  mk_pool_free(p, 40);
+  CHECK(mk_pool_cached() == (POOL_ON ? 48u : 0u));   /* the 33..48 class */
+  q = mk_pool_alloc(33);
+  if (POOL_ON) CHECK(q == p);          /* last freed, first reused */
+  CHECK(mk_pool_cached() == 0);
+  r = mk_pool_alloc(49);                /* the next class: a new block */
+  CHECK(r != NULL && r != q);
+  memset(r, 0, 49);
+  mk_pool_free(q, 33);
+  mk_pool_free(r, 49);
+  CHECK(mk_pool_cached() == (POOL_ON ? 48u + 64u : 0u));
+  mk_pool_free(NULL, 16);               /* ignored */
+  mk_pool_trim();
+  CHECK(mk_pool_cached() == 0);
+}
+
+static void large_blocks_bypass (void) {
+  void *p = mk_pool_alloc(MK_POOL_MAX + 1);
+  CHECK(p != NULL);
+  memset(p, 1, MK_POOL_MAX + 1);
+  mk_pool_free(p, MK_POOL_MAX + 1);
+  CHECK(mk_pool_cached() == 0);
+}
+
+/* A class keeps at most MK_POOL_HOLD bytes; the rest goes back to malloc. */
+static void bounded (void) {
+  enum { N = MK_POOL_HOLD / 16 + 100 };
+  static void *blocks[N];
+  size_t i;
+  for (i = 0; i < N; i++) {
+    blocks[i] = mk_pool_alloc(16);
+    CHECK(blocks[i] != NULL);
+  }
+  for (i = 0; i < N; i++) mk_pool_free(blocks[i], 16);
+  CHECK(mk_pool_cached() == (POOL_ON ? (size_t)MK_POOL_HOLD : 0u));
+  mk_pool_trim();
+  CHECK(mk_pool_cached() == 0);
+}
+
+/* The lua_Alloc contract: contents kept over resizes, shrinking never
+** fails, nsize 0 frees, a NULL ptr's osize is only a type tag. */
+static void lua_allocator (void) {
+  unsigned char *p, *q;
+  size_t i;
+  p = mk_pool_lalloc(NULL, NULL, 5 /* LUA_TTABLE */, 20);
+  CHECK(p != NULL);
+  for (i = 0; i < 20; i++) p[i] = (unsigned char)i;
+  q = mk_pool_lalloc(NULL, p, 20, 30);            /* same class: in place */
+  if (POOL_ON) CHECK(q == p);
+  CHECK(q != NULL && q[0] == 0 && q[19] == 19);
+  p = mk_pool_lalloc(NULL, q, 30, 2000);          /* grow past the cache */
+  CHECK(p != NULL);
+  for (i = 0; i < 20; i++) CHECK(p[i] == (unsigned char)i);
+  memset(p + 20, 7, 1980);
+  q = mk_pool_lalloc(NULL, p, 2000, 4000);        /* large to large */
+  CHECK(q != NULL && q[0] == 0 && q[19] == 19 && q[1999] == 7);
+  p = mk_pool_lalloc(NULL, q, 4000, 10);          /* shrink into the cache */
+  CHECK(p != NULL && p[9] == 9);
+  CHECK(mk_pool_lalloc(NULL, p, 10, 0) == NULL);  /* free */
+  CHECK(mk_pool_lalloc(NULL, NULL, 0, 0) == NULL);
+  mk_pool_trim();
+}
+
+int main (void) {
+  RUN(reuse);
+  RUN(large_blocks_bypass);
+  RUN(bounded);
+  RUN(lua_allocator);
+  return CHECK_DONE();
+}
