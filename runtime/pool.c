@@ -38,6 +38,10 @@ void *mk_pool_alloc(size_t n) {
     pblock *b = c->head;
     if (b != NULL) {
       c->head = b->next;
+      /* The next block of this class was freed long ago, often by a GC
+      ** sweep: fetch it now, not when it is asked for (this load missed
+      ** the cache on most allocations). */
+      if (c->head != NULL) __builtin_prefetch(c->head, 1);
       c->count--;
       cached -= (classof(n) + 1) << 4;
       return b;

@@ -1,9 +1,9 @@
 -- dns_example_spec.lua: examples/dns.lua end to end with dig (and socat for
--- malformed packets), on loopback port 47150, the server killed at the end.
+-- malformed packets), on loopback port 27150, the server killed at the end.
 package.path = "spec/support/?.lua;" .. package.path
 local N = require "net"
 
-local PORT = 47150
+local PORT = 27150
 
 -- The answer section of `dig name type`, one record per line, whitespace
 -- collapsed; and the status line's rcode.

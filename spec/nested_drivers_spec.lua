@@ -25,7 +25,7 @@ local function nest(depth, boot)
 end
 
 describe("examples/nested.lua (echo.lua inside nested VMs)", function()
-  for depth, port in pairs { [1] = 47160, [2] = 47161 } do
+  for depth, port in pairs { [1] = 27160, [2] = 27161 } do
     it(("echoes over real TCP %d level%s down"):format(depth, depth > 1 and "s" or ""), function()
       local server = N.start("examples/nested.lua", port, depth)
       local ok, err = pcall(function()

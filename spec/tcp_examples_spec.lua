@@ -1,6 +1,6 @@
 -- tcp_examples_spec.lua: examples/echo.lua, chat.lua and chat-client.lua
 -- end to end: each runs as a subprocess of $MARKET_BUILD/market on
--- loopback (ports 47110-47119), driven by real clients (nc, socat), every
+-- loopback (ports 27110-27119), driven by real clients (nc, socat), every
 -- client bounded by `timeout`, every server killed at the end.
 package.path = "spec/support/?.lua;" .. package.path
 local N = require "net"
@@ -12,7 +12,7 @@ local function rss_kib(pid)
 end
 
 describe("examples/echo.lua", function()
-  local PORT = 47110
+  local PORT = 27110
   local server
   before_each(function()
     server = N.start("examples/echo.lua", PORT)
@@ -90,7 +90,7 @@ describe("examples/echo.lua", function()
 end)
 
 describe("examples/chat.lua", function()
-  local PORT = 47111
+  local PORT = 27111
   local server
   before_each(function()
     server = N.start("examples/chat.lua", PORT)
