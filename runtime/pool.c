@@ -14,6 +14,21 @@
 #endif
 #endif
 
+/* Under valgrind, a cached block is made inaccessible and a reused one
+** undefined, so that memcheck still reports use after free and reads of
+** uninitialised memory in blocks the cache recycles.  The requests cost
+** a few instructions outside valgrind; without the header they vanish. */
+#if defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#endif
+#endif
+#ifndef VALGRIND_MAKE_MEM_NOACCESS
+#define VALGRIND_MAKE_MEM_NOACCESS(p, n)   ((void)0)
+#define VALGRIND_MAKE_MEM_UNDEFINED(p, n)  ((void)0)
+#define VALGRIND_MAKE_MEM_DEFINED(p, n)    ((void)0)
+#endif
+
 #define NCLASS (MK_POOL_MAX / 16)
 
 /* A cached block: the first word links it to the next. */
@@ -37,6 +52,7 @@ void *mk_pool_alloc(size_t n) {
     pclass *c = &classes[classof(n)];
     pblock *b = c->head;
     if (b != NULL) {
+      VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
       c->head = b->next;
       /* The next block of this class was freed long ago, often by a GC
       ** sweep: fetch it now, not when it is asked for (this load missed
@@ -44,6 +60,7 @@ void *mk_pool_alloc(size_t n) {
       if (c->head != NULL) __builtin_prefetch(c->head, 1);
       c->count--;
       cached -= (classof(n) + 1) << 4;
+      VALGRIND_MAKE_MEM_UNDEFINED(b, (classof(n) + 1) << 4);
       return b;
     }
     return malloc((classof(n) + 1) << 4);
@@ -63,6 +80,7 @@ void mk_pool_free(void *p, size_t n) {
       c->head = b;
       c->count++;
       cached += size;
+      VALGRIND_MAKE_MEM_NOACCESS(b, size);
       return;
     }
   }
@@ -102,7 +120,11 @@ void mk_pool_trim(void) {
   size_t k;
   for (k = 0; k < NCLASS; k++) {
     pblock *b = classes[k].head, *next;
-    for (; b != NULL; b = next) { next = b->next; free(b); }
+    for (; b != NULL; b = next) {
+      VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
+      next = b->next;
+      free(b);
+    }
     classes[k].head = NULL;
     classes[k].count = 0;
   }
