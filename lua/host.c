@@ -215,13 +215,13 @@ static mk_host *host_make(lua_State *L, struct ev_loop *loop, mk_error *err) {
   if (L == NULL) {
     /* Lua's small objects come from the block cache too (pool.h). */
     L = lua_newstate(mk_pool_lalloc, NULL);
+    if (L == NULL) { fillerr(err, MK_ENOMEM, "cannot create a Lua state: out of memory"); goto fail; }
     /* Generational collection: a process's garbage (boxes, the tables of
     ** actions and transitions) dies young, and is then freed while still
     ** in the cache; the incremental collector freed it cold, a sweep
     ** later.  bench/echo: 0.35 us less CPU per round trip, 10% of the
     ** user time.  A script may still choose collectgarbage("incremental"). */
-    if (L != NULL) lua_gc(L, LUA_GCGEN, 0, 0);
-    if (L == NULL) { fillerr(err, MK_ENOMEM, "cannot create a Lua state: out of memory"); goto fail; }
+    lua_gc(L, LUA_GCGEN, 0, 0);
     h->L = L;
     h->own_L = 1;
     lua_atpanic(L, panicf);
