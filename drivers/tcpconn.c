@@ -587,7 +587,7 @@ static void destroy(mk_proc *p) {
   free(c);
 }
 
-static const mk_behavior tcpconn_behavior = { "tcp", handle, NULL, destroy };
+static const mk_behavior tcpconn_behavior = { "tcp", handle, NULL, destroy, NULL };
 
 /* ---- spawning, from Lua ------------------------------------------------- */
 

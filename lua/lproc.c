@@ -207,6 +207,17 @@ static void settle_idle(mkl_state *S, lproc *lp) {
   S->idle_next = (unsigned)((S->idle_next + 1) % n);
 }
 
+/* The VM asks before queueing an event that would be p's next: an idle
+** process (not in straight-line code waiting in market.yield) would drop
+** it unhandled at delivery, as above, so it need not be queued. */
+static int declines(mk_proc *p, uint32_t tag, mk_event_type type) {
+  lproc *lp = mk_proc_data(p);
+  int bit = type == MK_EV_MESSAGE ? TAG_MESSAGE : type == MK_EV_PRESENCE ? TAG_PRESENCE
+          : type == MK_EV_ABSENCE ? TAG_ABSENCE : 0;
+  return lp != NULL && bit != 0 && !lp->waiting && !lp->running && (tag & TAG_KNOWN) &&
+         !(tag & bit);
+}
+
 static void handle(mk_proc *p, const mk_event *ev) {
   lproc *lp = mk_proc_data(p);
   mkl_state *S = lp->S;
@@ -278,7 +289,7 @@ static void destroy(mk_proc *p) {
   free(lp);
 }
 
-static const mk_behavior lua_behavior = { "lua", handle, NULL, destroy };
+static const mk_behavior lua_behavior = { "lua", handle, NULL, destroy, declines };
 
 /* A new process record for the function at the top of L (popped). */
 static lproc *newproc(mkl_state *S, lua_State *L) {

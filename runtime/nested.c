@@ -112,7 +112,7 @@ static void destroy(mk_proc *self) {
   mk_vm_free(vm, NULL);
 }
 
-const mk_behavior mk_nested_behavior = { "nested-vm", handle, NULL, destroy };
+const mk_behavior mk_nested_behavior = { "nested-vm", handle, NULL, destroy, NULL };
 
 void *mk_nested_new(mk_vm *parent_hint, const mk_behavior *b, void *data, const char *name) {
   mk_vm *vm = mk_vm_new();

@@ -236,7 +236,14 @@ static void qev_free(mk_qev *q) {
 /* Queue an event naming endpoint `to` of its process. */
 static void enqueue_ep(mk_vm *vm, mk_endpoint *to, mk_event_type type,
                        mk_term *term, const mk_role *peer, mk_term *reason) {
-  mk_qev *q = qev_new(vm, to->proc, type);
+  mk_proc *p = to->proc;
+  mk_qev *q;
+  if (p->b->declines && p->pending == 0 && p->in_handle == 0 && !TRACING(vm) &&
+      p->b->declines(p, to->tag, type)) {
+    mk_unref(term);
+    return;
+  }
+  q = qev_new(vm, p, type);
   q->ep = to;
   to->refs++;
   q->term = term;                    /* already a new reference */

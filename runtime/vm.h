@@ -75,12 +75,21 @@ typedef struct mk_event {
 **
 ** `handle` reports a crash with mk_fail(p, reason): the process then quits
 ** with that reason (absence events carry it to peers).
+**
+** `declines` (may be NULL) lets a behaviour refuse a presence, absence or
+** message event for one of its endpoints before it is queued, saving the
+** queueing and the delivery of an event it would ignore (the Lua binding:
+** an observer's messages).  It is asked only when the event would be the
+** process's next (nothing of it is queued, it is not running) and no
+** trace is on, so its answer may rest on the process's present state;
+** `tag` is the endpoint's (mk_tag_endpoint).
 */
 struct mk_behavior {
   const char *kind;
   void (*handle)(mk_proc *p, const mk_event *ev);
   void (*release_cont)(mk_proc *p, void *cont);
   void (*destroy)(mk_proc *p);
+  int (*declines)(mk_proc *p, uint32_t tag, mk_event_type type);
 };
 
 /* Trace hook: called with one readable line (no newline) per event and

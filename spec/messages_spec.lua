@@ -245,3 +245,35 @@ describe("handler tables", function()
     assert.same({ 'message bare ["x", 1]' }, log.lines)
   end)
 end)
+
+describe("events for endpoints without a handler", function()
+  -- A process with a bare endpoint, whose "go" handler waits for an event.
+  local function waiter(log)
+    return holder("p", market.subscriber({ "x", _ }, { name = "bare" }),
+      market.subscriber("go", { name = "go", on_message = function()
+        local ev = market.yield()
+        log("%s %s %s", ev.type, ev.endpoint, ev.message)
+      end }))
+  end
+
+  it("are kept for a handler that waits in market.yield() when they arrive behind " ..
+     "the event it handles", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(waiter(log))
+      H.step(market.send("go"), market.send({ "x", 1 }))
+    end)
+    assert.same({ 'message bare ["x", 1]' }, log.lines)
+  end)
+
+  it("are dropped when they find the process idle", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(waiter(log))
+      H.step(market.send({ "x", 1 }))
+      H.step(market.send("go"))
+      H.step(market.send({ "x", 2 }))
+    end)
+    assert.same({ 'message bare ["x", 2]' }, log.lines)
+  end)
+end)

@@ -222,7 +222,7 @@ static void rec_destroy(mk_proc *p) {
   r->destroyed++;
 }
 
-static const mk_behavior recb = { "rec", rec_handle, rec_release, rec_destroy };
+static const mk_behavior recb = { "rec", rec_handle, rec_release, rec_destroy, NULL };
 
 static mk_pid spawn(mk_vm *vm, rec *r) {
   return mk_vm_spawn(vm, &recb, r, r->tag);
@@ -612,6 +612,47 @@ static void test_endpoint_tags(void) {
   mk_vm_free(vm, NULL);
   rec_done(&a);
   rec_done(&b);
+  END;
+}
+
+/* A behaviour that declines messages to endpoints tagged 7. */
+static int declines_calls;
+static int decline7(mk_proc *p, uint32_t tag, mk_event_type type) {
+  (void)p;
+  declines_calls++;
+  return tag == 7 && type == MK_EV_MESSAGE;
+}
+static const mk_behavior declining = { "declining", rec_handle, rec_release, rec_destroy,
+                                       decline7 };
+
+static void tag7_script(mk_proc *p, const mk_event *ev, rec *r) {
+  if (ev->type == MK_EV_BOOT) mk_tag_endpoint(p, "in", 7);
+}
+
+static void test_declined_events(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a;
+  mk_term *t = R(I(7), I(1));
+  rec_init(&a, "A");
+  rec_ep(&a, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(7), W()), 0);
+  rec_ctl(&a);
+  a.fn = tag7_script;
+  mk_vm_spawn(vm, &declining, &a, "A");
+  mk_vm_run(vm);
+  declines_calls = 0;
+  mk_vm_send(vm, t, 0);                  /* A idle, nothing queued: declined */
+  mk_vm_run(vm);
+  CHECK(declines_calls == 1);
+  CHECK(log_count(&a.log, "message in rec(7, 1)") == 0);
+  poke(vm, "A");                         /* queued first: the next is not asked */
+  mk_vm_send(vm, t, 0);
+  mk_vm_run(vm);
+  CHECK(declines_calls == 2);            /* asked about the poke (untagged) only */
+  CHECK(log_count(&a.log, "message in rec(7, 1)") == 1);
+  mk_unref(t);
+  mk_vm_free(vm, NULL);
+  rec_done(&a);
   END;
 }
 
@@ -1682,6 +1723,7 @@ int main(void) {
   RUN(test_same_process_endpoints);
   RUN(test_send_and_feedback);
   RUN(test_endpoint_tags);
+  RUN(test_declined_events);
   RUN(test_no_buffering);
   RUN(test_wildcard_in_message);
   RUN(test_readd_endpoint);
