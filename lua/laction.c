@@ -21,7 +21,8 @@
 #define U_SEND        lua_upvalueindex(4)   /* "send" */
 #define U_BODY        lua_upvalueindex(5)   /* "body" */
 #define U_STATE       lua_upvalueindex(6)   /* "state" */
-#define NUPVALUES     6
+#define U_BOXMT       lua_upvalueindex(7)   /* the term box metatable */
+#define NUPVALUES     7
 
 /* Is the value at idx a table whose metatable is the one at upvalue mt? */
 static int hasmeta(lua_State *L, int idx, int mt) {
@@ -39,7 +40,7 @@ static int f_send(lua_State *L) {
   int t = lua_type(L, 1);
   if (t == LUA_TNONE) return luaL_error(L, "market.send: a message body is required");
   lua_settop(L, 1);
-  if (t == LUA_TTABLE || (t == LUA_TUSERDATA && mkl_testbox(L, 1) == NULL) ||
+  if (t == LUA_TTABLE || (t == LUA_TUSERDATA && mkl_testbox_mt(L, 1, U_BOXMT) == NULL) ||
       t == LUA_TFUNCTION || t == LUA_TTHREAD || t == LUA_TLIGHTUSERDATA) {
     const char *err;
     mk_term *body = mkl_toterm(L, 1, &err);
@@ -110,7 +111,7 @@ static void dosend(lua_State *L, mk_proc *p) {
   mk_term *body;
   lua_pushvalue(L, U_BODY);
   lua_rawget(L, -2);
-  body = mkl_testbox(L, -1);
+  body = mkl_testbox_mt(L, -1, U_BOXMT);
   if (body != NULL) {
     mk_send(p, body);
   } else {
@@ -182,6 +183,7 @@ static int c_fastpath(lua_State *L) {
   lua_pushliteral(L, "send");
   lua_pushliteral(L, "body");
   lua_pushliteral(L, "state");
+  mkl_pushboxmt(L);
   luaL_setfuncs(L, funcs, NUPVALUES);
   return 1;
 }

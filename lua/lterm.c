@@ -44,6 +44,15 @@ mk_term *mkl_testbox(lua_State *L, int idx) {
   return b ? b->t : NULL;
 }
 
+mk_term *mkl_testbox_mt(lua_State *L, int idx, int mt) {
+  box *b = tobox(L, idx, mt);
+  return b ? b->t : NULL;
+}
+
+void mkl_pushboxmt(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &key_box_mt);
+}
+
 /* Push a box for t (stolen); mt as for tobox. */
 static void pushbox(lua_State *L, mk_term *t, int mt) {
   box *b = lua_newuserdatauv(L, sizeof *b, 0);
@@ -157,14 +166,17 @@ void mkl_pushterm(lua_State *L, mk_term *t) {
 #define U_BOXMT  lua_upvalueindex(1)
 #define U_RTMT   lua_upvalueindex(2)
 
-static mk_term *checkbox(lua_State *L, int idx) {
-  box *b = tobox(L, idx, U_BOXMT);
-  if (b == NULL) luaL_typeerror(L, idx, MKL_TERM_MT);
+/* The box a metamethod was called for.  The metatable is protected
+** (__metatable), so only Lua itself calls these, and always with a box
+** first: no need to check its metatable again (half the cost of m.field). */
+static mk_term *selfbox(lua_State *L) {
+  box *b = lua_touserdata(L, 1);
+  if (b == NULL || b->t == NULL) luaL_typeerror(L, 1, MKL_TERM_MT);
   return b->t;
 }
 
 static int term_gc(lua_State *L) {
-  box *b = tobox(L, 1, U_BOXMT);
+  box *b = lua_touserdata(L, 1);
   if (b == NULL) return 0;
   mk_unref(b->t);
   b->t = NULL;
@@ -173,7 +185,7 @@ static int term_gc(lua_State *L) {
 
 static int term_tostring(lua_State *L) {
   size_t n;
-  char *s = mk_repr(checkbox(L, 1), &n);
+  char *s = mk_repr(selfbox(L), &n);
   if (s == NULL) return luaL_error(L, "out of memory");
   lua_pushlstring(L, s, n);
   free(s);
@@ -187,14 +199,14 @@ static int term_eq(lua_State *L) {
 }
 
 static int term_len(lua_State *L) {
-  mk_term *t = checkbox(L, 1);
+  mk_term *t = selfbox(L);
   lua_pushinteger(L, t->kind == MK_REC ? t->n : 0);
   return 1;
 }
 
 /* r[i] is field i (1-based); r.name is the field called name. */
 static int term_index(lua_State *L) {
-  mk_term *t = checkbox(L, 1);
+  mk_term *t = selfbox(L);
   lua_Integer i;
   if (t->kind != MK_REC) return luaL_error(L, "%s has no fields", t->kind == MK_WILD ? "the wildcard" : "EOF");
   if (lua_isinteger(L, 2)) {
@@ -360,6 +372,8 @@ void mkl_open_terms(lua_State *L) {
   if (luaL_newmetatable(L, MKL_TERM_MT)) {
     lua_pushvalue(L, -1);
     luaL_setfuncs(L, term_mt, 1);
+    lua_pushliteral(L, MKL_TERM_MT);      /* getmetatable(box): this name */
+    lua_setfield(L, -2, "__metatable");
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &key_box_mt);
   }

@@ -23,6 +23,10 @@ mk_term *mkl_toterm(lua_State *L, int idx, const char **err);
 mk_term *mkl_checkterm(lua_State *L, int idx, const char *what);
 /* The term boxed at idx, borrowed, or NULL when it is not a term box. */
 mk_term *mkl_testbox(lua_State *L, int idx);
+/* The same, faster, with the box metatable at stack index mt (an upvalue
+** pushed there once by mkl_pushboxmt). */
+mk_term *mkl_testbox_mt(lua_State *L, int idx, int mt);
+void mkl_pushboxmt(lua_State *L);
 /* Push t (borrowed) as a Lua value. */
 void mkl_pushterm(lua_State *L, mk_term *t);
 /* Push a new box holding t (steals the reference). */

@@ -135,6 +135,14 @@ describe("terms as Lua values", function()
     assert.equal(1, a.x)
   end)
 
+  it("term boxes keep their metatable to themselves", function()
+    local a = market.record("point", "x", "y")(1, 2)
+    assert.equal("market.term", getmetatable(a))
+    assert.equal("market.term", getmetatable(market._))
+    assert.has_error(function() setmetatable(a, {}) end)   -- userdata: never
+    assert.equal(2, a.y)
+  end)
+
   it("a record constructor knows its label, arity and fields, and recognises its records",
      function()
     local line = market.record("chat-line", "who", "text")
