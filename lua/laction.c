@@ -61,14 +61,28 @@ static int f_send(lua_State *L) {
   return 1;
 }
 
-/* The actions from stack index first on, as transition() stores them:
-** { keep, state, n, action... }.  Lists (tables without a metatable) of
-** actions are allowed as Marketplace allows them, and flattened when
-** applied; nil and false are skipped then. */
+/*
+** A transition is a userdata, not a table: one allocation instead of two,
+** made and dropped for every message.  Its block holds whether it keeps
+** the state and how many actions it has; user value 1 is the new state,
+** and user values 2.. the actions, as given: actions, lists of actions
+** (tables without a metatable, flattened when applied, as Marketplace
+** allows) and nil or false (skipped).
+*/
+typedef struct trans {
+  int keep;              /* transition_no_state: the state stays */
+  int n;                 /* number of actions (user values 2..n+1) */
+} trans;
+
+#define MAXACTIONS 60000 /* user values per userdata are fewer than 65535 */
+
 static int mktransition(lua_State *L, int keep) {
   const char *fname = keep ? "market.transition_no_state" : "market.transition";
   int first = keep ? 1 : 2, top = lua_gettop(L), n = top - first + 1, i;
+  trans *t;
   if (n < 0) n = 0;       /* transition() with no state at all */
+  if (n > MAXACTIONS)
+    return luaL_error(L, "%s: more than %d actions (give them as one list)", fname, MAXACTIONS);
   for (i = first; i <= top; i++) {
     if (hasmeta(L, i, U_ACTION)) continue;
     if (lua_type(L, i) == LUA_TTABLE && !lua_getmetatable(L, i)) {
@@ -85,18 +99,16 @@ static int mktransition(lua_State *L, int keep) {
                         luaL_typename(L, i));
     }
   }
-  lua_createtable(L, n + 3, 0);
-  lua_pushboolean(L, keep);
-  lua_rawseti(L, -2, 1);
+  t = lua_newuserdatauv(L, sizeof *t, n + 1);
+  t->keep = keep;
+  t->n = n;
   if (!keep && top >= 1) {
     lua_pushvalue(L, 1);
-    lua_rawseti(L, -2, 2);
+    lua_setiuservalue(L, -2, 1);
   }
-  lua_pushinteger(L, n);
-  lua_rawseti(L, -2, 3);
   for (i = 0; i < n; i++) {
     lua_pushvalue(L, first + i);
-    lua_rawseti(L, -2, i + 4);
+    lua_setiuservalue(L, -2, i + 2);
   }
   lua_pushvalue(L, U_TRANSITION);
   lua_setmetatable(L, -2);
@@ -125,11 +137,12 @@ static void dosend(lua_State *L, mk_proc *p) {
 
 /* apply(ctx, tr): take the transition's state into ctx, then perform its
 ** actions from the first for as long as they are sends.  Returns nothing
-** when it did them all, or the index in tr of the first action left to
+** when it did them all, or a list {n = k, ...} of the k actions left to
 ** market.lua.  tr nil is the empty transition. */
 static int f_apply(lua_State *L) {
   mk_proc *p;
-  lua_Integer i, n;
+  trans *t;
+  int i, j;
   if (lua_isnil(L, 2)) return 0;
   if (!hasmeta(L, 2, U_TRANSITION)) {
     lua_pushfstring(L, "handler returned a %s, not a transition (use market.transition)",
@@ -137,20 +150,16 @@ static int f_apply(lua_State *L) {
     return lua_error(L);
   }
   lua_settop(L, 2);
-  lua_rawgeti(L, 2, 1);
-  if (!lua_toboolean(L, -1)) {
+  t = lua_touserdata(L, 2);
+  if (!t->keep) {
     lua_pushvalue(L, U_STATE);
-    lua_rawgeti(L, 2, 2);
+    lua_getiuservalue(L, 2, 1);
     lua_rawset(L, 1);
   }
-  lua_pop(L, 1);
-  lua_rawgeti(L, 2, 3);
-  n = lua_tointeger(L, -1);
-  lua_pop(L, 1);
   p = mkl_current(L);
-  for (i = 4; i <= n + 3; i++) {
+  for (i = 0; i < t->n; i++) {
     int issend;
-    lua_rawgeti(L, 2, i);
+    lua_getiuservalue(L, 2, i + 2);
     if (!hasmeta(L, -1, U_ACTION) || p == NULL) { lua_pop(L, 1); break; }
     lua_pushvalue(L, U_KIND);
     lua_rawget(L, -2);
@@ -161,8 +170,14 @@ static int f_apply(lua_State *L) {
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
   }
-  if (i > n + 3) return 0;
-  lua_pushinteger(L, i);
+  if (i == t->n) return 0;
+  lua_createtable(L, t->n - i, 1);
+  for (j = i; j < t->n; j++) {
+    lua_getiuservalue(L, 2, j + 2);
+    lua_rawseti(L, -2, j - i + 1);
+  }
+  lua_pushinteger(L, t->n - i);
+  lua_setfield(L, -2, "n");
   return 1;
 }
 

@@ -71,7 +71,9 @@ static const char key_lastbox = 0;
 static const mk_term *lastterm;
 
 static void pushmessage(lua_State *co, mk_term *t) {
-  if (t->kind != MK_REC) { mkl_pushterm(co, t); return; }
+  /* Held by this delivery alone (the sender let go): no other delivery
+  ** can share the box, so do not remember it. */
+  if (t->kind != MK_REC || t->refs == 1) { mkl_pushterm(co, t); return; }
   if (t == lastterm && lua_rawgetp(co, LUA_REGISTRYINDEX, &key_lastbox) == LUA_TUSERDATA
       && mkl_testbox(co, -1) == t)
     return;

@@ -240,10 +240,10 @@ end
 -- Sends are applied in C; the first other action and all after it here.
 local capply = fast.apply
 local function apply(ctx, tr)
-  local i = capply(ctx, tr)
-  if not i then return end
-  for j = i, tr[3] + 3 do
-    local a = tr[j]
+  local rest = capply(ctx, tr)
+  if not rest then return end
+  for j = 1, rest.n do
+    local a = rest[j]
     if getmetatable(a) == Action then perform_one(ctx, a, 0)
     elseif a then perform(ctx, a, 0) end
   end

@@ -93,6 +93,15 @@ describe("constructing actions", function()
                    err_of(function() local _x = market.transition_no_state(market.send(1), "x") end))
   end)
 
+  it("more than 60000 actions must come as one list", function()
+    local many = {}
+    for i = 1, 60001 do many[i] = market.send(i) end
+    assert.matches(THIS .. "market%.transition: more than 60000 actions %(give them as one list%)",
+                   err_of(function() local _x = market.transition(0, table.unpack(many)) end))
+    assert.is_true(market.is_transition(market.transition(0, many)))
+    assert.is_false(market.is_transition({ market.send(1) }))
+  end)
+
   it("records check their arity and fields, and are immutable", function()
     local r = market.record("r", "a", "b")
     assert.matches(THIS .. "record r takes 2 fields, got 1", err_of(function() local _x = r(1) end))
