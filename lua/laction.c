@@ -6,8 +6,8 @@
 ** and the process then applies that transition.  In Lua that is a dozen
 ** function calls (argument checks, getmetatable, setmetatable, the action
 ** dispatch in perform_one, core.send), about half of what a Lua process
-** spends per message.  These functions build the very same tables (the
-** Action and Transition metatables are market.lua's, given to
+** spends per message.  These functions build the same values with
+** market.lua's metatables (Action, Transition, SendAction, given to
 ** core.fastpath) in one C call each, and apply a transition's sends
 ** without going back to Lua.  Every other action stays in market.lua.
 **
@@ -17,14 +17,15 @@
 
 #define U_ACTION      lua_upvalueindex(1)   /* market.lua's Action metatable */
 #define U_TRANSITION  lua_upvalueindex(2)   /* market.lua's Transition metatable */
-#define U_KIND        lua_upvalueindex(3)   /* "kind" */
-#define U_SEND        lua_upvalueindex(4)   /* "send" */
-#define U_BODY        lua_upvalueindex(5)   /* "body" */
-#define U_STATE       lua_upvalueindex(6)   /* "state" */
-#define U_BOXMT       lua_upvalueindex(7)   /* the term box metatable */
-#define NUPVALUES     7
+#define U_SENDACTION  lua_upvalueindex(3)   /* market.lua's SendAction metatable */
+#define U_KIND        lua_upvalueindex(4)   /* "kind" */
+#define U_SEND        lua_upvalueindex(5)   /* "send" */
+#define U_BODY        lua_upvalueindex(6)   /* "body" */
+#define U_STATE       lua_upvalueindex(7)   /* "state" */
+#define U_BOXMT       lua_upvalueindex(8)   /* the term box metatable */
+#define NUPVALUES     8
 
-/* Is the value at idx a table whose metatable is the one at upvalue mt? */
+/* Is the metatable of the value at idx the one at upvalue mt? */
 static int hasmeta(lua_State *L, int idx, int mt) {
   int r;
   if (!lua_getmetatable(L, idx)) return 0;
@@ -33,9 +34,20 @@ static int hasmeta(lua_State *L, int idx, int mt) {
   return r;
 }
 
-/* send(body): the action that sends body.  Terms that are not atoms or
-** boxes (sequences given as tables) are converted, so a later change to
-** the table cannot change the message. */
+/* Is the value at idx an action (a table of market.lua's, or a send)? */
+static int isaction(lua_State *L, int idx) {
+  int r;
+  if (!lua_getmetatable(L, idx)) return 0;
+  r = lua_rawequal(L, -1, U_SENDACTION) || lua_rawequal(L, -1, U_ACTION);
+  lua_pop(L, 1);
+  return r;
+}
+
+/* send(body): the action that sends body, a userdata holding it as its
+** user value (one allocation; an action table takes two) and reading as
+** {kind = "send", body = body} (send_index).  Terms that are not atoms
+** or boxes (sequences given as tables) are converted, so a later change
+** to the table cannot change the message. */
 static int f_send(lua_State *L) {
   int t = lua_type(L, 1);
   if (t == LUA_TNONE) return luaL_error(L, "market.send: a message body is required");
@@ -49,15 +61,19 @@ static int f_send(lua_State *L) {
     mk_unref(body);
     lua_replace(L, 1);
   }
-  lua_createtable(L, 0, 2);
-  lua_pushvalue(L, U_KIND);
-  lua_pushvalue(L, U_SEND);
-  lua_rawset(L, -3);
-  lua_pushvalue(L, U_BODY);
+  lua_newuserdatauv(L, 0, 1);
   lua_pushvalue(L, 1);
-  lua_rawset(L, -3);
-  lua_pushvalue(L, U_ACTION);
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, U_SENDACTION);
   lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* SendAction.__index: a.kind is "send", a.body the body. */
+static int send_index(lua_State *L) {
+  if (lua_rawequal(L, 2, U_KIND)) lua_pushvalue(L, U_SEND);
+  else if (lua_rawequal(L, 2, U_BODY)) lua_getiuservalue(L, 1, 1);
+  else lua_pushnil(L);
   return 1;
 }
 
@@ -84,12 +100,12 @@ static int mktransition(lua_State *L, int keep) {
   if (n > MAXACTIONS)
     return luaL_error(L, "%s: more than %d actions (give them as one list)", fname, MAXACTIONS);
   for (i = first; i <= top; i++) {
-    if (hasmeta(L, i, U_ACTION)) continue;
+    if (isaction(L, i)) continue;
     if (lua_type(L, i) == LUA_TTABLE && !lua_getmetatable(L, i)) {
       lua_Integer j, len = luaL_len(L, i);
       for (j = 1; j <= len; j++) {
         lua_rawgeti(L, i, j);
-        if (!hasmeta(L, -1, U_ACTION))
+        if (!isaction(L, -1))
           return luaL_error(L, "%s: element %d of argument %d (a list) is not an action",
                             fname, (int)j, i);
         lua_pop(L, 1);
@@ -121,8 +137,7 @@ static int f_transition_no_state(lua_State *L) { return mktransition(L, 1); }
 /* Send the body of the send action at the top (popped). */
 static void dosend(lua_State *L, mk_proc *p) {
   mk_term *body;
-  lua_pushvalue(L, U_BODY);
-  lua_rawget(L, -2);
+  lua_getiuservalue(L, -1, 1);
   body = mkl_testbox_mt(L, -1, U_BOXMT);
   if (body != NULL) {
     mk_send(p, body);
@@ -158,14 +173,8 @@ static int f_apply(lua_State *L) {
   }
   p = mkl_current(L);
   for (i = 0; i < t->n; i++) {
-    int issend;
     lua_getiuservalue(L, 2, i + 2);
-    if (!hasmeta(L, -1, U_ACTION) || p == NULL) { lua_pop(L, 1); break; }
-    lua_pushvalue(L, U_KIND);
-    lua_rawget(L, -2);
-    issend = lua_rawequal(L, -1, U_SEND);
-    lua_pop(L, 1);
-    if (!issend) { lua_pop(L, 1); break; }
+    if (!hasmeta(L, -1, U_SENDACTION) || p == NULL) { lua_pop(L, 1); break; }
     dosend(L, p);
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
@@ -181,25 +190,28 @@ static int f_apply(lua_State *L) {
   return 1;
 }
 
-/* core.fastpath(Action, Transition) -> { send=, transition=,
-** transition_no_state=, apply= } */
+/* core.fastpath(Action, Transition, SendAction) -> { send=, transition=,
+** transition_no_state=, apply= }; sets SendAction.__index. */
 static int c_fastpath(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"send", f_send}, {"transition", f_transition},
     {"transition_no_state", f_transition_no_state}, {"apply", f_apply},
-    {NULL, NULL}};
-  luaL_checktype(L, 1, LUA_TTABLE);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  lua_settop(L, 2);
-  lua_createtable(L, 0, 4);
-  lua_pushvalue(L, 1);
-  lua_pushvalue(L, 2);
+    {"__index", send_index}, {NULL, NULL}};
+  int i;
+  for (i = 1; i <= 3; i++) luaL_checktype(L, i, LUA_TTABLE);
+  lua_settop(L, 3);
+  lua_createtable(L, 0, 5);
+  for (i = 1; i <= 3; i++) lua_pushvalue(L, i);
   lua_pushliteral(L, "kind");
   lua_pushliteral(L, "send");
   lua_pushliteral(L, "body");
   lua_pushliteral(L, "state");
   mkl_pushboxmt(L);
   luaL_setfuncs(L, funcs, NUPVALUES);
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, 3, "__index");
+  lua_pushnil(L);
+  lua_setfield(L, -2, "__index");
   return 1;
 }
 

@@ -30,8 +30,15 @@ local Action = { __name = "market.action" }
 Action.__index = Action
 function Action.__tostring(a) return "action " .. a.kind end
 
+-- A send is a userdata of its own (lua/laction.c), reading as an action.
+local SendAction = { __name = "market.action" }
+function SendAction.__tostring() return "action send" end
+
 local function action(t) return setmetatable(t, Action) end
-local function is_action(v) return getmetatable(v) == Action end
+local function is_action(v)
+  local mt = getmetatable(v)
+  return mt == Action or mt == SendAction
+end
 M.is_action = is_action
 
 -- v checked as a term.  core.term raises from C, so its message would point
@@ -55,7 +62,7 @@ end
 -- are made in C (lua/laction.c), with these metatables: they are most of
 -- what a process does per message.
 local Transition = { __name = "market.transition" }
-local fast = core.fastpath(Action, Transition)
+local fast = core.fastpath(Action, Transition, SendAction)
 M.send = fast.send
 
 function M.feedback(...)
@@ -244,7 +251,7 @@ local function apply(ctx, tr)
   if not rest then return end
   for j = 1, rest.n do
     local a = rest[j]
-    if getmetatable(a) == Action then perform_one(ctx, a, 0)
+    if is_action(a) then perform_one(ctx, a, 0)
     elseif a then perform(ctx, a, 0) end
   end
 end

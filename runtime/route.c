@@ -512,7 +512,8 @@ static size_t walk (Scratch *sc, mk_inode *root, size_t nq, mk_match_fn fn,
         if (pushkids(sc, &nw, n, i + 1, 0) != 0) return count;
         break;
       }
-      c = findkid(n, tokentag(q->t), tokenhash(q->t), q->t);
+      /* Under a topic wildcard there are often no other children. */
+      c = n->nkids ? findkid(n, tokentag(q->t), tokenhash(q->t), q->t) : NULL;
       if (n->wild != NULL) {  /* a topic wildcard takes the whole subterm */
         if (c == NULL) {
           n = n->wild;

@@ -48,6 +48,17 @@ describe("constructing actions", function()
     assert.is_true(market.is_action(market.subscriber(nil)))
   end)
 
+  it("a send action reads as one: its kind and its body, converted to a term", function()
+    local seq = { 1, 2 }
+    local a = market.send(seq)
+    seq[2] = 99                                   -- the action keeps what was sent
+    assert.equal("send", a.kind)
+    assert.same({ 1, 2 }, a.body)
+    assert.is_nil(a.other)
+    assert.equal("action send", tostring(a))
+    assert.is_false(market.is_action(seq))
+  end)
+
   it("handlers must be functions, under known keys", function()
     assert.matches(THIS .. "market%.subscriber: handler on_message is not a function",
                    err_of(function() local _x = market.subscriber("x", { on_message = 5 }) end))
