@@ -152,8 +152,10 @@ static void dosend(lua_State *L, mk_proc *p) {
 
 /* apply(ctx, tr): take the transition's state into ctx, then perform its
 ** actions from the first for as long as they are sends.  Returns nothing
-** when it did them all, or a list {n = k, ...} of the k actions left to
-** market.lua.  tr nil is the empty transition. */
+** when it did them all, else the number k of actions left to market.lua
+** and then the actions themselves (k <= RESTMAX: no garbage), or a list
+** of them.  tr nil is the empty transition. */
+#define RESTMAX 8
 static int f_apply(lua_State *L) {
   mk_proc *p;
   trans *t;
@@ -180,23 +182,42 @@ static int f_apply(lua_State *L) {
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
   }
   if (i == t->n) return 0;
-  lua_createtable(L, t->n - i, 1);
+  lua_pushinteger(L, t->n - i);
+  if (t->n - i <= RESTMAX) {
+    luaL_checkstack(L, RESTMAX, "apply");
+    for (j = i; j < t->n; j++) lua_getiuservalue(L, 2, j + 2);
+    return 1 + t->n - i;
+  }
+  lua_createtable(L, t->n - i, 0);
   for (j = i; j < t->n; j++) {
     lua_getiuservalue(L, 2, j + 2);
     lua_rawseti(L, -2, j - i + 1);
   }
-  lua_pushinteger(L, t->n - i);
-  lua_setfield(L, -2, "n");
+  return 2;
+}
+
+/* perform_send(a): perform a if it is a send (at level 0) and return
+** true; false for any other action, which market.lua then performs. */
+static int f_perform_send(lua_State *L) {
+  mk_proc *p;
+  if (!hasmeta(L, 1, U_SENDACTION) || (p = mkl_current(L)) == NULL) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lua_settop(L, 1);
+  dosend(L, p);
+  if (!mk_proc_alive(p)) return lua_yield(L, 0);
+  lua_pushboolean(L, 1);
   return 1;
 }
 
 /* core.fastpath(Action, Transition, SendAction) -> { send=, transition=,
-** transition_no_state=, apply= }; sets SendAction.__index. */
+** transition_no_state=, apply=, perform_send= }; sets SendAction.__index. */
 static int c_fastpath(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"send", f_send}, {"transition", f_transition},
     {"transition_no_state", f_transition_no_state}, {"apply", f_apply},
-    {"__index", send_index}, {NULL, NULL}};
+    {"perform_send", f_perform_send}, {"__index", send_index}, {NULL, NULL}};
   int i;
   for (i = 1; i <= 3; i++) luaL_checktype(L, i, LUA_TTABLE);
   lua_settop(L, 3);

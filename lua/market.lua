@@ -246,14 +246,24 @@ end
 
 -- Sends are applied in C; the first other action and all after it here.
 local capply = fast.apply
-local function apply(ctx, tr)
-  local rest = capply(ctx, tr)
-  if not rest then return end
-  for j = 1, rest.n do
-    local a = rest[j]
-    if is_action(a) then perform_one(ctx, a, 0)
-    elseif a then perform(ctx, a, 0) end
+local function perform_each(ctx, a)
+  if is_action(a) then perform_one(ctx, a, 0)
+  elseif a then perform(ctx, a, 0) end
+end
+
+-- What capply left: k actions as values (k <= 8) or as one list.
+local function rest(ctx, k, ...)
+  if not k then return end
+  if k > 8 then
+    local list = ...
+    for j = 1, k do perform_each(ctx, list[j]) end
+  else
+    for j = 1, k do perform_each(ctx, (select(j, ...))) end
   end
+end
+
+local function apply(ctx, tr)
+  return rest(ctx, capply(ctx, tr))
 end
 
 local function current(fname)
@@ -264,12 +274,15 @@ local function current(fname)
   return ctx
 end
 
+local psend = fast.perform_send
+
 -- perform(action...): straight-line code does what the actions say, now.
 -- Returns the pid of each spawn, in order.
 function M.perform(a1, ...)
   local ctx = current("perform")
   local nargs = select("#", ...)
   if nargs == 0 then         -- the common case, without garbage
+    if psend(a1) then return end
     if not is_action(a1) then error("market.perform: argument 1 is not an action", 2) end
     local r = perform_one(ctx, a1, 0)
     if a1.kind == "spawn" then return r end
