@@ -1,6 +1,8 @@
 -- bench/route.lua: routing and process figures (issue: core runtime).
 --
---   ninja -C build bench-route        (or: build/market bench/route.lua [N])
+--   ninja -C build bench-route
+--   (or: LUA_CPATH='build/lua/?.so' lua5.4 bench/route.lua [N]: it runs its own
+--   ground VMs, so not under the market interpreter, which already has one)
 --
 -- Prints Lua-to-Lua messages per second in one VM (one publisher, one
 -- subscriber, a 3-field record topic), the same with 100,000 extra
