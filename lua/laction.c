@@ -10,11 +10,10 @@
 ** market.lua's metatables (Action, Transition, SendAction, given to
 ** core.fastpath) in one C call each, and apply a transition's sends
 ** without going back to Lua.  Every other action stays in market.lua.
-**
-** Upvalues of every closure made by core.fastpath, by index:
 */
 #include "mkl.h"
 
+/* Upvalues of every closure made by core.fastpath, by index. */
 #define U_ACTION      lua_upvalueindex(1)   /* market.lua's Action metatable */
 #define U_TRANSITION  lua_upvalueindex(2)   /* market.lua's Transition metatable */
 #define U_SENDACTION  lua_upvalueindex(3)   /* market.lua's SendAction metatable */
@@ -25,10 +24,12 @@
 #define U_BOXMT       lua_upvalueindex(8)   /* the term box metatable */
 #define NUPVALUES     8
 
-/* Is the metatable of the value at idx the one at upvalue mt? */
+/* Is the value at idx a full userdata whose metatable is the one at
+** upvalue mt?  (A table may borrow these metatables with setmetatable;
+** it is not a transition or a send for that.) */
 static int hasmeta(lua_State *L, int idx, int mt) {
   int r;
-  if (!lua_getmetatable(L, idx)) return 0;
+  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return 0;
   r = lua_rawequal(L, -1, mt);
   lua_pop(L, 1);
   return r;
@@ -37,8 +38,9 @@ static int hasmeta(lua_State *L, int idx, int mt) {
 /* Is the value at idx an action (a table of market.lua's, or a send)? */
 static int isaction(lua_State *L, int idx) {
   int r;
+  if (hasmeta(L, idx, U_SENDACTION)) return 1;
   if (!lua_getmetatable(L, idx)) return 0;
-  r = lua_rawequal(L, -1, U_SENDACTION) || lua_rawequal(L, -1, U_ACTION);
+  r = lua_rawequal(L, -1, U_ACTION);
   lua_pop(L, 1);
   return r;
 }
@@ -72,7 +74,7 @@ static int f_send(lua_State *L) {
 /* SendAction.__index: a.kind is "send", a.body the body. */
 static int send_index(lua_State *L) {
   if (lua_rawequal(L, 2, U_KIND)) lua_pushvalue(L, U_SEND);
-  else if (lua_rawequal(L, 2, U_BODY)) lua_getiuservalue(L, 1, 1);
+  else if (lua_rawequal(L, 2, U_BODY) && hasmeta(L, 1, U_SENDACTION)) lua_getiuservalue(L, 1, 1);
   else lua_pushnil(L);
   return 1;
 }

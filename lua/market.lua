@@ -37,7 +37,7 @@ function SendAction.__tostring() return "action send" end
 local function action(t) return setmetatable(t, Action) end
 local function is_action(v)
   local mt = getmetatable(v)
-  return mt == Action or mt == SendAction
+  return mt == Action or mt == SendAction and type(v) == "userdata"
 end
 M.is_action = is_action
 
@@ -170,7 +170,7 @@ end
 
 M.transition = fast.transition
 M.transition_no_state = fast.transition_no_state
-function M.is_transition(v) return getmetatable(v) == Transition end
+function M.is_transition(v) return getmetatable(v) == Transition and type(v) == "userdata" end
 
 -- ---- performing ----------------------------------------------------------
 

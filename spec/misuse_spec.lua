@@ -59,6 +59,16 @@ describe("constructing actions", function()
     assert.is_false(market.is_action(seq))
   end)
 
+  it("a table borrowing the metatable of a send or a transition is neither", function()
+    local fake = setmetatable({}, getmetatable(market.send(1)))
+    local faketr = setmetatable({}, getmetatable(market.transition(0)))
+    assert.is_false(market.is_action(fake))
+    assert.is_false(market.is_transition(faketr))
+    assert.is_nil(fake.body)
+    assert.matches(THIS .. "market%.transition: argument 2 is not an action %(table%)",
+                   err_of(function() local _x = market.transition(0, fake) end))
+  end)
+
   it("handlers must be functions, under known keys", function()
     assert.matches(THIS .. "market%.subscriber: handler on_message is not a function",
                    err_of(function() local _x = market.subscriber("x", { on_message = 5 }) end))
@@ -206,6 +216,9 @@ describe("misuse inside a process ends that process only, with the error as reas
   it("a handler returning a table that is not a transition", function()
     assert.equal("handler returned a table, not a transition (use market.transition)",
                  victim_reason(function(s) return { market.send("x") } end))
+    local faketr = setmetatable({}, getmetatable(market.transition(0)))
+    assert.equal("handler returned a table, not a transition (use market.transition)",
+                 victim_reason(function(s) return faketr end))
   end)
 end)
 
