@@ -213,17 +213,62 @@ static int f_perform_send(lua_State *L) {
   return 1;
 }
 
+/* Checks market.lua makes on every spawn and endpoint, in C: Lua's own
+** getmetatable and setmetatable look the "__metatable" field up by name
+** each time, which costs more than the rest of the check. */
+
+/* is_action(v) */
+static int f_is_action(lua_State *L) {
+  lua_pushboolean(L, isaction(L, 1));
+  return 1;
+}
+
+/* is_box(v): is v a term box (a record, the wildcard, EOF)? */
+static int f_is_box(lua_State *L) {
+  lua_pushboolean(L, mkl_testbox_mt(L, 1, U_BOXMT) != NULL);
+  return 1;
+}
+
+/* action(t): t, made an action (market.lua builds the table). */
+static int f_action(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_pushvalue(L, U_ACTION);
+  lua_setmetatable(L, 1);
+  return 1;
+}
+
+/* handler_tag(handlers): the endpoint tag lproc.c reads (TAG_* there):
+** 1 | 2 (on_message) | 4 (on_presence) | 8 (on_absence) for a plain
+** table; 0 for one with a metatable, whose handlers are looked up then. */
+static int f_handler_tag(lua_State *L) {
+  static const char *const keys[] = { "on_message", "on_presence", "on_absence" };
+  lua_Integer tag = 1;
+  int i;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (lua_getmetatable(L, 1)) { lua_pushinteger(L, 0); return 1; }
+  for (i = 0; i < 3; i++) {
+    if (lua_getfield(L, 1, keys[i]) != LUA_TNIL) tag |= (lua_Integer)2 << i;
+    lua_pop(L, 1);
+  }
+  lua_pushinteger(L, tag);
+  return 1;
+}
+
 /* core.fastpath(Action, Transition, SendAction) -> { send=, transition=,
-** transition_no_state=, apply=, perform_send= }; sets SendAction.__index. */
+** transition_no_state=, apply=, perform_send=, is_action=, is_box=,
+** action=, handler_tag= }; sets SendAction.__index. */
 static int c_fastpath(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"send", f_send}, {"transition", f_transition},
     {"transition_no_state", f_transition_no_state}, {"apply", f_apply},
-    {"perform_send", f_perform_send}, {"__index", send_index}, {NULL, NULL}};
+    {"perform_send", f_perform_send}, {"is_action", f_is_action}, {"is_box", f_is_box},
+    {"action", f_action}, {"handler_tag", f_handler_tag}, {"__index", send_index},
+    {NULL, NULL}};
   int i;
   for (i = 1; i <= 3; i++) luaL_checktype(L, i, LUA_TTABLE);
   lua_settop(L, 3);
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 10);
   for (i = 1; i <= 3; i++) lua_pushvalue(L, i);
   lua_pushliteral(L, "kind");
   lua_pushliteral(L, "send");

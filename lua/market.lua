@@ -34,36 +34,32 @@ function Action.__tostring(a) return "action " .. a.kind end
 local SendAction = { __name = "market.action" }
 function SendAction.__tostring() return "action send" end
 
-local function action(t) return setmetatable(t, Action) end
-local function is_action(v)
-  local mt = getmetatable(v)
-  return mt == Action or mt == SendAction and type(v) == "userdata"
-end
+-- send(body), transition(state, action...) and transition_no_state(...)
+-- are made in C (lua/laction.c), with these metatables: they are most of
+-- what a process does per message.  So are the checks below, which Lua's
+-- getmetatable would make slower than the rest of a spawn's bookkeeping.
+local Transition = { __name = "market.transition" }
+local fast = core.fastpath(Action, Transition, SendAction)
+M.send = fast.send
+
+local action, is_action, is_box = fast.action, fast.is_action, fast.is_box
 M.is_action = is_action
 
 -- v checked as a term.  core.term raises from C, so its message would point
 -- into this file ("market:94: subscriber topic: ..."); re-raise it at the
 -- caller of the market.* function, named after it (misuse_spec).
 local cterm = core.term
-local BOX = getmetatable(M._)      -- the metatable every term box shares
 local function term(v, what)
   local tv = type(v)
-  -- Atoms and boxes are terms as they are: no need to ask C.
-  if tv == "userdata" and getmetatable(v) == BOX or tv == "string" or tv == "number" or
-     tv == "boolean" or tv == "nil" then
+  -- Atoms and boxes are terms as they are: no need to convert.
+  if tv == "string" or tv == "number" or tv == "boolean" or tv == "nil" or
+     tv == "userdata" and is_box(v) then
     return v
   end
   local ok, t = pcall(cterm, v, what)
   if ok then return t end
   error((tostring(t):gsub("^market:%d+: ", "")), 3)
 end
-
--- send(body), transition(state, action...) and transition_no_state(...)
--- are made in C (lua/laction.c), with these metatables: they are most of
--- what a process does per message.
-local Transition = { __name = "market.transition" }
-local fast = core.fastpath(Action, Transition, SendAction)
-M.send = fast.send
 
 function M.feedback(...)
   if select("#", ...) == 0 then error("market.feedback: a message body is required", 2) end
@@ -194,6 +190,8 @@ local function register_cont(ctx, k)
   return id
 end
 
+local handler_tag = fast.handler_tag
+
 local function perform_one(ctx, a, level)
   local kind = a.kind
   if kind == "send" then
@@ -208,11 +206,7 @@ local function perform_one(ctx, a, level)
     local h = a.handlers
     endpoints_at(ctx, level)[name] = h
     -- Which handlers exist, for C to skip events nobody takes (lproc.c).
-    local tag = 0
-    if getmetatable(h) == nil then
-      tag = 1 | (h.on_message and 2 or 0) | (h.on_presence and 4 or 0) | (h.on_absence and 8 or 0)
-    end
-    core.add(name, a.orientation, a.interest, a.topic, level, tag)
+    core.add(name, a.orientation, a.interest, a.topic, level, handler_tag(h))
   elseif kind == "delete" then
     endpoints_at(ctx, level)[a.name] = nil
     core.delete(a.name, a.reason, level)
