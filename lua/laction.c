@@ -238,17 +238,19 @@ static int f_action(lua_State *L) {
   return 1;
 }
 
-/* handler_tag(handlers): the endpoint tag lproc.c reads (TAG_* there):
-** 1 | 2 (on_message) | 4 (on_presence) | 8 (on_absence) for a plain
-** table; 0 for one with a metatable, whose handlers are looked up then. */
+/* handler_tag(handlers): the endpoint tag lproc.c reads (MKL_TAG_*) for a
+** plain table; 0 for one with a metatable, whose handlers are looked up
+** at each event. */
 static int f_handler_tag(lua_State *L) {
-  static const char *const keys[] = { "on_message", "on_presence", "on_absence" };
-  lua_Integer tag = 1;
-  int i;
+  static const struct { const char *key; int bit; } handlers[] = {
+    {"on_message", MKL_TAG_MESSAGE}, {"on_presence", MKL_TAG_PRESENCE},
+    {"on_absence", MKL_TAG_ABSENCE}};
+  lua_Integer tag = MKL_TAG_KNOWN;
+  size_t i;
   luaL_checktype(L, 1, LUA_TTABLE);
   if (lua_getmetatable(L, 1)) { lua_pushinteger(L, 0); return 1; }
-  for (i = 0; i < 3; i++) {
-    if (lua_getfield(L, 1, keys[i]) != LUA_TNIL) tag |= (lua_Integer)2 << i;
+  for (i = 0; i < sizeof handlers / sizeof handlers[0]; i++) {
+    if (lua_getfield(L, 1, handlers[i].key) != LUA_TNIL) tag |= handlers[i].bit;
     lua_pop(L, 1);
   }
   lua_pushinteger(L, tag);

@@ -136,14 +136,16 @@ static int pushevent(lua_State *co, const mk_event *ev) {
   }
 }
 
-/* An endpoint's tag (mk_tag_endpoint), set by core.add from market.lua:
-** which handlers its table held when it was added.  Without TAG_KNOWN (a
-** handler table with a metatable, or a meta-level endpoint) the table
-** itself is consulted. */
-#define TAG_KNOWN     1
-#define TAG_MESSAGE   2
-#define TAG_PRESENCE  4
-#define TAG_ABSENCE   8
+/* The handler an event of this type goes to: its tag bit (MKL_TAG_*) and
+** its field in a handler table; 0 for events that go to no handler. */
+static int handler_of(mk_event_type type, const char **field) {
+  switch (type) {
+    case MK_EV_MESSAGE: *field = "on_message"; return MKL_TAG_MESSAGE;
+    case MK_EV_PRESENCE: *field = "on_presence"; return MKL_TAG_PRESENCE;
+    case MK_EV_ABSENCE: *field = "on_absence"; return MKL_TAG_ABSENCE;
+    default: return 0;
+  }
+}
 
 /* An event for an idle process whose endpoint has no handler for it would
 ** be dispatched to nobody (market.lua's dispatch drops it): skip the
@@ -154,15 +156,10 @@ static int pushevent(lua_State *co, const mk_event *ev) {
 ** a handler table with a metatable takes the general path. */
 static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   const char *field;
-  int top = lua_gettop(co), r = 1, bit;
-  switch (ev->type) {
-    case MK_EV_MESSAGE: field = "on_message"; bit = TAG_MESSAGE; break;
-    case MK_EV_PRESENCE: field = "on_presence"; bit = TAG_PRESENCE; break;
-    case MK_EV_ABSENCE: field = "on_absence"; bit = TAG_ABSENCE; break;
-    default: return 0;
-  }
+  int top = lua_gettop(co), r = 1, bit = handler_of(ev->type, &field);
+  if (bit == 0) return 0;
   /* The usual case, without a look into Lua tables: the endpoint's tag. */
-  if (ev->tag & TAG_KNOWN) return !(ev->tag & bit);
+  if (ev->tag & MKL_TAG_KNOWN) return !(ev->tag & bit);
   lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
   if (ev->meta == 0) {
     lua_pushliteral(co, "eps");
@@ -214,9 +211,9 @@ static void settle_idle(mkl_state *S, lproc *lp) {
 ** it unhandled at delivery, as above, so it need not be queued. */
 static int declines(mk_proc *p, uint32_t tag, mk_event_type type) {
   lproc *lp = mk_proc_data(p);
-  int bit = type == MK_EV_MESSAGE ? TAG_MESSAGE : type == MK_EV_PRESENCE ? TAG_PRESENCE
-          : type == MK_EV_ABSENCE ? TAG_ABSENCE : 0;
-  return lp != NULL && bit != 0 && !lp->waiting && !lp->running && (tag & TAG_KNOWN) &&
+  const char *field;
+  int bit = handler_of(type, &field);
+  return lp != NULL && bit != 0 && !lp->waiting && !lp->running && (tag & MKL_TAG_KNOWN) &&
          !(tag & bit);
 }
 

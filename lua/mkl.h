@@ -33,6 +33,15 @@ void mkl_pushterm(lua_State *L, mk_term *t);
 void mkl_pushbox(lua_State *L, mk_term *t);
 void mkl_open_terms(lua_State *L);   /* fields into the table at the top */
 
+/* An endpoint's tag (mk_tag_endpoint) as the binding sets it: which
+** handlers its table held when it was added (laction.c computes it,
+** lproc.c reads it).  Without MKL_TAG_KNOWN (a handler table with a
+** metatable, or a meta-level endpoint) the table itself is consulted. */
+#define MKL_TAG_KNOWN     1
+#define MKL_TAG_MESSAGE   2
+#define MKL_TAG_PRESENCE  4
+#define MKL_TAG_ABSENCE   8
+
 /* laction.c */
 void mkl_open_actions(lua_State *L); /* core.fastpath into the table at the top */
 
