@@ -49,6 +49,7 @@ static size_t classof(size_t n) { return (n - 1) >> 4; }
 void *mk_pool_alloc(size_t n) {
 #ifndef POOL_OFF
   if (n - 1 < MK_POOL_MAX) {
+    size_t size = (classof(n) + 1) << 4;
     pclass *c = &classes[classof(n)];
     pblock *b = c->head;
     if (b != NULL) {
@@ -59,11 +60,11 @@ void *mk_pool_alloc(size_t n) {
       ** the cache on most allocations). */
       if (c->head != NULL) __builtin_prefetch(c->head, 1);
       c->count--;
-      cached -= (classof(n) + 1) << 4;
-      VALGRIND_MAKE_MEM_UNDEFINED(b, (classof(n) + 1) << 4);
+      cached -= size;
+      VALGRIND_MAKE_MEM_UNDEFINED(b, size);
       return b;
     }
-    return malloc((classof(n) + 1) << 4);
+    return malloc(size);
   }
 #endif
   return malloc(n);

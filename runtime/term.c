@@ -132,8 +132,9 @@ size_t mk_term_live (void) {
   return live_terms;
 }
 
-/* The bytes of a term: the header and its payload.  Terms come from the
-** small-block cache (pool.h): messages are made and freed at a high rate. */
+/* The bytes of a term: the header and its payload; what newterm asks of
+** the small-block cache (pool.h) and mk_unref gives back to it.  Terms
+** come from there because messages are made and freed at a high rate. */
 static size_t termsize (mk_kind kind, uint32_t n) {
   switch (kind) {
     case MK_STR: return sizeof(mk_term) + (size_t)n + 1;
@@ -142,8 +143,8 @@ static size_t termsize (mk_kind kind, uint32_t n) {
   }
 }
 
-static mk_term *newterm (mk_kind kind, uint32_t n, size_t extra) {
-  mk_term *t = (mk_term *)mk_pool_alloc(sizeof(mk_term) + extra);
+static mk_term *newterm (mk_kind kind, uint32_t n) {
+  mk_term *t = (mk_term *)mk_pool_alloc(termsize(kind, n));
   if (t == NULL) return NULL;
   t->refs = 1;
   t->kind = (uint8_t)kind;
@@ -219,7 +220,7 @@ void mk_unref (mk_term *t) {
 */
 
 mk_term *mk_int (int64_t i) {
-  mk_term *t = newterm(MK_INT, 0, 0);
+  mk_term *t = newterm(MK_INT, 0);
   if (t == NULL) return NULL;
   t->v.i = i;
   t->hash = hfinal(hmix64(HSEED ^ MK_INT, (uint64_t)i));
@@ -245,7 +246,7 @@ mk_term *mk_float (double f) {
       f == (double)(int64_t)f)
     return mk_int((int64_t)f);
   if (f != f) f = NAN;
-  t = newterm(MK_FLOAT, 0, 0);
+  t = newterm(MK_FLOAT, 0);
   if (t == NULL) return NULL;
   t->v.f = f;
   t->hash = hfinal(hmix64(HSEED ^ MK_FLOAT, floatbits(f)));
@@ -255,7 +256,7 @@ mk_term *mk_float (double f) {
 mk_term *mk_str (const char *s, size_t len) {
   mk_term *t;
   if (len > UINT32_MAX) return NULL;
-  t = newterm(MK_STR, (uint32_t)len, len + 1);
+  t = newterm(MK_STR, (uint32_t)len);
   if (t == NULL) return NULL;
   if (len > 0) memcpy(mk_strdata(t), s, len);
   mk_strdata(t)[len] = '\0';
@@ -425,7 +426,7 @@ static mk_term *newcompound (mk_kind kind, uint32_t n) {
   size_t extra = (size_t)n * sizeof(mk_term *);
   if (extra / sizeof(mk_term *) != n || extra > SIZE_MAX - sizeof(mk_term))
     return NULL;  /* only possible where size_t is narrow */
-  t = newterm(kind, n, extra);
+  t = newterm(kind, n);
   if (t == NULL) return NULL;
   for (i = 0; i < n; i++) mk_items(t)[i] = &nil_obj;
   return t;
