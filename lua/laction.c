@@ -155,8 +155,8 @@ static void dosend(lua_State *L, mk_proc *p) {
 /* apply(ctx, tr): take the transition's state into ctx, then perform its
 ** actions from the first for as long as they are sends.  Returns nothing
 ** when it did them all, else the number k of actions left to market.lua
-** and then the actions themselves (k <= RESTMAX: no garbage), or a list
-** of them.  tr nil is the empty transition. */
+** and then the actions themselves (k <= RESTMAX: no garbage), or -k and
+** a list of them.  tr nil is the empty transition. */
 #define RESTMAX 8
 static int f_apply(lua_State *L) {
   mk_proc *p;
@@ -184,12 +184,13 @@ static int f_apply(lua_State *L) {
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
   }
   if (i == t->n) return 0;
-  lua_pushinteger(L, t->n - i);
   if (t->n - i <= RESTMAX) {
+    lua_pushinteger(L, t->n - i);
     luaL_checkstack(L, RESTMAX, "apply");
     for (j = i; j < t->n; j++) lua_getiuservalue(L, 2, j + 2);
     return 1 + t->n - i;
   }
+  lua_pushinteger(L, i - t->n);
   lua_createtable(L, t->n - i, 0);
   for (j = i; j < t->n; j++) {
     lua_getiuservalue(L, 2, j + 2);

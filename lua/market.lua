@@ -12,8 +12,8 @@ local M = {}
 local PRESENCE, ABSENCE, MESSAGE = core.PRESENCE, core.ABSENCE, core.MESSAGE
 local SPAWNED, RESUME = core.SPAWNED, core.RESUME
 local cwait, csend = core.wait, core.send
-local type, select, error, setmetatable, getmetatable, tostring =
-  type, select, error, setmetatable, getmetatable, tostring
+local type, select, error, getmetatable, tostring =
+  type, select, error, getmetatable, tostring
 
 local PUB, SUB = 0, 1
 local PARTICIPANT, OBSERVER, EVERYTHING = 0, 1, 2
@@ -245,12 +245,12 @@ local function perform_each(ctx, a)
   elseif a then perform(ctx, a, 0) end
 end
 
--- What capply left: k actions as values (k <= 8) or as one list.
+-- What capply left: k actions as values, or (k < 0) -k of them in a list.
 local function rest(ctx, k, ...)
   if not k then return end
-  if k > 8 then
+  if k < 0 then
     local list = ...
-    for j = 1, k do perform_each(ctx, list[j]) end
+    for j = 1, -k do perform_each(ctx, list[j]) end
   else
     for j = 1, k do perform_each(ctx, (select(j, ...))) end
   end

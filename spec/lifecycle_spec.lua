@@ -64,6 +64,28 @@ describe("spawn", function()
     end)
     assert.same({ "state kept", "state kept" }, log.lines)
   end)
+
+  it("a transition's actions all run, in order, however many follow its sends", function()
+    for _k, count in ipairs { 1, 7, 8, 20 } do   -- 2, 8, 9, 21 left over
+      local log = H.log()
+      H.ground(function()
+        H.step(holder("rx", market.subscriber({ "n", _ }, { on_message = function(s, m)
+          log("%d", m[2])
+        end })))
+        local acts = { market.send({ "n", 0 }) }
+        for i = 1, count do
+          -- a spawn in between: the sends after it are left to market.lua
+          acts[#acts + 1] = i % 2 == 1 and market.spawn(function() end) or market.send({ "n", i })
+        end
+        acts[#acts + 1] = market.send({ "n", count + 1 })
+        H.step(market.spawn(function() return T(0, table.unpack(acts)) end))
+      end)
+      local want = { "0" }
+      for i = 2, count, 2 do want[#want + 1] = tostring(i) end
+      want[#want + 1] = tostring(count + 1)
+      assert.same(want, log.lines, "with " .. count .. " actions after the first send")
+    end
+  end)
 end)
 
 describe("yield", function()
