@@ -1,6 +1,6 @@
 -- tcp_examples_spec.lua: examples/echo.lua, chat.lua and chat-client.lua
 -- end to end: each runs as a subprocess of $MARKET_BUILD/market on
--- loopback (ports 27110-27119), driven by real clients (nc, socat), every
+-- loopback (on ports the kernel picks), driven by real clients (nc, socat), every
 -- client bounded by `timeout`, every server killed at the end.
 package.path = "spec/support/?.lua;" .. package.path
 local N = require "net"
@@ -12,12 +12,8 @@ local function rss_kib(pid)
 end
 
 describe("examples/echo.lua", function()
-  local PORT = 27110
-  local server
-  before_each(function()
-    server = N.start("examples/echo.lua", PORT)
-    assert(server.wait_for("listening on port " .. PORT), "echo did not start: " .. server.stderr())
-  end)
+  local PORT, server
+  before_each(function() server, PORT = N.start_server("examples/echo.lua") end)
   after_each(function() server.kill() end)
 
   it("echoes what nc sends, then closes when nc half-closes", function()
@@ -90,12 +86,8 @@ describe("examples/echo.lua", function()
 end)
 
 describe("examples/chat.lua", function()
-  local PORT = 27111
-  local server
-  before_each(function()
-    server = N.start("examples/chat.lua", PORT)
-    assert(server.wait_for("listening on port " .. PORT), "chat did not start: " .. server.stderr())
-  end)
+  local PORT, server
+  before_each(function() server, PORT = N.start_server("examples/chat.lua") end)
   after_each(function() server.kill() end)
 
   it("greets, relays lines to the others and announces joins and leaves", function()

@@ -155,6 +155,26 @@ function N.start(script, ...)
   return N.start_cmd(("exec %s %s %s"):format(N.q(N.market_bin()), N.q(script), table.concat(args, " ")))
 end
 
+-- Start `market script 0 args...` (a server example taking its port
+-- first) and wait until its stderr says "listening on port N": the kernel
+-- picks the port, so two suites on one machine never collide.  Returns the
+-- server (see start_cmd) and N, or raises with what the server printed.
+function N.start_server(script, ...)
+  local server = N.start(script, 0, ...)
+  local port
+  for _ = 1, 750 do
+    port = tonumber(server.stderr():match("listening on port (%d+)"))
+    if port or server.exited() then break end
+    N.sleep(0.02)
+  end
+  if not port then
+    local err = server.stderr()
+    server.kill()
+    error(script .. " did not start: " .. err, 2)
+  end
+  return server, port
+end
+
 -- Run a shell command with a time bound; returns its stdout and status.
 function N.capture(cmd, secs)
   local out = os.tmpname()
