@@ -286,6 +286,13 @@ void mk_host_trace(mk_host *h, mk_trace_fn fn, void *ud) {
   if (h) mk_vm_set_trace(mk_ground_vm(h->g), fn, ud);
 }
 
+int mk_host_set_max_activation(mk_host *h, double ms) {
+  if (h == NULL || !(ms >= 0))      /* NaN too */
+    return h ? seterr(h, MK_EINVAL, "the activation budget must be a number of ms >= 0") : MK_EINVAL;
+  mk_vm_set_budget(mk_ground_vm(h->g), ms);
+  return MK_OK;
+}
+
 /* ---- Lua processes ------------------------------------------------------ */
 
 static const char *const driver_names[] = {"timer", "tcp", "udp", NULL};

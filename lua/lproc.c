@@ -7,11 +7,15 @@
 ** performs actions through the core.* functions here, which act on the
 ** process that is running now.
 */
+#include <errno.h>
 #include <malloc.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "mkl.h"
 #include "pool.h"
@@ -53,6 +57,153 @@ static mkl_state *getstate(lua_State *L) {
 }
 
 #define STATE(L) ((mkl_state *)lua_touserdata(L, lua_upvalueindex(1)))
+
+/* ---- the activation budget ---------------------------------------------- */
+
+/*
+** A handler that never returns (`while true do end`) would hold the VM for
+** ever.  Each activation may use mk_vm_budget() ms of CPU (vm.h).  A count
+** hook on every coroutine would enforce it, but with any count hook set Lua
+** calls into its debug layer before every instruction: 44% more
+** instructions per Lua-to-Lua message (callgrind on bench/route's loop).
+** So nothing watches an activation that behaves.  One POSIX timer on the
+** thread's CPU clock fires every BUDGET_TICK_MS of CPU the thread uses
+** (never while it sleeps in the loop), and its signal handler counts the
+** ticks during which one activation kept running.  Past the budget it sets
+** a count hook on that activation's coroutine, as lua.c does on Ctrl-C
+** (lua_sethook is written to be called from a signal handler); at the next
+** instruction the hook yields the coroutine, or raises where a yield is not
+** allowed (inside a metamethod called from C, say), and handle() fails the
+** process.  The cost when nothing overruns: a few stores per activation,
+** and one signal per BUDGET_TICK_MS of busy CPU.
+**
+** market runs on one thread, so this state is the program's; the timer
+** measures the thread that first ran a Lua process with a budget (its id
+** is the signal's target), and lives while some Lua state has market open.
+*/
+#define BUDGET_TICK_MS 10
+#define BUDGET_SIGNAL (SIGRTMAX - 1)
+#define BUDGET_REASON "activation budget exceeded"
+
+static struct {
+  lua_State *volatile co;           /* the running activation, or NULL */
+  volatile double budget;           /* its budget in ms (> 0) */
+  volatile unsigned long serial;    /* counts activations */
+  volatile unsigned long seen;      /* the serial at the last tick */
+  volatile long spent;              /* ticks since `seen` was first seen */
+  volatile sig_atomic_t tripped;    /* the hook is set on co */
+  volatile sig_atomic_t fired;      /* the hook ran: co is stopped */
+  int users;                        /* Lua states with market open */
+  int timer;                        /* 1: running; -1: could not be made */
+  timer_t id;
+  struct sigaction old;             /* the signal's previous disposition */
+} act;
+
+static void budget_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  act.fired = 1;
+  if (lua_isyieldable(L)) {
+    lua_yield(L, 0);                /* does not return */
+    return;
+  }
+  /* Not yieldable here: raise instead.  The hook stays set, so code that
+  ** catches this with pcall is stopped again at its next instruction. */
+  luaL_error(L, BUDGET_REASON);
+}
+
+static void budget_tick(int sig) {
+  int saved = errno;
+  lua_State *co = act.co;
+  (void)sig;
+  if (co != NULL && !act.tripped) {
+    if (act.seen != act.serial) {   /* a new activation: start counting */
+      act.seen = act.serial;
+      act.spent = 0;
+    } else if ((double)++act.spent * BUDGET_TICK_MS >= act.budget) {
+      act.tripped = 1;
+      lua_sethook(co, budget_hook, LUA_MASKCOUNT, 1);
+    }
+  }
+  errno = saved;
+}
+
+/* Start the timer, once; without it (no timers, no signal) nothing stops a
+** runaway handler, but everything else works. */
+static void budget_start(void) {
+  struct sigaction sa;
+  struct sigevent sev;
+  struct itimerspec its;
+  if (act.timer != 0) return;
+  act.timer = -1;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = budget_tick;
+  sa.sa_flags = SA_RESTART;           /* blocking calls elsewhere just go on */
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(BUDGET_SIGNAL, &sa, &act.old) != 0) return;
+  memset(&sev, 0, sizeof sev);
+  sev.sigev_notify = SIGEV_THREAD_ID;
+  sev.sigev_signo = BUDGET_SIGNAL;
+  sev._sigev_un._tid = gettid();     /* sigev_notify_thread_id, which glibc 2.36 lacks */
+  if (timer_create(CLOCK_THREAD_CPUTIME_ID, &sev, &act.id) != 0) {
+    sigaction(BUDGET_SIGNAL, &act.old, NULL);
+    return;
+  }
+  its.it_interval.tv_sec = 0;
+  its.it_interval.tv_nsec = BUDGET_TICK_MS * 1000000L;
+  its.it_value = its.it_interval;
+  if (timer_settime(act.id, 0, &its, NULL) != 0) {
+    timer_delete(act.id);
+    sigaction(BUDGET_SIGNAL, &act.old, NULL);
+    return;
+  }
+  act.timer = 1;
+}
+
+/* The last Lua state with market open is gone: leave the thread as it was. */
+static void budget_release(void) {
+  if (--act.users > 0 || act.timer == 0) return;
+  if (act.timer == 1) {
+    timer_delete(act.id);
+    sigaction(BUDGET_SIGNAL, &act.old, NULL);
+  }
+  act.timer = 0;
+}
+
+/* Run co for one activation under its VM's budget: lua_resume, watched.
+** Returns lua_resume's status; *overrun tells whether the budget ran out
+** (the hook stopped co).  Activations nest when a handler kills a nested
+** VM, whose processes see their peers go at once: the outer one's watch
+** is saved, and counts afresh afterwards. */
+static int resume(mk_proc *p, lua_State *co, int nargs, int *nres, int *overrun) {
+  double budget = mk_vm_budget(mk_proc_vm(p));
+  lua_State *outer = act.co;
+  double obudget = act.budget;
+  sig_atomic_t otripped = act.tripped, ofired = act.fired;
+  int st;
+  if (!(budget > 0)) {              /* none: not watched, and nothing outer is */
+    act.co = NULL;
+    st = lua_resume(co, NULL, nargs, nres);
+    *overrun = 0;
+  } else {
+    if (act.timer == 0) budget_start();
+    act.co = NULL;
+    act.budget = budget;
+    act.tripped = act.fired = 0;
+    act.serial++;
+    act.co = co;
+    st = lua_resume(co, NULL, nargs, nres);
+    act.co = NULL;                  /* first: no tick may set the hook now */
+    if (act.tripped) lua_sethook(co, NULL, 0, 0);
+    *overrun = act.fired;
+    if (outer == NULL) return st;   /* the usual case: nothing to restore */
+    act.budget = obudget;
+    act.tripped = otripped;
+    act.fired = ofired;
+    act.serial++;
+  }
+  act.co = outer;
+  return st;
+}
 
 /* ---- the behaviour ------------------------------------------------------ */
 
@@ -222,7 +373,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
   mkl_state *S = lp->S;
   lua_State *co = lp->co;
   mk_proc *saved = S->current;
-  int nargs, nres = 0, st;
+  int nargs, nres = 0, st, overrun;
   if (ev->type == MK_EV_BOOT) {
     /* co holds [boot]; make it [main, ctx, boot]. */
     lua_rawgeti(co, LUA_REGISTRYINDEX, S->mainref);
@@ -248,21 +399,24 @@ static void handle(mk_proc *p, const mk_event *ev) {
   lp->waiting = 0;
   S->current = p;
   lp->running = 1;
-  st = lua_resume(co, NULL, nargs, &nres);
+  st = resume(p, co, nargs, &nres, &overrun);
   lp->running = 0;
   S->current = saved;
-  if (st == LUA_YIELD) {
+  if (st == LUA_YIELD && !overrun) {
     lua_pop(co, nres);
     if (!lp->waiting && mk_proc_alive(p))
       mk_failf(p, "coroutine.yield() outside market.yield(): a process suspends only through market");
-  } else if (st == LUA_OK) {
+  } else if (st == LUA_OK && !overrun) {
     lua_settop(co, 0);
     settle_idle(S, lp);
   } else {
-    mk_term *reason = reason_of(co);
+    /* An error, or the budget ran out (the hook yielded or raised: its
+    ** message says where, the reason is the same whatever the code did
+    ** with the error meanwhile). */
+    mk_term *reason = overrun ? mk_cstr(BUDGET_REASON) : reason_of(co);
     char *tb = NULL;
     if (lp->boot) {
-      const char *msg = lua_tostring(co, -1);
+      const char *msg = overrun ? BUDGET_REASON : lua_tostring(co, -1);
       char *shown = msg ? NULL : mk_repr(reason, NULL);
       luaL_traceback(S->L, co, msg ? msg : shown ? shown : "(error object is not a string)", 0);
       free(shown);
@@ -329,7 +483,8 @@ static mk_action *wrap(mk_action *a, int levels) {
   return a;
 }
 
-/* core.spawn(boot, name, cont, level, nested) -> pid (level 0) */
+/* core.spawn(boot, name, cont, level, nested, budget) -> pid (level 0);
+** budget: the nested VM's activation budget in ms, or nil (its parent's) */
 static int c_spawn(lua_State *L) {
   mkl_state *S = STATE(L);
   mk_proc *p = self(L, S, "spawn");
@@ -337,6 +492,7 @@ static int c_spawn(lua_State *L) {
   intptr_t cont = (intptr_t)luaL_optinteger(L, 3, 0);
   int level = (int)luaL_optinteger(L, 4, 0);
   int nested = lua_toboolean(L, 5);
+  lua_Number budget = luaL_optnumber(L, 6, -1);    /* < 0: the parent VM's */
   const mk_behavior *b = &lua_behavior;
   void *data;
   mk_pid pid = 0;
@@ -345,6 +501,7 @@ static int c_spawn(lua_State *L) {
   data = newproc(S, L);
   if (nested) {
     data = mk_nested_new(mk_proc_vm(p), b, data, name);
+    mk_vm_set_budget((mk_vm *)data, budget);
     b = &mk_nested_behavior;
   }
   if (level == 0) pid = mk_spawn(p, b, data, name, (void *)cont);
@@ -481,7 +638,7 @@ static void trace_line(void *ud, const char *line) {
   fprintf(stderr, "market: %s\n", line);
 }
 
-/* core.ground_vm(boot, trace) -> true | nil, traceback
+/* core.ground_vm(boot, trace, max_activation) -> true | nil, traceback
 ** A host (market.h) on this Lua state and a loop of its own, run to the
 ** end and freed: the same code path as the interpreter's. */
 static int c_ground_vm(lua_State *L) {
@@ -495,6 +652,7 @@ static int c_ground_vm(lua_State *L) {
   h = mkl_host_new(L, NULL, &err);
   if (h == NULL) return luaL_error(L, "market.ground_vm: %s", err.message);
   if (lua_toboolean(L, 2)) mk_host_trace(h, trace_line, NULL);
+  if (!lua_isnoneornil(L, 3)) mk_host_set_max_activation(h, luaL_checknumber(L, 3));
   lua_settop(L, 1);
   mkl_spawn_boot(L, mk_host_vm(h), "boot");
   rc = mk_host_run(h);
@@ -585,6 +743,7 @@ static int state_gc(lua_State *L) {
   mkl_state *S = lua_touserdata(L, 1);
   free(S->boot_error);
   S->boot_error = NULL;
+  budget_release();
   return 0;
 }
 
@@ -606,6 +765,7 @@ void mkl_open_core(lua_State *L) {
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &key_state);
+    act.users++;                    /* budget_release, in state_gc */
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     S->L = lua_tothread(L, -1);
     lua_pop(L, 1);

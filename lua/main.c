@@ -5,7 +5,9 @@
 ** A client of market.h like any embedding program: it uses nothing else
 ** (docs/embedding.md).
 */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "market.h"
@@ -21,6 +23,10 @@ static const char usage[] =
   "  -e CODE        run CODE as the boot process (instead of a script)\n"
   "  --trace        print every event and action to stderr, one per line\n"
   "  --no-drivers   do not start the timer, tcp and udp drivers\n"
+  "  --max-activation MS\n"
+  "                 the CPU time one activation of a handler may take before\n"
+  "                 its process fails with \"activation budget exceeded\"\n"
+  "                 (default 1000; 0: no budget)\n"
   "  -h, --help     show this help and exit\n"
   "  -v, --version  show the version and exit\n"
   "\n"
@@ -44,6 +50,7 @@ int main(int argc, char **argv) {
   const char *const *args = (const char *const *)argv;
   const char *code = NULL;
   int trace = 0, drivers = 1, status = 0, i, first;
+  double budget = -1;
   mk_host *h;
   mk_error err;
   mk_pid pid;
@@ -63,6 +70,16 @@ int main(int argc, char **argv) {
       if (++i >= argc) { fputs("market: -e needs an argument\n", stderr); return 2; }
       continue;
     }
+    if (strcmp(argv[i], "--max-activation") == 0) {
+      char *end;
+      if (++i >= argc) { fputs("market: --max-activation needs a number of ms\n", stderr); return 2; }
+      budget = strtod(argv[i], &end);
+      if (end == argv[i] || *end != '\0' || !(budget >= 0) || isinf(budget)) {
+        fprintf(stderr, "market: --max-activation: '%s' is not a number of ms >= 0\n", argv[i]);
+        return 2;
+      }
+      continue;
+    }
     if (strcmp(argv[i], "--trace") == 0 || strcmp(argv[i], "--no-drivers") == 0) continue;
     if (argv[i][0] == '-' && strcmp(argv[i], "--") != 0 && strcmp(argv[i], "-") != 0) {
       fprintf(stderr, "market: unknown option '%s' (try market --help)\n", argv[i]);
@@ -74,6 +91,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[i], "--trace") == 0) trace = 1;
     else if (strcmp(argv[i], "--no-drivers") == 0) drivers = 0;
     else if (strcmp(argv[i], "-e") == 0) code = argv[++i];
+    else if (strcmp(argv[i], "--max-activation") == 0) i++;
     else if (strcmp(argv[i], "--") == 0) { i++; break; }
     else break;
   }
@@ -89,6 +107,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (trace) mk_host_trace(h, trace_line, NULL);
+  if (budget >= 0) mk_host_set_max_activation(h, budget);
   mk_host_on_warning(h, warning_line, NULL);
   /* arg[0] is the script (with -e: the code), as lua(1) has it. */
   if (mk_host_set_arg(h, argc, args, code ? first - 1 : first) != MK_OK ||

@@ -66,6 +66,14 @@ function M.feedback(...)
   return action { kind = "feedback", body = term((...), "market.feedback: body") }
 end
 
+-- An activation budget in ms (vm.h): a number >= 0, 0 for none.
+local function check_budget(ms, fname, level)
+  if ms ~= nil and (type(ms) ~= "number" or not (ms >= 0)) then
+    error(fname .. ": max_activation must be a number of milliseconds >= 0 (0: no budget)", level + 1)
+  end
+  return ms
+end
+
 local function check_opts(opts, fname)
   if opts == nil then return {} end
   if type(opts) == "string" then return { name = opts } end
@@ -75,6 +83,7 @@ local function check_opts(opts, fname)
   if opts.k ~= nil and type(opts.k) ~= "function" then
     error(fname .. ": the continuation k must be a function", 3)
   end
+  check_budget(opts.max_activation, fname, 3)
   return opts
 end
 
@@ -95,7 +104,7 @@ function M.nested_vm(boot, opts)
   end
   opts = check_opts(opts, "market.nested_vm")
   return action { kind = "spawn", boot = boot, name = opts.name or "nested-vm",
-                  k = opts.k, nested = true }
+                  k = opts.k, nested = true, budget = opts.max_activation }
 end
 
 -- quit([pid [, reason]]): quit this process, or kill pid.
@@ -220,7 +229,7 @@ local function perform_one(ctx, a, level)
       error("market.spawn: a continuation k cannot be used at meta level", 0)
     end
     if a.k then id = register_cont(ctx, a.k) end
-    return core.spawn(a.boot, a.name, id, level, a.nested)
+    return core.spawn(a.boot, a.name, id, level, a.nested, a.budget)
   elseif kind == "quit" then
     return core.quit(a.pid, a.reason, level)
   elseif kind == "yield" then
@@ -433,13 +442,19 @@ local function activate(ctx, kind, a, b, c, d, e, f)
 end
 core.init(main, activate)
 
--- ground_vm(boot [, {drivers=, trace=}]): run a ground VM until it has
--- nothing left to do.  Returns true, or nil and the boot failure's traceback.
+-- ground_vm(boot [, {drivers=, trace=, max_activation=}]): run a ground VM
+-- until it has nothing left to do.  Returns true, or nil and the boot
+-- failure's traceback.  max_activation: the CPU ms one activation of a
+-- handler may take (default 1000; 0: no budget; docs/limits.md).
 function M.ground_vm(boot, opts)
   if type(boot) ~= "function" then
     error("market.ground_vm: the boot argument must be a function, got " .. type(boot), 2)
   end
   opts = opts or {}
+  if type(opts) ~= "table" then
+    error("market.ground_vm: options must be a table, got " .. type(opts), 2)
+  end
+  check_budget(opts.max_activation, "market.ground_vm", 2)
   local start = boot
   if opts.drivers then
     start = function(pid)
@@ -454,7 +469,7 @@ function M.ground_vm(boot, opts)
       return boot(pid)
     end
   end
-  return core.ground_vm(start, opts.trace)
+  return core.ground_vm(start, opts.trace, opts.max_activation)
 end
 
 M.now = core.now

@@ -166,6 +166,19 @@ int mk_host_errcode(const mk_host *h);
 void mk_host_trace(mk_host *h, mk_trace_fn fn, void *ud);
 
 /*
+** The activation budget of the ground VM's Lua processes (and of nested
+** VMs that do not set their own): the CPU time in ms one activation of a
+** handler may take before its process fails with the reason "activation
+** budget exceeded" (vm.h, docs/limits.md).  0 turns it off.  The default
+** is MK_BUDGET_DEFAULT_MS (1000).  Returns MK_OK, or MK_EINVAL for a
+** negative or NaN ms.  It is enforced with a POSIX timer on the thread's
+** CPU clock and the real-time signal SIGRTMAX-1, whose handler market
+** installs while a Lua state has market open; a host that needs that signal
+** for itself turns the budget off.
+*/
+int mk_host_set_max_activation(mk_host *h, double ms);
+
+/*
 ** Called when a Lua process spawned by mk_host_spawn_file or
 ** mk_host_spawn_string fails (raises an error): pid, its name and the Lua
 ** traceback (borrowed for the call).  Its peers see absence with the error

@@ -277,6 +277,7 @@ mk_vm *mk_vm_new(void) {
   vm->ix[1] = mk_index_new();
   if (!vm->ix[0] || !vm->ix[1]) { fputs("market: out of memory\n", stderr); abort(); }
   vm->nextpid = 1;
+  vm->budget = -1;
   vm->path = xstrdup("ground");
   ptab_grow(vm);
   etab_grow(vm);
@@ -299,6 +300,16 @@ mk_proc *mk_vm_self(const mk_vm *vm) { return vm->self; }
 const char *mk_vm_path(const mk_vm *vm) { return vm->path; }
 void *mk_vm_userdata(const mk_vm *vm) { return vm->userdata; }
 void mk_vm_set_userdata(mk_vm *vm, void *ud) { vm->userdata = ud; }
+
+void mk_vm_set_budget(mk_vm *vm, double ms) {
+  vm->budget = ms >= 0 ? ms : -1;   /* NaN too: inherit */
+}
+
+double mk_vm_budget(const mk_vm *vm) {
+  for (; vm != NULL; vm = vm->parent)
+    if (vm->budget >= 0) return vm->budget;
+  return MK_BUDGET_DEFAULT_MS;
+}
 
 mk_action *mk_vm_take_outbox(mk_vm *vm) {
   mk_action *a = vm->outbox;

@@ -127,6 +127,18 @@ int mk_vm_idle(const mk_vm *vm);            /* queue empty */
 size_t mk_vm_nprocs(const mk_vm *vm);
 mk_vm *mk_vm_parent(const mk_vm *vm);
 mk_proc *mk_vm_self(const mk_vm *vm);       /* the nested-VM process in the parent, or NULL */
+/*
+** The activation budget of the VM's Lua processes: the CPU time (ms) one
+** activation (the run of a handler, a boot, a continuation, or of
+** straight-line code between two waits) may take before its process fails
+** with the reason "activation budget exceeded" (docs/limits.md).  0 means
+** none.  A VM whose budget was never set (or was set below 0) has its
+** parent's; the ground VM then has MK_BUDGET_DEFAULT_MS.  Native processes
+** are not preempted: a C handler is trusted to return.
+*/
+#define MK_BUDGET_DEFAULT_MS 1000.0
+void mk_vm_set_budget(mk_vm *vm, double ms);
+double mk_vm_budget(const mk_vm *vm);
 /* VM path for traces: "ground", "ground/3", ... (borrowed, stable). */
 const char *mk_vm_path(const mk_vm *vm);
 /* User data slot, e.g. for the Lua binding's state.  Inherited by nested VMs. */

@@ -100,6 +100,7 @@ struct mk_vm {
   const mk_behavior *bootb;
   void *bootdata;
   char *bootname;
+  double budget;            /* activation budget in ms; < 0: the parent's */
   int freeing;
 };
 

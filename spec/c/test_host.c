@@ -296,6 +296,29 @@ static void failure(void) {
   mk_host_free(h);
 }
 
+/* The activation budget: a Lua handler that loops is ended with the reason
+** "activation budget exceeded", its native peer sees it go, and the host
+** goes on; the setting is checked. */
+static void budget(void) {
+  mk_host *h = newhost();
+  probe p = { "watcher", NULL, NULL, 0, 0, 0, NULL };
+  p.sub = mk_cstr("spinning");
+  CHECK(mk_host_set_max_activation(h, -1) == MK_EINVAL);
+  CHECK(mk_host_set_max_activation(h, 0.0 / 0.0) == MK_EINVAL);
+  CHECK(mk_host_set_max_activation(h, 50) == MK_OK);
+  CHECK(mk_vm_budget(mk_host_vm(h)) == 50);
+  mk_host_spawn_native(h, &probe_handlers, &p, "watcher");
+  mk_host_spawn_string(h,
+    "local market = require 'market'\n"
+    "market.perform(market.publisher('spinning'))\n"
+    "market.pause()\n"
+    "while true do end\n", "spinner", 0, NULL);
+  CHECK(mk_host_run(h) == MK_EFAILED);
+  CHECK(strstr(mk_host_error(h), "activation budget exceeded") != NULL);
+  CHECK(has("watcher absence sub \"spinning\" \"activation budget exceeded\""));
+  mk_host_free(h);
+}
+
 /* Freeing the host: every process sees the others' absence, Lua ones too. */
 static void teardown(void) {
   size_t base = mk_term_live();
@@ -437,6 +460,7 @@ int main(void) {
   RUN(terms_across);
   RUN(subscribe);
   RUN(failure);
+  RUN(budget);
   RUN(teardown);
   RUN(busy);
   RUN(continuations);

@@ -6,13 +6,14 @@
 local market = require "market"
 local H = {}
 
--- ground(boot [, log]): run a ground VM to completion; fail the spec if
--- ground_vm reports a boot failure.  With a log, close it when boot's
--- function returns (so teardown events land in log.teardown).
-function H.ground(boot, log)
+-- ground(boot [, log [, opts]]): run a ground VM to completion (opts as
+-- for market.ground_vm); fail the spec if ground_vm reports a boot
+-- failure.  With a log, close it when boot's function returns (so teardown
+-- events land in log.teardown).
+function H.ground(boot, log, opts)
   local run = boot
   if log then run = function(...) boot(...); log.close() end end
-  local ok, err = market.ground_vm(run)
+  local ok, err = market.ground_vm(run, opts)
   assert(ok == true, "ground_vm failed: " .. tostring(err))
   return ok
 end

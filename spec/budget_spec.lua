@@ -1,0 +1,188 @@
+-- budget_spec.lua: the activation budget (DESIGN §8, docs/limits.md).  A
+-- handler that does not return within its VM's budget of CPU time fails its
+-- process with the reason "activation budget exceeded"; its peers see the
+-- absence, and the VM goes on.  Every case here hung the VM for ever before
+-- the budget existed, so each runs either with a budget that would end it,
+-- or (where a broken budget would hang busted itself) in a subprocess under
+-- `timeout`.
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local H = require "helpers"
+
+local REASON = "activation budget exceeded"
+
+-- Run a ground VM with `budget` ms in which a process "victim" handles
+-- "go" with `spin`, and the boot process publishes "go" and waits for the
+-- victim to go.  Returns the absence reason it saw, and whether a process
+-- spawned afterwards still ran.
+local function victim_reason(spin, budget)
+  local seen, after = nil, false
+  H.ground(function()
+    market.perform(market.spawn(function()
+      return market.transition(nil, market.subscriber("go", { on_message = spin }))
+    end, { name = "victim" }))
+    market.pause()
+    market.perform(market.publisher("go", "go"))
+    assert.equal("presence", market.yield().type)
+    market.perform(market.send("go"))
+    local ev = market.yield()
+    assert.equal("absence", ev.type)
+    seen = ev.reason
+    market.perform(market.spawn(function() after = true end, { name = "after" }))
+    market.pause()
+  end, nil, { max_activation = budget or 100 })
+  return seen, after
+end
+
+-- Without a working budget the cases below would hang busted itself, so a
+-- subprocess under timeout(1) checks first that a loop is ended at all;
+-- if not, they fail at once instead of running.
+local works
+local function budget_works()
+  if works == nil then
+    local status = H.sh(("timeout 10 env LUA_CPATH=%s lua5.4 -e %s"):format(H.quote(package.cpath),
+      H.quote('assert(require("market").ground_vm(function() while true do end end, '
+              .. '{ max_activation = 50 }) == nil)')))
+    works = status == 0
+  end
+  assert(works, "a looping boot process was not ended within 10 s: the budget does not work")
+end
+
+describe("the activation budget", function()
+  before_each(budget_works)
+
+  it("ends a handler that loops for ever; its peer sees the absence; the VM goes on", function()
+    local reason, after = victim_reason(function() while true do end end)
+    assert.equal(REASON, reason)
+    assert.is_true(after)
+  end)
+
+  it("is not fooled by pcall around the loop", function()
+    assert.equal(REASON, (victim_reason(function()
+      while true do pcall(function() while true do end end) end
+    end)))
+  end)
+
+  it("ends loops where a yield is not allowed (a sort comparator, a gsub callback)", function()
+    assert.equal(REASON, (victim_reason(function()
+      table.sort({ 3, 2, 1 }, function() while true do end end)
+    end)))
+    assert.equal(REASON, (victim_reason(function()
+      string.gsub("abc", "%w", function() while true do end end)
+    end)))
+    -- A sort whose comparator loops, retried under pcall for ever.
+    assert.equal(REASON, (victim_reason(function()
+      while true do pcall(table.sort, { 3, 2, 1 }, function() while true do end end) end
+    end)))
+  end)
+
+  it("counts one activation, not a process's lifetime", function()
+    -- Five activations of about 60 ms of CPU each, with a budget of 150 ms.
+    local runs = 0
+    H.ground(function()
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.subscriber("work", { on_message = function()
+          local t = os.clock()
+          while os.clock() - t < 0.06 do end
+          runs = runs + 1
+        end }))
+      end, { name = "worker" }))
+      market.pause()
+      for _ = 1, 5 do market.perform(market.send("work")); market.pause() end
+    end, nil, { max_activation = 150 })
+    assert.equal(5, runs)
+  end)
+
+  it("ends straight-line code that loops after a wait", function()
+    local log = H.log()
+    H.ground(function()
+      market.perform(market.spawn(function()
+        market.perform(market.subscriber("tick", "tick"))
+        market.wait_for(function(e) return e.type == "message" end)
+        log("woke")
+        while true do end
+      end, { name = "straight" }))
+      market.pause()
+      market.perform(market.observe_subscribers("tick", H.logging(log, "boot")))
+      market.pause()
+      market.perform(market.send("tick"))
+      market.pause()
+      market.pause()
+    end, nil, { max_activation = 100 })
+    assert.same({ 'boot presence #1 subscriber/participant "tick"', "woke",
+                  'boot absence #1 subscriber/participant "tick" ' .. REASON }, log.lines)
+  end)
+
+  it("fails a boot process that loops, with the reason in ground_vm's result", function()
+    local ok, err = market.ground_vm(function() while true do end end, { max_activation = 50 })
+    assert.is_nil(ok)
+    assert.matches("^" .. REASON, err)
+  end)
+
+  it("lets a long activation run by default (1000 ms) and when it is off (0)", function()
+    local function busy() local t = os.clock(); while os.clock() - t < 0.3 do end end
+    assert.is_true(market.ground_vm(busy))
+    assert.is_true(market.ground_vm(busy, { max_activation = 0 }))
+    local ok, err = market.ground_vm(busy, { max_activation = 100 })
+    assert.is_nil(ok)
+    assert.matches("^" .. REASON, err)
+  end)
+
+  it("rejects a budget that is not a number of ms >= 0", function()
+    for _, bad in ipairs { -1, 0 / 0, "100", true } do
+      assert.has_error(function() market.ground_vm(function() end, { max_activation = bad }) end,
+        "market.ground_vm: max_activation must be a number of milliseconds >= 0 (0: no budget)")
+      assert.has_error(function() market.nested_vm(function() end, { max_activation = bad }) end,
+        "market.nested_vm: max_activation must be a number of milliseconds >= 0 (0: no budget)")
+    end
+  end)
+end)
+
+-- Cases where a broken budget would hang the process that runs them: in a
+-- subprocess, bounded by timeout(1); status 124 means it hung.
+describe("the activation budget, end to end", function()
+  it("a nested VM's own budget applies inside it, even with none at the ground", function()
+    local path = H.tempfile([[
+      local market = require "market"
+      market.perform(market.nested_vm(function()
+        market.perform(market.spawn(function() while true do end end, { name = "spinner" }))
+      end, { max_activation = 100 }))
+    ]])
+    local status = H.sh(("timeout 10 %s --max-activation 0 %s"):format(H.market_bin(), path))
+    os.remove(path)
+    assert.equal(0, status)
+  end)
+
+  it("the interpreter takes --max-activation and reports a boot process that loops", function()
+    local status, _, err = H.run("--max-activation 50 -e 'while true do end'")
+    assert.equal(1, status)
+    assert.matches("market: " .. REASON, err)
+    status, _, err = H.run("--max-activation soon -e ''")
+    assert.equal(2, status)
+    assert.equal("market: --max-activation: 'soon' is not a number of ms >= 0\n", err)
+  end)
+
+  it("a looping handler no longer keeps SIGTERM from being handled", function()
+    -- The looping process is ended after 200 ms of CPU; the boot process
+    -- then hears SIGTERM and quits, and with it the program.
+    local path = H.tempfile([[
+      local market = require "market"
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.subscriber("go", { on_message = function() while true do end end }))
+      end, { name = "spinner" }))
+      market.pause()
+      market.perform(market.send("go"),
+        market.subscriber(market.ground.signal(15), { on_message = function()
+          io.stderr:write("got SIGTERM\n")
+          return market.transition_no_state(market.quit())
+        end }))
+      io.stderr:write("ready\n")
+    ]])
+    local status, _, err = H.sh(([[
+      timeout 10 %s --max-activation 200 %s & pid=$!
+      sleep 0.5; kill -TERM $pid; wait $pid]]):format(H.market_bin(), path))
+    os.remove(path)
+    assert.equal(0, status)
+    assert.equal("ready\ngot SIGTERM\n", err)
+  end)
+end)
