@@ -7,8 +7,9 @@
 -- Prints Lua-to-Lua messages per second in one VM (one publisher, one
 -- subscriber, a 3-field record topic), the same with 100,000 extra
 -- subscriber endpoints on non-matching topics, their ratio
--- (route-scaling-ratio), idle memory per process for 100,000 Lua processes
--- with one endpoint each, and the spawn rate.
+-- (route-scaling-ratio), the same with the activation budget off (what the
+-- budget costs: budget-cost-ratio, docs/limits.md), idle memory per process
+-- for 100,000 Lua processes with one endpoint each, and the spawn rate.
 local market = require "market"
 local _ = market._
 local N = tonumber(arg and arg[1]) or 2000000
@@ -22,7 +23,7 @@ local function wall()
   return clock()
 end
 
-local function messages(extra)
+local function messages(extra, budget)
   local received, t0, t1 = 0, 0, 0
   market.ground_vm(function()
     if extra > 0 then
@@ -54,7 +55,7 @@ local function messages(extra)
       end
     end, { name = "publisher" }))
     if extra > 0 then market.perform(market.quit()) end
-  end)
+  end, { max_activation = budget })
   assert(received == N, "lost messages: " .. received .. " of " .. N)
   return N / (t1 - t0)
 end
@@ -92,11 +93,19 @@ local function processes(n)
   return per, per_rss, rate, created
 end
 
-local base = messages(0)
+-- With and without the budget, interleaved, the best of three each: the
+-- two differ by less than the machine's noise, which is the point.
+local base, unbudgeted = 0, 0
+for _ = 1, 3 do
+  base = math.max(base, messages(0))
+  unbudgeted = math.max(unbudgeted, messages(0, 0))
+end
 local crowd = messages(100000)
 print(("messages-per-second: %.0f"):format(base))
 print(("messages-per-second-with-100k-endpoints: %.0f"):format(crowd))
 print(("route-scaling-ratio: %.3f  (target <= 1.5)"):format(base / crowd))
+print(("messages-per-second-without-budget: %.0f"):format(unbudgeted))
+print(("budget-cost-ratio: %.3f  (without / with the activation budget; 1.0: free)"):format(unbudgeted / base))
 local per, per_rss, rate, created = processes(100000)
 print(("idle-bytes-per-process: %.0f  (heap in use; target <= 2048)"):format(per))
 print(("idle-rss-bytes-per-process: %.0f  (resident, allocator slack included)"):format(per_rss))
