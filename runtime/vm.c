@@ -81,8 +81,9 @@ void mkI_trace(mk_vm *vm, const char *fmt, ...) {
 
 #define TRACING(vm) ((vm)->trace != NULL)
 
+/* A trace shows terms it did not choose (messages, reasons): cut short. */
 static char *repr(const mk_term *t) {
-  char *s = t ? mk_repr(t, NULL) : NULL;
+  char *s = t ? mk_repr_max(t, MK_REPR_SHOWN, NULL) : NULL;
   return s ? s : xstrdup(t ? "?" : "nil");
 }
 
@@ -593,20 +594,28 @@ static void route(mk_vm *vm, mk_term *body, int feedback) {
   mk_index_match(vm->ix[feedback ? MK_PUBLISHER : MK_SUBSCRIBER], body, on_receiver, &c);
 }
 
+/* A C process whose message could not be built fails, rather than
+** crash the VM: term builders return NULL past the depth limit. */
+static int nobody(mk_proc *p, mk_term *body, const char *what) {
+  if (body != NULL) return 0;
+  mk_failf(p, "%s: no message (a term deeper than the depth limit, or out of memory)", what);
+  return 1;
+}
+
 void mk_send(mk_proc *p, mk_term *body) {
-  if (p->dead) return;
+  if (p->dead || nobody(p, body, "send")) return;
   if (TRACING(p->vm)) trace_proc(p, "send", NULL, NULL, body);
   route(p->vm, body, 0);
 }
 
 void mk_feedback(mk_proc *p, mk_term *body) {
-  if (p->dead) return;
+  if (p->dead || nobody(p, body, "feedback")) return;
   if (TRACING(p->vm)) trace_proc(p, "feedback", NULL, NULL, body);
   route(p->vm, body, 1);
 }
 
 void mk_vm_send(mk_vm *vm, mk_term *body, int feedback) {
-  route(vm, body, feedback);
+  if (body != NULL) route(vm, body, feedback);
 }
 
 /* ---- spawn, quit, yield, meta ------------------------------------------- */

@@ -453,7 +453,7 @@ static void reentrant (void) {
 
 /* A deep topic and query: the walk keeps no recursion. */
 static void deep_topic (void) {
-  enum { N = 100000 };
+  enum { N = MK_TERM_DEPTH_MAX };     /* the deepest topic one may make */
   size_t base = mk_term_live();
   mk_index *ix = mk_index_new();
   mk_rtype *cons = mk_rtype_get("cons", 4, 2, NULL);
@@ -462,6 +462,7 @@ static void deep_topic (void) {
   Coll c = { 0, 0 };
   int i;
   memset(it, 0, sizeof it);
+  CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_MAX) == 0);
   for (i = 0; i < N; i++) {
     a = mk_rec(cons, mk_int(i % 5), a);
     b = mk_rec(cons, i % 2 ? mk_wild() : mk_int(i % 5), b);
@@ -479,6 +480,7 @@ static void deep_topic (void) {
   CHECK(mk_index_nodes(ix) == 1 + 2 * (size_t)N + 1);
   mk_index_free(ix);   /* frees a deep trie with it[1] still in it */
   CHECK(it[1].link.leaf == NULL);
+  CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_DEFAULT) == 0);
   mk_rtype_unref(cons);
   CHECK(mk_term_live() == base);
 }
