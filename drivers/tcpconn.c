@@ -338,8 +338,8 @@ static void warn_once(tconn *c, const mk_term *d) {
   char *who, *what;
   if (c->warned || c->L == NULL) return;
   c->warned = 1;
-  who = mk_repr(c->remote, NULL);
-  what = mk_repr(d, NULL);
+  who = mk_repr_max(c->remote, MK_REPR_SHOWN, NULL);
+  what = mk_repr_max(d, MK_REPR_SHOWN, NULL);
   lua_warning(c->L, "market.tcp: ", 1);
   lua_warning(c->L, who ? who : "?", 1);
   lua_warning(c->L, ": ignoring a non-string subpacket ", 1);
