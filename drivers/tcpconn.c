@@ -466,7 +466,7 @@ static void start_connect(mk_proc *p, tconn *c) {
   }
   if (host == NULL || host->kind != MK_STR || port->kind != MK_INT ||
       port->v.i < 1 || port->v.i > 65535) {
-    char *r = mk_repr(c->remote, NULL);
+    char *r = mk_repr_max(c->remote, MK_REPR_SHOWN, NULL);
     size_t n = (r ? strlen(r) : 1) + 64;
     char *buf = malloc(n);
     if (buf) snprintf(buf, n, "bad address %s: want tcp.address(host, port 1..65535)", r ? r : "?");
@@ -626,7 +626,7 @@ static mk_proc *caller(lua_State *L, const char *what) {
 ** NULL) and the descriptor fd (-1: connect). */
 static tconn *newconn(lua_State *L, const config *cfg, int fd, mk_term *remote, mk_term *loc,
                       mk_term *lport) {
-  tconn *c = calloc(1, sizeof *c);
+  tconn *c = remote ? calloc(1, sizeof *c) : NULL;   /* remote: NULL if out of memory */
   if (c == NULL) {
     if (fd >= 0) close(fd);
     mk_unref(remote); mk_unref(loc); mk_unref(lport);

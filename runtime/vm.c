@@ -400,6 +400,15 @@ typedef struct presence_ctx {
   int absent;
 } presence_ctx;
 
+/* The topic a presence or absence carries: the intersection.  The index
+** found the two topics to unify, and mk_unify ignores the depth limit
+** (term.h), so NULL can only mean memory ran out. */
+static mk_term *refined(const mk_role *a, const mk_role *b) {
+  mk_term *t = mk_unify(a->topic, b->topic);
+  if (t == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  return t;
+}
+
 static int on_peer(mk_ilink *link, void *ud) {
   presence_ctx *c = ud;
   mk_endpoint *q = (mk_endpoint *)link, *e = c->e;
@@ -409,14 +418,12 @@ static int on_peer(mk_ilink *link, void *ud) {
     /* Only the peer hears of it: the departing endpoint is gone. */
     if (q_sees) {
       mk_role r = e->role;
-      enqueue_ep(c->vm, q, MK_EV_ABSENCE, mk_unify(e->role.topic, q->role.topic), &r, c->reason);
+      enqueue_ep(c->vm, q, MK_EV_ABSENCE, refined(&e->role, &q->role), &r, c->reason);
     }
     return 0;
   }
-  if (e_sees)
-    enqueue_ep(c->vm, e, MK_EV_PRESENCE, mk_unify(e->role.topic, q->role.topic), &q->role, NULL);
-  if (q_sees)
-    enqueue_ep(c->vm, q, MK_EV_PRESENCE, mk_unify(e->role.topic, q->role.topic), &e->role, NULL);
+  if (e_sees) enqueue_ep(c->vm, e, MK_EV_PRESENCE, refined(&e->role, &q->role), &q->role, NULL);
+  if (q_sees) enqueue_ep(c->vm, q, MK_EV_PRESENCE, refined(&e->role, &q->role), &e->role, NULL);
   return 0;
 }
 

@@ -255,6 +255,21 @@ local deep = deepest(function(t, i) return p(t, i) end, 1e6, 0)[1]
     shown(err, "market%.tcp: [^\n]*ignoring a non%-string subpacket p%(")
   end)
 
+  it("a TCP connection to a bad address: the reason shows the address cut short", function()
+    local status, out, err = run(PRELUDE .. [[
+      local tcp = require "market.tcp"
+      local there, me = tcp.address({ ("x"):rep(1000) }, 80), tcp.handle("me")
+      market.perform(market.subscriber(tcp.channel(there, me, _), "in"),
+                     market.publisher(tcp.channel(me, there, _), "out"))
+      local ev = market.wait_for(function(e) return e.type == "absence" end)
+      print(#ev.reason < 400, ev.reason:sub(1, 36), ev.reason:match("%.%.%.: want .*$"))
+      market.perform(market.quit())
+    ]], "")
+    assert.equal(0, status, err)
+    assert.equal('true\tbad address tcp-address(["xxxxxxxxxx\t'
+                 .. "...: want tcp.address(host, port 1..65535)\n", out)
+  end)
+
   it("a deep UDP body: the socket's process warns (briefly), drops it and goes on", function()
     local status, out, err = run(DEEP .. [[
       local udp = require "market.udp"
