@@ -270,7 +270,8 @@ local deep = deepest(function(t, i) return p(t, i) end, 1e6, 0)[1]
                  .. "...: want tcp.address(host, port 1..65535)\n", out)
   end)
 
-  it("a deep UDP body: the socket's process warns (briefly), drops it and goes on", function()
+  it("a deep UDP body: the socket's process warns (briefly, once), drops it and goes on",
+     function()
     local status, out, err = run(DEEP .. [[
       local udp = require "market.udp"
       local me = udp.handle("me")
@@ -279,6 +280,7 @@ local deep = deepest(function(t, i) return p(t, i) end, 1e6, 0)[1]
       local port = market.wait_for(function(e) return e.endpoint == "bound" end).role.topic.port
       local there = udp.remote_address("127.0.0.1", port)
       market.perform(market.send(udp.packet(me, there, deep)))
+      market.perform(market.send(udp.packet(me, there, 42)))   -- the same reason
       market.perform(market.send(udp.packet(me, there, "still here")))
       print(market.wait_for(function(e) return e.endpoint == "rx" end).message.body)
       market.perform(market.quit())
@@ -286,5 +288,7 @@ local deep = deepest(function(t, i) return p(t, i) end, 1e6, 0)[1]
     assert.equal(0, status, err)
     assert.equal("still here\n", out)
     shown(err, "market%.udp: [^\n]*dropping a datagram: the body is not a string: p%(")
+    local _, warnings = err:gsub("dropping a datagram", "")
+    assert.equal(1, warnings)
   end)
 end)
