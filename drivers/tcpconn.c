@@ -338,8 +338,8 @@ static void warn_once(tconn *c, const mk_term *d) {
   char *who, *what;
   if (c->warned || c->L == NULL) return;
   c->warned = 1;
-  who = mk_repr(c->remote, NULL);
-  what = mk_repr(d, NULL);
+  who = mk_repr_max(c->remote, MK_REPR_SHOWN, NULL);
+  what = mk_repr_max(d, MK_REPR_SHOWN, NULL);
   lua_warning(c->L, "market.tcp: ", 1);
   lua_warning(c->L, who ? who : "?", 1);
   lua_warning(c->L, ": ignoring a non-string subpacket ", 1);
@@ -466,7 +466,7 @@ static void start_connect(mk_proc *p, tconn *c) {
   }
   if (host == NULL || host->kind != MK_STR || port->kind != MK_INT ||
       port->v.i < 1 || port->v.i > 65535) {
-    char *r = mk_repr(c->remote, NULL);
+    char *r = mk_repr_max(c->remote, MK_REPR_SHOWN, NULL);
     size_t n = (r ? strlen(r) : 1) + 64;
     char *buf = malloc(n);
     if (buf) snprintf(buf, n, "bad address %s: want tcp.address(host, port 1..65535)", r ? r : "?");
@@ -626,7 +626,7 @@ static mk_proc *caller(lua_State *L, const char *what) {
 ** NULL) and the descriptor fd (-1: connect). */
 static tconn *newconn(lua_State *L, const config *cfg, int fd, mk_term *remote, mk_term *loc,
                       mk_term *lport) {
-  tconn *c = calloc(1, sizeof *c);
+  tconn *c = remote ? calloc(1, sizeof *c) : NULL;   /* remote: NULL if out of memory */
   if (c == NULL) {
     if (fd >= 0) close(fd);
     mk_unref(remote); mk_unref(loc); mk_unref(lport);

@@ -27,6 +27,7 @@ M.packet, M.remote_address, M.handle, M.listener, M.bound =
 local stop = market.record("udp-driver:stop", "socket")
 
 M.MAX_QUEUED = 1 << 20     -- bytes waiting for a full socket buffer before dropping
+local SHOWN = 200          -- bytes of a term a warning shows (as MK_REPR_SHOWN)
 M.CACHE_MS = 60000         -- how long a resolved host name is remembered
 M.stats = { received = 0, sent = 0, dropped = 0 }
 
@@ -72,11 +73,14 @@ local function socket_proc(loc)
       P(market.delete_endpoint(name))
     end
 
-    local function drop(why)
+    -- One warning per reason; a term shown after it (what) does not make
+    -- a new reason, or every bad body would be remembered here.
+    local function drop(why, what)
       M.stats.dropped = M.stats.dropped + 1
       if not warned[why] then
         warned[why] = true
-        warn("%s: dropping a datagram: %s", repr(loc), why)
+        warn("%s: dropping a datagram: %s%s", repr(loc, SHOWN), why,
+             what ~= nil and " " .. repr(what, SHOWN) or "")
       end
     end
 
@@ -122,10 +126,10 @@ local function socket_proc(loc)
 
     local function on_out(_, m)
       local data, dst = m.body, m.destination
-      if type(data) ~= "string" then return drop("the body is not a string: " .. repr(data)) end
+      if type(data) ~= "string" then return drop("the body is not a string:", data) end
       local host, rport = dst.host, dst.port
       if type(host) ~= "string" or mtype(rport) ~= "integer" then
-        return drop("bad destination " .. repr(dst))
+        return drop("bad destination", dst)
       end
       local key = host .. " " .. rport
       local hit = cache[key]

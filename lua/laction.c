@@ -71,10 +71,15 @@ static int f_send(lua_State *L) {
   return 1;
 }
 
-/* SendAction.__index: a.kind is "send", a.body the body. */
+/* SendAction.__index: a.kind is "send", a.body the body.  A table may
+** borrow the metatable (it has no body); a foreign userdata only reaches
+** here through the debug library, and is refused like one given to a
+** box's metamethods (lterm.c). */
 static int send_index(lua_State *L) {
+  int send = hasmeta(L, 1, U_SENDACTION);
+  if (!send && lua_type(L, 1) != LUA_TTABLE) return luaL_typeerror(L, 1, "market.action");
   if (lua_rawequal(L, 2, U_KIND)) lua_pushvalue(L, U_SEND);
-  else if (lua_rawequal(L, 2, U_BODY) && hasmeta(L, 1, U_SENDACTION)) lua_getiuservalue(L, 1, 1);
+  else if (lua_rawequal(L, 2, U_BODY) && send) lua_getiuservalue(L, 1, 1);
   else lua_pushnil(L);
   return 1;
 }

@@ -417,7 +417,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     char *tb = NULL;
     if (lp->boot) {
       const char *msg = overrun ? BUDGET_REASON : lua_tostring(co, -1);
-      char *shown = msg ? NULL : mk_repr(reason, NULL);
+      char *shown = msg ? NULL : mk_repr_max(reason, MK_REPR_SHOWN, NULL);
       luaL_traceback(S->L, co, msg ? msg : shown ? shown : "(error object is not a string)", 0);
       free(shown);
       tb = strdup(lua_tostring(S->L, -1));

@@ -6,12 +6,13 @@
 ** userdata "boxes" holding a term reference, sharing one metatable.  Record
 ** types are userdata too: callable constructors.
 */
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mkl.h"
-
-#define MAXDEPTH 200     /* deeper than this is taken for a cycle */
 
 typedef struct box { mk_term *t; } box;
 typedef struct rtbox { mk_rtype *rt; } rtbox;
@@ -23,11 +24,15 @@ static const char key_wild = 0, key_eof = 0;
 static const char key_box_mt = 0;
 
 /* The box at idx, or NULL.  mt: a stack index holding the box metatable,
-** or 0 to fetch it from the registry. */
-static box *tobox(lua_State *L, int idx, int mt) {
+** or 0 to fetch it from the registry.  The size test turns away light
+** userdata (size 0) and foreign userdata given the box metatable through
+** debug.setmetatable, when their size differs; like luaL_checkudata, it
+** cannot tell a same-sized one. */
+static box *boxat(lua_State *L, int idx, int mt) {
   box *b = lua_touserdata(L, idx);
   int same;
-  if (b == NULL || !lua_getmetatable(L, idx)) return NULL;
+  if (b == NULL || lua_rawlen(L, idx) != sizeof *b || !lua_getmetatable(L, idx))
+    return NULL;
   if (mt == 0) {
     lua_rawgetp(L, LUA_REGISTRYINDEX, &key_box_mt);
     same = lua_rawequal(L, -1, -2);
@@ -37,6 +42,13 @@ static box *tobox(lua_State *L, int idx, int mt) {
     lua_pop(L, 1);
   }
   return same ? b : NULL;
+}
+
+/* The same, holding a term: a box whose __gc has run (called by hand
+** through the debug library) is no term any more. */
+static box *tobox(lua_State *L, int idx, int mt) {
+  box *b = boxat(L, idx, mt);
+  return b != NULL && b->t != NULL ? b : NULL;
 }
 
 mk_term *mkl_testbox(lua_State *L, int idx) {
@@ -66,8 +78,25 @@ void mkl_pushbox(lua_State *L, mk_term *t) {
   pushbox(L, t, 0);
 }
 
-/* mt: as for tobox. */
-static mk_term *toterm(lua_State *L, int idx, const char **err, int depth, int mt) {
+/*
+** The error for a term deeper than the limit (term.h, "Depth"), with the
+** limit in force.  The buffer outlives the call, as *err must: terms are
+** single-threaded, and every caller uses *err before converting again.
+*/
+static const char *toodeep(const char *what, const char *why) {
+  static char msg[96];
+  size_t limit = mk_term_depth_limit();
+  snprintf(msg, sizeof msg, "%s nested more than %zu level%s deep%s", what, limit,
+           limit == 1 ? "" : "s", why);
+  return msg;
+}
+
+static const char *deepterm(void) { return toodeep("a term", ""); }
+
+/* Convert the value at idx, `depth` compounds down from the term being
+** built.  mt: as for tobox.  The recursion stops at the depth limit, which
+** also ends a table that contains itself. */
+static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth, int mt) {
   switch (lua_type(L, idx)) {
     case LUA_TNIL: return mk_nil();
     case LUA_TBOOLEAN: return mk_bool(lua_toboolean(L, idx));
@@ -90,8 +119,12 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, int depth, int m
     }
     case LUA_TTABLE: {
       lua_Unsigned n = lua_rawlen(L, idx), i, keys = 0;
+      size_t limit = mk_term_depth_limit();
       mk_term *s;
-      if (depth > MAXDEPTH) { *err = "a table nested too deeply (a cycle?) is not a term"; return NULL; }
+      if (depth >= limit) {
+        *err = toodeep("a table", " (a cycle?)");
+        return NULL;
+      }
       lua_pushnil(L);
       while (lua_next(L, idx)) {
         lua_pop(L, 1);
@@ -107,6 +140,7 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, int depth, int m
       if (n > UINT32_MAX) { *err = "a sequence that long is not a term"; return NULL; }
       luaL_checkstack(L, 4, "term conversion");
       s = mk_seq_new((uint32_t)n);
+      if (s == NULL) { *err = "out of memory"; return NULL; }
       for (i = 0; i < n; i++) {
         mk_term *item;
         lua_rawgeti(L, idx, (lua_Integer)i + 1);
@@ -115,7 +149,9 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, int depth, int m
         if (item == NULL) { mk_unref(s); return NULL; }
         mk_set(s, (uint32_t)i, item);
       }
-      return mk_seal(s);
+      /* An item may be a box as deep as the limit allows. */
+      if ((s = mk_seal(s)) == NULL) *err = deepterm();
+      return s;
     }
     case LUA_TFUNCTION: *err = "a function is not a term"; return NULL;
     case LUA_TTHREAD: *err = "a coroutine is not a term"; return NULL;
@@ -166,18 +202,37 @@ void mkl_pushterm(lua_State *L, mk_term *t) {
 #define U_BOXMT  lua_upvalueindex(1)
 #define U_RTMT   lua_upvalueindex(2)
 
-/* The box a metamethod was called for.  The metatable is protected
-** (__metatable), so only Lua itself calls these, and always with a box
-** first: no need to check its metatable again (half the cost of m.field). */
+/* The box a metamethod was called for.  Lua calls these with a box
+** first, but the debug library hands out the metatable, and with it the
+** functions, to be called with anything. */
 static mk_term *selfbox(lua_State *L) {
-  box *b = lua_touserdata(L, 1);
-  if (b == NULL || b->t == NULL) luaL_typeerror(L, 1, MKL_TERM_MT);
+  box *b = boxat(L, 1, U_BOXMT);
+  if (b == NULL) luaL_typeerror(L, 1, MKL_TERM_MT);
+  if (b->t == NULL) luaL_argerror(L, 1, "a term box whose __gc has run");
   return b->t;
 }
 
+/* Raise "record LABEL" followed by fmt: the label printed with its length
+** (mk_rtype_get refuses a NUL inside, but a message must not depend on
+** it). */
+static int rterror(lua_State *L, const mk_rtype *rt, const char *fmt, ...) {
+  va_list ap;
+  luaL_where(L, 1);
+  lua_pushliteral(L, "record ");
+  lua_pushlstring(L, rt->label, rt->labellen);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 4);
+  return lua_error(L);
+}
+
+/* The wildcard and EOF boxes live in the registry, shared by every
+** process of the Lua state: a __gc called by hand leaves them whole. */
 static int term_gc(lua_State *L) {
-  box *b = lua_touserdata(L, 1);
-  if (b == NULL) return 0;
+  box *b = boxat(L, 1, U_BOXMT);
+  if (b == NULL) return luaL_typeerror(L, 1, MKL_TERM_MT);
+  if (b->t == NULL || b->t->refs == MK_IMMORTAL) return 0;
   mk_unref(b->t);
   b->t = NULL;
   return 0;
@@ -213,9 +268,21 @@ static int term_index(lua_State *L) {
     i = lua_tointeger(L, 2);
     if (i < 1 || (lua_Unsigned)i > t->n) { lua_pushnil(L); return 1; }
   } else {
-    const char *k = luaL_checkstring(L, 2);
-    int f = mk_rtype_field(t->v.rt, k);
-    if (f < 0) return luaL_error(L, "record %s has no field '%s'", t->v.rt->label, k);
+    size_t kl;
+    const char *k = luaL_checklstring(L, 2, &kl);
+    /* field names are C strings: "x\0y" is not field x */
+    int f = strlen(k) == kl ? mk_rtype_field(t->v.rt, k) : -1;
+    if (f < 0) {
+      lua_settop(L, 2);
+      luaL_where(L, 1);
+      lua_pushliteral(L, "record ");
+      lua_pushlstring(L, t->v.rt->label, t->v.rt->labellen);
+      lua_pushliteral(L, " has no field '");
+      lua_pushvalue(L, 2);
+      lua_pushliteral(L, "'");
+      lua_concat(L, 6);
+      return lua_error(L);
+    }
     i = f + 1;
   }
   mkl_pushterm(L, mk_items(t)[i - 1]);
@@ -230,40 +297,51 @@ static int term_newindex(lua_State *L) {
 
 static mk_rtype *checkrt(lua_State *L, int idx) {
   rtbox *b = lua_touserdata(L, idx);
-  if (b == NULL || !lua_getmetatable(L, idx) || !lua_rawequal(L, -1, U_RTMT))
+  if (b == NULL || lua_rawlen(L, idx) != sizeof *b || !lua_getmetatable(L, idx) ||
+      !lua_rawequal(L, -1, U_RTMT) || b->rt == NULL)
     luaL_typeerror(L, idx, "record constructor");
   lua_pop(L, 1);
   return b->rt;
 }
 
+/* A record type made by l_record: rt may be NULL there (out of memory). */
 static int rt_gc(lua_State *L) {
   rtbox *b = lua_touserdata(L, 1);
-  if (b == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, U_RTMT)) return 0;
+  if (b == NULL || lua_rawlen(L, 1) != sizeof *b || !lua_getmetatable(L, 1) ||
+      !lua_rawequal(L, -1, U_RTMT))
+    return luaL_typeerror(L, 1, "record constructor");
   if (b->rt) mk_rtype_unref(b->rt);
   b->rt = NULL;
   return 0;
 }
 
-/* ctor(f1, ..., fn): a record; exactly `arity` fields. */
+/* ctor(f1, ..., fn): a record; exactly `arity` fields, each a term less
+** deep than the limit, so that the record itself is within it. */
 static int rt_call(lua_State *L) {
   mk_rtype *rt = checkrt(L, 1);
   int n = lua_gettop(L) - 1;
+  size_t limit = mk_term_depth_limit();
   uint32_t i;
   mk_term *r;
   if ((uint32_t)n != rt->arity)
-    return luaL_error(L, "record %s takes %d field%s, got %d", rt->label, (int)rt->arity,
-                      rt->arity == 1 ? "" : "s", n);
-  r = mk_rec_new(rt);
+    return rterror(L, rt, " takes %d field%s, got %d", (int)rt->arity,
+                   rt->arity == 1 ? "" : "s", n);
+  if ((r = mk_rec_new(rt)) == NULL) return luaL_error(L, "out of memory");
   for (i = 0; i < rt->arity; i++) {
     const char *err = NULL;
-    mk_term *f = toterm(L, (int)i + 2, &err, 0, U_BOXMT);
+    mk_term *f = toterm(L, (int)i + 2, &err, 1, U_BOXMT);
+    if (f != NULL && f->depth >= limit) {
+      mk_unref(f);
+      f = NULL;
+      err = deepterm();
+    }
     if (f == NULL) {
       mk_unref(r);
-      return luaL_error(L, "record %s, field %d: %s", rt->label, (int)i + 1, err);
+      return rterror(L, rt, ", field %d: %s", (int)i + 1, err);
     }
     mk_set(r, i, f);
   }
-  pushbox(L, mk_seal(r), U_BOXMT);
+  pushbox(L, mk_seal(r), U_BOXMT);   /* within the limit: cannot fail */
   return 1;
 }
 
@@ -297,18 +375,29 @@ static int rt_index(lua_State *L) {
 
 static int rt_tostring(lua_State *L) {
   mk_rtype *rt = checkrt(L, 1);
-  lua_pushfstring(L, "record %s/%d", rt->label, (int)rt->arity);
+  lua_pushliteral(L, "record ");
+  lua_pushlstring(L, rt->label, rt->labellen);
+  lua_pushfstring(L, "/%d", (int)rt->arity);
+  lua_concat(L, 3);
   return 1;
 }
 
-/* market.record(label, field...) */
+/* market.record(label, field...).  The label and the field names are C
+** strings underneath (term.h): a NUL byte in one is refused, not cut. */
 static int l_record(lua_State *L) {
   size_t ll;
   const char *label = luaL_checklstring(L, 1, &ll);
   int n = lua_gettop(L) - 1, i;
   const char **names;
   rtbox *b;
-  for (i = 0; i < n; i++) luaL_checkstring(L, i + 2);
+  if (memchr(label, '\0', ll) != NULL)
+    return luaL_argerror(L, 1, "a record label must not contain a NUL byte");
+  for (i = 0; i < n; i++) {
+    size_t len;
+    const char *name = luaL_checklstring(L, i + 2, &len);
+    if (memchr(name, '\0', len) != NULL)
+      return luaL_argerror(L, i + 2, "a field name must not contain a NUL byte");
+  }
   names = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n ? n : 1), 0);
   for (i = 0; i < n; i++) names[i] = lua_tostring(L, i + 2);
   b = lua_newuserdatauv(L, sizeof *b, 0);
@@ -346,15 +435,37 @@ static int l_unify(lua_State *L) {
   return 2;
 }
 
-/* market.repr(v): the readable text of a term. */
+/* market.repr(v [, max]): the readable text of a term; with max, at most
+** max bytes of it, then "..." (term.h, mk_repr_max). */
 static int l_repr(lua_State *L) {
-  mk_term *t = mkl_checkterm(L, 1, "repr");
-  size_t n;
-  char *s = mk_repr(t, &n);
+  size_t max = SIZE_MAX, n;
+  mk_term *t;
+  char *s;
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Integer m = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, m >= 0, 2, "the length must not be negative");
+    max = (size_t)m;
+  }
+  t = mkl_checkterm(L, 1, "repr");
+  s = mk_repr_max(t, max, &n);
   mk_unref(t);
   if (s == NULL) return luaL_error(L, "out of memory");
   lua_pushlstring(L, s, n);
   free(s);
+  return 1;
+}
+
+/* market.term_depth_limit([n]): the depth limit in force, after setting
+** it to n (process-wide: term.h, "Depth"). */
+static int l_term_depth_limit(lua_State *L) {
+  if (!lua_isnoneornil(L, 1)) {
+    lua_Integer n = luaL_checkinteger(L, 1);
+    if (n < 1 || n > MK_TERM_DEPTH_MAX)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "the limit must be from 1 to %d",
+                                                 MK_TERM_DEPTH_MAX));
+    mk_term_set_depth_limit((size_t)n);
+  }
+  lua_pushinteger(L, (lua_Integer)mk_term_depth_limit());
   return 1;
 }
 
@@ -368,7 +479,7 @@ void mkl_open_terms(lua_State *L) {
     {"__tostring", rt_tostring}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {
     {"record", l_record}, {"is_term", l_is_term}, {"unify", l_unify},
-    {"repr", l_repr}, {NULL, NULL}};
+    {"repr", l_repr}, {"term_depth_limit", l_term_depth_limit}, {NULL, NULL}};
   if (luaL_newmetatable(L, MKL_TERM_MT)) {
     lua_pushvalue(L, -1);
     luaL_setfuncs(L, term_mt, 1);

@@ -16,8 +16,8 @@
 
 /* lterm.c */
 /* Convert the Lua value at idx to a new term reference.  On failure returns
-** NULL and pushes nothing; *err (static text or a message pushed... see
-** mkl_checkterm) describes the problem. */
+** NULL and pushes nothing; *err describes the problem (static text, valid
+** until the next conversion: a term too deep names the depth limit). */
 mk_term *mkl_toterm(lua_State *L, int idx, const char **err);
 /* As mkl_toterm, but raises a Lua error naming `what` on failure. */
 mk_term *mkl_checkterm(lua_State *L, int idx, const char *what);

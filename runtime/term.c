@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,7 +105,7 @@ static uint32_t hbytes (uint32_t h, const char *s, size_t len) {
 ** =======================================================
 */
 
-#define SINGLETON(k,g,h)  { MK_IMMORTAL, (k), (g), (h), 0, { 0 } }
+#define SINGLETON(k,g,h)  { MK_IMMORTAL, (k), (g), 0, (h), 0, { 0 } }
 
 static mk_term nil_obj   = SINGLETON(MK_NIL,   1, 0x1b3e6c2du);
 static mk_term false_obj = SINGLETON(MK_FALSE, 1, 0x5f0a93e1u);
@@ -125,6 +126,11 @@ mk_term *mk_eof (void) { return &eof_obj; }
 ** Allocation and reference counting
 ** =======================================================
 */
+
+/* The depth fits where the compiler left padding: a term stays 24 bytes. */
+_Static_assert(offsetof(mk_term, hash) == 8 && offsetof(mk_term, v) == 16,
+               "struct mk_term: depth must fit the padding after ground");
+_Static_assert(MK_TERM_DEPTH_MAX < UINT16_MAX, "depth is a uint16_t");
 
 static size_t live_terms = 0;
 
@@ -149,6 +155,7 @@ static mk_term *newterm (mk_kind kind, uint32_t n) {
   t->refs = 1;
   t->kind = (uint8_t)kind;
   t->ground = 1;
+  t->depth = 0;
   t->hash = 0;
   t->n = n;
   t->v.i = 0;
@@ -348,6 +355,7 @@ mk_rtype *mk_rtype_get (const char *label, size_t labellen, uint32_t arity,
   uint32_t h;
   mk_rtype *rt;
   if (label == NULL) label = "";  /* (with labellen 0) */
+  if (memchr(label, '\0', labellen) != NULL) return NULL;
   h = rthash(label, labellen, arity);
   if (rtypes.size > 0) {
     for (rt = rtypes.bucket[h & (rtypes.size - 1)]; rt; rt = rt->chain) {
@@ -455,10 +463,29 @@ void mk_set (mk_term *c, uint32_t i, mk_term *item) {
   mk_items(c)[i] = item ? item : &nil_obj;
 }
 
-/* Items are sealed already, so hash and ground come from them in O(n). */
-mk_term *mk_seal (mk_term *c) {
+/*
+** The depth limit.  mk_seal enforces it on every compound built; merge
+** (mk_unify) seals with the hard maximum instead, since a unifier is never
+** deeper than its inputs, which were within the limit when they were made.
+*/
+static size_t depth_limit = MK_TERM_DEPTH_DEFAULT;
+
+size_t mk_term_depth_limit (void) {
+  return depth_limit;
+}
+
+int mk_term_set_depth_limit (size_t n) {
+  if (n == 0 || n > MK_TERM_DEPTH_MAX) return -1;
+  depth_limit = n;
+  return 0;
+}
+
+/* Items are sealed already, so hash, ground and depth come from them in
+** O(n).  Too deep: released, NULL. */
+static mk_term *seal (mk_term *c, size_t limit) {
   uint32_t h, i;
   int ground = 1;
+  unsigned depth = 0;
   if (c == NULL || !iscompound(c)) return c;
   h = HSEED ^ c->kind;
   if (c->kind == MK_REC) h = hmix(h, c->v.rt->hash);
@@ -466,10 +493,20 @@ mk_term *mk_seal (mk_term *c) {
     const mk_term *it = mk_items(c)[i];
     h = hmix(h, it->hash);
     ground &= it->ground;
+    if (it->depth > depth) depth = it->depth;
+  }
+  if (depth + 1 > limit) {
+    mk_unref(c);
+    return NULL;
   }
   c->hash = hfinal(h ^ c->n);
   c->ground = (uint8_t)ground;
+  c->depth = (uint16_t)(depth + 1);
   return c;
+}
+
+mk_term *mk_seal (mk_term *c) {
+  return seal(c, depth_limit);
 }
 
 mk_term *mk_rec (mk_rtype *rt, ...) {
@@ -491,9 +528,10 @@ mk_term *mk_rec (mk_rtype *rt, ...) {
 
 /*
 ** {======================================================
-** Equality and unification.  These recurse on all items but the last
-** and loop on the last one, so right-nested terms (cons lists) run in
-** constant stack.
+** Equality and unification.  mk_equal and mk_unifies recurse on all
+** items but the last and loop on the last one, so right-nested terms
+** (cons lists) run in constant stack; merge recurses on every item.  The
+** depth of a term bounds all three (term.h, "Depth").
 ** =======================================================
 */
 
@@ -571,7 +609,7 @@ static mk_term *merge (mk_term *a, mk_term *b) {
     mk_unref(c);
     return mk_ref(isa ? a : b);
   }
-  return mk_seal(c);
+  return seal(c, MK_TERM_DEPTH_MAX);
 }
 
 mk_term *mk_unify (mk_term *a, mk_term *b) {
@@ -583,15 +621,23 @@ mk_term *mk_unify (mk_term *a, mk_term *b) {
 
 /*
 ** {======================================================
-** mk_repr
+** mk_repr.  The text goes into a growing buffer that stops taking bytes
+** at `max`; once it is full, the walk stops too, so a term whose text
+** would be huge (a long sequence, or a DAG that shares subterms) costs
+** no more than `max` to show.  The walk recurses once per level of the
+** term (term.h, "Depth").
 ** =======================================================
 */
 
 typedef struct Buf {
   char *p;
   size_t n, cap;
+  size_t max;       /* take no more than this many bytes */
+  int cut;          /* something was left out: the text ends with "..." */
   int oom;
 } Buf;
+
+#define stopped(b)  ((b)->cut || (b)->oom)
 
 /* Make room for `extra` more bytes (plus the final NUL). */
 static int reserve (Buf *b, size_t extra) {
@@ -614,8 +660,19 @@ static int reserve (Buf *b, size_t extra) {
   return 1;
 }
 
+/* How many of `len` more bytes the text takes (fewer past max, which
+** cuts it), with room made for them. */
+static size_t room (Buf *b, size_t len) {
+  if (stopped(b)) return 0;
+  if (len > b->max - b->n) {
+    len = b->max - b->n;
+    b->cut = 1;
+  }
+  return reserve(b, len) ? len : 0;
+}
+
 static void addmem (Buf *b, const char *s, size_t len) {
-  if (!reserve(b, len)) return;
+  len = room(b, len);
   memcpy(b->p + b->n, s, len);
   b->n += len;
 }
@@ -625,16 +682,19 @@ static void addlit (Buf *b, const char *s) {
 }
 
 static void addchar (Buf *b, char c) {
-  if (!reserve(b, 1)) return;
-  b->p[b->n++] = c;
+  if (room(b, 1) == 1) b->p[b->n++] = c;
 }
 
-/* Room enough for any %lld or %.17g. */
+/* Room enough for any %lld or %.17g, and a ".0".  Numbers are printed in
+** place, past the text, then kept as far as max allows: no buffer on the
+** stack, which every level of addterm would carry. */
 #define NUMBUF  64
 
 static void addint (Buf *b, int64_t i) {
-  if (!reserve(b, NUMBUF)) return;
-  b->n += (size_t)snprintf(b->p + b->n, NUMBUF, "%lld", (long long)i);
+  int len;
+  if (stopped(b) || !reserve(b, NUMBUF)) return;
+  len = snprintf(b->p + b->n, NUMBUF, "%lld", (long long)i);
+  b->n += room(b, (size_t)len);
 }
 
 /* A float must read back as a float, so "1e+300" stays but "5" gets ".0". */
@@ -643,23 +703,34 @@ static void addfloat (Buf *b, double f) {
   size_t len;
   if (isnan(f)) { addlit(b, "nan"); return; }
   if (isinf(f)) { addlit(b, f > 0 ? "inf" : "-inf"); return; }
-  if (!reserve(b, NUMBUF + 2)) return;
+  if (stopped(b) || !reserve(b, NUMBUF)) return;
   s = b->p + b->n;
-  len = (size_t)snprintf(s, NUMBUF, "%.17g", f);
+  len = (size_t)snprintf(s, NUMBUF - 2, "%.17g", f);
   if (strspn(s, "-0123456789") == len) {
     s[len++] = '.';
     s[len++] = '0';
   }
-  b->n += len;
+  b->n += room(b, len);
+}
+
+static int plain (unsigned char c) {
+  return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
 }
 
 /* Printable ASCII stays; every other byte is escaped. */
 static void addquoted (Buf *b, const char *s, size_t len) {
   static const char hex[] = "0123456789abcdef";
-  size_t i;
+  size_t i = 0;
   addchar(b, '"');
-  for (i = 0; i < len; i++) {
+  while (i < len && !stopped(b)) {
     unsigned char c = (unsigned char)s[i];
+    size_t j = i;
+    while (j < len && plain((unsigned char)s[j])) j++;
+    if (j > i) {                  /* a run of plain bytes in one copy */
+      addmem(b, s + i, j - i);
+      i = j;
+      continue;
+    }
     switch (c) {
       case '"': addlit(b, "\\\""); break;
       case '\\': addlit(b, "\\\\"); break;
@@ -667,13 +738,11 @@ static void addquoted (Buf *b, const char *s, size_t len) {
       case '\t': addlit(b, "\\t"); break;
       case '\r': addlit(b, "\\r"); break;
       default:
-        if (c >= 0x20 && c < 0x7f) addchar(b, (char)c);
-        else {
-          char e[4];
-          e[0] = '\\'; e[1] = 'x'; e[2] = hex[c >> 4]; e[3] = hex[c & 15];
-          addmem(b, e, 4);
-        }
+        addlit(b, "\\x");
+        addchar(b, hex[c >> 4]);
+        addchar(b, hex[c & 15]);
     }
+    i++;
   }
   addchar(b, '"');
 }
@@ -695,7 +764,7 @@ static void addterm (Buf *b, const mk_term *t) {
         addchar(b, '(');
       }
       else addchar(b, '[');
-      for (i = 0; i < t->n && !b->oom; i++) {
+      for (i = 0; i < t->n && !stopped(b); i++) {
         if (i > 0) addlit(b, ", ");
         addterm(b, mk_items(t)[i]);
       }
@@ -704,9 +773,15 @@ static void addterm (Buf *b, const mk_term *t) {
   }
 }
 
-char *mk_repr (const mk_term *t, size_t *len) {
-  Buf b = { NULL, 0, 0, 0 };
+char *mk_repr_max (const mk_term *t, size_t max, size_t *len) {
+  Buf b = { NULL, 0, 0, 0, 0, 0 };
+  b.max = max;
   addterm(&b, t);
+  if (b.cut && !b.oom) {        /* past max: room for the mark */
+    b.max = SIZE_MAX;
+    b.cut = 0;
+    addlit(&b, "...");
+  }
   if (!reserve(&b, 0)) {
     free(b.p);
     return NULL;
@@ -714,6 +789,10 @@ char *mk_repr (const mk_term *t, size_t *len) {
   b.p[b.n] = '\0';
   if (len != NULL) *len = b.n;
   return b.p;
+}
+
+char *mk_repr (const mk_term *t, size_t *len) {
+  return mk_repr_max(t, SIZE_MAX, len);
 }
 
 /* }====================================================== */

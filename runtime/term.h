@@ -8,8 +8,21 @@
 ** Ownership.  Every function that returns an `mk_term *` returns a NEW
 ** reference the caller must release with mk_unref(), unless it says
 ** "borrowed".  Builders that take sub-terms STEAL the references passed in
-** (like Python's PyTuple_SET_ITEM), so `mk_seq_set(s, 0, mk_int(1))` leaks
+** (like Python's PyTuple_SET_ITEM), so `mk_set(s, 0, mk_int(1))` leaks
 ** nothing.  The singletons (nil, booleans, wildcard, EOF) ignore counting.
+**
+** Depth.  Every term records how deeply it nests: an atom has depth 0, a
+** record or sequence 1 + the depth of its deepest item (1 when empty).  No
+** term deeper than a process-wide limit can be built: mk_seal (and so
+** mk_rec, and market.h's mk_record) refuses it, and the Lua binding raises
+** an error in the process that tried.  Every algorithm over terms
+** (equality, unification, repr, conversion to and from Lua) either loops
+** or recurses once per level, so the C stack it needs is bounded by
+** MK_TERM_DEPTH_MAX, the highest limit one may set: at most 160 bytes a
+** level on x86-64 in the default build (1.6 MB at 10000 levels; twice that
+** under AddressSanitizer), as spec/c/test_term.c and test_host.c measure.
+** Freeing a term needs no stack at all.  Terms are DAGs: a term that shares
+** subterms can print far larger than it is in memory (see mk_repr_max).
 */
 #ifndef MK_TERM_H
 #define MK_TERM_H
@@ -36,7 +49,7 @@ struct mk_rtype {
   uint32_t arity;
   uint32_t hash;
   size_t labellen;
-  char *label;            /* owned, NUL-terminated */
+  char *label;            /* owned, NUL-terminated, no NUL inside */
   char **names;           /* owned array of `arity` owned strings, or NULL */
   mk_rtype *chain;        /* intern table bucket chain (term.c only) */
 };
@@ -45,6 +58,7 @@ struct mk_term {
   uint32_t refs;          /* MK_IMMORTAL for the static singletons */
   uint8_t kind;           /* mk_kind */
   uint8_t ground;         /* 1 when no wildcard occurs inside */
+  uint16_t depth;         /* see "Depth" above; computed when sealed */
   uint32_t hash;          /* computed when sealed */
   uint32_t n;             /* string length / record arity / sequence length */
   union {
@@ -56,6 +70,17 @@ struct mk_term {
 };
 
 #define MK_IMMORTAL UINT32_MAX
+
+/*
+** The depth limit (see "Depth" above).  mk_term_set_depth_limit sets it for
+** the whole program (terms are single-threaded) and returns 0, or -1 when n
+** is 0 or above MK_TERM_DEPTH_MAX (the limit is then unchanged).  Terms
+** built earlier stay valid when the limit is lowered.
+*/
+#define MK_TERM_DEPTH_DEFAULT  1000
+#define MK_TERM_DEPTH_MAX      10000
+size_t mk_term_depth_limit(void);
+int mk_term_set_depth_limit(size_t n);
 
 /* Payload access. */
 #define mk_strdata(t)   ((char *)((t) + 1))
@@ -79,7 +104,9 @@ mk_term *mk_eof(void);
 /*
 ** Record types.  mk_rtype_get interns (label, arity) and returns a new
 ** reference; names may be NULL or an array of `arity` C strings, which are
-** copied and replace any earlier names.  Returns NULL on allocation failure.
+** copied and replace any earlier names.  Returns NULL on allocation
+** failure, and when the label holds a NUL byte: labels, like field names,
+** are C strings, printed and compared as such by every layer above.
 */
 mk_rtype *mk_rtype_get(const char *label, size_t labellen, uint32_t arity,
                        const char *const *names);
@@ -90,16 +117,22 @@ int mk_rtype_field(const mk_rtype *rt, const char *name);
 
 /*
 ** Compound builders.  mk_rec_new/mk_seq_new return a term whose slots are
-** mk_nil(); fill them with mk_*_set (steals `item`), then mk_seal() it
-** before any other use (hashing, comparing, routing).  mk_rec_new takes a
-** new reference to rt (the caller keeps its own).
+** mk_nil(); fill them with mk_set (steals `item`, which must be sealed),
+** then mk_seal() it before any other use (hashing, comparing, routing).
+** mk_rec_new takes a new reference to rt (the caller keeps its own).
+** mk_seal takes the caller's reference and gives it back: it returns the
+** compound, or, when the compound nests deeper than the depth limit,
+** releases it and returns NULL (mk_seal(NULL) is NULL).  So always use
+** what it returns:  t = mk_seal(t); if (t == NULL) ...
 */
 mk_term *mk_rec_new(mk_rtype *rt);
 mk_term *mk_seq_new(uint32_t n);
 void mk_set(mk_term *compound, uint32_t i, mk_term *item);
-mk_term *mk_seal(mk_term *compound);   /* returns compound */
+mk_term *mk_seal(mk_term *compound);
 
-/* Convenience: a sealed record of rt with `n == rt->arity` stolen fields. */
+/* Convenience: a sealed record of rt with `n == rt->arity` stolen fields.
+** NULL when out of memory or deeper than the depth limit (the fields are
+** released all the same). */
 mk_term *mk_rec(mk_rtype *rt, ...);
 
 /* Structural equality and hashing (equal terms hash equal). */
@@ -108,7 +141,9 @@ uint32_t mk_hash(const mk_term *t);
 
 /* Symmetric unification: wildcards on either side, at any depth. */
 int mk_unifies(const mk_term *a, const mk_term *b);
-/* Most general unifier, or NULL when a and b do not unify. */
+/* Most general unifier, or NULL when a and b do not unify (or out of
+** memory).  The unifier is never deeper than the deeper of a and b, so it
+** is made even when the depth limit was lowered after they were built. */
 mk_term *mk_unify(mk_term *a, mk_term *b);
 
 /*
@@ -117,6 +152,15 @@ mk_term *mk_unify(mk_term *a, mk_term *b);
 ** in *len when len is not NULL.  NULL on allocation failure.
 */
 char *mk_repr(const mk_term *t, size_t *len);
+/*
+** The same, cut short: when the text is longer than `max` bytes, its first
+** `max` bytes followed by "...", found without writing the rest (a term
+** that shares subterms can print enormous).  For terms the runtime shows
+** but did not choose: trace lines, warnings, failure reports.
+*/
+char *mk_repr_max(const mk_term *t, size_t max, size_t *len);
+/* What the runtime's own traces and warnings show of a term, in bytes. */
+#define MK_REPR_SHOWN  200
 
 /* The term-layer memory counters, for leak checks in tests. */
 size_t mk_term_live(void);

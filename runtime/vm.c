@@ -81,8 +81,9 @@ void mkI_trace(mk_vm *vm, const char *fmt, ...) {
 
 #define TRACING(vm) ((vm)->trace != NULL)
 
+/* A trace shows terms it did not choose (messages, reasons): cut short. */
 static char *repr(const mk_term *t) {
-  char *s = t ? mk_repr(t, NULL) : NULL;
+  char *s = t ? mk_repr_max(t, MK_REPR_SHOWN, NULL) : NULL;
   return s ? s : xstrdup(t ? "?" : "nil");
 }
 
@@ -410,6 +411,15 @@ typedef struct presence_ctx {
   int absent;
 } presence_ctx;
 
+/* The topic a presence or absence carries: the intersection.  The index
+** found the two topics to unify, and mk_unify ignores the depth limit
+** (term.h), so NULL can only mean memory ran out. */
+static mk_term *refined(const mk_role *a, const mk_role *b) {
+  mk_term *t = mk_unify(a->topic, b->topic);
+  if (t == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  return t;
+}
+
 static int on_peer(mk_ilink *link, void *ud) {
   presence_ctx *c = ud;
   mk_endpoint *q = (mk_endpoint *)link, *e = c->e;
@@ -419,14 +429,12 @@ static int on_peer(mk_ilink *link, void *ud) {
     /* Only the peer hears of it: the departing endpoint is gone. */
     if (q_sees) {
       mk_role r = e->role;
-      enqueue_ep(c->vm, q, MK_EV_ABSENCE, mk_unify(e->role.topic, q->role.topic), &r, c->reason);
+      enqueue_ep(c->vm, q, MK_EV_ABSENCE, refined(&e->role, &q->role), &r, c->reason);
     }
     return 0;
   }
-  if (e_sees)
-    enqueue_ep(c->vm, e, MK_EV_PRESENCE, mk_unify(e->role.topic, q->role.topic), &q->role, NULL);
-  if (q_sees)
-    enqueue_ep(c->vm, q, MK_EV_PRESENCE, mk_unify(e->role.topic, q->role.topic), &e->role, NULL);
+  if (e_sees) enqueue_ep(c->vm, e, MK_EV_PRESENCE, refined(&e->role, &q->role), &q->role, NULL);
+  if (q_sees) enqueue_ep(c->vm, q, MK_EV_PRESENCE, refined(&e->role, &q->role), &e->role, NULL);
   return 0;
 }
 
@@ -604,20 +612,28 @@ static void route(mk_vm *vm, mk_term *body, int feedback) {
   mk_index_match(vm->ix[feedback ? MK_PUBLISHER : MK_SUBSCRIBER], body, on_receiver, &c);
 }
 
+/* A C process whose message could not be built fails, rather than
+** crash the VM: term builders return NULL past the depth limit. */
+static int nobody(mk_proc *p, mk_term *body, const char *what) {
+  if (body != NULL) return 0;
+  mk_failf(p, "%s: no message (a term deeper than the depth limit, or out of memory)", what);
+  return 1;
+}
+
 void mk_send(mk_proc *p, mk_term *body) {
-  if (p->dead) return;
+  if (p->dead || nobody(p, body, "send")) return;
   if (TRACING(p->vm)) trace_proc(p, "send", NULL, NULL, body);
   route(p->vm, body, 0);
 }
 
 void mk_feedback(mk_proc *p, mk_term *body) {
-  if (p->dead) return;
+  if (p->dead || nobody(p, body, "feedback")) return;
   if (TRACING(p->vm)) trace_proc(p, "feedback", NULL, NULL, body);
   route(p->vm, body, 1);
 }
 
 void mk_vm_send(mk_vm *vm, mk_term *body, int feedback) {
-  route(vm, body, feedback);
+  if (body != NULL) route(vm, body, feedback);
 }
 
 /* ---- spawn, quit, yield, meta ------------------------------------------- */

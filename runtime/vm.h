@@ -154,7 +154,7 @@ mk_action *mk_vm_take_outbox(mk_vm *vm);
 ** failure (destroy is then called on `data`'s behalf).
 */
 mk_pid mk_vm_spawn(mk_vm *vm, const mk_behavior *b, void *data, const char *name);
-/* Send a message into the VM from outside any process. */
+/* Send a message into the VM from outside any process (NULL: nothing). */
 void mk_vm_send(mk_vm *vm, mk_term *body, int feedback);   /* body borrowed */
 /* Kill a process from outside; reason borrowed (NULL normal).  -1 if no such pid. */
 int mk_vm_kill(mk_vm *vm, mk_pid pid, mk_term *reason);
@@ -193,8 +193,10 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role);
 int mk_tag_endpoint(mk_proc *p, const char *name, uint32_t tag);
 /* Delete an endpoint; reason borrowed.  -1 if there is no such endpoint. */
 int mk_delete_endpoint(mk_proc *p, const char *name, int meta, mk_term *reason);
-void mk_send(mk_proc *p, mk_term *body);        /* body borrowed */
-void mk_feedback(mk_proc *p, mk_term *body);    /* body borrowed */
+/* body borrowed.  NULL (a builder failed: a term deeper than the depth
+** limit, or out of memory) makes p fail with a reason saying so. */
+void mk_send(mk_proc *p, mk_term *body);
+void mk_feedback(mk_proc *p, mk_term *body);
 /* Queue `cont` behind everything now pending; delivered as MK_EV_RESUME. */
 void mk_yield(mk_proc *p, void *cont);
 /* Perform `a` (a list, owned from here on) in the parent VM, on behalf of p. */

@@ -29,7 +29,7 @@ describe("constructing actions", function()
                    err_of(function() local _x = market.publisher({ a = 1 }) end))
     assert.matches(THIS .. "market%.publisher: topic: a table with holes is not a term",
                    err_of(function() local _x = market.publisher({ 1, nil, 3 }) end))
-    assert.matches(THIS .. "market%.publisher: topic: a table nested too deeply %(a cycle%?%)",
+    assert.matches(THIS .. "market%.publisher: topic: a table nested more than 1000 levels deep %(a cycle%?%)",
                    err_of(function() local t = {}; t[1] = t; local _x = market.publisher(t) end))
     assert.matches(THIS .. "market%.send: body: a userdata is not a term",
                    err_of(function() local _x = market.send(io.stdout) end))
@@ -275,5 +275,91 @@ describe("harmless no-ops", function()
       H.step(market.send("x"))
     end, log)
     assert.same({ "x 0", "x 1" }, log.lines)
+  end)
+end)
+
+-- The metatables of boxes, record types and sends are within reach of the
+-- debug library, and their functions with them: given a userdata that is
+-- not theirs, they raise an error instead of reading or writing it (this
+-- once freed a FILE* as a term).  In a child process: the old crash.
+describe("metamethods called by hand", function()
+  it("refuse a foreign userdata with an error, and leave it whole", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      local r = market.record("r", "x")
+      local metas = {
+        box = debug.getmetatable(market._), record = debug.getmetatable(r),
+        send = debug.getmetatable(market.send(1)),
+      }
+      local names = {}
+      for what, mt in pairs(metas) do
+        for k, f in pairs(mt) do
+          if type(f) == "function" and k ~= "__tostring" or what ~= "send" and k == "__tostring" then
+            names[#names + 1] = what .. "." .. k
+          end
+        end
+      end
+      table.sort(names)
+      for _, name in ipairs(names) do
+        local what, k = name:match("(%a+)%.(.*)")
+        local ok, e = pcall(metas[what][k], io.stdout, 1, 2)
+        print(name, ok, (tostring(e):gsub("^.-%((.*)%)$", "%1")))
+      end
+      -- a light userdata with the box metatable set by hand is no box either
+      local lu = debug.upvalueid(function() return r end, 1)
+      debug.setmetatable(lu, metas.box)
+      local ok, e = pcall(function() return lu.x end)
+      print("light", ok, (tostring(e):gsub("^.-%((.*)%)$", "%1")), market.is_term(lu))
+      debug.setmetatable(lu, nil)
+      io.stdout:write("stdout still works\n")
+    ]])
+    assert.equal(0, status, err)
+    assert.equal(table.concat({
+      "box.__eq\ttrue\tfalse",
+      "box.__gc\tfalse\tmarket.term expected, got FILE*",
+      "box.__index\tfalse\tmarket.term expected, got FILE*",
+      "box.__len\tfalse\tmarket.term expected, got FILE*",
+      "box.__newindex\tfalse\tterms are immutable",
+      "box.__tostring\tfalse\tmarket.term expected, got FILE*",
+      "record.__call\tfalse\trecord constructor expected, got FILE*",
+      "record.__gc\tfalse\trecord constructor expected, got FILE*",
+      "record.__index\tfalse\trecord constructor expected, got FILE*",
+      "record.__tostring\tfalse\trecord constructor expected, got FILE*",
+      "send.__index\tfalse\tmarket.action expected, got FILE*",
+      "light\tfalse\tmarket.term expected, got market.term\tfalse",
+      "stdout still works", "" }, "\n"), out)
+  end)
+
+  it("a box whose __gc was called by hand is no term any more; _ and EOF stay whole", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      local r = market.record("r", "x")
+      local b = r(1)
+      local gc = debug.getmetatable(b).__gc
+      gc(b)
+      gc(b)                                -- twice: still nothing to free
+      print(market.is_term(b), select(2, pcall(function() return b.x end)))
+      gc(market._)
+      gc(market.EOF)
+      print(market.repr({ market._, market.EOF }))
+    ]])
+    assert.equal(0, status, err)
+    assert.matches("^false\t.*bad argument #1 to '.-' %(a term box whose __gc has run%)\n"
+                   .. "%[_, #eof%]\n$", out)
+  end)
+end)
+
+-- Labels and field names are C strings underneath (runtime/term.h): a NUL
+-- byte in one would cut it short ("a\0b" printed as a/1).
+describe("record labels and field names", function()
+  it("may not contain a NUL byte", function()
+    assert.matches("bad argument #1 to '[%w.]*record' %(a record label must not contain a NUL byte%)",
+                   select(2, pcall(market.record, "a\0b")))
+    assert.matches("bad argument #3 to '[%w.]*record' %(a field name must not contain a NUL byte%)",
+                   select(2, pcall(market.record, "a", "x", "y\0z")))
+    local r = market.record("r", "x")
+    assert.equal("record r/1", tostring(r))
+    assert.matches("record r has no field 'x\0y'$", err_of(function() return r(1)["x\0y"] end))
+    assert.equal(1, r(1).x)
   end)
 end)

@@ -99,7 +99,8 @@ static mk_term *rdterm (Rd *r) {
     t = mk_seq_new(n);
     for (i = 0; i < n; i++) mk_set(t, i, items[i]);
     free(items);
-    return mk_seal(t);
+    if ((t = mk_seal(t)) == NULL) rdfail(r, "deeper than the depth limit");
+    return t;
   }
   if (strncmp(r->s, "#eof", 4) == 0) { r->s += 4; return mk_eof(); }
   if ((*r->s >= '0' && *r->s <= '9') || *r->s == '-' || *r->s == '.') {
@@ -140,7 +141,8 @@ static mk_term *rdterm (Rd *r) {
     mk_rtype_unref(rt);
     for (i = 0; i < n; i++) mk_set(t, i, items[i]);
     free(items);
-    return mk_seal(t);
+    if ((t = mk_seal(t)) == NULL) rdfail(r, "deeper than the depth limit");
+    return t;
   }
 }
 

@@ -13,6 +13,7 @@
 
 #include "market.h"
 #include "check.h"
+#include "stackuse.h"
 
 /* ---- a log the processes write to ---------------------------------------- */
 
@@ -453,6 +454,49 @@ static void warnings(void) {
   mk_host_free(h);
 }
 
+/* ---- the Lua binding at the deepest terms (term.h, "Depth") --------------- */
+
+typedef struct chunk { lua_State *L; const char *src; int status; } chunk;
+
+static void run_chunk(void *ud) {
+  chunk *c = ud;
+  c->status = luaL_dostring(c->L, c->src);
+}
+
+/* market.unify converts a table to a term and the unifier back: at the
+** deepest term one may make, within the stack term.h promises. */
+static void deep_lua(void) {
+  static const char setup[] =
+    "local m = require 'market'\n"
+    "deep, shallow = 1, {1}\n"
+    "for i = 1, m.term_depth_limit() do deep = {deep} end\n";
+  mk_host *h = newhost();
+  lua_State *L = mk_host_lua(h);
+  chunk c;
+  size_t none, used, perlevel;
+  c.L = L;
+  c.status = -1;
+  CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_MAX) == 0);
+  CHECK(luaL_dostring(L, setup) == LUA_OK);
+  c.src = "local m = require 'market'; assert(select(2, m.unify(shallow, m._)))";
+  none = stack_used(run_chunk, &c);
+  CHECK(c.status == LUA_OK);
+  c.status = -1;
+  c.src = "local m = require 'market'; local u, ok = m.unify(deep, m._)\n"
+          "for i = 1, m.term_depth_limit() do u = u[1] end\n"
+          "assert(ok and u == 1)";
+  used = stack_used(run_chunk, &c);
+  CHECK(c.status == LUA_OK && none != SIZE_MAX && used != SIZE_MAX);
+  if (c.status != LUA_OK) fprintf(stderr, "  %s\n", lua_tostring(L, -1));
+  perlevel = used > none ? (used - none) / MK_TERM_DEPTH_MAX : 0;
+  if (perlevel > PERLEVEL || getenv("MK_SHOW_STACK"))
+    fprintf(stderr, "  Lua conversions: %zu bytes of stack a level (bound %d)\n",
+            perlevel, PERLEVEL);
+  CHECK(perlevel <= PERLEVEL);
+  CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_DEFAULT) == 0);
+  mk_host_free(h);
+}
+
 int main(void) {
   RUN(new_and_free);
   RUN(spawn_errors);
@@ -467,5 +511,6 @@ int main(void) {
   RUN(own_loop_step);
   RUN(trace);
   RUN(warnings);
+  RUN(deep_lua);
   return CHECK_DONE();
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "naive_index.h"
 #include "route.h"
 
 #include "termlit.h"
@@ -26,29 +27,6 @@ static mk_term *P_copy (const mk_term *t) {
 ** Items and match collection
 ** =======================================================
 */
-
-typedef struct Item {
-  mk_ilink link;
-  mk_term *topic;
-  int id;
-  int seen;      /* times reported by the last match */
-  int order;     /* position in the last match's report */
-} Item;
-
-#define ITEM(l)  ((Item *)(void *)((char *)(l) - offsetof(Item, link)))
-
-typedef struct Coll {
-  int calls;
-  int stopat;    /* return nonzero on this call (1-based); 0: never */
-} Coll;
-
-static int collect (mk_ilink *l, void *ctx) {
-  Coll *c = (Coll *)ctx;
-  Item *it = ITEM(l);
-  it->seen++;
-  it->order = c->calls++;
-  return c->stopat != 0 && c->calls == c->stopat;
-}
 
 static Item *mkitems (int n, const char *const *topics) {
   Item *items = calloc((size_t)n, sizeof(Item));
@@ -453,7 +431,7 @@ static void reentrant (void) {
 
 /* A deep topic and query: the walk keeps no recursion. */
 static void deep_topic (void) {
-  enum { N = 100000 };
+  enum { N = MK_TERM_DEPTH_MAX };     /* the deepest topic one may make */
   size_t base = mk_term_live();
   mk_index *ix = mk_index_new();
   mk_rtype *cons = mk_rtype_get("cons", 4, 2, NULL);
@@ -462,6 +440,7 @@ static void deep_topic (void) {
   Coll c = { 0, 0 };
   int i;
   memset(it, 0, sizeof it);
+  CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_MAX) == 0);
   for (i = 0; i < N; i++) {
     a = mk_rec(cons, mk_int(i % 5), a);
     b = mk_rec(cons, i % 2 ? mk_wild() : mk_int(i % 5), b);
@@ -479,6 +458,7 @@ static void deep_topic (void) {
   CHECK(mk_index_nodes(ix) == 1 + 2 * (size_t)N + 1);
   mk_index_free(ix);   /* frees a deep trie with it[1] still in it */
   CHECK(it[1].link.leaf == NULL);
+  CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_DEFAULT) == 0);
   mk_rtype_unref(cons);
   CHECK(mk_term_live() == base);
 }
@@ -521,38 +501,6 @@ static mk_term *gen (int depth, uint32_t wildpct) {
     for (i = 0; i < t->n; i++) mk_set(t, i, gen(depth - 1, wildpct));
     return mk_seal(t);
   }
-}
-
-typedef struct Cross {
-  mk_index *ix;
-  Item *items;
-  int n;
-  int ok;
-  long reported, checked;
-} Cross;
-
-/* Compare one query's report with a linear scan. */
-static void crosscheck (Cross *x, mk_term *q) {
-  Coll c = { 0, 0 };
-  size_t got;
-  int i, want = 0;
-  for (i = 0; i < x->n; i++) x->items[i].seen = 0;
-  got = mk_index_match(x->ix, q, collect, &c);
-  for (i = 0; i < x->n; i++) {
-    Item *it = &x->items[i];
-    int u = it->link.leaf != NULL && mk_unifies(it->topic, q);
-    want += u;
-    if (it->seen != u) {
-      char *a = mk_repr(it->topic, NULL), *b = mk_repr(q, NULL);
-      if (x->ok) fprintf(stderr, "  topic %s query %s: seen %d times, unifies %d\n",
-                         a, b, it->seen, u);
-      free(a); free(b);
-      x->ok = 0;
-    }
-  }
-  if (got != (size_t)want || c.calls != want) x->ok = 0;
-  x->reported += want;
-  x->checked++;
 }
 
 static void randomized (void) {

@@ -4,9 +4,11 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
+#include "stackuse.h"
 #include "term.h"
 
 #include "termlit.h"
@@ -191,13 +193,13 @@ static void rtypes (void) {
   mk_rtype *c = mk_rtype_get("chat-line", 9, 3, NULL);
   mk_rtype *d = mk_rtype_get("chat-lint", 9, 2, NULL);
   mk_rtype *e = mk_rtype_get("chat-line!", 9, 2, NULL);   /* length counts */
+  /* labels are C strings: one holding a NUL is refused, not cut short */
   mk_rtype *z1 = mk_rtype_get("a\0b", 3, 0, NULL);
-  mk_rtype *z2 = mk_rtype_get("a\0c", 3, 0, NULL);
-  CHECK(a && b && c && d && e && z1 && z2);
+  mk_rtype *z2 = mk_rtype_get("\0", 1, 1, NULL);
+  CHECK(a && b && c && d && e && z1 == NULL && z2 == NULL);
   CHECK(a == b && a == e && a->refs == 3);
-  CHECK(a != c && a != d && z1 != z2);
+  CHECK(a != c && a != d);
   CHECK(a->arity == 2 && a->labellen == 9 && strcmp(a->label, "chat-line") == 0);
-  CHECK(z1->labellen == 3 && memcmp(z1->label, "a\0b", 4) == 0);
   CHECK(a->names != NULL);
   CHECK(mk_rtype_field(a, "from") == 0);
   CHECK(mk_rtype_field(a, "text") == 1);
@@ -269,7 +271,7 @@ static void records (void) {
   mk_set(b, 0, mk_int(1));
   mk_set(b, 1, mk_int(99));
   mk_set(b, 1, mk_int(2));   /* replaces (and releases) the 99 */
-  mk_seal(b);
+  b = mk_seal(b);
   CHECK(mk_equal(a, b) && mk_hash(a) == mk_hash(b));
   CHECK(mk_term_live() == base + 10);
   CHECK(u1 != u2 && mk_equal(u1, u2) && u1->n == 0 && u1->ground);
@@ -288,7 +290,7 @@ static void sequences (void) {
   mk_set(s, 0, mk_int(1));
   mk_set(s, 1, mk_cstr("two"));
   mk_set(s, 2, mk_seal(mk_seq_new(0)));
-  mk_seal(s);
+  s = mk_seal(s);
   CHECK(mk_kindof(s) == MK_SEQ && s->n == 3 && s->ground);
   t = P("[1, \"two\", []]");
   CHECK(mk_equal(s, t) && mk_hash(s) == mk_hash(t));
@@ -315,12 +317,12 @@ static void refcounts (void) {
   mk_term *s = mk_seq_new(2), *b;
   mk_set(s, 0, mk_ref(leaf));
   mk_set(s, 1, mk_ref(leaf));
-  mk_seal(s);
+  s = mk_seal(s);
   CHECK(leaf->refs == 3);
   b = mk_seq_new(2);
   mk_set(b, 0, mk_ref(s));
   mk_set(b, 1, mk_ref(a));
-  mk_seal(b);
+  b = mk_seal(b);
   CHECK(s->refs == 2 && a->refs == 2);
   mk_unref(s);
   mk_unref(a);
@@ -337,23 +339,158 @@ static void refcounts (void) {
   CHECK(mk_term_live() == base);
 }
 
-/* Deep right-nested terms: freeing, equality and unification run in
-** constant stack. */
-static void deep (void) {
-  enum { N = 200000 };
+/*
+** {======================================================
+** Depth: the field, the limit, and the C stack of every algorithm at the
+** deepest term one may build (term.h, "Depth")
+** =======================================================
+*/
+
+static int depth_is (const char *lit, unsigned want) {
+  mk_term *t = P(lit);
+  int ok = t->depth == want;
+  if (!ok) fprintf(stderr, "  depth(%s) = %u, want %u\n", lit, t->depth, want);
+  mk_unref(t);
+  return ok;
+}
+
+static void depth_field (void) {
+  size_t base = mk_term_live();
+  mk_term *a, *b, *m;
+  CHECK(sizeof(mk_term) == 8 + 8 + sizeof(int64_t));   /* no bigger for it */
+  CHECK(depth_is("nil", 0) && depth_is("1", 0) && depth_is("2.5", 0));
+  CHECK(depth_is("\"s\"", 0) && depth_is("_", 0) && depth_is("#eof", 0));
+  CHECK(depth_is("[]", 1) && depth_is("f()", 1) && depth_is("[1, _]", 1));
+  CHECK(depth_is("[[1], 2]", 2) && depth_is("[2, [1]]", 2));
+  CHECK(depth_is("f(g(h()), 1, [])", 3) && depth_is("f(1, [[[_]]], g(2))", 4));
+  /* a unifier made anew has its depth too */
+  a = P("f(_, [1])");
+  b = P("f([[2]], _)");
+  m = mk_unify(a, b);
+  CHECK(m != NULL && m != a && m != b && m->depth == 3);
+  mk_unref(a); mk_unref(b); mk_unref(m);
+  CHECK(mk_term_live() == base);
+}
+
+/* A chain cons(1, cons(1, ... nil)) of depth n (built under the limit). */
+static mk_term *chain (mk_rtype *cons, size_t n, int left) {
+  mk_term *t = mk_nil();
+  size_t i;
+  for (i = 0; i < n && t != NULL; i++)
+    t = left ? mk_rec(cons, t, mk_int(1)) : mk_rec(cons, mk_int(1), t);
+  return t;
+}
+
+static void depth_limit (void) {
   size_t base = mk_term_live();
   mk_rtype *cons = mk_rtype_get("cons", 4, 2, NULL);
-  mk_term *a = mk_nil(), *b = mk_nil(), *c = mk_wild();
-  int i;
-  for (i = 0; i < N; i++) {
-    a = mk_rec(cons, mk_int(i), a);
-    b = mk_rec(cons, mk_int(i), b);
-    c = mk_rec(cons, i == N - 1 ? mk_wild() : mk_int(i), c);
+  mk_term *a, *b, *s, *m, *w;
+  CHECK(mk_term_depth_limit() == MK_TERM_DEPTH_DEFAULT);
+  CHECK(mk_term_set_depth_limit(0) == -1 && mk_term_depth_limit() == MK_TERM_DEPTH_DEFAULT);
+  CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_MAX + 1) == -1);
+  CHECK(mk_term_depth_limit() == MK_TERM_DEPTH_DEFAULT);
+  CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_MAX) == 0);
+  CHECK(mk_term_depth_limit() == MK_TERM_DEPTH_MAX);
+  CHECK(mk_term_set_depth_limit(1) == 0 && mk_term_depth_limit() == 1);
+  CHECK(mk_term_set_depth_limit(5) == 0);
+  /* up to the limit, and not one level more: mk_rec and mk_seal give
+  ** NULL, and release what they were given */
+  a = chain(cons, 5, 0);
+  CHECK(a != NULL && a->depth == 5);
+  CHECK(mk_rec(cons, mk_int(1), mk_ref(a)) == NULL && a->refs == 1);
+  s = mk_seq_new(2);
+  mk_set(s, 0, mk_cstr("item"));
+  mk_set(s, 1, mk_ref(a));
+  CHECK(mk_seal(s) == NULL && a->refs == 1);
+  CHECK(mk_term_live() == base + 5 * 2);
+  CHECK(chain(cons, 6, 1) == NULL && mk_term_live() == base + 5 * 2);
+  CHECK(mk_seal(NULL) == NULL);
+  /* lowering the limit leaves older terms whole, and their unifier is
+  ** made even when it is deeper than the new limit */
+  s = mk_seq_new(1);
+  mk_set(s, 0, mk_wild());
+  w = mk_rec(cons, mk_ref(mk_items(a)[1]), mk_seal(s));     /* depth 5 */
+  b = P("cons(_, [7])");
+  CHECK(w != NULL && w->depth == 5 && !w->ground);
+  CHECK(mk_term_set_depth_limit(2) == 0);
+  CHECK(mk_equal(a, a) && mk_unifies(w, b) && !mk_unifies(w, a));
+  m = mk_unify(w, b);
+  CHECK(m != NULL && m != w && m != b && m->depth == 5 && m->ground);
+  CHECK(mk_items(m)[0] == mk_items(a)[1] && mk_items(m)[1] == mk_items(b)[1]);
+  mk_unref(m); mk_unref(b); mk_unref(w); mk_unref(a);
+  CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_DEFAULT) == 0);
+  mk_rtype_unref(cons);
+  CHECK(mk_term_live() == base);
+}
+/* Terms as deep as MK_TERM_DEPTH_MAX, nested on the left, where
+** mk_equal and mk_unifies recurse (they loop on the last item). */
+typedef struct Deep {
+  mk_term *a, *b;     /* equal, built apart */
+  mk_term *w;         /* a, with a wildcard at the bottom */
+  mk_term *x, *y;     /* wildcards at every level, so merge builds anew */
+  mk_term *m;         /* the unifier of x and y */
+  char *s;            /* repr */
+  size_t len;
+  int r;
+} Deep;
+
+static void j_none (void *d) { (void)d; }
+static void j_equal (void *d) { Deep *p = d; p->r = mk_equal(p->a, p->b); }
+static void j_unifies (void *d) { Deep *p = d; p->r = mk_unifies(p->w, p->b); }
+static void j_unify (void *d) { Deep *p = d; p->m = mk_unify(p->x, p->y); }
+static void j_repr (void *d) { Deep *p = d; p->s = mk_repr(p->a, &p->len); }
+static void j_repr_max (void *d) { Deep *p = d; p->s = mk_repr_max(p->a, 100, &p->len); }
+static void j_free (void *d) { Deep *p = d; mk_unref(p->a); p->a = NULL; }
+
+static mk_term *leftdeep (mk_rtype *cons, mk_term *bottom, mk_term *right) {
+  mk_term *t = bottom;
+  size_t i;
+  for (i = 0; i < MK_TERM_DEPTH_MAX; i++) t = mk_rec(cons, t, mk_ref(right));
+  mk_unref(right);
+  return t;
+}
+
+static void deep_max (void) {
+  static const struct { const char *name; void (*fn)(void *); } jobs[] = {
+    { "mk_equal", j_equal }, { "mk_unifies", j_unifies }, { "mk_unify", j_unify },
+    { "mk_repr", j_repr }, { "mk_repr_max", j_repr_max }, { "mk_unref", j_free } };
+  size_t base = mk_term_live(), none, i;
+  mk_rtype *cons = mk_rtype_get("cons", 4, 2, NULL);
+  Deep d;
+  memset(&d, 0, sizeof d);
+  CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_MAX) == 0);
+  d.a = leftdeep(cons, mk_int(0), mk_int(1));
+  d.b = leftdeep(cons, mk_int(0), mk_int(1));
+  d.w = leftdeep(cons, mk_wild(), mk_int(1));
+  d.x = leftdeep(cons, mk_wild(), mk_wild());
+  d.y = leftdeep(cons, mk_int(0), mk_wild());
+  CHECK(d.a && d.b && d.w && d.x && d.y && d.a->depth == MK_TERM_DEPTH_MAX);
+  CHECK(d.a != NULL && mk_rec(cons, mk_ref(d.a), mk_nil()) == NULL);
+  none = stack_used(j_none, &d);
+  for (i = 0; i < sizeof jobs / sizeof jobs[0] && d.a != NULL; i++) {
+    size_t used = stack_used(jobs[i].fn, &d);
+    size_t perlevel = used > none ? (used - none) / MK_TERM_DEPTH_MAX : 0;
+    if (used == SIZE_MAX || perlevel > PERLEVEL)
+      fprintf(stderr, "  %s: %zu bytes of stack a level (bound %d)\n", jobs[i].name,
+              perlevel, PERLEVEL);
+    CHECK(used != SIZE_MAX && perlevel <= PERLEVEL);
+    if (getenv("MK_SHOW_STACK"))
+      fprintf(stderr, "  %s: %zu bytes of stack a level\n", jobs[i].name, perlevel);
+    if (jobs[i].fn == j_equal) CHECK(d.r == 1);
+    if (jobs[i].fn == j_unifies) CHECK(d.r == 1);
+    if (jobs[i].fn == j_unify)
+      CHECK(d.m != NULL && d.m->depth == MK_TERM_DEPTH_MAX && !d.m->ground);
+    if (jobs[i].fn == j_repr)
+      CHECK(d.s != NULL && d.len == MK_TERM_DEPTH_MAX * strlen("cons(, 1)") + 1);
+    if (jobs[i].fn == j_repr_max)
+      CHECK(d.s != NULL && d.len == 103 && strcmp(d.s + 100, "...") == 0 &&
+            strncmp(d.s, "cons(cons(", 10) == 0);
+    free(d.s);
+    d.s = NULL;
   }
-  CHECK(mk_term_live() == base + 6 * (size_t)N - 1);  /* c's last item is _ */
-  CHECK(mk_equal(a, b) && mk_hash(a) == mk_hash(b));
-  CHECK(mk_unifies(a, c) && mk_unifies(c, b) && !c->ground);
-  mk_unref(a); mk_unref(b); mk_unref(c);
+  CHECK(d.a == NULL);
+  mk_unref(d.b); mk_unref(d.w); mk_unref(d.x); mk_unref(d.y); mk_unref(d.m);
+  CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_DEFAULT) == 0);
   mk_rtype_unref(cons);
   CHECK(mk_term_live() == base);
 }
@@ -514,7 +651,7 @@ static void repr_long (void) {
   char *r;
   int ok = 1;
   for (i = 0; i < 5000; i++) mk_set(s, (uint32_t)i, mk_int(7));
-  mk_seal(s);
+  s = mk_seal(s);
   r = mk_repr(s, &len);
   CHECK(r != NULL && len == 2 + 5000 + 2 * 4999 && strlen(r) == len);
   for (i = 1; r && i + 1 < len; i += 3) ok &= r[i] == '7';
@@ -658,7 +795,9 @@ int main (void) {
   RUN(records);
   RUN(sequences);
   RUN(refcounts);
-  RUN(deep);
+  RUN(depth_field);
+  RUN(depth_limit);
+  RUN(deep_max);
   RUN(equal_hash);
   RUN(unify);
   RUN(mgu);

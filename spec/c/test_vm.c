@@ -1098,6 +1098,50 @@ static void test_meta_above_ground_fails(void) {
   END;
 }
 
+/* A message a C process could not build (its builder gave NULL: deeper
+** than the depth limit here) fails that process, with a reason its peers
+** see; the VM and the others carry on. */
+static void unbuilt_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (!is_ctl(ev)) return;
+  CHECK(mk_term_set_depth_limit(1) == 0);
+  t = R(I(1), R(I(2), I(3)));       /* two levels: NULL */
+  CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_DEFAULT) == 0);
+  CHECK(t == NULL);
+  if (r->mode == 0) mk_send(p, t); else mk_feedback(p, t);
+}
+
+static void test_send_unbuilt(void) {
+  BEGIN;
+  int mode;
+  for (mode = 0; mode < 2; mode++) {
+    mk_vm *vm = mk_vm_new();
+    rec a, b;
+    rec_init(&a, "A");
+    rec_init(&b, "B");
+    rec_ctl(&a);
+    rec_ep(&a, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(1), I(1)), 0);
+    a.fn = unbuilt_script;
+    a.mode = mode;
+    rec_ep(&b, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(W(), W()), 0);
+    spawn(vm, &a);
+    spawn(vm, &b);
+    mk_vm_run(vm);
+    mk_vm_send(vm, NULL, 0);          /* from outside: nothing at all */
+    poke(vm, "A");
+    mk_vm_run(vm);
+    CHECK(a.destroyed == 1 && mk_vm_nprocs(vm) == 1);
+    CHECK(log_count(&b.log, mode == 0
+      ? "absence ep publisher/participant rec(1, 1) \"send: no message (a term deeper "
+        "than the depth limit, or out of memory)\""
+      : "absence ep publisher/participant rec(1, 1) \"feedback: no message (a term deeper "
+        "than the depth limit, or out of memory)\"") == 1);
+    mk_vm_free(vm, NULL);
+    rec_done(&a); rec_done(&b);
+  }
+  END;
+}
+
 /* ---- nested VMs ---------------------------------------------------------- */
 
 /* Child of a nested VM: on ctl at meta level, mode 0 sends up one level,
@@ -1734,6 +1778,7 @@ int main(void) {
   RUN(test_yield);
   RUN(test_event_order);
   RUN(test_meta_above_ground_fails);
+  RUN(test_send_unbuilt);
   RUN(test_nested_meta_message);
   RUN(test_nested_two_levels);
   RUN(test_nested_meta_delete);

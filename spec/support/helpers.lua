@@ -150,4 +150,16 @@ end
 
 function H.quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
+-- run_script(text [, options]): run a Lua script in the interpreter, with
+-- options (default "--no-drivers"), for at most a minute; returns status,
+-- stdout, stderr.  For cases that once crashed the whole program: a crash
+-- is then a status to assert on, not a dead busted.
+function H.run_script(text, options)
+  local path = H.tempfile(text)
+  local status, out, err = H.sh(("timeout 60 %s %s %s </dev/null"):format(
+    H.quote(H.market_bin()), options or "--no-drivers", H.quote(path)))
+  os.remove(path)
+  return status, out, err
+end
+
 return H
