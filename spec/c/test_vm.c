@@ -1711,6 +1711,43 @@ static void test_ground_free_live(void) {
   END;
 }
 
+/* ---- a resident process -------------------------------------------------- */
+
+/* The resident process: pid 0, outside the pid table, immune to kill_all
+** and to implicit exit; mk_vm_free ends it last. */
+static void test_vm_resident(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec res, a;
+  mk_proc *p;
+  rec_init(&res, "RES");
+  rec_init(&a, "A");
+  p = mk_vm_resident(vm, &recb, &res, "resident");
+  CHECK(p != NULL && mk_proc_pid(p) == 0);
+  CHECK(mk_vm_resident(vm, &recb, &res, "again") == NULL);
+  CHECK(mk_vm_nprocs(vm) == 0 && mk_vm_proc(vm, 0) == NULL && mk_vm_kill(vm, 0, NULL) == -1);
+  mk_yield(p, "c");                /* its only event: no endpoints, nothing left */
+  rec_ep(&a, "sub", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 0);
+  CHECK(spawn(vm, &a) == 1);       /* the program's pids are as they were */
+  mk_vm_run(vm);
+  CHECK(log_count(&res.log, "resume c") == 1);
+  CHECK(mk_proc_alive(p) && res.destroyed == 0);     /* no implicit exit */
+  {
+    mk_term *t = R(I(1), I(2));
+    mk_add_endpoint(p, "pub", 0, role(MK_PUBLISHER, MK_PARTICIPANT, t));
+    mk_unref(t);
+  }
+  mk_vm_run(vm);
+  CHECK(log_count(&a.log, "presence sub publisher/participant rec(1, 2)") == 1);
+  mk_vm_kill_all(vm, NULL);
+  CHECK(a.destroyed == 1 && mk_vm_nprocs(vm) == 0);
+  CHECK(mk_proc_alive(p) && mk_proc_nendpoints(p) == 1 && res.destroyed == 0);
+  mk_vm_free(vm, NULL);
+  CHECK(res.destroyed == 1);
+  rec_done(&res); rec_done(&a);
+  END;
+}
+
 int main(void) {
   int rc;
   alarm(60);   /* a hang is a failure, not a stuck CI job */
@@ -1745,6 +1782,7 @@ int main(void) {
   RUN(test_ground_nested_alarm);
   RUN(test_ground_readable);
   RUN(test_ground_free_live);
+  RUN(test_vm_resident);
   mk_rtype_unref(RT2);
   mk_rtype_unref(CTL);
   log_free(&glog);
