@@ -113,7 +113,9 @@ typedef struct mk_host mk_host;
 **   and market creates a loop of its own (ev_loop_new), which
 **   mk_host_free() destroys.  Either way mk_host_loop() returns it.
 **   Ground signal events (market:signal) work on any loop, but a signal
-**   can be watched in only one loop of the program at a time (libev).
+**   can be watched in only one loop of the program at a time (libev): a
+**   subscription on another loop sees the ground's absence with the reason
+**   "market:signal(N): watched by another event loop".
 ** err: may be NULL; on failure it receives the status and a message.
 **
 ** Returns the host, owned by the caller (mk_host_free), or NULL:
