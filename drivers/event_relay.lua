@@ -2,7 +2,7 @@
 --
 -- event_relay(self_id) is a spawn action.  The relay process observes, in
 -- its own VM, subscriptions to the ground events (market.ground.readable,
--- writable, alarm, signal); for each distinct concrete one it makes the
+-- writable, alarm, signal, stopping); for each distinct one it makes the
 -- same subscription one level up (at_meta_level), and carries down what
 -- happens there:
 --   - every message that arrives is sent into its VM;
@@ -20,11 +20,12 @@ local ground = market.ground
 local _, repr = market._, market.repr
 local transition_no_state, send = market.transition_no_state, market.send
 
--- A subscription with a wildcard (or any non-number) field watches
--- nothing in the ground VM, so it is not relayed.
-local KINDS = { "readable", "writable", "alarm", "signal" }
+-- A subscription to readable, writable, alarm or signal with a wildcard
+-- (or any non-number) field watches nothing in the ground VM, so it is not
+-- relayed.  Stopping is relayed as it is: one waits for stopping(_).
+local KINDS = { "readable", "writable", "alarm", "signal", "stopping" }
 local function relayed(kind, topic)
-  return type(topic[1]) == "number"
+  return kind == "stopping" or type(topic[1]) == "number"
 end
 
 local function boot(self_id)

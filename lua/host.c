@@ -7,6 +7,7 @@
 ** Nothing here prints or exits.
 */
 #include <ev.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -591,6 +592,27 @@ int mk_host_kill(mk_host *h, mk_pid pid, mk_term *reason) {
   if (mk_vm_kill(mk_ground_vm(h->g), pid, reason) != 0)
     return seterr(h, MK_ENOPROC, "no process %llu in the ground VM", (unsigned long long)pid);
   return MK_OK;
+}
+
+/* ---- stopping ----------------------------------------------------------- */
+
+int mk_host_stop_on_signals(mk_host *h, double drain_ms) {
+  if (h == NULL) return MK_EINVAL;
+  if (mk_ground_stop_on_signals(h->g, drain_ms) != 0)
+    return seterr(h, MK_EINVAL, isfinite(drain_ms) || drain_ms < 0
+                  ? "mk_host_stop_on_signals: SIGINT or SIGTERM is watched on another event loop"
+                  : "mk_host_stop_on_signals: the drain time is not a finite number of milliseconds");
+  return MK_OK;
+}
+
+int mk_host_stop(mk_host *h, double drain_ms) {
+  if (h == NULL) return MK_EINVAL;
+  mk_ground_stop(h->g, drain_ms);
+  return MK_OK;
+}
+
+int mk_host_exit_status(const mk_host *h) {
+  return h ? mk_ground_exit_status(h->g) : 0;
 }
 
 /* ---- running ------------------------------------------------------------ */

@@ -481,31 +481,54 @@ static void trace_line(void *ud, const char *line) {
   fprintf(stderr, "market: %s\n", line);
 }
 
-/* core.ground_vm(boot, trace) -> true | nil, traceback
+/* core.ground_vm(boot, trace, drain) -> true | nil, traceback | nil, why, status
 ** A host (market.h) on this Lua state and a loop of its own, run to the
-** end and freed: the same code path as the interpreter's. */
+** end and freed: the same code path as the interpreter's.  drain (ms, or
+** nil): SIGINT and SIGTERM stop it (mk_host_stop_on_signals). */
 static int c_ground_vm(lua_State *L) {
   mkl_state *S = STATE(L);
   mk_host *h;
   mk_error err;
-  int rc;
+  int rc, status, nret = 1;
+  double drain = luaL_optnumber(L, 3, -1);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   if (S->current != NULL || S->g != NULL)
     return luaL_error(L, "market.ground_vm: a ground VM is already running in this Lua state");
   h = mkl_host_new(L, NULL, &err);
   if (h == NULL) return luaL_error(L, "market.ground_vm: %s", err.message);
   if (lua_toboolean(L, 2)) mk_host_trace(h, trace_line, NULL);
+  if (drain >= 0 && mk_host_stop_on_signals(h, drain) != MK_OK) {
+    lua_pushstring(L, mk_host_error(h));
+    mk_host_free(h);
+    return luaL_error(L, "market.ground_vm: %s", lua_tostring(L, -1));
+  }
   lua_settop(L, 1);
   mkl_spawn_boot(L, mk_host_vm(h), "boot");
   rc = mk_host_run(h);
-  if (rc == MK_EFAILED) {
+  status = mk_host_exit_status(h);
+  if (status != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, "stopped by a second signal");
+    lua_pushinteger(L, status);
+    nret = 3;
+  } else if (rc == MK_EFAILED) {
     lua_pushnil(L);
     lua_pushstring(L, mk_host_error(h));
+    nret = 2;
   } else {
     lua_pushboolean(L, 1);
   }
   mk_host_free(h);
-  return rc == MK_EFAILED ? 2 : 1;
+  return nret;
+}
+
+/* core.stop(drain_ms|nil): begin a stop of the ground (mk_ground_stop). */
+static int c_stop(lua_State *L) {
+  mkl_state *S = STATE(L);
+  double drain = luaL_optnumber(L, 1, -1);
+  if (S->g == NULL) return luaL_error(L, "market.stop: no ground VM is running");
+  mk_ground_stop(S->g, drain);
+  return 0;
 }
 
 /* core.now() -> wall-clock ms as the loop sees it */
@@ -594,7 +617,7 @@ void mkl_open_core(lua_State *L) {
     {"send", c_send}, {"feedback", c_feedback}, {"yield", c_yield},
     {"wait", c_wait}, {"current", c_current}, {"self", c_self},
     {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
-    {"now", c_now}, {"memory", c_memory}, {NULL, NULL}};
+    {"now", c_now}, {"memory", c_memory}, {"stop", c_stop}, {NULL, NULL}};
   mkl_state *S = getstate(L);
   if (S == NULL) {
     S = lua_newuserdatauv(L, sizeof *S, 0);

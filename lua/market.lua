@@ -433,13 +433,26 @@ local function activate(ctx, kind, a, b, c, d, e, f)
 end
 core.init(main, activate)
 
--- ground_vm(boot [, {drivers=, trace=}]): run a ground VM until it has
--- nothing left to do.  Returns true, or nil and the boot failure's traceback.
+-- A drain time in ms: a finite number, 0 or more (nil: none given).
+local function check_drain(ms, fname)
+  if ms ~= nil and (type(ms) ~= "number" or not (ms >= 0) or ms == math.huge) then
+    error(fname .. ": the drain time must be a number of milliseconds, 0 or more, got "
+          .. tostring(ms), 3)
+  end
+  return ms
+end
+
+-- ground_vm(boot [, {drivers=, trace=, drain=}]): run a ground VM until it
+-- has nothing left to do.  Returns true, or nil and the boot failure's
+-- traceback.  With drain (ms), SIGINT and SIGTERM stop it gracefully
+-- (docs/semantics.md, "Stopping"); a second signal ends the stop at once,
+-- and ground_vm then returns nil, "stopped by a second signal", 128 + signum.
 function M.ground_vm(boot, opts)
   if type(boot) ~= "function" then
     error("market.ground_vm: the boot argument must be a function, got " .. type(boot), 2)
   end
   opts = opts or {}
+  check_drain(opts.drain, "market.ground_vm")
   local start = boot
   if opts.drivers then
     start = function(pid)
@@ -454,7 +467,15 @@ function M.ground_vm(boot, opts)
       return boot(pid)
     end
   end
-  return core.ground_vm(start, opts.trace)
+  return core.ground_vm(start, opts.trace, opts.drain)
+end
+
+-- stop([drain_ms]): begin a graceful stop of the whole program, as SIGTERM
+-- does (default drain: the one set for signals, else 5000 ms).  Processes
+-- see market.ground.stopping(deadline_ms) appear at once; nothing is
+-- killed before the drain ends.  A stop under way is left as it is.
+function M.stop(drain_ms)
+  core.stop(check_drain(drain_ms, "market.stop"))
 end
 
 M.now = core.now
@@ -495,6 +516,9 @@ local ground_checks = {
         :format(NSIG - 1, SIGKILL, SIGSTOP)
     end
   end,
+  stopping = function(v)
+    if type(v) ~= "number" then return "deadline_ms must be a number" end
+  end,
 }
 ground_checks.writable = ground_checks.readable
 
@@ -524,6 +548,7 @@ M.ground = {
   writable = ground_event("writable", "fd"),
   alarm = ground_event("alarm", "msecs"),
   signal = ground_event("signal", "signum"),
+  stopping = ground_event("stopping", "deadline_ms"),
 }
 M.PUBLISHER, M.SUBSCRIBER = "publisher", "subscriber"
 M.VERSION = core.VERSION

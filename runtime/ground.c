@@ -25,13 +25,15 @@
 
 #include "ground.h"
 
-mk_rtype *mk_ground_readable, *mk_ground_writable, *mk_ground_alarm, *mk_ground_signal;
+mk_rtype *mk_ground_readable, *mk_ground_writable, *mk_ground_alarm, *mk_ground_signal,
+    *mk_ground_stopping;
 static int ground_types_users;
 
 enum { K_NONE = -1, K_IO, K_TIMER, K_SIGNAL };
 
 #define AUDIT_PERIOD 1.0    /* seconds between audits of the watched descriptors */
 #define AUDIT_MAX 128       /* descriptors checked per audit */
+#define DEFAULT_DRAIN_MS 5000.0
 
 /*
 ** One watch per distinct record.  Lives while subscriptions to the record
@@ -62,11 +64,17 @@ struct mk_ground {
   mk_ground *gnext;         /* every ground of the program (mk_ground_fd_closed) */
   ev_prepare prepare;       /* unref'd */
   ev_timer audit;           /* unref'd, running while `ring` is not empty */
+  ev_timer deadline;        /* unref'd, the end of a drain */
+  ev_signal stopsig[2];     /* SIGINT, SIGTERM; unref'd (stop_on_signals) */
   watch **tab;              /* chained by mk_hash(topic) */
   size_t tabsize, nwatch, active, nring;
   watch *ring, *cursor;     /* the ring and the audit's next watch in it */
   watch *dirty;             /* list */
   unsigned long long serial;
+  double drain_ms;          /* the drain for signals and mk_ground_stop(g, -1) */
+  double stop_drain;        /* the drain of the stop under way */
+  int exit_status;
+  uint8_t stopping, timing, onsignals;
 };
 
 static mk_ground *grounds;
@@ -456,6 +464,93 @@ void mk_ground_fd_closed(int fd) {
   mk_unref(reason);
 }
 
+/* ---- stopping ------------------------------------------------------------------ */
+
+static void halt(mk_ground *g, const char *why) {
+  mk_term *r = mk_cstr(why);
+  if (g->timing) {
+    g->timing = 0;
+    ev_ref(g->loop);
+    ev_timer_stop(g->loop, &g->deadline);
+  }
+  mk_vm_kill_all(g->vm, r);
+  mk_unref(r);
+}
+
+static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+  mk_ground *g = t->data;
+  char why[96];
+  /* libev stopped the one-shot timer, which it had counted: even up. */
+  ev_ref(loop);
+  g->timing = 0;
+  snprintf(why, sizeof why, "stopped: the drain time (%g ms) ran out", g->stop_drain);
+  halt(g, why);
+}
+
+static void begin_stop(mk_ground *g, double drain_ms) {
+  mk_term *t = mk_rec(mk_ground_stopping, mk_float(floor(mk_ground_now(g) + drain_ms)));
+  mk_role r;
+  g->stopping = 1;
+  g->stop_drain = drain_ms;
+  r.orientation = MK_PUBLISHER;
+  r.interest = MK_PARTICIPANT;
+  r.topic = t;
+  mk_add_endpoint(g->self, "stopping", 0, r);
+  mk_unref(t);
+  /* The drain's end, not a reason to keep running: unref'd. */
+  ev_timer_set(&g->deadline, drain_ms / 1000.0, 0);
+  ev_timer_start(g->loop, &g->deadline);
+  ev_unref(g->loop);
+  g->timing = 1;
+}
+
+void mk_ground_stop(mk_ground *g, double drain_ms) {
+  if (g == NULL || g->stopping) return;
+  if (!(drain_ms >= 0) || !isfinite(drain_ms)) drain_ms = g->drain_ms;
+  begin_stop(g, drain_ms);
+}
+
+static void stopsig_cb(struct ev_loop *loop, ev_signal *s, int revents) {
+  mk_ground *g = s->data;
+  if (!g->stopping) { begin_stop(g, g->drain_ms); return; }
+  g->exit_status = 128 + s->signum;
+  halt(g, "stopped by a second signal");
+}
+
+static void signals_off(mk_ground *g) {
+  int i;
+  if (!g->onsignals) return;
+  g->onsignals = 0;
+  for (i = 0; i < 2; i++) {
+    ev_ref(g->loop);
+    ev_signal_stop(g->loop, &g->stopsig[i]);
+    release_signal(g->stopsig[i].signum);
+  }
+}
+
+int mk_ground_stop_on_signals(mk_ground *g, double drain_ms) {
+  static const int sigs[2] = { SIGINT, SIGTERM };
+  int i;
+  if (drain_ms < 0) { signals_off(g); return 0; }
+  if (!isfinite(drain_ms)) return -1;
+  if (!g->onsignals) {
+    for (i = 0; i < 2; i++)
+      if (sigowner[sigs[i]].n > 0 && sigowner[sigs[i]].loop != g->loop) return -1;
+    for (i = 0; i < 2; i++) {
+      claim_signal(g->loop, sigs[i]);
+      ev_signal_init(&g->stopsig[i], stopsig_cb, sigs[i]);
+      g->stopsig[i].data = g;
+      ev_signal_start(g->loop, &g->stopsig[i]);
+      ev_unref(g->loop);      /* a stop is nothing to wait for */
+    }
+    g->onsignals = 1;
+  }
+  g->drain_ms = drain_ms;
+  return 0;
+}
+
+int mk_ground_exit_status(const mk_ground *g) { return g->exit_status; }
+
 /* ---- life ------------------------------------------------------------------------ */
 
 /* The resident process: it only holds the ground's publishers, and wants
@@ -484,8 +579,10 @@ mk_ground *mk_ground_new(struct ev_loop *loop) {
     mk_ground_writable = rtype1("market:writable", "fd");
     mk_ground_alarm = rtype1("market:alarm", "msecs");
     mk_ground_signal = rtype1("market:signal", "signum");
+    mk_ground_stopping = rtype1("market:stopping", "deadline_ms");
   }
   g->self = mk_vm_resident(g->vm, &ground_behavior, g, "ground");
+  g->drain_ms = DEFAULT_DRAIN_MS;
   hooks.subscribed = subscribed;
   hooks.unsubscribed = unsubscribed;
   hooks.ud = g;
@@ -496,6 +593,8 @@ mk_ground *mk_ground_new(struct ev_loop *loop) {
   ev_unref(loop);            /* the prepare alone is nothing to wait on */
   ev_init(&g->audit, audit_cb);
   g->audit.data = g;
+  ev_init(&g->deadline, deadline_cb);
+  g->deadline.data = g;
   g->gnext = grounds;
   grounds = g;
   return g;
@@ -534,6 +633,8 @@ void mk_ground_free(mk_ground *g, mk_term *reason) {
     for (; w; w = nx) { nx = w->next; halt_watch(g, w); watch_free(w); }
   }
   free(g->tab);
+  if (g->timing) { ev_ref(g->loop); ev_timer_stop(g->loop, &g->deadline); }
+  signals_off(g);
   ev_ref(g->loop);
   ev_prepare_stop(g->loop, &g->prepare);
   if (--ground_types_users == 0) {
@@ -541,7 +642,9 @@ void mk_ground_free(mk_ground *g, mk_term *reason) {
     mk_rtype_unref(mk_ground_writable);
     mk_rtype_unref(mk_ground_alarm);
     mk_rtype_unref(mk_ground_signal);
+    mk_rtype_unref(mk_ground_stopping);
     mk_ground_readable = mk_ground_writable = mk_ground_alarm = mk_ground_signal = NULL;
+    mk_ground_stopping = NULL;
   }
   free(g);
 }

@@ -9,6 +9,7 @@
 **   market:writable(fd)          fd is writable (level-triggered)
 **   market:alarm(msecs)          the wall clock (ms since the epoch) reached msecs (once)
 **   market:signal(signum)        the signal arrived
+**   market:stopping(deadline_ms) the program is stopping (below); watches nothing
 **
 ** The drivers are written against these records, never against libev, so an
 ** event relay can carry them up from a nested VM.
@@ -55,6 +56,17 @@
 ** subscription to the same record tries it again (the number may name a new
 ** descriptor then), and every subscriber still there sees the outcome, so a
 ** subscriber that saw the ground's absence should withdraw.
+**
+** Stopping (DESIGN §8).  mk_ground_stop begins a stop: from then on the
+** ground publishes market:stopping(deadline_ms) (the wall-clock ms when the
+** drain ends) and never withdraws it.  Subscribing to it watches nothing
+** and never keeps the program alive.  Processes that take new work (the tcp
+** driver's listeners) stop taking it when they see the ground's presence;
+** the others finish what they do.  When the drain ends, every process still
+** there is killed with the reason "stopped: the drain time (5000 ms) ran
+** out", which closes what they hold, and the loop has nothing left.  A
+** program whose processes are done earlier ends earlier: the drain's timer
+** does not keep the loop alive.
 */
 #ifndef MK_GROUND_H
 #define MK_GROUND_H
@@ -67,7 +79,7 @@ typedef struct mk_ground mk_ground;
 /* The record types of the ground events (borrowed, live as long as any
 ** ground exists, created by mk_ground_new). */
 extern mk_rtype *mk_ground_readable, *mk_ground_writable, *mk_ground_alarm,
-    *mk_ground_signal;
+    *mk_ground_signal, *mk_ground_stopping;
 
 /*
 ** A ground VM on `loop`, or on libev's default loop when loop is NULL.  The
@@ -92,6 +104,28 @@ double mk_ground_now(mk_ground *g);
 /* Kill every process (they see each other's absence with `reason`, borrowed),
 ** stop every watcher and free the ground.  The loop is left alone. */
 void mk_ground_free(mk_ground *g, mk_term *reason);
+
+/*
+** Begin a stop (above) with a drain of drain_ms milliseconds; negative or
+** not finite: the drain set by mk_ground_stop_on_signals (5000 ms until
+** set).  0 ends the drain at the next loop iteration, so processes still
+** see market:stopping first.  A stop under way is not changed by a later
+** call.  Callable from a handler: nothing is killed before the loop runs.
+*/
+void mk_ground_stop(mk_ground *g, double drain_ms);
+/*
+** Make SIGINT and SIGTERM begin a stop with a drain of drain_ms (finite, 0
+** or more), and a second one during the stop end it at once: every process
+** is killed with the reason "stopped by a second signal" and
+** mk_ground_exit_status becomes 128 + signum.  The watchers do not keep
+** the loop alive, and a process's own market:signal subscription to either
+** signal still gets its message.  Called again, it changes the drain;
+** drain_ms negative turns it off.  Returns 0, or -1 when drain_ms is not a
+** number or this program watches SIGINT or SIGTERM on another libev loop.
+*/
+int mk_ground_stop_on_signals(mk_ground *g, double drain_ms);
+/* 0, or 128 + signum once a second signal ended a stop. */
+int mk_ground_exit_status(const mk_ground *g);
 
 /*
 ** Descriptor fd is about to be closed: every ground of the program that

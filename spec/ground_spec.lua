@@ -38,6 +38,7 @@ describe("ground event constructors", function()
       { ground.writable, -1, "market.ground.writable: the fd must be an integer 0..2147483647 (or market._), got -1" },
       { ground.alarm, math.huge, "market.ground.alarm: msecs must be a finite number (or market._), got inf" },
       { ground.alarm, {}, "market.ground.alarm: msecs must be a finite number (or market._), got table" },
+      { ground.stopping, "soon", "market.ground.stopping: deadline_ms must be a number (or market._), got string" },
     }
     for _i, c in ipairs(cases) do
       local ok, err = pcall(call, c[1], c[2])
@@ -68,9 +69,10 @@ describe("ground event constructors", function()
     assert.equal("market:readable(_)", market.repr(ground.readable(_)))
     assert.equal("market:signal(15)", market.repr(ground.signal(15)))
     assert.equal("market:alarm(1.5)", market.repr(ground.alarm(1.5)))
+    assert.equal("market:stopping(_)", market.repr(ground.stopping(_)))
     assert.equal("market:readable", ground.readable.label)
     assert.equal(1, ground.writable.arity)
-    assert.same({ "signum" }, ground.signal.fields)
+    assert.same({ "deadline_ms" }, ground.stopping.fields)
     assert.is_true(ground.readable:is(ground.readable(0)))
     assert.is_false(ground.readable:is(ground.writable(0)))
     assert.equal("record market:alarm/1", tostring(ground.alarm))
@@ -225,6 +227,24 @@ describe("event relays carry the ground's presence and absence", function()
         "presence bad market:readable(-1) nil",
         "absence bad market:readable(-1) market:readable(-1): not an open file descriptor",
       }, log.lines)
+    end)
+
+    it("and the stop, to stopping(_) subscriptions at depth " .. depth, function()
+      local log, t0 = H.log(), os.time()
+      H.ground(function()
+        market.perform(nested(depth, function()
+          market.perform(market.subscriber(ground.stopping(_), {
+            on_presence = function(_, role)
+              log("stopping seen, %d ms left", role.topic.deadline_ms - math.floor(market.now()))
+            end }),
+            -- Work that would take 10 s: the drain's end kills it.
+            market.subscriber(ground.alarm(math.floor(market.now()) + 10000)))
+        end))
+        market.pause()
+        market.stop(50)
+      end)
+      assert.same({ "stopping seen, 50 ms left" }, log.lines)
+      assert.is_true(os.time() - t0 <= 5)
     end)
   end
 end)

@@ -1975,11 +1975,74 @@ static void test_ground_signal_two_loops(void) {
   snprintf(want, sizeof want, "absence sig publisher/participant market:signal(%d) "
            "\"market:signal(%d): watched by another event loop\"", SIGUSR1, SIGUSR1);
   CHECK(log_count(&b.log, want) == 1);
+  CHECK(mk_ground_stop_on_signals(g1, 100) == 0);
+  CHECK(mk_ground_stop_on_signals(g2, 100) == -1);
+  CHECK(mk_ground_stop_on_signals(g1, NAN) == -1);
   mk_ground_free(g1, NULL);
+  /* g1's watchers are gone: g2 may take the signals now. */
+  CHECK(mk_ground_stop_on_signals(g2, 100) == 0);
   mk_ground_free(g2, NULL);
   ev_loop_destroy(l1);
   ev_loop_destroy(l2);
   rec_done(&a); rec_done(&b);
+  END;
+}
+
+/* A stop: the ground publishes stopping(deadline); at the deadline every
+** process left is killed with the reason; a stopping subscription alone
+** keeps nothing alive. */
+static void test_ground_stop(void) {
+  BEGIN;
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g = mk_ground_new(loop);
+  mk_vm *vm = mk_ground_vm(g);
+  rec a, b, s;
+  ground_ud ua;
+  double t0;
+  memset(&ua, 0, sizeof ua);
+  rec_init(&s, "S");
+  rec_ep(&s, "stopping", MK_SUBSCRIBER, MK_PARTICIPANT, mk_rec(mk_ground_stopping, W()), 0);
+  spawn(vm, &s);
+  CHECK(mk_ground_run(g) == 0);           /* watches nothing: returns at once */
+  CHECK(s.log.n == 1);                    /* boot only */
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  ua.at = (int64_t)(ev_time() * 1000.0) + 10000;
+  ua.keep = 1;
+  a.fn = alarm_script;                    /* holds an alarm 10 s ahead */
+  a.ud = &ua;
+  rec_ep(&a, "pub", MK_PUBLISHER, MK_PARTICIPANT, R(I(5), I(5)), 0);
+  rec_ep(&b, "sub", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(5), W()), 0);
+  spawn(vm, &a);
+  spawn(vm, &b);
+  CHECK(mk_ground_step(g) != 0);
+  t0 = ev_time();
+  mk_ground_stop(g, 50);
+  mk_ground_stop(g, 0);                   /* a stop under way stays as it is */
+  CHECK(mk_ground_run(g) == 0);
+  CHECK(ev_time() - t0 < 5);
+  CHECK(ev_time() - t0 >= 0.04);
+  {
+    /* S saw stopping(deadline), deadline = now + 50 ms, in whole ms */
+    char *p = s.log.n > 1 ? strstr(s.log.v[1], "market:stopping(") : NULL;
+    double d = p ? strtod(p + 16, NULL) : 0;
+    CHECK(p != NULL && strncmp(s.log.v[1], "presence stopping publisher/participant", 39) == 0);
+    CHECK(d >= floor(t0 * 1000.0) + 49 && d <= t0 * 1000.0 + 1000);
+  }
+  CHECK(log_count(&b.log, "absence sub publisher/participant rec(5, 5) "
+                          "\"stopped: the drain time (50 ms) ran out\"") == 1);
+  CHECK(a.destroyed == 1 && b.destroyed == 1 && s.destroyed == 1 && mk_vm_nprocs(vm) == 0);
+  CHECK(mk_ground_exit_status(g) == 0 && mk_ground_watching(g) == 0);
+  /* A process that comes later still sees the stop. */
+  rec_done(&s);
+  rec_init(&s, "S2");
+  rec_ep(&s, "stopping", MK_SUBSCRIBER, MK_PARTICIPANT, mk_rec(mk_ground_stopping, W()), 0);
+  spawn(vm, &s);
+  mk_vm_run(vm);
+  CHECK(log_count_prefix(&s.log, "presence stopping publisher/participant market:stopping(") == 1);
+  mk_ground_free(g, NULL);
+  ev_loop_destroy(loop);
+  rec_done(&a); rec_done(&b); rec_done(&s);
   END;
 }
 
@@ -2023,6 +2086,7 @@ int main(void) {
   RUN(test_ground_fd_closed);
   RUN(test_ground_fd_closed_twin);
   RUN(test_ground_signal_two_loops);
+  RUN(test_ground_stop);
   mk_rtype_unref(RT2);
   mk_rtype_unref(CTL);
   log_free(&glog);
