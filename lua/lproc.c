@@ -353,16 +353,19 @@ static int c_spawn(lua_State *L) {
   return settle(L, p, 1);
 }
 
-/* core.quit(pid|nil, reason, level) -> true, or nil when no such pid */
+/* core.quit(pid|nil, reason, level) -> true, or nil when no such pid.
+** Only nil means "this process": 0 and negative pids name nobody (vm.h's
+** mk_quit takes 0 for itself, so they must not reach it). */
 static int c_quit(lua_State *L) {
   mkl_state *S = STATE(L);
   mk_proc *p = self(L, S, "quit");
-  mk_pid pid = (mk_pid)luaL_optinteger(L, 1, 0);
+  int named = !lua_isnoneornil(L, 1);
+  lua_Integer pid = named ? luaL_checkinteger(L, 1) : 0;
   int level = (int)luaL_optinteger(L, 3, 0);
   mk_term *reason = lua_isnoneornil(L, 2) ? NULL : mkl_checkterm(L, 2, "quit reason");
   int r = 0;
-  if (level == 0) r = mk_quit(p, pid, reason);
-  else if (pid != 0) { mk_unref(reason); return luaL_error(L, "market.quit: at_meta_level quits the whole VM; it takes no pid"); }
+  if (level == 0) r = named && pid <= 0 ? -1 : mk_quit(p, (mk_pid)pid, reason);
+  else if (named) { mk_unref(reason); return luaL_error(L, "market.quit: at_meta_level quits the whole VM; it takes no pid"); }
   else mk_at_meta_level(p, wrap(mk_action_quit(reason), level - 1));
   mk_unref(reason);
   if (r < 0) lua_pushnil(L); else lua_pushboolean(L, 1);
