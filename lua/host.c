@@ -8,6 +8,7 @@
 */
 #include <ev.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,10 +200,22 @@ static int p_setup(lua_State *L) {
   return 0;
 }
 
+/* Nothing in market dies of SIGPIPE (market.h): a write to a peer that
+** went away is that connection's error (EPIPE), and a warning written to a
+** closed stderr is lost, not the end of a server. */
+static void ignore_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) != 0) return;
+  if ((sa.sa_flags & SA_SIGINFO) || sa.sa_handler != SIG_DFL) return;   /* someone's choice */
+  sa.sa_handler = SIG_IGN;
+  sigaction(SIGPIPE, &sa, NULL);
+}
+
 static mk_host *host_make(lua_State *L, struct ev_loop *loop, mk_error *err) {
   mk_host *h = calloc(1, sizeof *h);
   int st;
   if (h == NULL) { fillerr(err, MK_ENOMEM, "out of memory"); return NULL; }
+  ignore_sigpipe();
   if (loop == NULL) {
     loop = ev_loop_new(EVFLAG_AUTO);
     if (loop == NULL) {

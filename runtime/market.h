@@ -118,6 +118,12 @@ typedef struct mk_host mk_host;
 **   "market:signal(N): watched by another event loop".
 ** err: may be NULL; on failure it receives the status and a message.
 **
+** SIGPIPE: a peer that goes away makes writes fail with EPIPE, which must
+** be an error of the one connection, never the end of the program.  So
+** when SIGPIPE's disposition is the default (terminate), mk_host_new sets
+** it to SIG_IGN, for the whole program, and leaves it so.  A handler of
+** your own, or SIG_IGN, is left alone.
+**
 ** Returns the host, owned by the caller (mk_host_free), or NULL:
 **   MK_ENOMEM  out of memory (Lua state, VM, ...)
 **   MK_ELOOP   loop was NULL and libev could not create one

@@ -1,7 +1,7 @@
 -- stop_spec.lua: stopping a program (DESIGN §8, docs/semantics.md
 -- "Stopping"): market.stop and market.ground.stopping in a ground VM,
 -- ground_vm{drain=} and the `market` interpreter under SIGTERM with real
--- clients.  Every server and client is a bounded subprocess,
+-- clients, and SIGPIPE.  Every server and client is a bounded subprocess,
 -- killed at the end.  The host API (mk_host_stop_on_signals, mk_host_stop,
 -- mk_host_exit_status) is in spec/c/test_host.c.
 package.path = "spec/support/?.lua;" .. package.path
@@ -181,5 +181,32 @@ describe("market --drain", function()
     assert.equal("1\n", out)
     out = N.capture(("%s --help"):format(q(N.market_bin())), 5)
     assert.matches("--drain MS", out, 1, true)
+  end)
+end)
+
+describe("SIGPIPE", function()
+  it("kills nothing: a driver's warning to a closed stderr is lost, the program goes on", function()
+    -- The udp driver warns about a datagram it drops; stderr is a pipe
+    -- whose reader has gone by then.
+    local code = [[
+      local market = require "market"
+      local udp = require "market.udp"
+      local me = udp.handle("me")
+      market.perform(market.subscriber(udp.bound(me, market._), "bound"),
+                     market.subscriber(udp.packet(market._, me, market._)))
+      market.wait_for(function(e) return e.endpoint == "bound" end)
+      market.perform(market.subscriber(market.ground.alarm(math.floor(market.now()) + 300), "later"))
+      market.wait_for(function(e) return e.type == "message" end)
+      market.perform(market.send(udp.packet(me, udp.remote_address("127.0.0.1", 9), 42)))
+      market.pause()
+      print("still here")
+      market.perform(market.quit())]]
+    local out, st = os.tmpname(), os.tmpname()
+    N.sh(("(timeout 10 %s -e %s 2>&1 >%s; echo $? >%s) | true"):format(q(N.market_bin()), q(code), out, st))
+    local status, printed = N.slurp(st), N.slurp(out)
+    os.remove(out)
+    os.remove(st)
+    assert.equal("0\n", status)
+    assert.equal("still here\n", printed)
   end)
 end)

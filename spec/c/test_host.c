@@ -524,6 +524,24 @@ static void stop_from_host(void) {
   mk_host_free(h);
 }
 
+/* Nothing in market dies of SIGPIPE: a host ignores it, unless the program
+** chose otherwise. */
+static void on_pipe(int sig) { (void)sig; }
+
+static void sigpipe(void) {
+  struct sigaction sa;
+  mk_host *h;
+  signal(SIGPIPE, SIG_DFL);
+  h = newhost();
+  CHECK(sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN);
+  mk_host_free(h);
+  signal(SIGPIPE, on_pipe);
+  h = newhost();
+  CHECK(sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == on_pipe);
+  mk_host_free(h);
+  signal(SIGPIPE, SIG_IGN);
+}
+
 int main(void) {
   RUN(new_and_free);
   RUN(spawn_errors);
@@ -539,5 +557,6 @@ int main(void) {
   RUN(warnings);
   RUN(stop_on_signals);
   RUN(stop_from_host);
+  RUN(sigpipe);
   return CHECK_DONE();
 }
