@@ -135,8 +135,6 @@ static int fd_open(int fd) {
   return fcntl(fd, F_GETFD) != -1 || errno != EBADF;
 }
 
-static void audit_cb(struct ev_loop *loop, ev_timer *t, int revents);
-
 static void ring_add(mk_ground *g, watch *w) {
   if (g->ring == NULL) {
     w->rnext = w->rprev = w;
