@@ -2,11 +2,17 @@
 --
 -- event_relay(self_id) is a spawn action.  The relay process observes, in
 -- its own VM, subscriptions to the ground events (market.ground.readable,
--- writable, alarm, signal); for each distinct concrete one it makes the
--- same subscription one level up (at_meta_level), and sends every message
--- that arrives there back into its VM.  So drivers that only use ground
--- events run unchanged inside a nested VM, and relays stack: a relay in a
--- VM two levels down reaches the ground through the relay one level down.
+-- writable, alarm, signal, stopping); for each distinct one it makes the
+-- same subscription one level up (at_meta_level), and carries down what
+-- happens there:
+--   - every message that arrives is sent into its VM;
+--   - the presence of a publisher above (the ground, which publishes every
+--     record it watches) makes the relay publish the same (refined) topic in
+--     its VM, and that publisher's absence withdraws it with the same reason.
+-- So a subscriber sees the same presence, messages and absence as it would
+-- in the ground VM, and drivers that only use ground events run unchanged
+-- inside a nested VM.  Relays stack: a relay in a VM two levels down
+-- reaches the ground through the relay one level down.
 local market = ...
 local M = {}
 
@@ -14,47 +20,93 @@ local ground = market.ground
 local _, repr = market._, market.repr
 local transition_no_state, send = market.transition_no_state, market.send
 
--- A ground event subscription names concrete values: a wildcard field
--- watches nothing in the ground VM, so it is not relayed either.
-local function concrete(topic)
-  local v = topic[1]
-  return type(v) == "number"
+-- A subscription to readable, writable, alarm or signal with a wildcard
+-- (or any non-number) field watches nothing in the ground VM, so it is not
+-- relayed.  Stopping is relayed as it is: one waits for stopping(_).
+local KINDS = { "readable", "writable", "alarm", "signal", "stopping" }
+local function relayed(kind, topic)
+  return kind == "stopping" or type(topic[1]) == "number"
 end
 
 local function boot(self_id)
   return function()
-    local counts = {}       -- repr(topic) -> number of subscriptions seen
+    -- key (repr of a topic subscribed to here) -> {n = subscriptions,
+    -- seen = {repr of a refined topic above -> presences of it}}
+    local subs = {}
+    -- repr of a topic published here -> presences above it stands for
+    local pubs = {}
 
     local function relay_message(_, m)
       return transition_no_state(send(m))
     end
 
-    local function on_presence(_, role)
-      local topic = role.topic
-      if not concrete(topic) then return end
-      local key = repr(topic)
-      local n = (counts[key] or 0) + 1
-      counts[key] = n
-      if n == 1 then
-        return transition_no_state(market.at_meta_level(
-          market.subscriber(topic, { name = key, on_message = relay_message })))
-      end
+    local function publish(rkey, topic)
+      local n = (pubs[rkey] or 0) + 1
+      pubs[rkey] = n
+      if n == 1 then return market.publisher(topic, { name = "ground " .. rkey }) end
     end
 
-    local function on_absence(_, role)
-      local topic = role.topic
-      if not concrete(topic) then return end
-      local key = repr(topic)
-      local n = (counts[key] or 0) - 1
-      if n > 0 then counts[key] = n; return end
-      counts[key] = nil
-      return transition_no_state(market.at_meta_level(market.delete_endpoint(key)))
+    local function withdraw(rkey, reason)
+      local n = pubs[rkey] - 1
+      if n > 0 then pubs[rkey] = n; return end
+      pubs[rkey] = nil
+      return market.delete_endpoint("ground " .. rkey, reason)
+    end
+
+    -- The meta-level subscription for key: what a publisher above does is
+    -- done here by the relay's own publisher.
+    local function upward(key, topic)
+      local seen = subs[key].seen
+      return market.subscriber(topic, {
+        name = key,
+        on_message = relay_message,
+        on_presence = function(_, role)
+          local rkey = repr(role.topic)
+          seen[rkey] = (seen[rkey] or 0) + 1
+          return transition_no_state(publish(rkey, role.topic))
+        end,
+        on_absence = function(_, role, reason)
+          local rkey = repr(role.topic)
+          if not seen[rkey] then return end
+          seen[rkey] = seen[rkey] > 1 and seen[rkey] - 1 or nil
+          return transition_no_state(withdraw(rkey, reason))
+        end,
+      })
+    end
+
+    local function observer(kind)
+      return {
+        name = kind,
+        on_presence = function(_, role)
+          local topic = role.topic
+          if not relayed(kind, topic) then return end
+          local key = repr(topic)
+          local s = subs[key]
+          if s then s.n = s.n + 1; return end
+          subs[key] = { n = 1, seen = {} }
+          return transition_no_state(market.at_meta_level(upward(key, topic)))
+        end,
+        on_absence = function(_, role)
+          local topic = role.topic
+          if not relayed(kind, topic) then return end
+          local key = repr(topic)
+          local s = subs[key]
+          if not s then return end
+          if s.n > 1 then s.n = s.n - 1; return end
+          subs[key] = nil
+          -- Its events above stop here: what it saw is withdrawn by hand.
+          local out = { market.at_meta_level(market.delete_endpoint(key)) }
+          for rkey, count in pairs(s.seen) do
+            for _i = 1, count do out[#out + 1] = withdraw(rkey, nil) end
+          end
+          return transition_no_state(out)
+        end,
+      }
     end
 
     local actions = {}
-    for _i, kind in ipairs { "readable", "writable", "alarm", "signal" } do
-      actions[#actions + 1] = market.observe_subscribers(ground[kind](_), {
-        name = kind, on_presence = on_presence, on_absence = on_absence })
+    for _i, kind in ipairs(KINDS) do
+      actions[#actions + 1] = market.observe_subscribers(ground[kind](_), observer(kind))
     end
     return market.transition(nil, actions)
   end

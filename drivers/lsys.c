@@ -25,7 +25,8 @@
 **   sock:accept()           -> sock, host, port | false | nil, msg
 **   sock:recvfrom()         -> data, host, port | false | nil, msg  (datagrams up to 65,535 bytes)
 **   sock:sendto(s, sa)      -> bytes | false | nil, msg
-**   sock:close()            (also on garbage collection)
+**   sock:close()            (also on garbage collection; a ground watch on
+**                           the descriptor ends first: mk_ground_fd_closed)
 **   sys.set_resolve_delay(ms)  for tests: resolutions on a thread sleep first
 **   sys.tcp_accept, sys.tcp_manage, sys.tcp_stats: the TCP connection
 **       managers, native processes (drivers/tcpconn.c)
@@ -53,6 +54,7 @@
 #include <lua.h>
 #include <lauxlib.h>
 
+#include "ground.h"
 #include "mkd.h"
 
 #define SOCK_MT "market.sys.socket"
@@ -186,9 +188,16 @@ int mkd_sock_take(lua_State *L, int idx) {
   return fd;
 }
 
+/* Closing a descriptor a ground event may watch: the ground hears of it
+** first, so libev never meets a closed descriptor (ground.h). */
+static void close_watched(int fd) {
+  mk_ground_fd_closed(fd);
+  close(fd);
+}
+
 static int s_close(lua_State *L) {
   sock *s = luaL_checkudata(L, 1, SOCK_MT);
-  if (s->fd >= 0) { close(s->fd); s->fd = -1; }
+  if (s->fd >= 0) { close_watched(s->fd); s->fd = -1; }
   return 0;
 }
 
@@ -662,7 +671,7 @@ static int r_result(lua_State *L) {
 static int r_close(lua_State *L) {
   req *r = checkreq(L);
   if (r->job) { resolve_job *j = r->job; r->job = NULL; job_release(j); }
-  if (r->rfd >= 0) { close(r->rfd); r->rfd = -1; }   /* after: the thread writes no more */
+  if (r->rfd >= 0) { close_watched(r->rfd); r->rfd = -1; }   /* after: the thread writes no more */
   return 0;
 }
 

@@ -118,6 +118,8 @@ local function listener_proc(port)
 
     P(market.publisher(listening(port, s:local_port()), "status"),
       market.subscriber(stop_listener(port), { name = "stop", on_message = close }),
+      -- A graceful stop (docs/semantics.md): no new connections from now on.
+      market.subscriber(market.ground.stopping(_), { name = "stopping", on_presence = close }),
       market.subscriber(readable(fd), { name = "accept", on_message = on_accept }))
   end
 end

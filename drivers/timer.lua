@@ -14,7 +14,7 @@ local expired = market.record("timer-expired", "label", "msecs")
 M.set, M.expired = set, expired
 local alarm = market.ground.alarm
 local _ = market._
-local repr, ceil = market.repr, math.ceil
+local repr, ceil, huge = market.repr, math.ceil, math.huge
 
 -- The heap holds entries {deadline, seq, label, key}; an entry is live while
 -- current[key] is its seq (re-setting a label leaves the old entry stale).
@@ -93,6 +93,8 @@ function M.driver()
       return   -- malformed requests are ignored: nobody to answer
     end
     local deadline = kind == "absolute" and msecs or market.now() + msecs
+    -- NaN or infinite: no ground alarm can be set for it (ground.h).
+    if deadline ~= deadline or deadline == huge or deadline == -huge then return end
     deadline = ceil(deadline)   -- never before the time asked for
     local key = repr(m.label)
     seq = seq + 1

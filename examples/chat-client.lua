@@ -46,4 +46,9 @@ return market.transition(nil,
     on_presence = function()
       return T(market.subscriber(market.ground.readable(0), { name = "stdin", on_message = read_stdin }))
     end,
+  }),
+  -- Ctrl-C: nothing to drain for an interactive client.
+  market.subscriber(market.ground.stopping(_), {
+    name = "stopping",
+    on_presence = function() return T(quit()) end,
   }))

@@ -12,8 +12,9 @@
 -- the others hear of arrivals and departures as presence and absence
 -- events, and a line is a message said(name, text) that every session's
 -- subscription receives.  The sessions also subscribe to the server's
--- presence record: when the server stops (SIGINT/SIGTERM) they say so and
--- go.
+-- presence record: when the program stops (SIGINT/SIGTERM: the ground
+-- publishes market.ground.stopping), the server quits, and the sessions
+-- say so and go.
 local market = require "market"
 local tcp = require "market.tcp"
 local _ = market._
@@ -94,12 +95,6 @@ local function session(remote, name)
 end
 
 local count = 0
-local stopping = false
-local function stop()
-  if stopping then return end
-  stopping = true
-  return market.transition_no_state(market.quit())
-end
 
 return market.transition(nil,
   market.publisher(server(port), "running"),
@@ -122,5 +117,7 @@ return market.transition(nil,
       if reason then error("chat: " .. tostring(reason), 0) end
     end,
   }),
-  market.subscriber(market.ground.signal(2), { name = "sigint", on_message = stop }),
-  market.subscriber(market.ground.signal(15), { name = "sigterm", on_message = stop }))
+  market.subscriber(market.ground.stopping(_), {
+    name = "stopping",
+    on_presence = function() return market.transition_no_state(market.quit()) end,
+  }))

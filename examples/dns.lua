@@ -275,7 +275,6 @@ end
 -- ---- the server process ------------------------------------------------------
 
 local here = udp.listener(port)
-local function stop() return T(market.quit()) end
 
 local tcp_here = tcp.listener(port)
 local function tcp_session(remote)
@@ -336,5 +335,9 @@ return market.transition(nil,
       if reason then error("dns: " .. tostring(reason), 0) end
     end,
   }),
-  market.subscriber(market.ground.signal(2), { name = "sigint", on_message = stop }),
-  market.subscriber(market.ground.signal(15), { name = "sigterm", on_message = stop }))
+  -- Stopping (SIGINT, SIGTERM): the server goes, and with it its UDP
+  -- socket; TCP sessions get the drain time.
+  market.subscriber(market.ground.stopping(_), {
+    name = "stopping",
+    on_presence = function() return T(market.quit()) end,
+  }))

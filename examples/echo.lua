@@ -9,8 +9,8 @@
 -- driver's backpressure (it stops taking input while its output is queued
 -- past the high-water mark, so a client that sends but never reads cannot
 -- make the server grow), half-closes on end of stream and then goes, which
--- closes the connection.  SIGINT or SIGTERM stop listening; the program
--- exits once the open sessions are done.
+-- closes the connection.  Stopping is the runtime's (SIGINT or SIGTERM):
+-- the listener closes at once, the open sessions get the drain time.
 local market = require "market"
 local tcp = require "market.tcp"
 local _, EOF = market._, market.EOF
@@ -52,13 +52,6 @@ local function session(remote)
   end
 end
 
-local stopping = false
-local function stop()
-  if stopping then return end
-  stopping = true
-  return market.transition_no_state(market.quit())
-end
-
 return market.transition(nil,
   market.observe_publishers(tcp.channel(_, here, _), {
     name = "accept",
@@ -78,6 +71,4 @@ return market.transition(nil,
     on_absence = function(_, _, reason)
       if reason then error("echo: " .. tostring(reason), 0) end
     end,
-  }),
-  market.subscriber(market.ground.signal(2), { name = "sigint", on_message = stop }),
-  market.subscriber(market.ground.signal(15), { name = "sigterm", on_message = stop }))
+  }))

@@ -7,6 +7,8 @@
 ** Nothing here prints or exits.
 */
 #include <ev.h>
+#include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -198,10 +200,22 @@ static int p_setup(lua_State *L) {
   return 0;
 }
 
+/* Nothing in market dies of SIGPIPE (market.h): a write to a peer that
+** went away is that connection's error (EPIPE), and a warning written to a
+** closed stderr is lost, not the end of a server. */
+static void ignore_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) != 0) return;
+  if ((sa.sa_flags & SA_SIGINFO) || sa.sa_handler != SIG_DFL) return;   /* someone's choice */
+  sa.sa_handler = SIG_IGN;
+  sigaction(SIGPIPE, &sa, NULL);
+}
+
 static mk_host *host_make(lua_State *L, struct ev_loop *loop, mk_error *err) {
   mk_host *h = calloc(1, sizeof *h);
   int st;
   if (h == NULL) { fillerr(err, MK_ENOMEM, "out of memory"); return NULL; }
+  ignore_sigpipe();
   if (loop == NULL) {
     loop = ev_loop_new(EVFLAG_AUTO);
     if (loop == NULL) {
@@ -598,6 +612,27 @@ int mk_host_kill(mk_host *h, mk_pid pid, mk_term *reason) {
   if (mk_vm_kill(mk_ground_vm(h->g), pid, reason) != 0)
     return seterr(h, MK_ENOPROC, "no process %llu in the ground VM", (unsigned long long)pid);
   return MK_OK;
+}
+
+/* ---- stopping ----------------------------------------------------------- */
+
+int mk_host_stop_on_signals(mk_host *h, double drain_ms) {
+  if (h == NULL) return MK_EINVAL;
+  if (mk_ground_stop_on_signals(h->g, drain_ms) != 0)
+    return seterr(h, MK_EINVAL, isfinite(drain_ms) || drain_ms < 0
+                  ? "mk_host_stop_on_signals: SIGINT or SIGTERM is watched on another event loop"
+                  : "mk_host_stop_on_signals: the drain time is not a finite number of milliseconds");
+  return MK_OK;
+}
+
+int mk_host_stop(mk_host *h, double drain_ms) {
+  if (h == NULL) return MK_EINVAL;
+  mk_ground_stop(h->g, drain_ms);
+  return MK_OK;
+}
+
+int mk_host_exit_status(const mk_host *h) {
+  return h ? mk_ground_exit_status(h->g) : 0;
 }
 
 /* ---- running ------------------------------------------------------------ */

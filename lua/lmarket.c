@@ -6,6 +6,8 @@
 ** of each module is compiled in (lua/embed.lua), so nothing needs to be
 ** installed beside the .so.
 */
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -51,6 +53,10 @@ static int run_embedded(lua_State *L, const char *name, int narg) {
 }
 
 int luaopen_market(lua_State *L) {
+  /* For the checks of market.ground's constructors (market.lua). */
+  static const struct { const char *name; lua_Integer value; } limits[] = {
+    {"INT_MAX", INT_MAX}, {"NSIG", NSIG}, {"SIGKILL", SIGKILL}, {"SIGSTOP", SIGSTOP}};
+  size_t i;
   mkl_open_core(L);                       /* core */
   lua_newtable(L);
   mkl_open_terms(L);
@@ -59,6 +65,10 @@ int luaopen_market(lua_State *L) {
   lua_setfield(L, -2, "term");
   lua_pushliteral(L, MKL_VERSION);
   lua_setfield(L, -2, "VERSION");
+  for (i = 0; i < sizeof limits / sizeof limits[0]; i++) {
+    lua_pushinteger(L, limits[i].value);
+    lua_setfield(L, -2, limits[i].name);
+  }
   return run_embedded(L, "market", 1);
 }
 

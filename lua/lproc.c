@@ -510,16 +510,19 @@ static int c_spawn(lua_State *L) {
   return settle(L, p, 1);
 }
 
-/* core.quit(pid|nil, reason, level) -> true, or nil when no such pid */
+/* core.quit(pid|nil, reason, level) -> true, or nil when no such pid.
+** Only nil means "this process": 0 and negative pids name nobody (vm.h's
+** mk_quit takes 0 for itself, so they must not reach it). */
 static int c_quit(lua_State *L) {
   mkl_state *S = STATE(L);
   mk_proc *p = self(L, S, "quit");
-  mk_pid pid = (mk_pid)luaL_optinteger(L, 1, 0);
+  int named = !lua_isnoneornil(L, 1);
+  lua_Integer pid = named ? luaL_checkinteger(L, 1) : 0;
   int level = (int)luaL_optinteger(L, 3, 0);
   mk_term *reason = lua_isnoneornil(L, 2) ? NULL : mkl_checkterm(L, 2, "quit reason");
   int r = 0;
-  if (level == 0) r = mk_quit(p, pid, reason);
-  else if (pid != 0) { mk_unref(reason); return luaL_error(L, "market.quit: at_meta_level quits the whole VM; it takes no pid"); }
+  if (level == 0) r = named && pid <= 0 ? -1 : mk_quit(p, (mk_pid)pid, reason);
+  else if (named) { mk_unref(reason); return luaL_error(L, "market.quit: at_meta_level quits the whole VM; it takes no pid"); }
   else mk_at_meta_level(p, wrap(mk_action_quit(reason), level - 1));
   mk_unref(reason);
   if (r < 0) lua_pushnil(L); else lua_pushboolean(L, 1);
@@ -638,32 +641,56 @@ static void trace_line(void *ud, const char *line) {
   fprintf(stderr, "market: %s\n", line);
 }
 
-/* core.ground_vm(boot, trace, max_activation) -> true | nil, traceback
+/* core.ground_vm(boot, trace, drain, max_activation)
+**   -> true | nil, traceback | nil, why, status
 ** A host (market.h) on this Lua state and a loop of its own, run to the
-** end and freed: the same code path as the interpreter's. */
+** end and freed: the same code path as the interpreter's.  drain (ms, or
+** nil): SIGINT and SIGTERM stop it (mk_host_stop_on_signals). */
 static int c_ground_vm(lua_State *L) {
   mkl_state *S = STATE(L);
   mk_host *h;
   mk_error err;
-  int rc;
+  int rc, status, nret = 1;
+  double drain = luaL_optnumber(L, 3, -1);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   if (S->current != NULL || S->g != NULL)
     return luaL_error(L, "market.ground_vm: a ground VM is already running in this Lua state");
   h = mkl_host_new(L, NULL, &err);
   if (h == NULL) return luaL_error(L, "market.ground_vm: %s", err.message);
   if (lua_toboolean(L, 2)) mk_host_trace(h, trace_line, NULL);
-  if (!lua_isnoneornil(L, 3)) mk_host_set_max_activation(h, luaL_checknumber(L, 3));
+  if (drain >= 0 && mk_host_stop_on_signals(h, drain) != MK_OK) {
+    lua_pushstring(L, mk_host_error(h));
+    mk_host_free(h);
+    return luaL_error(L, "market.ground_vm: %s", lua_tostring(L, -1));
+  }
+  if (!lua_isnoneornil(L, 4)) mk_host_set_max_activation(h, luaL_checknumber(L, 4));
   lua_settop(L, 1);
   mkl_spawn_boot(L, mk_host_vm(h), "boot");
   rc = mk_host_run(h);
-  if (rc == MK_EFAILED) {
+  status = mk_host_exit_status(h);
+  if (status != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, "stopped by a second signal");
+    lua_pushinteger(L, status);
+    nret = 3;
+  } else if (rc == MK_EFAILED) {
     lua_pushnil(L);
     lua_pushstring(L, mk_host_error(h));
+    nret = 2;
   } else {
     lua_pushboolean(L, 1);
   }
   mk_host_free(h);
-  return rc == MK_EFAILED ? 2 : 1;
+  return nret;
+}
+
+/* core.stop(drain_ms|nil): begin a stop of the ground (mk_ground_stop). */
+static int c_stop(lua_State *L) {
+  mkl_state *S = STATE(L);
+  double drain = luaL_optnumber(L, 1, -1);
+  if (S->g == NULL) return luaL_error(L, "market.stop: no ground VM is running");
+  mk_ground_stop(S->g, drain);
+  return 0;
 }
 
 /* core.now() -> wall-clock ms as the loop sees it */
@@ -753,7 +780,7 @@ void mkl_open_core(lua_State *L) {
     {"send", c_send}, {"feedback", c_feedback}, {"yield", c_yield},
     {"wait", c_wait}, {"current", c_current}, {"self", c_self},
     {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
-    {"now", c_now}, {"memory", c_memory}, {NULL, NULL}};
+    {"now", c_now}, {"memory", c_memory}, {"stop", c_stop}, {NULL, NULL}};
   mkl_state *S = getstate(L);
   if (S == NULL) {
     S = lua_newuserdatauv(L, sizeof *S, 0);

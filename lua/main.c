@@ -21,6 +21,8 @@ static const char usage[] =
   "\n"
   "options:\n"
   "  -e CODE        run CODE as the boot process (instead of a script)\n"
+  "  --drain MS     on SIGINT or SIGTERM, give open work MS milliseconds to\n"
+  "                 finish before everything is closed (default 5000; 0: none)\n"
   "  --trace        print every event and action to stderr, one per line\n"
   "  --no-drivers   do not start the timer, tcp and udp drivers\n"
   "  --max-activation MS\n"
@@ -31,8 +33,15 @@ static const char usage[] =
   "  -v, --version  show the version and exit\n"
   "\n"
   "The script sees its arguments in the global `arg` (arg[0] is the script)\n"
-  "and as `...`.  Exit status: 0 when every process finished, 1 when the\n"
-  "boot process failed (its traceback is printed), 2 for a usage error.\n";
+  "and as `...`.\n"
+  "\n"
+  "SIGINT (Ctrl-C) or SIGTERM stops the program gracefully: listeners close\n"
+  "at once, open sessions get the drain time, then whatever is left is\n"
+  "closed and the program exits 0.  A second signal stops it at once.\n"
+  "\n"
+  "Exit status: 0 when every process finished (or a stop ended them), 1 when\n"
+  "the boot process failed (its traceback is printed), 2 for a usage error,\n"
+  "128 + N when a second signal N ended a stop.\n";
 
 static void trace_line(void *ud, const char *line) {
   (void)ud;
@@ -46,9 +55,18 @@ static void warning_line(mk_host *h, const char *message, void *ud) {
   fprintf(stderr, "%s\n", message);
 }
 
+/* The argument of --drain or --max-activation: milliseconds, finite, 0 or
+** more; -1 if not. */
+static double ms_arg(const char *s) {
+  char *end;
+  double ms = strtod(s, &end);
+  return end != s && *end == '\0' && ms >= 0 && isfinite(ms) ? ms : -1;
+}
+
 int main(int argc, char **argv) {
   const char *const *args = (const char *const *)argv;
   const char *code = NULL;
+  double drain = 5000;
   int trace = 0, drivers = 1, status = 0, i, first;
   double budget = -1;
   mk_host *h;
@@ -71,11 +89,16 @@ int main(int argc, char **argv) {
       continue;
     }
     if (strcmp(argv[i], "--max-activation") == 0) {
-      char *end;
       if (++i >= argc) { fputs("market: --max-activation needs a number of ms\n", stderr); return 2; }
-      budget = strtod(argv[i], &end);
-      if (end == argv[i] || *end != '\0' || !(budget >= 0) || isinf(budget)) {
+      if (ms_arg(argv[i]) < 0) {
         fprintf(stderr, "market: --max-activation: '%s' is not a number of ms >= 0\n", argv[i]);
+        return 2;
+      }
+      continue;
+    }
+    if (strcmp(argv[i], "--drain") == 0) {
+      if (++i >= argc || ms_arg(argv[i]) < 0) {
+        fputs("market: --drain needs a number of milliseconds (0 or more)\n", stderr);
         return 2;
       }
       continue;
@@ -91,7 +114,8 @@ int main(int argc, char **argv) {
     if (strcmp(argv[i], "--trace") == 0) trace = 1;
     else if (strcmp(argv[i], "--no-drivers") == 0) drivers = 0;
     else if (strcmp(argv[i], "-e") == 0) code = argv[++i];
-    else if (strcmp(argv[i], "--max-activation") == 0) i++;
+    else if (strcmp(argv[i], "--max-activation") == 0) budget = ms_arg(argv[++i]);
+    else if (strcmp(argv[i], "--drain") == 0) drain = ms_arg(argv[++i]);
     else if (strcmp(argv[i], "--") == 0) { i++; break; }
     else break;
   }
@@ -110,7 +134,8 @@ int main(int argc, char **argv) {
   if (budget >= 0) mk_host_set_max_activation(h, budget);
   mk_host_on_warning(h, warning_line, NULL);
   /* arg[0] is the script (with -e: the code), as lua(1) has it. */
-  if (mk_host_set_arg(h, argc, args, code ? first - 1 : first) != MK_OK ||
+  if (mk_host_stop_on_signals(h, drain) != MK_OK ||
+      mk_host_set_arg(h, argc, args, code ? first - 1 : first) != MK_OK ||
       (drivers && mk_host_start_drivers(h) != MK_OK)) {
     fprintf(stderr, "market: %s\n", mk_host_error(h));
     mk_host_free(h);
@@ -129,6 +154,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "market: %s\n", mk_host_error(h));
     status = 1;
   }
+  if (mk_host_exit_status(h) != 0) status = mk_host_exit_status(h);
   mk_host_free(h);
   return status;
 }

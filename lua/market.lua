@@ -442,10 +442,21 @@ local function activate(ctx, kind, a, b, c, d, e, f)
 end
 core.init(main, activate)
 
--- ground_vm(boot [, {drivers=, trace=, max_activation=}]): run a ground VM
--- until it has nothing left to do.  Returns true, or nil and the boot
--- failure's traceback.  max_activation: the CPU ms one activation of a
--- handler may take (default 1000; 0: no budget; docs/limits.md).
+-- A drain time in ms: a finite number, 0 or more (nil: none given).
+local function check_drain(ms, fname)
+  if ms ~= nil and (type(ms) ~= "number" or not (ms >= 0) or ms == math.huge) then
+    error(fname .. ": the drain time must be a number of milliseconds, 0 or more, got "
+          .. tostring(ms), 3)
+  end
+  return ms
+end
+
+-- ground_vm(boot [, {drivers=, trace=, drain=, max_activation=}]): run a
+-- ground VM until it has nothing left to do.  Returns true, or nil and the
+-- boot failure's traceback.  max_activation: the CPU ms one activation of
+-- a handler may take (default 1000; 0: no budget; docs/limits.md).  With drain (ms), SIGINT and SIGTERM stop it gracefully
+-- (docs/semantics.md, "Stopping"); a second signal ends the stop at once,
+-- and ground_vm then returns nil, "stopped by a second signal", 128 + signum.
 function M.ground_vm(boot, opts)
   if type(boot) ~= "function" then
     error("market.ground_vm: the boot argument must be a function, got " .. type(boot), 2)
@@ -455,6 +466,7 @@ function M.ground_vm(boot, opts)
     error("market.ground_vm: options must be a table, got " .. type(opts), 2)
   end
   check_budget(opts.max_activation, "market.ground_vm", 2)
+  check_drain(opts.drain, "market.ground_vm")
   local start = boot
   if opts.drivers then
     start = function(pid)
@@ -469,7 +481,15 @@ function M.ground_vm(boot, opts)
       return boot(pid)
     end
   end
-  return core.ground_vm(start, opts.trace, opts.max_activation)
+  return core.ground_vm(start, opts.trace, opts.drain, opts.max_activation)
+end
+
+-- stop([drain_ms]): begin a graceful stop of the whole program, as SIGTERM
+-- does (default drain: the one set for signals, else 5000 ms).  Processes
+-- see market.ground.stopping(deadline_ms) appear at once; nothing is
+-- killed before the drain ends.  A stop under way is left as it is.
+function M.stop(drain_ms)
+  core.stop(check_drain(drain_ms, "market.stop"))
 end
 
 M.now = core.now
@@ -478,12 +498,71 @@ M.now = core.now
 M.memory = core.memory
 
 -- Ground events (see runtime/ground.h): subscribe to these in the ground VM
--- (or through an event relay) to hear of operating-system readiness.
+-- (or through an event relay) to hear of operating-system readiness.  The
+-- ground publishes each watched record: its absence, with a reason, says
+-- that the watch failed (a descriptor that is not open, say).
+--
+-- The constructors reject what can never be watched (a negative or
+-- fractional descriptor, NaN, a signal out of range) at the caller's line,
+-- and take the wildcard.  Whether a descriptor is open is found out by the
+-- ground, when the subscription starts the watch.  Records built by hand
+-- (market.record("market:readable", "fd")(-1)) are checked there too.
+local INT_MAX, NSIG, SIGKILL, SIGSTOP = core.INT_MAX, core.NSIG, core.SIGKILL, core.SIGSTOP
+
+local function integer_in(v, lo, hi)
+  local i = type(v) == "number" and math.tointeger(v)
+  return i and i >= lo and i <= hi and i
+end
+
+local ground_checks = {
+  readable = function(v)
+    if not integer_in(v, 0, INT_MAX) then return "the fd must be an integer 0.." .. INT_MAX end
+  end,
+  alarm = function(v)
+    if type(v) ~= "number" or v ~= v or v == math.huge or v == -math.huge then
+      return "msecs must be a finite number"
+    end
+  end,
+  signal = function(v)
+    local i = integer_in(v, 1, NSIG - 1)
+    if not i or i == SIGKILL or i == SIGSTOP then
+      return ("signum must be an integer 1..%d other than SIGKILL (%d) and SIGSTOP (%d)")
+        :format(NSIG - 1, SIGKILL, SIGSTOP)
+    end
+  end,
+  stopping = function(v)
+    if type(v) ~= "number" then return "deadline_ms must be a number" end
+  end,
+}
+ground_checks.writable = ground_checks.readable
+
+-- A constructor that checks its field first, and otherwise reads like the
+-- record constructor (label, arity, fields, is).
+local function ground_event(kind, field)
+  local rec = M.record("market:" .. kind, field)
+  local fname, check = "market.ground." .. kind, ground_checks[kind]
+  return setmetatable({ is = function(_self, v) return rec:is(v) end }, {
+    __index = rec,
+    __tostring = function() return tostring(rec) end,
+    __call = function(_self, ...)
+      local n, v = select("#", ...), ...
+      if n ~= 1 then error(("%s takes 1 field, got %d"):format(fname, n), 2) end
+      local problem = v ~= _ and check(v)
+      if problem then
+        error(("%s: %s (or market._), got %s"):format(fname, problem,
+          type(v) == "number" and tostring(v) or type(v)), 2)
+      end
+      return rec(v)
+    end,
+  })
+end
+
 M.ground = {
-  readable = M.record("market:readable", "fd"),
-  writable = M.record("market:writable", "fd"),
-  alarm = M.record("market:alarm", "msecs"),
-  signal = M.record("market:signal", "signum"),
+  readable = ground_event("readable", "fd"),
+  writable = ground_event("writable", "fd"),
+  alarm = ground_event("alarm", "msecs"),
+  signal = ground_event("signal", "signum"),
+  stopping = ground_event("stopping", "deadline_ms"),
 }
 M.PUBLISHER, M.SUBSCRIBER = "publisher", "subscriber"
 M.VERSION = core.VERSION

@@ -5,33 +5,228 @@
 ** counts toward one watcher, stopped when the count drops to zero.  The VM
 ** runs from a prepare watcher, i.e. after the callbacks of one poll and
 ** before the next, so a burst of readiness is handled in one batch.
+**
+** libev asserts (aborts the program) on values it does not expect: a
+** negative or huge descriptor, a signal out of range or on two loops, and
+** epoll_ctl failing with EBADF on a descriptor closed under a watcher.  So
+** every value is checked before libev sees it, and a descriptor watch
+** started or changed in a turn is checked again just before libev hands it
+** to the kernel (prepare_cb runs before libev's fd_reify).
 */
+#include <errno.h>
 #include <ev.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ground.h"
 
-mk_rtype *mk_ground_readable, *mk_ground_writable, *mk_ground_alarm, *mk_ground_signal;
+mk_rtype *mk_ground_readable, *mk_ground_writable, *mk_ground_alarm, *mk_ground_signal,
+    *mk_ground_stopping;
 static int ground_types_users;
 
+enum { K_NONE = -1, K_IO, K_TIMER, K_SIGNAL };
+
+#define AUDIT_PERIOD 1.0    /* seconds between audits of the watched descriptors */
+#define AUDIT_MAX 128       /* descriptors checked per audit */
+#define DEFAULT_DRAIN_MS 5000.0
+
+/*
+** One watch per distinct record.  Lives while subscriptions to the record
+** remain (count), in the ground's hash table; the libev watcher runs while
+** `active`, and the ground's publisher endpoint `ep` exists while
+** `published`.  A watch that failed is neither, until a new subscription
+** tries it again.
+*/
 typedef struct watch {
   struct watch *next;       /* hash chain */
+  struct watch *rnext, *rprev;   /* ring of active descriptor watches (audit) */
+  struct watch *dnext, *dprev;   /* descriptor watches to check before the next poll */
+  struct watch *twin;       /* the watch on the same descriptor, other direction */
   mk_ground *g;
   mk_term *topic;           /* owned: the record sent when it fires */
   size_t count;             /* subscriptions */
-  int kind;                 /* 0 io, 1 timer, 2 signal */
+  double arg;               /* the record's field */
+  int kind;                 /* K_IO, K_TIMER, K_SIGNAL */
+  uint8_t active, published, dirty;
+  char ep[24];              /* the ground's endpoint name, "w<serial>" */
   union { ev_io io; ev_timer timer; ev_signal sig; } w;
 } watch;
 
 struct mk_ground {
-  struct ev_loop *loop;
-  mk_vm *vm;
-  ev_prepare prepare;
+  struct ev_loop *loop;     /* borrowed */
+  mk_vm *vm;                /* owned */
+  mk_proc *self;            /* the VM's resident process: publishes the events */
+  mk_ground *gnext;         /* every ground of the program (mk_ground_fd_closed) */
+  ev_prepare prepare;       /* unref'd */
+  ev_timer audit;           /* unref'd, running while `ring` is not empty */
+  ev_timer deadline;        /* unref'd, the end of a drain */
+  ev_signal stopsig[2];     /* SIGINT, SIGTERM; unref'd (stop_on_signals) */
   watch **tab;              /* chained by mk_hash(topic) */
-  size_t tabsize, nwatch, active;
+  size_t tabsize, nwatch, active, nring;
+  watch *ring, *cursor;     /* the ring and the audit's next watch in it */
+  watch *dirty;             /* list */
+  unsigned long long serial;
+  double drain_ms;          /* the drain for signals and mk_ground_stop(g, -1) */
+  double stop_drain;        /* the drain of the stop under way */
+  int exit_status;
+  uint8_t stopping, timing, onsignals;
 };
+
+static mk_ground *grounds;
+
+/* ---- signals -------------------------------------------------------------- */
+
+/* libev watches a signal on one loop at a time and asserts otherwise: the
+** loop that this program's ground watchers of each signal are on. */
+static struct { struct ev_loop *loop; unsigned n; } sigowner[NSIG];
+
+static int claim_signal(struct ev_loop *loop, int signum) {
+  if (sigowner[signum].n > 0 && sigowner[signum].loop != loop) return -1;
+  sigowner[signum].loop = loop;
+  sigowner[signum].n++;
+  return 0;
+}
+
+static void release_signal(int signum) {
+  if (--sigowner[signum].n == 0) sigowner[signum].loop = NULL;
+}
+
+/* ---- the ground's publishers ---------------------------------------------- */
+
+static void publish(mk_ground *g, watch *w) {
+  mk_role r;
+  r.orientation = MK_PUBLISHER;
+  r.interest = MK_PARTICIPANT;
+  r.topic = w->topic;
+  snprintf(w->ep, sizeof w->ep, "w%llu", ++g->serial);
+  w->published = 1;
+  mk_add_endpoint(g->self, w->ep, 0, r);
+}
+
+static void withdraw(mk_ground *g, watch *w, mk_term *reason) {
+  if (!w->published) return;
+  w->published = 0;
+  mk_delete_endpoint(g->self, w->ep, 0, reason);
+}
+
+/* "<record>: why", e.g. "market:readable(-1): not an open file descriptor". */
+static mk_term *reason_about(const watch *w, const char *why) {
+  size_t n, m = strlen(why);
+  char *r = mk_repr(w->topic, &n), *s;
+  mk_term *t;
+  if (r == NULL || (s = malloc(n + m + 3)) == NULL) { free(r); return mk_cstr(why); }
+  memcpy(s, r, n);
+  memcpy(s + n, ": ", 2);
+  memcpy(s + n + 2, why, m + 1);
+  t = mk_str(s, n + m + 2);
+  free(s);
+  free(r);
+  return t;
+}
+
+/* ---- descriptor bookkeeping ------------------------------------------------ */
+
+static int fd_open(int fd) {
+  return fcntl(fd, F_GETFD) != -1 || errno != EBADF;
+}
+
+static void ring_add(mk_ground *g, watch *w) {
+  if (g->ring == NULL) {
+    w->rnext = w->rprev = w;
+    g->ring = g->cursor = w;
+    ev_timer_set(&g->audit, AUDIT_PERIOD, AUDIT_PERIOD);
+    ev_timer_start(g->loop, &g->audit);
+    ev_unref(g->loop);       /* an audit is nothing to wait on */
+  } else {
+    w->rnext = g->ring;
+    w->rprev = g->ring->rprev;
+    w->rprev->rnext = w;
+    g->ring->rprev = w;
+  }
+  g->nring++;
+}
+
+static void ring_remove(mk_ground *g, watch *w) {
+  g->nring--;
+  if (w->rnext == w) {
+    g->ring = g->cursor = NULL;
+    ev_ref(g->loop);
+    ev_timer_stop(g->loop, &g->audit);
+  } else {
+    w->rprev->rnext = w->rnext;
+    w->rnext->rprev = w->rprev;
+    if (g->ring == w) g->ring = w->rnext;
+    if (g->cursor == w) g->cursor = w->rnext;
+  }
+  w->rnext = w->rprev = NULL;
+}
+
+static void dirty_add(mk_ground *g, watch *w) {
+  if (w->dirty) return;
+  w->dirty = 1;
+  w->dprev = NULL;
+  w->dnext = g->dirty;
+  if (g->dirty) g->dirty->dprev = w;
+  g->dirty = w;
+}
+
+static void dirty_remove(mk_ground *g, watch *w) {
+  if (!w->dirty) return;
+  w->dirty = 0;
+  if (w->dprev) w->dprev->dnext = w->dnext; else g->dirty = w->dnext;
+  if (w->dnext) w->dnext->dprev = w->dprev;
+  w->dnext = w->dprev = NULL;
+}
+
+/* ---- starting and stopping watches ------------------------------------------ */
+
+/* Stop w's libev watcher, if it runs. */
+static void halt_watch(mk_ground *g, watch *w) {
+  if (!w->active) return;
+  w->active = 0;
+  g->active--;
+  switch (w->kind) {
+    case K_IO:
+      ev_io_stop(g->loop, &w->w.io);
+      ring_remove(g, w);
+      dirty_remove(g, w);
+      /* libev now changes the kernel's interest in the descriptor that the
+      ** other direction still watches: check it first (prepare_cb). */
+      if (w->twin && w->twin->active) dirty_add(g, w->twin);
+      break;
+    case K_TIMER:
+      ev_timer_stop(g->loop, &w->w.timer);
+      break;
+    default:
+      ev_signal_stop(g->loop, &w->w.sig);
+      release_signal((int)w->arg);
+      break;
+  }
+}
+
+/* The watch failed: stop it, and the ground withdraws with `reason`. */
+static void fail(mk_ground *g, watch *w, mk_term *reason) {
+  halt_watch(g, w);
+  withdraw(g, w, reason);
+}
+
+static void fail_about(mk_ground *g, watch *w, const char *why) {
+  mk_term *r = reason_about(w, why);
+  fail(g, w, r);
+  mk_unref(r);
+}
+
+/* w's descriptor was closed behind market's back: both directions go. */
+static void fail_closed(mk_ground *g, watch *w) {
+  watch *twin = w->twin;
+  fail_about(g, w, "the descriptor was closed");
+  if (twin && twin->active) fail_about(g, twin, "the descriptor was closed");
+}
 
 static void fire(mk_ground *g, watch *w) {
   mk_term *t = mk_ref(w->topic);   /* the watch may go while routing */
@@ -41,12 +236,14 @@ static void fire(mk_ground *g, watch *w) {
 
 static void io_cb(struct ev_loop *loop, ev_io *io, int revents) {
   watch *w = io->data;
-  fire(w->g, w);
+  /* libev gave up on the descriptor (fd_kill) and stopped the watcher. */
+  if (revents & EV_ERROR) fail_about(w->g, w, "bad file descriptor");
+  else fire(w->g, w);
 }
 
 static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   watch *w = t->data;
-  w->g->active--;            /* one-shot: no longer something to wait on */
+  halt_watch(w->g, w);      /* one-shot: no longer something to wait on */
   fire(w->g, w);
 }
 
@@ -55,10 +252,91 @@ static void signal_cb(struct ev_loop *loop, ev_signal *s, int revents) {
   fire(w->g, w);
 }
 
+/* Why w's record cannot be watched, or NULL. */
+static const char *invalid(mk_ground *g, watch *w) {
+  double v = w->arg;
+  int integral = v == floor(v);
+  switch (w->kind) {
+    case K_IO:
+      if (v >= 0 && v <= INT_MAX && integral && fd_open((int)v)) return NULL;
+      return "not an open file descriptor";
+    case K_TIMER:
+      return isfinite(v) ? NULL : "not a finite time";
+    default:
+      if (!(v >= 1 && v < NSIG && integral) || (int)v == SIGKILL || (int)v == SIGSTOP)
+        return "not a signal that can be caught";
+      if (claim_signal(g->loop, (int)v) != 0) return "watched by another event loop";
+      return NULL;
+  }
+}
+
+/*
+** Start watching, or fail at once: then the ground publishes and withdraws
+** with the reason, so that the subscriber sees presence, then absence.
+*/
+static void start(mk_ground *g, watch *w) {
+  const char *why = invalid(g, w);   /* a signal is claimed when valid */
+  if (why != NULL) {
+    publish(g, w);
+    fail_about(g, w, why);
+    return;
+  }
+  switch (w->kind) {
+    case K_IO:
+      ev_io_init(&w->w.io, io_cb, (int)w->arg,
+                 w->topic->v.rt == mk_ground_readable ? EV_READ : EV_WRITE);
+      w->w.io.data = w;
+      ev_io_start(g->loop, &w->w.io);
+      ring_add(g, w);
+      dirty_add(g, w);        /* closed before the next poll: prepare_cb */
+      break;
+    case K_TIMER: {
+      double delay = w->arg / 1000.0 - ev_now(g->loop);
+      ev_timer_init(&w->w.timer, timer_cb, delay > 0 ? delay : 0, 0);
+      w->w.timer.data = w;
+      ev_timer_start(g->loop, &w->w.timer);
+      break;
+    }
+    default:
+      ev_signal_init(&w->w.sig, signal_cb, (int)w->arg);
+      w->w.sig.data = w;
+      ev_signal_start(g->loop, &w->w.sig);
+      break;
+  }
+  w->active = 1;
+  g->active++;
+  publish(g, w);
+}
+
+static void audit_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+  mk_ground *g = t->data;
+  size_t i, n = g->nring < AUDIT_MAX ? g->nring : AUDIT_MAX;
+  for (i = 0; i < n && g->cursor != NULL; i++) {
+    watch *w = g->cursor;
+    g->cursor = w->rnext;
+    if (!fd_open((int)w->arg)) fail_closed(g, w);
+  }
+}
+
+/* Descriptor watches started or changed in this turn: libev is about to
+** hand them to the kernel, and epoll_ctl on a closed descriptor aborts. */
+static void check_dirty(mk_ground *g) {
+  watch *w;
+  while ((w = g->dirty) != NULL) {
+    dirty_remove(g, w);
+    if (w->active && !fd_open((int)w->arg)) fail_closed(g, w);
+  }
+}
+
 static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents) {
   mk_ground *g = p->data;
-  mk_vm_run(g->vm);
+  do {
+    mk_vm_run(g->vm);
+    check_dirty(g);          /* may queue absences: run them too */
+  } while (!mk_vm_idle(g->vm));
 }
+
+/* ---- subscriptions ------------------------------------------------------------ */
 
 static int number(const mk_term *t, double *out) {
   if (t->kind == MK_INT) { *out = (double)t->v.i; return 1; }
@@ -66,13 +344,19 @@ static int number(const mk_term *t, double *out) {
   return 0;
 }
 
-/* Which ground event, if any, a subscription topic names. */
+/* Which ground event, if any, a subscription topic asks to watch. */
 static int ground_kind(const mk_term *t, double *arg) {
-  if (t->kind != MK_REC || !number(mk_items(t)[0], arg)) return -1;
-  if (t->v.rt == mk_ground_readable || t->v.rt == mk_ground_writable) return 0;
-  if (t->v.rt == mk_ground_alarm) return 1;
-  if (t->v.rt == mk_ground_signal) return 2;
-  return -1;
+  const mk_rtype *rt;
+  int kind;
+  if (t->kind != MK_REC) return K_NONE;
+  rt = t->v.rt;
+  if (rt == mk_ground_readable || rt == mk_ground_writable) kind = K_IO;
+  else if (rt == mk_ground_alarm) kind = K_TIMER;
+  else if (rt == mk_ground_signal) kind = K_SIGNAL;
+  else return K_NONE;
+  /* Only now is there a field to read: a record of another type may have
+  ** none at all (a 0-field record crashed here, issue 8). */
+  return number(mk_items(t)[0], arg) ? kind : K_NONE;
 }
 
 static watch **find(mk_ground *g, const mk_term *topic) {
@@ -99,69 +383,179 @@ static void grow(mk_ground *g) {
   g->tabsize = n;
 }
 
+/* The other direction's watch on the same descriptor, or NULL. */
+static watch *twin_of(mk_ground *g, const mk_term *topic) {
+  mk_rtype *other = topic->v.rt == mk_ground_readable ? mk_ground_writable : mk_ground_readable;
+  mk_term *t = mk_rec(other, mk_ref(mk_items(topic)[0]));
+  watch *w = t ? *find(g, t) : NULL;
+  mk_unref(t);
+  return w;
+}
+
+static void watch_free(watch *w) {
+  if (w->twin) w->twin->twin = NULL;
+  mk_unref(w->topic);
+  free(w);
+}
+
 static void subscribed(mk_vm *vm, const mk_term *topic, void *ud) {
   mk_ground *g = ud;
   double arg;
   int kind = ground_kind(topic, &arg);
   watch **pp, *w;
-  if (kind < 0) return;
+  if (kind == K_NONE) return;
   pp = find(g, topic);
-  if (*pp) { (*pp)->count++; return; }
+  if ((w = *pp) != NULL) {
+    w->count++;
+    /* A failed watch tries again: the number may name a new descriptor. */
+    if (!w->active && !w->published) start(g, w);
+    return;
+  }
   w = calloc(1, sizeof *w);
   if (w == NULL) return;
   w->g = g;
   w->topic = mk_ref((mk_term *)topic);
   w->count = 1;
   w->kind = kind;
-  switch (kind) {
-    case 0:
-      ev_io_init(&w->w.io, io_cb, (int)arg,
-                 topic->v.rt == mk_ground_readable ? EV_READ : EV_WRITE);
-      w->w.io.data = w;
-      ev_io_start(g->loop, &w->w.io);
-      break;
-    case 1: {
-      double delay = arg / 1000.0 - ev_now(g->loop);
-      ev_timer_init(&w->w.timer, timer_cb, delay > 0 ? delay : 0, 0);
-      w->w.timer.data = w;
-      ev_timer_start(g->loop, &w->w.timer);
-      break;
-    }
-    default:
-      ev_signal_init(&w->w.sig, signal_cb, (int)arg);
-      w->w.sig.data = w;
-      ev_signal_start(g->loop, &w->w.sig);
-      break;
-  }
-  g->active++;
+  w->arg = arg;
+  if (kind == K_IO && (w->twin = twin_of(g, topic)) != NULL) w->twin->twin = w;
   w->next = *pp;
   *pp = w;
   if (++g->nwatch > g->tabsize) grow(g);
-}
-
-static void stop(mk_ground *g, watch *w) {
-  switch (w->kind) {
-    case 0: ev_io_stop(g->loop, &w->w.io); g->active--; break;
-    case 1:
-      if (ev_is_active(&w->w.timer)) { ev_timer_stop(g->loop, &w->w.timer); g->active--; }
-      break;
-    default: ev_signal_stop(g->loop, &w->w.sig); g->active--; break;
-  }
+  start(g, w);
 }
 
 static void unsubscribed(mk_vm *vm, const mk_term *topic, void *ud) {
   mk_ground *g = ud;
   double arg;
   watch **pp, *w;
-  if (ground_kind(topic, &arg) < 0) return;
+  if (ground_kind(topic, &arg) == K_NONE) return;
   pp = find(g, topic);
   if ((w = *pp) == NULL || --w->count > 0) return;
   *pp = w->next;
   g->nwatch--;
-  stop(g, w);
-  mk_unref(w->topic);
-  free(w);
+  halt_watch(g, w);
+  withdraw(g, w, NULL);
+  watch_free(w);
 }
+
+void mk_ground_fd_closed(int fd) {
+  mk_ground *g;
+  mk_term *topics[2] = { NULL, NULL }, *reason = NULL;
+  int i;
+  for (g = grounds; g; g = g->gnext) {
+    if (g->nring == 0) continue;          /* no descriptor watched here */
+    if (topics[0] == NULL) {
+      char why[48];
+      snprintf(why, sizeof why, "fd %d was closed", fd);
+      reason = mk_cstr(why);
+      topics[0] = mk_rec(mk_ground_readable, mk_int(fd));
+      topics[1] = mk_rec(mk_ground_writable, mk_int(fd));
+    }
+    for (i = 0; i < 2; i++) {
+      watch *w = *find(g, topics[i]);
+      if (w != NULL && w->active) fail(g, w, reason);
+    }
+  }
+  mk_unref(topics[0]);
+  mk_unref(topics[1]);
+  mk_unref(reason);
+}
+
+/* ---- stopping ------------------------------------------------------------------ */
+
+static void halt(mk_ground *g, const char *why) {
+  mk_term *r = mk_cstr(why);
+  if (g->timing) {
+    g->timing = 0;
+    ev_ref(g->loop);
+    ev_timer_stop(g->loop, &g->deadline);
+  }
+  mk_vm_kill_all(g->vm, r);
+  mk_unref(r);
+}
+
+static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+  mk_ground *g = t->data;
+  char why[96];
+  /* libev stopped the one-shot timer, which it had counted: even up. */
+  ev_ref(loop);
+  g->timing = 0;
+  snprintf(why, sizeof why, "stopped: the drain time (%g ms) ran out", g->stop_drain);
+  halt(g, why);
+}
+
+static void begin_stop(mk_ground *g, double drain_ms) {
+  mk_term *t = mk_rec(mk_ground_stopping, mk_float(floor(mk_ground_now(g) + drain_ms)));
+  mk_role r;
+  g->stopping = 1;
+  g->stop_drain = drain_ms;
+  r.orientation = MK_PUBLISHER;
+  r.interest = MK_PARTICIPANT;
+  r.topic = t;
+  mk_add_endpoint(g->self, "stopping", 0, r);
+  mk_unref(t);
+  /* The drain's end, not a reason to keep running: unref'd. */
+  ev_timer_set(&g->deadline, drain_ms / 1000.0, 0);
+  ev_timer_start(g->loop, &g->deadline);
+  ev_unref(g->loop);
+  g->timing = 1;
+}
+
+void mk_ground_stop(mk_ground *g, double drain_ms) {
+  if (g == NULL || g->stopping) return;
+  if (!(drain_ms >= 0) || !isfinite(drain_ms)) drain_ms = g->drain_ms;
+  begin_stop(g, drain_ms);
+}
+
+static void stopsig_cb(struct ev_loop *loop, ev_signal *s, int revents) {
+  mk_ground *g = s->data;
+  if (!g->stopping) { begin_stop(g, g->drain_ms); return; }
+  g->exit_status = 128 + s->signum;
+  halt(g, "stopped by a second signal");
+}
+
+static void signals_off(mk_ground *g) {
+  int i;
+  if (!g->onsignals) return;
+  g->onsignals = 0;
+  for (i = 0; i < 2; i++) {
+    ev_ref(g->loop);
+    ev_signal_stop(g->loop, &g->stopsig[i]);
+    release_signal(g->stopsig[i].signum);
+  }
+}
+
+int mk_ground_stop_on_signals(mk_ground *g, double drain_ms) {
+  static const int sigs[2] = { SIGINT, SIGTERM };
+  int i;
+  if (drain_ms < 0) { signals_off(g); return 0; }
+  if (!isfinite(drain_ms)) return -1;
+  if (!g->onsignals) {
+    for (i = 0; i < 2; i++)
+      if (sigowner[sigs[i]].n > 0 && sigowner[sigs[i]].loop != g->loop) return -1;
+    for (i = 0; i < 2; i++) {
+      claim_signal(g->loop, sigs[i]);
+      ev_signal_init(&g->stopsig[i], stopsig_cb, sigs[i]);
+      g->stopsig[i].data = g;
+      ev_signal_start(g->loop, &g->stopsig[i]);
+      ev_unref(g->loop);      /* a stop is nothing to wait for */
+    }
+    g->onsignals = 1;
+  }
+  g->drain_ms = drain_ms;
+  return 0;
+}
+
+int mk_ground_exit_status(const mk_ground *g) { return g->exit_status; }
+
+/* ---- life ------------------------------------------------------------------------ */
+
+/* The resident process: it only holds the ground's publishers, and wants
+** none of the events its endpoints get (declines: never even queued). */
+static void ground_handle(mk_proc *p, const mk_event *ev) {}
+static int ground_declines(mk_proc *p, uint32_t tag, mk_event_type type) { return 1; }
+static const mk_behavior ground_behavior = { "ground", ground_handle, NULL, NULL, ground_declines };
 
 static mk_rtype *rtype1(const char *label, const char *field) {
   return mk_rtype_get(label, strlen(label), 1, &field);
@@ -183,7 +577,10 @@ mk_ground *mk_ground_new(struct ev_loop *loop) {
     mk_ground_writable = rtype1("market:writable", "fd");
     mk_ground_alarm = rtype1("market:alarm", "msecs");
     mk_ground_signal = rtype1("market:signal", "signum");
+    mk_ground_stopping = rtype1("market:stopping", "deadline_ms");
   }
+  g->self = mk_vm_resident(g->vm, &ground_behavior, g, "ground");
+  g->drain_ms = DEFAULT_DRAIN_MS;
   hooks.subscribed = subscribed;
   hooks.unsubscribed = unsubscribed;
   hooks.ud = g;
@@ -192,6 +589,12 @@ mk_ground *mk_ground_new(struct ev_loop *loop) {
   g->prepare.data = g;
   ev_prepare_start(loop, &g->prepare);
   ev_unref(loop);            /* the prepare alone is nothing to wait on */
+  ev_init(&g->audit, audit_cb);
+  g->audit.data = g;
+  ev_init(&g->deadline, deadline_cb);
+  g->deadline.data = g;
+  g->gnext = grounds;
+  grounds = g;
   return g;
 }
 
@@ -216,14 +619,20 @@ int mk_ground_step(mk_ground *g) {
 }
 
 void mk_ground_free(mk_ground *g, mk_term *reason) {
+  mk_ground **pp;
   size_t i;
   if (g == NULL) return;
+  for (pp = &grounds; *pp != g; pp = &(*pp)->gnext) {}
+  *pp = g->gnext;
   mk_vm_free(g->vm, reason);     /* unsubscribes everything it watched */
+  g->self = NULL;
   for (i = 0; i < g->tabsize; i++) {
     watch *w = g->tab[i], *nx;
-    for (; w; w = nx) { nx = w->next; stop(g, w); mk_unref(w->topic); free(w); }
+    for (; w; w = nx) { nx = w->next; halt_watch(g, w); watch_free(w); }
   }
   free(g->tab);
+  if (g->timing) { ev_ref(g->loop); ev_timer_stop(g->loop, &g->deadline); }
+  signals_off(g);
   ev_ref(g->loop);
   ev_prepare_stop(g->loop, &g->prepare);
   if (--ground_types_users == 0) {
@@ -231,7 +640,9 @@ void mk_ground_free(mk_ground *g, mk_term *reason) {
     mk_rtype_unref(mk_ground_writable);
     mk_rtype_unref(mk_ground_alarm);
     mk_rtype_unref(mk_ground_signal);
+    mk_rtype_unref(mk_ground_stopping);
     mk_ground_readable = mk_ground_writable = mk_ground_alarm = mk_ground_signal = NULL;
+    mk_ground_stopping = NULL;
   }
   free(g);
 }

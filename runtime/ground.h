@@ -2,19 +2,71 @@
 ** ground.h: the ground VM, the root of a program, on a libev loop.
 **
 ** The ground VM is the only place that touches the operating system.  It
-** offers readiness as ground events: a process that subscribes (as a
-** participant) to one of the records below in the ground VM makes the
-** ground VM watch it, and receives the same record as a message each time
-** it fires; withdrawing the last such subscription stops the watch.  The
-** drivers are written against these records, never against libev, so an
+** offers readiness as ground events, records that processes subscribe to
+** (as participants) in the ground VM:
+**
+**   market:readable(fd)          fd is readable (level-triggered)
+**   market:writable(fd)          fd is writable (level-triggered)
+**   market:alarm(msecs)          the wall clock (ms since the epoch) reached msecs (once)
+**   market:signal(signum)        the signal arrived
+**   market:stopping(deadline_ms) the program is stopping (below); watches nothing
+**
+** The drivers are written against these records, never against libev, so an
 ** event relay can carry them up from a nested VM.
 **
-**   market:readable(fd)    fd is readable (level-triggered)
-**   market:writable(fd)    fd is writable (level-triggered)
-**   market:alarm(msecs)    the wall clock (ms since the epoch) reached msecs (once)
-**   market:signal(signum)  the signal arrived (libev: a signal is watched by one loop at a time)
+** The ground is the publisher of its events.  Every subscription to an
+** equal record shares one watch (one libev watcher, counted), and while the
+** watch is on, the ground VM's resident process "ground" (pid 0, outside the
+** pid table: vm.h's mk_vm_resident) publishes the record.  So a subscriber
+** sees the ground's presence when the watch starts, receives the record as
+** a message each time it fires, and sees the ground's absence, with a
+** reason, when the watch fails.  Withdrawing the last subscription stops the
+** watch and the ground withdraws (reason nil).  A fired alarm stays
+** published until then.  A field that is not a number (the wildcard, say)
+** watches nothing, and such a subscription only sees the watches others
+** made.
 **
-** Fields must be numbers; a subscription with a wildcard watches nothing.
+** Validation, when a subscription would start a watch (hand-built records
+** included, from Lua or mk_rec), before libev sees the value:
+**
+**   readable, writable  an integer 0..INT_MAX that is an open descriptor
+**   signal              an integer 1..NSIG-1 other than SIGKILL and SIGSTOP,
+**                       not watched by this program on another libev loop
+**                       (libev allows one loop per signal)
+**   alarm               a finite number
+**
+** An invalid record is published and withdrawn at once, so its subscriber
+** sees presence, then absence with a reason such as
+** "market:readable(-1): not an open file descriptor".
+**
+** A descriptor watch fails later when the descriptor goes:
+**
+**   "fd 7 was closed"     it was closed through market (mk_ground_fd_closed,
+**                         which market.sys sockets call before they close)
+**   "market:readable(7): the descriptor was closed"
+**                         it was closed behind market's back: noticed before
+**                         the next poll when the watch was started or
+**                         changed since the last one, else by an audit that
+**                         checks up to 128 watched descriptors every second
+**   "market:readable(7): bad file descriptor"
+**                         libev reported an error for it (EV_ERROR)
+**
+** A closed descriptor whose number is reused before the audit reaches it
+** cannot be told from the new one.  A failed watch watches nothing; a later
+** subscription to the same record tries it again (the number may name a new
+** descriptor then), and every subscriber still there sees the outcome, so a
+** subscriber that saw the ground's absence should withdraw.
+**
+** Stopping (DESIGN §8).  mk_ground_stop begins a stop: from then on the
+** ground publishes market:stopping(deadline_ms) (the wall-clock ms when the
+** drain ends) and never withdraws it.  Subscribing to it watches nothing
+** and never keeps the program alive.  Processes that take new work (the tcp
+** driver's listeners) stop taking it when they see the ground's presence;
+** the others finish what they do.  When the drain ends, every process still
+** there is killed with the reason "stopped: the drain time (5000 ms) ran
+** out", which closes what they hold, and the loop has nothing left.  A
+** program whose processes are done earlier ends earlier: the drain's timer
+** does not keep the loop alive.
 */
 #ifndef MK_GROUND_H
 #define MK_GROUND_H
@@ -27,7 +79,7 @@ typedef struct mk_ground mk_ground;
 /* The record types of the ground events (borrowed, live as long as any
 ** ground exists, created by mk_ground_new). */
 extern mk_rtype *mk_ground_readable, *mk_ground_writable, *mk_ground_alarm,
-    *mk_ground_signal;
+    *mk_ground_signal, *mk_ground_stopping;
 
 /*
 ** A ground VM on `loop`, or on libev's default loop when loop is NULL.  The
@@ -52,5 +104,35 @@ double mk_ground_now(mk_ground *g);
 /* Kill every process (they see each other's absence with `reason`, borrowed),
 ** stop every watcher and free the ground.  The loop is left alone. */
 void mk_ground_free(mk_ground *g, mk_term *reason);
+
+/*
+** Begin a stop (above) with a drain of drain_ms milliseconds; negative or
+** not finite: the drain set by mk_ground_stop_on_signals (5000 ms until
+** set).  0 ends the drain at the next loop iteration, so processes still
+** see market:stopping first.  A stop under way is not changed by a later
+** call.  Callable from a handler: nothing is killed before the loop runs.
+*/
+void mk_ground_stop(mk_ground *g, double drain_ms);
+/*
+** Make SIGINT and SIGTERM begin a stop with a drain of drain_ms (finite, 0
+** or more), and a second one during the stop end it at once: every process
+** is killed with the reason "stopped by a second signal" and
+** mk_ground_exit_status becomes 128 + signum.  The watchers do not keep
+** the loop alive, and a process's own market:signal subscription to either
+** signal still gets its message.  Called again, it changes the drain;
+** drain_ms negative turns it off.  Returns 0, or -1 when drain_ms is not a
+** number or this program watches SIGINT or SIGTERM on another libev loop.
+*/
+int mk_ground_stop_on_signals(mk_ground *g, double drain_ms);
+/* 0, or 128 + signum once a second signal ended a stop. */
+int mk_ground_exit_status(const mk_ground *g);
+
+/*
+** Descriptor fd is about to be closed: every ground of the program that
+** watches it stops its libev watchers first (so that libev never meets a
+** closed descriptor) and withdraws with the reason "fd N was closed".
+** Call it before close(2) on any descriptor a ground event may name.
+*/
+void mk_ground_fd_closed(int fd);
 
 #endif

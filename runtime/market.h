@@ -113,8 +113,16 @@ typedef struct mk_host mk_host;
 **   and market creates a loop of its own (ev_loop_new), which
 **   mk_host_free() destroys.  Either way mk_host_loop() returns it.
 **   Ground signal events (market:signal) work on any loop, but a signal
-**   can be watched in only one loop of the program at a time (libev).
+**   can be watched in only one loop of the program at a time (libev): a
+**   subscription on another loop sees the ground's absence with the reason
+**   "market:signal(N): watched by another event loop".
 ** err: may be NULL; on failure it receives the status and a message.
+**
+** SIGPIPE: a peer that goes away makes writes fail with EPIPE, which must
+** be an error of the one connection, never the end of the program.  So
+** when SIGPIPE's disposition is the default (terminate), mk_host_new sets
+** it to SIG_IGN, for the whole program, and leaves it so.  A handler of
+** your own, or SIG_IGN, is left alone.
 **
 ** Returns the host, owned by the caller (mk_host_free), or NULL:
 **   MK_ENOMEM  out of memory (Lua state, VM, ...)
@@ -355,6 +363,40 @@ mk_pid mk_host_subscribe(mk_host *h, mk_term *topic, mk_message_fn fn, void *ud)
 ** Returns MK_OK or MK_ENOPROC.
 */
 int mk_host_kill(mk_host *h, mk_pid pid, mk_term *reason);
+
+/* ---- stopping ------------------------------------------------------------ */
+
+/*
+** A graceful stop (DESIGN §8, docs/semantics.md "Stopping"): the ground
+** publishes market:stopping(deadline_ms), on which the tcp driver's
+** listeners close at once and processes that watch it wind down; the
+** others get drain_ms milliseconds to finish, after which every process
+** still there is killed with the reason "stopped: the drain time (N ms)
+** ran out" (so their connections close) and mk_host_run returns.  When
+** everything finishes sooner, it returns sooner.
+**
+** mk_host_stop_on_signals makes SIGINT and SIGTERM begin such a stop, and a
+** second one during the stop end it at once: every process is killed with
+** the reason "stopped by a second signal" and mk_host_exit_status becomes
+** 128 + signum.  Opt-in (the `market` interpreter opts in, with 5000 ms
+** unless --drain says otherwise); the watchers do not keep the loop alive;
+** a process's own market:signal subscription still gets its message.
+** drain_ms: 0 or more, finite; negative turns it off again.  Returns
+** MK_OK, or MK_EINVAL (drain_ms not a number, or the program already
+** watches SIGINT or SIGTERM on another libev loop: libev allows one).
+**
+** mk_host_stop begins a stop from the host; drain_ms negative means the
+** drain of mk_host_stop_on_signals (5000 ms if never set).  Nothing is
+** killed before the loop runs again, so it may be called from a handler.
+** A stop under way is not changed by a later call.  Returns MK_OK or
+** MK_EINVAL (h NULL).
+**
+** mk_host_exit_status: the status a program should exit with once the host
+** has run: 0, or 128 + signum after a second signal.
+*/
+int mk_host_stop_on_signals(mk_host *h, double drain_ms);
+int mk_host_stop(mk_host *h, double drain_ms);
+int mk_host_exit_status(const mk_host *h);
 
 /* ---- running ------------------------------------------------------------ */
 

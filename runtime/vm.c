@@ -327,7 +327,7 @@ static int by_pid(const void *a, const void *b) {
 
 /* Kill one process at a time, oldest first, and let the survivors see it
 ** go.  Processes spawned meanwhile are taken in the next round. */
-static void kill_all(mk_vm *vm, mk_term *reason) {
+void mk_vm_kill_all(mk_vm *vm, mk_term *reason) {
   size_t i;
   while (vm->nprocs > 0) {
     size_t n = 0, k;
@@ -349,7 +349,12 @@ static void kill_all(mk_vm *vm, mk_term *reason) {
 void mk_vm_free(mk_vm *vm, mk_term *reason) {
   if (vm == NULL) return;
   vm->freeing = 1;
-  kill_all(vm, reason);
+  mk_vm_kill_all(vm, reason);
+  if (vm->resident) {
+    /* Last: the others' departures may still have made it act. */
+    mkI_kill(vm->resident, reason);
+    vm->resident = NULL;
+  }
   drop_queue(vm);
   mk_action_free(vm->outbox);
   mk_index_free(vm->ix[0]);
@@ -395,6 +400,22 @@ static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char
 
 mk_pid mk_vm_spawn(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
   return proc_new(vm, b, data, name)->pid;
+}
+
+mk_proc *mk_vm_resident(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
+  mk_proc *p;
+  if (vm->resident != NULL) return NULL;
+  p = xmalloc(sizeof *p);
+  memset(p, 0, sizeof *p);
+  p->vm = vm;
+  p->pid = 0;               /* not vm->nextpid: the program's pids stay as they were */
+  p->name = xstrdup(name);
+  p->b = b;
+  p->data = data;
+  p->refs = 1;
+  p->resident = 1;
+  vm->resident = p;
+  return p;
 }
 
 /* ---- endpoints, presence and absence ------------------------------------ */
@@ -660,7 +681,7 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
   mk_vm *vm = p->vm;
   if (p->dead) return;
   p->dead = 1;
-  if (TRACING(vm)) trace_proc(p, "quit", NULL, NULL, reason);
+  if (TRACING(vm) && !p->resident) trace_proc(p, "quit", NULL, NULL, reason);
   while (p->eps) endpoint_remove(p->eps, reason);
   if (p->metas && vm->parent) {
     /* Its endpoints one level up go with it, carrying the same reason. */
@@ -674,12 +695,12 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
     if (vm->outtail) vm->outtail->next = a; else vm->outbox = a;
     vm->outtail = a;
   }
-  ptab_remove(vm, p);
+  if (!p->resident) ptab_remove(vm, p);
   if (p->b == &mk_nested_behavior && p->data != NULL)
     /* Its VM goes with it: the processes inside see each other go with
     ** this reason (DESIGN §1 "its VM goes"), not with the nil that
     ** mk_vm_free gives when destroy frees the VM later (nested_spec). */
-    kill_all((mk_vm *)p->data, reason);
+    mk_vm_kill_all((mk_vm *)p->data, reason);
   proc_unref(p);
 }
 
@@ -878,7 +899,7 @@ static void check_exit(mk_proc *p) {
   ** whose processes talk only among themselves (or whose last child with
   ** meta endpoints crashed while siblings live on) was killed with all
   ** its live processes. */
-  if (p->b == &mk_nested_behavior) return;
+  if (p->b == &mk_nested_behavior || p->resident) return;
   if (!p->dead && p->neps == 0 && p->metas == NULL && p->pending == 0 && !p->in_handle)
     mkI_kill(p, NULL);
 }

@@ -154,6 +154,24 @@ mk_action *mk_vm_take_outbox(mk_vm *vm);
 ** failure (destroy is then called on `data`'s behalf).
 */
 mk_pid mk_vm_spawn(mk_vm *vm, const mk_behavior *b, void *data, const char *name);
+/*
+** A resident process: one that belongs to whoever embeds the VM (the
+** ground VM's own endpoints, ground.h), not to the program.  It has pid 0
+** and no boot event, is not in the pid table (mk_vm_proc, mk_vm_kill and
+** mk_vm_nprocs do not see it, and no pid a program sees changes), never
+** exits implicitly, and survives mk_vm_kill_all; mk_vm_free ends it last.
+** It acts with the ordinary calls (mk_add_endpoint, mk_send, ...) from
+** outside any handler.  At most one per VM: NULL if the VM has one.  The
+** VM owns it; `data` is the behaviour's, freed through `destroy`.
+*/
+mk_proc *mk_vm_resident(mk_vm *vm, const mk_behavior *b, void *data, const char *name);
+/*
+** Kill every process of the pid table, one at a time, oldest first, running
+** the VM after each so that the survivors see it go with `reason`
+** (borrowed; NULL normal); processes spawned meanwhile go in a later round.
+** The resident process stays.  Not from inside a handler: it runs the VM.
+*/
+void mk_vm_kill_all(mk_vm *vm, mk_term *reason);
 /* Send a message into the VM from outside any process (NULL: nothing). */
 void mk_vm_send(mk_vm *vm, mk_term *body, int feedback);   /* body borrowed */
 /* Kill a process from outside; reason borrowed (NULL normal).  -1 if no such pid. */

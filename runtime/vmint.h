@@ -77,6 +77,7 @@ struct mk_proc {
   uint32_t pending;         /* queued events for it */
   uint32_t conts;           /* continuations not yet delivered */
   uint8_t dead, in_handle;
+  uint8_t resident;         /* mk_vm_resident: pid 0, outside the pid table */
 };
 
 struct mk_vm {
@@ -84,6 +85,7 @@ struct mk_vm {
   mk_proc *self;            /* the nested-VM process in the parent */
   mk_index *ix[2];          /* by orientation */
   mk_proc **ptab;           /* pid table, chained */
+  mk_proc *resident;        /* mk_vm_resident's process, or NULL; ended by mk_vm_free */
   size_t ptabsize, nprocs;
   mk_endpoint **etab;       /* (pid, name) table, chained */
   size_t etabsize, neps;

@@ -199,6 +199,20 @@ describe("quit", function()
     end)
     assert.same({ "a alive" }, log.lines)
   end)
+
+  it("quit(0) and negative pids name no process: only quit() with no pid is this process", function()
+    local log = H.log()
+    H.ground(function()
+      for _, pid in ipairs { 0, -1, math.mininteger } do
+        market.perform(market.quit(pid, "nobody"))
+        log("alive after quit(%d)", pid)
+      end
+      market.perform(market.quit())
+      log("not reached")
+    end)
+    assert.same({ "alive after quit(0)", "alive after quit(-1)",
+                  "alive after quit(" .. math.mininteger .. ")" }, log.lines)
+  end)
 end)
 
 describe("absence reasons", function()

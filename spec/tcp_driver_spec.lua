@@ -424,7 +424,7 @@ describe("tcp driver", function()
       N.await({ "seen" })
       market.perform(send({ "stop-server", 0 }),
         market.subscriber(market.ground.readable(raw:fd()), "raw"))
-      market.wait_for(function(e) return e.endpoint == "raw" end)
+      market.wait_for(function(e) return e.type == "message" and e.endpoint == "raw" end)
       local data, err = raw:read()
       result = tostring(data) .. " " .. tostring(err)
       market.perform(market.delete_endpoint("raw"))

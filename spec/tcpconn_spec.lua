@@ -26,7 +26,7 @@ local function read_all(s)
   local got = {}
   market.perform(market.subscriber(market.ground.readable(s:fd()), "raw"))
   while true do
-    market.wait_for(function(e) return e.endpoint == "raw" end)
+    market.wait_for(function(e) return e.type == "message" and e.endpoint == "raw" end)
     local data, err = s:read()
     if data then got[#got + 1] = data
     elseif data == nil then
@@ -125,7 +125,7 @@ describe("tcp connection managers", function()
       -- Do not read until the linger time has surely passed.
       local t0 = market.now()
       market.perform(market.subscriber(market.ground.alarm(math.floor(t0) + 1000), "later"))
-      market.wait_for(function(e) return e.endpoint == "later" end)
+      market.wait_for(function(e) return e.type == "message" and e.endpoint == "later" end)
       market.perform(market.delete_endpoint("later"))
       got, ended = read_all(raw)
       waited = market.now() - t0
@@ -162,7 +162,7 @@ describe("tcp connection managers", function()
       for i = 1, n do
         local s = socks[i]
         market.perform(market.subscriber(market.ground.writable(s:fd()), "w"))
-        market.wait_for(function(e) return e.endpoint == "w" end)
+        market.wait_for(function(e) return e.type == "message" and e.endpoint == "w" end)
         market.perform(market.delete_endpoint("w"))
         assert(s:write("conn " .. i) == #("conn " .. i))
         assert(s:shutdown())

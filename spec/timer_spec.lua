@@ -105,6 +105,38 @@ describe("timer driver", function()
     assert.equal(1, #log)
     assert.equal("good", log[1].label)
   end)
+
+  it("ignores times that are not finite: no ground alarm can be set for them", function()
+    local log, held = {}, nil
+    ground(function()
+      market.perform(recorder(log, 2), market.spawn(function()
+        -- After a second: which ground alarms are subscribed to, besides
+        -- this one?  (The driver, pid 2, goes then: an alarm it held for
+        -- ever would keep the program alive.)
+        local seen = {}
+        local mine = market.ground.alarm(math.floor(market.now()) + 1000)
+        return market.transition(nil,
+          market.observe_subscribers(market.ground.alarm(_), {
+            on_presence = function(_, role) seen[market.repr(role.topic)] = true end,
+            on_absence = function(_, role) seen[market.repr(role.topic)] = nil end }),
+          market.subscriber(mine, { on_message = function()
+            seen[market.repr(mine)] = nil
+            held = next(seen) or "none"
+            return market.transition_no_state(market.quit(2), market.quit())
+          end }))
+      end, { name = "checker" }))
+      market.pause()
+      market.perform(market.send(timer.set("inf", math.huge, "relative")),
+                     market.send(timer.set("nan", 0 / 0, "absolute")),
+                     market.send(timer.set("-inf", -math.huge, "absolute")),
+                     market.send(timer.set("good", 5, "relative")),
+                     market.send(timer.set("good2", 10, "relative")))
+    end)
+    assert.equal(2, #log)
+    assert.equal("good", log[1].label)
+    assert.equal("good2", log[2].label)
+    assert.equal("none", held)
+  end)
 end)
 
 describe("event relay", function()

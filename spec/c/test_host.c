@@ -3,6 +3,8 @@
 ** processes, messages in and out, failures, stepping, teardown.
 */
 #include <ev.h>
+#include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -497,6 +499,116 @@ static void deep_lua(void) {
   mk_host_free(h);
 }
 
+/* ---- stopping ------------------------------------------------------------- */
+
+/* Lua: raise_term() sends this program SIGTERM. */
+static int l_raise_term(lua_State *L) {
+  raise(SIGTERM);
+  return 0;
+}
+
+/* The boot process watches for the stop (in mode "again" it signals again
+** when the stop begins, or in mode "quit" it quits, which ends its work);
+** pid 2 holds work: a publisher 'job' and an alarm 10 s ahead; pid 3 notes
+** why 'job' went. */
+static const char stop_script[] =
+  "local market = require 'market'\n"
+  "local mode = ...\n"
+  "local alarm = market.ground.alarm(math.floor(market.now()) + 10000)\n"
+  "market.perform(market.spawn(function()\n"
+  "  return market.transition(nil, market.publisher('job'), market.subscriber(alarm))\n"
+  "end), market.spawn(function()\n"
+  "  return market.transition(nil, market.subscriber('job', { on_absence = function(_, _, why)\n"
+  "    note('job went: ' .. tostring(why)) end }))\n"
+  "end))\n"
+  "return market.transition(nil, market.subscriber(alarm),\n"
+  "  market.subscriber(market.ground.stopping(market._), { on_presence = function(_, role)\n"
+  "    note(('stopping, %d ms left'):format(role.topic.deadline_ms - math.floor(market.now())))\n"
+  "    if mode == 'again' then raise_term() end\n"
+  "    if mode == 'quit' then return market.transition_no_state(market.quit(2), market.quit()) end\n"
+  "  end }))\n";
+
+static mk_host *stop_host(const char *mode) {
+  mk_host *h = newhost();
+  const char *argv[1];
+  argv[0] = mode;
+  lua_pushcfunction(mk_host_lua(h), l_raise_term);
+  lua_setglobal(mk_host_lua(h), "raise_term");
+  CHECK(mk_host_spawn_string(h, stop_script, "stopper", 1, argv) == 1);
+  CHECK(mk_host_step(h) == 1);                /* booted: the alarms hold it */
+  return h;
+}
+
+static void stop_on_signals(void) {
+  mk_host *h;
+  double t0;
+  CHECK(mk_host_stop_on_signals(NULL, 100) == MK_EINVAL);
+  CHECK(mk_host_stop(NULL, 0) == MK_EINVAL && mk_host_exit_status(NULL) == 0);
+  /* One signal: the drain, then every process left is killed; status 0. */
+  h = stop_host("once");
+  CHECK(mk_host_stop_on_signals(h, NAN) == MK_EINVAL);
+  CHECK(strstr(mk_host_error(h), "not a finite number") != NULL);
+  CHECK(mk_host_stop_on_signals(h, 100) == MK_OK);
+  t0 = ev_time();
+  raise(SIGTERM);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(ev_time() - t0 < 5);
+  CHECK(has("stopping, 100 ms left") || has("stopping, 99 ms left"));
+  CHECK(has("job went: stopped: the drain time (100 ms) ran out"));
+  CHECK(mk_host_exit_status(h) == 0);
+  CHECK(mk_vm_nprocs(mk_host_vm(h)) == 0);
+  mk_host_free(h);
+  /* A second signal during the drain: at once, 128 + SIGTERM. */
+  h = stop_host("again");
+  CHECK(mk_host_stop_on_signals(h, 10000) == MK_OK);
+  t0 = ev_time();
+  raise(SIGTERM);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(ev_time() - t0 < 5);
+  CHECK(has("job went: stopped by a second signal"));
+  CHECK(mk_host_exit_status(h) == 128 + SIGTERM);
+  mk_host_free(h);
+}
+
+static void stop_from_host(void) {
+  mk_host *h;
+  double t0;
+  /* Drain 0: the processes still see the stop begin, then go. */
+  h = stop_host("once");
+  CHECK(mk_host_stop(h, 0) == MK_OK);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(has("stopping, 0 ms left") || has("stopping, -1 ms left"));
+  CHECK(has("job went: stopped: the drain time (0 ms) ran out"));
+  CHECK(mk_host_exit_status(h) == 0);
+  mk_host_free(h);
+  /* The work ends before the drain does: so does the run. */
+  h = stop_host("quit");
+  t0 = ev_time();
+  CHECK(mk_host_stop(h, 5000) == MK_OK);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(ev_time() - t0 < 2.5);
+  CHECK(has("job went: nil"));
+  mk_host_free(h);
+}
+
+/* Nothing in market dies of SIGPIPE: a host ignores it, unless the program
+** chose otherwise. */
+static void on_pipe(int sig) { (void)sig; }
+
+static void sigpipe(void) {
+  struct sigaction sa;
+  mk_host *h;
+  signal(SIGPIPE, SIG_DFL);
+  h = newhost();
+  CHECK(sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN);
+  mk_host_free(h);
+  signal(SIGPIPE, on_pipe);
+  h = newhost();
+  CHECK(sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == on_pipe);
+  mk_host_free(h);
+  signal(SIGPIPE, SIG_IGN);
+}
+
 int main(void) {
   RUN(new_and_free);
   RUN(spawn_errors);
@@ -512,5 +624,8 @@ int main(void) {
   RUN(trace);
   RUN(warnings);
   RUN(deep_lua);
+  RUN(stop_on_signals);
+  RUN(stop_from_host);
+  RUN(sigpipe);
   return CHECK_DONE();
 }

@@ -6,9 +6,12 @@
 ** script (a C function) that performs the actions under test.
 */
 #include <ev.h>
+#include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -1755,6 +1758,338 @@ static void test_ground_free_live(void) {
   END;
 }
 
+/* ---- the ground as the publisher of its events ---------------------------- */
+
+static mk_term *Rd(int64_t fd) { return mk_rec(mk_ground_readable, mk_int(fd)); }
+
+/* The resident process: pid 0, outside the pid table, immune to kill_all
+** and to implicit exit; mk_vm_free ends it last. */
+static void test_vm_resident(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec res, a;
+  mk_proc *p;
+  rec_init(&res, "RES");
+  rec_init(&a, "A");
+  p = mk_vm_resident(vm, &recb, &res, "resident");
+  CHECK(p != NULL && mk_proc_pid(p) == 0);
+  CHECK(mk_vm_resident(vm, &recb, &res, "again") == NULL);
+  CHECK(mk_vm_nprocs(vm) == 0 && mk_vm_proc(vm, 0) == NULL && mk_vm_kill(vm, 0, NULL) == -1);
+  mk_yield(p, "c");                /* its only event: no endpoints, nothing left */
+  rec_ep(&a, "sub", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 0);
+  CHECK(spawn(vm, &a) == 1);       /* the program's pids are as they were */
+  mk_vm_run(vm);
+  CHECK(log_count(&res.log, "resume c") == 1);
+  CHECK(mk_proc_alive(p) && res.destroyed == 0);     /* no implicit exit */
+  {
+    mk_term *t = R(I(1), I(2));
+    mk_add_endpoint(p, "pub", 0, role(MK_PUBLISHER, MK_PARTICIPANT, t));
+    mk_unref(t);
+  }
+  mk_vm_run(vm);
+  CHECK(log_count(&a.log, "presence sub publisher/participant rec(1, 2)") == 1);
+  mk_vm_kill_all(vm, NULL);
+  CHECK(a.destroyed == 1 && mk_vm_nprocs(vm) == 0);
+  CHECK(mk_proc_alive(p) && mk_proc_nendpoints(p) == 1 && res.destroyed == 0);
+  mk_vm_free(vm, NULL);
+  CHECK(res.destroyed == 1);
+  rec_done(&res); rec_done(&a);
+  END;
+}
+
+/* A subscriber sees the ground's presence while the watch is on; observers
+** see the ground's publishers; a record with no fields is an ordinary topic
+** (it crashed the ground's check, issue 8). */
+static void test_ground_publishes(void) {
+  BEGIN;
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g = mk_ground_new(loop);
+  mk_vm *vm = mk_ground_vm(g);
+  mk_rtype *ping = mk_rtype_get("ping", 4, 0, NULL);
+  rec a, o, z;
+  int fds[2];
+  char want[160];
+  CHECK(pipe(fds) == 0);
+  rec_init(&a, "A");
+  rec_init(&o, "O");
+  rec_init(&z, "Z");
+  rec_ep(&a, "rd", MK_SUBSCRIBER, MK_PARTICIPANT, Rd(fds[0]), 0);
+  rec_ep(&o, "obs", MK_SUBSCRIBER, MK_OBSERVER, mk_rec(mk_ground_readable, W()), 0);
+  rec_ep(&z, "zero", MK_SUBSCRIBER, MK_PARTICIPANT, mk_rec(ping), 0);
+  rec_ep(&z, "zobs", MK_SUBSCRIBER, MK_OBSERVER, mk_rec(ping), 0);
+  CHECK(spawn(vm, &a) == 1 && spawn(vm, &o) == 2 && spawn(vm, &z) == 3);
+  CHECK(mk_ground_step(g) != 0);
+  CHECK(mk_ground_watching(g) == 1 && mk_vm_nprocs(vm) == 3);
+  snprintf(want, sizeof want, "presence rd publisher/participant market:readable(%d)", fds[0]);
+  CHECK(log_count(&a.log, want) == 1);
+  snprintf(want, sizeof want, "presence obs publisher/participant market:readable(%d)", fds[0]);
+  CHECK(log_count(&o.log, want) == 1);
+  CHECK(write(fds[1], "x", 1) == 1);
+  CHECK(mk_ground_step(g) != 0);
+  snprintf(want, sizeof want, "message rd market:readable(%d)", fds[0]);
+  CHECK(log_count(&a.log, want) >= 1);
+  /* The last subscriber goes: the watch stops, the ground withdraws. */
+  mk_vm_kill(vm, 1, NULL);
+  mk_vm_kill(vm, 3, NULL);          /* the unsubscribe path of the 0-field record */
+  CHECK(mk_ground_run(g) == 0);
+  snprintf(want, sizeof want, "absence obs publisher/participant market:readable(%d) nil", fds[0]);
+  CHECK(log_count(&o.log, want) == 1);
+  CHECK(mk_ground_watching(g) == 0);
+  mk_ground_free(g, NULL);
+  ev_loop_destroy(loop);
+  close(fds[0]);
+  close(fds[1]);
+  mk_rtype_unref(ping);
+  rec_done(&a); rec_done(&o); rec_done(&z);
+  END;
+}
+
+/* Records libev would assert on (or hang on) never reach it: the ground
+** publishes and withdraws at once, with the reason. */
+static void test_ground_invalid(void) {
+  BEGIN;
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g = mk_ground_new(loop);
+  mk_vm *vm = mk_ground_vm(g);
+  static const struct { int kind; double v; const char *shown, *why; } bad[] = {
+    { 0, -1, "market:readable(-1)", "not an open file descriptor" },
+    { 1, -1, "market:writable(-1)", "not an open file descriptor" },
+    { 0, 3.5, "market:readable(3.5)", "not an open file descriptor" },
+    { 0, 2e9, "market:readable(2000000000)", "not an open file descriptor" },
+    { 0, 2147483648.0, "market:readable(2147483648)", "not an open file descriptor" },
+    { 0, 1e300, NULL, "not an open file descriptor" },
+    { 2, 0, "market:signal(0)", "not a signal that can be caught" },
+    { 2, NSIG, NULL, "not a signal that can be caught" },
+    { 2, SIGKILL, NULL, "not a signal that can be caught" },
+    { 2, 2147483648.0, "market:signal(2147483648)", "not a signal that can be caught" },
+    { 2, -5, "market:signal(-5)", "not a signal that can be caught" },
+    { 3, INFINITY, NULL, "not a finite time" },
+  };
+  enum { NBAD = sizeof bad / sizeof bad[0] };
+  rec r[NBAD];
+  char want[200];
+  size_t i;
+  for (i = 0; i < NBAD; i++) {
+    mk_rtype *rt = bad[i].kind == 0 ? mk_ground_readable : bad[i].kind == 1 ? mk_ground_writable
+                 : bad[i].kind == 2 ? mk_ground_signal : mk_ground_alarm;
+    rec_init(&r[i], "X");
+    rec_ep(&r[i], "ev", MK_SUBSCRIBER, MK_PARTICIPANT, mk_rec(rt, mk_float(bad[i].v)), 0);
+    spawn(vm, &r[i]);
+  }
+  CHECK(mk_ground_run(g) == 0);          /* nothing is watched: done at once */
+  CHECK(mk_ground_watching(g) == 0);
+  for (i = 0; i < NBAD; i++) {
+    char *shown = mk_repr(r[i].eps[0].topic, NULL);
+    if (bad[i].shown) CHECK(strcmp(shown, bad[i].shown) == 0);
+    snprintf(want, sizeof want, "presence ev publisher/participant %s", shown);
+    CHECK(log_find(&r[i].log, want) == 1);
+    snprintf(want, sizeof want, "absence ev publisher/participant %s \"%s: %s\"",
+             shown, shown, bad[i].why);
+    CHECK(log_find(&r[i].log, want) == 2);
+    free(shown);
+  }
+  /* A NaN alarm too (NaN prints as nan or -nan: compare the reason only). */
+  {
+    rec n;
+    rec_init(&n, "N");
+    rec_ep(&n, "ev", MK_SUBSCRIBER, MK_PARTICIPANT, mk_rec(mk_ground_alarm, mk_float(NAN)), 0);
+    spawn(vm, &n);
+    CHECK(mk_ground_run(g) == 0);
+    CHECK(n.log.n == 3 && strstr(n.log.v[2], "not a finite time\"") != NULL);
+    mk_ground_free(g, NULL);
+    rec_done(&n);
+  }
+  ev_loop_destroy(loop);
+  for (i = 0; i < NBAD; i++) rec_done(&r[i]);
+  END;
+}
+
+/* A descriptor watch whose descriptor goes: ends with the ground's absence
+** and a reason, and the loop has nothing left (it used to wait for ever, or
+** libev aborted the program). */
+static void close_at_boot(mk_proc *p, const mk_event *ev, rec *r) {
+  ground_ud *u = r->ud;
+  if (ev->type == MK_EV_BOOT) close(u->fd);      /* behind market's back */
+}
+
+static void test_ground_fd_closed(void) {
+  BEGIN;
+  int mode;
+  /* 0: closed in the turn that subscribed (before libev told the kernel);
+  ** 1: closed later, found by the audit; 2: closed through market;
+  ** 3: the select backend reports the bad descriptor (EV_ERROR). */
+  for (mode = 0; mode < 4; mode++) {
+    struct ev_loop *loop = ev_loop_new(mode == 3 ? EVBACKEND_SELECT : EVFLAG_AUTO);
+    mk_ground *g = mk_ground_new(loop);
+    mk_vm *vm = mk_ground_vm(g);
+    rec a;
+    ground_ud u;
+    int fds[2];
+    double t0 = ev_time();
+    char want[200];
+    memset(&u, 0, sizeof u);
+    CHECK(pipe(fds) == 0);
+    u.fd = fds[0];
+    rec_init(&a, "A");
+    rec_ep(&a, "rd", MK_SUBSCRIBER, MK_PARTICIPANT, Rd(fds[0]), 0);
+    a.ud = &u;
+    if (mode == 0) a.fn = close_at_boot;
+    spawn(vm, &a);
+    if (mode > 0) {
+      CHECK(mk_ground_step(g) != 0);           /* watched: libev told the kernel */
+      if (mode == 2) mk_ground_fd_closed(fds[0]);
+      close(fds[0]);
+    }
+    CHECK(mk_ground_run(g) == 0);
+    CHECK(ev_time() - t0 < 5);
+    CHECK(mk_ground_watching(g) == 0);
+    if (mode == 2)
+      snprintf(want, sizeof want, "absence rd publisher/participant market:readable(%d) "
+               "\"fd %d was closed\"", fds[0], fds[0]);
+    else
+      snprintf(want, sizeof want, "absence rd publisher/participant market:readable(%d) "
+               "\"market:readable(%d): %s\"", fds[0], fds[0],
+               mode == 3 ? "bad file descriptor" : "the descriptor was closed");
+    CHECK(log_count(&a.log, want) == 1);
+    if (check_failed_now) { fprintf(stderr, "  mode %d\n", mode); log_dump(&a.log, "A"); }
+    mk_ground_free(g, NULL);
+    ev_loop_destroy(loop);
+    close(fds[1]);
+    rec_done(&a);
+  }
+  END;
+}
+
+/* Both directions of one descriptor watched, the descriptor closed behind
+** market's back, then one direction withdrawn: libev would change the
+** kernel's interest in the closed descriptor (epoll_ctl: EBADF, an abort).
+** The other direction fails instead. */
+static void twin_script(mk_proc *p, const mk_event *ev, rec *r) {
+  if (is_ctl(ev)) mk_delete_endpoint(p, "wr", 0, NULL);
+}
+
+static void test_ground_fd_closed_twin(void) {
+  BEGIN;
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g = mk_ground_new(loop);
+  mk_vm *vm = mk_ground_vm(g);
+  rec a, b;
+  int sv[2];
+  char want[200];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_ep(&a, "rd", MK_SUBSCRIBER, MK_PARTICIPANT, Rd(sv[0]), 0);
+  rec_ep(&b, "wr", MK_SUBSCRIBER, MK_PARTICIPANT, mk_rec(mk_ground_writable, mk_int(sv[0])), 0);
+  rec_ctl(&b);
+  b.fn = twin_script;
+  spawn(vm, &a);
+  spawn(vm, &b);
+  CHECK(mk_ground_step(g) != 0);
+  CHECK(mk_ground_watching(g) == 2);
+  close(sv[0]);
+  poke(vm, "B");
+  CHECK(mk_ground_run(g) == 0);
+  snprintf(want, sizeof want, "absence rd publisher/participant market:readable(%d) "
+           "\"market:readable(%d): the descriptor was closed\"", sv[0], sv[0]);
+  CHECK(log_count(&a.log, want) == 1);
+  CHECK(mk_ground_watching(g) == 0);
+  mk_ground_free(g, NULL);
+  ev_loop_destroy(loop);
+  close(sv[1]);
+  rec_done(&a); rec_done(&b);
+  END;
+}
+
+/* libev watches a signal on one loop at a time (it asserts otherwise). */
+static void test_ground_signal_two_loops(void) {
+  BEGIN;
+  struct ev_loop *l1 = ev_loop_new(EVFLAG_AUTO), *l2 = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g1 = mk_ground_new(l1), *g2 = mk_ground_new(l2);
+  rec a, b;
+  char want[200];
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_ep(&a, "sig", MK_SUBSCRIBER, MK_PARTICIPANT, mk_rec(mk_ground_signal, mk_int(SIGUSR1)), 0);
+  rec_ep(&b, "sig", MK_SUBSCRIBER, MK_PARTICIPANT, mk_rec(mk_ground_signal, mk_int(SIGUSR1)), 0);
+  spawn(mk_ground_vm(g1), &a);
+  spawn(mk_ground_vm(g2), &b);
+  CHECK(mk_ground_step(g1) != 0 && mk_ground_watching(g1) == 1);
+  CHECK(mk_ground_run(g2) == 0 && mk_ground_watching(g2) == 0);
+  snprintf(want, sizeof want, "absence sig publisher/participant market:signal(%d) "
+           "\"market:signal(%d): watched by another event loop\"", SIGUSR1, SIGUSR1);
+  CHECK(log_count(&b.log, want) == 1);
+  CHECK(mk_ground_stop_on_signals(g1, 100) == 0);
+  CHECK(mk_ground_stop_on_signals(g2, 100) == -1);
+  CHECK(mk_ground_stop_on_signals(g1, NAN) == -1);
+  mk_ground_free(g1, NULL);
+  /* g1's watchers are gone: g2 may take the signals now. */
+  CHECK(mk_ground_stop_on_signals(g2, 100) == 0);
+  mk_ground_free(g2, NULL);
+  ev_loop_destroy(l1);
+  ev_loop_destroy(l2);
+  rec_done(&a); rec_done(&b);
+  END;
+}
+
+/* A stop: the ground publishes stopping(deadline); at the deadline every
+** process left is killed with the reason; a stopping subscription alone
+** keeps nothing alive. */
+static void test_ground_stop(void) {
+  BEGIN;
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g = mk_ground_new(loop);
+  mk_vm *vm = mk_ground_vm(g);
+  rec a, b, s;
+  ground_ud ua;
+  double t0;
+  memset(&ua, 0, sizeof ua);
+  rec_init(&s, "S");
+  rec_ep(&s, "stopping", MK_SUBSCRIBER, MK_PARTICIPANT, mk_rec(mk_ground_stopping, W()), 0);
+  spawn(vm, &s);
+  CHECK(mk_ground_run(g) == 0);           /* watches nothing: returns at once */
+  CHECK(s.log.n == 1);                    /* boot only */
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  ua.at = (int64_t)(ev_time() * 1000.0) + 10000;
+  ua.keep = 1;
+  a.fn = alarm_script;                    /* holds an alarm 10 s ahead */
+  a.ud = &ua;
+  rec_ep(&a, "pub", MK_PUBLISHER, MK_PARTICIPANT, R(I(5), I(5)), 0);
+  rec_ep(&b, "sub", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(5), W()), 0);
+  spawn(vm, &a);
+  spawn(vm, &b);
+  CHECK(mk_ground_step(g) != 0);
+  t0 = ev_time();
+  mk_ground_stop(g, 50);
+  mk_ground_stop(g, 0);                   /* a stop under way stays as it is */
+  CHECK(mk_ground_run(g) == 0);
+  CHECK(ev_time() - t0 < 5);
+  CHECK(ev_time() - t0 >= 0.04);
+  {
+    /* S saw stopping(deadline), deadline = now + 50 ms, in whole ms */
+    char *p = s.log.n > 1 ? strstr(s.log.v[1], "market:stopping(") : NULL;
+    double d = p ? strtod(p + 16, NULL) : 0;
+    CHECK(p != NULL && strncmp(s.log.v[1], "presence stopping publisher/participant", 39) == 0);
+    CHECK(d >= floor(t0 * 1000.0) + 49 && d <= t0 * 1000.0 + 1000);
+  }
+  CHECK(log_count(&b.log, "absence sub publisher/participant rec(5, 5) "
+                          "\"stopped: the drain time (50 ms) ran out\"") == 1);
+  CHECK(a.destroyed == 1 && b.destroyed == 1 && s.destroyed == 1 && mk_vm_nprocs(vm) == 0);
+  CHECK(mk_ground_exit_status(g) == 0 && mk_ground_watching(g) == 0);
+  /* A process that comes later still sees the stop. */
+  rec_done(&s);
+  rec_init(&s, "S2");
+  rec_ep(&s, "stopping", MK_SUBSCRIBER, MK_PARTICIPANT, mk_rec(mk_ground_stopping, W()), 0);
+  spawn(vm, &s);
+  mk_vm_run(vm);
+  CHECK(log_count_prefix(&s.log, "presence stopping publisher/participant market:stopping(") == 1);
+  mk_ground_free(g, NULL);
+  ev_loop_destroy(loop);
+  rec_done(&a); rec_done(&b); rec_done(&s);
+  END;
+}
+
 int main(void) {
   int rc;
   alarm(60);   /* a hang is a failure, not a stuck CI job */
@@ -1790,6 +2125,13 @@ int main(void) {
   RUN(test_ground_nested_alarm);
   RUN(test_ground_readable);
   RUN(test_ground_free_live);
+  RUN(test_vm_resident);
+  RUN(test_ground_publishes);
+  RUN(test_ground_invalid);
+  RUN(test_ground_fd_closed);
+  RUN(test_ground_fd_closed_twin);
+  RUN(test_ground_signal_two_loops);
+  RUN(test_ground_stop);
   mk_rtype_unref(RT2);
   mk_rtype_unref(CTL);
   log_free(&glog);

@@ -160,7 +160,13 @@ end
 -- picks the port, so two suites on one machine never collide.  Returns the
 -- server (see start_cmd) and N, or raises with what the server printed.
 function N.start_server(script, ...)
-  local server = N.start(script, 0, ...)
+  local server, port = N.await_listening(N.start(script, 0, ...), script, 3)
+  return server, port
+end
+
+-- The same for a server started otherwise (start_cmd): wait for its
+-- "listening on port N" line; what names it in the error.
+function N.await_listening(server, what, level)
   local port
   for _ = 1, 750 do
     port = tonumber(server.stderr():match("listening on port (%d+)"))
@@ -170,7 +176,7 @@ function N.start_server(script, ...)
   if not port then
     local err = server.stderr()
     server.kill()
-    error(script .. " did not start: " .. err, 2)
+    error(what .. " did not start: " .. err, level or 2)
   end
   return server, port
 end
