@@ -679,6 +679,10 @@ static void received(mk_proc *p, tconn *c, const char *d, size_t n) {
     used = direct(p, c, d, n, &budget);
     if (c->in_failed || used == n) return;
     scanned = budget > 0;      /* it stopped at a partial frame */
+    if (scanned && c->framing == F_LINE && n - used > c->max_frame + 1) {
+      line_too_long(p, c);     /* (no need to keep it to know) */
+      return;
+    }
   }
   if (append(p, c, d + used, n - used) != 0) return;
   if (scanned) c->iscan = c->ilen;     /* (lines: no "\n" in it) */
@@ -968,6 +972,13 @@ static void on_readable(mk_proc *p, tconn *c) {
   }
 }
 
+static void on_linger(mk_proc *p, tconn *c) {
+  char buf[96];
+  if (c->draining) { finish(p, c, NULL); return; }
+  snprintf(buf, sizeof buf, "closed with unsent output after %lld ms", (long long)c->linger_ms);
+  finish(p, c, buf);
+}
+
 /* Peers: readers subscribe to the inbound flow, senders publish the
 ** outbound one.  When the last of them goes, flush and close. */
 static void peers_changed(mk_proc *p, tconn *c) {
@@ -979,14 +990,8 @@ static void peers_changed(mk_proc *p, tconn *c) {
   unwatch(p, c, W_IDLE);
   if (!c->connected) { finish(p, c, NULL); return; }
   if (c->qhead == NULL) { begin_drain(p, c); return; }
+  if (c->linger_ms <= 0) { on_linger(p, c); return; }
   watch_alarm(p, c, W_LINGER, now_ms() + c->linger_ms);
-}
-
-static void on_linger(mk_proc *p, tconn *c) {
-  char buf[96];
-  if (c->draining) { finish(p, c, NULL); return; }
-  snprintf(buf, sizeof buf, "closed with unsent output after %lld ms", (long long)c->linger_ms);
-  finish(p, c, buf);
 }
 
 /* ---- settings, applied -------------------------------------------------- */
