@@ -362,6 +362,23 @@ describe("tcp.options", function()
     assert.equal(1, tcp.stats.refused)
   end)
 
+  it("takes patterns for the ends: every listener, every connection from a host", function()
+    local log = {}
+    N.run(function()
+      -- Lines for every listener, and short ones from 127.0.0.1.
+      market.perform(tcp.options(tcp.listener(ANY), { framing = "line" }),
+        tcp.options(tcp.listener(ANY), tcp.address("127.0.0.1", ANY), { max_frame = 5 }),
+        recorder(log))
+      local s = connect(bound(0))
+      assert(write_all(s, "short\nlonger\n"))
+      assert(s:shutdown())
+      read_all(s)
+      s:close()
+      market.perform(send({ "stop-server", 0 }))
+    end)
+    assert.same({ "short", "<gone: line longer than 5 bytes>" }, log)
+  end)
+
   it("applies to outbound connections through their tcp.handle", function()
     local log = {}
     N.run(function()
