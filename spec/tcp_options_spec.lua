@@ -186,6 +186,55 @@ describe("tcp.options", function()
                   "hello", "<70000 bytes of y>", "", "<eof>" }, log)
   end)
 
+  it("delivers frames and lines cut at random places whole (a fixed seed)", function()
+    local log, want = {}, {}
+    math.randomseed(8)
+    local function payload(no_newline)
+      local t = {}
+      for i = 1, math.random(0, 300) do
+        local b = math.random(0, 255)
+        if no_newline and (b == 10 or b == 13) then b = 65 end
+        t[i] = string.char(b)
+      end
+      return table.concat(t)
+    end
+    local streams = {}
+    for k, fmt in ipairs { ">s2", ">s4", "line" } do
+      local parts = {}
+      for i = 1, 150 do
+        local p = payload(fmt == "line")
+        want[#want + 1] = #p > 40 and ("<%d bytes of %s>"):format(#p, p:sub(1, 1)) or p
+        parts[i] = fmt == "line" and p .. (i % 2 == 0 and "\r\n" or "\n") or string.pack(fmt, p)
+      end
+      want[#want + 1] = "<eof>"
+      streams[k] = table.concat(parts)
+    end
+    N.run(function()
+      local framing = { "u16", "u32", "line" }
+      local k = 0
+      market.perform(recorder(log, {
+        boot = function(remote, here)
+          k = k + 1
+          return tcp.options(here, remote, { framing = framing[k], max_frame = 300 })
+        end }))
+      local p = bound(0)
+      for _, bytes in ipairs(streams) do
+        local s, i = connect(p), 1
+        while i <= #bytes do
+          local j = math.min(#bytes, i + math.random(1, 600))
+          assert(write_all(s, bytes:sub(i, j)))
+          i = j + 1
+          timer.sleep(1)
+        end
+        assert(s:shutdown())
+        read_all(s)
+        s:close()
+      end
+      market.perform(send({ "stop-server", 0 }))
+    end, 30000)
+    assert.same(want, log)
+  end)
+
   it("delivers a burst of many frames in batches, all of them, in order, with nothing more coming", function()
     local log, n = {}, 1000
     N.run(function()
