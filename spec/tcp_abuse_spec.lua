@@ -144,10 +144,10 @@ describe("examples/chat.lua under abuse", function()
     listener.kill()
     assert.equal(0, status)
     assert.matches("^welcome, you are user3; here: user1, user2\n$", other)
-    assert.equal(table.concat({
-      "welcome, you are user1; here: nobody else",
-      "user2 joined", "user3 joined", "user3 left",
-      "user2: hello there", "user2: second line", "user2 left", "" }, "\n"), heard)
+    -- (user3 comes and goes while user2's first line is still trickling in)
+    assert.matches("^welcome, you are user1; here: nobody else\nuser2 joined\n", heard)
+    assert.truthy(heard:find("\nuser3 joined\nuser3 left\n", 1, true), heard)
+    assert.truthy(heard:find("\nuser2: hello there\nuser2: second line\nuser2 left\n$"), heard)
   end)
 
   it("survives 2,000 connections reset at once, and keeps no session of theirs", function()
