@@ -72,6 +72,15 @@ local function read_all(s)
   end
 end
 
+-- Straight-line: half-close s, read it to the end, close it; returns
+-- what read_all returns.
+local function hang_up(s)
+  assert(s:shutdown())
+  local data, how = read_all(s)
+  s:close()
+  return data, how
+end
+
 -- A server on listener(0) whose sessions log what their inbound flow
 -- brings: each message (EOF as "<eof>") and the flow's absence ("<gone:
 -- reason>").  opts.boot(remote, here): actions the session starts with
@@ -146,9 +155,7 @@ describe("tcp.options", function()
       market.perform(tcp.options(here0, { framing = "line" }), recorder(log))
       local s = connect(bound(0))
       write_pieces(s, { "one\r\ntw", "o\n\nthr", "ee\r", "\nfour" })
-      assert(s:shutdown())
-      assert.same({ "", "eof" }, { read_all(s) })
-      s:close()
+      assert.same({ "", "eof" }, { hang_up(s) })
       market.perform(send({ "stop-server", 0 }))
     end)
     assert.same({ "one", "two", "", "three", "four", "<eof>" }, log)
@@ -170,16 +177,12 @@ describe("tcp.options", function()
       local s = connect(p)
       local bytes = pack(">s2", "hello") .. pack(">s2", "") .. pack(">s2", ("x"):rep(300))
       write_pieces(s, { bytes:sub(1, 1), bytes:sub(2, 5), bytes:sub(6, 100), bytes:sub(101) })
-      assert(s:shutdown())
-      read_all(s)
-      s:close()
+      hang_up(s)
       per_conn = true
       s = connect(p)
       bytes = pack(">s4", "hello") .. pack(">s4", ("y"):rep(70000)) .. pack(">s4", "")
       write_pieces(s, { bytes:sub(1, 3), bytes:sub(4, 7), bytes:sub(8, 20000), bytes:sub(20001) })
-      assert(s:shutdown())
-      read_all(s)
-      s:close()
+      hang_up(s)
       market.perform(send({ "stop-server", 0 }))
     end)
     assert.same({ "hello", "", "<300 bytes of x>", "<eof>",
@@ -226,9 +229,7 @@ describe("tcp.options", function()
           i = j + 1
           timer.sleep(1)
         end
-        assert(s:shutdown())
-        read_all(s)
-        s:close()
+        hang_up(s)
       end
       market.perform(send({ "stop-server", 0 }))
     end, 30000)
@@ -255,9 +256,7 @@ describe("tcp.options", function()
         local before = #log
         assert(write_all(s, table.concat(burst)))
         wait_until(function() return #log == before + n end)
-        assert(s:shutdown())
-        read_all(s)
-        s:close()
+        hang_up(s)
       end
       market.perform(send({ "stop-server", 0 }))
     end)
@@ -278,9 +277,7 @@ describe("tcp.options", function()
       -- A short line, then one that never ends (more than the socket
       -- buffers hold, so some is still unread when the session goes).
       assert(write_all(s, "short\n" .. ("x"):rep(1024 * 1024)))
-      assert(s:shutdown())
-      got = { read_all(s) }
-      s:close()
+      got = { hang_up(s) }
       market.perform(send({ "stop-server", 0 }))
     end)
     assert.same({ "short", "<gone: line longer than 10 bytes>" }, log)
@@ -301,9 +298,7 @@ describe("tcp.options", function()
       for _, bytes in ipairs { pack(">I2", 5000) .. "abc", pack(">I4", 70000), "\0\10abc", "\0" } do
         local s = connect(p)
         assert(write_all(s, bytes))
-        assert(s:shutdown())
-        read_all(s)
-        s:close()
+        hang_up(s)
       end
       market.perform(send({ "stop-server", 0 }))
     end)
@@ -341,9 +336,7 @@ describe("tcp.options", function()
       -- The session's set withdrawn: lines again.
       timer.sleep(30)
       step("x\r\n", "x")
-      assert(s:shutdown())
-      read_all(s)
-      s:close()
+      hang_up(s)
       market.perform(send({ "stop-server", 0 }))
     end)
     assert.same({ "mine", "hello", "abc", "x", "<eof>" }, log)
@@ -392,13 +385,12 @@ describe("tcp.options", function()
       refused.client = data .. "|" .. how
       c:close()
       -- One goes: there is room again.
-      assert(a:shutdown())
-      read_all(a)
-      a:close()
+      hang_up(a)
       timer.sleep(50)
       local d = connect(p)
       wait_until(function() return sessions == 3 end)
-      for _, s in ipairs { b, d } do assert(s:shutdown()); read_all(s); s:close() end
+      hang_up(b)
+      hang_up(d)
       market.perform(send({ "stop-server", 0 }))
     end)
     assert.equal(3, sessions)
@@ -420,9 +412,7 @@ describe("tcp.options", function()
         recorder(log))
       local s = connect(bound(0))
       assert(write_all(s, "short\nlonger\n"))
-      assert(s:shutdown())
-      read_all(s)
-      s:close()
+      hang_up(s)
       market.perform(send({ "stop-server", 0 }))
     end)
     assert.same({ "short", "<gone: line longer than 5 bytes>" }, log)
