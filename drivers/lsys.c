@@ -28,8 +28,8 @@
 **   sock:close()            (also on garbage collection; a ground watch on
 **                           the descriptor ends first: mk_ground_fd_closed)
 **   sys.set_resolve_delay(ms)  for tests: resolutions on a thread sleep first
-**   sys.tcp_accept, sys.tcp_manage, sys.tcp_stats: the TCP connection
-**       managers, native processes (drivers/tcpconn.c)
+**   sys.tcp_accept, sys.tcp_manage, sys.tcp_stats, sys.tcp_conns: the TCP
+**       connection managers, native processes (drivers/tcpconn.c)
 **
 ** The socket, accept, connect and resolver calls are also C functions for
 ** tcpconn.c (drivers/mkd.h).
@@ -247,9 +247,34 @@ static int bound_socket(lua_State *L, int type, lua_Integer port, int *familyp) 
   return -1;
 }
 
+/* One descriptor kept open (on /dev/null) for when the process runs out:
+** closing it makes room to accept a waiting connection only to close it,
+** so the client hears no at once instead of hanging in the listen backlog
+** (libev's documentation, "the special problem of accept()ing when you
+** can't").  Opened by the first listener, kept for the program's life. */
+static int spare_fd = -1;
+
+static void open_spare(void) {
+  if (spare_fd < 0) spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+int mkd_accept_refuse(int lfd, char *host, size_t hostsize, int *port) {
+  int fd, err;
+  if (spare_fd < 0) { errno = EMFILE; return -1; }
+  close(spare_fd);
+  spare_fd = -1;
+  fd = mkd_accept(lfd, host, hostsize, port);
+  err = errno;
+  if (fd >= 0) close(fd);
+  open_spare();
+  if (fd < 0) { errno = err; return -1; }
+  return 0;
+}
+
 static int l_tcp_listen(lua_State *L) {
   lua_Integer port = luaL_checkinteger(L, 1);
   int backlog = (int)luaL_optinteger(L, 2, 128), family, fd, err;
+  open_spare();
   fd = bound_socket(L, SOCK_STREAM, port, &family);
   if (fd < 0) return fail(L, errno);
   if (listen(fd, backlog) != 0) { err = errno; close(fd); return fail(L, err); }

@@ -31,6 +31,13 @@ int mkd_sock_take(lua_State *L, int idx);
 ** taken); -1 with errno otherwise. */
 int mkd_accept(int fd, char *host, size_t hostsize, int *port);
 
+/* When accept failed for want of descriptors (EMFILE, ENFILE): accept one
+** waiting connection on a spare descriptor kept for this, and close it at
+** once, so that the client is told no.  Returns 0 and its host and port;
+** -1 with errno when nothing was refused (no spare: EMFILE; nothing waits:
+** EAGAIN).  The spare is opened by the first sys.tcp_listen. */
+int mkd_accept_refuse(int fd, char *host, size_t hostsize, int *port);
+
 /* A non-blocking TCP connection to sa: the descriptor and *inprogress (0:
 ** connected at once, 1: completes later: watch for writable, then
 ** mkd_so_error).  -1 with errno on failure. */

@@ -32,24 +32,38 @@ local listening = market.record("tcp-listening", "port", "bound_port")
 -- Published by a manager while the flow channel(source, destination, _) has
 -- more queued output than the high-water mark: senders should pause.
 local backpressure = market.record("tcp-backpressure", "source", "destination")
+-- Settings for the connections between a local end and a remote one (the
+-- wildcard: every connection of that local end), published by whoever sets
+-- them (tcp.options, below); settings is a sequence of {key, value} pairs.
+local options_rec = market.record("tcp-options", "local", "remote", "settings")
+-- Sent by a listener for each connection it closed at once instead of
+-- taking it (a connection cap, no descriptors left), with the reason.
+local refused = market.record("tcp-refused", "listener", "remote", "reason")
 M.channel, M.address, M.handle, M.listener = channel, address, handle, listener
-M.listening, M.backpressure = listening, backpressure
+M.listening, M.backpressure, M.refused = listening, backpressure, refused
+M.options_record = options_rec
 
 -- Internal messages between the driver's processes.
 local stop_listener = market.record("tcp-driver:stop-listener", "port")
 local listener_closed = market.record("tcp-driver:listener-closed", "port")
 
--- Tunables, read when a connection starts.
-M.HIGH_WATER = 1 << 20      -- bytes queued for output before backpressure is published
-M.LOW_WATER = nil           -- withdrawn again at or below this (default HIGH_WATER // 2)
-M.HARD_LIMIT = nil          -- bytes a sender may add while backpressure is published
-                            -- before the connection fails (default 8 * HIGH_WATER)
-M.READ_SIZE = 65536         -- largest chunk read at once
-M.LINGER_MS = 30000         -- how long a closing connection may take to flush
+-- Defaults, read when a connection starts; tcp.options overrides them per
+-- local end or per connection (the keys in brackets).
+M.FRAMING = "raw"           -- [framing] "raw" (chunks as read), "line", "u16", "u32"
+M.MAX_FRAME = 65536         -- [max_frame] the longest line or frame taken
+M.IDLE_TIMEOUT = 0          -- [idle_timeout] ms without a byte either way (0: none)
+M.MAX_CONNECTIONS = 0       -- [max_connections] per listener, at once (0: no cap)
+M.HIGH_WATER = 1 << 20      -- [high_water] bytes held for output before backpressure is published
+M.LOW_WATER = nil           -- [low_water] withdrawn again at or below this (default HIGH_WATER // 2)
+M.HARD_LIMIT = nil          -- [hard_limit] bytes a sender may add while backpressure is
+                            -- published before the connection fails (default 8 * HIGH_WATER)
+M.READ_SIZE = 65536         -- [read_size] largest chunk read at once
+M.LINGER_MS = 30000         -- [linger] how long a closing connection may take to flush
 M.BACKLOG = 4096            -- the listen queue (the kernel caps it at net.core.somaxconn)
 -- For tests and monitoring (M.stats, below): the largest output queue any
 -- connection had, how often backpressure was published, how many senders
--- overran the hard limit.
+-- overran the hard limit, how many connections listeners refused, how
+-- many idle connections were closed.
 
 -- Through Lua's warn(): the host decides where warnings go (market.h's
 -- mk_host_on_warning; `market` prints them, plain lua5.4 only with -W).
@@ -60,6 +74,77 @@ end
 
 local function is_wild(v) return v == _ end
 
+-- ---- settings ----------------------------------------------------------------
+
+local BIG = 1 << 53
+local FRAMINGS = { raw = true, line = true, u16 = true, u32 = true }
+-- key -> smallest and largest value (framing: one of FRAMINGS).  The
+-- connection managers (drivers/tcpconn.c) check the same bounds.
+local KEYS = {
+  framing = true, max_frame = { 1, 1 << 31 }, idle_timeout = { 0, BIG },
+  max_connections = { 0, BIG }, high_water = { 1, BIG }, low_water = { 0, BIG },
+  hard_limit = { 0, BIG }, read_size = { 1, 65536 }, linger = { 0, BIG },
+}
+
+-- nil when v is a good value for setting k, else what is wrong.
+local function bad_setting(k, v)
+  local bounds = KEYS[k]
+  if k == "framing" then
+    if not FRAMINGS[v] then
+      return ('framing must be "raw", "line", "u16" or "u32", got %s'):format(repr(v))
+    end
+  elseif bounds == nil then
+    return ("unknown setting %s"):format(repr(k))
+  elseif mtype(v) ~= "integer" or v < bounds[1] or v > bounds[2] then
+    return ("%s must be an integer from %d to %d, got %s"):format(k, bounds[1], bounds[2], repr(v))
+  end
+end
+
+-- tcp.options(local, [remote,] settings [, handlers]): the action that
+-- publishes settings for the connections of local end `local` (a
+-- tcp.listener or a tcp.handle) with `remote` (default: the wildcard,
+-- every one).  While it is published, connections starting and running
+-- follow it; later publications win over earlier ones key by key, and
+-- withdrawing it (delete_endpoint, quit) restores what was there before.
+-- handlers: as for market.publisher (a name, to withdraw it by).  The
+-- settings travel as {key, value} pairs sorted by key, so that equal
+-- tables make equal topics.
+function M.options(loc, ...)
+  local remote, settings, handlers
+  if type((...)) == "table" then
+    remote, settings, handlers = _, ...
+  else
+    remote, settings, handlers = ...
+  end
+  if not (listener:is(loc) or handle:is(loc)) then
+    error("tcp.options: the local end must be a tcp.listener or a tcp.handle, got " .. repr(loc), 2)
+  end
+  if type(settings) ~= "table" then
+    error("tcp.options: settings must be a table, got " .. type(settings), 2)
+  end
+  local keys, seq = {}, {}
+  for k in pairs(settings) do
+    local why = type(k) ~= "string" and ("unknown setting " .. repr(k)) or bad_setting(k, settings[k])
+    if why then error("tcp.options: " .. why, 2) end
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  for i, k in ipairs(keys) do seq[i] = { k, settings[k] } end
+  if remote == nil then remote = _ end
+  return market.publisher(options_rec(loc, remote, seq), handlers)
+end
+
+-- A settings sequence's value for key, the last one given, or nil.
+local function setting(seq, key)
+  local v
+  if type(seq) == "table" then
+    for _, kv in ipairs(seq) do
+      if type(kv) == "table" and kv[1] == key then v = kv[2] end
+    end
+  end
+  return v
+end
+
 -- ---- a connection's manager ------------------------------------------------
 
 -- The managers are native processes (drivers/tcpconn.c): they carry every
@@ -68,10 +153,28 @@ local function is_wild(v) return v == _ end
 -- when the connection starts, and the counters they share.
 M.stats = sys.tcp_stats()
 
-local function config()
-  local high = M.HIGH_WATER
-  return high, M.LOW_WATER or high // 2, M.HARD_LIMIT or 8 * high, M.READ_SIZE,
-    M.LINGER_MS, M.stats
+-- The module's defaults as a settings sequence (low_water and hard_limit
+-- left out while nil: they follow high_water).  A bad one is an error of
+-- the process that starts a connection.
+local FIELDS = {
+  { "framing", "FRAMING" }, { "max_frame", "MAX_FRAME" }, { "idle_timeout", "IDLE_TIMEOUT" },
+  { "high_water", "HIGH_WATER" }, { "low_water", "LOW_WATER" }, { "hard_limit", "HARD_LIMIT" },
+  { "read_size", "READ_SIZE" }, { "linger", "LINGER_MS" },
+}
+local function default(k, field)
+  local v = M[field]
+  local why = bad_setting(k, v)
+  if why then error(("market.tcp: tcp.%s: %s"):format(field, why), 0) end
+  return v
+end
+local function defaults()
+  local t = {}
+  for _, f in ipairs(FIELDS) do
+    if M[f[2]] ~= nil or (f[1] ~= "low_water" and f[1] ~= "hard_limit") then
+      t[#t + 1] = { f[1], default(f[1], f[2]) }
+    end
+  end
+  return t
 end
 
 -- ---- a listener ------------------------------------------------------------
@@ -93,6 +196,18 @@ local function listener_proc(port)
     end
     local fd, loc = s:fd(), listener(port)
     local on_accept
+    -- The option sets for every connection of this port (remote: the
+    -- wildcard), in presence order, for max_connections; and the count of
+    -- the managers this listener spawned that are still alive.
+    local sets, conns, exhausted = {}, sys.tcp_conns(), false
+    local function max_connections()
+      local v = default("max_connections", "MAX_CONNECTIONS")
+      for i = 1, #sets do
+        local x = setting(sets[i].settings, "max_connections")
+        if x ~= nil and not bad_setting("max_connections", x) then v = x end
+      end
+      return v
+    end
 
     local function close()
       P(market.delete_endpoint("accept"))
@@ -103,9 +218,17 @@ local function listener_proc(port)
     function on_accept()
       -- A manager per connection, spawned by this process (at most 64 per
       -- turn: the others' events are not held up by a burst of connects).
-      local n, err = sys.tcp_accept(s, loc, port, 64, config())
-      if n then return end
-      -- Out of descriptors, say: back off instead of spinning.
+      local n, err = sys.tcp_accept(s, loc, port, 64, max_connections(), conns, defaults(),
+                                    M.stats)
+      if n then
+        -- Out of descriptors (err): connections are refused meanwhile.
+        if err and not exhausted then
+          warn("accept on port %d: %s: refusing connections", port, err)
+        end
+        exhausted = err ~= nil
+        return
+      end
+      -- Out of descriptors, with none spare, say: back off instead of spinning.
       warn("accept on port %d: %s", port, err)
       P(market.delete_endpoint("accept"),
         market.subscriber(alarm(floor(market.now()) + 100), {
@@ -117,6 +240,16 @@ local function listener_proc(port)
     end
 
     P(market.publisher(listening(port, s:local_port()), "status"),
+      market.observe_publishers(options_rec(loc, _, _), {
+        name = "options",
+        on_presence = function(_, role)
+          if is_wild(role.topic.remote) then sets[#sets + 1] = role.topic end
+        end,
+        on_absence = function(_, role)
+          for i = #sets, 1, -1 do
+            if sets[i] == role.topic then table.remove(sets, i); return end
+          end
+        end }),
       market.subscriber(stop_listener(port), { name = "stop", on_message = close }),
       -- A graceful stop (docs/semantics.md): no new connections from now on.
       market.subscriber(market.ground.stopping(_), { name = "stopping", on_presence = close }),
@@ -189,7 +322,7 @@ function M.driver()
         e.subs = e.subs + 1
         if not e.manager then
           e.manager = "spawned"
-          sys.tcp_manage(a, h, "tcp " .. repr(h) .. " -> " .. repr(a), config())
+          sys.tcp_manage(a, h, "tcp " .. repr(h) .. " -> " .. repr(a), defaults(), M.stats)
         end
       end,
       on_absence = function(_, role)

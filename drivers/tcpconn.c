@@ -4,40 +4,63 @@
 ** One manager per connection (docs/tcp.md): it publishes the inbound flow
 ** tcp.channel(remote, local, _), subscribes to the outbound flow
 ** tcp.channel(local, remote, _), owns the socket, and speaks the whole
-** protocol of docs/tcp.md (chunks as read, EOF and half-close, output
-** queue with backpressure and a hard limit, linger, failures as absence
-** reasons).  Like the rest of the driver it is written against ground
-** events only (market:readable / writable / alarm subscriptions, added with
-** mk_add_endpoint like any process's), never libev, so it runs unchanged
-** in a nested VM whose event relay carries those subscriptions up.
+** protocol of docs/tcp.md (chunks as read or framed, EOF and half-close,
+** output queue with backpressure and a hard limit, idle timeout, linger,
+** an orderly close, failures as absence reasons).  Like the rest of the
+** driver it is written against ground events only (market:readable /
+** writable / alarm subscriptions, added with mk_add_endpoint like any
+** process's), never libev, so it runs unchanged in a nested VM whose event
+** relay carries those subscriptions up.
 **
 ** It is C rather than Lua because it is the data path: every chunk read
 ** and every chunk written goes through it.  As a Lua process it cost a
 ** coroutine activation, an action table and a copy of the payload per
 ** chunk each way; here a chunk read is one string term sent, and a chunk
-** to write is written from the term that carried it.
+** to write is written from the term that carried it.  Framing is here for
+** the same reason: done in Lua by the user, splitting a stream into lines
+** or length-prefixed frames tends to re-scan or re-copy the buffer per
+** chunk, which an abusive peer turns into quadratic work.  Here each byte
+** read is looked at once and copied at most twice (into a partial frame,
+** then into the frame's term).
+**
+** Settings.  A manager starts from the module's defaults (tcp.HIGH_WATER,
+** ...) and observes the publishers of tcp-options(local, remote, _), whose
+** third field is a sequence of {key, value} pairs (tcp.options in
+** drivers/tcp.lua builds and checks them): the sets it sees, in the order
+** their presence arrived, are laid over the defaults key by key, later
+** over earlier.  The observer endpoint is added first, so sets published
+** before the connection exists apply from its first byte.
 **
 ** The Lua half of the driver (drivers/tcp.lua) decides when managers are
 ** spawned, through these market.sys functions, which act on behalf of the
 ** calling Lua process (they are its spawn actions):
 **
-**   sys.tcp_accept(lsock, loc, lport, max, high, low, hard, readsize, linger_ms, stats)
-**       -> n | nil, msg
+**   sys.tcp_accept(lsock, loc, lport, max, maxconn, conns, defaults, stats)
+**       -> n [, msg] | nil, msg
 **       accept up to max connections on listening socket lsock and spawn a
 **       manager for each (remote tcp.address(host, port), local `loc`, the
-**       listener's port `lport`); n: how many (fewer than max: nothing more
-**       to accept now).  nil, msg: accept failed (after n spawned).
-**   sys.tcp_manage(remote, loc, name, high, low, hard, readsize, linger_ms, stats)
-**       -> pid
+**       listener's port `lport`); n: how many were taken (fewer than max:
+**       nothing more to accept now).  A connection beyond maxconn (0: no
+**       cap) managers counted in `conns` (sys.tcp_conns()) is closed at
+**       once, and so is one that arrives when descriptors have run out (a
+**       spare descriptor makes room to accept it); each such refusal is
+**       counted in stats.refused and sent as tcp.refused(loc, remote,
+**       reason).  msg after n: descriptors ran out meanwhile.  nil, msg:
+**       accept failed (after n taken).
+**   sys.tcp_manage(remote, loc, name, defaults, stats) -> pid
 **       spawn the manager of an outbound connection (loc a tcp.handle); it
 **       resolves and connects by itself.
 **   sys.tcp_stats() -> stats
 **       counters shared by the managers given it: stats.max_queued,
-**       stats.pauses, stats.overflows (read and set like table fields).
+**       stats.pauses, stats.overflows, stats.refused, stats.timeouts
+**       (read and set like table fields).
+**   sys.tcp_conns() -> conns
+**       the number of live managers a listener spawned (conns.live).
+**
+** `defaults` is a settings sequence like tcp-options' third field.
 */
 #include <ctype.h>
 #include <errno.h>
-#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +68,9 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -53,73 +79,202 @@
 #include "mkd.h"
 
 #define READ_MAX 65536
-#define STATS_MT "market.sys.tcp_stats"
+#define COUNT_MT "market.sys.tcp_count"
+
+/* Output chunks shorter than COPY_MAX are copied into blocks of
+** BLOCK_BYTES (header included); longer ones are kept by reference to the
+** term that brought them.  Many small string terms would cost their header
+** and malloc's overhead each, often more than their bytes. */
+#define COPY_MAX 1024
+#define BLOCK_BYTES 4096
+
+/* A closing connection reads and discards what the peer still sends, so
+** that close() does not answer unread input with a reset, for at most
+** this long (or the linger time, if shorter). */
+#define DRAIN_MS 2000
+
+/* Closed connections give their memory back to the system (malloc_trim)
+** once this much has been freed by them since the last time. */
+#define TRIM_AFTER (1 << 20)
 
 /* ---- counters ----------------------------------------------------------- */
 
-/* Shared by the managers of one market.tcp module and the module itself
-** (the userdata): freed by the last to let go. */
-typedef struct tstats {
-  uint32_t refs;
-  lua_Integer max_queued, pauses, overflows;
-} tstats;
+/* Counters shared by managers and the Lua side, which holds them in a
+** userdata: tcp.stats, and each listener's count of its live managers.
+** Counted references: freed by the last to let go. */
+enum { C_MAX_QUEUED, C_PAUSES, C_OVERFLOWS, C_REFUSED, C_TIMEOUTS, NCOUNT };
+enum { C_LIVE };
 
-static void stats_release(tstats *s) {
-  if (s != NULL && --s->refs == 0) free(s);
+typedef struct tcount {
+  uint32_t refs;
+  const char *what;                /* "tcp.stats" */
+  const char *const *names;        /* of the fields used, NULL-terminated */
+  lua_Integer v[NCOUNT];
+} tcount;
+
+static const char *const stats_names[] = {
+  "max_queued", "pauses", "overflows", "refused", "timeouts", NULL };
+static const char *const conns_names[] = { "live", NULL };
+
+static void count_release(tcount *n) {
+  if (n != NULL && --n->refs == 0) free(n);
 }
 
-typedef struct statsbox { tstats *s; } statsbox;
+typedef struct countbox { tcount *n; } countbox;
 
-static int stats_index(lua_State *L) {
-  tstats *s = ((statsbox *)luaL_checkudata(L, 1, STATS_MT))->s;
-  const char *k = luaL_checkstring(L, 2);
-  if (strcmp(k, "max_queued") == 0) lua_pushinteger(L, s->max_queued);
-  else if (strcmp(k, "pauses") == 0) lua_pushinteger(L, s->pauses);
-  else if (strcmp(k, "overflows") == 0) lua_pushinteger(L, s->overflows);
-  else lua_pushnil(L);
+static tcount *checkcount(lua_State *L) {
+  return ((countbox *)luaL_checkudata(L, 1, COUNT_MT))->n;
+}
+
+static int count_field(const tcount *n, const char *k) {
+  int i;
+  for (i = 0; n->names[i]; i++)
+    if (strcmp(n->names[i], k) == 0) return i;
+  return -1;
+}
+
+static int count_index(lua_State *L) {
+  tcount *n = checkcount(L);
+  int i = count_field(n, luaL_checkstring(L, 2));
+  if (i >= 0) lua_pushinteger(L, n->v[i]); else lua_pushnil(L);
   return 1;
 }
 
-static int stats_newindex(lua_State *L) {
-  tstats *s = ((statsbox *)luaL_checkudata(L, 1, STATS_MT))->s;
+static int count_newindex(lua_State *L) {
+  tcount *n = checkcount(L);
   const char *k = luaL_checkstring(L, 2);
   lua_Integer v = luaL_checkinteger(L, 3);
-  if (strcmp(k, "max_queued") == 0) s->max_queued = v;
-  else if (strcmp(k, "pauses") == 0) s->pauses = v;
-  else if (strcmp(k, "overflows") == 0) s->overflows = v;
-  else return luaL_error(L, "tcp.stats has no field '%s'", k);
+  int i = count_field(n, k);
+  if (i < 0) return luaL_error(L, "%s has no field '%s'", n->what, k);
+  n->v[i] = v;
   return 0;
 }
 
-static int stats_gc(lua_State *L) {
-  statsbox *b = luaL_checkudata(L, 1, STATS_MT);
-  stats_release(b->s);
-  b->s = NULL;
+static int count_gc(lua_State *L) {
+  countbox *b = luaL_checkudata(L, 1, COUNT_MT);
+  count_release(b->n);
+  b->n = NULL;
   return 0;
 }
 
-static int stats_tostring(lua_State *L) {
-  tstats *s = ((statsbox *)luaL_checkudata(L, 1, STATS_MT))->s;
-  lua_pushfstring(L, "tcp.stats {max_queued = %I, pauses = %I, overflows = %I}",
-                  s->max_queued, s->pauses, s->overflows);
+/* e.g. "tcp.stats {max_queued = 0, pauses = 3, ...}" */
+static int count_tostring(lua_State *L) {
+  tcount *n = checkcount(L);
+  luaL_Buffer b;
+  int i;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, n->what);
+  for (i = 0; n->names[i]; i++) {
+    lua_pushfstring(L, "%s%s = %I", i ? ", " : " {", n->names[i], n->v[i]);
+    luaL_addvalue(&b);
+  }
+  luaL_addchar(&b, '}');
+  luaL_pushresult(&b);
   return 1;
 }
 
-static int l_tcp_stats(lua_State *L) {
-  statsbox *b = lua_newuserdatauv(L, sizeof *b, 0);
-  b->s = NULL;
-  luaL_setmetatable(L, STATS_MT);
-  b->s = calloc(1, sizeof *b->s);
-  if (b->s == NULL) return luaL_error(L, "out of memory");
-  b->s->refs = 1;
+static int newcount(lua_State *L, const char *what, const char *const *names) {
+  countbox *b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->n = NULL;
+  luaL_setmetatable(L, COUNT_MT);
+  b->n = calloc(1, sizeof *b->n);
+  if (b->n == NULL) return luaL_error(L, "out of memory");
+  b->n->refs = 1;
+  b->n->what = what;
+  b->n->names = names;
   return 1;
+}
+
+static int l_tcp_stats(lua_State *L) { return newcount(L, "tcp.stats", stats_names); }
+static int l_tcp_conns(lua_State *L) { return newcount(L, "tcp.conns", conns_names); }
+
+/* ---- settings ------------------------------------------------------------ */
+
+enum { F_RAW, F_LINE, F_U16, F_U32 };
+static const char *const framings[] = { "raw", "line", "u16", "u32", NULL };
+
+enum { K_FRAMING, K_MAX_FRAME, K_IDLE, K_MAXCONN, K_HIGH, K_LOW, K_HARD, K_READ, K_LINGER,
+       NKEYS };
+
+/* The keys of a settings sequence and the integers they take (framing: an
+** index into framings[]).  tcp.lua checks the same bounds at the call
+** site; here they guard against hand-made tcp-options records. */
+static const struct { const char *name; int64_t lo, hi; } keys[NKEYS] = {
+  { "framing", F_RAW, F_U32 },
+  { "max_frame", 1, (int64_t)1 << 31 },
+  { "idle_timeout", 0, INT64_MAX / 4 },
+  { "max_connections", 0, INT64_MAX },
+  { "high_water", 1, INT64_MAX / 16 },
+  { "low_water", 0, INT64_MAX / 16 },
+  { "hard_limit", 0, INT64_MAX / 16 },
+  { "read_size", 1, READ_MAX },
+  { "linger", 0, INT64_MAX / 4 },
+};
+
+/* A set of settings: v[k] is meaningful where bit k of `set` is. */
+typedef struct tconf {
+  int64_t v[NKEYS];
+  unsigned set;
+} tconf;
+
+/* Read the settings sequence s into *cf.  Returns the name of the first
+** entry that is not a known key with a good value (skipped), or NULL. */
+static const char *parse_settings(const mk_term *s, tconf *cf) {
+  const char *bad = NULL;
+  uint32_t i;
+  int k;
+  memset(cf, 0, sizeof *cf);
+  if (s->kind != MK_SEQ) return "(not a sequence)";
+  for (i = 0; i < s->n; i++) {
+    const mk_term *e = mk_items(s)[i], *key, *val;
+    int64_t v;
+    if (e->kind != MK_SEQ || e->n != 2 || mk_items(e)[0]->kind != MK_STR) {
+      if (!bad) bad = "(not a {key, value} pair)";
+      continue;
+    }
+    key = mk_items(e)[0];
+    val = mk_items(e)[1];
+    for (k = 0; k < NKEYS && strcmp(keys[k].name, mk_strdata(key)) != 0; k++) {}
+    if (k == K_FRAMING && val->kind == MK_STR) {
+      for (v = 0; framings[v] && strcmp(framings[v], mk_strdata(val)) != 0; v++) {}
+      if (framings[v] == NULL) v = -1;
+    } else {
+      v = val->kind == MK_INT ? val->v.i : -1;
+    }
+    if (k == NKEYS || v < keys[k].lo || v > keys[k].hi) {
+      if (!bad) bad = mk_strdata(key);
+      continue;
+    }
+    cf->v[k] = v;
+    cf->set |= 1u << k;
+  }
+  return bad;
 }
 
 /* ---- a connection ------------------------------------------------------- */
 
 /* Ground-event endpoints held (bits of tconn.watching). */
-enum { W_RD = 1, W_WR = 2, W_LINGER = 4, W_CONN = 8, W_RESOLVE = 16 };
-static const char *const watch_names[] = { "rd", "wr", "linger", "conn", "resolve" };
+enum { W_RD = 1, W_WR = 2, W_LINGER = 4, W_CONN = 8, W_RESOLVE = 16, W_IDLE = 32, W_MORE = 64 };
+static const char *const watch_names[] = { "rd", "wr", "linger", "conn", "resolve", "idle",
+                                           "more" };
+
+/* A block of the output queue: bytes copied in (t NULL), or a string term
+** kept by reference.  Owned by the queue; `held` is what it costs. */
+typedef struct oblock {
+  struct oblock *next;
+  mk_term *t;                 /* owned reference, or NULL */
+  size_t off, len;            /* bytes written so far; end of the bytes */
+  size_t cap;                 /* of data[] (copied blocks) */
+  size_t held;
+  char data[];
+} oblock;
+
+/* An option set seen on the "opts" endpoint: the refined topic (owned,
+** for matching its absence) and what it says. */
+typedef struct optset {
+  mk_term *topic;
+  tconf cf;
+} optset;
 
 typedef struct tconn {
   mk_term *remote;            /* tcp.address(host, port) */
@@ -128,20 +283,36 @@ typedef struct tconn {
   mk_rtype *channel;          /* tcp-channel/3 */
   mk_term *rd, *wr;           /* market:readable(fd), market:writable(fd) */
   int fd;                     /* -1: none (yet, or any more) */
-  /* tunables, as they were when the connection started */
-  size_t high, low, hard, readsize;
-  int64_t linger_ms;
-  tstats *stats;              /* counted reference */
+  /* settings: the module's defaults, the option sets seen (owned array,
+  ** in presence order), and what they come to */
+  tconf base;
+  optset *opts;
+  size_t nopts, optcap;
+  int framing;
+  size_t max_frame, high, low, hard, readsize;
+  int64_t idle_ms, linger_ms;
+  tcount *stats;              /* counted reference, or NULL */
+  tcount *conns;              /* counted reference (inbound), or NULL */
   lua_State *L;               /* the main thread, for warn() */
   int readers, senders;       /* peers on the inbound / outbound flow */
   uint8_t seen, connected, paused, eof_in, eof_out, closing, warned, done;
+  uint8_t in_failed;          /* the inbound flow was withdrawn with a reason */
+  uint8_t more;               /* ib may hold whole frames not yet delivered */
+  uint8_t eof_queued;         /* shut down writing once the queue is written */
+  uint8_t shut;               /* writing is shut down */
+  uint8_t out_gone;           /* the outbound flow was withdrawn */
+  uint8_t draining;           /* written and shut down: discarding input until EOF */
   uint8_t watching;           /* W_* */
-  /* output queue: a ring of string terms and EOF */
-  mk_term **q;
-  size_t qcap, qhead, qlen;
-  size_t off;                 /* bytes of the head already written */
-  size_t qbytes;              /* bytes queued */
+  /* output queue */
+  oblock *qhead, *qtail;
+  size_t qbytes;              /* bytes held by the queue (blocks and terms) */
   size_t overrun;             /* bytes queued while paused */
+  size_t peak;                /* the most memory this connection held */
+  /* framed input left over (see "framing" below): malloc'd, icap bytes */
+  char *ib;
+  size_t ioff, iscan, ilen, icap;
+  /* idle timeout */
+  int64_t last_io;            /* ms, when bytes last moved */
   /* connecting (outbound) */
   mkd_resolve_job *job;
   int rfd;                    /* the resolver's pipe, -1 */
@@ -151,6 +322,7 @@ typedef struct tconn {
 } tconn;
 
 static char rbuf[READ_MAX];
+static size_t trim_credit;    /* bytes freed by closed connections since the last trim */
 
 static mk_rtype *rtype(const char *label, uint32_t arity, const char *const *names) {
   return mk_rtype_get(label, strlen(label), arity, names);
@@ -165,24 +337,55 @@ static mk_term *channel(tconn *c, mk_term *a, mk_term *b, mk_term *sub) {
 
 static mk_term *ground1(mk_rtype *rt, int64_t v) { return mk_rec(rt, mk_int(v)); }
 
+/* Wall-clock milliseconds, the clock of market:alarm.  The coarse clock,
+** where there is one, costs next to nothing: it stamps every chunk of a
+** connection with an idle timeout. */
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t stamp_ms(void) {
+#ifdef CLOCK_REALTIME_COARSE
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+#else
+  return now_ms();
+#endif
+}
+
+static int bitindex(int bit) {
+  int i;
+  for (i = 0; (1 << i) != bit; i++) {}
+  return i;
+}
+
 static void watch(mk_proc *p, tconn *c, int bit, mk_term *topic) {
   mk_role r;
-  int i;
   if (c->watching & bit) return;
   c->watching |= (uint8_t)bit;
-  for (i = 0; (1 << i) != bit; i++) {}
   r.orientation = MK_SUBSCRIBER;
   r.interest = MK_PARTICIPANT;
   r.topic = topic;
-  mk_add_endpoint(p, watch_names[i], 0, r);
+  mk_add_endpoint(p, watch_names[bitindex(bit)], 0, r);
 }
 
 static void unwatch(mk_proc *p, tconn *c, int bit) {
-  int i;
   if (!(c->watching & bit)) return;
   c->watching &= (uint8_t)~bit;
-  for (i = 0; (1 << i) != bit; i++) {}
-  mk_delete_endpoint(p, watch_names[i], 0, NULL);
+  mk_delete_endpoint(p, watch_names[bitindex(bit)], 0, NULL);
+}
+
+/* Watch market:alarm(at) under `bit`.  A ground watch is shared by equal
+** topics and fires once, so a subscription to an alarm time already past
+** could join a watch that has fired and wait for ever: callers only ask
+** for times still ahead (at > now_ms()). */
+static void watch_alarm(mk_proc *p, tconn *c, int bit, int64_t at) {
+  mk_term *t = ground1(mk_ground_alarm, at);
+  watch(p, c, bit, t);
+  mk_unref(t);
 }
 
 static void set_fd(tconn *c, int fd) {
@@ -201,13 +404,36 @@ static void close_resolver(tconn *c) {
   if (c->rfd >= 0) { close(c->rfd); c->rfd = -1; }   /* after: the thread writes no more */
 }
 
+static void note_held(tconn *c) {
+  size_t h = c->qbytes + c->icap;
+  if (h > c->peak) c->peak = h;
+}
+
+static void free_input(tconn *c) {
+  free(c->ib);
+  c->ib = NULL;
+  c->ioff = c->iscan = c->ilen = c->icap = 0;
+  c->more = 0;
+}
+
+static void free_queue(tconn *c) {
+  oblock *b, *next;
+  for (b = c->qhead; b != NULL; b = next) {
+    next = b->next;
+    mk_unref(b->t);
+    free(b);
+  }
+  c->qhead = c->qtail = NULL;
+  c->qbytes = 0;
+}
+
 /* Stop watching, then close (never the other way round: the fd number may
 ** be reused at once), then quit with reason (NULL: normal). */
 static void finish(mk_proc *p, tconn *c, const char *reason) {
   int bit;
   mk_term *r;
   if (c->done) return;
-  for (bit = 1; bit <= W_RESOLVE; bit <<= 1) unwatch(p, c, bit);
+  for (bit = 1; bit <= W_MORE; bit <<= 1) unwatch(p, c, bit);
   close_resolver(c);
   if (c->fd >= 0) { close(c->fd); set_fd(c, -1); }
   c->done = 1;
@@ -222,39 +448,319 @@ static void finish_errno(mk_proc *p, tconn *c, int err) {
 }
 
 static void update_reading(mk_proc *p, tconn *c) {
-  if (c->connected && !c->eof_in && !c->closing && c->readers > 0) watch(p, c, W_RD, c->rd);
-  else unwatch(p, c, W_RD);
+  if (c->draining || (c->connected && !c->eof_in && !c->closing && !c->in_failed &&
+                      c->readers > 0))
+    watch(p, c, W_RD, c->rd);
+  else
+    unwatch(p, c, W_RD);
 }
 
-static void on_readable(mk_proc *p, tconn *c) {
-  ssize_t n;
-  mk_term *m;
-  if (c->fd < 0) return;
-  do {
-    n = recv(c->fd, rbuf, c->readsize, 0);
-  } while (n < 0 && errno == EINTR);
-  if (n > 0) {
-    m = channel(c, c->remote, c->loc, mk_str(rbuf, (size_t)n));
-    mk_send(p, m);
-    mk_unref(m);
-  } else if (n == 0) {
-    c->eof_in = 1;
-    update_reading(p, c);
-    m = channel(c, c->remote, c->loc, mk_eof());
-    mk_send(p, m);
-    mk_unref(m);
-  } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-    finish_errno(p, c, errno);
+static void peers_changed(mk_proc *p, tconn *c);
+
+/* Withdraw the inbound flow with `reason`: its readers see the absence;
+** the outbound flow stays, so the session can still answer (a goodbye),
+** and the connection closes when the session goes. */
+static void fail_inbound(mk_proc *p, tconn *c, const char *reason) {
+  mk_term *r;
+  if (c->in_failed) return;
+  c->in_failed = 1;
+  free_input(c);
+  r = mk_cstr(reason);
+  mk_delete_endpoint(p, "in", 0, r);
+  mk_unref(r);
+  c->readers = 0;            /* their absence events went with the endpoint */
+  peers_changed(p, c);
+}
+
+/* The flows go, with reason (NULL: normal); their peers see the absence. */
+static void withdraw_flows(mk_proc *p, tconn *c, const char *reason) {
+  mk_term *r = reason ? mk_cstr(reason) : NULL;
+  if (!c->in_failed) mk_delete_endpoint(p, "in", 0, r);
+  if (!c->out_gone) mk_delete_endpoint(p, "out", 0, r);
+  mk_unref(r);
+  c->in_failed = c->out_gone = 1;
+  c->readers = c->senders = 0;
+}
+
+/* ---- framing ------------------------------------------------------------ */
+
+/*
+** Framed input (framing "line", "u16" or "u32") keeps the bytes read and
+** not yet delivered in ib[ioff..ilen): a partial frame, or, when one read
+** brought more than FRAME_BUDGET frames, the rest of that read (`more`).
+** A manager delivers at most FRAME_BUDGET frames per event, and reads
+** nothing while it has some left over: a peer sending a stream of tiny
+** frames (a 64 KiB read holds 32,768 empty u16 frames) then holds up the
+** others for one batch between polls, not for the whole read.  What is
+** left waits for the socket's next readiness, or, when the peer has sent
+** nothing more, for an alarm a millisecond later.  Each byte is copied
+** into ib at most once and compacted away in amortised constant time;
+** for lines, ib[ioff..iscan) is known to hold no "\n".
+*/
+#define FRAME_BUDGET 128
+
+static void deliver(mk_proc *p, tconn *c, const char *s, size_t n) {
+  mk_term *m = channel(c, c->remote, c->loc, mk_str(s, n));
+  mk_send(p, m);
+  mk_unref(m);
+}
+
+/* Room for n bytes in ib; -1 when out of memory (the inbound flow has
+** failed then).  Grows by doubling: amortised linear. */
+static int reserve(mk_proc *p, tconn *c, size_t n) {
+  size_t cap = c->icap ? c->icap : 256;
+  char *nb;
+  if (n <= c->icap) return 0;
+  while (cap < n) cap *= 2;
+  nb = realloc(c->ib, cap);
+  if (nb == NULL) { fail_inbound(p, c, "out of memory"); return -1; }
+  c->ib = nb;
+  c->icap = cap;
+  note_held(c);
+  return 0;
+}
+
+static int append(mk_proc *p, tconn *c, const char *s, size_t n) {
+  if (reserve(p, c, c->ilen + n) != 0) return -1;
+  memcpy(c->ib + c->ilen, s, n);
+  c->ilen += n;
+  return 0;
+}
+
+/* Forget what was delivered: the rest moves to the front only when it is
+** no longer than what went (so moving costs less than delivering did),
+** and a large buffer is freed once empty. */
+static void compact(tconn *c) {
+  size_t rest = c->ilen - c->ioff;
+  if (c->ioff == 0) return;
+  if (rest == 0) {
+    c->ilen = c->ioff = c->iscan = 0;
+    if (c->icap > 4096) free_input(c);
+  } else if (rest <= c->ioff) {
+    memmove(c->ib, c->ib + c->ioff, rest);
+    c->iscan = c->iscan > c->ioff ? c->iscan - c->ioff : 0;
+    c->ilen = rest;
+    c->ioff = 0;
   }
 }
 
+static void line_too_long(mk_proc *p, tconn *c) {
+  char buf[96];
+  snprintf(buf, sizeof buf, "line longer than %zu bytes", c->max_frame);
+  fail_inbound(p, c, buf);
+}
+
+/* A whole line s[0..n) (its "\n" not included): without a "\r" at its
+** end, unless longer than max_frame.  Returns -1 when it was too long. */
+static int deliver_line(mk_proc *p, tconn *c, const char *s, size_t n) {
+  if (n > 0 && s[n - 1] == '\r') n--;
+  if (n > c->max_frame) { line_too_long(p, c); return -1; }
+  deliver(p, c, s, n);
+  return 0;
+}
+
+static size_t prefix_len(const tconn *c) { return c->framing == F_U16 ? 2 : 4; }
+
+static size_t get_len(const char *p, size_t hdr) {
+  const unsigned char *s = (const unsigned char *)p;
+  return hdr == 2 ? (size_t)s[0] << 8 | s[1]
+                  : (size_t)s[0] << 24 | (size_t)s[1] << 16 | (size_t)s[2] << 8 | s[3];
+}
+
+/* Returns -1 (and fails the inbound flow) when len is over max_frame. */
+static int check_len(mk_proc *p, tconn *c, size_t len) {
+  char buf[128];
+  if (len <= c->max_frame) return 0;
+  snprintf(buf, sizeof buf, "frame of %zu bytes is longer than max_frame (%zu)", len,
+           c->max_frame);
+  fail_inbound(p, c, buf);
+  return -1;
+}
+
+/* Frames straight from s[0..n) (bytes just read, nothing left over before
+** them), while *budget lasts: the bytes used.  The inbound flow may have
+** failed. */
+static size_t direct(mk_proc *p, tconn *c, const char *s, size_t n, int *budget) {
+  size_t used = 0, hdr, len;
+  if (c->framing == F_LINE) {
+    const char *nl;
+    while (*budget > 0 && (nl = memchr(s + used, '\n', n - used)) != NULL) {
+      if (deliver_line(p, c, s + used, (size_t)(nl - (s + used))) != 0) return n;
+      used = (size_t)(nl - s) + 1;
+      --*budget;
+    }
+    return used;
+  }
+  hdr = prefix_len(c);
+  while (*budget > 0 && n - used >= hdr) {
+    len = get_len(s + used, hdr);
+    if (check_len(p, c, len) != 0) return n;
+    if (n - used - hdr < len) break;
+    deliver(p, c, s + used + hdr, len);
+    used += hdr + len;
+    --*budget;
+  }
+  return used;
+}
+
+/* Frames from ib, while the budget lasts; `more` tells whether the budget
+** ran out first. */
+static void from_buffer(mk_proc *p, tconn *c, int budget) {
+  size_t hdr = prefix_len(c), avail, len;
+  while (budget > 0 && c->ioff < c->ilen) {
+    if (c->framing == F_LINE) {
+      char *nl = memchr(c->ib + c->iscan, '\n', c->ilen - c->iscan);
+      size_t next;
+      if (nl == NULL) { c->iscan = c->ilen; break; }
+      next = (size_t)(nl - c->ib) + 1;
+      if (deliver_line(p, c, c->ib + c->ioff, next - 1 - c->ioff) != 0) return;
+      c->ioff = c->iscan = next;
+    } else {
+      avail = c->ilen - c->ioff;
+      if (avail < hdr) break;
+      len = get_len(c->ib + c->ioff, hdr);
+      if (check_len(p, c, len) != 0) return;
+      if (avail - hdr < len) {
+        /* Room for the whole frame at once. */
+        if (reserve(p, c, c->ilen + (hdr + len - avail)) != 0) return;
+        break;
+      }
+      deliver(p, c, c->ib + c->ioff + hdr, len);
+      c->ioff += hdr + len;
+    }
+    budget--;
+  }
+  c->more = budget == 0 && c->ioff < c->ilen;
+  /* A partial line is bounded before it is complete (it may still end in
+  ** "\r\n"). */
+  if (!c->more && c->framing == F_LINE) {
+    size_t partial = c->ilen - c->ioff;
+    if (partial > c->max_frame + 1 ||
+        (partial == c->max_frame + 1 && c->ib[c->ilen - 1] != '\r')) {
+      line_too_long(p, c);
+      return;
+    }
+  }
+  compact(c);
+}
+
+/* After input was handled: an alarm to go on with what is left when the
+** socket may have nothing more to say. */
+static void update_more(mk_proc *p, tconn *c) {
+  if (c->more && c->readers > 0 && !c->in_failed && !c->closing && !c->done) {
+    if (!(c->watching & W_MORE)) watch_alarm(p, c, W_MORE, now_ms() + 1);
+  } else {
+    unwatch(p, c, W_MORE);
+  }
+}
+
+/* Deliver what is left over, as far as the budget goes (nothing while
+** nobody reads: what is sent to nobody is lost). */
+static void pump(mk_proc *p, tconn *c) {
+  if (c->in_failed || c->readers == 0) { update_more(p, c); return; }
+  if (c->framing == F_RAW) {
+    if (c->ioff < c->ilen) deliver(p, c, c->ib + c->ioff, c->ilen - c->ioff);
+    c->more = 0;
+    free_input(c);
+    c->ioff = c->iscan = 0;
+  } else {
+    from_buffer(p, c, FRAME_BUDGET);
+  }
+  update_more(p, c);
+}
+
+/* Bytes just read, as the connection's framing wants them. */
+static void received(mk_proc *p, tconn *c, const char *d, size_t n) {
+  int budget = FRAME_BUDGET, scanned = 0;
+  size_t used = 0;
+  if (c->framing == F_RAW) { deliver(p, c, d, n); return; }
+  if (c->ioff == c->ilen) {
+    c->ioff = c->ilen = c->iscan = 0;
+    used = direct(p, c, d, n, &budget);
+    if (c->in_failed || used == n) return;
+    scanned = budget > 0;      /* it stopped at a partial frame */
+    if (scanned && c->framing == F_LINE && n - used > c->max_frame + 1) {
+      line_too_long(p, c);     /* (no need to keep it to know) */
+      return;
+    }
+  }
+  if (append(p, c, d + used, n - used) != 0) return;
+  if (scanned) c->iscan = c->ilen;     /* (lines: no "\n" in it) */
+  from_buffer(p, c, budget);
+  update_more(p, c);
+}
+
+/* The framing or max_frame changed: what is left over is framed again. */
+static void reframe(mk_proc *p, tconn *c) {
+  if (c->ioff == c->ilen || c->in_failed) return;
+  c->iscan = c->ioff;
+  c->more = 1;
+  pump(p, c);
+}
+
+/* The peer's end of stream (read only when nothing whole is left over):
+** the last unfinished line, then EOF; a frame cut short fails the flow
+** instead. */
+static void end_of_input(mk_proc *p, tconn *c) {
+  mk_term *m;
+  size_t partial = c->ilen - c->ioff;
+  c->eof_in = 1;
+  update_reading(p, c);
+  if (partial > 0 && c->framing == F_LINE) {
+    deliver(p, c, c->ib + c->ioff, partial);
+  } else if (partial > 0) {
+    char buf[128];
+    size_t hdr = prefix_len(c);
+    if (partial < hdr)
+      snprintf(buf, sizeof buf, "end of stream inside a frame's length");
+    else
+      snprintf(buf, sizeof buf, "end of stream inside a frame (%zu of %zu bytes)",
+               partial - hdr, get_len(c->ib + c->ioff, hdr));
+    fail_inbound(p, c, buf);
+    return;
+  }
+  free_input(c);
+  c->ioff = c->iscan = 0;
+  m = channel(c, c->remote, c->loc, mk_eof());
+  mk_send(p, m);
+  mk_unref(m);
+}
+
+/* ---- idle timeout ------------------------------------------------------- */
+
+static void begin_drain(mk_proc *p, tconn *c);
+
+/* No bytes either way for idle_ms: both flows end with the reason, and the
+** connection closes as in begin_drain (what is still queued is dropped). */
+static void idle_expired(mk_proc *p, tconn *c) {
+  if (c->stats) c->stats->v[C_TIMEOUTS]++;
+  withdraw_flows(p, c, "idle timeout");
+  c->closing = 1;
+  free_queue(c);
+  begin_drain(p, c);
+}
+
+/* The alarm is set at last_io + idle_ms and moved only when it fires, so
+** the data path just stamps last_io. */
+static void arm_idle(mk_proc *p, tconn *c) {
+  int64_t due;
+  unwatch(p, c, W_IDLE);
+  if (c->idle_ms <= 0 || !c->connected || c->closing || c->done) return;
+  due = c->last_io + c->idle_ms;
+  if (due > now_ms()) watch_alarm(p, c, W_IDLE, due);
+  else idle_expired(p, c);
+}
+
+/* ---- output ------------------------------------------------------------- */
+
 /* After the queue changed: backpressure, the writable watch, closing. */
 static void update_flow(mk_proc *p, tconn *c) {
-  if (c->stats && (lua_Integer)c->qbytes > c->stats->max_queued)
-    c->stats->max_queued = (lua_Integer)c->qbytes;
+  note_held(c);
+  if (c->stats && (lua_Integer)c->qbytes > c->stats->v[C_MAX_QUEUED])
+    c->stats->v[C_MAX_QUEUED] = (lua_Integer)c->qbytes;
   if (c->overrun > c->hard) {
     char buf[128];
-    if (c->stats) c->stats->overflows++;
+    if (c->stats) c->stats->v[C_OVERFLOWS]++;
     snprintf(buf, sizeof buf, "%zu bytes sent despite backpressure: the peer is not reading",
              c->overrun);
     finish(p, c, buf);
@@ -264,7 +770,7 @@ static void update_flow(mk_proc *p, tconn *c) {
     mk_rtype *rt = rtype("tcp-backpressure", 2, NULL);
     mk_role r;
     c->paused = 1;
-    if (c->stats) c->stats->pauses++;
+    if (c->stats) c->stats->v[C_PAUSES]++;
     r.orientation = MK_PUBLISHER;
     r.interest = MK_PARTICIPANT;
     r.topic = mk_rec(rt, mk_ref(c->loc), mk_ref(c->remote));
@@ -277,61 +783,92 @@ static void update_flow(mk_proc *p, tconn *c) {
     mk_delete_endpoint(p, "bp", 0, NULL);
   }
   if (!c->connected) return;
-  if (c->qlen > 0) {
+  if (c->qhead != NULL) {
     watch(p, c, W_WR, c->wr);
   } else {
     unwatch(p, c, W_WR);
-    if (c->closing) finish(p, c, NULL);
+    if (c->closing) begin_drain(p, c);
   }
 }
 
-static mk_term *qpop(tconn *c) {
-  mk_term *t = c->q[c->qhead];
-  c->q[c->qhead] = NULL;
-  c->qhead = (c->qhead + 1) & (c->qcap - 1);
-  c->qlen--;
-  c->off = 0;
-  return t;
+/* send() what it takes of s[0..n): bytes written, 0 when the socket is
+** full, -1 when the connection failed (finished then). */
+static ssize_t put(mk_proc *p, tconn *c, const char *s, size_t n) {
+  ssize_t w;
+  do {
+    w = send(c->fd, s, n, MSG_NOSIGNAL);
+  } while (w < 0 && errno == EINTR);
+  if (w < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK) { finish_errno(p, c, errno); return -1; }
+    return 0;
+  }
+  if (w > 0 && c->idle_ms > 0) c->last_io = stamp_ms();
+  return w;
 }
 
-static int qpush(tconn *c, mk_term *t) {
-  if (c->qlen == c->qcap) {
-    size_t ncap = c->qcap ? c->qcap * 2 : 4, i;
-    mk_term **nq = malloc(ncap * sizeof *nq);
-    if (nq == NULL) return -1;
-    for (i = 0; i < c->qlen; i++) nq[i] = c->q[(c->qhead + i) & (c->qcap - 1)];
-    free(c->q);
-    c->q = nq;
-    c->qcap = ncap;
-    c->qhead = 0;
-  }
-  c->q[(c->qhead + c->qlen) & (c->qcap - 1)] = mk_ref(t);
-  c->qlen++;
-  return 0;
+static void shut_wr(mk_proc *p, tconn *c) {
+  c->eof_queued = 0;
+  c->shut = 1;
+  if (shutdown(c->fd, SHUT_WR) != 0 && errno != ENOTCONN) finish_errno(p, c, errno);
 }
 
 static void flush(mk_proc *p, tconn *c) {
-  while (c->qlen > 0) {
-    mk_term *item = c->q[c->qhead];
-    if (item->kind == MK_EOF) {
-      mk_unref(qpop(c));
-      if (shutdown(c->fd, SHUT_WR) != 0 && errno != ENOTCONN) { finish_errno(p, c, errno); return; }
-    } else {
-      ssize_t n;
-      do {
-        n = send(c->fd, mk_strdata(item) + c->off, item->n - c->off, MSG_NOSIGNAL);
-      } while (n < 0 && errno == EINTR);
-      if (n < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK) { finish_errno(p, c, errno); return; }
-        n = 0;
-      }
-      c->qbytes -= (size_t)n;
-      c->off += (size_t)n;
-      if (c->off < item->n) break;      /* the socket is full */
-      mk_unref(qpop(c));
-    }
+  oblock *b;
+  while ((b = c->qhead) != NULL) {
+    const char *s = b->t ? mk_strdata(b->t) : b->data;
+    ssize_t n = put(p, c, s + b->off, b->len - b->off);
+    if (n < 0) return;
+    b->off += (size_t)n;
+    if (b->off < b->len) break;      /* the socket is full */
+    c->qhead = b->next;
+    if (c->qhead == NULL) c->qtail = NULL;
+    c->qbytes -= b->held;
+    mk_unref(b->t);
+    free(b);
+  }
+  if (c->qhead == NULL && c->eof_queued) {
+    shut_wr(p, c);
+    if (c->done) return;
   }
   update_flow(p, c);
+}
+
+/* Queue s[0..n), the unwritten end of string term d: copied when short,
+** by reference otherwise.  Returns the bytes the queue holds more (0 when
+** they fitted in the last block), or -1 when out of memory. */
+static ssize_t enqueue(tconn *c, mk_term *d, const char *s, size_t n) {
+  oblock *b = c->qtail;
+  if (n < COPY_MAX) {
+    if (b != NULL && b->t == NULL) {
+      size_t k = b->cap - b->len < n ? b->cap - b->len : n;
+      memcpy(b->data + b->len, s, k);
+      b->len += k;
+      s += k;
+      n -= k;
+      if (n == 0) return 0;
+    }
+    b = malloc(BLOCK_BYTES);
+    if (b == NULL) return -1;
+    b->t = NULL;
+    b->off = 0;
+    b->cap = BLOCK_BYTES - sizeof *b;
+    b->held = BLOCK_BYTES;
+    memcpy(b->data, s, n);
+    b->len = n;
+  } else {
+    b = malloc(sizeof *b);
+    if (b == NULL) return -1;
+    b->t = mk_ref(d);
+    b->len = d->n;
+    b->off = d->n - n;
+    b->cap = 0;
+    b->held = sizeof *b + sizeof(mk_term) + d->n + 1;
+  }
+  b->next = NULL;
+  if (c->qtail) c->qtail->next = b; else c->qhead = b;
+  c->qtail = b;
+  c->qbytes += b->held;
+  return (ssize_t)b->held;
 }
 
 static void warn_once(tconn *c, const mk_term *d) {
@@ -350,48 +887,188 @@ static void warn_once(tconn *c, const mk_term *d) {
 
 static void on_out(mk_proc *p, tconn *c, mk_term *m) {
   mk_term *d = m->kind == MK_REC && m->n == 3 ? mk_items(m)[2] : m;
+  const char *s;
+  size_t n;
+  ssize_t added;
   if (c->eof_out || c->closing) return;
   if (d->kind == MK_EOF) {
     c->eof_out = 1;
-  } else if (d->kind != MK_STR) {
-    warn_once(c, d);
+    c->eof_queued = 1;
+    if (c->connected && c->qhead == NULL) shut_wr(p, c);
     return;
-  } else if (d->n == 0) {
-    return;
-  } else {
-    c->qbytes += d->n;
-    if (c->paused) c->overrun += d->n;
   }
-  if (qpush(c, d) != 0) { finish(p, c, "out of memory"); return; }
-  /* Write at once unless already waiting for the socket to drain. */
-  if (c->connected && !(c->watching & W_WR)) flush(p, c); else update_flow(p, c);
+  if (d->kind != MK_STR) { warn_once(c, d); return; }
+  s = mk_strdata(d);
+  n = d->n;
+  if (n == 0) return;
+  /* Nothing queued: write at once, and queue only what the socket did
+  ** not take. */
+  if (c->connected && c->qhead == NULL) {
+    ssize_t w = put(p, c, s, n);
+    if (w < 0) return;
+    if ((size_t)w == n) return;
+    s += w;
+    n -= (size_t)w;
+  }
+  added = enqueue(c, d, s, n);
+  if (added < 0) { finish(p, c, "out of memory"); return; }
+  if (c->paused) c->overrun += (size_t)added;
+  update_flow(p, c);
 }
 
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+/* ---- closing ------------------------------------------------------------ */
+
+/* Everything is written: the connection is done for its session.  The
+** flows go (their peers see absence now, not after the drain), writing is
+** shut down (the peer sees an orderly end of stream), and input is read
+** and dropped until the peer's end of stream or DRAIN_MS (at most the
+** linger time): closing with unread input would answer with a reset, and
+** the peer could lose the last thing it was told. */
+static void begin_drain(mk_proc *p, tconn *c) {
+  int64_t ms = c->linger_ms < DRAIN_MS ? c->linger_ms : DRAIN_MS;
+  if (c->draining || c->done) return;
+  unwatch(p, c, W_WR);
+  unwatch(p, c, W_LINGER);
+  unwatch(p, c, W_IDLE);
+  unwatch(p, c, W_MORE);
+  withdraw_flows(p, c, NULL);
+  mk_delete_endpoint(p, "opts", 0, NULL);
+  if (c->paused) { c->paused = 0; mk_delete_endpoint(p, "bp", 0, NULL); }
+  if (c->lport) mk_delete_endpoint(p, "listener", 0, NULL);
+  free_input(c);
+  if (!c->shut) {
+    shut_wr(p, c);
+    if (c->done) return;
+  }
+  if (c->eof_in || ms <= 0) { finish(p, c, NULL); return; }
+  c->draining = 1;
+  update_reading(p, c);
+  watch_alarm(p, c, W_LINGER, now_ms() + ms);
+}
+
+static void drain_input(mk_proc *p, tconn *c) {
+  ssize_t n;
+  do {
+    n = recv(c->fd, rbuf, sizeof rbuf, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) finish(p, c, NULL);
+}
+
+static void on_readable(mk_proc *p, tconn *c) {
+  ssize_t n;
+  if (c->fd < 0) return;
+  if (c->draining) { drain_input(p, c); return; }
+  if (c->more) { pump(p, c); return; }     /* what is left first */
+  do {
+    n = recv(c->fd, rbuf, c->readsize, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n > 0) {
+    if (c->idle_ms > 0) c->last_io = stamp_ms();
+    received(p, c, rbuf, (size_t)n);
+  } else if (n == 0) {
+    end_of_input(p, c);
+  } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+    finish_errno(p, c, errno);
+  }
+}
+
+static void on_linger(mk_proc *p, tconn *c) {
+  char buf[96];
+  if (c->draining) { finish(p, c, NULL); return; }
+  snprintf(buf, sizeof buf, "closed with unsent output after %lld ms", (long long)c->linger_ms);
+  finish(p, c, buf);
 }
 
 /* Peers: readers subscribe to the inbound flow, senders publish the
 ** outbound one.  When the last of them goes, flush and close. */
 static void peers_changed(mk_proc *p, tconn *c) {
-  mk_term *t;
   update_reading(p, c);
+  if (c->more) pump(p, c);
   if (!c->seen || c->readers + c->senders > 0 || c->closing) return;
   c->closing = 1;
   update_reading(p, c);
-  if (!c->connected || c->qlen == 0) { finish(p, c, NULL); return; }
-  t = ground1(mk_ground_alarm, (int64_t)floor(now_ms()) + c->linger_ms);
-  watch(p, c, W_LINGER, t);
-  mk_unref(t);
+  unwatch(p, c, W_IDLE);
+  if (!c->connected) { finish(p, c, NULL); return; }
+  if (c->qhead == NULL) { begin_drain(p, c); return; }
+  if (c->linger_ms <= 0) { on_linger(p, c); return; }
+  watch_alarm(p, c, W_LINGER, now_ms() + c->linger_ms);
 }
+
+/* ---- settings, applied -------------------------------------------------- */
+
+/* The base and the option sets, later over earlier, into the fields. */
+static void reconfigure(mk_proc *p, tconn *c) {
+  tconf m = c->base;
+  size_t i;
+  int k, framing = c->framing;
+  size_t max_frame = c->max_frame;
+  int64_t idle = c->idle_ms;
+  for (i = 0; i < c->nopts; i++)
+    for (k = 0; k < NKEYS; k++)
+      if (c->opts[i].cf.set & (1u << k)) { m.v[k] = c->opts[i].cf.v[k]; m.set |= 1u << k; }
+  c->framing = (int)m.v[K_FRAMING];
+  c->max_frame = (size_t)m.v[K_MAX_FRAME];
+  c->idle_ms = m.v[K_IDLE];
+  c->high = (size_t)m.v[K_HIGH];
+  c->low = m.set & (1u << K_LOW) ? (size_t)m.v[K_LOW] : c->high / 2;
+  c->hard = m.set & (1u << K_HARD) ? (size_t)m.v[K_HARD] : 8 * c->high;
+  c->readsize = (size_t)m.v[K_READ];
+  c->linger_ms = m.v[K_LINGER];
+  if (p == NULL || c->done || c->draining) return;
+  if (c->framing != framing || c->max_frame != max_frame) {
+    /* What waits for the end of a line or frame is framed anew. */
+    reframe(p, c);
+    if (c->done) return;
+  }
+  if (c->idle_ms != idle) arm_idle(p, c);
+  if (!c->closing && !c->done) update_flow(p, c);
+}
+
+static void options_changed(mk_proc *p, tconn *c, mk_term *topic, int present) {
+  mk_term *s = topic->kind == MK_REC && topic->n == 3 ? mk_items(topic)[2] : NULL;
+  size_t i;
+  if (s == NULL || s->kind == MK_WILD) return;
+  if (present) {
+    optset *o;
+    const char *bad;
+    if (c->nopts == c->optcap) {
+      size_t ncap = c->optcap ? 2 * c->optcap : 2;
+      optset *n = realloc(c->opts, ncap * sizeof *n);
+      if (n == NULL) { finish(p, c, "out of memory"); return; }
+      c->opts = n;
+      c->optcap = ncap;
+    }
+    o = &c->opts[c->nopts];
+    bad = parse_settings(s, &o->cf);
+    if (bad && c->L) {
+      /* Only a hand-made record can get here: tcp.options checks. */
+      char buf[160];
+      snprintf(buf, sizeof buf, "market.tcp: ignoring the tcp-options setting %.60s", bad);
+      lua_warning(c->L, buf, 0);
+    }
+    o->topic = mk_ref(topic);
+    c->nopts++;
+  } else {
+    /* Equal sets cannot be told apart: the latest of them goes. */
+    for (i = c->nopts; i-- > 0;)
+      if (mk_equal(c->opts[i].topic, topic)) break;
+    if (i == (size_t)-1) return;
+    mk_unref(c->opts[i].topic);
+    memmove(&c->opts[i], &c->opts[i + 1], (c->nopts - i - 1) * sizeof *c->opts);
+    c->nopts--;
+  }
+  reconfigure(p, c);
+}
+
+/* ---- connecting --------------------------------------------------------- */
 
 static void on_connected(mk_proc *p, tconn *c) {
   c->connected = 1;
+  c->last_io = stamp_ms();
   unwatch(p, c, W_CONN);
   update_reading(p, c);
-  flush(p, c);
+  arm_idle(p, c);
+  if (!c->done) flush(p, c);
 }
 
 static int usable(const struct addrinfo *ai) {
@@ -493,9 +1170,21 @@ static void start_connect(mk_proc *p, tconn *c) {
   }
 }
 
+/* ---- the process -------------------------------------------------------- */
+
 static void boot(mk_proc *p, tconn *c) {
+  static const char *const ofields[] = { "local", "remote", "settings" };
   mk_role r;
   mk_term *w = mk_wild();
+  mk_rtype *ort = rtype("tcp-options", 3, ofields);
+  /* First the option sets, so that those published already are applied
+  ** (their presence events queued) before anything is read. */
+  r.interest = MK_OBSERVER;
+  r.orientation = MK_SUBSCRIBER;
+  r.topic = mk_rec(ort, mk_ref(c->loc), mk_ref(c->remote), w);
+  mk_add_endpoint(p, "opts", 0, r);
+  mk_unref(r.topic);
+  mk_rtype_unref(ort);
   r.interest = MK_PARTICIPANT;
   r.orientation = MK_PUBLISHER;
   r.topic = channel(c, c->remote, c->loc, w);
@@ -514,6 +1203,7 @@ static void boot(mk_proc *p, tconn *c) {
     mk_add_endpoint(p, "listener", 0, r);
     mk_unref(r.topic);
     mk_rtype_unref(rt);
+    arm_idle(p, c);
   } else {
     /* Outbound: the process that asked is here already; if it went away
     ** meanwhile, there is nobody to connect for (checked when everything
@@ -536,6 +1226,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
       int d = ev->type == MK_EV_PRESENCE ? 1 : -1;
       if (strcmp(e, "in") == 0) c->readers += d;
       else if (strcmp(e, "out") == 0) c->senders += d;
+      else if (strcmp(e, "opts") == 0) { options_changed(p, c, ev->role.topic, d > 0); break; }
       else break;
       if (d > 0) c->seen = 1;
       peers_changed(p, c);
@@ -549,14 +1240,13 @@ static void handle(mk_proc *p, const mk_event *ev) {
         case 'o': if (strcmp(e, "out") == 0) on_out(p, c, ev->message); break;
         case 'w': if (strcmp(e, "wr") == 0) flush(p, c); break;
         case 'c': if (strcmp(e, "conn") == 0) on_conn(p, c); break;
+        case 'i': if (strcmp(e, "idle") == 0) arm_idle(p, c); break;
+        case 'm': if (strcmp(e, "more") == 0) { unwatch(p, c, W_MORE); pump(p, c); } break;
         case 'l':
-          if (strcmp(e, "linger") == 0) {
-            char buf[96];
-            snprintf(buf, sizeof buf, "closed with unsent output after %lld ms",
-                     (long long)c->linger_ms);
-            finish(p, c, buf);
-          } else if (strcmp(e, "listener") == 0 && !c->seen) {
-            finish(p, c, NULL);
+          if (strcmp(e, "linger") == 0) on_linger(p, c);
+          else if (strcmp(e, "listener") == 0 && !c->seen) {
+            c->closing = 1;
+            begin_drain(p, c);
           }
           break;
         default: break;
@@ -572,9 +1262,12 @@ static void handle(mk_proc *p, const mk_event *ev) {
 
 static void destroy(mk_proc *p) {
   tconn *c = mk_proc_data(p);
+  size_t i;
   if (c == NULL) return;
-  while (c->qlen > 0) mk_unref(qpop(c));
-  free(c->q);
+  free_queue(c);
+  free_input(c);
+  for (i = 0; i < c->nopts; i++) mk_unref(c->opts[i].topic);
+  free(c->opts);
   close_resolver(c);
   if (c->numeric) freeaddrinfo(c->numeric);
   if (c->fd >= 0) close(c->fd);
@@ -583,37 +1276,24 @@ static void destroy(mk_proc *p) {
   mk_unref(c->loc);
   mk_unref(c->lport);
   if (c->channel) mk_rtype_unref(c->channel);
-  stats_release(c->stats);
+  count_release(c->stats);
+  if (c->conns) { c->conns->v[C_LIVE]--; count_release(c->conns); }
+  /* A connection that held much (a slow reader's queue) leaves free
+  ** memory scattered through the heap, which malloc keeps unless asked:
+  ** give it back, at most once per TRIM_AFTER bytes so freed. */
+  trim_credit += c->peak;
+  if (trim_credit >= TRIM_AFTER) {
+    trim_credit = 0;
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+  }
   free(c);
 }
 
 static const mk_behavior tcpconn_behavior = { "tcp", handle, NULL, destroy, NULL };
 
 /* ---- spawning, from Lua ------------------------------------------------- */
-
-typedef struct config {
-  size_t high, low, hard, readsize;
-  int64_t linger_ms;
-  tstats *stats;
-} config;
-
-static size_t checksize(lua_State *L, int idx) {
-  lua_Integer v = luaL_checkinteger(L, idx);
-  return v < 0 ? 0 : (size_t)v;
-}
-
-/* high, low, hard, readsize, linger_ms, stats from idx on. */
-static void getconfig(lua_State *L, int idx, config *cfg) {
-  statsbox *b;
-  cfg->high = checksize(L, idx);
-  cfg->low = checksize(L, idx + 1);
-  cfg->hard = checksize(L, idx + 2);
-  cfg->readsize = checksize(L, idx + 3);
-  if (cfg->readsize == 0 || cfg->readsize > READ_MAX) cfg->readsize = READ_MAX;
-  cfg->linger_ms = (int64_t)luaL_checkinteger(L, idx + 4);
-  b = luaL_testudata(L, idx + 5, STATS_MT);
-  cfg->stats = b ? b->s : NULL;
-}
 
 static mk_proc *caller(lua_State *L, const char *what) {
   mk_proc *p = mkl_current(L);
@@ -622,10 +1302,23 @@ static mk_proc *caller(lua_State *L, const char *what) {
   return p;
 }
 
+/* The defaults at idx: a settings sequence naming every key but low_water
+** and hard_limit, which may be left to follow high_water. */
+static void getdefaults(lua_State *L, int idx, tconf *cf) {
+  const char *err, *bad;
+  mk_term *t = mkl_toterm(L, idx, &err);
+  unsigned need = ~((1u << K_LOW) | (1u << K_HARD) | (1u << K_MAXCONN)) & ((1u << NKEYS) - 1);
+  if (t == NULL) luaL_error(L, "market.sys: the defaults are not a term: %s", err);
+  bad = parse_settings(t, cf);
+  mk_unref(t);
+  if (bad) luaL_error(L, "market.sys: bad default setting %s", bad);
+  if ((cf->set & need) != need) luaL_error(L, "market.sys: the defaults are incomplete");
+}
+
 /* A manager's data; takes the references remote, loc and lport (may be
 ** NULL) and the descriptor fd (-1: connect). */
-static tconn *newconn(lua_State *L, const config *cfg, int fd, mk_term *remote, mk_term *loc,
-                      mk_term *lport) {
+static tconn *newconn(lua_State *L, const tconf *base, tcount *stats, tcount *conns, int fd,
+                      mk_term *remote, mk_term *loc, mk_term *lport) {
   tconn *c = remote ? calloc(1, sizeof *c) : NULL;   /* remote: NULL if out of memory */
   if (c == NULL) {
     if (fd >= 0) close(fd);
@@ -638,34 +1331,51 @@ static tconn *newconn(lua_State *L, const config *cfg, int fd, mk_term *remote, 
   c->channel = rtype("tcp-channel", 3, channel_fields);
   c->fd = -1;
   c->rfd = -1;
-  c->high = cfg->high;
-  c->low = cfg->low;
-  c->hard = cfg->hard;
-  c->readsize = cfg->readsize;
-  c->linger_ms = cfg->linger_ms;
-  c->stats = cfg->stats;
-  if (c->stats) c->stats->refs++;
+  c->base = *base;
+  reconfigure(NULL, c);
+  c->stats = stats;
+  if (stats) stats->refs++;
+  c->conns = conns;
+  if (conns) { conns->refs++; conns->v[C_LIVE]++; }
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   c->L = lua_tothread(L, -1);
   lua_pop(L, 1);
   if (fd >= 0) {
     set_fd(c, fd);
     c->connected = 1;
+    c->last_io = stamp_ms();
   }
   return c;
 }
 
-/* sys.tcp_accept(lsock, loc, lport, max, high, low, hard, readsize, linger_ms, stats) */
+/* A connection not taken: tcp.refused(loc, tcp.address(host, port), why),
+** sent by the listener, and counted. */
+static void refuse(mk_proc *p, tcount *stats, mk_rtype *art, mk_term *loc, const char *host,
+                   int port, const char *why) {
+  static const char *const fields[] = { "listener", "remote", "reason" };
+  mk_rtype *rt = rtype("tcp-refused", 3, fields);
+  mk_term *m = mk_rec(rt, mk_ref(loc), mk_rec(art, mk_cstr(host), mk_int(port)), mk_cstr(why));
+  if (stats) stats->v[C_REFUSED]++;
+  mk_send(p, m);
+  mk_unref(m);
+  mk_rtype_unref(rt);
+}
+
+/* sys.tcp_accept(lsock, loc, lport, max, maxconn, conns, defaults, stats) */
 static int l_tcp_accept(lua_State *L) {
   mk_proc *p = caller(L, "tcp_accept");
-  int lfd = mkd_sockfd(L, 1);
-  lua_Integer max = luaL_checkinteger(L, 4), n = 0;
+  int lfd = mkd_sockfd(L, 1), failed = 0, exhausted = 0;
+  lua_Integer max = luaL_checkinteger(L, 4), maxconn = luaL_checkinteger(L, 5), n = 0;
+  tcount *conns = ((countbox *)luaL_checkudata(L, 6, COUNT_MT))->n;
+  countbox *sb = luaL_testudata(L, 8, COUNT_MT);
+  tcount *stats = sb ? sb->n : NULL;
   mk_term *loc, *lport;
   const char *err;
-  config cfg;
+  tconf base;
   static const char *const afields[] = { "host", "port" };
   mk_rtype *art;
-  getconfig(L, 5, &cfg);
+  char host[64], name[96], why[64];
+  getdefaults(L, 7, &base);
   /* Raising nothing from here on: the references would leak. */
   loc = mkl_toterm(L, 2, &err);
   lport = mkl_toterm(L, 3, &err);
@@ -676,20 +1386,29 @@ static int l_tcp_accept(lua_State *L) {
   }
   art = rtype("tcp-address", 2, afields);
   for (; n < max; n++) {
-    char host[64], name[96];
     int port, fd = mkd_accept(lfd, host, sizeof host, &port);
     tconn *c;
     if (fd < 0) {
-      int err = errno;
-      mk_rtype_unref(art);
-      mk_unref(loc);
-      mk_unref(lport);
-      if (err == EAGAIN) { lua_pushinteger(L, n); return 1; }
-      lua_pushnil(L);
-      lua_pushstring(L, mkd_strerror(err, name, sizeof name));
-      return 2;
+      int e = errno;
+      if (e == EAGAIN) break;
+      /* Out of descriptors: tell the waiting client no rather than let it
+      ** hang in the backlog (lsys.c keeps a descriptor spare for this). */
+      if ((e == EMFILE || e == ENFILE) && mkd_accept_refuse(lfd, host, sizeof host, &port) == 0) {
+        refuse(p, stats, art, loc, host, port, mkd_strerror(e, why, sizeof why));
+        exhausted = 1;
+        continue;
+      }
+      if (errno != EAGAIN) { failed = 1; mkd_strerror(e, why, sizeof why); }
+      break;
     }
-    c = newconn(L, &cfg, fd, mk_rec(art, mk_cstr(host), mk_int(port)), mk_ref(loc), mk_ref(lport));
+    if (maxconn > 0 && conns->v[C_LIVE] >= maxconn) {
+      close(fd);
+      snprintf(name, sizeof name, "too many connections (%lld)", (long long)maxconn);
+      refuse(p, stats, art, loc, host, port, name);
+      continue;
+    }
+    c = newconn(L, &base, stats, conns, fd, mk_rec(art, mk_cstr(host), mk_int(port)),
+                mk_ref(loc), mk_ref(lport));
     if (c == NULL) continue;
     snprintf(name, sizeof name, "tcp %s:%d", host, port);
     mk_spawn(p, &tcpconn_behavior, c, name, NULL);
@@ -697,19 +1416,27 @@ static int l_tcp_accept(lua_State *L) {
   mk_rtype_unref(art);
   mk_unref(loc);
   mk_unref(lport);
+  if (failed) {
+    lua_pushnil(L);
+    lua_pushstring(L, why);
+    return 2;
+  }
   lua_pushinteger(L, n);
-  return 1;
+  if (!exhausted) return 1;
+  lua_pushstring(L, why);
+  return 2;
 }
 
-/* sys.tcp_manage(remote, loc, name, high, low, hard, readsize, linger_ms, stats) -> pid */
+/* sys.tcp_manage(remote, loc, name, defaults, stats) -> pid */
 static int l_tcp_manage(lua_State *L) {
   mk_proc *p = caller(L, "tcp_manage");
   const char *name = luaL_checkstring(L, 3);
+  countbox *sb = luaL_testudata(L, 5, COUNT_MT);
   mk_term *remote, *loc;
   const char *err;
-  config cfg;
+  tconf base;
   tconn *c;
-  getconfig(L, 4, &cfg);
+  getdefaults(L, 4, &base);
   remote = mkl_toterm(L, 1, &err);
   loc = mkl_toterm(L, 2, &err);
   if (remote == NULL || loc == NULL) {
@@ -717,20 +1444,20 @@ static int l_tcp_manage(lua_State *L) {
     mk_unref(loc);
     return luaL_error(L, "market.sys.tcp_manage: the remote and local ends must be terms");
   }
-  c = newconn(L, &cfg, -1, remote, loc, NULL);
+  c = newconn(L, &base, sb ? sb->n : NULL, NULL, -1, remote, loc, NULL);
   if (c == NULL) return luaL_error(L, "out of memory");
   lua_pushinteger(L, (lua_Integer)mk_spawn(p, &tcpconn_behavior, c, name, NULL));
   return 1;
 }
 
 void mkd_open_tcpconn(lua_State *L) {
-  static const luaL_Reg stats_mt[] = {
-    {"__index", stats_index}, {"__newindex", stats_newindex}, {"__gc", stats_gc},
-    {"__tostring", stats_tostring}, {NULL, NULL}};
+  static const luaL_Reg count_mt[] = {
+    {"__index", count_index}, {"__newindex", count_newindex}, {"__gc", count_gc},
+    {"__tostring", count_tostring}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {
     {"tcp_accept", l_tcp_accept}, {"tcp_manage", l_tcp_manage}, {"tcp_stats", l_tcp_stats},
-    {NULL, NULL}};
-  if (luaL_newmetatable(L, STATS_MT)) luaL_setfuncs(L, stats_mt, 0);
+    {"tcp_conns", l_tcp_conns}, {NULL, NULL}};
+  if (luaL_newmetatable(L, COUNT_MT)) luaL_setfuncs(L, count_mt, 0);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }

@@ -7,6 +7,11 @@
 -- shown to the others as "name: text"; arrivals and departures are
 -- announced.
 --
+-- The driver splits the input into lines (tcp.options, below: lines of at
+-- most 4 KiB, without their "\r\n"), closes connections idle for an hour,
+-- takes at most 1,000 users, and drops a user whose output it holds past
+-- a small limit (one who does not read what the others say).
+--
 -- There are no lists of users.  Each session publishes said(its name, _)
 -- and subscribes to said(_, _): a session's presence *is* the publisher, so
 -- the others hear of arrivals and departures as presence and absence
@@ -28,7 +33,6 @@ local here = tcp.listener(port)
 
 local function session(remote, name)
   return function()
-    local buffered = ""              -- an incomplete last line
     local settled = false            -- presences before this were users already here
     local here_now = {}              -- (only for the greeting)
 
@@ -39,22 +43,16 @@ local function session(remote, name)
       market.subscriber(tcp.channel(remote, here, _), {
         name = "in",
         on_message = function(_, m)
-          local data = m.subpacket
-          if data == market.EOF then return bye() end
-          buffered = buffered .. data
-          local actions = {}
-          for line in buffered:gmatch("([^\n]*)\n") do
-            line = line:gsub("\r$", "")
-            if line ~= "" then actions[#actions + 1] = market.send(said(name, line)) end
-          end
-          buffered = buffered:match("[^\n]*$")
-          if #buffered > 4096 then             -- a line that long is abuse
-            actions[#actions + 1] = out("line too long: bye\n")
-            actions[#actions + 1] = market.quit()
-          end
-          return market.transition_no_state(actions)
+          local line = m.subpacket     -- one line
+          if line == market.EOF then return bye() end
+          if line ~= "" then return market.transition_no_state(market.send(said(name, line))) end
         end,
-        on_absence = bye,
+        -- With a reason ("line longer than 4096 bytes"), the connection is
+        -- still open the other way: say why before going.
+        on_absence = function(_, _, reason)
+          if not reason then return bye() end
+          return market.transition_no_state(out(reason .. ": bye\n"), market.quit())
+        end,
       }),
       market.publisher(tcp.channel(here, remote, _), { name = "out", on_absence = bye }),
       market.publisher(said(name, _), "speak"),
@@ -97,6 +95,8 @@ end
 local count = 0
 
 return market.transition(nil,
+  tcp.options(here, { framing = "line", max_frame = 4096, idle_timeout = 3600 * 1000,
+                      max_connections = 1000, high_water = 64 * 1024, hard_limit = 256 * 1024 }),
   market.publisher(server(port), "running"),
   market.observe_publishers(tcp.channel(_, here, _), {
     name = "accept",

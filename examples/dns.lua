@@ -15,8 +15,11 @@
 -- than IN REFUSED.  EDNS(0) is understood (payload size only).
 --
 -- The UDP server is one process subscribed to udp.packet(_, udp.listener(port), _):
--- that subscription is what makes the UDP driver bind the port.  Over TCP,
--- each connection gets a session that reads length-prefixed messages.
+-- that subscription is what makes the UDP driver bind the port.  Once it is
+-- bound (port 0: on a port the kernel picks) the server listens on the same
+-- port over TCP, where the driver splits the stream into the two-byte
+-- length-prefixed messages of RFC 1035 (tcp.options: framing "u16") and
+-- each connection gets a session that answers them.
 local market = require "market"
 local udp = require "market.udp"
 local tcp = require "market.tcp"
@@ -276,33 +279,49 @@ end
 
 local here = udp.listener(port)
 
-local tcp_here = tcp.listener(port)
-local function tcp_session(remote)
+local function tcp_session(remote, tcp_here)
   return function()
-    local buffered = ""
     local function bye() return T(market.quit()) end
     return market.transition(nil,
       market.subscriber(tcp.channel(remote, tcp_here, _), {
         on_message = function(_, m)
-          local data = m.subpacket
-          if data == market.EOF then
+          local msg = m.subpacket             -- one message, without its length
+          if msg == market.EOF then
             return T(send(tcp.channel(tcp_here, remote, market.EOF)), market.quit())
           end
-          buffered = buffered .. data
-          local out = {}
-          while #buffered >= 2 do                   -- two-byte length, then the message
-            local len = unpack(">I2", buffered)
-            if #buffered < 2 + len then break end
-            local q = parse(buffered:sub(3, 2 + len))
-            buffered = buffered:sub(3 + len)
-            if q then out[#out + 1] = send(tcp.channel(tcp_here, remote, pack(">s2", answer(q, 65535)))) end
-          end
-          return T(out)
+          local q = parse(msg)
+          if q then return T(send(tcp.channel(tcp_here, remote, pack(">s2", answer(q, 65535))))) end
         end,
         on_absence = bye,
       }),
       market.publisher(tcp.channel(tcp_here, remote, _), { on_absence = bye }))
   end
+end
+
+-- Over TCP on bound_port (the UDP socket's).  Clients get 10 s between
+-- queries (RFC 7766 suggests seconds), at most 256 of them at once.
+local function serve_tcp(bound_port)
+  local tcp_here = tcp.listener(bound_port)
+  return tcp.options(tcp_here, { framing = "u16", max_frame = 65535, idle_timeout = 10000,
+                                 max_connections = 256 }),
+    market.observe_publishers(tcp.channel(_, tcp_here, _), {
+      name = "tcp",
+      on_presence = function(_, role)
+        return T(market.spawn(tcp_session(role.topic.source, tcp_here), { name = "dns/tcp" }))
+      end,
+    }),
+    market.subscriber(tcp.listening(bound_port, _), {
+      name = "tcp-listening",
+      on_presence = function(_, role)
+        if math.type(role.topic.bound_port) == "integer" then
+          io.stderr:write(("dns: serving %s, listening on port %d (udp and tcp)\n")
+            :format(zone.origin, role.topic.bound_port))
+        end
+      end,
+      on_absence = function(_, _, reason)
+        if reason then error("dns: " .. tostring(reason), 0) end
+      end,
+    })
 end
 
 return market.transition(nil,
@@ -319,21 +338,7 @@ return market.transition(nil,
   }),
   market.subscriber(udp.bound(here, _), {
     name = "bound",
-    on_presence = function(_, role)
-      io.stderr:write(("dns: serving %s on udp port %d\n"):format(zone.origin, role.topic.port))
-    end,
-  }),
-  market.observe_publishers(tcp.channel(_, tcp_here, _), {
-    name = "tcp",
-    on_presence = function(_, role)
-      return T(market.spawn(tcp_session(role.topic.source), { name = "dns/tcp" }))
-    end,
-  }),
-  market.subscriber(tcp.listening(port, _), {
-    name = "tcp-listening",
-    on_absence = function(_, _, reason)
-      if reason then error("dns: " .. tostring(reason), 0) end
-    end,
+    on_presence = function(_, role) return T(serve_tcp(role.topic.port)) end,
   }),
   -- Stopping (SIGINT, SIGTERM): the server goes, and with it its UDP
   -- socket; TCP sessions get the drain time.

@@ -1,6 +1,7 @@
 -- examples/echo.lua: a TCP echo server, one session process per connection.
 --
---   build/market examples/echo.lua [port]        (default port 5999)
+--   build/market examples/echo.lua [port [max_connections]]
+--       (default port 5999, at most 1,000 connections at once)
 --
 -- The boot process observes publishers of tcp.channel(_, tcp.listener(port),
 -- _): that makes the driver listen.  Each accepted connection appears as the
@@ -9,15 +10,21 @@
 -- driver's backpressure (it stops taking input while its output is queued
 -- past the high-water mark, so a client that sends but never reads cannot
 -- make the server grow), half-closes on end of stream and then goes, which
--- closes the connection.  Stopping is the runtime's (SIGINT or SIGTERM):
--- the listener closes at once, the open sessions get the drain time.
+-- closes the connection.  The driver closes connections idle for five
+-- minutes and refuses those beyond max_connections (tcp.options).
+-- Stopping is the runtime's (SIGINT or SIGTERM): the listener closes at
+-- once, the open sessions get the drain time.
 local market = require "market"
 local tcp = require "market.tcp"
 local _, EOF = market._, market.EOF
 local channel, send, transition_no_state = tcp.channel, market.send, market.transition_no_state
 
-local port = math.tointeger(tonumber((...) or 5999))
-if not port then error("usage: market examples/echo.lua [port]", 0) end
+local args = { ... }
+local port = math.tointeger(tonumber(args[1] or 5999))
+local max_connections = math.tointeger(tonumber(args[2] or 1000))
+if not port or not max_connections then
+  error("usage: market examples/echo.lua [port [max_connections]]", 0)
+end
 local here = tcp.listener(port)
 
 local function session(remote)
@@ -53,6 +60,7 @@ local function session(remote)
 end
 
 return market.transition(nil,
+  tcp.options(here, { idle_timeout = 300 * 1000, max_connections = max_connections }),
   market.observe_publishers(tcp.channel(_, here, _), {
     name = "accept",
     on_presence = function(_, role)

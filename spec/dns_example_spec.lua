@@ -1,9 +1,10 @@
 -- dns_example_spec.lua: examples/dns.lua end to end with dig (and socat for
--- malformed packets), on loopback port 27150, the server killed at the end.
+-- malformed packets), on a loopback port the kernel picks (UDP and TCP
+-- alike), the server killed at the end.
 package.path = "spec/support/?.lua;" .. package.path
 local N = require "net"
 
-local PORT = 27150
+local PORT
 
 -- The answer section of `dig name type`, one record per line, whitespace
 -- collapsed; and the status line's rcode.
@@ -31,10 +32,7 @@ end
 
 describe("examples/dns.lua", function()
   local server
-  setup(function()
-    server = N.start("examples/dns.lua", PORT)
-    assert(server.wait_for("on udp port " .. PORT), "dns did not start: " .. server.stderr())
-  end)
+  setup(function() server, PORT = N.start_server("examples/dns.lua") end)
   teardown(function() server.kill() end)
 
   it("answers A authoritatively", function()
@@ -110,6 +108,7 @@ describe("examples/dns.lua", function()
 
   it("exits cleanly on SIGTERM", function()
     assert.equal(0, server.stop("TERM"))
-    assert.equal("dns: serving example.test. on udp port " .. PORT .. "\n", server.stderr())
+    assert.equal("dns: serving example.test., listening on port " .. PORT .. " (udp and tcp)\n",
+                 server.stderr())
   end)
 end)

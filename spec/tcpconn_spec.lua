@@ -10,13 +10,7 @@ local N = require "net"
 local ANY, EOF = market._, market.EOF
 local send, T, quit = market.send, market.transition_no_state, market.quit
 
--- Straight-line: the bound port once tcp.listening(port, _) is present.
-local function bound(port)
-  market.perform(market.subscriber(tcp.listening(port, ANY), "listening?"))
-  local ev = market.wait_for(function(e) return e.endpoint == "listening?" end)
-  market.perform(market.delete_endpoint("listening?"))
-  return ev.role.topic.bound_port
-end
+local bound = N.bound
 
 local serve = N.tcp_serve
 

@@ -47,6 +47,16 @@ function N.await(topic)
   return ev.message
 end
 
+-- bound(port): straight-line: the kernel's port once the tcp driver
+-- listens on `port` (tcp.listening(port, bound) is present).
+function N.bound(port)
+  local tcp = require "market.tcp"
+  market.perform(market.subscriber(tcp.listening(port, market._), "bound?"))
+  local ev = market.wait_for(function(e) return e.endpoint == "bound?" end)
+  market.perform(market.delete_endpoint("bound?"))
+  return ev.role.topic.bound_port
+end
+
 -- tcp_serve(port, session): a server process observing the listener on
 -- `port` that spawns session(remote, here) for each connection; it quits
 -- on {"stop-server", port}.

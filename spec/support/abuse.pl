@@ -1,0 +1,118 @@
+#!/usr/bin/perl
+# spec/support/abuse.pl: misbehaving TCP clients for spec/tcp_abuse_spec.lua
+# (perl: on every Debian system, and it has what nc and socat lack: resets
+# on demand, byte-at-a-time writes, many sockets in one process).  Loopback
+# only; every mode ends by itself within its time bound.
+#
+#   abuse.pl send PORT FILE           write FILE, half-close, print what comes
+#                                     back; exit 0 on an orderly end of
+#                                     stream, 3 if the connection was reset
+#   abuse.pl bytes PORT FILE USECS    the same, one byte per write (Nagle
+#                                     off), pausing USECS between bytes
+#   abuse.pl mute PORT N SECS         N connections that never read nor
+#                                     write (with small receive buffers),
+#                                     held SECS seconds
+#   abuse.pl reset PORT N             N connections, each closed with a
+#                                     reset as soon as it is made
+#   abuse.pl hold PORT N SECS         N connections; after SECS seconds
+#                                     print "open K closed M" (M: closed by
+#                                     the server), then send "ping\n" on the
+#                                     open ones and print "echoed E" (those
+#                                     answered within 5 s); then close all
+use strict;
+use warnings;
+use Socket qw(PF_INET SOCK_STREAM IPPROTO_TCP TCP_NODELAY SOL_SOCKET SO_LINGER SO_RCVBUF
+              inet_aton pack_sockaddr_in);
+use IO::Handle;
+use IO::Select;
+use Errno qw(ECONNRESET EPIPE);
+use Time::HiRes qw(usleep time);
+
+$SIG{PIPE} = 'IGNORE';
+my ($mode, $port, @rest) = @ARGV;
+my $addr = pack_sockaddr_in($port, inet_aton("127.0.0.1"));
+
+sub conn {
+  my ($rcvbuf) = @_;
+  socket(my $s, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
+  setsockopt($s, SOL_SOCKET, SO_RCVBUF, $rcvbuf) if $rcvbuf;
+  connect($s, $addr) or return undef;
+  return $s;
+}
+
+sub slurp { local $/; open(my $f, '<', $_[0]) or die "$_[0]: $!"; binmode $f; return <$f>; }
+
+# Read until end of stream; print it; exit 0, or 3 on a reset.
+sub finish {
+  my ($s, $reset) = @_;
+  my $got = '';
+  while (!$reset) {
+    my $n = sysread($s, my $buf, 65536);
+    if (!defined $n) { $reset = 1 if $! == ECONNRESET; last; }
+    last if $n == 0;
+    $got .= $buf;
+  }
+  binmode STDOUT;
+  print $got;
+  exit($reset ? 3 : 0);
+}
+
+if ($mode eq 'send' || $mode eq 'bytes') {
+  my ($file, $usecs) = @rest;
+  my $data = slurp($file);
+  my $s = conn() or die "connect: $!";
+  my $reset = 0;
+  if ($mode eq 'send') {
+    my $off = 0;
+    while ($off < length $data) {
+      my $n = syswrite($s, $data, length($data) - $off, $off);
+      if (!defined $n) { $reset = 1 if $! == ECONNRESET || $! == EPIPE; last; }
+      $off += $n;
+    }
+  } else {
+    setsockopt($s, IPPROTO_TCP, TCP_NODELAY, 1);
+    for my $i (0 .. length($data) - 1) {
+      my $n = syswrite($s, substr($data, $i, 1));
+      if (!defined $n) { $reset = 1 if $! == ECONNRESET || $! == EPIPE; last; }
+      usleep($usecs) if $usecs;
+    }
+  }
+  shutdown($s, 1) unless $reset;
+  finish($s, $reset);
+} elsif ($mode eq 'mute') {
+  my ($n, $secs) = @rest;
+  my @socks = grep { defined } map { conn(4096) } 1 .. $n;
+  sleep $secs;
+} elsif ($mode eq 'hold') {
+  my ($n, $secs) = @rest;
+  my @socks = grep { defined } map { conn() } 1 .. $n;
+  my $sel = IO::Select->new(@socks);
+  my $closed = $n - @socks;
+  my $until = time + $secs;
+  while (time < $until) {
+    for my $s ($sel->can_read(0.05)) {
+      my $r = sysread($s, my $buf, 4096);
+      if (!defined $r || $r == 0) { $sel->remove($s); close $s; $closed++; }
+    }
+  }
+  print "open ", scalar($sel->count), " closed $closed\n";
+  my %got;
+  syswrite($_, "ping\n") for $sel->handles;
+  $until = time + 5;
+  while (keys(%got) < $sel->count && time < $until) {
+    for my $s ($sel->can_read(0.05)) {
+      my $r = sysread($s, my $buf, 4096);
+      if ($r) { $got{fileno $s} .= $buf; } else { $sel->remove($s); }
+    }
+  }
+  print "echoed ", scalar(grep { $_ eq "ping\n" } values %got), "\n";
+} elsif ($mode eq 'reset') {
+  my ($n) = @rest;
+  for (1 .. $n) {
+    my $s = conn() or next;
+    setsockopt($s, SOL_SOCKET, SO_LINGER, pack("ii", 1, 0));
+    close $s;
+  }
+} else {
+  die "usage: abuse.pl send|bytes|mute|reset|hold PORT ...\n";
+}
