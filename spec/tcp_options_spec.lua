@@ -18,13 +18,15 @@ local pack = string.pack
 local bound = N.bound
 
 local waits = 0
--- Straight-line: wait for fd to be readable (or writable).
+-- Straight-line: wait for fd to be readable (or writable): the ground's
+-- message, or its absence if the watch fails (not its presence, which only
+-- says the watch is on).
 local function wait_fd(fd, writable)
   waits = waits + 1
   local name = "fd#" .. waits
   local ev = writable and market.ground.writable(fd) or market.ground.readable(fd)
   market.perform(market.subscriber(ev, name))
-  market.wait_for(function(e) return e.endpoint == name end)
+  market.wait_for(function(e) return e.endpoint == name and e.type ~= "presence" end)
   market.perform(market.delete_endpoint(name))
 end
 
