@@ -110,13 +110,16 @@ describe("tcp connection managers", function()
             market.publisher(tcp.channel(here, remote, ANY), {
               -- Everything at once, then go: the manager lingers.
               on_presence = function()
-                return T(send(tcp.channel(here, remote, ("q"):rep(total))), quit())
+                return T(send(tcp.channel(here, remote, ("q"):rep(total))), send({ "sent" }), quit())
               end }))
         end
       end))
       local p = bound(0)
+      market.perform(market.subscriber({ "sent" }, "sent"))
       local raw = assert(sys.tcp_connect(assert(sys.resolve("127.0.0.1", p))[1].sa))
-      -- Do not read until the linger time has surely passed.
+      -- Once the session has sent everything and gone (so the manager
+      -- lingers), do not read until the linger time has surely passed.
+      market.wait_for(function(e) return e.type == "message" and e.endpoint == "sent" end)
       local t0 = market.now()
       market.perform(market.subscriber(market.ground.alarm(math.floor(t0) + 1000), "later"))
       market.wait_for(function(e) return e.type == "message" and e.endpoint == "later" end)
