@@ -2,7 +2,9 @@
 ** echo_floor.c: the floor for bench/echo: a plain single-threaded libev
 ** TCP echo server, as lean as such a server gets.  usage: echo_floor PORT
 */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <ev.h>
 #include <netinet/in.h>

@@ -10,7 +10,9 @@
 ** only; stops by itself after SECONDS.
 */
 #include <arpa/inet.h>
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <ev.h>
 #include <netinet/in.h>

@@ -82,7 +82,7 @@ static mkl_state *getstate(lua_State *L) {
 ** is the signal's target), and lives while some Lua state has market open.
 */
 #define BUDGET_TICK_MS 10
-#define BUDGET_SIGNAL (SIGRTMAX - 1)
+#define BUDGET_SIGNAL MK_BUDGET_SIGNAL
 #define BUDGET_REASON "activation budget exceeded"
 
 static struct {
@@ -235,18 +235,67 @@ static void pushmessage(lua_State *co, mk_term *t) {
   lastterm = t;
 }
 
-static mk_term *reason_of(lua_State *co) {
+/* tostring(v), called protected by reason_of. */
+static int p_tostring(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+static void tostring_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  luaL_error(L, "__tostring ran too long");
+}
+
+#define TOSTRING_STEPS 1000000   /* Lua instructions a __tostring may take */
+
+/*
+** The error value at the top of co (a process that failed) as a reason: a
+** string or a term is itself (unless it has a __tostring); anything else
+** is shown as tostring() shows it.  That may call the value's __tostring, which is the program's code
+** running outside any activation: it runs protected, on the main thread,
+** for at most TOSTRING_STEPS instructions, so that one that raises or loops
+** costs the failing process its readable reason, never the program.
+*/
+static mk_term *reason_of(mkl_state *S, lua_State *co) {
+  lua_State *L = S->L;
   const char *err;
   mk_term *t;
+  lua_Hook hook;
+  int mask, count, st;
   if (lua_type(co, -1) == LUA_TSTRING) {
     size_t n;
     const char *s = lua_tolstring(co, -1, &n);
     return mk_str(s, n);
   }
-  t = mkl_toterm(co, -1, &err);
-  if (t != NULL && t->kind != MK_NIL) return t;
-  mk_unref(t);
-  return mk_cstr(luaL_tolstring(co, -1, NULL));
+  /* An object that says how it reads is shown so, not as a sequence. */
+  if (luaL_getmetafield(co, -1, "__tostring") != LUA_TNIL) lua_pop(co, 1);
+  else {
+    t = mkl_toterm(co, -1, &err);
+    if (t != NULL && t->kind != MK_NIL) return t;
+    mk_unref(t);
+  }
+  hook = lua_gethook(L);              /* someone's (a debugger's): kept */
+  mask = lua_gethookmask(L);
+  count = lua_gethookcount(L);
+  lua_pushcfunction(L, p_tostring);
+  lua_pushvalue(co, -1);
+  lua_xmove(co, L, 1);
+  lua_sethook(L, tostring_hook, LUA_MASKCOUNT, TOSTRING_STEPS);
+  st = lua_pcall(L, 1, 1, 0);
+  lua_sethook(L, hook, mask, count);
+  if (st != LUA_OK) {
+    const char *why = lua_tostring(L, -1);
+    lua_pushfstring(L, "(a %s error value; its __tostring failed: %s)",
+                    luaL_typename(co, -1), why ? why : "?");
+    lua_remove(L, -2);
+  }
+  {
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    t = mk_str(s, n);
+  }
+  lua_pop(L, 1);
+  return t;
 }
 
 #if LUA_VERSION_RELEASE_NUM >= 50406
@@ -413,7 +462,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     /* An error, or the budget ran out (the hook yielded or raised: its
     ** message says where, the reason is the same whatever the code did
     ** with the error meanwhile). */
-    mk_term *reason = overrun ? mk_cstr(BUDGET_REASON) : reason_of(co);
+    mk_term *reason = overrun ? mk_cstr(BUDGET_REASON) : reason_of(S, co);
     char *tb = NULL;
     if (lp->boot) {
       const char *msg = overrun ? BUDGET_REASON : lua_tostring(co, -1);

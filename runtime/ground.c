@@ -265,6 +265,12 @@ static const char *invalid(mk_ground *g, watch *w) {
     default:
       if (!(v >= 1 && v < NSIG && integral) || (int)v == SIGKILL || (int)v == SIGSTOP)
         return "not a signal that can be caught";
+      /* A fault comes back the moment its handler returns (libev's only
+      ** notes it for later): the program would spin on it. */
+      if ((int)v == SIGSEGV || (int)v == SIGBUS || (int)v == SIGFPE || (int)v == SIGILL)
+        return "a fault signal: it cannot be handled as an event";
+      if ((int)v == MK_BUDGET_SIGNAL)
+        return "reserved: market's activation budget uses it";
       if (claim_signal(g->loop, (int)v) != 0) return "watched by another event loop";
       return NULL;
   }
@@ -398,7 +404,7 @@ static void watch_free(watch *w) {
   free(w);
 }
 
-static void subscribed(mk_vm *vm, const mk_term *topic, void *ud) {
+static void subscribed(mk_vm *vm, const mk_term *topic, mk_endpoint *ep, void *ud) {
   mk_ground *g = ud;
   double arg;
   int kind = ground_kind(topic, &arg);
@@ -409,6 +415,10 @@ static void subscribed(mk_vm *vm, const mk_term *topic, void *ud) {
     w->count++;
     /* A failed watch tries again: the number may name a new descriptor. */
     if (!w->active && !w->published) start(g, w);
+    /* An alarm that went off is still published: one who comes late gets
+    ** it too, as it would with a watch of its own (its time has passed),
+    ** and those who had it do not get it twice. */
+    else if (w->kind == K_TIMER && !w->active) mk_vm_tell(vm, ep, w->topic);
     return;
   }
   w = calloc(1, sizeof *w);

@@ -31,8 +31,10 @@
 **
 **   readable, writable  an integer 0..INT_MAX that is an open descriptor
 **   signal              an integer 1..NSIG-1 other than SIGKILL and SIGSTOP,
-**                       not watched by this program on another libev loop
-**                       (libev allows one loop per signal)
+**                       the faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL: the
+**                       fault recurs as soon as a handler returns) and
+**                       MK_BUDGET_SIGNAL (vm.h), not watched by this program
+**                       on another libev loop (libev allows one per signal)
 **   alarm               a finite number
 **
 ** An invalid record is published and withdrawn at once, so its subscriber

@@ -569,7 +569,7 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   }
   if (vm->hooks.subscribed && role.orientation == MK_SUBSCRIBER &&
       role.interest == MK_PARTICIPANT)
-    vm->hooks.subscribed(vm, role.topic, vm->hooks.ud);
+    vm->hooks.subscribed(vm, role.topic, e, vm->hooks.ud);
   return 0;
 }
 
@@ -651,6 +651,11 @@ void mk_feedback(mk_proc *p, mk_term *body) {
   if (p->dead || nobody(p, body, "feedback")) return;
   if (TRACING(p->vm)) trace_proc(p, "feedback", NULL, NULL, body);
   route(p->vm, body, 1);
+}
+
+void mk_vm_tell(mk_vm *vm, mk_endpoint *ep, mk_term *body) {
+  if (ep == NULL || ep->dead || body == NULL) return;
+  enqueue_ep(vm, ep, MK_EV_MESSAGE, mk_ref(body), &ep->role, NULL);
 }
 
 void mk_vm_send(mk_vm *vm, mk_term *body, int feedback) {

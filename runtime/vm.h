@@ -21,6 +21,7 @@
 #ifndef MK_VM_H
 #define MK_VM_H
 
+#include <signal.h>
 #include <stdint.h>
 #include "term.h"
 #include "route.h"
@@ -98,9 +99,10 @@ typedef void (*mk_trace_fn)(void *ud, const char *line);
 
 /* VM-level hooks, used by the ground VM to learn about subscriptions to
 ** ground events.  Called after a subscriber endpoint with `topic` is added
-** to / removed from this VM. */
+** to / removed from this VM; `ep` is the new endpoint, valid for the call
+** (for mk_vm_tell). */
 typedef struct mk_vm_hooks {
-  void (*subscribed)(mk_vm *vm, const mk_term *topic, void *ud);
+  void (*subscribed)(mk_vm *vm, const mk_term *topic, mk_endpoint *ep, void *ud);
   void (*unsubscribed)(mk_vm *vm, const mk_term *topic, void *ud);
   void *ud;
 } mk_vm_hooks;
@@ -137,6 +139,9 @@ mk_proc *mk_vm_self(const mk_vm *vm);       /* the nested-VM process in the pare
 ** are not preempted: a C handler is trusted to return.
 */
 #define MK_BUDGET_DEFAULT_MS 1000.0
+/* The signal the budget's timer uses (lua/lproc.c, docs/limits.md): the
+** ground refuses to watch it. */
+#define MK_BUDGET_SIGNAL (SIGRTMAX - 1)
 void mk_vm_set_budget(mk_vm *vm, double ms);
 double mk_vm_budget(const mk_vm *vm);
 /* VM path for traces: "ground", "ground/3", ... (borrowed, stable). */
@@ -174,6 +179,10 @@ mk_proc *mk_vm_resident(mk_vm *vm, const mk_behavior *b, void *data, const char 
 void mk_vm_kill_all(mk_vm *vm, mk_term *reason);
 /* Send a message into the VM from outside any process (NULL: nothing). */
 void mk_vm_send(mk_vm *vm, mk_term *body, int feedback);   /* body borrowed */
+/* Queue `body` (borrowed) as a message for endpoint `ep` alone, as if a
+** send had matched it and nothing else: for a hook that must answer one
+** new subscriber (the ground, an alarm that went off before it came). */
+void mk_vm_tell(mk_vm *vm, mk_endpoint *ep, mk_term *body);
 /* Kill a process from outside; reason borrowed (NULL normal).  -1 if no such pid. */
 int mk_vm_kill(mk_vm *vm, mk_pid pid, mk_term *reason);
 mk_proc *mk_vm_proc(const mk_vm *vm, mk_pid pid);

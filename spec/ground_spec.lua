@@ -19,6 +19,12 @@ local function run_code(code)
   return N.capture(("%s --no-drivers -e %s"):format(N.q(N.market_bin()), N.q(code)), 10)
 end
 
+-- SIGRTMAX - 1, the activation budget's signal (kill -l knows SIGRTMAX).
+local function budget_signal()
+  local _s, out = H.sh("bash -c 'kill -l SIGRTMAX'")
+  return assert(tonumber(out)) - 1
+end
+
 -- A record like the ground's, built by hand: no constructor checks it.
 local function by_hand(kind, field, v)
   return market.record("market:" .. kind, field)(v)
@@ -142,15 +148,44 @@ describe("the ground VM", function()
     assert.equal(("absence fd %d was closed"):format(fd), got)
   end)
 
+  it("an alarm that went off reaches a subscriber that comes later, once, and nobody twice", function()
+    -- Two subscriptions to one alarm share its watch.  Before, the second,
+    -- made after the alarm went off while the first was still there, got
+    -- nothing and waited for ever.
+    local log = H.log()
+    H.ground(function()
+      local t = ground.alarm(math.floor(market.now()))
+      local function who(name)
+        return market.spawn(function()
+          return market.transition(nil, market.subscriber(t, {
+            on_message = function()
+              log("%s got the alarm", name)
+              return market.transition_no_state(market.send({ "got", name }))
+            end }))
+        end, { name = name })
+      end
+      market.perform(market.subscriber({ "got", _ }, "got"), who("early"))
+      market.wait_for(function(e) return e.type == "message" end)   -- the loop ran
+      log("later comes")
+      market.perform(who("late"))
+      H.settle()
+      market.perform(market.quit())
+    end)
+    assert.same({ "early got the alarm", "later comes", "late got the alarm" }, log.lines)
+  end)
+
   it("records libev cannot take are published and withdrawn at once, with the reason", function()
-    -- Each of them aborted the program inside libev, or hung it (2e9).
-    local out, status = run_code([[
+    -- Each of them aborted the program inside libev, or hung it (2e9); a
+    -- fault signal's handler would spin, and the budget's signal taken over
+    -- by libev would be restored to its default action (termination).
+    local out, status = run_code(("local SIGBUDGET = %d\n"):format(budget_signal()) .. [[
       local market = require "market"
       local R = market.record
       local bad = { R("market:readable", "fd")(-1), R("market:writable", "fd")(-1),
         R("market:readable", "fd")(3.5), R("market:readable", "fd")(2e9),
         R("market:signal", "signum")(0), R("market:signal", "signum")(65),
-        R("market:signal", "signum")(2^31), R("market:alarm", "msecs")(1/0) }
+        R("market:signal", "signum")(2^31), R("market:alarm", "msecs")(1/0),
+        market.ground.signal(11), market.ground.signal(7), market.ground.signal(SIGBUDGET) }
       for i, t in ipairs(bad) do
         market.perform(market.subscriber(t, { name = "e" .. i,
           on_presence = function(_, role) print("presence " .. market.repr(role.topic)) end,
@@ -167,6 +202,9 @@ describe("the ground VM", function()
       { "market:signal(65)", "not a signal that can be caught" },
       { "market:signal(2147483648)", "not a signal that can be caught" },
       { "market:alarm(inf)", "not a finite time" },
+      { "market:signal(11)", "a fault signal: it cannot be handled as an event" },
+      { "market:signal(7)", "a fault signal: it cannot be handled as an event" },
+      { ("market:signal(%d)"):format(budget_signal()), "reserved: market's activation budget uses it" },
     } do
       want[#want + 1] = "presence " .. c[1] .. "\nabsence " .. c[1] .. ": " .. c[2] .. "\n"
     end

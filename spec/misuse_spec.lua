@@ -363,3 +363,38 @@ describe("record labels and field names", function()
     assert.equal(1, r(1).x)
   end)
 end)
+
+-- A process's error value becomes its reason: a string or a term as it is,
+-- anything else as tostring() shows it.  Its __tostring is the program's
+-- code, run by the VM outside any activation: before, one that raised
+-- aborted the whole program ("unprotected error"), and one that looped hung
+-- it.  Each runs in a child market.
+describe("an error value with a __tostring", function()
+  local function reason(value)
+    local status, out, err = H.run_script(([[
+      local market = require "market"
+      market.perform(market.spawn(function()
+        market.perform(market.publisher("x"))
+        market.pause()
+        error(%s)
+      end))
+      market.perform(market.subscriber("x", { on_absence = function(_, _, why)
+        print(market.repr(why))
+      end }))
+    ]]):format(value))
+    assert.equal(0, status, err)
+    return (out:gsub("\n$", ""))
+  end
+
+  it("gives the reason it says, or says why it could not", function()
+    assert.equal('"nice reason"',
+                 reason('setmetatable({ 1 }, { __tostring = function() return "nice reason" end })'))
+    assert.matches('^"%(a table error value; its __tostring failed: [^"]*:5: boom%)"$',
+                   reason('setmetatable({ x = 1 }, { __tostring = function() error("boom") end })'))
+    assert.equal('"(a table error value; its __tostring failed: __tostring ran too long)"',
+                 reason('setmetatable({}, { __tostring = function() while true do end end })'))
+    assert.equal('"(a table error value; its __tostring failed: \'__tostring\' must return a string)"',
+                 reason('setmetatable({}, { __tostring = function() return {} end })'))
+    assert.equal("[1, 2]", reason("{ 1, 2 }"))
+  end)
+end)
