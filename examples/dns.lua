@@ -19,13 +19,15 @@
 -- bound (port 0: on a port the kernel picks) the server listens on the same
 -- port over TCP, where the driver splits the stream into the two-byte
 -- length-prefixed messages of RFC 1035 (tcp.options: framing "u16") and
--- each connection gets a session that answers them.
+-- each connection gets a session that answers them.  The DNS message code
+-- (zone file, queries, answers) is examples/dnsmsg.lua, loaded from beside
+-- this file.
 local market = require "market"
 local udp = require "market.udp"
 local tcp = require "market.tcp"
 local _ = market._
 local T, send = market.transition_no_state, market.send
-local pack, unpack = string.pack, string.unpack
+local pack = string.pack
 
 local args = { ... }
 local port = math.tointeger(tonumber(args[1] or 5300))
@@ -33,247 +35,10 @@ local here_dir = (arg and arg[0] and arg[0]:match("^(.*)/")) or "."
 local zonefile = args[2] or (here_dir .. "/example.zone")
 if not port then error("usage: market examples/dns.lua [port [zonefile]]", 0) end
 
-local TYPE = { A = 1, NS = 2, CNAME = 5, SOA = 6, TXT = 16, AAAA = 28 }
-local T_CNAME, T_SOA, T_OPT, T_ANY = 5, 6, 41, 255
-local C_IN, C_ANY = 1, 255
-local NOERROR, FORMERR, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 3, 4, 5
+-- The message code (zone file, queries, answers) is a module of its own.
+local dns = assert(loadfile(here_dir .. "/dnsmsg.lua"))()
+local zone = dns.load_zone(zonefile)
 
--- ---- names ------------------------------------------------------------------
-
--- Names are kept lower-case, absolute, with the final dot ("." is the root).
-local function absolute(s, origin)
-  if s == "@" then return origin end
-  if s:sub(-1) ~= "." then s = s .. (origin == "." and "." or "." .. origin) end
-  return s:lower()
-end
-
-local function encode_name(name)
-  if name == "." then return "\0" end
-  local out = {}
-  for label in name:gmatch("([^.]+)%.") do
-    assert(#label <= 63, "label too long: " .. label)
-    out[#out + 1] = string.char(#label) .. label
-  end
-  out[#out + 1] = "\0"
-  return table.concat(out)
-end
-
-local function in_zone(name, origin)
-  return name == origin or name:sub(-#origin - 1) == "." .. origin
-end
-
--- ---- the zone file ----------------------------------------------------------
-
-local function ipv4(s)
-  local a, b, c, d = s:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
-  a, b, c, d = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
-  if not (a and a < 256 and b < 256 and c < 256 and d < 256) then return nil end
-  return string.char(a, b, c, d)
-end
-
-local function ipv6(s)
-  local function groups(part)
-    local g = {}
-    if part == "" then return g end
-    for x in (part .. ":"):gmatch("([^:]*):") do
-      if not x:match("^%x%x?%x?%x?$") then return nil end
-      g[#g + 1] = tonumber(x, 16)
-    end
-    return g
-  end
-  local head, tail = s:match("^(.-)::(.*)$")
-  local g
-  if head then
-    local h, t = groups(head), groups(tail)
-    if not h or not t or #h + #t > 7 then return nil end
-    for _ = 1, 8 - #h - #t do h[#h + 1] = 0 end
-    for _, v in ipairs(t) do h[#h + 1] = v end
-    g = h
-  else
-    g = groups(s)
-    if not g or #g ~= 8 then return nil end
-  end
-  return pack(">I2I2I2I2I2I2I2I2", table.unpack(g))
-end
-
--- Split a line into words and quoted strings; ";" outside quotes starts a comment.
-local function tokens(line)
-  local out, i, n = {}, 1, #line
-  while i <= n do
-    local c = line:sub(i, i)
-    if c == ";" then break
-    elseif c:match("%s") then i = i + 1
-    elseif c == '"' then
-      local buf, j = {}, i + 1
-      while j <= n and line:sub(j, j) ~= '"' do
-        local d = line:sub(j, j)
-        if d == "\\" then j = j + 1; d = line:sub(j, j) end
-        buf[#buf + 1] = d
-        j = j + 1
-      end
-      if j > n then return nil, "unterminated string" end
-      out[#out + 1] = { quoted = true, text = table.concat(buf) }
-      i = j + 1
-    else
-      local j = line:find("[%s;]", i) or n + 1
-      out[#out + 1] = { text = line:sub(i, j - 1) }
-      i = j
-    end
-  end
-  return out
-end
-
--- zone: { origin = name, soa = record, names = { [name] = { records... } } }
--- record: { name, type, ttl, rdata (wire form) }
-local function load_zone(path)
-  local f, err = io.open(path, "r")
-  if not f then error("dns: cannot read the zone file: " .. err, 0) end
-  local zone = { origin = ".", names = {} }
-  local lineno = 0
-  for line in f:lines() do
-    lineno = lineno + 1
-    local function bad(why) error(("dns: %s:%d: %s"):format(path, lineno, why), 0) end
-    local tk, terr = tokens(line)
-    if not tk then bad(terr) end
-    if #tk > 0 then
-      if tk[1].text == "$ORIGIN" then
-        zone.origin = absolute(tk[2] and tk[2].text or bad("$ORIGIN needs a name"), ".")
-      else
-        if #tk < 4 then bad("want NAME TTL TYPE DATA") end
-        local name = absolute(tk[1].text, zone.origin)
-        local ttl = math.tointeger(tonumber(tk[2].text)) or bad("bad TTL " .. tk[2].text)
-        local tname = tk[3].text:upper()
-        local ty = TYPE[tname] or bad("unsupported type " .. tname)
-        local rdata
-        if tname == "A" then
-          rdata = ipv4(tk[4].text) or bad("bad IPv4 address " .. tk[4].text)
-        elseif tname == "AAAA" then
-          rdata = ipv6(tk[4].text) or bad("bad IPv6 address " .. tk[4].text)
-        elseif tname == "CNAME" or tname == "NS" then
-          rdata = encode_name(absolute(tk[4].text, zone.origin))
-        elseif tname == "TXT" then
-          local parts = {}
-          for i = 4, #tk do
-            if #tk[i].text > 255 then bad("TXT string longer than 255 bytes") end
-            parts[#parts + 1] = pack("s1", tk[i].text)
-          end
-          rdata = table.concat(parts)
-        elseif tname == "SOA" then
-          if #tk < 10 then bad("SOA wants MNAME RNAME SERIAL REFRESH RETRY EXPIRE MINIMUM") end
-          local nums = {}
-          for i = 6, 10 do nums[#nums + 1] = math.tointeger(tonumber(tk[i].text)) or bad("bad SOA number") end
-          rdata = encode_name(absolute(tk[4].text, zone.origin)) ..
-                  encode_name(absolute(tk[5].text, zone.origin)) .. pack(">I4I4I4I4I4", table.unpack(nums))
-        end
-        local rec = { name = name, type = ty, ttl = ttl, rdata = rdata }
-        local list = zone.names[name]
-        if not list then list = {}; zone.names[name] = list end
-        list[#list + 1] = rec
-        if ty == T_SOA then zone.soa = rec end
-        if ty == T_CNAME then list.cname = absolute(tk[4].text, zone.origin) end
-      end
-    end
-  end
-  f:close()
-  for name, list in pairs(zone.names) do
-    if list.cname and #list > 1 then
-      error(("dns: %s: %s has a CNAME and other records"):format(path, name), 0)
-    end
-  end
-  return zone
-end
-
-local zone = load_zone(zonefile)
-
--- ---- queries and answers ----------------------------------------------------
-
--- The query in pkt, or nil (drop it).  q.err = FORMERR when the question
--- cannot be read.
-local function parse(pkt)
-  if #pkt < 12 then return nil end
-  local id, flags, qd, an, ns, ar = unpack(">I2I2I2I2I2I2", pkt)
-  if flags & 0x8000 ~= 0 then return nil end          -- a response: never answer one
-  local q = { id = id, flags = flags, opcode = (flags >> 11) & 0xF }
-  if qd ~= 1 then q.err = FORMERR; return q end
-  local pos, labels, total = 13, {}, 0
-  while true do
-    local len = pkt:byte(pos)
-    if not len or len > 63 then q.err = FORMERR; return q end   -- (no compression in a question)
-    if len == 0 then pos = pos + 1; break end
-    local label = pkt:sub(pos + 1, pos + len)
-    total = total + len + 1
-    if #label < len or total > 254 or label:find(".", 1, true) then q.err = FORMERR; return q end
-    labels[#labels + 1] = label
-    pos = pos + 1 + len
-  end
-  if #pkt < pos + 3 then q.err = FORMERR; return q end
-  q.qtype, q.qclass = unpack(">I2I2", pkt, pos)
-  q.question = pkt:sub(13, pos + 3)
-  q.name = #labels == 0 and "." or (table.concat(labels, ".") .. "."):lower()
-  pos = pos + 4
-  -- EDNS(0): an OPT record (root name, type 41) in the additional section.
-  if ar >= 1 and an == 0 and ns == 0 and pkt:byte(pos) == 0 and #pkt >= pos + 10 then
-    local ty, size = unpack(">I2I2", pkt, pos + 1)
-    if ty == T_OPT then q.edns = math.max(512, math.min(size, 4096)) end
-  end
-  return q
-end
-
-local function rr(owner, rec)
-  return owner .. pack(">I2I2I4s2", rec.type, C_IN, rec.ttl, rec.rdata)
-end
-
--- The answer to q (a string) fitting in limit bytes (else truncated, TC).
-local function answer(q, limit)
-  local rcode, answers, authority = NOERROR, {}, {}
-  local flags = 0x8000 | (q.flags & 0x7900)          -- QR, opcode, RD copied
-  if q.err then
-    rcode = q.err
-  elseif q.opcode ~= 0 then
-    rcode = NOTIMP
-  elseif q.qclass ~= C_IN and q.qclass ~= C_ANY then
-    rcode = REFUSED
-  else
-    flags = flags | 0x0400                             -- AA: this zone is ours
-    local name, qtype, seen, nodata = q.name, q.qtype, {}, false
-    local function owner(n) return n == q.name and "\xC0\x0C" or encode_name(n) end
-    while true do
-      local list = zone.names[name]
-      if not list then
-        if in_zone(name, zone.origin) or name == q.name then rcode = NXDOMAIN end
-        break
-      end
-      if list.cname and qtype ~= T_CNAME and qtype ~= T_ANY then
-        answers[#answers + 1] = rr(owner(name), list[1])
-        seen[name] = true
-        name = list.cname
-        if seen[name] or #answers > 8 then break end   -- a loop: stop here
-      else
-        local found = 0
-        for _, rec in ipairs(list) do
-          if qtype == T_ANY or rec.type == qtype then
-            answers[#answers + 1] = rr(owner(name), rec)
-            found = found + 1
-          end
-        end
-        nodata = found == 0
-        break
-      end
-    end
-    if (nodata or rcode == NXDOMAIN) and in_zone(name, zone.origin) then
-      if zone.soa then authority[1] = rr(encode_name(zone.soa.name), zone.soa) end
-    end
-  end
-  local additional = q.edns and ("\0" .. pack(">I2I2I4s2", T_OPT, 1232, 0, "")) or ""
-  local question = (q.err or not q.question) and "" or q.question
-  local function message(f, an, ns)
-    return pack(">I2I2I2I2I2I2", q.id, f | rcode, question ~= "" and 1 or 0, #an, #ns,
-                q.edns and 1 or 0) .. question .. table.concat(an) .. table.concat(ns) .. additional
-  end
-  local msg = message(flags, answers, authority)
-  if #msg > (limit or q.edns or 512) then msg = message(flags | 0x0200, {}, {}) end   -- TC
-  return msg
-end
 
 -- ---- the server process ------------------------------------------------------
 
@@ -289,8 +54,8 @@ local function tcp_session(remote, tcp_here)
           if msg == market.EOF then
             return T(send(tcp.channel(tcp_here, remote, market.EOF)), market.quit())
           end
-          local q = parse(msg)
-          if q then return T(send(tcp.channel(tcp_here, remote, pack(">s2", answer(q, 65535))))) end
+          local q = dns.parse(msg)
+          if q then return T(send(tcp.channel(tcp_here, remote, pack(">s2", dns.answer(q, zone, 65535))))) end
         end,
         on_absence = bye,
       }),
@@ -328,9 +93,9 @@ return market.transition(nil,
   market.subscriber(udp.packet(_, here, _), {
     name = "queries",
     on_message = function(_, m)
-      local q = parse(m.body)
+      local q = dns.parse(m.body)
       if not q then return end
-      return T(send(udp.packet(here, m.source, answer(q))))
+      return T(send(udp.packet(here, m.source, dns.answer(q, zone))))
     end,
     on_absence = function(_, _, reason)
       if reason then error("dns: " .. tostring(reason), 0) end
