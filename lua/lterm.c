@@ -51,14 +51,26 @@ static box *tobox(lua_State *L, int idx, int mt) {
   return b != NULL && b->t != NULL ? b : NULL;
 }
 
+/*
+** Is t small enough to be given to market from Lua?  A box may hold a
+** term larger than the size limit: a unifier (term.h, mk_unify), or a term
+** made before the limit was lowered.  It may be read, printed and compared,
+** but it is refused as a topic, a message, a reason or a part of a new
+** term, as a table that large would be: otherwise unifiers of unifiers
+** could grow without bound.
+*/
+static int fits(const mk_term *t) {
+  return mk_term_size(t) <= mk_term_size_limit();
+}
+
 mk_term *mkl_testbox(lua_State *L, int idx) {
   box *b = tobox(L, idx, 0);
-  return b ? b->t : NULL;
+  return b && fits(b->t) ? b->t : NULL;
 }
 
 mk_term *mkl_testbox_mt(lua_State *L, int idx, int mt) {
   box *b = tobox(L, idx, mt);
-  return b ? b->t : NULL;
+  return b && fits(b->t) ? b->t : NULL;
 }
 
 void mkl_pushboxmt(lua_State *L) {
@@ -93,10 +105,26 @@ static const char *toodeep(const char *what, const char *why) {
 
 static const char *deepterm(void) { return toodeep("a term", ""); }
 
+/* The error for a term larger than the size limit (term.h, "Size"); the
+** buffer as for toodeep, and a caller may compare *err with it. */
+static char toolarge_msg[64];
+
+static const char *toolarge(void) {
+  size_t limit = mk_term_size_limit();
+  snprintf(toolarge_msg, sizeof toolarge_msg, "a term of more than %zu node%s", limit,
+           limit == 1 ? "" : "s");
+  return toolarge_msg;
+}
+
 /* Convert the value at idx, `depth` compounds down from the term being
-** built.  mt: as for tobox.  The recursion stops at the depth limit, which
-** also ends a table that contains itself. */
-static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth, int mt) {
+** built, as a term of at most `room` nodes (what the size limit leaves
+** for it).  mt: as for tobox.  The recursion stops at the depth limit,
+** which also ends a table that contains itself, and the conversion as soon
+** as the whole term is sure to be larger than the size limit: a table that
+** holds another many times over (t = {t, t}, sixty times) costs no more
+** than the limit to refuse. */
+static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
+                       size_t room, int mt) {
   switch (lua_type(L, idx)) {
     case LUA_TNIL: return mk_nil();
     case LUA_TBOOLEAN: return mk_bool(lua_toboolean(L, idx));
@@ -110,7 +138,11 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth, in
     }
     case LUA_TUSERDATA: {
       box *b = tobox(L, idx, mt);
-      if (b) return mk_ref(b->t);
+      if (b) {
+        if (mk_term_size(b->t) <= room) return mk_ref(b->t);
+        *err = toolarge();
+        return NULL;
+      }
       if (luaL_testudata(L, idx, MKL_RTYPE_MT))
         *err = "a record constructor is not a term (call it to make a record)";
       else
@@ -120,6 +152,7 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth, in
     case LUA_TTABLE: {
       lua_Unsigned n = lua_rawlen(L, idx), i, keys = 0;
       size_t limit = mk_term_depth_limit();
+      size_t size;            /* at least: the sequence and n items */
       mk_term *s;
       if (depth >= limit) {
         *err = toodeep("a table", " (a cycle?)");
@@ -138,15 +171,19 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth, in
       }
       if (keys != n) { *err = "a table with holes is not a term"; return NULL; }
       if (n > UINT32_MAX) { *err = "a sequence that long is not a term"; return NULL; }
+      if (n >= room) { *err = toolarge(); return NULL; }
+      size = 1 + (size_t)n;
       luaL_checkstack(L, 4, "term conversion");
       s = mk_seq_new((uint32_t)n);
       if (s == NULL) { *err = "out of memory"; return NULL; }
       for (i = 0; i < n; i++) {
         mk_term *item;
         lua_rawgeti(L, idx, (lua_Integer)i + 1);
-        item = toterm(L, lua_gettop(L), err, depth + 1, mt);
+        /* item i may take the room the others leave it */
+        item = toterm(L, lua_gettop(L), err, depth + 1, room - size + 1, mt);
         lua_pop(L, 1);
         if (item == NULL) { mk_unref(s); return NULL; }
+        size += mk_term_size(item) - 1;   /* still at most room */
         mk_set(s, (uint32_t)i, item);
       }
       /* An item may be a box as deep as the limit allows. */
@@ -161,7 +198,7 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth, in
 
 mk_term *mkl_toterm(lua_State *L, int idx, const char **err) {
   *err = NULL;
-  return toterm(L, lua_absindex(L, idx), err, 0, 0);
+  return toterm(L, lua_absindex(L, idx), err, 0, mk_term_size_limit(), 0);
 }
 
 mk_term *mkl_checkterm(lua_State *L, int idx, const char *what) {
@@ -316,20 +353,24 @@ static int rt_gc(lua_State *L) {
 }
 
 /* ctor(f1, ..., fn): a record; exactly `arity` fields, each a term less
-** deep than the limit, so that the record itself is within it. */
+** deep than the depth limit, and together smaller than the size limit,
+** so that the record itself is within both.  A record too large is said
+** to be, whichever field made it so. */
 static int rt_call(lua_State *L) {
   mk_rtype *rt = checkrt(L, 1);
   int n = lua_gettop(L) - 1;
-  size_t limit = mk_term_depth_limit();
+  size_t limit = mk_term_depth_limit(), maxsize = mk_term_size_limit();
+  size_t size = 1 + (size_t)rt->arity;   /* at least: the record and its fields */
   uint32_t i;
   mk_term *r;
   if ((uint32_t)n != rt->arity)
     return rterror(L, rt, " takes %d field%s, got %d", (int)rt->arity,
                    rt->arity == 1 ? "" : "s", n);
+  if (size > maxsize) return rterror(L, rt, ": %s", toolarge());
   if ((r = mk_rec_new(rt)) == NULL) return luaL_error(L, "out of memory");
   for (i = 0; i < rt->arity; i++) {
     const char *err = NULL;
-    mk_term *f = toterm(L, (int)i + 2, &err, 1, U_BOXMT);
+    mk_term *f = toterm(L, (int)i + 2, &err, 1, maxsize - size + 1, U_BOXMT);
     if (f != NULL && f->depth >= limit) {
       mk_unref(f);
       f = NULL;
@@ -337,11 +378,13 @@ static int rt_call(lua_State *L) {
     }
     if (f == NULL) {
       mk_unref(r);
+      if (err == toolarge_msg) return rterror(L, rt, ": %s", err);
       return rterror(L, rt, ", field %d: %s", (int)i + 1, err);
     }
+    size += mk_term_size(f) - 1;   /* still at most maxsize */
     mk_set(r, i, f);
   }
-  pushbox(L, mk_seal(r), U_BOXMT);   /* within the limit: cannot fail */
+  pushbox(L, mk_seal(r), U_BOXMT);   /* within the limits: cannot fail */
   return 1;
 }
 
@@ -439,6 +482,7 @@ static int l_unify(lua_State *L) {
 ** max bytes of it, then "..." (term.h, mk_repr_max). */
 static int l_repr(lua_State *L) {
   size_t max = SIZE_MAX, n;
+  box *b = tobox(L, 1, 0);
   mk_term *t;
   char *s;
   if (!lua_isnoneornil(L, 2)) {
@@ -446,7 +490,9 @@ static int l_repr(lua_State *L) {
     luaL_argcheck(L, m >= 0, 2, "the length must not be negative");
     max = (size_t)m;
   }
-  t = mkl_checkterm(L, 1, "repr");
+  /* A box is shown whatever its size, as tostring shows it: what fits()
+  ** keeps out of market may still be read. */
+  t = b ? mk_ref(b->t) : mkl_checkterm(L, 1, "repr");
   s = mk_repr_max(t, max, &n);
   mk_unref(t);
   if (s == NULL) return luaL_error(L, "out of memory");
@@ -456,7 +502,7 @@ static int l_repr(lua_State *L) {
 }
 
 /* market.term_depth_limit([n]): the depth limit in force, after setting
-** it to n (process-wide: term.h, "Depth"). */
+** it to n (process-wide: term.h, "Depth").  term_size_limit likewise. */
 static int l_term_depth_limit(lua_State *L) {
   if (!lua_isnoneornil(L, 1)) {
     lua_Integer n = luaL_checkinteger(L, 1);
@@ -466,6 +512,18 @@ static int l_term_depth_limit(lua_State *L) {
     mk_term_set_depth_limit((size_t)n);
   }
   lua_pushinteger(L, (lua_Integer)mk_term_depth_limit());
+  return 1;
+}
+
+static int l_term_size_limit(lua_State *L) {
+  if (!lua_isnoneornil(L, 1)) {
+    lua_Integer n = luaL_checkinteger(L, 1);
+    if (n < 1 || (lua_Unsigned)n > MK_TERM_SIZE_MAX)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "the limit must be from 1 to %I",
+                                                 (lua_Integer)MK_TERM_SIZE_MAX));
+    mk_term_set_size_limit((size_t)n);
+  }
+  lua_pushinteger(L, (lua_Integer)mk_term_size_limit());
   return 1;
 }
 
@@ -479,7 +537,8 @@ void mkl_open_terms(lua_State *L) {
     {"__tostring", rt_tostring}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {
     {"record", l_record}, {"is_term", l_is_term}, {"unify", l_unify},
-    {"repr", l_repr}, {"term_depth_limit", l_term_depth_limit}, {NULL, NULL}};
+    {"repr", l_repr}, {"term_depth_limit", l_term_depth_limit},
+    {"term_size_limit", l_term_size_limit}, {NULL, NULL}};
   if (luaL_newmetatable(L, MKL_TERM_MT)) {
     lua_pushvalue(L, -1);
     luaL_setfuncs(L, term_mt, 1);

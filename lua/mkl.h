@@ -17,11 +17,15 @@
 /* lterm.c */
 /* Convert the Lua value at idx to a new term reference.  On failure returns
 ** NULL and pushes nothing; *err describes the problem (static text, valid
-** until the next conversion: a term too deep names the depth limit). */
+** until the next conversion: a term too deep or too large names the
+** limit).  A box larger than the size limit is refused too (lterm.c, fits). */
 mk_term *mkl_toterm(lua_State *L, int idx, const char **err);
 /* As mkl_toterm, but raises a Lua error naming `what` on failure. */
 mk_term *mkl_checkterm(lua_State *L, int idx, const char *what);
-/* The term boxed at idx, borrowed, or NULL when it is not a term box. */
+/* The term boxed at idx, borrowed, or NULL when it is not a term box, or
+** holds a term larger than the size limit, which mkl_toterm refuses: so
+** that callers who take boxes as they are and convert anything else give
+** that error too. */
 mk_term *mkl_testbox(lua_State *L, int idx);
 /* The same, faster, with the box metatable at stack index mt (an upvalue
 ** pushed there once by mkl_pushboxmt). */

@@ -431,7 +431,8 @@ int mk_host_step(mk_host *h);
 ** equals what Lua builds with market.record("chat-line", "who", "text")
 ** ("bob", "hi"): record types are identified by label and arity.
 ** Returns a new sealed term, or NULL when out of memory or when it would
-** nest deeper than the depth limit (term.h, mk_term_set_depth_limit).
+** nest deeper than the depth limit or have more nodes than the size limit
+** (term.h, mk_term_set_depth_limit, mk_term_set_size_limit).
 */
 mk_term *mk_record(const char *label, uint32_t n, ...);
 /* 1 when t is a record with this label and arity, else 0. */

@@ -54,7 +54,8 @@ struct mk_inode {
   } key;
 };
 
-/* one subterm of a flattened term: `size` is its preorder token count */
+/* one subterm of a flattened term: `size` is its preorder token count,
+** which is its mk_term_size (term.h, "Size") */
 typedef struct QEnt {
   const mk_term *t;
   uint32_t size;
@@ -98,7 +99,10 @@ static int grow (void **p, size_t *cap, size_t need, size_t size) {
   void *np;
   if (need <= *cap) return 0;
   ncap = *cap ? *cap : 32;
-  while (ncap < need) ncap *= 2;
+  while (ncap < need) {
+    if (ncap > SIZE_MAX / 2) return -1;
+    ncap *= 2;
+  }
   if (ncap > SIZE_MAX / size) return -1;
   np = realloc(*p, ncap * size);
   if (np == NULL) return -1;
@@ -118,32 +122,23 @@ static void freescratch (Scratch *sc) {
 
 /*
 ** Flatten t into sc->q in preorder, with subtree sizes.  Returns the
-** number of entries, or 0 on allocation failure.
+** number of entries, mk_term_size(t), or 0 on allocation failure.  A term
+** that shares subterms is flattened as the tree it stands for; the size
+** limit of terms (term.h) is what bounds it.
 */
 static size_t flatten (Scratch *sc, const mk_term *t) {
-  size_t nq = 0, ns = 0, i;
+  size_t nq = 0, ns = 0;
   if (GROW(sc, s, scap, 1) != 0) return 0;
   sc->s[ns++] = t;
   while (ns > 0) {
     t = sc->s[--ns];
     if (GROW(sc, q, qcap, nq + 1) != 0) return 0;
     sc->q[nq].t = t;
-    sc->q[nq++].size = 1;
+    sc->q[nq++].size = (uint32_t)mk_term_size(t);  /* below 2^32 (term.h) */
     if (t->kind == MK_REC || t->kind == MK_SEQ) {
       uint32_t k = t->n;
       if (GROW(sc, s, scap, ns + k) != 0) return 0;
       while (k > 0) sc->s[ns++] = mk_items(t)[--k];  /* first item on top */
-    }
-  }
-  if (nq > UINT32_MAX) return 0;
-  /* the children of entry i start at i+1 and follow one another */
-  for (i = nq; i-- > 0; ) {
-    const mk_term *c = sc->q[i].t;
-    if (c->kind == MK_REC || c->kind == MK_SEQ) {
-      size_t j = i + 1;
-      uint32_t k;
-      for (k = 0; k < c->n; k++) j += sc->q[j].size;
-      sc->q[i].size = (uint32_t)(j - i);
     }
   }
   return nq;

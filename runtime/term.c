@@ -138,16 +138,21 @@ size_t mk_term_live (void) {
   return live_terms;
 }
 
-/* The bytes of a term: the header and its payload; what newterm asks of
-** the small-block cache (pool.h) and mk_unref gives back to it.  Terms
-** come from there because messages are made and freed at a high rate. */
+/* The bytes of a term: the header and its payload (for a compound, its
+** items and its size); what newterm asks of the small-block cache
+** (pool.h) and mk_unref gives back to it.  Terms come from there because
+** messages are made and freed at a high rate. */
 static size_t termsize (mk_kind kind, uint32_t n) {
   switch (kind) {
     case MK_STR: return sizeof(mk_term) + (size_t)n + 1;
-    case MK_REC: case MK_SEQ: return sizeof(mk_term) + (size_t)n * sizeof(mk_term *);
+    case MK_REC: case MK_SEQ:
+      return sizeof(mk_term) + (size_t)n * sizeof(mk_term *) + sizeof(uint32_t);
     default: return sizeof(mk_term);
   }
 }
+
+/* Where a compound keeps its size: after its items (term.h, "Size"). */
+#define sizeslot(t)  ((uint32_t *)(mk_items(t) + (t)->n))
 
 static mk_term *newterm (mk_kind kind, uint32_t n) {
   mk_term *t = (mk_term *)mk_pool_alloc(termsize(kind, n));
@@ -432,11 +437,13 @@ static mk_term *newcompound (mk_kind kind, uint32_t n) {
   mk_term *t;
   uint32_t i;
   size_t extra = (size_t)n * sizeof(mk_term *);
-  if (extra / sizeof(mk_term *) != n || extra > SIZE_MAX - sizeof(mk_term))
+  if (extra / sizeof(mk_term *) != n ||
+      extra > SIZE_MAX - sizeof(mk_term) - sizeof(uint32_t))
     return NULL;  /* only possible where size_t is narrow */
   t = newterm(kind, n);
   if (t == NULL) return NULL;
   for (i = 0; i < n; i++) mk_items(t)[i] = &nil_obj;
+  *sizeslot(t) = 0;  /* set when sealed */
   return t;
 }
 
@@ -464,11 +471,19 @@ void mk_set (mk_term *c, uint32_t i, mk_term *item) {
 }
 
 /*
-** The depth limit.  mk_seal enforces it on every compound built; merge
-** (mk_unify) seals with the hard maximum instead, since a unifier is never
-** deeper than its inputs, which were within the limit when they were made.
+** The depth and size limits.  mk_seal enforces them on every compound
+** built.  merge (mk_unify) seals with hard maxima instead: a unifier is
+** never deeper than its inputs, which were within the limit when they were
+** made, and it is never larger than the two together, which is less than
+** 2^32 nodes for inputs within MK_TERM_SIZE_MAX (term.h, mk_unify).
 */
+#define MERGE_SIZE_MAX  ((size_t)UINT32_MAX)
+
+_Static_assert(2 * (uint64_t)MK_TERM_SIZE_MAX - 1 <= MERGE_SIZE_MAX,
+               "the unifier of two terms of the largest size fits a uint32_t");
+
 static size_t depth_limit = MK_TERM_DEPTH_DEFAULT;
+static size_t size_limit = MK_TERM_SIZE_DEFAULT;
 
 size_t mk_term_depth_limit (void) {
   return depth_limit;
@@ -480,12 +495,29 @@ int mk_term_set_depth_limit (size_t n) {
   return 0;
 }
 
-/* Items are sealed already, so hash, ground and depth come from them in
-** O(n).  Too deep: released, NULL. */
-static mk_term *seal (mk_term *c, size_t limit) {
+size_t mk_term_size_limit (void) {
+  return size_limit;
+}
+
+int mk_term_set_size_limit (size_t n) {
+  if (n == 0 || n > MK_TERM_SIZE_MAX) return -1;
+  size_limit = n;
+  return 0;
+}
+
+size_t mk_term_size (const mk_term *t) {
+  return iscompound(t) ? *sizeslot(t) : 1;
+}
+
+/* Items are sealed already, so hash, ground, depth and size come from
+** them in O(n).  The size is summed in 64 bits, where fewer than 2^32
+** items of fewer than 2^32 nodes each cannot wrap.  Too deep or too
+** large: released, NULL. */
+static mk_term *seal (mk_term *c, size_t maxdepth, size_t maxsize) {
   uint32_t h, i;
   int ground = 1;
   unsigned depth = 0;
+  uint64_t size = 1;
   if (c == NULL || !iscompound(c)) return c;
   h = HSEED ^ c->kind;
   if (c->kind == MK_REC) h = hmix(h, c->v.rt->hash);
@@ -494,19 +526,21 @@ static mk_term *seal (mk_term *c, size_t limit) {
     h = hmix(h, it->hash);
     ground &= it->ground;
     if (it->depth > depth) depth = it->depth;
+    size += mk_term_size(it);
   }
-  if (depth + 1 > limit) {
+  if (depth + 1 > maxdepth || size > maxsize) {
     mk_unref(c);
     return NULL;
   }
   c->hash = hfinal(h ^ c->n);
   c->ground = (uint8_t)ground;
   c->depth = (uint16_t)(depth + 1);
+  *sizeslot(c) = (uint32_t)size;
   return c;
 }
 
 mk_term *mk_seal (mk_term *c) {
-  return seal(c, depth_limit);
+  return seal(c, depth_limit, size_limit);
 }
 
 mk_term *mk_rec (mk_rtype *rt, ...) {
@@ -531,7 +565,10 @@ mk_term *mk_rec (mk_rtype *rt, ...) {
 ** Equality and unification.  mk_equal and mk_unifies recurse on all
 ** items but the last and loop on the last one, so right-nested terms
 ** (cons lists) run in constant stack; merge recurses on every item.  The
-** depth of a term bounds all three (term.h, "Depth").
+** depth of a term bounds the stack of all three (term.h, "Depth"), and
+** its size their time ("Size"): each walks a and b together, place by
+** place of the trees they stand for, so a shared item is walked again at
+** each place it occurs, but there are at most min(size(a), size(b)).
 ** =======================================================
 */
 
@@ -584,7 +621,8 @@ int mk_unifies (const mk_term *a, const mk_term *b) {
 ** The unifier of two terms known to unify.  Wildcards are anonymous, so
 ** the most general unifier is just the pointwise merge: each wildcard is
 ** replaced by the other side's subterm.  Whole subterms are shared when
-** one side already is the answer.  NULL only on allocation failure.
+** one side already is the answer.  NULL on allocation failure, or when
+** the unifier would have 2^32 nodes or more (term.h, mk_unify).
 */
 static mk_term *merge (mk_term *a, mk_term *b) {
   mk_term *c;
@@ -609,7 +647,7 @@ static mk_term *merge (mk_term *a, mk_term *b) {
     mk_unref(c);
     return mk_ref(isa ? a : b);
   }
-  return seal(c, MK_TERM_DEPTH_MAX);
+  return seal(c, MK_TERM_DEPTH_MAX, MERGE_SIZE_MAX);
 }
 
 mk_term *mk_unify (mk_term *a, mk_term *b) {
@@ -625,7 +663,7 @@ mk_term *mk_unify (mk_term *a, mk_term *b) {
 ** at `max`; once it is full, the walk stops too, so a term whose text
 ** would be huge (a long sequence, or a DAG that shares subterms) costs
 ** no more than `max` to show.  The walk recurses once per level of the
-** term (term.h, "Depth").
+** term (term.h, "Depth") and visits each of its size nodes once ("Size").
 ** =======================================================
 */
 

@@ -21,8 +21,24 @@
 ** MK_TERM_DEPTH_MAX, the highest limit one may set: at most 160 bytes a
 ** level on x86-64 in the default build (1.6 MB at 10000 levels; twice that
 ** under AddressSanitizer), as spec/c/test_term.c and test_host.c measure.
-** Freeing a term needs no stack at all.  Terms are DAGs: a term that shares
-** subterms can print far larger than it is in memory (see mk_repr_max).
+** Freeing a term needs no stack at all.
+**
+** Size.  Terms are DAGs: an item may be shared, so `t = pair(t, t)` forty
+** times over makes 41 terms in memory.  The algorithms over terms read a
+** term as the tree it stands for, though, and that tree has 2^41 - 1
+** nodes.  So every term also records its size, the number of nodes of
+** that tree: 1 for an atom, 1 + the sizes of its items for a record or a
+** sequence.  No term larger than a process-wide size limit can be built:
+** mk_seal refuses it as it refuses a term too deep, and the Lua binding
+** raises an error in the process that tried.  So every algorithm over
+** terms is linear in the size: mk_equal and mk_unifies compare at most
+** min(size(a), size(b)) pairs of nodes, merge (mk_unify) visits as many
+** and makes at most one compound for each, routing (route.c) flattens a
+** topic or a message into size(t) tokens, mk_repr writes size(t) nodes,
+** and the conversions to and from Lua visit each node once.  An atom or a
+** record label is compared or written whole wherever it occurs, though:
+** a long string that occurs many times costs its length each time, in
+** mk_repr's text and in mk_equal on two such terms built apart.
 */
 #ifndef MK_TERM_H
 #define MK_TERM_H
@@ -66,7 +82,9 @@ struct mk_term {
     double f;             /* MK_FLOAT */
     mk_rtype *rt;         /* MK_REC: owned reference */
   } v;
-  /* followed by char[n+1] (MK_STR) or mk_term *[n] (MK_REC, MK_SEQ) */
+  /* followed by char[n+1] (MK_STR), or by mk_term *[n] and then the
+  ** size as a uint32_t (MK_REC, MK_SEQ; see "Size" above): an atom's size
+  ** is 1, and atoms, the most numerous terms, have no room to spare */
 };
 
 #define MK_IMMORTAL UINT32_MAX
@@ -81,6 +99,19 @@ struct mk_term {
 #define MK_TERM_DEPTH_MAX      10000
 size_t mk_term_depth_limit(void);
 int mk_term_set_depth_limit(size_t n);
+
+/*
+** The size limit (see "Size" above), in nodes, set and read like the
+** depth limit: mk_term_set_size_limit returns 0, or -1 when n is 0 or
+** above MK_TERM_SIZE_MAX.  mk_term_size(t) is the size of t.  Every term
+** is smaller than 2^32 nodes (see mk_unify), so the size of a compound is
+** kept exact in 32 bits.
+*/
+#define MK_TERM_SIZE_DEFAULT   ((size_t)1 << 20)
+#define MK_TERM_SIZE_MAX       ((size_t)1 << 31)
+size_t mk_term_size_limit(void);
+int mk_term_set_size_limit(size_t n);
+size_t mk_term_size(const mk_term *t);
 
 /* Payload access. */
 #define mk_strdata(t)   ((char *)((t) + 1))
@@ -121,9 +152,10 @@ int mk_rtype_field(const mk_rtype *rt, const char *name);
 ** then mk_seal() it before any other use (hashing, comparing, routing).
 ** mk_rec_new takes a new reference to rt (the caller keeps its own).
 ** mk_seal takes the caller's reference and gives it back: it returns the
-** compound, or, when the compound nests deeper than the depth limit,
-** releases it and returns NULL (mk_seal(NULL) is NULL).  So always use
-** what it returns:  t = mk_seal(t); if (t == NULL) ...
+** compound, or, when the compound nests deeper than the depth limit or
+** is larger than the size limit, releases it and returns NULL
+** (mk_seal(NULL) is NULL).  So always use what it returns:
+**   t = mk_seal(t); if (t == NULL) ...
 */
 mk_term *mk_rec_new(mk_rtype *rt);
 mk_term *mk_seq_new(uint32_t n);
@@ -131,8 +163,8 @@ void mk_set(mk_term *compound, uint32_t i, mk_term *item);
 mk_term *mk_seal(mk_term *compound);
 
 /* Convenience: a sealed record of rt with `n == rt->arity` stolen fields.
-** NULL when out of memory or deeper than the depth limit (the fields are
-** released all the same). */
+** NULL when out of memory or beyond the depth or the size limit (the
+** fields are released all the same). */
 mk_term *mk_rec(mk_rtype *rt, ...);
 
 /* Structural equality and hashing (equal terms hash equal). */
@@ -141,9 +173,18 @@ uint32_t mk_hash(const mk_term *t);
 
 /* Symmetric unification: wildcards on either side, at any depth. */
 int mk_unifies(const mk_term *a, const mk_term *b);
-/* Most general unifier, or NULL when a and b do not unify (or out of
+/*
+** Most general unifier, or NULL when a and b do not unify (or out of
 ** memory).  The unifier is never deeper than the deeper of a and b, so it
-** is made even when the depth limit was lowered after they were built. */
+** is made even when the depth limit was lowered after they were built.
+** It can be larger than both (unify([x, _], [_, x]) is [x, x]) but never
+** than size(a) + size(b) - 1, and it is made whatever the size limit, up
+** to 2^32 - 1 nodes, which two terms of at most MK_TERM_SIZE_MAX nodes
+** never exceed.  Only unifiers fed back as inputs can, and then the
+** unifier is refused (NULL): so no term ever has 2^32 nodes or more.  The
+** Lua binding takes from Lua no term larger than the size limit, a
+** unifier included, so that unifiers cannot be fed back to grow there.
+*/
 mk_term *mk_unify(mk_term *a, mk_term *b);
 
 /*

@@ -1,10 +1,13 @@
--- term_limits_spec.lua: the depth limit of terms (docs/terms.md, issue 8).
+-- term_limits_spec.lua: the depth and size limits of terms (docs/terms.md,
+-- issue 8).
 --
 -- Each deep-term case here once crashed the whole program (a C stack
--- overflow), so each runs in a child `market` process: a crash is a failed
--- assertion on its exit status, not a dead busted.  The scripts build their
--- terms as the issue did (150k cells, 100k levels, a million levels) in a
--- pcall that ends where the limit does, then use the deepest term they got.
+-- overflow), and each large-term case froze it or ran it out of memory, so
+-- each runs in a child `market` process: a crash is a failed assertion on
+-- its exit status, not a dead busted.  The scripts build their terms as the
+-- issue did (150k cells, 100k levels, a million levels, sixty doublings)
+-- in a pcall that ends where the limit does, then use the largest term they
+-- got.
 package.path = "spec/support/?.lua;" .. package.path
 local market = require "market"
 local H = require "helpers"
@@ -158,6 +161,172 @@ describe("market.term_depth_limit", function()
   end)
 end)
 
+-- Terms share subterms: t = pair(t, t) sixty times over is 61 terms in
+-- memory but 2^61 - 1 nodes as the tree that routing, equality and repr
+-- walk.  Before the size limit, routing such a message, comparing two such
+-- terms built apart or a timer label like it froze the program or ran it
+-- out of memory: run_script kills a child that outlives its minute.
+
+-- doubled(n [, leaf]): pair(t, t) as many times over as the limit lets, up
+-- to n, from leaf ("x"); k times is 2^(k+1) - 1 nodes.
+local DOUBLE = PRELUDE .. [[
+local pair = market.record("pair", "a", "b")
+local function doubled(n, leaf)
+  return deepest(function(t) return pair(t, t) end, n, leaf or "x")
+end
+]]
+
+describe("the term size limit", function()
+  it("stops the doubling bomb at the level that crosses it: that process fails, the VM goes on",
+     function()
+    local status, out, err = run(DOUBLE .. [[
+      market.perform(market.subscriber("building", "watch"))
+      market.perform(market.spawn(function()
+        market.perform(market.publisher("building"))
+        market.pause()
+        local t = "x"
+        for _ = 1, 60 do t = pair(t, t) end
+        market.perform(market.send(t))
+        print("sent")
+      end, { name = "builder" }))
+      local ev = market.wait_for(function(e) return e.type == "absence" end)
+      print("absence: " .. tostring(ev.reason):gsub("^[^\n]-:%d+: ", ""))
+      -- the largest one may build, and one level more
+      local t, n = doubled(60)
+      print("levels", n, err(pair, t, t))
+      -- the largest one routes
+      market.perform(market.subscriber(pair(_, "x"), "no"), market.subscriber(pair(_, _), "in"))
+      market.perform(market.send(t))
+      local ev = market.wait_for(function(e) return e.type == "message" end)
+      print(ev.endpoint, ev.message == t)
+    ]])
+    assert.equal(0, status, err)
+    assert.equal("absence: record pair: a term of more than 1048576 nodes\n"
+                 .. "levels\t19\trecord pair: a term of more than 1048576 nodes\n"
+                 .. "in\ttrue\n", out)
+  end)
+
+  it("stops a table that holds another many times over; copies compare in linear time",
+     function()
+    local status, out, err = run(DOUBLE .. [[
+      -- Lua tables are not shared as terms: converting one costs its
+      -- nodes, up to the limit (lowered here, to cost little in any build).
+      market.term_size_limit(2^16)
+      local T = {}
+      for _ = 1, 60 do T = { T, T } end
+      print(err(market.send, T))
+      print(err(market.subscriber, T))
+      print(market.is_term(T), err(market.repr, T), err(pair, 1, T))
+      -- two copies built apart, as large as allowed, compared node by node
+      market.term_size_limit(2^20)
+      local a, n = doubled(60)
+      local b = doubled(60)
+      local c = doubled(60, "y")
+      print(n, a == b, a == c, market.unify(a, b) == a)
+    ]])
+    assert.equal(0, status, err)
+    assert.equal("market.send: body: a term of more than 65536 nodes\n"
+                 .. "market.subscriber: topic: a term of more than 65536 nodes\n"
+                 .. "false\trepr: a term of more than 65536 nodes"
+                 .. "\trecord pair: a term of more than 65536 nodes\n"
+                 .. "19\ttrue\tfalse\ttrue\n", out)
+  end)
+
+  it("lets a timer, a message and a subscription use a shared term as large as allowed",
+     function()
+    local status, out, err = run(DOUBLE .. [[
+      local timer = require "market.timer"
+      local t = doubled(19)                      -- 2^20 - 1 nodes
+      -- timer.set(label, msecs, kind) is three nodes more than its label
+      print(err(timer.set, t, 5, "relative"))
+      print(market.term_size_limit(), market.term_size_limit(2^20 + 2))
+      market.perform(market.subscriber(timer.expired(t, _), "expired"))
+      market.perform(market.send(timer.set(t, 5, "relative")))
+      local ev = market.wait_for(function(e) return e.endpoint == "expired" end)
+      print("expired", ev.message.label == t)
+      -- a topic and a message built apart
+      market.perform(market.subscriber(doubled(19), "same"), market.send(t))
+      ev = market.wait_for(function(e) return e.endpoint == "same" end)
+      print("same", ev.message == t, #market.repr(ev.message) == #market.repr(t))
+      market.perform(market.quit())
+    ]], "")
+    assert.equal(0, status, err)
+    assert.equal("record timer-set: a term of more than 1048576 nodes\n"
+                 .. "1048576\t1048578\n"
+                 .. "expired\ttrue\n"
+                 .. "same\ttrue\ttrue\n", out)
+  end)
+end)
+
+describe("market.term_size_limit", function()
+  after_each(function() market.term_size_limit(1048576) end)
+  local _ = market._
+  local r = market.record("r", "x", "y")
+  -- the error f raises, without the position it was raised at
+  local function err(f, ...)
+    local ok, e = pcall(f, ...)
+    assert.is_false(ok)
+    return (tostring(e):gsub("^[^\n]-:%d+: ", ""))
+  end
+
+  it("returns the limit in force, after setting it when given one", function()
+    assert.equal(1048576, market.term_size_limit())
+    assert.equal(5, market.term_size_limit(5))
+    assert.equal(5, market.term_size_limit(nil))
+    assert.equal("r(r(1, 2), 3)", market.repr(r(r(1, 2), 3)))
+    assert.equal("record r: a term of more than 5 nodes", err(r, r(1, 2), r(3, 4)))
+    assert.equal("repr: a term of more than 5 nodes", err(market.repr, { 1, 2, 3, 4, 5 }))
+    assert.is_true(market.is_term({ 1, 2, { 3 } }))
+    assert.is_false(market.is_term({ 1, 2, { 3, 4 } }))
+    -- a box inside a table counts with its own size
+    assert.equal("repr: a term of more than 5 nodes", err(market.repr, { r(r(1, 2), 3) }))
+    assert.equal(1, market.term_size_limit(1))
+    assert.equal("[]", market.repr({}))
+    assert.equal("record r: a term of more than 1 node", err(r, 1, 2))
+  end)
+
+  it("lets a unifier exceed it, but takes no term larger than it", function()
+    local a, b, want = r(r(1, 2), _), r(_, r(3, 4)), r(r(1, 2), r(3, 4))
+    market.term_size_limit(5)
+    local u, ok = market.unify(a, b)
+    assert.is_true(ok)
+    -- read, printed and compared as any term
+    assert.equal("r(r(1, 2), r(3, 4))", tostring(u))
+    assert.equal("r(r(1, 2), r(3, 4))", market.repr(u))
+    assert.equal(4, u.y[2])
+    assert.is_true(u == want)
+    -- but not a term market takes
+    assert.is_false(market.is_term(u))
+    local more = "a term of more than 5 nodes"
+    assert.equal("market.send: body: " .. more, err(market.send, u))
+    assert.equal("market.feedback: body: " .. more, err(market.feedback, u))
+    assert.equal("market.subscriber: topic: " .. more, err(market.subscriber, u))
+    assert.equal("market.quit: reason: " .. more, err(market.quit, nil, u))
+    assert.equal("unify: " .. more, err(market.unify, u, _))
+    assert.equal("record r: " .. more, err(r, u, 1))
+    assert.equal("record r, field 2: a function is not a term", err(r, 1, print))
+    assert.equal("repr: " .. more, err(market.repr, { u }))
+    -- nor is a term made before the limit was lowered
+    market.term_size_limit(9)
+    local big = r(u, 5)
+    market.term_size_limit(4)
+    assert.equal("market.send: body: a term of more than 4 nodes", err(market.send, big))
+    market.term_size_limit(9)
+    assert.is_true(market.is_term(big) and market.is_term(u))
+  end)
+
+  it("refuses a limit that is not an integer from 1 to 2^31", function()
+    for _, bad in ipairs { 0, -1, 2^31 + 1, 2^40 } do
+      local e = err(market.term_size_limit, bad)
+      assert.matches("bad argument #1 to '[%w.]*term_size_limit' %(the limit must be from 1 to 2147483648%)", e)
+    end
+    assert.equal(2^31, market.term_size_limit(2^31))
+    assert.has_error(function() market.term_size_limit(2.5) end)
+    assert.has_error(function() market.term_size_limit("many") end)
+    assert.equal(2^31, market.term_size_limit())
+  end)
+end)
+
 describe("market.repr(v, max)", function()
   it("shows at most max bytes of the text, then ...", function()
     local r = market.record("chat-line", "who", "text")
@@ -178,8 +347,13 @@ describe("market.repr(v, max)", function()
       return t
     end
     local want = ("pair("):rep(8) .. "..."
-    assert.equal(want, market.repr(shared(20), 40))  -- 12 MB of text in all
-    assert.equal(want, market.repr(shared(60), 40))  -- too much to write
+    assert.equal(want, market.repr(shared(19), 40))  -- 6 MB of text in all
+    -- at the highest size limit: 2^31 - 1 nodes, too much to write
+    market.term_size_limit(2^31)
+    local ok, text = pcall(function() return market.repr(shared(30), 40) end)
+    market.term_size_limit(1048576)
+    assert.is_true(ok, text)
+    assert.equal(want, text)
   end)
 end)
 

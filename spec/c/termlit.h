@@ -99,7 +99,7 @@ static mk_term *rdterm (Rd *r) {
     t = mk_seq_new(n);
     for (i = 0; i < n; i++) mk_set(t, i, items[i]);
     free(items);
-    if ((t = mk_seal(t)) == NULL) rdfail(r, "deeper than the depth limit");
+    if ((t = mk_seal(t)) == NULL) rdfail(r, "beyond the depth or the size limit");
     return t;
   }
   if (strncmp(r->s, "#eof", 4) == 0) { r->s += 4; return mk_eof(); }
@@ -141,7 +141,7 @@ static mk_term *rdterm (Rd *r) {
     mk_rtype_unref(rt);
     for (i = 0; i < n; i++) mk_set(t, i, items[i]);
     free(items);
-    if ((t = mk_seal(t)) == NULL) rdfail(r, "deeper than the depth limit");
+    if ((t = mk_seal(t)) == NULL) rdfail(r, "beyond the depth or the size limit");
     return t;
   }
 }

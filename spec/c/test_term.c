@@ -495,6 +495,158 @@ static void deep_max (void) {
   CHECK(mk_term_live() == base);
 }
 
+/*
+** {======================================================
+** Size: the field, the limit, and unifiers larger than their inputs
+** (term.h, "Size")
+** =======================================================
+*/
+
+static int size_is (const char *lit, size_t want) {
+  mk_term *t = P(lit);
+  int ok = mk_term_size(t) == want;
+  if (!ok) fprintf(stderr, "  size(%s) = %zu, want %zu\n", lit, mk_term_size(t), want);
+  mk_unref(t);
+  return ok;
+}
+
+/* pair(t, t), k times over (t stolen): 2^k * (size(t) + 1) - 1 nodes in
+** k terms more than t has, or NULL (all released) past the size limit. */
+static mk_term *doubled (mk_rtype *pair, mk_term *t, int k) {
+  while (k-- > 0 && t != NULL) t = mk_rec(pair, t, mk_ref(t));
+  return t;
+}
+
+/* The sequence of n items: `at` (stolen) at index i, wildcards elsewhere. */
+static mk_term *slot (uint32_t n, uint32_t i, mk_term *at) {
+  mk_term *s = mk_seq_new(n);
+  uint32_t k;
+  for (k = 0; k < n; k++) mk_set(s, k, k == i ? at : mk_wild());
+  return mk_seal(s);
+}
+
+static void size_field (void) {
+  size_t base = mk_term_live();
+  mk_rtype *pair = mk_rtype_get("pair", 4, 2, NULL);
+  mk_term *t, *u, *a, *b;
+  CHECK(size_is("nil", 1) && size_is("-7", 1) && size_is("2.5", 1) && size_is("_", 1));
+  CHECK(size_is("#eof", 1) && size_is("\"a string of some length\"", 1));
+  CHECK(size_is("[]", 1) && size_is("f()", 1) && size_is("[1, _]", 3));
+  CHECK(size_is("f(g(h()), 1, [])", 5) && size_is("[[1, 2], f(3, [4])]", 8));
+  /* a shared item counts once for every place it occurs */
+  t = doubled(pair, mk_cstr("x"), 19);
+  CHECK(t != NULL && mk_term_size(t) == ((size_t)1 << 20) - 1);
+  CHECK(mk_term_live() == base + 20);
+  CHECK(mk_term_size(mk_items(t)[0]) == ((size_t)1 << 19) - 1);
+  /* a unifier has its size too: the subterms the wildcards took */
+  a = slot(2, 0, mk_ref(mk_items(t)[0]));
+  b = slot(2, 1, mk_ref(mk_items(t)[0]));
+  u = mk_unify(a, b);
+  CHECK(a != NULL && mk_term_size(a) == ((size_t)1 << 19) + 1);
+  CHECK(u != NULL && mk_term_size(u) == mk_term_size(t));
+  CHECK(u != NULL && mk_items(u)[0] == mk_items(t)[0] && mk_items(u)[1] == mk_items(t)[0]);
+  mk_unref(a); mk_unref(b); mk_unref(u); mk_unref(t);
+  mk_rtype_unref(pair);
+  CHECK(mk_term_live() == base);
+}
+
+static void size_limit (void) {
+  size_t base = mk_term_live();
+  mk_rtype *pair = mk_rtype_get("pair", 4, 2, NULL);
+  mk_term *t, *s, *a, *b, *u;
+  CHECK(mk_term_size_limit() == MK_TERM_SIZE_DEFAULT && MK_TERM_SIZE_DEFAULT == 1048576);
+  CHECK(mk_term_set_size_limit(0) == -1 && mk_term_size_limit() == MK_TERM_SIZE_DEFAULT);
+  CHECK(mk_term_set_size_limit(MK_TERM_SIZE_MAX + 1) == -1);
+  CHECK(mk_term_size_limit() == MK_TERM_SIZE_DEFAULT);
+  CHECK(mk_term_set_size_limit(MK_TERM_SIZE_MAX) == 0 && mk_term_size_limit() == MK_TERM_SIZE_MAX);
+  CHECK(mk_term_set_size_limit(1) == 0 && mk_term_size_limit() == 1);
+  t = mk_seal(mk_seq_new(0));      /* [] is one node */
+  CHECK(t != NULL && mk_term_size(t) == 1);
+  mk_unref(t);
+  CHECK(mk_rec(pair, mk_int(1), mk_int(2)) == NULL && mk_term_live() == base);
+  CHECK(mk_term_set_size_limit(MK_TERM_SIZE_DEFAULT) == 0);
+  /* The doubling bomb stops at the level that crosses the limit: mk_rec
+  ** and mk_seal give NULL and release what they were given. */
+  t = doubled(pair, mk_cstr("x"), 19);
+  CHECK(t != NULL && mk_term_live() == base + 20);
+  CHECK(mk_rec(pair, mk_ref(t), mk_ref(t)) == NULL && t->refs == 1);
+  CHECK(mk_term_live() == base + 20);
+  CHECK(doubled(pair, mk_cstr("x"), 60) == NULL && mk_term_live() == base + 20);
+  s = slot(1, 0, mk_ref(t));       /* exactly the limit */
+  CHECK(s != NULL && mk_term_size(s) == MK_TERM_SIZE_DEFAULT);
+  mk_unref(s);
+  s = mk_seq_new(2);               /* one node more */
+  mk_set(s, 0, mk_ref(t));
+  CHECK(mk_seal(s) == NULL && t->refs == 1 && mk_term_live() == base + 20);
+  /* A unifier is made whatever the limit: [h, h, h] from [_, h, h] and
+  ** [h, _, _] has more nodes than the limit, and [h, h] from [h, _] and
+  ** [_, h] more than a limit lowered since its inputs were made.  But no
+  ** new term may hold one unless the limit allows. */
+  a = mk_seq_new(3);
+  mk_set(a, 0, mk_wild());
+  mk_set(a, 1, mk_ref(mk_items(t)[0]));
+  mk_set(a, 2, mk_ref(mk_items(t)[0]));
+  a = mk_seal(a);
+  b = slot(3, 0, mk_ref(mk_items(t)[0]));
+  CHECK(a != NULL && b != NULL && mk_term_size(a) == MK_TERM_SIZE_DEFAULT);
+  u = mk_unify(a, b);
+  CHECK(u != NULL && mk_term_size(u) == 3 * (MK_TERM_SIZE_DEFAULT / 2 - 1) + 1 && u->ground);
+  CHECK(u != NULL && slot(1, 0, mk_ref(u)) == NULL && u->refs == 1);
+  mk_unref(u); mk_unref(a); mk_unref(b);
+  a = slot(2, 0, mk_ref(mk_items(t)[0]));
+  b = slot(2, 1, mk_ref(mk_items(t)[0]));
+  CHECK(mk_term_set_size_limit(3) == 0);
+  CHECK(mk_equal(t, t) && mk_unifies(a, b) && !mk_unifies(a, t));
+  u = mk_unify(a, b);
+  CHECK(u != NULL && mk_term_size(u) == mk_term_size(t));
+  CHECK(u != NULL && mk_items(u)[0] == mk_items(t)[0] && mk_items(u)[1] == mk_items(t)[0]);
+  CHECK(u != NULL && slot(1, 0, mk_ref(u)) == NULL && u->refs == 1);
+  CHECK(mk_term_set_size_limit(MK_TERM_SIZE_DEFAULT) == 0);
+  s = slot(1, 0, mk_ref(u));
+  CHECK(s != NULL && mk_term_size(s) == MK_TERM_SIZE_DEFAULT);
+  mk_unref(s); mk_unref(u); mk_unref(a); mk_unref(b); mk_unref(t);
+  mk_rtype_unref(pair);
+  CHECK(mk_term_live() == base);
+}
+
+/*
+** No term reaches 2^32 nodes.  Two terms of at most MK_TERM_SIZE_MAX
+** nodes always have their unifier (it has fewer than 2^32); only
+** unifiers fed back as inputs can ask for more, and are refused.  Every
+** term here shares its items: they take a few hundred bytes.
+*/
+static void size_unify_max (void) {
+  size_t base = mk_term_live();
+  mk_rtype *pair = mk_rtype_get("pair", 4, 2, NULL);
+  mk_term *t29, *z, *u, *a, *b, *c;
+  size_t zs;
+  CHECK(mk_term_set_size_limit(MK_TERM_SIZE_MAX) == 0);
+  CHECK(doubled(pair, mk_cstr("x"), 31) == NULL);   /* 2^32 - 1: past the limit */
+  t29 = doubled(pair, mk_cstr("x"), 29);
+  z = mk_rec(pair, mk_ref(t29), mk_ref(mk_items(t29)[0]));   /* 1.5 * 2^30 - 1 */
+  CHECK(z != NULL && t29 != NULL);
+  zs = mk_term_size(z);
+  CHECK(zs == ((size_t)3 << 29) - 1);
+  /* [z, _] and [_, z]: within the limit; their unifier [z, z] is not */
+  a = slot(2, 0, mk_ref(z));
+  b = slot(2, 1, mk_ref(z));
+  u = mk_unify(a, b);
+  CHECK(u != NULL && mk_term_size(u) == 2 * zs + 1 && mk_term_size(u) > MK_TERM_SIZE_MAX);
+  mk_unref(a); mk_unref(b); mk_unref(u);
+  /* [z, z, _] (a unifier) and [_, _, z] unify, but into 3 z + 1 nodes */
+  a = slot(3, 0, mk_ref(z));
+  b = slot(3, 1, mk_ref(z));
+  c = slot(3, 2, mk_ref(z));
+  u = mk_unify(a, b);
+  CHECK(u != NULL && mk_term_size(u) == 2 * zs + 2 && !u->ground);
+  CHECK(u != NULL && mk_unifies(u, c) && mk_unify(u, c) == NULL && mk_unify(c, u) == NULL);
+  mk_unref(a); mk_unref(b); mk_unref(c); mk_unref(u);
+  mk_unref(z); mk_unref(t29);
+  CHECK(mk_term_set_size_limit(MK_TERM_SIZE_DEFAULT) == 0);
+  mk_rtype_unref(pair);
+  CHECK(mk_term_live() == base);
+}
+
 static void equal_hash (void) {
   static const char *const lits[] = {
     "nil", "true", "false", "0", "1", "-1", "0.5", "-0.5", "\"\"", "\"a\"",
@@ -798,6 +950,9 @@ int main (void) {
   RUN(depth_field);
   RUN(depth_limit);
   RUN(deep_max);
+  RUN(size_field);
+  RUN(size_limit);
+  RUN(size_unify_max);
   RUN(equal_hash);
   RUN(unify);
   RUN(mgu);

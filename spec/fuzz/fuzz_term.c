@@ -4,17 +4,23 @@
 ** The input is a program for a small stack machine that builds each term
 ** twice: with term.h, and as a plain tree (Ref) that a naive reference
 ** implementation below reads.  When the program ends, every term on the
-** stack is checked against its tree (kind, values, depth, groundness at
-** every node; repr and repr_max byte for byte), and every pair of terms
-** against each other: equality both ways and against the reference, equal
-** terms hashing equal, unifies both ways and against the reference, and
-** the unifier against the reference's (an instance of both inputs, the
-** same both ways, no deeper than the deeper input).  Then everything is
-** released, and no term may be left (mk_term_live).
+** stack is checked against its tree (kind, values, depth, groundness and
+** size at every node; repr and repr_max byte for byte), and every pair of
+** terms against each other: equality both ways and against the reference,
+** equal terms hashing equal, unifies both ways and against the reference,
+** and the unifier against the reference's (an instance of both inputs, the
+** same both ways, no deeper than the deeper input, no larger than the two
+** together).  Then everything is released, and no term may be left
+** (mk_term_live).
 **
 ** The first byte sets the depth limit, low, so that short inputs reach it
 ** and go past it: building a term deeper than the limit must give NULL
-** and release what it was given, as the reference predicts.
+** and release what it was given, as the reference predicts.  An operation
+** sets the size limit, low or high, and one doubles a term many times over
+** by sharing it (pair(t, t)), far past what the checks at the end can walk:
+** each doubling is checked for its size as it is made, and building past
+** the size limit must give NULL too.  Refs share their items as terms do
+** (counted references), so that the reference of such a term stays small.
 */
 #include <math.h>
 #include <stdint.h>
@@ -42,10 +48,11 @@ struct Ref {
   char *s;                  /* MK_STR: owned bytes; MK_REC: owned label */
   size_t len;               /* their length */
   size_t n;                 /* items */
-  Ref **items;              /* owned */
+  Ref **items;              /* one counted reference each */
   unsigned depth;
   int ground;
-  size_t nodes;             /* nodes in this tree */
+  uint64_t nodes;           /* nodes in this tree: its size */
+  unsigned refs;            /* Refs are immutable once made, and shared */
 };
 
 static Ref *ref_new (int kind) {
@@ -54,12 +61,18 @@ static Ref *ref_new (int kind) {
   r->kind = kind;
   r->ground = kind != MK_WILD;
   r->nodes = 1;
+  r->refs = 1;
+  return r;
+}
+
+static Ref *ref_share (Ref *r) {
+  r->refs++;
   return r;
 }
 
 static void ref_free (Ref *r) {
   size_t k;
-  if (r == NULL) return;
+  if (r == NULL || --r->refs > 0) return;
   for (k = 0; k < r->n; k++) ref_free(r->items[k]);
   free(r->items);
   free(r->s);
@@ -89,20 +102,6 @@ static Ref *ref_compound (int kind, const char *label, size_t labellen, size_t n
     if (items[k]->depth + 1 > r->depth) r->depth = items[k]->depth + 1;
     r->ground = r->ground && items[k]->ground;
     r->nodes += items[k]->nodes;
-  }
-  return r;
-}
-
-static Ref *ref_copy (const Ref *a) {
-  Ref *r = ref_new(a->kind);
-  size_t k;
-  *r = *a;
-  r->s = a->s ? dupbytes(a->s, a->len) : NULL;
-  r->items = NULL;
-  if (a->kind == MK_REC || a->kind == MK_SEQ) {
-    r->items = calloc(a->n ? a->n : 1, sizeof *r->items);
-    CHECK(r->items != NULL);
-    for (k = 0; k < a->n; k++) r->items[k] = ref_copy(a->items[k]);
   }
   return r;
 }
@@ -152,11 +151,11 @@ static int ref_unifies (const Ref *a, const Ref *b) {
 
 /* The unifier of two trees that unify: each wildcard takes the other
 ** side's subtree. */
-static Ref *ref_merge (const Ref *a, const Ref *b) {
+static Ref *ref_merge (Ref *a, Ref *b) {
   Ref **items, *r;
   size_t k;
-  if (a->kind == MK_WILD) return ref_copy(b);
-  if (b->kind == MK_WILD || (a->kind != MK_REC && a->kind != MK_SEQ)) return ref_copy(a);
+  if (a->kind == MK_WILD) return ref_share(b);
+  if (b->kind == MK_WILD || (a->kind != MK_REC && a->kind != MK_SEQ)) return ref_share(a);
   items = calloc(a->n ? a->n : 1, sizeof *items);
   CHECK(items != NULL);
   for (k = 0; k < a->n; k++) items[k] = ref_merge(a->items[k], b->items[k]);
@@ -228,12 +227,12 @@ static void ref_text (Text *t, const Ref *r) {
   }
 }
 
-/* t is the term r describes, with the right depth and groundness at every
-** node. */
+/* t is the term r describes, with the right depth, groundness and size at
+** every node. */
 static int same (const mk_term *t, const Ref *r) {
   size_t k;
   if (t == NULL || (int)t->kind != r->kind || t->depth != r->depth ||
-      t->ground != r->ground)
+      t->ground != r->ground || mk_term_size(t) != r->nodes)
     return 0;
   switch (r->kind) {
     case MK_INT: return t->v.i == r->i;
@@ -265,6 +264,7 @@ static int same (const mk_term *t, const Ref *r) {
 #define MAXNODES   3000     /* reference nodes on the stack, in all */
 #define MAXLIMIT   48       /* the depth limits an input may set: 1..MAXLIMIT */
 #define MAXWRAP    (MAXLIMIT + 4)
+#define MAXDOUBLE  64       /* doublings in one go: past any size limit */
 #define MAXPAIRS   10       /* the pairs checked: of the top MAXPAIRS terms */
 
 typedef struct In { const uint8_t *p; size_t n; } In;
@@ -291,7 +291,7 @@ typedef struct M {
   mk_term *t[MAXSTACK];
   Ref *r[MAXSTACK];
   int sp;
-  size_t nodes;
+  uint64_t nodes;
 } M;
 
 static void push (M *m, mk_term *t, Ref *r) {
@@ -309,7 +309,7 @@ static void drop (M *m) {
   ref_free(m->r[m->sp]);
 }
 
-static int room (M *m, size_t nodes) {
+static int room (M *m, uint64_t nodes) {
   return m->sp < MAXSTACK && m->nodes + nodes <= MAXNODES;
 }
 
@@ -362,7 +362,12 @@ static void atom (M *m, In *in, unsigned op) {
   push(m, t, r);
 }
 
-/* A record or sequence of the top n terms.  Past the limit, mk_seal (or
+/* Is r past the depth or the size limit?  Then building it gives NULL. */
+static int past (const Ref *r) {
+  return r->depth > mk_term_depth_limit() || r->nodes > mk_term_size_limit();
+}
+
+/* A record or sequence of the top n terms.  Past a limit, mk_seal (or
 ** mk_rec) gives NULL: the items were released with it. */
 static void compound (M *m, In *in, int kind) {
   unsigned how = byte(in);
@@ -402,7 +407,7 @@ static void compound (M *m, In *in, int kind) {
   mk_rtype_unref(rt);
   r = ref_compound(kind, label, labellen, n, &m->r[m->sp]);
   for (k = 0; k < n; k++) m->nodes -= r->items[k]->nodes;
-  if (r->depth > mk_term_depth_limit()) {
+  if (past(r)) {
     CHECK(t == NULL);
     ref_free(r);
     return;
@@ -411,7 +416,7 @@ static void compound (M *m, In *in, int kind) {
 }
 
 /* A term built anew from the reference (equal to one on the stack, but
-** no pointer shared with it), or NULL past the limit. */
+** no pointer shared with it, nor within it), or NULL past a limit. */
 static mk_term *build (const Ref *r) {
   mk_term *t = NULL;
   size_t k;
@@ -442,9 +447,8 @@ static mk_term *build (const Ref *r) {
   return mk_seal(t);
 }
 
-/* Wrap the top term k times, in "w"(t) or [t], as far as the limit lets. */
-static void wrap (M *m, In *in) {
-  unsigned how = byte(in), k = byte(in) % MAXWRAP;
+/* Wrap the top term k times, in "w"(t) or [t], as far as the limits let. */
+static void wrap (M *m, unsigned how, unsigned k) {
   mk_rtype *w = mk_rtype_get("w", 1, 1, NULL);
   CHECK(w != NULL);
   while (m->sp > 0 && k-- > 0 && room(m, 1)) {
@@ -459,7 +463,7 @@ static void wrap (M *m, In *in) {
     m->sp--;
     r = ref_compound(rec ? MK_REC : MK_SEQ, "w", 1, 1, &m->r[m->sp]);
     m->nodes -= r->items[0]->nodes;
-    if (r->depth > mk_term_depth_limit()) {
+    if (past(r)) {
       CHECK(t == NULL);
       ref_free(r);
       break;
@@ -467,6 +471,64 @@ static void wrap (M *m, In *in) {
     push(m, t, r);
   }
   mk_rtype_unref(w);
+}
+
+/*
+** Double the top term k times over: "d"(t, t) or [t, t], sharing t, as far
+** as the limits let it.  The size doubles with each, far past what the
+** checks at the end can walk: each is checked here, as it is made, against
+** its reference (made the same way, sharing its items), and the last goes
+** on the stack only when it is small enough for those checks.
+*/
+static void doubling (M *m, unsigned how, unsigned k) {
+  mk_rtype *d = mk_rtype_get("d", 1, 2, NULL);
+  mk_term *t;
+  Ref *r;
+  CHECK(d != NULL);
+  if (m->sp == 0) { mk_rtype_unref(d); return; }
+  m->sp--;
+  t = m->t[m->sp];
+  r = m->r[m->sp];
+  m->nodes -= r->nodes;
+  while (k-- > 0) {
+    int rec = how & 1;
+    Ref *items[2];
+    mk_term *u;
+    Ref *ru;
+    how = (how >> 1) | ((how & 1) << 7);     /* the next one's kind */
+    if (rec) u = mk_rec(d, t, mk_ref(t));
+    else {
+      u = mk_seq_new(2);
+      mk_set(u, 0, t);
+      mk_set(u, 1, mk_ref(t));
+      u = mk_seal(u);
+    }
+    items[0] = r;
+    items[1] = ref_share(r);
+    ru = ref_compound(rec ? MK_REC : MK_SEQ, "d", 1, 2, items);
+    t = u;
+    r = ru;
+    if (past(r)) {
+      CHECK(t == NULL);
+      break;
+    }
+    CHECK(t != NULL && t->depth == r->depth && t->ground == r->ground &&
+          mk_term_size(t) == r->nodes && mk_term_size(mk_items(t)[1]) == r->items[1]->nodes);
+  }
+  if (t != NULL && room(m, r->nodes)) push(m, t, r);
+  else {
+    mk_unref(t);
+    ref_free(r);
+  }
+  mk_rtype_unref(d);
+}
+
+/* The size limits an input may set: small ones, which the terms on the
+** stack reach, and every power of 2 up to MK_TERM_SIZE_MAX, which only
+** doubling reaches. */
+static size_t sizelimit (unsigned b) {
+  if (b & 1) return 1 + (b >> 1) * 7;
+  return (size_t)1 << ((b >> 1) % 32);
 }
 
 static void run (M *m, In *in) {
@@ -479,7 +541,7 @@ static void run (M *m, In *in) {
         k = byte(in);
         if (m->sp > 0) {
           int at = m->sp - 1 - (int)(k % (unsigned)m->sp);
-          if (room(m, m->r[at]->nodes)) push(m, mk_ref(m->t[at]), ref_copy(m->r[at]));
+          if (room(m, m->r[at]->nodes)) push(m, mk_ref(m->t[at]), ref_share(m->r[at]));
         }
         break;
       case 12:                /* an equal term, built apart */
@@ -488,16 +550,30 @@ static void run (M *m, In *in) {
           int at = m->sp - 1 - (int)(k % (unsigned)m->sp);
           if (room(m, m->r[at]->nodes)) {
             mk_term *t = build(m->r[at]);
-            if (m->r[at]->depth > mk_term_depth_limit()) CHECK(t == NULL);
-            else push(m, t, ref_copy(m->r[at]));
+            if (past(m->r[at])) CHECK(t == NULL);
+            else push(m, t, ref_share(m->r[at]));
           }
         }
         break;
-      case 13: wrap(m, in); break;
+      case 13: {              /* wrap, or double */
+        unsigned how = byte(in);
+        k = byte(in);
+        if (k < 0x80) wrap(m, how, k % MAXWRAP);
+        else doubling(m, how, k % MAXDOUBLE);
+        break;
+      }
       case 14: {              /* a new limit; terms already made stay valid */
-        size_t limit = 1 + byte(in) % MAXLIMIT;
-        CHECK(mk_term_set_depth_limit(0) == -1 && mk_term_set_depth_limit(MK_TERM_DEPTH_MAX + 1) == -1);
-        CHECK(mk_term_set_depth_limit(limit) == 0 && mk_term_depth_limit() == limit);
+        size_t limit;
+        k = byte(in);
+        if (k < 0x80) {
+          limit = 1 + k % MAXLIMIT;
+          CHECK(mk_term_set_depth_limit(0) == -1 && mk_term_set_depth_limit(MK_TERM_DEPTH_MAX + 1) == -1);
+          CHECK(mk_term_set_depth_limit(limit) == 0 && mk_term_depth_limit() == limit);
+        } else {
+          limit = sizelimit(byte(in));
+          CHECK(mk_term_set_size_limit(0) == -1 && mk_term_set_size_limit(MK_TERM_SIZE_MAX + 1) == -1);
+          CHECK(mk_term_set_size_limit(limit) == 0 && mk_term_size_limit() == limit);
+        }
         break;
       }
       case 15:
@@ -558,7 +634,7 @@ static int instance (const Ref *m, const Ref *a) {
   return 1;
 }
 
-static void check_pair (mk_term *a, const Ref *ra, mk_term *b, const Ref *rb) {
+static void check_pair (mk_term *a, Ref *ra, mk_term *b, Ref *rb) {
   int eq = mk_equal(a, b), u = mk_unifies(a, b);
   mk_term *m1, *m2;
   CHECK(eq == ref_equal(ra, rb) && eq == mk_equal(b, a));
@@ -574,6 +650,7 @@ static void check_pair (mk_term *a, const Ref *ra, mk_term *b, const Ref *rb) {
     CHECK(mk_equal(m1, m2) && mk_hash(m1) == mk_hash(m2));
     CHECK(mk_unifies(m1, a) && mk_unifies(m1, b));
     CHECK(m1->depth <= (a->depth > b->depth ? a->depth : b->depth));
+    CHECK(mk_term_size(m1) <= mk_term_size(a) + mk_term_size(b) - 1);
     if (a->ground) CHECK(mk_equal(m1, a));
     ref_free(rm);
   }
@@ -592,6 +669,7 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size) {
   in.n = size;
   extra = byte(&in);
   CHECK(mk_term_set_depth_limit(1 + byte(&in) % MAXLIMIT) == 0);
+  CHECK(mk_term_set_size_limit(MK_TERM_SIZE_DEFAULT) == 0);
   run(&m, &in);
   for (i = 0; i < m.sp; i++) {
     mk_term *t = m.t[i];
@@ -607,6 +685,7 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size) {
   CHECK(m.nodes == 0);
   CHECK(mk_term_live() == base);
   CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_DEFAULT) == 0);
+  CHECK(mk_term_set_size_limit(MK_TERM_SIZE_DEFAULT) == 0);
   return 0;
 }
 
