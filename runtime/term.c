@@ -475,11 +475,12 @@ void mk_set (mk_term *c, uint32_t i, mk_term *item) {
 ** built.  merge (mk_unify) seals with hard maxima instead: a unifier is
 ** never deeper than its inputs, which were within the limit when they were
 ** made, and it is never larger than the two together, which is less than
-** 2^32 nodes for inputs within MK_TERM_SIZE_MAX (term.h, mk_unify).
+** 2 * MK_TERM_SIZE_MAX nodes for inputs within MK_TERM_SIZE_MAX (term.h,
+** mk_unify).
 */
-#define MERGE_SIZE_MAX  ((size_t)UINT32_MAX)
+#define MERGE_SIZE_MAX  (2 * MK_TERM_SIZE_MAX - 1)
 
-_Static_assert(2 * (uint64_t)MK_TERM_SIZE_MAX - 1 <= MERGE_SIZE_MAX,
+_Static_assert((uint64_t)MERGE_SIZE_MAX <= UINT32_MAX,
                "the unifier of two terms of the largest size fits a uint32_t");
 
 static size_t depth_limit = MK_TERM_DEPTH_DEFAULT;

@@ -104,11 +104,13 @@ int mk_term_set_depth_limit(size_t n);
 ** The size limit (see "Size" above), in nodes, set and read like the
 ** depth limit: mk_term_set_size_limit returns 0, or -1 when n is 0 or
 ** above MK_TERM_SIZE_MAX.  mk_term_size(t) is the size of t.  Every term
-** is smaller than 2^32 nodes (see mk_unify), so the size of a compound is
-** kept exact in 32 bits.
+** has fewer than 2 * MK_TERM_SIZE_MAX nodes (see mk_unify), so the size of
+** a compound is kept exact in 32 bits.  The maximum is 2^24 nodes because
+** routing a term takes 16 bytes of scratch a node (route.c's flatten):
+** 256 MiB at the maximum, 16 MiB at the default.
 */
 #define MK_TERM_SIZE_DEFAULT   ((size_t)1 << 20)
-#define MK_TERM_SIZE_MAX       ((size_t)1 << 31)
+#define MK_TERM_SIZE_MAX       ((size_t)1 << 24)
 size_t mk_term_size_limit(void);
 int mk_term_set_size_limit(size_t n);
 size_t mk_term_size(const mk_term *t);
@@ -179,9 +181,10 @@ int mk_unifies(const mk_term *a, const mk_term *b);
 ** is made even when the depth limit was lowered after they were built.
 ** It can be larger than both (unify([x, _], [_, x]) is [x, x]) but never
 ** than size(a) + size(b) - 1, and it is made whatever the size limit, up
-** to 2^32 - 1 nodes, which two terms of at most MK_TERM_SIZE_MAX nodes
-** never exceed.  Only unifiers fed back as inputs can, and then the
-** unifier is refused (NULL): so no term ever has 2^32 nodes or more.  The
+** to 2 * MK_TERM_SIZE_MAX - 1 nodes, which two terms of at most
+** MK_TERM_SIZE_MAX nodes never exceed.  Only unifiers fed back as inputs
+** can, and then the unifier is refused (NULL): so no term ever has 2 *
+** MK_TERM_SIZE_MAX nodes or more.  The
 ** Lua binding takes from Lua no term larger than the size limit, a
 ** unifier included, so that unifiers cannot be fed back to grow there.
 */

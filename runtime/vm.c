@@ -524,6 +524,11 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   size_t n;
   if (p->dead) return -1;
   if (role.topic == NULL) { mk_failf(p, "endpoint '%s' has no topic", name); return -1; }
+  if (mk_term_size(role.topic) > MK_TERM_SIZE_MAX) {   /* see nobody() */
+    mk_failf(p, "endpoint '%s': a topic of more than %lu nodes", name,
+             (unsigned long)MK_TERM_SIZE_MAX);
+    return -1;
+  }
   if (meta) {
     /* Performed one level up when this VM's turn ends. */
     mk_action *a = mk_action_add(name, role);
@@ -633,12 +638,21 @@ static void route(mk_vm *vm, mk_term *body, int feedback) {
   mk_index_match(vm->ix[feedback ? MK_PUBLISHER : MK_SUBSCRIBER], body, on_receiver, &c);
 }
 
-/* A C process whose message could not be built fails, rather than
-** crash the VM: term builders return NULL past the depth limit. */
+/* A C process whose message could not be built fails, rather than crash
+** the VM: term builders return NULL past the depth or size limit.  So
+** does one that sends a unifier bigger than any term may be: routing and
+** presence are linear in a term's size only up to MK_TERM_SIZE_MAX (and
+** the unifier of two such is the biggest a term can get). */
 static int nobody(mk_proc *p, mk_term *body, const char *what) {
-  if (body != NULL) return 0;
-  mk_failf(p, "%s: no message (a term deeper than the depth limit, or out of memory)", what);
-  return 1;
+  if (body == NULL) {
+    mk_failf(p, "%s: no message (a term past the depth or size limit, or out of memory)", what);
+    return 1;
+  }
+  if (mk_term_size(body) > MK_TERM_SIZE_MAX) {
+    mk_failf(p, "%s: a term of more than %lu nodes", what, (unsigned long)MK_TERM_SIZE_MAX);
+    return 1;
+  }
+  return 0;
 }
 
 void mk_send(mk_proc *p, mk_term *body) {

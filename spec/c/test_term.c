@@ -610,23 +610,23 @@ static void size_limit (void) {
 }
 
 /*
-** No term reaches 2^32 nodes.  Two terms of at most MK_TERM_SIZE_MAX
-** nodes always have their unifier (it has fewer than 2^32); only
+** No term reaches 2 * MK_TERM_SIZE_MAX nodes.  Two terms of at most
+** MK_TERM_SIZE_MAX nodes always have their unifier (it is smaller); only
 ** unifiers fed back as inputs can ask for more, and are refused.  Every
 ** term here shares its items: they take a few hundred bytes.
 */
 static void size_unify_max (void) {
   size_t base = mk_term_live();
   mk_rtype *pair = mk_rtype_get("pair", 4, 2, NULL);
-  mk_term *t29, *z, *u, *a, *b, *c;
+  mk_term *t22, *z, *u, *a, *b, *c;
   size_t zs;
   CHECK(mk_term_set_size_limit(MK_TERM_SIZE_MAX) == 0);
-  CHECK(doubled(pair, mk_cstr("x"), 31) == NULL);   /* 2^32 - 1: past the limit */
-  t29 = doubled(pair, mk_cstr("x"), 29);
-  z = mk_rec(pair, mk_ref(t29), mk_ref(mk_items(t29)[0]));   /* 1.5 * 2^30 - 1 */
-  CHECK(z != NULL && t29 != NULL);
+  CHECK(doubled(pair, mk_cstr("x"), 24) == NULL);   /* 2^25 - 1: past the limit */
+  t22 = doubled(pair, mk_cstr("x"), 22);
+  z = mk_rec(pair, mk_ref(t22), mk_ref(mk_items(t22)[0]));   /* 1.5 * 2^23 - 1 */
+  CHECK(z != NULL && t22 != NULL);
   zs = mk_term_size(z);
-  CHECK(zs == ((size_t)3 << 29) - 1);
+  CHECK(zs == ((size_t)3 << 22) - 1);
   /* [z, _] and [_, z]: within the limit; their unifier [z, z] is not */
   a = slot(2, 0, mk_ref(z));
   b = slot(2, 1, mk_ref(z));
@@ -641,7 +641,7 @@ static void size_unify_max (void) {
   CHECK(u != NULL && mk_term_size(u) == 2 * zs + 2 && !u->ground);
   CHECK(u != NULL && mk_unifies(u, c) && mk_unify(u, c) == NULL && mk_unify(c, u) == NULL);
   mk_unref(a); mk_unref(b); mk_unref(c); mk_unref(u);
-  mk_unref(z); mk_unref(t29);
+  mk_unref(z); mk_unref(t22);
   CHECK(mk_term_set_size_limit(MK_TERM_SIZE_DEFAULT) == 0);
   mk_rtype_unref(pair);
   CHECK(mk_term_live() == base);

@@ -1111,15 +1111,48 @@ static void unbuilt_script(mk_proc *p, const mk_event *ev, rec *r) {
   t = R(I(1), R(I(2), I(3)));       /* two levels: NULL */
   CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_DEFAULT) == 0);
   CHECK(t == NULL);
+  if (r->mode >= 2) {
+    /* The unifier of two terms within the size limit's maximum can be
+    ** twice that: sending it, or taking it as a topic, fails the process. */
+    mk_term *a = I(1), *b, *x, *y;
+    int i;
+    CHECK(mk_term_set_size_limit(MK_TERM_SIZE_MAX) == 0);
+    for (i = 0; i < 21 && a; i++) a = R(mk_ref(a), a);      /* 2^22 - 1 nodes, shared */
+    b = R(R(mk_ref(a), mk_ref(a)), a);                      /* 1.5 * 2^23 - 1 */
+    x = R(mk_ref(b), W());
+    y = R(W(), b);
+    CHECK(x != NULL && y != NULL);
+    t = mk_unify(x, y);
+    mk_unref(x);
+    mk_unref(y);
+    CHECK(mk_term_set_size_limit(MK_TERM_SIZE_DEFAULT) == 0);
+    CHECK(t != NULL && mk_term_size(t) > MK_TERM_SIZE_MAX);
+    if (r->mode == 2) mk_send(p, t);
+    else {
+      mk_role role;
+      role.orientation = MK_PUBLISHER;
+      role.interest = MK_PARTICIPANT;
+      role.topic = t;
+      mk_add_endpoint(p, "big", 0, role);
+    }
+    mk_unref(t);
+    return;
+  }
   if (r->mode == 0) mk_send(p, t); else mk_feedback(p, t);
 }
 
 static void test_send_unbuilt(void) {
   BEGIN;
   int mode;
-  for (mode = 0; mode < 2; mode++) {
+  static const char *const why[] = {
+    "send: no message (a term past the depth or size limit, or out of memory)",
+    "feedback: no message (a term past the depth or size limit, or out of memory)",
+    "send: a term of more than 16777216 nodes",
+    "endpoint 'big': a topic of more than 16777216 nodes" };
+  for (mode = 0; mode < 4; mode++) {
     mk_vm *vm = mk_vm_new();
     rec a, b;
+    char want[200];
     rec_init(&a, "A");
     rec_init(&b, "B");
     rec_ctl(&a);
@@ -1134,11 +1167,8 @@ static void test_send_unbuilt(void) {
     poke(vm, "A");
     mk_vm_run(vm);
     CHECK(a.destroyed == 1 && mk_vm_nprocs(vm) == 1);
-    CHECK(log_count(&b.log, mode == 0
-      ? "absence ep publisher/participant rec(1, 1) \"send: no message (a term deeper "
-        "than the depth limit, or out of memory)\""
-      : "absence ep publisher/participant rec(1, 1) \"feedback: no message (a term deeper "
-        "than the depth limit, or out of memory)\"") == 1);
+    snprintf(want, sizeof want, "absence ep publisher/participant rec(1, 1) \"%s\"", why[mode]);
+    CHECK(log_count(&b.log, want) == 1);
     mk_vm_free(vm, NULL);
     rec_done(&a); rec_done(&b);
   }

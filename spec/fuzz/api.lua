@@ -59,10 +59,11 @@ function value()
     for i = 1, (byte() or 0) % 5 do t[i] = value() end
     if k == 12 and left() then t[pick { "x", 0, 1.5 }] = value() end
     v = t
-  elseif k == 13 then                       -- deep: up to 2040 levels, past the limit
-    local inner = value()
-    for _ = 1, (byte() or 0) * 8 do
-      local ok, r = pcall(pick(recs) == recs[2] and recs[2] or recs[3], inner, inner, inner)
+  elseif k == 13 then                       -- deep, or doubled by sharing: past the limits
+    local inner, double = value(), (byte() or 0) % 2 == 0
+    for _ = 1, (byte() or 0) * 8 do           -- up to 2040 levels
+      local ok, r
+      if double then ok, r = pcall(recs[3], inner, inner) else ok, r = pcall(recs[2], inner) end
       if not ok then break end
       inner = r
     end
@@ -158,6 +159,8 @@ local calls = {
   function() return #value() end,
   function() return market.record(value(), value(), value()) end,
   function() return market.ground_vm(program) end,
+  function() return market.term_depth_limit(pick { 2, 5, 20, 1000, 10000, 0, value() }) end,
+  function() return market.term_size_limit(pick { 2, 50, 1000, 2 ^ 20, 2 ^ 31, 0, value() }) end,
   function() return market.now() end,
   function() return market.memory() end,
   function() coroutine.yield(value()) end,

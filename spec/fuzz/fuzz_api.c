@@ -6,7 +6,7 @@
 ** the network) with a small activation budget.  The host is stepped a
 ** bounded number of times (a step never blocks), then freed.  Besides what
 ** ASan and UBSan catch, each input must leave nothing behind: every term
-** released, every descriptor closed, the term depth limit as it was.
+** released, every descriptor closed, the term limits as they were.
 **
 ** Built and run by spec/fuzz/run, which defines API_SCRIPT, the path of
 ** api.lua.
@@ -56,7 +56,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   size_t terms = mk_term_live();
-  size_t depth = mk_term_depth_limit();
+  size_t depth = mk_term_depth_limit(), nodes = mk_term_size_limit();
   int fds = open_fds(), i;
   mk_error err;
   mk_host *h = mk_host_new(NULL, &err);
@@ -73,6 +73,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   /* What the program changed for the whole process goes back, and what it
   ** made is all released. */
   if (mk_term_depth_limit() != depth) mk_term_set_depth_limit(depth);
+  if (mk_term_size_limit() != nodes) mk_term_set_size_limit(nodes);
   if (mk_term_live() != terms) {
     fprintf(stderr, "fuzz_api: %zu terms leaked\n", mk_term_live() - terms);
     abort();

@@ -528,7 +528,7 @@ static void doubling (M *m, unsigned how, unsigned k) {
 ** doubling reaches. */
 static size_t sizelimit (unsigned b) {
   if (b & 1) return 1 + (b >> 1) * 7;
-  return (size_t)1 << ((b >> 1) % 32);
+  return (size_t)1 << ((b >> 1) % 25);     /* 2^24: MK_TERM_SIZE_MAX */
 }
 
 static void run (M *m, In *in) {
