@@ -178,9 +178,13 @@ describe("the activation budget, end to end", function()
         end }))
       io.stderr:write("ready\n")
     ]])
+    -- SIGTERM once the script said "ready" (the handlers are in place by
+    -- then, however slowly a sanitized build starts).
     local status, _, err = H.sh(([[
-      timeout 10 %s --max-activation 200 %s & pid=$!
-      sleep 0.5; kill -TERM $pid; wait $pid]]):format(H.market_bin(), path))
+      e=$(mktemp)
+      timeout 10 %s --max-activation 200 %s 2>$e & pid=$!
+      for i in $(seq 1 500); do grep -q ready $e && break; sleep 0.02; done
+      kill -TERM $pid; wait $pid; s=$?; cat $e >&2; rm -f $e; exit $s]]):format(H.market_bin(), path))
     os.remove(path)
     assert.equal(0, status)
     assert.equal("ready\ngot SIGTERM\n", err)
