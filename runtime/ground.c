@@ -66,6 +66,7 @@ struct mk_ground {
   ev_timer audit;           /* unref'd, running while `ring` is not empty */
   ev_timer deadline;        /* unref'd, the end of a drain */
   ev_signal stopsig[2];     /* SIGINT, SIGTERM; unref'd (stop_on_signals) */
+  struct sigaction libev_sa[2];   /* their handler before stop_handler replaced it */
   watch **tab;              /* chained by mk_hash(topic) */
   size_t tabsize, nwatch, active, nring;
   watch *ring, *cursor;     /* the ring and the audit's next watch in it */
@@ -82,18 +83,30 @@ static mk_ground *grounds;
 /* ---- signals -------------------------------------------------------------- */
 
 /* libev watches a signal on one loop at a time and asserts otherwise: the
-** loop that this program's ground watchers of each signal are on. */
-static struct { struct ev_loop *loop; unsigned n; } sigowner[NSIG];
+** loop that this program's ground watchers of each signal are on.
+** When the last watcher of a signal stops, libev leaves it at SIG_DFL:
+** its disposition from before the first one (SIG_IGN for SIGPIPE, a
+** handler of the host's) is saved on the first claim and put back after
+** the last release. */
+static struct {
+  struct ev_loop *loop;
+  unsigned n;
+  struct sigaction old;
+} sigowner[NSIG];
 
 static int claim_signal(struct ev_loop *loop, int signum) {
   if (sigowner[signum].n > 0 && sigowner[signum].loop != loop) return -1;
+  if (sigowner[signum].n == 0) sigaction(signum, NULL, &sigowner[signum].old);
   sigowner[signum].loop = loop;
   sigowner[signum].n++;
   return 0;
 }
 
+/* After the watcher's ev_signal_stop. */
 static void release_signal(int signum) {
-  if (--sigowner[signum].n == 0) sigowner[signum].loop = NULL;
+  if (--sigowner[signum].n > 0) return;
+  sigowner[signum].loop = NULL;
+  sigaction(signum, &sigowner[signum].old, NULL);
 }
 
 /* ---- the ground's publishers ---------------------------------------------- */
@@ -133,6 +146,18 @@ static mk_term *reason_about(const watch *w, const char *why) {
 
 static int fd_open(int fd) {
   return fcntl(fd, F_GETFD) != -1 || errno != EBADF;
+}
+
+/* An epoll instance (an event loop's own descriptor, libev's among them):
+** epoll refuses to watch itself, and libev asserts when it does. */
+static int fd_epoll(int fd) {
+  char path[32], target[32];
+  ssize_t n;
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  n = readlink(path, target, sizeof target - 1);
+  if (n < 0) return 0;
+  target[n] = '\0';
+  return strcmp(target, "anon_inode:[eventpoll]") == 0;
 }
 
 static void ring_add(mk_ground *g, watch *w) {
@@ -258,8 +283,10 @@ static const char *invalid(mk_ground *g, watch *w) {
   int integral = v == floor(v);
   switch (w->kind) {
     case K_IO:
-      if (v >= 0 && v <= INT_MAX && integral && fd_open((int)v)) return NULL;
-      return "not an open file descriptor";
+      if (!(v >= 0 && v <= INT_MAX && integral && fd_open((int)v)))
+        return "not an open file descriptor";
+      if (fd_epoll((int)v)) return "an event loop's own descriptor (epoll)";
+      return NULL;
     case K_TIMER:
       return isfinite(v) ? NULL : "not a finite time";
     default:
@@ -518,8 +545,26 @@ void mk_ground_stop(mk_ground *g, double drain_ms) {
   begin_stop(g, drain_ms);
 }
 
+/*
+** A second signal must stop the program even when its loop cannot run: a
+** handler that never returns in C, a finaliser that loops, code the
+** activation budget cannot reach.  So while SIGINT and SIGTERM begin a
+** stop, their handler is this one, not libev's: it passes the signal on to
+** libev as libev's would (ev_feed_signal), and when one comes while the
+** loop has not yet taken the one before, the loop is stuck: it ends the
+** program at once, with 128 + the signal's number as its status.
+*/
+static volatile sig_atomic_t stop_unseen;
+
+static void stop_handler(int signum) {
+  if (stop_unseen) _exit(128 + signum);
+  stop_unseen = 1;
+  ev_feed_signal(signum);
+}
+
 static void stopsig_cb(struct ev_loop *loop, ev_signal *s, int revents) {
   mk_ground *g = s->data;
+  stop_unseen = 0;
   if (!g->stopping) { begin_stop(g, g->drain_ms); return; }
   g->exit_status = 128 + s->signum;
   halt(g, "stopped by a second signal");
@@ -530,6 +575,7 @@ static void signals_off(mk_ground *g) {
   if (!g->onsignals) return;
   g->onsignals = 0;
   for (i = 0; i < 2; i++) {
+    sigaction(g->stopsig[i].signum, &g->libev_sa[i], NULL);   /* libev's own again */
     ev_ref(g->loop);
     ev_signal_stop(g->loop, &g->stopsig[i]);
     release_signal(g->stopsig[i].signum);
@@ -545,12 +591,19 @@ int mk_ground_stop_on_signals(mk_ground *g, double drain_ms) {
     for (i = 0; i < 2; i++)
       if (sigowner[sigs[i]].n > 0 && sigowner[sigs[i]].loop != g->loop) return -1;
     for (i = 0; i < 2; i++) {
+      struct sigaction sa;
       claim_signal(g->loop, sigs[i]);
       ev_signal_init(&g->stopsig[i], stopsig_cb, sigs[i]);
       g->stopsig[i].data = g;
       ev_signal_start(g->loop, &g->stopsig[i]);
       ev_unref(g->loop);      /* a stop is nothing to wait for */
+      memset(&sa, 0, sizeof sa);
+      sa.sa_handler = stop_handler;
+      sigfillset(&sa.sa_mask);
+      sa.sa_flags = SA_RESTART;
+      sigaction(sigs[i], &sa, &g->libev_sa[i]);   /* over libev's: see stop_handler */
     }
+    stop_unseen = 0;
     g->onsignals = 1;
   }
   g->drain_ms = drain_ms;

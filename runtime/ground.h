@@ -30,6 +30,8 @@
 ** included, from Lua or mk_rec), before libev sees the value:
 **
 **   readable, writable  an integer 0..INT_MAX that is an open descriptor
+**                       and not an epoll instance (an event loop's own:
+**                       epoll cannot watch itself, and libev asserts)
 **   signal              an integer 1..NSIG-1 other than SIGKILL and SIGSTOP,
 **                       the faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL: the
 **                       fault recurs as soon as a handler returns) and
@@ -58,6 +60,10 @@
 ** subscription to the same record tries it again (the number may name a new
 ** descriptor then), and every subscriber still there sees the outcome, so a
 ** subscriber that saw the ground's absence should withdraw.
+**
+** When the last watch of a signal ends, the signal's disposition from
+** before the first one comes back (libev would leave SIG_DFL: a program
+** that watched SIGPIPE once would die of the next one).
 **
 ** Stopping (DESIGN §8).  mk_ground_stop begins a stop: from then on the
 ** ground publishes market:stopping(deadline_ms) (the wall-clock ms when the

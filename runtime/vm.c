@@ -329,6 +329,10 @@ static int by_pid(const void *a, const void *b) {
 ** go.  Processes spawned meanwhile are taken in the next round. */
 void mk_vm_kill_all(mk_vm *vm, mk_term *reason) {
   size_t i;
+  /* The survivors' handlers run meanwhile, and one that spawns a
+  ** replacement for each peer that goes (a supervisor) would keep this
+  ** going for ever: no spawn is taken while it runs. */
+  vm->halting++;
   while (vm->nprocs > 0) {
     size_t n = 0, k;
     mk_proc **all = xmalloc(vm->nprocs * sizeof *all);
@@ -344,6 +348,7 @@ void mk_vm_kill_all(mk_vm *vm, mk_term *reason) {
     for (k = 0; k < n; k++) proc_unref(all[k]);
     free(all);
   }
+  vm->halting--;
 }
 
 void mk_vm_free(mk_vm *vm, mk_term *reason) {
@@ -399,6 +404,7 @@ static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char
 }
 
 mk_pid mk_vm_spawn(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
+  if (vm->halting) { destroy_data(vm, b, data); return 0; }
   return proc_new(vm, b, data, name)->pid;
 }
 
@@ -681,7 +687,7 @@ void mk_vm_send(mk_vm *vm, mk_term *body, int feedback) {
 mk_pid mk_spawn(mk_proc *p, const mk_behavior *b, void *data, const char *name, void *cont) {
   mk_proc *child;
   mk_qev *q;
-  if (p->dead) {
+  if (p->dead || p->vm->halting) {     /* halting: see mk_vm_kill_all */
     destroy_data(p->vm, b, data);
     if (cont && p->b->release_cont) p->b->release_cont(p, cont);
     return 0;

@@ -156,7 +156,8 @@ mk_action *mk_vm_take_outbox(mk_vm *vm);
 /*
 ** Spawn a process from outside any process (the boot process of a ground
 ** VM, a host's native process).  Returns its pid, or 0 on allocation
-** failure (destroy is then called on `data`'s behalf).
+** failure or while mk_vm_kill_all runs (destroy is then called on `data`'s
+** behalf).
 */
 mk_pid mk_vm_spawn(mk_vm *vm, const mk_behavior *b, void *data, const char *name);
 /*
@@ -173,8 +174,10 @@ mk_proc *mk_vm_resident(mk_vm *vm, const mk_behavior *b, void *data, const char 
 /*
 ** Kill every process of the pid table, one at a time, oldest first, running
 ** the VM after each so that the survivors see it go with `reason`
-** (borrowed; NULL normal); processes spawned meanwhile go in a later round.
-** The resident process stays.  Not from inside a handler: it runs the VM.
+** (borrowed; NULL normal).  Meanwhile no spawn is taken (mk_spawn and
+** mk_vm_spawn return 0), so it ends even when processes replace each other
+** as they go.  The resident process stays.  Not from inside a handler: it
+** runs the VM.  mk_vm_free and the ground's stop use it.
 */
 void mk_vm_kill_all(mk_vm *vm, mk_term *reason);
 /* Send a message into the VM from outside any process (NULL: nothing). */
@@ -204,7 +207,8 @@ void mk_failf(mk_proc *p, const char *fmt, ...);
 
 /* Spawn; `cont` (may be NULL) is delivered back to p as MK_EV_SPAWNED with
 ** the new pid.  `data` is owned by the new process from here on.  Returns
-** the pid, or 0 when p is dead (destroy is called on data). */
+** the pid, or 0 when p is dead or its VM is being emptied by
+** mk_vm_kill_all (destroy is called on data). */
 mk_pid mk_spawn(mk_proc *p, const mk_behavior *b, void *data, const char *name, void *cont);
 /* Quit p itself (pid 0 or p's pid) or another process of the VM.  reason
 ** borrowed, NULL for a normal quit.  -1 when the pid does not exist. */

@@ -103,6 +103,7 @@ struct mk_vm {
   void *bootdata;
   char *bootname;
   double budget;            /* activation budget in ms; < 0: the parent's */
+  int halting;              /* mk_vm_kill_all is running: spawns refused */
   int freeing;
 };
 

@@ -174,6 +174,20 @@ describe("the ground VM", function()
     assert.same({ "early got the alarm", "later comes", "late got the alarm" }, log.lines)
   end)
 
+  it("refuses to watch an event loop's own descriptor (epoll watching itself aborted libev)", function()
+    local out, status = run_code([[
+      local market = require "market"
+      -- the loop's epoll descriptor, found through /proc ($PPID: market)
+      local f = io.popen("for f in /proc/$PPID/fd/*; do " ..
+        "[ \"$(readlink $f)\" = 'anon_inode:[eventpoll]' ] && basename $f; done")
+      local fd = math.tointeger(tonumber(f:read("l")))
+      f:close()
+      market.perform(market.subscriber(market.ground.readable(fd), {
+        on_absence = function(_, _, why) print(why) end }))]])
+    assert.equal(0, status, out)
+    assert.matches("^market:readable%(%d+%): an event loop's own descriptor %(epoll%)\n$", out)
+  end)
+
   it("records libev cannot take are published and withdrawn at once, with the reason", function()
     -- Each of them aborted the program inside libev, or hung it (2e9); a
     -- fault signal's handler would spin, and the budget's signal taken over

@@ -210,3 +210,65 @@ describe("SIGPIPE", function()
     assert.equal("still here\n", printed)
   end)
 end)
+
+-- A second signal must work when the loop cannot: the first cannot begin a
+-- stop while a handler is stuck where the activation budget cannot reach
+-- it (here the budget is off), and before, the second was ignored too.
+describe("a second signal while the loop is stuck", function()
+  it("ends the program at once, with 128 + the signal", function()
+    local status, _, err = H.sh(([[
+      e=$(mktemp)
+      timeout 20 %s --max-activation 0 -e 'io.stderr:write("ready\n"); while true do end' 2>$e & pid=$!
+      for i in $(seq 1 500); do grep -q ready $e && break; sleep 0.02; done
+      kill -TERM $pid; sleep 0.2; kill -INT $pid; wait $pid; s=$?; rm -f $e; exit $s]]):format(q(N.market_bin())))
+    assert.equal(130, status, err)
+  end)
+end)
+
+-- Processes that replace each other as they go (supervisors) do not keep
+-- a stop (or the teardown after it) from ending: while the ground kills
+-- everything, no spawn is taken.  Before, the program spun for ever.
+describe("a stop among processes that respawn each other", function()
+  it("ends at the drain's deadline all the same", function()
+    local path = H.tempfile([[
+      local market = require "market"
+      local function peer(name)
+        return function()
+          return market.transition(nil,
+            market.publisher({ "alive", name }),
+            market.subscriber({ "alive", market._ }, { on_absence = function(_, role)
+              local who = role.topic[2]
+              return market.transition_no_state(market.spawn(peer(who), { name = who }))
+            end }),
+            market.subscriber(market.ground.alarm(math.floor(market.now()) + 3600000)))
+        end
+      end
+      market.perform(market.spawn(peer("a"), { name = "a" }), market.spawn(peer("b"), { name = "b" }))
+      io.stderr:write("ready\n")]])
+    local status, _, err = H.sh(([[
+      e=$(mktemp)
+      timeout 20 %s --drain 200 %s 2>$e & pid=$!
+      for i in $(seq 1 500); do grep -q ready $e && break; sleep 0.02; done
+      kill -TERM $pid; wait $pid; s=$?; cat $e >&2; rm -f $e; exit $s]]):format(q(N.market_bin()), q(path)))
+    os.remove(path)
+    assert.equal(0, status, err)
+  end)
+end)
+
+describe("signal dispositions", function()
+  it("a watched signal goes back to what it was: SIGPIPE stays ignored", function()
+    -- libev leaves a signal at SIG_DFL when its last watcher stops; before,
+    -- watching SIGPIPE once made the next write to a closed pipe fatal.
+    local out, status = N.capture(("%s --no-drivers -e %s"):format(q(N.market_bin()), q([[
+      local market = require "market"
+      market.perform(market.subscriber(market.ground.signal(13), "pipe"))
+      market.perform(market.delete_endpoint("pipe"))
+      local f = io.popen("true", "w")
+      os.execute("sleep 0.1")
+      print(f:write(("x"):rep(100000)) and f:flush())
+      print("still here")]])), 10)
+    assert.equal(0, status, out)
+    assert.matches("still here\n$", out)
+  end)
+end)
+
