@@ -267,7 +267,9 @@ static mk_term *reason_of(mkl_state *S, lua_State *co) {
     const char *s = lua_tolstring(co, -1, &n);
     return mk_str(s, n);
   }
-  /* An object that says how it reads is shown so, not as a sequence. */
+  /* A term is itself (boxes have a __tostring too); another object that
+  ** says how it reads is shown so, not converted as a sequence. */
+  if (mkl_testbox(co, -1) != NULL) return mk_ref(mkl_testbox(co, -1));
   if (luaL_getmetafield(co, -1, "__tostring") != LUA_TNIL) lua_pop(co, 1);
   else {
     t = mkl_toterm(co, -1, &err);
@@ -473,7 +475,11 @@ static void handle(mk_proc *p, const mk_event *ev) {
       lua_pop(S->L, 1);
       if (S->boot_error == NULL && tb != NULL) S->boot_error = strdup(tb);
     }
-    lua_settop(co, 0);
+    /* The coroutine is left as it is and dropped with the process.  Clearing
+    ** its stack would run the __close handlers of its pending to-be-closed
+    ** variables, unprotected and beyond any budget (one that raises aborted
+    ** the program); Lua itself runs them only when a coroutine is closed,
+    ** which a failed process's never is. */
     if (mk_proc_alive(p)) mk_fail(p, reason);
     mk_unref(reason);
     /* After the failure took effect: the hook may act on the host. */

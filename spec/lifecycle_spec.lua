@@ -268,6 +268,17 @@ describe("absence reasons", function()
     assert.same({ 'obs presence #1 publisher/participant ["r", 1]',
                   'obs absence #1 publisher/participant ["r", 1] oops(17)', "end" },
                 scenario("crash with a term"))
+    -- the term itself, not its text (the log shows both alike)
+    local oops, got = market.record("oops", "code"), nil
+    H.ground(function()
+      H.step(holder("obs", market.subscriber({ "r", _ }, {
+        on_absence = function(_, _, reason) got = reason end })))
+      H.step(holder("pub", market.publisher({ "r", 1 }, "p"),
+        market.subscriber("go", { on_message = function() error(oops(17)) end })))
+      H.step(market.send("go"))
+    end)
+    assert.is_true(oops:is(got), tostring(got))
+    assert.equal(17, got.code)
   end)
   it("crash with a value that is no term: its tostring", function()
     local lines = scenario("crash with a non-term")

@@ -398,3 +398,34 @@ describe("an error value with a __tostring", function()
     assert.equal("[1, 2]", reason("{ 1, 2 }"))
   end)
 end)
+
+-- A process that fails leaves its pending to-be-closed variables unclosed,
+-- as Lua leaves those of a coroutine nobody closes.  Before, clearing the
+-- failed coroutine's stack ran their __close outside any protection or
+-- budget: one that raised aborted the program, one that looped hung it.
+describe("a process that fails with a <close> variable pending", function()
+  local function reason(body)
+    local status, out, err = H.run_script(([[
+      local market = require "market"
+      market.perform(market.spawn(function()
+        market.perform(market.publisher("x"))
+        market.pause()
+        %s
+      end))
+      market.perform(market.subscriber("x", { on_absence = function(_, _, why)
+        print(why)
+      end }))
+    ]]):format(body), "--no-drivers --max-activation 100")
+    assert.equal(0, status, err)
+    return (out:gsub("\n$", ""))
+  end
+
+  it("fails with its own reason; the __close does not run", function()
+    assert.equal("activation budget exceeded", reason([[
+        local x <close> = setmetatable({}, { __close = function() error("close boom") end })
+        while true do end]]))
+    assert.matches(":%d+: y$", reason([[
+        local x <close> = setmetatable({}, { __close = function() while true do end end })
+        error("y")]]))
+  end)
+end)
