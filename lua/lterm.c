@@ -503,8 +503,20 @@ static int l_repr(lua_State *L) {
 
 /* market.term_depth_limit([n]): the depth limit in force, after setting
 ** it to n (process-wide: term.h, "Depth").  term_size_limit likewise. */
+/* The term limits are the whole program's: a process that changed them
+** would change what every other process may build (a depth of 1 broke the
+** tcp driver).  Set them before the ground VM runs: from plain Lua before
+** market.ground_vm, with market's --max-term-depth and --max-term-size, or
+** from a C host. */
+static void notinprocess(lua_State *L, const char *what, const char *flag) {
+  if (mkl_running(L))
+    luaL_error(L, "market.%s: the term limits are the whole program's: set them before the "
+               "ground VM runs (market %s, or from the host), not from a process", what, flag);
+}
+
 static int l_term_depth_limit(lua_State *L) {
   if (!lua_isnoneornil(L, 1)) {
+    notinprocess(L, "term_depth_limit", "--max-term-depth");
     lua_Integer n = luaL_checkinteger(L, 1);
     if (n < 1 || n > MK_TERM_DEPTH_MAX)
       return luaL_argerror(L, 1, lua_pushfstring(L, "the limit must be from 1 to %d",
@@ -517,6 +529,7 @@ static int l_term_depth_limit(lua_State *L) {
 
 static int l_term_size_limit(lua_State *L) {
   if (!lua_isnoneornil(L, 1)) {
+    notinprocess(L, "term_size_limit", "--max-term-size");
     lua_Integer n = luaL_checkinteger(L, 1);
     if (n < 1 || (lua_Unsigned)n > MK_TERM_SIZE_MAX)
       return luaL_argerror(L, 1, lua_pushfstring(L, "the limit must be from 1 to %I",

@@ -25,6 +25,9 @@ static const char usage[] =
   "                 finish before everything is closed (default 5000; 0: none)\n"
   "  --trace        print every event and action to stderr, one per line\n"
   "  --no-drivers   do not start the timer, tcp and udp drivers\n"
+  "  --max-term-depth N, --max-term-size N\n"
+  "                 the deepest and the largest term a process may build\n"
+  "                 (default 1000 levels, 1048576 nodes; docs/terms.md)\n"
   "  --max-activation MS\n"
   "                 the CPU time one activation of a handler may take before\n"
   "                 its process fails with \"activation budget exceeded\"\n"
@@ -96,6 +99,20 @@ int main(int argc, char **argv) {
       }
       continue;
     }
+    if (strcmp(argv[i], "--max-term-depth") == 0 || strcmp(argv[i], "--max-term-size") == 0) {
+      int depth = strcmp(argv[i], "--max-term-depth") == 0;
+      char *end;
+      long long n;
+      if (++i >= argc) { fprintf(stderr, "market: %s needs a number\n", argv[i - 1]); return 2; }
+      n = strtoll(argv[i], &end, 10);
+      if (end == argv[i] || *end != '\0' || n < 1 ||
+          (depth ? mk_term_set_depth_limit((size_t)n) : mk_term_set_size_limit((size_t)n)) != 0) {
+        fprintf(stderr, "market: %s: '%s' is not a number from 1 to %lu\n", argv[i - 1], argv[i],
+                (unsigned long)(depth ? MK_TERM_DEPTH_MAX : MK_TERM_SIZE_MAX));
+        return 2;
+      }
+      continue;
+    }
     if (strcmp(argv[i], "--drain") == 0) {
       if (++i >= argc || ms_arg(argv[i]) < 0) {
         fputs("market: --drain needs a number of milliseconds (0 or more)\n", stderr);
@@ -115,6 +132,7 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--no-drivers") == 0) drivers = 0;
     else if (strcmp(argv[i], "-e") == 0) code = argv[++i];
     else if (strcmp(argv[i], "--max-activation") == 0) budget = ms_arg(argv[++i]);
+    else if (strcmp(argv[i], "--max-term-depth") == 0 || strcmp(argv[i], "--max-term-size") == 0) i++;
     else if (strcmp(argv[i], "--drain") == 0) drain = ms_arg(argv[++i]);
     else if (strcmp(argv[i], "--") == 0) { i++; break; }
     else break;

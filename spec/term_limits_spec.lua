@@ -115,7 +115,7 @@ describe("the term depth limit", function()
 
   it("can be raised to 10000 levels, and every term algorithm still fits the C stack", function()
     local status, out, err = run(PRELUDE .. [[
-      print(market.term_depth_limit(), market.term_depth_limit(10000))
+      print(market.term_depth_limit())
       local p = market.record("p", "left", "right")
       local a, n = deepest(function(t, i) return p(t, i) end, 1e6, _)
       local b = deepest(function(t, i) return p(t, _) end, 1e6, 0)
@@ -123,9 +123,9 @@ describe("the term depth limit", function()
       local u, ok = market.unify(a, b)
       print(n, a == b, ok, #market.repr(u) > 10000, market.unify(seq, _) ~= nil,
             #market.repr(seq))
-    ]])
+    ]], "--no-drivers --max-term-depth 10000")
     assert.equal(0, status, err)
-    assert.equal("1000\t10000\n10000\tfalse\ttrue\ttrue\ttrue\t20001\n", out)
+    assert.equal("10000\n10000\tfalse\ttrue\ttrue\ttrue\t20001\n", out)
   end)
 end)
 
@@ -208,28 +208,29 @@ describe("the term size limit", function()
 
   it("stops a table that holds another many times over; copies compare in linear time",
      function()
+    -- Lua tables are not shared as terms: converting one costs its nodes,
+    -- up to the limit (lowered here, to cost little in any build).
     local status, out, err = run(DOUBLE .. [[
-      -- Lua tables are not shared as terms: converting one costs its
-      -- nodes, up to the limit (lowered here, to cost little in any build).
-      market.term_size_limit(2^16)
       local T = {}
       for _ = 1, 60 do T = { T, T } end
       print(err(market.send, T))
       print(err(market.subscriber, T))
       print(market.is_term(T), err(market.repr, T), err(pair, 1, T))
-      -- two copies built apart, as large as allowed, compared node by node
-      market.term_size_limit(2^20)
+    ]], "--no-drivers --max-term-size 65536")
+    assert.equal(0, status, err)
+    assert.equal("market.send: body: a term of more than 65536 nodes\n"
+                 .. "market.subscriber: topic: a term of more than 65536 nodes\n"
+                 .. "false\trepr: a term of more than 65536 nodes"
+                 .. "\trecord pair: a term of more than 65536 nodes\n", out)
+    -- two copies built apart, as large as allowed, compared node by node
+    status, out, err = run(DOUBLE .. [[
       local a, n = doubled(60)
       local b = doubled(60)
       local c = doubled(60, "y")
       print(n, a == b, a == c, market.unify(a, b) == a)
     ]])
     assert.equal(0, status, err)
-    assert.equal("market.send: body: a term of more than 65536 nodes\n"
-                 .. "market.subscriber: topic: a term of more than 65536 nodes\n"
-                 .. "false\trepr: a term of more than 65536 nodes"
-                 .. "\trecord pair: a term of more than 65536 nodes\n"
-                 .. "19\ttrue\tfalse\ttrue\n", out)
+    assert.equal("19\ttrue\tfalse\ttrue\n", out)
   end)
 
   it("lets a timer, a message and a subscription use a shared term as large as allowed",
@@ -237,9 +238,9 @@ describe("the term size limit", function()
     local status, out, err = run(DOUBLE .. [[
       local timer = require "market.timer"
       local t = doubled(19)                      -- 2^20 - 1 nodes
-      -- timer.set(label, msecs, kind) is three nodes more than its label
-      print(err(timer.set, t, 5, "relative"))
-      print(market.term_size_limit(), market.term_size_limit(2^20 + 2))
+      -- timer.set(label, msecs, kind) is three nodes more than its label:
+      -- the limit is raised by those three
+      print(market.term_size_limit())
       market.perform(market.subscriber(timer.expired(t, _), "expired"))
       market.perform(market.send(timer.set(t, 5, "relative")))
       local ev = market.wait_for(function(e) return e.endpoint == "expired" end)
@@ -249,10 +250,9 @@ describe("the term size limit", function()
       ev = market.wait_for(function(e) return e.endpoint == "same" end)
       print("same", ev.message == t, #market.repr(ev.message) == #market.repr(t))
       market.perform(market.quit())
-    ]], "")
+    ]], "--max-term-size 1048578")
     assert.equal(0, status, err)
-    assert.equal("record timer-set: a term of more than 1048576 nodes\n"
-                 .. "1048576\t1048578\n"
+    assert.equal("1048578\n"
                  .. "expired\ttrue\n"
                  .. "same\ttrue\ttrue\n", out)
   end)
@@ -313,6 +313,29 @@ describe("market.term_size_limit", function()
     assert.equal("market.send: body: a term of more than 4 nodes", err(market.send, big))
     market.term_size_limit(9)
     assert.is_true(market.is_term(big) and market.is_term(u))
+  end)
+
+  it("is the program's: a process reads it but cannot set it; market takes it as an option",
+     function()
+    local status, out, err = run([[
+      local market = require "market"
+      print(market.term_size_limit(), market.term_depth_limit())
+      print(pcall(market.term_size_limit, 100))
+      print(pcall(market.term_depth_limit, 1))
+    ]], "--no-drivers --max-term-size 4096 --max-term-depth 50")
+    assert.equal(0, status, err)
+    assert.equal("4096\t50\n"
+      .. "false\tmarket.term_size_limit: the term limits are the whole program's: set them "
+      .. "before the ground VM runs (market --max-term-size, or from the host), not from a process\n"
+      .. "false\tmarket.term_depth_limit: the term limits are the whole program's: set them "
+      .. "before the ground VM runs (market --max-term-depth, or from the host), not from a process\n",
+      out)
+    status, out, err = H.run("--max-term-size 0 -e ''")
+    assert.equal(2, status)
+    assert.equal("market: --max-term-size: '0' is not a number from 1 to 16777216\n", err)
+    status, out, err = H.run("--max-term-depth many -e ''")
+    assert.equal(2, status)
+    assert.equal("market: --max-term-depth: 'many' is not a number from 1 to 10000\n", err)
   end)
 
   it("refuses a limit that is not an integer from 1 to 2^24", function()
