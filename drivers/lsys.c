@@ -190,14 +190,14 @@ int mkd_sock_take(lua_State *L, int idx) {
 
 /* Closing a descriptor a ground event may watch: the ground hears of it
 ** first, so libev never meets a closed descriptor (ground.h). */
-static void close_watched(int fd) {
+void mkd_close_watched(int fd) {
   mk_ground_fd_closed(fd);
   close(fd);
 }
 
 static int s_close(lua_State *L) {
   sock *s = luaL_checkudata(L, 1, SOCK_MT);
-  if (s->fd >= 0) { close_watched(s->fd); s->fd = -1; }
+  if (s->fd >= 0) { mkd_close_watched(s->fd); s->fd = -1; }
   return 0;
 }
 
@@ -696,7 +696,8 @@ static int r_result(lua_State *L) {
 static int r_close(lua_State *L) {
   req *r = checkreq(L);
   if (r->job) { resolve_job *j = r->job; r->job = NULL; job_release(j); }
-  if (r->rfd >= 0) { close_watched(r->rfd); r->rfd = -1; }   /* after: the thread writes no more */
+  /* After the release: the thread writes no more. */
+  if (r->rfd >= 0) { mkd_close_watched(r->rfd); r->rfd = -1; }
   return 0;
 }
 

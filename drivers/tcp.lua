@@ -198,7 +198,7 @@ local function listener_proc(port)
     local on_accept
     -- The option sets for every connection of this port (remote: the
     -- wildcard), in presence order, for max_connections; and the count of
-    -- the managers this listener spawned that are still alive.
+    -- the connections this listener's managers hold open.
     local sets, conns, exhausted = {}, sys.tcp_conns(), false
     local function max_connections()
       local v = default("max_connections", "MAX_CONNECTIONS")

@@ -41,7 +41,7 @@
 **       manager for each (remote tcp.address(host, port), local `loc`, the
 **       listener's port `lport`); n: how many were taken (fewer than max:
 **       nothing more to accept now).  A connection beyond maxconn (0: no
-**       cap) managers counted in `conns` (sys.tcp_conns()) is closed at
+**       cap) open connections counted in `conns` (sys.tcp_conns()) is closed at
 **       once, and so is one that arrives when descriptors have run out (a
 **       spare descriptor makes room to accept it); each such refusal is
 **       counted in stats.refused and sent as tcp.refused(loc, remote,
@@ -55,7 +55,8 @@
 **       stats.pauses, stats.overflows, stats.refused, stats.timeouts
 **       (read and set like table fields).
 **   sys.tcp_conns() -> conns
-**       the number of live managers a listener spawned (conns.live).
+**       the number of connections a listener's managers hold open
+**       (conns.live).
 **
 ** `defaults` is a settings sequence like tcp-options' third field.
 */
@@ -292,7 +293,8 @@ typedef struct tconn {
   size_t max_frame, high, low, hard, readsize;
   int64_t idle_ms, linger_ms;
   tcount *stats;              /* counted reference, or NULL */
-  tcount *conns;              /* counted reference (inbound), or NULL */
+  tcount *conns;              /* counted reference (inbound) while the socket is
+                              ** open, or NULL: the listener's live connections */
   lua_State *L;               /* the main thread, for warn() */
   int readers, senders;       /* peers on the inbound / outbound flow */
   uint8_t seen, connected, paused, eof_in, eof_out, closing, warned, done;
@@ -401,7 +403,8 @@ static void set_fd(tconn *c, int fd) {
 
 static void close_resolver(tconn *c) {
   if (c->job) { mkd_resolve_release(c->job); c->job = NULL; }
-  if (c->rfd >= 0) { close(c->rfd); c->rfd = -1; }   /* after: the thread writes no more */
+  /* After the release: the thread writes no more. */
+  if (c->rfd >= 0) { mkd_close_watched(c->rfd); c->rfd = -1; }
 }
 
 static void note_held(tconn *c) {
@@ -427,15 +430,28 @@ static void free_queue(tconn *c) {
   c->qbytes = 0;
 }
 
+/* The socket is closed: the connection leaves its listener's count
+** (max_connections) now, not when the process record goes. */
+static void leave_count(tconn *c) {
+  if (c->conns == NULL) return;
+  c->conns->v[C_LIVE]--;
+  count_release(c->conns);
+  c->conns = NULL;
+}
+
 /* Stop watching, then close (never the other way round: the fd number may
-** be reused at once), then quit with reason (NULL: normal). */
+** be reused at once), then quit with reason (NULL: normal).  Another
+** process may share the watch (a subscription to the same record): the
+** close tells the ground, so its watch fails instead of outliving the
+** descriptor (mkd_close_watched). */
 static void finish(mk_proc *p, tconn *c, const char *reason) {
   int bit;
   mk_term *r;
   if (c->done) return;
   for (bit = 1; bit <= W_MORE; bit <<= 1) unwatch(p, c, bit);
   close_resolver(c);
-  if (c->fd >= 0) { close(c->fd); set_fd(c, -1); }
+  if (c->fd >= 0) { mkd_close_watched(c->fd); set_fd(c, -1); }
+  leave_count(c);
   c->done = 1;
   r = reason ? mk_cstr(reason) : NULL;
   mk_quit(p, 0, r);
@@ -1100,7 +1116,7 @@ static void on_conn(mk_proc *p, tconn *c) {
   if (err == 0) { on_connected(p, c); return; }
   mkd_strerror(err, c->lasterr, sizeof c->lasterr);
   unwatch(p, c, W_CONN);
-  close(c->fd);
+  mkd_close_watched(c->fd);
   set_fd(c, -1);
   try_next(p, c);
 }
@@ -1123,7 +1139,7 @@ static void on_resolved(mk_proc *p, tconn *c) {
   char buf[256];
   if (c->job == NULL || !mkd_resolve_poll(c->job, &res, &err, buf, sizeof buf)) return;
   unwatch(p, c, W_RESOLVE);
-  close(c->rfd);                 /* the job stays: it holds the addresses */
+  mkd_close_watched(c->rfd);     /* the job stays: it holds the addresses */
   c->rfd = -1;
   if (res == NULL) { finish_host(p, c, "unknown host %s (%s)", err); return; }
   for (ai = res; ai && !usable(ai); ai = ai->ai_next) {}
@@ -1270,14 +1286,14 @@ static void destroy(mk_proc *p) {
   free(c->opts);
   close_resolver(c);
   if (c->numeric) freeaddrinfo(c->numeric);
-  if (c->fd >= 0) close(c->fd);
+  if (c->fd >= 0) mkd_close_watched(c->fd);
   set_fd(c, -1);
   mk_unref(c->remote);
   mk_unref(c->loc);
   mk_unref(c->lport);
   if (c->channel) mk_rtype_unref(c->channel);
   count_release(c->stats);
-  if (c->conns) { c->conns->v[C_LIVE]--; count_release(c->conns); }
+  leave_count(c);
   /* A connection that held much (a slow reader's queue) leaves free
   ** memory scattered through the heap, which malloc keeps unless asked:
   ** give it back, at most once per TRIM_AFTER bytes so freed. */

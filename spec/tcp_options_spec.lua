@@ -9,7 +9,6 @@ package.path = "spec/support/?.lua;" .. package.path
 local market = require "market"
 local tcp = require "market.tcp"
 local timer = require "market.timer"
-local sys = require "market.sys"
 local N = require "net"
 local ANY, EOF = market._, market.EOF
 local send, T, quit = market.send, market.transition_no_state, market.quit
@@ -17,60 +16,15 @@ local pack = string.pack
 
 local bound = N.bound
 
-local waits = 0
--- Straight-line: wait for fd to be readable (or writable): the ground's
--- message, or its absence if the watch fails (not its presence, which only
--- says the watch is on).
-local function wait_fd(fd, writable)
-  waits = waits + 1
-  local name = "fd#" .. waits
-  local ev = writable and market.ground.writable(fd) or market.ground.readable(fd)
-  market.perform(market.subscriber(ev, name))
-  market.wait_for(function(e) return e.endpoint == name and e.type ~= "presence" end)
-  market.perform(market.delete_endpoint(name))
-end
-
--- Straight-line: a raw client connected to port p.
-local function connect(p)
-  local s = assert(sys.tcp_connect(assert(sys.resolve("127.0.0.1", p))[1].sa))
-  wait_fd(s:fd(), true)
-  return s
-end
-
--- Straight-line: write all of data; true, or nil and the error.
-local function write_all(s, data)
-  local i = 1
-  while i <= #data do
-    local n, err = s:write(data, i)
-    if not n then return nil, err end
-    i = i + n
-    if i <= #data then wait_fd(s:fd(), true) end
-  end
-  return true
-end
-
--- Straight-line: wait (10 ms at a time) until cond() holds.
-local function wait_until(cond)
-  while not cond() do timer.sleep(10) end
-end
+-- Straight-line raw clients (spec/support/net.lua).
+local connect, write_all, read_all = N.connect, N.write_all, N.read_all
+local wait_until = N.wait_until
 
 -- Straight-line: write each piece, pausing ms between them.
 local function write_pieces(s, pieces, ms)
   for i, piece in ipairs(pieces) do
     if i > 1 then timer.sleep(ms or 30) end
     assert(write_all(s, piece))
-  end
-end
-
--- Straight-line: read s until end of stream (or an error); the bytes and
--- how it ended ("eof" or the error).
-local function read_all(s)
-  local got = {}
-  while true do
-    wait_fd(s:fd())
-    local data, err = s:read()
-    if data then got[#got + 1] = data
-    elseif data == nil then return table.concat(got), err end
   end
 end
 
@@ -386,9 +340,15 @@ describe("tcp.options", function()
       local data, how = read_all(c)
       refused.client = data .. "|" .. how
       c:close()
-      -- One goes: there is room again.
+      -- One goes: there is room again once its manager has closed the
+      -- socket, which it does as it withdraws the flows (the client hung
+      -- up first: nothing is left to drain).
+      local a_gone = false
+      market.perform(market.observe_publishers(
+        tcp.channel(tcp.address("127.0.0.1", a:local_port()), here0, ANY), {
+          on_absence = function() a_gone = true end }))
       hang_up(a)
-      timer.sleep(50)
+      wait_until(function() return a_gone end)
       local d = connect(p)
       wait_until(function() return sessions == 3 end)
       hang_up(b)
