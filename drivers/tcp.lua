@@ -63,7 +63,8 @@ M.BACKLOG = 4096            -- the listen queue (the kernel caps it at net.core.
 -- For tests and monitoring (M.stats, below): the largest output queue any
 -- connection had, how often backpressure was published, how many senders
 -- overran the hard limit, how many connections listeners refused, how
--- many idle connections were closed.
+-- many idle connections were closed, the largest unfinished line or frame
+-- buffer any connection had.
 
 -- Through Lua's warn(): the host decides where warnings go (market.h's
 -- mk_host_on_warning; `market` prints them, plain lua5.4 only with -W).

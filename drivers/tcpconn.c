@@ -52,8 +52,8 @@
 **       resolves and connects by itself.
 **   sys.tcp_stats() -> stats
 **       counters shared by the managers given it: stats.max_queued,
-**       stats.pauses, stats.overflows, stats.refused, stats.timeouts
-**       (read and set like table fields).
+**       stats.pauses, stats.overflows, stats.refused, stats.timeouts,
+**       stats.max_input (read and set like table fields).
 **   sys.tcp_conns() -> conns
 **       the number of connections a listener's managers hold open
 **       (conns.live).
@@ -103,7 +103,7 @@
 /* Counters shared by managers and the Lua side, which holds them in a
 ** userdata: tcp.stats, and each listener's count of its live managers.
 ** Counted references: freed by the last to let go. */
-enum { C_MAX_QUEUED, C_PAUSES, C_OVERFLOWS, C_REFUSED, C_TIMEOUTS, NCOUNT };
+enum { C_MAX_QUEUED, C_PAUSES, C_OVERFLOWS, C_REFUSED, C_TIMEOUTS, C_MAX_INPUT, NCOUNT };
 enum { C_LIVE };
 
 typedef struct tcount {
@@ -114,7 +114,7 @@ typedef struct tcount {
 } tcount;
 
 static const char *const stats_names[] = {
-  "max_queued", "pauses", "overflows", "refused", "timeouts", NULL };
+  "max_queued", "pauses", "overflows", "refused", "timeouts", "max_input", NULL };
 static const char *const conns_names[] = { "live", NULL };
 
 static void count_release(tcount *n) {
@@ -511,7 +511,9 @@ static void withdraw_flows(mk_proc *p, tconn *c, const char *reason) {
 ** left waits for the socket's next readiness, or, when the peer has sent
 ** nothing more, for an alarm a millisecond later.  Each byte is copied
 ** into ib at most once and compacted away in amortised constant time;
-** for lines, ib[ioff..iscan) is known to hold no "\n".
+** for lines, ib[ioff..iscan) is known to hold no "\n".  ib grows with the
+** bytes that arrive (reserve), so a partial frame holds about what the
+** peer sent, whatever length it announced.
 */
 #define FRAME_BUDGET 128
 
@@ -521,18 +523,43 @@ static void deliver(mk_proc *p, tconn *c, const char *s, size_t n) {
   mk_unref(m);
 }
 
+static size_t prefix_len(const tconn *c) { return c->framing == F_U16 ? 2 : 4; }
+
+static size_t get_len(const char *p, size_t hdr) {
+  const unsigned char *s = (const unsigned char *)p;
+  return hdr == 2 ? (size_t)s[0] << 8 | s[1]
+                  : (size_t)s[0] << 24 | (size_t)s[1] << 16 | (size_t)s[2] << 8 | s[3];
+}
+
+/* Where in ib the frame that starts at ioff ends, once its length is
+** there; 0 when that is not known (lines, or a length not all read). */
+static size_t frame_end(const tconn *c) {
+  size_t hdr;
+  if (c->framing != F_U16 && c->framing != F_U32) return 0;
+  hdr = prefix_len(c);
+  if (c->ilen - c->ioff < hdr) return 0;
+  return c->ioff + hdr + get_len(c->ib + c->ioff, hdr);
+}
+
 /* Room for n bytes in ib; -1 when out of memory (the inbound flow has
-** failed then).  Grows by doubling: amortised linear. */
+** failed then).  Grows by doubling (amortised linear), but not past the
+** end of the frame being collected when n is within it: the room follows
+** the bytes that came, within a factor of two, never the length a peer
+** announced (a 2-byte header saying 65535 must not cost 64 KiB).  Once a
+** growth stops at the frame's end, the frame needs no more. */
 static int reserve(mk_proc *p, tconn *c, size_t n) {
-  size_t cap = c->icap ? c->icap : 256;
+  size_t cap = c->icap ? c->icap : 256, end = frame_end(c);
   char *nb;
   if (n <= c->icap) return 0;
   while (cap < n) cap *= 2;
+  if (n <= end && end < cap) cap = end;
   nb = realloc(c->ib, cap);
   if (nb == NULL) { fail_inbound(p, c, "out of memory"); return -1; }
   c->ib = nb;
   c->icap = cap;
   note_held(c);
+  if (c->stats && (lua_Integer)cap > c->stats->v[C_MAX_INPUT])
+    c->stats->v[C_MAX_INPUT] = (lua_Integer)cap;
   return 0;
 }
 
@@ -573,14 +600,6 @@ static int deliver_line(mk_proc *p, tconn *c, const char *s, size_t n) {
   if (n > c->max_frame) { line_too_long(p, c); return -1; }
   deliver(p, c, s, n);
   return 0;
-}
-
-static size_t prefix_len(const tconn *c) { return c->framing == F_U16 ? 2 : 4; }
-
-static size_t get_len(const char *p, size_t hdr) {
-  const unsigned char *s = (const unsigned char *)p;
-  return hdr == 2 ? (size_t)s[0] << 8 | s[1]
-                  : (size_t)s[0] << 24 | (size_t)s[1] << 16 | (size_t)s[2] << 8 | s[3];
 }
 
 /* Returns -1 (and fails the inbound flow) when len is over max_frame. */
@@ -636,11 +655,7 @@ static void from_buffer(mk_proc *p, tconn *c, int budget) {
       if (avail < hdr) break;
       len = get_len(c->ib + c->ioff, hdr);
       if (check_len(p, c, len) != 0) return;
-      if (avail - hdr < len) {
-        /* Room for the whole frame at once. */
-        if (reserve(p, c, c->ilen + (hdr + len - avail)) != 0) return;
-        break;
-      }
+      if (avail - hdr < len) break;      /* (room comes as the bytes do) */
       deliver(p, c, c->ib + c->ioff + hdr, len);
       c->ioff += hdr + len;
     }

@@ -72,6 +72,17 @@ local function recorder(log, opts)
   end)
 end
 
+-- A recorder whose k-th connection takes the settings settings(k), which
+-- its session publishes for that connection only before it subscribes.
+local function recorder_each(log, settings)
+  local k = 0
+  return recorder(log, {
+    boot = function(remote, here)
+      k = k + 1
+      return tcp.options(here, remote, settings(k))
+    end })
+end
+
 local here0 = tcp.listener(0)
 
 describe("tcp.options", function()
@@ -170,12 +181,7 @@ describe("tcp.options", function()
     end
     N.run(function()
       local framing = { "u16", "u32", "line" }
-      local k = 0
-      market.perform(recorder(log, {
-        boot = function(remote, here)
-          k = k + 1
-          return tcp.options(here, remote, { framing = framing[k], max_frame = 300 })
-        end }))
+      market.perform(recorder_each(log, function(k) return { framing = framing[k], max_frame = 300 } end))
       local p = bound(0)
       for _, bytes in ipairs(streams) do
         local s, i = connect(p), 1
@@ -196,12 +202,7 @@ describe("tcp.options", function()
     local log, n = {}, 1000
     N.run(function()
       local framing = { "u16", "line" }
-      local k = 0
-      market.perform(recorder(log, {
-        boot = function(remote, here)
-          k = k + 1
-          return tcp.options(here, remote, { framing = framing[k] })
-        end }))
+      market.perform(recorder_each(log, function(k) return { framing = framing[k] } end))
       local p = bound(0)
       for _, fmt in ipairs { ">s2", "line" } do
         local burst = {}
@@ -224,6 +225,38 @@ describe("tcp.options", function()
     assert.same(want, log)
   end)
 
+  it("holds what has come of a frame cut short, not the length it announces", function()
+    local log, held = {}, {}
+    N.run(function()
+      local framing = { "u16", "u32" }
+      market.perform(recorder_each(log, function(k) return { framing = framing[k], max_frame = 1 << 20 } end))
+      local p = bound(0)
+      for i, fmt in ipairs { ">I2", ">I4" } do
+        local len = i == 1 and 65535 or 1 << 20
+        local s = connect(p)
+        tcp.stats.max_input = 0
+        -- A frame, then the length of the next one and nothing of it, in
+        -- one write (one read): once the first is delivered, the length
+        -- has been seen.
+        local before = #log
+        assert(write_all(s, pack(fmt, 1) .. "x" .. pack(fmt, len)))
+        wait_until(function() return #log == before + 1 end)
+        held[#held + 1] = tcp.stats.max_input
+        -- The frame, in as many reads as it takes: room follows the bytes,
+        -- and stops at the frame's end.
+        assert(write_all(s, ("y"):rep(len)))
+        wait_until(function() return #log == before + 2 end)
+        held[#held + 1] = tcp.stats.max_input - #pack(fmt, 0) - len
+        hang_up(s)
+      end
+      market.perform(send({ "stop-server", 0 }))
+    end)
+    assert.same({ "x", "<65535 bytes of y>", "<eof>", "x", "<1048576 bytes of y>", "<eof>" }, log)
+    -- (Before: 128 KiB and 2 MiB for a length alone, twice the frame after.)
+    assert.is_true(held[1] <= 256 and held[3] <= 256, "held for a length alone: " .. held[1] .. ", " .. held[3])
+    assert.same({ 0, 0 }, { held[2], held[4] })
+  end)
+
   it("ends the inbound flow of a line over max_frame with a reason; the goodbye arrives, then FIN", function()
     local log, got = {}, nil
     N.run(function()
@@ -244,12 +277,9 @@ describe("tcp.options", function()
     local log = {}
     N.run(function()
       local framing = { "u16", "u32", "u16", "u16" }
-      local k = 0
-      market.perform(recorder(log, {
-        boot = function(remote, here)
-          k = k + 1
-          return tcp.options(here, remote, { framing = framing[k], max_frame = k == 1 and 100 or 65536 })
-        end }))
+      market.perform(recorder_each(log, function(k)
+        return { framing = framing[k], max_frame = k == 1 and 100 or 65536 }
+      end))
       local p = bound(0)
       for _, bytes in ipairs { pack(">I2", 5000) .. "abc", pack(">I4", 70000), "\0\10abc", "\0" } do
         local s = connect(p)
