@@ -43,7 +43,8 @@ int mkd_accept(int fd, char *host, size_t hostsize, int *port);
 ** waiting connection on a spare descriptor kept for this, and close it at
 ** once, so that the client is told no.  Returns 0 and its host and port;
 ** -1 with errno when nothing was refused (no spare: EMFILE; nothing waits:
-** EAGAIN).  The spare is opened by the first sys.tcp_listen. */
+** EAGAIN).  The spare is opened by the first sys.tcp_listen, and opened
+** again by mkd_accept and mkd_accept_refuse whenever it was lost. */
 int mkd_accept_refuse(int fd, char *host, size_t hostsize, int *port);
 
 /* A non-blocking TCP connection to sa: the descriptor and *inprogress (0:

@@ -180,18 +180,18 @@ describe("examples/echo.lua under abuse", function()
     assert.equal("still here\n", out)
   end)
 
-  it("tells clients no when descriptors run out, and serves again when they come back", function()
-    local server = N.start_cmd(("ulimit -n 256; exec %s examples/echo.lua 0")
-      :format(q(N.market_bin())))
+  -- `market ARGS` (examples/echo.lua on port 0) under `ulimit -n 256`
+  -- against 400 clients: those that do not fit are closed at once instead
+  -- of waiting in the listen queue, those that fit are served, and once
+  -- they are gone new clients are served again.
+  local function out_of_descriptors(args)
+    local server = N.start_cmd(("ulimit -n 256; exec %s %s"):format(q(N.market_bin()), args))
     local port
     eventually(function()
       port = tonumber(server.stderr():match("listening on port (%d+)"))
       return port ~= nil
     end, 15)
     assert(port, "echo did not start: " .. server.stderr())
-    -- 400 clients against 256 descriptors: those that do not fit are
-    -- closed at once instead of waiting in the listen queue, and those
-    -- that fit are served.
     local hold = client(30, ("%s hold %d 400 3"):format(ABUSE, port))
     local status = hold.wait_exit(25)
     local said = hold.stdout()
@@ -213,6 +213,21 @@ describe("examples/echo.lua under abuse", function()
     assert.equal(open, echoed)
     assert.equal("back\n", out)
     assert.truthy(err:find("too many open files: refusing connections", 1, true), err)
+  end
+
+  it("tells clients no when descriptors run out, and serves again when they come back", function()
+    out_of_descriptors("examples/echo.lua 0")
+  end)
+
+  it("tells them no at once also after the spare descriptor was lost", function()
+    -- Another thread can take the spare's slot while a refusal has it
+    -- closed; market.sys.lose_spare does what that does, as soon as echo
+    -- listens.  The next accept must open it again.
+    out_of_descriptors("-e " .. q([[
+      local market, tcp, sys = require "market", require "market.tcp", require "market.sys"
+      market.perform(market.subscriber(tcp.listening(market._, market._), {
+        on_presence = function() sys.lose_spare() end }))
+      return assert(loadfile("examples/echo.lua"))(...)]]) .. " 0")
   end)
 end)
 
