@@ -30,8 +30,9 @@
 **   sys.set_resolve_delay(ms)  for tests: resolutions on a thread sleep first
 **   sys.lose_spare()        for tests: close the spare descriptor listeners
 **                           keep for refusing connections (mkd_accept_refuse)
-**   sys.tcp_accept, sys.tcp_manage, sys.tcp_stats, sys.tcp_conns: the TCP
-**       connection managers, native processes (drivers/tcpconn.c)
+**   sys.tcp_accept, sys.tcp_manage, sys.tcp_stats, sys.tcp_conns,
+**   sys.tcp_settings: the TCP connection managers, native processes
+**       (drivers/tcpconn.c)
 **
 ** The socket, accept, connect and resolver calls are also C functions for
 ** tcpconn.c (drivers/mkd.h).

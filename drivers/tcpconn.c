@@ -57,6 +57,8 @@
 **   sys.tcp_conns() -> conns
 **       the number of connections a listener's managers hold open
 **       (conns.live).
+**   sys.tcp_settings() -> {key = {lo, hi}, ..., framing = {"raw", ...}}
+**       the settings a manager takes and their bounds, for tcp.options.
 **
 ** `defaults` is a settings sequence like tcp-options' third field.
 */
@@ -198,8 +200,9 @@ enum { K_FRAMING, K_MAX_FRAME, K_IDLE, K_MAXCONN, K_HIGH, K_LOW, K_HARD, K_READ,
        NKEYS };
 
 /* The keys of a settings sequence and the integers they take (framing: an
-** index into framings[]).  tcp.lua checks the same bounds at the call
-** site; here they guard against hand-made tcp-options records. */
+** index into framings[]).  They guard against hand-made tcp-options
+** records here, and tcp.lua checks the same at the call site: it reads
+** them from here (sys.tcp_settings), so there is one list. */
 static const struct { const char *name; int64_t lo, hi; } keys[NKEYS] = {
   { "framing", F_RAW, F_U32 },
   { "max_frame", 1, (int64_t)1 << 31 },
@@ -250,6 +253,29 @@ static const char *parse_settings(const mk_term *s, tconf *cf) {
     cf->set |= 1u << k;
   }
   return bad;
+}
+
+/* sys.tcp_settings() -> {key = {lo, hi}, ..., framing = {"raw", ...}} */
+static int l_tcp_settings(lua_State *L) {
+  int k, i;
+  lua_createtable(L, 0, NKEYS);
+  for (k = 0; k < NKEYS; k++) {
+    if (k == K_FRAMING) {
+      lua_createtable(L, F_U32 + 1, 0);
+      for (i = 0; framings[i]; i++) {
+        lua_pushstring(L, framings[i]);
+        lua_rawseti(L, -2, i + 1);
+      }
+    } else {
+      lua_createtable(L, 2, 0);
+      lua_pushinteger(L, (lua_Integer)keys[k].lo);
+      lua_rawseti(L, -2, 1);
+      lua_pushinteger(L, (lua_Integer)keys[k].hi);
+      lua_rawseti(L, -2, 2);
+    }
+    lua_setfield(L, -2, keys[k].name);
+  }
+  return 1;
 }
 
 /* ---- a connection ------------------------------------------------------- */
@@ -1487,7 +1513,7 @@ void mkd_open_tcpconn(lua_State *L) {
     {"__tostring", count_tostring}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {
     {"tcp_accept", l_tcp_accept}, {"tcp_manage", l_tcp_manage}, {"tcp_stats", l_tcp_stats},
-    {"tcp_conns", l_tcp_conns}, {NULL, NULL}};
+    {"tcp_conns", l_tcp_conns}, {"tcp_settings", l_tcp_settings}, {NULL, NULL}};
   if (luaL_newmetatable(L, COUNT_MT)) luaL_setfuncs(L, count_mt, 0);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
