@@ -407,9 +407,12 @@ static void unwatch(mk_proc *p, tconn *c, int bit) {
 }
 
 /* Watch market:alarm(at) under `bit`.  A ground watch is shared by equal
-** topics and fires once, so a subscription to an alarm time already past
-** could join a watch that has fired and wait for ever: callers only ask
-** for times still ahead (at > now_ms()). */
+** topics and fires once.  In the ground VM a subscriber that joins an
+** alarm that has fired is told at once (ground.c), but through an event
+** relay it is not: the relay holds one subscription above per distinct
+** alarm and forwards only what arrives after, so a manager in a nested VM
+** that joined a fired alarm would wait for ever.  Callers therefore only
+** ask for times still ahead (at > now_ms()). */
 static void watch_alarm(mk_proc *p, tconn *c, int bit, int64_t at) {
   mk_term *t = ground1(mk_ground_alarm, at);
   watch(p, c, bit, t);
