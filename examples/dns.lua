@@ -64,11 +64,16 @@ local function tcp_session(remote, tcp_here)
 end
 
 -- Over TCP on bound_port (the UDP socket's).  Clients get 10 s between
--- queries (RFC 7766 suggests seconds), at most 256 of them at once.
+-- queries (RFC 7766 suggests seconds), at most 256 of them at once.  A
+-- client that queries without reading the answers is dropped once 64 KiB
+-- of them wait for it and 128 KiB more pile up: with the driver's
+-- defaults (1 MiB, then 8 MiB more) 256 such clients could hold over 2
+-- GiB; so at most about 64 MiB.
 local function serve_tcp(bound_port)
   local tcp_here = tcp.listener(bound_port)
   return tcp.options(tcp_here, { framing = "u16", max_frame = 65535, idle_timeout = 10000,
-                                 max_connections = 256 }),
+                                 max_connections = 256,
+                                 high_water = 64 * 1024, hard_limit = 128 * 1024 }),
     market.observe_publishers(tcp.channel(_, tcp_here, _), {
       name = "tcp",
       on_presence = function(_, role)
