@@ -138,18 +138,36 @@ local function own_pid()
   return pid
 end
 
--- The inode of the established TCP socket whose local port is lport and
--- remote port rport (IPv4 or IPv6), or nil.  It is 0 while the connection
--- waits in a listen queue: it has no file until accept().
-function N.socket_inode(lport, rport)
+-- The established TCP connections (IPv4 and IPv6) whose local port is
+-- lport, as {remote_port =, inode =}.  The inode is 0 while a connection
+-- waits in a listen queue: its socket has no file until accept().
+function N.established(lport)
+  local found = {}
   for _, file in ipairs { "/proc/net/tcp", "/proc/net/tcp6" } do
     for line in (N.slurp(file) or ""):gmatch("[^\n]+") do
       local l, r, st, ino = line:match("^%s*%d+: %x+:(%x+) %x+:(%x+) (%x+) %S+ %S+ %S+ +%d+ +%d+ (%d+)")
-      if l and tonumber(l, 16) == lport and tonumber(r, 16) == rport and st == "01" then
-        return tonumber(ino)
+      if l and tonumber(l, 16) == lport and st == "01" then
+        found[#found + 1] = { remote_port = tonumber(r, 16), inode = tonumber(ino) }
       end
     end
   end
+  return found
+end
+
+-- The inode of the connection from remote port rport to local port lport
+-- (see N.established), or nil.
+function N.socket_inode(lport, rport)
+  for _, c in ipairs(N.established(lport)) do
+    if c.remote_port == rport then return c.inode end
+  end
+end
+
+-- Whether a process has accepted a connection on local port lport.
+function N.accepted(lport)
+  for _, c in ipairs(N.established(lport)) do
+    if c.inode ~= 0 then return true end
+  end
+  return false
 end
 
 -- The descriptor that socket inode ino has in process pid (default: this
