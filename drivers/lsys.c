@@ -28,8 +28,11 @@
 **   sock:close()            (also on garbage collection; a ground watch on
 **                           the descriptor ends first: mk_ground_fd_closed)
 **   sys.set_resolve_delay(ms)  for tests: resolutions on a thread sleep first
-**   sys.tcp_accept, sys.tcp_manage, sys.tcp_stats, sys.tcp_conns: the TCP
-**       connection managers, native processes (drivers/tcpconn.c)
+**   sys.lose_spare()        for tests: close the spare descriptor listeners
+**                           keep for refusing connections (mkd_accept_refuse)
+**   sys.tcp_accept, sys.tcp_manage, sys.tcp_stats, sys.tcp_conns,
+**   sys.tcp_settings: the TCP connection managers, native processes
+**       (drivers/tcpconn.c)
 **
 ** The socket, accept, connect and resolver calls are also C functions for
 ** tcpconn.c (drivers/mkd.h).
@@ -190,14 +193,14 @@ int mkd_sock_take(lua_State *L, int idx) {
 
 /* Closing a descriptor a ground event may watch: the ground hears of it
 ** first, so libev never meets a closed descriptor (ground.h). */
-static void close_watched(int fd) {
+void mkd_close_watched(int fd) {
   mk_ground_fd_closed(fd);
   close(fd);
 }
 
 static int s_close(lua_State *L) {
   sock *s = luaL_checkudata(L, 1, SOCK_MT);
-  if (s->fd >= 0) { close_watched(s->fd); s->fd = -1; }
+  if (s->fd >= 0) { mkd_close_watched(s->fd); s->fd = -1; }
   return 0;
 }
 
@@ -251,29 +254,21 @@ static int bound_socket(lua_State *L, int type, lua_Integer port, int *familyp) 
 ** closing it makes room to accept a waiting connection only to close it,
 ** so the client hears no at once instead of hanging in the listen backlog
 ** (libev's documentation, "the special problem of accept()ing when you
-** can't").  Opened by the first listener, kept for the program's life. */
-static int spare_fd = -1;
+** can't").  Opened by the first listener, kept for the program's life.
+** It can be lost: another thread (a resolver's getaddrinfo, a host's) may
+** take the slot between the close and the reopen in mkd_accept_refuse,
+** and the reopen fails.  So every accept opens it again if it is missing,
+** which succeeds as soon as a descriptor is free. */
+static int spare_fd = -1, spare_wanted;
 
 static void open_spare(void) {
-  if (spare_fd < 0) spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-}
-
-int mkd_accept_refuse(int lfd, char *host, size_t hostsize, int *port) {
-  int fd, err;
-  if (spare_fd < 0) { errno = EMFILE; return -1; }
-  close(spare_fd);
-  spare_fd = -1;
-  fd = mkd_accept(lfd, host, hostsize, port);
-  err = errno;
-  if (fd >= 0) close(fd);
-  open_spare();
-  if (fd < 0) { errno = err; return -1; }
-  return 0;
+  if (spare_wanted && spare_fd < 0) spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
 static int l_tcp_listen(lua_State *L) {
   lua_Integer port = luaL_checkinteger(L, 1);
   int backlog = (int)luaL_optinteger(L, 2, 128), family, fd, err;
+  spare_wanted = 1;
   open_spare();
   fd = bound_socket(L, SOCK_STREAM, port, &family);
   if (fd < 0) return fail(L, errno);
@@ -403,7 +398,7 @@ static int accept_fd(int lfd, struct sockaddr_storage *ss, socklen_t *len) {
   return fd;
 }
 
-int mkd_accept(int lfd, char *host, size_t hostsize, int *port) {
+static int accept_peer(int lfd, char *host, size_t hostsize, int *port) {
   struct sockaddr_storage ss;
   socklen_t len;
   int fd = accept_fd(lfd, &ss, &len);
@@ -412,6 +407,25 @@ int mkd_accept(int lfd, char *host, size_t hostsize, int *port) {
     addrtext((struct sockaddr *)&ss, host, hostsize, port);
   }
   return fd;
+}
+
+int mkd_accept(int lfd, char *host, size_t hostsize, int *port) {
+  open_spare();                /* (if it was lost: before this takes the slot) */
+  return accept_peer(lfd, host, hostsize, port);
+}
+
+int mkd_accept_refuse(int lfd, char *host, size_t hostsize, int *port) {
+  int fd, err;
+  open_spare();
+  if (spare_fd < 0) { errno = EMFILE; return -1; }
+  close(spare_fd);
+  spare_fd = -1;
+  fd = accept_peer(lfd, host, hostsize, port);
+  err = errno;
+  if (fd >= 0) close(fd);
+  open_spare();
+  if (fd < 0) { errno = err; return -1; }
+  return 0;
 }
 
 static int s_accept(lua_State *L) {
@@ -696,12 +710,21 @@ static int r_result(lua_State *L) {
 static int r_close(lua_State *L) {
   req *r = checkreq(L);
   if (r->job) { resolve_job *j = r->job; r->job = NULL; job_release(j); }
-  if (r->rfd >= 0) { close_watched(r->rfd); r->rfd = -1; }   /* after: the thread writes no more */
+  /* After the release: the thread writes no more. */
+  if (r->rfd >= 0) { mkd_close_watched(r->rfd); r->rfd = -1; }
   return 0;
 }
 
 static int l_set_resolve_delay(lua_State *L) {
   resolve_delay_ms = (int)luaL_checkinteger(L, 1);
+  return 0;
+}
+
+/* For tests: lose the spare descriptor, as when another thread takes its
+** slot during a refusal. */
+static int l_lose_spare(lua_State *L) {
+  (void)L;
+  if (spare_fd >= 0) { close(spare_fd); spare_fd = -1; }
   return 0;
 }
 
@@ -718,7 +741,7 @@ int luaopen_market_sys(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"resolve", l_resolve}, {"tcp_listen", l_tcp_listen}, {"tcp_connect", l_tcp_connect},
     {"udp_bind", l_udp_bind}, {"fd_read", l_fd_read},
-    {"set_resolve_delay", l_set_resolve_delay}, {NULL, NULL}};
+    {"set_resolve_delay", l_set_resolve_delay}, {"lose_spare", l_lose_spare}, {NULL, NULL}};
   lua_newuserdatauv(L, READ_MAX > DGRAM_MAX ? READ_MAX : DGRAM_MAX, 0);   /* scratch */
   if (luaL_newmetatable(L, SOCK_MT)) {
     lua_newtable(L);

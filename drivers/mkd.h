@@ -18,6 +18,14 @@
 ** ("connection refused").  Returns buf (at least 128 bytes). */
 const char *mkd_strerror(int err, char *buf, size_t size);
 
+/* Close fd, which a ground event may watch (market:readable / writable):
+** every ground stops its watches on it first (mk_ground_fd_closed), so
+** that a subscriber sharing such a watch sees it fail, and a descriptor
+** that reuses the number starts a watch of its own instead of joining one
+** the kernel has forgotten.  Every descriptor the drivers watch is closed
+** through this. */
+void mkd_close_watched(int fd);
+
 /* The descriptor of the market.sys socket at idx (a Lua error when idx is
 ** not an open one).  mkd_sock_take also makes the userdata forget it: the
 ** caller owns the descriptor from then on. */
@@ -35,7 +43,8 @@ int mkd_accept(int fd, char *host, size_t hostsize, int *port);
 ** waiting connection on a spare descriptor kept for this, and close it at
 ** once, so that the client is told no.  Returns 0 and its host and port;
 ** -1 with errno when nothing was refused (no spare: EMFILE; nothing waits:
-** EAGAIN).  The spare is opened by the first sys.tcp_listen. */
+** EAGAIN).  The spare is opened by the first sys.tcp_listen, and opened
+** again by mkd_accept and mkd_accept_refuse whenever it was lost. */
 int mkd_accept_refuse(int fd, char *host, size_t hostsize, int *port);
 
 /* A non-blocking TCP connection to sa: the descriptor and *inprogress (0:

@@ -63,7 +63,8 @@ M.BACKLOG = 4096            -- the listen queue (the kernel caps it at net.core.
 -- For tests and monitoring (M.stats, below): the largest output queue any
 -- connection had, how often backpressure was published, how many senders
 -- overran the hard limit, how many connections listeners refused, how
--- many idle connections were closed.
+-- many idle connections were closed, the largest unfinished line or frame
+-- buffer any connection had.
 
 -- Through Lua's warn(): the host decides where warnings go (market.h's
 -- mk_host_on_warning; `market` prints them, plain lua5.4 only with -W).
@@ -76,22 +77,20 @@ local function is_wild(v) return v == _ end
 
 -- ---- settings ----------------------------------------------------------------
 
-local BIG = 1 << 53
-local FRAMINGS = { raw = true, line = true, u16 = true, u32 = true }
--- key -> smallest and largest value (framing: one of FRAMINGS).  The
--- connection managers (drivers/tcpconn.c) check the same bounds.
-local KEYS = {
-  framing = true, max_frame = { 1, 1 << 31 }, idle_timeout = { 0, BIG },
-  max_connections = { 0, BIG }, high_water = { 1, BIG }, low_water = { 0, BIG },
-  hard_limit = { 0, BIG }, read_size = { 1, 65536 }, linger = { 0, BIG },
-}
+-- key -> {smallest, largest} (framing: the list of framings), as the
+-- connection managers (drivers/tcpconn.c) take them: they are the one list.
+local KEYS = sys.tcp_settings()
+local FRAMINGS, framing_names = {}, {}
+for i, f in ipairs(KEYS.framing) do FRAMINGS[f], framing_names[i] = true, repr(f) end
+framing_names = table.concat(framing_names, ", ", 1, #framing_names - 1) .. " or " ..
+  framing_names[#framing_names]
 
 -- nil when v is a good value for setting k, else what is wrong.
 local function bad_setting(k, v)
   local bounds = KEYS[k]
   if k == "framing" then
     if not FRAMINGS[v] then
-      return ('framing must be "raw", "line", "u16" or "u32", got %s'):format(repr(v))
+      return ("framing must be %s, got %s"):format(framing_names, repr(v))
     end
   elseif bounds == nil then
     return ("unknown setting %s"):format(repr(k))
@@ -198,7 +197,7 @@ local function listener_proc(port)
     local on_accept
     -- The option sets for every connection of this port (remote: the
     -- wildcard), in presence order, for max_connections; and the count of
-    -- the managers this listener spawned that are still alive.
+    -- the connections this listener's managers hold open.
     local sets, conns, exhausted = {}, sys.tcp_conns(), false
     local function max_connections()
       local v = default("max_connections", "MAX_CONNECTIONS")

@@ -41,7 +41,7 @@
 **       manager for each (remote tcp.address(host, port), local `loc`, the
 **       listener's port `lport`); n: how many were taken (fewer than max:
 **       nothing more to accept now).  A connection beyond maxconn (0: no
-**       cap) managers counted in `conns` (sys.tcp_conns()) is closed at
+**       cap) open connections counted in `conns` (sys.tcp_conns()) is closed at
 **       once, and so is one that arrives when descriptors have run out (a
 **       spare descriptor makes room to accept it); each such refusal is
 **       counted in stats.refused and sent as tcp.refused(loc, remote,
@@ -52,10 +52,13 @@
 **       resolves and connects by itself.
 **   sys.tcp_stats() -> stats
 **       counters shared by the managers given it: stats.max_queued,
-**       stats.pauses, stats.overflows, stats.refused, stats.timeouts
-**       (read and set like table fields).
+**       stats.pauses, stats.overflows, stats.refused, stats.timeouts,
+**       stats.max_input (read and set like table fields).
 **   sys.tcp_conns() -> conns
-**       the number of live managers a listener spawned (conns.live).
+**       the number of connections a listener's managers hold open
+**       (conns.live).
+**   sys.tcp_settings() -> {key = {lo, hi}, ..., framing = {"raw", ...}}
+**       the settings a manager takes and their bounds, for tcp.options.
 **
 ** `defaults` is a settings sequence like tcp-options' third field.
 */
@@ -102,7 +105,7 @@
 /* Counters shared by managers and the Lua side, which holds them in a
 ** userdata: tcp.stats, and each listener's count of its live managers.
 ** Counted references: freed by the last to let go. */
-enum { C_MAX_QUEUED, C_PAUSES, C_OVERFLOWS, C_REFUSED, C_TIMEOUTS, NCOUNT };
+enum { C_MAX_QUEUED, C_PAUSES, C_OVERFLOWS, C_REFUSED, C_TIMEOUTS, C_MAX_INPUT, NCOUNT };
 enum { C_LIVE };
 
 typedef struct tcount {
@@ -113,7 +116,7 @@ typedef struct tcount {
 } tcount;
 
 static const char *const stats_names[] = {
-  "max_queued", "pauses", "overflows", "refused", "timeouts", NULL };
+  "max_queued", "pauses", "overflows", "refused", "timeouts", "max_input", NULL };
 static const char *const conns_names[] = { "live", NULL };
 
 static void count_release(tcount *n) {
@@ -197,8 +200,9 @@ enum { K_FRAMING, K_MAX_FRAME, K_IDLE, K_MAXCONN, K_HIGH, K_LOW, K_HARD, K_READ,
        NKEYS };
 
 /* The keys of a settings sequence and the integers they take (framing: an
-** index into framings[]).  tcp.lua checks the same bounds at the call
-** site; here they guard against hand-made tcp-options records. */
+** index into framings[]).  They guard against hand-made tcp-options
+** records here, and tcp.lua checks the same at the call site: it reads
+** them from here (sys.tcp_settings), so there is one list. */
 static const struct { const char *name; int64_t lo, hi; } keys[NKEYS] = {
   { "framing", F_RAW, F_U32 },
   { "max_frame", 1, (int64_t)1 << 31 },
@@ -251,6 +255,29 @@ static const char *parse_settings(const mk_term *s, tconf *cf) {
   return bad;
 }
 
+/* sys.tcp_settings() -> {key = {lo, hi}, ..., framing = {"raw", ...}} */
+static int l_tcp_settings(lua_State *L) {
+  int k, i;
+  lua_createtable(L, 0, NKEYS);
+  for (k = 0; k < NKEYS; k++) {
+    if (k == K_FRAMING) {
+      lua_createtable(L, F_U32 + 1, 0);
+      for (i = 0; framings[i]; i++) {
+        lua_pushstring(L, framings[i]);
+        lua_rawseti(L, -2, i + 1);
+      }
+    } else {
+      lua_createtable(L, 2, 0);
+      lua_pushinteger(L, (lua_Integer)keys[k].lo);
+      lua_rawseti(L, -2, 1);
+      lua_pushinteger(L, (lua_Integer)keys[k].hi);
+      lua_rawseti(L, -2, 2);
+    }
+    lua_setfield(L, -2, keys[k].name);
+  }
+  return 1;
+}
+
 /* ---- a connection ------------------------------------------------------- */
 
 /* Ground-event endpoints held (bits of tconn.watching). */
@@ -292,7 +319,8 @@ typedef struct tconn {
   size_t max_frame, high, low, hard, readsize;
   int64_t idle_ms, linger_ms;
   tcount *stats;              /* counted reference, or NULL */
-  tcount *conns;              /* counted reference (inbound), or NULL */
+  tcount *conns;              /* counted reference (inbound) while the socket is
+                              ** open, or NULL: the listener's live connections */
   lua_State *L;               /* the main thread, for warn() */
   int readers, senders;       /* peers on the inbound / outbound flow */
   uint8_t seen, connected, paused, eof_in, eof_out, closing, warned, done;
@@ -379,9 +407,12 @@ static void unwatch(mk_proc *p, tconn *c, int bit) {
 }
 
 /* Watch market:alarm(at) under `bit`.  A ground watch is shared by equal
-** topics and fires once, so a subscription to an alarm time already past
-** could join a watch that has fired and wait for ever: callers only ask
-** for times still ahead (at > now_ms()). */
+** topics and fires once.  In the ground VM a subscriber that joins an
+** alarm that has fired is told at once (ground.c), but through an event
+** relay it is not: the relay holds one subscription above per distinct
+** alarm and forwards only what arrives after, so a manager in a nested VM
+** that joined a fired alarm would wait for ever.  Callers therefore only
+** ask for times still ahead (at > now_ms()). */
 static void watch_alarm(mk_proc *p, tconn *c, int bit, int64_t at) {
   mk_term *t = ground1(mk_ground_alarm, at);
   watch(p, c, bit, t);
@@ -401,7 +432,8 @@ static void set_fd(tconn *c, int fd) {
 
 static void close_resolver(tconn *c) {
   if (c->job) { mkd_resolve_release(c->job); c->job = NULL; }
-  if (c->rfd >= 0) { close(c->rfd); c->rfd = -1; }   /* after: the thread writes no more */
+  /* After the release: the thread writes no more. */
+  if (c->rfd >= 0) { mkd_close_watched(c->rfd); c->rfd = -1; }
 }
 
 static void note_held(tconn *c) {
@@ -427,15 +459,28 @@ static void free_queue(tconn *c) {
   c->qbytes = 0;
 }
 
+/* The socket is closed: the connection leaves its listener's count
+** (max_connections) now, not when the process record goes. */
+static void leave_count(tconn *c) {
+  if (c->conns == NULL) return;
+  c->conns->v[C_LIVE]--;
+  count_release(c->conns);
+  c->conns = NULL;
+}
+
 /* Stop watching, then close (never the other way round: the fd number may
-** be reused at once), then quit with reason (NULL: normal). */
+** be reused at once), then quit with reason (NULL: normal).  Another
+** process may share the watch (a subscription to the same record): the
+** close tells the ground, so its watch fails instead of outliving the
+** descriptor (mkd_close_watched). */
 static void finish(mk_proc *p, tconn *c, const char *reason) {
   int bit;
   mk_term *r;
   if (c->done) return;
   for (bit = 1; bit <= W_MORE; bit <<= 1) unwatch(p, c, bit);
   close_resolver(c);
-  if (c->fd >= 0) { close(c->fd); set_fd(c, -1); }
+  if (c->fd >= 0) { mkd_close_watched(c->fd); set_fd(c, -1); }
+  leave_count(c);
   c->done = 1;
   r = reason ? mk_cstr(reason) : NULL;
   mk_quit(p, 0, r);
@@ -495,7 +540,9 @@ static void withdraw_flows(mk_proc *p, tconn *c, const char *reason) {
 ** left waits for the socket's next readiness, or, when the peer has sent
 ** nothing more, for an alarm a millisecond later.  Each byte is copied
 ** into ib at most once and compacted away in amortised constant time;
-** for lines, ib[ioff..iscan) is known to hold no "\n".
+** for lines, ib[ioff..iscan) is known to hold no "\n".  ib grows with the
+** bytes that arrive (reserve), so a partial frame holds about what the
+** peer sent, whatever length it announced.
 */
 #define FRAME_BUDGET 128
 
@@ -505,18 +552,43 @@ static void deliver(mk_proc *p, tconn *c, const char *s, size_t n) {
   mk_unref(m);
 }
 
+static size_t prefix_len(const tconn *c) { return c->framing == F_U16 ? 2 : 4; }
+
+static size_t get_len(const char *p, size_t hdr) {
+  const unsigned char *s = (const unsigned char *)p;
+  return hdr == 2 ? (size_t)s[0] << 8 | s[1]
+                  : (size_t)s[0] << 24 | (size_t)s[1] << 16 | (size_t)s[2] << 8 | s[3];
+}
+
+/* Where in ib the frame that starts at ioff ends, once its length is
+** there; 0 when that is not known (lines, or a length not all read). */
+static size_t frame_end(const tconn *c) {
+  size_t hdr;
+  if (c->framing != F_U16 && c->framing != F_U32) return 0;
+  hdr = prefix_len(c);
+  if (c->ilen - c->ioff < hdr) return 0;
+  return c->ioff + hdr + get_len(c->ib + c->ioff, hdr);
+}
+
 /* Room for n bytes in ib; -1 when out of memory (the inbound flow has
-** failed then).  Grows by doubling: amortised linear. */
+** failed then).  Grows by doubling (amortised linear), but not past the
+** end of the frame being collected when n is within it: the room follows
+** the bytes that came, within a factor of two, never the length a peer
+** announced (a 2-byte header saying 65535 must not cost 64 KiB).  Once a
+** growth stops at the frame's end, the frame needs no more. */
 static int reserve(mk_proc *p, tconn *c, size_t n) {
-  size_t cap = c->icap ? c->icap : 256;
+  size_t cap = c->icap ? c->icap : 256, end = frame_end(c);
   char *nb;
   if (n <= c->icap) return 0;
   while (cap < n) cap *= 2;
+  if (n <= end && end < cap) cap = end;
   nb = realloc(c->ib, cap);
   if (nb == NULL) { fail_inbound(p, c, "out of memory"); return -1; }
   c->ib = nb;
   c->icap = cap;
   note_held(c);
+  if (c->stats && (lua_Integer)cap > c->stats->v[C_MAX_INPUT])
+    c->stats->v[C_MAX_INPUT] = (lua_Integer)cap;
   return 0;
 }
 
@@ -557,14 +629,6 @@ static int deliver_line(mk_proc *p, tconn *c, const char *s, size_t n) {
   if (n > c->max_frame) { line_too_long(p, c); return -1; }
   deliver(p, c, s, n);
   return 0;
-}
-
-static size_t prefix_len(const tconn *c) { return c->framing == F_U16 ? 2 : 4; }
-
-static size_t get_len(const char *p, size_t hdr) {
-  const unsigned char *s = (const unsigned char *)p;
-  return hdr == 2 ? (size_t)s[0] << 8 | s[1]
-                  : (size_t)s[0] << 24 | (size_t)s[1] << 16 | (size_t)s[2] << 8 | s[3];
 }
 
 /* Returns -1 (and fails the inbound flow) when len is over max_frame. */
@@ -620,11 +684,7 @@ static void from_buffer(mk_proc *p, tconn *c, int budget) {
       if (avail < hdr) break;
       len = get_len(c->ib + c->ioff, hdr);
       if (check_len(p, c, len) != 0) return;
-      if (avail - hdr < len) {
-        /* Room for the whole frame at once. */
-        if (reserve(p, c, c->ilen + (hdr + len - avail)) != 0) return;
-        break;
-      }
+      if (avail - hdr < len) break;      /* (room comes as the bytes do) */
       deliver(p, c, c->ib + c->ioff + hdr, len);
       c->ioff += hdr + len;
     }
@@ -1100,7 +1160,7 @@ static void on_conn(mk_proc *p, tconn *c) {
   if (err == 0) { on_connected(p, c); return; }
   mkd_strerror(err, c->lasterr, sizeof c->lasterr);
   unwatch(p, c, W_CONN);
-  close(c->fd);
+  mkd_close_watched(c->fd);
   set_fd(c, -1);
   try_next(p, c);
 }
@@ -1123,7 +1183,7 @@ static void on_resolved(mk_proc *p, tconn *c) {
   char buf[256];
   if (c->job == NULL || !mkd_resolve_poll(c->job, &res, &err, buf, sizeof buf)) return;
   unwatch(p, c, W_RESOLVE);
-  close(c->rfd);                 /* the job stays: it holds the addresses */
+  mkd_close_watched(c->rfd);     /* the job stays: it holds the addresses */
   c->rfd = -1;
   if (res == NULL) { finish_host(p, c, "unknown host %s (%s)", err); return; }
   for (ai = res; ai && !usable(ai); ai = ai->ai_next) {}
@@ -1270,14 +1330,14 @@ static void destroy(mk_proc *p) {
   free(c->opts);
   close_resolver(c);
   if (c->numeric) freeaddrinfo(c->numeric);
-  if (c->fd >= 0) close(c->fd);
+  if (c->fd >= 0) mkd_close_watched(c->fd);
   set_fd(c, -1);
   mk_unref(c->remote);
   mk_unref(c->loc);
   mk_unref(c->lport);
   if (c->channel) mk_rtype_unref(c->channel);
   count_release(c->stats);
-  if (c->conns) { c->conns->v[C_LIVE]--; count_release(c->conns); }
+  leave_count(c);
   /* A connection that held much (a slow reader's queue) leaves free
   ** memory scattered through the heap, which malloc keeps unless asked:
   ** give it back, at most once per TRIM_AFTER bytes so freed. */
@@ -1456,7 +1516,7 @@ void mkd_open_tcpconn(lua_State *L) {
     {"__tostring", count_tostring}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {
     {"tcp_accept", l_tcp_accept}, {"tcp_manage", l_tcp_manage}, {"tcp_stats", l_tcp_stats},
-    {"tcp_conns", l_tcp_conns}, {NULL, NULL}};
+    {"tcp_conns", l_tcp_conns}, {"tcp_settings", l_tcp_settings}, {NULL, NULL}};
   if (luaL_newmetatable(L, COUNT_MT)) luaL_setfuncs(L, count_mt, 0);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);

@@ -14,12 +14,13 @@
 -- malformed question gets FORMERR, another opcode NOTIMP, a class other
 -- than IN REFUSED.  EDNS(0) is understood (payload size only).
 --
--- The UDP server is one process subscribed to udp.packet(_, udp.listener(port), _):
--- that subscription is what makes the UDP driver bind the port.  Once it is
--- bound (port 0: on a port the kernel picks) the server listens on the same
--- port over TCP, where the driver splits the stream into the two-byte
--- length-prefixed messages of RFC 1035 (tcp.options: framing "u16") and
--- each connection gets a session that answers them.  The DNS message code
+-- The server is one process.  It observes the publishers of
+-- tcp.channel(_, tcp.listener(port), _), which makes the TCP driver listen;
+-- the driver splits the stream into the two-byte length-prefixed messages
+-- of RFC 1035 (tcp.options: framing "u16") and each connection gets a
+-- session that answers them.  Once it listens (port 0: on a port the kernel
+-- picks) the server subscribes to udp.packet(_, udp.listener(that port), _),
+-- which makes the UDP driver bind the same port.  The DNS message code
 -- (zone file, queries, answers) is examples/dnsmsg.lua, loaded from beside
 -- this file.
 local market = require "market"
@@ -42,9 +43,9 @@ local zone = dns.load_zone(zonefile)
 
 -- ---- the server process ------------------------------------------------------
 
-local here = udp.listener(port)
+local tcp_here = tcp.listener(port)
 
-local function tcp_session(remote, tcp_here)
+local function tcp_session(remote)
   return function()
     local function bye() return T(market.quit()) end
     return market.transition(nil,
@@ -63,50 +64,58 @@ local function tcp_session(remote, tcp_here)
   end
 end
 
--- Over TCP on bound_port (the UDP socket's).  Clients get 10 s between
--- queries (RFC 7766 suggests seconds), at most 256 of them at once.
-local function serve_tcp(bound_port)
-  local tcp_here = tcp.listener(bound_port)
-  return tcp.options(tcp_here, { framing = "u16", max_frame = 65535, idle_timeout = 10000,
-                                 max_connections = 256 }),
-    market.observe_publishers(tcp.channel(_, tcp_here, _), {
-      name = "tcp",
-      on_presence = function(_, role)
-        return T(market.spawn(tcp_session(role.topic.source, tcp_here), { name = "dns/tcp" }))
-      end,
-    }),
-    market.subscriber(tcp.listening(bound_port, _), {
-      name = "tcp-listening",
-      on_presence = function(_, role)
-        if math.type(role.topic.bound_port) == "integer" then
-          io.stderr:write(("dns: serving %s, listening on port %d (udp and tcp)\n")
-            :format(zone.origin, role.topic.bound_port))
-        end
+-- Over UDP on bound_port, the TCP listener's.  (With port 0 the kernel
+-- picks it for TCP, where a port is harder to come by: a client's
+-- connection in TIME_WAIT keeps its port from listeners for a minute,
+-- while UDP sockets are few.)
+local function serve_udp(bound_port)
+  local here = udp.listener(bound_port)
+  return market.subscriber(udp.packet(_, here, _), {
+      name = "queries",
+      on_message = function(_, m)
+        local q = dns.parse(m.body)
+        if not q then return end
+        return T(send(udp.packet(here, m.source, dns.answer(q, zone))))
       end,
       on_absence = function(_, _, reason)
         if reason then error("dns: " .. tostring(reason), 0) end
       end,
+    }),
+    market.subscriber(udp.bound(here, _), {
+      name = "bound",
+      on_presence = function()
+        io.stderr:write(("dns: serving %s, listening on port %d (udp and tcp)\n")
+          :format(zone.origin, bound_port))
+      end,
     })
 end
 
+-- Over TCP, clients get 10 s between queries (RFC 7766 suggests seconds),
+-- at most 256 of them at once.  A client that queries without reading the
+-- answers is dropped once 64 KiB of them wait for it and 128 KiB more
+-- pile up: with the driver's defaults (1 MiB, then 8 MiB more) 256 such
+-- clients could hold over 2 GiB; so at most about 64 MiB.
 return market.transition(nil,
-  market.subscriber(udp.packet(_, here, _), {
-    name = "queries",
-    on_message = function(_, m)
-      local q = dns.parse(m.body)
-      if not q then return end
-      return T(send(udp.packet(here, m.source, dns.answer(q, zone))))
+  tcp.options(tcp_here, { framing = "u16", max_frame = 65535, idle_timeout = 10000,
+                          max_connections = 256, high_water = 64 * 1024, hard_limit = 128 * 1024 }),
+  market.observe_publishers(tcp.channel(_, tcp_here, _), {
+    name = "tcp",
+    on_presence = function(_, role)
+      return T(market.spawn(tcp_session(role.topic.source), { name = "dns/tcp" }))
+    end,
+  }),
+  market.subscriber(tcp.listening(port, _), {
+    name = "tcp-listening",
+    on_presence = function(_, role)
+      local bound = role.topic.bound_port
+      if math.type(bound) == "integer" then return T(serve_udp(bound)) end
     end,
     on_absence = function(_, _, reason)
       if reason then error("dns: " .. tostring(reason), 0) end
     end,
   }),
-  market.subscriber(udp.bound(here, _), {
-    name = "bound",
-    on_presence = function(_, role) return T(serve_tcp(role.topic.port)) end,
-  }),
   -- Stopping (SIGINT, SIGTERM): the server goes, and with it its UDP
-  -- socket; TCP sessions get the drain time.
+  -- socket; the listener closes, TCP sessions get the drain time.
   market.subscriber(market.ground.stopping(_), {
     name = "stopping",
     on_presence = function() return T(market.quit()) end,

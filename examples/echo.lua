@@ -11,7 +11,10 @@
 -- past the high-water mark, so a client that sends but never reads cannot
 -- make the server grow), half-closes on end of stream and then goes, which
 -- closes the connection.  The driver closes connections idle for five
--- minutes and refuses those beyond max_connections (tcp.options).
+-- minutes and refuses those beyond max_connections (tcp.options), and
+-- the output limits are sized for that many: a session pauses at 64 KiB
+-- queued, as in chat.lua, where the driver's default of 1 MiB would come
+-- to a gigabyte for 1,000 clients that do not read.
 -- Stopping is the runtime's (SIGINT or SIGTERM): the listener closes at
 -- once, the open sessions get the drain time.
 local market = require "market"
@@ -60,7 +63,8 @@ local function session(remote)
 end
 
 return market.transition(nil,
-  tcp.options(here, { idle_timeout = 300 * 1000, max_connections = max_connections }),
+  tcp.options(here, { idle_timeout = 300 * 1000, max_connections = max_connections,
+                      high_water = 64 * 1024, hard_limit = 256 * 1024 }),
   market.observe_publishers(tcp.channel(_, here, _), {
     name = "accept",
     on_presence = function(_, role)

@@ -46,7 +46,7 @@
 ** A descriptor watch fails later when the descriptor goes:
 **
 **   "fd 7 was closed"     it was closed through market (mk_ground_fd_closed,
-**                         which market.sys sockets call before they close)
+**                         which the drivers call before they close one)
 **   "market:readable(7): the descriptor was closed"
 **                         it was closed behind market's back: noticed before
 **                         the next poll when the watch was started or

@@ -134,8 +134,15 @@ describe("market under SIGTERM, with an idle client (examples/echo.lua)", functi
       :format(q(N.market_bin()), drain)), "examples/echo.lua")
     -- nc -d reads nothing: an idle client, until the server closes.
     idle = N.start_cmd(("exec nc -d 127.0.0.1 %d"):format(port))
-    -- A round trip after it connected: the server has taken the idle one.
-    N.sleep(0.1)
+    -- The server has accepted it (its end of the connection has a file),
+    -- then serves a round trip: the idle one has its session.
+    local accepted = false
+    for _i = 1, 250 do
+      accepted = N.accepted(port)
+      if accepted then break end
+      N.sleep(0.02)
+    end
+    assert.is_true(accepted, "the server did not accept the idle client")
     assert.equal("hi\n", (N.capture(("printf 'hi\\n' | nc -N 127.0.0.1 %d"):format(port), 5)))
   end
   -- Wait (bounded) until connecting is refused: the listener is closed.

@@ -60,11 +60,12 @@ local function dns_query(name)
   return table.concat(q)
 end
 
--- The longest "Query time" of n UDP queries (ms), or nil if one went unanswered.
+-- The longest "Query time" of n UDP queries (ms), or nil if one went
+-- unanswered for 5 s.
 local function udp_worst(port, n)
   local worst = 0
   for _ = 1, n do
-    local out = capture(("dig +tries=1 +time=2 @127.0.0.1 -p %d www.example.test A"):format(port), 5)
+    local out = capture(("dig +tries=1 +time=5 @127.0.0.1 -p %d www.example.test A"):format(port), 10)
     local ms = tonumber(out:match("Query time: (%d+) msec"))
     if not ms then return nil, out end
     worst = math.max(worst, ms)
@@ -113,19 +114,25 @@ describe("examples/chat.lua under abuse", function()
   end)
 
   it("serves others while a line of a megabyte comes in, then says why and closes with FIN", function()
+    -- user1 sees the others come.
+    local watcher = client(20, ("nc -d 127.0.0.1 %d"):format(port))
+    assert.is_true(eventually(function() return watcher.stdout():find("welcome") ~= nil end))
     local f = file_with(("x"):rep(1024 * 1024))
     local big = client(20, ("%s send %d %s"):format(ABUSE, port, f))
-    N.sleep(0.3)
+    assert.is_true(eventually(function() return watcher.stdout():find("user2 joined") ~= nil end))
     -- Another user is greeted meanwhile.
     local out = capture(("(sleep 0.2) | nc -N 127.0.0.1 %d"):format(port), 5)
     local status = big.wait_exit(15)
     local got = big.stdout()
     big.kill()
+    watcher.kill()
     os.remove(f)
-    assert.matches("^welcome, you are user2; ", out)
-    -- abuse.pl exits 3 on a reset: the goodbye and an orderly end of stream.
+    assert.matches("^welcome, you are user3; here: user1", out)
+    -- abuse.pl exits 3 on a reset: the goodbye and an orderly end of stream
+    -- (user3 may come and go before the line is refused).
     assert.equal(0, status)
-    assert.equal("welcome, you are user1; here: nobody else\nline longer than 4096 bytes: bye\n", got)
+    assert.equal("welcome, you are user2; here: user1\nline longer than 4096 bytes: bye\n",
+      (got:gsub("user3 %a+\n", "")))
   end)
 
   it("takes lines written one byte at a time, whole, and stays responsive meanwhile", function()
@@ -133,7 +140,7 @@ describe("examples/chat.lua under abuse", function()
     assert.is_true(eventually(function() return listener.stdout():find("welcome") ~= nil end))
     local f = file_with("hello there\r\nsecond line\n")
     local slow = client(20, ("%s bytes %d %s 80000"):format(ABUSE, port, f))
-    N.sleep(0.2)
+    assert.is_true(eventually(function() return listener.stdout():find("user2 joined") ~= nil end))
     -- Someone else comes and goes while the bytes trickle in.
     local other = capture(("(sleep 0.2) | nc -N 127.0.0.1 %d"):format(port), 5)
     local status = slow.wait_exit(15)
@@ -143,11 +150,13 @@ describe("examples/chat.lua under abuse", function()
     local heard = listener.stdout()
     listener.kill()
     assert.equal(0, status)
-    assert.matches("^welcome, you are user3; here: user1, user2\n$", other)
-    -- (user3 comes and goes while user2's first line is still trickling in)
-    assert.matches("^welcome, you are user1; here: nobody else\nuser2 joined\n", heard)
-    assert.truthy(heard:find("\nuser3 joined\nuser3 left\n", 1, true), heard)
-    assert.truthy(heard:find("\nuser2: hello there\nuser2: second line\nuser2 left\n$"), heard)
+    assert.matches("^welcome, you are user3; here: user1, user2\n", other)
+    -- user3 comes and goes while user2's lines trickle in, which arrive
+    -- whole, each once.
+    assert.matches("\nuser3 joined\n.*user3 left\n", heard)
+    assert.equal("welcome, you are user1; here: nobody else\nuser2 joined\n" ..
+                 "user2: hello there\nuser2: second line\nuser2 left\n",
+      (heard:gsub("user3 %a+\n", "")))
   end)
 
   it("survives 2,000 connections reset at once, and keeps no session of theirs", function()
@@ -180,18 +189,18 @@ describe("examples/echo.lua under abuse", function()
     assert.equal("still here\n", out)
   end)
 
-  it("tells clients no when descriptors run out, and serves again when they come back", function()
-    local server = N.start_cmd(("ulimit -n 256; exec %s examples/echo.lua 0")
-      :format(q(N.market_bin())))
+  -- `market ARGS` (examples/echo.lua on port 0) under `ulimit -n 256`
+  -- against 400 clients: those that do not fit are closed at once instead
+  -- of waiting in the listen queue, those that fit are served, and once
+  -- they are gone new clients are served again.
+  local function out_of_descriptors(args)
+    local server = N.start_cmd(("ulimit -n 256; exec %s %s"):format(q(N.market_bin()), args))
     local port
     eventually(function()
       port = tonumber(server.stderr():match("listening on port (%d+)"))
       return port ~= nil
     end, 15)
     assert(port, "echo did not start: " .. server.stderr())
-    -- 400 clients against 256 descriptors: those that do not fit are
-    -- closed at once instead of waiting in the listen queue, and those
-    -- that fit are served.
     local hold = client(30, ("%s hold %d 400 3"):format(ABUSE, port))
     local status = hold.wait_exit(25)
     local said = hold.stdout()
@@ -213,6 +222,21 @@ describe("examples/echo.lua under abuse", function()
     assert.equal(open, echoed)
     assert.equal("back\n", out)
     assert.truthy(err:find("too many open files: refusing connections", 1, true), err)
+  end
+
+  it("tells clients no when descriptors run out, and serves again when they come back", function()
+    out_of_descriptors("examples/echo.lua 0")
+  end)
+
+  it("tells them no at once also after the spare descriptor was lost", function()
+    -- Another thread can take the spare's slot while a refusal has it
+    -- closed; market.sys.lose_spare does what that does, as soon as echo
+    -- listens.  The next accept must open it again.
+    out_of_descriptors("-e " .. q([[
+      local market, tcp, sys = require "market", require "market.tcp", require "market.sys"
+      market.perform(market.subscriber(tcp.listening(market._, market._), {
+        on_presence = function() sys.lose_spare() end }))
+      return assert(loadfile("examples/echo.lua"))(...)]]) .. " 0")
   end)
 end)
 
@@ -221,10 +245,14 @@ describe("examples/dns.lua under abuse", function()
   before_each(function() server, port = N.start_server("examples/dns.lua") end)
   after_each(function() server.kill() end)
 
-  it("answers over UDP promptly while clients stream empty TCP frames", function()
+  it("answers over UDP while clients stream empty TCP frames", function()
+    -- A liveness bound, not a timing: that others are served between
+    -- batches of frames is tcp_options_spec's (at most 128 frames per
+    -- event), and how long a query takes meanwhile is a figure of
+    -- bench-echo (dns-under-flood-ms).
     local floods = {}
     for i = 1, 4 do
-      floods[i] = client(20, ("socat -u OPEN:/dev/zero TCP:127.0.0.1:%d"):format(port))
+      floods[i] = client(30, ("socat -u OPEN:/dev/zero TCP:127.0.0.1:%d"):format(port))
     end
     N.sleep(0.5)
     local worst, out = udp_worst(port, 10)
@@ -232,7 +260,6 @@ describe("examples/dns.lua under abuse", function()
     for _, f in ipairs(floods) do f.kill() end
     assert.is_true(alive, "the flood stopped early")
     assert.is_not_nil(worst, out)
-    assert.is_true(worst < 500, ("a query took %d ms"):format(worst or -1))
   end)
 
   it("answers a query written one byte at a time, and answers UDP meanwhile", function()

@@ -161,3 +161,38 @@ describe("examples/chat-client.lua", function()
     assert.truthy(out:find("chat-client: unknown host no-such-host.invalid", 1, true), out)
   end)
 end)
+
+describe("the example servers' TCP limits", function()
+  -- Run example `script` on port 0 behind `market -e` code that prints
+  -- the settings of every tcp.options set published for a listener.
+  local function settings_of(script)
+    local code = ([[
+      local market, tcp = require "market", require "market.tcp"
+      market.perform(market.observe_publishers(tcp.options_record(tcp.listener(market._), market._, market._), {
+        on_presence = function(_, role)
+          for _, kv in ipairs(role.topic.settings) do io.stderr:write("set ", kv[1], " ", tostring(kv[2]), "\n") end
+        end }))
+      arg[0] = %q
+      return assert(loadfile(arg[0]))(...)]]):format(script)
+    local server = N.start_cmd(("exec %s -e %s 0"):format(q(N.market_bin()), q(code)))
+    N.await_listening(server, script)
+    local set = {}
+    for k, v in server.stderr():gmatch("set (%S+) (%S+)\n") do set[k] = math.tointeger(tonumber(v)) or v end
+    server.kill()
+    return set
+  end
+
+  -- What a server may hold for clients that do not read: each connection's
+  -- queue reaches high_water before its senders are told to pause, then
+  -- hard_limit more before the connection fails (docs/tcp.md).
+  for _, script in ipairs { "examples/echo.lua", "examples/chat.lua", "examples/dns.lua" } do
+    it(script .. " sizes its output limits for its connection cap", function()
+      local set = settings_of(script)
+      assert.is_not_nil(set.max_connections, script .. " sets no connection cap")
+      assert.is_not_nil(set.high_water, script .. " leaves high_water at 1 MiB")
+      assert.is_not_nil(set.hard_limit, script .. " leaves hard_limit at 8 MiB")
+      local worst = set.max_connections * (set.high_water + set.hard_limit)
+      assert.is_true(worst <= 512 * 1024 * 1024, ("%s may hold %d MiB"):format(script, worst >> 20))
+    end)
+  end
+end)

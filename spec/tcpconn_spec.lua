@@ -14,19 +14,20 @@ local bound = N.bound
 
 local serve = N.tcp_serve
 
--- Straight-line: read raw socket s until end of stream (or an error);
--- returns the bytes and how it ended.
-local function read_all(s)
-  local got = {}
-  market.perform(market.subscriber(market.ground.readable(s:fd()), "raw"))
-  while true do
-    market.wait_for(function(e) return e.type == "message" and e.endpoint == "raw" end)
-    local data, err = s:read()
-    if data then got[#got + 1] = data
-    elseif data == nil then
-      market.perform(market.delete_endpoint("raw"))
-      return table.concat(got), err
-    end
+-- Straight-line raw clients (spec/support/net.lua).
+local connect, write_all, read_all, wait_until = N.connect, N.write_all, N.read_all, N.wait_until
+
+-- A session that sends back what it reads, and half-closes and goes at
+-- the end of it.
+local function echo(remote, here)
+  return function()
+    return market.transition(nil,
+      market.subscriber(tcp.channel(remote, here, ANY), {
+        on_message = function(_, m)
+          if m.subpacket == EOF then return T(send(tcp.channel(here, remote, EOF)), quit()) end
+          return T(send(tcp.channel(here, remote, m.subpacket)))
+        end }),
+      market.publisher(tcp.channel(here, remote, ANY)))
   end
 end
 
@@ -138,17 +139,7 @@ describe("tcp connection managers", function()
   it("serves many connections at once, each its own bytes", function()
     local n, bad = 300, 0
     N.run(function()
-      market.perform(serve(0, function(remote, here)
-        return function()
-          return market.transition(nil,
-            market.subscriber(tcp.channel(remote, here, ANY), {
-              on_message = function(_, m)
-                if m.subpacket == EOF then return T(send(tcp.channel(here, remote, EOF)), quit()) end
-                return T(send(tcp.channel(here, remote, m.subpacket)))
-              end }),
-            market.publisher(tcp.channel(here, remote, ANY)))
-        end
-      end))
+      market.perform(serve(0, echo))
       local p = bound(0)
       local sa = assert(sys.resolve("127.0.0.1", p))[1].sa
       local socks = {}
@@ -172,5 +163,52 @@ describe("tcp connection managers", function()
       market.perform(send({ "stop-server", 0 }))
     end, 30000)
     assert.equal(0, bad)
+  end)
+
+  it("tells the ground before it closes: a watch shared on its socket ends, and a new socket with the same number is heard", function()
+    local fd, shared, reused, got
+    N.run(function()
+      market.perform(serve(0, echo))
+      local p = bound(0)
+      -- The server's descriptor for client s, once it has accepted it, and
+      -- the socket's inode.
+      local function server_end(s)
+        local ino, sfd
+        wait_until(function()
+          ino = N.socket_inode(p, s:local_port())
+          sfd = ino and ino ~= 0 and N.fd_of_inode(ino)
+          return sfd
+        end)
+        return sfd, ino
+      end
+      local a = connect(p)
+      local ino
+      fd, ino = server_end(a)
+      -- Another process shares the manager's read watch (and goes when the
+      -- watch does, as a subscriber that sees the ground's absence should).
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.subscriber(market.ground.readable(fd), {
+          on_absence = function(_, _, why) shared = why; return T(quit()) end }))
+      end, { name = "sharer" }))
+      assert(write_all(a, "one"))
+      assert(a:shutdown())
+      assert.same({ "one", "eof" }, { read_all(a) })
+      a:close()
+      -- The manager has closed fd (the client hung up first: nothing to
+      -- drain).  The next socket the server accepts gets the same number.
+      wait_until(function() return N.fd_of_inode(ino) == nil end)
+      local b = connect(p)
+      reused = server_end(b) == fd
+      assert(write_all(b, "two"))
+      assert(b:shutdown())
+      -- (Joined to the old watch, b's manager would never hear it: the
+      -- watchdog would end the spec.)
+      got = { read_all(b) }
+      b:close()
+      market.perform(send({ "stop-server", 0 }))
+    end)
+    assert.is_true(reused, "the second connection did not get the first one's descriptor")
+    assert.equal(("fd %d was closed"):format(fd), shared)
+    assert.same({ "two", "eof" }, got)
   end)
 end)

@@ -75,6 +75,110 @@ function N.tcp_serve(port, session)
   end, { name = "server " .. port })
 end
 
+-- ---- raw sockets in straight-line code --------------------------------
+
+local fd_waits = 0
+-- wait_fd(fd [, writable]): wait for fd to be readable (or writable): the
+-- ground's message, or its absence if the watch fails (not its presence,
+-- which only says the watch is on).
+function N.wait_fd(fd, writable)
+  fd_waits = fd_waits + 1
+  local name = "fd#" .. fd_waits
+  local ev = writable and market.ground.writable(fd) or market.ground.readable(fd)
+  market.perform(market.subscriber(ev, name))
+  market.wait_for(function(e) return e.endpoint == name and e.type ~= "presence" end)
+  market.perform(market.delete_endpoint(name))
+end
+
+-- wait_until(cond): wait (10 ms at a time) until cond() holds.
+function N.wait_until(cond)
+  local timer = require "market.timer"
+  while not cond() do timer.sleep(10) end
+end
+
+-- connect(port): a market.sys socket connected to 127.0.0.1:port.
+function N.connect(port)
+  local sys = require "market.sys"
+  local s = assert(sys.tcp_connect(assert(sys.resolve("127.0.0.1", port))[1].sa))
+  N.wait_fd(s:fd(), true)
+  return s
+end
+
+-- write_all(s, data): write all of data; true, or nil and the error.
+function N.write_all(s, data)
+  local i = 1
+  while i <= #data do
+    local n, err = s:write(data, i)
+    if not n then return nil, err end
+    i = i + n
+    if i <= #data then N.wait_fd(s:fd(), true) end
+  end
+  return true
+end
+
+-- read_all(s): read s until end of stream (or an error); the bytes and
+-- how it ended ("eof" or the error).
+function N.read_all(s)
+  local got = {}
+  while true do
+    N.wait_fd(s:fd())
+    local data, err = s:read()
+    if data then got[#got + 1] = data
+    elseif data == nil then return table.concat(got), err end
+  end
+end
+
+-- ---- sockets as the kernel sees them -----------------------------------
+
+-- This process's pid (/proc/self is the reader).
+local function own_pid()
+  local f = assert(io.open("/proc/self/stat"))
+  local pid = f:read("l"):match("^%d+")
+  f:close()
+  return pid
+end
+
+-- The established TCP connections (IPv4 and IPv6) whose local port is
+-- lport, as {remote_port =, inode =}.  The inode is 0 while a connection
+-- waits in a listen queue: its socket has no file until accept().
+function N.established(lport)
+  local found = {}
+  for _, file in ipairs { "/proc/net/tcp", "/proc/net/tcp6" } do
+    for line in (N.slurp(file) or ""):gmatch("[^\n]+") do
+      local l, r, st, ino = line:match("^%s*%d+: %x+:(%x+) %x+:(%x+) (%x+) %S+ %S+ %S+ +%d+ +%d+ (%d+)")
+      if l and tonumber(l, 16) == lport and st == "01" then
+        found[#found + 1] = { remote_port = tonumber(r, 16), inode = tonumber(ino) }
+      end
+    end
+  end
+  return found
+end
+
+-- The inode of the connection from remote port rport to local port lport
+-- (see N.established), or nil.
+function N.socket_inode(lport, rport)
+  for _, c in ipairs(N.established(lport)) do
+    if c.remote_port == rport then return c.inode end
+  end
+end
+
+-- Whether a process has accepted a connection on local port lport.
+function N.accepted(lport)
+  for _, c in ipairs(N.established(lport)) do
+    if c.inode ~= 0 then return true end
+  end
+  return false
+end
+
+-- The descriptor that socket inode ino has in process pid (default: this
+-- one), or nil.
+function N.fd_of_inode(ino, pid)
+  local f = assert(io.popen("ls -l /proc/" .. (pid or own_pid()) .. "/fd 2>/dev/null"))
+  local ls = f:read("a")
+  f:close()
+  return tonumber(ls:match(" (%d+) %-> socket:%[" .. ino .. "%]"))
+end
+
 -- A free TCP (or UDP) port on this host, as the kernel picks them.
 function N.free_port(kind)
   local sys = require "market.sys"
