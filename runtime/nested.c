@@ -38,6 +38,25 @@ static void prefix_names(mk_action *a, mk_pid pid) {
   }
 }
 
+/* A child died (`drop`, already named for this level): what it held
+** further up through us goes too.  The drop travels as far as the dead
+** process held endpoints, one level per nested VM on the way, so a
+** process three VMs down that ends takes its ground endpoints with it
+** and with its reason, whether its VMs live on or end after it. */
+static void pass_up(mk_proc *self, const mk_action *drop) {
+  mk_action *up;
+  if (drop->levels <= 1 || self->vm->parent == NULL || !mk_proc_alive(self)) return;
+  up = malloc(sizeof *up);
+  if (up == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  memset(up, 0, sizeof *up);
+  up->type = MK_A_DROP;
+  up->name = strdup(drop->name);
+  if (up->name == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  up->term = mk_ref(drop->term);
+  up->levels = drop->levels - 1;
+  mk_at_meta_level(self, up);
+}
+
 /* Perform what the inner VM's processes did at meta level. */
 static void flush_outbox(mk_proc *self, mk_vm *vm) {
   mk_action *item = mk_vm_take_outbox(vm), *next;
@@ -50,21 +69,12 @@ static void flush_outbox(mk_proc *self, mk_vm *vm) {
       prefix_names(a, item->pid);
       for (; a; a = an) {
         an = a->next;
+        if (a->type == MK_A_DROP) pass_up(self, a);
         mkI_perform(self, a);
       }
       mk_action_free(item);
     } else if (item->type == MK_A_DROP) {
-      /* A child died: its endpoints here go, and so do those it held
-      ** further up through us. */
-      if (self->vm->parent != NULL && mk_proc_alive(self)) {
-        mk_action *up = malloc(sizeof *up);
-        if (up == NULL) { fputs("market: out of memory\n", stderr); abort(); }
-        memset(up, 0, sizeof *up);
-        up->type = MK_A_DROP;
-        up->name = strdup(item->name);
-        up->term = mk_ref(item->term);
-        mk_at_meta_level(self, up);
-      }
+      pass_up(self, item);
       mkI_perform(self, item);
     } else {
       mk_action_free(item);

@@ -485,15 +485,18 @@ static void metaname_add(mk_proc *p, int depth, const char *name) {
   p->metas = m;
 }
 
-/* Forget "depth:name", or with `prefix` every "depth:name..." (MK_A_DROP). */
+/* Forget "depth:name"; with `prefix`, every "d:name..." with d >= depth
+** (MK_A_DROP: a dead child's endpoints go at every level it held them). */
 static void metaname_remove(mk_proc *p, int depth, const char *name, int prefix) {
   mk_metaname **pp;
   char key[16];
   size_t k = (size_t)snprintf(key, sizeof key, "%d:", depth), n = strlen(name);
   for (pp = &p->metas; *pp;) {
     mk_metaname *m = *pp;
-    if (strncmp(m->name, key, k) == 0 &&
-        (prefix ? strncmp(m->name + k, name, n) == 0 : strcmp(m->name + k, name) == 0)) {
+    const char *rest = strchr(m->name, ':') + 1;
+    int hit = prefix ? atoi(m->name) >= depth && strncmp(rest, name, n) == 0
+                     : strncmp(m->name, key, k) == 0 && strcmp(rest, name) == 0;
+    if (hit) {
       *pp = m->next;
       free(m);
       if (!prefix) return;
@@ -501,6 +504,15 @@ static void metaname_remove(mk_proc *p, int depth, const char *name, int prefix)
       pp = &m->next;
     }
   }
+}
+
+/* The highest level above p where it holds endpoints (0: none). */
+static int metaname_levels(const mk_proc *p) {
+  const mk_metaname *m;
+  int most = 0;
+  for (m = p->metas; m; m = m->next)
+    if (atoi(m->name) > most) most = atoi(m->name);
+  return most;
 }
 
 /* Track what an at_meta_level list adds and deletes above p.  Recurses
@@ -709,7 +721,9 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
   if (TRACING(vm) && !p->resident) trace_proc(p, "quit", NULL, NULL, reason);
   while (p->eps) endpoint_remove(p->eps, reason);
   if (p->metas && vm->parent) {
-    /* Its endpoints one level up go with it, carrying the same reason. */
+    /* Its endpoints above go with it, at every level, carrying the same
+    ** reason: each nested VM on the way performs the drop and passes it
+    ** up while levels remain (nested.c). */
     char prefix[32];
     mk_action *a = xmalloc(sizeof *a);
     memset(a, 0, sizeof *a);
@@ -717,6 +731,7 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
     snprintf(prefix, sizeof prefix, "%llu/", (unsigned long long)p->pid);
     a->name = xstrdup(prefix);
     a->term = mk_ref(reason);
+    a->levels = metaname_levels(p);
     if (vm->outtail) vm->outtail->next = a; else vm->outbox = a;
     vm->outtail = a;
   }

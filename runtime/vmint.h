@@ -23,6 +23,8 @@ struct mk_action {
   const mk_behavior *b;     /* SPAWN */
   void *data;               /* SPAWN: behaviour data, destroyed if never spawned */
   mk_pid pid;               /* META: the child that made it */
+  int levels;               /* DROP: the levels up, from here, where the dead
+                            ** process may hold endpoints (>= 1) */
   mk_action *list;          /* META */
 };
 
