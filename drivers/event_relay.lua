@@ -94,12 +94,10 @@ local function boot(self_id)
           if not s then return end
           if s.n > 1 then s.n = s.n - 1; return end
           subs[key] = nil
-          -- Its events above stop here: what it saw is withdrawn by hand.
-          local out = { market.at_meta_level(market.delete_endpoint(key)) }
-          for rkey, count in pairs(s.seen) do
-            for _i = 1, count do out[#out + 1] = withdraw(rkey, nil) end
-          end
-          return transition_no_state(out)
+          -- The deleted endpoint hears the absence of each publisher it
+          -- saw above (delete_endpoint, as in Marketplace): its on_absence
+          -- withdraws what they stood for here.
+          return transition_no_state(market.at_meta_level(market.delete_endpoint(key)))
         end,
       }
     end

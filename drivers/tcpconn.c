@@ -1351,7 +1351,7 @@ static void destroy(mk_proc *p) {
   free(c);
 }
 
-static const mk_behavior tcpconn_behavior = { "tcp", handle, NULL, destroy, NULL };
+static const mk_behavior tcpconn_behavior = { "tcp", handle, NULL, destroy, NULL, 0 };
 
 /* ---- spawning, from Lua ------------------------------------------------- */
 

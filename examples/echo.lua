@@ -44,7 +44,11 @@ local function session(remote)
           end
           return transition_no_state(send(channel(here, remote, data)))
         end,
-        on_absence = function() return market.transition_no_state(market.quit()) end,
+        -- The manager went, so do we; not when "in" itself was deleted
+        -- (backpressure below): then it hears the manager's absence too.
+        on_absence = function(_, _, _, _, deleted)
+          if not deleted then return market.transition_no_state(market.quit()) end
+        end,
       })
     end
     return market.transition(nil,

@@ -317,7 +317,14 @@ static int pushevent(lua_State *co, const mk_event *ev) {
       lua_pushinteger(co, ev->meta);
       pushrole(co, &ev->role);
       if (ev->reason) mkl_pushterm(co, ev->reason); else lua_pushnil(co);
-      return 7;
+      if (!ev->deleted) return 7;
+      lua_pushboolean(co, 1);      /* the deleted endpoint's own absence */
+      return 8;
+    case MK_EV_DELETED:
+      lua_pushinteger(co, ev->type);
+      lua_pushstring(co, ev->endpoint);
+      lua_pushinteger(co, ev->meta);
+      return 3;
     case MK_EV_MESSAGE:
       lua_pushinteger(co, ev->type);
       lua_pushstring(co, ev->endpoint);
@@ -344,7 +351,8 @@ static int handler_of(mk_event_type type, const char **field) {
   switch (type) {
     case MK_EV_MESSAGE: *field = "on_message"; return MKL_TAG_MESSAGE;
     case MK_EV_PRESENCE: *field = "on_presence"; return MKL_TAG_PRESENCE;
-    case MK_EV_ABSENCE: *field = "on_absence"; return MKL_TAG_ABSENCE;
+    case MK_EV_ABSENCE:
+    case MK_EV_DELETED: *field = "on_absence"; return MKL_TAG_ABSENCE;
     default: return 0;
   }
 }
@@ -362,6 +370,9 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   if (bit == 0) return 0;
   /* The usual case, without a look into Lua tables: the endpoint's tag. */
   if (ev->tag & MKL_TAG_KNOWN) return !(ev->tag & bit);
+  /* A deleted endpoint's handlers are no longer in ctx.eps (market.lua
+  ** keeps them aside until MK_EV_DELETED). */
+  if (ev->deleted || ev->type == MK_EV_DELETED) return 0;
   lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
   if (ev->meta == 0) {
     lua_pushliteral(co, "eps");
@@ -497,7 +508,10 @@ static void destroy(mk_proc *p) {
   free(lp);
 }
 
-static const mk_behavior lua_behavior = { "lua", handle, NULL, destroy, declines };
+/* Lua processes hear of their own deleted endpoints as in Marketplace
+** (market.lua keeps the deleted handlers until MK_EV_DELETED). */
+static const mk_behavior lua_behavior = { "lua", handle, NULL, destroy, declines,
+                                          MK_BF_TELL_DELETED };
 
 /* A new process record for the function at the top of L (popped). */
 static lproc *newproc(mkl_state *S, lua_State *L) {
@@ -604,17 +618,19 @@ static int c_add(lua_State *L) {
   return settle(L, p, 0);
 }
 
-/* core.delete(name, reason, level) */
+/* core.delete(name, reason, level) -> false when there was no such
+** endpoint here (level 0), else true: an MK_EV_DELETED will come. */
 static int c_delete(lua_State *L) {
   mkl_state *S = STATE(L);
   mk_proc *p = self(L, S, "delete_endpoint");
   const char *name = luaL_checkstring(L, 1);
-  int level = (int)luaL_optinteger(L, 3, 0);
+  int level = (int)luaL_optinteger(L, 3, 0), r = 0;
   mk_term *reason = lua_isnoneornil(L, 2) ? NULL : mkl_checkterm(L, 2, "delete_endpoint reason");
-  if (level <= 1) mk_delete_endpoint(p, name, level, reason);
+  if (level <= 1) r = mk_delete_endpoint(p, name, level, reason);
   else mk_at_meta_level(p, wrap(mk_action_delete(name, reason), level - 1));
   mk_unref(reason);
-  return settle(L, p, 0);
+  lua_pushboolean(L, r == 0);
+  return settle(L, p, 1);
 }
 
 static int sendlike(lua_State *L, int feedback) {
@@ -860,5 +876,6 @@ void mkl_open_core(lua_State *L) {
   lua_pushinteger(L, MK_EV_MESSAGE); lua_setfield(L, -2, "MESSAGE");
   lua_pushinteger(L, MK_EV_SPAWNED); lua_setfield(L, -2, "SPAWNED");
   lua_pushinteger(L, MK_EV_RESUME); lua_setfield(L, -2, "RESUME");
+  lua_pushinteger(L, MK_EV_DELETED); lua_setfield(L, -2, "DELETED");
   mkl_open_actions(L);
 }

@@ -10,7 +10,7 @@ local core = ...          -- the C half, passed by luaopen_market
 local M = {}
 
 local PRESENCE, ABSENCE, MESSAGE = core.PRESENCE, core.ABSENCE, core.MESSAGE
-local SPAWNED, RESUME = core.SPAWNED, core.RESUME
+local SPAWNED, RESUME, DELETED = core.SPAWNED, core.RESUME, core.DELETED
 local cwait, csend = core.wait, core.send
 local type, select, error, getmetatable, tostring =
   type, select, error, getmetatable, tostring
@@ -217,8 +217,20 @@ local function perform_one(ctx, a, level)
     -- Which handlers exist, for C to skip events nobody takes (lproc.c).
     core.add(name, a.orientation, a.interest, a.topic, level, handler_tag(h))
   elseif kind == "delete" then
-    endpoints_at(ctx, level)[a.name] = nil
-    core.delete(a.name, a.reason, level)
+    local eps, name = endpoints_at(ctx, level), a.name
+    local h = eps[name]
+    eps[name] = nil
+    -- As in Marketplace, the endpoint hears its own absences, one per peer
+    -- it could see, after this handler; its on_absence is kept aside for
+    -- them until DELETED says they are all in (dispatch).
+    if core.delete(name, a.reason, level) and h and h.on_absence then
+      local gone = ctx.gone
+      if not gone then gone = {}; ctx.gone = gone end
+      local g = gone[level]
+      if not g then g = {}; gone[level] = g end
+      local kept = g[name]
+      if kept then kept.h, kept.n = h, kept.n + 1 else g[name] = { h = h, n = 1 } end
+    end
   elseif kind == "feedback" then
     core.feedback(a.body, level)
   elseif kind == "spawn" then
@@ -309,8 +321,14 @@ local function role(o, i, topic)
   return { orientation = ORIENT[o], interest = INTEREST[i], topic = topic }
 end
 
+-- The handlers kept for a deleted endpoint's own absences (perform_one).
+local function kept(ctx, level, name)
+  local g = ctx.gone and ctx.gone[level]
+  return g and g[name], g
+end
+
 -- Run the handler for one event; false when no handler wants it.
-local function dispatch(ctx, kind, a, b, c, d, e, f)
+local function dispatch(ctx, kind, a, b, c, d, e, f, g)
   if kind == MESSAGE then
     local eps
     if b == 0 then eps = ctx.eps else eps = ctx.metas and ctx.metas[b] end
@@ -318,6 +336,21 @@ local function dispatch(ctx, kind, a, b, c, d, e, f)
     local fn = h and h.on_message
     if not fn then return false end
     apply(ctx, fn(ctx.state, c, a))
+    return true
+  elseif g then
+    -- A deleted endpoint's own absence goes to its on_absence only, with
+    -- true after the endpoint's name; straight-line code waiting in
+    -- market.yield() never sees one (it would pile up in wait_for's
+    -- backlog, a timer.sleep at a time).
+    local k = kept(ctx, b, a)
+    if k then apply(ctx, k.h.on_absence(ctx.state, role(c, d, e), f, a, true)) end
+    return true
+  elseif kind == DELETED then
+    local k, level = kept(ctx, b, a)
+    if k then
+      k.n = k.n - 1
+      if k.n == 0 then level[a] = nil end
+    end
     return true
   elseif kind == PRESENCE or kind == ABSENCE then
     local eps
@@ -370,8 +403,8 @@ function M.yield(k)
     return ev
   end
   while true do
-    local kind, a, b, c, d, e, f = cwait()
-    if not dispatch(ctx, kind, a, b, c, d, e, f) then
+    local kind, a, b, c, d, e, f, g = cwait()
+    if not dispatch(ctx, kind, a, b, c, d, e, f, g) then
       return event_table(kind, a, b, c, d, e, f)
     end
   end
@@ -390,8 +423,8 @@ end
 function M.wait_for(pred)
   local ctx = current("wait_for")
   while true do
-    local kind, a, b, c, d, e, f = cwait()
-    if not dispatch(ctx, kind, a, b, c, d, e, f) then
+    local kind, a, b, c, d, e, f, g = cwait()
+    if not dispatch(ctx, kind, a, b, c, d, e, f, g) then
       local ev = event_table(kind, a, b, c, d, e, f)
       if pred(ev) then return ev end
       keep(ctx, ev)
@@ -407,8 +440,8 @@ function M.pause()
   local done = false
   core.yield(register_cont(ctx, function() done = true end))
   while not done do
-    local kind, a, b, c, d, e, f = cwait()
-    if not dispatch(ctx, kind, a, b, c, d, e, f) then
+    local kind, a, b, c, d, e, f, g = cwait()
+    if not dispatch(ctx, kind, a, b, c, d, e, f, g) then
       keep(ctx, event_table(kind, a, b, c, d, e, f))
     end
   end
@@ -430,7 +463,7 @@ local function main(ctx, boot)
   apply(ctx, boot(ctx.pid))
 end
 
-local function activate(ctx, kind, a, b, c, d, e, f)
+local function activate(ctx, kind, a, b, c, d, e, f, g)
   -- A message at level 0: straight to its handler.
   if kind == MESSAGE and b == 0 then
     local h = ctx.eps[a]
@@ -438,7 +471,7 @@ local function activate(ctx, kind, a, b, c, d, e, f)
     if fn then return apply(ctx, fn(ctx.state, c, a)) end
     return
   end
-  dispatch(ctx, kind, a, b, c, d, e, f)
+  dispatch(ctx, kind, a, b, c, d, e, f, g)
 end
 core.init(main, activate)
 

@@ -122,7 +122,10 @@ static void destroy(mk_proc *self) {
   mk_vm_free(vm, NULL);
 }
 
-const mk_behavior mk_nested_behavior = { "nested-vm", handle, NULL, destroy, NULL };
+/* A nested VM hears of its deleted endpoints so as to pass that on to the
+** child that deleted them, if the child asked (vm.c, deliver). */
+const mk_behavior mk_nested_behavior = { "nested-vm", handle, NULL, destroy, NULL,
+                                         MK_BF_TELL_DELETED };
 
 void *mk_nested_new(mk_vm *parent_hint, const mk_behavior *b, void *data, const char *name) {
   mk_vm *vm = mk_vm_new();

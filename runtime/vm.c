@@ -234,15 +234,15 @@ static void qev_free(mk_qev *q) {
   mk_pool_free(q, sizeof *q);
 }
 
-/* Queue an event naming endpoint `to` of its process. */
-static void enqueue_ep(mk_vm *vm, mk_endpoint *to, mk_event_type type,
-                       mk_term *term, const mk_role *peer, mk_term *reason) {
+/* Queue an event naming endpoint `to` of its process; NULL if declined. */
+static mk_qev *enqueue_ep(mk_vm *vm, mk_endpoint *to, mk_event_type type,
+                          mk_term *term, const mk_role *peer, mk_term *reason) {
   mk_proc *p = to->proc;
   mk_qev *q;
   if (p->b->declines && p->pending == 0 && p->in_handle == 0 && !TRACING(vm) &&
       p->b->declines(p, to->tag, type)) {
     mk_unref(term);
-    return;
+    return NULL;
   }
   q = qev_new(vm, p, type);
   q->ep = to;
@@ -253,6 +253,7 @@ static void enqueue_ep(mk_vm *vm, mk_endpoint *to, mk_event_type type,
     q->interest = (uint8_t)peer->interest;
   }
   q->reason = mk_ref(reason);
+  return q;
 }
 
 void mkI_enqueue_meta(mk_vm *vm, mk_proc *target, const mk_event *ev,
@@ -267,6 +268,7 @@ void mkI_enqueue_meta(mk_vm *vm, mk_proc *target, const mk_event *ev,
   q->orientation = (uint8_t)ev->role.orientation;
   q->interest = (uint8_t)ev->role.interest;
   q->reason = mk_ref(ev->reason);
+  q->deleted = (uint8_t)ev->deleted;
 }
 
 /* ---- VM life ------------------------------------------------------------ */
@@ -436,6 +438,7 @@ typedef struct presence_ctx {
   mk_endpoint *e;
   mk_term *reason;
   int absent;
+  int tell;                 /* absent: e hears of each peer too (MK_BF_TELL_DELETED) */
 } presence_ctx;
 
 /* The topic a presence or absence carries: the intersection.  The index
@@ -453,7 +456,14 @@ static int on_peer(mk_ilink *link, void *ud) {
   int e_sees = visible(e->role.interest, q->role.interest);
   int q_sees = visible(q->role.interest, e->role.interest);
   if (c->absent) {
-    /* Only the peer hears of it: the departing endpoint is gone. */
+    /* The peer hears of it; the endpoint deleted hears of the peer only
+    ** when its process asked (Marketplace's delete-endpoint): a process
+    ** that died runs no more handlers. */
+    if (c->tell && e_sees) {
+      mk_qev *own = enqueue_ep(c->vm, e, MK_EV_ABSENCE, refined(&e->role, &q->role),
+                               &q->role, c->reason);
+      if (own) own->deleted = 1;
+    }
     if (q_sees) {
       mk_role r = e->role;
       enqueue_ep(c->vm, q, MK_EV_ABSENCE, refined(&e->role, &q->role), &r, c->reason);
@@ -585,6 +595,7 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   c.e = e;
   c.reason = NULL;
   c.absent = 0;
+  c.tell = 0;
   mk_index_match(vm->ix[!role.orientation], role.topic, on_peer, &c);
   if (mk_index_add(vm->ix[role.orientation], role.topic, &e->link) != 0) {
     fputs("market: out of memory\n", stderr);
@@ -596,7 +607,9 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   return 0;
 }
 
-static void endpoint_remove(mk_endpoint *e, mk_term *reason) {
+/* Withdraw e; `tell`: an explicit deletion by a process that asked to
+** hear of it (MK_BF_TELL_DELETED). */
+static void endpoint_remove(mk_endpoint *e, mk_term *reason, int tell) {
   mk_proc *p = e->proc;
   mk_vm *vm = p->vm;
   presence_ctx c;
@@ -611,7 +624,9 @@ static void endpoint_remove(mk_endpoint *e, mk_term *reason) {
   c.e = e;
   c.reason = reason;
   c.absent = 1;
+  c.tell = tell;
   mk_index_match(vm->ix[!e->role.orientation], e->role.topic, on_peer, &c);
+  if (tell) enqueue_ep(vm, e, MK_EV_DELETED, NULL, NULL, NULL);
   if (vm->hooks.unsubscribed && e->role.orientation == MK_SUBSCRIBER &&
       e->role.interest == MK_PARTICIPANT)
     vm->hooks.unsubscribed(vm, e->role.topic, vm->hooks.ud);
@@ -630,7 +645,7 @@ int mk_delete_endpoint(mk_proc *p, const char *name, int meta, mk_term *reason) 
   }
   e = mkI_endpoint(p->vm, p->pid, name);
   if (e == NULL) return -1;
-  endpoint_remove(e, reason);
+  endpoint_remove(e, reason, (p->b->flags & MK_BF_TELL_DELETED) != 0);
   return 0;
 }
 
@@ -719,7 +734,7 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
   if (p->dead) return;
   p->dead = 1;
   if (TRACING(vm) && !p->resident) trace_proc(p, "quit", NULL, NULL, reason);
-  while (p->eps) endpoint_remove(p->eps, reason);
+  while (p->eps) endpoint_remove(p->eps, reason, 0);
   if (p->metas && vm->parent) {
     /* Its endpoints above go with it, at every level, carrying the same
     ** reason: each nested VM on the way performs the drop and passes it
@@ -922,7 +937,7 @@ void mkI_perform(mk_proc *p, mk_action *a) {
       mk_endpoint *e = p->eps, *nx;
       for (; e; e = nx) {
         nx = e->pnext;
-        if (strncmp(e->name, a->name, n) == 0) endpoint_remove(e, a->term);
+        if (strncmp(e->name, a->name, n) == 0) endpoint_remove(e, a->term, 0);
       }
       break;
     }
@@ -948,7 +963,12 @@ static void deliver(mk_vm *vm, mk_qev *q) {
   mk_proc *p = q->proc;
   mk_event ev;
   if (q->type == MK_EV_SPAWNED || q->type == MK_EV_RESUME) p->conts--;
-  if (p->dead || (q->ep && q->ep->dead)) {
+  /* An event for a deleted endpoint is dropped, unless it is one of the
+  ** deletion's own (for a nested VM's child: if the child asked). */
+  if (p->dead ||
+      (q->deleted || q->type == MK_EV_DELETED
+         ? !(p->b->flags & MK_BF_TELL_DELETED)
+         : q->ep && q->ep->dead)) {
     if (q->cont && p->b->release_cont) p->b->release_cont(p, q->cont);
     return;
   }
@@ -968,9 +988,10 @@ static void deliver(mk_vm *vm, mk_qev *q) {
   ev.pid = q->pid;
   ev.cont = q->cont;
   ev.tag = q->ep ? q->ep->tag : 0;
+  ev.deleted = q->deleted;
   if (TRACING(vm) && q->type != MK_EV_BOOT) {
     static const char *const names[] = {"boot", "presence", "absence", "message",
-                                        "spawned", "resume", "meta"};
+                                        "spawned", "resume", "meta", "deleted"};
     trace_proc(p, names[q->type], ev.endpoint, ev.role.topic ? &ev.role : NULL,
                q->type == MK_EV_MESSAGE ? ev.message : ev.reason);
   }

@@ -50,7 +50,9 @@ typedef enum mk_event_type {
   MK_EV_MESSAGE,     /* endpoint, message, role = the receiving endpoint's role */
   MK_EV_SPAWNED,     /* cont, pid: a spawn continuation is due */
   MK_EV_RESUME,      /* cont: a yield continuation is due */
-  MK_EV_META         /* VM-internal: an event for a child of a nested VM */
+  MK_EV_META,        /* VM-internal: an event for a child of a nested VM */
+  MK_EV_DELETED      /* endpoint: its explicit deletion's own absences are all
+                     ** delivered (MK_BF_TELL_DELETED; none may have come) */
 } mk_event_type;
 
 /* An event as handed to a behaviour.  Everything in it is borrowed for the
@@ -65,6 +67,8 @@ typedef struct mk_event {
   mk_pid pid;            /* MK_EV_SPAWNED: the new process */
   void *cont;            /* MK_EV_SPAWNED, MK_EV_RESUME: the behaviour's token */
   uint32_t tag;          /* the receiving endpoint's tag (mk_tag_endpoint), or 0 */
+  int deleted;           /* MK_EV_ABSENCE: 1 when the receiving endpoint is the
+                         ** one deleted, told of a peer (MK_BF_TELL_DELETED) */
 } mk_event;
 
 /*
@@ -84,6 +88,14 @@ typedef struct mk_event {
 ** process's next (nothing of it is queued, it is not running) and no
 ** trace is on, so its answer may rest on the process's present state;
 ** `tag` is the endpoint's (mk_tag_endpoint).
+**
+** `flags`: MK_BF_TELL_DELETED asks for Marketplace's delete-endpoint.  When
+** the process deletes an endpoint (mk_delete_endpoint, at any level), the
+** endpoint itself then gets one MK_EV_ABSENCE per peer it could see, with
+** ev->deleted = 1 and the reason given, and last one MK_EV_DELETED; its
+** peers get their absences either way.  Without the flag (the drivers) a
+** deleted endpoint hears nothing more.  A process that dies is told
+** nothing: it runs no more handlers.
 */
 struct mk_behavior {
   const char *kind;
@@ -91,7 +103,10 @@ struct mk_behavior {
   void (*release_cont)(mk_proc *p, void *cont);
   void (*destroy)(mk_proc *p);
   int (*declines)(mk_proc *p, uint32_t tag, mk_event_type type);
+  unsigned flags;        /* MK_BF_* */
 };
+
+#define MK_BF_TELL_DELETED 1u
 
 /* Trace hook: called with one readable line (no newline) per event and
 ** action when set (market --trace). */
@@ -222,7 +237,8 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role);
 ** binding, which handlers exist).  0 until set; -1 if there is no such
 ** endpoint. */
 int mk_tag_endpoint(mk_proc *p, const char *name, uint32_t tag);
-/* Delete an endpoint; reason borrowed.  -1 if there is no such endpoint. */
+/* Delete an endpoint; reason borrowed.  -1 if there is no such endpoint.
+** With MK_BF_TELL_DELETED the endpoint hears its own absences (above). */
 int mk_delete_endpoint(mk_proc *p, const char *name, int meta, mk_term *reason);
 /* body borrowed.  NULL (a builder failed: a term deeper than the depth
 ** limit, or out of memory) makes p fail with a reason saying so. */

@@ -57,6 +57,7 @@ typedef struct mk_qev {
   void *cont;
   mk_pid pid;
   uint8_t type, meta, orientation, interest;
+  uint8_t deleted;          /* an absence told to the deleted endpoint itself */
 } mk_qev;
 
 /* Meta-endpoint names a process holds one level up (for implicit exit). */

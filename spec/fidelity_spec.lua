@@ -108,3 +108,152 @@ describe("a process that ends takes what it held at every level, with its reason
     end
   end
 end)
+
+describe("delete_endpoint: the deleted endpoint hears its own absences", function()
+  local function peer(log, name, ep)
+    return market.spawn(function()
+      return T(0, ep(H.logging(log, name)))
+    end, { name = name })
+  end
+
+  it("once per peer it could see, with the reason, after its peers' presence", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(peer(log, "p1", function(h) return market.publisher({ "t", 1 }, h) end),
+             peer(log, "p2", function(h) return market.publisher({ "t", 2 }, h) end))
+      H.step(H.controlled("s", { drop = function()
+        return market.delete_endpoint("x", "bye")
+      end }, market.subscriber({ "t", _ }, H.logging(log, "s", { name = "x" }))))
+      for k in pairs(log.lines) do log.lines[k] = nil end   -- the presences
+      H.step(H.ctl("s", "drop"))
+    end, log)
+    local lines = log.lines
+    table.sort(lines)
+    assert.same({
+      'p1 absence #1 subscriber/participant ["t", 1] bye',
+      'p2 absence #1 subscriber/participant ["t", 2] bye',
+      's absence x publisher/participant ["t", 1] bye',
+      's absence x publisher/participant ["t", 2] bye',
+    }, lines)
+  end)
+
+  it("an observer hears of the participants it saw; a participant not of observers", function()
+    local log = H.log()
+    local function segment()
+      local lines = {}
+      for i, l in ipairs(log.lines) do lines[i] = l; log.lines[i] = nil end
+      table.sort(lines)
+      return lines
+    end
+    local x, o
+    H.ground(function()
+      H.step(peer(log, "pub", function(h) return market.publisher({ "t", 1 }, h) end),
+             peer(log, "watch", function(h) return market.observe_subscribers({ "t", _ }, h) end))
+      H.step(H.controlled("s", {
+        drop_x = function() return market.delete_endpoint("x", "bye") end,
+        drop_o = function() return market.delete_endpoint("o", "bye") end,
+      }, market.subscriber({ "t", _ }, H.logging(log, "s", { name = "x" })),
+         market.observe_publishers({ "t", _ }, H.logging(log, "s", { name = "o" }))))
+      segment()
+      H.step(H.ctl("s", "drop_x"))
+      x = segment()
+      H.step(H.ctl("s", "drop_o"))
+      o = segment()
+    end, log)
+    -- x, a participant, saw pub but not the observer "watch"; both see x go.
+    assert.same({
+      'pub absence #1 subscriber/participant ["t", 1] bye',
+      's absence x publisher/participant ["t", 1] bye',
+      'watch absence #1 subscriber/participant ["t", _] bye',
+    }, x)
+    -- o, an observer, saw pub; pub, a participant, never saw o.
+    assert.same({ 's absence o publisher/participant ["t", 1] bye' }, o)
+  end)
+
+  it("nothing when it saw nobody; a new endpoint of the same name is not told", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(H.controlled("s", {
+        alone = function() return market.delete_endpoint("lonely") end,
+        swap = function()
+          return { market.delete_endpoint("x", "swapped"),
+                   market.subscriber({ "t", _ }, H.logging(log, "new", { name = "x" })) }
+        end,
+      }, market.subscriber({ "nobody" }, H.logging(log, "lonely", { name = "lonely" })),
+         market.subscriber({ "t", _ }, H.logging(log, "old", { name = "x" }))))
+      H.step(H.ctl("s", "alone"))
+      log("--")
+      H.step(market.spawn(function() return T(0, market.publisher({ "t", 1 })) end))
+      H.step(H.ctl("s", "swap"))
+      log("--")
+      H.step(H.ctl("s", "swap"))
+    end, log)
+    assert.same({
+      "--",
+      'old presence x publisher/participant ["t", 1]',
+      'old absence x publisher/participant ["t", 1] swapped',
+      'new presence x publisher/participant ["t", 1]',
+      "--",
+      'new absence x publisher/participant ["t", 1] swapped',
+      'new presence x publisher/participant ["t", 1]',
+    }, log.lines)
+  end)
+
+  for depth = 1, 4 do
+    it(string.format("at meta level %d too, once per peer up there", depth), function()
+      local log = H.log()
+      H.ground(function()
+        H.step(market.spawn(function()
+          return T(0, market.publisher({ "m", 1 }), market.publisher({ "m", 2 }),
+                   market.observe_subscribers({ "m", _ }, { on_absence = function(s, role, r)
+                     log("ground sees %s go: %s", role.topic, r)
+                   end }))
+        end))
+        H.step(chain(depth, function()
+          return T(0, up(depth, market.subscriber({ "m", _ }, {
+            name = "up",
+            on_presence = function(s, role, ep)
+              if s == 1 then return T(2, up(depth, market.delete_endpoint("up", "done"))) end
+              return T(s + 1)
+            end,
+            on_absence = function(s, role, r, ep) log("%s absence %s %s", ep, role.topic, r) end,
+          })), market.subscriber("stay"))
+        end))
+        H.settle(depth * 2 + 4)
+      end, log)
+      table.sort(log.lines)
+      assert.same({ 'ground sees ["m", _] go: done',
+                    'up absence ["m", 1] done', 'up absence ["m", 2] done' }, log.lines)
+    end)
+  end
+
+  it("straight-line code: they go to on_absence (told it is the deleted one); " ..
+     "market.yield() never returns one", function()
+    local got = {}
+    H.ground(function()
+      H.step(market.spawn(function() return T(0, market.publisher("p")) end))
+      H.step(market.spawn(function()
+        market.perform(market.subscriber("p", { name = "h", on_absence = function(s, role, r, ep, deleted)
+          got[#got + 1] = string.format("handler %s %s %s", ep, r, tostring(deleted))
+        end }), market.subscriber("p", "plain"))
+        market.perform(market.delete_endpoint("h", "bye"), market.delete_endpoint("plain", "bye"),
+                       market.subscriber("q", "q"), market.send("q"))
+        local ev = market.yield()
+        while ev.type == "presence" do ev = market.yield() end
+        got[#got + 1] = ev.type .. " " .. ev.endpoint
+      end))
+    end)
+    assert.same({ "handler h bye true", "message q" }, got)
+  end)
+
+  it("a process that quits is not told: it runs no more handlers", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function() return T(0, market.publisher("p")) end))
+      H.step(H.controlled("s", { go = function() return market.quit(nil, "gone") end },
+        market.subscriber("p", H.logging(log, "s"))))
+      H.step(H.ctl("s", "go"))
+    end, log)
+    assert.same({ 's presence #1 publisher/participant "p"' }, log.lines)
+  end)
+end)

@@ -191,7 +191,7 @@ describe("delivery to an endpoint deleted before the event is handled", function
   end)
 
   it("presence for an endpoint added and deleted in one transition is dropped; " ..
-     "its peers see presence then absence", function()
+     "its peers see presence then absence; it hears its own absence", function()
     local log = H.log()
     H.ground(function()
       H.step(holder("peer", market.subscriber({ "blip", _ }, H.logging(log, "peer"))))
@@ -199,6 +199,7 @@ describe("delivery to an endpoint deleted before the event is handled", function
         { name = "b" })), market.delete_endpoint("b", "blink")))
     end)
     assert.same({ 'peer presence #1 publisher/participant ["blip", 1]',
+                  'blipper absence b subscriber/participant ["blip", 1] blink',
                   'peer absence #1 publisher/participant ["blip", 1] blink' }, log.lines)
   end)
 end)

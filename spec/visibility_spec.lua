@@ -80,8 +80,12 @@ local function expected(layout, oA, iA, iB, removal, first)
   if sees(I.B, I.A) then e[#e + 1] = "B presence B " .. role("A") end
   if sees(I.A, I.B) then e[#e + 1] = "A presence A " .. role("B") end
   e[#e + 1] = "step remove " .. first
-  -- A departing process's own endpoints hear nothing; a deleted endpoint
-  -- of a live process is heard of by every peer that saw it.
+  -- A deleted endpoint hears of the peer it saw (as in Marketplace), first;
+  -- a departing process's own endpoints hear nothing.
+  if removal == "delete" and sees(I[first], I[second]) then
+    e[#e + 1] = ("%s absence %s %s bye"):format(first, first, role(second))
+  end
+  -- A deleted endpoint of a live process is heard of by every peer that saw it.
   local peer_hears = layout == "two processes" or removal == "delete"
   if peer_hears and sees(I[second], I[first]) then
     e[#e + 1] = ("%s absence %s %s %s"):format(second, second, role(first),

@@ -225,7 +225,7 @@ static void rec_destroy(mk_proc *p) {
   r->destroyed++;
 }
 
-static const mk_behavior recb = { "rec", rec_handle, rec_release, rec_destroy, NULL };
+static const mk_behavior recb = { "rec", rec_handle, rec_release, rec_destroy, NULL, 0 };
 
 static mk_pid spawn(mk_vm *vm, rec *r) {
   return mk_vm_spawn(vm, &recb, r, r->tag);
@@ -626,7 +626,7 @@ static int decline7(mk_proc *p, uint32_t tag, mk_event_type type) {
   return tag == 7 && type == MK_EV_MESSAGE;
 }
 static const mk_behavior declining = { "declining", rec_handle, rec_release, rec_destroy,
-                                       decline7 };
+                                       decline7, 0 };
 
 static void tag7_script(mk_proc *p, const mk_event *ev, rec *r) {
   if (ev->type == MK_EV_BOOT) mk_tag_endpoint(p, "in", 7);
