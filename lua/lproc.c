@@ -574,7 +574,7 @@ static int c_spawn(lua_State *L) {
     b = &mk_nested_behavior;
   }
   if (level == 0) pid = mk_spawn(p, b, data, name, (void *)cont);
-  else mk_at_meta_level(p, wrap(mk_action_spawn(b, data, name), level - 1));
+  else mk_at_meta_level(p, wrap(mk_action_spawn_k(b, data, name, (void *)cont), level - 1));
   lua_pushinteger(L, (lua_Integer)pid);
   return settle(L, p, 1);
 }

@@ -235,11 +235,7 @@ local function perform_one(ctx, a, level)
     core.feedback(a.body, level)
   elseif kind == "spawn" then
     local id = 0
-    if a.k and level > 0 then
-      -- The new pid is in a VM above; nothing would ever call k.  Say so
-      -- rather than drop it silently (misuse_spec).
-      error("market.spawn: a continuation k cannot be used at meta level", 0)
-    end
+    -- At meta level, k gets the new pid in the VM above (as in Marketplace).
     if a.k then id = register_cont(ctx, a.k) end
     return core.spawn(a.boot, a.name, id, level, a.nested, a.budget)
   elseif kind == "quit" then

@@ -25,7 +25,9 @@ static char *prefixed(mk_pid pid, const char *name) {
   return s;
 }
 
-/* Rename the endpoints in a list made by child `pid` for the level above. */
+/* Rename the endpoints in a list made by child `pid` for the level above,
+** and wrap its spawn continuations so that the new pid finds its way back
+** to that child (handle, MK_EV_SPAWNED). */
 static void prefix_names(mk_action *a, mk_pid pid) {
   for (; a; a = a->next) {
     if (a->type == MK_A_ADD || a->type == MK_A_DELETE || a->type == MK_A_DROP) {
@@ -34,8 +36,41 @@ static void prefix_names(mk_action *a, mk_pid pid) {
       a->name = s;
     } else if (a->type == MK_A_META) {
       prefix_names(a->list, pid);
+    } else if (a->type == MK_A_SPAWN && a->cont != NULL) {
+      mkI_cont *c = malloc(sizeof *c);
+      if (c == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+      c->pid = pid;
+      c->inner = a->cont;
+      c->wrapped = a->cont_wrapped;
+      a->cont = c;
+      a->cont_wrapped = 1;
     }
   }
+}
+
+void mkI_cont_free(mkI_cont *c) {
+  while (c != NULL) {
+    mkI_cont *inner = c->wrapped ? c->inner : NULL;
+    free(c);
+    c = inner;
+  }
+}
+
+/* A spawn made for a child took place (or never will): its pid goes down
+** to the child, whose own token it carries. */
+static void spawned(mk_vm *vm, mkI_cont *c, mk_pid pid) {
+  mk_proc *child = mk_vm_proc(vm, c->pid);
+  if (child != NULL && mk_proc_alive(child)) {
+    mkI_enqueue_spawned(vm, child, c->inner, pid);
+    free(c);
+  } else {
+    mkI_cont_free(c);
+  }
+}
+
+static void release_cont(mk_proc *self, void *cont) {
+  (void)self;
+  mkI_cont_free(cont);
 }
 
 /* A child died (`drop`, already named for this level): what it held
@@ -105,6 +140,8 @@ static void handle(mk_proc *self, const mk_event *ev) {
   mk_vm *vm = self->data;
   if (ev->type == MK_EV_BOOT) {
     boot(self, vm);
+  } else if (ev->type == MK_EV_SPAWNED) {
+    spawned(vm, ev->cont, ev->pid);
   } else if (ev->endpoint != NULL) {
     char *end;
     unsigned long long pid = strtoull(ev->endpoint, &end, 10);
@@ -124,7 +161,7 @@ static void destroy(mk_proc *self) {
 
 /* A nested VM hears of its deleted endpoints so as to pass that on to the
 ** child that deleted them, if the child asked (vm.c, deliver). */
-const mk_behavior mk_nested_behavior = { "nested-vm", handle, NULL, destroy, NULL,
+const mk_behavior mk_nested_behavior = { "nested-vm", handle, release_cont, destroy, NULL,
                                          MK_BF_TELL_DELETED };
 
 void *mk_nested_new(mk_vm *parent_hint, const mk_behavior *b, void *data, const char *name) {

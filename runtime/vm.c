@@ -256,6 +256,12 @@ static mk_qev *enqueue_ep(mk_vm *vm, mk_endpoint *to, mk_event_type type,
   return q;
 }
 
+void mkI_enqueue_spawned(mk_vm *vm, mk_proc *target, void *cont, mk_pid pid) {
+  mk_qev *q = qev_new(vm, target, MK_EV_SPAWNED);
+  q->cont = cont;
+  q->pid = pid;                      /* counted in conts by mk_at_meta_level */
+}
+
 void mkI_enqueue_meta(mk_vm *vm, mk_proc *target, const mk_event *ev,
                       const char *name, int meta) {
   mk_qev *q = qev_new(vm, target, ev->type);
@@ -523,6 +529,16 @@ static int metaname_levels(const mk_proc *p) {
   for (m = p->metas; m; m = m->next)
     if (atoi(m->name) > most) most = atoi(m->name);
   return most;
+}
+
+/* Spawn continuations in an at_meta_level list: p waits for them. */
+static uint32_t upconts(const mk_action *list) {
+  uint32_t n = 0;
+  for (; list; list = list->next) {
+    if (list->type == MK_A_SPAWN && list->cont != NULL) n++;
+    else if (list->type == MK_A_META) n += upconts(list->list);
+  }
+  return n;
 }
 
 /* Track what an at_meta_level list adds and deletes above p.  Recurses
@@ -831,6 +847,8 @@ int mk_at_meta_level(mk_proc *p, mk_action *list) {
   /* Track what this process holds above, so that it is not taken for
   ** finished while it still has endpoints there. */
   metaname_track(p, list, 1);
+  /* And not while a pid it asked for is on its way back (nested.c). */
+  p->conts += upconts(list);
   if (vm->outtail) vm->outtail->next = a; else vm->outbox = a;
   vm->outtail = a;
   return 0;
@@ -850,6 +868,12 @@ mk_action *mk_action_spawn(const mk_behavior *b, void *data, const char *name) {
   a->b = b;
   a->data = data;
   a->name = xstrdup(name);
+  return a;
+}
+
+mk_action *mk_action_spawn_k(const mk_behavior *b, void *data, const char *name, void *cont) {
+  mk_action *a = mk_action_spawn(b, data, name);
+  a->cont = cont;
   return a;
 }
 
@@ -902,6 +926,7 @@ mk_action *mk_action_append(mk_action *a, mk_action *b) {
 
 static void action_free1(mk_action *a) {
   if (a->type == MK_A_SPAWN && a->data) destroy_data(NULL, a->b, a->data);
+  if (a->type == MK_A_SPAWN && a->cont_wrapped) mkI_cont_free(a->cont);
   mk_action_free(a->list);
   mk_unref(a->role.topic);
   mk_unref(a->term);
@@ -923,8 +948,12 @@ void mkI_perform(mk_proc *p, mk_action *a) {
   a->next = NULL;
   switch (a->type) {
     case MK_A_SPAWN:
-      mk_spawn(p, a->b, a->data, a->name, NULL);
+      /* A continuation here is a wrapped one (nested.c): p is the nested
+      ** VM that will pass the new pid down to the child who asked. */
+      mk_spawn(p, a->b, a->data, a->name, a->cont);
       a->data = NULL;
+      a->cont = NULL;
+      a->cont_wrapped = 0;
       break;
     case MK_A_QUIT: mk_quit(p, 0, a->term); break;
     case MK_A_ADD: mk_add_endpoint(p, a->name, 0, a->role); break;
@@ -955,7 +984,8 @@ static void check_exit(mk_proc *p) {
   ** meta endpoints crashed while siblings live on) was killed with all
   ** its live processes. */
   if (p->b == &mk_nested_behavior || p->resident) return;
-  if (!p->dead && p->neps == 0 && p->metas == NULL && p->pending == 0 && !p->in_handle)
+  if (!p->dead && p->neps == 0 && p->metas == NULL && p->pending == 0 && p->conts == 0 &&
+      !p->in_handle)
     mkI_kill(p, NULL);
 }
 

@@ -253,10 +253,17 @@ int mk_at_meta_level(mk_proc *p, mk_action *a);
 /*
 ** An action value is a heap node owned by whoever holds the list head.  The
 ** constructors copy strings and take references to terms (terms borrowed).
-** mk_action_free frees a whole list, releasing spawn data and continuation
-** tokens through their behaviours.
+** mk_action_free frees a whole list, releasing spawn data through its
+** behaviour.
 */
 mk_action *mk_action_spawn(const mk_behavior *b, void *data, const char *name);
+/* A spawn with a continuation, for at_meta_level (Marketplace's spawn with
+** k): performed n VMs up, it makes `cont` come back to the process that
+** sent it up as MK_EV_SPAWNED with the new pid (a pid of that VM up
+** there).  If the spawn never happens (a VM on the way is stopping, or the
+** process is gone) the token is dropped without release_cont: use tokens
+** that own nothing (the Lua binding's are integers). */
+mk_action *mk_action_spawn_k(const mk_behavior *b, void *data, const char *name, void *cont);
 mk_action *mk_action_quit(mk_term *reason);
 mk_action *mk_action_add(const char *name, mk_role role);
 mk_action *mk_action_delete(const char *name, mk_term *reason);

@@ -22,6 +22,9 @@ struct mk_action {
   mk_term *term;            /* SEND, FEEDBACK: body; QUIT, DELETE, DROP: reason (may be NULL) */
   const mk_behavior *b;     /* SPAWN */
   void *data;               /* SPAWN: behaviour data, destroyed if never spawned */
+  void *cont;               /* SPAWN: continuation token or NULL; once a nested VM
+                            ** passed it up, a chain of mkI_conts (cont_wrapped) */
+  int cont_wrapped;         /* SPAWN: cont is an mkI_cont, freed with the node */
   mk_pid pid;               /* META: the child that made it */
   int levels;               /* DROP: the levels up, from here, where the dead
                             ** process may hold endpoints (>= 1) */
@@ -109,6 +112,17 @@ struct mk_vm {
   int halting;              /* mk_vm_kill_all is running: spawns refused */
   int freeing;
 };
+
+/* A spawn continuation on its way up through a nested VM: the child it
+** goes back to and that child's own token (an mkI_cont too when `wrapped`,
+** owned then).  Made and freed by nested.c. */
+typedef struct mkI_cont {
+  mk_pid pid;
+  void *inner;
+  int wrapped;
+} mkI_cont;
+void mkI_cont_free(mkI_cont *c);                   /* the whole chain */
+void mkI_enqueue_spawned(mk_vm *vm, mk_proc *target, void *cont, mk_pid pid);
 
 /* Used by nested.c. */
 void mkI_enqueue_meta(mk_vm *vm, mk_proc *target, const mk_event *ev, const char *name, int meta);

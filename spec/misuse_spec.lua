@@ -243,13 +243,6 @@ describe("actions that make no sense at meta level end the process", function()
     return log.lines[3]:match('^w absence #1 publisher/participant "watched" (.*)$')
   end
 
-  it("a spawn continuation at meta level", function()
-    assert.equal("market.spawn: a continuation k cannot be used at meta level",
-                 reason_of(function()
-                   return market.at_meta_level(market.spawn(print, { k = print }))
-                 end))
-  end)
-
   it("quit(pid) at meta level (a VM quits only itself)", function()
     assert.matches("market%.quit: at_meta_level quits the whole VM; it takes no pid$",
                    reason_of(function() return market.at_meta_level(market.quit(1)) end))
