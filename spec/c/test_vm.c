@@ -168,9 +168,12 @@ static void fmt_event(const mk_event *ev, char *line, size_t size) {
     case MK_EV_ABSENCE:
       t = ev->role.topic ? mk_repr(ev->role.topic, NULL) : NULL;
       x = ev->reason ? mk_repr(ev->reason, NULL) : NULL;
-      snprintf(line, size, "absence%s %s %s/%s %s %s", meta, ev->endpoint,
+      snprintf(line, size, "absence%s %s %s/%s %s %s%s", meta, ev->endpoint,
                ori(ev->role.orientation), intr(ev->role.interest), t ? t : "NULL",
-               x ? x : "nil");
+               x ? x : "nil", ev->deleted ? " (deleted)" : "");
+      break;
+    case MK_EV_DELETED:
+      snprintf(line, size, "deleted%s %s", meta, ev->endpoint);
       break;
     case MK_EV_MESSAGE:
       x = ev->message ? mk_repr(ev->message, NULL) : NULL;
@@ -226,6 +229,9 @@ static void rec_destroy(mk_proc *p) {
 }
 
 static const mk_behavior recb = { "rec", rec_handle, rec_release, rec_destroy, NULL, 0 };
+/* The same, told of its own deleted endpoints (Marketplace's delete-endpoint). */
+static const mk_behavior toldb = { "told", rec_handle, rec_release, rec_destroy, NULL,
+                                   MK_BF_TELL_DELETED };
 
 static mk_pid spawn(mk_vm *vm, rec *r) {
   return mk_vm_spawn(vm, &recb, r, r->tag);
@@ -2120,6 +2126,92 @@ static void test_ground_stop(void) {
   END;
 }
 
+/* ---- own absences, spawn continuations at meta level -------------------- */
+
+static void delete_x_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *why;
+  if (!is_ctl(ev)) return;
+  why = mk_cstr("bye");
+  rec_ret(r, mk_delete_endpoint(p, "x", 0, why));
+  mk_unref(why);
+}
+
+/* A told behaviour's deleted endpoint hears each peer it saw go, marked,
+** then MK_EV_DELETED; an untold one (the drivers) hears nothing.  (Every
+** meta level: fidelity_spec.) */
+static void test_delete_tells_endpoint(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec told, plain, p1, p2;
+  rec_init(&told, "T");
+  rec_init(&plain, "U");
+  rec_init(&p1, "P1");
+  rec_init(&p2, "P2");
+  told.fn = plain.fn = delete_x_script;
+  rec_ep(&told, "x", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 0);
+  rec_ep(&plain, "x", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 0);
+  rec_ctl(&told);
+  rec_ctl(&plain);
+  rec_ep(&p1, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(1), I(1)), 0);
+  rec_ep(&p2, "ep", MK_PUBLISHER, MK_OBSERVER, R(I(1), I(2)), 0);
+  spawn(vm, &p1);
+  spawn(vm, &p2);
+  mk_vm_spawn(vm, &toldb, &told, "T");
+  spawn(vm, &plain);
+  mk_vm_run(vm);
+  poke(vm, "T");
+  poke(vm, "U");
+  mk_vm_run(vm);
+  CHECK(told.nret == 1 && told.ret[0] == 0 && plain.nret == 1 && plain.ret[0] == 0);
+  CHECK(log_count(&told.log, "absence x publisher/participant rec(1, 1) \"bye\" (deleted)") == 1);
+  /* It never saw the observer P2, so it is not told of it. */
+  CHECK(log_count_prefix(&told.log, "absence") == 1);
+  CHECK(log_count(&told.log, "deleted x") == 1);
+  CHECK(log_find(&told.log, "deleted x") == (int)told.log.n - 1);
+  CHECK(log_count_prefix(&plain.log, "absence") == 0);
+  CHECK(log_count_prefix(&plain.log, "deleted") == 0);
+  /* The peers hear of both, as always. */
+  CHECK(log_count_prefix(&p1.log, "absence") == 2);
+  CHECK(log_count_prefix(&p2.log, "absence") == 2);
+  mk_vm_free(vm, NULL);
+  rec_done(&told);
+  rec_done(&plain);
+  rec_done(&p1);
+  rec_done(&p2);
+  END;
+}
+
+static void spawn_up_script(mk_proc *p, const mk_event *ev, rec *r) {
+  if (ev->type != MK_EV_BOOT) return;
+  rec_ret(r, mk_at_meta_level(p, meta_list(mk_action_spawn_k(&recb, r->ud, "up", "tok"))));
+}
+
+/* mk_action_spawn_k two VMs up: the child starts in the ground VM and the
+** token comes back to the asker, inside, with the child's ground pid. */
+static void test_meta_spawn_k(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec asker, child;
+  rec_init(&asker, "A");
+  rec_init(&child, "C");
+  asker.fn = spawn_up_script;
+  asker.ud = &child;
+  rec_ctl(&asker);                     /* keeps it alive after */
+  rec_ctl(&child);
+  mk_vm_spawn(vm, &mk_nested_behavior,
+              mk_nested_new(vm, &mk_nested_behavior, mk_nested_new(NULL, &recb, &asker, "A"),
+                            "n2"), "n1");
+  mk_vm_run(vm);
+  CHECK(asker.nret == 1 && asker.ret[0] == 0);
+  CHECK(child.boots == 1 && strcmp(child.path, "ground") == 0);
+  CHECK(log_count(&asker.log, "spawned tok") == 1);
+  CHECK(asker.spawned == child.pid && child.pid == 2);
+  mk_vm_free(vm, NULL);
+  rec_done(&asker);
+  rec_done(&child);
+  END;
+}
+
 int main(void) {
   int rc;
   alarm(60);   /* a hang is a failure, not a stuck CI job */
@@ -2162,6 +2254,8 @@ int main(void) {
   RUN(test_ground_fd_closed_twin);
   RUN(test_ground_signal_two_loops);
   RUN(test_ground_stop);
+  RUN(test_delete_tells_endpoint);
+  RUN(test_meta_spawn_k);
   mk_rtype_unref(RT2);
   mk_rtype_unref(CTL);
   log_free(&glog);
