@@ -120,10 +120,15 @@ describe("the activation budget", function()
   end)
 
   it("lets a long activation run by default (1000 ms) and when it is off (0)", function()
-    local function busy() local t = os.clock(); while os.clock() - t < 0.3 do end end
-    assert.is_true(market.ground_vm(busy))
-    assert.is_true(market.ground_vm(busy, { max_activation = 0 }))
-    local ok, err = market.ground_vm(busy, { max_activation = 100 })
+    local function busy(secs)
+      return function() local t = os.clock(); while os.clock() - t < secs do end end
+    end
+    assert.is_true(market.ground_vm(busy(0.3)))
+    assert.is_true(market.ground_vm(busy(0.3), { max_activation = 0 }))
+    -- The budget is counted from the CPU timer's signals, which a loaded
+    -- machine delivers late and few: what must hold is that the loop is
+    -- stopped, well before its 5 s.
+    local ok, err = market.ground_vm(busy(5), { max_activation = 100 })
     assert.is_nil(ok)
     assert.matches("^" .. REASON, err)
   end)
