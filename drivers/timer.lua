@@ -88,10 +88,11 @@ function M.driver()
   end
 
   local function on_set(_, m)
+    -- Malformed requests are ignored: nobody to answer.  (A wildcard
+    -- message body reaches this subscription too, and is no record.)
+    if not set:is(m) then return end
     local msecs, kind = m.msecs, m.kind
-    if type(msecs) ~= "number" or (kind ~= "relative" and kind ~= "absolute") then
-      return   -- malformed requests are ignored: nobody to answer
-    end
+    if type(msecs) ~= "number" or (kind ~= "relative" and kind ~= "absolute") then return end
     local deadline = kind == "absolute" and msecs or market.now() + msecs
     -- NaN or infinite: no ground alarm can be set for it (ground.h).
     if deadline ~= deadline or deadline == huge or deadline == -huge then return end

@@ -13,11 +13,13 @@ local function ground(boot)
   assert(ok, err)
 end
 
--- A process that records the labels of expired timers in `log`.
+-- A process that records the labels of expired timers in `log`, until it
+-- has n.  (A wildcard message body, which some specs send, is no expiry.)
 local function recorder(log, n)
   return market.spawn(function()
     return market.transition(0, market.subscriber(timer.expired(_, _), {
       on_message = function(count, m)
+        if not timer.expired:is(m) then return end
         log[#log + 1] = { label = m.label, at = m.msecs, now = market.now() }
         if count + 1 == n then return market.transition(count + 1, market.quit()) end
         return market.transition(count + 1)
@@ -136,6 +138,18 @@ describe("timer driver", function()
     assert.equal("good", log[1].label)
     assert.equal("good2", log[2].label)
     assert.equal("none", held)
+  end)
+
+  it("ignores a wildcard message body, which reaches its subscriptions but is no request", function()
+    local log = {}
+    ground(function()
+      market.perform(recorder(log, 1))
+      market.pause()
+      market.perform(market.send(_),
+                     market.send(timer.set("good", 5, "relative")))
+    end)
+    assert.equal(1, #log)
+    assert.equal("good", log[1].label)
   end)
 end)
 
