@@ -11,11 +11,13 @@
 --
 -- Outstanding timers live in one binary heap; the driver holds a single
 -- ground alarm for the earliest deadline, so a hundred thousand timers
--- cost one watcher.  A cancel does not search the heap: it marks the
--- label's entries stale at once (a per-label count and cut, below) and
--- they are dropped when they reach the top, or all together when stale
--- entries come to outnumber live ones (the heap is then rebuilt without
--- them, in time linear in its size, paid for by the sets that made them).
+-- cost one watcher.  Expiries due together go out in batches, one
+-- activation each (expire, below).  A cancel does not search the heap:
+-- it marks the label's entries stale at once (a per-label count and cut,
+-- below) and they are dropped when they reach the top, or all together
+-- when stale entries come to outnumber live ones (the heap is then rebuilt
+-- without them, in time linear in its size, paid for by the sets that
+-- made them).
 local market = ...
 local M = {}
 
@@ -32,6 +34,10 @@ local repr, ceil, huge = market.repr, math.ceil, math.huge
 -- driver rebuilt its heap to drop stale entries.
 M.stats = { max_heap = 0, compactions = 0 }
 local stats = M.stats
+
+-- Expiries sent in one activation at most: firing a hundred thousand at
+-- once took half a second of CPU, half the default activation budget.
+local BATCH = 1000
 
 -- The heap holds entries {deadline, seq, label, key}, ordered by deadline,
 -- then by seq (the order of the sets); key is repr(label).
@@ -86,6 +92,7 @@ function M.driver()
   -- goes with the last of them.  nstale counts all stale entries.
   local live, cut, stale, nstale = {}, {}, {}, 0
   local armed = nil                      -- deadline of the ground alarm held
+  local draining = false                 -- a continuation sends more expiries
 
   local function is_live(e)
     local c = cut[e[4]]
@@ -116,35 +123,55 @@ function M.driver()
   -- Hold one ground alarm, for the earliest live deadline.  Called after
   -- every change to the heap: stale entries then never outnumber live ones
   -- (a cancel makes them, and expiries leave them behind).
+  local expire
   local function rearm(actions)
     while heap.n > 0 and not is_live(heap[1]) do dropped(pop(heap)) end
     -- Compaction keeps every live entry, so the earliest stays on top.
     if 2 * nstale > heap.n then compact() end
+    if draining then return end   -- the batches rearm when they are done
     local want = heap.n > 0 and heap[1][1] or nil
     if want == armed then return end
     if armed then actions[#actions + 1] = market.delete_endpoint("alarm") end
     if want then
       actions[#actions + 1] = market.subscriber(alarm(want), { name = "alarm", on_message = function()
-        local now = market.now()
         -- The ground alarm fires once: drop it, then arm the next one.
-        local out = { market.delete_endpoint("alarm") }
         armed = nil
-        while heap.n > 0 and (heap[1][1] <= now or not is_live(heap[1])) do
-          local e = pop(heap)
-          if is_live(e) then
-            local key = e[4]
-            local n = live[key] - 1
-            live[key] = n > 0 and n or nil
-            out[#out + 1] = market.send(expired(e[3], now))
-          else
-            dropped(e)
-          end
-        end
-        rearm(out)
-        return market.transition_no_state(out)
+        return market.transition_no_state(expire({ market.delete_endpoint("alarm") }))
       end })
     end
     armed = want
+  end
+
+  local function go_on() return market.transition_no_state(expire({})) end
+
+  -- Add to out the expiries now due, at most BATCH of them: the rest are
+  -- sent by a continuation, after what was queued meanwhile, so that no
+  -- number of timers due at once makes one activation run over its budget
+  -- (docs/limits.md) and the receivers run in between.  Then rearm.
+  expire = function(out)
+    local now, sent = market.now(), 0
+    while heap.n > 0 do
+      local e = heap[1]
+      if not is_live(e) then
+        dropped(pop(heap))
+      elseif e[1] > now then
+        break
+      elseif sent == BATCH then
+        draining = true
+        out[#out + 1] = market.yield(go_on)
+        return out
+      else
+        pop(heap)
+        local key = e[4]
+        local n = live[key] - 1
+        live[key] = n > 0 and n or nil
+        out[#out + 1] = market.send(expired(e[3], now))
+        sent = sent + 1
+      end
+    end
+    draining = false
+    rearm(out)
+    return out
   end
 
   local function on_set(_, m)

@@ -114,6 +114,35 @@ describe("timer driver", function()
     end
   end)
 
+  it("sends 50,000 expiries due at once in batches, each activation within a 100 ms budget",
+     function()
+    local N, log, late = 50000, {}, nil
+    -- A collection that runs in an activation is charged to it: start from
+    -- a collected heap, so that what counts is the driver's own work.
+    collectgarbage()
+    local ok, err = market.ground_vm(function()
+      market.perform(market.spawn(timer.driver, { name = "timer-driver" }), recorder(log, N + 1),
+        -- A set that comes while the batches are being sent is served too.
+        market.spawn(function()
+          return market.transition(nil, market.subscriber(timer.expired(1, _), { on_message = function()
+            return market.transition(nil, market.send(timer.set("after", 5, "relative")), market.quit())
+          end }))
+        end))
+      market.pause()
+      local due = math.floor(market.now()) + 1500
+      for i = 1, N do
+        market.perform(market.send(timer.set(i, due, "absolute")))
+        if i % 500 == 0 then market.pause() end   -- the boot's budget too
+      end
+      late = market.now() >= due
+    end, { max_activation = 100 })
+    assert(ok, err)
+    assert.is_false(late, "the timers were not all set before they were due")
+    assert.equal(N + 1, #log)
+    for i = 1, N do assert(log[i].label == i, "out of order") end
+    assert.equal("after", log[N + 1].label)
+  end)
+
   it("lets a straight-line process sleep while others run", function()
     local order = {}
     ground(function()
