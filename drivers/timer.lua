@@ -2,110 +2,213 @@
 --
 -- A process that listens for timer.set(label, msecs, kind) and, when due,
 -- sends timer.expired(label, now_msecs).  kind is "relative" (msecs from
--- now) or "absolute" (ms since the epoch).  Setting a label again replaces
--- its deadline.  Outstanding timers live in one binary heap; the driver
--- holds a single ground alarm for the earliest deadline, so a hundred
--- thousand timers cost one watcher.
+-- now) or "absolute" (ms since the epoch).  As in Marketplace, a label
+-- names what an expiry is about, not a slot: every set gives exactly one
+-- expiry, so setting a label twice gives two, in deadline order (equal
+-- deadlines in the order they were set).  timer.cancel(label) is market's
+-- own (Marketplace has none): it cancels every outstanding timer with that
+-- label, so "cancel, then set" replaces.
+--
+-- Outstanding timers live in one binary heap; the driver holds a single
+-- ground alarm for the earliest deadline, so a hundred thousand timers
+-- cost one watcher.  Expiries due together go out in batches, one
+-- activation each (expire, below).  A cancel does not search the heap:
+-- it marks the label's entries stale at once (a per-label count and cut,
+-- below) and they are dropped when they reach the top, or all together
+-- when stale entries come to outnumber live ones (the heap is then rebuilt
+-- without them, in time linear in its size, paid for by the sets that
+-- made them).
 local market = ...
 local M = {}
 
 local set = market.record("timer-set", "label", "msecs", "kind")
+local cancel = market.record("timer-cancel", "label")
 local expired = market.record("timer-expired", "label", "msecs")
-M.set, M.expired = set, expired
+M.set, M.cancel, M.expired = set, cancel, expired
 local alarm = market.ground.alarm
 local _ = market._
 local repr, ceil, huge = market.repr, math.ceil, math.huge
 
--- The heap holds entries {deadline, seq, label, key}; an entry is live while
--- current[key] is its seq (re-setting a label leaves the old entry stale).
+-- For tests and monitoring, across every timer driver of this Lua state:
+-- the most entries (live and stale) a driver's heap held, and how often a
+-- driver rebuilt its heap to drop stale entries.
+M.stats = { max_heap = 0, compactions = 0 }
+local stats = M.stats
+
+-- Expiries sent in one activation at most: firing a hundred thousand at
+-- once took half a second of CPU, half the default activation budget.
+local BATCH = 1000
+
+-- The heap holds entries {deadline, seq, label, key}, ordered by deadline,
+-- then by seq (the order of the sets); key is repr(label).
+local function before(a, b)
+  return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
+end
+
 local function push(h, e)
   local n = h.n + 1
   h.n = n
+  if n > stats.max_heap then stats.max_heap = n end
   while n > 1 do
     local p = n // 2
     local pe = h[p]
-    if pe[1] < e[1] or (pe[1] == e[1] and pe[2] <= e[2]) then break end
+    if before(pe, e) then break end
     h[n] = pe
     n = p
   end
   h[n] = e
 end
 
+-- Put e into the hole at i, moving smaller children up.
+local function sink(h, i, e)
+  local n = h.n
+  while true do
+    local c = 2 * i
+    if c > n then break end
+    if c < n and before(h[c + 1], h[c]) then c = c + 1 end
+    local ce = h[c]
+    if before(e, ce) then break end
+    h[i] = ce
+    i = c
+  end
+  h[i] = e
+end
+
 local function pop(h)
   local top, n = h[1], h.n
   local last = h[n]
   h[n] = nil
-  n = n - 1
-  h.n = n
-  if n > 0 then
-    local i = 1
-    while true do
-      local c = 2 * i
-      if c > n then break end
-      if c < n then
-        local a, b = h[c], h[c + 1]
-        if b[1] < a[1] or (b[1] == a[1] and b[2] < a[2]) then c = c + 1 end
-      end
-      local ce = h[c]
-      if last[1] < ce[1] or (last[1] == ce[1] and last[2] <= ce[2]) then break end
-      h[i] = ce
-      i = c
-    end
-    h[i] = last
-  end
+  h.n = n - 1
+  if n > 1 then sink(h, 1, last) end
   return top
 end
 
 -- The driver's boot function: run it with market.spawn(timer.driver).
 function M.driver()
-  local heap, current, seq = { n = 0 }, {}, 0
+  local heap, seq = { n = 0 }, 0
+  -- Per label key: live[key], how many of its entries will fire; cut[key],
+  -- the seq of its last cancel (its entries with seq <= cut are stale);
+  -- stale[key], how many of those are still in the heap, so that cut[key]
+  -- goes with the last of them.  nstale counts all stale entries.
+  local live, cut, stale, nstale = {}, {}, {}, 0
   local armed = nil                      -- deadline of the ground alarm held
+  local draining = false                 -- a continuation sends more expiries
 
-  -- Hold one ground alarm, for the earliest live deadline.
+  local function is_live(e)
+    local c = cut[e[4]]
+    return c == nil or e[2] > c
+  end
+
+  -- Account for a stale entry that left the heap.
+  local function dropped(e)
+    local key = e[4]
+    local s = stale[key] - 1
+    if s == 0 then stale[key], cut[key] = nil, nil else stale[key] = s end
+    nstale = nstale - 1
+  end
+
+  -- Rebuild the heap from its live entries (heapify, linear time).
+  local function compact()
+    local h, n = { n = 0 }, 0
+    for i = 1, heap.n do
+      local e = heap[i]
+      if is_live(e) then n = n + 1; h[n] = e end
+    end
+    h.n = n
+    for i = n // 2, 1, -1 do sink(h, i, h[i]) end
+    heap, cut, stale, nstale = h, {}, {}, 0
+    stats.compactions = stats.compactions + 1
+  end
+
+  -- Hold one ground alarm, for the earliest live deadline.  Called after
+  -- every change to the heap: stale entries then never outnumber live ones
+  -- (a cancel makes them, and expiries leave them behind).
+  local expire
   local function rearm(actions)
-    while heap.n > 0 and current[heap[1][4]] ~= heap[1][2] do pop(heap) end
+    while heap.n > 0 and not is_live(heap[1]) do dropped(pop(heap)) end
+    -- Compaction keeps every live entry, so the earliest stays on top.
+    if 2 * nstale > heap.n then compact() end
+    if draining then return end   -- the batches rearm when they are done
     local want = heap.n > 0 and heap[1][1] or nil
     if want == armed then return end
     if armed then actions[#actions + 1] = market.delete_endpoint("alarm") end
     if want then
       actions[#actions + 1] = market.subscriber(alarm(want), { name = "alarm", on_message = function()
-        local now = market.now()
         -- The ground alarm fires once: drop it, then arm the next one.
-        local out = { market.delete_endpoint("alarm") }
         armed = nil
-        while heap.n > 0 and (current[heap[1][4]] ~= heap[1][2] or heap[1][1] <= now) do
-          local e = pop(heap)
-          if current[e[4]] == e[2] then
-            current[e[4]] = nil
-            out[#out + 1] = market.send(expired(e[3], now))
-          end
-        end
-        rearm(out)
-        return market.transition_no_state(out)
+        return market.transition_no_state(expire({ market.delete_endpoint("alarm") }))
       end })
     end
     armed = want
   end
 
-  local function on_set(_, m)
-    local msecs, kind = m.msecs, m.kind
-    if type(msecs) ~= "number" or (kind ~= "relative" and kind ~= "absolute") then
-      return   -- malformed requests are ignored: nobody to answer
+  local function go_on() return market.transition_no_state(expire({})) end
+
+  -- Add to out the expiries now due, at most BATCH of them: the rest are
+  -- sent by a continuation, after what was queued meanwhile, so that no
+  -- number of timers due at once makes one activation run over its budget
+  -- (docs/limits.md) and the receivers run in between.  Then rearm.
+  expire = function(out)
+    local now, sent = market.now(), 0
+    while heap.n > 0 do
+      local e = heap[1]
+      if not is_live(e) then
+        dropped(pop(heap))
+      elseif e[1] > now then
+        break
+      elseif sent == BATCH then
+        draining = true
+        out[#out + 1] = market.yield(go_on)
+        return out
+      else
+        pop(heap)
+        local key = e[4]
+        local n = live[key] - 1
+        live[key] = n > 0 and n or nil
+        out[#out + 1] = market.send(expired(e[3], now))
+        sent = sent + 1
+      end
     end
+    draining = false
+    rearm(out)
+    return out
+  end
+
+  local function on_set(_, m)
+    -- Malformed requests are ignored: nobody to answer.  (A wildcard
+    -- message body reaches this subscription too, and is no record.)
+    if not set:is(m) then return end
+    local msecs, kind = m.msecs, m.kind
+    if type(msecs) ~= "number" or (kind ~= "relative" and kind ~= "absolute") then return end
     local deadline = kind == "absolute" and msecs or market.now() + msecs
     -- NaN or infinite: no ground alarm can be set for it (ground.h).
     if deadline ~= deadline or deadline == huge or deadline == -huge then return end
     deadline = ceil(deadline)   -- never before the time asked for
     local key = repr(m.label)
     seq = seq + 1
-    current[key] = seq
+    live[key] = (live[key] or 0) + 1
     push(heap, { deadline, seq, m.label, key })
     local actions = {}
     rearm(actions)
     return market.transition_no_state(actions)
   end
 
-  return market.transition(nil, market.subscriber(set(_, _, _), { name = "set", on_message = on_set }))
+  local function on_cancel(_, m)
+    if not cancel:is(m) then return end
+    local key = repr(m.label)
+    local n = live[key]
+    if not n then return end   -- nothing outstanding: nothing to do
+    live[key], cut[key] = nil, seq
+    stale[key] = (stale[key] or 0) + n
+    nstale = nstale + n
+    local actions = {}
+    rearm(actions)
+    return market.transition_no_state(actions)
+  end
+
+  return market.transition(nil,
+    market.subscriber(set(_, _, _), { name = "set", on_message = on_set }),
+    market.subscriber(cancel(_), { name = "cancel", on_message = on_cancel }))
 end
 
 -- sleep(msecs): for straight-line processes; suspends this process only.
