@@ -1,7 +1,16 @@
 /*
-** lproc.c: Lua processes.  Each process is a coroutine of one lua_State
-** (the state that runs the ground VM); the VM resumes it with one event at
-** a time, and the coroutine yields back from core.wait() when done.
+** lproc.c: Lua processes.  A process runs its activations on coroutines of
+** one lua_State (the state that runs the ground VM); the VM resumes one with
+** one event at a time, and it returns, or yields back from core.wait() when
+** straight-line code waits.
+**
+** A process owns no coroutine while idle.  Most processes are handler
+** style (Marketplace's functions from events to transitions): each
+** activation borrows a coroutine from a small pool and gives it back when
+** it returns.  Only code that waits (market.yield, wait_for, pause) keeps
+** its coroutine until it finishes.  So a spawn makes no thread, an idle
+** process holds no stack, and a busy server's activations run on a few
+** hot stacks instead of one cold stack per session.
 **
 ** The Lua side (market.lua) runs the dispatch loop inside the coroutine and
 ** performs actions through the core.* functions here, which act on the
@@ -31,19 +40,23 @@ typedef struct mkl_state {
   int trace;
   mkl_fail_fn on_fail;   /* told when a boot process fails (host.c) */
   void *fail_ud;
-  struct lproc *idle[64];   /* gone idle lately, stack not reset yet (settle_idle) */
-  unsigned idle_next;
+  /* Coroutines no activation is using, each anchored by its registry
+  ** reference: borrowed by acquire(), given back by release(). */
+  lua_State *pool[16];
+  int poolref[16];
+  int npool;
 } mkl_state;
 
 /* A Lua process.  Owned by its mk_proc (destroy). */
 typedef struct lproc {
   mkl_state *S;
-  lua_State *co;         /* anchored by coref */
+  lua_State *co;         /* its coroutine while it runs or waits, else NULL;
+                         ** anchored by coref (owned: released or unref'd) */
   int coref, ctxref;
+  int bootref;           /* its boot function until the boot event */
   uint8_t waiting;       /* suspended in core.wait() */
   uint8_t boot;          /* a boot process: its failure is the program's */
   uint8_t running;       /* in lua_resume */
-  int8_t idle_slot;      /* index in S->idle, or -1 */
 } lproc;
 
 static const char key_state = 0;
@@ -306,12 +319,6 @@ static mk_term *reason_of(mkl_state *S, lua_State *co) {
   return t;
 }
 
-#if LUA_VERSION_RELEASE_NUM >= 50406
-#define resetthread(co) lua_closethread((co), NULL)
-#else
-#define resetthread(co) lua_resetthread(co)
-#endif
-
 /* Push an event's fields as handle()'s Lua half expects them; returns how
 ** many, or 0 for an event Lua processes do not take. */
 static int pushevent(lua_State *co, const mk_event *ev) {
@@ -371,6 +378,7 @@ static int handler_of(mk_event_type type, const char **field) {
 ** presence.  Raw reads of ctx.eps (or ctx.metas[meta]) [endpoint][field];
 ** a handler table with a metatable takes the general path. */
 static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
+  /* co: any thread of the state, as scratch; the stack is left as found. */
   const char *field;
   int top = lua_gettop(co), r = 1, bit = handler_of(ev->type, &field);
   if (bit == 0) return 0;
@@ -379,6 +387,7 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   /* A deleted endpoint's handlers are no longer in ctx.eps (market.lua
   ** keeps them aside until MK_EV_DELETED). */
   if (ev->deleted || ev->type == MK_EV_DELETED) return 0;
+  if (!lua_checkstack(co, 4)) return 0;
   lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
   if (ev->meta == 0) {
     lua_pushliteral(co, "eps");
@@ -398,31 +407,33 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   return r;
 }
 
-/*
-** The activation ran to its end: the process is idle.  Resetting the
-** thread gives back the stack its handlers grew (45 -> 85 slots after a
-** typical first handler), which is most of an idle process's memory; the
-** next activation starts on a fresh, small stack.  Not at once, though: a
-** busy process would shrink after every event and grow again in the next
-** (two reallocations per event, one past 1 KiB, where malloc consolidates).
-** The last 64 processes to go idle keep their stacks; the one pushed out
-** by a newcomer is reset then (unless it is running or waiting in
-** market.yield() again).  A process that goes idle again while still
-** among them keeps its place, so a few busy processes never pay.
-*/
-static void settle_idle(mkl_state *S, lproc *lp) {
-  const size_t n = sizeof S->idle / sizeof S->idle[0];
-  lproc *old;
-  if (lp->idle_slot >= 0) return;
-  old = S->idle[S->idle_next];
-  if (old != NULL) {
-    old->idle_slot = -1;
-    if (!old->waiting && !old->running && lua_status(old->co) == LUA_OK)
-      resetthread(old->co);
+/* Give lp a coroutine for an activation: one from the pool (its stack
+** already grown by earlier activations) or a new one. */
+static lua_State *acquire(mkl_state *S, lproc *lp) {
+  if (S->npool > 0) {
+    S->npool--;
+    lp->co = S->pool[S->npool];
+    lp->coref = S->poolref[S->npool];
+  } else {
+    lp->co = lua_newthread(S->L);
+    lp->coref = luaL_ref(S->L, LUA_REGISTRYINDEX);
   }
-  S->idle[S->idle_next] = lp;
-  lp->idle_slot = (int8_t)S->idle_next;
-  S->idle_next = (unsigned)((S->idle_next + 1) % n);
+  return lp->co;
+}
+
+/* The activation returned: its coroutine, empty again, goes back to the
+** pool (or to the collector, which also shrinks pooled stacks). */
+static void release(mkl_state *S, lproc *lp) {
+  lua_settop(lp->co, 0);
+  if (S->npool < (int)(sizeof S->pool / sizeof S->pool[0])) {
+    S->pool[S->npool] = lp->co;
+    S->poolref[S->npool] = lp->coref;
+    S->npool++;
+  } else {
+    luaL_unref(S->L, LUA_REGISTRYINDEX, lp->coref);
+  }
+  lp->co = NULL;
+  lp->coref = LUA_NOREF;
 }
 
 /* The VM asks before queueing an event that would be p's next: an idle
@@ -439,29 +450,33 @@ static int declines(mk_proc *p, uint32_t tag, mk_event_type type) {
 static void handle(mk_proc *p, const mk_event *ev) {
   lproc *lp = mk_proc_data(p);
   mkl_state *S = lp->S;
-  lua_State *co = lp->co;
+  lua_State *co;
   mk_proc *saved = S->current;
   int nargs, nres = 0, st, overrun;
   if (ev->type == MK_EV_BOOT) {
-    /* co holds [boot]; make it [main, ctx, boot]. */
+    /* main(ctx, boot) */
+    co = acquire(S, lp);
     lua_rawgeti(co, LUA_REGISTRYINDEX, S->mainref);
-    lua_insert(co, 1);
     lua_createtable(co, 0, 4);
     lua_pushinteger(co, (lua_Integer)mk_proc_pid(p));
     lua_setfield(co, -2, "pid");
     lua_pushvalue(co, -1);
     lp->ctxref = luaL_ref(co, LUA_REGISTRYINDEX);
-    lua_insert(co, 2);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->bootref);
+    luaL_unref(co, LUA_REGISTRYINDEX, lp->bootref);
+    lp->bootref = LUA_NOREF;
     nargs = 2;
   } else if (lp->waiting) {
     /* Straight-line code suspended in core.wait(): the event is its result. */
+    co = lp->co;
     if ((nargs = pushevent(co, ev)) == 0) return;
   } else {
-    if (unhandled(co, lp, ev)) return;
+    if (unhandled(S->L, lp, ev)) return;
     /* Idle between events: a fresh activation, activate(ctx, event...). */
+    co = acquire(S, lp);
     lua_rawgeti(co, LUA_REGISTRYINDEX, S->activateref);
     lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-    if ((nargs = pushevent(co, ev)) == 0) { lua_settop(co, 0); return; }
+    if ((nargs = pushevent(co, ev)) == 0) { release(S, lp); return; }
     nargs++;
   }
   lp->waiting = 0;
@@ -475,8 +490,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     if (!lp->waiting && mk_proc_alive(p))
       mk_failf(p, "coroutine.yield() outside market.yield(): a process suspends only through market");
   } else if (st == LUA_OK && !overrun) {
-    lua_settop(co, 0);
-    settle_idle(S, lp);
+    release(S, lp);
   } else {
     /* An error, or the budget ran out (the hook yielded or raised: its
     ** message says where, the reason is the same whatever the code did
@@ -508,8 +522,10 @@ static void handle(mk_proc *p, const mk_event *ev) {
 static void destroy(mk_proc *p) {
   lproc *lp = mk_proc_data(p);
   if (lp == NULL) return;
-  if (lp->idle_slot >= 0) lp->S->idle[lp->idle_slot] = NULL;
-  luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->coref);
+  /* A coroutine still held (waiting, or failed: see handle) is dropped,
+  ** never pooled. */
+  if (lp->coref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->coref);
+  if (lp->bootref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->bootref);
   if (lp->ctxref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->ctxref);
   free(lp);
 }
@@ -524,14 +540,13 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lproc *lp = malloc(sizeof *lp);
   if (lp == NULL) luaL_error(L, "out of memory");
   lp->S = S;
-  lp->co = lua_newthread(S->L);
-  lp->coref = luaL_ref(S->L, LUA_REGISTRYINDEX);
+  lp->co = NULL;
+  lp->coref = LUA_NOREF;
   lp->ctxref = LUA_NOREF;
+  lp->bootref = luaL_ref(L, LUA_REGISTRYINDEX);
   lp->waiting = 0;
   lp->boot = 0;
   lp->running = 0;
-  lp->idle_slot = -1;
-  lua_xmove(L, lp->co, 1);
   return lp;
 }
 
