@@ -3,9 +3,12 @@
 # single-threaded libev echo server, bench/echo_floor.c), both driven by
 # the same closed-loop generator (bench/loadgen.c) on loopback.  Prints
 # round trips per second for both, for 64-byte and 4 KiB messages with 50
-# connections, the ratio on "echo-ratio: X" (64 bytes), 10,000 concurrent
-# connections held and served by echo.lua, and the DNS example's UDP rate,
-# alone and while clients flood it with empty TCP frames.
+# connections, the ratio on "echo-ratio: X" (64 bytes); then one row per
+# connection count (50, 500, 1,000, 10,000) and size with both servers'
+# rates and the rate and CPU ratios; the latency percentiles of both at 1
+# and 50 connections; 10,000 concurrent connections held and served by
+# echo.lua; and the DNS example's UDP rate, alone and while clients flood
+# it with empty TCP frames.
 #
 # Loopback rates on a shared machine swing by a third from one run to the
 # next, and on a virtual machine by half within a minute (the floor's
@@ -29,12 +32,13 @@ trap cleanup EXIT
 
 wait_port() { for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 rate() { "$build/bench/loadgen" tcp "$1" "$2" "$3" "$secs" | sed -n 's/round-trips-per-second: //p'; }
+conns=50
 # CPU time (user + system, in clock ticks) a process has used so far.
 cputicks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # rate_cpu PID PORT SIZE: "RATE CPU-MICROSECONDS-PER-ROUND-TRIP" of server PID.
 rate_cpu() {
   local c0 c1 r
-  c0=$(cputicks "$1"); r=$(rate "$2" 50 "$3"); c1=$(cputicks "$1")
+  c0=$(cputicks "$1"); r=$(rate "$2" "$conns" "$3"); c1=$(cputicks "$1")
   awk -v r="${r:-0}" -v c=$((c1 - c0)) -v s="$secs" -v hz="$(getconf CLK_TCK)" \
     'BEGIN { printf "%s %.3f", r, (r > 0) ? c / hz * 1e6 / (r * s) : 0 }'
 }
@@ -59,8 +63,9 @@ compare() {
     rs+=("$(awk -v m="${m:-0}" -v f="${f:-0}" 'BEGIN { printf "%.3f", (f > 0) ? m / f : 0 }')")
     cs+=("$(awk -v m="${mc:-0}" -v f="${fc:-0}" 'BEGIN { printf "%.3f", (m > 0) ? f / m : 0 }')")
   done
-  echo "floor-$2-round-trips-per-second: $(median "${fs[@]}")"
-  echo "echo.lua-$2-round-trips-per-second: $(median "${ms[@]}")"
+  fs_seen=("${fs[@]}"); ms_seen=("${ms[@]}")
+  [ "$2" = x ] || echo "floor-$2-round-trips-per-second: $(median "${fs[@]}")"
+  [ "$2" = x ] || echo "echo.lua-$2-round-trips-per-second: $(median "${ms[@]}")"
   ratio=$(median "${rs[@]}")
   rounds_seen="${rs[*]}"
   cpu_ratio=$(median "${cs[@]}")
@@ -71,6 +76,29 @@ compare 4096 4KiB; r4k=$ratio; s4k=$rounds_seen
 echo "echo-ratio-4KiB: $r4k  (rounds: $s4k)"
 echo "echo-cpu-ratio: $c64  (floor's CPU per round trip / echo.lua's, 64 B; rounds: $cs64)"
 echo "echo-ratio: $r64  (target >= 0.70; rounds: $s64)"
+
+# By connection count (issue 10): where the working set leaves the cache.
+# Fewer rounds (BENCH_SCALE_ROUNDS, default 3) per count; each row gives
+# the medians and both ratios, rate and CPU.
+scale_rounds=${BENCH_SCALE_ROUNDS:-3}
+for conns in 50 500 1000 10000; do
+  for size in 64 4096; do
+    saved=$rounds; rounds=$scale_rounds
+    compare "$size" "x"; rounds=$saved
+    f=$(median "${fs_seen[@]}"); m=$(median "${ms_seen[@]}")
+    echo "conns-$conns-size-$size: floor $f echo.lua $m ratio $ratio cpu-ratio $cpu_ratio"
+  done
+done
+conns=50
+
+# Latency, one connection and fifty: percentiles of every round trip.
+for conns in 1 50; do
+  for who in floor:26101 echo.lua:26102; do
+    "$build/bench/loadgen" tcp "${who#*:}" "$conns" 64 "$secs" |
+      sed -n "s/^latency-us-/latency-${who%%:*}-$conns-conns-/p"
+  done
+done
+conns=50
 
 # 10,000 concurrent connections held and served (each does round trips).
 "$build/bench/loadgen" tcp 26102 10000 64 $((secs * 4)) | sed 's/^/10k-connections-/'
