@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ground.h"
 
@@ -551,13 +552,27 @@ void mk_ground_stop(mk_ground *g, double drain_ms) {
 ** activation budget cannot reach.  So while SIGINT and SIGTERM begin a
 ** stop, their handler is this one, not libev's: it passes the signal on to
 ** libev as libev's would (ev_feed_signal), and when one comes while the
-** loop has not yet taken the one before, the loop is stuck: it ends the
-** program at once, with 128 + the signal's number as its status.
+** loop has still not taken the one before after STUCK_MS, the loop is
+** stuck: it ends the program at once, with 128 + the signal's number as
+** its status.  Sooner than that it is the same signal twice, not a second
+** request: `timeout` and shells send a signal to a process and to its
+** process group, so one SIGTERM often arrives twice within microseconds,
+** before the loop has had a chance to run.
 */
+#define STUCK_MS 250
 static volatile sig_atomic_t stop_unseen;
+static struct timespec stop_first;     /* when the unseen one came */
 
 static void stop_handler(int signum) {
-  if (stop_unseen) _exit(128 + signum);
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);    /* async-signal-safe */
+  if (stop_unseen) {
+    double ms = (double)(now.tv_sec - stop_first.tv_sec) * 1e3 +
+                (double)(now.tv_nsec - stop_first.tv_nsec) / 1e6;
+    if (ms >= STUCK_MS) _exit(128 + signum);
+    return;                                  /* the same one again */
+  }
+  stop_first = now;
   stop_unseen = 1;
   ev_feed_signal(signum);
 }

@@ -227,7 +227,7 @@ describe("a second signal while the loop is stuck", function()
       e=$(mktemp)
       timeout 20 %s --max-activation 0 -e 'io.stderr:write("ready\n"); while true do end' 2>$e & pid=$!
       for i in $(seq 1 500); do grep -q ready $e && break; sleep 0.02; done
-      kill -TERM $pid; sleep 0.2; kill -INT $pid; wait $pid; s=$?; rm -f $e; exit $s]]):format(q(N.market_bin())))
+      kill -TERM $pid; sleep 0.6; kill -INT $pid; wait $pid; s=$?; rm -f $e; exit $s]]):format(q(N.market_bin())))
     assert.equal(130, status, err)
   end)
 end)
