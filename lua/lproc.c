@@ -454,18 +454,19 @@ static void handle(mk_proc *p, const mk_event *ev) {
   mk_proc *saved = S->current;
   int nargs, nres = 0, st, overrun;
   if (ev->type == MK_EV_BOOT) {
-    /* main(ctx, boot) */
+    /* main(ctx, boot, pid).  A handler process's ctx holds eps, and its
+    ** state unless that is nil: part of every idle process's memory, so
+    ** sized for eps and grown by a state. */
     co = acquire(S, lp);
     lua_rawgeti(co, LUA_REGISTRYINDEX, S->mainref);
-    lua_createtable(co, 0, 4);
-    lua_pushinteger(co, (lua_Integer)mk_proc_pid(p));
-    lua_setfield(co, -2, "pid");
+    lua_createtable(co, 0, 1);
     lua_pushvalue(co, -1);
     lp->ctxref = luaL_ref(co, LUA_REGISTRYINDEX);
     lua_rawgeti(co, LUA_REGISTRYINDEX, lp->bootref);
     luaL_unref(co, LUA_REGISTRYINDEX, lp->bootref);
     lp->bootref = LUA_NOREF;
-    nargs = 2;
+    lua_pushinteger(co, (lua_Integer)mk_proc_pid(p));
+    nargs = 3;
   } else if (lp->waiting) {
     /* Straight-line code suspended in core.wait(): the event is its result. */
     co = lp->co;

@@ -450,13 +450,13 @@ function M.set_state(s) current("set_state").state = s end
 -- pid, name, VM path of the running process.
 function M.self() current("self"); return core.self() end
 
--- A process's coroutine runs one activation at a time: main for the boot
--- event, activate for each later event that finds it idle.  Between
--- activations the coroutine has returned, so C can shrink its stack; only
--- straight-line code waiting in market.yield() keeps a suspended stack.
-local function main(ctx, boot)
+-- A process runs one activation at a time, each on a coroutine C lends it
+-- (lproc.c): main for the boot event, activate for each later event that
+-- finds it idle.  Only straight-line code waiting in market.yield() keeps
+-- a coroutine between events.
+local function main(ctx, boot, pid)
   ctx.eps = {}     -- metas, conts, anon, backlog: made when first needed
-  apply(ctx, boot(ctx.pid))
+  apply(ctx, boot(pid))
 end
 
 local function activate(ctx, kind, a, b, c, d, e, f, g)
