@@ -79,17 +79,8 @@ static void release_cont(mk_proc *self, void *cont) {
 ** process three VMs down that ends takes its ground endpoints with it
 ** and with its reason, whether its VMs live on or end after it. */
 static void pass_up(mk_proc *self, const mk_action *drop) {
-  mk_action *up;
   if (drop->levels <= 1 || self->vm->parent == NULL || !mk_proc_alive(self)) return;
-  up = malloc(sizeof *up);
-  if (up == NULL) { fputs("market: out of memory\n", stderr); abort(); }
-  memset(up, 0, sizeof *up);
-  up->type = MK_A_DROP;
-  up->name = strdup(drop->name);
-  if (up->name == NULL) { fputs("market: out of memory\n", stderr); abort(); }
-  up->term = mk_ref(drop->term);
-  up->levels = drop->levels - 1;
-  mk_at_meta_level(self, up);
+  mk_at_meta_level(self, mkI_drop(drop->name, drop->term, drop->levels - 1));
 }
 
 /* Perform what the inner VM's processes did at meta level. */

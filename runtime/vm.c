@@ -320,6 +320,12 @@ double mk_vm_budget(const mk_vm *vm) {
   return MK_BUDGET_DEFAULT_MS;
 }
 
+/* Append one action (owned from here on) to what the VM above performs. */
+static void outbox_push(mk_vm *vm, mk_action *a) {
+  if (vm->outtail) vm->outtail->next = a; else vm->outbox = a;
+  vm->outtail = a;
+}
+
 mk_action *mk_vm_take_outbox(mk_vm *vm) {
   mk_action *a = vm->outbox;
   vm->outbox = vm->outtail = NULL;
@@ -526,8 +532,10 @@ static void metaname_remove(mk_proc *p, int depth, const char *name, int prefix)
 static int metaname_levels(const mk_proc *p) {
   const mk_metaname *m;
   int most = 0;
-  for (m = p->metas; m; m = m->next)
-    if (atoi(m->name) > most) most = atoi(m->name);
+  for (m = p->metas; m; m = m->next) {
+    int depth = atoi(m->name);
+    if (depth > most) most = depth;
+  }
   return most;
 }
 
@@ -756,15 +764,8 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
     ** reason: each nested VM on the way performs the drop and passes it
     ** up while levels remain (nested.c). */
     char prefix[32];
-    mk_action *a = xmalloc(sizeof *a);
-    memset(a, 0, sizeof *a);
-    a->type = MK_A_DROP;
     snprintf(prefix, sizeof prefix, "%llu/", (unsigned long long)p->pid);
-    a->name = xstrdup(prefix);
-    a->term = mk_ref(reason);
-    a->levels = metaname_levels(p);
-    if (vm->outtail) vm->outtail->next = a; else vm->outbox = a;
-    vm->outtail = a;
+    outbox_push(vm, mkI_drop(prefix, reason, metaname_levels(p)));
   }
   if (!p->resident) ptab_remove(vm, p);
   if (p->b == &mk_nested_behavior && p->data != NULL)
@@ -839,18 +840,14 @@ int mk_at_meta_level(mk_proc *p, mk_action *list) {
     return -1;
   }
   if (TRACING(vm)) trace_proc(p, "at_meta_level", NULL, NULL, NULL);
-  a = xmalloc(sizeof *a);
-  memset(a, 0, sizeof *a);
-  a->type = MK_A_META;
+  a = mk_action_meta(list);
   a->pid = p->pid;
-  a->list = list;
   /* Track what this process holds above, so that it is not taken for
   ** finished while it still has endpoints there. */
   metaname_track(p, list, 1);
   /* And not while a pid it asked for is on its way back (nested.c). */
   p->conts += upconts(list);
-  if (vm->outtail) vm->outtail->next = a; else vm->outbox = a;
-  vm->outtail = a;
+  outbox_push(vm, a);
   return 0;
 }
 
@@ -860,6 +857,14 @@ static mk_action *action_new(mk_action_type t) {
   mk_action *a = xmalloc(sizeof *a);
   memset(a, 0, sizeof *a);
   a->type = t;
+  return a;
+}
+
+mk_action *mkI_drop(const char *prefix, mk_term *reason, int levels) {
+  mk_action *a = action_new(MK_A_DROP);
+  a->name = xstrdup(prefix);
+  a->term = mk_ref(reason);
+  a->levels = levels;
   return a;
 }
 

@@ -125,6 +125,7 @@ void mkI_cont_free(mkI_cont *c);                   /* the whole chain */
 void mkI_enqueue_spawned(mk_vm *vm, mk_proc *target, void *cont, mk_pid pid);
 
 /* Used by nested.c. */
+mk_action *mkI_drop(const char *prefix, mk_term *reason, int levels);   /* reason borrowed */
 void mkI_enqueue_meta(mk_vm *vm, mk_proc *target, const mk_event *ev, const char *name, int meta);
 void mkI_perform(mk_proc *p, mk_action *a);        /* performs one action node (consumed) */
 mk_endpoint *mkI_endpoint(mk_vm *vm, mk_pid pid, const char *name);
