@@ -181,13 +181,26 @@ function M.is_transition(v) return getmetatable(v) == Transition and type(v) == 
 
 local perform
 
+-- ctx[field][level], a table made when first needed: ctx.metas (the
+-- handlers of endpoints `level` VMs up), ctx.gone (those kept for deleted
+-- endpoints' own absences).
+local function per_level(ctx, field, level)
+  local t = ctx[field]
+  if not t then t = {}; ctx[field] = t end
+  local m = t[level]
+  if not m then m = {}; t[level] = m end
+  return m
+end
+
+-- The same, or nil when there is none yet.
+local function at_level(ctx, field, level)
+  local t = ctx[field]
+  return t and t[level]
+end
+
 local function endpoints_at(ctx, level)
   if level == 0 then return ctx.eps end
-  local metas = ctx.metas
-  if not metas then metas = {}; ctx.metas = metas end
-  local m = metas[level]
-  if not m then m = {}; metas[level] = m end
-  return m
+  return per_level(ctx, "metas", level)
 end
 
 local function register_cont(ctx, k)
@@ -224,10 +237,7 @@ local function perform_one(ctx, a, level)
     -- it could see, after this handler; its on_absence is kept aside for
     -- them until DELETED says they are all in (dispatch).
     if core.delete(name, a.reason, level) and h and h.on_absence then
-      local gone = ctx.gone
-      if not gone then gone = {}; ctx.gone = gone end
-      local g = gone[level]
-      if not g then g = {}; gone[level] = g end
+      local g = per_level(ctx, "gone", level)
       local kept = g[name]
       if kept then kept.h, kept.n = h, kept.n + 1 else g[name] = { h = h, n = 1 } end
     end
@@ -317,17 +327,22 @@ local function role(o, i, topic)
   return { orientation = ORIENT[o], interest = INTEREST[i], topic = topic }
 end
 
+-- The handler tables of the endpoints at a level, if any.
+local function handlers_at(ctx, level)
+  if level == 0 then return ctx.eps end
+  return at_level(ctx, "metas", level)
+end
+
 -- The handlers kept for a deleted endpoint's own absences (perform_one).
 local function kept(ctx, level, name)
-  local g = ctx.gone and ctx.gone[level]
+  local g = at_level(ctx, "gone", level)
   return g and g[name], g
 end
 
 -- Run the handler for one event; false when no handler wants it.
 local function dispatch(ctx, kind, a, b, c, d, e, f, g)
   if kind == MESSAGE then
-    local eps
-    if b == 0 then eps = ctx.eps else eps = ctx.metas and ctx.metas[b] end
+    local eps = handlers_at(ctx, b)
     local h = eps and eps[a]
     local fn = h and h.on_message
     if not fn then return false end
@@ -349,8 +364,7 @@ local function dispatch(ctx, kind, a, b, c, d, e, f, g)
     end
     return true
   elseif kind == PRESENCE or kind == ABSENCE then
-    local eps
-    if b == 0 then eps = ctx.eps else eps = ctx.metas and ctx.metas[b] end
+    local eps = handlers_at(ctx, b)
     local h = eps and eps[a]
     if not h then return true end          -- endpoint gone: nobody to tell
     if kind == PRESENCE then
