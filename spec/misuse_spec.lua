@@ -362,22 +362,27 @@ end)
 -- code, run by the VM outside any activation: before, one that raised
 -- aborted the whole program ("unprotected error"), and one that looped hung
 -- it.  Each runs in a child market.
+-- The reason a peer sees, shown by `show` (a Lua expression of `why`),
+-- when a process that publishes "x" runs `body`, in a child market run
+-- with `options`.
+local function peer_sees(body, show, options)
+  local status, out, err = H.run_script(([[
+    local market = require "market"
+    market.perform(market.spawn(function()
+      market.perform(market.publisher("x"))
+      market.pause()
+      %s
+    end))
+    market.perform(market.subscriber("x", { on_absence = function(_, _, why)
+      print(%s)
+    end }))
+  ]]):format(body, show), options)
+  assert.equal(0, status, err)
+  return (out:gsub("\n$", ""))
+end
+
 describe("an error value with a __tostring", function()
-  local function reason(value)
-    local status, out, err = H.run_script(([[
-      local market = require "market"
-      market.perform(market.spawn(function()
-        market.perform(market.publisher("x"))
-        market.pause()
-        error(%s)
-      end))
-      market.perform(market.subscriber("x", { on_absence = function(_, _, why)
-        print(market.repr(why))
-      end }))
-    ]]):format(value))
-    assert.equal(0, status, err)
-    return (out:gsub("\n$", ""))
-  end
+  local function reason(value) return peer_sees("error(" .. value .. ")", "market.repr(why)") end
 
   it("gives the reason it says, or says why it could not", function()
     assert.equal('"nice reason"',
@@ -397,21 +402,7 @@ end)
 -- failed coroutine's stack ran their __close outside any protection or
 -- budget: one that raised aborted the program, one that looped hung it.
 describe("a process that fails with a <close> variable pending", function()
-  local function reason(body)
-    local status, out, err = H.run_script(([[
-      local market = require "market"
-      market.perform(market.spawn(function()
-        market.perform(market.publisher("x"))
-        market.pause()
-        %s
-      end))
-      market.perform(market.subscriber("x", { on_absence = function(_, _, why)
-        print(why)
-      end }))
-    ]]):format(body), "--no-drivers --max-activation 100")
-    assert.equal(0, status, err)
-    return (out:gsub("\n$", ""))
-  end
+  local function reason(body) return peer_sees(body, "why", "--no-drivers --max-activation 100") end
 
   it("fails with its own reason; the __close does not run", function()
     assert.equal("activation budget exceeded", reason([[
