@@ -514,31 +514,35 @@ static void notinprocess(lua_State *L, const char *what, const char *flag) {
                "ground VM runs (market %s, or from the host), not from a process", what, flag);
 }
 
-static int l_term_depth_limit(lua_State *L) {
+/* A term limit as Lua sees it: limit([n]) -> the limit, set to n first. */
+typedef struct term_limit {
+  const char *name, *flag;          /* the Lua function, market's option */
+  size_t (*get)(void);
+  int (*set)(size_t);               /* -1 out of 1..max */
+  lua_Integer max;
+} term_limit;
+
+static const term_limit depth_setting = {
+  "term_depth_limit", "--max-term-depth", mk_term_depth_limit, mk_term_set_depth_limit,
+  MK_TERM_DEPTH_MAX };
+static const term_limit size_setting = {
+  "term_size_limit", "--max-term-size", mk_term_size_limit, mk_term_set_size_limit,
+  MK_TERM_SIZE_MAX };
+
+static int limit_call(lua_State *L, const term_limit *l) {
   if (!lua_isnoneornil(L, 1)) {
-    notinprocess(L, "term_depth_limit", "--max-term-depth");
-    lua_Integer n = luaL_checkinteger(L, 1);
-    if (n < 1 || n > MK_TERM_DEPTH_MAX)
-      return luaL_argerror(L, 1, lua_pushfstring(L, "the limit must be from 1 to %d",
-                                                 MK_TERM_DEPTH_MAX));
-    mk_term_set_depth_limit((size_t)n);
+    lua_Integer n;
+    notinprocess(L, l->name, l->flag);
+    n = luaL_checkinteger(L, 1);
+    if (n < 1 || l->set((size_t)n) != 0)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "the limit must be from 1 to %I", l->max));
   }
-  lua_pushinteger(L, (lua_Integer)mk_term_depth_limit());
+  lua_pushinteger(L, (lua_Integer)l->get());
   return 1;
 }
 
-static int l_term_size_limit(lua_State *L) {
-  if (!lua_isnoneornil(L, 1)) {
-    notinprocess(L, "term_size_limit", "--max-term-size");
-    lua_Integer n = luaL_checkinteger(L, 1);
-    if (n < 1 || (lua_Unsigned)n > MK_TERM_SIZE_MAX)
-      return luaL_argerror(L, 1, lua_pushfstring(L, "the limit must be from 1 to %I",
-                                                 (lua_Integer)MK_TERM_SIZE_MAX));
-    mk_term_set_size_limit((size_t)n);
-  }
-  lua_pushinteger(L, (lua_Integer)mk_term_size_limit());
-  return 1;
-}
+static int l_term_depth_limit(lua_State *L) { return limit_call(L, &depth_setting); }
+static int l_term_size_limit(lua_State *L) { return limit_call(L, &size_setting); }
 
 void mkl_open_terms(lua_State *L) {
   static const luaL_Reg term_mt[] = {
