@@ -137,10 +137,12 @@ static void budget_tick(int sig) {
     if (act.seen != act.serial) {   /* a new activation: start counting */
       act.seen = act.serial;
       act.spent = 0;
-    } else if ((double)(act.spent += 1 + (over > 0 ? over : 0)) * BUDGET_TICK_MS >=
-               act.budget) {
-      act.tripped = 1;
-      lua_sethook(co, budget_hook, LUA_MASKCOUNT, 1);
+    } else {
+      act.spent += 1 + (over > 0 ? over : 0);
+      if ((double)act.spent * BUDGET_TICK_MS >= act.budget) {
+        act.tripped = 1;
+        lua_sethook(co, budget_hook, LUA_MASKCOUNT, 1);
+      }
     }
   }
   errno = saved;
@@ -288,7 +290,7 @@ static mk_term *reason_of(mkl_state *S, lua_State *co) {
   }
   /* A term is itself (boxes have a __tostring too); another object that
   ** says how it reads is shown so, not converted as a sequence. */
-  if (mkl_testbox(co, -1) != NULL) return mk_ref(mkl_testbox(co, -1));
+  if ((t = mkl_testbox(co, -1)) != NULL) return mk_ref(t);
   if (luaL_getmetafield(co, -1, "__tostring") != LUA_TNIL) lua_pop(co, 1);
   else {
     t = mkl_toterm(co, -1, &err);
