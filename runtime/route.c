@@ -17,6 +17,12 @@
 ** because a query wildcard covers them.  Each trie path is aligned with
 ** the query in exactly one way, so each leaf (hence each item) is reached
 ** at most once, and it is reached exactly when its topic unifies.
+**
+** A node with no children but the wildcard one does not look at the query
+** term in front of it: the walk takes the wildcard branch past the whole
+** subterm, whatever it is.  That is what the match cache (below) rests
+** on: a channel's messages differ only in their payload, which the walk
+** steps over without reading.
 */
 
 #include <stdlib.h>
@@ -54,6 +60,60 @@ struct mk_inode {
   } key;
 };
 
+/*
+** The match cache.  A query whose top level is a record or a sequence of
+** at most CK_ITEMS items, and whose walk reported at most CK_RES items,
+** is remembered under its header and the top-level items the walk read
+** (its *key*; the items it stepped over are not part of it).  A later
+** query with the same header and equal items in those places takes the
+** same path through an unchanged trie, so it has the same matches, in
+** the same order: the cache answers it without flattening or walking.
+** Any add or remove changes the trie, and the generation number with it,
+** which voids every entry at once.  Which items a header's walks read
+** (its `mask`) is kept per header in a small table of hints, so that a
+** lookup knows what to hash; a hint that is wrong only costs a miss,
+** since an entry matches only under the mask it was stored with.
+*/
+#define CK_ITEMS   4        /* tcp, udp and timer records have 2 or 3 */
+#define CK_RES     2
+#define CK_NSHAPE  32       /* hints: headers in use at once */
+#define CK_MIN     64       /* entries; grows with the index ... */
+#define CK_MAX     16384    /* ... up to this, 1.25 MiB */
+
+typedef struct CEntry {
+  uint64_t gen;             /* the index's generation; 0: empty */
+  mk_rtype *rt;             /* header: owned reference, NULL for a sequence */
+  uint32_t n;               /* header: arity or length */
+  uint32_t mask;            /* bit k: item k is part of the key */
+  mk_term *key[CK_ITEMS];   /* owned references, where the mask has a bit */
+  uint32_t nres;
+  mk_ilink *res[CK_RES];    /* the matches in walk order; valid for gen */
+} CEntry;
+
+typedef struct CShape {     /* a hint, keeps no reference */
+  uint64_t gen;
+  const mk_rtype *rt;
+  uint32_t n, mask;
+} CShape;
+
+typedef struct Cache {
+  CEntry *e;                /* owned, cap entries, NULL until first needed */
+  size_t cap;
+  CShape shape[CK_NSHAPE];
+} Cache;
+
+/* What a walk learns for the cache: which top-level items it read (item
+** k occupies flattened positions start[k] .. start[k+1]-1) and the first
+** CK_RES matches. */
+typedef struct Track {
+  uint32_t start[CK_ITEMS + 1];
+  uint32_t nk;
+  uint32_t read;            /* bit k: the walk read a token of item k */
+  size_t nres;              /* matches reported */
+  mk_ilink *res[CK_RES];
+  int done;                 /* the walk ran to its end */
+} Track;
+
 /* one subterm of a flattened term: `size` is its preorder token count,
 ** which is its mk_term_size (term.h, "Size") */
 typedef struct QEnt {
@@ -83,8 +143,12 @@ struct mk_index {
   size_t count;             /* items */
   size_t nodes;             /* trie nodes, root included */
   int busy;                 /* a match is running (its scratch is in use) */
+  uint64_t gen;             /* bumped by every add and remove (match cache) */
   Scratch sc;
+  Cache cache;
 };
+
+static void clearcache (Cache *c);
 
 
 /*
@@ -124,22 +188,24 @@ static void freescratch (Scratch *sc) {
 ** Flatten t into sc->q in preorder, with subtree sizes.  Returns the
 ** number of entries, mk_term_size(t), or 0 on allocation failure.  A term
 ** that shares subterms is flattened as the tree it stands for; the size
-** limit of terms (term.h) is what bounds it.
+** limit of terms (term.h) is what bounds it.  The size of t bounds both
+** the entries and the stack (whose terms are disjoint subtrees not yet
+** visited), so both grow once, before the loop.
 */
 static size_t flatten (Scratch *sc, const mk_term *t) {
-  size_t nq = 0, ns = 0;
-  if (GROW(sc, s, scap, 1) != 0) return 0;
+  size_t nq = 0, ns = 0, total = mk_term_size(t);
+  if (GROW(sc, q, qcap, total) != 0 || GROW(sc, s, scap, total) != 0) return 0;
   sc->s[ns++] = t;
   while (ns > 0) {
     t = sc->s[--ns];
-    if (GROW(sc, q, qcap, nq + 1) != 0) return 0;
     sc->q[nq].t = t;
-    sc->q[nq++].size = (uint32_t)mk_term_size(t);  /* below 2^32 (term.h) */
     if (t->kind == MK_REC || t->kind == MK_SEQ) {
       uint32_t k = t->n;
-      if (GROW(sc, s, scap, ns + k) != 0) return 0;
+      sc->q[nq].size = (uint32_t)mk_term_size(t);  /* below 2^32 (term.h) */
       while (k > 0) sc->s[ns++] = mk_items(t)[--k];  /* first item on top */
     }
+    else sc->q[nq].size = 1;
+    nq++;
   }
   return nq;
 }
@@ -380,6 +446,7 @@ mk_index *mk_index_new (void) {
     free(ix);
     return NULL;
   }
+  ix->gen = 1;  /* 0 marks an empty cache entry */
   return ix;
 }
 
@@ -407,6 +474,8 @@ void mk_index_free (mk_index *ix) {
     n = c;
   }
   freescratch(&ix->sc);
+  clearcache(&ix->cache);
+  free(ix->cache.e);
   free(ix);
 }
 
@@ -433,6 +502,7 @@ int mk_index_add (mk_index *ix, const mk_term *topic, mk_ilink *item) {
   else n->head = item;
   n->tail = item;
   ix->count++;
+  ix->gen++;
   return 0;
 }
 
@@ -446,6 +516,9 @@ void mk_index_remove (mk_index *ix, mk_ilink *item) {
   item->prev = item->next = NULL;
   item->leaf = NULL;
   ix->count--;
+  ix->gen++;
+  /* An empty index matches nothing: let go of the terms the cache holds. */
+  if (ix->count == 0) clearcache(&ix->cache);
   prune(ix, n);
 }
 
@@ -469,14 +542,23 @@ static int pushkids (Scratch *sc, size_t *nw, const mk_inode *n, size_t i,
   return 0;
 }
 
+/* The walk read query position i: mark the top-level item it lies in
+** (position 0, the header, is always part of a cache key). */
+static void readat (Track *tr, size_t i) {
+  uint32_t k = tr->nk;
+  while (k > 0 && tr->start[k - 1] > i) k--;
+  if (k > 0) tr->read |= 1u << (k - 1);
+}
+
 /*
 ** The walk.  The ground path of the query is followed directly; only the
 ** alternatives (wild children, subtrees covered by query wildcards) go on
 ** the work stack.  Allocation fails only when a stack must grow; the walk
-** then ends early, having reported what it had found.
+** then ends early, having reported what it had found.  With `tr`, it
+** notes for the cache what it read and what it found.
 */
 static size_t walk (Scratch *sc, mk_inode *root, size_t nq, mk_match_fn fn,
-                    void *ctx) {
+                    void *ctx, Track *tr) {
   size_t count = 0, nw = 0;
   if (push(sc, &nw, root, 0, 0) != 0) return 0;
   while (nw > 0) {
@@ -495,20 +577,28 @@ static size_t walk (Scratch *sc, mk_inode *root, size_t nq, mk_match_fn fn,
         mk_ilink *l = n->head;
         while (l != NULL) {
           mk_ilink *next = l->next;
+          if (tr != NULL && count < CK_RES) tr->res[count] = l;
           count++;
           if (fn(l, ctx)) return count;
           l = next;
         }
         break;
       }
+      if (n->nkids == 0) {  /* a topic wildcard or nothing: whatever the
+                            ** query holds here, it is not read */
+        if (n->wild == NULL) break;
+        n = n->wild;
+        i += sc->q[i].size;
+        continue;
+      }
+      if (tr != NULL) readat(tr, i);
       q = &sc->q[i];
       if (q->t->kind == MK_WILD) {  /* every topic term fits here */
         if (n->wild && push(sc, &nw, n->wild, i + 1, 0) != 0) return count;
         if (pushkids(sc, &nw, n, i + 1, 0) != 0) return count;
         break;
       }
-      /* Under a topic wildcard there are often no other children. */
-      c = n->nkids ? findkid(n, tokentag(q->t), tokenhash(q->t), q->t) : NULL;
+      c = findkid(n, tokentag(q->t), tokenhash(q->t), q->t);
       if (n->wild != NULL) {  /* a topic wildcard takes the whole subterm */
         if (c == NULL) {
           n = n->wild;
@@ -522,21 +612,190 @@ static size_t walk (Scratch *sc, mk_inode *root, size_t nq, mk_match_fn fn,
       i++;  /* past an atom, or into a compound's first item */
     }
   }
+  if (tr != NULL) {
+    tr->nres = count;
+    tr->done = 1;
+  }
   return count;
 }
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** The match cache (see Cache above)
+** =======================================================
+*/
+
+static uint32_t mix (uint32_t h, uint32_t x) {
+  h = (h ^ x) * 0x9e3779b1u;
+  return h ^ (h >> 15);
+}
+
+/* The slot hash of query q (header hash hh) keyed under mask. */
+static uint32_t keyhash (const mk_term *q, uint32_t hh, uint32_t mask) {
+  uint32_t k;
+  for (k = 0; mask != 0; k++, mask >>= 1)
+    if (mask & 1) hh = mix(hh, mk_items(q)[k]->hash);
+  return hh;
+}
+
+static const mk_rtype *headrt (const mk_term *q) {
+  return q->kind == MK_REC ? q->v.rt : NULL;
+}
+
+/* The items a header's walks have read since the trie last changed. */
+static uint32_t hint (const mk_index *ix, const mk_term *q, uint32_t hh) {
+  const CShape *sh = &ix->cache.shape[hh & (CK_NSHAPE - 1)];
+  return sh->gen == ix->gen && sh->rt == headrt(q) && sh->n == q->n ? sh->mask : 0;
+}
+
+static void clearentry (CEntry *e) {
+  uint32_t k;
+  if (e->gen == 0) return;
+  if (e->rt != NULL) mk_rtype_unref(e->rt);
+  for (k = 0; k < CK_ITEMS; k++) mk_unref(e->key[k]);
+  memset(e, 0, sizeof(*e));
+}
+
+/* Drop every entry (and the terms they hold); the table stays. */
+static void clearcache (Cache *c) {
+  size_t i;
+  for (i = 0; i < c->cap; i++) clearentry(&c->e[i]);
+}
+
+/* Is e the entry for q under mask? */
+static int entryfor (const mk_index *ix, const CEntry *e, const mk_term *q,
+                     uint32_t mask) {
+  uint32_t k;
+  if (e->gen != ix->gen || e->rt != headrt(q) || e->n != q->n || e->mask != mask)
+    return 0;
+  for (k = 0; k < q->n; k++) {
+    const mk_term *a = e->key[k], *b = mk_items(q)[k];
+    if (((mask >> k) & 1) && a != b && (a->hash != b->hash || !mk_equal(a, b)))
+      return 0;
+  }
+  return 1;
+}
+
+/* The table is two-way associative: a key lives in slot h or h ^ 1. */
+static CEntry *lookup (mk_index *ix, const mk_term *q, uint32_t hh, uint32_t mask) {
+  Cache *c = &ix->cache;
+  size_t i;
+  if (c->e == NULL) return NULL;
+  i = keyhash(q, hh, mask) & (c->cap - 1);
+  if (entryfor(ix, &c->e[i], q, mask)) return &c->e[i];
+  if (entryfor(ix, &c->e[i ^ 1], q, mask)) return &c->e[i ^ 1];
+  return NULL;
+}
+
+/* Size the table for the index: four entries per item, within
+** CK_MIN .. CK_MAX (with fewer, distinct keys collide too often).  A table that must grow starts empty.  0, or -1 when
+** there is no table (out of memory: the cache is then simply not used). */
+static int sizecache (mk_index *ix) {
+  Cache *c = &ix->cache;
+  size_t want = CK_MIN;
+  CEntry *ne;
+  while (want / 4 < ix->count && want < CK_MAX) want *= 2;
+  if (c->cap >= want) return 0;
+  if ((ne = (CEntry *)calloc(want, sizeof(CEntry))) == NULL) return c->e ? 0 : -1;
+  clearcache(c);
+  free(c->e);
+  c->e = ne;
+  c->cap = want;
+  return 0;
+}
+
+/* Remember what a complete walk of q found, keyed under `mask`, the hint
+** it was looked up with plus what it read. */
+static void store (mk_index *ix, const mk_term *q, uint32_t hh, uint32_t mask,
+                   const Track *tr) {
+  CShape *sh = &ix->cache.shape[hh & (CK_NSHAPE - 1)];
+  CEntry *e;
+  uint32_t k;
+  sh->gen = ix->gen;
+  sh->rt = headrt(q);
+  sh->n = q->n;
+  sh->mask = mask;
+  if (tr->nres > CK_RES || sizecache(ix) != 0) return;
+  /* The new entry takes the first slot of its pair; a live entry there
+  ** moves to the second, and the one in the second goes. */
+  e = &ix->cache.e[keyhash(q, hh, mask) & (ix->cache.cap - 1)];
+  if (e->gen == ix->gen) {
+    CEntry *other = &ix->cache.e[(size_t)(e - ix->cache.e) ^ 1];
+    clearentry(other);
+    *other = *e;
+    memset(e, 0, sizeof(*e));
+  }
+  clearentry(e);
+  e->gen = ix->gen;
+  e->rt = q->kind == MK_REC ? q->v.rt : NULL;
+  if (e->rt != NULL) mk_rtype_ref(e->rt);
+  e->n = q->n;
+  e->mask = mask;
+  for (k = 0; k < q->n; k++)
+    if ((mask >> k) & 1) e->key[k] = mk_ref(mk_items(q)[k]);
+  e->nres = (uint32_t)tr->nres;
+  for (k = 0; k < e->nres; k++) e->res[k] = tr->res[k];
+}
+
+/* A walk of q that tells the cache what it read. */
+static void starttrack (Track *tr, const mk_term *q) {
+  uint32_t k;
+  tr->nk = q->n;
+  tr->start[0] = 1;
+  for (k = 0; k < q->n; k++)
+    tr->start[k + 1] = tr->start[k] + (uint32_t)mk_term_size(mk_items(q)[k]);
+  tr->read = 0;
+  tr->nres = 0;
+  tr->done = 0;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Matching
+** =======================================================
+*/
 
 size_t mk_index_match (mk_index *ix, const mk_term *query, mk_match_fn fn,
                        void *ctx) {
   Scratch local = { NULL, 0, NULL, 0, NULL, 0 };
   Scratch *sc = &ix->sc;
+  Track tr, *trp = NULL;
+  uint32_t hh = 0, mask = 0;
   size_t nq, count = 0;
   int nested = ix->busy;
+  /* From inside a callback, the cache is neither read nor written: the
+  ** outer match may be reading an entry. */
+  if (!nested && (query->kind == MK_REC || query->kind == MK_SEQ) &&
+      query->n <= CK_ITEMS) {
+    const CEntry *e;
+    hh = tokenhash(query);
+    mask = hint(ix, query, hh);
+    if ((e = lookup(ix, query, hh, mask)) != NULL) {
+      uint32_t k;
+      ix->busy = 1;
+      for (k = 0; k < e->nres; k++) {
+        count++;
+        if (fn(e->res[k], ctx)) break;
+      }
+      ix->busy = 0;
+      return count;
+    }
+    starttrack(&tr, query);
+    trp = &tr;
+  }
   if (nested) sc = &local;  /* a match from inside a callback */
   ix->busy = 1;
   if ((nq = flatten(sc, query)) != 0)
-    count = walk(sc, ix->root, nq, fn, ctx);
+    count = walk(sc, ix->root, nq, fn, ctx, trp);
   ix->busy = nested;
   if (nested) freescratch(&local);
+  if (trp != NULL && tr.done) store(ix, query, hh, mask | tr.read, &tr);
   return count;
 }
 

@@ -145,7 +145,13 @@ static void borrowed_topics (void) {
   mk_unref(q);
   q = P("other(_, 7)");
   CHECK(mk_index_match(ix, q, collect, &c) == 1 && it[1].seen == 1);
+  CHECK(mk_index_match(ix, q, collect, &c) == 1 && it[1].seen == 2);
   mk_unref(q);
+  /* The match cache holds items of the queries it keeps, and lets them
+  ** go when the index is empty. */
+  mk_index_remove(ix, &it[0].link);
+  mk_index_remove(ix, &it[1].link);
+  CHECK(mk_term_live() == base);
   mk_index_free(ix);
   CHECK(mk_term_live() == base);
 }
@@ -463,6 +469,69 @@ static void deep_topic (void) {
   CHECK(mk_term_live() == base);
 }
 
+/*
+** The match cache (route.c): a query like one before, equal where the
+** walk read it, is answered from the cache while the trie is unchanged.
+** Every change in between must show: a topic added or removed, one that
+** reads a place the cached walk stepped over, a wildcard one.
+*/
+static void cache (void) {
+  static const char *const t[] = {
+    "ch(1, 2, _)", "ch(1, 2, _)", "ch(_, 2, _)", "ch(1, 2, \"y\")", "ch(2, 1, _)",
+    "[1, _]", "[_, 2]", "ch(1, 2, _)", "ch(1, 2, _)"
+  };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(9, t);
+  mk_term *q = P("ch(1, 2, \"x\")");
+  Coll c = { 0, 1 };
+  CHECK(mk_index_add(ix, it[0].topic, &it[0].link) == 0);
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"x\")", "0"));
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"y\")", "0"));   /* the payload is not read */
+  CHECK(matches(ix, it, 9, "ch(1, 3, \"y\")", ""));
+  CHECK(mk_index_add(ix, it[1].topic, &it[1].link) == 0);
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"y\")", "0 1"));
+  mk_index_remove(ix, &it[0].link);
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"y\")", "1"));
+  CHECK(mk_index_add(ix, it[2].topic, &it[2].link) == 0);   /* a wildcard first item */
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"y\")", "1 2"));
+  CHECK(matches(ix, it, 9, "ch(7, 2, \"y\")", "2"));
+  CHECK(mk_index_add(ix, it[3].topic, &it[3].link) == 0);   /* now the payload is read */
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"y\")", "1 2 3"));
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"x\")", "1 2"));
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"y\")", "1 2 3"));
+  CHECK(matches(ix, it, 9, "ch(1, 2, _)", "1 2 3"));
+  mk_index_remove(ix, &it[3].link);
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"y\")", "1 2"));
+  CHECK(mk_index_add(ix, it[4].topic, &it[4].link) == 0);
+  CHECK(matches(ix, it, 9, "ch(2, 1, \"y\")", "4"));
+  CHECK(matches(ix, it, 9, "ch(2, 2, \"y\")", "2"));
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"y\")", "1 2"));
+  /* sequences too */
+  CHECK(mk_index_add(ix, it[5].topic, &it[5].link) == 0);
+  CHECK(matches(ix, it, 9, "[1, 2]", "5"));
+  CHECK(matches(ix, it, 9, "[1, 3]", "5"));
+  CHECK(mk_index_add(ix, it[6].topic, &it[6].link) == 0);
+  CHECK(matches(ix, it, 9, "[1, 2]", "5 6"));
+  CHECK(matches(ix, it, 9, "[1, 3]", "5"));
+  /* a walk stopped early is not remembered as the whole answer */
+  CHECK(mk_index_match(ix, q, collect, &c) == 1);
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"x\")", "1 2"));
+  c.calls = 0;
+  CHECK(mk_index_match(ix, q, collect, &c) == 1);   /* nor stops from the cache */
+  /* more matches than an entry holds */
+  CHECK(mk_index_add(ix, it[7].topic, &it[7].link) == 0);
+  CHECK(mk_index_add(ix, it[8].topic, &it[8].link) == 0);
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"x\")", "1 2 7 8"));
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"x\")", "1 2 7 8"));
+  mk_index_remove(ix, &it[7].link);
+  CHECK(matches(ix, it, 9, "ch(1, 2, \"x\")", "1 2 8"));
+  mk_unref(q);
+  mk_index_free(ix);
+  freeitems(it, 9);
+  CHECK(mk_term_live() == base);
+}
+
 /* }====================================================== */
 
 /*
@@ -478,7 +547,20 @@ static uint32_t rnd (uint32_t n) {
   return (uint32_t)((rng * 0x2545F4914F6CDD1Dull) >> 33) % n;
 }
 
-static mk_rtype *rts[5];
+static mk_rtype *rts[5];   /* the record types gen() draws from */
+
+static void getrts (void) {
+  rts[0] = mk_rtype_get("p", 1, 0, NULL);
+  rts[1] = mk_rtype_get("p", 1, 2, NULL);
+  rts[2] = mk_rtype_get("q", 1, 1, NULL);
+  rts[3] = mk_rtype_get("q", 1, 3, NULL);
+  rts[4] = mk_rtype_get("r", 1, 2, NULL);
+}
+
+static void droprts (void) {
+  int i;
+  for (i = 0; i < 5; i++) mk_rtype_unref(rts[i]);
+}
 
 static mk_term *gen (int depth, uint32_t wildpct) {
   uint32_t r = rnd(100);
@@ -503,26 +585,40 @@ static mk_term *gen (int depth, uint32_t wildpct) {
   }
 }
 
+/* A cross-check of n items, their topics still to make. */
+static void cross_begin (Cross *x, int n) {
+  x->ix = mk_index_new();
+  x->items = mkitems(n, NULL);
+  x->n = n;
+  x->ok = 1;
+  x->reported = x->checked = 0;
+}
+
+/* Remove every item (the trie must be back to its root), free it all and
+** add up the results. */
+static void cross_end (Cross *x, int *ok, long *reported, long *checked) {
+  int i;
+  for (i = 0; i < x->n; i++) mk_index_remove(x->ix, &x->items[i].link);
+  if (mk_index_nodes(x->ix) != 1 || mk_index_count(x->ix) != 0) x->ok = 0;
+  mk_index_free(x->ix);
+  freeitems(x->items, x->n);
+  *ok &= x->ok;
+  *reported += x->reported;
+  *checked += x->checked;
+}
+
 static void randomized (void) {
   static const uint64_t seeds[] = { 1, 42, 0xdeadbeefull, 0x9e3779b97f4a7c15ull, 777 };
   enum { NTOPICS = 2000, NQUERIES = 2000 };
   size_t base = mk_term_live(), s;
   long reported = 0, checked = 0;
   int ok = 1;
-  rts[0] = mk_rtype_get("p", 1, 0, NULL);
-  rts[1] = mk_rtype_get("p", 1, 2, NULL);
-  rts[2] = mk_rtype_get("q", 1, 1, NULL);
-  rts[3] = mk_rtype_get("q", 1, 3, NULL);
-  rts[4] = mk_rtype_get("r", 1, 2, NULL);
+  getrts();
   for (s = 0; s < sizeof seeds / sizeof seeds[0]; s++) {
     Cross x;
     int i, k, round;
     rng = seeds[s];
-    x.ix = mk_index_new();
-    x.items = mkitems(NTOPICS, NULL);
-    x.n = NTOPICS;
-    x.ok = 1;
-    x.reported = x.checked = 0;
+    cross_begin(&x, NTOPICS);
     for (i = 0; i < NTOPICS; i++) {
       uint32_t r = rnd(100);
       if (i > 0 && r < 5)        /* the same term again */
@@ -563,19 +659,57 @@ static void randomized (void) {
         if (mk_index_count(x.ix) != live) x.ok = 0;
       }
     }
-    for (i = 0; i < NTOPICS; i++) mk_index_remove(x.ix, &x.items[i].link);
-    if (mk_index_nodes(x.ix) != 1 || mk_index_count(x.ix) != 0) x.ok = 0;
-    mk_index_free(x.ix);
-    freeitems(x.items, NTOPICS);
-    ok &= x.ok;
-    reported += x.reported;
-    checked += x.checked;
+    cross_end(&x, &ok, &reported, &checked);
   }
-  for (s = 0; s < 5; s++) mk_rtype_unref(rts[s]);
+  droprts();
   CHECK(ok);
   CHECK(checked == 5L * 3 * NQUERIES);
   CHECK(reported > 50000);   /* matches are plentiful, not a vacuous pass */
   printf("# %ld queries, %ld matches cross-checked\n", checked, reported);
+  CHECK(mk_term_live() == base);
+}
+
+/*
+** The match cache against the scan: a few queries asked again and again
+** (the same terms, as a channel's sender does, and equal copies), with a
+** topic added or removed between most of them.
+*/
+static void randomized_cache (void) {
+  static const uint64_t seeds[] = { 3, 99, 0x5eedull };
+  enum { NTOPICS = 300, NQ = 12, STEPS = 40000 };
+  size_t base = mk_term_live(), s;
+  long reported = 0, checked = 0;
+  int ok = 1;
+  getrts();
+  for (s = 0; s < sizeof seeds / sizeof seeds[0]; s++) {
+    Cross x;
+    mk_term *qs[NQ];
+    int i, step;
+    rng = seeds[s];
+    cross_begin(&x, NTOPICS);
+    for (i = 0; i < NTOPICS; i++) x.items[i].topic = gen(1 + (int)rnd(3), 3 + rnd(25));
+    for (i = 0; i < NQ; i++) qs[i] = gen(1 + (int)rnd(3), rnd(3) ? rnd(15) : 0);
+    for (step = 0; step < STEPS; step++) {
+      uint32_t r = rnd(100);
+      Item *it = &x.items[rnd(NTOPICS)];
+      if (r < 85) crosscheck(&x, qs[rnd(NQ)]);
+      else if (r < 95) {
+        mk_term *q = P_copy(qs[rnd(NQ)]);
+        crosscheck(&x, q);
+        mk_unref(q);
+      }
+      else if (it->link.leaf == NULL) {
+        if (mk_index_add(x.ix, it->topic, &it->link) != 0) x.ok = 0;
+      }
+      else mk_index_remove(x.ix, &it->link);
+    }
+    for (i = 0; i < NQ; i++) mk_unref(qs[i]);
+    cross_end(&x, &ok, &reported, &checked);
+  }
+  droprts();
+  CHECK(ok);
+  CHECK(reported > 20000);
+  printf("# %ld repeated queries, %ld matches cross-checked\n", checked, reported);
   CHECK(mk_term_live() == base);
 }
 
@@ -593,6 +727,8 @@ int main (void) {
   RUN(wide);
   RUN(reentrant);
   RUN(deep_topic);
+  RUN(cache);
   RUN(randomized);
+  RUN(randomized_cache);
   return CHECK_DONE();
 }

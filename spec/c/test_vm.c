@@ -1259,6 +1259,98 @@ static void test_nested_meta_message(void) {
   END;
 }
 
+/* ---- the match cache ---------------------------------------------------- */
+
+/* Messages of one shape, sent again and again, as a channel's are (the
+** routing index answers them from its cache, route.c): every change of
+** the subscribers in between shows in the next delivery, in the ground
+** VM and through a nested VM's meta-level endpoint.  send_twice returns
+** the events the two sends made: none may go to an endpoint that went. */
+static size_t send_twice(mk_vm *vm, mk_term *m) {
+  size_t n;
+  mk_vm_send(vm, m, 0);
+  n = mk_vm_run(vm);
+  mk_vm_send(vm, m, 0);
+  return n + mk_vm_run(vm);
+}
+
+static void test_route_cache(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, b, c, d, n;
+  rec *all[] = {&a, &b, &c, &d};
+  mk_term *m1 = R(I(1), I(10)), *m2 = R(I(1), I(11));
+  mk_pid pa, pn;
+  size_t i;
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_init(&c, "C");
+  rec_init(&d, "D");
+  rec_init(&n, "N");
+  rec_ep(&a, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 0);
+  rec_ep(&b, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 0);
+  rec_ep(&c, "in", MK_SUBSCRIBER, MK_OBSERVER, R(W(), W()), 0);   /* wildcard first item */
+  rec_ep(&d, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), I(11)), 0);   /* reads the second */
+  rec_ep(&n, "up", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 1);
+  rec_ep(&n, "ctl", MK_SUBSCRIBER, MK_PARTICIPANT, Ctl("N"), 1);
+  n.fn = child_script;
+  n.mode = 2;   /* quits on ctl */
+  pa = spawn(vm, &a);
+  mk_vm_run(vm);
+  CHECK(send_twice(vm, m1) == 2);
+  CHECK(log_count(&a.log, "message in rec(1, 10)") == 2);
+  /* a subscriber added between two sends of the same message */
+  spawn(vm, &b);
+  mk_vm_run(vm);
+  CHECK(send_twice(vm, m1) == 4);
+  CHECK(log_count(&a.log, "message in rec(1, 10)") == 4);
+  CHECK(log_count(&b.log, "message in rec(1, 10)") == 2);
+  /* and one removed */
+  CHECK(mk_vm_kill(vm, pa, NULL) == 0);
+  mk_vm_run(vm);
+  CHECK(send_twice(vm, m1) == 2);
+  CHECK(log_count(&a.log, "message in rec(1, 10)") == 4);
+  CHECK(log_count(&b.log, "message in rec(1, 10)") == 4);
+  /* a wildcard subscriber */
+  spawn(vm, &c);
+  mk_vm_run(vm);
+  CHECK(send_twice(vm, m1) == 4);
+  CHECK(log_count(&b.log, "message in rec(1, 10)") == 6);
+  CHECK(log_count(&c.log, "message in rec(1, 10)") == 2);
+  /* one that reads where the others stepped over: m1 and m2 now differ */
+  spawn(vm, &d);
+  mk_vm_run(vm);
+  CHECK(send_twice(vm, m1) == 4);
+  CHECK(send_twice(vm, m2) == 6);
+  CHECK(log_count(&b.log, "message in rec(1, 10)") == 8);
+  CHECK(log_count(&b.log, "message in rec(1, 11)") == 2);
+  CHECK(log_count(&c.log, "message in rec(1, 11)") == 2);
+  CHECK(log_count_prefix(&d.log, "message in rec(1, 10)") == 0);
+  CHECK(log_count(&d.log, "message in rec(1, 11)") == 2);
+  /* a nested VM's child subscribes one level up, then quits */
+  pn = mk_vm_spawn(vm, &mk_nested_behavior, mk_nested_new(vm, &recb, &n, "child"), "nest");
+  mk_vm_run(vm);
+  CHECK(send_twice(vm, m1) == 6);   /* the nested VM's process and its child */
+  CHECK(log_count(&n.log, "message@1 up rec(1, 10)") == 2);
+  CHECK(log_count(&b.log, "message in rec(1, 10)") == 10);
+  poke(vm, "N");
+  mk_vm_run(vm);
+  CHECK(mk_vm_proc(vm, pn) == NULL);
+  CHECK(send_twice(vm, m1) == 4);
+  CHECK(log_count(&n.log, "message@1 up rec(1, 10)") == 2);
+  CHECK(log_count(&b.log, "message in rec(1, 10)") == 12);
+  mk_unref(m1);
+  mk_unref(m2);
+  mk_vm_free(vm, NULL);
+  for (i = 0; i < sizeof all / sizeof *all; i++) {
+    CHECK(all[i]->destroyed == 1);
+    rec_done(all[i]);
+  }
+  CHECK(n.destroyed == 1);
+  rec_done(&n);
+  END;
+}
+
 /* Two levels up through two nested VMs.  Mode 0 sends two levels up, mode 1
 ** one level up, mode 2 quits with "done2". */
 static void deep_script(mk_proc *p, const mk_event *ev, rec *r) {
@@ -2256,6 +2348,7 @@ int main(void) {
   RUN(test_ground_stop);
   RUN(test_delete_tells_endpoint);
   RUN(test_meta_spawn_k);
+  RUN(test_route_cache);
   mk_rtype_unref(RT2);
   mk_rtype_unref(CTL);
   log_free(&glog);

@@ -102,8 +102,10 @@ static void run (Cross *x, In *in) {
         mk_index_remove(x->ix, &it->link);
         CHECK(it->link.leaf == NULL);
         break;
-      case 4: case 5: {        /* match a query */
-        mk_term *q = topic(in);
+      case 4: case 5: {        /* match a query; 5: an item's topic again, the
+                               ** same term, as a channel's sender repeats its
+                               ** own (the index's match cache) */
+        mk_term *q = op == 5 && it->topic != NULL ? mk_ref(it->topic) : topic(in);
         crosscheck(x, q);
         CHECK(x->ok);
         mk_unref(q);
