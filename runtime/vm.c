@@ -454,36 +454,39 @@ typedef struct presence_ctx {
 } presence_ctx;
 
 /* The topic a presence or absence carries: the intersection.  The index
-** found the two topics to unify, and mk_unify ignores the depth limit
-** (term.h), so NULL can only mean memory ran out. */
+** found the two topics to unify, so when one of them is ground it is the
+** intersection itself, shared rather than found again by a walk of both
+** (the common case: a concrete topic meeting a pattern).  mk_unify
+** ignores the depth limit (term.h), so NULL can only mean memory ran out. */
 static mk_term *refined(const mk_role *a, const mk_role *b) {
-  mk_term *t = mk_unify(a->topic, b->topic);
+  mk_term *t;
+  if (a->topic->ground) return mk_ref(a->topic);
+  if (b->topic->ground) return mk_ref(b->topic);
+  t = mk_unify(a->topic, b->topic);
   if (t == NULL) { fputs("market: out of memory\n", stderr); abort(); }
   return t;
 }
 
+/* Both sides of a pair see the same intersection: it is made once and
+** each event takes a reference. */
 static int on_peer(mk_ilink *link, void *ud) {
   presence_ctx *c = ud;
   mk_endpoint *q = (mk_endpoint *)link, *e = c->e;
-  int e_sees = visible(e->role.interest, q->role.interest);
+  int e_sees = visible(e->role.interest, q->role.interest) && (!c->absent || c->tell);
   int q_sees = visible(q->role.interest, e->role.interest);
-  if (c->absent) {
-    /* The peer hears of it; the endpoint deleted hears of the peer only
-    ** when its process asked (Marketplace's delete-endpoint): a process
-    ** that died runs no more handlers. */
-    if (c->tell && e_sees) {
-      mk_qev *own = enqueue_ep(c->vm, e, MK_EV_ABSENCE, refined(&e->role, &q->role),
-                               &q->role, c->reason);
-      if (own) own->deleted = 1;
-    }
-    if (q_sees) {
-      mk_role r = e->role;
-      enqueue_ep(c->vm, q, MK_EV_ABSENCE, refined(&e->role, &q->role), &r, c->reason);
-    }
-    return 0;
+  mk_event_type type = c->absent ? MK_EV_ABSENCE : MK_EV_PRESENCE;
+  mk_term *t;
+  if (!e_sees && !q_sees) return 0;
+  t = refined(&e->role, &q->role);
+  /* On absence, the endpoint deleted hears of the peer only when its
+  ** process asked (Marketplace's delete-endpoint): a process that died
+  ** runs no more handlers. */
+  if (e_sees) {
+    mk_qev *own = enqueue_ep(c->vm, e, type, mk_ref(t), &q->role, c->reason);
+    if (own && c->absent) own->deleted = 1;
   }
-  if (e_sees) enqueue_ep(c->vm, e, MK_EV_PRESENCE, refined(&e->role, &q->role), &q->role, NULL);
-  if (q_sees) enqueue_ep(c->vm, q, MK_EV_PRESENCE, refined(&e->role, &q->role), &e->role, NULL);
+  if (q_sees) enqueue_ep(c->vm, q, type, mk_ref(t), &e->role, c->reason);
+  mk_unref(t);
   return 0;
 }
 

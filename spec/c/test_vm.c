@@ -392,6 +392,37 @@ static void test_presence_refined_topic(void) {
   END;
 }
 
+/* Keeps (a reference to) the topic of its first presence event in r->ud. */
+static void keep_topic_script(mk_proc *p, const mk_event *ev, rec *r) {
+  (void)p;
+  if (ev->type == MK_EV_PRESENCE && r->ud == NULL) r->ud = mk_ref(ev->role.topic);
+}
+
+/* Both ends of a pair are told of one intersection, made once: the two
+** presence events share the term. */
+static void test_presence_shared_intersection(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, b;
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_ep(&a, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(W(), I(5)), 0);
+  rec_ep(&b, "ep", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(3), W()), 0);
+  a.fn = b.fn = keep_topic_script;
+  spawn(vm, &a);
+  spawn(vm, &b);
+  mk_vm_run(vm);
+  CHECK(log_count(&a.log, "presence ep subscriber/participant rec(3, 5)") == 1);
+  CHECK(log_count(&b.log, "presence ep publisher/participant rec(3, 5)") == 1);
+  CHECK(a.ud != NULL && a.ud == b.ud);
+  mk_unref(a.ud);
+  mk_unref(b.ud);
+  mk_vm_free(vm, NULL);
+  rec_done(&a);
+  rec_done(&b);
+  END;
+}
+
 static void test_absence_refined_and_reason(void) {
   BEGIN;
   mk_vm *vm = mk_vm_new();
@@ -2311,6 +2342,7 @@ int main(void) {
   CTL = mk_rtype_get("ctl", 3, 1, NULL);
   RUN(test_visibility_matrix);
   RUN(test_presence_refined_topic);
+  RUN(test_presence_shared_intersection);
   RUN(test_absence_refined_and_reason);
   RUN(test_edges_not_counts);
   RUN(test_same_process_endpoints);
