@@ -671,11 +671,9 @@ static int entryfor (const mk_index *ix, const CEntry *e, const mk_term *q,
   uint32_t k;
   if (e->gen != ix->gen || e->rt != headrt(q) || e->n != q->n || e->mask != mask)
     return 0;
-  for (k = 0; k < q->n; k++) {
-    const mk_term *a = e->key[k], *b = mk_items(q)[k];
-    if (((mask >> k) & 1) && a != b && (a->hash != b->hash || !mk_equal(a, b)))
-      return 0;
-  }
+  /* mk_equal tries the pointer, then the hash, before the values */
+  for (k = 0; k < q->n; k++)
+    if (((mask >> k) & 1) && !mk_equal(e->key[k], mk_items(q)[k])) return 0;
   return 1;
 }
 

@@ -44,7 +44,10 @@ void mk_index_remove(mk_index *ix, mk_ilink *item);
 /*
 ** Call fn for every item whose topic unifies with `query`, each exactly
 ** once.  The callback must not add to or remove from this index.  Returns
-** the number of items visited.
+** the number of items visited.  A query of the same shape as a recent one
+** is answered from a cache (route.c) that holds references to some of
+** the top-level items of recent queries: they are released when an entry
+** is replaced, when the index becomes empty, and by mk_index_free.
 */
 size_t mk_index_match(mk_index *ix, const mk_term *query, mk_match_fn fn, void *ctx);
 
