@@ -77,7 +77,7 @@ struct mk_inode {
 #define CK_ITEMS   4        /* tcp, udp and timer records have 2 or 3 */
 #define CK_RES     2
 #define CK_NSHAPE  32       /* hints: headers in use at once */
-#define CK_MIN     64       /* entries; grows with the index ... */
+#define CK_MIN     64       /* entries; grows with the keys in use ... */
 #define CK_MAX     16384    /* ... up to this, 1.25 MiB */
 
 typedef struct CEntry {
@@ -99,6 +99,7 @@ typedef struct CShape {     /* a hint, keeps no reference */
 typedef struct Cache {
   CEntry *e;                /* owned, cap entries, NULL until first needed */
   size_t cap;
+  size_t evicted;           /* live entries pushed out since the table grew */
   CShape shape[CK_NSHAPE];
 } Cache;
 
@@ -688,20 +689,24 @@ static CEntry *lookup (mk_index *ix, const mk_term *q, uint32_t hh, uint32_t mas
   return NULL;
 }
 
-/* Size the table for the index: four entries per item, within
-** CK_MIN .. CK_MAX (with fewer, distinct keys collide too often).  A table that must grow starts empty.  0, or -1 when
-** there is no table (out of memory: the cache is then simply not used). */
+/* Make the table, or grow it when its keys do not fit: when it has had
+** to push out live entries for half its size, while it is below CK_MAX
+** and below four entries per indexed item (more than the index has
+** senders' shapes, typically; fewer, and distinct keys collide too
+** often).  A table that grows starts empty.  0, or -1 when there is no
+** table (out of memory: the cache is then simply not used). */
 static int sizecache (mk_index *ix) {
   Cache *c = &ix->cache;
-  size_t want = CK_MIN;
+  size_t want = c->cap * 2;
   CEntry *ne;
-  while (want / 4 < ix->count && want < CK_MAX) want *= 2;
-  if (c->cap >= want) return 0;
+  if (c->e == NULL) want = CK_MIN;
+  else if (c->evicted < c->cap / 2 || want > CK_MAX || c->cap / 4 >= ix->count) return 0;
   if ((ne = (CEntry *)calloc(want, sizeof(CEntry))) == NULL) return c->e ? 0 : -1;
   clearcache(c);
   free(c->e);
   c->e = ne;
   c->cap = want;
+  c->evicted = 0;
   return 0;
 }
 
@@ -722,6 +727,7 @@ static void store (mk_index *ix, const mk_term *q, uint32_t hh, uint32_t mask,
   e = &ix->cache.e[keyhash(q, hh, mask) & (ix->cache.cap - 1)];
   if (e->gen == ix->gen) {
     CEntry *other = &ix->cache.e[(size_t)(e - ix->cache.e) ^ 1];
+    if (other->gen == ix->gen) ix->cache.evicted++;
     clearentry(other);
     *other = *e;
     memset(e, 0, sizeof(*e));

@@ -669,6 +669,35 @@ static void randomized (void) {
   CHECK(mk_term_live() == base);
 }
 
+/* Many senders' shapes at once: the cache grows to hold them, and what
+** it answers stays right through the growth and after a change. */
+static void cache_many (void) {
+  enum { N = 3000 };
+  size_t base = mk_term_live();
+  long reported = 0, checked = 0;
+  int ok = 1, i, pass;
+  mk_rtype *ch = mk_rtype_get("ch", 2, 2, NULL);
+  mk_term **qs = calloc(N, sizeof *qs);
+  Cross x;
+  cross_begin(&x, N);
+  for (i = 0; i < N; i++) {
+    x.items[i].topic = mk_rec(ch, mk_int(i), mk_wild());
+    qs[i] = mk_rec(ch, mk_int(i), mk_cstr("data"));
+    CHECK(mk_index_add(x.ix, x.items[i].topic, &x.items[i].link) == 0);
+  }
+  for (pass = 0; pass < 4; pass++) {
+    for (i = 0; i < N; i++) crosscheck(&x, qs[i]);
+    if (pass == 1) mk_index_remove(x.ix, &x.items[N / 2].link);
+  }
+  for (i = 0; i < N; i++) mk_unref(qs[i]);
+  free(qs);
+  mk_rtype_unref(ch);
+  cross_end(&x, &ok, &reported, &checked);
+  CHECK(ok);
+  CHECK(checked == 4L * N && reported == 4L * N - 2);
+  CHECK(mk_term_live() == base);
+}
+
 /*
 ** The match cache against the scan: a few queries asked again and again
 ** (the same terms, as a channel's sender does, and equal copies), with a
@@ -730,5 +759,6 @@ int main (void) {
   RUN(cache);
   RUN(randomized);
   RUN(randomized_cache);
+  RUN(cache_many);
   return CHECK_DONE();
 }
