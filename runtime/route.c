@@ -79,6 +79,7 @@ struct mk_inode {
 #define CK_NSHAPE  32       /* hints: headers in use at once */
 #define CK_MIN     64       /* entries; grows with the keys in use ... */
 #define CK_MAX     16384    /* ... up to this, 1.25 MiB */
+#define CK_KEYMAX  512      /* the weight of a key's items (see light) */
 
 typedef struct CEntry {
   uint64_t gen;             /* the index's generation; 0: empty */
@@ -710,18 +711,38 @@ static int sizecache (mk_index *ix) {
   return 0;
 }
 
+/* Does t weigh at most *left (16 a node, and a string its bytes too)?
+** Takes its weight off *left; stops as soon as the answer is no.  The
+** cache keeps its keys alive, so it takes only light ones: a message
+** whose read items are large is walked each time rather than held.  The
+** recursion is as deep as t, below CK_KEYMAX / 16 levels. */
+static int light (const mk_term *t, size_t *left) {
+  size_t w = 16 + (t->kind == MK_STR ? t->n : 0);
+  uint32_t i;
+  if (w > *left) return 0;
+  *left -= w;
+  if (t->kind == MK_REC || t->kind == MK_SEQ)
+    for (i = 0; i < t->n; i++)
+      if (!light(mk_items(t)[i], left)) return 0;
+  return 1;
+}
+
 /* Remember what a complete walk of q found, keyed under `mask`, the hint
 ** it was looked up with plus what it read. */
 static void store (mk_index *ix, const mk_term *q, uint32_t hh, uint32_t mask,
                    const Track *tr) {
   CShape *sh = &ix->cache.shape[hh & (CK_NSHAPE - 1)];
   CEntry *e;
+  size_t left = CK_KEYMAX;
   uint32_t k;
   sh->gen = ix->gen;
   sh->rt = headrt(q);
   sh->n = q->n;
   sh->mask = mask;
-  if (tr->nres > CK_RES || sizecache(ix) != 0) return;
+  if (tr->nres > CK_RES) return;
+  for (k = 0; k < q->n; k++)
+    if (((mask >> k) & 1) && !light(mk_items(q)[k], &left)) return;
+  if (sizecache(ix) != 0) return;
   /* The new entry takes the first slot of its pair; a live entry there
   ** moves to the second, and the one in the second goes. */
   e = &ix->cache.e[keyhash(q, hh, mask) & (ix->cache.cap - 1)];

@@ -532,6 +532,34 @@ static void cache (void) {
   CHECK(mk_term_live() == base);
 }
 
+/* The cache keeps its keys alive, so it takes light ones only: a large
+** payload in a place the walk reads is not held after the match. */
+static void cache_light (void) {
+  mk_index *ix = mk_index_new();
+  Item it[1];
+  char big[1000];
+  mk_term *t = P("[\"ping\", _]"), *q;
+  Coll c = { 0, 0 };
+  size_t base;
+  memset(it, 0, sizeof it);
+  memset(big, 'x', sizeof big);
+  CHECK(mk_index_add(ix, t, &it[0].link) == 0);
+  base = mk_term_live();
+  q = mk_seq_new(2);
+  mk_set(q, 0, mk_str(big, sizeof big));
+  mk_set(q, 1, mk_int(1));
+  q = mk_seal(q);
+  CHECK(mk_index_match(ix, q, collect, &c) == 0);
+  mk_unref(q);
+  CHECK(mk_term_live() == base);
+  q = P("[\"pong\", 1]");            /* a light one is kept */
+  CHECK(mk_index_match(ix, q, collect, &c) == 0);
+  mk_unref(q);
+  CHECK(mk_term_live() > base);
+  mk_index_free(ix);
+  mk_unref(t);
+}
+
 /* }====================================================== */
 
 /*
@@ -757,6 +785,7 @@ int main (void) {
   RUN(reentrant);
   RUN(deep_topic);
   RUN(cache);
+  RUN(cache_light);
   RUN(randomized);
   RUN(randomized_cache);
   RUN(cache_many);
