@@ -692,9 +692,9 @@ static CEntry *lookup (mk_index *ix, const mk_term *q, uint32_t hh, uint32_t mas
 
 /* Make the table, or grow it when its keys do not fit: when it has had
 ** to push out live entries for half its size, while it is below CK_MAX
-** and below four entries per indexed item (more than the index has
-** senders' shapes, typically; fewer, and distinct keys collide too
-** often).  A table that grows starts empty.  0, or -1 when there is no
+** and below four entries per indexed item (an index of n endpoints
+** seldom has more than n keys in use, and a two-way table much fuller
+** than a quarter collides often).  A table that grows starts empty.  0, or -1 when there is no
 ** table (out of memory: the cache is then simply not used). */
 static int sizecache (mk_index *ix) {
   Cache *c = &ix->cache;
