@@ -148,6 +148,7 @@ static void dosend(lua_State *L, mk_proc *p) {
   body = mkl_testbox_mt(L, -1, U_BOXMT);
   if (body != NULL) {
     mk_send(p, body);
+    if (body->kind == MK_REC) mkl_share(L, -1, body);
   } else {
     const char *err;
     body = mkl_toterm(L, -1, &err);   /* send() made it a term: cannot fail */

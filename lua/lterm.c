@@ -23,8 +23,33 @@ static const char key_wild = 0, key_eof = 0;
 ** name, which costs a string lookup (and a strcmp) each time. */
 static const char key_box_mt = 0;
 
+/*
+** Even under a light-userdata key, the registry lookup was a tenth of what
+** a Lua process spends per message (callgrind), for the box checks of the
+** C functions that have no upvalue to hold the metatable.  So the last
+** Lua state's box metatable is remembered by address, with the address of
+** that state's registry to tell states apart.  A state whose registry
+** takes the address of a closed one's cannot reach boxat before it opens
+** market, and mkl_open_terms sets the cache afresh.
+*/
+static struct {
+  const void *registry;     /* lua_topointer of the registry, or NULL */
+  const void *mt;           /* that state's box metatable */
+} boxmt_seen;
+
+static const void *boxmt(lua_State *L) {
+  const void *reg = lua_topointer(L, LUA_REGISTRYINDEX);
+  if (reg != boxmt_seen.registry) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_box_mt);
+    boxmt_seen.mt = lua_topointer(L, -1);
+    boxmt_seen.registry = reg;
+    lua_pop(L, 1);
+  }
+  return boxmt_seen.mt;
+}
+
 /* The box at idx, or NULL.  mt: a stack index holding the box metatable,
-** or 0 to fetch it from the registry.  The size test turns away light
+** or 0 to find it by boxmt.  The size test turns away light
 ** userdata (size 0) and foreign userdata given the box metatable through
 ** debug.setmetatable, when their size differs; like luaL_checkudata, it
 ** cannot tell a same-sized one. */
@@ -34,9 +59,8 @@ static box *boxat(lua_State *L, int idx, int mt) {
   if (b == NULL || lua_rawlen(L, idx) != sizeof *b || !lua_getmetatable(L, idx))
     return NULL;
   if (mt == 0) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_box_mt);
-    same = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
+    same = lua_topointer(L, -1) == boxmt(L);
+    lua_pop(L, 1);
   } else {
     same = lua_rawequal(L, -1, mt);
     lua_pop(L, 1);
@@ -71,6 +95,11 @@ mk_term *mkl_testbox(lua_State *L, int idx) {
 mk_term *mkl_testbox_mt(lua_State *L, int idx, int mt) {
   box *b = tobox(L, idx, mt);
   return b && fits(b->t) ? b->t : NULL;
+}
+
+mk_term *mkl_boxterm(lua_State *L, int idx) {
+  box *b = lua_touserdata(L, idx);
+  return b ? b->t : NULL;
 }
 
 void mkl_pushboxmt(lua_State *L) {
@@ -564,6 +593,8 @@ void mkl_open_terms(lua_State *L) {
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &key_box_mt);
   }
+  boxmt_seen.registry = lua_topointer(L, LUA_REGISTRYINDEX);
+  boxmt_seen.mt = lua_topointer(L, -1);
   if (luaL_newmetatable(L, MKL_RTYPE_MT)) {
     lua_pushvalue(L, -2);
     lua_pushvalue(L, -2);

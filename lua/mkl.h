@@ -31,6 +31,10 @@ mk_term *mkl_testbox(lua_State *L, int idx);
 ** pushed there once by mkl_pushboxmt). */
 mk_term *mkl_testbox_mt(lua_State *L, int idx, int mt);
 void mkl_pushboxmt(lua_State *L);
+/* The term of the box at idx, borrowed, without checking that it is one:
+** for a value the caller itself stored (lproc.c's shared box); NULL when
+** it is not a userdata. */
+mk_term *mkl_boxterm(lua_State *L, int idx);
 /* Push t (borrowed) as a Lua value. */
 void mkl_pushterm(lua_State *L, mk_term *t);
 /* Push a new box holding t (steals the reference). */
@@ -61,6 +65,9 @@ mk_pid mkl_spawn(lua_State *L, mk_vm *vm, const char *name, int report);
 /* Called with the traceback when a flagged (boot) process fails. */
 typedef void (*mkl_fail_fn)(void *ud, mk_proc *p, const char *traceback);
 void mkl_on_fail(lua_State *L, mkl_fail_fn fn, void *ud);
+/* The record box at idx, just sent by the running process as the term t,
+** may be delivered as it is, instead of a new box for t (lproc.c). */
+void mkl_share(lua_State *L, int idx, const mk_term *t);
 /* Nonzero while a Lua process of L is handling an event. */
 int mkl_running(lua_State *L);
 /* The process whose coroutine is L, while it handles an event, or NULL:
