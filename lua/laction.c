@@ -160,14 +160,13 @@ static void dosend(lua_State *L, mk_proc *p) {
 
 /* apply(ctx, tr): take the transition's state into ctx, then perform its
 ** actions from the first for as long as they are sends.  Returns nothing
-** when it did them all, else the number k of actions left to market.lua
-** and then the actions themselves (k <= RESTMAX: no garbage), or -k and
-** a list of them.  tr nil is the empty transition. */
-#define RESTMAX 8
+** when it did them all, else the positions i and n of the first and last
+** actions left to market.lua, which reads them with action_at: no garbage,
+** and no varargs to shuffle.  tr nil is the empty transition. */
 static int f_apply(lua_State *L) {
   mk_proc *p;
   trans *t;
-  int i, j;
+  int i;
   if (lua_isnil(L, 2)) return 0;
   if (!hasmeta(L, 2, U_TRANSITION)) {
     lua_pushfstring(L, "handler returned a %s, not a transition (use market.transition)",
@@ -190,26 +189,27 @@ static int f_apply(lua_State *L) {
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
   }
   if (i == t->n) return 0;
-  if (t->n - i <= RESTMAX) {
-    lua_pushinteger(L, t->n - i);
-    luaL_checkstack(L, RESTMAX, "apply");
-    for (j = i; j < t->n; j++) lua_getiuservalue(L, 2, j + 2);
-    return 1 + t->n - i;
-  }
-  lua_pushinteger(L, i - t->n);
-  lua_createtable(L, t->n - i, 0);
-  for (j = i; j < t->n; j++) {
-    lua_getiuservalue(L, 2, j + 2);
-    lua_rawseti(L, -2, j - i + 1);
-  }
+  lua_pushinteger(L, i + 1);
+  lua_pushinteger(L, t->n);
   return 2;
 }
 
-/* perform_send(a): perform a if it is a send (at level 0) and return
-** true; false for any other action, which market.lua then performs. */
+/* action_at(tr, i): the transition's action i (1-based), as given. */
+static int f_action_at(lua_State *L) {
+  trans *t = hasmeta(L, 1, U_TRANSITION) ? lua_touserdata(L, 1) : NULL;
+  lua_Integer i = luaL_checkinteger(L, 2);
+  if (t == NULL) return luaL_typeerror(L, 1, "market.transition");
+  luaL_argcheck(L, i >= 1 && i <= t->n, 2, "no such action");
+  lua_getiuservalue(L, 1, (int)i + 1);
+  return 1;
+}
+
+/* perform_send(a, ...): perform a if it is a send (at level 0) and the
+** only argument, and return true; false otherwise (another action, more
+** than one, or no process running), which market.lua then handles. */
 static int f_perform_send(lua_State *L) {
   mk_proc *p;
-  if (!hasmeta(L, 1, U_SENDACTION) || (p = mkl_current(L)) == NULL) {
+  if (lua_gettop(L) != 1 || !hasmeta(L, 1, U_SENDACTION) || (p = mkl_current(L)) == NULL) {
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -265,19 +265,20 @@ static int f_handler_tag(lua_State *L) {
 }
 
 /* core.fastpath(Action, Transition, SendAction) -> { send=, transition=,
-** transition_no_state=, apply=, perform_send=, is_action=, is_box=,
+** transition_no_state=, apply=, action_at=, perform_send=, is_action=, is_box=,
 ** action=, handler_tag= }; sets SendAction.__index. */
 static int c_fastpath(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"send", f_send}, {"transition", f_transition},
     {"transition_no_state", f_transition_no_state}, {"apply", f_apply},
+    {"action_at", f_action_at},
     {"perform_send", f_perform_send}, {"is_action", f_is_action}, {"is_box", f_is_box},
     {"action", f_action}, {"handler_tag", f_handler_tag}, {"__index", send_index},
     {NULL, NULL}};
   int i;
   for (i = 1; i <= 3; i++) luaL_checktype(L, i, LUA_TTABLE);
   lua_settop(L, 3);
-  lua_createtable(L, 0, 10);
+  lua_createtable(L, 0, 11);
   for (i = 1; i <= 3; i++) lua_pushvalue(L, i);
   lua_pushliteral(L, "kind");
   lua_pushliteral(L, "send");

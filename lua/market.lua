@@ -266,25 +266,22 @@ function perform(ctx, a, level)
 end
 
 -- Sends are applied in C; the first other action and all after it here.
-local capply = fast.apply
+local capply, action_at = fast.apply, fast.action_at
 local function perform_each(ctx, a)
   if is_action(a) then perform_one(ctx, a, 0)
   elseif a then perform(ctx, a, 0) end
 end
 
--- What capply left: k actions as values, or (k < 0) -k of them in a list.
-local function rest(ctx, k, ...)
-  if not k then return end
-  if k < 0 then
-    local list = ...
-    for j = 1, -k do perform_each(ctx, list[j]) end
-  else
-    for j = 1, k do perform_each(ctx, (select(j, ...))) end
-  end
+-- Actions i..n of transition tr, which capply left to perform here.
+local function rest(ctx, tr, i, n)
+  for j = i, n do perform_each(ctx, action_at(tr, j)) end
 end
 
+-- Apply the transition a handler returned (nil: none).
 local function apply(ctx, tr)
-  return rest(ctx, capply(ctx, tr))
+  if tr == nil then return end
+  local i, n = capply(ctx, tr)
+  if i then rest(ctx, tr, i, n) end
 end
 
 local function current(fname)
@@ -300,10 +297,12 @@ local psend = fast.perform_send
 -- perform(action...): straight-line code does what the actions say, now.
 -- Returns the pid of each spawn, in order.
 function M.perform(a1, ...)
+  -- The common case first: one send, done in C (psend takes no other
+  -- count of arguments, and only inside a process).
+  if psend(a1, ...) then return end
   local ctx = current("perform")
   local nargs = select("#", ...)
-  if nargs == 0 then         -- the common case, without garbage
-    if psend(a1) then return end
+  if nargs == 0 then         -- one action: without garbage
     if not is_action(a1) then error("market.perform: argument 1 is not an action", 2) end
     local r = perform_one(ctx, a1, 0)
     if a1.kind == "spawn" then return r end
@@ -478,7 +477,13 @@ local function activate(ctx, kind, a, b, c, d, e, f, g)
   if kind == MESSAGE and b == 0 then
     local h = ctx.eps[a]
     local fn = h and h.on_message
-    if fn then return apply(ctx, fn(ctx.state, c, a)) end
+    if not fn then return end
+    -- apply, inlined: a handler that answers nothing, or only sends,
+    -- costs one call less per message.
+    local tr = fn(ctx.state, c, a)
+    if tr == nil then return end
+    local i, n = capply(ctx, tr)
+    if i then rest(ctx, tr, i, n) end
     return
   end
   dispatch(ctx, kind, a, b, c, d, e, f, g)
