@@ -894,6 +894,7 @@ static int state_gc(lua_State *L) {
   free(S->boot_error);
   S->boot_error = NULL;
   budget_release();
+  if (act.users == 0) mkl_forget_strings();
   return 0;
 }
 

@@ -120,6 +120,62 @@ void mkl_pushbox(lua_State *L, mk_term *t) {
 }
 
 /*
+** Byte strings cross between Lua and terms by copy: a Lua string is a
+** term's bytes copied into Lua's heap, and a term made from a Lua string
+** copies, and hashes, all of its bytes again.  A handler that forwards
+** what it read (an echo: send(channel(here, remote, m.subpacket))) would
+** copy every payload twice per trip.  So the string terms last pushed to
+** Lua, or made from Lua strings, are remembered by the address of the Lua
+** string's bytes, and a conversion of the same bytes takes a reference
+** instead of a copy.  The address is only a hint (a collected string's
+** may be reused): a hit also compares the bytes, which costs less than
+** the copy and the hash it saves, and makes the cache right whatever Lua
+** state the string lives in.  Strings above STRSEEN_MAX bytes are not
+** kept, so the cache holds at most STRSEEN * STRSEEN_MAX bytes; it lets
+** them go when the last Lua state with market open closes
+** (mkl_forget_strings).
+*/
+#define STRSEEN 16
+#define STRSEEN_MAX 65536
+
+static struct { const char *s; mk_term *t; } strseen[STRSEEN];   /* t: owned */
+
+static unsigned strslot(const char *s) {
+  uintptr_t a = (uintptr_t)s;
+  return (unsigned)((a >> 4) ^ (a >> 9)) % STRSEEN;
+}
+
+static void seen(const char *s, mk_term *t) {
+  unsigned i;
+  if (t->n > STRSEEN_MAX) return;
+  i = strslot(s);
+  if (strseen[i].t == t) { strseen[i].s = s; return; }
+  mk_unref(strseen[i].t);
+  strseen[i].s = s;
+  strseen[i].t = mk_ref(t);
+}
+
+/* The term for the Lua string s of n bytes: a new reference. */
+static mk_term *strterm(const char *s, size_t n) {
+  unsigned i = strslot(s);
+  mk_term *t = strseen[i].t;
+  if (strseen[i].s == s && t != NULL && t->n == n && memcmp(mk_strdata(t), s, n) == 0)
+    return mk_ref(t);
+  t = mk_str(s, n);
+  if (t != NULL) seen(s, t);
+  return t;
+}
+
+void mkl_forget_strings(void) {
+  unsigned i;
+  for (i = 0; i < STRSEEN; i++) {
+    mk_unref(strseen[i].t);
+    strseen[i].t = NULL;
+    strseen[i].s = NULL;
+  }
+}
+
+/*
 ** The error for a term deeper than the limit (term.h, "Depth"), with the
 ** limit in force.  The buffer outlives the call, as *err must: terms are
 ** single-threaded, and every caller uses *err before converting again.
@@ -163,7 +219,7 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
     case LUA_TSTRING: {
       size_t n;
       const char *s = lua_tolstring(L, idx, &n);
-      return mk_str(s, n);
+      return strterm(s, n);
     }
     case LUA_TUSERDATA: {
       box *b = tobox(L, idx, mt);
@@ -245,7 +301,7 @@ void mkl_pushterm(lua_State *L, mk_term *t) {
     case MK_TRUE: lua_pushboolean(L, 1); break;
     case MK_INT: lua_pushinteger(L, t->v.i); break;
     case MK_FLOAT: lua_pushnumber(L, t->v.f); break;
-    case MK_STR: lua_pushlstring(L, mk_strdata(t), t->n); break;
+    case MK_STR: seen(lua_pushlstring(L, mk_strdata(t), t->n), t); break;
     case MK_SEQ:
       luaL_checkstack(L, 3, "term conversion");
       lua_createtable(L, (int)t->n, 0);

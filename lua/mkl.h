@@ -40,6 +40,9 @@ void mkl_pushterm(lua_State *L, mk_term *t);
 /* Push a new box holding t (steals the reference). */
 void mkl_pushbox(lua_State *L, mk_term *t);
 void mkl_open_terms(lua_State *L);   /* fields into the table at the top */
+/* Let go of the string terms lterm.c keeps to spare copies: when the last
+** Lua state with market open closes. */
+void mkl_forget_strings(void);
 
 /* An endpoint's tag (mk_tag_endpoint) as the binding sets it: which
 ** handlers its table held when it was added (laction.c computes it,

@@ -191,3 +191,39 @@ describe("terms as Lua values", function()
     assert.equal("nil", R(nil))
   end)
 end)
+
+-- Byte strings cross between Lua and terms by copy; lterm.c keeps the
+-- string terms it last converted, so that a payload read from a record and
+-- put into a new one (an echo) is not copied again.
+describe("byte strings between Lua and terms", function()
+  local blob = market.record("blob", "data")
+
+  it("a record made from a string read out of a term shares its bytes", function()
+    local big = string.rep("0123456789abcdef", 2048)              -- 32 KiB
+    local data = market.unify(blob(big), _).data                 -- a fresh Lua copy
+    collectgarbage()
+    collectgarbage()
+    local before = market.memory()
+    local keep = {}
+    for i = 1, 100 do keep[i] = blob(data) end
+    local grown = market.memory() - before
+    -- 100 copies would be 3.2 MiB.
+    assert.is_true(grown < 256 * 1024, ("grew by %d bytes"):format(grown))
+    assert.equal(big, keep[100].data)
+  end)
+
+  it("keep their own bytes whatever strings came and went before them", function()
+    -- Strings of one length, made and collected in turn: a new one may
+    -- take the address of one converted before.
+    for round = 1, 50 do
+      local s = ("%08d"):format(round):rep(4)
+      assert.equal(s, blob(s).data)
+      assert.equal(s, market.unify(s, _))
+      collectgarbage()
+    end
+    local seq = {}
+    for i = 1, 300 do seq[i] = ("k%05d"):format(i) end
+    local back = market.unify(seq, _)
+    for i = 1, 300 do assert.equal(("k%05d"):format(i), back[i]) end
+  end)
+end)
