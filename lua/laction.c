@@ -204,19 +204,44 @@ static int f_action_at(lua_State *L) {
   return 1;
 }
 
-/* perform_send(a, ...): perform a if it is a send (at level 0) and the
-** only argument, and return true; false otherwise (another action, more
-** than one, or no process running), which market.lua then handles. */
-static int f_perform_send(lua_State *L) {
+/*
+** market.perform(action...).  Straight-line code that sends in a loop
+** (perform(send) per message) spent more in entering a Lua vararg
+** function than in the send itself: so perform is this C function, which
+** does one send at level 0 by itself and hands everything else to
+** market.lua's perform (upvalue U_PERFORM, see make_perform), whose errors
+** name the caller of perform, past this function.
+*/
+#define U_PERFORM lua_upvalueindex(NUPVALUES + 1)
+
+static int perform_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
+static int f_perform(lua_State *L) {
   mk_proc *p;
-  if (lua_gettop(L) != 1 || !hasmeta(L, 1, U_SENDACTION) || (p = mkl_current(L)) == NULL) {
-    lua_pushboolean(L, 0);
-    return 1;
+  if (lua_gettop(L) == 1 && hasmeta(L, 1, U_SENDACTION) && (p = mkl_current(L)) != NULL) {
+    dosend(L, p);
+    /* A dead process runs no further line (as core.send's settle). */
+    if (!mk_proc_alive(p)) return lua_yield(L, 0);
+    return 0;
   }
-  lua_settop(L, 1);
-  dosend(L, p);
-  if (!mk_proc_alive(p)) return lua_yield(L, 0);
-  lua_pushboolean(L, 1);
+  lua_pushvalue(L, U_PERFORM);
+  lua_insert(L, 1);
+  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, perform_k);
+  return perform_k(L, LUA_OK, 0);
+}
+
+/* make_perform(perform_rest) -> market.perform, with the fastpath's
+** upvalues and perform_rest after them. */
+static int f_make_perform(lua_State *L) {
+  int i;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  for (i = 1; i <= NUPVALUES; i++) lua_pushvalue(L, lua_upvalueindex(i));
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, f_perform, NUPVALUES + 1);
   return 1;
 }
 
@@ -265,14 +290,14 @@ static int f_handler_tag(lua_State *L) {
 }
 
 /* core.fastpath(Action, Transition, SendAction) -> { send=, transition=,
-** transition_no_state=, apply=, action_at=, perform_send=, is_action=, is_box=,
+** transition_no_state=, apply=, action_at=, make_perform=, is_action=, is_box=,
 ** action=, handler_tag= }; sets SendAction.__index. */
 static int c_fastpath(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"send", f_send}, {"transition", f_transition},
     {"transition_no_state", f_transition_no_state}, {"apply", f_apply},
     {"action_at", f_action_at},
-    {"perform_send", f_perform_send}, {"is_action", f_is_action}, {"is_box", f_is_box},
+    {"make_perform", f_make_perform}, {"is_action", f_is_action}, {"is_box", f_is_box},
     {"action", f_action}, {"handler_tag", f_handler_tag}, {"__index", send_index},
     {NULL, NULL}};
   int i;

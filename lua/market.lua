@@ -292,18 +292,16 @@ local function current(fname)
   return ctx
 end
 
-local psend = fast.perform_send
-
 -- perform(action...): straight-line code does what the actions say, now.
--- Returns the pid of each spawn, in order.
-function M.perform(a1, ...)
-  -- The common case first: one send, done in C (psend takes no other
-  -- count of arguments, and only inside a process).
-  if psend(a1, ...) then return end
-  local ctx = current("perform")
+-- Returns the pid of each spawn, in order.  market.perform is C (laction.c)
+-- and does a lone send itself; it calls this for everything else, so the
+-- errors here name the caller two levels up, past the C function.
+local function perform_rest(a1, ...)
+  local ctx = core.current()
+  if not ctx then error("market.perform: not inside a market process", 3) end
   local nargs = select("#", ...)
   if nargs == 0 then         -- one action: without garbage
-    if not is_action(a1) then error("market.perform: argument 1 is not an action", 2) end
+    if not is_action(a1) then error("market.perform: argument 1 is not an action", 3) end
     local r = perform_one(ctx, a1, 0)
     if a1.kind == "spawn" then return r end
     return
@@ -312,13 +310,14 @@ function M.perform(a1, ...)
   for i = 1, nargs + 1 do
     local a = i == 1 and a1 or select(i - 1, ...)
     if not is_action(a) then
-      error("market.perform: argument " .. i .. " is not an action", 2)
+      error("market.perform: argument " .. i .. " is not an action", 3)
     end
     local r = perform_one(ctx, a, 0)
     if a.kind == "spawn" then n = n + 1; pids[n] = r end
   end
   return table.unpack(pids, 1, n)
 end
+M.perform = fast.make_perform(perform_rest)
 
 -- ---- events --------------------------------------------------------------
 
