@@ -21,8 +21,7 @@
 #define U_SEND        lua_upvalueindex(5)   /* "send" */
 #define U_BODY        lua_upvalueindex(6)   /* "body" */
 #define U_STATE       lua_upvalueindex(7)   /* "state" */
-#define U_BOXMT       lua_upvalueindex(8)   /* the term box metatable */
-#define NUPVALUES     8
+#define NUPVALUES     7
 
 /* Is the value at idx a full userdata whose metatable is the one at
 ** upvalue mt?  (A table may borrow these metatables with setmetatable;
@@ -54,7 +53,7 @@ static int f_send(lua_State *L) {
   int t = lua_type(L, 1);
   if (t == LUA_TNONE) return luaL_error(L, "market.send: a message body is required");
   lua_settop(L, 1);
-  if (t == LUA_TTABLE || (t == LUA_TUSERDATA && mkl_testbox_mt(L, 1, U_BOXMT) == NULL) ||
+  if (t == LUA_TTABLE || (t == LUA_TUSERDATA && mkl_testbox(L, 1) == NULL) ||
       t == LUA_TFUNCTION || t == LUA_TTHREAD || t == LUA_TLIGHTUSERDATA) {
     const char *err;
     mk_term *body = mkl_toterm(L, 1, &err);
@@ -145,7 +144,7 @@ static int f_transition_no_state(lua_State *L) { return mktransition(L, 1); }
 static void dosend(lua_State *L, mk_proc *p) {
   mk_term *body;
   lua_getiuservalue(L, -1, 1);
-  body = mkl_testbox_mt(L, -1, U_BOXMT);
+  body = mkl_testbox(L, -1);
   if (body != NULL) {
     mk_send(p, body);
     if (body->kind == MK_REC) mkl_share(L, -1, body);
@@ -257,7 +256,7 @@ static int f_is_action(lua_State *L) {
 
 /* is_box(v): is v a term box (a record, the wildcard, EOF)? */
 static int f_is_box(lua_State *L) {
-  lua_pushboolean(L, mkl_testbox_mt(L, 1, U_BOXMT) != NULL);
+  lua_pushboolean(L, mkl_testbox(L, 1) != NULL);
   return 1;
 }
 
@@ -309,7 +308,6 @@ static int c_fastpath(lua_State *L) {
   lua_pushliteral(L, "send");
   lua_pushliteral(L, "body");
   lua_pushliteral(L, "state");
-  mkl_pushboxmt(L);
   luaL_setfuncs(L, funcs, NUPVALUES);
   lua_getfield(L, -1, "__index");
   lua_setfield(L, 3, "__index");

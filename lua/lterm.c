@@ -14,64 +14,45 @@
 
 #include "mkl.h"
 
-typedef struct box { mk_term *t; } box;
-typedef struct rtbox { mk_rtype *rt; } rtbox;
+/*
+** A box, or a record type's box, is a full userdata whose block starts with
+** its pointer and then a brand: the address of a static of this file.
+** Boxes are checked several times per message, and comparing metatables
+** (lua_getmetatable, lua_rawequal, lua_pop, after a registry lookup when no
+** upvalue held the metatable) was a tenth of a Lua process's instructions
+** per message.  The brand is as sure: Lua code cannot write into a
+** userdata's block, a userdata of another size is turned away before its
+** block is read (lua_rawlen; a light userdata has none), and only C code
+** could forge one.  It is surer than the metatable, which the debug library
+** can give to any userdata: a foreign one of the same size then passed.
+*/
+static const char box_brand = 0, rtbox_brand = 0;
+
+typedef struct box { mk_term *t; const char *brand; } box;
+typedef struct rtbox { mk_rtype *rt; const char *brand; } rtbox;
 
 static const char key_wild = 0, key_eof = 0;
-/* The box metatable again, under a light-userdata key.  Boxes are checked
-** on every message, several times: luaL_testudata finds the metatable by
-** name, which costs a string lookup (and a strcmp) each time. */
+/* The box metatable again, under a light-userdata key: pushbox sets it
+** on every box made outside the metamethods (which have it as upvalue). */
 static const char key_box_mt = 0;
 
-/*
-** Even under a light-userdata key, the registry lookup was a tenth of what
-** a Lua process spends per message (callgrind), for the box checks of the
-** C functions that have no upvalue to hold the metatable.  So the last
-** Lua state's box metatable is remembered by address, with the address of
-** that state's registry to tell states apart.  A state whose registry
-** takes the address of a closed one's cannot reach boxat before it opens
-** market, and mkl_open_terms sets the cache afresh.
-*/
-static struct {
-  const void *registry;     /* lua_topointer of the registry, or NULL */
-  const void *mt;           /* that state's box metatable */
-} boxmt_seen;
-
-static const void *boxmt(lua_State *L) {
-  const void *reg = lua_topointer(L, LUA_REGISTRYINDEX);
-  if (reg != boxmt_seen.registry) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_box_mt);
-    boxmt_seen.mt = lua_topointer(L, -1);
-    boxmt_seen.registry = reg;
-    lua_pop(L, 1);
-  }
-  return boxmt_seen.mt;
+/* The block of the userdata at idx if it is branded `brand` and `size`
+** bytes long, else NULL. */
+static void *branded(lua_State *L, int idx, size_t size, const char *brand) {
+  void *u = lua_touserdata(L, idx);
+  if (u == NULL || lua_rawlen(L, idx) != size) return NULL;
+  return *(const char **)((char *)u + size - sizeof(const char *)) == brand ? u : NULL;
 }
 
-/* The box at idx, or NULL.  mt: a stack index holding the box metatable,
-** or 0 to find it by boxmt.  The size test turns away light
-** userdata (size 0) and foreign userdata given the box metatable through
-** debug.setmetatable, when their size differs; like luaL_checkudata, it
-** cannot tell a same-sized one. */
-static box *boxat(lua_State *L, int idx, int mt) {
-  box *b = lua_touserdata(L, idx);
-  int same;
-  if (b == NULL || lua_rawlen(L, idx) != sizeof *b || !lua_getmetatable(L, idx))
-    return NULL;
-  if (mt == 0) {
-    same = lua_topointer(L, -1) == boxmt(L);
-    lua_pop(L, 1);
-  } else {
-    same = lua_rawequal(L, -1, mt);
-    lua_pop(L, 1);
-  }
-  return same ? b : NULL;
+/* The box at idx, or NULL. */
+static box *boxat(lua_State *L, int idx) {
+  return branded(L, idx, sizeof(box), &box_brand);
 }
 
 /* The same, holding a term: a box whose __gc has run (called by hand
 ** through the debug library) is no term any more. */
-static box *tobox(lua_State *L, int idx, int mt) {
-  box *b = boxat(L, idx, mt);
+static box *tobox(lua_State *L, int idx) {
+  box *b = boxat(L, idx);
   return b != NULL && b->t != NULL ? b : NULL;
 }
 
@@ -88,28 +69,21 @@ static int fits(const mk_term *t) {
 }
 
 mk_term *mkl_testbox(lua_State *L, int idx) {
-  box *b = tobox(L, idx, 0);
-  return b && fits(b->t) ? b->t : NULL;
-}
-
-mk_term *mkl_testbox_mt(lua_State *L, int idx, int mt) {
-  box *b = tobox(L, idx, mt);
+  box *b = tobox(L, idx);
   return b && fits(b->t) ? b->t : NULL;
 }
 
 mk_term *mkl_boxterm(lua_State *L, int idx) {
-  box *b = lua_touserdata(L, idx);
+  box *b = boxat(L, idx);
   return b ? b->t : NULL;
 }
 
-void mkl_pushboxmt(lua_State *L) {
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &key_box_mt);
-}
-
-/* Push a box for t (stolen); mt as for tobox. */
+/* Push a box for t (stolen).  mt: a stack index holding the box
+** metatable, or 0 to fetch it from the registry. */
 static void pushbox(lua_State *L, mk_term *t, int mt) {
   box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->t = t;
+  b->brand = &box_brand;
   if (mt == 0) lua_rawgetp(L, LUA_REGISTRYINDEX, &key_box_mt);
   else lua_pushvalue(L, mt);
   lua_setmetatable(L, -2);
@@ -203,13 +177,13 @@ static const char *toolarge(void) {
 
 /* Convert the value at idx, `depth` compounds down from the term being
 ** built, as a term of at most `room` nodes (what the size limit leaves
-** for it).  mt: as for tobox.  The recursion stops at the depth limit,
+** for it).  The recursion stops at the depth limit,
 ** which also ends a table that contains itself, and the conversion as soon
 ** as the whole term is sure to be larger than the size limit: a table that
 ** holds another many times over (t = {t, t}, sixty times) costs no more
 ** than the limit to refuse. */
 static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
-                       size_t room, int mt) {
+                       size_t room) {
   switch (lua_type(L, idx)) {
     case LUA_TNIL: return mk_nil();
     case LUA_TBOOLEAN: return mk_bool(lua_toboolean(L, idx));
@@ -222,7 +196,7 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
       return strterm(s, n);
     }
     case LUA_TUSERDATA: {
-      box *b = tobox(L, idx, mt);
+      box *b = tobox(L, idx);
       if (b) {
         if (mk_term_size(b->t) <= room) return mk_ref(b->t);
         *err = toolarge();
@@ -265,7 +239,7 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
         mk_term *item;
         lua_rawgeti(L, idx, (lua_Integer)i + 1);
         /* item i may take the room the others leave it */
-        item = toterm(L, lua_gettop(L), err, depth + 1, room - size + 1, mt);
+        item = toterm(L, lua_gettop(L), err, depth + 1, room - size + 1);
         lua_pop(L, 1);
         if (item == NULL) { mk_unref(s); return NULL; }
         size += mk_term_size(item) - 1;   /* still at most room */
@@ -283,7 +257,7 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
 
 mk_term *mkl_toterm(lua_State *L, int idx, const char **err) {
   *err = NULL;
-  return toterm(L, lua_absindex(L, idx), err, 0, mk_term_size_limit(), 0);
+  return toterm(L, lua_absindex(L, idx), err, 0, mk_term_size_limit());
 }
 
 mk_term *mkl_checkterm(lua_State *L, int idx, const char *what) {
@@ -319,16 +293,15 @@ void mkl_pushterm(lua_State *L, mk_term *t) {
 /* ---- the term metatable ------------------------------------------------- */
 
 /* The metatable's own functions have it as upvalue 1 (see
-** mkl_open_terms); the record types' functions too, and their own
-** metatable as upvalue 2. */
+** mkl_open_terms), and so have the record types' functions, which make
+** boxes. */
 #define U_BOXMT  lua_upvalueindex(1)
-#define U_RTMT   lua_upvalueindex(2)
 
 /* The box a metamethod was called for.  Lua calls these with a box
 ** first, but the debug library hands out the metatable, and with it the
 ** functions, to be called with anything. */
 static mk_term *selfbox(lua_State *L) {
-  box *b = boxat(L, 1, U_BOXMT);
+  box *b = boxat(L, 1);
   if (b == NULL) luaL_typeerror(L, 1, MKL_TERM_MT);
   if (b->t == NULL) luaL_argerror(L, 1, "a term box whose __gc has run");
   return b->t;
@@ -352,7 +325,7 @@ static int rterror(lua_State *L, const mk_rtype *rt, const char *fmt, ...) {
 /* The wildcard and EOF boxes live in the registry, shared by every
 ** process of the Lua state: a __gc called by hand leaves them whole. */
 static int term_gc(lua_State *L) {
-  box *b = boxat(L, 1, U_BOXMT);
+  box *b = boxat(L, 1);
   if (b == NULL) return luaL_typeerror(L, 1, MKL_TERM_MT);
   if (b->t == NULL || b->t->refs == MK_IMMORTAL) return 0;
   mk_unref(b->t);
@@ -370,7 +343,7 @@ static int term_tostring(lua_State *L) {
 }
 
 static int term_eq(lua_State *L) {
-  box *a = tobox(L, 1, U_BOXMT), *b = tobox(L, 2, U_BOXMT);
+  box *a = tobox(L, 1), *b = tobox(L, 2);
   lua_pushboolean(L, a && b && mk_equal(a->t, b->t));
   return 1;
 }
@@ -418,20 +391,15 @@ static int term_newindex(lua_State *L) {
 /* ---- record types ------------------------------------------------------- */
 
 static mk_rtype *checkrt(lua_State *L, int idx) {
-  rtbox *b = lua_touserdata(L, idx);
-  if (b == NULL || lua_rawlen(L, idx) != sizeof *b || !lua_getmetatable(L, idx) ||
-      !lua_rawequal(L, -1, U_RTMT) || b->rt == NULL)
-    luaL_typeerror(L, idx, "record constructor");
-  lua_pop(L, 1);
+  rtbox *b = branded(L, idx, sizeof(rtbox), &rtbox_brand);
+  if (b == NULL || b->rt == NULL) luaL_typeerror(L, idx, "record constructor");
   return b->rt;
 }
 
 /* A record type made by l_record: rt may be NULL there (out of memory). */
 static int rt_gc(lua_State *L) {
-  rtbox *b = lua_touserdata(L, 1);
-  if (b == NULL || lua_rawlen(L, 1) != sizeof *b || !lua_getmetatable(L, 1) ||
-      !lua_rawequal(L, -1, U_RTMT))
-    return luaL_typeerror(L, 1, "record constructor");
+  rtbox *b = branded(L, 1, sizeof(rtbox), &rtbox_brand);
+  if (b == NULL) return luaL_typeerror(L, 1, "record constructor");
   if (b->rt) mk_rtype_unref(b->rt);
   b->rt = NULL;
   return 0;
@@ -455,7 +423,7 @@ static int rt_call(lua_State *L) {
   if ((r = mk_rec_new(rt)) == NULL) return luaL_error(L, "out of memory");
   for (i = 0; i < rt->arity; i++) {
     const char *err = NULL;
-    mk_term *f = toterm(L, (int)i + 2, &err, 1, maxsize - size + 1, U_BOXMT);
+    mk_term *f = toterm(L, (int)i + 2, &err, 1, maxsize - size + 1);
     if (f != NULL && f->depth >= limit) {
       mk_unref(f);
       f = NULL;
@@ -475,7 +443,7 @@ static int rt_call(lua_State *L) {
 
 static int rt_is(lua_State *L) {
   mk_rtype *rt = checkrt(L, 1);
-  box *b = tobox(L, 2, U_BOXMT);
+  box *b = tobox(L, 2);
   lua_pushboolean(L, b != NULL && b->t->kind == MK_REC && b->t->v.rt == rt);
   return 1;
 }
@@ -487,9 +455,7 @@ static int rt_index(lua_State *L) {
   if (strcmp(k, "label") == 0) lua_pushlstring(L, rt->label, rt->labellen);
   else if (strcmp(k, "arity") == 0) lua_pushinteger(L, rt->arity);
   else if (strcmp(k, "is") == 0) {
-    lua_pushvalue(L, U_BOXMT);
-    lua_pushvalue(L, U_RTMT);
-    lua_pushcclosure(L, rt_is, 2);
+    lua_pushcfunction(L, rt_is);
   }
   else if (strcmp(k, "fields") == 0) {
     lua_createtable(L, (int)rt->arity, 0);
@@ -530,6 +496,7 @@ static int l_record(lua_State *L) {
   for (i = 0; i < n; i++) names[i] = lua_tostring(L, i + 2);
   b = lua_newuserdatauv(L, sizeof *b, 0);
   b->rt = NULL;
+  b->brand = &rtbox_brand;
   luaL_setmetatable(L, MKL_RTYPE_MT);
   b->rt = mk_rtype_get(label, ll, (uint32_t)n, n ? names : NULL);
   if (b->rt == NULL) return luaL_error(L, "out of memory");
@@ -567,7 +534,7 @@ static int l_unify(lua_State *L) {
 ** max bytes of it, then "..." (term.h, mk_repr_max). */
 static int l_repr(lua_State *L) {
   size_t max = SIZE_MAX, n;
-  box *b = tobox(L, 1, 0);
+  box *b = tobox(L, 1);
   mk_term *t;
   char *s;
   if (!lua_isnoneornil(L, 2)) {
@@ -649,12 +616,9 @@ void mkl_open_terms(lua_State *L) {
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &key_box_mt);
   }
-  boxmt_seen.registry = lua_topointer(L, LUA_REGISTRYINDEX);
-  boxmt_seen.mt = lua_topointer(L, -1);
   if (luaL_newmetatable(L, MKL_RTYPE_MT)) {
     lua_pushvalue(L, -2);
-    lua_pushvalue(L, -2);
-    luaL_setfuncs(L, rt_mt, 2);
+    luaL_setfuncs(L, rt_mt, 1);
   }
   lua_pop(L, 2);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_wild) == LUA_TNIL) {

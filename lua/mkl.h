@@ -27,13 +27,8 @@ mk_term *mkl_checkterm(lua_State *L, int idx, const char *what);
 ** that callers who take boxes as they are and convert anything else give
 ** that error too. */
 mk_term *mkl_testbox(lua_State *L, int idx);
-/* The same, faster, with the box metatable at stack index mt (an upvalue
-** pushed there once by mkl_pushboxmt). */
-mk_term *mkl_testbox_mt(lua_State *L, int idx, int mt);
-void mkl_pushboxmt(lua_State *L);
-/* The term of the box at idx, borrowed, without checking that it is one:
-** for a value the caller itself stored (lproc.c's shared box); NULL when
-** it is not a userdata. */
+/* The term of the box at idx, borrowed, whatever its size; NULL when it is
+** not a box, or an emptied one (lproc.c's shared box). */
 mk_term *mkl_boxterm(lua_State *L, int idx);
 /* Push t (borrowed) as a Lua value. */
 void mkl_pushterm(lua_State *L, mk_term *t);

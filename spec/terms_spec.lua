@@ -143,6 +143,23 @@ describe("terms as Lua values", function()
     assert.equal(2, a.y)
   end)
 
+  it("a userdata given the term metatable through the debug library is no term", function()
+    -- A record constructor was a userdata of a box's size: with the box
+    -- metatable, it passed for one and its record type was read as a term.
+    local ctor = market.record("disguised", "a")
+    local rtmt = debug.getmetatable(ctor)
+    debug.setmetatable(ctor, debug.getmetatable(market._))
+    local ok_term = market.is_term(ctor)
+    local ok_str, str = pcall(tostring, ctor)
+    local ok_send = pcall(market.send, ctor)
+    debug.setmetatable(ctor, rtmt)
+    assert.is_false(ok_term)
+    assert.is_false(ok_str)
+    assert.matches("market.term expected", str)
+    assert.is_false(ok_send)
+    assert.equal("disguised(1)", tostring(ctor(1)))
+  end)
+
   it("a record constructor knows its label, arity and fields, and recognises its records",
      function()
     local line = market.record("chat-line", "who", "text")
