@@ -23,22 +23,26 @@
 #define U_STATE       lua_upvalueindex(7)   /* "state" */
 #define NUPVALUES     7
 
-/* Is the value at idx a full userdata whose metatable is the one at
-** upvalue mt?  (A table may borrow these metatables with setmetatable;
-** it is not a transition or a send for that.) */
-static int hasmeta(lua_State *L, int idx, int mt) {
-  int r;
-  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return 0;
-  r = lua_rawequal(L, -1, mt);
-  lua_pop(L, 1);
-  return r;
+/*
+** Sends and transitions are userdata branded with the address of one of
+** these (mkl_branded), checked several times per message.  A table may
+** borrow their metatables with setmetatable, and the debug library may
+** give them to another userdata: neither is a send or a transition.
+*/
+static const char send_brand = 0, trans_brand = 0;
+
+/* A send's block: only its brand (the body is its user value). */
+typedef struct sendact { const char *brand; } sendact;
+
+static int issend(lua_State *L, int idx) {
+  return mkl_branded(L, idx, sizeof(sendact), &send_brand) != NULL;
 }
 
 /* Is the value at idx an action (a table of market.lua's, or a send)? */
 static int isaction(lua_State *L, int idx) {
   int r;
-  if (hasmeta(L, idx, U_SENDACTION)) return 1;
-  if (!lua_getmetatable(L, idx)) return 0;
+  if (issend(L, idx)) return 1;
+  if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return 0;
   r = lua_rawequal(L, -1, U_ACTION);
   lua_pop(L, 1);
   return r;
@@ -62,7 +66,7 @@ static int f_send(lua_State *L) {
     mk_unref(body);
     lua_replace(L, 1);
   }
-  lua_newuserdatauv(L, 0, 1);
+  ((sendact *)lua_newuserdatauv(L, sizeof(sendact), 1))->brand = &send_brand;
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
   lua_pushvalue(L, U_SENDACTION);
@@ -75,7 +79,7 @@ static int f_send(lua_State *L) {
 ** here through the debug library, and is refused like one given to a
 ** box's metamethods (lterm.c). */
 static int send_index(lua_State *L) {
-  int send = hasmeta(L, 1, U_SENDACTION);
+  int send = issend(L, 1);
   if (!send && lua_type(L, 1) != LUA_TTABLE) return luaL_typeerror(L, 1, "market.action");
   if (lua_rawequal(L, 2, U_KIND)) lua_pushvalue(L, U_SEND);
   else if (lua_rawequal(L, 2, U_BODY) && send) lua_getiuservalue(L, 1, 1);
@@ -86,15 +90,24 @@ static int send_index(lua_State *L) {
 /*
 ** A transition is a userdata, not a table: one allocation instead of two,
 ** made and dropped for every message.  Its block holds whether it keeps
-** the state and how many actions it has; user value 1 is the new state,
-** and user values 2.. the actions, as given: actions, lists of actions
-** (tables without a metatable, flattened when applied, as Marketplace
-** allows) and nil or false (skipped).
+** the state and how many actions it has; its user values are the new
+** state (not for transition_no_state, which has none to keep) and then
+** the actions, as given: actions, lists of actions (tables without a
+** metatable, flattened when applied, as Marketplace allows) and nil or
+** false (skipped).
 */
 typedef struct trans {
   int keep;              /* transition_no_state: the state stays */
-  int n;                 /* number of actions (user values 2..n+1) */
+  int n;                 /* number of actions */
+  const char *brand;     /* &trans_brand */
 } trans;
+
+/* The user value holding action i (0-based) of t. */
+#define ACTION_UV(t, i)  ((i) + ((t)->keep ? 1 : 2))
+
+static trans *totrans(lua_State *L, int idx) {
+  return mkl_branded(L, idx, sizeof(trans), &trans_brand);
+}
 
 #define MAXACTIONS 60000 /* user values per userdata are fewer than 65535 */
 
@@ -121,16 +134,17 @@ static int mktransition(lua_State *L, int keep) {
                         luaL_typename(L, i));
     }
   }
-  t = lua_newuserdatauv(L, sizeof *t, n + 1);
+  t = lua_newuserdatauv(L, sizeof *t, n + !keep);
   t->keep = keep;
   t->n = n;
+  t->brand = &trans_brand;
   if (!keep && top >= 1) {
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
   }
   for (i = 0; i < n; i++) {
     lua_pushvalue(L, first + i);
-    lua_setiuservalue(L, -2, i + 2);
+    lua_setiuservalue(L, -2, ACTION_UV(t, i));
   }
   lua_pushvalue(L, U_TRANSITION);
   lua_setmetatable(L, -2);
@@ -167,13 +181,12 @@ static int f_apply(lua_State *L) {
   trans *t;
   int i;
   if (lua_isnil(L, 2)) return 0;
-  if (!hasmeta(L, 2, U_TRANSITION)) {
+  if ((t = totrans(L, 2)) == NULL) {
     lua_pushfstring(L, "handler returned a %s, not a transition (use market.transition)",
                     luaL_typename(L, 2));
     return lua_error(L);
   }
   lua_settop(L, 2);
-  t = lua_touserdata(L, 2);
   if (!t->keep) {
     lua_pushvalue(L, U_STATE);
     lua_getiuservalue(L, 2, 1);
@@ -181,8 +194,8 @@ static int f_apply(lua_State *L) {
   }
   p = mkl_current(L);
   for (i = 0; i < t->n; i++) {
-    lua_getiuservalue(L, 2, i + 2);
-    if (!hasmeta(L, -1, U_SENDACTION) || p == NULL) { lua_pop(L, 1); break; }
+    lua_getiuservalue(L, 2, ACTION_UV(t, i));
+    if (!issend(L, -1) || p == NULL) { lua_pop(L, 1); break; }
     dosend(L, p);
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
@@ -195,11 +208,11 @@ static int f_apply(lua_State *L) {
 
 /* action_at(tr, i): the transition's action i (1-based), as given. */
 static int f_action_at(lua_State *L) {
-  trans *t = hasmeta(L, 1, U_TRANSITION) ? lua_touserdata(L, 1) : NULL;
+  trans *t = totrans(L, 1);
   lua_Integer i = luaL_checkinteger(L, 2);
   if (t == NULL) return luaL_typeerror(L, 1, "market.transition");
   luaL_argcheck(L, i >= 1 && i <= t->n, 2, "no such action");
-  lua_getiuservalue(L, 1, (int)i + 1);
+  lua_getiuservalue(L, 1, ACTION_UV(t, (int)i - 1));
   return 1;
 }
 
@@ -221,7 +234,7 @@ static int perform_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int f_perform(lua_State *L) {
   mk_proc *p;
-  if (lua_gettop(L) == 1 && hasmeta(L, 1, U_SENDACTION) && (p = mkl_current(L)) != NULL) {
+  if (lua_gettop(L) == 1 && issend(L, 1) && (p = mkl_current(L)) != NULL) {
     dosend(L, p);
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);

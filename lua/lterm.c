@@ -15,8 +15,9 @@
 #include "mkl.h"
 
 /*
-** A box, or a record type's box, is a full userdata whose block starts with
-** its pointer and then a brand: the address of a static of this file.
+** A box, or a record type's box, is a full userdata whose block holds its
+** pointer and then a brand (mkl_branded): the address of a static of this
+** file.
 ** Boxes are checked several times per message, and comparing metatables
 ** (lua_getmetatable, lua_rawequal, lua_pop, after a registry lookup when no
 ** upvalue held the metatable) was a tenth of a Lua process's instructions
@@ -36,17 +37,9 @@ static const char key_wild = 0, key_eof = 0;
 ** on every box made outside the metamethods (which have it as upvalue). */
 static const char key_box_mt = 0;
 
-/* The block of the userdata at idx if it is branded `brand` and `size`
-** bytes long, else NULL. */
-static void *branded(lua_State *L, int idx, size_t size, const char *brand) {
-  void *u = lua_touserdata(L, idx);
-  if (u == NULL || lua_rawlen(L, idx) != size) return NULL;
-  return *(const char **)((char *)u + size - sizeof(const char *)) == brand ? u : NULL;
-}
-
 /* The box at idx, or NULL. */
 static box *boxat(lua_State *L, int idx) {
-  return branded(L, idx, sizeof(box), &box_brand);
+  return mkl_branded(L, idx, sizeof(box), &box_brand);
 }
 
 /* The same, holding a term: a box whose __gc has run (called by hand
@@ -391,14 +384,14 @@ static int term_newindex(lua_State *L) {
 /* ---- record types ------------------------------------------------------- */
 
 static mk_rtype *checkrt(lua_State *L, int idx) {
-  rtbox *b = branded(L, idx, sizeof(rtbox), &rtbox_brand);
+  rtbox *b = mkl_branded(L, idx, sizeof(rtbox), &rtbox_brand);
   if (b == NULL || b->rt == NULL) luaL_typeerror(L, idx, "record constructor");
   return b->rt;
 }
 
 /* A record type made by l_record: rt may be NULL there (out of memory). */
 static int rt_gc(lua_State *L) {
-  rtbox *b = branded(L, 1, sizeof(rtbox), &rtbox_brand);
+  rtbox *b = mkl_branded(L, 1, sizeof(rtbox), &rtbox_brand);
   if (b == NULL) return luaL_typeerror(L, 1, "record constructor");
   if (b->rt) mk_rtype_unref(b->rt);
   b->rt = NULL;

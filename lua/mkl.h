@@ -14,6 +14,19 @@
 #define MKL_TERM_MT   "market.term"
 #define MKL_RTYPE_MT  "market.rtype"
 
+/* The block of the userdata at idx if it is `size` bytes long and ends
+** with the pointer `brand`, else NULL.  The binding's userdata (boxes,
+** record types, sends, transitions) end with the address of a static of
+** the file that makes them: Lua code cannot write into a block, nor make a
+** userdata of its own, so this tells them apart from any other value in
+** two API calls, where a metatable comparison took five, and even when the
+** debug library gave another userdata their metatable. */
+static inline void *mkl_branded(lua_State *L, int idx, size_t size, const char *brand) {
+  void *u = lua_touserdata(L, idx);
+  if (u == NULL || lua_rawlen(L, idx) != size) return NULL;
+  return *(const char **)((char *)u + size - sizeof brand) == brand ? u : NULL;
+}
+
 /* lterm.c */
 /* Convert the Lua value at idx to a new term reference.  On failure returns
 ** NULL and pushes nothing; *err describes the problem (static text, valid
