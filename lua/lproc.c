@@ -36,7 +36,9 @@ typedef struct mkl_state {
   mk_proc *current;      /* the process whose event is being handled */
   char *boot_error;      /* owned: traceback of a failed boot process */
   int mainref;           /* market.lua's main(ctx, boot): the boot activation */
-  int activateref;       /* market.lua's activate(ctx, event...): later ones */
+  int activateref;       /* market.lua's dispatch(ctx, event...): later ones */
+  int deliverref;        /* market.lua's deliver(ctx, endpoint, message):
+                         ** those for a message at level 0, most of them */
   int trace;
   mkl_fail_fn on_fail;   /* told when a boot process fails (host.c) */
   void *fail_ud;
@@ -278,7 +280,9 @@ static void pushmessage(mkl_state *S, lua_State *co, mk_term *t) {
 }
 
 void mkl_share(lua_State *L, int idx, const mk_term *t) {
-  if (running.p != NULL && running.lp->co == L) remember(running.lp->S, L, idx, t);
+  /* A record sent again (a prebuilt send in a loop) has its box already. */
+  if (running.p != NULL && running.lp->co == L && running.lp->S->lastterm != t)
+    remember(running.lp->S, L, idx, t);
 }
 
 /* tostring(v), called protected by reason_of. */
@@ -502,12 +506,21 @@ static void handle(mk_proc *p, const mk_event *ev) {
     if ((nargs = pushevent(S, co, ev)) == 0) return;
   } else {
     if (unhandled(S->L, lp, ev)) return;
-    /* Idle between events: a fresh activation, activate(ctx, event...). */
+    /* Idle between events: a fresh activation, deliver(ctx, endpoint,
+    ** message) or dispatch(ctx, event...). */
     co = acquire(S, lp);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, S->activateref);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-    if ((nargs = pushevent(S, co, ev)) == 0) { release(S, lp); return; }
-    nargs++;
+    if (ev->type == MK_EV_MESSAGE && ev->meta == 0) {
+      lua_rawgeti(co, LUA_REGISTRYINDEX, S->deliverref);
+      lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+      lua_pushstring(co, ev->endpoint);
+      pushmessage(S, co, ev->message);
+      nargs = 3;
+    } else {
+      lua_rawgeti(co, LUA_REGISTRYINDEX, S->activateref);
+      lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+      if ((nargs = pushevent(S, co, ev)) == 0) { release(S, lp); return; }
+      nargs++;
+    }
   }
   lp->waiting = 0;
   S->current = p;
@@ -750,14 +763,18 @@ static int c_set_name(lua_State *L) {
   return 0;
 }
 
-/* core.init(main): the process main function of market.lua */
+/* core.init(main, dispatch, deliver): market.lua's activations (see
+** mkl_state) */
 static int c_init(lua_State *L) {
   mkl_state *S = STATE(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
   if (S->mainref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->mainref);
   if (S->activateref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->activateref);
-  lua_settop(L, 2);
+  if (S->deliverref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->deliverref);
+  lua_settop(L, 3);
+  S->deliverref = luaL_ref(L, LUA_REGISTRYINDEX);
   S->activateref = luaL_ref(L, LUA_REGISTRYINDEX);
   S->mainref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
@@ -910,7 +927,7 @@ void mkl_open_core(lua_State *L) {
     S = lua_newuserdatauv(L, sizeof *S, 0);
     memset(S, 0, sizeof *S);
     S->L = L;
-    S->mainref = S->activateref = LUA_NOREF;
+    S->mainref = S->activateref = S->deliverref = LUA_NOREF;
     lua_pushboolean(L, 0);
     S->lastboxref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 1);

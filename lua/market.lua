@@ -463,31 +463,27 @@ function M.set_state(s) current("set_state").state = s end
 function M.self() current("self"); return core.self() end
 
 -- A process runs one activation at a time, each on a coroutine C lends it
--- (lproc.c): main for the boot event, activate for each later event that
--- finds it idle.  Only straight-line code waiting in market.yield() keeps
+-- (lproc.c): main for the boot event, deliver for each later message at
+-- level 0 and dispatch for any other event that finds it idle.  Only straight-line code waiting in market.yield() keeps
 -- a coroutine between events.
 local function main(ctx, boot, pid)
   ctx.eps = {}     -- metas, conts, anon, backlog: made when first needed
   apply(ctx, boot(pid))
 end
 
-local function activate(ctx, kind, a, b, c, d, e, f, g)
-  -- A message at level 0: straight to its handler.
-  if kind == MESSAGE and b == 0 then
-    local h = ctx.eps[a]
-    local fn = h and h.on_message
-    if not fn then return end
-    -- apply, inlined: a handler that answers nothing, or only sends,
-    -- costs one call less per message.
-    local tr = fn(ctx.state, c, a)
-    if tr == nil then return end
-    local i, n = capply(ctx, tr)
-    if i then rest(ctx, tr, i, n) end
-    return
-  end
-  dispatch(ctx, kind, a, b, c, d, e, f, g)
+-- A message at level 0, most events: straight to its endpoint's handler,
+-- with apply inlined (a handler that answers nothing, or only sends, costs
+-- one call less per message).
+local function deliver(ctx, a, c)
+  local h = ctx.eps[a]
+  local fn = h and h.on_message
+  if not fn then return end
+  local tr = fn(ctx.state, c, a)
+  if tr == nil then return end
+  local i, n = capply(ctx, tr)
+  if i then rest(ctx, tr, i, n) end
 end
-core.init(main, activate)
+core.init(main, dispatch, deliver)
 
 -- A drain time in ms: a finite number, 0 or more (nil: none given).
 local function check_drain(ms, fname)
