@@ -36,7 +36,7 @@ typedef struct mkl_state {
   mk_proc *current;      /* the process whose event is being handled */
   char *boot_error;      /* owned: traceback of a failed boot process */
   int mainref;           /* market.lua's main(ctx, boot): the boot activation */
-  int activateref;       /* market.lua's dispatch(ctx, event...): later ones */
+  int dispatchref;       /* market.lua's dispatch(ctx, event...): later ones */
   int deliverref;        /* market.lua's deliver(ctx, endpoint, message):
                          ** those for a message at level 0, most of them */
   int trace;
@@ -516,7 +516,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
       pushmessage(S, co, ev->message);
       nargs = 3;
     } else {
-      lua_rawgeti(co, LUA_REGISTRYINDEX, S->activateref);
+      lua_rawgeti(co, LUA_REGISTRYINDEX, S->dispatchref);
       lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
       if ((nargs = pushevent(S, co, ev)) == 0) { release(S, lp); return; }
       nargs++;
@@ -771,11 +771,11 @@ static int c_init(lua_State *L) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   if (S->mainref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->mainref);
-  if (S->activateref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->activateref);
+  if (S->dispatchref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->dispatchref);
   if (S->deliverref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->deliverref);
   lua_settop(L, 3);
   S->deliverref = luaL_ref(L, LUA_REGISTRYINDEX);
-  S->activateref = luaL_ref(L, LUA_REGISTRYINDEX);
+  S->dispatchref = luaL_ref(L, LUA_REGISTRYINDEX);
   S->mainref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
@@ -927,7 +927,7 @@ void mkl_open_core(lua_State *L) {
     S = lua_newuserdatauv(L, sizeof *S, 0);
     memset(S, 0, sizeof *S);
     S->L = L;
-    S->mainref = S->activateref = S->deliverref = LUA_NOREF;
+    S->mainref = S->dispatchref = S->deliverref = LUA_NOREF;
     lua_pushboolean(L, 0);
     S->lastboxref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 1);

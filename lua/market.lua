@@ -464,8 +464,9 @@ function M.self() current("self"); return core.self() end
 
 -- A process runs one activation at a time, each on a coroutine C lends it
 -- (lproc.c): main for the boot event, deliver for each later message at
--- level 0 and dispatch for any other event that finds it idle.  Only straight-line code waiting in market.yield() keeps
--- a coroutine between events.
+-- level 0 and dispatch for any other event that finds it idle.  Only
+-- straight-line code waiting in market.yield() keeps a coroutine between
+-- events.
 local function main(ctx, boot, pid)
   ctx.eps = {}     -- metas, conts, anon, backlog: made when first needed
   apply(ctx, boot(pid))
