@@ -21,25 +21,28 @@
 #define U_SEND        lua_upvalueindex(5)   /* "send" */
 #define U_BODY        lua_upvalueindex(6)   /* "body" */
 #define U_STATE       lua_upvalueindex(7)   /* "state" */
-#define U_BOXMT       lua_upvalueindex(8)   /* the term box metatable */
-#define NUPVALUES     8
+#define NUPVALUES     7
 
-/* Is the value at idx a full userdata whose metatable is the one at
-** upvalue mt?  (A table may borrow these metatables with setmetatable;
-** it is not a transition or a send for that.) */
-static int hasmeta(lua_State *L, int idx, int mt) {
-  int r;
-  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return 0;
-  r = lua_rawequal(L, -1, mt);
-  lua_pop(L, 1);
-  return r;
+/*
+** Sends and transitions are userdata branded with the address of one of
+** these (mkl_branded), checked several times per message.  A table may
+** borrow their metatables with setmetatable, and the debug library may
+** give them to another userdata: neither is a send or a transition.
+*/
+static const char send_brand = 0, trans_brand = 0;
+
+/* A send's block: only its brand (the body is its user value). */
+typedef struct sendact { const char *brand; } sendact;
+
+static int issend(lua_State *L, int idx) {
+  return mkl_branded(L, idx, sizeof(sendact), &send_brand) != NULL;
 }
 
 /* Is the value at idx an action (a table of market.lua's, or a send)? */
 static int isaction(lua_State *L, int idx) {
   int r;
-  if (hasmeta(L, idx, U_SENDACTION)) return 1;
-  if (!lua_getmetatable(L, idx)) return 0;
+  if (issend(L, idx)) return 1;
+  if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return 0;
   r = lua_rawequal(L, -1, U_ACTION);
   lua_pop(L, 1);
   return r;
@@ -54,7 +57,7 @@ static int f_send(lua_State *L) {
   int t = lua_type(L, 1);
   if (t == LUA_TNONE) return luaL_error(L, "market.send: a message body is required");
   lua_settop(L, 1);
-  if (t == LUA_TTABLE || (t == LUA_TUSERDATA && mkl_testbox_mt(L, 1, U_BOXMT) == NULL) ||
+  if (t == LUA_TTABLE || (t == LUA_TUSERDATA && mkl_testbox(L, 1) == NULL) ||
       t == LUA_TFUNCTION || t == LUA_TTHREAD || t == LUA_TLIGHTUSERDATA) {
     const char *err;
     mk_term *body = mkl_toterm(L, 1, &err);
@@ -63,7 +66,7 @@ static int f_send(lua_State *L) {
     mk_unref(body);
     lua_replace(L, 1);
   }
-  lua_newuserdatauv(L, 0, 1);
+  ((sendact *)lua_newuserdatauv(L, sizeof(sendact), 1))->brand = &send_brand;
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
   lua_pushvalue(L, U_SENDACTION);
@@ -76,7 +79,7 @@ static int f_send(lua_State *L) {
 ** here through the debug library, and is refused like one given to a
 ** box's metamethods (lterm.c). */
 static int send_index(lua_State *L) {
-  int send = hasmeta(L, 1, U_SENDACTION);
+  int send = issend(L, 1);
   if (!send && lua_type(L, 1) != LUA_TTABLE) return luaL_typeerror(L, 1, "market.action");
   if (lua_rawequal(L, 2, U_KIND)) lua_pushvalue(L, U_SEND);
   else if (lua_rawequal(L, 2, U_BODY) && send) lua_getiuservalue(L, 1, 1);
@@ -87,15 +90,24 @@ static int send_index(lua_State *L) {
 /*
 ** A transition is a userdata, not a table: one allocation instead of two,
 ** made and dropped for every message.  Its block holds whether it keeps
-** the state and how many actions it has; user value 1 is the new state,
-** and user values 2.. the actions, as given: actions, lists of actions
-** (tables without a metatable, flattened when applied, as Marketplace
-** allows) and nil or false (skipped).
+** the state and how many actions it has; its user values are the new
+** state (not for transition_no_state, which has none to keep) and then
+** the actions, as given: actions, lists of actions (tables without a
+** metatable, flattened when applied, as Marketplace allows) and nil or
+** false (skipped).
 */
 typedef struct trans {
   int keep;              /* transition_no_state: the state stays */
-  int n;                 /* number of actions (user values 2..n+1) */
+  int n;                 /* number of actions */
+  const char *brand;     /* &trans_brand */
 } trans;
+
+/* The user value holding action i (0-based) of t. */
+#define ACTION_UV(t, i)  ((i) + ((t)->keep ? 1 : 2))
+
+static trans *totrans(lua_State *L, int idx) {
+  return mkl_branded(L, idx, sizeof(trans), &trans_brand);
+}
 
 #define MAXACTIONS 60000 /* user values per userdata are fewer than 65535 */
 
@@ -122,16 +134,17 @@ static int mktransition(lua_State *L, int keep) {
                         luaL_typename(L, i));
     }
   }
-  t = lua_newuserdatauv(L, sizeof *t, n + 1);
+  t = lua_newuserdatauv(L, sizeof *t, n + !keep);
   t->keep = keep;
   t->n = n;
+  t->brand = &trans_brand;
   if (!keep && top >= 1) {
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
   }
   for (i = 0; i < n; i++) {
     lua_pushvalue(L, first + i);
-    lua_setiuservalue(L, -2, i + 2);
+    lua_setiuservalue(L, -2, ACTION_UV(t, i));
   }
   lua_pushvalue(L, U_TRANSITION);
   lua_setmetatable(L, -2);
@@ -145,9 +158,10 @@ static int f_transition_no_state(lua_State *L) { return mktransition(L, 1); }
 static void dosend(lua_State *L, mk_proc *p) {
   mk_term *body;
   lua_getiuservalue(L, -1, 1);
-  body = mkl_testbox_mt(L, -1, U_BOXMT);
+  body = mkl_testbox(L, -1);
   if (body != NULL) {
     mk_send(p, body);
+    if (body->kind == MK_REC) mkl_share(L, -1, body);
   } else {
     const char *err;
     body = mkl_toterm(L, -1, &err);   /* send() made it a term: cannot fail */
@@ -159,22 +173,20 @@ static void dosend(lua_State *L, mk_proc *p) {
 
 /* apply(ctx, tr): take the transition's state into ctx, then perform its
 ** actions from the first for as long as they are sends.  Returns nothing
-** when it did them all, else the number k of actions left to market.lua
-** and then the actions themselves (k <= RESTMAX: no garbage), or -k and
-** a list of them.  tr nil is the empty transition. */
-#define RESTMAX 8
+** when it did them all, else the positions i and n of the first and last
+** actions left to market.lua, which reads them with action_at: no garbage,
+** and no varargs to shuffle.  tr nil is the empty transition. */
 static int f_apply(lua_State *L) {
   mk_proc *p;
   trans *t;
-  int i, j;
+  int i;
   if (lua_isnil(L, 2)) return 0;
-  if (!hasmeta(L, 2, U_TRANSITION)) {
+  if ((t = totrans(L, 2)) == NULL) {
     lua_pushfstring(L, "handler returned a %s, not a transition (use market.transition)",
                     luaL_typename(L, 2));
     return lua_error(L);
   }
   lua_settop(L, 2);
-  t = lua_touserdata(L, 2);
   if (!t->keep) {
     lua_pushvalue(L, U_STATE);
     lua_getiuservalue(L, 2, 1);
@@ -182,40 +194,66 @@ static int f_apply(lua_State *L) {
   }
   p = mkl_current(L);
   for (i = 0; i < t->n; i++) {
-    lua_getiuservalue(L, 2, i + 2);
-    if (!hasmeta(L, -1, U_SENDACTION) || p == NULL) { lua_pop(L, 1); break; }
+    lua_getiuservalue(L, 2, ACTION_UV(t, i));
+    if (!issend(L, -1) || p == NULL) { lua_pop(L, 1); break; }
     dosend(L, p);
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
   }
   if (i == t->n) return 0;
-  if (t->n - i <= RESTMAX) {
-    lua_pushinteger(L, t->n - i);
-    luaL_checkstack(L, RESTMAX, "apply");
-    for (j = i; j < t->n; j++) lua_getiuservalue(L, 2, j + 2);
-    return 1 + t->n - i;
-  }
-  lua_pushinteger(L, i - t->n);
-  lua_createtable(L, t->n - i, 0);
-  for (j = i; j < t->n; j++) {
-    lua_getiuservalue(L, 2, j + 2);
-    lua_rawseti(L, -2, j - i + 1);
-  }
+  lua_pushinteger(L, i + 1);
+  lua_pushinteger(L, t->n);
   return 2;
 }
 
-/* perform_send(a): perform a if it is a send (at level 0) and return
-** true; false for any other action, which market.lua then performs. */
-static int f_perform_send(lua_State *L) {
+/* action_at(tr, i): the transition's action i (1-based), as given. */
+static int f_action_at(lua_State *L) {
+  trans *t = totrans(L, 1);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  if (t == NULL) return luaL_typeerror(L, 1, "market.transition");
+  luaL_argcheck(L, i >= 1 && i <= t->n, 2, "no such action");
+  lua_getiuservalue(L, 1, ACTION_UV(t, (int)i - 1));
+  return 1;
+}
+
+/*
+** market.perform(action...).  Straight-line code that sends in a loop
+** (perform(send) per message) spent more in entering a Lua vararg
+** function than in the send itself: so perform is this C function, which
+** does one send at level 0 by itself and hands everything else to
+** market.lua's perform (upvalue U_PERFORM, see make_perform), whose errors
+** name the caller of perform, past this function.
+*/
+#define U_PERFORM lua_upvalueindex(NUPVALUES + 1)
+
+static int perform_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
+static int f_perform(lua_State *L) {
   mk_proc *p;
-  if (!hasmeta(L, 1, U_SENDACTION) || (p = mkl_current(L)) == NULL) {
-    lua_pushboolean(L, 0);
-    return 1;
+  if (lua_gettop(L) == 1 && issend(L, 1) && (p = mkl_current(L)) != NULL) {
+    dosend(L, p);
+    /* A dead process runs no further line (as core.send's settle). */
+    if (!mk_proc_alive(p)) return lua_yield(L, 0);
+    return 0;
   }
-  lua_settop(L, 1);
-  dosend(L, p);
-  if (!mk_proc_alive(p)) return lua_yield(L, 0);
-  lua_pushboolean(L, 1);
+  lua_pushvalue(L, U_PERFORM);
+  lua_insert(L, 1);
+  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, perform_k);
+  return perform_k(L, LUA_OK, 0);
+}
+
+/* make_perform(perform_rest) -> market.perform, with the fastpath's
+** upvalues and perform_rest after them. */
+static int f_make_perform(lua_State *L) {
+  int i;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  for (i = 1; i <= NUPVALUES; i++) lua_pushvalue(L, lua_upvalueindex(i));
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, f_perform, NUPVALUES + 1);
   return 1;
 }
 
@@ -231,7 +269,7 @@ static int f_is_action(lua_State *L) {
 
 /* is_box(v): is v a term box (a record, the wildcard, EOF)? */
 static int f_is_box(lua_State *L) {
-  lua_pushboolean(L, mkl_testbox_mt(L, 1, U_BOXMT) != NULL);
+  lua_pushboolean(L, mkl_testbox(L, 1) != NULL);
   return 1;
 }
 
@@ -264,25 +302,25 @@ static int f_handler_tag(lua_State *L) {
 }
 
 /* core.fastpath(Action, Transition, SendAction) -> { send=, transition=,
-** transition_no_state=, apply=, perform_send=, is_action=, is_box=,
+** transition_no_state=, apply=, action_at=, make_perform=, is_action=, is_box=,
 ** action=, handler_tag= }; sets SendAction.__index. */
 static int c_fastpath(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"send", f_send}, {"transition", f_transition},
     {"transition_no_state", f_transition_no_state}, {"apply", f_apply},
-    {"perform_send", f_perform_send}, {"is_action", f_is_action}, {"is_box", f_is_box},
+    {"action_at", f_action_at},
+    {"make_perform", f_make_perform}, {"is_action", f_is_action}, {"is_box", f_is_box},
     {"action", f_action}, {"handler_tag", f_handler_tag}, {"__index", send_index},
     {NULL, NULL}};
   int i;
   for (i = 1; i <= 3; i++) luaL_checktype(L, i, LUA_TTABLE);
   lua_settop(L, 3);
-  lua_createtable(L, 0, 10);
+  lua_createtable(L, 0, 11);
   for (i = 1; i <= 3; i++) lua_pushvalue(L, i);
   lua_pushliteral(L, "kind");
   lua_pushliteral(L, "send");
   lua_pushliteral(L, "body");
   lua_pushliteral(L, "state");
-  mkl_pushboxmt(L);
   luaL_setfuncs(L, funcs, NUPVALUES);
   lua_getfield(L, -1, "__index");
   lua_setfield(L, 3, "__index");

@@ -36,7 +36,9 @@ typedef struct mkl_state {
   mk_proc *current;      /* the process whose event is being handled */
   char *boot_error;      /* owned: traceback of a failed boot process */
   int mainref;           /* market.lua's main(ctx, boot): the boot activation */
-  int activateref;       /* market.lua's activate(ctx, event...): later ones */
+  int dispatchref;       /* market.lua's dispatch(ctx, event...): later ones */
+  int deliverref;        /* market.lua's deliver(ctx, endpoint, message):
+                         ** those for a message at level 0, most of them */
   int trace;
   mkl_fail_fn on_fail;   /* told when a boot process fails (host.c) */
   void *fail_ud;
@@ -45,6 +47,10 @@ typedef struct mkl_state {
   lua_State *pool[16];
   int poolref[16];
   int npool;
+  /* A registry slot holding the box that last stood for a record sent or
+  ** delivered (pushmessage), and that record: borrowed, the box holds it. */
+  int lastboxref;
+  const mk_term *lastterm;
 } mkl_state;
 
 /* A Lua process.  Owned by its mk_proc (destroy). */
@@ -60,6 +66,18 @@ typedef struct lproc {
 } lproc;
 
 static const char key_state = 0;
+
+/*
+** The Lua process whose activation runs now, whatever its Lua state, and
+** its coroutine: what mkl_current answers for the C functions a process
+** calls, several times per message.  Finding the state's record first
+** (getstate) was a registry lookup each time.  handle() sets it around
+** each resume and restores the outer one after (activations nest).
+*/
+static struct {
+  mk_proc *p;
+  lproc *lp;
+} running;
 
 static mkl_state *getstate(lua_State *L) {
   mkl_state *S;
@@ -236,24 +254,35 @@ static void pushrole(lua_State *co, const mk_role *r) {
   if (r->topic) mkl_pushterm(co, r->topic); else lua_pushnil(co);
 }
 
-/* A broadcast hands the same record to many processes: reuse the box made
-** for the last one (boxes are immutable, so sharing is invisible) rather
-** than make garbage for each delivery. */
-static const char key_lastbox = 0;
-static const mk_term *lastterm;
+/* A broadcast hands the same record to many processes, and the record a
+** handler sends is usually delivered next: reuse the box made for the last
+** delivery, or the one the sender sent (mkl_share), rather than make a box
+** (and a finalizer for the collector to run) for each delivery.  Boxes are
+** immutable, so sharing is invisible. */
+static void remember(mkl_state *S, lua_State *L, int idx, const mk_term *t) {
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, LUA_REGISTRYINDEX, S->lastboxref);
+  S->lastterm = t;
+}
 
-static void pushmessage(lua_State *co, mk_term *t) {
+static void pushmessage(mkl_state *S, lua_State *co, mk_term *t) {
   /* Held by this delivery alone (the sender let go): no other delivery
   ** can share the box, so do not remember it. */
   if (t->kind != MK_REC || t->refs == 1) { mkl_pushterm(co, t); return; }
-  if (t == lastterm && lua_rawgetp(co, LUA_REGISTRYINDEX, &key_lastbox) == LUA_TUSERDATA
-      && mkl_testbox(co, -1) == t)
-    return;
-  if (t == lastterm) lua_pop(co, 1);
+  if (t == S->lastterm) {
+    lua_rawgeti(co, LUA_REGISTRYINDEX, S->lastboxref);
+    /* Still holding t: only a __gc called by hand empties a box. */
+    if (mkl_boxterm(co, -1) == t) return;
+    lua_pop(co, 1);
+  }
   mkl_pushterm(co, t);
-  lua_pushvalue(co, -1);
-  lua_rawsetp(co, LUA_REGISTRYINDEX, &key_lastbox);
-  lastterm = t;
+  remember(S, co, -1, t);
+}
+
+void mkl_share(lua_State *L, int idx, const mk_term *t) {
+  /* A record sent again (a prebuilt send in a loop) has its box already. */
+  if (running.p != NULL && running.lp->co == L && running.lp->S->lastterm != t)
+    remember(running.lp->S, L, idx, t);
 }
 
 /* tostring(v), called protected by reason_of. */
@@ -323,7 +352,7 @@ static mk_term *reason_of(mkl_state *S, lua_State *co) {
 
 /* Push an event's fields as handle()'s Lua half expects them; returns how
 ** many, or 0 for an event Lua processes do not take. */
-static int pushevent(lua_State *co, const mk_event *ev) {
+static int pushevent(mkl_state *S, lua_State *co, const mk_event *ev) {
   switch (ev->type) {
     case MK_EV_PRESENCE:
     case MK_EV_ABSENCE:
@@ -344,7 +373,7 @@ static int pushevent(lua_State *co, const mk_event *ev) {
       lua_pushinteger(co, ev->type);
       lua_pushstring(co, ev->endpoint);
       lua_pushinteger(co, ev->meta);
-      pushmessage(co, ev->message);
+      pushmessage(S, co, ev->message);
       return 4;
     case MK_EV_SPAWNED:
       lua_pushinteger(co, ev->type);
@@ -454,6 +483,8 @@ static void handle(mk_proc *p, const mk_event *ev) {
   mkl_state *S = lp->S;
   lua_State *co;
   mk_proc *saved = S->current;
+  mk_proc *outer = running.p;
+  lproc *outerlp = running.lp;
   int nargs, nres = 0, st, overrun;
   if (ev->type == MK_EV_BOOT) {
     /* main(ctx, boot, pid).  A handler process's ctx holds eps, and its
@@ -472,21 +503,34 @@ static void handle(mk_proc *p, const mk_event *ev) {
   } else if (lp->waiting) {
     /* Straight-line code suspended in core.wait(): the event is its result. */
     co = lp->co;
-    if ((nargs = pushevent(co, ev)) == 0) return;
+    if ((nargs = pushevent(S, co, ev)) == 0) return;
   } else {
     if (unhandled(S->L, lp, ev)) return;
-    /* Idle between events: a fresh activation, activate(ctx, event...). */
+    /* Idle between events: a fresh activation, deliver(ctx, endpoint,
+    ** message) or dispatch(ctx, event...). */
     co = acquire(S, lp);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, S->activateref);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-    if ((nargs = pushevent(co, ev)) == 0) { release(S, lp); return; }
-    nargs++;
+    if (ev->type == MK_EV_MESSAGE && ev->meta == 0) {
+      lua_rawgeti(co, LUA_REGISTRYINDEX, S->deliverref);
+      lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+      lua_pushstring(co, ev->endpoint);
+      pushmessage(S, co, ev->message);
+      nargs = 3;
+    } else {
+      lua_rawgeti(co, LUA_REGISTRYINDEX, S->dispatchref);
+      lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+      if ((nargs = pushevent(S, co, ev)) == 0) { release(S, lp); return; }
+      nargs++;
+    }
   }
   lp->waiting = 0;
   S->current = p;
+  running.p = p;
+  running.lp = lp;
   lp->running = 1;
   st = resume(p, co, nargs, &nres, &overrun);
   lp->running = 0;
+  running.p = outer;
+  running.lp = outerlp;
   S->current = saved;
   if (st == LUA_YIELD && !overrun) {
     lua_pop(co, nres);
@@ -719,15 +763,19 @@ static int c_set_name(lua_State *L) {
   return 0;
 }
 
-/* core.init(main): the process main function of market.lua */
+/* core.init(main, dispatch, deliver): market.lua's activations (see
+** mkl_state) */
 static int c_init(lua_State *L) {
   mkl_state *S = STATE(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
   if (S->mainref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->mainref);
-  if (S->activateref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->activateref);
-  lua_settop(L, 2);
-  S->activateref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (S->dispatchref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->dispatchref);
+  if (S->deliverref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->deliverref);
+  lua_settop(L, 3);
+  S->deliverref = luaL_ref(L, LUA_REGISTRYINDEX);
+  S->dispatchref = luaL_ref(L, LUA_REGISTRYINDEX);
   S->mainref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
@@ -855,10 +903,7 @@ int mkl_running(lua_State *L) {
 }
 
 mk_proc *mkl_current(lua_State *L) {
-  mkl_state *S = getstate(L);
-  mk_proc *p = S ? S->current : NULL;
-  if (p == NULL || mk_proc_data(p) == NULL || ((lproc *)mk_proc_data(p))->co != L) return NULL;
-  return p;
+  return running.p != NULL && running.lp->co == L ? running.p : NULL;
 }
 
 static int state_gc(lua_State *L) {
@@ -866,6 +911,7 @@ static int state_gc(lua_State *L) {
   free(S->boot_error);
   S->boot_error = NULL;
   budget_release();
+  if (act.users == 0) mkl_forget_strings();
   return 0;
 }
 
@@ -881,7 +927,9 @@ void mkl_open_core(lua_State *L) {
     S = lua_newuserdatauv(L, sizeof *S, 0);
     memset(S, 0, sizeof *S);
     S->L = L;
-    S->mainref = S->activateref = LUA_NOREF;
+    S->mainref = S->dispatchref = S->deliverref = LUA_NOREF;
+    lua_pushboolean(L, 0);
+    S->lastboxref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, state_gc);
     lua_setfield(L, -2, "__gc");

@@ -14,40 +14,38 @@
 
 #include "mkl.h"
 
-typedef struct box { mk_term *t; } box;
-typedef struct rtbox { mk_rtype *rt; } rtbox;
+/*
+** A box, or a record type's box, is a full userdata whose block holds its
+** pointer and then a brand (mkl_branded): the address of a static of this
+** file.
+** Boxes are checked several times per message, and comparing metatables
+** (lua_getmetatable, lua_rawequal, lua_pop, after a registry lookup when no
+** upvalue held the metatable) was a tenth of a Lua process's instructions
+** per message.  The brand is as sure: Lua code cannot write into a
+** userdata's block, a userdata of another size is turned away before its
+** block is read (lua_rawlen; a light userdata has none), and only C code
+** could forge one.  It is surer than the metatable, which the debug library
+** can give to any userdata: a foreign one of the same size then passed.
+*/
+static const char box_brand = 0, rtbox_brand = 0;
+
+typedef struct box { mk_term *t; const char *brand; } box;
+typedef struct rtbox { mk_rtype *rt; const char *brand; } rtbox;
 
 static const char key_wild = 0, key_eof = 0;
-/* The box metatable again, under a light-userdata key.  Boxes are checked
-** on every message, several times: luaL_testudata finds the metatable by
-** name, which costs a string lookup (and a strcmp) each time. */
+/* The box metatable again, under a light-userdata key: pushbox sets it
+** on every box made outside the metamethods (which have it as upvalue). */
 static const char key_box_mt = 0;
 
-/* The box at idx, or NULL.  mt: a stack index holding the box metatable,
-** or 0 to fetch it from the registry.  The size test turns away light
-** userdata (size 0) and foreign userdata given the box metatable through
-** debug.setmetatable, when their size differs; like luaL_checkudata, it
-** cannot tell a same-sized one. */
-static box *boxat(lua_State *L, int idx, int mt) {
-  box *b = lua_touserdata(L, idx);
-  int same;
-  if (b == NULL || lua_rawlen(L, idx) != sizeof *b || !lua_getmetatable(L, idx))
-    return NULL;
-  if (mt == 0) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_box_mt);
-    same = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-  } else {
-    same = lua_rawequal(L, -1, mt);
-    lua_pop(L, 1);
-  }
-  return same ? b : NULL;
+/* The box at idx, or NULL. */
+static box *boxat(lua_State *L, int idx) {
+  return mkl_branded(L, idx, sizeof(box), &box_brand);
 }
 
 /* The same, holding a term: a box whose __gc has run (called by hand
 ** through the debug library) is no term any more. */
-static box *tobox(lua_State *L, int idx, int mt) {
-  box *b = boxat(L, idx, mt);
+static box *tobox(lua_State *L, int idx) {
+  box *b = boxat(L, idx);
   return b != NULL && b->t != NULL ? b : NULL;
 }
 
@@ -64,23 +62,21 @@ static int fits(const mk_term *t) {
 }
 
 mk_term *mkl_testbox(lua_State *L, int idx) {
-  box *b = tobox(L, idx, 0);
+  box *b = tobox(L, idx);
   return b && fits(b->t) ? b->t : NULL;
 }
 
-mk_term *mkl_testbox_mt(lua_State *L, int idx, int mt) {
-  box *b = tobox(L, idx, mt);
-  return b && fits(b->t) ? b->t : NULL;
+mk_term *mkl_boxterm(lua_State *L, int idx) {
+  box *b = boxat(L, idx);
+  return b ? b->t : NULL;
 }
 
-void mkl_pushboxmt(lua_State *L) {
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &key_box_mt);
-}
-
-/* Push a box for t (stolen); mt as for tobox. */
+/* Push a box for t (stolen).  mt: a stack index holding the box
+** metatable, or 0 to fetch it from the registry. */
 static void pushbox(lua_State *L, mk_term *t, int mt) {
   box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->t = t;
+  b->brand = &box_brand;
   if (mt == 0) lua_rawgetp(L, LUA_REGISTRYINDEX, &key_box_mt);
   else lua_pushvalue(L, mt);
   lua_setmetatable(L, -2);
@@ -88,6 +84,62 @@ static void pushbox(lua_State *L, mk_term *t, int mt) {
 
 void mkl_pushbox(lua_State *L, mk_term *t) {
   pushbox(L, t, 0);
+}
+
+/*
+** Byte strings cross between Lua and terms by copy: a Lua string is a
+** term's bytes copied into Lua's heap, and a term made from a Lua string
+** copies, and hashes, all of its bytes again.  A handler that forwards
+** what it read (an echo: send(channel(here, remote, m.subpacket))) would
+** copy every payload twice per trip.  So the string terms last pushed to
+** Lua, or made from Lua strings, are remembered by the address of the Lua
+** string's bytes, and a conversion of the same bytes takes a reference
+** instead of a copy.  The address is only a hint (a collected string's
+** may be reused): a hit also compares the bytes, which costs less than
+** the copy and the hash it saves, and makes the cache right whatever Lua
+** state the string lives in.  Strings above STRSEEN_MAX bytes are not
+** kept, so the cache holds at most STRSEEN * STRSEEN_MAX bytes; it lets
+** them go when the last Lua state with market open closes
+** (mkl_forget_strings).
+*/
+#define STRSEEN 16
+#define STRSEEN_MAX 65536
+
+static struct { const char *s; mk_term *t; } strseen[STRSEEN];   /* t: owned */
+
+static unsigned strslot(const char *s) {
+  uintptr_t a = (uintptr_t)s;
+  return (unsigned)((a >> 4) ^ (a >> 9)) % STRSEEN;
+}
+
+static void seen(const char *s, mk_term *t) {
+  unsigned i;
+  if (t->n > STRSEEN_MAX) return;
+  i = strslot(s);
+  if (strseen[i].t == t) { strseen[i].s = s; return; }
+  mk_unref(strseen[i].t);
+  strseen[i].s = s;
+  strseen[i].t = mk_ref(t);
+}
+
+/* The term for the Lua string s of n bytes: a new reference. */
+static mk_term *strterm(const char *s, size_t n) {
+  unsigned i = strslot(s);
+  mk_term *t = strseen[i].t;
+  if (strseen[i].s == s && t != NULL && t->n == n && memcmp(mk_strdata(t), s, n) == 0)
+    return mk_ref(t);
+  t = mk_str(s, n);
+  if (t != NULL) seen(s, t);
+  return t;
+}
+
+void mkl_forget_strings(void) {
+  unsigned i;
+  for (i = 0; i < STRSEEN; i++) {
+    mk_unref(strseen[i].t);
+    strseen[i].t = NULL;
+    strseen[i].s = NULL;
+  }
 }
 
 /*
@@ -118,13 +170,13 @@ static const char *toolarge(void) {
 
 /* Convert the value at idx, `depth` compounds down from the term being
 ** built, as a term of at most `room` nodes (what the size limit leaves
-** for it).  mt: as for tobox.  The recursion stops at the depth limit,
+** for it).  The recursion stops at the depth limit,
 ** which also ends a table that contains itself, and the conversion as soon
 ** as the whole term is sure to be larger than the size limit: a table that
 ** holds another many times over (t = {t, t}, sixty times) costs no more
 ** than the limit to refuse. */
 static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
-                       size_t room, int mt) {
+                       size_t room) {
   switch (lua_type(L, idx)) {
     case LUA_TNIL: return mk_nil();
     case LUA_TBOOLEAN: return mk_bool(lua_toboolean(L, idx));
@@ -134,10 +186,10 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
     case LUA_TSTRING: {
       size_t n;
       const char *s = lua_tolstring(L, idx, &n);
-      return mk_str(s, n);
+      return strterm(s, n);
     }
     case LUA_TUSERDATA: {
-      box *b = tobox(L, idx, mt);
+      box *b = tobox(L, idx);
       if (b) {
         if (mk_term_size(b->t) <= room) return mk_ref(b->t);
         *err = toolarge();
@@ -180,7 +232,7 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
         mk_term *item;
         lua_rawgeti(L, idx, (lua_Integer)i + 1);
         /* item i may take the room the others leave it */
-        item = toterm(L, lua_gettop(L), err, depth + 1, room - size + 1, mt);
+        item = toterm(L, lua_gettop(L), err, depth + 1, room - size + 1);
         lua_pop(L, 1);
         if (item == NULL) { mk_unref(s); return NULL; }
         size += mk_term_size(item) - 1;   /* still at most room */
@@ -198,7 +250,7 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
 
 mk_term *mkl_toterm(lua_State *L, int idx, const char **err) {
   *err = NULL;
-  return toterm(L, lua_absindex(L, idx), err, 0, mk_term_size_limit(), 0);
+  return toterm(L, lua_absindex(L, idx), err, 0, mk_term_size_limit());
 }
 
 mk_term *mkl_checkterm(lua_State *L, int idx, const char *what) {
@@ -216,7 +268,7 @@ void mkl_pushterm(lua_State *L, mk_term *t) {
     case MK_TRUE: lua_pushboolean(L, 1); break;
     case MK_INT: lua_pushinteger(L, t->v.i); break;
     case MK_FLOAT: lua_pushnumber(L, t->v.f); break;
-    case MK_STR: lua_pushlstring(L, mk_strdata(t), t->n); break;
+    case MK_STR: seen(lua_pushlstring(L, mk_strdata(t), t->n), t); break;
     case MK_SEQ:
       luaL_checkstack(L, 3, "term conversion");
       lua_createtable(L, (int)t->n, 0);
@@ -234,16 +286,15 @@ void mkl_pushterm(lua_State *L, mk_term *t) {
 /* ---- the term metatable ------------------------------------------------- */
 
 /* The metatable's own functions have it as upvalue 1 (see
-** mkl_open_terms); the record types' functions too, and their own
-** metatable as upvalue 2. */
+** mkl_open_terms), and so have the record types' functions, which make
+** boxes. */
 #define U_BOXMT  lua_upvalueindex(1)
-#define U_RTMT   lua_upvalueindex(2)
 
 /* The box a metamethod was called for.  Lua calls these with a box
 ** first, but the debug library hands out the metatable, and with it the
 ** functions, to be called with anything. */
 static mk_term *selfbox(lua_State *L) {
-  box *b = boxat(L, 1, U_BOXMT);
+  box *b = boxat(L, 1);
   if (b == NULL) luaL_typeerror(L, 1, MKL_TERM_MT);
   if (b->t == NULL) luaL_argerror(L, 1, "a term box whose __gc has run");
   return b->t;
@@ -267,7 +318,7 @@ static int rterror(lua_State *L, const mk_rtype *rt, const char *fmt, ...) {
 /* The wildcard and EOF boxes live in the registry, shared by every
 ** process of the Lua state: a __gc called by hand leaves them whole. */
 static int term_gc(lua_State *L) {
-  box *b = boxat(L, 1, U_BOXMT);
+  box *b = boxat(L, 1);
   if (b == NULL) return luaL_typeerror(L, 1, MKL_TERM_MT);
   if (b->t == NULL || b->t->refs == MK_IMMORTAL) return 0;
   mk_unref(b->t);
@@ -285,7 +336,7 @@ static int term_tostring(lua_State *L) {
 }
 
 static int term_eq(lua_State *L) {
-  box *a = tobox(L, 1, U_BOXMT), *b = tobox(L, 2, U_BOXMT);
+  box *a = tobox(L, 1), *b = tobox(L, 2);
   lua_pushboolean(L, a && b && mk_equal(a->t, b->t));
   return 1;
 }
@@ -333,20 +384,15 @@ static int term_newindex(lua_State *L) {
 /* ---- record types ------------------------------------------------------- */
 
 static mk_rtype *checkrt(lua_State *L, int idx) {
-  rtbox *b = lua_touserdata(L, idx);
-  if (b == NULL || lua_rawlen(L, idx) != sizeof *b || !lua_getmetatable(L, idx) ||
-      !lua_rawequal(L, -1, U_RTMT) || b->rt == NULL)
-    luaL_typeerror(L, idx, "record constructor");
-  lua_pop(L, 1);
+  rtbox *b = mkl_branded(L, idx, sizeof(rtbox), &rtbox_brand);
+  if (b == NULL || b->rt == NULL) luaL_typeerror(L, idx, "record constructor");
   return b->rt;
 }
 
 /* A record type made by l_record: rt may be NULL there (out of memory). */
 static int rt_gc(lua_State *L) {
-  rtbox *b = lua_touserdata(L, 1);
-  if (b == NULL || lua_rawlen(L, 1) != sizeof *b || !lua_getmetatable(L, 1) ||
-      !lua_rawequal(L, -1, U_RTMT))
-    return luaL_typeerror(L, 1, "record constructor");
+  rtbox *b = mkl_branded(L, 1, sizeof(rtbox), &rtbox_brand);
+  if (b == NULL) return luaL_typeerror(L, 1, "record constructor");
   if (b->rt) mk_rtype_unref(b->rt);
   b->rt = NULL;
   return 0;
@@ -370,7 +416,7 @@ static int rt_call(lua_State *L) {
   if ((r = mk_rec_new(rt)) == NULL) return luaL_error(L, "out of memory");
   for (i = 0; i < rt->arity; i++) {
     const char *err = NULL;
-    mk_term *f = toterm(L, (int)i + 2, &err, 1, maxsize - size + 1, U_BOXMT);
+    mk_term *f = toterm(L, (int)i + 2, &err, 1, maxsize - size + 1);
     if (f != NULL && f->depth >= limit) {
       mk_unref(f);
       f = NULL;
@@ -390,7 +436,7 @@ static int rt_call(lua_State *L) {
 
 static int rt_is(lua_State *L) {
   mk_rtype *rt = checkrt(L, 1);
-  box *b = tobox(L, 2, U_BOXMT);
+  box *b = tobox(L, 2);
   lua_pushboolean(L, b != NULL && b->t->kind == MK_REC && b->t->v.rt == rt);
   return 1;
 }
@@ -402,9 +448,7 @@ static int rt_index(lua_State *L) {
   if (strcmp(k, "label") == 0) lua_pushlstring(L, rt->label, rt->labellen);
   else if (strcmp(k, "arity") == 0) lua_pushinteger(L, rt->arity);
   else if (strcmp(k, "is") == 0) {
-    lua_pushvalue(L, U_BOXMT);
-    lua_pushvalue(L, U_RTMT);
-    lua_pushcclosure(L, rt_is, 2);
+    lua_pushcfunction(L, rt_is);
   }
   else if (strcmp(k, "fields") == 0) {
     lua_createtable(L, (int)rt->arity, 0);
@@ -445,6 +489,7 @@ static int l_record(lua_State *L) {
   for (i = 0; i < n; i++) names[i] = lua_tostring(L, i + 2);
   b = lua_newuserdatauv(L, sizeof *b, 0);
   b->rt = NULL;
+  b->brand = &rtbox_brand;
   luaL_setmetatable(L, MKL_RTYPE_MT);
   b->rt = mk_rtype_get(label, ll, (uint32_t)n, n ? names : NULL);
   if (b->rt == NULL) return luaL_error(L, "out of memory");
@@ -482,7 +527,7 @@ static int l_unify(lua_State *L) {
 ** max bytes of it, then "..." (term.h, mk_repr_max). */
 static int l_repr(lua_State *L) {
   size_t max = SIZE_MAX, n;
-  box *b = tobox(L, 1, 0);
+  box *b = tobox(L, 1);
   mk_term *t;
   char *s;
   if (!lua_isnoneornil(L, 2)) {
@@ -566,8 +611,7 @@ void mkl_open_terms(lua_State *L) {
   }
   if (luaL_newmetatable(L, MKL_RTYPE_MT)) {
     lua_pushvalue(L, -2);
-    lua_pushvalue(L, -2);
-    luaL_setfuncs(L, rt_mt, 2);
+    luaL_setfuncs(L, rt_mt, 1);
   }
   lua_pop(L, 2);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_wild) == LUA_TNIL) {

@@ -266,25 +266,22 @@ function perform(ctx, a, level)
 end
 
 -- Sends are applied in C; the first other action and all after it here.
-local capply = fast.apply
+local capply, action_at = fast.apply, fast.action_at
 local function perform_each(ctx, a)
   if is_action(a) then perform_one(ctx, a, 0)
   elseif a then perform(ctx, a, 0) end
 end
 
--- What capply left: k actions as values, or (k < 0) -k of them in a list.
-local function rest(ctx, k, ...)
-  if not k then return end
-  if k < 0 then
-    local list = ...
-    for j = 1, -k do perform_each(ctx, list[j]) end
-  else
-    for j = 1, k do perform_each(ctx, (select(j, ...))) end
-  end
+-- Actions i..n of transition tr, which capply left to perform here.
+local function rest(ctx, tr, i, n)
+  for j = i, n do perform_each(ctx, action_at(tr, j)) end
 end
 
+-- Apply the transition a handler returned (nil: none).
 local function apply(ctx, tr)
-  return rest(ctx, capply(ctx, tr))
+  if tr == nil then return end
+  local i, n = capply(ctx, tr)
+  if i then rest(ctx, tr, i, n) end
 end
 
 local function current(fname)
@@ -295,16 +292,16 @@ local function current(fname)
   return ctx
 end
 
-local psend = fast.perform_send
-
 -- perform(action...): straight-line code does what the actions say, now.
--- Returns the pid of each spawn, in order.
-function M.perform(a1, ...)
-  local ctx = current("perform")
+-- Returns the pid of each spawn, in order.  market.perform is C (laction.c)
+-- and does a lone send itself; it calls this for everything else, so the
+-- errors here name the caller two levels up, past the C function.
+local function perform_rest(a1, ...)
+  local ctx = core.current()
+  if not ctx then error("market.perform: not inside a market process", 3) end
   local nargs = select("#", ...)
-  if nargs == 0 then         -- the common case, without garbage
-    if psend(a1) then return end
-    if not is_action(a1) then error("market.perform: argument 1 is not an action", 2) end
+  if nargs == 0 then         -- one action: without garbage
+    if not is_action(a1) then error("market.perform: argument 1 is not an action", 3) end
     local r = perform_one(ctx, a1, 0)
     if a1.kind == "spawn" then return r end
     return
@@ -313,13 +310,14 @@ function M.perform(a1, ...)
   for i = 1, nargs + 1 do
     local a = i == 1 and a1 or select(i - 1, ...)
     if not is_action(a) then
-      error("market.perform: argument " .. i .. " is not an action", 2)
+      error("market.perform: argument " .. i .. " is not an action", 3)
     end
     local r = perform_one(ctx, a, 0)
     if a.kind == "spawn" then n = n + 1; pids[n] = r end
   end
   return table.unpack(pids, 1, n)
 end
+M.perform = fast.make_perform(perform_rest)
 
 -- ---- events --------------------------------------------------------------
 
@@ -465,25 +463,28 @@ function M.set_state(s) current("set_state").state = s end
 function M.self() current("self"); return core.self() end
 
 -- A process runs one activation at a time, each on a coroutine C lends it
--- (lproc.c): main for the boot event, activate for each later event that
--- finds it idle.  Only straight-line code waiting in market.yield() keeps
--- a coroutine between events.
+-- (lproc.c): main for the boot event, deliver for each later message at
+-- level 0 and dispatch for any other event that finds it idle.  Only
+-- straight-line code waiting in market.yield() keeps a coroutine between
+-- events.
 local function main(ctx, boot, pid)
   ctx.eps = {}     -- metas, conts, anon, backlog: made when first needed
   apply(ctx, boot(pid))
 end
 
-local function activate(ctx, kind, a, b, c, d, e, f, g)
-  -- A message at level 0: straight to its handler.
-  if kind == MESSAGE and b == 0 then
-    local h = ctx.eps[a]
-    local fn = h and h.on_message
-    if fn then return apply(ctx, fn(ctx.state, c, a)) end
-    return
-  end
-  dispatch(ctx, kind, a, b, c, d, e, f, g)
+-- A message at level 0, most events: straight to its endpoint's handler,
+-- with apply inlined (a handler that answers nothing, or only sends, costs
+-- one call less per message).
+local function deliver(ctx, a, c)
+  local h = ctx.eps[a]
+  local fn = h and h.on_message
+  if not fn then return end
+  local tr = fn(ctx.state, c, a)
+  if tr == nil then return end
+  local i, n = capply(ctx, tr)
+  if i then rest(ctx, tr, i, n) end
 end
-core.init(main, activate)
+core.init(main, dispatch, deliver)
 
 -- A drain time in ms: a finite number, 0 or more (nil: none given).
 local function check_drain(ms, fname)

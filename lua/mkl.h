@@ -14,6 +14,19 @@
 #define MKL_TERM_MT   "market.term"
 #define MKL_RTYPE_MT  "market.rtype"
 
+/* The block of the userdata at idx if it is `size` bytes long and ends
+** with the pointer `brand`, else NULL.  The binding's userdata (boxes,
+** record types, sends, transitions) end with the address of a static of
+** the file that makes them: Lua code cannot write into a block, nor make a
+** userdata of its own, so this tells them apart from any other value in
+** two API calls, where a metatable comparison took five, and even when the
+** debug library gave another userdata their metatable. */
+static inline void *mkl_branded(lua_State *L, int idx, size_t size, const char *brand) {
+  void *u = lua_touserdata(L, idx);
+  if (u == NULL || lua_rawlen(L, idx) != size) return NULL;
+  return *(const char **)((char *)u + size - sizeof brand) == brand ? u : NULL;
+}
+
 /* lterm.c */
 /* Convert the Lua value at idx to a new term reference.  On failure returns
 ** NULL and pushes nothing; *err describes the problem (static text, valid
@@ -27,15 +40,17 @@ mk_term *mkl_checkterm(lua_State *L, int idx, const char *what);
 ** that callers who take boxes as they are and convert anything else give
 ** that error too. */
 mk_term *mkl_testbox(lua_State *L, int idx);
-/* The same, faster, with the box metatable at stack index mt (an upvalue
-** pushed there once by mkl_pushboxmt). */
-mk_term *mkl_testbox_mt(lua_State *L, int idx, int mt);
-void mkl_pushboxmt(lua_State *L);
+/* The term of the box at idx, borrowed, whatever its size; NULL when it is
+** not a box, or an emptied one (lproc.c's shared box). */
+mk_term *mkl_boxterm(lua_State *L, int idx);
 /* Push t (borrowed) as a Lua value. */
 void mkl_pushterm(lua_State *L, mk_term *t);
 /* Push a new box holding t (steals the reference). */
 void mkl_pushbox(lua_State *L, mk_term *t);
 void mkl_open_terms(lua_State *L);   /* fields into the table at the top */
+/* Let go of the string terms lterm.c keeps to spare copies: when the last
+** Lua state with market open closes. */
+void mkl_forget_strings(void);
 
 /* An endpoint's tag (mk_tag_endpoint) as the binding sets it: which
 ** handlers its table held when it was added (laction.c computes it,
@@ -61,6 +76,9 @@ mk_pid mkl_spawn(lua_State *L, mk_vm *vm, const char *name, int report);
 /* Called with the traceback when a flagged (boot) process fails. */
 typedef void (*mkl_fail_fn)(void *ud, mk_proc *p, const char *traceback);
 void mkl_on_fail(lua_State *L, mkl_fail_fn fn, void *ud);
+/* The record box at idx, just sent by the running process as the term t,
+** may be delivered as it is, instead of a new box for t (lproc.c). */
+void mkl_share(lua_State *L, int idx, const mk_term *t);
 /* Nonzero while a Lua process of L is handling an event. */
 int mkl_running(lua_State *L);
 /* The process whose coroutine is L, while it handles an event, or NULL:

@@ -79,6 +79,64 @@ describe("send", function()
   end)
 end)
 
+-- A record crosses into the receiving handler as the box the sender sent,
+-- not a copy per delivery (lproc.c, pushmessage): boxes are immutable, and
+-- a box kept beyond its activation, by the sender or any receiver, stays
+-- whole after the others let theirs go.
+describe("records delivered to handlers", function()
+  local rec = market.record("shared", "n", "data")
+
+  it("are the box the sender sent, for every receiver", function()
+    local got, sent = {}, nil
+    H.ground(function()
+      local function keeper(who)
+        return market.subscriber(rec(_, _), { on_message = function(_, m) got[who] = m end })
+      end
+      H.step(holder("a", keeper("a")), holder("b", keeper("b")))
+      sent = rec(1, "x")
+      H.step(market.send(sent))
+    end)
+    assert.is_true(rawequal(sent, got.a))
+    assert.is_true(rawequal(sent, got.b))
+  end)
+
+  it("stay whole when kept in state beyond the activation and sent again later", function()
+    local log = H.log()
+    H.ground(function()
+      -- keeper stores every record it gets; on "replay" it sends them all
+      -- again, to an echo endpoint that logs what it reads from them.
+      H.step(market.spawn(function()
+        return T({}, market.subscriber(rec(_, _), { on_message = function(kept, m)
+          kept[#kept + 1] = m
+          return T(kept)
+        end }), market.subscriber("replay", { on_message = function(kept)
+          local acts = {}
+          for i, m in ipairs(kept) do acts[i] = market.send({ "again", m }) end
+          return T(kept, acts)
+        end }))
+      end, { name = "keeper" }))
+      H.step(holder("reader", market.subscriber({ "again", _ }, { on_message = function(_, m)
+        log("%d %s %s", m[2].n, m[2].data, tostring(m[2]))
+      end })))
+      -- Senders that make a record per message and quit: nothing but the
+      -- keeper's state holds the records once they are collected.
+      for i = 1, 3 do
+        H.step(market.spawn(function()
+          market.perform(market.send(rec(i, ("payload %d"):format(i))))
+        end))
+      end
+      collectgarbage()
+      collectgarbage()
+      H.step(market.send("replay"))
+      collectgarbage()
+      H.step(market.send("replay"))
+    end)
+    local once = { '1 payload 1 shared(1, "payload 1")', '2 payload 2 shared(2, "payload 2")',
+                   '3 payload 3 shared(3, "payload 3")' }
+    assert.same({ once[1], once[2], once[3], once[1], once[2], once[3] }, log.lines)
+  end)
+end)
+
 describe("feedback", function()
   it("reaches publishers (of any interest), never subscribers", function()
     local log = H.log()

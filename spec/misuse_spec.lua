@@ -220,6 +220,21 @@ describe("misuse inside a process ends that process only, with the error as reas
     assert.equal("handler returned a table, not a transition (use market.transition)",
                  victim_reason(function(s) return faketr end))
   end)
+
+  it("a handler returning another userdata given a transition's or a send's metatable", function()
+    -- Through the debug library; its block was read as a transition's, and
+    -- a file handle's made one of some thousands of actions.
+    local file = io.tmpfile()
+    local filemt = debug.getmetatable(file)
+    debug.setmetatable(file, getmetatable(market.transition(0)))
+    local reason = victim_reason(function(s) return file end)
+    debug.setmetatable(file, getmetatable(market.send(1)))
+    local ok_send = pcall(market.transition_no_state, file)
+    debug.setmetatable(file, filemt)
+    file:close()
+    assert.equal("handler returned a userdata, not a transition (use market.transition)", reason)
+    assert.is_false(ok_send)
+  end)
 end)
 
 describe("actions that make no sense at meta level end the process", function()

@@ -143,6 +143,23 @@ describe("terms as Lua values", function()
     assert.equal(2, a.y)
   end)
 
+  it("a userdata given the term metatable through the debug library is no term", function()
+    -- A record constructor was a userdata of a box's size: with the box
+    -- metatable, it passed for one and its record type was read as a term.
+    local ctor = market.record("disguised", "a")
+    local rtmt = debug.getmetatable(ctor)
+    debug.setmetatable(ctor, debug.getmetatable(market._))
+    local ok_term = market.is_term(ctor)
+    local ok_str, str = pcall(tostring, ctor)
+    local ok_send = pcall(market.send, ctor)
+    debug.setmetatable(ctor, rtmt)
+    assert.is_false(ok_term)
+    assert.is_false(ok_str)
+    assert.matches("market.term expected", str)
+    assert.is_false(ok_send)
+    assert.equal("disguised(1)", tostring(ctor(1)))
+  end)
+
   it("a record constructor knows its label, arity and fields, and recognises its records",
      function()
     local line = market.record("chat-line", "who", "text")
@@ -189,5 +206,41 @@ describe("terms as Lua values", function()
     assert.equal('[true, false, 1, 1.5, "s\\n", _, #eof, r(["x"])]',
                  R({ true, false, 1, 1.5, "s\n", _, market.EOF, market.record("r", "a")({ "x" }) }))
     assert.equal("nil", R(nil))
+  end)
+end)
+
+-- Byte strings cross between Lua and terms by copy; lterm.c keeps the
+-- string terms it last converted, so that a payload read from a record and
+-- put into a new one (an echo) is not copied again.
+describe("byte strings between Lua and terms", function()
+  local blob = market.record("blob", "data")
+
+  it("a record made from a string read out of a term shares its bytes", function()
+    local big = string.rep("0123456789abcdef", 2048)              -- 32 KiB
+    local data = market.unify(blob(big), _).data                 -- a fresh Lua copy
+    collectgarbage()
+    collectgarbage()
+    local before = market.memory()
+    local keep = {}
+    for i = 1, 100 do keep[i] = blob(data) end
+    local grown = market.memory() - before
+    -- 100 copies would be 3.2 MiB.
+    assert.is_true(grown < 256 * 1024, ("grew by %d bytes"):format(grown))
+    assert.equal(big, keep[100].data)
+  end)
+
+  it("keep their own bytes whatever strings came and went before them", function()
+    -- Strings of one length, made and collected in turn: a new one may
+    -- take the address of one converted before.
+    for round = 1, 50 do
+      local s = ("%08d"):format(round):rep(4)
+      assert.equal(s, blob(s).data)
+      assert.equal(s, market.unify(s, _))
+      collectgarbage()
+    end
+    local seq = {}
+    for i = 1, 300 do seq[i] = ("k%05d"):format(i) end
+    local back = market.unify(seq, _)
+    for i = 1, 300 do assert.equal(("k%05d"):format(i), back[i]) end
   end)
 end)
