@@ -554,25 +554,41 @@ void mk_ground_stop(mk_ground *g, double drain_ms) {
 ** libev as libev's would (ev_feed_signal), and when one comes while the
 ** loop has still not taken the one before after STUCK_MS, the loop is
 ** stuck: it ends the program at once, with 128 + the signal's number as
-** its status.  Sooner than that it is the same signal twice, not a second
-** request: `timeout` and shells send a signal to a process and to its
-** process group, so one SIGTERM often arrives twice within microseconds,
-** before the loop has had a chance to run.
+** its status.  The same signal from the same sender within SAME_MS of
+** the one before is that one again, not a second request, whether or not
+** the loop took the first: `timeout` and shells send a signal to a
+** process and then to its process group, so one SIGTERM often arrives
+** twice, microseconds apart, or more on a loaded machine, and the loop may
+** run in between (it then took the duplicate for a second Ctrl-C and ended
+** the drain at once).
 */
 #define STUCK_MS 250
-static volatile sig_atomic_t stop_unseen;
-static struct timespec stop_first;     /* when the unseen one came */
+#define SAME_MS 100
+static volatile sig_atomic_t stop_unseen, stop_any, stop_signum;
+static volatile pid_t stop_sender;
+static struct timespec stop_first;     /* when the last request came */
 
-static void stop_handler(int signum) {
+static double ms_since(const struct timespec *then, const struct timespec *now) {
+  return (double)(now->tv_sec - then->tv_sec) * 1e3 +
+         (double)(now->tv_nsec - then->tv_nsec) / 1e6;
+}
+
+static void stop_handler(int signum, siginfo_t *info, void *uc) {
   struct timespec now;
+  double ms;
+  (void)uc;
   clock_gettime(CLOCK_MONOTONIC, &now);    /* async-signal-safe */
+  ms = stop_any ? ms_since(&stop_first, &now) : 1e9;
+  if (ms < SAME_MS && signum == stop_signum && info->si_pid == stop_sender)
+    return;                                /* the same one again */
   if (stop_unseen) {
-    double ms = (double)(now.tv_sec - stop_first.tv_sec) * 1e3 +
-                (double)(now.tv_nsec - stop_first.tv_nsec) / 1e6;
     if (ms >= STUCK_MS) _exit(128 + signum);
-    return;                                  /* the same one again */
+    return;
   }
   stop_first = now;
+  stop_signum = signum;
+  stop_sender = info->si_pid;
+  stop_any = 1;
   stop_unseen = 1;
   ev_feed_signal(signum);
 }
@@ -613,12 +629,12 @@ int mk_ground_stop_on_signals(mk_ground *g, double drain_ms) {
       ev_signal_start(g->loop, &g->stopsig[i]);
       ev_unref(g->loop);      /* a stop is nothing to wait for */
       memset(&sa, 0, sizeof sa);
-      sa.sa_handler = stop_handler;
+      sa.sa_sigaction = stop_handler;
       sigfillset(&sa.sa_mask);
-      sa.sa_flags = SA_RESTART;
+      sa.sa_flags = SA_RESTART | SA_SIGINFO;
       sigaction(sigs[i], &sa, &g->libev_sa[i]);   /* over libev's: see stop_handler */
     }
-    stop_unseen = 0;
+    stop_unseen = stop_any = 0;
     g->onsignals = 1;
   }
   g->drain_ms = drain_ms;

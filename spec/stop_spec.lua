@@ -232,6 +232,31 @@ describe("a second signal while the loop is stuck", function()
   end)
 end)
 
+-- One signal delivered twice by one sender (`timeout` sends it to the
+-- process, then to its group; here the shell's builtin kill, twice) is one
+-- request, even when the loop took the first before the second came:
+-- before, that second ended the drain at once with 143.
+describe("the same signal twice in quick succession", function()
+  it("is one request: the drain runs and the program ends with 0", function()
+    local status, _, err = H.sh(([[
+      e=$(mktemp)
+      %s --drain 300 -e '
+        local market = require "market"
+        market.perform(market.subscriber(market.ground.alarm(math.floor(market.now()) + 10000)),
+          market.subscriber(market.ground.stopping(market._), { on_presence = function()
+            io.stderr:write("stopping\n") end }))
+        io.stderr:write("ready\n")' 2>$e & pid=$!
+      (sleep 20; kill -KILL $pid 2>/dev/null) & w=$!
+      for i in $(seq 1 500); do grep -q ready $e && break; sleep 0.02; done
+      kill -TERM $pid
+      for i in $(seq 1 250); do grep -q stopping $e && break; sleep 0.002; done
+      kill -TERM $pid; wait $pid; s=$?; kill $w 2>/dev/null; cat $e >&2; rm -f $e; exit $s]]):format(
+      q(N.market_bin())))
+    assert.equal(0, status, err)
+    assert.matches("stopping", err, 1, true)
+  end)
+end)
+
 -- Processes that replace each other as they go (supervisors) do not keep
 -- a stop (or the teardown after it) from ending: while the ground kills
 -- everything, no spawn is taken.  Before, the program spun for ever.
