@@ -126,8 +126,14 @@ end
 -- ran, per event.  Then the publisher is killed: the same until the n-th
 -- on_absence.  Both times include the publisher's side (its own n
 -- presence events if the runtime delivers them) and the kill itself.
+--
+-- With stop ("setup", "appear" or "leave"), the program exits right after
+-- that stage, without the VM's teardown: bench/callgrind.sh counts the
+-- instructions of each stage as the difference of two such runs.
 local feed = market.record("bench-feed", "channel", "item")
-local function presence(n)
+local function exit_at(stop, stage) if stop == stage then os.exit(0) end end
+
+local function presence(n, stop)
   local seen, gone, t0, t1, t2, t3 = 0, 0, 0, 0, 0, 0
   local ok, err = market.ground_vm(function()
     local spawn = market.spawn(function()
@@ -143,14 +149,17 @@ local function presence(n)
     end)
     for _ = 1, n do market.perform(spawn) end
     market.pause()            -- every subscriber has its endpoint
+    exit_at(stop, "setup")
     t0 = wall()
     local pid = market.perform(market.spawn(function()
       return market.transition(nil, market.publisher(feed("news", _), { name = "out" }))
     end))
     repeat market.pause() until seen == n
+    exit_at(stop, "appear")
     t2 = wall()
     market.perform(market.quit(pid))
     repeat market.pause() until gone == n
+    exit_at(stop, "leave")
   end, { max_activation = 0 })
   assert(ok, err)
   assert(seen == n and gone == n, ("presence %d, absence %d of %d"):format(seen, gone, n))
@@ -159,8 +168,9 @@ end
 
 -- n processes, each holding one endpoint, and one observer of them all
 -- counting absences; then all n are killed: CPU time from the first kill
--- until the observer's n-th on_absence ran, per event.
-local function absence(n)
+-- until the observer's n-th on_absence ran, per event.  stop: "setup" or
+-- "killed", as for presence.
+local function absence(n, stop)
   local present, gone, t0, t1 = 0, 0, 0, 0
   local ok, err = market.ground_vm(function()
     local pids = {}
@@ -177,9 +187,11 @@ local function absence(n)
         end }))
     end))
     repeat market.pause() until present == n
+    exit_at(stop, "setup")
     t0 = wall()
     for i = 1, n do market.perform(market.quit(pids[i])) end
     repeat market.pause() until gone == n
+    exit_at(stop, "killed")
   end, { max_activation = 0 })
   assert(ok, err)
   assert(gone == n, ("absence %d of %d"):format(gone, n))
@@ -223,6 +235,14 @@ if arg and arg[1] == "--fresh" then
   local run = ({ processes = processes, waiting = waiting })[arg[2]]
   print(run(100000))
   os.exit(0)
+end
+-- route.lua --stage presence-STOP|absence-STOP N (bench/callgrind.sh).
+if arg and arg[1] == "--stage" then
+  local kind, stop = arg[2]:match("^(%a+)-(%a+)$")
+  local run = ({ presence = presence, absence = absence })[kind]
+  assert(run, "bench/route: no stage " .. arg[2])
+  run(assert(math.tointeger(tonumber(arg[3])), "bench/route: --stage NAME N"), stop)
+  error("bench/route: no stage " .. arg[2])
 end
 local function fresh(what)
   local function quote(s) return "'" .. s:gsub("'", [['\'']]) .. "'" end
