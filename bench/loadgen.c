@@ -9,11 +9,12 @@
 ** and sends again.  The measurement starts once every connection has made
 ** its first round trip (so the server's accepting, and a session's
 ** creation, are not in the figures: those are steady-state figures) and
-** lasts SECONDS.  Connections open RAMP at a time, and each waits after
-** its first round trip until all have made theirs.  Prints "ready: N" (connections that made their first
-** round trip), "round-trips-per-second: N", the round trips' latency
-** percentiles ("latency-us-p50: N", p99, p999), and with PID the CPU time
-** (user + system) that process spent per round trip in the same window
+** lasts SECONDS.  Connections open at most RAMP at a time, and each waits
+** after its first round trip until all have made theirs.  Prints
+** "ready: N" (connections that made their first round trip),
+** "round-trips-per-second: N", the round trips' latency percentiles
+** ("latency-us-p50: N", p99, p999), and with PID the CPU time (user +
+** system) that process spent per round trip in the same window
 ** ("server-cpu-us-per-round-trip: X").
 **
 ** idle: reads server PID's resident set (VmRSS), opens CONNS connections,
@@ -200,8 +201,8 @@ static void open_more(struct ev_loop *loop) {
 /* A connection made its first round trip (ready) or failed before it. */
 static void conn_done(struct ev_loop *loop, int ready) {
   nready += ready;
-  if (++ndone == nconns) all_ready(loop);
-  else open_more(loop);
+  if (++ndone < nconns) open_more(loop);
+  else if (!measuring) all_ready(loop);
 }
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents) {
@@ -236,10 +237,11 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents) {
     c->got -= size;
     c->sent = 0;
     c->start = t;
-    if (!c->ready) {            /* it waits for all_ready */
+    if (!c->ready) {
+      int late = measuring;     /* READY_LIMIT started the window without it */
       c->ready = 1;
       conn_done(loop, 1);
-      return;
+      if (!late) return;        /* it waits for all_ready */
     }
     send_msg(c);
   }
