@@ -1,119 +1,254 @@
 #!/usr/bin/env bash
 # bench/echo.sh BUILD_DIR: examples/echo.lua against the floor (a plain
-# single-threaded libev echo server, bench/echo_floor.c), both driven by
-# the same closed-loop generator (bench/loadgen.c) on loopback.  Prints
-# round trips per second for both, for 64-byte and 4 KiB messages with 50
-# connections, the ratio on "echo-ratio: X" (64 bytes); then one row per
-# connection count (50, 500, 1,000, 10,000) and size with both servers'
-# rates and the rate and CPU ratios; the latency percentiles of both at 1
-# and 50 connections; 10,000 concurrent connections held and served by
-# echo.lua; and the DNS example's UDP rate, alone and while clients flood
-# it with empty TCP frames.
+# single-threaded libev echo server, bench/echo_floor.c) and against a
+# cqueues coroutine-per-connection server (bench/echo_cqueues.lua), all
+# three driven by the same closed-loop generator (bench/loadgen.c) on
+# loopback.  docs/performance.md explains every line it prints:
+#
+#   - at 50 connections, 64 B and 4 KiB: each server's round trips per
+#     second, and echo.lua's ratios to the floor and to cqueues, of rates
+#     and of CPU per round trip;
+#   - one row per connection count (50, 500, 1,000, 10,000) and size with
+#     every server's rate and CPU per round trip and both pairs of ratios;
+#   - the latency percentiles (p50, p99, p999) of every server at 1 and 50
+#     connections, and echo.lua's p999 over the floor's;
+#   - each server's resident memory per idle connection, 10,000 held;
+#   - the DNS example's UDP rate, alone and while clients flood it with
+#     empty TCP frames.
 #
 # Loopback rates on a shared machine swing by a third from one run to the
 # next, and on a virtual machine by half within a minute (the floor's
-# most: it is nearly all kernel time).  So each rate is taken in
-# BENCH_ROUNDS short rounds (default 7 of BENCH_SECONDS = 2 seconds), the
-# floor and echo.lua one right after the other in each round, and the
-# figures are medians: of the rates, and of the rounds' ratios for
-# echo-ratio (each round's ratio compares two runs made under the same
-# conditions; many short rounds outvote a slow spell).
+# most: it is nearly all kernel time).  So each figure is taken in short
+# rounds (BENCH_SECONDS, default 2, each), every server once per round,
+# one right after the other (the order turning each round), and the
+# figures are medians: of the rates, and of the rounds' ratios (each
+# round's ratio compares runs made under the same conditions; many short
+# rounds outvote a slow spell).  The CPU a server spends per round trip
+# (read from /proc by loadgen over the same window) is steadier still:
+# every server runs flat out, so the ratio of CPU costs is the ratio the
+# rates would show on a quiet machine.
+#
+# Knobs: BENCH_SECONDS (2), BENCH_ROUNDS (7: the 50-connection figures),
+# BENCH_SCALE_ROUNDS (3: the rows at 500, 1,000 and 10,000 connections),
+# BENCH_LATENCY_ROUNDS (5: one connection), BENCH_IDLE_CONNS (10000).
+# The whole run takes about four and a half minutes.
 set -u
 build=${1:-build}
 src=$(cd "$(dirname "$0")/.." && pwd)
 secs=${BENCH_SECONDS:-2}
 rounds=${BENCH_ROUNDS:-7}
+scale_rounds=${BENCH_SCALE_ROUNDS:-3}
+latency_rounds=${BENCH_LATENCY_ROUNDS:-5}
+idle_conns=${BENCH_IDLE_CONNS:-10000}
 # 10,000 connections need 10,000+ descriptors on each side: raise the soft
 # limit to the hard one (20,000 here is enough).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+tmp=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$tmp"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM          # through the EXIT trap: nothing is left running
 
-wait_port() { for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-rate() { "$build/bench/loadgen" tcp "$1" "$2" "$3" "$secs" | sed -n 's/round-trips-per-second: //p'; }
-conns=50
-# CPU time (user + system, in clock ticks) a process has used so far.
-cputicks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-# rate_cpu PID PORT SIZE: "RATE CPU-MICROSECONDS-PER-ROUND-TRIP" of server PID.
-rate_cpu() {
-  local c0 c1 r
-  c0=$(cputicks "$1"); r=$(rate "$2" "$conns" "$3"); c1=$(cputicks "$1")
-  awk -v r="${r:-0}" -v c=$((c1 - c0)) -v s="$secs" -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { printf "%s %.3f", r, (r > 0) ? c / hz * 1e6 / (r * s) : 0 }'
-}
+die() { echo "bench/echo: $*" >&2; exit 1; }
 
-"$build/bench/echo_floor" 26101 & pids+=($!); floor_pid=$!
-# (echo.lua takes 1,000 connections by default: the 10,000 below need more.)
-"$build/market" "$src/examples/echo.lua" 26102 20000 >/dev/null & pids+=($!); echo_pid=$!
-wait_port 26101 && wait_port 26102 || { echo "bench/echo: servers did not start" >&2; exit 1; }
+fds() { local f=("/proc/$1/fd/"*); echo "${#f[@]}"; }
 
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-# compare SIZE NAME: BENCH_ROUNDS rounds of floor then echo.lua.  Besides
-# rates, the CPU each server spent per round trip: both servers run flat
-# out, so the ratio of CPU costs is the ratio the rates would show on a
-# quiet machine, and it varies much less when the machine is not quiet.
-compare() {
-  local fs=() ms=() rs=() cs=() f m
-  for _ in $(seq "$rounds"); do
-    read -r f fc < <(rate_cpu "$floor_pid" 26101 "$1")
-    read -r m mc < <(rate_cpu "$echo_pid" 26102 "$1")
-    fs+=("${f:-0}"); ms+=("${m:-0}")
-    rs+=("$(awk -v m="${m:-0}" -v f="${f:-0}" 'BEGIN { printf "%.3f", (f > 0) ? m / f : 0 }')")
-    cs+=("$(awk -v m="${mc:-0}" -v f="${fc:-0}" 'BEGIN { printf "%.3f", (m > 0) ? f / m : 0 }')")
+# start NAME COMMAND...: runs a server that says "listening on port N" on
+# stderr once it listens (every one here asks the kernel for a port);
+# sets pid[NAME], port[NAME] and fds0[NAME] (its descriptors then).
+declare -A pid port fds0
+start() {
+  local name=$1 log="$tmp/$1.log" p
+  shift
+  "$@" >/dev/null 2>"$log" &
+  pids+=($!)
+  pid[$name]=$!
+  for _ in $(seq 100); do
+    p=$(sed -n 's/.*listening on port \([0-9][0-9]*\).*/\1/p' "$log")
+    if [ -n "$p" ]; then port[$name]=$p; fds0[$name]=$(fds "${pid[$name]}"); return; fi
+    kill -0 "${pid[$name]}" 2>/dev/null || break
+    sleep 0.1
   done
-  fs_seen=("${fs[@]}"); ms_seen=("${ms[@]}")
-  [ "$2" = x ] || echo "floor-$2-round-trips-per-second: $(median "${fs[@]}")"
-  [ "$2" = x ] || echo "echo.lua-$2-round-trips-per-second: $(median "${ms[@]}")"
-  ratio=$(median "${rs[@]}")
-  rounds_seen="${rs[*]}"
-  cpu_ratio=$(median "${cs[@]}")
-  cpu_seen="${cs[*]}"
+  cat "$log" >&2
+  die "$name did not start"
 }
-compare 64 64B;   r64=$ratio; s64=$rounds_seen; c64=$cpu_ratio; cs64=$cpu_seen
-compare 4096 4KiB; r4k=$ratio; s4k=$rounds_seen
-echo "echo-ratio-4KiB: $r4k  (rounds: $s4k)"
-echo "echo-cpu-ratio: $c64  (floor's CPU per round trip / echo.lua's, 64 B; rounds: $cs64)"
-echo "echo-ratio: $r64  (target >= 0.70; rounds: $s64)"
+stop() { kill "${pid[$1]}" 2>/dev/null; wait "${pid[$1]}" 2>/dev/null; }
+
+# settle NAME: waits (up to a minute) until server NAME has closed the
+# connections of the runs before: echo.lua takes a second or more to end
+# 10,000 sessions, and a run that starts meanwhile measures that too.
+settle() {
+  local n
+  for _ in $(seq 600); do
+    n=$(fds "${pid[$1]}")
+    [ "$n" -le $((fds0[$1] + 16)) ] && return
+    sleep 0.1
+  done
+  echo "bench/echo: $1 still holds $n descriptors a minute after its clients went" >&2
+}
+
+servers=(floor echo.lua)
+start floor "$build/bench/echo_floor" 0
+# (echo.lua takes 1,000 connections by default: the 10,000 below need more.)
+start echo.lua "$build/market" "$src/examples/echo.lua" 0 20000
+if lua5.4 -e 'require "cqueues"' 2>/dev/null; then
+  cq=1
+  servers+=(cqueues)
+  start cqueues lua5.4 "$src/bench/echo_cqueues.lua" 0
+else
+  cq=0
+  echo "cqueues: not installed (apt-get install lua-cqueues); its figures are left out"
+fi
+
+# fmt FORMAT EXPRESSION: awk arithmetic, printed with FORMAT.
+fmt() { awk "BEGIN { printf \"$1\", $2 }"; }
+# ratio A B: A / B, 0 when B is 0 (a run that made no round trip).
+ratio() { fmt %.3f "($2 > 0) ? $1 / $2 : 0"; }
+
+# measure NAME CONNS SIZE: one loadgen run against server NAME; sets
+# m[rate], m[cpu] (µs per round trip), m[p50], m[p99], m[p999] (µs).
+declare -A m
+measure() {
+  local out
+  kill -0 "${pid[$1]}" 2>/dev/null || die "$1 is gone (it was pid ${pid[$1]})"
+  settle "$1"
+  out=$("$build/bench/loadgen" tcp "${port[$1]}" "$2" "$3" "$secs" "${pid[$1]}") ||
+    echo "bench/echo: $1 at $2 connections: $(sed -n 's/^ready: //p' <<<"$out") of $2 served" >&2
+  read -r 'm[rate]' 'm[cpu]' 'm[p50]' 'm[p99]' 'm[p999]' < <(awk -F': ' '{ v[$1] = $2 }
+    END { print v["round-trips-per-second"] + 0, v["server-cpu-us-per-round-trip"] + 0,
+                v["latency-us-p50"] + 0, v["latency-us-p99"] + 0, v["latency-us-p999"] + 0 }' <<<"$out")
+}
+
+# compare CONNS SIZE ROUNDS: ROUNDS rounds, each measuring every server
+# once.  Collects, as space-separated lists in acc[], each server's figures
+# (acc[NAME.rate], acc[NAME.cpu], acc[NAME.p50], ...) and each round's
+# ratios: acc[ef.rate] (echo.lua's rate / the floor's), acc[ef.cpu] (the
+# floor's CPU per round trip / echo.lua's), acc[ef.p999] (echo.lua's p999
+# / the floor's), and acc[ec.rate], acc[ec.cpu] the same against cqueues.
+declare -A acc
+compare() {
+  local r i n=${#servers[@]} w k
+  acc=()
+  for ((r = 0; r < $3; r++)); do
+    declare -A got=()
+    for ((i = 0; i < n; i++)); do
+      w=${servers[(r + i) % n]}
+      measure "$w" "$1" "$2"
+      for k in rate cpu p50 p99 p999; do
+        acc[$w.$k]+=" ${m[$k]}"
+        got[$w.$k]=${m[$k]}
+      done
+    done
+    acc[ef.rate]+=" $(ratio "${got[echo.lua.rate]}" "${got[floor.rate]}")"
+    acc[ef.cpu]+=" $(ratio "${got[floor.cpu]}" "${got[echo.lua.cpu]}")"
+    acc[ef.p999]+=" $(ratio "${got[echo.lua.p999]}" "${got[floor.p999]}")"
+    if [ "$cq" = 1 ]; then
+      acc[ec.rate]+=" $(ratio "${got[echo.lua.rate]}" "${got[cqueues.rate]}")"
+      acc[ec.cpu]+=" $(ratio "${got[cqueues.cpu]}" "${got[echo.lua.cpu]}")"
+    fi
+  done
+}
+
+# med KEY [FORMAT]: the median of acc[KEY] (default format %.3f).
+med() {
+  # shellcheck disable=SC2086  # the list is split on purpose
+  printf '%s\n' ${acc[$1]} | sort -g | awk -v f="${2:-%.3f}" '{ v[NR] = $1 }
+    END { printf f, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+rounds_of() { echo "${acc[$1]# }"; }
+
+# row CONNS SIZE: the figures of the last compare as one line.
+row() {
+  local line="conns-$1-size-$2:" w
+  for w in "${servers[@]}"; do line+=" $w $(med "$w.rate" %.0f)/s $(med "$w.cpu" %.2f)us"; done
+  line+=" | echo/floor rate $(med ef.rate) cpu $(med ef.cpu)"
+  [ "$cq" = 1 ] && line+=" | echo/cqueues rate $(med ec.rate) cpu $(med ec.cpu)"
+  echo "$line"
+}
+
+# latency CONNS: the percentiles of the last compare, then echo.lua's p999
+# over the floor's.
+latency() {
+  local w p
+  for w in "${servers[@]}"; do
+    for p in p50 p99 p999; do echo "latency-$w-$1-conns-$p: $(med "$w.$p" %.0f)"; done
+  done
+  echo "latency-p999-ratio-$1-conns: $(med ef.p999)  (echo.lua's p999 / the floor's; target <= 1.5; rounds: $(rounds_of ef.p999))"
+}
+
+# The headline: 50 connections, 64 B then 4 KiB, BENCH_ROUNDS rounds each.
+compare 50 64 "$rounds"
+for w in "${servers[@]}"; do echo "$w-64B-round-trips-per-second: $(med "$w.rate" %.0f)"; done
+rows=$(row 50 64)
+lat50=$(latency 50)
+r64=$(med ef.rate); s64=$(rounds_of ef.rate); c64=$(med ef.cpu); cs64=$(rounds_of ef.cpu)
+if [ "$cq" = 1 ]; then
+  q64=$(med ec.rate); qs64=$(rounds_of ec.rate); qc64=$(med ec.cpu); qcs64=$(rounds_of ec.cpu)
+fi
+compare 50 4096 "$rounds"
+for w in "${servers[@]}"; do echo "$w-4KiB-round-trips-per-second: $(med "$w.rate" %.0f)"; done
+rows+=$'\n'$(row 50 4096)
+echo "echo-ratio-4KiB: $(med ef.rate)  (rounds: $(rounds_of ef.rate))"
+echo "echo-cpu-ratio-4KiB: $(med ef.cpu)  (rounds: $(rounds_of ef.cpu))"
+echo "echo-ratio: $r64  (echo.lua's rate / the floor's, 64 B; rounds: $s64)"
+echo "echo-cpu-ratio: $c64  (the floor's CPU per round trip / echo.lua's, 64 B; target >= 0.8; rounds: $cs64)"
+if [ "$cq" = 1 ]; then
+  echo "echo-vs-cqueues-ratio-4KiB: $(med ec.rate)  (rounds: $(rounds_of ec.rate))"
+  echo "echo-vs-cqueues-cpu-ratio-4KiB: $(med ec.cpu)  (rounds: $(rounds_of ec.cpu))"
+  echo "echo-vs-cqueues-ratio: $q64  (echo.lua's rate / cqueues', 64 B; rounds: $qs64)"
+  echo "echo-vs-cqueues-cpu-ratio: $qc64  (cqueues' CPU per round trip / echo.lua's, 64 B; target > 1; rounds: $qcs64)"
+fi
 
 # By connection count (issue 10): where the working set leaves the cache.
-# Fewer rounds (BENCH_SCALE_ROUNDS, default 3) per count; each row gives
-# the medians and both ratios, rate and CPU.
-scale_rounds=${BENCH_SCALE_ROUNDS:-3}
-for conns in 50 500 1000 10000; do
+# The 50-connection rows are the headline's; the others take
+# BENCH_SCALE_ROUNDS rounds each.
+echo "$rows"
+for conns in 500 1000 10000; do
   for size in 64 4096; do
-    saved=$rounds; rounds=$scale_rounds
-    compare "$size" "x"; rounds=$saved
-    f=$(median "${fs_seen[@]}"); m=$(median "${ms_seen[@]}")
-    echo "conns-$conns-size-$size: floor $f echo.lua $m ratio $ratio cpu-ratio $cpu_ratio"
+    compare "$conns" "$size" "$scale_rounds"
+    row "$conns" "$size"
   done
 done
-conns=50
 
-# Latency, one connection and fifty: percentiles of every round trip.
-for conns in 1 50; do
-  for who in floor:26101 echo.lua:26102; do
-    "$build/bench/loadgen" tcp "${who#*:}" "$conns" 64 "$secs" |
-      sed -n "s/^latency-us-/latency-${who%%:*}-$conns-conns-/p"
-  done
+# Latency: one connection here, fifty from the headline's 64 B rounds.
+compare 1 64 "$latency_rounds"
+latency 1
+echo "$lat50"
+
+# Resident memory per idle connection: a fresh server of each kind (one
+# that served before keeps freed memory to reuse, which would hide the
+# cost), BENCH_IDLE_CONNS connections that each made one round trip, the
+# server's VmRSS before and after.
+for w in "${servers[@]}"; do
+  case $w in
+    floor) start idle-floor "$build/bench/echo_floor" 0 ;;
+    echo.lua) start idle-echo.lua "$build/market" "$src/examples/echo.lua" 0 20000 ;;
+    cqueues) start idle-cqueues lua5.4 "$src/bench/echo_cqueues.lua" 0 ;;
+  esac
+  out=$("$build/bench/loadgen" idle "${port[idle-$w]}" "$idle_conns" "${pid[idle-$w]}") ||
+    echo "bench/echo: idle $w: $(sed -n 's/^ready: //p' <<<"$out") of $idle_conns served" >&2
+  note=""
+  [ "$w" = echo.lua ] && note="; target <= 4096"
+  echo "idle-bytes-per-connection-$w: $(sed -n 's/^idle-bytes-per-connection: //p' <<<"$out")  (resident, $idle_conns idle connections$note)"
+  stop "idle-$w"
 done
-conns=50
-
-# 10,000 concurrent connections held and served (each does round trips).
-"$build/bench/loadgen" tcp 26102 10000 64 $((secs * 4)) | sed 's/^/10k-connections-/'
 
 if [ -f "$src/examples/dns.lua" ]; then
-  "$build/market" "$src/examples/dns.lua" 26103 >/dev/null & pids+=($!)
-  sleep 0.5
-  "$build/bench/loadgen" dns 26103 32 "$secs" www.example.test | sed 's/^/dns-/'
+  start dns "$build/market" "$src/examples/dns.lua" 0
+  "$build/bench/loadgen" dns "${port[dns]}" 32 "$secs" www.example.test | sed 's/^/dns-/'
   # A query's round trip while four clients stream empty TCP frames at the
   # server (one query in flight, so 1000 / rate is the mean in ms): the
   # latency tcp_abuse_spec does not time.
   if command -v socat >/dev/null; then
-    for _ in 1 2 3 4; do socat -u OPEN:/dev/zero TCP:127.0.0.1:26103 & pids+=($!); done
+    for _ in 1 2 3 4; do socat -u OPEN:/dev/zero "TCP:127.0.0.1:${port[dns]}" & pids+=($!); done
     sleep 0.5
-    "$build/bench/loadgen" dns 26103 1 "$secs" www.example.test | awk '/queries-per-second/ {
+    "$build/bench/loadgen" dns "${port[dns]}" 1 "$secs" www.example.test | awk '/queries-per-second/ {
       printf "dns-under-flood-ms: %.2f  (mean round trip; four clients streaming empty TCP frames)\n",
         ($2 > 0) ? 1000 / $2 : -1 }'
   fi

@@ -1,6 +1,10 @@
 /*
 ** echo_floor.c: the floor for bench/echo: a plain single-threaded libev
-** TCP echo server, as lean as such a server gets.  usage: echo_floor PORT
+** TCP echo server, as lean as such a server gets.
+**
+**   echo_floor [PORT]    (default 5998; 0: the kernel picks)
+**
+** Prints "echo_floor: listening on port N" on stderr once it listens.
 */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -78,6 +82,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
 
 int main(int argc, char **argv) {
   struct sockaddr_in a;
+  socklen_t alen = sizeof a;
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
   struct ev_loop *loop = ev_default_loop(0);
   ev_io acc;
@@ -86,10 +91,12 @@ int main(int argc, char **argv) {
   a.sin_port = htons((uint16_t)(argc > 1 ? atoi(argv[1]) : 5998));
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 4096) < 0) {
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 4096) < 0 ||
+      getsockname(fd, (struct sockaddr *)&a, &alen) < 0) {
     perror("echo_floor");
     return 1;
   }
+  fprintf(stderr, "echo_floor: listening on port %d\n", ntohs(a.sin_port));
   ev_io_init(&acc, on_accept, fd, EV_READ);
   ev_io_start(loop, &acc);
   ev_run(loop, 0);

@@ -9,8 +9,10 @@
 -- subscriber endpoints on non-matching topics, their ratio
 -- (route-scaling-ratio), the same with the activation budget off (what the
 -- budget costs: budget-cost-ratio, docs/limits.md), idle memory per process
--- for 100,000 Lua processes with one endpoint each, the spawn rate, and the
--- spawn rate sustained over ten waves of spawns and kills in one VM.
+-- for 100,000 Lua processes with one endpoint each, handler-style and
+-- straight-line waiting in market.yield(), the spawn rate, the spawn rate
+-- sustained over ten waves of spawns and kills in one VM, and the CPU time
+-- per presence and absence event (docs/performance.md).
 local market = require "market"
 local _ = market._
 local N = tonumber(arg and arg[1]) or 2000000
@@ -68,21 +70,22 @@ local function rss_kib()
   return res * 4
 end
 
-local function processes(n)
+-- spawn_many(n, boot, ready): spawns n processes running boot in a fresh
+-- ground VM and lets them run until ready() is true (default: until every
+-- boot has run).  Returns the heap (market.memory) and resident bytes per
+-- process once they are all there, the rate of spawns with their boots,
+-- and the rate of spawn actions alone.
+local function spawn_many(n, boot, ready)
   local per, per_rss, rate, created
   market.ground_vm(function()
     collectgarbage()
     collectgarbage()
     local before, before_heap = rss_kib(), market.memory()
     local t0 = wall()
-    local boot = function(pid)
-      return market.transition(nil, market.subscriber(other(pid, _, _), { name = "in",
-        on_message = function() end }))
-    end
     local spawn = market.spawn(boot)
     for _ = 1, n do market.perform(spawn) end
     local tspawned = wall()   -- n processes exist, none has booted yet
-    market.pause()            -- every process has booted and added its endpoint
+    repeat market.pause() until not ready or ready()
     local t1 = wall()
     created = n / (tspawned - t0)
     collectgarbage()
@@ -93,6 +96,106 @@ local function processes(n)
   end, { max_activation = 0 })     -- as in waves()
   assert(rate, "the spawn run did not finish")
   return per, per_rss, rate, created
+end
+
+-- Handler-style processes with one endpoint each.
+local function processes(n)
+  return spawn_many(n, function(pid)
+    return market.transition(nil, market.subscriber(other(pid, _, _), { name = "in",
+      on_message = function() end }))
+  end)
+end
+
+-- Straight-line processes, each with one endpoint, suspended in
+-- market.yield() waiting for a message that never comes (issue 10:
+-- at most 2 KiB each).  Ready once every one has reached its yield.
+local function waiting(n)
+  local suspended = 0
+  local per, per_rss = spawn_many(n, function(pid)
+    market.perform(market.subscriber(other(pid, _, _), { name = "in" }))
+    suspended = suspended + 1
+    market.yield()
+  end, function() return suspended == n end)
+  return per, per_rss
+end
+
+-- Presence and absence (issue 10: at most 1 µs per event delivered).
+-- n subscriber processes, each with an on_presence and an on_absence
+-- handler that count, then one publisher whose topic they all match
+-- appears: CPU time from its spawn until the n-th subscriber's on_presence
+-- ran, per event.  Then the publisher is killed: the same until the n-th
+-- on_absence.  Both times include the publisher's side (its own n
+-- presence events if the runtime delivers them) and the kill itself.
+--
+-- With stop ("setup", "appear" or "leave"), the program exits right after
+-- that stage, without the VM's teardown: bench/callgrind.sh counts the
+-- instructions of each stage as the difference of two such runs.
+local feed = market.record("bench-feed", "channel", "item")
+local function exit_at(stop, stage) if stop == stage then os.exit(0) end end
+
+local function presence(n, stop)
+  local seen, gone, t0, t1, t2, t3 = 0, 0, 0, 0, 0, 0
+  local ok, err = market.ground_vm(function()
+    local spawn = market.spawn(function()
+      return market.transition(nil, market.subscriber(feed("news", _), { name = "in",
+        on_presence = function()
+          seen = seen + 1
+          if seen == n then t1 = wall() end
+        end,
+        on_absence = function()
+          gone = gone + 1
+          if gone == n then t3 = wall() end
+        end }))
+    end)
+    for _ = 1, n do market.perform(spawn) end
+    market.pause()            -- every subscriber has its endpoint
+    exit_at(stop, "setup")
+    t0 = wall()
+    local pid = market.perform(market.spawn(function()
+      return market.transition(nil, market.publisher(feed("news", _), { name = "out" }))
+    end))
+    repeat market.pause() until seen == n
+    exit_at(stop, "appear")
+    t2 = wall()
+    market.perform(market.quit(pid))
+    repeat market.pause() until gone == n
+    exit_at(stop, "leave")
+  end, { max_activation = 0 })
+  assert(ok, err)
+  assert(seen == n and gone == n, ("presence %d, absence %d of %d"):format(seen, gone, n))
+  return (t1 - t0) / n * 1e6, (t3 - t2) / n * 1e6
+end
+
+-- n processes, each holding one endpoint, and one observer of them all
+-- counting absences; then all n are killed: CPU time from the first kill
+-- until the observer's n-th on_absence ran, per event.  stop: "setup" or
+-- "killed", as for presence.
+local function absence(n, stop)
+  local present, gone, t0, t1 = 0, 0, 0, 0
+  local ok, err = market.ground_vm(function()
+    local pids = {}
+    local spawn = market.spawn(function(pid)
+      return market.transition(nil, market.publisher(feed("item", pid), { name = "out" }))
+    end)
+    for i = 1, n do pids[i] = market.perform(spawn) end
+    market.perform(market.spawn(function()
+      return market.transition(nil, market.observe_publishers(feed("item", _), { name = "all",
+        on_presence = function() present = present + 1 end,
+        on_absence = function()
+          gone = gone + 1
+          if gone == n then t1 = wall() end
+        end }))
+    end))
+    repeat market.pause() until present == n
+    exit_at(stop, "setup")
+    t0 = wall()
+    for i = 1, n do market.perform(market.quit(pids[i])) end
+    repeat market.pause() until gone == n
+    exit_at(stop, "killed")
+  end, { max_activation = 0 })
+  assert(ok, err)
+  assert(gone == n, ("absence %d of %d"):format(gone, n))
+  return (t1 - t0) / n * 1e6
 end
 
 -- Sustained spawning: `waves` waves in one long-lived VM, each spawning n
@@ -123,6 +226,34 @@ local function waves(n, count)
   return (rates[count // 2] + rates[count // 2 + 1]) / 2, rates[1]
 end
 
+-- The memory figures come from a fresh interpreter each (this script run
+-- as `route.lua --fresh WHAT`): in this one, the runs before have freed
+-- memory that the allocator keeps and hands out again, so the resident
+-- size would hardly grow (the heap figures, counted by the allocator,
+-- would not change).
+if arg and arg[1] == "--fresh" then
+  local run = ({ processes = processes, waiting = waiting })[arg[2]]
+  print(run(100000))
+  os.exit(0)
+end
+-- route.lua --stage presence-STOP|absence-STOP N (bench/callgrind.sh).
+if arg and arg[1] == "--stage" then
+  local kind, stop = arg[2]:match("^(%a+)-(%a+)$")
+  local run = ({ presence = presence, absence = absence })[kind]
+  assert(run, "bench/route: no stage " .. arg[2])
+  run(assert(math.tointeger(tonumber(arg[3])), "bench/route: --stage NAME N"), stop)
+  error("bench/route: no stage " .. arg[2])
+end
+local function fresh(what)
+  local function quote(s) return "'" .. s:gsub("'", [['\'']]) .. "'" end
+  local f = assert(io.popen(("%s %s --fresh %s"):format(quote(arg[-1]), quote(arg[0]), what)))
+  local out = f:read("a")
+  assert(f:close(), "bench/route: the fresh " .. what .. " run failed")
+  local t = {}
+  for v in out:gmatch("%S+") do t[#t + 1] = tonumber(v) end
+  return table.unpack(t)
+end
+
 -- With and without the budget, interleaved, the best of three each: the
 -- two differ by less than the machine's noise, which is the point.
 local base, unbudgeted = 0, 0
@@ -136,10 +267,27 @@ print(("messages-per-second-with-100k-endpoints: %.0f"):format(crowd))
 print(("route-scaling-ratio: %.3f  (target <= 1.5)"):format(base / crowd))
 print(("messages-per-second-without-budget: %.0f"):format(unbudgeted))
 print(("budget-cost-ratio: %.3f  (without / with the activation budget; 1.0: free)"):format(unbudgeted / base))
-local per, per_rss, rate, created = processes(100000)
+local per, per_rss, rate, created = fresh("processes")
 print(("idle-bytes-per-process: %.0f  (heap in use; target <= 1024)"):format(per))
 print(("idle-rss-bytes-per-process: %.0f  (resident, allocator slack included)"):format(per_rss))
 print(("spawns-per-second: %.0f  (spawned and booted, each adding its endpoint; target >= 300000)"):format(rate))
 print(("spawn-actions-per-second: %.0f  (processes created, before their boot runs)"):format(created))
+local wper, wper_rss = fresh("waiting")
+print(("waiting-bytes-per-process: %.0f  (heap in use; straight-line, suspended in market.yield(); target <= 2048)"):format(wper))
+print(("waiting-rss-bytes-per-process: %.0f  (resident, allocator slack included)"):format(wper_rss))
 local median, slowest = waves(100000, 10)
 print(("spawns-per-second-sustained: %.0f  (median of ten waves of 100,000 spawns then kills in one VM; slowest %.0f; target >= 300000)"):format(median, slowest))
+-- Each the median of five runs, each in a fresh VM (a run takes a
+-- fraction of a second).
+local function median5(f)
+  local a, b = {}, {}
+  for i = 1, 5 do a[i], b[i] = f() end
+  table.sort(a)
+  if b[1] then table.sort(b) end
+  return a[3], b[3]
+end
+local appear, leave = median5(function() return presence(10000) end)
+local killed = median5(function() return absence(10000) end)
+print(("presence-us-per-event: %.3f  (10k subscribers, one publisher appears; target <= 1)"):format(appear))
+print(("absence-us-per-event: %.3f  (10k processes killed, one observer; target <= 1)"):format(killed))
+print(("publisher-absence-us-per-event: %.3f  (10k subscribers, their one publisher is killed; target <= 1)"):format(leave))
