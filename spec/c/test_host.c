@@ -508,7 +508,9 @@ static int l_raise_term(lua_State *L) {
 }
 
 /* The boot process watches for the stop (in mode "again" it signals again
-** when the stop begins, or in mode "quit" it quits, which ends its work);
+** 150 ms after the stop begins: sooner, the same signal from the same
+** sender is taken for one sent twice; in mode "quit" it quits, which ends
+** its work);
 ** pid 2 holds work: a publisher 'job' and an alarm 10 s ahead; pid 3 notes
 ** why 'job' went. */
 static const char stop_script[] =
@@ -524,7 +526,8 @@ static const char stop_script[] =
   "return market.transition(nil, market.subscriber(alarm),\n"
   "  market.subscriber(market.ground.stopping(market._), { on_presence = function(_, role)\n"
   "    note(('stopping, %d ms left'):format(role.topic.deadline_ms - math.floor(market.now())))\n"
-  "    if mode == 'again' then raise_term() end\n"
+  "    if mode == 'again' then return market.transition_no_state(market.subscriber(\n"
+  "      market.ground.alarm(math.floor(market.now()) + 150), { on_message = raise_term })) end\n"
   "    if mode == 'quit' then return market.transition_no_state(market.quit(2), market.quit()) end\n"
   "  end }))\n";
 
