@@ -20,9 +20,8 @@
 #define U_KIND        lua_upvalueindex(4)   /* "kind" */
 #define U_SEND        lua_upvalueindex(5)   /* "send" */
 #define U_BODY        lua_upvalueindex(6)   /* "body" */
-#define U_STATE       lua_upvalueindex(7)   /* "state" */
-#define U_BOXMT       lua_upvalueindex(8)   /* the term box metatable */
-#define NUPVALUES     8
+#define U_BOXMT       lua_upvalueindex(7)   /* the term box metatable */
+#define NUPVALUES     7
 
 /* Is the value at idx a full userdata whose metatable is the one at
 ** upvalue mt?  (A table may borrow these metatables with setmetatable;
@@ -176,9 +175,8 @@ static int f_apply(lua_State *L) {
   lua_settop(L, 2);
   t = lua_touserdata(L, 2);
   if (!t->keep) {
-    lua_pushvalue(L, U_STATE);
     lua_getiuservalue(L, 2, 1);
-    lua_rawset(L, 1);
+    lua_rawseti(L, 1, MKL_CTX_STATE);
   }
   p = mkl_current(L);
   for (i = 0; i < t->n; i++) {
@@ -281,7 +279,6 @@ static int c_fastpath(lua_State *L) {
   lua_pushliteral(L, "kind");
   lua_pushliteral(L, "send");
   lua_pushliteral(L, "body");
-  lua_pushliteral(L, "state");
   mkl_pushboxmt(L);
   luaL_setfuncs(L, funcs, NUPVALUES);
   lua_getfield(L, -1, "__index");

@@ -181,9 +181,22 @@ function M.is_transition(v) return getmetatable(v) == Transition and type(v) == 
 
 local perform
 
--- ctx[field][level], a table made when first needed: ctx.metas (the
--- handlers of endpoints `level` VMs up), ctx.gone (those kept for deleted
--- endpoints' own absences).
+-- A process's context, ctx, is one table (made by lproc.c at spawn): the
+-- handler tables of its endpoints (level 0) under their names, which are
+-- strings, and everything else under the integer keys below, made when
+-- first needed.  One table rather than a context holding an endpoint
+-- table: every table a process keeps is the collector's work for as long
+-- as it lives (issue 10).  STATE (lproc.c, laction.c) holds the state,
+-- and the boot function until the boot event.
+local STATE = core.CTX_STATE
+local METAS = core.CTX_METAS -- [level]: the handlers of endpoints `level` VMs up
+local GONE = METAS + 1      -- [level]: those kept for deleted endpoints' own absences
+local CONTS = METAS + 2     -- continuations by id, and the last id given
+local NEXTCONT = METAS + 3
+local ANON = METAS + 4      -- anonymous endpoints named so far
+local BACKLOG = METAS + 5   -- events kept for market.yield()
+
+-- ctx[field][level], a table made when first needed (METAS, GONE).
 local function per_level(ctx, field, level)
   local t = ctx[field]
   if not t then t = {}; ctx[field] = t end
@@ -199,15 +212,15 @@ local function at_level(ctx, field, level)
 end
 
 local function endpoints_at(ctx, level)
-  if level == 0 then return ctx.eps end
-  return per_level(ctx, "metas", level)
+  if level == 0 then return ctx end
+  return per_level(ctx, METAS, level)
 end
 
 local function register_cont(ctx, k)
-  local id = (ctx.nextcont or 0) + 1
-  ctx.nextcont = id
-  local conts = ctx.conts
-  if not conts then conts = {}; ctx.conts = conts end
+  local id = (ctx[NEXTCONT] or 0) + 1
+  ctx[NEXTCONT] = id
+  local conts = ctx[CONTS]
+  if not conts then conts = {}; ctx[CONTS] = conts end
   conts[id] = k
   return id
 end
@@ -221,8 +234,8 @@ local function perform_one(ctx, a, level)
   elseif kind == "add" then
     local name = a.name
     if name == nil then
-      local n = (ctx.anon or 0) + 1
-      ctx.anon = n
+      local n = (ctx[ANON] or 0) + 1
+      ctx[ANON] = n
       name = "#" .. n
     end
     local h = a.handlers
@@ -237,7 +250,7 @@ local function perform_one(ctx, a, level)
     -- it could see, after this handler; its on_absence is kept aside for
     -- them until DELETED says they are all in (dispatch).
     if core.delete(name, a.reason, level) and h and h.on_absence then
-      local g = per_level(ctx, "gone", level)
+      local g = per_level(ctx, GONE, level)
       local kept = g[name]
       if kept then kept.h, kept.n = h, kept.n + 1 else g[name] = { h = h, n = 1 } end
     end
@@ -329,13 +342,13 @@ end
 
 -- The handler tables of the endpoints at a level, if any.
 local function handlers_at(ctx, level)
-  if level == 0 then return ctx.eps end
-  return at_level(ctx, "metas", level)
+  if level == 0 then return ctx end
+  return at_level(ctx, METAS, level)
 end
 
 -- The handlers kept for a deleted endpoint's own absences (perform_one).
 local function kept(ctx, level, name)
-  local g = at_level(ctx, "gone", level)
+  local g = at_level(ctx, GONE, level)
   return g and g[name], g
 end
 
@@ -346,7 +359,7 @@ local function dispatch(ctx, kind, a, b, c, d, e, f, g)
     local h = eps and eps[a]
     local fn = h and h.on_message
     if not fn then return false end
-    apply(ctx, fn(ctx.state, c, a))
+    apply(ctx, fn(ctx[STATE], c, a))
     return true
   elseif g then
     -- A deleted endpoint's own absence goes to its on_absence only, with
@@ -354,7 +367,7 @@ local function dispatch(ctx, kind, a, b, c, d, e, f, g)
     -- market.yield() never sees one (it would pile up in wait_for's
     -- backlog, a timer.sleep at a time).
     local k = kept(ctx, b, a)
-    if k then apply(ctx, k.h.on_absence(ctx.state, role(c, d, e), f, a, true)) end
+    if k then apply(ctx, k.h.on_absence(ctx[STATE], role(c, d, e), f, a, true)) end
     return true
   elseif kind == DELETED then
     local k, level = kept(ctx, b, a)
@@ -369,17 +382,18 @@ local function dispatch(ctx, kind, a, b, c, d, e, f, g)
     if not h then return true end          -- endpoint gone: nobody to tell
     if kind == PRESENCE then
       if not h.on_presence then return false end
-      apply(ctx, h.on_presence(ctx.state, role(c, d, e), a))
+      apply(ctx, h.on_presence(ctx[STATE], role(c, d, e), a))
     else
       if not h.on_absence then return false end
-      apply(ctx, h.on_absence(ctx.state, role(c, d, e), f, a))
+      apply(ctx, h.on_absence(ctx[STATE], role(c, d, e), f, a))
     end
     return true
   elseif kind == SPAWNED or kind == RESUME then
-    local k = ctx.conts and ctx.conts[a]
-    if k then ctx.conts[a] = nil end
+    local conts = ctx[CONTS]
+    local k = conts and conts[a]
+    if k then conts[a] = nil end
     if k then
-      if kind == SPAWNED then apply(ctx, k(ctx.state, b)) else apply(ctx, k(ctx.state)) end
+      if kind == SPAWNED then apply(ctx, k(ctx[STATE], b)) else apply(ctx, k(ctx[STATE])) end
     end
     return true
   end
@@ -405,7 +419,7 @@ function M.yield(k)
     return action { kind = "yield", k = k }
   end
   local ctx = current("yield")
-  local backlog = ctx.backlog
+  local backlog = ctx[BACKLOG]
   if backlog and backlog.first <= backlog.last then
     local ev = backlog[backlog.first]
     backlog[backlog.first] = nil
@@ -424,8 +438,8 @@ end
 -- pred(event) is true and returns it; the events passed over meanwhile are
 -- kept, in order, for the next market.yield() calls.
 local function keep(ctx, ev)
-  local backlog = ctx.backlog
-  if not backlog then backlog = { first = 1, last = 0 }; ctx.backlog = backlog end
+  local backlog = ctx[BACKLOG]
+  if not backlog then backlog = { first = 1, last = 0 }; ctx[BACKLOG] = backlog end
   backlog.last = backlog.last + 1
   backlog[backlog.last] = ev
 end
@@ -458,8 +472,8 @@ function M.pause()
 end
 
 -- The state of the running process (straight-line code may set it too).
-function M.state() return current("state").state end
-function M.set_state(s) current("set_state").state = s end
+function M.state() return current("state")[STATE] end
+function M.set_state(s) current("set_state")[STATE] = s end
 
 -- pid, name, VM path of the running process.
 function M.self() current("self"); return core.self() end
@@ -469,16 +483,15 @@ function M.self() current("self"); return core.self() end
 -- finds it idle.  Only straight-line code waiting in market.yield() keeps
 -- a coroutine between events.
 local function main(ctx, boot, pid)
-  ctx.eps = {}     -- metas, conts, anon, backlog: made when first needed
   apply(ctx, boot(pid))
 end
 
 local function activate(ctx, kind, a, b, c, d, e, f, g)
   -- A message at level 0: straight to its handler.
   if kind == MESSAGE and b == 0 then
-    local h = ctx.eps[a]
+    local h = ctx[a]
     local fn = h and h.on_message
-    if fn then return apply(ctx, fn(ctx.state, c, a)) end
+    if fn then return apply(ctx, fn(ctx[STATE], c, a)) end
     return
   end
   dispatch(ctx, kind, a, b, c, d, e, f, g)
