@@ -116,34 +116,12 @@ function M.quit(pid, reason)
                   reason = reason ~= nil and term(reason, "market.quit: reason") or nil }
 end
 
-local HANDLER_KEYS = { on_presence = true, on_absence = true, on_message = true,
-                       name = true }
-
+-- The endpoint constructors are made in C (lua/laction.c): one runs for
+-- every endpoint a process adds.  A process without handlers, or with only
+-- a name, shares this table (market.lua never writes into handler tables).
+local NO_HANDLERS = {}
 local function endpoint(fname, orientation, interest)
-  return function(...)
-    -- Count the varargs: a named parameter would always count as given.
-    if select("#", ...) == 0 then error("market." .. fname .. ": a topic is required", 2) end
-    local topic, handlers = ...
-    local t = term(topic, "market." .. fname .. ": topic")
-    if handlers == nil then handlers = {}
-    elseif type(handlers) == "string" then handlers = { name = handlers }
-    elseif type(handlers) ~= "table" then
-      error("market." .. fname .. ": handlers must be a table, got " .. type(handlers), 2)
-    end
-    for k, v in pairs(handlers) do
-      if not HANDLER_KEYS[k] then
-        error("market." .. fname .. ": unknown handler key '" .. tostring(k) .. "'", 2)
-      elseif k ~= "name" and type(v) ~= "function" then
-        error("market." .. fname .. ": handler " .. k .. " is not a function", 2)
-      end
-    end
-    local name = handlers.name
-    if name ~= nil and type(name) ~= "string" then
-      error("market." .. fname .. ": endpoint name must be a string", 2)
-    end
-    return action { kind = "add", name = name, orientation = orientation,
-                    interest = interest, topic = t, handlers = handlers }
-  end
+  return fast.endpoint("market." .. fname, orientation, interest, NO_HANDLERS)
 end
 
 M.publisher = endpoint("publisher", PUB, PARTICIPANT)

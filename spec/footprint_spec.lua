@@ -11,13 +11,11 @@ local H = require "helpers"
 local N = 2000
 
 -- Lua heap bytes per process: live while N processes sit idle, each with
--- one endpoint (after a full collection), and made by their spawns and
--- boots (with the collector stopped).
-local function footprint()
+-- the endpoint its boot adds (after a full collection), and made by their
+-- spawns and boots (with the collector stopped).
+local function footprint(boot)
   local live, made
-  local handlers = { name = "in", on_message = function() end }
-  local add = market.subscriber("footprint", handlers)
-  local spawn = market.spawn(function() return market.transition(nil, add) end)
+  local spawn = market.spawn(boot)
   H.ground(function()
     collectgarbage()
     collectgarbage()
@@ -39,7 +37,16 @@ describe("per-process footprint", function()
   it("an idle handler process keeps one table of the runtime's, its context", function()
     -- The context holds the state and the endpoints' handler tables; with
     -- a separate endpoint table each process kept two (about 180 bytes).
-    local live = footprint()
+    local add = market.subscriber("footprint", { name = "in", on_message = function() end })
+    local live = footprint(function() return market.transition(nil, add) end)
+    assert.is_true(live < 150, ("%.0f bytes of Lua heap per idle process"):format(live))
+  end)
+
+  it("an endpoint given only a name keeps no handler table", function()
+    -- Each kept a table { name = name } (about 190 bytes with the context).
+    local live = footprint(function()
+      return market.transition(nil, market.subscriber("footprint", "in"))
+    end)
     assert.is_true(live < 150, ("%.0f bytes of Lua heap per idle process"):format(live))
   end)
 end)
