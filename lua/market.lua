@@ -27,8 +27,28 @@ local _ = M._
 -- ---- actions -------------------------------------------------------------
 
 local Action = { __name = "market.action" }
-Action.__index = Action
 function Action.__tostring(a) return "action " .. a.kind end
+
+-- The actions made for every process (add, spawn, quit, delete) keep their
+-- fields after kind by position, in the table's array part (a hash part
+-- takes 24 bytes a field, against 16, and rounds up to a power of two),
+-- and read by name too.  A field not given is false, not nil, so that perform_one's
+-- reads never reach this metamethod; none of them can be false otherwise
+-- (a false reason means none), except a topic, which is never left out.
+local FIELDS = {
+  add = { name = 1, orientation = 2, interest = 3, topic = 4, handlers = 5 },
+  spawn = { boot = 1, name = 2, k = 3, nested = 4, budget = 5 },
+  quit = { pid = 1, reason = 2 },
+  delete = { name = 1, reason = 2 },
+}
+function Action.__index(a, k)
+  local fields = FIELDS[rawget(a, "kind")]
+  local i = fields and fields[k]
+  if not i then return Action[k] end
+  local v = rawget(a, i)
+  if v == false and k ~= "topic" then return nil end
+  return v
+end
 
 -- A send is a userdata of its own (lua/laction.c), reading as an action.
 local SendAction = { __name = "market.action" }
@@ -74,8 +94,9 @@ local function check_budget(ms, fname, level)
   return ms
 end
 
+local NO_OPTS = {}
 local function check_opts(opts, fname)
-  if opts == nil then return {} end
+  if opts == nil then return NO_OPTS end
   if type(opts) == "string" then return { name = opts } end
   if type(opts) ~= "table" then
     error(fname .. ": options must be a table or a name, got " .. type(opts), 3)
@@ -94,7 +115,7 @@ function M.spawn(boot, opts)
     error("market.spawn: the boot argument must be a function, got " .. type(boot), 2)
   end
   opts = check_opts(opts, "market.spawn")
-  return action { kind = "spawn", boot = boot, name = opts.name, k = opts.k }
+  return action { boot, opts.name or false, opts.k or false, false, false, kind = "spawn" }
 end
 
 -- nested_vm(boot [, opts]): spawn a VM whose first process runs boot.
@@ -103,8 +124,8 @@ function M.nested_vm(boot, opts)
     error("market.nested_vm: the boot argument must be a function, got " .. type(boot), 2)
   end
   opts = check_opts(opts, "market.nested_vm")
-  return action { kind = "spawn", boot = boot, name = opts.name or "nested-vm",
-                  k = opts.k, nested = true, budget = opts.max_activation }
+  return action { boot, opts.name or "nested-vm", opts.k or false, true,
+                  opts.max_activation or false, kind = "spawn" }
 end
 
 -- quit([pid [, reason]]): quit this process, or kill pid.
@@ -112,8 +133,8 @@ function M.quit(pid, reason)
   if pid ~= nil and math.type(pid) ~= "integer" then
     error("market.quit: pid must be an integer or nil", 2)
   end
-  return action { kind = "quit", pid = pid,
-                  reason = reason ~= nil and term(reason, "market.quit: reason") or nil }
+  return action { pid or false, reason ~= nil and term(reason, "market.quit: reason") or false,
+                  kind = "quit" }
 end
 
 -- The endpoint constructors are made in C (lua/laction.c): one runs for
@@ -134,8 +155,9 @@ M.observe_publishers_everything = endpoint("observe_publishers_everything", SUB,
 
 function M.delete_endpoint(name, reason)
   if type(name) ~= "string" then error("market.delete_endpoint: name must be a string", 2) end
-  return action { kind = "delete", name = name,
-                  reason = reason ~= nil and term(reason, "market.delete_endpoint: reason") or nil }
+  return action { name,
+                  reason ~= nil and term(reason, "market.delete_endpoint: reason") or false,
+                  kind = "delete" }
 end
 
 function M.at_meta_level(...)
@@ -210,24 +232,25 @@ local function perform_one(ctx, a, level)
   if kind == "send" then
     csend(a.body, level)
   elseif kind == "add" then
-    local name = a.name
-    if name == nil then
+    -- Its fields by position (FIELDS; laction.c, f_addendpoint).
+    local name = a[1]
+    if not name then
       local n = (ctx[ANON] or 0) + 1
       ctx[ANON] = n
       name = "#" .. n
     end
-    local h = a.handlers
+    local h = a[5]
     endpoints_at(ctx, level)[name] = h
     -- Which handlers exist, for C to skip events nobody takes (lproc.c).
-    core.add(name, a.orientation, a.interest, a.topic, level, handler_tag(h))
+    core.add(name, a[2], a[3], a[4], level, handler_tag(h))
   elseif kind == "delete" then
-    local eps, name = endpoints_at(ctx, level), a.name
+    local eps, name = endpoints_at(ctx, level), a[1]
     local h = eps[name]
     eps[name] = nil
     -- As in Marketplace, the endpoint hears its own absences, one per peer
     -- it could see, after this handler; its on_absence is kept aside for
     -- them until DELETED says they are all in (dispatch).
-    if core.delete(name, a.reason, level) and h and h.on_absence then
+    if core.delete(name, a[2] or nil, level) and h and h.on_absence then
       local g = per_level(ctx, GONE, level)
       local kept = g[name]
       if kept then kept.h, kept.n = h, kept.n + 1 else g[name] = { h = h, n = 1 } end
@@ -237,10 +260,10 @@ local function perform_one(ctx, a, level)
   elseif kind == "spawn" then
     local id = 0
     -- At meta level, k gets the new pid in the VM above (as in Marketplace).
-    if a.k then id = register_cont(ctx, a.k) end
-    return core.spawn(a.boot, a.name, id, level, a.nested, a.budget)
+    if a[3] then id = register_cont(ctx, a[3]) end
+    return core.spawn(a[1], a[2] or nil, id, level, a[4], a[5] or nil)
   elseif kind == "quit" then
-    return core.quit(a.pid, a.reason, level)
+    return core.quit(a[1] or nil, a[2] or nil, level)
   elseif kind == "yield" then
     if level > 0 then error("market.yield: cannot be performed at meta level", 0) end
     core.yield(register_cont(ctx, a.k))

@@ -49,4 +49,57 @@ describe("per-process footprint", function()
     end)
     assert.is_true(live < 150, ("%.0f bytes of Lua heap per idle process"):format(live))
   end)
+
+  it("a spawn whose boot adds one endpoint makes little garbage", function()
+    -- The context, the add action, the transition.  The add action had
+    -- its six fields in a hash part of eight nodes (about 425 bytes in
+    -- all); it keeps all but kind in its array part.
+    local _, made = footprint(function()
+      return market.transition(nil, market.subscriber("footprint", "in"))
+    end)
+    assert.is_true(made < 400, ("%.0f bytes of Lua heap made per spawn"):format(made))
+  end)
+
+  it("a spawn action and a quit action are small", function()
+    -- Lua heap bytes per action, kept (so none is collected meanwhile).
+    local keep = {}
+    local function bytes(make)
+      for i = 1, N do keep[i] = false end
+      collectgarbage()
+      collectgarbage("stop")
+      local before = collectgarbage("count")
+      for i = 1, N do keep[i] = make(i) end
+      local per = (collectgarbage("count") - before) * 1024 / N
+      collectgarbage("restart")
+      return per
+    end
+    local boot = function() end
+    -- With named fields in a hash part: 208 and 152 bytes.
+    local spawn = bytes(function() return market.spawn(boot) end)
+    local quit = bytes(function(pid) return market.quit(pid) end)
+    assert.is_true(spawn < 180, ("%.0f bytes per spawn action"):format(spawn))
+    assert.is_true(quit < 140, ("%.0f bytes per quit action"):format(quit))
+  end)
+
+  it("those actions still read by name", function()
+    local h = { name = "n", on_message = print }
+    local add = market.subscriber("t", h)
+    assert.same({ "add", "n", 1, 0, "t", h },
+                { add.kind, add.name, add.orientation, add.interest, add.topic, add.handlers })
+    local spawn = market.nested_vm(print, { name = "v", k = print, max_activation = 5 })
+    assert.same({ "spawn", print, "v", print, true, 5 },
+                { spawn.kind, spawn.boot, spawn.name, spawn.k, spawn.nested, spawn.budget })
+    local quit = market.quit(3, "why")
+    assert.same({ "quit", 3, "why" }, { quit.kind, quit.pid, quit.reason })
+    assert.is_nil(quit.name)
+    -- Fields not given read as nil, as before.
+    local bare = market.spawn(print)
+    assert.same({ "spawn", print }, { bare.kind, bare.boot, bare.name, bare.k, bare.nested })
+    local self = market.quit()
+    assert.is_nil(self.pid)
+    assert.is_nil(self.reason)
+    local del = market.delete_endpoint("n")
+    assert.same({ "delete", "n" }, { del.kind, del.name, del.reason })
+    assert.is_false(market.subscriber(false).topic)
+  end)
 end)

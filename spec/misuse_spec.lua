@@ -91,8 +91,13 @@ describe("constructing actions", function()
                    err_of(function() local _x = market.subscriber("x", hidden) end))
     assert.matches(THIS .. "market%.subscriber: unknown handler key '1'",
                    err_of(function() local _x = market.subscriber("x", { print }) end))
-    local named = setmetatable({}, { __index = { name = "inherited" } })
-    assert.equal("inherited", market.subscriber("x", named).name)
+    local log = H.log()
+    local named = setmetatable({}, { __index = { name = "inherited",
+      on_presence = function(_, _, ep) log("presence at %s", ep) end } })
+    H.ground(function()
+      market.perform(market.subscriber("x", named), market.publisher("x"))
+    end)
+    assert.same({ "presence at inherited" }, log.lines)
   end)
 
   it("other constructors check their arguments", function()
