@@ -11,6 +11,8 @@
 ** core.fastpath) in one C call each, and apply a transition's sends
 ** without going back to Lua.  Every other action stays in market.lua.
 */
+#include <string.h>
+
 #include "mkl.h"
 
 /* Upvalues of every closure made by core.fastpath, by index. */
@@ -20,8 +22,7 @@
 #define U_KIND        lua_upvalueindex(4)   /* "kind" */
 #define U_SEND        lua_upvalueindex(5)   /* "send" */
 #define U_BODY        lua_upvalueindex(6)   /* "body" */
-#define U_STATE       lua_upvalueindex(7)   /* "state" */
-#define NUPVALUES     7
+#define NUPVALUES     6
 
 /*
 ** Sends and transitions are userdata branded with the address of one of
@@ -188,9 +189,8 @@ static int f_apply(lua_State *L) {
   }
   lua_settop(L, 2);
   if (!t->keep) {
-    lua_pushvalue(L, U_STATE);
     lua_getiuservalue(L, 2, 1);
-    lua_rawset(L, 1);
+    lua_rawseti(L, 1, MKL_CTX_STATE);
   }
   p = mkl_current(L);
   for (i = 0; i < t->n; i++) {
@@ -301,16 +301,155 @@ static int f_handler_tag(lua_State *L) {
   return 1;
 }
 
+/* ---- endpoint constructors ---------------------------------------------- */
+
+/*
+** market.subscriber and its kin run once for every endpoint a process adds,
+** so on every spawn of a handler process.  In Lua they were a third of a
+** spawn's instructions: the varargs count, type() (which interns its
+** answer each time), pairs over the handler table, the action table.  The
+** same checks in C, with the same messages at the caller's line (luaL_error
+** names the caller of a C function, as error(msg, 2) does in Lua).
+*/
+
+/* Upvalues of an endpoint constructor, by index. */
+#define E_ACTION      lua_upvalueindex(1)   /* market.lua's Action metatable */
+#define E_FNAME       lua_upvalueindex(2)   /* "market.subscriber", for errors */
+#define E_ORIENTATION lua_upvalueindex(3)
+#define E_INTEREST    lua_upvalueindex(4)
+#define E_NOHANDLERS  lua_upvalueindex(5)   /* the table shared by endpoints without one */
+
+/* Check one entry (key k, value v) of a handler table. */
+static void checkhandler(lua_State *L, int k, int v) {
+  static const char *const keys[] = {"on_message", "on_presence", "on_absence", "name"};
+  const char *fname = lua_tostring(L, E_FNAME), *key;
+  size_t n, i = 4;               /* 4: not a handler key */
+  if (lua_type(L, k) == LUA_TSTRING) {
+    key = lua_tolstring(L, k, &n);
+    for (i = 0; i < 4; i++)
+      if (strlen(keys[i]) == n && memcmp(keys[i], key, n) == 0) break;
+  }
+  if (i >= 4) {
+    lua_pushvalue(L, k);       /* luaL_tolstring may call __tostring */
+    luaL_error(L, "%s: unknown handler key '%s'", fname, luaL_tolstring(L, -1, NULL));
+  }
+  if (i < 3 && lua_type(L, v) != LUA_TFUNCTION)
+    luaL_error(L, "%s: handler %s is not a function", fname, keys[i]);
+}
+
+/* Check every entry of the handler table at index 2, as pairs() sees them
+** (a __pairs metamethod included). */
+static void checkhandlers(lua_State *L) {
+  if (luaL_getmetafield(L, 2, "__pairs") == LUA_TNIL) {
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+      checkhandler(L, -2, -1);
+      lua_pop(L, 1);
+    }
+    return;
+  }
+  lua_pushvalue(L, 2);
+  lua_call(L, 1, 3);                  /* iterator, its state, the control */
+  for (;;) {
+    lua_pushvalue(L, -3);
+    lua_pushvalue(L, -3);
+    lua_pushvalue(L, -3);
+    lua_call(L, 2, 2);                /* key, value */
+    if (lua_isnil(L, -2)) break;
+    checkhandler(L, -2, -1);
+    lua_pop(L, 1);
+    lua_replace(L, -2);               /* the key is the next control */
+  }
+  lua_pop(L, 5);
+}
+
+/* market.subscriber(topic [, handlers | name]) and its kin: the action
+** {kind = "add", name, orientation, interest, topic, handlers}, its fields
+** after kind by position: a table with six named fields has a hash part of
+** eight nodes (248 bytes in all, made and dropped for every endpoint
+** added); one with five in its array part and kind in the hash, 160.
+** The topic is a term as it is (an atom or a box), else converted into a
+** box; handlers is a table of on_message, on_presence, on_absence and
+** name, or just the name. */
+static int f_addendpoint(lua_State *L) {
+  static const int fields[] = {3, E_ORIENTATION, E_INTEREST, 1, 2};
+  const char *fname = lua_tostring(L, E_FNAME);
+  int nargs = lua_gettop(L), t, i;
+  if (nargs == 0) return luaL_error(L, "%s: a topic is required", fname);
+  lua_settop(L, 2);
+  t = lua_type(L, 1);
+  if (!(t == LUA_TNIL || t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING ||
+        mkl_testbox(L, 1) != NULL)) {
+    const char *err;
+    mk_term *topic = mkl_toterm(L, 1, &err);
+    if (topic == NULL) return luaL_error(L, "%s: topic: %s", fname, err);
+    mkl_pushbox(L, topic);
+    lua_replace(L, 1);
+  }
+  lua_pushnil(L);                     /* 3: the endpoint's name */
+  switch (lua_type(L, 2)) {
+    case LUA_TNIL:
+      break;
+    case LUA_TSTRING:
+      lua_copy(L, 2, 3);
+      lua_pushnil(L);
+      lua_replace(L, 2);
+      break;
+    case LUA_TTABLE:
+      checkhandlers(L);
+      t = lua_getfield(L, 2, "name");
+      if (t != LUA_TNIL && t != LUA_TSTRING)
+        return luaL_error(L, "%s: endpoint name must be a string", fname);
+      lua_replace(L, 3);
+      break;
+    default:
+      return luaL_error(L, "%s: handlers must be a table, got %s", fname, luaL_typename(L, 2));
+  }
+  if (lua_isnil(L, 2)) {
+    lua_pushvalue(L, E_NOHANDLERS);
+    lua_replace(L, 2);
+  }
+  if (lua_isnil(L, 3)) {               /* no name: false (market.lua, FIELDS) */
+    lua_pushboolean(L, 0);
+    lua_replace(L, 3);
+  }
+  lua_createtable(L, 5, 1);
+  lua_pushliteral(L, "add");
+  lua_setfield(L, -2, "kind");
+  for (i = 0; i < 5; i++) {
+    lua_pushvalue(L, fields[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushvalue(L, E_ACTION);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* endpoint(fname, orientation, interest, no_handlers) -> a constructor
+** (f_addendpoint) for that role. */
+static int f_endpoint(lua_State *L) {
+  luaL_checkstring(L, 1);
+  luaL_checkinteger(L, 2);
+  luaL_checkinteger(L, 3);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  lua_settop(L, 4);
+  lua_pushvalue(L, U_ACTION);
+  lua_rotate(L, 1, 1);
+  lua_pushcclosure(L, f_addendpoint, 5);
+  return 1;
+}
+
 /* core.fastpath(Action, Transition, SendAction) -> { send=, transition=,
 ** transition_no_state=, apply=, action_at=, make_perform=, is_action=, is_box=,
-** action=, handler_tag= }; sets SendAction.__index. */
+** action=, handler_tag=, endpoint= }; sets SendAction.__index. */
 static int c_fastpath(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"send", f_send}, {"transition", f_transition},
     {"transition_no_state", f_transition_no_state}, {"apply", f_apply},
     {"action_at", f_action_at},
     {"make_perform", f_make_perform}, {"is_action", f_is_action}, {"is_box", f_is_box},
-    {"action", f_action}, {"handler_tag", f_handler_tag}, {"__index", send_index},
+    {"action", f_action}, {"handler_tag", f_handler_tag}, {"endpoint", f_endpoint},
+    {"__index", send_index},
     {NULL, NULL}};
   int i;
   for (i = 1; i <= 3; i++) luaL_checktype(L, i, LUA_TTABLE);
@@ -320,7 +459,6 @@ static int c_fastpath(lua_State *L) {
   lua_pushliteral(L, "kind");
   lua_pushliteral(L, "send");
   lua_pushliteral(L, "body");
-  lua_pushliteral(L, "state");
   luaL_setfuncs(L, funcs, NUPVALUES);
   lua_getfield(L, -1, "__index");
   lua_setfield(L, 3, "__index");

@@ -58,8 +58,10 @@ typedef struct lproc {
   mkl_state *S;
   lua_State *co;         /* its coroutine while it runs or waits, else NULL;
                          ** anchored by coref (owned: released or unref'd) */
-  int coref, ctxref;
-  int bootref;           /* its boot function until the boot event */
+  int coref;
+  int ctxref;            /* its context (MKL_CTX_STATE), made at spawn and
+                         ** holding the boot function until the boot event
+                         ** (owned: unref'd by destroy) */
   uint8_t waiting;       /* suspended in core.wait() */
   uint8_t boot;          /* a boot process: its failure is the program's */
   uint8_t running;       /* in lua_resume */
@@ -406,8 +408,9 @@ static int handler_of(mk_event_type type, const char **field) {
 ** activation.  Observers receive every message that fits their topic
 ** (DESIGN §1) and seldom handle them (a server's observer of its
 ** connections sees every chunk they carry), and most endpoints ignore
-** presence.  Raw reads of ctx.eps (or ctx.metas[meta]) [endpoint][field];
-** a handler table with a metatable takes the general path. */
+** presence.  Raw reads of ctx (or ctx[METAS][meta], market.lua)
+** [endpoint][field]; a handler table with a metatable takes the general
+** path. */
 static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   /* co: any thread of the state, as scratch; the stack is left as found. */
   const char *field;
@@ -415,18 +418,13 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   if (bit == 0) return 0;
   /* The usual case, without a look into Lua tables: the endpoint's tag. */
   if (ev->tag & MKL_TAG_KNOWN) return !(ev->tag & bit);
-  /* A deleted endpoint's handlers are no longer in ctx.eps (market.lua
+  /* A deleted endpoint's handlers are no longer in ctx (market.lua
   ** keeps them aside until MK_EV_DELETED). */
   if (ev->deleted || ev->type == MK_EV_DELETED) return 0;
   if (!lua_checkstack(co, 4)) return 0;
   lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-  if (ev->meta == 0) {
-    lua_pushliteral(co, "eps");
-    lua_rawget(co, -2);
-  } else {
-    lua_pushliteral(co, "metas");
-    if (lua_rawget(co, -2) == LUA_TTABLE) lua_rawgeti(co, -1, ev->meta);
-  }
+  if (ev->meta != 0 && lua_rawgeti(co, -1, MKL_CTX_METAS) == LUA_TTABLE)
+    lua_rawgeti(co, -1, ev->meta);
   if (lua_type(co, -1) == LUA_TTABLE) {
     lua_pushstring(co, ev->endpoint);
     if (lua_rawget(co, -2) == LUA_TTABLE) {
@@ -487,17 +485,13 @@ static void handle(mk_proc *p, const mk_event *ev) {
   lproc *outerlp = running.lp;
   int nargs, nres = 0, st, overrun;
   if (ev->type == MK_EV_BOOT) {
-    /* main(ctx, boot, pid).  A handler process's ctx holds eps, and its
-    ** state unless that is nil: part of every idle process's memory, so
-    ** sized for eps and grown by a state. */
+    /* main(ctx, boot, pid); the state's slot is the state's from now. */
     co = acquire(S, lp);
     lua_rawgeti(co, LUA_REGISTRYINDEX, S->mainref);
-    lua_createtable(co, 0, 1);
-    lua_pushvalue(co, -1);
-    lp->ctxref = luaL_ref(co, LUA_REGISTRYINDEX);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->bootref);
-    luaL_unref(co, LUA_REGISTRYINDEX, lp->bootref);
-    lp->bootref = LUA_NOREF;
+    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+    lua_rawgeti(co, -1, MKL_CTX_STATE);
+    lua_pushnil(co);
+    lua_rawseti(co, -3, MKL_CTX_STATE);
     lua_pushinteger(co, (lua_Integer)mk_proc_pid(p));
     nargs = 3;
   } else if (lp->waiting) {
@@ -572,7 +566,6 @@ static void destroy(mk_proc *p) {
   /* A coroutine still held (waiting, or failed: see handle) is dropped,
   ** never pooled. */
   if (lp->coref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->coref);
-  if (lp->bootref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->bootref);
   if (lp->ctxref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->ctxref);
   free(lp);
 }
@@ -582,15 +575,22 @@ static void destroy(mk_proc *p) {
 static const mk_behavior lua_behavior = { "lua", handle, NULL, destroy, declines,
                                           MK_BF_TELL_DELETED };
 
-/* A new process record for the function at the top of L (popped). */
+/* A new process record for the function at the top of L (popped).  Its
+** context is made now, holding the function until the boot event: one
+** registry reference per process, where a reference to the function and
+** a later one to the context cost two.  Sized for the state (or the boot
+** function) and one endpoint, what a handler process holds while idle. */
 static lproc *newproc(mkl_state *S, lua_State *L) {
-  lproc *lp = malloc(sizeof *lp);
+  lproc *lp;
+  lua_createtable(L, 1, 1);
+  lua_rotate(L, -2, 1);
+  lua_rawseti(L, -2, MKL_CTX_STATE);
+  lp = malloc(sizeof *lp);
   if (lp == NULL) luaL_error(L, "out of memory");
   lp->S = S;
   lp->co = NULL;
   lp->coref = LUA_NOREF;
-  lp->ctxref = LUA_NOREF;
-  lp->bootref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lp->ctxref = luaL_ref(L, LUA_REGISTRYINDEX);
   lp->waiting = 0;
   lp->boot = 0;
   lp->running = 0;
@@ -949,5 +949,7 @@ void mkl_open_core(lua_State *L) {
   lua_pushinteger(L, MK_EV_SPAWNED); lua_setfield(L, -2, "SPAWNED");
   lua_pushinteger(L, MK_EV_RESUME); lua_setfield(L, -2, "RESUME");
   lua_pushinteger(L, MK_EV_DELETED); lua_setfield(L, -2, "DELETED");
+  lua_pushinteger(L, MKL_CTX_STATE); lua_setfield(L, -2, "CTX_STATE");
+  lua_pushinteger(L, MKL_CTX_METAS); lua_setfield(L, -2, "CTX_METAS");
   mkl_open_actions(L);
 }

@@ -27,8 +27,28 @@ local _ = M._
 -- ---- actions -------------------------------------------------------------
 
 local Action = { __name = "market.action" }
-Action.__index = Action
 function Action.__tostring(a) return "action " .. a.kind end
+
+-- The actions made for every process (add, spawn, quit, delete) keep their
+-- fields after kind by position, in the table's array part (a hash part
+-- takes 24 bytes a field, against 16, and rounds up to a power of two),
+-- and read by name too.  A field not given is false, not nil, so that perform_one's
+-- reads never reach this metamethod; none of them can be false otherwise
+-- (a false reason means none), except a topic, which is never left out.
+local FIELDS = {
+  add = { name = 1, orientation = 2, interest = 3, topic = 4, handlers = 5 },
+  spawn = { boot = 1, name = 2, k = 3, nested = 4, budget = 5 },
+  quit = { pid = 1, reason = 2 },
+  delete = { name = 1, reason = 2 },
+}
+function Action.__index(a, k)
+  local fields = FIELDS[rawget(a, "kind")]
+  local i = fields and fields[k]
+  if not i then return Action[k] end
+  local v = rawget(a, i)
+  if v == false and k ~= "topic" then return nil end
+  return v
+end
 
 -- A send is a userdata of its own (lua/laction.c), reading as an action.
 local SendAction = { __name = "market.action" }
@@ -74,8 +94,9 @@ local function check_budget(ms, fname, level)
   return ms
 end
 
+local NO_OPTS = {}
 local function check_opts(opts, fname)
-  if opts == nil then return {} end
+  if opts == nil then return NO_OPTS end
   if type(opts) == "string" then return { name = opts } end
   if type(opts) ~= "table" then
     error(fname .. ": options must be a table or a name, got " .. type(opts), 3)
@@ -94,7 +115,7 @@ function M.spawn(boot, opts)
     error("market.spawn: the boot argument must be a function, got " .. type(boot), 2)
   end
   opts = check_opts(opts, "market.spawn")
-  return action { kind = "spawn", boot = boot, name = opts.name, k = opts.k }
+  return action { boot, opts.name or false, opts.k or false, false, false, kind = "spawn" }
 end
 
 -- nested_vm(boot [, opts]): spawn a VM whose first process runs boot.
@@ -103,8 +124,8 @@ function M.nested_vm(boot, opts)
     error("market.nested_vm: the boot argument must be a function, got " .. type(boot), 2)
   end
   opts = check_opts(opts, "market.nested_vm")
-  return action { kind = "spawn", boot = boot, name = opts.name or "nested-vm",
-                  k = opts.k, nested = true, budget = opts.max_activation }
+  return action { boot, opts.name or "nested-vm", opts.k or false, true,
+                  opts.max_activation or false, kind = "spawn" }
 end
 
 -- quit([pid [, reason]]): quit this process, or kill pid.
@@ -112,38 +133,16 @@ function M.quit(pid, reason)
   if pid ~= nil and math.type(pid) ~= "integer" then
     error("market.quit: pid must be an integer or nil", 2)
   end
-  return action { kind = "quit", pid = pid,
-                  reason = reason ~= nil and term(reason, "market.quit: reason") or nil }
+  return action { pid or false, reason ~= nil and term(reason, "market.quit: reason") or false,
+                  kind = "quit" }
 end
 
-local HANDLER_KEYS = { on_presence = true, on_absence = true, on_message = true,
-                       name = true }
-
+-- The endpoint constructors are made in C (lua/laction.c): one runs for
+-- every endpoint a process adds.  A process without handlers, or with only
+-- a name, shares this table (market.lua never writes into handler tables).
+local NO_HANDLERS = {}
 local function endpoint(fname, orientation, interest)
-  return function(...)
-    -- Count the varargs: a named parameter would always count as given.
-    if select("#", ...) == 0 then error("market." .. fname .. ": a topic is required", 2) end
-    local topic, handlers = ...
-    local t = term(topic, "market." .. fname .. ": topic")
-    if handlers == nil then handlers = {}
-    elseif type(handlers) == "string" then handlers = { name = handlers }
-    elseif type(handlers) ~= "table" then
-      error("market." .. fname .. ": handlers must be a table, got " .. type(handlers), 2)
-    end
-    for k, v in pairs(handlers) do
-      if not HANDLER_KEYS[k] then
-        error("market." .. fname .. ": unknown handler key '" .. tostring(k) .. "'", 2)
-      elseif k ~= "name" and type(v) ~= "function" then
-        error("market." .. fname .. ": handler " .. k .. " is not a function", 2)
-      end
-    end
-    local name = handlers.name
-    if name ~= nil and type(name) ~= "string" then
-      error("market." .. fname .. ": endpoint name must be a string", 2)
-    end
-    return action { kind = "add", name = name, orientation = orientation,
-                    interest = interest, topic = t, handlers = handlers }
-  end
+  return fast.endpoint("market." .. fname, orientation, interest, NO_HANDLERS)
 end
 
 M.publisher = endpoint("publisher", PUB, PARTICIPANT)
@@ -156,8 +155,9 @@ M.observe_publishers_everything = endpoint("observe_publishers_everything", SUB,
 
 function M.delete_endpoint(name, reason)
   if type(name) ~= "string" then error("market.delete_endpoint: name must be a string", 2) end
-  return action { kind = "delete", name = name,
-                  reason = reason ~= nil and term(reason, "market.delete_endpoint: reason") or nil }
+  return action { name,
+                  reason ~= nil and term(reason, "market.delete_endpoint: reason") or false,
+                  kind = "delete" }
 end
 
 function M.at_meta_level(...)
@@ -181,9 +181,22 @@ function M.is_transition(v) return getmetatable(v) == Transition and type(v) == 
 
 local perform
 
--- ctx[field][level], a table made when first needed: ctx.metas (the
--- handlers of endpoints `level` VMs up), ctx.gone (those kept for deleted
--- endpoints' own absences).
+-- A process's context, ctx, is one table (made by lproc.c at spawn): the
+-- handler tables of its endpoints (level 0) under their names, which are
+-- strings, and everything else under the integer keys below, made when
+-- first needed.  One table rather than a context holding an endpoint
+-- table: every table a process keeps is the collector's work for as long
+-- as it lives (issue 10).  STATE (lproc.c, laction.c) holds the state,
+-- and the boot function until the boot event.
+local STATE = core.CTX_STATE
+local METAS = core.CTX_METAS -- [level]: the handlers of endpoints `level` VMs up
+local GONE = METAS + 1      -- [level]: those kept for deleted endpoints' own absences
+local CONTS = METAS + 2     -- continuations by id, and the last id given
+local NEXTCONT = METAS + 3
+local ANON = METAS + 4      -- anonymous endpoints named so far
+local BACKLOG = METAS + 5   -- events kept for market.yield()
+
+-- ctx[field][level], a table made when first needed (METAS, GONE).
 local function per_level(ctx, field, level)
   local t = ctx[field]
   if not t then t = {}; ctx[field] = t end
@@ -199,15 +212,15 @@ local function at_level(ctx, field, level)
 end
 
 local function endpoints_at(ctx, level)
-  if level == 0 then return ctx.eps end
-  return per_level(ctx, "metas", level)
+  if level == 0 then return ctx end
+  return per_level(ctx, METAS, level)
 end
 
 local function register_cont(ctx, k)
-  local id = (ctx.nextcont or 0) + 1
-  ctx.nextcont = id
-  local conts = ctx.conts
-  if not conts then conts = {}; ctx.conts = conts end
+  local id = (ctx[NEXTCONT] or 0) + 1
+  ctx[NEXTCONT] = id
+  local conts = ctx[CONTS]
+  if not conts then conts = {}; ctx[CONTS] = conts end
   conts[id] = k
   return id
 end
@@ -219,25 +232,26 @@ local function perform_one(ctx, a, level)
   if kind == "send" then
     csend(a.body, level)
   elseif kind == "add" then
-    local name = a.name
-    if name == nil then
-      local n = (ctx.anon or 0) + 1
-      ctx.anon = n
+    -- Its fields by position (FIELDS; laction.c, f_addendpoint).
+    local name = a[1]
+    if not name then
+      local n = (ctx[ANON] or 0) + 1
+      ctx[ANON] = n
       name = "#" .. n
     end
-    local h = a.handlers
+    local h = a[5]
     endpoints_at(ctx, level)[name] = h
     -- Which handlers exist, for C to skip events nobody takes (lproc.c).
-    core.add(name, a.orientation, a.interest, a.topic, level, handler_tag(h))
+    core.add(name, a[2], a[3], a[4], level, handler_tag(h))
   elseif kind == "delete" then
-    local eps, name = endpoints_at(ctx, level), a.name
+    local eps, name = endpoints_at(ctx, level), a[1]
     local h = eps[name]
     eps[name] = nil
     -- As in Marketplace, the endpoint hears its own absences, one per peer
     -- it could see, after this handler; its on_absence is kept aside for
     -- them until DELETED says they are all in (dispatch).
-    if core.delete(name, a.reason, level) and h and h.on_absence then
-      local g = per_level(ctx, "gone", level)
+    if core.delete(name, a[2] or nil, level) and h and h.on_absence then
+      local g = per_level(ctx, GONE, level)
       local kept = g[name]
       if kept then kept.h, kept.n = h, kept.n + 1 else g[name] = { h = h, n = 1 } end
     end
@@ -246,10 +260,10 @@ local function perform_one(ctx, a, level)
   elseif kind == "spawn" then
     local id = 0
     -- At meta level, k gets the new pid in the VM above (as in Marketplace).
-    if a.k then id = register_cont(ctx, a.k) end
-    return core.spawn(a.boot, a.name, id, level, a.nested, a.budget)
+    if a[3] then id = register_cont(ctx, a[3]) end
+    return core.spawn(a[1], a[2] or nil, id, level, a[4], a[5] or nil)
   elseif kind == "quit" then
-    return core.quit(a.pid, a.reason, level)
+    return core.quit(a[1] or nil, a[2] or nil, level)
   elseif kind == "yield" then
     if level > 0 then error("market.yield: cannot be performed at meta level", 0) end
     core.yield(register_cont(ctx, a.k))
@@ -327,13 +341,13 @@ end
 
 -- The handler tables of the endpoints at a level, if any.
 local function handlers_at(ctx, level)
-  if level == 0 then return ctx.eps end
-  return at_level(ctx, "metas", level)
+  if level == 0 then return ctx end
+  return at_level(ctx, METAS, level)
 end
 
 -- The handlers kept for a deleted endpoint's own absences (perform_one).
 local function kept(ctx, level, name)
-  local g = at_level(ctx, "gone", level)
+  local g = at_level(ctx, GONE, level)
   return g and g[name], g
 end
 
@@ -344,7 +358,7 @@ local function dispatch(ctx, kind, a, b, c, d, e, f, g)
     local h = eps and eps[a]
     local fn = h and h.on_message
     if not fn then return false end
-    apply(ctx, fn(ctx.state, c, a))
+    apply(ctx, fn(ctx[STATE], c, a))
     return true
   elseif g then
     -- A deleted endpoint's own absence goes to its on_absence only, with
@@ -352,7 +366,7 @@ local function dispatch(ctx, kind, a, b, c, d, e, f, g)
     -- market.yield() never sees one (it would pile up in wait_for's
     -- backlog, a timer.sleep at a time).
     local k = kept(ctx, b, a)
-    if k then apply(ctx, k.h.on_absence(ctx.state, role(c, d, e), f, a, true)) end
+    if k then apply(ctx, k.h.on_absence(ctx[STATE], role(c, d, e), f, a, true)) end
     return true
   elseif kind == DELETED then
     local k, level = kept(ctx, b, a)
@@ -367,17 +381,18 @@ local function dispatch(ctx, kind, a, b, c, d, e, f, g)
     if not h then return true end          -- endpoint gone: nobody to tell
     if kind == PRESENCE then
       if not h.on_presence then return false end
-      apply(ctx, h.on_presence(ctx.state, role(c, d, e), a))
+      apply(ctx, h.on_presence(ctx[STATE], role(c, d, e), a))
     else
       if not h.on_absence then return false end
-      apply(ctx, h.on_absence(ctx.state, role(c, d, e), f, a))
+      apply(ctx, h.on_absence(ctx[STATE], role(c, d, e), f, a))
     end
     return true
   elseif kind == SPAWNED or kind == RESUME then
-    local k = ctx.conts and ctx.conts[a]
-    if k then ctx.conts[a] = nil end
+    local conts = ctx[CONTS]
+    local k = conts and conts[a]
+    if k then conts[a] = nil end
     if k then
-      if kind == SPAWNED then apply(ctx, k(ctx.state, b)) else apply(ctx, k(ctx.state)) end
+      if kind == SPAWNED then apply(ctx, k(ctx[STATE], b)) else apply(ctx, k(ctx[STATE])) end
     end
     return true
   end
@@ -403,7 +418,7 @@ function M.yield(k)
     return action { kind = "yield", k = k }
   end
   local ctx = current("yield")
-  local backlog = ctx.backlog
+  local backlog = ctx[BACKLOG]
   if backlog and backlog.first <= backlog.last then
     local ev = backlog[backlog.first]
     backlog[backlog.first] = nil
@@ -422,8 +437,8 @@ end
 -- pred(event) is true and returns it; the events passed over meanwhile are
 -- kept, in order, for the next market.yield() calls.
 local function keep(ctx, ev)
-  local backlog = ctx.backlog
-  if not backlog then backlog = { first = 1, last = 0 }; ctx.backlog = backlog end
+  local backlog = ctx[BACKLOG]
+  if not backlog then backlog = { first = 1, last = 0 }; ctx[BACKLOG] = backlog end
   backlog.last = backlog.last + 1
   backlog[backlog.last] = ev
 end
@@ -456,8 +471,8 @@ function M.pause()
 end
 
 -- The state of the running process (straight-line code may set it too).
-function M.state() return current("state").state end
-function M.set_state(s) current("set_state").state = s end
+function M.state() return current("state")[STATE] end
+function M.set_state(s) current("set_state")[STATE] = s end
 
 -- pid, name, VM path of the running process.
 function M.self() current("self"); return core.self() end
@@ -468,7 +483,6 @@ function M.self() current("self"); return core.self() end
 -- straight-line code waiting in market.yield() keeps a coroutine between
 -- events.
 local function main(ctx, boot, pid)
-  ctx.eps = {}     -- metas, conts, anon, backlog: made when first needed
   apply(ctx, boot(pid))
 end
 
@@ -476,10 +490,10 @@ end
 -- with apply inlined (a handler that answers nothing, or only sends, costs
 -- one call less per message).
 local function deliver(ctx, a, c)
-  local h = ctx.eps[a]
+  local h = ctx[a]
   local fn = h and h.on_message
   if not fn then return end
-  local tr = fn(ctx.state, c, a)
+  local tr = fn(ctx[STATE], c, a)
   if tr == nil then return end
   local i, n = capply(ctx, tr)
   if i then rest(ctx, tr, i, n) end

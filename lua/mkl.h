@@ -61,6 +61,14 @@ void mkl_forget_strings(void);
 #define MKL_TAG_PRESENCE  4
 #define MKL_TAG_ABSENCE   8
 
+/* A Lua process's context (market.lua's ctx): one table holding the
+** handler tables of its endpoints under their names (strings), and its
+** state at MKL_CTX_STATE (its boot function there until it boots); the
+** handlers of its meta-level endpoints, by level, at MKL_CTX_METAS.
+** market.lua puts its other fields at the integer keys after these. */
+#define MKL_CTX_STATE     1
+#define MKL_CTX_METAS     2
+
 /* laction.c */
 void mkl_open_actions(lua_State *L); /* core.fastpath into the table at the top */
 

@@ -82,6 +82,24 @@ describe("constructing actions", function()
                    err_of(function() local _x = market.subscriber("x", { name = 5 }) end))
   end)
 
+  it("a handler table is checked as pairs() and indexing see it", function()
+    -- Keys a __pairs metamethod yields are checked; an inherited name counts.
+    local hidden = setmetatable({}, { __pairs = function()
+      return next, { on_mesage = print }, nil
+    end })
+    assert.matches(THIS .. "market%.subscriber: unknown handler key 'on_mesage'",
+                   err_of(function() local _x = market.subscriber("x", hidden) end))
+    assert.matches(THIS .. "market%.subscriber: unknown handler key '1'",
+                   err_of(function() local _x = market.subscriber("x", { print }) end))
+    local log = H.log()
+    local named = setmetatable({}, { __index = { name = "inherited",
+      on_presence = function(_, _, ep) log("presence at %s", ep) end } })
+    H.ground(function()
+      market.perform(market.subscriber("x", named), market.publisher("x"))
+    end)
+    assert.same({ "presence at inherited" }, log.lines)
+  end)
+
   it("other constructors check their arguments", function()
     assert.matches(THIS .. "market%.spawn: the boot argument must be a function, got number",
                    err_of(function() local _x = market.spawn(5) end))
