@@ -35,8 +35,12 @@ typedef struct mkl_state {
   mk_ground *g;          /* the ground VM Lua processes live under, or NULL */
   mk_proc *current;      /* the process whose event is being handled */
   char *boot_error;      /* owned: traceback of a failed boot process */
-  int mainref;           /* market.lua's main(ctx, boot): the boot activation */
-  int dispatchref;       /* market.lua's dispatch(ctx, event...): later ones */
+  int applyref;           /* market.lua's apply(ctx, transition): applies
+                         ** what a boot function returned */
+  int dispatchref;       /* market.lua's dispatch(ctx, event...): later
+                         ** events, and those straight-line code waits for */
+  int eventref;          /* market.lua's event_table(event...): an event no
+                         ** handler took, as market.yield() returns it */
   int deliverref;        /* market.lua's deliver(ctx, endpoint, message):
                          ** those for a message at level 0, most of them */
   int trace;
@@ -62,7 +66,7 @@ typedef struct lproc {
   int ctxref;            /* its context (MKL_CTX_STATE), made at spawn and
                          ** holding the boot function until the boot event
                          ** (owned: unref'd by destroy) */
-  uint8_t waiting;       /* suspended in core.wait() */
+  uint8_t waiting;       /* suspended in a wait (await) */
   uint8_t boot;          /* a boot process: its failure is the program's */
   uint8_t running;       /* in lua_resume */
 } lproc;
@@ -476,26 +480,51 @@ static int declines(mk_proc *p, uint32_t tag, mk_event_type type) {
          !(tag & bit);
 }
 
+/* One activation of p: resume co, its coroutine, with nargs values, p
+** being the running process meanwhile.  Activations nest (a handler that
+** kills a nested VM runs its processes' absences at once): the outer one
+** is the running one again after. */
+static int activate(mk_proc *p, lproc *lp, lua_State *co, int nargs, int *nres,
+                    int *overrun) {
+  mkl_state *S = lp->S;
+  mk_proc *saved = S->current, *outer = running.p;
+  lproc *outerlp = running.lp;
+  int st;
+  lp->waiting = 0;
+  S->current = p;
+  running.p = p;
+  running.lp = lp;
+  lp->running = 1;
+  st = resume(p, co, nargs, nres, overrun);
+  lp->running = 0;
+  running.p = outer;
+  running.lp = outerlp;
+  S->current = saved;
+  return st;
+}
+
 static void handle(mk_proc *p, const mk_event *ev) {
   lproc *lp = mk_proc_data(p);
   mkl_state *S = lp->S;
   lua_State *co;
-  mk_proc *saved = S->current;
-  mk_proc *outer = running.p;
-  lproc *outerlp = running.lp;
   int nargs, nres = 0, st, overrun;
   if (ev->type == MK_EV_BOOT) {
-    /* main(ctx, boot, pid); the state's slot is the state's from now. */
+    /* The boot function is the coroutine's body, called with the pid: no
+    ** frame of market.lua's lies under it, so straight-line code that
+    ** waits keeps the shortest stack it can (await).  What it returns is
+    ** applied after it returns (below).  The state's slot is the state's
+    ** from now. */
     co = acquire(S, lp);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, S->mainref);
     lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
     lua_rawgeti(co, -1, MKL_CTX_STATE);
     lua_pushnil(co);
     lua_rawseti(co, -3, MKL_CTX_STATE);
+    lua_remove(co, -2);
     lua_pushinteger(co, (lua_Integer)mk_proc_pid(p));
-    nargs = 3;
+    nargs = 1;
   } else if (lp->waiting) {
-    /* Straight-line code suspended in core.wait(): the event is its result. */
+    /* Straight-line code suspended in a wait: the event is what await's
+    ** continuation finds on its stack. */
     co = lp->co;
     if ((nargs = pushevent(S, co, ev)) == 0) return;
   } else {
@@ -516,16 +545,17 @@ static void handle(mk_proc *p, const mk_event *ev) {
       nargs++;
     }
   }
-  lp->waiting = 0;
-  S->current = p;
-  running.p = p;
-  running.lp = lp;
-  lp->running = 1;
-  st = resume(p, co, nargs, &nres, &overrun);
-  lp->running = 0;
-  running.p = outer;
-  running.lp = outerlp;
-  S->current = saved;
+  st = activate(p, lp, co, nargs, &nres, &overrun);
+  if (ev->type == MK_EV_BOOT && st == LUA_OK && !overrun && nres > 0 &&
+      !lua_isnil(co, -nres)) {
+    /* The boot function returned a transition: apply(ctx, transition)
+    ** applies it, on the same coroutine, as the rest of the boot. */
+    lua_settop(co, lua_gettop(co) - nres + 1);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, S->applyref);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+    lua_rotate(co, -3, 2);
+    st = activate(p, lp, co, 2, &nres, &overrun);
+  }
   if (st == LUA_YIELD && !overrun) {
     lua_pop(co, nres);
     if (!lp->waiting && mk_proc_alive(p))
@@ -728,12 +758,154 @@ static int c_yield(lua_State *L) {
   return settle(L, p, 0);
 }
 
-/* core.wait() -> the next event's fields (see handle) */
-static int c_wait(lua_State *L) {
+/*
+** Waiting.  Straight-line code waits on the coroutine its process keeps
+** (acquire) until the wait ends, and a process that waits long costs what
+** that coroutine holds: its lua_State, a CallInfo per frame, and its stack,
+** which the collector shrinks to twice what the frames use (and only once
+** it is more than three times that).  A yield leaves the frame of the C
+** function that yields on the stack with LUA_MINSTACK (20) slots reserved
+** above its arguments, so every slot of the frames under it counts twice.
+** So the wait is C all the way down to the program's own code: the boot
+** function is the coroutine's body (handle), market.yield() and
+** market.wait_for() are the C functions it calls, and the loop that hands
+** each event to market.lua's dispatch until one is left that no handler
+** takes is this file's continuations.  A boot function waiting in
+** market.yield() keeps two frames and 25 slots of stack, against five
+** frames and 35 slots with market.lua's main and loop under it.
+**
+** await(L, how) yields, its process waiting; handle() resumes it with an
+** event's fields (pushevent) on top of what the waiting function keeps
+** (wait_for: its predicate, at 1), and `woken` passes them to
+** dispatch(ctx, event...).  If a handler took the event, a WAIT_EVERY wait
+** returns nothing and the others wait again.  Otherwise the event becomes
+** event_table(event...), which a WAIT_FOR wait tests with its predicate,
+** keeping it for market.yield() if it fails, and the others return.
+** Handlers and predicates are called with continuations, so code in them
+** may wait too: its yield passes through these frames.
+*/
+enum { WAIT_UNHANDLED, WAIT_EVERY, WAIT_FOR };
+
+/* Upvalues of market.yield and market.wait_for (core.waits). */
+#define U_YIELD_ACTION lua_upvalueindex(2)
+#define U_UNKEEP lua_upvalueindex(3)
+#define U_KEEP lua_upvalueindex(4)
+
+/* Where the event's fields begin on the waiting function's stack. */
+#define FIRST(how) ((how) == WAIT_FOR ? 2 : 1)
+
+static int woken(lua_State *L, int status, lua_KContext how);
+
+static int await(lua_State *L, lua_KContext how) {
+  running.lp->waiting = 1;
+  return lua_yieldk(L, 0, how, woken);
+}
+
+static int tested(lua_State *L, int status, lua_KContext how) {
+  (void)status;
+  if (lua_toboolean(L, -1)) { lua_pop(L, 1); return 1; }
+  lua_pop(L, 1);                            /* pred, ev */
+  lua_pushvalue(L, U_KEEP);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
+  lua_rotate(L, -3, 2);
+  lua_call(L, 2, 0);                        /* keep(ctx, ev) */
+  return await(L, how);
+}
+
+static int dispatched(lua_State *L, int status, lua_KContext how) {
   mkl_state *S = STATE(L);
-  mk_proc *p = self(L, S, "yield");
-  ((lproc *)mk_proc_data(p))->waiting = 1;
-  return lua_yield(L, 0);
+  int first = FIRST(how);
+  (void)status;
+  if (lua_toboolean(L, -1)) {               /* a handler took it */
+    if (how == WAIT_EVERY) return 0;
+    lua_settop(L, first - 1);
+    return await(L, how);
+  }
+  lua_pop(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->eventref);
+  lua_insert(L, first);
+  lua_call(L, lua_gettop(L) - first, 1);
+  if (how != WAIT_FOR) return 1;
+  lua_pushvalue(L, 1);                      /* pred(ev) */
+  lua_pushvalue(L, 2);
+  lua_callk(L, 1, 1, how, tested);
+  return tested(L, LUA_OK, how);
+}
+
+static int woken(lua_State *L, int status, lua_KContext how) {
+  mkl_state *S = STATE(L);
+  int first = FIRST(how), top = lua_gettop(L), i;
+  (void)status;
+  luaL_checkstack(L, top - first + 3, NULL);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->dispatchref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
+  for (i = first; i <= top; i++) lua_pushvalue(L, i);
+  lua_callk(L, top - first + 2, 1, how, dispatched);
+  return dispatched(L, LUA_OK, how);
+}
+
+/* The running process's record, for a wait named what; or a Lua error at
+** the caller's line, as market.lua's current() raises it. */
+static lproc *waiter(lua_State *L, const char *what) {
+  mkl_state *S = STATE(L);
+  mk_proc *p = S->current;
+  lproc *lp = p != NULL ? mk_proc_data(p) : NULL;
+  if (lp == NULL || lp->co != L)
+    luaL_error(L, "market.%s: not inside a market process", what);
+  return lp;
+}
+
+/* core.wait([every]) -> the table of the next event no handler takes; with
+** every, after the next event, and nothing if a handler took it */
+static int c_wait(lua_State *L) {
+  int how = lua_toboolean(L, 1) ? WAIT_EVERY : WAIT_UNHANDLED;
+  waiter(L, "yield");
+  lua_settop(L, 0);
+  return await(L, how);
+}
+
+/* market.yield([k]).  With k, the action yield_action(k).  Without, the
+** next event no handler takes: first those wait_for and pause kept
+** (unkeep(ctx) returns the oldest, or nil), then the next to come. */
+static int m_yield(lua_State *L) {
+  lproc *lp;
+  if (!lua_isnoneornil(L, 1)) {
+    if (lua_type(L, 1) != LUA_TFUNCTION) return luaL_error(L, "market.yield: k must be a function");
+    lua_pushvalue(L, U_YIELD_ACTION);
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 1);
+    return 1;
+  }
+  lp = waiter(L, "yield");
+  lua_pushvalue(L, U_UNKEEP);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lp->ctxref);
+  lua_call(L, 1, 1);
+  if (!lua_isnil(L, -1)) return 1;
+  lua_settop(L, 0);
+  return await(L, WAIT_UNHANDLED);
+}
+
+/* market.wait_for(pred): the first event no handler takes for which
+** pred(event) is true; those before it are kept (keep(ctx, event)) for
+** market.yield(). */
+static int m_wait_for(lua_State *L) {
+  waiter(L, "wait_for");
+  lua_settop(L, 1);
+  return await(L, WAIT_FOR);
+}
+
+/* core.waits(yield_action, unkeep, keep) -> market.yield, market.wait_for */
+static int c_waits(lua_State *L) {
+  int i;
+  for (i = 1; i <= 3; i++) luaL_checktype(L, i, LUA_TFUNCTION);
+  lua_settop(L, 3);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  for (i = 1; i <= 4; i++) lua_pushvalue(L, i);
+  lua_pushcclosure(L, m_yield, 4);
+  for (i = 1; i <= 4; i++) lua_pushvalue(L, i);
+  lua_pushcclosure(L, m_wait_for, 4);
+  return 2;
 }
 
 /* core.current() -> ctx of the running process, or nil */
@@ -763,20 +935,23 @@ static int c_set_name(lua_State *L) {
   return 0;
 }
 
-/* core.init(main, dispatch, deliver): market.lua's activations (see
-** mkl_state) */
+/* core.init(apply, dispatch, deliver, event_table): market.lua's
+** activations and what a wait returns (see mkl_state) */
 static int c_init(lua_State *L) {
   mkl_state *S = STATE(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   luaL_checktype(L, 3, LUA_TFUNCTION);
-  if (S->mainref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->mainref);
+  luaL_checktype(L, 4, LUA_TFUNCTION);
+  if (S->applyref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->applyref);
   if (S->dispatchref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->dispatchref);
   if (S->deliverref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->deliverref);
-  lua_settop(L, 3);
+  if (S->eventref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->eventref);
+  lua_settop(L, 4);
+  S->eventref = luaL_ref(L, LUA_REGISTRYINDEX);
   S->deliverref = luaL_ref(L, LUA_REGISTRYINDEX);
   S->dispatchref = luaL_ref(L, LUA_REGISTRYINDEX);
-  S->mainref = luaL_ref(L, LUA_REGISTRYINDEX);
+  S->applyref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 
@@ -919,7 +1094,8 @@ void mkl_open_core(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"spawn", c_spawn}, {"quit", c_quit}, {"add", c_add}, {"delete", c_delete},
     {"send", c_send}, {"feedback", c_feedback}, {"yield", c_yield},
-    {"wait", c_wait}, {"current", c_current}, {"self", c_self},
+    {"wait", c_wait}, {"waits", c_waits}, {"current", c_current},
+    {"self", c_self},
     {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
     {"now", c_now}, {"memory", c_memory}, {"stop", c_stop}, {NULL, NULL}};
   mkl_state *S = getstate(L);
@@ -927,7 +1103,7 @@ void mkl_open_core(lua_State *L) {
     S = lua_newuserdatauv(L, sizeof *S, 0);
     memset(S, 0, sizeof *S);
     S->L = L;
-    S->mainref = S->dispatchref = S->deliverref = LUA_NOREF;
+    S->applyref = S->dispatchref = S->deliverref = S->eventref = LUA_NOREF;
     lua_pushboolean(L, 0);
     S->lastboxref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 1);

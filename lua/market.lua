@@ -2,9 +2,9 @@
 --
 -- Actions are plain values made by the constructors below; a handler
 -- returns them inside a transition, and straight-line code performs them
--- with market.perform.  Every process runs this file's `main` in its own
--- coroutine: it boots the process, then dispatches each event the VM
--- resumes it with to the endpoint's handler.
+-- with market.perform.  A process's boot function, and each event after
+-- it, runs on a coroutine that C (lua/lproc.c) resumes; this file's
+-- dispatch and deliver hand each event to the endpoint's handler.
 
 local core = ...          -- the C half, passed by luaopen_market
 local M = {}
@@ -412,30 +412,17 @@ end
 -- yield():  straight-line code waits for the next event that no handler
 --           takes, and returns it as a table {type=, endpoint=, message=,
 --           role=, reason=, meta=}.
-function M.yield(k)
-  if k ~= nil then
-    if type(k) ~= "function" then error("market.yield: k must be a function", 2) end
-    return action { kind = "yield", k = k }
-  end
-  local ctx = current("yield")
-  local backlog = ctx[BACKLOG]
-  if backlog and backlog.first <= backlog.last then
-    local ev = backlog[backlog.first]
-    backlog[backlog.first] = nil
-    backlog.first = backlog.first + 1
-    return ev
-  end
-  while true do
-    local kind, a, b, c, d, e, f, g = cwait()
-    if not dispatch(ctx, kind, a, b, c, d, e, f, g) then
-      return event_table(kind, a, b, c, d, e, f)
-    end
-  end
-end
-
 -- wait_for(pred): straight-line code waits for the first event for which
 -- pred(event) is true and returns it; the events passed over meanwhile are
 -- kept, in order, for the next market.yield() calls.
+--
+-- Both are C (lproc.c, await): a process that waits keeps its coroutine's
+-- stack, and a frame of this file's under the wait would cost it twice its
+-- size.  These are their Lua parts: the action, and the events kept.
+local function yield_action(k)
+  return action { kind = "yield", k = k }
+end
+
 local function keep(ctx, ev)
   local backlog = ctx[BACKLOG]
   if not backlog then backlog = { first = 1, last = 0 }; ctx[BACKLOG] = backlog end
@@ -443,30 +430,29 @@ local function keep(ctx, ev)
   backlog[backlog.last] = ev
 end
 
-function M.wait_for(pred)
-  local ctx = current("wait_for")
-  while true do
-    local kind, a, b, c, d, e, f, g = cwait()
-    if not dispatch(ctx, kind, a, b, c, d, e, f, g) then
-      local ev = event_table(kind, a, b, c, d, e, f)
-      if pred(ev) then return ev end
-      keep(ctx, ev)
-    end
+-- The oldest event kept, or nil.
+local function unkeep(ctx)
+  local backlog = ctx[BACKLOG]
+  if backlog and backlog.first <= backlog.last then
+    local ev = backlog[backlog.first]
+    backlog[backlog.first] = nil
+    backlog.first = backlog.first + 1
+    return ev
   end
 end
+M.yield, M.wait_for = core.waits(yield_action, unkeep, keep)
 
 -- pause(): straight-line code lets the VM run everything now pending (the
 -- yield action), then goes on.  Events no handler takes meanwhile are kept
--- for market.yield().
+-- for market.yield().  cwait(true) returns after every event, the event's
+-- table if no handler took it.
 function M.pause()
   local ctx = current("pause")
   local done = false
   core.yield(register_cont(ctx, function() done = true end))
   while not done do
-    local kind, a, b, c, d, e, f, g = cwait()
-    if not dispatch(ctx, kind, a, b, c, d, e, f, g) then
-      keep(ctx, event_table(kind, a, b, c, d, e, f))
-    end
+    local ev = cwait(true)
+    if ev then keep(ctx, ev) end
   end
 end
 
@@ -478,13 +464,10 @@ function M.set_state(s) current("set_state")[STATE] = s end
 function M.self() current("self"); return core.self() end
 
 -- A process runs one activation at a time, each on a coroutine C lends it
--- (lproc.c): main for the boot event, deliver for each later message at
--- level 0 and dispatch for any other event that finds it idle.  Only
--- straight-line code waiting in market.yield() keeps a coroutine between
--- events.
-local function main(ctx, boot, pid)
-  apply(ctx, boot(pid))
-end
+-- (lproc.c): its boot function for the boot event (then apply, if the boot
+-- returned a transition), deliver for each later message at level 0 and
+-- dispatch for any other event that finds it idle.  Only straight-line
+-- code waiting in market.yield() keeps a coroutine between events.
 
 -- A message at level 0, most events: straight to its endpoint's handler,
 -- with apply inlined (a handler that answers nothing, or only sends, costs
@@ -498,7 +481,7 @@ local function deliver(ctx, a, c)
   local i, n = capply(ctx, tr)
   if i then rest(ctx, tr, i, n) end
 end
-core.init(main, dispatch, deliver)
+core.init(apply, dispatch, deliver, event_table)
 
 -- A drain time in ms: a finite number, 0 or more (nil: none given).
 local function check_drain(ms, fname)

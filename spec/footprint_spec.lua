@@ -60,6 +60,70 @@ describe("per-process footprint", function()
     assert.is_true(made < 400, ("%.0f bytes of Lua heap made per spawn"):format(made))
   end)
 
+  it("a process waiting in market.yield() or wait_for keeps its stack short", function()
+    -- A waiting process keeps its coroutine: the lua_State (208 bytes),
+    -- a CallInfo (64) per frame and one spare, and its stack, which the
+    -- collector shrinks to twice the slots its frames use (16 bytes each).
+    -- The C function that yields reserves 20 slots, so each slot of the
+    -- frames under it counts twice.  With market.lua's main and wait loop
+    -- under the boot function (five frames, 35 slots, a stack of 85) it
+    -- was about 2,000 bytes; with the boot function at the bottom and the
+    -- wait in C, about 1,380: two frames, 25 slots, a stack of 55.
+    local function boot()
+      market.perform(market.subscriber("footprint", "in"))
+      market.yield()
+    end
+    local pred = function() return false end
+    local live = footprint(boot)
+    assert.is_true(live < 1500, ("%.0f bytes of Lua heap per waiting process"):format(live))
+    live = footprint(function()
+      market.perform(market.subscriber("footprint", "in"))
+      market.wait_for(pred)
+    end)
+    assert.is_true(live < 1500, ("%.0f bytes of Lua heap per process in wait_for"):format(live))
+  end)
+
+  it("under a wait lie only the program's frames and the C function that waits", function()
+    local cos, frames = {}, {}
+    local never = function() return false end
+    local waits = {
+      yield = function() cos.yield = coroutine.running(); market.yield() end,
+      wait_for = function() cos.wait_for = coroutine.running(); market.wait_for(never) end,
+      pause = function() cos.pause = coroutine.running(); market.pause() end,
+    }
+    H.ground(function()
+      for name, wait in pairs(waits) do
+        market.perform(market.spawn(function()
+          market.perform(market.subscriber("frames", name))
+          wait()
+        end))
+      end
+      -- Every process has booted and waits (pause's wait ends only when
+      -- its continuation runs, after this process's).
+      market.perform(market.spawn(function()
+        for name, co in pairs(cos) do
+          local t, level = {}, 0
+          local info = debug.getinfo(co, level, "S")
+          while info do
+            t[#t + 1] = info.what == "C" and "C" or info.short_src:match("[^/]*$")
+            level = level + 1
+            info = debug.getinfo(co, level, "S")
+          end
+          frames[name] = table.concat(t, " ")
+        end
+        for pid = 2, 4 do market.perform(market.quit(pid)) end
+      end))
+    end)
+    -- market.yield and market.wait_for are the C functions that wait;
+    -- pause, short-lived, is Lua waiting in core.wait.  Before, market.lua's
+    -- main lay at the bottom of each, and yield and wait_for were Lua
+    -- functions of it waiting in core.wait: "C market footprint_spec.lua
+    -- footprint_spec.lua market".
+    assert.same({ yield = "C footprint_spec.lua footprint_spec.lua",
+                  wait_for = "C footprint_spec.lua footprint_spec.lua",
+                  pause = "C market footprint_spec.lua footprint_spec.lua" }, frames)
+  end)
+
   it("a spawn action and a quit action are small", function()
     -- Lua heap bytes per action, kept (so none is collected meanwhile).
     local keep = {}
