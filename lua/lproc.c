@@ -68,6 +68,8 @@ typedef struct lproc {
                          ** (owned: unref'd by destroy) */
   uint8_t waiting;       /* suspended in a wait (await) */
   uint8_t boot;          /* a boot process: its failure is the program's */
+  uint8_t booting;       /* co's body is the boot function, which has not
+                         ** returned yet: what it returns is applied */
   uint8_t running;       /* in lua_resume */
 } lproc;
 
@@ -522,6 +524,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     lua_remove(co, -2);
     lua_pushinteger(co, (lua_Integer)mk_proc_pid(p));
     nargs = 1;
+    lp->booting = 1;
   } else if (lp->waiting) {
     /* Straight-line code suspended in a wait: the event is what await's
     ** continuation finds on its stack. */
@@ -546,15 +549,18 @@ static void handle(mk_proc *p, const mk_event *ev) {
     }
   }
   st = activate(p, lp, co, nargs, &nres, &overrun);
-  if (ev->type == MK_EV_BOOT && st == LUA_OK && !overrun && nres > 0 &&
-      !lua_isnil(co, -nres)) {
-    /* The boot function returned a transition: apply(ctx, transition)
-    ** applies it, on the same coroutine, as the rest of the boot. */
-    lua_settop(co, lua_gettop(co) - nres + 1);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, S->applyref);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-    lua_rotate(co, -3, 2);
-    st = activate(p, lp, co, 2, &nres, &overrun);
+  if (lp->booting && st == LUA_OK && !overrun) {
+    /* The boot function returned, at its boot event or at a later one it
+    ** waited for.  A transition it returned is applied by apply(ctx,
+    ** transition), on the same coroutine, as the rest of that activation. */
+    lp->booting = 0;
+    if (nres > 0 && !lua_isnil(co, -nres)) {
+      lua_settop(co, lua_gettop(co) - nres + 1);
+      lua_rawgeti(co, LUA_REGISTRYINDEX, S->applyref);
+      lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+      lua_rotate(co, -3, 2);
+      st = activate(p, lp, co, 2, &nres, &overrun);
+    }
   }
   if (st == LUA_YIELD && !overrun) {
     lua_pop(co, nres);
@@ -623,6 +629,7 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lp->ctxref = luaL_ref(L, LUA_REGISTRYINDEX);
   lp->waiting = 0;
   lp->boot = 0;
+  lp->booting = 0;
   lp->running = 0;
   return lp;
 }
