@@ -894,8 +894,13 @@ static int m_yield(lua_State *L) {
 
 /* market.wait_for(pred): the first event no handler takes for which
 ** pred(event) is true; those before it are kept (keep(ctx, event)) for
-** market.yield(). */
+** market.yield().  pred is checked now, not at the first event. */
 static int m_wait_for(lua_State *L) {
+  if (lua_type(L, 1) != LUA_TFUNCTION) {
+    if (luaL_getmetafield(L, 1, "__call") == LUA_TNIL)
+      return luaL_error(L, "market.wait_for: pred must be a function");
+    lua_pop(L, 1);
+  }
   waiter(L, "wait_for");
   lua_settop(L, 1);
   return await(L, WAIT_FOR);

@@ -119,6 +119,9 @@ describe("constructing actions", function()
                    err_of(function() local _x = market.at_meta_level(market.send(1), 5) end))
     assert.matches(THIS .. "market%.yield: k must be a function",
                    err_of(function() local _x = market.yield(5) end))
+    -- At once, not when the first event comes.
+    assert.matches(THIS .. "market%.wait_for: pred must be a function",
+                   err_of(function() local _x = market.wait_for(5) end))
     assert.matches(THIS .. "market%.ground_vm: the boot argument must be a function",
                    err_of(function() local _x = market.ground_vm(5) end))
   end)
@@ -161,6 +164,8 @@ describe("performing outside a process", function()
                    err_of(function() local _x = market.yield() end))
     assert.matches(THIS .. "market%.pause: not inside a market process",
                    err_of(function() market.pause() end))
+    assert.matches(THIS .. "market%.wait_for: not inside a market process",
+                   err_of(function() local _x = market.wait_for(print) end))
     assert.matches(THIS .. "market%.self: not inside a market process",
                    err_of(function() local _x = market.self() end))
     assert.matches(THIS .. "market%.state: not inside a market process",
