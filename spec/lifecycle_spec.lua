@@ -524,6 +524,35 @@ describe("straight-line processes", function()
     assert.same({ "yield first", "s got second" }, log.lines)
   end)
 
+  it("a handler run while straight-line code waits may wait too; each wait gets its event",
+     function()
+    -- The handler runs inside the boot's market.yield() (lproc.c calls
+    -- dispatch with a continuation), and its own waits yield through it.
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        market.perform(market.subscriber({ "h", _ }, { on_message = function(_, m)
+          log("handler got %s", m)
+          market.pause()
+          local ev = market.yield()
+          log("handler's yield got %s", ev.message)
+        end }), market.subscriber({ "y", _ }, "y"))
+        local ev = market.yield()
+        log("boot's yield got %s", ev.message)
+        ev = market.wait_for(function(e) return e.message[2] == 4 end)
+        log("boot's wait_for got %s", ev.message)
+        log("then yield gets %s", market.yield().message)
+      end))
+      H.step(market.send({ "h", 1 }))
+      H.step(market.send({ "y", 2 }))
+      H.step(market.send({ "y", 2.5 }))
+      H.step(market.send({ "y", 3 }), market.send({ "y", 4 }))
+    end)
+    assert.same({ 'handler got ["h", 1]', 'handler\'s yield got ["y", 2]',
+                  'boot\'s yield got ["y", 2.5]', 'boot\'s wait_for got ["y", 4]',
+                  'then yield gets ["y", 3]' }, log.lines)
+  end)
+
   it("market.perform applies at once: a send reaches peers before the code goes on", function()
     local log = H.log()
     H.ground(function()
