@@ -1,8 +1,8 @@
 /*
 ** lproc.c: Lua processes.  A process runs its activations on coroutines of
 ** one lua_State (the state that runs the ground VM); the VM resumes one with
-** one event at a time, and it returns, or yields back from core.wait() when
-** straight-line code waits.
+** one event at a time, and it returns, or yields back from a wait (await:
+** market.yield, wait_for, pause) when straight-line code waits.
 **
 ** A process owns no coroutine while idle.  Most processes are handler
 ** style (Marketplace's functions from events to transitions): each
@@ -12,9 +12,9 @@
 ** process holds no stack, and a busy server's activations run on a few
 ** hot stacks instead of one cold stack per session.
 **
-** The Lua side (market.lua) runs the dispatch loop inside the coroutine and
-** performs actions through the core.* functions here, which act on the
-** process that is running now.
+** The Lua side (market.lua) dispatches each event to its handler inside the
+** coroutine and performs actions through the core.* functions here, which
+** act on the process that is running now.
 */
 #include <errno.h>
 #include <malloc.h>
