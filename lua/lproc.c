@@ -35,7 +35,7 @@ typedef struct mkl_state {
   mk_ground *g;          /* the ground VM Lua processes live under, or NULL */
   mk_proc *current;      /* the process whose event is being handled */
   char *boot_error;      /* owned: traceback of a failed boot process */
-  int applyref;           /* market.lua's apply(ctx, transition): applies
+  int applyref;          /* market.lua's apply(ctx, transition): applies
                          ** what a boot function returned */
   int dispatchref;       /* market.lua's dispatch(ctx, event...): later
                          ** events, and those straight-line code waits for */
