@@ -29,6 +29,13 @@
 #include "mkl.h"
 #include "pool.h"
 
+/* A box kept for reuse (pushshared): the registry slot `ref` holds it, and
+** it holds `t` (borrowed here). */
+typedef struct lastbox {
+  int ref;
+  const mk_term *t;
+} lastbox;
+
 /* Per lua_State binding state, a full userdata anchored in the registry. */
 typedef struct mkl_state {
   lua_State *L;          /* the main thread */
@@ -43,6 +50,10 @@ typedef struct mkl_state {
                          ** handler took, as market.yield() returns it */
   int deliverref;        /* market.lua's deliver(ctx, endpoint, message):
                          ** those for a message at level 0, most of them */
+  /* present(ctx, endpoint, orientation, interest, topic) and absent(...,
+  ** topic, reason): those for a presence or an absence at level 0 (but
+  ** for a deleted endpoint's own absences, which go through dispatch) */
+  int presentref, absentref;
   int trace;
   mkl_fail_fn on_fail;   /* told when a boot process fails (host.c) */
   void *fail_ud;
@@ -51,10 +62,11 @@ typedef struct mkl_state {
   lua_State *pool[16];
   int poolref[16];
   int npool;
-  /* A registry slot holding the box that last stood for a record sent or
-  ** delivered (pushmessage), and that record: borrowed, the box holds it. */
-  int lastboxref;
-  const mk_term *lastterm;
+  /* Registry slots holding the box that last stood for a record sent or
+  ** delivered (pushmessage), and the one that last stood for a presence's
+  ** or absence's topic (pushrole); their terms are borrowed, the boxes
+  ** hold them. */
+  lastbox message, topic;
 } mkl_state;
 
 /* A Lua process.  Owned by its mk_proc (destroy). */
@@ -256,41 +268,55 @@ static int resume(mk_proc *p, lua_State *co, int nargs, int *nres, int *overrun)
 
 static const mk_behavior lua_behavior;
 
-static void pushrole(lua_State *co, const mk_role *r) {
-  lua_pushinteger(co, r->orientation);
-  lua_pushinteger(co, r->interest);
-  if (r->topic) mkl_pushterm(co, r->topic); else lua_pushnil(co);
-}
-
 /* A broadcast hands the same record to many processes, and the record a
 ** handler sends is usually delivered next: reuse the box made for the last
 ** delivery, or the one the sender sent (mkl_share), rather than make a box
 ** (and a finalizer for the collector to run) for each delivery.  Boxes are
-** immutable, so sharing is invisible. */
-static void remember(mkl_state *S, lua_State *L, int idx, const mk_term *t) {
+** immutable, so sharing is invisible.  The same goes for the topic of a
+** presence or absence: an endpoint that appears or goes is announced to
+** each of its peers with one intersection, and when one topic is ground,
+** or one pattern is an instance of the other, that is one and the same
+** term for all of them (vm.c, refined).  Topics keep a slot of their own,
+** so that a burst of them does not cost the message path its box. */
+static void remember(lastbox *slot, lua_State *L, int idx, const mk_term *t) {
   lua_pushvalue(L, idx);
-  lua_rawseti(L, LUA_REGISTRYINDEX, S->lastboxref);
-  S->lastterm = t;
+  lua_rawseti(L, LUA_REGISTRYINDEX, slot->ref);
+  slot->t = t;
 }
 
-static void pushmessage(mkl_state *S, lua_State *co, mk_term *t) {
-  /* Held by this delivery alone (the sender let go): no other delivery
-  ** can share the box, so do not remember it. */
-  if (t->kind != MK_REC || t->refs == 1) { mkl_pushterm(co, t); return; }
-  if (t == S->lastterm) {
-    lua_rawgeti(co, LUA_REGISTRYINDEX, S->lastboxref);
+/* Push t (borrowed) as mkl_pushterm does, reusing slot's box when it is
+** t's.  Only records are boxes; other terms are pushed as they are. */
+static void pushshared(lastbox *slot, lua_State *co, mk_term *t) {
+  if (t->kind != MK_REC) { mkl_pushterm(co, t); return; }
+  if (t == slot->t) {
+    lua_rawgeti(co, LUA_REGISTRYINDEX, slot->ref);
     /* Still holding t: only a __gc called by hand empties a box. */
     if (mkl_boxterm(co, -1) == t) return;
     lua_pop(co, 1);
   }
   mkl_pushterm(co, t);
-  remember(S, co, -1, t);
+  remember(slot, co, -1, t);
+}
+
+static void pushmessage(mkl_state *S, lua_State *co, mk_term *t) {
+  /* Held by this delivery alone (the sender let go): no other delivery
+  ** can share the box, so do not remember it. */
+  if (t->kind == MK_REC && t->refs == 1) mkl_pushterm(co, t);
+  else pushshared(&S->message, co, t);
+}
+
+/* A role as its three fields: orientation, interest (integers; market.lua
+** names them) and topic. */
+static void pushrole(mkl_state *S, lua_State *co, const mk_role *r) {
+  lua_pushinteger(co, r->orientation);
+  lua_pushinteger(co, r->interest);
+  if (r->topic) pushshared(&S->topic, co, r->topic); else lua_pushnil(co);
 }
 
 void mkl_share(lua_State *L, int idx, const mk_term *t) {
   /* A record sent again (a prebuilt send in a loop) has its box already. */
-  if (running.p != NULL && running.lp->co == L && running.lp->S->lastterm != t)
-    remember(running.lp->S, L, idx, t);
+  if (running.p != NULL && running.lp->co == L && running.lp->S->message.t != t)
+    remember(&running.lp->S->message, L, idx, t);
 }
 
 /* tostring(v), called protected by reason_of. */
@@ -367,7 +393,7 @@ static int pushevent(mkl_state *S, lua_State *co, const mk_event *ev) {
       lua_pushinteger(co, ev->type);
       lua_pushstring(co, ev->endpoint);
       lua_pushinteger(co, ev->meta);
-      pushrole(co, &ev->role);
+      pushrole(S, co, &ev->role);
       if (ev->reason) mkl_pushterm(co, ev->reason); else lua_pushnil(co);
       if (!ev->deleted) return 7;
       lua_pushboolean(co, 1);      /* the deleted endpoint's own absence */
@@ -541,6 +567,21 @@ static void handle(mk_proc *p, const mk_event *ev) {
       lua_pushstring(co, ev->endpoint);
       pushmessage(S, co, ev->message);
       nargs = 3;
+    } else if ((ev->type == MK_EV_PRESENCE || ev->type == MK_EV_ABSENCE) &&
+               ev->meta == 0 && !ev->deleted) {
+      /* present(ctx, endpoint, o, i, topic) or absent(..., reason): the
+      ** fields of the role, which market.lua makes into a table only
+      ** when a handler is there to take it. */
+      int presence = ev->type == MK_EV_PRESENCE;
+      lua_rawgeti(co, LUA_REGISTRYINDEX, presence ? S->presentref : S->absentref);
+      lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+      lua_pushstring(co, ev->endpoint);
+      pushrole(S, co, &ev->role);
+      nargs = 5;
+      if (!presence) {
+        if (ev->reason) mkl_pushterm(co, ev->reason); else lua_pushnil(co);
+        nargs = 6;
+      }
     } else {
       lua_rawgeti(co, LUA_REGISTRYINDEX, S->dispatchref);
       lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
@@ -947,23 +988,19 @@ static int c_set_name(lua_State *L) {
   return 0;
 }
 
-/* core.init(apply, dispatch, deliver, event_table): market.lua's
-** activations and what a wait returns (see mkl_state) */
+/* core.init(apply, dispatch, deliver, event_table, present, absent):
+** market.lua's activations and what a wait returns (see mkl_state) */
 static int c_init(lua_State *L) {
   mkl_state *S = STATE(L);
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  luaL_checktype(L, 3, LUA_TFUNCTION);
-  luaL_checktype(L, 4, LUA_TFUNCTION);
-  if (S->applyref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->applyref);
-  if (S->dispatchref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->dispatchref);
-  if (S->deliverref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->deliverref);
-  if (S->eventref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, S->eventref);
-  lua_settop(L, 4);
-  S->eventref = luaL_ref(L, LUA_REGISTRYINDEX);
-  S->deliverref = luaL_ref(L, LUA_REGISTRYINDEX);
-  S->dispatchref = luaL_ref(L, LUA_REGISTRYINDEX);
-  S->applyref = luaL_ref(L, LUA_REGISTRYINDEX);
+  int *refs[] = { &S->applyref, &S->dispatchref, &S->deliverref, &S->eventref,
+                  &S->presentref, &S->absentref };
+  int i, n = (int)(sizeof refs / sizeof refs[0]);
+  for (i = 1; i <= n; i++) luaL_checktype(L, i, LUA_TFUNCTION);
+  lua_settop(L, n);
+  for (i = n - 1; i >= 0; i--) {       /* luaL_ref pops the top */
+    if (*refs[i] != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, *refs[i]);
+    *refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   return 0;
 }
 
@@ -1116,8 +1153,11 @@ void mkl_open_core(lua_State *L) {
     memset(S, 0, sizeof *S);
     S->L = L;
     S->applyref = S->dispatchref = S->deliverref = S->eventref = LUA_NOREF;
+    S->presentref = S->absentref = LUA_NOREF;
     lua_pushboolean(L, 0);
-    S->lastboxref = luaL_ref(L, LUA_REGISTRYINDEX);
+    S->message.ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushboolean(L, 0);
+    S->topic.ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, state_gc);
     lua_setfield(L, -2, "__gc");

@@ -466,9 +466,10 @@ function M.self() current("self"); return core.self() end
 -- A process runs one activation at a time, each on a coroutine C lends it
 -- (lproc.c): its boot function for the boot event (and apply, for the
 -- transition the boot function returns, when it does), deliver for each
--- later message at level 0 and dispatch for any other event that finds it
--- idle.  Only straight-line code waiting in market.yield() keeps a
--- coroutine between events.
+-- later message at level 0, present and absent for a presence or absence
+-- at level 0, and dispatch for any other event that finds it idle.  Only
+-- straight-line code waiting in market.yield() keeps a coroutine between
+-- events.
 
 -- A message at level 0, most events: straight to its endpoint's handler,
 -- with apply inlined (a handler that answers nothing, or only sends, costs
@@ -482,7 +483,32 @@ local function deliver(ctx, a, c)
   local i, n = capply(ctx, tr)
   if i then rest(ctx, tr, i, n) end
 end
-core.init(apply, dispatch, deliver, event_table)
+
+-- A presence or absence at level 0 (but a deleted endpoint's own absences,
+-- which go through dispatch), likewise: the role's fields come from C, and
+-- make a table only for a handler that takes them.  One role table per
+-- event, not shared: a handler may keep it, or write into it.
+local function present(ctx, a, o, i, topic)
+  local h = ctx[a]
+  local fn = h and h.on_presence
+  if not fn then return end
+  local tr = fn(ctx[STATE], { orientation = ORIENT[o], interest = INTEREST[i], topic = topic }, a)
+  if tr == nil then return end
+  local j, n = capply(ctx, tr)
+  if j then rest(ctx, tr, j, n) end
+end
+
+local function absent(ctx, a, o, i, topic, reason)
+  local h = ctx[a]
+  local fn = h and h.on_absence
+  if not fn then return end
+  local tr = fn(ctx[STATE], { orientation = ORIENT[o], interest = INTEREST[i], topic = topic },
+                reason, a)
+  if tr == nil then return end
+  local j, n = capply(ctx, tr)
+  if j then rest(ctx, tr, j, n) end
+end
+core.init(apply, dispatch, deliver, event_table, present, absent)
 
 -- A drain time in ms: a finite number, 0 or more (nil: none given).
 local function check_drain(ms, fname)

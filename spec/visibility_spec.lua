@@ -211,6 +211,49 @@ describe("presence", function()
     assert.equal("#1", seen.ep)   -- anonymous endpoints are named #1, #2, ...
   end)
 
+  -- One endpoint announced to many peers hands each the same topic (the
+  -- runtime shares its box, lua/lproc.c): the role tables around it are
+  -- still each handler's own, whole after the activation, and writing into
+  -- one changes no other.
+  it("many peers told of one endpoint each get a role table of their own, kept whole",
+     function()
+    local feed = market.record("feed", "channel", "item")
+    local n, seen, gone = 20, {}, {}
+    H.ground(function()
+      for i = 1, n do
+        H.step(holder("s" .. i, market.subscriber(feed("news", _), {
+          on_presence = function(_, role)
+            seen[i] = role
+            role.orientation, role.mine = "scribbled", i
+          end,
+          on_absence = function(_, role, reason) gone[i] = { role = role, reason = reason } end })))
+      end
+      local pid = market.perform(market.spawn(function()
+        return T(0, market.publisher(feed("news", _)))
+      end))
+      H.settle()
+      collectgarbage()
+      H.step(market.quit(pid, "done"))
+      collectgarbage()
+    end)
+    for i = 1, n do
+      local role = assert(seen[i], "no presence for subscriber " .. i)
+      assert.equal(i, role.mine)
+      assert.equal("scribbled", role.orientation)
+      assert.equal("participant", role.interest)
+      assert.equal('feed("news", _)', market.repr(role.topic))
+      assert.equal("news", role.topic.channel)
+      for j = 1, i - 1 do assert.is_false(rawequal(role, seen[j])) end
+      -- one box for the one intersection, not a box (and a finalizer) each
+      assert.is_true(rawequal(seen[1].topic, role.topic))
+      local a = assert(gone[i], "no absence for subscriber " .. i)
+      assert.is_false(rawequal(a.role, role))
+      assert.same({ "publisher", "participant", 'feed("news", _)', "done", nil },
+                  { a.role.orientation, a.role.interest, market.repr(a.role.topic), a.reason,
+                    a.role.mine })
+    end
+  end)
+
   it("the absence event carries the same refined role as the presence event", function()
     local log = H.log()
     H.ground(function()
