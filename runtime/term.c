@@ -626,13 +626,11 @@ int mk_unifies (const mk_term *a, const mk_term *b) {
 ** the unifier would have 2^32 nodes or more (term.h, mk_unify).
 */
 static mk_term *merge (mk_term *a, mk_term *b) {
-  mk_term *c;
-  uint32_t i;
+  mk_term *c = NULL;
+  uint32_t i, j;
   int isa = 1, isb = 1;
   if (a == b || b->kind == MK_WILD || a->ground) return mk_ref(a);
   if (a->kind == MK_WILD || b->ground) return mk_ref(b);
-  c = (a->kind == MK_REC) ? mk_rec_new(a->v.rt) : mk_seq_new(a->n);
-  if (c == NULL) return NULL;
   for (i = 0; i < a->n; i++) {
     mk_term *ai = mk_items(a)[i], *bi = mk_items(b)[i];
     mk_term *m = merge(ai, bi);
@@ -640,14 +638,28 @@ static mk_term *merge (mk_term *a, mk_term *b) {
       mk_unref(c);
       return NULL;
     }
+    if (c == NULL) {
+      /* No node is made while one side is still the answer so far (two
+      ** patterns, one an instance of the other: an endpoint meeting its
+      ** peers' equal topics, as a presence does per peer). */
+      int wasa = isa;
+      isa &= (m == ai);
+      isb &= (m == bi);
+      if (isa || isb) {
+        mk_unref(m);            /* ai or bi: a or b holds it */
+        continue;
+      }
+      c = (a->kind == MK_REC) ? mk_rec_new(a->v.rt) : mk_seq_new(a->n);
+      if (c == NULL) {
+        mk_unref(m);
+        return NULL;
+      }
+      /* The items before i are those of the side that was the answer. */
+      for (j = 0; j < i; j++) mk_set(c, j, mk_ref(mk_items(wasa ? a : b)[j]));
+    }
     mk_set(c, i, m);
-    isa &= (m == ai);
-    isb &= (m == bi);
   }
-  if (isa || isb) {
-    mk_unref(c);
-    return mk_ref(isa ? a : b);
-  }
+  if (c == NULL) return mk_ref(isa ? a : b);
   return seal(c, MK_TERM_DEPTH_MAX, MERGE_SIZE_MAX);
 }
 

@@ -753,6 +753,23 @@ static void mgu (void) {
   mk_unref(m);
   mk_unref(a);
   mk_unref(b);
+  /* One side is the answer up to an item, then neither is: the node is
+  ** made there, its first items taken from the side that was (each
+  ** order), the rest merged. */
+  CHECK(mgu_is("f(1, _, _)", "f(_, _, 3)", "f(1, _, 3)"));
+  CHECK(mgu_is("[g(1), _, [_, 2]]", "[g(_), h(), [3, _]]", "[g(1), h(), [3, 2]]"));
+  a = P("f(g(1), _, _, _)");
+  b = P("f(_, [2], _, k(_))");
+  m = mk_unify(a, b);
+  CHECK(m != a && m != b);
+  CHECK(mk_items(m)[0] == mk_items(a)[0] && mk_items(m)[1] == mk_items(b)[1] &&
+        mk_items(m)[3] == mk_items(b)[3]);
+  mk_unref(m);
+  m = mk_unify(b, a);
+  CHECK(mk_items(m)[0] == mk_items(a)[0] && mk_items(m)[1] == mk_items(b)[1]);
+  mk_unref(m);
+  mk_unref(a);
+  mk_unref(b);
   CHECK(mk_term_live() == base);
 }
 
