@@ -200,6 +200,34 @@ describe("quit", function()
     assert.same({ "a alive" }, log.lines)
   end)
 
+  -- perform(quit(pid, reason)) alone is done in C (lua/laction.c); what it
+  -- does, and what it refuses, are market.lua's.
+  it("perform(quit(pid, reason)) kills with the reason; a quit action changed since is checked",
+     function()
+    local log, why = H.log(), market.record("why", "code")
+    local reasons, failure = {}, nil
+    H.ground(function()
+      local pids = {}
+      for i = 1, 3 do pids[i] = market.perform(holder("p" .. i, market.publisher({ "q", i }))) end
+      H.step(holder("obs", market.observe_publishers({ "q", _ }, {
+        on_absence = function(_, role, reason) reasons[role.topic[2]] = reason end })))
+      market.perform(market.quit(pids[1], why(7)))
+      market.perform(market.quit(pids[2]))
+      H.settle()
+      log("alive")
+      local a = market.quit(pids[3])
+      a[1] = "three"            -- its pid, by position (market.lua, FIELDS)
+      local ok, err = pcall(market.perform, a)
+      failure = not ok and tostring(err)
+      log("alive after a changed quit")
+    end)
+    assert.equal('why(7)', market.repr(reasons[1]))
+    assert.is_nil(reasons[2])
+    assert.is_nil(reasons[3])
+    assert.same({ "alive", "alive after a changed quit" }, log.lines)
+    assert.matches("number expected, got string", failure)
+  end)
+
   it("quit(0) and negative pids name no process: only quit() with no pid is this process", function()
     local log = H.log()
     H.ground(function()
