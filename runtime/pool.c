@@ -37,8 +37,6 @@ typedef struct pblock { struct pblock *next; } pblock;
 typedef struct pclass {
   pblock *head;
   size_t count;          /* blocks in the list */
-  size_t live;           /* blocks handed out and not given back */
-  size_t peak;           /* the most that were live at once */
 } pclass;
 
 static pclass classes[NCLASS];
@@ -54,7 +52,6 @@ void *mk_pool_alloc(size_t n) {
     size_t size = (classof(n) + 1) << 4;
     pclass *c = &classes[classof(n)];
     pblock *b = c->head;
-    if (++c->live > c->peak) c->peak = c->live;
     if (b != NULL) {
       VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
       c->head = b->next;
@@ -67,8 +64,7 @@ void *mk_pool_alloc(size_t n) {
       VALGRIND_MAKE_MEM_UNDEFINED(b, size);
       return b;
     }
-    if ((b = malloc(size)) == NULL) c->live--;
-    return b;
+    return malloc(size);
   }
 #endif
   return malloc(n);
@@ -79,10 +75,7 @@ void mk_pool_free(void *p, size_t n) {
   if (p != NULL && n - 1 < MK_POOL_MAX) {
     size_t k = classof(n), size = (k + 1) << 4;
     pclass *c = &classes[k];
-    size_t held = c->count * size;
-    /* A block of malloc's own (pool.h) was never counted as live. */
-    if (c->live > 0) c->live--;
-    if (held < MK_POOL_HOLD || (c->count < c->peak && held < MK_POOL_BURST)) {
+    if (c->count * size < MK_POOL_HOLD) {
       pblock *b = p;
       b->next = c->head;
       c->head = b;
@@ -135,7 +128,6 @@ void mk_pool_trim(void) {
     }
     classes[k].head = NULL;
     classes[k].count = 0;
-    classes[k].peak = classes[k].live;
   }
   cached = 0;
 }

@@ -7,12 +7,7 @@
 ** same size.  glibc's per-size cache holds 7 blocks, so most of these went
 ** through the slower paths of malloc (and its periodic consolidation).
 ** This cache keeps up to MK_POOL_HOLD bytes of blocks per size class of 16
-** bytes, up to MK_POOL_MAX bytes, in a plain LIFO free list; a class that
-** has had more blocks in use at once keeps up to that many, at most
-** MK_POOL_BURST bytes.  A burst queues its events (an endpoint announced to
-** 10,000 peers: 20,000 of them) before the first is freed, and the next
-** burst needs as many: beyond MK_POOL_HOLD, each went to malloc and back
-** to free every time.
+** bytes, up to MK_POOL_MAX bytes, in a plain LIFO free list.
 **
 ** Every block is an ordinary malloc block: mk_pool_free with a size of at
 ** most what was asked of mk_pool_alloc is always right, and mk_pool_trim
@@ -27,8 +22,7 @@
 #include <stddef.h>
 
 #define MK_POOL_MAX   512            /* larger blocks go straight to malloc */
-#define MK_POOL_HOLD  (256 * 1024)   /* bytes kept per size class... */
-#define MK_POOL_BURST (2048 * 1024)  /* ...or its peak in use, up to this */
+#define MK_POOL_HOLD  (256 * 1024)   /* bytes kept per size class, at most */
 
 /* n bytes (n > 0), or NULL when out of memory. */
 void *mk_pool_alloc(size_t n);
@@ -39,6 +33,6 @@ void mk_pool_free(void *p, size_t n);
 void *mk_pool_lalloc(void *ud, void *ptr, size_t osize, size_t nsize);
 /* Bytes now cached (allocated from malloc, free for reuse). */
 size_t mk_pool_cached(void);
-/* Give every cached block back to malloc, and forget the peaks. */
+/* Give every cached block back to malloc. */
 void mk_pool_trim(void);
 #endif

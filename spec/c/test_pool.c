@@ -2,7 +2,6 @@
 ** test_pool.c: the small-block cache (runtime/pool.h).
 */
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
@@ -44,45 +43,19 @@ static void large_blocks_bypass (void) {
   CHECK(mk_pool_cached() == 0);
 }
 
-/* n blocks of 16 bytes, all in use at once, then all freed. */
-static void burst (void **blocks, size_t n) {
-  size_t i;
-  for (i = 0; i < n; i++) {
-    blocks[i] = mk_pool_alloc(16);
-    CHECK(blocks[i] != NULL);
-  }
-  for (i = 0; i < n; i++) mk_pool_free(blocks[i], 16);
-}
-
-/* A class keeps at most MK_POOL_BURST bytes; the rest goes back to malloc. */
+/* A class keeps at most MK_POOL_HOLD bytes; the rest goes back to malloc. */
 static void bounded (void) {
-  enum { N = MK_POOL_BURST / 16 + 100 };
-  static void *blocks[N];
-  mk_pool_trim();
-  burst(blocks, N);
-  CHECK(mk_pool_cached() == (POOL_ON ? (size_t)MK_POOL_BURST : 0u));
-  mk_pool_trim();
-  CHECK(mk_pool_cached() == 0);
-}
-
-/* A burst of more than MK_POOL_HOLD bytes is kept whole for the next one,
-** which then takes every block from the cache; a trim forgets the peak. */
-static void bursts (void) {
   enum { N = MK_POOL_HOLD / 16 + 100 };
   static void *blocks[N];
   size_t i;
-  mk_pool_trim();
-  burst(blocks, N);
-  CHECK(mk_pool_cached() == (POOL_ON ? (size_t)N * 16 : 0u));
-  for (i = 0; i < N; i++) blocks[i] = mk_pool_alloc(16);
-  CHECK(mk_pool_cached() == 0);
-  for (i = 0; i < N; i++) mk_pool_free(blocks[i], 16);
-  mk_pool_trim();
-  /* Blocks malloc made count as never live: only MK_POOL_HOLD of them. */
-  for (i = 0; i < N; i++) blocks[i] = malloc(16);
+  for (i = 0; i < N; i++) {
+    blocks[i] = mk_pool_alloc(16);
+    CHECK(blocks[i] != NULL);
+  }
   for (i = 0; i < N; i++) mk_pool_free(blocks[i], 16);
   CHECK(mk_pool_cached() == (POOL_ON ? (size_t)MK_POOL_HOLD : 0u));
   mk_pool_trim();
+  CHECK(mk_pool_cached() == 0);
 }
 
 /* The lua_Alloc contract: contents kept over resizes, shrinking never
@@ -113,7 +86,6 @@ int main (void) {
   RUN(reuse);
   RUN(large_blocks_bypass);
   RUN(bounded);
-  RUN(bursts);
   RUN(lua_allocator);
   return CHECK_DONE();
 }
