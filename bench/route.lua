@@ -236,10 +236,54 @@ if arg and arg[1] == "--fresh" then
   print(run(100000))
   os.exit(0)
 end
--- route.lua --stage presence-STOP|absence-STOP N (bench/callgrind.sh).
+-- For bench/callgrind.sh: n Lua-to-Lua messages as messages() sends them
+-- (stops "setup", before the first, and "sent", once all are handled)...
+local function message_stages(n, stop)
+  local received = 0
+  market.ground_vm(function()
+    market.perform(market.spawn(function()
+      return market.transition(0, market.subscriber(rec(_, _, _), {
+        on_message = function() received = received + 1 end }))
+    end))
+    market.pause()
+    exit_at(stop, "setup")
+    local send = market.send(rec(1, "two", 3.5))
+    local perform, pause = market.perform, market.pause
+    for _ = 1, n // BATCH do
+      for _ = 1, BATCH do perform(send) end
+      pause()
+    end
+    repeat pause() until received == n
+    exit_at(stop, "sent")
+  end, { max_activation = 0 })
+end
+
+-- ... and waves of n spawns then kills as waves() makes them (stops "two"
+-- and "four", after that many waves: their difference is two waves in a
+-- VM that has already spawned and killed, collector included).
+local function spawn_stages(n, stop)
+  market.ground_vm(function()
+    local boot = function(pid)
+      return market.transition(nil, market.subscriber(other(pid, _, _), { name = "in",
+        on_message = function() end }))
+    end
+    local spawn, pids = market.spawn(boot), {}
+    for w = 1, 4 do
+      for i = 1, n do pids[i] = market.perform(spawn) end
+      market.pause()
+      for i = 1, n do market.perform(market.quit(pids[i])) end
+      market.pause()
+      exit_at(stop, ({ "one", "two", "three", "four" })[w])
+    end
+  end, { max_activation = 0 })
+end
+
+-- route.lua --stage KIND-STOP N, KIND presence, absence, messages or spawns
+-- (bench/callgrind.sh).
 if arg and arg[1] == "--stage" then
   local kind, stop = arg[2]:match("^(%a+)-(%a+)$")
-  local run = ({ presence = presence, absence = absence })[kind]
+  local run = ({ presence = presence, absence = absence, messages = message_stages,
+                spawns = spawn_stages })[kind]
   assert(run, "bench/route: no stage " .. arg[2])
   run(assert(math.tointeger(tonumber(arg[3])), "bench/route: --stage NAME N"), stop)
   error("bench/route: no stage " .. arg[2])
