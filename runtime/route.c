@@ -39,14 +39,20 @@
 #define TK_SEQ   4
 
 /* A node keeps at most this many children in a plain array; above that,
-** an open-addressing hash table of a power-of-2 size. */
+** an open-addressing hash table of a power-of-2 size.  A single child is
+** kept in the node itself: most nodes are links in one topic's chain (the
+** rest of a connection's topic after its port, say), and an array of its
+** own cost each of those a second allocation (issue 10). */
 #define SMALLKIDS  8
 #define MINTABLE   16
 
 struct mk_inode {
   mk_inode *parent;
   mk_inode *wild;           /* child for a wildcard at this position */
-  mk_inode **kids;          /* the other children (see SMALLKIDS) */
+  union {
+    mk_inode **v;           /* kcap >= 2: owned array or table */
+    mk_inode *one;          /* kcap == 1: the child, in place */
+  } kids;                   /* the other children (see SMALLKIDS; kidv) */
   uint32_t nkids;           /* number of children in kids */
   uint32_t kcap;            /* <= SMALLKIDS: array; else table size */
   mk_ilink *head, *tail;    /* items whose topic ends here */
@@ -251,17 +257,23 @@ static int samekey (const mk_inode *c, int tag, uint32_t h, const mk_term *t) {
   }
 }
 
+/* The children of n as an array of kcap entries. */
+static mk_inode **kidv (const mk_inode *n) {
+  return n->kcap == 1 ? (mk_inode **)&n->kids.one : n->kids.v;
+}
+
 static mk_inode *findkid (const mk_inode *n, int tag, uint32_t h,
                           const mk_term *t) {
   if (n->kcap <= SMALLKIDS) {
+    mk_inode **k = kidv(n);
     uint32_t i;
     for (i = 0; i < n->nkids; i++)
-      if (samekey(n->kids[i], tag, h, t)) return n->kids[i];
+      if (samekey(k[i], tag, h, t)) return k[i];
   }
   else {
     uint32_t mask = n->kcap - 1, i;
     mk_inode *c;
-    for (i = h & mask; (c = n->kids[i]) != NULL; i = (i + 1) & mask)
+    for (i = h & mask; (c = n->kids.v[i]) != NULL; i = (i + 1) & mask)
       if (samekey(c, tag, h, t)) return c;
   }
   return NULL;
@@ -275,21 +287,21 @@ static void tableput (mk_inode **tab, uint32_t cap, mk_inode *c) {
 
 /* Rebuild n's map with capacity ncap (<= SMALLKIDS means a plain array). */
 static int rehash (mk_inode *n, uint32_t ncap) {
-  mk_inode **nk = (mk_inode **)calloc(ncap, sizeof(mk_inode *));
+  mk_inode **nk = (mk_inode **)calloc(ncap, sizeof(mk_inode *)), **old = kidv(n);
   uint32_t i, j = 0;
   if (nk == NULL) return -1;
   if (n->kcap <= SMALLKIDS) {
-    for (i = 0; i < n->nkids; i++) tableput(nk, ncap, n->kids[i]);
+    for (i = 0; i < n->nkids; i++) tableput(nk, ncap, old[i]);
   }
   else {
     for (i = 0; i < n->kcap; i++) {
-      if (n->kids[i] == NULL) continue;
-      if (ncap <= SMALLKIDS) nk[j++] = n->kids[i];
-      else tableput(nk, ncap, n->kids[i]);
+      if (old[i] == NULL) continue;
+      if (ncap <= SMALLKIDS) nk[j++] = old[i];
+      else tableput(nk, ncap, old[i]);
     }
   }
-  free(n->kids);
-  n->kids = nk;
+  if (n->kcap > 1) free(n->kids.v);
+  n->kids.v = nk;
   n->kcap = ncap;
   return 0;
 }
@@ -297,11 +309,14 @@ static int rehash (mk_inode *n, uint32_t ncap) {
 static int addkid (mk_inode *n, mk_inode *c) {
   if (n->kcap <= SMALLKIDS) {
     if (n->nkids == n->kcap) {
-      if (n->kcap < SMALLKIDS) {
-        uint32_t ncap = n->kcap ? n->kcap * 2 : 2;
-        mk_inode **nk = (mk_inode **)realloc(n->kids, ncap * sizeof(mk_inode *));
+      if (n->kcap == 0) n->kcap = 1;   /* in place */
+      else if (n->kcap < SMALLKIDS) {
+        uint32_t ncap = n->kcap * 2;
+        mk_inode **nk = (mk_inode **)realloc(n->kcap == 1 ? NULL : n->kids.v,
+                                             ncap * sizeof(mk_inode *));
         if (nk == NULL) return -1;
-        n->kids = nk;
+        if (n->kcap == 1) nk[0] = n->kids.one;
+        n->kids.v = nk;
         n->kcap = ncap;
       }
       else if (rehash(n, MINTABLE) != 0) return -1;
@@ -310,8 +325,8 @@ static int addkid (mk_inode *n, mk_inode *c) {
   else if ((n->nkids + 1) * 4 > n->kcap * 3) {  /* keep the load <= 3/4 */
     if (n->kcap > UINT32_MAX / 2 || rehash(n, n->kcap * 2) != 0) return -1;
   }
-  if (n->kcap <= SMALLKIDS) n->kids[n->nkids] = c;
-  else tableput(n->kids, n->kcap, c);
+  if (n->kcap <= SMALLKIDS) kidv(n)[n->nkids] = c;
+  else tableput(n->kids.v, n->kcap, c);
   n->nkids++;
   return 0;
 }
@@ -319,25 +334,27 @@ static int addkid (mk_inode *n, mk_inode *c) {
 static void removekid (mk_inode *n, mk_inode *c) {
   uint32_t i;
   if (n->kcap <= SMALLKIDS) {  /* order among children does not matter */
-    for (i = 0; n->kids[i] != c; i++)
+    mk_inode **k = kidv(n);
+    for (i = 0; k[i] != c; i++)
       ;
-    n->kids[i] = n->kids[--n->nkids];
+    k[i] = k[--n->nkids];
   }
   else {
     /* linear probing: delete by shifting later entries back into the hole */
+    mk_inode **k = n->kids.v;
     uint32_t mask = n->kcap - 1, j;
-    for (i = c->khash & mask; n->kids[i] != c; i = (i + 1) & mask)
+    for (i = c->khash & mask; k[i] != c; i = (i + 1) & mask)
       ;
-    for (j = (i + 1) & mask; n->kids[j] != NULL; j = (j + 1) & mask) {
-      uint32_t home = n->kids[j]->khash & mask;
+    for (j = (i + 1) & mask; k[j] != NULL; j = (j + 1) & mask) {
+      uint32_t home = k[j]->khash & mask;
       /* move j into the hole i unless its home lies cyclically in (i, j] */
       if (((j - home) & mask) >= ((j - i) & mask)) {
-        n->kids[i] = n->kids[j];
-        n->kids[j] = NULL;
+        k[i] = k[j];
+        k[j] = NULL;
         i = j;
       }
     }
-    n->kids[i] = NULL;
+    k[i] = NULL;
     n->nkids--;
     /* shrink (best effort) when sparse */
     if (n->nkids <= SMALLKIDS / 2) rehash(n, SMALLKIDS);
@@ -355,7 +372,7 @@ static mk_inode *popkid (mk_inode *n) {
     n->kcap = SMALLKIDS;
   }
   while (n->nkids > 0) {
-    mk_inode *c = n->kids[--n->nkids];
+    mk_inode *c = kidv(n)[--n->nkids];
     if (c != NULL) return c;
   }
   return NULL;
@@ -382,7 +399,7 @@ static mk_inode *newnode (mk_index *ix, mk_inode *parent) {
 static void freenode (mk_index *ix, mk_inode *n) {
   if (n->tag == TK_ATOM) mk_unref(n->key.atom);
   else if (n->tag == TK_REC) mk_rtype_unref(n->key.rt);
-  free(n->kids);
+  if (n->kcap > 1) free(n->kids.v);
   free(n);
   ix->nodes--;
 }
@@ -537,8 +554,9 @@ static int push (Scratch *sc, size_t *nw, mk_inode *n, size_t i, uint32_t skip) 
 static int pushkids (Scratch *sc, size_t *nw, const mk_inode *n, size_t i,
                      uint32_t skip) {
   uint32_t k, len = (n->kcap <= SMALLKIDS) ? n->nkids : n->kcap;
+  mk_inode **kids = kidv(n);
   for (k = 0; k < len; k++) {
-    mk_inode *c = n->kids[k];
+    mk_inode *c = kids[k];
     if (c != NULL && push(sc, nw, c, i, skip + c->arity) != 0) return -1;
   }
   return 0;
