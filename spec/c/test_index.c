@@ -9,22 +9,11 @@
 #include <string.h>
 
 #include "check.h"
+#include "heap.h"
 #include "naive_index.h"
 #include "route.h"
 
 #include "termlit.h"
-
-/* Heap in use by malloc, where glibc counts it (not under ASan). */
-#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
-#include <malloc.h>
-#define HEAP_COUNTED 1
-static size_t heap_in_use (void) { return mallinfo2().uordblks; }
-#else
-#define HEAP_COUNTED 0
-static size_t heap_in_use (void) { return 0; }
-#endif
-/* The malloc chunk an n-byte request takes (glibc, 64-bit). */
-#define MALLOC_CHUNK(n) (((n) + 8 + 15) & ~(size_t)15)
 
 /* An equal but separately built copy of t. */
 static mk_term *P_copy (const mk_term *t) {
