@@ -1331,7 +1331,11 @@ static void handle(mk_proc *p, const mk_event *ev) {
       else if (strcmp(e, "out") == 0) c->senders += d;
       else if (strcmp(e, "opts") == 0) { options_changed(p, c, ev->role.topic, d > 0); break; }
       else break;
-      if (d > 0) c->seen = 1;
+      if (d > 0 && !c->seen) {
+        c->seen = 1;
+        /* Taken: the listener's closing no longer concerns it (boot). */
+        if (c->lport) mk_delete_endpoint(p, "listener", 0, NULL);
+      }
       peers_changed(p, c);
       break;
     }
