@@ -378,6 +378,29 @@ typedef struct tconn {
 static char rbuf[READ_MAX];
 static size_t trim_credit;    /* bytes freed by closed connections since the last trim */
 
+/* Terms that connections made one after another mostly have equal: the
+** alarm of an idle timeout (rounded, see arm_idle) and the peer's host.
+** One copy is shared, held while some manager lives (nmanagers), instead
+** of a copy per connection (issue 10). */
+static mk_term *shared_alarm, *shared_host;
+static size_t nmanagers;
+
+static void shared_release(void) {
+  if (nmanagers > 0) return;
+  mk_unref(shared_alarm);
+  mk_unref(shared_host);
+  shared_alarm = shared_host = NULL;
+}
+
+/* A new reference to the string term host. */
+static mk_term *host_term(const char *host) {
+  if (shared_host == NULL || strcmp(mk_strdata(shared_host), host) != 0) {
+    mk_unref(shared_host);
+    shared_host = mk_cstr(host);
+  }
+  return mk_ref(shared_host);
+}
+
 static mk_rtype *rtype(const char *label, uint32_t arity, const char *const *names) {
   return mk_rtype_get(label, strlen(label), arity, names);
 }
@@ -440,9 +463,12 @@ static void unwatch(mk_proc *p, tconn *c, int bit) {
 ** that joined a fired alarm would wait for ever.  Callers therefore only
 ** ask for times still ahead (at > now_ms()). */
 static void watch_alarm(mk_proc *p, tconn *c, int bit, int64_t at) {
-  mk_term *t = ground1(mk_ground_alarm, at);
+  mk_term *t = shared_alarm;
+  if (t == NULL || t->v.rt != mk_ground_alarm || mk_items(t)[0]->v.i != at) {
+    mk_unref(shared_alarm);
+    shared_alarm = t = ground1(mk_ground_alarm, at);   /* NULL: the endpoint fails */
+  }
   watch(p, c, bit, t);
-  mk_unref(t);
 }
 
 static void set_fd(tconn *c, int fd) {
@@ -1398,6 +1424,8 @@ static void destroy(mk_proc *p) {
 #endif
   }
   free(c);
+  nmanagers--;
+  shared_release();
 }
 
 static const mk_behavior tcpconn_behavior = { "tcp", handle, NULL, destroy, NULL, 0 };
@@ -1443,8 +1471,10 @@ static tconn *newconn(lua_State *L, tbase *base, tcount *stats, tcount *conns, i
   if (c == NULL) {
     if (fd >= 0) close(fd);
     mk_unref(remote); mk_unref(loc); mk_unref(lport);
+    shared_release();
     return NULL;
   }
+  nmanagers++;
   c->remote = remote;
   c->loc = loc;
   c->lport = lport;
@@ -1528,7 +1558,7 @@ static int l_tcp_accept(lua_State *L) {
       refuse(p, stats, art, loc, host, port, name);
       continue;
     }
-    c = newconn(L, base, stats, conns, fd, mk_rec(art, mk_cstr(host), mk_int(port)),
+    c = newconn(L, base, stats, conns, fd, mk_rec(art, host_term(host), mk_int(port)),
                 mk_ref(loc), mk_ref(lport));
     if (c == NULL) continue;
     snprintf(name, sizeof name, "tcp %s:%d", host, port);
