@@ -46,6 +46,9 @@
 #define SMALLKIDS  8
 #define MINTABLE   16
 
+/* 56 bytes, a 64-byte malloc chunk: an idle connection's topics hold
+** about sixteen nodes of their own (issue 10).  Hence the capacity kept
+** as a logarithm and the item list without a tail pointer. */
 struct mk_inode {
   mk_inode *parent;
   mk_inode *wild;           /* child for a wildcard at this position */
@@ -53,18 +56,19 @@ struct mk_inode {
     mk_inode **v;           /* kcap >= 2: owned array or table */
     mk_inode *one;          /* kcap == 1: the child, in place */
   } kids;                   /* the other children (see SMALLKIDS; kidv) */
-  uint32_t nkids;           /* number of children in kids */
-  uint32_t kcap;            /* <= SMALLKIDS: array; else table size */
-  mk_ilink *head, *tail;    /* items whose topic ends here */
-  /* the token leading here from the parent */
-  uint32_t khash;
-  uint32_t arity;           /* number of terms the token opens */
-  uint8_t tag;
+  mk_ilink *head;           /* items whose topic ends here; head->prev is
+                            ** the last of them (route.h) */
   union {
     mk_term *atom;          /* TK_ATOM: owned reference */
     mk_rtype *rt;           /* TK_REC: owned reference */
-  } key;
+  } key;                    /* the token leading here from the parent ... */
+  uint32_t khash;           /* ... its hash ... */
+  uint32_t arity;           /* ... and the number of terms it opens */
+  uint32_t nkids;           /* number of children in kids */
+  uint8_t tag;
+  uint8_t klog;             /* kcap (kcapof): 0, or 2^(klog-1); a power of 2 */
 };
+_Static_assert(sizeof(struct mk_inode) <= 56, "a trie node fits a 64-byte malloc chunk");
 
 /*
 ** The match cache.  A query whose top level is a record or a sequence of
@@ -257,21 +261,33 @@ static int samekey (const mk_inode *c, int tag, uint32_t h, const mk_term *t) {
   }
 }
 
+/* The capacity of n's children: <= SMALLKIDS, an array; else a table's
+** size. */
+static uint32_t kcapof (const mk_inode *n) {
+  return n->klog ? (uint32_t)1 << (n->klog - 1) : 0;
+}
+
+static void setkcap (mk_inode *n, uint32_t cap) {
+  uint8_t k = 0;
+  while (cap != 0) { k++; cap >>= 1; }
+  n->klog = k;
+}
+
 /* The children of n as an array of kcap entries. */
 static mk_inode **kidv (const mk_inode *n) {
-  return n->kcap == 1 ? (mk_inode **)&n->kids.one : n->kids.v;
+  return n->klog == 1 ? (mk_inode **)&n->kids.one : n->kids.v;
 }
 
 static mk_inode *findkid (const mk_inode *n, int tag, uint32_t h,
                           const mk_term *t) {
-  if (n->kcap <= SMALLKIDS) {
+  if (kcapof(n) <= SMALLKIDS) {
     mk_inode **k = kidv(n);
     uint32_t i;
     for (i = 0; i < n->nkids; i++)
       if (samekey(k[i], tag, h, t)) return k[i];
   }
   else {
-    uint32_t mask = n->kcap - 1, i;
+    uint32_t mask = kcapof(n) - 1, i;
     mk_inode *c;
     for (i = h & mask; (c = n->kids.v[i]) != NULL; i = (i + 1) & mask)
       if (samekey(c, tag, h, t)) return c;
@@ -290,50 +306,50 @@ static int rehash (mk_inode *n, uint32_t ncap) {
   mk_inode **nk = (mk_inode **)calloc(ncap, sizeof(mk_inode *)), **old = kidv(n);
   uint32_t i, j = 0;
   if (nk == NULL) return -1;
-  if (n->kcap <= SMALLKIDS) {
+  if (kcapof(n) <= SMALLKIDS) {
     for (i = 0; i < n->nkids; i++) tableput(nk, ncap, old[i]);
   }
   else {
-    for (i = 0; i < n->kcap; i++) {
+    for (i = 0; i < kcapof(n); i++) {
       if (old[i] == NULL) continue;
       if (ncap <= SMALLKIDS) nk[j++] = old[i];
       else tableput(nk, ncap, old[i]);
     }
   }
-  if (n->kcap > 1) free(n->kids.v);
+  if (kcapof(n) > 1) free(n->kids.v);
   n->kids.v = nk;
-  n->kcap = ncap;
+  setkcap(n, ncap);
   return 0;
 }
 
 static int addkid (mk_inode *n, mk_inode *c) {
-  if (n->kcap <= SMALLKIDS) {
-    if (n->nkids == n->kcap) {
-      if (n->kcap == 0) n->kcap = 1;   /* in place */
-      else if (n->kcap < SMALLKIDS) {
-        uint32_t ncap = n->kcap * 2;
-        mk_inode **nk = (mk_inode **)realloc(n->kcap == 1 ? NULL : n->kids.v,
+  if (kcapof(n) <= SMALLKIDS) {
+    if (n->nkids == kcapof(n)) {
+      if (n->klog == 0) setkcap(n, 1);   /* in place */
+      else if (kcapof(n) < SMALLKIDS) {
+        uint32_t ncap = kcapof(n) * 2;
+        mk_inode **nk = (mk_inode **)realloc(kcapof(n) == 1 ? NULL : n->kids.v,
                                              ncap * sizeof(mk_inode *));
         if (nk == NULL) return -1;
-        if (n->kcap == 1) nk[0] = n->kids.one;
+        if (kcapof(n) == 1) nk[0] = n->kids.one;
         n->kids.v = nk;
-        n->kcap = ncap;
+        setkcap(n, ncap);
       }
       else if (rehash(n, MINTABLE) != 0) return -1;
     }
   }
-  else if ((n->nkids + 1) * 4 > n->kcap * 3) {  /* keep the load <= 3/4 */
-    if (n->kcap > UINT32_MAX / 2 || rehash(n, n->kcap * 2) != 0) return -1;
+  else if ((n->nkids + 1) * 4 > kcapof(n) * 3) {  /* keep the load <= 3/4 */
+    if (kcapof(n) > UINT32_MAX / 2 || rehash(n, kcapof(n) * 2) != 0) return -1;
   }
-  if (n->kcap <= SMALLKIDS) kidv(n)[n->nkids] = c;
-  else tableput(n->kids.v, n->kcap, c);
+  if (kcapof(n) <= SMALLKIDS) kidv(n)[n->nkids] = c;
+  else tableput(n->kids.v, kcapof(n), c);
   n->nkids++;
   return 0;
 }
 
 static void removekid (mk_inode *n, mk_inode *c) {
   uint32_t i;
-  if (n->kcap <= SMALLKIDS) {  /* order among children does not matter */
+  if (kcapof(n) <= SMALLKIDS) {  /* order among children does not matter */
     mk_inode **k = kidv(n);
     for (i = 0; k[i] != c; i++)
       ;
@@ -342,7 +358,7 @@ static void removekid (mk_inode *n, mk_inode *c) {
   else {
     /* linear probing: delete by shifting later entries back into the hole */
     mk_inode **k = n->kids.v;
-    uint32_t mask = n->kcap - 1, j;
+    uint32_t mask = kcapof(n) - 1, j;
     for (i = c->khash & mask; k[i] != c; i = (i + 1) & mask)
       ;
     for (j = (i + 1) & mask; k[j] != NULL; j = (j + 1) & mask) {
@@ -358,7 +374,7 @@ static void removekid (mk_inode *n, mk_inode *c) {
     n->nkids--;
     /* shrink (best effort) when sparse */
     if (n->nkids <= SMALLKIDS / 2) rehash(n, SMALLKIDS);
-    else if (n->kcap > MINTABLE && n->nkids * 8 < n->kcap) rehash(n, n->kcap / 2);
+    else if (kcapof(n) > MINTABLE && n->nkids * 8 < kcapof(n)) rehash(n, kcapof(n) / 2);
   }
 }
 
@@ -367,9 +383,9 @@ static void removekid (mk_inode *n, mk_inode *c) {
 ** so it may turn a table into a plain array with holes.
 */
 static mk_inode *popkid (mk_inode *n) {
-  if (n->kcap > SMALLKIDS) {
-    n->nkids = n->kcap;
-    n->kcap = SMALLKIDS;
+  if (kcapof(n) > SMALLKIDS) {
+    n->nkids = kcapof(n);
+    setkcap(n, SMALLKIDS);
   }
   while (n->nkids > 0) {
     mk_inode *c = kidv(n)[--n->nkids];
@@ -399,7 +415,7 @@ static mk_inode *newnode (mk_index *ix, mk_inode *parent) {
 static void freenode (mk_index *ix, mk_inode *n) {
   if (n->tag == TK_ATOM) mk_unref(n->key.atom);
   else if (n->tag == TK_REC) mk_rtype_unref(n->key.rt);
-  if (n->kcap > 1) free(n->kids.v);
+  if (kcapof(n) > 1) free(n->kids.v);
   free(n);
   ix->nodes--;
 }
@@ -516,10 +532,13 @@ int mk_index_add (mk_index *ix, const mk_term *topic, mk_ilink *item) {
   }
   item->leaf = n;
   item->next = NULL;
-  item->prev = n->tail;
-  if (n->tail) n->tail->next = item;
-  else n->head = item;
-  n->tail = item;
+  if (n->head == NULL) n->head = item->prev = item;
+  else {
+    mk_ilink *last = n->head->prev;
+    last->next = item;
+    item->prev = last;
+    n->head->prev = item;
+  }
   ix->count++;
   ix->gen++;
   return 0;
@@ -528,10 +547,14 @@ int mk_index_add (mk_index *ix, const mk_term *topic, mk_ilink *item) {
 void mk_index_remove (mk_index *ix, mk_ilink *item) {
   mk_inode *n = item->leaf;
   if (n == NULL) return;
-  if (item->prev) item->prev->next = item->next;
-  else n->head = item->next;
-  if (item->next) item->next->prev = item->prev;
-  else n->tail = item->prev;
+  if (item == n->head) {
+    n->head = item->next;
+    if (n->head) n->head->prev = item->prev;
+  } else {
+    item->prev->next = item->next;
+    if (item->next) item->next->prev = item->prev;
+    else n->head->prev = item->prev;
+  }
   item->prev = item->next = NULL;
   item->leaf = NULL;
   ix->count--;
@@ -553,7 +576,7 @@ static int push (Scratch *sc, size_t *nw, mk_inode *n, size_t i, uint32_t skip) 
 /* Push every child of n (not the wild one) as consuming one term more. */
 static int pushkids (Scratch *sc, size_t *nw, const mk_inode *n, size_t i,
                      uint32_t skip) {
-  uint32_t k, len = (n->kcap <= SMALLKIDS) ? n->nkids : n->kcap;
+  uint32_t k, len = (kcapof(n) <= SMALLKIDS) ? n->nkids : kcapof(n);
   mk_inode **kids = kidv(n);
   for (k = 0; k < len; k++) {
     mk_inode *c = kids[k];

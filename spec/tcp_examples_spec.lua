@@ -242,7 +242,7 @@ describe("examples/echo.lua's idle connections", function()
     return pred()
   end
 
-  it("cost at most 5,500 bytes of heap each (7,038 before issue 10)", function()
+  it("cost at most 4,500 bytes of heap each (7,038 before issue 10, 4,100 after)", function()
     local server = N.start_cmd(("exec %s -e %s 0"):format(q(N.market_bin()), q(WRAP)))
     local port, base, held
     eventually(function()
@@ -265,7 +265,7 @@ describe("examples/echo.lua's idle connections", function()
     -- AddressSanitizer's allocator keeps its own books.
     if not asan then
       local each = (held - base) / CONNS
-      assert.is_true(each <= 5500, ("%.0f bytes of heap per idle connection"):format(each))
+      assert.is_true(each <= 4500, ("%.0f bytes of heap per idle connection"):format(each))
     end
   end)
 end)
