@@ -331,51 +331,55 @@ static int same_conf(const tconf *a, const tconf *b) {
   return 1;
 }
 
+/* 248 bytes, a 256-byte malloc chunk (issue 10): pointers, then 64-bit
+** fields, then 32-bit ones, then flags, so that no padding is left. */
 typedef struct tconn {
   mk_term *remote;            /* tcp.address(host, port) */
   mk_term *loc;               /* tcp.listener(port) | tcp.handle(id) */
   mk_term *lport;             /* inbound: the listener's port; NULL: outbound */
-  mk_rtype *channel;          /* tcp-channel/3 */
   mk_term *rd;                /* market:readable(fd) */
   mk_term *wr;                /* market:writable(fd), made when first watched */
-  int fd;                     /* -1: none (yet, or any more) */
   /* settings: the module's defaults (a counted reference), the option
   ** sets seen (their refined topics, owned, in presence order: parsed
   ** again by reconfigure, which runs only when they come and go), and
-  ** what they come to */
+  ** what they come to (high ... linger_ms, max_frame, readsize, framing) */
   tbase *base;
   mk_term **opts;
-  uint32_t nopts, optcap;
-  int framing;
-  size_t max_frame, high, low, hard, readsize;
-  int64_t idle_ms, linger_ms;
   tcount *stats;              /* counted reference, or NULL */
   tcount *conns;              /* counted reference (inbound) while the socket is
                               ** open, or NULL: the listener's live connections */
   lua_State *L;               /* the main thread, for warn() */
-  int readers, senders;       /* peers on the inbound / outbound flow */
-  uint8_t seen, connected, paused, eof_in, eof_out, closing, warned, done;
-  uint8_t in_failed;          /* the inbound flow was withdrawn with a reason */
-  uint8_t more;               /* ib may hold whole frames not yet delivered */
-  uint8_t eof_queued;         /* shut down writing once the queue is written */
-  uint8_t shut;               /* writing is shut down */
-  uint8_t out_gone;           /* the outbound flow was withdrawn */
-  uint8_t draining;           /* written and shut down: discarding input until EOF */
-  uint8_t watching;           /* W_* */
   /* output queue */
   oblock *qhead, *qtail;
+  /* framed input left over (see "framing" below): malloc'd, icap bytes */
+  char *ib;
+  tdial *dial;                /* owned: connecting (outbound), or NULL */
+  size_t high, low, hard;
+  int64_t idle_ms, linger_ms;
   size_t qbytes;              /* bytes held by the queue (blocks and terms) */
   size_t overrun;             /* bytes queued while paused */
   size_t peak;                /* the most memory this connection held */
-  /* framed input left over (see "framing" below): malloc'd, icap bytes */
-  char *ib;
   size_t ioff, iscan, ilen, icap;
-  /* idle timeout */
-  int64_t last_io;            /* ms, when bytes last moved */
-  tdial *dial;                /* owned: connecting (outbound), or NULL */
+  int64_t last_io;            /* ms, when bytes last moved (idle timeout) */
+  int fd;                     /* -1: none (yet, or any more) */
+  uint32_t max_frame;         /* at most 2^31 (keys[]) */
+  uint32_t readsize;          /* at most READ_MAX */
+  uint32_t nopts, optcap;
+  int readers, senders;       /* peers on the inbound / outbound flow */
+  uint8_t framing;            /* F_* */
+  uint8_t watching;           /* W_* */
+  unsigned seen : 1, connected : 1, paused : 1, eof_in : 1, eof_out : 1, closing : 1,
+           warned : 1, done : 1;
+  unsigned in_failed : 1;     /* the inbound flow was withdrawn with a reason */
+  unsigned more : 1;          /* ib may hold whole frames not yet delivered */
+  unsigned eof_queued : 1;    /* shut down writing once the queue is written */
+  unsigned shut : 1;          /* writing is shut down */
+  unsigned out_gone : 1;      /* the outbound flow was withdrawn */
+  unsigned draining : 1;      /* written and shut down: discarding input until EOF */
 } tconn;
 
 static char rbuf[READ_MAX];
+static mk_rtype *channel_rt;  /* tcp-channel/3, held while some manager lives */
 static size_t trim_credit;    /* bytes freed by closed connections since the last trim */
 
 /* Terms that connections made one after another mostly have equal: the
@@ -390,6 +394,8 @@ static void shared_release(void) {
   mk_unref(shared_alarm);
   mk_unref(shared_host);
   shared_alarm = shared_host = NULL;
+  if (channel_rt) mk_rtype_unref(channel_rt);
+  channel_rt = NULL;
 }
 
 /* A new reference to the string term host. */
@@ -408,8 +414,8 @@ static mk_rtype *rtype(const char *label, uint32_t arity, const char *const *nam
 static const char *const channel_fields[] = { "source", "destination", "subpacket" };
 
 /* tcp.channel(a, b, c), with c stolen. */
-static mk_term *channel(tconn *c, mk_term *a, mk_term *b, mk_term *sub) {
-  return mk_rec(c->channel, mk_ref(a), mk_ref(b), sub);
+static mk_term *channel(mk_term *a, mk_term *b, mk_term *sub) {
+  return mk_rec(channel_rt, mk_ref(a), mk_ref(b), sub);
 }
 
 static mk_term *ground1(mk_rtype *rt, int64_t v) { return mk_rec(rt, mk_int(v)); }
@@ -605,7 +611,7 @@ static void withdraw_flows(mk_proc *p, tconn *c, const char *reason) {
 #define FRAME_BUDGET 128
 
 static void deliver(mk_proc *p, tconn *c, const char *s, size_t n) {
-  mk_term *m = channel(c, c->remote, c->loc, mk_str(s, n));
+  mk_term *m = channel(c->remote, c->loc, mk_str(s, n));
   mk_send(p, m);
   mk_unref(m);
 }
@@ -676,7 +682,7 @@ static void compact(tconn *c) {
 
 static void line_too_long(mk_proc *p, tconn *c) {
   char buf[96];
-  snprintf(buf, sizeof buf, "line longer than %zu bytes", c->max_frame);
+  snprintf(buf, sizeof buf, "line longer than %zu bytes", (size_t)c->max_frame);
   fail_inbound(p, c, buf);
 }
 
@@ -694,7 +700,7 @@ static int check_len(mk_proc *p, tconn *c, size_t len) {
   char buf[128];
   if (len <= c->max_frame) return 0;
   snprintf(buf, sizeof buf, "frame of %zu bytes is longer than max_frame (%zu)", len,
-           c->max_frame);
+           (size_t)c->max_frame);
   fail_inbound(p, c, buf);
   return -1;
 }
@@ -839,7 +845,7 @@ static void end_of_input(mk_proc *p, tconn *c) {
   }
   free_input(c);
   c->ioff = c->iscan = 0;
-  m = channel(c, c->remote, c->loc, mk_eof());
+  m = channel(c->remote, c->loc, mk_eof());
   mk_send(p, m);
   mk_unref(m);
 }
@@ -1131,13 +1137,13 @@ static void reconfigure(mk_proc *p, tconn *c) {
     for (k = 0; k < NKEYS; k++)
       if (o.set & (1u << k)) { m.v[k] = o.v[k]; m.set |= 1u << k; }
   }
-  c->framing = (int)m.v[K_FRAMING];
-  c->max_frame = (size_t)m.v[K_MAX_FRAME];
+  c->framing = (uint8_t)m.v[K_FRAMING];
+  c->max_frame = (uint32_t)m.v[K_MAX_FRAME];
   c->idle_ms = m.v[K_IDLE];
   c->high = (size_t)m.v[K_HIGH];
   c->low = m.set & (1u << K_LOW) ? (size_t)m.v[K_LOW] : c->high / 2;
   c->hard = m.set & (1u << K_HARD) ? (size_t)m.v[K_HARD] : 8 * c->high;
-  c->readsize = (size_t)m.v[K_READ];
+  c->readsize = (uint32_t)m.v[K_READ];
   c->linger_ms = m.v[K_LINGER];
   if (p == NULL || c->done || c->draining) return;
   if (c->framing != framing || c->max_frame != max_frame) {
@@ -1316,11 +1322,11 @@ static void boot(mk_proc *p, tconn *c) {
   mk_rtype_unref(ort);
   r.interest = MK_PARTICIPANT;
   r.orientation = MK_PUBLISHER;
-  r.topic = channel(c, c->remote, c->loc, w);
+  r.topic = channel(c->remote, c->loc, w);
   mk_add_endpoint(p, "in", 0, r);
   mk_unref(r.topic);
   r.orientation = MK_SUBSCRIBER;
-  r.topic = channel(c, c->loc, c->remote, w);
+  r.topic = channel(c->loc, c->remote, w);
   mk_add_endpoint(p, "out", 0, r);
   mk_unref(r.topic);
   if (c->lport) {
@@ -1410,7 +1416,6 @@ static void destroy(mk_proc *p) {
   mk_unref(c->remote);
   mk_unref(c->loc);
   mk_unref(c->lport);
-  if (c->channel) mk_rtype_unref(c->channel);
   count_release(c->stats);
   leave_count(c);
   /* A connection that held much (a slow reader's queue) leaves free
@@ -1478,7 +1483,7 @@ static tconn *newconn(lua_State *L, tbase *base, tcount *stats, tcount *conns, i
   c->remote = remote;
   c->loc = loc;
   c->lport = lport;
-  c->channel = rtype("tcp-channel", 3, channel_fields);
+  if (channel_rt == NULL) channel_rt = rtype("tcp-channel", 3, channel_fields);
   c->fd = -1;
   c->base = base;
   base->refs++;
