@@ -612,7 +612,10 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   e->role = role;
   e->role.topic = mk_ref(role.topic);
   h = ephash(p->pid, name);
-  if (vm->neps + 1 > vm->etabsize) etab_grow(vm);
+  /* Chains of two on average: the table is looked up when endpoints come
+  ** and go, never per message, and at one slot per endpoint it cost 8 to
+  ** 16 bytes of each (about ten per idle connection; issue 10). */
+  if (vm->neps + 1 > 2 * vm->etabsize) etab_grow(vm);
   e->hnext = vm->etab[h & (vm->etabsize - 1)];
   vm->etab[h & (vm->etabsize - 1)] = e;
   vm->neps++;
