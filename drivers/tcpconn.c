@@ -296,61 +296,116 @@ typedef struct oblock {
   char data[];
 } oblock;
 
-/* An option set seen on the "opts" endpoint: the refined topic (owned,
-** for matching its absence) and what it says. */
-typedef struct optset {
-  mk_term *topic;
-  tconf cf;
-} optset;
-
-typedef struct tconn {
-  mk_term *remote;            /* tcp.address(host, port) */
-  mk_term *loc;               /* tcp.listener(port) | tcp.handle(id) */
-  mk_term *lport;             /* inbound: the listener's port; NULL: outbound */
-  mk_rtype *channel;          /* tcp-channel/3 */
-  mk_term *rd, *wr;           /* market:readable(fd), market:writable(fd) */
-  int fd;                     /* -1: none (yet, or any more) */
-  /* settings: the module's defaults, the option sets seen (owned array,
-  ** in presence order), and what they come to */
-  tconf base;
-  optset *opts;
-  size_t nopts, optcap;
-  int framing;
-  size_t max_frame, high, low, hard, readsize;
-  int64_t idle_ms, linger_ms;
-  tcount *stats;              /* counted reference, or NULL */
-  tcount *conns;              /* counted reference (inbound) while the socket is
-                              ** open, or NULL: the listener's live connections */
-  lua_State *L;               /* the main thread, for warn() */
-  int readers, senders;       /* peers on the inbound / outbound flow */
-  uint8_t seen, connected, paused, eof_in, eof_out, closing, warned, done;
-  uint8_t in_failed;          /* the inbound flow was withdrawn with a reason */
-  uint8_t more;               /* ib may hold whole frames not yet delivered */
-  uint8_t eof_queued;         /* shut down writing once the queue is written */
-  uint8_t shut;               /* writing is shut down */
-  uint8_t out_gone;           /* the outbound flow was withdrawn */
-  uint8_t draining;           /* written and shut down: discarding input until EOF */
-  uint8_t watching;           /* W_* */
-  /* output queue */
-  oblock *qhead, *qtail;
-  size_t qbytes;              /* bytes held by the queue (blocks and terms) */
-  size_t overrun;             /* bytes queued while paused */
-  size_t peak;                /* the most memory this connection held */
-  /* framed input left over (see "framing" below): malloc'd, icap bytes */
-  char *ib;
-  size_t ioff, iscan, ilen, icap;
-  /* idle timeout */
-  int64_t last_io;            /* ms, when bytes last moved */
-  /* connecting (outbound) */
+/* Connecting (outbound only): allocated by start_connect, freed with the
+** connection, so that an accepted connection does not carry it. */
+typedef struct tdial {
   mkd_resolve_job *job;
   int rfd;                    /* the resolver's pipe, -1 */
   struct addrinfo *numeric;   /* owned: a numeric host's addresses */
   const struct addrinfo *addrs, *ai;   /* the list being tried; the last tried */
   char lasterr[128];
+} tdial;
+
+/* The module's defaults as a manager starts from them: shared by the
+** managers started while they stay the same (counted references). */
+typedef struct tbase {
+  uint32_t refs;
+  tconf cf;
+} tbase;
+
+/* The defaults last handed out, while some manager holds them: the next
+** managers share them as long as the module's defaults stay the same. */
+static tbase *last_base;
+
+static void base_release(tbase *b) {
+  if (b == NULL || --b->refs > 0) return;
+  if (b == last_base) last_base = NULL;
+  free(b);
+}
+
+static int same_conf(const tconf *a, const tconf *b) {
+  int k;
+  if (a->set != b->set) return 0;
+  for (k = 0; k < NKEYS; k++)
+    if (a->v[k] != b->v[k]) return 0;
+  return 1;
+}
+
+/* 248 bytes, a 256-byte malloc chunk (issue 10): pointers, then 64-bit
+** fields, then 32-bit ones, then flags, so that no padding is left. */
+typedef struct tconn {
+  mk_term *remote;            /* tcp.address(host, port) */
+  mk_term *loc;               /* tcp.listener(port) | tcp.handle(id) */
+  mk_term *lport;             /* inbound: the listener's port; NULL: outbound */
+  mk_term *rd;                /* market:readable(fd) */
+  mk_term *wr;                /* market:writable(fd), made when first watched */
+  /* settings: the module's defaults (a counted reference), the option
+  ** sets seen (their refined topics, owned, in presence order: parsed
+  ** again by reconfigure, which runs only when they come and go), and
+  ** what they come to (high ... linger_ms, max_frame, readsize, framing) */
+  tbase *base;
+  mk_term **opts;
+  tcount *stats;              /* counted reference, or NULL */
+  tcount *conns;              /* counted reference (inbound) while the socket is
+                              ** open, or NULL: the listener's live connections */
+  lua_State *L;               /* the main thread, for warn() */
+  /* output queue */
+  oblock *qhead, *qtail;
+  /* framed input left over (see "framing" below): malloc'd, icap bytes */
+  char *ib;
+  tdial *dial;                /* owned: connecting (outbound), or NULL */
+  size_t high, low, hard;
+  int64_t idle_ms, linger_ms;
+  size_t qbytes;              /* bytes held by the queue (blocks and terms) */
+  size_t overrun;             /* bytes queued while paused */
+  size_t peak;                /* the most memory this connection held */
+  size_t ioff, iscan, ilen, icap;
+  int64_t last_io;            /* ms, when bytes last moved (idle timeout) */
+  int fd;                     /* -1: none (yet, or any more) */
+  uint32_t max_frame;         /* at most 2^31 (keys[]) */
+  uint32_t readsize;          /* at most READ_MAX */
+  uint32_t nopts, optcap;
+  int readers, senders;       /* peers on the inbound / outbound flow */
+  uint8_t framing;            /* F_* */
+  uint8_t watching;           /* W_* */
+  unsigned seen : 1, connected : 1, paused : 1, eof_in : 1, eof_out : 1, closing : 1,
+           warned : 1, done : 1;
+  unsigned in_failed : 1;     /* the inbound flow was withdrawn with a reason */
+  unsigned more : 1;          /* ib may hold whole frames not yet delivered */
+  unsigned eof_queued : 1;    /* shut down writing once the queue is written */
+  unsigned shut : 1;          /* writing is shut down */
+  unsigned out_gone : 1;      /* the outbound flow was withdrawn */
+  unsigned draining : 1;      /* written and shut down: discarding input until EOF */
 } tconn;
 
 static char rbuf[READ_MAX];
+static mk_rtype *channel_rt;  /* tcp-channel/3, held while some manager lives */
 static size_t trim_credit;    /* bytes freed by closed connections since the last trim */
+
+/* Terms that connections made one after another mostly have equal: the
+** alarm of an idle timeout (rounded, see arm_idle) and the peer's host.
+** One copy is shared, held while some manager lives (nmanagers), instead
+** of a copy per connection (issue 10). */
+static mk_term *shared_alarm, *shared_host;
+static size_t nmanagers;
+
+static void shared_release(void) {
+  if (nmanagers > 0) return;
+  mk_unref(shared_alarm);
+  mk_unref(shared_host);
+  shared_alarm = shared_host = NULL;
+  if (channel_rt) mk_rtype_unref(channel_rt);
+  channel_rt = NULL;
+}
+
+/* A new reference to the string term host. */
+static mk_term *host_term(const char *host) {
+  if (shared_host == NULL || strcmp(mk_strdata(shared_host), host) != 0) {
+    mk_unref(shared_host);
+    shared_host = mk_cstr(host);
+  }
+  return mk_ref(shared_host);
+}
 
 static mk_rtype *rtype(const char *label, uint32_t arity, const char *const *names) {
   return mk_rtype_get(label, strlen(label), arity, names);
@@ -359,8 +414,8 @@ static mk_rtype *rtype(const char *label, uint32_t arity, const char *const *nam
 static const char *const channel_fields[] = { "source", "destination", "subpacket" };
 
 /* tcp.channel(a, b, c), with c stolen. */
-static mk_term *channel(tconn *c, mk_term *a, mk_term *b, mk_term *sub) {
-  return mk_rec(c->channel, mk_ref(a), mk_ref(b), sub);
+static mk_term *channel(mk_term *a, mk_term *b, mk_term *sub) {
+  return mk_rec(channel_rt, mk_ref(a), mk_ref(b), sub);
 }
 
 static mk_term *ground1(mk_rtype *rt, int64_t v) { return mk_rec(rt, mk_int(v)); }
@@ -414,9 +469,12 @@ static void unwatch(mk_proc *p, tconn *c, int bit) {
 ** that joined a fired alarm would wait for ever.  Callers therefore only
 ** ask for times still ahead (at > now_ms()). */
 static void watch_alarm(mk_proc *p, tconn *c, int bit, int64_t at) {
-  mk_term *t = ground1(mk_ground_alarm, at);
+  mk_term *t = shared_alarm;
+  if (t == NULL || t->v.rt != mk_ground_alarm || mk_items(t)[0]->v.i != at) {
+    mk_unref(shared_alarm);
+    shared_alarm = t = ground1(mk_ground_alarm, at);   /* NULL: the endpoint fails */
+  }
   watch(p, c, bit, t);
-  mk_unref(t);
 }
 
 static void set_fd(tconn *c, int fd) {
@@ -424,16 +482,22 @@ static void set_fd(tconn *c, int fd) {
   mk_unref(c->wr);
   c->rd = c->wr = NULL;
   c->fd = fd;
-  if (fd >= 0) {
-    c->rd = ground1(mk_ground_readable, fd);
-    c->wr = ground1(mk_ground_writable, fd);
-  }
+  if (fd >= 0) c->rd = ground1(mk_ground_readable, fd);
+}
+
+/* Watch the socket's writability: most connections never have to (their
+** writes complete at once), so the topic is made when first needed. */
+static void watch_writable(mk_proc *p, tconn *c, int bit) {
+  if (c->wr == NULL) c->wr = ground1(mk_ground_writable, c->fd);
+  watch(p, c, bit, c->wr);
 }
 
 static void close_resolver(tconn *c) {
-  if (c->job) { mkd_resolve_release(c->job); c->job = NULL; }
+  tdial *d = c->dial;
+  if (d == NULL) return;
+  if (d->job) { mkd_resolve_release(d->job); d->job = NULL; }
   /* After the release: the thread writes no more. */
-  if (c->rfd >= 0) { mkd_close_watched(c->rfd); c->rfd = -1; }
+  if (d->rfd >= 0) { mkd_close_watched(d->rfd); d->rfd = -1; }
 }
 
 static void note_held(tconn *c) {
@@ -547,7 +611,7 @@ static void withdraw_flows(mk_proc *p, tconn *c, const char *reason) {
 #define FRAME_BUDGET 128
 
 static void deliver(mk_proc *p, tconn *c, const char *s, size_t n) {
-  mk_term *m = channel(c, c->remote, c->loc, mk_str(s, n));
+  mk_term *m = channel(c->remote, c->loc, mk_str(s, n));
   mk_send(p, m);
   mk_unref(m);
 }
@@ -618,7 +682,7 @@ static void compact(tconn *c) {
 
 static void line_too_long(mk_proc *p, tconn *c) {
   char buf[96];
-  snprintf(buf, sizeof buf, "line longer than %zu bytes", c->max_frame);
+  snprintf(buf, sizeof buf, "line longer than %zu bytes", (size_t)c->max_frame);
   fail_inbound(p, c, buf);
 }
 
@@ -636,7 +700,7 @@ static int check_len(mk_proc *p, tconn *c, size_t len) {
   char buf[128];
   if (len <= c->max_frame) return 0;
   snprintf(buf, sizeof buf, "frame of %zu bytes is longer than max_frame (%zu)", len,
-           c->max_frame);
+           (size_t)c->max_frame);
   fail_inbound(p, c, buf);
   return -1;
 }
@@ -781,7 +845,7 @@ static void end_of_input(mk_proc *p, tconn *c) {
   }
   free_input(c);
   c->ioff = c->iscan = 0;
-  m = channel(c, c->remote, c->loc, mk_eof());
+  m = channel(c->remote, c->loc, mk_eof());
   mk_send(p, m);
   mk_unref(m);
 }
@@ -801,14 +865,19 @@ static void idle_expired(mk_proc *p, tconn *c) {
 }
 
 /* The alarm is set at last_io + idle_ms and moved only when it fires, so
-** the data path just stamps last_io. */
+** the data path just stamps last_io.  It is rounded up to a multiple of
+** idle_ms / 64, at most a second: connections that start or move bytes
+** within that span share one alarm (one ground watch, one index node),
+** where 10,000 idle connections would otherwise hold 10,000 (issue 10). */
 static void arm_idle(mk_proc *p, tconn *c) {
-  int64_t due;
+  int64_t due, grain;
   unwatch(p, c, W_IDLE);
   if (c->idle_ms <= 0 || !c->connected || c->closing || c->done) return;
   due = c->last_io + c->idle_ms;
-  if (due > now_ms()) watch_alarm(p, c, W_IDLE, due);
-  else idle_expired(p, c);
+  if (due <= now_ms()) { idle_expired(p, c); return; }
+  grain = c->idle_ms / 64 < 1000 ? c->idle_ms / 64 : 1000;
+  if (grain > 1) due += grain - 1 - (due + grain - 1) % grain;
+  watch_alarm(p, c, W_IDLE, due);
 }
 
 /* ---- output ------------------------------------------------------------- */
@@ -844,7 +913,7 @@ static void update_flow(mk_proc *p, tconn *c) {
   }
   if (!c->connected) return;
   if (c->qhead != NULL) {
-    watch(p, c, W_WR, c->wr);
+    watch_writable(p, c, W_WR);
   } else {
     unwatch(p, c, W_WR);
     if (c->closing) begin_drain(p, c);
@@ -1058,21 +1127,23 @@ static void peers_changed(mk_proc *p, tconn *c) {
 
 /* The base and the option sets, later over earlier, into the fields. */
 static void reconfigure(mk_proc *p, tconn *c) {
-  tconf m = c->base;
-  size_t i;
+  tconf m = c->base->cf, o;
+  uint32_t i;
   int k, framing = c->framing;
   size_t max_frame = c->max_frame;
   int64_t idle = c->idle_ms;
-  for (i = 0; i < c->nopts; i++)
+  for (i = 0; i < c->nopts; i++) {
+    parse_settings(mk_items(c->opts[i])[2], &o);
     for (k = 0; k < NKEYS; k++)
-      if (c->opts[i].cf.set & (1u << k)) { m.v[k] = c->opts[i].cf.v[k]; m.set |= 1u << k; }
-  c->framing = (int)m.v[K_FRAMING];
-  c->max_frame = (size_t)m.v[K_MAX_FRAME];
+      if (o.set & (1u << k)) { m.v[k] = o.v[k]; m.set |= 1u << k; }
+  }
+  c->framing = (uint8_t)m.v[K_FRAMING];
+  c->max_frame = (uint32_t)m.v[K_MAX_FRAME];
   c->idle_ms = m.v[K_IDLE];
   c->high = (size_t)m.v[K_HIGH];
   c->low = m.set & (1u << K_LOW) ? (size_t)m.v[K_LOW] : c->high / 2;
   c->hard = m.set & (1u << K_HARD) ? (size_t)m.v[K_HARD] : 8 * c->high;
-  c->readsize = (size_t)m.v[K_READ];
+  c->readsize = (uint32_t)m.v[K_READ];
   c->linger_ms = m.v[K_LINGER];
   if (p == NULL || c->done || c->draining) return;
   if (c->framing != framing || c->max_frame != max_frame) {
@@ -1086,34 +1157,32 @@ static void reconfigure(mk_proc *p, tconn *c) {
 
 static void options_changed(mk_proc *p, tconn *c, mk_term *topic, int present) {
   mk_term *s = topic->kind == MK_REC && topic->n == 3 ? mk_items(topic)[2] : NULL;
-  size_t i;
+  uint32_t i;
   if (s == NULL || s->kind == MK_WILD) return;
   if (present) {
-    optset *o;
+    tconf cf;
     const char *bad;
     if (c->nopts == c->optcap) {
-      size_t ncap = c->optcap ? 2 * c->optcap : 2;
-      optset *n = realloc(c->opts, ncap * sizeof *n);
+      uint32_t ncap = c->optcap ? 2 * c->optcap : 1;   /* mostly one: the listener's */
+      mk_term **n = realloc(c->opts, ncap * sizeof *n);
       if (n == NULL) { finish(p, c, "out of memory"); return; }
       c->opts = n;
       c->optcap = ncap;
     }
-    o = &c->opts[c->nopts];
-    bad = parse_settings(s, &o->cf);
+    bad = parse_settings(s, &cf);
     if (bad && c->L) {
       /* Only a hand-made record can get here: tcp.options checks. */
       char buf[160];
       snprintf(buf, sizeof buf, "market.tcp: ignoring the tcp-options setting %.60s", bad);
       lua_warning(c->L, buf, 0);
     }
-    o->topic = mk_ref(topic);
-    c->nopts++;
+    c->opts[c->nopts++] = mk_ref(topic);
   } else {
     /* Equal sets cannot be told apart: the latest of them goes. */
     for (i = c->nopts; i-- > 0;)
-      if (mk_equal(c->opts[i].topic, topic)) break;
-    if (i == (size_t)-1) return;
-    mk_unref(c->opts[i].topic);
+      if (mk_equal(c->opts[i], topic)) break;
+    if (i == (uint32_t)-1) return;
+    mk_unref(c->opts[i]);
     memmove(&c->opts[i], &c->opts[i + 1], (c->nopts - i - 1) * sizeof *c->opts);
     c->nopts--;
   }
@@ -1136,20 +1205,21 @@ static int usable(const struct addrinfo *ai) {
 }
 
 static void try_next(mk_proc *p, tconn *c) {
+  tdial *d = c->dial;
   for (;;) {
     int fd, inprogress;
-    const struct addrinfo *ai = c->ai ? c->ai->ai_next : c->addrs;
+    const struct addrinfo *ai = d->ai ? d->ai->ai_next : d->addrs;
     while (ai && !usable(ai)) ai = ai->ai_next;
-    c->ai = ai;
-    if (ai == NULL) { finish(p, c, c->lasterr[0] ? c->lasterr : "no address"); return; }
+    d->ai = ai;
+    if (ai == NULL) { finish(p, c, d->lasterr[0] ? d->lasterr : "no address"); return; }
     fd = mkd_tcp_connect(ai->ai_addr, ai->ai_addrlen, &inprogress);
     if (fd >= 0) {
       set_fd(c, fd);
       if (!inprogress) on_connected(p, c);
-      else watch(p, c, W_CONN, c->wr);
+      else watch_writable(p, c, W_CONN);
       return;
     }
-    mkd_strerror(errno, c->lasterr, sizeof c->lasterr);
+    mkd_strerror(errno, d->lasterr, sizeof d->lasterr);
   }
 }
 
@@ -1158,7 +1228,7 @@ static void on_conn(mk_proc *p, tconn *c) {
   if (c->fd < 0 || c->connected) return;
   err = mkd_so_error(c->fd);
   if (err == 0) { on_connected(p, c); return; }
-  mkd_strerror(err, c->lasterr, sizeof c->lasterr);
+  mkd_strerror(err, c->dial->lasterr, sizeof c->dial->lasterr);
   unwatch(p, c, W_CONN);
   mkd_close_watched(c->fd);
   set_fd(c, -1);
@@ -1178,22 +1248,25 @@ static void finish_host(mk_proc *p, tconn *c, const char *fmt, const char *why) 
 }
 
 static void on_resolved(mk_proc *p, tconn *c) {
+  tdial *d = c->dial;
   const struct addrinfo *res, *ai;
   const char *err = NULL;
   char buf[256];
-  if (c->job == NULL || !mkd_resolve_poll(c->job, &res, &err, buf, sizeof buf)) return;
+  if (d == NULL || d->job == NULL || !mkd_resolve_poll(d->job, &res, &err, buf, sizeof buf))
+    return;
   unwatch(p, c, W_RESOLVE);
-  mkd_close_watched(c->rfd);     /* the job stays: it holds the addresses */
-  c->rfd = -1;
+  mkd_close_watched(d->rfd);     /* the job stays: it holds the addresses */
+  d->rfd = -1;
   if (res == NULL) { finish_host(p, c, "unknown host %s (%s)", err); return; }
   for (ai = res; ai && !usable(ai); ai = ai->ai_next) {}
   if (ai == NULL) { finish_host(p, c, "unknown host %s (%s)", "no address"); return; }
-  c->addrs = res;
-  c->ai = NULL;
+  d->addrs = res;
+  d->ai = NULL;
   try_next(p, c);
 }
 
 static void start_connect(mk_proc *p, tconn *c) {
+  tdial *d;
   mk_term *host = NULL, *port = NULL;
   const char *err = NULL;
   int rc;
@@ -1212,19 +1285,21 @@ static void start_connect(mk_proc *p, tconn *c) {
     free(r);
     return;
   }
-  rc = mkd_resolve_start(mk_strdata(host), (int)port->v.i, SOCK_STREAM, &c->numeric,
-                         &c->job, &c->rfd, &err);
+  if ((d = c->dial = calloc(1, sizeof *d)) == NULL) { finish(p, c, "out of memory"); return; }
+  d->rfd = -1;
+  rc = mkd_resolve_start(mk_strdata(host), (int)port->v.i, SOCK_STREAM, &d->numeric,
+                         &d->job, &d->rfd, &err);
   if (rc < 0) {
     char buf[128];
     snprintf(buf, sizeof buf, "%s", err);
     buf[0] = (char)tolower((unsigned char)buf[0]);
     finish_host(p, c, "cannot resolve %s: %s", buf);
   } else if (rc == 0) {
-    c->addrs = c->numeric;
-    c->ai = NULL;
+    d->addrs = d->numeric;
+    d->ai = NULL;
     try_next(p, c);
   } else {
-    mk_term *t = ground1(mk_ground_readable, c->rfd);
+    mk_term *t = ground1(mk_ground_readable, d->rfd);
     watch(p, c, W_RESOLVE, t);
     mk_unref(t);
   }
@@ -1247,11 +1322,11 @@ static void boot(mk_proc *p, tconn *c) {
   mk_rtype_unref(ort);
   r.interest = MK_PARTICIPANT;
   r.orientation = MK_PUBLISHER;
-  r.topic = channel(c, c->remote, c->loc, w);
+  r.topic = channel(c->remote, c->loc, w);
   mk_add_endpoint(p, "in", 0, r);
   mk_unref(r.topic);
   r.orientation = MK_SUBSCRIBER;
-  r.topic = channel(c, c->loc, c->remote, w);
+  r.topic = channel(c->loc, c->remote, w);
   mk_add_endpoint(p, "out", 0, r);
   mk_unref(r.topic);
   if (c->lport) {
@@ -1288,7 +1363,11 @@ static void handle(mk_proc *p, const mk_event *ev) {
       else if (strcmp(e, "out") == 0) c->senders += d;
       else if (strcmp(e, "opts") == 0) { options_changed(p, c, ev->role.topic, d > 0); break; }
       else break;
-      if (d > 0) c->seen = 1;
+      if (d > 0 && !c->seen) {
+        c->seen = 1;
+        /* Taken: the listener's closing no longer concerns it (boot). */
+        if (c->lport) mk_delete_endpoint(p, "listener", 0, NULL);
+      }
       peers_changed(p, c);
       break;
     }
@@ -1322,20 +1401,21 @@ static void handle(mk_proc *p, const mk_event *ev) {
 
 static void destroy(mk_proc *p) {
   tconn *c = mk_proc_data(p);
-  size_t i;
+  uint32_t i;
   if (c == NULL) return;
   free_queue(c);
   free_input(c);
-  for (i = 0; i < c->nopts; i++) mk_unref(c->opts[i].topic);
+  for (i = 0; i < c->nopts; i++) mk_unref(c->opts[i]);
   free(c->opts);
   close_resolver(c);
-  if (c->numeric) freeaddrinfo(c->numeric);
+  if (c->dial && c->dial->numeric) freeaddrinfo(c->dial->numeric);
+  free(c->dial);
+  base_release(c->base);
   if (c->fd >= 0) mkd_close_watched(c->fd);
   set_fd(c, -1);
   mk_unref(c->remote);
   mk_unref(c->loc);
   mk_unref(c->lport);
-  if (c->channel) mk_rtype_unref(c->channel);
   count_release(c->stats);
   leave_count(c);
   /* A connection that held much (a slow reader's queue) leaves free
@@ -1349,6 +1429,8 @@ static void destroy(mk_proc *p) {
 #endif
   }
   free(c);
+  nmanagers--;
+  shared_release();
 }
 
 static const mk_behavior tcpconn_behavior = { "tcp", handle, NULL, destroy, NULL, 0 };
@@ -1362,36 +1444,49 @@ static mk_proc *caller(lua_State *L, const char *what) {
   return p;
 }
 
-/* The defaults at idx: a settings sequence naming every key but low_water
-** and hard_limit, which may be left to follow high_water. */
-static void getdefaults(lua_State *L, int idx, tconf *cf) {
+/* The defaults at idx, a counted reference: a settings sequence naming
+** every key but low_water and hard_limit, which may be left to follow
+** high_water. */
+static tbase *getdefaults(lua_State *L, int idx) {
   const char *err, *bad;
   mk_term *t = mkl_toterm(L, idx, &err);
   unsigned need = ~((1u << K_LOW) | (1u << K_HARD) | (1u << K_MAXCONN)) & ((1u << NKEYS) - 1);
+  tconf cf;
   if (t == NULL) luaL_error(L, "market.sys: the defaults are not a term: %s", err);
-  bad = parse_settings(t, cf);
+  bad = parse_settings(t, &cf);
   mk_unref(t);
   if (bad) luaL_error(L, "market.sys: bad default setting %s", bad);
-  if ((cf->set & need) != need) luaL_error(L, "market.sys: the defaults are incomplete");
+  if ((cf.set & need) != need) luaL_error(L, "market.sys: the defaults are incomplete");
+  if (last_base == NULL || !same_conf(&last_base->cf, &cf)) {
+    tbase *b = malloc(sizeof *b);
+    if (b == NULL) luaL_error(L, "out of memory");
+    b->refs = 0;
+    b->cf = cf;
+    last_base = b;
+  }
+  last_base->refs++;
+  return last_base;
 }
 
 /* A manager's data; takes the references remote, loc and lport (may be
 ** NULL) and the descriptor fd (-1: connect). */
-static tconn *newconn(lua_State *L, const tconf *base, tcount *stats, tcount *conns, int fd,
+static tconn *newconn(lua_State *L, tbase *base, tcount *stats, tcount *conns, int fd,
                       mk_term *remote, mk_term *loc, mk_term *lport) {
   tconn *c = remote ? calloc(1, sizeof *c) : NULL;   /* remote: NULL if out of memory */
   if (c == NULL) {
     if (fd >= 0) close(fd);
     mk_unref(remote); mk_unref(loc); mk_unref(lport);
+    shared_release();
     return NULL;
   }
+  nmanagers++;
   c->remote = remote;
   c->loc = loc;
   c->lport = lport;
-  c->channel = rtype("tcp-channel", 3, channel_fields);
+  if (channel_rt == NULL) channel_rt = rtype("tcp-channel", 3, channel_fields);
   c->fd = -1;
-  c->rfd = -1;
-  c->base = *base;
+  c->base = base;
+  base->refs++;
   reconfigure(NULL, c);
   c->stats = stats;
   if (stats) stats->refs++;
@@ -1431,17 +1526,18 @@ static int l_tcp_accept(lua_State *L) {
   tcount *stats = sb ? sb->n : NULL;
   mk_term *loc, *lport;
   const char *err;
-  tconf base;
+  tbase *base;
   static const char *const afields[] = { "host", "port" };
   mk_rtype *art;
   char host[64], name[96], why[64];
-  getdefaults(L, 7, &base);
+  base = getdefaults(L, 7);
   /* Raising nothing from here on: the references would leak. */
   loc = mkl_toterm(L, 2, &err);
   lport = mkl_toterm(L, 3, &err);
   if (loc == NULL || lport == NULL) {
     mk_unref(loc);
     mk_unref(lport);
+    base_release(base);
     return luaL_error(L, "market.sys.tcp_accept: the local end and port must be terms");
   }
   art = rtype("tcp-address", 2, afields);
@@ -1467,7 +1563,7 @@ static int l_tcp_accept(lua_State *L) {
       refuse(p, stats, art, loc, host, port, name);
       continue;
     }
-    c = newconn(L, &base, stats, conns, fd, mk_rec(art, mk_cstr(host), mk_int(port)),
+    c = newconn(L, base, stats, conns, fd, mk_rec(art, host_term(host), mk_int(port)),
                 mk_ref(loc), mk_ref(lport));
     if (c == NULL) continue;
     snprintf(name, sizeof name, "tcp %s:%d", host, port);
@@ -1476,6 +1572,7 @@ static int l_tcp_accept(lua_State *L) {
   mk_rtype_unref(art);
   mk_unref(loc);
   mk_unref(lport);
+  base_release(base);
   if (failed) {
     lua_pushnil(L);
     lua_pushstring(L, why);
@@ -1494,17 +1591,18 @@ static int l_tcp_manage(lua_State *L) {
   countbox *sb = luaL_testudata(L, 5, COUNT_MT);
   mk_term *remote, *loc;
   const char *err;
-  tconf base;
+  tbase *base = getdefaults(L, 4);
   tconn *c;
-  getdefaults(L, 4, &base);
   remote = mkl_toterm(L, 1, &err);
   loc = mkl_toterm(L, 2, &err);
   if (remote == NULL || loc == NULL) {
     mk_unref(remote);
     mk_unref(loc);
+    base_release(base);
     return luaL_error(L, "market.sys.tcp_manage: the remote and local ends must be terms");
   }
-  c = newconn(L, &base, sb ? sb->n : NULL, NULL, -1, remote, loc, NULL);
+  c = newconn(L, base, sb ? sb->n : NULL, NULL, -1, remote, loc, NULL);
+  base_release(base);
   if (c == NULL) return luaL_error(L, "out of memory");
   lua_pushinteger(L, (lua_Integer)mk_spawn(p, &tcpconn_behavior, c, name, NULL));
   return 1;

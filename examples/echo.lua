@@ -30,40 +30,47 @@ if not port or not max_connections then
 end
 local here = tcp.listener(port)
 
-local function session(remote)
-  return function()
-    local inbound, outbound = channel(remote, here, _), channel(here, remote, _)
-    local function reader()
-      return market.subscriber(inbound, {
-        name = "in",
-        on_message = function(_, m)
-          local data = m.subpacket
-          if data == EOF then
-            -- Half-close our side too, then go: the driver flushes and closes.
-            return transition_no_state(send(channel(here, remote, EOF)), market.quit())
-          end
-          return transition_no_state(send(channel(here, remote, data)))
-        end,
-        -- The manager went, so do we; not when "in" itself was deleted
-        -- (backpressure below): then it hears the manager's absence too.
-        on_absence = function(_, _, _, _, deleted)
-          if not deleted then return market.transition_no_state(market.quit()) end
-        end,
-      })
+-- A session's state is the remote address: the handler tables below are
+-- made once and shared by every session, so an idle connection costs its
+-- process and endpoints, not a set of closures and tables of its own.
+local session_in = {
+  name = "in",
+  on_message = function(remote, m)
+    local data = m.subpacket
+    if data == EOF then
+      -- Half-close our side too, then go: the driver flushes and closes.
+      return transition_no_state(send(channel(here, remote, EOF)), market.quit())
     end
-    return market.transition(nil,
-      reader(),
-      market.publisher(outbound, {
-        name = "out",
-        -- The connection's manager went (the peer reset, say): so do we.
-        on_absence = function() return market.transition_no_state(market.quit()) end,
-      }),
-      market.observe_publishers(tcp.backpressure(here, remote), {
-        name = "backpressure",
-        on_presence = function() return market.transition_no_state(market.delete_endpoint("in")) end,
-        on_absence = function() return market.transition_no_state(reader()) end,
-      }))
-  end
+    return transition_no_state(send(channel(here, remote, data)))
+  end,
+  -- The manager went, so do we; not when "in" itself was deleted
+  -- (backpressure below): then it hears the manager's absence too.
+  on_absence = function(_, _, _, _, deleted)
+    if not deleted then return transition_no_state(market.quit()) end
+  end,
+}
+
+local function reader(remote)
+  return market.subscriber(channel(remote, here, _), session_in)
+end
+
+local session_out = {
+  name = "out",
+  -- The connection's manager went (the peer reset, say): so do we.
+  on_absence = function() return transition_no_state(market.quit()) end,
+}
+
+local session_backpressure = {
+  name = "backpressure",
+  on_presence = function() return transition_no_state(market.delete_endpoint("in")) end,
+  on_absence = function(remote) return transition_no_state(reader(remote)) end,
+}
+
+local function session(remote)
+  return market.transition(remote,
+    reader(remote),
+    market.publisher(channel(here, remote, _), session_out),
+    market.observe_publishers(tcp.backpressure(here, remote), session_backpressure))
 end
 
 return market.transition(nil,
@@ -74,7 +81,8 @@ return market.transition(nil,
     on_presence = function(_, role)
       local remote = role.topic.source
       return market.transition_no_state(
-        market.spawn(session(remote), { name = "echo " .. remote.host .. ":" .. remote.port }))
+        market.spawn(function() return session(remote) end,
+                     { name = "echo " .. remote.host .. ":" .. remote.port }))
     end,
   }),
   market.subscriber(tcp.listening(port, _), {

@@ -29,6 +29,12 @@
 #define VALGRIND_MAKE_MEM_DEFINED(p, n)    ((void)0)
 #endif
 
+/* Size classes of 16k + 8 bytes (24, 40, 56, ...): with its 8-byte header
+** such a block is exactly one of malloc's 16-byte-aligned chunks (glibc's,
+** and most others'), where classes of 16k bytes cost a chunk 16 bytes
+** larger than the request needed (a 56-byte Lua table took a 64-byte
+** block, an 80-byte chunk).  An idle echo.lua connection holds about 40
+** such blocks (issue 10). */
 #define NCLASS (MK_POOL_MAX / 16)
 
 /* A cached block: the first word links it to the next. */
@@ -42,14 +48,19 @@ typedef struct pclass {
 static pclass classes[NCLASS];
 static size_t cached;    /* bytes in all lists */
 
-/* The class of an n-byte request, 1 <= n <= MK_POOL_MAX; its blocks are
-** (class + 1) * 16 bytes. */
-static size_t classof(size_t n) { return (n - 1) >> 4; }
+/* The class of an n-byte request, 1 <= n <= MK_POOL_MAX, and the size of
+** its blocks, (class + 1) * 16 + 8 bytes. */
+static size_t classof(size_t n) {
+  size_t k = (n + 7) >> 4;
+  return k ? k - 1 : 0;
+}
+
+static size_t classsize(size_t k) { return ((k + 1) << 4) + 8; }
 
 void *mk_pool_alloc(size_t n) {
 #ifndef POOL_OFF
   if (n - 1 < MK_POOL_MAX) {
-    size_t size = (classof(n) + 1) << 4;
+    size_t size = classsize(classof(n));
     pclass *c = &classes[classof(n)];
     pblock *b = c->head;
     if (b != NULL) {
@@ -73,7 +84,7 @@ void *mk_pool_alloc(size_t n) {
 void mk_pool_free(void *p, size_t n) {
 #ifndef POOL_OFF
   if (p != NULL && n - 1 < MK_POOL_MAX) {
-    size_t k = classof(n), size = (k + 1) << 4;
+    size_t k = classof(n), size = classsize(k);
     pclass *c = &classes[k];
     if (c->count * size < MK_POOL_HOLD) {
       pblock *b = p;

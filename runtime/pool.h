@@ -6,8 +6,10 @@
 ** that handles it), and a busy server frees them in bursts of dozens of the
 ** same size.  glibc's per-size cache holds 7 blocks, so most of these went
 ** through the slower paths of malloc (and its periodic consolidation).
-** This cache keeps up to MK_POOL_HOLD bytes of blocks per size class of 16
-** bytes, up to MK_POOL_MAX bytes, in a plain LIFO free list.
+** This cache keeps up to MK_POOL_HOLD bytes of blocks per size class, up to
+** MK_POOL_MAX bytes, in a plain LIFO free list.  The classes are 24, 40,
+** 56, ... bytes: each block with malloc's header fills a 16-byte-aligned
+** chunk exactly.
 **
 ** Every block is an ordinary malloc block: mk_pool_free with a size of at
 ** most what was asked of mk_pool_alloc is always right, and mk_pool_trim

@@ -39,26 +39,36 @@
 #define TK_SEQ   4
 
 /* A node keeps at most this many children in a plain array; above that,
-** an open-addressing hash table of a power-of-2 size. */
+** an open-addressing hash table of a power-of-2 size.  A single child is
+** kept in the node itself: most nodes are links in one topic's chain (the
+** rest of a connection's topic after its port, say), and an array of its
+** own cost each of those a second allocation (issue 10). */
 #define SMALLKIDS  8
 #define MINTABLE   16
 
+/* 56 bytes, a 64-byte malloc chunk: an idle connection's topics hold
+** about sixteen nodes of their own (issue 10).  Hence the capacity kept
+** as a logarithm and the item list without a tail pointer. */
 struct mk_inode {
   mk_inode *parent;
   mk_inode *wild;           /* child for a wildcard at this position */
-  mk_inode **kids;          /* the other children (see SMALLKIDS) */
-  uint32_t nkids;           /* number of children in kids */
-  uint32_t kcap;            /* <= SMALLKIDS: array; else table size */
-  mk_ilink *head, *tail;    /* items whose topic ends here */
-  /* the token leading here from the parent */
-  uint32_t khash;
-  uint32_t arity;           /* number of terms the token opens */
-  uint8_t tag;
+  union {
+    mk_inode **v;           /* kcap >= 2: owned array or table */
+    mk_inode *one;          /* kcap == 1: the child, in place */
+  } kids;                   /* the other children (see SMALLKIDS; kidv) */
+  mk_ilink *head;           /* items whose topic ends here; head->prev is
+                            ** the last of them (route.h) */
   union {
     mk_term *atom;          /* TK_ATOM: owned reference */
     mk_rtype *rt;           /* TK_REC: owned reference */
-  } key;
+  } key;                    /* the token leading here from the parent ... */
+  uint32_t khash;           /* ... its hash ... */
+  uint32_t arity;           /* ... and the number of terms it opens */
+  uint32_t nkids;           /* number of children in kids */
+  uint8_t tag;
+  uint8_t klog;             /* kcap (kcapof): 0, or 2^(klog-1); a power of 2 */
 };
+_Static_assert(sizeof(struct mk_inode) <= 56, "a trie node fits a 64-byte malloc chunk");
 
 /*
 ** The match cache.  A query whose top level is a record or a sequence of
@@ -251,17 +261,35 @@ static int samekey (const mk_inode *c, int tag, uint32_t h, const mk_term *t) {
   }
 }
 
+/* The capacity of n's children: <= SMALLKIDS, an array; else a table's
+** size. */
+static uint32_t kcapof (const mk_inode *n) {
+  return n->klog ? (uint32_t)1 << (n->klog - 1) : 0;
+}
+
+static void setkcap (mk_inode *n, uint32_t cap) {
+  uint8_t k = 0;
+  while (cap != 0) { k++; cap >>= 1; }
+  n->klog = k;
+}
+
+/* The children of n as an array of kcap entries. */
+static mk_inode **kidv (const mk_inode *n) {
+  return n->klog == 1 ? (mk_inode **)&n->kids.one : n->kids.v;
+}
+
 static mk_inode *findkid (const mk_inode *n, int tag, uint32_t h,
                           const mk_term *t) {
-  if (n->kcap <= SMALLKIDS) {
+  if (kcapof(n) <= SMALLKIDS) {
+    mk_inode **k = kidv(n);
     uint32_t i;
     for (i = 0; i < n->nkids; i++)
-      if (samekey(n->kids[i], tag, h, t)) return n->kids[i];
+      if (samekey(k[i], tag, h, t)) return k[i];
   }
   else {
-    uint32_t mask = n->kcap - 1, i;
+    uint32_t mask = kcapof(n) - 1, i;
     mk_inode *c;
-    for (i = h & mask; (c = n->kids[i]) != NULL; i = (i + 1) & mask)
+    for (i = h & mask; (c = n->kids.v[i]) != NULL; i = (i + 1) & mask)
       if (samekey(c, tag, h, t)) return c;
   }
   return NULL;
@@ -275,73 +303,78 @@ static void tableput (mk_inode **tab, uint32_t cap, mk_inode *c) {
 
 /* Rebuild n's map with capacity ncap (<= SMALLKIDS means a plain array). */
 static int rehash (mk_inode *n, uint32_t ncap) {
-  mk_inode **nk = (mk_inode **)calloc(ncap, sizeof(mk_inode *));
+  mk_inode **nk = (mk_inode **)calloc(ncap, sizeof(mk_inode *)), **old = kidv(n);
   uint32_t i, j = 0;
   if (nk == NULL) return -1;
-  if (n->kcap <= SMALLKIDS) {
-    for (i = 0; i < n->nkids; i++) tableput(nk, ncap, n->kids[i]);
+  if (kcapof(n) <= SMALLKIDS) {
+    for (i = 0; i < n->nkids; i++) tableput(nk, ncap, old[i]);
   }
   else {
-    for (i = 0; i < n->kcap; i++) {
-      if (n->kids[i] == NULL) continue;
-      if (ncap <= SMALLKIDS) nk[j++] = n->kids[i];
-      else tableput(nk, ncap, n->kids[i]);
+    for (i = 0; i < kcapof(n); i++) {
+      if (old[i] == NULL) continue;
+      if (ncap <= SMALLKIDS) nk[j++] = old[i];
+      else tableput(nk, ncap, old[i]);
     }
   }
-  free(n->kids);
-  n->kids = nk;
-  n->kcap = ncap;
+  if (kcapof(n) > 1) free(n->kids.v);
+  n->kids.v = nk;
+  setkcap(n, ncap);
   return 0;
 }
 
 static int addkid (mk_inode *n, mk_inode *c) {
-  if (n->kcap <= SMALLKIDS) {
-    if (n->nkids == n->kcap) {
-      if (n->kcap < SMALLKIDS) {
-        uint32_t ncap = n->kcap ? n->kcap * 2 : 2;
-        mk_inode **nk = (mk_inode **)realloc(n->kids, ncap * sizeof(mk_inode *));
+  if (kcapof(n) <= SMALLKIDS) {
+    if (n->nkids == kcapof(n)) {
+      if (n->klog == 0) setkcap(n, 1);   /* in place */
+      else if (kcapof(n) < SMALLKIDS) {
+        uint32_t ncap = kcapof(n) * 2;
+        mk_inode **nk = (mk_inode **)realloc(kcapof(n) == 1 ? NULL : n->kids.v,
+                                             ncap * sizeof(mk_inode *));
         if (nk == NULL) return -1;
-        n->kids = nk;
-        n->kcap = ncap;
+        if (kcapof(n) == 1) nk[0] = n->kids.one;
+        n->kids.v = nk;
+        setkcap(n, ncap);
       }
       else if (rehash(n, MINTABLE) != 0) return -1;
     }
   }
-  else if ((n->nkids + 1) * 4 > n->kcap * 3) {  /* keep the load <= 3/4 */
-    if (n->kcap > UINT32_MAX / 2 || rehash(n, n->kcap * 2) != 0) return -1;
+  else if ((n->nkids + 1) * 4 > kcapof(n) * 3) {  /* keep the load <= 3/4 */
+    if (kcapof(n) > UINT32_MAX / 2 || rehash(n, kcapof(n) * 2) != 0) return -1;
   }
-  if (n->kcap <= SMALLKIDS) n->kids[n->nkids] = c;
-  else tableput(n->kids, n->kcap, c);
+  if (kcapof(n) <= SMALLKIDS) kidv(n)[n->nkids] = c;
+  else tableput(n->kids.v, kcapof(n), c);
   n->nkids++;
   return 0;
 }
 
 static void removekid (mk_inode *n, mk_inode *c) {
   uint32_t i;
-  if (n->kcap <= SMALLKIDS) {  /* order among children does not matter */
-    for (i = 0; n->kids[i] != c; i++)
+  if (kcapof(n) <= SMALLKIDS) {  /* order among children does not matter */
+    mk_inode **k = kidv(n);
+    for (i = 0; k[i] != c; i++)
       ;
-    n->kids[i] = n->kids[--n->nkids];
+    k[i] = k[--n->nkids];
   }
   else {
     /* linear probing: delete by shifting later entries back into the hole */
-    uint32_t mask = n->kcap - 1, j;
-    for (i = c->khash & mask; n->kids[i] != c; i = (i + 1) & mask)
+    mk_inode **k = n->kids.v;
+    uint32_t mask = kcapof(n) - 1, j;
+    for (i = c->khash & mask; k[i] != c; i = (i + 1) & mask)
       ;
-    for (j = (i + 1) & mask; n->kids[j] != NULL; j = (j + 1) & mask) {
-      uint32_t home = n->kids[j]->khash & mask;
+    for (j = (i + 1) & mask; k[j] != NULL; j = (j + 1) & mask) {
+      uint32_t home = k[j]->khash & mask;
       /* move j into the hole i unless its home lies cyclically in (i, j] */
       if (((j - home) & mask) >= ((j - i) & mask)) {
-        n->kids[i] = n->kids[j];
-        n->kids[j] = NULL;
+        k[i] = k[j];
+        k[j] = NULL;
         i = j;
       }
     }
-    n->kids[i] = NULL;
+    k[i] = NULL;
     n->nkids--;
     /* shrink (best effort) when sparse */
     if (n->nkids <= SMALLKIDS / 2) rehash(n, SMALLKIDS);
-    else if (n->kcap > MINTABLE && n->nkids * 8 < n->kcap) rehash(n, n->kcap / 2);
+    else if (kcapof(n) > MINTABLE && n->nkids * 8 < kcapof(n)) rehash(n, kcapof(n) / 2);
   }
 }
 
@@ -350,12 +383,12 @@ static void removekid (mk_inode *n, mk_inode *c) {
 ** so it may turn a table into a plain array with holes.
 */
 static mk_inode *popkid (mk_inode *n) {
-  if (n->kcap > SMALLKIDS) {
-    n->nkids = n->kcap;
-    n->kcap = SMALLKIDS;
+  if (kcapof(n) > SMALLKIDS) {
+    n->nkids = kcapof(n);
+    setkcap(n, SMALLKIDS);
   }
   while (n->nkids > 0) {
-    mk_inode *c = n->kids[--n->nkids];
+    mk_inode *c = kidv(n)[--n->nkids];
     if (c != NULL) return c;
   }
   return NULL;
@@ -382,7 +415,7 @@ static mk_inode *newnode (mk_index *ix, mk_inode *parent) {
 static void freenode (mk_index *ix, mk_inode *n) {
   if (n->tag == TK_ATOM) mk_unref(n->key.atom);
   else if (n->tag == TK_REC) mk_rtype_unref(n->key.rt);
-  free(n->kids);
+  if (kcapof(n) > 1) free(n->kids.v);
   free(n);
   ix->nodes--;
 }
@@ -499,10 +532,13 @@ int mk_index_add (mk_index *ix, const mk_term *topic, mk_ilink *item) {
   }
   item->leaf = n;
   item->next = NULL;
-  item->prev = n->tail;
-  if (n->tail) n->tail->next = item;
-  else n->head = item;
-  n->tail = item;
+  if (n->head == NULL) n->head = item->prev = item;
+  else {
+    mk_ilink *last = n->head->prev;
+    last->next = item;
+    item->prev = last;
+    n->head->prev = item;
+  }
   ix->count++;
   ix->gen++;
   return 0;
@@ -511,10 +547,14 @@ int mk_index_add (mk_index *ix, const mk_term *topic, mk_ilink *item) {
 void mk_index_remove (mk_index *ix, mk_ilink *item) {
   mk_inode *n = item->leaf;
   if (n == NULL) return;
-  if (item->prev) item->prev->next = item->next;
-  else n->head = item->next;
-  if (item->next) item->next->prev = item->prev;
-  else n->tail = item->prev;
+  if (item == n->head) {
+    n->head = item->next;
+    if (n->head) n->head->prev = item->prev;
+  } else {
+    item->prev->next = item->next;
+    if (item->next) item->next->prev = item->prev;
+    else n->head->prev = item->prev;
+  }
   item->prev = item->next = NULL;
   item->leaf = NULL;
   ix->count--;
@@ -536,9 +576,10 @@ static int push (Scratch *sc, size_t *nw, mk_inode *n, size_t i, uint32_t skip) 
 /* Push every child of n (not the wild one) as consuming one term more. */
 static int pushkids (Scratch *sc, size_t *nw, const mk_inode *n, size_t i,
                      uint32_t skip) {
-  uint32_t k, len = (n->kcap <= SMALLKIDS) ? n->nkids : n->kcap;
+  uint32_t k, len = (kcapof(n) <= SMALLKIDS) ? n->nkids : kcapof(n);
+  mk_inode **kids = kidv(n);
   for (k = 0; k < len; k++) {
-    mk_inode *c = n->kids[k];
+    mk_inode *c = kids[k];
     if (c != NULL && push(sc, nw, c, i, skip + c->arity) != 0) return -1;
   }
   return 0;

@@ -23,7 +23,8 @@ typedef struct mk_ilink mk_ilink;
 
 /* Embed one of these per indexed item.  Owned by the item's owner. */
 struct mk_ilink {
-  mk_ilink *prev, *next;   /* leaf list, insertion order */
+  mk_ilink *prev, *next;   /* leaf list, insertion order; the first item's
+                           ** prev is the last item, the last one's next NULL */
   mk_inode *leaf;          /* NULL when not indexed */
 };
 

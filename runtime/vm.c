@@ -7,6 +7,7 @@
 ** what exists.
 */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,9 +155,10 @@ static void etab_grow(mk_vm *vm) {
   for (i = 0; i < vm->etabsize; i++) {
     mk_endpoint *e = vm->etab[i], *nx;
     for (; e; e = nx) {
+      uint32_t h = ephash(e->proc->pid, e->name);
       nx = e->hnext;
-      e->hnext = t[e->hash & (n - 1)];
-      t[e->hash & (n - 1)] = e;
+      e->hnext = t[h & (n - 1)];
+      t[h & (n - 1)] = e;
     }
   }
   free(vm->etab);
@@ -170,12 +172,12 @@ mk_endpoint *mkI_endpoint(mk_vm *vm, mk_pid pid, const char *name) {
   if (vm->etabsize == 0) return NULL;
   h = ephash(pid, name);
   for (e = vm->etab[h & (vm->etabsize - 1)]; e; e = e->hnext)
-    if (e->hash == h && e->proc->pid == pid && strcmp(e->name, name) == 0) return e;
+    if (e->proc->pid == pid && strcmp(e->name, name) == 0) return e;
   return NULL;
 }
 
 static void etab_remove(mk_vm *vm, mk_endpoint *e) {
-  mk_endpoint **pp = &vm->etab[e->hash & (vm->etabsize - 1)];
+  mk_endpoint **pp = &vm->etab[ephash(e->proc->pid, e->name) & (vm->etabsize - 1)];
   for (; *pp; pp = &(*pp)->hnext)
     if (*pp == e) { *pp = e->hnext; vm->neps--; return; }
 }
@@ -577,6 +579,7 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   mk_endpoint *e;
   presence_ctx c;
   size_t n;
+  uint32_t h;
   if (p->dead) return -1;
   if (role.topic == NULL) { mk_failf(p, "endpoint '%s' has no topic", name); return -1; }
   if (mk_term_size(role.topic) > MK_TERM_SIZE_MAX) {   /* see nobody() */
@@ -601,17 +604,20 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
     return -1;
   }
   n = strlen(name) + 1;
-  e = xmalloc(sizeof *e + n);
-  memset(e, 0, sizeof *e);
+  e = xmalloc(offsetof(mk_endpoint, name) + n);
+  memset(e, 0, offsetof(mk_endpoint, name));
   memcpy(e->name, name, n);
   e->proc = p;
   e->refs = 1;
   e->role = role;
   e->role.topic = mk_ref(role.topic);
-  e->hash = ephash(p->pid, name);
-  if (vm->neps + 1 > vm->etabsize) etab_grow(vm);
-  e->hnext = vm->etab[e->hash & (vm->etabsize - 1)];
-  vm->etab[e->hash & (vm->etabsize - 1)] = e;
+  h = ephash(p->pid, name);
+  /* Chains of two on average: the table is looked up when endpoints come
+  ** and go, never per message, and at one slot per endpoint it cost 8 to
+  ** 16 bytes of each (about ten per idle connection; issue 10). */
+  if (vm->neps + 1 > 2 * vm->etabsize) etab_grow(vm);
+  e->hnext = vm->etab[h & (vm->etabsize - 1)];
+  vm->etab[h & (vm->etabsize - 1)] = e;
   vm->neps++;
   e->pnext = p->eps;
   if (p->eps) p->eps->pprev = e;

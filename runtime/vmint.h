@@ -33,17 +33,21 @@ struct mk_action {
 
 /* Endpoint: attached to its process and (unless dead) to the VM's index
 ** and name table.  Counted: one reference while attached, one per queued
-** event that names it.  Freed when the count reaches 0. */
+** event that names it.  Freed when the count reaches 0.  Allocated as
+** offsetof(mk_endpoint, name) plus the name: the fields are ordered so
+** that the name starts at byte 81, and a record with a name of up to 7
+** bytes fills a 96-byte malloc chunk (an idle connection holds about ten
+** endpoints; issue 10).  The name table's hash is computed again when
+** needed rather than kept, for the same reason. */
 struct mk_endpoint {
   mk_ilink link;            /* in vm->ix[orientation]; first member */
   mk_proc *proc;            /* owner; valid while !dead */
   mk_endpoint *pnext, *pprev;   /* the owner's endpoint list */
   mk_endpoint *hnext;       /* vm name table chain */
-  uint32_t refs;
-  uint32_t hash;
-  uint8_t dead;
-  uint32_t tag;             /* mk_tag_endpoint */
   mk_role role;             /* role.topic owned */
+  uint32_t refs;
+  uint32_t tag;             /* mk_tag_endpoint */
+  uint8_t dead;
   char name[];              /* NUL-terminated, owned in place */
 };
 

@@ -196,3 +196,76 @@ describe("the example servers' TCP limits", function()
     end)
   end
 end)
+
+-- The footprint of an idle connection (issue 10: at most 4 KiB of RSS per
+-- connection at 10,000; docs/performance.md has the breakdown): echo.lua
+-- runs with a process beside it that reports the heap in use
+-- (market.memory(), after full collections) and the connections open,
+-- every 100 ms, while 300 clients hold their connections open.
+describe("examples/echo.lua's idle connections", function()
+  local WRAP = [[
+    local market, tcp, timer = require "market", require "market.tcp", require "market.timer"
+    local _, conns = market._, 0
+    local function report()
+      return market.send(timer.set("footprint", 100, "relative"))
+    end
+    market.perform(market.spawn(function()
+      return market.transition(nil,
+        market.observe_publishers(tcp.channel(_, tcp.listener(_), _), {
+          on_presence = function() conns = conns + 1 end,
+          on_absence = function() conns = conns - 1 end }),
+        market.subscriber(timer.expired("footprint", _), {
+          on_message = function()
+            collectgarbage(); collectgarbage()
+            io.stderr:write(("heap %d connections %d\n"):format(market.memory(), conns))
+            return market.transition_no_state(report())
+          end }),
+        report())
+    end))
+    return assert(loadfile("examples/echo.lua"))(...)]]
+  local CONNS = 300
+
+  -- The last report's heap with n connections open, or nil.
+  local function heap_at(server, n)
+    local heap
+    for h, c in server.stderr():gmatch("heap (%d+) connections (%d+)") do
+      if tonumber(c) == n then heap = tonumber(h) end
+    end
+    return heap
+  end
+
+  local function eventually(pred, secs)
+    for _ = 1, math.floor(secs / 0.05) do
+      if pred() then return true end
+      N.sleep(0.05)
+    end
+    return pred()
+  end
+
+  it("cost at most 4,500 bytes of heap each (7,038 before issue 10, 4,100 after)", function()
+    local server = N.start_cmd(("exec %s -e %s 0"):format(q(N.market_bin()), q(WRAP)))
+    local port, base, held
+    eventually(function()
+      port = tonumber(server.stderr():match("listening on port (%d+)"))
+      return port ~= nil and heap_at(server, 0) ~= nil
+    end, 10)
+    base = heap_at(server, 0)
+    local hold = N.start_cmd(("exec timeout 20 perl spec/support/abuse.pl hold %d %d 4")
+      :format(port or 0, CONNS))
+    -- Two reports with every connection open: the sessions have booted.
+    eventually(function()
+      local _, n = server.stderr():gsub("connections " .. CONNS .. "\n", "")
+      return n >= 2
+    end, 10)
+    held = heap_at(server, CONNS)
+    local asan = (N.slurp("/proc/" .. server.pid .. "/maps") or ""):find("libasan", 1, true)
+    hold.kill()
+    server.kill()
+    assert(base and held, "no reports: " .. server.stderr())
+    -- AddressSanitizer's allocator keeps its own books.
+    if not asan then
+      local each = (held - base) / CONNS
+      assert.is_true(each <= 4500, ("%.0f bytes of heap per idle connection"):format(each))
+    end
+  end)
+end)

@@ -165,6 +165,44 @@ describe("tcp connection managers", function()
     assert.equal(0, bad)
   end)
 
+  it("stops watching for its listener's closing once a session has taken the connection", function()
+    -- Until a session appears, a manager closes its connection when the
+    -- listener closes (boot in tcpconn.c); once one has, that no longer
+    -- concerns it, and an idle connection should not hold the endpoint.
+    local closed = market.record("tcp-driver:listener-closed", "port")
+    local watching, peak, data, how = 0, 0, nil, nil
+    N.run(function()
+      market.perform(market.spawn(function()
+        return market.transition(nil,
+          market.observe_subscribers(closed(ANY), {
+            on_presence = function()
+              watching = watching + 1
+              peak = math.max(peak, watching)
+            end,
+            on_absence = function() watching = watching - 1 end }),
+          market.subscriber({ "stop-watch" }, {
+            on_message = function() return T(quit()) end }))
+      end))
+      market.perform(serve(0, echo))
+      local s = connect(bound(0))
+      assert(write_all(s, "taken"))
+      -- The echo is back: the session took the connection.
+      N.wait_fd(s:fd())
+      data = s:read()
+      N.wait_until(function() return watching == 0 end)
+      assert(s:shutdown())
+      local rest
+      rest, how = read_all(s)
+      data = data .. rest
+      s:close()
+      market.perform(send({ "stop-server", 0 }), send({ "stop-watch" }))
+    end)
+    assert.equal("taken", data)
+    assert.equal("eof", how)
+    assert.equal(1, peak)           -- the manager watched until the session came
+    assert.equal(0, watching)
+  end)
+
   it("tells the ground before it closes: a watch shared on its socket ends, and a new socket with the same number is heard", function()
     local fd, shared, reused, got
     N.run(function()

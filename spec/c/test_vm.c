@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "heap.h"
 #include "ground.h"
 #include "vmint.h"   /* MK_A_META nodes: at_meta_level two levels up */
 
@@ -652,6 +653,48 @@ static void test_endpoint_tags(void) {
   mk_vm_free(vm, NULL);
   rec_done(&a);
   rec_done(&b);
+  END;
+}
+
+enum { MANY_EPS = 4000 };
+
+static void many_script(mk_proc *p, const mk_event *ev, rec *r) {
+  int i;
+  char name[16];
+  if (ev->type != MK_EV_MESSAGE) return;
+  for (i = 0; i < MANY_EPS; i++) {
+    mk_term *t = r->ud;
+    snprintf(name, sizeof name, "e%d", i);
+    mk_add_endpoint(p, name, 0, role(MK_SUBSCRIBER, MK_PARTICIPANT, t));
+  }
+}
+
+/* An endpoint record with a short name fills a 96-byte malloc chunk, not
+** 112, and the name table holds one slot per two endpoints (issue 10: an
+** idle connection holds about ten): here 4,000 of them on one topic, whose
+** leaf they share.  101 bytes each, of which the table 4; 121 before. */
+static void test_endpoint_footprint(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a;
+  size_t before, after;
+  rec_init(&a, "A");
+  rec_ctl(&a);
+  a.fn = many_script;
+  a.ud = R(I(1), I(2));
+  spawn(vm, &a);
+  mk_vm_run(vm);
+  before = heap_in_use();
+  poke(vm, "A");
+  mk_vm_run(vm);
+  after = heap_in_use();
+  if (HEAP_COUNTED) CHECK((after - before) / MANY_EPS <= 96 + 6);
+  mk_vm_send(vm, a.ud, 0);              /* and every one is there */
+  mk_vm_run(vm);
+  CHECK(log_count_prefix(&a.log, "message e") == MANY_EPS);
+  mk_vm_free(vm, NULL);
+  mk_unref(a.ud);
+  rec_done(&a);
   END;
 }
 
@@ -2348,6 +2391,7 @@ int main(void) {
   RUN(test_same_process_endpoints);
   RUN(test_send_and_feedback);
   RUN(test_endpoint_tags);
+  RUN(test_endpoint_footprint);
   RUN(test_declined_events);
   RUN(test_no_buffering);
   RUN(test_wildcard_in_message);
