@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "mkl.h"
+#include "pool.h"
 
 /*
 ** A box, or a record type's box, is a full userdata whose block holds its
@@ -97,7 +98,12 @@ void mkl_pushbox(lua_State *L, mk_term *t) {
 ** instead of a copy.  The address is only a hint (a collected string's
 ** may be reused): a hit also compares the bytes, which costs less than
 ** the copy and the hash it saves, and makes the cache right whatever Lua
-** state the string lives in.  Strings above STRSEEN_MAX bytes are not
+** state the string lives in.  But comparing 4 KiB cost more than copying
+** them, so a string longer than MK_POOL_MAX bytes in a state whose
+** allocator is mk_pool_lalloc is taken as itself without reading it while
+** that allocator has freed or moved no such block since the string was
+** seen (mk_pool_lfrees): its block, and so its bytes, cannot have been
+** reused meanwhile.  Strings above STRSEEN_MAX bytes are not
 ** kept, so the cache holds at most STRSEEN * STRSEEN_MAX bytes; it lets
 ** them go when the last Lua state with market open closes
 ** (mkl_forget_strings).
@@ -105,31 +111,42 @@ void mkl_pushbox(lua_State *L, mk_term *t) {
 #define STRSEEN 16
 #define STRSEEN_MAX 65536
 
-static struct { const char *s; mk_term *t; } strseen[STRSEEN];   /* t: owned */
+static struct {
+  const char *s;
+  mk_term *t;               /* owned */
+  int sure;                 /* s was a pool-allocated long string ... */
+  unsigned long frees;      /* ... and mk_pool_lfrees() was this then */
+} strseen[STRSEEN];
 
 static unsigned strslot(const char *s) {
   uintptr_t a = (uintptr_t)s;
   return (unsigned)((a >> 4) ^ (a >> 9)) % STRSEEN;
 }
 
-static void seen(const char *s, mk_term *t) {
+/* The Lua string s, in L, has t's bytes. */
+static void seen(lua_State *L, const char *s, mk_term *t) {
   unsigned i;
   if (t->n > STRSEEN_MAX) return;
   i = strslot(s);
-  if (strseen[i].t == t) { strseen[i].s = s; return; }
-  mk_unref(strseen[i].t);
+  if (strseen[i].t != t) {
+    mk_unref(strseen[i].t);
+    strseen[i].t = mk_ref(t);
+  }
   strseen[i].s = s;
-  strseen[i].t = mk_ref(t);
+  strseen[i].sure = t->n > MK_POOL_MAX && lua_getallocf(L, NULL) == mk_pool_lalloc;
+  strseen[i].frees = mk_pool_lfrees();
 }
 
-/* The term for the Lua string s of n bytes: a new reference. */
-static mk_term *strterm(const char *s, size_t n) {
+/* The term for the Lua string s of n bytes, in L: a new reference. */
+static mk_term *strterm(lua_State *L, const char *s, size_t n) {
   unsigned i = strslot(s);
   mk_term *t = strseen[i].t;
-  if (strseen[i].s == s && t != NULL && t->n == n && memcmp(mk_strdata(t), s, n) == 0)
+  if (strseen[i].s == s && t != NULL && t->n == n &&
+      ((strseen[i].sure && strseen[i].frees == mk_pool_lfrees()) ||
+       memcmp(mk_strdata(t), s, n) == 0))
     return mk_ref(t);
   t = mk_str(s, n);
-  if (t != NULL) seen(s, t);
+  if (t != NULL) seen(L, s, t);
   return t;
 }
 
@@ -139,6 +156,7 @@ void mkl_forget_strings(void) {
     mk_unref(strseen[i].t);
     strseen[i].t = NULL;
     strseen[i].s = NULL;
+    strseen[i].sure = 0;
   }
 }
 
@@ -186,7 +204,7 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
     case LUA_TSTRING: {
       size_t n;
       const char *s = lua_tolstring(L, idx, &n);
-      return strterm(s, n);
+      return strterm(L, s, n);
     }
     case LUA_TUSERDATA: {
       box *b = tobox(L, idx);
@@ -268,7 +286,7 @@ void mkl_pushterm(lua_State *L, mk_term *t) {
     case MK_TRUE: lua_pushboolean(L, 1); break;
     case MK_INT: lua_pushinteger(L, t->v.i); break;
     case MK_FLOAT: lua_pushnumber(L, t->v.f); break;
-    case MK_STR: seen(lua_pushlstring(L, mk_strdata(t), t->n), t); break;
+    case MK_STR: seen(L, lua_pushlstring(L, mk_strdata(t), t->n), t); break;
     case MK_SEQ:
       luaL_checkstack(L, 3, "term conversion");
       lua_createtable(L, (int)t->n, 0);

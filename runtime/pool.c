@@ -102,6 +102,12 @@ void mk_pool_free(void *p, size_t n) {
   free(p);
 }
 
+/* Blocks over MK_POOL_MAX bytes that mk_pool_lalloc freed or resized (a
+** resize may move a block) since the start (pool.h, mk_pool_lfrees). */
+static unsigned long lfrees;
+
+unsigned long mk_pool_lfrees(void) { return lfrees; }
+
 /* Lua gives the old size of every block it frees or resizes (for a new
 ** block, osize is a type tag instead).  Resizing within one class keeps
 ** the block; shrinking must not fail (Lua's rule), so when a smaller
@@ -109,6 +115,7 @@ void mk_pool_free(void *p, size_t n) {
 void *mk_pool_lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   void *q;
   (void)ud;
+  if (ptr != NULL && osize > MK_POOL_MAX) lfrees++;   /* freed, or may move */
   if (ptr == NULL) return nsize ? mk_pool_alloc(nsize) : NULL;
   if (nsize == 0) { mk_pool_free(ptr, osize); return NULL; }
 #ifndef POOL_OFF

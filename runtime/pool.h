@@ -33,6 +33,10 @@ void *mk_pool_alloc(size_t n);
 void mk_pool_free(void *p, size_t n);
 /* A lua_Alloc over the cache (ud unused): for Lua states made by market. */
 void *mk_pool_lalloc(void *ud, void *ptr, size_t osize, size_t nsize);
+/* How many blocks of more than MK_POOL_MAX bytes mk_pool_lalloc has freed
+** or resized so far: while it stays the same, every such block a Lua state
+** over it had is still where it was (lua/lterm.c's string cache). */
+unsigned long mk_pool_lfrees(void);
 /* Bytes now cached (allocated from malloc, free for reuse). */
 size_t mk_pool_cached(void);
 /* Give every cached block back to malloc. */

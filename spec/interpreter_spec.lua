@@ -197,3 +197,35 @@ describe("market options", function()
     assert.same(want, lines)
   end)
 end)
+
+describe("byte strings in the market program's own Lua state", function()
+  -- Its allocator tells the string cache whether a long string's block can
+  -- have been reused (lua/lterm.c): long strings of one length, made and
+  -- collected in turn, each read back as itself.
+  it("keep their own bytes when long, whatever strings came and went before them", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      local blob, _ = market.record("blob", "data"), market._
+      local keep = {}
+      for round = 1, 200 do
+        local s = ("%08d"):format(round):rep(128)                 -- 1 KiB
+        local r = blob(s)
+        assert(r.data == s and market.unify(s, _) == s, "round " .. round)
+        keep[#keep + 1] = r
+        if round % 4 == 0 then keep = {} end
+        s, r = nil, nil
+        collectgarbage()
+      end
+      for round = 1, 50 do
+        local s = ("%08d"):format(round):rep(128)
+        local got = blob(("%08d"):format(round):rep(128)).data    -- a fresh Lua copy
+        assert(blob(got).data == s, "copy " .. round)
+        got = nil
+        collectgarbage()
+      end
+      print("ok")
+    ]])
+    assert.equal(0, status, err)
+    assert.equal("ok\n", out)
+  end)
+end)
