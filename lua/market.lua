@@ -461,12 +461,12 @@ function M.set_state(s) current("set_state")[STATE] = s end
 function M.self() current("self"); return core.self() end
 
 -- A process runs one activation at a time, each on a coroutine C lends it
--- (lproc.c): its boot function for the boot event, deliver for each later
--- message at level 0, the handler itself for a presence or absence at
--- level 0 (apply after either of these two, for the transition it
--- returns, when it does), and dispatch for any other event that finds it
--- idle.  Only straight-line code waiting in market.yield() keeps a
--- coroutine between events.
+-- (lproc.c): its boot function for the boot event and the handler itself
+-- for a presence or absence at level 0 (each followed by apply, for the
+-- transition it returns, when it does), deliver for each later message at
+-- level 0, and dispatch for any other event that finds it idle.  Only
+-- straight-line code waiting in market.yield() keeps a coroutine between
+-- events.
 
 -- A message at level 0, most events: straight to its endpoint's handler,
 -- with apply inlined (a handler that answers nothing, or only sends, costs
