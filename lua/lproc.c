@@ -50,10 +50,6 @@ typedef struct mkl_state {
                          ** handler took, as market.yield() returns it */
   int deliverref;        /* market.lua's deliver(ctx, endpoint, message):
                          ** those for a message at level 0, most of them */
-  /* present(ctx, endpoint, orientation, interest, topic) and absent(...,
-  ** topic, reason): those for a presence or an absence at level 0 (but
-  ** for a deleted endpoint's own absences, which go through dispatch) */
-  int presentref, absentref;
   int trace;
   mkl_fail_fn on_fail;   /* told when a boot process fails (host.c) */
   void *fail_ud;
@@ -67,6 +63,7 @@ typedef struct mkl_state {
   ** or absence's topic (pushrole); their terms are borrowed, the boxes
   ** hold them. */
   lastbox message, topic;
+  int roleref;           /* the strings of a role table (newrole) */
 } mkl_state;
 
 /* A Lua process.  Owned by its mk_proc (destroy). */
@@ -80,7 +77,8 @@ typedef struct lproc {
                          ** (owned: unref'd by destroy) */
   uint8_t waiting;       /* suspended in a wait (await) */
   uint8_t boot;          /* a boot process: its failure is the program's */
-  uint8_t booting;       /* co's body is the boot function, which has not
+  uint8_t applies;       /* co's body is the boot function or a presence or
+                         ** absence handler (peerhandler), which has not
                          ** returned yet: what it returns is applied */
   uint8_t running;       /* in lua_resume */
 } lproc;
@@ -313,6 +311,45 @@ static void pushrole(mkl_state *S, lua_State *co, const mk_role *r) {
   if (r->topic) pushshared(&S->topic, co, r->topic); else lua_pushnil(co);
 }
 
+/* The strings of a role table, at these indices of the registry's table
+** S->roleref (made by mkl_open_core): its keys, and the names of the
+** orientations and interests (vm.h's numbering).  Interned once, they cost
+** a table read each, where lua_pushstring and lua_setfield looked each one
+** up in Lua's string cache (and the role cost more made in C than in Lua). */
+enum { R_ORIENTATION = 1, R_INTEREST, R_TOPIC, R_ORIENTS, R_INTERESTS = R_ORIENTS + 2,
+       R_COUNT = R_INTERESTS + 2 };
+
+static void rolestrings(lua_State *L) {
+  static const char *const keys[] = {"orientation", "interest", "topic"};
+  int k;
+  lua_createtable(L, R_COUNT, 0);
+  for (k = 1; k <= R_COUNT; k++) {
+    lua_pushstring(L, k < R_ORIENTS ? keys[k - 1]
+                    : k < R_INTERESTS ? mk_orientation_name((mk_orientation)(k - R_ORIENTS))
+                    : mk_interest_name((mk_interest)(k - R_INTERESTS)));
+    lua_rawseti(L, -2, k);
+  }
+}
+
+/* A role as a handler gets it, {orientation=, interest=, topic=}, with
+** the topic at the top of L (replaced by it): a table of its own each
+** time, for a handler may keep it, or write into it. */
+static void newrole(mkl_state *S, lua_State *L, mk_orientation o, mk_interest i) {
+  lua_createtable(L, 0, 3);                            /* topic, role */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->roleref);       /* topic, role, strings */
+  lua_rawgeti(L, -1, R_ORIENTATION);
+  lua_rawgeti(L, -2, R_ORIENTS + (int)o);
+  lua_rawset(L, -4);
+  lua_rawgeti(L, -1, R_INTEREST);
+  lua_rawgeti(L, -2, R_INTERESTS + (int)i);
+  lua_rawset(L, -4);
+  lua_rawgeti(L, -1, R_TOPIC);
+  lua_pushvalue(L, -4);
+  lua_rawset(L, -4);
+  lua_pop(L, 1);
+  lua_replace(L, -2);
+}
+
 void mkl_share(lua_State *L, int idx, const mk_term *t) {
   /* A record sent again (a prebuilt send in a loop) has its box already. */
   if (running.p != NULL && running.lp->co == L && running.lp->S->message.t != t)
@@ -468,6 +505,65 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   return r;
 }
 
+/*
+** A presence or absence at level 0 (but a deleted endpoint's own absences)
+** runs its handler as the activation's body, with no frame of market.lua's
+** under it: fn(state, role, endpoint) or fn(state, role, reason,
+** endpoint), pushed on co (empty), and what it returns is applied after,
+** as a boot function's (handle).  Returns the number of arguments, 0 when
+** the endpoint has no such handler now (co left empty: nobody to tell),
+** or -1 for dispatch to take it (co left empty): a handler table with a
+** metatable, whose fields are Lua's to look up (code here runs outside
+** any protected call), or a handler that is not a function.
+**
+** The role is a table made for the handler alone, and most of what such an
+** event costs: making it, and the collector's work on it.  A Lua function
+** declaring fewer than two parameters (and no `...`) cannot see its second
+** argument, so it gets nil there instead of a table.
+*/
+static int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev) {
+  int presence = ev->type == MK_EV_PRESENCE;
+  lua_Debug ar;
+  if (!(presence || ev->type == MK_EV_ABSENCE) || ev->meta != 0 || ev->deleted ||
+      !(ev->tag & MKL_TAG_KNOWN))
+    return -1;
+  /* 1: ctx, 2: the endpoint's name, 3: its handlers, 4: fn */
+  lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+  lua_pushstring(co, ev->endpoint);
+  lua_pushvalue(co, 2);
+  if (lua_rawget(co, 1) != LUA_TTABLE || lua_getmetatable(co, 3)) {
+    lua_settop(co, 0);
+    return -1;
+  }
+  lua_pushstring(co, presence ? "on_presence" : "on_absence");
+  switch (lua_rawget(co, 3)) {
+    case LUA_TFUNCTION: break;
+    case LUA_TNIL: lua_settop(co, 0); return 0;
+    default: lua_settop(co, 0); return -1;
+  }
+  /* Made fn, state, role(, reason), name in place. */
+  lua_rawgeti(co, 1, MKL_CTX_STATE);
+  lua_copy(co, 4, 1);
+  lua_copy(co, 2, 4);
+  lua_copy(co, 5, 2);
+  lua_settop(co, 4);
+  if (!presence) {
+    lua_pushvalue(co, 4);
+    if (ev->reason) mkl_pushterm(co, ev->reason); else lua_pushnil(co);
+    lua_replace(co, 4);
+  }
+  lua_pushvalue(co, 1);
+  lua_getinfo(co, ">u", &ar);
+  if (ar.isvararg || ar.nparams >= 2) {
+    pushshared(&S->topic, co, ev->role.topic);
+    newrole(S, co, ev->role.orientation, ev->role.interest);
+  } else {
+    lua_pushnil(co);
+  }
+  lua_replace(co, 3);
+  return presence ? 3 : 4;
+}
+
 /* Give lp a coroutine for an activation: one from the pool (its stack
 ** already grown by earlier activations) or a new one. */
 static lua_State *acquire(mkl_state *S, lproc *lp) {
@@ -550,7 +646,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     lua_remove(co, -2);
     lua_pushinteger(co, (lua_Integer)mk_proc_pid(p));
     nargs = 1;
-    lp->booting = 1;
+    lp->applies = 1;
   } else if (lp->waiting) {
     /* Straight-line code suspended in a wait: the event is what await's
     ** continuation finds on its stack. */
@@ -567,21 +663,9 @@ static void handle(mk_proc *p, const mk_event *ev) {
       lua_pushstring(co, ev->endpoint);
       pushmessage(S, co, ev->message);
       nargs = 3;
-    } else if ((ev->type == MK_EV_PRESENCE || ev->type == MK_EV_ABSENCE) &&
-               ev->meta == 0 && !ev->deleted) {
-      /* present(ctx, endpoint, o, i, topic) or absent(..., reason): the
-      ** fields of the role, which market.lua makes into a table only
-      ** when a handler is there to take it. */
-      int presence = ev->type == MK_EV_PRESENCE;
-      lua_rawgeti(co, LUA_REGISTRYINDEX, presence ? S->presentref : S->absentref);
-      lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-      lua_pushstring(co, ev->endpoint);
-      pushrole(S, co, &ev->role);
-      nargs = 5;
-      if (!presence) {
-        if (ev->reason) mkl_pushterm(co, ev->reason); else lua_pushnil(co);
-        nargs = 6;
-      }
+    } else if ((nargs = peerhandler(S, lp, co, ev)) >= 0) {
+      if (nargs == 0) { release(S, lp); return; }
+      lp->applies = 1;
     } else {
       lua_rawgeti(co, LUA_REGISTRYINDEX, S->dispatchref);
       lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
@@ -590,11 +674,12 @@ static void handle(mk_proc *p, const mk_event *ev) {
     }
   }
   st = activate(p, lp, co, nargs, &nres, &overrun);
-  if (lp->booting && st == LUA_OK && !overrun) {
-    /* The boot function returned, at its boot event or at a later one it
-    ** waited for.  A transition it returned is applied by apply(ctx,
-    ** transition), on the same coroutine, as the rest of that activation. */
-    lp->booting = 0;
+  if (lp->applies && st == LUA_OK && !overrun) {
+    /* The boot function or handler returned, at its event or at a later
+    ** one it waited for.  A transition it returned is applied by
+    ** apply(ctx, transition), on the same coroutine, as the rest of that
+    ** activation. */
+    lp->applies = 0;
     if (nres > 0 && !lua_isnil(co, -nres)) {
       lua_settop(co, lua_gettop(co) - nres + 1);
       lua_rawgeti(co, LUA_REGISTRYINDEX, S->applyref);
@@ -670,7 +755,7 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lp->ctxref = luaL_ref(L, LUA_REGISTRYINDEX);
   lp->waiting = 0;
   lp->boot = 0;
-  lp->booting = 0;
+  lp->applies = 0;
   lp->running = 0;
   return lp;
 }
@@ -981,6 +1066,19 @@ static int c_self(lua_State *L) {
   return 3;
 }
 
+/* core.role(orientation, interest, topic) -> the role as handlers get it,
+** from an event's fields as pushevent gives them (market.lua's dispatch
+** and event_table) */
+static int c_role(lua_State *L) {
+  mkl_state *S = STATE(L);
+  lua_Integer o = luaL_checkinteger(L, 1), i = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, o == MK_PUBLISHER || o == MK_SUBSCRIBER, 1, "no such orientation");
+  luaL_argcheck(L, i >= MK_PARTICIPANT && i <= MK_EVERYTHING, 2, "no such interest");
+  lua_settop(L, 3);
+  newrole(S, L, (mk_orientation)o, (mk_interest)i);
+  return 1;
+}
+
 /* core.set_name(name) */
 static int c_set_name(lua_State *L) {
   mkl_state *S = STATE(L);
@@ -988,12 +1086,11 @@ static int c_set_name(lua_State *L) {
   return 0;
 }
 
-/* core.init(apply, dispatch, deliver, event_table, present, absent):
-** market.lua's activations and what a wait returns (see mkl_state) */
+/* core.init(apply, dispatch, deliver, event_table): market.lua's
+** activations and what a wait returns (see mkl_state) */
 static int c_init(lua_State *L) {
   mkl_state *S = STATE(L);
-  int *refs[] = { &S->applyref, &S->dispatchref, &S->deliverref, &S->eventref,
-                  &S->presentref, &S->absentref };
+  int *refs[] = { &S->applyref, &S->dispatchref, &S->deliverref, &S->eventref };
   int i, n = (int)(sizeof refs / sizeof refs[0]);
   for (i = 1; i <= n; i++) luaL_checktype(L, i, LUA_TFUNCTION);
   lua_settop(L, n);
@@ -1144,7 +1241,7 @@ void mkl_open_core(lua_State *L) {
     {"spawn", c_spawn}, {"quit", c_quit}, {"add", c_add}, {"delete", c_delete},
     {"send", c_send}, {"feedback", c_feedback}, {"yield", c_yield},
     {"wait", c_wait}, {"waits", c_waits}, {"current", c_current},
-    {"self", c_self},
+    {"self", c_self}, {"role", c_role},
     {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
     {"now", c_now}, {"memory", c_memory}, {"stop", c_stop}, {NULL, NULL}};
   mkl_state *S = getstate(L);
@@ -1153,11 +1250,12 @@ void mkl_open_core(lua_State *L) {
     memset(S, 0, sizeof *S);
     S->L = L;
     S->applyref = S->dispatchref = S->deliverref = S->eventref = LUA_NOREF;
-    S->presentref = S->absentref = LUA_NOREF;
     lua_pushboolean(L, 0);
     S->message.ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushboolean(L, 0);
     S->topic.ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    rolestrings(L);
+    S->roleref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, state_gc);
     lua_setfield(L, -2, "__gc");

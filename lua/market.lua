@@ -17,8 +17,6 @@ local type, select, error, getmetatable, tostring =
 
 local PUB, SUB = 0, 1
 local PARTICIPANT, OBSERVER, EVERYTHING = 0, 1, 2
-local ORIENT = { [0] = "publisher", "subscriber" }
-local INTEREST = { [0] = "participant", "observer", "everything" }
 
 -- Terms and records come from C.
 for k, v in pairs(core.terms) do M[k] = v end
@@ -335,9 +333,8 @@ M.perform = fast.make_perform(perform_rest)
 
 -- ---- events --------------------------------------------------------------
 
-local function role(o, i, topic)
-  return { orientation = ORIENT[o], interest = INTEREST[i], topic = topic }
-end
+-- role(o, i, topic): the table a handler gets, from an event's fields.
+local role = core.role
 
 -- The handler tables of the endpoints at a level, if any.
 local function handlers_at(ctx, level)
@@ -464,10 +461,10 @@ function M.set_state(s) current("set_state")[STATE] = s end
 function M.self() current("self"); return core.self() end
 
 -- A process runs one activation at a time, each on a coroutine C lends it
--- (lproc.c): its boot function for the boot event (and apply, for the
--- transition the boot function returns, when it does), deliver for each
--- later message at level 0, present and absent for a presence or absence
--- at level 0, and dispatch for any other event that finds it idle.  Only
+-- (lproc.c): its boot function for the boot event and the handler itself
+-- for a presence or absence at level 0 (each followed by apply, for the
+-- transition it returns, when it does), deliver for each later message at
+-- level 0, and dispatch for any other event that finds it idle.  Only
 -- straight-line code waiting in market.yield() keeps a coroutine between
 -- events.
 
@@ -484,31 +481,7 @@ local function deliver(ctx, a, c)
   if i then rest(ctx, tr, i, n) end
 end
 
--- A presence or absence at level 0 (but a deleted endpoint's own absences,
--- which go through dispatch), likewise: the role's fields come from C, and
--- make a table only for a handler that takes them.  One role table per
--- event, not shared: a handler may keep it, or write into it.
-local function present(ctx, a, o, i, topic)
-  local h = ctx[a]
-  local fn = h and h.on_presence
-  if not fn then return end
-  local tr = fn(ctx[STATE], { orientation = ORIENT[o], interest = INTEREST[i], topic = topic }, a)
-  if tr == nil then return end
-  local j, n = capply(ctx, tr)
-  if j then rest(ctx, tr, j, n) end
-end
-
-local function absent(ctx, a, o, i, topic, reason)
-  local h = ctx[a]
-  local fn = h and h.on_absence
-  if not fn then return end
-  local tr = fn(ctx[STATE], { orientation = ORIENT[o], interest = INTEREST[i], topic = topic },
-                reason, a)
-  if tr == nil then return end
-  local j, n = capply(ctx, tr)
-  if j then rest(ctx, tr, j, n) end
-end
-core.init(apply, dispatch, deliver, event_table, present, absent)
+core.init(apply, dispatch, deliver, event_table)
 
 -- A drain time in ms: a finite number, 0 or more (nil: none given).
 local function check_drain(ms, fname)

@@ -464,6 +464,11 @@ static mk_term *refined(const mk_role *a, const mk_role *b) {
   mk_term *t;
   if (a->topic->ground) return mk_ref(a->topic);
   if (b->topic->ground) return mk_ref(b->topic);
+  /* Equal patterns (a feed's or a room's members all naming it alike)
+  ** are their own intersection: mk_equal compares the hashes first and
+  ** walks only when they agree, where a unification walked both twice
+  ** (whether they unify, then their merge). */
+  if (mk_equal(a->topic, b->topic)) return mk_ref(a->topic);
   t = mk_unify(a->topic, b->topic);
   if (t == NULL) { fputs("market: out of memory\n", stderr); abort(); }
   return t;

@@ -167,3 +167,56 @@ describe("per-process footprint", function()
     assert.is_false(market.subscriber(false).topic)
   end)
 end)
+
+describe("per-event garbage", function()
+  local _ = market._
+  local feed = market.record("footprint-feed", "channel", "item")
+
+  -- Lua heap bytes made per presence and per absence event (the collector
+  -- stopped meanwhile): N subscribers with the handlers handlers(count)
+  -- makes, and one publisher that appears and then quits.  count() counts
+  -- an event; made returns when N presences and then N absences came.
+  local function made(handlers)
+    local seen, appear, leave = 0, 0, 0
+    local function count() seen = seen + 1 end
+    H.ground(function()
+      local spawn = market.spawn(function()
+        return market.transition(nil, market.subscriber(feed("news", _), handlers(count)))
+      end)
+      for _ = 1, N do market.perform(spawn) end
+      market.pause()               -- every subscriber has its endpoint
+      local function per(run)
+        collectgarbage()
+        collectgarbage()
+        collectgarbage("stop")
+        local before = collectgarbage("count")
+        seen = 0
+        run()
+        repeat market.pause() until seen == N
+        local bytes = (collectgarbage("count") - before) * 1024 / N
+        collectgarbage("restart")
+        return bytes
+      end
+      local pid
+      appear = per(function()
+        pid = market.perform(market.spawn(function()
+          return market.transition(nil, market.publisher(feed("news", _), "out"))
+        end))
+      end)
+      leave = per(function() market.perform(market.quit(pid)) end)
+      for p = 2, N + 1 do market.perform(market.quit(p)) end
+    end, nil, { max_activation = 0 })
+    return appear, leave
+  end
+
+  it("a presence or absence handler that declares no role gets no table made", function()
+    -- The role table took 152 bytes (a table with a hash part of four
+    -- nodes) per event, and the collector's work on it was about half of
+    -- what a presence cost (docs/architecture.md).
+    local appear, leave = made(function(count)
+      return { on_presence = function(_) count() end, on_absence = function() count() end }
+    end)
+    assert.is_true(appear < 40, ("%.0f bytes of Lua heap per presence"):format(appear))
+    assert.is_true(leave < 40, ("%.0f bytes of Lua heap per absence"):format(leave))
+  end)
+end)

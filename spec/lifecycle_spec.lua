@@ -657,4 +657,46 @@ describe("handlers", function()
     end, log)
     assert.same({ "got 1", "got 3" }, log.lines)   -- 1 performed, 3 returned
   end)
+
+  -- A presence or absence handler is its activation's body (lproc.c), and
+  -- what it returns is applied when it returns, after a wait or at once.
+  it("a presence or absence handler may wait, and what it returns is applied after", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("obs", market.subscriber({ "pw", _ }, H.logging(log, "obs")),
+                           market.subscriber("p", H.logging(log, "obs"))))
+      H.step(holder("p",
+        market.subscriber({ "pw", _ }, {
+          on_presence = function(s)
+            local ev = market.yield()
+            log("presence handler's yield got %s", ev.message)
+            return T(s + 10, market.send("told"))
+          end,
+          on_absence = function(s, role, reason)
+            log("absence %s with state %d", reason, s)
+            return 42
+          end }),
+        market.publisher("p", "p"),
+        market.subscriber({ "bare", _ }, "bare"),
+        market.subscriber("state?", { on_message = function(s) log("state %d", s) end })))
+      H.step(holder("l", market.subscriber("told", { on_message = function() log("told") end })))
+      local pid = market.perform(market.spawn(function()
+        return T(0, market.publisher({ "pw", 1 }))
+      end))
+      H.settle()
+      H.step(market.send({ "bare", 1 }))
+      H.step(market.send("state?"))
+      H.step(market.quit(pid, "gone"))
+    end, log)
+    assert.same({
+      'obs presence #2 publisher/participant "p"',
+      'obs presence #1 publisher/participant ["pw", 1]',
+      'presence handler\'s yield got ["bare", 1]',
+      "told",
+      "state 10",
+      'obs absence #1 publisher/participant ["pw", 1] gone',
+      "absence gone with state 10",
+      'obs absence #2 publisher/participant "p" ' ..
+        "handler returned a number, not a transition (use market.transition)" }, log.lines)
+  end)
 end)

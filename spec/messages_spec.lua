@@ -289,6 +289,54 @@ describe("handler tables", function()
     assert.same({ "second" }, log.lines)
   end)
 
+  -- A presence or absence handler of a plain table is the activation's
+  -- body (lproc.c, peerhandler); tables with a metatable, even one set
+  -- after the add, go through market.lua's dispatch.  Each way, a
+  -- handler gets the role, in whatever way it takes its arguments.
+  it("presence and absence handlers get the role however they are found and declared",
+     function()
+    local log = H.log()
+    local function show(...)
+      local n, role = select("#", ...), select(2, ...)
+      return ("%d args, %s"):format(n, H.role(role))
+    end
+    H.ground(function()
+      local later = { on_presence = function(...) log("later %s", show(...)) end }
+      local swapped = { on_absence = function() log("replaced") end }
+      H.step(holder("p",
+        market.subscriber({ "r", _ }, { name = "varargs",
+          on_presence = function(...) log("varargs %s", show(...)) end,
+          on_absence = function(...) log("varargs gone %s", show(...)) end }),
+        market.subscriber({ "r", _ }, setmetatable({ name = "meta" }, { __index = {
+          on_presence = function(s, role) log("meta %s", H.role(role)) end,
+          on_absence = function(s, role, reason) log("meta gone %s %s", H.role(role), reason) end,
+        } })),
+        market.subscriber({ "r", _ }, { name = "named",
+          on_presence = function(s, role, ep) log("%s %s", ep, H.role(role)) end }),
+        market.subscriber({ "r", _ }, later),
+        market.subscriber({ "r", _ }, swapped)))
+      setmetatable(later, {})
+      swapped.on_absence = function(s, role, reason, ep)
+        log("replaced %s %s %s", ep, H.role(role), reason)
+      end
+      local pid = market.perform(market.spawn(function()
+        return T(0, market.publisher({ "r", 1 }))
+      end))
+      H.settle()
+      H.step(market.quit(pid, "bye"))
+    end)
+    table.sort(log.lines)
+    assert.same({
+      'later 3 args, publisher/participant ["r", 1]',
+      'meta gone publisher/participant ["r", 1] bye',
+      'meta publisher/participant ["r", 1]',
+      'named publisher/participant ["r", 1]',
+      'replaced #2 publisher/participant ["r", 1] bye',
+      'varargs 3 args, publisher/participant ["r", 1]',
+      'varargs gone 4 args, publisher/participant ["r", 1]',
+    }, log.lines)
+  end)
+
   it("an event no handler takes still reaches straight-line code in market.yield()",
      function()
     local log = H.log()
