@@ -349,48 +349,83 @@ static int f_handler_tag(lua_State *L) {
 #define E_INTEREST    lua_upvalueindex(4)
 #define E_NOHANDLERS  lua_upvalueindex(5)   /* the table shared by endpoints without one */
 
-/* Check one entry (key k, value v) of a handler table. */
-static void checkhandler(lua_State *L, int k, int v) {
-  static const char *const keys[] = {"on_message", "on_presence", "on_absence", "name"};
-  const char *fname = lua_tostring(L, E_FNAME), *key;
-  size_t n, i = 4;               /* 4: not a handler key */
+/* The handler keys, by the index handlerkey returns. */
+static const char *const handlerkeys[] = {"on_message", "on_presence", "on_absence", "name"};
+#define HK_NAME   3
+#define HK_NONE   4
+
+/* Which handler key the n bytes at key are (HK_NONE: none).  By length
+** first: a spawn checks two or three keys, and the loop over the four
+** names with strlen and memcmp was a third of the check. */
+static int handlerkey(const char *key, size_t n) {
+  int i;
+  switch (n) {
+    case 4: i = HK_NAME; break;
+    case 10: i = key[3] == 'm' ? 0 : 2; break;
+    case 11: i = 1; break;
+    default: return HK_NONE;
+  }
+  return memcmp(handlerkeys[i], key, n) == 0 ? i : HK_NONE;
+}
+
+/* Check one entry (key k, value v) of a handler table; returns its
+** handlerkey. */
+static int checkhandler(lua_State *L, int k, int v) {
+  size_t n;
+  int i = HK_NONE;
   if (lua_type(L, k) == LUA_TSTRING) {
-    key = lua_tolstring(L, k, &n);
-    for (i = 0; i < 4; i++)
-      if (strlen(keys[i]) == n && memcmp(keys[i], key, n) == 0) break;
+    const char *key = lua_tolstring(L, k, &n);
+    i = handlerkey(key, n);
   }
-  if (i >= 4) {
+  if (i == HK_NONE) {
     lua_pushvalue(L, k);       /* luaL_tolstring may call __tostring */
-    luaL_error(L, "%s: unknown handler key '%s'", fname, luaL_tolstring(L, -1, NULL));
+    luaL_error(L, "%s: unknown handler key '%s'", lua_tostring(L, E_FNAME),
+               luaL_tolstring(L, -1, NULL));
   }
-  if (i < 3 && lua_type(L, v) != LUA_TFUNCTION)
-    luaL_error(L, "%s: handler %s is not a function", fname, keys[i]);
+  if (i < HK_NAME && lua_type(L, v) != LUA_TFUNCTION)
+    luaL_error(L, "%s: handler %s is not a function", lua_tostring(L, E_FNAME),
+               handlerkeys[i]);
+  return i;
 }
 
 /* Check every entry of the handler table at index 2, as pairs() sees them
-** (a __pairs metamethod included). */
+** (a __pairs metamethod included), and push its name field.  A table
+** without a metatable gives its name on the way (a raw read is what
+** lua_getfield would do); any other is asked with lua_getfield, which
+** may run its __index. */
 static void checkhandlers(lua_State *L) {
+  if (!lua_getmetatable(L, 2)) {
+    lua_pushnil(L);                   /* the name, until the walk finds one */
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+      if (checkhandler(L, -2, -1) == HK_NAME) lua_copy(L, -1, -3);
+      lua_pop(L, 1);
+    }
+    return;
+  }
+  lua_pop(L, 1);
   if (luaL_getmetafield(L, 2, "__pairs") == LUA_TNIL) {
     lua_pushnil(L);
     while (lua_next(L, 2)) {
       checkhandler(L, -2, -1);
       lua_pop(L, 1);
     }
-    return;
+  } else {
+    lua_pushvalue(L, 2);
+    lua_call(L, 1, 3);                /* iterator, its state, the control */
+    for (;;) {
+      lua_pushvalue(L, -3);
+      lua_pushvalue(L, -3);
+      lua_pushvalue(L, -3);
+      lua_call(L, 2, 2);              /* key, value */
+      if (lua_isnil(L, -2)) break;
+      checkhandler(L, -2, -1);
+      lua_pop(L, 1);
+      lua_replace(L, -2);             /* the key is the next control */
+    }
+    lua_pop(L, 5);
   }
-  lua_pushvalue(L, 2);
-  lua_call(L, 1, 3);                  /* iterator, its state, the control */
-  for (;;) {
-    lua_pushvalue(L, -3);
-    lua_pushvalue(L, -3);
-    lua_pushvalue(L, -3);
-    lua_call(L, 2, 2);                /* key, value */
-    if (lua_isnil(L, -2)) break;
-    checkhandler(L, -2, -1);
-    lua_pop(L, 1);
-    lua_replace(L, -2);               /* the key is the next control */
-  }
-  lua_pop(L, 5);
+  lua_getfield(L, 2, "name");
 }
 
 /* market.subscriber(topic [, handlers | name]) and its kin: the action
@@ -427,7 +462,7 @@ static int f_addendpoint(lua_State *L) {
       break;
     case LUA_TTABLE:
       checkhandlers(L);
-      t = lua_getfield(L, 2, "name");
+      t = lua_type(L, -1);
       if (t != LUA_TNIL && t != LUA_TSTRING)
         return luaL_error(L, "%s: endpoint name must be a string", fname);
       lua_replace(L, 3);
