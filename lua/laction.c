@@ -22,7 +22,11 @@
 #define U_KIND        lua_upvalueindex(4)   /* "kind" */
 #define U_SEND        lua_upvalueindex(5)   /* "send" */
 #define U_BODY        lua_upvalueindex(6)   /* "body" */
-#define NUPVALUES     6
+#define U_ADD         lua_upvalueindex(7)   /* "add" */
+/* "on_message", "on_presence", "on_absence" for i = 0, 1, 2: a key pushed
+** as a value is read without lua_getfield's luaS_new (hash and strcmp) */
+#define U_HANDLER(i)  lua_upvalueindex(8 + (i))
+#define NUPVALUES     10
 
 /*
 ** Sends and transitions are userdata branded with the address of one of
@@ -316,15 +320,14 @@ static int f_action(lua_State *L) {
 ** plain table; 0 for one with a metatable, whose handlers are looked up
 ** at each event. */
 static int f_handler_tag(lua_State *L) {
-  static const struct { const char *key; int bit; } handlers[] = {
-    {"on_message", MKL_TAG_MESSAGE}, {"on_presence", MKL_TAG_PRESENCE},
-    {"on_absence", MKL_TAG_ABSENCE}};
+  static const int bits[] = {MKL_TAG_MESSAGE, MKL_TAG_PRESENCE, MKL_TAG_ABSENCE};
   lua_Integer tag = MKL_TAG_KNOWN;
-  size_t i;
+  int i;
   luaL_checktype(L, 1, LUA_TTABLE);
   if (lua_getmetatable(L, 1)) { lua_pushinteger(L, 0); return 1; }
-  for (i = 0; i < sizeof handlers / sizeof handlers[0]; i++) {
-    if (lua_getfield(L, 1, handlers[i].key) != LUA_TNIL) tag |= handlers[i].bit;
+  for (i = 0; i < 3; i++) {   /* no metatable: a raw read is the read */
+    lua_pushvalue(L, U_HANDLER(i));
+    if (lua_rawget(L, 1) != LUA_TNIL) tag |= bits[i];
     lua_pop(L, 1);
   }
   lua_pushinteger(L, tag);
@@ -348,6 +351,8 @@ static int f_handler_tag(lua_State *L) {
 #define E_ORIENTATION lua_upvalueindex(3)
 #define E_INTEREST    lua_upvalueindex(4)
 #define E_NOHANDLERS  lua_upvalueindex(5)   /* the table shared by endpoints without one */
+#define E_KIND        lua_upvalueindex(6)   /* "kind" */
+#define E_ADD         lua_upvalueindex(7)   /* "add" */
 
 /* The handler keys, by the index handlerkey returns. */
 static const char *const handlerkeys[] = {"on_message", "on_presence", "on_absence", "name"};
@@ -479,8 +484,9 @@ static int f_addendpoint(lua_State *L) {
     lua_replace(L, 3);
   }
   lua_createtable(L, 5, 1);
-  lua_pushliteral(L, "add");
-  lua_setfield(L, -2, "kind");
+  lua_pushvalue(L, E_KIND);           /* a new table: raw is what setfield does */
+  lua_pushvalue(L, E_ADD);
+  lua_rawset(L, -3);
   for (i = 0; i < 5; i++) {
     lua_pushvalue(L, fields[i]);
     lua_rawseti(L, -2, i + 1);
@@ -500,7 +506,9 @@ static int f_endpoint(lua_State *L) {
   lua_settop(L, 4);
   lua_pushvalue(L, U_ACTION);
   lua_rotate(L, 1, 1);
-  lua_pushcclosure(L, f_addendpoint, 5);
+  lua_pushvalue(L, U_KIND);
+  lua_pushvalue(L, U_ADD);
+  lua_pushcclosure(L, f_addendpoint, 7);
   return 1;
 }
 
@@ -524,6 +532,10 @@ static int c_fastpath(lua_State *L) {
   lua_pushliteral(L, "kind");
   lua_pushliteral(L, "send");
   lua_pushliteral(L, "body");
+  lua_pushliteral(L, "add");
+  lua_pushliteral(L, "on_message");
+  lua_pushliteral(L, "on_presence");
+  lua_pushliteral(L, "on_absence");
   luaL_setfuncs(L, funcs, NUPVALUES);
   lua_getfield(L, -1, "__index");
   lua_setfield(L, 3, "__index");
