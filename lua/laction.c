@@ -22,7 +22,11 @@
 #define U_KIND        lua_upvalueindex(4)   /* "kind" */
 #define U_SEND        lua_upvalueindex(5)   /* "send" */
 #define U_BODY        lua_upvalueindex(6)   /* "body" */
-#define NUPVALUES     6
+#define U_ADD         lua_upvalueindex(7)   /* "add" */
+/* "on_message", "on_presence", "on_absence" for i = 0, 1, 2: a key pushed
+** as a value is read without lua_getfield's luaS_new (hash and strcmp) */
+#define U_HANDLER(i)  lua_upvalueindex(8 + (i))
+#define NUPVALUES     10
 
 /*
 ** Sends and transitions are userdata branded with the address of one of
@@ -316,15 +320,14 @@ static int f_action(lua_State *L) {
 ** plain table; 0 for one with a metatable, whose handlers are looked up
 ** at each event. */
 static int f_handler_tag(lua_State *L) {
-  static const struct { const char *key; int bit; } handlers[] = {
-    {"on_message", MKL_TAG_MESSAGE}, {"on_presence", MKL_TAG_PRESENCE},
-    {"on_absence", MKL_TAG_ABSENCE}};
+  static const int bits[] = {MKL_TAG_MESSAGE, MKL_TAG_PRESENCE, MKL_TAG_ABSENCE};
   lua_Integer tag = MKL_TAG_KNOWN;
-  size_t i;
+  int i;
   luaL_checktype(L, 1, LUA_TTABLE);
   if (lua_getmetatable(L, 1)) { lua_pushinteger(L, 0); return 1; }
-  for (i = 0; i < sizeof handlers / sizeof handlers[0]; i++) {
-    if (lua_getfield(L, 1, handlers[i].key) != LUA_TNIL) tag |= handlers[i].bit;
+  for (i = 0; i < 3; i++) {   /* no metatable: a raw read is the read */
+    lua_pushvalue(L, U_HANDLER(i));
+    if (lua_rawget(L, 1) != LUA_TNIL) tag |= bits[i];
     lua_pop(L, 1);
   }
   lua_pushinteger(L, tag);
@@ -348,49 +351,86 @@ static int f_handler_tag(lua_State *L) {
 #define E_ORIENTATION lua_upvalueindex(3)
 #define E_INTEREST    lua_upvalueindex(4)
 #define E_NOHANDLERS  lua_upvalueindex(5)   /* the table shared by endpoints without one */
+#define E_KIND        lua_upvalueindex(6)   /* "kind" */
+#define E_ADD         lua_upvalueindex(7)   /* "add" */
 
-/* Check one entry (key k, value v) of a handler table. */
-static void checkhandler(lua_State *L, int k, int v) {
-  static const char *const keys[] = {"on_message", "on_presence", "on_absence", "name"};
-  const char *fname = lua_tostring(L, E_FNAME), *key;
-  size_t n, i = 4;               /* 4: not a handler key */
+/* The handler keys, by the index handlerkey returns. */
+static const char *const handlerkeys[] = {"on_message", "on_presence", "on_absence", "name"};
+#define HK_NAME   3
+#define HK_NONE   4
+
+/* Which handler key the n bytes at key are (HK_NONE: none).  By length
+** first: a spawn checks two or three keys, and the loop over the four
+** names with strlen and memcmp was a third of the check. */
+static int handlerkey(const char *key, size_t n) {
+  int i;
+  switch (n) {
+    case 4: i = HK_NAME; break;
+    case 10: i = key[3] == 'm' ? 0 : 2; break;
+    case 11: i = 1; break;
+    default: return HK_NONE;
+  }
+  return memcmp(handlerkeys[i], key, n) == 0 ? i : HK_NONE;
+}
+
+/* Check one entry (key k, value v) of a handler table; returns its
+** handlerkey. */
+static int checkhandler(lua_State *L, int k, int v) {
+  size_t n;
+  int i = HK_NONE;
   if (lua_type(L, k) == LUA_TSTRING) {
-    key = lua_tolstring(L, k, &n);
-    for (i = 0; i < 4; i++)
-      if (strlen(keys[i]) == n && memcmp(keys[i], key, n) == 0) break;
+    const char *key = lua_tolstring(L, k, &n);
+    i = handlerkey(key, n);
   }
-  if (i >= 4) {
+  if (i == HK_NONE) {
     lua_pushvalue(L, k);       /* luaL_tolstring may call __tostring */
-    luaL_error(L, "%s: unknown handler key '%s'", fname, luaL_tolstring(L, -1, NULL));
+    luaL_error(L, "%s: unknown handler key '%s'", lua_tostring(L, E_FNAME),
+               luaL_tolstring(L, -1, NULL));
   }
-  if (i < 3 && lua_type(L, v) != LUA_TFUNCTION)
-    luaL_error(L, "%s: handler %s is not a function", fname, keys[i]);
+  if (i < HK_NAME && lua_type(L, v) != LUA_TFUNCTION)
+    luaL_error(L, "%s: handler %s is not a function", lua_tostring(L, E_FNAME),
+               handlerkeys[i]);
+  return i;
 }
 
 /* Check every entry of the handler table at index 2, as pairs() sees them
-** (a __pairs metamethod included). */
+** (a __pairs metamethod included), and push its name field.  A table
+** without a metatable gives its name on the way (a raw read is what
+** lua_getfield would do); any other is asked with lua_getfield, which
+** may run its __index. */
 static void checkhandlers(lua_State *L) {
+  if (!lua_getmetatable(L, 2)) {
+    lua_pushnil(L);                   /* the name, until the walk finds one */
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+      if (checkhandler(L, -2, -1) == HK_NAME) lua_copy(L, -1, -3);
+      lua_pop(L, 1);
+    }
+    return;
+  }
+  lua_pop(L, 1);
   if (luaL_getmetafield(L, 2, "__pairs") == LUA_TNIL) {
     lua_pushnil(L);
     while (lua_next(L, 2)) {
       checkhandler(L, -2, -1);
       lua_pop(L, 1);
     }
-    return;
+  } else {
+    lua_pushvalue(L, 2);
+    lua_call(L, 1, 3);                /* iterator, its state, the control */
+    for (;;) {
+      lua_pushvalue(L, -3);
+      lua_pushvalue(L, -3);
+      lua_pushvalue(L, -3);
+      lua_call(L, 2, 2);              /* key, value */
+      if (lua_isnil(L, -2)) break;
+      checkhandler(L, -2, -1);
+      lua_pop(L, 1);
+      lua_replace(L, -2);             /* the key is the next control */
+    }
+    lua_pop(L, 5);
   }
-  lua_pushvalue(L, 2);
-  lua_call(L, 1, 3);                  /* iterator, its state, the control */
-  for (;;) {
-    lua_pushvalue(L, -3);
-    lua_pushvalue(L, -3);
-    lua_pushvalue(L, -3);
-    lua_call(L, 2, 2);                /* key, value */
-    if (lua_isnil(L, -2)) break;
-    checkhandler(L, -2, -1);
-    lua_pop(L, 1);
-    lua_replace(L, -2);               /* the key is the next control */
-  }
-  lua_pop(L, 5);
+  lua_getfield(L, 2, "name");
 }
 
 /* market.subscriber(topic [, handlers | name]) and its kin: the action
@@ -427,7 +467,7 @@ static int f_addendpoint(lua_State *L) {
       break;
     case LUA_TTABLE:
       checkhandlers(L);
-      t = lua_getfield(L, 2, "name");
+      t = lua_type(L, -1);
       if (t != LUA_TNIL && t != LUA_TSTRING)
         return luaL_error(L, "%s: endpoint name must be a string", fname);
       lua_replace(L, 3);
@@ -444,8 +484,9 @@ static int f_addendpoint(lua_State *L) {
     lua_replace(L, 3);
   }
   lua_createtable(L, 5, 1);
-  lua_pushliteral(L, "add");
-  lua_setfield(L, -2, "kind");
+  lua_pushvalue(L, E_KIND);           /* a new table: raw is what setfield does */
+  lua_pushvalue(L, E_ADD);
+  lua_rawset(L, -3);
   for (i = 0; i < 5; i++) {
     lua_pushvalue(L, fields[i]);
     lua_rawseti(L, -2, i + 1);
@@ -465,7 +506,9 @@ static int f_endpoint(lua_State *L) {
   lua_settop(L, 4);
   lua_pushvalue(L, U_ACTION);
   lua_rotate(L, 1, 1);
-  lua_pushcclosure(L, f_addendpoint, 5);
+  lua_pushvalue(L, U_KIND);
+  lua_pushvalue(L, U_ADD);
+  lua_pushcclosure(L, f_addendpoint, 7);
   return 1;
 }
 
@@ -489,6 +532,10 @@ static int c_fastpath(lua_State *L) {
   lua_pushliteral(L, "kind");
   lua_pushliteral(L, "send");
   lua_pushliteral(L, "body");
+  lua_pushliteral(L, "add");
+  lua_pushliteral(L, "on_message");
+  lua_pushliteral(L, "on_presence");
+  lua_pushliteral(L, "on_absence");
   luaL_setfuncs(L, funcs, NUPVALUES);
   lua_getfield(L, -1, "__index");
   lua_setfield(L, 3, "__index");

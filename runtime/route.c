@@ -45,6 +45,7 @@
 ** own cost each of those a second allocation (issue 10). */
 #define SMALLKIDS  8
 #define MINTABLE   16
+#define NTABLESIZE 33           /* klog values: 0 .. 32 */
 
 /* 56 bytes, a 64-byte malloc chunk: an idle connection's topics hold
 ** about sixteen nodes of their own (issue 10).  Hence the capacity kept
@@ -158,6 +159,16 @@ struct mk_index {
   uint64_t gen;             /* bumped by every add and remove (match cache) */
   Scratch sc;
   Cache cache;
+  /* Child tables given up (by a rehash or a freed node), at most one per
+  ** size, by klog; owned.  A wave of processes that each add a topic
+  ** under one node (other(pid, _, _)) and then die grows that node's
+  ** table from MINTABLE to its peak and shrinks it again: with a fresh
+  ** calloc for every size on the way, the large requests made glibc
+  ** consolidate its free lists over and over, about 3% of a spawn's
+  ** instructions (issue 10).  Reused, they cost a memset.  At most
+  ** twice the largest table the index ever had is kept, until
+  ** mk_index_free. */
+  mk_inode **spare[NTABLESIZE];
 };
 
 static void clearcache (Cache *c);
@@ -267,10 +278,15 @@ static uint32_t kcapof (const mk_inode *n) {
   return n->klog ? (uint32_t)1 << (n->klog - 1) : 0;
 }
 
-static void setkcap (mk_inode *n, uint32_t cap) {
+/* The klog of a capacity (see kcapof). */
+static uint8_t klogof (uint32_t cap) {
   uint8_t k = 0;
   while (cap != 0) { k++; cap >>= 1; }
-  n->klog = k;
+  return k;
+}
+
+static void setkcap (mk_inode *n, uint32_t cap) {
+  n->klog = klogof(cap);
 }
 
 /* The children of n as an array of kcap entries. */
@@ -301,9 +317,28 @@ static void tableput (mk_inode **tab, uint32_t cap, mk_inode *c) {
   tab[i] = c;
 }
 
+/* A zeroed child map of ncap entries: a hash table (ncap > SMALLKIDS)
+** comes from the spares when there is one of that size. */
+static mk_inode **newtable (mk_index *ix, uint32_t ncap) {
+  mk_inode **t;
+  if (ncap > SMALLKIDS && (t = ix->spare[klogof(ncap)]) != NULL) {
+    ix->spare[klogof(ncap)] = NULL;
+    memset(t, 0, ncap * sizeof(mk_inode *));
+    return t;
+  }
+  return (mk_inode **)calloc(ncap, sizeof(mk_inode *));
+}
+
+/* Give up n's child map (kept as a spare when it is a hash table and
+** there is none of its size). */
+static void freetable (mk_index *ix, mk_inode *n) {
+  if (kcapof(n) > SMALLKIDS && ix->spare[n->klog] == NULL) ix->spare[n->klog] = n->kids.v;
+  else if (kcapof(n) > 1) free(n->kids.v);
+}
+
 /* Rebuild n's map with capacity ncap (<= SMALLKIDS means a plain array). */
-static int rehash (mk_inode *n, uint32_t ncap) {
-  mk_inode **nk = (mk_inode **)calloc(ncap, sizeof(mk_inode *)), **old = kidv(n);
+static int rehash (mk_index *ix, mk_inode *n, uint32_t ncap) {
+  mk_inode **nk = newtable(ix, ncap), **old = kidv(n);
   uint32_t i, j = 0;
   if (nk == NULL) return -1;
   if (kcapof(n) <= SMALLKIDS) {
@@ -316,13 +351,13 @@ static int rehash (mk_inode *n, uint32_t ncap) {
       else tableput(nk, ncap, old[i]);
     }
   }
-  if (kcapof(n) > 1) free(n->kids.v);
+  freetable(ix, n);
   n->kids.v = nk;
   setkcap(n, ncap);
   return 0;
 }
 
-static int addkid (mk_inode *n, mk_inode *c) {
+static int addkid (mk_index *ix, mk_inode *n, mk_inode *c) {
   if (kcapof(n) <= SMALLKIDS) {
     if (n->nkids == kcapof(n)) {
       if (n->klog == 0) setkcap(n, 1);   /* in place */
@@ -335,11 +370,11 @@ static int addkid (mk_inode *n, mk_inode *c) {
         n->kids.v = nk;
         setkcap(n, ncap);
       }
-      else if (rehash(n, MINTABLE) != 0) return -1;
+      else if (rehash(ix, n, MINTABLE) != 0) return -1;
     }
   }
   else if ((n->nkids + 1) * 4 > kcapof(n) * 3) {  /* keep the load <= 3/4 */
-    if (kcapof(n) > UINT32_MAX / 2 || rehash(n, kcapof(n) * 2) != 0) return -1;
+    if (kcapof(n) > UINT32_MAX / 2 || rehash(ix, n, kcapof(n) * 2) != 0) return -1;
   }
   if (kcapof(n) <= SMALLKIDS) kidv(n)[n->nkids] = c;
   else tableput(n->kids.v, kcapof(n), c);
@@ -347,7 +382,7 @@ static int addkid (mk_inode *n, mk_inode *c) {
   return 0;
 }
 
-static void removekid (mk_inode *n, mk_inode *c) {
+static void removekid (mk_index *ix, mk_inode *n, mk_inode *c) {
   uint32_t i;
   if (kcapof(n) <= SMALLKIDS) {  /* order among children does not matter */
     mk_inode **k = kidv(n);
@@ -373,8 +408,8 @@ static void removekid (mk_inode *n, mk_inode *c) {
     k[i] = NULL;
     n->nkids--;
     /* shrink (best effort) when sparse */
-    if (n->nkids <= SMALLKIDS / 2) rehash(n, SMALLKIDS);
-    else if (kcapof(n) > MINTABLE && n->nkids * 8 < kcapof(n)) rehash(n, kcapof(n) / 2);
+    if (n->nkids <= SMALLKIDS / 2) rehash(ix, n, SMALLKIDS);
+    else if (kcapof(n) > MINTABLE && n->nkids * 8 < kcapof(n)) rehash(ix, n, kcapof(n) / 2);
   }
 }
 
@@ -415,7 +450,7 @@ static mk_inode *newnode (mk_index *ix, mk_inode *parent) {
 static void freenode (mk_index *ix, mk_inode *n) {
   if (n->tag == TK_ATOM) mk_unref(n->key.atom);
   else if (n->tag == TK_REC) mk_rtype_unref(n->key.rt);
-  if (kcapof(n) > 1) free(n->kids.v);
+  freetable(ix, n);
   free(n);
   ix->nodes--;
 }
@@ -435,7 +470,7 @@ static mk_inode *child (mk_index *ix, mk_inode *n, const mk_term *t) {
   if ((c = newnode(ix, n)) == NULL) return NULL;
   c->tag = (uint8_t)tag;
   c->khash = h;
-  if (addkid(n, c) != 0) {
+  if (addkid(ix, n, c) != 0) {
     freenode(ix, c);
     return NULL;
   }
@@ -459,7 +494,7 @@ static void prune (mk_index *ix, mk_inode *n) {
   while (n != ix->root && n->head == NULL && n->wild == NULL && n->nkids == 0) {
     mk_inode *p = n->parent;
     if (p->wild == n) p->wild = NULL;
-    else removekid(p, n);
+    else removekid(ix, p, n);
     freenode(ix, n);
     n = p;
   }
@@ -488,6 +523,7 @@ mk_index *mk_index_new (void) {
 /* Depth first through parent pointers: no stack needed. */
 void mk_index_free (mk_index *ix) {
   mk_inode *n;
+  int i;
   if (ix == NULL) return;
   n = ix->root;
   while (n != NULL) {
@@ -511,6 +547,7 @@ void mk_index_free (mk_index *ix) {
   freescratch(&ix->sc);
   clearcache(&ix->cache);
   free(ix->cache.e);
+  for (i = 0; i < NTABLESIZE; i++) free(ix->spare[i]);
   free(ix);
 }
 

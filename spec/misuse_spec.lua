@@ -82,6 +82,24 @@ describe("constructing actions", function()
                    err_of(function() local _x = market.subscriber("x", { name = 5 }) end))
   end)
 
+  it("a handler key is known only when it is spelt exactly", function()
+    -- Each has the length of a known key (laction.c compares by length first).
+    for _, key in ipairs({ "nome", "on_messagf", "on_mbsence", "on_absencf", "on_presencf",
+                           "On_message", "on_absence\0" }) do
+      -- (the message shows a key up to its first zero byte)
+      assert.matches(THIS .. "market%.subscriber: unknown handler key '" .. key:match("^[^%z]*"),
+                     err_of(function() local _x = market.subscriber("x", { [key] = print }) end))
+    end
+    local log = H.log()
+    H.ground(function()
+      market.perform(market.subscriber("x", { name = "mine",
+        on_message = function() end, on_absence = function() end,
+        on_presence = function(_, _, ep) log("presence at %s", ep) end }),
+        market.publisher("x"))
+    end)
+    assert.same({ "presence at mine" }, log.lines)
+  end)
+
   it("a handler table is checked as pairs() and indexing see it", function()
     -- Keys a __pairs metamethod yields are checked; an inherited name counts.
     local hidden = setmetatable({}, { __pairs = function()

@@ -387,6 +387,61 @@ static void wide (void) {
   CHECK(mk_term_live() == base);
 }
 
+/*
+** Waves: N topics under one node come and go, again and again (processes
+** spawned with other(pid, _, _) and killed).  The node's table grows to
+** its peak and back each time; the tables it gives up are kept for the
+** next wave (route.c, spare), which must find them cleared: every wave
+** matches exactly its own items, including one that goes to another
+** node (a different record type) and takes the spares from there.
+*/
+static void waves (void) {
+  enum { N = 3000, WAVES = 4 };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(N, NULL);
+  mk_rtype *rt[2];
+  int w, i, ok = 1;
+  rt[0] = mk_rtype_get("w", 1, 3, NULL);
+  rt[1] = mk_rtype_get("v", 1, 3, NULL);
+  for (w = 0; w < WAVES; w++) {
+    mk_rtype *r = rt[w % 2 == 1];
+    for (i = 0; i < N; i++)   /* a new pid each wave, as spawns get */
+      it[i].topic = mk_rec(r, mk_int((int64_t)w * N + i), mk_wild(), mk_wild());
+    addall(ix, it, N);
+    CHECK(mk_index_nodes(ix) == 2 + 3 * (size_t)N);
+    for (i = 0; i < N; i++) {
+      Coll c = { 0, 0 };
+      mk_term *old = mk_rec(rt[w % 2 == 0], mk_int((int64_t)(w - 1) * N + i), mk_wild(), mk_wild());
+      mk_term *gone = mk_rec(r, mk_int((int64_t)(w + 1) * N + i), mk_wild(), mk_wild());
+      it[i].seen = 0;
+      ok &= mk_index_match(ix, it[i].topic, collect, &c) == 1 && it[i].seen == 1;
+      /* last wave's topic and a later one's are not there */
+      ok &= mk_index_match(ix, old, collect, &c) == 0 && mk_index_match(ix, gone, collect, &c) == 0;
+      mk_unref(old);
+      mk_unref(gone);
+    }
+    CHECK(ok);
+    {
+      Coll c = { 0, 0 };
+      mk_term *any = mk_rec(r, mk_wild(), mk_int(1), mk_int(2));
+      CHECK(mk_index_match(ix, any, collect, &c) == N);
+      mk_unref(any);
+    }
+    for (i = 0; i < N; i++) mk_index_remove(ix, &it[(i * 7919) % N].link);
+    CHECK(mk_index_nodes(ix) == 1);
+    for (i = 0; i < N; i++) {
+      mk_unref(it[i].topic);
+      it[i].topic = NULL;
+    }
+  }
+  CHECK(mk_term_live() == base);
+  mk_rtype_unref(rt[0]);
+  mk_rtype_unref(rt[1]);
+  mk_index_free(ix);
+  freeitems(it, N);
+}
+
 /* A callback may match again on the same index (but not add to it). */
 typedef struct Nest {
   mk_index *ix;
@@ -818,6 +873,7 @@ int main (void) {
   RUN(early_stop);
   RUN(pruning);
   RUN(wide);
+  RUN(waves);
   RUN(reentrant);
   RUN(deep_topic);
   RUN(cache);
