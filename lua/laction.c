@@ -236,7 +236,7 @@ static int perform_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L);
 }
 
-/* A lone quit action (market.quit(pid, reason)), done for p.  Killing
+/* A lone quit action (market.quit(pid, reason)) at 1, done for p.  Killing
 ** processes one by one (perform(quit(pid)) in a loop) spent more in
 ** market.lua's way to core.quit than in the kill.  Returns 0, leaving the
 ** stack as it was, for another action or for fields market.quit would not
@@ -247,8 +247,6 @@ static int doquit(lua_State *L, mk_proc *p) {
   lua_Integer pid = 0;
   mk_term *reason = NULL;
   const char *err;
-  lua_pushvalue(L, U_KIND);
-  if (lua_rawget(L, 1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "quit") != 0) goto out;
   /* {pid or false, reason or false, kind = "quit"} (market.lua, FIELDS),
   ** read as market.lua's perform_one does: nil or false is none */
   lua_rawgeti(L, 1, 1);
@@ -264,11 +262,83 @@ out:
   return done;
 }
 
+/* Which handlers the plain table at idx holds, as MKL_TAG_* bits (with
+** MKL_TAG_KNOWN); 0 for a table with a metatable, whose handlers are
+** looked up at each event. */
+static int handlertag(lua_State *L, int idx) {
+  static const int bits[] = {MKL_TAG_MESSAGE, MKL_TAG_PRESENCE, MKL_TAG_ABSENCE};
+  int tag = MKL_TAG_KNOWN, i;
+  if (lua_getmetatable(L, idx)) { lua_pop(L, 1); return 0; }
+  for (i = 0; i < 3; i++) {   /* no metatable: a raw read is the read */
+    lua_pushvalue(L, U_HANDLER(i));
+    if (lua_rawget(L, idx) != LUA_TNIL) tag |= bits[i];
+    lua_pop(L, 1);
+  }
+  return tag;
+}
+
+/*
+** A lone add action with a name (market.subscriber(topic, name) and its
+** kin), done for p as market.lua's perform_one does it: the handlers go
+** into the context under the name, then the endpoint is added, tagged
+** with them.  Straight-line code adds its endpoints so before it waits,
+** and through market.lua the call went four frames deep (perform_rest,
+** perform_one, core.add, each C function reserving 20 slots): past the 40
+** slots a coroutine starts with, so its stack doubled, and a process that
+** then waits keeps the doubled stack and a spare CallInfo (about 210
+** bytes of its 2.1 KB; issue 10).  Returns 0, leaving the stack as it
+** was, for anything else (an anonymous endpoint, fields changed since the
+** constructor made them, a topic that is no term): market.lua then
+** performs or rejects it as before.
+*/
+static int doadd(lua_State *L, mk_proc *p) {
+  int top = lua_gettop(L), done = 0, okori, okint, tag;
+  mk_role role;
+  const char *err;
+  /* {name, orientation, interest, topic, handlers, kind = "add"}
+  ** (market.lua, FIELDS; f_addendpoint) at top + 1 .. top + 5 */
+  if (lua_rawgeti(L, 1, 1) != LUA_TSTRING) goto out;
+  lua_rawgeti(L, 1, 2);
+  lua_rawgeti(L, 1, 3);
+  lua_rawgeti(L, 1, 4);
+  if (lua_rawgeti(L, 1, 5) != LUA_TTABLE) goto out;
+  role.orientation = (mk_orientation)lua_tointegerx(L, top + 2, &okori);
+  role.interest = (mk_interest)lua_tointegerx(L, top + 3, &okint);
+  if (!okori || !okint || !mkl_pushctx(L)) goto out;
+  if ((role.topic = mkl_toterm(L, top + 4, &err)) == NULL) goto out;
+  tag = handlertag(L, top + 5);
+  lua_pushvalue(L, top + 1);
+  lua_pushvalue(L, top + 5);
+  lua_rawset(L, -3);                  /* ctx[name] = handlers */
+  if (mk_add_endpoint(p, lua_tostring(L, top + 1), 0, role) >= 0)
+    mk_tag_endpoint(p, lua_tostring(L, top + 1), (uint32_t)tag);
+  mk_unref(role.topic);
+  done = 1;
+out:
+  lua_settop(L, top);
+  return done;
+}
+
+/* The action table at 1, an add or a quit, done for p (doadd, doquit);
+** 0 as they return it, and for any other kind. */
+static int doaction(lua_State *L, mk_proc *p) {
+  int done = 0;
+  const char *kind;
+  lua_pushvalue(L, U_KIND);
+  if (lua_rawget(L, 1) == LUA_TSTRING) {
+    kind = lua_tostring(L, -1);
+    if (lua_rawequal(L, -1, U_ADD)) done = doadd(L, p);
+    else if (strcmp(kind, "quit") == 0) done = doquit(L, p);
+  }
+  lua_pop(L, 1);
+  return done;
+}
+
 static int f_perform(lua_State *L) {
   mk_proc *p;
   if (lua_gettop(L) == 1 && (p = mkl_current(L)) != NULL) {
     if (issend(L, 1)) dosend(L, p);
-    else if (!isaction(L, 1) || !doquit(L, p)) goto rest;
+    else if (!isaction(L, 1) || !doaction(L, p)) goto rest;
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
     return 0;
@@ -320,17 +390,8 @@ static int f_action(lua_State *L) {
 ** plain table; 0 for one with a metatable, whose handlers are looked up
 ** at each event. */
 static int f_handler_tag(lua_State *L) {
-  static const int bits[] = {MKL_TAG_MESSAGE, MKL_TAG_PRESENCE, MKL_TAG_ABSENCE};
-  lua_Integer tag = MKL_TAG_KNOWN;
-  int i;
   luaL_checktype(L, 1, LUA_TTABLE);
-  if (lua_getmetatable(L, 1)) { lua_pushinteger(L, 0); return 1; }
-  for (i = 0; i < 3; i++) {   /* no metatable: a raw read is the read */
-    lua_pushvalue(L, U_HANDLER(i));
-    if (lua_rawget(L, 1) != LUA_TNIL) tag |= bits[i];
-    lua_pop(L, 1);
-  }
-  lua_pushinteger(L, tag);
+  lua_pushinteger(L, handlertag(L, 1));
   return 1;
 }
 

@@ -1231,6 +1231,12 @@ mk_proc *mkl_current(lua_State *L) {
   return running.p != NULL && running.lp->co == L ? running.p : NULL;
 }
 
+int mkl_pushctx(lua_State *L) {
+  if (running.p == NULL || running.lp->co != L) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
+  return 1;
+}
+
 static int state_gc(lua_State *L) {
   mkl_state *S = lua_touserdata(L, 1);
   free(S->boot_error);

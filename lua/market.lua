@@ -306,8 +306,9 @@ end
 
 -- perform(action...): straight-line code does what the actions say, now.
 -- Returns the pid of each spawn, in order.  market.perform is C (laction.c)
--- and does a lone send itself; it calls this for everything else, so the
--- errors here name the caller two levels up, past the C function.
+-- and does a lone send, quit or named add itself; it calls this for
+-- everything else, so the errors here name the caller two levels up, past
+-- the C function.
 local function perform_rest(a1, ...)
   local ctx = core.current()
   if not ctx then error("market.perform: not inside a market process", 3) end

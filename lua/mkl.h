@@ -93,6 +93,9 @@ int mkl_running(lua_State *L);
 ** for C functions that act on behalf of the calling process (the tcp
 ** driver spawns its native connection managers so). */
 mk_proc *mkl_current(lua_State *L);
+/* Push the context (MKL_CTX_*) of the process mkl_current(L) names and
+** return 1; 0, pushing nothing, when there is none. */
+int mkl_pushctx(lua_State *L);
 /* Make `vm` (a ground VM) host Lua processes on L.  Needed once per ground
 ** before mkl_spawn_boot.  Returns 0 or -1 when L already serves another. */
 int mkl_attach(lua_State *L, mk_ground *g);
