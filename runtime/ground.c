@@ -42,21 +42,29 @@ enum { K_NONE = -1, K_IO, K_TIMER, K_SIGNAL };
 ** `active`, and the ground's publisher endpoint `ep` exists while
 ** `published`.  A watch that failed is neither, until a new subscription
 ** tries it again.
+**
+** A server holds one per connection (its socket's readable), so the record
+** is kept to 120 bytes, a 128-byte malloc chunk (issue 10: it was 160, a
+** 176-byte chunk): the endpoint's name is made from `serial` when needed,
+** the record's field (the descriptor, time or signal) is read from `topic`
+** (argof), and the watch on the same descriptor in the other direction is
+** looked up (twin_of) when one stops, which is not per message.
 */
 typedef struct watch {
   struct watch *next;       /* hash chain */
   struct watch *rnext, *rprev;   /* ring of active descriptor watches (audit) */
   struct watch *dnext, *dprev;   /* descriptor watches to check before the next poll */
-  struct watch *twin;       /* the watch on the same descriptor, other direction */
   mk_ground *g;
   mk_term *topic;           /* owned: the record sent when it fires */
-  size_t count;             /* subscriptions */
-  double arg;               /* the record's field */
-  int kind;                 /* K_IO, K_TIMER, K_SIGNAL */
+  unsigned long long serial;     /* the ground's endpoint is named "w<serial>" */
+  uint32_t count;           /* subscriptions */
+  uint8_t kind;             /* K_IO, K_TIMER, K_SIGNAL */
   uint8_t active, published, dirty;
-  char ep[24];              /* the ground's endpoint name, "w<serial>" */
   union { ev_io io; ev_timer timer; ev_signal sig; } w;
 } watch;
+
+/* The endpoint name of a watch: "w" and a serial of at most 20 digits. */
+#define EPNAME_SIZE 24
 
 struct mk_ground {
   struct ev_loop *loop;     /* borrowed */
@@ -114,18 +122,22 @@ static void release_signal(int signum) {
 
 static void publish(mk_ground *g, watch *w) {
   mk_role r;
+  char ep[EPNAME_SIZE];
   r.orientation = MK_PUBLISHER;
   r.interest = MK_PARTICIPANT;
   r.topic = w->topic;
-  snprintf(w->ep, sizeof w->ep, "w%llu", ++g->serial);
+  w->serial = ++g->serial;
+  snprintf(ep, sizeof ep, "w%llu", w->serial);
   w->published = 1;
-  mk_add_endpoint(g->self, w->ep, 0, r);
+  mk_add_endpoint(g->self, ep, 0, r);
 }
 
 static void withdraw(mk_ground *g, watch *w, mk_term *reason) {
+  char ep[EPNAME_SIZE];
   if (!w->published) return;
   w->published = 0;
-  mk_delete_endpoint(g->self, w->ep, 0, reason);
+  snprintf(ep, sizeof ep, "w%llu", w->serial);
+  mk_delete_endpoint(g->self, ep, 0, reason);
 }
 
 /* "<record>: why", e.g. "market:readable(-1): not an open file descriptor". */
@@ -211,8 +223,19 @@ static void dirty_remove(mk_ground *g, watch *w) {
 
 /* ---- starting and stopping watches ------------------------------------------ */
 
+static int number(const mk_term *t, double *out);
+static watch *twin_of(mk_ground *g, const mk_term *topic);
+
+/* The field of w's record (subscribed checked that it is a number). */
+static double argof(const watch *w) {
+  double v = 0;
+  number(mk_items(w->topic)[0], &v);
+  return v;
+}
+
 /* Stop w's libev watcher, if it runs. */
 static void halt_watch(mk_ground *g, watch *w) {
+  watch *twin;
   if (!w->active) return;
   w->active = 0;
   g->active--;
@@ -223,14 +246,14 @@ static void halt_watch(mk_ground *g, watch *w) {
       dirty_remove(g, w);
       /* libev now changes the kernel's interest in the descriptor that the
       ** other direction still watches: check it first (prepare_cb). */
-      if (w->twin && w->twin->active) dirty_add(g, w->twin);
+      if ((twin = twin_of(g, w->topic)) != NULL && twin->active) dirty_add(g, twin);
       break;
     case K_TIMER:
       ev_timer_stop(g->loop, &w->w.timer);
       break;
     default:
       ev_signal_stop(g->loop, &w->w.sig);
-      release_signal((int)w->arg);
+      release_signal(w->w.sig.signum);
       break;
   }
 }
@@ -249,7 +272,7 @@ static void fail_about(mk_ground *g, watch *w, const char *why) {
 
 /* w's descriptor was closed behind market's back: both directions go. */
 static void fail_closed(mk_ground *g, watch *w) {
-  watch *twin = w->twin;
+  watch *twin = twin_of(g, w->topic);
   fail_about(g, w, "the descriptor was closed");
   if (twin && twin->active) fail_about(g, twin, "the descriptor was closed");
 }
@@ -280,7 +303,7 @@ static void signal_cb(struct ev_loop *loop, ev_signal *s, int revents) {
 
 /* Why w's record cannot be watched, or NULL. */
 static const char *invalid(mk_ground *g, watch *w) {
-  double v = w->arg;
+  double v = argof(w);
   int integral = v == floor(v);
   switch (w->kind) {
     case K_IO:
@@ -310,6 +333,7 @@ static const char *invalid(mk_ground *g, watch *w) {
 */
 static void start(mk_ground *g, watch *w) {
   const char *why = invalid(g, w);   /* a signal is claimed when valid */
+  double v = argof(w);
   if (why != NULL) {
     publish(g, w);
     fail_about(g, w, why);
@@ -317,7 +341,7 @@ static void start(mk_ground *g, watch *w) {
   }
   switch (w->kind) {
     case K_IO:
-      ev_io_init(&w->w.io, io_cb, (int)w->arg,
+      ev_io_init(&w->w.io, io_cb, (int)v,
                  w->topic->v.rt == mk_ground_readable ? EV_READ : EV_WRITE);
       w->w.io.data = w;
       ev_io_start(g->loop, &w->w.io);
@@ -325,14 +349,14 @@ static void start(mk_ground *g, watch *w) {
       dirty_add(g, w);        /* closed before the next poll: prepare_cb */
       break;
     case K_TIMER: {
-      double delay = w->arg / 1000.0 - ev_now(g->loop);
+      double delay = v / 1000.0 - ev_now(g->loop);
       ev_timer_init(&w->w.timer, timer_cb, delay > 0 ? delay : 0, 0);
       w->w.timer.data = w;
       ev_timer_start(g->loop, &w->w.timer);
       break;
     }
     default:
-      ev_signal_init(&w->w.sig, signal_cb, (int)w->arg);
+      ev_signal_init(&w->w.sig, signal_cb, (int)v);
       w->w.sig.data = w;
       ev_signal_start(g->loop, &w->w.sig);
       break;
@@ -348,7 +372,7 @@ static void audit_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   for (i = 0; i < n && g->cursor != NULL; i++) {
     watch *w = g->cursor;
     g->cursor = w->rnext;
-    if (!fd_open((int)w->arg)) fail_closed(g, w);
+    if (!fd_open(w->w.io.fd)) fail_closed(g, w);
   }
 }
 
@@ -358,7 +382,7 @@ static void check_dirty(mk_ground *g) {
   watch *w;
   while ((w = g->dirty) != NULL) {
     dirty_remove(g, w);
-    if (w->active && !fd_open((int)w->arg)) fail_closed(g, w);
+    if (w->active && !fd_open(w->w.io.fd)) fail_closed(g, w);
   }
 }
 
@@ -427,7 +451,6 @@ static watch *twin_of(mk_ground *g, const mk_term *topic) {
 }
 
 static void watch_free(watch *w) {
-  if (w->twin) w->twin->twin = NULL;
   mk_unref(w->topic);
   free(w);
 }
@@ -454,9 +477,7 @@ static void subscribed(mk_vm *vm, const mk_term *topic, mk_endpoint *ep, void *u
   w->g = g;
   w->topic = mk_ref((mk_term *)topic);
   w->count = 1;
-  w->kind = kind;
-  w->arg = arg;
-  if (kind == K_IO && (w->twin = twin_of(g, topic)) != NULL) w->twin->twin = w;
+  w->kind = (uint8_t)kind;
   w->next = *pp;
   *pp = w;
   if (++g->nwatch > g->tabsize) grow(g);
@@ -722,6 +743,7 @@ void mk_ground_free(mk_ground *g, mk_term *reason) {
   g->self = NULL;
   for (i = 0; i < g->tabsize; i++) {
     watch *w = g->tab[i], *nx;
+    g->tab[i] = NULL;           /* halt_watch looks twins up: none freed */
     for (; w; w = nx) { nx = w->next; halt_watch(g, w); watch_free(w); }
   }
   free(g->tab);

@@ -1909,6 +1909,51 @@ static void test_ground_readable(void) {
   END;
 }
 
+enum { MANY_ALARMS = 2000 };
+
+static void alarms_script(mk_proc *p, const mk_event *ev, rec *r) {
+  int i;
+  char name[16];
+  if (ev->type != MK_EV_MESSAGE) return;
+  for (i = 0; i < MANY_ALARMS; i++) {
+    /* Far in the future: none goes off while the test runs. */
+    mk_term *t = mk_rec(mk_ground_alarm, mk_int(4000000000000LL + i));
+    snprintf(name, sizeof name, "a%d", i);
+    mk_add_endpoint(p, name, 0, role(MK_SUBSCRIBER, MK_PARTICIPANT, t));
+    mk_unref(t);
+  }
+}
+
+/* What the ground keeps per watched record: a server keeps one per
+** connection (its socket's readable).  Its watch record fills a 128-byte
+** malloc chunk (a 176-byte one before: issue 10), beside the ground's
+** publisher endpoint and the routing index's nodes.  Here the process's
+** subscriber endpoints and their topics count too: 862 bytes per alarm
+** subscription with the old record, 814 now. */
+static void test_ground_watch_footprint(void) {
+  BEGIN;
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g = mk_ground_new(loop);
+  mk_vm *vm = mk_ground_vm(g);
+  rec a;
+  size_t before, after;
+  rec_init(&a, "A");
+  rec_ctl(&a);
+  a.fn = alarms_script;
+  spawn(vm, &a);
+  mk_vm_run(vm);
+  before = heap_in_use();
+  poke(vm, "A");
+  mk_vm_run(vm);
+  after = heap_in_use();
+  if (HEAP_COUNTED) CHECK((after - before) / MANY_ALARMS <= 830);
+  CHECK(mk_ground_watching(g) == MANY_ALARMS);
+  mk_ground_free(g, NULL);
+  ev_loop_destroy(loop);
+  rec_done(&a);
+  END;
+}
+
 static void test_ground_free_live(void) {
   BEGIN;
   struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
@@ -2414,6 +2459,7 @@ int main(void) {
   RUN(test_ground_alarm);
   RUN(test_ground_nested_alarm);
   RUN(test_ground_readable);
+  RUN(test_ground_watch_footprint);
   RUN(test_ground_free_live);
   RUN(test_vm_resident);
   RUN(test_ground_publishes);
