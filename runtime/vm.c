@@ -95,7 +95,7 @@ static void trace_proc(mk_proc *p, const char *what, const char *ep,
   char *x = extra ? repr(extra) : NULL;
   mkI_trace(p->vm, "%s #%llu %s: %s%s%s%s%s%s%s%s%s%s%s",
             mk_vm_path(p->vm), (unsigned long long)p->pid,
-            p->name ? p->name : "-", what,
+            p->x && p->x->named ? p->x->name : "-", what,
             ep ? " " : "", ep ? ep : "",
             role ? " " : "", role ? mk_orientation_name(role->orientation) : "",
             role ? "/" : "", role ? mk_interest_name(role->interest) : "",
@@ -200,8 +200,8 @@ static void proc_unref(mk_proc *p) {
   mk_metaname *m, *mn;
   if (--p->refs > 0) return;
   if (p->b->destroy) p->b->destroy(p);
-  for (m = p->metas; m; m = mn) { mn = m->next; free(m); }
-  free(p->name);
+  if (p->x) for (m = p->x->metas; m; m = mn) { mn = m->next; free(m); }
+  free(p->x);
   free(p);
 }
 
@@ -392,12 +392,35 @@ void mk_vm_free(mk_vm *vm, mk_term *reason) {
 /* ---- processes ---------------------------------------------------------- */
 
 mk_pid mk_proc_pid(const mk_proc *p) { return p->pid; }
-const char *mk_proc_name(const mk_proc *p) { return p->name; }
-void mk_proc_set_name(mk_proc *p, const char *name) { free(p->name); p->name = xstrdup(name); }
+const char *mk_proc_name(const mk_proc *p) { return p->x && p->x->named ? p->x->name : NULL; }
+
+/* Give p the name (NULL: none), keeping its meta names. */
+static void set_name(mk_proc *p, const char *name) {
+  size_t n = name ? strlen(name) + 1 : 1;
+  mk_procx *x;
+  if (name == NULL && (p->x == NULL || p->x->metas == NULL)) {
+    free(p->x);
+    p->x = NULL;
+    return;
+  }
+  x = xmalloc(offsetof(mk_procx, name) + n);
+  x->metas = p->x ? p->x->metas : NULL;
+  x->named = name != NULL;
+  memcpy(x->name, name ? name : "", n);
+  free(p->x);
+  p->x = x;
+}
+
+void mk_proc_set_name(mk_proc *p, const char *name) { set_name(p, name); }
 mk_vm *mk_proc_vm(const mk_proc *p) { return p->vm; }
 void *mk_proc_data(const mk_proc *p) { return p->data; }
 int mk_proc_alive(const mk_proc *p) { return !p->dead; }
-size_t mk_proc_nendpoints(const mk_proc *p) { return p->neps; }
+size_t mk_proc_nendpoints(const mk_proc *p) {
+  const mk_endpoint *e;
+  size_t n = 0;
+  for (e = p->eps; e; e = e->pnext) n++;
+  return n;
+}
 
 static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
   mk_proc *p = xmalloc(sizeof *p);
@@ -405,7 +428,7 @@ static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char
   memset(p, 0, sizeof *p);
   p->vm = vm;
   p->pid = vm->nextpid++;
-  p->name = xstrdup(name);
+  set_name(p, name);
   p->b = b;
   p->data = data;
   p->refs = 1;
@@ -431,7 +454,7 @@ mk_proc *mk_vm_resident(mk_vm *vm, const mk_behavior *b, void *data, const char 
   memset(p, 0, sizeof *p);
   p->vm = vm;
   p->pid = 0;               /* not vm->nextpid: the program's pids stay as they were */
-  p->name = xstrdup(name);
+  set_name(p, name);
   p->b = b;
   p->data = data;
   p->refs = 1;
@@ -508,13 +531,19 @@ static void metaname_add(mk_proc *p, int depth, const char *name) {
   mk_metaname *m;
   char key[16];
   size_t k = (size_t)snprintf(key, sizeof key, "%d:", depth), n = strlen(name) + 1;
-  for (m = p->metas; m; m = m->next)
+  if (p->x == NULL) {           /* an unnamed process's first: a record to hold it */
+    p->x = xmalloc(sizeof *p->x + 1);
+    p->x->metas = NULL;
+    p->x->named = 0;
+    p->x->name[0] = '\0';
+  }
+  for (m = p->x->metas; m; m = m->next)
     if (strncmp(m->name, key, k) == 0 && strcmp(m->name + k, name) == 0) return;
   m = xmalloc(sizeof *m + k + n);
   memcpy(m->name, key, k);
   memcpy(m->name + k, name, n);
-  m->next = p->metas;
-  p->metas = m;
+  m->next = p->x->metas;
+  p->x->metas = m;
 }
 
 /* Forget "depth:name"; with `prefix`, every "d:name..." with d >= depth
@@ -523,7 +552,8 @@ static void metaname_remove(mk_proc *p, int depth, const char *name, int prefix)
   mk_metaname **pp;
   char key[16];
   size_t k = (size_t)snprintf(key, sizeof key, "%d:", depth), n = strlen(name);
-  for (pp = &p->metas; *pp;) {
+  if (p->x == NULL) return;
+  for (pp = &p->x->metas; *pp;) {
     mk_metaname *m = *pp;
     const char *rest = strchr(m->name, ':') + 1;
     int hit = prefix ? atoi(m->name) >= depth && strncmp(rest, name, n) == 0
@@ -542,7 +572,7 @@ static void metaname_remove(mk_proc *p, int depth, const char *name, int prefix)
 static int metaname_levels(const mk_proc *p) {
   const mk_metaname *m;
   int most = 0;
-  for (m = p->metas; m; m = m->next) {
+  for (m = p->x ? p->x->metas : NULL; m; m = m->next) {
     int depth = atoi(m->name);
     if (depth > most) most = depth;
   }
@@ -627,7 +657,6 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   e->pnext = p->eps;
   if (p->eps) p->eps->pprev = e;
   p->eps = e;
-  p->neps++;
   if (TRACING(vm)) trace_proc(p, "add", name, &e->role, NULL);
   c.vm = vm;
   c.e = e;
@@ -657,7 +686,6 @@ static void endpoint_remove(mk_endpoint *e, mk_term *reason, int tell) {
   etab_remove(vm, e);
   if (e->pprev) e->pprev->pnext = e->pnext; else p->eps = e->pnext;
   if (e->pnext) e->pnext->pprev = e->pprev;
-  p->neps--;
   c.vm = vm;
   c.e = e;
   c.reason = reason;
@@ -773,7 +801,7 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
   p->dead = 1;
   if (TRACING(vm) && !p->resident) trace_proc(p, "quit", NULL, NULL, reason);
   while (p->eps) endpoint_remove(p->eps, reason, 0);
-  if (p->metas && vm->parent) {
+  if (p->x && p->x->metas && vm->parent) {
     /* Its endpoints above go with it, at every level, carrying the same
     ** reason: each nested VM on the way performs the drop and passes it
     ** up while levels remain (nested.c). */
@@ -1003,8 +1031,8 @@ static void check_exit(mk_proc *p) {
   ** meta endpoints crashed while siblings live on) was killed with all
   ** its live processes. */
   if (p->b == &mk_nested_behavior || p->resident) return;
-  if (!p->dead && p->neps == 0 && p->metas == NULL && p->pending == 0 && p->conts == 0 &&
-      !p->in_handle)
+  if (!p->dead && p->eps == NULL && (p->x == NULL || p->x->metas == NULL) &&
+      p->pending == 0 && p->conts == 0 && !p->in_handle)
     mkI_kill(p, NULL);
 }
 
