@@ -81,6 +81,8 @@ void mkI_trace(mk_vm *vm, const char *fmt, ...) {
 }
 
 #define TRACING(vm) ((vm)->trace != NULL)
+/* The mk_procx around p's name, when p->xname. */
+#define PROCX(p) ((mk_procx *)(void *)((p)->name - offsetof(mk_procx, name)))
 
 /* A trace shows terms it did not choose (messages, reasons): cut short. */
 static char *repr(const mk_term *t) {
@@ -95,7 +97,7 @@ static void trace_proc(mk_proc *p, const char *what, const char *ep,
   char *x = extra ? repr(extra) : NULL;
   mkI_trace(p->vm, "%s #%llu %s: %s%s%s%s%s%s%s%s%s%s%s",
             mk_vm_path(p->vm), (unsigned long long)p->pid,
-            p->x && p->x->named ? p->x->name : "-", what,
+            mk_proc_name(p) ? mk_proc_name(p) : "-", what,
             ep ? " " : "", ep ? ep : "",
             role ? " " : "", role ? mk_orientation_name(role->orientation) : "",
             role ? "/" : "", role ? mk_interest_name(role->interest) : "",
@@ -200,8 +202,12 @@ static void proc_unref(mk_proc *p) {
   mk_metaname *m, *mn;
   if (--p->refs > 0) return;
   if (p->b->destroy) p->b->destroy(p);
-  if (p->x) for (m = p->x->metas; m; m = mn) { mn = m->next; free(m); }
-  free(p->x);
+  if (p->xname) {
+    for (m = PROCX(p)->metas; m; m = mn) { mn = m->next; free(m); }
+    free(PROCX(p));
+  } else {
+    free(p->name);
+  }
   free(p);
 }
 
@@ -392,26 +398,27 @@ void mk_vm_free(mk_vm *vm, mk_term *reason) {
 /* ---- processes ---------------------------------------------------------- */
 
 mk_pid mk_proc_pid(const mk_proc *p) { return p->pid; }
-const char *mk_proc_name(const mk_proc *p) { return p->x && p->x->named ? p->x->name : NULL; }
+const char *mk_proc_name(const mk_proc *p) { return p->xname == 2 ? NULL : p->name; }
 
-/* Give p the name (NULL: none), keeping its meta names. */
-static void set_name(mk_proc *p, const char *name) {
+/* Give p the name (NULL: none); with `x`, or when p holds meta names, in
+** an mk_procx that keeps them. */
+static void set_name(mk_proc *p, const char *name, int x) {
   size_t n = name ? strlen(name) + 1 : 1;
-  mk_procx *x;
-  if (name == NULL && (p->x == NULL || p->x->metas == NULL)) {
-    free(p->x);
-    p->x = NULL;
+  mk_procx *px;
+  if (!x && !p->xname) {
+    free(p->name);
+    p->name = xstrdup(name);
     return;
   }
-  x = xmalloc(offsetof(mk_procx, name) + n);
-  x->metas = p->x ? p->x->metas : NULL;
-  x->named = name != NULL;
-  memcpy(x->name, name ? name : "", n);
-  free(p->x);
-  p->x = x;
+  px = xmalloc(offsetof(mk_procx, name) + n);
+  px->metas = p->xname ? PROCX(p)->metas : NULL;
+  memcpy(px->name, name ? name : "", n);
+  if (p->xname) free(PROCX(p)); else free(p->name);
+  p->name = px->name;
+  p->xname = name ? 1 : 2;
 }
 
-void mk_proc_set_name(mk_proc *p, const char *name) { set_name(p, name); }
+void mk_proc_set_name(mk_proc *p, const char *name) { set_name(p, name, 0); }
 mk_vm *mk_proc_vm(const mk_proc *p) { return p->vm; }
 void *mk_proc_data(const mk_proc *p) { return p->data; }
 int mk_proc_alive(const mk_proc *p) { return !p->dead; }
@@ -428,7 +435,7 @@ static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char
   memset(p, 0, sizeof *p);
   p->vm = vm;
   p->pid = vm->nextpid++;
-  set_name(p, name);
+  p->name = xstrdup(name);
   p->b = b;
   p->data = data;
   p->refs = 1;
@@ -454,7 +461,7 @@ mk_proc *mk_vm_resident(mk_vm *vm, const mk_behavior *b, void *data, const char 
   memset(p, 0, sizeof *p);
   p->vm = vm;
   p->pid = 0;               /* not vm->nextpid: the program's pids stay as they were */
-  set_name(p, name);
+  p->name = xstrdup(name);
   p->b = b;
   p->data = data;
   p->refs = 1;
@@ -531,19 +538,14 @@ static void metaname_add(mk_proc *p, int depth, const char *name) {
   mk_metaname *m;
   char key[16];
   size_t k = (size_t)snprintf(key, sizeof key, "%d:", depth), n = strlen(name) + 1;
-  if (p->x == NULL) {           /* an unnamed process's first: a record to hold it */
-    p->x = xmalloc(sizeof *p->x + 1);
-    p->x->metas = NULL;
-    p->x->named = 0;
-    p->x->name[0] = '\0';
-  }
-  for (m = p->x->metas; m; m = m->next)
+  if (!p->xname) set_name(p, p->name, 1);    /* its first: move the name */
+  for (m = PROCX(p)->metas; m; m = m->next)
     if (strncmp(m->name, key, k) == 0 && strcmp(m->name + k, name) == 0) return;
   m = xmalloc(sizeof *m + k + n);
   memcpy(m->name, key, k);
   memcpy(m->name + k, name, n);
-  m->next = p->x->metas;
-  p->x->metas = m;
+  m->next = PROCX(p)->metas;
+  PROCX(p)->metas = m;
 }
 
 /* Forget "depth:name"; with `prefix`, every "d:name..." with d >= depth
@@ -552,8 +554,8 @@ static void metaname_remove(mk_proc *p, int depth, const char *name, int prefix)
   mk_metaname **pp;
   char key[16];
   size_t k = (size_t)snprintf(key, sizeof key, "%d:", depth), n = strlen(name);
-  if (p->x == NULL) return;
-  for (pp = &p->x->metas; *pp;) {
+  if (!p->xname) return;
+  for (pp = &PROCX(p)->metas; *pp;) {
     mk_metaname *m = *pp;
     const char *rest = strchr(m->name, ':') + 1;
     int hit = prefix ? atoi(m->name) >= depth && strncmp(rest, name, n) == 0
@@ -572,7 +574,7 @@ static void metaname_remove(mk_proc *p, int depth, const char *name, int prefix)
 static int metaname_levels(const mk_proc *p) {
   const mk_metaname *m;
   int most = 0;
-  for (m = p->x ? p->x->metas : NULL; m; m = m->next) {
+  for (m = p->xname ? PROCX(p)->metas : NULL; m; m = m->next) {
     int depth = atoi(m->name);
     if (depth > most) most = depth;
   }
@@ -801,7 +803,7 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
   p->dead = 1;
   if (TRACING(vm) && !p->resident) trace_proc(p, "quit", NULL, NULL, reason);
   while (p->eps) endpoint_remove(p->eps, reason, 0);
-  if (p->x && p->x->metas && vm->parent) {
+  if (p->xname && PROCX(p)->metas && vm->parent) {
     /* Its endpoints above go with it, at every level, carrying the same
     ** reason: each nested VM on the way performs the drop and passes it
     ** up while levels remain (nested.c). */
@@ -1031,7 +1033,7 @@ static void check_exit(mk_proc *p) {
   ** meta endpoints crashed while siblings live on) was killed with all
   ** its live processes. */
   if (p->b == &mk_nested_behavior || p->resident) return;
-  if (!p->dead && p->eps == NULL && (p->x == NULL || p->x->metas == NULL) &&
+  if (!p->dead && p->eps == NULL && (!p->xname || PROCX(p)->metas == NULL) &&
       p->pending == 0 && p->conts == 0 && !p->in_handle)
     mkI_kill(p, NULL);
 }

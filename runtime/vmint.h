@@ -73,31 +73,34 @@ typedef struct mk_metaname {
   char name[];
 } mk_metaname;
 
-/* A process's name and the meta-endpoint names it holds: most processes
-** have neither, so they are kept out of mk_proc, which with them fills a
-** 96-byte malloc chunk and without them an 80-byte one (issue 10: a
-** million idle processes).  Owned by the process. */
+/* A process's name with the meta-endpoint names it holds (for implicit
+** exit) before it: made when the process first holds one.  Owned by the
+** process; its `name` points at `name` here then (PROCX in vm.c). */
 typedef struct mk_procx {
   mk_metaname *metas;       /* owned list */
-  uint8_t named;            /* `name` is the process's name; else it has none */
   char name[];              /* NUL-terminated, in place */
 } mk_procx;
 
-/* A process.  72 bytes: keep it so (an 80-byte chunk; test_vm). */
+/* A process.  72 bytes, an 80-byte malloc chunk (issue 10: a million
+** idle processes): the meta names live with the name (mk_procx), and
+** mk_proc_nendpoints counts the endpoint list, asked by tests and
+** embedders, never per event.  Keep it so (test_vm). */
 struct mk_proc {
   mk_vm *vm;
   mk_pid pid;
-  mk_procx *x;              /* owned; NULL: no name, no meta names */
+  char *name;               /* owned, may be NULL; inside an mk_procx when xname */
   const mk_behavior *b;
   void *data;               /* owned by the behaviour: destroy() */
-  mk_endpoint *eps;         /* this process's endpoints (mk_proc_nendpoints
-                            ** counts them: it is not asked per event) */
+  mk_endpoint *eps;         /* this process's endpoints */
   mk_proc *hnext;           /* vm pid table chain */
   uint32_t refs;            /* 1 while alive + 1 per queued event */
   uint32_t pending;         /* queued events for it */
   uint32_t conts;           /* continuations not yet delivered */
   uint8_t dead, in_handle;
   uint8_t resident;         /* mk_vm_resident: pid 0, outside the pid table */
+  uint8_t xname;            /* 0: name is a plain string (or NULL); else it is
+                            ** in an mk_procx: 1, or 2 when the process has
+                            ** no name (name is "" then) */
 };
 
 struct mk_vm {
