@@ -327,8 +327,8 @@ static int doaction(lua_State *L, mk_proc *p) {
   lua_pushvalue(L, U_KIND);
   if (lua_rawget(L, 1) == LUA_TSTRING) {
     kind = lua_tostring(L, -1);
-    if (lua_rawequal(L, -1, U_ADD)) done = doadd(L, p);
-    else if (strcmp(kind, "quit") == 0) done = doquit(L, p);
+    if (strcmp(kind, "quit") == 0) done = doquit(L, p);
+    else if (strcmp(kind, "add") == 0) done = doadd(L, p);
   }
   lua_pop(L, 1);
   return done;
