@@ -2,9 +2,8 @@
 # bench/footprint.sh BUILD_DIR [CONNS]: what an idle examples/echo.lua
 # connection costs (issue 10; docs/performance.md, "The footprint of an idle
 # connection").  echo.lua runs under BUILD_DIR/market beside a process that
-# reports, every 200 ms, the heap in use (market.memory(), after two full
-# collections), the Lua heap (collectgarbage("count")) and the connections
-# open; `loadgen idle` opens CONNS (10,000) connections that each make one
+# reports, every 200 ms, the heap in use, the Lua heap and the connections
+# open (bench/echo_footprint.lua); `loadgen idle` opens CONNS (10,000) connections that each make one
 # 64-byte round trip and stay.  Prints, per connection: resident memory
 # (as bench-echo's idle-bytes-per-connection-echo.lua), heap in use, and
 # the Lua heap's part of it.
@@ -15,26 +14,7 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log=$(mktemp)
 trap 'kill "$server" 2>/dev/null; wait 2>/dev/null; rm -f "$log"' EXIT
-wrap='
-local market, tcp, timer = require "market", require "market.tcp", require "market.timer"
-local _, conns = market._, 0
-local function report() return market.send(timer.set("footprint", 200, "relative")) end
-market.perform(market.spawn(function()
-  return market.transition(nil,
-    market.observe_publishers(tcp.channel(_, tcp.listener(_), _), {
-      on_presence = function() conns = conns + 1 end,
-      on_absence = function() conns = conns - 1 end }),
-    market.subscriber(timer.expired("footprint", _), {
-      on_message = function()
-        collectgarbage(); collectgarbage()
-        io.stderr:write(("heap %d lua %d connections %d\n"):format(
-          market.memory(), math.floor(collectgarbage("count") * 1024), conns))
-        return market.transition_no_state(report())
-      end }),
-    report())
-end))
-return assert(loadfile(ECHO))(...)'
-"$build/market" -e "local ECHO = [[$src/examples/echo.lua]] $wrap" 0 $((conns + 1000)) 2>"$log" &
+"$build/market" "$src/bench/echo_footprint.lua" "$src/examples/echo.lua" 200 0 $((conns + 1000)) 2>"$log" &
 server=$!
 for _ in $(seq 100); do
   port=$(sed -n 's/.*listening on port \([0-9][0-9]*\).*/\1/p' "$log")

@@ -201,34 +201,15 @@ end)
 -- connection at 10,000; docs/performance.md has the breakdown): echo.lua
 -- runs with a process beside it that reports the heap in use
 -- (market.memory(), after full collections) and the connections open,
--- every 100 ms, while 300 clients hold their connections open.
+-- every 100 ms (bench/echo_footprint.lua, bench-footprint's own), while
+-- 300 clients hold their connections open.
 describe("examples/echo.lua's idle connections", function()
-  local WRAP = [[
-    local market, tcp, timer = require "market", require "market.tcp", require "market.timer"
-    local _, conns = market._, 0
-    local function report()
-      return market.send(timer.set("footprint", 100, "relative"))
-    end
-    market.perform(market.spawn(function()
-      return market.transition(nil,
-        market.observe_publishers(tcp.channel(_, tcp.listener(_), _), {
-          on_presence = function() conns = conns + 1 end,
-          on_absence = function() conns = conns - 1 end }),
-        market.subscriber(timer.expired("footprint", _), {
-          on_message = function()
-            collectgarbage(); collectgarbage()
-            io.stderr:write(("heap %d connections %d\n"):format(market.memory(), conns))
-            return market.transition_no_state(report())
-          end }),
-        report())
-    end))
-    return assert(loadfile("examples/echo.lua"))(...)]]
   local CONNS = 300
 
   -- The last report's heap with n connections open, or nil.
   local function heap_at(server, n)
     local heap
-    for h, c in server.stderr():gmatch("heap (%d+) connections (%d+)") do
+    for h, c in server.stderr():gmatch("heap (%d+) lua %d+ connections (%d+)") do
       if tonumber(c) == n then heap = tonumber(h) end
     end
     return heap
@@ -243,7 +224,8 @@ describe("examples/echo.lua's idle connections", function()
   end
 
   it("cost at most 4,500 bytes of heap each (7,038 before issue 10, 4,100 after)", function()
-    local server = N.start_cmd(("exec %s -e %s 0"):format(q(N.market_bin()), q(WRAP)))
+    local server = N.start_cmd(("exec %s bench/echo_footprint.lua examples/echo.lua 100 0")
+      :format(q(N.market_bin())))
     local port, base, held
     eventually(function()
       port = tonumber(server.stderr():match("listening on port (%d+)"))
