@@ -523,6 +523,7 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
 */
 static int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev) {
   int presence = ev->type == MK_EV_PRESENCE;
+  const char *field = NULL;
   lua_Debug ar;
   if (!(presence || ev->type == MK_EV_ABSENCE) || ev->meta != 0 || ev->deleted ||
       !(ev->tag & MKL_TAG_KNOWN))
@@ -535,7 +536,8 @@ static int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *e
     lua_settop(co, 0);
     return -1;
   }
-  lua_pushstring(co, presence ? "on_presence" : "on_absence");
+  handler_of(ev->type, &field);
+  lua_pushstring(co, field);
   switch (lua_rawget(co, 3)) {
     case LUA_TFUNCTION: break;
     case LUA_TNIL: lua_settop(co, 0); return 0;
