@@ -9,7 +9,10 @@
 ** spends per message.  These functions build the same values with
 ** market.lua's metatables (Action, Transition, SendAction, given to
 ** core.fastpath) in one C call each, and apply a transition's sends
-** without going back to Lua.  Every other action stays in market.lua.
+** without going back to Lua.  A spawn is the other path done here: the
+** adds, spawns and quits that market.subscriber, market.spawn and
+** market.quit make are performed and applied in C too (doaction).  Every
+** other action stays in market.lua.
 */
 #include <string.h>
 
@@ -26,7 +29,9 @@
 /* "on_message", "on_presence", "on_absence" for i = 0, 1, 2: a key pushed
 ** as a value is read without lua_getfield's luaS_new (hash and strcmp) */
 #define U_HANDLER(i)  lua_upvalueindex(8 + (i))
-#define NUPVALUES     10
+#define U_QUIT        lua_upvalueindex(11)  /* "quit" */
+#define U_SPAWN       lua_upvalueindex(12)  /* "spawn" */
+#define NUPVALUES     12
 
 /*
 ** Sends and transitions are userdata branded with the address of one of
@@ -43,14 +48,18 @@ static int issend(lua_State *L, int idx) {
   return mkl_branded(L, idx, sizeof(sendact), &send_brand) != NULL;
 }
 
-/* Is the value at idx an action (a table of market.lua's, or a send)? */
-static int isaction(lua_State *L, int idx) {
+/* Is the value at idx an action table (market.lua's Action metatable)? */
+static int actiontable(lua_State *L, int idx) {
   int r;
-  if (issend(L, idx)) return 1;
   if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return 0;
   r = lua_rawequal(L, -1, U_ACTION);
   lua_pop(L, 1);
   return r;
+}
+
+/* Is the value at idx an action (a table of market.lua's, or a send)? */
+static int isaction(lua_State *L, int idx) {
+  return issend(L, idx) || actiontable(L, idx);
 }
 
 /* send(body): the action that sends body, a userdata holding it as its
@@ -176,16 +185,19 @@ static void dosend(lua_State *L, mk_proc *p) {
   lua_pop(L, 2);
 }
 
+static int doaction(lua_State *L, mk_proc *p, int idx);
+
 /* apply(ctx, tr): take the transition's state into ctx, then perform its
-** actions from the first for as long as they are sends.  Returns nothing
-** when it did them all, else the positions i and n of the first and last
-** actions left to market.lua, which reads them with action_at: no garbage,
-** and no varargs to shuffle.  tr nil is the empty transition. */
+** actions from the first for as long as they are sends, or adds, spawns
+** and quits that doaction takes.  Returns nothing when it did them all,
+** else the positions i and n of the first and last actions left to
+** market.lua, which reads them with action_at: no garbage, and no varargs
+** to shuffle.  tr nil (or none) is the empty transition. */
 static int f_apply(lua_State *L) {
   mk_proc *p;
   trans *t;
   int i;
-  if (lua_isnil(L, 2)) return 0;
+  if (lua_isnoneornil(L, 2)) return 0;
   if ((t = totrans(L, 2)) == NULL) {
     lua_pushfstring(L, "handler returned a %s, not a transition (use market.transition)",
                     luaL_typename(L, 2));
@@ -199,8 +211,10 @@ static int f_apply(lua_State *L) {
   p = mkl_current(L);
   for (i = 0; i < t->n; i++) {
     lua_getiuservalue(L, 2, ACTION_UV(t, i));
-    if (!issend(L, -1) || p == NULL) { lua_pop(L, 1); break; }
-    dosend(L, p);
+    if (p == NULL) { lua_pop(L, 1); break; }
+    if (issend(L, -1)) dosend(L, p);
+    else if (actiontable(L, 3) && doaction(L, p, 3) >= 0) lua_settop(L, 2);
+    else { lua_pop(L, 1); break; }
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
   }
@@ -209,6 +223,44 @@ static int f_apply(lua_State *L) {
   lua_pushinteger(L, t->n);
   return 2;
 }
+
+/*
+** market.lua's apply(ctx, tr), which applies what a boot function or a
+** handler returns: f_apply, then market.lua's rest(ctx, tr, i, n)
+** (upvalue U_REST, see make_apply) for the actions it left.  A boot's
+** transition was a Lua frame calling f_apply and a branch: every spawn
+** ran it.
+*/
+#define U_REST lua_upvalueindex(NUPVALUES + 1)
+
+static int applied_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)L;
+  (void)status;
+  (void)ctx;
+  return 0;
+}
+
+static int f_apply_all(lua_State *L) {
+  if (f_apply(L) == 0) return 0;
+  lua_pushvalue(L, U_REST);           /* ctx, tr, i, n, rest */
+  lua_insert(L, 1);
+  lua_callk(L, 4, 0, 0, applied_k);
+  return 0;
+}
+
+/* f as a closure with the fastpath's upvalues and the Lua function at 1
+** after them (make_apply, make_perform). */
+static int withlua(lua_State *L, lua_CFunction f) {
+  int i;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  for (i = 1; i <= NUPVALUES; i++) lua_pushvalue(L, lua_upvalueindex(i));
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, f, NUPVALUES + 1);
+  return 1;
+}
+
+/* make_apply(rest) -> apply */
+static int f_make_apply(lua_State *L) { return withlua(L, f_apply_all); }
 
 /* action_at(tr, i): the transition's action i (1-based), as given. */
 static int f_action_at(lua_State *L) {
@@ -224,7 +276,8 @@ static int f_action_at(lua_State *L) {
 ** market.perform(action...).  Straight-line code that sends in a loop
 ** (perform(send) per message) spent more in entering a Lua vararg
 ** function than in the send itself: so perform is this C function, which
-** does one send at level 0 by itself and hands everything else to
+** does one send, add, spawn or quit at level 0 by itself (doaction) and
+** hands everything else to
 ** market.lua's perform (upvalue U_PERFORM, see make_perform), whose errors
 ** name the caller of perform, past this function.
 */
@@ -236,23 +289,22 @@ static int perform_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L);
 }
 
-/* A lone quit action (market.quit(pid, reason)) at 1, done for p.  Killing
+/* A quit action (market.quit(pid, reason)) at idx, done for p.  Killing
 ** processes one by one (perform(quit(pid)) in a loop) spent more in
 ** market.lua's way to core.quit than in the kill.  Returns 0, leaving the
-** stack as it was, for another action or for fields market.quit would not
-** have made (the table was changed since): market.lua then performs or
-** rejects it as before. */
-static int doquit(lua_State *L, mk_proc *p) {
+** stack as it was, for fields market.quit would not have made (the table
+** was changed since): market.lua then performs or rejects it as before. */
+static int doquit(lua_State *L, mk_proc *p, int idx) {
   int top = lua_gettop(L), isint = 1, done = 0;
   lua_Integer pid = 0;
   mk_term *reason = NULL;
   const char *err;
   /* {pid or false, reason or false, kind = "quit"} (market.lua, FIELDS),
   ** read as market.lua's perform_one does: nil or false is none */
-  lua_rawgeti(L, 1, 1);
+  lua_rawgeti(L, idx, 1);
   if (lua_toboolean(L, -1) && ((pid = lua_tointegerx(L, -1, &isint)), !isint || pid <= 0))
     goto out;
-  lua_rawgeti(L, 1, 2);
+  lua_rawgeti(L, idx, 2);
   if (lua_toboolean(L, -1) && (reason = mkl_toterm(L, -1, &err)) == NULL) goto out;
   mk_quit(p, (mk_pid)pid, reason);
   mk_unref(reason);
@@ -278,30 +330,31 @@ static int handlertag(lua_State *L, int idx) {
 }
 
 /*
-** A lone add action with a name (market.subscriber(topic, name) and its
-** kin), done for p as market.lua's perform_one does it: the handlers go
+** An add action with a name (market.subscriber(topic, name) and its kin)
+** at idx, done for p as market.lua's perform_one does it: the handlers go
 ** into the context under the name, then the endpoint is added, tagged
 ** with them.  Straight-line code adds its endpoints so before it waits,
 ** and through market.lua the call went four frames deep (perform_rest,
 ** perform_one, core.add, each C function reserving 20 slots): past the 40
 ** slots a coroutine starts with, so its stack doubled, and a process that
 ** then waits keeps the doubled stack and a spare CallInfo (about 210
-** bytes of its 2.1 KB; issue 10).  Returns 0, leaving the stack as it
-** was, for anything else (an anonymous endpoint, fields changed since the
-** constructor made them, a topic that is no term): market.lua then
-** performs or rejects it as before.
+** bytes of its 2.1 KB; issue 10).  A handler process adds its endpoints
+** so from the transition its boot returns (f_apply).  Returns 0, leaving
+** the stack as it was, for anything else (an anonymous endpoint, fields
+** changed since the constructor made them, a topic that is no term):
+** market.lua then performs or rejects it as before.
 */
-static int doadd(lua_State *L, mk_proc *p) {
+static int doadd(lua_State *L, mk_proc *p, int idx) {
   int top = lua_gettop(L), done = 0, okori, okint, tag;
   mk_role role;
   const char *err;
   /* {name, orientation, interest, topic, handlers, kind = "add"}
   ** (market.lua, FIELDS; f_addendpoint) at top + 1 .. top + 5 */
-  if (lua_rawgeti(L, 1, 1) != LUA_TSTRING) goto out;
-  lua_rawgeti(L, 1, 2);
-  lua_rawgeti(L, 1, 3);
-  lua_rawgeti(L, 1, 4);
-  if (lua_rawgeti(L, 1, 5) != LUA_TTABLE) goto out;
+  if (lua_rawgeti(L, idx, 1) != LUA_TSTRING) goto out;
+  lua_rawgeti(L, idx, 2);
+  lua_rawgeti(L, idx, 3);
+  lua_rawgeti(L, idx, 4);
+  if (lua_rawgeti(L, idx, 5) != LUA_TTABLE) goto out;
   role.orientation = (mk_orientation)lua_tointegerx(L, top + 2, &okori);
   role.interest = (mk_interest)lua_tointegerx(L, top + 3, &okint);
   if (!okori || !okint || !mkl_pushctx(L)) goto out;
@@ -319,29 +372,66 @@ out:
   return done;
 }
 
-/* The action table at 1, an add or a quit, done for p (doadd, doquit);
-** 0 as they return it, and for any other kind. */
-static int doaction(lua_State *L, mk_proc *p) {
-  int done = 0;
-  const char *kind;
+/*
+** A spawn action (market.spawn(boot, name)) at idx, done for p: the new
+** pid pushed.  Spawning one process after another from straight-line
+** code went through market.lua's perform_rest and perform_one to
+** core.spawn, a third of the Lua lines a spawn ran.  Returns 0, leaving
+** the stack as it was, for a continuation (k, which market.lua registers
+** in the context), a nested VM, or fields market.spawn would not have
+** made: market.lua then performs or rejects it as before.
+*/
+static int dospawn(lua_State *L, mk_proc *p, int idx) {
+  int top = lua_gettop(L), t;
+  mk_pid pid;
+  /* {boot, name or false, k or false, nested, budget, kind = "spawn"}
+  ** (market.lua, FIELDS) at top + 1 .. top + 5 */
+  if (lua_rawgeti(L, idx, 1) != LUA_TFUNCTION) goto out;
+  t = lua_rawgeti(L, idx, 2);
+  if (t != LUA_TSTRING && lua_toboolean(L, -1)) goto out;
+  lua_rawgeti(L, idx, 3);
+  lua_rawgeti(L, idx, 4);
+  lua_rawgeti(L, idx, 5);
+  if (lua_toboolean(L, top + 3) || lua_toboolean(L, top + 4) || lua_toboolean(L, top + 5))
+    goto out;
+  lua_settop(L, top + 2);
+  lua_insert(L, top + 1);             /* the name stays, under the boot */
+  pid = mkl_spawn_by(L, p, t == LUA_TSTRING ? lua_tostring(L, top + 1) : NULL);
+  lua_settop(L, top);
+  lua_pushinteger(L, (lua_Integer)pid);
+  return 1;
+out:
+  lua_settop(L, top);
+  return 0;
+}
+
+/* The action table at idx, an add, a spawn or a quit, done for p (doadd,
+** dospawn, doquit): returns how many results it pushed (a spawn's pid), or
+** -1, leaving the stack as it was, when market.lua is to do it. */
+static int doaction(lua_State *L, mk_proc *p, int idx) {
+  int r = -1;
   lua_pushvalue(L, U_KIND);
-  if (lua_rawget(L, 1) == LUA_TSTRING) {
-    kind = lua_tostring(L, -1);
-    if (strcmp(kind, "quit") == 0) done = doquit(L, p);
-    else if (strcmp(kind, "add") == 0) done = doadd(L, p);
-  }
+  lua_rawget(L, idx);
+  if (lua_rawequal(L, -1, U_ADD)) r = doadd(L, p, idx) ? 0 : -1;
+  else if (lua_rawequal(L, -1, U_SPAWN)) {
+    if (dospawn(L, p, idx)) {
+      lua_replace(L, -2);             /* the pid, over the kind */
+      return 1;
+    }
+  } else if (lua_rawequal(L, -1, U_QUIT)) r = doquit(L, p, idx) ? 0 : -1;
   lua_pop(L, 1);
-  return done;
+  return r;
 }
 
 static int f_perform(lua_State *L) {
   mk_proc *p;
+  int n = 0;
   if (lua_gettop(L) == 1 && (p = mkl_current(L)) != NULL) {
     if (issend(L, 1)) dosend(L, p);
-    else if (!isaction(L, 1) || !doaction(L, p)) goto rest;
+    else if (!actiontable(L, 1) || (n = doaction(L, p, 1)) < 0) goto rest;
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
-    return 0;
+    return n;
   }
 rest:
   lua_pushvalue(L, U_PERFORM);
@@ -350,16 +440,8 @@ rest:
   return perform_k(L, LUA_OK, 0);
 }
 
-/* make_perform(perform_rest) -> market.perform, with the fastpath's
-** upvalues and perform_rest after them. */
-static int f_make_perform(lua_State *L) {
-  int i;
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  for (i = 1; i <= NUPVALUES; i++) lua_pushvalue(L, lua_upvalueindex(i));
-  lua_pushvalue(L, 1);
-  lua_pushcclosure(L, f_perform, NUPVALUES + 1);
-  return 1;
-}
+/* make_perform(perform_rest) -> market.perform */
+static int f_make_perform(lua_State *L) { return withlua(L, f_perform); }
 
 /* Checks market.lua makes on every spawn and endpoint, in C: Lua's own
 ** getmetatable and setmetatable look the "__metatable" field up by name
@@ -581,7 +663,7 @@ static int c_fastpath(lua_State *L) {
     {"send", f_send}, {"transition", f_transition},
     {"transition_no_state", f_transition_no_state}, {"apply", f_apply},
     {"action_at", f_action_at},
-    {"make_perform", f_make_perform}, {"is_action", f_is_action}, {"is_box", f_is_box},
+    {"make_perform", f_make_perform}, {"make_apply", f_make_apply}, {"is_action", f_is_action}, {"is_box", f_is_box},
     {"action", f_action}, {"handler_tag", f_handler_tag}, {"endpoint", f_endpoint},
     {"__index", send_index},
     {NULL, NULL}};
@@ -597,6 +679,8 @@ static int c_fastpath(lua_State *L) {
   lua_pushliteral(L, "on_message");
   lua_pushliteral(L, "on_presence");
   lua_pushliteral(L, "on_absence");
+  lua_pushliteral(L, "quit");
+  lua_pushliteral(L, "spawn");
   luaL_setfuncs(L, funcs, NUPVALUES);
   lua_getfield(L, -1, "__index");
   lua_setfield(L, 3, "__index");

@@ -1213,6 +1213,10 @@ mk_pid mkl_spawn(lua_State *L, mk_vm *vm, const char *name, int report) {
   return mk_vm_spawn(vm, &lua_behavior, lp, name);
 }
 
+mk_pid mkl_spawn_by(lua_State *L, mk_proc *p, const char *name) {
+  return mk_spawn(p, &lua_behavior, newproc(running.lp->S, L), name, NULL);
+}
+
 mk_pid mkl_spawn_boot(lua_State *L, mk_vm *vm, const char *name) {
   return mkl_spawn(L, vm, name, 1);
 }

@@ -289,12 +289,9 @@ local function rest(ctx, tr, i, n)
   for j = i, n do perform_each(ctx, action_at(tr, j)) end
 end
 
--- Apply the transition a handler returned (nil: none).
-local function apply(ctx, tr)
-  if tr == nil then return end
-  local i, n = capply(ctx, tr)
-  if i then rest(ctx, tr, i, n) end
-end
+-- apply(ctx, tr): apply the transition a handler returned (nil: none):
+-- capply, then rest for what it left, in C (laction.c, f_apply_all).
+local apply = fast.make_apply(rest)
 
 local function current(fname)
   local ctx = core.current()
@@ -306,7 +303,7 @@ end
 
 -- perform(action...): straight-line code does what the actions say, now.
 -- Returns the pid of each spawn, in order.  market.perform is C (laction.c)
--- and does a lone send, quit or named add itself; it calls this for
+-- and does a lone send, quit, named add or plain spawn itself; it calls this for
 -- everything else, so the errors here name the caller two levels up, past
 -- the C function.
 local function perform_rest(a1, ...)

@@ -81,6 +81,10 @@ void mkl_open_core(lua_State *L);    /* pushes the market.core table */
 ** mkl_spawn does so only when `report` is nonzero. */
 mk_pid mkl_spawn_boot(lua_State *L, mk_vm *vm, const char *name);
 mk_pid mkl_spawn(lua_State *L, mk_vm *vm, const char *name, int report);
+/* Spawn the Lua function at the top of L's stack (popped) as a child of
+** p, the running process (mkl_current(L) is p), as core.spawn does at
+** level 0 without a continuation.  Returns its pid (0 when p is dying). */
+mk_pid mkl_spawn_by(lua_State *L, mk_proc *p, const char *name);
 /* Called with the traceback when a flagged (boot) process fails. */
 typedef void (*mkl_fail_fn)(void *ud, mk_proc *p, const char *traceback);
 void mkl_on_fail(lua_State *L, mkl_fail_fn fn, void *ud);
