@@ -443,6 +443,56 @@ rest:
 /* make_perform(perform_rest) -> market.perform */
 static int f_make_perform(lua_State *L) { return withlua(L, f_perform); }
 
+/* Push the action {v1, ..., vn, kind = kind} with the Action metatable
+** at mt, v1 .. vn the values at the stack indices fields[0 .. n-1] (the
+** layout of market.lua's FIELDS); kindkey holds "kind". */
+static void newaction(lua_State *L, const int *fields, int n, int mt, int kindkey,
+                      int kind) {
+  int i;
+  lua_createtable(L, n, 1);
+  lua_pushvalue(L, kindkey);          /* a new table: raw is what setfield does */
+  lua_pushvalue(L, kind);
+  lua_rawset(L, -3);
+  for (i = 0; i < n; i++) {
+    lua_pushvalue(L, fields[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushvalue(L, mt);
+  lua_setmetatable(L, -2);
+}
+
+/* market.quit([pid [, reason]]): quit this process, or kill pid.  The
+** action {pid or false, reason or false, kind = "quit"}; a reason that is
+** not an atom or a box is converted into a box, so a later change to the
+** table cannot change it.  Made for every kill, it cost more in Lua (the
+** call, math.type, the term check, the table constructor and
+** market.action) than doquit does with it. */
+static int f_quit(lua_State *L) {
+  static const int fields[] = {1, 2};
+  int t;
+  lua_settop(L, 2);
+  if (lua_isnil(L, 1)) {
+    lua_pushboolean(L, 0);
+    lua_replace(L, 1);
+  } else if (!lua_isinteger(L, 1)) {
+    return luaL_error(L, "market.quit: pid must be an integer or nil");
+  }
+  t = lua_type(L, 2);
+  if (t == LUA_TNIL) {
+    lua_pushboolean(L, 0);
+    lua_replace(L, 2);
+  } else if (!(t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING ||
+               mkl_testbox(L, 2) != NULL)) {
+    const char *err;
+    mk_term *reason = mkl_toterm(L, 2, &err);
+    if (reason == NULL) return luaL_error(L, "market.quit: reason: %s", err);
+    mkl_pushbox(L, reason);
+    lua_replace(L, 2);
+  }
+  newaction(L, fields, 2, U_ACTION, U_KIND, U_QUIT);
+  return 1;
+}
+
 /* Checks market.lua makes on every spawn and endpoint, in C: Lua's own
 ** getmetatable and setmetatable look the "__metatable" field up by name
 ** each time, which costs more than the rest of the check. */
@@ -587,7 +637,7 @@ static void checkhandlers(lua_State *L) {
 static int f_addendpoint(lua_State *L) {
   static const int fields[] = {3, E_ORIENTATION, E_INTEREST, 1, 2};
   const char *fname = lua_tostring(L, E_FNAME);
-  int nargs = lua_gettop(L), t, i;
+  int nargs = lua_gettop(L), t;
   if (nargs == 0) return luaL_error(L, "%s: a topic is required", fname);
   lua_settop(L, 2);
   t = lua_type(L, 1);
@@ -626,16 +676,7 @@ static int f_addendpoint(lua_State *L) {
     lua_pushboolean(L, 0);
     lua_replace(L, 3);
   }
-  lua_createtable(L, 5, 1);
-  lua_pushvalue(L, E_KIND);           /* a new table: raw is what setfield does */
-  lua_pushvalue(L, E_ADD);
-  lua_rawset(L, -3);
-  for (i = 0; i < 5; i++) {
-    lua_pushvalue(L, fields[i]);
-    lua_rawseti(L, -2, i + 1);
-  }
-  lua_pushvalue(L, E_ACTION);
-  lua_setmetatable(L, -2);
+  newaction(L, fields, 5, E_ACTION, E_KIND, E_ADD);
   return 1;
 }
 
@@ -656,21 +697,22 @@ static int f_endpoint(lua_State *L) {
 }
 
 /* core.fastpath(Action, Transition, SendAction) -> { send=, transition=,
-** transition_no_state=, apply=, action_at=, make_perform=, is_action=, is_box=,
-** action=, handler_tag=, endpoint= }; sets SendAction.__index. */
+** transition_no_state=, apply=, action_at=, make_perform=, make_apply=,
+** is_action=, is_box=, action=, handler_tag=, quit=, endpoint= }; sets
+** SendAction.__index. */
 static int c_fastpath(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"send", f_send}, {"transition", f_transition},
     {"transition_no_state", f_transition_no_state}, {"apply", f_apply},
     {"action_at", f_action_at},
     {"make_perform", f_make_perform}, {"make_apply", f_make_apply}, {"is_action", f_is_action}, {"is_box", f_is_box},
-    {"action", f_action}, {"handler_tag", f_handler_tag}, {"endpoint", f_endpoint},
+    {"action", f_action}, {"handler_tag", f_handler_tag}, {"quit", f_quit}, {"endpoint", f_endpoint},
     {"__index", send_index},
     {NULL, NULL}};
   int i;
   for (i = 1; i <= 3; i++) luaL_checktype(L, i, LUA_TTABLE);
   lua_settop(L, 3);
-  lua_createtable(L, 0, 11);
+  lua_createtable(L, 0, 13);
   for (i = 1; i <= 3; i++) lua_pushvalue(L, i);
   lua_pushliteral(L, "kind");
   lua_pushliteral(L, "send");
