@@ -22,16 +22,17 @@
 #define U_ACTION      lua_upvalueindex(1)   /* market.lua's Action metatable */
 #define U_TRANSITION  lua_upvalueindex(2)   /* market.lua's Transition metatable */
 #define U_SENDACTION  lua_upvalueindex(3)   /* market.lua's SendAction metatable */
-#define U_KIND        lua_upvalueindex(4)   /* "kind" */
-#define U_SEND        lua_upvalueindex(5)   /* "send" */
-#define U_BODY        lua_upvalueindex(6)   /* "body" */
-#define U_ADD         lua_upvalueindex(7)   /* "add" */
+#define U_FIXED       lua_upvalueindex(4)   /* market.lua's FixedAction metatable */
+#define U_KIND        lua_upvalueindex(5)   /* "kind" */
+#define U_SEND        lua_upvalueindex(6)   /* "send" */
+#define U_BODY        lua_upvalueindex(7)   /* "body" */
 /* "on_message", "on_presence", "on_absence" for i = 0, 1, 2: a key pushed
 ** as a value is read without lua_getfield's luaS_new (hash and strcmp) */
 #define U_HANDLER(i)  lua_upvalueindex(8 + (i))
-#define U_QUIT        lua_upvalueindex(11)  /* "quit" */
-#define U_SPAWN       lua_upvalueindex(12)  /* "spawn" */
-#define NUPVALUES     12
+/* "add", "spawn", "quit", "delete": the kinds of fixed actions, below */
+#define U_KINDNAME(k) lua_upvalueindex(11 + (k))
+#define U_ADD         U_KINDNAME(K_ADD)
+#define NUPVALUES     14
 
 /*
 ** Sends and transitions are userdata branded with the address of one of
@@ -48,6 +49,52 @@ static int issend(lua_State *L, int idx) {
   return mkl_branded(L, idx, sizeof(sendact), &send_brand) != NULL;
 }
 
+/*
+** The actions made for every process, add, spawn, quit and delete, are
+** fixed actions: userdata holding their fields by position in user values
+** (the layout of FIELDS below), with the kind in the block, and reading
+** by name through FixedAction.__index (fixed_index).  As tables (kind in
+** a hash part, the fields in an array part) each took three allocations
+** and as many frees, and a spawn makes two of them (its add and, to kill
+** it, its quit): one allocation each now.  Like a send, a fixed action
+** cannot be changed once made, so performing it needs no check that its
+** fields are still what its constructor made.
+*/
+enum { K_ADD, K_SPAWN, K_QUIT, K_DELETE, K_COUNT };
+static const char fixed_brand = 0;
+typedef struct fixedact {
+  int kind;              /* K_* */
+  const char *brand;     /* &fixed_brand */
+} fixedact;
+
+static const char *const kindnames[K_COUNT] = {"add", "spawn", "quit", "delete"};
+#define MAXFIELDS 5
+static const char *const FIELDS[K_COUNT][MAXFIELDS + 1] = {
+  {"name", "orientation", "interest", "topic", "handlers", NULL},
+  {"boot", "name", "k", "nested", "budget", NULL},
+  {"pid", "reason", NULL},
+  {"name", "reason", NULL},
+};
+
+static fixedact *tofixed(lua_State *L, int idx) {
+  return mkl_branded(L, idx, sizeof(fixedact), &fixed_brand);
+}
+
+/* Push the fixed action of that kind, its fields the values at the stack
+** indices fields[0 .. n-1]; mt holds the FixedAction metatable. */
+static void newfixed(lua_State *L, int kind, const int *fields, int n, int mt) {
+  int i;
+  fixedact *a = lua_newuserdatauv(L, sizeof *a, n);
+  a->kind = kind;
+  a->brand = &fixed_brand;
+  for (i = 0; i < n; i++) {
+    lua_pushvalue(L, fields[i]);
+    lua_setiuservalue(L, -2, i + 1);
+  }
+  lua_pushvalue(L, mt);
+  lua_setmetatable(L, -2);
+}
+
 /* Is the value at idx an action table (market.lua's Action metatable)? */
 static int actiontable(lua_State *L, int idx) {
   int r;
@@ -57,9 +104,10 @@ static int actiontable(lua_State *L, int idx) {
   return r;
 }
 
-/* Is the value at idx an action (a table of market.lua's, or a send)? */
+/* Is the value at idx an action (a send, a fixed action, or a table of
+** market.lua's)? */
 static int isaction(lua_State *L, int idx) {
-  return issend(L, idx) || actiontable(L, idx);
+  return issend(L, idx) || tofixed(L, idx) != NULL || actiontable(L, idx);
 }
 
 /* send(body): the action that sends body, a userdata holding it as its
@@ -98,6 +146,55 @@ static int send_index(lua_State *L) {
   if (lua_rawequal(L, 2, U_KIND)) lua_pushvalue(L, U_SEND);
   else if (lua_rawequal(L, 2, U_BODY) && send) lua_getiuservalue(L, 1, 1);
   else lua_pushnil(L);
+  return 1;
+}
+
+/* FixedAction.__index: a.kind is the kind; a field by name is its value,
+** nil for a field not given (false, but a topic, which is never left
+** out); a[i] is field i as stored, false included (market.lua's
+** perform_one reads them so).  A foreign userdata only reaches here
+** through the debug library, and is refused. */
+static int fixed_index(lua_State *L) {
+  fixedact *a = tofixed(L, 1);
+  int i, isint;
+  lua_Integer n;
+  if (a == NULL) return luaL_typeerror(L, 1, "market.action");
+  if (lua_rawequal(L, 2, U_KIND)) {
+    lua_pushvalue(L, U_KINDNAME(a->kind));
+    return 1;
+  }
+  n = lua_tointegerx(L, 2, &isint);
+  if (isint && lua_type(L, 2) == LUA_TNUMBER) {
+    if (n < 1 || n > MAXFIELDS || lua_getiuservalue(L, 1, (int)n) == LUA_TNONE) lua_pushnil(L);
+    return 1;
+  }
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    const char *k = lua_tostring(L, 2);
+    for (i = 0; FIELDS[a->kind][i] != NULL; i++) {
+      if (strcmp(FIELDS[a->kind][i], k) != 0) continue;
+      lua_getiuservalue(L, 1, i + 1);
+      if (!lua_toboolean(L, -1) && lua_isboolean(L, -1) &&
+          !(a->kind == K_ADD && i == 3))
+        lua_pushnil(L);
+      return 1;
+    }
+  }
+  lua_pushnil(L);
+  return 1;
+}
+
+/* fixed(kind, field...) -> the fixed action of that kind ("spawn",
+** "delete", ...) with those fields, for market.lua's constructors, which
+** check them. */
+static int f_fixed(lua_State *L) {
+  static const int fields[MAXFIELDS] = {2, 3, 4, 5, 6};
+  const char *kind = luaL_checkstring(L, 1);
+  int k, n;
+  for (k = 0; k < K_COUNT && strcmp(kindnames[k], kind) != 0; k++) {}
+  if (k == K_COUNT) return luaL_argerror(L, 1, "no such kind of fixed action");
+  for (n = 0; FIELDS[k][n] != NULL; n++) {}
+  lua_settop(L, 1 + n);
+  newfixed(L, k, fields, n, U_FIXED);
   return 1;
 }
 
@@ -213,7 +310,7 @@ static int f_apply(lua_State *L) {
     lua_getiuservalue(L, 2, ACTION_UV(t, i));
     if (p == NULL) { lua_pop(L, 1); break; }
     if (issend(L, -1)) dosend(L, p);
-    else if (actiontable(L, 3) && doaction(L, p, 3) >= 0) lua_settop(L, 2);
+    else if (tofixed(L, 3) != NULL && doaction(L, p, 3) >= 0) lua_settop(L, 2);
     else { lua_pop(L, 1); break; }
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
@@ -292,19 +389,18 @@ static int perform_k(lua_State *L, int status, lua_KContext ctx) {
 /* A quit action (market.quit(pid, reason)) at idx, done for p.  Killing
 ** processes one by one (perform(quit(pid)) in a loop) spent more in
 ** market.lua's way to core.quit than in the kill.  Returns 0, leaving the
-** stack as it was, for fields market.quit would not have made (the table
-** was changed since): market.lua then performs or rejects it as before. */
+** stack as it was, for a pid that names nobody (0 or less: core.quit
+** answers nil) or a reason over the size limit (core.quit raises):
+** market.lua then performs or rejects it as before. */
 static int doquit(lua_State *L, mk_proc *p, int idx) {
-  int top = lua_gettop(L), isint = 1, done = 0;
+  int top = lua_gettop(L), done = 0;
   lua_Integer pid = 0;
   mk_term *reason = NULL;
   const char *err;
-  /* {pid or false, reason or false, kind = "quit"} (market.lua, FIELDS),
-  ** read as market.lua's perform_one does: nil or false is none */
-  lua_rawgeti(L, idx, 1);
-  if (lua_toboolean(L, -1) && ((pid = lua_tointegerx(L, -1, &isint)), !isint || pid <= 0))
+  /* pid or false, reason or false (FIELDS): false is none */
+  if (lua_getiuservalue(L, idx, 1) == LUA_TNUMBER && (pid = lua_tointeger(L, -1)) <= 0)
     goto out;
-  lua_rawgeti(L, idx, 2);
+  lua_getiuservalue(L, idx, 2);
   if (lua_toboolean(L, -1) && (reason = mkl_toterm(L, -1, &err)) == NULL) goto out;
   mk_quit(p, (mk_pid)pid, reason);
   mk_unref(reason);
@@ -340,24 +436,24 @@ static int handlertag(lua_State *L, int idx) {
 ** then waits keeps the doubled stack and a spare CallInfo (about 210
 ** bytes of its 2.1 KB; issue 10).  A handler process adds its endpoints
 ** so from the transition its boot returns (f_apply).  Returns 0, leaving
-** the stack as it was, for anything else (an anonymous endpoint, fields
-** changed since the constructor made them, a topic that is no term):
-** market.lua then performs or rejects it as before.
+** the stack as it was, for an anonymous endpoint (market.lua names it
+** from a count in the context) or a topic over the size limit (core.add
+** raises): market.lua then performs or rejects it as before.
 */
 static int doadd(lua_State *L, mk_proc *p, int idx) {
-  int top = lua_gettop(L), done = 0, okori, okint, tag;
+  int top = lua_gettop(L), done = 0, tag;
   mk_role role;
   const char *err;
-  /* {name, orientation, interest, topic, handlers, kind = "add"}
-  ** (market.lua, FIELDS; f_addendpoint) at top + 1 .. top + 5 */
-  if (lua_rawgeti(L, idx, 1) != LUA_TSTRING) goto out;
-  lua_rawgeti(L, idx, 2);
-  lua_rawgeti(L, idx, 3);
-  lua_rawgeti(L, idx, 4);
-  if (lua_rawgeti(L, idx, 5) != LUA_TTABLE) goto out;
-  role.orientation = (mk_orientation)lua_tointegerx(L, top + 2, &okori);
-  role.interest = (mk_interest)lua_tointegerx(L, top + 3, &okint);
-  if (!okori || !okint || !mkl_pushctx(L)) goto out;
+  /* name, orientation, interest, topic, handlers (FIELDS; f_addendpoint)
+  ** at top + 1 .. top + 5 */
+  if (lua_getiuservalue(L, idx, 1) != LUA_TSTRING) goto out;
+  lua_getiuservalue(L, idx, 2);
+  lua_getiuservalue(L, idx, 3);
+  lua_getiuservalue(L, idx, 4);
+  lua_getiuservalue(L, idx, 5);
+  role.orientation = (mk_orientation)lua_tointeger(L, top + 2);
+  role.interest = (mk_interest)lua_tointeger(L, top + 3);
+  if (!mkl_pushctx(L)) goto out;
   if ((role.topic = mkl_toterm(L, top + 4, &err)) == NULL) goto out;
   tag = handlertag(L, top + 5);
   lua_pushvalue(L, top + 1);
@@ -378,49 +474,41 @@ out:
 ** code went through market.lua's perform_rest and perform_one to
 ** core.spawn, a third of the Lua lines a spawn ran.  Returns 0, leaving
 ** the stack as it was, for a continuation (k, which market.lua registers
-** in the context), a nested VM, or fields market.spawn would not have
-** made: market.lua then performs or rejects it as before.
+** in the context) or a nested VM: market.lua then performs it.
 */
 static int dospawn(lua_State *L, mk_proc *p, int idx) {
-  int top = lua_gettop(L), t;
+  int top = lua_gettop(L);
   mk_pid pid;
-  /* {boot, name or false, k or false, nested, budget, kind = "spawn"}
-  ** (market.lua, FIELDS) at top + 1 .. top + 5 */
-  if (lua_rawgeti(L, idx, 1) != LUA_TFUNCTION) goto out;
-  t = lua_rawgeti(L, idx, 2);
-  if (t != LUA_TSTRING && lua_toboolean(L, -1)) goto out;
-  lua_rawgeti(L, idx, 3);
-  lua_rawgeti(L, idx, 4);
-  lua_rawgeti(L, idx, 5);
-  if (lua_toboolean(L, top + 3) || lua_toboolean(L, top + 4) || lua_toboolean(L, top + 5))
-    goto out;
-  lua_settop(L, top + 2);
-  lua_insert(L, top + 1);             /* the name stays, under the boot */
-  pid = mkl_spawn_by(L, p, t == LUA_TSTRING ? lua_tostring(L, top + 1) : NULL);
+  /* boot, name or false, k or false, nested, budget (FIELDS) */
+  lua_getiuservalue(L, idx, 3);
+  lua_getiuservalue(L, idx, 4);
+  if (lua_toboolean(L, top + 1) || lua_toboolean(L, top + 2)) {
+    lua_settop(L, top);
+    return 0;
+  }
+  /* the name stays, under the boot; one market.spawn would not have made
+  ** (a table, say) is core.spawn's to reject */
+  if (lua_getiuservalue(L, idx, 2) != LUA_TSTRING && lua_toboolean(L, -1)) {
+    lua_settop(L, top);
+    return 0;
+  }
+  lua_getiuservalue(L, idx, 1);
+  pid = mkl_spawn_by(L, p, lua_tostring(L, top + 3));
   lua_settop(L, top);
   lua_pushinteger(L, (lua_Integer)pid);
   return 1;
-out:
-  lua_settop(L, top);
-  return 0;
 }
 
-/* The action table at idx, an add, a spawn or a quit, done for p (doadd,
-** dospawn, doquit): returns how many results it pushed (a spawn's pid), or
-** -1, leaving the stack as it was, when market.lua is to do it. */
+/* The fixed action at idx, done for p if it is an add, a spawn or a quit
+** (doadd, dospawn, doquit): returns how many results it pushed (a spawn's
+** pid), or -1, leaving the stack as it was, when market.lua is to do it. */
 static int doaction(lua_State *L, mk_proc *p, int idx) {
-  int r = -1;
-  lua_pushvalue(L, U_KIND);
-  lua_rawget(L, idx);
-  if (lua_rawequal(L, -1, U_ADD)) r = doadd(L, p, idx) ? 0 : -1;
-  else if (lua_rawequal(L, -1, U_SPAWN)) {
-    if (dospawn(L, p, idx)) {
-      lua_replace(L, -2);             /* the pid, over the kind */
-      return 1;
-    }
-  } else if (lua_rawequal(L, -1, U_QUIT)) r = doquit(L, p, idx) ? 0 : -1;
-  lua_pop(L, 1);
-  return r;
+  switch (tofixed(L, idx)->kind) {
+    case K_ADD: return doadd(L, p, idx) ? 0 : -1;
+    case K_SPAWN: return dospawn(L, p, idx) ? 1 : -1;
+    case K_QUIT: return doquit(L, p, idx) ? 0 : -1;
+    default: return -1;
+  }
 }
 
 static int f_perform(lua_State *L) {
@@ -428,7 +516,7 @@ static int f_perform(lua_State *L) {
   int n = 0;
   if (lua_gettop(L) == 1 && (p = mkl_current(L)) != NULL) {
     if (issend(L, 1)) dosend(L, p);
-    else if (!actiontable(L, 1) || (n = doaction(L, p, 1)) < 0) goto rest;
+    else if (tofixed(L, 1) == NULL || (n = doaction(L, p, 1)) < 0) goto rest;
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
     return n;
@@ -443,27 +531,9 @@ rest:
 /* make_perform(perform_rest) -> market.perform */
 static int f_make_perform(lua_State *L) { return withlua(L, f_perform); }
 
-/* Push the action {v1, ..., vn, kind = kind} with the Action metatable
-** at mt, v1 .. vn the values at the stack indices fields[0 .. n-1] (the
-** layout of market.lua's FIELDS); kindkey holds "kind". */
-static void newaction(lua_State *L, const int *fields, int n, int mt, int kindkey,
-                      int kind) {
-  int i;
-  lua_createtable(L, n, 1);
-  lua_pushvalue(L, kindkey);          /* a new table: raw is what setfield does */
-  lua_pushvalue(L, kind);
-  lua_rawset(L, -3);
-  for (i = 0; i < n; i++) {
-    lua_pushvalue(L, fields[i]);
-    lua_rawseti(L, -2, i + 1);
-  }
-  lua_pushvalue(L, mt);
-  lua_setmetatable(L, -2);
-}
-
 /* market.quit([pid [, reason]]): quit this process, or kill pid.  The
-** action {pid or false, reason or false, kind = "quit"}; a reason that is
-** not an atom or a box is converted into a box, so a later change to the
+** fixed action quit(pid or false, reason or false); a reason that is not
+** an atom or a box is converted into a box, so a later change to the
 ** table cannot change it.  Made for every kill, it cost more in Lua (the
 ** call, math.type, the term check, the table constructor and
 ** market.action) than doquit does with it. */
@@ -489,7 +559,7 @@ static int f_quit(lua_State *L) {
     mkl_pushbox(L, reason);
     lua_replace(L, 2);
   }
-  newaction(L, fields, 2, U_ACTION, U_KIND, U_QUIT);
+  newfixed(L, K_QUIT, fields, 2, U_FIXED);
   return 1;
 }
 
@@ -539,13 +609,11 @@ static int f_handler_tag(lua_State *L) {
 */
 
 /* Upvalues of an endpoint constructor, by index. */
-#define E_ACTION      lua_upvalueindex(1)   /* market.lua's Action metatable */
+#define E_FIXED       lua_upvalueindex(1)   /* market.lua's FixedAction metatable */
 #define E_FNAME       lua_upvalueindex(2)   /* "market.subscriber", for errors */
 #define E_ORIENTATION lua_upvalueindex(3)
 #define E_INTEREST    lua_upvalueindex(4)
 #define E_NOHANDLERS  lua_upvalueindex(5)   /* the table shared by endpoints without one */
-#define E_KIND        lua_upvalueindex(6)   /* "kind" */
-#define E_ADD         lua_upvalueindex(7)   /* "add" */
 
 /* The handler keys, by the index handlerkey returns. */
 static const char *const handlerkeys[] = {"on_message", "on_presence", "on_absence", "name"};
@@ -626,14 +694,14 @@ static void checkhandlers(lua_State *L) {
   lua_getfield(L, 2, "name");
 }
 
-/* market.subscriber(topic [, handlers | name]) and its kin: the action
-** {kind = "add", name, orientation, interest, topic, handlers}, its fields
-** after kind by position: a table with six named fields has a hash part of
-** eight nodes (248 bytes in all, made and dropped for every endpoint
-** added); one with five in its array part and kind in the hash, 160.
-** The topic is a term as it is (an atom or a box), else converted into a
-** box; handlers is a table of on_message, on_presence, on_absence and
-** name, or just the name. */
+/* market.subscriber(topic [, handlers | name]) and its kin: the fixed
+** action add(name, orientation, interest, topic, handlers), made and
+** dropped for every endpoint added: 136 bytes in one allocation, where a
+** table with six named fields took 248 in two, and one with five in its
+** array part and kind in the hash 160 in three.  The topic is a term as
+** it is (an atom or a box), else converted into a box; handlers is a
+** table of on_message, on_presence, on_absence and name, or just the
+** name. */
 static int f_addendpoint(lua_State *L) {
   static const int fields[] = {3, E_ORIENTATION, E_INTEREST, 1, 2};
   const char *fname = lua_tostring(L, E_FNAME);
@@ -676,7 +744,7 @@ static int f_addendpoint(lua_State *L) {
     lua_pushboolean(L, 0);
     lua_replace(L, 3);
   }
-  newaction(L, fields, 5, E_ACTION, E_KIND, E_ADD);
+  newfixed(L, K_ADD, fields, 5, E_FIXED);
   return 1;
 }
 
@@ -688,46 +756,47 @@ static int f_endpoint(lua_State *L) {
   luaL_checkinteger(L, 3);
   luaL_checktype(L, 4, LUA_TTABLE);
   lua_settop(L, 4);
-  lua_pushvalue(L, U_ACTION);
+  lua_pushvalue(L, U_FIXED);
   lua_rotate(L, 1, 1);
-  lua_pushvalue(L, U_KIND);
-  lua_pushvalue(L, U_ADD);
-  lua_pushcclosure(L, f_addendpoint, 7);
+  lua_pushcclosure(L, f_addendpoint, 5);
   return 1;
 }
 
-/* core.fastpath(Action, Transition, SendAction) -> { send=, transition=,
+/* core.fastpath(Action, Transition, SendAction, FixedAction) -> { send=, transition=,
 ** transition_no_state=, apply=, action_at=, make_perform=, make_apply=,
-** is_action=, is_box=, action=, handler_tag=, quit=, endpoint= }; sets
-** SendAction.__index. */
+** is_action=, is_box=, action=, handler_tag=, quit=, fixed=, endpoint= };
+** sets SendAction.__index and FixedAction.__index. */
 static int c_fastpath(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"send", f_send}, {"transition", f_transition},
     {"transition_no_state", f_transition_no_state}, {"apply", f_apply},
     {"action_at", f_action_at},
     {"make_perform", f_make_perform}, {"make_apply", f_make_apply}, {"is_action", f_is_action}, {"is_box", f_is_box},
-    {"action", f_action}, {"handler_tag", f_handler_tag}, {"quit", f_quit}, {"endpoint", f_endpoint},
-    {"__index", send_index},
+    {"action", f_action}, {"handler_tag", f_handler_tag}, {"quit", f_quit},
+    {"fixed", f_fixed}, {"endpoint", f_endpoint},
+    {"__index", send_index}, {"fixed_index", fixed_index},
     {NULL, NULL}};
   int i;
-  for (i = 1; i <= 3; i++) luaL_checktype(L, i, LUA_TTABLE);
-  lua_settop(L, 3);
-  lua_createtable(L, 0, 13);
-  for (i = 1; i <= 3; i++) lua_pushvalue(L, i);
+  for (i = 1; i <= 4; i++) luaL_checktype(L, i, LUA_TTABLE);
+  lua_settop(L, 4);
+  lua_createtable(L, 0, 16);
+  for (i = 1; i <= 4; i++) lua_pushvalue(L, i);
   lua_pushliteral(L, "kind");
   lua_pushliteral(L, "send");
   lua_pushliteral(L, "body");
-  lua_pushliteral(L, "add");
   lua_pushliteral(L, "on_message");
   lua_pushliteral(L, "on_presence");
   lua_pushliteral(L, "on_absence");
-  lua_pushliteral(L, "quit");
-  lua_pushliteral(L, "spawn");
+  for (i = 0; i < K_COUNT; i++) lua_pushstring(L, kindnames[i]);
   luaL_setfuncs(L, funcs, NUPVALUES);
   lua_getfield(L, -1, "__index");
   lua_setfield(L, 3, "__index");
+  lua_getfield(L, -1, "fixed_index");
+  lua_setfield(L, 4, "__index");
   lua_pushnil(L);
   lua_setfield(L, -2, "__index");
+  lua_pushnil(L);
+  lua_setfield(L, -2, "fixed_index");
   return 1;
 }
 

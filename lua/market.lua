@@ -27,25 +27,18 @@ local _ = M._
 local Action = { __name = "market.action" }
 function Action.__tostring(a) return "action " .. a.kind end
 
--- The actions made for every process (add, spawn, quit, delete) keep their
--- fields after kind by position, in the table's array part (a hash part
--- takes 24 bytes a field, against 16, and rounds up to a power of two),
--- and read by name too.  A field not given is false, not nil, so that perform_one's
--- reads never reach this metamethod; none of them can be false otherwise
--- (a false reason means none), except a topic, which is never left out.
-local FIELDS = {
-  add = { name = 1, orientation = 2, interest = 3, topic = 4, handlers = 5 },
-  spawn = { boot = 1, name = 2, k = 3, nested = 4, budget = 5 },
-  quit = { pid = 1, reason = 2 },
-  delete = { name = 1, reason = 2 },
-}
-function Action.__index(a, k)
-  local fields = FIELDS[rawget(a, "kind")]
-  local i = fields and fields[k]
-  if not i then return Action[k] end
-  local v = rawget(a, i)
-  if v == false and k ~= "topic" then return nil end
-  return v
+-- The actions made for every process (add, spawn, quit, delete) are fixed
+-- actions (lua/laction.c): userdata of one allocation, which cannot be
+-- changed once made, holding their fields by position (a[1], a[2], ...:
+-- add: name, orientation, interest, topic, handlers; spawn: boot, name,
+-- k, nested, budget; quit: pid, reason; delete: name, reason), and
+-- reading by name too.  A field not given is false, read by name as nil;
+-- none of them can be false otherwise (a false reason means none), except
+-- a topic, which is never left out.  Other actions are tables.
+local FixedAction = { __name = "market.action" }
+function FixedAction.__tostring(a) return "action " .. a.kind end
+function FixedAction.__newindex()
+  error("market.action: an action cannot be changed (make another)", 2)
 end
 
 -- A send is a userdata of its own (lua/laction.c), reading as an action.
@@ -57,10 +50,10 @@ function SendAction.__tostring() return "action send" end
 -- what a process does per message.  So are the checks below, which Lua's
 -- getmetatable would make slower than the rest of a spawn's bookkeeping.
 local Transition = { __name = "market.transition" }
-local fast = core.fastpath(Action, Transition, SendAction)
+local fast = core.fastpath(Action, Transition, SendAction, FixedAction)
 M.send = fast.send
 
-local action, is_action, is_box = fast.action, fast.is_action, fast.is_box
+local action, fixed, is_action, is_box = fast.action, fast.fixed, fast.is_action, fast.is_box
 M.is_action = is_action
 
 -- v checked as a term.  core.term raises from C, so its message would point
@@ -113,7 +106,7 @@ function M.spawn(boot, opts)
     error("market.spawn: the boot argument must be a function, got " .. type(boot), 2)
   end
   opts = check_opts(opts, "market.spawn")
-  return action { boot, opts.name or false, opts.k or false, false, false, kind = "spawn" }
+  return fixed("spawn", boot, opts.name or false, opts.k or false, false, false)
 end
 
 -- nested_vm(boot [, opts]): spawn a VM whose first process runs boot.
@@ -122,13 +115,12 @@ function M.nested_vm(boot, opts)
     error("market.nested_vm: the boot argument must be a function, got " .. type(boot), 2)
   end
   opts = check_opts(opts, "market.nested_vm")
-  return action { boot, opts.name or "nested-vm", opts.k or false, true,
-                  opts.max_activation or false, kind = "spawn" }
+  return fixed("spawn", boot, opts.name or "nested-vm", opts.k or false, true,
+               opts.max_activation or false)
 end
 
 -- quit([pid [, reason]]): quit this process, or kill pid.  Made in C
--- (lua/laction.c), as the action {pid or false, reason or false, kind = "quit"}:
--- one is made for every kill.
+-- (lua/laction.c): one is made for every kill.
 M.quit = fast.quit
 
 -- The endpoint constructors are made in C (lua/laction.c): one runs for
@@ -149,9 +141,8 @@ M.observe_publishers_everything = endpoint("observe_publishers_everything", SUB,
 
 function M.delete_endpoint(name, reason)
   if type(name) ~= "string" then error("market.delete_endpoint: name must be a string", 2) end
-  return action { name,
-                  reason ~= nil and term(reason, "market.delete_endpoint: reason") or false,
-                  kind = "delete" }
+  return fixed("delete", name,
+               reason ~= nil and term(reason, "market.delete_endpoint: reason") or false)
 end
 
 function M.at_meta_level(...)
@@ -226,7 +217,7 @@ local function perform_one(ctx, a, level)
   if kind == "send" then
     csend(a.body, level)
   elseif kind == "add" then
-    -- Its fields by position (FIELDS; laction.c, f_addendpoint).
+    -- Its fields by position (FixedAction; laction.c, f_addendpoint).
     local name = a[1]
     if not name then
       local n = (ctx[ANON] or 0) + 1

@@ -202,7 +202,7 @@ describe("quit", function()
 
   -- perform(quit(pid, reason)) alone is done in C (lua/laction.c); what it
   -- does, and what it refuses, are market.lua's.
-  it("perform(quit(pid, reason)) kills with the reason; a quit action changed since is checked",
+  it("perform(quit(pid, reason)) kills with the reason; a quit action cannot be changed",
      function()
     local log, why = H.log(), market.record("why", "code")
     local reasons, failure = {}, nil
@@ -210,22 +210,26 @@ describe("quit", function()
       local pids = {}
       for i = 1, 3 do pids[i] = market.perform(holder("p" .. i, market.publisher({ "q", i }))) end
       H.step(holder("obs", market.observe_publishers({ "q", _ }, {
-        on_absence = function(_, role, reason) reasons[role.topic[2]] = reason end })))
+        on_absence = function(_, role, reason) reasons[role.topic[2]] = reason or "none" end })))
       market.perform(market.quit(pids[1], why(7)))
       market.perform(market.quit(pids[2]))
       H.settle()
       log("alive")
+      -- Actions are values, fixed once made (a send, an add, a spawn, a
+      -- quit, a delete): what is performed is what the constructor checked.
       local a = market.quit(pids[3])
-      a[1] = "three"            -- its pid, by position (market.lua, FIELDS)
-      local ok, err = pcall(market.perform, a)
+      local ok, err = pcall(function() a[1] = "three" end)
       failure = not ok and tostring(err)
-      log("alive after a changed quit")
+      ok = pcall(function() a.pid = 1 end)
+      log("changed: %s", tostring(ok))
+      market.perform(a)
+      H.settle()
+      log("alive after p3's quit")
     end)
     assert.equal('why(7)', market.repr(reasons[1]))
-    assert.is_nil(reasons[2])
-    assert.is_nil(reasons[3])
-    assert.same({ "alive", "alive after a changed quit" }, log.lines)
-    assert.matches("number expected, got string", failure)
+    assert.same({ "none", "none" }, { reasons[2], reasons[3] })
+    assert.same({ "alive", "changed: false", "alive after p3's quit" }, log.lines)
+    assert.matches("lifecycle_spec.lua:%d+: market.action: an action cannot be changed", failure)
   end)
 
   it("quit(0) and negative pids name no process: only quit() with no pid is this process", function()
