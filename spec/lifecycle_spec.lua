@@ -86,6 +86,34 @@ describe("spawn", function()
       assert.same(want, log.lines, "with " .. count .. " actions after the first send")
     end
   end)
+
+  it("a process spawned after others died has a context of its own", function()
+    -- The registry slots that held dead processes' contexts are reused
+    -- for the next ones (lproc.c, newproc): none may see another's state
+    -- or handlers.
+    local log = H.log()
+    H.ground(function()
+      for wave = 1, 3 do
+        local pids = {}
+        for i = 1, 50 do
+          pids[i] = market.perform(market.spawn(function()
+            return T(wave * 100 + i, market.subscriber({ "ctx", i }, { name = "in",
+              on_message = function(s, m)
+                if s ~= wave * 100 + m[2] then log("wave %d: %d got state %s", wave, m[2], s) end
+                return T(s)
+              end }))
+          end))
+        end
+        market.pause()
+        for i = 1, 50 do market.perform(market.send({ "ctx", i })) end
+        market.pause()
+        for i = 1, 50 do market.perform(market.quit(pids[i])) end
+        market.pause()
+      end
+      log("done")
+    end)
+    assert.same({ "done" }, log.lines)
+  end)
 end)
 
 describe("yield", function()
