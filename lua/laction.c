@@ -282,7 +282,7 @@ static void dosend(lua_State *L, mk_proc *p) {
   lua_pop(L, 2);
 }
 
-static int doaction(lua_State *L, mk_proc *p, int idx);
+static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx);
 
 /* apply(ctx, tr): take the transition's state into ctx, then perform its
 ** actions from the first for as long as they are sends, or adds, spawns
@@ -293,6 +293,7 @@ static int doaction(lua_State *L, mk_proc *p, int idx);
 static int f_apply(lua_State *L) {
   mk_proc *p;
   trans *t;
+  const fixedact *a;
   int i;
   if (lua_isnoneornil(L, 2)) return 0;
   if ((t = totrans(L, 2)) == NULL) {
@@ -310,7 +311,7 @@ static int f_apply(lua_State *L) {
     lua_getiuservalue(L, 2, ACTION_UV(t, i));
     if (p == NULL) { lua_pop(L, 1); break; }
     if (issend(L, -1)) dosend(L, p);
-    else if (tofixed(L, 3) != NULL && doaction(L, p, 3) >= 0) lua_settop(L, 2);
+    else if ((a = tofixed(L, 3)) != NULL && doaction(L, p, a, 3) >= 0) lua_settop(L, 2);
     else { lua_pop(L, 1); break; }
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
@@ -443,7 +444,7 @@ static int handlertag(lua_State *L, int idx) {
 static int doadd(lua_State *L, mk_proc *p, int idx) {
   int top = lua_gettop(L), done = 0, tag;
   mk_role role;
-  const char *err;
+  const char *err, *name;
   /* name, orientation, interest, topic, handlers (FIELDS; f_addendpoint)
   ** at top + 1 .. top + 5 */
   if (lua_getiuservalue(L, idx, 1) != LUA_TSTRING) goto out;
@@ -459,8 +460,8 @@ static int doadd(lua_State *L, mk_proc *p, int idx) {
   lua_pushvalue(L, top + 1);
   lua_pushvalue(L, top + 5);
   lua_rawset(L, -3);                  /* ctx[name] = handlers */
-  if (mk_add_endpoint(p, lua_tostring(L, top + 1), 0, role) >= 0)
-    mk_tag_endpoint(p, lua_tostring(L, top + 1), (uint32_t)tag);
+  name = lua_tostring(L, top + 1);
+  if (mk_add_endpoint(p, name, 0, role) >= 0) mk_tag_endpoint(p, name, (uint32_t)tag);
   mk_unref(role.topic);
   done = 1;
 out:
@@ -502,8 +503,8 @@ static int dospawn(lua_State *L, mk_proc *p, int idx) {
 /* The fixed action at idx, done for p if it is an add, a spawn or a quit
 ** (doadd, dospawn, doquit): returns how many results it pushed (a spawn's
 ** pid), or -1, leaving the stack as it was, when market.lua is to do it. */
-static int doaction(lua_State *L, mk_proc *p, int idx) {
-  switch (tofixed(L, idx)->kind) {
+static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx) {
+  switch (a->kind) {
     case K_ADD: return doadd(L, p, idx) ? 0 : -1;
     case K_SPAWN: return dospawn(L, p, idx) ? 1 : -1;
     case K_QUIT: return doquit(L, p, idx) ? 0 : -1;
@@ -513,10 +514,11 @@ static int doaction(lua_State *L, mk_proc *p, int idx) {
 
 static int f_perform(lua_State *L) {
   mk_proc *p;
+  const fixedact *a;
   int n = 0;
   if (lua_gettop(L) == 1 && (p = mkl_current(L)) != NULL) {
     if (issend(L, 1)) dosend(L, p);
-    else if (tofixed(L, 1) == NULL || (n = doaction(L, p, 1)) < 0) goto rest;
+    else if ((a = tofixed(L, 1)) == NULL || (n = doaction(L, p, a, 1)) < 0) goto rest;
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
     return n;
