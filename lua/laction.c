@@ -81,7 +81,8 @@ static fixedact *tofixed(lua_State *L, int idx) {
 }
 
 /* Push the fixed action of that kind, its fields the values at the stack
-** indices fields[0 .. n-1]; mt holds the FixedAction metatable. */
+** indices fields[0 .. n-1] (nil for a field not given); mt holds the
+** FixedAction metatable. */
 static void newfixed(lua_State *L, int kind, const int *fields, int n, int mt) {
   int i;
   fixedact *a = lua_newuserdatauv(L, sizeof *a, n);
@@ -150,8 +151,8 @@ static int send_index(lua_State *L) {
 }
 
 /* FixedAction.__index: a.kind is the kind; a field by name is its value,
-** nil for a field not given (false, but a topic, which is never left
-** out); a[i] is field i as stored, false included (market.lua's
+** nil for a field not given (nil or false, but a topic, which is never
+** left out); a[i] is field i as stored, false included (market.lua's
 ** perform_one reads them so).  A foreign userdata only reaches here
 ** through the debug library, and is refused. */
 static int fixed_index(lua_State *L) {
@@ -398,7 +399,7 @@ static int doquit(lua_State *L, mk_proc *p, int idx) {
   lua_Integer pid = 0;
   mk_term *reason = NULL;
   const char *err;
-  /* pid or false, reason or false (FIELDS): false is none */
+  /* pid, reason (FIELDS): nil or false is none */
   if (lua_getiuservalue(L, idx, 1) == LUA_TNUMBER && (pid = lua_tointeger(L, -1)) <= 0)
     goto out;
   lua_getiuservalue(L, idx, 2);
@@ -534,7 +535,7 @@ rest:
 static int f_make_perform(lua_State *L) { return withlua(L, f_perform); }
 
 /* market.quit([pid [, reason]]): quit this process, or kill pid.  The
-** fixed action quit(pid or false, reason or false); a reason that is not
+** fixed action quit(pid, reason); a reason that is not
 ** an atom or a box is converted into a box, so a later change to the
 ** table cannot change it.  Made for every kill, it cost more in Lua (the
 ** call, math.type, the term check, the table constructor and
@@ -543,18 +544,11 @@ static int f_quit(lua_State *L) {
   static const int fields[] = {1, 2};
   int t;
   lua_settop(L, 2);
-  if (lua_isnil(L, 1)) {
-    lua_pushboolean(L, 0);
-    lua_replace(L, 1);
-  } else if (!lua_isinteger(L, 1)) {
+  if (!lua_isnil(L, 1) && !lua_isinteger(L, 1))
     return luaL_error(L, "market.quit: pid must be an integer or nil");
-  }
   t = lua_type(L, 2);
-  if (t == LUA_TNIL) {
-    lua_pushboolean(L, 0);
-    lua_replace(L, 2);
-  } else if (!(t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING ||
-               mkl_testbox(L, 2) != NULL)) {
+  if (!(t == LUA_TNIL || t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING ||
+        mkl_testbox(L, 2) != NULL)) {
     const char *err;
     mk_term *reason = mkl_toterm(L, 2, &err);
     if (reason == NULL) return luaL_error(L, "market.quit: reason: %s", err);
@@ -741,10 +735,6 @@ static int f_addendpoint(lua_State *L) {
   if (lua_isnil(L, 2)) {
     lua_pushvalue(L, E_NOHANDLERS);
     lua_replace(L, 2);
-  }
-  if (lua_isnil(L, 3)) {               /* no name: false (market.lua, FIELDS) */
-    lua_pushboolean(L, 0);
-    lua_replace(L, 3);
   }
   newfixed(L, K_ADD, fields, 5, E_FIXED);
   return 1;

@@ -32,9 +32,9 @@ function Action.__tostring(a) return "action " .. a.kind end
 -- changed once made, holding their fields by position (a[1], a[2], ...:
 -- add: name, orientation, interest, topic, handlers; spawn: boot, name,
 -- k, nested, budget; quit: pid, reason; delete: name, reason), and
--- reading by name too.  A field not given is false, read by name as nil;
--- none of them can be false otherwise (a false reason means none), except
--- a topic, which is never left out.  Other actions are tables.
+-- reading by name too.  A field not given is nil or false, read by name
+-- as nil; none of them can be false otherwise (a false reason means none),
+-- except a topic, which is never left out.  Other actions are tables.
 local FixedAction = { __name = "market.action" }
 function FixedAction.__tostring(a) return "action " .. a.kind end
 function FixedAction.__newindex()
