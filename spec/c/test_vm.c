@@ -733,6 +733,37 @@ static void test_process_footprint(void) {
   END;
 }
 
+/* The pid table finds every live process and no dead one, through its
+** growth and with processes killed out of order (vm.c, pidslot: a
+** process's chain is its pid). */
+static void test_pid_table(void) {
+  enum { N = 5000 };
+  static mk_pid pids[2 * N];
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  int i, ok = 1;
+  idle_topic = R(I(3), I(4));
+  for (i = 0; i < N; i++) pids[i] = mk_vm_spawn(vm, &idle_behavior, NULL, NULL);
+  mk_vm_run(vm);
+  for (i = 0; i < N; i += 3) CHECK(mk_vm_kill(vm, pids[i], NULL) == 0);
+  mk_vm_run(vm);
+  for (i = N; i < 2 * N; i++) pids[i] = mk_vm_spawn(vm, &idle_behavior, NULL, NULL);
+  mk_vm_run(vm);
+  for (i = 2 * N - 1; i >= N; i -= 2) CHECK(mk_vm_kill(vm, pids[i], NULL) == 0);
+  mk_vm_run(vm);
+  for (i = 0; i < 2 * N; i++) {
+    int dead = i < N ? i % 3 == 0 : (2 * N - 1 - i) % 2 == 0;
+    mk_proc *p = mk_vm_proc(vm, pids[i]);
+    if (dead ? p != NULL : p == NULL || mk_proc_pid(p) != pids[i]) ok = 0;
+  }
+  CHECK(ok);
+  CHECK(mk_vm_nprocs(vm) == (size_t)(N - (N + 2) / 3 + N / 2));
+  CHECK(mk_vm_proc(vm, pids[2 * N - 1] + 1) == NULL);
+  mk_vm_free(vm, NULL);
+  mk_unref(idle_topic);
+  END;
+}
+
 /* A behaviour that declines messages to endpoints tagged 7. */
 static int declines_calls;
 static int decline7(mk_proc *p, uint32_t tag, mk_event_type type) {
@@ -2480,6 +2511,7 @@ int main(void) {
   RUN(test_ground_alarm);
   RUN(test_ground_nested_alarm);
   RUN(test_process_footprint);
+  RUN(test_pid_table);
   RUN(test_ground_readable);
   RUN(test_ground_watch_footprint);
   RUN(test_ground_free_live);
