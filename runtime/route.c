@@ -474,7 +474,7 @@ static mk_inode *newnode (mk_index *ix, mk_inode *parent) {
   return n;
 }
 
-static void freenode (mk_index *ix, mk_inode *n) {
+static inline void freenode (mk_index *ix, mk_inode *n) {
   if (n->tag == TK_ATOM) mk_unref(n->key.atom);
   else if (n->tag == TK_REC) mk_rtype_unref(n->key.rt);
   mk_unref(leaftopic(n));
@@ -772,7 +772,10 @@ void mk_index_remove (mk_index *ix, mk_ilink *item) {
   ix->gen++;
   /* An empty index matches nothing: let go of the terms the cache holds. */
   if (ix->count == 0) clearcache(&ix->cache);
-  foldup(ix, prune(ix, n));
+  if (n->head == NULL) {  /* the leaf goes: its parent may be left with one child */
+    mk_inode *p = prune(ix, n);
+    if (p->nkids + (p->wild != NULL) == 1) foldup(ix, p);
+  }
 }
 
 static int push (Scratch *sc, size_t *nw, mk_inode *n, size_t i, uint32_t skip) {
