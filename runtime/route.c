@@ -37,8 +37,8 @@
 ** only on the set of topics in it.  The walk matches a tail against the
 ** query term by term (tailmatch): from any depth on, a topic's tokens are
 ** those of a run of complete subterms, which is what mk_unifies compares.
-** A leaf does not store its depth: the walk counts it when it gets there
-** (depthof), which costs what the descent to the leaf did.
+** A leaf does not store its depth, where its tail starts: the walk counts
+** the depth of the node it is at, and the depth of each node it stacks.
 */
 
 #include <stdlib.h>
@@ -159,6 +159,8 @@ typedef struct Task {
   mk_inode *node;
   uint32_t i;               /* next query subterm */
   uint32_t skip;            /* topic terms still to skip */
+  uint32_t depth;           /* tokens from the root to node (term.h's size
+                            ** limit keeps it below 2^25) */
 } Task;
 
 /* growable work areas, kept between calls so a match does not allocate */
@@ -530,14 +532,6 @@ static mk_inode *prune (mk_index *ix, mk_inode *n) {
   return n;
 }
 
-/* The number of tokens on the path from the root to n: where n's tail
-** starts in its topic. */
-static size_t depthof (const mk_inode *n) {
-  size_t d = 0;
-  for (; n->parent != NULL; n = n->parent) d++;
-  return d;
-}
-
 /*
 ** The subterm of t at preorder position d (below mk_term_size(t)).  It
 ** also pushes onto s[*ns ...] the complete subterms that follow that one
@@ -778,23 +772,26 @@ void mk_index_remove (mk_index *ix, mk_ilink *item) {
   }
 }
 
-static int push (Scratch *sc, size_t *nw, mk_inode *n, size_t i, uint32_t skip) {
+static int push (Scratch *sc, size_t *nw, mk_inode *n, size_t i, uint32_t skip,
+                 size_t depth) {
   if (GROW(sc, w, wcap, *nw + 1) != 0) return -1;
   sc->w[*nw].node = n;
   sc->w[*nw].i = (uint32_t)i;
   sc->w[*nw].skip = skip;
+  sc->w[*nw].depth = (uint32_t)depth;
   (*nw)++;
   return 0;
 }
 
-/* Push every child of n (not the wild one) as consuming one term more. */
+/* Push every child of n (not the wild one; n at depth d) as consuming one
+** term more. */
 static int pushkids (Scratch *sc, size_t *nw, const mk_inode *n, size_t i,
-                     uint32_t skip) {
+                     uint32_t skip, size_t d) {
   uint32_t k, len = (kcapof(n) <= SMALLKIDS) ? n->nkids : kcapof(n);
   mk_inode **kids = kidv(n);
   for (k = 0; k < len; k++) {
     mk_inode *c = kids[k];
-    if (c != NULL && push(sc, nw, c, i, skip + c->arity) != 0) return -1;
+    if (c != NULL && push(sc, nw, c, i, skip + c->arity, d + 1) != 0) return -1;
   }
   return 0;
 }
@@ -808,16 +805,16 @@ static void readat (Track *tr, size_t i) {
 }
 
 /*
-** Does the tail of leaf n unify with the query from position i on, once
-** `skip` complete terms of it are skipped?  The tail is a run of complete
+** Does the tail of leaf n, at depth d, unify with the query from position
+** i on, once `skip` complete terms of it are skipped?  The tail is a run of complete
 ** subterms of n's topic, each one a whole query subterm in the walk's
 ** alignment.  A topic wildcard does not read the query (see the walk).
 ** 1 or 0; -1 when the stack cannot grow.
 */
-static int tailmatch (Scratch *sc, const mk_inode *n, size_t i, size_t nq,
-                      uint32_t skip, Track *tr) {
+static int tailmatch (Scratch *sc, const mk_inode *n, size_t d, size_t i,
+                      size_t nq, uint32_t skip, Track *tr) {
   const mk_term *topic = n->kids.topic, *t;
-  size_t d = depthof(n), ns = 0;
+  size_t ns = 0;
   if (d == mk_term_size(topic)) return 0;  /* no tail: the walk saw i < nq */
   if (GROW(sc, s, scap, mk_term_size(topic) - d) != 0) return -1;
   t = locate(topic, d, sc->s, &ns);  /* flatten's stack is free again */
@@ -847,21 +844,21 @@ static int tailmatch (Scratch *sc, const mk_inode *n, size_t i, size_t nq,
 static size_t walk (Scratch *sc, mk_inode *root, size_t nq, mk_match_fn fn,
                     void *ctx, Track *tr) {
   size_t count = 0, nw = 0;
-  if (push(sc, &nw, root, 0, 0) != 0) return 0;
+  if (push(sc, &nw, root, 0, 0, 0) != 0) return 0;
   while (nw > 0) {
     Task tk = sc->w[--nw];
     mk_inode *n = tk.node;
-    size_t i = tk.i;
+    size_t i = tk.i, d = tk.depth;
     if (tk.skip > 0) {  /* consume one complete topic term from n */
       if (leaftopic(n) != NULL) {
-        int r = tailmatch(sc, n, i, nq, tk.skip, tr);
+        int r = tailmatch(sc, n, d, i, nq, tk.skip, tr);
         if (r < 0) return count;
         if (r == 0) continue;
         i = nq;
       }
       else {
-        if (n->wild && push(sc, &nw, n->wild, i, tk.skip - 1) != 0) return count;
-        if (pushkids(sc, &nw, n, i, tk.skip - 1) != 0) return count;
+        if (n->wild && push(sc, &nw, n->wild, i, tk.skip - 1, d + 1) != 0) return count;
+        if (pushkids(sc, &nw, n, i, tk.skip - 1, d) != 0) return count;
         continue;
       }
     }
@@ -884,33 +881,36 @@ static size_t walk (Scratch *sc, mk_inode *root, size_t nq, mk_match_fn fn,
         if (n->wild == NULL) {  /* a leaf (or the empty root) */
           int r;
           if (leaftopic(n) == NULL) break;
-          if ((r = tailmatch(sc, n, i, nq, 0, tr)) < 0) return count;
+          if ((r = tailmatch(sc, n, d, i, nq, 0, tr)) < 0) return count;
           if (r == 0) break;
           i = nq;
           continue;
         }
         n = n->wild;
+        d++;
         i += sc->q[i].size;
         continue;
       }
       if (tr != NULL) readat(tr, i);
       q = &sc->q[i];
       if (q->t->kind == MK_WILD) {  /* every topic term fits here */
-        if (n->wild && push(sc, &nw, n->wild, i + 1, 0) != 0) return count;
-        if (pushkids(sc, &nw, n, i + 1, 0) != 0) return count;
+        if (n->wild && push(sc, &nw, n->wild, i + 1, 0, d + 1) != 0) return count;
+        if (pushkids(sc, &nw, n, i + 1, 0, d) != 0) return count;
         break;
       }
       c = findkid(n, tokentag(q->t), tokenhash(q->t), q->t);
       if (n->wild != NULL) {  /* a topic wildcard takes the whole subterm */
         if (c == NULL) {
           n = n->wild;
+          d++;
           i += q->size;
           continue;
         }
-        if (push(sc, &nw, n->wild, i + q->size, 0) != 0) return count;
+        if (push(sc, &nw, n->wild, i + q->size, 0, d + 1) != 0) return count;
       }
       if (c == NULL) break;
       n = c;
+      d++;
       i++;  /* past an atom, or into a compound's first item */
     }
   }
