@@ -463,26 +463,12 @@ function M.self() current("self"); return core.self() end
 
 -- A process runs one activation at a time, each on a coroutine C lends it
 -- (lproc.c): its boot function for the boot event and the handler itself
--- for a presence or absence at level 0 (each followed by apply, for the
--- transition it returns, when it does), deliver for each later message at
--- level 0, and dispatch for any other event that finds it idle.  Only
+-- for a message, presence or absence at level 0 (each followed by apply,
+-- for the transition it returns, when it does not hold sends alone, which
+-- C applies), and dispatch for any other event that finds it idle.  Only
 -- straight-line code waiting in market.yield() keeps a coroutine between
 -- events.
-
--- A message at level 0, most events: straight to its endpoint's handler,
--- with apply inlined (a handler that answers nothing, or only sends, costs
--- one call less per message).
-local function deliver(ctx, a, c)
-  local h = ctx[a]
-  local fn = h and h.on_message
-  if not fn then return end
-  local tr = fn(ctx[STATE], c, a)
-  if tr == nil then return end
-  local i, n = capply(ctx, tr)
-  if i then rest(ctx, tr, i, n) end
-end
-
-core.init(apply, dispatch, deliver, event_table)
+core.init(apply, dispatch, event_table)
 
 -- A drain time in ms: a finite number, 0 or more (nil: none given).
 local function check_drain(ms, fname)
