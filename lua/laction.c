@@ -43,10 +43,13 @@ static int issend(lua_State *L, int idx) {
   return mkl_branded(L, idx, sizeof(sendact), &send_brand) != NULL;
 }
 
-/* Is the value at idx an action (a table of market.lua's, or a send)? */
+/* Is the value at idx an action: a send (ISSEND), a table of market.lua's
+** (1), or neither (0)? */
+#define ISSEND 2
+
 static int isaction(lua_State *L, int idx) {
   int r;
-  if (issend(L, idx)) return 1;
+  if (issend(L, idx)) return ISSEND;
   if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return 0;
   r = lua_rawequal(L, -1, U_ACTION);
   lua_pop(L, 1);
@@ -127,11 +130,14 @@ static int mktransition(lua_State *L, int keep) {
   if (n > MAXACTIONS)
     return luaL_error(L, "%s: more than %d actions (give them as one list)", fname, MAXACTIONS);
   for (i = first; i <= top; i++) {
-    if (issend(L, i)) continue;
-    if (lua_toboolean(L, i)) sends = 0;
-    if (isaction(L, i)) continue;
+    int a = isaction(L, i);
+    if (a != 0) {
+      if (a != ISSEND) sends = 0;
+      continue;
+    }
     if (lua_type(L, i) == LUA_TTABLE && !lua_getmetatable(L, i)) {
       lua_Integer j, len = luaL_len(L, i);
+      sends = 0;
       for (j = 1; j <= len; j++) {
         lua_rawgeti(L, i, j);
         if (!isaction(L, -1))
@@ -195,10 +201,16 @@ static int applysends(lua_State *L, int ctx, int tr, const trans *t, mk_proc *p)
   }
   if (p == NULL) return 0;
   for (i = 0; i < t->n && mk_proc_alive(p); i++) {
-    lua_getiuservalue(L, tr, ACTION_UV(t, i));
-    if (issend(L, -1)) { dosend(L, p); lua_pop(L, 2); }
-    else if (!lua_toboolean(L, -1)) lua_pop(L, 1);
-    else { lua_pop(L, 1); break; }
+    int type = lua_getiuservalue(L, tr, ACTION_UV(t, i));
+    if (type == LUA_TUSERDATA && issend(L, -1)) {
+      dosend(L, p);
+      lua_pop(L, 2);
+    } else if (type == LUA_TNIL || type == LUA_TBOOLEAN) {
+      lua_pop(L, 1);      /* false: mktransition refuses true */
+    } else {
+      lua_pop(L, 1);
+      break;
+    }
   }
   return i;
 }
@@ -229,10 +241,13 @@ static int f_apply(lua_State *L) {
   return 2;
 }
 
-int mkl_apply_sends(lua_State *L, int ctx, int tr, mk_proc *p) {
+int mkl_apply_sends(lua_State *L, int tr, int ctxref, mk_proc *p) {
   const trans *t = totrans(L, tr);
   if (t == NULL || !t->sends) return 0;
-  applysends(L, lua_absindex(L, ctx), lua_absindex(L, tr), t, p);
+  tr = lua_absindex(L, tr);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ctxref);
+  applysends(L, lua_gettop(L), tr, t, p);
+  lua_pop(L, 1);
   return 1;
 }
 

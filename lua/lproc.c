@@ -77,11 +77,18 @@ typedef struct lproc {
                          ** (owned: unref'd by destroy) */
   uint8_t waiting;       /* suspended in a wait (await) */
   uint8_t boot;          /* a boot process: its failure is the program's */
-  uint8_t applies;       /* co's body is the boot function or a presence or
-                         ** absence handler (peerhandler), which has not
-                         ** returned yet: what it returns is applied */
+  uint8_t applies;       /* co's body is the boot function (APPLY_LUA) or
+                         ** a handler (APPLY_C: messagehandler,
+                         ** peerhandler), which has not returned yet: what
+                         ** it returns is applied (handle); 0 otherwise */
   uint8_t running;       /* in lua_resume */
 } lproc;
+
+/* How what a body returns is applied: by market.lua's apply, or by C first
+** (applied) when it is a transition of sends alone.  A boot function's
+** transition adds endpoints, which C leaves to apply, and checking it
+** first was a cost to every spawn. */
+enum { APPLY_LUA = 1, APPLY_C };
 
 static const char key_state = 0;
 
@@ -681,9 +688,7 @@ static int applied(mk_proc *p, lproc *lp, lua_State *co) {
   int done;
   running.p = p;                     /* for mkl_share, as in activate */
   running.lp = lp;
-  lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-  done = mkl_apply_sends(co, -1, -2, p);
-  lua_pop(co, 1);
+  done = mkl_apply_sends(co, -1, lp->ctxref, p);
   running.p = outer;
   running.lp = outerlp;
   return done;
@@ -708,7 +713,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     lua_remove(co, -2);
     lua_pushinteger(co, (lua_Integer)mk_proc_pid(p));
     nargs = 1;
-    lp->applies = 1;
+    lp->applies = APPLY_LUA;
   } else if (lp->waiting) {
     /* Straight-line code suspended in a wait: the event is what await's
     ** continuation finds on its stack. */
@@ -723,7 +728,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
                                       : peerhandler(S, lp, co, ev);
     if (nargs == 0) { release(S, lp); return; }
     if (nargs > 0) {
-      lp->applies = 1;
+      lp->applies = APPLY_C;
     } else {
       lua_rawgeti(co, LUA_REGISTRYINDEX, S->dispatchref);
       lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
@@ -735,12 +740,13 @@ static void handle(mk_proc *p, const mk_event *ev) {
   if (lp->applies && st == LUA_OK && !overrun) {
     /* The boot function or handler returned, at its event or at a later
     ** one it waited for.  A transition it returned is applied, in C when
-    ** it holds sends alone (applied), else by apply(ctx, transition), on
-    ** the same coroutine, as the rest of that activation. */
+    ** a handler's holds sends alone (applied), else by apply(ctx,
+    ** transition), on the same coroutine, as the rest of that activation. */
+    int how = lp->applies;
     lp->applies = 0;
     if (nres > 0 && !lua_isnil(co, -nres)) {
       lua_settop(co, lua_gettop(co) - nres + 1);
-      if (!applied(p, lp, co)) {
+      if (how != APPLY_C || !applied(p, lp, co)) {
         lua_rawgeti(co, LUA_REGISTRYINDEX, S->applyref);
         lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
         lua_rotate(co, -3, 2);

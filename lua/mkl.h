@@ -72,11 +72,12 @@ void mkl_forget_strings(void);
 /* laction.c */
 void mkl_open_actions(lua_State *L); /* core.fastpath into the table at the top */
 /* If the value at tr is a transition whose actions are all sends (or nil
-** or false), apply it for p as market.lua's apply would: its state into the
-** context at ctx, then its sends, while p lives; return 1.  Otherwise
-** return 0, having done nothing (market.lua's apply has it all to do).
-** Raises no error: it may be called on a coroutine that is not running. */
-int mkl_apply_sends(lua_State *L, int ctx, int tr, mk_proc *p);
+** or false), apply it for p as market.lua's apply would: its state into p's
+** context (the registry's ctxref), then its sends, while p lives; return
+** 1.  Otherwise return 0, having done nothing (market.lua's apply has it
+** all to do).  It raises no error but out of memory, so it may be called
+** on a coroutine that has returned, outside any resume. */
+int mkl_apply_sends(lua_State *L, int tr, int ctxref, mk_proc *p);
 
 /* lproc.c */
 void mkl_open_core(lua_State *L);    /* pushes the market.core table */
