@@ -674,9 +674,9 @@ static int activate(mk_proc *p, lproc *lp, lua_State *co, int nargs, int *nres,
 }
 
 /*
-** The value at the top of co (what a boot function or a handler returned;
-** it returned, so co is not running) applied in C when it is a transition
-** of sends alone (mkl_apply_sends), as the rest of the same activation.
+** The value at the top of co (what a handler returned; it returned, so co
+** is not running) applied in C when it is a transition of sends alone
+** (mkl_apply_sends), as the rest of the same activation.
 ** Applying it through market.lua's apply took a second resume, which cost
 ** more than the sends: an answer to a message (echo) is such a
 ** transition.  Returns 0, having done nothing, for anything else, left to

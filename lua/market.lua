@@ -3,8 +3,9 @@
 -- Actions are plain values made by the constructors below; a handler
 -- returns them inside a transition, and straight-line code performs them
 -- with market.perform.  A process's boot function, and each event after
--- it, runs on a coroutine that C (lua/lproc.c) resumes; this file's
--- dispatch and deliver hand each event to the endpoint's handler.
+-- it, runs on a coroutine that C (lua/lproc.c) resumes: the handler
+-- itself for most events, else this file's dispatch, which hands the
+-- event to the endpoint's handler.
 
 local core = ...          -- the C half, passed by luaopen_market
 local M = {}
