@@ -193,7 +193,7 @@ static void dosend(lua_State *L, mk_proc *p) {
 ** none: skipped), done for p while it lives; p NULL (not a process's
 ** coroutine) does none.  Returns the 0-based position of the first action
 ** left, t->n when none is. */
-static int applysends(lua_State *L, int ctx, int tr, const trans *t, mk_proc *p) {
+static inline int applysends(lua_State *L, int ctx, int tr, const trans *t, mk_proc *p) {
   int i;
   if (!t->keep) {
     lua_getiuservalue(L, tr, 1);
