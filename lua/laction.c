@@ -241,14 +241,18 @@ static int f_apply(lua_State *L) {
   return 2;
 }
 
-int mkl_apply_sends(lua_State *L, int tr, int ctxref, mk_proc *p) {
+int mkl_apply_sends(lua_State *L, int tr, int ctxref, mk_proc *p, int *first, int *last) {
   const trans *t = totrans(L, tr);
+  int i;
   if (t == NULL || !t->sends) return 0;
   tr = lua_absindex(L, tr);
   lua_rawgeti(L, LUA_REGISTRYINDEX, ctxref);
-  applysends(L, lua_gettop(L), tr, t, p);
+  i = applysends(L, lua_gettop(L), tr, t, p);
   lua_pop(L, 1);
-  return 1;
+  if (i == t->n || !mk_proc_alive(p)) return 1;
+  *first = i + 1;         /* changed since it was made (debug.setuservalue) */
+  *last = t->n;
+  return 2;
 }
 
 /* action_at(tr, i): the transition's action i (1-based), as given. */

@@ -42,6 +42,8 @@ typedef struct mkl_state {
   mk_ground *g;          /* the ground VM Lua processes live under, or NULL */
   mk_proc *current;      /* the process whose event is being handled */
   char *boot_error;      /* owned: traceback of a failed boot process */
+  int restref;           /* market.lua's rest(ctx, transition, i, n): the
+                         ** actions i..n of one that applied left */
   int applyref;          /* market.lua's apply(ctx, transition): applies
                          ** what a boot function returned */
   int dispatchref;       /* market.lua's dispatch(ctx, event...): later
@@ -679,18 +681,26 @@ static int activate(mk_proc *p, lproc *lp, lua_State *co, int nargs, int *nres,
 ** (mkl_apply_sends), as the rest of the same activation.
 ** Applying it through market.lua's apply took a second resume, which cost
 ** more than the sends: an answer to a message (echo) is such a
-** transition.  Returns 0, having done nothing, for anything else, left to
-** apply.
+** transition.  Returns 1 when it did it all; 2 when it left actions
+** (mkl_apply_sends), with rest and its arguments pushed on co for a
+** resume; 0, having done nothing, for anything else, left to apply.
 */
 static int applied(mk_proc *p, lproc *lp, lua_State *co) {
   mk_proc *outer = running.p;
   lproc *outerlp = running.lp;
-  int done;
+  int done, first, last;
   running.p = p;                     /* for mkl_share, as in activate */
   running.lp = lp;
-  done = mkl_apply_sends(co, -1, lp->ctxref, p);
+  done = mkl_apply_sends(co, -1, lp->ctxref, p, &first, &last);
   running.p = outer;
   running.lp = outerlp;
+  if (done == 2) {                   /* rest(ctx, transition, first, last) */
+    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->S->restref);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+    lua_rotate(co, -3, 2);
+    lua_pushinteger(co, first);
+    lua_pushinteger(co, last);
+  }
   return done;
 }
 
@@ -746,11 +756,14 @@ static void handle(mk_proc *p, const mk_event *ev) {
     lp->applies = 0;
     if (nres > 0 && !lua_isnil(co, -nres)) {
       lua_settop(co, lua_gettop(co) - nres + 1);
-      if (how != APPLY_C || !applied(p, lp, co)) {
+      int done = how == APPLY_C ? applied(p, lp, co) : 0;
+      if (done == 0) {
         lua_rawgeti(co, LUA_REGISTRYINDEX, S->applyref);
         lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
         lua_rotate(co, -3, 2);
         st = activate(p, lp, co, 2, &nres, &overrun);
+      } else if (done == 2) {
+        st = activate(p, lp, co, 4, &nres, &overrun);
       }
     }
   }
@@ -1156,11 +1169,11 @@ static int c_set_name(lua_State *L) {
   return 0;
 }
 
-/* core.init(apply, dispatch, event_table): market.lua's activations and
-** what a wait returns (see mkl_state) */
+/* core.init(apply, rest, dispatch, event_table): market.lua's activations
+** and what a wait returns (see mkl_state) */
 static int c_init(lua_State *L) {
   mkl_state *S = STATE(L);
-  int *refs[] = { &S->applyref, &S->dispatchref, &S->eventref };
+  int *refs[] = { &S->applyref, &S->restref, &S->dispatchref, &S->eventref };
   int i, n = (int)(sizeof refs / sizeof refs[0]);
   for (i = 1; i <= n; i++) luaL_checktype(L, i, LUA_TFUNCTION);
   lua_settop(L, n);
@@ -1325,7 +1338,7 @@ void mkl_open_core(lua_State *L) {
     S = lua_newuserdatauv(L, sizeof *S, 0);
     memset(S, 0, sizeof *S);
     S->L = L;
-    S->applyref = S->dispatchref = S->eventref = LUA_NOREF;
+    S->applyref = S->restref = S->dispatchref = S->eventref = LUA_NOREF;
     lua_pushboolean(L, 0);
     S->message.ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushboolean(L, 0);

@@ -466,10 +466,11 @@ function M.self() current("self"); return core.self() end
 -- (lproc.c): its boot function for the boot event and the handler itself
 -- for a message, presence or absence at level 0 (each followed by apply,
 -- for the transition it returns, when it does not hold sends alone, which
--- C applies), and dispatch for any other event that finds it idle.  Only
+-- C applies, or by rest for what C left of it), and dispatch for any
+-- other event that finds it idle.  Only
 -- straight-line code waiting in market.yield() keeps a coroutine between
 -- events.
-core.init(apply, dispatch, event_table)
+core.init(apply, rest, dispatch, event_table)
 
 -- A drain time in ms: a finite number, 0 or more (nil: none given).
 local function check_drain(ms, fname)

@@ -424,6 +424,24 @@ describe("handler tables", function()
                   '["out", "2 after presence"]' }, log.lines)
   end)
 
+  it("a transition of sends changed through the debug library since is applied as it is",
+     function()
+    -- C applies a transition made of sends alone; one whose action was
+    -- replaced since (here by a list) has the rest applied by market.lua.
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("logger", market.subscriber({ "out", _ }, { on_message = function(_, m)
+        log("%s", m)
+      end })))
+      local tr = market.transition_no_state(market.send({ "out", 1 }),
+        market.send({ "out", 2 }), market.send({ "out", 3 }))
+      debug.setuservalue(tr, { market.send({ "out", "a" }), market.send({ "out", "b" }) }, 2)
+      H.step(holder("p", market.subscriber({ "in", _ }, { on_message = function() return tr end })))
+      H.step(market.send({ "in", 1 }))
+    end)
+    assert.same({ '["out", 1]', '["out", "a"]', '["out", "b"]', '["out", 3]' }, log.lines)
+  end)
+
   it("an event no handler takes still reaches straight-line code in market.yield()",
      function()
     local log = H.log()
