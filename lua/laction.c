@@ -43,10 +43,13 @@ static int issend(lua_State *L, int idx) {
   return mkl_branded(L, idx, sizeof(sendact), &send_brand) != NULL;
 }
 
-/* Is the value at idx an action (a table of market.lua's, or a send)? */
+/* Is the value at idx an action: a send (ISSEND), a table of market.lua's
+** (1), or neither (0)? */
+#define ISSEND 2
+
 static int isaction(lua_State *L, int idx) {
   int r;
-  if (issend(L, idx)) return 1;
+  if (issend(L, idx)) return ISSEND;
   if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return 0;
   r = lua_rawequal(L, -1, U_ACTION);
   lua_pop(L, 1);
@@ -102,7 +105,9 @@ static int send_index(lua_State *L) {
 ** false (skipped).
 */
 typedef struct trans {
-  int keep;              /* transition_no_state: the state stays */
+  unsigned char keep;    /* transition_no_state: the state stays */
+  unsigned char sends;   /* every action a send, nil or false: C applies it
+                         ** all (mkl_apply_sends), without market.lua */
   int n;                 /* number of actions */
   const char *brand;     /* &trans_brand */
 } trans;
@@ -119,14 +124,20 @@ static trans *totrans(lua_State *L, int idx) {
 static int mktransition(lua_State *L, int keep) {
   const char *fname = keep ? "market.transition_no_state" : "market.transition";
   int first = keep ? 1 : 2, top = lua_gettop(L), n = top - first + 1, i;
+  int sends = 1;
   trans *t;
   if (n < 0) n = 0;       /* transition() with no state at all */
   if (n > MAXACTIONS)
     return luaL_error(L, "%s: more than %d actions (give them as one list)", fname, MAXACTIONS);
   for (i = first; i <= top; i++) {
-    if (isaction(L, i)) continue;
+    int a = isaction(L, i);
+    if (a != 0) {
+      if (a != ISSEND) sends = 0;
+      continue;
+    }
     if (lua_type(L, i) == LUA_TTABLE && !lua_getmetatable(L, i)) {
       lua_Integer j, len = luaL_len(L, i);
+      sends = 0;
       for (j = 1; j <= len; j++) {
         lua_rawgeti(L, i, j);
         if (!isaction(L, -1))
@@ -140,7 +151,8 @@ static int mktransition(lua_State *L, int keep) {
     }
   }
   t = lua_newuserdatauv(L, sizeof *t, n + !keep);
-  t->keep = keep;
+  t->keep = (unsigned char)keep;
+  t->sends = (unsigned char)sends;
   t->n = n;
   t->brand = &trans_brand;
   if (!keep && top >= 1) {
@@ -159,7 +171,8 @@ static int mktransition(lua_State *L, int keep) {
 static int f_transition(lua_State *L) { return mktransition(L, 0); }
 static int f_transition_no_state(lua_State *L) { return mktransition(L, 1); }
 
-/* Send the body of the send action at the top (popped). */
+/* Send the body of the send action at the top, pushing the body: the
+** caller pops both when it goes on (market.perform returns instead). */
 static void dosend(lua_State *L, mk_proc *p) {
   mk_term *body;
   lua_getiuservalue(L, -1, 1);
@@ -173,7 +186,33 @@ static void dosend(lua_State *L, mk_proc *p) {
     if (body != NULL) mk_send(p, body);
     mk_unref(body);
   }
-  lua_pop(L, 2);
+}
+
+/* Take the transition t at tr into the context at ctx: its state, then its
+** actions from the first for as long as they are sends (nil and false are
+** none: skipped), done for p while it lives; p NULL (not a process's
+** coroutine) does none.  Returns the 0-based position of the first action
+** left, t->n when none is. */
+static inline int applysends(lua_State *L, int ctx, int tr, const trans *t, mk_proc *p) {
+  int i;
+  if (!t->keep) {
+    lua_getiuservalue(L, tr, 1);
+    lua_rawseti(L, ctx, MKL_CTX_STATE);
+  }
+  if (p == NULL) return 0;
+  for (i = 0; i < t->n && mk_proc_alive(p); i++) {
+    int type = lua_getiuservalue(L, tr, ACTION_UV(t, i));
+    if (type == LUA_TUSERDATA && issend(L, -1)) {
+      dosend(L, p);
+      lua_pop(L, 2);
+    } else if (type == LUA_TNIL || type == LUA_TBOOLEAN) {
+      lua_pop(L, 1);      /* false: mktransition refuses true */
+    } else {
+      lua_pop(L, 1);
+      break;
+    }
+  }
+  return i;
 }
 
 /* apply(ctx, tr): take the transition's state into ctx, then perform its
@@ -192,21 +231,27 @@ static int f_apply(lua_State *L) {
     return lua_error(L);
   }
   lua_settop(L, 2);
-  if (!t->keep) {
-    lua_getiuservalue(L, 2, 1);
-    lua_rawseti(L, 1, MKL_CTX_STATE);
-  }
   p = mkl_current(L);
-  for (i = 0; i < t->n; i++) {
-    lua_getiuservalue(L, 2, ACTION_UV(t, i));
-    if (!issend(L, -1) || p == NULL) { lua_pop(L, 1); break; }
-    dosend(L, p);
-    /* A dead process runs no further line (as core.send's settle). */
-    if (!mk_proc_alive(p)) return lua_yield(L, 0);
-  }
+  i = applysends(L, 1, 2, t, p);
+  /* A dead process runs no further line (as core.send's settle). */
+  if (p != NULL && !mk_proc_alive(p)) return lua_yield(L, 0);
   if (i == t->n) return 0;
   lua_pushinteger(L, i + 1);
   lua_pushinteger(L, t->n);
+  return 2;
+}
+
+int mkl_apply_sends(lua_State *L, int tr, int ctxref, mk_proc *p, int *first, int *last) {
+  const trans *t = totrans(L, tr);
+  int i;
+  if (t == NULL || !t->sends) return 0;
+  tr = lua_absindex(L, tr);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ctxref);
+  i = applysends(L, lua_gettop(L), tr, t, p);
+  lua_pop(L, 1);
+  if (i == t->n || !mk_proc_alive(p)) return 1;
+  *first = i + 1;         /* changed since it was made (debug.setuservalue) */
+  *last = t->n;
   return 2;
 }
 

@@ -42,14 +42,16 @@ typedef struct mkl_state {
   mk_ground *g;          /* the ground VM Lua processes live under, or NULL */
   mk_proc *current;      /* the process whose event is being handled */
   char *boot_error;      /* owned: traceback of a failed boot process */
+  int restref;           /* market.lua's rest(ctx, transition, i, n): the
+                         ** actions i..n of one that applied left */
   int applyref;          /* market.lua's apply(ctx, transition): applies
                          ** what a boot function returned */
   int dispatchref;       /* market.lua's dispatch(ctx, event...): later
                          ** events, and those straight-line code waits for */
   int eventref;          /* market.lua's event_table(event...): an event no
                          ** handler took, as market.yield() returns it */
-  int deliverref;        /* market.lua's deliver(ctx, endpoint, message):
-                         ** those for a message at level 0, most of them */
+  int onmessageref;      /* the string "on_message", interned once: the
+                         ** key of a message's handler (messagehandler) */
   int trace;
   mkl_fail_fn on_fail;   /* told when a boot process fails (host.c) */
   void *fail_ud;
@@ -77,11 +79,18 @@ typedef struct lproc {
                          ** (owned: unref'd by destroy) */
   uint8_t waiting;       /* suspended in a wait (await) */
   uint8_t boot;          /* a boot process: its failure is the program's */
-  uint8_t applies;       /* co's body is the boot function or a presence or
-                         ** absence handler (peerhandler), which has not
-                         ** returned yet: what it returns is applied */
+  uint8_t applies;       /* co's body is the boot function (APPLY_LUA) or
+                         ** a handler (APPLY_C: messagehandler,
+                         ** peerhandler), which has not returned yet: what
+                         ** it returns is applied (handle); 0 otherwise */
   uint8_t running;       /* in lua_resume */
 } lproc;
+
+/* How what a body returns is applied: by market.lua's apply, or by C first
+** (applied) when it is a transition of sends alone.  A boot function's
+** transition adds endpoints, which C leaves to apply, and checking it
+** first was a cost to every spawn. */
+enum { APPLY_LUA = 1, APPLY_C };
 
 static const char key_state = 0;
 
@@ -566,6 +575,43 @@ static int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *e
   return presence ? 3 : 4;
 }
 
+/*
+** A message at level 0 runs its endpoint's on_message as the activation's
+** body, as peerhandler does for a presence: fn(state, message, endpoint)
+** on co (empty), what it returns applied after (handle).  Returns the
+** number of arguments, 0 when the endpoint has no such handler now (co
+** left empty), or -1 for dispatch to take it (co left empty): a handler
+** table with a metatable or without a tag (its fields are Lua's to look
+** up), or a handler that is not a function.  market.lua's deliver did the
+** same in Lua, one frame under every handler: a tenth of a message's
+** instructions.
+*/
+static int messagehandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev) {
+  if (ev->meta != 0 || !(ev->tag & MKL_TAG_KNOWN)) return -1;
+  /* The arguments first, so that only ctx is left to overwrite and the
+  ** handlers to drop (three API calls fewer than arranging them after).
+  ** 1: ctx, 2: state, 3: the message, 4: the endpoint's name, 5: its
+  ** handlers, 6: fn */
+  lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+  lua_rawgeti(co, 1, MKL_CTX_STATE);
+  pushmessage(S, co, ev->message);
+  lua_pushstring(co, ev->endpoint);
+  lua_pushvalue(co, 4);
+  if (lua_rawget(co, 1) != LUA_TTABLE || lua_getmetatable(co, 5)) {
+    lua_settop(co, 0);
+    return -1;
+  }
+  lua_rawgeti(co, LUA_REGISTRYINDEX, S->onmessageref);
+  switch (lua_rawget(co, 5)) {
+    case LUA_TFUNCTION: break;
+    case LUA_TNIL: lua_settop(co, 0); return 0;
+    default: lua_settop(co, 0); return -1;
+  }
+  lua_copy(co, 6, 1);
+  lua_settop(co, 4);
+  return 3;
+}
+
 /* Give lp a coroutine for an activation: one from the pool (its stack
 ** already grown by earlier activations) or a new one. */
 static lua_State *acquire(mkl_state *S, lproc *lp) {
@@ -629,6 +675,35 @@ static int activate(mk_proc *p, lproc *lp, lua_State *co, int nargs, int *nres,
   return st;
 }
 
+/*
+** The value at the top of co (what a handler returned; it returned, so co
+** is not running) applied in C when it is a transition of sends alone
+** (mkl_apply_sends), as the rest of the same activation.
+** Applying it through market.lua's apply took a second resume, which cost
+** more than the sends: an answer to a message (echo) is such a
+** transition.  Returns 1 when it did it all; 2 when it left actions
+** (mkl_apply_sends), with rest and its arguments pushed on co for a
+** resume; 0, having done nothing, for anything else, left to apply.
+*/
+static int applied(mk_proc *p, lproc *lp, lua_State *co) {
+  mk_proc *outer = running.p;
+  lproc *outerlp = running.lp;
+  int done, first, last;
+  running.p = p;                     /* for mkl_share, as in activate */
+  running.lp = lp;
+  done = mkl_apply_sends(co, -1, lp->ctxref, p, &first, &last);
+  running.p = outer;
+  running.lp = outerlp;
+  if (done == 2) {                   /* rest(ctx, transition, first, last) */
+    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->S->restref);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+    lua_rotate(co, -3, 2);
+    lua_pushinteger(co, first);
+    lua_pushinteger(co, last);
+  }
+  return done;
+}
+
 static void handle(mk_proc *p, const mk_event *ev) {
   lproc *lp = mk_proc_data(p);
   mkl_state *S = lp->S;
@@ -648,7 +723,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     lua_remove(co, -2);
     lua_pushinteger(co, (lua_Integer)mk_proc_pid(p));
     nargs = 1;
-    lp->applies = 1;
+    lp->applies = APPLY_LUA;
   } else if (lp->waiting) {
     /* Straight-line code suspended in a wait: the event is what await's
     ** continuation finds on its stack. */
@@ -656,18 +731,14 @@ static void handle(mk_proc *p, const mk_event *ev) {
     if ((nargs = pushevent(S, co, ev)) == 0) return;
   } else {
     if (unhandled(S->L, lp, ev)) return;
-    /* Idle between events: a fresh activation, deliver(ctx, endpoint,
-    ** message) or dispatch(ctx, event...). */
+    /* Idle between events: a fresh activation, the handler itself or
+    ** dispatch(ctx, event...). */
     co = acquire(S, lp);
-    if (ev->type == MK_EV_MESSAGE && ev->meta == 0) {
-      lua_rawgeti(co, LUA_REGISTRYINDEX, S->deliverref);
-      lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-      lua_pushstring(co, ev->endpoint);
-      pushmessage(S, co, ev->message);
-      nargs = 3;
-    } else if ((nargs = peerhandler(S, lp, co, ev)) >= 0) {
-      if (nargs == 0) { release(S, lp); return; }
-      lp->applies = 1;
+    nargs = ev->type == MK_EV_MESSAGE ? messagehandler(S, lp, co, ev)
+                                      : peerhandler(S, lp, co, ev);
+    if (nargs == 0) { release(S, lp); return; }
+    if (nargs > 0) {
+      lp->applies = APPLY_C;
     } else {
       lua_rawgeti(co, LUA_REGISTRYINDEX, S->dispatchref);
       lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
@@ -678,16 +749,22 @@ static void handle(mk_proc *p, const mk_event *ev) {
   st = activate(p, lp, co, nargs, &nres, &overrun);
   if (lp->applies && st == LUA_OK && !overrun) {
     /* The boot function or handler returned, at its event or at a later
-    ** one it waited for.  A transition it returned is applied by
-    ** apply(ctx, transition), on the same coroutine, as the rest of that
-    ** activation. */
+    ** one it waited for.  A transition it returned is applied, in C when
+    ** a handler's holds sends alone (applied), else by apply(ctx,
+    ** transition), on the same coroutine, as the rest of that activation. */
+    int how = lp->applies;
     lp->applies = 0;
     if (nres > 0 && !lua_isnil(co, -nres)) {
       lua_settop(co, lua_gettop(co) - nres + 1);
-      lua_rawgeti(co, LUA_REGISTRYINDEX, S->applyref);
-      lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-      lua_rotate(co, -3, 2);
-      st = activate(p, lp, co, 2, &nres, &overrun);
+      int done = how == APPLY_C ? applied(p, lp, co) : 0;
+      if (done == 0) {
+        lua_rawgeti(co, LUA_REGISTRYINDEX, S->applyref);
+        lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+        lua_rotate(co, -3, 2);
+        st = activate(p, lp, co, 2, &nres, &overrun);
+      } else if (done == 2) {
+        st = activate(p, lp, co, 4, &nres, &overrun);
+      }
     }
   }
   if (st == LUA_YIELD && !overrun) {
@@ -1092,11 +1169,11 @@ static int c_set_name(lua_State *L) {
   return 0;
 }
 
-/* core.init(apply, dispatch, deliver, event_table): market.lua's
-** activations and what a wait returns (see mkl_state) */
+/* core.init(apply, rest, dispatch, event_table): market.lua's activations
+** and what a wait returns (see mkl_state) */
 static int c_init(lua_State *L) {
   mkl_state *S = STATE(L);
-  int *refs[] = { &S->applyref, &S->dispatchref, &S->deliverref, &S->eventref };
+  int *refs[] = { &S->applyref, &S->restref, &S->dispatchref, &S->eventref };
   int i, n = (int)(sizeof refs / sizeof refs[0]);
   for (i = 1; i <= n; i++) luaL_checktype(L, i, LUA_TFUNCTION);
   lua_settop(L, n);
@@ -1261,13 +1338,15 @@ void mkl_open_core(lua_State *L) {
     S = lua_newuserdatauv(L, sizeof *S, 0);
     memset(S, 0, sizeof *S);
     S->L = L;
-    S->applyref = S->dispatchref = S->deliverref = S->eventref = LUA_NOREF;
+    S->applyref = S->restref = S->dispatchref = S->eventref = LUA_NOREF;
     lua_pushboolean(L, 0);
     S->message.ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushboolean(L, 0);
     S->topic.ref = luaL_ref(L, LUA_REGISTRYINDEX);
     rolestrings(L);
     S->roleref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "on_message");
+    S->onmessageref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, state_gc);
     lua_setfield(L, -2, "__gc");

@@ -3,8 +3,9 @@
 -- Actions are plain values made by the constructors below; a handler
 -- returns them inside a transition, and straight-line code performs them
 -- with market.perform.  A process's boot function, and each event after
--- it, runs on a coroutine that C (lua/lproc.c) resumes; this file's
--- dispatch and deliver hand each event to the endpoint's handler.
+-- it, runs on a coroutine that C (lua/lproc.c) resumes: the handler
+-- itself for most events, else this file's dispatch, which hands the
+-- event to the endpoint's handler.
 
 local core = ...          -- the C half, passed by luaopen_market
 local M = {}
@@ -463,26 +464,13 @@ function M.self() current("self"); return core.self() end
 
 -- A process runs one activation at a time, each on a coroutine C lends it
 -- (lproc.c): its boot function for the boot event and the handler itself
--- for a presence or absence at level 0 (each followed by apply, for the
--- transition it returns, when it does), deliver for each later message at
--- level 0, and dispatch for any other event that finds it idle.  Only
+-- for a message, presence or absence at level 0 (each followed by apply,
+-- for the transition it returns, when it does not hold sends alone, which
+-- C applies, or by rest for what C left of it), and dispatch for any
+-- other event that finds it idle.  Only
 -- straight-line code waiting in market.yield() keeps a coroutine between
 -- events.
-
--- A message at level 0, most events: straight to its endpoint's handler,
--- with apply inlined (a handler that answers nothing, or only sends, costs
--- one call less per message).
-local function deliver(ctx, a, c)
-  local h = ctx[a]
-  local fn = h and h.on_message
-  if not fn then return end
-  local tr = fn(ctx[STATE], c, a)
-  if tr == nil then return end
-  local i, n = capply(ctx, tr)
-  if i then rest(ctx, tr, i, n) end
-end
-
-core.init(apply, dispatch, deliver, event_table)
+core.init(apply, rest, dispatch, event_table)
 
 -- A drain time in ms: a finite number, 0 or more (nil: none given).
 local function check_drain(ms, fname)
