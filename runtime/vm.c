@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "pool.h"
 #include "vmint.h"
@@ -219,7 +220,29 @@ static void ep_unref(mk_endpoint *e) {
 
 /* ---- the queue ---------------------------------------------------------- */
 
-_Static_assert(sizeof(mk_qblock) <= MK_POOL_MAX, "a queue block comes from the pool (vmint.h)");
+_Static_assert(sizeof(mk_qblock) == 65536, "a queue block is 64 KiB (vmint.h)");
+
+/* A queue block (vmint.h), mapped; from malloc under AddressSanitizer,
+** which then still sees what reads or writes past a slot. */
+static mk_qblock *qblock_new(void) {
+  mk_qblock *b;
+#if MK_SANITIZED
+  b = malloc(sizeof *b);
+#else
+  void *m = mmap(NULL, sizeof *b, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  b = m == MAP_FAILED ? NULL : m;
+#endif
+  if (b == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  return b;
+}
+
+static void qblock_free(mk_qblock *b) {
+#if MK_SANITIZED
+  free(b);
+#else
+  if (b != NULL) munmap(b, sizeof *b);
+#endif
+}
 
 /* A slot for one more event at the queue's tail, with a block for it if
 ** the tail block is full (or there is none yet). */
@@ -227,11 +250,7 @@ static mk_qev *qslot(mk_vm *vm) {
   mk_qblock *b = vm->qtail;
   if (b == NULL || b->last == MK_QBLOCK) {
     mk_qblock *nb = vm->qfree;
-    if (nb != NULL) vm->qfree = nb->next;
-    else if ((nb = mk_pool_alloc(sizeof *nb)) == NULL) {
-      fputs("market: out of memory\n", stderr);
-      abort();
-    }
+    if (nb != NULL) vm->qfree = nb->next; else nb = qblock_new();
     nb->next = NULL;
     nb->first = nb->last = 0;
     if (b != NULL) b->next = nb; else vm->qhead = nb;
@@ -252,18 +271,18 @@ static mk_qev *qev_new(mk_vm *vm, mk_proc *p, mk_event_type type) {
   return q;
 }
 
-/* Give a chain of blocks back to the pool. */
+/* Unmap a chain of blocks. */
 static void qblocks_free(mk_qblock *b) {
   while (b != NULL) {
     mk_qblock *next = b->next;
-    mk_pool_free(b, sizeof *b);
+    qblock_free(b);
     b = next;
   }
 }
 
 /* Take the event at the head (there is one) into *q, which owns it now.
 ** A block emptied waits in qfree, but the last one, which is rewound;
-** when the queue empties, qfree goes back to the pool (vmint.h). */
+** when the queue empties, qfree is unmapped (vmint.h). */
 static void qev_take(mk_vm *vm, mk_qev *q) {
   mk_qblock *b = vm->qhead;
   *q = b->ev[b->first++];

@@ -72,14 +72,18 @@ typedef struct mk_qev {
 ** each record (malloc's slow paths, past what the pool keeps per size)
 ** was a sixth of a presence event (issue 10).  Events are added at the
 ** tail block's `last` and taken from the head block's `first`.  A block
-** whose events are all taken waits in `qfree` for the tail to need one,
-** and those waiting go back to runtime/pool.c when the queue empties (the
-** last block is rewound then, so a queue that never holds more than a
-** block's worth allocates nothing): a VM holds no more than one block
-** while idle, whatever its last burst took.  Owned by the VM, with the
-** events in slots first..last-1, which own what mk_qev says.  448 bytes,
-** under MK_POOL_MAX. */
-#define MK_QBLOCK 6
+** is 64 KiB of memory mapped for it (910 events: vm.c, qblock_new), so
+** glibc's heap never sees the queue; blocks of a few hundred bytes from
+** malloc, given back after a burst of 10,000, merged in its free lists
+** into space large enough for it to consolidate all its fast bins, and
+** a spawn cost 600 instructions more.  A block whose events are all
+** taken waits in `qfree` for the tail to need one; when the queue
+** empties, the head block is rewound and those waiting are unmapped.  So
+** a VM keeps one block while idle, of which what its largest burst since
+** the last empty queue touched is resident (4 KiB for a queue that never
+** held more than 56 events).  Owned by the VM, with the events in slots
+** first..last-1, which own what mk_qev says. */
+#define MK_QBLOCK 910
 typedef struct mk_qblock {
   struct mk_qblock *next;
   unsigned first, last;

@@ -16,7 +16,6 @@
 
 #include "check.h"
 #include "heap.h"
-#include "pool.h"
 #include "ground.h"
 #include "vmint.h"   /* MK_A_META nodes: at_meta_level two levels up */
 
@@ -723,11 +722,9 @@ static void test_process_footprint(void) {
   size_t before, after;
   int i;
   idle_topic = R(I(3), I(4));
-  mk_pool_trim();              /* what the pool keeps for reuse is no process's */
   before = heap_in_use();
   for (i = 0; i < MANY_EPS; i++) mk_vm_spawn(vm, &idle_behavior, NULL, NULL);
   mk_vm_run(vm);
-  mk_pool_trim();
   after = heap_in_use();
   if (HEAP_COUNTED) CHECK((after - before) / MANY_EPS <= 195);
   CHECK(mk_vm_nprocs(vm) == MANY_EPS);
@@ -1190,7 +1187,7 @@ static void test_event_order(void) {
 
 /* The queue is a list of blocks of MK_QBLOCK events (vmint.h).  P answers
 ** each rec(2, i) with rec(3, i), queued at the tail while the head block
-** is being taken, for Q; a burst of 1,000 crosses many blocks both ways. */
+** is being taken, for Q; a burst of 2,000 crosses blocks both ways. */
 static void echo3_script(mk_proc *p, const mk_event *ev, rec *r) {
   mk_term *t;
   (void)r;
@@ -1221,7 +1218,6 @@ static void test_queue_blocks(void) {
   mk_vm *vm = mk_vm_new();
   rec p, q;
   int i, ok = 1;
-  size_t h0, h1;
   char want[64];
   rec_init(&p, "P");
   rec_init(&q, "Q");
@@ -1231,12 +1227,12 @@ static void test_queue_blocks(void) {
   spawn(vm, &p);
   spawn(vm, &q);
   mk_vm_run(vm);
-  queue_burst(vm, 2, 1000);
+  queue_burst(vm, 2, 2000);
   CHECK(!mk_vm_idle(vm));
   mk_vm_run(vm);
   CHECK(mk_vm_idle(vm));
-  CHECK(p.log.n == 1 + 1000 && q.log.n == 1 + 1000);
-  for (i = 0; i < 1000 && ok && q.log.n == 1001 && p.log.n == 1001; i++) {
+  CHECK(p.log.n == 1 + 2000 && q.log.n == 1 + 2000);
+  for (i = 0; i < 2000 && ok && q.log.n == 2001 && p.log.n == 2001; i++) {
     snprintf(want, sizeof want, "message in rec(2, %d)", i);
     if (strcmp(p.log.v[1 + i], want) != 0) ok = 0;
     snprintf(want, sizeof want, "message in rec(3, %d)", i);
@@ -1247,24 +1243,21 @@ static void test_queue_blocks(void) {
   rec_done(&p); rec_done(&q);
 
   /* The blocks a burst took go back when the queue empties: after 3,000
-  ** events (500 blocks) the VM holds one. */
+  ** events (four blocks) the VM keeps one, rewound. */
   vm = mk_vm_new();
   idle_topic = R(I(4), W());
   quiet_count = 0;
   mk_vm_spawn(vm, &quiet_behavior, NULL, NULL);
   mk_vm_run(vm);
-  queue_burst(vm, 4, 1);     /* the route cache is made by the first */
-  mk_vm_run(vm);
-  mk_pool_trim();
-  h0 = heap_in_use();
   queue_burst(vm, 4, 3000);
+  CHECK(vm->qhead != vm->qtail && vm->qhead->next != NULL && vm->qhead->next->next != NULL);
   mk_vm_run(vm);
+  CHECK(quiet_count == 3000);
+  CHECK(vm->qhead == vm->qtail && vm->qfree == NULL);
+  CHECK(vm->qhead->first == 0 && vm->qhead->last == 0);
   queue_burst(vm, 4, 1);
   mk_vm_run(vm);
-  mk_pool_trim();
-  h1 = heap_in_use();
-  CHECK(quiet_count == 3002);
-  if (HEAP_COUNTED) CHECK(h1 <= h0 + 1024);
+  CHECK(quiet_count == 3001 && mk_vm_idle(vm));
   mk_vm_free(vm, NULL);
   mk_unref(idle_topic);
   END;
@@ -2048,11 +2041,9 @@ static void test_ground_watch_footprint(void) {
   a.ud = NULL;
   spawn(vm, &a);
   mk_vm_run(vm);
-  mk_pool_trim();              /* what the pool keeps for reuse is no watch's */
   before = heap_in_use();
   poke(vm, "A");
   mk_vm_run(vm);
-  mk_pool_trim();
   after = heap_in_use();
   if (HEAP_COUNTED) CHECK((after - before) / MANY_EPS <= 830);
   CHECK(mk_ground_watching(g) == MANY_EPS);
