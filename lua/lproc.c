@@ -63,9 +63,10 @@ typedef struct mkl_state {
   ** or absence's topic (pushrole); their terms are borrowed, the boxes
   ** hold them. */
   lastbox message, topic;
-  int roleref;           /* the binding's strings (rolestrings) */
-  const char *lastname;  /* the endpoint name in roleref's R_NAME (pushname),
-                         ** Lua's copy, or NULL */
+  int roleref;           /* the strings of a role table (newrole) */
+  int fieldref[2];       /* "on_presence", "on_absence" (peerhandler) */
+  int nameref;           /* the endpoint name pushname pushed last, */
+  const char *lastname;  /* and its bytes (Lua's copy), or NULL */
 } mkl_state;
 
 /* A Lua process.  Owned by its mk_proc (destroy). */
@@ -317,57 +318,56 @@ static void pushrole(mkl_state *S, lua_State *co, const mk_role *r) {
 ** S->roleref (made by mkl_open_core): its keys, and the names of the
 ** orientations and interests (vm.h's numbering).  Interned once, they cost
 ** a table read each, where lua_pushstring and lua_setfield looked each one
-** up in Lua's string cache (and the role cost more made in C than in Lua).
-** Then the handler fields peerhandler reads, and R_NAME, pushname's. */
+** up in Lua's string cache (and the role cost more made in C than in Lua). */
 enum { R_ORIENTATION = 1, R_INTEREST, R_TOPIC, R_ORIENTS, R_INTERESTS = R_ORIENTS + 2,
-       R_ON_PRESENCE = R_INTERESTS + 3, R_ON_ABSENCE, R_COUNT = R_ON_ABSENCE, R_NAME };
+       R_COUNT = R_INTERESTS + 2 };
 
 static void rolestrings(lua_State *L) {
   static const char *const keys[] = {"orientation", "interest", "topic"};
   int k;
-  lua_createtable(L, R_NAME, 0);
+  lua_createtable(L, R_COUNT, 0);
   for (k = 1; k <= R_COUNT; k++) {
     lua_pushstring(L, k < R_ORIENTS ? keys[k - 1]
                     : k < R_INTERESTS ? mk_orientation_name((mk_orientation)(k - R_ORIENTS))
-                    : k < R_ON_PRESENCE ? mk_interest_name((mk_interest)(k - R_INTERESTS))
-                    : k == R_ON_PRESENCE ? "on_presence" : "on_absence");
+                    : mk_interest_name((mk_interest)(k - R_INTERESTS)));
     lua_rawseti(L, -2, k);
   }
 }
 
 /* A role as a handler gets it, {orientation=, interest=, topic=}, with
-** the topic at the top of L (replaced by it) and rolestrings' table at
-** index t: a table of its own each time, for a handler may keep it, or
-** write into it. */
-static void newrole(lua_State *L, int t, mk_orientation o, mk_interest i) {
+** the topic at the top of L (replaced by it): a table of its own each
+** time, for a handler may keep it, or write into it. */
+static void newrole(mkl_state *S, lua_State *L, mk_orientation o, mk_interest i) {
   lua_createtable(L, 0, 3);                            /* topic, role */
-  lua_rawgeti(L, t, R_ORIENTATION);
-  lua_rawgeti(L, t, R_ORIENTS + (int)o);
-  lua_rawset(L, -3);
-  lua_rawgeti(L, t, R_INTEREST);
-  lua_rawgeti(L, t, R_INTERESTS + (int)i);
-  lua_rawset(L, -3);
-  lua_rawgeti(L, t, R_TOPIC);
-  lua_pushvalue(L, -3);
-  lua_rawset(L, -3);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->roleref);       /* topic, role, strings */
+  lua_rawgeti(L, -1, R_ORIENTATION);
+  lua_rawgeti(L, -2, R_ORIENTS + (int)o);
+  lua_rawset(L, -4);
+  lua_rawgeti(L, -1, R_INTEREST);
+  lua_rawgeti(L, -2, R_INTERESTS + (int)i);
+  lua_rawset(L, -4);
+  lua_rawgeti(L, -1, R_TOPIC);
+  lua_pushvalue(L, -4);
+  lua_rawset(L, -4);
+  lua_pop(L, 1);
   lua_replace(L, -2);
 }
 
-/* Push the endpoint name `name`, t being the index of rolestrings' table
-** on L.  A burst of presences or absences goes to endpoints of one name
-** ("in" for each of 10,000 subscribers; an observer's, each time): the
-** last name pushed stays in the table (R_NAME, S->lastname its bytes,
-** which Lua's strings never move), and the same name again is read from
-** there, without lua_pushstring's strlen, hash and look-up in Lua's
-** string table (about 130 instructions of a presence event). */
-static void pushname(mkl_state *S, lua_State *L, int t, const char *name) {
+/* Push the endpoint name `name`.  A burst of presences or absences goes
+** to endpoints of one name ("in" for each of 10,000 subscribers; an
+** observer's, each time): the last name pushed stays in a registry slot
+** (S->nameref, S->lastname its bytes, which Lua's strings never move),
+** and the same name again is read from there, without lua_pushstring's
+** strlen, hash and look-up in Lua's string table (about 130 instructions
+** of a presence event). */
+static void pushname(mkl_state *S, lua_State *L, const char *name) {
   if (S->lastname != NULL && strcmp(S->lastname, name) == 0) {
-    lua_rawgeti(L, t, R_NAME);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->nameref);
     return;
   }
   S->lastname = lua_pushstring(L, name);
   lua_pushvalue(L, -1);
-  lua_rawseti(L, t, R_NAME);
+  lua_rawseti(L, LUA_REGISTRYINDEX, S->nameref);
 }
 
 void mkl_share(lua_State *L, int idx, const mk_term *t) {
@@ -550,38 +550,36 @@ static int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *e
   int b = lua_gettop(L);
   lua_Debug ar;
   if (!(presence || ev->type == MK_EV_ABSENCE) || ev->meta != 0 || ev->deleted ||
-      !(ev->tag & MKL_TAG_KNOWN) || !lua_checkstack(L, 12))
+      !(ev->tag & MKL_TAG_KNOWN) || !lua_checkstack(L, 10))
     return -1;
-  /* b+1: the strings, b+2: ctx, b+3: the endpoint's name, b+4: its
-  ** handlers, b+5: fn */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, S->roleref);
+  /* b+1: ctx, b+2: the endpoint's name, b+3: its handlers, b+4: fn */
   lua_rawgeti(L, LUA_REGISTRYINDEX, lp->ctxref);
-  pushname(S, L, b + 1, ev->endpoint);
-  lua_pushvalue(L, b + 3);
-  if (lua_rawget(L, b + 2) != LUA_TTABLE || lua_getmetatable(L, b + 4)) {
+  pushname(S, L, ev->endpoint);
+  lua_pushvalue(L, b + 2);
+  if (lua_rawget(L, b + 1) != LUA_TTABLE || lua_getmetatable(L, b + 3)) {
     lua_settop(L, b);
     return -1;
   }
-  lua_rawgeti(L, b + 1, presence ? R_ON_PRESENCE : R_ON_ABSENCE);
-  switch (lua_rawget(L, b + 4)) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->fieldref[!presence]);
+  switch (lua_rawget(L, b + 3)) {
     case LUA_TFUNCTION: break;
     case LUA_TNIL: lua_settop(L, b); return 0;
     default: lua_settop(L, b); return -1;
   }
   /* fn's arguments after it: state, role(, reason), name */
-  lua_rawgeti(L, b + 2, MKL_CTX_STATE);
-  lua_pushvalue(L, b + 5);
+  lua_rawgeti(L, b + 1, MKL_CTX_STATE);
+  lua_pushvalue(L, b + 4);
   lua_getinfo(L, ">u", &ar);
   if (ar.isvararg || ar.nparams >= 2) {
     pushshared(&S->topic, L, ev->role.topic);
-    newrole(L, b + 1, ev->role.orientation, ev->role.interest);
+    newrole(S, L, ev->role.orientation, ev->role.interest);
   } else {
     lua_pushnil(L);
   }
   if (!presence) {
     if (ev->reason) mkl_pushterm(L, ev->reason); else lua_pushnil(L);
   }
-  lua_pushvalue(L, b + 3);
+  lua_pushvalue(L, b + 2);
   lua_xmove(L, co, nargs + 1);    /* fn and its arguments, where co starts */
   lua_settop(L, b);
   return nargs;
@@ -1102,9 +1100,7 @@ static int c_role(lua_State *L) {
   luaL_argcheck(L, o == MK_PUBLISHER || o == MK_SUBSCRIBER, 1, "no such orientation");
   luaL_argcheck(L, i >= MK_PARTICIPANT && i <= MK_EVERYTHING, 2, "no such interest");
   lua_settop(L, 3);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, S->roleref);
-  lua_insert(L, 3);
-  newrole(L, 3, (mk_orientation)o, (mk_interest)i);
+  newrole(S, L, (mk_orientation)o, (mk_interest)i);
   return 1;
 }
 
@@ -1291,6 +1287,12 @@ void mkl_open_core(lua_State *L) {
     S->topic.ref = luaL_ref(L, LUA_REGISTRYINDEX);
     rolestrings(L);
     S->roleref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "on_presence");
+    S->fieldref[0] = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "on_absence");
+    S->fieldref[1] = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushboolean(L, 0);
+    S->nameref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, state_gc);
     lua_setfield(L, -2, "__gc");
