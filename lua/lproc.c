@@ -503,10 +503,11 @@ static int handler_of(mk_event_type type, const char **field) {
 static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   /* co: any thread of the state, as scratch; the stack is left as found. */
   const char *field;
-  int top = lua_gettop(co), r = 1, bit = handler_of(ev->type, &field);
+  int top, r = 1, bit = handler_of(ev->type, &field);
   if (bit == 0) return 0;
   /* The usual case, without a look into Lua tables: the endpoint's tag. */
   if (ev->tag & MKL_TAG_KNOWN) return !(ev->tag & bit);
+  top = lua_gettop(co);
   /* A deleted endpoint's handlers are no longer in ctx (market.lua
   ** keeps them aside until MK_EV_DELETED). */
   if (ev->deleted || ev->type == MK_EV_DELETED) return 0;

@@ -302,13 +302,15 @@ static int qev_empty(const mk_vm *vm) {
   return vm->qhead == NULL || vm->qhead->first == vm->qhead->last;
 }
 
-/* Let go of what an event taken off the queue holds (not its process). */
+/* Let go of what an event taken off the queue holds (not its process).
+** Most events hold a term and no reason, topic or name: the calls for
+** those are skipped. */
 static void qev_free(mk_qev *q) {
   if (q->ep) ep_unref(q->ep);
   mk_unref(q->term);
-  mk_unref(q->reason);
-  mk_unref(q->topic);
-  free(q->name);
+  if (q->reason) mk_unref(q->reason);
+  if (q->topic) mk_unref(q->topic);
+  if (q->name) free(q->name);
 }
 
 /* Queue an event naming endpoint `to` of its process; NULL if declined. */
@@ -329,7 +331,7 @@ static mk_qev *enqueue_ep(mk_vm *vm, mk_endpoint *to, mk_event_type type,
     q->orientation = (uint8_t)peer->orientation;
     q->interest = (uint8_t)peer->interest;
   }
-  q->reason = mk_ref(reason);
+  if (reason) q->reason = mk_ref(reason);
   return q;
 }
 
