@@ -40,10 +40,10 @@ static const char send_brand = 0, trans_brand = 0, quit_brand = 0;
 typedef struct sendact { const char *brand; } sendact;
 
 /* A quit's block: whom it kills (named: pid; else the process that
-** performs it) and its brand; the reason, if any, is its user value. */
+** performs it), whether it has a reason (its user value) and its brand. */
 typedef struct quitact {
   lua_Integer pid;
-  int named;
+  unsigned char named, reason;
   const char *brand;
 } quitact;
 
@@ -109,12 +109,13 @@ static int f_quit(lua_State *L) {
   quitact *q;
   if (named && !lua_isinteger(L, 1)) return luaL_error(L, "market.quit: pid must be an integer or nil");
   lua_settop(L, 2);
-  keepterm(L, 2, "market.quit: reason");
+  if (!lua_isnil(L, 2)) keepterm(L, 2, "market.quit: reason");
   q = lua_newuserdatauv(L, sizeof *q, 1);
   q->pid = named ? lua_tointeger(L, 1) : 0;
-  q->named = named;
+  q->named = (unsigned char)named;
+  q->reason = (unsigned char)lua_toboolean(L, 2);   /* false is none, as nil */
   q->brand = &quit_brand;
-  if (lua_toboolean(L, 2)) {         /* false is no reason, as nil */
+  if (q->reason) {
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, -2, 1);
   }
@@ -129,12 +130,12 @@ static int f_quit(lua_State *L) {
 static int quitnow(lua_State *L, mk_proc *p, const quitact *q, int idx) {
   mk_term *reason = NULL;
   const char *err;
-  if (lua_getiuservalue(L, idx, 1) != LUA_TNIL &&
-      (reason = mkl_toterm(L, -1, &err)) == NULL) {
+  if (q->reason) {
+    lua_getiuservalue(L, idx, 1);
+    reason = mkl_toterm(L, -1, &err);
     lua_pop(L, 1);
-    return 0;
+    if (reason == NULL) return 0;
   }
-  lua_pop(L, 1);
   if (!q->named || q->pid > 0) mk_quit(p, (mk_pid)q->pid, reason);
   mk_unref(reason);
   return 1;
