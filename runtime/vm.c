@@ -576,8 +576,8 @@ static mk_term *refined(const mk_role *a, const mk_role *b) {
   return t;
 }
 
-/* Both sides of a pair see the same intersection: it is made once and
-** each event takes a reference. */
+/* Both sides of a pair see the same intersection: it is made once, and
+** the last event made takes the reference refined returned. */
 static int on_peer(mk_ilink *link, void *ud) {
   presence_ctx *c = ud;
   mk_endpoint *q = (mk_endpoint *)link, *e = c->e;
@@ -591,11 +591,10 @@ static int on_peer(mk_ilink *link, void *ud) {
   ** process asked (Marketplace's delete-endpoint): a process that died
   ** runs no more handlers. */
   if (e_sees) {
-    mk_qev *own = enqueue_ep(c->vm, e, type, mk_ref(t), &q->role, c->reason);
+    mk_qev *own = enqueue_ep(c->vm, e, type, q_sees ? mk_ref(t) : t, &q->role, c->reason);
     if (own && c->absent) own->deleted = 1;
   }
-  if (q_sees) enqueue_ep(c->vm, q, type, mk_ref(t), &e->role, c->reason);
-  mk_unref(t);
+  if (q_sees) enqueue_ep(c->vm, q, type, t, &e->role, c->reason);
   return 0;
 }
 
