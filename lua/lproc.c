@@ -619,11 +619,14 @@ static void release(mkl_state *S, lproc *lp) {
 ** process (not in straight-line code waiting in market.yield) would drop
 ** it unhandled at delivery, as above, so it need not be queued. */
 static int declines(mk_proc *p, uint32_t tag, mk_event_type type) {
-  lproc *lp = mk_proc_data(p);
   const char *field;
   int bit = handler_of(type, &field);
-  return lp != NULL && bit != 0 && !lp->waiting && !lp->running && (tag & MKL_TAG_KNOWN) &&
-         !(tag & bit);
+  lproc *lp;
+  /* The tag first: most events go to a handler, and the answer is then
+  ** no without a look at the process. */
+  if (bit == 0 || !(tag & MKL_TAG_KNOWN) || (tag & bit)) return 0;
+  lp = mk_proc_data(p);
+  return lp != NULL && !lp->waiting && !lp->running;
 }
 
 /* One activation of p: resume co, its coroutine, with nargs values, p
