@@ -34,26 +34,52 @@
 ** borrow their metatables with setmetatable, and the debug library may
 ** give them to another userdata: neither is a send or a transition.
 */
-static const char send_brand = 0, trans_brand = 0;
+static const char send_brand = 0, trans_brand = 0, quit_brand = 0;
 
 /* A send's block: only its brand (the body is its user value). */
 typedef struct sendact { const char *brand; } sendact;
+
+/* A quit's block: whom it kills (named: pid; else the process that
+** performs it), whether it has a reason (its user value) and its brand. */
+typedef struct quitact {
+  lua_Integer pid;
+  unsigned char named, reason;
+  const char *brand;
+} quitact;
 
 static int issend(lua_State *L, int idx) {
   return mkl_branded(L, idx, sizeof(sendact), &send_brand) != NULL;
 }
 
-/* Is the value at idx an action: a send (ISSEND), a table of market.lua's
-** (1), or neither (0)? */
-#define ISSEND 2
+static quitact *isquit(lua_State *L, int idx) {
+  return mkl_branded(L, idx, sizeof(quitact), &quit_brand);
+}
+
+/* Is the value at idx an action: a send or a quit (INC: applysends does
+** it in C), a table of market.lua's (1), or neither (0)? */
+#define INC 2
 
 static int isaction(lua_State *L, int idx) {
   int r;
-  if (issend(L, idx)) return ISSEND;
+  if (issend(L, idx) || isquit(L, idx)) return INC;
   if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return 0;
   r = lua_rawequal(L, -1, U_ACTION);
   lua_pop(L, 1);
   return r;
+}
+
+/* The value at idx, kept by an action: made a term box in place unless
+** it is an atom or a box already, so that a later change to a table
+** cannot change the action; raises "what: why" if it is no term. */
+static void keepterm(lua_State *L, int idx, const char *what) {
+  int t = lua_type(L, idx);
+  if (t == LUA_TTABLE || (t == LUA_TUSERDATA && mkl_testbox(L, idx) == NULL) ||
+      t == LUA_TFUNCTION || t == LUA_TTHREAD || t == LUA_TLIGHTUSERDATA) {
+    mk_term *term = mkl_checkterm(L, idx, what);
+    mkl_pushterm(L, term);
+    mk_unref(term);
+    lua_replace(L, idx);
+  }
 }
 
 /* send(body): the action that sends body, a userdata holding it as its
@@ -62,18 +88,9 @@ static int isaction(lua_State *L, int idx) {
 ** or boxes (sequences given as tables) are converted, so a later change
 ** to the table cannot change the message. */
 static int f_send(lua_State *L) {
-  int t = lua_type(L, 1);
-  if (t == LUA_TNONE) return luaL_error(L, "market.send: a message body is required");
+  if (lua_type(L, 1) == LUA_TNONE) return luaL_error(L, "market.send: a message body is required");
   lua_settop(L, 1);
-  if (t == LUA_TTABLE || (t == LUA_TUSERDATA && mkl_testbox(L, 1) == NULL) ||
-      t == LUA_TFUNCTION || t == LUA_TTHREAD || t == LUA_TLIGHTUSERDATA) {
-    const char *err;
-    mk_term *body = mkl_toterm(L, 1, &err);
-    if (body == NULL) return luaL_error(L, "market.send: body: %s", err);
-    mkl_pushterm(L, body);
-    mk_unref(body);
-    lua_replace(L, 1);
-  }
+  keepterm(L, 1, "market.send: body");
   ((sendact *)lua_newuserdatauv(L, sizeof(sendact), 1))->brand = &send_brand;
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
@@ -82,16 +99,80 @@ static int f_send(lua_State *L) {
   return 1;
 }
 
-/* SendAction.__index: a.kind is "send", a.body the body.  A table may
-** borrow the metatable (it has no body); a foreign userdata only reaches
-** here through the debug library, and is refused like one given to a
-** box's metamethods (lterm.c). */
-static int send_index(lua_State *L) {
-  int send = issend(L, 1);
-  if (!send && lua_type(L, 1) != LUA_TTABLE) return luaL_typeerror(L, 1, "market.action");
-  if (lua_rawequal(L, 2, U_KIND)) lua_pushvalue(L, U_SEND);
-  else if (lua_rawequal(L, 2, U_BODY) && send) lua_getiuservalue(L, 1, 1);
-  else lua_pushnil(L);
+/*
+** quit([pid [, reason]]): the action that kills pid, or the process that
+** performs it.  A userdata, as a send is: a process killing others one by
+** one (perform(quit(pid)) in a loop) made an action table (three blocks,
+** with its array and hash parts) per kill in market.lua, for the
+** collector to free.  The reason is converted as a send's body is.
+*/
+static int f_quit(lua_State *L) {
+  int named = !lua_isnoneornil(L, 1);
+  quitact *q;
+  if (named && !lua_isinteger(L, 1)) return luaL_error(L, "market.quit: pid must be an integer or nil");
+  lua_settop(L, 2);
+  if (!lua_isnil(L, 2)) keepterm(L, 2, "market.quit: reason");
+  q = lua_newuserdatauv(L, sizeof *q, 1);
+  q->pid = named ? lua_tointeger(L, 1) : 0;
+  q->named = (unsigned char)named;
+  q->reason = (unsigned char)lua_toboolean(L, 2);   /* false is none, as nil */
+  q->brand = &quit_brand;
+  if (q->reason) {
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, -2, 1);
+  }
+  lua_pushvalue(L, U_SENDACTION);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* The quit at idx done for p, as core.quit does it; 0 (nothing done) when
+** its reason is no longer a term (the size limit was lowered since):
+** market.lua then performs it, and core.quit raises. */
+static int quitnow(lua_State *L, mk_proc *p, const quitact *q, int idx) {
+  mk_term *reason = NULL;
+  const char *err;
+  if (q->reason) {
+    lua_getiuservalue(L, idx, 1);
+    reason = mkl_toterm(L, -1, &err);
+    lua_pop(L, 1);
+    if (reason == NULL) return 0;
+  }
+  if (!q->named || q->pid > 0) mk_quit(p, (mk_pid)q->pid, reason);
+  mk_unref(reason);
+  return 1;
+}
+
+/* __index of the userdata actions (market.lua's SendAction): a send reads
+** as {kind = "send", body = ...}, a quit as market.lua's action tables
+** did, {kind = "quit", pid = ..., reason = ...} with pid and reason also
+** at 1 and 2 (false when not given, as perform_one reads them).  A table
+** may borrow the metatable (it has no body); a foreign userdata only
+** reaches here through the debug library, and is refused like one given
+** to a box's metamethods (lterm.c). */
+static int action_index(lua_State *L) {
+  quitact *q = isquit(L, 1);
+  int send = q == NULL && issend(L, 1);
+  if (!send && q == NULL && lua_type(L, 1) != LUA_TTABLE)
+    return luaL_typeerror(L, 1, "market.action");
+  if (lua_rawequal(L, 2, U_KIND)) {
+    if (q != NULL) lua_pushliteral(L, "quit"); else lua_pushvalue(L, U_SEND);
+  } else if (send && lua_rawequal(L, 2, U_BODY)) {
+    lua_getiuservalue(L, 1, 1);
+  } else if (q != NULL) {
+    const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
+    lua_Integer i = lua_isinteger(L, 2) ? lua_tointeger(L, 2) : 0;
+    if (strcmp(k, "pid") == 0 || i == 1) {
+      if (q->named) lua_pushinteger(L, q->pid); else lua_pushboolean(L, 0);
+    } else if (strcmp(k, "reason") == 0 || i == 2) {
+      if (lua_getiuservalue(L, 1, 1) == LUA_TNIL) { lua_pop(L, 1); lua_pushboolean(L, 0); }
+    } else {
+      lua_pushnil(L);
+    }
+    if (i == 0 && !lua_toboolean(L, -1)) { lua_pop(L, 1); lua_pushnil(L); }  /* by name: nil */
+  } else {
+    lua_pushnil(L);
+  }
   return 1;
 }
 
@@ -106,8 +187,9 @@ static int send_index(lua_State *L) {
 */
 typedef struct trans {
   unsigned char keep;    /* transition_no_state: the state stays */
-  unsigned char sends;   /* every action a send, nil or false: C applies it
-                         ** all (mkl_apply_sends), without market.lua */
+  unsigned char sends;   /* every action a send, a quit, nil or false: C
+                         ** applies it all (mkl_apply_sends), without
+                         ** market.lua */
   int n;                 /* number of actions */
   const char *brand;     /* &trans_brand */
 } trans;
@@ -132,7 +214,7 @@ static int mktransition(lua_State *L, int keep) {
   for (i = first; i <= top; i++) {
     int a = isaction(L, i);
     if (a != 0) {
-      if (a != ISSEND) sends = 0;
+      if (a != INC) sends = 0;
       continue;
     }
     if (lua_type(L, i) == LUA_TTABLE && !lua_getmetatable(L, i)) {
@@ -189,8 +271,9 @@ static void dosend(lua_State *L, mk_proc *p) {
 }
 
 /* Take the transition t at tr into the context at ctx: its state, then its
-** actions from the first for as long as they are sends (nil and false are
-** none: skipped), done for p while it lives; p NULL (not a process's
+** actions from the first for as long as they are sends or quits (nil and
+** false are none: skipped; a quit whose reason is no longer a term is left
+** to market.lua, see quitnow), done for p while it lives; p NULL (not a process's
 ** coroutine) does none.  Returns the 0-based position of the first action
 ** left, t->n when none is. */
 static inline int applysends(lua_State *L, int ctx, int tr, const trans *t, mk_proc *p) {
@@ -202,9 +285,12 @@ static inline int applysends(lua_State *L, int ctx, int tr, const trans *t, mk_p
   if (p == NULL) return 0;
   for (i = 0; i < t->n && mk_proc_alive(p); i++) {
     int type = lua_getiuservalue(L, tr, ACTION_UV(t, i));
+    const quitact *q;
     if (type == LUA_TUSERDATA && issend(L, -1)) {
       dosend(L, p);
       lua_pop(L, 2);
+    } else if (type == LUA_TUSERDATA && (q = isquit(L, -1)) != NULL && quitnow(L, p, q, -1)) {
+      lua_pop(L, 1);
     } else if (type == LUA_TNIL || type == LUA_TBOOLEAN) {
       lua_pop(L, 1);      /* false: mktransition refuses true */
     } else {
@@ -216,7 +302,7 @@ static inline int applysends(lua_State *L, int ctx, int tr, const trans *t, mk_p
 }
 
 /* apply(ctx, tr): take the transition's state into ctx, then perform its
-** actions from the first for as long as they are sends.  Returns nothing
+** actions from the first for as long as they are sends and quits.  Returns nothing
 ** when it did them all, else the positions i and n of the first and last
 ** actions left to market.lua, which reads them with action_at: no garbage,
 ** and no varargs to shuffle.  tr nil is the empty transition. */
@@ -281,32 +367,6 @@ static int perform_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L);
 }
 
-/* A lone quit action (market.quit(pid, reason)) at 1, done for p.  Killing
-** processes one by one (perform(quit(pid)) in a loop) spent more in
-** market.lua's way to core.quit than in the kill.  Returns 0, leaving the
-** stack as it was, for another action or for fields market.quit would not
-** have made (the table was changed since): market.lua then performs or
-** rejects it as before. */
-static int doquit(lua_State *L, mk_proc *p) {
-  int top = lua_gettop(L), isint = 1, done = 0;
-  lua_Integer pid = 0;
-  mk_term *reason = NULL;
-  const char *err;
-  /* {pid or false, reason or false, kind = "quit"} (market.lua, FIELDS),
-  ** read as market.lua's perform_one does: nil or false is none */
-  lua_rawgeti(L, 1, 1);
-  if (lua_toboolean(L, -1) && ((pid = lua_tointegerx(L, -1, &isint)), !isint || pid <= 0))
-    goto out;
-  lua_rawgeti(L, 1, 2);
-  if (lua_toboolean(L, -1) && (reason = mkl_toterm(L, -1, &err)) == NULL) goto out;
-  mk_quit(p, (mk_pid)pid, reason);
-  mk_unref(reason);
-  done = 1;
-out:
-  lua_settop(L, top);
-  return done;
-}
-
 /* Which handlers the plain table at idx holds, as MKL_TAG_* bits (with
 ** MKL_TAG_KNOWN); 0 for a table with a metatable, whose handlers are
 ** looked up at each event. */
@@ -364,25 +424,23 @@ out:
   return done;
 }
 
-/* The action table at 1, an add or a quit, done for p (doadd, doquit);
-** 0 as they return it, and for any other kind. */
+/* The action table at 1, an add, done for p (doadd); 0 as doadd returns
+** it, and for any other kind. */
 static int doaction(lua_State *L, mk_proc *p) {
   int done = 0;
-  const char *kind;
   lua_pushvalue(L, U_KIND);
-  if (lua_rawget(L, 1) == LUA_TSTRING) {
-    kind = lua_tostring(L, -1);
-    if (strcmp(kind, "quit") == 0) done = doquit(L, p);
-    else if (strcmp(kind, "add") == 0) done = doadd(L, p);
-  }
+  if (lua_rawget(L, 1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "add") == 0)
+    done = doadd(L, p);
   lua_pop(L, 1);
   return done;
 }
 
 static int f_perform(lua_State *L) {
   mk_proc *p;
+  quitact *q;
   if (lua_gettop(L) == 1 && (p = mkl_current(L)) != NULL) {
     if (issend(L, 1)) dosend(L, p);
+    else if ((q = isquit(L, 1)) != NULL) { if (!quitnow(L, p, q, 1)) goto rest; }
     else if (!isaction(L, 1) || !doaction(L, p)) goto rest;
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
@@ -618,9 +676,10 @@ static int f_endpoint(lua_State *L) {
   return 1;
 }
 
-/* core.fastpath(Action, Transition, SendAction) -> { send=, transition=,
-** transition_no_state=, apply=, action_at=, make_perform=, is_action=, is_box=,
-** action=, handler_tag=, endpoint= }; sets SendAction.__index. */
+/* core.fastpath(Action, Transition, SendAction) -> { send=, quit=,
+** transition=, transition_no_state=, apply=, action_at=, make_perform=,
+** is_action=, is_box=, action=, handler_tag=, endpoint= }; sets
+** SendAction.__index, for sends and quits. */
 static int c_fastpath(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"send", f_send}, {"transition", f_transition},
@@ -628,7 +687,7 @@ static int c_fastpath(lua_State *L) {
     {"action_at", f_action_at},
     {"make_perform", f_make_perform}, {"is_action", f_is_action}, {"is_box", f_is_box},
     {"action", f_action}, {"handler_tag", f_handler_tag}, {"endpoint", f_endpoint},
-    {"__index", send_index},
+    {"quit", f_quit}, {"__index", action_index},
     {NULL, NULL}};
   int i;
   for (i = 1; i <= 3; i++) luaL_checktype(L, i, LUA_TTABLE);

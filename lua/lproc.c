@@ -36,6 +36,9 @@ typedef struct lastbox {
   const mk_term *t;
 } lastbox;
 
+/* The slots of mkl_state.fieldref. */
+enum { FIELD_PRESENCE, FIELD_ABSENCE, FIELD_MESSAGE };
+
 /* Per lua_State binding state, a full userdata anchored in the registry. */
 typedef struct mkl_state {
   lua_State *L;          /* the main thread */
@@ -50,8 +53,6 @@ typedef struct mkl_state {
                          ** events, and those straight-line code waits for */
   int eventref;          /* market.lua's event_table(event...): an event no
                          ** handler took, as market.yield() returns it */
-  int onmessageref;      /* the string "on_message", interned once: the
-                         ** key of a message's handler (messagehandler) */
   int trace;
   mkl_fail_fn on_fail;   /* told when a boot process fails (host.c) */
   void *fail_ud;
@@ -66,6 +67,10 @@ typedef struct mkl_state {
   ** hold them. */
   lastbox message, topic;
   int roleref;           /* the strings of a role table (newrole) */
+  int fieldref[3];       /* "on_presence", "on_absence", "on_message",
+                         ** interned once: handler keys (FIELD_*) */
+  int nameref;           /* the endpoint name pushname pushed last, */
+  const char *lastname;  /* and its bytes (Lua's copy), or NULL */
 } mkl_state;
 
 /* A Lua process.  Owned by its mk_proc (destroy). */
@@ -359,6 +364,23 @@ static void newrole(mkl_state *S, lua_State *L, mk_orientation o, mk_interest i)
   lua_replace(L, -2);
 }
 
+/* Push the endpoint name `name`.  A burst of presences or absences goes
+** to endpoints of one name ("in" for each of 10,000 subscribers; an
+** observer's, each time): the last name pushed stays in a registry slot
+** (S->nameref, S->lastname its bytes, which Lua's strings never move),
+** and the same name again is read from there, without lua_pushstring's
+** strlen, hash and look-up in Lua's string table (about 130 instructions
+** of a presence event). */
+static void pushname(mkl_state *S, lua_State *L, const char *name) {
+  if (S->lastname != NULL && strcmp(S->lastname, name) == 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->nameref);
+    return;
+  }
+  S->lastname = lua_pushstring(L, name);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, LUA_REGISTRYINDEX, S->nameref);
+}
+
 void mkl_share(lua_State *L, int idx, const mk_term *t) {
   /* A record sent again (a prebuilt send in a loop) has its box already. */
   if (running.p != NULL && running.lp->co == L && running.lp->S->message.t != t)
@@ -492,10 +514,11 @@ static int handler_of(mk_event_type type, const char **field) {
 static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   /* co: any thread of the state, as scratch; the stack is left as found. */
   const char *field;
-  int top = lua_gettop(co), r = 1, bit = handler_of(ev->type, &field);
+  int top, r = 1, bit = handler_of(ev->type, &field);
   if (bit == 0) return 0;
   /* The usual case, without a look into Lua tables: the endpoint's tag. */
   if (ev->tag & MKL_TAG_KNOWN) return !(ev->tag & bit);
+  top = lua_gettop(co);
   /* A deleted endpoint's handlers are no longer in ctx (market.lua
   ** keeps them aside until MK_EV_DELETED). */
   if (ev->deleted || ev->type == MK_EV_DELETED) return 0;
@@ -519,7 +542,10 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
 ** runs its handler as the activation's body, with no frame of market.lua's
 ** under it: fn(state, role, endpoint) or fn(state, role, reason,
 ** endpoint), pushed on co (empty), and what it returns is applied after,
-** as a boot function's (handle).  Returns the number of arguments, 0 when
+** as a boot function's (handle).  The look-ups are made on the main
+** thread, and what the call needs moved over in one lua_xmove: on co,
+** putting fn under its arguments took more API calls (lua_copy) than the
+** look-ups.  Returns the number of arguments, 0 when
 ** the endpoint has no such handler now (co left empty: nobody to tell),
 ** or -1 for dispatch to take it (co left empty): a handler table with a
 ** metatable, whose fields are Lua's to look up (code here runs outside
@@ -531,48 +557,44 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
 ** argument, so it gets nil there instead of a table.
 */
 static int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev) {
-  int presence = ev->type == MK_EV_PRESENCE;
-  const char *field = NULL;
+  lua_State *L = S->L;     /* scratch for the look-ups, as in unhandled */
+  int presence = ev->type == MK_EV_PRESENCE, nargs = presence ? 3 : 4;
+  int b = lua_gettop(L);
   lua_Debug ar;
   if (!(presence || ev->type == MK_EV_ABSENCE) || ev->meta != 0 || ev->deleted ||
-      !(ev->tag & MKL_TAG_KNOWN))
+      !(ev->tag & MKL_TAG_KNOWN) || !lua_checkstack(L, 10))
     return -1;
-  /* 1: ctx, 2: the endpoint's name, 3: its handlers, 4: fn */
-  lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-  lua_pushstring(co, ev->endpoint);
-  lua_pushvalue(co, 2);
-  if (lua_rawget(co, 1) != LUA_TTABLE || lua_getmetatable(co, 3)) {
-    lua_settop(co, 0);
+  /* b+1: ctx, b+2: the endpoint's name, b+3: its handlers, b+4: fn */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lp->ctxref);
+  pushname(S, L, ev->endpoint);
+  lua_pushvalue(L, b + 2);
+  if (lua_rawget(L, b + 1) != LUA_TTABLE || lua_getmetatable(L, b + 3)) {
+    lua_settop(L, b);
     return -1;
   }
-  handler_of(ev->type, &field);
-  lua_pushstring(co, field);
-  switch (lua_rawget(co, 3)) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->fieldref[presence ? FIELD_PRESENCE : FIELD_ABSENCE]);
+  switch (lua_rawget(L, b + 3)) {
     case LUA_TFUNCTION: break;
-    case LUA_TNIL: lua_settop(co, 0); return 0;
-    default: lua_settop(co, 0); return -1;
+    case LUA_TNIL: lua_settop(L, b); return 0;
+    default: lua_settop(L, b); return -1;
   }
-  /* Made fn, state, role(, reason), name in place. */
-  lua_rawgeti(co, 1, MKL_CTX_STATE);
-  lua_copy(co, 4, 1);
-  lua_copy(co, 2, 4);
-  lua_copy(co, 5, 2);
-  lua_settop(co, 4);
-  if (!presence) {
-    lua_pushvalue(co, 4);
-    if (ev->reason) mkl_pushterm(co, ev->reason); else lua_pushnil(co);
-    lua_replace(co, 4);
-  }
-  lua_pushvalue(co, 1);
-  lua_getinfo(co, ">u", &ar);
+  /* fn's arguments after it: state, role(, reason), name */
+  lua_rawgeti(L, b + 1, MKL_CTX_STATE);
+  lua_pushvalue(L, b + 4);
+  lua_getinfo(L, ">u", &ar);
   if (ar.isvararg || ar.nparams >= 2) {
-    pushshared(&S->topic, co, ev->role.topic);
-    newrole(S, co, ev->role.orientation, ev->role.interest);
+    pushshared(&S->topic, L, ev->role.topic);
+    newrole(S, L, ev->role.orientation, ev->role.interest);
   } else {
-    lua_pushnil(co);
+    lua_pushnil(L);
   }
-  lua_replace(co, 3);
-  return presence ? 3 : 4;
+  if (!presence) {
+    if (ev->reason) mkl_pushterm(L, ev->reason); else lua_pushnil(L);
+  }
+  lua_pushvalue(L, b + 2);
+  lua_xmove(L, co, nargs + 1);    /* fn and its arguments, where co starts */
+  lua_settop(L, b);
+  return nargs;
 }
 
 /*
@@ -601,7 +623,7 @@ static int messagehandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event
     lua_settop(co, 0);
     return -1;
   }
-  lua_rawgeti(co, LUA_REGISTRYINDEX, S->onmessageref);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, S->fieldref[FIELD_MESSAGE]);
   switch (lua_rawget(co, 5)) {
     case LUA_TFUNCTION: break;
     case LUA_TNIL: lua_settop(co, 0); return 0;
@@ -645,11 +667,14 @@ static void release(mkl_state *S, lproc *lp) {
 ** process (not in straight-line code waiting in market.yield) would drop
 ** it unhandled at delivery, as above, so it need not be queued. */
 static int declines(mk_proc *p, uint32_t tag, mk_event_type type) {
-  lproc *lp = mk_proc_data(p);
   const char *field;
   int bit = handler_of(type, &field);
-  return lp != NULL && bit != 0 && !lp->waiting && !lp->running && (tag & MKL_TAG_KNOWN) &&
-         !(tag & bit);
+  lproc *lp;
+  /* The tag first: most events go to a handler, and the answer is then
+  ** no without a look at the process. */
+  if (bit == 0 || !(tag & MKL_TAG_KNOWN) || (tag & bit)) return 0;
+  lp = mk_proc_data(p);
+  return lp != NULL && !lp->waiting && !lp->running;
 }
 
 /* One activation of p: resume co, its coroutine, with nargs values, p
@@ -1345,8 +1370,14 @@ void mkl_open_core(lua_State *L) {
     S->topic.ref = luaL_ref(L, LUA_REGISTRYINDEX);
     rolestrings(L);
     S->roleref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "on_presence");
+    S->fieldref[FIELD_PRESENCE] = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "on_absence");
+    S->fieldref[FIELD_ABSENCE] = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushliteral(L, "on_message");
-    S->onmessageref = luaL_ref(L, LUA_REGISTRYINDEX);
+    S->fieldref[FIELD_MESSAGE] = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushboolean(L, 0);
+    S->nameref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, state_gc);
     lua_setfield(L, -2, "__gc");

@@ -28,7 +28,7 @@ local _ = M._
 local Action = { __name = "market.action" }
 function Action.__tostring(a) return "action " .. a.kind end
 
--- The actions made for every process (add, spawn, quit, delete) keep their
+-- The actions made for every process (add, spawn, delete) keep their
 -- fields after kind by position, in the table's array part (a hash part
 -- takes 24 bytes a field, against 16, and rounds up to a power of two),
 -- and read by name too.  A field not given is false, not nil, so that perform_one's
@@ -37,7 +37,6 @@ function Action.__tostring(a) return "action " .. a.kind end
 local FIELDS = {
   add = { name = 1, orientation = 2, interest = 3, topic = 4, handlers = 5 },
   spawn = { boot = 1, name = 2, k = 3, nested = 4, budget = 5 },
-  quit = { pid = 1, reason = 2 },
   delete = { name = 1, reason = 2 },
 }
 function Action.__index(a, k)
@@ -49,9 +48,10 @@ function Action.__index(a, k)
   return v
 end
 
--- A send is a userdata of its own (lua/laction.c), reading as an action.
+-- Sends and quits are userdata of their own (lua/laction.c), reading as
+-- actions: laction.c gives this metatable their __index.
 local SendAction = { __name = "market.action" }
-function SendAction.__tostring() return "action send" end
+function SendAction.__tostring(a) return "action " .. a.kind end
 
 -- send(body), transition(state, action...) and transition_no_state(...)
 -- are made in C (lua/laction.c), with these metatables: they are most of
@@ -127,14 +127,9 @@ function M.nested_vm(boot, opts)
                   opts.max_activation or false, kind = "spawn" }
 end
 
--- quit([pid [, reason]]): quit this process, or kill pid.
-function M.quit(pid, reason)
-  if pid ~= nil and math.type(pid) ~= "integer" then
-    error("market.quit: pid must be an integer or nil", 2)
-  end
-  return action { pid or false, reason ~= nil and term(reason, "market.quit: reason") or false,
-                  kind = "quit" }
-end
+-- quit([pid [, reason]]): quit this process, or kill pid.  Made in C
+-- (lua/laction.c), as send is: processes are killed one by one in loops.
+M.quit = fast.quit
 
 -- The endpoint constructors are made in C (lua/laction.c): one runs for
 -- every endpoint a process adds.  A process without handlers, or with only

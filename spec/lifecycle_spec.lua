@@ -200,32 +200,39 @@ describe("quit", function()
     assert.same({ "a alive" }, log.lines)
   end)
 
-  -- perform(quit(pid, reason)) alone is done in C (lua/laction.c); what it
-  -- does, and what it refuses, are market.lua's.
-  it("perform(quit(pid, reason)) kills with the reason; a quit action changed since is checked",
+  -- perform(quit(pid, reason)) alone is done in C (lua/laction.c), and a
+  -- quit action is a value that cannot change, as a send is.
+  it("perform(quit(pid, reason)) kills with the reason; a quit action cannot be changed",
      function()
     local log, why = H.log(), market.record("why", "code")
-    local reasons, failure = {}, nil
+    local reasons, gone, failure = {}, {}, nil
     H.ground(function()
       local pids = {}
       for i = 1, 3 do pids[i] = market.perform(holder("p" .. i, market.publisher({ "q", i }))) end
       H.step(holder("obs", market.observe_publishers({ "q", _ }, {
-        on_absence = function(_, role, reason) reasons[role.topic[2]] = reason end })))
+        on_absence = function(_, role, reason)
+          gone[role.topic[2]] = true
+          reasons[role.topic[2]] = reason
+        end })))
       market.perform(market.quit(pids[1], why(7)))
       market.perform(market.quit(pids[2]))
       H.settle()
       log("alive")
-      local a = market.quit(pids[3])
-      a[1] = "three"            -- its pid, by position (market.lua, FIELDS)
-      local ok, err = pcall(market.perform, a)
+      local a = market.quit(pids[3], "r")
+      local ok, err = pcall(function() a[1] = pids[1] end)
       failure = not ok and tostring(err)
-      log("alive after a changed quit")
+      assert.same({ "quit", pids[3], "r", pids[3], "r" }, { a.kind, a.pid, a.reason, a[1], a[2] })
+      assert.equal("action quit", tostring(a))
+      market.perform(a)
+      H.settle()
+      log("alive after the quit")
     end)
     assert.equal('why(7)', market.repr(reasons[1]))
     assert.is_nil(reasons[2])
-    assert.is_nil(reasons[3])
-    assert.same({ "alive", "alive after a changed quit" }, log.lines)
-    assert.matches("number expected, got string", failure)
+    assert.equal("r", reasons[3])
+    assert.same({ true, true, true }, gone)
+    assert.same({ "alive", "alive after the quit" }, log.lines)
+    assert.matches("attempt to index a market.action value", failure)
   end)
 
   it("quit(0) and negative pids name no process: only quit() with no pid is this process", function()
