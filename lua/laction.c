@@ -10,9 +10,9 @@
 ** market.lua's metatables (Action, Transition, SendAction, given to
 ** core.fastpath) in one C call each, and apply a transition's sends
 ** without going back to Lua.  A spawn is the other path done here: the
-** adds, spawns and quits that market.subscriber, market.spawn and
-** market.quit make are performed and applied in C too (doaction).  Every
-** other action stays in market.lua.
+** adds and spawns that market.subscriber and market.spawn make are
+** performed and applied in C too (doaction).  Every other action stays
+** in market.lua.
 */
 #include <string.h>
 
@@ -29,10 +29,9 @@
 /* "on_message", "on_presence", "on_absence" for i = 0, 1, 2: a key pushed
 ** as a value is read without lua_getfield's luaS_new (hash and strcmp) */
 #define U_HANDLER(i)  lua_upvalueindex(8 + (i))
-/* "add", "spawn", "quit", "delete": the kinds of fixed actions, below */
+/* "add", "spawn", "delete": the kinds of fixed actions, below */
 #define U_KINDNAME(k) lua_upvalueindex(11 + (k))
-#define U_ADD         U_KINDNAME(K_ADD)
-#define NUPVALUES     14
+#define NUPVALUES     13
 
 /*
 ** Sends and transitions are userdata branded with the address of one of
@@ -40,39 +39,50 @@
 ** borrow their metatables with setmetatable, and the debug library may
 ** give them to another userdata: neither is a send or a transition.
 */
-static const char send_brand = 0, trans_brand = 0;
+static const char send_brand = 0, trans_brand = 0, quit_brand = 0;
 
 /* A send's block: only its brand (the body is its user value). */
 typedef struct sendact { const char *brand; } sendact;
+
+/* A quit's block: whom it kills (named: pid; else the process that
+** performs it), whether it has a reason (its user value) and its brand. */
+typedef struct quitact {
+  lua_Integer pid;
+  unsigned char named, reason;
+  const char *brand;
+} quitact;
 
 static int issend(lua_State *L, int idx) {
   return mkl_branded(L, idx, sizeof(sendact), &send_brand) != NULL;
 }
 
+static quitact *isquit(lua_State *L, int idx) {
+  return mkl_branded(L, idx, sizeof(quitact), &quit_brand);
+}
+
 /*
-** The actions made for every process, add, spawn, quit and delete, are
-** fixed actions: userdata holding their fields by position in user values
-** (the layout of FIELDS below), with the kind in the block, and reading
-** by name through FixedAction.__index (fixed_index).  As tables (kind in
-** a hash part, the fields in an array part) each took three allocations
-** and as many frees, and a spawn makes two of them (its add and, to kill
-** it, its quit): one allocation each now.  Like a send, a fixed action
-** cannot be changed once made, so performing it needs no check that its
-** fields are still what its constructor made.
+** The actions made for every process, add, spawn and delete, are fixed
+** actions: userdata holding their fields by position in user values (the
+** layout of FIELDS below), with the kind in the block, and reading by
+** name through FixedAction.__index (fixed_index).  As tables (kind in a
+** hash part, the fields in an array part) each took three allocations
+** and as many frees, and a spawn makes one (the add its boot returns):
+** one allocation each now.  Like a send or a quit, a fixed action cannot
+** be changed once made, so performing it needs no check that its fields
+** are still what its constructor made.
 */
-enum { K_ADD, K_SPAWN, K_QUIT, K_DELETE, K_COUNT };
+enum { K_ADD, K_SPAWN, K_DELETE, K_COUNT };
 static const char fixed_brand = 0;
 typedef struct fixedact {
   int kind;              /* K_* */
   const char *brand;     /* &fixed_brand */
 } fixedact;
 
-static const char *const kindnames[K_COUNT] = {"add", "spawn", "quit", "delete"};
+static const char *const kindnames[K_COUNT] = {"add", "spawn", "delete"};
 #define MAXFIELDS 5
 static const char *const FIELDS[K_COUNT][MAXFIELDS + 1] = {
   {"name", "orientation", "interest", "topic", "handlers", NULL},
   {"boot", "name", "k", "nested", "budget", NULL},
-  {"pid", "reason", NULL},
   {"name", "reason", NULL},
 };
 
@@ -96,19 +106,33 @@ static void newfixed(lua_State *L, int kind, const int *fields, int n, int mt) {
   lua_setmetatable(L, -2);
 }
 
-/* Is the value at idx an action table (market.lua's Action metatable)? */
-static int actiontable(lua_State *L, int idx) {
+/* Is the value at idx an action: a send or a quit (INC: applysends does
+** it in C), a fixed action or a table of market.lua's (1), or neither
+** (0)? */
+#define INC 2
+
+static int isaction(lua_State *L, int idx) {
   int r;
+  if (issend(L, idx) || isquit(L, idx)) return INC;
+  if (tofixed(L, idx) != NULL) return 1;
   if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return 0;
   r = lua_rawequal(L, -1, U_ACTION);
   lua_pop(L, 1);
   return r;
 }
 
-/* Is the value at idx an action (a send, a fixed action, or a table of
-** market.lua's)? */
-static int isaction(lua_State *L, int idx) {
-  return issend(L, idx) || tofixed(L, idx) != NULL || actiontable(L, idx);
+/* The value at idx, kept by an action: made a term box in place unless
+** it is an atom or a box already, so that a later change to a table
+** cannot change the action; raises "what: why" if it is no term. */
+static void keepterm(lua_State *L, int idx, const char *what) {
+  int t = lua_type(L, idx);
+  if (t == LUA_TTABLE || (t == LUA_TUSERDATA && mkl_testbox(L, idx) == NULL) ||
+      t == LUA_TFUNCTION || t == LUA_TTHREAD || t == LUA_TLIGHTUSERDATA) {
+    mk_term *term = mkl_checkterm(L, idx, what);
+    mkl_pushterm(L, term);
+    mk_unref(term);
+    lua_replace(L, idx);
+  }
 }
 
 /* send(body): the action that sends body, a userdata holding it as its
@@ -117,18 +141,9 @@ static int isaction(lua_State *L, int idx) {
 ** or boxes (sequences given as tables) are converted, so a later change
 ** to the table cannot change the message. */
 static int f_send(lua_State *L) {
-  int t = lua_type(L, 1);
-  if (t == LUA_TNONE) return luaL_error(L, "market.send: a message body is required");
+  if (lua_type(L, 1) == LUA_TNONE) return luaL_error(L, "market.send: a message body is required");
   lua_settop(L, 1);
-  if (t == LUA_TTABLE || (t == LUA_TUSERDATA && mkl_testbox(L, 1) == NULL) ||
-      t == LUA_TFUNCTION || t == LUA_TTHREAD || t == LUA_TLIGHTUSERDATA) {
-    const char *err;
-    mk_term *body = mkl_toterm(L, 1, &err);
-    if (body == NULL) return luaL_error(L, "market.send: body: %s", err);
-    mkl_pushterm(L, body);
-    mk_unref(body);
-    lua_replace(L, 1);
-  }
+  keepterm(L, 1, "market.send: body");
   ((sendact *)lua_newuserdatauv(L, sizeof(sendact), 1))->brand = &send_brand;
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
@@ -137,16 +152,80 @@ static int f_send(lua_State *L) {
   return 1;
 }
 
-/* SendAction.__index: a.kind is "send", a.body the body.  A table may
-** borrow the metatable (it has no body); a foreign userdata only reaches
-** here through the debug library, and is refused like one given to a
-** box's metamethods (lterm.c). */
-static int send_index(lua_State *L) {
-  int send = issend(L, 1);
-  if (!send && lua_type(L, 1) != LUA_TTABLE) return luaL_typeerror(L, 1, "market.action");
-  if (lua_rawequal(L, 2, U_KIND)) lua_pushvalue(L, U_SEND);
-  else if (lua_rawequal(L, 2, U_BODY) && send) lua_getiuservalue(L, 1, 1);
-  else lua_pushnil(L);
+/*
+** quit([pid [, reason]]): the action that kills pid, or the process that
+** performs it.  A userdata, as a send is: a process killing others one by
+** one (perform(quit(pid)) in a loop) made an action table (three blocks,
+** with its array and hash parts) per kill in market.lua, for the
+** collector to free.  The reason is converted as a send's body is.
+*/
+static int f_quit(lua_State *L) {
+  int named = !lua_isnoneornil(L, 1);
+  quitact *q;
+  if (named && !lua_isinteger(L, 1)) return luaL_error(L, "market.quit: pid must be an integer or nil");
+  lua_settop(L, 2);
+  if (!lua_isnil(L, 2)) keepterm(L, 2, "market.quit: reason");
+  q = lua_newuserdatauv(L, sizeof *q, 1);
+  q->pid = named ? lua_tointeger(L, 1) : 0;
+  q->named = (unsigned char)named;
+  q->reason = (unsigned char)lua_toboolean(L, 2);   /* false is none, as nil */
+  q->brand = &quit_brand;
+  if (q->reason) {
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, -2, 1);
+  }
+  lua_pushvalue(L, U_SENDACTION);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* The quit at idx done for p, as core.quit does it; 0 (nothing done) when
+** its reason is no longer a term (the size limit was lowered since):
+** market.lua then performs it, and core.quit raises. */
+static int quitnow(lua_State *L, mk_proc *p, const quitact *q, int idx) {
+  mk_term *reason = NULL;
+  const char *err;
+  if (q->reason) {
+    lua_getiuservalue(L, idx, 1);
+    reason = mkl_toterm(L, -1, &err);
+    lua_pop(L, 1);
+    if (reason == NULL) return 0;
+  }
+  if (!q->named || q->pid > 0) mk_quit(p, (mk_pid)q->pid, reason);
+  mk_unref(reason);
+  return 1;
+}
+
+/* __index of the userdata actions (market.lua's SendAction): a send reads
+** as {kind = "send", body = ...}, a quit as market.lua's action tables
+** did, {kind = "quit", pid = ..., reason = ...} with pid and reason also
+** at 1 and 2 (false when not given, as perform_one reads them).  A table
+** may borrow the metatable (it has no body); a foreign userdata only
+** reaches here through the debug library, and is refused like one given
+** to a box's metamethods (lterm.c). */
+static int action_index(lua_State *L) {
+  quitact *q = isquit(L, 1);
+  int send = q == NULL && issend(L, 1);
+  if (!send && q == NULL && lua_type(L, 1) != LUA_TTABLE)
+    return luaL_typeerror(L, 1, "market.action");
+  if (lua_rawequal(L, 2, U_KIND)) {
+    if (q != NULL) lua_pushliteral(L, "quit"); else lua_pushvalue(L, U_SEND);
+  } else if (send && lua_rawequal(L, 2, U_BODY)) {
+    lua_getiuservalue(L, 1, 1);
+  } else if (q != NULL) {
+    const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
+    lua_Integer i = lua_isinteger(L, 2) ? lua_tointeger(L, 2) : 0;
+    if (strcmp(k, "pid") == 0 || i == 1) {
+      if (q->named) lua_pushinteger(L, q->pid); else lua_pushboolean(L, 0);
+    } else if (strcmp(k, "reason") == 0 || i == 2) {
+      if (lua_getiuservalue(L, 1, 1) == LUA_TNIL) { lua_pop(L, 1); lua_pushboolean(L, 0); }
+    } else {
+      lua_pushnil(L);
+    }
+    if (i == 0 && !lua_toboolean(L, -1)) { lua_pop(L, 1); lua_pushnil(L); }  /* by name: nil */
+  } else {
+    lua_pushnil(L);
+  }
   return 1;
 }
 
@@ -185,14 +264,12 @@ static int fixed_index(lua_State *L) {
 }
 
 /* fixed(kind, field...) -> the fixed action of that kind ("spawn",
-** "delete", ...) with those fields, for market.lua's constructors, which
+** "delete") with those fields, for market.lua's constructors, which
 ** check them. */
 static int f_fixed(lua_State *L) {
   static const int fields[MAXFIELDS] = {2, 3, 4, 5, 6};
-  const char *kind = luaL_checkstring(L, 1);
-  int k, n;
-  for (k = 0; k < K_COUNT && strcmp(kindnames[k], kind) != 0; k++) {}
-  if (k == K_COUNT) return luaL_argerror(L, 1, "no such kind of fixed action");
+  static const char *const kinds[] = {"spawn", "delete", NULL};
+  int k = luaL_checkoption(L, 1, NULL, kinds) == 0 ? K_SPAWN : K_DELETE, n;
   for (n = 0; FIELDS[k][n] != NULL; n++) {}
   lua_settop(L, 1 + n);
   newfixed(L, k, fields, n, U_FIXED);
@@ -209,7 +286,10 @@ static int f_fixed(lua_State *L) {
 ** false (skipped).
 */
 typedef struct trans {
-  int keep;              /* transition_no_state: the state stays */
+  unsigned char keep;    /* transition_no_state: the state stays */
+  unsigned char sends;   /* every action a send, a quit, nil or false: C
+                         ** applies it all (mkl_apply_sends), without
+                         ** market.lua */
   int n;                 /* number of actions */
   const char *brand;     /* &trans_brand */
 } trans;
@@ -226,14 +306,20 @@ static trans *totrans(lua_State *L, int idx) {
 static int mktransition(lua_State *L, int keep) {
   const char *fname = keep ? "market.transition_no_state" : "market.transition";
   int first = keep ? 1 : 2, top = lua_gettop(L), n = top - first + 1, i;
+  int sends = 1;
   trans *t;
   if (n < 0) n = 0;       /* transition() with no state at all */
   if (n > MAXACTIONS)
     return luaL_error(L, "%s: more than %d actions (give them as one list)", fname, MAXACTIONS);
   for (i = first; i <= top; i++) {
-    if (isaction(L, i)) continue;
+    int a = isaction(L, i);
+    if (a != 0) {
+      if (a != INC) sends = 0;
+      continue;
+    }
     if (lua_type(L, i) == LUA_TTABLE && !lua_getmetatable(L, i)) {
       lua_Integer j, len = luaL_len(L, i);
+      sends = 0;
       for (j = 1; j <= len; j++) {
         lua_rawgeti(L, i, j);
         if (!isaction(L, -1))
@@ -247,7 +333,8 @@ static int mktransition(lua_State *L, int keep) {
     }
   }
   t = lua_newuserdatauv(L, sizeof *t, n + !keep);
-  t->keep = keep;
+  t->keep = (unsigned char)keep;
+  t->sends = (unsigned char)sends;
   t->n = n;
   t->brand = &trans_brand;
   if (!keep && top >= 1) {
@@ -266,7 +353,8 @@ static int mktransition(lua_State *L, int keep) {
 static int f_transition(lua_State *L) { return mktransition(L, 0); }
 static int f_transition_no_state(lua_State *L) { return mktransition(L, 1); }
 
-/* Send the body of the send action at the top (popped). */
+/* Send the body of the send action at the top, pushing the body: the
+** caller pops both when it goes on (market.perform returns instead). */
 static void dosend(lua_State *L, mk_proc *p) {
   mk_term *body;
   lua_getiuservalue(L, -1, 1);
@@ -280,21 +368,58 @@ static void dosend(lua_State *L, mk_proc *p) {
     if (body != NULL) mk_send(p, body);
     mk_unref(body);
   }
-  lua_pop(L, 2);
 }
 
 static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx);
 
+/* Take the transition t at tr into the context at ctx: its state, then its
+** actions from the first for as long as they are sends or quits (nil and
+** false are none: skipped; a quit whose reason is no longer a term is left
+** to market.lua, see quitnow), and with `fixed`, adds and spawns that
+** doaction takes, done for p while it lives; p NULL (not a process's
+** coroutine) does none.  Returns the 0-based position of the first action
+** left, t->n when none is.  Only f_apply, which runs in p's coroutine,
+** does fixed actions: making a context or adding to one allocates, and a
+** Lua error there (out of memory) must be caught as the process's. */
+static inline int applysends(lua_State *L, int ctx, int tr, const trans *t, mk_proc *p,
+                             int fixed) {
+  int i, top = lua_gettop(L);
+  const fixedact *a;
+  if (!t->keep) {
+    lua_getiuservalue(L, tr, 1);
+    lua_rawseti(L, ctx, MKL_CTX_STATE);
+  }
+  if (p == NULL) return 0;
+  for (i = 0; i < t->n && mk_proc_alive(p); i++) {
+    int type = lua_getiuservalue(L, tr, ACTION_UV(t, i));
+    const quitact *q;
+    if (type == LUA_TUSERDATA && issend(L, -1)) {
+      dosend(L, p);
+      lua_pop(L, 2);
+    } else if (type == LUA_TUSERDATA && (q = isquit(L, -1)) != NULL && quitnow(L, p, q, -1)) {
+      lua_pop(L, 1);
+    } else if (type == LUA_TNIL || type == LUA_TBOOLEAN) {
+      lua_pop(L, 1);      /* false: mktransition refuses true */
+    } else if (fixed && type == LUA_TUSERDATA && (a = tofixed(L, -1)) != NULL &&
+               doaction(L, p, a, top + 1) >= 0) {
+      lua_settop(L, top);
+    } else {
+      lua_pop(L, 1);
+      break;
+    }
+  }
+  return i;
+}
+
 /* apply(ctx, tr): take the transition's state into ctx, then perform its
-** actions from the first for as long as they are sends, or adds, spawns
-** and quits that doaction takes.  Returns nothing when it did them all,
-** else the positions i and n of the first and last actions left to
-** market.lua, which reads them with action_at: no garbage, and no varargs
-** to shuffle.  tr nil (or none) is the empty transition. */
+** actions from the first for as long as they are sends, quits, or adds and
+** spawns that doaction takes.  Returns nothing when it did them all, else
+** the positions i and n of the first and last actions left to market.lua,
+** which reads them with action_at: no garbage, and no varargs to shuffle.
+** tr nil (or none) is the empty transition. */
 static int f_apply(lua_State *L) {
   mk_proc *p;
   trans *t;
-  const fixedact *a;
   int i;
   if (lua_isnoneornil(L, 2)) return 0;
   if ((t = totrans(L, 2)) == NULL) {
@@ -303,20 +428,10 @@ static int f_apply(lua_State *L) {
     return lua_error(L);
   }
   lua_settop(L, 2);
-  if (!t->keep) {
-    lua_getiuservalue(L, 2, 1);
-    lua_rawseti(L, 1, MKL_CTX_STATE);
-  }
   p = mkl_current(L);
-  for (i = 0; i < t->n; i++) {
-    lua_getiuservalue(L, 2, ACTION_UV(t, i));
-    if (p == NULL) { lua_pop(L, 1); break; }
-    if (issend(L, -1)) dosend(L, p);
-    else if ((a = tofixed(L, 3)) != NULL && doaction(L, p, a, 3) >= 0) lua_settop(L, 2);
-    else { lua_pop(L, 1); break; }
-    /* A dead process runs no further line (as core.send's settle). */
-    if (!mk_proc_alive(p)) return lua_yield(L, 0);
-  }
+  i = applysends(L, 1, 2, t, p, 1);
+  /* A dead process runs no further line (as core.send's settle). */
+  if (p != NULL && !mk_proc_alive(p)) return lua_yield(L, 0);
   if (i == t->n) return 0;
   lua_pushinteger(L, i + 1);
   lua_pushinteger(L, t->n);
@@ -347,19 +462,19 @@ static int f_apply_all(lua_State *L) {
   return 0;
 }
 
-/* f as a closure with the fastpath's upvalues and the Lua function at 1
-** after them (make_apply, make_perform). */
-static int withlua(lua_State *L, lua_CFunction f) {
+int mkl_apply_sends(lua_State *L, int tr, int ctxref, mk_proc *p, int *first, int *last) {
+  const trans *t = totrans(L, tr);
   int i;
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  for (i = 1; i <= NUPVALUES; i++) lua_pushvalue(L, lua_upvalueindex(i));
-  lua_pushvalue(L, 1);
-  lua_pushcclosure(L, f, NUPVALUES + 1);
-  return 1;
+  if (t == NULL || !t->sends) return 0;
+  tr = lua_absindex(L, tr);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ctxref);
+  i = applysends(L, lua_gettop(L), tr, t, p, 0);
+  lua_pop(L, 1);
+  if (i == t->n || !mk_proc_alive(p)) return 1;
+  *first = i + 1;         /* changed since it was made (debug.setuservalue) */
+  *last = t->n;
+  return 2;
 }
-
-/* make_apply(rest) -> apply */
-static int f_make_apply(lua_State *L) { return withlua(L, f_apply_all); }
 
 /* action_at(tr, i): the transition's action i (1-based), as given. */
 static int f_action_at(lua_State *L) {
@@ -375,7 +490,7 @@ static int f_action_at(lua_State *L) {
 ** market.perform(action...).  Straight-line code that sends in a loop
 ** (perform(send) per message) spent more in entering a Lua vararg
 ** function than in the send itself: so perform is this C function, which
-** does one send, add, spawn or quit at level 0 by itself (doaction) and
+** does one send, quit, named add or plain spawn at level 0 by itself and
 ** hands everything else to
 ** market.lua's perform (upvalue U_PERFORM, see make_perform), whose errors
 ** name the caller of perform, past this function.
@@ -386,30 +501,6 @@ static int perform_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   return lua_gettop(L);
-}
-
-/* A quit action (market.quit(pid, reason)) at idx, done for p.  Killing
-** processes one by one (perform(quit(pid)) in a loop) spent more in
-** market.lua's way to core.quit than in the kill.  Returns 0, leaving the
-** stack as it was, for a pid that names nobody (0 or less: core.quit
-** answers nil) or a reason over the size limit (core.quit raises):
-** market.lua then performs or rejects it as before. */
-static int doquit(lua_State *L, mk_proc *p, int idx) {
-  int top = lua_gettop(L), done = 0;
-  lua_Integer pid = 0;
-  mk_term *reason = NULL;
-  const char *err;
-  /* pid, reason (FIELDS): nil or false is none */
-  if (lua_getiuservalue(L, idx, 1) == LUA_TNUMBER && (pid = lua_tointeger(L, -1)) <= 0)
-    goto out;
-  lua_getiuservalue(L, idx, 2);
-  if (lua_toboolean(L, -1) && (reason = mkl_toterm(L, -1, &err)) == NULL) goto out;
-  mk_quit(p, (mk_pid)pid, reason);
-  mk_unref(reason);
-  done = 1;
-out:
-  lua_settop(L, top);
-  return done;
 }
 
 /* Which handlers the plain table at idx holds, as MKL_TAG_* bits (with
@@ -501,24 +592,25 @@ static int dospawn(lua_State *L, mk_proc *p, int idx) {
   return 1;
 }
 
-/* The fixed action at idx, done for p if it is an add, a spawn or a quit
-** (doadd, dospawn, doquit): returns how many results it pushed (a spawn's
-** pid), or -1, leaving the stack as it was, when market.lua is to do it. */
+/* The fixed action a at idx, done for p if it is an add or a spawn (doadd,
+** dospawn): returns how many results it pushed (a spawn's pid), or -1,
+** leaving the stack as it was, when market.lua is to do it. */
 static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx) {
   switch (a->kind) {
     case K_ADD: return doadd(L, p, idx) ? 0 : -1;
     case K_SPAWN: return dospawn(L, p, idx) ? 1 : -1;
-    case K_QUIT: return doquit(L, p, idx) ? 0 : -1;
     default: return -1;
   }
 }
 
 static int f_perform(lua_State *L) {
   mk_proc *p;
+  quitact *q;
   const fixedact *a;
   int n = 0;
   if (lua_gettop(L) == 1 && (p = mkl_current(L)) != NULL) {
     if (issend(L, 1)) dosend(L, p);
+    else if ((q = isquit(L, 1)) != NULL) { if (!quitnow(L, p, q, 1)) goto rest; }
     else if ((a = tofixed(L, 1)) == NULL || (n = doaction(L, p, a, 1)) < 0) goto rest;
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
@@ -531,33 +623,22 @@ rest:
   return perform_k(L, LUA_OK, 0);
 }
 
+/* f as a closure with the fastpath's upvalues and the Lua function at 1
+** after them (make_apply, make_perform). */
+static int withlua(lua_State *L, lua_CFunction f) {
+  int i;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  for (i = 1; i <= NUPVALUES; i++) lua_pushvalue(L, lua_upvalueindex(i));
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, f, NUPVALUES + 1);
+  return 1;
+}
+
 /* make_perform(perform_rest) -> market.perform */
 static int f_make_perform(lua_State *L) { return withlua(L, f_perform); }
 
-/* market.quit([pid [, reason]]): quit this process, or kill pid.  The
-** fixed action quit(pid, reason); a reason that is not
-** an atom or a box is converted into a box, so a later change to the
-** table cannot change it.  Made for every kill, it cost more in Lua (the
-** call, math.type, the term check, the table constructor and
-** market.action) than doquit does with it. */
-static int f_quit(lua_State *L) {
-  static const int fields[] = {1, 2};
-  int t;
-  lua_settop(L, 2);
-  if (!lua_isnil(L, 1) && !lua_isinteger(L, 1))
-    return luaL_error(L, "market.quit: pid must be an integer or nil");
-  t = lua_type(L, 2);
-  if (!(t == LUA_TNIL || t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING ||
-        mkl_testbox(L, 2) != NULL)) {
-    const char *err;
-    mk_term *reason = mkl_toterm(L, 2, &err);
-    if (reason == NULL) return luaL_error(L, "market.quit: reason: %s", err);
-    mkl_pushbox(L, reason);
-    lua_replace(L, 2);
-  }
-  newfixed(L, K_QUIT, fields, 2, U_FIXED);
-  return 1;
-}
+/* make_apply(rest) -> apply */
+static int f_make_apply(lua_State *L) { return withlua(L, f_apply_all); }
 
 /* Checks market.lua makes on every spawn and endpoint, in C: Lua's own
 ** getmetatable and setmetatable look the "__metatable" field up by name
@@ -690,14 +771,14 @@ static void checkhandlers(lua_State *L) {
   lua_getfield(L, 2, "name");
 }
 
-/* market.subscriber(topic [, handlers | name]) and its kin: the fixed
-** action add(name, orientation, interest, topic, handlers), made and
-** dropped for every endpoint added: 136 bytes in one allocation, where a
-** table with six named fields took 248 in two, and one with five in its
-** array part and kind in the hash 160 in three.  The topic is a term as
-** it is (an atom or a box), else converted into a box; handlers is a
-** table of on_message, on_presence, on_absence and name, or just the
-** name. */
+/* market.subscriber(topic [, handlers | name]) and its kin: the action
+** {kind = "add", name, orientation, interest, topic, handlers}, its fields
+** after kind by position: a table with six named fields has a hash part of
+** eight nodes (248 bytes in all, made and dropped for every endpoint
+** added); one with five in its array part and kind in the hash, 160.
+** The topic is a term as it is (an atom or a box), else converted into a
+** box; handlers is a table of on_message, on_presence, on_absence and
+** name, or just the name. */
 static int f_addendpoint(lua_State *L) {
   static const int fields[] = {3, E_ORIENTATION, E_INTEREST, 1, 2};
   const char *fname = lua_tostring(L, E_FNAME);
@@ -754,19 +835,21 @@ static int f_endpoint(lua_State *L) {
   return 1;
 }
 
-/* core.fastpath(Action, Transition, SendAction, FixedAction) -> { send=, transition=,
-** transition_no_state=, apply=, action_at=, make_perform=, make_apply=,
-** is_action=, is_box=, action=, handler_tag=, quit=, fixed=, endpoint= };
-** sets SendAction.__index and FixedAction.__index. */
+/* core.fastpath(Action, Transition, SendAction, FixedAction) -> { send=, quit=,
+** transition=, transition_no_state=, apply=, action_at=, make_perform=,
+** make_apply=, is_action=, is_box=, action=, handler_tag=, endpoint=,
+** fixed= }; sets SendAction.__index, for sends and quits, and
+** FixedAction.__index. */
 static int c_fastpath(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"send", f_send}, {"transition", f_transition},
     {"transition_no_state", f_transition_no_state}, {"apply", f_apply},
     {"action_at", f_action_at},
-    {"make_perform", f_make_perform}, {"make_apply", f_make_apply}, {"is_action", f_is_action}, {"is_box", f_is_box},
-    {"action", f_action}, {"handler_tag", f_handler_tag}, {"quit", f_quit},
-    {"fixed", f_fixed}, {"endpoint", f_endpoint},
-    {"__index", send_index}, {"fixed_index", fixed_index},
+    {"make_perform", f_make_perform}, {"make_apply", f_make_apply},
+    {"is_action", f_is_action}, {"is_box", f_is_box},
+    {"action", f_action}, {"handler_tag", f_handler_tag}, {"endpoint", f_endpoint},
+    {"quit", f_quit}, {"fixed", f_fixed}, {"__index", action_index},
+    {"fixed_index", fixed_index},
     {NULL, NULL}};
   int i;
   for (i = 1; i <= 4; i++) luaL_checktype(L, i, LUA_TTABLE);

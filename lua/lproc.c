@@ -37,20 +37,23 @@ typedef struct lastbox {
   const mk_term *t;
 } lastbox;
 
+/* The slots of mkl_state.fieldref. */
+enum { FIELD_PRESENCE, FIELD_ABSENCE, FIELD_MESSAGE };
+
 /* Per lua_State binding state, a full userdata anchored in the registry. */
 typedef struct mkl_state {
   lua_State *L;          /* the main thread */
   mk_ground *g;          /* the ground VM Lua processes live under, or NULL */
   mk_proc *current;      /* the process whose event is being handled */
   char *boot_error;      /* owned: traceback of a failed boot process */
+  int restref;           /* market.lua's rest(ctx, transition, i, n): the
+                         ** actions i..n of one that applied left */
   int applyref;          /* market.lua's apply(ctx, transition): applies
                          ** what a boot function returned */
   int dispatchref;       /* market.lua's dispatch(ctx, event...): later
                          ** events, and those straight-line code waits for */
   int eventref;          /* market.lua's event_table(event...): an event no
                          ** handler took, as market.yield() returns it */
-  int deliverref;        /* market.lua's deliver(ctx, endpoint, message):
-                         ** those for a message at level 0, most of them */
   int trace;
   mkl_fail_fn on_fail;   /* told when a boot process fails (host.c) */
   void *fail_ud;
@@ -72,6 +75,10 @@ typedef struct mkl_state {
   ** per release: 520 instructions of every spawn. */
   int *spare;
   int nspare, maxspare;
+  int fieldref[3];       /* "on_presence", "on_absence", "on_message",
+                         ** interned once: handler keys (FIELD_*) */
+  int nameref;           /* the endpoint name pushname pushed last, */
+  const char *lastname;  /* and its bytes (Lua's copy), or NULL */
 } mkl_state;
 
 /* A Lua process.  Owned by its mk_proc (destroy). */
@@ -85,11 +92,18 @@ typedef struct lproc {
                          ** (owned: unref'd by destroy) */
   uint8_t waiting;       /* suspended in a wait (await) */
   uint8_t boot;          /* a boot process: its failure is the program's */
-  uint8_t applies;       /* co's body is the boot function or a presence or
-                         ** absence handler (peerhandler), which has not
-                         ** returned yet: what it returns is applied */
+  uint8_t applies;       /* co's body is the boot function (APPLY_LUA) or
+                         ** a handler (APPLY_C: messagehandler,
+                         ** peerhandler), which has not returned yet: what
+                         ** it returns is applied (handle); 0 otherwise */
   uint8_t running;       /* in lua_resume */
 } lproc;
+
+/* How what a body returns is applied: by market.lua's apply, or by C first
+** (applied) when it is a transition of sends alone.  A boot function's
+** transition adds endpoints, which C leaves to apply, and checking it
+** first was a cost to every spawn. */
+enum { APPLY_LUA = 1, APPLY_C };
 
 static const char key_state = 0;
 
@@ -358,6 +372,23 @@ static void newrole(mkl_state *S, lua_State *L, mk_orientation o, mk_interest i)
   lua_replace(L, -2);
 }
 
+/* Push the endpoint name `name`.  A burst of presences or absences goes
+** to endpoints of one name ("in" for each of 10,000 subscribers; an
+** observer's, each time): the last name pushed stays in a registry slot
+** (S->nameref, S->lastname its bytes, which Lua's strings never move),
+** and the same name again is read from there, without lua_pushstring's
+** strlen, hash and look-up in Lua's string table (about 130 instructions
+** of a presence event). */
+static void pushname(mkl_state *S, lua_State *L, const char *name) {
+  if (S->lastname != NULL && strcmp(S->lastname, name) == 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->nameref);
+    return;
+  }
+  S->lastname = lua_pushstring(L, name);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, LUA_REGISTRYINDEX, S->nameref);
+}
+
 void mkl_share(lua_State *L, int idx, const mk_term *t) {
   /* A record sent again (a prebuilt send in a loop) has its box already. */
   if (running.p != NULL && running.lp->co == L && running.lp->S->message.t != t)
@@ -491,10 +522,11 @@ static int handler_of(mk_event_type type, const char **field) {
 static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   /* co: any thread of the state, as scratch; the stack is left as found. */
   const char *field;
-  int top = lua_gettop(co), r = 1, bit = handler_of(ev->type, &field);
+  int top, r = 1, bit = handler_of(ev->type, &field);
   if (bit == 0) return 0;
   /* The usual case, without a look into Lua tables: the endpoint's tag. */
   if (ev->tag & MKL_TAG_KNOWN) return !(ev->tag & bit);
+  top = lua_gettop(co);
   /* A deleted endpoint's handlers are no longer in ctx (market.lua
   ** keeps them aside until MK_EV_DELETED). */
   if (ev->deleted || ev->type == MK_EV_DELETED) return 0;
@@ -518,7 +550,10 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
 ** runs its handler as the activation's body, with no frame of market.lua's
 ** under it: fn(state, role, endpoint) or fn(state, role, reason,
 ** endpoint), pushed on co (empty), and what it returns is applied after,
-** as a boot function's (handle).  Returns the number of arguments, 0 when
+** as a boot function's (handle).  The look-ups are made on the main
+** thread, and what the call needs moved over in one lua_xmove: on co,
+** putting fn under its arguments took more API calls (lua_copy) than the
+** look-ups.  Returns the number of arguments, 0 when
 ** the endpoint has no such handler now (co left empty: nobody to tell),
 ** or -1 for dispatch to take it (co left empty): a handler table with a
 ** metatable, whose fields are Lua's to look up (code here runs outside
@@ -530,48 +565,81 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
 ** argument, so it gets nil there instead of a table.
 */
 static int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev) {
-  int presence = ev->type == MK_EV_PRESENCE;
-  const char *field = NULL;
+  lua_State *L = S->L;     /* scratch for the look-ups, as in unhandled */
+  int presence = ev->type == MK_EV_PRESENCE, nargs = presence ? 3 : 4;
+  int b = lua_gettop(L);
   lua_Debug ar;
   if (!(presence || ev->type == MK_EV_ABSENCE) || ev->meta != 0 || ev->deleted ||
-      !(ev->tag & MKL_TAG_KNOWN))
+      !(ev->tag & MKL_TAG_KNOWN) || !lua_checkstack(L, 10))
     return -1;
-  /* 1: ctx, 2: the endpoint's name, 3: its handlers, 4: fn */
+  /* b+1: ctx, b+2: the endpoint's name, b+3: its handlers, b+4: fn */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lp->ctxref);
+  pushname(S, L, ev->endpoint);
+  lua_pushvalue(L, b + 2);
+  if (lua_rawget(L, b + 1) != LUA_TTABLE || lua_getmetatable(L, b + 3)) {
+    lua_settop(L, b);
+    return -1;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->fieldref[presence ? FIELD_PRESENCE : FIELD_ABSENCE]);
+  switch (lua_rawget(L, b + 3)) {
+    case LUA_TFUNCTION: break;
+    case LUA_TNIL: lua_settop(L, b); return 0;
+    default: lua_settop(L, b); return -1;
+  }
+  /* fn's arguments after it: state, role(, reason), name */
+  lua_rawgeti(L, b + 1, MKL_CTX_STATE);
+  lua_pushvalue(L, b + 4);
+  lua_getinfo(L, ">u", &ar);
+  if (ar.isvararg || ar.nparams >= 2) {
+    pushshared(&S->topic, L, ev->role.topic);
+    newrole(S, L, ev->role.orientation, ev->role.interest);
+  } else {
+    lua_pushnil(L);
+  }
+  if (!presence) {
+    if (ev->reason) mkl_pushterm(L, ev->reason); else lua_pushnil(L);
+  }
+  lua_pushvalue(L, b + 2);
+  lua_xmove(L, co, nargs + 1);    /* fn and its arguments, where co starts */
+  lua_settop(L, b);
+  return nargs;
+}
+
+/*
+** A message at level 0 runs its endpoint's on_message as the activation's
+** body, as peerhandler does for a presence: fn(state, message, endpoint)
+** on co (empty), what it returns applied after (handle).  Returns the
+** number of arguments, 0 when the endpoint has no such handler now (co
+** left empty), or -1 for dispatch to take it (co left empty): a handler
+** table with a metatable or without a tag (its fields are Lua's to look
+** up), or a handler that is not a function.  market.lua's deliver did the
+** same in Lua, one frame under every handler: a tenth of a message's
+** instructions.
+*/
+static int messagehandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev) {
+  if (ev->meta != 0 || !(ev->tag & MKL_TAG_KNOWN)) return -1;
+  /* The arguments first, so that only ctx is left to overwrite and the
+  ** handlers to drop (three API calls fewer than arranging them after).
+  ** 1: ctx, 2: state, 3: the message, 4: the endpoint's name, 5: its
+  ** handlers, 6: fn */
   lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+  lua_rawgeti(co, 1, MKL_CTX_STATE);
+  pushmessage(S, co, ev->message);
   lua_pushstring(co, ev->endpoint);
-  lua_pushvalue(co, 2);
-  if (lua_rawget(co, 1) != LUA_TTABLE || lua_getmetatable(co, 3)) {
+  lua_pushvalue(co, 4);
+  if (lua_rawget(co, 1) != LUA_TTABLE || lua_getmetatable(co, 5)) {
     lua_settop(co, 0);
     return -1;
   }
-  handler_of(ev->type, &field);
-  lua_pushstring(co, field);
-  switch (lua_rawget(co, 3)) {
+  lua_rawgeti(co, LUA_REGISTRYINDEX, S->fieldref[FIELD_MESSAGE]);
+  switch (lua_rawget(co, 5)) {
     case LUA_TFUNCTION: break;
     case LUA_TNIL: lua_settop(co, 0); return 0;
     default: lua_settop(co, 0); return -1;
   }
-  /* Made fn, state, role(, reason), name in place. */
-  lua_rawgeti(co, 1, MKL_CTX_STATE);
-  lua_copy(co, 4, 1);
-  lua_copy(co, 2, 4);
-  lua_copy(co, 5, 2);
+  lua_copy(co, 6, 1);
   lua_settop(co, 4);
-  if (!presence) {
-    lua_pushvalue(co, 4);
-    if (ev->reason) mkl_pushterm(co, ev->reason); else lua_pushnil(co);
-    lua_replace(co, 4);
-  }
-  lua_pushvalue(co, 1);
-  lua_getinfo(co, ">u", &ar);
-  if (ar.isvararg || ar.nparams >= 2) {
-    pushshared(&S->topic, co, ev->role.topic);
-    newrole(S, co, ev->role.orientation, ev->role.interest);
-  } else {
-    lua_pushnil(co);
-  }
-  lua_replace(co, 3);
-  return presence ? 3 : 4;
+  return 3;
 }
 
 /* Give lp a coroutine for an activation: one from the pool (its stack
@@ -607,11 +675,14 @@ static void release(mkl_state *S, lproc *lp) {
 ** process (not in straight-line code waiting in market.yield) would drop
 ** it unhandled at delivery, as above, so it need not be queued. */
 static int declines(mk_proc *p, uint32_t tag, mk_event_type type) {
-  lproc *lp = mk_proc_data(p);
   const char *field;
   int bit = handler_of(type, &field);
-  return lp != NULL && bit != 0 && !lp->waiting && !lp->running && (tag & MKL_TAG_KNOWN) &&
-         !(tag & bit);
+  lproc *lp;
+  /* The tag first: most events go to a handler, and the answer is then
+  ** no without a look at the process. */
+  if (bit == 0 || !(tag & MKL_TAG_KNOWN) || (tag & bit)) return 0;
+  lp = mk_proc_data(p);
+  return lp != NULL && !lp->waiting && !lp->running;
 }
 
 /* One activation of p: resume co, its coroutine, with nargs values, p
@@ -637,6 +708,35 @@ static int activate(mk_proc *p, lproc *lp, lua_State *co, int nargs, int *nres,
   return st;
 }
 
+/*
+** The value at the top of co (what a handler returned; it returned, so co
+** is not running) applied in C when it is a transition of sends alone
+** (mkl_apply_sends), as the rest of the same activation.
+** Applying it through market.lua's apply took a second resume, which cost
+** more than the sends: an answer to a message (echo) is such a
+** transition.  Returns 1 when it did it all; 2 when it left actions
+** (mkl_apply_sends), with rest and its arguments pushed on co for a
+** resume; 0, having done nothing, for anything else, left to apply.
+*/
+static int applied(mk_proc *p, lproc *lp, lua_State *co) {
+  mk_proc *outer = running.p;
+  lproc *outerlp = running.lp;
+  int done, first, last;
+  running.p = p;                     /* for mkl_share, as in activate */
+  running.lp = lp;
+  done = mkl_apply_sends(co, -1, lp->ctxref, p, &first, &last);
+  running.p = outer;
+  running.lp = outerlp;
+  if (done == 2) {                   /* rest(ctx, transition, first, last) */
+    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->S->restref);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+    lua_rotate(co, -3, 2);
+    lua_pushinteger(co, first);
+    lua_pushinteger(co, last);
+  }
+  return done;
+}
+
 static void handle(mk_proc *p, const mk_event *ev) {
   lproc *lp = mk_proc_data(p);
   mkl_state *S = lp->S;
@@ -656,7 +756,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     lua_remove(co, -2);
     lua_pushinteger(co, (lua_Integer)mk_proc_pid(p));
     nargs = 1;
-    lp->applies = 1;
+    lp->applies = APPLY_LUA;
   } else if (lp->waiting) {
     /* Straight-line code suspended in a wait: the event is what await's
     ** continuation finds on its stack. */
@@ -664,18 +764,14 @@ static void handle(mk_proc *p, const mk_event *ev) {
     if ((nargs = pushevent(S, co, ev)) == 0) return;
   } else {
     if (unhandled(S->L, lp, ev)) return;
-    /* Idle between events: a fresh activation, deliver(ctx, endpoint,
-    ** message) or dispatch(ctx, event...). */
+    /* Idle between events: a fresh activation, the handler itself or
+    ** dispatch(ctx, event...). */
     co = acquire(S, lp);
-    if (ev->type == MK_EV_MESSAGE && ev->meta == 0) {
-      lua_rawgeti(co, LUA_REGISTRYINDEX, S->deliverref);
-      lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-      lua_pushstring(co, ev->endpoint);
-      pushmessage(S, co, ev->message);
-      nargs = 3;
-    } else if ((nargs = peerhandler(S, lp, co, ev)) >= 0) {
-      if (nargs == 0) { release(S, lp); return; }
-      lp->applies = 1;
+    nargs = ev->type == MK_EV_MESSAGE ? messagehandler(S, lp, co, ev)
+                                      : peerhandler(S, lp, co, ev);
+    if (nargs == 0) { release(S, lp); return; }
+    if (nargs > 0) {
+      lp->applies = APPLY_C;
     } else {
       lua_rawgeti(co, LUA_REGISTRYINDEX, S->dispatchref);
       lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
@@ -686,16 +782,22 @@ static void handle(mk_proc *p, const mk_event *ev) {
   st = activate(p, lp, co, nargs, &nres, &overrun);
   if (lp->applies && st == LUA_OK && !overrun) {
     /* The boot function or handler returned, at its event or at a later
-    ** one it waited for.  A transition it returned is applied by
-    ** apply(ctx, transition), on the same coroutine, as the rest of that
-    ** activation. */
+    ** one it waited for.  A transition it returned is applied, in C when
+    ** a handler's holds sends alone (applied), else by apply(ctx,
+    ** transition), on the same coroutine, as the rest of that activation. */
+    int how = lp->applies;
     lp->applies = 0;
     if (nres > 0 && !lua_isnil(co, -nres)) {
       lua_settop(co, lua_gettop(co) - nres + 1);
-      lua_rawgeti(co, LUA_REGISTRYINDEX, S->applyref);
-      lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-      lua_rotate(co, -3, 2);
-      st = activate(p, lp, co, 2, &nres, &overrun);
+      int done = how == APPLY_C ? applied(p, lp, co) : 0;
+      if (done == 0) {
+        lua_rawgeti(co, LUA_REGISTRYINDEX, S->applyref);
+        lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+        lua_rotate(co, -3, 2);
+        st = activate(p, lp, co, 2, &nres, &overrun);
+      } else if (done == 2) {
+        st = activate(p, lp, co, 4, &nres, &overrun);
+      }
     }
   }
   if (st == LUA_YIELD && !overrun) {
@@ -1124,11 +1226,11 @@ static int c_set_name(lua_State *L) {
   return 0;
 }
 
-/* core.init(apply, dispatch, deliver, event_table): market.lua's
-** activations and what a wait returns (see mkl_state) */
+/* core.init(apply, rest, dispatch, event_table): market.lua's activations
+** and what a wait returns (see mkl_state) */
 static int c_init(lua_State *L) {
   mkl_state *S = STATE(L);
-  int *refs[] = { &S->applyref, &S->dispatchref, &S->deliverref, &S->eventref };
+  int *refs[] = { &S->applyref, &S->restref, &S->dispatchref, &S->eventref };
   int i, n = (int)(sizeof refs / sizeof refs[0]);
   for (i = 1; i <= n; i++) luaL_checktype(L, i, LUA_TFUNCTION);
   lua_settop(L, n);
@@ -1300,13 +1402,21 @@ void mkl_open_core(lua_State *L) {
     S = lua_newuserdatauv(L, sizeof *S, 0);
     memset(S, 0, sizeof *S);
     S->L = L;
-    S->applyref = S->dispatchref = S->deliverref = S->eventref = LUA_NOREF;
+    S->applyref = S->restref = S->dispatchref = S->eventref = LUA_NOREF;
     lua_pushboolean(L, 0);
     S->message.ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushboolean(L, 0);
     S->topic.ref = luaL_ref(L, LUA_REGISTRYINDEX);
     rolestrings(L);
     S->roleref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "on_presence");
+    S->fieldref[FIELD_PRESENCE] = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "on_absence");
+    S->fieldref[FIELD_ABSENCE] = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "on_message");
+    S->fieldref[FIELD_MESSAGE] = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushboolean(L, 0);
+    S->nameref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, state_gc);
     lua_setfield(L, -2, "__gc");

@@ -3,8 +3,9 @@
 -- Actions are plain values made by the constructors below; a handler
 -- returns them inside a transition, and straight-line code performs them
 -- with market.perform.  A process's boot function, and each event after
--- it, runs on a coroutine that C (lua/lproc.c) resumes; this file's
--- dispatch and deliver hand each event to the endpoint's handler.
+-- it, runs on a coroutine that C (lua/lproc.c) resumes: the handler
+-- itself for most events, else this file's dispatch, which hands the
+-- event to the endpoint's handler.
 
 local core = ...          -- the C half, passed by luaopen_market
 local M = {}
@@ -27,23 +28,25 @@ local _ = M._
 local Action = { __name = "market.action" }
 function Action.__tostring(a) return "action " .. a.kind end
 
--- The actions made for every process (add, spawn, quit, delete) are fixed
+-- The actions made for every process (add, spawn, delete) are fixed
 -- actions (lua/laction.c): userdata of one allocation, which cannot be
 -- changed once made, holding their fields by position (a[1], a[2], ...:
 -- add: name, orientation, interest, topic, handlers; spawn: boot, name,
--- k, nested, budget; quit: pid, reason; delete: name, reason), and
--- reading by name too.  A field not given is nil or false, read by name
--- as nil; none of them can be false otherwise (a false reason means none),
--- except a topic, which is never left out.  Other actions are tables.
-local FixedAction = { __name = "market.action" }
-function FixedAction.__tostring(a) return "action " .. a.kind end
-function FixedAction.__newindex()
-  error("market.action: an action cannot be changed (make another)", 2)
+-- k, nested, budget; delete: name, reason), and reading by name too.  A
+-- field not given is nil or false, read by name as nil; none of them can
+-- be false otherwise (a false reason means none), except a topic, which
+-- is never left out.  Sends and quits are userdata too (below); other
+-- actions are tables.
+local function unchangeable()
+  error("market.action: an action cannot be changed; make another", 2)
 end
+local FixedAction = { __name = "market.action", __newindex = unchangeable }
+function FixedAction.__tostring(a) return "action " .. a.kind end
 
--- A send is a userdata of its own (lua/laction.c), reading as an action.
-local SendAction = { __name = "market.action" }
-function SendAction.__tostring() return "action send" end
+-- Sends and quits are userdata of their own (lua/laction.c), reading as
+-- actions: laction.c gives this metatable their __index.
+local SendAction = { __name = "market.action", __newindex = unchangeable }
+function SendAction.__tostring(a) return "action " .. a.kind end
 
 -- send(body), transition(state, action...) and transition_no_state(...)
 -- are made in C (lua/laction.c), with these metatables: they are most of
@@ -120,7 +123,7 @@ function M.nested_vm(boot, opts)
 end
 
 -- quit([pid [, reason]]): quit this process, or kill pid.  Made in C
--- (lua/laction.c): one is made for every kill.
+-- (lua/laction.c), as send is: processes are killed one by one in loops.
 M.quit = fast.quit
 
 -- The endpoint constructors are made in C (lua/laction.c): one runs for
@@ -265,13 +268,13 @@ function perform(ctx, a, level)
 end
 
 -- Sends are applied in C; the first other action and all after it here.
-local capply, action_at = fast.apply, fast.action_at
+local action_at = fast.action_at
 local function perform_each(ctx, a)
   if is_action(a) then perform_one(ctx, a, 0)
   elseif a then perform(ctx, a, 0) end
 end
 
--- Actions i..n of transition tr, which capply left to perform here.
+-- Actions i..n of transition tr, which C (fast.apply) left to perform here.
 local function rest(ctx, tr, i, n)
   for j = i, n do perform_each(ctx, action_at(tr, j)) end
 end
@@ -447,26 +450,13 @@ function M.self() current("self"); return core.self() end
 
 -- A process runs one activation at a time, each on a coroutine C lends it
 -- (lproc.c): its boot function for the boot event and the handler itself
--- for a presence or absence at level 0 (each followed by apply, for the
--- transition it returns, when it does), deliver for each later message at
--- level 0, and dispatch for any other event that finds it idle.  Only
+-- for a message, presence or absence at level 0 (each followed by apply,
+-- for the transition it returns, when it does not hold sends alone, which
+-- C applies, or by rest for what C left of it), and dispatch for any
+-- other event that finds it idle.  Only
 -- straight-line code waiting in market.yield() keeps a coroutine between
 -- events.
-
--- A message at level 0, most events: straight to its endpoint's handler,
--- with apply inlined (a handler that answers nothing, or only sends, costs
--- one call less per message).
-local function deliver(ctx, a, c)
-  local h = ctx[a]
-  local fn = h and h.on_message
-  if not fn then return end
-  local tr = fn(ctx[STATE], c, a)
-  if tr == nil then return end
-  local i, n = capply(ctx, tr)
-  if i then rest(ctx, tr, i, n) end
-end
-
-core.init(apply, dispatch, deliver, event_table)
+core.init(apply, rest, dispatch, event_table)
 
 -- A drain time in ms: a finite number, 0 or more (nil: none given).
 local function check_drain(ms, fname)

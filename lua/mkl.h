@@ -71,6 +71,16 @@ void mkl_forget_strings(void);
 
 /* laction.c */
 void mkl_open_actions(lua_State *L); /* core.fastpath into the table at the top */
+/* If the value at tr is a transition whose actions are all sends (or nil
+** or false), apply it for p as market.lua's apply would: its state into p's
+** context (the registry's ctxref), then its sends, while p lives; return
+** 1.  Return 2 when it met another action all the same (the debug library
+** can change a transition's actions after it was made), setting *first
+** and *last to the positions (1-based) of the actions left to market.lua's
+** rest.  Otherwise return 0, having done nothing (market.lua's apply has
+** it all to do).  It raises no error but out of memory, so it may be
+** called on a coroutine that has returned, outside any resume. */
+int mkl_apply_sends(lua_State *L, int tr, int ctxref, mk_proc *p, int *first, int *last);
 
 /* lproc.c */
 void mkl_open_core(lua_State *L);    /* pushes the market.core table */

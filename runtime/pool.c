@@ -6,12 +6,8 @@
 
 #include "pool.h"
 
-#if defined(__SANITIZE_ADDRESS__)
+#if MK_SANITIZED
 #define POOL_OFF 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define POOL_OFF 1
-#endif
 #endif
 
 /* Under valgrind, a cached block is made inaccessible and a reused one

@@ -23,6 +23,18 @@
 #define MK_POOL_H
 #include <stddef.h>
 
+/* Built with AddressSanitizer: the cache is off (MK_SANITIZED is 1). */
+#if defined(__SANITIZE_ADDRESS__)
+#define MK_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MK_SANITIZED 1
+#endif
+#endif
+#ifndef MK_SANITIZED
+#define MK_SANITIZED 0
+#endif
+
 #define MK_POOL_MAX   512            /* larger blocks go straight to malloc */
 #define MK_POOL_HOLD  (256 * 1024)   /* bytes kept per size class, at most */
 

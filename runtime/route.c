@@ -23,6 +23,22 @@
 ** subterm, whatever it is.  That is what the match cache (below) rests
 ** on: a channel's messages differ only in their payload, which the walk
 ** steps over without reading.
+**
+** Leaves and their tails.  A node that holds items has no children (the
+** token strings are prefix-free), and it keeps a reference to its first
+** item's topic.  The tokens of that topic from the node's depth on (its
+** *tail*) are not nodes of their own: the trie branches only where two
+** topics differ, and a topic's unshared rest is one node, however long
+** (a connection's channel topics share everything up to the remote port
+** and nothing after it, issue 10).  Adding a topic that differs from a
+** leaf's inside its tail turns the tokens they share into nodes and
+** parts the two there (split); removing a topic folds a chain left with
+** a single leaf back into it (foldup), so the shape of the trie depends
+** only on the set of topics in it.  The walk matches a tail against the
+** query term by term (tailmatch): from any depth on, a topic's tokens are
+** those of a run of complete subterms, which is what mk_unifies compares.
+** A leaf does not store its depth, where its tail starts: the walk counts
+** the depth of the node it is at, and the depth of each node it stacks.
 */
 
 #include <stdlib.h>
@@ -48,14 +64,18 @@
 #define NTABLESIZE 33           /* klog values: 0 .. 32 */
 
 /* 56 bytes, a 64-byte malloc chunk: an idle connection's topics hold
-** about sixteen nodes of their own (issue 10).  Hence the capacity kept
-** as a logarithm and the item list without a tail pointer. */
+** several nodes of their own (issue 10).  Hence the capacity kept as a
+** logarithm, the item list without a tail pointer, and a leaf's topic in
+** the place of the children it cannot have. */
 struct mk_inode {
   mk_inode *parent;
   mk_inode *wild;           /* child for a wildcard at this position */
   union {
     mk_inode **v;           /* kcap >= 2: owned array or table */
     mk_inode *one;          /* kcap == 1: the child, in place */
+    mk_term *topic;         /* kcap == 0: NULL, or, on a leaf (a node with
+                            ** items), the topic of its first item, an owned
+                            ** reference; see leaftopic */
   } kids;                   /* the other children (see SMALLKIDS; kidv) */
   mk_ilink *head;           /* items whose topic ends here; head->prev is
                             ** the last of them (route.h) */
@@ -139,6 +159,8 @@ typedef struct Task {
   mk_inode *node;
   uint32_t i;               /* next query subterm */
   uint32_t skip;            /* topic terms still to skip */
+  uint32_t depth;           /* tokens from the root to node (term.h's size
+                            ** limit keeps it below 2^25) */
 } Task;
 
 /* growable work areas, kept between calls so a match does not allocate */
@@ -294,6 +316,13 @@ static mk_inode **kidv (const mk_inode *n) {
   return n->klog == 1 ? (mk_inode **)&n->kids.one : n->kids.v;
 }
 
+/* The topic of a leaf, NULL for any other node: a node with children
+** (its kcap above 0, or only a wild one) has no topic, and a node with
+** items has no children. */
+static mk_term *leaftopic (const mk_inode *n) {
+  return n->klog == 0 ? n->kids.topic : NULL;
+}
+
 static mk_inode *findkid (const mk_inode *n, int tag, uint32_t h,
                           const mk_term *t) {
   if (kcapof(n) <= SMALLKIDS) {
@@ -447,9 +476,10 @@ static mk_inode *newnode (mk_index *ix, mk_inode *parent) {
   return n;
 }
 
-static void freenode (mk_index *ix, mk_inode *n) {
+static inline void freenode (mk_index *ix, mk_inode *n) {
   if (n->tag == TK_ATOM) mk_unref(n->key.atom);
   else if (n->tag == TK_REC) mk_rtype_unref(n->key.rt);
+  mk_unref(leaftopic(n));
   freetable(ix, n);
   free(n);
   ix->nodes--;
@@ -489,14 +519,136 @@ static mk_inode *child (mk_index *ix, mk_inode *n, const mk_term *t) {
   return c;
 }
 
-/* Free n and its ancestors while they hold nothing. */
-static void prune (mk_index *ix, mk_inode *n) {
+/* Free n and its ancestors while they hold nothing; returns the first
+** node that stays. */
+static mk_inode *prune (mk_index *ix, mk_inode *n) {
   while (n != ix->root && n->head == NULL && n->wild == NULL && n->nkids == 0) {
     mk_inode *p = n->parent;
     if (p->wild == n) p->wild = NULL;
     else removekid(ix, p, n);
     freenode(ix, n);
     n = p;
+  }
+  return n;
+}
+
+/*
+** The subterm of t at preorder position d (below mk_term_size(t)).  It
+** also pushes onto s[*ns ...] the complete subterms that follow that one
+** in t's preorder, the nearest last: popping them yields the rest of t's
+** tokens, term by term.  They are disjoint subterms after position d, so
+** there are fewer than mk_term_size(t) - d of them.
+*/
+static const mk_term *locate (const mk_term *t, size_t d, const mk_term **s,
+                              size_t *ns) {
+  size_t pos = 0;
+  while (pos < d) {  /* d lies inside compound t, past its header */
+    mk_term *const *it = mk_items(t);
+    uint32_t k = 0, j;
+    pos++;
+    while (pos + mk_term_size(it[k]) <= d) pos += mk_term_size(it[k++]);
+    for (j = t->n; j > k + 1; j--) s[(*ns)++] = it[j - 1];
+    t = it[k];
+  }
+  return t;
+}
+
+/* Do a and b (subterms) open with the same token? */
+static int sametoken (const mk_term *a, const mk_term *b) {
+  int tag = tokentag(a);
+  if (tag != tokentag(b)) return 0;
+  switch (tag) {
+    case TK_WILD: return 1;
+    case TK_REC: return a->v.rt == b->v.rt;  /* interned with the arity */
+    case TK_SEQ: return a->n == b->n;
+    default: return mk_equal(a, b);
+  }
+}
+
+/*
+** *np is a leaf at depth *ip, and the scratch holds a flattened topic
+** with the same first *ip tokens.  Returns 1 when the two topics are equal.
+** Otherwise the leaf's tail becomes nodes down to the first token p where
+** the topics differ, the leaf's items go to a new leaf made of its token
+** there, and *np, *ip become the node at depth p and p: 0.  -1 on
+** allocation failure, the leaf as it was.  The items move once, whatever
+** the length of the common run.
+*/
+static int split (mk_index *ix, mk_inode **np, size_t *ip) {
+  Scratch *sc = &ix->sc;
+  mk_inode *n = *np, *m = n, *c;
+  mk_term *topic = n->kids.topic;
+  mk_ilink *head = n->head, *l;
+  const mk_term *t;
+  size_t i = *ip, p = i, ns = 0;
+  if (i == mk_term_size(topic)) return 1;  /* both end here */
+  if (GROW(sc, s, scap, mk_term_size(topic) - i) != 0) return -1;
+  t = locate(topic, i, sc->s, &ns);  /* flatten's stack is free again */
+  while (sametoken(t, sc->q[p].t)) {
+    uint32_t k;
+    if (t->kind == MK_REC || t->kind == MK_SEQ)
+      for (k = t->n; k > 0; k--) sc->s[ns++] = mk_items(t)[k - 1];
+    p++;
+    if (ns == 0) return 1;  /* equal tokens, equal structure: both end here */
+    t = sc->s[--ns];
+  }
+  n->kids.topic = NULL;  /* the child map takes its place */
+  for (; i < p; i++) {   /* equal tokens: the new topic's stand for both */
+    if ((c = child(ix, m, sc->q[i].t)) == NULL) goto fail;
+    m = c;
+  }
+  if ((c = child(ix, m, t)) == NULL) goto fail;
+  n->head = NULL;
+  c->kids.topic = topic;
+  c->head = head;
+  for (l = head; l != NULL; l = l->next) l->leaf = c;
+  *np = m;
+  *ip = p;
+  return 0;
+fail:
+  prune(ix, m);  /* up to n, which still holds its items */
+  freetable(ix, n);
+  n->klog = 0;
+  n->kids.topic = topic;
+  return -1;
+}
+
+/* The only child of n (wild or not), or NULL when it has none or more. */
+static mk_inode *onlykid (const mk_inode *n) {
+  uint32_t i;
+  if (n->wild != NULL) return n->nkids == 0 ? n->wild : NULL;
+  if (n->nkids != 1) return NULL;
+  if (kcapof(n) <= SMALLKIDS) return kidv(n)[0];
+  for (i = 0; n->kids.v[i] == NULL; i++)  /* a table that could not shrink */
+    ;
+  return n->kids.v[i];
+}
+
+/*
+** Undo split above n: when n's only child is a leaf, the highest node of
+** the chain of only children that ends there becomes that leaf, and the
+** nodes below it go.  The items move once.
+*/
+static void foldup (mk_index *ix, mk_inode *n) {
+  mk_inode *leaf, *c;
+  mk_ilink *l;
+  if (n == ix->root || (leaf = onlykid(n)) == NULL || leaftopic(leaf) == NULL)
+    return;
+  while (n->parent != ix->root && onlykid(n->parent) == n) n = n->parent;
+  c = onlykid(n);
+  n->wild = NULL;
+  freetable(ix, n);
+  n->klog = 0;
+  n->nkids = 0;
+  n->kids.topic = leaf->kids.topic;
+  leaf->kids.topic = NULL;
+  n->head = leaf->head;
+  leaf->head = NULL;
+  for (l = n->head; l != NULL; l = l->next) l->leaf = n;
+  while (c != NULL) {  /* the chain, its maps freed with its nodes */
+    mk_inode *next = c == leaf ? NULL : onlykid(c);
+    freenode(ix, c);
+    c = next;
   }
 }
 
@@ -551,21 +703,33 @@ void mk_index_free (mk_index *ix) {
   free(ix);
 }
 
-/* An item belongs to at most one index: adding a linked item moves it. */
+/*
+** An item belongs to at most one index: adding a linked item moves it.
+** The descent stops at a leaf of an equal topic, or at a child it had to
+** make, which becomes a leaf with the rest of the topic as its tail.  A
+** leaf on the way whose topic differs is split where the two part, and
+** the descent goes on from there.
+*/
 int mk_index_add (mk_index *ix, const mk_term *topic, mk_ilink *item) {
   Scratch *sc = &ix->sc;
   mk_inode *n = ix->root;
-  size_t nq, i;
+  size_t i = 0;
   if (ix->busy) return -1;  /* from a match callback: the walk owns the scratch */
   if (item->leaf != NULL) mk_index_remove(ix, item);
-  if ((nq = flatten(sc, topic)) == 0) return -1;
-  for (i = 0; i < nq; i++) {
-    mk_inode *c = child(ix, n, sc->q[i].t);
-    if (c == NULL) {
-      prune(ix, n);  /* drop what this call created */
-      return -1;
+  if (flatten(sc, topic) == 0) return -1;
+  for (;;) {
+    mk_inode *c;
+    if (leaftopic(n) != NULL) {
+      int r = split(ix, &n, &i);
+      if (r > 0) break;
+      if (r < 0) goto fail;
     }
+    if ((c = child(ix, n, sc->q[i++].t)) == NULL) goto fail;
     n = c;
+    if (n->klog == 0 && n->kids.topic == NULL && n->wild == NULL) {  /* new */
+      n->kids.topic = mk_ref((mk_term *)topic);  /* immutable */
+      break;
+    }
   }
   item->leaf = n;
   item->next = NULL;
@@ -579,6 +743,10 @@ int mk_index_add (mk_index *ix, const mk_term *topic, mk_ilink *item) {
   ix->count++;
   ix->gen++;
   return 0;
+fail:  /* drop what this call made, and fold what it pushed down */
+  ix->gen++;
+  foldup(ix, prune(ix, n));
+  return -1;
 }
 
 void mk_index_remove (mk_index *ix, mk_ilink *item) {
@@ -598,26 +766,32 @@ void mk_index_remove (mk_index *ix, mk_ilink *item) {
   ix->gen++;
   /* An empty index matches nothing: let go of the terms the cache holds. */
   if (ix->count == 0) clearcache(&ix->cache);
-  prune(ix, n);
+  if (n->head == NULL) {  /* the leaf goes: its parent may be left with one child */
+    mk_inode *p = prune(ix, n);
+    if (p->nkids + (p->wild != NULL) == 1) foldup(ix, p);
+  }
 }
 
-static int push (Scratch *sc, size_t *nw, mk_inode *n, size_t i, uint32_t skip) {
+static int push (Scratch *sc, size_t *nw, mk_inode *n, size_t i, uint32_t skip,
+                 size_t depth) {
   if (GROW(sc, w, wcap, *nw + 1) != 0) return -1;
   sc->w[*nw].node = n;
   sc->w[*nw].i = (uint32_t)i;
   sc->w[*nw].skip = skip;
+  sc->w[*nw].depth = (uint32_t)depth;
   (*nw)++;
   return 0;
 }
 
-/* Push every child of n (not the wild one) as consuming one term more. */
+/* Push every child of n (not the wild one; n at depth d) as consuming one
+** term more. */
 static int pushkids (Scratch *sc, size_t *nw, const mk_inode *n, size_t i,
-                     uint32_t skip) {
+                     uint32_t skip, size_t d) {
   uint32_t k, len = (kcapof(n) <= SMALLKIDS) ? n->nkids : kcapof(n);
   mk_inode **kids = kidv(n);
   for (k = 0; k < len; k++) {
     mk_inode *c = kids[k];
-    if (c != NULL && push(sc, nw, c, i, skip + c->arity) != 0) return -1;
+    if (c != NULL && push(sc, nw, c, i, skip + c->arity, d + 1) != 0) return -1;
   }
   return 0;
 }
@@ -631,24 +805,62 @@ static void readat (Track *tr, size_t i) {
 }
 
 /*
+** Does the tail of leaf n, at depth d, unify with the query from position
+** i on, once `skip` complete terms of it are skipped?  The tail is a run of complete
+** subterms of n's topic, each one a whole query subterm in the walk's
+** alignment.  A topic wildcard does not read the query (see the walk).
+** 1 or 0; -1 when the stack cannot grow.
+*/
+static int tailmatch (Scratch *sc, const mk_inode *n, size_t d, size_t i,
+                      size_t nq, uint32_t skip, Track *tr) {
+  const mk_term *topic = n->kids.topic, *t;
+  size_t ns = 0;
+  if (d == mk_term_size(topic)) return 0;  /* no tail: the walk saw i < nq */
+  if (GROW(sc, s, scap, mk_term_size(topic) - d) != 0) return -1;
+  t = locate(topic, d, sc->s, &ns);  /* flatten's stack is free again */
+  for (;;) {
+    if (skip > 0) skip--;
+    else {
+      if (i == nq) return 0;
+      if (t->kind != MK_WILD) {
+        if (tr != NULL) readat(tr, i);
+        if (!mk_unifies(t, sc->q[i].t)) return 0;
+      }
+      i += sc->q[i].size;
+    }
+    if (ns == 0) return i == nq;
+    t = sc->s[--ns];
+  }
+}
+
+/*
 ** The walk.  The ground path of the query is followed directly; only the
 ** alternatives (wild children, subtrees covered by query wildcards) go on
 ** the work stack.  Allocation fails only when a stack must grow; the walk
 ** then ends early, having reported what it had found.  With `tr`, it
-** notes for the cache what it read and what it found.
+** notes for the cache what it read and what it found.  A leaf's tail is
+** matched in one step, after which the query is used up.
 */
 static size_t walk (Scratch *sc, mk_inode *root, size_t nq, mk_match_fn fn,
                     void *ctx, Track *tr) {
   size_t count = 0, nw = 0;
-  if (push(sc, &nw, root, 0, 0) != 0) return 0;
+  if (push(sc, &nw, root, 0, 0, 0) != 0) return 0;
   while (nw > 0) {
     Task tk = sc->w[--nw];
     mk_inode *n = tk.node;
-    size_t i = tk.i;
+    size_t i = tk.i, d = tk.depth;
     if (tk.skip > 0) {  /* consume one complete topic term from n */
-      if (n->wild && push(sc, &nw, n->wild, i, tk.skip - 1) != 0) return count;
-      if (pushkids(sc, &nw, n, i, tk.skip - 1) != 0) return count;
-      continue;
+      if (leaftopic(n) != NULL) {
+        int r = tailmatch(sc, n, d, i, nq, tk.skip, tr);
+        if (r < 0) return count;
+        if (r == 0) continue;
+        i = nq;
+      }
+      else {
+        if (n->wild && push(sc, &nw, n->wild, i, tk.skip - 1, d + 1) != 0) return count;
+        if (pushkids(sc, &nw, n, i, tk.skip - 1, d) != 0) return count;
+        continue;
+      }
     }
     for (;;) {
       const QEnt *q;
@@ -666,29 +878,39 @@ static size_t walk (Scratch *sc, mk_inode *root, size_t nq, mk_match_fn fn,
       }
       if (n->nkids == 0) {  /* a topic wildcard or nothing: whatever the
                             ** query holds here, it is not read */
-        if (n->wild == NULL) break;
+        if (n->wild == NULL) {  /* a leaf (or the empty root) */
+          int r;
+          if (leaftopic(n) == NULL) break;
+          if ((r = tailmatch(sc, n, d, i, nq, 0, tr)) < 0) return count;
+          if (r == 0) break;
+          i = nq;
+          continue;
+        }
         n = n->wild;
+        d++;
         i += sc->q[i].size;
         continue;
       }
       if (tr != NULL) readat(tr, i);
       q = &sc->q[i];
       if (q->t->kind == MK_WILD) {  /* every topic term fits here */
-        if (n->wild && push(sc, &nw, n->wild, i + 1, 0) != 0) return count;
-        if (pushkids(sc, &nw, n, i + 1, 0) != 0) return count;
+        if (n->wild && push(sc, &nw, n->wild, i + 1, 0, d + 1) != 0) return count;
+        if (pushkids(sc, &nw, n, i + 1, 0, d) != 0) return count;
         break;
       }
       c = findkid(n, tokentag(q->t), tokenhash(q->t), q->t);
       if (n->wild != NULL) {  /* a topic wildcard takes the whole subterm */
         if (c == NULL) {
           n = n->wild;
+          d++;
           i += q->size;
           continue;
         }
-        if (push(sc, &nw, n->wild, i + q->size, 0) != 0) return count;
+        if (push(sc, &nw, n->wild, i + q->size, 0, d + 1) != 0) return count;
       }
       if (c == NULL) break;
       n = c;
+      d++;
       i++;  /* past an atom, or into a compound's first item */
     }
   }

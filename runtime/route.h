@@ -4,7 +4,8 @@
 **
 ** Each indexed item is an intrusive `mk_ilink` embedded in the caller's
 ** record (an endpoint); the index never allocates per item, only per trie
-** node, and never owns the items.  Matching a query term costs in proportion
+** node (one where a topic parts from the others, not one per token), and
+** never owns the items.  Matching a query term costs in proportion
 ** to the size of the query and the number of trie nodes that can still
 ** match, never a scan of every item: a wildcard in the query enumerates the
 ** subtrees it covers, a wildcard in an indexed topic is one branch.
@@ -36,7 +37,8 @@ mk_index *mk_index_new(void);
 void mk_index_free(mk_index *ix);
 
 /* Add `item` under `topic` (borrowed; the index keeps its own references
-** to the atoms it needs).  Returns 0, or -1 on allocation failure. */
+** to the atoms it needs, and to one topic per distinct topic indexed).
+** Returns 0, or -1 on allocation failure. */
 int mk_index_add(mk_index *ix, const mk_term *topic, mk_ilink *item);
 /* Remove an item added earlier; prunes nodes left empty.  No-op when the
 ** item is not indexed. */

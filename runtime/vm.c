@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "pool.h"
 #include "vmint.h"
@@ -231,27 +232,97 @@ static void ep_unref(mk_endpoint *e) {
 
 /* ---- the queue ---------------------------------------------------------- */
 
+_Static_assert(sizeof(mk_qblock) == 65536, "a queue block is 64 KiB (vmint.h)");
+
+/* A queue block (vmint.h), mapped; from malloc under AddressSanitizer,
+** which then still sees what reads or writes past a slot. */
+static mk_qblock *qblock_new(void) {
+  mk_qblock *b;
+#if MK_SANITIZED
+  b = malloc(sizeof *b);
+#else
+  void *m = mmap(NULL, sizeof *b, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  b = m == MAP_FAILED ? NULL : m;
+#endif
+  if (b == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  return b;
+}
+
+static void qblock_free(mk_qblock *b) {
+#if MK_SANITIZED
+  free(b);
+#else
+  if (b != NULL) munmap(b, sizeof *b);
+#endif
+}
+
+/* A slot for one more event at the queue's tail, with a block for it if
+** the tail block is full (or there is none yet). */
+static mk_qev *qslot(mk_vm *vm) {
+  mk_qblock *b = vm->qtail;
+  if (b == NULL || b->last == MK_QBLOCK) {
+    mk_qblock *nb = vm->qfree;
+    if (nb != NULL) vm->qfree = nb->next; else nb = qblock_new();
+    nb->next = NULL;
+    nb->first = nb->last = 0;
+    if (b != NULL) b->next = nb; else vm->qhead = nb;
+    vm->qtail = b = nb;
+  }
+  return &b->ev[b->last++];
+}
+
+/* Queue an event of this type for p: the slot, zeroed but for type and
+** proc, valid until the next event is queued or taken. */
 static mk_qev *qev_new(mk_vm *vm, mk_proc *p, mk_event_type type) {
-  mk_qev *q = mk_pool_alloc(sizeof *q);   /* one or more per message */
-  if (q == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  mk_qev *q = qslot(vm);
   memset(q, 0, sizeof *q);
   q->type = (uint8_t)type;
   q->proc = p;
   p->refs++;
   p->pending++;
-  if (vm->qtail) vm->qtail->next = q; else vm->qhead = q;
-  vm->qtail = q;
-  vm->qlen++;
   return q;
 }
 
+/* Unmap a chain of blocks. */
+static void qblocks_free(mk_qblock *b) {
+  while (b != NULL) {
+    mk_qblock *next = b->next;
+    qblock_free(b);
+    b = next;
+  }
+}
+
+/* Take the event at the head (there is one) into *q, which owns it now.
+** A block emptied waits in qfree, but the last one, which is rewound;
+** when the queue empties, qfree is unmapped (vmint.h). */
+static void qev_take(mk_vm *vm, mk_qev *q) {
+  mk_qblock *b = vm->qhead;
+  *q = b->ev[b->first++];
+  if (b->first < b->last) return;
+  if (b->next == NULL) {
+    b->first = b->last = 0;
+    qblocks_free(vm->qfree);
+    vm->qfree = NULL;
+    return;
+  }
+  vm->qhead = b->next;
+  b->next = vm->qfree;
+  vm->qfree = b;
+}
+
+static int qev_empty(const mk_vm *vm) {
+  return vm->qhead == NULL || vm->qhead->first == vm->qhead->last;
+}
+
+/* Let go of what an event taken off the queue holds (not its process).
+** Most events hold a term and no reason, topic or name: the calls for
+** those are skipped. */
 static void qev_free(mk_qev *q) {
   if (q->ep) ep_unref(q->ep);
   mk_unref(q->term);
-  mk_unref(q->reason);
-  mk_unref(q->topic);
-  free(q->name);
-  mk_pool_free(q, sizeof *q);
+  if (q->reason) mk_unref(q->reason);
+  if (q->topic) mk_unref(q->topic);
+  if (q->name) free(q->name);
 }
 
 /* Queue an event naming endpoint `to` of its process; NULL if declined. */
@@ -272,7 +343,7 @@ static mk_qev *enqueue_ep(mk_vm *vm, mk_endpoint *to, mk_event_type type,
     q->orientation = (uint8_t)peer->orientation;
     q->interest = (uint8_t)peer->interest;
   }
-  q->reason = mk_ref(reason);
+  if (reason) q->reason = mk_ref(reason);
   return q;
 }
 
@@ -322,7 +393,7 @@ void mk_vm_set_trace(mk_vm *vm, mk_trace_fn fn, void *ud) {
   vm->traceud = ud;
 }
 
-int mk_vm_idle(const mk_vm *vm) { return vm->qhead == NULL; }
+int mk_vm_idle(const mk_vm *vm) { return qev_empty(vm); }
 size_t mk_vm_nprocs(const mk_vm *vm) { return vm->nprocs; }
 mk_vm *mk_vm_parent(const mk_vm *vm) { return vm->parent; }
 mk_proc *mk_vm_self(const mk_vm *vm) { return vm->self; }
@@ -395,6 +466,7 @@ void mk_vm_free(mk_vm *vm, mk_term *reason) {
     vm->resident = NULL;
   }
   drop_queue(vm);
+  qblocks_free(vm->qhead);   /* drop_queue left one block, or none, and no qfree */
   mk_action_free(vm->outbox);
   mk_index_free(vm->ix[0]);
   mk_index_free(vm->ix[1]);
@@ -516,8 +588,8 @@ static mk_term *refined(const mk_role *a, const mk_role *b) {
   return t;
 }
 
-/* Both sides of a pair see the same intersection: it is made once and
-** each event takes a reference. */
+/* Both sides of a pair see the same intersection: it is made once, and
+** the last event made takes the reference refined returned. */
 static int on_peer(mk_ilink *link, void *ud) {
   presence_ctx *c = ud;
   mk_endpoint *q = (mk_endpoint *)link, *e = c->e;
@@ -531,11 +603,10 @@ static int on_peer(mk_ilink *link, void *ud) {
   ** process asked (Marketplace's delete-endpoint): a process that died
   ** runs no more handlers. */
   if (e_sees) {
-    mk_qev *own = enqueue_ep(c->vm, e, type, mk_ref(t), &q->role, c->reason);
+    mk_qev *own = enqueue_ep(c->vm, e, type, q_sees ? mk_ref(t) : t, &q->role, c->reason);
     if (own && c->absent) own->deleted = 1;
   }
-  if (q_sees) enqueue_ep(c->vm, q, type, mk_ref(t), &e->role, c->reason);
-  mk_unref(t);
+  if (q_sees) enqueue_ep(c->vm, q, type, t, &e->role, c->reason);
   return 0;
 }
 
@@ -1092,16 +1163,14 @@ static void deliver(mk_vm *vm, mk_qev *q) {
 }
 
 int mk_vm_step(mk_vm *vm) {
-  mk_qev *q = vm->qhead;
+  mk_qev q;
   mk_proc *p;
-  if (q == NULL) return 0;
-  vm->qhead = q->next;
-  if (vm->qhead == NULL) vm->qtail = NULL;
-  vm->qlen--;
-  p = q->proc;
+  if (qev_empty(vm)) return 0;
+  qev_take(vm, &q);       /* a copy: handlers queue more, moving the tail */
+  p = q.proc;
   p->pending--;
-  deliver(vm, q);
-  qev_free(q);
+  deliver(vm, &q);
+  qev_free(&q);
   check_exit(p);
   proc_unref(p);
   return 1;
@@ -1114,15 +1183,14 @@ size_t mk_vm_run(mk_vm *vm) {
 }
 
 static void drop_queue(mk_vm *vm) {
-  mk_qev *q;
-  while ((q = vm->qhead) != NULL) {
-    mk_proc *p = q->proc;
-    vm->qhead = q->next;
+  mk_qev q;
+  while (!qev_empty(vm)) {
+    mk_proc *p;
+    qev_take(vm, &q);
+    p = q.proc;
     p->pending--;
-    if (q->cont && p->b->release_cont) p->b->release_cont(p, q->cont);
-    qev_free(q);
+    if (q.cont && p->b->release_cont) p->b->release_cont(p, q.cont);
+    qev_free(&q);
     proc_unref(p);
   }
-  vm->qtail = NULL;
-  vm->qlen = 0;
 }

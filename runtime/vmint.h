@@ -51,10 +51,9 @@ struct mk_endpoint {
   char name[];              /* NUL-terminated, owned in place */
 };
 
-/* A queued event.  Holds counted references to its process and endpoint
-** and owns its terms and `name`. */
+/* A queued event, a slot of an mk_qblock.  Holds counted references to
+** its process and endpoint and owns its terms and `name`. */
 typedef struct mk_qev {
-  struct mk_qev *next;
   mk_proc *proc;
   mk_endpoint *ep;          /* NULL for boot/cont/meta-forwarded events */
   char *name;               /* meta-forwarded events: owned endpoint name */
@@ -66,6 +65,30 @@ typedef struct mk_qev {
   uint8_t type, meta, orientation, interest;
   uint8_t deleted;          /* an absence told to the deleted endpoint itself */
 } mk_qev;
+
+/* The VM's FIFO is a list of blocks of events, not a record per event: a
+** presence or absence burst queues one event per peer (10,000 and more)
+** and a spawn wave a boot event per process, and allocating and freeing
+** each record (malloc's slow paths, past what the pool keeps per size)
+** was a sixth of a presence event (issue 10).  Events are added at the
+** tail block's `last` and taken from the head block's `first`.  A block
+** is 64 KiB of memory mapped for it (910 events: vm.c, qblock_new), so
+** glibc's heap never sees the queue; blocks of a few hundred bytes from
+** malloc, given back after a burst of 10,000, merged in its free lists
+** into space large enough for it to consolidate all its fast bins, and
+** a spawn cost 600 instructions more.  A block whose events are all
+** taken waits in `qfree` for the tail to need one; when the queue
+** empties, the head block is rewound and those waiting are unmapped.  So
+** a VM keeps one block while idle, of which what its largest burst since
+** the last empty queue touched is resident (4 KiB for a queue that never
+** held more than 56 events).  Owned by the VM, with the events in slots
+** first..last-1, which own what mk_qev says. */
+#define MK_QBLOCK 910
+typedef struct mk_qblock {
+  struct mk_qblock *next;
+  unsigned first, last;
+  mk_qev ev[MK_QBLOCK];
+} mk_qblock;
 
 /* Meta-endpoint names a process holds one level up (for implicit exit). */
 typedef struct mk_metaname {
@@ -112,8 +135,9 @@ struct mk_vm {
   size_t ptabsize, nprocs;
   mk_endpoint **etab;       /* (pid, name) table, chained */
   size_t etabsize, neps;
-  mk_qev *qhead, *qtail;
-  size_t qlen;
+  mk_qblock *qhead, *qtail; /* the event FIFO (mk_qblock), owned; NULL until
+                            ** the first event */
+  mk_qblock *qfree;         /* emptied blocks, owned, chained by next */
   mk_pid nextpid;
   mk_action *outbox, *outtail;
   mk_vm_hooks hooks;

@@ -159,14 +159,17 @@ describe("per-process footprint", function()
     local boot = function() end
     -- With named fields in a hash part: 208 and 152 bytes (an add, 248).
     -- As tables with their fields in an array part, kind in a hash part:
-    -- 160, 112 and 160, in three allocations each.  As fixed actions
-    -- (userdata, lua/laction.c): 136, 88 and 136, in one.
+    -- a spawn and an add 160 each, a quit 112, in three allocations each.
+    -- A quit as a userdata (one block, the reason its user value:
+    -- lua/laction.c), 80; a spawn and an add as fixed actions, 136, in one.
     local spawn = bytes(function() return market.spawn(boot) end)
     local quit = bytes(function(pid) return market.quit(pid) end)
+    local why = bytes(function(pid) return market.quit(pid, "why") end)
     local h = { name = "n" }
     local add = bytes(function() return market.subscriber("t", h) end)
     assert.is_true(spawn < 150, ("%.0f bytes per spawn action"):format(spawn))
-    assert.is_true(quit < 100, ("%.0f bytes per quit action"):format(quit))
+    assert.is_true(quit <= 80, ("%.0f bytes per quit action"):format(quit))
+    assert.is_true(why <= 80, ("%.0f bytes per quit action with a reason"):format(why))
     assert.is_true(add < 150, ("%.0f bytes per add action"):format(add))
   end)
 

@@ -228,35 +228,38 @@ describe("quit", function()
     assert.same({ "a alive" }, log.lines)
   end)
 
-  -- perform(quit(pid, reason)) alone is done in C (lua/laction.c); what it
-  -- does, and what it refuses, are market.lua's.
+  -- perform(quit(pid, reason)) alone is done in C (lua/laction.c), and a
+  -- quit action is a value that cannot change, as a send is.
   it("perform(quit(pid, reason)) kills with the reason; a quit action cannot be changed",
      function()
     local log, why = H.log(), market.record("why", "code")
-    local reasons, failure = {}, nil
+    local reasons, gone, failure = {}, {}, nil
     H.ground(function()
       local pids = {}
       for i = 1, 3 do pids[i] = market.perform(holder("p" .. i, market.publisher({ "q", i }))) end
       H.step(holder("obs", market.observe_publishers({ "q", _ }, {
-        on_absence = function(_, role, reason) reasons[role.topic[2]] = reason or "none" end })))
+        on_absence = function(_, role, reason)
+          gone[role.topic[2]] = true
+          reasons[role.topic[2]] = reason
+        end })))
       market.perform(market.quit(pids[1], why(7)))
       market.perform(market.quit(pids[2]))
       H.settle()
       log("alive")
-      -- Actions are values, fixed once made (a send, an add, a spawn, a
-      -- quit, a delete): what is performed is what the constructor checked.
-      local a = market.quit(pids[3])
-      local ok, err = pcall(function() a[1] = "three" end)
+      local a = market.quit(pids[3], "r")
+      local ok, err = pcall(function() a[1] = pids[1] end)
       failure = not ok and tostring(err)
-      ok = pcall(function() a.pid = 1 end)
-      log("changed: %s", tostring(ok))
+      assert.same({ "quit", pids[3], "r", pids[3], "r" }, { a.kind, a.pid, a.reason, a[1], a[2] })
+      assert.equal("action quit", tostring(a))
       market.perform(a)
       H.settle()
-      log("alive after p3's quit")
+      log("alive after the quit")
     end)
     assert.equal('why(7)', market.repr(reasons[1]))
-    assert.same({ "none", "none" }, { reasons[2], reasons[3] })
-    assert.same({ "alive", "changed: false", "alive after p3's quit" }, log.lines)
+    assert.is_nil(reasons[2])
+    assert.equal("r", reasons[3])
+    assert.same({ true, true, true }, gone)
+    assert.same({ "alive", "alive after the quit" }, log.lines)
     assert.matches("lifecycle_spec.lua:%d+: market.action: an action cannot be changed", failure)
   end)
 

@@ -337,6 +337,111 @@ describe("handler tables", function()
     }, log.lines)
   end)
 
+  -- A message handler of a plain table is the activation's body, as a
+  -- presence handler is (lproc.c, messagehandler), and a transition of
+  -- sends alone that it returns is applied in C after it returns; other
+  -- tables, other handlers and other transitions go through market.lua.
+  -- Every way, the handler gets (state, message, endpoint) and nothing
+  -- more, and its transition is applied in order.
+  it("a message handler runs with no frame of market.lua's under it", function()
+    local frames
+    H.ground(function()
+      H.step(holder("p", market.subscriber({ "x", _ }, { name = "in", on_message = function()
+        local t, level = {}, 1
+        local info = debug.getinfo(level, "S")
+        while info do
+          t[#t + 1] = info.what == "C" and "C" or info.short_src:match("[^/]*$")
+          level = level + 1
+          info = debug.getinfo(level, "S")
+        end
+        frames = table.concat(t, " ")
+      end })))
+      H.step(market.send({ "x", 1 }))
+    end)
+    -- Before, market.lua's deliver lay under it: "messages_spec.lua market".
+    assert.equal("messages_spec.lua", frames)
+  end)
+
+  it("message handlers get state, message and endpoint however they are found and declared",
+     function()
+    local log = H.log()
+    local function show(...)
+      local n, s, m, ep = select("#", ...), ...
+      return ("%d args, %s %s %s"):format(n, s, market.repr(m), ep)
+    end
+    H.ground(function()
+      local later = { name = "later", on_message = function(...) log("later %s", show(...)) end }
+      local callable = { name = "callable", on_message = function() end }
+      H.step(holder("p",
+        market.subscriber({ "x", _ }, { name = "varargs",
+          on_message = function(...) log("varargs %s", show(...)) end }),
+        market.subscriber({ "x", _ }, setmetatable({ name = "meta" }, { __index = {
+          on_message = function(...) log("meta %s", show(...)) end } })),
+        market.subscriber({ "x", _ }, later),
+        market.subscriber({ "x", _ }, callable)))
+      setmetatable(later, {})
+      callable.on_message = setmetatable({}, { __call = function(_, ...)
+        log("callable %s", show(...))
+      end })
+      H.step(market.send({ "x", 1 }))
+    end)
+    table.sort(log.lines)
+    assert.same({ 'callable 3 args, 0 ["x", 1] callable',
+                  'later 3 args, 0 ["x", 1] later',
+                  'meta 3 args, 0 ["x", 1] meta',
+                  'varargs 3 args, 0 ["x", 1] varargs' }, log.lines)
+  end)
+
+  it("a message handler's transition is applied in order, whatever it holds", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("logger", market.subscriber({ "out", _ }, { on_message = function(_, m)
+        log("%s", m)
+      end })))
+      H.step(holder("p", market.subscriber({ "in", _ }, { on_message = function(n, m)
+        local what = m[2]
+        if what == "sends" then       -- sends alone, with nothing between them
+          return T(n + 1, market.send({ "out", n .. "a" }), nil, false,
+                   market.send({ "out", n .. "b" }))
+        elseif what == "mixed" then   -- a send, another action, a send
+          return T(n + 1, market.send({ "out", n .. "a" }), market.spawn(function()
+            return T(nil, market.send({ "out", "spawned" }))
+          end), market.send({ "out", n .. "b" }))
+        elseif what == "keep" then    -- no state: the state stays
+          return market.transition_no_state(market.send({ "out", n .. "kept" }))
+        elseif what == "waits" then   -- waits, then returns sends
+          local ev = market.yield()
+          return T(n + 1, market.send({ "out", n .. " after " .. ev.type }))
+        end
+      end })))
+      for _, what in ipairs({ "sends", "keep", "mixed", "waits", "sends" }) do
+        H.step(market.send({ "in", what }))
+      end
+      H.step(holder("q", market.publisher({ "in", "x" })))
+    end)
+    assert.same({ '["out", "0a"]', '["out", "0b"]', '["out", "1kept"]', '["out", "1a"]',
+                  '["out", "1b"]', '["out", "spawned"]', '["out", "2a"]', '["out", "2b"]',
+                  '["out", "2 after presence"]' }, log.lines)
+  end)
+
+  it("a transition of sends changed through the debug library since is applied as it is",
+     function()
+    -- C applies a transition made of sends alone; one whose action was
+    -- replaced since (here by a list) has the rest applied by market.lua.
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("logger", market.subscriber({ "out", _ }, { on_message = function(_, m)
+        log("%s", m)
+      end })))
+      local tr = market.transition_no_state(market.send({ "out", 1 }),
+        market.send({ "out", 2 }), market.send({ "out", 3 }))
+      debug.setuservalue(tr, { market.send({ "out", "a" }), market.send({ "out", "b" }) }, 2)
+      H.step(holder("p", market.subscriber({ "in", _ }, { on_message = function() return tr end })))
+      H.step(market.send({ "in", 1 }))
+    end)
+    assert.same({ '["out", 1]', '["out", "a"]', '["out", "b"]', '["out", 3]' }, log.lines)
+  end)
+
   it("an event no handler takes still reaches straight-line code in market.yield()",
      function()
     local log = H.log()

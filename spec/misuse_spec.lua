@@ -339,11 +339,13 @@ describe("metamethods called by hand", function()
       local metas = {
         box = debug.getmetatable(market._), record = debug.getmetatable(r),
         send = debug.getmetatable(market.send(1)),
+        fixed = debug.getmetatable(market.spawn(print)),
       }
       local names = {}
       for what, mt in pairs(metas) do
         for k, f in pairs(mt) do
-          if type(f) == "function" and k ~= "__tostring" or what ~= "send" and k == "__tostring" then
+          if type(f) == "function" and k ~= "__tostring" or
+             what ~= "send" and what ~= "fixed" and k == "__tostring" then
             names[#names + 1] = what .. "." .. k
           end
         end
@@ -370,11 +372,14 @@ describe("metamethods called by hand", function()
       "box.__len\tfalse\tmarket.term expected, got FILE*",
       "box.__newindex\tfalse\tterms are immutable",
       "box.__tostring\tfalse\tmarket.term expected, got FILE*",
+      "fixed.__index\tfalse\tmarket.action expected, got FILE*",
+      "fixed.__newindex\tfalse\tmarket.action: an action cannot be changed; make another",
       "record.__call\tfalse\trecord constructor expected, got FILE*",
       "record.__gc\tfalse\trecord constructor expected, got FILE*",
       "record.__index\tfalse\trecord constructor expected, got FILE*",
       "record.__tostring\tfalse\trecord constructor expected, got FILE*",
       "send.__index\tfalse\tmarket.action expected, got FILE*",
+      "send.__newindex\tfalse\tmarket.action: an action cannot be changed; make another",
       "light\tfalse\tmarket.term expected, got market.term\tfalse",
       "stdout still works", "" }, "\n"), out)
   end)

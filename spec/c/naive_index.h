@@ -69,4 +69,21 @@ static void crosscheck (Cross *x, mk_term *q) {
   x->checked++;
 }
 
+/* The nodes of a fresh index holding the topics of x's linked items,
+** added last first: the routing trie's shape depends on its set of
+** topics only (route.c, "Leaves and their tails"), so it must equal
+** x->ix's. */
+static size_t fresh_nodes (const Cross *x) {
+  mk_index *ix = mk_index_new();
+  mk_ilink *links = (mk_ilink *)calloc((size_t)x->n, sizeof *links);
+  size_t nodes;
+  int i;
+  for (i = x->n - 1; i >= 0; i--)
+    if (x->items[i].link.leaf != NULL) mk_index_add(ix, x->items[i].topic, &links[i]);
+  nodes = mk_index_nodes(ix);
+  mk_index_free(ix);
+  free(links);
+  return nodes;
+}
+
 #endif

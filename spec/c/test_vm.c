@@ -1216,6 +1216,84 @@ static void test_event_order(void) {
   END;
 }
 
+/* The queue is a list of blocks of MK_QBLOCK events (vmint.h).  P answers
+** each rec(2, i) with rec(3, i), queued at the tail while the head block
+** is being taken, for Q; a burst of 2,000 crosses blocks both ways. */
+static void echo3_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  (void)r;
+  if (ev->type != MK_EV_MESSAGE) return;
+  t = R(I(3), mk_ref(mk_items(ev->message)[1]));
+  mk_send(p, t);
+  mk_unref(t);
+}
+
+static int quiet_count;
+static void quiet_handle(mk_proc *p, const mk_event *ev) {
+  if (ev->type == MK_EV_BOOT) mk_add_endpoint(p, "in", 0, role(MK_SUBSCRIBER, MK_PARTICIPANT, idle_topic));
+  else if (ev->type == MK_EV_MESSAGE) quiet_count++;
+}
+static const mk_behavior quiet_behavior = { "quiet", quiet_handle, NULL, NULL, NULL, 0 };
+
+static void queue_burst(mk_vm *vm, int tag, int n) {
+  int i;
+  for (i = 0; i < n; i++) {
+    mk_term *t = R(I(tag), I(i));
+    mk_vm_send(vm, t, 0);
+    mk_unref(t);
+  }
+}
+
+static void test_queue_blocks(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec p, q;
+  int i, ok = 1;
+  char want[64];
+  rec_init(&p, "P");
+  rec_init(&q, "Q");
+  rec_ep(&p, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(2), W()), 0);
+  p.fn = echo3_script;
+  rec_ep(&q, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(3), W()), 0);
+  spawn(vm, &p);
+  spawn(vm, &q);
+  mk_vm_run(vm);
+  queue_burst(vm, 2, 2000);
+  CHECK(!mk_vm_idle(vm));
+  mk_vm_run(vm);
+  CHECK(mk_vm_idle(vm));
+  CHECK(p.log.n == 1 + 2000 && q.log.n == 1 + 2000);
+  for (i = 0; i < 2000 && ok && q.log.n == 2001 && p.log.n == 2001; i++) {
+    snprintf(want, sizeof want, "message in rec(2, %d)", i);
+    if (strcmp(p.log.v[1 + i], want) != 0) ok = 0;
+    snprintf(want, sizeof want, "message in rec(3, %d)", i);
+    if (strcmp(q.log.v[1 + i], want) != 0) ok = 0;
+  }
+  CHECK(ok);
+  mk_vm_free(vm, NULL);
+  rec_done(&p); rec_done(&q);
+
+  /* The blocks a burst took go back when the queue empties: after 3,000
+  ** events (four blocks) the VM keeps one, rewound. */
+  vm = mk_vm_new();
+  idle_topic = R(I(4), W());
+  quiet_count = 0;
+  mk_vm_spawn(vm, &quiet_behavior, NULL, NULL);
+  mk_vm_run(vm);
+  queue_burst(vm, 4, 3000);
+  CHECK(vm->qhead != vm->qtail && vm->qhead->next != NULL && vm->qhead->next->next != NULL);
+  mk_vm_run(vm);
+  CHECK(quiet_count == 3000);
+  CHECK(vm->qhead == vm->qtail && vm->qfree == NULL);
+  CHECK(vm->qhead->first == 0 && vm->qhead->last == 0);
+  queue_burst(vm, 4, 1);
+  mk_vm_run(vm);
+  CHECK(quiet_count == 3001 && mk_vm_idle(vm));
+  mk_vm_free(vm, NULL);
+  mk_unref(idle_topic);
+  END;
+}
+
 static void meta_in_ground(mk_proc *p, const mk_event *ev, rec *r) {
   mk_term *t;
   if (ev->type != MK_EV_BOOT) return;
@@ -2499,6 +2577,7 @@ int main(void) {
   RUN(test_spawn_continuation);
   RUN(test_yield);
   RUN(test_event_order);
+  RUN(test_queue_blocks);
   RUN(test_meta_above_ground_fails);
   RUN(test_send_unbuilt);
   RUN(test_nested_meta_message);

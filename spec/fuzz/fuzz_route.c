@@ -6,7 +6,8 @@
 ** a query read from the input (checked against the naive matcher of
 ** spec/c/naive_index.h: every item whose topic unifies is reported exactly
 ** once, and no other), match and stop early, free the index with items
-** still in it.  Topics come from a small alphabet of atoms and record
+** still in it.  After a removal the trie must have as many nodes as a
+** fresh one of the same topics.  Topics come from a small alphabet of atoms and record
 ** types, with wildcards, so that they collide, share prefixes and match
 ** often; some are wrapped a few hundred levels deep.  At the end every item
 ** is removed, the trie must be back to its root, and no term may be left.
@@ -98,9 +99,11 @@ static void run (Cross *x, In *in) {
         }
         break;
       }
-      case 3:                  /* remove (a no-op when not indexed) */
+      case 3:                  /* remove (a no-op when not indexed); what
+                               ** adds split, removal folds back */
         mk_index_remove(x->ix, &it->link);
         CHECK(it->link.leaf == NULL);
+        CHECK(mk_index_nodes(x->ix) == fresh_nodes(x));
         break;
       case 4: case 5: {        /* match a query; 5: an item's topic again, the
                                ** same term, as a channel's sender repeats its
