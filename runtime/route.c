@@ -109,7 +109,7 @@ _Static_assert(sizeof(struct mk_inode) <= 56, "a trie node fits a 64-byte malloc
 #define CK_RES     2
 #define CK_NSHAPE  32       /* hints: headers in use at once */
 #define CK_MIN     64       /* entries; grows with the keys in use ... */
-#define CK_MAX     16384    /* ... up to this, 1.25 MiB */
+#define CK_MAX     65536    /* ... up to this, 5 MiB */
 #define CK_KEYMAX  512      /* the weight of a key's items (see light) */
 
 typedef struct CEntry {
