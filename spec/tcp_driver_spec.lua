@@ -237,7 +237,8 @@ describe("tcp driver", function()
       N.await({ "done", "u" })
     end, 30000)      -- (the resolver may be slow to say no)
     assert.equal("connected", log[1])
-    assert.equal("closed unknown host no-such-host.invalid (name or service not known)", log[2])
+    -- The reason is the resolver's, which differs where no DNS server answers.
+    assert.matches("^closed unknown host no%-such%-host%.invalid %(.+%)$", log[2])
     assert.is_true(ticks_at_failure >= 10, "only " .. tostring(ticks_at_failure) .. " ticks")
   end)
 
