@@ -3,6 +3,7 @@
 ** See term.h for the ownership rules.
 */
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -355,18 +356,35 @@ static int setnames (mk_rtype *rt, const char *const *names) {
   return 0;
 }
 
+/* Do names (not NULL) name rt's fields as rt->names does? */
+static int samenames (const mk_rtype *rt, const char *const *names) {
+  uint32_t i;
+  for (i = 0; i < rt->arity; i++)
+    if (strcmp(rt->names[i], names[i] ? names[i] : "") != 0) return 0;
+  return 1;
+}
+
 mk_rtype *mk_rtype_get (const char *label, size_t labellen, uint32_t arity,
                         const char *const *names) {
   uint32_t h;
   mk_rtype *rt;
   if (label == NULL) label = "";  /* (with labellen 0) */
-  if (memchr(label, '\0', labellen) != NULL) return NULL;
+  if (memchr(label, '\0', labellen) != NULL) { errno = EINVAL; return NULL; }
   h = rthash(label, labellen, arity);
   if (rtypes.size > 0) {
     for (rt = rtypes.bucket[h & (rtypes.size - 1)]; rt; rt = rt->chain) {
       if (rt->hash == h && rt->arity == arity && rt->labellen == labellen &&
           memcmp(rt->label, label, labellen) == 0) {
-        if (names != NULL && setnames(rt, names) != 0) return NULL;
+        /* Named once: other names would rename the fields under every
+        ** holder of the type (r.x would break elsewhere), so refuse them. */
+        if (names != NULL && rt->names != NULL && !samenames(rt, names)) {
+          errno = EEXIST;
+          return NULL;
+        }
+        if (names != NULL && rt->names == NULL && setnames(rt, names) != 0) {
+          errno = ENOMEM;
+          return NULL;
+        }
         rt->refs++;
         return rt;
       }
@@ -375,10 +393,12 @@ mk_rtype *mk_rtype_get (const char *label, size_t labellen, uint32_t arity,
   /* a new type; grow first, but a full table still works if growing fails */
   if (rtypes.count >= rtypes.size &&
       rtresize(rtypes.size ? rtypes.size * 2 : MINRTBUCKETS) != 0 &&
-      rtypes.size == 0)
+      rtypes.size == 0) {
+    errno = ENOMEM;
     return NULL;
+  }
   rt = (mk_rtype *)malloc(sizeof(mk_rtype));
-  if (rt == NULL) return NULL;
+  if (rt == NULL) { errno = ENOMEM; return NULL; }
   rt->refs = 1;
   rt->arity = arity;
   rt->hash = h;
@@ -388,6 +408,7 @@ mk_rtype *mk_rtype_get (const char *label, size_t labellen, uint32_t arity,
       (names != NULL && setnames(rt, names) != 0)) {
     free(rt->label);
     free(rt);
+    errno = ENOMEM;
     return NULL;
   }
   rt->chain = rtypes.bucket[h & (rtypes.size - 1)];

@@ -136,10 +136,14 @@ mk_term *mk_eof(void);
 
 /*
 ** Record types.  mk_rtype_get interns (label, arity) and returns a new
-** reference; names may be NULL or an array of `arity` C strings, which are
-** copied and replace any earlier names.  Returns NULL on allocation
-** failure, and when the label holds a NUL byte: labels, like field names,
-** are C strings, printed and compared as such by every layer above.
+** reference; names may be NULL or an array of `arity` C strings (NULL
+** items read as ""), which are copied.  The first names a type is given
+** are its field names for as long as it lives: later names must be the
+** same, since other holders of the type read its fields by them.
+** Returns NULL, with errno set, when the names differ from the type's
+** (EEXIST), when the label holds a NUL byte (EINVAL: labels, like field
+** names, are C strings, printed and compared as such by every layer
+** above), and on allocation failure (ENOMEM).
 */
 mk_rtype *mk_rtype_get(const char *label, size_t labellen, uint32_t arity,
                        const char *const *names);

@@ -44,9 +44,9 @@ describe("unification", function()
     assert.equal('["a", 1]', U({ "a", _ }, { _, 1 }))
     assert.equal('[[1, 2], [3, 4]]', U({ { 1, _ }, { _, 4 } }, { { _, 2 }, { 3, _ } }))
     assert.equal("no", U({ "a", _ }, { "b", _ }))
-    local r = market.record("r", "a", "b")
-    assert.equal('r(1, ["x", 2])', U(r(1, { _, 2 }), r(_, { "x", _ })))
-    assert.equal('r(1, ["x", 2])', U(_, r(1, { "x", 2 })))
+    local r = market.record("r-ab", "a", "b")
+    assert.equal('r-ab(1, ["x", 2])', U(r(1, { _, 2 }), r(_, { "x", _ })))
+    assert.equal('r-ab(1, ["x", 2])', U(_, r(1, { "x", 2 })))
   end)
 
   it("the result is the most general unifier: wildcards remain where both sides have one",
@@ -174,13 +174,28 @@ describe("terms as Lua values", function()
 
   it("records with the same label and arity are the same type", function()
     local r1 = market.record("same", "a")
-    local r2 = market.record("same", "b")
+    local r2 = market.record("same", "a")
     assert.is_true(r1(1) == r2(1))
     assert.is_true(r1:is(r2(1)))
     assert.is_false(market.record("same", "a", "b")(1, 2) == r1(1))
-    -- The type is shared, so the latest field names are the ones in force.
-    assert.equal(1, r1(1).b)
-    assert.same({ "b" }, r1.fields)
+    assert.equal(1, r2(1).a)
+  end)
+
+  it("a second declaration with other field names is an error, never a rename", function()
+    local pt = market.record("rename-pt", "x", "y")
+    local ok, err = pcall(market.record, "rename-pt", "a", "b")
+    assert.is_false(ok)
+    assert.equal("market.record: rename-pt/2 is declared with the fields (x, y) already; "
+                 .. "it cannot be declared again with (a, b) (one label and arity is one type: "
+                 .. "use the same names, or another label)", err)
+    -- The first declaration's fields are untouched.
+    assert.equal(1, pt(1, 2).x)
+    assert.same({ "x", "y" }, pt.fields)
+    assert.has_error(function() return pt(1, 2).a end, "record rename-pt has no field 'a'")
+    -- The same names again, another arity or another label: all fine.
+    assert.is_true(market.record("rename-pt", "x", "y")(1, 2) == pt(1, 2))
+    assert.same({ "a" }, market.record("rename-pt", "a").fields)
+    assert.same({ "a", "b" }, market.record("rename-pt2", "a", "b").fields)
   end)
 
   it("the wildcard and EOF are unique values", function()
@@ -192,19 +207,19 @@ describe("terms as Lua values", function()
 
   it("is_term tells what can be a topic or a message", function()
     for _, v in ipairs { 1, 1.5, "s", true, false, {}, { 1, { 2 } }, market._, market.EOF,
-                         market.record("r", "a")(1) } do
+                         market.record("r-a", "a")(1) } do
       assert.is_true(market.is_term(v), tostring(v))
     end
     assert.is_true(market.is_term(nil))
     for _, v in ipairs { print, { a = 1 }, io.stdout, coroutine.create(print),
-                         market.record("r", "a") } do
+                         market.record("r-a", "a") } do
       assert.is_false(market.is_term(v), tostring(v))
     end
   end)
 
   it("repr writes every kind of term", function()
-    assert.equal('[true, false, 1, 1.5, "s\\n", _, #eof, r(["x"])]',
-                 R({ true, false, 1, 1.5, "s\n", _, market.EOF, market.record("r", "a")({ "x" }) }))
+    assert.equal('[true, false, 1, 1.5, "s\\n", _, #eof, r-a(["x"])]',
+                 R({ true, false, 1, 1.5, "s\n", _, market.EOF, market.record("r-a", "a")({ "x" }) }))
     assert.equal("nil", R(nil))
   end)
 end)

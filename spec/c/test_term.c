@@ -2,6 +2,7 @@
 ** test_term.c: terms, record types, equality, hashing, unification, repr.
 */
 
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -196,7 +197,7 @@ static void rtypes (void) {
   /* labels are C strings: one holding a NUL is refused, not cut short */
   mk_rtype *z1 = mk_rtype_get("a\0b", 3, 0, NULL);
   mk_rtype *z2 = mk_rtype_get("\0", 1, 1, NULL);
-  CHECK(a && b && c && d && e && z1 == NULL && z2 == NULL);
+  CHECK(a && b && c && d && e && z1 == NULL && z2 == NULL && errno == EINVAL);
   CHECK(a == b && a == e && a->refs == 3);
   CHECK(a != c && a != d);
   CHECK(a->arity == 2 && a->labellen == 9 && strcmp(a->label, "chat-line") == 0);
@@ -206,11 +207,17 @@ static void rtypes (void) {
   CHECK(mk_rtype_field(a, "who") == -1);
   CHECK(mk_rtype_field(c, "from") == -1);   /* unnamed */
   mk_rtype_unref(b);
-  b = mk_rtype_get("chat-line", 9, 2, names2);  /* names are replaced */
-  CHECK(b == a && mk_rtype_field(a, "from") == -1 && mk_rtype_field(a, "what") == 1);
+  /* Named once, never renamed: other names are refused (EEXIST) and the
+  ** type keeps its own; the same names again are the same type. */
+  errno = 0;
+  b = mk_rtype_get("chat-line", 9, 2, names2);
+  CHECK(b == NULL && errno == EEXIST && a->refs == 2);
+  CHECK(mk_rtype_field(a, "from") == 0 && mk_rtype_field(a, "what") == -1);
+  b = mk_rtype_get("chat-line", 9, 2, names);
+  CHECK(b == a);
   mk_rtype_unref(b);
   b = mk_rtype_get("chat-line", 9, 2, NULL);    /* NULL keeps them */
-  CHECK(mk_rtype_field(a, "who") == 0);
+  CHECK(mk_rtype_field(a, "text") == 1);
   mk_rtype_ref(b);
   CHECK(a->refs == 4);
   mk_rtype_unref(b); mk_rtype_unref(b); mk_rtype_unref(e);
