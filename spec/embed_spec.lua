@@ -8,7 +8,7 @@
 package.path = "spec/support/?.lua;" .. package.path
 local H = require "helpers"
 
-local build = assert(os.getenv("MARKET_BUILD"), "MARKET_BUILD is not set")
+local build = H.build_dir()
 local example = build .. "/embed-example"
 local actor = "examples/embed/actor.lua"
 local sanitized = (os.getenv("LD_PRELOAD") or ""):find("asan", 1, true) ~= nil

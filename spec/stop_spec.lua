@@ -98,7 +98,9 @@ describe("ground_vm{drain=} under SIGTERM", function()
   teardown(function() os.remove(script) end)
 
   local function start(drain)
-    local p = N.start_cmd(("exec lua5.4 %s %d"):format(q(script), drain))
+    -- The child finds market.so where this Lua did (.busted's cpath or LUA_CPATH).
+    local p = N.start_cmd(("exec env LUA_CPATH=%s lua5.4 %s %d"):format(q(package.cpath),
+                                                                          q(script), drain))
     assert.is_true(p.wait_for("ready"), p.stderr())
     return p
   end

@@ -113,15 +113,17 @@ function H.tempfile(text, suffix)
   return path
 end
 
+-- The build under test: MARKET_BUILD, or the build whose lua/market.so
+-- this Lua loads (LUA_CPATH, or .busted's cpath for a bare `busted`).
+function H.build_dir()
+  local dir = os.getenv("MARKET_BUILD") or package.cpath:match("([^;]*)/lua/%?%.so")
+  assert(dir, "MARKET_BUILD is not set, and no build/lua/?.so is in package.cpath")
+  return dir
+end
+
 -- The market interpreter of the build under test.
 function H.market_bin()
-  local dir = os.getenv("MARKET_BUILD")
-  if not dir then
-    local cpath = package.cpath:match("([^;]*)/lua/%?%.so")
-    dir = cpath
-  end
-  assert(dir, "MARKET_BUILD is not set")
-  return dir .. "/market"
+  return H.build_dir() .. "/market"
 end
 
 function H.slurp(path)
