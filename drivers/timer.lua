@@ -7,7 +7,9 @@
 -- expiry, so setting a label twice gives two, in deadline order (equal
 -- deadlines in the order they were set).  timer.cancel(label) is market's
 -- own (Marketplace has none): it cancels every outstanding timer with that
--- label, so "cancel, then set" replaces.
+-- label, so "cancel, then set" replaces.  timer.every(label, msecs), also
+-- market's own, is a periodic timer: an expiry every msecs until the label
+-- is cancelled.
 --
 -- Outstanding timers live in one binary heap; the driver holds a single
 -- ground alarm for the earliest deadline, so a hundred thousand timers
@@ -24,7 +26,8 @@ local M = {}
 local set = market.record("timer-set", "label", "msecs", "kind")
 local cancel = market.record("timer-cancel", "label")
 local expired = market.record("timer-expired", "label", "msecs")
-M.set, M.cancel, M.expired = set, cancel, expired
+local every = market.record("timer-every", "label", "msecs")
+M.set, M.cancel, M.expired, M.every = set, cancel, expired, every
 local alarm = market.ground.alarm
 local _ = market._
 local repr, ceil, huge = market.repr, math.ceil, math.huge
@@ -39,8 +42,9 @@ local stats = M.stats
 -- once took half a second of CPU, half the default activation budget.
 local BATCH = 1000
 
--- The heap holds entries {deadline, seq, label, key}, ordered by deadline,
--- then by seq (the order of the sets); key is repr(label).
+-- The heap holds entries {deadline, seq, label, key[, period]}, ordered by
+-- deadline, then by seq (the order of the sets); key is repr(label); a
+-- periodic entry (timer.every) has its period in ms.
 local function before(a, b)
   return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
 end
@@ -162,9 +166,20 @@ function M.driver()
         return out
       else
         pop(heap)
-        local key = e[4]
-        local n = live[key] - 1
-        live[key] = n > 0 and n or nil
+        local key, period = e[4], e[5]
+        if period then
+          -- Back in at its next beat after now, counted from its first
+          -- deadline, so that beats do not drift; beats missed while the
+          -- VM was busy are skipped, not sent in a burst.  It stays live,
+          -- and takes a new seq: among equal deadlines it now comes after
+          -- the timers set before this beat.
+          seq = seq + 1
+          e[1], e[2] = e[1] + ((now - e[1]) // period + 1) * period, seq
+          push(heap, e)
+        else
+          local n = live[key] - 1
+          live[key] = n > 0 and n or nil
+        end
         out[#out + 1] = market.send(expired(e[3], now))
         sent = sent + 1
       end
@@ -174,6 +189,19 @@ function M.driver()
     return out
   end
 
+  -- Add a timer due at deadline (ms; repeating every period ms when given).
+  local function add(label, deadline, period)
+    local key = repr(label)
+    seq = seq + 1
+    live[key] = (live[key] or 0) + 1
+    push(heap, { ceil(deadline), seq, label, key, period })   -- ceil: never early
+    local actions = {}
+    rearm(actions)
+    return market.transition_no_state(actions)
+  end
+
+  local function finite(x) return x == x and x ~= huge and x ~= -huge end
+
   local function on_set(_, m)
     -- Malformed requests are ignored: nobody to answer.  (A wildcard
     -- message body reaches this subscription too, and is no record.)
@@ -182,15 +210,17 @@ function M.driver()
     if type(msecs) ~= "number" or (kind ~= "relative" and kind ~= "absolute") then return end
     local deadline = kind == "absolute" and msecs or market.now() + msecs
     -- NaN or infinite: no ground alarm can be set for it (ground.h).
-    if deadline ~= deadline or deadline == huge or deadline == -huge then return end
-    deadline = ceil(deadline)   -- never before the time asked for
-    local key = repr(m.label)
-    seq = seq + 1
-    live[key] = (live[key] or 0) + 1
-    push(heap, { deadline, seq, m.label, key })
-    local actions = {}
-    rearm(actions)
-    return market.transition_no_state(actions)
+    if not finite(deadline) then return end
+    return add(m.label, deadline)
+  end
+
+  local function on_every(_, m)
+    if not every:is(m) then return end
+    local msecs = m.msecs
+    -- A period is a finite number of ms, at least 1 (ceil: 0.5 is 1).
+    if type(msecs) ~= "number" or not finite(msecs) or not (msecs > 0) then return end
+    local period = ceil(msecs)
+    return add(m.label, market.now() + period, period)
   end
 
   local function on_cancel(_, m)
@@ -208,6 +238,7 @@ function M.driver()
 
   return market.transition(nil,
     market.subscriber(set(_, _, _), { name = "set", on_message = on_set }),
+    market.subscriber(every(_, _), { name = "every", on_message = on_every }),
     market.subscriber(cancel(_), { name = "cancel", on_message = on_cancel }))
 end
 

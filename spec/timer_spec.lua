@@ -209,6 +209,81 @@ describe("timer driver", function()
   end)
 end)
 
+describe("timer.every (market's own)", function()
+  -- Straight-line: subscribe to the label's expiries, ask for them every
+  -- period ms, and return a function that waits for the next one.
+  local function ticks(label, period)
+    local name = "ticks-" .. label
+    market.perform(market.subscriber(timer.expired(label, _), name),
+                   market.send(timer.every(label, period)))
+    return function()
+      return market.wait_for(function(e) return e.endpoint == name end).message
+    end
+  end
+
+  -- Straight-line: how many of label's expiries arrive in the next ms.
+  local function count_for(label, ms)
+    local n, window = 0, "window-" .. label
+    market.perform(market.subscriber(timer.expired(window, _), window),
+                   market.send(timer.set(window, ms, "relative")))
+    market.wait_for(function(e)
+      if e.endpoint == "ticks-" .. label then n = n + 1 end
+      return e.endpoint == window
+    end)
+    return n
+  end
+
+  it("fires every period, on beats counted from the request, until cancelled", function()
+    local at, start, after = {}, nil, nil
+    ground(function()
+      market.pause()
+      start = market.now()
+      local next_tick = ticks("tick", 20)
+      for i = 1, 5 do at[i] = next_tick().msecs end
+      market.perform(market.send(timer.cancel("tick")))
+      after = count_for("tick", 60)    -- three periods more: none arrives
+    end)
+    for i = 1, 5 do
+      assert.is_true(at[i] >= start + 20 * i, ("tick %d at %s, start %s"):format(i, at[i], start))
+      if i > 1 then assert.is_true(at[i] > at[i - 1]) end
+    end
+    assert.equal(0, after)
+  end)
+
+  it("skips the beats missed while the VM was busy instead of sending them in a burst", function()
+    local burst
+    ground(function()
+      market.pause()
+      local next_tick = ticks("busy", 5)
+      next_tick()
+      -- Hold the VM for 20 periods; then, in the next 3 periods, at most
+      -- the one late beat and the regular ones (about 3) arrive, not 20.
+      local t = os.clock()
+      while os.clock() - t < 0.1 do end
+      burst = count_for("busy", 15)
+      market.perform(market.send(timer.cancel("busy")))
+    end)
+    assert.is_true(burst <= 5, "beats after the stall: " .. burst)
+  end)
+
+  it("is cancelled with the label's one-shot timers, and they with it", function()
+    local labels = expiries(2, function()
+      return { timer.every("e", 10), timer.set("e", 15, "relative"), timer.cancel("e"),
+               timer.set("f", 40, "relative"), timer.set("end", 60, "relative") }
+    end)
+    assert.same({ "f", "end" }, labels)
+  end)
+
+  it("ignores a period that is not a positive finite number, and keeps serving", function()
+    local labels = expiries(1, function()
+      return { timer.every("bad", 0), timer.every("bad", -5), timer.every("bad", "10"),
+               timer.every("bad", 0 / 0), timer.every("bad", math.huge),
+               timer.set("ok", 40, "relative") }
+    end)
+    assert.same({ "ok" }, labels)
+  end)
+end)
+
 describe("timer.cancel (market's own)", function()
   it("cancels every outstanding timer with the label, and no other", function()
     local labels = expiries(3, function()
