@@ -234,26 +234,28 @@ static void ep_unref(mk_endpoint *e) {
 
 _Static_assert(sizeof(mk_qblock) == 65536, "a queue block is 64 KiB (vmint.h)");
 
-/* A queue block (vmint.h), mapped; from malloc under AddressSanitizer,
-** which then still sees what reads or writes past a slot. */
+/* A queue block (vmint.h), mapped, or from malloc where no mapping can be
+** had; always from malloc under AddressSanitizer, which then still sees
+** what reads or writes past a slot. */
 static mk_qblock *qblock_new(void) {
-  mk_qblock *b;
-#if MK_SANITIZED
-  b = malloc(sizeof *b);
-#else
+  mk_qblock *b = NULL;
+#if !MK_SANITIZED
   void *m = mmap(NULL, sizeof *b, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  b = m == MAP_FAILED ? NULL : m;
+  if (m != MAP_FAILED) {
+    b = m;
+    b->mapped = 1;
+    return b;
+  }
 #endif
+  b = malloc(sizeof *b);
   if (b == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  b->mapped = 0;
   return b;
 }
 
 static void qblock_free(mk_qblock *b) {
-#if MK_SANITIZED
-  free(b);
-#else
-  if (b != NULL) munmap(b, sizeof *b);
-#endif
+  if (b == NULL) return;
+  if (b->mapped) munmap(b, sizeof *b); else free(b);
 }
 
 /* A slot for one more event at the queue's tail, with a block for it if

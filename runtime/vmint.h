@@ -81,12 +81,16 @@ typedef struct mk_qev {
 ** empties, the head block is rewound and those waiting are unmapped.  So
 ** a VM keeps one block while idle, of which what its largest burst since
 ** the last empty queue touched is resident (4 KiB for a queue that never
-** held more than 56 events).  Owned by the VM, with the events in slots
-** first..last-1, which own what mk_qev says. */
+** held more than 56 events).  Where no mapping can be had (a program
+** with tens of thousands of VMs reaches the kernel's limit on mappings),
+** a block comes from malloc instead: slower bursts, never a failure.
+** Owned by the VM, with the events in slots first..last-1, which own what
+** mk_qev says. */
 #define MK_QBLOCK 910
 typedef struct mk_qblock {
   struct mk_qblock *next;
-  unsigned first, last;
+  uint16_t first, last;
+  uint8_t mapped;           /* 1: mmap'd (munmap it), 0: malloc'd */
   mk_qev ev[MK_QBLOCK];
 } mk_qblock;
 

@@ -6,17 +6,21 @@
 ** script (a C function) that performs the actions under test.
 */
 #include <ev.h>
+#include <malloc.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
 #include "heap.h"
 #include "ground.h"
+#include "pool.h"      /* MK_SANITIZED */
 #include "vmint.h"   /* MK_A_META nodes: at_meta_level two levels up */
 
 /* ---- logs --------------------------------------------------------------- */
@@ -1291,6 +1295,51 @@ static void test_queue_blocks(void) {
   CHECK(quiet_count == 3001 && mk_vm_idle(vm));
   mk_vm_free(vm, NULL);
   mk_unref(idle_topic);
+  END;
+}
+
+/* Where no mapping can be had (the kernel's limit on mappings, or on
+** address space, as here), the queue takes its blocks from malloc and
+** goes on: in a child whose address space is capped at what it has, with
+** free heap left for malloc to serve from. */
+static void test_queue_unmapped(void) {
+  BEGIN;
+  pid_t child;
+  int status = -1;
+  fflush(stdout);
+  child = fork();
+  if (child == 0) {
+    mk_vm *vm;
+    int ok;
+#if !MK_SANITIZED      /* ASan maps its own memory as it goes: no cap */
+    struct rlimit rl;
+    unsigned long pages = 0;
+    FILE *f;
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);   /* glibc's most */
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    {                                   /* heap for malloc to serve from */
+      char *volatile warm = malloc(8 << 20);   /* volatile: not elided */
+      free(warm);
+    }
+    f = fopen("/proc/self/statm", "r");
+    if (f == NULL || fscanf(f, "%lu", &pages) != 1) _exit(2);
+    fclose(f);
+    rl.rlim_cur = rl.rlim_max = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE);
+    if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(3);
+#endif
+    vm = mk_vm_new();
+    idle_topic = R(I(4), W());
+    quiet_count = 0;
+    mk_vm_spawn(vm, &quiet_behavior, NULL, NULL);
+    mk_vm_run(vm);
+    queue_burst(vm, 4, 3000);             /* four blocks */
+    ok = vm->qhead->mapped == 0 && vm->qhead->next->mapped == 0;
+    mk_vm_run(vm);
+    ok = ok && quiet_count == 3000;
+    _exit(ok ? 0 : 1);
+  }
+  CHECK(child > 0 && waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   END;
 }
 
@@ -2578,6 +2627,7 @@ int main(void) {
   RUN(test_yield);
   RUN(test_event_order);
   RUN(test_queue_blocks);
+  RUN(test_queue_unmapped);
   RUN(test_meta_above_ground_fails);
   RUN(test_send_unbuilt);
   RUN(test_nested_meta_message);
