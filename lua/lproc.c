@@ -737,6 +737,21 @@ static int applied(mk_proc *p, lproc *lp, lua_State *co) {
   return done;
 }
 
+#define YIELD_REASON \
+  "coroutine.yield() outside market.yield(): a process suspends only through market"
+
+/* The boot process failed with msg: co's traceback, kept as the boot error
+** (the interpreter prints it and exits 1; ground_vm returns it) and
+** returned for on_fail (the caller frees it; NULL without memory). */
+static char *boot_traceback(mkl_state *S, lua_State *co, const char *msg) {
+  char *tb;
+  luaL_traceback(S->L, co, msg, 0);
+  tb = strdup(lua_tostring(S->L, -1));
+  lua_pop(S->L, 1);
+  if (S->boot_error == NULL && tb != NULL) S->boot_error = strdup(tb);
+  return tb;
+}
+
 static void handle(mk_proc *p, const mk_event *ev) {
   lproc *lp = mk_proc_data(p);
   mkl_state *S = lp->S;
@@ -802,8 +817,14 @@ static void handle(mk_proc *p, const mk_event *ev) {
   }
   if (st == LUA_YIELD && !overrun) {
     lua_pop(co, nres);
-    if (!lp->waiting && mk_proc_alive(p))
-      mk_failf(p, "coroutine.yield() outside market.yield(): a process suspends only through market");
+    if (!lp->waiting && mk_proc_alive(p)) {
+      /* A boot process that yields fails like one that raises: reported,
+      ** and the interpreter exits 1 (it exited 0, silently). */
+      char *tb = lp->boot ? boot_traceback(S, co, YIELD_REASON) : NULL;
+      mk_failf(p, "%s", YIELD_REASON);
+      if (tb != NULL && S->on_fail != NULL) S->on_fail(S->fail_ud, p, tb);
+      free(tb);
+    }
   } else if (st == LUA_OK && !overrun) {
     release(S, lp);
   } else {
@@ -815,11 +836,8 @@ static void handle(mk_proc *p, const mk_event *ev) {
     if (lp->boot) {
       const char *msg = overrun ? BUDGET_REASON : lua_tostring(co, -1);
       char *shown = msg ? NULL : mk_repr_max(reason, MK_REPR_SHOWN, NULL);
-      luaL_traceback(S->L, co, msg ? msg : shown ? shown : "(error object is not a string)", 0);
+      tb = boot_traceback(S, co, msg ? msg : shown ? shown : "(error object is not a string)");
       free(shown);
-      tb = strdup(lua_tostring(S->L, -1));
-      lua_pop(S->L, 1);
-      if (S->boot_error == NULL && tb != NULL) S->boot_error = strdup(tb);
     }
     /* The coroutine is left as it is and dropped with the process.  Clearing
     ** its stack would run the __close handlers of its pending to-be-closed

@@ -86,6 +86,22 @@ describe("market script.lua", function()
     assert.matches("in %a* ?%a* ?'?deeper'?", err)
   end)
 
+  it("exits 1 with the reason and a traceback when the boot script calls coroutine.yield()",
+     function()
+    local path = script([[
+      local function wait() coroutine.yield() end
+      wait()
+      print("not reached")
+    ]])
+    local status, out, err = H.run("--no-drivers " .. H.quote(path))
+    os.remove(path)
+    assert.equal(1, status, err)
+    assert.equal("", out)
+    assert.matches("^market: coroutine.yield%(%) outside market.yield%(%): a process suspends " ..
+                   "only through market\nstack traceback:\n", err)
+    assert.matches("in %a* ?%a* ?'?wait'?", err)
+  end)
+
   it("a crash of a spawned process is not the program's failure", function()
     local path = script([[
       local market = require "market"
