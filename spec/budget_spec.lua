@@ -8,6 +8,7 @@
 package.path = "spec/support/?.lua;" .. package.path
 local market = require "market"
 local H = require "helpers"
+local N = require "net"
 
 local REASON = "activation budget exceeded"
 
@@ -187,8 +188,8 @@ describe("the activation budget, end to end", function()
     -- then, however slowly a sanitized build starts).
     local status, _, err = H.sh(([[
       e=$(mktemp)
-      timeout 10 %s --max-activation 200 %s 2>$e & pid=$!
-      for i in $(seq 1 500); do grep -q ready $e && break; sleep 0.02; done
+      timeout 90 %s --max-activation 200 %s 2>$e & pid=$!
+]] .. N.AWAIT_READY .. [[
       kill -TERM $pid; wait $pid; s=$?; cat $e >&2; rm -f $e; exit $s]]):format(H.market_bin(), path))
     os.remove(path)
     assert.equal(0, status)

@@ -227,8 +227,8 @@ describe("a second signal while the loop is stuck", function()
   it("ends the program at once, with 128 + the signal", function()
     local status, _, err = H.sh(([[
       e=$(mktemp)
-      timeout 20 %s --max-activation 0 -e 'io.stderr:write("ready\n"); while true do end' 2>$e & pid=$!
-      for i in $(seq 1 500); do grep -q ready $e && break; sleep 0.02; done
+      timeout 90 %s --max-activation 0 -e 'io.stderr:write("ready\n"); while true do end' 2>$e & pid=$!
+]] .. N.AWAIT_READY .. [[
       kill -TERM $pid; sleep 0.6; kill -INT $pid; wait $pid; s=$?; rm -f $e; exit $s]]):format(q(N.market_bin())))
     assert.equal(130, status, err)
   end)
@@ -248,8 +248,8 @@ describe("the same signal twice in quick succession", function()
           market.subscriber(market.ground.stopping(market._), { on_presence = function()
             io.stderr:write("stopping\n") end }))
         io.stderr:write("ready\n")' 2>$e & pid=$!
-      (sleep 20; kill -KILL $pid 2>/dev/null) & w=$!
-      for i in $(seq 1 500); do grep -q ready $e && break; sleep 0.02; done
+      (sleep 90; kill -KILL $pid 2>/dev/null) & w=$!
+]] .. N.AWAIT_READY .. [[
       kill -TERM $pid
       for i in $(seq 1 250); do grep -q stopping $e && break; sleep 0.002; done
       kill -TERM $pid; wait $pid; s=$?; kill $w 2>/dev/null; cat $e >&2; rm -f $e; exit $s]]):format(
@@ -281,8 +281,8 @@ describe("a stop among processes that respawn each other", function()
       io.stderr:write("ready\n")]])
     local status, _, err = H.sh(([[
       e=$(mktemp)
-      timeout 20 %s --drain 200 %s 2>$e & pid=$!
-      for i in $(seq 1 500); do grep -q ready $e && break; sleep 0.02; done
+      timeout 90 %s --drain 200 %s 2>$e & pid=$!
+]] .. N.AWAIT_READY .. [[
       kill -TERM $pid; wait $pid; s=$?; cat $e >&2; rm -f $e; exit $s]]):format(q(N.market_bin()), q(path)))
     os.remove(path)
     assert.equal(0, status, err)

@@ -194,6 +194,16 @@ end
 local H = require "helpers"
 N.market_bin, N.q, N.slurp = H.market_bin, H.quote, H.slurp
 
+-- A shell fragment for specs that signal a `market` started in the
+-- background ($pid, its stderr in the file $e): wait until it wrote
+-- "ready" (its handlers are in place by then), up to a minute, however
+-- slowly a loaded machine or the sanitized build starts it; if it never
+-- does, say so and exit 99 rather than signal a program not yet started.
+N.AWAIT_READY = [[
+      for i in $(seq 1 3000); do grep -q ready $e && break; sleep 0.02; done
+      grep -q ready $e || { echo "never ready" >&2; cat $e >&2; kill -KILL $pid; rm -f $e; exit 99; }
+]]
+
 function N.sh(cmd)
   local ok, how, code = os.execute(cmd)
   if how == "exit" then return code end
