@@ -303,6 +303,33 @@ static trans *totrans(lua_State *L, int idx) {
 
 #define MAXACTIONS 60000 /* user values per userdata are fewer than 65535 */
 
+/* Lists of actions nest as deep as this in a transition (a list that
+** holds itself would otherwise recurse without end). */
+#define MAXNESTING 32
+
+/* The list at idx, argument arg of fname, at nesting depth: every element
+** an action, nil, false or a list of them (flattened when applied, as
+** Marketplace's action trees are); raises otherwise. */
+static void checklist(lua_State *L, int idx, const char *fname, int arg, int depth) {
+  lua_Integer j, len = luaL_len(L, idx);
+  if (depth > MAXNESTING)
+    luaL_error(L, "%s: lists of actions in argument %d nest deeper than %d", fname, arg,
+               MAXNESTING);
+  luaL_checkstack(L, 2, "lists of actions");
+  for (j = 1; j <= len; j++) {
+    int t = lua_rawgeti(L, idx, j);
+    if (isaction(L, -1) || !lua_toboolean(L, -1)) {
+      /* an action, or nil or false: skipped when applied */
+    } else if (t == LUA_TTABLE && !lua_getmetatable(L, -1)) {
+      checklist(L, lua_gettop(L), fname, arg, depth + 1);
+    } else {
+      luaL_error(L, "%s: element %d of argument %d (a list) is not an action", fname, (int)j,
+                 arg);
+    }
+    lua_pop(L, 1);
+  }
+}
+
 static int mktransition(lua_State *L, int keep) {
   const char *fname = keep ? "market.transition_no_state" : "market.transition";
   int first = keep ? 1 : 2, top = lua_gettop(L), n = top - first + 1, i;
@@ -318,15 +345,8 @@ static int mktransition(lua_State *L, int keep) {
       continue;
     }
     if (lua_type(L, i) == LUA_TTABLE && !lua_getmetatable(L, i)) {
-      lua_Integer j, len = luaL_len(L, i);
       sends = 0;
-      for (j = 1; j <= len; j++) {
-        lua_rawgeti(L, i, j);
-        if (!isaction(L, -1))
-          return luaL_error(L, "%s: element %d of argument %d (a list) is not an action",
-                            fname, (int)j, i);
-        lua_pop(L, 1);
-      }
+      checklist(L, i, fname, i, 1);
     } else if (lua_toboolean(L, i)) {
       return luaL_error(L, "%s: argument %d is not an action (%s)", fname, i,
                         luaL_typename(L, i));

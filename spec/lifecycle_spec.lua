@@ -678,6 +678,33 @@ describe("handlers", function()
     assert.same({ "got performed" }, log.lines)
   end)
 
+  it("nested lists of actions in a transition are flattened in order, nil and false skipped",
+     function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("l", market.subscriber({ "flat", _ }, { on_message = function(s, m)
+        log("got %s", m[2])
+      end })))
+      H.step(holder("p", market.subscriber("go", { on_message = function(s)
+        return T(s, { market.send({ "flat", 1 }), { market.send({ "flat", 2 }), false,
+                      { { market.send({ "flat", 3 }) } } }, {} }, nil, market.send({ "flat", 4 }))
+      end })))
+      H.step(market.send("go"))
+    end, log)
+    assert.same({ "got 1", "got 2", "got 3", "got 4" }, log.lines)
+  end)
+
+  it("a list of actions that holds something else, or itself, is refused when made", function()
+    local loop = {}
+    loop[1] = loop
+    assert.has_error(function() T(0, { market.send("a"), { market.send("b"), 7 } }) end,
+                     "market.transition: element 2 of argument 2 (a list) is not an action")
+    assert.has_error(function() T(0, { setmetatable({}, {}) }) end,
+                     "market.transition: element 1 of argument 2 (a list) is not an action")
+    assert.has_error(function() S(loop) end,
+                     "market.transition_no_state: lists of actions in argument 1 nest deeper than 32")
+  end)
+
   it("performed actions come before the returned transition's actions", function()
     local log = H.log()
     H.ground(function()
