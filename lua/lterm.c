@@ -488,15 +488,15 @@ static int rt_tostring(lua_State *L) {
   return 1;
 }
 
-/* Push "(a, b)": n field names, from the stack at first or from names. */
-static void pushnames(lua_State *L, int first, const char *const *names, int n) {
+/* Push "(a, b)": the n field names. */
+static void pushnames(lua_State *L, const char *const *names, int n) {
   luaL_Buffer B;
   int i;
   luaL_buffinit(L, &B);
   luaL_addchar(&B, '(');
   for (i = 0; i < n; i++) {
     if (i > 0) luaL_addstring(&B, ", ");
-    luaL_addstring(&B, names ? names[i] : lua_tostring(L, first + i));
+    luaL_addstring(&B, names[i]);
   }
   luaL_addchar(&B, ')');
   luaL_pushresult(&B);
@@ -504,12 +504,14 @@ static void pushnames(lua_State *L, int first, const char *const *names, int n) 
 
 /* market.record(label, field...) for a type already named otherwise: one
 ** label and arity is one type, whose field names every holder reads, so a
-** second declaration may not rename them (issue 12). */
-static int conflict(lua_State *L, const char *label, size_t ll, int n) {
+** second declaration may not rename them (issue 12).  names: the n new
+** ones. */
+static int conflict(lua_State *L, const char *label, size_t ll, const char *const *names,
+                    int n) {
   mk_rtype *rt = mk_rtype_get(label, ll, (uint32_t)n, NULL);
   if (rt == NULL) return luaL_error(L, "out of memory");
-  pushnames(L, 2, NULL, n);
-  pushnames(L, 2, (const char *const *)rt->names, n);
+  pushnames(L, names, n);
+  pushnames(L, (const char *const *)rt->names, n);
   mk_rtype_unref(rt);
   return luaL_error(L, "market.record: %s/%d is declared with the fields %s already; "
                     "it cannot be declared again with %s (one label and arity is one type: "
@@ -540,7 +542,7 @@ static int l_record(lua_State *L) {
   b->brand = &rtbox_brand;
   luaL_setmetatable(L, MKL_RTYPE_MT);
   b->rt = mk_rtype_get(label, ll, (uint32_t)n, n ? names : NULL);
-  if (b->rt == NULL && errno == EEXIST) return conflict(L, label, ll, n);
+  if (b->rt == NULL && errno == EEXIST) return conflict(L, label, ll, names, n);
   if (b->rt == NULL) return luaL_error(L, "out of memory");
   return 1;
 }
