@@ -54,7 +54,6 @@ typedef struct mkl_state {
                          ** events, and those straight-line code waits for */
   int eventref;          /* market.lua's event_table(event...): an event no
                          ** handler took, as market.yield() returns it */
-  int trace;
   mkl_fail_fn on_fail;   /* told when a boot process fails (host.c) */
   void *fail_ud;
   /* Coroutines no activation is using, each anchored by its registry
