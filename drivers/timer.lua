@@ -33,9 +33,10 @@ local _ = market._
 local repr, ceil, huge = market.repr, math.ceil, math.huge
 
 -- For tests and monitoring, across every timer driver of this Lua state:
--- the most entries (live and stale) a driver's heap held, and how often a
--- driver rebuilt its heap to drop stale entries.
-M.stats = { max_heap = 0, compactions = 0 }
+-- the most entries (live and stale) a driver's heap held, how often a
+-- driver rebuilt its heap to drop stale entries, and how many activations
+-- sent expiries (one per batch).
+M.stats = { max_heap = 0, compactions = 0, batches = 0 }
 local stats = M.stats
 
 -- Expiries sent in one activation at most: firing a hundred thousand at
@@ -161,6 +162,7 @@ function M.driver()
       elseif e[1] > now then
         break
       elseif sent == BATCH then
+        stats.batches = stats.batches + 1
         draining = true
         out[#out + 1] = market.yield(go_on)
         return out
@@ -184,6 +186,7 @@ function M.driver()
         sent = sent + 1
       end
     end
+    if sent > 0 then stats.batches = stats.batches + 1 end
     draining = false
     rearm(out)
     return out

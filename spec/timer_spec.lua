@@ -65,7 +65,9 @@ describe("timer driver", function()
     assert.same({ "a", "a", "b" }, labels)
     assert.is_true(log[1].at >= start + 100)
     assert.is_true(log[2].at >= start + 150)
-    assert.is_true(log[2].at > log[1].at)
+    -- Not strictly later: on a loaded machine the first can be 50 ms late,
+    -- and both then go in one batch, with one `now`.
+    assert.is_true(log[2].at >= log[1].at)
   end)
 
   it("fires equal deadlines in the order they were set, duplicates included", function()
@@ -114,18 +116,29 @@ describe("timer driver", function()
     end
   end)
 
-  it("sends 50,000 expiries due at once in batches, each activation within a 100 ms budget",
+  it("sends 50,000 expiries due at once in batches of 1,000, the receivers running in between",
      function()
-    local N, log, late = 50000, {}, nil
-    -- A collection that runs in an activation is charged to it: start from
-    -- a collected heap, and collect in small steps (busted's lua5.4 runs
-    -- in generational mode, whose major collections of its large heap
-    -- took more than the budget on a loaded CI machine under ASan), so
-    -- that what counts is the driver's own work.
-    collectgarbage()
-    local mode = collectgarbage("incremental")
+    -- Counted, not timed: that is what keeps each activation of the driver
+    -- within a budget whatever the number due.  (A timed version, with a
+    -- 100 ms budget, failed on a loaded machine: a collection is charged to
+    -- the activation that runs it, and busted's heap of tens of MB gave
+    -- pauses of 60 to 130 ms whatever the driver did.)
+    local N, got, batches, late = 50000, 0, {}, nil
+    local stats = timer.stats
+    stats.batches = 0
     local ok, err = market.ground_vm(function()
-      market.perform(market.spawn(timer.driver, { name = "timer-driver" }), recorder(log, N + 1),
+      market.perform(market.spawn(timer.driver, { name = "timer-driver" }),
+        market.spawn(function()
+          return market.transition(nil, market.subscriber(timer.expired(_, _), {
+            on_message = function(_, m)
+              if not timer.expired:is(m) then return end
+              if m.label == "after" then return market.transition(nil, market.quit()) end
+              got = got + 1
+              assert(m.label == got, "out of order")
+              -- The batches the driver has sent when this one arrives.
+              batches[got] = stats.batches
+            end }))
+        end, { name = "recorder" }),
         -- A set that comes while the batches are being sent is served too.
         market.spawn(function()
           return market.transition(nil, market.subscriber(timer.expired(1, _), { on_message = function()
@@ -133,19 +146,22 @@ describe("timer driver", function()
           end }))
         end))
       market.pause()
-      local due = math.floor(market.now()) + 1500
+      local due = math.floor(market.now()) + 3000
       for i = 1, N do
         market.perform(market.send(timer.set(i, due, "absolute")))
-        if i % 500 == 0 then market.pause() end   -- the boot's budget too
+        if i % 500 == 0 then market.pause() end
       end
       late = market.now() >= due
-    end, { max_activation = 100 })
-    collectgarbage(mode)
+    end)
     assert(ok, err)
     assert.is_false(late, "the timers were not all set before they were due")
-    assert.equal(N + 1, #log)
-    for i = 1, N do assert(log[i].label == i, "out of order") end
-    assert.equal("after", log[N + 1].label)
+    assert.equal(N, got)
+    for k = 1, N do
+      if batches[k] ~= (k + 999) // 1000 then
+        error(("expiry %d arrived after %d batches, not %d"):format(k, batches[k], (k + 999) // 1000))
+      end
+    end
+    assert.equal(N // 1000, stats.batches - 1)   -- and the one that sent "after"
   end)
 
   it("lets a straight-line process sleep while others run", function()
