@@ -1,7 +1,9 @@
 -- reference_spec.lua: docs/reference.md is complete and names nothing
 -- that is not there.  It walks the public tables of the modules below and
 -- the options `market --help` lists, and fails for any without a `###`
--- heading in the reference; and every Lua example in it compiles.
+-- heading in the reference; every Lua example in it compiles; and the
+-- links of the new pages (reference, tutorial, coming-from) lead to
+-- headings and files that exist.
 package.path = "spec/support/?.lua;" .. package.path
 local H = require "helpers"
 
@@ -115,4 +117,36 @@ describe("docs/reference.md", function()
     end
     assert.is_true(n >= 10, "only " .. n .. " Lua examples found")
   end)
+end)
+
+-- GitHub's anchor for a heading: lower case, punctuation but - and _
+-- dropped, spaces as -; the n-th repeat of one gets -n.
+local function anchors(path)
+  local text, seen, set = assert(H.slurp(path), "no " .. path), {}, {}
+  for h in text:gmatch("\n#+ ([^\n]+)") do
+    local a = h:lower():gsub("[^%w%- _]", ""):gsub(" ", "-")
+    if seen[a] then seen[a] = seen[a] + 1; a = a .. "-" .. seen[a] else seen[a] = 0 end
+    set[a] = true
+  end
+  return set
+end
+
+describe("the new pages' links", function()
+  for _, page in ipairs { "docs/reference.md", "docs/tutorial.md", "docs/coming-from.md" } do
+    it(page .. " points only at headings and files that exist", function()
+      local bad = {}
+      for target in assert(H.slurp(page)):gmatch("%]%(([^)%s]+)%)") do
+        if not target:match("^%a+://") then
+          local file, anchor = target:match("^([^#]*)#?(.*)$")
+          local path = file == "" and page or "docs/" .. file
+          if not H.slurp(path) then
+            bad[#bad + 1] = target .. " (no file)"
+          elseif anchor ~= "" and not anchors(path)[anchor] then
+            bad[#bad + 1] = target
+          end
+        end
+      end
+      assert.same({}, bad)
+    end)
+  end
 end)
