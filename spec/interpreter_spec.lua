@@ -73,6 +73,32 @@ describe("market script.lua", function()
     assert.equal("expired\tt\ttrue\n", out)
   end)
 
+  -- docs/semantics.md §2: the host spawns the drivers before the script;
+  -- ground_vm{drivers = true} spawns them from its boot process.
+  it("runs the script as pid 4, after the drivers (1 to 3); as pid 1 with --no-drivers; " ..
+     "ground_vm{drivers = true} boots as pid 1 and spawns the drivers as 2 to 4",
+     function()
+    local path = script([[
+      local market = require "market"
+      local pid, _, path = market.self()
+      print(pid, path)
+    ]])
+    local status, out, err = H.run(H.quote(path))
+    local status2, out2, err2 = H.run("--no-drivers " .. H.quote(path))
+    os.remove(path)
+    assert.equal(0, status, err)
+    assert.equal("4\tground\n", out)
+    assert.equal(0, status2, err2)
+    assert.equal("1\tground\n", out2)
+    local market = require "market"
+    -- In process: the boot is pid 1, the three drivers take 2 to 4.
+    local pids = {}
+    assert(market.ground_vm(function(me)
+      pids = { me, market.perform(market.spawn(function() end)) }
+    end, { drivers = true }))
+    assert.same({ 1, 5 }, pids)
+  end)
+
   it("exits non-zero with the error and a traceback when the boot script fails", function()
     local path = script([[
       local function deeper() error("the script broke") end
@@ -176,9 +202,9 @@ describe("market options", function()
     assert.matches("unknown option '%-%-frobnicate'", err)
   end)
 
-  it("no script is an error", function()
+  it("no script is a usage error (status 2)", function()
     local status, out, err = H.run("")
-    assert.is_true(status ~= 0)
+    assert.equal(2, status)
     assert.matches("no script given", err)
   end)
 
