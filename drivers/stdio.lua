@@ -69,10 +69,20 @@ local function setting(field, lo, hi, default)
   local v = M[field]
   if v == nil and default ~= nil then return default end
   if mtype(v) ~= "integer" or v < lo or v > hi then
-    error(("market.stdio: stdio.%s must be an integer from %d to %d, got %s")
-          :format(field, lo, hi, repr(v)), 0)
+    error(("stdio.%s must be an integer from %d to %d, got %s"):format(field, lo, hi, repr(v)), 0)
   end
   return v
+end
+
+-- The settings as the driver starts; an error names the bad one.
+local function settings()
+  local framing = M.FRAMING
+  if framing ~= "line" and framing ~= "raw" then
+    error(('stdio.FRAMING must be "line" or "raw", got %s'):format(repr(framing)), 0)
+  end
+  local high = setting("HIGH_WATER", 1, 1 << 48)
+  return framing, setting("MAX_LINE", 1, 1 << 40), setting("READ_SIZE", 1, 65536), high,
+         setting("LOW_WATER", 0, high, high // 2), setting("HARD_LIMIT", 0, 1 << 52, 8 * high)
 end
 
 -- sys.std_take(fd), once more after a full collection: a driver that went
@@ -87,15 +97,12 @@ end
 
 -- The driver's boot function: run it with market.spawn(stdio.driver).
 function M.driver()
-  local framing = M.FRAMING
-  if framing ~= "line" and framing ~= "raw" then
-    error(('market.stdio: stdio.FRAMING must be "line" or "raw", got %s'):format(repr(framing)), 0)
+  local ok, framing, max_line, read_size, high, low, hard = pcall(settings)
+  if not ok then
+    -- Nobody may watch the driver: say it, as well as quitting with it.
+    warn("%s", framing)
+    return market.transition(nil, market.quit(nil, framing))
   end
-  local max_line = setting("MAX_LINE", 1, 1 << 40)
-  local read_size = setting("READ_SIZE", 1, 65536)
-  local high = setting("HIGH_WATER", 1, 1 << 48)
-  local low = setting("LOW_WATER", 0, high, high // 2)
-  local hard = setting("HARD_LIMIT", 0, 1 << 52, 8 * high)
   local stats = M.stats
   local stopping = false
 

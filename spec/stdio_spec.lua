@@ -257,6 +257,35 @@ return market.transition(nil, market.subscriber(stdio.stdin(_), {
     assert.same({ "EOF", "absence held by another stdio driver" }, got)
   end)
 
+  it("runs in a nested VM with an event relay", function()
+    write("nested.lua", [[
+local market = require "market"
+local relay = require "market.event_relay"
+local upcase = assert(loadfile("examples/upcase.lua"))
+market.perform(market.nested_vm(function()
+  market.perform(relay.event_relay("vm"))
+  market.pause()
+  return upcase()
+end, { name = "vm" }))
+]])
+    local status, out, err = H.sh(("seq 1 20000 | timeout 60 %s %s | tail -n 2"):format(market_bin, path("nested.lua")))
+    assert.equal("", err)
+    assert.equal(0, status)
+    assert.equal("19999\n20000\n", out)
+  end)
+
+  it("says what is wrong with a bad setting, and does not start", function()
+    local status, out, err = H.sh(("timeout 60 %s -e %s < /dev/null"):format(market_bin, H.quote([[
+local market = require "market"
+local stdio = require "market.stdio"
+stdio.FRAMING = "lines"
+market.perform(market.spawn(stdio.driver), market.subscriber(stdio.stdin(market._)))
+]])))
+    assert.equal(0, status)
+    assert.equal("", out)
+    assert.equal('market.stdio: stdio.FRAMING must be "line" or "raw", got "lines"\n', err)
+  end)
+
   it("stops reading while a reader publishes backpressure on stdin", function()
     -- The reader holds input after its first line and quits 50 turns of
     -- the event loop later; what it did not take is still in the file for
