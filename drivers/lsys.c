@@ -17,6 +17,7 @@
 **   sys.tcp_connect(sa)                   -> sock, "connected"|"inprogress" | nil, msg
 **   sys.udp_bind(port)                    -> sock | nil, msg  (dual stack; 0: any port)
 **   sys.fd_read(fd [, max])               -> string | nil, "eof" | false | nil, msg
+**   sys.std_take(fd)                      -> stream | nil, msg  (fd 0 or 1: market.stdio)
 **   sock:fd()  sock:local_port()  sock:peer() -> host, port
 **   sock:read([max])        -> string | nil, "eof" | false | nil, msg
 **   sock:write(s [, i])     -> bytes written from s[i..] (0: would block) | nil, msg
@@ -27,6 +28,10 @@
 **   sock:sendto(s, sa)      -> bytes | false | nil, msg
 **   sock:close()            (also on garbage collection; a ground watch on
 **                           the descriptor ends first: mk_ground_fd_closed)
+**   stream:fd()  stream:read([max])  stream:write(s [, i])   as a socket's
+**   stream:close([finish])  give the descriptor back as it was taken (also
+**                           on garbage collection and at exit); finish:
+**                           end the stream too (see std_take)
 **   sys.set_resolve_delay(ms)  for tests: resolutions on a thread sleep first
 **   sys.lose_spare()        for tests: close the spare descriptor listeners
 **                           keep for refusing connections (mkd_accept_refuse)
@@ -62,6 +67,7 @@
 
 #define SOCK_MT "market.sys.socket"
 #define REQ_MT "market.sys.resolve"
+#define STD_MT "market.sys.stream"
 #define READ_MAX 65536
 #define DGRAM_MAX 65536            /* the largest UDP payload is 65,535 (IPv6), 65,507 (IPv4) */
 
@@ -361,8 +367,10 @@ static int l_fd_read(lua_State *L) {
   return readfd(L, fd, 0, luaL_optinteger(L, 2, READ_MAX));
 }
 
-static int s_write(lua_State *L) {
-  sock *s = checksock(L);
+/* Write s[i..] (s at stack index 2, i at 3) to fd: send() for a socket,
+** so that a peer gone is EPIPE without SIGPIPE; write() otherwise (a pipe
+** or a terminal: SIGPIPE is ignored by every host, market.h). */
+static int writefd(lua_State *L, int fd, int issock) {
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
   lua_Integer i = luaL_optinteger(L, 3, 1);
@@ -370,11 +378,17 @@ static int s_write(lua_State *L) {
   if (i < 1) i = 1;
   if ((size_t)i > len) { lua_pushinteger(L, 0); return 1; }
   do {
-    n = send(s->fd, data + i - 1, len - (size_t)(i - 1), MSG_NOSIGNAL);
+    n = issock ? send(fd, data + i - 1, len - (size_t)(i - 1), MSG_NOSIGNAL)
+               : write(fd, data + i - 1, len - (size_t)(i - 1));
   } while (n < 0 && errno == EINTR);
   if (n >= 0) { lua_pushinteger(L, n); return 1; }
   if (would_block(errno)) { lua_pushinteger(L, 0); return 1; }
   return fail(L, errno);
+}
+
+static int s_write(lua_State *L) {
+  sock *s = checksock(L);
+  return writefd(L, s->fd, 1);
 }
 
 static int s_shutdown(lua_State *L) {
@@ -509,6 +523,98 @@ static int s_sendto(lua_State *L) {
   if (n >= 0) { lua_pushinteger(L, n); return 1; }
   if (would_block(errno)) { lua_pushboolean(L, 0); return 1; }
   return fail(L, errno);
+}
+
+/* ---- standard input and output (market.stdio) ----------------------------- */
+
+/* The stdio driver (drivers/stdio.lua) holds descriptor 0 or 1 through a
+** stream, non-blocking while it holds it.  O_NONBLOCK belongs to the open
+** file, which the shell and the programs of a pipeline share (a terminal
+** above all), so the flags found are put back when the stream is let go:
+** close(), garbage collection, or exit (an atexit handler), whichever
+** comes first.  One stream per descriptor at a time: two readers of
+** standard input would each get some of the lines. */
+static struct { int held; int flags; } stdfds[2];
+
+static void std_let_go(int fd) {
+  if (!stdfds[fd].held) return;
+  stdfds[fd].held = 0;
+  fcntl(fd, F_SETFL, stdfds[fd].flags);
+}
+
+static void std_at_exit(void) {
+  std_let_go(0);
+  std_let_go(1);
+}
+
+typedef struct stream { int fd; } stream;   /* fd: -1 once let go */
+
+static stream *checkstream(lua_State *L) {
+  stream *s = luaL_checkudata(L, 1, STD_MT);
+  if (s->fd < 0) luaL_error(L, "market.sys: stream is closed");
+  return s;
+}
+
+/* sys.std_take(fd) -> stream | nil, msg */
+static int l_std_take(lua_State *L) {
+  static int registered;
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  stream *s;
+  int flags;
+  luaL_argcheck(L, fd == 0 || fd == 1, 1, "0 (standard input) or 1 (standard output)");
+  if (stdfds[fd].held) {
+    lua_pushnil(L);
+    lua_pushstring(L, "held by another stdio driver");
+    return 2;
+  }
+  if ((flags = fcntl((int)fd, F_GETFL)) < 0) return fail(L, errno);
+  s = lua_newuserdatauv(L, sizeof *s, 0);
+  s->fd = -1;
+  luaL_setmetatable(L, STD_MT);
+  if (!registered) registered = atexit(std_at_exit) == 0;
+  /* What the program printed through C's stdio before comes first. */
+  if (fd == 1) fflush(stdout);
+  if (fcntl((int)fd, F_SETFL, flags | O_NONBLOCK) != 0) return fail(L, errno);
+  stdfds[fd].held = 1;
+  stdfds[fd].flags = flags;
+  s->fd = (int)fd;
+  return 1;
+}
+
+static int t_fd(lua_State *L) {
+  lua_pushinteger(L, checkstream(L)->fd);
+  return 1;
+}
+
+static int t_read(lua_State *L) {
+  stream *s = checkstream(L);
+  return readfd(L, s->fd, 0, luaL_optinteger(L, 2, READ_MAX));
+}
+
+static int t_write(lua_State *L) {
+  stream *s = checkstream(L);
+  return writefd(L, s->fd, 0);
+}
+
+/* stream:close([finish]): let the descriptor go, its flags as they were.
+** With finish, standard output also ends: /dev/null takes the place of
+** the descriptor, so the reader sees the end of the stream once nobody
+** else holds it, and the number 1 is not handed to the next socket
+** opened (where print() would then write). */
+static int t_close(lua_State *L) {
+  stream *s = luaL_checkudata(L, 1, STD_MT);
+  int fd = s->fd, null;
+  if (fd < 0) return 0;
+  s->fd = -1;
+  std_let_go(fd);
+  if (lua_toboolean(L, 2) && (null = open("/dev/null", O_RDWR | O_CLOEXEC)) >= 0) {
+    mk_ground_fd_closed(fd);      /* the number names another file from now on */
+    if (null != fd) {
+      dup2(null, fd);
+      close(null);
+    }
+  }
+  return 0;
 }
 
 /* ---- name resolution ---------------------------------------------------- */
@@ -730,31 +836,42 @@ static int l_lose_spare(lua_State *L) {
 
 /* ---- the module --------------------------------------------------------- */
 
+/* Push the metatable `name`, made the first time: its __index holds the
+** methods, which share the scratch buffer below it as their upvalue, and
+** its __gc is gc. */
+static void newclass(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {
+  if (luaL_newmetatable(L, name)) {
+    lua_newtable(L);
+    lua_pushvalue(L, -3);
+    luaL_setfuncs(L, methods, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+  }
+}
+
 int luaopen_market_sys(lua_State *L) {
   static const luaL_Reg sock_methods[] = {
     {"fd", s_fd}, {"close", s_close}, {"read", s_read}, {"write", s_write},
     {"so_error", s_so_error}, {"shutdown", s_shutdown}, {"accept", s_accept},
     {"local_port", s_local_port}, {"peer", s_peer}, {"recvfrom", s_recvfrom},
     {"sendto", s_sendto}, {NULL, NULL}};
+  static const luaL_Reg stream_methods[] = {
+    {"fd", t_fd}, {"read", t_read}, {"write", t_write}, {"close", t_close}, {NULL, NULL}};
   static const luaL_Reg req_methods[] = {
     {"fd", r_fd}, {"result", r_result}, {"close", r_close}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {
     {"resolve", l_resolve}, {"tcp_listen", l_tcp_listen}, {"tcp_connect", l_tcp_connect},
-    {"udp_bind", l_udp_bind}, {"fd_read", l_fd_read},
+    {"udp_bind", l_udp_bind}, {"fd_read", l_fd_read}, {"std_take", l_std_take},
     {"set_resolve_delay", l_set_resolve_delay}, {"lose_spare", l_lose_spare}, {NULL, NULL}};
   lua_newuserdatauv(L, READ_MAX > DGRAM_MAX ? READ_MAX : DGRAM_MAX, 0);   /* scratch */
-  if (luaL_newmetatable(L, SOCK_MT)) {
-    lua_newtable(L);
-    lua_pushvalue(L, -3);
-    luaL_setfuncs(L, sock_methods, 1);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, s_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, s_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, s_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
+  newclass(L, SOCK_MT, sock_methods, s_close);
+  lua_pushcfunction(L, s_close);
+  lua_setfield(L, -2, "__close");
+  lua_pushcfunction(L, s_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  newclass(L, STD_MT, stream_methods, t_close);
   lua_pop(L, 1);
   if (luaL_newmetatable(L, REQ_MT)) {
     lua_newtable(L);

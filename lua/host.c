@@ -193,6 +193,7 @@ static int p_setup(lua_State *L) {
   preload(L, "market.timer", luaopen_market_timer);
   preload(L, "market.tcp", luaopen_market_tcp);
   preload(L, "market.udp", luaopen_market_udp);
+  preload(L, "market.stdio", luaopen_market_stdio);
   preload(L, "market.event_relay", luaopen_market_event_relay);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "market");

@@ -85,4 +85,5 @@ static int open_driver(lua_State *L, const char *name) {
 int luaopen_market_timer(lua_State *L) { return open_driver(L, "timer"); }
 int luaopen_market_tcp(lua_State *L) { return open_driver(L, "tcp"); }
 int luaopen_market_udp(lua_State *L) { return open_driver(L, "udp"); }
+int luaopen_market_stdio(lua_State *L) { return open_driver(L, "stdio"); }
 int luaopen_market_event_relay(lua_State *L) { return open_driver(L, "event_relay"); }
