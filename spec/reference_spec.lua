@@ -17,11 +17,13 @@ local MODULES = {
   { prefix = "tcp", get = function() return require "market.tcp" end },
   { prefix = "udp", get = function() return require "market.udp" end },
   { prefix = "relay", get = function() return require "market.event_relay" end },
+  { prefix = "stdio", get = function() return require "market.stdio" end },
 }
 
 -- Public fields that are nil until a program sets them (so pairs() never
 -- sees them), documented all the same.
-local NIL_BY_DEFAULT = { ["tcp.LOW_WATER"] = true, ["tcp.HARD_LIMIT"] = true }
+local NIL_BY_DEFAULT = { ["tcp.LOW_WATER"] = true, ["tcp.HARD_LIMIT"] = true,
+                         ["stdio.LOW_WATER"] = true, ["stdio.HARD_LIMIT"] = true }
 
 local REFERENCE = "docs/reference.md"
 
