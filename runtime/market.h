@@ -423,6 +423,29 @@ int mk_host_run(mk_host *h);
 */
 int mk_host_step(mk_host *h);
 
+/*
+** Driving a host from an event loop that is not libev (glib, luv,
+** cqueues; docs/loops.md): the other loop watches mk_host_pollfd(h) for
+** reading, bounds its wait by mk_host_timeout(h), and calls
+** mk_host_turn(h, 0) when either fires.
+**
+** mk_host_turn: deliver what is queued, wait up to `timeout` seconds for
+** the loop (0: never; negative: until something happens), deliver what
+** came, and leave the loop with every watch handed to the kernel, which
+** mk_host_step does not promise.  Returns as mk_host_step.
+** mk_host_timeout: the seconds the other loop may wait for the descriptor
+** before the host must turn anyway: 0 when events are queued, -1 when no
+** timer runs (wait for the descriptor alone).
+** mk_host_pollfd: a descriptor that is readable while the host's loop has
+** something to do (libev's backend descriptor, ev_backend_fd), or -1 when
+** the loop's backend has none (select or poll, through LIBEV_FLAGS).  It
+** covers market's watchers only if the loop is market's (mk_host_new with
+** NULL) or the loop's other watchers are descriptors and signals.
+*/
+int mk_host_turn(mk_host *h, double timeout);
+double mk_host_timeout(mk_host *h);
+int mk_host_pollfd(mk_host *h);
+
 /* ---- terms from C (more in term.h) -------------------------------------- */
 
 /*
