@@ -165,8 +165,7 @@ static int fd_open(int fd) {
   return fcntl(fd, F_GETFD) != -1 || errno != EBADF;
 }
 
-/* An epoll instance (an event loop's own descriptor, libev's among them):
-** epoll refuses to watch itself, and libev asserts when it does. */
+/* An epoll instance (an event loop's own descriptor, libev's among them). */
 static int fd_epoll(int fd) {
   char path[32], target[32];
   ssize_t n;
@@ -175,6 +174,21 @@ static int fd_epoll(int fd) {
   if (n < 0) return 0;
   target[n] = '\0';
   return strcmp(target, "anon_inode:[eventpoll]") == 0;
+}
+
+/* The descriptor of a ground's own loop: epoll refuses to watch itself,
+** and libev asserts when it does (or spins).  Another loop's epoll
+** instance (cqueues', luv's) is watched like any descriptor, to run that
+** loop inside market (docs/loops.md); when a ground's backend descriptor
+** cannot be known (mk_ground_pollfd: a backend that cannot be embedded),
+** every epoll instance counts as a ground's. */
+static int fd_ground_loop(int fd) {
+  mk_ground *g;
+  int b;
+  if (!fd_epoll(fd)) return 0;
+  for (g = grounds; g; g = g->gnext)
+    if ((b = mk_ground_pollfd(g)) < 0 || b == fd) return 1;
+  return 0;
 }
 
 static void ring_add(mk_ground *g, watch *w) {
@@ -338,7 +352,7 @@ static const char *invalid(mk_ground *g, watch *w) {
     case K_IO:
       if (!(v >= 0 && v <= INT_MAX && integral && fd_open((int)v)))
         return "not an open file descriptor";
-      if (fd_epoll((int)v)) return "an event loop's own descriptor (epoll)";
+      if (fd_ground_loop((int)v)) return "an event loop's own descriptor (epoll)";
       return NULL;
     case K_TIMER:
       return isfinite(v) ? NULL : "not a finite time";

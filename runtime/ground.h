@@ -30,8 +30,10 @@
 ** included, from Lua or mk_rec), before libev sees the value:
 **
 **   readable, writable  an integer 0..INT_MAX that is an open descriptor
-**                       and not an epoll instance (an event loop's own:
-**                       epoll cannot watch itself, and libev asserts)
+**                       and not the epoll instance of a ground's loop
+**                       (epoll cannot watch itself, and libev asserts);
+**                       another loop's epoll instance is fine (cqueues'
+**                       pollfd: docs/loops.md)
 **   signal              an integer 1..NSIG-1 other than SIGKILL and SIGSTOP,
 **                       the faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL: the
 **                       fault recurs as soon as a handler returns) and

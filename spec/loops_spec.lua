@@ -1,0 +1,195 @@
+-- loops_spec.lua: market and other event loops (docs/loops.md).  A ground
+-- VM opened with market.open_ground_vm and stepped by a plain Lua loop or
+-- polled by a cqueues controller; a cqueues controller run inside market
+-- by a process (examples/cqueues.lua).  The C side (mk_host_turn,
+-- mk_host_timeout, mk_host_pollfd) is in spec/c/test_host.c.
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local timer = require "market.timer"
+local tcp = require "market.tcp"
+local cqueues = require "cqueues"
+local socket = require "cqueues.socket"
+local N = require "net"
+local _, EOF = market._, market.EOF
+
+-- A process that counts n timer expiries, 20 ms apart, into `log`, then quits.
+local function ticker(log, n)
+  return function()
+    market.perform(market.spawn(function()
+      return market.transition(1,
+        market.subscriber(timer.expired("tick", _), { on_message = function(i)
+          log[#log + 1] = "tick " .. i
+          if i == n then return market.transition(i, market.quit()) end
+          return market.transition(i + 1, market.send(timer.set("tick", 20, "relative")))
+        end }),
+        market.send(timer.set("tick", 20, "relative")))
+    end, { name = "ticker" }))
+  end
+end
+
+describe("market.open_ground_vm", function()
+  it("a plain Lua loop steps it to the end, then closes it", function()
+    local log = {}
+    local g = market.open_ground_vm(ticker(log, 3), { drivers = true })
+    assert.equal(0, g:timeout())                 -- the boot is queued
+    local steps, more = 0, true
+    while more do
+      more = g:step()                            -- waits until something happens
+      steps = steps + 1
+      assert(steps < 10000, "the ground never finished")
+    end
+    assert.is_false(more)
+    assert.same({ "tick 1", "tick 2", "tick 3" }, log)
+    assert.is_nil(g:timeout())                   -- finished: nothing timed
+    assert.is_false(g:step(0))
+    g:close()
+    g:close()                                    -- again: nothing
+    assert.matches("closed", tostring(g))
+    assert.has_error(function() g:step(0) end, "market: step on a closed ground VM")
+    assert.has_error(function() g:pollfd() end, "market: pollfd on a closed ground VM")
+  end)
+
+  it("step(0) does not wait, and timeout() says how long the loop may", function()
+    local fired = false
+    local g <close> = market.open_ground_vm(function()
+      return market.transition(nil, market.subscriber(
+        market.ground.alarm(math.floor(market.now()) + 300),
+        { on_message = function() fired = true; return market.transition(nil, market.quit()) end }))
+    end)
+    assert.is_true(g:step(0))                    -- booted: the alarm holds it
+    assert.is_false(fired)
+    local t = g:timeout()
+    assert.is_true(t >= 0 and t <= 0.3, tostring(t))
+    assert.is_true(g:step(0.01))                 -- a bounded wait: not due yet
+    assert.is_false(fired)
+    while g:step(g:timeout()) do end             -- wait as long as it says
+    assert.is_true(fired)
+  end)
+
+  it("a cqueues controller polls it: market's TCP server and a cqueues client, one thread", function()
+    local port, served = nil, {}
+    local here = tcp.listener(0)
+    local g <close> = market.open_ground_vm(function()
+      local function session(remote)
+        return market.transition(nil,
+          market.subscriber(tcp.channel(remote, here, _), { on_message = function(_, m)
+            if m.subpacket == EOF then   -- the client is done: so is the server
+              return market.transition_no_state(market.send({ "client", "done" }), market.quit())
+            end
+            served[#served + 1] = m.subpacket
+            return market.transition_no_state(
+              market.send(tcp.channel(here, remote, m.subpacket:upper() .. "\n")))
+          end }),
+          market.publisher(tcp.channel(here, remote, _)))
+      end
+      return market.transition(nil,
+        tcp.options(here, { framing = "line" }),
+        market.observe_publishers(tcp.channel(_, here, _), { on_presence = function(_, role)
+          local remote = role.topic.source
+          return market.transition_no_state(market.spawn(function() return session(remote) end))
+        end }),
+        market.subscriber(tcp.listening(0, _), { on_presence = function(_, role)
+          port = role.topic.bound_port
+        end }),
+        market.subscriber({ "client", "done" }, { on_message = function()
+          return market.transition(nil, market.quit())
+        end }))
+    end, { drivers = true })
+    assert.equal("r", g:events())
+    assert.equal("integer", math.type(g:pollfd()))
+
+    local cq = cqueues.new()
+    local answer, ended
+    cq:wrap(function()                           -- market, polled by cqueues
+      while true do
+        local more, err = g:step(0)
+        assert(more ~= nil, err)
+        if not more then break end
+        cqueues.poll(g)                          -- g:pollfd(), g:events(), g:timeout()
+      end
+      ended = true
+    end)
+    cq:wrap(function()                           -- a cqueues client of market's server
+      for _ = 1, 500 do
+        if port then break end
+        cqueues.sleep(0.01)
+      end
+      assert(port, "market never listened")
+      local s = assert(socket.connect("127.0.0.1", port))
+      assert(s:write("hello\n"))
+      answer = s:read("*l")
+      s:close()
+    end)
+    local deadline = os.time() + 30
+    while not cq:empty() do
+      assert(cq:step(1))
+      assert(os.time() < deadline, "the loops did not finish")
+    end
+    assert.equal("HELLO", answer)
+    assert.same({ "hello" }, served)
+    assert.is_true(ended)                        -- market finished: step said false
+  end)
+
+  it("reports the boot process's failure once, from the step it happened in", function()
+    local g <close> = market.open_ground_vm(function() error("boom") end)
+    local more, err = g:step(0)
+    assert.is_nil(more)
+    assert.matches("boom", err)
+    assert.is_false(g:step(0))                   -- nothing left: done
+  end)
+
+  it("checks its options and its calls as ground_vm does", function()
+    assert.has_error(function() market.open_ground_vm(42) end,
+      "market.open_ground_vm: the boot argument must be a function, got number")
+    assert.has_error(function() market.open_ground_vm(function() end, { drain = -1 }) end,
+      "market.open_ground_vm: the drain time must be a number of milliseconds, 0 or more, got -1")
+    local g = market.open_ground_vm(function()
+      return market.transition(nil, market.subscriber(market.ground.alarm(math.floor(market.now()) + 60000)))
+    end)
+    -- One ground VM per Lua state, stepped from outside its processes.
+    assert.has_error(function() market.open_ground_vm(function() end) end,
+      "market.open_ground_vm: a ground VM is already running in this Lua state")
+    assert.has_error(function() market.ground_vm(function() end) end,
+      "market.ground_vm: a ground VM is already running in this Lua state")
+    assert.has_error(function() g:step(-1) end)
+    g:close()                                    -- the waiting process goes with it
+    local inner
+    g = market.open_ground_vm(function()
+      inner = select(2, pcall(function() g:step(0) end))
+    end)
+    assert.is_false(g:step(0))
+    assert.matches("step called from inside a process of the ground VM it steps", inner)
+    g:close()
+  end)
+
+  it("a ground VM nobody closes is closed when collected: its processes end", function()
+    local went
+    do
+      local g = market.open_ground_vm(function()
+        market.perform(market.publisher("holder"), market.spawn(function()
+          return market.transition(nil, market.subscriber("holder",
+            { on_absence = function() went = true end }))
+        end))
+        return market.transition(nil,
+          market.subscriber(market.ground.alarm(math.floor(market.now()) + 60000)))
+      end)
+      assert.is_true(g:step(0))
+      assert.is_nil(went)
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.is_true(went)
+    -- Freed: a new one may open.
+    local g2 <close> = market.open_ground_vm(function() end)
+    assert.is_false(g2:step(0))
+  end)
+end)
+
+describe("cqueues inside market", function()
+  it("examples/cqueues.lua: a process steps a controller whose client talks to market's server",
+     function()
+    local out, status = N.capture(N.q(N.market_bin()) .. " examples/cqueues.lua 'hi there'", 30)
+    assert.equal(0, status, out)
+    assert.equal("cqueues got: HI THERE\n", out)
+  end)
+end)
