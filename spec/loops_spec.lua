@@ -122,6 +122,34 @@ describe("market.open_ground_vm", function()
     assert.is_true(ended)                        -- market finished: step said false
   end)
 
+  it("a signal reaches it through the descriptor: SIGTERM with drain stops it", function()
+    -- In a lua5.4 of its own: the signal is sent to the whole process.
+    local code = [[
+      local market = require "market"
+      local cqueues = require "cqueues"
+      local g <close> = market.open_ground_vm(function()
+        market.perform(market.spawn(function()
+          return market.transition(nil, market.subscriber("waiter", { on_absence = function(_, _, why)
+            print("waiter gone: " .. tostring(why)) end }))
+        end))
+        return market.transition(nil, market.publisher("waiter"),
+          market.subscriber(market.ground.alarm(math.floor(market.now()) + 60000)))
+      end, { drain = 0 })
+      assert(g:step(0))
+      print("timeout over 50 s:", g:timeout() > 50)
+      local pid = io.open("/proc/self/stat"):read("n")
+      local cq = cqueues.new()
+      cq:wrap(function()
+        os.execute("kill -TERM " .. pid)
+        while g:step(0) do cqueues.poll(g) end
+        print("done")
+      end)
+      assert(cq:loop())]]
+    local out, status = N.capture(("LUA_CPATH=%s lua5.4 -e %s"):format(N.q(package.cpath), N.q(code)), 30)
+    assert.equal(0, status, out)
+    assert.equal("timeout over 50 s:\ttrue\nwaiter gone: stopped: the drain time (0 ms) ran out\ndone\n", out)
+  end)
+
   it("reports the boot process's failure once, from the step it happened in", function()
     local g <close> = market.open_ground_vm(function() error("boom") end)
     local more, err = g:step(0)
