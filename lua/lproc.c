@@ -1264,8 +1264,8 @@ static void trace_line(void *ud, const char *line) {
 
 /* A host on this Lua state and a loop of its own, from the arguments of
 ** core.ground_vm and core.open_ground_vm (boot, trace, drain,
-** max_activation), with boot spawned as its boot process.  fname names
-** the caller in errors. */
+** max_activation); the caller spawns boot (spawn_boot) once it keeps the
+** host where an error cannot lose it.  fname names the caller in errors. */
 static mk_host *open_host(lua_State *L, const char *fname) {
   mkl_state *S = STATE(L);
   mk_host *h;
@@ -1284,9 +1284,13 @@ static mk_host *open_host(lua_State *L, const char *fname) {
     luaL_error(L, "%s: %s", fname, lua_tostring(L, -1));
   }
   if (budget >= 0) mk_host_set_max_activation(h, budget);
+  return h;
+}
+
+/* The function at 1 as h's boot process (raises when out of memory). */
+static void spawn_boot(lua_State *L, mk_host *h) {
   lua_pushvalue(L, 1);
   mkl_spawn_boot(L, mk_host_vm(h), "boot");
-  return h;
 }
 
 /* What ground_vm returns once h has run (rc: mk_host_run's or
@@ -1317,7 +1321,9 @@ static int outcome(lua_State *L, mk_host *h, int rc, int more) {
 ** nil): SIGINT and SIGTERM stop it (mk_host_stop_on_signals). */
 static int c_ground_vm(lua_State *L) {
   mk_host *h = open_host(L, "market.ground_vm");
-  int nret = outcome(L, h, mk_host_run(h), 1);
+  int nret;
+  spawn_boot(L, h);
+  nret = outcome(L, h, mk_host_run(h), 1);
   mk_host_free(h);
   return nret;
 }
@@ -1347,6 +1353,7 @@ static int c_open_ground_vm(lua_State *L) {
   G->h = NULL;
   luaL_setmetatable(L, GROUND_MT);
   G->h = open_host(L, "market.open_ground_vm");
+  spawn_boot(L, G->h);                  /* an error now: __gc frees the host */
   return 1;
 }
 
