@@ -1,14 +1,16 @@
 -- loops_spec.lua: market and other event loops (docs/loops.md).  A ground
--- VM opened with market.open_ground_vm and stepped by a plain Lua loop or
--- polled by a cqueues controller; a cqueues controller run inside market
--- by a process (examples/cqueues.lua).  The C side (mk_host_turn,
--- mk_host_timeout, mk_host_pollfd) is in spec/c/test_host.c.
+-- VM opened with market.open_ground_vm and stepped by a plain Lua loop, or
+-- polled by a cqueues controller or a luv loop; a cqueues controller
+-- (examples/cqueues.lua) and luv's loop run inside market by a process.
+-- The C side (mk_host_turn, mk_host_timeout, mk_host_pollfd) is in
+-- spec/c/test_host.c.
 package.path = "spec/support/?.lua;" .. package.path
 local market = require "market"
 local timer = require "market.timer"
 local tcp = require "market.tcp"
 local cqueues = require "cqueues"
 local socket = require "cqueues.socket"
+local uv = require "luv"
 local N = require "net"
 local _, EOF = market._, market.EOF
 
@@ -122,6 +124,32 @@ describe("market.open_ground_vm", function()
     assert.is_true(ended)                        -- market finished: step said false
   end)
 
+  it("a luv loop polls it: uv.new_poll on pollfd, a uv timer for timeout", function()
+    local log = {}
+    local g = market.open_ground_vm(ticker(log, 3), { drivers = true })
+    local poll, wake = uv.new_poll(g:pollfd()), uv.new_timer()
+    local function turn()
+      local more, err = g:step(0)
+      assert(more ~= nil, err)
+      if not more then poll:close(); wake:close(); g:close(); return end
+      local t = g:timeout()
+      wake:stop()
+      if t then wake:start(math.ceil(t * 1000), 0, turn) end
+    end
+    poll:start("r", turn)
+    turn()
+    local luv_ticks = 0                          -- luv's own work meanwhile
+    local own = uv.new_timer()
+    own:start(10, 10, function()
+      luv_ticks = luv_ticks + 1
+      if luv_ticks == 5 then own:close() end
+    end)
+    uv.run()
+    assert.same({ "tick 1", "tick 2", "tick 3" }, log)
+    assert.equal(5, luv_ticks)
+    assert.matches("closed", tostring(g))
+  end)
+
   it("a signal reaches it through the descriptor: SIGTERM with drain stops it", function()
     -- In a lua5.4 of its own: the signal is sent to the whole process.
     local code = [[
@@ -211,5 +239,51 @@ describe("cqueues inside market", function()
     local out, status = N.capture(N.q(N.market_bin()) .. " examples/cqueues.lua 'hi there'", 30)
     assert.equal(0, status, out)
     assert.equal("cqueues got: HI THERE\n", out)
+  end)
+end)
+
+describe("luv inside market", function()
+  it("a process runs luv's loop: its backend descriptor and its timeout as ground events", function()
+    local got, ticks = nil, 0
+    local ok, err = market.ground_vm(function()
+      -- The recipe of docs/loops.md, for luv's default loop.
+      local turn
+      local function alarm()
+        local t = uv.backend_timeout()           -- ms, -1: nothing timed
+        if t < 0 then return nil end
+        return market.subscriber(market.ground.alarm(math.ceil(market.now() + t)),
+                                 { name = "uv-alarm", on_message = function() return turn() end })
+      end
+      turn = function()
+        if not uv.run("nowait") then return market.transition_no_state(market.quit()) end
+        return market.transition_no_state(market.delete_endpoint("uv-alarm"), alarm())
+      end
+      -- luv's side: a timer, and a TCP server and client of its own.
+      local t = uv.new_timer()
+      t:start(20, 20, function()
+        ticks = ticks + 1
+        if ticks == 3 then t:close() end
+      end)
+      local server = uv.new_tcp()
+      assert(server:bind("127.0.0.1", 0))
+      assert(server:listen(8, function()
+        local c = uv.new_tcp()
+        server:accept(c)
+        c:read_start(function(_, data)
+          if data then c:write(data:upper()) else c:close(); server:close() end
+        end)
+      end))
+      local client = uv.new_tcp()
+      client:connect("127.0.0.1", server:getsockname().port, function()
+        client:read_start(function(_, data) got = data; client:close() end)
+        client:write("hello")
+      end)
+      return market.transition(nil,
+        market.subscriber(market.ground.readable(uv.backend_fd()), { name = "uv-fd", on_message = turn }),
+        alarm())
+    end)
+    assert(ok, err)
+    assert.equal("HELLO", got)
+    assert.equal(3, ticks)
   end)
 end)
