@@ -659,6 +659,18 @@ int mk_host_step(mk_host *h) {
   return more ? 1 : 0;
 }
 
+int mk_host_turn(mk_host *h, double timeout) {
+  int more;
+  if (h == NULL) return MK_EINVAL;
+  if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_turn: called from inside a handler");
+  more = mk_ground_turn(h->g, timeout);
+  if (report(h) != MK_OK) return MK_EFAILED;
+  return more ? 1 : 0;
+}
+
+double mk_host_timeout(mk_host *h) { return h ? mk_ground_timeout(h->g) : -1; }
+int mk_host_pollfd(mk_host *h) { return h ? mk_ground_pollfd(h->g) : -1; }
+
 /* ---- terms -------------------------------------------------------------- */
 
 mk_term *mk_record(const char *label, uint32_t n, ...) {

@@ -1262,47 +1262,173 @@ static void trace_line(void *ud, const char *line) {
   fprintf(stderr, "market: %s\n", line);
 }
 
+/* A host on this Lua state and a loop of its own, from the arguments of
+** core.ground_vm and core.open_ground_vm (boot, trace, drain,
+** max_activation); the caller spawns boot (spawn_boot) once it keeps the
+** host where an error cannot lose it.  fname names the caller in errors. */
+static mk_host *open_host(lua_State *L, const char *fname) {
+  mkl_state *S = STATE(L);
+  mk_host *h;
+  mk_error err;
+  double drain = luaL_optnumber(L, 3, -1);
+  double budget = luaL_optnumber(L, 4, -1);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (S->current != NULL || S->g != NULL)
+    luaL_error(L, "%s: a ground VM is already running in this Lua state", fname);
+  h = mkl_host_new(L, NULL, &err);
+  if (h == NULL) luaL_error(L, "%s: %s", fname, err.message);
+  if (lua_toboolean(L, 2)) mk_host_trace(h, trace_line, NULL);
+  if (drain >= 0 && mk_host_stop_on_signals(h, drain) != MK_OK) {
+    lua_pushstring(L, mk_host_error(h));
+    mk_host_free(h);
+    luaL_error(L, "%s: %s", fname, lua_tostring(L, -1));
+  }
+  if (budget >= 0) mk_host_set_max_activation(h, budget);
+  return h;
+}
+
+/* The function at 1 as h's boot process (raises when out of memory). */
+static void spawn_boot(lua_State *L, mk_host *h) {
+  lua_pushvalue(L, 1);
+  mkl_spawn_boot(L, mk_host_vm(h), "boot");
+}
+
+/* What ground_vm returns once h has run (rc: mk_host_run's or
+** mk_host_turn's), and step after each turn: nil, why, status after a
+** second signal; nil and the traceback when the boot process failed;
+** else `more`. */
+static int outcome(lua_State *L, mk_host *h, int rc, int more) {
+  int status = mk_host_exit_status(h);
+  if (status != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, "stopped by a second signal");
+    lua_pushinteger(L, status);
+    return 3;
+  }
+  if (rc == MK_EFAILED) {
+    lua_pushnil(L);
+    lua_pushstring(L, mk_host_error(h));
+    return 2;
+  }
+  lua_pushboolean(L, more);
+  return 1;
+}
+
 /* core.ground_vm(boot, trace, drain, max_activation)
 **   -> true | nil, traceback | nil, why, status
 ** A host (market.h) on this Lua state and a loop of its own, run to the
 ** end and freed: the same code path as the interpreter's.  drain (ms, or
 ** nil): SIGINT and SIGTERM stop it (mk_host_stop_on_signals). */
 static int c_ground_vm(lua_State *L) {
-  mkl_state *S = STATE(L);
-  mk_host *h;
-  mk_error err;
-  int rc, status, nret = 1;
-  double drain = luaL_optnumber(L, 3, -1);
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  if (S->current != NULL || S->g != NULL)
-    return luaL_error(L, "market.ground_vm: a ground VM is already running in this Lua state");
-  h = mkl_host_new(L, NULL, &err);
-  if (h == NULL) return luaL_error(L, "market.ground_vm: %s", err.message);
-  if (lua_toboolean(L, 2)) mk_host_trace(h, trace_line, NULL);
-  if (drain >= 0 && mk_host_stop_on_signals(h, drain) != MK_OK) {
-    lua_pushstring(L, mk_host_error(h));
-    mk_host_free(h);
-    return luaL_error(L, "market.ground_vm: %s", lua_tostring(L, -1));
-  }
-  if (!lua_isnoneornil(L, 4)) mk_host_set_max_activation(h, luaL_checknumber(L, 4));
-  lua_settop(L, 1);
-  mkl_spawn_boot(L, mk_host_vm(h), "boot");
-  rc = mk_host_run(h);
-  status = mk_host_exit_status(h);
-  if (status != 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, "stopped by a second signal");
-    lua_pushinteger(L, status);
-    nret = 3;
-  } else if (rc == MK_EFAILED) {
-    lua_pushnil(L);
-    lua_pushstring(L, mk_host_error(h));
-    nret = 2;
-  } else {
-    lua_pushboolean(L, 1);
-  }
+  mk_host *h = open_host(L, "market.ground_vm");
+  int nret;
+  spawn_boot(L, h);
+  nret = outcome(L, h, mk_host_run(h), 1);
   mk_host_free(h);
   return nret;
+}
+
+/*
+** core.open_ground_vm(boot, trace, drain, max_activation) -> ground
+** The same host, left for the caller to drive from a loop of its own
+** (docs/loops.md): step, pollfd, events and timeout are a cqueues
+** controller's, so cqueues can poll it as it is, and close frees it
+** (also when collected, or at the end of a `local g <close>`).  The
+** userdata owns the host (NULL once closed).
+*/
+#define GROUND_MT "market.ground_vm"
+
+typedef struct lground {
+  mk_host *h;
+} lground;
+
+static lground *checkground(lua_State *L, const char *fname) {
+  lground *G = luaL_checkudata(L, 1, GROUND_MT);
+  if (G->h == NULL) luaL_error(L, "market: %s on a closed ground VM", fname);
+  return G;
+}
+
+static int c_open_ground_vm(lua_State *L) {
+  lground *G = lua_newuserdatauv(L, sizeof *G, 0);   /* first: no host to leak */
+  G->h = NULL;
+  luaL_setmetatable(L, GROUND_MT);
+  G->h = open_host(L, "market.open_ground_vm");
+  spawn_boot(L, G->h);                  /* an error now: __gc frees the host */
+  return 1;
+}
+
+/* g:step([timeout]): one turn, waiting up to timeout seconds (nil: until
+** something happens) -> true while it has more to do, false when done |
+** nil, traceback | nil, why, status (outcome) */
+static int g_step(lua_State *L) {
+  lground *G = checkground(L, "step");
+  double timeout = luaL_optnumber(L, 2, -1);
+  int rc;
+  luaL_argcheck(L, lua_isnoneornil(L, 2) || timeout >= 0, 2, "a timeout is 0 or more seconds");
+  if (STATE(L)->current != NULL)
+    return luaL_error(L, "market: step called from inside a process of the ground VM it steps");
+  rc = mk_host_turn(G->h, timeout);
+  return outcome(L, G->h, rc, rc == 1);
+}
+
+static int g_pollfd(lua_State *L) {
+  int fd = mk_host_pollfd(checkground(L, "pollfd")->h);
+  if (fd < 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "libev polls with select or poll here: no descriptor to watch");
+    return 2;
+  }
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
+/* g:events() -> "r": the descriptor is polled for reading. */
+static int g_events(lua_State *L) {
+  checkground(L, "events");
+  lua_pushliteral(L, "r");
+  return 1;
+}
+
+/* g:timeout() -> seconds, or nil when no timer runs (cqueues: no bound). */
+static int g_timeout(lua_State *L) {
+  double t = mk_host_timeout(checkground(L, "timeout")->h);
+  if (t < 0) lua_pushnil(L);
+  else lua_pushnumber(L, t);
+  return 1;
+}
+
+/* g:close(): end every process (they see each other's absence), stop the
+** watchers, free the loop.  Closing again does nothing. */
+static int g_close(lua_State *L) {
+  lground *G = luaL_checkudata(L, 1, GROUND_MT);
+  if (G->h == NULL) return 0;
+  if (STATE(L)->current != NULL)
+    return luaL_error(L, "market: close called from inside a process of the ground VM it closes");
+  mk_host_free(G->h);
+  G->h = NULL;
+  return 0;
+}
+
+static int g_tostring(lua_State *L) {
+  lground *G = luaL_checkudata(L, 1, GROUND_MT);
+  lua_pushfstring(L, "market.ground_vm (%s): %p", G->h ? "open" : "closed", (void *)G);
+  return 1;
+}
+
+static void open_ground_mt(lua_State *L, mkl_state *S) {
+  static const luaL_Reg methods[] = {
+    {"step", g_step}, {"pollfd", g_pollfd}, {"events", g_events},
+    {"timeout", g_timeout}, {"close", g_close}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+    {"__gc", g_close}, {"__close", g_close}, {"__tostring", g_tostring}, {NULL, NULL}};
+  if (!luaL_newmetatable(L, GROUND_MT)) { lua_pop(L, 1); return; }
+  lua_pushlightuserdata(L, S);
+  luaL_setfuncs(L, meta, 1);
+  lua_createtable(L, 0, sizeof methods / sizeof methods[0] - 1);
+  lua_pushlightuserdata(L, S);
+  luaL_setfuncs(L, methods, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
 }
 
 /* core.stop(drain_ms|nil): begin a stop of the ground (mk_ground_stop). */
@@ -1413,6 +1539,7 @@ void mkl_open_core(lua_State *L) {
     {"wait", c_wait}, {"waits", c_waits}, {"current", c_current},
     {"self", c_self}, {"role", c_role},
     {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
+    {"open_ground_vm", c_open_ground_vm},
     {"now", c_now}, {"memory", c_memory}, {"stop", c_stop}, {NULL, NULL}};
   mkl_state *S = getstate(L);
   if (S == NULL) {
@@ -1444,6 +1571,7 @@ void mkl_open_core(lua_State *L) {
     S->L = lua_tothread(L, -1);
     lua_pop(L, 1);
   }
+  open_ground_mt(L, S);
   lua_createtable(L, 0, sizeof funcs / sizeof funcs[0]);
   lua_pushlightuserdata(L, S);
   luaL_setfuncs(L, funcs, 1);

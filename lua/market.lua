@@ -459,12 +459,39 @@ function M.self() current("self"); return core.self() end
 core.init(apply, rest, dispatch, event_table)
 
 -- A drain time in ms: a finite number, 0 or more (nil: none given).
-local function check_drain(ms, fname)
+-- level: where the error points (default 3: the caller of fname).
+local function check_drain(ms, fname, level)
   if ms ~= nil and (type(ms) ~= "number" or not (ms >= 0) or ms == math.huge) then
     error(fname .. ": the drain time must be a number of milliseconds, 0 or more, got "
-          .. tostring(ms), 3)
+          .. tostring(ms), level or 3)
   end
   return ms
+end
+
+-- The options of ground_vm and open_ground_vm checked, and the boot
+-- function that starts the drivers first when asked.
+local function ground_boot(boot, opts, fname)
+  if type(boot) ~= "function" then
+    error(fname .. ": the boot argument must be a function, got " .. type(boot), 3)
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error(fname .. ": options must be a table, got " .. type(opts), 3)
+  end
+  check_budget(opts.max_activation, fname, 3)
+  check_drain(opts.drain, fname, 4)
+  if not opts.drivers then return boot, opts end
+  return function(pid)
+    for _, name in ipairs { "timer", "tcp", "udp" } do
+      local d = require("market." .. name)
+      M.perform(M.spawn(d.driver, { name = name .. "-driver" }))
+    end
+    -- "Already running" (DESIGN §4): let the drivers boot and subscribe
+    -- before the script runs, or its first timer.set (say) is sent to
+    -- nobody and lost (no buffering).  interpreter_spec.
+    M.pause()
+    return boot(pid)
+  end, opts
 end
 
 -- ground_vm(boot [, {drivers=, trace=, drain=, max_activation=}]): run a
@@ -474,30 +501,19 @@ end
 -- (docs/semantics.md, "Stopping"); a second signal ends the stop at once,
 -- and ground_vm then returns nil, "stopped by a second signal", 128 + signum.
 function M.ground_vm(boot, opts)
-  if type(boot) ~= "function" then
-    error("market.ground_vm: the boot argument must be a function, got " .. type(boot), 2)
-  end
-  opts = opts or {}
-  if type(opts) ~= "table" then
-    error("market.ground_vm: options must be a table, got " .. type(opts), 2)
-  end
-  check_budget(opts.max_activation, "market.ground_vm", 2)
-  check_drain(opts.drain, "market.ground_vm")
-  local start = boot
-  if opts.drivers then
-    start = function(pid)
-      for _, name in ipairs { "timer", "tcp", "udp" } do
-        local d = require("market." .. name)
-        M.perform(M.spawn(d.driver, { name = name .. "-driver" }))
-      end
-      -- "Already running" (DESIGN §4): let the drivers boot and subscribe
-      -- before the script runs, or its first timer.set (say) is sent to
-      -- nobody and lost (no buffering).  interpreter_spec.
-      M.pause()
-      return boot(pid)
-    end
-  end
+  local start
+  start, opts = ground_boot(boot, opts, "market.ground_vm")
   return core.ground_vm(start, opts.trace, opts.drain, opts.max_activation)
+end
+
+-- open_ground_vm(boot [, opts]): the same ground VM (same options), not
+-- run: the caller drives it from a loop of its own with g:step(timeout),
+-- g:pollfd(), g:events(), g:timeout() (a cqueues controller's methods,
+-- in seconds) and ends it with g:close().  docs/loops.md.
+function M.open_ground_vm(boot, opts)
+  local start
+  start, opts = ground_boot(boot, opts, "market.open_ground_vm")
+  return core.open_ground_vm(start, opts.trace, opts.drain, opts.max_activation)
 end
 
 -- stop([drain_ms]): begin a graceful stop of the whole program, as SIGTERM

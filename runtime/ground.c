@@ -52,7 +52,8 @@ enum { K_NONE = -1, K_IO, K_TIMER, K_SIGNAL };
 */
 typedef struct watch {
   struct watch *next;       /* hash chain */
-  struct watch *rnext, *rprev;   /* ring of active descriptor watches (audit) */
+  struct watch *rnext, *rprev;   /* ring of active descriptor watches (audit),
+                                 ** or of running alarms (mk_ground_timeout) */
   struct watch *dnext, *dprev;   /* descriptor watches to check before the next poll */
   mk_ground *g;
   mk_term *topic;           /* owned: the record sent when it fires */
@@ -79,6 +80,9 @@ struct mk_ground {
   watch **tab;              /* chained by mk_hash(topic) */
   size_t tabsize, nwatch, active, nring;
   watch *ring, *cursor;     /* the ring and the audit's next watch in it */
+  watch *alarms;            /* ring of running alarm watches */
+  ev_timer wake;            /* mk_ground_turn's bound on its wait, while it waits */
+  int pollfd;               /* the loop's backend descriptor; -2: not known yet */
   watch *dirty;             /* list */
   unsigned long long serial;
   double drain_ms;          /* the drain for signals and mk_ground_stop(g, -1) */
@@ -161,8 +165,7 @@ static int fd_open(int fd) {
   return fcntl(fd, F_GETFD) != -1 || errno != EBADF;
 }
 
-/* An epoll instance (an event loop's own descriptor, libev's among them):
-** epoll refuses to watch itself, and libev asserts when it does. */
+/* An epoll instance (an event loop's own descriptor, libev's among them). */
 static int fd_epoll(int fd) {
   char path[32], target[32];
   ssize_t n;
@@ -171,6 +174,21 @@ static int fd_epoll(int fd) {
   if (n < 0) return 0;
   target[n] = '\0';
   return strcmp(target, "anon_inode:[eventpoll]") == 0;
+}
+
+/* The descriptor of a ground's own loop: epoll refuses to watch itself,
+** and libev asserts when it does (or spins).  Another loop's epoll
+** instance (cqueues', luv's) is watched like any descriptor, to run that
+** loop inside market (docs/loops.md); when a ground's backend descriptor
+** cannot be known (mk_ground_pollfd: a backend that cannot be embedded),
+** every epoll instance counts as a ground's. */
+static int fd_ground_loop(int fd) {
+  mk_ground *g;
+  int b;
+  if (!fd_epoll(fd)) return 0;
+  for (g = grounds; g; g = g->gnext)
+    if ((b = mk_ground_pollfd(g)) < 0 || b == fd) return 1;
+  return 0;
 }
 
 static void ring_add(mk_ground *g, watch *w) {
@@ -200,6 +218,30 @@ static void ring_remove(mk_ground *g, watch *w) {
     w->rnext->rprev = w->rprev;
     if (g->ring == w) g->ring = w->rnext;
     if (g->cursor == w) g->cursor = w->rnext;
+  }
+  w->rnext = w->rprev = NULL;
+}
+
+/* Running alarms, for mk_ground_timeout: a ring through the fields that
+** descriptor watches use for the audit's. */
+static void alarm_add(mk_ground *g, watch *w) {
+  if (g->alarms == NULL) {
+    w->rnext = w->rprev = w;
+    g->alarms = w;
+    return;
+  }
+  w->rnext = g->alarms;
+  w->rprev = g->alarms->rprev;
+  w->rprev->rnext = w;
+  g->alarms->rprev = w;
+}
+
+static void alarm_remove(mk_ground *g, watch *w) {
+  if (w->rnext == w) g->alarms = NULL;
+  else {
+    w->rprev->rnext = w->rnext;
+    w->rnext->rprev = w->rprev;
+    if (g->alarms == w) g->alarms = w->rnext;
   }
   w->rnext = w->rprev = NULL;
 }
@@ -250,6 +292,7 @@ static void halt_watch(mk_ground *g, watch *w) {
       break;
     case K_TIMER:
       ev_timer_stop(g->loop, &w->w.timer);
+      alarm_remove(g, w);
       break;
     default:
       ev_signal_stop(g->loop, &w->w.sig);
@@ -309,7 +352,7 @@ static const char *invalid(mk_ground *g, watch *w) {
     case K_IO:
       if (!(v >= 0 && v <= INT_MAX && integral && fd_open((int)v)))
         return "not an open file descriptor";
-      if (fd_epoll((int)v)) return "an event loop's own descriptor (epoll)";
+      if (fd_ground_loop((int)v)) return "an event loop's own descriptor (epoll)";
       return NULL;
     case K_TIMER:
       return isfinite(v) ? NULL : "not a finite time";
@@ -353,6 +396,7 @@ static void start(mk_ground *g, watch *w) {
       ev_timer_init(&w->w.timer, timer_cb, delay > 0 ? delay : 0, 0);
       w->w.timer.data = w;
       ev_timer_start(g->loop, &w->w.timer);
+      alarm_add(g, w);
       break;
     }
     default:
@@ -664,6 +708,9 @@ int mk_ground_stop_on_signals(mk_ground *g, double drain_ms) {
 
 int mk_ground_exit_status(const mk_ground *g) { return g->exit_status; }
 
+/* mk_ground_turn's bound: it only has to end libev's wait. */
+static void wake_cb(struct ev_loop *loop, ev_timer *t, int revents) {}
+
 /* ---- life ------------------------------------------------------------------------ */
 
 /* The resident process: it only holds the ground's publishers, and wants
@@ -708,6 +755,8 @@ mk_ground *mk_ground_new(struct ev_loop *loop) {
   g->audit.data = g;
   ev_init(&g->deadline, deadline_cb);
   g->deadline.data = g;
+  ev_init(&g->wake, wake_cb);
+  g->pollfd = -2;
   g->gnext = grounds;
   grounds = g;
   return g;
@@ -731,6 +780,73 @@ int mk_ground_step(mk_ground *g) {
   if (g->active > 0) ev_run(g->loop, EVRUN_NOWAIT);
   mk_vm_run(g->vm);
   return g->active > 0 || !mk_vm_idle(g->vm);
+}
+
+/* ---- driven from another event loop -------------------------------------------- */
+
+int mk_ground_turn(mk_ground *g, double timeout) {
+  if (timeout != 0 && g->active > 0 && mk_vm_idle(g->vm)) {
+    /* Nothing queued and something watched: wait for it, or the bound. */
+    if (timeout > 0) {
+      ev_timer_set(&g->wake, timeout, 0);
+      ev_timer_start(g->loop, &g->wake);
+    }
+    ev_run(g->loop, EVRUN_ONCE);
+    ev_timer_stop(g->loop, &g->wake);
+  } else {
+    ev_run(g->loop, EVRUN_NOWAIT);
+  }
+  /* Deliver what came (the prepare watcher runs the VM), then let libev
+  ** hand the watches that made to the kernel: a loop polling the backend
+  ** descriptor sees only what libev has told the kernel about. */
+  ev_run(g->loop, EVRUN_NOWAIT);
+  return g->active > 0 || !mk_vm_idle(g->vm);
+}
+
+/* The earlier of `t` (-1: none yet) and the time left on timer `w`. */
+static double sooner(struct ev_loop *loop, double t, ev_timer *w) {
+  double left = ev_timer_remaining(loop, w);
+  if (left < 0) left = 0;
+  return t < 0 || left < t ? left : t;
+}
+
+double mk_ground_timeout(mk_ground *g) {
+  double t = -1;
+  watch *w;
+  if (!mk_vm_idle(g->vm)) return 0;
+  if (g->active == 0) return -1;        /* finished: nothing will come */
+  ev_now_update(g->loop);               /* the other loop may have slept since */
+  if ((w = g->alarms) != NULL) {
+    do { t = sooner(g->loop, t, &w->w.timer); } while ((w = w->rnext) != g->alarms);
+  }
+  if (g->ring != NULL) t = sooner(g->loop, t, &g->audit);
+  if (g->timing) t = sooner(g->loop, t, &g->deadline);
+  return t;
+}
+
+/*
+** libev has no call that gives a loop's backend descriptor: ev_embed, its
+** way of letting another loop poll this one, is the one place that reads
+** it.  So embed the loop in a throwaway loop (select: it opens nothing)
+** and read the descriptor its io watcher was given (ev_embed_start sets
+** it; the field is marked private in ev.h, and spec/c/test_vm.c checks
+** that it is an epoll descriptor that shows what the loop watches).  A
+** backend that cannot be embedded (select, poll) has no descriptor, and
+** ev_embed_start would abort on it: -1 without asking.  Kept once known.
+*/
+int mk_ground_pollfd(mk_ground *g) {
+  struct ev_loop *tmp;
+  ev_embed e;
+  if (g->pollfd != -2) return g->pollfd;
+  g->pollfd = -1;
+  if (!(ev_backend(g->loop) & ev_embeddable_backends())) return -1;
+  if ((tmp = ev_loop_new(EVBACKEND_SELECT | EVFLAG_NOENV)) == NULL) return -1;
+  ev_embed_init(&e, NULL, g->loop);
+  ev_embed_start(tmp, &e);
+  g->pollfd = e.io.fd;
+  ev_embed_stop(tmp, &e);
+  ev_loop_destroy(tmp);
+  return g->pollfd;
 }
 
 void mk_ground_free(mk_ground *g, mk_term *reason) {

@@ -30,8 +30,10 @@
 ** included, from Lua or mk_rec), before libev sees the value:
 **
 **   readable, writable  an integer 0..INT_MAX that is an open descriptor
-**                       and not an epoll instance (an event loop's own:
-**                       epoll cannot watch itself, and libev asserts)
+**                       and not the epoll instance of a ground's loop
+**                       (epoll cannot watch itself, and libev asserts);
+**                       another loop's epoll instance is fine (cqueues'
+**                       pollfd: docs/loops.md)
 **   signal              an integer 1..NSIG-1 other than SIGKILL and SIGSTOP,
 **                       the faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL: the
 **                       fault recurs as soon as a handler returns) and
@@ -105,6 +107,30 @@ int mk_ground_run(mk_ground *g);
 /* One loop iteration that does not block; returns nonzero while there is
 ** something left to do. */
 int mk_ground_step(mk_ground *g);
+/*
+** Driven from another event loop (luv, cqueues, glib: docs/loops.md), which
+** polls mk_ground_pollfd for reading with mk_ground_timeout as its bound and
+** calls mk_ground_turn(g, 0) when either says so.
+**
+** mk_ground_turn: one turn.  Wait up to `timeout` seconds for the loop
+** (0: not at all; negative: until something happens; no wait either when
+** events are queued or nothing is watched), deliver what came, and leave
+** every watch handed to the kernel, so that the backend descriptor shows
+** it.  Returns nonzero while there is something left to do, as
+** mk_ground_step.
+** mk_ground_timeout: seconds until the ground must turn again even if
+** mk_ground_pollfd stays quiet: 0 when events are queued, the time left on
+** its nearest timer (alarms, the audit of watched descriptors, the end of
+** a drain), or -1 when nothing is timed.  Costs one pass over the running
+** alarms (the drivers hold one or two: timer.lua keeps one for all its
+** timers).
+** mk_ground_pollfd: libev's backend descriptor (epoll), readable while any
+** watched descriptor or signal is ready; -1 when the loop's backend has
+** none (select or poll, chosen through LIBEV_FLAGS, say).
+*/
+int mk_ground_turn(mk_ground *g, double timeout);
+double mk_ground_timeout(mk_ground *g);
+int mk_ground_pollfd(mk_ground *g);
 /* Watches currently active (for tests and for deciding to exit). */
 size_t mk_ground_watching(const mk_ground *g);
 /* Current wall-clock time in ms as the loop sees it. */

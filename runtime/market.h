@@ -43,10 +43,10 @@
 **   and record types are interned in one table for the whole program.  A
 **   program may hold several hosts, but all on the thread that uses market.
 ** - Re-entrancy.  Native handlers and Lua processes run from inside
-**   mk_host_run(), mk_host_step() or your own ev_run().  From inside a
-**   handler you may call every function here except mk_host_run(),
-**   mk_host_step() and mk_host_free(), which return MK_EBUSY (free: does
-**   nothing) there.
+**   mk_host_run(), mk_host_step(), mk_host_turn() or your own ev_run().
+**   From inside a handler you may call every function here except
+**   mk_host_run(), mk_host_step(), mk_host_turn() and mk_host_free(), which
+**   return MK_EBUSY (free: does nothing) there.
 */
 #ifndef MARKET_H
 #define MARKET_H
@@ -422,6 +422,28 @@ int mk_host_run(mk_host *h);
 ** this step (step again to go on); MK_EBUSY from inside a handler.
 */
 int mk_host_step(mk_host *h);
+
+/*
+** Driving a host from an event loop that is not libev (glib, luv,
+** cqueues; docs/loops.md): the other loop watches mk_host_pollfd(h) for
+** reading, bounds its wait by mk_host_timeout(h), and calls
+** mk_host_turn(h, 0) when either fires.
+**
+** mk_host_turn: deliver what is queued, wait up to `timeout` seconds for
+** the loop (0: never; negative: until something happens), deliver what
+** came, and leave the loop with every watch handed to the kernel, which
+** mk_host_step does not promise.  Returns as mk_host_step.
+** mk_host_timeout: the seconds the other loop may wait for the descriptor
+** before the host must turn anyway: 0 when events are queued, -1 when no
+** timer runs (wait for the descriptor alone).  It counts market's timers
+** only: a loop you share with timers of your own is yours to run (ev_run).
+** mk_host_pollfd: a descriptor that is readable while the host's loop has
+** something to do (libev's backend descriptor, epoll), or -1 when the
+** loop's backend has none (select or poll, through LIBEV_FLAGS).
+*/
+int mk_host_turn(mk_host *h, double timeout);
+double mk_host_timeout(mk_host *h);
+int mk_host_pollfd(mk_host *h);
 
 /* ---- terms from C (more in term.h) -------------------------------------- */
 

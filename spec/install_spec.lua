@@ -11,14 +11,8 @@ package.path = "spec/support/?.lua;" .. package.path
 local H = require "helpers"
 local slurp = H.slurp
 
--- sh(script): H.sh with the sanitizer preloads of spec/run's second suite
--- removed (meson, cc and the installed plain build are not sanitized).
-local function sh(script)
-  return H.sh("env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS sh -c " .. H.quote(script))
-end
-
-local root = assert(io.popen("pwd")):read("l")
-local dir = "/tmp/market-install-" .. root:gsub("[^%w]", "_")
+local sh = H.sh_plain
+local dir, root = H.scratch("install")
 local build, prefix = dir .. "/build", dir .. "/prefix"
 local pcpath = prefix .. "/lib/pkgconfig"
 
@@ -26,17 +20,13 @@ describe("meson install", function()
   local status, out, err
 
   setup(function()
-    status, out, err = sh(([[
-      set -e
-      mkdir -p %s
-      exec 9>%s/lock
-      flock 9
+    status, out, err = H.sh_locked(dir, ([[
       if [ ! -f %s/build.ninja ]; then
         rm -rf %s %s
         meson setup %s %s --prefix=%s --libdir=lib --buildtype=debugoptimized
       fi
       meson install -C %s --quiet
-    ]]):format(dir, dir, build, build, prefix, build, root, prefix, build))
+    ]]):format(build, build, prefix, build, root, prefix, build))
   end)
 
   it("installs the library, headers, market.pc, the interpreter, the Lua module and the man page",

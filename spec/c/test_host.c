@@ -4,11 +4,13 @@
 */
 #include <ev.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -612,6 +614,88 @@ static void sigpipe(void) {
   signal(SIGPIPE, SIG_IGN);
 }
 
+
+/* A loop outside (poll(2) here) drives a host: mk_host_pollfd shows what
+** the processes watch, mk_host_timeout bounds the wait, mk_host_turn runs
+** what came (docs/loops.md). */
+static const char *outside_script =
+  "local market = require 'market'\n"
+  "local fd = math.tointeger(tonumber((...)))\n"
+  "local busy = mk_turn_from_handler\n"
+  "return market.transition(0,\n"
+  "  market.subscriber(market.ground.alarm(math.floor(market.now()) + 50), {\n"
+  "    on_message = function() note('alarm')\n"
+  "      return market.transition(0, market.subscriber(market.ground.readable(fd), {\n"
+  "        on_message = function()\n"
+  "          note('readable: turn from a handler: ' .. busy())\n"
+  "          return market.transition(0, market.quit())\n"
+  "        end }))\n"
+  "    end }))\n";
+
+static mk_host *outside_host;
+
+/* Lua: mk_turn_from_handler() -> the status mk_host_turn gives there */
+static int l_turn_from_handler(lua_State *L) {
+  lua_pushstring(L, mk_status_name(mk_host_turn(outside_host, 0)));
+  return 1;
+}
+
+static void outside_loop(void) {
+  mk_host *h = newhost();
+  int fds[2], pfd, i;
+  char path[64], target[64], fdarg[16];
+  const char *argv[1] = { fdarg };
+  ssize_t n;
+  double t, t0;
+  struct pollfd p;
+  CHECK(mk_host_turn(NULL, 0) == MK_EINVAL);
+  CHECK(mk_host_timeout(NULL) == -1 && mk_host_pollfd(NULL) == -1);
+  CHECK(pipe(fds) == 0);
+  snprintf(fdarg, sizeof fdarg, "%d", fds[0]);
+  outside_host = h;
+  lua_pushcfunction(mk_host_lua(h), l_turn_from_handler);
+  lua_setglobal(mk_host_lua(h), "mk_turn_from_handler");
+  CHECK(mk_host_spawn_string(h, outside_script, "waiter", 1, argv) == 1);
+  CHECK(mk_host_timeout(h) == 0);              /* its boot is queued */
+  /* libev's backend: an epoll instance, asked of libev once. */
+  pfd = mk_host_pollfd(h);
+  CHECK(pfd >= 0 && mk_host_pollfd(h) == pfd);
+  snprintf(path, sizeof path, "/proc/self/fd/%d", pfd);
+  n = readlink(path, target, sizeof target - 1);
+  CHECK(n > 0 && (target[n] = 0, strcmp(target, "anon_inode:[eventpoll]") == 0));
+  CHECK(mk_host_turn(h, 0) == 1);              /* booted: the alarm is set */
+  t = mk_host_timeout(h);
+  CHECK(t >= 0 && t <= 0.05);
+  p.fd = pfd;
+  p.events = POLLIN;
+  CHECK(poll(&p, 1, 0) == 0);                  /* nothing ready yet */
+  /* A bounded turn waits for about that long when nothing comes. */
+  t0 = ev_time();
+  CHECK(mk_host_turn(h, 0.01) == 1);
+  CHECK(ev_time() - t0 >= 0.009 && ev_time() - t0 < 5);
+  /* Wait as a loop outside would: the alarm is due first. */
+  for (i = 0; i < 100 && !has("alarm"); i++) {
+    t = mk_host_timeout(h);
+    CHECK(poll(&p, 1, t < 0 ? 5000 : (int)ceil(t * 1000)) >= 0);
+    CHECK(mk_host_turn(h, 0) == 1);
+  }
+  CHECK(has("alarm") && !has("readable"));
+  /* The alarm went, and its handler watched the pipe: that watch, made in
+  ** the turn, was handed to the kernel before the turn ended.  What is
+  ** left to time is the audit of watched descriptors. */
+  t = mk_host_timeout(h);
+  CHECK(t >= 0 && t <= 1.0);
+  /* The pipe: the backend descriptor becomes readable, the turn delivers. */
+  CHECK(write(fds[1], "x", 1) == 1);
+  CHECK(poll(&p, 1, 5000) == 1 && (p.revents & POLLIN));
+  CHECK(mk_host_turn(h, 0) == 0);              /* it read, then quit: done */
+  CHECK(has("readable: turn from a handler: MK_EBUSY"));
+  CHECK(mk_host_timeout(h) == -1);
+  mk_host_free(h);
+  close(fds[0]);
+  close(fds[1]);
+}
+
 int main(void) {
   RUN(new_and_free);
   RUN(spawn_errors);
@@ -630,5 +714,6 @@ int main(void) {
   RUN(stop_on_signals);
   RUN(stop_from_host);
   RUN(sigpipe);
+  RUN(outside_loop);
   return CHECK_DONE();
 }

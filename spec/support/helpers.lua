@@ -145,6 +145,28 @@ function H.sh(script)
   return (how == "exit" and code or 128 + code), o, e
 end
 
+-- sh_plain(script): H.sh with the sanitizer preloads of spec/run's second
+-- suite removed, for tools that are not sanitized (meson, cc, luarocks,
+-- a plain build installed).
+function H.sh_plain(script)
+  return H.sh("env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS sh -c " .. H.quote(script))
+end
+
+-- sh_locked(dir, script): sh_plain of script under `set -e`, holding
+-- dir/lock (dir made if need be), so that two runs on one checkout do not
+-- build in dir at once.
+function H.sh_locked(dir, script)
+  return H.sh_plain(("set -e\nmkdir -p %s\nexec 9>%s/lock\nflock 9\n")
+                    :format(H.quote(dir), H.quote(dir)) .. script)
+end
+
+-- scratch(what): /tmp/market-<what>-<this checkout>, a directory of its own
+-- for each checkout (specs that keep a build between runs).
+function H.scratch(what)
+  local root = assert(io.popen("pwd")):read("l")
+  return "/tmp/market-" .. what .. "-" .. root:gsub("[^%w]", "_"), root
+end
+
 -- run(args): run the interpreter; returns status, stdout, stderr.
 function H.run(args)
   return H.sh(H.market_bin() .. " " .. args .. " </dev/null")
