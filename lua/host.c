@@ -194,6 +194,7 @@ static int p_setup(lua_State *L) {
   preload(L, "market.tcp", luaopen_market_tcp);
   preload(L, "market.udp", luaopen_market_udp);
   preload(L, "market.event_relay", luaopen_market_event_relay);
+  preload(L, "market.supervisor", luaopen_market_supervisor);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "market");
   lua_call(L, 1, 0);
