@@ -103,7 +103,7 @@ local function boot(cfg)
     -- supervisor hears of its end even if its boot fails.
     local function start(c)
       local pid = perform(c.spawn)
-      c.pid, c.ep, c.waiting = pid, "child#" .. pid, nil
+      c.pid, c.ep = pid, "child#" .. pid
       perform(observe(lifeline(pid), { name = c.ep,
         on_absence = function(_, _, reason, _, deleted)
           if not deleted then return ended(c, reason) end
@@ -116,7 +116,6 @@ local function boot(cfg)
         perform(delete(c.ep), quit(c.pid, M.SHUTDOWN))
         c.pid, c.ep = nil, nil
       end
-      c.waiting = nil
     end
 
     -- Stop every child but `except`, newest first; temporary ones are
@@ -156,7 +155,9 @@ local function boot(cfg)
       return math.min(b.max, b.initial * b.factor ^ n)
     end
 
-    -- Start the group in order, now or after ms (a ground alarm).
+    -- Start the group in order, now or after ms (a ground alarm).  While
+    -- it waits, none of the group runs, so nothing can end or stop it;
+    -- a supervisor that gives up meanwhile quits before the alarm.
     local function restart(group, ms)
       if ms <= 0 then
         for _, c in ipairs(group) do start(c) end
@@ -164,14 +165,9 @@ local function boot(cfg)
       end
       waits = waits + 1
       local name = "backoff#" .. waits
-      for _, c in ipairs(group) do c.waiting = name end
       perform(market.subscriber(alarm(now() + ms), { name = name, on_message = function()
         perform(delete(name))
-        -- A child given up meanwhile (the supervisor stopping) is not
-        -- waiting for this alarm any more.
-        for _, c in ipairs(group) do
-          if c.waiting == name then start(c) end
-        end
+        for _, c in ipairs(group) do start(c) end
       end }))
     end
 

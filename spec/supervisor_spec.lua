@@ -292,6 +292,38 @@ describe("market.supervisor", function()
     assert.is_true(times[4] - times[1] < 5000, "liveness")
   end)
 
+  it("under one_for_all, stops the others at once and starts the whole group after the back-off", function()
+    local log, n, t = H.log(), 0, {}
+    ground(function()
+      market.perform(market.supervisor {
+        strategy = "one_for_all", intensity = 5, backoff = 100,
+        children = {
+          { id = "a", start = function(pid) t[#t + 1] = market.now(); return child(log, "a")(pid) end },
+          { id = "b", start = function(pid)
+              n = n + 1
+              return child(log, "b", n == 1 and "crash" or nil)(pid)
+            end },
+        },
+      })
+      market.pause()
+      market.perform(market.monitor(3, function(_, reason) log("a stopped: %s", reason) end))
+    end)
+    assert.same({ "a up", "b up", "a stopped: shutdown", "a up", "b up" }, log.lines)
+    assert.is_true(t[2] - t[1] >= 100, "the back-off")
+  end)
+
+  it("takes \"shutdown\" for a normal end of a transient child, as OTP does", function()
+    local log = H.log()
+    ground(function()
+      market.perform(market.supervisor {
+        children = { { id = "t", restart = "transient", start = child(log, "t") } } })
+      market.pause()                 -- the supervisor's boot: t is spawned,
+      market.pause()                 -- and boots
+      market.perform(market.quit(3, "shutdown"))
+    end)
+    assert.same({ "t up" }, log.lines)
+  end)
+
   it("supervises supervisors: a child's restart intensity is its parent's failure", function()
     local log = H.log()
     ground(function()
