@@ -183,6 +183,7 @@ local CONTS = METAS + 2     -- continuations by id, and the last id given
 local NEXTCONT = METAS + 3
 local ANON = METAS + 4      -- anonymous endpoints named so far
 local BACKLOG = METAS + 5   -- events kept for market.yield()
+local MONITORS = METAS + 6  -- [monitor's endpoint name]: how many peers it sees
 
 -- ctx[field][level], a table made when first needed (METAS, GONE).
 local function per_level(ctx, field, level)
@@ -522,6 +523,93 @@ end
 -- killed before the drain ends.  A stop under way is left as it is.
 function M.stop(drain_ms)
   core.stop(check_drain(drain_ms, "market.stop"))
+end
+
+-- ---- lifelines and monitors (docs/supervision.md) ------------------------
+
+-- Subscribing to lifeline(pid) makes the VM publish it from that process
+-- until the process ends (runtime/vm.h, "Lifelines"): its absence, with
+-- the process's reason, is how others learn of its end.  The record type
+-- is declared when first used, not at load: one declared at load changed
+-- the instructions of every message of bench-callgrind's (a table keyed
+-- by record types, whose chains it lengthened), in programs that never
+-- use it.  M.lifeline reads like its constructor, as market.ground's do.
+local lifeline_type
+local function lifeline_rec()
+  if not lifeline_type then lifeline_type = M.record("market:lifeline", "pid") end
+  return lifeline_type
+end
+local function lifeline(pid) return lifeline_rec()(pid) end
+M.lifeline = setmetatable({ is = function(_self, v) return lifeline_rec():is(v) end }, {
+  __index = function(_self, k) return lifeline_rec()[k] end,
+  __tostring = function() return tostring(lifeline_rec()) end,
+  __call = function(_self, ...)
+    local n = select("#", ...)
+    if n ~= 1 then error(("market.lifeline takes 1 field, got %d"):format(n), 2) end
+    return lifeline((...))
+  end,
+})
+
+local monitors = 0    -- names given to anonymous monitors, in this Lua state
+
+-- monitor(pid_or_pattern, on_down [, opts]): an endpoint action that turns
+-- the end of a process (an integer pid: its lifeline) or of a conversation
+-- (a pattern: its publishers, or its subscribers with opts.subscribers)
+-- into one call, on_down(state, reason, role), when the last peer it saw
+-- goes; the monitor then deletes itself.  opts: a name, or {name=,
+-- subscribers=}.  The count of peers lives in the monitoring process's
+-- context, so one monitor action may be performed by many processes.
+function M.monitor(target, on_down, opts)
+  if type(on_down) ~= "function" then
+    error("market.monitor: on_down must be a function, got " .. type(on_down), 2)
+  end
+  if type(opts) == "string" then opts = { name = opts } end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("market.monitor: options must be a table or a name, got " .. type(opts), 2)
+  end
+  opts = opts or NO_OPTS
+  local name = opts.name
+  if name == nil then
+    monitors = monitors + 1
+    name = "monitor#" .. monitors
+  elseif type(name) ~= "string" then
+    error("market.monitor: the name must be a string, got " .. type(name), 2)
+  end
+  local observe, topic = M.observe_publishers, nil
+  local pid = type(target) == "number" and math.tointeger(target)   -- 3.0 is 3 (§9)
+  if pid then
+    if opts.subscribers then
+      error("market.monitor: a pid's lifeline has no subscribers to watch", 2)
+    end
+    topic = lifeline(pid)
+  else
+    topic = term(target, "market.monitor: pattern")
+    if opts.subscribers then observe = M.observe_subscribers end
+  end
+  local function seen(d)
+    local ctx = current("monitor")
+    local counts = ctx[MONITORS]
+    if not counts then counts = {}; ctx[MONITORS] = counts end
+    local n = (counts[name] or 0) + d
+    counts[name] = n > 0 and n or nil
+    return n
+  end
+  return observe(topic, {
+    name = name,
+    on_presence = function() seen(1) end,
+    on_absence = function(state, role, reason, _, deleted)
+      -- Its own deletion tells it of each peer it saw: not an end.
+      if seen(-1) > 0 or deleted then return end
+      M.perform(M.delete_endpoint(name))
+      return on_down(state, reason, role)
+    end,
+  })
+end
+
+-- supervisor(spec): a spawn action for a supervisor process (lua/supervisor.lua,
+-- loaded when first used).
+function M.supervisor(spec)
+  return require("market.supervisor").supervisor(spec)
 end
 
 M.now = core.now

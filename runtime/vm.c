@@ -696,6 +696,55 @@ int mk_tag_endpoint(mk_proc *p, const char *name, uint32_t tag) {
   return 0;
 }
 
+/* The name of every lifeline (vm.h), at an address of vm.c's own. */
+static const char lifeline_name[] = MK_LIFELINE_ENDPOINT;
+
+/* ---- lifelines (vm.h) ---------------------------------------------------- */
+
+static int is_lifeline(const mk_term *t) {
+  return mk_kindof(t) == MK_REC && t->n == 1 &&
+         t->v.rt->labellen == sizeof MK_LIFELINE_LABEL - 1 &&
+         memcmp(t->v.rt->label, MK_LIFELINE_LABEL, sizeof MK_LIFELINE_LABEL - 1) == 0;
+}
+
+/* Tell subscriber e alone that the lifeline it asked for came and went
+** with `why`: the VM cannot publish it. */
+static void lifeline_refused(mk_vm *vm, mk_endpoint *e, const char *why) {
+  mk_role peer;
+  mk_term *reason = mk_cstr(why);
+  peer.orientation = MK_PUBLISHER;
+  peer.interest = MK_PARTICIPANT;
+  peer.topic = e->role.topic;
+  enqueue_ep(vm, e, MK_EV_PRESENCE, mk_ref(e->role.topic), &peer, NULL);
+  enqueue_ep(vm, e, MK_EV_ABSENCE, mk_ref(e->role.topic), &peer, reason);
+  mk_unref(reason);
+}
+
+/* Subscriber e was just added with a lifeline record for its topic: publish
+** it from the process it names, once, or say why not.  The endpoint is
+** added as the process's own would be, so the subscribers present (e
+** among them) hear of it as of any publisher: only it hears nothing. */
+static void lifeline_wanted(mk_vm *vm, mk_endpoint *e) {
+  const mk_term *f = mk_items(e->role.topic)[0];
+  mk_proc *q;
+  mk_endpoint *l;
+  mk_role role;
+  if (mk_kindof(f) != MK_INT) return;                 /* a pattern: nobody's */
+  q = f->v.i > 0 ? mk_vm_proc(vm, (mk_pid)f->v.i) : NULL;
+  if (q == NULL || q->dead) { lifeline_refused(vm, e, "no such process"); return; }
+  l = mkI_endpoint(vm, q->pid, lifeline_name);
+  if (l != NULL) {
+    if (!l->lifeline)
+      lifeline_refused(vm, e, "the process holds an endpoint named '"
+                              MK_LIFELINE_ENDPOINT "' of its own");
+    return;                                           /* published already */
+  }
+  role.orientation = MK_PUBLISHER;
+  role.interest = MK_PARTICIPANT;
+  role.topic = e->role.topic;
+  if (mk_add_endpoint(q, lifeline_name, 0, role) == 0) q->lifeline = 1;
+}
+
 int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   mk_vm *vm = p->vm;
   mk_endpoint *e;
@@ -731,6 +780,10 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   memcpy(e->name, name, n);
   e->proc = p;
   e->refs = 1;
+  /* The lifeline hears nothing from the start, its first presence events
+  ** included: it is told by its name's address, which only vm.c has (an
+  ** argument more cost every add a function call). */
+  e->lifeline = name == lifeline_name;
   e->role = role;
   e->role.topic = mk_ref(role.topic);
   h = ephash(p->pid, name);
@@ -741,9 +794,11 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   e->hnext = vm->etab[h & (vm->etabsize - 1)];
   vm->etab[h & (vm->etabsize - 1)] = e;
   vm->neps++;
-  e->pnext = p->eps;
-  if (p->eps) p->eps->pprev = e;
-  p->eps = e;
+  if (!e->lifeline) {     /* a lifeline is not the process's own: off its list */
+    e->pnext = p->eps;
+    if (p->eps) p->eps->pprev = e;
+    p->eps = e;
+  }
   if (TRACING(vm)) trace_proc(p, "add", name, &e->role, NULL);
   c.vm = vm;
   c.e = e;
@@ -755,9 +810,11 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
     fputs("market: out of memory\n", stderr);
     abort();
   }
-  if (vm->hooks.subscribed && role.orientation == MK_SUBSCRIBER &&
-      role.interest == MK_PARTICIPANT)
-    vm->hooks.subscribed(vm, role.topic, e, vm->hooks.ud);
+  if (role.orientation == MK_SUBSCRIBER) {
+    if (vm->hooks.subscribed && role.interest == MK_PARTICIPANT)
+      vm->hooks.subscribed(vm, role.topic, e, vm->hooks.ud);
+    if (is_lifeline(role.topic)) lifeline_wanted(vm, e);
+  }
   return 0;
 }
 
@@ -771,7 +828,7 @@ static void endpoint_remove(mk_endpoint *e, mk_term *reason, int tell) {
   e->dead = 1;
   mk_index_remove(vm->ix[e->role.orientation], &e->link);
   etab_remove(vm, e);
-  if (e->pprev) e->pprev->pnext = e->pnext; else p->eps = e->pnext;
+  if (e->pprev) e->pprev->pnext = e->pnext; else if (p->eps == e) p->eps = e->pnext;
   if (e->pnext) e->pnext->pprev = e->pprev;
   c.vm = vm;
   c.e = e;
@@ -797,7 +854,7 @@ int mk_delete_endpoint(mk_proc *p, const char *name, int meta, mk_term *reason) 
     return mk_at_meta_level(p, mk_action_delete(name, reason));   /* untracks it */
   }
   e = mkI_endpoint(p->vm, p->pid, name);
-  if (e == NULL) return -1;
+  if (e == NULL || e->lifeline) return -1;      /* a lifeline goes with its process */
   endpoint_remove(e, reason, (p->b->flags & MK_BF_TELL_DELETED) != 0);
   return 0;
 }
@@ -888,6 +945,7 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
   p->dead = 1;
   if (TRACING(vm) && !p->resident) trace_proc(p, "quit", NULL, NULL, reason);
   while (p->eps) endpoint_remove(p->eps, reason, 0);
+  if (p->lifeline) endpoint_remove(mkI_endpoint(vm, p->pid, lifeline_name), reason, 0);
   if (p->xname && PROCX(p)->metas && vm->parent) {
     /* Its endpoints above go with it, at every level, carrying the same
     ** reason: each nested VM on the way performs the drop and passes it
@@ -1116,7 +1174,8 @@ static void check_exit(mk_proc *p) {
   ** quits it then, DESIGN §1).  Judged by its own endpoints, a nested VM
   ** whose processes talk only among themselves (or whose last child with
   ** meta endpoints crashed while siblings live on) was killed with all
-  ** its live processes. */
+  ** its live processes.  A lifeline (vm.h) is not on p's list of
+  ** endpoints: one that holds nothing else has finished. */
   if (p->b == &mk_nested_behavior || p->resident) return;
   if (!p->dead && p->eps == NULL && (!p->xname || PROCX(p)->metas == NULL) &&
       p->pending == 0 && p->conts == 0 && !p->in_handle)
@@ -1128,11 +1187,13 @@ static void deliver(mk_vm *vm, mk_qev *q) {
   mk_event ev;
   if (q->type == MK_EV_SPAWNED || q->type == MK_EV_RESUME) p->conts--;
   /* An event for a deleted endpoint is dropped, unless it is one of the
-  ** deletion's own (for a nested VM's child: if the child asked). */
+  ** deletion's own (for a nested VM's child: if the child asked); so is
+  ** one for a lifeline, which hears nothing (vm.h): one test of the byte
+  ** that holds both bits. */
   if (p->dead ||
       (q->deleted || q->type == MK_EV_DELETED
          ? !(p->b->flags & MK_BF_TELL_DELETED)
-         : q->ep && q->ep->dead)) {
+         : q->ep && (q->ep->dead || q->ep->lifeline))) {
     if (q->cont && p->b->release_cont) p->b->release_cont(p, q->cont);
     return;
   }

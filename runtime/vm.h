@@ -213,7 +213,7 @@ void mk_proc_set_name(mk_proc *p, const char *name);
 mk_vm *mk_proc_vm(const mk_proc *p);
 void *mk_proc_data(const mk_proc *p);
 int mk_proc_alive(const mk_proc *p);
-size_t mk_proc_nendpoints(const mk_proc *p);
+size_t mk_proc_nendpoints(const mk_proc *p);   /* its own: not its lifeline */
 /* Crash: quit with `reason` (borrowed). */
 void mk_fail(mk_proc *p, mk_term *reason);
 void mk_failf(mk_proc *p, const char *fmt, ...);
@@ -279,6 +279,28 @@ void mk_action_free(mk_action *a);
 int mk_role_equal(mk_role a, mk_role b);
 const char *mk_orientation_name(mk_orientation o);
 const char *mk_interest_name(mk_interest i);
+
+/* ---- lifelines ------------------------------------------------------------ */
+/*
+** Lifelines: how a process learns that another one ended, through
+** absence (docs/supervision.md).  When a subscriber endpoint (any
+** interest) is added whose topic is the record MK_LIFELINE_LABEL/1 with an
+** integer pid, the VM publishes that record, as a participant, from the
+** process with that pid, under the endpoint name MK_LIFELINE_ENDPOINT,
+** unless it does already: it goes with the process, so every subscriber
+** sees its absence with the process's reason (nil for a normal end).  A
+** lifeline is made only when someone asks for it, so it costs nothing
+** otherwise.  It is not the process's own: it does not keep the process
+** alive (implicit exit ignores it), it hears nothing (no event reaches
+** it), and the process cannot delete it (mk_delete_endpoint returns -1).
+** When the pid names no live process of the VM, the subscriber alone is
+** told the lifeline's presence and then its absence with the reason "no
+** such process" (as the ground does for a watch it cannot make), and so
+** it is when the process holds an endpoint of that name of its own.  A
+** wildcard or anything but an integer in the field asks for nothing.
+*/
+#define MK_LIFELINE_LABEL "market:lifeline"
+#define MK_LIFELINE_ENDPOINT "market:lifeline"
 
 /* ---- nested VMs ---------------------------------------------------------- */
 

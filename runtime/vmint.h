@@ -42,12 +42,17 @@ struct mk_action {
 struct mk_endpoint {
   mk_ilink link;            /* in vm->ix[orientation]; first member */
   mk_proc *proc;            /* owner; valid while !dead */
-  mk_endpoint *pnext, *pprev;   /* the owner's endpoint list */
+  mk_endpoint *pnext, *pprev;   /* the owner's endpoint list (a lifeline is
+                                ** on none: both NULL) */
   mk_endpoint *hnext;       /* vm name table chain */
   mk_role role;             /* role.topic owned */
   uint32_t refs;
   uint32_t tag;             /* mk_tag_endpoint */
-  uint8_t dead;
+  uint8_t dead : 1;
+  uint8_t lifeline : 1;     /* the VM's lifeline of its process (vm.h, "Lifelines"):
+                            ** hears nothing (deliver drops its events); bits
+                            ** of one byte, so that the name still starts at
+                            ** byte 81 and deliver tests both at once */
   char name[];              /* NUL-terminated, owned in place */
 };
 
@@ -124,7 +129,9 @@ struct mk_proc {
   uint32_t pending;         /* queued events for it */
   uint32_t conts;           /* continuations not yet delivered */
   uint8_t dead, in_handle;
-  uint8_t resident;         /* mk_vm_resident: pid 0, outside the pid table */
+  uint8_t resident : 1;     /* mk_vm_resident: pid 0, outside the pid table */
+  uint8_t lifeline : 1;     /* it holds its lifeline (vm.h), which is not on
+                            ** its list of endpoints: mkI_kill withdraws it */
   uint8_t xname;            /* 0: name is a plain string (or NULL); else it is
                             ** in an mk_procx: 1, or 2 when the process has
                             ** no name (name is "" then) */

@@ -2602,11 +2602,106 @@ static void test_meta_spawn_k(void) {
   END;
 }
 
+/* ---- lifelines (vm.h) ---------------------------------------------------- */
+
+static mk_rtype *LIFE;
+static mk_term *Life(int64_t pid) { return mk_rec(LIFE, I(pid)); }
+
+/* On ctl: mode 0 deletes its endpoint "ctl" (and then holds only its
+** lifeline), mode 1 fails with "boom"; both try to delete the lifeline
+** first, which a process cannot. */
+static void life_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (!is_ctl(ev)) return;
+  rec_ret(r, mk_delete_endpoint(p, MK_LIFELINE_ENDPOINT, 0, NULL));
+  if (r->mode == 0) { rec_ret(r, mk_delete_endpoint(p, "ctl", 0, NULL)); return; }
+  t = mk_cstr("boom");
+  mk_fail(p, t);
+  mk_unref(t);
+}
+
+/* Subscribing to lifeline(pid) makes the VM publish it from that process,
+** once however many ask; it goes with the process and its reason, does
+** not keep it alive and hears nothing; a pid that names nobody is told
+** at once. */
+static void test_lifelines(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, b, m, m2, w, x;
+  mk_term *t;
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_init(&m, "M");
+  rec_init(&m2, "M2");
+  rec_init(&w, "W");
+  rec_init(&x, "X");
+  rec_ctl(&a);
+  a.fn = life_script;
+  rec_ctl(&b);
+  b.fn = life_script;
+  b.mode = 1;
+  spawn(vm, &a);
+  spawn(vm, &b);
+  mk_vm_run(vm);
+  /* nobody asked: no lifeline */
+  CHECK(mk_proc_nendpoints(mk_vm_proc(vm, a.pid)) == 1);
+  /* a participant wildcard subscriber, so that the lifeline would have
+  ** peers to hear of if it heard anything */
+  rec_ep(&w, "all", MK_SUBSCRIBER, MK_PARTICIPANT, W(), 0);
+  spawn(vm, &w);
+  rec_ep(&m, "la", MK_SUBSCRIBER, MK_OBSERVER, Life((int64_t)a.pid), 0);
+  rec_ep(&m, "lb", MK_SUBSCRIBER, MK_OBSERVER, Life((int64_t)b.pid), 0);
+  rec_ep(&m, "none", MK_SUBSCRIBER, MK_OBSERVER, Life(999), 0);
+  rec_ep(&m, "any", MK_SUBSCRIBER, MK_OBSERVER, mk_rec(LIFE, W()), 0);
+  spawn(vm, &m);
+  rec_ep(&m2, "la", MK_SUBSCRIBER, MK_OBSERVER, Life((int64_t)a.pid), 0);
+  spawn(vm, &m2);
+  mk_vm_run(vm);
+  /* one lifeline, however many ask; not among A's own endpoints */
+  CHECK(mk_vm_proc(vm, a.pid) != NULL && mk_proc_nendpoints(mk_vm_proc(vm, a.pid)) == 1);
+  CHECK(log_count(&m.log, "presence la publisher/participant market:lifeline(1)") == 1);
+  CHECK(log_count(&m2.log, "presence la publisher/participant market:lifeline(1)") == 1);
+  CHECK(log_count(&m.log, "presence lb publisher/participant market:lifeline(2)") == 1);
+  CHECK(log_count(&m.log, "presence none publisher/participant market:lifeline(999)") == 1);
+  CHECK(log_count(&m.log, "absence none publisher/participant market:lifeline(999) \"no such process\"") == 1);
+  /* the wildcard asks for nothing, and sees what others asked for */
+  CHECK(log_count_prefix(&m.log, "presence any") == 2);
+  CHECK(log_count_prefix(&w.log, "presence all publisher/participant market:lifeline") == 2);
+  CHECK(log_count_prefix(&a.log, "presence") == 0 && log_count_prefix(&b.log, "presence") == 0);
+  t = Life((int64_t)a.pid);                 /* feedback reaches publishers, */
+  mk_vm_send(vm, t, 1);
+  mk_unref(t);
+  mk_vm_run(vm);
+  CHECK(log_count_prefix(&a.log, "message") == 0);   /* but not a lifeline */
+  /* A holds only its lifeline after its delete: it has finished, and is
+  ** seen to end normally */
+  poke(vm, "A");
+  mk_vm_run(vm);
+  CHECK(a.nret == 2 && a.ret[0] == -1 && a.ret[1] == 0);
+  CHECK(a.destroyed == 1 && mk_vm_proc(vm, a.pid) == NULL);
+  CHECK(log_count(&m.log, "absence la publisher/participant market:lifeline(1) nil") == 1);
+  CHECK(log_count(&m2.log, "absence la publisher/participant market:lifeline(1) nil") == 1);
+  poke(vm, "B");
+  mk_vm_run(vm);
+  CHECK(b.nret == 1 && b.ret[0] == -1 && b.destroyed == 1);
+  CHECK(log_count(&m.log, "absence lb publisher/participant market:lifeline(2) \"boom\"") == 1);
+  /* asking again for a pid that ended: told at once */
+  t = Life((int64_t)a.pid);
+  rec_ep(&x, "again", MK_SUBSCRIBER, MK_PARTICIPANT, t, 0);
+  spawn(vm, &x);
+  mk_vm_run(vm);
+  CHECK(log_count(&x.log, "absence again publisher/participant market:lifeline(1) \"no such process\"") == 1);
+  mk_vm_free(vm, NULL);
+  rec_done(&a); rec_done(&b); rec_done(&m); rec_done(&m2); rec_done(&w); rec_done(&x);
+  END;
+}
+
 int main(void) {
   int rc;
   alarm(60);   /* a hang is a failure, not a stuck CI job */
   RT2 = mk_rtype_get("rec", 3, 2, NULL);
   CTL = mk_rtype_get("ctl", 3, 1, NULL);
+  LIFE = mk_rtype_get(MK_LIFELINE_LABEL, sizeof MK_LIFELINE_LABEL - 1, 1, NULL);
   RUN(test_visibility_matrix);
   RUN(test_presence_refined_topic);
   RUN(test_presence_shared_intersection);
@@ -2654,7 +2749,9 @@ int main(void) {
   RUN(test_delete_tells_endpoint);
   RUN(test_meta_spawn_k);
   RUN(test_route_cache);
+  RUN(test_lifelines);
   mk_rtype_unref(RT2);
+  mk_rtype_unref(LIFE);
   mk_rtype_unref(CTL);
   log_free(&glog);
   rc = CHECK_DONE();
