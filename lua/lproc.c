@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <malloc.h>
+#include <math.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -80,6 +81,23 @@ typedef struct mkl_state {
   const char *lastname;  /* and its bytes (Lua's copy), or NULL */
 } mkl_state;
 
+/*
+** What a process's timed waits (market.wait_for(pred, ms), market.yield(ms))
+** need: made at its first, freed with the process (destroy).  One per
+** process, for the innermost wait suspended: a wait sets it up each time
+** it suspends (timewait), and the wake it arms or queues carries the
+** token of `live`, so that one that arrives after its wait ended (or was
+** replaced) finds another serial and is dropped (timedout).
+*/
+typedef struct lwait {
+  mk_timeout t;          /* armed while the ground's clock is to wake the
+                         ** wait (t.at its deadline) */
+  mk_ground *g;          /* the ground t is armed on */
+  uint32_t serial;       /* the last token's */
+  uint32_t live;         /* the token of the wake armed or on its way for
+                         ** the wait suspended now, or 0 */
+} lwait;
+
 /* A Lua process.  Owned by its mk_proc (destroy). */
 typedef struct lproc {
   mkl_state *S;
@@ -96,6 +114,8 @@ typedef struct lproc {
                          ** peerhandler), which has not returned yet: what
                          ** it returns is applied (handle); 0 otherwise */
   uint8_t running;       /* in lua_resume */
+  lwait *wait;           /* owned, NULL until the first timed wait; in the
+                         ** 48-byte malloc chunk the record took without it */
 } lproc;
 
 /* How what a body returns is applied: by market.lua's apply, or by C first
@@ -281,6 +301,58 @@ static int resume(mk_proc *p, lua_State *co, int nargs, int *nres, int *overrun)
   }
   act.co = outer;
   return st;
+}
+
+/* ---- timed waits -------------------------------------------------------- */
+
+/* A wake's token (lwait) is negative: market.lua numbers its continuations
+** from 1.  A wake comes back to the waiting coroutine as WAKE_MARK. */
+#define WAKE_TOKEN(serial) ((void *)-(intptr_t)(serial))
+#define IS_WAKE(cont) ((intptr_t)(cont) < 0)
+static const char wake_mark = 0;
+#define WAKE_MARK ((void *)&wake_mark)
+
+/* No timed wait is suspended now: the wake armed or on its way is void. */
+static void untime(lwait *w) {
+  w->live = 0;
+  if (w->t.slot != 0) mk_timeout_stop(w->g, &w->t);
+}
+
+/*
+** p's wait about to suspend ends at `at` (mk_ground_clock() ms).  The wake
+** armed or on its way for that deadline stays (a wait_for going on after an
+** event that did not match it); else one is made, on the ground's clock,
+** or, when the deadline has passed, queued behind what is queued now: so a
+** timeout of 0 sees only what is already queued.
+*/
+static void timewait(lua_State *L, lproc *lp, mk_proc *p, double at) {
+  lwait *w = lp->wait;
+  if (w == NULL) {
+    if ((w = calloc(1, sizeof *w)) == NULL) luaL_error(L, "out of memory");
+    lp->wait = w;
+  } else {
+    if (w->live != 0 && w->t.at == at) return;
+    untime(w);
+  }
+  if (++w->serial == 0) w->serial = 1;
+  w->live = w->serial;
+  w->t.at = at;
+  w->t.proc = p;
+  w->t.cont = WAKE_TOKEN(w->serial);
+  if (at <= mk_ground_clock()) {
+    mk_yield(p, w->t.cont);
+  } else {
+    w->g = lp->S->g;
+    mk_timeout_start(w->g, &w->t);
+  }
+}
+
+/* A wake came: 1 when it is for the wait suspended now (which it ends). */
+static int timedout(lproc *lp, void *cont) {
+  lwait *w = lp->wait;
+  if (w == NULL || w->live == 0 || cont != WAKE_TOKEN(w->live)) return 0;
+  w->live = 0;
+  return 1;
 }
 
 /* ---- the behaviour ------------------------------------------------------ */
@@ -522,7 +594,8 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   /* co: any thread of the state, as scratch; the stack is left as found. */
   const char *field;
   int top, r = 1, bit = handler_of(ev->type, &field);
-  if (bit == 0) return 0;
+  /* A wake for a wait that ended goes to nobody either. */
+  if (bit == 0) return ev->type == MK_EV_RESUME && IS_WAKE(ev->cont);
   /* The usual case, without a look into Lua tables: the endpoint's tag. */
   if (ev->tag & MKL_TAG_KNOWN) return !(ev->tag & bit);
   top = lua_gettop(co);
@@ -775,7 +848,13 @@ static void handle(mk_proc *p, const mk_event *ev) {
     /* Straight-line code suspended in a wait: the event is what await's
     ** continuation finds on its stack. */
     co = lp->co;
-    if ((nargs = pushevent(S, co, ev)) == 0) return;
+    if (ev->type == MK_EV_RESUME && IS_WAKE(ev->cont)) {
+      if (!timedout(lp, ev->cont)) return;
+      lua_pushlightuserdata(co, WAKE_MARK);
+      nargs = 1;
+    } else if ((nargs = pushevent(S, co, ev)) == 0) {
+      return;
+    }
   } else {
     if (unhandled(S->L, lp, ev)) return;
     /* Idle between events: a fresh activation, the handler itself or
@@ -825,6 +904,10 @@ static void handle(mk_proc *p, const mk_event *ev) {
       free(tb);
     }
   } else if (st == LUA_OK && !overrun) {
+    /* A timed wait that returned (or was left by an error that code
+    ** under it caught) leaves its wake: void it, or it would keep the
+    ** process, and the program, until it fired. */
+    if (lp->wait != NULL) untime(lp->wait);
     release(S, lp);
   } else {
     /* An error, or the budget ran out (the hook yielded or raised: its
@@ -877,6 +960,10 @@ static void destroy(mk_proc *p) {
   ** never pooled. */
   if (lp->coref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->coref);
   if (lp->ctxref != LUA_NOREF) spare_slot(lp->S, lp->ctxref);
+  if (lp->wait != NULL) {       /* no timeout outlives its process */
+    untime(lp->wait);
+    free(lp->wait);
+  }
   free(lp);
 }
 
@@ -914,6 +1001,7 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lp->boot = 0;
   lp->applies = 0;
   lp->running = 0;
+  lp->wait = NULL;
   return lp;
 }
 
@@ -1066,35 +1154,53 @@ static int c_yield(lua_State *L) {
 **
 ** await(L, how) yields, its process waiting; handle() resumes it with an
 ** event's fields (pushevent) on top of what the waiting function keeps
-** (wait_for: its predicate, at 1), and `woken` passes them to
-** dispatch(ctx, event...).  If a handler took the event, a WAIT_EVERY wait
-** returns nothing and the others wait again.  Otherwise the event becomes
-** event_table(event...), which a WAIT_FOR wait tests with its predicate,
-** keeping it for market.yield() if it fails, and the others return.
-** Handlers and predicates are called with continuations, so code in them
-** may wait too: its yield passes through these frames.
+** (wait_for: its predicate, at 1; a timed wait: its deadline, after),
+** and `woken` passes them to dispatch(ctx, event...).  If a handler took
+** the event, a WAIT_EVERY wait returns nothing and the others wait again.
+** Otherwise the event becomes event_table(event...), which a WAIT_FOR wait
+** tests with its predicate, keeping it for market.yield() if it fails, and
+** the others return.  Handlers and predicates are called with
+** continuations, so code in them may wait too: its yield passes through
+** these frames.
+**
+** A timed wait (TIMED in `how`) keeps its deadline on its stack, and
+** every time it suspends, await sets up the process's wake for it
+** (timewait); a wake that comes (timedout) is resumed as the one value
+** WAKE_MARK instead of an event's fields, and the wait returns nil,
+** "timeout".  A wake is voided (untime) when an untimed wait suspends,
+** when a wait suspends with another deadline, and when the activation
+** ends (handle): not when a wait returns, for none of the process's
+** events can come before one of those.  So a timed wait in a handler or
+** a predicate under another has its own deadline, and the outer one sets
+** up its own again when it waits again.
 */
-enum { WAIT_UNHANDLED, WAIT_EVERY, WAIT_FOR };
+enum { WAIT_UNHANDLED, WAIT_EVERY, WAIT_FOR, TIMED = 4 };
+#define KIND(how) ((how) & 3)
 
 /* Upvalues of market.yield and market.wait_for (core.waits). */
 #define U_YIELD_ACTION lua_upvalueindex(2)
 #define U_UNKEEP lua_upvalueindex(3)
 #define U_KEEP lua_upvalueindex(4)
 
-/* Where the event's fields begin on the waiting function's stack. */
-#define FIRST(how) ((how) == WAIT_FOR ? 2 : 1)
+/* Where the event's fields begin on the waiting function's stack, and
+** where a timed wait keeps its deadline (just below them). */
+#define FIRST(how) (1 + (KIND(how) == WAIT_FOR) + (((how) & TIMED) != 0))
+#define DEADLINE(how) (FIRST(how) - 1)
 
 static int woken(lua_State *L, int status, lua_KContext how);
 
 static int await(lua_State *L, lua_KContext how) {
-  running.lp->waiting = 1;
+  lproc *lp = running.lp;
+  if (how & TIMED) timewait(L, lp, running.p, lua_tonumber(L, DEADLINE(how)));
+  else if (lp->wait != NULL) untime(lp->wait);
+  lp->waiting = 1;
   return lua_yieldk(L, 0, how, woken);
 }
 
 static int tested(lua_State *L, int status, lua_KContext how) {
   (void)status;
   if (lua_toboolean(L, -1)) { lua_pop(L, 1); return 1; }
-  lua_pop(L, 1);                            /* pred, ev */
+  lua_pop(L, 1);                            /* pred, [deadline,] ev */
   lua_pushvalue(L, U_KEEP);
   lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
   lua_rotate(L, -3, 2);
@@ -1107,7 +1213,7 @@ static int dispatched(lua_State *L, int status, lua_KContext how) {
   int first = FIRST(how);
   (void)status;
   if (lua_toboolean(L, -1)) {               /* a handler took it */
-    if (how == WAIT_EVERY) return 0;
+    if (KIND(how) == WAIT_EVERY) return 0;
     lua_settop(L, first - 1);
     return await(L, how);
   }
@@ -1115,9 +1221,9 @@ static int dispatched(lua_State *L, int status, lua_KContext how) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->eventref);
   lua_insert(L, first);
   lua_call(L, lua_gettop(L) - first, 1);
-  if (how != WAIT_FOR) return 1;
+  if (KIND(how) != WAIT_FOR) return 1;
   lua_pushvalue(L, 1);                      /* pred(ev) */
-  lua_pushvalue(L, 2);
+  lua_pushvalue(L, first);
   lua_callk(L, 1, 1, how, tested);
   return tested(L, LUA_OK, how);
 }
@@ -1126,6 +1232,11 @@ static int woken(lua_State *L, int status, lua_KContext how) {
   mkl_state *S = STATE(L);
   int first = FIRST(how), top = lua_gettop(L), i;
   (void)status;
+  if (top == first && lua_touserdata(L, top) == WAKE_MARK) {
+    lua_pushnil(L);                         /* timedout voided the wake */
+    lua_pushliteral(L, "timeout");
+    return 2;
+  }
   luaL_checkstack(L, top - first + 3, NULL);
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->dispatchref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
@@ -1145,6 +1256,24 @@ static lproc *waiter(lua_State *L, const char *what) {
   return lp;
 }
 
+/* The timeout of a wait named what, at idx (nil: none): its deadline in
+** mk_ground_clock() ms, or HUGE_VAL for none (nil, or math.huge).  0 is
+** now: only what is already queued.  Anything but a number >= 0 is
+** misuse; so is a timeout where no ground VM runs to keep the time. */
+static double deadline(lua_State *L, int idx, const char *what) {
+  lua_Number ms;
+  if (lua_isnoneornil(L, idx)) return HUGE_VAL;
+  ms = lua_tonumber(L, idx);
+  if (lua_type(L, idx) != LUA_TNUMBER || !(ms >= 0))
+    luaL_error(L, "market.%s: the timeout must be a number of milliseconds >= 0 "
+               "(or nil: none), got %s", what,
+               lua_type(L, idx) == LUA_TNUMBER ? lua_tostring(L, idx) : luaL_typename(L, idx));
+  if (ms == HUGE_VAL) return HUGE_VAL;
+  if (ms > 0 && STATE(L)->g == NULL)
+    luaL_error(L, "market.%s: a timeout needs a ground VM, and none is running", what);
+  return mk_ground_clock() + ms;
+}
+
 /* core.wait([every]) -> the table of the next event no handler takes; with
 ** every, after the next event, and nothing if a handler took it */
 static int c_wait(lua_State *L) {
@@ -1154,39 +1283,51 @@ static int c_wait(lua_State *L) {
   return await(L, how);
 }
 
-/* market.yield([k]).  With k, the action yield_action(k).  Without, the
-** next event no handler takes: first those wait_for and pause kept
-** (unkeep(ctx) returns the oldest, or nil), then the next to come. */
+/* market.yield([k | ms]).  With k, the action yield_action(k).  Without,
+** the next event no handler takes: first those wait_for and pause kept
+** (unkeep(ctx) returns the oldest, or nil), then the next to come; with
+** ms, nil and "timeout" if none came within ms milliseconds. */
 static int m_yield(lua_State *L) {
   lproc *lp;
-  if (!lua_isnoneornil(L, 1)) {
-    if (lua_type(L, 1) != LUA_TFUNCTION) return luaL_error(L, "market.yield: k must be a function");
+  double at = HUGE_VAL;
+  if (lua_type(L, 1) == LUA_TFUNCTION) {
     lua_pushvalue(L, U_YIELD_ACTION);
     lua_pushvalue(L, 1);
     lua_call(L, 1, 1);
     return 1;
   }
+  if (lua_type(L, 1) == LUA_TNUMBER) at = deadline(L, 1, "yield");
+  else if (!lua_isnoneornil(L, 1))
+    return luaL_error(L, "market.yield: the argument must be a function k (the yield action) "
+                      "or a timeout in milliseconds, got %s", luaL_typename(L, 1));
   lp = waiter(L, "yield");
   lua_pushvalue(L, U_UNKEEP);
   lua_rawgeti(L, LUA_REGISTRYINDEX, lp->ctxref);
   lua_call(L, 1, 1);
   if (!lua_isnil(L, -1)) return 1;
   lua_settop(L, 0);
-  return await(L, WAIT_UNHANDLED);
+  if (at == HUGE_VAL) return await(L, WAIT_UNHANDLED);
+  lua_pushnumber(L, at);
+  return await(L, WAIT_UNHANDLED | TIMED);
 }
 
-/* market.wait_for(pred): the first event no handler takes for which
-** pred(event) is true; those before it are kept (keep(ctx, event)) for
-** market.yield().  pred is checked now, not at the first event. */
+/* market.wait_for(pred [, ms]): the first event no handler takes for
+** which pred(event) is true, or nil and "timeout" if none came within ms
+** milliseconds; those before it are kept (keep(ctx, event)) for
+** market.yield().  pred and ms are checked now, not at the first event. */
 static int m_wait_for(lua_State *L) {
+  double at;
   if (lua_type(L, 1) != LUA_TFUNCTION) {
     if (luaL_getmetafield(L, 1, "__call") == LUA_TNIL)
       return luaL_error(L, "market.wait_for: pred must be a function");
     lua_pop(L, 1);
   }
+  at = deadline(L, 2, "wait_for");
   waiter(L, "wait_for");
   lua_settop(L, 1);
-  return await(L, WAIT_FOR);
+  if (at == HUGE_VAL) return await(L, WAIT_FOR);
+  lua_pushnumber(L, at);
+  return await(L, WAIT_FOR | TIMED);
 }
 
 /* core.waits(yield_action, unkeep, keep) -> market.yield, market.wait_for */
