@@ -904,10 +904,6 @@ static void handle(mk_proc *p, const mk_event *ev) {
       free(tb);
     }
   } else if (st == LUA_OK && !overrun) {
-    /* A timed wait that returned (or was left by an error that code
-    ** under it caught) leaves its wake: void it, or it would keep the
-    ** process, and the program, until it fired. */
-    if (lp->wait != NULL) untime(lp->wait);
     release(S, lp);
   } else {
     /* An error, or the budget ran out (the hook yielded or raised: its
@@ -1168,11 +1164,14 @@ static int c_yield(lua_State *L) {
 ** (timewait); a wake that comes (timedout) is resumed as the one value
 ** WAKE_MARK instead of an event's fields, and the wait returns nil,
 ** "timeout".  A wake is voided (untime) when an untimed wait suspends,
-** when a wait suspends with another deadline, and when the activation
-** ends (handle): not when a wait returns, for none of the process's
-** events can come before one of those.  So a timed wait in a handler or
-** a predicate under another has its own deadline, and the outer one sets
-** up its own again when it waits again.
+** when a wait suspends with another deadline, and when the timed wait
+** returns or an error leaves it: above its deadline it keeps a
+** to-be-closed slot, whose __close (closewait) Lua runs in both cases,
+** also when a pcall under the wait catches the error.  So untimed waits,
+** and the activations of processes that never wait with a timeout, pay
+** nothing.  A timed wait in a handler or a predicate under another has
+** its own deadline, and the outer one sets up its own again when it
+** waits again.
 */
 enum { WAIT_UNHANDLED, WAIT_EVERY, WAIT_FOR, TIMED = 4 };
 #define KIND(how) ((how) & 3)
@@ -1181,13 +1180,40 @@ enum { WAIT_UNHANDLED, WAIT_EVERY, WAIT_FOR, TIMED = 4 };
 #define U_YIELD_ACTION lua_upvalueindex(2)
 #define U_UNKEEP lua_upvalueindex(3)
 #define U_KEEP lua_upvalueindex(4)
+#define U_CLOSER lua_upvalueindex(5)
 
 /* Where the event's fields begin on the waiting function's stack, and
-** where a timed wait keeps its deadline (just below them). */
-#define FIRST(how) (1 + (KIND(how) == WAIT_FOR) + (((how) & TIMED) != 0))
-#define DEADLINE(how) (FIRST(how) - 1)
+** where a timed wait keeps its deadline (below its closer, below them). */
+#define FIRST(how) (1 + (KIND(how) == WAIT_FOR) + 2 * (((how) & TIMED) != 0))
+#define DEADLINE(how) (FIRST(how) - 2)
 
 static int woken(lua_State *L, int status, lua_KContext how);
+
+/* The __close of a timed wait's closer: the wait is over. */
+static int closewait(lua_State *L) {
+  if (running.lp != NULL && running.lp->co == L && running.lp->wait != NULL)
+    untime(running.lp->wait);
+  return 0;
+}
+
+/* Push a timed wait's deadline and closer, where DEADLINE(how) says.  The
+** closer, one object for every wait, is made at the first: a program
+** that never waits with a timeout allocates nothing for it (even one
+** userdata made at startup moved every later malloc in bench-callgrind's
+** spawn figures, by a hundred instructions a spawn). */
+static void pushtimed(lua_State *L, double at) {
+  lua_pushnumber(L, at);
+  if (lua_toboolean(L, U_CLOSER) == 0) {
+    lua_newuserdatauv(L, 0, 0);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, closewait);
+    lua_setfield(L, -2, "__close");
+    lua_setmetatable(L, -2);
+    lua_replace(L, U_CLOSER);
+  }
+  lua_pushvalue(L, U_CLOSER);
+  lua_toclose(L, -1);
+}
 
 static int await(lua_State *L, lua_KContext how) {
   lproc *lp = running.lp;
@@ -1200,7 +1226,7 @@ static int await(lua_State *L, lua_KContext how) {
 static int tested(lua_State *L, int status, lua_KContext how) {
   (void)status;
   if (lua_toboolean(L, -1)) { lua_pop(L, 1); return 1; }
-  lua_pop(L, 1);                            /* pred, [deadline,] ev */
+  lua_pop(L, 1);                            /* pred, [deadline, closer,] ev */
   lua_pushvalue(L, U_KEEP);
   lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
   lua_rotate(L, -3, 2);
@@ -1256,11 +1282,9 @@ static lproc *waiter(lua_State *L, const char *what) {
   return lp;
 }
 
-/* The timeout of a wait named what, at idx (nil: none): its deadline in
-** mk_ground_clock() ms, or HUGE_VAL for none (nil, or math.huge).  0 is
-** now: only what is already queued.  Anything but a number >= 0 is
-** misuse; so is a timeout where no ground VM runs to keep the time. */
-static double deadline(lua_State *L, int idx, const char *what) {
+/* The timeout of a wait named what, at idx: its ms, HUGE_VAL for none
+** (nil, or math.huge).  Anything but a number >= 0 is misuse. */
+static double timeout(lua_State *L, int idx, const char *what) {
   lua_Number ms;
   if (lua_isnoneornil(L, idx)) return HUGE_VAL;
   ms = lua_tonumber(L, idx);
@@ -1268,7 +1292,13 @@ static double deadline(lua_State *L, int idx, const char *what) {
     luaL_error(L, "market.%s: the timeout must be a number of milliseconds >= 0 "
                "(or nil: none), got %s", what,
                lua_type(L, idx) == LUA_TNUMBER ? lua_tostring(L, idx) : luaL_typename(L, idx));
-  if (ms == HUGE_VAL) return HUGE_VAL;
+  return ms;
+}
+
+/* The deadline, in mk_ground_clock() ms, of a wait of a process that may
+** wait ms (> 0, finite): the ground VM keeps the time.  0 is now: only
+** what is already queued, which needs no clock. */
+static double deadline(lua_State *L, double ms, const char *what) {
   if (ms > 0 && STATE(L)->g == NULL)
     luaL_error(L, "market.%s: a timeout needs a ground VM, and none is running", what);
   return mk_ground_clock() + ms;
@@ -1289,14 +1319,14 @@ static int c_wait(lua_State *L) {
 ** ms, nil and "timeout" if none came within ms milliseconds. */
 static int m_yield(lua_State *L) {
   lproc *lp;
-  double at = HUGE_VAL;
+  double ms = HUGE_VAL;
   if (lua_type(L, 1) == LUA_TFUNCTION) {
     lua_pushvalue(L, U_YIELD_ACTION);
     lua_pushvalue(L, 1);
     lua_call(L, 1, 1);
     return 1;
   }
-  if (lua_type(L, 1) == LUA_TNUMBER) at = deadline(L, 1, "yield");
+  if (lua_type(L, 1) == LUA_TNUMBER) ms = timeout(L, 1, "yield");
   else if (!lua_isnoneornil(L, 1))
     return luaL_error(L, "market.yield: the argument must be a function k (the yield action) "
                       "or a timeout in milliseconds, got %s", luaL_typename(L, 1));
@@ -1306,8 +1336,8 @@ static int m_yield(lua_State *L) {
   lua_call(L, 1, 1);
   if (!lua_isnil(L, -1)) return 1;
   lua_settop(L, 0);
-  if (at == HUGE_VAL) return await(L, WAIT_UNHANDLED);
-  lua_pushnumber(L, at);
+  if (ms == HUGE_VAL) return await(L, WAIT_UNHANDLED);
+  pushtimed(L, deadline(L, ms, "yield"));
   return await(L, WAIT_UNHANDLED | TIMED);
 }
 
@@ -1316,17 +1346,17 @@ static int m_yield(lua_State *L) {
 ** milliseconds; those before it are kept (keep(ctx, event)) for
 ** market.yield().  pred and ms are checked now, not at the first event. */
 static int m_wait_for(lua_State *L) {
-  double at;
+  double ms;
   if (lua_type(L, 1) != LUA_TFUNCTION) {
     if (luaL_getmetafield(L, 1, "__call") == LUA_TNIL)
       return luaL_error(L, "market.wait_for: pred must be a function");
     lua_pop(L, 1);
   }
-  at = deadline(L, 2, "wait_for");
+  ms = timeout(L, 2, "wait_for");
   waiter(L, "wait_for");
   lua_settop(L, 1);
-  if (at == HUGE_VAL) return await(L, WAIT_FOR);
-  lua_pushnumber(L, at);
+  if (ms == HUGE_VAL) return await(L, WAIT_FOR);
+  pushtimed(L, deadline(L, ms, "wait_for"));
   return await(L, WAIT_FOR | TIMED);
 }
 
@@ -1337,10 +1367,11 @@ static int c_waits(lua_State *L) {
   lua_settop(L, 3);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
-  for (i = 1; i <= 4; i++) lua_pushvalue(L, i);
-  lua_pushcclosure(L, m_yield, 4);
-  for (i = 1; i <= 4; i++) lua_pushvalue(L, i);
-  lua_pushcclosure(L, m_wait_for, 4);
+  lua_pushboolean(L, 0);                    /* the closer, U_CLOSER: pushtimed */
+  for (i = 1; i <= 5; i++) lua_pushvalue(L, i);
+  lua_pushcclosure(L, m_yield, 5);
+  for (i = 1; i <= 5; i++) lua_pushvalue(L, i);
+  lua_pushcclosure(L, m_wait_for, 5);
   return 2;
 }
 
