@@ -730,7 +730,11 @@ static void tremove(mk_ground *g, size_t i) {
 }
 
 void mk_timeout_start(mk_ground *g, mk_timeout *t) {
-  if (t->slot != 0) mk_timeout_stop(g, t);
+  size_t old = t->slot;
+  /* Armed again: out of the heap, and still expected (mk_timeout_stop's
+  ** mk_unexpect could end the process in between). */
+  if (old != 0) tremove(g, old - 1);
+  else mk_expect(t->proc);
   if (g->tn == g->tcap) {
     size_t n = g->tcap ? 2 * g->tcap : 16;
     mk_timeout **h = realloc(g->theap, n * sizeof *h);
@@ -741,8 +745,7 @@ void mk_timeout_start(mk_ground *g, mk_timeout *t) {
   t->seq = g->tseq++;
   g->tn++;
   tsift(g, g->tn - 1, t);
-  mk_expect(t->proc);
-  if (t->slot == 1) tclock_reset(g);
+  if (t->slot == 1 || old == 1) tclock_reset(g);
 }
 
 void mk_timeout_stop(mk_ground *g, mk_timeout *t) {
@@ -856,9 +859,8 @@ void mk_ground_free(mk_ground *g, mk_term *reason) {
     for (; w; w = nx) { nx = w->next; halt_watch(g, w); watch_free(w); }
   }
   free(g->tab);
-  /* The processes are gone, and every Lua process stopped its timeouts on
-  ** the way (lproc.c, destroy); a native one's left armed are let go. */
-  for (i = 0; i < g->tn; i++) g->theap[i]->slot = 0;
+  /* The processes are gone, and each stopped its timeouts on the way
+  ** (ground.h; lproc.c's destroy): the heap is empty. */
   free(g->theap);
   ev_timer_stop(g->loop, &g->tclock);
   if (g->timing) { ev_ref(g->loop); ev_timer_stop(g->loop, &g->deadline); }

@@ -145,9 +145,9 @@ int mk_ground_exit_status(const mk_ground *g);
 ** timer, set for the earliest, serves them all: a timeout costs its record
 ** and a slot of the heap.
 **
-** mk_timeout_start arms t (disarming it first if it is armed) for
-** t->at, in mk_ground_clock() milliseconds, with t->proc and t->cont set
-** by the caller.  The process does not end implicitly while t is armed
+** mk_timeout_start arms t (again, if it is armed: the deadline may have
+** changed) for t->at, in mk_ground_clock() milliseconds, with t->proc and
+** t->cont set by the caller.  The process does not end implicitly while t is armed
 ** (mk_expect).  When the clock reaches t->at, t is disarmed and the ground
 ** wakes the process with mk_wake(t->proc, t->cont) (vm.h): the resume
 ** reaches it through every nested VM above it.  mk_timeout_stop disarms t

@@ -257,9 +257,10 @@ int mk_at_meta_level(mk_proc *p, mk_action *a);
 ** has nothing else left, unless it is handling an event), or keeps it with
 ** mk_wake(p, cont): cont is queued for p as MK_EV_RESUME, and, so that p's
 ** VM runs, a resume without a token for the nested-VM process of every VM
-** above p, up to the ground VM, whose loop runs what is queued.  cont is
-** an integer token, as mk_yield's, never released.  Nothing is queued for
-** a dead p.  Every mk_expect is matched by exactly one of the two.
+** above p, up to the ground VM, whose loop runs what is queued.  For a
+** dead p nothing is queued, and cont is released (release_cont) as
+** mk_yield's would be.  Every mk_expect is matched by exactly one of the
+** two.
 */
 void mk_expect(mk_proc *p);
 void mk_unexpect(mk_proc *p);
