@@ -1197,10 +1197,9 @@ static int closewait(lua_State *L) {
 }
 
 /* Push a timed wait's deadline and closer, where DEADLINE(how) says.  The
-** closer, one object for every wait, is made at the first: a program
-** that never waits with a timeout allocates nothing for it (even one
-** userdata made at startup moved every later malloc in bench-callgrind's
-** spawn figures, by a hundred instructions a spawn). */
+** closer, one object for every wait of this closure, is made at the
+** first: a program that never waits with a timeout allocates nothing
+** for timeouts. */
 static void pushtimed(lua_State *L, double at) {
   lua_pushnumber(L, at);
   if (lua_toboolean(L, U_CLOSER) == 0) {
