@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <malloc.h>
+#include <math.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -80,6 +81,23 @@ typedef struct mkl_state {
   const char *lastname;  /* and its bytes (Lua's copy), or NULL */
 } mkl_state;
 
+/*
+** What a process's timed waits (market.wait_for(pred, ms), market.yield(ms))
+** need: made at its first, freed with the process (destroy).  One per
+** process, for the innermost wait suspended: a wait sets it up each time
+** it suspends (timewait), and the wake it arms or queues carries the
+** token of `live`, so that one that arrives after its wait ended (or was
+** replaced) finds another serial and is dropped (timedout).
+*/
+typedef struct lwait {
+  mk_timeout t;          /* armed while the ground's clock is to wake the
+                         ** wait (t.at its deadline) */
+  mk_ground *g;          /* the ground t is armed on */
+  uint32_t serial;       /* the last token's */
+  uint32_t live;         /* the token of the wake armed or on its way for
+                         ** the wait suspended now, or 0 */
+} lwait;
+
 /* A Lua process.  Owned by its mk_proc (destroy). */
 typedef struct lproc {
   mkl_state *S;
@@ -96,6 +114,8 @@ typedef struct lproc {
                          ** peerhandler), which has not returned yet: what
                          ** it returns is applied (handle); 0 otherwise */
   uint8_t running;       /* in lua_resume */
+  lwait *wait;           /* owned, NULL until the first timed wait; in the
+                         ** 48-byte malloc chunk the record took without it */
 } lproc;
 
 /* How what a body returns is applied: by market.lua's apply, or by C first
@@ -281,6 +301,58 @@ static int resume(mk_proc *p, lua_State *co, int nargs, int *nres, int *overrun)
   }
   act.co = outer;
   return st;
+}
+
+/* ---- timed waits -------------------------------------------------------- */
+
+/* A wake's token (lwait) is negative: market.lua numbers its continuations
+** from 1.  A wake comes back to the waiting coroutine as WAKE_MARK. */
+#define WAKE_TOKEN(serial) ((void *)-(intptr_t)(serial))
+#define IS_WAKE(cont) ((intptr_t)(cont) < 0)
+static const char wake_mark = 0;
+#define WAKE_MARK ((void *)&wake_mark)
+
+/* No timed wait is suspended now: the wake armed or on its way is void. */
+static void untime(lwait *w) {
+  w->live = 0;
+  if (w->t.slot != 0) mk_timeout_stop(w->g, &w->t);
+}
+
+/*
+** p's wait about to suspend ends at `at` (mk_ground_clock() ms).  The wake
+** armed or on its way for that deadline stays (a wait_for going on after an
+** event that did not match it); else one is made, on the ground's clock,
+** or, when the deadline has passed, queued behind what is queued now: so a
+** timeout of 0 sees only what is already queued.
+*/
+static void timewait(lua_State *L, lproc *lp, mk_proc *p, double at) {
+  lwait *w = lp->wait;
+  if (w == NULL) {
+    if ((w = calloc(1, sizeof *w)) == NULL) luaL_error(L, "out of memory");
+    lp->wait = w;
+  } else {
+    if (w->live != 0 && w->t.at == at) return;
+    untime(w);
+  }
+  if (++w->serial == 0) w->serial = 1;
+  w->live = w->serial;
+  w->t.at = at;
+  w->t.proc = p;
+  w->t.cont = WAKE_TOKEN(w->serial);
+  if (at <= mk_ground_clock()) {
+    mk_yield(p, w->t.cont);
+  } else {
+    w->g = lp->S->g;
+    mk_timeout_start(w->g, &w->t);
+  }
+}
+
+/* A wake came: 1 when it is for the wait suspended now (which it ends). */
+static int timedout(lproc *lp, void *cont) {
+  lwait *w = lp->wait;
+  if (w == NULL || w->live == 0 || cont != WAKE_TOKEN(w->live)) return 0;
+  w->live = 0;
+  return 1;
 }
 
 /* ---- the behaviour ------------------------------------------------------ */
@@ -522,7 +594,8 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   /* co: any thread of the state, as scratch; the stack is left as found. */
   const char *field;
   int top, r = 1, bit = handler_of(ev->type, &field);
-  if (bit == 0) return 0;
+  /* A wake for a wait that ended goes to nobody either. */
+  if (bit == 0) return ev->type == MK_EV_RESUME && IS_WAKE(ev->cont);
   /* The usual case, without a look into Lua tables: the endpoint's tag. */
   if (ev->tag & MKL_TAG_KNOWN) return !(ev->tag & bit);
   top = lua_gettop(co);
@@ -775,7 +848,13 @@ static void handle(mk_proc *p, const mk_event *ev) {
     /* Straight-line code suspended in a wait: the event is what await's
     ** continuation finds on its stack. */
     co = lp->co;
-    if ((nargs = pushevent(S, co, ev)) == 0) return;
+    if (ev->type == MK_EV_RESUME && IS_WAKE(ev->cont)) {
+      if (!timedout(lp, ev->cont)) return;
+      lua_pushlightuserdata(co, WAKE_MARK);
+      nargs = 1;
+    } else if ((nargs = pushevent(S, co, ev)) == 0) {
+      return;
+    }
   } else {
     if (unhandled(S->L, lp, ev)) return;
     /* Idle between events: a fresh activation, the handler itself or
@@ -877,6 +956,10 @@ static void destroy(mk_proc *p) {
   ** never pooled. */
   if (lp->coref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->coref);
   if (lp->ctxref != LUA_NOREF) spare_slot(lp->S, lp->ctxref);
+  if (lp->wait != NULL) {       /* no timeout outlives its process */
+    untime(lp->wait);
+    free(lp->wait);
+  }
   free(lp);
 }
 
@@ -914,6 +997,7 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lp->boot = 0;
   lp->applies = 0;
   lp->running = 0;
+  lp->wait = NULL;
   return lp;
 }
 
@@ -1066,35 +1150,82 @@ static int c_yield(lua_State *L) {
 **
 ** await(L, how) yields, its process waiting; handle() resumes it with an
 ** event's fields (pushevent) on top of what the waiting function keeps
-** (wait_for: its predicate, at 1), and `woken` passes them to
-** dispatch(ctx, event...).  If a handler took the event, a WAIT_EVERY wait
-** returns nothing and the others wait again.  Otherwise the event becomes
-** event_table(event...), which a WAIT_FOR wait tests with its predicate,
-** keeping it for market.yield() if it fails, and the others return.
-** Handlers and predicates are called with continuations, so code in them
-** may wait too: its yield passes through these frames.
+** (wait_for: its predicate, at 1; a timed wait: its deadline, after),
+** and `woken` passes them to dispatch(ctx, event...).  If a handler took
+** the event, a WAIT_EVERY wait returns nothing and the others wait again.
+** Otherwise the event becomes event_table(event...), which a WAIT_FOR wait
+** tests with its predicate, keeping it for market.yield() if it fails, and
+** the others return.  Handlers and predicates are called with
+** continuations, so code in them may wait too: its yield passes through
+** these frames.
+**
+** A timed wait (TIMED in `how`) keeps its deadline on its stack, and
+** every time it suspends, await sets up the process's wake for it
+** (timewait); a wake that comes (timedout) is resumed as the one value
+** WAKE_MARK instead of an event's fields, and the wait returns nil,
+** "timeout".  A wake is voided (untime) when an untimed wait suspends,
+** when a wait suspends with another deadline, and when the timed wait
+** returns or an error leaves it: above its deadline it keeps a
+** to-be-closed slot, whose __close (closewait) Lua runs in both cases,
+** also when a pcall under the wait catches the error.  So untimed waits,
+** and the activations of processes that never wait with a timeout, pay
+** nothing.  A timed wait in a handler or a predicate under another has
+** its own deadline, and the outer one sets up its own again when it
+** waits again.
 */
-enum { WAIT_UNHANDLED, WAIT_EVERY, WAIT_FOR };
+enum { WAIT_UNHANDLED, WAIT_EVERY, WAIT_FOR, TIMED = 4 };
+#define KIND(how) ((how) & 3)
 
 /* Upvalues of market.yield and market.wait_for (core.waits). */
 #define U_YIELD_ACTION lua_upvalueindex(2)
 #define U_UNKEEP lua_upvalueindex(3)
 #define U_KEEP lua_upvalueindex(4)
+#define U_CLOSER lua_upvalueindex(5)
 
-/* Where the event's fields begin on the waiting function's stack. */
-#define FIRST(how) ((how) == WAIT_FOR ? 2 : 1)
+/* Where the event's fields begin on the waiting function's stack, and
+** where a timed wait keeps its deadline (below its closer, below them). */
+#define FIRST(how) (1 + (KIND(how) == WAIT_FOR) + 2 * (((how) & TIMED) != 0))
+#define DEADLINE(how) (FIRST(how) - 2)
 
 static int woken(lua_State *L, int status, lua_KContext how);
 
+/* The __close of a timed wait's closer: the wait is over. */
+static int closewait(lua_State *L) {
+  if (running.lp != NULL && running.lp->co == L && running.lp->wait != NULL)
+    untime(running.lp->wait);
+  return 0;
+}
+
+/* Push a timed wait's deadline and closer, where DEADLINE(how) says.  The
+** closer, one object for every wait of this closure, is made at the
+** first: a program that never waits with a timeout allocates nothing
+** for timeouts. */
+static void pushtimed(lua_State *L, double at) {
+  lua_pushnumber(L, at);
+  if (lua_toboolean(L, U_CLOSER) == 0) {
+    lua_newuserdatauv(L, 0, 0);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, closewait);
+    lua_setfield(L, -2, "__close");
+    lua_setmetatable(L, -2);
+    lua_replace(L, U_CLOSER);
+  }
+  lua_pushvalue(L, U_CLOSER);
+  lua_toclose(L, -1);
+}
+
 static int await(lua_State *L, lua_KContext how) {
-  running.lp->waiting = 1;
+  lproc *lp = running.lp;
+  if (how & TIMED) timewait(L, lp, running.p, lua_tonumber(L, DEADLINE(how)));
+  else if (lp->wait != NULL) untime(lp->wait);
+  lp->waiting = 1;
   return lua_yieldk(L, 0, how, woken);
 }
 
 static int tested(lua_State *L, int status, lua_KContext how) {
   (void)status;
   if (lua_toboolean(L, -1)) { lua_pop(L, 1); return 1; }
-  lua_pop(L, 1);                            /* pred, ev */
+  lua_pop(L, 1);                            /* pred, [deadline, closer,] ev */
   lua_pushvalue(L, U_KEEP);
   lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
   lua_rotate(L, -3, 2);
@@ -1107,7 +1238,7 @@ static int dispatched(lua_State *L, int status, lua_KContext how) {
   int first = FIRST(how);
   (void)status;
   if (lua_toboolean(L, -1)) {               /* a handler took it */
-    if (how == WAIT_EVERY) return 0;
+    if (KIND(how) == WAIT_EVERY) return 0;
     lua_settop(L, first - 1);
     return await(L, how);
   }
@@ -1115,9 +1246,9 @@ static int dispatched(lua_State *L, int status, lua_KContext how) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->eventref);
   lua_insert(L, first);
   lua_call(L, lua_gettop(L) - first, 1);
-  if (how != WAIT_FOR) return 1;
+  if (KIND(how) != WAIT_FOR) return 1;
   lua_pushvalue(L, 1);                      /* pred(ev) */
-  lua_pushvalue(L, 2);
+  lua_pushvalue(L, first);
   lua_callk(L, 1, 1, how, tested);
   return tested(L, LUA_OK, how);
 }
@@ -1126,6 +1257,11 @@ static int woken(lua_State *L, int status, lua_KContext how) {
   mkl_state *S = STATE(L);
   int first = FIRST(how), top = lua_gettop(L), i;
   (void)status;
+  if (top == first && lua_touserdata(L, top) == WAKE_MARK) {
+    lua_pushnil(L);                         /* timedout voided the wake */
+    lua_pushliteral(L, "timeout");
+    return 2;
+  }
   luaL_checkstack(L, top - first + 3, NULL);
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->dispatchref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
@@ -1145,6 +1281,28 @@ static lproc *waiter(lua_State *L, const char *what) {
   return lp;
 }
 
+/* The timeout of a wait named what, at idx: its ms, HUGE_VAL for none
+** (nil, or math.huge).  Anything but a number >= 0 is misuse. */
+static double timeout(lua_State *L, int idx, const char *what) {
+  lua_Number ms;
+  if (lua_isnoneornil(L, idx)) return HUGE_VAL;
+  ms = lua_tonumber(L, idx);
+  if (lua_type(L, idx) != LUA_TNUMBER || !(ms >= 0))
+    luaL_error(L, "market.%s: the timeout must be a number of milliseconds >= 0 "
+               "(or nil: none), got %s", what,
+               lua_type(L, idx) == LUA_TNUMBER ? lua_tostring(L, idx) : luaL_typename(L, idx));
+  return ms;
+}
+
+/* The deadline, in mk_ground_clock() ms, of a wait of a process that may
+** wait ms (> 0, finite): the ground VM keeps the time.  0 is now: only
+** what is already queued, which needs no clock. */
+static double deadline(lua_State *L, double ms, const char *what) {
+  if (ms > 0 && STATE(L)->g == NULL)
+    luaL_error(L, "market.%s: a timeout needs a ground VM, and none is running", what);
+  return mk_ground_clock() + ms;
+}
+
 /* core.wait([every]) -> the table of the next event no handler takes; with
 ** every, after the next event, and nothing if a handler took it */
 static int c_wait(lua_State *L) {
@@ -1154,39 +1312,51 @@ static int c_wait(lua_State *L) {
   return await(L, how);
 }
 
-/* market.yield([k]).  With k, the action yield_action(k).  Without, the
-** next event no handler takes: first those wait_for and pause kept
-** (unkeep(ctx) returns the oldest, or nil), then the next to come. */
+/* market.yield([k | ms]).  With k, the action yield_action(k).  Without,
+** the next event no handler takes: first those wait_for and pause kept
+** (unkeep(ctx) returns the oldest, or nil), then the next to come; with
+** ms, nil and "timeout" if none came within ms milliseconds. */
 static int m_yield(lua_State *L) {
   lproc *lp;
-  if (!lua_isnoneornil(L, 1)) {
-    if (lua_type(L, 1) != LUA_TFUNCTION) return luaL_error(L, "market.yield: k must be a function");
+  double ms = HUGE_VAL;
+  if (lua_type(L, 1) == LUA_TFUNCTION) {
     lua_pushvalue(L, U_YIELD_ACTION);
     lua_pushvalue(L, 1);
     lua_call(L, 1, 1);
     return 1;
   }
+  if (lua_type(L, 1) == LUA_TNUMBER) ms = timeout(L, 1, "yield");
+  else if (!lua_isnoneornil(L, 1))
+    return luaL_error(L, "market.yield: the argument must be a function k (the yield action) "
+                      "or a timeout in milliseconds, got %s", luaL_typename(L, 1));
   lp = waiter(L, "yield");
   lua_pushvalue(L, U_UNKEEP);
   lua_rawgeti(L, LUA_REGISTRYINDEX, lp->ctxref);
   lua_call(L, 1, 1);
   if (!lua_isnil(L, -1)) return 1;
   lua_settop(L, 0);
-  return await(L, WAIT_UNHANDLED);
+  if (ms == HUGE_VAL) return await(L, WAIT_UNHANDLED);
+  pushtimed(L, deadline(L, ms, "yield"));
+  return await(L, WAIT_UNHANDLED | TIMED);
 }
 
-/* market.wait_for(pred): the first event no handler takes for which
-** pred(event) is true; those before it are kept (keep(ctx, event)) for
-** market.yield().  pred is checked now, not at the first event. */
+/* market.wait_for(pred [, ms]): the first event no handler takes for
+** which pred(event) is true, or nil and "timeout" if none came within ms
+** milliseconds; those before it are kept (keep(ctx, event)) for
+** market.yield().  pred and ms are checked now, not at the first event. */
 static int m_wait_for(lua_State *L) {
+  double ms;
   if (lua_type(L, 1) != LUA_TFUNCTION) {
     if (luaL_getmetafield(L, 1, "__call") == LUA_TNIL)
       return luaL_error(L, "market.wait_for: pred must be a function");
     lua_pop(L, 1);
   }
+  ms = timeout(L, 2, "wait_for");
   waiter(L, "wait_for");
   lua_settop(L, 1);
-  return await(L, WAIT_FOR);
+  if (ms == HUGE_VAL) return await(L, WAIT_FOR);
+  pushtimed(L, deadline(L, ms, "wait_for"));
+  return await(L, WAIT_FOR | TIMED);
 }
 
 /* core.waits(yield_action, unkeep, keep) -> market.yield, market.wait_for */
@@ -1196,10 +1366,11 @@ static int c_waits(lua_State *L) {
   lua_settop(L, 3);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
-  for (i = 1; i <= 4; i++) lua_pushvalue(L, i);
-  lua_pushcclosure(L, m_yield, 4);
-  for (i = 1; i <= 4; i++) lua_pushvalue(L, i);
-  lua_pushcclosure(L, m_wait_for, 4);
+  lua_pushboolean(L, 0);                    /* the closer, U_CLOSER: pushtimed */
+  for (i = 1; i <= 5; i++) lua_pushvalue(L, i);
+  lua_pushcclosure(L, m_yield, 5);
+  for (i = 1; i <= 5; i++) lua_pushvalue(L, i);
+  lua_pushcclosure(L, m_wait_for, 5);
   return 2;
 }
 

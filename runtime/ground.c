@@ -84,6 +84,13 @@ struct mk_ground {
   ev_timer wake;            /* mk_ground_turn's bound on its wait, while it waits */
   int pollfd;               /* the loop's backend descriptor; -2: not known yet */
   watch *dirty;             /* list */
+  /* Timeouts (ground.h): a binary heap of the armed ones, earliest first,
+  ** owned (the records are their owners'), and the timer set for the top,
+  ** running while the heap is not empty. */
+  mk_timeout **theap;
+  size_t tn, tcap;
+  unsigned long long tseq;
+  ev_timer tclock;
   unsigned long long serial;
   double drain_ms;          /* the drain for signals and mk_ground_stop(g, -1) */
   double stop_drain;        /* the drain of the stop under way */
@@ -711,6 +718,109 @@ int mk_ground_exit_status(const mk_ground *g) { return g->exit_status; }
 /* mk_ground_turn's bound: it only has to end libev's wait. */
 static void wake_cb(struct ev_loop *loop, ev_timer *t, int revents) {}
 
+/* ---- timeouts ------------------------------------------------------------------ */
+
+double mk_ground_clock(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int tbefore(const mk_timeout *a, const mk_timeout *b) {
+  return a->at < b->at || (a->at == b->at && a->seq < b->seq);
+}
+
+static void tplace(mk_ground *g, size_t i, mk_timeout *t) {
+  g->theap[i] = t;
+  t->slot = i + 1;
+}
+
+/* Put t into the hole at i, moving it up or down the heap. */
+static void tsift(mk_ground *g, size_t i, mk_timeout *t) {
+  while (i > 0 && tbefore(t, g->theap[(i - 1) / 2])) {
+    tplace(g, i, g->theap[(i - 1) / 2]);
+    i = (i - 1) / 2;
+  }
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (c >= g->tn) break;
+    if (c + 1 < g->tn && tbefore(g->theap[c + 1], g->theap[c])) c++;
+    if (!tbefore(g->theap[c], t)) break;
+    tplace(g, i, g->theap[c]);
+    i = c;
+  }
+  tplace(g, i, t);
+}
+
+/* Set the timer for the heap's top, or stop it when the heap is empty.
+** libev counts the delay from the time it read at the start of this loop
+** iteration, so the timer may go off early: tfire then sets it again. */
+static void tclock_reset(mk_ground *g) {
+  ev_timer_stop(g->loop, &g->tclock);
+  if (g->tn > 0) {
+    double delay = (g->theap[0]->at - mk_ground_clock()) / 1e3;
+    ev_timer_set(&g->tclock, delay > 0 ? delay : 0, 0);
+    ev_timer_start(g->loop, &g->tclock);
+  }
+}
+
+/* Take the timeout at index i out of the heap; its slot is 0 again. */
+static void tremove(mk_ground *g, size_t i) {
+  mk_timeout *t = g->theap[i], *last = g->theap[--g->tn];
+  t->slot = 0;
+  if (last != t) tsift(g, i, last);
+  /* A burst of timeouts gone: give its memory back. */
+  if (g->tcap > 64 && g->tn < g->tcap / 4) {
+    mk_timeout **h = realloc(g->theap, g->tcap / 2 * sizeof *h);
+    if (h != NULL) { g->theap = h; g->tcap /= 2; }
+  }
+}
+
+void mk_timeout_start(mk_ground *g, mk_timeout *t) {
+  size_t old = t->slot;
+  /* Armed again: out of the heap, and still expected (mk_timeout_stop's
+  ** mk_unexpect could end the process in between). */
+  if (old != 0) tremove(g, old - 1);
+  else mk_expect(t->proc);
+  if (g->tn == g->tcap) {
+    size_t n = g->tcap ? 2 * g->tcap : 16;
+    mk_timeout **h = realloc(g->theap, n * sizeof *h);
+    if (h == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+    g->theap = h;
+    g->tcap = n;
+  }
+  t->seq = g->tseq++;
+  g->tn++;
+  tsift(g, g->tn - 1, t);
+  if (t->slot == 1 || old == 1) tclock_reset(g);
+}
+
+void mk_timeout_stop(mk_ground *g, mk_timeout *t) {
+  size_t slot = t->slot;
+  if (slot == 0) return;
+  tremove(g, slot - 1);
+  if (slot == 1) tclock_reset(g);
+  mk_unexpect(t->proc);
+}
+
+/* Wake the process of every timeout due.  mk_wake only queues events: no
+** handler runs here to change the heap meanwhile. */
+static void tfire(struct ev_loop *loop, ev_timer *w, int revents) {
+  mk_ground *g = w->data;
+  double now = mk_ground_clock();
+  (void)revents;
+  /* The loop's time, which market.now() reads, is that of the poll's
+  ** return: read again after the monotonic clock, no process woken here
+  ** sees less time gone than it asked to wait. */
+  ev_now_update(loop);
+  while (g->tn > 0 && g->theap[0]->at <= now) {
+    mk_timeout *t = g->theap[0];
+    tremove(g, 0);
+    mk_wake(t->proc, t->cont);
+  }
+  tclock_reset(g);
+}
+
 /* ---- life ------------------------------------------------------------------------ */
 
 /* The resident process: it only holds the ground's publishers, and wants
@@ -757,6 +867,8 @@ mk_ground *mk_ground_new(struct ev_loop *loop) {
   g->deadline.data = g;
   ev_init(&g->wake, wake_cb);
   g->pollfd = -2;
+  ev_init(&g->tclock, tfire);
+  g->tclock.data = g;
   g->gnext = grounds;
   grounds = g;
   return g;
@@ -764,28 +876,28 @@ mk_ground *mk_ground_new(struct ev_loop *loop) {
 
 mk_vm *mk_ground_vm(mk_ground *g) { return g->vm; }
 struct ev_loop *mk_ground_loop(mk_ground *g) { return g->loop; }
-size_t mk_ground_watching(const mk_ground *g) { return g->active; }
+size_t mk_ground_watching(const mk_ground *g) { return g->active + (g->tn > 0); }
 double mk_ground_now(mk_ground *g) { return ev_now(g->loop) * 1000.0; }
 
 int mk_ground_run(mk_ground *g) {
   for (;;) {
     mk_vm_run(g->vm);
-    if (g->active == 0 && mk_vm_idle(g->vm)) return 0;
+    if (mk_ground_watching(g) == 0 && mk_vm_idle(g->vm)) return 0;
     ev_run(g->loop, EVRUN_ONCE);
   }
 }
 
 int mk_ground_step(mk_ground *g) {
   mk_vm_run(g->vm);
-  if (g->active > 0) ev_run(g->loop, EVRUN_NOWAIT);
+  if (mk_ground_watching(g) > 0) ev_run(g->loop, EVRUN_NOWAIT);
   mk_vm_run(g->vm);
-  return g->active > 0 || !mk_vm_idle(g->vm);
+  return mk_ground_watching(g) > 0 || !mk_vm_idle(g->vm);
 }
 
 /* ---- driven from another event loop -------------------------------------------- */
 
 int mk_ground_turn(mk_ground *g, double timeout) {
-  if (timeout != 0 && g->active > 0 && mk_vm_idle(g->vm)) {
+  if (timeout != 0 && mk_ground_watching(g) > 0 && mk_vm_idle(g->vm)) {
     /* Nothing queued and something watched: wait for it, or the bound. */
     if (timeout > 0) {
       ev_timer_set(&g->wake, timeout, 0);
@@ -800,7 +912,7 @@ int mk_ground_turn(mk_ground *g, double timeout) {
   ** hand the watches that made to the kernel: a loop polling the backend
   ** descriptor sees only what libev has told the kernel about. */
   ev_run(g->loop, EVRUN_NOWAIT);
-  return g->active > 0 || !mk_vm_idle(g->vm);
+  return mk_ground_watching(g) > 0 || !mk_vm_idle(g->vm);
 }
 
 /* The earlier of `t` (-1: none yet) and the time left on timer `w`. */
@@ -814,11 +926,12 @@ double mk_ground_timeout(mk_ground *g) {
   double t = -1;
   watch *w;
   if (!mk_vm_idle(g->vm)) return 0;
-  if (g->active == 0) return -1;        /* finished: nothing will come */
+  if (mk_ground_watching(g) == 0) return -1;   /* finished: nothing will come */
   ev_now_update(g->loop);               /* the other loop may have slept since */
   if ((w = g->alarms) != NULL) {
     do { t = sooner(g->loop, t, &w->w.timer); } while ((w = w->rnext) != g->alarms);
   }
+  if (g->tn > 0) t = sooner(g->loop, t, &g->tclock);
   if (g->ring != NULL) t = sooner(g->loop, t, &g->audit);
   if (g->timing) t = sooner(g->loop, t, &g->deadline);
   return t;
@@ -863,6 +976,10 @@ void mk_ground_free(mk_ground *g, mk_term *reason) {
     for (; w; w = nx) { nx = w->next; halt_watch(g, w); watch_free(w); }
   }
   free(g->tab);
+  /* The processes are gone, and each stopped its timeouts on the way
+  ** (ground.h; lproc.c's destroy): the heap is empty. */
+  free(g->theap);
+  ev_timer_stop(g->loop, &g->tclock);
   if (g->timing) { ev_ref(g->loop); ev_timer_stop(g->loop, &g->deadline); }
   signals_off(g);
   ev_ref(g->loop);

@@ -120,8 +120,8 @@ int mk_ground_step(mk_ground *g);
 ** mk_ground_step.
 ** mk_ground_timeout: seconds until the ground must turn again even if
 ** mk_ground_pollfd stays quiet: 0 when events are queued, the time left on
-** its nearest timer (alarms, the audit of watched descriptors, the end of
-** a drain), or -1 when nothing is timed.  Costs one pass over the running
+** its nearest timer (alarms, timeouts, the audit of watched descriptors,
+** the end of a drain), or -1 when nothing is timed.  Costs one pass over the running
 ** alarms (the drivers hold one or two: timer.lua keeps one for all its
 ** timers).
 ** mk_ground_pollfd: libev's backend descriptor (epoll), readable while any
@@ -131,7 +131,8 @@ int mk_ground_step(mk_ground *g);
 int mk_ground_turn(mk_ground *g, double timeout);
 double mk_ground_timeout(mk_ground *g);
 int mk_ground_pollfd(mk_ground *g);
-/* Watches currently active (for tests and for deciding to exit). */
+/* Watches currently active (for tests and for deciding to exit), the
+** timeouts' clock counting as one while any timeout is armed. */
 size_t mk_ground_watching(const mk_ground *g);
 /* Current wall-clock time in ms as the loop sees it. */
 double mk_ground_now(mk_ground *g);
@@ -160,6 +161,40 @@ void mk_ground_stop(mk_ground *g, double drain_ms);
 int mk_ground_stop_on_signals(mk_ground *g, double drain_ms);
 /* 0, or 128 + signum once a second signal ended a stop. */
 int mk_ground_exit_status(const mk_ground *g);
+
+/*
+** Timeouts: the ground's clock for processes at any depth of nested VMs,
+** with no timer driver and no event relay (lua/lproc.c's timed waits,
+** market.wait_for(pred, ms)).  An mk_timeout is its owner's record; while
+** it is armed the ground keeps a pointer to it in a binary heap ordered by
+** deadline (equal deadlines in the order they were armed), and one libev
+** timer, set for the earliest, serves them all: a timeout costs its record
+** and a slot of the heap.
+**
+** mk_timeout_start arms t (again, if it is armed: the deadline may have
+** changed) for t->at, in mk_ground_clock() milliseconds, with t->proc and
+** t->cont set by the caller.  The process does not end implicitly while t is armed
+** (mk_expect).  When the clock reaches t->at, t is disarmed and the ground
+** wakes the process with mk_wake(t->proc, t->cont) (vm.h): the resume
+** reaches it through every nested VM above it.  mk_timeout_stop disarms t
+** if it is armed (mk_unexpect).  The owner must stop t before the process
+** is freed (its behaviour's destroy) and before t is freed.  While any
+** timeout is armed, the ground counts one watch more (mk_ground_watching)
+** and mk_ground_run goes on.
+*/
+typedef struct mk_timeout {
+  double at;                /* the deadline, in mk_ground_clock() ms */
+  mk_proc *proc;            /* the process to wake: borrowed */
+  void *cont;               /* its token (mk_wake) */
+  unsigned long long seq;   /* the order in which timeouts were armed */
+  size_t slot;              /* 1 + its index in the heap while armed, else 0 */
+} mk_timeout;
+
+void mk_timeout_start(mk_ground *g, mk_timeout *t);
+void mk_timeout_stop(mk_ground *g, mk_timeout *t);
+/* Milliseconds on the monotonic clock that timeouts use (CLOCK_MONOTONIC:
+** changes of the wall clock do not move it). */
+double mk_ground_clock(void);
 
 /*
 ** Descriptor fd is about to be closed: every ground of the program that

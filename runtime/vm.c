@@ -1017,6 +1017,37 @@ void mk_yield(mk_proc *p, void *cont) {
   p->conts++;
 }
 
+static void check_exit(mk_proc *p);
+
+/* A wake-up expected counts as a pending continuation (check_exit), and
+** the one mk_wake queues takes its place: deliver uncounts it. */
+void mk_expect(mk_proc *p) {
+  p->conts++;
+}
+
+void mk_unexpect(mk_proc *p) {
+  p->conts--;
+  check_exit(p);
+}
+
+void mk_wake(mk_proc *p, void *cont) {
+  mk_vm *vm = p->vm;
+  mk_qev *q;
+  if (p->dead) {
+    p->conts--;
+    if (cont && p->b->release_cont) p->b->release_cont(p, cont);
+    return;
+  }
+  q = qev_new(vm, p, MK_EV_RESUME);
+  q->cont = cont;
+  /* A nested VM runs when its process has an event in the VM above
+  ** (nested.c): a resume with no token does nothing but that. */
+  for (; vm->parent != NULL && vm->self != NULL && !vm->self->dead; vm = vm->parent) {
+    qev_new(vm->parent, vm->self, MK_EV_RESUME);
+    vm->self->conts++;
+  }
+}
+
 int mk_at_meta_level(mk_proc *p, mk_action *list) {
   mk_vm *vm = p->vm;
   mk_action *a;

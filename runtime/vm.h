@@ -249,6 +249,23 @@ void mk_yield(mk_proc *p, void *cont);
 /* Perform `a` (a list, owned from here on) in the parent VM, on behalf of p. */
 int mk_at_meta_level(mk_proc *p, mk_action *a);
 
+/*
+** Wake-ups from outside the VM (ground.h's timeouts).  Whatever will wake
+** p later, from outside its handlers, first says so with mk_expect(p): p
+** does not end implicitly meanwhile, as with a pending continuation.  It
+** then either takes that back with mk_unexpect(p) (p ends at once if it
+** has nothing else left, unless it is handling an event), or keeps it with
+** mk_wake(p, cont): cont is queued for p as MK_EV_RESUME, and, so that p's
+** VM runs, a resume without a token for the nested-VM process of every VM
+** above p, up to the ground VM, whose loop runs what is queued.  For a
+** dead p nothing is queued, and cont is released (release_cont) as
+** mk_yield's would be.  Every mk_expect is matched by exactly one of the
+** two.
+*/
+void mk_expect(mk_proc *p);
+void mk_unexpect(mk_proc *p);
+void mk_wake(mk_proc *p, void *cont);
+
 /* ---- action values, for at_meta_level ------------------------------------ */
 /*
 ** An action value is a heap node owned by whoever holds the list head.  The

@@ -135,8 +135,15 @@ describe("constructing actions", function()
                    err_of(function() local _x = market.delete_endpoint("e", print) end))
     assert.matches(THIS .. "market%.at_meta_level: argument 2 is not an action",
                    err_of(function() local _x = market.at_meta_level(market.send(1), 5) end))
-    assert.matches(THIS .. "market%.yield: k must be a function",
+    assert.matches(THIS .. "market%.yield: the argument must be a function k %(the yield " ..
+                   "action%) or a timeout in milliseconds, got string",
+                   err_of(function() local _x = market.yield("x") end))
+    -- A number is a timeout: a wait, and only a process waits.
+    assert.matches(THIS .. "market%.yield: not inside a market process",
                    err_of(function() local _x = market.yield(5) end))
+    assert.matches(THIS .. "market%.wait_for: the timeout must be a number of " ..
+                   "milliseconds >= 0 %(or nil: none%), got %-1",
+                   err_of(function() local _x = market.wait_for(print, -1) end))
     -- At once, not when the first event comes.
     assert.matches(THIS .. "market%.wait_for: pred must be a function",
                    err_of(function() local _x = market.wait_for(5) end))

@@ -2053,6 +2053,79 @@ static void test_ground_nested_alarm(void) {
   END;
 }
 
+/* A process that arms a timeout at boot (disarming it at once when `stop`)
+** and asks for nothing else: only the timeout keeps it. */
+typedef struct timeout_ud {
+  mk_ground *g;
+  mk_timeout t;
+  double at;
+  int stop;
+} timeout_ud;
+
+static char woken_order[8];       /* the tags of the processes woken, in order */
+
+static void timeout_script(mk_proc *p, const mk_event *ev, rec *r) {
+  timeout_ud *u = r->ud;
+  if (ev->type == MK_EV_RESUME && strlen(woken_order) < sizeof woken_order - 1)
+    strcat(woken_order, r->tag);
+  if (ev->type != MK_EV_BOOT) return;
+  u->t.at = u->at;
+  u->t.proc = p;
+  u->t.cont = (void *)r->tag;
+  mk_timeout_start(u->g, &u->t);
+  if (u->stop) mk_timeout_stop(u->g, &u->t);
+}
+
+/* ground.h's timeouts: deadline order, equal deadlines in the order armed,
+** one clock for them all (one watch), a stopped one never fires, the
+** process kept while its timeout is armed and woken through two nested
+** VMs, no timer left when they are done. */
+static void test_ground_timeouts(void) {
+  BEGIN;
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g = mk_ground_new(loop);
+  mk_vm *vm = mk_ground_vm(g);
+  static const char *const tags[] = { "A", "B", "C", "D", "E" };
+  static const double ms[] = { 40, 10, 10, 20, 25 };
+  rec r[5];
+  timeout_ud u[5];
+  double t0 = mk_ground_clock();
+  int i;
+  for (i = 0; i < 5; i++) {
+    rec_init(&r[i], tags[i]);
+    memset(&u[i], 0, sizeof u[i]);
+    u[i].g = g;
+    u[i].at = t0 + ms[i];        /* B and C: the same deadline */
+    u[i].stop = i == 3;            /* D disarms its own */
+    r[i].fn = timeout_script;
+    r[i].ud = &u[i];
+  }
+  for (i = 0; i < 4; i++) spawn(vm, &r[i]);
+  /* E two nested VMs down */
+  mk_vm_spawn(vm, &mk_nested_behavior,
+              mk_nested_new(vm, &mk_nested_behavior, mk_nested_new(vm, &recb, &r[4], "E"), "inner"),
+              "outer");
+  CHECK(mk_ground_step(g) != 0);
+  CHECK(mk_ground_watching(g) == 1);
+  CHECK(r[0].destroyed == 0 && r[1].destroyed == 0 && r[2].destroyed == 0 && r[4].destroyed == 0);
+  CHECK(r[3].destroyed == 1);      /* nothing kept it */
+  CHECK(mk_ground_run(g) == 0);
+  CHECK(mk_ground_clock() - t0 >= 40);
+  CHECK(log_count(&r[3].log, "resume D") == 0);
+  for (i = 0; i < 5; i++) {
+    char want[16];
+    snprintf(want, sizeof want, "resume %s", tags[i]);
+    CHECK(i == 3 || log_count(&r[i].log, want) == 1);
+    CHECK(r[i].destroyed == 1 && u[i].t.slot == 0);
+  }
+  CHECK(strcmp(woken_order, "BCEA") == 0);
+  CHECK(mk_ground_watching(g) == 0 && mk_vm_nprocs(vm) == 0);
+  mk_ground_free(g, NULL);
+  ev_loop_destroy(loop);
+  for (i = 0; i < 5; i++) rec_done(&r[i]);
+  END;
+}
+
 static void readable_script(mk_proc *p, const mk_event *ev, rec *r) {
   ground_ud *u = r->ud;
   mk_term *t;
@@ -2734,6 +2807,7 @@ int main(void) {
   RUN(test_vm_free_live);
   RUN(test_ground_alarm);
   RUN(test_ground_nested_alarm);
+  RUN(test_ground_timeouts);
   RUN(test_process_footprint);
   RUN(test_pid_table);
   RUN(test_ground_readable);
