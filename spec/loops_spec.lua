@@ -68,6 +68,18 @@ describe("market.open_ground_vm", function()
     assert.is_true(fired)
   end)
 
+  it("a timed wait holds it, and timeout() counts down to the wait's deadline", function()
+    local got
+    local g <close> = market.open_ground_vm(function()
+      got = select(2, market.wait_for(function() return false end, 200))
+    end)
+    assert.is_true(g:step(0))                    -- booted, waiting: the timeout holds it
+    local t = g:timeout()
+    assert.is_true(t ~= nil and t >= 0 and t <= 0.2, tostring(t))
+    while g:step(g:timeout()) do end
+    assert.equal("timeout", got)
+  end)
+
   it("a cqueues controller polls it: market's TCP server and a cqueues client, one thread", function()
     local port, served = nil, {}
     -- An upper-casing server; its session stops it at the client's end of stream.

@@ -18,6 +18,7 @@ local MODULES = {
   { prefix = "udp", get = function() return require "market.udp" end },
   { prefix = "relay", get = function() return require "market.event_relay" end },
   { prefix = "stdio", get = function() return require "market.stdio" end },
+  { prefix = "supervisor", get = function() return require "market.supervisor" end },
 }
 
 -- Public fields that are nil until a program sets them (so pairs() never
