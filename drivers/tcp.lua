@@ -8,12 +8,14 @@
 -- Processes:
 --   the driver        observes who observes listeners (interest "everything")
 --                     and who subscribes to outbound flows; spawns the rest.
---   a listener        one per listened port: accepts, spawns a manager per
---                     connection, publishes tcp.listening(port, bound_port).
+--   a listener        one per listened port (or Unix socket path): accepts,
+--                     spawns a manager per connection, publishes
+--                     tcp.listening(port, bound_port).
 --   a manager         one per connection: publishes the inbound flow,
---                     subscribes to the outbound flow, owns the socket.  A
---                     native process (drivers/tcpconn.c), spawned through
---                     sys.tcp_accept and sys.tcp_manage.
+--                     subscribes to the outbound flow (an outbound one once
+--                     connected), owns the socket.  A native process
+--                     (drivers/tcpconn.c), spawned through sys.tcp_accept
+--                     and sys.tcp_manage.
 local market, sys = ...
 local M = {}
 
@@ -183,7 +185,7 @@ end
 -- port: an integer (TCP), or a string, the path of a Unix socket.
 local function listener_proc(port)
   local unix = type(port) == "string"
-  local where = unix and port or "port " .. port
+  local where = unix and repr(port) or "port " .. port
   return function()
     local s, err
     if unix then

@@ -3,10 +3,11 @@
 **
 ** One manager per connection (docs/tcp.md): it publishes the inbound flow
 ** tcp.channel(remote, local, _), subscribes to the outbound flow
-** tcp.channel(local, remote, _), owns the socket, and speaks the whole
-** protocol of docs/tcp.md (chunks as read or framed, EOF and half-close,
-** output queue with backpressure and a hard limit, idle timeout, linger,
-** an orderly close, failures as absence reasons).  Like the rest of the
+** tcp.channel(local, remote, _) (an outbound connection's manager once
+** connected: tdial), owns the socket (TCP, or a Unix stream socket), and
+** speaks the whole protocol of docs/tcp.md (chunks as read or framed, EOF
+** and half-close, output queue with backpressure and a hard limit, idle
+** timeout, linger, an orderly close, failures as absence reasons).  Like the rest of the
 ** driver it is written against ground events only (market:readable /
 ** writable / alarm subscriptions, added with mk_add_endpoint like any
 ** process's), never libev, so it runs unchanged in a nested VM whose event
@@ -49,7 +50,8 @@
 **       accept failed (after n taken).
 **   sys.tcp_manage(remote, loc, name, defaults, stats) -> pid
 **       spawn the manager of an outbound connection (loc a tcp.handle); it
-**       resolves and connects by itself.
+**       resolves and connects by itself, and publishes its flows once
+**       connected (or, failing, only to withdraw them with the reason).
 **   sys.tcp_stats() -> stats
 **       counters shared by the managers given it: stats.max_queued,
 **       stats.pauses, stats.overflows, stats.refused, stats.timeouts,
@@ -1439,12 +1441,33 @@ static int is_unix(const mk_term *port) {
   return port->kind == MK_STR && port->n == 4 && memcmp(mk_strdata(port), "unix", 4) == 0;
 }
 
+/* Resolve host (numeric at once, a name on a thread), then try_next. */
+static void resolve(mk_proc *p, tconn *c, const mk_term *host, const mk_term *port) {
+  tdial *d = c->dial;
+  const char *err = NULL;
+  int rc;
+  rc = mkd_resolve_start(mk_strdata(host), (int)port->v.i, SOCK_STREAM, &d->numeric,
+                         &d->job, &d->rfd, &err);
+  if (rc < 0) {
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", err);
+    buf[0] = (char)tolower((unsigned char)buf[0]);
+    finish_host(p, c, "cannot resolve %s: %s", buf);
+  } else if (rc == 0) {
+    d->addrs = d->numeric;
+    d->ai = NULL;
+    try_next(p, c);
+  } else {
+    mk_term *t = ground1(mk_ground_readable, d->rfd);
+    watch(p, c, W_RESOLVE, t);
+    mk_unref(t);
+  }
+}
+
 static void start_connect(mk_proc *p, tconn *c) {
   tdial *d;
   mk_term *host = NULL, *port = NULL;
-  const char *err = NULL;
   tconf m;
-  int rc;
   if (c->remote->kind == MK_REC && c->remote->n == 2) {
     host = mk_items(c->remote)[0];
     port = mk_items(c->remote)[1];
@@ -1468,24 +1491,9 @@ static void start_connect(mk_proc *p, tconn *c) {
   d->started = now_ms();
   settle(c, &m);
   d->timeout_ms = m.v[K_CONNECT];
-  arm_dial(p, c);
-  if (d->unix_path) { try_unix(p, c); return; }
-  rc = mkd_resolve_start(mk_strdata(host), (int)port->v.i, SOCK_STREAM, &d->numeric,
-                         &d->job, &d->rfd, &err);
-  if (rc < 0) {
-    char buf[128];
-    snprintf(buf, sizeof buf, "%s", err);
-    buf[0] = (char)tolower((unsigned char)buf[0]);
-    finish_host(p, c, "cannot resolve %s: %s", buf);
-  } else if (rc == 0) {
-    d->addrs = d->numeric;
-    d->ai = NULL;
-    try_next(p, c);
-  } else {
-    mk_term *t = ground1(mk_ground_readable, d->rfd);
-    watch(p, c, W_RESOLVE, t);
-    mk_unref(t);
-  }
+  if (d->unix_path) try_unix(p, c);
+  else resolve(p, c, host, port);
+  arm_dial(p, c);               /* (not when connected or failed at once) */
 }
 
 /* ---- the process -------------------------------------------------------- */
