@@ -106,6 +106,21 @@ describe("tcp connect", function()
     assert.are.same({ "presence", "absence connect timed out after 200 ms" }, { table.unpack(log) })
   end)
 
+  it("moves the deadline when a setting comes while connecting", function()
+    local log, l, port, filler = {}, nil, nil, nil
+    N.run(function()
+      l, port, filler = full_listener()
+      market.perform(client("moved", tcp.address("127.0.0.1", port), log))
+      timer.sleep(50)
+      -- (30 s by default: the spec's watchdog would end it first.)
+      market.perform(tcp.options(tcp.handle("moved"), { connect_timeout = 200 }))
+      N.await({ "done", "moved" })
+    end)
+    filler:close()
+    l:close()
+    assert.are.same({ "presence", "absence connect timed out after 200 ms" }, { table.unpack(log) })
+  end)
+
   it("shows the flows once connected: what is sent at presence reaches a server accepting late",
      function()
     local log, accepting_at, got, l, port, filler = {}, nil, nil, nil, nil, nil
