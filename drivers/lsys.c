@@ -14,6 +14,7 @@
 **       that becomes readable when req:result() (-> addrs | nil, msg) is
 **       ready; req:close() abandons it (the thread cleans up after itself).
 **   sys.tcp_listen(port [, backlog])      -> sock | nil, msg  (dual stack, SO_REUSEADDR)
+**   sys.unix_listen(path [, backlog])     -> sock | nil, msg  (a Unix socket: see there)
 **   sys.tcp_connect(sa)                   -> sock, "connected"|"inprogress" | nil, msg
 **   sys.udp_bind(port)                    -> sock | nil, msg  (dual stack; 0: any port)
 **   sys.fd_read(fd [, max])               -> string | nil, "eof" | false | nil, msg
@@ -51,11 +52,14 @@
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -126,6 +130,12 @@ static void addrtext(const struct sockaddr *sa, char *host, size_t size, int *po
     const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
     inet_ntop(AF_INET6, &s6->sin6_addr, host, (socklen_t)size);
     *port = ntohs(s6->sin6_port);
+  } else if (sa->sa_family == AF_UNIX) {
+    /* Zeroed beyond what the kernel filled in (accept_fd): "" when the
+    ** peer has no name, and for Linux's abstract names (a NUL first). */
+    const struct sockaddr_un *su = (const struct sockaddr_un *)sa;
+    snprintf(host, size, "%.*s", (int)sizeof su->sun_path, su->sun_path);
+    *port = 0;
   } else {
     snprintf(host, size, "?");
     *port = 0;
@@ -134,7 +144,7 @@ static void addrtext(const struct sockaddr *sa, char *host, size_t size, int *po
 
 /* Push numeric host text and port of sa; returns 2. */
 static int pushaddr(lua_State *L, const struct sockaddr *sa) {
-  char host[INET6_ADDRSTRLEN];
+  char host[MKD_HOST_MAX];
   int port;
   addrtext(sa, host, sizeof host, &port);
   lua_pushstring(L, host);
@@ -167,15 +177,28 @@ static const char *gai_message(int rc, int syserr) {
 
 /* ---- sockets ------------------------------------------------------------ */
 
-typedef struct sock { int fd; int family; } sock;
+/* A socket userdata.  A Unix listener's holds its path after it (extra
+** bytes of the userdata); `path` points there once the socket file is made,
+** and `dev`, `ino` say which file that is, so that closing removes it only
+** while it is still this socket's. */
+typedef struct sock {
+  int fd;
+  int family;
+  const char *path;           /* NULL: no socket file to remove */
+  dev_t dev;
+  ino_t ino;
+} sock;
 
-static sock *newsock(lua_State *L, int fd, int family) {
-  sock *s = lua_newuserdatauv(L, sizeof *s, 0);
+static sock *newsock_extra(lua_State *L, int fd, int family, size_t extra) {
+  sock *s = lua_newuserdatauv(L, sizeof *s + extra, 0);
   s->fd = fd;
   s->family = family;
+  s->path = NULL;
   luaL_setmetatable(L, SOCK_MT);
   return s;
 }
+
+static sock *newsock(lua_State *L, int fd, int family) { return newsock_extra(L, fd, family, 0); }
 
 static sock *checksock(lua_State *L) {
   sock *s = luaL_checkudata(L, 1, SOCK_MT);
@@ -204,9 +227,21 @@ void mkd_close_watched(int fd) {
   close(fd);
 }
 
+/* A Unix listener's socket file goes with it, unless another has taken
+** its place meanwhile (a second program listening on the path). */
+static void unbind(sock *s) {
+  struct stat st;
+  if (s->path == NULL) return;
+  if (lstat(s->path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == s->dev &&
+      st.st_ino == s->ino)
+    unlink(s->path);
+  s->path = NULL;
+}
+
 static int s_close(lua_State *L) {
   sock *s = luaL_checkudata(L, 1, SOCK_MT);
   if (s->fd >= 0) { mkd_close_watched(s->fd); s->fd = -1; }
+  unbind(s);
   return 0;
 }
 
@@ -283,6 +318,86 @@ static int l_tcp_listen(lua_State *L) {
   return 1;
 }
 
+int mkd_unix_addr(const char *s, size_t n, struct sockaddr_un *sa, socklen_t *len, char *why,
+                  size_t size) {
+  if (n == 0) { snprintf(why, size, "empty path"); return -1; }
+  if (memchr(s, '\0', n) != NULL) { snprintf(why, size, "path holds a NUL byte"); return -1; }
+  if (n >= sizeof sa->sun_path) {
+    snprintf(why, size, "path of %zu bytes is longer than a Unix socket's (at most %zu)", n,
+             sizeof sa->sun_path - 1);
+    return -1;
+  }
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  memcpy(sa->sun_path, s, n);
+  *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+  return 0;
+}
+
+/* After bind found the path taken: whether what is there is a socket file
+** nobody listens on any more (connecting to it is refused; a listener
+** that died leaves one), which may go.  Otherwise *why says what is there. */
+static int stale(const struct sockaddr_un *sa, socklen_t len, const char **why) {
+  struct stat st;
+  int fd, gone;
+  if (lstat(sa->sun_path, &st) != 0) return errno == ENOENT;   /* gone meanwhile */
+  if (!S_ISSOCK(st.st_mode)) { *why = "a file that is not a socket is in the way"; return 0; }
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  gone = connect(fd, (const struct sockaddr *)sa, len) != 0 && errno == ECONNREFUSED;
+  close(fd);
+  return gone;
+}
+
+/* sys.unix_listen(path [, backlog]): a listening Unix stream socket whose
+** file is removed when it closes.  A stale socket file is replaced. */
+static int l_unix_listen(lua_State *L) {
+  size_t n;
+  const char *path = luaL_checklstring(L, 1, &n);
+  int backlog = (int)luaL_optinteger(L, 2, 128), fd, rc, err;
+  const char *why = NULL;
+  char msg[128];
+  struct sockaddr_un sa;
+  socklen_t len;
+  struct stat st;
+  sock *s;
+  if (mkd_unix_addr(path, n, &sa, &len, msg, sizeof msg) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    return 2;
+  }
+  /* The userdata first: nothing can fail to be allocated once the file
+  ** exists. */
+  spare_wanted = 1;
+  open_spare();
+  s = newsock_extra(L, -1, AF_UNIX, n + 1);
+  memcpy(s + 1, path, n + 1);
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return fail(L, errno);
+  rc = bind(fd, (const struct sockaddr *)&sa, len);
+  if (rc != 0 && errno == EADDRINUSE && stale(&sa, len, &why)) {
+    unlink(path);
+    rc = bind(fd, (const struct sockaddr *)&sa, len);
+  }
+  if (rc != 0) {
+    err = errno;
+    close(fd);
+    if (why) { lua_pushnil(L); lua_pushstring(L, why); return 2; }
+    return fail(L, err);
+  }
+  if (listen(fd, backlog) != 0 || lstat(path, &st) != 0) {
+    err = errno;
+    close(fd);
+    unlink(path);
+    return fail(L, err);
+  }
+  s->fd = fd;
+  s->path = (const char *)(s + 1);
+  s->dev = st.st_dev;
+  s->ino = st.st_ino;
+  return 1;
+}
+
 static int l_udp_bind(lua_State *L) {
   lua_Integer port = luaL_optinteger(L, 1, 0);
   int family, fd = bound_socket(L, SOCK_DGRAM, port, &family);
@@ -307,7 +422,7 @@ static const struct sockaddr *checksa(lua_State *L, int idx, socklen_t *len) {
 int mkd_tcp_connect(const struct sockaddr *sa, socklen_t len, int *inprogress) {
   int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1, err;
   if (fd < 0) return -1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (sa->sa_family != AF_UNIX) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   if (connect(fd, sa, len) == 0) { *inprogress = 0; return fd; }
   if (errno == EINPROGRESS || errno == EINTR) { *inprogress = 1; return fd; }
   err = errno;
@@ -400,6 +515,7 @@ static int s_shutdown(lua_State *L) {
 
 static int accept_fd(int lfd, struct sockaddr_storage *ss, socklen_t *len) {
   int fd, one = 1;
+  memset(ss, 0, sizeof *ss);      /* (a Unix peer's path: addrtext) */
   do {
     *len = sizeof *ss;
     fd = accept4(lfd, (struct sockaddr *)ss, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -408,7 +524,7 @@ static int accept_fd(int lfd, struct sockaddr_storage *ss, socklen_t *len) {
     if (would_block(errno) || errno == ECONNABORTED || errno == EPROTO) errno = EAGAIN;
     return -1;
   }
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (ss->ss_family != AF_UNIX) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   return fd;
 }
 
@@ -862,6 +978,7 @@ int luaopen_market_sys(lua_State *L) {
     {"fd", r_fd}, {"result", r_result}, {"close", r_close}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {
     {"resolve", l_resolve}, {"tcp_listen", l_tcp_listen}, {"tcp_connect", l_tcp_connect},
+    {"unix_listen", l_unix_listen},
     {"udp_bind", l_udp_bind}, {"fd_read", l_fd_read}, {"std_take", l_std_take},
     {"set_resolve_delay", l_set_resolve_delay}, {"lose_spare", l_lose_spare}, {NULL, NULL}};
   lua_newuserdatauv(L, READ_MAX > DGRAM_MAX ? READ_MAX : DGRAM_MAX, 0);   /* scratch */

@@ -9,6 +9,7 @@
 #define MKD_H
 
 #include <netdb.h>
+#include <sys/un.h>
 
 #include <lua.h>
 
@@ -32,11 +33,16 @@ void mkd_close_watched(int fd);
 int mkd_sockfd(lua_State *L, int idx);
 int mkd_sock_take(lua_State *L, int idx);
 
+/* Room for a peer's host text (mkd_accept): an IPv6 address's, or a Unix
+** socket's path (sun_path: 108 bytes on Linux), and its NUL. */
+#define MKD_HOST_MAX (sizeof(((struct sockaddr_un *)0)->sun_path) + 1)
+
 /* Accept on listening socket fd: a non-blocking, close-on-exec socket with
 ** TCP_NODELAY, and the peer's numeric host and port (IPv4-mapped addresses
-** as IPv4).  Returns the descriptor; -1 with errno = EAGAIN when there is
-** nothing to accept now (also for a connection aborted before it was
-** taken); -1 with errno otherwise. */
+** as IPv4; on a Unix socket, the peer's path, "" when it has none, as a
+** client's socket mostly has not, and port 0).  Returns the descriptor; -1
+** with errno = EAGAIN when there is nothing to accept now (also for a
+** connection aborted before it was taken); -1 with errno otherwise. */
 int mkd_accept(int fd, char *host, size_t hostsize, int *port);
 
 /* When accept failed for want of descriptors (EMFILE, ENFILE): accept one
@@ -49,8 +55,16 @@ int mkd_accept_refuse(int fd, char *host, size_t hostsize, int *port);
 
 /* A non-blocking TCP connection to sa: the descriptor and *inprogress (0:
 ** connected at once, 1: completes later: watch for writable, then
-** mkd_so_error).  -1 with errno on failure. */
+** mkd_so_error).  -1 with errno on failure.  sa may be a Unix socket's
+** address (mkd_unix_addr): -1 with EAGAIN then says its listen queue is
+** full. */
 int mkd_tcp_connect(const struct sockaddr *sa, socklen_t len, int *inprogress);
+
+/* The address of the Unix socket at path s[0..n): 0, *sa and *len; -1
+** and a message in why[0..size) when s cannot name one (empty, holding a
+** NUL byte, or longer than sun_path takes: 107 bytes on Linux). */
+int mkd_unix_addr(const char *s, size_t n, struct sockaddr_un *sa, socklen_t *len, char *why,
+                  size_t size);
 /* SO_ERROR of fd: 0 when connected, else the error number. */
 int mkd_so_error(int fd);
 

@@ -8,12 +8,14 @@
 -- Processes:
 --   the driver        observes who observes listeners (interest "everything")
 --                     and who subscribes to outbound flows; spawns the rest.
---   a listener        one per listened port: accepts, spawns a manager per
---                     connection, publishes tcp.listening(port, bound_port).
+--   a listener        one per listened port (or Unix socket path): accepts,
+--                     spawns a manager per connection, publishes
+--                     tcp.listening(port, bound_port).
 --   a manager         one per connection: publishes the inbound flow,
---                     subscribes to the outbound flow, owns the socket.  A
---                     native process (drivers/tcpconn.c), spawned through
---                     sys.tcp_accept and sys.tcp_manage.
+--                     subscribes to the outbound flow (an outbound one once
+--                     connected), owns the socket.  A native process
+--                     (drivers/tcpconn.c), spawned through sys.tcp_accept
+--                     and sys.tcp_manage.
 local market, sys = ...
 local M = {}
 
@@ -59,6 +61,7 @@ M.HARD_LIMIT = nil          -- [hard_limit] bytes a sender may add while backpre
                             -- published before the connection fails (default 8 * HIGH_WATER)
 M.READ_SIZE = 65536         -- [read_size] largest chunk read at once
 M.LINGER_MS = 30000         -- [linger] how long a closing connection may take to flush
+M.CONNECT_TIMEOUT = 30000   -- [connect_timeout] ms an outbound connect may take (0: no limit)
 M.BACKLOG = 4096            -- the listen queue (the kernel caps it at net.core.somaxconn)
 -- For tests and monitoring (M.stats, below): the largest output queue any
 -- connection had, how often backpressure was published, how many senders
@@ -159,6 +162,7 @@ local FIELDS = {
   { "framing", "FRAMING" }, { "max_frame", "MAX_FRAME" }, { "idle_timeout", "IDLE_TIMEOUT" },
   { "high_water", "HIGH_WATER" }, { "low_water", "LOW_WATER" }, { "hard_limit", "HARD_LIMIT" },
   { "read_size", "READ_SIZE" }, { "linger", "LINGER_MS" },
+  { "connect_timeout", "CONNECT_TIMEOUT" },
 }
 local function default(k, field)
   local v = M[field]
@@ -178,11 +182,19 @@ end
 
 -- ---- a listener ------------------------------------------------------------
 
+-- port: an integer (TCP), or a string, the path of a Unix socket.
 local function listener_proc(port)
+  local unix = type(port) == "string"
+  local where = unix and repr(port) or "port " .. port
   return function()
-    local s, err = sys.tcp_listen(port, M.BACKLOG)
+    local s, err
+    if unix then
+      s, err = sys.unix_listen(port, M.BACKLOG)
+    else
+      s, err = sys.tcp_listen(port, M.BACKLOG)
+    end
     if not s then
-      local reason = ("cannot listen on port %s: %s"):format(tostring(port), err)
+      local reason = ("cannot listen on %s: %s"):format(where, err)
       local told = false
       P(market.publisher(listening(port, nil), {
         name = "status", on_presence = function() told = true end }))
@@ -222,13 +234,13 @@ local function listener_proc(port)
       if n then
         -- Out of descriptors (err): connections are refused meanwhile.
         if err and not exhausted then
-          warn("accept on port %d: %s: refusing connections", port, err)
+          warn("accept on %s: %s: refusing connections", where, err)
         end
         exhausted = err ~= nil
         return
       end
       -- Out of descriptors, with none spare, say: back off instead of spinning.
-      warn("accept on port %d: %s", port, err)
+      warn("accept on %s: %s", where, err)
       P(market.delete_endpoint("accept"),
         market.subscriber(alarm(floor(market.now()) + 100), {
           name = "backoff",
@@ -238,7 +250,7 @@ local function listener_proc(port)
           end }))
     end
 
-    P(market.publisher(listening(port, s:local_port()), "status"),
+    P(market.publisher(listening(port, unix and port or s:local_port()), "status"),
       market.observe_publishers(options_rec(loc, _, _), {
         name = "options",
         on_presence = function(_, role)
@@ -271,7 +283,7 @@ function M.driver()
   local function listen_port(role)
     if role.interest == "participant" then return nil end   -- sessions, not observers
     local port = role.topic.destination.port
-    if mtype(port) ~= "integer" then return nil end
+    if mtype(port) ~= "integer" and type(port) ~= "string" then return nil end
     return port
   end
 

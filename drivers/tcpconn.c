@@ -3,10 +3,11 @@
 **
 ** One manager per connection (docs/tcp.md): it publishes the inbound flow
 ** tcp.channel(remote, local, _), subscribes to the outbound flow
-** tcp.channel(local, remote, _), owns the socket, and speaks the whole
-** protocol of docs/tcp.md (chunks as read or framed, EOF and half-close,
-** output queue with backpressure and a hard limit, idle timeout, linger,
-** an orderly close, failures as absence reasons).  Like the rest of the
+** tcp.channel(local, remote, _) (an outbound connection's manager once
+** connected: tdial), owns the socket (TCP, or a Unix stream socket), and
+** speaks the whole protocol of docs/tcp.md (chunks as read or framed, EOF
+** and half-close, output queue with backpressure and a hard limit, idle
+** timeout, linger, an orderly close, failures as absence reasons).  Like the rest of the
 ** driver it is written against ground events only (market:readable /
 ** writable / alarm subscriptions, added with mk_add_endpoint like any
 ** process's), never libev, so it runs unchanged in a nested VM whose event
@@ -49,14 +50,17 @@
 **       accept failed (after n taken).
 **   sys.tcp_manage(remote, loc, name, defaults, stats) -> pid
 **       spawn the manager of an outbound connection (loc a tcp.handle); it
-**       resolves and connects by itself.
+**       resolves and connects by itself, and publishes its flows once
+**       connected (or, failing, only to withdraw them with the reason).
 **   sys.tcp_stats() -> stats
 **       counters shared by the managers given it: stats.max_queued,
 **       stats.pauses, stats.overflows, stats.refused, stats.timeouts,
 **       stats.max_input (read and set like table fields).
 **   sys.tcp_conns() -> conns
 **       the number of connections a listener's managers hold open
-**       (conns.live).
+**       (conns.live), and of those it accepted on a Unix socket
+**       (conns.serial: each one's remote is tcp.address(peer path, serial),
+**       the serial standing for the port a Unix peer does not have).
 **   sys.tcp_settings() -> {key = {lo, hi}, ..., framing = {"raw", ...}}
 **       the settings a manager takes and their bounds, for tcp.options.
 **
@@ -69,6 +73,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef __GLIBC__
@@ -106,7 +111,7 @@
 ** userdata: tcp.stats, and each listener's count of its live managers.
 ** Counted references: freed by the last to let go. */
 enum { C_MAX_QUEUED, C_PAUSES, C_OVERFLOWS, C_REFUSED, C_TIMEOUTS, C_MAX_INPUT, NCOUNT };
-enum { C_LIVE };
+enum { C_LIVE, C_SERIAL };
 
 typedef struct tcount {
   uint32_t refs;
@@ -117,7 +122,7 @@ typedef struct tcount {
 
 static const char *const stats_names[] = {
   "max_queued", "pauses", "overflows", "refused", "timeouts", "max_input", NULL };
-static const char *const conns_names[] = { "live", NULL };
+static const char *const conns_names[] = { "live", "serial", NULL };
 
 static void count_release(tcount *n) {
   if (n != NULL && --n->refs == 0) free(n);
@@ -197,7 +202,7 @@ enum { F_RAW, F_LINE, F_U16, F_U32 };
 static const char *const framings[] = { "raw", "line", "u16", "u32", NULL };
 
 enum { K_FRAMING, K_MAX_FRAME, K_IDLE, K_MAXCONN, K_HIGH, K_LOW, K_HARD, K_READ, K_LINGER,
-       NKEYS };
+       K_CONNECT, NKEYS };
 
 /* The keys of a settings sequence and the integers they take (framing: an
 ** index into framings[]).  They guard against hand-made tcp-options
@@ -213,6 +218,7 @@ static const struct { const char *name; int64_t lo, hi; } keys[NKEYS] = {
   { "hard_limit", 0, INT64_MAX / 16 },
   { "read_size", 1, READ_MAX },
   { "linger", 0, INT64_MAX / 4 },
+  { "connect_timeout", 0, INT64_MAX / 4 },
 };
 
 /* A set of settings: v[k] is meaningful where bit k of `set` is. */
@@ -281,9 +287,10 @@ static int l_tcp_settings(lua_State *L) {
 /* ---- a connection ------------------------------------------------------- */
 
 /* Ground-event endpoints held (bits of tconn.watching). */
-enum { W_RD = 1, W_WR = 2, W_LINGER = 4, W_CONN = 8, W_RESOLVE = 16, W_IDLE = 32, W_MORE = 64 };
+enum { W_RD = 1, W_WR = 2, W_LINGER = 4, W_CONN = 8, W_RESOLVE = 16, W_IDLE = 32, W_MORE = 64,
+       W_DIAL = 128, W_LAST = W_DIAL };
 static const char *const watch_names[] = { "rd", "wr", "linger", "conn", "resolve", "idle",
-                                           "more" };
+                                           "more", "dial" };
 
 /* A block of the output queue: bytes copied in (t NULL), or a string term
 ** kept by reference.  Owned by the queue; `held` is what it costs. */
@@ -297,12 +304,24 @@ typedef struct oblock {
 } oblock;
 
 /* Connecting (outbound only): allocated by start_connect, freed with the
-** connection, so that an accepted connection does not carry it. */
+** connection, so that an accepted connection does not carry it.
+**
+** Until the connect completes the manager has no flows (docs/tcp.md,
+** "Connecting"): it watches the users through two observers instead,
+** "want-in" (publisher of the inbound flow: sees its subscribers) and
+** "want-out" (subscriber of the outbound flow: sees its publishers, and
+** queues what they send early), counted here, so that it stops
+** connecting when they all go. */
 typedef struct tdial {
   mkd_resolve_job *job;
   int rfd;                    /* the resolver's pipe, -1 */
   struct addrinfo *numeric;   /* owned: a numeric host's addresses */
   const struct addrinfo *addrs, *ai;   /* the list being tried; the last tried */
+  int64_t started;            /* ms (now_ms), when connecting began */
+  int64_t timeout_ms;         /* connect_timeout (settings); 0: none */
+  int64_t retry_ms;           /* Unix socket: the wait before the next try (queue full) */
+  int readers, senders;       /* the users "want-in" / "want-out" see */
+  unsigned unix_path : 1;     /* tcp.address(path, "unix") */
   char lasterr[128];
 } tdial;
 
@@ -356,6 +375,7 @@ typedef struct tconn {
   unsigned shut : 1;          /* writing is shut down */
   unsigned out_gone : 1;      /* the outbound flow was withdrawn */
   unsigned draining : 1;      /* written and shut down: discarding input until EOF */
+  unsigned flows : 1;         /* the flows are published (outbound: once connected) */
   uint32_t max_frame;         /* at most 2^31 (keys[]; here, it fills the hole) */
   /* the rest */
   mk_term *lport;             /* inbound: the listener's port; NULL: outbound */
@@ -540,16 +560,45 @@ static void leave_count(tconn *c) {
   c->conns = NULL;
 }
 
+/* A publisher of the inbound flow, tcp.channel(remote, local, _), named
+** `in`, and a subscriber to the outbound one, tcp.channel(local, remote,
+** _), named `out`, both with `interest`. */
+static void add_pair(mk_proc *p, tconn *c, const char *in, const char *out,
+                     mk_interest interest) {
+  mk_term *w = mk_wild();
+  mk_role r;
+  r.interest = interest;
+  r.orientation = MK_PUBLISHER;
+  r.topic = channel(c->remote, c->loc, w);
+  mk_add_endpoint(p, in, 0, r);
+  mk_unref(r.topic);
+  r.orientation = MK_SUBSCRIBER;
+  r.topic = channel(c->loc, c->remote, w);
+  mk_add_endpoint(p, out, 0, r);
+  mk_unref(r.topic);
+}
+
+/* Publish the flows.  An accepted connection does so at once, an outbound
+** one once connected (tdial). */
+static void add_flows(mk_proc *p, tconn *c) {
+  c->flows = 1;
+  add_pair(p, c, "in", "out", MK_PARTICIPANT);
+}
+
 /* Stop watching, then close (never the other way round: the fd number may
 ** be reused at once), then quit with reason (NULL: normal).  Another
 ** process may share the watch (a subscription to the same record): the
 ** close tells the ground, so its watch fails instead of outliving the
-** descriptor (mkd_close_watched). */
+** descriptor (mkd_close_watched).  An outbound connection that never
+** connected publishes its flows first, so that its users see them go
+** with the reason (their absence: "connection refused", ...), and the
+** driver, which counts managers by their inbound flow, sees it go too. */
 static void finish(mk_proc *p, tconn *c, const char *reason) {
   int bit;
   mk_term *r;
   if (c->done) return;
-  for (bit = 1; bit <= W_MORE; bit <<= 1) unwatch(p, c, bit);
+  if (!c->flows) add_flows(p, c);
+  for (bit = 1; bit <= W_LAST; bit <<= 1) unwatch(p, c, bit);
   close_resolver(c);
   if (c->fd >= 0) { mkd_close_watched(c->fd); set_fd(c, -1); }
   leave_count(c);
@@ -1133,18 +1182,28 @@ static void peers_changed(mk_proc *p, tconn *c) {
 
 /* ---- settings, applied -------------------------------------------------- */
 
-/* The base and the option sets, later over earlier, into the fields. */
-static void reconfigure(mk_proc *p, tconn *c) {
-  tconf m = c->base->cf, o;
+/* The base and the option sets, later over earlier, into *m. */
+static void settle(const tconn *c, tconf *m) {
+  tconf o;
   uint32_t i;
-  int k, framing = c->framing;
-  size_t max_frame = c->max_frame;
-  int64_t idle = c->idle_ms;
+  int k;
+  *m = c->base->cf;
   for (i = 0; i < c->nopts; i++) {
     parse_settings(mk_items(c->opts[i])[2], &o);
     for (k = 0; k < NKEYS; k++)
-      if (o.set & (1u << k)) { m.v[k] = o.v[k]; m.set |= 1u << k; }
+      if (o.set & (1u << k)) { m->v[k] = o.v[k]; m->set |= 1u << k; }
   }
+}
+
+static void arm_dial(mk_proc *p, tconn *c);
+
+/* The settings, applied to the fields. */
+static void reconfigure(mk_proc *p, tconn *c) {
+  tconf m;
+  int framing = c->framing;
+  size_t max_frame = c->max_frame;
+  int64_t idle = c->idle_ms;
+  settle(c, &m);
   c->framing = (uint8_t)m.v[K_FRAMING];
   c->max_frame = (uint32_t)m.v[K_MAX_FRAME];
   c->idle_ms = m.v[K_IDLE];
@@ -1154,6 +1213,11 @@ static void reconfigure(mk_proc *p, tconn *c) {
   c->readsize = (uint32_t)m.v[K_READ];
   c->linger_ms = m.v[K_LINGER];
   if (p == NULL || c->done || c->draining) return;
+  if (c->dial && !c->connected && c->dial->timeout_ms != m.v[K_CONNECT]) {
+    c->dial->timeout_ms = m.v[K_CONNECT];
+    arm_dial(p, c);
+    if (c->done) return;
+  }
   if (c->framing != framing || c->max_frame != max_frame) {
     /* What waits for the end of a line or frame is framed anew. */
     reframe(p, c);
@@ -1199,13 +1263,97 @@ static void options_changed(mk_proc *p, tconn *c, mk_term *topic, int present) {
 
 /* ---- connecting --------------------------------------------------------- */
 
+/* mk_yield tokens: the boot's check that someone still wants the
+** connection; the end of the hand-over from the observers to the flows. */
+#define BOOTED ((void *)1)
+#define CONNECTED ((void *)2)
+
+/* The connect completed.  Only now are the flows published, so that a
+** user who sees them may send at once and nothing it sends then can meet a
+** connect that fails (docs/tcp.md, "Connecting").  "want-out" stays until
+** what was routed to it alone (sent early) has been delivered: the resume
+** comes after every event now queued (took_over). */
 static void on_connected(mk_proc *p, tconn *c) {
   c->connected = 1;
   c->last_io = stamp_ms();
   unwatch(p, c, W_CONN);
+  unwatch(p, c, W_DIAL);
+  if (!c->flows) {
+    add_flows(p, c);
+    mk_yield(p, CONNECTED);
+  }
   update_reading(p, c);
   arm_idle(p, c);
   if (!c->done) flush(p, c);
+}
+
+/* The hand-over is done: the observers go.  If the users left meanwhile,
+** the flows met nobody, and no absence will come to close the
+** connection: close it now. */
+static void took_over(mk_proc *p, tconn *c) {
+  mk_delete_endpoint(p, "want-in", 0, NULL);
+  mk_delete_endpoint(p, "want-out", 0, NULL);
+  if (c->readers + c->senders == 0) {
+    c->seen = 1;
+    peers_changed(p, c);
+  }
+}
+
+/* A user came or went ("want-in": reader, or "want-out") while
+** connecting.  When the last one goes there is nobody to connect for. */
+static void wanted(mk_proc *p, tconn *c, int reader, int d) {
+  tdial *dl = c->dial;
+  if (dl == NULL) return;
+  if (reader) dl->readers += d; else dl->senders += d;
+  if (d > 0) c->seen = 1;
+  if (!c->flows && c->seen && dl->readers + dl->senders == 0) finish(p, c, NULL);
+}
+
+static void dial_expired(mk_proc *p, tconn *c) {
+  char buf[64];
+  if (c->connected || c->dial == NULL) return;
+  snprintf(buf, sizeof buf, "connect timed out after %lld ms", (long long)c->dial->timeout_ms);
+  finish(p, c, buf);
+}
+
+/* The connect timeout: an alarm at started + timeout_ms, the whole time
+** from the start to connected (resolving and every address tried), moved
+** when the setting changes while connecting. */
+static void arm_dial(mk_proc *p, tconn *c) {
+  tdial *d = c->dial;
+  int64_t at;
+  unwatch(p, c, W_DIAL);
+  if (d == NULL || c->connected || c->done || d->timeout_ms <= 0) return;
+  at = d->started + d->timeout_ms;
+  if (at <= now_ms()) { dial_expired(p, c); return; }
+  watch_alarm(p, c, W_DIAL, at);
+}
+
+/* A Unix socket (tcp.address(path, "unix")): connect() completes or fails
+** at once, except that a full listen queue says EAGAIN where TCP would
+** send its SYN again: tried again after 10 ms, doubling up to a second,
+** until the connect timeout.  The path was checked by start_connect. */
+static void try_unix(mk_proc *p, tconn *c) {
+  tdial *d = c->dial;
+  const mk_term *path = mk_items(c->remote)[0];
+  struct sockaddr_un sa;
+  socklen_t len;
+  int fd, inprogress;
+  char why[128];
+  if (mkd_unix_addr(mk_strdata(path), path->n, &sa, &len, why, sizeof why) != 0) {
+    finish(p, c, why);
+    return;
+  }
+  fd = mkd_tcp_connect((const struct sockaddr *)&sa, len, &inprogress);
+  if (fd >= 0) {
+    set_fd(c, fd);
+    if (!inprogress) on_connected(p, c);
+    else watch_writable(p, c, W_CONN);
+    return;
+  }
+  if (errno != EAGAIN && errno != EWOULDBLOCK) { finish_errno(p, c, errno); return; }
+  d->retry_ms = d->retry_ms == 0 ? 10 : d->retry_ms < 500 ? 2 * d->retry_ms : 1000;
+  watch_alarm(p, c, W_CONN, now_ms() + d->retry_ms);
 }
 
 static int usable(const struct addrinfo *ai) {
@@ -1233,9 +1381,15 @@ static void try_next(mk_proc *p, tconn *c) {
 
 static void on_conn(mk_proc *p, tconn *c) {
   int err;
-  if (c->fd < 0 || c->connected) return;
+  if (c->connected) return;
+  if (c->fd < 0) {               /* a Unix socket's queue was full: again */
+    unwatch(p, c, W_CONN);
+    if (c->dial->unix_path) try_unix(p, c);
+    return;
+  }
   err = mkd_so_error(c->fd);
   if (err == 0) { on_connected(p, c); return; }
+  if (c->dial->unix_path) { finish_errno(p, c, err); return; }
   mkd_strerror(err, c->dial->lasterr, sizeof c->dial->lasterr);
   unwatch(p, c, W_CONN);
   mkd_close_watched(c->fd);
@@ -1273,28 +1427,25 @@ static void on_resolved(mk_proc *p, tconn *c) {
   try_next(p, c);
 }
 
-static void start_connect(mk_proc *p, tconn *c) {
-  tdial *d;
-  mk_term *host = NULL, *port = NULL;
+static void bad_address(mk_proc *p, tconn *c, const char *why) {
+  char *r = mk_repr_max(c->remote, MK_REPR_SHOWN, NULL);
+  size_t n = (r ? strlen(r) : 1) + strlen(why) + 16;
+  char *buf = malloc(n);
+  if (buf) snprintf(buf, n, "bad address %s: %s", r ? r : "?", why);
+  finish(p, c, buf ? buf : "bad address");
+  free(buf);
+  free(r);
+}
+
+static int is_unix(const mk_term *port) {
+  return port->kind == MK_STR && port->n == 4 && memcmp(mk_strdata(port), "unix", 4) == 0;
+}
+
+/* Resolve host (numeric at once, a name on a thread), then try_next. */
+static void resolve(mk_proc *p, tconn *c, const mk_term *host, const mk_term *port) {
+  tdial *d = c->dial;
   const char *err = NULL;
   int rc;
-  if (c->remote->kind == MK_REC && c->remote->n == 2) {
-    host = mk_items(c->remote)[0];
-    port = mk_items(c->remote)[1];
-  }
-  if (host == NULL || host->kind != MK_STR || port->kind != MK_INT ||
-      port->v.i < 1 || port->v.i > 65535) {
-    char *r = mk_repr_max(c->remote, MK_REPR_SHOWN, NULL);
-    size_t n = (r ? strlen(r) : 1) + 64;
-    char *buf = malloc(n);
-    if (buf) snprintf(buf, n, "bad address %s: want tcp.address(host, port 1..65535)", r ? r : "?");
-    finish(p, c, buf ? buf : "bad address");
-    free(buf);
-    free(r);
-    return;
-  }
-  if ((d = c->dial = calloc(1, sizeof *d)) == NULL) { finish(p, c, "out of memory"); return; }
-  d->rfd = -1;
   rc = mkd_resolve_start(mk_strdata(host), (int)port->v.i, SOCK_STREAM, &d->numeric,
                          &d->job, &d->rfd, &err);
   if (rc < 0) {
@@ -1313,6 +1464,38 @@ static void start_connect(mk_proc *p, tconn *c) {
   }
 }
 
+static void start_connect(mk_proc *p, tconn *c) {
+  tdial *d;
+  mk_term *host = NULL, *port = NULL;
+  tconf m;
+  if (c->remote->kind == MK_REC && c->remote->n == 2) {
+    host = mk_items(c->remote)[0];
+    port = mk_items(c->remote)[1];
+  }
+  if (host != NULL && host->kind == MK_STR && is_unix(port)) {
+    struct sockaddr_un sa;
+    socklen_t len;
+    char why[128];
+    if (mkd_unix_addr(mk_strdata(host), host->n, &sa, &len, why, sizeof why) != 0) {
+      bad_address(p, c, why);
+      return;
+    }
+  } else if (host == NULL || host->kind != MK_STR || port->kind != MK_INT ||
+             port->v.i < 1 || port->v.i > 65535) {
+    bad_address(p, c, "want tcp.address(host, port 1..65535) or tcp.address(path, \"unix\")");
+    return;
+  }
+  if ((d = c->dial = calloc(1, sizeof *d)) == NULL) { finish(p, c, "out of memory"); return; }
+  d->rfd = -1;
+  d->unix_path = is_unix(port);
+  d->started = now_ms();
+  settle(c, &m);
+  d->timeout_ms = m.v[K_CONNECT];
+  if (d->unix_path) try_unix(p, c);
+  else resolve(p, c, host, port);
+  arm_dial(p, c);               /* (not when connected or failed at once) */
+}
+
 /* ---- the process -------------------------------------------------------- */
 
 static void boot(mk_proc *p, tconn *c) {
@@ -1328,30 +1511,26 @@ static void boot(mk_proc *p, tconn *c) {
   mk_add_endpoint(p, "opts", 0, r);
   mk_unref(r.topic);
   mk_rtype_unref(ort);
-  r.interest = MK_PARTICIPANT;
-  r.orientation = MK_PUBLISHER;
-  r.topic = channel(c->remote, c->loc, w);
-  mk_add_endpoint(p, "in", 0, r);
-  mk_unref(r.topic);
-  r.orientation = MK_SUBSCRIBER;
-  r.topic = channel(c->loc, c->remote, w);
-  mk_add_endpoint(p, "out", 0, r);
-  mk_unref(r.topic);
   if (c->lport) {
     /* Inbound: the observer spawns a session when it sees us.  If the
     ** listener closes before anyone took this connection, close it. */
     static const char *const fields[] = { "port" };
     mk_rtype *rt = rtype("tcp-driver:listener-closed", 1, fields);
+    add_flows(p, c);
+    r.interest = MK_PARTICIPANT;
+    r.orientation = MK_SUBSCRIBER;
     r.topic = mk_rec(rt, mk_ref(c->lport));
     mk_add_endpoint(p, "listener", 0, r);
     mk_unref(r.topic);
     mk_rtype_unref(rt);
     arm_idle(p, c);
   } else {
-    /* Outbound: the process that asked is here already; if it went away
+    /* Outbound: no flows until connected (tdial), only the observers of
+    ** the users.  The process that asked is here already; if it went away
     ** meanwhile, there is nobody to connect for (checked when everything
     ** now pending has run). */
-    mk_yield(p, (void *)1);
+    add_pair(p, c, "want-in", "want-out", MK_OBSERVER);
+    mk_yield(p, BOOTED);
     start_connect(p, c);
   }
 }
@@ -1370,6 +1549,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
       if (strcmp(e, "in") == 0) c->readers += d;
       else if (strcmp(e, "out") == 0) c->senders += d;
       else if (strcmp(e, "opts") == 0) { options_changed(p, c, ev->role.topic, d > 0); break; }
+      else if (strncmp(e, "want-", 5) == 0) { wanted(p, c, e[5] == 'i', d); break; }
       else break;
       if (d > 0 && !c->seen) {
         c->seen = 1;
@@ -1385,8 +1565,11 @@ static void handle(mk_proc *p, const mk_event *ev) {
                   else if (strcmp(e, "resolve") == 0) on_resolved(p, c);
                   break;
         case 'o': if (strcmp(e, "out") == 0) on_out(p, c, ev->message); break;
-        case 'w': if (strcmp(e, "wr") == 0) flush(p, c); break;
+        case 'w': if (strcmp(e, "wr") == 0) flush(p, c);
+                  else if (strcmp(e, "want-out") == 0) on_out(p, c, ev->message);
+                  break;
         case 'c': if (strcmp(e, "conn") == 0) on_conn(p, c); break;
+        case 'd': if (strcmp(e, "dial") == 0) dial_expired(p, c); break;
         case 'i': if (strcmp(e, "idle") == 0) arm_idle(p, c); break;
         case 'm': if (strcmp(e, "more") == 0) { unwatch(p, c, W_MORE); pump(p, c); } break;
         case 'l':
@@ -1400,7 +1583,8 @@ static void handle(mk_proc *p, const mk_event *ev) {
       }
       break;
     case MK_EV_RESUME:
-      if (!c->seen) finish(p, c, NULL);
+      if (ev->cont == CONNECTED) took_over(p, c);
+      else if (!c->seen) finish(p, c, NULL);
       break;
     default:
       break;
@@ -1514,7 +1698,7 @@ static tconn *newconn(lua_State *L, tbase *base, tcount *stats, tcount *conns, i
 /* A connection not taken: tcp.refused(loc, tcp.address(host, port), why),
 ** sent by the listener, and counted. */
 static void refuse(mk_proc *p, tcount *stats, mk_rtype *art, mk_term *loc, const char *host,
-                   int port, const char *why) {
+                   int64_t port, const char *why) {
   static const char *const fields[] = { "listener", "remote", "reason" };
   mk_rtype *rt = rtype("tcp-refused", 3, fields);
   mk_term *m = mk_rec(rt, mk_ref(loc), mk_rec(art, mk_cstr(host), mk_int(port)), mk_cstr(why));
@@ -1527,7 +1711,7 @@ static void refuse(mk_proc *p, tcount *stats, mk_rtype *art, mk_term *loc, const
 /* sys.tcp_accept(lsock, loc, lport, max, maxconn, conns, defaults, stats) */
 static int l_tcp_accept(lua_State *L) {
   mk_proc *p = caller(L, "tcp_accept");
-  int lfd = mkd_sockfd(L, 1), failed = 0, exhausted = 0;
+  int lfd = mkd_sockfd(L, 1), failed = 0, exhausted = 0, unix_path;
   lua_Integer max = luaL_checkinteger(L, 4), maxconn = luaL_checkinteger(L, 5), n = 0;
   tcount *conns = ((countbox *)luaL_checkudata(L, 6, COUNT_MT))->n;
   countbox *sb = luaL_testudata(L, 8, COUNT_MT);
@@ -1537,7 +1721,7 @@ static int l_tcp_accept(lua_State *L) {
   tbase *base;
   static const char *const afields[] = { "host", "port" };
   mk_rtype *art;
-  char host[64], name[96], why[64];
+  char host[MKD_HOST_MAX], name[160], why[64];
   base = getdefaults(L, 7);
   /* Raising nothing from here on: the references would leak. */
   loc = mkl_toterm(L, 2, &err);
@@ -1549,8 +1733,10 @@ static int l_tcp_accept(lua_State *L) {
     return luaL_error(L, "market.sys.tcp_accept: the local end and port must be terms");
   }
   art = rtype("tcp-address", 2, afields);
+  unix_path = lport->kind == MK_STR;      /* tcp.listener(path) */
   for (; n < max; n++) {
     int port, fd = mkd_accept(lfd, host, sizeof host, &port);
+    int64_t rport;
     tconn *c;
     if (fd < 0) {
       int e = errno;
@@ -1558,23 +1744,28 @@ static int l_tcp_accept(lua_State *L) {
       /* Out of descriptors: tell the waiting client no rather than let it
       ** hang in the backlog (lsys.c keeps a descriptor spare for this). */
       if ((e == EMFILE || e == ENFILE) && mkd_accept_refuse(lfd, host, sizeof host, &port) == 0) {
-        refuse(p, stats, art, loc, host, port, mkd_strerror(e, why, sizeof why));
+        rport = unix_path ? ++conns->v[C_SERIAL] : port;
+        refuse(p, stats, art, loc, host, rport, mkd_strerror(e, why, sizeof why));
         exhausted = 1;
         continue;
       }
       if (errno != EAGAIN) { failed = 1; mkd_strerror(e, why, sizeof why); }
       break;
     }
+    rport = unix_path ? ++conns->v[C_SERIAL] : port;
     if (maxconn > 0 && conns->v[C_LIVE] >= maxconn) {
       close(fd);
       snprintf(name, sizeof name, "too many connections (%lld)", (long long)maxconn);
-      refuse(p, stats, art, loc, host, port, name);
+      refuse(p, stats, art, loc, host, rport, name);
       continue;
     }
-    c = newconn(L, base, stats, conns, fd, mk_rec(art, host_term(host), mk_int(port)),
+    c = newconn(L, base, stats, conns, fd, mk_rec(art, host_term(host), mk_int(rport)),
                 mk_ref(loc), mk_ref(lport));
     if (c == NULL) continue;
-    snprintf(name, sizeof name, "tcp %s:%d", host, port);
+    if (unix_path)
+      snprintf(name, sizeof name, "tcp %.100s #%lld", mk_strdata(lport), (long long)rport);
+    else
+      snprintf(name, sizeof name, "tcp %s:%d", host, port);
     mk_spawn(p, &tcpconn_behavior, c, name, NULL);
   }
   mk_rtype_unref(art);

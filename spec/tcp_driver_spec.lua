@@ -20,58 +20,8 @@ local function listening_event(port)
   return ev
 end
 
--- A client process for tcp.handle(id) connecting to address a.  It logs
--- "connected" (the driver's presence), "data <text>", "eof" and
--- "closed <reason>", and on eof or absence sends {"done", id} and quits.
--- opts.on_connect(out) / opts.on_data(d, out) may return a transition;
--- out(x) is the action sending x on the connection.
-local function client(id, a, log, opts)
-  opts = opts or {}
-  local h = tcp.handle(id)
-  return market.spawn(function()
-    local function out(x) return send(tcp.channel(h, a, x)) end
-    local function done() return send({ "done", id }), quit() end
-    return market.transition(nil,
-      market.subscriber(tcp.channel(a, h, ANY), {
-        name = "in",
-        on_message = function(_, m)
-          local d = m.subpacket
-          if d == EOF then
-            log[#log + 1] = "eof"
-            return T(done())
-          end
-          log[#log + 1] = "data " .. d
-          if opts.on_data then return opts.on_data(d, out) end
-        end,
-        on_absence = function(_, _, reason)
-          log[#log + 1] = "closed " .. tostring(reason)
-          return T(done())
-        end }),
-      market.publisher(tcp.channel(h, a, ANY), {
-        name = "out",
-        on_presence = function()
-          log[#log + 1] = "connected"
-          if opts.on_connect then return opts.on_connect(out) end
-        end }))
-  end, { name = "client " .. tostring(id) })
-end
-
--- A session that answers each chunk with "you said <chunk>" and, on EOF,
--- says "bye", half-closes and goes.
-local function polite(remote, here)
-  return function()
-    return market.transition(nil,
-      market.subscriber(tcp.channel(remote, here, ANY), {
-        on_message = function(_, m)
-          if m.subpacket == EOF then
-            return T(send(tcp.channel(here, remote, "bye")), send(tcp.channel(here, remote, EOF)),
-                     quit())
-          end
-          return T(send(tcp.channel(here, remote, "you said " .. m.subpacket)))
-        end }),
-      market.publisher(tcp.channel(here, remote, ANY)))
-  end
-end
+local client = N.tcp_client
+local polite = N.polite
 
 -- The log with adjacent "data" entries merged (TCP has no message boundaries).
 local function squash(log)

@@ -68,8 +68,8 @@ describe("tcp connection managers", function()
         N.await({ "done", i })
       end
     end)
-    assert.equal('bad address tcp-address("127.0.0.1", 0): want tcp.address(host, port 1..65535)',
-                 reasons[1])
+    assert.equal('bad address tcp-address("127.0.0.1", 0): want tcp.address(host, port 1..65535)'
+                 .. ' or tcp.address(path, "unix")', reasons[1])
     assert.matches("^bad address tcp%-address%(\"127.0.0.1\", 70000%)", reasons[2])
     assert.matches("^bad address tcp%-address%(42, 80%)", reasons[3])
   end)

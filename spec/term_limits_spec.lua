@@ -464,7 +464,7 @@ local deep = deepest(function(t, i) return p(t, i) end, 1e6, 0)[1]
     ]], "")
     assert.equal(0, status, err)
     assert.equal('true\tbad address tcp-address(["xxxxxxxxxx\t'
-                 .. "...: want tcp.address(host, port 1..65535)\n", out)
+                 .. '...: want tcp.address(host, port 1..65535) or tcp.address(path, "unix")\n', out)
   end)
 
   it("a deep UDP body: the socket's process warns (briefly, once), drops it and goes on",

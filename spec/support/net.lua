@@ -57,6 +57,65 @@ function N.bound(port)
   return ev.role.topic.bound_port
 end
 
+-- tcp_client(id, a, log [, opts]): a client process for tcp.handle(id)
+-- connecting to address a.  It logs "connected" (the driver's presence),
+-- "data <text>", "eof" and "closed <reason>", and on eof or absence sends
+-- {"done", id} and quits.  opts.on_connect(out) / opts.on_data(d, out) may
+-- return a transition; out(x) is the action sending x on the connection.
+-- opts.settings: published for its handle first (tcp.options).
+function N.tcp_client(id, a, log, opts)
+  local tcp = require "market.tcp"
+  local send, T, EOF = market.send, market.transition_no_state, market.EOF
+  opts = opts or {}
+  local h = tcp.handle(id)
+  return market.spawn(function()
+    local function out(x) return send(tcp.channel(h, a, x)) end
+    local function done() return send({ "done", id }), market.quit() end
+    if opts.settings then market.perform(tcp.options(h, opts.settings)) end
+    return market.transition(nil,
+      market.subscriber(tcp.channel(a, h, market._), {
+        name = "in",
+        on_message = function(_, m)
+          local d = m.subpacket
+          if d == EOF then
+            log[#log + 1] = "eof"
+            return T(done())
+          end
+          log[#log + 1] = "data " .. d
+          if opts.on_data then return opts.on_data(d, out) end
+        end,
+        on_absence = function(_, _, reason)
+          log[#log + 1] = "closed " .. tostring(reason)
+          return T(done())
+        end }),
+      market.publisher(tcp.channel(h, a, market._), {
+        name = "out",
+        on_presence = function()
+          log[#log + 1] = "connected"
+          if opts.on_connect then return opts.on_connect(out) end
+        end }))
+  end, { name = "client " .. tostring(id) })
+end
+
+-- polite(remote, here): a session that answers each chunk with "you said
+-- <chunk>" and, on EOF, says "bye", half-closes and goes.
+function N.polite(remote, here)
+  local tcp = require "market.tcp"
+  local send, T, EOF = market.send, market.transition_no_state, market.EOF
+  return function()
+    return market.transition(nil,
+      market.subscriber(tcp.channel(remote, here, market._), {
+        on_message = function(_, m)
+          if m.subpacket == EOF then
+            return T(send(tcp.channel(here, remote, "bye")), send(tcp.channel(here, remote, EOF)),
+                     market.quit())
+          end
+          return T(send(tcp.channel(here, remote, "you said " .. m.subpacket)))
+        end }),
+      market.publisher(tcp.channel(here, remote, market._)))
+  end
+end
+
 -- tcp_serve(port, session): a server process observing the listener on
 -- `port` that spawns session(remote, here) for each connection; it quits
 -- on {"stop-server", port}.
@@ -102,6 +161,17 @@ function N.connect(port)
   local s = assert(sys.tcp_connect(assert(sys.resolve("127.0.0.1", port))[1].sa))
   N.wait_fd(s:fd(), true)
   return s
+end
+
+-- accept(l): a connection accepted on the market.sys listening socket
+-- l, waiting for one if need be.
+function N.accept(l)
+  while true do
+    local s, err = l:accept()
+    if s then return s end
+    assert(s == false, err)
+    N.wait_fd(l:fd())
+  end
 end
 
 -- write_all(s, data): write all of data; true, or nil and the error.
