@@ -467,12 +467,14 @@ local function check_drain(ms, fname)
   return ms
 end
 
--- ground_vm(boot [, {drivers=, trace=, drain=, max_activation=}]): run a
+-- ground_vm(boot [, {drivers=, trace=, drain=, max_activation=, on_crash=}]): run a
 -- ground VM until it has nothing left to do.  Returns true, or nil and the
 -- boot failure's traceback.  max_activation: the CPU ms one activation of
 -- a handler may take (default 1000; 0: no budget; docs/limits.md).  With drain (ms), SIGINT and SIGTERM stop it gracefully
 -- (docs/semantics.md, "Stopping"); a second signal ends the stop at once,
 -- and ground_vm then returns nil, "stopped by a second signal", 128 + signum.
+-- on_crash(report): told of every process failure instead of the report
+-- printed to stderr (docs/inspect.md, "Crash reports").
 function M.ground_vm(boot, opts)
   if type(boot) ~= "function" then
     error("market.ground_vm: the boot argument must be a function, got " .. type(boot), 2)
@@ -483,6 +485,9 @@ function M.ground_vm(boot, opts)
   end
   check_budget(opts.max_activation, "market.ground_vm", 2)
   check_drain(opts.drain, "market.ground_vm")
+  if opts.on_crash ~= nil and type(opts.on_crash) ~= "function" then
+    error("market.ground_vm: on_crash must be a function, got " .. type(opts.on_crash), 2)
+  end
   local start = boot
   if opts.drivers then
     start = function(pid)
@@ -497,7 +502,7 @@ function M.ground_vm(boot, opts)
       return boot(pid)
     end
   end
-  return core.ground_vm(start, opts.trace, opts.drain, opts.max_activation)
+  return core.ground_vm(start, opts.trace, opts.drain, opts.max_activation, opts.on_crash)
 end
 
 -- stop([drain_ms]): begin a graceful stop of the whole program, as SIGTERM
