@@ -30,6 +30,8 @@ struct mk_host {
   char *failure;            /* owned: first unreported process failure */
   mk_failure_fn on_failure;
   void *failure_ud;
+  mk_log_fn on_log;         /* NULL: stderr (llog.c) */
+  void *log_ud;
   mk_crash_fn on_crash;     /* NULL: print (mk_crash_format) */
   void *crash_ud;
   unsigned long crashes;
@@ -64,33 +66,12 @@ const char *mk_status_name(int code) {
 
 /* ---- errors ------------------------------------------------------------- */
 
-static char *vformat(const char *fmt, va_list ap) {
-  va_list aq;
-  int n;
-  char *s;
-  va_copy(aq, ap);
-  n = vsnprintf(NULL, 0, fmt, aq);
-  va_end(aq);
-  if (n < 0 || (s = malloc((size_t)n + 1)) == NULL) return NULL;
-  vsnprintf(s, (size_t)n + 1, fmt, ap);
-  return s;
-}
-
-static char *vformat_s(const char *fmt, ...) {
-  va_list ap;
-  char *s;
-  va_start(ap, fmt);
-  s = vformat(fmt, ap);
-  va_end(ap);
-  return s;
-}
-
 /* Record an error on h and return its code (so: return seterr(...)). */
 static int seterr(mk_host *h, int code, const char *fmt, ...) {
   va_list ap;
   free(h->msg);
   va_start(ap, fmt);
-  h->msg = vformat(fmt, ap);
+  h->msg = mkl_vformat(fmt, ap);
   va_end(ap);
   h->code = code;
   return code;
@@ -159,7 +140,7 @@ static void append(char **buf, size_t *len, const char *fmt, ...) {
   size_t n;
   if (*buf == NULL) return;
   va_start(ap, fmt);
-  more = vformat(fmt, ap);
+  more = mkl_vformat(fmt, ap);
   va_end(ap);
   n = more ? strlen(more) : 0;
   grown = more ? realloc(*buf, *len + n + 1) : NULL;
@@ -228,7 +209,7 @@ static void failed(void *ud, mk_proc *p, mk_term *reason, const char *traceback,
   c.endpoints = eps.ep;
   c.nendpoints = eps.n;
   if (boot) {
-    char *tb = traceback ? vformat_s("%s\n%s", c.message, traceback) : strdup(c.message);
+    char *tb = traceback ? mkl_format("%s\n%s", c.message, traceback) : strdup(c.message);
     if (h->failure == NULL && tb != NULL) h->failure = strdup(tb);
     if (h->on_failure && tb != NULL) h->on_failure(h, c.pid, c.name, tb, h->failure_ud);
     free(tb);
@@ -262,6 +243,35 @@ void mk_host_on_failure(mk_host *h, mk_failure_fn fn, void *ud) {
   if (h == NULL) return;
   h->on_failure = fn;
   h->failure_ud = ud;
+}
+
+/* ---- logging ------------------------------------------------------------ */
+
+static void logged(void *ud, int level, const char *line) {
+  mk_host *h = ud;
+  h->on_log(h, level, line, h->log_ud);
+}
+
+void mk_host_on_log(mk_host *h, mk_log_fn fn, void *ud) {
+  if (h == NULL) return;
+  h->on_log = fn;
+  h->log_ud = ud;
+  mkl_log_set_sink(h->L, fn ? logged : NULL, h);
+}
+
+int mk_host_set_log_level(mk_host *h, int level) {
+  if (h == NULL) return MK_EINVAL;
+  if (mkl_log_set_level(h->L, level) != 0)
+    return seterr(h, MK_EINVAL, "mk_host_set_log_level: %d is not a level", level);
+  return MK_OK;
+}
+
+int mk_host_log(mk_host *h, int level, const char *message) {
+  if (h == NULL) return MK_EINVAL;
+  if (level < MK_LOG_ERROR || level > MK_LOG_DEBUG || message == NULL)
+    return seterr(h, MK_EINVAL, "mk_host_log: a level out of range, or no message");
+  mkl_log(h->L, NULL, level, NULL, message);
+  return MK_OK;
 }
 
 /* ---- warnings ----------------------------------------------------------- */
@@ -406,6 +416,7 @@ void mk_host_free(mk_host *h) {
   h->freeing = 1;
   mk_ground_free(h->g, NULL);      /* every process sees the others go */
   mkl_on_fail(h->L, NULL, NULL);
+  if (h->on_log) mkl_log_set_sink(h->L, NULL, NULL);   /* the state may outlive h */
   mkl_detach(h->L);
   if (h->own_L) lua_close(h->L);
   mk_pool_trim();

@@ -1595,6 +1595,13 @@ mk_proc *mkl_current(lua_State *L) {
   return running.p != NULL && running.lp->co == L ? running.p : NULL;
 }
 
+mk_proc *mkl_acting(lua_State *L) {
+  mkl_state *S;
+  if (running.p != NULL && running.lp->co == L) return running.p;
+  S = getstate(L);
+  return S != NULL ? S->current : NULL;
+}
+
 int mkl_pushctx(lua_State *L) {
   if (running.p == NULL || running.lp->co != L) return 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
@@ -1649,9 +1656,10 @@ void mkl_open_core(lua_State *L) {
     S->L = lua_tothread(L, -1);
     lua_pop(L, 1);
   }
-  lua_createtable(L, 0, sizeof funcs / sizeof funcs[0]);
+  lua_createtable(L, 0, sizeof funcs / sizeof funcs[0] + 4);
   lua_pushlightuserdata(L, S);
   luaL_setfuncs(L, funcs, 1);
+  mkl_open_log(L);
   lua_pushinteger(L, MK_EV_PRESENCE); lua_setfield(L, -2, "PRESENCE");
   lua_pushinteger(L, MK_EV_ABSENCE); lua_setfield(L, -2, "ABSENCE");
   lua_pushinteger(L, MK_EV_MESSAGE); lua_setfield(L, -2, "MESSAGE");

@@ -27,6 +27,9 @@ static const char usage[] =
   "  --quiet        print no crash reports (the boot process's failure is\n"
   "                 still printed: it is the program's)\n"
   "  --strict       exit 3 at the end if any process failed\n"
+  "  --log-level LEVEL\n"
+  "                 log lines up to LEVEL: error, warn, info or debug\n"
+  "                 (default warn, or what MARKET_LOG says)\n"
   "  --no-drivers   do not start the timer, tcp and udp drivers\n"
   "  --max-term-depth N, --max-term-size N\n"
   "                 the deepest and the largest term a process may build\n"
@@ -45,6 +48,8 @@ static const char usage[] =
   "at once, open sessions get the drain time, then whatever is left is\n"
   "closed and the program exits 0.  A second signal stops it at once.\n"
   "\n"
+  "Log lines (market.log, the drivers' warnings) go to stderr, each with the\n"
+  "time, level, VM path, pid and name of the process that logged it.\n"
   "A process that fails prints a crash report to stderr: its VM, pid and\n"
   "name, the reason, the traceback of its code and the endpoints it held.\n"
   "\n"
@@ -90,6 +95,7 @@ int main(int argc, char **argv) {
   double drain = 5000;
   int trace = 0, drivers = 1, quiet = 0, strict = 0, status = 0, i, first;
   double budget = -1;
+  int loglevel = -1;
   mk_host *h;
   mk_error err;
   mk_pid pid;
@@ -131,6 +137,13 @@ int main(int argc, char **argv) {
       }
       continue;
     }
+    if (strcmp(argv[i], "--log-level") == 0) {
+      if (++i >= argc || mk_log_level_parse(argv[i]) < 0) {
+        fputs("market: --log-level needs a level: error, warn, info or debug\n", stderr);
+        return 2;
+      }
+      continue;
+    }
     if (strcmp(argv[i], "--drain") == 0) {
       if (++i >= argc || ms_arg(argv[i]) < 0) {
         fputs("market: --drain needs a number of milliseconds (0 or more)\n", stderr);
@@ -156,6 +169,7 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--max-activation") == 0) budget = ms_arg(argv[++i]);
     else if (strcmp(argv[i], "--max-term-depth") == 0 || strcmp(argv[i], "--max-term-size") == 0) i++;
     else if (strcmp(argv[i], "--drain") == 0) drain = ms_arg(argv[++i]);
+    else if (strcmp(argv[i], "--log-level") == 0) loglevel = mk_log_level_parse(argv[++i]);
     else if (strcmp(argv[i], "--") == 0) { i++; break; }
     else break;
   }
@@ -172,6 +186,7 @@ int main(int argc, char **argv) {
   }
   if (trace) mk_host_trace(h, trace_line, NULL);
   if (quiet) mk_host_on_crash(h, quiet_crash, NULL);
+  if (loglevel >= 0) mk_host_set_log_level(h, loglevel);
   if (budget >= 0) mk_host_set_max_activation(h, budget);
   mk_host_on_warning(h, warning_line, NULL);
   /* arg[0] is the script (with -e: the code), as lua(1) has it. */

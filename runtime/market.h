@@ -258,12 +258,39 @@ unsigned long mk_host_crashes(const mk_host *h);
 char *mk_crash_format(const mk_crash *crash);
 
 /*
-** Warnings.  The drivers report trouble that is no process's failure (a
-** datagram dropped, accept() failing, a malformed request ignored) with
-** Lua's warn().  A host keeps them to itself unless you ask: fn receives
-** each warning as one line of text (borrowed for the call, no newline).
-** fn NULL stops them.  Your own Lua code may warn() too; Lua's control
-** messages ("@on", "@off") are ignored.  (`market` prints them to stderr.)
+** Logging (docs/inspect.md, "Logging").  Lua code logs with market.log
+** (error, warn, info, debug), and the drivers log their warnings so; a
+** host may too (mk_host_log).  Each line reads
+**   2026-12-01T07:36:53.123Z warn ground #5 tcp-listener 5999: market.tcp: ...
+** (UTC time, level, the VM path, pid and name of the process that logged
+** it, "-" for none).  Lines above the threshold are dropped: the default
+** is MK_LOG_WARN, or what the environment variable MARKET_LOG names
+** ("error", "warn", "info", "debug") when the host is made.  A warning or
+** error logged again and again from one place is rate-limited: at most 5
+** lines in 10 s, and the next one after says "(N more suppressed)".
+**
+** mk_host_on_log: fn receives each line (borrowed for the call, no
+** newline) and its level; fn NULL: lines go to stderr (the default).  A
+** sink set from Lua (market.log.sink) comes first.
+** mk_host_set_log_level: MK_OK, or MK_EINVAL for a level out of range.
+** mk_host_log: log `message` as the host's (no process), MK_OK.
+** mk_log_level_parse: the level a name stands for, or -1;
+** mk_log_level_name: the name of a level ("?" for none).
+*/
+typedef enum mk_log_level { MK_LOG_ERROR, MK_LOG_WARN, MK_LOG_INFO, MK_LOG_DEBUG } mk_log_level;
+typedef void (*mk_log_fn)(mk_host *h, int level, const char *line, void *ud);
+void mk_host_on_log(mk_host *h, mk_log_fn fn, void *ud);
+int mk_host_set_log_level(mk_host *h, int level);
+int mk_host_log(mk_host *h, int level, const char *message);
+int mk_log_level_parse(const char *name);
+const char *mk_log_level_name(int level);
+
+/*
+** Lua's warn().  A host keeps what Lua code passes to warn() to itself
+** unless you ask: fn receives each warning as one line of text (borrowed
+** for the call, no newline).  fn NULL stops them.  Lua's control messages
+** ("@on", "@off") are ignored.  (`market` prints them to stderr.)  The
+** drivers' warnings go through the log (above), not here.
 */
 typedef void (*mk_warning_fn)(mk_host *h, const char *message, void *ud);
 void mk_host_on_warning(mk_host *h, mk_warning_fn fn, void *ud);

@@ -526,6 +526,39 @@ static void warnings(void) {
   mk_host_free(h);
 }
 
+/* The log (mk_host_on_log): lines from Lua and from the host, with their
+** level and prefix, up to the threshold. */
+static void on_log(mk_host *h, int level, const char *line, void *ud) {
+  const char *rest = strchr(line, ' ');      /* past the time */
+  (void)h;
+  (*(int *)ud)++;
+  logf_("log %s [%s]", mk_log_level_name(level), rest ? rest + 1 : line);
+}
+
+static void logging(void) {
+  mk_host *h = newhost();
+  int n = 0;
+  CHECK(mk_log_level_parse("debug") == MK_LOG_DEBUG && mk_log_level_parse("loud") == -1);
+  CHECK(mk_log_level_parse(NULL) == -1);
+  CHECK(strcmp(mk_log_level_name(MK_LOG_WARN), "warn") == 0);
+  CHECK(strcmp(mk_log_level_name(9), "?") == 0);
+  CHECK(mk_host_set_log_level(h, 4) == MK_EINVAL && mk_host_set_log_level(h, -1) == MK_EINVAL);
+  CHECK(mk_host_log(h, 7, "x") == MK_EINVAL && mk_host_log(h, MK_LOG_WARN, NULL) == MK_EINVAL);
+  mk_host_on_log(h, on_log, &n);
+  CHECK(mk_host_set_log_level(h, MK_LOG_INFO) == MK_OK);
+  mk_host_spawn_string(h,
+    "local market = require 'market'\n"
+    "market.log.info('hello %s', 'there')\n"
+    "market.log.debug('not shown')\n", "logger", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(mk_host_log(h, MK_LOG_ERROR, "from the host") == MK_OK);
+  CHECK(mk_host_log(h, MK_LOG_DEBUG, "not shown either") == MK_OK);
+  CHECK(n == 2);
+  CHECK(strcmp(logbuf, "log info [info ground #1 logger: hello there]\n"
+                       "log error [error -: from the host]\n") == 0);
+  mk_host_free(h);
+}
+
 /* ---- the Lua binding at the deepest terms (term.h, "Depth") --------------- */
 
 typedef struct chunk { lua_State *L; const char *src; int status; } chunk;
@@ -697,6 +730,7 @@ int main(void) {
   RUN(own_loop_step);
   RUN(trace);
   RUN(warnings);
+  RUN(logging);
   RUN(deep_lua);
   RUN(stop_on_signals);
   RUN(stop_from_host);
