@@ -867,6 +867,12 @@ static void pushtraceback(lua_State *L, lua_State *co) {
   luaL_pushresult(&b);
 }
 
+/* p_traceback(co): pushtraceback, called protected by crashed. */
+static int p_traceback(lua_State *L) {
+  pushtraceback(L, lua_touserdata(L, 1));
+  return 1;
+}
+
 /*
 ** The crash hook of every VM the Lua state serves (mkl_attach; nested VMs
 ** inherit it): a process is failing and still holds its endpoints.  A Lua
@@ -882,14 +888,17 @@ static void crashed(void *ud, mk_proc *p, mk_term *reason) {
                 : running.p == p ? running.lp->co : NULL;
   const char *tb = NULL;
   int boot = co != NULL && ((lproc *)mk_proc_data(p))->boot;
+  int pushed = 0;
   if (S->on_fail == NULL) return;
-  if (co != NULL && lua_checkstack(S->L, 8)) {
-    pushtraceback(S->L, co);
-    tb = lua_tostring(S->L, -1);
-    if (*tb == '\0') tb = NULL;
+  if (co != NULL && lua_checkstack(S->L, 3)) {
+    /* Protected: out of memory here costs the report its traceback. */
+    lua_pushcfunction(S->L, p_traceback);
+    lua_pushlightuserdata(S->L, co);
+    pushed = 1;
+    if (lua_pcall(S->L, 1, 1, 0) == LUA_OK && *(tb = lua_tostring(S->L, -1)) == '\0') tb = NULL;
   }
   S->on_fail(S->fail_ud, p, reason, tb, boot);
-  if (co != NULL) lua_pop(S->L, 1);
+  if (pushed) lua_pop(S->L, 1);
 }
 
 /* Fail p, whose activation on co stopped, with reason (borrowed). */
