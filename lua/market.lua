@@ -513,29 +513,6 @@ function M.stop(drain_ms)
   core.stop(check_drain(drain_ms, "market.stop"))
 end
 
--- log.error(fmt, ...), log.warn, log.info, log.debug: one line each,
--- string.format(fmt, ...) (fmt alone: tostring(fmt)), prefixed with the
--- time, the level and the process; log.level([name]) -> the threshold
--- (before a change); log.sink(f|nil): f(level, line, message) gets every
--- line instead of stderr (docs/inspect.md, "Logging").
-M.log = { level = core.log_level, sink = core.log_sink }
-for level, name in ipairs { "error", "warn", "info", "debug" } do
-  level = level - 1
-  M.log[name] = function(fmt, ...)
-    if level > core.log_threshold() then return end
-    local msg
-    if select("#", ...) > 0 then
-      if type(fmt) ~= "string" then
-        error("market.log." .. name .. ": the format must be a string, got " .. type(fmt), 2)
-      end
-      msg = fmt:format(...)
-    else
-      msg = tostring(fmt)
-    end
-    core.log(level, type(fmt) == "string" and fmt or nil, msg)
-  end
-end
-
 M.now = core.now
 -- memory(): bytes of heap in use by the whole program (C and Lua), for
 -- benchmarks and leak hunting.
@@ -610,5 +587,28 @@ M.ground = {
 }
 M.PUBLISHER, M.SUBSCRIBER = "publisher", "subscriber"
 M.VERSION = core.VERSION
+
+-- log.error(fmt, ...), log.warn, log.info, log.debug: one line each,
+-- string.format(fmt, ...) (fmt alone: tostring(fmt)), prefixed with the
+-- time, the level and the process; log.level([name]) -> the threshold
+-- (before a change); log.sink(f|nil): f(level, line, message) gets every
+-- line instead of stderr (docs/inspect.md, "Logging").
+M.log = { level = core.log_level, sink = core.log_sink }
+for level, name in ipairs { "error", "warn", "info", "debug" } do
+  level = level - 1
+  M.log[name] = function(fmt, ...)
+    if level > core.log_threshold() then return end
+    local msg
+    if select("#", ...) > 0 then
+      if type(fmt) ~= "string" then
+        error("market.log." .. name .. ": the format must be a string, got " .. type(fmt), 2)
+      end
+      msg = fmt:format(...)
+    else
+      msg = tostring(fmt)
+    end
+    core.log(level, type(fmt) == "string" and fmt or nil, msg)
+  end
+end
 
 return M
