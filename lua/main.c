@@ -50,6 +50,7 @@ static const char usage[] =
   "\n"
   "Log lines (market.log, the drivers' warnings) go to stderr, each with the\n"
   "time, level, VM path, pid and name of the process that logged it.\n"
+  "\n"
   "A process that fails prints a crash report to stderr: its VM, pid and\n"
   "name, the reason, the traceback of its code and the endpoints it held.\n"
   "\n"
