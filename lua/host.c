@@ -42,8 +42,8 @@ struct mk_host {
   int warnpieces;
 };
 
-/* Native handlers running now (any host; market is single-threaded): run,
-** step and free are refused from inside one. */
+/* Native handlers and failure callbacks running now (any host; market is
+** single-threaded): run, step and free are refused from inside one. */
 static int native_depth;
 
 const char *mk_version(void) { return MK_VERSION_STRING; }
@@ -208,6 +208,9 @@ static void failed(void *ud, mk_proc *p, mk_term *reason, const char *traceback,
   mk_proc_each_endpoint(p, gather, &eps);
   c.endpoints = eps.ep;
   c.nendpoints = eps.n;
+  /* The callbacks run inside the VM's run, as handlers do: run, step and
+  ** free are refused from them (busy). */
+  native_depth++;
   if (boot) {
     char *tb = traceback ? mkl_format("%s\n%s", c.message, traceback) : strdup(c.message);
     if (h->failure == NULL && tb != NULL) h->failure = strdup(tb);
@@ -217,6 +220,7 @@ static void failed(void *ud, mk_proc *p, mk_term *reason, const char *traceback,
   h->crashes++;
   if (h->on_crash != NULL) h->on_crash(h, &c, h->crash_ud);
   else print_crash(&c);
+  native_depth--;
   free(eps.ep);
   free(shown);
 }

@@ -319,6 +319,7 @@ static void on_crash(mk_host *h, const mk_crash *c, void *ud) {
   }
   /* The process still holds its endpoints: no peer has seen it go. */
   if (c->name && strcmp(c->name, "nat") == 0) CHECK(!has("absence sub \"native-pub\""));
+  CHECK(mk_host_run(h) == MK_EBUSY && mk_host_step(h) == MK_EBUSY);
   logf_("%s", text);
   free(text);
   CHECK(mk_host_crashes(h) >= 1);
