@@ -60,9 +60,9 @@ local BATCH = 128
 -- that a queue of small messages is not one system call each.
 local WRITE_SIZE = 65536
 
-local lua_warn = warn
+-- Through market.log (docs/inspect.md, "Logging").
 local function warn(fmt, ...)
-  lua_warn("market.stdio: ", fmt:format(...))
+  market.log.warn("market.stdio: " .. fmt, ...)
 end
 
 local function setting(field, lo, hi, default)

@@ -69,11 +69,10 @@ M.BACKLOG = 4096            -- the listen queue (the kernel caps it at net.core.
 -- many idle connections were closed, the largest unfinished line or frame
 -- buffer any connection had.
 
--- Through Lua's warn(): the host decides where warnings go (market.h's
--- mk_host_on_warning; `market` prints them, plain lua5.4 only with -W).
-local lua_warn = warn
+-- Through market.log (docs/inspect.md, "Logging"): stderr unless a sink
+-- is set; one place warning again and again is rate-limited.
 local function warn(fmt, ...)
-  lua_warn("market.tcp: ", fmt:format(...))
+  market.log.warn("market.tcp: " .. fmt, ...)
 end
 
 local function is_wild(v) return v == _ end

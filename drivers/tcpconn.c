@@ -391,7 +391,7 @@ typedef struct tconn {
   tcount *stats;              /* counted reference, or NULL */
   tcount *conns;              /* counted reference (inbound) while the socket is
                               ** open, or NULL: the listener's live connections */
-  lua_State *L;               /* the main thread, for warn() */
+  lua_State *L;               /* the main thread, for the log */
   oblock *qtail;              /* output queue: last block */
   /* framed input left over (see "framing" below): malloc'd, icap bytes */
   char *ib;
@@ -1057,16 +1057,15 @@ static ssize_t enqueue(tconn *c, mk_term *d, const char *s, size_t n) {
   return (ssize_t)b->held;
 }
 
-static void warn_once(tconn *c, const mk_term *d) {
+static void warn_once(mk_proc *p, tconn *c, const mk_term *d) {
   char *who, *what;
   if (c->warned || c->L == NULL) return;
   c->warned = 1;
   who = mk_repr_max(c->remote, MK_REPR_SHOWN, NULL);
   what = mk_repr_max(d, MK_REPR_SHOWN, NULL);
-  lua_warning(c->L, "market.tcp: ", 1);
-  lua_warning(c->L, who ? who : "?", 1);
-  lua_warning(c->L, ": ignoring a non-string subpacket ", 1);
-  lua_warning(c->L, what ? what : "?", 0);
+  mkl_logf(c->L, p, MK_LOG_WARN, "market.tcp: ignoring a non-string subpacket",
+           "market.tcp: %s: ignoring a non-string subpacket %s", who ? who : "?",
+           what ? what : "?");
   free(who);
   free(what);
 }
@@ -1083,7 +1082,7 @@ static void on_out(mk_proc *p, tconn *c, mk_term *m) {
     if (c->connected && c->qhead == NULL) shut_wr(p, c);
     return;
   }
-  if (d->kind != MK_STR) { warn_once(c, d); return; }
+  if (d->kind != MK_STR) { warn_once(p, c, d); return; }
   s = mk_strdata(d);
   n = d->n;
   if (n == 0) return;

@@ -31,11 +31,10 @@ local SHOWN = 200          -- bytes of a term a warning shows (as MK_REPR_SHOWN)
 M.CACHE_MS = 60000         -- how long a resolved host name is remembered
 M.stats = { received = 0, sent = 0, dropped = 0 }
 
--- Through Lua's warn(): the host decides where warnings go (market.h's
--- mk_host_on_warning; `market` prints them, plain lua5.4 only with -W).
-local lua_warn = warn
+-- Through market.log (docs/inspect.md, "Logging"): stderr unless a sink
+-- is set; one place warning again and again is rate-limited.
 local function warn(fmt, ...)
-  lua_warn("market.udp: ", fmt:format(...))
+  market.log.warn("market.udp: " .. fmt, ...)
 end
 
 local function socket_proc(loc)

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,11 @@ struct mk_host {
   char *failure;            /* owned: first unreported process failure */
   mk_failure_fn on_failure;
   void *failure_ud;
+  mk_log_fn on_log;         /* NULL: stderr (llog.c) */
+  void *log_ud;
+  mk_crash_fn on_crash;     /* NULL: print (mk_crash_format) */
+  void *crash_ud;
+  unsigned long crashes;
   mk_warning_fn on_warning;
   void *warning_ud;
   char *warning;            /* owned: a warning being assembled, or NULL */
@@ -36,8 +42,8 @@ struct mk_host {
   int warnpieces;
 };
 
-/* Native handlers running now (any host; market is single-threaded): run,
-** step and free are refused from inside one. */
+/* Native handlers and failure callbacks running now (any host; market is
+** single-threaded): run, step and free are refused from inside one. */
 static int native_depth;
 
 const char *mk_version(void) { return MK_VERSION_STRING; }
@@ -60,24 +66,12 @@ const char *mk_status_name(int code) {
 
 /* ---- errors ------------------------------------------------------------- */
 
-static char *vformat(const char *fmt, va_list ap) {
-  va_list aq;
-  int n;
-  char *s;
-  va_copy(aq, ap);
-  n = vsnprintf(NULL, 0, fmt, aq);
-  va_end(aq);
-  if (n < 0 || (s = malloc((size_t)n + 1)) == NULL) return NULL;
-  vsnprintf(s, (size_t)n + 1, fmt, ap);
-  return s;
-}
-
 /* Record an error on h and return its code (so: return seterr(...)). */
 static int seterr(mk_host *h, int code, const char *fmt, ...) {
   va_list ap;
   free(h->msg);
   va_start(ap, fmt);
-  h->msg = vformat(fmt, ap);
+  h->msg = mkl_vformat(fmt, ap);
   va_end(ap);
   h->code = code;
   return code;
@@ -116,13 +110,128 @@ static int luaerr(mk_host *h, int status, int code, const char *what) {
 
 /* ---- process failures --------------------------------------------------- */
 
-static void failed(void *ud, mk_proc *p, const char *traceback) {
-  mk_host *h = ud;
-  if (h->freeing) return;
-  if (h->failure == NULL) h->failure = strdup(traceback);
-  if (h->on_failure)
-    h->on_failure(h, mk_proc_pid(p), mk_proc_name(p), traceback, h->failure_ud);
+/* The endpoints of a failing process, gathered for its report. */
+typedef struct eplist {
+  mk_crash_endpoint *ep;     /* owned; names and roles borrowed */
+  size_t n, max;
+  int nomem;
+} eplist;
+
+static void gather(void *ud, const char *name, int level, const mk_role *role) {
+  eplist *l = ud;
+  if (l->n == l->max) {
+    size_t max = l->max ? 2 * l->max : 8;
+    mk_crash_endpoint *ep = max < SIZE_MAX / sizeof *ep ? realloc(l->ep, max * sizeof *ep) : NULL;
+    if (ep == NULL) { l->nomem = 1; return; }
+    l->ep = ep;
+    l->max = max;
+  }
+  l->ep[l->n].name = name;
+  l->ep[l->n].level = level;
+  l->ep[l->n].role = *role;
+  l->n++;
 }
+
+/* Append to *buf (length *len, owned, NULL after a failure) what fmt
+** makes. */
+static void append(char **buf, size_t *len, const char *fmt, ...) {
+  va_list ap;
+  char *more, *grown;
+  size_t n;
+  if (*buf == NULL) return;
+  va_start(ap, fmt);
+  more = mkl_vformat(fmt, ap);
+  va_end(ap);
+  n = more ? strlen(more) : 0;
+  grown = more ? realloc(*buf, *len + n + 1) : NULL;
+  if (grown == NULL) {
+    free(*buf);
+    *buf = NULL;
+  } else {
+    memcpy(grown + *len, more, n + 1);
+    *buf = grown;
+    *len += n;
+  }
+  free(more);
+}
+
+char *mk_crash_format(const mk_crash *c) {
+  size_t len = 0, i;
+  char *s = calloc(1, 1);
+  if (c == NULL) return s;
+  append(&s, &len, "market: %s #%llu%s%s failed: %s\n", c->vm, (unsigned long long)c->pid,
+         c->name ? " " : "", c->name ? c->name : "", c->message);
+  if (c->traceback) append(&s, &len, "%s\n", c->traceback);
+  append(&s, &len, c->nendpoints ? "endpoints:\n" : "endpoints: none\n");
+  for (i = 0; i < c->nendpoints; i++) {
+    const mk_crash_endpoint *e = &c->endpoints[i];
+    char *topic = mk_repr_max(e->role.topic, MK_REPR_SHOWN, NULL);
+    char level[32] = "";
+    if (e->level > 0) snprintf(level, sizeof level, " (%d up)", e->level);
+    append(&s, &len, "\t%s%s: %s %s %s\n", e->name, level,
+           mk_orientation_name(e->role.orientation), mk_interest_name(e->role.interest),
+           topic ? topic : "?");
+    free(topic);
+  }
+  return s;
+}
+
+static void print_crash(const mk_crash *c) {
+  char *text = mk_crash_format(c);
+  if (text == NULL) {
+    fprintf(stderr, "market: %s #%llu failed (out of memory for its report)\n", c->vm,
+            (unsigned long long)c->pid);
+    return;
+  }
+  fputs(text, stderr);
+  free(text);
+}
+
+/* mkl_fail_fn: p is failing (lproc.c, crashed).  Its report goes to the
+** host's callback or stderr; a boot process's reason and traceback are
+** the failure mk_host_run and mk_host_step return. */
+static void failed(void *ud, mk_proc *p, mk_term *reason, const char *traceback, int boot) {
+  mk_host *h = ud;
+  mk_crash c;
+  eplist eps = { NULL, 0, 0, 0 };
+  char *shown = NULL;
+  if (h->freeing) return;
+  c.vm = mk_vm_path(mk_proc_vm(p));
+  c.pid = mk_proc_pid(p);
+  c.name = mk_proc_name(p);
+  c.reason = reason;
+  if (reason != NULL && reason->kind == MK_STR) c.message = mk_strdata(reason);
+  else c.message = shown = reason ? mk_repr_max(reason, MK_REPR_SHOWN, NULL) : NULL;
+  if (c.message == NULL) c.message = reason ? "(out of memory)" : "(no reason)";
+  c.traceback = traceback;
+  c.boot = boot;
+  mk_proc_each_endpoint(p, gather, &eps);
+  c.endpoints = eps.ep;
+  c.nendpoints = eps.n;
+  /* The callbacks run inside the VM's run, as handlers do: run, step and
+  ** free are refused from them (busy). */
+  native_depth++;
+  if (boot) {
+    char *tb = traceback ? mkl_format("%s\n%s", c.message, traceback) : strdup(c.message);
+    if (h->failure == NULL && tb != NULL) h->failure = strdup(tb);
+    if (h->on_failure && tb != NULL) h->on_failure(h, c.pid, c.name, tb, h->failure_ud);
+    free(tb);
+  }
+  h->crashes++;
+  if (h->on_crash != NULL) h->on_crash(h, &c, h->crash_ud);
+  else print_crash(&c);
+  native_depth--;
+  free(eps.ep);
+  free(shown);
+}
+
+void mk_host_on_crash(mk_host *h, mk_crash_fn fn, void *ud) {
+  if (h == NULL) return;
+  h->on_crash = fn;
+  h->crash_ud = ud;
+}
+
+unsigned long mk_host_crashes(const mk_host *h) { return h ? h->crashes : 0; }
 
 /* After run or step: a failure not yet reported becomes the last error. */
 static int report(mk_host *h) {
@@ -138,6 +247,35 @@ void mk_host_on_failure(mk_host *h, mk_failure_fn fn, void *ud) {
   if (h == NULL) return;
   h->on_failure = fn;
   h->failure_ud = ud;
+}
+
+/* ---- logging ------------------------------------------------------------ */
+
+static void logged(void *ud, int level, const char *line) {
+  mk_host *h = ud;
+  h->on_log(h, level, line, h->log_ud);
+}
+
+void mk_host_on_log(mk_host *h, mk_log_fn fn, void *ud) {
+  if (h == NULL) return;
+  h->on_log = fn;
+  h->log_ud = ud;
+  mkl_log_set_sink(h->L, fn ? logged : NULL, h);
+}
+
+int mk_host_set_log_level(mk_host *h, int level) {
+  if (h == NULL) return MK_EINVAL;
+  if (mkl_log_set_level(h->L, level) != 0)
+    return seterr(h, MK_EINVAL, "mk_host_set_log_level: %d is not a level", level);
+  return MK_OK;
+}
+
+int mk_host_log(mk_host *h, int level, const char *message) {
+  if (h == NULL) return MK_EINVAL;
+  if (level < MK_LOG_ERROR || level > MK_LOG_DEBUG || message == NULL)
+    return seterr(h, MK_EINVAL, "mk_host_log: a level out of range, or no message");
+  mkl_log(h->L, NULL, level, NULL, message);
+  return MK_OK;
 }
 
 /* ---- warnings ----------------------------------------------------------- */
@@ -283,6 +421,7 @@ void mk_host_free(mk_host *h) {
   h->freeing = 1;
   mk_ground_free(h->g, NULL);      /* every process sees the others go */
   mkl_on_fail(h->L, NULL, NULL);
+  if (h->on_log) mkl_log_set_sink(h->L, NULL, NULL);   /* the state may outlive h */
   mkl_detach(h->L);
   if (h->own_L) lua_close(h->L);
   mk_pool_trim();

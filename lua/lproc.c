@@ -46,7 +46,6 @@ typedef struct mkl_state {
   lua_State *L;          /* the main thread */
   mk_ground *g;          /* the ground VM Lua processes live under, or NULL */
   mk_proc *current;      /* the process whose event is being handled */
-  char *boot_error;      /* owned: traceback of a failed boot process */
   int restref;           /* market.lua's rest(ctx, transition, i, n): the
                          ** actions i..n of one that applied left */
   int applyref;          /* market.lua's apply(ctx, transition): applies
@@ -55,8 +54,10 @@ typedef struct mkl_state {
                          ** events, and those straight-line code waits for */
   int eventref;          /* market.lua's event_table(event...): an event no
                          ** handler took, as market.yield() returns it */
-  mkl_fail_fn on_fail;   /* told when a boot process fails (host.c) */
+  mkl_fail_fn on_fail;   /* told when a process fails (crashed, host.c) */
   void *fail_ud;
+  mk_proc *failing;      /* the Lua process handle() is failing, and */
+  lua_State *failing_co; /* the coroutine it failed on (fail_on) */
   /* Coroutines no activation is using, each anchored by its registry
   ** reference: borrowed by acquire(), given back by release(). */
   lua_State *pool[16];
@@ -812,16 +813,176 @@ static int applied(mk_proc *p, lproc *lp, lua_State *co) {
 #define YIELD_REASON \
   "coroutine.yield() outside market.yield(): a process suspends only through market"
 
-/* The boot process failed with msg: co's traceback, kept as the boot error
-** (the interpreter prints it and exits 1; ground_vm returns it) and
-** returned for on_fail (the caller frees it; NULL without memory). */
-static char *boot_traceback(mkl_state *S, lua_State *co, const char *msg) {
-  char *tb;
-  luaL_traceback(S->L, co, msg, 0);
-  tb = strdup(lua_tostring(S->L, -1));
-  lua_pop(S->L, 1);
-  if (S->boot_error == NULL && tb != NULL) S->boot_error = strdup(tb);
-  return tb;
+/* ---- crash reports ------------------------------------------------------ */
+
+/* Frames a traceback shows at most: the first ones and the last ones, as
+** luaL_traceback (a stack overflow has some 200,000). */
+#define TB_FIRST 10
+#define TB_LAST 11
+
+/* Whether ar is a frame of market's own Lua code: market.lua, the drivers'
+** Lua halves and the wrapper around a spawned chunk (chunk names "=market"
+** and "=market.*", lmarket.c and host.c). */
+static int own_frame(const lua_Debug *ar) {
+  return strncmp(ar->source, "=market", 7) == 0 &&
+         (ar->source[7] == '\0' || ar->source[7] == '.');
+}
+
+/* Whether the frame at `level` of co is left out of a report: market's own
+** Lua frames, and C functions that no program code called: the first Lua
+** frame under them (their caller, or its caller...) is market's, or there
+** is none (the C functions that apply a transition a handler returned). */
+static int hidden(lua_State *co, int level, lua_Debug *ar) {
+  lua_Debug up;
+  if (*ar->what != 'C') return own_frame(ar);
+  while (lua_getstack(co, ++level, &up))
+    if (lua_getinfo(co, "S", &up) && *up.what != 'C') return own_frame(&up);
+  return 1;
+}
+
+/* Push the name of the function at the top of L as loaded modules know it
+** ("market.perform", "string.format"), replacing it, and return 1; or pop
+** it and return 0.  As lauxlib's pushglobalfuncname, one level deep. */
+static int modulename(lua_State *L) {
+  int top = lua_gettop(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushnil(L);
+  while (lua_next(L, top + 1) != 0) {
+    if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
+      lua_pushnil(L);
+      while (lua_next(L, -2) != 0) {
+        if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, -1, top)) {
+          const char *mod = lua_tostring(L, -4), *key = lua_tostring(L, -2);
+          if (strcmp(mod, LUA_GNAME) == 0) lua_pushstring(L, key);
+          else lua_pushfstring(L, "%s.%s", mod, key);
+          lua_replace(L, top);
+          lua_settop(L, top);
+          return 1;
+        }
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_settop(L, top - 1);
+  return 0;
+}
+
+static void frameline(lua_State *L, luaL_Buffer *b, lua_Debug *ar) {
+  if (ar->currentline > 0) lua_pushfstring(L, "\n\t%s:%d: in ", ar->short_src, ar->currentline);
+  else lua_pushfstring(L, "\n\t%s: in ", ar->short_src);
+  luaL_addvalue(b);
+  lua_getinfo(L, "f", ar);          /* co's function, pushed on L (as lauxlib does) */
+  if (modulename(L)) {
+    lua_pushfstring(L, "function '%s'", lua_tostring(L, -1));
+    lua_remove(L, -2);
+  } else if (*ar->namewhat != '\0') {
+    lua_pushfstring(L, "%s '%s'", ar->namewhat, ar->name);
+  } else if (*ar->what == 'm') {
+    lua_pushliteral(L, "main chunk");
+  } else if (*ar->what != 'C') {
+    lua_pushfstring(L, "function <%s:%d>", ar->short_src, ar->linedefined);
+  } else {
+    lua_pushliteral(L, "?");
+  }
+  luaL_addvalue(b);
+  if (ar->istailcall) luaL_addstring(b, "\n\t(...tail calls...)");
+}
+
+/* The deepest level of co's stack, found as lauxlib's lastlevel does: each
+** lua_getstack walks the frames from the top, so a walk over all of them
+** (200,000 in a stack overflow) would take their square. */
+static int lastlevel(lua_State *co) {
+  lua_Debug ar;
+  int li = 1, le = 1;
+  while (lua_getstack(co, le, &ar)) { li = le; le *= 2; }
+  while (li < le) {
+    int m = (li + le) / 2;
+    if (lua_getstack(co, m, &ar)) li = m + 1; else le = m;
+  }
+  return le - 1;
+}
+
+static int shown(lua_State *co, int level, lua_Debug *ar) {
+  return lua_getstack(co, level, ar) && lua_getinfo(co, "Slnt", ar) && !hidden(co, level, ar);
+}
+
+/*
+** Push on L the traceback of co, a coroutine stopped where its process
+** failed (an error leaves its frames in place; a yield or a C function
+** that failed it still runs in them), as luaL_traceback writes one, with
+** market's own frames left out: the lines of the program's code that led
+** to the failure.  "" when no frame is left.
+*/
+static void pushtraceback(lua_State *L, lua_State *co) {
+  luaL_Buffer b;
+  lua_Debug ar;
+  int first[TB_FIRST], last[TB_LAST], nfirst = 0, nlast = 0, level, top = lastlevel(co), from;
+  for (level = 0; level <= top && nfirst < TB_FIRST; level++)
+    if (shown(co, level, &ar)) first[nfirst++] = level;
+  from = level;
+  for (level = top; level >= from && nlast < TB_LAST; level--)
+    if (shown(co, level, &ar)) last[nlast++] = level;
+  luaL_buffinit(L, &b);
+  if (nfirst > 0) luaL_addstring(&b, "stack traceback:");
+  for (level = 0; level < nfirst; level++) {
+    shown(co, first[level], &ar);
+    frameline(L, &b, &ar);
+  }
+  if (nlast > 0 && last[nlast - 1] > from) {
+    lua_pushfstring(L, "\n\t...\t(skipping %d levels)", last[nlast - 1] - from);
+    luaL_addvalue(&b);
+  }
+  while (nlast > 0) {
+    shown(co, last[--nlast], &ar);
+    frameline(L, &b, &ar);
+  }
+  luaL_pushresult(&b);
+}
+
+/* p_traceback(co): pushtraceback, called protected by crashed. */
+static int p_traceback(lua_State *L) {
+  pushtraceback(L, lua_touserdata(L, 1));
+  return 1;
+}
+
+/*
+** The crash hook of every VM the Lua state serves (mkl_attach; nested VMs
+** inherit it): a process is failing and still holds its endpoints.  A Lua
+** process failing in handle() is S->failing on S->failing_co; one that a C
+** function it called failed (a strict error: vm.c's mk_failf) is the
+** running one, on its coroutine.  Either way the coroutine's frames are
+** still there: the traceback is taken from them now.  Other processes
+** (native ones, or one killed with mk_fail from elsewhere) have none.
+*/
+static void crashed(void *ud, mk_proc *p, mk_term *reason) {
+  mkl_state *S = ud;
+  lua_State *co = S->failing == p ? S->failing_co
+                : running.p == p ? running.lp->co : NULL;
+  const char *tb = NULL;
+  int boot = co != NULL && ((lproc *)mk_proc_data(p))->boot;
+  int pushed = 0;
+  if (S->on_fail == NULL) return;
+  if (co != NULL && lua_checkstack(S->L, 3)) {
+    /* Protected: out of memory here costs the report its traceback. */
+    lua_pushcfunction(S->L, p_traceback);
+    lua_pushlightuserdata(S->L, co);
+    pushed = 1;
+    if (lua_pcall(S->L, 1, 1, 0) == LUA_OK && *(tb = lua_tostring(S->L, -1)) == '\0') tb = NULL;
+  }
+  S->on_fail(S->fail_ud, p, reason, tb, boot);
+  if (pushed) lua_pop(S->L, 1);
+}
+
+/* Fail p, whose activation on co stopped, with reason (borrowed). */
+static void fail_on(mkl_state *S, mk_proc *p, lua_State *co, mk_term *reason) {
+  mk_proc *outer = S->failing;
+  lua_State *outerco = S->failing_co;
+  S->failing = p;
+  S->failing_co = co;
+  mk_fail(p, reason);
+  S->failing = outer;
+  S->failing_co = outerco;
 }
 
 static void handle(mk_proc *p, const mk_event *ev) {
@@ -896,37 +1057,26 @@ static void handle(mk_proc *p, const mk_event *ev) {
   if (st == LUA_YIELD && !overrun) {
     lua_pop(co, nres);
     if (!lp->waiting && mk_proc_alive(p)) {
-      /* A boot process that yields fails like one that raises: reported,
-      ** and the interpreter exits 1 (it exited 0, silently). */
-      char *tb = lp->boot ? boot_traceback(S, co, YIELD_REASON) : NULL;
-      mk_failf(p, "%s", YIELD_REASON);
-      if (tb != NULL && S->on_fail != NULL) S->on_fail(S->fail_ud, p, tb);
-      free(tb);
+      /* A coroutine.yield() fails the process (a boot process's failure
+      ** exits 1: it exited 0, silently). */
+      mk_term *reason = mk_cstr(YIELD_REASON);
+      fail_on(S, p, co, reason);
+      mk_unref(reason);
     }
   } else if (st == LUA_OK && !overrun) {
     release(S, lp);
   } else {
     /* An error, or the budget ran out (the hook yielded or raised: its
     ** message says where, the reason is the same whatever the code did
-    ** with the error meanwhile). */
-    mk_term *reason = overrun ? mk_cstr(BUDGET_REASON) : reason_of(S, co);
-    char *tb = NULL;
-    if (lp->boot) {
-      const char *msg = overrun ? BUDGET_REASON : lua_tostring(co, -1);
-      char *shown = msg ? NULL : mk_repr_max(reason, MK_REPR_SHOWN, NULL);
-      tb = boot_traceback(S, co, msg ? msg : shown ? shown : "(error object is not a string)");
-      free(shown);
-    }
-    /* The coroutine is left as it is and dropped with the process.  Clearing
+    ** with the error meanwhile).
+    ** The coroutine is left as it is and dropped with the process.  Clearing
     ** its stack would run the __close handlers of its pending to-be-closed
     ** variables, unprotected and beyond any budget (one that raises aborted
     ** the program); Lua itself runs them only when a coroutine is closed,
     ** which a failed process's never is. */
-    if (mk_proc_alive(p)) mk_fail(p, reason);
+    mk_term *reason = overrun ? mk_cstr(BUDGET_REASON) : reason_of(S, co);
+    if (mk_proc_alive(p)) fail_on(S, p, co, reason);
     mk_unref(reason);
-    /* After the failure took effect: the hook may act on the host. */
-    if (tb != NULL && S->on_fail != NULL) S->on_fail(S->fail_ud, p, tb);
-    free(tb);
   }
 }
 
@@ -1433,11 +1583,78 @@ static void trace_line(void *ud, const char *line) {
   fprintf(stderr, "market: %s\n", line);
 }
 
+/* p_report(fn, crash): fn(report), with the report as a table of the
+** fields of mk_crash (docs/inspect.md), called protected by lua_crash. */
+static int p_report(lua_State *L) {
+  const mk_crash *c = lua_touserdata(L, 2);
+  mkl_state *S = getstate(L);
+  size_t i;
+  lua_settop(L, 1);
+  lua_createtable(L, 0, 8);
+  lua_pushstring(L, c->vm);
+  lua_setfield(L, 2, "vm");
+  lua_pushinteger(L, (lua_Integer)c->pid);
+  lua_setfield(L, 2, "pid");
+  lua_pushstring(L, c->name);
+  lua_setfield(L, 2, "name");
+  mkl_pushterm(L, c->reason);
+  lua_setfield(L, 2, "reason");
+  lua_pushstring(L, c->message);
+  lua_setfield(L, 2, "message");
+  lua_pushstring(L, c->traceback);
+  lua_setfield(L, 2, "traceback");
+  lua_pushboolean(L, c->boot);
+  lua_setfield(L, 2, "boot");
+  lua_createtable(L, (int)c->nendpoints, 0);
+  for (i = 0; i < c->nendpoints; i++) {
+    const mk_crash_endpoint *e = &c->endpoints[i];
+    mkl_pushterm(L, e->role.topic);
+    newrole(S, L, e->role.orientation, e->role.interest);
+    lua_pushstring(L, e->name);
+    lua_setfield(L, -2, "name");
+    lua_pushinteger(L, e->level);
+    lua_setfield(L, -2, "level");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, 2, "endpoints");
+  lua_call(L, 1, 0);
+  return 0;
+}
+
+/* The on_crash of a ground_vm (its registry reference). */
+typedef struct luacrash {
+  lua_State *L;
+  int ref;
+} luacrash;
+
+/* mk_crash_fn for ground_vm's on_crash: called on the main thread,
+** outside any process.  If it raises, the report is printed after all,
+** with the error. */
+static void lua_crash(mk_host *h, const mk_crash *c, void *ud) {
+  luacrash *lc = ud;
+  lua_State *L = lc->L;
+  char *text;
+  (void)h;
+  if (!lua_checkstack(L, 4)) return;
+  lua_pushcfunction(L, p_report);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lc->ref);
+  lua_pushlightuserdata(L, (void *)c);
+  if (lua_pcall(L, 2, 0, 0) == LUA_OK) return;
+  text = mk_crash_format(c);
+  if (text != NULL) fputs(text, stderr);
+  free(text);
+  fprintf(stderr, "market: on_crash failed: %s\n",
+          lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(error object is not a string)");
+  lua_pop(L, 1);
+}
+
 /* A host on this Lua state and a loop of its own, from the arguments of
 ** core.ground_vm and core.open_ground_vm (boot, trace, drain,
-** max_activation); the caller spawns boot (spawn_boot) once it keeps the
-** host where an error cannot lose it.  fname names the caller in errors. */
-static mk_host *open_host(lua_State *L, const char *fname) {
+** max_activation, on_crash); the caller spawns boot (spawn_boot) once it
+** keeps the host where an error cannot lose it, and unrefs lc->ref after
+** freeing the host (lc, the caller's, lives as long as the host).  fname
+** names the caller in errors. */
+static mk_host *open_host(lua_State *L, const char *fname, luacrash *lc) {
   mkl_state *S = STATE(L);
   mk_host *h;
   mk_error err;
@@ -1455,6 +1672,13 @@ static mk_host *open_host(lua_State *L, const char *fname) {
     luaL_error(L, "%s: %s", fname, lua_tostring(L, -1));
   }
   if (budget >= 0) mk_host_set_max_activation(h, budget);
+  lc->L = S->L;
+  lc->ref = LUA_NOREF;
+  if (lua_type(L, 5) == LUA_TFUNCTION) {
+    lua_pushvalue(L, 5);
+    lc->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    mk_host_on_crash(h, lua_crash, lc);
+  }
   return h;
 }
 
@@ -1485,32 +1709,36 @@ static int outcome(lua_State *L, mk_host *h, int rc, int more) {
   return 1;
 }
 
-/* core.ground_vm(boot, trace, drain, max_activation)
+/* core.ground_vm(boot, trace, drain, max_activation, on_crash)
 **   -> true | nil, traceback | nil, why, status
 ** A host (market.h) on this Lua state and a loop of its own, run to the
 ** end and freed: the same code path as the interpreter's.  drain (ms, or
 ** nil): SIGINT and SIGTERM stop it (mk_host_stop_on_signals). */
 static int c_ground_vm(lua_State *L) {
-  mk_host *h = open_host(L, "market.ground_vm");
+  luacrash lc;
+  mk_host *h = open_host(L, "market.ground_vm", &lc);
   int nret;
   spawn_boot(L, h);
   nret = outcome(L, h, mk_host_run(h), 1);
   mk_host_free(h);
+  luaL_unref(L, LUA_REGISTRYINDEX, lc.ref);
   return nret;
 }
 
 /*
-** core.open_ground_vm(boot, trace, drain, max_activation) -> ground
+** core.open_ground_vm(boot, trace, drain, max_activation, on_crash) -> ground
 ** The same host, left for the caller to drive from a loop of its own
 ** (docs/loops.md): step, pollfd, events and timeout are a cqueues
 ** controller's, so cqueues can poll it as it is, and close frees it
 ** (also when collected, or at the end of a `local g <close>`).  The
-** userdata owns the host (NULL once closed).
+** userdata owns the host (NULL once closed) and the reference to
+** on_crash (lc.ref, let go of when the host is freed).
 */
 #define GROUND_MT "market.ground_vm"
 
 typedef struct lground {
   mk_host *h;
+  luacrash lc;
 } lground;
 
 static lground *checkground(lua_State *L, const char *fname) {
@@ -1522,8 +1750,9 @@ static lground *checkground(lua_State *L, const char *fname) {
 static int c_open_ground_vm(lua_State *L) {
   lground *G = lua_newuserdatauv(L, sizeof *G, 0);   /* first: no host to leak */
   G->h = NULL;
+  G->lc.ref = LUA_NOREF;
   luaL_setmetatable(L, GROUND_MT);
-  G->h = open_host(L, "market.open_ground_vm");
+  G->h = open_host(L, "market.open_ground_vm", &G->lc);
   spawn_boot(L, G->h);                  /* an error now: __gc frees the host */
   return 1;
 }
@@ -1577,6 +1806,8 @@ static int g_close(lua_State *L) {
     return luaL_error(L, "market: close called from inside a process of the ground VM it closes");
   mk_host_free(G->h);
   G->h = NULL;
+  luaL_unref(L, LUA_REGISTRYINDEX, G->lc.ref);
+  G->lc.ref = LUA_NOREF;
   return 0;
 }
 
@@ -1635,9 +1866,8 @@ int mkl_attach(lua_State *L, mk_ground *g) {
   mkl_state *S = getstate(L);
   if (S == NULL || S->g != NULL) return -1;
   S->g = g;
-  free(S->boot_error);
-  S->boot_error = NULL;
   mk_vm_set_userdata(mk_ground_vm(g), S);
+  mk_vm_set_crash_hook(mk_ground_vm(g), crashed, S);
   return 0;
 }
 
@@ -1645,13 +1875,6 @@ void mkl_detach(lua_State *L) {
   mkl_state *S = getstate(L);
   if (S == NULL) return;
   S->g = NULL;
-  free(S->boot_error);
-  S->boot_error = NULL;
-}
-
-const char *mkl_boot_error(lua_State *L) {
-  mkl_state *S = getstate(L);
-  return S ? S->boot_error : NULL;
 }
 
 mk_pid mkl_spawn(lua_State *L, mk_vm *vm, const char *name, int report) {
@@ -1685,6 +1908,13 @@ mk_proc *mkl_current(lua_State *L) {
   return running.p != NULL && running.lp->co == L ? running.p : NULL;
 }
 
+mk_proc *mkl_acting(lua_State *L) {
+  mkl_state *S;
+  if (running.p != NULL && running.lp->co == L) return running.p;
+  S = getstate(L);
+  return S != NULL ? S->current : NULL;
+}
+
 int mkl_pushctx(lua_State *L) {
   if (running.p == NULL || running.lp->co != L) return 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
@@ -1693,8 +1923,6 @@ int mkl_pushctx(lua_State *L) {
 
 static int state_gc(lua_State *L) {
   mkl_state *S = lua_touserdata(L, 1);
-  free(S->boot_error);
-  S->boot_error = NULL;
   free(S->spare);
   S->spare = NULL;
   S->nspare = S->maxspare = 0;
@@ -1743,9 +1971,10 @@ void mkl_open_core(lua_State *L) {
     lua_pop(L, 1);
   }
   open_ground_mt(L, S);
-  lua_createtable(L, 0, sizeof funcs / sizeof funcs[0]);
+  lua_createtable(L, 0, sizeof funcs / sizeof funcs[0] + 4);
   lua_pushlightuserdata(L, S);
   luaL_setfuncs(L, funcs, 1);
+  mkl_open_log(L);
   lua_pushinteger(L, MK_EV_PRESENCE); lua_setfield(L, -2, "PRESENCE");
   lua_pushinteger(L, MK_EV_ABSENCE); lua_setfield(L, -2, "ABSENCE");
   lua_pushinteger(L, MK_EV_MESSAGE); lua_setfield(L, -2, "MESSAGE");

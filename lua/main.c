@@ -24,6 +24,12 @@ static const char usage[] =
   "  --drain MS     on SIGINT or SIGTERM, give open work MS milliseconds to\n"
   "                 finish before everything is closed (default 5000; 0: none)\n"
   "  --trace        print every event and action to stderr, one per line\n"
+  "  --quiet        print no crash reports (the boot process's failure is\n"
+  "                 still printed: it is the program's)\n"
+  "  --strict       exit 3 at the end if any process failed\n"
+  "  --log-level LEVEL\n"
+  "                 log lines up to LEVEL: error, warn, info or debug\n"
+  "                 (default warn, or what MARKET_LOG says)\n"
   "  --no-drivers   do not start the timer, tcp and udp drivers\n"
   "  --max-term-depth N, --max-term-size N\n"
   "                 the deepest and the largest term a process may build\n"
@@ -42,9 +48,16 @@ static const char usage[] =
   "at once, open sessions get the drain time, then whatever is left is\n"
   "closed and the program exits 0.  A second signal stops it at once.\n"
   "\n"
+  "Log lines (market.log, the drivers' warnings) go to stderr, each with the\n"
+  "time, level, VM path, pid and name of the process that logged it.\n"
+  "\n"
+  "A process that fails prints a crash report to stderr: its VM, pid and\n"
+  "name, the reason, the traceback of its code and the endpoints it held.\n"
+  "\n"
   "Exit status: 0 when every process finished (or a stop ended them), 1 when\n"
-  "the boot process failed (its traceback is printed), 2 for a usage error,\n"
-  "128 + N when a second signal N ended a stop.\n";
+  "the boot process failed (its crash report is printed), 2 for a usage\n"
+  "error, 3 with --strict when another process failed, 128 + N when a\n"
+  "second signal N ended a stop.\n";
 
 static void trace_line(void *ud, const char *line) {
   (void)ud;
@@ -56,6 +69,17 @@ static void warning_line(mk_host *h, const char *message, void *ud) {
   (void)h;
   (void)ud;
   fprintf(stderr, "%s\n", message);
+}
+
+/* Crash reports under --quiet: only the boot process's, whose failure is
+** the program's (exit 1) and would otherwise go unexplained. */
+static void quiet_crash(mk_host *h, const mk_crash *c, void *ud) {
+  char *text;
+  (void)h;
+  (void)ud;
+  if (!c->boot || (text = mk_crash_format(c)) == NULL) return;
+  fputs(text, stderr);
+  free(text);
 }
 
 /* The argument of --drain or --max-activation: milliseconds, finite, 0 or
@@ -70,8 +94,9 @@ int main(int argc, char **argv) {
   const char *const *args = (const char *const *)argv;
   const char *code = NULL;
   double drain = 5000;
-  int trace = 0, drivers = 1, status = 0, i, first;
+  int trace = 0, drivers = 1, quiet = 0, strict = 0, status = 0, i, first;
   double budget = -1;
+  int loglevel = -1;
   mk_host *h;
   mk_error err;
   mk_pid pid;
@@ -113,6 +138,13 @@ int main(int argc, char **argv) {
       }
       continue;
     }
+    if (strcmp(argv[i], "--log-level") == 0) {
+      if (++i >= argc || mk_log_level_parse(argv[i]) < 0) {
+        fputs("market: --log-level needs a level: error, warn, info or debug\n", stderr);
+        return 2;
+      }
+      continue;
+    }
     if (strcmp(argv[i], "--drain") == 0) {
       if (++i >= argc || ms_arg(argv[i]) < 0) {
         fputs("market: --drain needs a number of milliseconds (0 or more)\n", stderr);
@@ -120,7 +152,9 @@ int main(int argc, char **argv) {
       }
       continue;
     }
-    if (strcmp(argv[i], "--trace") == 0 || strcmp(argv[i], "--no-drivers") == 0) continue;
+    if (strcmp(argv[i], "--trace") == 0 || strcmp(argv[i], "--no-drivers") == 0 ||
+        strcmp(argv[i], "--quiet") == 0 || strcmp(argv[i], "--strict") == 0)
+      continue;
     if (argv[i][0] == '-' && strcmp(argv[i], "--") != 0 && strcmp(argv[i], "-") != 0) {
       fprintf(stderr, "market: unknown option '%s' (try market --help)\n", argv[i]);
       return 2;
@@ -130,10 +164,13 @@ int main(int argc, char **argv) {
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--trace") == 0) trace = 1;
     else if (strcmp(argv[i], "--no-drivers") == 0) drivers = 0;
+    else if (strcmp(argv[i], "--quiet") == 0) quiet = 1;
+    else if (strcmp(argv[i], "--strict") == 0) strict = 1;
     else if (strcmp(argv[i], "-e") == 0) code = argv[++i];
     else if (strcmp(argv[i], "--max-activation") == 0) budget = ms_arg(argv[++i]);
     else if (strcmp(argv[i], "--max-term-depth") == 0 || strcmp(argv[i], "--max-term-size") == 0) i++;
     else if (strcmp(argv[i], "--drain") == 0) drain = ms_arg(argv[++i]);
+    else if (strcmp(argv[i], "--log-level") == 0) loglevel = mk_log_level_parse(argv[++i]);
     else if (strcmp(argv[i], "--") == 0) { i++; break; }
     else break;
   }
@@ -149,6 +186,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (trace) mk_host_trace(h, trace_line, NULL);
+  if (quiet) mk_host_on_crash(h, quiet_crash, NULL);
+  if (loglevel >= 0) mk_host_set_log_level(h, loglevel);
   if (budget >= 0) mk_host_set_max_activation(h, budget);
   mk_host_on_warning(h, warning_line, NULL);
   /* arg[0] is the script (with -e: the code), as lua(1) has it. */
@@ -168,10 +207,9 @@ int main(int argc, char **argv) {
     mk_host_free(h);
     return 1;
   }
-  if (mk_host_run(h) == MK_EFAILED) {
-    fprintf(stderr, "market: %s\n", mk_host_error(h));
-    status = 1;
-  }
+  /* A boot process's failure was printed as its crash report. */
+  if (mk_host_run(h) == MK_EFAILED) status = 1;
+  else if (strict && mk_host_crashes(h) > 0) status = 3;
   if (mk_host_exit_status(h) != 0) status = mk_host_exit_status(h);
   mk_host_free(h);
   return status;

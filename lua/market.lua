@@ -481,6 +481,9 @@ local function ground_boot(boot, opts, fname)
   end
   check_budget(opts.max_activation, fname, 3)
   check_drain(opts.drain, fname, 4)
+  if opts.on_crash ~= nil and type(opts.on_crash) ~= "function" then
+    error(fname .. ": on_crash must be a function, got " .. type(opts.on_crash), 3)
+  end
   if not opts.drivers then return boot, opts end
   return function(pid)
     for _, name in ipairs { "timer", "tcp", "udp" } do
@@ -495,16 +498,18 @@ local function ground_boot(boot, opts, fname)
   end, opts
 end
 
--- ground_vm(boot [, {drivers=, trace=, drain=, max_activation=}]): run a
+-- ground_vm(boot [, {drivers=, trace=, drain=, max_activation=, on_crash=}]): run a
 -- ground VM until it has nothing left to do.  Returns true, or nil and the
 -- boot failure's traceback.  max_activation: the CPU ms one activation of
 -- a handler may take (default 1000; 0: no budget; docs/limits.md).  With drain (ms), SIGINT and SIGTERM stop it gracefully
 -- (docs/semantics.md, "Stopping"); a second signal ends the stop at once,
 -- and ground_vm then returns nil, "stopped by a second signal", 128 + signum.
+-- on_crash(report): told of every process failure instead of the report
+-- printed to stderr (docs/inspect.md, "Crash reports").
 function M.ground_vm(boot, opts)
   local start
   start, opts = ground_boot(boot, opts, "market.ground_vm")
-  return core.ground_vm(start, opts.trace, opts.drain, opts.max_activation)
+  return core.ground_vm(start, opts.trace, opts.drain, opts.max_activation, opts.on_crash)
 end
 
 -- open_ground_vm(boot [, opts]): the same ground VM (same options), not
@@ -514,7 +519,7 @@ end
 function M.open_ground_vm(boot, opts)
   local start
   start, opts = ground_boot(boot, opts, "market.open_ground_vm")
-  return core.open_ground_vm(start, opts.trace, opts.drain, opts.max_activation)
+  return core.open_ground_vm(start, opts.trace, opts.drain, opts.max_activation, opts.on_crash)
 end
 
 -- stop([drain_ms]): begin a graceful stop of the whole program, as SIGTERM
@@ -686,5 +691,28 @@ M.ground = {
 }
 M.PUBLISHER, M.SUBSCRIBER = "publisher", "subscriber"
 M.VERSION = core.VERSION
+
+-- log.error(fmt, ...), log.warn, log.info, log.debug: one line each,
+-- string.format(fmt, ...) (fmt alone: tostring(fmt)), prefixed with the
+-- time, the level and the process; log.level([name]) -> the threshold
+-- (before a change); log.sink(f|nil): f(level, line, message) gets every
+-- line instead of stderr (docs/inspect.md, "Logging").
+M.log = { level = core.log_level, sink = core.log_sink }
+for level, name in ipairs { "error", "warn", "info", "debug" } do
+  level = level - 1
+  M.log[name] = function(fmt, ...)
+    if level > core.log_threshold() then return end
+    local msg
+    if select("#", ...) > 0 then
+      if type(fmt) ~= "string" then
+        error("market.log." .. name .. ": the format must be a string, got " .. type(fmt), 2)
+      end
+      msg = fmt:format(...)
+    else
+      msg = tostring(fmt)
+    end
+    core.log(level, type(fmt) == "string" and fmt or nil, msg)
+  end
+end
 
 return M

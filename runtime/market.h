@@ -27,15 +27,17 @@
 **   on failure.  The host keeps the last error: mk_host_errcode() gives its
 **   status and mk_host_error() a readable message.  mk_host_new(), which
 **   has no host to keep it in yet, fills an mk_error the caller passes.
-** - Nothing here prints, and nothing calls exit().  The one exception is
+** - Nothing here calls exit(), and only two things print: crash reports
+**   (mk_host_on_crash) and log lines (mk_host_on_log) go to stderr unless
+**   you give a function of yours.  The one exception to the first rule is
 **   the out-of-memory policy of the VM core: when malloc fails inside the
 **   VM (vm.c, nested.c), market writes "market: out of memory" to stderr
 **   and calls abort(), as a process that cannot allocate cannot keep its
 **   promises about presence and absence.  Lua allocations that fail inside
 **   Lua code are ordinary Lua errors (the process fails with "not enough
 **   memory"); allocation failures this header can report are MK_ENOMEM.
-**   Tracing (mk_host_trace) and the drivers' warnings (mk_host_on_warning)
-**   go to functions of yours; market itself never writes them anywhere.
+**   Tracing (mk_host_trace) and Lua's warn() (mk_host_on_warning) go to
+**   functions of yours; market itself never writes them anywhere.
 ** - Ownership.  Terms passed *in* to the functions below are borrowed
 **   unless it says "steals"; terms returned are new references unless it
 **   says "borrowed" (see term.h).  Strings are copied when kept.
@@ -188,10 +190,11 @@ int mk_host_set_max_activation(mk_host *h, double ms);
 
 /*
 ** Called when a Lua process spawned by mk_host_spawn_file or
-** mk_host_spawn_string fails (raises an error): pid, its name and the Lua
-** traceback (borrowed for the call).  Its peers see absence with the error
-** as the reason either way.  fn NULL removes the callback.  Processes they
-** spawned in turn, drivers and native processes are not reported here, and
+** mk_host_spawn_string fails (raises an error): pid, its name and the
+** reason followed by the Lua traceback (borrowed for the call).  Its peers
+** see absence with the error as the reason either way.  fn NULL removes
+** the callback.  Processes they spawned in turn, drivers and native
+** processes are not reported here (mk_host_on_crash reports them all), and
 ** nothing is reported while mk_host_free runs.
 */
 typedef void (*mk_failure_fn)(mk_host *h, mk_pid pid, const char *name,
@@ -199,12 +202,95 @@ typedef void (*mk_failure_fn)(mk_host *h, mk_pid pid, const char *name,
 void mk_host_on_failure(mk_host *h, mk_failure_fn fn, void *ud);
 
 /*
-** Warnings.  The drivers report trouble that is no process's failure (a
-** datagram dropped, accept() failing, a malformed request ignored) with
-** Lua's warn().  A host keeps them to itself unless you ask: fn receives
-** each warning as one line of text (borrowed for the call, no newline).
-** fn NULL stops them.  Your own Lua code may warn() too; Lua's control
-** messages ("@on", "@off") are ignored.  (`market` prints them to stderr.)
+** Crash reports.  Every process failure in any VM of the host (an error
+** in a Lua handler, boot function or continuation, a strict error such as
+** re-adding an endpoint with another role, an activation budget exceeded,
+** mk_fail in a native process) makes one report, built while the process
+** still holds its endpoints.  Everything in it is borrowed for the call.
+** docs/inspect.md shows one.
+*/
+typedef struct mk_crash_endpoint {
+  const char *name;          /* the endpoint's name in its process */
+  int level;                 /* 0: in the process's VM; n: n VMs up (at_meta_level) */
+  mk_role role;              /* orientation, interest and topic */
+} mk_crash_endpoint;
+
+typedef struct mk_crash {
+  const char *vm;            /* the VM's path: "ground", "ground/4", ... */
+  mk_pid pid;                /* the process's pid in that VM */
+  const char *name;          /* its debug name, or NULL */
+  mk_term *reason;           /* the reason its peers see (never NULL) */
+  const char *message;       /* the reason as text: a string reason as it
+                             ** is, another term as market.repr shows it
+                             ** (at most MK_REPR_SHOWN bytes) */
+  const char *traceback;     /* "stack traceback:\n\t..." of the Lua code
+                             ** that failed, market's own frames left out;
+                             ** NULL for a native process, or when the
+                             ** failure came from outside its code */
+  const mk_crash_endpoint *endpoints;   /* what it held, nendpoints of them */
+  size_t nendpoints;
+  int boot;                  /* 1: a process the host spawned (mk_host_spawn_*),
+                             ** whose failure mk_host_run reports as MK_EFAILED */
+} mk_crash;
+
+/*
+** fn receives every crash report of the host (no callback: each is
+** printed to stderr as mk_crash_format writes it, which is what `market`
+** does unless --quiet).  fn NULL restores that default; a function that
+** does nothing silences them.  fn runs while the process fails: it may
+** call the mk_host_* functions but run, step and free (MK_EBUSY).  Nothing
+** is reported while mk_host_free runs.
+*/
+typedef void (*mk_crash_fn)(mk_host *h, const mk_crash *crash, void *ud);
+void mk_host_on_crash(mk_host *h, mk_crash_fn fn, void *ud);
+/* How many crash reports the host made so far. */
+unsigned long mk_host_crashes(const mk_host *h);
+
+/*
+** The report as text, several lines with a newline at the end:
+**   market: ground #4 worker failed: w.lua:3: attempt to index a nil value
+**   stack traceback:
+**   \tw.lua:3: in function <w.lua:2>
+**   endpoints:
+**   \tin: subscriber participant request(_)
+** A string the caller frees, or NULL when out of memory.
+*/
+char *mk_crash_format(const mk_crash *crash);
+
+/*
+** Logging (docs/inspect.md, "Logging").  Lua code logs with market.log
+** (error, warn, info, debug), and the drivers log their warnings so; a
+** host may too (mk_host_log).  Each line reads
+**   2026-12-01T07:36:53.123Z warn ground #5 tcp-listener 5999: market.tcp: ...
+** (UTC time, level, the VM path, pid and name of the process that logged
+** it, "-" for none).  Lines above the threshold are dropped: the default
+** is MK_LOG_WARN, or what the environment variable MARKET_LOG names
+** ("error", "warn", "info", "debug") when the host is made.  A warning or
+** error logged again and again from one place is rate-limited: at most 5
+** lines in 10 s, and the next one after says "(N more suppressed)".
+**
+** mk_host_on_log: fn receives each line (borrowed for the call, no
+** newline) and its level; fn NULL: lines go to stderr (the default).  A
+** sink set from Lua (market.log.sink) comes first.
+** mk_host_set_log_level: MK_OK, or MK_EINVAL for a level out of range.
+** mk_host_log: log `message` as the host's (no process), MK_OK.
+** mk_log_level_parse: the level a name stands for, or -1;
+** mk_log_level_name: the name of a level ("?" for none).
+*/
+typedef enum mk_log_level { MK_LOG_ERROR, MK_LOG_WARN, MK_LOG_INFO, MK_LOG_DEBUG } mk_log_level;
+typedef void (*mk_log_fn)(mk_host *h, int level, const char *line, void *ud);
+void mk_host_on_log(mk_host *h, mk_log_fn fn, void *ud);
+int mk_host_set_log_level(mk_host *h, int level);
+int mk_host_log(mk_host *h, int level, const char *message);
+int mk_log_level_parse(const char *name);
+const char *mk_log_level_name(int level);
+
+/*
+** Lua's warn().  A host keeps what Lua code passes to warn() to itself
+** unless you ask: fn receives each warning as one line of text (borrowed
+** for the call, no newline).  fn NULL stops them.  Lua's control messages
+** ("@on", "@off") are ignored.  (`market` prints them to stderr.)  The
+** drivers' warnings go through the log (above), not here.
 */
 typedef void (*mk_warning_fn)(mk_host *h, const char *message, void *ud);
 void mk_host_on_warning(mk_host *h, mk_warning_fn fn, void *ud);

@@ -119,6 +119,8 @@ static void boot(mk_proc *self, mk_vm *vm) {
   snprintf(vm->path, n, "%s/%llu", parent->path, (unsigned long long)self->pid);
   vm->trace = parent->trace;
   vm->traceud = parent->traceud;
+  vm->crash = parent->crash;
+  vm->crashud = parent->crashud;
   vm->userdata = parent->userdata;
   if (vm->bootb) {
     mk_vm_spawn(vm, vm->bootb, vm->bootdata, vm->bootname);

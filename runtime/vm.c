@@ -395,6 +395,11 @@ void mk_vm_set_trace(mk_vm *vm, mk_trace_fn fn, void *ud) {
   vm->traceud = ud;
 }
 
+void mk_vm_set_crash_hook(mk_vm *vm, mk_crash_hook fn, void *ud) {
+  vm->crash = fn;
+  vm->crashud = ud;
+}
+
 int mk_vm_idle(const mk_vm *vm) { return qev_empty(vm); }
 size_t mk_vm_nprocs(const mk_vm *vm) { return vm->nprocs; }
 mk_vm *mk_vm_parent(const mk_vm *vm) { return vm->parent; }
@@ -513,6 +518,36 @@ size_t mk_proc_nendpoints(const mk_proc *p) {
   size_t n = 0;
   for (e = p->eps; e; e = e->pnext) n++;
   return n;
+}
+
+void mk_proc_each_endpoint(const mk_proc *p, mk_endpoint_fn fn, void *ud) {
+  const mk_endpoint *e = p->eps;
+  const mk_metaname *m;
+  while (e != NULL && e->pnext != NULL) e = e->pnext;    /* the oldest */
+  for (; e != NULL; e = e->pprev) fn(ud, e->name, 0, &e->role);
+  for (m = p->xname ? PROCX(p)->metas : NULL; m; m = m->next) {
+    /* "depth:name": the endpoint is named "pid/name" one VM up, owned by
+    ** the nested-VM process, and one more "pid/" per level (nested.c). */
+    int depth = atoi(m->name), level = 0;
+    const char *name = strchr(m->name, ':') + 1;
+    const mk_vm *vm = p->vm;
+    mk_pid owner = p->pid;
+    char *full = xstrdup(name);
+    for (; level < depth && vm->parent != NULL; level++) {
+      size_t n = strlen(full) + 24;
+      char *up = xmalloc(n);
+      snprintf(up, n, "%llu/%s", (unsigned long long)owner, full);
+      free(full);
+      full = up;
+      owner = vm->self->pid;
+      vm = vm->parent;
+    }
+    if (level == depth) {
+      mk_endpoint *up = mkI_endpoint((mk_vm *)vm, owner, full);
+      if (up != NULL && !up->dead) fn(ud, name, depth, &up->role);
+    }
+    free(full);
+  }
 }
 
 static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
@@ -981,6 +1016,7 @@ int mk_vm_kill(mk_vm *vm, mk_pid pid, mk_term *reason) {
 }
 
 void mk_fail(mk_proc *p, mk_term *reason) {
+  if (!p->dead && p->vm->crash != NULL) p->vm->crash(p->vm->crashud, p, reason);
   mkI_kill(p, reason);
 }
 

@@ -135,6 +135,17 @@ mk_vm *mk_vm_new(void);
 void mk_vm_free(mk_vm *vm, mk_term *reason);
 void mk_vm_set_hooks(mk_vm *vm, const mk_vm_hooks *hooks);
 void mk_vm_set_trace(mk_vm *vm, mk_trace_fn fn, void *ud);
+/*
+** Crash hook: told when a process of the VM fails (mk_fail, mk_failf:
+** an error in its handler, a strict error, a budget exceeded), before its
+** endpoints are withdrawn, so that mk_proc_each_endpoint still lists them.
+** `reason` is borrowed for the call.  It is not told of quits and kills
+** (mk_quit, mk_vm_kill), which are no failures.  Nested VMs take their
+** parent's hook when they boot, as they take its trace.  The hook may not
+** free the VM; what it does to p (a kill) takes effect first.
+*/
+typedef void (*mk_crash_hook)(void *ud, mk_proc *p, mk_term *reason);
+void mk_vm_set_crash_hook(mk_vm *vm, mk_crash_hook fn, void *ud);
 /* Deliver queued events until the queue is empty.  Returns the number of
 ** events delivered. */
 size_t mk_vm_run(mk_vm *vm);
@@ -214,7 +225,16 @@ mk_vm *mk_proc_vm(const mk_proc *p);
 void *mk_proc_data(const mk_proc *p);
 int mk_proc_alive(const mk_proc *p);
 size_t mk_proc_nendpoints(const mk_proc *p);   /* its own: not its lifeline */
-/* Crash: quit with `reason` (borrowed). */
+/*
+** Call fn for each endpoint p holds: those of its own VM (level 0) in the
+** order they were added, then those it holds `level` VMs up (added with
+** at_meta_level and already performed up there).  name, role and its topic
+** are borrowed for the call.  For reports (crash reports, inspection),
+** never per event: it walks lists and looks names up.
+*/
+typedef void (*mk_endpoint_fn)(void *ud, const char *name, int level, const mk_role *role);
+void mk_proc_each_endpoint(const mk_proc *p, mk_endpoint_fn fn, void *ud);
+/* Crash: quit with `reason` (borrowed), after telling the VM's crash hook. */
 void mk_fail(mk_proc *p, mk_term *reason);
 void mk_failf(mk_proc *p, const char *fmt, ...);
 

@@ -154,6 +154,8 @@ struct mk_vm {
   mk_vm_hooks hooks;
   mk_trace_fn trace;
   void *traceud;
+  mk_crash_hook crash;      /* mk_vm_set_crash_hook, or NULL */
+  void *crashud;
   void *userdata;
   char *path;
   /* boot process of a nested VM, spawned when it boots */

@@ -121,7 +121,7 @@ describe("the market interpreter (a client of market.h)", function()
     local status, out, err = sh(checked() .. H.market_bin() ..
                                 " -e 'error(\"boom\")' </dev/null")
     assert.equal(1, status, err)
-    assert.truthy(err:find("market: (command line):1: boom", 1, true), err)
+    assert.truthy(err:find("(command line) failed: (command line):1: boom", 1, true), err)
     assert.truthy(err:find("stack traceback", 1, true), err)
   end)
 end)

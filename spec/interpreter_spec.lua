@@ -123,8 +123,8 @@ describe("market script.lua", function()
     os.remove(path)
     assert.equal(1, status, err)
     assert.equal("", out)
-    assert.matches("^market: coroutine.yield%(%) outside market.yield%(%): a process suspends " ..
-                   "only through market\nstack traceback:\n", err)
+    assert.matches("^market: ground #%d+ [^\n]* failed: coroutine.yield%(%) outside " ..
+                   "market.yield%(%): a process suspends only through market\nstack traceback:\n", err)
     assert.matches("in %a* ?%a* ?'?wait'?", err)
   end)
 
@@ -167,7 +167,8 @@ describe("market -e", function()
   it("fails like a script", function()
     local status, out, err = H.run("-e " .. H.quote("error('from -e')"))
     assert.equal(1, status)
-    assert.matches("^market: %(command line%):1: from %-e\n", err)
+    assert.matches("^market: ground #%d+ %(command line%) failed: %(command line%):1: from %-e\n",
+                   err)
     assert.matches("stack traceback", err)
   end)
 

@@ -13,6 +13,7 @@ local H = require "helpers"
 local MODULES = {
   { prefix = "market", get = function() return require "market" end },
   { prefix = "market.ground", get = function() return require("market").ground end },
+  { prefix = "market.log", get = function() return require("market").log end },
   { prefix = "timer", get = function() return require "market.timer" end },
   { prefix = "tcp", get = function() return require "market.tcp" end },
   { prefix = "udp", get = function() return require "market.udp" end },

@@ -285,7 +285,9 @@ market.perform(market.spawn(stdio.driver), market.subscriber(stdio.stdin(market.
 ]])))
     assert.equal(0, status)
     assert.equal("", out)
-    assert.equal('market.stdio: stdio.FRAMING must be "line" or "raw", got "lines"\n', err)
+    -- A log line (docs/inspect.md): time, level, the driver, the message.
+    assert.matches('^%S+Z warn ground #%d+: market%.stdio: stdio%.FRAMING must be "line" or "raw", ' ..
+                   'got "lines"\n$', err)
   end)
 
   it("stops reading while a reader publishes backpressure on stdin", function()

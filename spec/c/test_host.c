@@ -301,6 +301,77 @@ static void failure(void) {
   mk_host_free(h);
 }
 
+/* Crash reports (mk_host_on_crash): every failure, native and Lua, boot
+** or not, with its VM, pid, name, reason, traceback and the endpoints it
+** held (still held when the report is made); the text mk_crash_format
+** makes of one; and the count. */
+static void on_crash(mk_host *h, const mk_crash *c, void *ud) {
+  char *text = mk_crash_format(c), *topics = NULL;
+  size_t i;
+  (void)ud;
+  CHECK(text != NULL);
+  logf_("crash %s %llu %s boot=%d [%s] tb=%s eps=%zu", c->vm, (unsigned long long)c->pid,
+        c->name ? c->name : "-", c->boot, c->message, c->traceback ? "yes" : "no",
+        c->nendpoints);
+  for (i = 0; i < c->nendpoints; i++) {
+    topics = repr(c->endpoints[i].role.topic);
+    logf_("  ep %s %d %s %s", c->endpoints[i].name, c->endpoints[i].level,
+          mk_orientation_name(c->endpoints[i].role.orientation), topics);
+    free(topics);
+  }
+  /* The process still holds its endpoints: no peer has seen it go. */
+  if (c->name && strcmp(c->name, "nat") == 0) CHECK(!has("absence sub \"native-pub\""));
+  CHECK(mk_host_run(h) == MK_EBUSY && mk_host_step(h) == MK_EBUSY);
+  logf_("%s", text);
+  free(text);
+  CHECK(mk_host_crashes(h) >= 1);
+}
+
+static void n_fail(mk_proc *self, void *ud) {
+  mk_term *t = mk_cstr("native-pub");
+  mk_add_publisher(self, "out", t);
+  mk_unref(t);
+  mk_failf(self, "native trouble %d", 7);
+}
+
+static const mk_native failing_native = { n_fail, NULL, NULL, NULL, NULL, NULL };
+
+static void crash_reports(void) {
+  mk_host *h = newhost();
+  probe p = { "watcher", NULL, NULL, 0, 0, 0, NULL };
+  p.sub = mk_cstr("native-pub");
+  CHECK(mk_host_crashes(h) == 0);
+  mk_host_on_crash(h, on_crash, NULL);
+  mk_host_spawn_native(h, &probe_handlers, &p, "watcher");
+  mk_host_spawn_native(h, &failing_native, NULL, "nat");
+  mk_host_spawn_string(h,
+    "local market = require 'market'\n"
+    "market.perform(market.spawn(function()\n"
+    "  market.perform(market.subscriber({'job', market._}, {name = 'jobs'}))\n"
+    "  local function work(t) return t.x.y end\n"
+    "  work({})\n"
+    "end, {name = 'child'}))\n"
+    "market.pause()\n"
+    "market.perform(market.publisher('p', {name = 'mine'}))\n"
+    "error('boot broke')\n", "bootstr", 0, NULL);
+  CHECK(mk_host_run(h) == MK_EFAILED);
+  CHECK(mk_host_crashes(h) == 3);
+  CHECK(has("crash ground 2 nat boot=0 [native trouble 7] tb=no eps=1\n  ep out 0 publisher \"native-pub\""));
+  CHECK(has("watcher absence sub \"native-pub\" \"native trouble 7\""));
+  CHECK(has("crash ground 4 child boot=0 [bootstr:4: attempt to index a nil value (field 'x')] "
+            "tb=yes eps=1\n  ep jobs 0 subscriber [\"job\", _]"));
+  CHECK(has("stack traceback:\n\tbootstr:4: in local 'work'\n\tbootstr:5: in function <bootstr:2>\n"));
+  CHECK(has("crash ground 3 bootstr boot=1 [bootstr:9: boot broke] tb=yes eps=1"));
+  CHECK(has("market: ground #3 bootstr failed: bootstr:9: boot broke\nstack traceback:\n"
+            "\t[C]: in function 'error'\n\tbootstr:9: in main chunk\n\t(...tail calls...)\n"
+            "endpoints:\n\tmine: publisher participant \"p\"\n"));
+  CHECK(strstr(mk_host_error(h), "bootstr:9: boot broke\nstack traceback:") == mk_host_error(h));
+  /* market's own frames are left out. */
+  CHECK(!has("\tmarket"));
+  mk_host_on_crash(h, NULL, NULL);     /* the default again: stderr */
+  mk_host_free(h);
+}
+
 /* The activation budget: a Lua handler that loops is ended with the reason
 ** "activation budget exceeded", its native peer sees it go, and the host
 ** goes on; the setting is checked. */
@@ -455,6 +526,39 @@ static void warnings(void) {
                        "w2", 0, NULL);
   CHECK(mk_host_run(h) == MK_OK);
   CHECK(strcmp(logbuf, "warning [market.x: in pieces]\n") == 0);
+  mk_host_free(h);
+}
+
+/* The log (mk_host_on_log): lines from Lua and from the host, with their
+** level and prefix, up to the threshold. */
+static void on_log(mk_host *h, int level, const char *line, void *ud) {
+  const char *rest = strchr(line, ' ');      /* past the time */
+  (void)h;
+  (*(int *)ud)++;
+  logf_("log %s [%s]", mk_log_level_name(level), rest ? rest + 1 : line);
+}
+
+static void logging(void) {
+  mk_host *h = newhost();
+  int n = 0;
+  CHECK(mk_log_level_parse("debug") == MK_LOG_DEBUG && mk_log_level_parse("loud") == -1);
+  CHECK(mk_log_level_parse(NULL) == -1);
+  CHECK(strcmp(mk_log_level_name(MK_LOG_WARN), "warn") == 0);
+  CHECK(strcmp(mk_log_level_name(9), "?") == 0);
+  CHECK(mk_host_set_log_level(h, 4) == MK_EINVAL && mk_host_set_log_level(h, -1) == MK_EINVAL);
+  CHECK(mk_host_log(h, 7, "x") == MK_EINVAL && mk_host_log(h, MK_LOG_WARN, NULL) == MK_EINVAL);
+  mk_host_on_log(h, on_log, &n);
+  CHECK(mk_host_set_log_level(h, MK_LOG_INFO) == MK_OK);
+  mk_host_spawn_string(h,
+    "local market = require 'market'\n"
+    "market.log.info('hello %s', 'there')\n"
+    "market.log.debug('not shown')\n", "logger", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(mk_host_log(h, MK_LOG_ERROR, "from the host") == MK_OK);
+  CHECK(mk_host_log(h, MK_LOG_DEBUG, "not shown either") == MK_OK);
+  CHECK(n == 2);
+  CHECK(strcmp(logbuf, "log info [info ground #1 logger: hello there]\n"
+                       "log error [error -: from the host]\n") == 0);
   mk_host_free(h);
 }
 
@@ -703,6 +807,7 @@ int main(void) {
   RUN(terms_across);
   RUN(subscribe);
   RUN(failure);
+  RUN(crash_reports);
   RUN(budget);
   RUN(teardown);
   RUN(busy);
@@ -710,6 +815,7 @@ int main(void) {
   RUN(own_loop_step);
   RUN(trace);
   RUN(warnings);
+  RUN(logging);
   RUN(deep_lua);
   RUN(stop_on_signals);
   RUN(stop_from_host);

@@ -1,0 +1,197 @@
+-- crash_spec.lua: crash reports (docs/inspect.md, "Crash reports"): every
+-- process failure prints one report to stderr, --quiet and --strict, the
+-- boot process's failure, and market.ground_vm's on_crash.
+package.path = "spec/support/?.lua;" .. package.path
+local H = require "helpers"
+local market = require "market"
+
+-- The reports in stderr text: their first lines.
+local function heads(err)
+  local t = {}
+  for line in err:gmatch("[^\n]+") do
+    if line:find("^market: .* failed: ") then t[#t + 1] = line end
+  end
+  return t
+end
+
+local function count(s, pat)
+  return select(2, s:gsub(pat, ""))
+end
+
+describe("crash reports", function()
+  it("a handler that fails: VM, pid, name, reason, traceback without market's frames, endpoints",
+     function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      local _ = market._
+      market.perform(market.spawn(function()
+        return market.transition(0, market.subscriber({"job", _}, {
+          name = "jobs",
+          on_message = function(n, job)
+            local function work(j) return j.spec.size end
+            return market.transition(n + work(job[2]))
+          end }), market.publisher("status", { name = "status" }))
+      end, { name = "worker" }))
+      market.pause()
+      market.perform(market.send({"job", {}}))
+      print("boot done")
+    ]])
+    assert.equal(0, status, err)
+    assert.equal("boot done\n", out)
+    assert.equal(1, #heads(err), err)
+    assert.matches("^market: ground #%d+ worker failed: [^\n]*:7: attempt to index a nil value " ..
+                   "%(field 'spec'%)\n", err)
+    assert.matches("\nstack traceback:\n\t[^\n]*:7: in local 'work'\n\t[^\n]*:8: in function <[^\n]*:6>\n",
+                   err)
+    assert.matches("\nendpoints:\n\tjobs: subscriber participant %[\"job\", _%]\n" ..
+                   "\tstatus: publisher participant \"status\"\n$", err)
+    -- Nothing of market's own (market.lua, the drivers, the chunk wrapper).
+    assert.falsy(err:find("\n\tmarket", 1, true), err)
+  end)
+
+  it("the boot process's failure is reported once and exits 1", function()
+    local status, _, err = H.run_script([[
+      local market = require "market"
+      market.perform(market.publisher("p", { name = "mine" }))
+      local function deeper() error("the script broke") end
+      deeper()
+    ]])
+    assert.equal(1, status)
+    assert.equal(1, #heads(err), err)
+    assert.matches("^market: ground #%d+ [^\n]* failed: [^\n]*:3: the script broke\nstack traceback:\n", err)
+    assert.matches("\nendpoints:\n\tmine: publisher participant \"p\"\n$", err)
+  end)
+
+  it("a strict error (an endpoint re-added with another role) points at the program's line",
+     function()
+    local status, _, err = H.run_script([[
+      local market = require "market"
+      market.perform(market.spawn(function()
+        market.perform(market.subscriber("a", { name = "x" }))
+        market.perform(market.publisher("b", { name = "x" }))
+      end, { name = "strict" }))
+    ]])
+    assert.equal(0, status, err)
+    assert.matches("^market: ground #%d+ strict failed: endpoint 'x' re%-added with a different role\n" ..
+                   "stack traceback:\n\t%[C%]: in function 'market.perform'\n\t[^\n]*:4: in function <",
+                   err)
+    assert.matches("\nendpoints:\n\tx: subscriber participant \"a\"\n$", err)
+  end)
+
+  it("a continuation, a budget exceeded, a coroutine.yield() and a nested VM's process", function()
+    local status, _, err = H.run_script([[
+      local market = require "market"
+      market.perform(market.spawn(function()
+        return market.transition(0, market.spawn(function() end, { k = function(s, pid)
+          error("continuation broke for " .. pid)
+        end }))
+      end, { name = "parent" }))
+      market.perform(market.spawn(function()
+        return market.transition(0, market.subscriber("spin", { on_message = function()
+          while true do end
+        end }))
+      end, { name = "spinner" }))
+      market.perform(market.spawn(function()
+        return market.transition(0, market.subscriber("y", { on_message = function()
+          coroutine.yield()
+        end }))
+      end, { name = "yielder" }))
+      market.perform(market.nested_vm(function()
+        market.perform(market.at_meta_level(market.subscriber("go", { name = "up" })))
+        market.yield()
+        error("inside")
+      end, { name = "inner" }))
+      market.pause()
+      market.perform(market.send("spin"), market.send("y"), market.send("go"))
+    ]], "--no-drivers --max-activation 100")
+    assert.equal(0, status, err)
+    assert.equal(4, #heads(err), err)
+    assert.matches("\nmarket: ground #%d+ parent failed: [^\n]*:4: continuation broke for %d+\n" ..
+                   "stack traceback:\n\t%[C%]: in function 'error'\n\t[^\n]*:4: in ", "\n" .. err)
+    assert.matches("\nmarket: ground #%d+ spinner failed: activation budget exceeded\n" ..
+                   "stack traceback:\n\t[^\n]*:%d: in function <", "\n" .. err)
+    assert.matches("\nmarket: ground #%d+ yielder failed: coroutine.yield%(%) outside " ..
+                   "market.yield%(%)[^\n]*\nstack traceback:\n\t%[C%]: in function 'coroutine.yield'\n",
+                   "\n" .. err)
+    assert.matches("\nmarket: ground/%d+ #1 inner failed: [^\n]*:20: inside\n", "\n" .. err)
+    assert.matches("\n\tup %(1 up%): subscriber participant \"go\"\n", err)
+  end)
+
+  it("--quiet prints none but the boot process's; --strict exits 3 if any process failed",
+     function()
+    local child = [[
+      local market = require "market"
+      market.perform(market.spawn(function() error("child broke") end, { name = "child" }))
+      market.pause()
+    ]]
+    local status, _, err = H.run_script(child, "--no-drivers --quiet")
+    assert.equal(0, status)
+    assert.equal("", err)
+    status, _, err = H.run_script(child, "--no-drivers --strict")
+    assert.equal(3, status)
+    assert.equal(1, #heads(err))
+    status, _, err = H.run_script(child, "--no-drivers --strict --quiet")
+    assert.equal(3, status)
+    assert.equal("", err)
+    status, _, err = H.run_script("print('fine')", "--no-drivers --strict")
+    assert.equal(0, status, err)
+    status, _, err = H.run_script("error('boot broke')", "--no-drivers --strict --quiet")
+    assert.equal(1, status)
+    assert.equal(1, #heads(err), err)
+    assert.matches("boot broke", err)
+  end)
+end)
+
+describe("market.ground_vm's on_crash", function()
+  it("receives each report as a table, instead of stderr", function()
+    local reports = {}
+    local ok, why = market.ground_vm(function()
+      market.perform(market.spawn(function()
+        market.perform(market.subscriber({"in", market._}, { name = "in" }))
+        market.pause()
+        error({"custom", 42})
+      end, { name = "w" }))
+    end, { on_crash = function(r) reports[#reports + 1] = r end })
+    assert.is_true(ok, why)
+    assert.equal(1, #reports)
+    local r = reports[1]
+    assert.equal("ground", r.vm)
+    assert.equal(2, r.pid)
+    assert.equal("w", r.name)
+    assert.is_true(market.unify(r.reason, {"custom", 42}) ~= nil)
+    assert.equal('["custom", 42]', r.message)
+    assert.is_false(r.boot)
+    assert.matches("^stack traceback:\n\t%[C%]: in function 'error'\n", r.traceback)
+    assert.equal(1, #r.endpoints)
+    local e = r.endpoints[1]
+    assert.equal("in", e.name)
+    assert.equal(0, e.level)
+    assert.equal("subscriber", e.orientation)
+    assert.equal("participant", e.interest)
+    assert.equal('["in", _]', market.repr(e.topic))
+  end)
+
+  it("an error in on_crash is reported with the report, and the program goes on", function()
+    local path = H.tempfile([[
+      local market = require "market"
+      local ok, why = market.ground_vm(function()
+        market.perform(market.spawn(function() error("child broke") end, { name = "child" }))
+        market.pause()
+        print("boot goes on")
+      end, { on_crash = function(r) error("on_crash broke on " .. r.name) end })
+      print("ground_vm", ok, why)
+    ]])
+    local status, out, err = H.sh(("LUA_CPATH=%s timeout 60 lua5.4 %s </dev/null"):format(
+      H.quote(H.build_dir() .. "/lua/?.so;;"), H.quote(path)))
+    os.remove(path)
+    assert.equal(0, status, err)
+    assert.equal("boot goes on\nground_vm\ttrue\tnil\n", out)
+    assert.matches("market: ground #2 child failed: [^\n]*: child broke\n", err)
+    assert.matches("\nmarket: on_crash failed: [^\n]*:6: on_crash broke on child\n$", err)
+  end)
+
+  it("on_crash must be a function", function()
+    assert.has_error(function() market.ground_vm(function() end, { on_crash = 1 }) end,
+                     "market.ground_vm: on_crash must be a function, got number")
+  end)
+end)
