@@ -80,6 +80,17 @@ describe("market.open_ground_vm", function()
     assert.equal("timeout", got)
   end)
 
+  it("takes on_crash as ground_vm does: a failing process's report goes to it", function()
+    local reports = {}
+    local g <close> = market.open_ground_vm(function()
+      market.perform(market.spawn(function() error("kaboom") end, { name = "fragile" }))
+    end, { on_crash = function(r) reports[#reports + 1] = r end })
+    while g:step(g:timeout()) do end
+    assert.equal(1, #reports)
+    assert.equal("fragile", reports[1].name)
+    assert.matches("kaboom", reports[1].message)
+  end)
+
   it("a cqueues controller polls it: market's TCP server and a cqueues client, one thread", function()
     local port, served = nil, {}
     -- An upper-casing server; its session stops it at the client's end of stream.
