@@ -749,7 +749,6 @@ static void lifeline_wanted(mk_vm *vm, mk_endpoint *e) {
 /* ---- links (vm.h) -------------------------------------------------------- */
 
 int mk_link(mk_proc *p, mk_pid to, mk_pid who) {
-  static const char *const field[] = {"pid"};     /* market.lua's lifeline */
   mk_vm *vm = p->vm;
   mk_proc *w, *t;
   mk_endpoint *e;
@@ -779,14 +778,16 @@ int mk_link(mk_proc *p, mk_pid to, mk_pid who) {
                   "of its own", (unsigned long long)to, name);
     return 0;                                     /* linked already */
   }
-  rt = mk_rtype_get(MK_LIFELINE_LABEL, sizeof MK_LIFELINE_LABEL - 1, 1, field);
+  /* No field names: they would have to be the first declaration's, and
+  ** the type is the same whatever they are. */
+  rt = mk_rtype_get(MK_LIFELINE_LABEL, sizeof MK_LIFELINE_LABEL - 1, 1, NULL);
   role.orientation = MK_SUBSCRIBER;
   role.interest = MK_OBSERVER;
   role.topic = rt ? mk_rec(rt, mk_int((int64_t)to)) : NULL;
   mk_rtype_unref(rt);
   /* Added as any subscriber to the lifeline, which makes the lifeline;
   ** then moved from w's endpoints, at their head, to its links before it
-  ** hears anything (deliver reads `link` when the events come). */
+  ** hears anything (deliver reads `islink` when the events come). */
   r = mk_add_endpoint(w, name, 0, role);
   mk_unref(role.topic);
   if (r != 0) return 0;                           /* w failed, saying why */
