@@ -1220,6 +1220,24 @@ static int c_quit(lua_State *L) {
   return settle(L, p, 1);
 }
 
+/* core.link(to, who|nil, level): who (nil: this process) ends when `to`
+** does (vm.h, "Links") -> true, or nil when `who` names no live process.
+** As for quit, only nil means this process: 0 and negative pids name
+** nobody, and `to` 0 or below is no process (mk_link's kill). */
+static int c_link(lua_State *L) {
+  mkl_state *S = STATE(L);
+  mk_proc *p = self(L, S, "link");
+  lua_Integer to = luaL_checkinteger(L, 1);
+  int named = !lua_isnoneornil(L, 2);
+  lua_Integer who = named ? luaL_checkinteger(L, 2) : 0;
+  int r;
+  if (luaL_optinteger(L, 3, 0) != 0)
+    return luaL_error(L, "market.link: cannot be performed at meta level (pids are a VM's own)");
+  r = named && who <= 0 ? -1 : mk_link(p, to > 0 ? (mk_pid)to : 0, (mk_pid)who);
+  if (r < 0) lua_pushnil(L); else lua_pushboolean(L, 1);
+  return settle(L, p, 1);
+}
+
 /* core.add(name, orientation, interest, topic, level, tag) */
 static int c_add(lua_State *L) {
   mkl_state *S = STATE(L);
@@ -1933,7 +1951,7 @@ static int state_gc(lua_State *L) {
 
 void mkl_open_core(lua_State *L) {
   static const luaL_Reg funcs[] = {
-    {"spawn", c_spawn}, {"quit", c_quit}, {"add", c_add}, {"delete", c_delete},
+    {"spawn", c_spawn}, {"quit", c_quit}, {"link", c_link}, {"add", c_add}, {"delete", c_delete},
     {"send", c_send}, {"feedback", c_feedback}, {"yield", c_yield},
     {"wait", c_wait}, {"waits", c_waits}, {"current", c_current},
     {"self", c_self}, {"role", c_role},

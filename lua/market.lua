@@ -253,6 +253,8 @@ local function perform_one(ctx, a, level)
     return core.spawn(a[1], a[2] or nil, id, level, a[4], a[5] or nil)
   elseif kind == "quit" then
     return core.quit(a[1] or nil, a[2] or nil, level)
+  elseif kind == "link" then
+    return core.link(a.pid, a.who, level)
   elseif kind == "yield" then
     if level > 0 then error("market.yield: cannot be performed at meta level", 0) end
     core.yield(register_cont(ctx, a.k))
@@ -554,6 +556,24 @@ M.lifeline = setmetatable({ is = function(_self, v) return lifeline_rec():is(v) 
     return lifeline((...))
   end,
 })
+
+-- link(pid [, who]): who (default: the process that performs it) ends when
+-- pid does, whatever the reason, with the reason "linked process <pid>
+-- ended: <reason>" (runtime/vm.h, "Links").  One way, made on pid's
+-- lifeline: nothing is added to pid, and the link does not keep who alive.
+local function check_pid(v, what)
+  local pid = type(v) == "number" and math.tointeger(v)   -- 3.0 is 3 (§9)
+  if not pid then
+    error(("market.link: %s must be an integer pid, got %s"):format(what,
+          type(v) == "number" and tostring(v) or type(v)), 3)
+  end
+  return pid
+end
+function M.link(pid, who)
+  pid = check_pid(pid, "pid")
+  if who ~= nil then who = check_pid(who, "who") end
+  return action { kind = "link", pid = pid, who = who }
+end
 
 local monitors = 0    -- names given to anonymous monitors, in this Lua state
 

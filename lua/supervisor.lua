@@ -5,14 +5,16 @@
 -- way every process learns that a peer went: it observes the child's
 -- lifeline (market.lifeline(pid), which the VM publishes from the child
 -- for as long as it lives, runtime/vm.h) and hears its absence, with the
--- child's reason.  Nothing else connects them.  Back-off waits on a
--- ground alarm, so no driver has to run for it in the ground VM.
+-- child's reason.  The other way, each child is linked to it
+-- (market.link, runtime/vm.h): it ends when the supervisor does, however
+-- that comes.  Back-off waits on a ground alarm, so no driver has to run
+-- for it in the ground VM.
 local market = ...
 local M = {}
 
 local lifeline, alarm, now, repr = market.lifeline, market.ground.alarm, market.now, market.repr
-local perform, observe, delete, quit = market.perform, market.observe_publishers,
-  market.delete_endpoint, market.quit
+local perform, observe, delete, quit, link = market.perform, market.observe_publishers,
+  market.delete_endpoint, market.quit, market.link
 
 local STRATEGIES = { one_for_one = true, one_for_all = true }
 local RESTARTS = { permanent = true, transient = true, temporary = true }
@@ -96,15 +98,17 @@ local function boot(cfg)
     local history = {}     -- when restarts were decided, within the period
     local waits = 0        -- back-off alarms asked for so far (their names)
     local period_ms = cfg.period * 1000
+    local me = market.self()
     local ended
 
-    -- Start c and observe its lifeline.  The spawn is performed at once,
-    -- so the lifeline is asked for before the child's boot runs: the
-    -- supervisor hears of its end even if its boot fails.
+    -- Start c, link it to the supervisor and observe its lifeline.  The
+    -- spawn is performed at once, so both are made before the child's boot
+    -- runs: the supervisor hears of its end even if its boot fails, and
+    -- it cannot outlive the supervisor however soon that goes.
     local function start(c)
       local pid = perform(c.spawn)
       c.pid, c.ep = pid, "child#" .. pid
-      perform(observe(lifeline(pid), { name = c.ep,
+      perform(link(me, pid), observe(lifeline(pid), { name = c.ep,
         on_absence = function(_, _, reason, _, deleted)
           if not deleted then return ended(c, reason) end
         end }))

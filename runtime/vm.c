@@ -503,6 +503,7 @@ static void set_name(mk_proc *p, const char *name, int x) {
   }
   px = xmalloc(offsetof(mk_procx, name) + n);
   px->metas = p->xname ? PROCX(p)->metas : NULL;
+  px->links = p->xname ? PROCX(p)->links : NULL;
   memcpy(px->name, name ? name : "", n);
   if (p->xname) free(PROCX(p)); else free(p->name);
   p->name = px->name;
@@ -780,6 +781,63 @@ static void lifeline_wanted(mk_vm *vm, mk_endpoint *e) {
   if (mk_add_endpoint(q, lifeline_name, 0, role) == 0) q->lifeline = 1;
 }
 
+/* ---- links (vm.h) -------------------------------------------------------- */
+
+int mk_link(mk_proc *p, mk_pid to, mk_pid who) {
+  mk_vm *vm = p->vm;
+  mk_proc *w, *t;
+  mk_endpoint *e;
+  mk_rtype *rt;
+  mk_role role;
+  char name[sizeof MK_LINK_ENDPOINT + 24];        /* "/" and a pid */
+  int r;
+  if (p->dead) return -1;
+  w = who == 0 ? p : mk_vm_proc(vm, who);
+  if (w == NULL || w->dead || w->resident) return -1;
+  t = to > 0 ? mk_vm_proc(vm, to) : NULL;
+  if (t == NULL || t->dead) {
+    mk_failf(w, "linked process %llu ended: \"no such process\"", (unsigned long long)to);
+    return 0;
+  }
+  e = mkI_endpoint(vm, t->pid, lifeline_name);
+  if (e != NULL && !e->lifeline) {
+    mk_failf(w, "cannot link to process %llu: it holds an endpoint named '"
+                MK_LIFELINE_ENDPOINT "' of its own", (unsigned long long)to);
+    return 0;
+  }
+  snprintf(name, sizeof name, MK_LINK_ENDPOINT "/%llu", (unsigned long long)to);
+  e = mkI_endpoint(vm, w->pid, name);
+  if (e != NULL) {
+    if (!e->islink)
+      mk_failf(w, "cannot link to process %llu: the process holds an endpoint named '%s' "
+                  "of its own", (unsigned long long)to, name);
+    return 0;                                     /* linked already */
+  }
+  /* No field names: they would have to be the first declaration's, and
+  ** the type is the same whatever they are. */
+  rt = mk_rtype_get(MK_LIFELINE_LABEL, sizeof MK_LIFELINE_LABEL - 1, 1, NULL);
+  role.orientation = MK_SUBSCRIBER;
+  role.interest = MK_OBSERVER;
+  role.topic = rt ? mk_rec(rt, mk_int((int64_t)to)) : NULL;
+  mk_rtype_unref(rt);
+  /* Added as any subscriber to the lifeline, which makes the lifeline;
+  ** then moved from w's endpoints, at their head, to its links before it
+  ** hears anything (deliver reads `islink` when the events come). */
+  r = mk_add_endpoint(w, name, 0, role);
+  mk_unref(role.topic);
+  if (r != 0) return 0;                           /* w failed, saying why */
+  e = w->eps;
+  w->eps = e->pnext;
+  if (w->eps) w->eps->pprev = NULL;
+  if (!w->xname) set_name(w, w->name, 1);
+  e->islink = 1;
+  e->pnext = PROCX(w)->links;
+  if (e->pnext) e->pnext->pprev = e;
+  PROCX(w)->links = e;
+  return 0;
+}
+
+
 int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   mk_vm *vm = p->vm;
   mk_endpoint *e;
@@ -863,7 +921,9 @@ static void endpoint_remove(mk_endpoint *e, mk_term *reason, int tell) {
   e->dead = 1;
   mk_index_remove(vm->ix[e->role.orientation], &e->link);
   etab_remove(vm, e);
-  if (e->pprev) e->pprev->pnext = e->pnext; else if (p->eps == e) p->eps = e->pnext;
+  if (e->pprev) e->pprev->pnext = e->pnext;
+  else if (p->eps == e) p->eps = e->pnext;
+  else if (e->islink) PROCX(p)->links = e->pnext;
   if (e->pnext) e->pnext->pprev = e->pprev;
   c.vm = vm;
   c.e = e;
@@ -889,7 +949,7 @@ int mk_delete_endpoint(mk_proc *p, const char *name, int meta, mk_term *reason) 
     return mk_at_meta_level(p, mk_action_delete(name, reason));   /* untracks it */
   }
   e = mkI_endpoint(p->vm, p->pid, name);
-  if (e == NULL || e->lifeline) return -1;      /* a lifeline goes with its process */
+  if (e == NULL || e->lifeline || e->islink) return -1;   /* they go with their process */
   endpoint_remove(e, reason, (p->b->flags & MK_BF_TELL_DELETED) != 0);
   return 0;
 }
@@ -981,13 +1041,16 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
   if (TRACING(vm) && !p->resident) trace_proc(p, "quit", NULL, NULL, reason);
   while (p->eps) endpoint_remove(p->eps, reason, 0);
   if (p->lifeline) endpoint_remove(mkI_endpoint(vm, p->pid, lifeline_name), reason, 0);
-  if (p->xname && PROCX(p)->metas && vm->parent) {
-    /* Its endpoints above go with it, at every level, carrying the same
-    ** reason: each nested VM on the way performs the drop and passes it
-    ** up while levels remain (nested.c). */
-    char prefix[32];
-    snprintf(prefix, sizeof prefix, "%llu/", (unsigned long long)p->pid);
-    outbox_push(vm, mkI_drop(prefix, reason, metaname_levels(p)));
+  if (p->xname) {
+    while (PROCX(p)->links) endpoint_remove(PROCX(p)->links, reason, 0);
+    if (PROCX(p)->metas && vm->parent) {
+      /* Its endpoints above go with it, at every level, carrying the same
+      ** reason: each nested VM on the way performs the drop and passes it
+      ** up while levels remain (nested.c). */
+      char prefix[32];
+      snprintf(prefix, sizeof prefix, "%llu/", (unsigned long long)p->pid);
+      outbox_push(vm, mkI_drop(prefix, reason, metaname_levels(p)));
+    }
   }
   if (!p->resident) ptab_remove(vm, p);
   if (p->b == &mk_nested_behavior && p->data != NULL)
@@ -1249,19 +1312,34 @@ static void check_exit(mk_proc *p) {
     mkI_kill(p, NULL);
 }
 
+/* Event q, which p does not hear, is dropped; if it is the absence of
+** the lifeline a link of p watches, p goes too (vm.h), unless the VM is
+** being emptied. */
+static void dropped(mk_proc *p, const mk_qev *q) {
+  mk_endpoint *e = q->ep;
+  if (q->type == MK_EV_ABSENCE && e != NULL && e->islink && !e->dead && !p->dead &&
+      !p->vm->halting) {
+    char *why = repr(q->reason);
+    mk_failf(p, "linked process %lld ended: %s", (long long)mk_items(e->role.topic)[0]->v.i, why);
+    free(why);
+  }
+  if (q->cont && p->b->release_cont) p->b->release_cont(p, q->cont);
+}
+
 static void deliver(mk_vm *vm, mk_qev *q) {
   mk_proc *p = q->proc;
   mk_event ev;
   if (q->type == MK_EV_SPAWNED || q->type == MK_EV_RESUME) p->conts--;
   /* An event for a deleted endpoint is dropped, unless it is one of the
   ** deletion's own (for a nested VM's child: if the child asked); so is
-  ** one for a lifeline, which hears nothing (vm.h): one test of the byte
-  ** that holds both bits. */
+  ** one for a lifeline, which hears nothing, and for a link, whose
+  ** absence kills instead (vm.h): one test of the byte that holds the
+  ** three bits. */
   if (p->dead ||
       (q->deleted || q->type == MK_EV_DELETED
          ? !(p->b->flags & MK_BF_TELL_DELETED)
-         : q->ep && (q->ep->dead || q->ep->lifeline))) {
-    if (q->cont && p->b->release_cont) p->b->release_cont(p, q->cont);
+         : q->ep && (q->ep->dead || q->ep->lifeline || q->ep->islink))) {
+    dropped(p, q);
     return;
   }
   memset(&ev, 0, sizeof ev);

@@ -339,6 +339,36 @@ const char *mk_interest_name(mk_interest i);
 #define MK_LIFELINE_LABEL "market:lifeline"
 #define MK_LIFELINE_ENDPOINT "market:lifeline"
 
+/* ---- links ---------------------------------------------------------------- */
+/*
+** A link is one way: process `who` is linked to process `to` when it must
+** not outlive it (a supervisor's children: docs/supervision.md).  It is
+** made on absence: `who` gets a subscriber endpoint (observer) on `to`'s
+** lifeline, named MK_LINK_ENDPOINT "/" `to`, and when that lifeline goes,
+** whatever the reason, nil included, the VM kills `who` with the reason
+** "linked process <to> ended: <repr of to's reason>".  Like a lifeline it
+** is not the process's own: it does not keep `who` alive, it hears
+** nothing (the absence kills before any handler would run), and it
+** cannot be deleted (mk_delete_endpoint returns -1); it goes with `who`.
+** Links do not fire while the VM is being emptied (mk_vm_kill_all: a
+** nested VM going, the ground's stop): every process then goes with the
+** VM's reason, as without links.
+**
+** mk_link(p, to, who) is performed by p, for itself (who 0) or for
+** another process of its VM, as mk_quit may kill one.  It returns -1 and
+** does nothing when p is dead or `who` names no live process (or the
+** resident one); else 0.  Linking again to the same `to` changes
+** nothing.  When `to` names no live process, `who` is killed at once
+** with the reason `linked process <to> ended: "no such process"`, and
+** when the link cannot be made (`to` holds an endpoint named
+** MK_LIFELINE_ENDPOINT of its own, `who` one named as the link) with a
+** reason that says so.  The VM asks the behaviour's `declines` about a
+** link's events with tag 0: a behaviour that declines absences for tag 0
+** loses its links.
+*/
+#define MK_LINK_ENDPOINT "market:link"
+int mk_link(mk_proc *p, mk_pid to, mk_pid who);
+
 /* ---- nested VMs ---------------------------------------------------------- */
 
 /*

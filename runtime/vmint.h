@@ -42,8 +42,9 @@ struct mk_action {
 struct mk_endpoint {
   mk_ilink link;            /* in vm->ix[orientation]; first member */
   mk_proc *proc;            /* owner; valid while !dead */
-  mk_endpoint *pnext, *pprev;   /* the owner's endpoint list (a lifeline is
-                                ** on none: both NULL) */
+  mk_endpoint *pnext, *pprev;   /* the owner's endpoint list, or for a
+                                ** link its list of links (mk_procx); a
+                                ** lifeline is on none: both NULL */
   mk_endpoint *hnext;       /* vm name table chain */
   mk_role role;             /* role.topic owned */
   uint32_t refs;
@@ -52,7 +53,10 @@ struct mk_endpoint {
   uint8_t lifeline : 1;     /* the VM's lifeline of its process (vm.h, "Lifelines"):
                             ** hears nothing (deliver drops its events); bits
                             ** of one byte, so that the name still starts at
-                            ** byte 81 and deliver tests both at once */
+                            ** byte 81 and deliver tests them all at once */
+  uint8_t islink : 1;       /* a link of its process (vm.h, "Links"): hears
+                            ** nothing but its absence, which kills the
+                            ** process (deliver) */
   char name[];              /* NUL-terminated, owned in place */
 };
 
@@ -106,10 +110,14 @@ typedef struct mk_metaname {
 } mk_metaname;
 
 /* A process's name with the meta-endpoint names it holds (for implicit
-** exit) before it: made when the process first holds one.  Owned by the
-** process; its `name` points at `name` here then (PROCX in vm.c). */
+** exit) and its links before it: made when the process first holds one.
+** Owned by the process; its `name` points at `name` here then (PROCX in
+** vm.c). */
 typedef struct mk_procx {
   mk_metaname *metas;       /* owned list */
+  mk_endpoint *links;       /* its links (vm.h), chained by pnext/pprev: off
+                            ** its list of endpoints, so that they do not
+                            ** keep it alive; mkI_kill withdraws them */
   char name[];              /* NUL-terminated, in place */
 } mk_procx;
 

@@ -173,7 +173,159 @@ describe("market.monitor", function()
   end)
 end)
 
+describe("market.link", function()
+  -- A process that holds a subscription to `name` until it is killed.
+  local function holder(name)
+    return market.spawn(function() return market.transition(nil, market.subscriber(name, {})) end)
+  end
+
+  it("ends the linked process when the other one ends, normally or not, with a reason naming it", function()
+    local log = H.log()
+    ground(function()
+      local a, b = market.perform(holder("a"), holder("b"))                  -- 2, 3
+      local la = market.perform(market.spawn(function()
+        market.perform(market.link(a), market.link(a), market.subscriber("la", {}))
+      end))
+      local lb = market.perform(holder("lb"))
+      market.perform(market.link(b, lb))           -- linked by another process
+      for _, pid in ipairs { la, lb } do
+        market.perform(market.monitor(pid, function(_, reason) log("%d ended: %s", pid, reason) end))
+      end
+      market.pause()
+      log("both alive")
+      market.perform(market.quit(a, "boom"))
+      market.pause()
+      market.perform(market.quit(b))
+    end)
+    assert.same({
+      "both alive",
+      '4 ended: linked process 2 ended: "boom"',
+      "5 ended: linked process 3 ended: nil",
+    }, log.lines)
+  end)
+
+  it("does not keep its process alive, hears nothing, and cannot be deleted by it", function()
+    local log = H.log()
+    ground(function()
+      local a = market.perform(holder("a"))
+      local pid = market.perform(market.spawn(function()
+        market.perform(market.link(a), market.subscriber("work", { name = "work" }))
+        local ev = market.yield()           -- the poke; nothing before it
+        log("%s %s %s", ev.type, ev.endpoint, ev.message)
+        market.perform(market.delete_endpoint("market:link/" .. a, "lie"))
+        market.perform(market.delete_endpoint("work"))
+        log("still here")
+      end))
+      market.perform(market.monitor(pid, function(_, reason) log("ended: %s", reason) end))
+      market.pause()
+      market.perform(market.send("work"))
+      market.pause()
+      market.pause()                        -- its deletion told, it has finished
+      market.perform(market.quit(a))
+    end)
+    assert.same({ "message work work", "still here", "ended: nil" }, log.lines)
+  end)
+
+  it("to a pid that names no live process, kills at once", function()
+    local log = H.log()
+    ground(function()
+      local pid = market.perform(market.spawn(function()
+        market.perform(market.subscriber("work", {}), market.link(999))
+        log("not reached")
+      end))
+      market.perform(market.monitor(pid, function(_, reason) log("ended: %s", reason) end))
+    end)
+    assert.same({ 'ended: linked process 999 ended: "no such process"' }, log.lines)
+  end)
+
+  it("checks its arguments at the caller's line, and is not performed at meta level", function()
+    local line = debug.getinfo(1, "l").currentline
+    local ok, err = pcall(function() local l = market.link("2"); return l end)
+    assert.is_false(ok)
+    assert.matches("supervisor_spec.lua:" .. (line + 1) .. ": market.link: pid must be an integer pid, got string",
+                   err, 1, true)
+    ok, err = pcall(market.link, 1.5)
+    assert.matches("market.link: pid must be an integer pid, got 1.5", err, 1, true)
+    ok, err = pcall(market.link, 1, {})
+    assert.matches("market.link: who must be an integer pid, got table", err, 1, true)
+    assert.equal("link", market.link(3.0).kind)
+    local meta
+    ground(function()
+      meta = select(2, pcall(market.perform, market.at_meta_level(market.link(1))))
+    end)
+    assert.matches("market.link: cannot be performed at meta level", meta, 1, true)
+  end)
+end)
+
 describe("market.supervisor", function()
+  it("ends its children when it is killed from outside, however: they are linked to it", function()
+    local log, ended, names, sups = H.log(), {}, {}, {}
+    ground(function()
+      local function named(id)
+        return function(pid) names[pid] = id; return child(log, id)(pid) end
+      end
+      -- Two trees, one after the other: sup, a, sub, c get pids in turn.
+      for i = 1, 2 do
+        local sup = market.perform(market.supervisor {
+          children = {
+            { id = "a", start = named("a" .. i) },
+            { id = "sub", start = market.supervisor { children = { { id = "c", start = named("c" .. i) } } } },
+          },
+        })
+        for _ = 1, 3 do market.pause() end         -- the tree is up
+        names[sup], names[sup + 2], sups[i] = "sup" .. i, "sub" .. i, sup
+      end
+      for pid, name in pairs(names) do
+        market.perform(market.monitor(pid, function(_, reason) ended[name] = reason end))
+      end
+      market.perform(market.quit(sups[1], "killed"), market.quit(sups[2]))
+      for _ = 1, 5 do market.pause() end
+      -- Whatever is left (nothing, with links) goes now, so the VM ends.
+      for pid in pairs(names) do market.perform(market.quit(pid, "left over")) end
+    end)
+    assert.same({ "a1 up", "c1 up", "a2 up", "c2 up" }, log.lines)
+    local s1, s2 = sups[1], sups[2]
+    assert.same({
+      sup1 = "killed",
+      a1 = ('linked process %d ended: "killed"'):format(s1),
+      sub1 = ('linked process %d ended: "killed"'):format(s1),
+      c1 = ('linked process %d ended: "linked process %d ended: \\"killed\\""'):format(s1 + 2, s1),
+      sup2 = nil,
+      a2 = ("linked process %d ended: nil"):format(s2),
+      sub2 = ("linked process %d ended: nil"):format(s2),
+      c2 = ('linked process %d ended: "linked process %d ended: nil"'):format(s2 + 2, s2),
+    }, ended)
+    assert.is_true(names[s2] == "sup2" and ended.sup2 == nil)
+  end)
+
+  it("still stops its children newest first, with \"shutdown\", when it gives up", function()
+    local log = H.log()
+    ground(function()
+      local sup = market.perform(market.supervisor {
+        intensity = 0,
+        children = {
+          { id = "s1", start = child(log, "s1") },
+          { id = "s2", start = child(log, "s2") },
+          { id = "flaky", start = function()
+              log("flaky up")
+              return market.transition(nil, market.subscriber({ "child", "flaky" }, {
+                on_message = function() error("flaky crashed", 0) end }))
+            end },
+        },
+      })
+      for _ = 1, 3 do market.pause() end           -- the children are up
+      for pid, id in pairs { [sup] = "sup", [sup + 1] = "s1", [sup + 2] = "s2" } do
+        market.perform(market.monitor(pid, function(_, reason) log("%s ended: %s", id, reason) end))
+      end
+      market.perform(market.send({ "child", "flaky" }))
+    end)
+    assert.same({
+      "s1 up", "s2 up", "flaky up",
+      "s2 ended: shutdown", "s1 ended: shutdown",
+      'sup ended: market.supervisor: more than 0 restarts in 5 s; child "flaky" ended: "flaky crashed"',
+    }, log.lines)
+  end)
+
   it("one_for_one restarts only the child that failed", function()
     local log, n = H.log(), 0
     ground(function()

@@ -2769,6 +2769,137 @@ static void test_lifelines(void) {
   END;
 }
 
+/* ---- links (vm.h) ---------------------------------------------------------- */
+
+/* On ctl, by mode: 0 links itself to pid r->num and tries to delete the
+** link; 1 links process r->ud (a rec) to r->num; 2 links itself to
+** r->num and withdraws its ctl (then holds only the link); 3 quits with
+** "bye"; 4 quits normally. */
+static void link_script(mk_proc *p, const mk_event *ev, rec *r) {
+  char name[64];
+  mk_term *t;
+  if (!is_ctl(ev)) return;
+  switch (r->mode) {
+    case 0:
+      rec_ret(r, mk_link(p, (mk_pid)r->num, 0));
+      rec_ret(r, mk_link(p, (mk_pid)r->num, 0));          /* again: nothing new */
+      snprintf(name, sizeof name, MK_LINK_ENDPOINT "/%lld", (long long)r->num);
+      rec_ret(r, mk_delete_endpoint(p, name, 0, NULL));
+      break;
+    case 1:
+      rec_ret(r, mk_link(p, (mk_pid)r->num, ((rec *)r->ud)->pid));
+      rec_ret(r, mk_link(p, (mk_pid)r->num, 999));         /* nobody to link */
+      break;
+    case 2:
+      rec_ret(r, mk_link(p, (mk_pid)r->num, 0));
+      rec_ret(r, mk_delete_endpoint(p, "ctl", 0, NULL));
+      break;
+    case 3: t = mk_cstr("bye"); mk_quit(p, 0, t); mk_unref(t); break;
+    default: mk_quit(p, 0, NULL); break;
+  }
+}
+
+static void trace_to_log(void *ud, const char *line) { log_add(ud, line); }
+
+/* A process linked to another ends when it does, whatever the reason,
+** with a reason naming it; the link is not its own endpoint (it does not
+** keep it alive, hears nothing, cannot be deleted); a link to nobody kills
+** at once; links do not fire while the VM is emptied. */
+static void test_links(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec t, t2, l, l2, l3, k, m, n;
+  strlog trace;
+  char want[200];
+  memset(&trace, 0, sizeof trace);
+  rec_init(&t, "T");
+  rec_init(&t2, "T2");
+  rec_init(&l, "L");
+  rec_init(&l2, "L2");
+  rec_init(&l3, "L3");
+  rec_init(&k, "K");
+  rec_init(&m, "M");
+  rec_init(&n, "N");
+  rec_ctl(&t); t.fn = link_script; t.mode = 3;
+  rec_ctl(&t2); t2.fn = link_script; t2.mode = 4;
+  spawn(vm, &t);                                    /* 1 */
+  spawn(vm, &t2);                                   /* 2 */
+  rec_ctl(&l); l.fn = link_script; l.mode = 0; l.num = 1;
+  rec_ctl(&l2);                                     /* linked by K */
+  rec_ctl(&l3); l3.fn = link_script; l3.mode = 2; l3.num = 2;
+  rec_ctl(&k); k.fn = link_script; k.mode = 1; k.num = 1; k.ud = &l2;
+  rec_ctl(&n); n.fn = link_script; n.mode = 0; n.num = 999;
+  spawn(vm, &l);                                    /* 3 */
+  spawn(vm, &l2);                                   /* 4 */
+  spawn(vm, &l3);                                   /* 5 */
+  spawn(vm, &k);                                    /* 6 */
+  spawn(vm, &n);                                    /* 7 */
+  rec_ep(&m, "l", MK_SUBSCRIBER, MK_OBSERVER, Life(3), 0);
+  rec_ep(&m, "l2", MK_SUBSCRIBER, MK_OBSERVER, Life(4), 0);
+  rec_ep(&m, "l3", MK_SUBSCRIBER, MK_OBSERVER, Life(5), 0);
+  rec_ep(&m, "n", MK_SUBSCRIBER, MK_OBSERVER, Life(7), 0);
+  spawn(vm, &m);
+  mk_vm_run(vm);
+  poke(vm, "L"); poke(vm, "K"); poke(vm, "L3"); poke(vm, "N");
+  mk_vm_run(vm);
+  /* made, once, not deletable, not among L's endpoints, heard by nobody */
+  CHECK(l.nret == 3 && l.ret[0] == 0 && l.ret[1] == 0 && l.ret[2] == -1);
+  CHECK(mk_proc_nendpoints(mk_vm_proc(vm, 3)) == 1);
+  CHECK(log_count_prefix(&l.log, "presence") == 0 && log_count_prefix(&l.log, "absence") == 0);
+  CHECK(k.nret == 2 && k.ret[0] == 0 && k.ret[1] == -1);
+  CHECK(mk_vm_proc(vm, 6) != NULL);                 /* K links L2, and lives on */
+  /* L3 holds only its link: it has finished, normally */
+  CHECK(l3.nret == 2 && l3.ret[1] == 0 && l3.destroyed == 1);
+  CHECK(log_count(&m.log, "absence l3 publisher/participant market:lifeline(5) nil") == 1);
+  /* a link to nobody kills at once: the next call finds N dead */
+  CHECK(n.nret == 3 && n.ret[0] == 0 && n.ret[1] == -1 && n.destroyed == 1);
+  CHECK(log_count(&m.log, "absence n publisher/participant market:lifeline(7) "
+                          "\"linked process 999 ended: \\\"no such process\\\"\"") == 1);
+  /* T ends: L and L2 go, with a reason that names it */
+  poke(vm, "T");
+  mk_vm_run(vm);
+  CHECK(l.destroyed == 1 && l2.destroyed == 1 && mk_vm_proc(vm, 6) != NULL);
+  CHECK(log_count(&m.log, "absence l publisher/participant market:lifeline(3) "
+                          "\"linked process 1 ended: \\\"bye\\\"\"") == 1);
+  CHECK(log_count(&m.log, "absence l2 publisher/participant market:lifeline(4) "
+                          "\"linked process 1 ended: \\\"bye\\\"\"") == 1);
+  CHECK(log_count_prefix(&l.log, "absence") == 0);  /* the kill ran no handler */
+  /* a normal end goes down links too; emptying the VM fires none */
+  rec_done(&l); rec_init(&l, "L"); rec_ctl(&l); l.fn = link_script; l.num = 2;
+  spawn(vm, &l);                                    /* 9, linked to T2 */
+  mk_vm_run(vm);
+  poke(vm, "L");
+  mk_vm_run(vm);
+  rec_done(&l2); rec_init(&l2, "L2");
+  rec_ep(&l2, "ll", MK_SUBSCRIBER, MK_OBSERVER, Life(9), 0);
+  spawn(vm, &l2);
+  mk_vm_run(vm);
+  poke(vm, "T2");
+  mk_vm_run(vm);
+  CHECK(l.destroyed == 1);
+  CHECK(log_count(&l2.log, "absence ll publisher/participant market:lifeline(9) "
+                           "\"linked process 2 ended: nil\"") == 1);
+  rec_done(&l); rec_init(&l, "L"); rec_ctl(&l); l.fn = link_script; l.num = 6;
+  spawn(vm, &l);                                    /* 11, linked to K (6) */
+  mk_vm_run(vm);
+  poke(vm, "L");
+  mk_vm_run(vm);
+  mk_vm_set_trace(vm, trace_to_log, &trace);
+  {
+    mk_term *why = mk_cstr("stop");
+    mk_vm_kill_all(vm, why);
+    mk_unref(why);
+  }
+  snprintf(want, sizeof want, "%s #11 L: quit \"stop\"", mk_vm_path(vm));
+  CHECK(l.destroyed == 1 && log_count(&trace, want) == 1);
+  mk_vm_set_trace(vm, NULL, NULL);
+  mk_vm_free(vm, NULL);
+  log_free(&trace);
+  rec_done(&t); rec_done(&t2); rec_done(&l); rec_done(&l2); rec_done(&l3);
+  rec_done(&k); rec_done(&m); rec_done(&n);
+  END;
+}
+
 int main(void) {
   int rc;
   alarm(60);   /* a hang is a failure, not a stuck CI job */
@@ -2824,6 +2955,7 @@ int main(void) {
   RUN(test_meta_spawn_k);
   RUN(test_route_cache);
   RUN(test_lifelines);
+  RUN(test_links);
   mk_rtype_unref(RT2);
   mk_rtype_unref(LIFE);
   mk_rtype_unref(CTL);
