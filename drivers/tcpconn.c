@@ -1624,7 +1624,7 @@ static void destroy(mk_proc *p) {
   shared_release();
 }
 
-static const mk_behavior tcpconn_behavior = { "tcp", handle, NULL, destroy, NULL, 0 };
+static const mk_behavior tcpconn_behavior = { "tcp", handle, NULL, destroy, NULL, 0, NULL };
 
 /* ---- spawning, from Lua ------------------------------------------------- */
 

@@ -115,6 +115,8 @@ typedef struct lproc {
                          ** peerhandler), which has not returned yet: what
                          ** it returns is applied (handle); 0 otherwise */
   uint8_t running;       /* in lua_resume */
+  uint32_t activations;  /* events handled (snapshots: mk_vm_snapshot), in
+                         ** the 4 bytes of padding before `wait` */
   lwait *wait;           /* owned, NULL until the first timed wait; in the
                          ** 48-byte malloc chunk the record took without it */
 } lproc;
@@ -990,6 +992,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
   mkl_state *S = lp->S;
   lua_State *co;
   int nargs, nres = 0, st, overrun;
+  lp->activations++;
   if (ev->type == MK_EV_BOOT) {
     /* The boot function is the coroutine's body, called with the pid: no
     ** frame of market.lua's lies under it, so straight-line code that
@@ -1115,8 +1118,12 @@ static void destroy(mk_proc *p) {
 
 /* Lua processes hear of their own deleted endpoints as in Marketplace
 ** (market.lua keeps the deleted handlers until MK_EV_DELETED). */
+static uint64_t activations(const mk_proc *p) {
+  return ((const lproc *)mk_proc_data(p))->activations;
+}
+
 static const mk_behavior lua_behavior = { "lua", handle, NULL, destroy, declines,
-                                          MK_BF_TELL_DELETED };
+                                          MK_BF_TELL_DELETED, activations };
 
 /* A new process record for the function at the top of L (popped).  Its
 ** context is made now, holding the function until the boot event: one
@@ -1880,6 +1887,11 @@ static int c_now(lua_State *L) {
 
 /* ---- entry points for C ------------------------------------------------- */
 
+mk_ground *mkl_ground(lua_State *L) {
+  mkl_state *S = getstate(L);
+  return S ? S->g : NULL;
+}
+
 int mkl_attach(lua_State *L, mk_ground *g) {
   mkl_state *S = getstate(L);
   if (S == NULL || S->g != NULL) return -1;
@@ -1993,6 +2005,7 @@ void mkl_open_core(lua_State *L) {
   lua_pushlightuserdata(L, S);
   luaL_setfuncs(L, funcs, 1);
   mkl_open_log(L);
+  mkl_open_snapshot(L);
   lua_pushinteger(L, MK_EV_PRESENCE); lua_setfield(L, -2, "PRESENCE");
   lua_pushinteger(L, MK_EV_ABSENCE); lua_setfield(L, -2, "ABSENCE");
   lua_pushinteger(L, MK_EV_MESSAGE); lua_setfield(L, -2, "MESSAGE");

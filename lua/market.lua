@@ -709,6 +709,28 @@ M.ground = {
   signal = ground_event("signal", "signum"),
   stopping = ground_event("stopping", "deadline_ms"),
 }
+-- snapshot() -> the VM tree as it is now, with the drivers' resources;
+-- snapshot_json([snap]) -> it as JSON text (docs/inspect.md, "Snapshots").
+-- A driver module that is loaded and has an inspect() function gives its
+-- resources under drivers[its name].
+local DRIVERS = { "timer", "tcp", "udp" }
+function M.snapshot()
+  local snap = { time = core.now(), vm = core.snapshot(), drivers = {} }
+  for _, name in ipairs(DRIVERS) do
+    local mod = package.loaded["market." .. name]
+    if type(mod) == "table" and type(mod.inspect) == "function" then
+      snap.drivers[name] = mod.inspect()
+    end
+  end
+  return snap
+end
+function M.snapshot_json(snap)
+  if snap ~= nil and type(snap) ~= "table" then
+    error("market.snapshot_json: a snapshot table expected, got " .. type(snap), 2)
+  end
+  return core.json(snap or M.snapshot())
+end
+
 M.PUBLISHER, M.SUBSCRIBER = "publisher", "subscriber"
 M.VERSION = core.VERSION
 

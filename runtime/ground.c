@@ -827,7 +827,7 @@ static void tfire(struct ev_loop *loop, ev_timer *w, int revents) {
 ** none of the events its endpoints get (declines: never even queued). */
 static void ground_handle(mk_proc *p, const mk_event *ev) {}
 static int ground_declines(mk_proc *p, uint32_t tag, mk_event_type type) { return 1; }
-static const mk_behavior ground_behavior = { "ground", ground_handle, NULL, NULL, ground_declines, 0 };
+static const mk_behavior ground_behavior = { "ground", ground_handle, NULL, NULL, ground_declines, 0, NULL };
 
 static mk_rtype *rtype1(const char *label, const char *field) {
   return mk_rtype_get(label, strlen(label), 1, &field);

@@ -104,6 +104,9 @@ struct mk_behavior {
   void (*destroy)(mk_proc *p);
   int (*declines)(mk_proc *p, uint32_t tag, mk_event_type type);
   unsigned flags;        /* MK_BF_* */
+  /* May be NULL (and left out of an initializer): the number of events the
+  ** process handled so far, for snapshots (mk_vm_snapshot). */
+  uint64_t (*activations)(const mk_proc *p);
 };
 
 #define MK_BF_TELL_DELETED 1u
@@ -368,6 +371,69 @@ const char *mk_interest_name(mk_interest i);
 */
 #define MK_LINK_ENDPOINT "market:link"
 int mk_link(mk_proc *p, mk_pid to, mk_pid who);
+
+/* ---- snapshots ----------------------------------------------------------- */
+/*
+** A snapshot: what a VM and the VMs nested in it hold at one moment, for
+** inspection (docs/inspect.md, "Snapshots"; market.snapshot in Lua).  It
+** is a copy: it owns everything in it (strings, and a reference on each
+** topic) and stays valid, unchanged, after the VM moves on or is freed,
+** until mk_snapshot_free.  Made on demand only: nothing is counted or kept
+** per event for it but a Lua process's activations (a counter in a word
+** its record already had).
+*/
+typedef struct mk_snap_vm mk_snap_vm;
+
+typedef struct mk_snap_endpoint {
+  char *name;                /* owned: its name in its process */
+  int level;                 /* 0: in the process's VM; n: n VMs up (at_meta_level) */
+  mk_role role;              /* role.topic owned (a reference) */
+} mk_snap_endpoint;
+
+typedef struct mk_snap_proc {
+  mk_pid pid;                /* 0: the VM's resident process (the ground's) */
+  char *name;                /* owned; NULL when it has none */
+  const char *kind;          /* the behaviour's kind, static: "lua", "nested-vm",
+                             ** "native", "tcp", "ground", ... */
+  size_t queued;             /* events queued for it, not yet delivered */
+  int64_t activations;       /* events its behaviour handled, or -1 when the
+                             ** behaviour does not count them (only "lua" does) */
+  mk_snap_endpoint *endpoints;   /* owned, nendpoints of them, in the order of
+                                 ** mk_proc_each_endpoint (level 0 first) */
+  size_t nendpoints;
+  mk_snap_vm *vm;            /* owned: the VM a "nested-vm" process runs, else NULL */
+} mk_snap_proc;
+
+/* A conversation: a publisher endpoint and a subscriber endpoint of one VM
+** (both level 0 there) whose topics unify and of which at least one sees
+** the other (its interest): a pair presence was told to.  Each side is
+** named by its position: procs[proc].endpoints[endpoint] of the same
+** mk_snap_vm.  Lifelines and links (vm.h) are left out. */
+typedef struct mk_snap_conv {
+  size_t pub_proc, pub_endpoint;
+  size_t sub_proc, sub_endpoint;
+} mk_snap_conv;
+
+struct mk_snap_vm {
+  char *path;                /* owned: "ground", "ground/3", ... (mk_vm_path) */
+  mk_pid pid;                /* its nested-VM process's pid in the parent; 0 for a root */
+  size_t queued;             /* events in its queue */
+  mk_snap_proc *procs;       /* owned, nprocs of them, by pid (the resident first) */
+  size_t nprocs;
+  mk_snap_conv *convs;       /* owned, nconvs of them, by publisher then subscriber */
+  size_t nconvs;
+};
+
+/*
+** The snapshot of `vm` and every VM nested in it.  Cost: a walk of every
+** process and endpoint, plus one match of the routing index per publisher
+** endpoint (what it costs is what matches: route.h), which goes through
+** the index's match cache like a send.  It may be taken from a handler:
+** it shows the VMs as they are then.  Returns the snapshot, owned by the
+** caller; out of memory aborts (the VM's policy).
+*/
+mk_snap_vm *mk_vm_snapshot(const mk_vm *vm);
+void mk_snapshot_free(mk_snap_vm *s);      /* NULL accepted */
 
 /* ---- nested VMs ---------------------------------------------------------- */
 

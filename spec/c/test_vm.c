@@ -233,10 +233,10 @@ static void rec_destroy(mk_proc *p) {
   r->destroyed++;
 }
 
-static const mk_behavior recb = { "rec", rec_handle, rec_release, rec_destroy, NULL, 0 };
+static const mk_behavior recb = { "rec", rec_handle, rec_release, rec_destroy, NULL, 0, NULL };
 /* The same, told of its own deleted endpoints (Marketplace's delete-endpoint). */
 static const mk_behavior toldb = { "told", rec_handle, rec_release, rec_destroy, NULL,
-                                   MK_BF_TELL_DELETED };
+                                   MK_BF_TELL_DELETED, NULL };
 
 static mk_pid spawn(mk_vm *vm, rec *r) {
   return mk_vm_spawn(vm, &recb, r, r->tag);
@@ -714,7 +714,7 @@ static void idle_handle(mk_proc *p, const mk_event *ev) {
   if (ev->type == MK_EV_BOOT)
     mk_add_endpoint(p, "in", 0, role(MK_SUBSCRIBER, MK_PARTICIPANT, idle_topic));
 }
-static const mk_behavior idle_behavior = { "idle", idle_handle, NULL, NULL, NULL, 0 };
+static const mk_behavior idle_behavior = { "idle", idle_handle, NULL, NULL, NULL, 0, NULL };
 
 /* What the VM keeps per idle process with one endpoint: its record, in an
 ** 80-byte malloc chunk (96 while it held its name, meta names and endpoint
@@ -776,7 +776,7 @@ static int decline7(mk_proc *p, uint32_t tag, mk_event_type type) {
   return tag == 7 && type == MK_EV_MESSAGE;
 }
 static const mk_behavior declining = { "declining", rec_handle, rec_release, rec_destroy,
-                                       decline7, 0 };
+                                       decline7, 0, NULL };
 
 static void tag7_script(mk_proc *p, const mk_event *ev, rec *r) {
   if (ev->type == MK_EV_BOOT) mk_tag_endpoint(p, "in", 7);
@@ -1237,7 +1237,7 @@ static void quiet_handle(mk_proc *p, const mk_event *ev) {
   if (ev->type == MK_EV_BOOT) mk_add_endpoint(p, "in", 0, role(MK_SUBSCRIBER, MK_PARTICIPANT, idle_topic));
   else if (ev->type == MK_EV_MESSAGE) quiet_count++;
 }
-static const mk_behavior quiet_behavior = { "quiet", quiet_handle, NULL, NULL, NULL, 0 };
+static const mk_behavior quiet_behavior = { "quiet", quiet_handle, NULL, NULL, NULL, 0, NULL };
 
 static void queue_burst(mk_vm *vm, int tag, int n) {
   int i;

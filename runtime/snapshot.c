@@ -1,0 +1,209 @@
+/*
+** snapshot.c: a copy of what a tree of VMs holds, for inspection
+** (vm.h, "snapshots"; docs/inspect.md).  Nothing here runs unless asked:
+** it reads the VM's tables and index as they are.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vmint.h"
+
+static void *xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (p == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  return p;
+}
+
+static char *xstrdup(const char *s) {
+  size_t n;
+  char *d;
+  if (s == NULL) return NULL;
+  n = strlen(s) + 1;
+  d = xmalloc(n);
+  memcpy(d, s, n);
+  return d;
+}
+
+/* A growable array of n items of `size` bytes, doubling. */
+static void *grow(void *a, size_t n, size_t *cap, size_t size) {
+  if (n < *cap) return a;
+  *cap = *cap ? *cap * 2 : 8;
+  a = realloc(a, *cap * size);
+  if (a == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  return a;
+}
+
+typedef struct epcopy {
+  mk_snap_proc *sp;
+  size_t cap;
+} epcopy;
+
+static void copy_endpoint(void *ud, const char *name, int level, const mk_role *role) {
+  epcopy *c = ud;
+  mk_snap_endpoint *e;
+  c->sp->endpoints = grow(c->sp->endpoints, c->sp->nendpoints, &c->cap, sizeof *e);
+  e = &c->sp->endpoints[c->sp->nendpoints++];
+  e->name = xstrdup(name);
+  e->level = level;
+  e->role = *role;
+  mk_ref(e->role.topic);
+}
+
+/* Where a level-0 endpoint of the VM is in the snapshot, found by its
+** address (bsearch over these, sorted). */
+typedef struct epref {
+  const mk_endpoint *e;
+  size_t proc, endpoint;
+} epref;
+
+static int by_address(const void *a, const void *b) {
+  const mk_endpoint *x = ((const epref *)a)->e, *y = ((const epref *)b)->e;
+  return x < y ? -1 : x > y;
+}
+
+static int by_pid(const void *a, const void *b) {
+  mk_pid x = (*(mk_proc *const *)a)->pid, y = (*(mk_proc *const *)b)->pid;
+  return x < y ? -1 : x > y;
+}
+
+static int by_pair(const void *a, const void *b) {
+  const mk_snap_conv *x = a, *y = b;
+  if (x->pub_proc != y->pub_proc) return x->pub_proc < y->pub_proc ? -1 : 1;
+  if (x->pub_endpoint != y->pub_endpoint) return x->pub_endpoint < y->pub_endpoint ? -1 : 1;
+  if (x->sub_proc != y->sub_proc) return x->sub_proc < y->sub_proc ? -1 : 1;
+  return x->sub_endpoint < y->sub_endpoint ? -1 : x->sub_endpoint > y->sub_endpoint;
+}
+
+typedef struct convctx {
+  mk_snap_vm *s;
+  size_t cap;
+  const epref *refs;
+  size_t nrefs;
+  const epref *pub;
+} convctx;
+
+static int on_match(mk_ilink *link, void *ud) {
+  convctx *c = ud;
+  const mk_endpoint *q = (const mk_endpoint *)link, *e = c->pub->e;
+  epref key, *r;
+  mk_snap_conv *cv;
+  /* A pair is a conversation when presence was told to either side. */
+  if (q->role.interest != MK_PARTICIPANT && e->role.interest != MK_PARTICIPANT &&
+      !(q->role.interest == MK_EVERYTHING || e->role.interest == MK_EVERYTHING))
+    return 0;
+  key.e = q;
+  r = bsearch(&key, c->refs, c->nrefs, sizeof key, by_address);
+  if (r == NULL) return 0;            /* a lifeline, a link, a dead one */
+  c->s->convs = grow(c->s->convs, c->s->nconvs, &c->cap, sizeof *cv);
+  cv = &c->s->convs[c->s->nconvs++];
+  cv->pub_proc = c->pub->proc;
+  cv->pub_endpoint = c->pub->endpoint;
+  cv->sub_proc = r->proc;
+  cv->sub_endpoint = r->endpoint;
+  return 0;
+}
+
+static void snap_vm(const mk_vm *vm, mk_snap_vm *s);
+
+static void snap_proc(mk_proc *p, mk_snap_proc *sp) {
+  epcopy c;
+  memset(sp, 0, sizeof *sp);
+  sp->pid = p->pid;
+  sp->name = p->xname == 2 ? NULL : xstrdup(p->name);
+  sp->kind = p->b->kind ? p->b->kind : "?";
+  sp->queued = p->pending;
+  sp->activations = p->b->activations ? (int64_t)p->b->activations(p) : -1;
+  c.sp = sp;
+  c.cap = 0;
+  mk_proc_each_endpoint(p, copy_endpoint, &c);
+  if (p->b == &mk_nested_behavior && p->data != NULL) {
+    sp->vm = xmalloc(sizeof *sp->vm);
+    snap_vm(p->data, sp->vm);
+  }
+}
+
+/* The conversations of one VM: for each publisher endpoint, the subscribers
+** the index matches it with (each pair once: only publishers ask). */
+static void snap_convs(const mk_vm *vm, mk_snap_vm *s, mk_proc **procs) {
+  size_t i, n = 0, cap = 0;
+  epref *refs = NULL;
+  convctx c;
+  for (i = 0; i < s->nprocs; i++) {
+    const mk_endpoint *e = procs[i]->eps;
+    size_t k;
+    /* eps is newest first; the snapshot's level-0 endpoints oldest first */
+    for (k = 0; e; e = e->pnext, k++) {}
+    for (e = procs[i]->eps; e; e = e->pnext) {
+      refs = grow(refs, n, &cap, sizeof *refs);
+      refs[n].e = e;
+      refs[n].proc = i;
+      refs[n].endpoint = --k;
+      n++;
+    }
+  }
+  qsort(refs, n, sizeof *refs, by_address);
+  c.s = s;
+  c.cap = 0;
+  c.refs = refs;
+  c.nrefs = n;
+  for (i = 0; i < n; i++) {
+    if (refs[i].e->dead || refs[i].e->role.orientation != MK_PUBLISHER) continue;
+    c.pub = &refs[i];
+    mk_index_match(vm->ix[MK_SUBSCRIBER], refs[i].e->role.topic, on_match, &c);
+  }
+  free(refs);
+  if (s->nconvs > 1) qsort(s->convs, s->nconvs, sizeof *s->convs, by_pair);
+}
+
+static void snap_vm(const mk_vm *vm, mk_snap_vm *s) {
+  mk_proc **procs;
+  mk_qblock *b;
+  size_t i, n = 0;
+  memset(s, 0, sizeof *s);
+  s->path = xstrdup(vm->path);
+  s->pid = vm->self ? vm->self->pid : 0;
+  for (b = vm->qhead; b; b = b->next) s->queued += (size_t)(b->last - b->first);
+  procs = xmalloc((vm->nprocs + 1) * sizeof *procs);
+  if (vm->resident != NULL && !vm->resident->dead) procs[n++] = vm->resident;
+  for (i = 0; i < vm->ptabsize; i++) {
+    mk_proc *p;
+    for (p = vm->ptab[i]; p; p = p->hnext)
+      if (!p->dead) procs[n++] = p;
+  }
+  qsort(procs, n, sizeof *procs, by_pid);
+  s->procs = xmalloc(n * sizeof *s->procs);
+  s->nprocs = n;
+  for (i = 0; i < n; i++) snap_proc(procs[i], &s->procs[i]);
+  snap_convs(vm, s, procs);
+  free(procs);
+}
+
+mk_snap_vm *mk_vm_snapshot(const mk_vm *vm) {
+  mk_snap_vm *s = xmalloc(sizeof *s);
+  snap_vm(vm, s);
+  return s;
+}
+
+static void free_vm(mk_snap_vm *s) {
+  size_t i, k;
+  for (i = 0; i < s->nprocs; i++) {
+    mk_snap_proc *sp = &s->procs[i];
+    for (k = 0; k < sp->nendpoints; k++) {
+      free(sp->endpoints[k].name);
+      mk_unref(sp->endpoints[k].role.topic);
+    }
+    free(sp->endpoints);
+    free(sp->name);
+    if (sp->vm) { free_vm(sp->vm); free(sp->vm); }
+  }
+  free(s->procs);
+  free(s->convs);
+  free(s->path);
+}
+
+void mk_snapshot_free(mk_snap_vm *s) {
+  if (s == NULL) return;
+  free_vm(s);
+  free(s);
+}
