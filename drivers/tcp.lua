@@ -358,4 +358,15 @@ function M.driver()
     }))
 end
 
+-- For market.snapshot (docs/inspect.md, "Snapshots"): the counters of
+-- M.stats.  Connections and listeners are processes of the snapshot's
+-- tree (kind "tcp" for a connection's manager).
+function M.inspect()
+  local s, t = M.stats, {}
+  for _, k in ipairs { "max_queued", "pauses", "overflows", "refused", "timeouts", "max_input" } do
+    t[k] = s[k]
+  end
+  return t
+end
+
 return M

@@ -258,4 +258,10 @@ function M.sleep(msecs)
   market.perform(market.delete_endpoint(name))
 end
 
+-- For market.snapshot (docs/inspect.md, "Snapshots"): the counters above.
+function M.inspect()
+  local s = M.stats
+  return { max_heap = s.max_heap, compactions = s.compactions, batches = s.batches }
+end
+
 return M

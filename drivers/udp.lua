@@ -223,4 +223,10 @@ function M.driver()
       { name = "listeners", on_presence = handlers.on_presence, on_absence = handlers.on_absence }))
 end
 
+-- For market.snapshot (docs/inspect.md, "Snapshots"): the counters above.
+function M.inspect()
+  local s = M.stats
+  return { received = s.received, sent = s.sent, dropped = s.dropped }
+end
+
 return M

@@ -715,7 +715,8 @@ M.ground = {
 -- resources under drivers[its name].
 local DRIVERS = { "timer", "tcp", "udp" }
 function M.snapshot()
-  local snap = { time = core.now(), vm = core.snapshot(), drivers = {} }
+  local vm = core.snapshot()
+  local snap = { time = core.now(), vm = vm, drivers = {} }
   for _, name in ipairs(DRIVERS) do
     local mod = package.loaded["market." .. name]
     if type(mod) == "table" and type(mod.inspect) == "function" then

@@ -1,0 +1,196 @@
+-- snapshot_spec.lua: market.snapshot and market.snapshot_json
+-- (docs/inspect.md, "Snapshots").
+local market = require "market"
+local P, T = market.perform, market.transition
+
+-- A small JSON decoder, enough for what snapshot_json writes.
+local function decode(s)
+  local i = 1
+  local function ws() i = s:find("[^ \t\r\n]", i) or #s + 1 end
+  local value
+  local function str()
+    local out = {}
+    i = i + 1
+    while true do
+      local c = s:sub(i, i)
+      if c == '"' then i = i + 1; return table.concat(out) end
+      if c == "\\" then
+        local e = s:sub(i + 1, i + 1)
+        if e == "u" then
+          out[#out + 1] = utf8.char(tonumber(s:sub(i + 2, i + 5), 16)); i = i + 6
+        else
+          out[#out + 1] = ({ n = "\n", r = "\r", t = "\t" })[e] or e; i = i + 2
+        end
+      else
+        out[#out + 1] = c; i = i + 1
+      end
+    end
+  end
+  function value()
+    ws()
+    local c = s:sub(i, i)
+    if c == "{" then
+      local t = {}
+      i = i + 1; ws()
+      if s:sub(i, i) == "}" then i = i + 1; return t end
+      repeat
+        ws(); local k = str(); ws()
+        assert(s:sub(i, i) == ":"); i = i + 1
+        t[k] = value(); ws()
+        c = s:sub(i, i); i = i + 1
+      until c == "}"
+      return t
+    elseif c == "[" then
+      local t = {}
+      i = i + 1; ws()
+      if s:sub(i, i) == "]" then i = i + 1; return t end
+      repeat
+        t[#t + 1] = value(); ws()
+        c = s:sub(i, i); i = i + 1
+      until c == "]"
+      return t
+    elseif c == '"' then return str()
+    elseif s:sub(i, i + 3) == "true" then i = i + 4; return true
+    elseif s:sub(i, i + 4) == "false" then i = i + 5; return false
+    elseif s:sub(i, i + 3) == "null" then i = i + 4; return nil
+    else
+      local num = s:match("^-?[%d.eE+-]+", i)
+      i = i + #num
+      return math.tointeger(tonumber(num)) or tonumber(num)
+    end
+  end
+  local v = value()
+  ws()
+  assert(i == #s + 1, "trailing text at " .. i)
+  return v
+end
+
+local function byname(vm, name)
+  for _, p in ipairs(vm.processes) do if p.name == name then return p end end
+end
+
+-- Runs f(snapshot) in a ground VM where "pub" publishes news and "sub"
+-- subscribes to anything, and a nested VM "box" holds "inner", which
+-- subscribes to news one level up and publishes "local" in its own VM.
+local function scene(f)
+  local ok, err = market.ground_vm(function()
+    P(market.publisher("keep", { name = "keep" }))
+    P(market.spawn(function()
+      return T(nil, market.publisher("news", { name = "out" }))
+    end, { name = "pub" }))
+    P(market.spawn(function()
+      return T(nil, market.subscriber(market._, { name = "in", on_message = function() end }))
+    end, { name = "sub" }))
+    P(market.nested_vm(function()
+      return T(nil, market.spawn(function()
+        return T(nil, market.at_meta_level(market.subscriber("news", { name = "up" })),
+          market.publisher(market.record("local", "x")(1), { name = "mine" }))
+      end, { name = "inner" }))
+    end, { name = "box" }))
+    market.pause()
+    f()
+    P(market.delete_endpoint("keep"))
+  end)
+  assert(ok, err)
+end
+
+describe("market.snapshot", function()
+  it("shows the VM tree, processes, endpoints and a nested VM", function()
+    local s
+    scene(function() s = market.snapshot() end)
+    assert.equal("ground", s.vm.path)
+    assert.equal(0, s.vm.processes[1].pid)            -- the ground's resident
+    local pub, sub, box = byname(s.vm, "pub"), byname(s.vm, "sub"), byname(s.vm, "box")
+    assert.equal("lua", pub.kind)
+    assert.same({ name = "out", level = 0, orientation = "publisher",
+                  interest = "participant", topic = "news" }, pub.endpoints[1])
+    assert.equal(market._, sub.endpoints[1].topic)
+    assert.is_true(sub.activations >= 1)
+    assert.equal("nested-vm", box.kind)
+    assert.equal("ground/" .. box.pid, box.vm.path)
+    assert.equal(box.pid, box.vm.pid)
+    local inner = byname(box.vm, "inner")
+    assert.equal("lua", inner.kind)
+    assert.equal(2, #inner.endpoints)
+    assert.same({ "mine", 0 }, { inner.endpoints[1].name, inner.endpoints[1].level })
+    assert.same({ "up", 1 }, { inner.endpoints[2].name, inner.endpoints[2].level })
+    assert.equal(market.record("local", "x")(1), inner.endpoints[1].topic)
+    -- the nested VM holds "inner"'s endpoint up here under its prefixed name
+    assert.equal(inner.pid .. "/up", box.endpoints[1].name)
+  end)
+
+  it("lists conversations: pairs whose roles intersect", function()
+    local s
+    scene(function() s = market.snapshot() end)
+    local pairs_ = {}
+    for _, c in ipairs(s.vm.conversations) do
+      pairs_[#pairs_ + 1] = c.publisher.endpoint .. "->" .. c.subscriber.endpoint
+    end
+    table.sort(pairs_)
+    local box = byname(s.vm, "box")
+    assert.same({ "keep->in", "out->" .. byname(box.vm, "inner").pid .. "/up", "out->in" }, pairs_)
+    assert.same({}, byname(s.vm, "box").vm.conversations)
+  end)
+
+  it("leaves out a process that ended", function()
+    local before, after
+    local ok, err = market.ground_vm(function()
+      P(market.publisher("keep", { name = "keep" }))
+      P(market.spawn(function()
+        return T(nil, market.subscriber("x", { name = "x",
+          on_message = function() return T(nil, market.quit()) end }))
+      end, { name = "short" }))
+      market.pause()
+      before = market.snapshot()
+      P(market.send("x"))
+      market.pause()
+      after = market.snapshot()
+      P(market.delete_endpoint("keep"))
+    end)
+    assert(ok, err)
+    assert.is_truthy(byname(before.vm, "short"))
+    assert.is_nil(byname(after.vm, "short"))
+  end)
+
+  it("is an error outside a ground VM", function()
+    assert.has_error(function() market.snapshot() end,
+      "market.snapshot: no ground VM is running")
+  end)
+end)
+
+describe("market.snapshot_json", function()
+  it("round-trips a snapshot, terms mapped as documented", function()
+    local s, j
+    scene(function() s = market.snapshot(); j = market.snapshot_json(s) end)
+    local d = decode(j)
+    assert.equal("ground", d.vm.path)
+    assert.equal(#s.vm.processes, #d.vm.processes)
+    assert.equal(#s.vm.conversations, #d.vm.conversations)
+    local sub = byname(d.vm, "sub")
+    assert.same({ wildcard = true }, sub.endpoints[1].topic)
+    local inner = byname(byname(d.vm, "box").vm, "inner")
+    assert.same({ record = "local", fields = { 1 } }, inner.endpoints[1].topic)
+  end)
+
+  it("escapes strings and maps every kind of term", function()
+    local t = market.record("r\"q", "a", "b", "c", "d", "e", "f", "g")
+    local v = t("a\"\\\n\1é", 1.5, 3, true, market._, { 1, "x" }, "\255")
+    local j = market.snapshot_json({ v = v, n = 0.0 / 0.0, i = 1 / 0 })
+    assert.equal('{"i":{"float":"inf"},"n":{"float":"nan"},"v":{"record":"r\\"q","fields":'
+      .. '["a\\"\\\\\\n\\u0001é",1.5,3,true,{"wildcard":true},[1,"x"],"\\u00ff"]}}', j)
+    local d = decode(j)
+    assert.equal("a\"\\\n\1é", d.v.fields[1])
+    assert.equal("\u{ff}", d.v.fields[7])                 -- a non-UTF-8 byte, as Latin-1
+  end)
+
+  it("refuses what JSON cannot hold", function()
+    local t = {}
+    t.self = t
+    assert.has_error(function() market.snapshot_json(t) end,
+      "market.snapshot_json: tables nested too deep (a cycle?)")
+    assert.has_error(function() market.snapshot_json({ print }) end,
+      "market.snapshot_json: cannot encode a function")
+    assert.has_error(function() market.snapshot_json(5) end,
+      "market.snapshot_json: a snapshot table expected, got number")
+  end)
+end)
