@@ -79,19 +79,47 @@ static void pushvm(lua_State *L, const mk_snap_vm *s) {
   lua_setfield(L, -2, "conversations");
 }
 
-/* core.snapshot() -> the ground VM's tree (market.lua adds the drivers). */
+/* The drivers whose modules, when loaded, may give their resources
+** (an inspect() function) to a snapshot. */
+static const char *const drivers[] = { "timer", "tcp", "udp", NULL };
+
+/* core.snapshot() -> {time =, vm =, drivers =} (docs/inspect.md). */
 static int c_snapshot(lua_State *L) {
   mk_ground *g = mkl_ground(L);
-  mk_snap_vm *s;
+  mk_snap_vm *s, **box;
+  int i;
   if (g == NULL) return luaL_error(L, "market.snapshot: no ground VM is running");
+  lua_createtable(L, 0, 3);
+  lua_pushnumber(L, mk_ground_now(g));
+  lua_setfield(L, -2, "time");
   s = mk_vm_snapshot(mk_ground_vm(g));
   /* Making the tables may raise (out of memory): s is held meanwhile by a
   ** userdata whose __gc frees it. */
-  *(mk_snap_vm **)lua_newuserdatauv(L, sizeof s, 0) = s;
+  box = lua_newuserdatauv(L, sizeof s, 0);
+  *box = s;
   luaL_setmetatable(L, "market.snapshot");
   pushvm(L, s);
   mk_snapshot_free(s);
-  *(mk_snap_vm **)lua_touserdata(L, -2) = NULL;
+  *box = NULL;
+  lua_setfield(L, -3, "vm");
+  lua_pop(L, 1);                              /* box */
+  /* A driver's inspect() is Lua of its own: its errors are its caller's. */
+  lua_createtable(L, 0, 3);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  for (i = 0; drivers[i]; i++) {
+    lua_pushfstring(L, "market.%s", drivers[i]);
+    if (lua_rawget(L, -2) == LUA_TTABLE) {
+      if (lua_getfield(L, -1, "inspect") == LUA_TFUNCTION) {
+        lua_call(L, 0, 1);
+        lua_setfield(L, -4, drivers[i]);
+      } else {
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);                              /* package.loaded */
+  lua_setfield(L, -2, "drivers");
   return 1;
 }
 
@@ -313,9 +341,16 @@ static void addvalue(lua_State *L, jbuf *b, int idx, int depth) {
   }
 }
 
-/* core.json(v) -> v as JSON text. */
-static int c_json(lua_State *L) {
+/* core.snapshot_json([snap]) -> snap (default: a snapshot now) as JSON. */
+static int c_snapshot_json(lua_State *L) {
   jbuf *b;
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    c_snapshot(L);
+  } else if (!lua_istable(L, 1)) {
+    return luaL_error(L, "market.snapshot_json: a snapshot table expected, got %s",
+                      luaL_typename(L, 1));
+  }
   lua_settop(L, 1);
   b = lua_newuserdatauv(L, sizeof *b, 0);
   memset(b, 0, sizeof *b);
@@ -338,6 +373,6 @@ void mkl_open_snapshot(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, c_snapshot);
   lua_setfield(L, -2, "snapshot");
-  lua_pushcfunction(L, c_json);
-  lua_setfield(L, -2, "json");
+  lua_pushcfunction(L, c_snapshot_json);
+  lua_setfield(L, -2, "snapshot_json");
 }

@@ -709,29 +709,6 @@ M.ground = {
   signal = ground_event("signal", "signum"),
   stopping = ground_event("stopping", "deadline_ms"),
 }
--- snapshot() -> the VM tree as it is now, with the drivers' resources;
--- snapshot_json([snap]) -> it as JSON text (docs/inspect.md, "Snapshots").
--- A driver module that is loaded and has an inspect() function gives its
--- resources under drivers[its name].
-local DRIVERS = { "timer", "tcp", "udp" }
-function M.snapshot()
-  local vm = core.snapshot()
-  local snap = { time = core.now(), vm = vm, drivers = {} }
-  for _, name in ipairs(DRIVERS) do
-    local mod = package.loaded["market." .. name]
-    if type(mod) == "table" and type(mod.inspect) == "function" then
-      snap.drivers[name] = mod.inspect()
-    end
-  end
-  return snap
-end
-function M.snapshot_json(snap)
-  if snap ~= nil and type(snap) ~= "table" then
-    error("market.snapshot_json: a snapshot table expected, got " .. type(snap), 2)
-  end
-  return core.json(snap or M.snapshot())
-end
-
 M.PUBLISHER, M.SUBSCRIBER = "publisher", "subscriber"
 M.VERSION = core.VERSION
 
@@ -757,5 +734,11 @@ for level, name in ipairs { "error", "warn", "info", "debug" } do
     core.log(level, type(fmt) == "string" and fmt or nil, msg)
   end
 end
+
+-- snapshot() -> the VM tree as it is now, with the drivers' resources;
+-- snapshot_json([snap]) -> it as JSON text (lua/lsnap.c; docs/inspect.md,
+-- "Snapshots").  C functions: closures here cost every spawn some
+-- hundreds of instructions (bench-callgrind), by the collector's pace.
+M.snapshot, M.snapshot_json = core.snapshot, core.snapshot_json
 
 return M

@@ -1,6 +1,8 @@
 -- snapshot_spec.lua: market.snapshot and market.snapshot_json
 -- (docs/inspect.md, "Snapshots").
+package.path = "spec/support/?.lua;" .. package.path
 local market = require "market"
+local N = require "net"
 local P, T = market.perform, market.transition
 
 -- A small JSON decoder, enough for what snapshot_json writes.
@@ -150,6 +152,41 @@ describe("market.snapshot", function()
     assert(ok, err)
     assert.is_truthy(byname(before.vm, "short"))
     assert.is_nil(byname(after.vm, "short"))
+  end)
+
+  it("shows a tcp session: its manager, its session and their conversations", function()
+    local tcp = require "market.tcp"
+    local s, log, port = nil, {}, nil
+    N.run(function()
+      P(N.tcp_serve(0, N.polite))
+      port = N.bound(0)
+      local a, h = tcp.address("127.0.0.1", port), tcp.handle(1)
+      P(N.tcp_client(1, a, log))
+      N.wait_until(function() return log[1] == "connected" end)
+      s = market.snapshot()
+      P(market.send(tcp.channel(h, a, market.EOF)), market.send({ "stop-server", 0 }))
+      N.await({ "done", 1 })
+    end)
+    local kinds, session, managers = {}, byname(s.vm, "session"), {}
+    for _, p in ipairs(s.vm.processes) do
+      kinds[p.kind] = (kinds[p.kind] or 0) + 1
+      if p.kind == "tcp" then managers[p.pid] = p end
+    end
+    assert.equal(2, kinds.tcp)                  -- the accepted end and the client's
+    assert.is_truthy(session)
+    assert.is_truthy(byname(s.vm, "client 1"))
+    assert.is_truthy(byname(s.vm, "server 0"))
+    -- the session's outbound flow reaches the accepted end's manager, and
+    -- that manager's inbound flow the session
+    local out, into = false, false
+    for _, c in ipairs(s.vm.conversations) do
+      if c.publisher.pid == session.pid and managers[c.subscriber.pid] then out = true end
+      if c.subscriber.pid == session.pid and managers[c.publisher.pid] then into = true end
+    end
+    assert.is_true(out and into)
+    assert.same({ "connected", "data bye", "eof" }, log)
+    assert.equal("number", type(s.drivers.tcp.max_queued))
+    assert.equal("number", type(s.drivers.timer.max_heap))
   end)
 
   it("is an error outside a ground VM", function()
