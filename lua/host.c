@@ -483,6 +483,41 @@ int mk_host_start_drivers(mk_host *h) {
   return MK_OK;
 }
 
+/* ---- snapshots ------------------------------------------------------------ */
+
+mk_snap_vm *mk_host_snapshot(mk_host *h) {
+  return h ? mk_vm_snapshot(mk_host_vm(h)) : NULL;
+}
+
+static int p_snapshot_json(lua_State *L) {
+  luaL_requiref(L, "market", luaopen_market, 0);
+  lua_getfield(L, -1, "snapshot_json");
+  lua_call(L, 0, 1);
+  return 1;
+}
+
+char *mk_host_snapshot_json(mk_host *h) {
+  const char *s;
+  size_t n;
+  char *copy;
+  int st;
+  if (h == NULL) return NULL;
+  if (mkl_running(h->L)) {
+    seterr(h, MK_EBUSY, "mk_host_snapshot_json: called while a Lua process runs");
+    return NULL;
+  }
+  lua_pushcfunction(h->L, p_snapshot_json);
+  if ((st = lua_pcall(h->L, 0, 1, 0)) != LUA_OK) {
+    luaerr(h, st, MK_ELUA, "mk_host_snapshot_json");
+    return NULL;
+  }
+  s = lua_tolstring(h->L, -1, &n);
+  if ((copy = malloc(n + 1)) == NULL) seterr(h, MK_ENOMEM, "out of memory");
+  else memcpy(copy, s, n + 1);
+  lua_pop(h->L, 1);
+  return copy;
+}
+
 typedef struct arg_req { int argc, zero; const char *const *argv; } arg_req;
 
 static int p_set_arg(lua_State *L) {

@@ -286,6 +286,22 @@ int mk_log_level_parse(const char *name);
 const char *mk_log_level_name(int level);
 
 /*
+** Snapshots (docs/inspect.md, "Snapshots").  mk_host_snapshot: the tree
+** of the host's VMs as it is now (vm.h, mk_vm_snapshot), owned by the
+** caller: mk_snapshot_free.  NULL only for h NULL.  It may be called from
+** anywhere, handlers included.
+**
+** mk_host_snapshot_json: the snapshot with the drivers' resources, as
+** JSON text (market.snapshot_json): a string the caller frees, or NULL:
+**   MK_EINVAL  h NULL
+**   MK_EBUSY   called while a Lua process runs (from a C function it called)
+**   MK_ELUA    a driver's inspect() raised (message has the error)
+**   MK_ENOMEM  out of memory
+*/
+mk_snap_vm *mk_host_snapshot(mk_host *h);
+char *mk_host_snapshot_json(mk_host *h);
+
+/*
 ** Lua's warn().  A host keeps what Lua code passes to warn() to itself
 ** unless you ask: fn receives each warning as one line of text (borrowed
 ** for the call, no newline).  fn NULL stops them.  Lua's control messages

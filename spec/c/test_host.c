@@ -800,6 +800,83 @@ static void outside_loop(void) {
   close(fds[1]);
 }
 
+/* ---- snapshots ------------------------------------------------------------ */
+
+static const mk_snap_proc *snap_named(const mk_snap_vm *s, const char *name) {
+  size_t i;
+  for (i = 0; i < s->nprocs; i++)
+    if (s->procs[i].name && strcmp(s->procs[i].name, name) == 0) return &s->procs[i];
+  return NULL;
+}
+
+static void snap_boot(mk_proc *self, void *ud) {
+  mk_term *t = mk_cstr("news");
+  (void)ud;
+  mk_add_subscriber(self, "in", t);
+  mk_unref(t);
+}
+
+static void snapshots(void) {
+  static const mk_native listener = { snap_boot, NULL, NULL, NULL, NULL, NULL };
+  size_t base = mk_term_live(), i;
+  mk_host *h = newhost();
+  mk_snap_vm *s;
+  const mk_snap_proc *pub, *nat, *box, *inner;
+  mk_pid npid;
+  char *json;
+  int conv = 0;
+  CHECK(mk_host_spawn_string(h,
+    "local market = require 'market'\n"
+    "return market.transition(nil, market.publisher('news', {name = 'out'}),\n"
+    "  market.nested_vm(function()\n"
+    "    return market.transition(nil, market.spawn(function()\n"
+    "      return market.transition(nil, market.at_meta_level(\n"
+    "        market.subscriber('news', {name = 'up'})))\n"
+    "    end, {name = 'inner'}))\n"
+    "  end, {name = 'box'}))\n", "pub", 0, NULL) != 0);
+  npid = mk_host_spawn_native(h, &listener, NULL, "listener");
+  CHECK(npid != 0);
+  while (mk_host_step(h) > 0) {}
+  s = mk_host_snapshot(h);
+  CHECK(s != NULL && strcmp(s->path, "ground") == 0 && s->pid == 0);
+  pub = snap_named(s, "pub");
+  nat = snap_named(s, "listener");
+  box = snap_named(s, "box");
+  CHECK(pub && nat && box);
+  if (pub && nat && box) {
+    CHECK(strcmp(pub->kind, "lua") == 0 && pub->activations >= 1);
+    CHECK(pub->nendpoints == 1 && strcmp(pub->endpoints[0].name, "out") == 0);
+    CHECK(pub->endpoints[0].role.orientation == MK_PUBLISHER);
+    CHECK(strcmp(mk_tostring(pub->endpoints[0].role.topic, NULL), "news") == 0);
+    CHECK(strcmp(nat->kind, "native") == 0 && nat->activations == -1 && nat->pid == npid);
+    CHECK(strcmp(box->kind, "nested-vm") == 0 && box->vm != NULL);
+    inner = box->vm ? snap_named(box->vm, "inner") : NULL;
+    CHECK(inner != NULL && inner->nendpoints == 1 && inner->endpoints[0].level == 1);
+    CHECK(box->vm && box->vm->pid == box->pid && box->vm->nconvs == 0);
+    /* the publisher's conversations: the native subscriber and the one
+    ** the nested VM holds for "inner" */
+    for (i = 0; i < s->nconvs; i++) {
+      const mk_snap_conv *c = &s->convs[i];
+      if (&s->procs[c->pub_proc] != pub) continue;
+      if (&s->procs[c->sub_proc] == nat && c->sub_endpoint == 0) conv |= 1;
+      if (&s->procs[c->sub_proc] == box) conv |= 2;
+    }
+    CHECK(conv == 3);
+  }
+  mk_snapshot_free(s);
+  mk_snapshot_free(NULL);
+  CHECK(mk_host_snapshot(NULL) == NULL);
+  json = mk_host_snapshot_json(h);
+  CHECK(json != NULL);
+  if (json) {
+    CHECK(strstr(json, "\"path\":\"ground\"") != NULL);
+    CHECK(strstr(json, "\"kind\":\"native\",\"name\":\"listener\"") != NULL);
+    free(json);
+  }
+  mk_host_free(h);
+  CHECK(mk_term_live() == base);
+}
+
 int main(void) {
   RUN(new_and_free);
   RUN(spawn_errors);
@@ -821,5 +898,6 @@ int main(void) {
   RUN(stop_from_host);
   RUN(sigpipe);
   RUN(outside_loop);
+  RUN(snapshots);
   return CHECK_DONE();
 }
