@@ -189,6 +189,22 @@ describe("market.snapshot", function()
     assert.equal("number", type(s.drivers.timer.max_heap))
   end)
 
+  it("works from an on_crash function and beside an open ground VM", function()
+    local seen
+    local ok = market.ground_vm(function()
+      P(market.spawn(function() error("boom") end, { name = "bad" }))
+    end, { on_crash = function() seen = byname(market.snapshot().vm, "bad") end })
+    assert.is_true(ok)
+    assert.equal("bad", seen.name)              -- it still holds its place
+    local g = market.open_ground_vm(function()
+      return T(nil, market.publisher("x", { name = "x" }))
+    end)
+    g:step()
+    local s = market.snapshot()
+    g:close()
+    assert.equal("x", s.vm.processes[2].endpoints[1].topic)
+  end)
+
   it("is an error outside a ground VM", function()
     assert.has_error(function() market.snapshot() end,
       "market.snapshot: no ground VM is running")
