@@ -142,7 +142,7 @@ static void snap_convs(const mk_vm *vm, mk_snap_vm *s, mk_proc **procs) {
       n++;
     }
   }
-  qsort(refs, n, sizeof *refs, by_address);
+  if (n > 1) qsort(refs, n, sizeof *refs, by_address);
   c.s = s;
   c.cap = 0;
   c.refs = refs;
