@@ -104,7 +104,7 @@ static int on_match(mk_ilink *link, void *ud) {
   return 0;
 }
 
-static void snap_vm(const mk_vm *vm, mk_snap_vm *s);
+static void snap_vm(mk_vm *vm, mk_snap_vm *s);
 
 static void snap_proc(mk_proc *p, mk_snap_proc *sp) {
   epcopy c;
@@ -125,7 +125,7 @@ static void snap_proc(mk_proc *p, mk_snap_proc *sp) {
 
 /* The conversations of one VM: for each publisher endpoint, the subscribers
 ** the index matches it with (each pair once: only publishers ask). */
-static void snap_convs(const mk_vm *vm, mk_snap_vm *s, mk_proc **procs) {
+static void snap_convs(mk_vm *vm, mk_snap_vm *s, mk_proc **procs) {
   size_t i, n = 0, cap = 0;
   epref *refs = NULL;
   convctx c;
@@ -156,7 +156,7 @@ static void snap_convs(const mk_vm *vm, mk_snap_vm *s, mk_proc **procs) {
   if (s->nconvs > 1) qsort(s->convs, s->nconvs, sizeof *s->convs, by_pair);
 }
 
-static void snap_vm(const mk_vm *vm, mk_snap_vm *s) {
+static void snap_vm(mk_vm *vm, mk_snap_vm *s) {
   mk_proc **procs;
   mk_qblock *b;
   size_t i, n = 0;
@@ -179,7 +179,7 @@ static void snap_vm(const mk_vm *vm, mk_snap_vm *s) {
   free(procs);
 }
 
-mk_snap_vm *mk_vm_snapshot(const mk_vm *vm) {
+mk_snap_vm *mk_vm_snapshot(mk_vm *vm) {
   mk_snap_vm *s = xmalloc(sizeof *s);
   snap_vm(vm, s);
   return s;

@@ -432,7 +432,7 @@ struct mk_snap_vm {
 ** it shows the VMs as they are then.  Returns the snapshot, owned by the
 ** caller; out of memory aborts (the VM's policy).
 */
-mk_snap_vm *mk_vm_snapshot(const mk_vm *vm);
+mk_snap_vm *mk_vm_snapshot(mk_vm *vm);
 void mk_snapshot_free(mk_snap_vm *s);      /* NULL accepted */
 
 /* ---- nested VMs ---------------------------------------------------------- */
