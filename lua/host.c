@@ -420,6 +420,7 @@ void mk_host_free(mk_host *h) {
   if (busy(h)) { seterr(h, MK_EBUSY, "mk_host_free: called from inside a handler"); return; }
   h->freeing = 1;
   mk_ground_free(h->g, NULL);      /* every process sees the others go */
+  mkl_trace_end(h->L);             /* no tracer is left to write to its file */
   mkl_on_fail(h->L, NULL, NULL);
   if (h->on_log) mkl_log_set_sink(h->L, NULL, NULL);   /* the state may outlive h */
   mkl_detach(h->L);
@@ -439,6 +440,15 @@ struct lua_State *mk_host_lua(mk_host *h) { return h ? h->L : NULL; }
 
 void mk_host_trace(mk_host *h, mk_trace_fn fn, void *ud) {
   if (h) mk_vm_set_trace(mk_ground_vm(h->g), fn, ud);
+}
+
+int mk_host_trace_opts(mk_host *h, const mk_trace_opts *opts) {
+  int rc;
+  if (h == NULL) return MK_EINVAL;
+  rc = mk_vm_set_trace_opts(mk_ground_vm(h->g), opts);
+  if (rc == -1) return seterr(h, MK_EINVAL, "mk_host_trace_opts: an array NULL with a count, or unknown kind bits");
+  if (rc != 0) return seterr(h, MK_ENOMEM, "mk_host_trace_opts: out of memory");
+  return MK_OK;
 }
 
 int mk_host_set_max_activation(mk_host *h, double ms) {

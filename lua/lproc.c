@@ -1597,10 +1597,6 @@ static int c_init(lua_State *L) {
   return 0;
 }
 
-static void trace_line(void *ud, const char *line) {
-  fprintf(stderr, "market: %s\n", line);
-}
-
 /* p_report(fn, crash): fn(report), with the report as a table of the
 ** fields of mk_crash (docs/inspect.md), called protected by lua_crash. */
 static int p_report(lua_State *L) {
@@ -1683,7 +1679,11 @@ static mk_host *open_host(lua_State *L, const char *fname, luacrash *lc) {
     luaL_error(L, "%s: a ground VM is already running in this Lua state", fname);
   h = mkl_host_new(L, NULL, &err);
   if (h == NULL) luaL_error(L, "%s: %s", fname, err.message);
-  if (lua_toboolean(L, 2)) mk_host_trace(h, trace_line, NULL);
+  if (!lua_isnoneornil(L, 2) && mkl_trace(L, mk_host_vm(h), 2) != NULL) {
+    lua_pushstring(L, lua_tostring(L, -1));
+    mk_host_free(h);
+    luaL_error(L, "%s: %s", fname, lua_tostring(L, -1));
+  }
   if (drain >= 0 && mk_host_stop_on_signals(h, drain) != MK_OK) {
     lua_pushstring(L, mk_host_error(h));
     mk_host_free(h);
@@ -1727,7 +1727,8 @@ static int outcome(lua_State *L, mk_host *h, int rc, int more) {
   return 1;
 }
 
-/* core.ground_vm(boot, trace, drain, max_activation, on_crash)
+/* core.ground_vm(boot, trace, drain, max_activation, on_crash): trace as
+** market.trace's
 **   -> true | nil, traceback | nil, why, status
 ** A host (market.h) on this Lua state and a loop of its own, run to the
 ** end and freed: the same code path as the interpreter's.  drain (ms, or
@@ -2002,4 +2003,5 @@ void mkl_open_core(lua_State *L) {
   lua_pushinteger(L, MKL_CTX_STATE); lua_setfield(L, -2, "CTX_STATE");
   lua_pushinteger(L, MKL_CTX_METAS); lua_setfield(L, -2, "CTX_METAS");
   mkl_open_actions(L);
+  mkl_open_trace(L);
 }

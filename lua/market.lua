@@ -500,10 +500,17 @@ local function ground_boot(boot, opts, fname)
   end, opts
 end
 
+-- trace(opts | true | false): which lines the program's trace shows, from
+-- now on, in every VM: opts = {pid=, name=, vm=, kind=, topic=, format=,
+-- file=} (docs/inspect.md, "Traces"); true: every line; false: none.
+-- Returns true, or nil and why when the file cannot be opened.
+M.trace = core.trace
+
 -- ground_vm(boot [, {drivers=, trace=, drain=, max_activation=, on_crash=}]): run a
 -- ground VM until it has nothing left to do.  Returns true, or nil and the
--- boot failure's traceback.  max_activation: the CPU ms one activation of
--- a handler may take (default 1000; 0: no budget; docs/limits.md).  With drain (ms), SIGINT and SIGTERM stop it gracefully
+-- boot failure's traceback.  trace: what trace() takes.  max_activation:
+-- the CPU ms one activation of a handler may take (default 1000; 0: no
+-- budget; docs/limits.md).  With drain (ms), SIGINT and SIGTERM stop it gracefully
 -- (docs/semantics.md, "Stopping"); a second signal ends the stop at once,
 -- and ground_vm then returns nil, "stopped by a second signal", 128 + signum.
 -- on_crash(report): told of every process failure instead of the report

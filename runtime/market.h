@@ -169,11 +169,22 @@ int mk_host_errcode(const mk_host *h);
 
 /*
 ** Trace every event and action of every VM of this host: fn receives one
-** readable line (no newline) per event and action, e.g.
-**   ground #3 echo: message in request(1, "hi")
-** fn NULL stops tracing.  The line is borrowed for the call.
+** line (no newline) per event and action, e.g.
+**   2026-12-01T08:00:00.123Z ground #3 echo: message in subscriber/participant request(_, _) request(1, "hi")
+** (vm.h, "Traces"; docs/inspect.md).  fn NULL stops tracing.  The line is
+** borrowed for the call.  The filter and format set with
+** mk_host_trace_opts (or by a Lua process's market.trace) are kept.
 */
 void mk_host_trace(mk_host *h, mk_trace_fn fn, void *ud);
+/*
+** Which lines the trace shows and in which format (mk_trace_opts, vm.h),
+** in every VM of the host, from the next line on; NULL: every line, as
+** text.  The options are copied.  The function set with mk_host_trace is
+** kept: this alone does not start a trace.  Returns MK_OK, MK_EINVAL (h
+** NULL, an array NULL with a count, unknown kind bits) or MK_ENOMEM; the
+** trace is unchanged on failure.
+*/
+int mk_host_trace_opts(mk_host *h, const mk_trace_opts *opts);
 
 /*
 ** The activation budget of the ground VM's Lua processes (and of nested
