@@ -513,6 +513,73 @@ static void trace(void) {
   mk_host_free(h);
 }
 
+/* mk_host_trace_opts: a filter and a format, set before the trace
+** function or after it, and changed between runs. */
+static char tracebuf[4096];
+static void trace_keep(void *ud, const char *line) {
+  size_t n = strlen(tracebuf);
+  (void)ud;
+  snprintf(tracebuf + n, sizeof tracebuf - n, "%s\n", line + (line[0] == '{' ? 0 : 25));
+}
+static void trace_opts(void) {
+  static const char *const names[] = {"talk*"};
+  const char *const bad[] = {NULL};
+  mk_pid pids[] = {4};
+  mk_trace_opts o;
+  mk_host *h = newhost();
+  const char *talk = "local m = require 'market'\n"
+                     "m.perform(m.send(m.record('chat', 'who')('x')))\n"
+                     "m.perform(m.send({'other'}))\n";
+  memset(&o, 0, sizeof o);
+  o.names = names;
+  o.nnames = 1;
+  o.kinds = 1u << MK_TK_SEND;
+  CHECK(mk_host_trace_opts(h, &o) == MK_OK);       /* before the function: kept */
+  mk_host_trace(h, trace_keep, NULL);
+  tracebuf[0] = '\0';
+  mk_host_spawn_string(h, talk, "talker", 0, NULL);
+  mk_host_spawn_string(h, talk, "other", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(strcmp(tracebuf, "ground #1 talker: send chat(\"x\")\n"
+                         "ground #1 talker: send [\"other\"]\n") == 0);
+  /* A pid, a topic pattern, JSON. */
+  memset(&o, 0, sizeof o);
+  o.pids = pids;
+  o.npids = 1;
+  o.topic = mk_record("chat", 1, mk_wild());
+  o.json = 1;
+  CHECK(mk_host_trace_opts(h, &o) == MK_OK);
+  mk_unref(o.topic);                               /* the trace holds its own */
+  tracebuf[0] = '\0';
+  mk_host_spawn_string(h, talk, "talker", 0, NULL);
+  mk_host_spawn_string(h, talk, "talker", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(strstr(tracebuf, "\"vm\":\"ground\",\"pid\":4,\"name\":\"talker\",\"kind\":\"send\","
+                         "\"message\":{\"record\":\"chat\",\"fields\":[\"x\"]}}\n") != NULL);
+  CHECK(strstr(tracebuf, "\"pid\":3") == NULL && strstr(tracebuf, "other") == NULL);
+  CHECK(strstr(tracebuf, "spawn") == NULL);        /* no topic, no match */
+  CHECK(strncmp(tracebuf, "{\"time\":\"20", 11) == 0);
+  /* Malformed options change nothing. */
+  memset(&o, 0, sizeof o);
+  o.kinds = 1u << MK_TK_COUNT;
+  CHECK(mk_host_trace_opts(h, &o) == MK_EINVAL);
+  o.kinds = 0;
+  o.nvms = 1;
+  CHECK(mk_host_trace_opts(h, &o) == MK_EINVAL);
+  o.vms = bad;
+  o.nvms = 0;
+  CHECK(mk_host_trace_opts(NULL, &o) == MK_EINVAL);
+  /* NULL: every line again, as text. */
+  CHECK(mk_host_trace_opts(h, NULL) == MK_OK);
+  tracebuf[0] = '\0';
+  mk_host_spawn_string(h, "return", "quiet", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(strcmp(tracebuf, "ground #5 quiet: spawn lua\nground #5 quiet: quit\n") == 0);
+  CHECK(mk_trace_kind("at_meta_level") == MK_TK_AT_META_LEVEL && mk_trace_kind("x") == -1);
+  CHECK(strcmp(mk_trace_kind_name(MK_TK_DELETED), "deleted") == 0 && !mk_trace_kind_name(99));
+  mk_host_free(h);
+}
+
 /* Warnings from Lua's warn() go to the host's callback, or nowhere. */
 static void on_warning(mk_host *h, const char *message, void *ud) {
   logf_("warning [%s]", message);
@@ -814,6 +881,7 @@ int main(void) {
   RUN(continuations);
   RUN(own_loop_step);
   RUN(trace);
+  RUN(trace_opts);
   RUN(warnings);
   RUN(logging);
   RUN(deep_lua);
