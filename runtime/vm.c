@@ -1314,6 +1314,8 @@ static void deliver(mk_vm *vm, mk_qev *q) {
   ev.cont = q->cont;
   ev.tag = q->ep ? q->ep->tag : 0;
   ev.deleted = q->deleted;
+  _Static_assert(MK_TK_DELETED - MK_TK_PRESENCE == MK_EV_DELETED - MK_EV_PRESENCE,
+                 "the kinds of event lines follow mk_event_type");
   if (TRACING(vm) && q->type != MK_EV_BOOT)     /* event types in MK_TK_* order */
     mkI_trace_proc(p, MK_TK_PRESENCE + q->type - MK_EV_PRESENCE, ev.endpoint,
                    ev.role.topic ? &ev.role : NULL,
