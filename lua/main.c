@@ -126,8 +126,9 @@ static int trace_option(trace_args *t, const char *opt, const char *arg) {
       if ((k = mk_trace_kind(item)) < 0) goto bad;
       t->o.kinds |= 1u << k;
     } else {
-      mk_pid *np = realloc(t->pids, (t->o.npids + 1) * sizeof *np);
-      if (item[0] < '0' || item[0] > '9' || np == NULL) goto bad;
+      mk_pid *np;
+      if (item[0] < '0' || item[0] > '9') goto bad;
+      if ((np = realloc(t->pids, (t->o.npids + 1) * sizeof *np)) == NULL) goto bad;
       t->pids = np;
       t->pids[t->o.npids++] = strtoull(item, &end, 10);
       if (*end != '\0') goto bad;

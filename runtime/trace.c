@@ -19,21 +19,6 @@
 
 #include "vmint.h"
 
-/* A tracer (vmint.h).  Owns its copies of the filter's pids, globs and
-** topic; `fn` and `ud` are the caller's. */
-struct mk_tracer {
-  uint32_t refs;            /* one per VM holding it, one per line being written */
-  mk_trace_fn fn;           /* NULL: nothing is traced */
-  void *ud;
-  unsigned kinds;           /* 1u << MK_TK_*; 0: every kind */
-  int json;
-  mk_pid *pids;
-  size_t npids;
-  char **names, **vms;      /* globs (fnmatch) */
-  size_t nnames, nvms;
-  mk_term *topic;           /* NULL: any */
-};
-
 static const char *const kindnames[MK_TK_COUNT] = {
   "spawn", "quit", "add", "delete", "send", "feedback", "at_meta_level",
   "presence", "absence", "message", "spawned", "resume", "meta", "deleted"
@@ -466,5 +451,3 @@ void mkI_trace_proc(mk_proc *p, int kind, const char *ep, const mk_role *role,
   }
   free(b.p);
 }
-
-int mkI_tracer_on(const mk_tracer *t) { return t->fn != NULL; }

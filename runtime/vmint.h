@@ -199,9 +199,23 @@ void mkI_trace_proc(mk_proc *p, int kind, const char *ep, const mk_role *role,
                     const mk_term *extra);
 void mkI_trace_inherit(mk_vm *vm, const mk_vm *parent);   /* a nested VM boots */
 void mkI_trace_release(mk_vm *vm);                        /* vm is freed */
+/* A VM's trace (trace.c): an immutable snapshot shared by a VM and the
+** VMs nested in it, counted; a change makes a new one.  Owns its copies
+** of the filter's pids, globs and topic; `fn` and `ud` are the caller's. */
+struct mk_tracer {
+  mk_trace_fn fn;           /* NULL: nothing is traced */
+  void *ud;
+  uint32_t refs;            /* one per VM holding it, one per line being written */
+  unsigned kinds;           /* 1u << MK_TK_*; 0: every kind */
+  int json;
+  mk_pid *pids;
+  size_t npids;
+  char **names, **vms;      /* globs (fnmatch) */
+  size_t nnames, nvms;
+  mk_term *topic;           /* NULL: any */
+};
 /* One load and a compare while nothing is traced (the message path). */
-#define MKI_TRACING(vm) ((vm)->trace != NULL && mkI_tracer_on((vm)->trace))
-int mkI_tracer_on(const mk_tracer *t);
+#define MKI_TRACING(vm) ((vm)->trace != NULL && (vm)->trace->fn != NULL)
 void mkI_kill(mk_proc *p, mk_term *reason);
 
 #endif
