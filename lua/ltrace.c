@@ -159,9 +159,10 @@ static int settrace(lua_State *L, mk_vm *vm) {
     o.vms = strings(L, "vm", &o.nvms);
     o.kinds = kinds(L);
     lua_getfield(L, 1, "format");
-    format = luaL_optstring(L, -1, "text");
-    if (strcmp(format, "text") != 0 && strcmp(format, "json") != 0)
-      return luaL_error(L, "market.trace: format must be \"text\" or \"json\", got '%s'", format);
+    format = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : lua_isnil(L, -1) ? "text" : NULL;
+    if (format == NULL || (strcmp(format, "text") != 0 && strcmp(format, "json") != 0))
+      return luaL_error(L, "market.trace: format must be \"text\" or \"json\", got %s",
+                        luaL_tolstring(L, -1, NULL));
     o.json = strcmp(format, "json") == 0;
     lua_getfield(L, 1, "file");
     path = lua_isnil(L, -1) ? NULL : lua_tostring(L, -1);

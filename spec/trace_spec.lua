@@ -400,7 +400,7 @@ describe("market.trace", function()
     local status, out, err = H.run_script([[
       local market = require "market"
       for _, bad in ipairs { { kinds = "send" }, { pid = "x" }, { pid = -1 }, { name = 3 },
-                             { name = { "a", 2 } }, { format = "xml" }, { file = {} }, 42 } do
+                             { name = { "a", 2 } }, { format = "xml" }, { format = 1 }, { file = {} }, 42 } do
         print((select(2, pcall(market.trace, bad))))
       end
     ]])
@@ -411,7 +411,8 @@ describe("market.trace", function()
       "market.trace: pid must be a pid or a list of pids, got number",
       "market.trace: name must be a string or a list of strings, got number",
       "market.trace: name[2] must be a string, got number",
-      "market.trace: format must be \"text\" or \"json\", got 'xml'",
+      "market.trace: format must be \"text\" or \"json\", got xml",
+      "market.trace: format must be \"text\" or \"json\", got 1",
       "market.trace: file must be a path, got table",
       "market.trace: expected a table of options, true or false, got number", "" }, "\n"), out)
     assert.has_error(function() market.trace(true) end,
