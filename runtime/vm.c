@@ -79,6 +79,13 @@ const char *mk_interest_name(mk_interest i) {
 /* The mk_procx around p's name, when p->xname. */
 #define PROCX(p) ((mk_procx *)(void *)((p)->name - offsetof(mk_procx, name)))
 
+/* A term the VM shows but did not choose (a linked process's reason):
+** cut short. */
+static char *repr(const mk_term *t) {
+  char *s = t ? mk_repr_max(t, MK_REPR_SHOWN, NULL) : NULL;
+  return s ? s : xstrdup(t ? "?" : "nil");
+}
+
 /* ---- tables ------------------------------------------------------------- */
 
 static void ptab_grow(mk_vm *vm) {
