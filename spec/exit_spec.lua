@@ -175,8 +175,11 @@ describe("after an exit", function()
           market.subscriber(tcp.listening(0, _)))
         local ev = market.wait_for(function(e) return e.type == "presence" end)
         market.perform(market.send({ "port", ev.role.topic.bound_port }))
-        market.perform(market.subscriber("forever"))
+        -- A liveness bound: without the exit, the listener would hold the
+        -- program for ever.
+        market.perform(market.subscriber(market.ground.alarm(math.floor(market.now()) + 10000)))
         market.yield()
+        market.perform(market.quit(nil, "no exit within 10 s"))
       end), market.subscriber({ "port", _ }))
       local ev = market.wait_for(function(e) return e.type == "message" end)
       port = ev.message[2]
