@@ -786,12 +786,29 @@ int mk_host_exit_status(const mk_host *h) {
   return h ? mk_ground_exit_status(h->g) : 0;
 }
 
+int mk_host_exit(mk_host *h, int status) {
+  if (h == NULL) return MK_EINVAL;
+  if (status < 0 || status > 255)
+    return seterr(h, MK_EINVAL, "mk_host_exit: the status must be 0..255, got %d", status);
+  mk_ground_exit(h->g, status);
+  return MK_OK;
+}
+
+int mk_host_exited(const mk_host *h) {
+  return h ? mk_ground_exited(h->g) : 0;
+}
+
 /* ---- running ------------------------------------------------------------ */
 
 int mk_host_run(mk_host *h) {
   if (h == NULL) return MK_EINVAL;
   if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_run: called from inside a handler");
   mk_ground_run(h->g);
+  /* What the processes killed at the end held in Lua (the drivers' sockets
+  ** in market.sys userdata, closed by their finalisers) goes now, not at
+  ** some later collection: after an exit (or a stop's deadline) a
+  ** listener's port must refuse connections when the run returns. */
+  lua_gc(h->L, LUA_GCCOLLECT, 0);
   return report(h);
 }
 
@@ -801,9 +818,9 @@ int mk_host_step(mk_host *h) {
   if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_step: called from inside a handler");
   /* As mk_ground_step, but the loop is polled even when the ground
   ** watches nothing: the host's own watchers on it get their turn. */
-  mk_vm_run(mk_ground_vm(h->g));
+  mk_ground_deliver(h->g);
   ev_run(h->loop, EVRUN_NOWAIT);
-  mk_vm_run(mk_ground_vm(h->g));
+  mk_ground_deliver(h->g);
   more = mk_ground_watching(h->g) > 0 || !mk_vm_idle(mk_ground_vm(h->g));
   if (report(h) != MK_OK) return MK_EFAILED;
   return more ? 1 : 0;

@@ -71,10 +71,14 @@ static const char usage[] =
   "A process that fails prints a crash report to stderr: its VM, pid and\n"
   "name, the reason, the traceback of its code and the endpoints it held.\n"
   "\n"
+  "A process ends the whole program with market.exit(status): every process\n"
+  "is ended (reason \"exit\") and market exits with that status.\n"
+  "\n"
   "Exit status: 0 when every process finished (or a stop ended them), 1 when\n"
   "the boot process failed (its crash report is printed), 2 for a usage\n"
   "error, 3 with --strict when another process failed, 128 + N when a\n"
-  "second signal N ended a stop.\n";
+  "second signal N ended a stop, S after market.exit(S) (whatever happened\n"
+  "before).\n";
 
 /* A trace line, to stderr or the --trace-file. */
 static void trace_line(void *ud, const char *line) {
@@ -338,7 +342,8 @@ int main(int argc, char **argv) {
   /* A boot process's failure was printed as its crash report. */
   if (mk_host_run(h) == MK_EFAILED) status = 1;
   else if (strict && mk_host_crashes(h) > 0) status = 3;
-  if (mk_host_exit_status(h) != 0) status = mk_host_exit_status(h);
+  /* An exit says what the status is, even after a boot failure. */
+  if (mk_host_exited(h) || mk_host_exit_status(h) != 0) status = mk_host_exit_status(h);
 done:
   mk_host_free(h);           /* may still trace: the processes it ends */
   if (tracefile != stderr) fclose(tracefile);

@@ -767,6 +767,63 @@ static void stop_from_host(void) {
   mk_host_free(h);
 }
 
+/* ---- exit -------------------------------------------------------------------- */
+
+/* A native process that ends the program with status 9 when it boots. */
+static void exit_boot(mk_proc *self, void *ud) {
+  mk_term *t = mk_cstr("held");
+  mk_add_publisher(self, "held", t);
+  mk_unref(t);
+  CHECK(mk_host_exit(ud, 9) == MK_OK);
+}
+
+static void exit_program(void) {
+  static const mk_native exiter = { exit_boot, NULL, NULL, NULL, NULL, NULL };
+  mk_host *h;
+  double t0;
+  CHECK(mk_host_exit(NULL, 0) == MK_EINVAL && mk_host_exited(NULL) == 0);
+  /* From the host: every process goes with "exit", at once, not after the
+  ** 10 s alarm; the first exit wins. */
+  h = stop_host("once");
+  CHECK(mk_host_exit(h, 256) == MK_EINVAL && mk_host_exit(h, -1) == MK_EINVAL);
+  CHECK(strstr(mk_host_error(h), "0..255") != NULL);
+  CHECK(mk_host_exited(h) == 0);
+  t0 = ev_time();
+  CHECK(mk_host_exit(h, 7) == MK_OK && mk_host_exit(h, 8) == MK_OK);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(ev_time() - t0 < 5);
+  CHECK(has("job went: exit"));
+  CHECK(mk_host_exit_status(h) == 7 && mk_host_exited(h) == 1);
+  CHECK(mk_vm_nprocs(mk_host_vm(h)) == 0);
+  mk_host_free(h);
+  /* From a Lua process, with status 0: exited, all the same. */
+  h = stop_host("once");
+  CHECK(mk_host_spawn_string(h, "local m = require 'market'; m.perform(m.exit(0))", "exit0", 0,
+                             NULL) != 0);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(has("job went: exit"));
+  CHECK(mk_host_exit_status(h) == 0 && mk_host_exited(h) == 1);
+  mk_host_free(h);
+  /* From a native handler, stepping. */
+  h = stop_host("once");
+  CHECK(mk_host_spawn_native(h, &exiter, h, "exiter") != 0);
+  CHECK(mk_host_step(h) == 0);
+  CHECK(has("job went: exit"));
+  CHECK(mk_host_exit_status(h) == 9 && mk_host_exited(h) == 1);
+  mk_host_free(h);
+  /* A stop's deadline ends it first: an exit in the teardown changes nothing. */
+  h = stop_host("once");
+  CHECK(mk_host_spawn_string(h,
+    "local m = require 'market'\n"
+    "return m.transition(nil, m.subscriber('job', { on_absence = function()\n"
+    "  return m.transition(nil, m.exit(4)) end }))", "late", 0, NULL) != 0);
+  CHECK(mk_host_stop(h, 0) == MK_OK);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(has("job went: stopped: the drain time (0 ms) ran out"));
+  CHECK(mk_host_exit_status(h) == 0 && mk_host_exited(h) == 0);
+  mk_host_free(h);
+}
+
 /* Nothing in market dies of SIGPIPE: a host ignores it, unless the program
 ** chose otherwise. */
 static void on_pipe(int sig) { (void)sig; }
@@ -887,6 +944,7 @@ int main(void) {
   RUN(deep_lua);
   RUN(stop_on_signals);
   RUN(stop_from_host);
+  RUN(exit_program);
   RUN(sigpipe);
   RUN(outside_loop);
   return CHECK_DONE();
