@@ -1972,7 +1972,14 @@ static int state_gc(lua_State *L) {
   S->spare = NULL;
   S->nspare = S->maxspare = 0;
   budget_release();
-  if (act.users == 0) mkl_forget_strings();
+  if (act.users == 0) {
+    /* The last Lua state with market open: let go of what is cached for
+    ** all of them.  The pool's blocks go back to malloc too: lua5.4 then
+    ** unloads market.so, and valgrind called the blocks only its statics
+    ** pointed to lost. */
+    mkl_forget_strings();
+    mk_pool_trim();
+  }
   return 0;
 }
 
