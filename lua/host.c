@@ -420,6 +420,7 @@ void mk_host_free(mk_host *h) {
   if (busy(h)) { seterr(h, MK_EBUSY, "mk_host_free: called from inside a handler"); return; }
   h->freeing = 1;
   mk_ground_free(h->g, NULL);      /* every process sees the others go */
+  mkl_trace_end(h->L);             /* no tracer is left to write to its file */
   mkl_on_fail(h->L, NULL, NULL);
   if (h->on_log) mkl_log_set_sink(h->L, NULL, NULL);   /* the state may outlive h */
   mkl_detach(h->L);
@@ -439,6 +440,15 @@ struct lua_State *mk_host_lua(mk_host *h) { return h ? h->L : NULL; }
 
 void mk_host_trace(mk_host *h, mk_trace_fn fn, void *ud) {
   if (h) mk_vm_set_trace(mk_ground_vm(h->g), fn, ud);
+}
+
+int mk_host_trace_opts(mk_host *h, const mk_trace_opts *opts) {
+  int rc;
+  if (h == NULL) return MK_EINVAL;
+  rc = mk_vm_set_trace_opts(mk_ground_vm(h->g), opts);
+  if (rc == -1) return seterr(h, MK_EINVAL, "mk_host_trace_opts: an array NULL with a count, or unknown kind bits");
+  if (rc != 0) return seterr(h, MK_ENOMEM, "mk_host_trace_opts: out of memory");
+  return MK_OK;
 }
 
 int mk_host_set_max_activation(mk_host *h, double ms) {
@@ -811,12 +821,29 @@ int mk_host_exit_status(const mk_host *h) {
   return h ? mk_ground_exit_status(h->g) : 0;
 }
 
+int mk_host_exit(mk_host *h, int status) {
+  if (h == NULL) return MK_EINVAL;
+  if (status < 0 || status > 255)
+    return seterr(h, MK_EINVAL, "mk_host_exit: the status must be 0..255, got %d", status);
+  mk_ground_exit(h->g, status);
+  return MK_OK;
+}
+
+int mk_host_exited(const mk_host *h) {
+  return h ? mk_ground_exited(h->g) : 0;
+}
+
 /* ---- running ------------------------------------------------------------ */
 
 int mk_host_run(mk_host *h) {
   if (h == NULL) return MK_EINVAL;
   if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_run: called from inside a handler");
   mk_ground_run(h->g);
+  /* What the processes killed at the end held in Lua (the drivers' sockets
+  ** in market.sys userdata, closed by their finalisers) goes now, not at
+  ** some later collection: after an exit (or a stop's deadline) a
+  ** listener's port must refuse connections when the run returns. */
+  lua_gc(h->L, LUA_GCCOLLECT, 0);
   return report(h);
 }
 
@@ -826,9 +853,9 @@ int mk_host_step(mk_host *h) {
   if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_step: called from inside a handler");
   /* As mk_ground_step, but the loop is polled even when the ground
   ** watches nothing: the host's own watchers on it get their turn. */
-  mk_vm_run(mk_ground_vm(h->g));
+  mk_ground_deliver(h->g);
   ev_run(h->loop, EVRUN_NOWAIT);
-  mk_vm_run(mk_ground_vm(h->g));
+  mk_ground_deliver(h->g);
   more = mk_ground_watching(h->g) > 0 || !mk_vm_idle(mk_ground_vm(h->g));
   if (report(h) != MK_OK) return MK_EFAILED;
   return more ? 1 : 0;

@@ -29,9 +29,9 @@
 /* "on_message", "on_presence", "on_absence" for i = 0, 1, 2: a key pushed
 ** as a value is read without lua_getfield's luaS_new (hash and strcmp) */
 #define U_HANDLER(i)  lua_upvalueindex(8 + (i))
-/* "add", "spawn", "delete": the kinds of fixed actions, below */
+/* "add", "spawn", "delete", "exit": the kinds of fixed actions, below */
 #define U_KINDNAME(k) lua_upvalueindex(11 + (k))
-#define NUPVALUES     13
+#define NUPVALUES     14
 
 /*
 ** Sends and transitions are userdata branded with the address of one of
@@ -69,21 +69,23 @@ static quitact *isquit(lua_State *L, int idx) {
 ** and as many frees, and a spawn makes one (the add its boot returns):
 ** one allocation each now.  Like a send or a quit, a fixed action cannot
 ** be changed once made, so performing it needs no check that its fields
-** are still what its constructor made.
+** are still what its constructor made.  An exit is made so for that
+** alone: which status it ends the program with must not change either.
 */
-enum { K_ADD, K_SPAWN, K_DELETE, K_COUNT };
+enum { K_ADD, K_SPAWN, K_DELETE, K_EXIT, K_COUNT };
 static const char fixed_brand = 0;
 typedef struct fixedact {
   int kind;              /* K_* */
   const char *brand;     /* &fixed_brand */
 } fixedact;
 
-static const char *const kindnames[K_COUNT] = {"add", "spawn", "delete"};
+static const char *const kindnames[K_COUNT] = {"add", "spawn", "delete", "exit"};
 #define MAXFIELDS 5
 static const char *const FIELDS[K_COUNT][MAXFIELDS + 1] = {
   {"name", "orientation", "interest", "topic", "handlers", NULL},
   {"boot", "name", "k", "nested", "budget", NULL},
   {"name", "reason", NULL},
+  {"status", NULL},
 };
 
 static fixedact *tofixed(lua_State *L, int idx) {
@@ -264,12 +266,13 @@ static int fixed_index(lua_State *L) {
 }
 
 /* fixed(kind, field...) -> the fixed action of that kind ("spawn",
-** "delete") with those fields, for market.lua's constructors, which
-** check them. */
+** "delete", "exit") with those fields, for market.lua's constructors,
+** which check them. */
 static int f_fixed(lua_State *L) {
   static const int fields[MAXFIELDS] = {2, 3, 4, 5, 6};
-  static const char *const kinds[] = {"spawn", "delete", NULL};
-  int k = luaL_checkoption(L, 1, NULL, kinds) == 0 ? K_SPAWN : K_DELETE, n;
+  static const char *const kinds[] = {"spawn", "delete", "exit", NULL};
+  static const int kindof[] = {K_SPAWN, K_DELETE, K_EXIT};
+  int k = kindof[luaL_checkoption(L, 1, NULL, kinds)], n;
   for (n = 0; FIELDS[k][n] != NULL; n++) {}
   lua_settop(L, 1 + n);
   newfixed(L, k, fields, n, U_FIXED);

@@ -1245,6 +1245,23 @@ static int c_link(lua_State *L) {
   return settle(L, p, 1);
 }
 
+/* core.exit(status): end the program with status (market.lua checked it:
+** 0..255), and this process at once, with the reason its peers and
+** everyone's see (mk_ground_exit) */
+static int c_exit(lua_State *L) {
+  mkl_state *S = STATE(L);
+  mk_proc *p = self(L, S, "exit");
+  lua_Integer status = luaL_checkinteger(L, 1);
+  mk_term *why;
+  luaL_argcheck(L, status >= 0 && status <= 255, 1, "the status must be 0..255");
+  if (S->g == NULL) return luaL_error(L, "market.exit: no ground VM is running");
+  mk_ground_exit(S->g, (int)status);
+  why = mk_cstr("exit");
+  mk_quit(p, 0, why);
+  mk_unref(why);
+  return settle(L, p, 0);
+}
+
 /* core.add(name, orientation, interest, topic, level, tag) */
 static int c_add(lua_State *L) {
   mkl_state *S = STATE(L);
@@ -1604,10 +1621,6 @@ static int c_init(lua_State *L) {
   return 0;
 }
 
-static void trace_line(void *ud, const char *line) {
-  fprintf(stderr, "market: %s\n", line);
-}
-
 /* p_report(fn, crash): fn(report), with the report as a table of the
 ** fields of mk_crash (docs/inspect.md), called protected by lua_crash. */
 static int p_report(lua_State *L) {
@@ -1690,7 +1703,11 @@ static mk_host *open_host(lua_State *L, const char *fname, luacrash *lc) {
     luaL_error(L, "%s: a ground VM is already running in this Lua state", fname);
   h = mkl_host_new(L, NULL, &err);
   if (h == NULL) luaL_error(L, "%s: %s", fname, err.message);
-  if (lua_toboolean(L, 2)) mk_host_trace(h, trace_line, NULL);
+  if (!lua_isnoneornil(L, 2) && mkl_trace(L, mk_host_vm(h), 2) != NULL) {
+    lua_pushstring(L, lua_tostring(L, -1));
+    mk_host_free(h);
+    luaL_error(L, "%s: %s", fname, lua_tostring(L, -1));
+  }
   if (drain >= 0 && mk_host_stop_on_signals(h, drain) != MK_OK) {
     lua_pushstring(L, mk_host_error(h));
     mk_host_free(h);
@@ -1714,11 +1731,19 @@ static void spawn_boot(lua_State *L, mk_host *h) {
 }
 
 /* What ground_vm returns once h has run (rc: mk_host_run's or
-** mk_host_turn's), and step after each turn: nil, why, status after a
+** mk_host_turn's), and step after each turn: after an exit (market.exit),
+** `more` (nil for a status other than 0 or a failed boot process), "exit"
+** (or the boot's traceback) and the status; nil, why, status after a
 ** second signal; nil and the traceback when the boot process failed;
 ** else `more`. */
 static int outcome(lua_State *L, mk_host *h, int rc, int more) {
   int status = mk_host_exit_status(h);
+  if (mk_host_exited(h)) {
+    if (status == 0 && rc != MK_EFAILED) lua_pushboolean(L, more); else lua_pushnil(L);
+    lua_pushstring(L, rc == MK_EFAILED ? mk_host_error(h) : "exit");
+    lua_pushinteger(L, status);
+    return 3;
+  }
   if (status != 0) {
     lua_pushnil(L);
     lua_pushstring(L, "stopped by a second signal");
@@ -1734,8 +1759,10 @@ static int outcome(lua_State *L, mk_host *h, int rc, int more) {
   return 1;
 }
 
-/* core.ground_vm(boot, trace, drain, max_activation, on_crash)
-**   -> true | nil, traceback | nil, why, status
+/* core.ground_vm(boot, trace, drain, max_activation, on_crash): trace as
+** market.trace's
+**   -> true | nil, traceback | nil, why, status | ok, why, status after an
+**   exit (outcome)
 ** A host (market.h) on this Lua state and a loop of its own, run to the
 ** end and freed: the same code path as the interpreter's.  drain (ms, or
 ** nil): SIGINT and SIGTERM stop it (mk_host_stop_on_signals). */
@@ -1957,7 +1984,14 @@ static int state_gc(lua_State *L) {
   S->spare = NULL;
   S->nspare = S->maxspare = 0;
   budget_release();
-  if (act.users == 0) mkl_forget_strings();
+  if (act.users == 0) {
+    /* The last Lua state with market open: let go of what is cached for
+    ** all of them.  The pool's blocks go back to malloc too: lua5.4 then
+    ** unloads market.so, and valgrind called the blocks only its statics
+    ** pointed to lost. */
+    mkl_forget_strings();
+    mk_pool_trim();
+  }
   return 0;
 }
 
@@ -1969,7 +2003,8 @@ void mkl_open_core(lua_State *L) {
     {"self", c_self}, {"role", c_role},
     {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
     {"open_ground_vm", c_open_ground_vm},
-    {"now", c_now}, {"memory", c_memory}, {"stop", c_stop}, {NULL, NULL}};
+    {"now", c_now}, {"memory", c_memory}, {"stop", c_stop}, {"exit", c_exit},
+    {NULL, NULL}};
   mkl_state *S = getstate(L);
   if (S == NULL) {
     S = lua_newuserdatauv(L, sizeof *S, 0);
@@ -2015,4 +2050,5 @@ void mkl_open_core(lua_State *L) {
   lua_pushinteger(L, MKL_CTX_STATE); lua_setfield(L, -2, "CTX_STATE");
   lua_pushinteger(L, MKL_CTX_METAS); lua_setfield(L, -2, "CTX_METAS");
   mkl_open_actions(L);
+  mkl_open_trace(L);
 }

@@ -5,6 +5,7 @@
 ** A client of market.h like any embedding program: it uses nothing else
 ** (docs/embedding.md).
 */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,23 @@ static const char usage[] =
   "  -e CODE        run CODE as the boot process (instead of a script)\n"
   "  --drain MS     on SIGINT or SIGTERM, give open work MS milliseconds to\n"
   "                 finish before everything is closed (default 5000; 0: none)\n"
-  "  --trace        print every event and action to stderr, one per line\n"
+  "  --trace        print every event and action to stderr, one line each,\n"
+  "                 starting with the time (UTC); the options below choose\n"
+  "                 which lines (each implies --trace; a repeated option adds\n"
+  "                 values, any of which may match; different options must\n"
+  "                 all match):\n"
+  "  --trace-pid N[,N...]     lines about these pids (in any VM)\n"
+  "  --trace-name GLOB        about processes whose debug name matches GLOB\n"
+  "  --trace-vm GLOB          about processes in VMs whose path matches GLOB\n"
+  "                           (ground, ground/2, ...)\n"
+  "  --trace-kind K[,K...]    lines of these kinds: spawn quit add delete send\n"
+  "                           feedback at_meta_level presence absence message\n"
+  "                           spawned resume meta deleted\n"
+  "  --trace-topic TERM       lines whose message (or else topic) unifies with\n"
+  "                           the term TERM, written as traces show terms:\n"
+  "                           'chat(_, \"hi\")', '[\"hello\", _]'\n"
+  "  --trace-format text|json one JSON object a line with json\n"
+  "  --trace-file PATH        write the lines to PATH (created or truncated)\n"
   "  --quiet        print no crash reports (the boot process's failure is\n"
   "                 still printed: it is the program's)\n"
   "  --strict       exit 3 at the end if any process failed\n"
@@ -54,14 +71,99 @@ static const char usage[] =
   "A process that fails prints a crash report to stderr: its VM, pid and\n"
   "name, the reason, the traceback of its code and the endpoints it held.\n"
   "\n"
+  "A process ends the whole program with market.exit(status): every process\n"
+  "is ended (reason \"exit\") and market exits with that status.\n"
+  "\n"
   "Exit status: 0 when every process finished (or a stop ended them), 1 when\n"
   "the boot process failed (its crash report is printed), 2 for a usage\n"
   "error, 3 with --strict when another process failed, 128 + N when a\n"
-  "second signal N ended a stop.\n";
+  "second signal N ended a stop, S after market.exit(S) (whatever happened\n"
+  "before).\n";
 
+/* A trace line, to stderr or the --trace-file. */
 static void trace_line(void *ud, const char *line) {
-  (void)ud;
-  fprintf(stderr, "market: %s\n", line);
+  fprintf((FILE *)ud, "%s\n", line);
+}
+
+/* What the --trace-* options asked for.  The globs point into argv. */
+typedef struct trace_args {
+  int on;
+  mk_trace_opts o;
+  const char *file;
+  mk_pid *pids;            /* owned */
+  const char **names, **vms;   /* owned arrays, argc long */
+} trace_args;
+
+/* Parse the --trace-* option `opt` with argument `arg` into t.  0, or -1
+** having said why (a usage error). */
+static int trace_option(trace_args *t, const char *opt, const char *arg) {
+  const char *s;
+  t->on = 1;
+  if (strcmp(opt, "--trace-name") == 0) t->names[t->o.nnames++] = arg;
+  else if (strcmp(opt, "--trace-vm") == 0) t->vms[t->o.nvms++] = arg;
+  else if (strcmp(opt, "--trace-file") == 0) t->file = arg;
+  else if (strcmp(opt, "--trace-format") == 0) {
+    if (strcmp(arg, "json") != 0 && strcmp(arg, "text") != 0) {
+      fprintf(stderr, "market: --trace-format: '%s' is neither text nor json\n", arg);
+      return -1;
+    }
+    t->o.json = strcmp(arg, "json") == 0;
+  } else if (strcmp(opt, "--trace-topic") == 0) {
+    const char *why;
+    size_t pos;
+    if (t->o.topic != NULL) {
+      fputs("market: --trace-topic given twice (one pattern: use _ inside it)\n", stderr);
+      return -1;
+    }
+    if ((t->o.topic = mk_read(arg, strlen(arg), &pos, &why)) == NULL) {
+      fprintf(stderr, "market: --trace-topic: %s, at byte %zu of '%s'\n", why, pos, arg);
+      return -1;
+    }
+  } else for (s = arg;; s++) {      /* --trace-pid, --trace-kind: comma lists */
+    size_t n = strcspn(s, ",");
+    char item[32], *end;
+    int k;
+    if (n == 0 || n >= sizeof item) goto bad;
+    memcpy(item, s, n);
+    item[n] = '\0';
+    if (strcmp(opt, "--trace-kind") == 0) {
+      if ((k = mk_trace_kind(item)) < 0) goto bad;
+      t->o.kinds |= 1u << k;
+    } else {
+      mk_pid *np;
+      if (item[0] < '0' || item[0] > '9') goto bad;
+      if ((np = realloc(t->pids, (t->o.npids + 1) * sizeof *np)) == NULL) goto bad;
+      t->pids = np;
+      t->pids[t->o.npids++] = strtoull(item, &end, 10);
+      if (*end != '\0') goto bad;
+    }
+    s += n;
+    if (*s == '\0') return 0;
+    continue;
+  bad:
+    fprintf(stderr, "market: %s: '%.*s' is not a %s (try market --help)\n", opt, (int)n, s,
+            strcmp(opt, "--trace-kind") == 0 ? "kind of trace line" : "pid");
+    return -1;
+  }
+  return 0;
+}
+
+/* Free what t holds and return status. */
+static int trace_end(trace_args *t, int status) {
+  mk_unref(t->o.topic);
+  free(t->pids);
+  free(t->names);
+  free(t->vms);
+  return status;
+}
+
+static int is_trace_option(const char *opt) {
+  static const char *const opts[] = {"--trace-pid", "--trace-name", "--trace-vm", "--trace-kind",
+                                     "--trace-topic", "--trace-format", "--trace-file", NULL};
+  const char *const *o;
+  for (o = opts; *o; o++)
+    if (strcmp(opt, *o) == 0) return 1;
+  return 0;
 }
 
 /* The drivers' warnings (they name themselves: "market.tcp: ..."). */
@@ -94,33 +196,42 @@ int main(int argc, char **argv) {
   const char *const *args = (const char *const *)argv;
   const char *code = NULL;
   double drain = 5000;
-  int trace = 0, drivers = 1, quiet = 0, strict = 0, status = 0, i, first;
+  int drivers = 1, quiet = 0, strict = 0, status = 0, i, first;
   double budget = -1;
   int loglevel = -1;
   mk_host *h;
   mk_error err;
   mk_pid pid;
+  trace_args trace;
+  FILE *tracefile = stderr;
+
+  memset(&trace, 0, sizeof trace);
+  trace.names = calloc((size_t)argc, sizeof *trace.names);
+  trace.vms = calloc((size_t)argc, sizeof *trace.vms);
+  if (trace.names == NULL || trace.vms == NULL) { fputs("market: out of memory\n", stderr); return 1; }
+  trace.o.names = trace.names;
+  trace.o.vms = trace.vms;
 
   /* Options first: help and version win wherever they are, before the
   ** script; anything else starting with '-' is a usage error. */
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
       fputs(usage, stdout);
-      return 0;
+      return trace_end(&trace, 0);
     }
     if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--version") == 0) {
       printf("market %s (%s)\n", mk_version(), mk_lua_release());
-      return 0;
+      return trace_end(&trace, 0);
     }
     if (strcmp(argv[i], "-e") == 0) {
-      if (++i >= argc) { fputs("market: -e needs an argument\n", stderr); return 2; }
+      if (++i >= argc) { fputs("market: -e needs an argument\n", stderr); return trace_end(&trace, 2); }
       continue;
     }
     if (strcmp(argv[i], "--max-activation") == 0) {
-      if (++i >= argc) { fputs("market: --max-activation needs a number of ms\n", stderr); return 2; }
+      if (++i >= argc) { fputs("market: --max-activation needs a number of ms\n", stderr); return trace_end(&trace, 2); }
       if (ms_arg(argv[i]) < 0) {
         fprintf(stderr, "market: --max-activation: '%s' is not a number of ms >= 0\n", argv[i]);
-        return 2;
+        return trace_end(&trace, 2);
       }
       continue;
     }
@@ -128,27 +239,32 @@ int main(int argc, char **argv) {
       int depth = strcmp(argv[i], "--max-term-depth") == 0;
       char *end;
       long long n;
-      if (++i >= argc) { fprintf(stderr, "market: %s needs a number\n", argv[i - 1]); return 2; }
+      if (++i >= argc) { fprintf(stderr, "market: %s needs a number\n", argv[i - 1]); return trace_end(&trace, 2); }
       n = strtoll(argv[i], &end, 10);
       if (end == argv[i] || *end != '\0' || n < 1 ||
           (depth ? mk_term_set_depth_limit((size_t)n) : mk_term_set_size_limit((size_t)n)) != 0) {
         fprintf(stderr, "market: %s: '%s' is not a number from 1 to %lu\n", argv[i - 1], argv[i],
                 (unsigned long)(depth ? MK_TERM_DEPTH_MAX : MK_TERM_SIZE_MAX));
-        return 2;
+        return trace_end(&trace, 2);
       }
       continue;
     }
     if (strcmp(argv[i], "--log-level") == 0) {
       if (++i >= argc || mk_log_level_parse(argv[i]) < 0) {
         fputs("market: --log-level needs a level: error, warn, info or debug\n", stderr);
-        return 2;
+        return trace_end(&trace, 2);
       }
+      continue;
+    }
+    if (is_trace_option(argv[i])) {
+      if (++i >= argc) { fprintf(stderr, "market: %s needs an argument\n", argv[i - 1]); return trace_end(&trace, 2); }
+      if (trace_option(&trace, argv[i - 1], argv[i]) != 0) return trace_end(&trace, 2);
       continue;
     }
     if (strcmp(argv[i], "--drain") == 0) {
       if (++i >= argc || ms_arg(argv[i]) < 0) {
         fputs("market: --drain needs a number of milliseconds (0 or more)\n", stderr);
-        return 2;
+        return trace_end(&trace, 2);
       }
       continue;
     }
@@ -157,12 +273,13 @@ int main(int argc, char **argv) {
       continue;
     if (argv[i][0] == '-' && strcmp(argv[i], "--") != 0 && strcmp(argv[i], "-") != 0) {
       fprintf(stderr, "market: unknown option '%s' (try market --help)\n", argv[i]);
-      return 2;
+      return trace_end(&trace, 2);
     }
     break;
   }
   for (i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--trace") == 0) trace = 1;
+    if (strcmp(argv[i], "--trace") == 0) trace.on = 1;
+    else if (is_trace_option(argv[i])) i++;
     else if (strcmp(argv[i], "--no-drivers") == 0) drivers = 0;
     else if (strcmp(argv[i], "--quiet") == 0) quiet = 1;
     else if (strcmp(argv[i], "--strict") == 0) strict = 1;
@@ -177,15 +294,30 @@ int main(int argc, char **argv) {
   first = i;   /* the script (or, with -e, its first argument) */
   if (code == NULL && first >= argc) {
     fputs("market: no script given (try market --help)\n", stderr);
-    return 2;
+    return trace_end(&trace, 2);
   }
 
   h = mk_host_new(NULL, &err);
   if (h == NULL) {
     fprintf(stderr, "market: %s\n", err.message);
-    return 1;
+    return trace_end(&trace, 1);
   }
-  if (trace) mk_host_trace(h, trace_line, NULL);
+  if (trace.on) {
+    trace.o.pids = trace.pids;
+    if (trace.file != NULL && (tracefile = fopen(trace.file, "w")) == NULL) {
+      fprintf(stderr, "market: --trace-file: cannot open '%s': %s\n", trace.file, strerror(errno));
+      mk_host_free(h);
+      return trace_end(&trace, 1);
+    }
+    if (tracefile != stderr) setvbuf(tracefile, NULL, _IOLBF, 0);   /* tail -f */
+    if (mk_host_trace_opts(h, &trace.o) != MK_OK) {
+      fprintf(stderr, "market: %s\n", mk_host_error(h));
+      mk_host_free(h);
+      return trace_end(&trace, 1);
+    }
+    mk_host_trace(h, trace_line, tracefile);
+  }
+  trace_end(&trace, 0);        /* the trace made copies */
   if (quiet) mk_host_on_crash(h, quiet_crash, NULL);
   if (loglevel >= 0) mk_host_set_log_level(h, loglevel);
   if (budget >= 0) mk_host_set_max_activation(h, budget);
@@ -195,8 +327,8 @@ int main(int argc, char **argv) {
       mk_host_set_arg(h, argc, args, code ? first - 1 : first) != MK_OK ||
       (drivers && mk_host_start_drivers(h) != MK_OK)) {
     fprintf(stderr, "market: %s\n", mk_host_error(h));
-    mk_host_free(h);
-    return 1;
+    status = 1;
+    goto done;
   }
   if (code)
     pid = mk_host_spawn_string(h, code, "(command line)", argc - first, args + first);
@@ -204,13 +336,16 @@ int main(int argc, char **argv) {
     pid = mk_host_spawn_file(h, argv[first], argc - first - 1, args + first + 1);
   if (pid == 0) {
     fprintf(stderr, "market: %s\n", mk_host_error(h));
-    mk_host_free(h);
-    return 1;
+    status = 1;
+    goto done;
   }
   /* A boot process's failure was printed as its crash report. */
   if (mk_host_run(h) == MK_EFAILED) status = 1;
   else if (strict && mk_host_crashes(h) > 0) status = 3;
-  if (mk_host_exit_status(h) != 0) status = mk_host_exit_status(h);
-  mk_host_free(h);
+  /* An exit says what the status is, even after a boot failure. */
+  if (mk_host_exited(h) || mk_host_exit_status(h) != 0) status = mk_host_exit_status(h);
+done:
+  mk_host_free(h);           /* may still trace: the processes it ends */
+  if (tracefile != stderr) fclose(tracefile);
   return status;
 }

@@ -148,6 +148,20 @@ function M.delete_endpoint(name, reason)
                reason ~= nil and term(reason, "market.delete_endpoint: reason") or false)
 end
 
+-- exit([status]): end the whole program with status (an integer 0..255,
+-- default 0), from any VM: this process quits at once, and then every
+-- process is killed with the reason "exit" (docs/semantics.md, "Ending the
+-- program").  It needs no at_meta_level, and cannot go inside one.
+function M.exit(status)
+  if status == nil then status = 0 end
+  local s = math.type(status) and math.tointeger(status)
+  if not s or s < 0 or s > 255 then
+    error("market.exit: the status must be an integer 0..255, got " ..
+          (type(status) == "number" and tostring(status) or type(status)), 2)
+  end
+  return fixed("exit", s)
+end
+
 function M.at_meta_level(...)
   local n = select("#", ...)
   local list = { ... }
@@ -258,6 +272,11 @@ local function perform_one(ctx, a, level)
   elseif kind == "yield" then
     if level > 0 then error("market.yield: cannot be performed at meta level", 0) end
     core.yield(register_cont(ctx, a.k))
+  elseif kind == "exit" then
+    if level > 0 then
+      error("market.exit: cannot be performed at meta level (it ends the program from any VM)", 0)
+    end
+    core.exit(a[1])
   elseif kind == "meta" then
     for i = 1, a.n do perform(ctx, a.list[i], level + 1) end
   end
@@ -500,10 +519,17 @@ local function ground_boot(boot, opts, fname)
   end, opts
 end
 
+-- trace(opts | true | false): which lines the program's trace shows, from
+-- now on, in every VM: opts = {pid=, name=, vm=, kind=, topic=, format=,
+-- file=} (docs/inspect.md, "Traces"); true: every line; false: none.
+-- Returns true, or nil and why when the file cannot be opened.
+M.trace = core.trace
+
 -- ground_vm(boot [, {drivers=, trace=, drain=, max_activation=, on_crash=}]): run a
 -- ground VM until it has nothing left to do.  Returns true, or nil and the
--- boot failure's traceback.  max_activation: the CPU ms one activation of
--- a handler may take (default 1000; 0: no budget; docs/limits.md).  With drain (ms), SIGINT and SIGTERM stop it gracefully
+-- boot failure's traceback.  trace: what trace() takes.  max_activation:
+-- the CPU ms one activation of a handler may take (default 1000; 0: no
+-- budget; docs/limits.md).  With drain (ms), SIGINT and SIGTERM stop it gracefully
 -- (docs/semantics.md, "Stopping"); a second signal ends the stop at once,
 -- and ground_vm then returns nil, "stopped by a second signal", 128 + signum.
 -- on_crash(report): told of every process failure instead of the report

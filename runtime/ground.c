@@ -94,8 +94,13 @@ struct mk_ground {
   unsigned long long serial;
   double drain_ms;          /* the drain for signals and mk_ground_stop(g, -1) */
   double stop_drain;        /* the drain of the stop under way */
-  int exit_status;
+  int exit_status;          /* set by the first ending (halt), kept after */
   uint8_t stopping, timing, onsignals;
+  uint8_t ending;           /* the program is ending: an exit, the drain's
+                            ** deadline, a second signal or mk_ground_free came
+                            ** first, and a later exit changes nothing */
+  uint8_t exited;           /* that was an exit (mk_ground_exit) */
+  uint8_t exit_due;         /* an exit waits for the runs in progress to return */
 };
 
 static mk_ground *grounds;
@@ -437,10 +442,18 @@ static void check_dirty(mk_ground *g) {
   }
 }
 
+static void halt(mk_ground *g, const char *why);
+
+void mk_ground_deliver(mk_ground *g) {
+  mk_vm_run(g->vm);
+  /* No handler is running any more: the exit's teardown can run the VM. */
+  if (g->exit_due) halt(g, "exit");
+}
+
 static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents) {
   mk_ground *g = p->data;
   do {
-    mk_vm_run(g->vm);
+    mk_ground_deliver(g);
     check_dirty(g);          /* may queue absences: run them too */
   } while (!mk_vm_idle(g->vm));
 }
@@ -574,8 +587,11 @@ void mk_ground_fd_closed(int fd) {
 
 /* ---- stopping ------------------------------------------------------------------ */
 
+/* End every process with the reason `why`: the program is ending. */
 static void halt(mk_ground *g, const char *why) {
   mk_term *r = mk_cstr(why);
+  g->ending = 1;
+  g->exit_due = 0;
   if (g->timing) {
     g->timing = 0;
     ev_ref(g->loop);
@@ -669,6 +685,7 @@ static void stopsig_cb(struct ev_loop *loop, ev_signal *s, int revents) {
   mk_ground *g = s->data;
   stop_unseen = 0;
   if (!g->stopping) { begin_stop(g, g->drain_ms); return; }
+  if (g->ending) return;    /* an exit or the deadline came first: its status stands */
   g->exit_status = 128 + s->signum;
   halt(g, "stopped by a second signal");
 }
@@ -714,6 +731,23 @@ int mk_ground_stop_on_signals(mk_ground *g, double drain_ms) {
 }
 
 int mk_ground_exit_status(const mk_ground *g) { return g->exit_status; }
+int mk_ground_exited(const mk_ground *g) { return g->exited; }
+
+/*
+** The handler that asks is running, and so may be the runs of the VMs
+** above it: the teardown cannot run the VM from here.  So the exit is due,
+** and the ground's run, once it has delivered what is queued, ends every
+** process (mk_ground_deliver).
+*/
+int mk_ground_exit(mk_ground *g, int status) {
+  if (g == NULL || status < 0 || status > 255) return -1;
+  if (g->ending) return 0;
+  g->ending = 1;
+  g->exited = 1;
+  g->exit_due = 1;
+  g->exit_status = status;
+  return 1;
+}
 
 /* mk_ground_turn's bound: it only has to end libev's wait. */
 static void wake_cb(struct ev_loop *loop, ev_timer *t, int revents) {}
@@ -881,16 +915,16 @@ double mk_ground_now(mk_ground *g) { return ev_now(g->loop) * 1000.0; }
 
 int mk_ground_run(mk_ground *g) {
   for (;;) {
-    mk_vm_run(g->vm);
+    mk_ground_deliver(g);
     if (mk_ground_watching(g) == 0 && mk_vm_idle(g->vm)) return 0;
     ev_run(g->loop, EVRUN_ONCE);
   }
 }
 
 int mk_ground_step(mk_ground *g) {
-  mk_vm_run(g->vm);
+  mk_ground_deliver(g);
   if (mk_ground_watching(g) > 0) ev_run(g->loop, EVRUN_NOWAIT);
-  mk_vm_run(g->vm);
+  mk_ground_deliver(g);
   return mk_ground_watching(g) > 0 || !mk_vm_idle(g->vm);
 }
 
@@ -968,6 +1002,8 @@ void mk_ground_free(mk_ground *g, mk_term *reason) {
   if (g == NULL) return;
   for (pp = &grounds; *pp != g; pp = &(*pp)->gnext) {}
   *pp = g->gnext;
+  if (g->exit_due) halt(g, "exit");   /* asked for, but the loop never ran again */
+  g->ending = 1;                 /* an exit from the teardown changes nothing */
   mk_vm_free(g->vm, reason);     /* unsubscribes everything it watched */
   g->self = NULL;
   for (i = 0; i < g->tabsize; i++) {

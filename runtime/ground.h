@@ -159,8 +159,31 @@ void mk_ground_stop(mk_ground *g, double drain_ms);
 ** number or this program watches SIGINT or SIGTERM on another libev loop.
 */
 int mk_ground_stop_on_signals(mk_ground *g, double drain_ms);
-/* 0, or 128 + signum once a second signal ended a stop. */
+/*
+** End the program with `status` (0..255), from any handler in any VM of this
+** ground, or from outside (market.exit; mk_host_exit).  The exit is due:
+** the runs in progress go on until nothing is queued, as after any action,
+** and then, before the loop polls again, the ground's run kills every
+** process, oldest first, with the reason "exit", as a stop's deadline does:
+** their peers see it and the drivers close what they hold.  mk_ground_run
+** then returns, and mk_ground_exit_status is `status`.  The first ending
+** wins: after an exit, the drain's deadline or a second signal, and during
+** mk_ground_free, it changes nothing.  Returns 1, 0 when an ending came
+** first, -1 for a status outside 0..255.
+*/
+int mk_ground_exit(mk_ground *g, int status);
+/* 0; the exit's status once mk_ground_exit ended the program; 128 + signum
+** once a second signal ended a stop. */
 int mk_ground_exit_status(const mk_ground *g);
+/* 1 when mk_ground_exit ended the program (its status may be 0), else 0. */
+int mk_ground_exited(const mk_ground *g);
+/*
+** Deliver the ground VM's queued events (mk_vm_run), then carry out an exit
+** asked for meanwhile.  The ground's run, step and prepare watcher run the
+** VM so; a host that polls the loop by itself calls this instead of
+** mk_vm_run on the ground VM.
+*/
+void mk_ground_deliver(mk_ground *g);
 
 /*
 ** Timeouts: the ground's clock for processes at any depth of nested VMs,

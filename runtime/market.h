@@ -169,11 +169,22 @@ int mk_host_errcode(const mk_host *h);
 
 /*
 ** Trace every event and action of every VM of this host: fn receives one
-** readable line (no newline) per event and action, e.g.
-**   ground #3 echo: message in request(1, "hi")
-** fn NULL stops tracing.  The line is borrowed for the call.
+** line (no newline) per event and action, e.g.
+**   2026-12-01T08:00:00.123Z ground #3 echo: message in subscriber/participant request(_, _) request(1, "hi")
+** (vm.h, "Traces"; docs/inspect.md).  fn NULL stops tracing.  The line is
+** borrowed for the call.  The filter and format set with
+** mk_host_trace_opts (or by a Lua process's market.trace) are kept.
 */
 void mk_host_trace(mk_host *h, mk_trace_fn fn, void *ud);
+/*
+** Which lines the trace shows and in which format (mk_trace_opts, vm.h),
+** in every VM of the host, from the next line on; NULL: every line, as
+** text.  The options are copied.  The function set with mk_host_trace is
+** kept: this alone does not start a trace.  Returns MK_OK, MK_EINVAL (h
+** NULL, an array NULL with a count, unknown kind bits) or MK_ENOMEM; the
+** trace is unchanged on failure.
+*/
+int mk_host_trace_opts(mk_host *h, const mk_trace_opts *opts);
 
 /*
 ** The activation budget of the ground VM's Lua processes (and of nested
@@ -494,11 +505,32 @@ int mk_host_kill(mk_host *h, mk_pid pid, mk_term *reason);
 ** MK_EINVAL (h NULL).
 **
 ** mk_host_exit_status: the status a program should exit with once the host
-** has run: 0, or 128 + signum after a second signal.
+** has run: 0; the status of the exit that ended it (market.exit or
+** mk_host_exit, below); or 128 + signum after a second signal.
 */
 int mk_host_stop_on_signals(mk_host *h, double drain_ms);
 int mk_host_stop(mk_host *h, double drain_ms);
 int mk_host_exit_status(const mk_host *h);
+
+/*
+** End the program with `status` (0..255), as a Lua process's
+** market.exit(status) does (docs/semantics.md "Ending the program"): once
+** the ground VM has delivered what is queued, every process is killed,
+** oldest first, with the reason "exit" (their peers see it, the drivers
+** close what they hold), and mk_host_run returns (mk_host_step returns 0).
+** No drain, no market:stopping.  Callable from a native handler or from
+** outside; from outside, the next run or step does it.  The first ending
+** wins: an exit after another, after a second signal or the drain's
+** deadline, changes nothing.  Then mk_host_exit_status is `status` and
+** mk_host_exited is 1.  Sockets that Lua drivers held are closed when
+** mk_host_run returns (it runs a full collection of the Lua state; with
+** mk_host_step, at the next collection or mk_host_free).
+** Returns MK_OK, or MK_EINVAL (h NULL, status outside 0..255).
+*/
+int mk_host_exit(mk_host *h, int status);
+/* 1 when an exit (market.exit, mk_host_exit) ended the program, whatever
+** its status, else 0. */
+int mk_host_exited(const mk_host *h);
 
 /* ---- running ------------------------------------------------------------ */
 

@@ -3,6 +3,7 @@
 ** See term.h for the ownership rules.
 */
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -865,6 +866,192 @@ char *mk_repr_max (const mk_term *t, size_t max, size_t *len) {
 
 char *mk_repr (const mk_term *t, size_t *len) {
   return mk_repr_max(t, SIZE_MAX, len);
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** mk_read: the text mk_repr writes, read back.  Recursive descent, one
+** level of C recursion per level of the term, refused past the depth
+** limit before it recurses further (so the stack is bounded as the other
+** walks', term.h "Depth"); the size limit is mk_seal's.
+** =======================================================
+*/
+
+typedef struct Rd {
+  const char *p, *end, *start;
+  const char *err;          /* static text, once reading failed */
+} Rd;
+
+static int rdfail (Rd *r, const char *why) {
+  if (r->err == NULL) r->err = why;
+  return 0;
+}
+
+static void rdblank (Rd *r) {
+  while (r->p < r->end && (*r->p == ' ' || *r->p == '\t' || *r->p == '\n' || *r->p == '\r'))
+    r->p++;
+}
+
+/* A byte that may be part of a bare word (a label, a number, a name). */
+static int wordch (unsigned char c) {
+  return c > ' ' && c != '(' && c != ')' && c != '[' && c != ']' && c != ',' &&
+         c != '"' && c != 0x7f;
+}
+
+static int hexdigit (int c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+static mk_term *rdstring (Rd *r) {
+  Buf b = { NULL, 0, 0, SIZE_MAX, 0, 0 };
+  mk_term *t;
+  r->p++;                                   /* the opening quote */
+  while (r->p < r->end && *r->p != '"') {
+    char c = *r->p++;
+    if (c == '\\') {
+      int h, l;
+      if (r->p >= r->end) break;
+      switch (c = *r->p++) {
+        case '"': case '\\': break;
+        case 'n': c = '\n'; break;
+        case 't': c = '\t'; break;
+        case 'r': c = '\r'; break;
+        case 'x':
+          if (r->end - r->p < 2 || (h = hexdigit(r->p[0])) < 0 || (l = hexdigit(r->p[1])) < 0) {
+            free(b.p);
+            return rdfail(r, "\\x needs two hex digits"), NULL;
+          }
+          c = (char)(h * 16 + l);
+          r->p += 2;
+          break;
+        default:
+          free(b.p);
+          r->p--;
+          return rdfail(r, "unknown escape in a string (\\\" \\\\ \\n \\t \\r \\xHH)"), NULL;
+      }
+    }
+    addchar(&b, c);
+  }
+  if (r->p >= r->end) { free(b.p); return rdfail(r, "unterminated string"), NULL; }
+  r->p++;
+  t = b.oom ? NULL : mk_str(b.p ? b.p : "", b.n);
+  free(b.p);
+  if (t == NULL) rdfail(r, "out of memory");
+  return t;
+}
+
+static mk_term *rdterm (Rd *r, size_t depth);
+
+/* Items up to `close`, then the compound: a sequence, or a record of the
+** label l (ll bytes). */
+static mk_term *rdcompound (Rd *r, char close, const char *l, size_t ll, size_t depth) {
+  mk_term **items = NULL, *c = NULL;
+  uint32_t n = 0, cap = 0, i;
+  if (depth >= depth_limit) return rdfail(r, "a term deeper than the depth limit"), NULL;
+  r->p++;                                   /* the opening bracket */
+  rdblank(r);
+  if (r->p < r->end && *r->p == close) r->p++;
+  else for (;;) {
+    mk_term *it = rdterm(r, depth + 1);
+    if (it == NULL) goto done;
+    if (n == cap) {
+      mk_term **ni = cap < UINT32_MAX / 2 ? realloc(items, (cap ? cap * 2 : 4) * sizeof *ni) : NULL;
+      if (ni == NULL) { mk_unref(it); rdfail(r, "out of memory"); goto done; }
+      items = ni;
+      cap = cap ? cap * 2 : 4;
+    }
+    items[n++] = it;
+    rdblank(r);
+    if (r->p < r->end && *r->p == ',') { r->p++; continue; }
+    if (r->p < r->end && *r->p == close) { r->p++; break; }
+    rdfail(r, close == ')' ? "expected ',' or ')'" : "expected ',' or ']'");
+    goto done;
+  }
+  if (l != NULL) {
+    mk_rtype *rt = mk_rtype_get(l, ll, n, NULL);
+    c = mk_rec_new(rt);
+    mk_rtype_unref(rt);
+  } else {
+    c = mk_seq_new(n);
+  }
+  if (c == NULL) { rdfail(r, "out of memory"); goto done; }
+  for (i = 0; i < n; i++) mk_set(c, i, items[i]);
+  n = 0;
+  if ((c = mk_seal(c)) == NULL) rdfail(r, "a term past the depth or size limit");
+done:
+  for (i = 0; i < n; i++) mk_unref(items[i]);
+  free(items);
+  return c;
+}
+
+/* A bare word: a name, a number, or a record's label before '('. */
+static mk_term *rdword (Rd *r, size_t depth) {
+  const char *w = r->p;
+  size_t n;
+  char num[64], *end;
+  while (r->p < r->end && wordch((unsigned char)*r->p)) r->p++;
+  n = (size_t)(r->p - w);
+  if (n == 0) return rdfail(r, "expected a term"), NULL;
+  rdblank(r);
+  if (r->p < r->end && *r->p == '(') return rdcompound(r, ')', w, n, depth);
+#define IS(lit) (n == sizeof(lit) - 1 && memcmp(w, lit, n) == 0)
+  if (IS("nil")) return mk_nil();
+  if (IS("true")) return mk_bool(1);
+  if (IS("false")) return mk_bool(0);
+  if (IS("_")) return mk_wild();
+  if (IS("#eof")) return mk_eof();
+  if (IS("nan")) return mk_float(NAN);
+  if (IS("inf")) return mk_float(HUGE_VAL);
+  if (IS("-inf")) return mk_float(-HUGE_VAL);
+#undef IS
+  if (n < sizeof num && (isdigit((unsigned char)w[0]) || w[0] == '-' || w[0] == '.')) {
+    long long i;
+    double f;
+    memcpy(num, w, n);
+    num[n] = '\0';
+    errno = 0;
+    i = strtoll(num, &end, 10);
+    if (*end == '\0' && errno == 0) return mk_int((int64_t)i);
+    f = strtod(num, &end);
+    if (*end == '\0' && !isnan(f) && !isinf(f)) return mk_float(f);
+  }
+  r->p = w;
+  return rdfail(r, "not a term (nil, true, false, a number, a \"string\", _, #eof, [...], label(...))"), NULL;
+}
+
+static mk_term *rdterm (Rd *r, size_t depth) {
+  rdblank(r);
+  if (r->p >= r->end) return rdfail(r, "expected a term"), NULL;
+  if (*r->p == '"') return rdstring(r);
+  if (*r->p == '[') return rdcompound(r, ']', NULL, 0, depth);
+  return rdword(r, depth);
+}
+
+mk_term *mk_read (const char *s, size_t len, size_t *pos, const char **err) {
+  Rd r;
+  mk_term *t;
+  r.p = r.start = s;
+  r.end = s + len;
+  r.err = NULL;
+  t = s ? rdterm(&r, 0) : NULL;
+  if (t != NULL) {
+    rdblank(&r);
+    if (r.p < r.end) {
+      mk_unref(t);
+      t = NULL;
+      rdfail(&r, "more text after the term");
+    }
+  }
+  if (t == NULL && r.err == NULL) r.err = "out of memory";
+  if (err != NULL) *err = t ? NULL : r.err;
+  if (pos != NULL) *pos = s ? (size_t)(r.p - r.start) : 0;
+  return t;
 }
 
 /* }====================================================== */

@@ -207,6 +207,21 @@ char *mk_repr(const mk_term *t, size_t *len);
 ** but did not choose: trace lines, warnings, failure reports.
 */
 char *mk_repr_max(const mk_term *t, size_t max, size_t *len);
+/*
+** Read a term from text as mk_repr writes it: nil, false, true, integers,
+** floats (with a '.' or an exponent; nan, inf, -inf), strings in double
+** quotes with mk_repr's escapes (\" \\ \n \t \r \xHH), [items],
+** label(fields), _ and #eof, with blanks anywhere between.  A label is a
+** run of bytes other than blanks and ( ) [ ] , " followed by '(', and
+** names a record type by label and arity (market.record's field names, if
+** any, are the type's already).  Returns a new term, or NULL with *err (if
+** err is not NULL) set to a static reason: malformed text, a term past the
+** depth or size limit, or out of memory.  *pos (if pos is not NULL) gets
+** the offset in s where reading stopped.  `market --trace-topic` reads
+** its pattern so.
+*/
+mk_term *mk_read(const char *s, size_t len, size_t *pos, const char **err);
+
 /* What the runtime's own traces and warnings show of a term, in bytes. */
 #define MK_REPR_SHOWN  200
 

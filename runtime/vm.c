@@ -73,51 +73,17 @@ const char *mk_interest_name(mk_interest i) {
   }
 }
 
-/* ---- tracing ------------------------------------------------------------ */
+/* ---- tracing (trace.c) -------------------------------------------------- */
 
-void mkI_trace(mk_vm *vm, const char *fmt, ...) {
-  va_list ap;
-  char small[256], *buf = small;
-  int n;
-  va_start(ap, fmt);
-  n = vsnprintf(small, sizeof small, fmt, ap);
-  va_end(ap);
-  if (n < 0) return;
-  if ((size_t)n >= sizeof small) {
-    buf = xmalloc((size_t)n + 1);
-    va_start(ap, fmt);
-    vsnprintf(buf, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-  }
-  vm->trace(vm->traceud, buf);
-  if (buf != small) free(buf);
-}
-
-#define TRACING(vm) ((vm)->trace != NULL)
+#define TRACING(vm) MKI_TRACING(vm)
 /* The mk_procx around p's name, when p->xname. */
 #define PROCX(p) ((mk_procx *)(void *)((p)->name - offsetof(mk_procx, name)))
 
-/* A trace shows terms it did not choose (messages, reasons): cut short. */
+/* A term the VM shows but did not choose (a linked process's reason):
+** cut short. */
 static char *repr(const mk_term *t) {
   char *s = t ? mk_repr_max(t, MK_REPR_SHOWN, NULL) : NULL;
   return s ? s : xstrdup(t ? "?" : "nil");
-}
-
-/* One readable line: "VM-path #pid name: what endpoint role topic [term]". */
-static void trace_proc(mk_proc *p, const char *what, const char *ep,
-                       const mk_role *role, const mk_term *extra) {
-  char *topic = role ? repr(role->topic) : NULL;
-  char *x = extra ? repr(extra) : NULL;
-  mkI_trace(p->vm, "%s #%llu %s: %s%s%s%s%s%s%s%s%s%s%s",
-            mk_vm_path(p->vm), (unsigned long long)p->pid,
-            mk_proc_name(p) ? mk_proc_name(p) : "-", what,
-            ep ? " " : "", ep ? ep : "",
-            role ? " " : "", role ? mk_orientation_name(role->orientation) : "",
-            role ? "/" : "", role ? mk_interest_name(role->interest) : "",
-            topic ? " " : "", topic ? topic : "",
-            x ? " " : "", x ? x : "");
-  free(topic);
-  free(x);
 }
 
 /* ---- tables ------------------------------------------------------------- */
@@ -390,11 +356,6 @@ void mk_vm_set_hooks(mk_vm *vm, const mk_vm_hooks *hooks) {
   if (hooks) vm->hooks = *hooks; else memset(&vm->hooks, 0, sizeof vm->hooks);
 }
 
-void mk_vm_set_trace(mk_vm *vm, mk_trace_fn fn, void *ud) {
-  vm->trace = fn;
-  vm->traceud = ud;
-}
-
 void mk_vm_set_crash_hook(mk_vm *vm, mk_crash_hook fn, void *ud) {
   vm->crash = fn;
   vm->crashud = ud;
@@ -481,6 +442,7 @@ void mk_vm_free(mk_vm *vm, mk_term *reason) {
   free(vm->etab);
   free(vm->path);
   free(vm->bootname);
+  mkI_trace_release(vm);
   /* A nested VM that never booted still owns its boot data. */
   if (vm->bootb && vm->bootdata) destroy_data(vm, vm->bootb, vm->bootdata);
   free(vm);
@@ -567,7 +529,7 @@ static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char
   vm->ptab[h] = p;
   vm->nprocs++;
   qev_new(vm, p, MK_EV_BOOT);
-  if (TRACING(vm)) trace_proc(p, b->kind ? b->kind : "spawn", NULL, NULL, NULL);
+  if (TRACING(vm)) mkI_trace_proc(p, MK_TK_SPAWN, NULL, NULL, NULL);
   return p;
 }
 
@@ -892,7 +854,7 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
     if (p->eps) p->eps->pprev = e;
     p->eps = e;
   }
-  if (TRACING(vm)) trace_proc(p, "add", name, &e->role, NULL);
+  if (TRACING(vm)) mkI_trace_proc(p, MK_TK_ADD, name, &e->role, NULL);
   c.vm = vm;
   c.e = e;
   c.reason = NULL;
@@ -917,7 +879,7 @@ static void endpoint_remove(mk_endpoint *e, mk_term *reason, int tell) {
   mk_proc *p = e->proc;
   mk_vm *vm = p->vm;
   presence_ctx c;
-  if (TRACING(vm)) trace_proc(p, "delete", e->name, &e->role, reason);
+  if (TRACING(vm)) mkI_trace_proc(p, MK_TK_DELETE, e->name, &e->role, reason);
   e->dead = 1;
   mk_index_remove(vm->ix[e->role.orientation], &e->link);
   etab_remove(vm, e);
@@ -995,13 +957,13 @@ static int nobody(mk_proc *p, mk_term *body, const char *what) {
 
 void mk_send(mk_proc *p, mk_term *body) {
   if (p->dead || nobody(p, body, "send")) return;
-  if (TRACING(p->vm)) trace_proc(p, "send", NULL, NULL, body);
+  if (TRACING(p->vm)) mkI_trace_proc(p, MK_TK_SEND, NULL, NULL, body);
   route(p->vm, body, 0);
 }
 
 void mk_feedback(mk_proc *p, mk_term *body) {
   if (p->dead || nobody(p, body, "feedback")) return;
-  if (TRACING(p->vm)) trace_proc(p, "feedback", NULL, NULL, body);
+  if (TRACING(p->vm)) mkI_trace_proc(p, MK_TK_FEEDBACK, NULL, NULL, body);
   route(p->vm, body, 1);
 }
 
@@ -1038,7 +1000,7 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
   mk_vm *vm = p->vm;
   if (p->dead) return;
   p->dead = 1;
-  if (TRACING(vm) && !p->resident) trace_proc(p, "quit", NULL, NULL, reason);
+  if (TRACING(vm) && !p->resident) mkI_trace_proc(p, MK_TK_QUIT, NULL, NULL, reason);
   while (p->eps) endpoint_remove(p->eps, reason, 0);
   if (p->lifeline) endpoint_remove(mkI_endpoint(vm, p->pid, lifeline_name), reason, 0);
   if (p->xname) {
@@ -1156,7 +1118,7 @@ int mk_at_meta_level(mk_proc *p, mk_action *list) {
     mk_failf(p, "at_meta_level in the ground VM: there is no VM above it");
     return -1;
   }
-  if (TRACING(vm)) trace_proc(p, "at_meta_level", NULL, NULL, NULL);
+  if (TRACING(vm)) mkI_trace_proc(p, MK_TK_AT_META_LEVEL, NULL, NULL, NULL);
   a = mk_action_meta(list);
   a->pid = p->pid;
   /* Track what this process holds above, so that it is not taken for
@@ -1359,12 +1321,12 @@ static void deliver(mk_vm *vm, mk_qev *q) {
   ev.cont = q->cont;
   ev.tag = q->ep ? q->ep->tag : 0;
   ev.deleted = q->deleted;
-  if (TRACING(vm) && q->type != MK_EV_BOOT) {
-    static const char *const names[] = {"boot", "presence", "absence", "message",
-                                        "spawned", "resume", "meta", "deleted"};
-    trace_proc(p, names[q->type], ev.endpoint, ev.role.topic ? &ev.role : NULL,
-               q->type == MK_EV_MESSAGE ? ev.message : ev.reason);
-  }
+  _Static_assert(MK_TK_DELETED - MK_TK_PRESENCE == MK_EV_DELETED - MK_EV_PRESENCE,
+                 "the kinds of event lines follow mk_event_type");
+  if (TRACING(vm) && q->type != MK_EV_BOOT)     /* event types in MK_TK_* order */
+    mkI_trace_proc(p, MK_TK_PRESENCE + q->type - MK_EV_PRESENCE, ev.endpoint,
+                   ev.role.topic ? &ev.role : NULL,
+                   q->type == MK_EV_MESSAGE ? ev.message : ev.reason);
   p->in_handle++;
   p->b->handle(p, &ev);
   p->in_handle--;

@@ -111,9 +111,51 @@ struct mk_behavior {
 
 #define MK_BF_TELL_DELETED 1u
 
-/* Trace hook: called with one readable line (no newline) per event and
-** action when set (market --trace). */
+/*
+** Traces (market --trace; docs/inspect.md, "Traces").  A VM that traces
+** calls its trace function with one line (no newline, borrowed for the
+** call) per event it delivers and per action its processes perform: the
+** time (UTC, to the millisecond), the VM path, the pid and name of the
+** process, the kind of line and what it concerns, e.g.
+**   2026-12-01T08:00:00.123Z ground #3 echo: message in subscriber/participant _ "hi"
+** or, with `json`, one JSON object.  A filter (mk_trace_opts) picks the
+** lines; one it drops is neither timed nor formatted.
+*/
 typedef void (*mk_trace_fn)(void *ud, const char *line);
+
+/* The kinds of lines, as their text names them (mk_trace_kind_name):
+** actions spawn, quit, add, delete, send, feedback, at_meta_level; events
+** presence, absence, message, spawned, resume, meta (a nested VM's, for one
+** of its processes), deleted. */
+enum {
+  MK_TK_SPAWN, MK_TK_QUIT, MK_TK_ADD, MK_TK_DELETE, MK_TK_SEND, MK_TK_FEEDBACK,
+  MK_TK_AT_META_LEVEL, MK_TK_PRESENCE, MK_TK_ABSENCE, MK_TK_MESSAGE,
+  MK_TK_SPAWNED, MK_TK_RESUME, MK_TK_META, MK_TK_DELETED, MK_TK_COUNT
+};
+/* The kind named `name`, or -1; and the name of a kind (NULL if none). */
+int mk_trace_kind(const char *name);
+const char *mk_trace_kind_name(int kind);
+
+/*
+** Which lines a trace shows, and how.  A line is shown when it passes
+** every filter that is set; a filter with several values passes what
+** matches any of them.  Everything here is borrowed by the calls that
+** take it (they copy it).
+*/
+typedef struct mk_trace_opts {
+  const mk_pid *pids;          /* the process's pid (in its own VM) is one */
+  size_t npids;                /* of these; 0: any pid */
+  const char *const *names;    /* its debug name matches one of these globs */
+  size_t nnames;               /* (fnmatch(3)); a nameless one matches none */
+  const char *const *vms;      /* its VM path ("ground/2") matches one of */
+  size_t nvms;                 /* these globs */
+  unsigned kinds;              /* 1u << MK_TK_*, or'ed; 0: every kind */
+  mk_term *topic;              /* NULL, or a pattern that must unify with the
+                               ** line's message (send, feedback, message)
+                               ** or else its role's topic; lines with
+                               ** neither never match it */
+  int json;                    /* nonzero: one JSON object a line */
+} mk_trace_opts;
 
 /* VM-level hooks, used by the ground VM to learn about subscriptions to
 ** ground events.  Called after a subscriber endpoint with `topic` is added
@@ -137,7 +179,15 @@ mk_vm *mk_vm_new(void);
 */
 void mk_vm_free(mk_vm *vm, mk_term *reason);
 void mk_vm_set_hooks(mk_vm *vm, const mk_vm_hooks *hooks);
+/* Trace vm and every VM nested in it (now and later) to fn (NULL: stop),
+** keeping the filter set last.  mk_vm_set_trace_opts sets the filter and
+** format (NULL: every line, as text), keeping the function; it returns 0,
+** -1 for malformed options (an array NULL with a count, unknown kind
+** bits) or -2 when out of memory, and the trace is then unchanged. */
 void mk_vm_set_trace(mk_vm *vm, mk_trace_fn fn, void *ud);
+int mk_vm_set_trace_opts(mk_vm *vm, const mk_trace_opts *opts);
+/* The trace function of vm (NULL: none) and, when ud is not NULL, its ud. */
+mk_trace_fn mk_vm_trace_fn(const mk_vm *vm, void **ud);
 /*
 ** Crash hook: told when a process of the VM fails (mk_fail, mk_failf:
 ** an error in its handler, a strict error, a budget exceeded), before its

@@ -6,6 +6,8 @@
 
 #include "vm.h"
 
+typedef struct mk_tracer mk_tracer;
+
 typedef enum mk_action_type {
   MK_A_SPAWN, MK_A_QUIT, MK_A_ADD, MK_A_DELETE, MK_A_SEND, MK_A_FEEDBACK,
   MK_A_META,      /* at_meta_level: `list` performed one level up */
@@ -160,8 +162,8 @@ struct mk_vm {
   mk_pid nextpid;
   mk_action *outbox, *outtail;
   mk_vm_hooks hooks;
-  mk_trace_fn trace;
-  void *traceud;
+  mk_tracer *trace;         /* shared with the VMs nested in it, counted
+                            ** (trace.c); NULL until a trace is set */
   mk_crash_hook crash;      /* mk_vm_set_crash_hook, or NULL */
   void *crashud;
   void *userdata;
@@ -191,7 +193,29 @@ mk_action *mkI_drop(const char *prefix, mk_term *reason, int levels);   /* reaso
 void mkI_enqueue_meta(mk_vm *vm, mk_proc *target, const mk_event *ev, const char *name, int meta);
 void mkI_perform(mk_proc *p, mk_action *a);        /* performs one action node (consumed) */
 mk_endpoint *mkI_endpoint(mk_vm *vm, mk_pid pid, const char *name);
-void mkI_trace(mk_vm *vm, const char *fmt, ...);
+/* trace.c.  A line of kind MK_TK_* about p, if its VM traces it; `extra`
+** is the message (send, feedback, message) or the reason (may be NULL). */
+void mkI_trace_proc(mk_proc *p, int kind, const char *ep, const mk_role *role,
+                    const mk_term *extra);
+void mkI_trace_inherit(mk_vm *vm, const mk_vm *parent);   /* a nested VM boots */
+void mkI_trace_release(mk_vm *vm);                        /* vm is freed */
+/* A VM's trace (trace.c): an immutable snapshot shared by a VM and the
+** VMs nested in it, counted; a change makes a new one.  Owns its copies
+** of the filter's pids, globs and topic; `fn` and `ud` are the caller's. */
+struct mk_tracer {
+  mk_trace_fn fn;           /* NULL: nothing is traced */
+  void *ud;
+  uint32_t refs;            /* one per VM holding it, one per line being written */
+  unsigned kinds;           /* 1u << MK_TK_*; 0: every kind */
+  int json;
+  mk_pid *pids;
+  size_t npids;
+  char **names, **vms;      /* globs (fnmatch) */
+  size_t nnames, nvms;
+  mk_term *topic;           /* NULL: any */
+};
+/* One load and a compare while nothing is traced (the message path). */
+#define MKI_TRACING(vm) ((vm)->trace != NULL && (vm)->trace->fn != NULL)
 void mkI_kill(mk_proc *p, mk_term *reason);
 
 #endif

@@ -1,5 +1,6 @@
 -- embed_spec.lua: the embedding example (examples/embed) and the market
--- interpreter, both clients of market.h, run to the end without leaking.
+-- interpreter, both clients of market.h, and lua5.4 with the module, run
+-- to the end without leaking.
 --
 -- On the plain build they run under valgrind (every block freed, no
 -- error); on the sanitized build (spec/run's second suite) the programs
@@ -123,5 +124,27 @@ describe("the market interpreter (a client of market.h)", function()
     assert.equal(1, status, err)
     assert.truthy(err:find("(command line) failed: (command line):1: boom", 1, true), err)
     assert.truthy(err:find("stack traceback", 1, true), err)
+  end)
+end)
+
+describe("lua5.4 with require \"market\"", function()
+  if sanitized or not have("valgrind") then
+    pending("runs under valgrind on the plain build only")
+    return
+  end
+
+  it("runs a ground VM and frees everything when the Lua state closes", function()
+    -- lua5.4 unloads market.so when it closes its state: what only the
+    -- module's statics pointed to (cached term and pool blocks) would be
+    -- lost then, had the last state's close not given it back.
+    local code = [[local m = require "market"
+      local topic = m.repr("x")
+      assert(m.ground_vm(function()
+        m.perform(m.spawn(function() return m.transition(nil, m.subscriber("x")) end))
+        m.perform(m.send("x"))
+      end))]]
+    local status, _, err = sh(("LUA_CPATH=%s %s lua5.4 -e %s </dev/null"):format(
+      H.quote(build .. "/lua/?.so;;"), checked(), H.quote(code)))
+    assert.equal(0, status, err)
   end)
 end)

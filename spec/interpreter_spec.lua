@@ -225,17 +225,21 @@ describe("market options", function()
     local lines = {}
     -- The boot process is named after the script (or "boot").
     local quoted = path:gsub("%p", "%%%0")
-    for l in err:gmatch("[^\n]+") do lines[#lines + 1] = (l:gsub(quoted, "boot")) end
+    -- Each line starts with the time (UTC, to the millisecond): TIME below.
+    for l in err:gmatch("[^\n]+") do
+      l = l:gsub("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ ", "TIME ")
+      lines[#lines + 1] = (l:gsub(quoted, "boot"))
+    end
     local want = {
-      "market: ground #1 boot: lua",
-      "market: ground #2 greeter: lua",
-      'market: ground #2 greeter: add in subscriber/participant ["hello", _]',
-      "market: ground #1 boot: resume",
-      'market: ground #1 boot: send ["hello", 42]',
-      "market: ground #1 boot: quit",
-      'market: ground #2 greeter: message in subscriber/participant ["hello", _] ["hello", 42]',
-      'market: ground #2 greeter: quit "done"',
-      'market: ground #2 greeter: delete in subscriber/participant ["hello", _] "done"',
+      "TIME ground #1 boot: spawn lua",
+      "TIME ground #2 greeter: spawn lua",
+      'TIME ground #2 greeter: add in subscriber/participant ["hello", _]',
+      "TIME ground #1 boot: resume",
+      'TIME ground #1 boot: send ["hello", 42]',
+      "TIME ground #1 boot: quit",
+      'TIME ground #2 greeter: message in subscriber/participant ["hello", _] ["hello", 42]',
+      'TIME ground #2 greeter: quit "done"',
+      'TIME ground #2 greeter: delete in subscriber/participant ["hello", _] "done"',
     }
     assert.same(want, lines)
   end)

@@ -129,54 +129,58 @@ describe("ground_vm{drain=} under SIGTERM", function()
   end)
 end)
 
-describe("market under SIGTERM, with an idle client (examples/echo.lua)", function()
-  local server, port, idle
-  local function start(drain)
-    server, port = N.await_listening(N.start_cmd(("exec %s --drain %d examples/echo.lua 0")
-      :format(q(N.market_bin()), drain)), "examples/echo.lua")
-    -- nc -d reads nothing: an idle client, until the server closes.
-    idle = N.start_cmd(("exec nc -d 127.0.0.1 %d"):format(port))
-    -- The server has accepted it (its end of the connection has a file),
-    -- then serves a round trip: the idle one has its session.
-    local accepted = false
-    for _i = 1, 250 do
-      accepted = N.accepted(port)
-      if accepted then break end
-      N.sleep(0.02)
+-- SIGTERM, and SIGINT (Ctrl-C): the same stop, once and twice.
+for _i, sig in ipairs { { name = "TERM", status = 143 }, { name = "INT", status = 130 } } do
+  describe("market under SIG" .. sig.name .. ", with an idle client (examples/echo.lua)", function()
+    local server, port, idle
+    local function start(drain)
+      server, port = N.await_listening(N.start_cmd(("exec %s --drain %d examples/echo.lua 0")
+        :format(q(N.market_bin()), drain)), "examples/echo.lua")
+      -- nc -d reads nothing: an idle client, until the server closes.
+      idle = N.start_cmd(("exec nc -d 127.0.0.1 %d"):format(port))
+      -- The server has accepted it (its end of the connection has a file),
+      -- then serves a round trip: the idle one has its session.
+      local accepted = false
+      for _i = 1, 250 do
+        accepted = N.accepted(port)
+        if accepted then break end
+        N.sleep(0.02)
+      end
+      assert.is_true(accepted, "the server did not accept the idle client")
+      assert.equal("hi\n", (N.capture(("printf 'hi\\n' | nc -N 127.0.0.1 %d"):format(port), 5)))
     end
-    assert.is_true(accepted, "the server did not accept the idle client")
-    assert.equal("hi\n", (N.capture(("printf 'hi\\n' | nc -N 127.0.0.1 %d"):format(port), 5)))
-  end
-  -- Wait (bounded) until connecting is refused: the listener is closed.
-  local function refused()
-    for _i = 1, 100 do
-      local _o, status = N.capture(("nc -z 127.0.0.1 %d"):format(port), 5)
-      if status ~= 0 then return true end
-      N.sleep(0.02)
+    -- Wait (bounded) until connecting is refused: the listener is closed.
+    local function refused()
+      for _i = 1, 100 do
+        local _o, status = N.capture(("nc -z 127.0.0.1 %d"):format(port), 5)
+        if status ~= 0 then return true end
+        N.sleep(0.02)
+      end
+      return false
     end
-    return false
-  end
-  after_each(function() idle.kill(); server.kill() end)
+    local function signal() os.execute("kill -" .. sig.name .. " " .. server.pid) end
+    after_each(function() idle.kill(); server.kill() end)
 
-  it("closes the listener at once, gives the session the drain time, then exits 0", function()
-    start(2000)
-    os.execute("kill -TERM " .. server.pid)
-    assert.is_true(refused(), "the listener still accepts connections")
-    assert.is_true(server.running(), "the server did not wait for the drain")
-    assert.is_not_nil(idle.wait_exit(5), "the idle client was not cut")
-    assert.equal(0, server.wait_exit(5))
-    assert.equal("echo: listening on port " .. port .. "\n", server.stderr())
-  end)
+    it("closes the listener at once, gives the session the drain time, then exits 0", function()
+      start(2000)
+      signal()
+      assert.is_true(refused(), "the listener still accepts connections")
+      assert.is_true(server.running(), "the server did not wait for the drain")
+      assert.is_not_nil(idle.wait_exit(5), "the idle client was not cut")
+      assert.equal(0, server.wait_exit(5))
+      assert.equal("echo: listening on port " .. port .. "\n", server.stderr())
+    end)
 
-  it("stops at once on a second SIGTERM, with status 143", function()
-    start(10000)
-    os.execute("kill -TERM " .. server.pid)
-    assert.is_true(refused(), "the listener still accepts connections")
-    os.execute("kill -TERM " .. server.pid)
-    assert.equal(143, server.wait_exit(3))
-    assert.is_not_nil(idle.wait_exit(3), "the idle client was not cut")
+    it("stops at once on a second SIG" .. sig.name .. ", with status " .. sig.status, function()
+      start(10000)
+      signal()
+      assert.is_true(refused(), "the listener still accepts connections")
+      signal()
+      assert.equal(sig.status, server.wait_exit(3))
+      assert.is_not_nil(idle.wait_exit(3), "the idle client was not cut")
+    end)
   end)
-end)
+end
 
 describe("market --drain", function()
   it("takes milliseconds, 0 or more; anything else is a usage error", function()

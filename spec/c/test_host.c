@@ -513,6 +513,73 @@ static void trace(void) {
   mk_host_free(h);
 }
 
+/* mk_host_trace_opts: a filter and a format, set before the trace
+** function or after it, and changed between runs. */
+static char tracebuf[4096];
+static void trace_keep(void *ud, const char *line) {
+  size_t n = strlen(tracebuf);
+  (void)ud;
+  snprintf(tracebuf + n, sizeof tracebuf - n, "%s\n", line + (line[0] == '{' ? 0 : 25));
+}
+static void trace_opts(void) {
+  static const char *const names[] = {"talk*"};
+  const char *const bad[] = {NULL};
+  mk_pid pids[] = {4};
+  mk_trace_opts o;
+  mk_host *h = newhost();
+  const char *talk = "local m = require 'market'\n"
+                     "m.perform(m.send(m.record('chat', 'who')('x')))\n"
+                     "m.perform(m.send({'other'}))\n";
+  memset(&o, 0, sizeof o);
+  o.names = names;
+  o.nnames = 1;
+  o.kinds = 1u << MK_TK_SEND;
+  CHECK(mk_host_trace_opts(h, &o) == MK_OK);       /* before the function: kept */
+  mk_host_trace(h, trace_keep, NULL);
+  tracebuf[0] = '\0';
+  mk_host_spawn_string(h, talk, "talker", 0, NULL);
+  mk_host_spawn_string(h, talk, "other", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(strcmp(tracebuf, "ground #1 talker: send chat(\"x\")\n"
+                         "ground #1 talker: send [\"other\"]\n") == 0);
+  /* A pid, a topic pattern, JSON. */
+  memset(&o, 0, sizeof o);
+  o.pids = pids;
+  o.npids = 1;
+  o.topic = mk_record("chat", 1, mk_wild());
+  o.json = 1;
+  CHECK(mk_host_trace_opts(h, &o) == MK_OK);
+  mk_unref(o.topic);                               /* the trace holds its own */
+  tracebuf[0] = '\0';
+  mk_host_spawn_string(h, talk, "talker", 0, NULL);
+  mk_host_spawn_string(h, talk, "talker", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(strstr(tracebuf, "\"vm\":\"ground\",\"pid\":4,\"name\":\"talker\",\"kind\":\"send\","
+                         "\"message\":{\"record\":\"chat\",\"fields\":[\"x\"]}}\n") != NULL);
+  CHECK(strstr(tracebuf, "\"pid\":3") == NULL && strstr(tracebuf, "other") == NULL);
+  CHECK(strstr(tracebuf, "spawn") == NULL);        /* no topic, no match */
+  CHECK(strncmp(tracebuf, "{\"time\":\"20", 11) == 0);
+  /* Malformed options change nothing. */
+  memset(&o, 0, sizeof o);
+  o.kinds = 1u << MK_TK_COUNT;
+  CHECK(mk_host_trace_opts(h, &o) == MK_EINVAL);
+  o.kinds = 0;
+  o.nvms = 1;
+  CHECK(mk_host_trace_opts(h, &o) == MK_EINVAL);
+  o.vms = bad;
+  o.nvms = 0;
+  CHECK(mk_host_trace_opts(NULL, &o) == MK_EINVAL);
+  /* NULL: every line again, as text. */
+  CHECK(mk_host_trace_opts(h, NULL) == MK_OK);
+  tracebuf[0] = '\0';
+  mk_host_spawn_string(h, "return", "quiet", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(strcmp(tracebuf, "ground #5 quiet: spawn lua\nground #5 quiet: quit\n") == 0);
+  CHECK(mk_trace_kind("at_meta_level") == MK_TK_AT_META_LEVEL && mk_trace_kind("x") == -1);
+  CHECK(strcmp(mk_trace_kind_name(MK_TK_DELETED), "deleted") == 0 && !mk_trace_kind_name(99));
+  mk_host_free(h);
+}
+
 /* Warnings from Lua's warn() go to the host's callback, or nowhere. */
 static void on_warning(mk_host *h, const char *message, void *ud) {
   logf_("warning [%s]", message);
@@ -697,6 +764,63 @@ static void stop_from_host(void) {
   CHECK(mk_host_run(h) == MK_OK);
   CHECK(ev_time() - t0 < 2.5);
   CHECK(has("job went: nil"));
+  mk_host_free(h);
+}
+
+/* ---- exit -------------------------------------------------------------------- */
+
+/* A native process that ends the program with status 9 when it boots. */
+static void exit_boot(mk_proc *self, void *ud) {
+  mk_term *t = mk_cstr("held");
+  mk_add_publisher(self, "held", t);
+  mk_unref(t);
+  CHECK(mk_host_exit(ud, 9) == MK_OK);
+}
+
+static void exit_program(void) {
+  static const mk_native exiter = { exit_boot, NULL, NULL, NULL, NULL, NULL };
+  mk_host *h;
+  double t0;
+  CHECK(mk_host_exit(NULL, 0) == MK_EINVAL && mk_host_exited(NULL) == 0);
+  /* From the host: every process goes with "exit", at once, not after the
+  ** 10 s alarm; the first exit wins. */
+  h = stop_host("once");
+  CHECK(mk_host_exit(h, 256) == MK_EINVAL && mk_host_exit(h, -1) == MK_EINVAL);
+  CHECK(strstr(mk_host_error(h), "0..255") != NULL);
+  CHECK(mk_host_exited(h) == 0);
+  t0 = ev_time();
+  CHECK(mk_host_exit(h, 7) == MK_OK && mk_host_exit(h, 8) == MK_OK);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(ev_time() - t0 < 5);
+  CHECK(has("job went: exit"));
+  CHECK(mk_host_exit_status(h) == 7 && mk_host_exited(h) == 1);
+  CHECK(mk_vm_nprocs(mk_host_vm(h)) == 0);
+  mk_host_free(h);
+  /* From a Lua process, with status 0: exited, all the same. */
+  h = stop_host("once");
+  CHECK(mk_host_spawn_string(h, "local m = require 'market'; m.perform(m.exit(0))", "exit0", 0,
+                             NULL) != 0);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(has("job went: exit"));
+  CHECK(mk_host_exit_status(h) == 0 && mk_host_exited(h) == 1);
+  mk_host_free(h);
+  /* From a native handler, stepping. */
+  h = stop_host("once");
+  CHECK(mk_host_spawn_native(h, &exiter, h, "exiter") != 0);
+  CHECK(mk_host_step(h) == 0);
+  CHECK(has("job went: exit"));
+  CHECK(mk_host_exit_status(h) == 9 && mk_host_exited(h) == 1);
+  mk_host_free(h);
+  /* A stop's deadline ends it first: an exit in the teardown changes nothing. */
+  h = stop_host("once");
+  CHECK(mk_host_spawn_string(h,
+    "local m = require 'market'\n"
+    "return m.transition(nil, m.subscriber('job', { on_absence = function()\n"
+    "  return m.transition(nil, m.exit(4)) end }))", "late", 0, NULL) != 0);
+  CHECK(mk_host_stop(h, 0) == MK_OK);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(has("job went: stopped: the drain time (0 ms) ran out"));
+  CHECK(mk_host_exit_status(h) == 0 && mk_host_exited(h) == 0);
   mk_host_free(h);
 }
 
@@ -891,11 +1015,13 @@ int main(void) {
   RUN(continuations);
   RUN(own_loop_step);
   RUN(trace);
+  RUN(trace_opts);
   RUN(warnings);
   RUN(logging);
   RUN(deep_lua);
   RUN(stop_on_signals);
   RUN(stop_from_host);
+  RUN(exit_program);
   RUN(sigpipe);
   RUN(outside_loop);
   RUN(snapshots);

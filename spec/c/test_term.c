@@ -820,6 +820,83 @@ static void repr (void) {
   CHECK(mk_term_live() == base);
 }
 
+/* mk_read reads back what mk_repr writes, and says where text is wrong. */
+static int reads_back (mk_term *t) {
+  size_t n, pos;
+  const char *err;
+  char *s = mk_repr(t, &n);
+  mk_term *r = mk_read(s, n, &pos, &err);
+  int ok = r != NULL && mk_equal(r, t) && pos == n && err == NULL;
+  if (!ok) fprintf(stderr, "  mk_read(%s) failed: %s\n", s, r ? "another term" : err);
+  free(s);
+  mk_unref(r);
+  mk_unref(t);
+  return ok;
+}
+
+static int read_fails (const char *text, size_t at, const char *why) {
+  size_t pos;
+  const char *err;
+  mk_term *t = mk_read(text, strlen(text), &pos, &err);
+  int ok = t == NULL && pos == at && err != NULL && strstr(err, why) != NULL;
+  if (!ok) fprintf(stderr, "  mk_read(%s): %s at %zu\n", text, t ? "a term" : err, pos);
+  mk_unref(t);
+  return ok;
+}
+
+static void read_terms (void) {
+  size_t base = mk_term_live(), depth = mk_term_depth_limit(), i;
+  mk_rtype *rt = mk_rtype_get("tcp-driver:stop", 15, 1, NULL);
+  char deep[64];
+  mk_term *t;
+  CHECK(reads_back(mk_nil()));
+  CHECK(reads_back(mk_bool(1)));
+  CHECK(reads_back(mk_bool(0)));
+  CHECK(reads_back(mk_wild()));
+  CHECK(reads_back(mk_eof()));
+  CHECK(reads_back(mk_int(INT64_MIN)));
+  CHECK(reads_back(mk_int(INT64_MAX)));
+  CHECK(reads_back(mk_float(0.1)));
+  CHECK(reads_back(mk_float(-1e300)));
+  CHECK(reads_back(mk_float(INFINITY)));
+  CHECK(reads_back(mk_float(-INFINITY)));
+  CHECK(reads_back(mk_str("\0\x01\x1f\x7f\x80\xff\"\\\n\t\r ok", 15)));
+  CHECK(reads_back(mk_rec(rt, mk_seal(mk_seq_new(0)))));
+  CHECK(reads_back(P("f(g(_, h(\"x\\n\")), [1.5, [], [[#eof]]], nil, true, false)")));
+  /* NaN is not equal to itself as a number, but is one term. */
+  t = mk_read("nan", 3, NULL, NULL);
+  CHECK(t != NULL && mk_kindof(t) == MK_FLOAT && isnan(t->v.f));
+  mk_unref(t);
+  /* Blanks anywhere between tokens; a label's record type is the one
+  ** market.record makes (by label and arity). */
+  t = mk_read(" tcp-driver:stop ( [ 1 ,2 ] ) ", 30, NULL, NULL);
+  CHECK(t != NULL && mk_kindof(t) == MK_REC && t->v.rt == rt);
+  mk_unref(t);
+  mk_rtype_unref(rt);
+  CHECK(read_fails("", 0, "expected a term"));
+  CHECK(read_fails("chat(_,", 7, "expected a term"));
+  CHECK(read_fails("[1 2]", 3, "expected ',' or ']'"));
+  CHECK(read_fails("f(1]", 3, "expected ',' or ')'"));
+  CHECK(read_fails("\"abc", 4, "unterminated string"));
+  CHECK(read_fails("\"\\q\"", 2, "unknown escape"));
+  CHECK(read_fails("\"\\x4\"", 3, "\\x needs two hex digits"));
+  CHECK(read_fails("nul", 0, "not a term"));
+  CHECK(read_fails("1 2", 2, "more text after the term"));
+  CHECK(read_fails("99999999999999999999999e99999", 0, "not a term"));
+  /* Past the depth limit: refused before the reader recurses further. */
+  CHECK(mk_term_set_depth_limit(3) == 0);
+  CHECK(read_fails("[[[[1]]]]", 3, "deeper than the depth limit"));
+  CHECK(read_fails("[[[[[[[[[[[[", 3, "deeper than the depth limit"));
+  t = mk_read("[[[1]]]", 7, NULL, NULL);
+  CHECK(t != NULL);
+  mk_unref(t);
+  CHECK(mk_term_set_depth_limit(depth) == 0);
+  for (i = 0; i < sizeof deep - 1; i++) deep[i] = '[';
+  CHECK(mk_read(deep, sizeof deep - 1, NULL, NULL) == NULL);
+  CHECK(mk_read(NULL, 0, NULL, NULL) == NULL);
+  CHECK(mk_term_live() == base);
+}
+
 /* A long repr exercises the buffer's growth. */
 static void repr_long (void) {
   size_t base = mk_term_live(), len, i;
@@ -982,6 +1059,7 @@ int main (void) {
   RUN(mgu);
   RUN(repr);
   RUN(repr_long);
+  RUN(read_terms);
   RUN(random_unify);
   return CHECK_DONE();
 }

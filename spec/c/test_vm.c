@@ -2799,7 +2799,11 @@ static void link_script(mk_proc *p, const mk_event *ev, rec *r) {
   }
 }
 
-static void trace_to_log(void *ud, const char *line) { log_add(ud, line); }
+/* A trace line without its time ("2026-12-01T08:00:00.123Z "). */
+static void trace_to_log(void *ud, const char *line) {
+  CHECK(strlen(line) > 25 && line[10] == 'T' && line[23] == 'Z' && line[24] == ' ');
+  log_add(ud, line + 25);
+}
 
 /* A process linked to another ends when it does, whatever the reason,
 ** with a reason naming it; the link is not its own endpoint (it does not

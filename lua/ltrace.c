@@ -1,0 +1,238 @@
+/*
+** ltrace.c: market.trace and ground_vm's `trace` option: which lines the
+** trace of a program shows, in which format, and where they go (vm.h,
+** "Traces"; docs/inspect.md, "Traces").
+*/
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mkl.h"
+
+/* Where Lua sent the lines: one per Lua state, a userdata in the
+** registry under &destkey, closed by its __gc and by mkl_trace_end. */
+typedef struct tracedest {
+  FILE *file;               /* opened for file=, owned; or NULL */
+  mk_trace_fn saved;        /* the function trace(false) stopped, to go */
+  void *savedud;            /* back to on trace(true) */
+} tracedest;
+
+static const char destkey = 0;
+
+static void writeline(void *ud, const char *line) {
+  fprintf((FILE *)ud, "%s\n", line);
+}
+
+static int dest_gc(lua_State *L) {
+  tracedest *d = lua_touserdata(L, 1);
+  if (d->file) fclose(d->file);
+  d->file = NULL;
+  return 0;
+}
+
+static tracedest *getdest(lua_State *L) {
+  tracedest *d;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &destkey) == LUA_TUSERDATA) {
+    d = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return d;
+  }
+  lua_pop(L, 1);
+  d = lua_newuserdatauv(L, sizeof *d, 0);
+  memset(d, 0, sizeof *d);
+  lua_newtable(L);
+  lua_pushcfunction(L, dest_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &destkey);
+  return d;
+}
+
+void mkl_trace_end(lua_State *L) {
+  tracedest *d = getdest(L);
+  if (d->file) fclose(d->file);
+  memset(d, 0, sizeof *d);
+}
+
+/* The strings (a string or a list of them) of field `key` of the options
+** at index 1, into a userdata array pushed on the stack (the strings stay
+** Lua's: the options table holds them while the trace copies them). */
+static const char *const *strings(lua_State *L, const char *key, size_t *n) {
+  const char **a;
+  size_t i;
+  int t = lua_getfield(L, 1, key);
+  *n = 0;
+  if (t == LUA_TNIL) return NULL;
+  if (t == LUA_TSTRING) {
+    a = lua_newuserdatauv(L, sizeof *a, 0);
+    a[0] = lua_tostring(L, -2);
+    *n = 1;
+    return a;
+  }
+  if (t != LUA_TTABLE)
+    luaL_error(L, "market.trace: %s must be a string or a list of strings, got %s", key,
+               luaL_typename(L, -1));
+  *n = lua_rawlen(L, -1);
+  a = lua_newuserdatauv(L, (*n ? *n : 1) * sizeof *a, 0);
+  for (i = 0; i < *n; i++) {
+    if (lua_rawgeti(L, -2, (lua_Integer)i + 1) != LUA_TSTRING)
+      luaL_error(L, "market.trace: %s[%d] must be a string, got %s", key, (int)i + 1,
+                 luaL_typename(L, -1));
+    a[i] = lua_tostring(L, -1);     /* held by the list */
+    lua_pop(L, 1);
+  }
+  return a;
+}
+
+static unsigned kinds(lua_State *L) {
+  size_t n, i;
+  unsigned bits = 0;
+  const char *const *k = strings(L, "kind", &n);
+  for (i = 0; i < n; i++) {
+    int kind = mk_trace_kind(k[i]);
+    if (kind < 0)
+      luaL_error(L, "market.trace: no kind of line '%s' (spawn, quit, add, delete, send, "
+                 "feedback, at_meta_level, presence, absence, message, spawned, resume, "
+                 "meta, deleted)", k[i]);
+    bits |= 1u << kind;
+  }
+  return bits;
+}
+
+static const mk_pid *pids(lua_State *L, size_t *n) {
+  mk_pid *a;
+  size_t i;
+  int t = lua_getfield(L, 1, "pid"), list = t == LUA_TTABLE;
+  *n = 0;
+  if (t == LUA_TNIL) return NULL;
+  *n = list ? lua_rawlen(L, -1) : 1;
+  a = lua_newuserdatauv(L, (*n ? *n : 1) * sizeof *a, 0);
+  for (i = 0; i < *n; i++) {
+    int isint;
+    lua_Integer pid;
+    if (list) lua_rawgeti(L, -2, (lua_Integer)i + 1);
+    else lua_pushvalue(L, -2);
+    pid = lua_tointegerx(L, -1, &isint);
+    if (!isint || pid < 0)
+      luaL_error(L, "market.trace: pid must be a pid or a list of pids, got %s",
+                 luaL_typename(L, -1));
+    a[i] = (mk_pid)pid;
+    lua_pop(L, 1);
+  }
+  return a;
+}
+
+/* The trace of vm's tree (the whole program from a ground VM) as the
+** options at index 1 say: true or nil is every line, false stops it.
+** Returns the results of market.trace: true, or nil and why. */
+static int settrace(lua_State *L, mk_vm *vm) {
+  static const char *const fields[] = {"pid", "name", "vm", "kind", "topic", "format",
+                                       "file", NULL};
+  tracedest *d = getdest(L);
+  mk_trace_opts o;
+  const char *format, *path;
+  FILE *file = NULL, *old = NULL;
+  int rc;
+  luaL_checkstack(L, 32, "market.trace");    /* what the fields leave there */
+  memset(&o, 0, sizeof o);
+  if (lua_isboolean(L, 1) && !lua_toboolean(L, 1)) {    /* false: stop */
+    void *ud;
+    mk_trace_fn fn = mk_vm_trace_fn(vm, &ud);
+    if (fn) d->saved = fn, d->savedud = ud;
+    mk_vm_set_trace(vm, NULL, NULL);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (lua_istable(L, 1)) {
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+      const char *const *f = fields;
+      lua_pop(L, 1);
+      while (*f && !(lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), *f) == 0)) f++;
+      if (*f == NULL)
+        return luaL_error(L, "market.trace: no option %s (pid, name, vm, kind, topic, format, file)",
+                          luaL_tolstring(L, -1, NULL));
+    }
+    o.pids = pids(L, &o.npids);
+    o.names = strings(L, "name", &o.nnames);
+    o.vms = strings(L, "vm", &o.nvms);
+    o.kinds = kinds(L);
+    lua_getfield(L, 1, "format");
+    format = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : lua_isnil(L, -1) ? "text" : NULL;
+    if (format == NULL || (strcmp(format, "text") != 0 && strcmp(format, "json") != 0))
+      return luaL_error(L, "market.trace: format must be \"text\" or \"json\", got %s",
+                        luaL_tolstring(L, -1, NULL));
+    o.json = strcmp(format, "json") == 0;
+    lua_getfield(L, 1, "file");
+    path = lua_isnil(L, -1) ? NULL : lua_tostring(L, -1);
+    if (!lua_isnil(L, -1) && path == NULL)
+      return luaL_error(L, "market.trace: file must be a path, got %s", luaL_typename(L, -1));
+    if (lua_getfield(L, 1, "topic") != LUA_TNIL)
+      o.topic = mkl_checkterm(L, -1, "trace");    /* last: nothing raises after it */
+  } else if (!lua_isnoneornil(L, 1) && !lua_isboolean(L, 1)) {
+    return luaL_error(L, "market.trace: expected a table of options, true or false, got %s",
+                      luaL_typename(L, 1));
+  } else {
+    path = NULL;
+  }
+  if (path != NULL && (file = fopen(path, "w")) == NULL) {
+    mk_unref(o.topic);
+    lua_pushnil(L);
+    lua_pushfstring(L, "market.trace: cannot open '%s': %s", path, strerror(errno));
+    return 2;
+  }
+  rc = mk_vm_set_trace_opts(vm, &o);
+  mk_unref(o.topic);
+  if (rc != 0) {
+    if (file) fclose(file);
+    return luaL_error(L, "market.trace: out of memory");
+  }
+  if (file) {                           /* the new file, the old one closed */
+    setvbuf(file, NULL, _IOLBF, 0);
+    old = d->file;
+    d->file = file;
+    mk_vm_set_trace(vm, writeline, file);
+    if (old) fclose(old);
+  } else if (mk_vm_trace_fn(vm, NULL) == NULL) {   /* where it went, or stderr */
+    if (d->saved) mk_vm_set_trace(vm, d->saved, d->savedud);
+    else mk_vm_set_trace(vm, writeline, stderr);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* core.trace(opts): market.trace, for the program the running process
+** belongs to. */
+static int l_trace(lua_State *L) {
+  mk_proc *p = mkl_current(L);
+  mk_vm *vm;
+  if (p == NULL) return luaL_error(L, "market.trace: not inside a market process "
+                                   "(ground_vm takes a trace option)");
+  for (vm = mk_proc_vm(p); mk_vm_parent(vm) != NULL; vm = mk_vm_parent(vm)) {}
+  lua_settop(L, 1);
+  return settrace(L, vm);
+}
+
+/* mkl_trace's protected half: (vm, opts). */
+static int p_trace(lua_State *L) {
+  mk_vm *vm = lua_touserdata(L, 1);
+  lua_remove(L, 1);
+  return settrace(L, vm);
+}
+
+const char *mkl_trace(lua_State *L, mk_vm *vm, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_pushcfunction(L, p_trace);
+  lua_pushlightuserdata(L, vm);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 2, 2, 0) != LUA_OK) return lua_tostring(L, -1);
+  if (lua_isnil(L, -2)) return lua_tostring(L, -1);
+  lua_pop(L, 2);
+  return NULL;
+}
+
+void mkl_open_trace(lua_State *L) {
+  lua_pushcfunction(L, l_trace);
+  lua_setfield(L, -2, "trace");
+}

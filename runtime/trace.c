@@ -1,0 +1,453 @@
+/*
+** trace.c: what --trace shows (vm.h, "Traces"; docs/inspect.md).
+**
+** A VM traces when it holds a tracer whose function is set.  The tracer
+** is one immutable, counted snapshot shared by a VM and every VM nested
+** in it: a change makes a new one and installs it over the whole subtree
+** (VMs nested later take their parent's when they boot), so the VM's
+** own check stays one load and a compare while nothing is traced, and a
+** trace function that changes the trace never sees its tracer freed
+** under it.  A line is first judged by the filter, cheapest test first;
+** only one that passes is given a time and formatted.
+*/
+#include <fnmatch.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "vmint.h"
+
+static const char *const kindnames[MK_TK_COUNT] = {
+  "spawn", "quit", "add", "delete", "send", "feedback", "at_meta_level",
+  "presence", "absence", "message", "spawned", "resume", "meta", "deleted"
+};
+
+int mk_trace_kind(const char *name) {
+  int k;
+  for (k = 0; k < MK_TK_COUNT; k++)
+    if (name != NULL && strcmp(name, kindnames[k]) == 0) return k;
+  return -1;
+}
+
+const char *mk_trace_kind_name(int kind) {
+  return kind >= 0 && kind < MK_TK_COUNT ? kindnames[kind] : NULL;
+}
+
+/* ---- tracers ------------------------------------------------------------ */
+
+static void strs_free(char **s, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++) free(s[i]);
+  free(s);
+}
+
+static void tracer_unref(mk_tracer *t) {
+  if (t == NULL || --t->refs > 0) return;
+  free(t->pids);
+  strs_free(t->names, t->nnames);
+  strs_free(t->vms, t->nvms);
+  mk_unref(t->topic);
+  free(t);
+}
+
+/* Copies of n strings, or NULL (n 0, or out of memory: *ok = 0). */
+static char **strs_dup(const char *const *s, size_t n, int *ok) {
+  char **d;
+  size_t i;
+  if (n == 0) return NULL;
+  d = calloc(n, sizeof *d);
+  if (d == NULL) { *ok = 0; return NULL; }
+  for (i = 0; i < n; i++) {
+    size_t len = strlen(s[i]) + 1;
+    if ((d[i] = malloc(len)) == NULL) { *ok = 0; return strs_free(d, i), NULL; }
+    memcpy(d[i], s[i], len);
+  }
+  return d;
+}
+
+/* A tracer with fn, ud and the filter and format of `o` (NULL: all, as
+** text); NULL when out of memory. */
+static mk_tracer *tracer_new(mk_trace_fn fn, void *ud, const mk_trace_opts *o) {
+  mk_tracer *t = calloc(1, sizeof *t);
+  int ok = 1;
+  if (t == NULL) return NULL;
+  t->refs = 1;
+  t->fn = fn;
+  t->ud = ud;
+  if (o == NULL) return t;
+  t->kinds = o->kinds;
+  t->json = o->json != 0;
+  t->topic = mk_ref(o->topic);
+  if (o->npids > 0) {
+    t->pids = malloc(o->npids * sizeof *t->pids);
+    if (t->pids == NULL) ok = 0;
+    else memcpy(t->pids, o->pids, o->npids * sizeof *t->pids), t->npids = o->npids;
+  }
+  t->names = strs_dup(o->names, o->nnames, &ok);
+  t->nnames = t->names ? o->nnames : 0;
+  t->vms = strs_dup(o->vms, o->nvms, &ok);
+  t->nvms = t->vms ? o->nvms : 0;
+  if (!ok) { tracer_unref(t); return NULL; }
+  return t;
+}
+
+/* The options `t` was made with (borrowed from t). */
+static mk_trace_opts tracer_opts(const mk_tracer *t) {
+  mk_trace_opts o;
+  o.pids = t->pids;
+  o.npids = t->npids;
+  o.names = (const char *const *)t->names;
+  o.nnames = t->nnames;
+  o.vms = (const char *const *)t->vms;
+  o.nvms = t->nvms;
+  o.kinds = t->kinds;
+  o.topic = t->topic;
+  o.json = t->json;
+  return o;
+}
+
+/* Give vm and every VM nested in it (booted so far) the tracer t (NULL:
+** none). */
+static void install(mk_vm *vm, mk_tracer *t) {
+  size_t i;
+  if (t) t->refs++;
+  tracer_unref(vm->trace);
+  vm->trace = t;
+  for (i = 0; i < vm->ptabsize; i++) {
+    mk_proc *p;
+    for (p = vm->ptab[i]; p; p = p->hnext) {
+      mk_vm *child = p->b == &mk_nested_behavior ? p->data : NULL;
+      if (child != NULL && child->parent == vm) install(child, t);
+    }
+  }
+}
+
+void mkI_trace_inherit(mk_vm *vm, const mk_vm *parent) {
+  if (parent->trace) parent->trace->refs++;
+  tracer_unref(vm->trace);
+  vm->trace = parent->trace;
+}
+
+void mkI_trace_release(mk_vm *vm) {
+  tracer_unref(vm->trace);
+  vm->trace = NULL;
+}
+
+static int replace(mk_vm *vm, mk_trace_fn fn, void *ud, const mk_trace_opts *o) {
+  mk_tracer *t;
+  if (fn == NULL && o == NULL) t = NULL;      /* nothing left to keep */
+  else if ((t = tracer_new(fn, ud, o)) == NULL) return -1;
+  install(vm, t);
+  tracer_unref(t);
+  return 0;
+}
+
+void mk_vm_set_trace(mk_vm *vm, mk_trace_fn fn, void *ud) {
+  mk_trace_opts o;
+  if (vm->trace) o = tracer_opts(vm->trace);
+  if (replace(vm, fn, ud, vm->trace ? &o : NULL) != 0) {
+    fputs("market: out of memory\n", stderr);     /* vm.c's policy */
+    abort();
+  }
+}
+
+mk_trace_fn mk_vm_trace_fn(const mk_vm *vm, void **ud) {
+  if (ud != NULL) *ud = vm->trace ? vm->trace->ud : NULL;
+  return vm->trace ? vm->trace->fn : NULL;
+}
+
+int mk_vm_set_trace_opts(mk_vm *vm, const mk_trace_opts *o) {
+  mk_trace_opts all;
+  if (o != NULL && ((o->npids > 0 && o->pids == NULL) || (o->nnames > 0 && o->names == NULL) ||
+                    (o->nvms > 0 && o->vms == NULL) || (o->kinds >> MK_TK_COUNT) != 0))
+    return -1;
+  if (o == NULL) {
+    memset(&all, 0, sizeof all);
+    o = &all;
+  }
+  return replace(vm, vm->trace ? vm->trace->fn : NULL, vm->trace ? vm->trace->ud : NULL, o) ? -2 : 0;
+}
+
+/* ---- the filter --------------------------------------------------------- */
+
+static int globbed(char *const *globs, size_t n, const char *s) {
+  size_t i;
+  if (n == 0) return 1;
+  if (s == NULL) return 0;
+  for (i = 0; i < n; i++)
+    if (fnmatch(globs[i], s, 0) == 0) return 1;
+  return 0;
+}
+
+static int shown(const mk_tracer *t, const mk_proc *p, int kind, const mk_term *topic) {
+  size_t i;
+  if (t->kinds && !(t->kinds & (1u << kind))) return 0;
+  if (t->npids > 0) {
+    for (i = 0; i < t->npids && t->pids[i] != p->pid; i++) {}
+    if (i == t->npids) return 0;
+  }
+  if (!globbed(t->vms, t->nvms, p->vm->path)) return 0;
+  if (!globbed(t->names, t->nnames, mk_proc_name(p))) return 0;
+  return t->topic == NULL || (topic != NULL && mk_unifies(t->topic, topic));
+}
+
+/* ---- lines -------------------------------------------------------------- */
+
+/* A line being written: grows as needed; `oom` once an allocation failed
+** (the line is then dropped). */
+typedef struct Line {
+  char *p;
+  size_t n, cap;
+  int oom;
+} Line;
+
+static void add(Line *b, const char *s, size_t len) {
+  if (b->oom) return;
+  if (b->n + len + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    char *np;
+    while (cap < b->n + len + 1) cap *= 2;
+    if ((np = realloc(b->p, cap)) == NULL) { b->oom = 1; return; }
+    b->p = np;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->n, s, len);
+  b->n += len;
+  b->p[b->n] = '\0';
+}
+
+static void adds(Line *b, const char *s) { add(b, s, strlen(s)); }
+
+/* Text owned by the caller (malloc'd, may be NULL: out of memory). */
+static void addfree(Line *b, char *s) {
+  if (s == NULL) b->oom = 1; else adds(b, s);
+  free(s);
+}
+
+/* UTC to the millisecond, as market.log's lines have it. */
+static void addtime(Line *b) {
+  struct timespec ts;
+  struct tm tm;
+  char s[80];
+  clock_gettime(CLOCK_REALTIME, &ts);
+  gmtime_r(&ts.tv_sec, &tm);
+  snprintf(s, sizeof s, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+           (int)(ts.tv_nsec / 1000000));
+  adds(b, s);
+}
+
+/* The length of the UTF-8 sequence at s (n bytes left), or 0 if it is
+** not a valid one (overlong forms, surrogates, past U+10FFFF). */
+static size_t utf8len(const unsigned char *s, size_t n) {
+  size_t len, i;
+  unsigned long c;
+  if (s[0] < 0x80) return 1;
+  if (s[0] >= 0xc2 && s[0] <= 0xdf) len = 2, c = s[0] & 0x1f;
+  else if (s[0] >= 0xe0 && s[0] <= 0xef) len = 3, c = s[0] & 0x0f;
+  else if (s[0] >= 0xf0 && s[0] <= 0xf4) len = 4, c = s[0] & 0x07;
+  else return 0;
+  if (len > n) return 0;
+  for (i = 1; i < len; i++) {
+    if ((s[i] & 0xc0) != 0x80) return 0;
+    c = (c << 6) | (s[i] & 0x3f);
+  }
+  if ((len == 3 && (c < 0x800 || (c >= 0xd800 && c <= 0xdfff))) ||
+      (len == 4 && (c < 0x10000 || c > 0x10ffff)))
+    return 0;
+  return len;
+}
+
+/* A JSON string of s.  Bytes that are not UTF-8 become U+FFFD when `lax`;
+** otherwise returns 0 at the first one, having written part of it. */
+static int addjstr(Line *b, const char *s, size_t n, int lax) {
+  static const char hex[] = "0123456789abcdef";
+  size_t i = 0;
+  add(b, "\"", 1);
+  while (i < n) {
+    unsigned char c = (unsigned char)s[i];
+    size_t run = i, len;
+    while (run < n && (unsigned char)s[run] >= 0x20 && (unsigned char)s[run] < 0x7f &&
+           s[run] != '"' && s[run] != '\\')
+      run++;
+    if (run > i) { add(b, s + i, run - i); i = run; continue; }
+    if (c == '"' || c == '\\') { char e[2] = {'\\', (char)c}; add(b, e, 2); i++; continue; }
+    if (c == '\n') { add(b, "\\n", 2); i++; continue; }
+    if (c == '\t') { add(b, "\\t", 2); i++; continue; }
+    if (c == '\r') { add(b, "\\r", 2); i++; continue; }
+    if (c < 0x20 || c == 0x7f) {
+      char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+      add(b, e, 6);
+      i++;
+      continue;
+    }
+    if ((len = utf8len((const unsigned char *)s + i, n - i)) == 0) {
+      if (!lax) return 0;
+      add(b, "\\ufffd", 6);
+      len = 1;
+    } else {
+      add(b, s + i, len);
+    }
+    i += len;
+  }
+  add(b, "\"", 1);
+  return 1;
+}
+
+/* How much of a line one term's JSON form may take before it is shown
+** cut instead (docs/inspect.md). */
+#define JSON_SHOWN (4 * MK_REPR_SHOWN)
+
+/* The JSON form of t (docs/inspect.md, "JSON lines"), or 0 once the line
+** has passed `end` bytes (the caller then rewinds it).  Recurses once per
+** level, and writes at least a byte per level, so never more than
+** JSON_SHOWN levels deep. */
+static int addjterm(Line *b, const mk_term *t, size_t end) {
+  static const char hex[] = "0123456789abcdef";
+  char num[64];
+  uint32_t i;
+  if (b->n > end || b->oom) return 0;
+  switch (mk_kindof(t)) {
+    case MK_NIL: adds(b, "null"); break;
+    case MK_FALSE: adds(b, "false"); break;
+    case MK_TRUE: adds(b, "true"); break;
+    case MK_INT: snprintf(num, sizeof num, "%lld", (long long)t->v.i); adds(b, num); break;
+    case MK_FLOAT:
+      if (isfinite(t->v.f)) snprintf(num, sizeof num, "%.17g", t->v.f);
+      else snprintf(num, sizeof num, "{\"float\":\"%s\"}", isnan(t->v.f) ? "nan" : t->v.f > 0 ? "inf" : "-inf");
+      adds(b, num);
+      break;
+    case MK_STR: {
+      size_t mark = b->n;
+      if (b->n + t->n > end) return 0;
+      if (addjstr(b, mk_strdata(t), t->n, 0)) break;
+      b->n = mark;                 /* not UTF-8: the bytes in hex */
+      adds(b, "{\"bytes\":\"");
+      for (i = 0; i < t->n && b->n <= end; i++) {
+        unsigned char c = (unsigned char)mk_strdata(t)[i];
+        char h[2] = {hex[c >> 4], hex[c & 15]};
+        add(b, h, 2);
+      }
+      adds(b, "\"}");
+      break;
+    }
+    case MK_WILD: adds(b, "{\"wildcard\":true}"); break;
+    case MK_EOF: adds(b, "{\"eof\":true}"); break;
+    case MK_REC: case MK_SEQ:
+      if (t->kind == MK_REC) {
+        adds(b, "{\"record\":");
+        addjstr(b, t->v.rt->label, t->v.rt->labellen, 1);
+        adds(b, ",\"fields\":");
+      }
+      add(b, "[", 1);
+      for (i = 0; i < t->n; i++) {
+        if (i > 0) add(b, ",", 1);
+        if (!addjterm(b, mk_items(t)[i], end)) return 0;
+      }
+      add(b, "]", 1);
+      if (t->kind == MK_REC) add(b, "}", 1);
+      break;
+  }
+  return b->n <= end && !b->oom;
+}
+
+/* A term for a JSON line: its JSON form, or {"cut": its text cut short}
+** when that form would be long (a term the program did not bound). */
+static void addjson(Line *b, const mk_term *t) {
+  size_t mark = b->n;
+  char *s;
+  if (addjterm(b, t, mark + JSON_SHOWN) || b->oom) return;
+  b->n = mark;
+  adds(b, "{\"cut\":");
+  if ((s = mk_repr_max(t, MK_REPR_SHOWN, NULL)) == NULL) { b->oom = 1; return; }
+  addjstr(b, s, strlen(s), 1);
+  free(s);
+  adds(b, "}");
+}
+
+static void addkey(Line *b, const char *key) {
+  adds(b, ",\"");
+  adds(b, key);
+  adds(b, "\":");
+}
+
+static void addjname(Line *b, const char *key, const char *s) {
+  addkey(b, key);
+  if (s == NULL) adds(b, "null"); else addjstr(b, s, strlen(s), 1);
+}
+
+/* A message's lines carry the message, the others the reason. */
+static int carries_message(int kind) {
+  return kind == MK_TK_SEND || kind == MK_TK_FEEDBACK || kind == MK_TK_MESSAGE;
+}
+
+static void json_line(Line *b, const mk_proc *p, int kind, const char *ep,
+                      const mk_role *role, const mk_term *extra) {
+  char pid[32];
+  adds(b, "{\"time\":\"");
+  addtime(b);
+  adds(b, "\"");
+  addjname(b, "vm", p->vm->path);
+  snprintf(pid, sizeof pid, "%llu", (unsigned long long)p->pid);
+  addkey(b, "pid");
+  adds(b, pid);
+  addjname(b, "name", mk_proc_name(p));
+  addjname(b, "kind", kindnames[kind]);
+  if (kind == MK_TK_SPAWN) addjname(b, "behavior", p->b->kind ? p->b->kind : "?");
+  if (ep) addjname(b, "endpoint", ep);
+  if (role) {
+    addjname(b, "orientation", mk_orientation_name(role->orientation));
+    addjname(b, "interest", mk_interest_name(role->interest));
+    addkey(b, "topic");
+    addjson(b, role->topic);
+  }
+  if (extra) {
+    addkey(b, carries_message(kind) ? "message" : "reason");
+    addjson(b, extra);
+  }
+  adds(b, "}");
+}
+
+/* "TIME VM-path #pid name: kind [behaviour] [endpoint] [role topic] [term]" */
+static void text_line(Line *b, const mk_proc *p, int kind, const char *ep,
+                      const mk_role *role, const mk_term *extra) {
+  char pid[32];
+  addtime(b);
+  adds(b, " ");
+  adds(b, p->vm->path);
+  snprintf(pid, sizeof pid, " #%llu ", (unsigned long long)p->pid);
+  adds(b, pid);
+  adds(b, mk_proc_name(p) ? mk_proc_name(p) : "-");
+  adds(b, ": ");
+  adds(b, kindnames[kind]);
+  if (kind == MK_TK_SPAWN) { adds(b, " "); adds(b, p->b->kind ? p->b->kind : "?"); }
+  if (ep) { adds(b, " "); adds(b, ep); }
+  if (role) {
+    adds(b, " ");
+    adds(b, mk_orientation_name(role->orientation));
+    adds(b, "/");
+    adds(b, mk_interest_name(role->interest));
+    adds(b, " ");
+    addfree(b, mk_repr_max(role->topic, MK_REPR_SHOWN, NULL));
+  }
+  if (extra) { adds(b, " "); addfree(b, mk_repr_max(extra, MK_REPR_SHOWN, NULL)); }
+}
+
+void mkI_trace_proc(mk_proc *p, int kind, const char *ep, const mk_role *role,
+                    const mk_term *extra) {
+  mk_tracer *t = p->vm->trace;
+  Line b = {NULL, 0, 0, 0};
+  if (t == NULL || t->fn == NULL ||
+      !shown(t, p, kind, carries_message(kind) ? extra : role ? role->topic : NULL))
+    return;
+  if (t->json) json_line(&b, p, kind, ep, role, extra);
+  else text_line(&b, p, kind, ep, role, extra);
+  if (!b.oom) {
+    t->refs++;             /* the function may change the trace */
+    t->fn(t->ud, b.p);
+    tracer_unref(t);
+  }
+  free(b.p);
+}

@@ -1,0 +1,421 @@
+-- trace_spec.lua: traces you can aim (issue 11, item 3; docs/inspect.md,
+-- "Traces"): filters by pid, name, VM path, kind and topic, timestamps,
+-- JSON lines, --trace-file, and changes made at run time from Lua.
+package.path = "spec/support/?.lua;" .. package.path
+local H = require "helpers"
+local market = require "market"
+
+-- A strict JSON reader (RFC 8259), enough to check that each line is one
+-- JSON object: returns the value, or nil and where it went wrong.
+local function json(s)
+  local i = 1
+  local value
+  local function fail(why) error({ at = i, why = why }) end
+  local function blank() i = s:find("[^ \t\r\n]", i) or #s + 1 end
+  local function lit(word, v)
+    if s:sub(i, i + #word - 1) ~= word then fail("expected " .. word) end
+    i = i + #word
+    return v
+  end
+  local function str()
+    local out = {}
+    i = i + 1
+    while true do
+      local c = s:sub(i, i)
+      if c == "" then fail("unterminated string") end
+      if c == '"' then i = i + 1; return table.concat(out) end
+      if c:byte() < 0x20 then fail("a control byte in a string") end
+      if c == "\\" then
+        local e = s:sub(i + 1, i + 1)
+        local simple = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f",
+                         n = "\n", r = "\r", t = "\t" }
+        if simple[e] then out[#out + 1] = simple[e]; i = i + 2
+        elseif e == "u" and s:sub(i + 2, i + 5):match("^%x%x%x%x$") then
+          out[#out + 1] = utf8.char(tonumber(s:sub(i + 2, i + 5), 16))
+          i = i + 6
+        else fail("bad escape") end
+      else
+        out[#out + 1] = c
+        i = i + 1
+      end
+    end
+  end
+  function value()
+    blank()
+    local c = s:sub(i, i)
+    if c == "{" then
+      local t = {}
+      i = i + 1
+      blank()
+      if s:sub(i, i) == "}" then i = i + 1; return t end
+      while true do
+        blank()
+        if s:sub(i, i) ~= '"' then fail("expected a key") end
+        local k = str()
+        blank()
+        if s:sub(i, i) ~= ":" then fail("expected :") end
+        i = i + 1
+        t[k] = value()
+        blank()
+        c = s:sub(i, i)
+        i = i + 1
+        if c == "}" then return t end
+        if c ~= "," then fail("expected , or }") end
+      end
+    elseif c == "[" then
+      local t = { json_array = true }
+      i = i + 1
+      blank()
+      if s:sub(i, i) == "]" then i = i + 1; return t end
+      while true do
+        t[#t + 1] = value()
+        blank()
+        c = s:sub(i, i)
+        i = i + 1
+        if c == "]" then return t end
+        if c ~= "," then fail("expected , or ]") end
+      end
+    elseif c == '"' then return str()
+    elseif c == "t" then return lit("true", true)
+    elseif c == "f" then return lit("false", false)
+    elseif c == "n" then return lit("null", json)    -- json itself stands for null
+    else
+      local num = s:match("^-?%d+%.?%d*[eE]?[-+]?%d*", i)
+      if not num or num == "" or num == "-" then fail("expected a value") end
+      i = i + #num
+      return math.tointeger(tonumber(num)) or tonumber(num)
+    end
+  end
+  local ok, v = pcall(function()
+    local v = value()
+    blank()
+    if i <= #s then fail("text after the value") end
+    return v
+  end)
+  if ok then return v end
+  return nil, type(v) == "table" and (v.why .. " at byte " .. v.at) or tostring(v)
+end
+
+-- The program the specs trace: two sessions and a talker in the ground VM,
+-- and a nested VM "box" whose process "inner" subscribes one level up.
+local PROGRAM = [[
+  local market = require "market"
+  local chat, _ = market.record("chat", "who", "text"), market._
+  local function session(name)
+    market.perform(market.spawn(function()
+      return market.transition(0, market.subscriber(chat(_, _), { name = "in",
+        on_message = function(n) if n == 1 then return market.transition(n, market.quit()) end
+          return market.transition(n + 1) end }))
+    end, { name = name }))
+  end
+  session("sess-1")
+  session("sess-2")
+  market.perform(market.nested_vm(function()
+    return market.transition(0, market.at_meta_level(market.subscriber(chat("eve", _),
+      { name = "up", on_message = function() return market.transition(0, market.quit()) end })))
+  end, { name = "box" }))
+  market.pause(); market.pause(); market.pause()
+  market.perform(market.spawn(function()
+    return market.transition(0, market.publisher(chat(_, _), { name = "out" }),
+      market.send(chat("bob", "hi")), market.send(chat("eve", "tab\there \"q\"")),
+      market.quit())
+  end, { name = "talker" }))
+]]
+
+local TIME = "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ "
+
+-- Run PROGRAM with the options; the trace's lines (stderr, or the file
+-- the options name as @FILE), without their times, and the status.
+local function lines_of(text)
+  local lines = {}
+  for l in text:gmatch("[^\n]+") do lines[#lines + 1] = l end
+  return lines
+end
+
+local function trace(options)
+  local file = os.tmpname()
+  local status, out, err = H.run_script(PROGRAM, "--no-drivers " .. options:gsub("@FILE", file))
+  local text = options:find("@FILE", 1, true) and H.slurp(file) or err
+  os.remove(file)
+  return lines_of(text), status, err
+end
+
+local function untimed(lines)
+  local t = {}
+  for i, l in ipairs(lines) do
+    assert.truthy(l:match(TIME), l)
+    t[i] = l:gsub(TIME, "")
+  end
+  return t
+end
+
+-- The lines of `lines` that contain `s`.
+local function grep(lines, s)
+  local t = {}
+  for _, l in ipairs(lines) do if l:find(s, 1, true) then t[#t + 1] = l end end
+  return t
+end
+
+describe("--trace", function()
+  it("starts every line with the time, in UTC to the millisecond", function()
+    local lines, status, err = trace("--trace")
+    assert.equal(0, status, err)
+    assert.is_true(#lines > 20, err)
+    for _, l in ipairs(lines) do assert.matches(TIME .. "ground", l) end
+    -- A day and time near now.
+    local y, mo, d, h, mi = lines[1]:match("^(%d+)%-(%d+)%-(%d+)T(%d+):(%d+)")
+    local t = os.time({ year = y, month = mo, day = d, hour = h, min = mi, sec = 0 })
+    local now = os.time(os.date("!*t"))
+    assert.is_true(math.abs(now - t) < 600, lines[1])
+  end)
+
+  it("--trace-pid shows the lines about those pids, in every VM", function()
+    local lines = untimed(trace("--trace-pid 2"))
+    assert.is_true(#lines > 0)
+    for _, l in ipairs(lines) do assert.matches("^ground[/%d]* #2 ", l) end
+    assert.truthy(grep(lines, "ground #2 sess-1: message")[1], table.concat(lines, "\n"))
+    assert.same({}, grep(lines, "#1 "))
+    local two = untimed(trace("--trace-pid 2,5 --trace-pid 3"))
+    for _, l in ipairs(two) do assert.matches(" #[235] ", l) end
+    assert.truthy(grep(two, "#3 sess-2")[1])
+    assert.truthy(grep(two, "#5 talker")[1])
+  end)
+
+  it("--trace-name takes a glob", function()
+    local lines = untimed(trace("--trace-name 'sess-*'"))
+    assert.truthy(grep(lines, "sess-1: spawn lua")[1])
+    assert.truthy(grep(lines, "sess-2: spawn lua")[1])
+    for _, l in ipairs(lines) do assert.matches("^ground #%d sess%-[12]: ", l) end
+    local exact = untimed(trace("--trace-name talker --trace-name box"))
+    for _, l in ipairs(exact) do
+      local name = l:match("^%S+ #%d+ (%S+): ")
+      assert.is_true(name == "talker" or name == "box", l)
+    end
+    assert.truthy(grep(exact, "talker: send")[1])
+    assert.truthy(grep(exact, "ground #4 box: spawn nested-vm")[1])
+    assert.truthy(grep(exact, "ground/4 #1 box: spawn lua")[1])   -- its boot takes its name
+  end)
+
+  it("--trace-vm shows the lines of a nested VM", function()
+    local lines = untimed(trace("--trace-vm 'ground/*'"))
+    assert.is_true(#lines >= 3)
+    for _, l in ipairs(lines) do assert.matches("^ground/4 ", l) end
+    assert.truthy(grep(lines, "ground/4 #1 box: at_meta_level")[1], table.concat(lines, "\n"))
+    assert.truthy(grep(lines, 'ground/4 #1 box: message up subscriber/participant chat("eve", _)')[1])
+    local ground = untimed(trace("--trace-vm ground"))
+    assert.same({}, grep(ground, "ground/"))
+    assert.truthy(grep(ground, "ground #4 box: add 1/up")[1])
+  end)
+
+  it("--trace-kind shows the lines of those kinds", function()
+    local lines = untimed(trace("--trace-kind send,spawn"))
+    for _, l in ipairs(lines) do
+      local kind = l:match(": (%S+)")
+      assert.is_true(kind == "send" or kind == "spawn", l)
+    end
+    assert.equal(2, #grep(lines, ": send "))
+    assert.equal(6, #grep(lines, ": spawn "))    -- boot, 2 sessions, box, its boot, talker
+    assert.same({ 'ground #5 talker: send chat("bob", "hi")' },
+                untimed(trace("--trace-kind send --trace-topic 'chat(\"bob\", _)'")))
+  end)
+
+  it("--trace-topic unifies the pattern with each line's message, or else its topic", function()
+    local lines = untimed(trace("--trace-topic 'chat(\"eve\", _)'"))
+    local text = table.concat(lines, "\n")
+    -- Messages: only eve's; roles: those whose topic unifies with it.
+    assert.same({}, grep(lines, '"bob"'), text)
+    assert.equal(1, #grep(lines, 'talker: send chat("eve"'), text)
+    assert.truthy(grep(lines, 'sess-1: message in subscriber/participant chat(_, _) chat("eve"')[1], text)
+    assert.truthy(grep(lines, "sess-1: add in subscriber/participant chat(_, _)")[1], text)
+    assert.truthy(grep(lines, 'box: add 1/up subscriber/participant chat("eve", _)')[1], text)
+    assert.same({}, grep(lines, ": spawn "))         -- no message and no topic
+    assert.same({}, grep(lines, ": quit"))
+    local none = trace("--trace-topic 'other(_)'")
+    assert.same({}, none)
+  end)
+
+  it("combines filters: every one must match", function()
+    local lines = untimed(trace("--trace-name 'sess-*' --trace-kind message --trace-pid 3"))
+    assert.same({ 'ground #3 sess-2: message in subscriber/participant chat(_, _) chat("bob", "hi")',
+                  'ground #3 sess-2: message in subscriber/participant chat(_, _) chat("eve", "tab\\there \\"q\\"")' },
+                lines)
+  end)
+
+  it("--trace-file writes the lines there, and nothing to stderr", function()
+    local lines, status, err = trace("--trace-kind send --trace-file @FILE")
+    assert.equal(0, status, err)
+    assert.equal("", err)
+    assert.equal(2, #untimed(lines))
+    local _, status2, err2 = trace("--trace-file /nonexistent/dir/trace.log")
+    assert.equal(1, status2)
+    assert.matches("market: %-%-trace%-file: cannot open '/nonexistent/dir/trace.log'", err2)
+  end)
+
+  it("--trace-format json writes one JSON object a line, terms in their JSON form", function()
+    local lines = trace("--trace-format json")
+    assert.is_true(#lines > 20)
+    local seen = {}
+    for _, l in ipairs(lines) do
+      local o, why = json(l)
+      assert.truthy(o, (why or "") .. ": " .. l)
+      assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$", o.time)
+      assert.is_string(o.vm)
+      assert.is_number(o.pid)
+      seen[o.kind] = seen[o.kind] or o
+    end
+    local spawn = seen.spawn
+    assert.same({ "ground", 1, "lua" }, { spawn.vm, spawn.pid, spawn.behavior })
+    local add = seen.add
+    assert.same({ "in", "subscriber", "participant" }, { add.endpoint, add.orientation, add.interest })
+    assert.same({ record = "chat", fields = { json_array = true, { wildcard = true }, { wildcard = true } } },
+                add.topic)
+    local sends = {}
+    for _, l in ipairs(lines) do
+      local o = json(l)
+      if o.kind == "send" then sends[#sends + 1] = o.message end
+    end
+    assert.same({ record = "chat", fields = { json_array = true, "bob", "hi" } }, sends[1])
+    assert.same({ record = "chat", fields = { json_array = true, "eve", 'tab\there "q"' } }, sends[2])
+  end)
+
+  it("shows every kind of term in JSON, bytes that are not UTF-8 in hex", function()
+    local file = os.tmpname()
+    local status, _, err = H.run_script([[
+      local market = require "market"
+      market.perform(market.send({ 1, -2.5, true, false, market.EOF, market._, "é\0\31",
+        "\xff\x00a", 0 / 0, 1 / 0, {}, market.record("r", "a")("x") }))
+    ]], "--no-drivers --trace-kind send --trace-format json --trace-file " .. file)
+    local text = H.slurp(file)
+    os.remove(file)
+    assert.equal(0, status, err)
+    local o, why = json(text:gsub("\n$", ""))
+    assert.truthy(o, (why or "") .. ": " .. text)
+    assert.same({ json_array = true, 1, -2.5, true, false, { eof = true }, { wildcard = true },
+                  "é\0\31", { bytes = "ff0061" }, { float = "nan" }, { float = "inf" },
+                  { json_array = true }, { record = "r", fields = { json_array = true, "x" } } },
+                o.message)
+    assert.matches('"é\\u0000\\u001f"', text, 1, true)
+  end)
+
+  it("shows a huge term cut short in JSON, as {\"cut\": text}", function()
+    local file = os.tmpname()
+    local status, _, err = H.run_script([[
+      local market = require "market"
+      local t = {}
+      for i = 1, 5000 do t[i] = i end
+      market.perform(market.send(t))
+    ]], "--no-drivers --trace-kind send --trace-format json --trace-file " .. file)
+    local text = H.slurp(file)
+    os.remove(file)
+    assert.equal(0, status, err)
+    assert.is_true(#text < 1500, #text .. " bytes")
+    local o = assert(json(text:gsub("\n$", "")))
+    assert.matches("^%[1, 2, 3, .*%.%.%.$", o.message.cut)
+  end)
+
+  it("refuses bad filters with a usage error (status 2)", function()
+    local cases = {
+      { "--trace-kind mesage", "%-%-trace%-kind: 'mesage' is not a kind of trace line" },
+      { "--trace-kind send,", "%-%-trace%-kind: '' is not a kind of trace line" },
+      { "--trace-pid 2,x", "%-%-trace%-pid: 'x' is not a pid" },
+      { "--trace-pid -1", "%-%-trace%-pid: '%-1' is not a pid" },
+      { "--trace-topic 'chat(_,'", "%-%-trace%-topic: expected a term, at byte 7 of 'chat%(_,'" },
+      { "--trace-topic '\"open'", "%-%-trace%-topic: unterminated string" },
+      { "--trace-topic '1 2'", "%-%-trace%-topic: more text after the term, at byte 2" },
+      { "--trace-topic 'nul'", "%-%-trace%-topic: not a term %(nil, true" },
+      { "--trace-topic 'x(_)' --trace-topic 'y(_)'", "%-%-trace%-topic given twice" },
+      { "--trace-format xml", "%-%-trace%-format: 'xml' is neither text nor json" },
+      { "--trace-name", "%-%-trace%-name needs an argument" },   -- the last argument
+    }
+    for _, c in ipairs(cases) do
+      local status, out, err = H.run(c[1] .. (c[1] == "--trace-name" and "" or " /dev/null"))
+      assert.equal(2, status, c[1] .. ": " .. err)
+      assert.equal("", out)
+      assert.matches("^market: " .. c[2], err)
+    end
+  end)
+end)
+
+describe("market.trace", function()
+  it("changes the filter, the format and the file at run time, in nested VMs too", function()
+    local a, b = os.tmpname(), os.tmpname()
+    local status, out, err = H.run_script(([[
+      local market = require "market"
+      market.perform(market.nested_vm(function()
+        return market.transition(0, market.at_meta_level(market.subscriber("inner", { name = "x",
+          on_message = function(_, m) return market.transition(0, market.quit()) end })))
+      end, { name = "box" }))
+      market.pause()
+      market.perform(market.send("before"))          -- not traced: nothing asked yet
+      print(market.trace { kind = "message", file = %q })
+      market.perform(market.send("inner"))           -- told to the box, and inside it
+      market.pause(); market.pause(); market.pause()
+      print(market.trace { kind = { "send" }, name = "t*", format = "json", file = %q })
+      market.perform(market.send("mine"))            -- the boot's name: the script's path
+      market.perform(market.spawn(function() return market.transition(0, market.send("t1")) end,
+                                  { name = "t1" }))
+      market.pause()
+      print(market.trace(false))
+      market.perform(market.spawn(function() return market.transition(0, market.send("t2")) end,
+                                  { name = "t2" }))
+      market.pause()
+      print(market.trace { pid = 1, kind = "send" })  -- back to the last place it wrote
+      market.perform(market.send("again"))
+      print(market.trace { file = "/nonexistent/dir/x" })
+    ]]):format(a, b))
+    local ta, tb = H.slurp(a), H.slurp(b)
+    os.remove(a)
+    os.remove(b)
+    assert.equal(0, status, err)
+    assert.equal("true\ntrue\ntrue\ntrue\nnil\tmarket.trace: cannot open '/nonexistent/dir/x': "
+                 .. "No such file or directory\n", out)
+    assert.equal("", err)
+    assert.same({ 'ground #2 box: message 1/x subscriber/participant "inner" "inner"',
+                  'ground/2 #1 box: message x subscriber/participant "inner" "inner"' },
+                untimed(lines_of(ta)))
+    local lb = lines_of(tb)
+    assert.equal(2, #lb, tb)
+    local t1 = assert(json(lb[1]))
+    assert.same({ "t1", "send", "t1" }, { t1.name, t1.kind, t1.message })
+    assert.matches(TIME .. 'ground #1 %S+: send "again"$', lb[2])
+  end)
+
+  it("is ground_vm's trace option, in plain Lua", function()
+    local path = os.tmpname()
+    local ok, e = market.ground_vm(function()
+      market.perform(market.send({ "seen", 1 }))
+      market.perform(market.send({ "unseen", 2 }))
+    end, { trace = { kind = "send", topic = { "seen", market._ }, file = path } })
+    local text = H.slurp(path)
+    os.remove(path)
+    assert.equal(true, ok, e)
+    assert.matches(TIME .. 'ground #1 boot: send %["seen", 1%]\n$', text)
+    assert.has_error(function() market.ground_vm(function() end, { trace = { kind = "x" } }) end,
+                     "market.ground_vm: market.trace: no kind of line 'x' (spawn, quit, add, "
+                     .. "delete, send, feedback, at_meta_level, presence, absence, message, spawned, "
+                     .. "resume, meta, deleted)")
+  end)
+
+  it("refuses what is not an option, and is for processes only", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      for _, bad in ipairs { { kinds = "send" }, { pid = "x" }, { pid = -1 }, { name = 3 },
+                             { name = { "a", 2 } }, { format = "xml" }, { format = 1 }, { file = {} }, 42 } do
+        print((select(2, pcall(market.trace, bad))))
+      end
+    ]])
+    assert.equal(0, status, err)
+    assert.equal(table.concat({
+      "market.trace: no option kinds (pid, name, vm, kind, topic, format, file)",
+      "market.trace: pid must be a pid or a list of pids, got string",
+      "market.trace: pid must be a pid or a list of pids, got number",
+      "market.trace: name must be a string or a list of strings, got number",
+      "market.trace: name[2] must be a string, got number",
+      "market.trace: format must be \"text\" or \"json\", got xml",
+      "market.trace: format must be \"text\" or \"json\", got 1",
+      "market.trace: file must be a path, got table",
+      "market.trace: expected a table of options, true or false, got number", "" }, "\n"), out)
+    assert.has_error(function() market.trace(true) end,
+                     "market.trace: not inside a market process (ground_vm takes a trace option)")
+  end)
+end)
