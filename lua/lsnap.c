@@ -167,67 +167,73 @@ static int jbuf_gc(lua_State *L) {
   return 0;
 }
 
-static int utf8_valid(const unsigned char *s, size_t n) {
-  size_t i = 0;
-  while (i < n) {
-    unsigned c = s[i], len, k;
-    unsigned long cp;
-    if (c < 0x80) { i++; continue; }
-    if (c >= 0xC2 && c <= 0xDF) { len = 2; cp = c & 0x1F; }
-    else if (c >= 0xE0 && c <= 0xEF) { len = 3; cp = c & 0x0F; }
-    else if (c >= 0xF0 && c <= 0xF4) { len = 4; cp = c & 0x07; }
-    else return 0;
-    if (i + len > n) return 0;
-    for (k = 1; k < len; k++) {
-      if ((s[i + k] & 0xC0) != 0x80) return 0;
-      cp = cp << 6 | (s[i + k] & 0x3F);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-      return 0;
-    i += len;
+/* The length of the UTF-8 sequence at s (n bytes left), or 0 when it is
+** not one (overlong, a surrogate, past U+10FFFF, cut short). */
+static size_t utf8len(const unsigned char *s, size_t n) {
+  unsigned c = s[0];
+  size_t len, k;
+  unsigned long cp;
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) { len = 2; cp = c & 0x1F; }
+  else if (c >= 0xE0 && c <= 0xEF) { len = 3; cp = c & 0x0F; }
+  else if (c >= 0xF0 && c <= 0xF4) { len = 4; cp = c & 0x07; }
+  else return 0;
+  if (len > n) return 0;
+  for (k = 1; k < len; k++) {
+    if ((s[k] & 0xC0) != 0x80) return 0;
+    cp = cp << 6 | (s[k] & 0x3F);
   }
+  if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+      (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+    return 0;
+  return len;
+}
+
+/* A JSON string: ", \ and control characters escaped, as a trace's JSON
+** lines write them (runtime/trace.c).  Bytes that are not UTF-8 become
+** U+FFFD when `lax`; otherwise returns 0 at the first one, having
+** written part of it. */
+static int addjstr(lua_State *L, jbuf *b, const char *str, size_t n, int lax) {
+  const unsigned char *s = (const unsigned char *)str;
+  size_t i = 0, len;
+  char esc[8];
+  jchar(L, b, '"');
+  while (i < n) {
+    unsigned c = s[i];
+    switch (c) {
+      case '"': jlit(L, b, "\\\""); i++; continue;
+      case '\\': jlit(L, b, "\\\\"); i++; continue;
+      case '\n': jlit(L, b, "\\n"); i++; continue;
+      case '\r': jlit(L, b, "\\r"); i++; continue;
+      case '\t': jlit(L, b, "\\t"); i++; continue;
+      default: break;
+    }
+    if (c < 0x20 || c == 0x7F) {
+      snprintf(esc, sizeof esc, "\\u%04x", c);
+      jstr(L, b, esc);
+      i++;
+    } else if ((len = utf8len(s + i, n - i)) == 0) {
+      if (!lax) return 0;
+      jlit(L, b, "\\ufffd");
+      i++;
+    } else {
+      jadd(L, b, str + i, len);
+      i += len;
+    }
+  }
+  jchar(L, b, '"');
   return 1;
 }
 
-/* A JSON string: ", \ and control characters escaped; bytes of a string
-** that is not UTF-8 taken as Latin-1 (each byte >= 0x80 as \u00XX). */
-static void addjstr(lua_State *L, jbuf *b, const char *str, size_t n) {
-  const unsigned char *s = (const unsigned char *)str;
-  int latin1 = !utf8_valid(s, n);
-  size_t i;
-  char esc[8];
-  jchar(L, b, '"');
-  for (i = 0; i < n; i++) {
-    unsigned c = s[i];
-    switch (c) {
-      case '"': jstr(L, b, "\\\""); break;
-      case '\\': jlit(L, b, "\\\\"); break;
-      case '\n': jlit(L, b, "\\n"); break;
-      case '\r': jlit(L, b, "\\r"); break;
-      case '\t': jlit(L, b, "\\t"); break;
-      default:
-        if (c < 0x20 || c == 0x7F || (c >= 0x80 && latin1)) {
-          snprintf(esc, sizeof esc, "\\u%04x", c);
-          jstr(L, b, esc);
-        } else {
-          jchar(L, b, (char)c);
-        }
-    }
-  }
-  jchar(L, b, '"');
-}
-
+/* Floats as a trace's JSON lines write them. */
 static void addfloat(lua_State *L, jbuf *b, double f) {
   char num[40];
-  if (isnan(f)) { jstr(L, b, "{\"float\":\"nan\"}"); return; }
-  if (isinf(f)) {
-    jstr(L, b, f > 0 ? "{\"float\":\"inf\"}" : "{\"float\":\"-inf\"}");
-    return;
+  if (isnan(f)) jlit(L, b, "{\"float\":\"nan\"}");
+  else if (isinf(f)) jstr(L, b, f > 0 ? "{\"float\":\"inf\"}" : "{\"float\":\"-inf\"}");
+  else {
+    snprintf(num, sizeof num, "%.17g", f);
+    jstr(L, b, num);
   }
-  snprintf(num, sizeof num, "%.17g", f);
-  if (strspn(num, "-0123456789") == strlen(num)) strcat(num, ".0");
-  jstr(L, b, num);
 }
 
 static void addint(lua_State *L, jbuf *b, long long i) {
@@ -245,12 +251,26 @@ static void addterm(lua_State *L, jbuf *b, const mk_term *t) {
     case MK_TRUE: jlit(L, b, "true"); break;
     case MK_INT: addint(L, b, (long long)t->v.i); break;
     case MK_FLOAT: addfloat(L, b, t->v.f); break;
-    case MK_STR: addjstr(L, b, mk_tostring(t, NULL), t->n); break;
+    case MK_STR: {
+      static const char hex[] = "0123456789abcdef";
+      const char *bytes = mk_tostring(t, NULL);
+      size_t mark = b->n;
+      if (addjstr(L, b, bytes, t->n, 0)) break;
+      b->n = mark;                   /* not UTF-8: its bytes in hex */
+      jlit(L, b, "{\"bytes\":\"");
+      for (i = 0; i < t->n; i++) {
+        unsigned char c = (unsigned char)bytes[i];
+        char h[2] = {hex[c >> 4], hex[c & 15]};
+        jadd(L, b, h, 2);
+      }
+      jlit(L, b, "\"}");
+      break;
+    }
     case MK_WILD: jstr(L, b, "{\"wildcard\":true}"); break;
     case MK_EOF: jstr(L, b, "{\"eof\":true}"); break;
     case MK_REC:
       jstr(L, b, "{\"record\":");
-      addjstr(L, b, t->v.rt->label, t->v.rt->labellen);
+      addjstr(L, b, t->v.rt->label, t->v.rt->labellen, 1);
       jstr(L, b, ",\"fields\":[");
       for (i = 0; i < t->n; i++) {
         if (i) jchar(L, b, ',');
@@ -309,7 +329,7 @@ static void addtable(lua_State *L, jbuf *b, int idx, int depth) {
   jchar(L, b, '{');
   for (i = 0; i < count; i++) {
     if (i) jchar(L, b, ',');
-    addjstr(L, b, keys[i], strlen(keys[i]));
+    addjstr(L, b, keys[i], strlen(keys[i]), 1);
     jchar(L, b, ':');
     lua_getfield(L, idx, keys[i]);
     addvalue(L, b, lua_gettop(L), depth + 1);
@@ -332,7 +352,7 @@ static void addvalue(lua_State *L, jbuf *b, int idx, int depth) {
       break;
     case LUA_TSTRING:
       s = lua_tolstring(L, idx, &n);
-      addjstr(L, b, s, n);
+      addjstr(L, b, s, n, 1);
       break;
     case LUA_TTABLE: addtable(L, b, idx, depth); break;
     default:

@@ -234,10 +234,12 @@ describe("market.snapshot_json", function()
     local v = t("a\"\\\n\1é", 1.5, 3, true, market._, { 1, "x" }, "\255")
     local j = market.snapshot_json({ v = v, n = 0.0 / 0.0, i = 1 / 0 })
     assert.equal('{"i":{"float":"inf"},"n":{"float":"nan"},"v":{"record":"r\\"q","fields":'
-      .. '["a\\"\\\\\\n\\u0001é",1.5,3,true,{"wildcard":true},[1,"x"],"\\u00ff"]}}', j)
+      .. '["a\\"\\\\\\n\\u0001é",1.5,3,true,{"wildcard":true},[1,"x"],{"bytes":"ff"}]}}', j)
     local d = decode(j)
     assert.equal("a\"\\\n\1é", d.v.fields[1])
-    assert.equal("\u{ff}", d.v.fields[7])                 -- a non-UTF-8 byte, as Latin-1
+    assert.same({ bytes = "ff" }, d.v.fields[7])          -- a term's bytes that are not UTF-8
+    -- the snapshot's own strings (names) that are not UTF-8: U+FFFD
+    assert.equal('{"name":"a\\ufffd"}', market.snapshot_json({ name = "a\255" }))
   end)
 
   it("refuses what JSON cannot hold", function()
