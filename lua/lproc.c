@@ -115,8 +115,9 @@ typedef struct lproc {
                          ** peerhandler), which has not returned yet: what
                          ** it returns is applied (handle); 0 otherwise */
   uint8_t running;       /* in lua_resume */
-  uint32_t activations;  /* events handled (snapshots: mk_vm_snapshot), in
-                         ** the 4 bytes of padding before `wait` */
+  uint32_t activations;  /* events handled (snapshots: mk_vm_snapshot; it
+                         ** wraps at 2^32), in the 4 bytes of padding
+                         ** before `wait`: the record keeps its size */
   lwait *wait;           /* owned, NULL until the first timed wait; in the
                          ** 48-byte malloc chunk the record took without it */
 } lproc;
@@ -1116,12 +1117,13 @@ static void destroy(mk_proc *p) {
   free(lp);
 }
 
-/* Lua processes hear of their own deleted endpoints as in Marketplace
-** (market.lua keeps the deleted handlers until MK_EV_DELETED). */
+/* For snapshots (mk_behavior.activations). */
 static uint64_t activations(const mk_proc *p) {
   return ((const lproc *)mk_proc_data(p))->activations;
 }
 
+/* Lua processes hear of their own deleted endpoints as in Marketplace
+** (market.lua keeps the deleted handlers until MK_EV_DELETED). */
 static const mk_behavior lua_behavior = { "lua", handle, NULL, destroy, declines,
                                           MK_BF_TELL_DELETED, activations };
 

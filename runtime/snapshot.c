@@ -88,9 +88,11 @@ static int on_match(mk_ilink *link, void *ud) {
   const mk_endpoint *q = (const mk_endpoint *)link, *e = c->pub->e;
   epref key, *r;
   mk_snap_conv *cv;
-  /* A pair is a conversation when presence was told to either side. */
-  if (q->role.interest != MK_PARTICIPANT && e->role.interest != MK_PARTICIPANT &&
-      !(q->role.interest == MK_EVERYTHING || e->role.interest == MK_EVERYTHING))
+  /* A pair is a conversation when presence was told to either side: one
+  ** sees the other when that one is a participant, or it sees everything
+  ** (vm.c, visible). */
+  if (!(q->role.interest == MK_PARTICIPANT || e->role.interest == MK_EVERYTHING) &&
+      !(e->role.interest == MK_PARTICIPANT || q->role.interest == MK_EVERYTHING))
     return 0;
   key.e = q;
   r = bsearch(&key, c->refs, c->nrefs, sizeof key, by_address);
