@@ -11,12 +11,12 @@
 ** only one that passes is given a time and formatted.
 */
 #include <fnmatch.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "json.h"
 #include "vmint.h"
 
 static const char *const kindnames[MK_TK_COUNT] = {
@@ -195,39 +195,17 @@ static int shown(const mk_tracer *t, const mk_proc *p, int kind, const mk_term *
 
 /* ---- lines -------------------------------------------------------------- */
 
-/* A line being written: grows as needed; `oom` once an allocation failed
-** (the line is then dropped). */
-typedef struct Line {
-  char *p;
-  size_t n, cap;
-  int oom;
-} Line;
-
-static void add(Line *b, const char *s, size_t len) {
-  if (b->oom) return;
-  if (b->n + len + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    char *np;
-    while (cap < b->n + len + 1) cap *= 2;
-    if ((np = realloc(b->p, cap)) == NULL) { b->oom = 1; return; }
-    b->p = np;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->n, s, len);
-  b->n += len;
-  b->p[b->n] = '\0';
-}
-
-static void adds(Line *b, const char *s) { add(b, s, strlen(s)); }
+/* A line is written into an mk_jbuf (json.h): it grows as needed, and is
+** dropped once an allocation failed (`oom`). */
 
 /* Text owned by the caller (malloc'd, may be NULL: out of memory). */
-static void addfree(Line *b, char *s) {
-  if (s == NULL) b->oom = 1; else adds(b, s);
+static void addfree(mk_jbuf *b, char *s) {
+  if (s == NULL) b->oom = 1; else mk_jbuf_adds(b, s);
   free(s);
 }
 
 /* UTC to the millisecond, as market.log's lines have it. */
-static void addtime(Line *b) {
+static void addtime(mk_jbuf *b) {
   struct timespec ts;
   struct tm tm;
   char s[80];
@@ -236,146 +214,36 @@ static void addtime(Line *b) {
   snprintf(s, sizeof s, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
            tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
            (int)(ts.tv_nsec / 1000000));
-  adds(b, s);
-}
-
-/* The length of the UTF-8 sequence at s (n bytes left), or 0 if it is
-** not a valid one (overlong forms, surrogates, past U+10FFFF). */
-static size_t utf8len(const unsigned char *s, size_t n) {
-  size_t len, i;
-  unsigned long c;
-  if (s[0] < 0x80) return 1;
-  if (s[0] >= 0xc2 && s[0] <= 0xdf) len = 2, c = s[0] & 0x1f;
-  else if (s[0] >= 0xe0 && s[0] <= 0xef) len = 3, c = s[0] & 0x0f;
-  else if (s[0] >= 0xf0 && s[0] <= 0xf4) len = 4, c = s[0] & 0x07;
-  else return 0;
-  if (len > n) return 0;
-  for (i = 1; i < len; i++) {
-    if ((s[i] & 0xc0) != 0x80) return 0;
-    c = (c << 6) | (s[i] & 0x3f);
-  }
-  if ((len == 3 && (c < 0x800 || (c >= 0xd800 && c <= 0xdfff))) ||
-      (len == 4 && (c < 0x10000 || c > 0x10ffff)))
-    return 0;
-  return len;
-}
-
-/* A JSON string of s.  Bytes that are not UTF-8 become U+FFFD when `lax`;
-** otherwise returns 0 at the first one, having written part of it. */
-static int addjstr(Line *b, const char *s, size_t n, int lax) {
-  static const char hex[] = "0123456789abcdef";
-  size_t i = 0;
-  add(b, "\"", 1);
-  while (i < n) {
-    unsigned char c = (unsigned char)s[i];
-    size_t run = i, len;
-    while (run < n && (unsigned char)s[run] >= 0x20 && (unsigned char)s[run] < 0x7f &&
-           s[run] != '"' && s[run] != '\\')
-      run++;
-    if (run > i) { add(b, s + i, run - i); i = run; continue; }
-    if (c == '"' || c == '\\') { char e[2] = {'\\', (char)c}; add(b, e, 2); i++; continue; }
-    if (c == '\n') { add(b, "\\n", 2); i++; continue; }
-    if (c == '\t') { add(b, "\\t", 2); i++; continue; }
-    if (c == '\r') { add(b, "\\r", 2); i++; continue; }
-    if (c < 0x20 || c == 0x7f) {
-      char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-      add(b, e, 6);
-      i++;
-      continue;
-    }
-    if ((len = utf8len((const unsigned char *)s + i, n - i)) == 0) {
-      if (!lax) return 0;
-      add(b, "\\ufffd", 6);
-      len = 1;
-    } else {
-      add(b, s + i, len);
-    }
-    i += len;
-  }
-  add(b, "\"", 1);
-  return 1;
+  mk_jbuf_adds(b, s);
 }
 
 /* How much of a line one term's JSON form may take before it is shown
 ** cut instead (docs/inspect.md). */
 #define JSON_SHOWN (4 * MK_REPR_SHOWN)
 
-/* The JSON form of t (docs/inspect.md, "JSON lines"), or 0 once the line
-** has passed `end` bytes (the caller then rewinds it).  Recurses once per
-** level, and writes at least a byte per level, so never more than
-** JSON_SHOWN levels deep. */
-static int addjterm(Line *b, const mk_term *t, size_t end) {
-  static const char hex[] = "0123456789abcdef";
-  char num[64];
-  uint32_t i;
-  if (b->n > end || b->oom) return 0;
-  switch (mk_kindof(t)) {
-    case MK_NIL: adds(b, "null"); break;
-    case MK_FALSE: adds(b, "false"); break;
-    case MK_TRUE: adds(b, "true"); break;
-    case MK_INT: snprintf(num, sizeof num, "%lld", (long long)t->v.i); adds(b, num); break;
-    case MK_FLOAT:
-      if (isfinite(t->v.f)) snprintf(num, sizeof num, "%.17g", t->v.f);
-      else snprintf(num, sizeof num, "{\"float\":\"%s\"}", isnan(t->v.f) ? "nan" : t->v.f > 0 ? "inf" : "-inf");
-      adds(b, num);
-      break;
-    case MK_STR: {
-      size_t mark = b->n;
-      if (b->n + t->n > end) return 0;
-      if (addjstr(b, mk_strdata(t), t->n, 0)) break;
-      b->n = mark;                 /* not UTF-8: the bytes in hex */
-      adds(b, "{\"bytes\":\"");
-      for (i = 0; i < t->n && b->n <= end; i++) {
-        unsigned char c = (unsigned char)mk_strdata(t)[i];
-        char h[2] = {hex[c >> 4], hex[c & 15]};
-        add(b, h, 2);
-      }
-      adds(b, "\"}");
-      break;
-    }
-    case MK_WILD: adds(b, "{\"wildcard\":true}"); break;
-    case MK_EOF: adds(b, "{\"eof\":true}"); break;
-    case MK_REC: case MK_SEQ:
-      if (t->kind == MK_REC) {
-        adds(b, "{\"record\":");
-        addjstr(b, t->v.rt->label, t->v.rt->labellen, 1);
-        adds(b, ",\"fields\":");
-      }
-      add(b, "[", 1);
-      for (i = 0; i < t->n; i++) {
-        if (i > 0) add(b, ",", 1);
-        if (!addjterm(b, mk_items(t)[i], end)) return 0;
-      }
-      add(b, "]", 1);
-      if (t->kind == MK_REC) add(b, "}", 1);
-      break;
-  }
-  return b->n <= end && !b->oom;
-}
-
 /* A term for a JSON line: its JSON form, or {"cut": its text cut short}
 ** when that form would be long (a term the program did not bound). */
-static void addjson(Line *b, const mk_term *t) {
+static void addjson(mk_jbuf *b, const mk_term *t) {
   size_t mark = b->n;
   char *s;
-  if (addjterm(b, t, mark + JSON_SHOWN) || b->oom) return;
+  if (mk_json_term(b, t, mark + JSON_SHOWN) || b->oom) return;
   b->n = mark;
-  adds(b, "{\"cut\":");
+  mk_jbuf_adds(b, "{\"cut\":");
   if ((s = mk_repr_max(t, MK_REPR_SHOWN, NULL)) == NULL) { b->oom = 1; return; }
-  addjstr(b, s, strlen(s), 1);
+  mk_json_str(b, s, strlen(s), 1);
   free(s);
-  adds(b, "}");
+  mk_jbuf_adds(b, "}");
 }
 
-static void addkey(Line *b, const char *key) {
-  adds(b, ",\"");
-  adds(b, key);
-  adds(b, "\":");
+static void addkey(mk_jbuf *b, const char *key) {
+  mk_jbuf_adds(b, ",\"");
+  mk_jbuf_adds(b, key);
+  mk_jbuf_adds(b, "\":");
 }
 
-static void addjname(Line *b, const char *key, const char *s) {
+static void addjname(mk_jbuf *b, const char *key, const char *s) {
   addkey(b, key);
-  if (s == NULL) adds(b, "null"); else addjstr(b, s, strlen(s), 1);
+  if (s == NULL) mk_jbuf_adds(b, "null"); else mk_json_str(b, s, strlen(s), 1);
 }
 
 /* A message's lines carry the message, the others the reason. */
@@ -383,16 +251,16 @@ static int carries_message(int kind) {
   return kind == MK_TK_SEND || kind == MK_TK_FEEDBACK || kind == MK_TK_MESSAGE;
 }
 
-static void json_line(Line *b, const mk_proc *p, int kind, const char *ep,
+static void json_line(mk_jbuf *b, const mk_proc *p, int kind, const char *ep,
                       const mk_role *role, const mk_term *extra) {
   char pid[32];
-  adds(b, "{\"time\":\"");
+  mk_jbuf_adds(b, "{\"time\":\"");
   addtime(b);
-  adds(b, "\"");
+  mk_jbuf_adds(b, "\"");
   addjname(b, "vm", p->vm->path);
   snprintf(pid, sizeof pid, "%llu", (unsigned long long)p->pid);
   addkey(b, "pid");
-  adds(b, pid);
+  mk_jbuf_adds(b, pid);
   addjname(b, "name", mk_proc_name(p));
   addjname(b, "kind", kindnames[kind]);
   if (kind == MK_TK_SPAWN) addjname(b, "behavior", p->b->kind ? p->b->kind : "?");
@@ -407,38 +275,38 @@ static void json_line(Line *b, const mk_proc *p, int kind, const char *ep,
     addkey(b, carries_message(kind) ? "message" : "reason");
     addjson(b, extra);
   }
-  adds(b, "}");
+  mk_jbuf_adds(b, "}");
 }
 
 /* "TIME VM-path #pid name: kind [behaviour] [endpoint] [role topic] [term]" */
-static void text_line(Line *b, const mk_proc *p, int kind, const char *ep,
+static void text_line(mk_jbuf *b, const mk_proc *p, int kind, const char *ep,
                       const mk_role *role, const mk_term *extra) {
   char pid[32];
   addtime(b);
-  adds(b, " ");
-  adds(b, p->vm->path);
+  mk_jbuf_adds(b, " ");
+  mk_jbuf_adds(b, p->vm->path);
   snprintf(pid, sizeof pid, " #%llu ", (unsigned long long)p->pid);
-  adds(b, pid);
-  adds(b, mk_proc_name(p) ? mk_proc_name(p) : "-");
-  adds(b, ": ");
-  adds(b, kindnames[kind]);
-  if (kind == MK_TK_SPAWN) { adds(b, " "); adds(b, p->b->kind ? p->b->kind : "?"); }
-  if (ep) { adds(b, " "); adds(b, ep); }
+  mk_jbuf_adds(b, pid);
+  mk_jbuf_adds(b, mk_proc_name(p) ? mk_proc_name(p) : "-");
+  mk_jbuf_adds(b, ": ");
+  mk_jbuf_adds(b, kindnames[kind]);
+  if (kind == MK_TK_SPAWN) { mk_jbuf_adds(b, " "); mk_jbuf_adds(b, p->b->kind ? p->b->kind : "?"); }
+  if (ep) { mk_jbuf_adds(b, " "); mk_jbuf_adds(b, ep); }
   if (role) {
-    adds(b, " ");
-    adds(b, mk_orientation_name(role->orientation));
-    adds(b, "/");
-    adds(b, mk_interest_name(role->interest));
-    adds(b, " ");
+    mk_jbuf_adds(b, " ");
+    mk_jbuf_adds(b, mk_orientation_name(role->orientation));
+    mk_jbuf_adds(b, "/");
+    mk_jbuf_adds(b, mk_interest_name(role->interest));
+    mk_jbuf_adds(b, " ");
     addfree(b, mk_repr_max(role->topic, MK_REPR_SHOWN, NULL));
   }
-  if (extra) { adds(b, " "); addfree(b, mk_repr_max(extra, MK_REPR_SHOWN, NULL)); }
+  if (extra) { mk_jbuf_adds(b, " "); addfree(b, mk_repr_max(extra, MK_REPR_SHOWN, NULL)); }
 }
 
 void mkI_trace_proc(mk_proc *p, int kind, const char *ep, const mk_role *role,
                     const mk_term *extra) {
   mk_tracer *t = p->vm->trace;
-  Line b = {NULL, 0, 0, 0};
+  mk_jbuf b = {NULL, 0, 0, 0};
   if (t == NULL || t->fn == NULL ||
       !shown(t, p, kind, carries_message(kind) ? extra : role ? role->topic : NULL))
     return;

@@ -1,0 +1,43 @@
+/*
+** json.h: terms written as JSON (docs/inspect.md, "Terms in JSON"), and
+** the growing buffer they are written into.  One encoder for the trace's
+** JSON lines (trace.c) and for snapshots (lua/lsnap.c), so that both give
+** a term the same form.  Internal to the library: not installed.
+*/
+#ifndef MK_JSON_H
+#define MK_JSON_H
+#include <stddef.h>
+#include "term.h"
+
+/* Text being written.  p is malloc'd and owned by whoever holds the
+** buffer (free(p) when done); it is NUL-terminated once anything was
+** added.  Start from {0}.  oom: an allocation failed, and the text is
+** incomplete (nothing more is added). */
+typedef struct mk_jbuf {
+  char *p;
+  size_t n, cap;
+  int oom;
+} mk_jbuf;
+
+void mk_jbuf_add(mk_jbuf *b, const char *s, size_t n);
+void mk_jbuf_adds(mk_jbuf *b, const char *s);
+
+/* s (n bytes) as a JSON string: ", \ and control characters escaped.
+** Bytes that are not UTF-8 become U+FFFD when lax; otherwise returns 0 at
+** the first one, having written part of the string (rewind b->n). */
+int mk_json_str(mk_jbuf *b, const char *s, size_t n, int lax);
+
+/* Numbers as terms are written: %lld; %.17g, and {"float":"nan"},
+** {"float":"inf"}, {"float":"-inf"}. */
+void mk_json_int(mk_jbuf *b, long long i);
+void mk_json_float(mk_jbuf *b, double f);
+
+/* t's JSON form: null, booleans, numbers (%.17g; {"float":"nan"} and
+** the infinities), strings ({"bytes":"<hex>"} when not UTF-8),
+** {"wildcard":true}, {"eof":true}, {"record":label,"fields":[...]},
+** arrays for sequences.  Returns 0 once the text has passed `end` bytes
+** (SIZE_MAX: no bound) or on out of memory; the caller then rewinds
+** b->n.  Recurses once per level of t. */
+int mk_json_term(mk_jbuf *b, const mk_term *t, size_t end);
+
+#endif
