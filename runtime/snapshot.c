@@ -9,22 +9,6 @@
 
 #include "vmint.h"
 
-static void *xmalloc(size_t n) {
-  void *p = malloc(n ? n : 1);
-  if (p == NULL) { fputs("market: out of memory\n", stderr); abort(); }
-  return p;
-}
-
-static char *xstrdup(const char *s) {
-  size_t n;
-  char *d;
-  if (s == NULL) return NULL;
-  n = strlen(s) + 1;
-  d = xmalloc(n);
-  memcpy(d, s, n);
-  return d;
-}
-
 /* A growable array of n items of `size` bytes, doubling. */
 static void *grow(void *a, size_t n, size_t *cap, size_t size) {
   if (n < *cap) return a;
@@ -44,7 +28,7 @@ static void copy_endpoint(void *ud, const char *name, int level, const mk_role *
   mk_snap_endpoint *e;
   c->sp->endpoints = grow(c->sp->endpoints, c->sp->nendpoints, &c->cap, sizeof *e);
   e = &c->sp->endpoints[c->sp->nendpoints++];
-  e->name = xstrdup(name);
+  e->name = mkI_xstrdup(name);
   e->level = level;
   e->role = *role;
   mk_ref(e->role.topic);
@@ -112,7 +96,7 @@ static void snap_proc(mk_proc *p, mk_snap_proc *sp) {
   epcopy c;
   memset(sp, 0, sizeof *sp);
   sp->pid = p->pid;
-  sp->name = p->xname == 2 ? NULL : xstrdup(p->name);
+  sp->name = p->xname == 2 ? NULL : mkI_xstrdup(p->name);
   sp->kind = p->b->kind ? p->b->kind : "?";
   sp->queued = p->pending;
   sp->activations = p->b->activations ? (int64_t)p->b->activations(p) : -1;
@@ -120,7 +104,7 @@ static void snap_proc(mk_proc *p, mk_snap_proc *sp) {
   c.cap = 0;
   mk_proc_each_endpoint(p, copy_endpoint, &c);
   if (p->b == &mk_nested_behavior && p->data != NULL) {
-    sp->vm = xmalloc(sizeof *sp->vm);
+    sp->vm = mkI_xmalloc(sizeof *sp->vm);
     snap_vm(p->data, sp->vm);
   }
 }
@@ -163,10 +147,10 @@ static void snap_vm(mk_vm *vm, mk_snap_vm *s) {
   mk_qblock *b;
   size_t i, n = 0;
   memset(s, 0, sizeof *s);
-  s->path = xstrdup(vm->path);
+  s->path = mkI_xstrdup(vm->path);
   s->pid = vm->self ? vm->self->pid : 0;
   for (b = vm->qhead; b; b = b->next) s->queued += (size_t)(b->last - b->first);
-  procs = xmalloc((vm->nprocs + 1) * sizeof *procs);
+  procs = mkI_xmalloc((vm->nprocs + 1) * sizeof *procs);
   if (vm->resident != NULL && !vm->resident->dead) procs[n++] = vm->resident;
   for (i = 0; i < vm->ptabsize; i++) {
     mk_proc *p;
@@ -174,7 +158,7 @@ static void snap_vm(mk_vm *vm, mk_snap_vm *s) {
       if (!p->dead) procs[n++] = p;
   }
   qsort(procs, n, sizeof *procs, by_pid);
-  s->procs = xmalloc(n * sizeof *s->procs);
+  s->procs = mkI_xmalloc(n * sizeof *s->procs);
   s->nprocs = n;
   for (i = 0; i < n; i++) snap_proc(procs[i], &s->procs[i]);
   snap_convs(vm, s, procs);
@@ -182,7 +166,7 @@ static void snap_vm(mk_vm *vm, mk_snap_vm *s) {
 }
 
 mk_snap_vm *mk_vm_snapshot(mk_vm *vm) {
-  mk_snap_vm *s = xmalloc(sizeof *s);
+  mk_snap_vm *s = mkI_xmalloc(sizeof *s);
   snap_vm(vm, s);
   return s;
 }

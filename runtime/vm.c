@@ -18,18 +18,18 @@
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static void *xmalloc(size_t n) {
-  void *p = malloc(n);
+void *mkI_xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
   if (p == NULL) { fputs("market: out of memory\n", stderr); abort(); }
   return p;
 }
 
-static char *xstrdup(const char *s) {
+char *mkI_xstrdup(const char *s) {
   size_t n;
   char *d;
   if (s == NULL) return NULL;
   n = strlen(s) + 1;
-  d = xmalloc(n);
+  d = mkI_xmalloc(n);
   memcpy(d, s, n);
   return d;
 }
@@ -83,7 +83,7 @@ const char *mk_interest_name(mk_interest i) {
 ** cut short. */
 static char *repr(const mk_term *t) {
   char *s = t ? mk_repr_max(t, MK_REPR_SHOWN, NULL) : NULL;
-  return s ? s : xstrdup(t ? "?" : "nil");
+  return s ? s : mkI_xstrdup(t ? "?" : "nil");
 }
 
 /* ---- tables ------------------------------------------------------------- */
@@ -324,7 +324,7 @@ void mkI_enqueue_spawned(mk_vm *vm, mk_proc *target, void *cont, mk_pid pid) {
 void mkI_enqueue_meta(mk_vm *vm, mk_proc *target, const mk_event *ev,
                       const char *name, int meta) {
   mk_qev *q = qev_new(vm, target, ev->type);
-  q->name = xstrdup(name);
+  q->name = mkI_xstrdup(name);
   q->meta = (uint8_t)meta;
   q->term = mk_ref(ev->type == MK_EV_MESSAGE ? ev->message : ev->role.topic);
   /* A message event carries the receiving endpoint's role (vm.h); keep its
@@ -339,14 +339,14 @@ void mkI_enqueue_meta(mk_vm *vm, mk_proc *target, const mk_event *ev,
 /* ---- VM life ------------------------------------------------------------ */
 
 mk_vm *mk_vm_new(void) {
-  mk_vm *vm = xmalloc(sizeof *vm);
+  mk_vm *vm = mkI_xmalloc(sizeof *vm);
   memset(vm, 0, sizeof *vm);
   vm->ix[0] = mk_index_new();
   vm->ix[1] = mk_index_new();
   if (!vm->ix[0] || !vm->ix[1]) { fputs("market: out of memory\n", stderr); abort(); }
   vm->nextpid = 1;
   vm->budget = -1;
-  vm->path = xstrdup("ground");
+  vm->path = mkI_xstrdup("ground");
   ptab_grow(vm);
   etab_grow(vm);
   return vm;
@@ -408,7 +408,7 @@ void mk_vm_kill_all(mk_vm *vm, mk_term *reason) {
   vm->halting++;
   while (vm->nprocs > 0) {
     size_t n = 0, k;
-    mk_proc **all = xmalloc(vm->nprocs * sizeof *all);
+    mk_proc **all = mkI_xmalloc(vm->nprocs * sizeof *all);
     for (i = 0; i < vm->ptabsize; i++) {
       mk_proc *p;
       for (p = vm->ptab[i]; p; p = p->hnext) { all[n++] = p; p->refs++; }
@@ -460,10 +460,10 @@ static void set_name(mk_proc *p, const char *name, int x) {
   mk_procx *px;
   if (!x && !p->xname) {
     free(p->name);
-    p->name = xstrdup(name);
+    p->name = mkI_xstrdup(name);
     return;
   }
-  px = xmalloc(offsetof(mk_procx, name) + n);
+  px = mkI_xmalloc(offsetof(mk_procx, name) + n);
   px->metas = p->xname ? PROCX(p)->metas : NULL;
   px->links = p->xname ? PROCX(p)->links : NULL;
   memcpy(px->name, name ? name : "", n);
@@ -495,10 +495,10 @@ void mk_proc_each_endpoint(const mk_proc *p, mk_endpoint_fn fn, void *ud) {
     const char *name = strchr(m->name, ':') + 1;
     const mk_vm *vm = p->vm;
     mk_pid owner = p->pid;
-    char *full = xstrdup(name);
+    char *full = mkI_xstrdup(name);
     for (; level < depth && vm->parent != NULL; level++) {
       size_t n = strlen(full) + 24;
-      char *up = xmalloc(n);
+      char *up = mkI_xmalloc(n);
       snprintf(up, n, "%llu/%s", (unsigned long long)owner, full);
       free(full);
       full = up;
@@ -514,12 +514,12 @@ void mk_proc_each_endpoint(const mk_proc *p, mk_endpoint_fn fn, void *ud) {
 }
 
 static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
-  mk_proc *p = xmalloc(sizeof *p);
+  mk_proc *p = mkI_xmalloc(sizeof *p);
   size_t h;
   memset(p, 0, sizeof *p);
   p->vm = vm;
   p->pid = vm->nextpid++;
-  p->name = xstrdup(name);
+  p->name = mkI_xstrdup(name);
   p->b = b;
   p->data = data;
   p->refs = 1;
@@ -541,11 +541,11 @@ mk_pid mk_vm_spawn(mk_vm *vm, const mk_behavior *b, void *data, const char *name
 mk_proc *mk_vm_resident(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
   mk_proc *p;
   if (vm->resident != NULL) return NULL;
-  p = xmalloc(sizeof *p);
+  p = mkI_xmalloc(sizeof *p);
   memset(p, 0, sizeof *p);
   p->vm = vm;
   p->pid = 0;               /* not vm->nextpid: the program's pids stay as they were */
-  p->name = xstrdup(name);
+  p->name = mkI_xstrdup(name);
   p->b = b;
   p->data = data;
   p->refs = 1;
@@ -624,7 +624,7 @@ static void metaname_add(mk_proc *p, int depth, const char *name) {
   if (!p->xname) set_name(p, p->name, 1);    /* its first: move the name */
   for (m = PROCX(p)->metas; m; m = m->next)
     if (strncmp(m->name, key, k) == 0 && strcmp(m->name + k, name) == 0) return;
-  m = xmalloc(sizeof *m + k + n);
+  m = mkI_xmalloc(sizeof *m + k + n);
   memcpy(m->name, key, k);
   memcpy(m->name + k, name, n);
   m->next = PROCX(p)->metas;
@@ -830,7 +830,7 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
     return -1;
   }
   n = strlen(name) + 1;
-  e = xmalloc(offsetof(mk_endpoint, name) + n);
+  e = mkI_xmalloc(offsetof(mk_endpoint, name) + n);
   memset(e, 0, offsetof(mk_endpoint, name));
   memcpy(e->name, name, n);
   e->proc = p;
@@ -1054,7 +1054,7 @@ void mk_failf(mk_proc *p, const char *fmt, ...) {
   n = vsnprintf(small, sizeof small, fmt, ap);
   va_end(ap);
   if (n >= 0 && (size_t)n >= sizeof small) {
-    char *buf = xmalloc((size_t)n + 1);
+    char *buf = mkI_xmalloc((size_t)n + 1);
     va_start(ap, fmt);
     vsnprintf(buf, (size_t)n + 1, fmt, ap);
     va_end(ap);
@@ -1133,7 +1133,7 @@ int mk_at_meta_level(mk_proc *p, mk_action *list) {
 /* ---- action values ------------------------------------------------------ */
 
 static mk_action *action_new(mk_action_type t) {
-  mk_action *a = xmalloc(sizeof *a);
+  mk_action *a = mkI_xmalloc(sizeof *a);
   memset(a, 0, sizeof *a);
   a->type = t;
   return a;
@@ -1141,7 +1141,7 @@ static mk_action *action_new(mk_action_type t) {
 
 mk_action *mkI_drop(const char *prefix, mk_term *reason, int levels) {
   mk_action *a = action_new(MK_A_DROP);
-  a->name = xstrdup(prefix);
+  a->name = mkI_xstrdup(prefix);
   a->term = mk_ref(reason);
   a->levels = levels;
   return a;
@@ -1151,7 +1151,7 @@ mk_action *mk_action_spawn(const mk_behavior *b, void *data, const char *name) {
   mk_action *a = action_new(MK_A_SPAWN);
   a->b = b;
   a->data = data;
-  a->name = xstrdup(name);
+  a->name = mkI_xstrdup(name);
   return a;
 }
 
@@ -1169,7 +1169,7 @@ mk_action *mk_action_quit(mk_term *reason) {
 
 mk_action *mk_action_add(const char *name, mk_role role) {
   mk_action *a = action_new(MK_A_ADD);
-  a->name = xstrdup(name);
+  a->name = mkI_xstrdup(name);
   a->role = role;
   a->role.topic = mk_ref(role.topic);
   return a;
@@ -1177,7 +1177,7 @@ mk_action *mk_action_add(const char *name, mk_role role) {
 
 mk_action *mk_action_delete(const char *name, mk_term *reason) {
   mk_action *a = action_new(MK_A_DELETE);
-  a->name = xstrdup(name);
+  a->name = mkI_xstrdup(name);
   a->term = mk_ref(reason);
   return a;
 }

@@ -217,5 +217,9 @@ struct mk_tracer {
 /* One load and a compare while nothing is traced (the message path). */
 #define MKI_TRACING(vm) ((vm)->trace != NULL && (vm)->trace->fn != NULL)
 void mkI_kill(mk_proc *p, mk_term *reason);
+/* vm.c: malloc and strdup that end the program on out of memory (the
+** VM's policy: market.h, "Conventions"); mkI_xstrdup(NULL) is NULL. */
+void *mkI_xmalloc(size_t n);
+char *mkI_xstrdup(const char *s);
 
 #endif
