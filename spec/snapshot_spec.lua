@@ -3,69 +3,10 @@
 package.path = "spec/support/?.lua;" .. package.path
 local market = require "market"
 local N = require "net"
+local J = require "jsonread"
 local P, T = market.perform, market.transition
 
--- A small JSON decoder, enough for what snapshot_json writes.
-local function decode(s)
-  local i = 1
-  local function ws() i = s:find("[^ \t\r\n]", i) or #s + 1 end
-  local value
-  local function str()
-    local out = {}
-    i = i + 1
-    while true do
-      local c = s:sub(i, i)
-      if c == '"' then i = i + 1; return table.concat(out) end
-      if c == "\\" then
-        local e = s:sub(i + 1, i + 1)
-        if e == "u" then
-          out[#out + 1] = utf8.char(tonumber(s:sub(i + 2, i + 5), 16)); i = i + 6
-        else
-          out[#out + 1] = ({ n = "\n", r = "\r", t = "\t" })[e] or e; i = i + 2
-        end
-      else
-        out[#out + 1] = c; i = i + 1
-      end
-    end
-  end
-  function value()
-    ws()
-    local c = s:sub(i, i)
-    if c == "{" then
-      local t = {}
-      i = i + 1; ws()
-      if s:sub(i, i) == "}" then i = i + 1; return t end
-      repeat
-        ws(); local k = str(); ws()
-        assert(s:sub(i, i) == ":"); i = i + 1
-        t[k] = value(); ws()
-        c = s:sub(i, i); i = i + 1
-      until c == "}"
-      return t
-    elseif c == "[" then
-      local t = {}
-      i = i + 1; ws()
-      if s:sub(i, i) == "]" then i = i + 1; return t end
-      repeat
-        t[#t + 1] = value(); ws()
-        c = s:sub(i, i); i = i + 1
-      until c == "]"
-      return t
-    elseif c == '"' then return str()
-    elseif s:sub(i, i + 3) == "true" then i = i + 4; return true
-    elseif s:sub(i, i + 4) == "false" then i = i + 5; return false
-    elseif s:sub(i, i + 3) == "null" then i = i + 4; return nil
-    else
-      local num = s:match("^-?[%d.eE+-]+", i)
-      i = i + #num
-      return math.tointeger(tonumber(num)) or tonumber(num)
-    end
-  end
-  local v = value()
-  ws()
-  assert(i == #s + 1, "trailing text at " .. i)
-  return v
-end
+local function decode(s) return assert(J.decode(s)) end
 
 local function byname(vm, name)
   for _, p in ipairs(vm.processes) do if p.name == name then return p end end
