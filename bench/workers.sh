@@ -18,18 +18,8 @@ secs=${BENCH_SECONDS:-2}
 rounds=${BENCH_ROUNDS:-7}
 conns=${BENCH_CONNS:-50}
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM          # through the EXIT trap: nothing is left running
-
-die() { echo "bench/workers: $*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$src/bench/lib.sh"
 
 # A port free now: the workers must be given one (port 0 would give each
 # worker a port of its own).
@@ -69,8 +59,6 @@ ticks() {
 }
 hz=$(getconf CLK_TCK)
 
-fmt() { awk "BEGIN { printf \"$1\", $2 }"; }
-
 # measure NAME: one loadgen run; sets m[rate], m[cpu] (the server's µs per
 # round trip) and m[client] (loadgen's).
 declare -A m
@@ -88,12 +76,6 @@ measure() {
   # trips for 50 connections), the rate the measured window: close enough.
   m[cpu]=$(fmt %.2f "(${m[rate]} > 0) ? ($t1 - $t0) * 1e6 / $hz / (${m[rate]} * $secs) : 0")
   m[client]=$(fmt %.2f "(${m[rate]} > 0) ? $c * 1e6 / (${m[rate]} * $secs) : 0")
-}
-
-med() {
-  # shellcheck disable=SC2086  # the list is split on purpose
-  printf '%s\n' $1 | sort -g | awk -v f="${2:-%.3f}" '{ v[NR] = $1 }
-    END { printf f, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 start one 1 "$build/market"
@@ -114,17 +96,17 @@ for ((r = 0; r < rounds; r++)); do
   acc[ratio]+=" $(fmt %.3f "(${got[one]} > 0) ? ${got[two]} / ${got[one]} : 0")"
 done
 
-echo "workers-1-round-trips-per-second: $(med "${acc[one.rate]}" %.0f)  (one process; $conns connections, 64 B)"
-echo "workers-2-round-trips-per-second: $(med "${acc[two.rate]}" %.0f)  (market --workers 2)"
-echo "workers-1-cpu-us-per-round-trip: $(med "${acc[one.cpu]}" %.2f)"
-echo "workers-2-cpu-us-per-round-trip: $(med "${acc[two.cpu]}" %.2f)  (both workers)"
-echo "client-cpu-us-per-round-trip: $(med "${acc[client]}" %.2f)  (loadgen's)"
-echo "workers-ratio: $(med "${acc[ratio]}")  (--workers 2's rate / one process's; target >= 1.5; rounds:${acc[ratio]})"
+echo "workers-1-round-trips-per-second: $(median "${acc[one.rate]}" %.0f)  (one process; $conns connections, 64 B)"
+echo "workers-2-round-trips-per-second: $(median "${acc[two.rate]}" %.0f)  (market --workers 2)"
+echo "workers-1-cpu-us-per-round-trip: $(median "${acc[one.cpu]}" %.2f)"
+echo "workers-2-cpu-us-per-round-trip: $(median "${acc[two.cpu]}" %.2f)  (both workers)"
+echo "client-cpu-us-per-round-trip: $(median "${acc[client]}" %.2f)  (loadgen's)"
+echo "workers-ratio: $(median "${acc[ratio]}")  (--workers 2's rate / one process's; target >= 1.5; rounds:${acc[ratio]})"
 # What the cores allow, estimated from the CPU costs: one process serves at
 # most min(1 / its CPU per round trip, cores / (its + loadgen's)); two
 # workers and loadgen share the cores, so together at most cores / (their
 # CPU + loadgen's).  With the client on the same two cores this bounds the
 # ratio well under 2 (a loaded machine moves every figure: the specs' rule).
-s1=$(med "${acc[one.cpu]}" %.4f); s2=$(med "${acc[two.cpu]}" %.4f); c=$(med "${acc[client]}" %.4f)
+s1=$(median "${acc[one.cpu]}" %.4f); s2=$(median "${acc[two.cpu]}" %.4f); c=$(median "${acc[client]}" %.4f)
 n=$(nproc)
 echo "workers-ratio-ceiling: $(fmt %.3f "($s1 > 0 && $s2 + $c > 0) ? ($n / ($s2 + $c)) / ((1 / $s1 < $n / ($s1 + $c)) ? 1 / $s1 : $n / ($s1 + $c)) : 0")  (an estimate of the best ratio these CPU costs allow on $n cores with loadgen on them)"
