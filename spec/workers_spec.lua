@@ -111,6 +111,20 @@ describe("market --workers N", function()
     assert.equal("1\t1\n", out)
   end)
 
+  it("stops the workers when the parent is killed", function()
+    local server, _, pids = start_workers(2)
+    finally(function() cleanup(server, pids) end)
+    os.execute("kill -KILL " .. server.pid)
+    -- Each gets SIGTERM (PR_SET_PDEATHSIG) and stops gracefully.
+    for pid in pairs(pids) do
+      for _ = 1, 500 do
+        if not alive(pid) then break end
+        N.sleep(0.02)
+      end
+      assert.is_false(alive(pid), "worker " .. pid .. " outlived its parent")
+    end
+  end)
+
   it("refuses a count that is not a number from 1 to 1024", function()
     for _, bad in ipairs({ "0", "1025", "x", "2x", "" }) do
       local out, status = capture(("%s --workers %s -e 'print(1)' 2>&1"):format(q(N.market_bin()), q(bad)), 10)
@@ -170,5 +184,45 @@ describe("a listener's reuseport setting", function()
   it("must be a boolean", function()
     assert.has_error(function() tcp.options(tcp.listener(1), { reuseport = 1 }) end,
                      "tcp.options: reuseport must be a boolean, got 1")
+  end)
+end)
+
+describe("udp.REUSEPORT", function()
+  local udp = require "market.udp"
+  local sys = require "market.sys"
+  local _ = market._
+
+  it("spreads a udp.listener's datagrams over the processes on its port", function()
+    local port = N.free_port("udp")
+    local other = assert(sys.udp_bind(port, true))      -- as another worker's
+    local senders, mine, theirs = {}, 0, 0
+    finally(function()
+      udp.REUSEPORT = false
+      other:close()
+      for _, s in ipairs(senders) do s:close() end
+    end)
+    udp.REUSEPORT = true
+    N.run(function()
+      market.perform(market.subscriber(udp.packet(_, udp.listener(port), _), {
+        name = "rx", on_message = function() mine = mine + 1 end }))
+      market.wait_for(function(e) return e.endpoint == "rx" end)   -- bound
+      -- Each datagram from a socket of its own: the kernel picks the
+      -- receiver by the sender's address, so 32 all landing on one side
+      -- would be a 1 in 2^31 chance.
+      local sa = assert(sys.resolve("127.0.0.1", port, "udp"))[1].sa
+      for i = 1, 32 do
+        senders[i] = assert(sys.udp_bind(0))
+        assert(senders[i]:sendto("x", sa))
+      end
+      N.wait_until(function()
+        while other:recvfrom() do theirs = theirs + 1 end
+        return mine + theirs == 32
+      end)
+    end)
+    assert.is_true(mine > 0 and theirs > 0, ("market %d, the other socket %d"):format(mine, theirs))
+  end)
+
+  it("is false outside --workers", function()
+    assert.is_false(udp.REUSEPORT)
   end)
 end)
