@@ -510,7 +510,7 @@ local function print_tree(snap, write)
       write(("%-12s %6d  %-22s %-9s %6d %6s %4d %4d  %s\n"):format(
         cut(vm.path, 12), p.pid, cut(p.name or "-", 22), cut(p.kind, 9), p.queued or 0,
         p.activations and tostring(p.activations) or "-", #(p.endpoints or {}),
-        convs[p.pid] or 0, cut(table.concat(topics, " "), 80)))
+        convs[p.pid] or 0, table.concat(topics, " ")))
       if p.vm then vm_rows(p.vm) end
     end
   end
@@ -595,9 +595,9 @@ main { display:grid; grid-template-columns: minmax(0,3fr) minmax(0,2fr); gap:14p
 section { background:var(--panel); border:1px solid var(--line); border-radius:8px; overflow:hidden; }
 section h2 { margin:0; padding:8px 12px; font-size:12px; text-transform:uppercase; letter-spacing:.6px; color:var(--dim); border-bottom:1px solid var(--line); background:#fafbfc; display:flex; gap:8px; }
 section h2 .count { margin-left:auto; text-transform:none; letter-spacing:0; }
-.scroll { max-height:62vh; overflow:auto; }
+.scroll { max-height:calc(100vh - 150px); overflow:auto; }
 table { border-collapse:collapse; width:100%; }
-th, td { text-align:left; padding:4px 10px; border-bottom:1px solid var(--line); vertical-align:top; }
+th, td { text-align:left; padding:4px 8px; border-bottom:1px solid var(--line); vertical-align:top; }
 th { font-weight:600; color:var(--dim); font-size:11px; position:sticky; top:0; background:#fff; }
 td.n, th.n { text-align:right; font-variant-numeric: tabular-nums; }
 tr.vm td { background:#eef1f6; font-weight:600; color:#39425a; }
@@ -605,8 +605,10 @@ tr.proc, tr.conv { cursor:pointer; }
 tr.proc:hover, tr.conv:hover { background:#f3f6fb; }
 tr.selected { background:var(--sel) !important; }
 .mono, .topic { font-family:ui-monospace, "DejaVu Sans Mono", monospace; font-size:12px; }
-.ep { display:block; white-space:nowrap; overflow:hidden; text-overflow:ellipsis; max-width:34vw; }
-.convs-topic { max-width:16vw; overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
+.ep { display:block; white-space:nowrap; overflow:hidden; text-overflow:ellipsis; max-width:22vw; }
+#convs, #res { table-layout:fixed; }
+#convs td, #res td { overflow:hidden; text-overflow:ellipsis; overflow-wrap:anywhere; }
+.convs-topic { white-space:nowrap; }
 .o-publisher { color:var(--pub); } .o-subscriber { color:var(--sub); }
 .tag { display:inline-block; padding:0 5px; border-radius:4px; background:#eef1f6; color:#4a5368; font-size:11px; margin-right:4px; }
 .kind { color:var(--dim); }
@@ -631,20 +633,20 @@ tr.selected { background:var(--sel) !important; }
     <h2>Processes <span class="count" id="pcount"></span></h2>
     <div class="scroll"><table id="procs"><thead><tr>
       <th class="n">PID</th><th>Name</th><th>Kind</th><th>Endpoints</th>
-      <th class="n">Queued</th><th class="n">Activations</th><th class="n">CPU ms</th><th class="n">Memory</th>
+      <th class="n">Queued</th><th class="n">Acts</th><th class="n">CPU&nbsp;ms</th><th class="n">Memory</th>
     </tr></thead><tbody></tbody></table></div>
   </section>
   <div id="side">
     <section>
       <h2>Conversations <span class="count" id="ccount"></span></h2>
-      <div class="scroll" style="max-height:34vh"><table id="convs"><thead><tr>
-        <th>Publisher</th><th>Subscriber</th><th>Topic</th><th class="n">Messages</th><th class="n">Rate/s</th>
+      <div class="scroll" style="max-height:calc(55vh - 80px)"><table id="convs"><thead><tr>
+        <th style="width:28%">Publisher</th><th style="width:28%">Subscriber</th><th>Topic</th><th class="n" style="width:10%">Msgs</th><th class="n" style="width:11%">Rate/s</th>
       </tr></thead><tbody></tbody></table></div>
     </section>
     <section>
       <h2>Resources</h2>
-      <div class="scroll" style="max-height:24vh"><table id="res"><thead><tr>
-        <th>Resource</th><th>Process</th><th class="n">In</th><th class="n">Out</th><th class="n">Buffered</th>
+      <div class="scroll" style="max-height:calc(45vh - 100px)"><table id="res"><thead><tr>
+        <th style="width:36%">Resource</th><th>Process</th><th class="n" style="width:13%">In</th><th class="n" style="width:13%">Out</th><th class="n" style="width:14%">Buffered</th>
       </tr></thead><tbody></tbody></table></div>
     </section>
   </div>
