@@ -465,7 +465,6 @@ local function decode(s)
   if i <= #s then bad("text after the value") end
   return v
 end
-M.decode = decode
 
 -- A term in its JSON form (docs/inspect.md, "Terms in JSON") as traces
 -- show it: label(fields), [items], "text", _.
@@ -516,7 +515,6 @@ local function print_tree(snap, write)
   end
   vm_rows(snap.vm)
 end
-M.print_tree = print_tree
 
 -- cli(addr): the boot function of `market inspect HOST:PORT`: fetch
 -- /api/snapshot and print it; exit 1 (a message on stderr) when there is
