@@ -104,8 +104,11 @@ local function view_lines(k, opts, keep)
   for _, line in ipairs(got or {}) do
     if not keep or keep(line) then v.lines[#v.lines + 1] = line end
   end
-  local extra = #v.lines - M.KEEP_EVENTS
-  if extra > 0 then table.move(v.lines, extra + 1, #v.lines, 1); for i = #v.lines - extra + 1, #v.lines do v.lines[i] = nil end end
+  local n, extra = #v.lines, #v.lines - M.KEEP_EVENTS
+  if extra > 0 then                  -- the oldest go
+    table.move(v.lines, extra + 1, n, 1)
+    for i = n - extra + 1, n do v.lines[i] = nil end
+  end
   return v.lines
 end
 
@@ -157,7 +160,7 @@ local function unescape(s)
 end
 
 local function query_vm(q)
-  local vm = q and q:match("vm=([^&]*)")
+  local vm = q and ("&" .. q):match("&vm=([^&]*)")
   return vm and unescape(vm) or "ground"
 end
 
@@ -696,14 +699,18 @@ function endpointOf(vm, pid, name) {
   return null;
 }
 function convKey(vm, c) {
-  return [vm.path, c.publisher.pid, c.publisher.endpoint, c.subscriber.pid, c.subscriber.endpoint].join("\u0000");
+  return JSON.stringify([vm.path, c.publisher.pid, c.publisher.endpoint, c.subscriber.pid, c.subscriber.endpoint]);
 }
 function render() {
   if (!snap) return;
   let procRows = [], convRows = [], resRows = [], np = 0, nc = 0;
   const conns = (snap.drivers && snap.drivers.tcp && snap.drivers.tcp.connections) || [];
   const connBy = new Map();
-  for (const c of conns) if (c.pid !== undefined) connBy.set(c.pid, c);
+  // A connection's counters go with its manager process: by pid, or by name.
+  for (const c of conns) {
+    if (c.pid !== undefined) connBy.set("pid " + c.pid, c);
+    if (c.name !== undefined) connBy.set("name " + c.name, c);
+  }
   eachVM(snap.vm, 0, (vm, depth) => {
     procRows.push(`<tr class="vm"><td colspan="8" style="padding-left:${10 + depth * 18}px">VM ${esc(vm.path)} <span class="dim">(${(vm.processes || []).length} processes, ${vm.queued} queued)</span></td></tr>`);
     for (const p of vm.processes || []) {
@@ -723,7 +730,7 @@ function render() {
       if (/^tcp-listener /.test(p.name || "")) resRows.push([`listener ${esc(p.name.slice(13))}`, where, "-", "-", "-", text]);
       else if (/^udp /.test(p.name || "")) resRows.push([`UDP socket ${esc(p.name.slice(4))}`, where, "-", "-", "-", text]);
       else if (p.kind === "tcp") {
-        const c = connBy.get(p.pid) || {};
+        const c = connBy.get("pid " + p.pid) || connBy.get("name " + p.name) || {};
         resRows.push([`connection ${esc((p.name || "").replace(/^tcp /, ""))}`, where, bytes(c.bytes_in), bytes(c.bytes_out), bytes(c.buffered), text]);
       }
     }
@@ -807,7 +814,7 @@ $("procs").addEventListener("click", (ev) => {
 $("convs").addEventListener("click", (ev) => {
   const tr = ev.target.closest("tr.conv");
   if (!tr) return;
-  const [vm, pp, pe, sp, se] = tr.dataset.key.split("\u0000");
+  const [vm, pp, pe, sp, se] = JSON.parse(tr.dataset.key);
   select({ type: "c", key: tr.dataset.key,
            url: `/api/conversation/${pp}/${encodeURIComponent(pe)}/${sp}/${encodeURIComponent(se)}?vm=${encodeURIComponent(vm)}` });
 });

@@ -78,7 +78,7 @@ describe("the inspector's page in headless chromium", function()
 
     local cdp = require "cdp"
     local shot = (os.getenv("TMPDIR") or "/tmp") .. "/market-inspector-" .. server.pid .. ".png"
-    local before, states, gone_at, filtered, detail = nil, {}, nil, nil, nil
+    local before, states, gone_at, filtered, detail, conv = nil, {}, nil, nil, nil, nil
     N.run(function()
       local timer = require "market.timer"
       local page = cdp.open(dport)
@@ -105,6 +105,15 @@ describe("the inspector's page in headless chromium", function()
         detail = page.eval([[(() => { const d = document.getElementById("detail");
           return d.hidden ? "" : document.getElementById("dtitle").textContent; })()]])
       until detail:find("user2", 1, true) or market.now() > deadline
+      -- And on a conversation, the messages through it.
+      page.eval([[(() => { [...document.querySelectorAll("tr.conv")]
+        .find((r) => r.dataset.topic.startsWith("chat-said(\"user2\"")).click(); return 1; })()]])
+      deadline = market.now() + 10000
+      repeat
+        timer.sleep(100)
+        conv = page.eval([[document.getElementById("dtitle").textContent]])
+      until conv:find("^conversation") or market.now() > deadline
+      page.eval([[(() => { document.querySelector('tr.proc[data-name="user2"]').click(); return 1; })()]])
       filter("user")
       page.screenshot(shot)
       filter("")
@@ -126,6 +135,7 @@ describe("the inspector's page in headless chromium", function()
     assert.equal(9, before.said)
     assert.same({ "user2" }, filtered.users)
     assert.truthy(detail:find("^process ground #%d+ user2 %(lua%)"), detail)
+    assert.truthy(conv:find("^conversation #%d+ user2:speak → #%d+ user%d:hear$"), conv)
     local last = states[#states]
     assert.equal(2, #last.users)
     assert.equal(4, last.said)
