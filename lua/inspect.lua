@@ -782,11 +782,12 @@ function eventRows(events) {
     `</tbody></table>`;
 }
 function showDetail() {
-  if (!selected) return;
-  fetch(selected.url).then((r) => r.json()).then((d) => {
-    if (!selected) return;
+  const sel = selected;
+  if (!sel) return;
+  fetch(sel.url).then((r) => r.json()).then((d) => {
+    if (selected !== sel) return;      // another view was opened meanwhile
     let head;
-    if (selected.type === "p") {
+    if (sel.type === "p") {
       const p = d.process;
       $("dtitle").textContent = p ? `process ${d.vm} #${d.pid} ${p.name || ""} (${p.kind})` : `process ${d.vm} #${d.pid}: gone`;
       head = p ? `<p class="dim">${(p.endpoints || []).length} endpoints, ${p.queued} queued, ${dash(p.activations)} activations</p>` : "";
