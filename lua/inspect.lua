@@ -94,7 +94,10 @@ local function view_lines(k, opts, keep)
   local v = views[k]
   if not v then
     local ok, ring = pcall(market.ring, opts)
-    if not ok then return nil end
+    if not ok then
+      market.log.warn("market.inspect: cannot record events: %s", tostring(ring))
+      return nil
+    end
     v = { ring = ring, lines = {} }
     views[k] = v
   end
