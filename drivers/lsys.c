@@ -13,9 +13,10 @@
 **       request whose getaddrinfo runs on its own thread: req:fd() is a pipe
 **       that becomes readable when req:result() (-> addrs | nil, msg) is
 **       ready; req:close() abandons it (the thread cleans up after itself).
-**   sys.tcp_listen(port [, backlog [, reuseport]])
+**   sys.tcp_listen(port [, backlog [, reuseport [, host]]])
 **                                         -> sock | nil, msg  (dual stack, SO_REUSEADDR;
-**                                            SO_REUSEPORT when reuseport is true)
+**                                            SO_REUSEPORT when reuseport is true; host:
+**                                            a numeric address to bind instead of all)
 **   sys.unix_listen(path [, backlog])     -> sock | nil, msg  (a Unix socket: see there)
 **   sys.tcp_connect(sa)                   -> sock, "connected"|"inprogress" | nil, msg
 **   sys.udp_bind(port [, reuseport])      -> sock | nil, msg  (dual stack; 0: any port)
@@ -317,12 +318,49 @@ static void open_spare(void) {
   if (spare_wanted && spare_fd < 0) spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
+/* A stream socket bound to the numeric address host on port (no name
+** lookup: a listener's address is the machine's own, and a resolver may
+** block); -1 with errno, or -2 with *why when host is no address. */
+static int host_socket(const char *host, lua_Integer port, int reuseport, int *familyp,
+                       const char **why) {
+  struct addrinfo hints, *ai;
+  char serv[8];
+  int fd, one = 1, err, rc;
+  if (port < 0 || port > 65535) { errno = EINVAL; return -1; }
+  memset(&hints, 0, sizeof hints);
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
+  hints.ai_socktype = SOCK_STREAM;
+  snprintf(serv, sizeof serv, "%d", (int)port);
+  if ((rc = getaddrinfo(host, serv, &hints, &ai)) != 0) {
+    *why = rc == EAI_NONAME ? "not a numeric IP address" : gai_strerror(rc);
+    return -2;
+  }
+  fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd >= 0) {
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if ((reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+      err = errno; close(fd); errno = err; fd = -1;
+    }
+  }
+  *familyp = ai->ai_family;
+  freeaddrinfo(ai);
+  return fd;
+}
+
 static int l_tcp_listen(lua_State *L) {
   lua_Integer port = luaL_checkinteger(L, 1);
   int backlog = (int)luaL_optinteger(L, 2, 128), reuseport = lua_toboolean(L, 3), family, fd, err;
+  const char *host = luaL_optstring(L, 4, NULL), *why = NULL;
   spare_wanted = 1;
   open_spare();
-  fd = bound_socket(L, SOCK_STREAM, port, reuseport, &family);
+  fd = host ? host_socket(host, port, reuseport, &family, &why)
+            : bound_socket(L, SOCK_STREAM, port, reuseport, &family);
+  if (fd == -2) {
+    luaL_pushfail(L);
+    lua_pushfstring(L, "%s: %s", host, why);
+    return 2;
+  }
   if (fd < 0) return fail(L, errno);
   if (listen(fd, backlog) != 0) { err = errno; close(fd); return fail(L, err); }
   newsock(L, fd, family);

@@ -186,10 +186,13 @@ end
 
 -- ---- a listener ------------------------------------------------------------
 
--- port: an integer (TCP), or a string, the path of a Unix socket.
+-- port: an integer (TCP, every address of the machine), a tcp.address(host,
+-- port) (TCP on that one numeric address: "127.0.0.1", "::1"), or a string,
+-- the path of a Unix socket.
 local function listener_proc(port)
-  local unix = type(port) == "string"
-  local where = unix and repr(port) or "port " .. port
+  local unix, on_host = type(port) == "string", address:is(port)
+  local where = unix and repr(port) or on_host and ("%s port %d"):format(port.host, port.port)
+    or "port " .. port
   return function()
     local loc = listener(port)
     local s, err, stopped, close
@@ -232,7 +235,12 @@ local function listener_proc(port)
         s, err = sys.unix_listen(port, M.BACKLOG)
       else
         default("reuseport", "REUSEPORT")              -- checked
-        s, err = sys.tcp_listen(port, M.BACKLOG, last("reuseport", "REUSEPORT"))
+        local reuse = last("reuseport", "REUSEPORT")
+        if on_host then
+          s, err = sys.tcp_listen(port.port, M.BACKLOG, reuse, port.host)
+        else
+          s, err = sys.tcp_listen(port, M.BACKLOG, reuse)
+        end
       end
       if not s then
         local reason = ("cannot listen on %s: %s"):format(where, err)
@@ -303,11 +311,20 @@ function M.driver()
   -- a second connection being made.
   local outbound = {}
 
+  -- A listened port as a key of `listeners` (and in the listener's name):
+  -- equal addresses are equal terms, not the same Lua value.
+  local function key(port)
+    return address:is(port) and ("%s:%d"):format(port.host, port.port) or port
+  end
+
   local function listen_port(role)
     if role.interest == "participant" then return nil end   -- sessions, not observers
     local port = role.topic.destination.port
-    if mtype(port) ~= "integer" and type(port) ~= "string" then return nil end
-    return port
+    if mtype(port) == "integer" or type(port) == "string" then return port end
+    if address:is(port) and type(port.host) == "string" and mtype(port.port) == "integer" then
+      return port
+    end
+    return nil
   end
 
   local function out_entry(role, create)
@@ -333,17 +350,19 @@ function M.driver()
       on_presence = function(_, role)
         local port = listen_port(role)
         if not port then return end
-        local n = (listeners[port] or 0) + 1
-        listeners[port] = n
+        local k = key(port)
+        local n = (listeners[k] or 0) + 1
+        listeners[k] = n
         if n == 1 then
-          P(market.spawn(listener_proc(port), { name = "tcp-listener " .. port }))
+          P(market.spawn(listener_proc(port), { name = "tcp-listener " .. k }))
         end
       end,
       on_absence = function(_, role)
         local port = listen_port(role)
-        if not port or not listeners[port] then return end
-        local n = listeners[port] - 1
-        listeners[port] = n > 0 and n or nil
+        local k = port and key(port)
+        if not port or not listeners[k] then return end
+        local n = listeners[k] - 1
+        listeners[k] = n > 0 and n or nil
         if n == 0 then P(market.send(stop_listener(port))) end
       end,
     }),

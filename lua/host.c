@@ -334,6 +334,7 @@ static int p_setup(lua_State *L) {
   preload(L, "market.stdio", luaopen_market_stdio);
   preload(L, "market.event_relay", luaopen_market_event_relay);
   preload(L, "market.supervisor", luaopen_market_supervisor);
+  preload(L, "market.inspect", luaopen_market_inspect);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "market");
   lua_call(L, 1, 0);
@@ -490,6 +491,56 @@ int mk_host_start_drivers(mk_host *h) {
   lua_pushlightuserdata(h->L, h);
   if ((st = lua_pcall(h->L, 1, 0, 0)) != LUA_OK) return luaerr(h, st, MK_ELUA, "starting the drivers");
   h->drivers = 1;
+  return MK_OK;
+}
+
+/* ---- the inspector -------------------------------------------------------- */
+
+/* What the inspector's on_listening closure calls back: a userdata, its
+** upvalue, so that it lives as long as the closure. */
+typedef struct inspect_cb { mk_host *h; mk_inspect_fn fn; void *ud; } inspect_cb;
+
+static int inspect_told(lua_State *L) {
+  inspect_cb *cb = lua_touserdata(L, lua_upvalueindex(1));
+  if (cb->fn) cb->fn(cb->h, lua_tostring(L, 1), lua_tostring(L, 2), cb->ud);
+  return 0;
+}
+
+/* Protected: the inspector's boot function, spawned in the ground VM. */
+static int p_inspect(lua_State *L) {
+  mk_host *h = lua_touserdata(L, 1);
+  const char *addr = lua_tostring(L, 2);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "market.inspect");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "parse_address");       /* a bad address: its message alone */
+  lua_pushstring(L, addr);
+  lua_call(L, 1, 2);
+  if (lua_isnil(L, -2)) return lua_error(L);
+  lua_pop(L, 2);
+  lua_getfield(L, -1, "server");
+  lua_pushstring(L, addr);
+  lua_pushvalue(L, 3);
+  lua_pushcclosure(L, inspect_told, 1);
+  lua_call(L, 2, 1);
+  mkl_spawn(L, mk_ground_vm(h->g), "inspector", 0);    /* pops the boot function */
+  return 0;
+}
+
+int mk_host_inspect(mk_host *h, const char *addr, mk_inspect_fn fn, void *ud) {
+  inspect_cb *cb;
+  int st;
+  if (h == NULL) return MK_EINVAL;
+  if (addr == NULL) return seterr(h, MK_EINVAL, "mk_host_inspect: no address");
+  if ((st = mk_host_start_drivers(h)) != MK_OK) return st;
+  lua_pushcfunction(h->L, p_inspect);
+  lua_pushlightuserdata(h->L, h);
+  lua_pushstring(h->L, addr);
+  cb = lua_newuserdatauv(h->L, sizeof *cb, 0);
+  cb->h = h;
+  cb->fn = fn;
+  cb->ud = ud;
+  if ((st = lua_pcall(h->L, 3, 0, 0)) != LUA_OK) return luaerr(h, st, MK_EINVAL, "");
   return MK_OK;
 }
 

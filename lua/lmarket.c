@@ -115,6 +115,14 @@ int luaopen_market_udp(lua_State *L) { return open_driver(L, "udp"); }
 int luaopen_market_stdio(lua_State *L) { return open_driver(L, "stdio"); }
 int luaopen_market_event_relay(lua_State *L) { return open_driver(L, "event_relay"); }
 
+/* The inspector's Lua half gets the HTTP parser (lhttp.c) as well. */
+int luaopen_market_inspect(lua_State *L) {
+  luaL_requiref(L, "market", luaopen_market, 0);
+  luaL_requiref(L, "market.sys", luaopen_market_sys, 0);
+  mkl_open_http(L);
+  return run_embedded(L, "inspect", 3);
+}
+
 /* Not a driver: supervision is plain market (lua/supervisor.lua). */
 int luaopen_market_supervisor(lua_State *L) {
   luaL_requiref(L, "market", luaopen_market, 0);

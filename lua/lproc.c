@@ -1156,6 +1156,7 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lp->boot = 0;
   lp->applies = 0;
   lp->running = 0;
+  lp->activations = 0;
   lp->wait = NULL;
   return lp;
 }

@@ -21,6 +21,7 @@
 
 static const char usage[] =
   "usage: market [options] [script [args...]]\n"
+  "       market inspect [HOST:]PORT\n"
   "\n"
   "Runs an actor script (Lua 5.4) as the boot process of a fresh ground VM\n"
   "with the timer, tcp and udp drivers already running, and exits when no\n"
@@ -47,6 +48,11 @@ static const char usage[] =
   "                           'chat(_, \"hi\")', '[\"hello\", _]'\n"
   "  --trace-format text|json one JSON object a line with json\n"
   "  --trace-file PATH        write the lines to PATH (created or truncated)\n"
+  "  --inspect [HOST:]PORT\n"
+  "                 serve the live inspector (a page, /events, /api/...)\n"
+  "                 on HOST (default 127.0.0.1: loopback only) and PORT (0:\n"
+  "                 one the kernel picks); says \"market: inspector on URL\"\n"
+  "                 on stderr; the program then runs until it is stopped\n"
   "  --quiet        print no crash reports (the boot process's failure is\n"
   "                 still printed: it is the program's)\n"
   "  --strict       exit 3 at the end if any process failed\n"
@@ -69,6 +75,10 @@ static const char usage[] =
   "                 (default 1000; 0: no budget)\n"
   "  -h, --help     show this help and exit\n"
   "  -v, --version  show the version and exit\n"
+  "\n"
+  "market inspect [HOST:]PORT prints the processes of a program run with\n"
+  "--inspect, one line each, like ps (exit 1 if it cannot be reached).  A\n"
+  "script named inspect runs as ./inspect.\n"
   "\n"
   "The script sees its arguments in the global `arg` (arg[0] is the script)\n"
   "and as `...`.\n"
@@ -318,6 +328,18 @@ static int run_workers(int argc, char **argv, int n) {
 
 /* }====================================================== */
 
+/* --inspect: say where the inspector is, or why it is not (the program
+** then ends: it was asked to be inspectable). */
+static void inspector_told(mk_host *h, const char *url, const char *error, void *ud) {
+  (void)ud;
+  if (url != NULL) {
+    fprintf(stderr, "market: inspector on %s\n", url);
+    return;
+  }
+  fprintf(stderr, "market: --inspect: %s\n", error);
+  mk_host_exit(h, 1);
+}
+
 /* The argument of --drain or --max-activation: milliseconds, finite, 0 or
 ** more; -1 if not. */
 static double ms_arg(const char *s) {
@@ -328,7 +350,7 @@ static double ms_arg(const char *s) {
 
 int main(int argc, char **argv) {
   const char *const *args = (const char *const *)argv;
-  const char *code = NULL;
+  const char *code = NULL, *inspect = NULL;
   double drain = 5000;
   int drivers = 1, quiet = 0, strict = 0, status = 0, workers = 0, i, first;
   double budget = -1;
@@ -392,6 +414,10 @@ int main(int argc, char **argv) {
       }
       continue;
     }
+    if (strcmp(argv[i], "--inspect") == 0) {
+      if (++i >= argc) { fputs("market: --inspect needs [HOST:]PORT\n", stderr); return trace_end(&trace, 2); }
+      continue;
+    }
     if (strcmp(argv[i], "--log-level") == 0) {
       if (++i >= argc || mk_log_level_parse(argv[i]) < 0) {
         fputs("market: --log-level needs a level: error, warn, info or debug\n", stderr);
@@ -436,6 +462,7 @@ int main(int argc, char **argv) {
       argv[i] = argv[i + 1] = NULL;           /* not the workers' (worker_argv) */
       i++;
     }
+    else if (strcmp(argv[i], "--inspect") == 0) inspect = argv[++i];
     else if (strcmp(argv[i], "--") == 0) { i++; break; }
     else break;
   }
@@ -444,7 +471,21 @@ int main(int argc, char **argv) {
     fputs("market: no script given (try market --help)\n", stderr);
     return trace_end(&trace, 2);
   }
-  /* The options were checked here, once: the workers get them as they are. */
+  /* market inspect ADDR: a client of another program's inspector. */
+  if (code == NULL && strcmp(argv[first], "inspect") == 0) {
+    if (argc - first != 2) {
+      fputs("market inspect: want one [HOST:]PORT (try market --help)\n", stderr);
+      return trace_end(&trace, 2);
+    }
+    code = "return require(\"market.inspect\").cli(...)";
+    first++;
+  }
+  /* The options were checked here, once: the workers get them as they are.
+  ** One inspector port cannot serve N programs. */
+  if (workers > 0 && inspect != NULL) {
+    fputs("market: --inspect cannot be given with --workers (docs/workers.md)\n", stderr);
+    return trace_end(&trace, 2);
+  }
   if (workers > 0) return trace_end(&trace, run_workers(argc, argv, workers));
 
   h = mk_host_new(NULL, &err);
@@ -478,6 +519,11 @@ int main(int argc, char **argv) {
       (drivers && mk_host_start_drivers(h) != MK_OK)) {
     fprintf(stderr, "market: %s\n", mk_host_error(h));
     status = 1;
+    goto done;
+  }
+  if (inspect != NULL && mk_host_inspect(h, inspect, inspector_told, NULL) != MK_OK) {
+    fprintf(stderr, "market: --inspect: %s\n", mk_host_error(h));
+    status = 2;
     goto done;
   }
   if (code)

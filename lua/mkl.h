@@ -172,6 +172,9 @@ int luaopen_market_udp(lua_State *L);
 int luaopen_market_stdio(lua_State *L);
 int luaopen_market_event_relay(lua_State *L);
 int luaopen_market_supervisor(lua_State *L);
+int luaopen_market_inspect(lua_State *L);
+/* lhttp.c: push the HTTP parser table (http.request, http.response). */
+void mkl_open_http(lua_State *L);
 /* 1 when the Lua half of module `name` ("market", "timer", ...) is built in. */
 int mkl_builtin(const char *name);
 

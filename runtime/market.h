@@ -315,6 +315,24 @@ mk_snap_vm *mk_host_snapshot(mk_host *h);
 char *mk_host_snapshot_json(mk_host *h);
 
 /*
+** The live inspector (docs/inspect.md, "The live inspector"): serve the
+** inspector's page and API on `addr`, "[HOST:]PORT" (HOST a numeric
+** address, 127.0.0.1 when left out; PORT 0: the kernel picks one).  It
+** starts the drivers (mk_host_start_drivers) and spawns the inspector, a
+** Lua process of the ground VM.  Once it listens, fn(h, url, NULL, ud)
+** gets its URL ("http://127.0.0.1:4711/"); if it cannot listen,
+** fn(h, NULL, why, ud), and the inspector is gone.  Both strings are
+** borrowed for the call, which runs inside the inspector's process: fn
+** may log, print or call mk_host_exit, not run the loop.  fn may be
+** NULL.  The inspector serves until the program stops (mk_host_stop, a
+** signal, an exit): while it runs, the ground VM has work.
+** Returns MK_OK, MK_EINVAL (h or addr NULL, addr not [HOST:]PORT: message
+** says why), MK_ELUA (a driver failed to load), MK_ENOMEM.
+*/
+typedef void (*mk_inspect_fn)(mk_host *h, const char *url, const char *error, void *ud);
+int mk_host_inspect(mk_host *h, const char *addr, mk_inspect_fn fn, void *ud);
+
+/*
 ** Lua's warn().  A host keeps what Lua code passes to warn() to itself
 ** unless you ask: fn receives each warning as one line of text (borrowed
 ** for the call, no newline).  fn NULL stops them.  Lua's control messages

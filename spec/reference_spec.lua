@@ -20,6 +20,7 @@ local MODULES = {
   { prefix = "relay", get = function() return require "market.event_relay" end },
   { prefix = "stdio", get = function() return require "market.stdio" end },
   { prefix = "supervisor", get = function() return require "market.supervisor" end },
+  { prefix = "inspect", get = function() return require "market.inspect" end },
 }
 
 -- Public fields that are nil until a program sets them (so pairs() never

@@ -38,6 +38,39 @@ local function scene(f)
 end
 
 describe("market.snapshot", function()
+  it("counts a new process's activations from its boot, in memory a process had before", function()
+    local counts = {}
+    local ok, err = market.ground_vm(function()
+      -- Processes that handle a few events and go, leaving their records to malloc.
+      for _ = 1, 50 do
+        P(market.spawn(function()
+          local n = 0
+          return T(nil, market.subscriber("tick", { on_message = function()
+            n = n + 1
+            if n == 5 then return market.transition_no_state(market.quit()) end
+          end }))
+        end, { name = "old" }))
+      end
+      market.pause()
+      for _ = 1, 5 do P(market.send("tick")); market.pause() end
+      for _ = 1, 50 do
+        P(market.spawn(function()
+          return T(nil, market.subscriber("stop", { on_message = function()
+            return market.transition_no_state(market.quit())
+          end }))
+        end, { name = "new" }))
+      end
+      market.pause()
+      for _, p in ipairs(market.snapshot().vm.processes) do
+        if p.name == "new" then counts[#counts + 1] = p.activations end
+      end
+      P(market.send("stop"))
+    end)
+    assert(ok, err)
+    assert.equal(50, #counts)
+    for _, n in ipairs(counts) do assert.equal(1, n) end
+  end)
+
   it("shows the VM tree, processes, endpoints and a nested VM", function()
     local s
     scene(function() s = market.snapshot() end)

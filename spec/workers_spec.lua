@@ -132,6 +132,12 @@ describe("market --workers N", function()
       assert.equal("market: --workers needs a number from 1 to 1024\n", out)
     end
   end)
+
+  it("refuses --inspect beside --workers: one port cannot serve N programs", function()
+    local out, status = capture(("%s --workers 2 --inspect 0 -e 'print(1)' 2>&1"):format(q(N.market_bin())), 10)
+    assert.equal(2, status)
+    assert.equal("market: --inspect cannot be given with --workers (docs/workers.md)\n", out)
+  end)
 end)
 
 describe("a listener's reuseport setting", function()

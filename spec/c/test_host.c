@@ -1001,6 +1001,50 @@ static void snapshots(void) {
   CHECK(mk_term_live() == base);
 }
 
+/* ---- the inspector ---------------------------------------------------------- */
+
+static char inspect_url[128], inspect_why[256];
+
+static void inspect_told(mk_host *h, const char *url, const char *why, void *ud) {
+  CHECK(ud == &inspect_url);
+  CHECK((url == NULL) != (why == NULL));
+  if (url) snprintf(inspect_url, sizeof inspect_url, "%s", url);
+  if (why) {
+    snprintf(inspect_why, sizeof inspect_why, "%s", why);
+    mk_host_exit(h, 1);
+  }
+}
+
+static void inspector(void) {
+  size_t base = mk_term_live();
+  mk_host *a, *b;
+  char again[64];
+  int port = 0, i;
+  CHECK(mk_host_inspect(NULL, "0", NULL, NULL) == MK_EINVAL);
+  a = newhost();
+  CHECK(mk_host_inspect(a, NULL, NULL, NULL) == MK_EINVAL);
+  CHECK(mk_host_inspect(a, "nope", inspect_told, &inspect_url) == MK_EINVAL);
+  CHECK(strcmp(mk_host_error(a), "bad address \"nope\": want [HOST:]PORT, PORT 0..65535 (0: any)") == 0);
+  /* Listening: the URL, told from the loop. */
+  inspect_url[0] = inspect_why[0] = 0;
+  CHECK(mk_host_inspect(a, "127.0.0.1:0", inspect_told, &inspect_url) == MK_OK);
+  for (i = 0; i < 500 && inspect_url[0] == 0; i++) mk_host_turn(a, 0.01);
+  CHECK(sscanf(inspect_url, "http://127.0.0.1:%d/", &port) == 1 && port > 0);
+  /* A second inspector on that port is told why not, and its host ends. */
+  b = newhost();
+  snprintf(again, sizeof again, "127.0.0.1:%d", port);
+  CHECK(mk_host_inspect(b, again, inspect_told, &inspect_url) == MK_OK);
+  CHECK(mk_host_run(b) == MK_OK);
+  CHECK(strstr(inspect_why, "address already in use") != NULL);
+  CHECK(mk_host_exit_status(b) == 1);
+  mk_host_free(b);
+  /* The first one stops with its program. */
+  CHECK(mk_host_stop(a, 0) == MK_OK);
+  CHECK(mk_host_run(a) == MK_OK);
+  mk_host_free(a);
+  CHECK(mk_term_live() == base);
+}
+
 int main(void) {
   RUN(new_and_free);
   RUN(spawn_errors);
@@ -1025,5 +1069,6 @@ int main(void) {
   RUN(sigpipe);
   RUN(outside_loop);
   RUN(snapshots);
+  RUN(inspector);
   return CHECK_DONE();
 }

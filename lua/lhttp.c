@@ -1,0 +1,241 @@
+/*
+** lhttp.c: HTTP/1.x messages parsed by Node's http_parser (Debian's
+** libhttp-parser-dev), for the inspector (lua/inspect.lua) and its client
+** (`market inspect`).  Internal: the inspector's Lua half gets it as an
+** argument, it is no `require`-able module.
+**
+**   http.request(max)      -> parser of one request (a server's side)
+**   http.response(max)     -> parser of one response (a client's side)
+**   parser:feed(bytes)     -> true: the message is complete (what follows
+**                             it is ignored); false: more is needed;
+**                             nil, why, status: malformed (400), or past
+**                             `max` bytes (431 while in the head, 413 in
+**                             the body).  feed("") says the stream ended
+**                             (a response delimited by the close).
+**   parser:message()       -> {method=, path=, version=, status=,
+**                             headers={lower-cased name = value}, body=,
+**                             keep_alive=}   (fields so far)
+**
+** The bytes come as the connection delivers them, in pieces cut anywhere:
+** the parser keeps what it needs between pieces in buffers that grow with
+** the message and no further than `max` (no fixed buffer on the input
+** path).  A repeated header's values are joined with ", " (RFC 9110 5.3).
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include <http_parser.h>
+
+#include "mkl.h"
+
+#define LHTTP_MT "market.http"
+
+/* A growing byte buffer, owned by its parser (freed in __gc). */
+typedef struct hbuf { char *p; size_t n, cap; } hbuf;
+
+typedef struct lhttp {
+  http_parser p;          /* first: the callbacks cast back from it */
+  lua_State *L;           /* while feed runs: the parser is at index 1 */
+  size_t max, seen;       /* the limit; bytes fed so far */
+  int overflow;           /* 0, or the status a buffer past max gave */
+  int in_value;           /* the last header callback was a value */
+  int head_done, done;
+  hbuf url, status, field, value, body;
+} lhttp;
+
+static int grow(lhttp *h, hbuf *b, const char *at, size_t n) {
+  if (b->n + n > h->max) {
+    h->overflow = h->head_done ? 413 : 431;
+    return -1;
+  }
+  if (b->n + n > b->cap) {
+    size_t cap = b->cap ? b->cap : 64;
+    char *p;
+    while (cap < b->n + n) cap *= 2;
+    if (cap > h->max) cap = h->max;
+    if ((p = realloc(b->p, cap)) == NULL) { luaL_error(h->L, "market.http: out of memory"); return -1; }
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->n, at, n);
+  b->n += n;
+  return 0;
+}
+
+/* The header whose name and value are buffered goes into the headers
+** table (the parser's user value), joined to an earlier one of its name. */
+static void flush_header(lhttp *h) {
+  lua_State *L = h->L;
+  size_t i;
+  if (!h->in_value) return;
+  for (i = 0; i < h->field.n; i++)
+    if (h->field.p[i] >= 'A' && h->field.p[i] <= 'Z') h->field.p[i] += 'a' - 'A';
+  lua_getiuservalue(L, 1, 1);
+  lua_pushlstring(L, h->field.p, h->field.n);
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, -3) == LUA_TSTRING) {
+    lua_pushliteral(L, ", ");
+    lua_pushlstring(L, h->value.p, h->value.n);
+    lua_concat(L, 3);
+  } else {
+    lua_pop(L, 1);
+    lua_pushlstring(L, h->value.p, h->value.n);
+  }
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  h->field.n = h->value.n = 0;
+  h->in_value = 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t n) {
+  lhttp *h = (lhttp *)p;
+  return grow(h, &h->url, at, n);
+}
+
+static int on_status(http_parser *p, const char *at, size_t n) {
+  lhttp *h = (lhttp *)p;
+  return grow(h, &h->status, at, n);
+}
+
+static int on_field(http_parser *p, const char *at, size_t n) {
+  lhttp *h = (lhttp *)p;
+  flush_header(h);
+  return grow(h, &h->field, at, n);
+}
+
+static int on_value(http_parser *p, const char *at, size_t n) {
+  lhttp *h = (lhttp *)p;
+  h->in_value = 1;
+  return grow(h, &h->value, at, n);
+}
+
+static int on_head(http_parser *p) {
+  lhttp *h = (lhttp *)p;
+  flush_header(h);
+  h->head_done = 1;
+  return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n) {
+  lhttp *h = (lhttp *)p;
+  return grow(h, &h->body, at, n);
+}
+
+/* One message is all a parser takes: pause, so that execute stops here. */
+static int on_done(http_parser *p) {
+  lhttp *h = (lhttp *)p;
+  h->done = 1;
+  http_parser_pause(p, 1);
+  return 0;
+}
+
+static const http_parser_settings settings = {
+  .on_url = on_url, .on_status = on_status, .on_header_field = on_field,
+  .on_header_value = on_value, .on_headers_complete = on_head, .on_body = on_body,
+  .on_message_complete = on_done,
+};
+
+static lhttp *check(lua_State *L) { return luaL_checkudata(L, 1, LHTTP_MT); }
+
+static int fail(lua_State *L, const char *why, int status) {
+  luaL_pushfail(L);
+  lua_pushstring(L, why);
+  lua_pushinteger(L, status);
+  return 3;
+}
+
+static int l_feed(lua_State *L) {
+  lhttp *h = check(L);
+  size_t n, used;
+  const char *s = luaL_checklstring(L, 2, &n);
+  enum http_errno e;
+  if (h->done) { lua_pushboolean(L, 1); return 1; }
+  if (h->overflow) return fail(L, "request too large", h->overflow);
+  /* The head, however it is cut, counts against the limit as it comes. */
+  if (!h->head_done && (h->seen += n) > h->max) {
+    h->overflow = 431;
+    return fail(L, "request head too large", 431);
+  }
+  lua_settop(L, 2);
+  h->L = L;
+  used = http_parser_execute(&h->p, &settings, s, n);
+  h->L = NULL;
+  if (h->done) { lua_pushboolean(L, 1); return 1; }
+  if (h->overflow) return fail(L, h->overflow == 431 ? "request head too large" : "body too large",
+                              h->overflow);
+  e = HTTP_PARSER_ERRNO(&h->p);
+  if (e != HPE_OK || used != n) return fail(L, http_errno_description(e), 400);
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+static void setbuf_field(lua_State *L, const hbuf *b, const char *k) {
+  lua_pushlstring(L, b->p ? b->p : "", b->n);
+  lua_setfield(L, -2, k);
+}
+
+static int l_message(lua_State *L) {
+  lhttp *h = check(L);
+  lua_createtable(L, 0, 8);
+  if (h->p.type == HTTP_REQUEST) {
+    lua_pushstring(L, http_method_str((enum http_method)h->p.method));
+    lua_setfield(L, -2, "method");
+    setbuf_field(L, &h->url, "path");
+  } else {
+    lua_pushinteger(L, h->p.status_code);
+    lua_setfield(L, -2, "status");
+    setbuf_field(L, &h->status, "reason");
+  }
+  lua_pushfstring(L, "%d.%d", (int)h->p.http_major, (int)h->p.http_minor);
+  lua_setfield(L, -2, "version");
+  lua_getiuservalue(L, 1, 1);
+  lua_setfield(L, -2, "headers");
+  setbuf_field(L, &h->body, "body");
+  if (h->head_done) {
+    lua_pushboolean(L, http_should_keep_alive(&h->p));
+    lua_setfield(L, -2, "keep_alive");
+  }
+  return 1;
+}
+
+static int l_gc(lua_State *L) {
+  lhttp *h = check(L);
+  hbuf *bufs[] = {&h->url, &h->status, &h->field, &h->value, &h->body};
+  size_t i;
+  for (i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+    free(bufs[i]->p);
+    bufs[i]->p = NULL;
+    bufs[i]->n = bufs[i]->cap = 0;
+  }
+  return 0;
+}
+
+static int make(lua_State *L, enum http_parser_type type) {
+  lua_Integer max = luaL_checkinteger(L, 1);
+  lhttp *h;
+  luaL_argcheck(L, max > 0, 1, "the limit must be a positive number of bytes");
+  h = lua_newuserdatauv(L, sizeof *h, 1);
+  memset(h, 0, sizeof *h);
+  http_parser_init(&h->p, type);
+  h->max = (size_t)max;
+  luaL_setmetatable(L, LHTTP_MT);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 1);
+  return 1;
+}
+
+static int l_request(lua_State *L) { return make(L, HTTP_REQUEST); }
+static int l_response(lua_State *L) { return make(L, HTTP_RESPONSE); }
+
+void mkl_open_http(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"feed", l_feed}, {"message", l_message}, {"__gc", l_gc}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"request", l_request}, {"response", l_response}, {NULL, NULL}};
+  if (luaL_newmetatable(L, LHTTP_MT)) {
+    luaL_setfuncs(L, methods, 0);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, funcs);
+}

@@ -1,0 +1,322 @@
+-- inspect_spec.lua: the live inspector (docs/inspect.md, "The live
+-- inspector"): its HTTP routes, errors and limits, the Server-Sent Events,
+-- `market inspect`, the Lua and C ways to start it, and the page in a real
+-- browser (headless chromium, driven over its DevTools protocol).  Every
+-- server listens on a port the kernel picks, every client runs under
+-- `timeout`, every server and browser is killed by pid at the end.
+package.path = "spec/support/?.lua;" .. package.path
+local N = require "net"
+local J = require "jsonread"
+local market = require "market"
+local q, capture = N.q, N.capture
+
+-- `market --inspect 127.0.0.1:0 script 0 ...`: the server and the
+-- inspector's port, read from "market: inspector on http://127.0.0.1:N/".
+local function start_inspected(script, ...)
+  local args = {}
+  for i = 1, select("#", ...) do args[i] = q(select(i, ...)) end
+  local server = N.start_cmd(("exec %s --inspect 127.0.0.1:0 %s %s"):format(
+    q(N.market_bin()), q(script), table.concat(args, " ")))
+  local port
+  for _ = 1, 750 do
+    port = tonumber(server.stderr():match("market: inspector on http://127%.0%.0%.1:(%d+)/\n"))
+    if port or server.exited() then break end
+    N.sleep(0.02)
+  end
+  if not port then
+    local err = server.stderr()
+    server.kill()
+    error("the inspector did not start: " .. err, 2)
+  end
+  return server, port
+end
+
+-- Send text as it is to the inspector; the raw response.
+local function raw(port, text)
+  return (capture(("printf '%%s' %s | nc -N 127.0.0.1 %d"):format(q(text), port), 10))
+end
+
+local function get(port, path, method, host)
+  return raw(port, ("%s %s HTTP/1.1\r\nHost: %s\r\n\r\n"):format(method or "GET", path,
+                                                                 host or "127.0.0.1:" .. port))
+end
+
+-- status, headers (lower-cased names), body of a response.
+local function parse(resp)
+  local head, body = resp:match("^(.-)\r\n\r\n(.*)$")
+  assert(head, "no HTTP response: " .. resp:sub(1, 200))
+  local status = tonumber(head:match("^HTTP/1%.1 (%d+)"))
+  local headers = {}
+  for k, v in head:gmatch("\r\n([^:]+): ([^\r]*)") do headers[k:lower()] = v end
+  return status, headers, body
+end
+
+local function json_get(port, path)
+  local status, headers, body = parse(get(port, path))
+  assert.equal(200, status, body)
+  assert.equal("application/json", headers["content-type"])
+  return assert(J.decode(body))
+end
+
+local function find_proc(snap, pred)
+  for _, p in ipairs(snap.vm.processes) do
+    if pred(p) then return p end
+  end
+end
+
+local function named(name) return function(p) return p.name == name end end
+
+describe("the inspector's HTTP server", function()
+  local server, port
+  before_each(function() server, port = start_inspected("examples/chat.lua", "0") end)
+  after_each(function() server.kill() end)
+
+  it("serves the page at /: one HTML document that fetches nothing from elsewhere", function()
+    local status, headers, body = parse(get(port, "/"))
+    assert.equal(200, status)
+    assert.equal("text/html; charset=utf-8", headers["content-type"])
+    assert.equal(#body, tonumber(headers["content-length"]))
+    assert.truthy(body:find("^<!DOCTYPE html>"))
+    assert.truthy(body:find("<style>", 1, true) and body:find("<script>", 1, true))
+    assert.falsy(body:find("<link", 1, true))
+    assert.falsy(body:find("src=", 1, true))
+    assert.falsy(body:find("https?://"))
+    assert.truthy(headers["content-security-policy"]:find("default-src 'none'", 1, true))
+  end)
+
+  it("serves the snapshot at /api/snapshot, with its own URL", function()
+    local snap = json_get(port, "/api/snapshot")
+    assert.equal("ground", snap.vm.path)
+    assert.equal(("http://127.0.0.1:%d/"):format(port), snap.inspector.url)
+    assert.truthy(find_proc(snap, named("inspector")))
+    assert.truthy(find_proc(snap, named("examples/chat.lua")))
+    assert.truthy(snap.drivers.tcp)
+  end)
+
+  it("serves a process at /api/process/PID and a conversation at /api/conversation/...", function()
+    local snap = json_get(port, "/api/snapshot")
+    local driver = find_proc(snap, named("tcp-driver"))
+    local view = json_get(port, "/api/process/" .. driver.pid)
+    assert.equal("ground", view.vm)
+    assert.equal(driver.pid, view.pid)
+    assert.equal("tcp-driver", view.process.name)
+    assert.equal("table", type(view.events))
+    assert.equal("boolean", type(view.recording))
+    -- The ground VM's pid 0 and the tcp driver, say.
+    local c = snap.vm.conversations[1]
+    view = json_get(port, ("/api/conversation/%d/%s/%d/%s?vm=ground"):format(
+      c.publisher.pid, c.publisher.endpoint, c.subscriber.pid, c.subscriber.endpoint))
+    assert.equal(c.publisher.pid, view.publisher.pid)
+    assert.equal(c.subscriber.endpoint, view.subscriber.endpoint)
+    assert.truthy(view.publisher.topic)
+    -- A pid that is not there: no process, still an answer.
+    view = json_get(port, "/api/process/99999")
+    assert.is_nil(view.process)
+  end)
+
+  it("answers 404 for other paths", function()
+    local status, _, body = parse(get(port, "/etc/passwd"))
+    assert.equal(404, status)
+    assert.truthy(body:find("no such page", 1, true))
+    assert.equal(404, (parse(get(port, "/api/process/abc"))))
+  end)
+
+  it("is read-only: 405 for anything but GET and HEAD", function()
+    for _, m in ipairs { "POST", "PUT", "DELETE", "OPTIONS" } do
+      local status, headers = parse(raw(port, ("%s /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"):format(m)))
+      assert.equal(405, status, m)
+      assert.equal("GET, HEAD", headers.allow)
+    end
+  end)
+
+  it("answers HEAD with GET's head and no body", function()
+    local _, gh, gbody = parse(get(port, "/"))
+    local resp = get(port, "/", "HEAD")
+    local status, headers, body = parse(resp)
+    assert.equal(200, status)
+    assert.equal(tostring(#gbody), headers["content-length"])
+    assert.equal(gh["content-type"], headers["content-type"])
+    assert.equal("", body)
+  end)
+
+  it("answers 400 to what is not HTTP, and closes", function()
+    local status, headers = parse(raw(port, "HELLO THERE\r\n\r\n"))
+    assert.equal(400, status)
+    assert.equal("close", headers.connection)
+    assert.equal(400, (parse(raw(port, "GET / HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n"))))
+  end)
+
+  it("bounds a request: 431 past 8 KiB of head", function()
+    local status = parse(get(port, "/" .. ("a"):rep(9000)))
+    assert.equal(431, status)
+    status = parse(raw(port, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " .. ("b"):rep(9000) .. "\r\n\r\n"))
+    assert.equal(431, status)
+    -- And still serves.
+    assert.equal(200, (parse(get(port, "/api/snapshot"))))
+  end)
+
+  it("puts together a request that comes in pieces", function()
+    local out = capture(("(printf 'GET /api/snap'; sleep 0.3; printf 'shot HTTP/1.1\\r\\nHo'; sleep 0.3; " ..
+      "printf 'st: 127.0.0.1\\r\\n\\r\\n') | nc -N 127.0.0.1 %d"):format(port), 10)
+    local status, _, body = parse(out)
+    assert.equal(200, status)
+    assert.equal("ground", J.decode(body).vm.path)
+  end)
+
+  it("refuses a Host that is not loopback (a page of another site, DNS rebinding)", function()
+    local status = parse(get(port, "/api/snapshot", "GET", "evil.example:" .. port))
+    assert.equal(403, status)
+    assert.equal(200, (parse(get(port, "/api/snapshot", "GET", "localhost:" .. port))))
+  end)
+
+  it("listens on loopback only", function()
+    local found
+    for line in (N.slurp("/proc/net/tcp") or ""):gmatch("[^\n]+") do
+      local addr, lport, st = line:match("^%s*%d+: (%x+):(%x+) %x+:%x+ (%x+)")
+      if addr and tonumber(lport, 16) == port and st == "0A" then found = addr end
+    end
+    assert.equal("0100007F", found)
+  end)
+
+  it("pushes a snapshot at least once a second on /events, and forgets a client that goes", function()
+    local out = capture(("(printf 'GET /events HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n'; sleep 4) | " ..
+      "timeout 5 nc 127.0.0.1 %d"):format(port), 10)
+    local status, headers, body = parse(out)
+    assert.equal(200, status)
+    assert.equal("text/event-stream", headers["content-type"])
+    local events = {}
+    for data in body:gmatch("data: ([^\n]*)\n\n") do events[#events + 1] = data end
+    -- One at once and one a second after: a liveness bound, not a timing.
+    assert.is_true(#events >= 3, "events in 4 s: " .. #events)
+    assert.equal("ground", J.decode(events[#events]).vm.path)
+    -- Gone with its client: only the connection of this request is left.
+    local snap
+    for _ = 1, 100 do
+      snap = json_get(port, "/api/snapshot")
+      local n = 0
+      for _, p in ipairs(snap.vm.processes) do
+        if (p.name or ""):find("^inspector ") then n = n + 1 end
+      end
+      if n == 1 then break end
+      N.sleep(0.05)
+    end
+    local conns = {}
+    for _, p in ipairs(snap.vm.processes) do
+      if (p.name or ""):find("^inspector ") then conns[#conns + 1] = p.name end
+    end
+    assert.equal(1, #conns, table.concat(conns, ", "))
+  end)
+end)
+
+describe("market --inspect", function()
+  it("says why it cannot listen and exits 1", function()
+    local busy = N.start_cmd(("exec %s --inspect 127.0.0.1:0 examples/chat.lua 0"):format(q(N.market_bin())))
+    local _, port = N.await_listening(busy, "chat")
+    for _ = 1, 250 do
+      if busy.stderr():find("inspector on", 1, true) then break end
+      N.sleep(0.02)
+    end
+    local iport = tonumber(busy.stderr():match("inspector on http://127%.0%.0%.1:(%d+)/"))
+    local out, status = capture(("%s --inspect 127.0.0.1:%d -e 'print(1)'"):format(q(N.market_bin()), iport), 10)
+    busy.kill()
+    assert.equal(1, status)
+    assert.truthy(out:find(("market: --inspect: cannot listen on 127.0.0.1 port %d: address already in use"):format(iport), 1, true), out)
+    assert.truthy(port)
+  end)
+
+  it("refuses an address that is not [HOST:]PORT (usage error)", function()
+    local out, status = capture(("%s --inspect 99999 -e 'print(1)'"):format(q(N.market_bin())), 10)
+    assert.equal(2, status)
+    assert.truthy(out:find('market: --inspect: bad address "99999"', 1, true), out)
+    out, status = capture(("%s --inspect no-such-host:0 -e 'print(1)'"):format(q(N.market_bin())), 10)
+    assert.equal(1, status)
+    assert.truthy(out:find("not a numeric IP address", 1, true), out)
+  end)
+end)
+
+describe("market inspect HOST:PORT", function()
+  it("prints the processes like ps", function()
+    local server, iport = start_inspected("examples/chat.lua", "0")
+    local _, cport = N.await_listening(server, "chat")
+    local client = N.start_cmd(("exec timeout 30 nc -d 127.0.0.1 %d"):format(cport))
+    local out, status
+    for _ = 1, 100 do
+      out, status = capture(("%s inspect 127.0.0.1:%d"):format(q(N.market_bin()), iport), 10)
+      if out:find("user1", 1, true) then break end
+      N.sleep(0.05)
+    end
+    client.kill()
+    server.kill()
+    assert.equal(0, status, out)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.truthy(lines[1]:find("^VM%s+PID%s+NAME%s+KIND%s+QUEUED%s+ACTS%s+EPS%s+CONV%s+TOPICS$"), lines[1])
+    assert.truthy(lines[2]:find("^ground%s+0%s+ground%s+ground%s"), lines[2])
+    local user = out:match("\n(ground +%d+  user1 [^\n]*)")
+    assert.truthy(user, out)
+    -- A chat session: a Lua process with its five endpoints, in
+    -- conversation with the others and its connection.
+    local kind, queued, acts, eps, conv, topics = user:match("user1 +(%S+) +(%d+) +(%d+) +(%d+) +(%d+)  (.*)$")
+    assert.equal("lua", kind)
+    assert.equal("0", queued)
+    assert.truthy(tonumber(acts) >= 1)
+    assert.equal("5", eps)
+    assert.truthy(tonumber(conv) >= 3)
+    assert.truthy(topics:find("chat-said(\"user1\", _)", 1, true), topics)
+    assert.truthy(out:find("\nground +%d+  inspector +lua "))
+  end)
+
+  it("says so and exits 1 when nothing answers", function()
+    local port = N.free_port()
+    local out, status = capture(("%s inspect 127.0.0.1:%d"):format(q(N.market_bin()), port), 10)
+    assert.equal(1, status)
+    assert.equal(("market inspect: cannot fetch http://127.0.0.1:%d/api/snapshot: connection refused\n"):format(port), out)
+  end)
+
+  it("says so and exits 1 when what answers is not an inspector", function()
+    local server, port = N.start_server("examples/echo.lua")
+    local out, status = capture(("%s inspect 127.0.0.1:%d"):format(q(N.market_bin()), port), 10)
+    server.kill()
+    assert.equal(1, status)
+    assert.truthy(out:find("^market inspect: 127.0.0.1:%d+: bad HTTP response"), out)
+  end)
+end)
+
+describe("require 'market.inspect'", function()
+  local inspect = require "market.inspect"
+
+  it("parses [HOST:]PORT", function()
+    assert.same({ "127.0.0.1", 80 }, { inspect.parse_address("80") })
+    assert.same({ "0.0.0.0", 0 }, { inspect.parse_address("0.0.0.0:0") })
+    assert.same({ "::1", 8080 }, { inspect.parse_address("[::1]:8080") })
+    assert.same({ "127.0.0.1", 7 }, { inspect.parse_address(7) })
+    local ok, why = inspect.parse_address("70000")
+    assert.is_nil(ok)
+    assert.truthy(why:find("bad address", 1, true))
+    assert.is_nil((inspect.parse_address("::1:80")))
+    assert.has_error(function() inspect.start("x") end,
+      'market.inspect.start: bad address "x": want [HOST:]PORT, PORT 0..65535 (0: any)')
+    assert.has_error(function() inspect.start("0", 5) end,
+      "market.inspect.start: on_listening must be a function, got number")
+  end)
+
+  it("starts from a process, tells its URL and publishes it; stops with the program", function()
+    local told, published, resp
+    N.run(function()
+      market.perform(inspect.start("127.0.0.1:0", function(url) told = url end))
+      market.perform(market.subscriber(inspect.listening(market._), "url"))
+      published = market.wait_for(function(e) return e.endpoint == "url" end).role.topic.url
+      local port = tonumber(published:match(":(%d+)/$"))
+      local s = N.connect(port)
+      assert(N.write_all(s, "GET /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+      resp = N.read_all(s)
+      s:close()
+      market.stop(0)
+    end)
+    assert.truthy(told:find("^http://127%.0%.0%.1:%d+/$"), told)
+    assert.equal(told, published)
+    local status, _, body = parse(resp)
+    assert.equal(200, status)
+    assert.truthy(find_proc(J.decode(body), named("inspector")))
+  end)
+end)
