@@ -765,6 +765,9 @@ end
 -- snapshot_json([snap]) -> it as JSON text (lua/lsnap.c; docs/inspect.md,
 -- "Snapshots").  C functions: closures here cost every spawn some
 -- hundreds of instructions (bench-callgrind), by the collector's pace.
-M.snapshot, M.snapshot_json = core.snapshot, core.snapshot_json
+-- inspect_detail([on]) -> the setting before: detail mode (lua/lsnap.c;
+-- docs/inspect.md, "Detail mode").
+M.snapshot, M.snapshot_json, M.inspect_detail = core.snapshot, core.snapshot_json,
+  core.inspect_detail
 
 return M

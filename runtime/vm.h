@@ -422,6 +422,24 @@ const char *mk_interest_name(mk_interest i);
 #define MK_LINK_ENDPOINT "market:link"
 int mk_link(mk_proc *p, mk_pid to, mk_pid who);
 
+/* ---- detail --------------------------------------------------------------- */
+/*
+** Detail mode (docs/inspect.md, "Detail mode"): while it is on, a VM
+** measures each process's activations (thread CPU time, and the bytes an
+** allocator reports through mk_detail_alloc) and counts each send's
+** messages by pair of endpoints, and snapshots show the figures
+** (mk_snap_vm.detail).  Off, it costs a test of one pointer per delivery
+** and per send.  mk_vm_set_detail turns it on or off for vm and every
+** VM nested in it (VMs nested later take their parent's) and returns the
+** setting vm had; turning it off drops the figures.  mk_detail_alloc:
+** for an allocator (the Lua binding's, while detail is on), `delta` bytes
+** taken (> 0) or given back (< 0) now, counted to the process whose
+** activation runs, if any.
+*/
+int mk_vm_set_detail(mk_vm *vm, int on);
+int mk_vm_detail(const mk_vm *vm);
+void mk_detail_alloc(ptrdiff_t delta);
+
 /* ---- snapshots ----------------------------------------------------------- */
 /*
 ** A snapshot: what a VM and the VMs nested in it hold at one moment, for
@@ -452,6 +470,12 @@ typedef struct mk_snap_proc {
                                  ** mk_proc_each_endpoint (level 0 first) */
   size_t nendpoints;
   mk_snap_vm *vm;            /* owned: the VM a "nested-vm" process runs, else NULL */
+  /* In detail mode only (mk_snap_vm.detail), else 0: */
+  double cpu_ms;             /* thread CPU time of its activations, those of
+                             ** processes nested in it left out */
+  int64_t memory;            /* bytes: what an allocator reported for its
+                             ** activations (mk_detail_alloc), net, plus the
+                             ** VM's records of it and its endpoints */
 } mk_snap_proc;
 
 /* A conversation: a publisher endpoint and a subscriber endpoint of one VM
@@ -462,6 +486,9 @@ typedef struct mk_snap_proc {
 typedef struct mk_snap_conv {
   size_t pub_proc, pub_endpoint;
   size_t sub_proc, sub_endpoint;
+  uint64_t messages;         /* detail mode only, else 0: messages sent by the
+                             ** publisher's process that matched both topics
+                             ** since detail was turned on */
 } mk_snap_conv;
 
 struct mk_snap_vm {
@@ -472,6 +499,8 @@ struct mk_snap_vm {
   size_t nprocs;
   mk_snap_conv *convs;       /* owned, nconvs of them, by publisher then subscriber */
   size_t nconvs;
+  int detail;                /* 1: detail mode was on (mk_vm_set_detail): the
+                             ** cpu_ms, memory and messages fields are set */
 };
 
 /*

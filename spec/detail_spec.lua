@@ -1,0 +1,157 @@
+-- detail_spec.lua: detail mode, market.inspect_detail (docs/inspect.md,
+-- "Detail mode"): CPU time and memory per process, messages per
+-- conversation, bytes per TCP connection, shown by snapshots only while on.
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local N = require "net"
+local J = require "jsonread"
+local P, T = market.perform, market.transition
+
+local function byname(vm, name)
+  for _, p in ipairs(vm.processes) do if p.name == name then return p end end
+end
+
+local function conv(vm, pubname, subname)
+  local pub, sub = byname(vm, pubname), byname(vm, subname)
+  for _, c in ipairs(vm.conversations) do
+    if c.publisher.pid == pub.pid and c.subscriber.pid == sub.pid then return c end
+  end
+end
+
+-- Runs f() in a ground VM kept alive meanwhile.
+local function ground(f)
+  local ok, err = market.ground_vm(function()
+    P(market.publisher("keep", { name = "keep" }))
+    f()
+    P(market.delete_endpoint("keep"))
+  end)
+  assert(ok, err)
+end
+
+describe("market.inspect_detail", function()
+  it("returns the setting before, and is off by default", function()
+    local seen = {}
+    ground(function()
+      seen[1] = market.inspect_detail()
+      seen[2] = market.inspect_detail(true)
+      seen[3] = market.inspect_detail(true)
+      seen[4] = market.inspect_detail(false)
+      seen[5] = market.inspect_detail()
+    end)
+    assert.same({ false, false, true, true, false }, seen)
+    assert.is_false(market.inspect_detail())      -- no ground VM: off
+    assert.has_error(function() market.inspect_detail(true) end,
+      "market.inspect_detail: no ground VM is running")
+    ground(function()
+      assert.has_error(function() market.inspect_detail(1) end)
+    end)
+  end)
+
+  it("leaves the fields out while off", function()
+    local s
+    ground(function()
+      P(market.spawn(function()
+        return T(nil, market.subscriber("x", { name = "in", on_message = function() end }))
+      end, { name = "sub" }))
+      P(market.publisher("x", { name = "out" }), market.send("x"))
+      market.pause()
+      s = market.snapshot()
+    end)
+    local sub = byname(s.vm, "sub")
+    assert.is_nil(sub.cpu_ms)
+    assert.is_nil(sub.memory)
+    assert.is_true(#s.vm.conversations > 0)
+    for _, c in ipairs(s.vm.conversations) do assert.is_nil(c.messages) end
+    assert.is_nil(market.snapshot_json(s):find('"cpu_ms"'))
+  end)
+
+  it("gives cpu_ms: it grows for a busy process, not for an idle one", function()
+    local s1, s2
+    ground(function()
+      market.inspect_detail(true)
+      P(market.spawn(function()
+        return T(nil, market.subscriber("work", { on_message = function()
+          local x = 0
+          for i = 1, 3e6 do x = x + i % 7 end
+          return T(x)
+        end }))
+      end, { name = "busy" }))
+      P(market.spawn(function()
+        return T(nil, market.subscriber("none", { on_message = function() end }))
+      end, { name = "idle" }))
+      market.pause()
+      s1 = market.snapshot()
+      P(market.publisher("work"), market.send("work"), market.send("work"))
+      market.pause()
+      s2 = market.snapshot()
+      market.inspect_detail(false)
+    end)
+    local b1, b2 = byname(s1.vm, "busy"), byname(s2.vm, "busy")
+    local i1, i2 = byname(s1.vm, "idle"), byname(s2.vm, "idle")
+    assert.equal("number", type(b1.cpu_ms))
+    assert.is_true(b2.cpu_ms > b1.cpu_ms + 1, b1.cpu_ms .. " -> " .. b2.cpu_ms)
+    assert.is_true(i2.cpu_ms == i1.cpu_ms, i1.cpu_ms .. " -> " .. i2.cpu_ms)
+    assert.is_true(b2.cpu_ms > 10 * i2.cpu_ms)
+  end)
+
+  it("gives memory: larger for a process holding a big table", function()
+    local s
+    ground(function()
+      market.inspect_detail(true)
+      P(market.spawn(function()
+        local held
+        return T(nil, market.subscriber("fill", { on_message = function()
+          held = {}
+          for i = 1, 100000 do held[i] = i end
+        end }))
+      end, { name = "big" }))
+      P(market.spawn(function()
+        return T(nil, market.subscriber("none", { on_message = function() end }))
+      end, { name = "small" }))
+      market.pause()
+      P(market.publisher("fill"), market.send("fill"))
+      market.pause()
+      s = market.snapshot()
+    end)
+    local big, small = byname(s.vm, "big"), byname(s.vm, "small")
+    assert.is_true(small.memory > 0)                    -- its records at least
+    assert.is_true(big.memory > small.memory + 800000, big.memory .. " vs " .. small.memory)
+  end)
+
+  it("counts messages exactly per pair, two subscribers included", function()
+    local s
+    ground(function()
+      market.inspect_detail(true)
+      for _, name in ipairs { "a", "b" } do
+        P(market.spawn(function()
+          return T(nil, market.subscriber({ "m", market._ }, { name = "in", on_message = function() end }),
+                   market.subscriber("other", { name = "o", on_message = function() end }))
+        end, { name = name }))
+      end
+      P(market.spawn(function()
+        return T(nil, market.publisher({ "m", market._ }, { name = "out" }),
+                 market.publisher("other", { name = "out2" }),
+                 market.send({ "m", 1 }), market.send({ "m", 2 }), market.send({ "m", 3 }),
+                 market.send("other"))
+      end, { name = "pub" }))
+      market.pause()
+      s = market.snapshot()
+    end)
+    local function count(sub, ep)
+      local n = 0
+      for _, c in ipairs(s.vm.conversations) do
+        if c.publisher.pid == byname(s.vm, "pub").pid and c.publisher.endpoint == ep
+           and c.subscriber.pid == byname(s.vm, sub).pid then
+          n = n + 1
+          assert.equal("number", type(c.messages))
+          if c.messages > 0 then return c.messages end
+        end
+      end
+      return n == 0 and nil or 0
+    end
+    assert.equal(3, count("a", "out"))
+    assert.equal(3, count("b", "out"))
+    assert.equal(1, count("a", "out2"))
+    assert.equal(1, count("b", "out2"))
+  end)
+end)
