@@ -31,6 +31,7 @@ typedef struct pstat {
   hent h;
   int64_t cpu_ns;             /* thread CPU time in its activations, its own only */
   int64_t mem;                /* Lua bytes its activations allocated, net */
+  uint64_t in, out;           /* bytes a driver moved for it (mk_detail_io) */
 } pstat;
 
 /* Messages sent on one pair of endpoints: key (publisher, subscriber).
@@ -214,6 +215,23 @@ void mkI_detail_handle(mk_proc *p, const mk_event *ev) {
 
 void mk_detail_alloc(ptrdiff_t delta) {
   if (cur != NULL) cur->mem += delta;
+}
+
+void mk_detail_io(mk_proc *p, size_t in, size_t out) {
+  pstat *s;
+  if (p->vm->detail == NULL) return;
+  s = pstat_of(p->vm->detail, p);
+  s->in += in;
+  s->out += out;
+}
+
+int mk_detail_io_of(const mk_proc *p, uint64_t *in, uint64_t *out) {
+  const pstat *s;
+  if (p->vm->detail == NULL) return 0;
+  s = (const pstat *)*slot(p->vm->detail->ptab, p->vm->detail->psize, p, NULL);
+  *in = s ? s->in : 0;
+  *out = s ? s->out : 0;
+  return 1;
 }
 
 int mkI_detail_proc(const mk_proc *p, double *cpu_ms, int64_t *mem) {

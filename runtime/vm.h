@@ -439,6 +439,12 @@ int mk_link(mk_proc *p, mk_pid to, mk_pid who);
 int mk_vm_set_detail(mk_vm *vm, int on);
 int mk_vm_detail(const mk_vm *vm);
 void mk_detail_alloc(ptrdiff_t delta);
+/* For a driver: `in` bytes received and `out` sent for p (a connection's
+** process), counted while detail is on (a test of one pointer while it
+** is off).  mk_detail_io_of gives the counts since detail was turned on,
+** and returns 0 (counts untouched) while it is off. */
+void mk_detail_io(mk_proc *p, size_t in, size_t out);
+int mk_detail_io_of(const mk_proc *p, uint64_t *in, uint64_t *out);
 
 /* ---- snapshots ----------------------------------------------------------- */
 /*

@@ -155,3 +155,61 @@ describe("market.inspect_detail", function()
     assert.equal(1, count("b", "out2"))
   end)
 end)
+
+describe("market.tcp.inspect in detail mode", function()
+  -- A client says "hello" (5 bytes), the server's session answers "you
+  -- said hello" (14 bytes); snapshot(), then the client closes.
+  local function exchange(detail)
+    local tcp = require "market.tcp"
+    local s, log, port, error_ = nil, {}, nil, nil
+    N.run(function()
+      if detail then market.inspect_detail(true) end
+      P(N.tcp_serve(0, N.polite))
+      port = N.bound(0)
+      local a, h = tcp.address("127.0.0.1", port), tcp.handle(1)
+      P(N.tcp_client(1, a, log, { on_connect = function(out) return T(nil, out("hello")) end }))
+      N.wait_until(function() return log[2] == "data you said hello" end)
+      local ok, snap = pcall(market.snapshot)
+      if ok then s = snap else error_ = snap end
+      P(market.send(tcp.channel(h, a, market.EOF)), market.send({ "stop-server", 0 }))
+      N.await({ "done", 1 })
+    end)
+    assert(error_ == nil, tostring(error_))
+    return s, port
+  end
+
+  it("lists the connections, with exact bytes in and out", function()
+    local tcp = require "market.tcp"
+    local s, port = exchange(true)
+    local conns = s.drivers.tcp.connections
+    assert.equal(2, #conns)
+    local byaddr = {}
+    for _, c in ipairs(conns) do byaddr[tostring(c.address)] = c end
+    local client = byaddr[tostring(tcp.handle(1))]
+    local server = byaddr[tostring(tcp.listener(0))]
+    assert.is_truthy(client and server)
+    assert.same({ 5, 14, 0 }, { client.bytes_out, client.bytes_in, client.buffered })
+    assert.same({ 5, 14, 0 }, { server.bytes_in, server.bytes_out, server.buffered })
+    assert.equal("ground", server.vm)
+    assert.equal(port, client.peer.port)
+    assert.equal(byname(s.vm, "client 1").pid, client.session)
+    assert.equal(byname(s.vm, "session").pid, server.session)
+    for _, c in ipairs(conns) do
+      for _, p in ipairs(s.vm.processes) do
+        if p.pid == c.pid then assert.equal("tcp", p.kind) end
+      end
+    end
+  end)
+
+  it("leaves the bytes out while off", function()
+    local s = exchange(false)
+    local conns = s.drivers.tcp.connections
+    assert.equal(2, #conns)
+    for _, c in ipairs(conns) do
+      assert.is_nil(c.bytes_in)
+      assert.is_nil(c.bytes_out)
+      assert.is_nil(c.buffered)
+      assert.equal("number", type(c.pid))
+    end
+  end)
+end)
