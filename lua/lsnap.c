@@ -87,36 +87,14 @@ static void pushvm(lua_State *L, const mk_snap_vm *s) {
 }
 
 /* The drivers whose modules, when loaded, may give their resources
-** (an inspect() function) to a snapshot, and be told of detail mode (a
-** detail(on) function). */
+** (an inspect() function) to a snapshot. */
 static const char *const drivers[] = { "timer", "tcp", "udp", NULL };
-
-/* Call package.loaded["market.<driver>"][fn](args at the top) for each
-** driver that has fn, leaving each result (if nres) in t[driver], t at
-** index `into`; the args are popped. */
-static void each_driver(lua_State *L, const char *fn, int nargs, int nres, int into) {
-  int i, k, base = lua_gettop(L) - nargs;
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  for (i = 0; drivers[i]; i++) {
-    lua_pushfstring(L, "market.%s", drivers[i]);
-    if (lua_rawget(L, -2) == LUA_TTABLE) {
-      if (lua_getfield(L, -1, fn) == LUA_TFUNCTION) {
-        for (k = 1; k <= nargs; k++) lua_pushvalue(L, base + k);
-        lua_call(L, nargs, nres);
-        if (nres) lua_setfield(L, into, drivers[i]);
-      } else {
-        lua_pop(L, 1);
-      }
-    }
-    lua_pop(L, 1);
-  }
-  lua_settop(L, base);
-}
 
 /* core.snapshot() -> {time =, vm =, drivers =} (docs/inspect.md). */
 static int c_snapshot(lua_State *L) {
   mk_ground *g = mkl_ground(L);
   mk_snap_vm *s, **box;
+  int i;
   if (g == NULL) return luaL_error(L, "market.snapshot: no ground VM is running");
   lua_createtable(L, 0, 3);
   lua_pushnumber(L, mk_ground_now(g));
@@ -134,7 +112,20 @@ static int c_snapshot(lua_State *L) {
   lua_pop(L, 1);                              /* box */
   /* A driver's inspect() is Lua of its own: its errors are its caller's. */
   lua_createtable(L, 0, 3);
-  each_driver(L, "inspect", 0, 1, lua_gettop(L));
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  for (i = 0; drivers[i]; i++) {
+    lua_pushfstring(L, "market.%s", drivers[i]);
+    if (lua_rawget(L, -2) == LUA_TTABLE) {
+      if (lua_getfield(L, -1, "inspect") == LUA_TFUNCTION) {
+        lua_call(L, 0, 1);
+        lua_setfield(L, -4, drivers[i]);
+      } else {
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);                              /* package.loaded */
   lua_setfield(L, -2, "drivers");
   return 1;
 }
@@ -331,8 +322,6 @@ int mkl_set_detail(lua_State *L, int on) {
   was = mk_vm_set_detail(mk_ground_vm(g), on);
   if (on && !wrapped) lua_setallocf(L, counted_alloc, b);
   else if (!on && wrapped) lua_setallocf(L, b->f, b->ud);
-  lua_pushboolean(L, on);
-  each_driver(L, "detail", 1, 0, 0);
   return was;
 }
 

@@ -146,9 +146,9 @@ int mkl_log_set_level(lua_State *L, int level);                  /* -1: not a le
 void mkl_open_log(lua_State *L);     /* core.log* into the table at the top */
 /* core.snapshot and core.snapshot_json into the table at the top (lsnap.c). */
 void mkl_open_snapshot(lua_State *L);
-/* Detail mode on or off for the ground VM L runs (docs/inspect.md, "Detail
-** mode"), its allocator and its drivers; returns the setting before.
-** Raises without a ground VM, or what a driver's detail(on) raises. */
+/* Detail mode on or off for the ground VM L runs and its allocator
+** (docs/inspect.md, "Detail mode"); returns the setting before.  Raises
+** without a ground VM, or out of memory. */
 int mkl_set_detail(lua_State *L, int on);
 /* The ground VM the Lua processes of L live under, or NULL (lproc.c). */
 mk_ground *mkl_ground(lua_State *L);
