@@ -189,6 +189,23 @@ int mk_vm_set_trace_opts(mk_vm *vm, const mk_trace_opts *opts);
 /* The trace function of vm (NULL: none) and, when ud is not NULL, its ud. */
 mk_trace_fn mk_vm_trace_fn(const mk_vm *vm, void **ud);
 /*
+** Rings (docs/inspect.md, "Rings"): the last `size` (>= 1) trace lines of
+** the whole program (vm's root and every VM in it) that pass `opts`'s
+** filter, as JSON lines whatever opts->json says, kept while the ring is
+** open, beside the trace and any other ring.  mk_vm_ring_open returns the
+** ring, owned by the caller until mk_ring_close, or NULL: malformed
+** options (as mk_vm_set_trace_opts) or size 0 (errno EINVAL), out of
+** memory (ENOMEM).  mk_ring_read calls fn(ud, line) for each line kept
+** since the last read, oldest first, lets go of them, and returns how
+** many lines were pushed out by newer ones meanwhile.  A ring outlives
+** its VM: it then gets no more lines.  Cost: the filter of each ring for
+** each line the VMs make (none is made while no trace or ring is on).
+*/
+typedef struct mk_ring mk_ring;
+mk_ring *mk_vm_ring_open(mk_vm *vm, const mk_trace_opts *opts, size_t size);
+size_t mk_ring_read(mk_ring *r, mk_trace_fn fn, void *ud);
+void mk_ring_close(mk_ring *r);      /* NULL accepted */
+/*
 ** Crash hook: told when a process of the VM fails (mk_fail, mk_failf:
 ** an error in its handler, a strict error, a budget exceeded), before its
 ** endpoints are withdrawn, so that mk_proc_each_endpoint still lists them.

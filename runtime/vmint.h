@@ -206,8 +206,12 @@ void mkI_trace_release(mk_vm *vm);                        /* vm is freed */
 ** VMs nested in it, counted; a change makes a new one.  Owns its copies
 ** of the filter's pids, globs and topic; `fn` and `ud` are the caller's. */
 struct mk_tracer {
-  mk_trace_fn fn;           /* NULL: nothing is traced */
+  mk_trace_fn fn;           /* NULL: no lines but the rings' */
   void *ud;
+  mk_ring **rings;          /* owned array of counted references (mk_ring):
+                            ** the rings open on the tree */
+  size_t nrings;
+  int on;                   /* fn or rings: the VM makes lines */
   uint32_t refs;            /* one per VM holding it, one per line being written */
   unsigned kinds;           /* 1u << MK_TK_*; 0: every kind */
   int json;
@@ -218,7 +222,7 @@ struct mk_tracer {
   mk_term *topic;           /* NULL: any */
 };
 /* One load and a compare while nothing is traced (the message path). */
-#define MKI_TRACING(vm) ((vm)->trace != NULL && (vm)->trace->fn != NULL)
+#define MKI_TRACING(vm) ((vm)->trace != NULL && (vm)->trace->on)
 void mkI_kill(mk_proc *p, mk_term *reason);
 void mkI_ep_unref(mk_endpoint *e);                 /* vm.c: drops a reference */
 /* detail.c (vm.h, "Detail"), called while p->vm->detail is set: handle

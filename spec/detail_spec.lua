@@ -4,7 +4,7 @@
 package.path = "spec/support/?.lua;" .. package.path
 local market = require "market"
 local N = require "net"
-local J = require "jsonread"
+local H = require "helpers"
 local P, T = market.perform, market.transition
 
 local function byname(vm, name)
@@ -18,15 +18,7 @@ local function conv(vm, pubname, subname)
   end
 end
 
--- Runs f() in a ground VM kept alive meanwhile.
-local function ground(f)
-  local ok, err = market.ground_vm(function()
-    P(market.publisher("keep", { name = "keep" }))
-    f()
-    P(market.delete_endpoint("keep"))
-  end)
-  assert(ok, err)
-end
+local ground = H.kept
 
 describe("market.inspect_detail", function()
   it("returns the setting before, and is off by default", function()
