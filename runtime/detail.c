@@ -55,6 +55,9 @@ struct mkI_detail {
 ** processes' last activations inside its own): each counts its own. */
 static pstat *cur;
 static int64_t nested_ns;
+/* Counts the tables freed (detail turned off): an activation that saw it
+** change under it may not restore the outer one's entry, freed too. */
+static unsigned long epoch;
 
 static void *xcalloc(size_t n, size_t size) {
   void *p = calloc(n, size);
@@ -117,6 +120,7 @@ static void unref_pair(hent *c) {
 static void detail_free(mkI_detail *d) {
   size_t i;
   if (d == NULL) return;
+  epoch++;
   for (i = 0; i < d->psize; i++) {
     hent *s, *sn;
     for (s = d->ptab[i]; s; s = sn) {
@@ -201,15 +205,16 @@ static int64_t cpu_now(void) {
 void mkI_detail_handle(mk_proc *p, const mk_event *ev) {
   pstat *s = pstat_of(p->vm->detail, p), *outer = cur;
   int64_t onested = nested_ns, t0, spent;
+  unsigned long e = epoch;
   cur = s;
   nested_ns = 0;
   t0 = cpu_now();
   p->b->handle(p, ev);
   spent = cpu_now() - t0;
   /* The handler may have turned detail off, or the process gone: s is
-  ** then freed, and cur says so. */
+  ** then freed, and cur says so; so may outer be (the epoch says so). */
   if (cur == s) s->cpu_ns += spent - nested_ns;
-  cur = outer;
+  cur = epoch == e ? outer : NULL;
   nested_ns = onested + spent;
 }
 

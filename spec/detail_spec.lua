@@ -148,6 +148,56 @@ describe("market.inspect_detail", function()
   end)
 end)
 
+describe("detail mode's bookkeeping", function()
+  it("survives a handler turning it off, nested activations and endpoints going", function()
+    local s1, s2
+    ground(function()
+      market.inspect_detail(true)
+      -- a nested VM whose process is killed with it from a handler: its
+      -- last activations run inside that handler's
+      P(market.nested_vm(function()
+        return T(nil, market.at_meta_level(market.subscriber("boom", { name = "up" })),
+                 market.subscriber("inner", { on_absence = function() local t = {} for i = 1, 100 do t[i] = i end end }),
+                 market.publisher("inner"))
+      end, { name = "box" }))
+      P(market.spawn(function()
+        return T(nil, market.subscriber("kill", { on_message = function()
+          local box
+          for _, p in ipairs(market.snapshot().vm.processes) do
+            if p.name == "box" then box = p.pid end
+          end
+          local t = {}
+          for i = 1, 1000 do t[i] = {} end
+          return T(nil, market.quit(box))
+        end }), market.subscriber("off", { on_message = function()
+          market.inspect_detail(false)
+          local t = {}
+          for i = 1, 1000 do t[i] = {} end
+        end }))
+      end, { name = "killer" }))
+      -- a sender whose pair of endpoints goes, many times over: swept
+      for i = 1, 200 do
+        P(market.spawn(function()
+          return T(nil, market.subscriber({ "n", i }, { name = "in", on_message = function()
+            return T(nil, market.quit()) end }))
+        end))
+      end
+      market.pause()
+      P(market.publisher({ "n", market._ }))
+      for i = 1, 200 do P(market.send({ "n", i })) end
+      P(market.publisher("kill"), market.send("kill"))
+      market.pause()
+      s1 = market.snapshot()
+      P(market.publisher("off"), market.send("off"))
+      market.pause()
+      s2 = market.snapshot()
+    end)
+    assert.is_nil(byname(s1.vm, "box"))
+    assert.is_true(byname(s1.vm, "killer").memory > 0)
+    assert.is_nil(byname(s2.vm, "killer").memory)
+  end)
+end)
+
 describe("market.tcp.inspect in detail mode", function()
   -- A client says "hello" (5 bytes), the server's session answers "you
   -- said hello" (14 bytes); snapshot(), then the client closes.
