@@ -180,7 +180,8 @@ void mkI_trace_release(mk_vm *vm) {
 static int replace(mk_vm *vm, mk_trace_fn fn, void *ud, const mk_trace_opts *o,
                    const mk_ring *drop, mk_ring *add) {
   mk_tracer *t, *old = vm->trace;
-  size_t kept = old ? old->nrings - (drop != NULL) : 0;
+  size_t i, kept = 0;
+  for (i = 0; old && i < old->nrings; i++) kept += old->rings[i] != drop;
   if (fn == NULL && o == NULL && kept == 0 && add == NULL) t = NULL;   /* nothing left */
   else if ((t = tracer_new(fn, ud, o, old, drop, add)) == NULL) return -1;
   install(vm, t);
