@@ -1,10 +1,12 @@
 /*
 ** detail.c: detail mode, what snapshots show only while it is on (vm.h,
 ** "Detail"; docs/inspect.md, "Detail mode"): each process's CPU time and
-** memory, each conversation's message count.
+** memory, each conversation's message count, the bytes a driver moved for
+** a process (a TCP connection's).
 **
 ** Nothing here runs while detail is off: the VM tests one pointer
-** (vm->detail) per delivery and per send.  While it is on, each VM holds
+** (vm->detail) per delivery and per send, and mk_detail_io the same one
+** per read or write of a connection.  While it is on, each VM holds
 ** a table of its processes' figures, by process, and one of message
 ** counts, by pair of endpoints.  A process's entry goes with it
 ** (mkI_kill); a pair's entry holds a reference on both endpoints, so
