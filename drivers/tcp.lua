@@ -402,13 +402,16 @@ function M.driver()
 end
 
 -- For market.snapshot (docs/inspect.md, "Snapshots"): the counters of
--- M.stats.  Connections and listeners are processes of the snapshot's
--- tree (kind "tcp" for a connection's manager).
+-- M.stats, and the connections: each manager's pid and VM, its local
+-- address and its peer, its session's pid, and in detail mode the bytes
+-- in, out and buffered.  Connections and listeners are processes of the
+-- snapshot's tree too (kind "tcp" for a connection's manager).
 function M.inspect()
   local s, t = M.stats, {}
   for _, k in ipairs { "max_queued", "pauses", "overflows", "refused", "timeouts", "max_input" } do
     t[k] = s[k]
   end
+  t.connections = sys.tcp_inspect()
   return t
 end
 

@@ -56,6 +56,9 @@
 **       counters shared by the managers given it: stats.max_queued,
 **       stats.pauses, stats.overflows, stats.refused, stats.timeouts,
 **       stats.max_input (read and set like table fields).
+**   sys.tcp_inspect() -> connections
+**       every connection's manager in the program's VMs, for
+**       market.tcp.inspect (docs/inspect.md, "Detail mode").
 **   sys.tcp_conns() -> conns
 **       the number of connections a listener's managers hold open
 **       (conns.live), and of those it accepted on a Unix socket
@@ -991,7 +994,10 @@ static ssize_t put(mk_proc *p, tconn *c, const char *s, size_t n) {
     if (errno != EAGAIN && errno != EWOULDBLOCK) { finish_errno(p, c, errno); return -1; }
     return 0;
   }
-  if (w > 0 && c->idle_ms > 0) c->last_io = stamp_ms();
+  if (w > 0) {
+    if (c->idle_ms > 0) c->last_io = stamp_ms();
+    mk_detail_io(p, 0, (size_t)w);
+  }
   return w;
 }
 
@@ -1139,6 +1145,7 @@ static void drain_input(mk_proc *p, tconn *c) {
   do {
     n = recv(c->fd, rbuf, sizeof rbuf, 0);
   } while (n < 0 && errno == EINTR);
+  if (n > 0) mk_detail_io(p, (size_t)n, 0);
   if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) finish(p, c, NULL);
 }
 
@@ -1152,6 +1159,7 @@ static void on_readable(mk_proc *p, tconn *c) {
   } while (n < 0 && errno == EINTR);
   if (n > 0) {
     if (c->idle_ms > 0) c->last_io = stamp_ms();
+    mk_detail_io(p, (size_t)n, 0);
     received(p, c, rbuf, (size_t)n);
   } else if (n == 0) {
     end_of_input(p, c);
@@ -1810,13 +1818,92 @@ static int l_tcp_manage(lua_State *L) {
   return 1;
 }
 
+/* ---- inspection ---------------------------------------------------------- */
+
+/* The connection's session, the process of index i's peer: a participant
+** that hears its inbound flow, else one that feeds its outbound flow (not
+** the driver, which observes them).  Its index, or s->nprocs: none. */
+static size_t session_of(const mk_snap_vm *s, size_t i) {
+  int inbound;
+  size_t k;
+  for (inbound = 1; inbound >= 0; inbound--)
+    for (k = 0; k < s->nconvs; k++) {
+      const mk_snap_conv *cv = &s->convs[k];
+      size_t me = inbound ? cv->pub_proc : cv->sub_proc;
+      size_t peer = inbound ? cv->sub_proc : cv->pub_proc;
+      size_t ep = inbound ? cv->sub_endpoint : cv->pub_endpoint;
+      if (me == i && peer != i && s->procs[peer].endpoints[ep].role.interest == MK_PARTICIPANT)
+        return peer;
+    }
+  return s->nprocs;
+}
+
+/* The connections of vm (whose snapshot is s) and of the VMs nested in it,
+** appended to the table at the top, *n so far. */
+static void inspect_vm(lua_State *L, mk_vm *vm, const mk_snap_vm *s, lua_Integer *n) {
+  size_t i, k;
+  luaL_checkstack(L, 4, "market.tcp.inspect: VMs nested too deep");
+  for (i = 0; i < s->nprocs; i++) {
+    const mk_snap_proc *sp = &s->procs[i];
+    mk_proc *p = sp->pid ? mk_vm_proc(vm, sp->pid) : NULL;
+    const tconn *c;
+    uint64_t in, out;
+    if (p == NULL) continue;
+    if (sp->vm != NULL) inspect_vm(L, mk_proc_data(p), sp->vm, n);
+    if (sp->kind != tcpconn_behavior.kind || (c = mk_proc_data(p)) == NULL) continue;
+    lua_createtable(L, 0, 8);
+    lua_pushinteger(L, (lua_Integer)sp->pid);
+    lua_setfield(L, -2, "pid");
+    lua_pushstring(L, s->path);
+    lua_setfield(L, -2, "vm");
+    mkl_pushterm(L, c->loc);
+    lua_setfield(L, -2, "address");
+    mkl_pushterm(L, c->remote);
+    lua_setfield(L, -2, "peer");
+    if ((k = session_of(s, i)) < s->nprocs) {
+      lua_pushinteger(L, (lua_Integer)s->procs[k].pid);
+      lua_setfield(L, -2, "session");
+    }
+    if (mk_detail_io_of(p, &in, &out)) {
+      lua_pushinteger(L, (lua_Integer)in);
+      lua_setfield(L, -2, "bytes_in");
+      lua_pushinteger(L, (lua_Integer)out);
+      lua_setfield(L, -2, "bytes_out");
+      lua_pushinteger(L, (lua_Integer)c->qbytes);
+      lua_setfield(L, -2, "buffered");
+    }
+    lua_rawseti(L, -2, ++*n);
+  }
+}
+
+/* sys.tcp_inspect() -> { {pid =, vm =, address =, peer =, session =,
+** [bytes_in =, bytes_out =, buffered =]}, ... } (drivers/tcp.lua, inspect) */
+static int l_tcp_inspect(lua_State *L) {
+  mk_ground *g = mkl_ground(L);
+  mk_snap_vm **box;
+  lua_Integer n = 0;
+  if (g == NULL) return luaL_error(L, "market.tcp.inspect: no ground VM is running");
+  /* Making the tables may raise: the snapshot is held meanwhile by a
+  ** userdata whose __gc frees it (lua/lsnap.c). */
+  box = lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  luaL_setmetatable(L, "market.snapshot");
+  *box = mk_vm_snapshot(mk_ground_vm(g));
+  lua_newtable(L);
+  inspect_vm(L, mk_ground_vm(g), *box, &n);
+  mk_snapshot_free(*box);
+  *box = NULL;
+  return 1;
+}
+
 void mkd_open_tcpconn(lua_State *L) {
   static const luaL_Reg count_mt[] = {
     {"__index", count_index}, {"__newindex", count_newindex}, {"__gc", count_gc},
     {"__tostring", count_tostring}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {
     {"tcp_accept", l_tcp_accept}, {"tcp_manage", l_tcp_manage}, {"tcp_stats", l_tcp_stats},
-    {"tcp_conns", l_tcp_conns}, {"tcp_settings", l_tcp_settings}, {NULL, NULL}};
+    {"tcp_conns", l_tcp_conns}, {"tcp_settings", l_tcp_settings},
+    {"tcp_inspect", l_tcp_inspect}, {NULL, NULL}};
   if (luaL_newmetatable(L, COUNT_MT)) luaL_setfuncs(L, count_mt, 0);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);

@@ -550,6 +550,22 @@ mk_snap_vm *mk_host_snapshot(mk_host *h) {
   return h ? mk_vm_snapshot(mk_host_vm(h)) : NULL;
 }
 
+static int p_detail(lua_State *L) {
+  lua_pushboolean(L, mkl_set_detail(L, (int)lua_toboolean(L, 1)));
+  return 1;
+}
+
+int mk_host_inspect_detail(mk_host *h, int on) {
+  int st, was;
+  if (h == NULL) return MK_EINVAL;
+  lua_pushcfunction(h->L, p_detail);
+  lua_pushboolean(h->L, on);
+  if ((st = lua_pcall(h->L, 1, 1, 0)) != LUA_OK) return luaerr(h, st, MK_ENOMEM, "mk_host_inspect_detail");
+  was = lua_toboolean(h->L, -1);
+  lua_pop(h->L, 1);
+  return was;
+}
+
 static int p_snapshot_json(lua_State *L) {
   luaL_requiref(L, "market", luaopen_market, 0);
   lua_getfield(L, -1, "snapshot_json");

@@ -88,9 +88,8 @@ local function sweep(all)
 end
 
 -- The recent events of view k (the JSON lines, oldest first), opening its
--- ring with opts the first time; nil when this build has no rings.
+-- ring with opts the first time; nil when the ring cannot be opened.
 local function view_lines(k, opts, keep)
-  if not market.ring then return nil end
   local v = views[k]
   if not v then
     local ok, ring = pcall(market.ring, opts)
@@ -102,9 +101,7 @@ local function view_lines(k, opts, keep)
     views[k] = v
   end
   v.used = market.now()
-  local got = v.ring:read()
-  if type(got) == "string" then got = { got } end
-  for _, line in ipairs(got or {}) do
+  for _, line in ipairs(v.ring:read()) do
     if not keep or keep(line) then v.lines[#v.lines + 1] = line end
   end
   local n, extra = #v.lines, #v.lines - M.KEEP_EVENTS
@@ -115,9 +112,7 @@ local function view_lines(k, opts, keep)
   return v.lines
 end
 
-local function detail(on)
-  if market.inspect_detail then market.inspect_detail(on) end
-end
+local detail = market.inspect_detail
 
 -- ---- snapshots for the page -----------------------------------------------
 
@@ -284,6 +279,9 @@ local function connection(remote, here, info, loopback_only)
     -- /events: the head, a snapshot now and one every PUSH_MS.
     local function stream()
       streaming = true
+      -- On before the first push (the server's count of viewers, which
+      -- turns it off after the last, hears of this one only later).
+      detail(true)
       P(market.observe_publishers(tcp.backpressure(here, remote), {
           name = "backpressure",
           on_presence = function() paused = true end,
@@ -799,7 +797,7 @@ function showDetail() {
       head = `<p class="topic">${esc(term(d.publisher.topic))} ⟷ ${esc(term(d.subscriber.topic))}</p>`;
     }
     $("dbody").innerHTML = head + (d.recording ? eventRows(d.events || []) :
-      `<div class="empty">recent events are not recorded by this build (market.ring)</div>`);
+      `<div class="empty">recent events cannot be recorded: see the program's log</div>`);
   }).catch(() => {});
 }
 function select(sel) {

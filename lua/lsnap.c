@@ -3,6 +3,7 @@
 ** mk_vm_snapshot) and the JSON encoding of a snapshot (docs/inspect.md,
 ** "Snapshots").
 */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,11 @@ static void pushvm(lua_State *L, const mk_snap_vm *s) {
     setstr(L, "kind", p->kind);
     setint(L, "queued", (lua_Integer)p->queued);
     if (p->activations >= 0) setint(L, "activations", (lua_Integer)p->activations);
+    if (s->detail) {
+      lua_pushnumber(L, p->cpu_ms);
+      lua_setfield(L, -2, "cpu_ms");
+      setint(L, "memory", (lua_Integer)p->memory);
+    }
     lua_createtable(L, (int)p->nendpoints, 0);
     for (k = 0; k < p->nendpoints; k++) {
       const mk_snap_endpoint *e = &p->endpoints[k];
@@ -74,6 +80,7 @@ static void pushvm(lua_State *L, const mk_snap_vm *s) {
     lua_setfield(L, -2, "publisher");
     pushside(L, s, c->sub_proc, c->sub_endpoint);
     lua_setfield(L, -2, "subscriber");
+    if (s->detail) setint(L, "messages", (lua_Integer)c->messages);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   lua_setfield(L, -2, "conversations");
@@ -251,6 +258,85 @@ static int c_snapshot_json(lua_State *L) {
   return 1;
 }
 
+/* ---- detail mode ---------------------------------------------------------- */
+
+/* While detail is on, the state's allocator is wrapped to tell the VM
+** what each activation allocates (mk_detail_alloc).  The wrapped one is
+** kept in malloc'd memory (the box), not Lua's: lua_close frees the main
+** thread's block last, after the box's userdata is collected, whose __gc
+** puts the wrapped allocator back first. */
+typedef struct allocbox {
+  lua_Alloc f;
+  void *ud;
+} allocbox;
+
+static const char key_alloc = 0;
+
+static void *counted_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  const allocbox *b = ud;
+  void *r = b->f(b->ud, ptr, osize, nsize);
+  if (r != NULL || nsize == 0)
+    mk_detail_alloc((ptrdiff_t)nsize - (ptr != NULL ? (ptrdiff_t)osize : 0));
+  return r;
+}
+
+static int allocbox_gc(lua_State *L) {
+  allocbox **b = lua_touserdata(L, 1);
+  void *ud;
+  if (*b == NULL) return 0;
+  if (lua_getallocf(L, &ud) == counted_alloc && ud == *b) lua_setallocf(L, (*b)->f, (*b)->ud);
+  free(*b);
+  *b = NULL;
+  return 0;
+}
+
+/* The state's box, made (unwrapped) the first time. */
+static allocbox *getbox(lua_State *L) {
+  allocbox **b;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_alloc) == LUA_TUSERDATA) {
+    b = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return *b;
+  }
+  lua_pop(L, 1);
+  b = lua_newuserdatauv(L, sizeof *b, 0);
+  *b = NULL;
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, allocbox_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  if ((*b = malloc(sizeof **b)) == NULL) luaL_error(L, "not enough memory");
+  (*b)->f = lua_getallocf(L, &(*b)->ud);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &key_alloc);
+  return *b;
+}
+
+int mkl_set_detail(lua_State *L, int on) {
+  mk_ground *g = mkl_ground(L);
+  allocbox *b;
+  void *ud;
+  int was, wrapped;
+  if (g == NULL) return luaL_error(L, "market.inspect_detail: no ground VM is running");
+  b = getbox(L);
+  wrapped = lua_getallocf(L, &ud) == counted_alloc && ud == b;
+  was = mk_vm_set_detail(mk_ground_vm(g), on);
+  if (on && !wrapped) lua_setallocf(L, counted_alloc, b);
+  else if (!on && wrapped) lua_setallocf(L, b->f, b->ud);
+  return was;
+}
+
+/* core.inspect_detail([on]) -> the setting before (docs/inspect.md). */
+static int c_inspect_detail(lua_State *L) {
+  mk_ground *g = mkl_ground(L);
+  if (lua_isnoneornil(L, 1)) {
+    lua_pushboolean(L, g != NULL && mk_vm_detail(mk_ground_vm(g)));
+    return 1;
+  }
+  luaL_checktype(L, 1, LUA_TBOOLEAN);
+  lua_pushboolean(L, mkl_set_detail(L, lua_toboolean(L, 1)));
+  return 1;
+}
+
 void mkl_open_snapshot(lua_State *L) {
   if (luaL_newmetatable(L, "market.snapshot")) {
     lua_pushcfunction(L, snap_gc);
@@ -266,4 +352,6 @@ void mkl_open_snapshot(lua_State *L) {
   lua_setfield(L, -2, "snapshot");
   lua_pushcfunction(L, c_snapshot_json);
   lua_setfield(L, -2, "snapshot_json");
+  lua_pushcfunction(L, c_inspect_detail);
+  lua_setfield(L, -2, "inspect_detail");
 }

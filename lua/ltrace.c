@@ -4,6 +4,7 @@
 ** "Traces"; docs/inspect.md, "Traces").
 */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,7 +59,7 @@ void mkl_trace_end(lua_State *L) {
 /* The strings (a string or a list of them) of field `key` of the options
 ** at index 1, into a userdata array pushed on the stack (the strings stay
 ** Lua's: the options table holds them while the trace copies them). */
-static const char *const *strings(lua_State *L, const char *key, size_t *n) {
+static const char *const *strings(lua_State *L, const char *who, const char *key, size_t *n) {
   const char **a;
   size_t i;
   int t = lua_getfield(L, 1, key);
@@ -71,13 +72,13 @@ static const char *const *strings(lua_State *L, const char *key, size_t *n) {
     return a;
   }
   if (t != LUA_TTABLE)
-    luaL_error(L, "market.trace: %s must be a string or a list of strings, got %s", key,
+    luaL_error(L, "%s: %s must be a string or a list of strings, got %s", who, key,
                luaL_typename(L, -1));
   *n = lua_rawlen(L, -1);
   a = lua_newuserdatauv(L, (*n ? *n : 1) * sizeof *a, 0);
   for (i = 0; i < *n; i++) {
     if (lua_rawgeti(L, -2, (lua_Integer)i + 1) != LUA_TSTRING)
-      luaL_error(L, "market.trace: %s[%d] must be a string, got %s", key, (int)i + 1,
+      luaL_error(L, "%s: %s[%d] must be a string, got %s", who, key, (int)i + 1,
                  luaL_typename(L, -1));
     a[i] = lua_tostring(L, -1);     /* held by the list */
     lua_pop(L, 1);
@@ -85,22 +86,22 @@ static const char *const *strings(lua_State *L, const char *key, size_t *n) {
   return a;
 }
 
-static unsigned kinds(lua_State *L) {
+static unsigned kinds(lua_State *L, const char *who) {
   size_t n, i;
   unsigned bits = 0;
-  const char *const *k = strings(L, "kind", &n);
+  const char *const *k = strings(L, who, "kind", &n);
   for (i = 0; i < n; i++) {
     int kind = mk_trace_kind(k[i]);
     if (kind < 0)
-      luaL_error(L, "market.trace: no kind of line '%s' (spawn, quit, add, delete, send, "
+      luaL_error(L, "%s: no kind of line '%s' (spawn, quit, add, delete, send, "
                  "feedback, at_meta_level, presence, absence, message, spawned, resume, "
-                 "meta, deleted)", k[i]);
+                 "meta, deleted)", who, k[i]);
     bits |= 1u << kind;
   }
   return bits;
 }
 
-static const mk_pid *pids(lua_State *L, size_t *n) {
+static const mk_pid *pids(lua_State *L, const char *who, size_t *n) {
   mk_pid *a;
   size_t i;
   int t = lua_getfield(L, 1, "pid"), list = t == LUA_TTABLE;
@@ -115,12 +116,35 @@ static const mk_pid *pids(lua_State *L, size_t *n) {
     else lua_pushvalue(L, -2);
     pid = lua_tointegerx(L, -1, &isint);
     if (!isint || pid < 0)
-      luaL_error(L, "market.trace: pid must be a pid or a list of pids, got %s",
+      luaL_error(L, "%s: pid must be a pid or a list of pids, got %s", who,
                  luaL_typename(L, -1));
     a[i] = (mk_pid)pid;
     lua_pop(L, 1);
   }
   return a;
+}
+
+/* The options table at index 1 has only these fields (`list`: how an
+** error names them). */
+static void onlyfields(lua_State *L, const char *who, const char *const *fields,
+                       const char *list) {
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    const char *const *f = fields;
+    lua_pop(L, 1);
+    while (*f && !(lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), *f) == 0)) f++;
+    if (*f == NULL)
+      luaL_error(L, "%s: no option %s (%s)", who, luaL_tolstring(L, -1, NULL), list);
+  }
+}
+
+/* The filter of the options at index 1 into o, all but the topic (last:
+** nothing may raise once o holds a reference). */
+static void filter(lua_State *L, const char *who, mk_trace_opts *o) {
+  o->pids = pids(L, who, &o->npids);
+  o->names = strings(L, who, "name", &o->nnames);
+  o->vms = strings(L, who, "vm", &o->nvms);
+  o->kinds = kinds(L, who);
 }
 
 /* The trace of vm's tree (the whole program from a ground VM) as the
@@ -145,19 +169,8 @@ static int settrace(lua_State *L, mk_vm *vm) {
     return 1;
   }
   if (lua_istable(L, 1)) {
-    lua_pushnil(L);
-    while (lua_next(L, 1)) {
-      const char *const *f = fields;
-      lua_pop(L, 1);
-      while (*f && !(lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), *f) == 0)) f++;
-      if (*f == NULL)
-        return luaL_error(L, "market.trace: no option %s (pid, name, vm, kind, topic, format, file)",
-                          luaL_tolstring(L, -1, NULL));
-    }
-    o.pids = pids(L, &o.npids);
-    o.names = strings(L, "name", &o.nnames);
-    o.vms = strings(L, "vm", &o.nvms);
-    o.kinds = kinds(L);
+    onlyfields(L, "market.trace", fields, "pid, name, vm, kind, topic, format, file");
+    filter(L, "market.trace", &o);
     lua_getfield(L, 1, "format");
     format = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : lua_isnil(L, -1) ? "text" : NULL;
     if (format == NULL || (strcmp(format, "text") != 0 && strcmp(format, "json") != 0))
@@ -232,7 +245,103 @@ const char *mkl_trace(lua_State *L, mk_vm *vm, int idx) {
   return NULL;
 }
 
+/* ---- rings ----------------------------------------------------------------- */
+
+/* A ring's userdata: the ring, NULL once closed. */
+typedef struct ringbox { mk_ring *r; } ringbox;
+
+#define RING_MT "market.ring"
+#define RING_SIZE 100       /* lines, when size is left out */
+
+static ringbox *checkring(lua_State *L) {
+  ringbox *b = luaL_checkudata(L, 1, RING_MT);
+  if (b->r == NULL) luaL_error(L, "market.ring: the ring is closed");
+  return b;
+}
+
+static void addline(void *ud, const char *line) {
+  lua_State *L = ud;
+  lua_pushstring(L, line);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+/* ring:read() -> {lines since the last read}, how many were dropped */
+static int ring_read(lua_State *L) {
+  ringbox *b = checkring(L);
+  size_t dropped;
+  lua_newtable(L);
+  dropped = mk_ring_read(b->r, addline, L);
+  lua_pushinteger(L, (lua_Integer)dropped);
+  return 2;
+}
+
+static int ring_close(lua_State *L) {
+  ringbox *b = luaL_checkudata(L, 1, RING_MT);
+  mk_ring_close(b->r);
+  b->r = NULL;
+  return 0;
+}
+
+static int ring_tostring(lua_State *L) {
+  ringbox *b = luaL_checkudata(L, 1, RING_MT);
+  lua_pushfstring(L, "market.ring (%s)", b->r ? "open" : "closed");
+  return 1;
+}
+
+/* Set the rings' metatable on the value at the top.  Made by the first
+** ring, not when market loads: one more key in the registry changes where
+** its integer keys (luaL_ref's, several looked up per message) fall, and
+** a program that opens no ring counted 28 instructions more per message
+** (bench-callgrind) for it. */
+static void ringmeta(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"read", ring_read}, {"close", ring_close}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+    {"__gc", ring_close}, {"__close", ring_close}, {"__tostring", ring_tostring},
+    {NULL, NULL}};
+  if (luaL_newmetatable(L, RING_MT)) {
+    luaL_setfuncs(L, meta, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_setmetatable(L, -2);
+}
+
+/* core.ring{pid =, name =, vm =, kind =, topic =, size =} -> ring */
+static int l_ring(lua_State *L) {
+  static const char *const fields[] = {"pid", "name", "vm", "kind", "topic", "size", NULL};
+  mk_ground *g = mkl_ground(L);
+  mk_trace_opts o;
+  lua_Integer size;
+  int isint;
+  ringbox *b;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  luaL_checkstack(L, 32, "market.ring");
+  if (g == NULL) return luaL_error(L, "market.ring: no ground VM is running");
+  memset(&o, 0, sizeof o);
+  onlyfields(L, "market.ring", fields, "pid, name, vm, kind, topic, size");
+  filter(L, "market.ring", &o);
+  if (lua_getfield(L, 1, "size") == LUA_TNIL) size = RING_SIZE, isint = 1;
+  else size = lua_tointegerx(L, -1, &isint);
+  if (!isint || size < 1 || (lua_Unsigned)size > (lua_Unsigned)INT32_MAX)
+    return luaL_error(L, "market.ring: size must be a number of lines >= 1, got %s",
+                      luaL_tolstring(L, -1, NULL));
+  b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->r = NULL;
+  ringmeta(L);
+  if (lua_getfield(L, 1, "topic") != LUA_TNIL)
+    o.topic = mkl_checkterm(L, -1, "ring");     /* last: nothing raises after it */
+  lua_pop(L, 1);
+  b->r = mk_vm_ring_open(mk_ground_vm(g), &o, (size_t)size);
+  mk_unref(o.topic);
+  if (b->r == NULL) return luaL_error(L, "not enough memory");
+  return 1;
+}
+
 void mkl_open_trace(lua_State *L) {
   lua_pushcfunction(L, l_trace);
   lua_setfield(L, -2, "trace");
+  lua_pushcfunction(L, l_ring);
+  lua_setfield(L, -2, "ring");
 }

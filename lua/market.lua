@@ -768,6 +768,11 @@ end
 -- snapshot_json([snap]) -> it as JSON text (lua/lsnap.c; docs/inspect.md,
 -- "Snapshots").  C functions: closures here cost every spawn some
 -- hundreds of instructions (bench-callgrind), by the collector's pace.
-M.snapshot, M.snapshot_json = core.snapshot, core.snapshot_json
+-- inspect_detail([on]) -> the setting before: detail mode (lua/lsnap.c;
+-- docs/inspect.md, "Detail mode").  ring{pid=, name=, vm=, kind=, topic=,
+-- size=}: the last `size` trace lines (JSON) that pass the filter, while
+-- open: ring:read(), ring:close() (lua/ltrace.c; docs/inspect.md, "Rings").
+M.snapshot, M.snapshot_json, M.inspect_detail, M.ring = core.snapshot, core.snapshot_json,
+  core.inspect_detail, core.ring
 
 return M

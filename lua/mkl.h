@@ -148,6 +148,10 @@ void mkl_open_log(lua_State *L);     /* core.log* into the table at the top */
 void mkl_open_cbor(lua_State *L);
 /* core.snapshot and core.snapshot_json into the table at the top (lsnap.c). */
 void mkl_open_snapshot(lua_State *L);
+/* Detail mode on or off for the ground VM L runs and its allocator
+** (docs/inspect.md, "Detail mode"); returns the setting before.  Raises
+** without a ground VM, or out of memory. */
+int mkl_set_detail(lua_State *L, int on);
 /* The ground VM the Lua processes of L live under, or NULL (lproc.c). */
 mk_ground *mkl_ground(lua_State *L);
 

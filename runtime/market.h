@@ -333,6 +333,16 @@ typedef void (*mk_inspect_fn)(mk_host *h, const char *url, const char *error, vo
 int mk_host_inspect(mk_host *h, const char *addr, mk_inspect_fn fn, void *ud);
 
 /*
+** Detail mode (docs/inspect.md, "Detail mode"), market.inspect_detail:
+** while on, snapshots give each process's cpu_ms and memory, each
+** conversation's messages and each TCP connection's bytes (vm.h,
+** mk_vm_set_detail), for the whole program.  Returns the setting before
+** (1 or 0), or MK_EINVAL (h NULL) or MK_ENOMEM.  It may be called from
+** anywhere, handlers included.
+*/
+int mk_host_inspect_detail(mk_host *h, int on);
+
+/*
 ** Lua's warn().  A host keeps what Lua code passes to warn() to itself
 ** unless you ask: fn receives each warning as one line of text (borrowed
 ** for the call, no newline).  fn NULL stops them.  Lua's control messages

@@ -118,6 +118,7 @@ static void boot(mk_proc *self, mk_vm *vm) {
   if (vm->path == NULL) { fputs("market: out of memory\n", stderr); abort(); }
   snprintf(vm->path, n, "%s/%llu", parent->path, (unsigned long long)self->pid);
   mkI_trace_inherit(vm, parent);
+  mkI_detail_inherit(vm, parent);
   vm->crash = parent->crash;
   vm->crashud = parent->crashud;
   vm->userdata = parent->userdata;

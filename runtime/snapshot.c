@@ -3,6 +3,7 @@
 ** (vm.h, "snapshots"; docs/inspect.md).  Nothing here runs unless asked:
 ** it reads the VM's tables and index as they are.
 */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,7 @@ static int by_pair(const void *a, const void *b) {
 }
 
 typedef struct convctx {
+  const mk_vm *vm;
   mk_snap_vm *s;
   size_t cap;
   const epref *refs;
@@ -87,6 +89,8 @@ static int on_match(mk_ilink *link, void *ud) {
   cv->pub_endpoint = c->pub->endpoint;
   cv->sub_proc = r->proc;
   cv->sub_endpoint = r->endpoint;
+  cv->messages = 0;
+  mkI_detail_messages(c->vm, e, q, &cv->messages);
   return 0;
 }
 
@@ -103,6 +107,14 @@ static void snap_proc(mk_proc *p, mk_snap_proc *sp) {
   c.sp = sp;
   c.cap = 0;
   mk_proc_each_endpoint(p, copy_endpoint, &c);
+  if (mkI_detail_proc(p, &sp->cpu_ms, &sp->memory)) {
+    const mk_endpoint *e;
+    sp->memory += (int64_t)sizeof *p;
+    if (p->xname) sp->memory += (int64_t)(sizeof(mk_procx) + strlen(p->name) + 1);
+    else if (p->name) sp->memory += (int64_t)strlen(p->name) + 1;
+    for (e = p->eps; e; e = e->pnext)
+      sp->memory += (int64_t)(offsetof(mk_endpoint, name) + strlen(e->name) + 1);
+  }
   if (p->b == &mk_nested_behavior && p->data != NULL) {
     sp->vm = mkI_xmalloc(sizeof *sp->vm);
     snap_vm(p->data, sp->vm);
@@ -129,6 +141,7 @@ static void snap_convs(mk_vm *vm, mk_snap_vm *s, mk_proc **procs) {
     }
   }
   if (n > 1) qsort(refs, n, sizeof *refs, by_address);
+  c.vm = vm;
   c.s = s;
   c.cap = 0;
   c.refs = refs;
@@ -148,6 +161,7 @@ static void snap_vm(mk_vm *vm, mk_snap_vm *s) {
   size_t i, n = 0;
   memset(s, 0, sizeof *s);
   s->path = mkI_xstrdup(vm->path);
+  s->detail = mk_vm_detail(vm);
   s->pid = vm->self ? vm->self->pid : 0;
   for (b = vm->qhead; b; b = b->next) s->queued += (size_t)(b->last - b->first);
   procs = mkI_xmalloc((vm->nprocs + 1) * sizeof *procs);

@@ -10,7 +10,9 @@
 ** under it.  A line is first judged by the filter, cheapest test first;
 ** only one that passes is given a time and formatted.
 */
+#include <errno.h>
 #include <fnmatch.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +39,30 @@ const char *mk_trace_kind_name(int kind) {
 
 /* ---- tracers ------------------------------------------------------------ */
 
+/* A ring (vm.h).  Counted: one reference for its owner until mk_ring_close,
+** one per tracer that lists it.  Owns its filter (a tracer without a
+** function, used for its filter alone) and its lines. */
+struct mk_ring {
+  mk_vm *vm;                /* the root VM it is open on; NULL once that VM
+                            ** is freed or the ring closed */
+  mk_tracer *filter;
+  char **lines;             /* size slots, n lines from first on (circular) */
+  size_t size, first, n;
+  size_t dropped;           /* pushed out since the last read */
+  uint32_t refs;
+};
+
+static void tracer_unref(mk_tracer *t);
+
+static void ring_unref(mk_ring *r) {
+  size_t i;
+  if (--r->refs > 0) return;
+  for (i = 0; i < r->n; i++) free(r->lines[(r->first + i) % r->size]);
+  free(r->lines);
+  tracer_unref(r->filter);
+  free(r);
+}
+
 static void strs_free(char **s, size_t n) {
   size_t i;
   for (i = 0; i < n; i++) free(s[i]);
@@ -49,6 +75,8 @@ static void tracer_unref(mk_tracer *t) {
   strs_free(t->names, t->nnames);
   strs_free(t->vms, t->nvms);
   mk_unref(t->topic);
+  while (t->nrings > 0) ring_unref(t->rings[--t->nrings]);
+  free(t->rings);
   free(t);
 }
 
@@ -68,14 +96,23 @@ static char **strs_dup(const char *const *s, size_t n, int *ok) {
 }
 
 /* A tracer with fn, ud and the filter and format of `o` (NULL: all, as
-** text); NULL when out of memory. */
-static mk_tracer *tracer_new(mk_trace_fn fn, void *ud, const mk_trace_opts *o) {
+** text), and the rings of `from` (may be NULL) but `drop`, and `add` (may
+** be NULL); NULL when out of memory. */
+static mk_tracer *tracer_new(mk_trace_fn fn, void *ud, const mk_trace_opts *o,
+                             const mk_tracer *from, const mk_ring *drop, mk_ring *add) {
   mk_tracer *t = calloc(1, sizeof *t);
+  size_t i, n = (from ? from->nrings : 0) + (add != NULL);
   int ok = 1;
   if (t == NULL) return NULL;
   t->refs = 1;
   t->fn = fn;
   t->ud = ud;
+  if (n > 0 && (t->rings = malloc(n * sizeof *t->rings)) == NULL) { free(t); return NULL; }
+  for (i = 0; from && i < from->nrings; i++)
+    if (from->rings[i] != drop) t->rings[t->nrings++] = from->rings[i];
+  if (add) t->rings[t->nrings++] = add;
+  for (i = 0; i < t->nrings; i++) t->rings[i]->refs++;
+  t->on = fn != NULL || t->nrings > 0;
   if (o == NULL) return t;
   t->kinds = o->kinds;
   t->json = o->json != 0;
@@ -131,23 +168,31 @@ void mkI_trace_inherit(mk_vm *vm, const mk_vm *parent) {
 }
 
 void mkI_trace_release(mk_vm *vm) {
+  size_t i;
+  for (i = 0; vm->trace && i < vm->trace->nrings; i++)
+    if (vm->trace->rings[i]->vm == vm) vm->trace->rings[i]->vm = NULL;
   tracer_unref(vm->trace);
   vm->trace = NULL;
 }
 
-static int replace(mk_vm *vm, mk_trace_fn fn, void *ud, const mk_trace_opts *o) {
-  mk_tracer *t;
-  if (fn == NULL && o == NULL) t = NULL;      /* nothing left to keep */
-  else if ((t = tracer_new(fn, ud, o)) == NULL) return -1;
+/* The trace of vm's tree: fn, ud and o, the rings as they were but `drop`,
+** and `add`. */
+static int replace(mk_vm *vm, mk_trace_fn fn, void *ud, const mk_trace_opts *o,
+                   const mk_ring *drop, mk_ring *add) {
+  mk_tracer *t, *old = vm->trace;
+  size_t i, kept = 0;
+  for (i = 0; old && i < old->nrings; i++) kept += old->rings[i] != drop;
+  if (fn == NULL && o == NULL && kept == 0 && add == NULL) t = NULL;   /* nothing left */
+  else if ((t = tracer_new(fn, ud, o, old, drop, add)) == NULL) return -1;
   install(vm, t);
-  tracer_unref(t);
+  if (t) tracer_unref(t);
   return 0;
 }
 
 void mk_vm_set_trace(mk_vm *vm, mk_trace_fn fn, void *ud) {
   mk_trace_opts o;
   if (vm->trace) o = tracer_opts(vm->trace);
-  if (replace(vm, fn, ud, vm->trace ? &o : NULL) != 0) {
+  if (replace(vm, fn, ud, vm->trace ? &o : NULL, NULL, NULL) != 0) {
     fputs("market: out of memory\n", stderr);     /* vm.c's policy */
     abort();
   }
@@ -158,16 +203,93 @@ mk_trace_fn mk_vm_trace_fn(const mk_vm *vm, void **ud) {
   return vm->trace ? vm->trace->fn : NULL;
 }
 
+static int malformed(const mk_trace_opts *o) {
+  return o != NULL && ((o->npids > 0 && o->pids == NULL) || (o->nnames > 0 && o->names == NULL) ||
+                       (o->nvms > 0 && o->vms == NULL) || (o->kinds >> MK_TK_COUNT) != 0);
+}
+
 int mk_vm_set_trace_opts(mk_vm *vm, const mk_trace_opts *o) {
   mk_trace_opts all;
-  if (o != NULL && ((o->npids > 0 && o->pids == NULL) || (o->nnames > 0 && o->names == NULL) ||
-                    (o->nvms > 0 && o->vms == NULL) || (o->kinds >> MK_TK_COUNT) != 0))
-    return -1;
+  if (malformed(o)) return -1;
   if (o == NULL) {
     memset(&all, 0, sizeof all);
     o = &all;
   }
-  return replace(vm, vm->trace ? vm->trace->fn : NULL, vm->trace ? vm->trace->ud : NULL, o) ? -2 : 0;
+  return replace(vm, vm->trace ? vm->trace->fn : NULL, vm->trace ? vm->trace->ud : NULL, o,
+                 NULL, NULL) ? -2 : 0;
+}
+
+/* ---- rings --------------------------------------------------------------- */
+
+/* The tree's trace as it is, with the rings changed: `drop` left out,
+** `add` added. */
+static int rering(mk_vm *root, const mk_ring *drop, mk_ring *add) {
+  const mk_tracer *t = root->trace;
+  mk_trace_opts o;
+  if (t) o = tracer_opts(t);
+  return replace(root, t ? t->fn : NULL, t ? t->ud : NULL, t ? &o : NULL, drop, add);
+}
+
+mk_ring *mk_vm_ring_open(mk_vm *vm, const mk_trace_opts *opts, size_t size) {
+  mk_ring *r;
+  mk_trace_opts o;
+  if (malformed(opts) || size == 0 || size > SIZE_MAX / sizeof(char *)) {
+    errno = EINVAL;
+    return NULL;
+  }
+  while (vm->parent) vm = vm->parent;
+  if (opts) o = *opts;
+  else memset(&o, 0, sizeof o);
+  o.json = 1;
+  if ((r = calloc(1, sizeof *r)) == NULL) return NULL;
+  r->refs = 1;
+  r->size = size;
+  r->vm = vm;
+  if ((r->filter = tracer_new(NULL, NULL, &o, NULL, NULL, NULL)) == NULL ||
+      (r->lines = malloc(size * sizeof *r->lines)) == NULL || rering(vm, NULL, r) != 0) {
+    ring_unref(r);
+    errno = ENOMEM;
+    return NULL;
+  }
+  return r;
+}
+
+size_t mk_ring_read(mk_ring *r, mk_trace_fn fn, void *ud) {
+  size_t dropped = r->dropped;
+  /* fn may make lines (it may run Lua): take the lines out first. */
+  while (r->n > 0) {
+    char *line = r->lines[r->first];
+    r->first = (r->first + 1) % r->size;
+    r->n--;
+    if (fn) fn(ud, line);
+    free(line);
+  }
+  r->dropped = 0;
+  return dropped;
+}
+
+void mk_ring_close(mk_ring *r) {
+  if (r == NULL) return;
+  mk_ring_read(r, NULL, NULL);
+  /* Out of memory leaves the ring listed by the tree's tracers, closed
+  ** (r->vm NULL: it keeps nothing), until the trace changes again. */
+  if (r->vm != NULL) (void)rering(r->vm, r, NULL);
+  r->vm = NULL;
+  ring_unref(r);
+}
+
+static void ring_push(mk_ring *r, const char *line, size_t len) {
+  char *copy;
+  if (r->vm == NULL || (copy = malloc(len + 1)) == NULL) return;
+  memcpy(copy, line, len + 1);
+  if (r->n == r->size) {                /* the oldest goes */
+    free(r->lines[r->first]);
+    r->first = (r->first + 1) % r->size;
+    r->n--;
+    r->dropped++;
+  }
+  r->lines[(r->first + r->n) % r->size] = copy;
+  r->n++;
 }
 
 /* ---- the filter --------------------------------------------------------- */
@@ -306,16 +428,24 @@ static void text_line(mk_jbuf *b, const mk_proc *p, int kind, const char *ep,
 void mkI_trace_proc(mk_proc *p, int kind, const char *ep, const mk_role *role,
                     const mk_term *extra) {
   mk_tracer *t = p->vm->trace;
-  mk_jbuf b = {NULL, 0, 0, 0};
-  if (t == NULL || t->fn == NULL ||
-      !shown(t, p, kind, carries_message(kind) ? extra : role ? role->topic : NULL))
-    return;
-  if (t->json) json_line(&b, p, kind, ep, role, extra);
-  else text_line(&b, p, kind, ep, role, extra);
-  if (!b.oom) {
-    t->refs++;             /* the function may change the trace */
-    t->fn(t->ud, b.p);
-    tracer_unref(t);
+  const mk_term *topic = carries_message(kind) ? extra : role ? role->topic : NULL;
+  mk_jbuf text = {NULL, 0, 0, 0}, json = {NULL, 0, 0, 0};
+  size_t i;
+  if (t == NULL || !t->on) return;
+  t->refs++;             /* the function may change the trace */
+  if (t->fn && shown(t, p, kind, topic)) {
+    mk_jbuf *b = t->json ? &json : &text;
+    if (t->json) json_line(b, p, kind, ep, role, extra);
+    else text_line(b, p, kind, ep, role, extra);
+    if (!b->oom) t->fn(t->ud, b->p);
   }
-  free(b.p);
+  /* A ring's line is the JSON line, made once for all. */
+  for (i = 0; i < t->nrings; i++) {
+    if (!shown(t->rings[i]->filter, p, kind, topic)) continue;
+    if (json.p == NULL && !json.oom) json_line(&json, p, kind, ep, role, extra);
+    if (!json.oom) ring_push(t->rings[i], json.p, json.n);
+  }
+  tracer_unref(t);
+  free(text.p);
+  free(json.p);
 }

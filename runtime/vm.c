@@ -196,6 +196,8 @@ static void ep_unref(mk_endpoint *e) {
   free(e);
 }
 
+void mkI_ep_unref(mk_endpoint *e) { ep_unref(e); }
+
 /* ---- the queue ---------------------------------------------------------- */
 
 _Static_assert(sizeof(mk_qblock) == 65536, "a queue block is 64 KiB (vmint.h)");
@@ -434,6 +436,7 @@ void mk_vm_free(mk_vm *vm, mk_term *reason) {
     vm->resident = NULL;
   }
   drop_queue(vm);
+  mkI_detail_release(vm);    /* before the index: it holds endpoints */
   qblocks_free(vm->qhead);   /* drop_queue left one block, or none, and no qfree */
   mk_action_free(vm->outbox);
   mk_index_free(vm->ix[0]);
@@ -958,6 +961,7 @@ static int nobody(mk_proc *p, mk_term *body, const char *what) {
 void mk_send(mk_proc *p, mk_term *body) {
   if (p->dead || nobody(p, body, "send")) return;
   if (TRACING(p->vm)) mkI_trace_proc(p, MK_TK_SEND, NULL, NULL, body);
+  if (p->vm->detail) mkI_detail_send(p, body);
   route(p->vm, body, 0);
 }
 
@@ -1015,6 +1019,7 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
     }
   }
   if (!p->resident) ptab_remove(vm, p);
+  if (vm->detail) mkI_detail_gone(p);
   if (p->b == &mk_nested_behavior && p->data != NULL)
     /* Its VM goes with it: the processes inside see each other go with
     ** this reason (DESIGN §1 "its VM goes"), not with the nil that
@@ -1328,7 +1333,8 @@ static void deliver(mk_vm *vm, mk_qev *q) {
                    ev.role.topic ? &ev.role : NULL,
                    q->type == MK_EV_MESSAGE ? ev.message : ev.reason);
   p->in_handle++;
-  p->b->handle(p, &ev);
+  if (vm->detail) mkI_detail_handle(p, &ev);     /* timed: detail.c */
+  else p->b->handle(p, &ev);
   p->in_handle--;
 }
 

@@ -189,6 +189,23 @@ int mk_vm_set_trace_opts(mk_vm *vm, const mk_trace_opts *opts);
 /* The trace function of vm (NULL: none) and, when ud is not NULL, its ud. */
 mk_trace_fn mk_vm_trace_fn(const mk_vm *vm, void **ud);
 /*
+** Rings (docs/inspect.md, "Rings"): the last `size` (>= 1) trace lines of
+** the whole program (vm's root and every VM in it) that pass `opts`'s
+** filter, as JSON lines whatever opts->json says, kept while the ring is
+** open, beside the trace and any other ring.  mk_vm_ring_open returns the
+** ring, owned by the caller until mk_ring_close, or NULL: malformed
+** options (as mk_vm_set_trace_opts) or size 0 (errno EINVAL), out of
+** memory (ENOMEM).  mk_ring_read calls fn(ud, line) for each line kept
+** since the last read, oldest first, lets go of them, and returns how
+** many lines were pushed out by newer ones meanwhile.  A ring outlives
+** its VM: it then gets no more lines.  Cost: the filter of each ring for
+** each line the VMs make (none is made while no trace or ring is on).
+*/
+typedef struct mk_ring mk_ring;
+mk_ring *mk_vm_ring_open(mk_vm *vm, const mk_trace_opts *opts, size_t size);
+size_t mk_ring_read(mk_ring *r, mk_trace_fn fn, void *ud);
+void mk_ring_close(mk_ring *r);      /* NULL accepted */
+/*
 ** Crash hook: told when a process of the VM fails (mk_fail, mk_failf:
 ** an error in its handler, a strict error, a budget exceeded), before its
 ** endpoints are withdrawn, so that mk_proc_each_endpoint still lists them.
@@ -422,6 +439,30 @@ const char *mk_interest_name(mk_interest i);
 #define MK_LINK_ENDPOINT "market:link"
 int mk_link(mk_proc *p, mk_pid to, mk_pid who);
 
+/* ---- detail --------------------------------------------------------------- */
+/*
+** Detail mode (docs/inspect.md, "Detail mode"): while it is on, a VM
+** measures each process's activations (thread CPU time, and the bytes an
+** allocator reports through mk_detail_alloc) and counts each send's
+** messages by pair of endpoints, and snapshots show the figures
+** (mk_snap_vm.detail).  Off, it costs a test of one pointer per delivery
+** and per send.  mk_vm_set_detail turns it on or off for vm and every
+** VM nested in it (VMs nested later take their parent's) and returns the
+** setting vm had; turning it off drops the figures.  mk_detail_alloc:
+** for an allocator (the Lua binding's, while detail is on), `delta` bytes
+** taken (> 0) or given back (< 0) now, counted to the process whose
+** activation runs, if any.
+*/
+int mk_vm_set_detail(mk_vm *vm, int on);
+int mk_vm_detail(const mk_vm *vm);
+void mk_detail_alloc(ptrdiff_t delta);
+/* For a driver: `in` bytes received and `out` sent for p (a connection's
+** process), counted while detail is on (a test of one pointer while it
+** is off).  mk_detail_io_of gives the counts since detail was turned on,
+** and returns 0 (counts untouched) while it is off. */
+void mk_detail_io(mk_proc *p, size_t in, size_t out);
+int mk_detail_io_of(const mk_proc *p, uint64_t *in, uint64_t *out);
+
 /* ---- snapshots ----------------------------------------------------------- */
 /*
 ** A snapshot: what a VM and the VMs nested in it hold at one moment, for
@@ -452,6 +493,12 @@ typedef struct mk_snap_proc {
                                  ** mk_proc_each_endpoint (level 0 first) */
   size_t nendpoints;
   mk_snap_vm *vm;            /* owned: the VM a "nested-vm" process runs, else NULL */
+  /* In detail mode only (mk_snap_vm.detail), else 0: */
+  double cpu_ms;             /* thread CPU time of its activations, those of
+                             ** processes nested in it left out */
+  int64_t memory;            /* bytes: what an allocator reported for its
+                             ** activations (mk_detail_alloc), net, plus the
+                             ** VM's records of it and its endpoints */
 } mk_snap_proc;
 
 /* A conversation: a publisher endpoint and a subscriber endpoint of one VM
@@ -462,6 +509,9 @@ typedef struct mk_snap_proc {
 typedef struct mk_snap_conv {
   size_t pub_proc, pub_endpoint;
   size_t sub_proc, sub_endpoint;
+  uint64_t messages;         /* detail mode only, else 0: messages sent by the
+                             ** publisher's process that matched both topics
+                             ** since detail was turned on */
 } mk_snap_conv;
 
 struct mk_snap_vm {
@@ -472,6 +522,8 @@ struct mk_snap_vm {
   size_t nprocs;
   mk_snap_conv *convs;       /* owned, nconvs of them, by publisher then subscriber */
   size_t nconvs;
+  int detail;                /* 1: detail mode was on (mk_vm_set_detail): the
+                             ** cpu_ms, memory and messages fields are set */
 };
 
 /*

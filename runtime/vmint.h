@@ -7,6 +7,7 @@
 #include "vm.h"
 
 typedef struct mk_tracer mk_tracer;
+typedef struct mkI_detail mkI_detail;
 
 typedef enum mk_action_type {
   MK_A_SPAWN, MK_A_QUIT, MK_A_ADD, MK_A_DELETE, MK_A_SEND, MK_A_FEEDBACK,
@@ -164,6 +165,8 @@ struct mk_vm {
   mk_vm_hooks hooks;
   mk_tracer *trace;         /* shared with the VMs nested in it, counted
                             ** (trace.c); NULL until a trace is set */
+  mkI_detail *detail;       /* detail mode (detail.c): owned; NULL while off,
+                            ** which the message path tests */
   mk_crash_hook crash;      /* mk_vm_set_crash_hook, or NULL */
   void *crashud;
   void *userdata;
@@ -203,8 +206,12 @@ void mkI_trace_release(mk_vm *vm);                        /* vm is freed */
 ** VMs nested in it, counted; a change makes a new one.  Owns its copies
 ** of the filter's pids, globs and topic; `fn` and `ud` are the caller's. */
 struct mk_tracer {
-  mk_trace_fn fn;           /* NULL: nothing is traced */
+  mk_trace_fn fn;           /* NULL: no lines but the rings' */
   void *ud;
+  mk_ring **rings;          /* owned array of counted references (mk_ring):
+                            ** the rings open on the tree */
+  size_t nrings;
+  int on;                   /* fn or rings: the VM makes lines */
   uint32_t refs;            /* one per VM holding it, one per line being written */
   unsigned kinds;           /* 1u << MK_TK_*; 0: every kind */
   int json;
@@ -215,8 +222,21 @@ struct mk_tracer {
   mk_term *topic;           /* NULL: any */
 };
 /* One load and a compare while nothing is traced (the message path). */
-#define MKI_TRACING(vm) ((vm)->trace != NULL && (vm)->trace->fn != NULL)
+#define MKI_TRACING(vm) ((vm)->trace != NULL && (vm)->trace->on)
 void mkI_kill(mk_proc *p, mk_term *reason);
+void mkI_ep_unref(mk_endpoint *e);                 /* vm.c: drops a reference */
+/* detail.c (vm.h, "Detail"), called while p->vm->detail is set: handle
+** one event measured; count a send's messages by pair of endpoints; p is
+** gone.  mkI_detail_proc and mkI_detail_messages give the figures for a
+** snapshot, 0 while detail is off. */
+void mkI_detail_handle(mk_proc *p, const mk_event *ev);
+void mkI_detail_send(mk_proc *p, const mk_term *body);
+void mkI_detail_gone(mk_proc *p);
+int mkI_detail_proc(const mk_proc *p, double *cpu_ms, int64_t *mem);
+int mkI_detail_messages(const mk_vm *vm, const mk_endpoint *pub, const mk_endpoint *sub,
+                        uint64_t *n);
+void mkI_detail_inherit(mk_vm *vm, const mk_vm *parent);  /* a nested VM boots */
+void mkI_detail_release(mk_vm *vm);                       /* vm is freed */
 /* vm.c: malloc and strdup that end the program on out of memory (the
 ** VM's policy: market.h, "Conventions"); mkI_xstrdup(NULL) is NULL. */
 void *mkI_xmalloc(size_t n);

@@ -78,7 +78,7 @@ describe("the inspector's page in headless chromium", function()
 
     local cdp = require "cdp"
     local shot = (os.getenv("TMPDIR") or "/tmp") .. "/market-inspector-" .. server.pid .. ".png"
-    local before, states, gone_at, filtered, detail, conv = nil, {}, nil, nil, nil, nil
+    local before, states, gone_at, filtered, detail, conv, cpu = nil, {}, nil, nil, nil, nil, nil
     N.run(function()
       local timer = require "market.timer"
       local page = cdp.open(dport)
@@ -115,6 +115,14 @@ describe("the inspector's page in headless chromium", function()
       until conv:find("^conversation") or market.now() > deadline
       page.eval([[(() => { document.querySelector('tr.proc[data-name="user2"]').click(); return 1; })()]])
       filter("user")
+      -- Detail mode is on while the page is open: the sessions' CPU time
+      -- and memory are shown, not "-".
+      deadline = market.now() + 10000
+      repeat
+        timer.sleep(100)
+        cpu = page.eval([[(() => [...document.querySelectorAll('tr.proc[data-name="user1"] td')]
+          .map((td) => td.textContent).slice(-2).join(" "))()]])
+      until cpu:find("^%d+%.%d %d+") or market.now() > deadline
       page.screenshot(shot)
       filter("")
       -- One client leaves; the page shows the others only.
@@ -131,6 +139,7 @@ describe("the inspector's page in headless chromium", function()
     print("\ninspect_browser_spec: screenshot in " .. shot)
 
     assert.same({ "user1", "user2", "user3" }, before.users)
+    assert.matches("^%d+%.%d %d+", cpu)          -- CPU ms and memory of user1
     -- Each session publishes what it says and hears everyone: 3 x 3.
     assert.equal(9, before.said)
     assert.same({ "user2" }, filtered.users)

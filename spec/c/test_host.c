@@ -1045,6 +1045,63 @@ static void inspector(void) {
   CHECK(mk_term_live() == base);
 }
 
+/* Detail mode from the host: the fields are set only while it is on, the
+** nested VM takes it, and the messages are counted exactly. */
+static void detail(void) {
+  static const mk_native listener = { snap_boot, NULL, NULL, NULL, NULL, NULL };
+  size_t base = mk_term_live(), i;
+  mk_host *h = newhost();
+  mk_snap_vm *s;
+  const mk_snap_proc *pub, *nat, *box;
+  char *json;
+  int found = 0;
+  CHECK(mk_host_inspect_detail(NULL, 1) == MK_EINVAL);
+  CHECK(mk_host_inspect_detail(h, 1) == 0);
+  CHECK(mk_host_inspect_detail(h, 1) == 1);
+  CHECK(mk_host_spawn_native(h, &listener, NULL, "listener") != 0);
+  CHECK(mk_host_spawn_string(h,
+    "local market = require 'market'\n"
+    "local t = {}\n"
+    "for i = 1, 1000 do t[i] = {i} end\n"
+    "return market.transition(t, market.publisher('news', {name = 'out'}),\n"
+    "  market.send('news'), market.send('news'), market.send('news'),\n"
+    "  market.nested_vm(function() return market.transition(nil, market.subscriber('x')) end,\n"
+    "    {name = 'box'}))\n", "pub", 0, NULL) != 0);
+  while (mk_host_step(h) > 0) {}
+  s = mk_host_snapshot(h);
+  CHECK(s != NULL && s->detail == 1);
+  pub = snap_named(s, "pub");
+  nat = snap_named(s, "listener");
+  box = snap_named(s, "box");
+  CHECK(pub && nat && box);
+  if (pub && nat && box) {
+    CHECK(pub->cpu_ms > 0 && pub->memory > 16000);       /* 1,000 tables, held */
+    CHECK(nat->memory > 0 && nat->memory < pub->memory);  /* its records only */
+    CHECK(box->vm != NULL && box->vm->detail == 1);
+    for (i = 0; i < s->nconvs; i++) {
+      const mk_snap_conv *c = &s->convs[i];
+      if (&s->procs[c->pub_proc] == pub && &s->procs[c->sub_proc] == nat) {
+        CHECK(c->messages == 3);
+        found = 1;
+      }
+    }
+    CHECK(found);
+  }
+  mk_snapshot_free(s);
+  json = mk_host_snapshot_json(h);
+  CHECK(json != NULL && strstr(json, "\"messages\":3") != NULL && strstr(json, "\"cpu_ms\"") != NULL);
+  free(json);
+  CHECK(mk_host_inspect_detail(h, 0) == 1);
+  s = mk_host_snapshot(h);
+  CHECK(s != NULL && s->detail == 0 && s->convs[0].messages == 0);
+  mk_snapshot_free(s);
+  json = mk_host_snapshot_json(h);
+  CHECK(json != NULL && strstr(json, "\"messages\"") == NULL && strstr(json, "\"memory\"") == NULL);
+  free(json);
+  mk_host_free(h);
+  CHECK(mk_term_live() == base);
+}
+
 int main(void) {
   RUN(new_and_free);
   RUN(spawn_errors);
@@ -1070,5 +1127,6 @@ int main(void) {
   RUN(outside_loop);
   RUN(snapshots);
   RUN(inspector);
+  RUN(detail);
   return CHECK_DONE();
 }

@@ -5,6 +5,7 @@
 ** by the test, so the log survives the process, and runs an optional
 ** script (a C function) that performs the actions under test.
 */
+#include <errno.h>
 #include <ev.h>
 #include <malloc.h>
 #include <math.h>
@@ -2904,6 +2905,62 @@ static void test_links(void) {
   END;
 }
 
+static void ring_to_log(void *ud, const char *line) { log_add(ud, line); }
+
+/* Rings (vm.h): JSON lines of their own filter, bounded, read and let go
+** of, several at once beside the trace and without one, none once closed. */
+static void test_rings(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, b;
+  strlog got, got2;
+  mk_trace_opts o;
+  mk_ring *r, *all;
+  memset(&got, 0, sizeof got);
+  memset(&got2, 0, sizeof got2);
+  memset(&o, 0, sizeof o);
+  errno = 0;
+  CHECK(mk_vm_ring_open(vm, NULL, 0) == NULL && errno == EINVAL);
+  o.kinds = 1u << MK_TK_COUNT;
+  CHECK(mk_vm_ring_open(vm, &o, 5) == NULL && errno == EINVAL);
+  o.kinds = 1u << MK_TK_ADD;
+  r = mk_vm_ring_open(vm, &o, 2);
+  all = mk_vm_ring_open(vm, NULL, 100);
+  CHECK(r != NULL && all != NULL && mk_vm_trace_fn(vm, NULL) == NULL);
+  rec_init(&a, "A");
+  rec_ep(&a, "x", MK_SUBSCRIBER, MK_PARTICIPANT, mk_cstr("x"), 0);
+  rec_ep(&a, "y", MK_SUBSCRIBER, MK_PARTICIPANT, mk_cstr("y"), 0);
+  rec_ep(&a, "z", MK_SUBSCRIBER, MK_PARTICIPANT, mk_cstr("z"), 0);
+  spawn(vm, &a);
+  mk_vm_run(vm);
+  /* three adds, two kept: the first was dropped */
+  CHECK(mk_ring_read(r, ring_to_log, &got) == 1 && got.n == 2);
+  CHECK(got.n == 2 && strstr(got.v[0], "\"kind\":\"add\",\"endpoint\":\"y\"") != NULL);
+  CHECK(got.n == 2 && got.v[1][0] == '{' && strstr(got.v[1], "\"endpoint\":\"z\"") != NULL);
+  CHECK(mk_ring_read(r, ring_to_log, &got) == 0 && got.n == 2);
+  CHECK(mk_ring_read(all, ring_to_log, &got2) == 0 && log_count_prefix(&got2, "{\"time\":") >= 4);
+  mk_ring_close(r);
+  mk_ring_close(NULL);
+  rec_init(&b, "B");
+  rec_ep(&b, "w", MK_SUBSCRIBER, MK_PARTICIPANT, mk_cstr("w"), 0);
+  spawn(vm, &b);
+  mk_vm_run(vm);
+  CHECK(mk_ring_read(all, NULL, NULL) == 0);
+  mk_ring_close(all);
+  CHECK(!MKI_TRACING(vm));             /* nothing left: the VM makes no line */
+  /* a ring outlives its VM, and gets nothing more */
+  all = mk_vm_ring_open(vm, NULL, 10);
+  mk_vm_free(vm, NULL);
+  log_free(&got2);
+  CHECK(mk_ring_read(all, ring_to_log, &got2) == 0);
+  mk_ring_close(all);
+  log_free(&got);
+  log_free(&got2);
+  rec_done(&a);
+  rec_done(&b);
+  END;
+}
+
 int main(void) {
   int rc;
   alarm(60);   /* a hang is a failure, not a stuck CI job */
@@ -2960,6 +3017,7 @@ int main(void) {
   RUN(test_route_cache);
   RUN(test_lifelines);
   RUN(test_links);
+  RUN(test_rings);
   mk_rtype_unref(RT2);
   mk_rtype_unref(LIFE);
   mk_rtype_unref(CTL);

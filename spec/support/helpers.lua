@@ -18,6 +18,16 @@ function H.ground(boot, log, opts)
   return ok
 end
 
+-- kept(f): run f() in a ground VM's boot process, which holds an endpoint
+-- meanwhile: the VM runs until f returns, whatever else ends.
+function H.kept(f)
+  H.ground(function()
+    market.perform(market.publisher("keep", { name = "keep" }))
+    f()
+    market.perform(market.delete_endpoint("keep"))
+  end)
+end
+
 -- A log: log(fmt, ...) appends one formatted line; log.lines is the list.
 -- After log.close() the lines go to log.teardown instead (what happens
 -- when the ground VM tears down the processes still holding endpoints).

@@ -1,0 +1,135 @@
+-- ring_spec.lua: market.ring, a bounded ring of trace lines (docs/inspect.md,
+-- "Rings").
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local J = require "jsonread"
+local H = require "helpers"
+local P, T = market.perform, market.transition
+
+local function decoded(lines)
+  local t = {}
+  for i, l in ipairs(lines) do t[i] = assert(J.decode(l)) end
+  return t
+end
+
+-- Runs f() in a ground VM where "sub" subscribes to {"m", _} and "other"
+-- to "x"; f may send and pause.
+local function scene(f)
+  H.kept(function()
+    P(market.spawn(function()
+      return T(nil, market.subscriber({ "m", market._ }, { name = "in", on_message = function() end }))
+    end, { name = "sub" }))
+    P(market.spawn(function()
+      return T(nil, market.subscriber("x", { name = "in", on_message = function() end }))
+    end, { name = "other" }))
+    market.pause()
+    f()
+  end)
+end
+
+describe("market.ring", function()
+  it("keeps the JSON lines of its filter, read since the last read", function()
+    local first, second, third
+    scene(function()
+      local r = market.ring { topic = { "m", market._ }, kind = "send" }
+      P(market.publisher({ "m", market._ }), market.send({ "m", 1 }), market.send("x"),
+        market.send({ "m", 2 }))
+      market.pause()
+      first = { r:read() }
+      second = { r:read() }
+      P(market.send({ "m", 3 }))
+      third = { r:read() }
+      r:close()
+    end)
+    local l = decoded(first[1])
+    assert.equal(0, first[2])
+    assert.equal(2, #l)
+    assert.same({ "send", "send" }, { l[1].kind, l[2].kind })
+    assert.same({ { "m", 1 }, { "m", 2 } }, { l[1].message, l[2].message })
+    assert.equal("ground", l[1].vm)
+    assert.same({ {}, 0 }, second)
+    assert.same({ "m", 3 }, decoded(third[1])[1].message)
+  end)
+
+  it("filters by pid, name and kind; several rings at once, beside the trace", function()
+    local byname, bypid, path = nil, nil, os.tmpname()
+    scene(function()
+      local other
+      for _, p in ipairs(market.snapshot().vm.processes) do
+        if p.name == "other" then other = p.pid end
+      end
+      market.trace { kind = "message", file = path }
+      local a <close> = market.ring { name = "s*", kind = { "message" } }
+      local b <close> = market.ring { pid = other }
+      P(market.publisher({ "m", market._ }), market.publisher("x"),
+        market.send({ "m", 1 }), market.send("x"))
+      market.pause()
+      byname, bypid = decoded((a:read())), decoded((b:read()))
+      market.trace(false)
+    end)
+    assert.equal(1, #byname)
+    assert.same({ "sub", "message", "in" }, { byname[1].name, byname[1].kind, byname[1].endpoint })
+    assert.is_true(#bypid >= 1)
+    for _, l in ipairs(bypid) do assert.equal("other", l.name) end
+    assert.equal("message", bypid[#bypid].kind)
+    local f = assert(io.open(path))
+    local traced = f:read("a")
+    f:close()
+    os.remove(path)
+    assert.equal(2, select(2, traced:gsub(": message in ", "")))   -- the trace's own lines
+
+  end)
+
+  it("is bounded: the oldest lines go, and read says how many", function()
+    local got
+    scene(function()
+      local r = market.ring { kind = "send", size = 3 }
+      P(market.publisher({ "m", market._ }))
+      for i = 1, 10 do P(market.send({ "m", i })) end
+      got = { r:read() }
+      P(market.send({ "m", 11 }))
+      got[3] = { r:read() }
+      r:close()
+    end)
+    local l = decoded(got[1])
+    assert.equal(3, #l)
+    assert.same({ { "m", 8 }, { "m", 9 }, { "m", 10 } }, { l[1].message, l[2].message, l[3].message })
+    assert.equal(7, got[2])
+    assert.equal(1, #got[3][1])
+    assert.equal(0, got[3][2])
+  end)
+
+  it("keeps nothing once closed, and a closed ring cannot be read", function()
+    local r, after
+    scene(function()
+      r = market.ring { kind = "send" }
+      r:close()
+      r:close()                               -- twice is fine
+      P(market.publisher({ "m", market._ }), market.send({ "m", 1 }))
+      do
+        local c <close> = market.ring { kind = "send" }
+        after = c
+      end
+    end)
+    assert.has_error(function() r:read() end, "market.ring: the ring is closed")
+    assert.has_error(function() after:read() end, "market.ring: the ring is closed")
+    assert.equal("market.ring (closed)", tostring(r))
+  end)
+
+  it("outlives its ground VM, and refuses bad options", function()
+    local r
+    scene(function() r = market.ring { kind = "send" } end)
+    assert.same({ {}, 0 }, { r:read() })
+    r:close()
+    assert.has_error(function() market.ring { kind = "send" } end,
+      "market.ring: no ground VM is running")
+    scene(function()
+      assert.has_error(function() market.ring { size = 0 } end,
+        "market.ring: size must be a number of lines >= 1, got 0")
+      assert.has_error(function() market.ring { kind = "nope" } end)
+      assert.has_error(function() market.ring { colour = 1 } end,
+        "market.ring: no option colour (pid, name, vm, kind, topic, size)")
+      assert.has_error(function() market.ring "x" end)
+    end)
+  end)
+end)
