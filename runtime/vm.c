@@ -1288,6 +1288,37 @@ static void dropped(mk_proc *p, const mk_qev *q) {
   if (q->cont && p->b->release_cont) p->b->release_cont(p, q->cont);
 }
 
+/* The event in slot q as handle gets it (borrowing from q): every field
+** set, so no memset. */
+static inline void event_of(const mk_qev *q, mk_event *ev) {
+  ev->type = (mk_event_type)q->type;
+  ev->endpoint = q->ep ? q->ep->name : q->name;
+  ev->meta = q->meta;
+  ev->role.orientation = (mk_orientation)q->orientation;
+  ev->role.interest = (mk_interest)q->interest;
+  if (q->type == MK_EV_MESSAGE) {
+    ev->message = q->term;
+    ev->role.topic = q->ep ? q->ep->role.topic : q->topic;
+  } else {
+    ev->message = NULL;
+    ev->role.topic = q->term;
+  }
+  ev->reason = q->reason;
+  ev->pid = q->pid;
+  ev->cont = q->cont;
+  ev->tag = q->ep ? q->ep->tag : 0;
+  ev->deleted = q->deleted;
+}
+
+/* The trace line of an event delivered to p (not a boot: its spawn has one). */
+static void trace_event(mk_proc *p, const mk_event *ev) {
+  _Static_assert(MK_TK_DELETED - MK_TK_PRESENCE == MK_EV_DELETED - MK_EV_PRESENCE,
+                 "the kinds of event lines follow mk_event_type");
+  mkI_trace_proc(p, MK_TK_PRESENCE + ev->type - MK_EV_PRESENCE, ev->endpoint,
+                 ev->role.topic ? &ev->role : NULL,
+                 ev->type == MK_EV_MESSAGE ? ev->message : ev->reason);
+}
+
 static void deliver(mk_vm *vm, mk_qev *q) {
   mk_proc *p = q->proc;
   mk_event ev;
@@ -1304,32 +1335,42 @@ static void deliver(mk_vm *vm, mk_qev *q) {
     dropped(p, q);
     return;
   }
-  memset(&ev, 0, sizeof ev);
-  ev.type = (mk_event_type)q->type;
-  ev.endpoint = q->ep ? q->ep->name : q->name;
-  ev.meta = q->meta;
-  ev.role.orientation = (mk_orientation)q->orientation;
-  ev.role.interest = (mk_interest)q->interest;
-  if (q->type == MK_EV_MESSAGE) {
-    ev.message = q->term;
-    ev.role.topic = q->ep ? q->ep->role.topic : q->topic;
-  } else {
-    ev.role.topic = q->term;
-  }
-  ev.reason = q->reason;
-  ev.pid = q->pid;
-  ev.cont = q->cont;
-  ev.tag = q->ep ? q->ep->tag : 0;
-  ev.deleted = q->deleted;
-  _Static_assert(MK_TK_DELETED - MK_TK_PRESENCE == MK_EV_DELETED - MK_EV_PRESENCE,
-                 "the kinds of event lines follow mk_event_type");
-  if (TRACING(vm) && q->type != MK_EV_BOOT)     /* event types in MK_TK_* order */
-    mkI_trace_proc(p, MK_TK_PRESENCE + q->type - MK_EV_PRESENCE, ev.endpoint,
-                   ev.role.topic ? &ev.role : NULL,
-                   q->type == MK_EV_MESSAGE ? ev.message : ev.reason);
+  event_of(q, &ev);
+  if (TRACING(vm) && q->type != MK_EV_BOOT) trace_event(p, &ev);
   p->in_handle++;
   p->b->handle(p, &ev);
   p->in_handle--;
+}
+
+int mk_proc_next(mk_proc *p, mk_event *ev) {
+  const mk_qblock *b = p->vm->qhead;
+  const mk_qev *q;
+  if (b == NULL || b->first == b->last) return 0;
+  q = &b->ev[b->first];
+  /* What deliver would hand to p's handle, and no more: not a deleted
+  ** endpoint's own absences, nor events that end continuations or come
+  ** from a nested VM's child (no endpoint of p's own). */
+  if (q->proc != p || p->dead || q->ep == NULL || q->deleted ||
+      q->ep->dead || q->ep->lifeline || q->ep->islink ||
+      (q->type != MK_EV_MESSAGE && q->type != MK_EV_PRESENCE && q->type != MK_EV_ABSENCE))
+    return 0;
+  event_of(q, ev);
+  return 1;
+}
+
+void mk_proc_take(mk_proc *p) {
+  mk_vm *vm = p->vm;
+  mk_qev q;
+  qev_take(vm, &q);
+  p->pending--;
+  if (TRACING(vm)) {
+    mk_event ev;
+    event_of(&q, &ev);
+    trace_event(p, &ev);
+  }
+  qev_free(&q);
+  /* Not proc_unref: the step delivering p's event being handled holds p. */
+  p->refs--;
 }
 
 int mk_vm_step(mk_vm *vm) {
