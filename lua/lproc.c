@@ -475,7 +475,7 @@ static void newrole(mkl_state *S, lua_State *L, mk_orientation o, mk_interest i)
 ** and the same name again is read from there, without lua_pushstring's
 ** strlen, hash and look-up in Lua's string table (about 130 instructions
 ** of a presence event). */
-static void pushname(mkl_state *S, lua_State *L, const char *name) {
+static MKL_INLINE void pushname(mkl_state *S, lua_State *L, const char *name) {
   if (S->lastname != NULL && strcmp(S->lastname, name) == 0) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->nameref);
     return;

@@ -248,6 +248,7 @@ static mk_qev *qev_new(mk_vm *vm, mk_proc *p, mk_event_type type) {
   q->proc = p;
   p->refs++;
   p->pending++;
+  vm->nqueued++;
   return q;
 }
 
@@ -266,6 +267,7 @@ static void qblocks_free(mk_qblock *b) {
 static void qev_take(mk_vm *vm, mk_qev *q) {
   mk_qblock *b = vm->qhead;
   *q = b->ev[b->first++];
+  vm->ntaken++;
   if (b->first < b->last) return;
   if (b->next == NULL) {
     b->first = b->last = 0;
@@ -1373,15 +1375,76 @@ void mk_proc_take(mk_proc *p) {
   p->refs--;
 }
 
+/* How many other events decline_queued passes, one after the other,
+** looking for the process's next: a publisher's own presences alternate
+** with its peers', and a process that queued a burst for others and then
+** waits in market.pause() has its wake behind it all. */
+#define DECLINE_GAP 8
+
+/*
+** p's activation began with nothing else of p's queued, and has ended
+** with events queued for p since, the first of them at number `from` or
+** after: all p's, and no code of p's runs before the first of them is
+** delivered.  Those that p declines now (mk_behavior.declines: it is idle
+** and has no handler for them) would be dropped at delivery, so they are
+** dropped now, up to the first one it does not decline (whose handler may
+** change what it takes), and not past it.  The case: a publisher whose new
+** endpoint meets N subscribers hears of each of them and has no
+** on_presence; the VM asks declines only of a process that is not running
+** (it may yet re-add the endpoint with other handlers, or wait for the
+** event), so those N events were queued, then each taken, delivered and
+** dropped.  A slot dropped here is left in the queue, empty, for
+** mk_vm_step to skip.  Events taken since `from` (a batch: mk_proc_take;
+** steps nested in this one) end it before it starts, as does a run of
+** DECLINE_GAP others' events: it is not worth what it costs then.
+*/
+static void decline_queued(mk_vm *vm, mk_proc *p, uint64_t from) {
+  mk_qblock *b = vm->qhead;
+  uint64_t at;
+  unsigned i, gap = 0;
+  if (from < vm->ntaken || p->dead || p->b->declines == NULL || TRACING(vm)) return;
+  at = from - vm->ntaken;              /* slots from the head */
+  i = b->first;
+  while (at >= (uint64_t)(b->last - i)) {
+    at -= b->last - i;
+    if ((b = b->next) == NULL) return;
+    i = 0;
+  }
+  for (i += (unsigned)at;; i = 0) {
+    for (; i < b->last; i++) {
+      mk_qev *q = &b->ev[i];
+      if (q->proc != p) {
+        if (++gap > DECLINE_GAP) return;
+        continue;
+      }
+      if (q->ep == NULL || q->deleted || q->ep->islink || q->ep->lifeline ||
+          (q->type != MK_EV_MESSAGE && q->type != MK_EV_PRESENCE && q->type != MK_EV_ABSENCE) ||
+          !p->b->declines(p, q->ep->tag, (mk_event_type)q->type))
+        return;
+      qev_free(q);
+      q->proc = NULL;
+      p->refs--;                       /* not the last: mk_vm_step holds p */
+      if (--p->pending == 0) return;
+      gap = 0;
+    }
+    if ((b = b->next) == NULL) return;
+  }
+}
+
 int mk_vm_step(mk_vm *vm) {
   mk_qev q;
   mk_proc *p;
-  if (qev_empty(vm)) return 0;
-  qev_take(vm, &q);       /* a copy: handlers queue more, moving the tail */
+  uint64_t from;
+  do {
+    if (qev_empty(vm)) return 0;
+    qev_take(vm, &q);     /* a copy: handlers queue more, moving the tail */
+  } while (q.proc == NULL);
   p = q.proc;
   p->pending--;
+  from = p->pending == 0 ? vm->nqueued : 0;   /* 0: none (this event was queued) */
   deliver(vm, &q);
   qev_free(&q);
+  if (from != 0 && p->pending != 0) decline_queued(vm, p, from);
   check_exit(p);
   proc_unref(p);
   return 1;
@@ -1398,7 +1461,7 @@ static void drop_queue(mk_vm *vm) {
   while (!qev_empty(vm)) {
     mk_proc *p;
     qev_take(vm, &q);
-    p = q.proc;
+    if ((p = q.proc) == NULL) continue;      /* declined (decline_queued) */
     p->pending--;
     if (q.cont && p->b->release_cont) p->b->release_cont(p, q.cont);
     qev_free(&q);
