@@ -703,17 +703,36 @@ static MKL_INLINE int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const 
 }
 
 /*
+** Push the on_message handler of the endpoint whose name is at `name` in
+** the context at `ctx` (both indices of co), above its handler table:
+** returns 1; 0 when it has none now; -1 for dispatch to take the event: a
+** handler table with a metatable (its fields are Lua's to look up), or a
+** handler that is not a function.  What it pushed is left for the caller
+** to drop.
+*/
+static MKL_INLINE int pushonmessage(mkl_state *S, lua_State *co, int ctx, int name) {
+  lua_pushvalue(co, name);
+  if (lua_rawget(co, ctx) != LUA_TTABLE || lua_getmetatable(co, -1)) return -1;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, S->fieldref[FIELD_MESSAGE]);
+  switch (lua_rawget(co, -2)) {
+    case LUA_TFUNCTION: return 1;
+    case LUA_TNIL: return 0;
+    default: return -1;
+  }
+}
+
+/*
 ** A message at level 0 runs its endpoint's on_message as the activation's
 ** body, as peerhandler does for a presence: fn(state, message, endpoint)
 ** on co (empty), what it returns applied after (handle).  Returns the
 ** number of arguments, 0 when the endpoint has no such handler now (co
-** left empty), or -1 for dispatch to take it (co left empty): a handler
-** table with a metatable or without a tag (its fields are Lua's to look
-** up), or a handler that is not a function.  market.lua's deliver did the
-** same in Lua, one frame under every handler: a tenth of a message's
-** instructions.
+** left empty), or -1 for dispatch to take it (co left empty): the cases
+** of pushonmessage, and a handler table without a tag.  market.lua's
+** deliver did the same in Lua, one frame under every handler: a tenth of
+** a message's instructions.
 */
 static MKL_INLINE int messagehandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev) {
+  int r;
   if (ev->meta != 0 || !(ev->tag & MKL_TAG_KNOWN)) return -1;
   /* The arguments first, so that only ctx is left to overwrite and the
   ** handlers to drop (three API calls fewer than arranging them after).
@@ -723,16 +742,9 @@ static MKL_INLINE int messagehandler(mkl_state *S, lproc *lp, lua_State *co, con
   lua_rawgeti(co, 1, MKL_CTX_STATE);
   pushmessage(S, co, ev->message);
   lua_pushstring(co, ev->endpoint);
-  lua_pushvalue(co, 4);
-  if (lua_rawget(co, 1) != LUA_TTABLE || lua_getmetatable(co, 5)) {
+  if ((r = pushonmessage(S, co, 1, 4)) <= 0) {
     lua_settop(co, 0);
-    return -1;
-  }
-  lua_rawgeti(co, LUA_REGISTRYINDEX, S->fieldref[FIELD_MESSAGE]);
-  switch (lua_rawget(co, 5)) {
-    case LUA_TFUNCTION: break;
-    case LUA_TNIL: lua_settop(co, 0); return 0;
-    default: lua_settop(co, 0); return -1;
+    return r;
   }
   lua_copy(co, 6, 1);
   lua_settop(co, 4);
@@ -863,6 +875,41 @@ static int toapply(mk_proc *p, lproc *lp, lua_State *co, int sends) {
 */
 enum { B_HANDLED, B_APPLIED };
 
+/* The batch's frame: the process's context and the name of the endpoint
+** of its last message, kept from one message to the next (most bursts go
+** to one endpoint: lua_pushstring hashed the name and looked it up each
+** time), or nil. */
+#define B_CTX 1
+#define B_NAME 2
+
+static int samename(const char *a, const char *b) {
+  for (; *a == *b; a++, b++)
+    if (*a == '\0') return 1;
+  return 0;
+}
+
+/* The next message's handler and its arguments, as messagehandler pushes
+** them, with the batch's frame: fn(state, message, endpoint) above the
+** handler table.  Returns the number of arguments, or pushonmessage's 0
+** or -1 (the frame left as it was). */
+static MKL_INLINE int nextmessage(mkl_state *S, lua_State *co, const mk_event *ev) {
+  const char *last = lua_tostring(co, B_NAME);
+  int r;
+  if (ev->meta != 0) return -1;
+  if (last == NULL || !samename(last, ev->endpoint)) {
+    lua_pushstring(co, ev->endpoint);
+    lua_replace(co, B_NAME);
+  }
+  if ((r = pushonmessage(S, co, B_CTX, B_NAME)) <= 0) {
+    lua_settop(co, B_NAME);
+    return r;
+  }
+  lua_rawgeti(co, B_CTX, MKL_CTX_STATE);
+  pushmessage(S, co, ev->message);
+  lua_pushvalue(co, B_NAME);
+  return 3;
+}
+
 static int batchk(lua_State *co, int status, lua_KContext k) {
   mk_proc *p = running.p;
   lproc *lp = running.lp;
@@ -875,14 +922,14 @@ static int batchk(lua_State *co, int status, lua_KContext k) {
     /* What the handler returned, applied as handle() applies it. */
     if (k == B_HANDLED && !lua_isnil(co, -1) && (nargs = toapply(p, lp, co, 1)) > 0)
       lua_callk(co, nargs, 0, B_APPLIED, batchk);
-    lua_settop(co, 0);
+    lua_settop(co, B_NAME);
     do {          /* the next event, if it is this process's: its handler */
       if (!mk_proc_next(p, &ev)) return 0;
       if (!(ev.tag & MKL_TAG_KNOWN)) return 0;
       if (!(ev.tag & handler_of(ev.type, &field))) {
         nargs = 0;                                /* unhandled: dropped */
       } else {
-        nargs = ev.type == MK_EV_MESSAGE ? messagehandler(S, lp, co, &ev)
+        nargs = ev.type == MK_EV_MESSAGE ? nextmessage(S, co, &ev)
                                          : peerhandler(S, lp, co, &ev);
         if (nargs < 0) return 0;                  /* dispatch's: the VM's next step */
       }
@@ -895,8 +942,13 @@ static int batchk(lua_State *co, int status, lua_KContext k) {
   }
 }
 
+/* batch(fn, args...): the first event's handler, under the frame. */
 static int batch(lua_State *co) {
-  lua_callk(co, lua_gettop(co) - 1, 1, B_HANDLED, batchk);
+  int nargs = lua_gettop(co) - 1;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, running.lp->ctxref);
+  lua_pushnil(co);
+  lua_rotate(co, 1, 2);
+  lua_callk(co, nargs, 1, B_HANDLED, batchk);
   return batchk(co, LUA_OK, B_HANDLED);
 }
 

@@ -261,14 +261,13 @@ static void qblocks_free(mk_qblock *b) {
   }
 }
 
-/* Take the event at the head (there is one) into *q, which owns it now.
-** A block emptied waits in qfree, but the last one, which is rewound;
+/* The head slot (there is one) is done with, copied out or freed: past
+** it.  A block emptied waits in qfree, but the last one, which is rewound;
 ** when the queue empties, qfree is unmapped (vmint.h). */
-static void qev_take(mk_vm *vm, mk_qev *q) {
+static void qev_pop(mk_vm *vm) {
   mk_qblock *b = vm->qhead;
-  *q = b->ev[b->first++];
   vm->ntaken++;
-  if (b->first < b->last) return;
+  if (++b->first < b->last) return;
   if (b->next == NULL) {
     b->first = b->last = 0;
     qblocks_free(vm->qfree);
@@ -278,6 +277,12 @@ static void qev_take(mk_vm *vm, mk_qev *q) {
   vm->qhead = b->next;
   b->next = vm->qfree;
   vm->qfree = b;
+}
+
+/* Take the event at the head (there is one) into *q, which owns it now. */
+static void qev_take(mk_vm *vm, mk_qev *q) {
+  *q = vm->qhead->ev[vm->qhead->first];
+  qev_pop(vm);
 }
 
 static int qev_empty(const mk_vm *vm) {
@@ -1362,15 +1367,15 @@ int mk_proc_next(mk_proc *p, mk_event *ev) {
 
 void mk_proc_take(mk_proc *p) {
   mk_vm *vm = p->vm;
-  mk_qev q;
-  qev_take(vm, &q);
-  p->pending--;
+  mk_qev *q = &vm->qhead->ev[vm->qhead->first];   /* freed in place */
   if (TRACING(vm)) {
     mk_event ev;
-    event_of(&q, &ev);
+    event_of(q, &ev);
     trace_event(p, &ev);
   }
-  qev_free(&q);
+  qev_free(q);
+  qev_pop(vm);
+  p->pending--;
   /* Not proc_unref: the step delivering p's event being handled holds p. */
   p->refs--;
 }
