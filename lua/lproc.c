@@ -828,7 +828,7 @@ static int activate(mk_proc *p, lproc *lp, lua_State *co, int nargs, int *nres,
 ** for actions mkl_apply_sends left.  co is not running (handle), or this
 ** is its process's own code (batch).
 */
-static int toapply(mk_proc *p, lproc *lp, lua_State *co, int sends) {
+static MKL_INLINE int toapply(mk_proc *p, lproc *lp, lua_State *co, int sends) {
   mkl_state *S = lp->S;
   int done = 0, first = 0, last = 0;
   if (sends) {

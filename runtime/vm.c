@@ -264,7 +264,7 @@ static void qblocks_free(mk_qblock *b) {
 /* The head slot (there is one) is done with, copied out or freed: past
 ** it.  A block emptied waits in qfree, but the last one, which is rewound;
 ** when the queue empties, qfree is unmapped (vmint.h). */
-static void qev_pop(mk_vm *vm) {
+static inline void qev_pop(mk_vm *vm) {
   mk_qblock *b = vm->qhead;
   vm->ntaken++;
   if (++b->first < b->last) return;
