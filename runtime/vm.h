@@ -87,7 +87,11 @@ typedef struct mk_event {
 ** an observer's messages).  It is asked only when the event would be the
 ** process's next (nothing of it is queued, it is not running) and no
 ** trace is on, so its answer may rest on the process's present state;
-** `tag` is the endpoint's (mk_tag_endpoint).
+** `tag` is the endpoint's (mk_tag_endpoint).  Events queued for the
+** process while it ran are asked about when that activation ends, if it
+** began with nothing else of its queued: in order, each then the
+** process's next, and those it declines are dropped from the queue, up
+** to the first it does not decline.
 **
 ** `flags`: MK_BF_TELL_DELETED asks for Marketplace's delete-endpoint.  When
 ** the process deletes an endpoint (mk_delete_endpoint, at any level), the
