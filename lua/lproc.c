@@ -642,6 +642,21 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   return r;
 }
 
+/* The frame of a batch's body (batch, below), under what each event
+** pushes: the process's context; the name of the endpoint of its last
+** message, kept from one message to the next (most bursts go to one
+** endpoint: lua_pushstring hashed the name and looked it up each time),
+** or nil; and the last presence or absence handler whose parameters
+** peerhandler read (an observer's burst goes to one function:
+** lua_getinfo cost about 120 instructions), or nil, with whether it takes
+** the role.  A slot holding a function keeps it alive, so the address
+** lua_topointer gives for it is no other function's meanwhile. */
+#define B_CTX 1
+#define B_NAME 2
+#define B_FN 3
+#define B_ROLE 4
+#define B_TOP B_ROLE
+
 /*
 ** A presence or absence at level 0 (but a deleted endpoint's own absences)
 ** runs its handler as the activation's body, with no frame of market.lua's
@@ -661,10 +676,11 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
 ** declaring fewer than two parameters (and no `...`) cannot see its second
 ** argument, so it gets nil there instead of a table.
 */
-static MKL_INLINE int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev) {
+static MKL_INLINE int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev,
+                                  int frame) {
   lua_State *L = S->L;     /* scratch for the look-ups, as in unhandled */
   int presence = ev->type == MK_EV_PRESENCE, nargs = presence ? 3 : 4;
-  int b = lua_gettop(L);
+  int b = lua_gettop(L), role;
   lua_Debug ar;
   if (!(presence || ev->type == MK_EV_ABSENCE) || ev->meta != 0 || ev->deleted ||
       !(ev->tag & MKL_TAG_KNOWN) || !lua_checkstack(L, 10))
@@ -685,9 +701,21 @@ static MKL_INLINE int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const 
   }
   /* fn's arguments after it: state, role(, reason), name */
   lua_rawgeti(L, b + 1, MKL_CTX_STATE);
-  lua_pushvalue(L, b + 4);
-  lua_getinfo(L, ">u", &ar);
-  if (ar.isvararg || ar.nparams >= 2) {
+  if (frame && lua_topointer(co, B_FN) == lua_topointer(L, b + 4)) {
+    role = lua_toboolean(co, B_ROLE);
+  } else {
+    lua_pushvalue(L, b + 4);
+    lua_getinfo(L, ">u", &ar);
+    role = ar.isvararg || ar.nparams >= 2;
+    if (frame) {                  /* kept for the batch's next event */
+      lua_pushvalue(L, b + 4);
+      lua_xmove(L, co, 1);
+      lua_replace(co, B_FN);
+      lua_pushboolean(co, role);
+      lua_replace(co, B_ROLE);
+    }
+  }
+  if (role) {
     pushshared(&S->topic, L, ev->role.topic);
     newrole(S, L, ev->role.orientation, ev->role.interest);
   } else {
@@ -875,13 +903,6 @@ static MKL_INLINE int toapply(mk_proc *p, lproc *lp, lua_State *co, int sends) {
 */
 enum { B_HANDLED, B_APPLIED };
 
-/* The batch's frame: the process's context and the name of the endpoint
-** of its last message, kept from one message to the next (most bursts go
-** to one endpoint: lua_pushstring hashed the name and looked it up each
-** time), or nil. */
-#define B_CTX 1
-#define B_NAME 2
-
 static int samename(const char *a, const char *b) {
   for (; *a == *b; a++, b++)
     if (*a == '\0') return 1;
@@ -892,16 +913,16 @@ static int samename(const char *a, const char *b) {
 ** them, with the batch's frame: fn(state, message, endpoint) above the
 ** handler table.  Returns the number of arguments, or pushonmessage's 0
 ** or -1 (the frame left as it was). */
-static MKL_INLINE int nextmessage(mkl_state *S, lua_State *co, const mk_event *ev) {
-  const char *last = lua_tostring(co, B_NAME);
+static MKL_INLINE int nextmessage(mkl_state *S, lua_State *co, const mk_event *ev,
+                                  const char **last) {
   int r;
   if (ev->meta != 0) return -1;
-  if (last == NULL || !samename(last, ev->endpoint)) {
-    lua_pushstring(co, ev->endpoint);
+  if (*last == NULL || !samename(*last, ev->endpoint)) {
+    *last = lua_pushstring(co, ev->endpoint);   /* Lua's copy, kept at B_NAME */
     lua_replace(co, B_NAME);
   }
   if ((r = pushonmessage(S, co, B_CTX, B_NAME)) <= 0) {
-    lua_settop(co, B_NAME);
+    lua_settop(co, B_TOP);
     return r;
   }
   lua_rawgeti(co, B_CTX, MKL_CTX_STATE);
@@ -915,22 +936,22 @@ static int batchk(lua_State *co, int status, lua_KContext k) {
   lproc *lp = running.lp;
   mkl_state *S = lp->S;
   mk_event ev;
-  const char *field;
+  const char *field, *last = lua_tostring(co, B_NAME);
   int nargs;
   (void)status;
   for (;;) {
     /* What the handler returned, applied as handle() applies it. */
     if (k == B_HANDLED && !lua_isnil(co, -1) && (nargs = toapply(p, lp, co, 1)) > 0)
       lua_callk(co, nargs, 0, B_APPLIED, batchk);
-    lua_settop(co, B_NAME);
+    lua_settop(co, B_TOP);
     do {          /* the next event, if it is this process's: its handler */
       if (!mk_proc_next(p, &ev)) return 0;
       if (!(ev.tag & MKL_TAG_KNOWN)) return 0;
       if (!(ev.tag & handler_of(ev.type, &field))) {
         nargs = 0;                                /* unhandled: dropped */
       } else {
-        nargs = ev.type == MK_EV_MESSAGE ? nextmessage(S, co, &ev)
-                                         : peerhandler(S, lp, co, &ev);
+        nargs = ev.type == MK_EV_MESSAGE ? nextmessage(S, co, &ev, &last)
+                                         : peerhandler(S, lp, co, &ev, 1);
         if (nargs < 0) return 0;                  /* dispatch's: the VM's next step */
       }
       mk_proc_take(p);
@@ -946,8 +967,8 @@ static int batchk(lua_State *co, int status, lua_KContext k) {
 static int batch(lua_State *co) {
   int nargs = lua_gettop(co) - 1;
   lua_rawgeti(co, LUA_REGISTRYINDEX, running.lp->ctxref);
-  lua_pushnil(co);
-  lua_rotate(co, 1, 2);
+  lua_settop(co, lua_gettop(co) + B_TOP - 1);      /* B_NAME, B_FN, B_ROLE: nil */
+  lua_rotate(co, 1, B_TOP);
   lua_callk(co, nargs, 1, B_HANDLED, batchk);
   return batchk(co, LUA_OK, B_HANDLED);
 }
@@ -1165,7 +1186,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     ** dispatch(ctx, event...). */
     co = acquire(S, lp);
     nargs = ev->type == MK_EV_MESSAGE ? messagehandler(S, lp, co, ev)
-                                      : peerhandler(S, lp, co, ev);
+                                      : peerhandler(S, lp, co, ev, 0);
     if (nargs == 0) { release(S, lp); return; }
     if (nargs > 0) {
       mk_event next;

@@ -605,6 +605,31 @@ describe("a burst of events for one process", function()
     assert.same({ "in 1", "in 2", "in 3" }, log.lines)
   end)
 
+  it("gives the role to each handler that can see it, whichever took the events before",
+     function()
+    local log = H.log()
+    H.ground(function()
+      local pids = {}
+      for i = 1, 4 do
+        pids[i] = market.perform(holder("w" .. i, market.publisher({ "w", i })))
+      end
+      H.settle()
+      local calls, h = 0, { name = "all" }
+      function h.on_absence()               -- cannot see the role: gets none
+        calls = calls + 1
+        log("first")
+        if calls == 2 then
+          h.on_absence = function(_, role) log("then %s", market.repr(role.topic)) end
+        end
+      end
+      H.step(holder("obs", market.observe_publishers({ "w", _ }, h)))
+      local quits = {}
+      for i = 1, 4 do quits[i] = market.quit(pids[i]) end
+      H.step(table.unpack(quits))
+    end)
+    assert.same({ "first", "first", 'then ["w", 3]', 'then ["w", 4]' }, log.lines)
+  end)
+
   it("is an observer's absences as what it watches is killed, each with its reason, " ..
      "in order, until its handler fails", function()
     local log = H.log()
