@@ -605,15 +605,23 @@ describe("a burst of events for one process", function()
     assert.same({ "in 1", "in 2", "in 3" }, log.lines)
   end)
 
+  -- n processes "w1".."wn" publishing {"w", i}, an observer of them all
+  -- with the handlers h, then all n killed at once, wi with reason "ki".
+  local function watched_go(n, h)
+    local pids, quits = {}, {}
+    for i = 1, n do
+      pids[i] = market.perform(holder("w" .. i, market.publisher({ "w", i })))
+    end
+    H.settle()
+    H.step(holder("obs", market.observe_publishers({ "w", _ }, h)))
+    for i = 1, n do quits[i] = market.quit(pids[i], "k" .. i) end
+    H.step(table.unpack(quits))
+  end
+
   it("gives the role to each handler that can see it, whichever took the events before",
      function()
     local log = H.log()
     H.ground(function()
-      local pids = {}
-      for i = 1, 4 do
-        pids[i] = market.perform(holder("w" .. i, market.publisher({ "w", i })))
-      end
-      H.settle()
       local calls, h = 0, { name = "all" }
       function h.on_absence()               -- cannot see the role: gets none
         calls = calls + 1
@@ -622,10 +630,7 @@ describe("a burst of events for one process", function()
           h.on_absence = function(_, role) log("then %s", market.repr(role.topic)) end
         end
       end
-      H.step(holder("obs", market.observe_publishers({ "w", _ }, h)))
-      local quits = {}
-      for i = 1, 4 do quits[i] = market.quit(pids[i]) end
-      H.step(table.unpack(quits))
+      watched_go(4, h)
     end)
     assert.same({ "first", "first", 'then ["w", 3]', 'then ["w", 4]' }, log.lines)
   end)
@@ -634,18 +639,10 @@ describe("a burst of events for one process", function()
      "in order, until its handler fails", function()
     local log = H.log()
     H.ground(function()
-      local pids = {}
-      for i = 1, 5 do
-        pids[i] = market.perform(holder("w" .. i, market.publisher({ "w", i })))
-      end
-      H.settle()
-      H.step(holder("obs", market.observe_publishers({ "w", _ }, { on_absence = function(s, r, why)
+      watched_go(5, { on_absence = function(s, r, why)
         log("gone %s %s", market.repr(r.topic[2]), why)
         if why == "k4" then error("observer fails", 0) end
-      end })))
-      local quits = {}
-      for i = 1, 5 do quits[i] = market.quit(pids[i], "k" .. i) end
-      H.step(table.unpack(quits))
+      end })
     end, nil, { on_crash = function(r) log("crash %s", r.name) end })
     assert.same({ "gone 1 k1", "gone 2 k2", "gone 3 k3", "gone 4 k4", "crash obs" }, log.lines)
   end)
