@@ -123,10 +123,16 @@ typedef struct lproc {
 } lproc;
 
 /* How what a body returns is applied: by market.lua's apply, or by C first
-** (applied) when it is a transition of sends alone.  A boot function's
+** (toapply) when it is a transition of sends alone.  A boot function's
 ** transition adds endpoints, which C leaves to apply, and checking it
 ** first was a cost to every spawn. */
 enum { APPLY_LUA = 1, APPLY_C };
+
+#if defined(__GNUC__)
+#define MKL_INLINE inline __attribute__((always_inline))
+#else
+#define MKL_INLINE inline
+#endif
 
 static const char key_state = 0;
 
@@ -307,6 +313,21 @@ static int resume(mk_proc *p, lua_State *co, int nargs, int *nres, int *overrun)
   return st;
 }
 
+/* The activation running on co, watched, ends and the next begins on the
+** same resume (batch): the budget counts afresh.  A tick that set the hook
+** as the last one returned, before it ran another instruction, is voided:
+** that activation ended within its budget, as resume() has it. */
+static void budget_next(lua_State *co) {
+  if (act.co != co) return;         /* not watched */
+  act.co = NULL;                    /* first: no tick may set the hook now */
+  if (act.tripped) {
+    lua_sethook(co, NULL, 0, 0);
+    act.tripped = 0;
+  }
+  act.serial++;
+  act.co = co;
+}
+
 /* ---- timed waits -------------------------------------------------------- */
 
 /* A wake's token (lwait) is negative: market.lua numbers its continuations
@@ -454,7 +475,7 @@ static void newrole(mkl_state *S, lua_State *L, mk_orientation o, mk_interest i)
 ** and the same name again is read from there, without lua_pushstring's
 ** strlen, hash and look-up in Lua's string table (about 130 instructions
 ** of a presence event). */
-static void pushname(mkl_state *S, lua_State *L, const char *name) {
+static MKL_INLINE void pushname(mkl_state *S, lua_State *L, const char *name) {
   if (S->lastname != NULL && strcmp(S->lastname, name) == 0) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->nameref);
     return;
@@ -621,6 +642,21 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
   return r;
 }
 
+/* The frame of a batch's body (batch, below), under what each event
+** pushes: the process's context; the name of the endpoint of its last
+** message, kept from one message to the next (most bursts go to one
+** endpoint: lua_pushstring hashed the name and looked it up each time),
+** or nil; and the last presence or absence handler whose parameters
+** peerhandler read (an observer's burst goes to one function:
+** lua_getinfo cost about 120 instructions), or nil, with whether it takes
+** the role.  A slot holding a function keeps it alive, so the address
+** lua_topointer gives for it is no other function's meanwhile. */
+#define B_CTX 1
+#define B_NAME 2
+#define B_FN 3
+#define B_ROLE 4
+#define B_TOP B_ROLE
+
 /*
 ** A presence or absence at level 0 (but a deleted endpoint's own absences)
 ** runs its handler as the activation's body, with no frame of market.lua's
@@ -640,10 +676,11 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
 ** declaring fewer than two parameters (and no `...`) cannot see its second
 ** argument, so it gets nil there instead of a table.
 */
-static int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev) {
+static MKL_INLINE int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev,
+                                  int frame) {
   lua_State *L = S->L;     /* scratch for the look-ups, as in unhandled */
   int presence = ev->type == MK_EV_PRESENCE, nargs = presence ? 3 : 4;
-  int b = lua_gettop(L);
+  int b = lua_gettop(L), role;
   lua_Debug ar;
   if (!(presence || ev->type == MK_EV_ABSENCE) || ev->meta != 0 || ev->deleted ||
       !(ev->tag & MKL_TAG_KNOWN) || !lua_checkstack(L, 10))
@@ -664,9 +701,21 @@ static int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *e
   }
   /* fn's arguments after it: state, role(, reason), name */
   lua_rawgeti(L, b + 1, MKL_CTX_STATE);
-  lua_pushvalue(L, b + 4);
-  lua_getinfo(L, ">u", &ar);
-  if (ar.isvararg || ar.nparams >= 2) {
+  if (frame && lua_topointer(co, B_FN) == lua_topointer(L, b + 4)) {
+    role = lua_toboolean(co, B_ROLE);
+  } else {
+    lua_pushvalue(L, b + 4);
+    lua_getinfo(L, ">u", &ar);
+    role = ar.isvararg || ar.nparams >= 2;
+    if (frame) {                  /* kept for the batch's next event */
+      lua_pushvalue(L, b + 4);
+      lua_xmove(L, co, 1);
+      lua_replace(co, B_FN);
+      lua_pushboolean(co, role);
+      lua_replace(co, B_ROLE);
+    }
+  }
+  if (role) {
     pushshared(&S->topic, L, ev->role.topic);
     newrole(S, L, ev->role.orientation, ev->role.interest);
   } else {
@@ -682,17 +731,36 @@ static int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *e
 }
 
 /*
+** Push the on_message handler of the endpoint whose name is at `name` in
+** the context at `ctx` (both indices of co), above its handler table:
+** returns 1; 0 when it has none now; -1 for dispatch to take the event: a
+** handler table with a metatable (its fields are Lua's to look up), or a
+** handler that is not a function.  What it pushed is left for the caller
+** to drop.
+*/
+static MKL_INLINE int pushonmessage(mkl_state *S, lua_State *co, int ctx, int name) {
+  lua_pushvalue(co, name);
+  if (lua_rawget(co, ctx) != LUA_TTABLE || lua_getmetatable(co, -1)) return -1;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, S->fieldref[FIELD_MESSAGE]);
+  switch (lua_rawget(co, -2)) {
+    case LUA_TFUNCTION: return 1;
+    case LUA_TNIL: return 0;
+    default: return -1;
+  }
+}
+
+/*
 ** A message at level 0 runs its endpoint's on_message as the activation's
 ** body, as peerhandler does for a presence: fn(state, message, endpoint)
 ** on co (empty), what it returns applied after (handle).  Returns the
 ** number of arguments, 0 when the endpoint has no such handler now (co
-** left empty), or -1 for dispatch to take it (co left empty): a handler
-** table with a metatable or without a tag (its fields are Lua's to look
-** up), or a handler that is not a function.  market.lua's deliver did the
-** same in Lua, one frame under every handler: a tenth of a message's
-** instructions.
+** left empty), or -1 for dispatch to take it (co left empty): the cases
+** of pushonmessage, and a handler table without a tag.  market.lua's
+** deliver did the same in Lua, one frame under every handler: a tenth of
+** a message's instructions.
 */
-static int messagehandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev) {
+static MKL_INLINE int messagehandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev) {
+  int r;
   if (ev->meta != 0 || !(ev->tag & MKL_TAG_KNOWN)) return -1;
   /* The arguments first, so that only ctx is left to overwrite and the
   ** handlers to drop (three API calls fewer than arranging them after).
@@ -702,16 +770,9 @@ static int messagehandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event
   lua_rawgeti(co, 1, MKL_CTX_STATE);
   pushmessage(S, co, ev->message);
   lua_pushstring(co, ev->endpoint);
-  lua_pushvalue(co, 4);
-  if (lua_rawget(co, 1) != LUA_TTABLE || lua_getmetatable(co, 5)) {
+  if ((r = pushonmessage(S, co, 1, 4)) <= 0) {
     lua_settop(co, 0);
-    return -1;
-  }
-  lua_rawgeti(co, LUA_REGISTRYINDEX, S->fieldref[FIELD_MESSAGE]);
-  switch (lua_rawget(co, 5)) {
-    case LUA_TFUNCTION: break;
-    case LUA_TNIL: lua_settop(co, 0); return 0;
-    default: lua_settop(co, 0); return -1;
+    return r;
   }
   lua_copy(co, 6, 1);
   lua_settop(co, 4);
@@ -785,32 +846,131 @@ static int activate(mk_proc *p, lproc *lp, lua_State *co, int nargs, int *nres,
 }
 
 /*
-** The value at the top of co (what a handler returned; it returned, so co
-** is not running) applied in C when it is a transition of sends alone
-** (mkl_apply_sends), as the rest of the same activation.
-** Applying it through market.lua's apply took a second resume, which cost
-** more than the sends: an answer to a message (echo) is such a
-** transition.  Returns 1 when it did it all; 2 when it left actions
-** (mkl_apply_sends), with rest and its arguments pushed on co for a
-** resume; 0, having done nothing, for anything else, left to apply.
+** The value at the top of co (what a handler or a boot function returned)
+** applied as the rest of the same activation: with `sends`, in C when it
+** is a transition of sends alone (mkl_apply_sends), which is all an answer
+** to a message (echo) holds: applying it through market.lua's apply took
+** a second resume, which cost more than the sends.  Returns 0 when that
+** did it all; else the number of arguments of the call pushed on co for
+** the rest: apply(ctx, transition), or rest(ctx, transition, first, last)
+** for actions mkl_apply_sends left.  co is not running (handle), or this
+** is its process's own code (batch).
 */
-static int applied(mk_proc *p, lproc *lp, lua_State *co) {
-  mk_proc *outer = running.p;
-  lproc *outerlp = running.lp;
-  int done, first, last;
-  running.p = p;                     /* for mkl_share, as in activate */
-  running.lp = lp;
-  done = mkl_apply_sends(co, -1, lp->ctxref, p, &first, &last);
-  running.p = outer;
-  running.lp = outerlp;
-  if (done == 2) {                   /* rest(ctx, transition, first, last) */
-    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->S->restref);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-    lua_rotate(co, -3, 2);
-    lua_pushinteger(co, first);
-    lua_pushinteger(co, last);
+static MKL_INLINE int toapply(mk_proc *p, lproc *lp, lua_State *co, int sends) {
+  mkl_state *S = lp->S;
+  int done = 0, first = 0, last = 0;
+  if (sends) {
+    mk_proc *outer = running.p;
+    lproc *outerlp = running.lp;
+    running.p = p;                   /* for mkl_share, as in activate */
+    running.lp = lp;
+    done = mkl_apply_sends(co, -1, lp->ctxref, p, &first, &last);
+    running.p = outer;
+    running.lp = outerlp;
+    if (done == 1) return 0;
   }
-  return done;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, done == 0 ? S->applyref : S->restref);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+  lua_rotate(co, -3, 2);
+  if (done == 0) return 2;
+  lua_pushinteger(co, first);
+  lua_pushinteger(co, last);
+  return 4;
+}
+
+/*
+** Consecutive events for one process, one resume.  When the event queued
+** behind the one a handler is about to take is the same process's (a
+** burst of messages to one subscriber; an observer hearing of each process
+** it watches being killed), the activation's body is batch(fn, args...),
+** which calls the handler, applies what it returns as handle() would, and
+** goes on with the next event at the head of the queue while that is the
+** process's and has a handler found in C (mk_proc_next, messagehandler,
+** peerhandler): one lua_resume, and one step of the VM, for the lot, where
+** each event cost its own (about 400 instructions of a message's 2,100).
+** The order of events is the queue's, each still is an activation of its
+** own (counted, traced, given the whole budget: budget_next), and a
+** handler that fails or waits stops the batch where it is: a failure in
+** one event's handler fails the process, and the events queued behind it
+** are dropped with it, as they were; a wait keeps the coroutine, and the
+** batch goes on after the handler returns (the continuation).  An event
+** the batch does not take (another process's, one for dispatch, one that
+** ends a continuation) is left at the head of the queue for the VM's next
+** step.  The body is a C function, so the handler has one frame under it
+** (debug.traceback shows "[C]: in ?"), which crash reports leave out as
+** they leave out market's own.  Only a batch runs so: an event alone
+** keeps the handler as its body (handle).
+*/
+enum { B_HANDLED, B_APPLIED };
+
+static int samename(const char *a, const char *b) {
+  for (; *a == *b; a++, b++)
+    if (*a == '\0') return 1;
+  return 0;
+}
+
+/* The next message's handler and its arguments, as messagehandler pushes
+** them, with the batch's frame: fn(state, message, endpoint) above the
+** handler table.  Returns the number of arguments, or pushonmessage's 0
+** or -1 (the frame left as it was). */
+static MKL_INLINE int nextmessage(mkl_state *S, lua_State *co, const mk_event *ev,
+                                  const char **last) {
+  int r;
+  if (ev->meta != 0) return -1;
+  if (*last == NULL || !samename(*last, ev->endpoint)) {
+    *last = lua_pushstring(co, ev->endpoint);   /* Lua's copy, kept at B_NAME */
+    lua_replace(co, B_NAME);
+  }
+  if ((r = pushonmessage(S, co, B_CTX, B_NAME)) <= 0) {
+    lua_settop(co, B_TOP);
+    return r;
+  }
+  lua_rawgeti(co, B_CTX, MKL_CTX_STATE);
+  pushmessage(S, co, ev->message);
+  lua_pushvalue(co, B_NAME);
+  return 3;
+}
+
+static int batchk(lua_State *co, int status, lua_KContext k) {
+  mk_proc *p = running.p;
+  lproc *lp = running.lp;
+  mkl_state *S = lp->S;
+  mk_event ev;
+  const char *field, *last = lua_tostring(co, B_NAME);
+  int nargs;
+  (void)status;
+  for (;;) {
+    /* What the handler returned, applied as handle() applies it. */
+    if (k == B_HANDLED && !lua_isnil(co, -1) && (nargs = toapply(p, lp, co, 1)) > 0)
+      lua_callk(co, nargs, 0, B_APPLIED, batchk);
+    lua_settop(co, B_TOP);
+    do {          /* the next event, if it is this process's: its handler */
+      if (!mk_proc_next(p, &ev)) return 0;
+      if (!(ev.tag & MKL_TAG_KNOWN)) return 0;
+      if (!(ev.tag & handler_of(ev.type, &field))) {
+        nargs = 0;                                /* unhandled: dropped */
+      } else {
+        nargs = ev.type == MK_EV_MESSAGE ? nextmessage(S, co, &ev, &last)
+                                         : peerhandler(S, lp, co, &ev, 1);
+        if (nargs < 0) return 0;                  /* dispatch's: the VM's next step */
+      }
+      mk_proc_take(p);
+      lp->activations++;
+    } while (nargs == 0);
+    budget_next(co);
+    k = B_HANDLED;
+    lua_callk(co, nargs, 1, B_HANDLED, batchk);
+  }
+}
+
+/* batch(fn, args...): the first event's handler, under the frame. */
+static int batch(lua_State *co) {
+  int nargs = lua_gettop(co) - 1;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, running.lp->ctxref);
+  lua_settop(co, lua_gettop(co) + B_TOP - 1);      /* B_NAME, B_FN, B_ROLE: nil */
+  lua_rotate(co, 1, B_TOP);
+  lua_callk(co, nargs, 1, B_HANDLED, batchk);
+  return batchk(co, LUA_OK, B_HANDLED);
 }
 
 #define YIELD_REASON \
@@ -1026,10 +1186,17 @@ static void handle(mk_proc *p, const mk_event *ev) {
     ** dispatch(ctx, event...). */
     co = acquire(S, lp);
     nargs = ev->type == MK_EV_MESSAGE ? messagehandler(S, lp, co, ev)
-                                      : peerhandler(S, lp, co, ev);
+                                      : peerhandler(S, lp, co, ev, 0);
     if (nargs == 0) { release(S, lp); return; }
     if (nargs > 0) {
-      lp->applies = APPLY_C;
+      mk_event next;
+      if (mk_proc_next(p, &next)) {      /* more of this process's behind */
+        lua_pushcfunction(co, batch);
+        lua_insert(co, 1);
+        nargs++;
+      } else {
+        lp->applies = APPLY_C;
+      }
     } else {
       lua_rawgeti(co, LUA_REGISTRYINDEX, S->dispatchref);
       lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
@@ -1041,21 +1208,14 @@ static void handle(mk_proc *p, const mk_event *ev) {
   if (lp->applies && st == LUA_OK && !overrun) {
     /* The boot function or handler returned, at its event or at a later
     ** one it waited for.  A transition it returned is applied, in C when
-    ** a handler's holds sends alone (applied), else by apply(ctx,
+    ** a handler's holds sends alone (toapply), else by apply(ctx,
     ** transition), on the same coroutine, as the rest of that activation. */
     int how = lp->applies;
     lp->applies = 0;
     if (nres > 0 && !lua_isnil(co, -nres)) {
       lua_settop(co, lua_gettop(co) - nres + 1);
-      int done = how == APPLY_C ? applied(p, lp, co) : 0;
-      if (done == 0) {
-        lua_rawgeti(co, LUA_REGISTRYINDEX, S->applyref);
-        lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
-        lua_rotate(co, -3, 2);
-        st = activate(p, lp, co, 2, &nres, &overrun);
-      } else if (done == 2) {
-        st = activate(p, lp, co, 4, &nres, &overrun);
-      }
+      int n = toapply(p, lp, co, how == APPLY_C);
+      if (n > 0) st = activate(p, lp, co, n, &nres, &overrun);
     }
   }
   if (st == LUA_YIELD && !overrun) {

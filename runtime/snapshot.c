@@ -163,7 +163,8 @@ static void snap_vm(mk_vm *vm, mk_snap_vm *s) {
   s->path = mkI_xstrdup(vm->path);
   s->detail = mk_vm_detail(vm);
   s->pid = vm->self ? vm->self->pid : 0;
-  for (b = vm->qhead; b; b = b->next) s->queued += (size_t)(b->last - b->first);
+  for (b = vm->qhead; b; b = b->next)       /* but slots emptied (vm.c, decline_queued) */
+    for (i = b->first; i < b->last; i++) s->queued += b->ev[i].proc != NULL;
   procs = mkI_xmalloc((vm->nprocs + 1) * sizeof *procs);
   if (vm->resident != NULL && !vm->resident->dead) procs[n++] = vm->resident;
   for (i = 0; i < vm->ptabsize; i++) {

@@ -250,6 +250,7 @@ static mk_qev *qev_new(mk_vm *vm, mk_proc *p, mk_event_type type) {
   q->proc = p;
   p->refs++;
   p->pending++;
+  vm->nqueued++;
   return q;
 }
 
@@ -262,13 +263,13 @@ static void qblocks_free(mk_qblock *b) {
   }
 }
 
-/* Take the event at the head (there is one) into *q, which owns it now.
-** A block emptied waits in qfree, but the last one, which is rewound;
+/* The head slot (there is one) is done with, copied out or freed: past
+** it.  A block emptied waits in qfree, but the last one, which is rewound;
 ** when the queue empties, qfree is unmapped (vmint.h). */
-static void qev_take(mk_vm *vm, mk_qev *q) {
+static inline void qev_pop(mk_vm *vm) {
   mk_qblock *b = vm->qhead;
-  *q = b->ev[b->first++];
-  if (b->first < b->last) return;
+  vm->ntaken++;
+  if (++b->first < b->last) return;
   if (b->next == NULL) {
     b->first = b->last = 0;
     qblocks_free(vm->qfree);
@@ -278,6 +279,12 @@ static void qev_take(mk_vm *vm, mk_qev *q) {
   vm->qhead = b->next;
   b->next = vm->qfree;
   vm->qfree = b;
+}
+
+/* Take the event at the head (there is one) into *q, which owns it now. */
+static void qev_take(mk_vm *vm, mk_qev *q) {
+  *q = vm->qhead->ev[vm->qhead->first];
+  qev_pop(vm);
 }
 
 static int qev_empty(const mk_vm *vm) {
@@ -1293,6 +1300,37 @@ static void dropped(mk_proc *p, const mk_qev *q) {
   if (q->cont && p->b->release_cont) p->b->release_cont(p, q->cont);
 }
 
+/* The event in slot q as handle gets it (borrowing from q): every field
+** set, so no memset. */
+static inline void event_of(const mk_qev *q, mk_event *ev) {
+  ev->type = (mk_event_type)q->type;
+  ev->endpoint = q->ep ? q->ep->name : q->name;
+  ev->meta = q->meta;
+  ev->role.orientation = (mk_orientation)q->orientation;
+  ev->role.interest = (mk_interest)q->interest;
+  if (q->type == MK_EV_MESSAGE) {
+    ev->message = q->term;
+    ev->role.topic = q->ep ? q->ep->role.topic : q->topic;
+  } else {
+    ev->message = NULL;
+    ev->role.topic = q->term;
+  }
+  ev->reason = q->reason;
+  ev->pid = q->pid;
+  ev->cont = q->cont;
+  ev->tag = q->ep ? q->ep->tag : 0;
+  ev->deleted = q->deleted;
+}
+
+/* The trace line of an event delivered to p (not a boot: its spawn has one). */
+static void trace_event(mk_proc *p, const mk_event *ev) {
+  _Static_assert(MK_TK_DELETED - MK_TK_PRESENCE == MK_EV_DELETED - MK_EV_PRESENCE,
+                 "the kinds of event lines follow mk_event_type");
+  mkI_trace_proc(p, MK_TK_PRESENCE + ev->type - MK_EV_PRESENCE, ev->endpoint,
+                 ev->role.topic ? &ev->role : NULL,
+                 ev->type == MK_EV_MESSAGE ? ev->message : ev->reason);
+}
+
 static void deliver(mk_vm *vm, mk_qev *q) {
   mk_proc *p = q->proc;
   mk_event ev;
@@ -1309,44 +1347,115 @@ static void deliver(mk_vm *vm, mk_qev *q) {
     dropped(p, q);
     return;
   }
-  memset(&ev, 0, sizeof ev);
-  ev.type = (mk_event_type)q->type;
-  ev.endpoint = q->ep ? q->ep->name : q->name;
-  ev.meta = q->meta;
-  ev.role.orientation = (mk_orientation)q->orientation;
-  ev.role.interest = (mk_interest)q->interest;
-  if (q->type == MK_EV_MESSAGE) {
-    ev.message = q->term;
-    ev.role.topic = q->ep ? q->ep->role.topic : q->topic;
-  } else {
-    ev.role.topic = q->term;
-  }
-  ev.reason = q->reason;
-  ev.pid = q->pid;
-  ev.cont = q->cont;
-  ev.tag = q->ep ? q->ep->tag : 0;
-  ev.deleted = q->deleted;
-  _Static_assert(MK_TK_DELETED - MK_TK_PRESENCE == MK_EV_DELETED - MK_EV_PRESENCE,
-                 "the kinds of event lines follow mk_event_type");
-  if (TRACING(vm) && q->type != MK_EV_BOOT)     /* event types in MK_TK_* order */
-    mkI_trace_proc(p, MK_TK_PRESENCE + q->type - MK_EV_PRESENCE, ev.endpoint,
-                   ev.role.topic ? &ev.role : NULL,
-                   q->type == MK_EV_MESSAGE ? ev.message : ev.reason);
+  event_of(q, &ev);
+  if (TRACING(vm) && q->type != MK_EV_BOOT) trace_event(p, &ev);
   p->in_handle++;
   if (vm->detail) mkI_detail_handle(p, &ev);     /* timed: detail.c */
   else p->b->handle(p, &ev);
   p->in_handle--;
 }
 
+int mk_proc_next(mk_proc *p, mk_event *ev) {
+  const mk_qblock *b = p->vm->qhead;
+  const mk_qev *q;
+  if (b == NULL || b->first == b->last) return 0;
+  q = &b->ev[b->first];
+  /* What deliver would hand to p's handle, and no more: not a deleted
+  ** endpoint's own absences, nor events that end continuations or come
+  ** from a nested VM's child (no endpoint of p's own). */
+  if (q->proc != p || p->dead || q->ep == NULL || q->deleted ||
+      q->ep->dead || q->ep->lifeline || q->ep->islink ||
+      (q->type != MK_EV_MESSAGE && q->type != MK_EV_PRESENCE && q->type != MK_EV_ABSENCE))
+    return 0;
+  event_of(q, ev);
+  return 1;
+}
+
+void mk_proc_take(mk_proc *p) {
+  mk_vm *vm = p->vm;
+  mk_qev *q = &vm->qhead->ev[vm->qhead->first];   /* freed in place */
+  if (TRACING(vm)) {
+    mk_event ev;
+    event_of(q, &ev);
+    trace_event(p, &ev);
+  }
+  qev_free(q);
+  qev_pop(vm);
+  p->pending--;
+  /* Not proc_unref: the step delivering p's event being handled holds p. */
+  p->refs--;
+}
+
+/* How many other events decline_queued passes, one after the other,
+** looking for the process's next: a publisher's own presences alternate
+** with its peers', and a process that queued a burst for others and then
+** waits in market.pause() has its wake behind it all. */
+#define DECLINE_GAP 8
+
+/*
+** p's activation began with nothing else of p's queued, and has ended
+** with events queued for p since, the first of them at number `from` or
+** after: all p's, and no code of p's runs before the first of them is
+** delivered.  Those that p declines now (mk_behavior.declines: it is idle
+** and has no handler for them) would be dropped at delivery, so they are
+** dropped now, up to the first one it does not decline (whose handler may
+** change what it takes), and not past it.  The case: a publisher whose new
+** endpoint meets N subscribers hears of each of them and has no
+** on_presence; the VM asks declines only of a process that is not running
+** (it may yet re-add the endpoint with other handlers, or wait for the
+** event), so those N events were queued, then each taken, delivered and
+** dropped.  A slot dropped here is left in the queue, empty, for
+** mk_vm_step to skip.  Events taken since `from` (a batch: mk_proc_take;
+** steps nested in this one) end it before it starts, as does a run of
+** DECLINE_GAP others' events: it is not worth what it costs then.
+*/
+static void decline_queued(mk_vm *vm, mk_proc *p, uint64_t from) {
+  mk_qblock *b = vm->qhead;
+  uint64_t at;
+  unsigned i, gap = 0;
+  if (from < vm->ntaken || p->dead || p->b->declines == NULL || TRACING(vm)) return;
+  at = from - vm->ntaken;              /* slots from the head */
+  i = b->first;
+  while (at >= (uint64_t)(b->last - i)) {
+    at -= b->last - i;
+    if ((b = b->next) == NULL) return;
+    i = 0;
+  }
+  for (i += (unsigned)at;; i = 0) {
+    for (; i < b->last; i++) {
+      mk_qev *q = &b->ev[i];
+      if (q->proc != p) {
+        if (++gap > DECLINE_GAP) return;
+        continue;
+      }
+      if (q->ep == NULL || q->deleted || q->ep->islink || q->ep->lifeline ||
+          (q->type != MK_EV_MESSAGE && q->type != MK_EV_PRESENCE && q->type != MK_EV_ABSENCE) ||
+          !p->b->declines(p, q->ep->tag, (mk_event_type)q->type))
+        return;
+      qev_free(q);
+      q->proc = NULL;
+      p->refs--;                       /* not the last: mk_vm_step holds p */
+      if (--p->pending == 0) return;
+      gap = 0;
+    }
+    if ((b = b->next) == NULL) return;
+  }
+}
+
 int mk_vm_step(mk_vm *vm) {
   mk_qev q;
   mk_proc *p;
-  if (qev_empty(vm)) return 0;
-  qev_take(vm, &q);       /* a copy: handlers queue more, moving the tail */
+  uint64_t from;
+  do {
+    if (qev_empty(vm)) return 0;
+    qev_take(vm, &q);     /* a copy: handlers queue more, moving the tail */
+  } while (q.proc == NULL);
   p = q.proc;
   p->pending--;
+  from = p->pending == 0 ? vm->nqueued : 0;   /* 0: none (this event was queued) */
   deliver(vm, &q);
   qev_free(&q);
+  if (from != 0 && p->pending != 0) decline_queued(vm, p, from);
   check_exit(p);
   proc_unref(p);
   return 1;
@@ -1363,7 +1472,7 @@ static void drop_queue(mk_vm *vm) {
   while (!qev_empty(vm)) {
     mk_proc *p;
     qev_take(vm, &q);
-    p = q.proc;
+    if ((p = q.proc) == NULL) continue;      /* declined (decline_queued) */
     p->pending--;
     if (q.cont && p->b->release_cont) p->b->release_cont(p, q.cont);
     qev_free(&q);

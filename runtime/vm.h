@@ -87,7 +87,11 @@ typedef struct mk_event {
 ** an observer's messages).  It is asked only when the event would be the
 ** process's next (nothing of it is queued, it is not running) and no
 ** trace is on, so its answer may rest on the process's present state;
-** `tag` is the endpoint's (mk_tag_endpoint).
+** `tag` is the endpoint's (mk_tag_endpoint).  Events queued for the
+** process while it ran are asked about when that activation ends, if it
+** began with nothing else of its queued: in order, each then the
+** process's next, and those it declines are dropped from the queue, up
+** to the first it does not decline.
 **
 ** `flags`: MK_BF_TELL_DELETED asks for Marketplace's delete-endpoint.  When
 ** the process deletes an endpoint (mk_delete_endpoint, at any level), the
@@ -304,6 +308,20 @@ size_t mk_proc_nendpoints(const mk_proc *p);   /* its own: not its lifeline */
 */
 typedef void (*mk_endpoint_fn)(void *ud, const char *name, int level, const mk_role *role);
 void mk_proc_each_endpoint(const mk_proc *p, mk_endpoint_fn fn, void *ud);
+/*
+** Consecutive events.  While p handles an event, the event queued next in
+** its VM is often p's too (a burst of messages to one subscriber, the
+** absences an observer hears as what it watches is killed), and p may
+** handle it in the same call, with no step of the VM between: the order
+** of events is the queue's either way.  mk_proc_next(p, ev) shows that
+** event as *ev (what handle would get) when it is at the head of the queue
+** and is a message, presence or absence for a live endpoint of p's own
+** VM, but a deleted endpoint's own absence: 1, else 0.  *ev borrows from
+** the queue until mk_proc_take(p) takes the event: it is then traced as
+** a delivery is and what it holds is released.  For p's handle only.
+*/
+int mk_proc_next(mk_proc *p, mk_event *ev);
+void mk_proc_take(mk_proc *p);
 /* Crash: quit with `reason` (borrowed), after telling the VM's crash hook. */
 void mk_fail(mk_proc *p, mk_term *reason);
 void mk_failf(mk_proc *p, const char *fmt, ...);

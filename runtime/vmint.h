@@ -64,7 +64,9 @@ struct mk_endpoint {
 };
 
 /* A queued event, a slot of an mk_qblock.  Holds counted references to
-** its process and endpoint and owns its terms and `name`. */
+** its process and endpoint and owns its terms and `name`.  A slot whose
+** `proc` is NULL holds nothing: an event dropped after it was queued
+** (vm.c, decline_queued), skipped when its turn comes. */
 typedef struct mk_qev {
   mk_proc *proc;
   mk_endpoint *ep;          /* NULL for boot/cont/meta-forwarded events */
@@ -160,6 +162,9 @@ struct mk_vm {
   mk_qblock *qhead, *qtail; /* the event FIFO (mk_qblock), owned; NULL until
                             ** the first event */
   mk_qblock *qfree;         /* emptied blocks, owned, chained by next */
+  uint64_t nqueued, ntaken; /* events ever queued and taken: the one queued
+                            ** as number n (nqueued then) is n - ntaken
+                            ** slots from the head while it is queued */
   mk_pid nextpid;
   mk_action *outbox, *outtail;
   mk_vm_hooks hooks;

@@ -94,6 +94,33 @@ describe("the activation budget", function()
     assert.equal(5, runs)
   end)
 
+  it("counts one activation for each message of a burst handled on one resume", function()
+    -- As above, the five messages queued at once (docs/architecture.md,
+    -- "The message path": they are handled on one resume, each an
+    -- activation with the whole budget); a looping handler among them
+    -- is still ended, and the process with it.
+    local runs, reason = 0, nil
+    H.ground(function()
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.subscriber({ "work", market._ }, {
+          on_message = function(_, m)
+            local t = os.clock()
+            while m[2] == "loop" or os.clock() - t < 0.06 do end
+            runs = runs + 1
+          end }))
+      end, { name = "worker" }))
+      market.pause()
+      market.perform(market.observe_subscribers({ "work", market._ }, { on_absence =
+        function(_, _, why) reason = why end }))
+      for _ = 1, 5 do market.perform(market.send({ "work", 1 })) end
+      market.perform(market.send({ "work", "loop" }))
+      market.perform(market.send({ "work", 1 }))
+      repeat market.pause() until reason
+    end, nil, { max_activation = 150 })
+    assert.equal(5, runs)
+    assert.equal(REASON, reason)
+  end)
+
   it("ends straight-line code that loops after a wait", function()
     local log = H.log()
     H.ground(function()

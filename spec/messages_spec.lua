@@ -489,3 +489,161 @@ describe("events for endpoints without a handler", function()
     assert.same({ 'message bare ["x", 2]' }, log.lines)
   end)
 end)
+
+-- Consecutive events for one process are handled on one resume
+-- (docs/architecture.md, "The message path"): these pin what must not
+-- change with that, whatever the queue holds.
+describe("a burst of events for one process", function()
+  -- A process "name" logging "<name> <n>" for each {tag, n}; on_n(n, s)
+  -- may return a transition, or do anything else.
+  local function counter(log, name, tag, on_n)
+    return holder(name, market.subscriber({ tag, _ }, { name = "in", on_message = function(s, m)
+      log("%s %s", name, market.repr(m[2]))
+      if on_n then return on_n(m[2], s) end
+    end }))
+  end
+
+  local function sends(tag, ...)
+    local t = {}
+    for i, n in ipairs({ ... }) do t[i] = market.send({ tag, n }) end
+    return table.unpack(t)
+  end
+
+  it("is handled in the queue's order, others' events and the events it causes " ..
+     "where they were queued", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(counter(log, "A", "a", function(n)
+        if n == 2 then return T(0, market.send({ "b", "from A" })) end
+      end), counter(log, "B", "b"))
+      H.step(market.send({ "a", 1 }), market.send({ "a", 2 }), market.send({ "a", 3 }),
+             market.send({ "b", 1 }), market.send({ "a", 4 }), market.send({ "a", 5 }),
+             market.send({ "b", 2 }))
+    end)
+    assert.same({ "A 1", "A 2", "A 3", "B 1", "A 4", "A 5", "B 2", 'B "from A"' }, log.lines)
+  end)
+
+  it("ends where a handler fails: its process goes with the reason, and what is " ..
+     "queued behind for it is not handled", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(counter(log, "A", "a", function(n) if n == 3 then error("boom at 3", 0) end end))
+      H.step(market.observe_subscribers({ "a", _ }, { on_absence = function(s, r, reason)
+        log("absence %s", reason)
+      end }))
+      H.step(sends("a", 1, 2, 3, 4, 5))
+      H.step(counter(log, "C", "c"))
+      H.step(market.send({ "c", 1 }))
+    end, nil, { on_crash = function(r) log("crash %s", r.name) end })
+    assert.same({ "A 1", "A 2", "A 3", "crash A", "absence boom at 3", "C 1" }, log.lines)
+  end)
+
+  it("ends where a handler quits its process or deletes the endpoint", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(counter(log, "A", "a", function(n, s)
+        if n == 2 then return T(s, market.quit()) end
+      end), counter(log, "D", "d", function(n, s)
+        if n == 2 then return T(s, market.delete_endpoint("in")) end
+      end), holder("keep", market.subscriber("never")))
+      H.step(sends("a", 1, 2, 3, 4))
+      H.step(sends("d", 1, 2, 3, 4))
+    end)
+    assert.same({ "A 1", "A 2", "D 1", "D 2" }, log.lines)
+  end)
+
+  it("goes to the handlers in place at each event: replaced in the table, or by a new add",
+     function()
+    local log = H.log()
+    H.ground(function()
+      local h = { name = "in" }
+      function h.on_message(s, m)
+        log("first %s", market.repr(m[2]))
+        h.on_message = function(_, m2) log("second %s", market.repr(m2[2])) end
+      end
+      H.step(holder("A", market.subscriber({ "a", _ }, h)))
+      H.step(sends("a", 1, 2))
+      H.step(holder("B", market.subscriber({ "b", _ }, { name = "in", on_message = function(s, m)
+        log("old %s", market.repr(m[2]))
+        return T(s, market.subscriber({ "b", _ }, { name = "in", on_message = function(_, m2)
+          log("new %s", market.repr(m2[2]))
+        end }))
+      end })))
+      H.step(sends("b", 1, 2, 3))
+    end)
+    assert.same({ "first 1", "second 2", "old 1", "new 2", "new 3" }, log.lines)
+  end)
+
+  it("lets a handler wait: what arrives meanwhile reaches it, and the burst goes on after",
+     function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("A", market.subscriber({ "a", _ }, { name = "in", on_message = function(s, m)
+        log("start %s", market.repr(m[2]))
+        if m[2] == 1 then
+          market.pause()
+          log("end 1")
+          return T(s, market.send({ "b", "after 1" }))
+        end
+      end })), counter(log, "B", "b"))
+      H.step(sends("a", 1, 2, 3))
+      H.step(market.send({ "a", 4 }), market.send({ "a", 5 }), market.send({ "b", 1 }))
+    end)
+    assert.same({ "start 1", "start 2", "start 3", "end 1", 'B "after 1"',
+                  "start 4", "start 5", "B 1" }, log.lines)
+  end)
+
+  it("drops the events for an endpoint without a handler of their kind, and handles the rest",
+     function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("A", market.subscriber({ "a", _ }, { name = "in", on_message = function(s, m)
+        log("in %s", market.repr(m[2]))
+      end }), market.subscriber({ "a", 2 }, { name = "bare" })))
+      H.step(sends("a", 1, 2, 3))
+    end)
+    assert.same({ "in 1", "in 2", "in 3" }, log.lines)
+  end)
+
+  -- n processes "w1".."wn" publishing {"w", i}, an observer of them all
+  -- with the handlers h, then all n killed at once, wi with reason "ki".
+  local function watched_go(n, h)
+    local pids, quits = {}, {}
+    for i = 1, n do
+      pids[i] = market.perform(holder("w" .. i, market.publisher({ "w", i })))
+    end
+    H.settle()
+    H.step(holder("obs", market.observe_publishers({ "w", _ }, h)))
+    for i = 1, n do quits[i] = market.quit(pids[i], "k" .. i) end
+    H.step(table.unpack(quits))
+  end
+
+  it("gives the role to each handler that can see it, whichever took the events before",
+     function()
+    local log = H.log()
+    H.ground(function()
+      local calls, h = 0, { name = "all" }
+      function h.on_absence()               -- cannot see the role: gets none
+        calls = calls + 1
+        log("first")
+        if calls == 2 then
+          h.on_absence = function(_, role) log("then %s", market.repr(role.topic)) end
+        end
+      end
+      watched_go(4, h)
+    end)
+    assert.same({ "first", "first", 'then ["w", 3]', 'then ["w", 4]' }, log.lines)
+  end)
+
+  it("is an observer's absences as what it watches is killed, each with its reason, " ..
+     "in order, until its handler fails", function()
+    local log = H.log()
+    H.ground(function()
+      watched_go(5, { on_absence = function(s, r, why)
+        log("gone %s %s", market.repr(r.topic[2]), why)
+        if why == "k4" then error("observer fails", 0) end
+      end })
+    end, nil, { on_crash = function(r) log("crash %s", r.name) end })
+    assert.same({ "gone 1 k1", "gone 2 k2", "gone 3 k3", "gone 4 k4", "crash obs" }, log.lines)
+  end)
+end)

@@ -309,6 +309,29 @@ describe("market.trace", function()
                      .. "resume, meta, deleted)")
   end)
 
+  it("shows each event of a burst handled on one resume, before what its handler did",
+     function()
+    local path = os.tmpname()
+    local ok, e = market.ground_vm(function()
+      market.perform(market.spawn(function()
+        return market.transition(0, market.subscriber({ "a", market._ }, { name = "in",
+          on_message = function(s, m) return market.transition(s, market.send({ "r", m[2] })) end }))
+      end, { name = "A" }))
+      market.pause()
+      for i = 1, 3 do market.perform(market.send({ "a", i })) end
+      market.pause()
+    end, { trace = { kind = { "message", "send" }, name = "A", file = path } })
+    local text = H.slurp(path)
+    os.remove(path)
+    assert.equal(true, ok, e)
+    local want = {}
+    for i = 1, 3 do
+      want[#want + 1] = ('ground #2 A: message in subscriber/participant ["a", _] ["a", %d]'):format(i)
+      want[#want + 1] = ('ground #2 A: send ["r", %d]'):format(i)
+    end
+    assert.same(want, untimed(lines_of(text)))
+  end)
+
   it("refuses what is not an option, and is for processes only", function()
     local status, out, err = H.run_script([[
       local market = require "market"

@@ -330,3 +330,68 @@ describe("presence", function()
     end)())
   end)
 end)
+
+-- A process's own events that it has no handler for are dropped at the end
+-- of the activation that queued them (runtime/vm.c, decline_queued), not
+-- when each comes up: these pin that nothing it would have heard is lost.
+describe("events a process queued for itself and has no handler for", function()
+  it("are still heard by a handler added for them later in the same activation, " ..
+     "and by one that an earlier event's handler adds", function()
+    local log = H.log()
+    H.ground(function()
+      for i, t in ipairs({ "pa", "pb", "pc", "pd" }) do
+        H.step(holder("s" .. i, market.subscriber({ t, _ })))
+      end
+      H.step(market.spawn(function()
+        market.perform(market.publisher({ "pa", 1 }, { name = "a" }))   -- no on_presence yet
+        market.perform(market.publisher({ "pb", 1 }, { name = "b", on_presence = function(s)
+          log("b")
+          -- "c" heard of s3 after this event was queued: it hears it now
+          return market.transition(s, market.publisher({ "pc", 1 }, { name = "c",
+            on_presence = function() log("c") end }))
+        end }))
+        market.perform(market.publisher({ "pc", 1 }, { name = "c" }))
+        market.perform(market.publisher({ "pd", 1 }, { name = "d" }))   -- never: dropped
+        -- the same endpoint again, now with a handler: a's event is heard
+        return market.transition(0, market.publisher({ "pa", 1 }, { name = "a",
+          on_presence = function() log("a") end }))
+      end, { name = "p" }))
+    end)
+    assert.same({ "a", "b", "c" }, log.lines)
+  end)
+
+  it("reach straight-line code that waits for them", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("s", market.subscriber({ "w", _ })))
+      H.step(market.spawn(function()
+        market.perform(market.publisher({ "w", 1 }, { name = "bare" }))
+        local ev = market.yield()
+        log("%s %s", ev.type, ev.endpoint)
+      end, { name = "p" }))
+    end)
+    assert.same({ "presence bare" }, log.lines)
+  end)
+
+  it("are not counted as queued once dropped", function()
+    local counts = {}
+    H.ground(function()
+      for i = 1, 3 do
+        H.step(holder("s" .. i, market.subscriber({ "q", _ }, { on_presence = function()
+          if #counts == 0 then
+            local snap = market.snapshot()
+            counts[1] = snap.vm.queued
+            for _, p in ipairs(snap.vm.processes) do
+              if p.name == "pub" then counts[2] = p.queued end
+            end
+          end
+        end })))
+      end
+      H.step(holder("pub", market.publisher({ "q", 1 })))
+    end)
+    -- Behind the first subscriber's presence: the two others' and the boot
+    -- process's wake (the publisher's three were dropped when its boot
+    -- ended; before, they were queued until each came up: 5 and 2).
+    assert.same({ 3, 0 }, counts)
+  end)
+end)

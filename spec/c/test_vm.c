@@ -810,6 +810,123 @@ static void test_declined_events(void) {
   END;
 }
 
+/* At boot, A (tagged 7 on "in", declining those messages) sends itself
+** rec(7, 1), then a poke, then rec(7, 2): all queued while it runs. */
+static void self_sends(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  int64_t i;
+  if (ev->type != MK_EV_BOOT) return;
+  mk_tag_endpoint(p, "in", 7);
+  for (i = 1; i <= 2; i++) {
+    if (i == 2) {
+      t = Ctl(r->tag);
+      mk_send(p, t);
+      mk_unref(t);
+    }
+    t = R(I(7), I(i));
+    mk_send(p, t);
+    mk_unref(t);
+  }
+}
+
+/* Events a process queued for itself while it ran, and declines once it
+** has returned, are dropped then, up to the first it does not decline. */
+static void test_declined_at_activation_end(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a;
+  rec_init(&a, "A");
+  rec_ep(&a, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(7), W()), 0);
+  rec_ctl(&a);
+  a.fn = self_sends;
+  declines_calls = 0;
+  mk_vm_spawn(vm, &declining, &a, "A");
+  mk_vm_run(vm);
+  CHECK(declines_calls == 2);            /* rec(7, 1), then the poke: not past it */
+  CHECK(log_count(&a.log, "message in rec(7, 1)") == 0);
+  CHECK(log_find(&a.log, "message ctl ctl(\"A\")") == 1);
+  CHECK(log_find(&a.log, "message in rec(7, 2)") == 2);
+  CHECK(a.log.n == 3);
+  mk_vm_free(vm, NULL);
+  rec_done(&a);
+  END;
+}
+
+/* A process that handles the events queued right behind its own in the
+** same call (mk_proc_next, mk_proc_take), logging each. */
+static int batch_calls;
+static void batch_handle(mk_proc *p, const mk_event *ev) {
+  mk_event next;
+  batch_calls++;
+  rec_handle(p, ev);
+  while (mk_proc_next(p, &next)) {
+    rec_handle(p, &next);
+    mk_proc_take(p);
+  }
+}
+static const mk_behavior batching = { "batching", batch_handle, rec_release, rec_destroy,
+                                      NULL, 0, NULL };
+
+static void send_to(mk_vm *vm, int64_t who, int64_t n) {
+  mk_term *t = R(I(who), I(n));
+  mk_vm_send(vm, t, 0);
+  mk_unref(t);
+}
+
+/* mk_proc_next shows only the head of the queue, and only when it is the
+** process's message, presence or absence for a live endpoint of its own. */
+static void test_proc_next(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, b, o, e;
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_init(&o, "O");
+  rec_init(&e, "E");
+  rec_ep(&a, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 0);
+  rec_ep(&b, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(2), W()), 0);
+  mk_vm_spawn(vm, &batching, &a, "A");
+  spawn(vm, &b);
+  mk_vm_run(vm);
+  batch_calls = 0;
+  send_to(vm, 1, 1);
+  send_to(vm, 1, 2);
+  send_to(vm, 2, 1);
+  send_to(vm, 1, 3);
+  mk_vm_run(vm);
+  CHECK(batch_calls == 2);               /* A 1 and 2 in one call, then A 3 */
+  CHECK(log_find(&glog, "A: message in rec(1, 1)") == 2);   /* after the boots */
+  CHECK(log_find(&glog, "A: message in rec(1, 2)") == 3);
+  CHECK(log_find(&glog, "B: message in rec(2, 1)") == 4);
+  CHECK(log_find(&glog, "A: message in rec(1, 3)") == 5);
+  CHECK(glog.n == 6);
+  /* An observer hears of two endpoints of a publisher that comes, then
+  ** goes: each pair in one call. */
+  rec_ep(&o, "in", MK_SUBSCRIBER, MK_OBSERVER, R(I(3), W()), 0);
+  rec_ep(&e, "x", MK_PUBLISHER, MK_PARTICIPANT, R(I(3), I(1)), 0);
+  rec_ep(&e, "y", MK_PUBLISHER, MK_PARTICIPANT, R(I(3), I(2)), 0);
+  mk_vm_spawn(vm, &batching, &o, "O");
+  mk_vm_run(vm);
+  batch_calls = 0;
+  spawn(vm, &e);
+  mk_vm_run(vm);
+  CHECK(batch_calls == 1);
+  CHECK(log_find(&o.log, "presence in publisher/participant rec(3, 1)") == 1);
+  CHECK(log_find(&o.log, "presence in publisher/participant rec(3, 2)") == 2);
+  mk_vm_kill(vm, e.pid, NULL);
+  mk_vm_run(vm);
+  CHECK(batch_calls == 2);
+  CHECK(log_find(&o.log, "absence in publisher/participant rec(3, 2) nil") == 3);   /* last added first */
+  CHECK(log_find(&o.log, "absence in publisher/participant rec(3, 1) nil") == 4);
+  CHECK(o.log.n == 5);
+  mk_vm_free(vm, NULL);
+  rec_done(&a);
+  rec_done(&b);
+  rec_done(&o);
+  rec_done(&e);
+  END;
+}
+
 static void send_at_boot(mk_proc *p, const mk_event *ev, rec *r) {
   mk_term *t;
   if (ev->type != MK_EV_BOOT) return;
@@ -2977,6 +3094,8 @@ int main(void) {
   RUN(test_endpoint_tags);
   RUN(test_endpoint_footprint);
   RUN(test_declined_events);
+  RUN(test_declined_at_activation_end);
+  RUN(test_proc_next);
   RUN(test_no_buffering);
   RUN(test_wildcard_in_message);
   RUN(test_readd_endpoint);
