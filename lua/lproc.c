@@ -99,7 +99,8 @@ typedef struct lwait {
                          ** the wait suspended now, or 0 */
 } lwait;
 
-/* A Lua process.  Owned by its mk_proc (destroy). */
+/* A Lua process.  Owned by its mk_proc (destroy); from the small-block
+** cache (pool.h), as the VM's process records (vm.c, xpool). */
 typedef struct lproc {
   mkl_state *S;
   lua_State *co;         /* its coroutine while it runs or waits, else NULL;
@@ -1114,7 +1115,7 @@ static void destroy(mk_proc *p) {
     untime(lp->wait);
     free(lp->wait);
   }
-  free(lp);
+  mk_pool_free(lp, sizeof *lp);
 }
 
 /* For snapshots (mk_behavior.activations). */
@@ -1141,7 +1142,7 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lua_createtable(L, 0, 2);
   lua_rotate(L, -2, 1);
   lua_rawseti(L, -2, MKL_CTX_STATE);
-  lp = malloc(sizeof *lp);
+  lp = mk_pool_alloc(sizeof *lp);
   if (lp == NULL) luaL_error(L, "out of memory");
   lp->S = S;
   lp->co = NULL;

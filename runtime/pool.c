@@ -36,12 +36,9 @@
 /* A cached block: the first word links it to the next. */
 typedef struct pblock { struct pblock *next; } pblock;
 
-typedef struct pclass {
-  pblock *head;
-  size_t count;          /* blocks in the list */
-} pclass;
-
-static pclass classes[NCLASS];
+/* Each class's list of cached blocks, last freed first (pool.h: every
+** block given back is kept). */
+static pblock *heads[NCLASS];
 static size_t cached;    /* bytes in all lists */
 
 /* The class of an n-byte request, 1 <= n <= MK_POOL_MAX, and the size of
@@ -57,16 +54,14 @@ void *mk_pool_alloc(size_t n) {
 #ifndef POOL_OFF
   if (n - 1 < MK_POOL_MAX) {
     size_t size = classsize(classof(n));
-    pclass *c = &classes[classof(n)];
-    pblock *b = c->head;
+    pblock **head = &heads[classof(n)], *b = *head;
     if (b != NULL) {
       VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
-      c->head = b->next;
+      *head = b->next;
       /* The next block of this class was freed long ago, often by a GC
       ** sweep: fetch it now, not when it is asked for (this load missed
       ** the cache on most allocations). */
-      if (c->head != NULL) __builtin_prefetch(c->head, 1);
-      c->count--;
+      if (*head != NULL) __builtin_prefetch(*head, 1);
       cached -= size;
       VALGRIND_MAKE_MEM_UNDEFINED(b, size);
       return b;
@@ -81,16 +76,12 @@ void mk_pool_free(void *p, size_t n) {
 #ifndef POOL_OFF
   if (p != NULL && n - 1 < MK_POOL_MAX) {
     size_t k = classof(n), size = classsize(k);
-    pclass *c = &classes[k];
-    if (c->count * size < MK_POOL_HOLD) {
-      pblock *b = p;
-      b->next = c->head;
-      c->head = b;
-      c->count++;
-      cached += size;
-      VALGRIND_MAKE_MEM_NOACCESS(b, size);
-      return;
-    }
+    pblock *b = p;
+    b->next = heads[k];
+    heads[k] = b;
+    cached += size;
+    VALGRIND_MAKE_MEM_NOACCESS(b, size);
+    return;
   }
 #else
   (void)n;
@@ -134,14 +125,13 @@ size_t mk_pool_cached(void) { return cached; }
 void mk_pool_trim(void) {
   size_t k;
   for (k = 0; k < NCLASS; k++) {
-    pblock *b = classes[k].head, *next;
+    pblock *b = heads[k], *next;
     for (; b != NULL; b = next) {
       VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
       next = b->next;
       free(b);
     }
-    classes[k].head = NULL;
-    classes[k].count = 0;
+    heads[k] = NULL;
   }
   cached = 0;
 }

@@ -6,10 +6,22 @@
 ** that handles it), and a busy server frees them in bursts of dozens of the
 ** same size.  glibc's per-size cache holds 7 blocks, so most of these went
 ** through the slower paths of malloc (and its periodic consolidation).
-** This cache keeps up to MK_POOL_HOLD bytes of blocks per size class, up to
-** MK_POOL_MAX bytes, in a plain LIFO free list.  The classes are 24, 40,
-** 56, ... bytes: each block with malloc's header fills a 16-byte-aligned
-** chunk exactly.
+** This cache keeps every block of up to MK_POOL_MAX bytes given back to
+** it, in a plain LIFO free list per size class, until mk_pool_trim.  The
+** classes are 24, 40, 56, ... bytes: each block with malloc's header
+** fills a 16-byte-aligned chunk exactly.
+**
+** Keeping every block bounds what a class holds by its high-water mark,
+** the most blocks it ever had in use at once, and no more: a new block
+** is taken from malloc only when the class has none cached.  A program
+** that spawned and killed 100,000 processes keeps their records for the
+** next 100,000.  A class used to keep at most 256 KiB and give the rest
+** back to malloc; a VM spawning and killing in waves then got its records
+** back from glibc's free lists, merged, split and scattered, and spawned
+** at less than half the rate of its first wave (issue 10;
+** docs/performance.md, "Sustained spawns").  The price: what a class
+** keeps serves only its own size, where malloc would reuse the memory a
+** burst of one size freed for another.
 **
 ** Every block is an ordinary malloc block: mk_pool_free with a size of at
 ** most what was asked of mk_pool_alloc is always right, and mk_pool_trim
@@ -36,7 +48,6 @@
 #endif
 
 #define MK_POOL_MAX   512            /* larger blocks go straight to malloc */
-#define MK_POOL_HOLD  (256 * 1024)   /* bytes kept per size class, at most */
 
 /* n bytes (n > 0), or NULL when out of memory. */
 void *mk_pool_alloc(size_t n);
