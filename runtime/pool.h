@@ -64,4 +64,39 @@ unsigned long mk_pool_lfrees(void);
 size_t mk_pool_cached(void);
 /* Give every cached block back to malloc. */
 void mk_pool_trim(void);
+
+/*
+** A cache in front of another allocator: a lua_Alloc (its shape, without
+** lua.h) that keeps the blocks freed through it and hands them out again,
+** over the allocator f (with its ud) that a Lua state had.  A Lua state
+** made by another host (lua5.4's own, realloc and free) gets one while a
+** ground VM runs on it (lua/lproc.c, mkl_attach): the Lua objects a wave
+** of exits leaves to the collector are then the next wave's, not glibc's
+** to merge and scatter (docs/performance.md, "Sustained spawns").
+**
+** Blocks are kept by their exact size, from sizeof(void *) to
+** MK_POOL_MAX bytes, and only ever handed out for that size again, so
+** every block goes back to f, when it does, as what f lent: right for
+** any lua_Alloc, whatever sizes it rounds to.  Every block freed is
+** kept, until mk_pool_over_free or mk_pool_over_pass; resizes and larger
+** blocks go straight to f.  Not used under AddressSanitizer (the caller
+** checks MK_SANITIZED), so that reuse of freed memory is still caught.
+*/
+typedef void *(*mk_alloc_fn)(void *ud, void *ptr, size_t osize, size_t nsize);
+typedef struct mk_pool_over mk_pool_over;
+/* A cache over f (NULL when out of memory); mk_pool_over_lalloc with it
+** as ud is the allocator to install. */
+mk_pool_over *mk_pool_over_new(mk_alloc_fn f, void *ud);
+void *mk_pool_over_lalloc(void *ud, void *ptr, size_t osize, size_t nsize);
+/* The allocator underneath, and its ud in *ud. */
+mk_alloc_fn mk_pool_over_under(const mk_pool_over *o, void **ud);
+/* Bytes now kept (lent by f, free for reuse), each block counted as the
+** pool's class of its size, as glibc's malloc counts it; 0 for NULL. */
+size_t mk_pool_over_cached(const mk_pool_over *o);
+/* Every kept block back to f, and from now on every call passed on to f:
+** for a cache still installed where it cannot be taken out. */
+void mk_pool_over_pass(mk_pool_over *o);
+/* Every kept block back to f, and o freed (NULL is ignored): once it is
+** no Lua state's allocator. */
+void mk_pool_over_free(mk_pool_over *o);
 #endif

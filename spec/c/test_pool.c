@@ -117,11 +117,72 @@ static void lua_allocator (void) {
   mk_pool_trim();
 }
 
+/* An allocator underneath that counts its blocks and checks that each
+** comes back as the size it lent (mk_pool_over keeps blocks by exact
+** size, so that it is right over any allocator). */
+static long under_live, under_wrong, under_calls;
+static int under_fail;
+static void *under (void *ud, void *ptr, size_t osize, size_t nsize) {
+  size_t *h = ptr ? (size_t *)ptr - 2 : NULL;
+  (void)ud;
+  under_calls++;
+  if (h != NULL && h[0] != osize) under_wrong++;
+  if (nsize == 0) {
+    if (h != NULL) { under_live--; free(h); }
+    return NULL;
+  }
+  if (ptr == NULL && under_fail) return NULL;
+  h = realloc(h, 2 * sizeof *h + nsize);
+  if (h == NULL) return NULL;
+  if (ptr == NULL) under_live++;
+  h[0] = nsize;
+  return h + 2;
+}
+
+static void over_another (void) {
+  mk_pool_over *o = mk_pool_over_new(under, NULL);
+  void *p, *q, *r, *big;
+  long calls;
+  void *ud;
+  CHECK(o != NULL && mk_pool_over_under(o, &ud) == under && ud == NULL);
+  p = mk_pool_over_lalloc(o, NULL, 5, 40);
+  q = mk_pool_over_lalloc(o, NULL, 5, 41);
+  CHECK(p != NULL && q != NULL && under_live == 2);
+  CHECK(mk_pool_over_lalloc(o, p, 40, 0) == NULL);       /* kept */
+  CHECK(mk_pool_over_lalloc(o, q, 41, 0) == NULL);
+  CHECK(under_live == 2 && mk_pool_over_cached(o) == 40 + 56);   /* as malloc counts */
+  calls = under_calls;
+  r = mk_pool_over_lalloc(o, NULL, 5, 40);               /* its exact size only */
+  CHECK(r == p && under_calls == calls && mk_pool_over_cached(o) == 56);
+  CHECK(mk_pool_over_lalloc(o, NULL, 5, 0) == NULL);      /* nsize 0: nothing */
+  big = mk_pool_over_lalloc(o, NULL, 5, MK_POOL_MAX + 1); /* large: passed on */
+  CHECK(big != NULL && under_live == 3);
+  CHECK(mk_pool_over_lalloc(o, big, MK_POOL_MAX + 1, 0) == NULL && under_live == 2);
+  p = mk_pool_over_lalloc(o, r, 40, 100);                 /* resize: passed on */
+  CHECK(p != NULL);
+  under_fail = 1;                                         /* out of memory: what is */
+  CHECK(mk_pool_over_lalloc(o, NULL, 5, 72) == NULL);     /* kept goes back first */
+  CHECK(mk_pool_over_cached(o) == 0 && under_live == 1);
+  under_fail = 0;
+  mk_pool_over_pass(o);                                   /* keeps nothing from now */
+  CHECK(mk_pool_over_lalloc(o, p, 100, 0) == NULL && under_live == 0);
+  CHECK(mk_pool_over_cached(o) == 0);
+  mk_pool_over_free(o);
+  o = mk_pool_over_new(under, NULL);
+  p = mk_pool_over_lalloc(o, NULL, 5, 24);
+  mk_pool_over_lalloc(o, p, 24, 0);
+  mk_pool_over_free(o);                                   /* gives back what it kept */
+  CHECK(under_live == 0 && under_wrong == 0);
+  CHECK(mk_pool_over_cached(NULL) == 0);
+  mk_pool_over_free(NULL);
+}
+
 int main (void) {
   RUN(reuse);
   RUN(classes_fit_chunks);
   RUN(large_blocks_bypass);
   RUN(keeps_every_block);
   RUN(lua_allocator);
+  RUN(over_another);
   return CHECK_DONE();
 }
