@@ -1083,6 +1083,53 @@ static void foreign_allocator(void) {
   CHECK(strict_live == 0);
 }
 
+/* An allocator a module puts in front of whatever the state had, as a
+** profiler may: it passes every call on. */
+static lua_Alloc front_f;
+static void *front_ud;
+static void *front_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  return front_f(front_ud, ptr, osize, nsize);
+}
+
+static int l_front(lua_State *L) {
+  front_f = lua_getallocf(L, &front_ud);
+  lua_setallocf(L, front_alloc, NULL);
+  return 0;
+}
+
+/* One installed while the VM runs stays: the cache stays behind it,
+** passing every call on, and every block still reaches the host's
+** allocator as the size it lent. */
+static void foreign_allocator_wrapped(void) {
+  static const char script[] =
+    "local market = require 'market'\n"
+    "assert(market.ground_vm(function()\n"
+    "  local t = {}\n"
+    "  for i = 1, 1000 do t[i] = { i } end\n"
+    "  t = nil\n"
+    "  collectgarbage()\n"
+    "  front()\n"
+    "  for i = 1, 1000 do t = { i } end\n"
+    "end))\n"
+    "local t = {}\n"
+    "for i = 1, 1000 do t[i] = { i } end\n";
+  lua_State *L;
+  strict_live = strict_wrong = 0;
+  L = lua_newstate(strict_alloc, NULL);
+  CHECK(L != NULL);
+  if (L == NULL) return;
+  luaL_openlibs(L);
+  luaL_requiref(L, "market", luaopen_market, 0);
+  lua_pop(L, 1);
+  lua_register(L, "front", l_front);
+  CHECK(luaL_dostring(L, script) == LUA_OK);
+  CHECK(lua_getallocf(L, NULL) == front_alloc);
+  lua_close(L);
+  CHECK(strict_wrong == 0);
+  CHECK(strict_live == 0);
+}
+
 int main(void) {
   RUN(new_and_free);
   RUN(spawn_errors);
@@ -1108,5 +1155,6 @@ int main(void) {
   RUN(outside_loop);
   RUN(snapshots);
   RUN(foreign_allocator);
+  RUN(foreign_allocator_wrapped);
   return CHECK_DONE();
 }
