@@ -1036,6 +1036,28 @@ static int l_which(lua_State *L) {
 
 int luaopen_market(lua_State *L);
 
+/* A state on strict_alloc with the standard libraries, market loaded and
+** the global fname calling fn; NULL (checked) when out of memory. */
+static lua_State *strict_state(const char *fname, lua_CFunction fn) {
+  lua_State *L;
+  strict_live = strict_wrong = 0;
+  L = lua_newstate(strict_alloc, NULL);
+  CHECK(L != NULL);
+  if (L == NULL) return NULL;
+  luaL_openlibs(L);
+  luaL_requiref(L, "market", luaopen_market, 0);
+  lua_pop(L, 1);
+  lua_register(L, fname, fn);
+  return L;
+}
+
+/* Close L: every block went back to strict_alloc, as the size it lent. */
+static void strict_close(lua_State *L) {
+  lua_close(L);
+  CHECK(strict_wrong == 0);
+  CHECK(strict_live == 0);
+}
+
 /* While a ground VM runs on a state with an allocator of its own, the Lua
 ** blocks its processes free are kept in front of that allocator for the
 ** next of their size; afterwards the allocator is the host's again, and
@@ -1066,21 +1088,12 @@ static void foreign_allocator(void) {
     "assert(ok, err)\n"
     "seen[3] = which()\n"
     "return table.concat(seen, ' ')\n";
-  lua_State *L;
-  strict_live = strict_wrong = 0;
-  L = lua_newstate(strict_alloc, NULL);
-  CHECK(L != NULL);
+  lua_State *L = strict_state("which", l_which);
   if (L == NULL) return;
-  luaL_openlibs(L);
-  luaL_requiref(L, "market", luaopen_market, 0);
-  lua_pop(L, 1);
-  lua_register(L, "which", l_which);
   CHECK(luaL_dostring(L, script) == LUA_OK);
   if (MK_SANITIZED) CHECK(strcmp(lua_tostring(L, -1), "strict strict strict") == 0);
   else CHECK(strcmp(lua_tostring(L, -1), "over over strict") == 0);
-  lua_close(L);
-  CHECK(strict_wrong == 0);
-  CHECK(strict_live == 0);
+  strict_close(L);
 }
 
 /* An allocator a module puts in front of whatever the state had, as a
@@ -1114,20 +1127,11 @@ static void foreign_allocator_wrapped(void) {
     "end))\n"
     "local t = {}\n"
     "for i = 1, 1000 do t[i] = { i } end\n";
-  lua_State *L;
-  strict_live = strict_wrong = 0;
-  L = lua_newstate(strict_alloc, NULL);
-  CHECK(L != NULL);
+  lua_State *L = strict_state("front", l_front);
   if (L == NULL) return;
-  luaL_openlibs(L);
-  luaL_requiref(L, "market", luaopen_market, 0);
-  lua_pop(L, 1);
-  lua_register(L, "front", l_front);
   CHECK(luaL_dostring(L, script) == LUA_OK);
   CHECK(lua_getallocf(L, NULL) == front_alloc);
-  lua_close(L);
-  CHECK(strict_wrong == 0);
-  CHECK(strict_live == 0);
+  strict_close(L);
 }
 
 int main(void) {
