@@ -16,6 +16,7 @@
 ** coroutine and performs actions through the core.* functions here, which
 ** act on the process that is running now.
 */
+#include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
 #include <malloc.h>
@@ -80,6 +81,9 @@ typedef struct mkl_state {
                          ** interned once: handler keys (FIELD_*) */
   int nameref;           /* the endpoint name pushname pushed last, */
   const char *lastname;  /* and its bytes (Lua's copy), or NULL */
+  mk_pool_over *over;    /* the cache installed in front of the state's
+                         ** allocator while a ground VM runs (mkl_attach),
+                         ** or NULL; owned */
 } mkl_state;
 
 /*
@@ -99,7 +103,8 @@ typedef struct lwait {
                          ** the wait suspended now, or 0 */
 } lwait;
 
-/* A Lua process.  Owned by its mk_proc (destroy). */
+/* A Lua process.  Owned by its mk_proc (destroy); from the small-block
+** cache (pool.h), as the VM's process records (vm.c, xpool). */
 typedef struct lproc {
   mkl_state *S;
   lua_State *co;         /* its coroutine while it runs or waits, else NULL;
@@ -1274,7 +1279,7 @@ static void destroy(mk_proc *p) {
     untime(lp->wait);
     free(lp->wait);
   }
-  free(lp);
+  mk_pool_free(lp, sizeof *lp);
 }
 
 /* For snapshots (mk_behavior.activations). */
@@ -1301,7 +1306,7 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lua_createtable(L, 0, 2);
   lua_rotate(L, -2, 1);
   lua_rawseti(L, -2, MKL_CTX_STATE);
-  lp = malloc(sizeof *lp);
+  lp = mk_pool_alloc(sizeof *lp);
   if (lp == NULL) luaL_error(L, "out of memory");
   lp->S = S;
   lp->co = NULL;
@@ -2063,8 +2068,10 @@ static int c_stop(lua_State *L) {
 ** which also counts what the allocator holds but does not use. */
 static int c_memory(lua_State *L) {
   struct mallinfo2 mi = mallinfo2();
-  /* Blocks in the small-block cache are free, though malloc lent them. */
-  lua_pushinteger(L, (lua_Integer)(mi.uordblks - mk_pool_cached()));
+  /* Blocks in the small-block cache are free, though malloc lent them, and
+  ** so are those kept in front of the Lua state's allocator (mkl_attach). */
+  lua_pushinteger(L, (lua_Integer)(mi.uordblks - mk_pool_cached() -
+                                   mk_pool_over_cached(STATE(L)->over)));
   return 1;
 }
 
@@ -2082,10 +2089,53 @@ mk_ground *mkl_ground(lua_State *L) {
   return S ? S->g : NULL;
 }
 
+/*
+** While a ground VM runs on a Lua state that another host made (lua5.4's
+** own allocator is realloc and free), the Lua objects its processes free
+** wait in a cache in front of that allocator (pool.h, mk_pool_over) for
+** the next of their size.  A VM spawning and killing in waves got them
+** back from glibc's free lists, merged and scattered by the wave of
+** kills before, and ran at two thirds of the rate it does with the cache
+** (docs/performance.md, "Sustained spawns").  The interpreter's own state
+** is on the pool already (host.c); none under AddressSanitizer.
+*/
+static void keep_freed(lua_State *L, mkl_state *S) {
+  void *ud;
+  lua_Alloc f = lua_getallocf(L, &ud);
+  if (MK_SANITIZED || f == mk_pool_lalloc || f == mk_pool_over_lalloc) return;
+  if ((S->over = mk_pool_over_new(f, ud)) != NULL) lua_setallocf(L, mk_pool_over_lalloc, S->over);
+}
+
+/* A cache left installed behind another allocator (unkeep_freed): kept
+** reachable, the last one, for leak checkers. */
+static mk_pool_over *left_behind;
+
+/* The VM is gone: the state's allocator is what it was, and what the cache
+** kept goes back to it.  If something installed an allocator of its own in
+** front of the cache meanwhile, the cache stays, passing every call on,
+** and so does the code of its function: market.so is kept loaded. */
+static void unkeep_freed(lua_State *L, mkl_state *S) {
+  void *ud;
+  Dl_info info;
+  if (S->over == NULL) return;
+  if (lua_getallocf(L, &ud) == mk_pool_over_lalloc && ud == S->over) {
+    lua_Alloc f = mk_pool_over_under(S->over, &ud);
+    lua_setallocf(L, f, ud);
+    mk_pool_over_free(S->over);
+  } else {
+    mk_pool_over_pass(S->over);
+    left_behind = S->over;
+    if (dladdr((void *)mk_pool_over_lalloc, &info) && info.dli_fname != NULL)
+      dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+  }
+  S->over = NULL;
+}
+
 int mkl_attach(lua_State *L, mk_ground *g) {
   mkl_state *S = getstate(L);
   if (S == NULL || S->g != NULL) return -1;
   S->g = g;
+  keep_freed(L, S);
   mk_vm_set_userdata(mk_ground_vm(g), S);
   mk_vm_set_crash_hook(mk_ground_vm(g), crashed, S);
   return 0;
@@ -2095,6 +2145,7 @@ void mkl_detach(lua_State *L) {
   mkl_state *S = getstate(L);
   if (S == NULL) return;
   S->g = NULL;
+  unkeep_freed(L, S);
 }
 
 mk_pid mkl_spawn(lua_State *L, mk_vm *vm, const char *name, int report) {

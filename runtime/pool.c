@@ -36,12 +36,9 @@
 /* A cached block: the first word links it to the next. */
 typedef struct pblock { struct pblock *next; } pblock;
 
-typedef struct pclass {
-  pblock *head;
-  size_t count;          /* blocks in the list */
-} pclass;
-
-static pclass classes[NCLASS];
+/* Each class's list of cached blocks, last freed first (pool.h: every
+** block given back is kept). */
+static pblock *heads[NCLASS];
 static size_t cached;    /* bytes in all lists */
 
 /* The class of an n-byte request, 1 <= n <= MK_POOL_MAX, and the size of
@@ -57,16 +54,14 @@ void *mk_pool_alloc(size_t n) {
 #ifndef POOL_OFF
   if (n - 1 < MK_POOL_MAX) {
     size_t size = classsize(classof(n));
-    pclass *c = &classes[classof(n)];
-    pblock *b = c->head;
+    pblock **head = &heads[classof(n)], *b = *head;
     if (b != NULL) {
       VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
-      c->head = b->next;
+      *head = b->next;
       /* The next block of this class was freed long ago, often by a GC
       ** sweep: fetch it now, not when it is asked for (this load missed
       ** the cache on most allocations). */
-      if (c->head != NULL) __builtin_prefetch(c->head, 1);
-      c->count--;
+      if (*head != NULL) __builtin_prefetch(*head, 1);
       cached -= size;
       VALGRIND_MAKE_MEM_UNDEFINED(b, size);
       return b;
@@ -81,16 +76,12 @@ void mk_pool_free(void *p, size_t n) {
 #ifndef POOL_OFF
   if (p != NULL && n - 1 < MK_POOL_MAX) {
     size_t k = classof(n), size = classsize(k);
-    pclass *c = &classes[k];
-    if (c->count * size < MK_POOL_HOLD) {
-      pblock *b = p;
-      b->next = c->head;
-      c->head = b;
-      c->count++;
-      cached += size;
-      VALGRIND_MAKE_MEM_NOACCESS(b, size);
-      return;
-    }
+    pblock *b = p;
+    b->next = heads[k];
+    heads[k] = b;
+    cached += size;
+    VALGRIND_MAKE_MEM_NOACCESS(b, size);
+    return;
   }
 #else
   (void)n;
@@ -134,14 +125,105 @@ size_t mk_pool_cached(void) { return cached; }
 void mk_pool_trim(void) {
   size_t k;
   for (k = 0; k < NCLASS; k++) {
-    pblock *b = classes[k].head, *next;
+    pblock *b = heads[k], *next;
     for (; b != NULL; b = next) {
       VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
       next = b->next;
       free(b);
     }
-    classes[k].head = NULL;
-    classes[k].count = 0;
+    heads[k] = NULL;
   }
   cached = 0;
+}
+
+/* ---- a cache in front of another allocator (pool.h, mk_pool_over) ---- */
+
+struct mk_pool_over {
+  mk_alloc_fn f;         /* the allocator underneath, and its ud */
+  void *ud;
+  int passing;           /* 1: keeps nothing, passes every call on */
+  size_t cached;         /* bytes in the lists, each block counted as the
+                         ** class it falls in (classsize): what glibc's
+                         ** malloc counts of it, as for the pool's own */
+  /* Freed blocks of n bytes, MIN_KEPT <= n <= MK_POOL_MAX, in heads[n]:
+  ** one list per exact size, so that a block only ever goes back to f,
+  ** or out again, as the size f lent it for. */
+  pblock *heads[MK_POOL_MAX + 1];
+};
+
+/* Smaller blocks cannot hold the link; Lua makes few (a prototype's
+** line information). */
+#define MIN_KEPT sizeof(pblock)
+
+mk_pool_over *mk_pool_over_new(mk_alloc_fn f, void *ud) {
+  mk_pool_over *o = calloc(1, sizeof *o);
+  if (o == NULL) return NULL;
+  o->f = f;
+  o->ud = ud;
+  return o;
+}
+
+/* Every cached block back to f. */
+static void over_drain(mk_pool_over *o) {
+  size_t n;
+  for (n = MIN_KEPT; n <= MK_POOL_MAX; n++) {
+    pblock *b = o->heads[n], *next;
+    for (; b != NULL; b = next) {
+      VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
+      next = b->next;
+      o->f(o->ud, b, n, 0);
+    }
+    o->heads[n] = NULL;
+  }
+  o->cached = 0;
+}
+
+void *mk_pool_over_lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  mk_pool_over *o = ud;
+  void *q;
+  if (ptr == NULL) {                 /* osize is Lua's type tag */
+    if (nsize - MIN_KEPT <= MK_POOL_MAX - MIN_KEPT && o->heads[nsize] != NULL) {
+      pblock *b = o->heads[nsize];
+      VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
+      o->heads[nsize] = b->next;
+      if (b->next != NULL) __builtin_prefetch(b->next, 1);
+      o->cached -= classsize(classof(nsize));
+      VALGRIND_MAKE_MEM_UNDEFINED(b, nsize);
+      return b;
+    }
+    if (nsize == 0) return NULL;
+    q = o->f(o->ud, NULL, osize, nsize);
+    if (q == NULL && o->cached > 0) {   /* what is kept may make room */
+      over_drain(o);
+      q = o->f(o->ud, NULL, osize, nsize);
+    }
+    return q;
+  }
+  if (nsize == 0 && !o->passing && osize - MIN_KEPT <= MK_POOL_MAX - MIN_KEPT) {
+    pblock *b = ptr;
+    b->next = o->heads[osize];
+    o->heads[osize] = b;
+    o->cached += classsize(classof(osize));
+    VALGRIND_MAKE_MEM_NOACCESS(b, osize);
+    return NULL;
+  }
+  return o->f(o->ud, ptr, osize, nsize);   /* frees and resizes */
+}
+
+mk_alloc_fn mk_pool_over_under(const mk_pool_over *o, void **ud) {
+  *ud = o->ud;
+  return o->f;
+}
+
+size_t mk_pool_over_cached(const mk_pool_over *o) { return o ? o->cached : 0; }
+
+void mk_pool_over_pass(mk_pool_over *o) {
+  over_drain(o);
+  o->passing = 1;
+}
+
+void mk_pool_over_free(mk_pool_over *o) {
+  if (o == NULL) return;
+  over_drain(o);
+  free(o);
 }

@@ -6,10 +6,22 @@
 ** that handles it), and a busy server frees them in bursts of dozens of the
 ** same size.  glibc's per-size cache holds 7 blocks, so most of these went
 ** through the slower paths of malloc (and its periodic consolidation).
-** This cache keeps up to MK_POOL_HOLD bytes of blocks per size class, up to
-** MK_POOL_MAX bytes, in a plain LIFO free list.  The classes are 24, 40,
-** 56, ... bytes: each block with malloc's header fills a 16-byte-aligned
-** chunk exactly.
+** This cache keeps every block of up to MK_POOL_MAX bytes given back to
+** it, in a plain LIFO free list per size class, until mk_pool_trim.  The
+** classes are 24, 40, 56, ... bytes: each block with malloc's header
+** fills a 16-byte-aligned chunk exactly.
+**
+** Keeping every block bounds what a class holds by its high-water mark,
+** the most blocks it ever had in use at once, and no more: a new block
+** is taken from malloc only when the class has none cached.  A program
+** that spawned and killed 100,000 processes keeps their records for the
+** next 100,000.  A class used to keep at most 256 KiB and give the rest
+** back to malloc; a VM spawning and killing in waves then got its records
+** back from glibc's free lists, merged, split and scattered, and spawned
+** at less than half the rate of its first wave (issue 10;
+** docs/performance.md, "Sustained spawns").  The price: what a class
+** keeps serves only its own size, where malloc would reuse the memory a
+** burst of one size freed for another.
 **
 ** Every block is an ordinary malloc block: mk_pool_free with a size of at
 ** most what was asked of mk_pool_alloc is always right, and mk_pool_trim
@@ -36,7 +48,6 @@
 #endif
 
 #define MK_POOL_MAX   512            /* larger blocks go straight to malloc */
-#define MK_POOL_HOLD  (256 * 1024)   /* bytes kept per size class, at most */
 
 /* n bytes (n > 0), or NULL when out of memory. */
 void *mk_pool_alloc(size_t n);
@@ -53,4 +64,39 @@ unsigned long mk_pool_lfrees(void);
 size_t mk_pool_cached(void);
 /* Give every cached block back to malloc. */
 void mk_pool_trim(void);
+
+/*
+** A cache in front of another allocator: a lua_Alloc (its shape, without
+** lua.h) that keeps the blocks freed through it and hands them out again,
+** over the allocator f (with its ud) that a Lua state had.  A Lua state
+** made by another host (lua5.4's own, realloc and free) gets one while a
+** ground VM runs on it (lua/lproc.c, mkl_attach): the Lua objects a wave
+** of exits leaves to the collector are then the next wave's, not glibc's
+** to merge and scatter (docs/performance.md, "Sustained spawns").
+**
+** Blocks are kept by their exact size, from sizeof(void *) to
+** MK_POOL_MAX bytes, and only ever handed out for that size again, so
+** every block goes back to f, when it does, as what f lent: right for
+** any lua_Alloc, whatever sizes it rounds to.  Every block freed is
+** kept, until mk_pool_over_free or mk_pool_over_pass; resizes and larger
+** blocks go straight to f.  Not used under AddressSanitizer (the caller
+** checks MK_SANITIZED), so that reuse of freed memory is still caught.
+*/
+typedef void *(*mk_alloc_fn)(void *ud, void *ptr, size_t osize, size_t nsize);
+typedef struct mk_pool_over mk_pool_over;
+/* A cache over f (NULL when out of memory); mk_pool_over_lalloc with it
+** as ud is the allocator to install. */
+mk_pool_over *mk_pool_over_new(mk_alloc_fn f, void *ud);
+void *mk_pool_over_lalloc(void *ud, void *ptr, size_t osize, size_t nsize);
+/* The allocator underneath, and its ud in *ud. */
+mk_alloc_fn mk_pool_over_under(const mk_pool_over *o, void **ud);
+/* Bytes now kept (lent by f, free for reuse), each block counted as the
+** pool's class of its size, as glibc's malloc counts it; 0 for NULL. */
+size_t mk_pool_over_cached(const mk_pool_over *o);
+/* Every kept block back to f, and from now on every call passed on to f:
+** for a cache still installed where it cannot be taken out. */
+void mk_pool_over_pass(mk_pool_over *o);
+/* Every kept block back to f, and o freed (NULL is ignored): once it is
+** no Lua state's allocator. */
+void mk_pool_over_free(mk_pool_over *o);
 #endif

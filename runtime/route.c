@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pool.h"
 #include "route.h"
 
 
@@ -468,8 +469,11 @@ static mk_inode *popkid (mk_inode *n) {
 */
 
 static mk_inode *newnode (mk_index *ix, mk_inode *parent) {
-  mk_inode *n = (mk_inode *)calloc(1, sizeof(mk_inode));
+  /* From the small-block cache (pool.h), as the VM's process and
+  ** endpoint records: a topic's nodes come and go with its process. */
+  mk_inode *n = (mk_inode *)mk_pool_alloc(sizeof(mk_inode));
   if (n == NULL) return NULL;
+  memset(n, 0, sizeof *n);
   n->parent = parent;
   n->tag = TK_ROOT;
   ix->nodes++;
@@ -481,7 +485,7 @@ static inline void freenode (mk_index *ix, mk_inode *n) {
   else if (n->tag == TK_REC) mk_rtype_unref(n->key.rt);
   mk_unref(leaftopic(n));
   freetable(ix, n);
-  free(n);
+  mk_pool_free(n, sizeof *n);
   ix->nodes--;
 }
 

@@ -24,6 +24,18 @@ void *mkI_xmalloc(size_t n) {
   return p;
 }
 
+/* The records every spawn makes and every exit frees, processes and
+** endpoints, come from the small-block cache (pool.h), which keeps what
+** a wave of exits gives back for the next wave of spawns: from glibc, a
+** VM that kept spawning and killing ran at less than half the rate of
+** its first wave, its records scattered over the free lists (issue 10,
+** docs/performance.md).  Freed with mk_pool_free and their size. */
+static void *xpool(size_t n) {
+  void *p = mk_pool_alloc(n);
+  if (p == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  return p;
+}
+
 char *mkI_xstrdup(const char *s) {
   size_t n;
   char *d;
@@ -187,13 +199,13 @@ static void proc_unref(mk_proc *p) {
   } else {
     free(p->name);
   }
-  free(p);
+  mk_pool_free(p, sizeof *p);
 }
 
 static void ep_unref(mk_endpoint *e) {
   if (--e->refs > 0) return;
   mk_unref(e->role.topic);
-  free(e);
+  mk_pool_free(e, offsetof(mk_endpoint, name) + strlen(e->name) + 1);
 }
 
 void mkI_ep_unref(mk_endpoint *e) { ep_unref(e); }
@@ -524,7 +536,7 @@ void mk_proc_each_endpoint(const mk_proc *p, mk_endpoint_fn fn, void *ud) {
 }
 
 static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
-  mk_proc *p = mkI_xmalloc(sizeof *p);
+  mk_proc *p = xpool(sizeof *p);
   size_t h;
   memset(p, 0, sizeof *p);
   p->vm = vm;
@@ -551,7 +563,7 @@ mk_pid mk_vm_spawn(mk_vm *vm, const mk_behavior *b, void *data, const char *name
 mk_proc *mk_vm_resident(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
   mk_proc *p;
   if (vm->resident != NULL) return NULL;
-  p = mkI_xmalloc(sizeof *p);
+  p = xpool(sizeof *p);
   memset(p, 0, sizeof *p);
   p->vm = vm;
   p->pid = 0;               /* not vm->nextpid: the program's pids stay as they were */
@@ -840,7 +852,7 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
     return -1;
   }
   n = strlen(name) + 1;
-  e = mkI_xmalloc(offsetof(mk_endpoint, name) + n);
+  e = xpool(offsetof(mk_endpoint, name) + n);
   memset(e, 0, offsetof(mk_endpoint, name));
   memcpy(e->name, name, n);
   e->proc = p;

@@ -14,9 +14,11 @@
 
 #include <lua.h>
 #include <lauxlib.h>
+#include <lualib.h>
 
 #include "market.h"
 #include "check.h"
+#include "pool.h"      /* MK_SANITIZED */
 #include "stackuse.h"
 
 /* ---- a log the processes write to ---------------------------------------- */
@@ -1102,6 +1104,137 @@ static void detail(void) {
   CHECK(mk_term_live() == base);
 }
 
+/* ---- a Lua state another host made ------------------------------------- */
+
+/* A strict allocator, as another host's may be: each block carries the
+** size it was lent for, and every free or resize must name that size.
+** Counts the blocks out and the calls that named another size. */
+static long strict_live, strict_wrong;
+typedef struct { size_t n; size_t pad; } strict_hdr;
+
+static void *strict_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  strict_hdr *h = ptr ? (strict_hdr *)ptr - 1 : NULL;
+  (void)ud;
+  if (h != NULL && h->n != osize) strict_wrong++;
+  if (nsize == 0) {
+    if (h != NULL) { strict_live--; free(h); }
+    return NULL;
+  }
+  h = realloc(h, sizeof *h + nsize);
+  if (h == NULL) return NULL;
+  if (ptr == NULL) strict_live++;
+  h->n = nsize;
+  return h + 1;
+}
+
+/* Lua: which() -> "strict" while the state's allocator is the host's
+** own, "over" while it is another (the cache in front of it: pool.h,
+** mk_pool_over). */
+static int l_which(lua_State *L) {
+  lua_pushstring(L, lua_getallocf(L, NULL) == strict_alloc ? "strict" : "over");
+  return 1;
+}
+
+int luaopen_market(lua_State *L);
+
+/* A state on strict_alloc with the standard libraries, market loaded and
+** the global fname calling fn; NULL (checked) when out of memory. */
+static lua_State *strict_state(const char *fname, lua_CFunction fn) {
+  lua_State *L;
+  strict_live = strict_wrong = 0;
+  L = lua_newstate(strict_alloc, NULL);
+  CHECK(L != NULL);
+  if (L == NULL) return NULL;
+  luaL_openlibs(L);
+  luaL_requiref(L, "market", luaopen_market, 0);
+  lua_pop(L, 1);
+  lua_register(L, fname, fn);
+  return L;
+}
+
+/* Close L: every block went back to strict_alloc, as the size it lent. */
+static void strict_close(lua_State *L) {
+  lua_close(L);
+  CHECK(strict_wrong == 0);
+  CHECK(strict_live == 0);
+}
+
+/* While a ground VM runs on a state with an allocator of its own, the Lua
+** blocks its processes free are kept in front of that allocator for the
+** next of their size; afterwards the allocator is the host's again, and
+** every block went back to it as the size it lent (docs/performance.md,
+** "Sustained spawns"). */
+static void foreign_allocator(void) {
+  static const char script[] =
+    "local market = require 'market'\n"
+    "local _ = market._\n"
+    "local r = market.record('over-t', 'i', 's')\n"
+    "local seen = {}\n"
+    "local ok, err = market.ground_vm(function()\n"
+    "  seen[1] = which()\n"
+    "  local spawn, pids = market.spawn(function(pid)\n"
+    "    local pad = ('x'):rep(pid % 200)\n"
+    "    return market.transition(pad, market.subscriber(r(pid, _),\n"
+    "      { name = 'in', on_message = function() end }))\n"
+    "  end), {}\n"
+    "  for w = 1, 3 do\n"
+    "    for i = 1, 2000 do pids[i] = market.perform(spawn) end\n"
+    "    market.pause()\n"
+    "    for i = 1, 2000 do market.perform(market.quit(pids[i])) end\n"
+    "    market.pause()\n"
+    "    collectgarbage()\n"
+    "  end\n"
+    "  seen[2] = which()\n"
+    "end)\n"
+    "assert(ok, err)\n"
+    "seen[3] = which()\n"
+    "return table.concat(seen, ' ')\n";
+  lua_State *L = strict_state("which", l_which);
+  if (L == NULL) return;
+  CHECK(luaL_dostring(L, script) == LUA_OK);
+  if (MK_SANITIZED) CHECK(strcmp(lua_tostring(L, -1), "strict strict strict") == 0);
+  else CHECK(strcmp(lua_tostring(L, -1), "over over strict") == 0);
+  strict_close(L);
+}
+
+/* An allocator a module puts in front of whatever the state had, as a
+** profiler may: it passes every call on. */
+static lua_Alloc front_f;
+static void *front_ud;
+static void *front_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  return front_f(front_ud, ptr, osize, nsize);
+}
+
+static int l_front(lua_State *L) {
+  front_f = lua_getallocf(L, &front_ud);
+  lua_setallocf(L, front_alloc, NULL);
+  return 0;
+}
+
+/* One installed while the VM runs stays: the cache stays behind it,
+** passing every call on, and every block still reaches the host's
+** allocator as the size it lent. */
+static void foreign_allocator_wrapped(void) {
+  static const char script[] =
+    "local market = require 'market'\n"
+    "assert(market.ground_vm(function()\n"
+    "  local t = {}\n"
+    "  for i = 1, 1000 do t[i] = { i } end\n"
+    "  t = nil\n"
+    "  collectgarbage()\n"
+    "  front()\n"
+    "  for i = 1, 1000 do t = { i } end\n"
+    "end))\n"
+    "local t = {}\n"
+    "for i = 1, 1000 do t[i] = { i } end\n";
+  lua_State *L = strict_state("front", l_front);
+  if (L == NULL) return;
+  CHECK(luaL_dostring(L, script) == LUA_OK);
+  CHECK(lua_getallocf(L, NULL) == front_alloc);
+  strict_close(L);
+}
+
 int main(void) {
   RUN(new_and_free);
   RUN(spawn_errors);
@@ -1128,5 +1261,7 @@ int main(void) {
   RUN(snapshots);
   RUN(inspector);
   RUN(detail);
+  RUN(foreign_allocator);
+  RUN(foreign_allocator_wrapped);
   return CHECK_DONE();
 }
