@@ -2145,6 +2145,7 @@ void mkl_detach(lua_State *L) {
   mkl_state *S = getstate(L);
   if (S == NULL) return;
   S->g = NULL;
+  mkl_unwrap_detail(L);
   unkeep_freed(L, S);
 }
 

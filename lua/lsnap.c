@@ -320,9 +320,29 @@ int mkl_set_detail(lua_State *L, int on) {
   b = getbox(L);
   wrapped = lua_getallocf(L, &ud) == counted_alloc && ud == b;
   was = mk_vm_set_detail(mk_ground_vm(g), on);
-  if (on && !wrapped) lua_setallocf(L, counted_alloc, b);
-  else if (!on && wrapped) lua_setallocf(L, b->f, b->ud);
+  if (on && !wrapped) {
+    /* What to wrap is the allocator of now: the one of an earlier ground
+    ** VM may be gone (mkl_attach's cache of freed blocks is per VM). */
+    b->f = lua_getallocf(L, &b->ud);
+    lua_setallocf(L, counted_alloc, b);
+  } else if (!on && wrapped) {
+    lua_setallocf(L, b->f, b->ud);
+  }
   return was;
+}
+
+/* The ground VM is ending (mkl_detach): the wrapper goes first, so that
+** the allocator under it is again the state's own. */
+void mkl_unwrap_detail(lua_State *L) {
+  allocbox *b;
+  void *ud;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_alloc) != LUA_TUSERDATA) {
+    lua_pop(L, 1);
+    return;
+  }
+  b = *(allocbox **)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (b != NULL && lua_getallocf(L, &ud) == counted_alloc && ud == b) lua_setallocf(L, b->f, b->ud);
 }
 
 /* core.inspect_detail([on]) -> the setting before (docs/inspect.md). */

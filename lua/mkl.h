@@ -152,6 +152,8 @@ void mkl_open_snapshot(lua_State *L);
 ** (docs/inspect.md, "Detail mode"); returns the setting before.  Raises
 ** without a ground VM, or out of memory. */
 int mkl_set_detail(lua_State *L, int on);
+/* The ground VM is ending: detail's allocator wrapper, if any, goes. */
+void mkl_unwrap_detail(lua_State *L);
 /* The ground VM the Lua processes of L live under, or NULL (lproc.c). */
 mk_ground *mkl_ground(lua_State *L);
 

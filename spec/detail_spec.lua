@@ -21,6 +21,24 @@ end
 local ground = H.kept
 
 describe("market.inspect_detail", function()
+  -- Each ground VM caches freed blocks in front of the state's allocator
+  -- while it runs, and detail wraps whatever is in front: a wrapper made
+  -- in one VM must not outlive it, nor be reused over a cache that is gone.
+  it("wraps the allocator of each ground VM afresh, on, off or left on", function()
+    local sizes = {}
+    for round = 1, 3 do
+      ground(function()
+        market.inspect_detail(true)
+        local t = {}
+        for i = 1, 2000 do t[i] = { i, tostring(i) } end
+        sizes[round] = #t
+        if round == 1 then market.inspect_detail(false) end   -- rounds 2, 3: left on
+      end)
+      collectgarbage()
+    end
+    assert.same({ 2000, 2000, 2000 }, sizes)
+  end)
+
   it("returns the setting before, and is off by default", function()
     local seen = {}
     ground(function()
