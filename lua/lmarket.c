@@ -87,6 +87,7 @@ int luaopen_market_tcp(lua_State *L) { return open_driver(L, "tcp"); }
 int luaopen_market_udp(lua_State *L) { return open_driver(L, "udp"); }
 int luaopen_market_stdio(lua_State *L) { return open_driver(L, "stdio"); }
 int luaopen_market_event_relay(lua_State *L) { return open_driver(L, "event_relay"); }
+int luaopen_market_cluster(lua_State *L) { return open_driver(L, "cluster"); }
 
 /* Not a driver: supervision is plain market (lua/supervisor.lua). */
 int luaopen_market_supervisor(lua_State *L) {

@@ -48,6 +48,13 @@ static const char usage[] =
   "                 log lines up to LEVEL: error, warn, info or debug\n"
   "                 (default warn, or what MARKET_LOG says)\n"
   "  --no-drivers   do not start the timer, tcp and udp drivers\n"
+  "  --cluster nats://HOST:PORT[/NAME]\n"
+  "                 join the cluster NAME (default \"market\") through the NATS\n"
+  "                 server at HOST:PORT: topics wrapped in cluster.topic(...)\n"
+  "                 (require \"market.cluster\") are shared with the other\n"
+  "                 nodes (docs/cluster.md); the program then runs until\n"
+  "                 stopped\n"
+  "  --node NAME    this node's name in the cluster (default HOST-PID)\n"
   "  --max-term-depth N, --max-term-size N\n"
   "                 the deepest and the largest term a process may build\n"
   "                 (default 1000 levels, 1048576 nodes; docs/terms.md)\n"
@@ -184,6 +191,30 @@ static void quiet_crash(mk_host *h, const mk_crash *c, void *ud) {
   free(text);
 }
 
+/* The boot process --cluster starts, before the script: the cluster
+** driver, with the URL, the cluster name and the node name as its
+** arguments. */
+static const char cluster_boot[] =
+  "local url, name, node = ...\n"
+  "local cluster = require 'market.cluster'\n"
+  "require('market').perform(cluster.driver{ url = url, cluster = name, node = node })\n";
+
+/* Split --cluster's nats://HOST:PORT[/NAME] into the URL and the cluster
+** name (NULL: the default), both malloc'd; -1 when arg is not such a URL. */
+static int cluster_arg(const char *arg, char **url, char **name) {
+  const char *hostport, *slash;
+  size_t n;
+  if (strncmp(arg, "nats://", 7) != 0 || arg[7] == '\0') return -1;
+  hostport = arg + 7;
+  slash = strchr(hostport, '/');
+  n = slash ? (size_t)(slash - arg) : strlen(arg);
+  if ((*url = malloc(n + 1)) == NULL) return -1;
+  memcpy(*url, arg, n);
+  (*url)[n] = '\0';
+  *name = slash && slash[1] ? strdup(slash + 1) : NULL;
+  return 0;
+}
+
 /* The argument of --drain or --max-activation: milliseconds, finite, 0 or
 ** more; -1 if not. */
 static double ms_arg(const char *s) {
@@ -204,6 +235,8 @@ int main(int argc, char **argv) {
   mk_pid pid;
   trace_args trace;
   FILE *tracefile = stderr;
+  const char *cluster = NULL, *node = NULL;
+  char *cluster_url = NULL, *cluster_name = NULL;
 
   memset(&trace, 0, sizeof trace);
   trace.names = calloc((size_t)argc, sizeof *trace.names);
@@ -261,6 +294,14 @@ int main(int argc, char **argv) {
       if (trace_option(&trace, argv[i - 1], argv[i]) != 0) return trace_end(&trace, 2);
       continue;
     }
+    if (strcmp(argv[i], "--cluster") == 0 || strcmp(argv[i], "--node") == 0) {
+      if (++i >= argc) { fprintf(stderr, "market: %s needs an argument\n", argv[i - 1]); return trace_end(&trace, 2); }
+      if (argv[i - 1][2] == 'c' && strncmp(argv[i], "nats://", 7) != 0) {
+        fprintf(stderr, "market: --cluster: '%s' is not nats://HOST:PORT[/NAME]\n", argv[i]);
+        return trace_end(&trace, 2);
+      }
+      continue;
+    }
     if (strcmp(argv[i], "--drain") == 0) {
       if (++i >= argc || ms_arg(argv[i]) < 0) {
         fputs("market: --drain needs a number of milliseconds (0 or more)\n", stderr);
@@ -287,6 +328,8 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--max-activation") == 0) budget = ms_arg(argv[++i]);
     else if (strcmp(argv[i], "--max-term-depth") == 0 || strcmp(argv[i], "--max-term-size") == 0) i++;
     else if (strcmp(argv[i], "--drain") == 0) drain = ms_arg(argv[++i]);
+    else if (strcmp(argv[i], "--cluster") == 0) cluster = argv[++i];
+    else if (strcmp(argv[i], "--node") == 0) node = argv[++i];
     else if (strcmp(argv[i], "--log-level") == 0) loglevel = mk_log_level_parse(argv[++i]);
     else if (strcmp(argv[i], "--") == 0) { i++; break; }
     else break;
@@ -330,6 +373,22 @@ int main(int argc, char **argv) {
     status = 1;
     goto done;
   }
+  if (cluster != NULL) {
+    const char *cargs[3];
+    if (cluster_arg(cluster, &cluster_url, &cluster_name) != 0) {
+      fputs("market: out of memory\n", stderr);
+      status = 1;
+      goto done;
+    }
+    cargs[0] = cluster_url;
+    cargs[1] = cluster_name;
+    cargs[2] = node;
+    if (mk_host_spawn_string(h, cluster_boot, "(--cluster)", 3, cargs) == 0) {
+      fprintf(stderr, "market: %s\n", mk_host_error(h));
+      status = 1;
+      goto done;
+    }
+  }
   if (code)
     pid = mk_host_spawn_string(h, code, "(command line)", argc - first, args + first);
   else
@@ -345,6 +404,8 @@ int main(int argc, char **argv) {
   /* An exit says what the status is, even after a boot failure. */
   if (mk_host_exited(h) || mk_host_exit_status(h) != 0) status = mk_host_exit_status(h);
 done:
+  free(cluster_url);
+  free(cluster_name);
   mk_host_free(h);           /* may still trace: the processes it ends */
   if (tracefile != stderr) fclose(tracefile);
   return status;

@@ -169,6 +169,7 @@ int luaopen_market_tcp(lua_State *L);
 int luaopen_market_udp(lua_State *L);
 int luaopen_market_stdio(lua_State *L);
 int luaopen_market_event_relay(lua_State *L);
+int luaopen_market_cluster(lua_State *L);
 int luaopen_market_supervisor(lua_State *L);
 /* 1 when the Lua half of module `name` ("market", "timer", ...) is built in. */
 int mkl_builtin(const char *name);
