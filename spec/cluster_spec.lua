@@ -170,4 +170,134 @@ end }))]],
     -- c has no publisher of fb(_): the feedback was not sent to it.
     assert.truthy(n.c.has("delivered 2"), n.c.out())
   end)
+
+  it("follows the visibility rules of one VM: observers and everything", function()
+    local srv = S.server()
+    local ep = {
+      P = [[market.publisher(T({"vis", 1}), logging("P"))]],
+      S = [[market.subscriber(T({"vis", _}), logging("S"))]],
+      OP = [[market.observe_publishers(T({"vis", _}), logging("OP"))]],
+      EP = [[market.observe_publishers_everything(T({"vis", _}), logging("EP"))]],
+      OS = [[market.observe_subscribers(T({"vis", _}), logging("OS"))]],
+      ES = [[market.observe_subscribers_everything(T({"vis", _}), logging("ES"))]],
+    }
+    local function script(names)
+      local list = {}
+      for _, name in ipairs(names) do list[#list + 1] = ep[name] end
+      return "market.perform(" .. table.concat(list, ",\n") .. ")\n"
+    end
+    -- The same six endpoints in one VM (a node alone in its own cluster)
+    -- and spread over three nodes.
+    local one = S.node(PRELUDE .. script { "P", "S", "OP", "EP", "OS", "ES" },
+                       { url = srv.url, name = "one", cluster = "ref" })
+    local n = nodes(srv, { a = script { "P", "OS" }, b = script { "S", "EP" },
+                           c = script { "OP", "ES" } })
+    local function lines(text)
+      local t = {}
+      for l in text:gmatch("[^\n]+") do t[#t + 1] = l end
+      table.sort(t)
+      return t
+    end
+    local function spread()
+      return lines(n.a.out() .. n.b.out() .. n.c.out())
+    end
+    -- Participants and observers see participants; everything sees all
+    -- (and the cluster driver's own two observers, in one VM as well).
+    local expected = lines(table.concat({
+      'EP presence publisher/everything market-cluster(["vis", _])',
+      'EP presence publisher/everything market-cluster(["vis", _])',
+      'EP presence publisher/observer market-cluster(["vis", _])',
+      'EP presence publisher/participant market-cluster(["vis", 1])',
+      'ES presence subscriber/everything market-cluster(["vis", _])',
+      'ES presence subscriber/everything market-cluster(["vis", _])',
+      'ES presence subscriber/observer market-cluster(["vis", _])',
+      'ES presence subscriber/participant market-cluster(["vis", _])',
+      'OP presence publisher/participant market-cluster(["vis", 1])',
+      'OS presence subscriber/participant market-cluster(["vis", _])',
+      'P presence subscriber/participant market-cluster(["vis", 1])',
+      'S presence publisher/participant market-cluster(["vis", 1])',
+    }, "\n"))
+    assert(S.wait(function() return #lines(one.out()) >= #expected end, 10), one.out())
+    assert(S.wait(function() return #spread() >= #expected end, 10))
+    S.sleep(1)             -- nothing more comes
+    assert.same(expected, lines(one.out()))
+    assert.same(expected, spread())
+  end)
+
+  it("makes a node that stops absent as left, one killed as lost within 3 s", function()
+    local srv = S.server()
+    local n = nodes(srv, {
+      a = [[
+market.perform(market.subscriber(T({"w", _}), logging("w", {
+  on_presence = function(_, r)
+    log("w presence %s", role(r))
+    if r.topic.topic[2] == "crash" then return market.transition_no_state(market.send(T({"boom"}))) end
+  end })))]],
+      b = [[
+market.perform(market.publisher(T({"w", "b"})),
+  market.spawn(function()
+    return market.transition(nil, market.publisher(T({"w", "crash"})),
+      market.subscriber(T({"boom"}), { on_message = function() error("boom!", 0) end }))
+  end))]],
+      c = [[market.perform(market.publisher(T({"w", "c"})))]],
+    })
+    n.a.wait('w presence publisher/participant market-cluster(["w", "b"])')
+    n.a.wait('w presence publisher/participant market-cluster(["w", "c"])')
+    -- A process that fails: its peers elsewhere see its error as the reason.
+    n.a.wait('w absence publisher/participant market-cluster(["w", "crash"]) boom!')
+    S.stop(n.b.pid, "TERM")
+    n.a.wait('w absence publisher/participant market-cluster(["w", "b"]) cluster: node b left')
+    local t0 = S.clock()
+    S.stop(n.c.pid, "KILL")
+    n.a.wait('w absence publisher/participant market-cluster(["w", "c"]) cluster: node c lost (no heartbeat for 2000 ms)')
+    local took = S.clock() - t0
+    -- The driver's bound is 2.5 s (lost after 2000 ms, checked every
+    -- 500 ms); the rest is slack for a busy machine.
+    assert(took < 5, ("the loss was seen after %.1f s"):format(took))
+    assert.equal(3, n.a.count("w presence"))
+    assert.equal(3, n.a.count("w absence"))
+  end)
+
+  it("survives a restart of nats-server: absence, then presence again, nothing twice", function()
+    local srv = S.server()
+    local n = nodes(srv, {
+      a = [[market.perform(market.subscriber(T({"r", _}), logging("r")))]],
+      b = [[market.perform(market.publisher(T({"r", "b"}), logging("p")))]],
+    })
+    n.a.wait('r presence publisher/participant market-cluster(["r", "b"])')
+    n.b.wait('p presence subscriber/participant market-cluster(["r", "b"])')
+    S.stop(srv.pid, "KILL")
+    n.a.wait('r absence publisher/participant market-cluster(["r", "b"]) cluster: node b lost (disconnected from NATS)')
+    n.b.wait('p absence subscriber/participant market-cluster(["r", "b"]) cluster: node a lost (disconnected from NATS)')
+    local again = S.server({ port = srv.port })
+    assert(S.wait(function() return n.a.count("r presence") == 2 end, 15), n.a.out())
+    assert(S.wait(function() return n.b.count("p presence") == 2 end, 15), n.b.out())
+    S.sleep(2)             -- heartbeats and snapshots go on: nothing more
+    assert.equal(2, n.a.count("presence"))
+    assert.equal(1, n.a.count("absence"))
+    assert.equal(2, n.b.count("presence"))
+    assert.equal(1, n.b.count("absence"))
+    S.stop(again.pid)
+  end)
+
+  it("works across two nats-servers joined by routes", function()
+    local s1 = S.server({ cluster = true })
+    local s2 = S.server({ routes = s1.route })
+    local a = S.node(PRELUDE .. [[
+market.perform(market.observe_subscribers(T({"x", _}), logging("a", { on_presence = function(_, r)
+  log("a presence %s", role(r))
+  if r.topic.topic[2] == "b" then return market.transition_no_state(market.send(T({"x", "b"}))) end
+end })))]], { url = s1.url, name = "a" })
+    local b = S.node(PRELUDE .. [[
+market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
+  market.subscriber(T({"x", _}), logging("b2")))]], { url = s2.url, name = "b" })
+    a.wait('a presence subscriber/participant market-cluster(["x", "b"])', 15)
+    -- Two endpoints of b match: one delivery to the node, sent there once.
+    b.wait('b1 message market-cluster(["x", "b"])', 15)
+    b.wait('b2 message market-cluster(["x", "b"])')
+    S.sleep(0.5)
+    assert.equal(2, b.count("message"))
+    S.stop(b.pid, "TERM")
+    a.wait('a absence subscriber/participant market-cluster(["x", "b"]) cluster: node b left')
+  end)
 end)

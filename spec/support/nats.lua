@@ -24,6 +24,14 @@ end
 local function sleep(s) os.execute("sleep " .. s) end
 S.sleep = sleep
 
+-- Wall-clock seconds, to the millisecond.
+function S.clock()
+  local f = assert(io.popen("date +%s.%N"))
+  local t = tonumber(f:read("l"))
+  f:close()
+  return t
+end
+
 -- until(fn [, secs]): poll fn every 50 ms for at most secs (default 10);
 -- returns fn's first true result, or nil.
 function S.wait(fn, secs)
@@ -131,11 +139,13 @@ function S.node(script, opts)
   return node
 end
 
--- Kill every process still running (SIGKILL) and remove the directory.
+-- Kill every process still running (SIGKILL) and remove the directory
+-- (kept, with the outputs and the servers' logs, when MARKET_SPEC_KEEP is
+-- set: for debugging).
 function S.cleanup()
   for pid in pairs(started) do os.execute(("kill -KILL %d 2>/dev/null"):format(pid)) end
   started = {}
-  if S.dir then os.execute("rm -rf " .. H.quote(S.dir)) end
+  if S.dir and not os.getenv("MARKET_SPEC_KEEP") then os.execute("rm -rf " .. H.quote(S.dir)) end
   S.dir, S.nservers = nil, nil
 end
 
