@@ -60,6 +60,7 @@ int luaopen_market(lua_State *L) {
   mkl_open_core(L);                       /* core */
   lua_newtable(L);
   mkl_open_terms(L);
+  mkl_open_cbor(L);
   lua_setfield(L, -2, "terms");
   lua_pushcfunction(L, c_term);
   lua_setfield(L, -2, "term");

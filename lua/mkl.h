@@ -144,6 +144,8 @@ int mkl_log_enabled(lua_State *L, int level);
 void mkl_log_set_sink(lua_State *L, mkl_log_fn fn, void *ud);    /* fn NULL: stderr */
 int mkl_log_set_level(lua_State *L, int level);                  /* -1: not a level */
 void mkl_open_log(lua_State *L);     /* core.log* into the table at the top */
+/* market.to_cbor and market.from_cbor into the table at the top (lcbor.c). */
+void mkl_open_cbor(lua_State *L);
 /* core.snapshot and core.snapshot_json into the table at the top (lsnap.c). */
 void mkl_open_snapshot(lua_State *L);
 /* The ground VM the Lua processes of L live under, or NULL (lproc.c). */

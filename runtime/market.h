@@ -19,6 +19,7 @@
 **             performs while it handles an event (mk_send, mk_add_endpoint, ...)
 **   ground.h  the ground VM on a libev loop and its ground events
 **   route.h   the routing index (used by vm.h's types)
+**   cbor.h    terms to CBOR and back, for the wire (docs/cluster.md)
 **
 ** Conventions.
 **
@@ -63,6 +64,7 @@ extern "C" {
 #include "term.h"
 #include "vm.h"
 #include "ground.h"
+#include "cbor.h"
 
 #define MK_VERSION_STRING "0.1.0"
 #define MK_VERSION_MAJOR 0

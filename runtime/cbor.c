@@ -1,0 +1,389 @@
+/*
+** cbor.c: terms to CBOR and back (cbor.h; docs/cluster.md, "Terms on the
+** wire").
+**
+** libcbor writes the heads (a major type and its argument, in the
+** shortest form) and the doubles, and reads the input one head at a time
+** with cbor_stream_decode, which calls back with what it found and claims
+** no byte past the end of the input.  The walk over the items is ours: a
+** stack of the compounds being filled, bounded by the depth limit, so that
+** untrusted input never recurses.  cbor_load was the alternative, and was
+** rejected: it builds a tree of libcbor items first, allocating a
+** definite array's slots from the length in the input before its items
+** are read (a few bytes announcing 2^32 items ask for 32 GiB), and
+** libcbor frees such a tree by recursion, once per level of nesting
+** (cbor_decref), which an input of nested arrays turns into a stack
+** overflow.  Here, a length is believed only as far as the bytes left can
+** hold it (an item takes one byte at least) and the size limit allows.
+*/
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* libcbor's parts by their own paths: its <cbor.h> would be ours, since
+** runtime/ comes first in the include path. */
+#include <cbor/callbacks.h>
+#include <cbor/common.h>
+#include <cbor/encoding.h>
+#include <cbor/streaming.h>
+
+#include "cbor.h"
+
+/*
+** {======================================================
+** Encoding
+** =======================================================
+*/
+
+/* The bytes written so far: p owned (malloc'd), n used of cap. */
+typedef struct Out {
+  unsigned char *p;
+  size_t n, cap;
+} Out;
+
+/* The most bytes a compound writes before its items: a tag, an array
+** head and a record label's head, 9 bytes at most each. */
+#define HEADROOM  32
+
+/* Room for `more` bytes; 0 when memory runs out. */
+static int reserve (Out *o, size_t more) {
+  size_t cap;
+  unsigned char *p;
+  if (o->cap - o->n >= more) return 1;
+  if (more > SIZE_MAX / 2 - o->n) return 0;
+  cap = o->cap ? o->cap : 64;
+  while (cap - o->n < more) cap *= 2;
+  p = realloc(o->p, cap);
+  if (p == NULL) return 0;
+  o->p = p;
+  o->cap = cap;
+  return 1;
+}
+
+/* The libcbor encoders write into the room reserved, which suffices for
+** any head, so they never return 0 here. */
+#define AT(o)  ((o)->p + (o)->n), ((o)->cap - (o)->n)
+
+static int bytes (Out *o, const void *s, size_t len) {
+  if (!reserve(o, 9 + len)) return 0;
+  o->n += cbor_encode_bytestring_start(len, AT(o));
+  if (len > 0) memcpy(o->p + o->n, s, len);
+  o->n += len;
+  return 1;
+}
+
+/* Append t; 0 when memory runs out.  Recurses once per level of t, as
+** term.c's algorithms do (term.h, "Depth"). */
+static int encode (Out *o, const mk_term *t) {
+  uint32_t i;
+  if (!reserve(o, HEADROOM)) return 0;
+  switch (mk_kindof(t)) {
+    case MK_NIL: o->n += cbor_encode_null(AT(o)); return 1;
+    case MK_FALSE: o->n += cbor_encode_bool(false, AT(o)); return 1;
+    case MK_TRUE: o->n += cbor_encode_bool(true, AT(o)); return 1;
+    case MK_INT:
+      if (t->v.i >= 0) o->n += cbor_encode_uint((uint64_t)t->v.i, AT(o));
+      else o->n += cbor_encode_negint((uint64_t)(-1 - t->v.i), AT(o));   /* -1 - n */
+      return 1;
+    case MK_FLOAT: o->n += cbor_encode_double(t->v.f, AT(o)); return 1;
+    case MK_STR: return bytes(o, mk_strdata(t), t->n);
+    case MK_WILD: case MK_EOF:
+      o->n += cbor_encode_tag(t->kind == MK_WILD ? MK_CBOR_TAG_WILD : MK_CBOR_TAG_EOF, AT(o));
+      o->n += cbor_encode_null(AT(o));
+      return 1;
+    case MK_REC:
+      o->n += cbor_encode_tag(MK_CBOR_TAG_RECORD, AT(o));
+      o->n += cbor_encode_array_start((size_t)t->n + 1, AT(o));
+      if (!bytes(o, t->v.rt->label, t->v.rt->labellen)) return 0;
+      break;
+    case MK_SEQ:
+      o->n += cbor_encode_array_start(t->n, AT(o));
+      break;
+  }
+  for (i = 0; i < t->n; i++)
+    if (!encode(o, mk_items(t)[i])) return 0;
+  return 1;
+}
+
+unsigned char *mk_cbor_encode (const mk_term *t, size_t *len) {
+  Out o = { NULL, 0, 0 };
+  if (!reserve(&o, HEADROOM)) return NULL;
+  o.n += cbor_encode_tag(MK_CBOR_TAG_TERM, AT(&o));
+  o.n += cbor_encode_array_start(2, AT(&o));
+  o.n += cbor_encode_uint(MK_CBOR_VERSION, AT(&o));
+  if (!encode(&o, t)) {
+    free(o.p);
+    return NULL;
+  }
+  *len = o.n;
+  return o.p;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Decoding
+** =======================================================
+*/
+
+/* One head of the input, as cbor_stream_decode's callbacks report it. */
+typedef enum {
+  EV_UINT, EV_NEGINT, EV_BYTES, EV_ARRAY, EV_MAP, EV_TAG, EV_FLOAT, EV_NULL,
+  EV_BOOL, EV_INDEF, EV_BREAK
+} evkind;
+
+typedef struct Ev {
+  evkind kind;
+  uint64_t u;                 /* EV_UINT, EV_NEGINT (n for -1 - n), EV_ARRAY, EV_TAG; EV_BOOL */
+  double f;                   /* EV_FLOAT */
+  const unsigned char *s;     /* EV_BYTES: borrowed from the input */
+} Ev;
+
+#define EV(ud)  ((Ev *)(ud))
+
+static void on_u8 (void *ud, uint8_t v) { EV(ud)->kind = EV_UINT; EV(ud)->u = v; }
+static void on_u16 (void *ud, uint16_t v) { EV(ud)->kind = EV_UINT; EV(ud)->u = v; }
+static void on_u32 (void *ud, uint32_t v) { EV(ud)->kind = EV_UINT; EV(ud)->u = v; }
+static void on_u64 (void *ud, uint64_t v) { EV(ud)->kind = EV_UINT; EV(ud)->u = v; }
+static void on_n8 (void *ud, uint8_t v) { EV(ud)->kind = EV_NEGINT; EV(ud)->u = v; }
+static void on_n16 (void *ud, uint16_t v) { EV(ud)->kind = EV_NEGINT; EV(ud)->u = v; }
+static void on_n32 (void *ud, uint32_t v) { EV(ud)->kind = EV_NEGINT; EV(ud)->u = v; }
+static void on_n64 (void *ud, uint64_t v) { EV(ud)->kind = EV_NEGINT; EV(ud)->u = v; }
+/* Byte and text strings alike: market strings are bytes, and text read
+** from the wire is taken as its bytes, unchecked. */
+static void on_str (void *ud, cbor_data s, size_t n) {
+  EV(ud)->kind = EV_BYTES; EV(ud)->s = s; EV(ud)->u = n;
+}
+static void on_indef (void *ud) { EV(ud)->kind = EV_INDEF; }
+static void on_array (void *ud, size_t n) { EV(ud)->kind = EV_ARRAY; EV(ud)->u = n; }
+static void on_map (void *ud, size_t n) { EV(ud)->kind = EV_MAP; EV(ud)->u = n; }
+static void on_tag (void *ud, uint64_t v) { EV(ud)->kind = EV_TAG; EV(ud)->u = v; }
+static void on_f4 (void *ud, float f) { EV(ud)->kind = EV_FLOAT; EV(ud)->f = f; }
+static void on_f8 (void *ud, double f) { EV(ud)->kind = EV_FLOAT; EV(ud)->f = f; }
+/* undefined reads as nil too: another language's "no value" may be it */
+static void on_null (void *ud) { EV(ud)->kind = EV_NULL; }
+static void on_bool (void *ud, bool b) { EV(ud)->kind = EV_BOOL; EV(ud)->u = b; }
+static void on_break (void *ud) { EV(ud)->kind = EV_BREAK; }
+
+static const struct cbor_callbacks callbacks = {
+  .uint8 = on_u8, .uint16 = on_u16, .uint32 = on_u32, .uint64 = on_u64,
+  .negint8 = on_n8, .negint16 = on_n16, .negint32 = on_n32, .negint64 = on_n64,
+  .byte_string_start = on_indef, .byte_string = on_str,
+  .string = on_str, .string_start = on_indef,
+  .indef_array_start = on_indef, .array_start = on_array,
+  .indef_map_start = on_indef, .map_start = on_map,
+  .tag = on_tag,
+  .float2 = on_f4, .float4 = on_f4, .float8 = on_f8,
+  .undefined = on_null, .null = on_null, .boolean = on_bool,
+  .indef_break = on_break,
+};
+
+/* A compound being filled: t owned, its items [0, at) set.  A record
+** whose label is still to come has t NULL and `arity` fields to come. */
+typedef struct Frame {
+  mk_term *t;
+  uint32_t at;
+  uint32_t arity;
+} Frame;
+
+/* The walk: the input, what is read of it, the stack of compounds being
+** filled (owned, with their terms), the nodes begun so far (no subterm is
+** shared in what the decoder builds, so the size of the term when done),
+** and the term once it is whole (owned). */
+typedef struct D {
+  const unsigned char *p;
+  size_t len, pos;
+  Frame *stack;
+  size_t sp, cap;
+  size_t nodes;
+  mk_term *root;
+} D;
+
+static const char OOM[] = "out of memory";
+static const char TOO_DEEP[] = "a term nested deeper than the depth limit";
+static const char TOO_BIG[] = "a term of more nodes than the size limit";
+
+/* The next head into *ev, or a reason. */
+static const char *next (D *d, Ev *ev) {
+  struct cbor_decoder_result r = cbor_stream_decode(d->p + d->pos, d->len - d->pos,
+                                                    &callbacks, ev);
+  if (r.status == CBOR_DECODER_NEDATA) return "truncated CBOR";
+  if (r.status != CBOR_DECODER_FINISHED) return "malformed CBOR";
+  d->pos += r.read;
+  return NULL;
+}
+
+/* One more node: within the size limit? */
+static const char *count (D *d, uint64_t more) {
+  if (more > mk_term_size_limit() - d->nodes) return TOO_BIG;
+  d->nodes += (size_t)more;
+  return NULL;
+}
+
+/* t (a new reference, NULL when memory ran out) is the next item: of the
+** compound on top, or the whole term.  Compounds it completes are sealed
+** and become items in turn. */
+static const char *put (D *d, mk_term *t) {
+  for (;;) {
+    Frame *f;
+    if (t == NULL) return OOM;
+    if (d->sp == 0) {
+      d->root = t;
+      return NULL;
+    }
+    f = &d->stack[d->sp - 1];
+    mk_set(f->t, f->at++, t);
+    if (f->at < f->t->n) return NULL;
+    d->sp--;
+    /* within the limits, as push and count made sure: NULL is memory */
+    t = mk_seal(f->t);
+  }
+}
+
+/* A compound of n items begins.  The depth limit bounds the stack: a
+** compound inside sp others makes the whole term sp + 1 deep at least.
+** n is believed only if the input has a byte left for each item. */
+static const char *push (D *d, uint64_t n) {
+  const char *err;
+  if (d->sp + 1 > mk_term_depth_limit()) return TOO_DEEP;
+  if (n > d->len - d->pos) return "truncated CBOR";
+  if ((err = count(d, 1)) != NULL) return err;
+  if (n > mk_term_size_limit() - d->nodes) return TOO_BIG;   /* before allocating */
+  if (d->sp == d->cap) {
+    size_t cap = d->cap ? d->cap * 2 : 16;
+    Frame *s = realloc(d->stack, cap * sizeof *s);
+    if (s == NULL) return OOM;
+    d->stack = s;
+    d->cap = cap;
+  }
+  d->stack[d->sp].t = NULL;
+  d->stack[d->sp].at = 0;
+  d->stack[d->sp].arity = (uint32_t)n;
+  d->sp++;
+  return NULL;
+}
+
+/* The label of the record on top has come: make the record. */
+static const char *label (D *d, const Ev *ev) {
+  Frame *f = &d->stack[d->sp - 1];
+  mk_rtype *rt;
+  mk_term *t;
+  if (ev->kind != EV_BYTES) return "a record whose label is not a string";
+  if (memchr(ev->s, '\0', (size_t)ev->u) != NULL) return "a record label holding a NUL byte";
+  rt = mk_rtype_get((const char *)ev->s, (size_t)ev->u, f->arity, NULL);
+  if (rt == NULL) return OOM;
+  t = mk_rec_new(rt);
+  mk_rtype_unref(rt);
+  if (t == NULL) return OOM;
+  if (f->arity > 0) {
+    f->t = t;
+    return NULL;
+  }
+  d->sp--;
+  return put(d, mk_seal(t));
+}
+
+/* What the walk expects next, after a tag. */
+enum { ANY, RECORD, WILD, END };
+
+static const char *walk (D *d) {
+  int expect = ANY;
+  Ev ev;
+  const char *err;
+  /* the wrapper: tag TERM, [version, term] */
+  if ((err = next(d, &ev)) != NULL) return err;
+  if (ev.kind != EV_TAG || ev.u != MK_CBOR_TAG_TERM) return "not a market term (no version tag)";
+  if ((err = next(d, &ev)) != NULL) return err;
+  if (ev.kind != EV_ARRAY || ev.u != 2) return "a version tag around something else than [version, term]";
+  if ((err = next(d, &ev)) != NULL) return err;
+  if (ev.kind != EV_UINT) return "a version that is not an unsigned integer";
+  if (ev.u != MK_CBOR_VERSION) return "an unsupported version";
+  while (d->root == NULL) {
+    if ((err = next(d, &ev)) != NULL) return err;
+    if (d->sp > 0 && d->stack[d->sp - 1].t == NULL) {
+      err = label(d, &ev);
+    } else if (expect == RECORD) {
+      if (ev.kind != EV_ARRAY || ev.u == 0) return "a record tag around something else than [label, field...]";
+      if (ev.u - 1 > UINT32_MAX) return TOO_BIG;
+      err = push(d, ev.u - 1);
+      if (err == NULL) d->stack[d->sp - 1].arity = (uint32_t)(ev.u - 1);
+      expect = ANY;
+    } else if (expect == WILD || expect == END) {
+      if (ev.kind != EV_NULL) return "a wildcard or EOF tag around something else than null";
+      err = put(d, expect == WILD ? mk_wild() : mk_eof());
+      expect = ANY;
+    } else {
+      switch (ev.kind) {
+        case EV_TAG:
+          if (ev.u == MK_CBOR_TAG_RECORD) expect = RECORD;
+          else if (ev.u == MK_CBOR_TAG_WILD) expect = WILD;
+          else if (ev.u == MK_CBOR_TAG_EOF) expect = END;
+          else return "an unknown tag";
+          /* the tag's term counts when it begins (push, or the atom) */
+          if (expect != RECORD) err = count(d, 1);
+          break;
+        case EV_ARRAY:
+          if ((err = push(d, ev.u)) != NULL) break;
+          if (ev.u == 0) {
+            d->sp--;
+            err = put(d, mk_seal(mk_seq_new(0)));
+          } else {
+            mk_term *t = mk_seq_new((uint32_t)ev.u);
+            d->stack[d->sp - 1].t = t;
+            if (t == NULL) {
+              d->sp--;
+              err = OOM;
+            }
+          }
+          break;
+        case EV_MAP: return "a map (no term is one)";
+        case EV_INDEF: return "an indefinite length (terms are written with definite ones)";
+        case EV_BREAK: return "malformed CBOR";
+        case EV_UINT:
+          if (ev.u > INT64_MAX) return "an integer beyond 64 bits signed";
+          if ((err = count(d, 1)) == NULL) err = put(d, mk_int((int64_t)ev.u));
+          break;
+        case EV_NEGINT:
+          if (ev.u > INT64_MAX) return "an integer beyond 64 bits signed";
+          if ((err = count(d, 1)) == NULL) err = put(d, mk_int(-1 - (int64_t)ev.u));
+          break;
+        case EV_FLOAT:
+          if ((err = count(d, 1)) == NULL) err = put(d, mk_float(ev.f));
+          break;
+        case EV_BYTES:
+          if ((err = count(d, 1)) == NULL) err = put(d, mk_str((const char *)ev.s, (size_t)ev.u));
+          break;
+        case EV_NULL:
+          if ((err = count(d, 1)) == NULL) err = put(d, mk_nil());
+          break;
+        case EV_BOOL:
+          if ((err = count(d, 1)) == NULL) err = put(d, mk_bool((int)ev.u));
+          break;
+      }
+    }
+    if (err != NULL) return err;
+  }
+  if (d->pos != d->len) return "trailing bytes after the term";
+  return NULL;
+}
+
+mk_term *mk_cbor_decode (const unsigned char *buf, size_t len, const char **why) {
+  D d;
+  const char *err;
+  memset(&d, 0, sizeof d);
+  d.p = buf;
+  d.len = buf == NULL ? 0 : len;
+  err = walk(&d);
+  while (d.sp > 0) mk_unref(d.stack[--d.sp].t);
+  free(d.stack);
+  if (err != NULL) {
+    mk_unref(d.root);
+    if (why != NULL) *why = err;
+    return NULL;
+  }
+  return d.root;
+}
+
+/* }====================================================== */

@@ -1,0 +1,61 @@
+/*
+** cbor.h: terms on the wire, in CBOR (RFC 8949), through libcbor.
+**
+** The encoding is documented for programs in other languages in
+** docs/cluster.md, "Terms on the wire"; in short:
+**
+**   nil, false, true   null, false, true (simple values 22, 20, 21)
+**   integer            a CBOR integer (major type 0 or 1)
+**   float              a double (0xfb), NaN and the infinities kept
+**   string             a byte string (major type 2)
+**   sequence           an array
+**   record             tag MK_CBOR_TAG_RECORD around [label, field...],
+**                      the label a byte string
+**   _ / EOF            tag MK_CBOR_TAG_WILD / MK_CBOR_TAG_EOF around null
+**
+** and the whole term wrapped once in tag MK_CBOR_TAG_TERM around
+** [MK_CBOR_VERSION, term].  The tags are taken from the first-come-first-
+** served range of IANA's CBOR tag registry (32768 and up), in a block
+** spelling "mk" (0x6d6b0000); they are not registered.
+**
+** Shared subterms are written out wherever they occur (the text of a term
+** is the tree it stands for, as for mk_repr), so an encoding has at most
+** mk_term_size(t) items, and a term that repeats a long string encodes as
+** large as its text.
+*/
+#ifndef MK_CBOR_H
+#define MK_CBOR_H
+
+#include <stddef.h>
+
+#include "term.h"
+
+#define MK_CBOR_VERSION      1
+#define MK_CBOR_TAG_TERM     0x6d6b0000u   /* [version, term] */
+#define MK_CBOR_TAG_RECORD   0x6d6b0001u   /* [label, field...] */
+#define MK_CBOR_TAG_WILD     0x6d6b0002u   /* null */
+#define MK_CBOR_TAG_EOF      0x6d6b0003u   /* null */
+
+/*
+** Encode t (borrowed).  Returns malloc'd bytes the caller frees, their
+** count in *len; NULL only when memory runs out.  Any term encodes, a
+** unifier larger than the size limit too (the decoder in force then may
+** refuse it).  Recurses once per level, like term.h's algorithms.
+*/
+unsigned char *mk_cbor_encode(const mk_term *t, size_t *len);
+
+/*
+** Decode exactly one encoded term from buf[0..len).  Returns a new
+** reference, or NULL with *why (if why is not NULL) set to a static
+** reason: not CBOR (malformed, truncated), trailing bytes after the term,
+** no version tag, an unsupported version, an unknown tag, a map, an
+** indefinite length, an integer beyond 64 bits signed, a bad record
+** label, a term past the depth or size limit in force (term.h), or out
+** of memory.  A streaming walk with a stack of its own, at most the depth
+** limit deep: it never recurses, and allocates nothing for a length in
+** the input before the bytes that length announces are known to be there
+** (every item takes one byte at least).
+*/
+mk_term *mk_cbor_decode(const unsigned char *buf, size_t len, const char **why);
+
+#endif

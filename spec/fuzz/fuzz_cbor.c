@@ -1,0 +1,66 @@
+/*
+** fuzz_cbor.c: libFuzzer target for terms on the wire (runtime/cbor.[ch]).
+**
+** The input is decoded as it comes, after a first byte that sets the
+** depth and size limits low (so that short inputs reach them) and says
+** whether to put the version wrapper in front (so that the fuzzer need
+** not find its seven bytes before it reaches the terms).  Whatever
+** decodes must be within the limits, encode, decode back to an equal term
+** of the same size and depth, and encode again to the same bytes (the
+** encoding of a term is one).  Whatever does not decode must give a
+** reason.  Nothing may be left behind (mk_term_live).
+*/
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "term.h"
+#include "cbor.h"
+
+#define CHECK(e) do { if (!(e)) { \
+  fprintf(stderr, "fuzz_cbor: %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #e); \
+  abort(); } } while (0)
+
+static const unsigned char wrap[] = { 0xda, 0x6d, 0x6b, 0x00, 0x00, 0x82, 0x01 };
+
+int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size) {
+  size_t base = mk_term_live(), n, len = 0, len2 = 0;
+  unsigned char *in, *b, *b2;
+  const char *why = NULL;
+  mk_term *t, *u;
+  unsigned first;
+  if (size == 0) return 0;
+  first = data[0];
+  data++;
+  size--;
+  CHECK(mk_term_set_depth_limit(1 + (first >> 2) % 48) == 0);
+  CHECK(mk_term_set_size_limit(first & 2 ? 1 + (first >> 2) * 4 : MK_TERM_SIZE_DEFAULT) == 0);
+  n = (first & 1 ? sizeof wrap : 0) + size;
+  in = malloc(n ? n : 1);
+  CHECK(in != NULL);
+  if (first & 1) memcpy(in, wrap, sizeof wrap);
+  if (size > 0) memcpy(in + n - size, data, size);
+  t = mk_cbor_decode(in, n, &why);
+  if (t == NULL) {
+    CHECK(why != NULL);
+  } else {
+    CHECK(t->depth <= mk_term_depth_limit() && mk_term_size(t) <= mk_term_size_limit());
+    b = mk_cbor_encode(t, &len);
+    CHECK(b != NULL && len <= n + 8 * mk_term_size(t));
+    u = mk_cbor_decode(b, len, &why);
+    CHECK(u != NULL && mk_equal(t, u) && mk_term_size(u) == mk_term_size(t) &&
+          u->depth == t->depth);
+    b2 = mk_cbor_encode(u, &len2);
+    CHECK(b2 != NULL && len2 == len && memcmp(b, b2, len) == 0);
+    free(b);
+    free(b2);
+    mk_unref(u);
+    mk_unref(t);
+  }
+  free(in);
+  CHECK(mk_term_live() == base);
+  CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_DEFAULT) == 0);
+  CHECK(mk_term_set_size_limit(MK_TERM_SIZE_DEFAULT) == 0);
+  return 0;
+}
