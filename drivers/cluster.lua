@@ -406,7 +406,9 @@ function M.leave(node)
 end
 
 -- driver{url= | urls=, cluster=, node=, heartbeat_ms=, lost_after_ms=}: the
--- spawn action that starts the driver.
+-- spawn action that starts the driver.  cluster.node is then the node's
+-- name (nil until a driver was made), for programs that name things
+-- uniquely across the cluster (examples/chat.lua).
 function M.driver(opts)
   if type(opts) ~= "table" then
     error("market.cluster.driver: the options must be a table, got " .. type(opts), 2)
@@ -428,6 +430,7 @@ function M.driver(opts)
     node = check_name("node", opts.node or (host:gsub("[^%w_%-]", "-") .. "-" .. pid)),
     heartbeat_ms = check_ms("heartbeat_ms", opts.heartbeat_ms, 500),
   }
+  M.node = cfg.node
   cfg.lost_after_ms = check_ms("lost_after_ms", opts.lost_after_ms, 4 * cfg.heartbeat_ms)
   -- Tells a restarted node of the same name from the one before it.
   cfg.incarnation = math.random(1, math.maxinteger)

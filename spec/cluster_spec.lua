@@ -300,4 +300,29 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     S.stop(b.pid, "TERM")
     a.wait('a absence subscriber/participant market-cluster(["x", "b"]) cluster: node b left')
   end)
+
+  it("makes examples/chat.lua on two nodes one room", function()
+    local srv = S.server()
+    local a = S.node(nil, { url = srv.url, name = "a", file = "examples/chat.lua", args = "0" })
+    local b = S.node(nil, { url = srv.url, name = "b", file = "examples/chat.lua", args = "0" })
+    local pa, pb = a.port(), b.port()
+    local f = assert(io.popen(("timeout 20 sh -c %s 2>&1"):format(require("spec.support.helpers").quote(([[
+      A=$(mktemp); B=$(mktemp)
+      (sleep 2.5; printf 'hello all\n'; sleep 2.5) | timeout 10 nc -N 127.0.0.1 %d > $A &
+      sleep 1
+      (sleep 2.5; printf 'hi A\n'; sleep 0.5) | timeout 10 nc -N 127.0.0.1 %d > $B
+      wait
+      cat $A; echo '|'; cat $B; rm -f $A $B]]):format(pa, pb)))))
+    local out = f:read("a")
+    f:close()
+    assert.equal(table.concat({
+      "welcome, you are user1@a; here: nobody else",
+      "user1@b joined",
+      "user1@b: hi A",
+      "user1@b left",
+      "|",
+      "welcome, you are user1@b; here: user1@a",
+      "user1@a: hello all",
+      "" }, "\n"), out)
+  end)
 end)

@@ -105,12 +105,15 @@ end, { name = "spec-watchdog" }))
 
 -- node(script, opts): `market --cluster URL --node NAME script` in the
 -- background; opts.url, opts.name, opts.cluster (default "spec"),
--- opts.args.  Its output goes to a file: node.out() reads it, node.wait(s
+-- opts.args; opts.file: run that script (script is then nil).  Its output goes to a file: node.out() reads it, node.wait(s
 -- [, secs]) waits for a line containing the plain text s.
 function S.node(script, opts)
   local dir = S.dir or S.tmpdir()
   local path = ("%s/%s.lua"):format(dir, opts.name)
   local f = assert(io.open(path, "w"))
+  if opts.file then   -- an existing script, run with the node's args
+    script = ("return assert(loadfile(%q))(...)\n"):format(opts.file)
+  end
   f:write(WATCHDOG, script)
   f:close()
   local out = ("%s/%s.out"):format(dir, opts.name)
@@ -120,6 +123,12 @@ function S.node(script, opts)
     opts.args or ""), out)
   local node = { pid = pid, name = opts.name }
   function node.out() return H.slurp(out) or "" end
+  -- The port a server among its lines says it listens on.
+  function node.port()
+    local p = S.wait(function() return node.out():match("listening on port (%d+)") end, 10)
+    assert(p, "node " .. opts.name .. " did not listen: " .. node.out())
+    return math.tointeger(tonumber(p))
+  end
   function node.has(s, from)
     return node.out():find(s, from or 1, true) ~= nil
   end
