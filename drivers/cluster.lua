@@ -61,6 +61,55 @@ end
 
 local function role_key(o, i, t) return o .. " " .. i .. " " .. repr(t) end
 
+-- ---- checking what arrives ----------------------------------------------
+-- Bytes from NATS are untrusted: a message is checked whole before any of
+-- it is used.  wrong(m) -> nil when m is a message of this protocol, else
+-- why not.
+local INTERESTS = { participant = true, observer = true, everything = true }
+local function is_seq(v) return type(v) == "table" end          -- (from_cbor: a sequence)
+local function is_int(v) return math.type(v) == "integer" end
+local function is_role(o, i) return CTOR[o] ~= nil and INTERESTS[i] == true end
+
+local function wrong_roles(list)
+  if not is_seq(list) then return "a snapshot's roles are not a sequence" end
+  for _i, r in ipairs(list) do
+    if not is_seq(r) or not is_int(r[1]) or not is_role(r[2], r[3]) then
+      return "a snapshot holds something that is not [id, orientation, interest, topic]"
+    end
+  end
+end
+
+-- The fields after [version, kind, node, incarnation], by kind.
+local CHECKS = {
+  hello = function(m) return not is_int(m[5]) and "no sequence number" or wrong_roles(m[6]) end,
+  add = function(m)
+    if not is_int(m[5]) or not is_int(m[6]) then return "no sequence number or id" end
+    if not is_role(m[7], m[8]) then return "not an orientation and interest" end
+  end,
+  del = function(m)
+    if not is_int(m[5]) or not is_int(m[6]) then return "no sequence number or id" end
+  end,
+  heartbeat = function(m) if not is_int(m[5]) then return "no sequence number" end end,
+  want = function() end,
+  bye = function() end,
+  send = function() end,
+  feedback = function() end,
+}
+CHECKS.snapshot = CHECKS.hello
+
+local function wrong(m)
+  if not is_seq(m) then return "not a sequence: " .. repr(m, 200) end
+  if m[1] ~= M.VERSION then return "version " .. repr(m[1], 50) end
+  local check = CHECKS[m[2]]
+  if not check then return "an unknown kind " .. repr(m[2], 50) end
+  if type(m[3]) ~= "string" or not m[3]:match("^[%w_%-]+$") then
+    return "a node name that is not a NATS token: " .. repr(m[3], 100)
+  end
+  if not is_int(m[4]) then return "an incarnation that is not an integer" end
+  local why = check(m)
+  return why and m[2] .. ": " .. why
+end
+
 local function boot(cfg)
   return function()
     local me, inc = cfg.node, cfg.incarnation
@@ -106,15 +155,14 @@ local function boot(cfg)
     -- ---- stand-ins -------------------------------------------------------
 
     local function standin_add(node, n, id, o, i, inner)
-      local ctor = CTOR[o] and CTOR[o][i]
-      if not ctor then return false end
+      local ctor = CTOR[o][i]
+      if n.roles[id] then return end           -- known already (a peer repeating itself)
       local t = topic(inner)
       local name = ("%s#%d"):format(node, id)
       local key = role_key(o, i, t)
       n.roles[id] = { o, i, inner, name = name, key = key }
       own_pres[key] = (own_pres[key] or 0) + 1
       P(ctor(t, name))
-      return true
     end
 
     local function standin_del(n, id, reason)
@@ -162,11 +210,8 @@ local function boot(cfg)
       local keep = {}
       for _i, r in ipairs(list) do
         local id, o, i, inner = r[1], r[2], r[3], r[4]
-        if math.type(id) == "integer" then
-          keep[id] = true
-          local old = n.roles[id]
-          if not old then standin_add(name, n, id, o, i, inner) end
-        end
+        keep[id] = true
+        standin_add(name, n, id, o, i, inner)
       end
       for id in pairs(n.roles) do
         if not keep[id] then standin_del(n, id, nil) end
@@ -305,14 +350,13 @@ local function boot(cfg)
 
     local function receive(data)
       local m, why = from_cbor(data)
-      local t = type(m)
-      if (t ~= "table" and t ~= "userdata") or m[1] ~= M.VERSION or type(m[2]) ~= "string"
-         or type(m[3]) ~= "string" or m[3] == me or not handle[m[2]] then
+      why = why or wrong(m)
+      if why then
         M.stats.malformed = M.stats.malformed + 1
-        warn("ignoring a message that is not of protocol version %d: %s", M.VERSION,
-             why or repr(m, 200))
+        warn("ignoring a malformed message: %s", why)
         return
       end
+      if m[3] == me then return end           -- a node of the same name: not ours to hear
       M.stats.received = M.stats.received + 1
       local name = m[3]
       if m[2] == "bye" then return handle.bye(m, name) end

@@ -325,4 +325,47 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
       "user1@a: hello all",
       "" }, "\n"), out)
   end)
+
+  it("ignores malformed messages with a warning, and goes on", function()
+    local srv = S.server()
+    local n = nodes(srv, {
+      a = [[market.perform(market.subscriber(T({"m", _}), logging("a", {
+  on_absence = function(_, r, why)
+    log("a absence %s %s", role(r), tostring(why))
+    log("malformed %d", cluster.inspect().malformed)
+  end })))]],
+    })
+    local market = require "market"
+    local c = assert(sys().nats_connect({ srv.url }, "spec"))
+    S.sleep(0.5)
+    local function add(...) return market.to_cbor({ 1, "add", "z", 7, ... }) end
+    for _, bytes in ipairs {
+      "not cbor at all",
+      market.to_cbor("a string"),
+      market.to_cbor({ 2, "hello", "z", 7, 0, {} }),               -- another version
+      market.to_cbor({ 1, "shout", "z", 7 }),                      -- an unknown kind
+      market.to_cbor({ 1, "hello", "z z", 7, 0, {} }),             -- not a NATS token
+      market.to_cbor({ 1, "hello", "z", 7, 0, "not a list" }),
+      market.to_cbor({ 1, "snapshot", "z", 7, 0, { { 1, "sideways", "participant", 1 } } }),
+      add(1, 1, "publisher", "bystander", T and 1),
+      add("one", 1, "publisher", "participant", { "m", 1 }),
+    } do
+      assert.is_true(c:publish("market.spec.all", bytes))
+      assert.is_true(c:publish("market.spec.node.a", bytes))
+    end
+    -- A peer that repeats itself is heard once.
+    local hello = market.to_cbor({ 1, "hello", "z", 7, 1, { { 1, "publisher", "participant", { "m", 1 } } } })
+    assert.is_true(c:publish("market.spec.all", hello))
+    assert.is_true(c:publish("market.spec.all", hello))
+    assert.is_true(c:publish("market.spec.all", add(1, 1, "publisher", "participant", { "m", 1 })))
+    n.a.wait('a presence publisher/participant market-cluster(["m", 1])')
+    assert.is_true(c:publish("market.spec.all", market.to_cbor({ 1, "bye", "z", 7 })))
+    n.a.wait('a absence publisher/participant market-cluster(["m", 1]) cluster: node z left')
+    c:close()
+    assert.equal(1, n.a.count("presence"))
+    assert.truthy(n.a.has("malformed 18"), n.a.out())
+    -- The warnings say why (the first ones: the log is rate-limited).
+    assert.truthy(n.a.has("market.cluster: ignoring a malformed message: market.from_cbor: "), n.a.out())
+    assert.truthy(n.a.has("ignoring a malformed message: not a sequence"), n.a.out())
+  end)
 end)
