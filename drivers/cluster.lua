@@ -391,6 +391,7 @@ local function boot(cfg)
 
     -- Heartbeats, and the nodes not heard from for lost_after_ms.
     local tick
+    local dropped_in = 0           -- of conn:dropped(), reported already
     local function arm()
       P(market.subscriber(alarm(market.now() + cfg.heartbeat_ms), { name = "tick", on_message = tick }))
     end
@@ -406,9 +407,9 @@ local function boot(cfg)
         forget(name, lost_reason(name, ("no heartbeat for %d ms"):format(cfg.lost_after_ms)))
       end
       local dropped = conn:dropped()
-      if dropped > M.stats.dropped_in then
-        warn("%d messages from NATS dropped: the loop fell behind", dropped - M.stats.dropped_in)
-        M.stats.dropped_in = dropped
+      if dropped > dropped_in then
+        warn("%d messages from NATS dropped: the loop fell behind", dropped - dropped_in)
+        dropped_in = dropped
       end
       arm()
     end
@@ -425,7 +426,6 @@ local function boot(cfg)
       conn:close()
       error(("cannot subscribe on NATS: %s"):format(serr), 0)
     end
-    M.stats.dropped_in = 0
     -- The observers see each other: those are our own presences.
     own_pres[role_key("publisher", "everything", topic(_))] = 1
     own_pres[role_key("subscriber", "everything", topic(_))] = 1
