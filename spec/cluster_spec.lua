@@ -368,4 +368,23 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     assert.truthy(n.a.has("market.cluster: ignoring a malformed message: market.from_cbor: "), n.a.out())
     assert.truthy(n.a.has("ignoring a malformed message: not a sequence"), n.a.out())
   end)
+
+  it("runs in a nested VM through an event relay, and leaves when told", function()
+    local srv = S.server()
+    local a = S.node(PRELUDE .. [[market.perform(market.subscriber(T({"nest", _}), logging("a")))]],
+                     { url = srv.url, name = "a" })
+    local nest = S.node(PRELUDE .. ([[
+local relay = require "market.event_relay"
+market.perform(market.nested_vm(function()
+  market.perform(relay("nest"), cluster.driver{ url = URL, cluster = "spec", node = "nest" })
+  market.perform(market.publisher(T({"nest", 1}), logging("in", { on_presence = function(_, r)
+    log("in presence %s", role(r))
+    return market.transition_no_state(cluster.leave())
+  end })))
+end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", own_driver = true })
+    nest.wait('in presence subscriber/participant market-cluster(["nest", 1])')
+    a.wait('a presence publisher/participant market-cluster(["nest", 1])')
+    a.wait('a absence publisher/participant market-cluster(["nest", 1]) cluster: node nest left')
+    nest.wait('in absence subscriber/participant market-cluster(["nest", 1]) nil')
+  end)
 end)
