@@ -53,7 +53,7 @@ static const char usage[] =
   "                 server at HOST:PORT: topics wrapped in cluster.topic(...)\n"
   "                 (require \"market.cluster\") are shared with the other\n"
   "                 nodes (docs/cluster.md); the program then runs until\n"
-  "                 stopped\n"
+  "                 stopped (exit status 1 if the driver cannot connect)\n"
   "  --node NAME    this node's name in the cluster (default HOST-PID)\n"
   "  --max-term-depth N, --max-term-size N\n"
   "                 the deepest and the largest term a process may build\n"
@@ -193,11 +193,17 @@ static void quiet_crash(mk_host *h, const mk_crash *c, void *ud) {
 
 /* The boot process --cluster starts, before the script: the cluster
 ** driver, with the URL, the cluster name and the node name as its
-** arguments. */
+** arguments.  A driver that fails (no server to connect to) ends the
+** program with status 1: the user asked for a cluster. */
 static const char cluster_boot[] =
   "local url, name, node = ...\n"
-  "local cluster = require 'market.cluster'\n"
-  "require('market').perform(cluster.driver{ url = url, cluster = name, node = node })\n";
+  "local market, cluster = require 'market', require 'market.cluster'\n"
+  "local pid = market.perform(cluster.driver{ url = url, cluster = name, node = node })\n"
+  "market.perform(market.monitor(pid, function(_, reason)\n"
+  "  if reason == nil then return end\n"
+  "  io.stderr:write('market: --cluster: ', tostring(reason), '\\n')\n"
+  "  return market.transition_no_state(market.exit(1))\n"
+  "end))\n";
 
 /* Split --cluster's nats://HOST:PORT[/NAME] into the URL and the cluster
 ** name (NULL: the default), both malloc'd; -1 when arg is not such a URL. */

@@ -387,4 +387,21 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     a.wait('a absence publisher/participant market-cluster(["nest", 1]) cluster: node nest left')
     nest.wait('in absence subscriber/participant market-cluster(["nest", 1]) nil')
   end)
+
+  it("market --cluster: no server is exit status 1 with the reason; bad names are usage errors", function()
+    local H = require "spec.support.helpers"
+    local srv = S.server()
+    local port = srv.port
+    S.stop(srv.pid)
+    local status, out, err = H.run(("--cluster nats://127.0.0.1:%d/spec -e 'print(\"ran\")'"):format(port))
+    assert.equal(1, status)
+    assert.equal("ran\n", out)
+    assert.matches("market: %-%-cluster: cannot connect to NATS at nats://127.0.0.1:" .. port, err)
+    status, _, err = H.run("--cluster 127.0.0.1:4222 -e 'local x = 1'")
+    assert.equal(2, status)
+    assert.matches("is not nats://HOST:PORT%[/NAME%]", err)
+    status, _, err = H.run("--cluster nats://127.0.0.1:1/a.b -e 'local x = 1'")
+    assert.equal(1, status)
+    assert.matches("cluster must be a non%-empty string of letters", err)
+  end)
 end)
