@@ -329,7 +329,12 @@ local function boot(cfg)
       apply_snapshot(name, n, m[5], m[6])
       publish(prefix .. ".node." .. name, { M.VERSION, "snapshot", me, inc, seq, snapshot() })
     end
-    function handle.snapshot(m, name, n) apply_snapshot(name, n, m[5], m[6]) end
+    function handle.snapshot(m, name, n)
+      -- An answer older than what we have (a second answer to two
+      -- questions) would take back roles announced since.
+      if n.seq and not n.syncing and m[5] < n.seq then return end
+      apply_snapshot(name, n, m[5], m[6])
+    end
     function handle.want(_m, name)
       publish(prefix .. ".node." .. name, { M.VERSION, "snapshot", me, inc, seq, snapshot() })
     end

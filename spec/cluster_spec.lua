@@ -404,4 +404,61 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     assert.equal(1, status)
     assert.matches("cluster must be a non%-empty string of letters", err)
   end)
+
+  it("speaks the documented protocol: a peer by hand, gaps repaired by snapshots", function()
+    local market = require "market"
+    local srv = S.server()
+    local a = S.node(PRELUDE .. [[market.perform(market.subscriber(T({"p", _}), logging("a")))]],
+                     { url = srv.url, name = "a" })
+    -- Node z is this spec, speaking docs/cluster.md by hand.
+    local z = assert(sys().nats_connect({ srv.url }, "z"))
+    assert(z:subscribe("market.spec.node.z"))
+    assert(z:subscribe("market.spec.all"))
+    local function say(subject, ...) assert(z:publish(subject, market.to_cbor({ 1, ... }))) end
+    local function pub(id, x) return { id, "publisher", "participant", { "p", x } } end
+    -- hear(kind): the next message of that kind a sends us.
+    local function hear(kind)
+      local m
+      assert(S.wait(function()
+        local ev, _, data = z:next()
+        if ev == "message" then
+          local v = market.from_cbor(data)
+          if v[2] == kind and v[3] == "a" then m = v end
+        end
+        return m
+      end, 10), "no " .. kind .. " from a")
+      return m
+    end
+    -- Heard of a first by its heartbeat: ask for a snapshot.
+    hear("heartbeat")
+    say("market.spec.node.a", "want", "z", 42)
+    local snap = hear("snapshot")
+    assert.equal("integer", math.type(snap[4]))              -- a's incarnation
+    assert.equal(1, snap[5])                                  -- one announcement so far
+    assert.same({ 1, "subscriber", "participant" }, { snap[6][1][1], snap[6][1][2], snap[6][1][3] })
+    assert.equal('["p", _]', market.repr(snap[6][1][4]))
+    say("market.spec.all", "hello", "z", 42, 1, { pub(1, "one") })
+    a.wait('a presence publisher/participant market-cluster(["p", "one"])')
+    hear("snapshot")                                  -- the answer to our hello
+    say("market.spec.all", "add", "z", 42, 2, 2, "publisher", "participant", { "p", "two" })
+    a.wait('a presence publisher/participant market-cluster(["p", "two"])')
+    -- A gap (3 is lost): a asks for a snapshot and drops 4 until it comes.
+    say("market.spec.all", "add", "z", 42, 4, 4, "publisher", "participant", { "p", "four" })
+    hear("want")
+    S.sleep(0.3)
+    assert.is_false(a.has("four"))
+    say("market.spec.node.a", "snapshot", "z", 42, 4, { pub(1, "one"), pub(3, "three"), pub(4, "four") })
+    a.wait('a presence publisher/participant market-cluster(["p", "four"])')
+    a.wait('a absence publisher/participant market-cluster(["p", "two"]) nil')
+    assert.truthy(a.has('a presence publisher/participant market-cluster(["p", "three"])'))
+    -- A heartbeat that says we are further on: another question.
+    say("market.spec.all", "heartbeat", "z", 42, 5)
+    hear("want")
+    -- A new incarnation of z: the old one's roles are lost.
+    say("market.spec.all", "hello", "z", 43, 0, {})
+    a.wait('a absence publisher/participant market-cluster(["p", "one"]) cluster: node z lost (restarted)')
+    assert.equal(4, a.count("presence"))
+    assert.equal(4, a.count("absence"))
+    z:close()
+  end)
 end)
