@@ -14,7 +14,7 @@
 **                                 quiet until something new arrives)
 **   conn:subscribe(subject)    -> sid | nil, msg
 **   conn:unsubscribe(sid)
-**   conn:publish(subject, data) -> true | nil, msg   (never blocks)
+**   conn:publish(subject, data) -> true | nil, msg   (see "Writing")
 **   conn:dropped()             -> messages dropped because the queue was full
 **   conn:close()               (also on garbage collection)
 **   sys.host_pid()             -> host name, pid (for default node names)
@@ -28,6 +28,12 @@
 ** relay too.  This is the issue's "ev_async and a locked queue" in the form
 ** market's drivers already have (as sys.resolve's pipe).  No Lua state, term
 ** or VM is touched off the loop thread.
+**
+** Writing.  libnats writes on the caller's thread once its 32 KiB buffer
+** is full (else its flusher thread does).  A server that stops reading
+** could then hold the loop: the write deadline (WRITE_DEADLINE_MS) bounds
+** that wait, after which libnats drops the connection and reconnects (the
+** driver sees disconnected, then reconnected).
 **
 ** Memory.  The queue (struct queue) is shared by the Lua userdata, the
 ** connection's callbacks and every subscription's handler: each holds a
@@ -55,6 +61,7 @@
 
 #define CONN_MT "market.sys.nats"
 #define QUEUE_MAX ((size_t)64 << 20)
+#define WRITE_DEADLINE_MS 1000
 
 enum { EV_MESSAGE, EV_DISCONNECTED, EV_RECONNECTED, EV_CLOSED };
 static const char *const ev_names[] = {"message", "disconnected", "reconnected", "closed"};
@@ -236,6 +243,7 @@ static int l_nats_connect(lua_State *L) {
       /* Nothing is buffered while disconnected (DESIGN §7): the smallest
       ** buffer libnats takes (0 would mean its default, 8 MiB). */
       (s = natsOptions_SetReconnectBufSize(o, 1)) != NATS_OK ||
+      (s = natsOptions_SetWriteDeadline(o, WRITE_DEADLINE_MS)) != NATS_OK ||
       /* A node hears nothing it published itself. */
       (s = natsOptions_SetNoEcho(o, true)) != NATS_OK ||
       (s = natsOptions_SetErrorHandler(o, on_error, NULL)) != NATS_OK ||
