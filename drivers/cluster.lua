@@ -361,7 +361,11 @@ local function boot(cfg)
         warn("ignoring a malformed message: %s", why)
         return
       end
-      if m[3] == me then return end           -- a node of the same name: not ours to hear
+      if m[3] == me then                      -- (we do not hear ourselves: no-echo)
+        M.stats.malformed = M.stats.malformed + 1
+        warn("another node calls itself %s: its messages are ignored (node names must be unique)", me)
+        return
+      end
       M.stats.received = M.stats.received + 1
       local name = m[3]
       if m[2] == "bye" then return handle.bye(m, name) end
@@ -382,12 +386,14 @@ local function boot(cfg)
           -- What was lost is absence: every remote role goes now, and
           -- comes back with the snapshots that answer our hello.
           connected = false
+          warn("disconnected from NATS: the other nodes are absent until it is back")
           local names = {}
           for name in pairs(nodes) do names[#names + 1] = name end
           table.sort(names)
           for _j, name in ipairs(names) do forget(name, lost_reason(name, "disconnected from NATS")) end
         elseif ev == "reconnected" then
           connected = true
+          market.log.info("market.cluster: reconnected to NATS")
           hello()
         end
       end

@@ -268,6 +268,7 @@ market.perform(market.publisher(T({"w", "b"})),
     n.b.wait('p presence subscriber/participant market-cluster(["r", "b"])')
     S.stop(srv.pid, "KILL")
     n.a.wait('r absence publisher/participant market-cluster(["r", "b"]) cluster: node b lost (disconnected from NATS)')
+    n.a.wait("market.cluster: disconnected from NATS")
     n.b.wait('p absence subscriber/participant market-cluster(["r", "b"]) cluster: node a lost (disconnected from NATS)')
     local again = S.server({ port = srv.port })
     assert(S.wait(function() return n.a.count("r presence") == 2 end, 15), n.a.out())
@@ -459,6 +460,10 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     a.wait('a absence publisher/participant market-cluster(["p", "one"]) cluster: node z lost (restarted)')
     assert.equal(4, a.count("presence"))
     assert.equal(4, a.count("absence"))
+    -- Another node under a's own name: a says so, and hears none of it.
+    say("market.spec.all", "hello", "a", 1, 1, { pub(1, "impostor") })
+    a.wait("market.cluster: another node calls itself a")
+    assert.is_false(a.has("impostor"))
     z:close()
   end)
 end)
