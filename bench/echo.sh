@@ -44,18 +44,8 @@ idle_conns=${BENCH_IDLE_CONNS:-10000}
 # limit to the hard one (20,000 here is enough).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM          # through the EXIT trap: nothing is left running
-
-die() { echo "bench/echo: $*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$src/bench/lib.sh"
 
 fds() { local f=("/proc/$1/fd/"*); echo "${#f[@]}"; }
 
@@ -106,8 +96,6 @@ else
   echo "cqueues: not installed (apt-get install lua-cqueues); its figures are left out"
 fi
 
-# fmt FORMAT EXPRESSION: awk arithmetic, printed with FORMAT.
-fmt() { awk "BEGIN { printf \"$1\", $2 }"; }
 # ratio A B: A / B, 0 when B is 0 (a run that made no round trip).
 ratio() { fmt %.3f "($2 > 0) ? $1 / $2 : 0"; }
 
@@ -156,11 +144,7 @@ compare() {
 }
 
 # med KEY [FORMAT]: the median of acc[KEY] (default format %.3f).
-med() {
-  # shellcheck disable=SC2086  # the list is split on purpose
-  printf '%s\n' ${acc[$1]} | sort -g | awk -v f="${2:-%.3f}" '{ v[NR] = $1 }
-    END { printf f, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
+med() { median "${acc[$1]}" "${2:-%.3f}"; }
 rounds_of() { echo "${acc[$1]# }"; }
 
 # row CONNS SIZE: the figures of the last compare as one line.

@@ -13,10 +13,12 @@
 **       request whose getaddrinfo runs on its own thread: req:fd() is a pipe
 **       that becomes readable when req:result() (-> addrs | nil, msg) is
 **       ready; req:close() abandons it (the thread cleans up after itself).
-**   sys.tcp_listen(port [, backlog])      -> sock | nil, msg  (dual stack, SO_REUSEADDR)
+**   sys.tcp_listen(port [, backlog [, reuseport]])
+**                                         -> sock | nil, msg  (dual stack, SO_REUSEADDR;
+**                                            SO_REUSEPORT when reuseport is true)
 **   sys.unix_listen(path [, backlog])     -> sock | nil, msg  (a Unix socket: see there)
 **   sys.tcp_connect(sa)                   -> sock, "connected"|"inprogress" | nil, msg
-**   sys.udp_bind(port)                    -> sock | nil, msg  (dual stack; 0: any port)
+**   sys.udp_bind(port [, reuseport])      -> sock | nil, msg  (dual stack; 0: any port)
 **   sys.fd_read(fd [, max])               -> string | nil, "eof" | false | nil, msg
 **   sys.std_take(fd)                      -> stream | nil, msg  (fd 0 or 1: market.stdio)
 **   sock:fd()  sock:local_port()  sock:peer() -> host, port
@@ -260,8 +262,11 @@ static int s_tostring(lua_State *L) {
   return 1;
 }
 
-/* A dual-stack socket bound to the wildcard address on port. */
-static int bound_socket(lua_State *L, int type, lua_Integer port, int *familyp) {
+/* A dual-stack socket bound to the wildcard address on port.  With
+** reuseport, other sockets (other processes': market --workers) may bind
+** the same port, and the kernel spreads connections or datagrams over
+** them. */
+static int bound_socket(lua_State *L, int type, lua_Integer port, int reuseport, int *familyp) {
   int fd, one = 1, zero = 0, family = AF_INET6, err;
   if (port < 0 || port > 65535) { errno = EINVAL; return -1; }
   fd = socket(AF_INET6, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -271,6 +276,12 @@ static int bound_socket(lua_State *L, int type, lua_Integer port, int *familyp) 
   }
   if (fd < 0) return -1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+    err = errno;
+    close(fd);
+    errno = err;
+    return -1;
+  }
   if (family == AF_INET6) {
     struct sockaddr_in6 a;
     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
@@ -310,10 +321,10 @@ static void open_spare(void) {
 
 static int l_tcp_listen(lua_State *L) {
   lua_Integer port = luaL_checkinteger(L, 1);
-  int backlog = (int)luaL_optinteger(L, 2, 128), family, fd, err;
+  int backlog = (int)luaL_optinteger(L, 2, 128), reuseport = lua_toboolean(L, 3), family, fd, err;
   spare_wanted = 1;
   open_spare();
-  fd = bound_socket(L, SOCK_STREAM, port, &family);
+  fd = bound_socket(L, SOCK_STREAM, port, reuseport, &family);
   if (fd < 0) return fail(L, errno);
   if (listen(fd, backlog) != 0) { err = errno; close(fd); return fail(L, err); }
   newsock(L, fd, family);
@@ -402,7 +413,7 @@ static int l_unix_listen(lua_State *L) {
 
 static int l_udp_bind(lua_State *L) {
   lua_Integer port = luaL_optinteger(L, 1, 0);
-  int family, fd = bound_socket(L, SOCK_DGRAM, port, &family);
+  int family, fd = bound_socket(L, SOCK_DGRAM, port, lua_toboolean(L, 2), &family);
   if (fd < 0) return fail(L, errno);
   newsock(L, fd, family);
   return 1;

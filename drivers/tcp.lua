@@ -63,6 +63,9 @@ M.READ_SIZE = 65536         -- [read_size] largest chunk read at once
 M.LINGER_MS = 30000         -- [linger] how long a closing connection may take to flush
 M.CONNECT_TIMEOUT = 30000   -- [connect_timeout] ms an outbound connect may take (0: no limit)
 M.BACKLOG = 4096            -- the listen queue (the kernel caps it at net.core.somaxconn)
+-- [reuseport] listeners share their port with other processes' (SO_REUSEPORT):
+-- on by default in the workers of `market --workers N` (docs/workers.md).
+M.REUSEPORT = market.worker.count > 1
 -- For tests and monitoring (M.stats, below): the largest output queue any
 -- connection had, how often backpressure was published, how many senders
 -- overran the hard limit, how many connections listeners refused, how
@@ -94,6 +97,8 @@ local function bad_setting(k, v)
     if not FRAMINGS[v] then
       return ("framing must be %s, got %s"):format(framing_names, repr(v))
     end
+  elseif k == "reuseport" then
+    if type(v) ~= "boolean" then return ("reuseport must be a boolean, got %s"):format(repr(v)) end
   elseif bounds == nil then
     return ("unknown setting %s"):format(repr(k))
   elseif mtype(v) ~= "integer" or v < bounds[1] or v > bounds[2] then
@@ -186,71 +191,23 @@ local function listener_proc(port)
   local unix = type(port) == "string"
   local where = unix and repr(port) or "port " .. port
   return function()
-    local s, err
-    if unix then
-      s, err = sys.unix_listen(port, M.BACKLOG)
-    else
-      s, err = sys.tcp_listen(port, M.BACKLOG)
-    end
-    if not s then
-      local reason = ("cannot listen on %s: %s"):format(where, err)
-      local told = false
-      P(market.publisher(listening(port, nil), {
-        name = "status", on_presence = function() told = true end }))
-      -- Whoever watches tcp.listening(port, _) hears why; nobody else would.
-      P(market.yield(function()
-        if not told then warn("%s", reason) end
-        P(market.quit(nil, reason))
-      end))
-      return
-    end
-    local fd, loc = s:fd(), listener(port)
-    local on_accept
+    local loc = listener(port)
+    local s, err, stopped, close
     -- The option sets for every connection of this port (remote: the
-    -- wildcard), in presence order, for max_connections; and the count of
-    -- the connections this listener's managers hold open.
-    local sets, conns, exhausted = {}, sys.tcp_conns(), false
-    local function max_connections()
-      local v = default("max_connections", "MAX_CONNECTIONS")
+    -- wildcard), in presence order: for max_connections, and reuseport.
+    local sets = {}
+    local function last(key, field)
+      local v = M[field]
       for i = 1, #sets do
-        local x = setting(sets[i].settings, "max_connections")
-        if x ~= nil and not bad_setting("max_connections", x) then v = x end
+        local x = setting(sets[i].settings, key)
+        if x ~= nil and not bad_setting(key, x) then v = x end
       end
       return v
     end
-
-    local function close()
-      P(market.delete_endpoint("accept"))
-      s:close()
-      P(market.send(listener_closed(port)), market.quit())
+    local function stop()
+      if s then close() else stopped = true end
     end
-
-    function on_accept()
-      -- A manager per connection, spawned by this process (at most 64 per
-      -- turn: the others' events are not held up by a burst of connects).
-      local n, err = sys.tcp_accept(s, loc, port, 64, max_connections(), conns, defaults(),
-                                    M.stats)
-      if n then
-        -- Out of descriptors (err): connections are refused meanwhile.
-        if err and not exhausted then
-          warn("accept on %s: %s: refusing connections", where, err)
-        end
-        exhausted = err ~= nil
-        return
-      end
-      -- Out of descriptors, with none spare, say: back off instead of spinning.
-      warn("accept on %s: %s", where, err)
-      P(market.delete_endpoint("accept"),
-        market.subscriber(alarm(floor(market.now()) + 100), {
-          name = "backoff",
-          on_message = function()
-            P(market.delete_endpoint("backoff"),
-              market.subscriber(readable(fd), { name = "accept", on_message = on_accept }))
-          end }))
-    end
-
-    P(market.publisher(listening(port, unix and port or s:local_port()), "status"),
-      market.observe_publishers(options_rec(loc, _, _), {
+    P(market.observe_publishers(options_rec(loc, _, _), {
         name = "options",
         on_presence = function(_, role)
           if is_wild(role.topic.remote) then sets[#sets + 1] = role.topic end
@@ -260,10 +217,77 @@ local function listener_proc(port)
             if sets[i] == role.topic then table.remove(sets, i); return end
           end
         end }),
-      market.subscriber(stop_listener(port), { name = "stop", on_message = close }),
+      market.subscriber(stop_listener(port), { name = "stop", on_message = stop }),
       -- A graceful stop (docs/semantics.md): no new connections from now on.
-      market.subscriber(market.ground.stopping(_), { name = "stopping", on_presence = close }),
-      market.subscriber(readable(fd), { name = "accept", on_message = on_accept }))
+      market.subscriber(market.ground.stopping(_), { name = "stopping", on_presence = stop }))
+    -- The socket is made once the option sets already published have been
+    -- seen (their presence comes before this continuation): reuseport is
+    -- one of them, and it must be set before bind.
+    P(market.yield(function()
+      if stopped then
+        P(market.send(listener_closed(port)), market.quit())
+        return
+      end
+      if unix then
+        s, err = sys.unix_listen(port, M.BACKLOG)
+      else
+        default("reuseport", "REUSEPORT")              -- checked
+        s, err = sys.tcp_listen(port, M.BACKLOG, last("reuseport", "REUSEPORT"))
+      end
+      if not s then
+        local reason = ("cannot listen on %s: %s"):format(where, err)
+        local told = false
+        P(market.publisher(listening(port, nil), {
+          name = "status", on_presence = function() told = true end }))
+        -- Whoever watches tcp.listening(port, _) hears why; nobody else would.
+        P(market.yield(function()
+          if not told then warn("%s", reason) end
+          P(market.quit(nil, reason))
+        end))
+        return
+      end
+      local fd = s:fd()
+      local on_accept
+      -- The count of the connections this listener's managers hold open.
+      local conns, exhausted = sys.tcp_conns(), false
+      local function max_connections()
+        default("max_connections", "MAX_CONNECTIONS")   -- checked
+        return last("max_connections", "MAX_CONNECTIONS")
+      end
+
+      function close()
+        P(market.delete_endpoint("accept"))
+        s:close()
+        P(market.send(listener_closed(port)), market.quit())
+      end
+
+      function on_accept()
+        -- A manager per connection, spawned by this process (at most 64 per
+        -- turn: the others' events are not held up by a burst of connects).
+        local n, err = sys.tcp_accept(s, loc, port, 64, max_connections(), conns, defaults(),
+                                      M.stats)
+        if n then
+          -- Out of descriptors (err): connections are refused meanwhile.
+          if err and not exhausted then
+            warn("accept on %s: %s: refusing connections", where, err)
+          end
+          exhausted = err ~= nil
+          return
+        end
+        -- Out of descriptors, with none spare, say: back off instead of spinning.
+        warn("accept on %s: %s", where, err)
+        P(market.delete_endpoint("accept"),
+          market.subscriber(alarm(floor(market.now()) + 100), {
+            name = "backoff",
+            on_message = function()
+              P(market.delete_endpoint("backoff"),
+                market.subscriber(readable(fd), { name = "accept", on_message = on_accept }))
+            end }))
+      end
+
+      P(market.publisher(listening(port, unix and port or s:local_port()), "status"),
+        market.subscriber(readable(fd), { name = "accept", on_message = on_accept }))
+    end))
   end
 end
 

@@ -202,10 +202,10 @@ enum { F_RAW, F_LINE, F_U16, F_U32 };
 static const char *const framings[] = { "raw", "line", "u16", "u32", NULL };
 
 enum { K_FRAMING, K_MAX_FRAME, K_IDLE, K_MAXCONN, K_HIGH, K_LOW, K_HARD, K_READ, K_LINGER,
-       K_CONNECT, NKEYS };
+       K_CONNECT, K_REUSEPORT, NKEYS };
 
 /* The keys of a settings sequence and the integers they take (framing: an
-** index into framings[]).  They guard against hand-made tcp-options
+** index into framings[]; reuseport: a boolean, as 0 or 1).  They guard against hand-made tcp-options
 ** records here, and tcp.lua checks the same at the call site: it reads
 ** them from here (sys.tcp_settings), so there is one list. */
 static const struct { const char *name; int64_t lo, hi; } keys[NKEYS] = {
@@ -219,6 +219,7 @@ static const struct { const char *name; int64_t lo, hi; } keys[NKEYS] = {
   { "read_size", 1, READ_MAX },
   { "linger", 0, INT64_MAX / 4 },
   { "connect_timeout", 0, INT64_MAX / 4 },
+  { "reuseport", 0, 1 },       /* the listener's (tcp.lua), not a connection's */
 };
 
 /* A set of settings: v[k] is meaningful where bit k of `set` is. */
@@ -248,6 +249,8 @@ static const char *parse_settings(const mk_term *s, tconf *cf) {
     if (k == K_FRAMING && val->kind == MK_STR) {
       for (v = 0; framings[v] && strcmp(framings[v], mk_strdata(val)) != 0; v++) {}
       if (framings[v] == NULL) v = -1;
+    } else if (k == K_REUSEPORT) {
+      v = val->kind == MK_TRUE ? 1 : val->kind == MK_FALSE ? 0 : -1;
     } else {
       v = val->kind == MK_INT ? val->v.i : -1;
     }
@@ -1641,7 +1644,8 @@ static mk_proc *caller(lua_State *L, const char *what) {
 static tbase *getdefaults(lua_State *L, int idx) {
   const char *err, *bad;
   mk_term *t = mkl_toterm(L, idx, &err);
-  unsigned need = ~((1u << K_LOW) | (1u << K_HARD) | (1u << K_MAXCONN)) & ((1u << NKEYS) - 1);
+  unsigned need = ~((1u << K_LOW) | (1u << K_HARD) | (1u << K_MAXCONN) | (1u << K_REUSEPORT)) &
+                  ((1u << NKEYS) - 1);
   tconf cf;
   if (t == NULL) luaL_error(L, "market.sys: the defaults are not a term: %s", err);
   bad = parse_settings(t, &cf);

@@ -29,6 +29,10 @@ local stop = market.record("udp-driver:stop", "socket")
 M.MAX_QUEUED = 1 << 20     -- bytes waiting for a full socket buffer before dropping
 local SHOWN = 200          -- bytes of a term a warning shows (as MK_REPR_SHOWN)
 M.CACHE_MS = 60000         -- how long a resolved host name is remembered
+-- Listeners share their port with other processes' (SO_REUSEPORT), which the
+-- kernel spreads datagrams over: on by default in the workers of `market
+-- --workers N` (docs/workers.md).
+M.REUSEPORT = market.worker.count > 1
 M.stats = { received = 0, sent = 0, dropped = 0 }
 
 -- Through market.log (docs/inspect.md, "Logging"): stderr unless a sink
@@ -45,7 +49,7 @@ local function socket_proc(loc)
     if mtype(port) ~= "integer" then
       err = "the port must be an integer"
     else
-      s, err = sys.udp_bind(port)
+      s, err = sys.udp_bind(port, port ~= 0 and M.REUSEPORT)
     end
     if not s then
       -- Presence, then absence with the reason, for the subscribers.

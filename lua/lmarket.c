@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mkl.h"
@@ -52,11 +53,29 @@ static int run_embedded(lua_State *L, const char *name, int narg) {
   return 1;
 }
 
+/* Which worker of `market --workers N` this process is: MARKET_WORKER=i/N
+** (1 <= i <= N), as lua/main.c sets it; 1 of 1 when it is not set or not
+** of that form (docs/workers.md). */
+static void worker(lua_Integer *index, lua_Integer *count) {
+  const char *env = getenv("MARKET_WORKER");
+  char *end;
+  long i, n;
+  *index = *count = 1;
+  if (env == NULL || *env < '0' || *env > '9') return;
+  i = strtol(env, &end, 10);
+  if (*end != '/' || end[1] < '0' || end[1] > '9') return;
+  n = strtol(end + 1, &end, 10);
+  if (*end != '\0' || i < 1 || i > n || n > INT_MAX) return;
+  *index = i;
+  *count = n;
+}
+
 int luaopen_market(lua_State *L) {
   /* For the checks of market.ground's constructors (market.lua). */
   static const struct { const char *name; lua_Integer value; } limits[] = {
     {"INT_MAX", INT_MAX}, {"NSIG", NSIG}, {"SIGKILL", SIGKILL}, {"SIGSTOP", SIGSTOP}};
   size_t i;
+  lua_Integer index, count;
   mkl_open_core(L);                       /* core */
   lua_newtable(L);
   mkl_open_terms(L);
@@ -70,6 +89,13 @@ int luaopen_market(lua_State *L) {
     lua_pushinteger(L, limits[i].value);
     lua_setfield(L, -2, limits[i].name);
   }
+  worker(&index, &count);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, index);
+  lua_setfield(L, -2, "index");
+  lua_pushinteger(L, count);
+  lua_setfield(L, -2, "count");
+  lua_setfield(L, -2, "worker");
   return run_embedded(L, "market", 1);
 }
 

@@ -7,9 +7,15 @@
 */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include "market.h"
 
@@ -54,7 +60,14 @@ static const char usage[] =
   "                 (require \"market.cluster\") are shared with the other\n"
   "                 nodes (docs/cluster.md); the program then runs until\n"
   "                 stopped (exit status 1 if the driver cannot connect)\n"
-  "  --node NAME    this node's name in the cluster (default HOST-PID)\n"
+  "  --node NAME    this node's name in the cluster (default HOST-PID;\n"
+  "                 NAME-i for worker i under --workers)\n"
+  "  --workers N    run N copies of the program as N processes (1 to 1024),\n"
+  "                 each told its number (market.worker, MARKET_WORKER=i/N),\n"
+  "                 their TCP and UDP listeners sharing ports (SO_REUSEPORT);\n"
+  "                 this process waits for them, passes SIGINT and SIGTERM\n"
+  "                 on, reports a worker that fails, and exits with the\n"
+  "                 first failed worker's status (docs/workers.md)\n"
   "  --max-term-depth N, --max-term-size N\n"
   "                 the deepest and the largest term a process may build\n"
   "                 (default 1000 levels, 1048576 nodes; docs/terms.md)\n"
@@ -193,10 +206,14 @@ static void quiet_crash(mk_host *h, const mk_crash *c, void *ud) {
 
 /* The boot process --cluster starts, before the script: the cluster
 ** driver, with the URL, the cluster name and the node name as its
-** arguments.  A driver that fails (no server to connect to) ends the
-** program with status 1: the user asked for a cluster. */
+** arguments.  Under --workers each worker is a node of its own: a --node
+** name gets the worker's number (NAME-i).  A driver that fails (no server
+** to connect to) ends the program with status 1: the user asked for a
+** cluster. */
 static const char cluster_boot[] =
   "local url, name, node = ...\n"
+  "local worker = os.getenv('MARKET_WORKER')\n"
+  "if node and worker then node = node .. '-' .. worker:match('^%d+') end\n"
   "local market, cluster = require 'market', require 'market.cluster'\n"
   "local pid = market.perform(cluster.driver{ url = url, cluster = name, node = node })\n"
   "market.perform(market.monitor(pid, function(_, reason)\n"
@@ -221,6 +238,128 @@ static int cluster_arg(const char *arg, char **url, char **name) {
   return 0;
 }
 
+/*
+** {======================================================
+** --workers N: N copies of the program, one process each
+** =======================================================
+*/
+
+#define WORKERS_MAX 1024
+
+/* The workers' command line: this one without `--workers N`, which the
+** parsing of the options blanked (NULL), so that an argument of another
+** option or of the script that reads "--workers" stays.  A NULL-terminated
+** array the caller frees; NULL out of memory. */
+static char **worker_argv(int argc, char **argv) {
+  char **w = malloc(((size_t)argc + 1) * sizeof *w);
+  int i, k = 0;
+  if (w == NULL) return NULL;
+  for (i = 0; i < argc; i++)
+    if (argv[i] != NULL) w[k++] = argv[i];
+  w[k] = NULL;
+  return w;
+}
+
+/* Worker i (0-based) of n: its environment, then this very program. */
+static void worker_exec(char **wargv, int i, int n, pid_t parent, const sigset_t *mask) {
+  char env[32];
+  snprintf(env, sizeof env, "%d/%d", i + 1, n);
+  /* Its own process group: a terminal's Ctrl-C (sent to the foreground
+  ** group) reaches the parent alone, which passes it on once.  Otherwise
+  ** each worker would get it twice and take the second as "stop at once". */
+  setpgid(0, 0);
+#ifdef __linux__
+  /* Out of the terminal's group, a worker must still not outlive a parent
+  ** that was killed: it gets SIGTERM then, and stops gracefully. */
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() != parent) _exit(1);
+#endif
+  if (setenv("MARKET_WORKER", env, 1) != 0 || sigprocmask(SIG_SETMASK, mask, NULL) != 0) {
+    fprintf(stderr, "market: worker %d: %s\n", i + 1, strerror(errno));
+    _exit(1);
+  }
+  execv("/proc/self/exe", wargv);
+  execvp(wargv[0], wargv);     /* no /proc: the name it was run by */
+  fprintf(stderr, "market: worker %d: cannot run %s: %s\n", i + 1, wargv[0], strerror(errno));
+  _exit(127);
+}
+
+/* Say how worker i (0-based) of n ended, if it failed; its status as a
+** shell has it (128 + N for a signal). */
+static int worker_ended(int i, int n, pid_t pid, int st) {
+  if (WIFSIGNALED(st)) {
+    fprintf(stderr, "market: worker %d of %d (pid %ld) was killed by signal %d (%s)\n", i + 1, n,
+            (long)pid, WTERMSIG(st), strsignal(WTERMSIG(st)));
+    return 128 + WTERMSIG(st);
+  }
+  if (WEXITSTATUS(st) != 0)
+    fprintf(stderr, "market: worker %d of %d (pid %ld) exited with status %d\n", i + 1, n,
+            (long)pid, WEXITSTATUS(st));
+  return WEXITSTATUS(st);
+}
+
+/*
+** Run the program as n workers and wait for them all.  Signals are taken
+** synchronously (sigwaitinfo), so there is no handler to race with: SIGINT
+** and SIGTERM are passed on to every worker still running, SIGCHLD reaps.
+** A worker that ends does not end the others (they still serve the shared
+** ports); the status is the first failed worker's, or 0.
+*/
+static int run_workers(int argc, char **argv, int n) {
+  char **wargv = worker_argv(argc, argv);
+  pid_t *pids = calloc((size_t)n, sizeof *pids), parent = getpid();
+  sigset_t set, old;
+  int live = 0, status = 0, i;
+  if (wargv == NULL || pids == NULL) {
+    fputs("market: out of memory\n", stderr);
+    free(wargv);
+    free(pids);
+    return 1;
+  }
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &set, &old);
+  fflush(NULL);
+  for (i = 0; i < n; i++) {
+    pid_t pid = fork();
+    if (pid == 0) worker_exec(wargv, i, n, parent, &old);
+    if (pid < 0) {
+      fprintf(stderr, "market: cannot start worker %d: %s\n", i + 1, strerror(errno));
+      status = 1;
+      for (i--; i >= 0; i--) kill(pids[i], SIGTERM);
+      break;
+    }
+    pids[i] = pid;
+    live++;
+  }
+  while (live > 0) {
+    siginfo_t info;
+    int sig = sigwaitinfo(&set, &info), st;
+    pid_t pid;
+    if (sig == SIGINT || sig == SIGTERM) {
+      for (i = 0; i < n; i++)
+        if (pids[i] > 0) kill(pids[i], sig);
+      continue;
+    }
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+      for (i = 0; i < n && pids[i] != pid; i++) {}
+      if (i == n) continue;
+      pids[i] = 0;
+      live--;
+      st = worker_ended(i, n, pid, st);
+      if (status == 0) status = st;
+    }
+  }
+  sigprocmask(SIG_SETMASK, &old, NULL);
+  free(wargv);
+  free(pids);
+  return status;
+}
+
+/* }====================================================== */
+
 /* The argument of --drain or --max-activation: milliseconds, finite, 0 or
 ** more; -1 if not. */
 static double ms_arg(const char *s) {
@@ -233,7 +372,7 @@ int main(int argc, char **argv) {
   const char *const *args = (const char *const *)argv;
   const char *code = NULL;
   double drain = 5000;
-  int drivers = 1, quiet = 0, strict = 0, status = 0, i, first;
+  int drivers = 1, quiet = 0, strict = 0, status = 0, workers = 0, i, first;
   double budget = -1;
   int loglevel = -1;
   mk_host *h;
@@ -288,6 +427,15 @@ int main(int argc, char **argv) {
       }
       continue;
     }
+    if (strcmp(argv[i], "--workers") == 0) {
+      char *end;
+      long n = ++i < argc ? strtol(argv[i], &end, 10) : 0;
+      if (i >= argc || end == argv[i] || *end != '\0' || n < 1 || n > WORKERS_MAX) {
+        fprintf(stderr, "market: --workers needs a number from 1 to %d\n", WORKERS_MAX);
+        return trace_end(&trace, 2);
+      }
+      continue;
+    }
     if (strcmp(argv[i], "--log-level") == 0) {
       if (++i >= argc || mk_log_level_parse(argv[i]) < 0) {
         fputs("market: --log-level needs a level: error, warn, info or debug\n", stderr);
@@ -337,6 +485,11 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--cluster") == 0) cluster = argv[++i];
     else if (strcmp(argv[i], "--node") == 0) node = argv[++i];
     else if (strcmp(argv[i], "--log-level") == 0) loglevel = mk_log_level_parse(argv[++i]);
+    else if (strcmp(argv[i], "--workers") == 0) {
+      workers = atoi(argv[i + 1]);
+      argv[i] = argv[i + 1] = NULL;           /* not the workers' (worker_argv) */
+      i++;
+    }
     else if (strcmp(argv[i], "--") == 0) { i++; break; }
     else break;
   }
@@ -345,6 +498,8 @@ int main(int argc, char **argv) {
     fputs("market: no script given (try market --help)\n", stderr);
     return trace_end(&trace, 2);
   }
+  /* The options were checked here, once: the workers get them as they are. */
+  if (workers > 0) return trace_end(&trace, run_workers(argc, argv, workers));
 
   h = mk_host_new(NULL, &err);
   if (h == NULL) {

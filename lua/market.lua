@@ -737,6 +737,9 @@ M.ground = {
 }
 M.PUBLISHER, M.SUBSCRIBER = "publisher", "subscriber"
 M.VERSION = core.VERSION
+-- {index = i, count = N}: worker i of `market --workers N` (lua/lmarket.c;
+-- docs/workers.md); 1 of 1 otherwise.
+M.worker = core.worker
 
 -- log.error(fmt, ...), log.warn, log.info, log.debug: one line each,
 -- string.format(fmt, ...) (fmt alone: tostring(fmt)), prefixed with the

@@ -242,9 +242,11 @@ static const char *put (D *d, mk_term *t) {
   }
 }
 
-/* A compound of n items begins.  The depth limit bounds the stack: a
-** compound inside sp others makes the whole term sp + 1 deep at least.
-** n is believed only if the input has a byte left for each item. */
+/* A compound of n items begins (for a record, n fields, and `arity` is
+** n).  The depth limit bounds the stack: a compound inside sp others makes
+** the whole term sp + 1 deep at least.  n is believed only if the input
+** has a byte left for each item, and the size limit room for them, so
+** that what is allocated for it is paid for by input. */
 static const char *push (D *d, uint64_t n) {
   const char *err;
   if (d->sp + 1 > mk_term_depth_limit()) return TOO_DEEP;
@@ -306,9 +308,7 @@ static const char *walk (D *d) {
       err = label(d, &ev);
     } else if (expect == RECORD) {
       if (ev.kind != EV_ARRAY || ev.u == 0) return "a record tag around something else than [label, field...]";
-      if (ev.u - 1 > UINT32_MAX) return TOO_BIG;
-      err = push(d, ev.u - 1);
-      if (err == NULL) d->stack[d->sp - 1].arity = (uint32_t)(ev.u - 1);
+      err = push(d, ev.u - 1);      /* its fields: the label comes first (label) */
       expect = ANY;
     } else if (expect == WILD || expect == END) {
       if (ev.kind != EV_NULL) return "a wildcard or EOF tag around something else than null";

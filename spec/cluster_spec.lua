@@ -466,4 +466,33 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     assert.is_false(a.has("impostor"))
     z:close()
   end)
+
+  it("makes examples/chat.lua on --workers 2 with --cluster one room", function()
+    local H = require "spec.support.helpers"
+    local srv = S.server()
+    local probe = assert(sys().tcp_listen(0))     -- a free port, given to both workers
+    local port = probe:local_port()
+    probe:close()
+    local w = S.node(nil, { url = srv.url, name = "w", file = "examples/chat.lua", args = tostring(port),
+                            options = "--workers 2" })
+    assert(S.wait(function() return w.count("listening on port " .. port) == 2 end, 15), w.out())
+    S.sleep(1)             -- the two drivers meet (hello, snapshots)
+    local f = assert(io.popen(("timeout 20 sh -c %s 2>&1"):format(H.quote(([[
+      A=$(mktemp); B=$(mktemp)
+      (sleep 2.5; printf 'hello all\n'; sleep 2.5) | timeout 10 nc -N 127.0.0.1 %d > $A &
+      sleep 1
+      (sleep 2.5; printf 'hi A\n'; sleep 0.5) | timeout 10 nc -N 127.0.0.1 %d > $B
+      wait
+      cat $A; echo '|'; cat $B; rm -f $A $B]]):format(port, port)))))
+    local out = f:read("a")
+    f:close()
+    -- Which worker took which user is the kernel's choice: names say it.
+    local a, b = out:match("^welcome, you are (user%d@w%-%d); here: nobody else\n.*|\nwelcome, you are (user%d@w%-%d); ")
+    assert(a and b, out)
+    assert.equal(table.concat({
+      ("welcome, you are %s; here: nobody else"):format(a),
+      b .. " joined", b .. ": hi A", b .. " left", "|",
+      ("welcome, you are %s; here: %s"):format(b, a), a .. ": hello all", "" }, "\n"), out)
+    S.stop(w.pid)          -- the parent passes SIGTERM on; both workers leave
+  end)
 end)

@@ -149,6 +149,14 @@ local calls = {
   function() return market.self() end,
   function() return market.repr(value()) end,
   function() return market.unify(value(), value()) end,
+  function() return market.from_cbor(market.to_cbor(value())) end,
+  function() return market.from_cbor(value()) end,
+  function()                               -- the next bytes as CBOR, after the version tag
+    local n = byte() or 0
+    local s = data:sub(pos + 1, pos + n)
+    pos = pos + n
+    return market.from_cbor("\xda\x6d\x6b\x00\x00\x82\x01" .. s)
+  end,
   function() return market.is_term(value()) end,
   function() return market.is_action(value()) end,
   function() return market.is_transition(value()) end,
