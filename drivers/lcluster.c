@@ -44,6 +44,7 @@
 ** is dropped and counted (nothing is buffered without bound).
 */
 #include <ctype.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -201,6 +202,21 @@ static int c_close(lua_State *L) {
   return 0;
 }
 
+/* libnats's threads call back into this code (the handlers above) until
+** it has let go of every connection, which may be after the Lua state that
+** made them is closed: stock lua5.4 then unloads market.so, and a late
+** callback would jump into unmapped code.  So the first connection pins
+** this object in memory for the life of the process (RTLD_NODELETE); a
+** program that never connects unloads as before. */
+static void pin_self(void) {
+  static int pinned;
+  Dl_info info;
+  if (pinned) return;
+  pinned = 1;
+  if (dladdr((void *)pin_self, &info) && info.dli_fname != NULL)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 static int l_nats_connect(lua_State *L) {
   lua_Integer timeout = luaL_optinteger(L, 3, 2000);
   const char *name = luaL_checkstring(L, 2);
@@ -254,6 +270,7 @@ static int l_nats_connect(lua_State *L) {
     pushstatus(L, s);
     return 2;
   }
+  pin_self();
   q->refs++;                         /* the connection's, released by on_closed */
   s = natsConnection_Connect(&c->nc, o);
   natsOptions_Destroy(o);
