@@ -42,6 +42,8 @@
 **   sys.tcp_accept, sys.tcp_manage, sys.tcp_stats, sys.tcp_conns,
 **   sys.tcp_settings: the TCP connection managers, native processes
 **       (drivers/tcpconn.c)
+**   sys.nats_connect, sys.host_pid: the cluster driver's NATS connection
+**       (drivers/lcluster.c)
 **
 ** The socket, accept, connect and resolver calls are also C functions for
 ** tcpconn.c (drivers/mkd.h).
@@ -1052,5 +1054,6 @@ int luaopen_market_sys(lua_State *L) {
   luaL_setfuncs(L, funcs, 1);
   lua_remove(L, -2);
   mkd_open_tcpconn(L);
+  mkd_open_cluster(L);
   return 1;
 }

@@ -93,4 +93,10 @@ void mkd_resolve_release(mkd_resolve_job *j);
 ** the top of L's stack (see tcpconn.c). */
 void mkd_open_tcpconn(lua_State *L);
 
+/* ---- lcluster.c --------------------------------------------------------- */
+
+/* Adds nats_connect and host_pid to the market.sys table at the top of L's
+** stack: the NATS connection of the cluster driver (see lcluster.c). */
+void mkd_open_cluster(lua_State *L);
+
 #endif

@@ -20,11 +20,25 @@
 -- presence record: when the program stops (SIGINT/SIGTERM: the ground
 -- publishes market.ground.stopping), the server quits, and the sessions
 -- say so and go.
+--
+-- With `market --cluster nats://HOST:PORT chat.lua` on several machines (or
+-- several times on one, each with its own port), the room is one room
+-- across all of them (docs/cluster.md): the said(...) topics are wrapped
+-- in cluster.topic, so users elsewhere are present, absent and heard as
+-- the local ones are, and user names carry the node's name (user1@node).
 local market = require "market"
 local tcp = require "market.tcp"
+local cluster = require "market.cluster"
 local _ = market._
 
-local said = market.record("chat-said", "who", "text")
+local node = cluster.node            -- nil without --cluster: one machine
+local chat_said = market.record("chat-said", "who", "text")
+-- said(who, text) as a topic, and said_of(topic) back.
+local said, said_of = chat_said, function(t) return t end
+if node then
+  said = function(who, text) return cluster.topic(chat_said(who, text)) end
+  said_of = function(t) return t.topic end
+end
 local server = market.record("chat-server", "port")
 
 local port = math.tointeger(tonumber((...) or 5999))
@@ -59,17 +73,18 @@ local function session(remote, name)
       market.subscriber(said(_, _), {
         name = "hear",
         on_presence = function(_, role)
-          local who = role.topic.who
+          local who = said_of(role.topic).who
           if who == name then return end
           if not settled then here_now[#here_now + 1] = who; return end
           return market.transition_no_state(out(who .. " joined\n"))
         end,
         on_absence = function(_, role)
-          local who = role.topic.who
+          local who = said_of(role.topic).who
           if who == name then return end
           return market.transition_no_state(out(who .. " left\n"))
         end,
         on_message = function(_, m)
+          m = said_of(m)
           if m.who == name then return end
           return market.transition_no_state(out(m.who .. ": " .. m.text .. "\n"))
         end,
@@ -102,7 +117,7 @@ return market.transition(nil,
     name = "accept",
     on_presence = function(_, role)
       count = count + 1
-      local name = "user" .. count
+      local name = "user" .. count .. (node and "@" .. node or "")
       return market.transition_no_state(market.spawn(session(role.topic.source, name), { name = name }))
     end,
   }),

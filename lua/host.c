@@ -333,6 +333,7 @@ static int p_setup(lua_State *L) {
   preload(L, "market.udp", luaopen_market_udp);
   preload(L, "market.stdio", luaopen_market_stdio);
   preload(L, "market.event_relay", luaopen_market_event_relay);
+  preload(L, "market.cluster", luaopen_market_cluster);
   preload(L, "market.supervisor", luaopen_market_supervisor);
   preload(L, "market.inspect", luaopen_market_inspect);
   lua_getglobal(L, "require");

@@ -88,7 +88,7 @@ static void pushvm(lua_State *L, const mk_snap_vm *s) {
 
 /* The drivers whose modules, when loaded, may give their resources
 ** (an inspect() function) to a snapshot. */
-static const char *const drivers[] = { "timer", "tcp", "udp", NULL };
+static const char *const drivers[] = { "timer", "tcp", "udp", "cluster", NULL };
 
 /* core.snapshot() -> {time =, vm =, drivers =} (docs/inspect.md). */
 static int c_snapshot(lua_State *L) {

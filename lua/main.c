@@ -60,6 +60,14 @@ static const char usage[] =
   "                 log lines up to LEVEL: error, warn, info or debug\n"
   "                 (default warn, or what MARKET_LOG says)\n"
   "  --no-drivers   do not start the timer, tcp and udp drivers\n"
+  "  --cluster nats://HOST:PORT[/NAME]\n"
+  "                 join the cluster NAME (default \"market\") through the NATS\n"
+  "                 server at HOST:PORT: topics wrapped in cluster.topic(...)\n"
+  "                 (require \"market.cluster\") are shared with the other\n"
+  "                 nodes (docs/cluster.md); the program then runs until\n"
+  "                 stopped (exit status 1 if the driver cannot connect)\n"
+  "  --node NAME    this node's name in the cluster (default HOST-PID;\n"
+  "                 NAME-i for worker i under --workers)\n"
   "  --workers N    run N copies of the program as N processes (1 to 1024),\n"
   "                 each told its number (market.worker, MARKET_WORKER=i/N),\n"
   "                 their TCP and UDP listeners sharing ports (SO_REUSEPORT);\n"
@@ -204,6 +212,40 @@ static void quiet_crash(mk_host *h, const mk_crash *c, void *ud) {
   if (!c->boot || (text = mk_crash_format(c)) == NULL) return;
   fputs(text, stderr);
   free(text);
+}
+
+/* The boot process --cluster starts, before the script: the cluster
+** driver, with the URL, the cluster name and the node name as its
+** arguments.  Under --workers each worker is a node of its own: a --node
+** name gets the worker's number (NAME-i).  A driver that fails (no server
+** to connect to) ends the program with status 1: the user asked for a
+** cluster. */
+static const char cluster_boot[] =
+  "local url, name, node = ...\n"
+  "local worker = os.getenv('MARKET_WORKER')\n"
+  "if node and worker then node = node .. '-' .. worker:match('^%d+') end\n"
+  "local market, cluster = require 'market', require 'market.cluster'\n"
+  "local pid = market.perform(cluster.driver{ url = url, cluster = name, node = node })\n"
+  "market.perform(market.monitor(pid, function(_, reason)\n"
+  "  if reason == nil then return end\n"
+  "  io.stderr:write('market: --cluster: ', tostring(reason), '\\n')\n"
+  "  return market.transition_no_state(market.exit(1))\n"
+  "end))\n";
+
+/* Split --cluster's nats://HOST:PORT[/NAME] into the URL and the cluster
+** name (NULL: the default), both malloc'd; -1 when arg is not such a URL. */
+static int cluster_arg(const char *arg, char **url, char **name) {
+  const char *hostport, *slash;
+  size_t n;
+  if (strncmp(arg, "nats://", 7) != 0 || arg[7] == '\0') return -1;
+  hostport = arg + 7;
+  slash = strchr(hostport, '/');
+  n = slash ? (size_t)(slash - arg) : strlen(arg);
+  if ((*url = malloc(n + 1)) == NULL) return -1;
+  memcpy(*url, arg, n);
+  (*url)[n] = '\0';
+  *name = slash && slash[1] ? strdup(slash + 1) : NULL;
+  return 0;
 }
 
 /*
@@ -360,6 +402,8 @@ int main(int argc, char **argv) {
   mk_pid pid;
   trace_args trace;
   FILE *tracefile = stderr;
+  const char *cluster = NULL, *node = NULL;
+  char *cluster_url = NULL, *cluster_name = NULL;
 
   memset(&trace, 0, sizeof trace);
   trace.names = calloc((size_t)argc, sizeof *trace.names);
@@ -430,6 +474,14 @@ int main(int argc, char **argv) {
       if (trace_option(&trace, argv[i - 1], argv[i]) != 0) return trace_end(&trace, 2);
       continue;
     }
+    if (strcmp(argv[i], "--cluster") == 0 || strcmp(argv[i], "--node") == 0) {
+      if (++i >= argc) { fprintf(stderr, "market: %s needs an argument\n", argv[i - 1]); return trace_end(&trace, 2); }
+      if (argv[i - 1][2] == 'c' && strncmp(argv[i], "nats://", 7) != 0) {
+        fprintf(stderr, "market: --cluster: '%s' is not nats://HOST:PORT[/NAME]\n", argv[i]);
+        return trace_end(&trace, 2);
+      }
+      continue;
+    }
     if (strcmp(argv[i], "--drain") == 0) {
       if (++i >= argc || ms_arg(argv[i]) < 0) {
         fputs("market: --drain needs a number of milliseconds (0 or more)\n", stderr);
@@ -456,6 +508,8 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--max-activation") == 0) budget = ms_arg(argv[++i]);
     else if (strcmp(argv[i], "--max-term-depth") == 0 || strcmp(argv[i], "--max-term-size") == 0) i++;
     else if (strcmp(argv[i], "--drain") == 0) drain = ms_arg(argv[++i]);
+    else if (strcmp(argv[i], "--cluster") == 0) cluster = argv[++i];
+    else if (strcmp(argv[i], "--node") == 0) node = argv[++i];
     else if (strcmp(argv[i], "--log-level") == 0) loglevel = mk_log_level_parse(argv[++i]);
     else if (strcmp(argv[i], "--workers") == 0) {
       workers = atoi(argv[i + 1]);
@@ -526,6 +580,22 @@ int main(int argc, char **argv) {
     status = 2;
     goto done;
   }
+  if (cluster != NULL) {
+    const char *cargs[3];
+    if (cluster_arg(cluster, &cluster_url, &cluster_name) != 0) {
+      fputs("market: out of memory\n", stderr);
+      status = 1;
+      goto done;
+    }
+    cargs[0] = cluster_url;
+    cargs[1] = cluster_name;
+    cargs[2] = node;
+    if (mk_host_spawn_string(h, cluster_boot, "(--cluster)", 3, cargs) == 0) {
+      fprintf(stderr, "market: %s\n", mk_host_error(h));
+      status = 1;
+      goto done;
+    }
+  }
   if (code)
     pid = mk_host_spawn_string(h, code, "(command line)", argc - first, args + first);
   else
@@ -541,6 +611,8 @@ int main(int argc, char **argv) {
   /* An exit says what the status is, even after a boot failure. */
   if (mk_host_exited(h) || mk_host_exit_status(h) != 0) status = mk_host_exit_status(h);
 done:
+  free(cluster_url);
+  free(cluster_name);
   mk_host_free(h);           /* may still trace: the processes it ends */
   if (tracefile != stderr) fclose(tracefile);
   return status;

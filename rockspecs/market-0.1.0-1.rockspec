@@ -10,7 +10,7 @@
 -- and the Lua halves of the modules are compiled into the .so, which the
 -- "builtin" type cannot express.  Needs what meson does
 -- (docs/packaging.md): meson, ninja-build, pkg-config, a C compiler,
--- liblua5.4-dev, libev-dev, libcbor-dev, libhttp-parser-dev, and lua5.4 itself (it runs at build time).
+-- liblua5.4-dev, libev-dev, libcbor-dev, libhttp-parser-dev, libnats-dev, and lua5.4 itself (it runs at build time).
 -- The C library and headers for embedders are `meson install`'s, not the
 -- rock's (docs/embedding.md).
 rockspec_format = "3.0"
@@ -39,6 +39,7 @@ external_dependencies = {
   LIBEV = { header = "ev.h", library = "ev" },
   LIBCBOR = { header = "cbor.h", library = "cbor" },
   HTTP_PARSER = { header = "http_parser.h", library = "http_parser" },
+  LIBNATS = { header = "nats/nats.h", library = "nats" },
 }
 build = {
   type = "command",

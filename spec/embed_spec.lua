@@ -24,6 +24,7 @@ local function checked()
     return "env -u LD_PRELOAD ASAN_OPTIONS=detect_leaks=1:exitcode=9 "
   end
   return "valgrind -q --leak-check=full --errors-for-leak-kinds=all --error-exitcode=9 "
+    .. "--suppressions=spec/support/dl.supp "
 end
 
 local sh = H.sh

@@ -21,12 +21,14 @@ local MODULES = {
   { prefix = "stdio", get = function() return require "market.stdio" end },
   { prefix = "supervisor", get = function() return require "market.supervisor" end },
   { prefix = "inspect", get = function() return require "market.inspect" end },
+  { prefix = "cluster", get = function() return require "market.cluster" end },
 }
 
 -- Public fields that are nil until a program sets them (so pairs() never
 -- sees them), documented all the same.
 local NIL_BY_DEFAULT = { ["tcp.LOW_WATER"] = true, ["tcp.HARD_LIMIT"] = true,
-                         ["stdio.LOW_WATER"] = true, ["stdio.HARD_LIMIT"] = true }
+                         ["stdio.LOW_WATER"] = true, ["stdio.HARD_LIMIT"] = true,
+                         ["cluster.node"] = true }
 
 local REFERENCE = "docs/reference.md"
 

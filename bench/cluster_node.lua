@@ -1,0 +1,68 @@
+-- bench/cluster_node.lua ROLE N SIZE: one node of bench/cluster.sh, run as
+-- `market --cluster URL --node ROLE bench/cluster_node.lua ROLE N SIZE`.
+--   recv  counts N messages cluster.topic({"b", i, payload}) and prints
+--         messages-per-second, first arrival to last; answers every
+--         cluster.topic({"ping", i}) with cluster.topic({"pong", i}).
+--   send  once recv's subscriber is present, sends the N messages (a
+--         pause every 256, so that the driver forwards as they go), then
+--         N / 10 pings one at a time, and prints the round trip halved
+--         (one way) at p50 and p99, in microseconds.
+-- Each prints its lines and exits 0; market.now() is the loop's clock,
+-- read when an event arrives.
+local market = require "market"
+local cluster = require "market.cluster"
+local _, T = market._, cluster.topic
+local role, N, SIZE = ..., math.tointeger(tonumber((select(2, ...)))), math.tointeger(tonumber((select(3, ...))))
+io.stdout:setvbuf("line")
+
+if role == "recv" then
+  local n, t0 = 0, nil
+  market.perform(
+    market.subscriber(T({ "b", _, _ }), { on_message = function()
+      n = n + 1
+      if n == 1 then t0 = market.now() end
+      if n == N then
+        local ms = market.now() - t0
+        print(("messages-per-second: %.0f  (%d messages of %d bytes, node to node)"):format(N / ms * 1000, N, SIZE))
+      end
+    end }),
+    market.subscriber(T({ "ping", _ }), { on_message = function(_, m)
+      return market.transition_no_state(market.send(T({ "pong", m.topic[2] })))
+    end }),
+    market.subscriber(T({ "done" }), { on_message = function()
+      return market.transition_no_state(market.exit(0))
+    end }))
+  return
+end
+
+local payload = ("x"):rep(SIZE)
+local started = false
+market.perform(market.observe_subscribers(T({ "done" }), { on_presence = function()
+  if started then return end
+  started = true
+  market.perform(market.spawn(function()
+    for i = 1, N do
+      market.perform(market.send(T({ "b", i, payload })))
+      if i % 256 == 0 then market.pause() end
+    end
+    -- Pings: one in flight; the first ones wait for the stream to drain.
+    market.perform(market.subscriber(T({ "pong", _ }), "pong"))
+    local pings, rtt = math.max(N // 10, 100), {}
+    for i = 1, pings do
+      local t0 = market.now()
+      market.perform(market.send(T({ "ping", i })))
+      repeat
+        local ev = market.yield()
+      until ev.type == "message" and ev.message.topic[2] == i
+      rtt[#rtt + 1] = market.now() - t0
+    end
+    -- The first tenth waited behind the stream: not counted.
+    local kept = {}
+    for i = pings // 10 + 1, pings do kept[#kept + 1] = rtt[i] end
+    table.sort(kept)
+    local function pct(p) return kept[math.max(1, math.ceil(#kept * p))] * 1000 / 2 end
+    print(("latency-us-p50: %.1f"):format(pct(0.5)))
+    print(("latency-us-p99: %.1f  (one way: the round trip halved, one message in flight, %d samples)"):format(pct(0.99), #kept))
+    market.perform(market.send(T({ "done" })), market.exit(0))
+  end, { name = "sender" }))
+end }))

@@ -1,0 +1,501 @@
+-- market.cluster: one conversation space over NATS (DESIGN §7; the user's
+-- view and the wire protocol are docs/cluster.md).
+--
+-- cluster.driver{...} is a spawn action.  The driver is the event relay one
+-- level sideways:
+--   - it observes every local endpoint whose topic is cluster.topic(_) (any
+--     orientation, any interest) and announces its role to the other nodes;
+--   - for every role another node announces it holds a stand-in endpoint
+--     with that role, so local processes get presence, refined to the
+--     intersection, and absence exactly as if the remote endpoint were in
+--     this VM: the VM's own visibility rules decide who sees a stand-in;
+--   - a message (or feedback) sent here to cluster.topic(X) goes once to
+--     every other node with a matching subscriber (publisher) and is sent
+--     again there; never back to the node it came from.
+-- Its own endpoints (the two observers and the stand-ins) are seen by its
+-- observers too; it tells them apart by counting (own), as roles that are
+-- equal cannot be told apart and need not be.
+local market, sys = ...
+local M = {}
+
+local _ = market._
+local repr, P, unify = market.repr, market.perform, market.unify
+local readable, alarm = market.ground.readable, market.ground.alarm
+local to_cbor, from_cbor = market.to_cbor, market.from_cbor
+
+local topic = market.record("market-cluster", "topic")
+M.topic = topic
+
+M.VERSION = 1               -- of the wire protocol (docs/cluster.md)
+M.stats = { sent = 0, received = 0, delivered = 0, dropped = 0, malformed = 0 }
+
+local function warn(fmt, ...)
+  market.log.warn("market.cluster: " .. fmt, ...)
+end
+
+-- The endpoint constructor of each orientation and interest.
+local CTOR = {
+  publisher = { participant = market.publisher, observer = market.observe_subscribers,
+                everything = market.observe_subscribers_everything },
+  subscriber = { participant = market.subscriber, observer = market.observe_publishers,
+                 everything = market.observe_publishers_everything },
+}
+
+-- A NATS subject token: what a cluster or node name may be.
+local function check_name(what, v)
+  if type(v) ~= "string" or not v:match("^[%w_%-]+$") then
+    error(("market.cluster.driver: %s must be a non-empty string of letters, digits, '-' and '_', got %s")
+          :format(what, repr(v)), 3)
+  end
+  return v
+end
+
+local function check_ms(what, v, default)
+  if v == nil then return default end
+  if math.type(v) == nil or not (v > 0) or v == math.huge then
+    error(("market.cluster.driver: %s must be a number of milliseconds above 0, got %s")
+          :format(what, tostring(v)), 3)
+  end
+  return v
+end
+
+local function role_key(o, i, t) return o .. " " .. i .. " " .. repr(t) end
+
+-- ---- checking what arrives ----------------------------------------------
+-- Bytes from NATS are untrusted: a message is checked whole before any of
+-- it is used.  wrong(m) -> nil when m is a message of this protocol, else
+-- why not.
+local INTERESTS = { participant = true, observer = true, everything = true }
+local function is_seq(v) return type(v) == "table" end          -- (from_cbor: a sequence)
+local function is_int(v) return math.type(v) == "integer" end
+local function is_role(o, i) return CTOR[o] ~= nil and INTERESTS[i] == true end
+
+local function wrong_roles(list)
+  if not is_seq(list) then return "a snapshot's roles are not a sequence" end
+  for _i, r in ipairs(list) do
+    if not is_seq(r) or not is_int(r[1]) or not is_role(r[2], r[3]) then
+      return "a snapshot holds something that is not [id, orientation, interest, topic]"
+    end
+  end
+end
+
+-- The fields after [version, kind, node, incarnation], by kind.
+local CHECKS = {
+  hello = function(m) return not is_int(m[5]) and "no sequence number" or wrong_roles(m[6]) end,
+  add = function(m)
+    if not is_int(m[5]) or not is_int(m[6]) then return "no sequence number or id" end
+    if not is_role(m[7], m[8]) then return "not an orientation and interest" end
+  end,
+  del = function(m)
+    if not is_int(m[5]) or not is_int(m[6]) then return "no sequence number or id" end
+  end,
+  heartbeat = function(m) if not is_int(m[5]) then return "no sequence number" end end,
+  want = function() end,
+  bye = function() end,
+  send = function() end,
+  feedback = function() end,
+}
+CHECKS.snapshot = CHECKS.hello
+
+local function wrong(m)
+  if not is_seq(m) then return "not a sequence: " .. repr(m, 200) end
+  if m[1] ~= M.VERSION then return "version " .. repr(m[1], 50) end
+  local check = CHECKS[m[2]]
+  if not check then return "an unknown kind " .. repr(m[2], 50) end
+  if type(m[3]) ~= "string" or not m[3]:match("^[%w_%-]+$") then
+    return "a node name that is not a NATS token: " .. repr(m[3], 100)
+  end
+  if not is_int(m[4]) then return "an incarnation that is not an integer" end
+  local why = check(m)
+  return why and m[2] .. ": " .. why
+end
+
+local function boot(cfg)
+  return function()
+    local me, inc = cfg.node, cfg.incarnation
+    local prefix = "market." .. cfg.cluster
+    local ALL, MINE = prefix .. ".all", prefix .. ".node." .. me
+    local conn, err = sys.nats_connect(cfg.urls, me)
+    if not conn then
+      -- No process of ours has an endpoint yet: the failure is this
+      -- process's, with the reason (the supervisor or the log tells).
+      error(("cannot connect to NATS at %s: %s"):format(table.concat(cfg.urls, ", "), err), 0)
+    end
+    local connected = true
+    local seq = 0
+    -- Local roles: id -> {o, i, inner topic}; key -> ids of that role.
+    local roles, bykey, nextid = {}, {}, 0
+    -- Presences (pres) and absences (abs) of our own endpoints the
+    -- observers are yet to hear, by role key.
+    local own_pres, own_abs = {}, {}
+    -- Remote nodes: name -> {inc, seq, heard, roles = {id -> role},
+    -- syncing}; a role is {o, i, topic (inner), name (of its stand-in)}.
+    local nodes = {}
+    -- Bodies we sent (fed back) here for another node, in order: our
+    -- observer hears each, and must not send it on again.
+    local resent = { send = { h = 1, t = 0 }, feedback = { h = 1, t = 0 } }
+
+    local function publish(subject, msg)
+      if not connected then M.stats.dropped = M.stats.dropped + 1; return end
+      local ok, perr = conn:publish(subject, to_cbor(msg))
+      if ok then M.stats.sent = M.stats.sent + 1
+      else
+        M.stats.dropped = M.stats.dropped + 1
+        warn("cannot publish to %s: %s", subject, perr)
+      end
+    end
+
+    local function snapshot()
+      local list = {}
+      for id, r in pairs(roles) do list[#list + 1] = { id, r[1], r[2], r[3] } end
+      table.sort(list, function(a, b) return a[1] < b[1] end)
+      return list
+    end
+
+    -- ---- stand-ins -------------------------------------------------------
+
+    local function standin_add(node, n, id, o, i, inner)
+      local ctor = CTOR[o][i]
+      if n.roles[id] then return end           -- known already (a peer repeating itself)
+      local t = topic(inner)
+      local name = ("%s#%d"):format(node, id)
+      local key = role_key(o, i, t)
+      n.roles[id] = { o, i, inner, name = name, key = key }
+      own_pres[key] = (own_pres[key] or 0) + 1
+      P(ctor(t, name))
+    end
+
+    local function standin_del(n, id, reason)
+      local r = n.roles[id]
+      if not r then return end
+      n.roles[id] = nil
+      own_abs[r.key] = (own_abs[r.key] or 0) + 1
+      P(market.delete_endpoint(r.name, reason))
+    end
+
+    -- Every role of node name goes, with reason; the node is forgotten.
+    local function forget(name, reason)
+      local n = nodes[name]
+      if not n then return end
+      nodes[name] = nil
+      local ids = {}
+      for id in pairs(n.roles) do ids[#ids + 1] = id end
+      table.sort(ids)
+      for _i, id in ipairs(ids) do standin_del(n, id, reason) end
+    end
+
+    local function lost_reason(name, why)
+      return ("cluster: node %s lost (%s)"):format(name, why)
+    end
+
+    -- The node of a message, made or renewed: a new incarnation of a name
+    -- we knew means the old one is gone.
+    local function node_of(name, ninc)
+      local n = nodes[name]
+      if n and n.inc ~= ninc then
+        forget(name, lost_reason(name, "restarted"))
+        n = nil
+      end
+      if not n then
+        n = { inc = ninc, seq = nil, roles = {} }
+        nodes[name] = n
+      end
+      n.heard = market.now()
+      return n
+    end
+
+    -- Make node n's roles those of a snapshot taken at seq: what went is
+    -- withdrawn, what is new is added, what stayed stays (no duplicates).
+    local function apply_snapshot(name, n, nseq, list)
+      local keep = {}
+      for _i, r in ipairs(list) do
+        local id, o, i, inner = r[1], r[2], r[3], r[4]
+        keep[id] = true
+        standin_add(name, n, id, o, i, inner)
+      end
+      for id in pairs(n.roles) do
+        if not keep[id] then standin_del(n, id, nil) end
+      end
+      n.seq, n.syncing = nseq, nil
+    end
+
+    -- Ask node name for a snapshot, again only when the last question
+    -- went unanswered for two heartbeats.
+    local function want_snapshot(name, n)
+      local now = market.now()
+      if n.syncing and now - n.syncing < 2 * cfg.heartbeat_ms then return end
+      n.syncing = now
+      publish(prefix .. ".node." .. name, { M.VERSION, "want", me, inc })
+    end
+
+    -- An announcement numbered nseq from n: true when it is the next one
+    -- (then apply it); a gap asks for a snapshot, an old one is dropped.
+    local function in_order(name, n, nseq)
+      if n.seq == nil or n.syncing then want_snapshot(name, n); return false end
+      if nseq <= n.seq then return false end
+      if nseq > n.seq + 1 then want_snapshot(name, n); return false end
+      n.seq = nseq
+      return true
+    end
+
+    -- ---- messages across nodes ------------------------------------------
+
+    -- The nodes with a role of orientation o whose topic unifies with inner.
+    -- A scan over the remote roles (docs/cluster.md, "Costs").
+    local function forward(kind, inner)
+      local o = kind == "send" and "subscriber" or "publisher"
+      local body
+      for name, n in pairs(nodes) do
+        for _id, r in pairs(n.roles) do
+          if r[1] == o and select(2, unify(r[3], inner)) then
+            body = body or to_cbor({ M.VERSION, kind, me, inc, inner })
+            if connected then
+              local ok = conn:publish(prefix .. ".node." .. name, body)
+              M.stats[ok and "sent" or "dropped"] = M.stats[ok and "sent" or "dropped"] + 1
+            else
+              M.stats.dropped = M.stats.dropped + 1
+            end
+            break
+          end
+        end
+      end
+    end
+
+    local function on_local(kind)
+      local q = resent[kind]
+      return function(_, m)
+        if q.h <= q.t and q[q.h] == m then
+          q[q.h], q.h = nil, q.h + 1
+          return
+        end
+        forward(kind, m.topic)
+      end
+    end
+
+    -- ---- local roles ------------------------------------------------------
+
+    local function announce_add(o, i, t)
+      local key = role_key(o, i, t)
+      nextid, seq = nextid + 1, seq + 1
+      roles[nextid] = { o, i, t.topic }
+      local ids = bykey[key] or {}
+      bykey[key] = ids
+      ids[#ids + 1] = nextid
+      publish(ALL, { M.VERSION, "add", me, inc, seq, nextid, o, i, t.topic })
+    end
+
+    local function announce_del(o, i, t, reason)
+      local ids = bykey[role_key(o, i, t)]
+      if not ids then return end
+      local id = table.remove(ids)
+      if #ids == 0 then bykey[role_key(o, i, t)] = nil end
+      roles[id] = nil
+      seq = seq + 1
+      if reason ~= nil and not market.is_term(reason) then reason = tostring(reason) end
+      publish(ALL, { M.VERSION, "del", me, inc, seq, id, reason })
+    end
+
+    local function observer(o)
+      return {
+        name = "observe " .. o,
+        on_presence = function(_, role)
+          local key = role_key(role.orientation, role.interest, role.topic)
+          local n = own_pres[key]
+          if n then own_pres[key] = n > 1 and n - 1 or nil; return end
+          announce_add(role.orientation, role.interest, role.topic)
+        end,
+        on_absence = function(_, role, reason)
+          local key = role_key(role.orientation, role.interest, role.topic)
+          local n = own_abs[key]
+          if n then own_abs[key] = n > 1 and n - 1 or nil; return end
+          announce_del(role.orientation, role.interest, role.topic, reason)
+        end,
+        on_message = on_local(o == "subscribers" and "feedback" or "send"),
+      }
+    end
+
+    -- ---- what arrives -----------------------------------------------------
+
+    local function deliver(kind, inner)
+      local q, body = resent[kind], topic(inner)
+      M.stats.delivered = M.stats.delivered + 1
+      q.t = q.t + 1
+      q[q.t] = body
+      P(kind == "send" and market.send(body) or market.feedback(body))
+    end
+
+    local handle = {}
+    function handle.hello(m, name, n)
+      apply_snapshot(name, n, m[5], m[6])
+      publish(prefix .. ".node." .. name, { M.VERSION, "snapshot", me, inc, seq, snapshot() })
+    end
+    function handle.snapshot(m, name, n)
+      -- An answer older than what we have (a second answer to two
+      -- questions) would take back roles announced since.
+      if n.seq and not n.syncing and m[5] < n.seq then return end
+      apply_snapshot(name, n, m[5], m[6])
+    end
+    function handle.want(_m, name)
+      publish(prefix .. ".node." .. name, { M.VERSION, "snapshot", me, inc, seq, snapshot() })
+    end
+    function handle.add(m, name, n)
+      if in_order(name, n, m[5]) then standin_add(name, n, m[6], m[7], m[8], m[9]) end
+    end
+    function handle.del(m, name, n)
+      if in_order(name, n, m[5]) then standin_del(n, m[6], m[7]) end
+    end
+    function handle.heartbeat(m, name, n)
+      if n.seq ~= m[5] then want_snapshot(name, n) end
+    end
+    function handle.bye(_m, name)
+      forget(name, ("cluster: node %s left"):format(name))
+    end
+    function handle.send(m) deliver("send", m[5]) end
+    function handle.feedback(m) deliver("feedback", m[5]) end
+
+    local function receive(data)
+      local m, why = from_cbor(data)
+      why = why or wrong(m)
+      if why then
+        M.stats.malformed = M.stats.malformed + 1
+        warn("ignoring a malformed message: %s", why)
+        return
+      end
+      if m[3] == me then                      -- (we do not hear ourselves: no-echo)
+        M.stats.malformed = M.stats.malformed + 1
+        warn("another node calls itself %s: its messages are ignored (node names must be unique)", me)
+        return
+      end
+      M.stats.received = M.stats.received + 1
+      local name = m[3]
+      if m[2] == "bye" then return handle.bye(m, name) end
+      handle[m[2]](m, name, node_of(name, m[4]))
+    end
+
+    local function hello()
+      publish(ALL, { M.VERSION, "hello", me, inc, seq, snapshot() })
+    end
+
+    local function on_readable()
+      for _i = 1, 256 do
+        local ev, subject, data = conn:next()
+        if ev == nil then return end
+        if ev == "message" then
+          receive(data)
+        elseif ev == "disconnected" then
+          -- What was lost is absence: every remote role goes now, and
+          -- comes back with the snapshots that answer our hello.
+          connected = false
+          warn("disconnected from NATS: the other nodes are absent until it is back")
+          local names = {}
+          for name in pairs(nodes) do names[#names + 1] = name end
+          table.sort(names)
+          for _j, name in ipairs(names) do forget(name, lost_reason(name, "disconnected from NATS")) end
+        elseif ev == "reconnected" then
+          connected = true
+          market.log.info("market.cluster: reconnected to NATS")
+          hello()
+        end
+      end
+      -- More waits: the descriptor stays readable, we are called again.
+    end
+
+    -- Heartbeats, and the nodes not heard from for lost_after_ms.
+    local tick
+    local dropped_in = 0           -- of conn:dropped(), reported already
+    local function arm()
+      P(market.subscriber(alarm(market.now() + cfg.heartbeat_ms), { name = "tick", on_message = tick }))
+    end
+    function tick()
+      P(market.delete_endpoint("tick"))
+      if connected then publish(ALL, { M.VERSION, "heartbeat", me, inc, seq }) end
+      local now, late = market.now(), {}
+      for name, n in pairs(nodes) do
+        if now - n.heard > cfg.lost_after_ms then late[#late + 1] = name end
+      end
+      table.sort(late)
+      for _i, name in ipairs(late) do
+        forget(name, lost_reason(name, ("no heartbeat for %d ms"):format(cfg.lost_after_ms)))
+      end
+      local dropped = conn:dropped()
+      if dropped > dropped_in then
+        warn("%d messages from NATS dropped: the loop fell behind", dropped - dropped_in)
+        dropped_in = dropped
+      end
+      arm()
+    end
+
+    local function leave()
+      publish(ALL, { M.VERSION, "bye", me, inc })
+      conn:close()
+      P(market.quit())
+    end
+
+    local ok, serr = conn:subscribe(ALL)
+    if ok then ok, serr = conn:subscribe(MINE) end
+    if not ok then
+      conn:close()
+      error(("cannot subscribe on NATS: %s"):format(serr), 0)
+    end
+    -- The observers see each other: those are our own presences.
+    own_pres[role_key("publisher", "everything", topic(_))] = 1
+    own_pres[role_key("subscriber", "everything", topic(_))] = 1
+    P(market.observe_subscribers_everything(topic(_), observer("subscribers")),
+      market.observe_publishers_everything(topic(_), observer("publishers")),
+      market.subscriber(readable(conn:fd()), { name = "nats", on_message = on_readable }),
+      market.subscriber(market.ground.stopping(_), { name = "stopping", on_presence = leave }),
+      market.subscriber(M.leave_record(me), { name = "leave", on_message = leave }))
+    hello()
+    arm()
+  end
+end
+
+-- leave([node]): the action that makes the driver of node (default: every
+-- driver in the VM) leave the cluster, saying so, and quit.
+M.leave_record = market.record("market-cluster:leave", "node")
+function M.leave(node)
+  if node ~= nil and type(node) ~= "string" then
+    error("market.cluster.leave: node must be a string, got " .. type(node), 2)
+  end
+  return market.send(M.leave_record(node == nil and _ or node))
+end
+
+-- driver{url= | urls=, cluster=, node=, heartbeat_ms=, lost_after_ms=}: the
+-- spawn action that starts the driver.  cluster.node is then the node's
+-- name (nil until a driver was made), for programs that name things
+-- uniquely across the cluster (examples/chat.lua).
+function M.driver(opts)
+  if type(opts) ~= "table" then
+    error("market.cluster.driver: the options must be a table, got " .. type(opts), 2)
+  end
+  local urls = opts.urls or { opts.url }
+  if type(urls) ~= "table" or #urls == 0 then
+    error("market.cluster.driver: url (a string) or urls (a list of strings) is needed", 2)
+  end
+  for i, u in ipairs(urls) do
+    if type(u) ~= "string" or not u:match("^nats://") then
+      error(("market.cluster.driver: URL %d must be a string nats://HOST:PORT, got %s")
+            :format(i, repr(u)), 2)
+    end
+  end
+  local host, pid = sys.host_pid()
+  local cfg = {
+    urls = urls,
+    cluster = check_name("cluster", opts.cluster or "market"),
+    node = check_name("node", opts.node or (host:gsub("[^%w_%-]", "-") .. "-" .. pid)),
+    heartbeat_ms = check_ms("heartbeat_ms", opts.heartbeat_ms, 500),
+  }
+  M.node = cfg.node
+  cfg.lost_after_ms = check_ms("lost_after_ms", opts.lost_after_ms, 4 * cfg.heartbeat_ms)
+  -- Tells a restarted node of the same name from the one before it.
+  cfg.incarnation = math.random(1, math.maxinteger)
+  return market.spawn(boot(cfg), { name = "cluster " .. cfg.node })
+end
+
+function M.inspect()
+  local s = M.stats
+  return { sent = s.sent, received = s.received, delivered = s.delivered, dropped = s.dropped,
+           malformed = s.malformed }
+end
+
+return M
