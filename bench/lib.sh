@@ -1,7 +1,6 @@
-# bench/lib.sh: what the benchmark scripts share (sourced by bench/echo.sh
-# and bench/workers.sh).  A scratch directory $tmp and the list $pids of
-# the servers started, both cleaned up however the script ends; die,
-# fmt, median.
+# bench/lib.sh: what the benchmark scripts share (sourced by bench/*.sh).
+# A scratch directory $tmp and the list $pids of the servers started, both
+# cleaned up however the script ends; die, fmt, median, start_nats.
 
 tmp=$(mktemp -d)
 pids=()
@@ -25,4 +24,19 @@ median() {
   # shellcheck disable=SC2086  # the list is split on purpose
   printf '%s\n' $1 | sort -g | awk -v f="${2:-%.3f}" '{ v[NR] = $1 }
     END { printf f, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# start_nats: a nats-server on loopback, on a port it picks (read back from
+# its ports file in $tmp); sets $url to its nats:// URL.
+start_nats() {
+  command -v nats-server >/dev/null || die "nats-server is not installed (apt-get install nats-server)"
+  nats-server -a 127.0.0.1 -p -1 --ports_file_dir "$tmp" >"$tmp/server.log" 2>&1 &
+  pids+=($!)
+  url=
+  for _ in $(seq 100); do
+    url=$(sed -n 's/.*"nats":\["\([^"]*\)".*/\1/p' "$tmp"/nats-server_*.ports 2>/dev/null)
+    [ -n "$url" ] && break
+    sleep 0.05
+  done
+  [ -n "$url" ] || { cat "$tmp/server.log" >&2; die "nats-server did not start"; }
 }

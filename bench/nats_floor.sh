@@ -12,14 +12,5 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$src/bench/lib.sh"
 
-command -v nats-server >/dev/null || die "nats-server is not installed (apt-get install nats-server)"
-nats-server -a 127.0.0.1 -p -1 --ports_file_dir "$tmp" >"$tmp/server.log" 2>&1 &
-pids+=($!)
-url=
-for _ in $(seq 100); do
-  url=$(sed -n 's/.*"nats":\["\([^"]*\)".*/\1/p' "$tmp"/nats-server_*.ports 2>/dev/null)
-  [ -n "$url" ] && break
-  sleep 0.05
-done
-[ -n "$url" ] || { cat "$tmp/server.log" >&2; die "nats-server did not start"; }
+start_nats
 "$build/bench/nats_floor" "$url" "${BENCH_MESSAGES:-200000}" "${BENCH_SIZE:-64}" "${BENCH_SAMPLES:-20000}"

@@ -17,18 +17,8 @@ local function start_inspected(script, ...)
   for i = 1, select("#", ...) do args[i] = q(select(i, ...)) end
   local server = N.start_cmd(("exec %s --inspect 127.0.0.1:0 %s %s"):format(
     q(N.market_bin()), q(script), table.concat(args, " ")))
-  local port
-  for _ = 1, 750 do
-    port = tonumber(server.stderr():match("market: inspector on http://127%.0%.0%.1:(%d+)/\n"))
-    if port or server.exited() then break end
-    N.sleep(0.02)
-  end
-  if not port then
-    local err = server.stderr()
-    server.kill()
-    error("the inspector did not start: " .. err, 2)
-  end
-  return server, port
+  return N.await_listening(server, "the inspector", 3,
+    "market: inspector on http://127%.0%.0%.1:(%d+)/\n")
 end
 
 -- Send text as it is to the inspector; the raw response.

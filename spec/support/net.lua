@@ -359,11 +359,12 @@ function N.start_server(script, ...)
 end
 
 -- The same for a server started otherwise (start_cmd): wait for its
--- "listening on port N" line; what names it in the error.
-function N.await_listening(server, what, level)
+-- "listening on port N" line (or, with pattern, a line whose capture is
+-- the port); what names it in the error.
+function N.await_listening(server, what, level, pattern)
   local port
   for _ = 1, 750 do
-    port = tonumber(server.stderr():match("listening on port (%d+)"))
+    port = tonumber(server.stderr():match(pattern or "listening on port (%d+)"))
     if port or server.exited() then break end
     N.sleep(0.02)
   end
