@@ -1,6 +1,7 @@
 -- The cluster driver over NATS (docs/cluster.md, DESIGN §7): nats-server
 -- on loopback, market nodes as separate OS processes.
 local S = require "spec.support.nats"
+local H = require "spec.support.helpers"
 
 if not S.available() then
   describe("market.cluster", function()
@@ -22,6 +23,23 @@ local function next_event(conn, secs)
     return ev[1] ~= nil
   end, secs or 10)
   return table.unpack(ev, 1, ev.n)
+end
+
+
+-- Two chat users, A on port pa and B on port pb: A says "hello all", B
+-- joins a second later and says "hi A". What each saw, A's then "|" then
+-- B's.
+local function two_chatters(pa, pb)
+  local f = assert(io.popen(("timeout 20 sh -c %s 2>&1"):format(H.quote(([[
+    A=$(mktemp); B=$(mktemp)
+    (sleep 2.5; printf 'hello all\n'; sleep 2.5) | timeout 10 nc -N 127.0.0.1 %d > $A &
+    sleep 1
+    (sleep 2.5; printf 'hi A\n'; sleep 0.5) | timeout 10 nc -N 127.0.0.1 %d > $B
+    wait
+    cat $A; echo '|'; cat $B; rm -f $A $B]]):format(pa, pb)))))
+  local out = f:read("a")
+  f:close()
+  return out
 end
 
 describe("the NATS connection (market.sys, drivers/lcluster.c)", function()
@@ -61,7 +79,6 @@ describe("the NATS connection (market.sys, drivers/lcluster.c)", function()
     -- libnats's threads finish with a connection after the Lua state
     -- closed it, when lua5.4 has unloaded market.so: one run in a dozen
     -- or so crashed there before market.so pinned itself.
-    local H = require "spec.support.helpers"
     local srv = S.server()
     local code = ([[
 require "market.udp"
@@ -334,15 +351,7 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     local a = S.node(nil, { url = srv.url, name = "a", file = "examples/chat.lua", args = "0" })
     local b = S.node(nil, { url = srv.url, name = "b", file = "examples/chat.lua", args = "0" })
     local pa, pb = a.port(), b.port()
-    local f = assert(io.popen(("timeout 20 sh -c %s 2>&1"):format(require("spec.support.helpers").quote(([[
-      A=$(mktemp); B=$(mktemp)
-      (sleep 2.5; printf 'hello all\n'; sleep 2.5) | timeout 10 nc -N 127.0.0.1 %d > $A &
-      sleep 1
-      (sleep 2.5; printf 'hi A\n'; sleep 0.5) | timeout 10 nc -N 127.0.0.1 %d > $B
-      wait
-      cat $A; echo '|'; cat $B; rm -f $A $B]]):format(pa, pb)))))
-    local out = f:read("a")
-    f:close()
+    local out = two_chatters(pa, pb)
     assert.equal(table.concat({
       "welcome, you are user1@a; here: nobody else",
       "user1@b joined",
@@ -417,7 +426,6 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
   end)
 
   it("market --cluster: no server is exit status 1 with the reason; bad names are usage errors", function()
-    local H = require "spec.support.helpers"
     local srv = S.server()
     local port = srv.port
     S.stop(srv.pid)
@@ -495,7 +503,6 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
   end)
 
   it("makes examples/chat.lua on --workers 2 with --cluster one room", function()
-    local H = require "spec.support.helpers"
     local srv = S.server()
     local probe = assert(sys().tcp_listen(0))     -- a free port, given to both workers
     local port = probe:local_port()
@@ -504,15 +511,7 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
                             options = "--workers 2" })
     assert(S.wait(function() return w.count("listening on port " .. port) == 2 end, 15), w.out())
     S.sleep(1)             -- the two drivers meet (hello, snapshots)
-    local f = assert(io.popen(("timeout 20 sh -c %s 2>&1"):format(H.quote(([[
-      A=$(mktemp); B=$(mktemp)
-      (sleep 2.5; printf 'hello all\n'; sleep 2.5) | timeout 10 nc -N 127.0.0.1 %d > $A &
-      sleep 1
-      (sleep 2.5; printf 'hi A\n'; sleep 0.5) | timeout 10 nc -N 127.0.0.1 %d > $B
-      wait
-      cat $A; echo '|'; cat $B; rm -f $A $B]]):format(port, port)))))
-    local out = f:read("a")
-    f:close()
+    local out = two_chatters(port, port)
     -- Which worker took which user is the kernel's choice: names say it.
     local a, b = out:match("^welcome, you are (user%d@w%-%d); here: nobody else\n.*|\nwelcome, you are (user%d@w%-%d); ")
     assert(a and b, out)
