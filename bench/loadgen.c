@@ -42,6 +42,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "measure.h"
+
 /* How long every connection may take to make its first round trip: 10,000
 ** connections against a slow server on a busy machine take a few seconds;
 ** past this the server is not keeping up, and the figures say so. */
@@ -72,66 +74,6 @@ static double window;    /* its length in seconds */
 static double window_start, window_cpu;  /* when it started (µs), server's CPU then (s) */
 static long server_pid;  /* the server whose CPU or RSS is read; 0: none */
 static ev_timer stop;
-
-/* Every round trip's latency in µs, kept whole for exact percentiles
-** (closed loop: at most a few million per run).  Owned here, grown by
-** doubling. */
-static float *lat;
-static size_t nlat, caplat;
-
-static double now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
-
-static void record(double us) {
-  if (nlat == caplat) {
-    size_t n = caplat ? 2 * caplat : 65536;
-    float *p = realloc(lat, n * sizeof *p);
-    if (p == NULL) return;       /* the rates still count; percentiles undercount */
-    lat = p;
-    caplat = n;
-  }
-  lat[nlat++] = (float)us;
-}
-
-static int by_value(const void *a, const void *b) {
-  float x = *(const float *)a, y = *(const float *)b;
-  return (x > y) - (x < y);
-}
-
-static void print_percentiles(void) {
-  static const struct { const char *name; double q; } ps[] = {
-    {"p50", 0.50}, {"p99", 0.99}, {"p999", 0.999}};
-  size_t i;
-  if (nlat == 0) return;
-  qsort(lat, nlat, sizeof *lat, by_value);
-  for (i = 0; i < sizeof ps / sizeof ps[0]; i++) {
-    size_t k = (size_t)(ps[i].q * (double)(nlat - 1) + 0.5);
-    printf("latency-us-%s: %.0f\n", ps[i].name, (double)lat[k]);
-  }
-}
-
-/* CPU time (user + system) process pid has used, in seconds; -1 if it is
-** gone.  The fields after the command name, which may hold spaces and
-** parentheses, so the scan starts after the last ')'. */
-static double cpu_seconds(long pid) {
-  char path[64], buf[1024], *p;
-  unsigned long utime, stime;
-  size_t n;
-  FILE *f;
-  snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-  if ((f = fopen(path, "r")) == NULL) return -1;
-  n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  if ((p = strrchr(buf, ')')) == NULL ||
-      sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
-             &utime, &stime) != 2)
-    return -1;
-  return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
-}
 
 /* Resident set of process pid in KiB (VmRSS); -1 if it is gone. */
 static long rss_kib(long pid) {
@@ -165,8 +107,8 @@ static void all_ready(struct ev_loop *loop) {
   int i;
   if (idle || measuring) { ev_break(loop, EVBREAK_ALL); return; }
   measuring = 1;
-  window_start = now_us();
-  if (server_pid) window_cpu = cpu_seconds(server_pid);
+  window_start = bench_now_us();
+  if (server_pid) window_cpu = bench_cpu_seconds(server_pid);
   ev_timer_stop(loop, &stop);
   ev_timer_set(&stop, window, 0);
   ev_timer_start(loop, &stop);
@@ -218,7 +160,7 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents) {
     ev_io_stop(loop, w);
     ev_io_set(w, w->fd, EV_READ);
     ev_io_start(loop, w);
-    c->start = now_us();
+    c->start = bench_now_us();
     send_msg(c);
     return;
   }
@@ -232,8 +174,8 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents) {
   c->got += (size_t)n;
   if (c->sent < size) send_msg(c);
   if (c->got >= size) {
-    double t = now_us();
-    if (measuring) { trips++; record(t - c->start); }
+    double t = bench_now_us();
+    if (measuring) { trips++; bench_record(t - c->start); }
     c->got -= size;
     c->sent = 0;
     c->start = t;
@@ -285,11 +227,11 @@ static int tcp(int port, int conns, double secs) {
   double elapsed, cpu;
   window = secs;
   run_clients(loop, port, conns);
-  elapsed = (now_us() - window_start) / 1e6;
-  cpu = server_pid ? cpu_seconds(server_pid) : 0;
+  elapsed = (bench_now_us() - window_start) / 1e6;
+  cpu = server_pid ? bench_cpu_seconds(server_pid) : 0;
   printf("ready: %d\nround-trips-per-second: %.0f\n", nready,
          elapsed > 0 ? (double)trips / elapsed : 0.0);
-  print_percentiles();
+  bench_print_percentiles();
   if (server_pid) {
     if (cpu < 0 || window_cpu < 0) {
       fprintf(stderr, "loadgen: process %ld is gone\n", server_pid);

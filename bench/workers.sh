@@ -21,44 +21,6 @@ conns=${BENCH_CONNS:-50}
 # shellcheck source=bench/lib.sh
 . "$src/bench/lib.sh"
 
-# A port free now: the workers must be given one (port 0 would give each
-# worker a port of its own).
-free_port() {
-  "$build/market" -e 'local s = assert(require("market.sys").tcp_listen(0)); print(s:local_port()); s:close()'
-}
-
-# start NAME N COMMAND...: runs a server whose N processes each say
-# "listening on port" on stderr once they listen; sets pid[NAME] (the
-# process started) and port[NAME].
-declare -A pid port
-start() {
-  local name=$1 n=$2 log="$tmp/$1.log" p
-  shift 2
-  p=$(free_port) || die "no free port"
-  "$@" "$src/examples/echo.lua" "$p" 20000 >/dev/null 2>"$log" &
-  pids+=($!)
-  pid[$name]=$!
-  port[$name]=$p
-  for _ in $(seq 100); do
-    [ "$(grep -c 'listening on port' "$log")" -ge "$n" ] && return
-    kill -0 "${pid[$name]}" 2>/dev/null || break
-    sleep 0.1
-  done
-  cat "$log" >&2
-  die "$name did not start"
-}
-
-# The CPU time (clock ticks, user + system) of a process and its children
-# that still run: the workers under `--workers`.
-ticks() {
-  local p all=$1
-  all+=" $(cat "/proc/$1/task/$1/children" 2>/dev/null)"
-  for p in $all; do
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null
-  done | awk '{ t += $1 } END { print t + 0 }'
-}
-hz=$(getconf CLK_TCK)
-
 # measure NAME: one loadgen run; sets m[rate], m[cpu] (the server's µs per
 # round trip) and m[client] (loadgen's).
 declare -A m
@@ -78,8 +40,8 @@ measure() {
   m[client]=$(fmt %.2f "(${m[rate]} > 0) ? $c * 1e6 / (${m[rate]} * $secs) : 0")
 }
 
-start one 1 "$build/market"
-start two 2 "$build/market" --workers 2
+start_on_port one 1 "$build/market" "$src/examples/echo.lua" @PORT 20000
+start_on_port two 2 "$build/market" --workers 2 "$src/examples/echo.lua" @PORT 20000
 
 declare -A acc
 servers=(one two)
