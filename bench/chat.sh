@@ -12,8 +12,9 @@
 #
 # As in bench/workers.sh, each figure is the median of short rounds, the
 # two servers one after the other in each round, the order turning.
-# Knobs: BENCH_USERS ("50 200"), BENCH_RATE (lines a second per user, 5),
-# BENCH_SECONDS (3), BENCH_ROUNDS (5).
+# Knobs: BENCH_USERS ("50 200"; at most 1,000, chat.lua's limit),
+# BENCH_RATE (lines a second per user, 5), BENCH_SECONDS (3),
+# BENCH_ROUNDS (5).
 set -u
 build=${1:-build}
 src=$(cd "$(dirname "$0")/.." && pwd)
