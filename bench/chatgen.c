@@ -81,11 +81,14 @@ static int measuring, draining, ready;
 static double t0;        /* the window's start, µs (monotonic) */
 static long long due;    /* lines sent so far, over every user */
 static long long delivered, in_window, blocked, stray;
-/* got[r * nusers + s]: the lines user r heard from user s; next[...]: the
+/* got[pair(r, s)]: the lines user r heard from user s; next[...]: the
 ** number of the line it expects next from s (one more than the last);
 ** misordered counts the lines that came with another number. */
 static long *got, *next;
 static long long misordered;
+
+/* The index of the pair (r, s) in got and next. */
+static size_t pair(long r, long s) { return (size_t)r * (size_t)nusers + (size_t)s; }
 static ev_timer clock_w, limit_w;
 
 /* The CPU time (user + system) of the processes in the comma-separated
@@ -109,7 +112,7 @@ static int all_heard(void) {
   int r, s;
   for (r = 0; r < nusers; r++)
     for (s = 0; s < nusers; s++)
-      if (s != r && got[(size_t)r * nusers + s] < users[s].sent) return 0;
+      if (s != r && got[pair(r, s)] < users[s].sent) return 0;
   return 1;
 }
 
@@ -131,14 +134,14 @@ static void on_line(user *u, char *line) {
   if ((colon = strstr(line, ": c")) != NULL) {
     long s, k;
     double sent;
-    size_t r = (size_t)(u - users);
+    long r = (long)(u - users);
     if (sscanf(colon + 3, "%ld %ld %lf", &s, &k, &sent) != 3 || s < 0 || s >= nusers) {
       stray++;
       return;
     }
-    if (k != next[r * nusers + s]) misordered++;
-    next[r * nusers + s] = k + 1;
-    got[r * nusers + s]++;
+    if (k != next[pair(r, s)]) misordered++;
+    next[pair(r, s)] = k + 1;
+    got[pair(r, s)]++;
     delivered++;
     if (measuring) { in_window++; bench_record(bench_now_us() - sent); }
     return;
@@ -345,7 +348,7 @@ int main(int argc, char **argv) {
   for (r = 0; r < nusers; r++)
     for (s = 0; s < nusers; s++)
       if (s != r) {
-        long d = users[s].sent - got[(size_t)r * nusers + s];
+        long d = users[s].sent - got[pair(r, s)];
         if (d > 0) missing += d;
         else extra -= d;
       }
