@@ -21,13 +21,13 @@
 ** window (chat lines the users read, the ones they sent excluded: the
 ** server does not echo a user's own lines), the offered rate
 ** (USERS * (USERS - 1) * RATE), the latency from a line's sending to its
-** reading (p50, p99, p999), and with PIDS (a comma-separated list) the CPU time
-** (user + system) those processes spent in the window per delivered line,
-** summed; NATS_PIDS likewise for nats-server; and its own CPU time per
-** delivered line.  Then the correctness
-** check: "every-user-heard-every-line: yes" or "no", with the lines
-** missing, those heard more often than sent, those out of order, and
-** those the server was too far behind to take (a full socket buffer).
+** reading (p50, p99, p999), with PIDS (a comma-separated list) the CPU
+** time (user + system) those processes spent in the window per delivered
+** line, summed, with NATS_PIDS likewise nats-server's, and its own CPU
+** time per delivered line.  Then the correctness check:
+** "every-user-heard-every-line: yes" or "no", with the lines missing,
+** those heard more often than sent, those out of order, and those the
+** server was too far behind to take (a full socket buffer).
 **
 ** Exits 0 when the room was whole and every line arrived once and in
 ** order, 1 otherwise, 2 on a usage error.  Stops by itself (READY_LIMIT,
@@ -46,7 +46,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "measure.h"
@@ -89,6 +88,7 @@ static long long misordered;
 
 /* The index of the pair (r, s) in got and next. */
 static size_t pair(long r, long s) { return (size_t)r * (size_t)nusers + (size_t)s; }
+
 static ev_timer clock_w, limit_w;
 
 /* The CPU time (user + system) of the processes in the comma-separated
@@ -108,8 +108,14 @@ static double cpu_seconds(const char *pids) {
 
 static void die(const char *what) { perror(what); exit(2); }
 
+/* Whether every user heard every line the others sent.  Called on every
+** read while draining: the count comes first, the pairs only once it
+** adds up (lines heard twice could make it add up early). */
 static int all_heard(void) {
+  long long expected = 0;
   int r, s;
+  for (s = 0; s < nusers; s++) expected += users[s].sent;
+  if (delivered < expected * (nusers - 1)) return 0;
   for (r = 0; r < nusers; r++)
     for (s = 0; s < nusers; s++)
       if (s != r && got[pair(r, s)] < users[s].sent) return 0;
