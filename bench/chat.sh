@@ -39,7 +39,7 @@ procs() {
 
 # settle NAME: waits (at most 10 s) until the server's CPU stops moving,
 # so that the departures of the last run's users are over before the
-# next run measures anything.
+# next run measures anything (on either server: they share the cores).
 settle() {
   local a b
   a=$(ticks "${pid[$1]}")
@@ -59,7 +59,8 @@ declare -A m
 measure() {
   local out
   kill -0 "${pid[$1]}" 2>/dev/null || die "$1 is gone (it was pid ${pid[$1]})"
-  settle "$1"
+  settle one
+  settle two
   out=$("$build/bench/chatgen" "${port[$1]}" "$2" "$lrate" "$secs" "$(procs "${pid[$1]}")" "$nats_pid")
   m[ok]=$?
   [ "${m[ok]}" = 0 ] || echo "bench/chat: $1, $2 users: $(grep -v '^users-on\|^latency' <<<"$out" | tr '\n' ' ')" >&2
