@@ -57,13 +57,18 @@ settle() {
 # every line) and m[spread] (users per worker).
 declare -A m
 measure() {
-  local out
+  local out n0
   kill -0 "${pid[$1]}" 2>/dev/null || die "$1 is gone (it was pid ${pid[$1]})"
   settle one
   settle two
+  n0=$(wc -l <"$tmp/$1.log")
   out=$("$build/bench/chatgen" "${port[$1]}" "$2" "$lrate" "$secs" "$(procs "${pid[$1]}")" "$nats_pid")
   m[ok]=$?
-  [ "${m[ok]}" = 0 ] || echo "bench/chat: $1, $2 users: $(grep -v '^users-on\|^latency' <<<"$out" | tr '\n' ' ')" >&2
+  if [ "${m[ok]}" != 0 ]; then
+    echo "bench/chat: $1, $2 users: $(grep -v '^users-on\|^latency' <<<"$out" | tr '\n' ' ')" >&2
+    # What the server said meanwhile (the cluster driver's warnings).
+    tail -n +$((n0 + 1)) "$tmp/$1.log" | head -20 >&2
+  fi
   m[rate]=$(sed -n 's/^lines-delivered-per-second: //p' <<<"$out")
   m[rate]=${m[rate]:-0}
   m[cpu]=$(sed -n 's/^server-cpu-us-per-line: //p' <<<"$out")
