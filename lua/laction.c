@@ -108,6 +108,35 @@ static void newfixed(lua_State *L, int kind, const int *fields, int n, int mt) {
   lua_setmetatable(L, -2);
 }
 
+/*
+** Which userdata action the value at idx is (A_*), its block in *block:
+** one lua_touserdata and one lua_rawlen where asking issend, isquit and
+** tofixed in turn took up to three of each, several times per spawn (its
+** perform, the boot's transition and its application, the kill).
+*/
+enum { A_NONE, A_SEND, A_QUIT, A_FIXED };
+
+/* The size tells which brand to look for, so the sizes must differ. */
+_Static_assert(sizeof(sendact) != sizeof(quitact) && sizeof(sendact) != sizeof(fixedact) &&
+               sizeof(quitact) != sizeof(fixedact), "action blocks of one size");
+
+static inline int actionof(lua_State *L, int idx, void **block) {
+  char *u = lua_touserdata(L, idx);
+  const char *want, *brand;
+  size_t n;
+  int kind;
+  if (u == NULL) return A_NONE;
+  n = lua_rawlen(L, idx);      /* 0 for a light userdata */
+  if (n == sizeof(sendact)) { kind = A_SEND; want = &send_brand; }
+  else if (n == sizeof(quitact)) { kind = A_QUIT; want = &quit_brand; }
+  else if (n == sizeof(fixedact)) { kind = A_FIXED; want = &fixed_brand; }
+  else return A_NONE;
+  memcpy(&brand, u + n - sizeof brand, sizeof brand);   /* every block ends with it */
+  if (brand != want) return A_NONE;
+  *block = u;
+  return kind;
+}
+
 /* Is the value at idx an action: a send or a quit (INC: applysends does
 ** it in C), a fixed action or a table of market.lua's (1), or neither
 ** (0)? */
@@ -115,8 +144,11 @@ static void newfixed(lua_State *L, int kind, const int *fields, int n, int mt) {
 
 static int isaction(lua_State *L, int idx) {
   int r;
-  if (issend(L, idx) || isquit(L, idx)) return INC;
-  if (tofixed(L, idx) != NULL) return 1;
+  void *u;
+  switch (actionof(L, idx, &u)) {
+    case A_SEND: case A_QUIT: return INC;
+    case A_FIXED: return 1;
+  }
   if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return 0;
   r = lua_rawequal(L, -1, U_ACTION);
   lua_pop(L, 1);
@@ -407,7 +439,7 @@ static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx);
 static inline int applysends(lua_State *L, int ctx, int tr, const trans *t, mk_proc *p,
                              int fixed) {
   int i, top = lua_gettop(L);
-  const fixedact *a;
+  void *u;
   if (!t->keep) {
     lua_getiuservalue(L, tr, 1);
     lua_rawseti(L, ctx, MKL_CTX_STATE);
@@ -415,16 +447,15 @@ static inline int applysends(lua_State *L, int ctx, int tr, const trans *t, mk_p
   if (p == NULL) return 0;
   for (i = 0; i < t->n && mk_proc_alive(p); i++) {
     int type = lua_getiuservalue(L, tr, ACTION_UV(t, i));
-    const quitact *q;
-    if (type == LUA_TUSERDATA && issend(L, -1)) {
+    int kind = type == LUA_TUSERDATA ? actionof(L, -1, &u) : A_NONE;
+    if (kind == A_SEND) {
       dosend(L, p);
       lua_pop(L, 2);
-    } else if (type == LUA_TUSERDATA && (q = isquit(L, -1)) != NULL && quitnow(L, p, q, -1)) {
+    } else if (kind == A_QUIT && quitnow(L, p, u, -1)) {
       lua_pop(L, 1);
     } else if (type == LUA_TNIL || type == LUA_TBOOLEAN) {
       lua_pop(L, 1);      /* false: mktransition refuses true */
-    } else if (fixed && type == LUA_TUSERDATA && (a = tofixed(L, -1)) != NULL &&
-               doaction(L, p, a, top + 1) >= 0) {
+    } else if (fixed && kind == A_FIXED && doaction(L, p, u, top + 1) >= 0) {
       lua_settop(L, top);
     } else {
       lua_pop(L, 1);
@@ -628,13 +659,15 @@ static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx) {
 
 static int f_perform(lua_State *L) {
   mk_proc *p;
-  quitact *q;
-  const fixedact *a;
+  void *u;
   int n = 0;
   if (lua_gettop(L) == 1 && (p = mkl_current(L)) != NULL) {
-    if (issend(L, 1)) dosend(L, p);
-    else if ((q = isquit(L, 1)) != NULL) { if (!quitnow(L, p, q, 1)) goto rest; }
-    else if ((a = tofixed(L, 1)) == NULL || (n = doaction(L, p, a, 1)) < 0) goto rest;
+    switch (actionof(L, 1, &u)) {
+      case A_SEND: dosend(L, p); break;
+      case A_QUIT: if (!quitnow(L, p, u, 1)) goto rest; break;
+      case A_FIXED: if ((n = doaction(L, p, u, 1)) < 0) goto rest; break;
+      default: goto rest;
+    }
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
     return n;
