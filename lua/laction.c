@@ -71,11 +71,15 @@ static quitact *isquit(lua_State *L, int idx) {
 ** be changed once made, so performing it needs no check that its fields
 ** are still what its constructor made.  An exit is made so for that
 ** alone: which status it ends the program with must not change either.
+** An add's orientation and interest are small integers, kept in the
+** block rather than in two user values: its constructor and doadd, run
+** for every spawn, set and read two user values fewer (fielduv).
 */
 enum { K_ADD, K_SPAWN, K_DELETE, K_EXIT, K_COUNT };
 static const char fixed_brand = 0;
 typedef struct fixedact {
   int kind;              /* K_* */
+  unsigned char orientation, interest;  /* an add's (fields 2 and 3) */
   const char *brand;     /* &fixed_brand */
 } fixedact;
 
@@ -92,13 +96,31 @@ static fixedact *tofixed(lua_State *L, int idx) {
   return mkl_branded(L, idx, sizeof(fixedact), &fixed_brand);
 }
 
-/* Push the fixed action of that kind, its fields the values at the stack
-** indices fields[0 .. n-1] (nil for a field not given); mt holds the
-** FixedAction metatable. */
-static void newfixed(lua_State *L, int kind, const int *fields, int n, int mt) {
+/* The user value holding field i (1-based, FIELDS) of a, 0 for one held
+** in the block: an add's user values are its name, topic and handlers. */
+static int fielduv(const fixedact *a, int i) {
+  if (a->kind != K_ADD || i == 1) return i;
+  return i <= 3 ? 0 : i - 2;
+}
+
+/* Push field i (1-based) of the fixed action a at idx; returns its type,
+** LUA_TNONE (nil pushed) past the fields a holds. */
+static int pushfield(lua_State *L, int idx, const fixedact *a, int i) {
+  int uv = fielduv(a, i);
+  if (uv != 0) return lua_getiuservalue(L, idx, uv);
+  lua_pushinteger(L, i == 2 ? a->orientation : a->interest);
+  return LUA_TNUMBER;
+}
+
+/* Push the fixed action of that kind, its user values the values at the
+** stack indices fields[0 .. n-1] (nil for a field not given); mt holds
+** the FixedAction metatable.  An add's orientation and interest are the
+** caller's to set in the block returned. */
+static fixedact *newfixed(lua_State *L, int kind, const int *fields, int n, int mt) {
   int i;
   fixedact *a = lua_newuserdatauv(L, sizeof *a, n);
   a->kind = kind;
+  a->orientation = a->interest = 0;
   a->brand = &fixed_brand;
   for (i = 0; i < n; i++) {
     lua_pushvalue(L, fields[i]);
@@ -106,6 +128,36 @@ static void newfixed(lua_State *L, int kind, const int *fields, int n, int mt) {
   }
   lua_pushvalue(L, mt);
   lua_setmetatable(L, -2);
+  return a;
+}
+
+/*
+** Which userdata action the value at idx is (A_*), its block in *block:
+** one lua_touserdata and one lua_rawlen where asking issend, isquit and
+** tofixed in turn took up to three of each, several times per spawn (its
+** perform, the boot's transition and its application, the kill).
+*/
+enum { A_NONE, A_SEND, A_QUIT, A_FIXED };
+
+/* The size tells which brand to look for, so the sizes must differ. */
+_Static_assert(sizeof(sendact) != sizeof(quitact) && sizeof(sendact) != sizeof(fixedact) &&
+               sizeof(quitact) != sizeof(fixedact), "action blocks of one size");
+
+static inline int actionof(lua_State *L, int idx, void **block) {
+  char *u = lua_touserdata(L, idx);
+  const char *want, *brand;
+  size_t n;
+  int kind;
+  if (u == NULL) return A_NONE;
+  n = lua_rawlen(L, idx);      /* 0 for a light userdata */
+  if (n == sizeof(sendact)) { kind = A_SEND; want = &send_brand; }
+  else if (n == sizeof(quitact)) { kind = A_QUIT; want = &quit_brand; }
+  else if (n == sizeof(fixedact)) { kind = A_FIXED; want = &fixed_brand; }
+  else return A_NONE;
+  memcpy(&brand, u + n - sizeof brand, sizeof brand);   /* every block ends with it */
+  if (brand != want) return A_NONE;
+  *block = u;
+  return kind;
 }
 
 /* Is the value at idx an action: a send or a quit (INC: applysends does
@@ -115,8 +167,11 @@ static void newfixed(lua_State *L, int kind, const int *fields, int n, int mt) {
 
 static int isaction(lua_State *L, int idx) {
   int r;
-  if (issend(L, idx) || isquit(L, idx)) return INC;
-  if (tofixed(L, idx) != NULL) return 1;
+  void *u;
+  switch (actionof(L, idx, &u)) {
+    case A_SEND: case A_QUIT: return INC;
+    case A_FIXED: return 1;
+  }
   if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return 0;
   r = lua_rawequal(L, -1, U_ACTION);
   lua_pop(L, 1);
@@ -247,14 +302,14 @@ static int fixed_index(lua_State *L) {
   }
   n = lua_tointegerx(L, 2, &isint);
   if (isint && lua_type(L, 2) == LUA_TNUMBER) {
-    if (n < 1 || n > MAXFIELDS || lua_getiuservalue(L, 1, (int)n) == LUA_TNONE) lua_pushnil(L);
+    if (n < 1 || n > MAXFIELDS || pushfield(L, 1, a, (int)n) == LUA_TNONE) lua_pushnil(L);
     return 1;
   }
   if (lua_type(L, 2) == LUA_TSTRING) {
     const char *k = lua_tostring(L, 2);
     for (i = 0; FIELDS[a->kind][i] != NULL; i++) {
       if (strcmp(FIELDS[a->kind][i], k) != 0) continue;
-      lua_getiuservalue(L, 1, i + 1);
+      pushfield(L, 1, a, i + 1);
       if (!lua_toboolean(L, -1) && lua_isboolean(L, -1) &&
           !(a->kind == K_ADD && i == 3))
         lua_pushnil(L);
@@ -407,7 +462,7 @@ static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx);
 static inline int applysends(lua_State *L, int ctx, int tr, const trans *t, mk_proc *p,
                              int fixed) {
   int i, top = lua_gettop(L);
-  const fixedact *a;
+  void *u;
   if (!t->keep) {
     lua_getiuservalue(L, tr, 1);
     lua_rawseti(L, ctx, MKL_CTX_STATE);
@@ -415,16 +470,15 @@ static inline int applysends(lua_State *L, int ctx, int tr, const trans *t, mk_p
   if (p == NULL) return 0;
   for (i = 0; i < t->n && mk_proc_alive(p); i++) {
     int type = lua_getiuservalue(L, tr, ACTION_UV(t, i));
-    const quitact *q;
-    if (type == LUA_TUSERDATA && issend(L, -1)) {
+    int kind = type == LUA_TUSERDATA ? actionof(L, -1, &u) : A_NONE;
+    if (kind == A_SEND) {
       dosend(L, p);
       lua_pop(L, 2);
-    } else if (type == LUA_TUSERDATA && (q = isquit(L, -1)) != NULL && quitnow(L, p, q, -1)) {
+    } else if (kind == A_QUIT && quitnow(L, p, u, -1)) {
       lua_pop(L, 1);
     } else if (type == LUA_TNIL || type == LUA_TBOOLEAN) {
       lua_pop(L, 1);      /* false: mktransition refuses true */
-    } else if (fixed && type == LUA_TUSERDATA && (a = tofixed(L, -1)) != NULL &&
-               doaction(L, p, a, top + 1) >= 0) {
+    } else if (fixed && kind == A_FIXED && doaction(L, p, u, top + 1) >= 0) {
       lua_settop(L, top);
     } else {
       lua_pop(L, 1);
@@ -556,24 +610,22 @@ static int handlertag(lua_State *L, int idx) {
 ** from a count in the context) or a topic over the size limit (core.add
 ** raises): market.lua then performs or rejects it as before.
 */
-static int doadd(lua_State *L, mk_proc *p, int idx) {
+static int doadd(lua_State *L, mk_proc *p, const fixedact *a, int idx) {
   int top = lua_gettop(L), done = 0, tag;
   mk_role role;
   const char *err, *name;
-  /* name, orientation, interest, topic, handlers (FIELDS; f_addendpoint)
-  ** at top + 1 .. top + 5 */
+  /* its user values name, topic, handlers (fielduv; f_addendpoint) at
+  ** top + 1 .. top + 3 */
   if (lua_getiuservalue(L, idx, 1) != LUA_TSTRING) goto out;
   lua_getiuservalue(L, idx, 2);
   lua_getiuservalue(L, idx, 3);
-  lua_getiuservalue(L, idx, 4);
-  lua_getiuservalue(L, idx, 5);
-  role.orientation = (mk_orientation)lua_tointeger(L, top + 2);
-  role.interest = (mk_interest)lua_tointeger(L, top + 3);
+  role.orientation = (mk_orientation)a->orientation;
+  role.interest = (mk_interest)a->interest;
   if (!mkl_pushctx(L)) goto out;
-  if ((role.topic = mkl_toterm(L, top + 4, &err)) == NULL) goto out;
-  tag = handlertag(L, top + 5);
+  if ((role.topic = mkl_toterm(L, top + 2, &err)) == NULL) goto out;
+  tag = handlertag(L, top + 3);
   lua_pushvalue(L, top + 1);
-  lua_pushvalue(L, top + 5);
+  lua_pushvalue(L, top + 3);
   lua_rawset(L, -3);                  /* ctx[name] = handlers */
   name = lua_tostring(L, top + 1);
   if (mk_add_endpoint(p, name, 0, role) >= 0) mk_tag_endpoint(p, name, (uint32_t)tag);
@@ -620,7 +672,7 @@ static int dospawn(lua_State *L, mk_proc *p, int idx) {
 ** leaving the stack as it was, when market.lua is to do it. */
 static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx) {
   switch (a->kind) {
-    case K_ADD: return doadd(L, p, idx) ? 0 : -1;
+    case K_ADD: return doadd(L, p, a, idx) ? 0 : -1;
     case K_SPAWN: return dospawn(L, p, idx) ? 1 : -1;
     default: return -1;
   }
@@ -628,13 +680,15 @@ static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx) {
 
 static int f_perform(lua_State *L) {
   mk_proc *p;
-  quitact *q;
-  const fixedact *a;
+  void *u;
   int n = 0;
   if (lua_gettop(L) == 1 && (p = mkl_current(L)) != NULL) {
-    if (issend(L, 1)) dosend(L, p);
-    else if ((q = isquit(L, 1)) != NULL) { if (!quitnow(L, p, q, 1)) goto rest; }
-    else if ((a = tofixed(L, 1)) == NULL || (n = doaction(L, p, a, 1)) < 0) goto rest;
+    switch (actionof(L, 1, &u)) {
+      case A_SEND: dosend(L, p); break;
+      case A_QUIT: if (!quitnow(L, p, u, 1)) goto rest; break;
+      case A_FIXED: if ((n = doaction(L, p, u, 1)) < 0) goto rest; break;
+      default: goto rest;
+    }
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return lua_yield(L, 0);
     return n;
@@ -803,7 +857,8 @@ static void checkhandlers(lua_State *L) {
 ** box; handlers is a table of on_message, on_presence, on_absence and
 ** name, or just the name. */
 static int f_addendpoint(lua_State *L) {
-  static const int fields[] = {3, E_ORIENTATION, E_INTEREST, 1, 2};
+  static const int fields[] = {3, 1, 2};   /* name, topic, handlers (fielduv) */
+  fixedact *a;
   const char *fname = lua_tostring(L, E_FNAME);
   int nargs = lua_gettop(L), t;
   if (nargs == 0) return luaL_error(L, "%s: a topic is required", fname);
@@ -840,7 +895,9 @@ static int f_addendpoint(lua_State *L) {
     lua_pushvalue(L, E_NOHANDLERS);
     lua_replace(L, 2);
   }
-  newfixed(L, K_ADD, fields, 5, E_FIXED);
+  a = newfixed(L, K_ADD, fields, 3, E_FIXED);
+  a->orientation = (unsigned char)lua_tointeger(L, E_ORIENTATION);
+  a->interest = (unsigned char)lua_tointeger(L, E_INTEREST);
   return 1;
 }
 
