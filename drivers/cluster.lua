@@ -19,7 +19,7 @@ local market, sys = ...
 local M = {}
 
 local _ = market._
-local repr, P, unify = market.repr, market.perform, market.unify
+local repr, P, unifies = market.repr, market.perform, sys.unifies
 local readable, alarm = market.ground.readable, market.ground.alarm
 local to_cbor, from_cbor = market.to_cbor, market.from_cbor
 
@@ -275,7 +275,7 @@ local function boot(cfg)
       local body
       for name, n in pairs(nodes) do
         for _id, r in pairs(n.roles) do
-          if r[1] == o and select(2, unify(r.t, m)) then
+          if r[1] == o and unifies(r.t, m) then
             body = body or mine[kind] .. to_cbor(m):sub(#RECORD + 1)
             if connected then
               local ok = conn:publish(prefix .. ".node." .. name, body)
