@@ -19,7 +19,7 @@ local market, sys = ...
 local M = {}
 
 local _ = market._
-local repr, P, unify = market.repr, market.perform, market.unify
+local repr, P, unifies = market.repr, market.perform, sys.unifies
 local readable, alarm = market.ground.readable, market.ground.alarm
 local to_cbor, from_cbor = market.to_cbor, market.from_cbor
 
@@ -60,6 +60,32 @@ local function check_ms(what, v, default)
 end
 
 local function role_key(o, i, t) return o .. " " .. i .. " " .. repr(t) end
+
+-- ---- messages across nodes, as bytes -------------------------------------
+-- A message [1, kind, node, inc, X] is most of the traffic, so it is made
+-- and read around X's own encoding, without Lua tables: the wire is the
+-- same as to_cbor of the whole sequence (docs/cluster.md), because an
+-- encoded sequence is its array header, then its items' encodings.
+-- RECORD: to_cbor(topic(X)) up to X's encoding (the version wrapper, the
+-- record tag, its array header and label); the version wrapper is its
+-- first 7 bytes, the same for every term.
+local RECORD = to_cbor(topic(nil)):sub(1, -2)         -- (nil is one byte: f6)
+local WRAPPER = RECORD:sub(1, 7)
+
+-- The bytes of [1, kind, node, inc, ...] before the fifth item: the
+-- four-item sequence's encoding with its array header (0x84) made 0x85.
+local function envelope(kind, node, inc)
+  local e = to_cbor({ M.VERSION, kind, node, inc })
+  assert(e:byte(8) == 0x84)
+  return WRAPPER .. "\x85" .. e:sub(9)
+end
+
+-- The bytes every send (feedback) starts with, up to the node name.
+local LEAD = {}
+for _i, kind in ipairs({ "send", "feedback" }) do
+  local e = envelope(kind, "", 0)
+  LEAD[kind] = e:sub(1, #e - 2)                       -- (without "" and 0: 40 00)
+end
 
 -- ---- checking what arrives ----------------------------------------------
 -- Bytes from NATS are untrusted: a message is checked whole before any of
@@ -160,7 +186,7 @@ local function boot(cfg)
       local t = topic(inner)
       local name = ("%s#%d"):format(node, id)
       local key = role_key(o, i, t)
-      n.roles[id] = { o, i, inner, name = name, key = key }
+      n.roles[id] = { o, i, inner, t = t, name = name, key = key }
       own_pres[key] = (own_pres[key] or 0) + 1
       P(ctor(t, name))
     end
@@ -197,7 +223,8 @@ local function boot(cfg)
         n = nil
       end
       if not n then
-        n = { inc = ninc, seq = nil, roles = {} }
+        n = { inc = ninc, seq = nil, roles = {},
+              lead = { send = envelope("send", name, ninc), feedback = envelope("feedback", name, ninc) } }
         nodes[name] = n
       end
       n.heard = market.now()
@@ -242,13 +269,14 @@ local function boot(cfg)
 
     -- The nodes with a role of orientation o whose topic unifies with inner.
     -- A scan over the remote roles (docs/cluster.md, "Costs").
-    local function forward(kind, inner)
+    local mine = { send = envelope("send", me, inc), feedback = envelope("feedback", me, inc) }
+    local function forward(kind, m)
       local o = kind == "send" and "subscriber" or "publisher"
       local body
       for name, n in pairs(nodes) do
         for _id, r in pairs(n.roles) do
-          if r[1] == o and select(2, unify(r[3], inner)) then
-            body = body or to_cbor({ M.VERSION, kind, me, inc, inner })
+          if r[1] == o and unifies(r.t, m) then
+            body = body or mine[kind] .. to_cbor(m):sub(#RECORD + 1)
             if connected then
               local ok = conn:publish(prefix .. ".node." .. name, body)
               M.stats[ok and "sent" or "dropped"] = M.stats[ok and "sent" or "dropped"] + 1
@@ -268,7 +296,7 @@ local function boot(cfg)
           q[q.h], q.h = nil, q.h + 1
           return
         end
-        forward(kind, m.topic)
+        forward(kind, m)
       end
     end
 
@@ -316,8 +344,8 @@ local function boot(cfg)
 
     -- ---- what arrives -----------------------------------------------------
 
-    local function deliver(kind, inner)
-      local q, body = resent[kind], topic(inner)
+    local function deliver(kind, body)
+      local q = resent[kind]
       M.stats.delivered = M.stats.delivered + 1
       q.t = q.t + 1
       q[q.t] = body
@@ -350,10 +378,34 @@ local function boot(cfg)
     function handle.bye(_m, name)
       forget(name, ("cluster: node %s left"):format(name))
     end
-    function handle.send(m) deliver("send", m[5]) end
-    function handle.feedback(m) deliver("feedback", m[5]) end
+    function handle.send(m) deliver("send", topic(m[5])) end
+    function handle.feedback(m) deliver("feedback", topic(m[5])) end
+
+    -- A send (feedback) from a node we know, read without decoding its
+    -- envelope into Lua: true when done, false to take the long way
+    -- (anything else, or not from a node we know as it is).
+    local function fast(data)
+      local kind = data:sub(1, #LEAD.send) == LEAD.send and "send"
+                   or data:sub(1, #LEAD.feedback) == LEAD.feedback and "feedback"
+      if not kind then return false end
+      local at = #LEAD[kind] + 1                        -- the node name's header
+      local b, len = data:byte(at)
+      if b and b >= 0x40 and b <= 0x57 then len, at = b - 0x40, at + 1
+      elseif b == 0x58 then len, at = data:byte(at + 1), at + 2
+      else return false end
+      local n = len and nodes[data:sub(at, at + len - 1)]
+      local lead = n and n.lead[kind]
+      if not lead or data:sub(1, #lead) ~= lead then return false end
+      local body, why = from_cbor(RECORD .. data:sub(#lead + 1))
+      if why then return false end                      -- (told by the long way)
+      M.stats.received = M.stats.received + 1
+      n.heard = market.now()
+      deliver(kind, body)
+      return true
+    end
 
     local function receive(data)
+      if fast(data) then return end
       local m, why = from_cbor(data)
       why = why or wrong(m)
       if why then

@@ -18,6 +18,9 @@
 **   conn:dropped()             -> messages dropped because the queue was full
 **   conn:close()               (also on garbage collection)
 **   sys.host_pid()             -> host name, pid (for default node names)
+**   sys.unifies(a, b)          -> whether terms a and b unify (the driver's
+**                                 match of a message against a remote role:
+**                                 market.unify would make the unifier too)
 **
 ** Threads.  libnats runs its own threads: message handlers, the
 ** disconnected/reconnected/closed callbacks, pings and reconnection.  Those
@@ -58,6 +61,7 @@
 #include <lua.h>
 #include <lauxlib.h>
 
+#include "mkl.h"
 #include "mkd.h"
 
 #define CONN_MT "market.sys.nats"
@@ -387,6 +391,18 @@ static int l_host_pid(lua_State *L) {
   return 2;
 }
 
+static int l_unifies(lua_State *L) {
+  mk_term *a = mkl_checkterm(L, 1, "unifies"), *b;
+  const char *err;
+  int r;
+  if ((b = mkl_toterm(L, 2, &err)) == NULL) { mk_unref(a); return luaL_error(L, "unifies: %s", err); }
+  r = mk_unifies(a, b);
+  mk_unref(a);
+  mk_unref(b);
+  lua_pushboolean(L, r);
+  return 1;
+}
+
 void mkd_open_cluster(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"fd", c_fd}, {"next", c_next}, {"subscribe", c_subscribe},
@@ -404,4 +420,6 @@ void mkd_open_cluster(lua_State *L) {
   lua_setfield(L, -2, "nats_connect");
   lua_pushcfunction(L, l_host_pid);
   lua_setfield(L, -2, "host_pid");
+  lua_pushcfunction(L, l_unifies);
+  lua_setfield(L, -2, "unifies");
 }

@@ -406,6 +406,56 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     assert.truthy(n.a.has("ignoring a malformed message: not a sequence"), n.a.out())
   end)
 
+  it("delivers a peer's sends and feedback read from their bytes, and refuses bad ones", function()
+    -- The driver reads [1, "send", node, inc, X] from a node it knows
+    -- without decoding the envelope (drivers/cluster.lua, fast): a name
+    -- longer than 23 bytes (a CBOR header of two bytes), a send with
+    -- trailing bytes, one cut short and one of another incarnation must
+    -- go the long way, and be told as the long way tells them.
+    local srv = S.server()
+    local n = nodes(srv, {
+      a = [[market.perform(market.subscriber(T({"s", _}), logging("a")),
+  market.publisher(T({"f", _}), logging("f")),
+  market.subscriber(T({"done"}), { on_message = function()
+    log("malformed %d delivered %d", cluster.inspect().malformed, cluster.inspect().delivered)
+  end }))]],
+    })
+    local market = require "market"
+    local c = assert(sys().nats_connect({ srv.url }, "spec"))
+    local z = ("z"):rep(30)
+    local function msg(...) return market.to_cbor({ 1, ... }) end
+    -- Once a is heard it listens; once it answers z's hello it knows z.
+    local function heard(subject)
+      repeat local ev, subj = next_event(c) until ev == "message" and subj == subject
+    end
+    assert(c:subscribe("market.spec.all"))
+    assert(c:subscribe("market.spec.node." .. z))
+    heard("market.spec.all")
+    assert.is_true(c:publish("market.spec.all", msg("hello", z, 7, 0, {})))
+    heard("market.spec.node." .. z)
+    local good = msg("send", z, 7, { "s", 1 })
+    for _, bytes in ipairs {
+      good,
+      good .. "\0",                                             -- trailing bytes
+      good:sub(1, -2),                                          -- cut short
+      msg("feedback", z, 7, { "f", 3 }),
+      msg("send", ("y"):rep(30), 7, { "s", 4 }),                -- a node not known yet
+    } do
+      assert.is_true(c:publish("market.spec.node.a", bytes))
+    end
+    -- Another incarnation of z: z restarted, and is heard.
+    assert.is_true(c:publish("market.spec.node.a", msg("send", z, 8, { "s", 5 })))
+    assert.is_true(c:publish("market.spec.node.a", msg("send", z, 8, { "done" })))
+    n.a.wait("malformed")
+    c:close()
+    assert.equal(1, n.a.count('a message market-cluster(["s", 1])'), n.a.out())
+    assert.equal(1, n.a.count('f message market-cluster(["f", 3])'), n.a.out())
+    assert.equal(1, n.a.count('a message market-cluster(["s", 4])'), n.a.out())
+    assert.equal(1, n.a.count('a message market-cluster(["s", 5])'), n.a.out())
+    assert.equal(4, n.a.count(" message market-cluster"), n.a.out())
+    assert.truthy(n.a.has("malformed 2 delivered 5"), n.a.out())
+  end)
+
   it("runs in a nested VM through an event relay, and leaves when told", function()
     local srv = S.server()
     local a = S.node(PRELUDE .. [[market.perform(market.subscriber(T({"nest", _}), logging("a")))]],
