@@ -156,7 +156,10 @@ local function boot(cfg)
     local own_pres, own_abs = {}, {}
     -- Remote nodes: name -> {inc, seq, heard, roles = {id -> role},
     -- syncing}; a role is {o, i, topic (inner), name (of its stand-in)}.
+    -- heard: when the node's last message reached our queue (conn:next's
+    -- at), not when we read it.
     local nodes = {}
+    local arrived        -- the at of the message being received, or nil
     -- Bodies we sent (fed back) here for another node, in order: our
     -- observer hears each, and must not send it on again.
     local resent = { send = { h = 1, t = 0 }, feedback = { h = 1, t = 0 } }
@@ -227,7 +230,7 @@ local function boot(cfg)
               lead = { send = envelope("send", name, ninc), feedback = envelope("feedback", name, ninc) } }
         nodes[name] = n
       end
-      n.heard = market.now()
+      n.heard = arrived or market.now()
       return n
     end
 
@@ -399,7 +402,7 @@ local function boot(cfg)
       local body, why = from_cbor(RECORD .. data:sub(#lead + 1))
       if why then return false end                      -- (told by the long way)
       M.stats.received = M.stats.received + 1
-      n.heard = market.now()
+      n.heard = arrived
       deliver(kind, body)
       return true
     end
@@ -430,10 +433,12 @@ local function boot(cfg)
 
     local function on_readable()
       for _i = 1, 256 do
-        local ev, subject, data = conn:next()
+        local ev, subject, data, at = conn:next()
         if ev == nil then return end
         if ev == "message" then
+          arrived = at
           receive(data)
+          arrived = nil
         elseif ev == "disconnected" then
           -- What was lost is absence: every remote role goes now, and
           -- comes back with the snapshots that answer our hello.
@@ -461,7 +466,9 @@ local function boot(cfg)
     function tick()
       P(market.delete_endpoint("tick"))
       if connected then publish(ALL, { M.VERSION, "heartbeat", me, inc, seq }) end
-      local now, late = market.now(), {}
+      -- Judged in the queue's time: what is still waiting arrived after
+      -- everything heard, so a node is late only past the oldest of it.
+      local now, late = conn:waiting() or market.now(), {}
       for name, n in pairs(nodes) do
         if now - n.heard > cfg.lost_after_ms then late[#late + 1] = name end
       end

@@ -8,10 +8,14 @@
 **       (every 250 ms, the servers in turn); connecting the first time
 **       waits for the server up to timeout_ms (default 2000).
 **   conn:fd()                  -> a descriptor, readable while events wait
-**   conn:next()                -> "message", subject, data
+**   conn:next()                -> "message", subject, data, at
 **                               | "disconnected" | "reconnected" | "closed"
 **                               | nil (nothing waits: the descriptor is
 **                                 quiet until something new arrives)
+**                               (at: when the message reached the queue, in
+**                               market.now()'s milliseconds)
+**   conn:waiting()             -> when the oldest event waiting reached the
+**                                 queue (ms, as at), or nil if none waits
 **   conn:subscribe(subject)    -> sid | nil, msg
 **   conn:unsubscribe(sid)
 **   conn:publish(subject, data) -> true | nil, msg   (see "Writing")
@@ -54,6 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <nats/nats.h>
@@ -67,6 +72,7 @@
 #define CONN_MT "market.sys.nats"
 #define QUEUE_MAX ((size_t)64 << 20)
 #define WRITE_DEADLINE_MS 1000
+#define CLOSE_FLUSH_MS 500
 
 enum { EV_MESSAGE, EV_DISCONNECTED, EV_RECONNECTED, EV_CLOSED };
 static const char *const ev_names[] = {"message", "disconnected", "reconnected", "closed"};
@@ -74,6 +80,7 @@ static const char *const ev_names[] = {"message", "disconnected", "reconnected",
 /* One event: a message's subject and data side by side in bytes[]. */
 typedef struct item {
   struct item *next;
+  double at;                 /* when it was queued: ms, as market.now() */
   int kind;
   size_t slen, dlen;
   char bytes[];
@@ -107,6 +114,14 @@ static void queue_release(queue *q) {
   free(q);
 }
 
+/* The wall clock in ms, as market.now() reads it (libev's ev_time is
+** CLOCK_REALTIME too). */
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
 /* On a libnats thread: queue an event, waking the loop when the queue was
 ** empty.  Nothing is queued once the loop side has closed. */
 static void push(queue *q, int kind, const char *subj, size_t slen, const char *data,
@@ -114,6 +129,7 @@ static void push(queue *q, int kind, const char *subj, size_t slen, const char *
   item *it = malloc(sizeof *it + slen + dlen);
   if (it == NULL) return;            /* out of memory: dropped, like a full queue */
   it->next = NULL;
+  it->at = now_ms();
   it->kind = kind;
   it->slen = slen;
   it->dlen = dlen;
@@ -191,6 +207,12 @@ static int c_close(lua_State *L) {
   c->subs = NULL;
   c->nsubs = 0;
   if (c->nc) {
+    /* What was published last (the driver's "bye") reaches the server
+    ** before the connection goes: Close alone may drop what libnats's
+    ** flusher has not written yet.  Bounded: a server that does not answer
+    ** holds the loop CLOSE_FLUSH_MS at most. */
+    if (natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED)
+      natsConnection_FlushTimeout(c->nc, CLOSE_FLUSH_MS);
     natsConnection_Close(c->nc);
     natsConnection_Destroy(c->nc);
     c->nc = NULL;
@@ -266,6 +288,12 @@ static int l_nats_connect(lua_State *L) {
       (s = natsOptions_SetWriteDeadline(o, WRITE_DEADLINE_MS)) != NATS_OK ||
       /* A node hears nothing it published itself. */
       (s = natsOptions_SetNoEcho(o, true)) != NATS_OK ||
+      /* One delivery thread for every subscription of the connection (the
+      ** library's pool, one worker by default): what a node published to
+      ** "all" and to our own subject is queued in the order the server
+      ** sent it.  With a thread per subscription a node's "bye" could
+      ** overtake the snapshot it sent before, which then brought it back. */
+      (s = natsOptions_UseGlobalMessageDelivery(o, true)) != NATS_OK ||
       (s = natsOptions_SetErrorHandler(o, on_error, NULL)) != NATS_OK ||
       (s = natsOptions_SetDisconnectedCB(o, on_disconnected, q)) != NATS_OK ||
       (s = natsOptions_SetReconnectedCB(o, on_reconnected, q)) != NATS_OK ||
@@ -316,8 +344,26 @@ static int c_next(lua_State *L) {
   if (it->kind != EV_MESSAGE) { free(it); return 1; }
   lua_pushlstring(L, it->bytes, it->slen);
   lua_pushlstring(L, it->bytes + it->slen, it->dlen);
+  lua_pushnumber(L, it->at);
   free(it);
-  return 3;
+  return 4;
+}
+
+/* The cluster driver judges a node lost by the time its last message
+** reached the queue, against the time of the oldest one still waiting:
+** a loop that fell behind must not take a busy node for a lost one. */
+static int c_waiting(lua_State *L) {
+  conn *c = luaL_checkudata(L, 1, CONN_MT);
+  double at = 0;
+  int some = 0;
+  if (c->q) {
+    pthread_mutex_lock(&c->q->mu);
+    if ((some = c->q->head != NULL)) at = c->q->head->at;
+    pthread_mutex_unlock(&c->q->mu);
+  }
+  if (!some) return 0;
+  lua_pushnumber(L, at);
+  return 1;
 }
 
 static int c_subscribe(lua_State *L) {
@@ -407,6 +453,7 @@ void mkd_open_cluster(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"fd", c_fd}, {"next", c_next}, {"subscribe", c_subscribe},
     {"unsubscribe", c_unsubscribe}, {"publish", c_publish}, {"dropped", c_dropped},
+    {"waiting", c_waiting},
     {"close", c_close}, {NULL, NULL}};
   if (luaL_newmetatable(L, CONN_MT)) {
     lua_newtable(L);

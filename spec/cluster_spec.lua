@@ -56,8 +56,16 @@ describe("the NATS connection (market.sys, drivers/lcluster.c)", function()
     assert.is_true(a:publish("spec.x", "one\0two"))
     assert.is_true(a:publish("spec.y", "not subscribed"))
     assert.is_true(a:publish("spec.x", ""))
-    assert.same({ "message", "spec.x", "one\0two" }, { next_event(b) })
-    assert.same({ "message", "spec.x", "" }, { next_event(b) })
+    local t0 = os.time() * 1000
+    S.wait(function() return b:waiting() ~= nil end, 10)
+    assert.is_number(b:waiting())          -- when the oldest waiting arrived (ms)
+    local got = { next_event(b) }
+    -- The time it reached the queue, in market.now()'s milliseconds.
+    assert.is_true(got[4] >= t0 - 5000 and got[4] <= t0 + 5000, tostring(got[4]))
+    assert.same({ "message", "spec.x", "one\0two" }, { got[1], got[2], got[3] })
+    got = { next_event(b) }
+    assert.same({ "message", "spec.x", "" }, { got[1], got[2], got[3] })
+    assert.is_nil(b:waiting())             -- nothing waits now
     b:unsubscribe(sid)
     assert.has_error(function() b:unsubscribe(sid) end)
     a:close()
@@ -114,7 +122,8 @@ conns[1]:close()]]):gsub("URL", ("%q"):format(srv.url))
     assert.equal("reconnected", (next_event(a, 15)))
     S.sleep(0.2)
     assert.is_true(a:publish("spec.x", "after"))
-    assert.same({ "message", "spec.x", "after" }, { next_event(b) })
+    local ev, subject, data = next_event(b)
+    assert.same({ "message", "spec.x", "after" }, { ev, subject, data })
     b:close()
     a:close()
     S.stop(again.pid)
@@ -454,6 +463,29 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     assert.equal(1, n.a.count('a message market-cluster(["s", 5])'), n.a.out())
     assert.equal(4, n.a.count(" message market-cluster"), n.a.out())
     assert.truthy(n.a.has("malformed 2 delivered 5"), n.a.out())
+  end)
+
+  it("does not take a live node for lost while its own loop was held up", function()
+    local srv = S.server()
+    local a = S.node(PRELUDE .. [[market.perform(market.publisher(T({"busy", 1}), logging("a")))]],
+                     { url = srv.url, name = "a" })
+    -- b's loop is held 3.5 s (past lost_after_ms, 2 s) by one activation;
+    -- a's heartbeats wait in b's queue meanwhile, and are heard after.
+    local b = S.node(PRELUDE .. [[
+market.perform(market.subscriber(T({"busy", _}), logging("b", { on_presence = function(_, r)
+  log("b presence %s", role(r))
+  local t = os.clock() + 3.5
+  while os.clock() < t do end
+  log("b woke")
+  return market.transition_no_state(market.spawn(function()
+    market.yield(2500)
+    log("b done")
+  end))
+end })))]], { url = srv.url, name = "b", options = "--max-activation 20000" })
+    b.wait("b woke", 20)
+    b.wait("b done", 20)
+    a.wait("a presence subscriber/participant")
+    assert.is_false(b.has("b absence"), b.out())
   end)
 
   it("runs in a nested VM through an event relay, and leaves when told", function()
