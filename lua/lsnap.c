@@ -290,15 +290,20 @@ static int allocbox_gc(lua_State *L) {
   return 0;
 }
 
+/* The state's box, or NULL when none was made yet. */
+static allocbox *findbox(lua_State *L) {
+  allocbox *b = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_alloc) == LUA_TUSERDATA)
+    b = *(allocbox **)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return b;
+}
+
 /* The state's box, made (unwrapped) the first time. */
 static allocbox *getbox(lua_State *L) {
   allocbox **b;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_alloc) == LUA_TUSERDATA) {
-    b = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return *b;
-  }
-  lua_pop(L, 1);
+  allocbox *found = findbox(L);
+  if (found != NULL) return found;
   b = lua_newuserdatauv(L, sizeof *b, 0);
   *b = NULL;
   lua_createtable(L, 0, 1);
@@ -334,14 +339,8 @@ int mkl_set_detail(lua_State *L, int on) {
 /* The ground VM is ending (mkl_detach): the wrapper goes first, so that
 ** the allocator under it is again the state's own. */
 void mkl_unwrap_detail(lua_State *L) {
-  allocbox *b;
+  allocbox *b = findbox(L);
   void *ud;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_alloc) != LUA_TUSERDATA) {
-    lua_pop(L, 1);
-    return;
-  }
-  b = *(allocbox **)lua_touserdata(L, -1);
-  lua_pop(L, 1);
   if (b != NULL && lua_getallocf(L, &ud) == counted_alloc && ud == b) lua_setallocf(L, b->f, b->ud);
 }
 
