@@ -220,22 +220,9 @@ describe("market.tcp.inspect in detail mode", function()
   -- A client says "hello" (5 bytes), the server's session answers "you
   -- said hello" (14 bytes); snapshot(), then the client closes.
   local function exchange(detail)
-    local tcp = require "market.tcp"
-    local s, log, port, error_ = nil, {}, nil, nil
-    N.run(function()
-      if detail then market.inspect_detail(true) end
-      P(N.tcp_serve(0, N.polite))
-      port = N.bound(0)
-      local a, h = tcp.address("127.0.0.1", port), tcp.handle(1)
-      P(N.tcp_client(1, a, log, { on_connect = function(out) return T(nil, out("hello")) end }))
-      N.wait_until(function() return log[2] == "data you said hello" end)
-      local ok, snap = pcall(market.snapshot)
-      if ok then s = snap else error_ = snap end
-      P(market.send(tcp.channel(h, a, market.EOF)), market.send({ "stop-server", 0 }))
-      N.await({ "done", 1 })
-    end)
-    assert(error_ == nil, tostring(error_))
-    return s, port
+    return N.snapshot_connected(function(log) return log[2] == "data you said hello" end,
+      { on_connect = function(out) return T(nil, out("hello")) end },
+      function() if detail then market.inspect_detail(true) end end)
   end
 
   it("lists the connections, with exact bytes in and out", function()

@@ -129,22 +129,7 @@ describe("market.snapshot", function()
   end)
 
   it("shows a tcp session: its manager, its session and their conversations", function()
-    local tcp = require "market.tcp"
-    local s, log, port, error_ = nil, {}, nil, nil
-    N.run(function()
-      P(N.tcp_serve(0, N.polite))
-      port = N.bound(0)
-      local a, h = tcp.address("127.0.0.1", port), tcp.handle(1)
-      P(N.tcp_client(1, a, log))
-      N.wait_until(function() return log[1] == "connected" end)
-      -- protected, so that the connection and the server end either way
-      -- (a listener left would keep the VM running)
-      local ok, snap = pcall(market.snapshot)
-      if ok then s = snap else error_ = snap end
-      P(market.send(tcp.channel(h, a, market.EOF)), market.send({ "stop-server", 0 }))
-      N.await({ "done", 1 })
-    end)
-    assert(error_ == nil, tostring(error_))
+    local s, port, log = N.snapshot_connected(function(log) return log[1] == "connected" end)
     local kinds, session, managers = {}, byname(s.vm, "session"), {}
     for _, p in ipairs(s.vm.processes) do
       kinds[p.kind] = (kinds[p.kind] or 0) + 1

@@ -116,6 +116,33 @@ function N.polite(remote, here)
   end
 end
 
+-- snapshot_connected(ready [, client_opts [, before]]): inside a ground VM
+-- (N.run), a polite server on a port the kernel picks and one client
+-- (tcp_client 1, with client_opts); once ready(log) holds, the snapshot
+-- of that moment, then the client closes and the server stops.  before()
+-- runs first.  Returns the snapshot, the port and the client's log.
+function N.snapshot_connected(ready, client_opts, before)
+  local tcp = require "market.tcp"
+  local P = market.perform
+  local s, log, port, error_ = nil, {}, nil, nil
+  N.run(function()
+    if before then before() end
+    P(N.tcp_serve(0, N.polite))
+    port = N.bound(0)
+    local a, h = tcp.address("127.0.0.1", port), tcp.handle(1)
+    P(N.tcp_client(1, a, log, client_opts))
+    N.wait_until(function() return ready(log) end)
+    -- protected, so that the connection and the server end either way
+    -- (a listener left would keep the VM running)
+    local ok, snap = pcall(market.snapshot)
+    if ok then s = snap else error_ = snap end
+    P(market.send(tcp.channel(h, a, market.EOF)), market.send({ "stop-server", 0 }))
+    N.await({ "done", 1 })
+  end)
+  assert(error_ == nil, tostring(error_))
+  return s, port, log
+end
+
 -- tcp_serve(port, session): a server process observing the listener on
 -- `port` that spawns session(remote, here) for each connection; it quits
 -- on {"stop-server", port}.
