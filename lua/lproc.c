@@ -33,10 +33,14 @@
 #include "pool.h"
 
 /* A box kept for reuse (pushshared): the registry slot `ref` holds it, and
-** it holds `t` (borrowed here). */
+** it holds `t` (borrowed here).  `held` is where the box keeps its term
+** (mkl_boxslot), found at the box's first reuse, NULL until then: the
+** registry slot keeps the box, so the address stays good until the slot
+** is given another box (remember). */
 typedef struct lastbox {
   int ref;
   const mk_term *t;
+  mk_term *const *held;
 } lastbox;
 
 /* The slots of mkl_state.fieldref. */
@@ -403,6 +407,7 @@ static void remember(lastbox *slot, lua_State *L, int idx, const mk_term *t) {
   lua_pushvalue(L, idx);
   lua_rawseti(L, LUA_REGISTRYINDEX, slot->ref);
   slot->t = t;
+  slot->held = NULL;
 }
 
 /* Push t (borrowed) as mkl_pushterm does, reusing slot's box when it is
@@ -411,8 +416,11 @@ static void pushshared(lastbox *slot, lua_State *co, mk_term *t) {
   if (t->kind != MK_REC) { mkl_pushterm(co, t); return; }
   if (t == slot->t) {
     lua_rawgeti(co, LUA_REGISTRYINDEX, slot->ref);
-    /* Still holding t: only a __gc called by hand empties a box. */
-    if (mkl_boxterm(co, -1) == t) return;
+    /* Still holding t: only a __gc called by hand empties a box.  Its
+    ** term is read in place from the second delivery on (a burst of one
+    ** record: two API calls fewer per delivery). */
+    if (slot->held == NULL) slot->held = mkl_boxslot(co, -1);
+    if (slot->held != NULL && *slot->held == t) return;
     lua_pop(co, 1);
   }
   mkl_pushterm(co, t);

@@ -68,9 +68,9 @@ mk_term *mkl_testbox(lua_State *L, int idx) {
   return b && fits(b->t) ? b->t : NULL;
 }
 
-mk_term *mkl_boxterm(lua_State *L, int idx) {
+mk_term *const *mkl_boxslot(lua_State *L, int idx) {
   box *b = boxat(L, idx);
-  return b ? b->t : NULL;
+  return b ? &b->t : NULL;
 }
 
 /* Push a box for t (stolen).  mt: a stack index holding the box

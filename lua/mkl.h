@@ -42,9 +42,11 @@ mk_term *mkl_checkterm(lua_State *L, int idx, const char *what);
 ** that callers who take boxes as they are and convert anything else give
 ** that error too. */
 mk_term *mkl_testbox(lua_State *L, int idx);
-/* The term of the box at idx, borrowed, whatever its size; NULL when it is
-** not a box, or an emptied one (lproc.c's shared box). */
-mk_term *mkl_boxterm(lua_State *L, int idx);
+/* Where the box at idx keeps its term (NULL there once its __gc has run),
+** or NULL when it is no box.  The address holds as long as the box lives:
+** a caller that keeps the box alive reads the term there again without an
+** API call (lproc.c's shared box, once per delivery). */
+mk_term *const *mkl_boxslot(lua_State *L, int idx);
 /* Push t (borrowed) as a Lua value. */
 void mkl_pushterm(lua_State *L, mk_term *t);
 /* Push a new box holding t (steals the reference). */

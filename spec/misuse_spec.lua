@@ -408,6 +408,29 @@ describe("metamethods called by hand", function()
     assert.matches("^false\t.*bad argument #1 to '.-' %(a term box whose __gc has run%)\n"
                    .. "%[_, #eof%]\n$", out)
   end)
+
+  -- One record delivered to several processes comes to each in the same
+  -- box, kept from one delivery to the next (lua/lproc.c, pushshared):
+  -- one whose __gc a handler called by hand is not handed on empty.
+  it("a delivered box whose __gc a handler called is not the next delivery's", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      local r = market.record("r", "x")
+      for _ = 1, 3 do
+        market.perform(market.spawn(function()
+          return market.transition(nil, market.subscriber(r(market._), {
+            on_message = function(_, m)
+              print(m.x)
+              debug.getmetatable(m).__gc(m)
+            end }))
+        end))
+      end
+      market.pause()
+      market.perform(market.send(r(1)))
+    ]])
+    assert.equal(0, status, err)
+    assert.equal("1\n1\n1\n", out)
+  end)
 end)
 
 -- Labels and field names are C strings underneath (runtime/term.h): a NUL
