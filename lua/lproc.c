@@ -662,13 +662,16 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
 ** or nil; and the last presence or absence handler whose parameters
 ** peerhandler read (an observer's burst goes to one function:
 ** lua_getinfo cost about 120 instructions), or nil, with whether it takes
-** the role.  A slot holding a function keeps it alive, so the address
-** lua_topointer gives for it is no other function's meanwhile. */
+** the role; and the key "on_message", read once per batch (from the
+** registry, each message's look-up took twice the instructions of a
+** stack slot's).  A slot holding a function keeps it alive, so the
+** address lua_topointer gives for it is no other function's meanwhile. */
 #define B_CTX 1
 #define B_NAME 2
 #define B_FN 3
 #define B_ROLE 4
-#define B_TOP B_ROLE
+#define B_KEY 5
+#define B_TOP B_KEY
 
 /*
 ** A presence or absence at level 0 (but a deleted endpoint's own absences)
@@ -745,16 +748,19 @@ static MKL_INLINE int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const 
 
 /*
 ** Push the on_message handler of the endpoint whose name is at `name` in
-** the context at `ctx` (both indices of co), above its handler table:
-** returns 1; 0 when it has none now; -1 for dispatch to take the event: a
+** the context at `ctx` (both indices of co), above its handler table;
+** `key`, an index of co holding the string "on_message", or 0 to read it
+** from the registry.  Returns 1; 0 when it has none now; -1 for dispatch to take the event: a
 ** handler table with a metatable (its fields are Lua's to look up), or a
 ** handler that is not a function.  What it pushed is left for the caller
 ** to drop.
 */
-static MKL_INLINE int pushonmessage(mkl_state *S, lua_State *co, int ctx, int name) {
+static MKL_INLINE int pushonmessage(mkl_state *S, lua_State *co, int ctx, int name,
+                                    int key) {
   lua_pushvalue(co, name);
   if (lua_rawget(co, ctx) != LUA_TTABLE || lua_getmetatable(co, -1)) return -1;
-  lua_rawgeti(co, LUA_REGISTRYINDEX, S->fieldref[FIELD_MESSAGE]);
+  if (key != 0) lua_pushvalue(co, key);
+  else lua_rawgeti(co, LUA_REGISTRYINDEX, S->fieldref[FIELD_MESSAGE]);
   switch (lua_rawget(co, -2)) {
     case LUA_TFUNCTION: return 1;
     case LUA_TNIL: return 0;
@@ -783,7 +789,7 @@ static MKL_INLINE int messagehandler(mkl_state *S, lproc *lp, lua_State *co, con
   lua_rawgeti(co, 1, MKL_CTX_STATE);
   pushmessage(S, co, ev->message);
   lua_pushstring(co, ev->endpoint);
-  if ((r = pushonmessage(S, co, 1, 4)) <= 0) {
+  if ((r = pushonmessage(S, co, 1, 4, 0)) <= 0) {
     lua_settop(co, 0);
     return r;
   }
@@ -934,7 +940,7 @@ static MKL_INLINE int nextmessage(mkl_state *S, lua_State *co, const mk_event *e
     *last = lua_pushstring(co, ev->endpoint);   /* Lua's copy, kept at B_NAME */
     lua_replace(co, B_NAME);
   }
-  if ((r = pushonmessage(S, co, B_CTX, B_NAME)) <= 0) {
+  if ((r = pushonmessage(S, co, B_CTX, B_NAME, B_KEY)) <= 0) {
     lua_settop(co, B_TOP);
     return r;
   }
@@ -980,7 +986,8 @@ static int batchk(lua_State *co, int status, lua_KContext k) {
 static int batch(lua_State *co) {
   int nargs = lua_gettop(co) - 1;
   lua_rawgeti(co, LUA_REGISTRYINDEX, running.lp->ctxref);
-  lua_settop(co, lua_gettop(co) + B_TOP - 1);      /* B_NAME, B_FN, B_ROLE: nil */
+  lua_settop(co, lua_gettop(co) + B_KEY - 2);      /* B_NAME, B_FN, B_ROLE: nil */
+  lua_rawgeti(co, LUA_REGISTRYINDEX, running.lp->S->fieldref[FIELD_MESSAGE]);
   lua_rotate(co, 1, B_TOP);
   lua_callk(co, nargs, 1, B_HANDLED, batchk);
   return batchk(co, LUA_OK, B_HANDLED);
