@@ -977,9 +977,10 @@ static int entryfor (const mk_index *ix, const CEntry *e, const mk_term *q,
   uint32_t k;
   if (e->gen != ix->gen || e->rt != headrt(q) || e->n != q->n || e->mask != mask)
     return 0;
-  /* mk_equal tries the pointer, then the hash, before the values */
-  for (k = 0; k < q->n; k++)
-    if (((mask >> k) & 1) && !mk_equal(e->key[k], mk_items(q)[k])) return 0;
+  /* mk_equal tries the pointer, then the hash, before the values; the
+  ** items no walk read (often all of them) are not visited */
+  for (k = 0; mask != 0; k++, mask >>= 1)
+    if ((mask & 1) && !mk_equal(e->key[k], mk_items(q)[k])) return 0;
   return 1;
 }
 
@@ -1092,16 +1093,19 @@ static void starttrack (Track *tr, const mk_term *q) {
 
 size_t mk_index_match (mk_index *ix, const mk_term *query, mk_match_fn fn,
                        void *ctx) {
-  Scratch local = { NULL, 0, NULL, 0, NULL, 0 };
-  Scratch *sc = &ix->sc;
   Track tr, *trp = NULL;
   uint32_t hh = 0, mask = 0;
   size_t nq, count = 0;
-  int nested = ix->busy;
-  /* From inside a callback, the cache is neither read nor written: the
-  ** outer match may be reading an entry. */
-  if (!nested && (query->kind == MK_REC || query->kind == MK_SEQ) &&
-      query->n <= CK_ITEMS) {
+  /* From inside a callback, the cache is neither read nor written (the
+  ** outer match may be reading an entry), nor the index's scratch. */
+  if (ix->busy) {
+    Scratch local = { NULL, 0, NULL, 0, NULL, 0 };
+    if ((nq = flatten(&local, query)) != 0)
+      count = walk(&local, ix->root, nq, fn, ctx, NULL);
+    freescratch(&local);
+    return count;
+  }
+  if ((query->kind == MK_REC || query->kind == MK_SEQ) && query->n <= CK_ITEMS) {
     const CEntry *e;
     hh = tokenhash(query);
     mask = hint(ix, query, hh);
@@ -1118,12 +1122,10 @@ size_t mk_index_match (mk_index *ix, const mk_term *query, mk_match_fn fn,
     starttrack(&tr, query);
     trp = &tr;
   }
-  if (nested) sc = &local;  /* a match from inside a callback */
   ix->busy = 1;
-  if ((nq = flatten(sc, query)) != 0)
-    count = walk(sc, ix->root, nq, fn, ctx, trp);
-  ix->busy = nested;
-  if (nested) freescratch(&local);
+  if ((nq = flatten(&ix->sc, query)) != 0)
+    count = walk(&ix->sc, ix->root, nq, fn, ctx, trp);
+  ix->busy = 0;
   if (trp != NULL && tr.done) store(ix, query, hh, mask | tr.read, &tr);
   return count;
 }
