@@ -691,9 +691,21 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
 ** event costs: making it, and the collector's work on it.  A Lua function
 ** declaring fewer than two parameters (and no `...`) cannot see its second
 ** argument, so it gets nil there instead of a table.
+**
+** In a batch, `last` is the frame's last handler (B_FN, B_ROLE) as batchk
+** keeps it in C, known: read from the frame at the first presence or
+** absence of each entry into batchk, not at every one (lua_topointer and
+** lua_toboolean of co's slots, 40 to 50 instructions of an observer's
+** event), and kept in step with the frame here.  NULL outside a batch.
 */
+typedef struct lastpeer {
+  const void *fn;          /* lua_topointer of B_FN's function, or NULL */
+  int role;                /* B_ROLE */
+  int known;               /* read from the frame */
+} lastpeer;
+
 static MKL_INLINE int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev,
-                                  int frame) {
+                                  lastpeer *last) {
   lua_State *L = S->L;     /* scratch for the look-ups, as in unhandled */
   int presence = ev->type == MK_EV_PRESENCE, nargs = presence ? 3 : 4;
   int b = lua_gettop(L), role;
@@ -717,14 +729,16 @@ static MKL_INLINE int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const 
   }
   /* fn's arguments after it: state, role(, reason), name */
   lua_rawgeti(L, b + 1, MKL_CTX_STATE);
-  if (frame && lua_topointer(co, B_FN) == lua_topointer(L, b + 4)) {
-    role = lua_toboolean(co, B_ROLE);
+  if (last != NULL && last->fn == lua_topointer(L, b + 4)) {
+    role = last->role;
   } else {
     lua_pushvalue(L, b + 4);
     lua_getinfo(L, ">u", &ar);
     role = ar.isvararg || ar.nparams >= 2;
-    if (frame) {                  /* kept for the batch's next event */
+    if (last != NULL) {           /* kept for the batch's next event */
       lua_pushvalue(L, b + 4);
+      last->fn = lua_topointer(L, -1);
+      last->role = role;
       lua_xmove(L, co, 1);
       lua_replace(co, B_FN);
       lua_pushboolean(co, role);
@@ -956,6 +970,7 @@ static int batchk(lua_State *co, int status, lua_KContext k) {
   mkl_state *S = lp->S;
   mk_event ev;
   const char *field, *last = lua_tostring(co, B_NAME);
+  lastpeer peer = { NULL, 0, 0 };
   int nargs;
   (void)status;
   for (;;) {
@@ -969,8 +984,16 @@ static int batchk(lua_State *co, int status, lua_KContext k) {
       if (!(ev.tag & handler_of(ev.type, &field))) {
         nargs = 0;                                /* unhandled: dropped */
       } else {
-        nargs = ev.type == MK_EV_MESSAGE ? nextmessage(S, co, &ev, &last)
-                                         : peerhandler(S, lp, co, &ev, 1);
+        if (ev.type == MK_EV_MESSAGE) {
+          nargs = nextmessage(S, co, &ev, &last);
+        } else {
+          if (!peer.known) {
+            peer.fn = lua_topointer(co, B_FN);
+            peer.role = lua_toboolean(co, B_ROLE);
+            peer.known = 1;
+          }
+          nargs = peerhandler(S, lp, co, &ev, &peer);
+        }
         if (nargs < 0) return 0;                  /* dispatch's: the VM's next step */
       }
       mk_proc_take(p);
@@ -1206,7 +1229,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     ** dispatch(ctx, event...). */
     co = acquire(S, lp);
     nargs = ev->type == MK_EV_MESSAGE ? messagehandler(S, lp, co, ev)
-                                      : peerhandler(S, lp, co, ev, 0);
+                                      : peerhandler(S, lp, co, ev, NULL);
     if (nargs == 0) { release(S, lp); return; }
     if (nargs > 0) {
       mk_event next;

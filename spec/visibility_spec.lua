@@ -254,6 +254,37 @@ describe("presence", function()
     end
   end)
 
+  -- A burst of absences for one observer runs on one resume (lua/lproc.c,
+  -- batch), which keeps the last handler and whether it takes the role:
+  -- handlers that alternate each get what they declare.
+  it("absences alternating between a handler that takes the role and one that does not",
+     function()
+    local feed = market.record("feed", "channel", "item")
+    local got, n = {}, 5
+    H.ground(function()
+      H.step(holder("obs",
+        market.observe_publishers(feed("x", _), { name = "a",
+          on_absence = function(_, role) got[#got + 1] = "a " .. type(role) end }),
+        market.observe_publishers(feed("x", _), { name = "c",
+          on_absence = function() got[#got + 1] = "c" end }),
+        market.observe_publishers(feed("x", _), { name = "b",
+          on_absence = function(...) got[#got + 1] = "b " .. select("#", ...) end })))
+      local pids = {}
+      for i = 1, n do
+        pids[i] = market.perform(market.spawn(function()
+          return T(0, market.publisher(feed("x", i)))
+        end))
+      end
+      H.settle()
+      for i = 1, n do market.perform(market.quit(pids[i])) end
+      H.settle()
+    end)
+    assert.equal(3 * n, #got)
+    local counts = {}
+    for _, line in ipairs(got) do counts[line] = (counts[line] or 0) + 1 end
+    assert.same({ ["a table"] = n, ["b 4"] = n, ["c"] = n }, counts)
+  end)
+
   it("the absence event carries the same refined role as the presence event", function()
     local log = H.log()
     H.ground(function()
