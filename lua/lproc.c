@@ -662,15 +662,19 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
 ** or nil; and the last presence or absence handler whose parameters
 ** peerhandler read (an observer's burst goes to one function:
 ** lua_getinfo cost about 120 instructions), or nil, with whether it takes
-** the role; and the key "on_message", read once per batch (from the
-** registry, each message's look-up took twice the instructions of a
-** stack slot's).  A slot holding a function keeps it alive, so the
-** address lua_topointer gives for it is no other function's meanwhile. */
+** the role; the box of the last message when it was the shared one
+** (pushshared: a burst of one record), or nil; and the key "on_message",
+** read once per batch.  A stack slot is read with lua_pushvalue, for half
+** the instructions of a registry slot's lua_rawgeti.  A slot holding a
+** function keeps it alive, so the address lua_topointer gives for it is
+** no other function's meanwhile; one holding a box keeps it, so the
+** address where it keeps its term (mkl_boxslot) holds. */
 #define B_CTX 1
 #define B_NAME 2
 #define B_FN 3
 #define B_ROLE 4
-#define B_KEY 5
+#define B_MSG 5
+#define B_KEY 6
 #define B_TOP B_KEY
 
 /*
@@ -942,12 +946,19 @@ static int samename(const char *a, const char *b) {
   return 0;
 }
 
+/* The box at B_MSG, as batchk keeps it in C: its term, and where the box
+** keeps it; t NULL when not known (the slot is then refilled). */
+typedef struct framebox {
+  const mk_term *t;
+  mk_term *const *held;
+} framebox;
+
 /* The next message's handler and its arguments, as messagehandler pushes
 ** them, with the batch's frame: fn(state, message, endpoint) above the
 ** handler table.  Returns the number of arguments, or pushonmessage's 0
 ** or -1 (the frame left as it was). */
 static MKL_INLINE int nextmessage(mkl_state *S, lua_State *co, const mk_event *ev,
-                                  const char **last) {
+                                  const char **last, framebox *msg) {
   int r;
   if (ev->meta != 0) return -1;
   if (*last == NULL || !samename(*last, ev->endpoint)) {
@@ -959,7 +970,20 @@ static MKL_INLINE int nextmessage(mkl_state *S, lua_State *co, const mk_event *e
     return r;
   }
   lua_rawgeti(co, B_CTX, MKL_CTX_STATE);
-  pushmessage(S, co, ev->message);
+  /* The frame's box, while it holds the term (as pushshared checks: a box
+  ** that holds it keeps it alive, so it is no other term at its address). */
+  if (ev->message == msg->t && *msg->held == msg->t) {
+    lua_pushvalue(co, B_MSG);
+  } else {
+    pushmessage(S, co, ev->message);
+    if (S->message.t == ev->message && S->message.held != NULL &&
+        *S->message.held == ev->message) {       /* the shared box, pushed */
+      lua_pushvalue(co, -1);
+      lua_replace(co, B_MSG);
+      msg->t = ev->message;
+      msg->held = S->message.held;
+    }
+  }
   lua_pushvalue(co, B_NAME);
   return 3;
 }
@@ -971,6 +995,7 @@ static int batchk(lua_State *co, int status, lua_KContext k) {
   mk_event ev;
   const char *field, *last = lua_tostring(co, B_NAME);
   lastpeer peer = { NULL, 0, 0 };
+  framebox msg = { NULL, NULL };
   int nargs;
   (void)status;
   for (;;) {
@@ -985,7 +1010,7 @@ static int batchk(lua_State *co, int status, lua_KContext k) {
         nargs = 0;                                /* unhandled: dropped */
       } else {
         if (ev.type == MK_EV_MESSAGE) {
-          nargs = nextmessage(S, co, &ev, &last);
+          nargs = nextmessage(S, co, &ev, &last, &msg);
         } else {
           if (!peer.known) {
             peer.fn = lua_topointer(co, B_FN);
@@ -1009,7 +1034,7 @@ static int batchk(lua_State *co, int status, lua_KContext k) {
 static int batch(lua_State *co) {
   int nargs = lua_gettop(co) - 1;
   lua_rawgeti(co, LUA_REGISTRYINDEX, running.lp->ctxref);
-  lua_settop(co, lua_gettop(co) + B_KEY - 2);      /* B_NAME, B_FN, B_ROLE: nil */
+  lua_settop(co, lua_gettop(co) + B_KEY - 2);   /* B_NAME, B_FN, B_ROLE, B_MSG: nil */
   lua_rawgeti(co, LUA_REGISTRYINDEX, running.lp->S->fieldref[FIELD_MESSAGE]);
   lua_rotate(co, 1, B_TOP);
   lua_callk(co, nargs, 1, B_HANDLED, batchk);

@@ -431,6 +431,30 @@ describe("metamethods called by hand", function()
     assert.equal(0, status, err)
     assert.equal("1\n1\n1\n", out)
   end)
+
+  -- The same for a burst of one record to one process, whose handler runs
+  -- for each on one resume with the box kept in its frame (lproc.c, batch):
+  -- the third handler empties the box the first three got.
+  it("a box a handler emptied is not the next one of its burst", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      local r = market.record("r", "x")
+      market.perform(market.spawn(function()
+        local n = 0
+        return market.transition(nil, market.subscriber(r(market._), {
+          on_message = function(_, m)
+            n = n + 1
+            print(m.x)
+            if n == 3 then debug.getmetatable(m).__gc(m) end
+          end }))
+      end))
+      market.pause()
+      local m = r(1)
+      for _ = 1, 6 do market.perform(market.send(m)) end
+    ]])
+    assert.equal(0, status, err)
+    assert.equal(("1\n"):rep(6), out)
+  end)
 end)
 
 -- Labels and field names are C strings underneath (runtime/term.h): a NUL
