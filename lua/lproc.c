@@ -657,10 +657,10 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
 
 /* The frame of a batch's body (batch, below), under what each event
 ** pushes: the process's context; the name of the endpoint of its last
-** message, kept from one message to the next (most bursts go to one
+** event, kept from one event to the next (most bursts go to one
 ** endpoint: lua_pushstring hashed the name and looked it up each time),
 ** or nil; and the last presence or absence handler whose parameters
-** peerhandler read (an observer's burst goes to one function:
+** nextpeer read (an observer's burst goes to one function:
 ** lua_getinfo cost about 120 instructions), or nil, with whether it takes
 ** the role; the box of the last message when it was the shared one
 ** (pushshared: a burst of one record), or nil; and the key "on_message",
@@ -694,26 +694,33 @@ static int unhandled(lua_State *co, const lproc *lp, const mk_event *ev) {
 ** The role is a table made for the handler alone, and most of what such an
 ** event costs: making it, and the collector's work on it.  A Lua function
 ** declaring fewer than two parameters (and no `...`) cannot see its second
-** argument, so it gets nil there instead of a table.
-**
-** In a batch, `last` is the frame's last handler (B_FN, B_ROLE) as batchk
-** keeps it in C, known: read from the frame at the first presence or
-** absence of each entry into batchk, not at every one (lua_topointer and
-** lua_toboolean of co's slots, 40 to 50 instructions of an observer's
-** event), and kept in step with the frame here.  NULL outside a batch.
+** argument, so it gets nil there instead of a table (takesrole).
 */
-typedef struct lastpeer {
-  const void *fn;          /* lua_topointer of B_FN's function, or NULL */
-  int role;                /* B_ROLE */
-  int known;               /* read from the frame */
-} lastpeer;
+static MKL_INLINE int takesrole(lua_State *L, int fn) {
+  lua_Debug ar;
+  lua_pushvalue(L, fn);
+  lua_getinfo(L, ">u", &ar);
+  return ar.isvararg || ar.nparams >= 2;
+}
 
-static MKL_INLINE int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev,
-                                  lastpeer *last) {
+/* The role (a table, or nil for a handler that cannot see it) and, for an
+** absence, the reason: the arguments after the state. */
+static MKL_INLINE void pushpeer(mkl_state *S, lua_State *L, const mk_event *ev, int role) {
+  if (role) {
+    pushshared(&S->topic, L, ev->role.topic);
+    newrole(S, L, ev->role.orientation, ev->role.interest);
+  } else {
+    lua_pushnil(L);
+  }
+  if (ev->type == MK_EV_ABSENCE) {
+    if (ev->reason) mkl_pushterm(L, ev->reason); else lua_pushnil(L);
+  }
+}
+
+static MKL_INLINE int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const mk_event *ev) {
   lua_State *L = S->L;     /* scratch for the look-ups, as in unhandled */
   int presence = ev->type == MK_EV_PRESENCE, nargs = presence ? 3 : 4;
-  int b = lua_gettop(L), role;
-  lua_Debug ar;
+  int b = lua_gettop(L);
   if (!(presence || ev->type == MK_EV_ABSENCE) || ev->meta != 0 || ev->deleted ||
       !(ev->tag & MKL_TAG_KNOWN) || !lua_checkstack(L, 10))
     return -1;
@@ -733,31 +740,7 @@ static MKL_INLINE int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const 
   }
   /* fn's arguments after it: state, role(, reason), name */
   lua_rawgeti(L, b + 1, MKL_CTX_STATE);
-  if (last != NULL && last->fn == lua_topointer(L, b + 4)) {
-    role = last->role;
-  } else {
-    lua_pushvalue(L, b + 4);
-    lua_getinfo(L, ">u", &ar);
-    role = ar.isvararg || ar.nparams >= 2;
-    if (last != NULL) {           /* kept for the batch's next event */
-      lua_pushvalue(L, b + 4);
-      last->fn = lua_topointer(L, -1);
-      last->role = role;
-      lua_xmove(L, co, 1);
-      lua_replace(co, B_FN);
-      lua_pushboolean(co, role);
-      lua_replace(co, B_ROLE);
-    }
-  }
-  if (role) {
-    pushshared(&S->topic, L, ev->role.topic);
-    newrole(S, L, ev->role.orientation, ev->role.interest);
-  } else {
-    lua_pushnil(L);
-  }
-  if (!presence) {
-    if (ev->reason) mkl_pushterm(L, ev->reason); else lua_pushnil(L);
-  }
+  pushpeer(S, L, ev, takesrole(L, b + 4));
   lua_pushvalue(L, b + 2);
   lua_xmove(L, co, nargs + 1);    /* fn and its arguments, where co starts */
   lua_settop(L, b);
@@ -765,20 +748,20 @@ static MKL_INLINE int peerhandler(mkl_state *S, lproc *lp, lua_State *co, const 
 }
 
 /*
-** Push the on_message handler of the endpoint whose name is at `name` in
-** the context at `ctx` (both indices of co), above its handler table;
-** `key`, an index of co holding the string "on_message", or 0 to read it
-** from the registry.  Returns 1; 0 when it has none now; -1 for dispatch to take the event: a
-** handler table with a metatable (its fields are Lua's to look up), or a
-** handler that is not a function.  What it pushed is left for the caller
-** to drop.
+** Push the handler `field` (FIELD_*) of the endpoint whose name is at
+** `name` in the context at `ctx` (both indices of co), above its handler
+** table; `key`, an index of co holding the field's name, or 0 to read it
+** from the registry.  Returns 1; 0 when it has none now; -1 for dispatch
+** to take the event: a handler table with a metatable (its fields are
+** Lua's to look up), or a handler that is not a function.  What it pushed
+** is left for the caller to drop.
 */
-static MKL_INLINE int pushonmessage(mkl_state *S, lua_State *co, int ctx, int name,
-                                    int key) {
+static MKL_INLINE int pushhandler(mkl_state *S, lua_State *co, int ctx, int name, int key,
+                                  int field) {
   lua_pushvalue(co, name);
   if (lua_rawget(co, ctx) != LUA_TTABLE || lua_getmetatable(co, -1)) return -1;
   if (key != 0) lua_pushvalue(co, key);
-  else lua_rawgeti(co, LUA_REGISTRYINDEX, S->fieldref[FIELD_MESSAGE]);
+  else lua_rawgeti(co, LUA_REGISTRYINDEX, S->fieldref[field]);
   switch (lua_rawget(co, -2)) {
     case LUA_TFUNCTION: return 1;
     case LUA_TNIL: return 0;
@@ -792,7 +775,7 @@ static MKL_INLINE int pushonmessage(mkl_state *S, lua_State *co, int ctx, int na
 ** on co (empty), what it returns applied after (handle).  Returns the
 ** number of arguments, 0 when the endpoint has no such handler now (co
 ** left empty), or -1 for dispatch to take it (co left empty): the cases
-** of pushonmessage, and a handler table without a tag.  market.lua's
+** of pushhandler, and a handler table without a tag.  market.lua's
 ** deliver did the same in Lua, one frame under every handler: a tenth of
 ** a message's instructions.
 */
@@ -807,7 +790,7 @@ static MKL_INLINE int messagehandler(mkl_state *S, lproc *lp, lua_State *co, con
   lua_rawgeti(co, 1, MKL_CTX_STATE);
   pushmessage(S, co, ev->message);
   lua_pushstring(co, ev->endpoint);
-  if ((r = pushonmessage(S, co, 1, 4, 0)) <= 0) {
+  if ((r = pushhandler(S, co, 1, 4, 0, FIELD_MESSAGE)) <= 0) {
     lua_settop(co, 0);
     return r;
   }
@@ -922,8 +905,8 @@ static MKL_INLINE int toapply(mk_proc *p, lproc *lp, lua_State *co, int sends) {
 ** it watches being killed), the activation's body is batch(fn, args...),
 ** which calls the handler, applies what it returns as handle() would, and
 ** goes on with the next event at the head of the queue while that is the
-** process's and has a handler found in C (mk_proc_next, messagehandler,
-** peerhandler): one lua_resume, and one step of the VM, for the lot, where
+** process's and has a handler found in C (mk_proc_next, nextmessage,
+** nextpeer): one lua_resume, and one step of the VM, for the lot, where
 ** each event cost its own (about 400 instructions of a message's 2,100).
 ** The order of events is the queue's, each still is an activation of its
 ** own (counted, traced, given the whole budget: budget_next), and a
@@ -946,6 +929,15 @@ static int samename(const char *a, const char *b) {
   return 0;
 }
 
+/* The event's endpoint name at B_NAME, where the last one stays while
+** the next has the same (*last: Lua's copy of it, or NULL). */
+static MKL_INLINE void framename(lua_State *co, const char *name, const char **last) {
+  if (*last == NULL || !samename(*last, name)) {
+    *last = lua_pushstring(co, name);
+    lua_replace(co, B_NAME);
+  }
+}
+
 /* The box at B_MSG, as batchk keeps it in C: its term, and where the box
 ** keeps it; t NULL when not known (the slot is then refilled). */
 typedef struct framebox {
@@ -955,17 +947,14 @@ typedef struct framebox {
 
 /* The next message's handler and its arguments, as messagehandler pushes
 ** them, with the batch's frame: fn(state, message, endpoint) above the
-** handler table.  Returns the number of arguments, or pushonmessage's 0
+** handler table.  Returns the number of arguments, or pushhandler's 0
 ** or -1 (the frame left as it was). */
 static MKL_INLINE int nextmessage(mkl_state *S, lua_State *co, const mk_event *ev,
                                   const char **last, framebox *msg) {
   int r;
   if (ev->meta != 0) return -1;
-  if (*last == NULL || !samename(*last, ev->endpoint)) {
-    *last = lua_pushstring(co, ev->endpoint);   /* Lua's copy, kept at B_NAME */
-    lua_replace(co, B_NAME);
-  }
-  if ((r = pushonmessage(S, co, B_CTX, B_NAME, B_KEY)) <= 0) {
+  framename(co, ev->endpoint, last);
+  if ((r = pushhandler(S, co, B_CTX, B_NAME, B_KEY, FIELD_MESSAGE)) <= 0) {
     lua_settop(co, B_TOP);
     return r;
   }
@@ -986,6 +975,57 @@ static MKL_INLINE int nextmessage(mkl_state *S, lua_State *co, const mk_event *e
   }
   lua_pushvalue(co, B_NAME);
   return 3;
+}
+
+/* The frame's last peer handler (B_FN, B_ROLE) as batchk keeps it in C:
+** read from the frame at the first presence or absence of each entry into
+** batchk, not at every one (lua_topointer and lua_toboolean of co's
+** slots), and kept in step with the frame by nextpeer. */
+typedef struct lastpeer {
+  const void *fn;          /* lua_topointer of B_FN's function, or NULL */
+  int role;                /* B_ROLE */
+  int known;               /* read from the frame */
+} lastpeer;
+
+/* The next presence's or absence's handler and its arguments, as
+** peerhandler pushes them, with the batch's frame: fn(state, role,
+** endpoint) or fn(state, role, reason, endpoint) above the handler table,
+** looked up on co itself (peerhandler's look-ups on the main thread and
+** its lua_xmove were a sixth of an observer's event).  While a burst goes
+** to one function, whether it takes the role is the frame's.  Returns as
+** nextmessage does. */
+static MKL_INLINE int nextpeer(mkl_state *S, lua_State *co, const mk_event *ev,
+                               const char **last, lastpeer *peer) {
+  int r, role;
+  const void *fn;
+  if (ev->meta != 0 || ev->deleted) return -1;
+  framename(co, ev->endpoint, last);
+  r = pushhandler(S, co, B_CTX, B_NAME, 0,
+                  ev->type == MK_EV_PRESENCE ? FIELD_PRESENCE : FIELD_ABSENCE);
+  if (r <= 0) {
+    lua_settop(co, B_TOP);
+    return r;
+  }
+  if (!peer->known) {
+    peer->fn = lua_topointer(co, B_FN);
+    peer->role = lua_toboolean(co, B_ROLE);
+    peer->known = 1;
+  }
+  if ((fn = lua_topointer(co, -1)) == peer->fn) {
+    role = peer->role;
+  } else {                        /* kept for the burst's next event */
+    role = takesrole(co, -1);
+    lua_pushvalue(co, -1);
+    lua_replace(co, B_FN);
+    lua_pushboolean(co, role);
+    lua_replace(co, B_ROLE);
+    peer->fn = fn;
+    peer->role = role;
+  }
+  lua_rawgeti(co, B_CTX, MKL_CTX_STATE);
+  pushpeer(S, co, ev, role);
+  lua_pushvalue(co, B_NAME);
+  return ev->type == MK_EV_PRESENCE ? 3 : 4;
 }
 
 static int batchk(lua_State *co, int status, lua_KContext k) {
@@ -1009,16 +1049,8 @@ static int batchk(lua_State *co, int status, lua_KContext k) {
       if (!(ev.tag & handler_of(ev.type, &field))) {
         nargs = 0;                                /* unhandled: dropped */
       } else {
-        if (ev.type == MK_EV_MESSAGE) {
-          nargs = nextmessage(S, co, &ev, &last, &msg);
-        } else {
-          if (!peer.known) {
-            peer.fn = lua_topointer(co, B_FN);
-            peer.role = lua_toboolean(co, B_ROLE);
-            peer.known = 1;
-          }
-          nargs = peerhandler(S, lp, co, &ev, &peer);
-        }
+        nargs = ev.type == MK_EV_MESSAGE ? nextmessage(S, co, &ev, &last, &msg)
+                                         : nextpeer(S, co, &ev, &last, &peer);
         if (nargs < 0) return 0;                  /* dispatch's: the VM's next step */
       }
       mk_proc_take(p);
@@ -1254,7 +1286,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     ** dispatch(ctx, event...). */
     co = acquire(S, lp);
     nargs = ev->type == MK_EV_MESSAGE ? messagehandler(S, lp, co, ev)
-                                      : peerhandler(S, lp, co, ev, NULL);
+                                      : peerhandler(S, lp, co, ev);
     if (nargs == 0) { release(S, lp); return; }
     if (nargs > 0) {
       mk_event next;
