@@ -70,13 +70,17 @@ typedef struct mkl_state {
   ** hold them. */
   lastbox message, topic;
   int roleref;           /* the strings of a role table (newrole) */
-  /* Registry slots that held the context of a process now gone (false
-  ** since), for the next processes' contexts (newproc, destroy); owned,
-  ** freed by state_gc.  luaL_ref and luaL_unref keep their free list in
-  ** the registry itself, with five table accesses per reference and four
-  ** per release: 520 instructions of every spawn. */
+  /* Registry slots that held the context of a process now gone, for the
+  ** next processes' contexts (newproc, destroy); owned, freed by
+  ** state_gc.  Each holds false, or (nkept of them) that context, emptied,
+  ** for the next process to take (spare_ctx).  luaL_ref and luaL_unref
+  ** keep their free list in the registry itself, with five table accesses
+  ** per reference and four per release: 520 instructions of every spawn. */
   int *spare;
   int nspare, maxspare;
+  int nkept;             /* spares holding an emptied context */
+  int wanted;            /* how many to keep at most: the spawns that found
+                         ** a spare slot and no context in it */
   int fieldref[3];       /* "on_presence", "on_absence", "on_message",
                          ** interned once: handler keys (FIELD_*) */
   int nameref;           /* the endpoint name pushname pushed last, */
@@ -135,8 +139,10 @@ enum { APPLY_LUA = 1, APPLY_C };
 
 #if defined(__GNUC__)
 #define MKL_INLINE inline __attribute__((always_inline))
+#define MKL_NOINLINE __attribute__((noinline))
 #else
 #define MKL_INLINE inline
+#define MKL_NOINLINE
 #endif
 
 static const char key_state = 0;
@@ -1249,22 +1255,73 @@ static void handle(mk_proc *p, const mk_event *ev) {
   }
 }
 
-/* The registry slot ref, which held a context, is free: kept among the
-** spares (S->spare), or given back to the registry if the list cannot
-** grow. */
-static void spare_slot(mkl_state *S, int ref) {
+/*
+** The registry slot ref holds the context of a process now gone: kept
+** among the spares (S->spare), or given back to the registry if the list
+** cannot grow.  The context may stay in it, emptied, for the next spawn
+** (newproc), which then makes no table, where making one and collecting
+** it were two of the nine Lua allocations of a spawn and 5% of its
+** instructions (issue 10).  Emptying costs about 300 instructions, so it
+** is done only while spawns want it: a VM keeps at most as many emptied
+** contexts as spawns found a spare slot without one (S->wanted), and
+** one that only kills (shutting down, or killing what it spawned once)
+** pays nothing for it.  Nor is a context of more than CTX_KEPT entries
+** kept (several endpoints, continuations, a backlog): its hash part is
+** larger than a handler process needs.  The others go to the collector as
+** before (the slot then holds false).
+**
+** Nothing of the dead process's can see the context again.  Only the
+** registry slot and the process's own coroutines hold it (the process
+** runs no other line once dead: settle; a coroutine still held is never
+** resumed again, one given back to the pool was cleared: release), and
+** market.lua keeps it in no closure and lends it to no caller.  A process
+** is destroyed when the last reference to it goes (vm.c, proc_unref),
+** never while an activation of its own is running.  ctx has no metatable
+** (nothing sets one), so the raw clearing runs no code.
+*/
+#define CTX_KEPT 2
+static MKL_NOINLINE int emptied(lua_State *L, int ref) {  /* kept off destroy's path */
+  int n = 0;
+  /* L runs no function of its own here (a process's coroutine may be
+  ** running): room is asked for the context, a key and its value, and the
+  ** key's copy and the nil that rawset takes. */
+  if (!lua_checkstack(L, 5)) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+  /* Setting an existing field to nil during a traversal is allowed, and
+  ** allocates nothing. */
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    if (++n > CTX_KEPT) {
+      lua_pop(L, 3);
+      return 0;
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_pushnil(L);
+    lua_rawset(L, -4);
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
+static void spare_ctx(mkl_state *S, int ref) {
+  lua_State *L = S->L;
   if (S->nspare == S->maxspare) {
-    int n = S->maxspare ? 2 * S->maxspare : 64;
-    int *grown = S->maxspare < INT_MAX / 2 ? realloc(S->spare, (size_t)n * sizeof *grown) : NULL;
+    int m = S->maxspare ? 2 * S->maxspare : 64;
+    int *grown = S->maxspare < INT_MAX / 2 ? realloc(S->spare, (size_t)m * sizeof *grown) : NULL;
     if (grown == NULL) {
-      luaL_unref(S->L, LUA_REGISTRYINDEX, ref);
+      luaL_unref(L, LUA_REGISTRYINDEX, ref);
       return;
     }
     S->spare = grown;
-    S->maxspare = n;
+    S->maxspare = m;
   }
-  lua_pushboolean(S->L, 0);           /* the slot exists: nothing allocated */
-  lua_rawseti(S->L, LUA_REGISTRYINDEX, ref);
+  if (S->nkept < S->wanted && emptied(L, ref)) {
+    S->nkept++;
+  } else {
+    lua_pushboolean(L, 0);            /* the slot exists: nothing allocated */
+    lua_rawseti(L, LUA_REGISTRYINDEX, ref);
+  }
   S->spare[S->nspare++] = ref;
 }
 
@@ -1274,7 +1331,7 @@ static void destroy(mk_proc *p) {
   /* A coroutine still held (waiting, or failed: see handle) is dropped,
   ** never pooled. */
   if (lp->coref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->coref);
-  if (lp->ctxref != LUA_NOREF) spare_slot(lp->S, lp->ctxref);
+  if (lp->ctxref != LUA_NOREF) spare_ctx(lp->S, lp->ctxref);
   if (lp->wait != NULL) {       /* no timeout outlives its process */
     untime(lp->wait);
     free(lp->wait);
@@ -1295,15 +1352,24 @@ static const mk_behavior lua_behavior = { "lua", handle, NULL, destroy, declines
 /* A new process record for the function at the top of L (popped).  Its
 ** context is made now, holding the function until the boot event: one
 ** registry reference per process, where a reference to the function and
-** a later one to the context cost two.  Sized for the state (or the boot
-** function) and one endpoint, what a handler process holds while idle,
-** both in the hash part: a table with an array part of one slot as well
-** takes a third allocation, which with the malloc work it brings was 7%
-** of a spawn's instructions (issue 10); the state is read from the hash
-** a few instructions slower. */
+** a later one to the context cost two.  A dead process's context, kept
+** emptied (spare_ctx), is taken first.  One made is sized for the state
+** (or the boot function) and one endpoint, what a handler process holds
+** while idle, both in the hash part: a table with an array part of one
+** slot as well takes a third allocation, which with the malloc work it
+** brings was 7% of a spawn's instructions (issue 10); the state is read
+** from the hash a few instructions slower. */
 static lproc *newproc(mkl_state *S, lua_State *L) {
   lproc *lp;
-  lua_createtable(L, 0, 2);
+  int kept = 0;
+  if (S->nspare > 0) {
+    kept = lua_rawgeti(L, LUA_REGISTRYINDEX, S->spare[S->nspare - 1]) == LUA_TTABLE;
+    if (!kept) {
+      lua_pop(L, 1);
+      if (S->wanted < S->maxspare) S->wanted++;     /* more is never kept */
+    }
+  }
+  if (!kept) lua_createtable(L, 0, 2);
   lua_rotate(L, -2, 1);
   lua_rawseti(L, -2, MKL_CTX_STATE);
   lp = mk_pool_alloc(sizeof *lp);
@@ -1311,7 +1377,11 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lp->S = S;
   lp->co = NULL;
   lp->coref = LUA_NOREF;
-  if (S->nspare > 0) {
+  if (kept) {
+    lp->ctxref = S->spare[--S->nspare];
+    S->nkept--;
+    lua_pop(L, 1);
+  } else if (S->nspare > 0) {
     lp->ctxref = S->spare[--S->nspare];
     lua_rawseti(L, LUA_REGISTRYINDEX, lp->ctxref);
   } else {
@@ -2197,7 +2267,7 @@ static int state_gc(lua_State *L) {
   mkl_state *S = lua_touserdata(L, 1);
   free(S->spare);
   S->spare = NULL;
-  S->nspare = S->maxspare = 0;
+  S->nspare = S->maxspare = S->nkept = S->wanted = 0;
   budget_release();
   if (act.users == 0) {
     /* The last Lua state with market open: let go of what is cached for

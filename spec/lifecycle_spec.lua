@@ -114,6 +114,65 @@ describe("spawn", function()
     end)
     assert.same({ "done" }, log.lines)
   end)
+
+  -- A dead process's context table is emptied and becomes the next
+  -- process's (lproc.c, spare_ctx), once spawns have shown they want them
+  -- (churn: processes with nothing to do, which end after their boot, in
+  -- two rounds; the second's spawns find the first's slots without
+  -- contexts, and so their ends keep theirs).  What the dead one kept in
+  -- it (events wait_for passed over, the count naming anonymous endpoints)
+  -- is not the next one's.
+  local function churn()
+    for _ = 1, 2 do
+      for _ = 1, 8 do market.perform(market.spawn(function() end)) end
+      market.pause()
+    end
+  end
+
+  it("a process spawned after one died waiting does not get the events it kept", function()
+    local log = H.log()
+    H.kept(function()
+      churn()
+      local waiter = market.perform(market.spawn(function()
+        market.perform(market.subscriber({ "kept", _ }, { name = "in" }))
+        market.wait_for(function() return false end)
+      end))
+      market.pause()
+      market.perform(market.send({ "kept", 1 }))
+      market.pause()
+      market.perform(market.quit(waiter))
+      market.pause()
+      market.perform(market.spawn(function()
+        log("next: %s %s", market.yield(0))
+      end))
+      market.pause()
+    end)
+    assert.same({ "next: nil timeout" }, log.lines)
+  end)
+
+  it("processes spawned after others died name their first anonymous endpoint #1", function()
+    local log = H.log()
+    H.kept(function()
+      local function anon(who)
+        return market.spawn(function()
+          return T(nil, market.subscriber({ "anon", _ }, {
+            on_message = function(_, _, name) log("%s: %s", who, name) end }))
+        end)
+      end
+      churn()
+      for _, who in ipairs({ "first", "next" }) do
+        local pids = {}
+        for i = 1, 5 do pids[i] = market.perform(anon(who)) end
+        market.pause()
+        market.perform(market.send({ "anon", who }))
+        market.pause()
+        for i = 1, 5 do market.perform(market.quit(pids[i])) end
+        market.pause()
+      end
+    end)
+    assert.same({ "first: #1", "first: #1", "first: #1", "first: #1", "first: #1",
+                  "next: #1", "next: #1", "next: #1", "next: #1", "next: #1" }, log.lines)
+  end)
 end)
 
 describe("yield", function()
