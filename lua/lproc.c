@@ -1283,12 +1283,13 @@ static void handle(mk_proc *p, const mk_event *ev) {
 static MKL_NOINLINE int emptied(lua_State *L, int ref) {  /* kept off destroy's path */
   int n = 0;
   /* L runs no function of its own here (a process's coroutine may be
-  ** running): room is asked for the context, a key and its value, and the
-  ** key's copy and the nil that rawset takes. */
-  if (!lua_checkstack(L, 5)) return 0;
+  ** running): room is asked for the context, a key and its value. */
+  if (!lua_checkstack(L, 3)) return 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-  /* Setting an existing field to nil during a traversal is allowed, and
-  ** allocates nothing. */
+  /* Each entry found is set to nil (which allocates nothing) and the
+  ** search starts again from the first: lua_next from nil finds the slot
+  ** to go on from without a lookup of the key, and there are at most
+  ** CTX_KEPT + 1 of them. */
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     if (++n > CTX_KEPT) {
@@ -1296,9 +1297,9 @@ static MKL_NOINLINE int emptied(lua_State *L, int ref) {  /* kept off destroy's 
       return 0;
     }
     lua_pop(L, 1);
-    lua_pushvalue(L, -1);
     lua_pushnil(L);
-    lua_rawset(L, -4);
+    lua_rawset(L, -3);
+    lua_pushnil(L);
   }
   lua_pop(L, 1);
   return 1;
