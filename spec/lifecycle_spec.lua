@@ -39,6 +39,23 @@ describe("spawn", function()
     assert.same({ "2 3 4" }, log.lines)
   end)
 
+  -- perform(spawn) alone is done in C (lua/laction.c, dospawn) unless the
+  -- action has a continuation or is a nested VM, which market.lua does.
+  it("perform(spawn) with a continuation or a name: each is kept", function()
+    local log = H.log()
+    H.ground(function()
+      local named = market.perform(market.spawn(function()
+        log("named %s", select(2, market.self()))
+      end, { name = "named" }))
+      local plain = market.perform(market.spawn(function() end))
+      local child = market.perform(market.spawn(function() end, {
+        k = function(_, pid) log("k got %d", pid) end }))
+      log("pids %d %d %d", named, plain, child)
+      market.pause()
+    end)
+    assert.same({ "pids 2 3 4", "named named", "k got 4" }, log.lines)
+  end)
+
   it("the child's boot transition sets its initial state and actions", function()
     local log = H.log()
     H.ground(function()
