@@ -79,8 +79,9 @@ typedef struct mkl_state {
   int *spare;
   int nspare, maxspare;
   int nkept;             /* spares holding an emptied context */
-  int wanted;            /* how many to keep at most: the spawns that found
-                         ** a spare slot and no context in it */
+  int run;               /* spawns that took a spare slot since the last
+                         ** process ended */
+  int demand;            /* the last such run: how many to keep at most */
   int fieldref[3];       /* "on_presence", "on_absence", "on_message",
                          ** interned once: handler keys (FIELD_*) */
   int nameref;           /* the endpoint name pushname pushed last, */
@@ -1261,14 +1262,18 @@ static void handle(mk_proc *p, const mk_event *ev) {
 ** cannot grow.  The context may stay in it, emptied, for the next spawn
 ** (newproc), which then makes no table, where making one and collecting
 ** it were two of the nine Lua allocations of a spawn and 5% of its
-** instructions (issue 10).  Emptying costs about 300 instructions, so it
-** is done only while spawns want it: a VM keeps at most as many emptied
-** contexts as spawns found a spare slot without one (S->wanted), and
-** one that only kills (shutting down, or killing what it spawned once)
+** instructions (issue 10).  Emptying costs about 250 instructions and
+** touches the context's memory, so it is done only while spawns want it:
+** a VM keeps at most as many emptied contexts as the last run of spawns
+** took spare slots (S->demand; a run ends when a process ends).  One that
+** kills what it spawned once, or that spawns fewer than it has kept,
 ** pays nothing for it.  Nor is a context of more than CTX_KEPT entries
 ** kept (several endpoints, continuations, a backlog): its hash part is
 ** larger than a handler process needs.  The others go to the collector as
-** before (the slot then holds false).
+** before (the slot then holds false).  What is kept stays until a spawn
+** takes it: at most one empty table of two slots (120 bytes) for each
+** process the VM had at its most, live to the collector, as the records
+** runtime/pool.c keeps are to malloc.
 **
 ** Nothing of the dead process's can see the context again.  Only the
 ** registry slot and the process's own coroutines hold it (the process
@@ -1317,7 +1322,11 @@ static void spare_ctx(mkl_state *S, int ref) {
     S->spare = grown;
     S->maxspare = m;
   }
-  if (S->nkept < S->wanted && emptied(L, ref)) {
+  if (S->run > 0) {
+    S->demand = S->run;
+    S->run = 0;
+  }
+  if (S->nkept < S->demand && emptied(L, ref)) {
     S->nkept++;
   } else {
     lua_pushboolean(L, 0);            /* the slot exists: nothing allocated */
@@ -1365,10 +1374,8 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   int kept = 0;
   if (S->nspare > 0) {
     kept = lua_rawgeti(L, LUA_REGISTRYINDEX, S->spare[S->nspare - 1]) == LUA_TTABLE;
-    if (!kept) {
-      lua_pop(L, 1);
-      if (S->wanted < S->maxspare) S->wanted++;     /* more is never kept */
-    }
+    if (!kept) lua_pop(L, 1);
+    S->run++;                         /* < the slots there are: no overflow */
   }
   if (!kept) lua_createtable(L, 0, 2);
   lua_rotate(L, -2, 1);
@@ -2268,7 +2275,7 @@ static int state_gc(lua_State *L) {
   mkl_state *S = lua_touserdata(L, 1);
   free(S->spare);
   S->spare = NULL;
-  S->nspare = S->maxspare = S->nkept = S->wanted = 0;
+  S->nspare = S->maxspare = S->nkept = S->run = S->demand = 0;
   budget_release();
   if (act.users == 0) {
     /* The last Lua state with market open: let go of what is cached for

@@ -133,23 +133,32 @@ describe("spawn", function()
   end)
 
   -- A dead process's context table is emptied and becomes the next
-  -- process's (lproc.c, spare_ctx), once spawns have shown they want them
-  -- (churn: processes with nothing to do, which end after their boot, in
-  -- two rounds; the second's spawns find the first's slots without
-  -- contexts, and so their ends keep theirs).  What the dead one kept in
-  -- it (events wait_for passed over, the count naming anonymous endpoints)
-  -- is not the next one's.
-  local function churn()
-    for _ = 1, 2 do
-      for _ = 1, 8 do market.perform(market.spawn(function() end)) end
+  -- process's (lproc.c, spare_ctx), up to as many as the last run of
+  -- spawns took spare slots.  drain() leaves none kept and a run going
+  -- that has taken 1,000 (more than the earlier tests leave kept): a
+  -- crowd spawned, killed, and spawned again, holding on.  What a dead
+  -- process kept in its context (events wait_for passed over, the count
+  -- naming anonymous endpoints) is not the next one's.
+  local function drain()
+    for round = 1, 2 do
+      local pids = {}
+      for i = 1, 1000 do
+        pids[i] = market.perform(market.spawn(function()
+          return T(nil, market.subscriber({ "crowd", i }, "in"))
+        end))
+      end
       market.pause()
+      if round == 1 then
+        for i = 1, 1000 do market.perform(market.quit(pids[i])) end
+        market.pause()
+      end
     end
   end
 
   it("a process spawned after one died waiting does not get the events it kept", function()
     local log = H.log()
     H.kept(function()
-      churn()
+      drain()
       local waiter = market.perform(market.spawn(function()
         market.perform(market.subscriber({ "kept", _ }, { name = "in" }))
         market.wait_for(function() return false end)
@@ -176,7 +185,7 @@ describe("spawn", function()
             on_message = function(_, _, name) log("%s: %s", who, name) end }))
         end)
       end
-      churn()
+      drain()
       for _, who in ipairs({ "first", "next" }) do
         local pids = {}
         for i = 1, 5 do pids[i] = market.perform(anon(who)) end
