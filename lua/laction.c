@@ -80,6 +80,9 @@ static const char fixed_brand = 0;
 typedef struct fixedact {
   int kind;              /* K_* */
   unsigned char orientation, interest;  /* an add's (fields 2 and 3) */
+  unsigned char plain;   /* a spawn's: no k, not nested, its name a string
+                         ** or false, so dospawn does it (read once, by
+                         ** f_fixed, rather than at every perform) */
   const char *brand;     /* &fixed_brand */
 } fixedact;
 
@@ -120,7 +123,7 @@ static fixedact *newfixed(lua_State *L, int kind, const int *fields, int n, int 
   int i;
   fixedact *a = lua_newuserdatauv(L, sizeof *a, n);
   a->kind = kind;
-  a->orientation = a->interest = 0;
+  a->orientation = a->interest = a->plain = 0;
   a->brand = &fixed_brand;
   for (i = 0; i < n; i++) {
     lua_pushvalue(L, fields[i]);
@@ -328,9 +331,14 @@ static int f_fixed(lua_State *L) {
   static const char *const kinds[] = {"spawn", "delete", "exit", NULL};
   static const int kindof[] = {K_SPAWN, K_DELETE, K_EXIT};
   int k = kindof[luaL_checkoption(L, 1, NULL, kinds)], n;
+  fixedact *a;
   for (n = 0; FIELDS[k][n] != NULL; n++) {}
   lua_settop(L, 1 + n);
-  newfixed(L, k, fields, n, U_FIXED);
+  a = newfixed(L, k, fields, n, U_FIXED);
+  /* boot, name, k, nested at 2 .. 5 (fields) */
+  if (k == K_SPAWN)
+    a->plain = !lua_toboolean(L, 4) && !lua_toboolean(L, 5) &&
+               (lua_type(L, 3) == LUA_TSTRING || !lua_toboolean(L, 3));
   return 1;
 }
 
@@ -640,28 +648,17 @@ out:
 ** A spawn action (market.spawn(boot, name)) at idx, done for p: the new
 ** pid pushed.  Spawning one process after another from straight-line
 ** code went through market.lua's perform_rest and perform_one to
-** core.spawn, a third of the Lua lines a spawn ran.  Returns 0, leaving
-** the stack as it was, for a continuation (k, which market.lua registers
-** in the context) or a nested VM: market.lua then performs it.
+** core.spawn, a third of the Lua lines a spawn ran.  Returns 0 for a
+** continuation (k, which market.lua registers in the context) or a
+** nested VM (not a->plain): market.lua then performs it.
 */
-static int dospawn(lua_State *L, mk_proc *p, int idx) {
+static int dospawn(lua_State *L, mk_proc *p, const fixedact *a, int idx) {
   int top = lua_gettop(L);
   mk_pid pid;
-  /* boot, name or false, k or false, nested, budget (FIELDS) */
-  lua_getiuservalue(L, idx, 3);
-  lua_getiuservalue(L, idx, 4);
-  if (lua_toboolean(L, top + 1) || lua_toboolean(L, top + 2)) {
-    lua_settop(L, top);
-    return 0;
-  }
-  /* the name stays, under the boot; one market.spawn would not have made
-  ** (a table, say) is core.spawn's to reject */
-  if (lua_getiuservalue(L, idx, 2) != LUA_TSTRING && lua_toboolean(L, -1)) {
-    lua_settop(L, top);
-    return 0;
-  }
+  if (!a->plain) return 0;
+  lua_getiuservalue(L, idx, 2);       /* the name (or false), under the boot */
   lua_getiuservalue(L, idx, 1);
-  pid = mkl_spawn_by(L, p, lua_tostring(L, top + 3));
+  pid = mkl_spawn_by(L, p, lua_tostring(L, top + 1));
   lua_settop(L, top);
   lua_pushinteger(L, (lua_Integer)pid);
   return 1;
@@ -673,7 +670,7 @@ static int dospawn(lua_State *L, mk_proc *p, int idx) {
 static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx) {
   switch (a->kind) {
     case K_ADD: return doadd(L, p, a, idx) ? 0 : -1;
-    case K_SPAWN: return dospawn(L, p, idx) ? 1 : -1;
+    case K_SPAWN: return dospawn(L, p, a, idx) ? 1 : -1;
     default: return -1;
   }
 }

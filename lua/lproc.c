@@ -74,13 +74,18 @@ typedef struct mkl_state {
   ** hold them. */
   lastbox message, topic;
   int roleref;           /* the strings of a role table (newrole) */
-  /* Registry slots that held the context of a process now gone (false
-  ** since), for the next processes' contexts (newproc, destroy); owned,
-  ** freed by state_gc.  luaL_ref and luaL_unref keep their free list in
-  ** the registry itself, with five table accesses per reference and four
-  ** per release: 520 instructions of every spawn. */
+  /* Registry slots that held the context of a process now gone, for the
+  ** next processes' contexts (newproc, destroy); owned, freed by
+  ** state_gc.  Each holds false, or (nkept of them) that context, emptied,
+  ** for the next process to take (spare_ctx).  luaL_ref and luaL_unref
+  ** keep their free list in the registry itself, with five table accesses
+  ** per reference and four per release: 520 instructions of every spawn. */
   int *spare;
   int nspare, maxspare;
+  int nkept;             /* spares holding an emptied context */
+  int run;               /* spawns that took a spare slot since the last
+                         ** process ended */
+  int demand;            /* the last such run: how many to keep at most */
   int fieldref[3];       /* "on_presence", "on_absence", "on_message",
                          ** interned once: handler keys (FIELD_*) */
   int nameref;           /* the endpoint name pushname pushed last, */
@@ -139,8 +144,10 @@ enum { APPLY_LUA = 1, APPLY_C };
 
 #if defined(__GNUC__)
 #define MKL_INLINE inline __attribute__((always_inline))
+#define MKL_NOINLINE __attribute__((noinline))
 #else
 #define MKL_INLINE inline
+#define MKL_NOINLINE
 #endif
 
 static const char key_state = 0;
@@ -1344,22 +1351,82 @@ static void handle(mk_proc *p, const mk_event *ev) {
   }
 }
 
-/* The registry slot ref, which held a context, is free: kept among the
-** spares (S->spare), or given back to the registry if the list cannot
-** grow. */
-static void spare_slot(mkl_state *S, int ref) {
+/*
+** The registry slot ref holds the context of a process now gone: kept
+** among the spares (S->spare), or given back to the registry if the list
+** cannot grow.  The context may stay in it, emptied, for the next spawn
+** (newproc), which then makes no table, where making one and collecting
+** it were two of the nine Lua allocations of a spawn and 5% of its
+** instructions (issue 10).  Emptying costs about 250 instructions and
+** touches the context's memory, so it is done only while spawns want it:
+** a VM keeps at most as many emptied contexts as the last run of spawns
+** took spare slots (S->demand; a run ends when a process ends).  One that
+** kills what it spawned once, or that spawns fewer than it has kept,
+** pays nothing for it.  Nor is a context of more than CTX_KEPT entries
+** kept (several endpoints, continuations, a backlog): its hash part is
+** larger than a handler process needs.  The others go to the collector as
+** before (the slot then holds false).  What is kept stays until a spawn
+** takes it: at most one empty table of two slots (120 bytes) for each
+** process the VM had at its most, live to the collector, as the records
+** runtime/pool.c keeps are to malloc.
+**
+** Nothing of the dead process's can see the context again.  Only the
+** registry slot and the process's own coroutines hold it (the process
+** runs no other line once dead: settle; a coroutine still held is never
+** resumed again, one given back to the pool was cleared: release), and
+** market.lua keeps it in no closure and lends it to no caller.  A process
+** is destroyed when the last reference to it goes (vm.c, proc_unref),
+** never while an activation of its own is running.  ctx has no metatable
+** (nothing sets one), so the raw clearing runs no code.
+*/
+#define CTX_KEPT 2
+static MKL_NOINLINE int emptied(lua_State *L, int ref) {  /* kept off destroy's path */
+  int n = 0;
+  /* L runs no function of its own here (a process's coroutine may be
+  ** running): room is asked for the context, a key and its value. */
+  if (!lua_checkstack(L, 3)) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+  /* Each entry found is set to nil (which allocates nothing) and the
+  ** search starts again from the first: lua_next from nil finds the slot
+  ** to go on from without a lookup of the key, and there are at most
+  ** CTX_KEPT + 1 of them. */
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    if (++n > CTX_KEPT) {
+      lua_pop(L, 3);
+      return 0;
+    }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pushnil(L);
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
+static void spare_ctx(mkl_state *S, int ref) {
+  lua_State *L = S->L;
   if (S->nspare == S->maxspare) {
-    int n = S->maxspare ? 2 * S->maxspare : 64;
-    int *grown = S->maxspare < INT_MAX / 2 ? realloc(S->spare, (size_t)n * sizeof *grown) : NULL;
+    int m = S->maxspare ? 2 * S->maxspare : 64;
+    int *grown = S->maxspare < INT_MAX / 2 ? realloc(S->spare, (size_t)m * sizeof *grown) : NULL;
     if (grown == NULL) {
-      luaL_unref(S->L, LUA_REGISTRYINDEX, ref);
+      luaL_unref(L, LUA_REGISTRYINDEX, ref);
       return;
     }
     S->spare = grown;
-    S->maxspare = n;
+    S->maxspare = m;
   }
-  lua_pushboolean(S->L, 0);           /* the slot exists: nothing allocated */
-  lua_rawseti(S->L, LUA_REGISTRYINDEX, ref);
+  if (S->run > 0) {
+    S->demand = S->run;
+    S->run = 0;
+  }
+  if (S->nkept < S->demand && emptied(L, ref)) {
+    S->nkept++;
+  } else {
+    lua_pushboolean(L, 0);            /* the slot exists: nothing allocated */
+    lua_rawseti(L, LUA_REGISTRYINDEX, ref);
+  }
   S->spare[S->nspare++] = ref;
 }
 
@@ -1369,7 +1436,7 @@ static void destroy(mk_proc *p) {
   /* A coroutine still held (waiting, or failed: see handle) is dropped,
   ** never pooled. */
   if (lp->coref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->coref);
-  if (lp->ctxref != LUA_NOREF) spare_slot(lp->S, lp->ctxref);
+  if (lp->ctxref != LUA_NOREF) spare_ctx(lp->S, lp->ctxref);
   if (lp->wait != NULL) {       /* no timeout outlives its process */
     untime(lp->wait);
     free(lp->wait);
@@ -1390,15 +1457,22 @@ static const mk_behavior lua_behavior = { "lua", handle, NULL, destroy, declines
 /* A new process record for the function at the top of L (popped).  Its
 ** context is made now, holding the function until the boot event: one
 ** registry reference per process, where a reference to the function and
-** a later one to the context cost two.  Sized for the state (or the boot
-** function) and one endpoint, what a handler process holds while idle,
-** both in the hash part: a table with an array part of one slot as well
-** takes a third allocation, which with the malloc work it brings was 7%
-** of a spawn's instructions (issue 10); the state is read from the hash
-** a few instructions slower. */
+** a later one to the context cost two.  A dead process's context, kept
+** emptied (spare_ctx), is taken first.  One made is sized for the state
+** (or the boot function) and one endpoint, what a handler process holds
+** while idle, both in the hash part: a table with an array part of one
+** slot as well takes a third allocation, which with the malloc work it
+** brings was 7% of a spawn's instructions (issue 10); the state is read
+** from the hash a few instructions slower. */
 static lproc *newproc(mkl_state *S, lua_State *L) {
   lproc *lp;
-  lua_createtable(L, 0, 2);
+  int kept = 0;
+  if (S->nspare > 0) {
+    kept = lua_rawgeti(L, LUA_REGISTRYINDEX, S->spare[S->nspare - 1]) == LUA_TTABLE;
+    if (!kept) lua_pop(L, 1);
+    S->run++;                         /* < the slots there are: no overflow */
+  }
+  if (!kept) lua_createtable(L, 0, 2);
   lua_rotate(L, -2, 1);
   lua_rawseti(L, -2, MKL_CTX_STATE);
   lp = mk_pool_alloc(sizeof *lp);
@@ -1406,7 +1480,11 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lp->S = S;
   lp->co = NULL;
   lp->coref = LUA_NOREF;
-  if (S->nspare > 0) {
+  if (kept) {
+    lp->ctxref = S->spare[--S->nspare];
+    S->nkept--;
+    lua_pop(L, 1);
+  } else if (S->nspare > 0) {
     lp->ctxref = S->spare[--S->nspare];
     lua_rawseti(L, LUA_REGISTRYINDEX, lp->ctxref);
   } else {
@@ -2292,7 +2370,7 @@ static int state_gc(lua_State *L) {
   mkl_state *S = lua_touserdata(L, 1);
   free(S->spare);
   S->spare = NULL;
-  S->nspare = S->maxspare = 0;
+  S->nspare = S->maxspare = S->nkept = S->run = S->demand = 0;
   budget_release();
   if (act.users == 0) {
     /* The last Lua state with market open: let go of what is cached for

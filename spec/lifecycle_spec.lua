@@ -39,6 +39,23 @@ describe("spawn", function()
     assert.same({ "2 3 4" }, log.lines)
   end)
 
+  -- perform(spawn) alone is done in C (lua/laction.c, dospawn) unless the
+  -- action has a continuation or is a nested VM, which market.lua does.
+  it("perform(spawn) with a continuation or a name: each is kept", function()
+    local log = H.log()
+    H.ground(function()
+      local named = market.perform(market.spawn(function()
+        log("named %s", select(2, market.self()))
+      end, { name = "named" }))
+      local plain = market.perform(market.spawn(function() end))
+      local child = market.perform(market.spawn(function() end, {
+        k = function(_, pid) log("k got %d", pid) end }))
+      log("pids %d %d %d", named, plain, child)
+      market.pause()
+    end)
+    assert.same({ "pids 2 3 4", "named named", "k got 4" }, log.lines)
+  end)
+
   it("the child's boot transition sets its initial state and actions", function()
     local log = H.log()
     H.ground(function()
@@ -113,6 +130,74 @@ describe("spawn", function()
       log("done")
     end)
     assert.same({ "done" }, log.lines)
+  end)
+
+  -- A dead process's context table is emptied and becomes the next
+  -- process's (lproc.c, spare_ctx), up to as many as the last run of
+  -- spawns took spare slots.  drain() leaves none kept and a run going
+  -- that has taken 1,000 (more than the earlier tests leave kept): a
+  -- crowd spawned, killed, and spawned again, holding on.  What a dead
+  -- process kept in its context (events wait_for passed over, the count
+  -- naming anonymous endpoints) is not the next one's.
+  local function drain()
+    for round = 1, 2 do
+      local pids = {}
+      for i = 1, 1000 do
+        pids[i] = market.perform(market.spawn(function()
+          return T(nil, market.subscriber({ "crowd", i }, "in"))
+        end))
+      end
+      market.pause()
+      if round == 1 then
+        for i = 1, 1000 do market.perform(market.quit(pids[i])) end
+        market.pause()
+      end
+    end
+  end
+
+  it("a process spawned after one died waiting does not get the events it kept", function()
+    local log = H.log()
+    H.kept(function()
+      drain()
+      local waiter = market.perform(market.spawn(function()
+        market.perform(market.subscriber({ "kept", _ }, { name = "in" }))
+        market.wait_for(function() return false end)
+      end))
+      market.pause()
+      market.perform(market.send({ "kept", 1 }))
+      market.pause()
+      market.perform(market.quit(waiter))
+      market.pause()
+      market.perform(market.spawn(function()
+        log("next: %s %s", market.yield(0))
+      end))
+      market.pause()
+    end)
+    assert.same({ "next: nil timeout" }, log.lines)
+  end)
+
+  it("processes spawned after others died name their first anonymous endpoint #1", function()
+    local log = H.log()
+    H.kept(function()
+      local function anon(who)
+        return market.spawn(function()
+          return T(nil, market.subscriber({ "anon", _ }, {
+            on_message = function(_, _, name) log("%s: %s", who, name) end }))
+        end)
+      end
+      drain()
+      for _, who in ipairs({ "first", "next" }) do
+        local pids = {}
+        for i = 1, 5 do pids[i] = market.perform(anon(who)) end
+        market.pause()
+        market.perform(market.send({ "anon", who }))
+        market.pause()
+        for i = 1, 5 do market.perform(market.quit(pids[i])) end
+        market.pause()
+      end
+    end)
+    assert.same({ "first: #1", "first: #1", "first: #1", "first: #1", "first: #1",
+                  "next: #1", "next: #1", "next: #1", "next: #1", "next: #1" }, log.lines)
   end)
 end)
 
