@@ -376,6 +376,17 @@ static void fwd_release(fwd *f) {
   free(f);
 }
 
+/* The forwarder calls no Lua any more.  Its callbacks (closures of the
+** driver's, which hold the conn) are let go, so that a driver that ends
+** without closing its conn (killed, failed) leaves it to the collector,
+** which closes it. */
+static void let_go_lua(fwd *f) {
+  if (f->L == NULL) return;
+  luaL_unref(f->L, LUA_REGISTRYINDEX, f->cbref);
+  f->cbref = LUA_NOREF;
+  f->L = NULL;
+}
+
 static rnode *node_find(fwd *f, const char *name, size_t len, rnode ***link) {
   rnode **l, *n;
   for (l = &f->nodes; (n = *l) != NULL; l = &n->next)
@@ -515,9 +526,12 @@ static void role_changed(mk_proc *p, fwd *f, const mk_event *ev) {
   if (lua_pcall(L, absence ? 4 : 3, 0, 0) != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
     mk_term *reason = mk_cstr(msg ? msg : "an error object that is not a string");
+    lua_settop(L, top);
+    let_go_lua(f);
     mk_quit(p, f->driver, reason);
     mk_fail(p, reason);
     mk_unref(reason);
+    return;
   }
   lua_settop(L, top);
 }
@@ -564,7 +578,10 @@ static void fwd_handle(mk_proc *p, const mk_event *ev) {
     case MK_EV_PRESENCE:
     case MK_EV_ABSENCE:
       if (ev->tag == TAG_DRIVER) {
-        if (ev->type == MK_EV_ABSENCE) mk_quit(p, 0, NULL);
+        if (ev->type == MK_EV_ABSENCE) {
+          let_go_lua(f);
+          mk_quit(p, 0, NULL);
+        }
       } else if (ev->tag == TAG_FEEDBACK || ev->tag == TAG_SEND) {
         role_changed(p, f, ev);
       }
@@ -611,8 +628,7 @@ static int c_close(lua_State *L) {
     if (p != NULL && mk_proc_vm(p) == f->vm && mk_proc_pid(p) == f->driver)
       mk_quit(p, f->pid, NULL);
     f->nc = NULL;
-    f->L = NULL;
-    luaL_unref(L, LUA_REGISTRYINDEX, f->cbref);
+    let_go_lua(f);
     c->f = NULL;
     fwd_release(f);
   }
