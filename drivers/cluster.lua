@@ -317,9 +317,6 @@ local function boot(cfg)
 
     -- ---- what arrives -----------------------------------------------------
 
-    -- (counted as delivered, and not sent on by the forwarder)
-    local function deliver(kind, body) conn:deliver(kind, body) end
-
     local handle = {}
     function handle.hello(m, name, n)
       apply_snapshot(name, n, m[5], m[6])
@@ -346,8 +343,9 @@ local function boot(cfg)
     function handle.bye(_m, name)
       forget(name, ("cluster: node %s left"):format(name))
     end
-    function handle.send(m) deliver("send", topic(m[5])) end
-    function handle.feedback(m) deliver("feedback", topic(m[5])) end
+    -- (counted as delivered, and not sent on by the forwarder)
+    function handle.send(m) conn:deliver("send", topic(m[5])) end
+    function handle.feedback(m) conn:deliver("feedback", topic(m[5])) end
 
     -- What the forwarder did not deliver: anything but a send (feedback)
     -- from a node known under that incarnation, or one that does not
@@ -375,8 +373,9 @@ local function boot(cfg)
       publish(ALL, { M.VERSION, "hello", me, inc, seq, snapshot() })
     end
 
-    -- Up to 256 events at a time, and as many sends and feedback the
-    -- forwarder delivers meanwhile: the loop's other work goes on.
+    -- Up to 256 events at a time, and before each at most 256 sends and
+    -- feedback the forwarder's path delivers in C (256 in a row end the
+    -- turn): the loop's other work goes on.
     local function on_readable()
       for _i = 1, 256 do
         local ev, subject, data, at = conn:next(256)

@@ -476,6 +476,24 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     assert.truthy(n.a.has("malformed 2 delivered 5"), n.a.out())
   end)
 
+  it("announces a role before a message sent after it, as one VM orders them", function()
+    -- a subscribes to back(_) and sends o(1) in one transition; b answers
+    -- o(1) with back(1), which reaches a only if b knew of a's subscriber
+    -- first: the forwarder hands the role to the Lua driver, which
+    -- announces it, before it forwards the message.
+    local srv = S.server()
+    local n = nodes(srv, {
+      a = [[market.perform(market.observe_subscribers(T({"o", _}), { on_presence = function()
+  return market.transition_no_state(market.subscriber(T({"back", _}), logging("a")),
+                                    market.send(T({"o", 1})))
+end }))]],
+      b = [[market.perform(market.subscriber(T({"o", _}), { on_message = function(_, m)
+  return market.transition_no_state(market.send(T({"back", m.topic[2]})))
+end }))]],
+    })
+    n.a.wait('a message market-cluster(["back", 1])')
+  end)
+
   it("ends the driver's forwarder with the driver, and forwards nothing after", function()
     -- The driver's observers belong to a native process of its own
     -- (drivers/lcluster.c, "The forwarder"), which goes when the driver
