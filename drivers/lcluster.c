@@ -320,6 +320,7 @@ struct fwd {
   unsigned char wrapper[7];  /* the version tag and array head every encoded term starts with */
   rnode *nodes;              /* owned */
   fifo resent[2];
+  int delivering;            /* 1 + the kind being delivered (deliver), else 0 */
   unsigned char *buf;        /* owned scratch: a body being forwarded */
   size_t bufsize;
 };
@@ -410,8 +411,10 @@ static void deliver(fwd *f, mk_proc *p, int k, mk_term *body) {
     return;
   }
   f->stats->v[S_DELIVERED]++;
+  f->delivering = 1 + k;
   if (k == K_SEND) mk_send(p, body);
   else mk_feedback(p, body);
+  f->delivering = 0;
 }
 
 /* A send (feedback) from a node we know, delivered by p without Lua: 1
@@ -597,7 +600,26 @@ static void fwd_handle(mk_proc *p, const mk_event *ev) {
 
 static void fwd_destroy(mk_proc *p) { fwd_release(mk_proc_data(p)); }
 
-static const mk_behavior fwd_behavior = { "cluster", fwd_handle, NULL, fwd_destroy, NULL, 0, NULL };
+/* The VM asks, as deliver routes a body, whether the observer's event for
+** it may be left out (vm.h, declines: the forwarder then has nothing else
+** queued and is not running).  It may: hearing it would only take it off
+** the ring, so it is taken off now, a delivery and an event fewer per
+** message that came from another node. */
+static int fwd_declines(mk_proc *p, uint32_t tag, mk_event_type type) {
+  fwd *f = mk_proc_data(p);
+  fifo *q;
+  if (type != MK_EV_MESSAGE || f->delivering == 0 ||
+      tag != (f->delivering - 1 == K_SEND ? TAG_SEND : TAG_FEEDBACK))
+    return 0;
+  q = &f->resent[f->delivering - 1];
+  if (q->n == 0) return 0;
+  q->n--;
+  mk_unref(q->t[(q->head + q->n) % q->cap]);
+  return 1;
+}
+
+static const mk_behavior fwd_behavior = {
+  "cluster", fwd_handle, NULL, fwd_destroy, fwd_declines, 0, NULL };
 
 /* nil and libnats's last error on this thread, without the "(file.c:N): "
 ** it starts with, in lower case as the drivers' messages are. */
