@@ -15,11 +15,17 @@
 -- Its own endpoints (the two observers and the stand-ins) are seen by its
 -- observers too; it tells them apart by counting (own), as roles that are
 -- equal cannot be told apart and need not be.
+-- The data path is C (drivers/lcluster.c, "The forwarder"): the two
+-- observers belong to a native process the driver spawns (conn:start),
+-- which forwards sends and feedback and hands the local roles' presences
+-- and absences to this driver's functions at once; sends and feedback
+-- from a known node are delivered by conn:next.  The driver tells it of
+-- every node and remote role.
 local market, sys = ...
 local M = {}
 
 local _ = market._
-local repr, P, unifies = market.repr, market.perform, sys.unifies
+local repr, P = market.repr, market.perform
 local readable, alarm = market.ground.readable, market.ground.alarm
 local to_cbor, from_cbor = market.to_cbor, market.from_cbor
 
@@ -27,7 +33,9 @@ local topic = market.record("market-cluster", "topic")
 M.topic = topic
 
 M.VERSION = 1               -- of the wire protocol (docs/cluster.md)
-M.stats = { sent = 0, received = 0, delivered = 0, dropped = 0, malformed = 0 }
+-- The counters (sent, received, delivered, dropped, malformed), read and
+-- set like a table's fields; the forwarder counts in C.
+M.stats = sys.cluster_stats()
 
 local function warn(fmt, ...)
   market.log.warn("market.cluster: " .. fmt, ...)
@@ -62,15 +70,13 @@ end
 local function role_key(o, i, t) return o .. " " .. i .. " " .. repr(t) end
 
 -- ---- messages across nodes, as bytes -------------------------------------
--- A message [1, kind, node, inc, X] is most of the traffic, so it is made
--- and read around X's own encoding, without Lua tables: the wire is the
--- same as to_cbor of the whole sequence (docs/cluster.md), because an
--- encoded sequence is its array header, then its items' encodings.
--- RECORD: to_cbor(topic(X)) up to X's encoding (the version wrapper, the
--- record tag, its array header and label); the version wrapper is its
--- first 7 bytes, the same for every term.
-local RECORD = to_cbor(topic(nil)):sub(1, -2)         -- (nil is one byte: f6)
-local WRAPPER = RECORD:sub(1, 7)
+-- A message [1, kind, node, inc, X] is most of the traffic, so the
+-- forwarder makes and reads it around X's own encoding, from the envelopes
+-- made here: the wire is the same as to_cbor of the whole sequence
+-- (docs/cluster.md), because an encoded sequence is its array header, then
+-- its items' encodings.  WRAPPER: the version wrapper every encoded term
+-- starts with (to_cbor(nil) is it and f6).
+local WRAPPER = to_cbor(nil):sub(1, 7)
 
 -- The bytes of [1, kind, node, inc, ...] before the fifth item: the
 -- four-item sequence's encoding with its array header (0x84) made 0x85.
@@ -80,7 +86,8 @@ local function envelope(kind, node, inc)
   return WRAPPER .. "\x85" .. e:sub(9)
 end
 
--- The bytes every send (feedback) starts with, up to the node name.
+-- The bytes every send (feedback) starts with, up to the node name (the
+-- forwarder recognises them).
 local LEAD = {}
 for _i, kind in ipairs({ "send", "feedback" }) do
   local e = envelope(kind, "", 0)
@@ -157,12 +164,11 @@ local function boot(cfg)
     -- Remote nodes: name -> {inc, seq, heard, roles = {id -> role},
     -- syncing}; a role is {o, i, topic (inner), name (of its stand-in)}.
     -- heard: when the node's last message reached our queue (conn:next's
-    -- at), not when we read it.
+    -- at), not when we read it; the forwarder keeps it for the sends and
+    -- feedback it delivers (conn:heard).  The forwarder knows each node
+    -- and role too.
     local nodes = {}
     local arrived        -- the at of the message being received, or nil
-    -- Bodies we sent (fed back) here for another node, in order: our
-    -- observer hears each, and must not send it on again.
-    local resent = { send = { h = 1, t = 0 }, feedback = { h = 1, t = 0 } }
 
     local function publish(subject, msg)
       if not connected then M.stats.dropped = M.stats.dropped + 1; return end
@@ -191,14 +197,16 @@ local function boot(cfg)
       local key = role_key(o, i, t)
       n.roles[id] = { o, i, inner, t = t, name = name, key = key }
       own_pres[key] = (own_pres[key] or 0) + 1
+      conn:role(node, id, o, t)
       P(ctor(t, name))
     end
 
-    local function standin_del(n, id, reason)
+    local function standin_del(node, n, id, reason)
       local r = n.roles[id]
       if not r then return end
       n.roles[id] = nil
       own_abs[r.key] = (own_abs[r.key] or 0) + 1
+      conn:unrole(node, id)
       P(market.delete_endpoint(r.name, reason))
     end
 
@@ -210,7 +218,8 @@ local function boot(cfg)
       local ids = {}
       for id in pairs(n.roles) do ids[#ids + 1] = id end
       table.sort(ids)
-      for _i, id in ipairs(ids) do standin_del(n, id, reason) end
+      for _i, id in ipairs(ids) do standin_del(name, n, id, reason) end
+      conn:forget(name)
     end
 
     local function lost_reason(name, why)
@@ -226,9 +235,10 @@ local function boot(cfg)
         n = nil
       end
       if not n then
-        n = { inc = ninc, seq = nil, roles = {},
-              lead = { send = envelope("send", name, ninc), feedback = envelope("feedback", name, ninc) } }
+        n = { inc = ninc, seq = nil, roles = {} }
         nodes[name] = n
+        conn:node(name, prefix .. ".node." .. name, envelope("send", name, ninc),
+                  envelope("feedback", name, ninc))
       end
       n.heard = arrived or market.now()
       return n
@@ -244,7 +254,7 @@ local function boot(cfg)
         standin_add(name, n, id, o, i, inner)
       end
       for id in pairs(n.roles) do
-        if not keep[id] then standin_del(n, id, nil) end
+        if not keep[id] then standin_del(name, n, id, nil) end
       end
       n.seq, n.syncing = nseq, nil
     end
@@ -266,41 +276,6 @@ local function boot(cfg)
       if nseq > n.seq + 1 then want_snapshot(name, n); return false end
       n.seq = nseq
       return true
-    end
-
-    -- ---- messages across nodes ------------------------------------------
-
-    -- The nodes with a role of orientation o whose topic unifies with inner.
-    -- A scan over the remote roles (docs/cluster.md, "Costs").
-    local mine = { send = envelope("send", me, inc), feedback = envelope("feedback", me, inc) }
-    local function forward(kind, m)
-      local o = kind == "send" and "subscriber" or "publisher"
-      local body
-      for name, n in pairs(nodes) do
-        for _id, r in pairs(n.roles) do
-          if r[1] == o and unifies(r.t, m) then
-            body = body or mine[kind] .. to_cbor(m):sub(#RECORD + 1)
-            if connected then
-              local ok = conn:publish(prefix .. ".node." .. name, body)
-              M.stats[ok and "sent" or "dropped"] = M.stats[ok and "sent" or "dropped"] + 1
-            else
-              M.stats.dropped = M.stats.dropped + 1
-            end
-            break
-          end
-        end
-      end
-    end
-
-    local function on_local(kind)
-      local q = resent[kind]
-      return function(_, m)
-        if q.h <= q.t and q[q.h] == m then
-          q[q.h], q.h = nil, q.h + 1
-          return
-        end
-        forward(kind, m)
-      end
     end
 
     -- ---- local roles ------------------------------------------------------
@@ -326,34 +301,21 @@ local function boot(cfg)
       publish(ALL, { M.VERSION, "del", me, inc, seq, id, reason })
     end
 
-    local function observer(o)
-      return {
-        name = "observe " .. o,
-        on_presence = function(_, role)
-          local key = role_key(role.orientation, role.interest, role.topic)
-          local n = own_pres[key]
-          if n then own_pres[key] = n > 1 and n - 1 or nil; return end
-          announce_add(role.orientation, role.interest, role.topic)
-        end,
-        on_absence = function(_, role, reason)
-          local key = role_key(role.orientation, role.interest, role.topic)
-          local n = own_abs[key]
-          if n then own_abs[key] = n > 1 and n - 1 or nil; return end
-          announce_del(role.orientation, role.interest, role.topic, reason)
-        end,
-        on_message = on_local(o == "subscribers" and "feedback" or "send"),
-      }
+    -- What the forwarder's observers see, handed over as it happens.
+    local function on_presence(o, i, t)
+      local key = role_key(o, i, t)
+      local n = own_pres[key]
+      if n then own_pres[key] = n > 1 and n - 1 or nil; return end
+      announce_add(o, i, t)
+    end
+    local function on_absence(o, i, t, reason)
+      local key = role_key(o, i, t)
+      local n = own_abs[key]
+      if n then own_abs[key] = n > 1 and n - 1 or nil; return end
+      announce_del(o, i, t, reason)
     end
 
     -- ---- what arrives -----------------------------------------------------
-
-    local function deliver(kind, body)
-      local q = resent[kind]
-      M.stats.delivered = M.stats.delivered + 1
-      q.t = q.t + 1
-      q[q.t] = body
-      P(kind == "send" and market.send(body) or market.feedback(body))
-    end
 
     local handle = {}
     function handle.hello(m, name, n)
@@ -373,7 +335,7 @@ local function boot(cfg)
       if in_order(name, n, m[5]) then standin_add(name, n, m[6], m[7], m[8], m[9]) end
     end
     function handle.del(m, name, n)
-      if in_order(name, n, m[5]) then standin_del(n, m[6], m[7]) end
+      if in_order(name, n, m[5]) then standin_del(name, n, m[6], m[7]) end
     end
     function handle.heartbeat(m, name, n)
       if n.seq ~= m[5] then want_snapshot(name, n) end
@@ -381,34 +343,14 @@ local function boot(cfg)
     function handle.bye(_m, name)
       forget(name, ("cluster: node %s left"):format(name))
     end
-    function handle.send(m) deliver("send", topic(m[5])) end
-    function handle.feedback(m) deliver("feedback", topic(m[5])) end
+    -- (counted as delivered, and not sent on by the forwarder)
+    function handle.send(m) conn:deliver("send", topic(m[5])) end
+    function handle.feedback(m) conn:deliver("feedback", topic(m[5])) end
 
-    -- A send (feedback) from a node we know, read without decoding its
-    -- envelope into Lua: true when done, false to take the long way
-    -- (anything else, or not from a node we know as it is).
-    local function fast(data)
-      local kind = data:sub(1, #LEAD.send) == LEAD.send and "send"
-                   or data:sub(1, #LEAD.feedback) == LEAD.feedback and "feedback"
-      if not kind then return false end
-      local at = #LEAD[kind] + 1                        -- the node name's header
-      local b, len = data:byte(at)
-      if b and b >= 0x40 and b <= 0x57 then len, at = b - 0x40, at + 1
-      elseif b == 0x58 then len, at = data:byte(at + 1), at + 2
-      else return false end
-      local n = len and nodes[data:sub(at, at + len - 1)]
-      local lead = n and n.lead[kind]
-      if not lead or data:sub(1, #lead) ~= lead then return false end
-      local body, why = from_cbor(RECORD .. data:sub(#lead + 1))
-      if why then return false end                      -- (told by the long way)
-      M.stats.received = M.stats.received + 1
-      n.heard = arrived
-      deliver(kind, body)
-      return true
-    end
-
+    -- What the forwarder did not deliver: anything but a send (feedback)
+    -- from a node known under that incarnation, or one that does not
+    -- decode.
     local function receive(data)
-      if fast(data) then return end
       local m, why = from_cbor(data)
       why = why or wrong(m)
       if why then
@@ -431,10 +373,13 @@ local function boot(cfg)
       publish(ALL, { M.VERSION, "hello", me, inc, seq, snapshot() })
     end
 
+    -- Up to 256 events at a time, and before each at most 256 sends and
+    -- feedback the forwarder's path delivers in C (256 in a row end the
+    -- turn): the loop's other work goes on.
     local function on_readable()
       for _i = 1, 256 do
-        local ev, subject, data, at = conn:next()
-        if ev == nil then return end
+        local ev, subject, data, at = conn:next(256)
+        if not ev then return end          -- (false: more waits)
         if ev == "message" then
           arrived = at
           receive(data)
@@ -443,6 +388,7 @@ local function boot(cfg)
           -- What was lost is absence: every remote role goes now, and
           -- comes back with the snapshots that answer our hello.
           connected = false
+          conn:connected(false)
           warn("disconnected from NATS: the other nodes are absent until it is back")
           local names = {}
           for name in pairs(nodes) do names[#names + 1] = name end
@@ -450,6 +396,7 @@ local function boot(cfg)
           for _j, name in ipairs(names) do forget(name, lost_reason(name, "disconnected from NATS")) end
         elseif ev == "reconnected" then
           connected = true
+          conn:connected(true)
           market.log.info("market.cluster: reconnected to NATS")
           hello()
         end
@@ -470,6 +417,7 @@ local function boot(cfg)
       -- everything heard, so a node is late only past the oldest of it.
       local now, late = conn:waiting() or market.now(), {}
       for name, n in pairs(nodes) do
+        n.heard = math.max(n.heard, conn:heard(name) or n.heard)
         if now - n.heard > cfg.lost_after_ms then late[#late + 1] = name end
       end
       table.sort(late)
@@ -499,9 +447,9 @@ local function boot(cfg)
     -- The observers see each other: those are our own presences.
     own_pres[role_key("publisher", "everything", topic(_))] = 1
     own_pres[role_key("subscriber", "everything", topic(_))] = 1
-    P(market.observe_subscribers_everything(topic(_), observer("subscribers")),
-      market.observe_publishers_everything(topic(_), observer("publishers")),
-      market.subscriber(readable(conn:fd()), { name = "nats", on_message = on_readable }),
+    conn:start(M.stats, topic(_), envelope("send", me, inc), envelope("feedback", me, inc),
+               LEAD.send, LEAD.feedback, on_presence, on_absence)
+    P(market.subscriber(readable(conn:fd()), { name = "nats", on_message = on_readable }),
       market.subscriber(market.ground.stopping(_), { name = "stopping", on_presence = leave }),
       market.subscriber(M.leave_record(me), { name = "leave", on_message = leave }))
     hello()

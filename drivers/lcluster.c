@@ -8,12 +8,15 @@
 **       (every 250 ms, the servers in turn); connecting the first time
 **       waits for the server up to timeout_ms (default 2000).
 **   conn:fd()                  -> a descriptor, readable while events wait
-**   conn:next()                -> "message", subject, data, at
+**   conn:next([max])           -> "message", subject, data, at
 **                               | "disconnected" | "reconnected" | "closed"
 **                               | nil (nothing waits: the descriptor is
 **                                 quiet until something new arrives)
+**                               | false (max sends and feedback were
+**                                 delivered on the way: more may wait)
 **                               (at: when the message reached the queue, in
-**                               market.now()'s milliseconds)
+**                               market.now()'s milliseconds; with max, see
+**                               "The forwarder")
 **   conn:waiting()             -> when the oldest event waiting reached the
 **                                 queue (ms, as at), or nil if none waits
 **   conn:subscribe(subject)    -> sid | nil, msg
@@ -21,10 +24,11 @@
 **   conn:publish(subject, data) -> true | nil, msg   (see "Writing")
 **   conn:dropped()             -> messages dropped because the queue was full
 **   conn:close()               (also on garbage collection)
+**   conn:start(...), conn:node(...), conn:forget(name), conn:role(...),
+**   conn:unrole(name, id), conn:connected(yes), conn:heard(name),
+**   conn:deliver(kind, body)   the forwarder (see "The forwarder")
+**   sys.cluster_stats()        -> counters, read and set as a table's fields
 **   sys.host_pid()             -> host name, pid (for default node names)
-**   sys.unifies(a, b)          -> whether terms a and b unify (the driver's
-**                                 match of a message against a remote role:
-**                                 market.unify would make the unifier too)
 **
 ** Threads.  libnats runs its own threads: message handlers, the
 ** disconnected/reconnected/closed callbacks, pings and reconnection.  Those
@@ -70,6 +74,7 @@
 #include "mkd.h"
 
 #define CONN_MT "market.sys.nats"
+#define STATS_MT "market.sys.cluster_stats"
 #define QUEUE_MAX ((size_t)64 << 20)
 #define WRITE_DEADLINE_MS 1000
 #define CLOSE_FLUSH_MS 500
@@ -95,11 +100,14 @@ typedef struct queue {
   size_t dropped;
 } queue;
 
+typedef struct fwd fwd;
+
 typedef struct conn {
   queue *q;                  /* a reference, NULL once closed */
   natsConnection *nc;        /* owned, NULL once closed */
   natsSubscription **subs;   /* owned array; a slot is NULL when unsubscribed */
   int nsubs;
+  fwd *f;                    /* a reference (conn:start), NULL before and once closed */
 } conn;
 
 static void queue_release(queue *q) {
@@ -177,6 +185,442 @@ static void on_sub_complete(void *ud) { queue_release(ud); }
 ** driver finds out through sequence gaps, so they are only ignored. */
 static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus s, void *ud) {}
 
+/* ---- counters ------------------------------------------------------------ */
+
+/* cluster.stats: read and set from Lua like a table's fields, counted by
+** the forwarder without entering Lua.  Shared by the userdata and each
+** forwarder, which hold a reference each: the last to let go frees it. */
+enum { S_SENT, S_RECEIVED, S_DELIVERED, S_DROPPED, S_MALFORMED, NSTATS };
+static const char *const stat_names[NSTATS] = {
+  "sent", "received", "delivered", "dropped", "malformed"};
+
+typedef struct cstats {
+  int refs;
+  lua_Integer v[NSTATS];
+} cstats;
+
+static void stats_release(cstats *s) {
+  if (s != NULL && --s->refs == 0) free(s);
+}
+
+static cstats *checkstats(lua_State *L, int idx) {
+  return *(cstats **)luaL_checkudata(L, idx, STATS_MT);
+}
+
+/* The counter named at idx, or -1. */
+static int stat_of(lua_State *L, int idx) {
+  const char *k = lua_tostring(L, idx);
+  int i;
+  for (i = 0; k != NULL && i < NSTATS; i++)
+    if (strcmp(k, stat_names[i]) == 0) return i;
+  return -1;
+}
+
+static int stats_index(lua_State *L) {
+  cstats *s = checkstats(L, 1);
+  int i = stat_of(L, 2);
+  if (i < 0) lua_pushnil(L);
+  else lua_pushinteger(L, s->v[i]);
+  return 1;
+}
+
+static int stats_newindex(lua_State *L) {
+  cstats *s = checkstats(L, 1);
+  int i = stat_of(L, 2);
+  if (i < 0) return luaL_error(L, "cluster.stats has no counter %s", luaL_tolstring(L, 2, NULL));
+  s->v[i] = luaL_checkinteger(L, 3);
+  return 0;
+}
+
+static int stats_gc(lua_State *L) {
+  cstats **box = luaL_checkudata(L, 1, STATS_MT);
+  stats_release(*box);
+  *box = NULL;
+  return 0;
+}
+
+/* sys.cluster_stats() -> a new set of counters, all 0 */
+static int l_cluster_stats(lua_State *L) {
+  cstats **box = lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  luaL_setmetatable(L, STATS_MT);
+  if ((*box = calloc(1, sizeof **box)) == NULL) return luaL_error(L, "not enough memory");
+  (*box)->refs = 1;
+  return 1;
+}
+
+/* ---- the forwarder --------------------------------------------------------
+**
+** Most of a cluster's traffic is sends and feedback, and the Lua driver
+** paid a Lua activation and a dozen table operations for each one, twice on
+** a node that delivered it (the observer hears what the driver sent in).
+** So the data path is here: a native process ("cluster NODE data") holds
+** the driver's two observers of cluster.topic(_), matches what they hear
+** against the remote roles and publishes it, envelope and CBOR made in C;
+** conn:next hands sends and feedback from a known node straight into the
+** VM.  The Lua driver keeps everything else (the protocol's other kinds,
+** nodes coming and going, heartbeats) and tells the forwarder what it
+** needs to know: the nodes (conn:node, conn:forget), their roles
+** (conn:role, conn:unrole) and whether NATS is connected.  The observers'
+** presences and absences (local roles appearing and going) are handed to
+** two Lua functions of the driver at once, on a thread of their own, so
+** that announcements and forwarded messages go out in the order the VM
+** made them.
+*/
+enum { K_SEND, K_FEEDBACK };
+/* The forwarder's endpoints, by tag: the observer of subscribers hears
+** feedback, the observer of publishers hears sends; and the driver's
+** lifeline. */
+enum { TAG_FEEDBACK = 1, TAG_SEND, TAG_DRIVER };
+
+/* A remote role that messages may be forwarded to: id, orientation and
+** topic (cluster.topic(X), owned). */
+typedef struct rrole {
+  int64_t id;
+  mk_orientation o;
+  mk_term *topic;
+} rrole;
+
+/* A remote node, as the Lua driver knows it: everything here is owned. */
+typedef struct rnode {
+  struct rnode *next;
+  char *name;                /* its name, nlen bytes */
+  size_t nlen;
+  char *subject;             /* market.C.node.NAME, NUL-terminated */
+  char *lead[2];             /* the envelope of its sends and feedback */
+  size_t leadlen[2];
+  double heard;              /* when its last send (feedback) came here, ms; 0: none */
+  rrole *roles;
+  size_t nroles, maxroles;
+} rnode;
+
+/* Bodies sent here for another node, in order (K_SEND, K_FEEDBACK): the
+** observer hears each and must not send it on.  A ring of references. */
+typedef struct fifo {
+  mk_term **t;
+  size_t head, n, cap;
+} fifo;
+
+/* Loop thread only.  Shared by the conn (until it closes) and the native
+** process (until it is destroyed): the last to let go frees it. */
+struct fwd {
+  int refs;
+  natsConnection *nc;        /* the conn's; NULL once it closed */
+  lua_State *L;              /* the callbacks' thread; NULL once the conn closed */
+  int cbref;                 /* L's registry: {thread, on_presence, on_absence} */
+  cstats *stats;             /* a reference */
+  mk_rtype *rt;              /* cluster.topic's record type, a reference */
+  mk_vm *vm;                 /* the driver's and the process's */
+  mk_pid driver, pid;
+  int connected;
+  char *mine[2];             /* owned: our envelopes (send, feedback) */
+  size_t minelen[2];
+  char *lead[2];             /* owned: every envelope of that kind, up to the node's name */
+  size_t leadlen[2];
+  unsigned char wrapper[7];  /* the version tag and array head every encoded term starts with */
+  rnode *nodes;              /* owned */
+  fifo resent[2];
+  int delivering;            /* 1 + the kind being delivered (deliver), else 0 */
+  unsigned char *buf;        /* owned scratch: a body being forwarded */
+  size_t bufsize;
+};
+
+static void fifo_clear(fifo *q) {
+  while (q->n > 0) {
+    mk_unref(q->t[q->head]);
+    q->head = (q->head + 1) % q->cap;
+    q->n--;
+  }
+  free(q->t);
+  q->t = NULL;
+  q->cap = q->head = 0;
+}
+
+static int fifo_push(fifo *q, mk_term *t) {
+  if (q->n == q->cap) {
+    size_t cap = q->cap ? 2 * q->cap : 16, i;
+    mk_term **nt = malloc(cap * sizeof *nt);
+    if (nt == NULL) return -1;
+    for (i = 0; i < q->n; i++) nt[i] = q->t[(q->head + i) % q->cap];
+    free(q->t);
+    q->t = nt;
+    q->cap = cap;
+    q->head = 0;
+  }
+  q->t[(q->head + q->n) % q->cap] = mk_ref(t);
+  q->n++;
+  return 0;
+}
+
+static void node_free(rnode *n) {
+  size_t i;
+  for (i = 0; i < n->nroles; i++) mk_unref(n->roles[i].topic);
+  free(n->roles);
+  free(n->name);
+  free(n->subject);
+  free(n->lead[0]);
+  free(n->lead[1]);
+  free(n);
+}
+
+static void fwd_release(fwd *f) {
+  rnode *n, *next;
+  if (f == NULL || --f->refs > 0) return;
+  for (n = f->nodes; n; n = next) { next = n->next; node_free(n); }
+  fifo_clear(&f->resent[0]);
+  fifo_clear(&f->resent[1]);
+  stats_release(f->stats);
+  if (f->rt) mk_rtype_unref(f->rt);
+  free(f->mine[0]); free(f->mine[1]);
+  free(f->lead[0]); free(f->lead[1]);
+  free(f->buf);
+  free(f);
+}
+
+/* The forwarder calls no Lua any more.  Its callbacks (closures of the
+** driver's, which hold the conn) are let go, so that a driver that ends
+** without closing its conn (killed, failed) leaves it to the collector,
+** which closes it. */
+static void let_go_lua(fwd *f) {
+  if (f->L == NULL) return;
+  luaL_unref(f->L, LUA_REGISTRYINDEX, f->cbref);
+  f->cbref = LUA_NOREF;
+  f->L = NULL;
+}
+
+static rnode *node_find(fwd *f, const char *name, size_t len, rnode ***link) {
+  rnode **l, *n;
+  for (l = &f->nodes; (n = *l) != NULL; l = &n->next)
+    if (n->nlen == len && memcmp(n->name, name, len) == 0) break;
+  if (link) *link = l;
+  return n;
+}
+
+/* A copy of s[0..len), NUL-terminated; NULL when memory runs out. */
+static char *dupbytes(const char *s, size_t len) {
+  char *d = malloc(len + 1);
+  if (d) { memcpy(d, s, len); d[len] = '\0'; }
+  return d;
+}
+
+/* Body (borrowed) delivered here for another node, as a send or feedback
+** of p, which must not send it on again. */
+static void deliver(fwd *f, mk_proc *p, int k, mk_term *body) {
+  if (fifo_push(&f->resent[k], body) != 0) {
+    f->stats->v[S_DROPPED]++;           /* out of memory: not delivered, not looped */
+    return;
+  }
+  f->stats->v[S_DELIVERED]++;
+  f->delivering = 1 + k;
+  if (k == K_SEND) mk_send(p, body);
+  else mk_feedback(p, body);
+  f->delivering = 0;
+}
+
+/* A send (feedback) from a node we know, delivered by p without Lua: 1
+** when done; 0 to take the long way (the Lua driver's), which reads
+** anything else, or from a node not known as it is, or that does not
+** decode, and reports what is wrong with it.  The bytes must be the
+** node's envelope (docs/cluster.md, "Costs and limits") followed by the
+** topic's encoding, decoded in place behind the version wrapper. */
+static int fast(fwd *f, mk_proc *p, item *it) {
+  unsigned char *d = (unsigned char *)it->bytes + it->slen, saved[sizeof f->wrapper];
+  size_t len = it->dlen, at, nlen, off;
+  const char *why;
+  mk_term *x, *body;
+  rnode *n;
+  int k;
+  for (k = 0; k < 2; k++)
+    if (len > f->leadlen[k] && memcmp(d, f->lead[k], f->leadlen[k]) == 0) break;
+  if (k == 2) return 0;
+  at = f->leadlen[k];                   /* the node name's head: a byte string */
+  if (d[at] >= 0x40 && d[at] <= 0x57) nlen = d[at] - 0x40, at += 1;
+  else if (d[at] == 0x58 && at + 1 < len) nlen = d[at + 1], at += 2;
+  else return 0;
+  if (nlen > len - at || (n = node_find(f, (char *)d + at, nlen, NULL)) == NULL) return 0;
+  if (n->leadlen[k] <= sizeof f->wrapper || len <= n->leadlen[k] ||
+      memcmp(d, n->lead[k], n->leadlen[k]) != 0)
+    return 0;
+  off = n->leadlen[k] - sizeof f->wrapper;   /* (an envelope is longer than that) */
+  memcpy(saved, d + off, sizeof saved);
+  memcpy(d + off, f->wrapper, sizeof f->wrapper);
+  x = mk_cbor_decode(d + off, len - off, &why);
+  memcpy(d + off, saved, sizeof saved);
+  if (x == NULL || (body = mk_rec(f->rt, x)) == NULL) return 0;
+  n->heard = it->at;
+  f->stats->v[S_RECEIVED]++;
+  deliver(f, p, k, body);
+  mk_unref(body);
+  return 1;
+}
+
+/* Make room for n bytes in f's scratch buffer. */
+static int reserve(fwd *f, size_t n) {
+  unsigned char *b;
+  if (n <= f->bufsize) return 0;
+  if ((b = realloc(f->buf, n)) == NULL) return -1;
+  f->buf = b;
+  f->bufsize = n;
+  return 0;
+}
+
+/* A local send (K_SEND) or feedback m: once to every node with a role of
+** the opposite orientation whose topic unifies with it (a scan over the
+** remote roles: docs/cluster.md, "Costs"), unless we delivered it here. */
+static void forward(fwd *f, int k, mk_term *m) {
+  mk_orientation want = k == K_SEND ? MK_SUBSCRIBER : MK_PUBLISHER;
+  fifo *q = &f->resent[k];
+  size_t len = 0, i;
+  rnode *n;
+  if (q->n > 0 && q->t[q->head] == m) {
+    mk_unref(q->t[q->head]);
+    q->head = (q->head + 1) % q->cap;
+    q->n--;
+    return;
+  }
+  if (m->kind != MK_REC || m->n != 1) return;   /* (the observers hear cluster.topic(_)) */
+  for (n = f->nodes; n; n = n->next) {
+    for (i = 0; i < n->nroles; i++)
+      if (n->roles[i].o == want && mk_unifies(n->roles[i].topic, m)) break;
+    if (i == n->nroles) continue;
+    if (len == 0) {
+      /* [1, kind, node, inc, X]: our envelope, then X's encoding past the
+      ** version wrapper every encoded term starts with. */
+      size_t elen;
+      unsigned char *e = mk_cbor_encode(mk_items(m)[0], &elen);
+      if (e == NULL || elen < sizeof f->wrapper ||
+          reserve(f, f->minelen[k] + elen - sizeof f->wrapper) != 0) {
+        free(e);
+        f->stats->v[S_DROPPED]++;
+        return;
+      }
+      memcpy(f->buf, f->mine[k], f->minelen[k]);
+      memcpy(f->buf + f->minelen[k], e + sizeof f->wrapper, elen - sizeof f->wrapper);
+      len = f->minelen[k] + elen - sizeof f->wrapper;
+      free(e);
+    }
+    if (f->connected && f->nc != NULL && n->subject != NULL && len <= INT32_MAX &&
+        natsConnection_Publish(f->nc, n->subject, f->buf, (int)len) == NATS_OK)
+      f->stats->v[S_SENT]++;
+    else
+      f->stats->v[S_DROPPED]++;
+  }
+}
+
+/* A local role appeared (absence: went): the driver's on_presence
+** (on_absence) runs at once, with (orientation, interest, topic[,
+** reason]).  An error there is the driver's failure: it ends, and this
+** process with it, with the error as the reason. */
+static void role_changed(mk_proc *p, fwd *f, const mk_event *ev) {
+  lua_State *L = f->L;
+  int top, absence = ev->type == MK_EV_ABSENCE;
+  if (L == NULL) return;
+  top = lua_gettop(L);
+  if (!lua_checkstack(L, 6)) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, f->cbref);
+  lua_rawgeti(L, -1, absence ? 3 : 2);
+  lua_pushstring(L, mk_orientation_name(ev->role.orientation));
+  lua_pushstring(L, mk_interest_name(ev->role.interest));
+  mkl_pushterm(L, ev->role.topic);
+  if (absence) {
+    if (ev->reason) mkl_pushterm(L, ev->reason);
+    else lua_pushnil(L);
+  }
+  if (lua_pcall(L, absence ? 4 : 3, 0, 0) != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    mk_term *reason = mk_cstr(msg ? msg : "an error object that is not a string");
+    lua_settop(L, top);
+    let_go_lua(f);
+    mk_quit(p, f->driver, reason);
+    mk_fail(p, reason);
+    mk_unref(reason);
+    return;
+  }
+  lua_settop(L, top);
+}
+
+static void fwd_boot(mk_proc *p, fwd *f) {
+  static const char *const names[] = {"observe subscribers", "observe publishers"};
+  mk_term *topic = mk_rec(f->rt, mk_wild()), *life;
+  mk_rtype *lrt = mk_rtype_get(MK_LIFELINE_LABEL, sizeof MK_LIFELINE_LABEL - 1, 1, NULL);
+  mk_role r;
+  int i;
+  life = lrt ? mk_rec(lrt, mk_int((int64_t)f->driver)) : NULL;
+  if (lrt) mk_rtype_unref(lrt);
+  if (topic == NULL || life == NULL || mk_vm_proc(f->vm, f->driver) == NULL) {
+    /* Out of memory, or the driver went before we began. */
+    mk_unref(topic);
+    mk_unref(life);
+    mk_quit(p, 0, NULL);
+    return;
+  }
+  /* The observers, in the order the Lua driver added them. */
+  for (i = 0; i < 2; i++) {
+    r.orientation = i == 0 ? MK_PUBLISHER : MK_SUBSCRIBER;
+    r.interest = MK_EVERYTHING;
+    r.topic = topic;
+    mk_add_endpoint(p, names[i], 0, r);
+    mk_tag_endpoint(p, names[i], i == 0 ? TAG_FEEDBACK : TAG_SEND);
+  }
+  /* The driver's lifeline: when the driver ends, so does its forwarder. */
+  r.orientation = MK_SUBSCRIBER;
+  r.interest = MK_PARTICIPANT;
+  r.topic = life;
+  mk_add_endpoint(p, "driver", 0, r);
+  mk_tag_endpoint(p, "driver", TAG_DRIVER);
+  mk_unref(topic);
+  mk_unref(life);
+}
+
+static void fwd_handle(mk_proc *p, const mk_event *ev) {
+  fwd *f = mk_proc_data(p);
+  switch (ev->type) {
+    case MK_EV_BOOT:
+      fwd_boot(p, f);
+      break;
+    case MK_EV_PRESENCE:
+    case MK_EV_ABSENCE:
+      if (ev->tag == TAG_DRIVER) {
+        if (ev->type == MK_EV_ABSENCE) {
+          let_go_lua(f);
+          mk_quit(p, 0, NULL);
+        }
+      } else if (ev->tag == TAG_FEEDBACK || ev->tag == TAG_SEND) {
+        role_changed(p, f, ev);
+      }
+      break;
+    case MK_EV_MESSAGE:
+      if (ev->tag == TAG_FEEDBACK || ev->tag == TAG_SEND)
+        forward(f, ev->tag == TAG_SEND ? K_SEND : K_FEEDBACK, ev->message);
+      break;
+    default:
+      break;
+  }
+}
+
+static void fwd_destroy(mk_proc *p) { fwd_release(mk_proc_data(p)); }
+
+/* The VM asks, as deliver routes a body, whether the observer's event for
+** it may be left out (vm.h, declines: the forwarder then has nothing else
+** queued and is not running).  It may: hearing it would only take it off
+** the ring, so it is taken off now, a delivery and an event fewer per
+** message that came from another node. */
+static int fwd_declines(mk_proc *p, uint32_t tag, mk_event_type type) {
+  fwd *f = mk_proc_data(p);
+  fifo *q;
+  if (type != MK_EV_MESSAGE || f->delivering == 0 ||
+      tag != (f->delivering - 1 == K_SEND ? TAG_SEND : TAG_FEEDBACK))
+    return 0;
+  q = &f->resent[f->delivering - 1];
+  if (q->n == 0) return 0;
+  q->n--;
+  mk_unref(q->t[(q->head + q->n) % q->cap]);
+  return 1;
+}
+
+static const mk_behavior fwd_behavior = {
+  "cluster", fwd_handle, NULL, fwd_destroy, fwd_declines, 0, NULL };
+
 /* nil and libnats's last error on this thread, without the "(file.c:N): "
 ** it starts with, in lower case as the drivers' messages are. */
 static void pushstatus(lua_State *L, natsStatus s) {
@@ -198,6 +642,18 @@ static int c_close(lua_State *L) {
   queue *q = c->q;
   int i, efd;
   if (q == NULL) return 0;
+  if (c->f) {
+    /* The forwarder publishes no more and calls no Lua; when the driver
+    ** closes (it is leaving), the forwarder ends with it. */
+    fwd *f = c->f;
+    mk_proc *p = mkl_current(L);
+    if (p != NULL && mk_proc_vm(p) == f->vm && mk_proc_pid(p) == f->driver)
+      mk_quit(p, f->pid, NULL);
+    f->nc = NULL;
+    let_go_lua(f);
+    c->f = NULL;
+    fwd_release(f);
+  }
   for (i = 0; i < c->nsubs; i++) {
     if (c->subs[i] == NULL) continue;
     natsSubscription_Unsubscribe(c->subs[i]);
@@ -321,25 +777,38 @@ static int c_fd(lua_State *L) {
   return 1;
 }
 
+/* conn:next([max]): with a forwarder and max > 0, the sends and feedback
+** that fast() takes are delivered on the way, by the calling process, up
+** to max of them: then false (more may wait; the descriptor stays
+** readable).  The first event it does not take is returned as ever. */
 static int c_next(lua_State *L) {
   conn *c = luaL_checkudata(L, 1, CONN_MT);
+  lua_Integer max = luaL_optinteger(L, 2, 0), done = 0;
   queue *q = c->q;
+  mk_proc *p = NULL;
   item *it;
   if (q == NULL) return 0;
-  pthread_mutex_lock(&q->mu);
-  it = q->head;
-  if (it) {
-    if ((q->head = it->next) == NULL) q->tail = NULL;
-    if (it->kind == EV_MESSAGE) q->bytes -= it->slen + it->dlen;
-  } else {
-    /* Empty: quiet the eventfd, under the lock, so that the next push
-    ** (which finds the queue empty) wakes the loop again. */
-    uint64_t v;
-    ssize_t r;
-    do { r = read(q->efd, &v, sizeof v); } while (r < 0 && errno == EINTR);
+  if (c->f != NULL && max > 0 && (p = mkl_current(L)) != NULL && mk_proc_vm(p) != c->f->vm)
+    p = NULL;
+  for (;;) {
+    pthread_mutex_lock(&q->mu);
+    it = q->head;
+    if (it) {
+      if ((q->head = it->next) == NULL) q->tail = NULL;
+      if (it->kind == EV_MESSAGE) q->bytes -= it->slen + it->dlen;
+    } else {
+      /* Empty: quiet the eventfd, under the lock, so that the next push
+      ** (which finds the queue empty) wakes the loop again. */
+      uint64_t v;
+      ssize_t r;
+      do { r = read(q->efd, &v, sizeof v); } while (r < 0 && errno == EINTR);
+    }
+    pthread_mutex_unlock(&q->mu);
+    if (it == NULL) return 0;
+    if (p == NULL || it->kind != EV_MESSAGE || !fast(c->f, p, it)) break;
+    free(it);
+    if (++done == max) { lua_pushboolean(L, 0); return 1; }
   }
-  pthread_mutex_unlock(&q->mu);
-  if (it == NULL) return 0;
   lua_pushstring(L, ev_names[it->kind]);
   if (it->kind != EV_MESSAGE) { free(it); return 1; }
   lua_pushlstring(L, it->bytes, it->slen);
@@ -416,6 +885,206 @@ static int c_publish(lua_State *L) {
   return 1;
 }
 
+/* ---- the forwarder, from the Lua driver --------------------------------- */
+
+static fwd *checkfwd(lua_State *L) {
+  conn *c = checkconn(L);
+  if (c->f == NULL) luaL_error(L, "the NATS connection has no forwarder");
+  return c->f;
+}
+
+/* A copy of the string argument idx, its length in *len. */
+static char *dupstring(lua_State *L, int idx, size_t *len) {
+  const char *s = luaL_checklstring(L, idx, len);
+  char *d = dupbytes(s, *len);
+  if (d == NULL) luaL_error(L, "not enough memory");
+  return d;
+}
+
+/*
+** conn:start(stats, topic, mine_send, mine_feedback, lead_send,
+**            lead_feedback, on_presence, on_absence) -> pid
+** Spawns the forwarder, by the calling process (the driver): stats from
+** sys.cluster_stats(); topic, a record of cluster.topic's type; our
+** envelopes, and every node's up to its name, for sends and feedback;
+** on_presence(orientation, interest, topic) and on_absence(orientation,
+** interest, topic, reason), called when a local role appears and goes.
+*/
+static int c_start(lua_State *L) {
+  conn *c = checkconn(L);
+  cstats *stats = checkstats(L, 2);
+  mk_term *topic = mkl_checkterm(L, 3, "start");
+  mk_proc *p = mkl_current(L);
+  fwd *f;
+  unsigned char *e;
+  size_t elen;
+  int k;
+  if (topic->kind != MK_REC || topic->n != 1) {
+    mk_unref(topic);
+    return luaL_argerror(L, 3, "not a record of one field");
+  }
+  luaL_checktype(L, 8, LUA_TFUNCTION);
+  luaL_checktype(L, 9, LUA_TFUNCTION);
+  if (p == NULL) { mk_unref(topic); return luaL_error(L, "start: not inside a market process"); }
+  if (c->f != NULL) { mk_unref(topic); return luaL_error(L, "start: a forwarder runs already"); }
+  if ((f = calloc(1, sizeof *f)) == NULL) { mk_unref(topic); return luaL_error(L, "not enough memory"); }
+  f->refs = 1;                       /* the conn's; c_close (or the GC) lets go */
+  f->cbref = LUA_NOREF;
+  f->rt = topic->v.rt;
+  mk_rtype_ref(f->rt);
+  mk_unref(topic);
+  f->stats = stats;
+  stats->refs++;
+  c->f = f;                          /* from here c_close cleans up */
+  for (k = 0; k < 2; k++) {
+    f->mine[k] = dupstring(L, 4 + k, &f->minelen[k]);
+    f->lead[k] = dupstring(L, 6 + k, &f->leadlen[k]);
+  }
+  if ((e = mk_cbor_encode(mk_nil(), &elen)) == NULL) return luaL_error(L, "not enough memory");
+  memcpy(f->wrapper, e, sizeof f->wrapper);
+  free(e);
+  lua_createtable(L, 3, 0);
+  f->L = lua_newthread(L);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, 8);
+  lua_rawseti(L, -2, 2);
+  lua_pushvalue(L, 9);
+  lua_rawseti(L, -2, 3);
+  f->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
+  f->nc = c->nc;
+  f->connected = 1;
+  f->vm = mk_proc_vm(p);
+  f->driver = mk_proc_pid(p);
+  f->refs++;                         /* the process's, released by fwd_destroy */
+  lua_pushfstring(L, "%s data", mk_proc_name(p) ? mk_proc_name(p) : "cluster");
+  f->pid = mk_spawn(p, &fwd_behavior, f, lua_tostring(L, -1), NULL);
+  lua_pushinteger(L, (lua_Integer)f->pid);
+  return 1;
+}
+
+/* conn:node(name, subject, lead_send, lead_feedback): a node we hear from,
+** under its present incarnation (its envelopes say which). */
+static int c_node(lua_State *L) {
+  fwd *f = checkfwd(L);
+  size_t len;
+  const char *name = luaL_checklstring(L, 2, &len);
+  rnode *n = node_find(f, name, len, NULL), *fresh;
+  int k;
+  if (n == NULL) {
+    if ((fresh = calloc(1, sizeof *fresh)) == NULL) return luaL_error(L, "not enough memory");
+    if ((fresh->name = dupbytes(name, len)) == NULL) { free(fresh); return luaL_error(L, "not enough memory"); }
+    fresh->nlen = len;
+    fresh->next = f->nodes;
+    f->nodes = n = fresh;
+  }
+  free(n->subject);
+  n->subject = NULL;
+  n->subject = dupstring(L, 3, &len);
+  for (k = 0; k < 2; k++) {
+    free(n->lead[k]);
+    n->lead[k] = NULL;
+    n->leadlen[k] = 0;
+    n->lead[k] = dupstring(L, 4 + k, &n->leadlen[k]);
+    luaL_argcheck(L, n->leadlen[k] > sizeof f->wrapper, 4 + k, "not an envelope");
+  }
+  return 0;
+}
+
+/* conn:forget(name): the node and its roles are gone. */
+static int c_forget(lua_State *L) {
+  fwd *f = checkfwd(L);
+  size_t len;
+  const char *name = luaL_checklstring(L, 2, &len);
+  rnode **link, *n = node_find(f, name, len, &link);
+  if (n != NULL) {
+    *link = n->next;
+    node_free(n);
+  }
+  return 0;
+}
+
+static rnode *checknode(lua_State *L, fwd *f) {
+  size_t len;
+  const char *name = luaL_checklstring(L, 2, &len);
+  rnode *n = node_find(f, name, len, NULL);
+  if (n == NULL) luaL_error(L, "no node %s", name);
+  return n;
+}
+
+/* conn:role(name, id, orientation, topic): node name holds that role. */
+static int c_role(lua_State *L) {
+  fwd *f = checkfwd(L);
+  rnode *n = checknode(L, f);
+  int64_t id = luaL_checkinteger(L, 3);
+  static const char *const os[] = {"publisher", "subscriber", NULL};
+  mk_orientation o = luaL_checkoption(L, 4, NULL, os) == 0 ? MK_PUBLISHER : MK_SUBSCRIBER;
+  mk_term *t;
+  if (n->nroles == n->maxroles) {
+    size_t max = n->maxroles ? 2 * n->maxroles : 8;
+    rrole *r = realloc(n->roles, max * sizeof *r);
+    if (r == NULL) return luaL_error(L, "not enough memory");
+    n->roles = r;
+    n->maxroles = max;
+  }
+  t = mkl_checkterm(L, 5, "role");
+  n->roles[n->nroles].id = id;
+  n->roles[n->nroles].o = o;
+  n->roles[n->nroles].topic = t;
+  n->nroles++;
+  return 0;
+}
+
+/* conn:unrole(name, id): node name's role id is gone. */
+static int c_unrole(lua_State *L) {
+  fwd *f = checkfwd(L);
+  rnode *n = checknode(L, f);
+  int64_t id = luaL_checkinteger(L, 3);
+  size_t i;
+  for (i = 0; i < n->nroles; i++)
+    if (n->roles[i].id == id) {
+      mk_unref(n->roles[i].topic);
+      n->roles[i] = n->roles[--n->nroles];
+      break;
+    }
+  return 0;
+}
+
+/* conn:connected(yes): whether messages can be published (the driver's
+** view: from its handling of "disconnected" to that of "reconnected", they
+** are dropped and counted). */
+static int c_connected(lua_State *L) {
+  fwd *f = checkfwd(L);
+  f->connected = lua_toboolean(L, 2);
+  return 0;
+}
+
+/* conn:heard(name) -> when node name's last send or feedback reached the
+** queue (ms, as conn:next's at), or nil: none, or not known here. */
+static int c_heard(lua_State *L) {
+  fwd *f = checkfwd(L);
+  size_t len;
+  const char *name = luaL_checklstring(L, 2, &len);
+  rnode *n = node_find(f, name, len, NULL);
+  if (n == NULL || n->heard == 0) return 0;
+  lua_pushnumber(L, n->heard);
+  return 1;
+}
+
+/* conn:deliver(kind, body): send ("send") or feedback body here, by the
+** calling process, for another node: the forwarder does not send it on. */
+static int c_deliver(lua_State *L) {
+  fwd *f = checkfwd(L);
+  static const char *const kinds[] = {"send", "feedback", NULL};
+  int k = luaL_checkoption(L, 2, NULL, kinds);
+  mk_proc *p = mkl_current(L);
+  mk_term *body;
+  if (p == NULL) return luaL_error(L, "deliver: not inside a market process");
+  body = mkl_checkterm(L, 3, "deliver");
+  deliver(f, p, k == 0 ? K_SEND : K_FEEDBACK, body);
+  mk_unref(body);
+  return 0;
+}
+
 static int c_dropped(lua_State *L) {
   conn *c = luaL_checkudata(L, 1, CONN_MT);
   size_t n = 0;
@@ -437,24 +1106,15 @@ static int l_host_pid(lua_State *L) {
   return 2;
 }
 
-static int l_unifies(lua_State *L) {
-  mk_term *a = mkl_checkterm(L, 1, "unifies"), *b;
-  const char *err;
-  int r;
-  if ((b = mkl_toterm(L, 2, &err)) == NULL) { mk_unref(a); return luaL_error(L, "unifies: %s", err); }
-  r = mk_unifies(a, b);
-  mk_unref(a);
-  mk_unref(b);
-  lua_pushboolean(L, r);
-  return 1;
-}
-
 void mkd_open_cluster(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"fd", c_fd}, {"next", c_next}, {"subscribe", c_subscribe},
     {"unsubscribe", c_unsubscribe}, {"publish", c_publish}, {"dropped", c_dropped},
-    {"waiting", c_waiting},
-    {"close", c_close}, {NULL, NULL}};
+    {"waiting", c_waiting}, {"start", c_start}, {"node", c_node}, {"forget", c_forget},
+    {"role", c_role}, {"unrole", c_unrole}, {"connected", c_connected}, {"heard", c_heard},
+    {"deliver", c_deliver}, {"close", c_close}, {NULL, NULL}};
+  static const luaL_Reg stats_mt[] = {
+    {"__index", stats_index}, {"__newindex", stats_newindex}, {"__gc", stats_gc}, {NULL, NULL}};
   if (luaL_newmetatable(L, CONN_MT)) {
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);
@@ -463,10 +1123,12 @@ void mkd_open_cluster(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
+  if (luaL_newmetatable(L, STATS_MT)) luaL_setfuncs(L, stats_mt, 0);
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_cluster_stats);
+  lua_setfield(L, -2, "cluster_stats");
   lua_pushcfunction(L, l_nats_connect);
   lua_setfield(L, -2, "nats_connect");
   lua_pushcfunction(L, l_host_pid);
   lua_setfield(L, -2, "host_pid");
-  lua_pushcfunction(L, l_unifies);
-  lua_setfield(L, -2, "unifies");
 }

@@ -83,6 +83,17 @@ describe("the NATS connection (market.sys, drivers/lcluster.c)", function()
     assert.matches("no server", err)
   end)
 
+  it("keeps the counters the driver and its forwarder share (cluster.stats)", function()
+    local s = sys().cluster_stats()
+    assert.same({ 0, 0, 0, 0, 0 }, { s.sent, s.received, s.delivered, s.dropped, s.malformed })
+    s.sent = s.sent + 2
+    assert.equal(2, s.sent)
+    assert.is_nil(s.other)
+    assert.has_error(function() s.other = 1 end, "cluster.stats has no counter other")
+    assert.has_error(function() s.sent = "many" end)
+    assert.equal(2, s.sent)
+  end)
+
   it("lets lua5.4 exit with connections open (libnats calls back late)", function()
     -- libnats's threads finish with a connection after the Lua state
     -- closed it, when lua5.4 has unloaded market.so: one run in a dozen
@@ -463,6 +474,61 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     assert.equal(1, n.a.count('a message market-cluster(["s", 5])'), n.a.out())
     assert.equal(4, n.a.count(" message market-cluster"), n.a.out())
     assert.truthy(n.a.has("malformed 2 delivered 5"), n.a.out())
+  end)
+
+  it("announces a role before a message sent after it, as one VM orders them", function()
+    -- a subscribes to back(_) and sends o(1) in one transition; b answers
+    -- o(1) with back(1), which reaches a only if b knew of a's subscriber
+    -- first: the forwarder hands the role to the Lua driver, which
+    -- announces it, before it forwards the message.
+    local srv = S.server()
+    local n = nodes(srv, {
+      a = [[market.perform(market.observe_subscribers(T({"o", _}), { on_presence = function()
+  return market.transition_no_state(market.subscriber(T({"back", _}), logging("a")),
+                                    market.send(T({"o", 1})))
+end }))]],
+      b = [[market.perform(market.subscriber(T({"o", _}), { on_message = function(_, m)
+  return market.transition_no_state(market.send(T({"back", m.topic[2]})))
+end }))]],
+    })
+    n.a.wait('a message market-cluster(["back", 1])')
+  end)
+
+  it("ends the driver's forwarder with the driver, and forwards nothing after", function()
+    -- The driver's observers belong to a native process of its own
+    -- (drivers/lcluster.c, "The forwarder"), which goes when the driver
+    -- goes, whatever the way: here the driver is killed.
+    local srv = S.server()
+    local b = S.node(PRELUDE .. [[market.perform(market.subscriber(T({"k", _}), logging("b")))]],
+                     { url = srv.url, name = "b" })
+    local a = S.node(PRELUDE .. ([[
+local function named(name)
+  for _, p in ipairs(market.snapshot().vm.processes) do
+    if p.name == name then return p.pid end
+  end
+end
+market.perform(cluster.driver{ url = URL, cluster = "spec", node = "a" },
+  market.observe_subscribers_everything(T(_), logging("E", { on_presence = function(_, r)
+    log("E presence %s", role(r))
+    if repr(r.topic) ~= "market-cluster(_)" then
+      -- b's subscriber: a message reaches it, then the driver is killed.
+      log("forwarder %s", tostring(named("cluster a data") ~= nil))
+      return market.transition_no_state(market.send(T({"k", 1})), market.quit(named("cluster a"), "killed"))
+    end
+  end, on_absence = function(_, r, why)
+    log("E absence %s %s", role(r), tostring(why))
+    if r.interest == "everything" then         -- (the forwarder's observer of publishers)
+      log("forwarder %s", tostring(named("cluster a data") ~= nil))
+      return market.transition_no_state(market.send(T({"k", 2})))
+    end
+  end })))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "a", own_driver = true })
+    a.wait("forwarder true")
+    a.wait('E absence subscriber/everything market-cluster(_) nil')
+    a.wait('E absence subscriber/participant market-cluster(["k", _]) killed')
+    b.wait('b message market-cluster(["k", 1])')
+    S.sleep(1)
+    assert.equal(1, a.count("forwarder false"), a.out())
+    assert.equal(1, b.count("b message"), b.out())
   end)
 
   it("does not take a live node for lost while its own loop was held up", function()
