@@ -32,8 +32,8 @@
 **
 ** Threads.  libnats runs its own threads: message handlers, the
 ** disconnected/reconnected/closed callbacks, pings and reconnection.  Those
-** callbacks only copy bytes into a mutex-protected queue and, when the queue
-** was empty, write to an eventfd; the loop thread subscribes to the
+** callbacks only copy bytes into a mutex-protected queue (struct queue) and,
+** when the loop was not woken already, write to an eventfd; the loop thread subscribes to the
 ** eventfd's readability with the ground event every driver uses
 ** (market.ground.readable), so it works in a nested VM through an event
 ** relay too.  This is the issue's "ev_async and a locked queue" in the form
@@ -51,8 +51,9 @@
 ** reference and the last to let go frees it.  libnats tells us when its
 ** side lets go: the closed callback is the connection's last, and a
 ** subscription's on-complete callback runs after its handler's last call.
-** The queue holds at most QUEUE_MAX bytes: a message arriving beyond that
-** is dropped and counted (nothing is buffered without bound).
+** The queue's run being filled holds at most QUEUE_MAX bytes (and the
+** run the loop reads at most as much): a message arriving beyond that is
+** dropped and counted (nothing is buffered without bound).
 */
 #include <ctype.h>
 #include <dlfcn.h>
@@ -82,21 +83,41 @@
 enum { EV_MESSAGE, EV_DISCONNECTED, EV_RECONNECTED, EV_CLOSED };
 static const char *const ev_names[] = {"message", "disconnected", "reconnected", "closed"};
 
-/* One event: a message's subject and data side by side in bytes[]. */
+/* One event, in a run: a message's subject and data side by side in
+** bytes[], the whole padded to ITEM_ALIGN. */
 typedef struct item {
-  struct item *next;
   double at;                 /* when it was queued: ms, as market.now() */
   int kind;
   size_t slen, dlen;
   char bytes[];
 } item;
 
+#define ITEM_ALIGN 8
+#define ITEM_SIZE(slen, dlen) \
+  ((sizeof(item) + (slen) + (dlen) + ITEM_ALIGN - 1) & ~(size_t)(ITEM_ALIGN - 1))
+#define RUN_MIN ((size_t)64 << 10)
+
+/* Events one after the other in one buffer: b[0..len) of cap bytes. */
+typedef struct run {
+  char *b;                   /* owned */
+  size_t len, cap;
+} run;
+
+/* The events cross from libnats's threads to the loop's in two runs: the
+** threads append to `in` under the lock; the loop takes the whole of `in`
+** at once (it becomes `out`, and the old `out` the next `in`) and reads
+** it without the lock.  Nothing is allocated per message, a message costs
+** one lock on its way in and none on its way out, and the buffers are
+** freed and allocated by whichever thread, but only when they grow. */
 typedef struct queue {
   pthread_mutex_t mu;
   int refs;                  /* the userdata, the connection, each subscription */
   int efd;                   /* the eventfd; -1 once the userdata closed it */
-  item *head, *tail;         /* owned */
-  size_t bytes;              /* of the messages in the queue */
+  int woken;                 /* the eventfd was written since the loop last found
+                             ** both runs empty (under mu) */
+  run in;                    /* appended to under mu */
+  run out;                   /* the loop's own: read from out_at */
+  size_t out_at;
   size_t dropped;
 } queue;
 
@@ -112,12 +133,12 @@ typedef struct conn {
 
 static void queue_release(queue *q) {
   int last;
-  item *it, *next;
   pthread_mutex_lock(&q->mu);
   last = --q->refs == 0;
   pthread_mutex_unlock(&q->mu);
   if (!last) return;
-  for (it = q->head; it; it = next) { next = it->next; free(it); }
+  free(q->in.b);
+  free(q->out.b);
   pthread_mutex_destroy(&q->mu);
   free(q);
 }
@@ -130,36 +151,75 @@ static double now_ms(void) {
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-/* On a libnats thread: queue an event, waking the loop when the queue was
-** empty.  Nothing is queued once the loop side has closed. */
+/* On a libnats thread: queue an event, waking the loop unless it was woken
+** already and has not yet found the queue empty.  Nothing is queued once
+** the loop side has closed; a message is dropped (and counted) when `in`
+** would pass QUEUE_MAX bytes, or cannot grow. */
 static void push(queue *q, int kind, const char *subj, size_t slen, const char *data,
                  size_t dlen) {
-  item *it = malloc(sizeof *it + slen + dlen);
-  if (it == NULL) return;            /* out of memory: dropped, like a full queue */
-  it->next = NULL;
-  it->at = now_ms();
+  size_t need = ITEM_SIZE(slen, dlen);
+  double at = now_ms();
+  item *it;
+  pthread_mutex_lock(&q->mu);
+  if (q->efd < 0) { pthread_mutex_unlock(&q->mu); return; }
+  if (kind == EV_MESSAGE && q->in.len + need > QUEUE_MAX) goto drop;
+  if (q->in.len + need > q->in.cap) {
+    size_t cap = q->in.cap ? q->in.cap : RUN_MIN;
+    char *b;
+    while (cap < q->in.len + need) cap *= 2;
+    if ((b = realloc(q->in.b, cap)) == NULL) goto drop;
+    q->in.b = b;
+    q->in.cap = cap;
+  }
+  it = (item *)(q->in.b + q->in.len);
+  it->at = at;
   it->kind = kind;
   it->slen = slen;
   it->dlen = dlen;
   if (slen) memcpy(it->bytes, subj, slen);
   if (dlen) memcpy(it->bytes + slen, data, dlen);
-  pthread_mutex_lock(&q->mu);
-  if (q->efd < 0 || (kind == EV_MESSAGE && q->bytes + slen + dlen > QUEUE_MAX)) {
-    if (q->efd >= 0) q->dropped++;
-    pthread_mutex_unlock(&q->mu);
-    free(it);
-    return;
-  }
-  if (q->tail) q->tail->next = it;
-  else {
+  q->in.len += need;
+  if (!q->woken) {
     uint64_t one = 1;
     ssize_t w;
-    q->head = it;
+    q->woken = 1;
     do { w = write(q->efd, &one, sizeof one); } while (w < 0 && errno == EINTR);
   }
-  q->tail = it;
-  if (kind == EV_MESSAGE) q->bytes += slen + dlen;
   pthread_mutex_unlock(&q->mu);
+  return;
+drop:
+  q->dropped++;
+  pthread_mutex_unlock(&q->mu);
+}
+
+/* On the loop thread: the next event, or NULL when none waits (the
+** eventfd is then quiet until the next push).  The item lives until the
+** next call. */
+static item *take(queue *q) {
+  item *it;
+  if (q->out_at >= q->out.len) {
+    run t;
+    pthread_mutex_lock(&q->mu);
+    if (q->in.len == 0) {
+      /* Empty: quiet the eventfd, under the lock, so that the next push
+      ** wakes the loop again. */
+      uint64_t v;
+      ssize_t r;
+      do { r = read(q->efd, &v, sizeof v); } while (r < 0 && errno == EINTR);
+      q->woken = 0;
+      pthread_mutex_unlock(&q->mu);
+      return NULL;
+    }
+    t = q->out;
+    q->out = q->in;
+    q->in = t;
+    q->in.len = 0;
+    pthread_mutex_unlock(&q->mu);
+    q->out_at = 0;
+  }
+  it = (item *)(q->out.b + q->out_at);
+  q->out_at += ITEM_SIZE(it->slen, it->dlen);
+  return it;
 }
 
 static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *ud) {
@@ -791,30 +851,15 @@ static int c_next(lua_State *L) {
   if (c->f != NULL && max > 0 && (p = mkl_current(L)) != NULL && mk_proc_vm(p) != c->f->vm)
     p = NULL;
   for (;;) {
-    pthread_mutex_lock(&q->mu);
-    it = q->head;
-    if (it) {
-      if ((q->head = it->next) == NULL) q->tail = NULL;
-      if (it->kind == EV_MESSAGE) q->bytes -= it->slen + it->dlen;
-    } else {
-      /* Empty: quiet the eventfd, under the lock, so that the next push
-      ** (which finds the queue empty) wakes the loop again. */
-      uint64_t v;
-      ssize_t r;
-      do { r = read(q->efd, &v, sizeof v); } while (r < 0 && errno == EINTR);
-    }
-    pthread_mutex_unlock(&q->mu);
-    if (it == NULL) return 0;
+    if ((it = take(q)) == NULL) return 0;
     if (p == NULL || it->kind != EV_MESSAGE || !fast(c->f, p, it)) break;
-    free(it);
     if (++done == max) { lua_pushboolean(L, 0); return 1; }
   }
   lua_pushstring(L, ev_names[it->kind]);
-  if (it->kind != EV_MESSAGE) { free(it); return 1; }
+  if (it->kind != EV_MESSAGE) return 1;
   lua_pushlstring(L, it->bytes, it->slen);
   lua_pushlstring(L, it->bytes + it->slen, it->dlen);
   lua_pushnumber(L, it->at);
-  free(it);
   return 4;
 }
 
@@ -823,12 +868,17 @@ static int c_next(lua_State *L) {
 ** a loop that fell behind must not take a busy node for a lost one. */
 static int c_waiting(lua_State *L) {
   conn *c = luaL_checkudata(L, 1, CONN_MT);
+  queue *q = c->q;
   double at = 0;
   int some = 0;
-  if (c->q) {
-    pthread_mutex_lock(&c->q->mu);
-    if ((some = c->q->head != NULL)) at = c->q->head->at;
-    pthread_mutex_unlock(&c->q->mu);
+  if (q == NULL) return 0;
+  if (q->out_at < q->out.len) {               /* the loop's own run: no lock */
+    some = 1;
+    at = ((item *)(q->out.b + q->out_at))->at;
+  } else {
+    pthread_mutex_lock(&q->mu);
+    if ((some = q->in.len > 0)) at = ((item *)q->in.b)->at;
+    pthread_mutex_unlock(&q->mu);
   }
   if (!some) return 0;
   lua_pushnumber(L, at);
