@@ -997,10 +997,14 @@ static int entryfor (const mk_index *ix, const CEntry *e, const mk_term *q,
   uint32_t k;
   if (e->gen != ix->gen || e->rt != headrt(q) || e->n != q->n || e->mask != mask)
     return 0;
-  /* mk_equal tries the pointer, then the hash, before the values; the
-  ** items no walk read (often all of them) are not visited */
-  for (k = 0; mask != 0; k++, mask >>= 1)
-    if ((mask & 1) && !mk_equal(e->key[k], mk_items(q)[k])) return 0;
+  /* The pointer first, without a call: a channel's sender passes the
+  ** same terms each time (a connection's addresses).  mk_equal then tries
+  ** the hash before the values.  The items no walk read (often all of
+  ** them) are not visited. */
+  for (k = 0; mask != 0; k++, mask >>= 1) {
+    const mk_term *t = mk_items(q)[k];
+    if ((mask & 1) && e->key[k] != t && !mk_equal(e->key[k], t)) return 0;
+  }
   return 1;
 }
 
