@@ -32,11 +32,11 @@
 **
 ** Threads.  libnats runs its own threads: message handlers, the
 ** disconnected/reconnected/closed callbacks, pings and reconnection.  Those
-** callbacks only copy bytes into a mutex-protected queue (struct queue) and,
-** when the loop was not woken already, write to an eventfd; the loop thread subscribes to the
-** eventfd's readability with the ground event every driver uses
-** (market.ground.readable), so it works in a nested VM through an event
-** relay too.  This is the issue's "ev_async and a locked queue" in the form
+** callbacks only copy bytes into a mutex-protected queue (struct queue)
+** and, when the loop was not woken already, write to an eventfd; the loop
+** thread subscribes to the eventfd's readability with the ground event
+** every driver uses (market.ground.readable), so it works in a nested VM
+** through an event relay too.  This is the issue's "ev_async and a locked queue" in the form
 ** market's drivers already have (as sys.resolve's pipe).  No Lua state, term
 ** or VM is touched off the loop thread.
 **
@@ -977,7 +977,10 @@ static int c_start(lua_State *L) {
   luaL_checktype(L, 9, LUA_TFUNCTION);
   if (p == NULL) { mk_unref(topic); return luaL_error(L, "start: not inside a market process"); }
   if (c->f != NULL) { mk_unref(topic); return luaL_error(L, "start: a forwarder runs already"); }
-  if ((f = calloc(1, sizeof *f)) == NULL) { mk_unref(topic); return luaL_error(L, "not enough memory"); }
+  if ((f = calloc(1, sizeof *f)) == NULL) {
+    mk_unref(topic);
+    return luaL_error(L, "not enough memory");
+  }
   f->refs = 1;                       /* the conn's; c_close (or the GC) lets go */
   f->cbref = LUA_NOREF;
   f->rt = topic->v.rt;
@@ -1022,7 +1025,10 @@ static int c_node(lua_State *L) {
   int k;
   if (n == NULL) {
     if ((fresh = calloc(1, sizeof *fresh)) == NULL) return luaL_error(L, "not enough memory");
-    if ((fresh->name = dupbytes(name, len)) == NULL) { free(fresh); return luaL_error(L, "not enough memory"); }
+    if ((fresh->name = dupbytes(name, len)) == NULL) {
+      free(fresh);
+      return luaL_error(L, "not enough memory");
+    }
     fresh->nlen = len;
     fresh->next = f->nodes;
     f->nodes = n = fresh;
