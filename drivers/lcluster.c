@@ -75,7 +75,6 @@
 #include "mkd.h"
 
 #define CONN_MT "market.sys.nats"
-#define STATS_MT "market.sys.cluster_stats"
 #define QUEUE_MAX ((size_t)64 << 20)
 #define WRITE_DEADLINE_MS 1000
 #define CLOSE_FLUSH_MS 500
@@ -247,65 +246,15 @@ static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus s, vo
 
 /* ---- counters ------------------------------------------------------------ */
 
-/* cluster.stats: read and set from Lua like a table's fields, counted by
-** the forwarder without entering Lua.  Shared by the userdata and each
-** forwarder, which hold a reference each: the last to let go frees it. */
-enum { S_SENT, S_RECEIVED, S_DELIVERED, S_DROPPED, S_MALFORMED, NSTATS };
-static const char *const stat_names[NSTATS] = {
-  "sent", "received", "delivered", "dropped", "malformed"};
-
-typedef struct cstats {
-  int refs;
-  lua_Integer v[NSTATS];
-} cstats;
-
-static void stats_release(cstats *s) {
-  if (s != NULL && --s->refs == 0) free(s);
-}
-
-static cstats *checkstats(lua_State *L, int idx) {
-  return *(cstats **)luaL_checkudata(L, idx, STATS_MT);
-}
-
-/* The counter named at idx, or -1. */
-static int stat_of(lua_State *L, int idx) {
-  const char *k = lua_tostring(L, idx);
-  int i;
-  for (i = 0; k != NULL && i < NSTATS; i++)
-    if (strcmp(k, stat_names[i]) == 0) return i;
-  return -1;
-}
-
-static int stats_index(lua_State *L) {
-  cstats *s = checkstats(L, 1);
-  int i = stat_of(L, 2);
-  if (i < 0) lua_pushnil(L);
-  else lua_pushinteger(L, s->v[i]);
-  return 1;
-}
-
-static int stats_newindex(lua_State *L) {
-  cstats *s = checkstats(L, 1);
-  int i = stat_of(L, 2);
-  if (i < 0) return luaL_error(L, "cluster.stats has no counter %s", luaL_tolstring(L, 2, NULL));
-  s->v[i] = luaL_checkinteger(L, 3);
-  return 0;
-}
-
-static int stats_gc(lua_State *L) {
-  cstats **box = luaL_checkudata(L, 1, STATS_MT);
-  stats_release(*box);
-  *box = NULL;
-  return 0;
-}
+/* cluster.stats: a counter set (mkd.h), counted by the forwarder without
+** entering Lua; the userdata and each forwarder hold a reference. */
+enum { S_SENT, S_RECEIVED, S_DELIVERED, S_DROPPED, S_MALFORMED };
+static const char *const stat_names[] = {
+  "sent", "received", "delivered", "dropped", "malformed", NULL};
 
 /* sys.cluster_stats() -> a new set of counters, all 0 */
 static int l_cluster_stats(lua_State *L) {
-  cstats **box = lua_newuserdatauv(L, sizeof *box, 0);
-  *box = NULL;
-  luaL_setmetatable(L, STATS_MT);
-  if ((*box = calloc(1, sizeof **box)) == NULL) return luaL_error(L, "not enough memory");
-  (*box)->refs = 1;
+  mkd_newcount(L, "cluster.stats", stat_names);
   return 1;
 }
 
@@ -368,7 +317,7 @@ struct fwd {
   natsConnection *nc;        /* the conn's; NULL once it closed */
   lua_State *L;              /* the callbacks' thread; NULL once the conn closed */
   int cbref;                 /* L's registry: {thread, on_presence, on_absence} */
-  cstats *stats;             /* a reference */
+  mkd_count *stats;          /* a reference */
   mk_rtype *rt;              /* cluster.topic's record type, a reference */
   mk_vm *vm;                 /* the driver's and the process's */
   mk_pid driver, pid;
@@ -429,7 +378,7 @@ static void fwd_release(fwd *f) {
   for (n = f->nodes; n; n = next) { next = n->next; node_free(n); }
   fifo_clear(&f->resent[0]);
   fifo_clear(&f->resent[1]);
-  stats_release(f->stats);
+  mkd_count_release(f->stats);
   if (f->rt) mk_rtype_unref(f->rt);
   free(f->mine[0]); free(f->mine[1]);
   free(f->lead[0]); free(f->lead[1]);
@@ -962,7 +911,7 @@ static char *dupstring(lua_State *L, int idx, size_t *len) {
 */
 static int c_start(lua_State *L) {
   conn *c = checkconn(L);
-  cstats *stats = checkstats(L, 2);
+  mkd_count *stats = mkd_checkcount(L, 2, stat_names);
   mk_term *topic = mkl_checkterm(L, 3, "start");
   mk_proc *p = mkl_current(L);
   fwd *f;
@@ -1169,8 +1118,6 @@ void mkd_open_cluster(lua_State *L) {
     {"waiting", c_waiting}, {"start", c_start}, {"node", c_node}, {"forget", c_forget},
     {"role", c_role}, {"unrole", c_unrole}, {"connected", c_connected}, {"heard", c_heard},
     {"deliver", c_deliver}, {"close", c_close}, {NULL, NULL}};
-  static const luaL_Reg stats_mt[] = {
-    {"__index", stats_index}, {"__newindex", stats_newindex}, {"__gc", stats_gc}, {NULL, NULL}};
   if (luaL_newmetatable(L, CONN_MT)) {
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);
@@ -1178,8 +1125,6 @@ void mkd_open_cluster(lua_State *L) {
     lua_pushcfunction(L, c_close);
     lua_setfield(L, -2, "__gc");
   }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, STATS_MT)) luaL_setfuncs(L, stats_mt, 0);
   lua_pop(L, 1);
   lua_pushcfunction(L, l_cluster_stats);
   lua_setfield(L, -2, "cluster_stats");

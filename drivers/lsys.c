@@ -1053,6 +1053,7 @@ int luaopen_market_sys(lua_State *L) {
   lua_pushvalue(L, -2);
   luaL_setfuncs(L, funcs, 1);
   lua_remove(L, -2);
+  mkd_open_count(L);
   mkd_open_tcpconn(L);
   mkd_open_cluster(L);
   return 1;

@@ -3,7 +3,7 @@
 **
 ** lsys.c (market.sys) owns sockets as Lua userdata and resolves names on
 ** threads; tcpconn.c (the TCP connection manager, a native process) uses
-** both from C.
+** both from C; count.c's counter sets serve tcpconn.c and lcluster.c.
 */
 #ifndef MKD_H
 #define MKD_H
@@ -86,6 +86,33 @@ int mkd_resolve_start(const char *host, int port, int socktype,
 int mkd_resolve_poll(mkd_resolve_job *j, const struct addrinfo **res, const char **err,
                      char *buf, size_t size);
 void mkd_resolve_release(mkd_resolve_job *j);
+
+/* ---- count.c ------------------------------------------------------------ */
+
+/* A set of named counters: a driver's C code counts into v[] without
+** entering Lua, and Lua holds the set as a userdata read and set like a
+** table's fields (tcp.stats, cluster.stats): a name not in the set reads
+** as nil and cannot be set.  Counted references: the userdata holds the
+** first; a C holder takes one (refs++) and lets go with
+** mkd_count_release; the last to let go frees the set. */
+typedef struct mkd_count {
+  unsigned refs;
+  const char *what;                /* the Lua name, for messages: "tcp.stats" */
+  const char *const *names;        /* the counters', NULL-terminated, static */
+  lua_Integer v[];                 /* one per name, from 0 */
+} mkd_count;
+
+/* Push a new set of the counters names (static), all 0, and return it. */
+mkd_count *mkd_newcount(lua_State *L, const char *what, const char *const *names);
+/* The set at idx made with names (the same list): a Lua error
+** (mkd_checkcount) or NULL (mkd_testcount) when idx holds no such set, so
+** that C never counts past a set's end.  mkd_checkcount with names NULL
+** takes any set. */
+mkd_count *mkd_checkcount(lua_State *L, int idx, const char *const *names);
+mkd_count *mkd_testcount(lua_State *L, int idx, const char *const *names);
+void mkd_count_release(mkd_count *n);  /* NULL accepted */
+/* The sets' metatable, made once per Lua state (before any mkd_newcount). */
+void mkd_open_count(lua_State *L);
 
 /* ---- tcpconn.c ---------------------------------------------------------- */
 

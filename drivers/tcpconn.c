@@ -90,7 +90,6 @@
 #include "mkd.h"
 
 #define READ_MAX 65536
-#define COUNT_MT "market.sys.tcp_count"
 
 /* Output chunks shorter than COPY_MAX are copied into blocks of
 ** BLOCK_BYTES (header included); longer ones are kept by reference to the
@@ -110,94 +109,17 @@
 
 /* ---- counters ----------------------------------------------------------- */
 
-/* Counters shared by managers and the Lua side, which holds them in a
-** userdata: tcp.stats, and each listener's count of its live managers.
-** Counted references: freed by the last to let go. */
-enum { C_MAX_QUEUED, C_PAUSES, C_OVERFLOWS, C_REFUSED, C_TIMEOUTS, C_MAX_INPUT, NCOUNT };
+/* Counters shared by managers and the Lua side (mkd.h's counter sets):
+** tcp.stats, and each listener's count of its live managers. */
+enum { C_MAX_QUEUED, C_PAUSES, C_OVERFLOWS, C_REFUSED, C_TIMEOUTS, C_MAX_INPUT };
 enum { C_LIVE, C_SERIAL };
-
-typedef struct tcount {
-  uint32_t refs;
-  const char *what;                /* "tcp.stats" */
-  const char *const *names;        /* of the fields used, NULL-terminated */
-  lua_Integer v[NCOUNT];
-} tcount;
 
 static const char *const stats_names[] = {
   "max_queued", "pauses", "overflows", "refused", "timeouts", "max_input", NULL };
 static const char *const conns_names[] = { "live", "serial", NULL };
 
-static void count_release(tcount *n) {
-  if (n != NULL && --n->refs == 0) free(n);
-}
-
-typedef struct countbox { tcount *n; } countbox;
-
-static tcount *checkcount(lua_State *L) {
-  return ((countbox *)luaL_checkudata(L, 1, COUNT_MT))->n;
-}
-
-static int count_field(const tcount *n, const char *k) {
-  int i;
-  for (i = 0; n->names[i]; i++)
-    if (strcmp(n->names[i], k) == 0) return i;
-  return -1;
-}
-
-static int count_index(lua_State *L) {
-  tcount *n = checkcount(L);
-  int i = count_field(n, luaL_checkstring(L, 2));
-  if (i >= 0) lua_pushinteger(L, n->v[i]); else lua_pushnil(L);
-  return 1;
-}
-
-static int count_newindex(lua_State *L) {
-  tcount *n = checkcount(L);
-  const char *k = luaL_checkstring(L, 2);
-  lua_Integer v = luaL_checkinteger(L, 3);
-  int i = count_field(n, k);
-  if (i < 0) return luaL_error(L, "%s has no field '%s'", n->what, k);
-  n->v[i] = v;
-  return 0;
-}
-
-static int count_gc(lua_State *L) {
-  countbox *b = luaL_checkudata(L, 1, COUNT_MT);
-  count_release(b->n);
-  b->n = NULL;
-  return 0;
-}
-
-/* e.g. "tcp.stats {max_queued = 0, pauses = 3, ...}" */
-static int count_tostring(lua_State *L) {
-  tcount *n = checkcount(L);
-  luaL_Buffer b;
-  int i;
-  luaL_buffinit(L, &b);
-  luaL_addstring(&b, n->what);
-  for (i = 0; n->names[i]; i++) {
-    lua_pushfstring(L, "%s%s = %I", i ? ", " : " {", n->names[i], n->v[i]);
-    luaL_addvalue(&b);
-  }
-  luaL_addchar(&b, '}');
-  luaL_pushresult(&b);
-  return 1;
-}
-
-static int newcount(lua_State *L, const char *what, const char *const *names) {
-  countbox *b = lua_newuserdatauv(L, sizeof *b, 0);
-  b->n = NULL;
-  luaL_setmetatable(L, COUNT_MT);
-  b->n = calloc(1, sizeof *b->n);
-  if (b->n == NULL) return luaL_error(L, "out of memory");
-  b->n->refs = 1;
-  b->n->what = what;
-  b->n->names = names;
-  return 1;
-}
-
-static int l_tcp_stats(lua_State *L) { return newcount(L, "tcp.stats", stats_names); }
-static int l_tcp_conns(lua_State *L) { return newcount(L, "tcp.conns", conns_names); }
+static int l_tcp_stats(lua_State *L) { mkd_newcount(L, "tcp.stats", stats_names); return 1; }
+static int l_tcp_conns(lua_State *L) { mkd_newcount(L, "tcp.conns", conns_names); return 1; }
 
 /* ---- settings ------------------------------------------------------------ */
 
@@ -394,8 +316,8 @@ typedef struct tconn {
   ** and max_frame above) */
   tbase *base;
   mk_term **opts;
-  tcount *stats;              /* counted reference, or NULL */
-  tcount *conns;              /* counted reference (inbound) while the socket is
+  mkd_count *stats;              /* counted reference, or NULL */
+  mkd_count *conns;              /* counted reference (inbound) while the socket is
                               ** open, or NULL: the listener's live connections */
   lua_State *L;               /* the main thread, for the log */
   oblock *qtail;              /* output queue: last block */
@@ -562,7 +484,7 @@ static void free_queue(tconn *c) {
 static void leave_count(tconn *c) {
   if (c->conns == NULL) return;
   c->conns->v[C_LIVE]--;
-  count_release(c->conns);
+  mkd_count_release(c->conns);
   c->conns = NULL;
 }
 
@@ -1618,7 +1540,7 @@ static void destroy(mk_proc *p) {
   mk_unref(c->remote);
   mk_unref(c->loc);
   mk_unref(c->lport);
-  count_release(c->stats);
+  mkd_count_release(c->stats);
   leave_count(c);
   /* A connection that held much (a slow reader's queue) leaves free
   ** memory scattered through the heap, which malloc keeps unless asked:
@@ -1673,7 +1595,7 @@ static tbase *getdefaults(lua_State *L, int idx) {
 
 /* A manager's data; takes the references remote, loc and lport (may be
 ** NULL) and the descriptor fd (-1: connect). */
-static tconn *newconn(lua_State *L, tbase *base, tcount *stats, tcount *conns, int fd,
+static tconn *newconn(lua_State *L, tbase *base, mkd_count *stats, mkd_count *conns, int fd,
                       mk_term *remote, mk_term *loc, mk_term *lport) {
   tconn *c = remote ? calloc(1, sizeof *c) : NULL;   /* remote: NULL if out of memory */
   if (c == NULL) {
@@ -1708,7 +1630,7 @@ static tconn *newconn(lua_State *L, tbase *base, tcount *stats, tcount *conns, i
 
 /* A connection not taken: tcp.refused(loc, tcp.address(host, port), why),
 ** sent by the listener, and counted. */
-static void refuse(mk_proc *p, tcount *stats, mk_rtype *art, mk_term *loc, const char *host,
+static void refuse(mk_proc *p, mkd_count *stats, mk_rtype *art, mk_term *loc, const char *host,
                    int64_t port, const char *why) {
   static const char *const fields[] = { "listener", "remote", "reason" };
   mk_rtype *rt = rtype("tcp-refused", 3, fields);
@@ -1724,9 +1646,8 @@ static int l_tcp_accept(lua_State *L) {
   mk_proc *p = caller(L, "tcp_accept");
   int lfd = mkd_sockfd(L, 1), failed = 0, exhausted = 0, unix_path;
   lua_Integer max = luaL_checkinteger(L, 4), maxconn = luaL_checkinteger(L, 5), n = 0;
-  tcount *conns = ((countbox *)luaL_checkudata(L, 6, COUNT_MT))->n;
-  countbox *sb = luaL_testudata(L, 8, COUNT_MT);
-  tcount *stats = sb ? sb->n : NULL;
+  mkd_count *conns = mkd_checkcount(L, 6, conns_names);
+  mkd_count *stats = mkd_testcount(L, 8, stats_names);
   mk_term *loc, *lport;
   const char *err;
   tbase *base;
@@ -1798,7 +1719,7 @@ static int l_tcp_accept(lua_State *L) {
 static int l_tcp_manage(lua_State *L) {
   mk_proc *p = caller(L, "tcp_manage");
   const char *name = luaL_checkstring(L, 3);
-  countbox *sb = luaL_testudata(L, 5, COUNT_MT);
+  mkd_count *stats = mkd_testcount(L, 5, stats_names);
   mk_term *remote, *loc;
   const char *err;
   tbase *base = getdefaults(L, 4);
@@ -1811,7 +1732,7 @@ static int l_tcp_manage(lua_State *L) {
     base_release(base);
     return luaL_error(L, "market.sys.tcp_manage: the remote and local ends must be terms");
   }
-  c = newconn(L, base, sb ? sb->n : NULL, NULL, -1, remote, loc, NULL);
+  c = newconn(L, base, stats, NULL, -1, remote, loc, NULL);
   base_release(base);
   if (c == NULL) return luaL_error(L, "out of memory");
   lua_pushinteger(L, (lua_Integer)mk_spawn(p, &tcpconn_behavior, c, name, NULL));
@@ -1897,14 +1818,9 @@ static int l_tcp_inspect(lua_State *L) {
 }
 
 void mkd_open_tcpconn(lua_State *L) {
-  static const luaL_Reg count_mt[] = {
-    {"__index", count_index}, {"__newindex", count_newindex}, {"__gc", count_gc},
-    {"__tostring", count_tostring}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {
     {"tcp_accept", l_tcp_accept}, {"tcp_manage", l_tcp_manage}, {"tcp_stats", l_tcp_stats},
     {"tcp_conns", l_tcp_conns}, {"tcp_settings", l_tcp_settings},
     {"tcp_inspect", l_tcp_inspect}, {NULL, NULL}};
-  if (luaL_newmetatable(L, COUNT_MT)) luaL_setfuncs(L, count_mt, 0);
-  lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }

@@ -89,7 +89,7 @@ describe("the NATS connection (market.sys, drivers/lcluster.c)", function()
     s.sent = s.sent + 2
     assert.equal(2, s.sent)
     assert.is_nil(s.other)
-    assert.has_error(function() s.other = 1 end, "cluster.stats has no counter other")
+    assert.has_error(function() s.other = 1 end, "cluster.stats has no field 'other'")
     assert.has_error(function() s.sent = "many" end)
     assert.equal(2, s.sent)
   end)
