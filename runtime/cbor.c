@@ -3,9 +3,19 @@
 ** wire").
 **
 ** libcbor writes the heads (a major type and its argument, in the
-** shortest form) and the doubles, and reads the input one head at a time
-** with cbor_stream_decode, which calls back with what it found and claims
-** no byte past the end of the input.  The walk over the items is ours: a
+** shortest form) and the doubles.  The input is read one head at a time:
+** the heads a term is written with (integers, strings, definite arrays
+** and maps, tags, null, false, true, undefined, single and double floats)
+** by a reader of our own (next), every other one (half floats, simple
+** values, reserved bytes, indefinite lengths, the break) by libcbor's
+** cbor_stream_decode, which calls back with what it found and claims no
+** byte past the end of the input.  The reader of our own does what
+** cbor_stream_decode does for the heads it takes, without a callback per
+** head (a third of the cost of decoding a small term went to them and to
+** its dispatch; docs/performance.md, "bench-cluster");
+** spec/fuzz/fuzz_cbor.c builds this file a second time with
+** MK_CBOR_LIBCBOR_HEADS defined, every head read by libcbor, and checks
+** that the two decoders agree on every input.  The walk over the items is ours: a
 ** stack of the compounds being filled, bounded by the depth limit, so that
 ** untrusted input never recurses.  cbor_load was the alternative, and was
 ** rejected: it builds a tree of libcbor items first, allocating a
@@ -28,6 +38,11 @@
 #include <cbor/streaming.h>
 
 #include "cbor.h"
+
+/* 1: every head read by libcbor (see above); the fuzzer's reference. */
+#ifndef MK_CBOR_LIBCBOR_HEADS
+#define MK_CBOR_LIBCBOR_HEADS 0
+#endif
 
 /*
 ** {======================================================
@@ -188,14 +203,20 @@ typedef struct Frame {
   uint32_t arity;
 } Frame;
 
+/* Frames kept in D itself: a topic on the wire is a few levels deep, and
+** a malloc and free per decode cost as much as reading it.  Deeper terms
+** move the stack to the heap (push). */
+#define SMALLSTACK  8
+
 /* The walk: the input, what is read of it, the stack of compounds being
-** filled (owned, with their terms), the nodes begun so far (no subterm is
-** shared in what the decoder builds, so the size of the term when done),
-** and the term once it is whole (owned). */
+** filled (small, or malloc'd and owned, with their terms), the nodes
+** begun so far (no subterm is shared in what the decoder builds, so the
+** size of the term when done), and the term once it is whole (owned). */
 typedef struct D {
   const unsigned char *p;
   size_t len, pos;
   Frame *stack;
+  Frame small[SMALLSTACK];
   size_t sp, cap;
   size_t nodes;
   mk_term *root;
@@ -205,13 +226,91 @@ static const char OOM[] = "out of memory";
 static const char TOO_DEEP[] = "a term nested deeper than the depth limit";
 static const char TOO_BIG[] = "a term of more nodes than the size limit";
 
-/* The next head into *ev, or a reason. */
-static const char *next (D *d, Ev *ev) {
+static const char TRUNCATED[] = "truncated CBOR";
+
+/* The next head by libcbor. */
+static const char *libcbor_next (D *d, Ev *ev) {
   struct cbor_decoder_result r = cbor_stream_decode(d->p + d->pos, d->len - d->pos,
                                                     &callbacks, ev);
-  if (r.status == CBOR_DECODER_NEDATA) return "truncated CBOR";
+  if (r.status == CBOR_DECODER_NEDATA) return TRUNCATED;
   if (r.status != CBOR_DECODER_FINISHED) return "malformed CBOR";
   d->pos += r.read;
+  return NULL;
+}
+
+/* The n-byte big-endian number at p. */
+static uint64_t be (const unsigned char *p, unsigned n) {
+  uint64_t u = 0;
+  while (n-- > 0) u = u << 8 | *p++;
+  return u;
+}
+
+/* The next head into *ev, or a reason.  A head is an initial byte (major
+** type in the top 3 bits, "additional information" ai in the low 5), then
+** ai's argument: ai itself below 24, else the 1, 2, 4 or 8 bytes after
+** (ai 24 to 27); a string's bytes follow its head. */
+static const char *next (D *d, Ev *ev) {
+  const unsigned char *p = d->p + d->pos;
+  size_t left = d->len - d->pos, need;
+  unsigned ib, ai;
+  uint64_t u;
+  if (MK_CBOR_LIBCBOR_HEADS || left == 0) return libcbor_next(d, ev);
+  ib = p[0];
+  ai = ib & 31;
+  if (ib >= 0xe0) {               /* major type 7: simple values, floats */
+    switch (ib) {
+      case 0xf4: case 0xf5: ev->kind = EV_BOOL; ev->u = ib == 0xf5; break;
+      case 0xf6: case 0xf7: ev->kind = EV_NULL; break;
+      case 0xfa: case 0xfb: {
+        unsigned n = ib == 0xfa ? 4 : 8;
+        if (left < 1 + n) return TRUNCATED;
+        u = be(p + 1, n);
+        ev->kind = EV_FLOAT;
+        if (n == 4) {
+          uint32_t w = (uint32_t)u;
+          float f;
+          memcpy(&f, &w, sizeof f);
+          ev->f = f;
+        } else {
+          memcpy(&ev->f, &u, sizeof ev->f);
+        }
+        d->pos += 1 + n;
+        return NULL;
+      }
+      default: return libcbor_next(d, ev);
+    }
+    d->pos += 1;
+    return NULL;
+  }
+  if (ai > 27) return libcbor_next(d, ev);   /* reserved, or indefinite */
+  /* libcbor takes the one-byte tags 6 to 20 for malformed (unassigned in
+  ** RFC 7049), where a tag written longer is just unknown: as it says */
+  if (ib >= 0xc6 && ib <= 0xd4) return libcbor_next(d, ev);
+  if (ai < 24) {
+    u = ai;
+    need = 1;
+  } else {
+    unsigned n = 1u << (ai - 24);
+    if (left < 1 + (size_t)n) return TRUNCATED;
+    u = be(p + 1, n);
+    need = 1 + n;
+  }
+  switch (ib >> 5) {
+    case 0: ev->kind = EV_UINT; break;
+    case 1: ev->kind = EV_NEGINT; break;
+    case 2: case 3:
+      /* text strings too: market strings are bytes (on_str) */
+      if (u > left - need) return TRUNCATED;
+      ev->kind = EV_BYTES;
+      ev->s = p + need;
+      need += (size_t)u;
+      break;
+    case 4: ev->kind = EV_ARRAY; break;
+    case 5: ev->kind = EV_MAP; break;
+    default: ev->kind = EV_TAG; break;
+  }
+  ev->u = u;
+  d->pos += need;
   return NULL;
 }
 
@@ -250,13 +349,14 @@ static const char *put (D *d, mk_term *t) {
 static const char *push (D *d, uint64_t n) {
   const char *err;
   if (d->sp + 1 > mk_term_depth_limit()) return TOO_DEEP;
-  if (n > d->len - d->pos) return "truncated CBOR";
+  if (n > d->len - d->pos) return TRUNCATED;
   if ((err = count(d, 1)) != NULL) return err;
   if (n > mk_term_size_limit() - d->nodes) return TOO_BIG;   /* before allocating */
   if (d->sp == d->cap) {
-    size_t cap = d->cap ? d->cap * 2 : 16;
-    Frame *s = realloc(d->stack, cap * sizeof *s);
+    size_t cap = d->cap * 2;
+    Frame *s = realloc(d->stack == d->small ? NULL : d->stack, cap * sizeof *s);
     if (s == NULL) return OOM;
+    if (d->stack == d->small) memcpy(s, d->small, sizeof d->small);
     d->stack = s;
     d->cap = cap;
   }
@@ -372,12 +472,17 @@ static const char *walk (D *d) {
 mk_term *mk_cbor_decode (const unsigned char *buf, size_t len, const char **why) {
   D d;
   const char *err;
-  memset(&d, 0, sizeof d);
   d.p = buf;
   d.len = buf == NULL ? 0 : len;
+  d.pos = 0;
+  d.stack = d.small;
+  d.sp = 0;
+  d.cap = SMALLSTACK;
+  d.nodes = 0;
+  d.root = NULL;
   err = walk(&d);
   while (d.sp > 0) mk_unref(d.stack[--d.sp].t);
-  free(d.stack);
+  if (d.stack != d.small) free(d.stack);
   if (err != NULL) {
     mk_unref(d.root);
     if (why != NULL) *why = err;

@@ -63,6 +63,84 @@ describe("market.to_cbor and market.from_cbor", function()
     end
   end)
 
+  -- The decoder reads the heads a term is written with itself and leaves
+  -- the others to libcbor (runtime/cbor.c); together they read every head
+  -- as libcbor alone did.  spec/fuzz/fuzz_cbor.c compares the two on
+  -- whatever the fuzzer finds; these are the edges, each form of a head.
+  it("read every form of a head, shortest or not, as libcbor does", function()
+    local same = {
+      ["\x05"] = 5, ["\x18\x05"] = 5, ["\x19\0\x05"] = 5, ["\x1a\0\0\0\x05"] = 5,
+      ["\x1b\0\0\0\0\0\0\0\x05"] = 5, ["\x1b\x7f\xff\xff\xff\xff\xff\xff\xff"] = math.maxinteger,
+      ["\x24"] = -5, ["\x38\x04"] = -5, ["\x39\0\x04"] = -5, ["\x3a\0\0\0\x04"] = -5,
+      ["\x3b\x7f\xff\xff\xff\xff\xff\xff\xff"] = math.mininteger,
+      ["\x42hi"] = "hi", ["\x58\x02hi"] = "hi", ["\x59\0\x02hi"] = "hi",
+      ["\x5a\0\0\0\x02hi"] = "hi", ["\x5b\0\0\0\0\0\0\0\x02hi"] = "hi",
+      ["\x62hi"] = "hi", ["\x78\x02hi"] = "hi", ["\x79\0\x02hi"] = "hi",
+      ["\x7a\0\0\0\x02hi"] = "hi", ["\x7b\0\0\0\0\0\0\0\x02hi"] = "hi",
+      ["\x62\xff\xfe"] = "\xff\xfe",                 -- text, not UTF-8: its bytes
+      ["\xf9\x3e\x00"] = 1.5, ["\xfa\x3f\xc0\0\0"] = 1.5, ["\xfb\x3f\xf8\0\0\0\0\0\0"] = 1.5,
+      ["\xf4"] = false, ["\xf5"] = true,
+    }
+    for bytes, v in pairs(same) do
+      local got, why = market.from_cbor(WRAP .. bytes)
+      assert.is_nil(why)
+      assert.equal(math.type(v), math.type(got))
+      assert.equal(v, got)
+    end
+    for _, bytes in ipairs({ "\xf6", "\xf7" }) do   -- null and undefined
+      assert.same({ nil, nil }, { market.from_cbor(WRAP .. bytes) })
+    end
+    assert.same({ 1, { "a" } }, market.from_cbor(WRAP .. "\x98\x02\x01\x99\0\x01\x41a"))
+    assert.same({}, market.from_cbor(WRAP .. "\x9b\0\0\0\0\0\0\0\0"))
+    assert.equal(market._, market.from_cbor(WRAP .. "\xdb\0\0\0\0\x6d\x6b\0\x02\xf6"))
+    assert.equal("f(1)", R(market.from_cbor(WRAP .. "\xda\x6d\x6b\0\x01\x82\x61f\x01")))
+    -- a whole term past the small stack the decoder starts with
+    local t = {}
+    for _ = 1, 12 do t = { t, "x" } end
+    assert.same(t, back(t))
+  end)
+
+  it("refuse every form of head a term is not written with, as libcbor does", function()
+    local big = "\xff\xff\xff\xff\xff\xff\xff\xff"
+    local cases = {
+      -- truncated: in the argument, in a string's bytes, in a float
+      ["\x18"] = "truncated CBOR", ["\x19\0"] = "truncated CBOR", ["\x3b\0\0"] = "truncated CBOR",
+      ["\x43hi"] = "truncated CBOR", ["\x59\0"] = "truncated CBOR", ["\x7a\0\0\0\x03hi"] = "truncated CBOR",
+      ["\x5b" .. big .. "hi"] = "truncated CBOR", ["\x7b" .. big] = "truncated CBOR",
+      ["\xd8"] = "truncated CBOR", ["\xfa\0\0"] = "truncated CBOR", ["\xfb\0"] = "truncated CBOR",
+      ["\xf9\0"] = "truncated CBOR", ["\x82\x01"] = "truncated CBOR", ["\x9a\0\0\x01\0\x01"] = "truncated CBOR",
+      -- beyond 64 bits signed
+      ["\x1b\x80\0\0\0\0\0\0\0"] = "an integer beyond 64 bits signed",
+      ["\x3b\x80\0\0\0\0\0\0\0"] = "an integer beyond 64 bits signed",
+      -- indefinite lengths, and the break alone
+      ["\x5f\x41a\xff"] = "an indefinite length (terms are written with definite ones)",
+      ["\x7f\x61a\xff"] = "an indefinite length (terms are written with definite ones)",
+      ["\x9f\xff"] = "an indefinite length (terms are written with definite ones)",
+      ["\xbf\xff"] = "an indefinite length (terms are written with definite ones)",
+      ["\xff"] = "malformed CBOR",
+      -- reserved additional information, unassigned simple values
+      ["\x1c"] = "malformed CBOR", ["\x3d"] = "malformed CBOR", ["\x5e"] = "malformed CBOR",
+      ["\x7c"] = "malformed CBOR", ["\x9e"] = "malformed CBOR", ["\xbc"] = "malformed CBOR",
+      ["\xdf"] = "malformed CBOR", ["\xfc"] = "malformed CBOR",
+      ["\xe0"] = "malformed CBOR", ["\xf3"] = "malformed CBOR", ["\xf8\x20"] = "malformed CBOR",
+      -- tags: libcbor takes the one-byte tags 6 to 20 for malformed
+      ["\xc0\xf6"] = "an unknown tag", ["\xd5\xf6"] = "an unknown tag",
+      ["\xc6\xf6"] = "malformed CBOR", ["\xd2\xf6"] = "malformed CBOR", ["\xd4\xf6"] = "malformed CBOR",
+      ["\xdb" .. big .. "\xf6"] = "an unknown tag",
+      ["\xda\x6d\x6b\0\x02\xf5"] = "a wildcard or EOF tag around something else than null",
+      ["\xda\x6d\x6b\0\x01\x80"] = "a record tag around something else than [label, field...]",
+      ["\xda\x6d\x6b\0\x01\x81\x01"] = "a record whose label is not a string",
+      ["\xb8\x01\x01\x01"] = "a map (no term is one)",
+    }
+    for bytes, why in pairs(cases) do
+      assert.same({ nil, "market.from_cbor: " .. why }, { market.from_cbor(WRAP .. bytes) })
+    end
+    -- the wrapper itself, in the forms libcbor reads
+    assert.same({ nil, "market.from_cbor: a version that is not an unsigned integer" },
+                { market.from_cbor("\xda\x6d\x6b\x00\x00\x82\x20\xf6") })
+    assert.same({ 5 }, { market.from_cbor("\xdb\0\0\0\0\x6d\x6b\x00\x00\x98\x02\x18\x01\x05") })
+  end)
+
   it("hold decoded terms to the depth and size limits in force", function()
     local t = {}
     for _ = 1, 20 do t = { t } end               -- 21 deep

@@ -9,6 +9,11 @@
 ** of the same size and depth, and encode again to the same bytes (the
 ** encoding of a term is one).  Whatever does not decode must give a
 ** reason.  Nothing may be left behind (mk_term_live).
+**
+** And the decoder must agree with its reference: runtime/cbor.c built a
+** second time below with every head read by libcbor (MK_CBOR_LIBCBOR_HEADS)
+** must decode the same inputs to equal terms and refuse the others with
+** the same reason.
 */
 #include <stdint.h>
 #include <stdio.h>
@@ -17,6 +22,14 @@
 
 #include "term.h"
 #include "cbor.h"
+
+/* The reference decoder: its public names renamed, its statics its own. */
+#define MK_CBOR_LIBCBOR_HEADS 1
+#define mk_cbor_encode ref_cbor_encode
+#define mk_cbor_decode ref_cbor_decode
+#include "../../runtime/cbor.c"
+#undef mk_cbor_encode
+#undef mk_cbor_decode
 
 #define CHECK(e) do { if (!(e)) { \
   fprintf(stderr, "fuzz_cbor: %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #e); \
@@ -27,7 +40,7 @@ static const unsigned char wrap[] = { 0xda, 0x6d, 0x6b, 0x00, 0x00, 0x82, 0x01 }
 int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size) {
   size_t base = mk_term_live(), n, len = 0, len2 = 0;
   unsigned char *in, *b, *b2;
-  const char *why = NULL;
+  const char *why = NULL, *refwhy = NULL;
   mk_term *t, *u;
   unsigned first;
   if (size == 0) return 0;
@@ -42,9 +55,13 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size) {
   if (first & 1) memcpy(in, wrap, sizeof wrap);
   if (size > 0) memcpy(in + n - size, data, size);
   t = mk_cbor_decode(in, n, &why);
+  u = ref_cbor_decode(in, n, &refwhy);
+  CHECK((t == NULL) == (u == NULL));
   if (t == NULL) {
-    CHECK(why != NULL);
+    CHECK(why != NULL && refwhy != NULL && strcmp(why, refwhy) == 0);
   } else {
+    CHECK(mk_equal(t, u) && mk_term_size(u) == mk_term_size(t) && u->depth == t->depth);
+    mk_unref(u);
     CHECK(t->depth <= mk_term_depth_limit() && mk_term_size(t) <= mk_term_size_limit());
     b = mk_cbor_encode(t, &len);
     CHECK(b != NULL && len <= n + 8 * mk_term_size(t));
