@@ -493,20 +493,18 @@ static void forward(fwd *f, int k, mk_term *m) {
       if (n->roles[i].o == want && mk_unifies(n->roles[i].topic, m)) break;
     if (i == n->nroles) continue;
     if (len == 0) {
-      /* [1, kind, node, inc, X]: our envelope, then X's encoding past the
-      ** version wrapper every encoded term starts with. */
-      size_t elen;
-      unsigned char *e = mk_cbor_encode(mk_items(m)[0], &elen);
-      if (e == NULL || elen < sizeof f->wrapper ||
-          reserve(f, f->minelen[k] + elen - sizeof f->wrapper) != 0) {
-        free(e);
+      /* [1, kind, node, inc, X]: our envelope, then X's encoding alone
+      ** (without the version wrapper), written after it in place. */
+      if (reserve(f, f->minelen[k]) != 0) {
         f->stats->v[S_DROPPED]++;
         return;
       }
       memcpy(f->buf, f->mine[k], f->minelen[k]);
-      memcpy(f->buf + f->minelen[k], e + sizeof f->wrapper, elen - sizeof f->wrapper);
-      len = f->minelen[k] + elen - sizeof f->wrapper;
-      free(e);
+      len = f->minelen[k];
+      if (mk_cbor_append(mk_items(m)[0], &f->buf, &len, &f->bufsize) != 0) {
+        f->stats->v[S_DROPPED]++;
+        return;
+      }
     }
     if (f->connected && f->nc != NULL && n->subject != NULL && len <= INT32_MAX &&
         natsConnection_Publish(f->nc, n->subject, f->buf, (int)len) == NATS_OK)

@@ -2,23 +2,26 @@
 ** cbor.c: terms to CBOR and back (cbor.h; docs/cluster.md, "Terms on the
 ** wire").
 **
-** libcbor writes the heads (a major type and its argument, in the
-** shortest form) and the doubles.  The input is read one head at a time:
-** the heads a term is written with (integers, strings, definite arrays
-** and maps, tags, null, false, true, undefined, single and double floats)
-** by a reader of our own (next), every other one (half floats, simple
+** The heads (a major type and its argument, in the shortest form) and
+** the doubles are written by code of our own, byte for byte as libcbor's
+** cbor_encode_* write them.  The input is read one head at a time: the
+** heads a term is written with (integers, strings, definite arrays and
+** maps, tags, null, false, true, undefined, single and double floats) by
+** a reader of our own (next), every other one (half floats, simple
 ** values, reserved bytes, indefinite lengths, the break) by libcbor's
 ** cbor_stream_decode, which calls back with what it found and claims no
-** byte past the end of the input.  The reader of our own does what
-** cbor_stream_decode does for the heads it takes, without a callback per
-** head (a third of the cost of decoding a small term went to them and to
-** its dispatch; docs/performance.md, "bench-cluster");
+** byte past the end of the input.  Ours do what libcbor does for the
+** heads they take, without a call into it and a callback per head, which
+** cost more than the head (docs/performance.md, "bench-cluster").
 ** spec/fuzz/fuzz_cbor.c builds this file a second time with
-** MK_CBOR_LIBCBOR_HEADS defined, every head read by libcbor, and checks
-** that the two decoders agree on every input.  The walk over the items is ours: a
-** stack of the compounds being filled, bounded by the depth limit, so that
-** untrusted input never recurses.  cbor_load was the alternative, and was
-** rejected: it builds a tree of libcbor items first, allocating a
+** MK_CBOR_LIBCBOR_HEADS defined, every head read and written by libcbor,
+** and checks that the two agree on every input, in what they decode, the
+** reasons they refuse and the bytes they write back.
+**
+** The walk over the items is ours: a stack of the compounds being filled,
+** bounded by the depth limit, so that untrusted input never recurses.
+** cbor_load was the alternative, and was rejected: it builds a tree of
+** libcbor items first, allocating a
 ** definite array's slots from the length in the input before its items
 ** are read (a few bytes announcing 2^32 items ask for 32 GiB), and
 ** libcbor frees such a tree by recursion, once per level of nesting
@@ -75,13 +78,70 @@ static int reserve (Out *o, size_t more) {
   return 1;
 }
 
-/* The libcbor encoders write into the room reserved, which suffices for
-** any head, so they never return 0 here. */
+/* Heads, written in the shortest form (RFC 8949, 4.2.1) as libcbor's
+** cbor_encode_* write them, into room reserved beforehand (9 bytes at
+** most).  Our own: a call into libcbor per head cost more than the head;
+** with MK_CBOR_LIBCBOR_HEADS, libcbor's, for the fuzzer to compare. */
+#define MT_UINT    0x00
+#define MT_NEGINT  0x20
+#define MT_BYTES   0x40
+#define MT_ARRAY   0x80
+#define MT_TAG     0xc0
+
 #define AT(o)  ((o)->p + (o)->n), ((o)->cap - (o)->n)
+
+static void head (Out *o, unsigned mt, uint64_t u) {
+  unsigned char *p = o->p + o->n;
+  unsigned n, i;
+  if (MK_CBOR_LIBCBOR_HEADS) {
+    switch (mt) {
+      case MT_UINT: o->n += cbor_encode_uint(u, AT(o)); break;
+      case MT_NEGINT: o->n += cbor_encode_negint(u, AT(o)); break;
+      case MT_BYTES: o->n += cbor_encode_bytestring_start((size_t)u, AT(o)); break;
+      case MT_ARRAY: o->n += cbor_encode_array_start((size_t)u, AT(o)); break;
+      default: o->n += cbor_encode_tag(u, AT(o)); break;
+    }
+    return;
+  }
+  if (u < 24) {
+    p[0] = (unsigned char)(mt | u);
+    o->n += 1;
+    return;
+  }
+  if (u <= 0xff) n = 1, p[0] = (unsigned char)(mt | 24);
+  else if (u <= 0xffff) n = 2, p[0] = (unsigned char)(mt | 25);
+  else if (u <= 0xffffffff) n = 4, p[0] = (unsigned char)(mt | 26);
+  else n = 8, p[0] = (unsigned char)(mt | 27);
+  for (i = n; i > 0; i--, u >>= 8) p[i] = (unsigned char)u;   /* big-endian */
+  o->n += 1 + n;
+}
+
+/* null (0xf6), false, true (0xf4, 0xf5): the simple value v */
+static void simple (Out *o, unsigned char v) {
+  if (MK_CBOR_LIBCBOR_HEADS) {
+    o->n += v == 0xf6 ? cbor_encode_null(AT(o)) : cbor_encode_bool(v == 0xf5, AT(o));
+    return;
+  }
+  o->p[o->n++] = v;
+}
+
+/* A double, always as one (0xfb), its bits big-endian. */
+static void dbl (Out *o, double f) {
+  uint64_t u;
+  int i;
+  if (MK_CBOR_LIBCBOR_HEADS) {
+    o->n += cbor_encode_double(f, AT(o));
+    return;
+  }
+  memcpy(&u, &f, sizeof u);
+  o->p[o->n] = 0xfb;
+  for (i = 8; i > 0; i--, u >>= 8) o->p[o->n + i] = (unsigned char)u;
+  o->n += 9;
+}
 
 static int bytes (Out *o, const void *s, size_t len) {
   if (!reserve(o, 9 + len)) return 0;
-  o->n += cbor_encode_bytestring_start(len, AT(o));
+  head(o, MT_BYTES, len);
   if (len > 0) memcpy(o->p + o->n, s, len);
   o->n += len;
   return 1;
@@ -93,26 +153,26 @@ static int encode (Out *o, const mk_term *t) {
   uint32_t i;
   if (!reserve(o, HEADROOM)) return 0;
   switch (mk_kindof(t)) {
-    case MK_NIL: o->n += cbor_encode_null(AT(o)); return 1;
-    case MK_FALSE: o->n += cbor_encode_bool(false, AT(o)); return 1;
-    case MK_TRUE: o->n += cbor_encode_bool(true, AT(o)); return 1;
+    case MK_NIL: simple(o, 0xf6); return 1;
+    case MK_FALSE: simple(o, 0xf4); return 1;
+    case MK_TRUE: simple(o, 0xf5); return 1;
     case MK_INT:
-      if (t->v.i >= 0) o->n += cbor_encode_uint((uint64_t)t->v.i, AT(o));
-      else o->n += cbor_encode_negint((uint64_t)(-1 - t->v.i), AT(o));   /* -1 - n */
+      if (t->v.i >= 0) head(o, MT_UINT, (uint64_t)t->v.i);
+      else head(o, MT_NEGINT, (uint64_t)(-1 - t->v.i));   /* -1 - n */
       return 1;
-    case MK_FLOAT: o->n += cbor_encode_double(t->v.f, AT(o)); return 1;
+    case MK_FLOAT: dbl(o, t->v.f); return 1;
     case MK_STR: return bytes(o, mk_strdata(t), t->n);
     case MK_WILD: case MK_EOF:
-      o->n += cbor_encode_tag(t->kind == MK_WILD ? MK_CBOR_TAG_WILD : MK_CBOR_TAG_EOF, AT(o));
-      o->n += cbor_encode_null(AT(o));
+      head(o, MT_TAG, t->kind == MK_WILD ? MK_CBOR_TAG_WILD : MK_CBOR_TAG_EOF);
+      simple(o, 0xf6);
       return 1;
     case MK_REC:
-      o->n += cbor_encode_tag(MK_CBOR_TAG_RECORD, AT(o));
-      o->n += cbor_encode_array_start((size_t)t->n + 1, AT(o));
+      head(o, MT_TAG, MK_CBOR_TAG_RECORD);
+      head(o, MT_ARRAY, (uint64_t)t->n + 1);
       if (!bytes(o, t->v.rt->label, t->v.rt->labellen)) return 0;
       break;
     case MK_SEQ:
-      o->n += cbor_encode_array_start(t->n, AT(o));
+      head(o, MT_ARRAY, t->n);
       break;
   }
   for (i = 0; i < t->n; i++)
@@ -123,15 +183,29 @@ static int encode (Out *o, const mk_term *t) {
 unsigned char *mk_cbor_encode (const mk_term *t, size_t *len) {
   Out o = { NULL, 0, 0 };
   if (!reserve(&o, HEADROOM)) return NULL;
-  o.n += cbor_encode_tag(MK_CBOR_TAG_TERM, AT(&o));
-  o.n += cbor_encode_array_start(2, AT(&o));
-  o.n += cbor_encode_uint(MK_CBOR_VERSION, AT(&o));
+  head(&o, MT_TAG, MK_CBOR_TAG_TERM);
+  head(&o, MT_ARRAY, 2);
+  head(&o, MT_UINT, MK_CBOR_VERSION);
   if (!encode(&o, t)) {
     free(o.p);
     return NULL;
   }
   *len = o.n;
   return o.p;
+}
+
+int mk_cbor_append (const mk_term *t, unsigned char **buf, size_t *len, size_t *cap) {
+  Out o;
+  int ok;
+  o.p = *buf;
+  o.n = *len;
+  o.cap = *cap;
+  ok = encode(&o, t);
+  *buf = o.p;                   /* moved, maybe, even when memory ran out */
+  *cap = o.cap;
+  if (!ok) return -1;
+  *len = o.n;
+  return 0;
 }
 
 /* }====================================================== */

@@ -1,5 +1,5 @@
 /*
-** cbor.h: terms on the wire, in CBOR (RFC 8949), through libcbor.
+** cbor.h: terms on the wire, in CBOR (RFC 8949), with libcbor's help.
 **
 ** The encoding is documented for programs in other languages in
 ** docs/cluster.md, "Terms on the wire"; in short:
@@ -43,6 +43,17 @@
 ** refuse it).  Recurses once per level, like term.h's algorithms.
 */
 unsigned char *mk_cbor_encode(const mk_term *t, size_t *len);
+
+/*
+** Append the encoding of t (borrowed) alone, without the version wrapper,
+** to the buffer *buf of *cap bytes whose first *len are used (malloc'd
+** and owned by the caller; NULL and 0 to start one), growing it with
+** realloc: for a term inside a larger CBOR item, written without a copy
+** (the cluster's envelope, drivers/lcluster.c).  0, *len then counting
+** the bytes added; or -1 when memory runs out, *len as it was and *buf
+** and *cap what they are now (the buffer may have moved).
+*/
+int mk_cbor_append(const mk_term *t, unsigned char **buf, size_t *len, size_t *cap);
 
 /*
 ** Decode exactly one encoded term from buf[0..len).  Returns a new

@@ -4,7 +4,8 @@
 ** documentation gives; shared subterms are written out and come back
 ** equal; the depth and size limits hold on the way in; and malformed,
 ** truncated or hostile input is refused with a reason, allocating
-** nothing for the lengths it claims.
+** nothing for the lengths it claims.  mk_cbor_append writes the same
+** bytes after a buffer's.
 */
 #include <math.h>
 #include <stdint.h>
@@ -309,6 +310,34 @@ static void prefixes (void) {
   CHECK(mk_term_live() == base);
 }
 
+/* mk_cbor_append writes a term's encoding past the wrapper after what
+** the buffer holds, growing it; a buffer may start empty. */
+static void append (void) {
+  size_t base = mk_term_live(), len = 0, elen = 0, cap = 4, i;
+  mk_term *t = T("m(\"a\", [1, -300, 2.5, _, #eof], \"long enough string\")");
+  mk_term *u = T("[nil, true]");
+  unsigned char *e = mk_cbor_encode(t, &elen), *b = malloc(cap), *b0 = NULL;
+  CHECK(e != NULL && b != NULL && elen > 7);
+  memcpy(b, "env", 3);
+  len = 3;
+  CHECK(mk_cbor_append(t, &b, &len, &cap) == 0);
+  CHECK(len == 3 + elen - 7 && cap >= len);
+  CHECK(memcmp(b, "env", 3) == 0 && memcmp(b + 3, e + 7, elen - 7) == 0);
+  CHECK(mk_cbor_append(u, &b, &len, &cap) == 0);      /* and again, after it */
+  CHECK(len == 3 + elen - 7 + 3 && memcmp(b + len - 3, "\x82\xf6\xf5", 3) == 0);
+  len = 0;
+  cap = 0;
+  CHECK(mk_cbor_append(u, &b0, &len, &cap) == 0);     /* from nothing */
+  CHECK(b0 != NULL && len == 3 && memcmp(b0, "\x82\xf6\xf5", 3) == 0);
+  for (i = 0; i < len; i++) CHECK(b0[i] == b[3 + elen - 7 + i]);
+  free(b0);
+  free(b);
+  free(e);
+  mk_unref(u);
+  mk_unref(t);
+  CHECK(mk_term_live() == base);
+}
+
 int main (void) {
   RUN(every_kind);
   RUN(exact_bytes);
@@ -318,5 +347,6 @@ int main (void) {
   RUN(hostile_lengths);
   RUN(malformed);
   RUN(prefixes);
+  RUN(append);
   return CHECK_DONE();
 }

@@ -13,7 +13,8 @@
 ** And the decoder must agree with its reference: runtime/cbor.c built a
 ** second time below with every head read by libcbor (MK_CBOR_LIBCBOR_HEADS)
 ** must decode the same inputs to equal terms and refuse the others with
-** the same reason.
+** the same reason, and write the same bytes; mk_cbor_append must write
+** them too, past the wrapper, after whatever the buffer held.
 */
 #include <stdint.h>
 #include <stdio.h>
@@ -27,9 +28,11 @@
 #define MK_CBOR_LIBCBOR_HEADS 1
 #define mk_cbor_encode ref_cbor_encode
 #define mk_cbor_decode ref_cbor_decode
+#define mk_cbor_append ref_cbor_append
 #include "../../runtime/cbor.c"
 #undef mk_cbor_encode
 #undef mk_cbor_decode
+#undef mk_cbor_append
 
 #define CHECK(e) do { if (!(e)) { \
   fprintf(stderr, "fuzz_cbor: %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #e); \
@@ -38,7 +41,7 @@
 static const unsigned char wrap[] = { 0xda, 0x6d, 0x6b, 0x00, 0x00, 0x82, 0x01 };
 
 int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size) {
-  size_t base = mk_term_live(), n, len = 0, len2 = 0;
+  size_t base = mk_term_live(), n, len = 0, len2 = 0, cap;
   unsigned char *in, *b, *b2;
   const char *why = NULL, *refwhy = NULL;
   mk_term *t, *u;
@@ -70,6 +73,20 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size) {
           u->depth == t->depth);
     b2 = mk_cbor_encode(u, &len2);
     CHECK(b2 != NULL && len2 == len && memcmp(b, b2, len) == 0);
+    free(b2);
+    b2 = ref_cbor_encode(t, &len2);
+    CHECK(b2 != NULL && len2 == len && memcmp(b, b2, len) == 0);
+    free(b2);
+    /* appended after n bytes of a buffer of 5 (grown as it goes) */
+    cap = 5;
+    b2 = malloc(cap);
+    CHECK(b2 != NULL);
+    memset(b2, 0xee, cap);
+    len2 = first % 6;
+    CHECK(mk_cbor_append(t, &b2, &len2, &cap) == 0);
+    CHECK(cap >= len2 && len2 == first % 6 + len - sizeof wrap);
+    CHECK(memcmp(b2 + first % 6, b + sizeof wrap, len - sizeof wrap) == 0);
+    for (n = 0; n < first % 6; n++) CHECK(b2[n] == 0xee);
     free(b);
     free(b2);
     mk_unref(u);
