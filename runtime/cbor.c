@@ -42,7 +42,8 @@
 
 #include "cbor.h"
 
-/* 1: every head read by libcbor (see above); the fuzzer's reference. */
+/* 1: every head read and written by libcbor (see above): the fuzzer's
+** reference. */
 #ifndef MK_CBOR_LIBCBOR_HEADS
 #define MK_CBOR_LIBCBOR_HEADS 0
 #endif
