@@ -135,7 +135,9 @@ static void ptab_remove(mk_vm *vm, mk_proc *p) {
 ** each add "in", and the kills after it, walk the table in order, where
 ** a hash of the pid sent each to a chain of its own at random, a cache
 ** miss in a table of many endpoints (issue 10).  One process's endpoints
-** are spread by their names' hashes. */
+** are spread by their names' hashes.  The price is the pid table's: a
+** program whose live processes' pids share their low bits (one in every
+** 2^k alive, the rest gone) has chains 2^k times as long, here as there. */
 static uint32_t ephash(mk_pid pid, const char *name) {
   uint32_t h = strhash(name, 2166136261u);
   h ^= h >> 16;
