@@ -51,19 +51,15 @@ static uint32_t strhash(const char *s, uint32_t h) {
   return h;
 }
 
-static uint32_t pidhash(mk_pid pid) {
-  uint64_t x = pid * 0x9E3779B97F4A7C15ull;
-  return (uint32_t)(x >> 32);
-}
-
 /* A process's chain in the pid table (a power of two in size): the pid
 ** itself.  Pids are handed out in sequence, so the processes alive at
 ** once fall into chains of their own as long as they span no more pids
 ** than the table has slots, and a VM that kills a wave of processes in
-** the order it spawned them walks the table in order.  pidhash's low bits
-** (bits 32 and up of the product) crowded consecutive pids: 3.9 records
-** read per lookup with 100,000 processes in 131,072 chains, where one
-** each would do, and each record read is a cache miss in a large VM. */
+** the order it spawned them walks the table in order.  A hash of the pid
+** (bits 32 and up of its product with 2^64 / phi) crowded consecutive
+** pids: 3.9 records read per lookup with 100,000 processes in 131,072
+** chains, where one each would do, and each record read is a cache miss
+** in a large VM. */
 static size_t pidslot(const mk_vm *vm, mk_pid pid) {
   return (size_t)pid & (vm->ptabsize - 1);
 }
@@ -132,13 +128,21 @@ static void ptab_remove(mk_vm *vm, mk_proc *p) {
     if (*pp == p) { *pp = p->hnext; vm->nprocs--; return; }
 }
 
-/* Mix, do not chain: FNV seeded with the pid hash would keep the seed's
-** low-bit pattern and crowd half the buckets. */
+/* An endpoint's chain in the name table: its name's hash, mixed, plus
+** its pid.  The endpoints of one name (every process of a kind names its
+** endpoints alike) then fall into consecutive chains in the order of
+** their pids, as processes do in the pid table: a wave of spawns that
+** each add "in", and the kills after it, walk the table in order, where
+** a hash of the pid sent each to a chain of its own at random, a cache
+** miss in a table of many endpoints (issue 10).  One process's endpoints
+** are spread by their names' hashes.  The price is the pid table's: a
+** program whose live processes' pids share their low bits (one in every
+** 2^k alive, the rest gone) has chains 2^k times as long, here as there. */
 static uint32_t ephash(mk_pid pid, const char *name) {
-  uint32_t h = strhash(name, 2166136261u) ^ pidhash(pid);
+  uint32_t h = strhash(name, 2166136261u);
   h ^= h >> 16;
   h *= 0x45d9f3bu;
-  return h ^ (h >> 16);
+  return (h ^ (h >> 16)) + (uint32_t)pid;
 }
 
 static void etab_grow(mk_vm *vm) {
@@ -710,7 +714,12 @@ static void metaname_track(mk_proc *p, const mk_action *list, int depth) {
 }
 
 int mk_tag_endpoint(mk_proc *p, const char *name, uint32_t tag) {
-  mk_endpoint *e = p->dead ? NULL : mkI_endpoint(p->vm, p->pid, name);
+  mk_endpoint *e;
+  if (p->dead) return -1;
+  /* Tagged right after it was added, at the head of p's list: the name
+  ** table's chain is a cache miss or more in a VM of many endpoints. */
+  e = p->eps;
+  if (e == NULL || strcmp(e->name, name) != 0) e = mkI_endpoint(p->vm, p->pid, name);
   if (e == NULL) return -1;
   e->tag = tag;
   return 0;
@@ -845,7 +854,12 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
     }
     return mk_at_meta_level(p, a);      /* tracks the name (metaname_track) */
   }
-  e = mkI_endpoint(vm, p->pid, name);
+  /* A process that holds no endpoint (its lists are empty and it has no
+  ** lifeline) has none of that name: a spawned process's first add, where
+  ** a look in the name table was a chain of cache misses in a VM of many
+  ** endpoints (issue 10). */
+  e = p->eps == NULL && !p->lifeline && !(p->xname && PROCX(p)->links)
+          ? NULL : mkI_endpoint(vm, p->pid, name);
   if (e != NULL) {
     if (mk_role_equal(e->role, role)) return 1;
     mk_failf(p, "endpoint '%s' re-added with a different role", name);

@@ -2916,6 +2916,56 @@ static void test_lifelines(void) {
   END;
 }
 
+/* On ctl: links itself to r->num when r->mode is 1, withdraws its ctl
+** (then holds only its lifeline, or its link), and adds an endpoint named
+** as the one it still holds (r->ud), with another role. */
+static void clash_script(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_term *t;
+  if (!is_ctl(ev)) return;
+  if (r->mode == 1) rec_ret(r, mk_link(p, (mk_pid)r->num, 0));
+  rec_ret(r, mk_delete_endpoint(p, "ctl", 0, NULL));
+  t = mk_cstr("elsewhere");
+  rec_ret(r, mk_add_endpoint(p, r->ud, 0, role(MK_PUBLISHER, MK_PARTICIPANT, t)));
+  mk_unref(t);
+}
+
+/* A process whose own endpoints are all gone still holds its lifeline or
+** its links: an endpoint added under one of their names is one re-added
+** with a different role, which kills it (mk_add_endpoint looks names up
+** only when the process holds any endpoint at all). */
+static void test_readd_held_name(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, l, m, t;
+  char link[64];
+  rec_init(&a, "A");
+  rec_init(&l, "L");
+  rec_init(&m, "M");
+  rec_init(&t, "T");
+  rec_ctl(&t);
+  spawn(vm, &t);                                    /* 1: L's link's end */
+  rec_ctl(&a); a.fn = clash_script; a.ud = (void *)MK_LIFELINE_ENDPOINT;
+  spawn(vm, &a);                                    /* 2 */
+  snprintf(link, sizeof link, MK_LINK_ENDPOINT "/1");
+  rec_ctl(&l); l.fn = clash_script; l.mode = 1; l.num = 1; l.ud = link;
+  spawn(vm, &l);                                    /* 3 */
+  rec_ep(&m, "a", MK_SUBSCRIBER, MK_OBSERVER, Life(2), 0);
+  rec_ep(&m, "l", MK_SUBSCRIBER, MK_OBSERVER, Life(3), 0);
+  spawn(vm, &m);
+  mk_vm_run(vm);
+  poke(vm, "A"); poke(vm, "L");
+  mk_vm_run(vm);
+  CHECK(a.nret == 2 && a.ret[0] == 0 && a.ret[1] == -1 && a.destroyed == 1);
+  CHECK(log_count(&m.log, "absence a publisher/participant market:lifeline(2) "
+                          "\"endpoint 'market:lifeline' re-added with a different role\"") == 1);
+  CHECK(l.nret == 3 && l.ret[0] == 0 && l.ret[1] == 0 && l.ret[2] == -1 && l.destroyed == 1);
+  CHECK(log_count(&m.log, "absence l publisher/participant market:lifeline(3) "
+                          "\"endpoint 'market:link/1' re-added with a different role\"") == 1);
+  mk_vm_free(vm, NULL);
+  rec_done(&a); rec_done(&l); rec_done(&m); rec_done(&t);
+  END;
+}
+
 /* ---- links (vm.h) ---------------------------------------------------------- */
 
 /* On ctl, by mode: 0 links itself to pid r->num and tries to delete the
@@ -3165,6 +3215,7 @@ int main(void) {
   RUN(test_meta_spawn_k);
   RUN(test_route_cache);
   RUN(test_lifelines);
+  RUN(test_readd_held_name);
   RUN(test_links);
   RUN(test_rings);
   mk_rtype_unref(RT2);
