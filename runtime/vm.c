@@ -589,16 +589,19 @@ typedef struct presence_ctx {
   mk_term *reason;
   int absent;
   int tell;                 /* absent: e hears of each peer too (MK_BF_TELL_DELETED) */
+  const mk_inode *leaf;     /* the last peer's leaf in the index, or NULL, */
+  mk_term *met;             /* and the intersection made for it: a reference
+                            ** of this walk's, dropped by peers_done */
 } presence_ctx;
 
 /* The topic a presence or absence carries: the intersection.  The index
 ** found the two topics to unify, so when one of them is ground it is the
 ** intersection itself, shared rather than found again by a walk of both
 ** (the common case: a concrete topic meeting a pattern).  mk_unify
-** ignores the depth limit (term.h), so NULL can only mean memory ran out. */
+** ignores the depth limit (term.h), so NULL can only mean memory ran out.
+** a's topic is not ground (on_peer shares it when it is). */
 static mk_term *refined(const mk_role *a, const mk_role *b) {
   mk_term *t;
-  if (a->topic->ground) return mk_ref(a->topic);
   if (b->topic->ground) return mk_ref(b->topic);
   /* Equal patterns (a feed's or a room's members all naming it alike)
   ** are their own intersection: mk_equal compares the hashes first and
@@ -610,8 +613,29 @@ static mk_term *refined(const mk_role *a, const mk_role *b) {
   return t;
 }
 
+/* A walk of e's peers (on_peer) begins and ends. */
+static void peers_begin(presence_ctx *c, mk_vm *vm, mk_endpoint *e, mk_term *reason,
+                        int absent, int tell) {
+  c->vm = vm;
+  c->e = e;
+  c->reason = reason;
+  c->absent = absent;
+  c->tell = tell;
+  c->leaf = NULL;
+  c->met = NULL;
+}
+
+static void peers_done(presence_ctx *c) {
+  if (c->met != NULL) mk_unref(c->met);
+}
+
 /* Both sides of a pair see the same intersection: it is made once, and
-** the last event made takes the reference refined returned. */
+** the last event made takes the reference refined returned.  Peers on one
+** leaf of the index have equal topics (route.h), so when e's own topic is
+** not ground, the intersection made for the first of them serves the
+** rest: a room's or a feed's members, who all name it alike, are each
+** told of e without a look at their topics (mk_equal read each one's
+** term, a cache miss per peer among thousands). */
 static int on_peer(mk_ilink *link, void *ud) {
   presence_ctx *c = ud;
   mk_endpoint *q = (mk_endpoint *)link, *e = c->e;
@@ -620,7 +644,16 @@ static int on_peer(mk_ilink *link, void *ud) {
   mk_event_type type = c->absent ? MK_EV_ABSENCE : MK_EV_PRESENCE;
   mk_term *t;
   if (!e_sees && !q_sees) return 0;
-  t = refined(&e->role, &q->role);
+  if (e->role.topic->ground) {
+    t = mk_ref(e->role.topic);
+  } else if (link->leaf == c->leaf && c->leaf != NULL) {
+    t = mk_ref(c->met);
+  } else {
+    t = refined(&e->role, &q->role);
+    if (c->met != NULL) mk_unref(c->met);
+    c->met = mk_ref(t);
+    c->leaf = link->leaf;
+  }
   /* On absence, the endpoint deleted hears of the peer only when its
   ** process asked (Marketplace's delete-endpoint): a process that died
   ** runs no more handlers. */
@@ -877,12 +910,9 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
     p->eps = e;
   }
   if (TRACING(vm)) mkI_trace_proc(p, MK_TK_ADD, name, &e->role, NULL);
-  c.vm = vm;
-  c.e = e;
-  c.reason = NULL;
-  c.absent = 0;
-  c.tell = 0;
+  peers_begin(&c, vm, e, NULL, 0, 0);
   mk_index_match(vm->ix[!role.orientation], role.topic, on_peer, &c);
+  peers_done(&c);
   if (mk_index_add(vm->ix[role.orientation], role.topic, &e->link) != 0) {
     fputs("market: out of memory\n", stderr);
     abort();
@@ -909,12 +939,9 @@ static void endpoint_remove(mk_endpoint *e, mk_term *reason, int tell) {
   else if (p->eps == e) p->eps = e->pnext;
   else if (e->islink) PROCX(p)->links = e->pnext;
   if (e->pnext) e->pnext->pprev = e->pprev;
-  c.vm = vm;
-  c.e = e;
-  c.reason = reason;
-  c.absent = 1;
-  c.tell = tell;
+  peers_begin(&c, vm, e, reason, 1, tell);
   mk_index_match(vm->ix[!e->role.orientation], e->role.topic, on_peer, &c);
+  peers_done(&c);
   if (tell) enqueue_ep(vm, e, MK_EV_DELETED, NULL, NULL, NULL);
   if (vm->hooks.unsubscribed && e->role.orientation == MK_SUBSCRIBER &&
       e->role.interest == MK_PARTICIPANT)

@@ -254,6 +254,41 @@ describe("presence", function()
     end
   end)
 
+  -- Peers on one leaf of the routing index have equal topics, so a pattern
+  -- announced to them is intersected once per leaf (runtime/vm.c, on_peer):
+  -- peers of several leaves, met one leaf after the other, each get the
+  -- intersection with their own topic, on presence and on absence.
+  it("a pattern announced to peers of several topics gives each its own intersection",
+     function()
+    local feed = market.record("feed", "channel", "item")
+    local topics = { feed("news", _), feed(_, "x"), feed(_, _), feed("news", 7), feed(_, "y") }
+    local meet = { 'feed("news", _)', 'feed("news", "x")', 'feed("news", _)',
+                   'feed("news", 7)', 'feed("news", "y")' }
+    local seen, gone = {}, {}
+    H.ground(function()
+      for k = 1, 3 do
+        for i, topic in ipairs(topics) do
+          local who = i .. "." .. k
+          H.step(holder("s" .. who, market.subscriber(topic, {
+            on_presence = function(_, role) seen[who] = market.repr(role.topic) end,
+            on_absence = function(_, role) gone[who] = market.repr(role.topic) end })))
+        end
+      end
+      local pid = market.perform(market.spawn(function()
+        return T(0, market.publisher(feed("news", _)))
+      end))
+      H.settle()
+      H.step(market.quit(pid))
+    end)
+    for k = 1, 3 do
+      for i = 1, #topics do
+        local who = i .. "." .. k
+        assert.equal(meet[i], seen[who], "presence of subscriber " .. who)
+        assert.equal(meet[i], gone[who], "absence of subscriber " .. who)
+      end
+    end
+  end)
+
   -- A burst of absences for one observer runs on one resume (lua/lproc.c,
   -- batch), which keeps the last handler and whether it takes the role:
   -- handlers that alternate each get what they declare.
