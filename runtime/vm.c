@@ -1452,6 +1452,10 @@ static void decline_queued(mk_vm *vm, mk_proc *p, uint64_t from) {
   mk_qblock *b = vm->qhead;
   uint64_t at;
   unsigned i, gap = 0;
+  /* The last answer of declines, for its tag and type: a publisher's own
+  ** presences all ask the same question, and p does not change meanwhile. */
+  uint32_t tag = 0;
+  int type = -1, no = 0;
   if (from < vm->ntaken || p->dead || p->b->declines == NULL || TRACING(vm)) return;
   at = from - vm->ntaken;              /* slots from the head */
   i = b->first;
@@ -1468,9 +1472,14 @@ static void decline_queued(mk_vm *vm, mk_proc *p, uint64_t from) {
         continue;
       }
       if (q->ep == NULL || q->deleted || q->ep->islink || q->ep->lifeline ||
-          (q->type != MK_EV_MESSAGE && q->type != MK_EV_PRESENCE && q->type != MK_EV_ABSENCE) ||
-          !p->b->declines(p, q->ep->tag, (mk_event_type)q->type))
+          (q->type != MK_EV_MESSAGE && q->type != MK_EV_PRESENCE && q->type != MK_EV_ABSENCE))
         return;
+      if (q->ep->tag != tag || q->type != type) {
+        tag = q->ep->tag;
+        type = q->type;
+        no = !p->b->declines(p, tag, (mk_event_type)type);
+      }
+      if (no) return;
       qev_free(q);
       q->proc = NULL;
       p->refs--;                       /* not the last: mk_vm_step holds p */
@@ -1485,10 +1494,15 @@ int mk_vm_step(mk_vm *vm) {
   mk_qev q;
   mk_proc *p;
   uint64_t from;
-  do {
-    if (qev_empty(vm)) return 0;
-    qev_take(vm, &q);     /* a copy: handlers queue more, moving the tail */
-  } while (q.proc == NULL);
+  mk_qblock *b;
+  for (;;) {
+    if ((b = vm->qhead) == NULL || b->first == b->last) return 0;
+    /* A slot decline_queued emptied is passed over without its copy. */
+    if (b->ev[b->first].proc != NULL) break;
+    qev_pop(vm);
+  }
+  q = b->ev[b->first];    /* a copy: handlers queue more, moving the tail */
+  qev_pop(vm);
   p = q.proc;
   p->pending--;
   from = p->pending == 0 ? vm->nqueued : 0;   /* 0: none (this event was queued) */

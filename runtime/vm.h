@@ -91,7 +91,8 @@ typedef struct mk_event {
 ** process while it ran are asked about when that activation ends, if it
 ** began with nothing else of its queued: in order, each then the
 ** process's next, and those it declines are dropped from the queue, up
-** to the first it does not decline.
+** to the first it does not decline; as nothing runs meanwhile, the answer
+** for one tag and type is asked once and stands for the run.
 **
 ** `flags`: MK_BF_TELL_DELETED asks for Marketplace's delete-endpoint.  When
 ** the process deletes an endpoint (mk_delete_endpoint, at any level), the
