@@ -589,6 +589,8 @@ typedef struct presence_ctx {
   mk_term *reason;
   int absent;
   int tell;                 /* absent: e hears of each peer too (MK_BF_TELL_DELETED) */
+  int quiet;                /* e's own presences go unqueued while nothing of
+                            ** its process's is (mk_add_endpoint_tagged) */
   const mk_inode *leaf;     /* the last peer's leaf in the index, or NULL, */
   mk_term *met;             /* and the intersection made for it: a reference
                             ** of this walk's, dropped by peers_done */
@@ -621,6 +623,7 @@ static void peers_begin(presence_ctx *c, mk_vm *vm, mk_endpoint *e, mk_term *rea
   c->reason = reason;
   c->absent = absent;
   c->tell = tell;
+  c->quiet = 0;
   c->leaf = NULL;
   c->met = NULL;
 }
@@ -643,6 +646,9 @@ static int on_peer(mk_ilink *link, void *ud) {
   int q_sees = visible(q->role.interest, e->role.interest);
   mk_event_type type = c->absent ? MK_EV_ABSENCE : MK_EV_PRESENCE;
   mk_term *t;
+  /* The first of them would be its process's next event, the others
+  ** queued behind it: all dropped by decline_queued, or at delivery. */
+  if (c->quiet && e->proc->pending == 0) e_sees = 0;
   if (!e_sees && !q_sees) return 0;
   if (e->role.topic->ground) {
     t = mk_ref(e->role.topic);
@@ -855,7 +861,9 @@ int mk_link(mk_proc *p, mk_pid to, mk_pid who) {
 }
 
 
-int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
+/* mk_add_endpoint, and with `tag` (not NULL) mk_add_endpoint_tagged. */
+static int add(mk_proc *p, const char *name, int meta, mk_role role, const uint32_t *tag,
+               int quiet) {
   mk_vm *vm = p->vm;
   mk_endpoint *e;
   presence_ctx c;
@@ -880,7 +888,10 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   }
   e = mkI_endpoint(vm, p->pid, name);
   if (e != NULL) {
-    if (mk_role_equal(e->role, role)) return 1;
+    if (mk_role_equal(e->role, role)) {
+      if (tag != NULL) e->tag = *tag;
+      return 1;
+    }
     mk_failf(p, "endpoint '%s' re-added with a different role", name);
     return -1;
   }
@@ -896,6 +907,7 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   e->lifeline = name == lifeline_name;
   e->role = role;
   e->role.topic = mk_ref(role.topic);
+  if (tag != NULL) e->tag = *tag;
   h = ephash(p->pid, name);
   /* Chains of two on average: the table is looked up when endpoints come
   ** and go, never per message, and at one slot per endpoint it cost 8 to
@@ -911,6 +923,7 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   }
   if (TRACING(vm)) mkI_trace_proc(p, MK_TK_ADD, name, &e->role, NULL);
   peers_begin(&c, vm, e, NULL, 0, 0);
+  c.quiet = quiet && !TRACING(vm);
   mk_index_match(vm->ix[!role.orientation], role.topic, on_peer, &c);
   peers_done(&c);
   if (mk_index_add(vm->ix[role.orientation], role.topic, &e->link) != 0) {
@@ -923,6 +936,15 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
     if (is_lifeline(role.topic)) lifeline_wanted(vm, e);
   }
   return 0;
+}
+
+int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
+  return add(p, name, meta, role, NULL, 0);
+}
+
+int mk_add_endpoint_tagged(mk_proc *p, const char *name, mk_role role, uint32_t tag,
+                           int quiet) {
+  return add(p, name, 0, role, &tag, quiet);
 }
 
 /* Withdraw e; `tell`: an explicit deletion by a process that asked to
