@@ -642,13 +642,14 @@ static void peers_done(presence_ctx *c) {
 static int on_peer(mk_ilink *link, void *ud) {
   presence_ctx *c = ud;
   mk_endpoint *q = (mk_endpoint *)link, *e = c->e;
-  int e_sees = visible(e->role.interest, q->role.interest) && (!c->absent || c->tell);
+  /* Unless quiet while nothing of its process's is queued (the first of
+  ** them would be its next event, the others behind it: all dropped by
+  ** decline_queued, or at delivery). */
+  int e_sees = visible(e->role.interest, q->role.interest) && (!c->absent || c->tell) &&
+               !(c->quiet && e->proc->pending == 0);
   int q_sees = visible(q->role.interest, e->role.interest);
   mk_event_type type = c->absent ? MK_EV_ABSENCE : MK_EV_PRESENCE;
   mk_term *t;
-  /* The first of them would be its process's next event, the others
-  ** queued behind it: all dropped by decline_queued, or at delivery. */
-  if (c->quiet && e->proc->pending == 0) e_sees = 0;
   if (!e_sees && !q_sees) return 0;
   if (e->role.topic->ground) {
     t = mk_ref(e->role.topic);
