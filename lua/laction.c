@@ -636,9 +636,10 @@ static int doadd(lua_State *L, mk_proc *p, const fixedact *a, int idx, int last)
   lua_pushvalue(L, top + 3);
   lua_rawset(L, -3);                  /* ctx[name] = handlers */
   name = lua_tostring(L, top + 1);
-  /* The last action of what a handler returned, applied as its
-  ** activation's end, for an endpoint without on_presence: the process
-  ** runs nothing before its own presences, which it would drop. */
+  /* The last action of what a boot function or handler returned,
+  ** applied as its activation's end, for an endpoint without
+  ** on_presence: the process runs nothing before its own presences,
+  ** which it would drop (vm.h, mk_add_endpoint_tagged). */
   mk_add_endpoint_tagged(p, name, role, (uint32_t)tag,
                          last && (tag & MKL_TAG_KNOWN) && !(tag & MKL_TAG_PRESENCE) &&
                          mkl_applying(L));

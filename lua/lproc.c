@@ -127,7 +127,9 @@ typedef struct lproc {
   uint8_t applies;       /* co's body is the boot function (APPLY_LUA) or
                          ** a handler (APPLY_C: messagehandler,
                          ** peerhandler), which has not returned yet: what
-                         ** it returns is applied (handle); 0 otherwise */
+                         ** it returns is applied (handle); APPLY_LAST
+                         ** while that is applied (mkl_applying); 0
+                         ** otherwise */
   uint8_t running;       /* in lua_resume */
   uint32_t activations;  /* events handled (snapshots: mk_vm_snapshot; it
                          ** wraps at 2^32), in the 4 bytes of padding
