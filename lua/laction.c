@@ -456,7 +456,7 @@ static void dosend(lua_State *L, mk_proc *p) {
   }
 }
 
-static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx);
+static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx, int last);
 
 /* Take the transition t at tr into the context at ctx: its state, then its
 ** actions from the first for as long as they are sends or quits (nil and
@@ -486,7 +486,7 @@ static inline int applysends(lua_State *L, int ctx, int tr, const trans *t, mk_p
       lua_pop(L, 1);
     } else if (type == LUA_TNIL || type == LUA_TBOOLEAN) {
       lua_pop(L, 1);      /* false: mktransition refuses true */
-    } else if (fixed && kind == A_FIXED && doaction(L, p, u, top + 1) >= 0) {
+    } else if (fixed && kind == A_FIXED && doaction(L, p, u, top + 1, i == t->n - 1) >= 0) {
       lua_settop(L, top);
     } else {
       lua_pop(L, 1);
@@ -618,7 +618,7 @@ static int handlertag(lua_State *L, int idx) {
 ** from a count in the context) or a topic over the size limit (core.add
 ** raises): market.lua then performs or rejects it as before.
 */
-static int doadd(lua_State *L, mk_proc *p, const fixedact *a, int idx) {
+static int doadd(lua_State *L, mk_proc *p, const fixedact *a, int idx, int last) {
   int top = lua_gettop(L), done = 0, tag;
   mk_role role;
   const char *err, *name;
@@ -636,7 +636,13 @@ static int doadd(lua_State *L, mk_proc *p, const fixedact *a, int idx) {
   lua_pushvalue(L, top + 3);
   lua_rawset(L, -3);                  /* ctx[name] = handlers */
   name = lua_tostring(L, top + 1);
-  if (mk_add_endpoint(p, name, 0, role) >= 0) mk_tag_endpoint(p, name, (uint32_t)tag);
+  /* The last action of what a boot function or handler returned,
+  ** applied as its activation's end, for an endpoint without
+  ** on_presence: the process runs nothing before its own presences,
+  ** which it would drop (vm.h, mk_add_endpoint_tagged). */
+  mk_add_endpoint_tagged(p, name, role, (uint32_t)tag,
+                         last && (tag & MKL_TAG_KNOWN) && !(tag & MKL_TAG_PRESENCE) &&
+                         mkl_applying(L));
   mk_unref(role.topic);
   done = 1;
 out:
@@ -667,9 +673,9 @@ static int dospawn(lua_State *L, mk_proc *p, const fixedact *a, int idx) {
 /* The fixed action a at idx, done for p if it is an add or a spawn (doadd,
 ** dospawn): returns how many results it pushed (a spawn's pid), or -1,
 ** leaving the stack as it was, when market.lua is to do it. */
-static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx) {
+static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx, int last) {
   switch (a->kind) {
-    case K_ADD: return doadd(L, p, a, idx) ? 0 : -1;
+    case K_ADD: return doadd(L, p, a, idx, last) ? 0 : -1;
     case K_SPAWN: return dospawn(L, p, a, idx) ? 1 : -1;
     default: return -1;
   }
@@ -683,7 +689,7 @@ static int f_perform(lua_State *L) {
     switch (actionof(L, 1, &u)) {
       case A_SEND: dosend(L, p); break;
       case A_QUIT: if (!quitnow(L, p, u, 1)) goto rest; break;
-      case A_FIXED: if ((n = doaction(L, p, u, 1)) < 0) goto rest; break;
+      case A_FIXED: if ((n = doaction(L, p, u, 1, 0)) < 0) goto rest; break;
       default: goto rest;
     }
     /* A dead process runs no further line (as core.send's settle). */

@@ -127,7 +127,9 @@ typedef struct lproc {
   uint8_t applies;       /* co's body is the boot function (APPLY_LUA) or
                          ** a handler (APPLY_C: messagehandler,
                          ** peerhandler), which has not returned yet: what
-                         ** it returns is applied (handle); 0 otherwise */
+                         ** it returns is applied (handle); APPLY_LAST
+                         ** while that is applied (mkl_applying); 0
+                         ** otherwise */
   uint8_t running;       /* in lua_resume */
   uint32_t activations;  /* events handled (snapshots: mk_vm_snapshot; it
                          ** wraps at 2^32), in the 4 bytes of padding
@@ -140,7 +142,7 @@ typedef struct lproc {
 ** (toapply) when it is a transition of sends alone.  A boot function's
 ** transition adds endpoints, which C leaves to apply, and checking it
 ** first was a cost to every spawn. */
-enum { APPLY_LUA = 1, APPLY_C };
+enum { APPLY_LUA = 1, APPLY_C, APPLY_LAST };   /* APPLY_LAST: see mkl_applying */
 
 #if defined(__GNUC__)
 #define MKL_INLINE inline __attribute__((always_inline))
@@ -1322,7 +1324,11 @@ static void handle(mk_proc *p, const mk_event *ev) {
     if (nres > 0 && !lua_isnil(co, -nres)) {
       lua_settop(co, lua_gettop(co) - nres + 1);
       int n = toapply(p, lp, co, how == APPLY_C);
-      if (n > 0) st = activate(p, lp, co, n, &nres, &overrun);
+      if (n > 0) {
+        lp->applies = APPLY_LAST;
+        st = activate(p, lp, co, n, &nres, &overrun);
+        lp->applies = 0;
+      }
     }
   }
   if (st == LUA_YIELD && !overrun) {
@@ -2351,6 +2357,13 @@ int mkl_running(lua_State *L) {
 
 mk_proc *mkl_current(lua_State *L) {
   return running.p != NULL && running.lp->co == L ? running.p : NULL;
+}
+
+/* The activation on L applies what its body returned (handle: the rest
+** of it, after toapply), so that no code of the process's own runs in
+** it after that transition's last action. */
+int mkl_applying(lua_State *L) {
+  return running.p != NULL && running.lp->co == L && running.lp->applies == APPLY_LAST;
 }
 
 mk_proc *mkl_acting(lua_State *L) {

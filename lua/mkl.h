@@ -116,6 +116,11 @@ int mkl_running(lua_State *L);
 ** for C functions that act on behalf of the calling process (the tcp
 ** driver spawns its native connection managers so). */
 mk_proc *mkl_current(lua_State *L);
+/* Nonzero while the activation on L applies what its body returned,
+** after which it ends: no code of the process's own runs after that
+** transition's last action (laction.c, doadd; vm.h,
+** mk_add_endpoint_tagged). */
+int mkl_applying(lua_State *L);
 /* Push the context (MKL_CTX_*) of the process mkl_current(L) names and
 ** return 1; 0, pushing nothing, when there is none. */
 int mkl_pushctx(lua_State *L);

@@ -593,16 +593,21 @@ typedef struct presence_ctx {
   mk_term *reason;
   int absent;
   int tell;                 /* absent: e hears of each peer too (MK_BF_TELL_DELETED) */
+  int quiet;                /* e's own presences go unqueued while nothing of
+                            ** its process's is (mk_add_endpoint_tagged) */
+  const mk_inode *leaf;     /* the last peer's leaf in the index, or NULL, */
+  mk_term *met;             /* and the intersection made for it: a reference
+                            ** of this walk's, dropped by peers_done */
 } presence_ctx;
 
 /* The topic a presence or absence carries: the intersection.  The index
 ** found the two topics to unify, so when one of them is ground it is the
 ** intersection itself, shared rather than found again by a walk of both
 ** (the common case: a concrete topic meeting a pattern).  mk_unify
-** ignores the depth limit (term.h), so NULL can only mean memory ran out. */
+** ignores the depth limit (term.h), so NULL can only mean memory ran out.
+** a's topic is not ground (on_peer shares it when it is). */
 static mk_term *refined(const mk_role *a, const mk_role *b) {
   mk_term *t;
-  if (a->topic->ground) return mk_ref(a->topic);
   if (b->topic->ground) return mk_ref(b->topic);
   /* Equal patterns (a feed's or a room's members all naming it alike)
   ** are their own intersection: mk_equal compares the hashes first and
@@ -614,17 +619,52 @@ static mk_term *refined(const mk_role *a, const mk_role *b) {
   return t;
 }
 
+/* A walk of e's peers (on_peer) begins and ends. */
+static void peers_begin(presence_ctx *c, mk_vm *vm, mk_endpoint *e, mk_term *reason,
+                        int absent, int tell) {
+  c->vm = vm;
+  c->e = e;
+  c->reason = reason;
+  c->absent = absent;
+  c->tell = tell;
+  c->quiet = 0;
+  c->leaf = NULL;
+  c->met = NULL;
+}
+
+static void peers_done(presence_ctx *c) {
+  if (c->met != NULL) mk_unref(c->met);
+}
+
 /* Both sides of a pair see the same intersection: it is made once, and
-** the last event made takes the reference refined returned. */
+** the last event made takes the reference refined returned.  Peers on one
+** leaf of the index have equal topics (route.h), so when e's own topic is
+** not ground, the intersection made for the first of them serves the
+** rest: a room's or a feed's members, who all name it alike, are each
+** told of e without a look at their topics (mk_equal read each one's
+** term, a cache miss per peer among thousands). */
 static int on_peer(mk_ilink *link, void *ud) {
   presence_ctx *c = ud;
   mk_endpoint *q = (mk_endpoint *)link, *e = c->e;
-  int e_sees = visible(e->role.interest, q->role.interest) && (!c->absent || c->tell);
+  /* Unless quiet while nothing of its process's is queued (the first of
+  ** them would be its next event, the others behind it: all dropped by
+  ** decline_queued, or at delivery). */
+  int e_sees = visible(e->role.interest, q->role.interest) && (!c->absent || c->tell) &&
+               !(c->quiet && e->proc->pending == 0);
   int q_sees = visible(q->role.interest, e->role.interest);
   mk_event_type type = c->absent ? MK_EV_ABSENCE : MK_EV_PRESENCE;
   mk_term *t;
   if (!e_sees && !q_sees) return 0;
-  t = refined(&e->role, &q->role);
+  if (e->role.topic->ground) {
+    t = mk_ref(e->role.topic);
+  } else if (link->leaf == c->leaf && c->leaf != NULL) {
+    t = mk_ref(c->met);
+  } else {
+    t = refined(&e->role, &q->role);
+    if (c->met != NULL) mk_unref(c->met);
+    c->met = mk_ref(t);
+    c->leaf = link->leaf;
+  }
   /* On absence, the endpoint deleted hears of the peer only when its
   ** process asked (Marketplace's delete-endpoint): a process that died
   ** runs no more handlers. */
@@ -831,7 +871,9 @@ int mk_link(mk_proc *p, mk_pid to, mk_pid who) {
 }
 
 
-int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
+/* mk_add_endpoint, and with `tag` (not NULL) mk_add_endpoint_tagged. */
+static int add(mk_proc *p, const char *name, int meta, mk_role role, const uint32_t *tag,
+               int quiet) {
   mk_vm *vm = p->vm;
   mk_endpoint *e;
   presence_ctx c;
@@ -861,7 +903,10 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   e = p->eps == NULL && !p->lifeline && !(p->xname && PROCX(p)->links)
           ? NULL : mkI_endpoint(vm, p->pid, name);
   if (e != NULL) {
-    if (mk_role_equal(e->role, role)) return 1;
+    if (mk_role_equal(e->role, role)) {
+      if (tag != NULL) e->tag = *tag;
+      return 1;
+    }
     mk_failf(p, "endpoint '%s' re-added with a different role", name);
     return -1;
   }
@@ -877,6 +922,7 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
   e->lifeline = name == lifeline_name;
   e->role = role;
   e->role.topic = mk_ref(role.topic);
+  if (tag != NULL) e->tag = *tag;
   h = ephash(p->pid, name);
   /* Chains of two on average: the table is looked up when endpoints come
   ** and go, never per message, and at one slot per endpoint it cost 8 to
@@ -891,12 +937,10 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
     p->eps = e;
   }
   if (TRACING(vm)) mkI_trace_proc(p, MK_TK_ADD, name, &e->role, NULL);
-  c.vm = vm;
-  c.e = e;
-  c.reason = NULL;
-  c.absent = 0;
-  c.tell = 0;
+  peers_begin(&c, vm, e, NULL, 0, 0);
+  c.quiet = quiet && !TRACING(vm);
   mk_index_match(vm->ix[!role.orientation], role.topic, on_peer, &c);
+  peers_done(&c);
   if (mk_index_add(vm->ix[role.orientation], role.topic, &e->link) != 0) {
     fputs("market: out of memory\n", stderr);
     abort();
@@ -907,6 +951,15 @@ int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
     if (is_lifeline(role.topic)) lifeline_wanted(vm, e);
   }
   return 0;
+}
+
+int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role) {
+  return add(p, name, meta, role, NULL, 0);
+}
+
+int mk_add_endpoint_tagged(mk_proc *p, const char *name, mk_role role, uint32_t tag,
+                           int quiet) {
+  return add(p, name, 0, role, &tag, quiet);
 }
 
 /* Withdraw e; `tell`: an explicit deletion by a process that asked to
@@ -923,12 +976,9 @@ static void endpoint_remove(mk_endpoint *e, mk_term *reason, int tell) {
   else if (p->eps == e) p->eps = e->pnext;
   else if (e->islink) PROCX(p)->links = e->pnext;
   if (e->pnext) e->pnext->pprev = e->pprev;
-  c.vm = vm;
-  c.e = e;
-  c.reason = reason;
-  c.absent = 1;
-  c.tell = tell;
+  peers_begin(&c, vm, e, reason, 1, tell);
   mk_index_match(vm->ix[!e->role.orientation], e->role.topic, on_peer, &c);
+  peers_done(&c);
   if (tell) enqueue_ep(vm, e, MK_EV_DELETED, NULL, NULL, NULL);
   if (vm->hooks.unsubscribed && e->role.orientation == MK_SUBSCRIBER &&
       e->role.interest == MK_PARTICIPANT)
@@ -1439,6 +1489,10 @@ static void decline_queued(mk_vm *vm, mk_proc *p, uint64_t from) {
   mk_qblock *b = vm->qhead;
   uint64_t at;
   unsigned i, gap = 0;
+  /* The last answer of declines, for its tag and type: a publisher's own
+  ** presences all ask the same question, and p does not change meanwhile. */
+  uint32_t tag = 0;
+  int type = -1, no = 0;
   if (from < vm->ntaken || p->dead || p->b->declines == NULL || TRACING(vm)) return;
   at = from - vm->ntaken;              /* slots from the head */
   i = b->first;
@@ -1455,9 +1509,14 @@ static void decline_queued(mk_vm *vm, mk_proc *p, uint64_t from) {
         continue;
       }
       if (q->ep == NULL || q->deleted || q->ep->islink || q->ep->lifeline ||
-          (q->type != MK_EV_MESSAGE && q->type != MK_EV_PRESENCE && q->type != MK_EV_ABSENCE) ||
-          !p->b->declines(p, q->ep->tag, (mk_event_type)q->type))
+          (q->type != MK_EV_MESSAGE && q->type != MK_EV_PRESENCE && q->type != MK_EV_ABSENCE))
         return;
+      if (q->ep->tag != tag || q->type != type) {
+        tag = q->ep->tag;
+        type = q->type;
+        no = !p->b->declines(p, tag, (mk_event_type)type);
+      }
+      if (no) return;
       qev_free(q);
       q->proc = NULL;
       p->refs--;                       /* not the last: mk_vm_step holds p */
@@ -1472,10 +1531,15 @@ int mk_vm_step(mk_vm *vm) {
   mk_qev q;
   mk_proc *p;
   uint64_t from;
-  do {
-    if (qev_empty(vm)) return 0;
-    qev_take(vm, &q);     /* a copy: handlers queue more, moving the tail */
-  } while (q.proc == NULL);
+  mk_qblock *b;
+  for (;;) {
+    if ((b = vm->qhead) == NULL || b->first == b->last) return 0;
+    /* A slot decline_queued emptied is passed over without its copy. */
+    if (b->ev[b->first].proc != NULL) break;
+    qev_pop(vm);
+  }
+  q = b->ev[b->first];    /* a copy: handlers queue more, moving the tail */
+  qev_pop(vm);
   p = q.proc;
   p->pending--;
   from = p->pending == 0 ? vm->nqueued : 0;   /* 0: none (this event was queued) */

@@ -91,7 +91,8 @@ typedef struct mk_event {
 ** process while it ran are asked about when that activation ends, if it
 ** began with nothing else of its queued: in order, each then the
 ** process's next, and those it declines are dropped from the queue, up
-** to the first it does not decline.
+** to the first it does not decline; as nothing runs meanwhile, the answer
+** for one tag and type is asked once and stands for the run.
 **
 ** `flags`: MK_BF_TELL_DELETED asks for Marketplace's delete-endpoint.  When
 ** the process deletes an endpoint (mk_delete_endpoint, at any level), the
@@ -340,6 +341,17 @@ int mk_quit(mk_proc *p, mk_pid pid, mk_term *reason);
 ** equal role returns 1 and changes nothing (the behaviour replaces its
 ** handlers); with a different role the process fails and -1 is returned. */
 int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role);
+/* mk_add_endpoint at level 0 and mk_tag_endpoint in one: the endpoint
+** (new, or re-added with an equal role) has `tag` before it meets its
+** peers.  `quiet`: the behaviour's word that p declines its own presence
+** events on this endpoint (as `declines` would of an idle p) and runs no
+** code of its own before its next event (its activation applies the last
+** action of what a handler returned).  Those events would then all be
+** dropped unseen (decline_queued, or at delivery), so they are not queued
+** while nothing else of p's is: a publisher meeting N subscribers queued
+** N of them only to drop them (issue 10).  Not while tracing. */
+int mk_add_endpoint_tagged(mk_proc *p, const char *name, mk_role role, uint32_t tag,
+                           int quiet);
 /* Set the tag of p's endpoint `name` (level 0), handed back in every
 ** event for it: a behaviour keeps per-endpoint facts there (the Lua
 ** binding, which handlers exist).  0 until set; -1 if there is no such

@@ -254,6 +254,41 @@ describe("presence", function()
     end
   end)
 
+  -- Peers on one leaf of the routing index have equal topics, so a pattern
+  -- announced to them is intersected once per leaf (runtime/vm.c, on_peer):
+  -- peers of several leaves, met one leaf after the other, each get the
+  -- intersection with their own topic, on presence and on absence.
+  it("a pattern announced to peers of several topics gives each its own intersection",
+     function()
+    local feed = market.record("feed", "channel", "item")
+    local topics = { feed("news", _), feed(_, "x"), feed(_, _), feed("news", 7), feed(_, "y") }
+    local meet = { 'feed("news", _)', 'feed("news", "x")', 'feed("news", _)',
+                   'feed("news", 7)', 'feed("news", "y")' }
+    local seen, gone = {}, {}
+    H.ground(function()
+      for k = 1, 3 do
+        for i, topic in ipairs(topics) do
+          local who = i .. "." .. k
+          H.step(holder("s" .. who, market.subscriber(topic, {
+            on_presence = function(_, role) seen[who] = market.repr(role.topic) end,
+            on_absence = function(_, role) gone[who] = market.repr(role.topic) end })))
+        end
+      end
+      local pid = market.perform(market.spawn(function()
+        return T(0, market.publisher(feed("news", _)))
+      end))
+      H.settle()
+      H.step(market.quit(pid))
+    end)
+    for k = 1, 3 do
+      for i = 1, #topics do
+        local who = i .. "." .. k
+        assert.equal(meet[i], seen[who], "presence of subscriber " .. who)
+        assert.equal(meet[i], gone[who], "absence of subscriber " .. who)
+      end
+    end
+  end)
+
   -- A burst of absences for one observer runs on one resume (lua/lproc.c,
   -- batch), which keeps the last handler and whether it takes the role:
   -- handlers that alternate each get what they declare.
@@ -402,6 +437,67 @@ describe("events a process queued for itself and has no handler for", function()
       end, { name = "p" }))
     end)
     assert.same({ "presence bare" }, log.lines)
+  end)
+
+  -- A boot whose transition's last action adds an endpoint without
+  -- on_presence runs nothing after it: its own presences there are not
+  -- queued at all (runtime/vm.h, mk_add_endpoint_tagged), but only while
+  -- nothing could yet hear them.
+  it("are heard by a handler a later action of the same transition gives the endpoint",
+     function()
+    local log = H.log()
+    H.ground(function()
+      for i = 1, 3 do H.step(holder("s" .. i, market.subscriber({ "r", _ }))) end
+      H.step(holder("p", market.publisher({ "r", 1 }, { name = "x" }),
+        market.publisher({ "r", 1 }, { name = "x", on_presence = function() log("x") end })))
+    end)
+    assert.same({ "x", "x", "x" }, log.lines)
+  end)
+
+  it("are heard when an event of the process's own, queued before them, " ..
+     "has its handler re-add the endpoint with one", function()
+    local log, order = H.log(), {}
+    local function heard(who)
+      return { on_presence = function() order[#order + 1] = who end }
+    end
+    H.ground(function()
+      H.step(holder("s3", market.subscriber({ "m", 1, _ }, heard("s3"))))
+      H.step(holder("s4", market.subscriber({ _, _, _ }, heard("s4"))))
+      H.step(holder("p",
+        market.subscriber({ "m", 1, 2 }, { name = "in", on_presence = function(s)
+          order[#order + 1] = "in"
+          return T(s, market.publisher({ "m", 1, 2 }, { name = "out3",
+            on_presence = function(_, role) log(market.repr(role.topic)) end }))
+        end }),
+        market.publisher({ "m", 1, 2 }, { name = "out3" })))
+    end)
+    -- out3's own presences queued after in's event are heard by the
+    -- handler in's handler gave it; those before it were dropped
+    local want, after = {}, false
+    local topic = { s3 = '["m", 1, 2]', s4 = '["m", 1, 2]', ["in"] = '["m", 1, 2]' }
+    for _, who in ipairs(order) do
+      if after and topic[who] then want[#want + 1] = topic[who] end
+      if who == "in" then after = true end
+    end
+    assert.is_true(#want > 0, "in was the last to hear of out3: " .. table.concat(order, " "))
+    assert.same(want, log.lines)
+  end)
+
+  it("reach straight-line code that waits, when a handler's transition adds the endpoint",
+     function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("s", market.subscriber({ "w2", _ })))
+      H.step(market.spawn(function()
+        market.perform(market.subscriber({ "go" }, { name = "go", on_message = function(s)
+          return T(s, market.publisher({ "w2", 1 }, { name = "late" }))
+        end }))
+        market.perform(market.send({ "go" }))
+        local ev = market.yield()
+        log("%s %s", ev.type, ev.endpoint)
+      end, { name = "p" }))
+    end)
+    assert.same({ "presence late" }, log.lines)
   end)
 
   it("are not counted as queued once dropped", function()
