@@ -1015,7 +1015,8 @@ static int entryfor (const mk_index *ix, const CEntry *e, const mk_term *q,
 #endif
 
 /* The table is two-way associative: a key lives in slot h or h ^ 1. */
-static MATCH_INLINE CEntry *lookup (mk_index *ix, const mk_term *q, uint32_t hh, uint32_t mask) {
+static MATCH_INLINE CEntry *lookup (mk_index *ix, const mk_term *q, uint32_t hh,
+                                    uint32_t mask) {
   Cache *c = &ix->cache;
   size_t i;
   if (c->e == NULL) return NULL;
@@ -1164,8 +1165,8 @@ static size_t answer (mk_index *ix, const CEntry *e, mk_match_fn fn, void *ctx) 
 /* mk_index_match, and with a slot mk_index_match_slot.  A slot is
 ** checked under the mask it was filled with, whatever the header's hint
 ** says now: equal items there take the walk it stands for. */
-static MATCH_INLINE size_t match (mk_index *ix, const mk_term *query, mk_match_fn fn, void *ctx,
-                     mk_match_slot *slot) {
+static MATCH_INLINE size_t match (mk_index *ix, const mk_term *query, mk_match_fn fn,
+                                  void *ctx, mk_match_slot *slot) {
   Track tr, *trp = NULL;
   uint32_t hh = 0, mask = 0;
   size_t nq, count = 0;
@@ -1180,7 +1181,8 @@ static MATCH_INLINE size_t match (mk_index *ix, const mk_term *query, mk_match_f
   }
   if ((query->kind == MK_REC || query->kind == MK_SEQ) && query->n <= CK_ITEMS) {
     const CEntry *e;
-    if (slot != NULL && slot->wraps == ix->wraps && entryfor(ix, &slot->e, query, slot->e.mask))
+    if (slot != NULL && slot->wraps == ix->wraps &&
+        entryfor(ix, &slot->e, query, slot->e.mask))
       return answer(ix, &slot->e, fn, ctx);
     hh = tokenhash(query);
     mask = hint(ix, query, hh);

@@ -71,7 +71,8 @@ static int matches_slot (mk_index *ix, mk_match_slot *slot, Item *items, int n,
     w = end;
   }
   for (i = 0; i < n; i++) items[i].seen = 0;
-  got = slot ? mk_index_match_slot(ix, slot, q, collect, &c) : mk_index_match(ix, q, collect, &c);
+  got = slot ? mk_index_match_slot(ix, slot, q, collect, &c)
+             : mk_index_match(ix, q, collect, &c);
   ok = got == (size_t)expect && c.calls == expect;
   for (i = 0; i < n; i++) ok &= items[i].seen == mark[i];
   if (!ok) {
@@ -603,7 +604,9 @@ static void cache (void) {
 ** with (a query that differs in a place the walk reads is not answered
 ** from it), and holds references until it is cleared. */
 static void slot (void) {
-  static const char *const t[] = { "ch(1, 2, _)", "ch(_, 2, _)", "ch(1, 2, \"y\")", "ch(2, 1, _)" };
+  static const char *const t[] = {
+    "ch(1, 2, _)", "ch(_, 2, _)", "ch(1, 2, \"y\")", "ch(2, 1, _)"
+  };
   size_t base = mk_term_live();
   mk_index *ix = mk_index_new();
   Item *it = mkitems(4, t);
