@@ -305,6 +305,10 @@ typedef struct tconn {
   unsigned draining : 1;      /* written and shut down: discarding input until EOF */
   unsigned flows : 1;         /* the flows are published (outbound: once connected) */
   uint32_t max_frame;         /* at most 2^31 (keys[]; here, it fills the hole) */
+  mk_match_slot inslot;       /* the inbound flow's matches (route.h): its
+                              ** chunks have the same remote and local each
+                              ** time, and a server's thousands of connections
+                              ** would each look in the match cache's table */
   /* the rest */
   mk_term *lport;             /* inbound: the listener's port; NULL: outbound */
   mk_term *rd;                /* market:readable(fd) */
@@ -597,7 +601,7 @@ static void withdraw_flows(mk_proc *p, tconn *c, const char *reason) {
 
 static void deliver(mk_proc *p, tconn *c, const char *s, size_t n) {
   mk_term *m = channel(c->remote, c->loc, mk_str(s, n));
-  mk_send(p, m);
+  mk_send_slot(p, m, &c->inslot);
   mk_unref(m);
 }
 
@@ -1537,6 +1541,7 @@ static void destroy(mk_proc *p) {
   base_release(c->base);
   if (c->fd >= 0) mkd_close_watched(c->fd);
   set_fd(c, -1);
+  mk_match_slot_clear(&c->inslot);
   mk_unref(c->remote);
   mk_unref(c->loc);
   mk_unref(c->lport);

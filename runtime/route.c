@@ -106,8 +106,8 @@ _Static_assert(sizeof(struct mk_inode) <= 56, "a trie node fits a 64-byte malloc
 ** lookup knows what to hash; a hint that is wrong only costs a miss,
 ** since an entry matches only under the mask it was stored with.
 */
-#define CK_ITEMS   4        /* tcp, udp and timer records have 2 or 3 */
-#define CK_RES     2
+#define CK_ITEMS   MK_SLOT_ITEMS   /* tcp, udp and timer records have 2 or 3 */
+#define CK_RES     MK_SLOT_RES
 #define CK_NSHAPE  32       /* hints: headers in use at once */
 #define CK_MIN     64       /* entries; grows with the keys in use ... */
 #define CK_MAX     65536    /* ... up to this, 4 MiB */
@@ -119,15 +119,7 @@ _Static_assert(sizeof(struct mk_inode) <= 56, "a trie node fits a 64-byte malloc
 ** more the table is out of the cache, and an entry over two lines cost a
 ** miss more per message, issue 10).  Hence the generation in 32 bits
 ** (see changed) and the header's arity and the mask in bytes. */
-typedef struct CEntry {
-  uint32_t gen;             /* the index's generation; 0: empty */
-  uint8_t n;                /* header: arity or length (<= CK_ITEMS) */
-  uint8_t mask;             /* bit k: item k is part of the key */
-  uint8_t nres;
-  mk_rtype *rt;             /* header: owned reference, NULL for a sequence */
-  mk_term *key[CK_ITEMS];   /* owned references, where the mask has a bit */
-  mk_ilink *res[CK_RES];    /* the matches in walk order; valid for gen */
-} CEntry;
+typedef mk_match_entry CEntry;   /* route.h */
 _Static_assert(sizeof(CEntry) == 64, "a cache entry is one cache line");
 #define CK_LINE    64
 
@@ -190,6 +182,7 @@ struct mk_index {
   int busy;                 /* a match is running (its scratch is in use) */
   uint32_t gen;             /* bumped by every add and remove (match cache;
                             ** see changed) */
+  uint32_t wraps;           /* times gen wrapped (match slots: route.h) */
   Scratch sc;
   Cache cache;
   /* Child tables given up (by a rehash or a freed node), at most one per
@@ -208,9 +201,12 @@ static void clearcache (Cache *c);
 
 /* The trie changed: every cache entry and hint made before is void.  The
 ** generation has 32 bits (CEntry); when it wraps, the entries and hints
-** are cleared, so that none made 2^32 changes ago can look current. */
+** are cleared, so that none made 2^32 changes ago can look current, and
+** the count of wraps voids the senders' slots (route.h), which the index
+** cannot reach. */
 static void changed (mk_index *ix) {
   if (++ix->gen != 0) return;
+  ix->wraps++;
   clearcache(&ix->cache);
   memset(ix->cache.shape, 0, sizeof ix->cache.shape);
   ix->gen = 1;
@@ -1008,8 +1004,19 @@ static int entryfor (const mk_index *ix, const CEntry *e, const mk_term *q,
   return 1;
 }
 
+/* match and lookup are inlined into each caller of match, so that
+** mk_index_match, without a slot, runs what it did before slots (a call
+** more and the tests of the slot were 10 instructions of a Lua-to-Lua
+** message, bench-callgrind). */
+#if defined(__GNUC__)
+#define MATCH_INLINE inline __attribute__((always_inline))
+#else
+#define MATCH_INLINE inline
+#endif
+
 /* The table is two-way associative: a key lives in slot h or h ^ 1. */
-static CEntry *lookup (mk_index *ix, const mk_term *q, uint32_t hh, uint32_t mask) {
+static MATCH_INLINE CEntry *lookup (mk_index *ix, const mk_term *q, uint32_t hh,
+                                    uint32_t mask) {
   Cache *c = &ix->cache;
   size_t i;
   if (c->e == NULL) return NULL;
@@ -1059,10 +1066,35 @@ static int light (const mk_term *t, size_t *left) {
   return 1;
 }
 
+/* Make e the entry for q under mask, with these matches (nres of them,
+** at most CK_RES); what it held before is let go. */
+static void fill (const mk_index *ix, CEntry *e, const mk_term *q, uint32_t mask,
+                  size_t nres, mk_ilink *const *res) {
+  uint32_t k;
+  clearentry(e);
+  e->gen = ix->gen;
+  e->rt = q->kind == MK_REC ? q->v.rt : NULL;
+  if (e->rt != NULL) mk_rtype_ref(e->rt);
+  e->n = (uint8_t)q->n;
+  e->mask = (uint8_t)mask;
+  for (k = 0; k < q->n; k++)
+    if ((mask >> k) & 1) e->key[k] = mk_ref(mk_items(q)[k]);
+  e->nres = (uint8_t)nres;
+  for (k = 0; k < nres; k++) e->res[k] = res[k];
+}
+
+/* Fill the sender's slot (route.h) for q under mask. */
+static void fillslot (const mk_index *ix, mk_match_slot *s, const mk_term *q, uint32_t mask,
+                      size_t nres, mk_ilink *const *res) {
+  fill(ix, &s->e, q, mask, nres, res);
+  s->wraps = ix->wraps;
+}
+
 /* Remember what a complete walk of q found, keyed under `mask`, the hint
-** it was looked up with plus what it read. */
+** it was looked up with plus what it read, in the table and in the
+** sender's slot if it has one. */
 static void store (mk_index *ix, const mk_term *q, uint32_t hh, uint32_t mask,
-                   const Track *tr) {
+                   const Track *tr, mk_match_slot *slot) {
   Cache *c = &ix->cache;
   CShape *sh = &c->shape[hh & (CK_NSHAPE - 1)];
   CEntry *e;
@@ -1075,6 +1107,7 @@ static void store (mk_index *ix, const mk_term *q, uint32_t hh, uint32_t mask,
   if (tr->nres > CK_RES) return;
   for (k = 0; k < q->n; k++)
     if (((mask >> k) & 1) && !light(mk_items(q)[k], &left)) return;
+  if (slot != NULL) fillslot(ix, slot, q, mask, tr->nres, tr->res);
   if (sizecache(ix) != 0) return;
   /* The new entry takes a free slot of its pair, the first if both are.
   ** When both hold live entries, three keys or more share the pair: were
@@ -1092,16 +1125,7 @@ static void store (mk_index *ix, const mk_term *q, uint32_t hh, uint32_t mask,
     e = &c->e[i ^ 1];
     if (e->gen == ix->gen && c->evicted++ % CK_EVICT != 0) return;
   }
-  clearentry(e);
-  e->gen = ix->gen;
-  e->rt = q->kind == MK_REC ? q->v.rt : NULL;
-  if (e->rt != NULL) mk_rtype_ref(e->rt);
-  e->n = (uint8_t)q->n;
-  e->mask = (uint8_t)mask;
-  for (k = 0; k < q->n; k++)
-    if ((mask >> k) & 1) e->key[k] = mk_ref(mk_items(q)[k]);
-  e->nres = (uint8_t)tr->nres;
-  for (k = 0; k < e->nres; k++) e->res[k] = tr->res[k];
+  fill(ix, e, q, mask, tr->nres, tr->res);
 }
 
 /* A walk of q that tells the cache what it read. */
@@ -1125,8 +1149,24 @@ static void starttrack (Track *tr, const mk_term *q) {
 ** =======================================================
 */
 
-size_t mk_index_match (mk_index *ix, const mk_term *query, mk_match_fn fn,
-                       void *ctx) {
+/* Call fn for e's matches, as a walk would. */
+static size_t answer (mk_index *ix, const CEntry *e, mk_match_fn fn, void *ctx) {
+  size_t count = 0;
+  uint32_t k;
+  ix->busy = 1;
+  for (k = 0; k < e->nres; k++) {
+    count++;
+    if (fn(e->res[k], ctx)) break;
+  }
+  ix->busy = 0;
+  return count;
+}
+
+/* mk_index_match, and with a slot mk_index_match_slot.  A slot is
+** checked under the mask it was filled with, whatever the header's hint
+** says now: equal items there take the walk it stands for. */
+static MATCH_INLINE size_t match (mk_index *ix, const mk_term *query, mk_match_fn fn,
+                                  void *ctx, mk_match_slot *slot) {
   Track tr, *trp = NULL;
   uint32_t hh = 0, mask = 0;
   size_t nq, count = 0;
@@ -1141,17 +1181,14 @@ size_t mk_index_match (mk_index *ix, const mk_term *query, mk_match_fn fn,
   }
   if ((query->kind == MK_REC || query->kind == MK_SEQ) && query->n <= CK_ITEMS) {
     const CEntry *e;
+    if (slot != NULL && slot->wraps == ix->wraps &&
+        entryfor(ix, &slot->e, query, slot->e.mask))
+      return answer(ix, &slot->e, fn, ctx);
     hh = tokenhash(query);
     mask = hint(ix, query, hh);
     if ((e = lookup(ix, query, hh, mask)) != NULL) {
-      uint32_t k;
-      ix->busy = 1;
-      for (k = 0; k < e->nres; k++) {
-        count++;
-        if (fn(e->res[k], ctx)) break;
-      }
-      ix->busy = 0;
-      return count;
+      if (slot != NULL) fillslot(ix, slot, query, e->mask, e->nres, e->res);
+      return answer(ix, e, fn, ctx);
     }
     starttrack(&tr, query);
     trp = &tr;
@@ -1160,8 +1197,23 @@ size_t mk_index_match (mk_index *ix, const mk_term *query, mk_match_fn fn,
   if ((nq = flatten(&ix->sc, query)) != 0)
     count = walk(&ix->sc, ix->root, nq, fn, ctx, trp);
   ix->busy = 0;
-  if (trp != NULL && tr.done) store(ix, query, hh, mask | tr.read, &tr);
+  if (trp != NULL && tr.done) store(ix, query, hh, mask | tr.read, &tr, slot);
   return count;
+}
+
+size_t mk_index_match (mk_index *ix, const mk_term *query, mk_match_fn fn,
+                       void *ctx) {
+  return match(ix, query, fn, ctx, NULL);
+}
+
+size_t mk_index_match_slot (mk_index *ix, mk_match_slot *slot, const mk_term *query,
+                            mk_match_fn fn, void *ctx) {
+  return match(ix, query, fn, ctx, slot);
+}
+
+void mk_match_slot_clear (mk_match_slot *slot) {
+  clearentry(&slot->e);
+  slot->wraps = 0;
 }
 
 size_t mk_index_count (const mk_index *ix) {

@@ -54,6 +54,50 @@ void mk_index_remove(mk_index *ix, mk_ilink *item);
 */
 size_t mk_index_match(mk_index *ix, const mk_term *query, mk_match_fn fn, void *ctx);
 
+/*
+** A match slot: the last answer of the match cache for one sender, kept
+** by the sender itself.  A sender whose queries have the same shape and
+** the same leading items each time (a tcp connection's inbound flow,
+** channel(remote, local, data); the ground's watch of a socket, sending
+** the same record at every wake-up) keeps one in its own record, beside
+** the fields it reads to send anyway, and the match looks there before
+** the cache's shared table, which at thousands of senders is out of the
+** processor's cache and costs a miss or two per look (issue 10,
+** docs/performance.md).  The slot holds what a cache entry does: the
+** generation of the index it answered for, the query's header and the
+** items the walk read (owned references), and up to MK_SLOT_RES matches;
+** any add to or remove from the index voids it.  A zeroed slot is empty.
+** One slot serves one index (one VM's sends, say) for its whole life; its
+** owner releases it with mk_match_slot_clear.  The fields are route.c's:
+** an entry as the shared table holds them (64 bytes, one cache line
+** there), and how often the index's 32-bit generation had wrapped when
+** the slot was filled, since a slot, unlike the table, is not cleared
+** when it wraps.
+*/
+#define MK_SLOT_ITEMS 4
+#define MK_SLOT_RES   2
+typedef struct mk_match_entry {
+  uint32_t gen;             /* the index's generation; 0: empty */
+  uint8_t n;                /* header: arity or length (<= MK_SLOT_ITEMS) */
+  uint8_t mask;             /* bit k: item k is part of the key */
+  uint8_t nres;
+  mk_rtype *rt;             /* header: owned reference, NULL for a sequence */
+  mk_term *key[MK_SLOT_ITEMS];   /* owned references, where the mask has a bit */
+  mk_ilink *res[MK_SLOT_RES];    /* the matches in walk order; valid for gen */
+} mk_match_entry;
+
+typedef struct mk_match_slot {
+  mk_match_entry e;
+  uint32_t wraps;
+} mk_match_slot;
+
+/* mk_index_match, looking in `slot` (not NULL) first and leaving there
+** the answer it found or walked for query, when the cache would keep it. */
+size_t mk_index_match_slot(mk_index *ix, mk_match_slot *slot, const mk_term *query,
+                           mk_match_fn fn, void *ctx);
+/* Let go of what the slot holds; it is empty after. */
+void mk_match_slot_clear(mk_match_slot *slot);
+
 /* Number of items and trie nodes, for tests and benchmarks. */
 size_t mk_index_count(const mk_index *ix);
 size_t mk_index_nodes(const mk_index *ix);

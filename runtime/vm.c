@@ -1016,12 +1016,14 @@ static int on_receiver(mk_ilink *link, void *ud) {
   return 0;
 }
 
-static void route(mk_vm *vm, mk_term *body, int feedback) {
+static void route(mk_vm *vm, mk_term *body, int feedback, mk_match_slot *slot) {
   send_ctx c;
+  mk_index *ix = vm->ix[feedback ? MK_PUBLISHER : MK_SUBSCRIBER];
   c.vm = vm;
   c.body = body;
   /* send reaches subscribers; feedback reaches publishers. */
-  mk_index_match(vm->ix[feedback ? MK_PUBLISHER : MK_SUBSCRIBER], body, on_receiver, &c);
+  if (slot != NULL) mk_index_match_slot(ix, slot, body, on_receiver, &c);
+  else mk_index_match(ix, body, on_receiver, &c);
 }
 
 /* A C process whose message could not be built fails, rather than crash
@@ -1041,17 +1043,20 @@ static int nobody(mk_proc *p, mk_term *body, const char *what) {
   return 0;
 }
 
-void mk_send(mk_proc *p, mk_term *body) {
+static inline void sendwith(mk_proc *p, mk_term *body, mk_match_slot *slot) {
   if (p->dead || nobody(p, body, "send")) return;
   if (TRACING(p->vm)) mkI_trace_proc(p, MK_TK_SEND, NULL, NULL, body);
   if (p->vm->detail) mkI_detail_send(p, body);
-  route(p->vm, body, 0);
+  route(p->vm, body, 0, slot);
 }
+
+void mk_send(mk_proc *p, mk_term *body) { sendwith(p, body, NULL); }
+void mk_send_slot(mk_proc *p, mk_term *body, mk_match_slot *slot) { sendwith(p, body, slot); }
 
 void mk_feedback(mk_proc *p, mk_term *body) {
   if (p->dead || nobody(p, body, "feedback")) return;
   if (TRACING(p->vm)) mkI_trace_proc(p, MK_TK_FEEDBACK, NULL, NULL, body);
-  route(p->vm, body, 1);
+  route(p->vm, body, 1, NULL);
 }
 
 void mk_vm_tell(mk_vm *vm, mk_endpoint *ep, mk_term *body) {
@@ -1059,8 +1064,12 @@ void mk_vm_tell(mk_vm *vm, mk_endpoint *ep, mk_term *body) {
   enqueue_ep(vm, ep, MK_EV_MESSAGE, mk_ref(body), &ep->role, NULL);
 }
 
+void mk_vm_send_slot(mk_vm *vm, mk_term *body, int feedback, mk_match_slot *slot) {
+  if (body != NULL) route(vm, body, feedback, slot);
+}
+
 void mk_vm_send(mk_vm *vm, mk_term *body, int feedback) {
-  if (body != NULL) route(vm, body, feedback);
+  mk_vm_send_slot(vm, body, feedback, NULL);
 }
 
 /* ---- spawn, quit, yield, meta ------------------------------------------- */

@@ -283,6 +283,9 @@ mk_proc *mk_vm_resident(mk_vm *vm, const mk_behavior *b, void *data, const char 
 void mk_vm_kill_all(mk_vm *vm, mk_term *reason);
 /* Send a message into the VM from outside any process (NULL: nothing). */
 void mk_vm_send(mk_vm *vm, mk_term *body, int feedback);   /* body borrowed */
+/* The same, with the sender's match slot (route.h), which it keeps for
+** this VM and this direction (send or feedback) only. */
+void mk_vm_send_slot(mk_vm *vm, mk_term *body, int feedback, mk_match_slot *slot);
 /* Queue `body` (borrowed) as a message for endpoint `ep` alone, as if a
 ** send had matched it and nothing else: for a hook that must answer one
 ** new subscriber (the ground, an alarm that went off before it came). */
@@ -363,6 +366,9 @@ int mk_delete_endpoint(mk_proc *p, const char *name, int meta, mk_term *reason);
 /* body borrowed.  NULL (a builder failed: a term deeper than the depth
 ** limit, or out of memory) makes p fail with a reason saying so. */
 void mk_send(mk_proc *p, mk_term *body);
+/* mk_send with p's match slot (route.h) for the queries it sends again
+** and again (a connection's inbound flow): kept by p, for p's VM only. */
+void mk_send_slot(mk_proc *p, mk_term *body, mk_match_slot *slot);
 void mk_feedback(mk_proc *p, mk_term *body);
 /* Queue `cont` behind everything now pending; delivered as MK_EV_RESUME. */
 void mk_yield(mk_proc *p, void *cont);

@@ -43,6 +43,7 @@ typedef struct Cross {
   int n;
   int ok;
   long reported, checked;
+  mk_match_slot *slot;   /* the sender's match slot (route.h), or NULL */
 } Cross;
 
 /* Compare one query's report with a linear scan. */
@@ -51,7 +52,8 @@ static void crosscheck (Cross *x, mk_term *q) {
   size_t got;
   int i, want = 0;
   for (i = 0; i < x->n; i++) x->items[i].seen = 0;
-  got = mk_index_match(x->ix, q, collect, &c);
+  got = x->slot ? mk_index_match_slot(x->ix, x->slot, q, collect, &c)
+                : mk_index_match(x->ix, q, collect, &c);
   for (i = 0; i < x->n; i++) {
     Item *it = &x->items[i];
     int u = it->link.leaf != NULL && mk_unifies(it->topic, q);

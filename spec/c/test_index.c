@@ -54,8 +54,8 @@ static void addall (mk_index *ix, Item *items, int n) {
 ** Match `query` and compare with `want`, a string of item ids ("0 3 4",
 ** any order).  Every item must be seen once or not at all.
 */
-static int matches (mk_index *ix, Item *items, int n, const char *query,
-                    const char *want) {
+static int matches_slot (mk_index *ix, mk_match_slot *slot, Item *items, int n,
+                         const char *query, const char *want) {
   mk_term *q = P(query);
   Coll c = { 0, 0 };
   size_t got;
@@ -71,7 +71,8 @@ static int matches (mk_index *ix, Item *items, int n, const char *query,
     w = end;
   }
   for (i = 0; i < n; i++) items[i].seen = 0;
-  got = mk_index_match(ix, q, collect, &c);
+  got = slot ? mk_index_match_slot(ix, slot, q, collect, &c)
+             : mk_index_match(ix, q, collect, &c);
   ok = got == (size_t)expect && c.calls == expect;
   for (i = 0; i < n; i++) ok &= items[i].seen == mark[i];
   if (!ok) {
@@ -82,6 +83,11 @@ static int matches (mk_index *ix, Item *items, int n, const char *query,
   free(mark);
   mk_unref(q);
   return ok;
+}
+
+static int matches (mk_index *ix, Item *items, int n, const char *query,
+                    const char *want) {
+  return matches_slot(ix, NULL, items, n, query, want);
 }
 
 /* }====================================================== */
@@ -593,6 +599,80 @@ static void cache (void) {
   CHECK(mk_term_live() == base);
 }
 
+/* A sender's match slot (route.h): answers what the shared table
+** would, is voided by every add and remove, keeps the key it was filled
+** with (a query that differs in a place the walk reads is not answered
+** from it), and holds references until it is cleared. */
+static void slot (void) {
+  static const char *const t[] = {
+    "ch(1, 2, _)", "ch(_, 2, _)", "ch(1, 2, \"y\")", "ch(2, 1, _)"
+  };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(4, t);
+  mk_match_slot s, s2;
+  mk_term *q = P("ch(1, 2, \"w\")"), *big;
+  Coll c = { 0, 1 };
+  char payload[600];
+  memset(&s, 0, sizeof s);
+  memset(&s2, 0, sizeof s2);
+  CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"x\")", ""));   /* an empty index */
+  CHECK(mk_index_add(ix, it[0].topic, &it[0].link) == 0);
+  CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"x\")", "0"));  /* walked, kept */
+  CHECK(s.e.gen != 0 && s.e.nres == 1 && s.e.res[0] == &it[0].link);
+  CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"y\")", "0"));  /* the payload is not read */
+  CHECK(matches_slot(ix, &s, it, 4, "ch(1, 3, \"y\")", ""));   /* another key */
+  CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"y\")", "0"));
+  CHECK(matches_slot(ix, &s2, it, 4, "ch(1, 2, \"y\")", "0")); /* from the table */
+  CHECK(s2.e.gen == s.e.gen && s2.e.res[0] == &it[0].link);
+  CHECK(mk_index_add(ix, it[1].topic, &it[1].link) == 0);     /* voids both */
+  CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"y\")", "0 1"));
+  CHECK(matches_slot(ix, &s2, it, 4, "ch(7, 2, \"y\")", "1"));
+  CHECK(mk_index_add(ix, it[2].topic, &it[2].link) == 0);     /* now the payload is read */
+  CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"y\")", "0 1 2"));
+  CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"x\")", "0 1"));
+  CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"y\")", "0 1 2"));
+  mk_index_remove(ix, &it[1].link);
+  CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"y\")", "0 2"));
+  CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"x\")", "0"));
+  /* a heavy key in a place the walk reads is not held */
+  mk_match_slot_clear(&s);
+  memset(payload, 'x', sizeof payload);
+  big = mk_rec(q->v.rt, mk_int(1), mk_int(2), mk_str(payload, sizeof payload));
+  c.stopat = 0;
+  c.calls = 0;
+  CHECK(mk_index_match_slot(ix, &s, big, collect, &c) == 1);
+  CHECK(s.e.gen == 0);
+  mk_unref(big);
+  /* more matches than a slot holds */
+  CHECK(mk_index_add(ix, it[1].topic, &it[1].link) == 0);
+  CHECK(mk_index_add(ix, it[3].topic, &it[3].link) == 0);
+  CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"y\")", "0 1 2"));
+  CHECK(s.e.gen == 0);
+  CHECK(matches_slot(ix, &s, it, 4, "ch(2, 1, \"y\")", "3"));
+  CHECK(matches_slot(ix, &s, it, 4, "ch(2, 1, \"y\")", "3"));
+  /* a walk stopped early is not kept, nor stops a kept answer's calls */
+  mk_match_slot_clear(&s);
+  c.stopat = 1;
+  c.calls = 0;
+  CHECK(mk_index_match_slot(ix, &s, q, collect, &c) == 1);
+  CHECK(s.e.gen == 0);
+  CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"w\")", "0 1"));
+  CHECK(s.e.gen != 0);
+  c.calls = 0;
+  CHECK(mk_index_match_slot(ix, &s, q, collect, &c) == 1);
+  /* not a record or a sequence, or too long: no slot */
+  CHECK(matches_slot(ix, &s2, it, 4, "\"y\"", ""));
+  CHECK(matches_slot(ix, &s2, it, 4, "ch(1, 2, 3, 4, 5)", ""));
+  mk_unref(q);
+  mk_index_free(ix);
+  freeitems(it, 4);
+  CHECK(mk_term_live() > base);          /* the slots hold their keys ... */
+  mk_match_slot_clear(&s);
+  mk_match_slot_clear(&s2);
+  CHECK(mk_term_live() == base);         /* ... until cleared */
+}
+
 /* The cache keeps its keys alive, so it takes light ones only: a large
 ** payload in a place the walk reads is not held after the match. */
 static void cache_light (void) {
@@ -681,6 +761,7 @@ static void cross_begin (Cross *x, int n) {
   x->n = n;
   x->ok = 1;
   x->reported = x->checked = 0;
+  x->slot = NULL;
 }
 
 /* Remove every item (the trie must be back to its root), free it all and
@@ -790,29 +871,33 @@ static void cache_many (void) {
 /*
 ** The match cache against the scan: a few queries asked again and again
 ** (the same terms, as a channel's sender does, and equal copies), with a
-** topic added or removed between most of them.
+** topic added or removed between most of them.  With `slots`, through
+** senders' slots (route.h): each query term has its own, and its equal
+** copies use it too, as a connection's chunks do.
 */
-static void randomized_cache (void) {
-  static const uint64_t seeds[] = { 3, 99, 0x5eedull };
+static void cache_rounds (const uint64_t *seeds, size_t nseeds, int slots) {
   enum { NTOPICS = 300, NQ = 12, STEPS = 40000 };
   size_t base = mk_term_live(), s;
   long reported = 0, checked = 0;
   int ok = 1;
   getrts();
-  for (s = 0; s < sizeof seeds / sizeof seeds[0]; s++) {
+  for (s = 0; s < nseeds; s++) {
     Cross x;
     mk_term *qs[NQ];
+    mk_match_slot slot[NQ];
     int i, step;
     rng = seeds[s];
+    memset(slot, 0, sizeof slot);
     cross_begin(&x, NTOPICS);
     for (i = 0; i < NTOPICS; i++) x.items[i].topic = gen(1 + (int)rnd(3), 3 + rnd(25));
     for (i = 0; i < NQ; i++) qs[i] = gen(1 + (int)rnd(3), rnd(3) ? rnd(15) : 0);
     for (step = 0; step < STEPS; step++) {
-      uint32_t r = rnd(100);
+      uint32_t r = rnd(100), k = rnd(NQ);
       Item *it = &x.items[rnd(NTOPICS)];
-      if (r < 85) crosscheck(&x, qs[rnd(NQ)]);
+      x.slot = slots ? &slot[k] : NULL;
+      if (r < 85) crosscheck(&x, qs[k]);
       else if (r < 95) {
-        mk_term *q = P_copy(qs[rnd(NQ)]);
+        mk_term *q = P_copy(qs[k]);
         crosscheck(&x, q);
         mk_unref(q);
       }
@@ -821,14 +906,25 @@ static void randomized_cache (void) {
       }
       else mk_index_remove(x.ix, &it->link);
     }
-    for (i = 0; i < NQ; i++) mk_unref(qs[i]);
+    for (i = 0; i < NQ; i++) { mk_unref(qs[i]); mk_match_slot_clear(&slot[i]); }
     cross_end(&x, &ok, &reported, &checked);
   }
   droprts();
   CHECK(ok);
   CHECK(reported > 20000);
-  printf("# %ld repeated queries, %ld matches cross-checked\n", checked, reported);
+  printf("# %ld repeated queries%s, %ld matches cross-checked\n", checked,
+         slots ? " through slots" : "", reported);
   CHECK(mk_term_live() == base);
+}
+
+static void randomized_cache (void) {
+  static const uint64_t seeds[] = { 3, 99, 0x5eedull };
+  cache_rounds(seeds, sizeof seeds / sizeof seeds[0], 0);
+}
+
+static void randomized_slots (void) {
+  static const uint64_t seeds[] = { 5, 77, 0x510full };
+  cache_rounds(seeds, sizeof seeds / sizeof seeds[0], 1);
 }
 
 /*
@@ -997,8 +1093,10 @@ int main (void) {
   RUN(deep_topic);
   RUN(cache);
   RUN(cache_light);
+  RUN(slot);
   RUN(randomized);
   RUN(randomized_cache);
+  RUN(randomized_slots);
   RUN(cache_many);
   RUN(randomized_tails);
   RUN(tails_cost_one_node);
