@@ -12,6 +12,11 @@
 **                             bytes (default 64) published as fast as the
 **                             publisher goes, from the first publish to
 **                             the last arrival at the subscriber;
+**   cpu-us-per-message: C     the process's CPU time (user + system,
+**                             every thread: publisher, libnats's and the
+**                             subscriber's) over that window, per
+**                             message: the floor beside the nodes' own
+**                             (bench/cluster_node.lua);
 **   latency-us-p50: X, -p99, -p999
 **                             one way, publisher to subscriber, SAMPLES
 **                             times (default 20000) with one message in
@@ -42,6 +47,13 @@
 static double now_us(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+/* The process's CPU time, every thread's, in µs. */
+static double cpu_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
 
@@ -103,7 +115,7 @@ int main(int argc, char **argv) {
   natsSubscription *rate = NULL, *lat = NULL;
   int64_t dropped = 0;
   char *payload;
-  double t0, elapsed;
+  double t0, elapsed, cpu0, cpu;
   long got, have;
 
   if (url == NULL || messages < 1 || samples < 1 || size < sizeof(double) || size > 1 << 20) {
@@ -130,6 +142,7 @@ int main(int argc, char **argv) {
 
   /* Rate: everything at once; the last arrival ends it. */
   t0 = now_us();
+  cpu0 = cpu_us();
   for (i = 0; i < messages; i++)
     check(natsConnection_Publish(pub, "floor.rate", payload, (int)size), "publish");
   check(natsConnection_Flush(pub), "flush (publisher)");
@@ -143,11 +156,14 @@ int main(int argc, char **argv) {
   elapsed = S.last - t0;
   got = S.got;
   pthread_mutex_unlock(&S.lock);
+  cpu = cpu_us() - cpu0;
   natsSubscription_GetDropped(rate, &dropped);
   if (got < messages)
     fprintf(stderr, "nats_floor: %ld of %ld messages arrived within 30 s\n", got, messages);
   printf("messages-per-second: %.0f  (%ld messages of %zu bytes, publisher to subscriber)\n",
          elapsed > 0 ? (double)got * 1e6 / elapsed : 0.0, got, size);
+  printf("cpu-us-per-message: %.2f  (publisher and subscriber, all threads)\n",
+         got > 0 ? cpu / (double)got : 0.0);
 
   /* Latency: one message in flight, its send time in the payload. */
   for (i = 0; i < samples; i++) {
