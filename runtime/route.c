@@ -211,16 +211,20 @@ static uint32_t genof (uint32_t hh) {
 }
 _Static_assert(CK_NGEN == 1 << 6, "genof takes 6 bits");
 
-/* Bucket b's generation moved on.  A generation has 32 bits (CEntry);
-** when one wraps, every entry and hint is cleared, so that none made
-** 2^32 changes ago can look current, and the count of wraps voids the
-** senders' slots (route.h), which the index cannot reach. */
-static void bump (mk_index *ix, uint32_t b) {
-  if (++ix->gen[b] != 0) return;
+/* A generation has 32 bits (CEntry); when one wraps, every entry and
+** hint is cleared, so that none made 2^32 changes ago can look current,
+** and the count of wraps voids the senders' slots (route.h), which the
+** index cannot reach. */
+static void wrapped (mk_index *ix, uint32_t b) {
   ix->wraps++;
   clearcache(&ix->cache);
   memset(ix->cache.shape, 0, sizeof ix->cache.shape);
   ix->gen[b] = 1;
+}
+
+/* Bucket b's generation moves on. */
+static void bump (mk_index *ix, uint32_t b) {
+  if (++ix->gen[b] == 0) wrapped(ix, b);
 }
 
 /*
@@ -234,18 +238,16 @@ static void bump (mk_index *ix, uint32_t b) {
 ** (An echo server's idle alarms, a timer's subscription each, re-armed
 ** 33 times a second at 10,000 connections, do not void the channels'
 ** entries; with one generation for all, they voided every entry and
-** slot, issue 10.)  The trie's shape under other headers changes too,
-** but an entry holds items, not nodes, and its answer is the set of
-** items that unify, whatever the shape; only its order may differ from
-** a walk's, and the order between leaves is unspecified (route.h).
+** slot, issue 10.)  A query's walk visits the root's child of its
+** header and the root's wildcard branch only, and a topic of another
+** header changes neither (the root is never folded: foldup), so the
+** walk an entry stands for is still the walk the query would take.
 */
 static void changed (mk_index *ix, const mk_term *topic) {
   uint32_t b;
-  switch (topic->kind) {
-    case MK_REC: case MK_SEQ: bump(ix, genof(tokenhash(topic))); break;
-    case MK_WILD: for (b = 0; b < CK_NGEN; b++) bump(ix, b); break;
-    default: break;
-  }
+  if (topic->kind == MK_REC || topic->kind == MK_SEQ) bump(ix, genof(tokenhash(topic)));
+  else if (topic->kind == MK_WILD)
+    for (b = 0; b < CK_NGEN; b++) bump(ix, b);
 }
 
 
@@ -1004,11 +1006,11 @@ static const mk_rtype *headrt (const mk_term *q) {
   return q->kind == MK_REC ? q->v.rt : NULL;
 }
 
-/* The items a header's walks have read since its bucket last changed. */
-static uint32_t hint (const mk_index *ix, const mk_term *q, uint32_t hh) {
+/* The items a header's walks have read since its bucket last changed
+** (its generation now gen). */
+static uint32_t hint (const mk_index *ix, const mk_term *q, uint32_t hh, uint32_t gen) {
   const CShape *sh = &ix->cache.shape[hh & (CK_NSHAPE - 1)];
-  if (sh->gen != ix->gen[genof(hh)] || sh->rt != headrt(q) || sh->n != q->n) return 0;
-  return sh->mask;
+  return sh->gen == gen && sh->rt == headrt(q) && sh->n == q->n ? sh->mask : 0;
 }
 
 static void clearentry (CEntry *e) {
@@ -1030,11 +1032,24 @@ static int live (const mk_index *ix, const CEntry *e) {
   return e->gen == ix->gen[e->bucket];
 }
 
-/* Is e the entry for q under mask? */
-static int entryfor (const mk_index *ix, const CEntry *e, const mk_term *q,
-                     uint32_t mask) {
+/* match and lookup are inlined into each caller of match, so that
+** mk_index_match, without a slot, runs what it did before slots (a call
+** more and the tests of the slot were 10 instructions of a Lua-to-Lua
+** message, bench-callgrind); entryfor into its three callers (called, it
+** cost 6 instructions a message more with the bucket's generation as an
+** argument, 24 more than inlined). */
+#if defined(__GNUC__)
+#define MATCH_INLINE inline __attribute__((always_inline))
+#else
+#define MATCH_INLINE inline
+#endif
+
+/* Is e the entry for q under mask, gen the generation of q's bucket?  (The
+** callers have it at hand, the table's from the hint, a slot's from its
+** bucket.) */
+static MATCH_INLINE int entryfor (const CEntry *e, const mk_term *q, uint32_t mask, uint32_t gen) {
   uint32_t k;
-  if (!live(ix, e) || e->rt != headrt(q) || e->n != q->n || e->mask != mask)
+  if (e->gen != gen || e->rt != headrt(q) || e->n != q->n || e->mask != mask)
     return 0;
   /* The pointer first, without a call: a channel's sender passes the
   ** same terms each time (a connection's addresses).  mk_equal then tries
@@ -1047,25 +1062,15 @@ static int entryfor (const mk_index *ix, const CEntry *e, const mk_term *q,
   return 1;
 }
 
-/* match and lookup are inlined into each caller of match, so that
-** mk_index_match, without a slot, runs what it did before slots (a call
-** more and the tests of the slot were 10 instructions of a Lua-to-Lua
-** message, bench-callgrind). */
-#if defined(__GNUC__)
-#define MATCH_INLINE inline __attribute__((always_inline))
-#else
-#define MATCH_INLINE inline
-#endif
-
 /* The table is two-way associative: a key lives in slot h or h ^ 1. */
 static MATCH_INLINE CEntry *lookup (mk_index *ix, const mk_term *q, uint32_t hh,
-                                    uint32_t mask) {
+                                    uint32_t mask, uint32_t gen) {
   Cache *c = &ix->cache;
   size_t i;
   if (c->e == NULL) return NULL;
   i = keyhash(q, hh, mask) & (c->cap - 1);
-  if (entryfor(ix, &c->e[i], q, mask)) return &c->e[i];
-  if (entryfor(ix, &c->e[i ^ 1], q, mask)) return &c->e[i ^ 1];
+  if (entryfor(&c->e[i], q, mask, gen)) return &c->e[i];
+  if (entryfor(&c->e[i ^ 1], q, mask, gen)) return &c->e[i ^ 1];
   return NULL;
 }
 
@@ -1225,13 +1230,15 @@ static MATCH_INLINE size_t match (mk_index *ix, const mk_term *query, mk_match_f
   }
   if ((query->kind == MK_REC || query->kind == MK_SEQ) && query->n <= CK_ITEMS) {
     const CEntry *e;
+    uint32_t b;
     if (slot != NULL && slot->wraps == ix->wraps &&
-        entryfor(ix, &slot->e, query, slot->e.mask))
+        entryfor(&slot->e, query, slot->e.mask, ix->gen[slot->e.bucket]))
       return answer(ix, &slot->e, fn, ctx);
     hh = tokenhash(query);
-    mask = hint(ix, query, hh);
-    if ((e = lookup(ix, query, hh, mask)) != NULL) {
-      if (slot != NULL) fillslot(ix, slot, query, e->bucket, e->mask, e->nres, e->res);
+    b = genof(hh);
+    mask = hint(ix, query, hh, ix->gen[b]);
+    if ((e = lookup(ix, query, hh, mask, ix->gen[b])) != NULL) {
+      if (slot != NULL) fillslot(ix, slot, query, b, e->mask, e->nres, e->res);
       return answer(ix, e, fn, ctx);
     }
     starttrack(&tr, query);
