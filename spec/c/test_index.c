@@ -610,9 +610,10 @@ static void cache (void) {
 }
 
 /* A sender's match slot (route.h): answers what the shared table
-** would, is voided by every add and remove, keeps the key it was filled
-** with (a query that differs in a place the walk reads is not answered
-** from it), and holds references until it is cleared. */
+** would, is voided by every add and remove of a topic of its record type
+** (others: cache_buckets), keeps the key it was filled with (a query that
+** differs in a place the walk reads is not answered from it), and holds
+** references until it is cleared. */
 static void slot (void) {
   static const char *const t[] = {
     "ch(1, 2, _)", "ch(_, 2, _)", "ch(1, 2, \"y\")", "ch(2, 1, _)"
