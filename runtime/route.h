@@ -66,11 +66,13 @@ size_t mk_index_match(mk_index *ix, const mk_term *query, mk_match_fn fn, void *
 ** docs/performance.md).  The slot holds what a cache entry does: the
 ** generation of the index it answered for, the query's header and the
 ** items the walk read (owned references), and up to MK_SLOT_RES matches;
-** any add to or remove from the index voids it.  A zeroed slot is empty.
+** an add to or remove from the index voids it when the topic's header
+** could match the query's (same record type or sequence length, or a
+** wildcard topic; route.c, changed).  A zeroed slot is empty.
 ** One slot serves one index (one VM's sends, say) for its whole life; its
 ** owner releases it with mk_match_slot_clear.  The fields are route.c's:
 ** an entry as the shared table holds them (64 bytes, one cache line
-** there), and how often the index's 32-bit generation had wrapped when
+** there), and how often the index's 32-bit generations had wrapped when
 ** the slot was filled, since a slot, unlike the table, is not cleared
 ** when it wraps.
 */
@@ -81,6 +83,7 @@ typedef struct mk_match_entry {
   uint8_t n;                /* header: arity or length (<= MK_SLOT_ITEMS) */
   uint8_t mask;             /* bit k: item k is part of the key */
   uint8_t nres;
+  uint8_t bucket;           /* the header's bucket of generations */
   mk_rtype *rt;             /* header: owned reference, NULL for a sequence */
   mk_term *key[MK_SLOT_ITEMS];   /* owned references, where the mask has a bit */
   mk_ilink *res[MK_SLOT_RES];    /* the matches in walk order; valid for gen */

@@ -52,13 +52,17 @@ static void addall (mk_index *ix, Item *items, int n) {
 
 /*
 ** Match `query` and compare with `want`, a string of item ids ("0 3 4",
-** any order).  Every item must be seen once or not at all.
+** any order).  Every item must be seen once or not at all.  With `hit`,
+** set *hit when the answer came from what the cache kept before: the
+** query is parsed afresh, so a walk, or a slot filled from the table,
+** would take a reference to its first item to keep (a key the walk reads).
 */
-static int matches_slot (mk_index *ix, mk_match_slot *slot, Item *items, int n,
-                         const char *query, const char *want) {
+static int matches_hit (mk_index *ix, mk_match_slot *slot, Item *items, int n,
+                        const char *query, const char *want, int *hit) {
   mk_term *q = P(query);
   Coll c = { 0, 0 };
   size_t got;
+  uint32_t refs = hit != NULL ? mk_items(q)[0]->refs : 0;
   int i, ok = 1, expect = 0;
   char *mark = calloc((size_t)n, 1);
   const char *w = want;
@@ -75,6 +79,7 @@ static int matches_slot (mk_index *ix, mk_match_slot *slot, Item *items, int n,
              : mk_index_match(ix, q, collect, &c);
   ok = got == (size_t)expect && c.calls == expect;
   for (i = 0; i < n; i++) ok &= items[i].seen == mark[i];
+  if (hit != NULL) *hit = mk_items(q)[0]->refs == refs;
   if (!ok) {
     fprintf(stderr, "  match %s: want {%s}, got {", query, want);
     for (i = 0; i < n; i++) if (items[i].seen) fprintf(stderr, " %d(x%d)", i, items[i].seen);
@@ -83,6 +88,11 @@ static int matches_slot (mk_index *ix, mk_match_slot *slot, Item *items, int n,
   free(mark);
   mk_unref(q);
   return ok;
+}
+
+static int matches_slot (mk_index *ix, mk_match_slot *slot, Item *items, int n,
+                         const char *query, const char *want) {
+  return matches_hit(ix, slot, items, n, query, want, NULL);
 }
 
 static int matches (mk_index *ix, Item *items, int n, const char *query,
@@ -600,9 +610,10 @@ static void cache (void) {
 }
 
 /* A sender's match slot (route.h): answers what the shared table
-** would, is voided by every add and remove, keeps the key it was filled
-** with (a query that differs in a place the walk reads is not answered
-** from it), and holds references until it is cleared. */
+** would, is voided by every add and remove of a topic of its record type
+** (others: cache_buckets), keeps the key it was filled with (a query that
+** differs in a place the walk reads is not answered from it), and holds
+** references until it is cleared. */
 static void slot (void) {
   static const char *const t[] = {
     "ch(1, 2, _)", "ch(_, 2, _)", "ch(1, 2, \"y\")", "ch(2, 1, _)"
@@ -671,6 +682,58 @@ static void slot (void) {
   mk_match_slot_clear(&s);
   mk_match_slot_clear(&s2);
   CHECK(mk_term_live() == base);         /* ... until cleared */
+}
+
+/*
+** Only what can unify with a query voids its cache entry and its slots:
+** a channel's answers stay through adds and removes of topics of other
+** record types (a connection's idle alarm, re-armed, issue 10), of
+** sequences and of scalars, and go with a topic of its own record type
+** or a wildcard one.
+*/
+static void cache_buckets (void) {
+  static const char *const t[] = {
+    "ch(\"a\", \"b\", _)", "timer(_, 5)", "[\"a\", _, _]", "\"a\"", "ch(\"a\", _, _)", "_"
+  };
+  static const char *const q = "ch(\"a\", \"b\", \"x\")";
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(6, t);
+  mk_match_slot s;
+  int i, hit, hs;
+  memset(&s, 0, sizeof s);
+  CHECK(mk_index_add(ix, it[0].topic, &it[0].link) == 0);
+  CHECK(matches_hit(ix, NULL, it, 6, q, "0", &hit) && !hit);     /* walked */
+  CHECK(matches_hit(ix, NULL, it, 6, q, "0", &hit) && hit);      /* the table's */
+  CHECK(matches_hit(ix, &s, it, 6, q, "0", &hs) && !hs);        /* the slot filled */
+  CHECK(matches_hit(ix, &s, it, 6, q, "0", &hs) && hs);         /* the slot's */
+  for (i = 1; i <= 3; i++) {   /* other record types, sequences, scalars */
+    CHECK(mk_index_add(ix, it[i].topic, &it[i].link) == 0);
+    CHECK(matches_hit(ix, NULL, it, 6, q, "0", &hit) && hit);
+    CHECK(matches_hit(ix, &s, it, 6, q, "0", &hs) && hs);
+    mk_index_remove(ix, &it[i].link);
+    CHECK(matches_hit(ix, NULL, it, 6, q, "0", &hit) && hit);
+    CHECK(matches_hit(ix, &s, it, 6, q, "0", &hs) && hs);
+  }
+  CHECK(matches(ix, it, 6, "timer(1, 5)", ""));
+  CHECK(mk_index_add(ix, it[1].topic, &it[1].link) == 0);
+  CHECK(matches(ix, it, 6, "timer(1, 5)", "1"));               /* its own is voided */
+  for (i = 4; i <= 5; i++) {   /* the same record type, a wildcard */
+    const char *want = i == 4 ? "0 4" : "0 5";
+    CHECK(mk_index_add(ix, it[i].topic, &it[i].link) == 0);
+    CHECK(matches_hit(ix, &s, it, 6, q, want, &hs) && !hs);
+    CHECK(matches_hit(ix, NULL, it, 6, q, want, &hit) && hit);
+    CHECK(matches_hit(ix, &s, it, 6, q, want, &hs) && hs);
+    mk_index_remove(ix, &it[i].link);
+    CHECK(matches_hit(ix, NULL, it, 6, q, "0", &hit) && !hit);
+    CHECK(matches_hit(ix, &s, it, 6, q, "0", &hs) && !hs);
+  }
+  CHECK(matches(ix, it, 6, "timer(1, 5)", "1"));
+  CHECK(matches(ix, it, 6, "[\"a\", 1, 2]", ""));
+  mk_index_free(ix);
+  freeitems(it, 6);
+  mk_match_slot_clear(&s);
+  CHECK(mk_term_live() == base);
 }
 
 /* The cache keeps its keys alive, so it takes light ones only: a large
@@ -868,18 +931,36 @@ static void cache_many (void) {
   CHECK(mk_term_live() == base);
 }
 
+/* A topic of a record type no query has (an alarm's, beside channels),
+** a wildcard, a sequence or a scalar: the changes the cache's buckets
+** must tell apart (route.c, changed). */
+static mk_term *gen_other (mk_rtype *other) {
+  mk_term *t;
+  uint32_t i;
+  switch (rnd(4)) {
+    case 0: t = mk_rec_new(other); break;
+    case 1: return mk_wild();
+    case 2: t = mk_seq_new(rnd(4)); break;
+    default: return gen(0, 0);
+  }
+  for (i = 0; i < t->n; i++) mk_set(t, i, gen((int)rnd(2), 20));
+  return mk_seal(t);
+}
+
 /*
 ** The match cache against the scan: a few queries asked again and again
 ** (the same terms, as a channel's sender does, and equal copies), with a
-** topic added or removed between most of them.  With `slots`, through
-** senders' slots (route.h): each query term has its own, and its equal
-** copies use it too, as a connection's chunks do.
+** topic added or removed between most of them, some of them topics no
+** query's header has (gen_other).  With `slots`, through senders' slots
+** (route.h): each query term has its own, and its equal copies use it
+** too, as a connection's chunks do.
 */
 static void cache_rounds (const uint64_t *seeds, size_t nseeds, int slots) {
-  enum { NTOPICS = 300, NQ = 12, STEPS = 40000 };
+  enum { NTOPICS = 300, NOTHER = 60, NQ = 12, STEPS = 40000 };
   size_t base = mk_term_live(), s;
   long reported = 0, checked = 0;
   int ok = 1;
+  mk_rtype *other = mk_rtype_get("alarm", 5, 2, NULL);
   getrts();
   for (s = 0; s < nseeds; s++) {
     Cross x;
@@ -888,15 +969,16 @@ static void cache_rounds (const uint64_t *seeds, size_t nseeds, int slots) {
     int i, step;
     rng = seeds[s];
     memset(slot, 0, sizeof slot);
-    cross_begin(&x, NTOPICS);
+    cross_begin(&x, NTOPICS + NOTHER);
     for (i = 0; i < NTOPICS; i++) x.items[i].topic = gen(1 + (int)rnd(3), 3 + rnd(25));
+    for (; i < NTOPICS + NOTHER; i++) x.items[i].topic = gen_other(other);
     for (i = 0; i < NQ; i++) qs[i] = gen(1 + (int)rnd(3), rnd(3) ? rnd(15) : 0);
     for (step = 0; step < STEPS; step++) {
       uint32_t r = rnd(100), k = rnd(NQ);
-      Item *it = &x.items[rnd(NTOPICS)];
+      Item *it = &x.items[r < 90 ? rnd(NTOPICS) : NTOPICS + rnd(NOTHER)];
       x.slot = slots ? &slot[k] : NULL;
-      if (r < 85) crosscheck(&x, qs[k]);
-      else if (r < 95) {
+      if (r < 75) crosscheck(&x, qs[k]);
+      else if (r < 85) {
         mk_term *q = P_copy(qs[k]);
         crosscheck(&x, q);
         mk_unref(q);
@@ -910,6 +992,7 @@ static void cache_rounds (const uint64_t *seeds, size_t nseeds, int slots) {
     cross_end(&x, &ok, &reported, &checked);
   }
   droprts();
+  mk_rtype_unref(other);
   CHECK(ok);
   CHECK(reported > 20000);
   printf("# %ld repeated queries%s, %ld matches cross-checked\n", checked,
@@ -1094,6 +1177,7 @@ int main (void) {
   RUN(cache);
   RUN(cache_light);
   RUN(slot);
+  RUN(cache_buckets);
   RUN(randomized);
   RUN(randomized_cache);
   RUN(randomized_slots);
