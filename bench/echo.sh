@@ -56,6 +56,9 @@ declare -A pid port fds0
 start() {
   local name=$1 log="$tmp/$1.log" p
   shift
+  # The log exists before the server does: the background shell creates it
+  # only when it runs, and the first look below may come sooner.
+  : >"$log"
   "$@" >/dev/null 2>"$log" &
   pids+=($!)
   pid[$name]=$!

@@ -54,6 +54,7 @@ start_on_port() {
   shift 2
   p=$(free_port) || die "no free port"
   for a in "$@"; do args+=("${a//@PORT/$p}"); done
+  : >"$log"   # exists before the first look below, which may beat the shell's redirect
   "${args[@]}" >/dev/null 2>"$log" &
   pids+=($!)
   pid[$name]=$!
