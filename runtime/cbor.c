@@ -64,11 +64,11 @@ typedef struct Out {
 ** head and a record label's head, 9 bytes at most each. */
 #define HEADROOM  32
 
-/* Room for `more` bytes; 0 when memory runs out. */
-static int reserve (Out *o, size_t more) {
+/* Room for `more` bytes past what reserve found missing; 0 when memory
+** runs out. */
+static int grow (Out *o, size_t more) {
   size_t cap;
   unsigned char *p;
-  if (o->cap - o->n >= more) return 1;
   if (more > SIZE_MAX / 2 - o->n) return 0;
   cap = o->cap ? o->cap : 64;
   while (cap - o->n < more) cap *= 2;
@@ -77,6 +77,12 @@ static int reserve (Out *o, size_t more) {
   o->p = p;
   o->cap = cap;
   return 1;
+}
+
+/* Room for `more` bytes; 0 when memory runs out.  Asked for every item
+** written, and seldom short of it: growing is out of line. */
+static inline int reserve (Out *o, size_t more) {
+  return o->cap - o->n >= more || grow(o, more);
 }
 
 /* Heads, written in the shortest form (RFC 8949, 4.2.1) as libcbor's
