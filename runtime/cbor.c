@@ -487,7 +487,7 @@ static const char *walk (D *d) {
   const char *err;
   /* the wrapper: tag TERM, [version, term]; written otherwise (longer
   ** heads), or not at all, it is read head by head, as the fuzzer's
-** reference reads it always */
+  ** reference reads it always */
   if (!MK_CBOR_LIBCBOR_HEADS && d->len >= sizeof WRAPPER &&
       memcmp(d->p, WRAPPER, sizeof WRAPPER) == 0) {
     d->pos = sizeof WRAPPER;
