@@ -187,6 +187,88 @@ static const char *toolarge(void) {
   return toolarge_msg;
 }
 
+static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
+                       size_t room);
+
+static const char NOTSEQ[] =
+  "a table with non-sequence keys is not a term (sequences are arrays 1..n)";
+static const char HOLES[] = "a table with holes is not a term";
+
+/* The items from i + 1 to n of the table at idx into s, in order, as
+** toterm converts them; `size` is s's size so far, at most room.  0, or
+** -1 with *err set. */
+static int items(lua_State *L, int idx, const char **err, size_t depth, size_t room,
+                 mk_term *s, lua_Unsigned i, lua_Unsigned n, size_t size) {
+  for (; i < n; i++) {
+    mk_term *item;
+    lua_rawgeti(L, idx, (lua_Integer)i + 1);
+    /* item i may take the room the others leave it */
+    item = toterm(L, lua_gettop(L), err, depth + 1, room - size + 1);
+    lua_pop(L, 1);
+    if (item == NULL) return -1;
+    size += mk_term_size(item) - 1;   /* still at most room */
+    mk_set(s, (uint32_t)i, item);
+  }
+  return 0;
+}
+
+/*
+** A table: a sequence of n items.  Its keys must be 1..n, all of them,
+** and that is checked before any item is said to be wrong: one pass of
+** lua_next over the keys, which converts the values too while the keys
+** come in order (an array's do), and stops converting at the first item
+** that fails, whose reason is given once the keys are known to be right.
+** Keys out of order (integers in the table's hash part) leave the rest to
+** be converted in order after the pass (items), so the item whose reason
+** is given is the first wrong one in 1..n, with the room the items before
+** it left, whatever the table's layout.  A table too long for a sequence
+** or for the room is checked the same way, without converting anything.
+*/
+static mk_term *totable(lua_State *L, int idx, const char **err, size_t depth,
+                        size_t room) {
+  lua_Unsigned n = lua_rawlen(L, idx), keys = 0, at = 0;
+  size_t size = 1 + (size_t)n;    /* at least: the sequence and n items */
+  const char *itemerr = NULL;
+  int convert;
+  mk_term *s = NULL;
+  if (depth >= mk_term_depth_limit()) {
+    *err = toodeep("a table", " (a cycle?)");
+    return NULL;
+  }
+  luaL_checkstack(L, 4, "term conversion");
+  convert = n <= UINT32_MAX && n < room;
+  if (convert && (s = mk_seq_new((uint32_t)n)) == NULL) { *err = "out of memory"; return NULL; }
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_Integer k;
+    if (!lua_isinteger(L, -2) || (k = lua_tointeger(L, -2)) < 1 || (lua_Unsigned)k > n) {
+      lua_pop(L, 2);
+      mk_unref(s);
+      *err = NOTSEQ;
+      return NULL;
+    }
+    keys++;
+    if (convert && (lua_Unsigned)k == at + 1) {
+      mk_term *item = toterm(L, lua_gettop(L), &itemerr, depth + 1, room - size + 1);
+      if (item != NULL) {
+        size += mk_term_size(item) - 1;   /* still at most room */
+        mk_set(s, (uint32_t)at++, item);
+      }
+      else convert = 0;
+    }
+    else convert = 0;
+    lua_pop(L, 1);
+  }
+  if (keys != n) { mk_unref(s); *err = HOLES; return NULL; }
+  if (n > UINT32_MAX) { *err = "a sequence that long is not a term"; return NULL; }
+  if (n >= room) { *err = toolarge(); return NULL; }
+  if (itemerr != NULL) { mk_unref(s); *err = itemerr; return NULL; }
+  if (items(L, idx, err, depth, room, s, at, n, size) != 0) { mk_unref(s); return NULL; }
+  /* An item may be a box as deep as the limit allows. */
+  if ((s = mk_seal(s)) == NULL) *err = deepterm();
+  return s;
+}
+
 /* Convert the value at idx, `depth` compounds down from the term being
 ** built, as a term of at most `room` nodes (what the size limit leaves
 ** for it).  The recursion stops at the depth limit,
@@ -220,47 +302,7 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
         *err = "a userdata is not a term";
       return NULL;
     }
-    case LUA_TTABLE: {
-      lua_Unsigned n = lua_rawlen(L, idx), i, keys = 0;
-      size_t limit = mk_term_depth_limit();
-      size_t size;            /* at least: the sequence and n items */
-      mk_term *s;
-      if (depth >= limit) {
-        *err = toodeep("a table", " (a cycle?)");
-        return NULL;
-      }
-      lua_pushnil(L);
-      while (lua_next(L, idx)) {
-        lua_pop(L, 1);
-        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 ||
-            (lua_Unsigned)lua_tointeger(L, -1) > n) {
-          lua_pop(L, 1);
-          *err = "a table with non-sequence keys is not a term (sequences are arrays 1..n)";
-          return NULL;
-        }
-        keys++;
-      }
-      if (keys != n) { *err = "a table with holes is not a term"; return NULL; }
-      if (n > UINT32_MAX) { *err = "a sequence that long is not a term"; return NULL; }
-      if (n >= room) { *err = toolarge(); return NULL; }
-      size = 1 + (size_t)n;
-      luaL_checkstack(L, 4, "term conversion");
-      s = mk_seq_new((uint32_t)n);
-      if (s == NULL) { *err = "out of memory"; return NULL; }
-      for (i = 0; i < n; i++) {
-        mk_term *item;
-        lua_rawgeti(L, idx, (lua_Integer)i + 1);
-        /* item i may take the room the others leave it */
-        item = toterm(L, lua_gettop(L), err, depth + 1, room - size + 1);
-        lua_pop(L, 1);
-        if (item == NULL) { mk_unref(s); return NULL; }
-        size += mk_term_size(item) - 1;   /* still at most room */
-        mk_set(s, (uint32_t)i, item);
-      }
-      /* An item may be a box as deep as the limit allows. */
-      if ((s = mk_seal(s)) == NULL) *err = deepterm();
-      return s;
-    }
+    case LUA_TTABLE: return totable(L, idx, err, depth, room);
     case LUA_TFUNCTION: *err = "a function is not a term"; return NULL;
     case LUA_TTHREAD: *err = "a coroutine is not a term"; return NULL;
     default: *err = "a light userdata is not a term"; return NULL;

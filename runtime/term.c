@@ -484,12 +484,15 @@ mk_term *mk_seq_new (uint32_t n) {
 }
 
 void mk_set (mk_term *c, uint32_t i, mk_term *item) {
+  mk_term *old;
   if (c == NULL || !iscompound(c) || i >= c->n) {  /* misuse: still steal */
     mk_unref(item);
     return;
   }
-  mk_unref(mk_items(c)[i]);
+  old = mk_items(c)[i];
   mk_items(c)[i] = item ? item : &nil_obj;
+  /* a slot is filled once, as a rule, over the nil it was made with */
+  if (old->refs != MK_IMMORTAL) mk_unref(old);
 }
 
 /*
@@ -573,11 +576,12 @@ mk_term *mk_rec (mk_rtype *rt, ...) {
   va_start(ap, rt);
   for (i = 0; i < n; i++) {
     mk_term *it = va_arg(ap, mk_term *);
-    if (t != NULL) mk_set(t, i, it);
+    /* each slot once, over its nil: stored as mk_set would store it */
+    if (t != NULL) mk_items(t)[i] = it ? it : &nil_obj;
     else mk_unref(it);  /* the arguments are stolen even on failure */
   }
   va_end(ap);
-  return mk_seal(t);
+  return seal(t, depth_limit, size_limit);
 }
 
 /* }====================================================== */

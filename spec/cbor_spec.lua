@@ -51,6 +51,8 @@ describe("market.to_cbor and market.from_cbor", function()
       ["\xf6"] = "not a market term (no version tag)",
       [WRAP .. "\xf6\xf6"] = "trailing bytes after the term",
       [WRAP] = "truncated CBOR",
+      [WRAP:sub(1, 6)] = "truncated CBOR",                -- the wrapper cut short
+      [WRAP:sub(1, 6) .. "\x02"] = "an unsupported version",
       [WRAP .. "\xa0"] = "a map (no term is one)",
       [WRAP .. "\xd8\x20\x60"] = "an unknown tag",
       ["\xda\x6d\x6b\x00\x00\x82\x02\xf6"] = "an unsupported version",

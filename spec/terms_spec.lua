@@ -259,3 +259,59 @@ describe("byte strings between Lua and terms", function()
     for i = 1, 300 do assert.equal(("k%05d"):format(i), back[i]) end
   end)
 end)
+
+-- A table is converted in one pass over its keys (lua/lterm.c, totable),
+-- converting the values as the keys come; what it refuses, and why, is
+-- what a check of every key before any value gives.
+describe("tables as sequences", function()
+  local function why(v)
+    local ok, err = pcall(market.repr, v)
+    assert.is_false(ok)
+    return (err:gsub("^.-repr: ", ""))
+  end
+
+  it("are read in order whatever part of the table holds their keys", function()
+    local t = {}
+    for i = 40, 1, -1 do t[i] = i * 10 end        -- integer keys in the hash part
+    local want = {}
+    for i = 1, 40 do want[i] = i * 10 end
+    assert.same(want, market.unify(t, _))
+    assert.equal("[1, [2, 3], \"x\"]", market.repr({ 1, { 2, 3 }, "x" }))
+    assert.equal("[]", market.repr({}))
+  end)
+
+  it("give the keys' fault before any item's", function()
+    assert.equal("a table with non-sequence keys is not a term (sequences are arrays 1..n)",
+                 why({ print, x = 1 }))
+    assert.equal("a table with non-sequence keys is not a term (sequences are arrays 1..n)",
+                 why({ { print }, [1.5] = 1 }))
+    local holes = { print, 2, 3 }
+    holes[2] = nil
+    assert.equal("a table with holes is not a term", why(holes))
+    assert.equal("a table with non-sequence keys is not a term (sequences are arrays 1..n)",
+                 why({ 1, { 2, x = 3 } }))
+  end)
+
+  it("give the first wrong item's fault, in order, wherever the keys are", function()
+    assert.equal("a function is not a term", why({ 1, print, coroutine.create(print) }))
+    for _ = 1, 20 do
+      local t = {}
+      t[3] = io.stdout
+      t[2] = print
+      t[1] = coroutine.create(print)
+      assert.equal("a coroutine is not a term", why(t))
+      t[1] = 1
+      assert.equal("a function is not a term", why(t))
+    end
+  end)
+
+  it("are too large before any item is read when their length says so", function()
+    local size = market.term_size_limit()
+    finally(function() market.term_size_limit(size) end)
+    market.term_size_limit(4)
+    assert.equal("a term of more than 4 nodes", why({ print, 2, 3, 4 }))
+    assert.equal("a function is not a term", why({ 1, print, 3 }))
+    assert.equal("a term of more than 4 nodes", why({ 1, { 2 }, 3 }))
+    assert.equal("[1, 2, 3]", market.repr({ 1, 2, 3 }))
+  end)
+end)

@@ -291,6 +291,39 @@ static void records (void) {
   CHECK(mk_term_live() == base);
 }
 
+/* mk_set and mk_rec store a slot's first item over its nil without
+** releasing anything, and release what a later mk_set replaces, a
+** singleton or a counted term; a NULL item is nil; mk_rec is held to the
+** limits as mk_seal is. */
+static void slots (void) {
+  size_t base = mk_term_live();
+  static const char *const names[] = { "a", "b", "c" };
+  mk_rtype *rt = mk_rtype_get("slots", 5, 3, names);
+  mk_term *s = mk_seq_new(3), *r, *shared = mk_cstr("shared");
+  size_t depth = mk_term_depth_limit();
+  mk_set(s, 0, mk_wild());
+  mk_set(s, 0, mk_ref(shared));       /* over a singleton */
+  mk_set(s, 1, mk_int(7));
+  mk_set(s, 1, NULL);                 /* releases the 7: nil */
+  mk_set(s, 2, mk_ref(shared));
+  mk_set(s, 2, mk_eof());             /* releases one reference */
+  CHECK(shared->refs == 2 && mk_term_live() == base + 2);
+  s = mk_seal(s);
+  CHECK(repr_is(mk_ref(s), "[\"shared\", nil, #eof]") && s->ground);
+  r = mk_rec(rt, NULL, mk_ref(s), mk_wild());
+  CHECK(r != NULL && repr_is(mk_ref(r), "slots(nil, [\"shared\", nil, #eof], _)"));
+  CHECK(!r->ground && r->depth == 2 && mk_term_size(r) == 7 && s->refs == 2);
+  CHECK(mk_term_set_depth_limit(1) == 0);
+  CHECK(mk_rec(rt, mk_int(1), mk_ref(s), mk_nil()) == NULL && s->refs == 2);
+  CHECK(mk_term_set_depth_limit(depth) == 0);
+  mk_unref(r);
+  mk_unref(s);
+  CHECK(shared->refs == 1);
+  mk_unref(shared);
+  mk_rtype_unref(rt);
+  CHECK(mk_term_live() == base);
+}
+
 static void sequences (void) {
   size_t base = mk_term_live();
   mk_term *s = mk_seq_new(3), *e = mk_seal(mk_seq_new(0)), *t;
@@ -1046,6 +1079,7 @@ int main (void) {
   RUN(rtypes);
   RUN(rtype_table);
   RUN(records);
+  RUN(slots);
   RUN(sequences);
   RUN(refcounts);
   RUN(depth_field);
