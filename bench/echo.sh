@@ -32,6 +32,15 @@
 # BENCH_SCALE_ROUNDS (3: the rows at 500, 1,000 and 10,000 connections),
 # BENCH_LATENCY_ROUNDS (5: one connection), BENCH_IDLE_CONNS (10000).
 # The whole run takes about four and a half minutes.
+#
+# To compare two versions of market on the rows that matter to a change:
+# BENCH_ROWS="1000x64 10000x64" runs only those rows (CONNSxSIZE, each
+# BENCH_SCALE_ROUNDS rounds; nothing else), and BENCH_BASE=DIR adds a
+# fourth server, DIR/market (another build, of main say) running the same
+# examples/echo.lua, measured in the same rounds as the others; each row
+# then ends with `echo/base rate R cpu C`: this build's rate over the
+# base's, and the base's CPU per round trip over this build's (above 1:
+# this build is cheaper), medians of the rounds' ratios.
 set -u
 build=${1:-build}
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,6 +49,8 @@ rounds=${BENCH_ROUNDS:-7}
 scale_rounds=${BENCH_SCALE_ROUNDS:-3}
 latency_rounds=${BENCH_LATENCY_ROUNDS:-5}
 idle_conns=${BENCH_IDLE_CONNS:-10000}
+only_rows=${BENCH_ROWS:-}
+base=${BENCH_BASE:-}
 # 10,000 connections need 10,000+ descriptors on each side: raise the soft
 # limit to the hard one (20,000 here is enough).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -98,6 +109,11 @@ else
   cq=0
   echo "cqueues: not installed (apt-get install lua-cqueues); its figures are left out"
 fi
+if [ -n "$base" ]; then
+  [ -x "$base/market" ] || die "BENCH_BASE: no $base/market"
+  servers+=(base)
+  start base "$base/market" "$src/examples/echo.lua" 0 20000
+fi
 
 # ratio A B: A / B, 0 when B is 0 (a run that made no round trip).
 ratio() { fmt %.3f "($2 > 0) ? $1 / $2 : 0"; }
@@ -143,6 +159,10 @@ compare() {
       acc[ec.rate]+=" $(ratio "${got[echo.lua.rate]}" "${got[cqueues.rate]}")"
       acc[ec.cpu]+=" $(ratio "${got[cqueues.cpu]}" "${got[echo.lua.cpu]}")"
     fi
+    if [ -n "$base" ]; then
+      acc[eb.rate]+=" $(ratio "${got[echo.lua.rate]}" "${got[base.rate]}")"
+      acc[eb.cpu]+=" $(ratio "${got[base.cpu]}" "${got[echo.lua.cpu]}")"
+    fi
   done
 }
 
@@ -156,8 +176,19 @@ row() {
   for w in "${servers[@]}"; do line+=" $w $(med "$w.rate" %.0f)/s $(med "$w.cpu" %.2f)us"; done
   line+=" | echo/floor rate $(med ef.rate) cpu $(med ef.cpu)"
   [ "$cq" = 1 ] && line+=" | echo/cqueues rate $(med ec.rate) cpu $(med ec.cpu)"
+  [ -n "$base" ] && line+=" | echo/base rate $(med eb.rate) cpu $(med eb.cpu) (rounds: $(rounds_of eb.cpu))"
   echo "$line"
 }
+
+# BENCH_ROWS: only those rows, then done.
+if [ -n "$only_rows" ]; then
+  for r in $only_rows; do
+    [[ $r =~ ^([0-9]+)x([0-9]+)$ ]] || die "BENCH_ROWS: $r is not CONNSxSIZE"
+    compare "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" "$scale_rounds"
+    row "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+  done
+  exit 0
+fi
 
 # latency CONNS: the percentiles of the last compare, then echo.lua's p999
 # over the floor's.
@@ -217,6 +248,7 @@ for w in "${servers[@]}"; do
     floor) start idle-floor "$build/bench/echo_floor" 0 ;;
     echo.lua) start idle-echo.lua "$build/market" "$src/examples/echo.lua" 0 20000 ;;
     cqueues) start idle-cqueues lua5.4 "$src/bench/echo_cqueues.lua" 0 ;;
+    base) start idle-base "$base/market" "$src/examples/echo.lua" 0 20000 ;;
   esac
   out=$("$build/bench/loadgen" idle "${port[idle-$w]}" "$idle_conns" "${pid[idle-$w]}") ||
     echo "bench/echo: idle $w: $(sed -n 's/^ready: //p' <<<"$out") of $idle_conns served" >&2

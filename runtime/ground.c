@@ -4,7 +4,9 @@
 ** Watches are shared: every subscription to an equal ground-event record
 ** counts toward one watcher, stopped when the count drops to zero.  The VM
 ** runs from a prepare watcher, i.e. after the callbacks of one poll and
-** before the next, so a burst of readiness is handled in one batch.
+** before the next, so a burst of readiness is handled in batches: one per
+** poll, or per MK_GROUND_BATCH descriptors' wake-ups when a poll brings
+** more (ground.h, "Delivery"; io_cb).
 **
 ** libev asserts (aborts the program) on values it does not expect: a
 ** negative or huge descriptor, a signal out of range or on two loops, and
@@ -106,6 +108,7 @@ struct mk_ground {
                             ** first, and a later exit changes nothing */
   uint8_t exited;           /* that was an exit (mk_ground_exit) */
   uint8_t exit_due;         /* an exit waits for the runs in progress to return */
+  unsigned woken;           /* descriptors' wake-ups queued since the VM last ran */
 };
 
 static mk_ground *grounds;
@@ -343,11 +346,22 @@ static void fire(mk_ground *g, watch *w) {
   mk_unref(t);
 }
 
+/* A poll that brings many ready descriptors (a server's thousands of
+** connections) has the VM run every MK_GROUND_BATCH of their wake-ups,
+** not once after all of them (ground.h, "Delivery"): what a wake-up sets
+** off (the read, the message to the session, its answer, the write) then
+** comes while the records it touches are still in the cache.  Run after
+** the whole poll, the three events of an echo round trip were 10,000
+** apart in the queue at 10,000 connections, and each found its process,
+** endpoint and connection records gone (issue 10; docs/performance.md,
+** "Wake-ups in batches"). */
 static void io_cb(struct ev_loop *loop, ev_io *io, int revents) {
   watch *w = io->data;
+  mk_ground *g = w->g;
   /* libev gave up on the descriptor (fd_kill) and stopped the watcher. */
-  if (revents & EV_ERROR) fail_about(w->g, w, "bad file descriptor");
-  else fire(w->g, w);
+  if (revents & EV_ERROR) { fail_about(g, w, "bad file descriptor"); return; }
+  fire(g, w);
+  if (++g->woken >= MK_GROUND_BATCH) mk_ground_deliver(g);   /* (w may go) */
 }
 
 static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
@@ -450,6 +464,7 @@ static void check_dirty(mk_ground *g) {
 static void halt(mk_ground *g, const char *why);
 
 void mk_ground_deliver(mk_ground *g) {
+  g->woken = 0;
   mk_vm_run(g->vm);
   /* No handler is running any more: the exit's teardown can run the VM. */
   if (g->exit_due) halt(g, "exit");

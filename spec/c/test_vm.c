@@ -2322,6 +2322,79 @@ static void test_ground_readable(void) {
   END;
 }
 
+/* A wake-up's consequences wait behind at most MK_GROUND_BATCH others
+** (ground.h, "Delivery"; issue 10).  A reader of each of BURST pipes,
+** all readable in the same poll, sends a message to one collector per
+** byte it reads; when the collector gets a message, fewer than
+** MK_GROUND_BATCH reads may be ahead of it.  With the VM run only after
+** the whole poll, the messages of the third burst (libev's array of ready
+** descriptors has grown past BURST by then) came after all BURST reads. */
+#define BURST 200
+static struct {
+  int fds[BURST][2];
+  int reads, msgs, lag;
+} burst;
+
+static void burst_reader(mk_proc *p, const mk_event *ev) {
+  int i = (int)(intptr_t)mk_proc_data(p);
+  char c;
+  if (ev->type == MK_EV_BOOT) {
+    mk_term *t = mk_rec(mk_ground_readable, mk_int(burst.fds[i][0]));
+    mk_add_endpoint(p, "rd", 0, role(MK_SUBSCRIBER, MK_PARTICIPANT, t));
+    mk_unref(t);
+  } else if (ev->type == MK_EV_MESSAGE && read(burst.fds[i][0], &c, 1) == 1) {
+    mk_term *m = R(I(i), I(0));
+    burst.reads++;
+    mk_send(p, m);
+    mk_unref(m);
+  }
+}
+
+static void burst_collector(mk_proc *p, const mk_event *ev) {
+  if (ev->type == MK_EV_BOOT) {
+    mk_term *t = R(W(), W());
+    mk_add_endpoint(p, "in", 0, role(MK_SUBSCRIBER, MK_PARTICIPANT, t));
+    mk_unref(t);
+  } else if (ev->type == MK_EV_MESSAGE) {
+    burst.msgs++;
+    if (burst.reads - burst.msgs > burst.lag) burst.lag = burst.reads - burst.msgs;
+  }
+}
+
+static const mk_behavior burst_readerb = { "reader", burst_reader, NULL, NULL, NULL, 0, NULL };
+static const mk_behavior burst_collectorb = { "collector", burst_collector, NULL, NULL, NULL, 0,
+                                              NULL };
+
+static void test_ground_burst(void) {
+  BEGIN;
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g = mk_ground_new(loop);
+  mk_vm *vm = mk_ground_vm(g);
+  int i, round, steps;
+  memset(&burst, 0, sizeof burst);
+  mk_vm_spawn(vm, &burst_collectorb, NULL, "collector");
+  for (i = 0; i < BURST; i++) {
+    CHECK(pipe(burst.fds[i]) == 0);
+    mk_vm_spawn(vm, &burst_readerb, (void *)(intptr_t)i, "reader");
+  }
+  mk_vm_run(vm);
+  CHECK(mk_ground_watching(g) == BURST);
+  for (round = 1; round <= 3; round++) {
+    burst.lag = 0;
+    for (i = 0; i < BURST; i++) CHECK(write(burst.fds[i][1], "x", 1) == 1);
+    for (steps = 0; burst.msgs < round * BURST && steps < 100; steps++) mk_ground_step(g);
+    CHECK(burst.reads == round * BURST && burst.msgs == round * BURST);
+  }
+  CHECK(burst.lag < MK_GROUND_BATCH);
+  mk_ground_free(g, NULL);
+  ev_loop_destroy(loop);
+  for (i = 0; i < BURST; i++) {
+    close(burst.fds[i][0]);
+    close(burst.fds[i][1]);
+  }
+  END;
+}
+
 /* What the ground keeps per watched record: a server keeps one per
 ** connection (its socket's readable).  Its watch record fills a 208-byte
 ** malloc chunk (176 bytes at first, then 128, then 208 with its match
@@ -3203,6 +3276,7 @@ int main(void) {
   RUN(test_pid_table);
   RUN(test_records_reused);
   RUN(test_ground_readable);
+  RUN(test_ground_burst);
   RUN(test_ground_watch_footprint);
   RUN(test_ground_free_live);
   RUN(test_vm_resident);
