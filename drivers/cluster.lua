@@ -85,8 +85,8 @@ local function envelope(kind, node, inc)
   return e:sub(9)
 end
 
--- The bytes every send (feedback) starts with, up to the node name (the
--- forwarder recognises them).
+-- The bytes every send's (feedback's) envelope starts with, up to the node
+-- name (the forwarder recognises them).
 local LEAD = {}
 for _i, kind in ipairs({ "send", "feedback" }) do
   local e = envelope(kind, "", 0)
@@ -390,8 +390,9 @@ local function boot(cfg)
           receive(data)
           arrived = nil
         elseif ev == "malformed" then      -- (sends the forwarder's path refused)
+          local why = subject
           M.stats.malformed = M.stats.malformed + 1
-          warn("ignoring a malformed message: %s", subject)
+          warn("ignoring a malformed message: %s", why)
         elseif ev == "disconnected" then
           -- What was lost is absence: every remote role goes now, and
           -- comes back with the snapshots that answer our hello.
