@@ -30,10 +30,12 @@ nodes() {
   node recv >"$tmp/recv" 2>&1 &
   recv=$!
   pids+=($recv)
-  node send "$2" >"$tmp/send" 2>&1 || { cat "$tmp/send" >&2; die "the sending node failed"; }
-  wait "$recv" || { cat "$tmp/recv" >&2; die "the receiving node failed"; }
+  # On a failure both nodes' outputs (warnings included) say what happened.
+  node send "$2" >"$tmp/send" 2>&1 || { both; die "the sending node failed"; }
+  wait "$recv" || { both; die "the receiving node failed"; }
   cat "$tmp/recv" "$tmp/send" >"$1"
 }
+both() { echo "-- the sending node:"; cat "$tmp/send"; echo "-- the receiving node:"; cat "$tmp/recv"; } >&2
 node() {
   timeout 120 "$build/market" --cluster "$url/bench" --node "$1" "$src/bench/cluster_node.lua" \
     "$1" "$n" "$size" ${2:+"$2"}

@@ -4,7 +4,7 @@
 --         messages-per-second, first arrival to last, and the node's CPU
 --         time per message over that window; answers every
 --         cluster.topic({"ping", i}) with cluster.topic({"pong", i}).
---   send  once recv's subscriber is present, sends the N messages (a
+--   send  once recv's three subscribers are present, sends the N messages (a
 --         pause every 256, so that the driver forwards as they go), then
 --         PINGS (default N / 10, at least 100) pings one at a time, and
 --         prints its CPU time per message from its first send to the
@@ -42,9 +42,13 @@ if role == "recv" then
 end
 
 local payload = ("x"):rep(SIZE)
-local started = false
-market.perform(market.observe_subscribers(T({ "done" }), { on_presence = function()
-  if started then return end
+-- recv's roles may arrive one by one (docs/cluster.md, "What differs from
+-- one VM"): a message sent before its subscriber is known here is not
+-- sent at all, so the sending waits for all three.
+local seen, started = {}, false
+local function ready(what) return { on_presence = function()
+  seen[what] = true
+  if started or not (seen.b and seen.ping and seen.done) then return end
   started = true
   market.perform(market.spawn(function()
     local c0 = os.clock()
@@ -75,4 +79,7 @@ market.perform(market.observe_subscribers(T({ "done" }), { on_presence = functio
     print(("latency-us-p99: %.1f  (one way: the round trip halved, one message in flight, %d samples)"):format(pct(0.99), #kept))
     market.perform(market.send(T({ "done" })), market.exit(0))
   end, { name = "sender" }))
-end }))
+end } end
+market.perform(market.observe_subscribers(T({ "b", _, _ }), ready("b")),
+  market.observe_subscribers(T({ "ping", _ }), ready("ping")),
+  market.observe_subscribers(T({ "done" }), ready("done")))

@@ -32,7 +32,7 @@ local to_cbor, from_cbor = market.to_cbor, market.from_cbor
 local topic = market.record("market-cluster", "topic")
 M.topic = topic
 
-M.VERSION = 1               -- of the wire protocol (docs/cluster.md)
+M.VERSION = 2               -- of the wire protocol (docs/cluster.md)
 -- The counters (sent, received, delivered, dropped, malformed), read and
 -- set like a table's fields; the forwarder counts in C.
 M.stats = sys.cluster_stats()
@@ -70,24 +70,23 @@ end
 local function role_key(o, i, t) return o .. " " .. i .. " " .. repr(t) end
 
 -- ---- messages across nodes, as bytes -------------------------------------
--- A message [1, kind, node, inc, X] is most of the traffic, so the
--- forwarder makes and reads it around X's own encoding, from the envelopes
--- made here: the wire is the same as to_cbor of the whole sequence
--- (docs/cluster.md), because an encoded sequence is its array header, then
--- its items' encodings.  WRAPPER: the version wrapper every encoded term
--- starts with (to_cbor(nil) is it and f6).
-local WRAPPER = to_cbor(nil):sub(1, 7)
+-- A message [2, kind, node, inc, X1, X2, ...] is most of the traffic, so
+-- the forwarder makes and reads it around the Xs' own encodings, from the
+-- envelopes made here: the wire is the same as to_cbor of the whole
+-- sequence (docs/cluster.md), because an encoded sequence is the version
+-- wrapper (to_cbor(nil) is it and f6), its array header, then its items'
+-- encodings.
 
--- The bytes of [1, kind, node, inc, ...] before the fifth item: the
--- four-item sequence's encoding with its array header (0x84) made 0x85.
+-- The items version, kind, node and incarnation, encoded one after the
+-- other: what follows the array header (0x84) of the four-item sequence.
 local function envelope(kind, node, inc)
   local e = to_cbor({ M.VERSION, kind, node, inc })
   assert(e:byte(8) == 0x84)
-  return WRAPPER .. "\x85" .. e:sub(9)
+  return e:sub(9)
 end
 
--- The bytes every send (feedback) starts with, up to the node name (the
--- forwarder recognises them).
+-- The bytes every send's (feedback's) envelope starts with, up to the node
+-- name (the forwarder recognises them).
 local LEAD = {}
 for _i, kind in ipairs({ "send", "feedback" }) do
   local e = envelope(kind, "", 0)
@@ -125,14 +124,16 @@ local CHECKS = {
   heartbeat = function(m) if not is_int(m[5]) then return "no sequence number" end end,
   want = function() end,
   bye = function() end,
-  send = function() end,
-  feedback = function() end,
+  send = function(m) if #m < 5 then return "no topic" end end,
 }
+CHECKS.feedback = CHECKS.send
 CHECKS.snapshot = CHECKS.hello
 
 local function wrong(m)
   if not is_seq(m) then return "not a sequence: " .. repr(m, 200) end
-  if m[1] ~= M.VERSION then return "version " .. repr(m[1], 50) end
+  if m[1] ~= M.VERSION then
+    return ("version %s (this node speaks %d: every node of a cluster must)"):format(repr(m[1], 50), M.VERSION)
+  end
   local check = CHECKS[m[2]]
   if not check then return "an unknown kind " .. repr(m[2], 50) end
   if type(m[3]) ~= "string" or not m[3]:match("^[%w_%-]+$") then
@@ -344,12 +345,15 @@ local function boot(cfg)
       forget(name, ("cluster: node %s left"):format(name))
     end
     -- (counted as delivered, and not sent on by the forwarder)
-    function handle.send(m) conn:deliver("send", topic(m[5])) end
-    function handle.feedback(m) conn:deliver("feedback", topic(m[5])) end
+    function handle.send(m)
+      for i = 5, #m do conn:deliver("send", topic(m[i])) end
+    end
+    function handle.feedback(m)
+      for i = 5, #m do conn:deliver("feedback", topic(m[i])) end
+    end
 
-    -- What the forwarder did not deliver: anything but a send (feedback)
-    -- from a node known under that incarnation, or one that does not
-    -- decode.
+    -- What the forwarder did not deliver: anything but sends (feedback)
+    -- from a node known under that incarnation, read and checked whole.
     local function receive(data)
       local m, why = from_cbor(data)
       why = why or wrong(m)
@@ -374,8 +378,9 @@ local function boot(cfg)
     end
 
     -- Up to 256 events at a time, and before each at most 256 sends and
-    -- feedback the forwarder's path delivers in C (256 in a row end the
-    -- turn): the loop's other work goes on.
+    -- feedback the forwarder's path delivers in C, topic by topic (256 in
+    -- a row end the turn, in the middle of a batch maybe): the loop's
+    -- other work goes on.
     local function on_readable()
       for _i = 1, 256 do
         local ev, subject, data, at = conn:next(256)
@@ -384,6 +389,10 @@ local function boot(cfg)
           arrived = at
           receive(data)
           arrived = nil
+        elseif ev == "malformed" then      -- (sends the forwarder's path refused)
+          local why = subject
+          M.stats.malformed = M.stats.malformed + 1
+          warn("ignoring a malformed message: %s", why)
         elseif ev == "disconnected" then
           -- What was lost is absence: every remote role goes now, and
           -- comes back with the snapshots that answer our hello.

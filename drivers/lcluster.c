@@ -14,6 +14,8 @@
 **                                 quiet until something new arrives)
 **                               | false (max sends and feedback were
 **                                 delivered on the way: more may wait)
+**                               | "malformed", why (sends or feedback
+**                                 from a known node that were refused)
 **                               (at: when the message reached the queue, in
 **                               market.now()'s milliseconds; with max, see
 **                               "The forwarder")
@@ -59,6 +61,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,12 +125,26 @@ typedef struct queue {
 
 typedef struct fwd fwd;
 
+/* The sends (feedback) of one message from a known node, being delivered
+** by conn:next: topic i is data[ends[i-1]..ends[i]) (ends[-1]: at), all
+** framed and checked to end with the data before the first is delivered. */
+typedef struct batch {
+  item *it;                  /* in the queue's out run: valid until the next take */
+  int k;                     /* K_SEND or K_FEEDBACK */
+  size_t at;                 /* where the next topic begins in the data */
+  size_t next, n;            /* the next topic's index (0-based), the count */
+  size_t name, nlen;         /* the sender's name in the data, for reports */
+  size_t *ends;              /* owned: grows with the largest batch met */
+  size_t maxends;
+} batch;
+
 typedef struct conn {
   queue *q;                  /* a reference, NULL once closed */
   natsConnection *nc;        /* owned, NULL once closed */
   natsSubscription **subs;   /* owned array; a slot is NULL when unsubscribed */
   int nsubs;
   fwd *f;                    /* a reference (conn:start), NULL before and once closed */
+  batch b;                   /* b.next < b.n while a batch is being delivered */
 } conn;
 
 static void queue_release(queue *q) {
@@ -275,7 +292,20 @@ static int l_cluster_stats(lua_State *L) {
 ** two Lua functions of the driver at once, on a thread of their own, so
 ** that announcements and forwarded messages go out in the order the VM
 ** made them.
+**
+** Batches.  A NATS message costs both ends far more than a topic's bytes
+** (libnats's publish, its parser and threads, the queue), so the sends and
+** feedback for one node are carried several to a message,
+** [2, "send", node, inc, X1, X2, ...] (docs/cluster.md).  The forwarder
+** appends each to its node's batch, and publishes the batch when the VM
+** has run what was queued when the batch began (a continuation of its own,
+** mk_yield: the loop never blocks with a batch held, and a lone message
+** waits only for the events queued before it, in a nested VM too), when it
+** reaches BATCH_MAX bytes, before a message of the other kind for that
+** node, and before anything else this node publishes (conn:publish: an
+** announcement never overtakes a message sent before it) or forgets.
 */
+#define BATCH_MAX ((size_t)32 << 10)   /* a batch's topics, in bytes: libnats's buffer */
 enum { K_SEND, K_FEEDBACK };
 /* The forwarder's endpoints, by tag: the observer of subscribers hears
 ** feedback, the observer of publishers hears sends; and the driver's
@@ -296,11 +326,15 @@ typedef struct rnode {
   char *name;                /* its name, nlen bytes */
   size_t nlen;
   char *subject;             /* market.C.node.NAME, NUL-terminated */
-  char *lead[2];             /* the envelope of its sends and feedback */
+  char *lead[2];             /* the envelope of its sends and feedback (as mine) */
   size_t leadlen[2];
   double heard;              /* when its last send (feedback) came here, ms; 0: none */
   rrole *roles;
   size_t nroles, maxroles;
+  unsigned char *bb;         /* its batch: the topics at bb[f->room..blen) */
+  size_t blen, bcap;
+  size_t bn;                 /* how many (0: no batch) */
+  int bk;                    /* of which kind */
 } rnode;
 
 /* Bodies sent here for another node, in order (K_SEND, K_FEEDBACK): the
@@ -322,16 +356,17 @@ struct fwd {
   mk_vm *vm;                 /* the driver's and the process's */
   mk_pid driver, pid;
   int connected;
-  char *mine[2];             /* owned: our envelopes (send, feedback) */
+  char *mine[2];             /* owned: our envelopes (send, feedback): the
+                             ** items [2, kind, node, inc], encoded one after the other */
   size_t minelen[2];
   char *lead[2];             /* owned: every envelope of that kind, up to the node's name */
   size_t leadlen[2];
   unsigned char wrapper[7];  /* the version tag and array head every encoded term starts with */
+  size_t room;               /* room before a batch's topics: wrapper, array head, envelope */
+  int flush_due;             /* a continuation will publish the batches */
   rnode *nodes;              /* owned */
   fifo resent[2];
   int delivering;            /* 1 + the kind being delivered (deliver), else 0 */
-  unsigned char *buf;        /* owned scratch: a body being forwarded */
-  size_t bufsize;
 };
 
 static void fifo_clear(fifo *q) {
@@ -369,6 +404,7 @@ static void node_free(rnode *n) {
   free(n->subject);
   free(n->lead[0]);
   free(n->lead[1]);
+  free(n->bb);
   free(n);
 }
 
@@ -382,7 +418,6 @@ static void fwd_release(fwd *f) {
   if (f->rt) mk_rtype_unref(f->rt);
   free(f->mine[0]); free(f->mine[1]);
   free(f->lead[0]); free(f->lead[1]);
-  free(f->buf);
   free(f);
 }
 
@@ -426,61 +461,227 @@ static void deliver(fwd *f, mk_proc *p, int k, mk_term *body) {
   f->delivering = 0;
 }
 
-/* A send (feedback) from a node we know, delivered by p without Lua: 1
-** when done; 0 to take the long way (the Lua driver's), which reads
-** anything else, or from a node not known as it is, or that does not
-** decode, and reports what is wrong with it.  The bytes must be the
-** node's envelope (docs/cluster.md, "Costs and limits") followed by the
-** topic's encoding, decoded in place behind the version wrapper. */
-static int fast(fwd *f, mk_proc *p, item *it) {
-  unsigned char *d = (unsigned char *)it->bytes + it->slen, saved[sizeof f->wrapper];
-  size_t len = it->dlen, at, nlen, off;
-  const char *why;
-  mk_term *x, *body;
+/* ---- CBOR heads -----------------------------------------------------------
+** A batch's envelope and the bounds of its topics are read head by head,
+** without decoding: what a topic holds is mk_cbor_decode's (runtime/cbor.c)
+** to read and judge. */
+
+/* The head at d[*at..len): its major type and value (a length, a count, an
+** integer's magnitude, a tag), *at moved past it; 0, or -1 when it is cut
+** short or of a kind no term is written with (reserved, indefinite). */
+static int head(const unsigned char *d, size_t len, size_t *at, unsigned *mt, uint64_t *v) {
+  size_t i = *at, h;
+  unsigned ai;
+  if (i >= len) return -1;
+  *mt = d[i] >> 5;
+  ai = d[i] & 31;
+  if (ai < 24) {
+    *v = ai;
+    *at = i + 1;
+    return 0;
+  }
+  if (ai > 27) return -1;
+  h = (size_t)1 << (ai - 24);
+  if (h >= len - i) return -1;
+  for (*v = 0, i++; h > 0; h--, i++) *v = *v << 8 | d[i];
+  *at = i;
+  return 0;
+}
+
+/* The end of the one data item at d[at..len), or 0 when it is cut short,
+** a map or of an indefinite length (no term is either).  No recursion: it
+** counts the items still to be skipped, and believes an array's count only
+** as far as the bytes go (each item is a byte at least). */
+static size_t item_end(const unsigned char *d, size_t len, size_t at) {
+  size_t pending = 1;
+  unsigned mt;
+  uint64_t v;
+  while (pending-- > 0) {
+    if (head(d, len, &at, &mt, &v) != 0) return 0;
+    switch (mt) {
+      case 2: case 3:                        /* a string: its bytes */
+      case 4:                                /* an array: its items */
+        if (v > len - at) return 0;
+        if (mt == 4) pending += (size_t)v;
+        else at += (size_t)v;
+        break;
+      case 5:                                /* a map */
+        return 0;
+      case 6:                                /* a tag: the item it wraps */
+        pending++;
+        break;
+      default:                               /* integers, simple values, floats */
+        break;
+    }
+  }
+  return at;
+}
+
+/* The length of the shortest head for v, and that head written at p. */
+static size_t head_len(uint64_t v) {
+  return v < 24 ? 1 : v <= 0xff ? 2 : v <= 0xffff ? 3 : v <= 0xffffffff ? 5 : 9;
+}
+
+static void put_head(unsigned char *p, unsigned mt, uint64_t v) {
+  size_t n = head_len(v), i;
+  if (n == 1) {
+    *p = (unsigned char)(mt << 5 | v);
+    return;
+  }
+  *p = (unsigned char)(mt << 5 | (n == 2 ? 24 : n == 3 ? 25 : n == 5 ? 26 : 27));
+  for (i = n - 1; i >= 1; i--, v >>= 8) p[i] = (unsigned char)v;
+}
+
+/* ---- receiving a batch ---------------------------------------------------- */
+
+/* "malformed" and why, for conn:next: what the sends (feedback) from the
+** node named at b's name came with. */
+static int refused(lua_State *L, batch *b, const char *fmt, ...) {
+  static const char *const kinds[] = {"send", "feedback"};
+  va_list ap;
+  lua_pushliteral(L, "malformed");
+  lua_pushfstring(L, "%s from ", kinds[b->k]);
+  lua_pushlstring(L, b->it->bytes + b->it->slen + b->name, b->nlen);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 3);
+  b->next = b->n = 0;                        /* nothing more of it is delivered */
+  return 2;
+}
+
+/* Sends (feedback) from a node we know, to be delivered without Lua: the
+** bytes must be the version wrapper, an array head, the node's envelope
+** under its incarnation (docs/cluster.md, "Costs and limits") and the
+** topics the head counts.  0: not so (another kind, incarnation, a node
+** not known, anything else), for the Lua driver to read the long way and
+** judge.  1: so, and framed (b is set, no topic delivered yet): the node
+** was heard.  2: so, but not framed as the head says (cut short, bytes
+** after the last, not CBOR): "malformed" and why are pushed, and nothing
+** of it is delivered. */
+static int batch_begin(lua_State *L, fwd *f, batch *b, item *it) {
+  const unsigned char *d = (const unsigned char *)it->bytes + it->slen;
+  size_t len = it->dlen, at = sizeof f->wrapper, items, end, i;
+  unsigned mt;
+  uint64_t count, nlen;
   rnode *n;
   int k;
-  for (k = 0; k < 2; k++)
-    if (len > f->leadlen[k] && memcmp(d, f->lead[k], f->leadlen[k]) == 0) break;
-  if (k == 2) return 0;
-  at = f->leadlen[k];                   /* the node name's head: a byte string */
-  if (d[at] >= 0x40 && d[at] <= 0x57) nlen = d[at] - 0x40, at += 1;
-  else if (d[at] == 0x58 && at + 1 < len) nlen = d[at + 1], at += 2;
-  else return 0;
-  if (nlen > len - at || (n = node_find(f, (char *)d + at, nlen, NULL)) == NULL) return 0;
-  if (n->leadlen[k] <= sizeof f->wrapper || len <= n->leadlen[k] ||
-      memcmp(d, n->lead[k], n->leadlen[k]) != 0)
+  if (len <= at || memcmp(d, f->wrapper, at) != 0 || head(d, len, &at, &mt, &count) != 0 ||
+      mt != 4 || count < 5)
     return 0;
-  off = n->leadlen[k] - sizeof f->wrapper;   /* (an envelope is longer than that) */
-  memcpy(saved, d + off, sizeof saved);
-  memcpy(d + off, f->wrapper, sizeof f->wrapper);
-  x = mk_cbor_decode(d + off, len - off, &why);
-  memcpy(d + off, saved, sizeof saved);
-  if (x == NULL || (body = mk_rec(f->rt, x)) == NULL) return 0;
+  items = at;
+  for (k = 0; k < 2; k++)
+    if (len - at > f->leadlen[k] && memcmp(d + at, f->lead[k], f->leadlen[k]) == 0) break;
+  if (k == 2) return 0;
+  at += f->leadlen[k];
+  if (head(d, len, &at, &mt, &nlen) != 0 || mt != 2 || nlen > len - at ||
+      (n = node_find(f, (const char *)d + at, (size_t)nlen, NULL)) == NULL ||
+      len - items < n->leadlen[k] || memcmp(d + items, n->lead[k], n->leadlen[k]) != 0)
+    return 0;
   n->heard = it->at;
   f->stats->v[S_RECEIVED]++;
-  deliver(f, p, k, body);
+  b->it = it;
+  b->k = k;
+  b->name = at;
+  b->nlen = (size_t)nlen;
+  b->at = at = items + n->leadlen[k];
+  b->next = 0;
+  b->n = (size_t)(count - 4);                /* (each topic is a byte at least: below) */
+  for (i = 0; i < count - 4; i++) {
+    if (i == b->maxends) {
+      size_t max = b->maxends ? 2 * b->maxends : 64;
+      size_t *e = realloc(b->ends, max * sizeof *e);
+      if (e == NULL) return refused(L, b, ": out of memory");
+      b->ends = e;
+      b->maxends = max;
+    }
+    if ((end = item_end(d, len, at)) == 0)
+      return refused(L, b, ": topic %I of %I is cut short or not a term's CBOR", (lua_Integer)i + 1,
+                     (lua_Integer)(count - 4));
+    b->ends[i] = at = end;
+  }
+  if (at != len) return refused(L, b, ": bytes after the last topic");
+  return 1;
+}
+
+/* Deliver the next topic of b, by p: 1; or 2 when it does not decode as a
+** term within the limits in force: "malformed" and why are pushed, and
+** neither it nor those after it are delivered. */
+static int batch_next(lua_State *L, fwd *f, mk_proc *p, batch *b) {
+  unsigned char *d = (unsigned char *)b->it->bytes + b->it->slen, saved[sizeof f->wrapper];
+  size_t end = b->ends[b->next], off = b->at - sizeof f->wrapper;   /* (behind the envelope) */
+  const char *why = "out of memory";
+  mk_term *x, *body = NULL;
+  /* The topic's encoding is decoded in place, the version wrapper written
+  ** for the while over the bytes before it. */
+  memcpy(saved, d + off, sizeof saved);
+  memcpy(d + off, f->wrapper, sizeof saved);
+  x = mk_cbor_decode(d + off, end - off, &why);
+  memcpy(d + off, saved, sizeof saved);
+  if (x != NULL && (body = mk_rec(f->rt, x)) == NULL)
+    why = "cluster.topic() of it is past the term limits, or out of memory";
+  if (x == NULL || body == NULL)
+    return refused(L, b, ": topic %I of %I: %s", (lua_Integer)b->next + 1, (lua_Integer)b->n,
+                   why);
+  b->next++;
+  b->at = end;
+  deliver(f, p, b->k, body);
   mk_unref(body);
   return 1;
 }
 
-/* Make room for n bytes in f's scratch buffer. */
-static int reserve(fwd *f, size_t n) {
+/* ---- forwarding in batches ------------------------------------------------ */
+
+/* Make room for n bytes in *buf, of *cap. */
+static int reserve(unsigned char **buf, size_t *cap, size_t n) {
   unsigned char *b;
-  if (n <= f->bufsize) return 0;
-  if ((b = realloc(f->buf, n)) == NULL) return -1;
-  f->buf = b;
-  f->bufsize = n;
+  size_t c = *cap ? *cap : 256;
+  if (n <= *cap) return 0;
+  while (c < n) c *= 2;
+  if ((b = realloc(*buf, c)) == NULL) return -1;
+  *buf = b;
+  *cap = c;
   return 0;
 }
 
-/* A local send (K_SEND) or feedback m: once to every node with a role of
-** the opposite orientation whose topic unifies with it (a scan over the
-** remote roles: docs/cluster.md, "Costs"), unless we delivered it here. */
-static void forward(fwd *f, int k, mk_term *m) {
+/* Publish node n's batch, if it has one: [2, kind, node, inc, X1, ...], its
+** wrapper, array head and our envelope written in the room before the
+** topics, ending where they begin. */
+static void flush(fwd *f, rnode *n) {
+  size_t count = n->bn, at = f->room, hl;
+  int k = n->bk;
+  if (count == 0) return;
+  n->bn = 0;
+  at -= f->minelen[k];
+  memcpy(n->bb + at, f->mine[k], f->minelen[k]);
+  hl = head_len(4 + count);
+  at -= hl;
+  put_head(n->bb + at, 4, 4 + count);
+  at -= sizeof f->wrapper;
+  memcpy(n->bb + at, f->wrapper, sizeof f->wrapper);
+  if (f->connected && f->nc != NULL && n->subject != NULL && n->blen - at <= INT32_MAX &&
+      natsConnection_Publish(f->nc, n->subject, n->bb + at, (int)(n->blen - at)) == NATS_OK)
+    f->stats->v[S_SENT]++;
+  else
+    f->stats->v[S_DROPPED] += count;
+  n->blen = 0;
+}
+
+static void flush_all(fwd *f) {
+  rnode *n;
+  for (n = f->nodes; n; n = n->next) flush(f, n);
+}
+
+/* A local send (K_SEND) or feedback m, heard by p: once to every node with
+** a role of the opposite orientation whose topic unifies with it (a scan
+** over the remote roles: docs/cluster.md, "Costs"), in that node's batch,
+** unless we delivered it here.  Encoded once, in the first node's batch,
+** and copied into the others'. */
+static void forward(mk_proc *p, fwd *f, int k, mk_term *m) {
   mk_orientation want = k == K_SEND ? MK_SUBSCRIBER : MK_PUBLISHER;
   fifo *q = &f->resent[k];
-  size_t len = 0, i;
-  rnode *n;
+  size_t i, from = 0, len = 0;
+  rnode *n, *first = NULL;
   if (q->n > 0 && q->t[q->head] == m) {
     mk_unref(q->t[q->head]);
     q->head = (q->head + 1) % q->cap;
@@ -492,25 +693,32 @@ static void forward(fwd *f, int k, mk_term *m) {
     for (i = 0; i < n->nroles; i++)
       if (n->roles[i].o == want && mk_unifies(n->roles[i].topic, m)) break;
     if (i == n->nroles) continue;
-    if (len == 0) {
-      /* [1, kind, node, inc, X]: our envelope, then X's encoding alone
-      ** (without the version wrapper), written after it in place. */
-      if (reserve(f, f->minelen[k]) != 0) {
-        f->stats->v[S_DROPPED]++;
-        return;
-      }
-      memcpy(f->buf, f->mine[k], f->minelen[k]);
-      len = f->minelen[k];
-      if (mk_cbor_append(mk_items(m)[0], &f->buf, &len, &f->bufsize) != 0) {
-        f->stats->v[S_DROPPED]++;
-        return;
-      }
+    if (n->bn > 0 && n->bk != k) flush(f, n);
+    if (n->bn == 0) {
+      if (reserve(&n->bb, &n->bcap, f->room) != 0) goto dropped;
+      n->blen = f->room;
+      n->bk = k;
     }
-    if (f->connected && f->nc != NULL && n->subject != NULL && len <= INT32_MAX &&
-        natsConnection_Publish(f->nc, n->subject, f->buf, (int)len) == NATS_OK)
-      f->stats->v[S_SENT]++;
-    else
-      f->stats->v[S_DROPPED]++;
+    if (first == NULL) {
+      from = n->blen;
+      if (mk_cbor_append(mk_items(m)[0], &n->bb, &n->blen, &n->bcap) != 0) goto dropped;
+      first = n;
+      len = n->blen - from;
+    } else {
+      /* (first's topic stays where it is: a flush writes before f->room) */
+      if (reserve(&n->bb, &n->bcap, n->blen + len) != 0) goto dropped;
+      memcpy(n->bb + n->blen, first->bb + from, len);
+      n->blen += len;
+    }
+    n->bn++;
+    if (n->blen - f->room >= BATCH_MAX) flush(f, n);
+    else if (!f->flush_due) {
+      f->flush_due = 1;
+      mk_yield(p, f);
+    }
+    continue;
+  dropped:                                    /* out of memory */
+    f->stats->v[S_DROPPED]++;
   }
 }
 
@@ -598,14 +806,24 @@ static void fwd_handle(mk_proc *p, const mk_event *ev) {
       break;
     case MK_EV_MESSAGE:
       if (ev->tag == TAG_FEEDBACK || ev->tag == TAG_SEND)
-        forward(f, ev->tag == TAG_SEND ? K_SEND : K_FEEDBACK, ev->message);
+        forward(p, f, ev->tag == TAG_SEND ? K_SEND : K_FEEDBACK, ev->message);
+      break;
+    case MK_EV_RESUME:                  /* forward's: what was queued before the batches ran */
+      f->flush_due = 0;
+      flush_all(f);
       break;
     default:
       break;
   }
 }
 
-static void fwd_destroy(mk_proc *p) { fwd_release(mk_proc_data(p)); }
+/* What this process heard before it ended goes out (the driver ended, say,
+** before the continuation came), while the conn is open. */
+static void fwd_destroy(mk_proc *p) {
+  fwd *f = mk_proc_data(p);
+  flush_all(f);
+  fwd_release(f);
+}
 
 /* The VM asks, as deliver routes a body, whether the observer's event for
 ** it may be left out (vm.h, declines: the forwarder then has nothing else
@@ -649,6 +867,8 @@ static int c_close(lua_State *L) {
   queue *q = c->q;
   int i, efd;
   if (q == NULL) return 0;
+  free(c->b.ends);
+  memset(&c->b, 0, sizeof c->b);
   if (c->f) {
     /* The forwarder publishes no more and calls no Lua; when the driver
     ** closes (it is leaving), the forwarder ends with it. */
@@ -656,6 +876,7 @@ static int c_close(lua_State *L) {
     mk_proc *p = mkl_current(L);
     if (p != NULL && mk_proc_vm(p) == f->vm && mk_proc_pid(p) == f->driver)
       mk_quit(p, f->pid, NULL);
+    flush_all(f);
     f->nc = NULL;
     let_go_lua(f);
     c->f = NULL;
@@ -784,23 +1005,32 @@ static int c_fd(lua_State *L) {
   return 1;
 }
 
-/* conn:next([max]): with a forwarder and max > 0, the sends and feedback
-** that fast() takes are delivered on the way, by the calling process, up
-** to max of them: then false (more may wait; the descriptor stays
-** readable).  The first event it does not take is returned as ever. */
+/* conn:next([max]): with a forwarder and max > 0, the batches of sends and
+** feedback that batch_begin takes are delivered on the way, by the calling
+** process, topic by topic, up to max topics: then false (more may wait;
+** the descriptor stays readable, and a batch begun goes on at the next
+** call).  A batch refused is "malformed", why.  The first event it does
+** not take is returned as ever. */
 static int c_next(lua_State *L) {
   conn *c = luaL_checkudata(L, 1, CONN_MT);
   lua_Integer max = luaL_optinteger(L, 2, 0), done = 0;
   queue *q = c->q;
   mk_proc *p = NULL;
   item *it;
+  int r;
   if (q == NULL) return 0;
   if (c->f != NULL && max > 0 && (p = mkl_current(L)) != NULL && mk_proc_vm(p) != c->f->vm)
     p = NULL;
+  if (p == NULL) c->b.next = c->b.n = 0;   /* (only the driver delivers: it passes max) */
   for (;;) {
+    if (c->b.next < c->b.n) {            /* a batch being delivered: take() would reuse it */
+      if ((r = batch_next(L, c->f, p, &c->b)) != 1) return r;
+      if (++done == max) { lua_pushboolean(L, 0); return 1; }
+      continue;
+    }
     if ((it = take(q)) == NULL) return 0;
-    if (p == NULL || it->kind != EV_MESSAGE || !fast(c->f, p, it)) break;
-    if (++done == max) { lua_pushboolean(L, 0); return 1; }
+    if (p == NULL || it->kind != EV_MESSAGE || (r = batch_begin(L, c->f, &c->b, it)) == 0) break;
+    if (r != 1) return r;
   }
   lua_pushstring(L, ev_names[it->kind]);
   if (it->kind != EV_MESSAGE) return 1;
@@ -876,6 +1106,9 @@ static int c_publish(lua_State *L) {
   const char *data = luaL_checklstring(L, 3, &len);
   natsStatus s;
   if (len > INT32_MAX) { lua_pushnil(L); lua_pushliteral(L, "message too large"); return 2; }
+  /* The forwarder's batches first: what this node publishes (an
+  ** announcement, a heartbeat, bye) never overtakes a message sent before. */
+  if (c->f != NULL) flush_all(c->f);
   s = natsConnection_Publish(c->nc, subject, data, (int)len);
   if (s != NATS_OK) { pushstatus(L, s); return 2; }
   lua_pushboolean(L, 1);
@@ -903,7 +1136,9 @@ static char *dupstring(lua_State *L, int idx, size_t *len) {
 **            lead_feedback, on_presence, on_absence) -> pid
 ** Spawns the forwarder, by the calling process (the driver): stats from
 ** sys.cluster_stats(); topic, a record of cluster.topic's type; our
-** envelopes, and every node's up to its name, for sends and feedback;
+** envelopes (the items version, kind, node and incarnation of a send or
+** feedback, encoded one after the other: no wrapper, no array head), and
+** every node's up to its name, for sends and feedback;
 ** on_presence(orientation, interest, topic) and on_absence(orientation,
 ** interest, topic, reason), called when a local role appears and goes.
 */
@@ -943,6 +1178,8 @@ static int c_start(lua_State *L) {
   if ((e = mk_cbor_encode(mk_nil(), &elen)) == NULL) return luaL_error(L, "not enough memory");
   memcpy(f->wrapper, e, sizeof f->wrapper);
   free(e);
+  /* A batch's wrapper, array head (9 bytes at most) and envelope. */
+  f->room = sizeof f->wrapper + 9 + (f->minelen[0] > f->minelen[1] ? f->minelen[0] : f->minelen[1]);
   lua_createtable(L, 3, 0);
   f->L = lua_newthread(L);
   lua_rawseti(L, -2, 1);
@@ -963,13 +1200,15 @@ static int c_start(lua_State *L) {
 }
 
 /* conn:node(name, subject, lead_send, lead_feedback): a node we hear from,
-** under its present incarnation (its envelopes say which). */
+** under its present incarnation (its envelopes, as conn:start's, say
+** which). */
 static int c_node(lua_State *L) {
   fwd *f = checkfwd(L);
   size_t len;
   const char *name = luaL_checklstring(L, 2, &len);
   rnode *n = node_find(f, name, len, NULL), *fresh;
   int k;
+  if (n != NULL) flush(f, n);        /* under the envelopes it was made for */
   if (n == NULL) {
     if ((fresh = calloc(1, sizeof *fresh)) == NULL) return luaL_error(L, "not enough memory");
     if ((fresh->name = dupbytes(name, len)) == NULL) {
@@ -988,7 +1227,6 @@ static int c_node(lua_State *L) {
     n->lead[k] = NULL;
     n->leadlen[k] = 0;
     n->lead[k] = dupstring(L, 4 + k, &n->leadlen[k]);
-    luaL_argcheck(L, n->leadlen[k] > sizeof f->wrapper, 4 + k, "not an envelope");
   }
   return 0;
 }
@@ -1000,6 +1238,7 @@ static int c_forget(lua_State *L) {
   const char *name = luaL_checklstring(L, 2, &len);
   rnode **link, *n = node_find(f, name, len, &link);
   if (n != NULL) {
+    flush(f, n);                     /* sent while it was known */
     *link = n->next;
     node_free(n);
   }
@@ -1057,6 +1296,7 @@ static int c_unrole(lua_State *L) {
 ** are dropped and counted). */
 static int c_connected(lua_State *L) {
   fwd *f = checkfwd(L);
+  flush_all(f);
   f->connected = lua_toboolean(L, 2);
   return 0;
 }

@@ -395,15 +395,15 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     local market = require "market"
     local c = assert(sys().nats_connect({ srv.url }, "spec"))
     S.sleep(0.5)
-    local function add(...) return market.to_cbor({ 1, "add", "z", 7, ... }) end
+    local function add(...) return market.to_cbor({ 2, "add", "z", 7, ... }) end
     for _, bytes in ipairs {
       "not cbor at all",
       market.to_cbor("a string"),
-      market.to_cbor({ 2, "hello", "z", 7, 0, {} }),               -- another version
-      market.to_cbor({ 1, "shout", "z", 7 }),                      -- an unknown kind
-      market.to_cbor({ 1, "hello", "z z", 7, 0, {} }),             -- not a NATS token
-      market.to_cbor({ 1, "hello", "z", 7, 0, "not a list" }),
-      market.to_cbor({ 1, "snapshot", "z", 7, 0, { { 1, "sideways", "participant", 1 } } }),
+      market.to_cbor({ 1, "hello", "z", 7, 0, {} }),               -- version 1
+      market.to_cbor({ 2, "shout", "z", 7 }),                      -- an unknown kind
+      market.to_cbor({ 2, "hello", "z z", 7, 0, {} }),             -- not a NATS token
+      market.to_cbor({ 2, "hello", "z", 7, 0, "not a list" }),
+      market.to_cbor({ 2, "snapshot", "z", 7, 0, { { 1, "sideways", "participant", 1 } } }),
       add(1, 1, "publisher", "bystander", T and 1),
       add("one", 1, "publisher", "participant", { "m", 1 }),
     } do
@@ -411,12 +411,12 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
       assert.is_true(c:publish("market.spec.node.a", bytes))
     end
     -- A peer that repeats itself is heard once.
-    local hello = market.to_cbor({ 1, "hello", "z", 7, 1, { { 1, "publisher", "participant", { "m", 1 } } } })
+    local hello = market.to_cbor({ 2, "hello", "z", 7, 1, { { 1, "publisher", "participant", { "m", 1 } } } })
     assert.is_true(c:publish("market.spec.all", hello))
     assert.is_true(c:publish("market.spec.all", hello))
     assert.is_true(c:publish("market.spec.all", add(1, 1, "publisher", "participant", { "m", 1 })))
     n.a.wait('a presence publisher/participant market-cluster(["m", 1])')
-    assert.is_true(c:publish("market.spec.all", market.to_cbor({ 1, "bye", "z", 7 })))
+    assert.is_true(c:publish("market.spec.all", market.to_cbor({ 2, "bye", "z", 7 })))
     n.a.wait('a absence publisher/participant market-cluster(["m", 1]) cluster: node z left')
     c:close()
     assert.equal(1, n.a.count("presence"))
@@ -443,7 +443,7 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     local market = require "market"
     local c = assert(sys().nats_connect({ srv.url }, "spec"))
     local z = ("z"):rep(30)
-    local function msg(...) return market.to_cbor({ 1, ... }) end
+    local function msg(...) return market.to_cbor({ 2, ... }) end
     -- Once a is heard it listens; once it answers z's hello it knows z.
     local function heard(subject)
       repeat local ev, subj = next_event(c) until ev == "message" and subj == subject
@@ -474,6 +474,129 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     assert.equal(1, n.a.count('a message market-cluster(["s", 5])'), n.a.out())
     assert.equal(4, n.a.count(" message market-cluster"), n.a.out())
     assert.truthy(n.a.has("malformed 2 delivered 5"), n.a.out())
+  end)
+
+  it("carries a burst of sends and feedback whole and in order, several to a NATS message", function()
+    -- a sends 3000 messages to b in one activation, every 100th a feedback
+    -- (b holds a subscriber and a publisher): the forwarder batches them
+    -- (docs/cluster.md, "Messages across nodes"), a batch ending at 32 KiB
+    -- and at each change of kind, b delivers them 256 at a time, in the
+    -- middle of a batch.  b hears them in the order a made them.
+    local srv = S.server()
+    local N = 3000
+    local n = nodes(srv, {
+      a = ([[
+local N = %d
+market.perform(market.subscriber(T({"done", _}), { on_message = function()
+  log("a sent %%d NATS messages for %%d", cluster.inspect().sent, N)
+end }), market.observe_publishers(T({"fb", _}), { on_presence = function()
+  return market.transition_no_state(market.spawn(function()
+    local pad = ("p"):rep(40)
+    for i = 1, N do
+      if i %% 100 == 0 then market.perform(market.feedback(T({"fb", i})))
+      else market.perform(market.send(T({"burst", i, pad}))) end
+    end
+  end))
+end }))]]):format(N),
+      b = ([[
+local N, last, got, wrong = %d, 0, 0, 0
+local function hear(i)
+  got = got + 1
+  if i ~= last + 1 then wrong = wrong + 1 end
+  last = i
+  if got == N then
+    log("b got %%d, %%d out of order", got, wrong)
+    return market.transition_no_state(market.send(T({"done", got})))
+  end
+end
+market.perform(market.subscriber(T({"burst", _, _}), { on_message = function(_, m) return hear(m.topic[2]) end }),
+  market.publisher(T({"fb", _}), { on_message = function(_, m) return hear(m.topic[2]) end }))]]):format(N),
+    })
+    n.b.wait("b got 3000, 0 out of order", 30)
+    n.a.wait("a sent", 10)
+    local sent = math.tointeger(tonumber(n.a.out():match("a sent (%d+) NATS messages")))
+    -- One NATS message for each before the batches (announcements,
+    -- heartbeats and snapshots come on top: a few dozen at most).
+    assert(sent < N / 10, n.a.out())
+  end)
+
+  it("delivers the sends made before a role went before its absence", function()
+    -- a's process sends 50 messages and deletes its endpoint in one
+    -- transition: the del that announces it must not overtake the batch
+    -- holding the messages (conn:publish publishes the batches first).
+    local srv = S.server()
+    local n = nodes(srv, {
+      a = [[
+market.perform(market.subscriber(T({"gone", "a"}), { name = "gone", on_presence = function()
+  local acts = {}
+  for i = 1, 50 do acts[i] = market.send(T({"d", i})) end
+  acts[#acts + 1] = market.delete_endpoint("gone")
+  return market.transition_no_state(table.unpack(acts))
+end }))]],
+      b = [[
+local got = 0
+market.perform(market.subscriber(T({"d", _}), { on_message = function() got = got + 1 end }),
+  market.publisher(T({"gone", _}), { on_absence = function(_, r, why)
+    log("b absence after %d messages", got)
+  end }))]],
+    })
+    n.b.wait("b absence after", 15)
+    assert.truthy(n.b.has("b absence after 50 messages"), n.b.out())
+  end)
+
+  it("refuses a malformed batch: counted, reported, nothing past the bad topic", function()
+    -- Node z is this spec.  A batch whose topics are not framed as its
+    -- head says is dropped whole; one whose topic does not decode is
+    -- delivered up to that topic, and no further.
+    local srv = S.server()
+    local n = nodes(srv, {
+      a = [[market.perform(market.subscriber(T({"s", _}), logging("a")),
+  market.subscriber(T({"done"}), { on_message = function()
+    log("malformed %d delivered %d", cluster.inspect().malformed, cluster.inspect().delivered)
+  end }))]],
+    })
+    local market = require "market"
+    local c = assert(sys().nats_connect({ srv.url }, "spec"))
+    local function heard(subject)
+      assert(S.wait(function()
+        local ev, subj = c:next()
+        return ev == "message" and subj == subject
+      end, 10), "nothing from a on " .. subject)
+    end
+    assert(c:subscribe("market.spec.all"))
+    assert(c:subscribe("market.spec.node.z"))
+    heard("market.spec.all")
+    assert.is_true(c:publish("market.spec.all", market.to_cbor({ 2, "hello", "z", 7, 0, {} })))
+    heard("market.spec.node.z")
+    -- [2, "send", "z", 7, X...] by hand: the wrapper, the array head, the
+    -- envelope's items, the topics' items (docs/cluster.md).
+    local wrapper = market.to_cbor(nil):sub(1, 7)
+    local envelope = market.to_cbor({ 2, "send", "z", 7 }):sub(9)
+    local function item(x) return market.to_cbor(x):sub(8) end
+    local function batch(count, ...)
+      return wrapper .. string.char(0x80 + 4 + count) .. envelope .. table.concat({ ... })
+    end
+    local unknown_tag = "\xd8\x63\x01"                          -- tag 99 around 1
+    for _, bytes in ipairs {
+      batch(3, item({ "s", 1 }), item({ "s", 2 }), item({ "s", 3 })),
+      batch(3, item({ "s", 4 }), unknown_tag, item({ "s", 6 })),  -- 4 only
+      batch(3, item({ "s", 7 }), item({ "s", 8 })),               -- one short: none
+      batch(2, item({ "s", 9 }), item({ "s", 10 }), "\0"),        -- bytes after: none
+      batch(2, item({ "s", 11 }), "\xa1\x01\x02"),                -- a map: none
+      batch(1, item({ "done" })),
+    } do
+      assert.is_true(c:publish("market.spec.node.a", bytes))
+    end
+    n.a.wait("malformed")
+    c:close()
+    local seen = {}
+    for i in n.a.out():gmatch('a message market%-cluster%(%["s", (%d+)%]%)') do seen[#seen + 1] = tonumber(i) end
+    assert.same({ 1, 2, 3, 4 }, seen)
+    assert.truthy(n.a.has("malformed 4 delivered 5"), n.a.out())
+    assert.truthy(n.a.has("ignoring a malformed message: send from z: topic 2 of 3: an unknown tag"), n.a.out())
+    assert.truthy(n.a.has("ignoring a malformed message: send from z: topic 3 of 3 is cut short or not a term's CBOR"), n.a.out())
+    assert.truthy(n.a.has("ignoring a malformed message: send from z: bytes after the last topic"), n.a.out())
+    assert.truthy(n.a.has("ignoring a malformed message: send from z: topic 2 of 2 is cut short or not a term's CBOR"), n.a.out())
   end)
 
   it("announces a role before a message sent after it, as one VM orders them", function()
@@ -598,7 +721,7 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     local z = assert(sys().nats_connect({ srv.url }, "z"))
     assert(z:subscribe("market.spec.node.z"))
     assert(z:subscribe("market.spec.all"))
-    local function say(subject, ...) assert(z:publish(subject, market.to_cbor({ 1, ... }))) end
+    local function say(subject, ...) assert(z:publish(subject, market.to_cbor({ 2, ... }))) end
     local function pub(id, x) return { id, "publisher", "participant", { "p", x } } end
     -- hear(kind): the next message of that kind a sends us.
     local function hear(kind)
