@@ -82,7 +82,8 @@ struct mk_inode {
   mk_ilink *head;           /* items whose topic ends here; head->prev is
                             ** the last of them (route.h) */
   union {
-    mk_term *atom;          /* TK_ATOM: owned reference */
+    mk_term *atom;          /* TK_ATOM: owned reference, but on a leaf
+                            ** borrowed from its topic (see freenode) */
     mk_rtype *rt;           /* TK_REC: owned reference */
   } key;                    /* the token leading here from the parent ... */
   uint32_t khash;           /* ... its hash ... */
@@ -578,8 +579,27 @@ static mk_inode *newnode (mk_index *ix, mk_inode *parent) {
   return n;
 }
 
+/*
+** A leaf's atom key is a subterm of its topic, which the leaf holds: it
+** borrows it (lend) rather than hold a reference of its own, so that a
+** leaf that goes does not touch the atom.  A wave of processes killed
+** one after the other, each with its own pid in its topic, read each pid
+** again only to drop that reference: a cache miss per kill (issue 10).
+** A node that stops being a leaf takes a reference (split, foldup); one
+** that becomes a leaf gives it back, once its key is its topic's own.
+*/
+static void lend (mk_inode *n) {
+  if (n->tag == TK_ATOM) mk_unref(n->key.atom);   /* the topic holds it */
+}
+
+static void own (mk_inode *n) {
+  if (n->tag == TK_ATOM) mk_ref(n->key.atom);
+}
+
 static inline void freenode (mk_index *ix, mk_inode *n) {
-  if (n->tag == TK_ATOM) mk_unref(n->key.atom);
+  if (n->tag == TK_ATOM) {
+    if (leaftopic(n) == NULL) mk_unref(n->key.atom);
+  }
   else if (n->tag == TK_REC) mk_rtype_unref(n->key.rt);
   mk_unref(leaftopic(n));
   freetable(ix, n);
@@ -639,7 +659,8 @@ static mk_inode *prune (mk_index *ix, mk_inode *n) {
 ** also pushes onto s[*ns ...] the complete subterms that follow that one
 ** in t's preorder, the nearest last: popping them yields the rest of t's
 ** tokens, term by term.  They are disjoint subterms after position d, so
-** there are fewer than mk_term_size(t) - d of them.
+** there are fewer than mk_term_size(t) - d of them.  With s NULL, it
+** only finds the subterm.
 */
 static const mk_term *locate (const mk_term *t, size_t d, const mk_term **s,
                               size_t *ns) {
@@ -649,7 +670,8 @@ static const mk_term *locate (const mk_term *t, size_t d, const mk_term **s,
     uint32_t k = 0, j;
     pos++;
     while (pos + mk_term_size(it[k]) <= d) pos += mk_term_size(it[k++]);
-    for (j = t->n; j > k + 1; j--) s[(*ns)++] = it[j - 1];
+    if (s != NULL)
+      for (j = t->n; j > k + 1; j--) s[(*ns)++] = it[j - 1];
     t = it[k];
   }
   return t;
@@ -695,6 +717,7 @@ static int split (mk_index *ix, mk_inode **np, size_t *ip) {
     t = sc->s[--ns];
   }
   n->kids.topic = NULL;  /* the child map takes its place */
+  own(n);
   for (; i < p; i++) {   /* equal tokens: the new topic's stand for both */
     if ((c = child(ix, m, sc->q[i].t)) == NULL) goto fail;
     m = c;
@@ -702,6 +725,7 @@ static int split (mk_index *ix, mk_inode **np, size_t *ip) {
   if ((c = child(ix, m, t)) == NULL) goto fail;
   n->head = NULL;
   c->kids.topic = topic;
+  lend(c);               /* made of topic's own token */
   c->head = head;
   for (l = head; l != NULL; l = l->next) l->leaf = c;
   *np = m;
@@ -713,6 +737,7 @@ fail:
   n->klog = 0;
   n->ntomb = 0;
   n->kids.topic = topic;
+  lend(n);
   return -1;
 }
 
@@ -733,8 +758,9 @@ static mk_inode *onlykid (const mk_inode *n) {
 ** nodes below it go.  The items move once.
 */
 static void foldup (mk_index *ix, mk_inode *n) {
-  mk_inode *leaf, *c;
+  mk_inode *leaf, *c, *m;
   mk_ilink *l;
+  size_t d = 0;
   if (n == ix->root || (leaf = onlykid(n)) == NULL || leaftopic(leaf) == NULL)
     return;
   while (n->parent != ix->root && onlykid(n->parent) == n) n = n->parent;
@@ -745,7 +771,17 @@ static void foldup (mk_index *ix, mk_inode *n) {
   n->nkids = 0;
   n->ntomb = 0;
   n->kids.topic = leaf->kids.topic;
+  own(leaf);             /* freed below as a node without a topic */
   leaf->kids.topic = NULL;
+  if (n->tag == TK_ATOM) {
+    /* n's key becomes the topic's own token there, at n's depth less one
+    ** (the root's children have the first): an equal atom, which the
+    ** path to n spells for every topic under it. */
+    mk_term *mine = n->key.atom;
+    for (m = n; m != ix->root; m = m->parent) d++;
+    n->key.atom = (mk_term *)locate(n->kids.topic, d - 1, NULL, NULL);
+    mk_unref(mine);
+  }
   n->head = leaf->head;
   leaf->head = NULL;
   for (l = n->head; l != NULL; l = l->next) l->leaf = n;
@@ -833,6 +869,7 @@ int mk_index_add (mk_index *ix, const mk_term *topic, mk_ilink *item) {
     n = c;
     if (n->klog == 0 && n->kids.topic == NULL && n->wild == NULL) {  /* new */
       n->kids.topic = mk_ref((mk_term *)topic);  /* immutable */
+      lend(n);                                   /* made of topic's token */
       break;
     }
   }
