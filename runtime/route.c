@@ -63,6 +63,7 @@
 #define SMALLKIDS  8
 #define MINTABLE   16
 #define NTABLESIZE 33           /* klog values: 0 .. 32 */
+#define TOMBMAX    UINT16_MAX   /* ntomb's bound (removekid) */
 
 /* 56 bytes, a 64-byte malloc chunk: an idle connection's topics hold
 ** several nodes of their own (issue 10).  Hence the capacity kept as a
@@ -81,7 +82,8 @@ struct mk_inode {
   mk_ilink *head;           /* items whose topic ends here; head->prev is
                             ** the last of them (route.h) */
   union {
-    mk_term *atom;          /* TK_ATOM: owned reference */
+    mk_term *atom;          /* TK_ATOM: owned reference, but on a leaf
+                            ** borrowed from its topic (see freenode) */
     mk_rtype *rt;           /* TK_REC: owned reference */
   } key;                    /* the token leading here from the parent ... */
   uint32_t khash;           /* ... its hash ... */
@@ -89,6 +91,7 @@ struct mk_inode {
   uint32_t nkids;           /* number of children in kids */
   uint8_t tag;
   uint8_t klog;             /* kcap (kcapof): 0, or 2^(klog-1); a power of 2 */
+  uint16_t ntomb;           /* slots of a hash table holding TOMB (removekid) */
 };
 _Static_assert(sizeof(struct mk_inode) <= 56, "a trie node fits a 64-byte malloc chunk");
 
@@ -378,6 +381,20 @@ static mk_term *leaftopic (const mk_inode *n) {
   return n->klog == 0 ? n->kids.topic : NULL;
 }
 
+/*
+** A hash table's slot whose child went (removekid): probes go on past it,
+** as past a child, and an insertion may take it.  Its tag, TK_ROOT, is no
+** child's, so samekey never takes it for one.  A deletion that moved the
+** later children of its run back into the hole (linear probing's usual
+** way) read each of them, a cache miss apiece in a table of one child per
+** process: a wave of kills, or 10,000 processes killed one after the
+** other, paid one or two per kill (issue 10).  The tombs go when the
+** table is rebuilt (rehash: it grows or shrinks, or tombs and children
+** fill three quarters of it), and those a free slot follows at once.
+*/
+static mk_inode tomb;
+#define TOMB (&tomb)
+
 static mk_inode *findkid (const mk_inode *n, int tag, uint32_t h,
                           const mk_term *t) {
   if (kcapof(n) <= SMALLKIDS) {
@@ -430,7 +447,7 @@ static int rehash (mk_index *ix, mk_inode *n, uint32_t ncap) {
   }
   else {
     for (i = 0; i < kcapof(n); i++) {
-      if (old[i] == NULL) continue;
+      if (old[i] == NULL || old[i] == TOMB) continue;
       if (ncap <= SMALLKIDS) nk[j++] = old[i];
       else tableput(nk, ncap, old[i]);
     }
@@ -438,6 +455,7 @@ static int rehash (mk_index *ix, mk_inode *n, uint32_t ncap) {
   freetable(ix, n);
   n->kids.v = nk;
   setkcap(n, ncap);
+  n->ntomb = 0;
   return 0;
 }
 
@@ -457,11 +475,22 @@ static int addkid (mk_index *ix, mk_inode *n, mk_inode *c) {
       else if (rehash(ix, n, MINTABLE) != 0) return -1;
     }
   }
-  else if ((n->nkids + 1) * 4 > kcapof(n) * 3) {  /* keep the load <= 3/4 */
-    if (kcapof(n) > UINT32_MAX / 2 || rehash(ix, n, kcapof(n) * 2) != 0) return -1;
+  else if ((n->nkids + n->ntomb + 1) * 4 > kcapof(n) * 3) {  /* keep the load <= 3/4 */
+    /* Rebuilt without its tombs: twice the size when the children alone
+    ** would fill half of it (always, when there are no tombs), so that
+    ** a table rebuilt for its tombs has room for a quarter of its size
+    ** before the next rebuild. */
+    uint32_t ncap = (n->nkids + 1) * 2 > kcapof(n) ? kcapof(n) * 2 : kcapof(n);
+    if (kcapof(n) > UINT32_MAX / 2 || rehash(ix, n, ncap) != 0) return -1;
   }
   if (kcapof(n) <= SMALLKIDS) kidv(n)[n->nkids] = c;
-  else tableput(n->kids.v, kcapof(n), c);
+  else {   /* the first free slot or tomb: findkid found no equal child */
+    mk_inode **k = n->kids.v;
+    uint32_t mask = kcapof(n) - 1, i = c->khash & mask;
+    while (k[i] != NULL && k[i] != TOMB) i = (i + 1) & mask;
+    if (k[i] == TOMB) n->ntomb--;
+    k[i] = c;
+  }
   n->nkids++;
   return 0;
 }
@@ -475,21 +504,37 @@ static void removekid (mk_index *ix, mk_inode *n, mk_inode *c) {
     k[i] = k[--n->nkids];
   }
   else {
-    /* linear probing: delete by shifting later entries back into the hole */
     mk_inode **k = n->kids.v;
     uint32_t mask = kcapof(n) - 1, j;
     for (i = c->khash & mask; k[i] != c; i = (i + 1) & mask)
       ;
-    for (j = (i + 1) & mask; k[j] != NULL; j = (j + 1) & mask) {
-      uint32_t home = k[j]->khash & mask;
-      /* move j into the hole i unless its home lies cyclically in (i, j] */
-      if (((j - home) & mask) >= ((j - i) & mask)) {
-        k[i] = k[j];
-        k[j] = NULL;
-        i = j;
+    if (k[(i + 1) & mask] == NULL) {
+      /* No probe needs the slot, nor the tombs right before it. */
+      k[i] = NULL;
+      while (k[i = (i - 1) & mask] == TOMB) {
+        k[i] = NULL;
+        n->ntomb--;
       }
     }
-    k[i] = NULL;
+    else if (n->ntomb < TOMBMAX) {
+      k[i] = TOMB;   /* the children after it are not read (see TOMB) */
+      n->ntomb++;
+    }
+    else {
+      /* As many tombs as ntomb counts: the later entries of the run are
+      ** shifted back into the hole, unless an entry's home lies
+      ** cyclically in (i, j].  A tomb reads as homed at slot 0, and
+      ** moves or stays as that says: no probe needs it where it is. */
+      for (j = (i + 1) & mask; k[j] != NULL; j = (j + 1) & mask) {
+        uint32_t home = k[j]->khash & mask;
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+          k[i] = k[j];
+          k[j] = NULL;
+          i = j;
+        }
+      }
+      k[i] = NULL;
+    }
     n->nkids--;
     /* shrink (best effort) when sparse */
     if (n->nkids <= SMALLKIDS / 2) rehash(ix, n, SMALLKIDS);
@@ -508,7 +553,7 @@ static mk_inode *popkid (mk_inode *n) {
   }
   while (n->nkids > 0) {
     mk_inode *c = kidv(n)[--n->nkids];
-    if (c != NULL) return c;
+    if (c != NULL && c != TOMB) return c;
   }
   return NULL;
 }
@@ -534,8 +579,27 @@ static mk_inode *newnode (mk_index *ix, mk_inode *parent) {
   return n;
 }
 
+/*
+** A leaf's atom key is a subterm of its topic, which the leaf holds: it
+** borrows it (lend) rather than hold a reference of its own, so that a
+** leaf that goes does not touch the atom.  A wave of processes killed
+** one after the other, each with its own pid in its topic, read each pid
+** again only to drop that reference: a cache miss per kill (issue 10).
+** A node that stops being a leaf takes a reference (split, foldup); one
+** that becomes a leaf gives it back, once its key is its topic's own.
+*/
+static void lend (mk_inode *n) {
+  if (n->tag == TK_ATOM) mk_unref(n->key.atom);   /* the topic holds it */
+}
+
+static void own (mk_inode *n) {
+  if (n->tag == TK_ATOM) mk_ref(n->key.atom);
+}
+
 static inline void freenode (mk_index *ix, mk_inode *n) {
-  if (n->tag == TK_ATOM) mk_unref(n->key.atom);
+  if (n->tag == TK_ATOM) {
+    if (leaftopic(n) == NULL) mk_unref(n->key.atom);
+  }
   else if (n->tag == TK_REC) mk_rtype_unref(n->key.rt);
   mk_unref(leaftopic(n));
   freetable(ix, n);
@@ -595,7 +659,8 @@ static mk_inode *prune (mk_index *ix, mk_inode *n) {
 ** also pushes onto s[*ns ...] the complete subterms that follow that one
 ** in t's preorder, the nearest last: popping them yields the rest of t's
 ** tokens, term by term.  They are disjoint subterms after position d, so
-** there are fewer than mk_term_size(t) - d of them.
+** there are fewer than mk_term_size(t) - d of them.  With s NULL, it
+** only finds the subterm.
 */
 static const mk_term *locate (const mk_term *t, size_t d, const mk_term **s,
                               size_t *ns) {
@@ -605,7 +670,8 @@ static const mk_term *locate (const mk_term *t, size_t d, const mk_term **s,
     uint32_t k = 0, j;
     pos++;
     while (pos + mk_term_size(it[k]) <= d) pos += mk_term_size(it[k++]);
-    for (j = t->n; j > k + 1; j--) s[(*ns)++] = it[j - 1];
+    if (s != NULL)
+      for (j = t->n; j > k + 1; j--) s[(*ns)++] = it[j - 1];
     t = it[k];
   }
   return t;
@@ -651,6 +717,7 @@ static int split (mk_index *ix, mk_inode **np, size_t *ip) {
     t = sc->s[--ns];
   }
   n->kids.topic = NULL;  /* the child map takes its place */
+  own(n);
   for (; i < p; i++) {   /* equal tokens: the new topic's stand for both */
     if ((c = child(ix, m, sc->q[i].t)) == NULL) goto fail;
     m = c;
@@ -658,6 +725,7 @@ static int split (mk_index *ix, mk_inode **np, size_t *ip) {
   if ((c = child(ix, m, t)) == NULL) goto fail;
   n->head = NULL;
   c->kids.topic = topic;
+  lend(c);               /* made of topic's own token */
   c->head = head;
   for (l = head; l != NULL; l = l->next) l->leaf = c;
   *np = m;
@@ -667,7 +735,9 @@ fail:
   prune(ix, m);  /* up to n, which still holds its items */
   freetable(ix, n);
   n->klog = 0;
+  n->ntomb = 0;
   n->kids.topic = topic;
+  lend(n);
   return -1;
 }
 
@@ -677,7 +747,7 @@ static mk_inode *onlykid (const mk_inode *n) {
   if (n->wild != NULL) return n->nkids == 0 ? n->wild : NULL;
   if (n->nkids != 1) return NULL;
   if (kcapof(n) <= SMALLKIDS) return kidv(n)[0];
-  for (i = 0; n->kids.v[i] == NULL; i++)  /* a table that could not shrink */
+  for (i = 0; n->kids.v[i] == NULL || n->kids.v[i] == TOMB; i++)  /* a table that could not shrink */
     ;
   return n->kids.v[i];
 }
@@ -688,8 +758,9 @@ static mk_inode *onlykid (const mk_inode *n) {
 ** nodes below it go.  The items move once.
 */
 static void foldup (mk_index *ix, mk_inode *n) {
-  mk_inode *leaf, *c;
+  mk_inode *leaf, *c, *m;
   mk_ilink *l;
+  size_t d = 0;
   if (n == ix->root || (leaf = onlykid(n)) == NULL || leaftopic(leaf) == NULL)
     return;
   while (n->parent != ix->root && onlykid(n->parent) == n) n = n->parent;
@@ -698,8 +769,19 @@ static void foldup (mk_index *ix, mk_inode *n) {
   freetable(ix, n);
   n->klog = 0;
   n->nkids = 0;
+  n->ntomb = 0;
   n->kids.topic = leaf->kids.topic;
+  own(leaf);             /* freed below as a node without a topic */
   leaf->kids.topic = NULL;
+  if (n->tag == TK_ATOM) {
+    /* n's key becomes the topic's own token there, at n's depth less one
+    ** (the root's children have the first): an equal atom, which the
+    ** path to n spells for every topic under it. */
+    mk_term *mine = n->key.atom;
+    for (m = n; m != ix->root; m = m->parent) d++;
+    n->key.atom = (mk_term *)locate(n->kids.topic, d - 1, NULL, NULL);
+    mk_unref(mine);
+  }
   n->head = leaf->head;
   leaf->head = NULL;
   for (l = n->head; l != NULL; l = l->next) l->leaf = n;
@@ -787,6 +869,7 @@ int mk_index_add (mk_index *ix, const mk_term *topic, mk_ilink *item) {
     n = c;
     if (n->klog == 0 && n->kids.topic == NULL && n->wild == NULL) {  /* new */
       n->kids.topic = mk_ref((mk_term *)topic);  /* immutable */
+      lend(n);                                   /* made of topic's token */
       break;
     }
   }
@@ -850,7 +933,7 @@ static int pushkids (Scratch *sc, size_t *nw, const mk_inode *n, size_t i,
   mk_inode **kids = kidv(n);
   for (k = 0; k < len; k++) {
     mk_inode *c = kids[k];
-    if (c != NULL && push(sc, nw, c, i, skip + c->arity, d + 1) != 0) return -1;
+    if (c != NULL && c != TOMB && push(sc, nw, c, i, skip + c->arity, d + 1) != 0) return -1;
   }
   return 0;
 }

@@ -361,6 +361,38 @@ static void pruning (void) {
   mk_index_free(ix);
 }
 
+/*
+** A leaf borrows its atom key from its topic (route.c, lend).  Here the
+** node of the token 1 is made from the second topic's token (the split),
+** and the first topic's leaf is what it folds into when the second goes:
+** its key must then be the first topic's own 1, the second's let go, so
+** that dropping the second topic at once leaves no node reading it (an
+** ASan build sees that), and nothing of either is left when all go.
+*/
+static void borrowed_keys (void) {
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(3, NULL);
+  it[0].topic = P("f(1, \"x\")");
+  it[1].topic = P("f(1, \"y\")");
+  it[2].topic = P("f(2, \"z\")");
+  addall(ix, it, 3);
+  CHECK(mk_index_nodes(ix) == 6);   /* root, f/2, 1 (the second's), x, y, 2 */
+  mk_index_remove(ix, &it[1].link);
+  mk_unref(it[1].topic);            /* its 1 goes with it */
+  it[1].topic = NULL;
+  CHECK(mk_index_nodes(ix) == 4);   /* root, f/2, 2, and x folded into 1 */
+  CHECK(matches(ix, it, 3, "f(1, _)", "0"));
+  CHECK(matches(ix, it, 3, "f(_, \"x\")", "0"));
+  mk_index_remove(ix, &it[2].link);
+  CHECK(matches(ix, it, 3, "f(1, \"x\")", "0"));
+  mk_index_remove(ix, &it[0].link);
+  CHECK(mk_index_nodes(ix) == 1);
+  freeitems(it, 3);
+  CHECK(mk_term_live() == base);
+  mk_index_free(ix);
+}
+
 /* Wide nodes: the child map grows into a hash table and shrinks back. */
 static void wide (void) {
   enum { N = 3000 };
@@ -1161,6 +1193,72 @@ static void tails_cost_one_node (void) {
   freeitems(items, NT);
 }
 
+/*
+** Churn under one node with a hash table of children: most of them
+** removed in a scrambled order (each leaves a tomb in the table, or frees
+** its slot and the tombs before it; past 65,535 tombs, later children are
+** shifted back into the hole instead), then re-added (an insertion takes
+** a tomb, or the table is rebuilt without them), then removed and added
+** at random.  Every child stays found, every removed one gone, and the
+** trie ends as its root.
+*/
+static void tombs (void) {
+  enum { N = 196000, GONE = 160000, CHURN = 40000 };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(N, NULL);
+  mk_rtype *w = mk_rtype_get("w", 1, 1, NULL);
+  int i, ok = 1;
+  size_t live = N;
+  for (i = 0; i < N; i++) it[i].topic = mk_rec(w, mk_int(i));
+  addall(ix, it, N);
+  for (i = 0; i < GONE; i++) {
+    int k = (int)(((unsigned)i * 7919u) % N);
+    Coll c = { 0, 0 };
+    mk_index_remove(ix, &it[k].link);
+    ok &= mk_index_match(ix, it[k].topic, collect, &c) == 0;
+  }
+  CHECK(ok);
+  for (i = 0; i < N; i++) {   /* the survivors, each found once */
+    Coll c = { 0, 0 };
+    it[i].seen = 0;
+    ok &= mk_index_match(ix, it[i].topic, collect, &c) == (it[i].link.leaf != NULL);
+  }
+  CHECK(ok);
+  CHECK(mk_index_count(ix) == N - GONE && mk_index_nodes(ix) == 2 + N - GONE);
+  for (i = GONE - 1; i >= 0; i--) {
+    int k = (int)(((unsigned)i * 7919u) % N);
+    CHECK(mk_index_add(ix, it[k].topic, &it[k].link) == 0);
+  }
+  rng = 99;
+  for (i = 0; i < CHURN; i++) {
+    Item *x = &it[rnd(N)];
+    if (x->link.leaf != NULL) { mk_index_remove(ix, &x->link); live--; }
+    else { ok &= mk_index_add(ix, x->topic, &x->link) == 0; live++; }
+  }
+  CHECK(ok);
+  CHECK(mk_index_count(ix) == live && mk_index_nodes(ix) == 2 + live);
+  for (i = 0; i < N; i++) {
+    Coll c = { 0, 0 };
+    it[i].seen = 0;
+    ok &= mk_index_match(ix, it[i].topic, collect, &c) == (it[i].link.leaf != NULL) &&
+          it[i].seen == (it[i].link.leaf != NULL);
+  }
+  CHECK(ok);
+  {
+    Coll c = { 0, 0 };
+    mk_term *any = mk_rec(w, mk_wild());
+    CHECK(mk_index_match(ix, any, collect, &c) == live);
+    mk_unref(any);
+  }
+  for (i = 0; i < N; i++) mk_index_remove(ix, &it[i].link);
+  CHECK(mk_index_nodes(ix) == 1);
+  mk_rtype_unref(w);
+  mk_index_free(ix);
+  freeitems(it, N);
+  CHECK(mk_term_live() == base);
+}
+
 int main (void) {
   RUN(basic);
   RUN(borrowed_topics);
@@ -1170,6 +1268,7 @@ int main (void) {
   RUN(leaf_order);
   RUN(early_stop);
   RUN(pruning);
+  RUN(borrowed_keys);
   RUN(wide);
   RUN(waves);
   RUN(reentrant);
@@ -1184,5 +1283,6 @@ int main (void) {
   RUN(cache_many);
   RUN(randomized_tails);
   RUN(tails_cost_one_node);
+  RUN(tombs);
   return CHECK_DONE();
 }
