@@ -2,7 +2,8 @@
 --
 --   ninja -C build bench-route
 --   (or: LUA_CPATH='build/lua/?.so' lua5.4 bench/route.lua [N]: it runs its own
---   ground VMs, so not under the market interpreter, which already has one)
+--   ground VMs, so not under the market interpreter, which already has one;
+--   with MARKET=build/market it also runs the sustained spawns under it)
 --
 -- Prints Lua-to-Lua messages per second in one VM (one publisher, one
 -- subscriber, a 3-field record topic), the same with 100,000 extra
@@ -11,8 +12,9 @@
 -- budget costs: budget-cost-ratio, docs/limits.md), idle memory per process
 -- for 100,000 Lua processes with one endpoint each, handler-style and
 -- straight-line waiting in market.yield(), the spawn rate, the spawn rate
--- sustained over ten waves of spawns and kills in one VM, and the CPU time
--- per presence and absence event (docs/performance.md).
+-- sustained over ten waves of spawns and kills in one VM (here, and under
+-- the market interpreter, whose collector settings are its own), and the
+-- CPU time per presence and absence event (docs/performance.md).
 local market = require "market"
 local _ = market._
 local N = tonumber(arg and arg[1]) or 2000000
@@ -205,9 +207,11 @@ end
 -- processes (booted, each adding its endpoint) then killing them all.
 -- Returns the median and the slowest wave's spawn rate: a VM that keeps
 -- spawning pays for collecting the waves before (issue 10).
-local function waves(n, count)
+-- hosted: run in the process calling it (under `market`, the boot
+-- process), not in a ground VM of its own.
+local function waves(n, count, hosted)
   local rates = {}
-  local ok, err = market.ground_vm(function()
+  local function run()
     local boot = function(pid)
       return market.transition(nil, market.subscriber(other(pid, _, _), { name = "in",
         on_message = function() end }))
@@ -221,12 +225,25 @@ local function waves(n, count)
       for i = 1, n do market.perform(market.quit(pids[i])) end
       market.pause()
     end
-  -- 100,000 spawns from one activation may take more than the default
-  -- budget of CPU on a slow machine: this measures spawning, not budgets.
-  end, { max_activation = 0 })
-  assert(ok, err)
+  end
+  if hosted then
+    run()
+  else
+    -- 100,000 spawns from one activation may take more than the default
+    -- budget of CPU on a slow machine: this measures spawning, not budgets.
+    assert(market.ground_vm(run, { max_activation = 0 }))
+  end
   table.sort(rates)
   return (rates[count // 2] + rates[count // 2 + 1]) / 2, rates[1]
+end
+
+-- The same waves with the script the boot process of the `market`
+-- interpreter (route.lua --hosted-waves, run by `market`): the collector
+-- is then the interpreter's (lua/host.c), not lua5.4's.
+if arg and arg[1] == "--hosted-waves" then
+  local median, slowest = waves(100000, 10, true)
+  print(median, slowest)
+  os.exit(0)
 end
 
 -- The memory figures come from a fresh interpreter each (this script run
@@ -292,9 +309,13 @@ if arg and arg[1] == "--stage" then
   run(assert(math.tointeger(tonumber(arg[3])), "bench/route: --stage NAME N"), stop)
   error("bench/route: no stage " .. arg[2])
 end
-local function fresh(what)
+-- fresh(what): this script's `--fresh what` run in a fresh interpreter,
+-- its numbers; fresh(what, market): `what` run by that market interpreter.
+local function fresh(what, interpreter)
   local function quote(s) return "'" .. s:gsub("'", [['\'']]) .. "'" end
-  local f = assert(io.popen(("%s %s --fresh %s"):format(quote(arg[-1]), quote(arg[0]), what)))
+  local command = interpreter and ("%s --max-activation 0 %s %s"):format(quote(interpreter), quote(arg[0]), what)
+                  or ("%s %s --fresh %s"):format(quote(arg[-1]), quote(arg[0]), what)
+  local f = assert(io.popen(command))
   local out = f:read("a")
   assert(f:close(), "bench/route: the fresh " .. what .. " run failed")
   local t = {}
@@ -328,6 +349,13 @@ print(("waiting-timed-bytes-per-process: %.0f  (heap in use; the same in market.
 print(("waiting-timed-rss-bytes-per-process: %.0f  (resident, allocator slack included)"):format(tper_rss))
 local median, slowest = waves(100000, 10)
 print(("spawns-per-second-sustained: %.0f  (median of ten waves of 100,000 spawns then kills in one VM; slowest %.0f; target >= 300000)"):format(median, slowest))
+-- The same under the `market` interpreter (bench/meson.build gives its
+-- path as MARKET), whose Lua state collects as lua/host.c sets it.
+local interpreter = os.getenv("MARKET")
+if interpreter then
+  local hmedian, hslowest = fresh("--hosted-waves", interpreter)
+  print(("spawns-per-second-sustained-market: %.0f  (the same waves under the market interpreter, the script its boot process; slowest %.0f)"):format(hmedian, hslowest))
+end
 -- Each the median of five runs, each in a fresh VM (a run takes a
 -- fraction of a second).
 local function median5(f)

@@ -20,6 +20,10 @@
 #include "mkl.h"
 #include "pool.h"
 
+/* The generational collector's major multiplier (percent) of the state a
+** host makes (host_make). */
+#define GEN_MAJOR 300
+
 struct mk_host {
   struct ev_loop *loop;
   mk_ground *g;
@@ -376,8 +380,23 @@ static mk_host *host_make(lua_State *L, struct ev_loop *loop, mk_error *err) {
     ** actions and transitions) dies young, and is then freed while still
     ** in the cache; the incremental collector freed it cold, a sweep
     ** later.  bench/echo: 0.35 us less CPU per round trip, 10% of the
-    ** user time.  A script may still choose collectgarbage("incremental"). */
-    lua_gc(L, LUA_GCGEN, 0, 0);
+    ** user time.  A script may still choose collectgarbage("incremental").
+    ** A major collection comes once the heap has grown to four times what
+    ** the last one left (GEN_MAJOR; Lua's default is twice): a program
+    ** that keeps spawning and killing makes old garbage, the processes of
+    ** a wave having grown old before they die, and only a major collection
+    ** frees that.  Ten waves of 100,000 spawns and kills ran 1.2 times as
+    ** fast; messages, echo's round trips (their garbage is young, freed by
+    ** minor collections as before) and the memory of an idle process or
+    ** connection did not move.  The price is old garbage held: up to three
+    ** times the live heap before a major collection frees it, and a major
+    ** collection, when it comes, sweeps that much more (docs/performance.md,
+    ** "Sustained spawns, round 7").  A minor collection stays at Lua's
+    ** default (each fifth of the heap allocated): at half, the waves ran a
+    ** little faster still, but an idle connection held 3% more resident
+    ** memory, and at once per doubling echo.lua missed the cache four
+    ** times as often per round trip. */
+    lua_gc(L, LUA_GCGEN, 0, GEN_MAJOR);
     h->L = L;
     h->own_L = 1;
     lua_atpanic(L, panicf);
