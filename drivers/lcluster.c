@@ -972,6 +972,12 @@ static int l_nats_connect(lua_State *L) {
       (s = natsOptions_SetWriteDeadline(o, WRITE_DEADLINE_MS)) != NATS_OK ||
       /* A node hears nothing it published itself. */
       (s = natsOptions_SetNoEcho(o, true)) != NATS_OK ||
+      /* Each publish is written at once, not left to libnats's flusher
+      ** thread, which waits about a millisecond for more.  Sends leave in
+      ** batches, one publish per node per pass of the VM, so this costs
+      ** a write(2) per batch, not per message (performance.md,
+      ** "bench-cluster", "Latency"). */
+      (s = natsOptions_SetSendAsap(o, true)) != NATS_OK ||
       /* One delivery thread for every subscription of the connection (the
       ** library's pool, one worker by default): what a node published to
       ** "all" and to our own subject is queued in the order the server
