@@ -32,16 +32,19 @@
 #include "mkl.h"
 #include "pool.h"
 
-/* A box kept for reuse (pushshared): the registry slot `ref` holds it, and
-** it holds `t` (borrowed here).  `held` is where the box keeps its term
-** (mkl_boxslot), found at the box's first reuse, NULL until then: the
-** registry slot keeps the box, so the address stays good until the slot
-** is given another box (remember). */
+/* A box kept for reuse (pushshared): slot `idx` of the state's thread of
+** slots (mkl_state.slots) holds it, and it holds `t` (borrowed here).
+** `held` is where the box keeps its term (mkl_boxslot), found at the
+** box's first reuse, NULL until then: the slot keeps the box, so the
+** address stays good until the slot is given another box (remember). */
 typedef struct lastbox {
-  int ref;
+  int idx;
   const mk_term *t;
   mk_term *const *held;
 } lastbox;
+
+/* The stack slots of mkl_state.slots. */
+enum { SLOT_MESSAGE = 1, SLOT_TOPIC, SLOT_NAME, SLOT_COUNT = SLOT_NAME };
 
 /* The slots of mkl_state.fieldref. */
 enum { FIELD_PRESENCE, FIELD_ABSENCE, FIELD_MESSAGE };
@@ -68,10 +71,20 @@ typedef struct mkl_state {
   lua_State *pool[16];
   int poolref[16];
   int npool;
-  /* Registry slots holding the box that last stood for a record sent or
-  ** delivered (pushmessage), and the one that last stood for a presence's
-  ** or absence's topic (pushrole); their terms are borrowed, the boxes
-  ** hold them. */
+  /* What events write as they are handled: the box that last stood for a
+  ** record sent or delivered (pushmessage: SLOT_MESSAGE), the one that last
+  ** stood for a presence's or absence's topic (pushrole: SLOT_TOPIC), and
+  ** the endpoint name pushed last (pushname: SLOT_NAME), in the stack of a
+  ** thread of their own, anchored by the registry (never resumed: its
+  ** stack is storage).  Not in the registry: it holds every process's
+  ** context (ctxref), and in generational mode (host.c) a table written
+  ** a young value since the last collection is traversed whole by the
+  ** next young one, each context's header read: at 10,000 connections,
+  ** 14,000 cache misses per collection, 6 per echo round trip (issue
+  ** 10).  A thread's stack takes stores without a barrier (the collector
+  ** visits every thread again at each cycle), and this one is a few
+  ** slots.  The boxes' terms are borrowed, the boxes hold them. */
+  lua_State *slots;
   lastbox message, topic;
   int roleref;           /* the strings of a role table (newrole) */
   /* Registry slots that held the context of a process now gone, for the
@@ -88,8 +101,7 @@ typedef struct mkl_state {
   int demand;            /* the last such run: how many to keep at most */
   int fieldref[3];       /* "on_presence", "on_absence", "on_message",
                          ** interned once: handler keys (FIELD_*) */
-  int nameref;           /* the endpoint name pushname pushed last, */
-  const char *lastname;  /* and its bytes (Lua's copy), or NULL */
+  const char *lastname;  /* SLOT_NAME's bytes (Lua's copy), or NULL */
   mk_pool_over *over;    /* the cache installed in front of the state's
                          ** allocator while a ground VM runs (mkl_attach),
                          ** or NULL; owned */
@@ -412,19 +424,31 @@ static const mk_behavior lua_behavior;
 ** or one pattern is an instance of the other, that is one and the same
 ** term for all of them (vm.c, refined).  Topics keep a slot of their own,
 ** so that a burst of them does not cost the message path its box. */
-static void remember(lastbox *slot, lua_State *L, int idx, const mk_term *t) {
+static MKL_INLINE void pushslot(const mkl_state *S, lua_State *L, int k) {
+  lua_pushvalue(S->slots, k);
+  lua_xmove(S->slots, L, 1);
+}
+
+/* Slot k of S->slots := the value at idx of L (any thread but S->slots). */
+static MKL_INLINE void setslot(const mkl_state *S, lua_State *L, int idx, int k) {
   lua_pushvalue(L, idx);
-  lua_rawseti(L, LUA_REGISTRYINDEX, slot->ref);
+  lua_xmove(L, S->slots, 1);
+  lua_replace(S->slots, k);
+}
+
+static void remember(const mkl_state *S, lastbox *slot, lua_State *L, int idx,
+                     const mk_term *t) {
+  setslot(S, L, idx, slot->idx);
   slot->t = t;
   slot->held = NULL;
 }
 
 /* Push t (borrowed) as mkl_pushterm does, reusing slot's box when it is
 ** t's.  Only records are boxes; other terms are pushed as they are. */
-static void pushshared(lastbox *slot, lua_State *co, mk_term *t) {
+static void pushshared(const mkl_state *S, lastbox *slot, lua_State *co, mk_term *t) {
   if (t->kind != MK_REC) { mkl_pushterm(co, t); return; }
   if (t == slot->t) {
-    lua_rawgeti(co, LUA_REGISTRYINDEX, slot->ref);
+    pushslot(S, co, slot->idx);
     /* Still holding t: only a __gc called by hand empties a box.  Its
     ** term is read in place from the second delivery on (a burst of one
     ** record: two API calls fewer per delivery). */
@@ -433,14 +457,14 @@ static void pushshared(lastbox *slot, lua_State *co, mk_term *t) {
     lua_pop(co, 1);
   }
   mkl_pushterm(co, t);
-  remember(slot, co, -1, t);
+  remember(S, slot, co, -1, t);
 }
 
 static void pushmessage(mkl_state *S, lua_State *co, mk_term *t) {
   /* Held by this delivery alone (the sender let go): no other delivery
   ** can share the box, so do not remember it. */
   if (t->kind == MK_REC && t->refs == 1) mkl_pushterm(co, t);
-  else pushshared(&S->message, co, t);
+  else pushshared(S, &S->message, co, t);
 }
 
 /* A role as its three fields: orientation, interest (integers; market.lua
@@ -448,7 +472,7 @@ static void pushmessage(mkl_state *S, lua_State *co, mk_term *t) {
 static void pushrole(mkl_state *S, lua_State *co, const mk_role *r) {
   lua_pushinteger(co, r->orientation);
   lua_pushinteger(co, r->interest);
-  if (r->topic) pushshared(&S->topic, co, r->topic); else lua_pushnil(co);
+  if (r->topic) pushshared(S, &S->topic, co, r->topic); else lua_pushnil(co);
 }
 
 /* The strings of a role table, at these indices of the registry's table
@@ -492,25 +516,24 @@ static void newrole(mkl_state *S, lua_State *L, mk_orientation o, mk_interest i)
 
 /* Push the endpoint name `name`.  A burst of presences or absences goes
 ** to endpoints of one name ("in" for each of 10,000 subscribers; an
-** observer's, each time): the last name pushed stays in a registry slot
-** (S->nameref, S->lastname its bytes, which Lua's strings never move),
+** observer's, each time): the last name pushed stays in a slot
+** (SLOT_NAME, S->lastname its bytes, which Lua's strings never move),
 ** and the same name again is read from there, without lua_pushstring's
 ** strlen, hash and look-up in Lua's string table (about 130 instructions
 ** of a presence event). */
 static MKL_INLINE void pushname(mkl_state *S, lua_State *L, const char *name) {
   if (S->lastname != NULL && strcmp(S->lastname, name) == 0) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, S->nameref);
+    pushslot(S, L, SLOT_NAME);
     return;
   }
   S->lastname = lua_pushstring(L, name);
-  lua_pushvalue(L, -1);
-  lua_rawseti(L, LUA_REGISTRYINDEX, S->nameref);
+  setslot(S, L, -1, SLOT_NAME);
 }
 
 void mkl_share(lua_State *L, int idx, const mk_term *t) {
   /* A record sent again (a prebuilt send in a loop) has its box already. */
   if (running.p != NULL && running.lp->co == L && running.lp->S->message.t != t)
-    remember(&running.lp->S->message, L, idx, t);
+    remember(running.lp->S, &running.lp->S->message, L, idx, t);
 }
 
 /* tostring(v), called protected by reason_of. */
@@ -716,7 +739,7 @@ static MKL_INLINE int takesrole(lua_State *L, int fn) {
 ** absence, the reason: the arguments after the state. */
 static MKL_INLINE void pushpeer(mkl_state *S, lua_State *L, const mk_event *ev, int role) {
   if (role) {
-    pushshared(&S->topic, L, ev->role.topic);
+    pushshared(S, &S->topic, L, ev->role.topic);
     newrole(S, L, ev->role.orientation, ev->role.interest);
   } else {
     lua_pushnil(L);
@@ -2412,10 +2435,11 @@ void mkl_open_core(lua_State *L) {
     memset(S, 0, sizeof *S);
     S->L = L;
     S->applyref = S->restref = S->dispatchref = S->eventref = LUA_NOREF;
-    lua_pushboolean(L, 0);
-    S->message.ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pushboolean(L, 0);
-    S->topic.ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    S->slots = lua_newthread(L);
+    lua_settop(S->slots, SLOT_COUNT);        /* within its LUA_MINSTACK */
+    luaL_ref(L, LUA_REGISTRYINDEX);          /* for the state's life */
+    S->message.idx = SLOT_MESSAGE;
+    S->topic.idx = SLOT_TOPIC;
     rolestrings(L);
     S->roleref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushliteral(L, "on_presence");
@@ -2424,8 +2448,6 @@ void mkl_open_core(lua_State *L) {
     S->fieldref[FIELD_ABSENCE] = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushliteral(L, "on_message");
     S->fieldref[FIELD_MESSAGE] = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pushboolean(L, 0);
-    S->nameref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, state_gc);
     lua_setfield(L, -2, "__gc");
