@@ -90,7 +90,9 @@ typedef struct mkl_state {
   /* Registry slots that held the context of a process now gone, for the
   ** next processes' contexts (newproc, destroy); owned, freed by
   ** state_gc.  Each holds false, or (nkept of them) that context, emptied,
-  ** for the next process to take (spare_ctx).  luaL_ref and luaL_unref
+  ** for the next process to take (spare_ctx): those are the top nkept of
+  ** the list, so that a spawn takes one while there is one, wherever the
+  ** kills since put their slots (newproc).  luaL_ref and luaL_unref
   ** keep their free list in the registry itself, with five table accesses
   ** per reference and four per release: 520 instructions of every spawn. */
   int *spare;
@@ -1452,11 +1454,20 @@ static void spare_ctx(mkl_state *S, int ref) {
   }
   if (S->nkept < S->demand && emptied(L, ref)) {
     S->nkept++;
+    S->spare[S->nspare++] = ref;
   } else {
+    /* Below the kept contexts: the first of them moves to the top.  On
+    ** top, the slot would bury them under the slots of a run of kills
+    ** after a larger one (100,000 spawned and killed, then 10,000), and
+    ** the spawns would make contexts while the kept ones, never taken
+    ** again, were marked by every collection. */
+    int below = S->nspare - S->nkept;
     lua_pushboolean(L, 0);            /* the slot exists: nothing allocated */
     lua_rawseti(L, LUA_REGISTRYINDEX, ref);
+    if (S->nkept > 0) S->spare[S->nspare] = S->spare[below];
+    S->spare[below] = ref;
+    S->nspare++;
   }
-  S->spare[S->nspare++] = ref;
 }
 
 static void destroy(mk_proc *p) {
@@ -1496,12 +1507,12 @@ static const mk_behavior lua_behavior = { "lua", handle, NULL, destroy, declines
 static lproc *newproc(mkl_state *S, lua_State *L) {
   lproc *lp;
   int kept = 0;
-  if (S->nspare > 0) {
-    kept = lua_rawgeti(L, LUA_REGISTRYINDEX, S->spare[S->nspare - 1]) == LUA_TTABLE;
-    if (!kept) lua_pop(L, 1);
-    S->run++;                         /* < the slots there are: no overflow */
+  if (S->nspare > 0) S->run++;        /* < the slots there are: no overflow */
+  if (S->nkept > 0) {                 /* the top nkept spares (spare_ctx) */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->spare[S->nspare - 1]);
+    kept = 1;
   }
-  if (!kept) lua_createtable(L, 0, 2);
+  else lua_createtable(L, 0, 2);
   lua_rotate(L, -2, 1);
   lua_rawseti(L, -2, MKL_CTX_STATE);
   lp = mk_pool_alloc(sizeof *lp);

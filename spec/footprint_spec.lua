@@ -74,6 +74,39 @@ describe("per-process footprint", function()
     assert.is_true(made < 400, ("%.0f bytes of Lua heap made per spawn"):format(made))
   end)
 
+  it("spawns after a smaller run of kills still take the contexts kept", function()
+    -- A burst of 4N spawns and kills (twice: the second run keeps 4N
+    -- emptied contexts), then runs of N.  Each run of N kills leaves its
+    -- slots with the kept contexts; the spawns after them must take the
+    -- contexts, not make new ones over slots pushed on top of them.
+    local boot = function()
+      return market.transition(nil, market.subscriber("footprint", "in"))
+    end
+    local spawn = market.spawn(boot)
+    local made = {}
+    H.ground(function()
+      local function run(n)
+        local pids = {}
+        local before = collectgarbage("count")
+        collectgarbage("stop")
+        for i = 1, n do pids[i] = market.perform(spawn) end
+        market.pause()
+        local bytes = (collectgarbage("count") - before) * 1024 / n
+        collectgarbage("restart")
+        for i = 1, n do market.perform(market.quit(pids[i])) end
+        market.pause()
+        collectgarbage()
+        return bytes
+      end
+      run(4 * N)
+      run(4 * N)
+      for r = 1, 3 do made[r] = run(N) end
+    end, nil, { max_activation = 0 })
+    -- A context made is a table with two hash slots: about 120 bytes.
+    assert.is_true(made[3] - made[1] < 60,
+      ("a spawn made %.0f bytes, then %.0f, then %.0f"):format(made[1], made[2], made[3]))
+  end)
+
   it("a process waiting in market.yield() or wait_for keeps its stack short", function()
     -- A waiting process keeps its coroutine: the lua_State (208 bytes),
     -- a CallInfo (64) per frame and one spare, and its stack, which the
