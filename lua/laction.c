@@ -281,8 +281,8 @@ static int action_index(lua_State *L) {
     if (strcmp(k, "pid") == 0 || i == 1) {
       if (q->named) lua_pushinteger(L, q->pid); else lua_pushboolean(L, 0);
     } else if (strcmp(k, "reason") == 0 || i == 2) {
-      if (!q->reason) lua_pushboolean(L, 0);
-      else if (lua_getiuservalue(L, 1, 1) == LUA_TNIL) { lua_pop(L, 1); lua_pushboolean(L, 0); }
+      /* a quit with a reason holds it, never nil, as its one user value */
+      if (q->reason) lua_getiuservalue(L, 1, 1); else lua_pushboolean(L, 0);
     } else {
       lua_pushnil(L);
     }

@@ -427,8 +427,8 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
   end)
 
   it("delivers a peer's sends and feedback read from their bytes, and refuses bad ones", function()
-    -- The driver reads [1, "send", node, inc, X] from a node it knows
-    -- without decoding the envelope (drivers/cluster.lua, fast): a name
+    -- The driver reads [2, "send", node, inc, X...] from a node it knows
+    -- without decoding the envelope (drivers/lcluster.c, batch_begin): a name
     -- longer than 23 bytes (a CBOR header of two bytes), a send with
     -- trailing bytes, one cut short and one of another incarnation must
     -- go the long way, and be told as the long way tells them.
