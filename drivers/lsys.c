@@ -19,7 +19,8 @@
 **                                            a numeric address to bind instead of all)
 **   sys.unix_listen(path [, backlog])     -> sock | nil, msg  (a Unix socket: see there)
 **   sys.tcp_connect(sa)                   -> sock, "connected"|"inprogress" | nil, msg
-**   sys.udp_bind(port [, reuseport])      -> sock | nil, msg  (dual stack; 0: any port)
+**   sys.udp_bind(port [, reuseport])      -> sock | nil, msg  (dual stack; 0: any port;
+**                                            no SO_REUSEADDR: a port in use is refused)
 **   sys.fd_read(fd [, max])               -> string | nil, "eof" | false | nil, msg
 **   sys.std_take(fd)                      -> stream | nil, msg  (fd 0 or 1: market.stdio)
 **   sock:fd()  sock:local_port()  sock:peer() -> host, port
@@ -276,7 +277,11 @@ static int bound_socket(lua_State *L, int type, lua_Integer port, int reuseport,
     fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   }
   if (fd < 0) return -1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  /* SO_REUSEADDR lets a listener rebind over connections in TIME_WAIT.
+  ** Not on a datagram socket: there it lets two sockets bind one port,
+  ** even through bind(0) (the kernel may hand out a port a listener
+  ** holds, and the listener's datagrams then go astray). */
+  if (type == SOCK_STREAM) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
     err = errno;
     close(fd);

@@ -79,6 +79,19 @@ describe("udp driver", function()
     assert.are.same({ "presence", "absence cannot bind udp port 70000: invalid argument" }, events)
   end)
 
+  it("reports a port in use as the listener's absence with a reason", function()
+    local sys = require "market.sys"
+    local held = assert(sys.udp_bind(0))
+    local port = held:local_port()
+    finally(function() held:close() end)
+    local ev
+    N.run(function()
+      market.perform(market.subscriber(udp.packet(ANY, udp.listener(port), ANY), "rx"))
+      ev = market.wait_for(function(e) return e.endpoint == "rx" and e.type == "absence" end)
+    end)
+    assert.equal(("cannot bind udp port %d: address already in use"):format(port), ev.reason)
+  end)
+
   it("closes the socket when the last subscriber goes", function()
     local seen = {}
     N.run(function()
