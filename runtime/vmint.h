@@ -98,15 +98,22 @@ typedef struct mk_qev {
 ** into space large enough for it to consolidate all its fast bins, and
 ** a spawn cost 600 instructions more.  A block whose events are all
 ** taken waits in `qfree` for the tail to need one; when the queue
-** empties, the head block is rewound and those waiting are unmapped.  So
-** a VM keeps one block while idle, of which what its largest burst since
-** the last empty queue touched is resident (4 KiB for a queue that never
-** held more than 56 events).  Where no mapping can be had (a program
+** empties, the head block is rewound, and of those waiting the VM keeps
+** as many as that burst added to the head (`qburst`), up to MK_QKEEP, and
+** unmaps the rest.  A VM whose bursts outgrow a block, as a publisher
+** sending a thousand messages a pass, so reuses its blocks: mapping one,
+** faulting its 16 pages in and unmapping it at every pass was half the
+** CPU of bench-route's messages on a host with slow page faults.  A
+** burst that needs no second block lets the kept ones go.  So an idle VM
+** keeps one block, or up to MK_QKEEP + 1 if its last burst was that
+** large, of which what the bursts touched is resident (4 KiB for a queue
+** that never held more than 56 events).  Where no mapping can be had (a program
 ** with tens of thousands of VMs reaches the kernel's limit on mappings),
 ** a block comes from malloc instead: slower bursts, never a failure.
 ** Owned by the VM, with the events in slots first..last-1, which own what
 ** mk_qev says. */
 #define MK_QBLOCK 910
+#define MK_QKEEP 4
 typedef struct mk_qblock {
   struct mk_qblock *next;
   uint16_t first, last;
@@ -175,6 +182,8 @@ struct mk_vm {
   mk_qblock *qhead, *qtail; /* the event FIFO (mk_qblock), owned; NULL until
                             ** the first event */
   mk_qblock *qfree;         /* emptied blocks, owned, chained by next */
+  unsigned qburst;          /* blocks added behind the head since the
+                            ** queue was last empty */
   uint64_t nqueued, ntaken; /* events ever queued and taken: the one queued
                             ** as number n (nqueued then) is n - ntaken
                             ** slots from the head while it is queued */

@@ -1386,6 +1386,12 @@ static void quiet_handle(mk_proc *p, const mk_event *ev) {
 }
 static const mk_behavior quiet_behavior = { "quiet", quiet_handle, NULL, NULL, NULL, 0, NULL };
 
+static int qblocks_count(const mk_qblock *b) {
+  int n = 0;
+  for (; b != NULL; b = b->next) n++;
+  return n;
+}
+
 static void queue_burst(mk_vm *vm, int tag, int n) {
   int i;
   for (i = 0; i < n; i++) {
@@ -1424,8 +1430,11 @@ static void test_queue_blocks(void) {
   mk_vm_free(vm, NULL);
   rec_done(&p); rec_done(&q);
 
-  /* The blocks a burst took go back when the queue empties: after 3,000
-  ** events (four blocks) the VM keeps one, rewound. */
+  /* When the queue empties, the VM keeps the blocks a burst added behind
+  ** the head, up to MK_QKEEP: after 3,000 events (four blocks) the head,
+  ** rewound, and three kept; the next such burst takes those three, no
+  ** new ones; a burst that fits in the head lets them go; a burst of
+  ** 10,000 events keeps MK_QKEEP. */
   vm = mk_vm_new();
   idle_topic = R(I(4), W());
   quiet_count = 0;
@@ -1435,12 +1444,28 @@ static void test_queue_blocks(void) {
   CHECK(vm->qhead != vm->qtail && vm->qhead->next != NULL && vm->qhead->next->next != NULL);
   mk_vm_run(vm);
   CHECK(quiet_count == 3000);
-  CHECK(vm->qhead == vm->qtail && vm->qfree == NULL);
+  CHECK(vm->qhead == vm->qtail && qblocks_count(vm->qfree) == 3);
   CHECK(vm->qhead->first == 0 && vm->qhead->last == 0);
+  {
+    mk_qblock *kept[3], *b;
+    int reused = 1;
+    for (i = 0, b = vm->qfree; i < 3; i++, b = b->next) kept[i] = b;
+    queue_burst(vm, 4, 3000);
+    CHECK(vm->qfree == NULL);
+    for (i = 0, b = vm->qhead->next; i < 3; i++, b = b ? b->next : NULL)
+      if (b != kept[i]) reused = 0;
+    CHECK(reused);
+  }
+  mk_vm_run(vm);
+  CHECK(quiet_count == 6000 && qblocks_count(vm->qfree) == 3);
   queue_burst(vm, 4, 1);
   mk_vm_run(vm);
-  CHECK(quiet_count == 3001 && mk_vm_idle(vm));
-  mk_vm_free(vm, NULL);
+  CHECK(quiet_count == 6001 && mk_vm_idle(vm));
+  CHECK(vm->qhead == vm->qtail && vm->qfree == NULL);
+  queue_burst(vm, 4, 10000);
+  mk_vm_run(vm);
+  CHECK(quiet_count == 16001 && qblocks_count(vm->qfree) == MK_QKEEP);
+  mk_vm_free(vm, NULL);     /* frees the kept blocks too (valgrind, ASan) */
   mk_unref(idle_topic);
   END;
 }
