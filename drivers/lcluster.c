@@ -461,77 +461,6 @@ static void deliver(fwd *f, mk_proc *p, int k, mk_term *body) {
   f->delivering = 0;
 }
 
-/* ---- CBOR heads -----------------------------------------------------------
-** A batch's envelope and the bounds of its topics are read head by head,
-** without decoding: what a topic holds is mk_cbor_decode's (runtime/cbor.c)
-** to read and judge. */
-
-/* The head at d[*at..len): its major type and value (a length, a count, an
-** integer's magnitude, a tag), *at moved past it; 0, or -1 when it is cut
-** short or of a kind no term is written with (reserved, indefinite). */
-static int head(const unsigned char *d, size_t len, size_t *at, unsigned *mt, uint64_t *v) {
-  size_t i = *at, h;
-  unsigned ai;
-  if (i >= len) return -1;
-  *mt = d[i] >> 5;
-  ai = d[i] & 31;
-  if (ai < 24) {
-    *v = ai;
-    *at = i + 1;
-    return 0;
-  }
-  if (ai > 27) return -1;
-  h = (size_t)1 << (ai - 24);
-  if (h >= len - i) return -1;
-  for (*v = 0, i++; h > 0; h--, i++) *v = *v << 8 | d[i];
-  *at = i;
-  return 0;
-}
-
-/* The end of the one data item at d[at..len), or 0 when it is cut short,
-** a map or of an indefinite length (no term is either).  No recursion: it
-** counts the items still to be skipped, and believes an array's count only
-** as far as the bytes go (each item is a byte at least). */
-static size_t item_end(const unsigned char *d, size_t len, size_t at) {
-  size_t pending = 1;
-  unsigned mt;
-  uint64_t v;
-  while (pending-- > 0) {
-    if (head(d, len, &at, &mt, &v) != 0) return 0;
-    switch (mt) {
-      case 2: case 3:                        /* a string: its bytes */
-      case 4:                                /* an array: its items */
-        if (v > len - at) return 0;
-        if (mt == 4) pending += (size_t)v;
-        else at += (size_t)v;
-        break;
-      case 5:                                /* a map */
-        return 0;
-      case 6:                                /* a tag: the item it wraps */
-        pending++;
-        break;
-      default:                               /* integers, simple values, floats */
-        break;
-    }
-  }
-  return at;
-}
-
-/* The length of the shortest head for v, and that head written at p. */
-static size_t head_len(uint64_t v) {
-  return v < 24 ? 1 : v <= 0xff ? 2 : v <= 0xffff ? 3 : v <= 0xffffffff ? 5 : 9;
-}
-
-static void put_head(unsigned char *p, unsigned mt, uint64_t v) {
-  size_t n = head_len(v), i;
-  if (n == 1) {
-    *p = (unsigned char)(mt << 5 | v);
-    return;
-  }
-  *p = (unsigned char)(mt << 5 | (n == 2 ? 24 : n == 3 ? 25 : n == 5 ? 26 : 27));
-  for (i = n - 1; i >= 1; i--, v >>= 8) p[i] = (unsigned char)v;
-}
-
 /* ---- receiving a batch ---------------------------------------------------- */
 
 /* "malformed" and why, for conn:next: what the sends (feedback) from the
@@ -566,7 +495,7 @@ static int batch_begin(lua_State *L, fwd *f, batch *b, item *it) {
   uint64_t count, nlen;
   rnode *n;
   int k;
-  if (len <= at || memcmp(d, f->wrapper, at) != 0 || head(d, len, &at, &mt, &count) != 0 ||
+  if (len <= at || memcmp(d, f->wrapper, at) != 0 || mk_cbor_head(d, len, &at, &mt, &count) != 0 ||
       mt != 4 || count < 5)
     return 0;
   items = at;
@@ -574,7 +503,7 @@ static int batch_begin(lua_State *L, fwd *f, batch *b, item *it) {
     if (len - at > f->leadlen[k] && memcmp(d + at, f->lead[k], f->leadlen[k]) == 0) break;
   if (k == 2) return 0;
   at += f->leadlen[k];
-  if (head(d, len, &at, &mt, &nlen) != 0 || mt != 2 || nlen > len - at ||
+  if (mk_cbor_head(d, len, &at, &mt, &nlen) != 0 || mt != 2 || nlen > len - at ||
       (n = node_find(f, (const char *)d + at, (size_t)nlen, NULL)) == NULL ||
       len - items < n->leadlen[k] || memcmp(d + items, n->lead[k], n->leadlen[k]) != 0)
     return 0;
@@ -595,7 +524,7 @@ static int batch_begin(lua_State *L, fwd *f, batch *b, item *it) {
       b->ends = e;
       b->maxends = max;
     }
-    if ((end = item_end(d, len, at)) == 0)
+    if ((end = mk_cbor_item_end(d, len, at)) == 0)
       return refused(L, b, ": topic %I of %I is cut short or not a term's CBOR", (lua_Integer)i + 1,
                      (lua_Integer)(count - 4));
     b->ends[i] = at = end;
@@ -654,9 +583,9 @@ static void flush(fwd *f, rnode *n) {
   n->bn = 0;
   at -= f->minelen[k];
   memcpy(n->bb + at, f->mine[k], f->minelen[k]);
-  hl = head_len(4 + count);
+  hl = mk_cbor_head_len(4 + count);
   at -= hl;
-  put_head(n->bb + at, 4, 4 + count);
+  mk_cbor_put_head(n->bb + at, 4, 4 + count);
   at -= sizeof f->wrapper;
   memcpy(n->bb + at, f->wrapper, sizeof f->wrapper);
   if (f->connected && f->nc != NULL && n->subject != NULL && n->blen - at <= INT32_MAX &&

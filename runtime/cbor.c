@@ -97,9 +97,28 @@ static inline int reserve (Out *o, size_t more) {
 
 #define AT(o)  ((o)->p + (o)->n), ((o)->cap - (o)->n)
 
+/* Static, so that the encoder's calls are inlined (the public names may be
+** interposed in a shared library, and are not). */
+static size_t head_len (uint64_t v) {
+  return v < 24 ? 1 : v <= 0xff ? 2 : v <= 0xffff ? 3 : v <= 0xffffffff ? 5 : 9;
+}
+
+static size_t put_head (unsigned char *p, unsigned mt, uint64_t v) {
+  size_t n = head_len(v), i;
+  if (n == 1) {
+    *p = (unsigned char)(mt << 5 | v);
+    return 1;
+  }
+  *p = (unsigned char)(mt << 5 | (n == 2 ? 24 : n == 3 ? 25 : n == 5 ? 26 : 27));
+  for (i = n - 1; i >= 1; i--, v >>= 8) p[i] = (unsigned char)v;   /* big-endian */
+  return n;
+}
+
+size_t mk_cbor_head_len(uint64_t v) { return head_len(v); }
+
+size_t mk_cbor_put_head(unsigned char *p, unsigned mt, uint64_t v) { return put_head(p, mt, v); }
+
 static void head (Out *o, unsigned mt, uint64_t u) {
-  unsigned char *p = o->p + o->n;
-  unsigned n, i;
   if (MK_CBOR_LIBCBOR_HEADS) {
     switch (mt) {
       case MT_UINT: o->n += cbor_encode_uint(u, AT(o)); break;
@@ -110,17 +129,7 @@ static void head (Out *o, unsigned mt, uint64_t u) {
     }
     return;
   }
-  if (u < 24) {
-    p[0] = (unsigned char)(mt | u);
-    o->n += 1;
-    return;
-  }
-  if (u <= 0xff) n = 1, p[0] = (unsigned char)(mt | 24);
-  else if (u <= 0xffff) n = 2, p[0] = (unsigned char)(mt | 25);
-  else if (u <= 0xffffffff) n = 4, p[0] = (unsigned char)(mt | 26);
-  else n = 8, p[0] = (unsigned char)(mt | 27);
-  for (i = n; i > 0; i--, u >>= 8) p[i] = (unsigned char)u;   /* big-endian */
-  o->n += 1 + n;
+  o->n += put_head(o->p + o->n, mt >> 5, u);
 }
 
 /* null (0xf6), false, true (0xf4, 0xf5): the simple value v */
@@ -593,3 +602,52 @@ mk_term *mk_cbor_decode (const unsigned char *buf, size_t len, const char **why)
 }
 
 /* }====================================================== */
+
+/* ---- framing (cbor.h) ----------------------------------------------------- */
+
+int mk_cbor_head(const unsigned char *d, size_t len, size_t *at, unsigned *mt, uint64_t *v) {
+  size_t i = *at, h;
+  unsigned ai;
+  if (i >= len) return -1;
+  *mt = d[i] >> 5;
+  ai = d[i] & 31;
+  if (ai < 24) {
+    *v = ai;
+    *at = i + 1;
+    return 0;
+  }
+  if (ai > 27) return -1;
+  h = (size_t)1 << (ai - 24);
+  if (h >= len - i) return -1;
+  for (*v = 0, i++; h > 0; h--, i++) *v = *v << 8 | d[i];
+  *at = i;
+  return 0;
+}
+
+/* No recursion: it counts the items still to be skipped, and believes an
+** array's count only as far as the bytes go (each item is a byte at
+** least). */
+size_t mk_cbor_item_end(const unsigned char *d, size_t len, size_t at) {
+  size_t pending = 1;
+  unsigned mt;
+  uint64_t v;
+  while (pending-- > 0) {
+    if (mk_cbor_head(d, len, &at, &mt, &v) != 0) return 0;
+    switch (mt) {
+      case 2: case 3:                        /* a string: its bytes */
+      case 4:                                /* an array: its items */
+        if (v > len - at) return 0;
+        if (mt == 4) pending += (size_t)v;
+        else at += (size_t)v;
+        break;
+      case 5:                                /* a map */
+        return 0;
+      case 6:                                /* a tag: the item it wraps */
+        pending++;
+        break;
+      default:                               /* integers, simple values, floats */
+        break;
+    }
+  }
+  return at;
+}

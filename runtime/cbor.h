@@ -27,6 +27,7 @@
 #define MK_CBOR_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "term.h"
 
@@ -68,5 +69,27 @@ int mk_cbor_append(const mk_term *t, unsigned char **buf, size_t *len, size_t *c
 ** (every item takes one byte at least).
 */
 mk_term *mk_cbor_decode(const unsigned char *buf, size_t len, const char **why);
+
+/*
+** Heads, for a container of terms framed without decoding them (the
+** cluster's batches, drivers/lcluster.c).  A head is a major type (0 to
+** 7) and its argument (a length, a count, an integer's magnitude, a tag).
+**
+** mk_cbor_head_len: the bytes of the shortest head for argument v (1, 2,
+** 3, 5 or 9).  mk_cbor_put_head: that head of major type mt written at p,
+** which has room for it; returns its length.
+**
+** mk_cbor_head: the head at d[*at..len), into *mt and *v, *at moved past
+** it; 0, or -1 when it is cut short or of a kind no term is written with
+** (reserved, indefinite).  mk_cbor_item_end: the end of the one data
+** item at d[at..len), or 0 when it is cut short, a map or of an
+** indefinite length (no term is either); it walks without recursion and
+** believes a count only as far as the bytes go.  Neither judges what the
+** item holds: that is mk_cbor_decode's.
+*/
+size_t mk_cbor_head_len(uint64_t v);
+size_t mk_cbor_put_head(unsigned char *p, unsigned mt, uint64_t v);
+int mk_cbor_head(const unsigned char *d, size_t len, size_t *at, unsigned *mt, uint64_t *v);
+size_t mk_cbor_item_end(const unsigned char *d, size_t len, size_t at);
 
 #endif

@@ -29,10 +29,18 @@
 #define mk_cbor_encode ref_cbor_encode
 #define mk_cbor_decode ref_cbor_decode
 #define mk_cbor_append ref_cbor_append
+#define mk_cbor_head_len ref_cbor_head_len
+#define mk_cbor_put_head ref_cbor_put_head
+#define mk_cbor_head ref_cbor_head
+#define mk_cbor_item_end ref_cbor_item_end
 #include "../../runtime/cbor.c"
 #undef mk_cbor_encode
 #undef mk_cbor_decode
 #undef mk_cbor_append
+#undef mk_cbor_head_len
+#undef mk_cbor_put_head
+#undef mk_cbor_head
+#undef mk_cbor_item_end
 
 #define CHECK(e) do { if (!(e)) { \
   fprintf(stderr, "fuzz_cbor: %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #e); \
@@ -60,6 +68,10 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size) {
   t = mk_cbor_decode(in, n, &why);
   u = ref_cbor_decode(in, n, &refwhy);
   CHECK((t == NULL) == (u == NULL));
+  /* Framing (mk_cbor_item_end) ends within the input, and where a term's
+  ** encoding (the wrapper's one item) ends when it decodes. */
+  len = mk_cbor_item_end(in, n, 0);
+  CHECK(len <= n && (t == NULL || len == n));
   if (t == NULL) {
     CHECK(why != NULL && refwhy != NULL && strcmp(why, refwhy) == 0);
   } else {
@@ -86,11 +98,25 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size) {
     CHECK(mk_cbor_append(t, &b2, &len2, &cap) == 0);
     CHECK(cap >= len2 && len2 == first % 6 + len - sizeof wrap);
     CHECK(memcmp(b2 + first % 6, b + sizeof wrap, len - sizeof wrap) == 0);
+    /* the term alone is one item, framed to its end */
+    CHECK(mk_cbor_item_end(b2, len2, first % 6) == len2);
     for (n = 0; n < first % 6; n++) CHECK(b2[n] == 0xee);
     free(b);
     free(b2);
     mk_unref(u);
     mk_unref(t);
+  }
+  {                      /* a head written reads back, in as many bytes */
+    unsigned char h[9];
+    size_t at = 0, hl;
+    unsigned mt;
+    uint64_t v = 0, w;
+    for (n = 0; n < 8 && n < size; n++) v = v << 8 | data[n];
+    v >>= (first >> 2) % 64;
+    hl = mk_cbor_put_head(h, first >> 5, v);
+    CHECK(hl == mk_cbor_head_len(v) && hl <= sizeof h);
+    CHECK(mk_cbor_head(h, hl, &at, &mt, &w) == 0 && at == hl && mt == first >> 5 && w == v);
+    CHECK(mk_cbor_head(h, hl - 1, &(size_t){0}, &mt, &w) == -1);
   }
   free(in);
   CHECK(mk_term_live() == base);
