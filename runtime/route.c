@@ -412,10 +412,15 @@ static mk_inode *findkid (const mk_inode *n, int tag, uint32_t h,
   return NULL;
 }
 
-static void tableput (mk_inode **tab, uint32_t cap, mk_inode *c) {
+/* c into the first free slot or tomb of its probe: 1 when that was a
+** tomb (a rebuilt table has none).  findkid found no child equal to c. */
+static int tableput (mk_inode **tab, uint32_t cap, mk_inode *c) {
   uint32_t i = c->khash & (cap - 1);
-  while (tab[i] != NULL) i = (i + 1) & (cap - 1);
+  int was_tomb;
+  while (tab[i] != NULL && tab[i] != TOMB) i = (i + 1) & (cap - 1);
+  was_tomb = tab[i] == TOMB;
   tab[i] = c;
+  return was_tomb;
 }
 
 /* A zeroed child map of ncap entries: a hash table (ncap > SMALLKIDS)
@@ -484,13 +489,7 @@ static int addkid (mk_index *ix, mk_inode *n, mk_inode *c) {
     if (kcapof(n) > UINT32_MAX / 2 || rehash(ix, n, ncap) != 0) return -1;
   }
   if (kcapof(n) <= SMALLKIDS) kidv(n)[n->nkids] = c;
-  else {   /* the first free slot or tomb: findkid found no equal child */
-    mk_inode **k = n->kids.v;
-    uint32_t mask = kcapof(n) - 1, i = c->khash & mask;
-    while (k[i] != NULL && k[i] != TOMB) i = (i + 1) & mask;
-    if (k[i] == TOMB) n->ntomb--;
-    k[i] = c;
-  }
+  else if (tableput(n->kids.v, kcapof(n), c)) n->ntomb--;
   n->nkids++;
   return 0;
 }
