@@ -345,12 +345,12 @@ local function boot(cfg)
       forget(name, ("cluster: node %s left"):format(name))
     end
     -- (counted as delivered, and not sent on by the forwarder)
-    function handle.send(m)
-      for i = 5, #m do conn:deliver("send", topic(m[i])) end
+    local function deliver_all(kind)
+      return function(m)
+        for i = 5, #m do conn:deliver(kind, topic(m[i])) end
+      end
     end
-    function handle.feedback(m)
-      for i = 5, #m do conn:deliver("feedback", topic(m[i])) end
-    end
+    handle.send, handle.feedback = deliver_all("send"), deliver_all("feedback")
 
     -- What the forwarder did not deliver: anything but sends (feedback)
     -- from a node known under that incarnation, read and checked whole.
