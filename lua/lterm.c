@@ -194,28 +194,20 @@ static const char NOTSEQ[] =
   "a table with non-sequence keys is not a term (sequences are arrays 1..n)";
 static const char HOLES[] = "a table with holes is not a term";
 
-/* The value on top of L as item i of s, a sequence at depth `depth`, of
-** size *size so far (at most room), which grows by the item's: 0, or -1
-** with *err set.  Item i may take the room the others leave it. */
-static int item(lua_State *L, const char **err, size_t depth, size_t room, mk_term *s,
-                lua_Unsigned i, size_t *size) {
-  mk_term *it = toterm(L, lua_gettop(L), err, depth + 1, room - *size + 1);
-  if (it == NULL) return -1;
-  *size += mk_term_size(it) - 1;   /* still at most room */
-  mk_set(s, (uint32_t)i, it);
-  return 0;
-}
-
-/* The items from i + 1 to n of the table at idx into s, in order (item);
-** `size` is s's size so far.  0, or -1 with *err set. */
+/* The items from i + 1 to n of the table at idx into s, in order, as
+** toterm converts them; `size` is s's size so far, at most room.  0, or
+** -1 with *err set. */
 static int items(lua_State *L, int idx, const char **err, size_t depth, size_t room,
                  mk_term *s, lua_Unsigned i, lua_Unsigned n, size_t size) {
   for (; i < n; i++) {
-    int r;
+    mk_term *item;
     lua_rawgeti(L, idx, (lua_Integer)i + 1);
-    r = item(L, err, depth, room, s, i, &size);
+    /* item i may take the room the others leave it */
+    item = toterm(L, lua_gettop(L), err, depth + 1, room - size + 1);
     lua_pop(L, 1);
-    if (r != 0) return -1;
+    if (item == NULL) return -1;
+    size += mk_term_size(item) - 1;   /* still at most room */
+    mk_set(s, (uint32_t)i, item);
   }
   return 0;
 }
@@ -256,10 +248,15 @@ static mk_term *totable(lua_State *L, int idx, const char **err, size_t depth,
       return NULL;
     }
     keys++;
-    if (convert && (lua_Unsigned)k == at + 1 && item(L, &itemerr, depth, room, s, at, &size) == 0)
-      at++;
-    else
-      convert = 0;
+    if (convert && (lua_Unsigned)k == at + 1) {
+      mk_term *item = toterm(L, lua_gettop(L), &itemerr, depth + 1, room - size + 1);
+      if (item != NULL) {
+        size += mk_term_size(item) - 1;   /* still at most room */
+        mk_set(s, (uint32_t)at++, item);
+      }
+      else convert = 0;
+    }
+    else convert = 0;
     lua_pop(L, 1);
   }
   if (keys != n) { mk_unref(s); *err = HOLES; return NULL; }
