@@ -249,6 +249,8 @@ static mk_term *totable(lua_State *L, int idx, const char **err, size_t depth,
     }
     keys++;
     if (convert && (lua_Unsigned)k == at + 1) {
+      /* as items() converts one: not through a function they share, which
+      ** would add a frame to each level of nesting (test_host, deep_lua) */
       mk_term *item = toterm(L, lua_gettop(L), &itemerr, depth + 1, room - size + 1);
       if (item != NULL) {
         size += mk_term_size(item) - 1;   /* still at most room */
