@@ -9,7 +9,8 @@
 #     second, and echo.lua's ratios to the floor and to cqueues, of rates
 #     and of CPU per round trip;
 #   - one row per connection count (50, 500, 1,000, 10,000) and size with
-#     every server's rate and CPU per round trip and both pairs of ratios;
+#     every server's rate and CPU per round trip, both pairs of ratios,
+#     and every server's user CPU per round trip;
 #   - the latency percentiles (p50, p99, p999) of every server at 1 and 50
 #     connections, and echo.lua's p999 over the floor's;
 #   - each server's resident memory per idle connection, 10,000 held;
@@ -38,9 +39,17 @@
 # BENCH_SCALE_ROUNDS rounds; nothing else), and BENCH_BASE=DIR adds a
 # fourth server, DIR/market (another build, of main say) running the same
 # examples/echo.lua, measured in the same rounds as the others; each row
-# then ends with `echo/base rate R cpu C`: this build's rate over the
-# base's, and the base's CPU per round trip over this build's (above 1:
-# this build is cheaper), medians of the rounds' ratios.
+# then has `echo/base rate R cpu C user U`: this build's rate over the
+# base's, and the base's CPU per round trip (all of it, then its user
+# part) over this build's (above 1: this build is cheaper), medians of the
+# rounds' ratios.
+#
+# Every row ends with each server's user CPU per round trip (`| user
+# floor F echo.lua E ...`): the part of the CPU that is the server's own
+# code (the floor's is the cost of entering and leaving its two system
+# calls, which the others pay too).  The kernel's part moves with how the
+# wake-ups batch, by a quarter from one run to the next here; the user
+# part is where echo.lua and the floor differ.
 set -u
 build=${1:-build}
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -119,7 +128,8 @@ fi
 ratio() { fmt %.3f "($2 > 0) ? $1 / $2 : 0"; }
 
 # measure NAME CONNS SIZE: one loadgen run against server NAME; sets
-# m[rate], m[cpu] (µs per round trip), m[p50], m[p99], m[p999] (µs).
+# m[rate], m[cpu] (µs per round trip), m[user] (the user part of m[cpu]),
+# m[p50], m[p99], m[p999] (µs).
 declare -A m
 measure() {
   local out
@@ -127,8 +137,9 @@ measure() {
   settle "$1"
   out=$("$build/bench/loadgen" tcp "${port[$1]}" "$2" "$3" "$secs" "${pid[$1]}") ||
     echo "bench/echo: $1 at $2 connections: $(sed -n 's/^ready: //p' <<<"$out") of $2 served" >&2
-  read -r 'm[rate]' 'm[cpu]' 'm[p50]' 'm[p99]' 'm[p999]' < <(awk -F': ' '{ v[$1] = $2 }
+  read -r 'm[rate]' 'm[cpu]' 'm[user]' 'm[p50]' 'm[p99]' 'm[p999]' < <(awk -F': ' '{ v[$1] = $2 }
     END { print v["round-trips-per-second"] + 0, v["server-cpu-us-per-round-trip"] + 0,
+                v["server-user-us-per-round-trip"] + 0,
                 v["latency-us-p50"] + 0, v["latency-us-p99"] + 0, v["latency-us-p999"] + 0 }' <<<"$out")
 }
 
@@ -147,7 +158,7 @@ compare() {
     for ((i = 0; i < n; i++)); do
       w=${servers[(r + i) % n]}
       measure "$w" "$1" "$2"
-      for k in rate cpu p50 p99 p999; do
+      for k in rate cpu user p50 p99 p999; do
         acc[$w.$k]+=" ${m[$k]}"
         got[$w.$k]=${m[$k]}
       done
@@ -162,6 +173,7 @@ compare() {
     if [ -n "$base" ]; then
       acc[eb.rate]+=" $(ratio "${got[echo.lua.rate]}" "${got[base.rate]}")"
       acc[eb.cpu]+=" $(ratio "${got[base.cpu]}" "${got[echo.lua.cpu]}")"
+      acc[eb.user]+=" $(ratio "${got[base.user]}" "${got[echo.lua.user]}")"
     fi
   done
 }
@@ -176,7 +188,9 @@ row() {
   for w in "${servers[@]}"; do line+=" $w $(med "$w.rate" %.0f)/s $(med "$w.cpu" %.2f)us"; done
   line+=" | echo/floor rate $(med ef.rate) cpu $(med ef.cpu)"
   [ "$cq" = 1 ] && line+=" | echo/cqueues rate $(med ec.rate) cpu $(med ec.cpu)"
-  [ -n "$base" ] && line+=" | echo/base rate $(med eb.rate) cpu $(med eb.cpu) (rounds: $(rounds_of eb.cpu))"
+  [ -n "$base" ] && line+=" | echo/base rate $(med eb.rate) cpu $(med eb.cpu) user $(med eb.user) (cpu rounds: $(rounds_of eb.cpu))"
+  line+=" | user"
+  for w in "${servers[@]}"; do line+=" $w $(med "$w.user" %.2f)us"; done
   echo "$line"
 }
 

@@ -19,7 +19,8 @@ void bench_record(double us);
 void bench_print_percentiles(void);
 
 /* CPU time (user + system) process pid has used, in seconds; -1 if it is
-** gone. */
+** gone.  With user not NULL, *user is the user part of it. */
 double bench_cpu_seconds(long pid);
+double bench_cpu_split(long pid, double *user);
 
 #endif
