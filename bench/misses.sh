@@ -18,7 +18,8 @@
 # connections takes a few; give 10,000 a minute) collection is on for
 # BENCH_WINDOW seconds (default 10).  Round trips are counted as the
 # server's calls of recv().  The whole run takes BENCH_SECONDS and a few
-# more.
+# more.  BENCH_PROFILE=FILE keeps the profile there, for callgrind_annotate
+# (--auto=yes shows the misses line by line).
 set -u
 build=${1:-build}
 conns=${2:-1000}
@@ -37,7 +38,7 @@ done
 [ $((warmup + window)) -lt "$secs" ] || die "BENCH_WARMUP + BENCH_WINDOW must be less than BENCH_SECONDS"
 
 start_on_port echo.lua 1 valgrind --tool=callgrind --instr-atstart=no --cache-sim=yes \
-  --D1=32768,8,64 --LL=1048576,16,64 --callgrind-out-file="$tmp/cg" \
+  --D1=32768,8,64 --LL=1048576,16,64 --dump-instr=yes --callgrind-out-file="$tmp/cg" \
   "$build/market" "$src/examples/echo.lua" @PORT 20000
 server=${pid[echo.lua]}
 "$build/bench/loadgen" tcp "${port[echo.lua]}" "$conns" "$size" "$secs" >"$tmp/loadgen" &
@@ -50,6 +51,7 @@ wait "$gen" || die "loadgen: $(cat "$tmp/loadgen")"
 kill -INT "$server"
 wait "$server" 2>/dev/null
 [ -s "$tmp/cg" ] || die "callgrind wrote no profile"
+[ -z "${BENCH_PROFILE:-}" ] || cp "$tmp/cg" "$BENCH_PROFILE" || die "cannot write $BENCH_PROFILE"
 
 # The round trips: the calls of recv() (one per round trip and connection).
 trips=$(callgrind_annotate --tree=caller --threshold=100 "$tmp/cg" 2>/dev/null | awk '
