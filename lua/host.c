@@ -20,10 +20,8 @@
 #include "mkl.h"
 #include "pool.h"
 
-/* The generational collector's multipliers (percent) of the state a host
-** makes (host_make): a minor collection each GEN_MINOR percent of the
-** heap allocated, a major one once the heap has grown by GEN_MAJOR. */
-#define GEN_MINOR 2
+/* The generational collector's major multiplier (percent) of the state a
+** host makes (host_make). */
 #define GEN_MAJOR 300
 
 struct mk_host {
@@ -393,19 +391,12 @@ static mk_host *host_make(lua_State *L, struct ev_loop *loop, mk_error *err) {
     ** connection did not move.  The price is old garbage held: up to three
     ** times the live heap before a major collection frees it, and a major
     ** collection, when it comes, sweeps that much more (docs/performance.md,
-    ** "Sustained spawns, round 7").  A minor collection comes each 2% of
-    ** the heap allocated (GEN_MINOR; Lua's default is 20%), so that the
-    ** young garbage is swept, and its blocks, the terms its boxes let go
-    ** included, are reused while they are still in the cache: the Lua heap
-    ** of 10,000 idle connections is only a few MiB, and at 20% the round
-    ** trips between two collections touched several MiB of other memory.
-    ** echo.lua at 10,000 connections missed a 1 MiB cache 28 times per
-    ** round trip instead of 54 (at 1,000, 24 instead of 35), for 0.5%
-    ** more instructions at 50; an idle connection's memory and the waves
-    ** of spawns did not suffer (docs/performance.md, "Young garbage swept
-    ** while in the cache").  Once per doubling, echo.lua missed the cache
-    ** four times as often as at 20%. */
-    lua_gc(L, LUA_GCGEN, GEN_MINOR, GEN_MAJOR);
+    ** "Sustained spawns, round 7").  A minor collection stays at Lua's
+    ** default (each fifth of the heap allocated): at half, the waves ran a
+    ** little faster still, but an idle connection held 3% more resident
+    ** memory, and at once per doubling echo.lua missed the cache four
+    ** times as often per round trip. */
+    lua_gc(L, LUA_GCGEN, 0, GEN_MAJOR);
     h->L = L;
     h->own_L = 1;
     lua_atpanic(L, panicf);
