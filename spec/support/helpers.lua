@@ -114,12 +114,16 @@ function H.step(...)
   H.settle()
 end
 
--- A temporary file holding `text`; returns its path.
+-- A temporary file holding `text`; returns its path.  Written into the
+-- file os.tmpname made, then renamed to carry the suffix: that file is not
+-- left behind in /tmp.
 function H.tempfile(text, suffix)
-  local path = os.tmpname() .. (suffix or ".lua")
-  local f = assert(io.open(path, "w"))
+  local base = os.tmpname()
+  local path = base .. (suffix or ".lua")
+  local f = assert(io.open(base, "w"))
   f:write(text)
   f:close()
+  assert(os.rename(base, path))
   return path
 end
 
