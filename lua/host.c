@@ -20,8 +20,10 @@
 #include "mkl.h"
 #include "pool.h"
 
-/* The generational collector's major multiplier (percent) of the state a
-** host makes (host_make). */
+/* The generational collector's multipliers (percent) of the state a host
+** makes (host_make): a minor collection each GEN_MINOR percent of the
+** heap allocated, a major one once the heap has grown by GEN_MAJOR. */
+#define GEN_MINOR 2
 #define GEN_MAJOR 300
 
 struct mk_host {
@@ -391,12 +393,19 @@ static mk_host *host_make(lua_State *L, struct ev_loop *loop, mk_error *err) {
     ** connection did not move.  The price is old garbage held: up to three
     ** times the live heap before a major collection frees it, and a major
     ** collection, when it comes, sweeps that much more (docs/performance.md,
-    ** "Sustained spawns, round 7").  A minor collection stays at Lua's
-    ** default (each fifth of the heap allocated): at half, the waves ran a
-    ** little faster still, but an idle connection held 3% more resident
-    ** memory, and at once per doubling echo.lua missed the cache four
-    ** times as often per round trip. */
-    lua_gc(L, LUA_GCGEN, 0, GEN_MAJOR);
+    ** "Sustained spawns, round 7").  A minor collection comes each 2% of
+    ** the heap allocated (GEN_MINOR; Lua's default is 20%), so that the
+    ** young garbage is swept, and its blocks, the terms its boxes let go
+    ** included, are reused while they are still in the cache: the Lua heap
+    ** of 10,000 idle connections is only a few MiB, and at 20% the round
+    ** trips between two collections touched several MiB of other memory.
+    ** echo.lua at 10,000 connections missed a 1 MiB cache 28 times per
+    ** round trip instead of 54 (at 1,000, 24 instead of 35).  It needs the
+    ** full collection once a crowd of processes has gone (below,
+    ** mkl_collect_drops): without it the heap stays at the crowd's size,
+    ** and so does each minor collection, too often then for the p999
+    ** (docs/performance.md, "Young garbage swept while in the cache"). */
+    lua_gc(L, LUA_GCGEN, GEN_MINOR, GEN_MAJOR);
     h->L = L;
     h->own_L = 1;
     lua_atpanic(L, panicf);
@@ -417,6 +426,7 @@ static mk_host *host_make(lua_State *L, struct ev_loop *loop, mk_error *err) {
     goto fail;
   }
   mkl_on_fail(L, failed, h);
+  if (h->own_L) mkl_collect_drops(L, 1);      /* the collector set above */
   fillerr(err, MK_OK, "%s", "");
   return h;
 fail:

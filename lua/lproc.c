@@ -104,6 +104,12 @@ typedef struct mkl_state {
   int fieldref[3];       /* "on_presence", "on_absence", "on_message",
                          ** interned once: handler keys (FIELD_*) */
   const char *lastname;  /* SLOT_NAME's bytes (Lua's copy), or NULL */
+  /* A full collection once most of a crowd of processes has gone
+  ** (ended): see dropped().  Off unless the host asks (mkl_collect_drops). */
+  int nlive;             /* Lua processes made and not yet destroyed */
+  int peak;              /* the most live since the last such collection */
+  uint8_t dropgc;        /* on (mkl_collect_drops) */
+  uint8_t collect;       /* a drop seen: collect before the next activation */
   mk_pool_over *over;    /* the cache installed in front of the state's
                          ** allocator while a ground VM runs (mkl_attach),
                          ** or NULL; owned */
@@ -1287,6 +1293,10 @@ static void handle(mk_proc *p, const mk_event *ev) {
   mkl_state *S = lp->S;
   lua_State *co;
   int nargs, nres = 0, st, overrun;
+  if (S->collect) {                     /* dropped(); none if stopped */
+    S->collect = 0;
+    if (lua_gc(S->L, LUA_GCISRUNNING)) lua_gc(S->L, LUA_GCCOLLECT);
+  }
   lp->activations++;
   if (ev->type == MK_EV_BOOT) {
     /* The boot function is the coroutine's body, called with the pid: no
@@ -1470,9 +1480,40 @@ static void spare_ctx(mkl_state *S, int ref) {
   }
 }
 
+/*
+** A crowd of processes (connections, a wave of spawns) leaves garbage that
+** only a major collection frees: its processes' records grew old while they
+** lived.  Under the generational collector the host sets (host.c) a major
+** collection comes only once the heap has grown to four times what the
+** last one left, which after the crowd has gone may not happen for a long
+** time; until then the old dead hold the heap at its peak, the minor
+** collections (a share of that heap each) grow with it, and each one walks
+** young objects scattered among the dead: after 10,000 echo connections
+** closed, minor collections of 100 to 250 us, often enough to be the p999
+** of the one connection left (issue 10, docs/performance.md).  So once
+** the live processes fall to a quarter of a peak of DROP_PEAK or more, the
+** next activation starts with a full collection (not here: destroy may run
+** inside one).  The peak is then what is left, so a drop from 10,000 costs
+** two collections (at 2,500 and at 625), while the drop is going on.
+*/
+#define DROP_PEAK 1000
+static void dropped(mkl_state *S) {
+  S->nlive--;
+  if (S->dropgc && S->peak >= DROP_PEAK && S->nlive <= S->peak / 4) {
+    S->collect = 1;
+    S->peak = S->nlive;
+  }
+}
+
+void mkl_collect_drops(lua_State *L, int on) {
+  mkl_state *S = getstate(L);
+  if (S != NULL) S->dropgc = on != 0;
+}
+
 static void destroy(mk_proc *p) {
   lproc *lp = mk_proc_data(p);
   if (lp == NULL) return;
+  dropped(lp->S);
   /* A coroutine still held (waiting, or failed: see handle) is dropped,
   ** never pooled. */
   if (lp->coref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->coref);
@@ -1517,6 +1558,7 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lua_rawseti(L, -2, MKL_CTX_STATE);
   lp = mk_pool_alloc(sizeof *lp);
   if (lp == NULL) luaL_error(L, "out of memory");
+  if (++S->nlive > S->peak) S->peak = S->nlive;    /* destroy: dropped() */
   lp->S = S;
   lp->co = NULL;
   lp->coref = LUA_NOREF;

@@ -128,6 +128,10 @@ int mkl_pushctx(lua_State *L);
 ** before mkl_spawn_boot.  Returns 0 or -1 when L already serves another. */
 int mkl_attach(lua_State *L, mk_ground *g);
 void mkl_detach(lua_State *L);
+/* Have L collect fully once most of a crowd of its processes has ended
+** (on: 1) or not (0, the default): for a state whose collector is
+** generational (host.c; lproc.c, dropped). */
+void mkl_collect_drops(lua_State *L, int on);
 
 /* The process a Lua function running on L acts for: mkl_current(L), or,
 ** from a coroutine of the program's own inside an activation, the process

@@ -370,3 +370,48 @@ describe("the registry", function()
     assert.is_nil(changed)
   end)
 end)
+
+describe("a crowd of processes gone", function()
+  -- The market interpreter collects generationally (host.c), and a
+  -- process's state grows old while it lives: once it dies, only a major
+  -- collection frees it, and without one the heap stays at the crowd's
+  -- size, and with it every minor collection (issue 10).  So when the
+  -- live processes fall to a quarter of a peak of 1,000 or more, the next
+  -- activation starts with a full collection.  Each process's state here
+  -- counts its own finalization; a full collection first makes every one
+  -- old, so that no minor collection can free it.
+  local function crowd(n)
+    local status, out, err = H.run_script(([[
+      local market = require "market"
+      local finalized = 0
+      local counted = { __gc = function() finalized = finalized + 1 end }
+      local spawn = market.spawn(function()
+        return market.transition(setmetatable({}, counted),
+          market.subscriber("crowd", { name = "in",
+            on_message = function() return market.transition_no_state(market.quit()) end }))
+      end)
+      for _ = 1, %d do market.perform(spawn) end
+      market.pause()
+      collectgarbage()
+      collectgarbage()
+      local before = finalized
+      market.perform(market.send("crowd"))
+      market.pause()
+      market.pause()
+      print(before, finalized, collectgarbage("isrunning"))
+    ]]):format(n))
+    assert.equal(0, status, err)
+    local before, after, running = out:match("^(%d+)\t(%d+)\t(%a+)\n$")
+    assert.equal("0", before, out)
+    assert.equal("true", running)
+    return tonumber(after)
+  end
+
+  it("is collected fully at the next activation", function()
+    assert.is_true(crowd(2000) >= 1500)
+  end)
+
+  it("of fewer than 1,000 is left to the collector's own pace", function()
+    assert.equal(0, crowd(900))
+  end)
+end)
