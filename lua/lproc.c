@@ -1493,7 +1493,8 @@ static void spare_ctx(mkl_state *S, int ref) {
 ** of the one connection left (issue 10, docs/performance.md).  So once
 ** the live processes fall to a quarter of a peak of DROP_PEAK or more, the
 ** next activation starts with a full collection (not here: destroy may run
-** inside one).  The peak is then what is left, so a drop from 10,000 costs
+** inside a collection, from a box's finalizer), unless the program stopped
+** the collector.  The peak is then what is left, so a drop from 10,000 costs
 ** two collections (at 2,500 and at 625), while the drop is going on.
 */
 #define DROP_PEAK 1000

@@ -380,9 +380,10 @@ describe("a crowd of processes gone", function()
   -- activation starts with a full collection.  Each process's state here
   -- counts its own finalization; a full collection first makes every one
   -- old, so that no minor collection can free it.
-  local function crowd(n)
+  local function crowd(n, stopped)
     local status, out, err = H.run_script(([[
       local market = require "market"
+      local stopped = %s
       local finalized = 0
       local counted = { __gc = function() finalized = finalized + 1 end }
       local spawn = market.spawn(function()
@@ -394,16 +395,17 @@ describe("a crowd of processes gone", function()
       market.pause()
       collectgarbage()
       collectgarbage()
+      if stopped then collectgarbage("stop") end
       local before = finalized
       market.perform(market.send("crowd"))
       market.pause()
       market.pause()
       print(before, finalized, collectgarbage("isrunning"))
-    ]]):format(n))
+    ]]):format(stopped and "true" or "false", n))
     assert.equal(0, status, err)
     local before, after, running = out:match("^(%d+)\t(%d+)\t(%a+)\n$")
     assert.equal("0", before, out)
-    assert.equal("true", running)
+    assert.equal(tostring(not stopped), running)
     return tonumber(after)
   end
 
@@ -413,5 +415,9 @@ describe("a crowd of processes gone", function()
 
   it("of fewer than 1,000 is left to the collector's own pace", function()
     assert.equal(0, crowd(900))
+  end)
+
+  it("is not collected when the program stopped the collector", function()
+    assert.equal(0, crowd(2000, true))
   end)
 end)
