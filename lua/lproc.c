@@ -108,6 +108,7 @@ typedef struct mkl_state {
   ** (ended): see dropped().  Off unless the host asks (mkl_collect_drops). */
   int nlive;             /* Lua processes made and not yet destroyed */
   int peak;              /* the most live since the last such collection */
+  int basekb;            /* the Lua heap (KiB) after the last such collection */
   uint8_t dropgc;        /* on (mkl_collect_drops) */
   uint8_t collect;       /* a drop seen: collect before the next activation */
   mk_pool_over *over;    /* the cache installed in front of the state's
@@ -1288,15 +1289,57 @@ static void fail_on(mkl_state *S, mk_proc *p, lua_State *co, mk_term *reason) {
   S->failing_co = outerco;
 }
 
+/*
+** A crowd of processes (connections, a wave of spawns) leaves garbage that
+** only a major collection frees: its processes' records grew old while they
+** lived.  Under the generational collector the host sets (host.c) a major
+** collection comes only once the heap has grown to four times what the
+** last one left, which after the crowd has gone may not happen for a long
+** time; until then the old dead hold the heap at its peak, the minor
+** collections (a share of that heap each) grow with it, and each one walks
+** young objects scattered among the dead: after 10,000 echo connections
+** closed, minor collections of 100 to 250 us, often enough to be the p999
+** of the one connection left (issue 10, docs/performance.md).  So once
+** the live processes fall to a quarter of a peak of DROP_PEAK or more, the
+** next activation starts with a full collection (not here: destroy may run
+** inside a collection, from a box's finalizer), unless the program stopped
+** the collector.  The peak is then what is left, so a drop from 10,000 may
+** cost two collections (at 2,500 and at 625), while the drop is going on.
+** A full collection reads the whole heap, which may be far larger than
+** the crowd (a program's cache of a GiB, and a thousand workers coming and
+** going each second): so it is made only if the heap has grown by half
+** since the last one (collect_dropped), which bounds their cost by what
+** the program allocates, as Lua's own major collections are.
+*/
+#define DROP_PEAK 1000
+static void dropped(mkl_state *S) {
+  S->nlive--;
+  if (S->dropgc && S->peak >= DROP_PEAK && S->nlive <= S->peak / 4) {
+    S->collect = 1;
+    S->peak = S->nlive;
+  }
+}
+
+static MKL_NOINLINE void collect_dropped(mkl_state *S) {
+  int kb = lua_gc(S->L, LUA_GCCOUNT);
+  S->collect = 0;
+  if (lua_gc(S->L, LUA_GCISRUNNING) && kb - S->basekb >= S->basekb / 2) {
+    lua_gc(S->L, LUA_GCCOLLECT);
+    S->basekb = lua_gc(S->L, LUA_GCCOUNT);
+  }
+}
+
+void mkl_collect_drops(lua_State *L, int on) {
+  mkl_state *S = getstate(L);
+  if (S != NULL) S->dropgc = on != 0;
+}
+
 static void handle(mk_proc *p, const mk_event *ev) {
   lproc *lp = mk_proc_data(p);
   mkl_state *S = lp->S;
   lua_State *co;
   int nargs, nres = 0, st, overrun;
-  if (S->collect) {                     /* dropped(); none if stopped */
-    S->collect = 0;
-    if (lua_gc(S->L, LUA_GCISRUNNING)) lua_gc(S->L, LUA_GCCOLLECT);
-  }
+  if (S->collect) collect_dropped(S);
   lp->activations++;
   if (ev->type == MK_EV_BOOT) {
     /* The boot function is the coroutine's body, called with the pid: no
@@ -1478,37 +1521,6 @@ static void spare_ctx(mkl_state *S, int ref) {
     S->spare[below] = ref;
     S->nspare++;
   }
-}
-
-/*
-** A crowd of processes (connections, a wave of spawns) leaves garbage that
-** only a major collection frees: its processes' records grew old while they
-** lived.  Under the generational collector the host sets (host.c) a major
-** collection comes only once the heap has grown to four times what the
-** last one left, which after the crowd has gone may not happen for a long
-** time; until then the old dead hold the heap at its peak, the minor
-** collections (a share of that heap each) grow with it, and each one walks
-** young objects scattered among the dead: after 10,000 echo connections
-** closed, minor collections of 100 to 250 us, often enough to be the p999
-** of the one connection left (issue 10, docs/performance.md).  So once
-** the live processes fall to a quarter of a peak of DROP_PEAK or more, the
-** next activation starts with a full collection (not here: destroy may run
-** inside a collection, from a box's finalizer), unless the program stopped
-** the collector.  The peak is then what is left, so a drop from 10,000 costs
-** two collections (at 2,500 and at 625), while the drop is going on.
-*/
-#define DROP_PEAK 1000
-static void dropped(mkl_state *S) {
-  S->nlive--;
-  if (S->dropgc && S->peak >= DROP_PEAK && S->nlive <= S->peak / 4) {
-    S->collect = 1;
-    S->peak = S->nlive;
-  }
-}
-
-void mkl_collect_drops(lua_State *L, int on) {
-  mkl_state *S = getstate(L);
-  if (S != NULL) S->dropgc = on != 0;
 }
 
 static void destroy(mk_proc *p) {

@@ -377,47 +377,70 @@ describe("a crowd of processes gone", function()
   -- collection frees it, and without one the heap stays at the crowd's
   -- size, and with it every minor collection (issue 10).  So when the
   -- live processes fall to a quarter of a peak of 1,000 or more, the next
-  -- activation starts with a full collection.  Each process's state here
-  -- counts its own finalization; a full collection first makes every one
-  -- old, so that no minor collection can free it.
-  local function crowd(n, stopped)
+  -- activation starts with a full collection, if the heap has grown by
+  -- half since the last one.  Each process's state here counts its own
+  -- finalization; a full collection first makes every one old, so that
+  -- no minor collection can free it.  crowds(sizes, opts) runs one crowd
+  -- after another and returns how many of each were finalized by the time
+  -- the next began (or, for the last, after two more activations).
+  local function crowds(sizes, opts)
+    opts = opts or {}
     local status, out, err = H.run_script(([[
       local market = require "market"
-      local stopped = %s
-      local finalized = 0
-      local counted = { __gc = function() finalized = finalized + 1 end }
-      local spawn = market.spawn(function()
-        return market.transition(setmetatable({}, counted),
-          market.subscriber("crowd", { name = "in",
-            on_message = function() return market.transition_no_state(market.quit()) end }))
-      end)
-      for _ = 1, %d do market.perform(spawn) end
-      market.pause()
-      collectgarbage()
-      collectgarbage()
-      if stopped then collectgarbage("stop") end
-      local before = finalized
-      market.perform(market.send("crowd"))
-      market.pause()
-      market.pause()
-      print(before, finalized, collectgarbage("isrunning"))
-    ]]):format(stopped and "true" or "false", n))
+      local sizes, stopped, keep = { %s }, %s, {}
+      for i = 1, %d do keep[i] = ("%%d live"):format(i) end
+      local finalized, counts = 0, {}
+      local function crowd(n)
+        local mine = 0
+        local counted = { __gc = function() mine = mine + 1; finalized = finalized + 1 end }
+        local spawn = market.spawn(function()
+          return market.transition(setmetatable({}, counted),
+            market.subscriber("crowd", { name = "in",
+              on_message = function() return market.transition_no_state(market.quit()) end }))
+        end)
+        for _ = 1, n do market.perform(spawn) end
+        market.pause()
+        collectgarbage()
+        collectgarbage()
+        if stopped then collectgarbage("stop") end
+        market.perform(market.send("crowd"))
+        market.pause()
+        market.pause()
+        return function() return mine end
+      end
+      local mine = {}
+      for i, n in ipairs(sizes) do mine[i] = crowd(n); counts[i] = mine[i]() end
+      for i = 1, #sizes do counts[i] = tostring(counts[i]) end
+      print(table.concat(counts, " "), collectgarbage("isrunning"))
+    ]]):format(table.concat(sizes, ", "), tostring(opts.stopped or false), opts.keep or 0))
     assert.equal(0, status, err)
-    local before, after, running = out:match("^(%d+)\t(%d+)\t(%a+)\n$")
-    assert.equal("0", before, out)
-    assert.equal(tostring(not stopped), running)
-    return tonumber(after)
+    local counts, running = out:match("^([%d ]+)\t(%a+)\n$")
+    assert.is_string(counts, out)
+    assert.equal(tostring(not opts.stopped), running)
+    local t = {}
+    for c in counts:gmatch("%d+") do t[#t + 1] = tonumber(c) end
+    return t
   end
 
   it("is collected fully at the next activation", function()
-    assert.is_true(crowd(2000) >= 1500)
+    local n = crowds({ 2000, 2000 })
+    assert.is_true(n[1] >= 1500, n[1])
+    assert.is_true(n[2] >= 1500, n[2])
   end)
 
   it("of fewer than 1,000 is left to the collector's own pace", function()
-    assert.equal(0, crowd(900))
+    assert.same({ 0 }, crowds({ 900 }))
   end)
 
   it("is not collected when the program stopped the collector", function()
-    assert.equal(0, crowd(2000, true))
+    assert.same({ 0 }, crowds({ 2000 }, { stopped = true }))
+  end)
+
+  it("is left to the collector when it is small beside the live heap", function()
+    -- 300,000 strings kept (about 15 MB): the first crowd's drop collects
+    -- fully, the second's, a tenth of that heap, does not.
+    local n = crowds({ 2000, 2000 }, { keep = 300000 })
+    assert.is_true(n[1] >= 1500, n[1])
+    assert.equal(0, n[2])
   end)
 end)
