@@ -381,18 +381,17 @@ describe("a crowd of processes gone", function()
   -- half since the last one.  Each process's state here counts its own
   -- finalization; a full collection first makes every one old, so that
   -- no minor collection can free it.  crowds(sizes, opts) runs one crowd
-  -- after another and returns how many of each were finalized by the time
-  -- the next began (or, for the last, after two more activations).
+  -- after another and returns how many of each were finalized once it had
+  -- ended and two more activations had run.
   local function crowds(sizes, opts)
     opts = opts or {}
     local status, out, err = H.run_script(([[
       local market = require "market"
       local sizes, stopped, keep = { %s }, %s, {}
       for i = 1, %d do keep[i] = ("%%d live"):format(i) end
-      local finalized, counts = 0, {}
       local function crowd(n)
-        local mine = 0
-        local counted = { __gc = function() mine = mine + 1; finalized = finalized + 1 end }
+        local finalized = 0
+        local counted = { __gc = function() finalized = finalized + 1 end }
         local spawn = market.spawn(function()
           return market.transition(setmetatable({}, counted),
             market.subscriber("crowd", { name = "in",
@@ -406,11 +405,10 @@ describe("a crowd of processes gone", function()
         market.perform(market.send("crowd"))
         market.pause()
         market.pause()
-        return function() return mine end
+        return finalized
       end
-      local mine = {}
-      for i, n in ipairs(sizes) do mine[i] = crowd(n); counts[i] = mine[i]() end
-      for i = 1, #sizes do counts[i] = tostring(counts[i]) end
+      local counts = {}
+      for i, n in ipairs(sizes) do counts[i] = tostring(crowd(n)) end
       print(table.concat(counts, " "), collectgarbage("isrunning"))
     ]]):format(table.concat(sizes, ", "), tostring(opts.stopped or false), opts.keep or 0))
     assert.equal(0, status, err)
