@@ -101,7 +101,7 @@ static double cpu_seconds(const char *pids) {
   for (;;) {
     long pid = strtol(p, &q, 10);
     if (q == p) return total;
-    if ((t = bench_cpu_seconds(pid)) < 0) return -1;
+    if ((t = bench_cpu_seconds(pid, NULL)) < 0) return -1;
     total += t;
     p = *q == ',' ? q + 1 : q;
   }

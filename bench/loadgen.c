@@ -111,7 +111,7 @@ static void all_ready(struct ev_loop *loop) {
   if (idle || measuring) { ev_break(loop, EVBREAK_ALL); return; }
   measuring = 1;
   window_start = bench_now_us();
-  if (server_pid) window_cpu = bench_cpu_split(server_pid, &window_user);
+  if (server_pid) window_cpu = bench_cpu_seconds(server_pid, &window_user);
   ev_timer_stop(loop, &stop);
   ev_timer_set(&stop, window, 0);
   ev_timer_start(loop, &stop);
@@ -231,7 +231,7 @@ static int tcp(int port, int conns, double secs) {
   window = secs;
   run_clients(loop, port, conns);
   elapsed = (bench_now_us() - window_start) / 1e6;
-  cpu = server_pid ? bench_cpu_split(server_pid, &user) : 0;
+  cpu = server_pid ? bench_cpu_seconds(server_pid, &user) : 0;
   printf("ready: %d\nround-trips-per-second: %.0f\n", nready,
          elapsed > 0 ? (double)trips / elapsed : 0.0);
   bench_print_percentiles();

@@ -52,7 +52,7 @@ void bench_print_percentiles(void) {
 
 /* The fields of /proc/PID/stat are read after the command name, which
 ** may hold spaces and parentheses: after its last ')'. */
-double bench_cpu_split(long pid, double *user) {
+double bench_cpu_seconds(long pid, double *user) {
   char path[64], buf[1024], *p;
   unsigned long utime, stime;
   size_t n;
@@ -69,6 +69,3 @@ double bench_cpu_split(long pid, double *user) {
   if (user) *user = (double)utime / (double)sysconf(_SC_CLK_TCK);
   return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
 }
-
-double bench_cpu_seconds(long pid) { return bench_cpu_split(pid, NULL); }
-

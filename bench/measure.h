@@ -20,7 +20,6 @@ void bench_print_percentiles(void);
 
 /* CPU time (user + system) process pid has used, in seconds; -1 if it is
 ** gone.  With user not NULL, *user is the user part of it. */
-double bench_cpu_seconds(long pid);
-double bench_cpu_split(long pid, double *user);
+double bench_cpu_seconds(long pid, double *user);
 
 #endif
