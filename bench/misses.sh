@@ -68,7 +68,7 @@ callgrind_annotate --sort=DLmr,D1mr,Ir "$tmp/cg" 2>/dev/null |
     # Fields: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw, each maybe followed
     # by "(pct%)", then file:function.
     function num(s) { gsub(",", "", s); return s == "." ? 0 : s + 0 }
-    /PROGRAM TOTALS|file:function|^-|^$/ && !/PROGRAM TOTALS/ { next }
+    /file:function|^-|^$/ { next }
     { line = $0; gsub(/\([^)]*\)/, "", line); n = split(line, f, " ") }
     n < 10 { next }
     f[1] !~ /^[0-9,]+$/ { next }
