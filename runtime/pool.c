@@ -1,6 +1,7 @@
 /*
 ** pool.c: the small-block cache (see pool.h).
 */
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,6 +51,65 @@ static size_t classof(size_t n) {
 
 static size_t classsize(size_t k) { return ((k + 1) << 4) + 8; }
 
+/*
+** Larger blocks, up to BIG_MAX bytes: a payload's string term, the Lua
+** string a handler reads it as, the buffers of a framing.  glibc serves
+** them from its bins, about 140 instructions a malloc or a free, and a
+** server passing 4 KiB messages makes and frees two such blocks per
+** round trip (issue 10).  They are kept too, in classes of BIG_STEP
+** bytes (each block, with malloc's header, exactly that many bytes of
+** chunk), last freed first, but only up to BIG_KEEP bytes in all: a burst
+** of large messages must not leave its memory held, as a burst of small
+** ones may (their classes are bounded by what a process keeps alive).
+*/
+#define BIG_STEP 256
+#define BIG_MAX  MK_POOL_BIG_MAX
+#define BIG_KEEP MK_POOL_BIG_KEEP
+#define NBIG     ((BIG_MAX + 8 + BIG_STEP - 1) / BIG_STEP)   /* bigclassof(BIG_MAX) */
+
+static pblock *bigheads[NBIG + 1];   /* [0] unused */
+static size_t bigcached;             /* bytes in them; also in `cached` */
+
+#ifndef POOL_OFF
+/* The big class of n bytes, MK_POOL_MAX < n <= BIG_MAX, and its blocks'
+** size: k * BIG_STEP - 8 bytes, the least that holds n. */
+static size_t bigclassof(size_t n) { return (n + 8 + BIG_STEP - 1) / BIG_STEP; }
+static size_t bigsize(size_t k) { return k * BIG_STEP - 8; }
+
+static void *bigalloc(size_t n) {
+  size_t k = bigclassof(n), size = bigsize(k);
+  pblock *b = bigheads[k];
+  if (b != NULL) {
+    VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
+    bigheads[k] = b->next;
+    bigcached -= size;
+    cached -= size;
+    VALGRIND_MAKE_MEM_UNDEFINED(b, size);
+    return b;
+  }
+  return malloc(size);
+}
+
+/* Keep p, a block of more than MK_POOL_MAX bytes, or give it back to
+** malloc.  Its class is found from the block itself, not from the size
+** the caller gives: a block may come from malloc (pool.h) or from a
+** realloc (mk_pool_lalloc), and the class must never promise more bytes
+** than it has. */
+static void bigfree(void *p) {
+  size_t k = (malloc_usable_size(p) + 8) / BIG_STEP, size;
+  pblock *b = p;
+  if (k > NBIG) k = NBIG;
+  size = bigsize(k);
+  /* a class of at most MK_POOL_MAX bytes would never be asked for */
+  if (size <= MK_POOL_MAX || bigcached + size > BIG_KEEP) { free(p); return; }
+  b->next = bigheads[k];
+  bigheads[k] = b;
+  bigcached += size;
+  cached += size;
+  VALGRIND_MAKE_MEM_NOACCESS(b, size);
+}
+#endif
+
 void *mk_pool_alloc(size_t n) {
 #ifndef POOL_OFF
   if (n - 1 < MK_POOL_MAX) {
@@ -68,6 +128,7 @@ void *mk_pool_alloc(size_t n) {
     }
     return malloc(size);
   }
+  if (n <= BIG_MAX) return bigalloc(n);
 #endif
   return malloc(n);
 }
@@ -83,6 +144,7 @@ void mk_pool_free(void *p, size_t n) {
     VALGRIND_MAKE_MEM_NOACCESS(b, size);
     return;
   }
+  if (p != NULL && n <= BIG_MAX) { bigfree(p); return; }
 #else
   (void)n;
 #endif
@@ -122,18 +184,22 @@ void *mk_pool_lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 
 size_t mk_pool_cached(void) { return cached; }
 
+static void freelist(pblock **head) {
+  pblock *b = *head, *next;
+  for (; b != NULL; b = next) {
+    VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
+    next = b->next;
+    free(b);
+  }
+  *head = NULL;
+}
+
 void mk_pool_trim(void) {
   size_t k;
-  for (k = 0; k < NCLASS; k++) {
-    pblock *b = heads[k], *next;
-    for (; b != NULL; b = next) {
-      VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
-      next = b->next;
-      free(b);
-    }
-    heads[k] = NULL;
-  }
+  for (k = 0; k < NCLASS; k++) freelist(&heads[k]);
+  for (k = 1; k <= NBIG; k++) freelist(&bigheads[k]);
   cached = 0;
+  bigcached = 0;
 }
 
 /* ---- a cache in front of another allocator (pool.h, mk_pool_over) ---- */

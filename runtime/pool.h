@@ -9,7 +9,9 @@
 ** This cache keeps every block of up to MK_POOL_MAX bytes given back to
 ** it, in a plain LIFO free list per size class, until mk_pool_trim.  The
 ** classes are 24, 40, 56, ... bytes: each block with malloc's header
-** fills a 16-byte-aligned chunk exactly.
+** fills a 16-byte-aligned chunk exactly.  Larger blocks, up to
+** MK_POOL_BIG_MAX, are kept in coarser classes and only up to a bound
+** (below).
 **
 ** Keeping every block bounds what a class holds by its high-water mark,
 ** the most blocks it ever had in use at once, and no more: a new block
@@ -47,7 +49,14 @@
 #define MK_SANITIZED 0
 #endif
 
-#define MK_POOL_MAX   512            /* larger blocks go straight to malloc */
+#define MK_POOL_MAX   512            /* the largest block of the small classes */
+
+/* Blocks of more than MK_POOL_MAX and up to MK_POOL_BIG_MAX bytes are
+** kept too, in classes of 256 bytes, but only up to MK_POOL_BIG_KEEP
+** bytes of them in all (pool.c, "Larger blocks"); larger blocks go
+** straight to malloc and free. */
+#define MK_POOL_BIG_MAX  65536
+#define MK_POOL_BIG_KEEP (1024 * 1024)
 
 /* n bytes (n > 0), or NULL when out of memory. */
 void *mk_pool_alloc(size_t n);

@@ -1,6 +1,7 @@
 /*
 ** test_pool.c: the small-block cache (runtime/pool.h).
 */
+#include <malloc.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,12 +37,66 @@ static void reuse (void) {
   CHECK(mk_pool_cached() == 0);
 }
 
-static void large_blocks_bypass (void) {
-  void *p = mk_pool_alloc(MK_POOL_MAX + 1);
+/* Blocks above MK_POOL_MAX are kept up to MK_POOL_BIG_MAX bytes each and
+** MK_POOL_BIG_KEEP bytes in all; larger ones go back to malloc. */
+static void large_blocks (void) {
+  enum { N = 2 * MK_POOL_BIG_KEEP / 4096 };
+  void *p = mk_pool_alloc(MK_POOL_MAX + 1), *q, *blocks[N];
+  size_t i;
+  mk_pool_trim();
   CHECK(p != NULL);
   memset(p, 1, MK_POOL_MAX + 1);
   mk_pool_free(p, MK_POOL_MAX + 1);
+  CHECK(POOL_ON ? mk_pool_cached() >= MK_POOL_MAX + 1 : mk_pool_cached() == 0);
+  q = mk_pool_alloc(MK_POOL_MAX + 100);          /* the same class: that block */
+  if (POOL_ON) CHECK(q == p);
   CHECK(mk_pool_cached() == 0);
+  mk_pool_free(q, MK_POOL_MAX + 100);
+  p = mk_pool_alloc(MK_POOL_BIG_MAX + 1);        /* beyond: not kept */
+  CHECK(p != NULL);
+  memset(p, 2, MK_POOL_BIG_MAX + 1);
+  i = mk_pool_cached();
+  mk_pool_free(p, MK_POOL_BIG_MAX + 1);
+  CHECK(mk_pool_cached() == i);
+  mk_pool_trim();
+  CHECK(mk_pool_cached() == 0);
+  for (i = 0; i < N; i++) CHECK((blocks[i] = mk_pool_alloc(4096)) != NULL);
+  for (i = 0; i < N; i++) mk_pool_free(blocks[i], 4096);
+  CHECK(POOL_ON ? mk_pool_cached() > MK_POOL_BIG_KEEP / 2 : mk_pool_cached() == 0);
+  CHECK(mk_pool_cached() <= MK_POOL_BIG_KEEP);   /* half of them went back */
+  mk_pool_trim();
+  CHECK(mk_pool_cached() == 0);
+}
+
+/* A large block's class is read from the block, not from the size it is
+** freed with (which may be less than it holds, or than it was asked for
+** when it came from malloc or a realloc): each block handed out again
+** holds what is asked of it. */
+static void large_blocks_hold_the_request (void) {
+  size_t sizes[] = { 600, 700, 1000, 4000, 4096, 4100, 9000, 60000, MK_POOL_BIG_MAX };
+  size_t i, n;
+  for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    void *p = malloc(sizes[i]);
+    CHECK(p != NULL);
+    mk_pool_free(p, sizes[i] - 50);               /* freed as smaller */
+    for (n = MK_POOL_MAX + 1; n <= sizes[i] + 300 && n <= MK_POOL_BIG_MAX; n += 7) {
+      void *q = mk_pool_alloc(n);
+      CHECK(q != NULL && malloc_usable_size(q) >= n);
+      mk_pool_free(q, n);
+    }
+    mk_pool_trim();
+  }
+  /* the largest sizes kept, each taken again from its class */
+  for (n = MK_POOL_BIG_MAX - 300; n <= MK_POOL_BIG_MAX; n++) {
+    void *p = mk_pool_alloc(n), *q;
+    CHECK(p != NULL && malloc_usable_size(p) >= n);
+    memset(p, 3, n);
+    mk_pool_free(p, n);
+    q = mk_pool_alloc(n);
+    if (POOL_ON) CHECK(q == p);
+    mk_pool_free(q, n);
+  }
+  mk_pool_trim();
 }
 
 /* A block is the size of the malloc chunk it takes, less malloc's 8-byte
@@ -180,7 +235,8 @@ static void over_another (void) {
 int main (void) {
   RUN(reuse);
   RUN(classes_fit_chunks);
-  RUN(large_blocks_bypass);
+  RUN(large_blocks);
+  RUN(large_blocks_hold_the_request);
   RUN(keeps_every_block);
   RUN(lua_allocator);
   RUN(over_another);
