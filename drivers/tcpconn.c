@@ -220,6 +220,12 @@ enum { W_RD = 1, W_WR = 2, W_LINGER = 4, W_CONN = 8, W_RESOLVE = 16, W_IDLE = 32
 static const char *const watch_names[] = { "rd", "wr", "linger", "conn", "resolve", "idle",
                                            "more", "dial" };
 
+/* The tags of the endpoints that hear messages (mk_tag_endpoint): a watch
+** its bit, the outbound flow and the listener's closing theirs.  handle()
+** tells a message's endpoint by its tag, not by comparing names: two
+** strcmp calls per echoed round trip (issue 10). */
+enum { T_OUT = 256, T_LISTENER = 512 };
+
 /* A block of the output queue: bytes copied in (t NULL), or a string term
 ** kept by reference.  Owned by the queue; `held` is what it costs. */
 typedef struct oblock {
@@ -413,7 +419,7 @@ static void watch(mk_proc *p, tconn *c, int bit, mk_term *topic) {
   r.orientation = MK_SUBSCRIBER;
   r.interest = MK_PARTICIPANT;
   r.topic = topic;
-  mk_add_endpoint(p, watch_names[bitindex(bit)], 0, r);
+  mk_add_endpoint_tagged(p, watch_names[bitindex(bit)], r, (uint32_t)bit, 0);
 }
 
 static void unwatch(mk_proc *p, tconn *c, int bit) {
@@ -507,7 +513,7 @@ static void add_pair(mk_proc *p, tconn *c, const char *in, const char *out,
   mk_unref(r.topic);
   r.orientation = MK_SUBSCRIBER;
   r.topic = channel(c->loc, c->remote, w);
-  mk_add_endpoint(p, out, 0, r);
+  mk_add_endpoint_tagged(p, out, r, T_OUT, 0);
   mk_unref(r.topic);
 }
 
@@ -1457,7 +1463,7 @@ static void boot(mk_proc *p, tconn *c) {
     r.interest = MK_PARTICIPANT;
     r.orientation = MK_SUBSCRIBER;
     r.topic = mk_rec(rt, mk_ref(c->lport));
-    mk_add_endpoint(p, "listener", 0, r);
+    mk_add_endpoint_tagged(p, "listener", r, T_LISTENER, 0);
     mk_unref(r.topic);
     mk_rtype_unref(rt);
     arm_idle(p, c);
@@ -1497,21 +1503,18 @@ static void handle(mk_proc *p, const mk_event *ev) {
       break;
     }
     case MK_EV_MESSAGE:
-      switch (e[0]) {
-        case 'r': if (strcmp(e, "rd") == 0) on_readable(p, c);
-                  else if (strcmp(e, "resolve") == 0) on_resolved(p, c);
-                  break;
-        case 'o': if (strcmp(e, "out") == 0) on_out(p, c, ev->message); break;
-        case 'w': if (strcmp(e, "wr") == 0) flush(p, c);
-                  else if (strcmp(e, "want-out") == 0) on_out(p, c, ev->message);
-                  break;
-        case 'c': if (strcmp(e, "conn") == 0) on_conn(p, c); break;
-        case 'd': if (strcmp(e, "dial") == 0) dial_expired(p, c); break;
-        case 'i': if (strcmp(e, "idle") == 0) arm_idle(p, c); break;
-        case 'm': if (strcmp(e, "more") == 0) { unwatch(p, c, W_MORE); pump(p, c); } break;
-        case 'l':
-          if (strcmp(e, "linger") == 0) on_linger(p, c);
-          else if (strcmp(e, "listener") == 0 && !c->seen) {
+      switch (ev->tag) {
+        case W_RD: on_readable(p, c); break;
+        case T_OUT: on_out(p, c, ev->message); break;     /* "out" or "want-out" */
+        case W_WR: flush(p, c); break;
+        case W_RESOLVE: on_resolved(p, c); break;
+        case W_CONN: on_conn(p, c); break;
+        case W_DIAL: dial_expired(p, c); break;
+        case W_IDLE: arm_idle(p, c); break;
+        case W_MORE: unwatch(p, c, W_MORE); pump(p, c); break;
+        case W_LINGER: on_linger(p, c); break;
+        case T_LISTENER:
+          if (!c->seen) {
             c->closing = 1;
             begin_drain(p, c);
           }
