@@ -441,8 +441,11 @@ void mk_rtype_unref (mk_rtype *rt) {
 int mk_rtype_field (const mk_rtype *rt, const char *name) {
   uint32_t i;
   if (rt == NULL || rt->names == NULL) return -1;
+  /* The first byte before the call: a handler reading a record's field
+  ** (m.subpacket) looks it up on every message, and most names differ
+  ** there. */
   for (i = 0; i < rt->arity; i++)
-    if (strcmp(rt->names[i], name) == 0) return (int)i;
+    if (rt->names[i][0] == name[0] && strcmp(rt->names[i], name) == 0) return (int)i;
   return -1;
 }
 
