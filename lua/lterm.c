@@ -378,6 +378,97 @@ static int rterror(lua_State *L, const mk_rtype *rt, const char *fmt, ...) {
   return lua_error(L);
 }
 
+/*
+** Boxes without finalizers.  A box's __gc releases its term, and each
+** finalizer costs Lua's collector about 450 instructions (GCTM: a
+** protected call, the metamethod's lookup, the object kept for one more
+** cycle), two per echoed round trip (the message's box and the reply's;
+** docs/performance.md, "Term boxes without a finalizer each").  In a Lua
+** state whose allocator is mk_pool_lalloc (one the host made), the pool
+** sees every block Lua frees, and is asked (mk_pool_watch) to show this
+** file each block of a box's size before it frees it: a box whose block
+** is freed is gone, and box_freed releases its term there.  The boxes of
+** such a state have a metatable without __gc, so Lua neither finalizes
+** nor resurrects them; `debug.getmetatable(box).__gc` still finds term_gc
+** (through the metatable's own __index), and a box emptied by hand holds
+** NULL, which box_freed passes over.
+**
+** Where a box lies in its block is Lua's business: it is measured once
+** (probe_boxes), by watching the allocator while one box is made, and the
+** scheme is used only if that block starts as every Lua object's does
+** (its `next` pointer, then its type byte: a full userdata's).  A block of
+** the same size that is no box (a string, a table, another userdata) has
+** another type byte or lacks the brand, which only this file writes.
+*/
+static struct {
+  int known;                /* 1: measured; 0: not yet */
+  int usable;               /* the scheme holds (measured, as expected) */
+  size_t size, off;         /* a box's block size, the box's offset in it */
+} boxblock;
+
+#define TT_OFF sizeof(void *)              /* after CommonHeader's `next` */
+#define TT_USERDATA ((unsigned char)LUA_TUSERDATA)   /* variant 0: full */
+
+static void box_freed(void *block) {
+  const box *b;
+  if (((unsigned char *)block)[TT_OFF] != TT_USERDATA) return;
+  b = (const box *)((char *)block + boxblock.off);
+  if (b->brand != &box_brand || b->t == NULL || b->t->refs == MK_IMMORTAL) return;
+  mk_unref(b->t);
+}
+
+static void *probe_block;
+static size_t probe_size;
+
+/* mk_pool_lalloc, noting the last full userdata it made. */
+static void *probe_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  void *q = mk_pool_lalloc(ud, ptr, osize, nsize);
+  if (ptr == NULL && osize == LUA_TUSERDATA && q != NULL) {
+    probe_block = q;
+    probe_size = nsize;
+  }
+  return q;
+}
+
+static int probe_make(lua_State *L) {
+  box *b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->t = NULL;
+  b->brand = NULL;
+  lua_pushlightuserdata(L, b);
+  return 1;
+}
+
+/* Measure a box's block in L (its allocator is mk_pool_lalloc). */
+static void probe_boxes(lua_State *L) {
+  void *ud;
+  lua_Alloc f = lua_getallocf(L, &ud);
+  char *u;
+  int ok;
+  probe_block = NULL;
+  lua_setallocf(L, probe_alloc, ud);
+  lua_pushcfunction(L, probe_make);
+  ok = lua_pcall(L, 0, 1, 0) == LUA_OK;
+  lua_setallocf(L, f, ud);
+  if (!ok) { lua_pop(L, 1); return; }     /* out of memory: try again later */
+  u = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  boxblock.known = 1;
+  if (probe_block == NULL || u <= (char *)probe_block) return;
+  boxblock.off = (size_t)(u - (char *)probe_block);
+  boxblock.size = probe_size;
+  boxblock.usable = boxblock.off >= TT_OFF + 1 && boxblock.off + sizeof(box) == probe_size &&
+                    ((unsigned char *)probe_block)[TT_OFF] == TT_USERDATA;
+}
+
+/* Does L release its boxes' terms as their blocks are freed? */
+static int freed_boxes(lua_State *L) {
+  if (lua_getallocf(L, NULL) != mk_pool_lalloc) return 0;
+  if (!boxblock.known) probe_boxes(L);
+  if (!boxblock.usable) return 0;
+  mk_pool_watch(boxblock.size, box_freed);
+  return 1;
+}
+
 /* The wildcard and EOF boxes live in the registry, shared by every
 ** process of the Lua state: a __gc called by hand leaves them whole. */
 static int term_gc(lua_State *L) {
@@ -701,6 +792,20 @@ void mkl_open_terms(lua_State *L) {
     luaL_setfuncs(L, term_mt, 1);
     lua_pushliteral(L, MKL_TERM_MT);      /* getmetatable(box): this name */
     lua_setfield(L, -2, "__metatable");
+    if (freed_boxes(L)) {
+      /* No finalizer: the pool tells box_freed (above).  __gc is still
+      ** there to be read, one metatable further. */
+      lua_getfield(L, -1, "__gc");        /* mt, term_gc */
+      lua_pushnil(L);
+      lua_setfield(L, -3, "__gc");
+      lua_createtable(L, 0, 1);           /* mt, term_gc, index */
+      lua_insert(L, -2);
+      lua_setfield(L, -2, "__gc");        /* mt, index */
+      lua_createtable(L, 0, 1);           /* mt, index, the metatable's metatable */
+      lua_insert(L, -2);
+      lua_setfield(L, -2, "__index");     /* mt, its metatable */
+      lua_setmetatable(L, -2);
+    }
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &key_box_mt);
   }

@@ -157,6 +157,16 @@ static unsigned long lfrees;
 
 unsigned long mk_pool_lfrees(void) { return lfrees; }
 
+/* The watch on the blocks of one size mk_pool_lalloc frees (pool.h,
+** mk_pool_watch): none while watch_size is 0. */
+static size_t watch_size;
+static void (*watch_fn)(void *block);
+
+void mk_pool_watch(size_t size, void (*fn)(void *block)) {
+  watch_size = fn != NULL ? size : 0;
+  watch_fn = fn;
+}
+
 /* Lua gives the old size of every block it frees or resizes (for a new
 ** block, osize is a type tag instead).  Resizing within one class keeps
 ** the block; shrinking must not fail (Lua's rule), so when a smaller
@@ -166,7 +176,11 @@ void *mk_pool_lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   (void)ud;
   if (ptr != NULL && osize > MK_POOL_MAX) lfrees++;   /* freed, or may move */
   if (ptr == NULL) return nsize ? mk_pool_alloc(nsize) : NULL;
-  if (nsize == 0) { mk_pool_free(ptr, osize); return NULL; }
+  if (nsize == 0) {
+    if (osize == watch_size && watch_fn != NULL) watch_fn(ptr);
+    mk_pool_free(ptr, osize);
+    return NULL;
+  }
 #ifndef POOL_OFF
   if (osize > MK_POOL_MAX && nsize > MK_POOL_MAX) return realloc(ptr, nsize);
   if (osize <= MK_POOL_MAX && nsize <= MK_POOL_MAX && classof(osize) == classof(nsize))

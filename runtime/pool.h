@@ -65,6 +65,14 @@ void *mk_pool_alloc(size_t n);
 void mk_pool_free(void *p, size_t n);
 /* A lua_Alloc over the cache (ud unused): for Lua states made by market. */
 void *mk_pool_lalloc(void *ud, void *ptr, size_t osize, size_t nsize);
+/* Have fn(block) called for each block of exactly `size` bytes that
+** mk_pool_lalloc frees, just before it is freed (fn NULL: no more).  One
+** watch for the whole program: lua/lterm.c's, which learns so that a term
+** box is gone, and releases its term, without a finalizer per box (a
+** finalizer costs the collector about 450 instructions, two per echoed
+** round trip; docs/architecture.md, "Boxes without finalizers").  fn
+** must not call into Lua nor allocate from it. */
+void mk_pool_watch(size_t size, void (*fn)(void *block));
 /* How many blocks of more than MK_POOL_MAX bytes mk_pool_lalloc has freed
 ** or resized so far: while it stays the same, every such block a Lua state
 ** over it had is still where it was (lua/lterm.c's string cache). */

@@ -19,6 +19,7 @@
 #include "market.h"
 #include "check.h"
 #include "pool.h"      /* MK_SANITIZED */
+#include "term.h"      /* mk_term_live */
 #include "stackuse.h"
 
 /* ---- a log the processes write to ---------------------------------------- */
@@ -133,6 +134,41 @@ static void new_and_free(void) {
   CHECK(strcmp(mk_version(), MK_VERSION_STRING) == 0);
   CHECK(strncmp(mk_lua_release(), "Lua 5.4", 7) == 0);
   CHECK(strcmp(mk_status_name(MK_EFAILED), "MK_EFAILED") == 0);
+}
+
+/* A host's Lua state finalizes no term box: a box's term is released as
+** the pool frees the box's block (lua/lterm.c, "Boxes without
+** finalizers"), and __gc, for a call by hand, sits one metatable further.
+** Boxes kept stay whole; the terms of those dropped go with them. */
+static void boxes_released(void) {
+  mk_host *h = newhost();
+  lua_State *L = mk_host_lua(h);
+  size_t base;
+  CHECK(luaL_dostring(L,
+    "market = require 'market'\n"
+    "r = market.record('r', 'x', 'y')\n"
+    "local mt = debug.getmetatable(r(1, 2))\n"
+    "assert(rawget(mt, '__gc') == nil and type(mt.__gc) == 'function')\n"
+    "collectgarbage()\n") == LUA_OK);
+  base = mk_term_live();
+  CHECK(luaL_dostring(L,
+    "kept = {}\n"
+    "for i = 1, 20000 do\n"
+    "  local b = r(i, { i, 'a payload of some length ' .. i })\n"
+    "  if i % 200 == 0 then kept[#kept + 1] = b end\n"
+    "end\n"
+    "collectgarbage()\n"
+    "collectgarbage()\n") == LUA_OK);
+  /* The 100 kept: a record, its integer, its sequence, the sequence's
+  ** integer and string each; besides, lterm.c's string cache holds the
+  ** terms of the last 16 strings it converted at most. */
+  CHECK(mk_term_live() >= base + 100 * 5 && mk_term_live() <= base + 100 * 5 + 16);
+  CHECK(luaL_dostring(L,
+    "for k, b in ipairs(kept) do assert(b.x == k * 200 and b.y[1] == k * 200) end\n"
+    "kept = nil\n"
+    "collectgarbage()\n") == LUA_OK);
+  CHECK(mk_term_live() <= base + 16);
+  mk_host_free(h);
 }
 
 static void spawn_errors(void) {
@@ -1237,6 +1273,7 @@ static void foreign_allocator_wrapped(void) {
 
 int main(void) {
   RUN(new_and_free);
+  RUN(boxes_released);
   RUN(spawn_errors);
   RUN(lua_and_native);
   RUN(terms_across);

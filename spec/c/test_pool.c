@@ -172,6 +172,30 @@ static void lua_allocator (void) {
   mk_pool_trim();
 }
 
+/* mk_pool_watch: the blocks of the watched size that mk_pool_lalloc
+** frees are shown before they go, and no others. */
+static void *watched[4];
+static int nwatched;
+static void note_block(void *block) { if (nwatched < 4) watched[nwatched++] = block; }
+
+static void watch_frees (void) {
+  void *a = mk_pool_lalloc(NULL, NULL, 7, 48), *b = mk_pool_lalloc(NULL, NULL, 7, 56);
+  void *c = mk_pool_lalloc(NULL, NULL, 7, 48);
+  nwatched = 0;
+  mk_pool_watch(48, note_block);
+  CHECK(a != NULL && b != NULL && c != NULL);
+  mk_pool_lalloc(NULL, a, 48, 0);
+  mk_pool_lalloc(NULL, b, 56, 0);                 /* another size: not shown */
+  c = mk_pool_lalloc(NULL, c, 48, 40);            /* a resize: not shown */
+  CHECK(nwatched == 1 && watched[0] == a);
+  mk_pool_watch(0, NULL);
+  mk_pool_lalloc(NULL, c, 40, 0);
+  a = mk_pool_lalloc(NULL, NULL, 7, 48);
+  mk_pool_lalloc(NULL, a, 48, 0);                 /* no watch any more */
+  CHECK(nwatched == 1);
+  mk_pool_trim();
+}
+
 /* An allocator underneath that counts its blocks and checks that each
 ** comes back as the size it lent (mk_pool_over keeps blocks by exact
 ** size, so that it is right over any allocator). */
@@ -237,6 +261,7 @@ int main (void) {
   RUN(classes_fit_chunks);
   RUN(large_blocks);
   RUN(large_blocks_hold_the_request);
+  RUN(watch_frees);
   RUN(keeps_every_block);
   RUN(lua_allocator);
   RUN(over_another);
