@@ -13,17 +13,34 @@
 
 /* Under valgrind, a cached block is made inaccessible and a reused one
 ** undefined, so that memcheck still reports use after free and reads of
-** uninitialised memory in blocks the cache recycles.  The requests cost
-** a few instructions outside valgrind; without the header they vanish. */
+** uninitialised memory in blocks the cache recycles.  Each request is
+** some fifteen instructions even outside valgrind (its arguments stored,
+** four rotations, an exchange), three per block handed out and taken
+** back: some 200 of an echoed round trip's 9,500 (issue 10).  So they
+** are made only once the program is known to run under valgrind (asked
+** at the first, RUNNING_ON_VALGRIND, itself a request); outside, each
+** costs a load and a branch.  Without the header they vanish. */
 #if defined(__has_include)
 #if __has_include(<valgrind/memcheck.h>)
 #include <valgrind/memcheck.h>
 #endif
 #endif
-#ifndef VALGRIND_MAKE_MEM_NOACCESS
-#define VALGRIND_MAKE_MEM_NOACCESS(p, n)   ((void)0)
-#define VALGRIND_MAKE_MEM_UNDEFINED(p, n)  ((void)0)
-#define VALGRIND_MAKE_MEM_DEFINED(p, n)    ((void)0)
+#ifdef VALGRIND_MAKE_MEM_NOACCESS
+static int on_valgrind = -1;     /* -1: not asked yet */
+
+static int ask_valgrind(void) {
+  on_valgrind = RUNNING_ON_VALGRIND ? 1 : 0;
+  return on_valgrind;
+}
+
+#define UNDER_VALGRIND() (on_valgrind == 0 ? 0 : on_valgrind > 0 ? 1 : ask_valgrind())
+#define MEM_NOACCESS(p, n)  do { if (UNDER_VALGRIND()) VALGRIND_MAKE_MEM_NOACCESS(p, n); } while (0)
+#define MEM_UNDEFINED(p, n) do { if (UNDER_VALGRIND()) VALGRIND_MAKE_MEM_UNDEFINED(p, n); } while (0)
+#define MEM_DEFINED(p, n)   do { if (UNDER_VALGRIND()) VALGRIND_MAKE_MEM_DEFINED(p, n); } while (0)
+#else
+#define MEM_NOACCESS(p, n)  ((void)0)
+#define MEM_UNDEFINED(p, n) ((void)0)
+#define MEM_DEFINED(p, n)   ((void)0)
 #endif
 
 /* Size classes of 16k + 8 bytes (24, 40, 56, ...): with its 8-byte header
@@ -80,11 +97,11 @@ static void *bigalloc(size_t n) {
   size_t k = bigclassof(n), size = bigsize(k);
   pblock *b = bigheads[k];
   if (b != NULL) {
-    VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
+    MEM_DEFINED(b, sizeof *b);
     bigheads[k] = b->next;
     bigcached -= size;
     cached -= size;
-    VALGRIND_MAKE_MEM_UNDEFINED(b, size);
+    MEM_UNDEFINED(b, size);
     return b;
   }
   return malloc(size);
@@ -106,7 +123,7 @@ static void bigfree(void *p) {
   bigheads[k] = b;
   bigcached += size;
   cached += size;
-  VALGRIND_MAKE_MEM_NOACCESS(b, size);
+  MEM_NOACCESS(b, size);
 }
 #endif
 
@@ -116,14 +133,14 @@ void *mk_pool_alloc(size_t n) {
     size_t size = classsize(classof(n));
     pblock **head = &heads[classof(n)], *b = *head;
     if (b != NULL) {
-      VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
+      MEM_DEFINED(b, sizeof *b);
       *head = b->next;
       /* The next block of this class was freed long ago, often by a GC
       ** sweep: fetch it now, not when it is asked for (this load missed
       ** the cache on most allocations). */
       if (*head != NULL) __builtin_prefetch(*head, 1);
       cached -= size;
-      VALGRIND_MAKE_MEM_UNDEFINED(b, size);
+      MEM_UNDEFINED(b, size);
       return b;
     }
     return malloc(size);
@@ -141,7 +158,7 @@ void mk_pool_free(void *p, size_t n) {
     b->next = heads[k];
     heads[k] = b;
     cached += size;
-    VALGRIND_MAKE_MEM_NOACCESS(b, size);
+    MEM_NOACCESS(b, size);
     return;
   }
   if (p != NULL && n <= BIG_MAX) { bigfree(p); return; }
@@ -201,7 +218,7 @@ size_t mk_pool_cached(void) { return cached; }
 static void freelist(pblock **head) {
   pblock *b = *head, *next;
   for (; b != NULL; b = next) {
-    VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
+    MEM_DEFINED(b, sizeof *b);
     next = b->next;
     free(b);
   }
@@ -249,7 +266,7 @@ static void over_drain(mk_pool_over *o) {
   for (n = MIN_KEPT; n <= MK_POOL_MAX; n++) {
     pblock *b = o->heads[n], *next;
     for (; b != NULL; b = next) {
-      VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
+      MEM_DEFINED(b, sizeof *b);
       next = b->next;
       o->f(o->ud, b, n, 0);
     }
@@ -264,11 +281,11 @@ void *mk_pool_over_lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (ptr == NULL) {                 /* osize is Lua's type tag */
     if (nsize - MIN_KEPT <= MK_POOL_MAX - MIN_KEPT && o->heads[nsize] != NULL) {
       pblock *b = o->heads[nsize];
-      VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
+      MEM_DEFINED(b, sizeof *b);
       o->heads[nsize] = b->next;
       if (b->next != NULL) __builtin_prefetch(b->next, 1);
       o->cached -= classsize(classof(nsize));
-      VALGRIND_MAKE_MEM_UNDEFINED(b, nsize);
+      MEM_UNDEFINED(b, nsize);
       return b;
     }
     if (nsize == 0) return NULL;
@@ -284,7 +301,7 @@ void *mk_pool_over_lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     b->next = o->heads[osize];
     o->heads[osize] = b;
     o->cached += classsize(classof(osize));
-    VALGRIND_MAKE_MEM_NOACCESS(b, osize);
+    MEM_NOACCESS(b, osize);
     return NULL;
   }
   return o->f(o->ud, ptr, osize, nsize);   /* frees and resizes */
