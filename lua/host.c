@@ -25,6 +25,8 @@
 ** heap allocated, a major one once the heap has grown by GEN_MAJOR. */
 #define GEN_MINOR 2
 #define GEN_MAJOR 300
+/* ... and minor collections at least this far apart (lproc.c, young_floor). */
+#define YOUNG_FLOOR_KB 32
 
 struct mk_host {
   struct ev_loop *loop;
@@ -404,7 +406,10 @@ static mk_host *host_make(lua_State *L, struct ev_loop *loop, mk_error *err) {
     ** full collection once a crowd of processes has gone (below,
     ** mkl_collect_drops): without it the heap stays at the crowd's size,
     ** and so does each minor collection, too often then for the p999
-    ** (docs/performance.md, "Young garbage swept while in the cache"). */
+    ** (docs/performance.md, "Young garbage swept while in the cache").
+    ** In a small heap 2% is a few KiB, and each minor collection has a
+    ** fixed part: they are kept YOUNG_FLOOR_KB apart at least
+    ** (mkl_young_floor, below). */
     lua_gc(L, LUA_GCGEN, GEN_MINOR, GEN_MAJOR);
     h->L = L;
     h->own_L = 1;
@@ -426,7 +431,10 @@ static mk_host *host_make(lua_State *L, struct ev_loop *loop, mk_error *err) {
     goto fail;
   }
   mkl_on_fail(L, failed, h);
-  if (h->own_L) mkl_collect_drops(L, 1);      /* the collector set above */
+  if (h->own_L) {                             /* the collector set above */
+    mkl_collect_drops(L, 1);
+    mkl_young_floor(L, GEN_MINOR, YOUNG_FLOOR_KB);
+  }
   fillerr(err, MK_OK, "%s", "");
   return h;
 fail:

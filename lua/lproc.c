@@ -111,6 +111,13 @@ typedef struct mkl_state {
   int basekb;            /* the Lua heap (KiB) after the last such collection */
   uint8_t dropgc;        /* on (mkl_collect_drops) */
   uint8_t collect;       /* a drop seen: collect before the next activation */
+  /* The minor collections' floor (mkl_young_floor): the multiplier wanted
+  ** beyond it, the floor (KiB; 0: off), the multiplier last set, and the
+  ** activations until the next look at the heap. */
+  uint8_t youngmin;
+  uint8_t youngtick;
+  int youngkb;
+  int youngpct;
   mk_pool_over *over;    /* the cache installed in front of the state's
                          ** allocator while a ground VM runs (mkl_attach),
                          ** or NULL; owned */
@@ -1334,12 +1341,50 @@ void mkl_collect_drops(lua_State *L, int on) {
   if (S != NULL) S->dropgc = on != 0;
 }
 
+/*
+** A minor collection comes each youngmin percent of the heap allocated
+** (host.c: 2%, so that young garbage is swept while still in the cache),
+** and each one pays a fixed part (atomic: the threads, the roots, the
+** tables written since), about 2,600 instructions.  A small heap makes
+** them close: with 500 connections passing 4 KiB messages the Lua heap
+** is some 400 KiB, and a minor collection came every second round trip,
+** its fixed part 1,300 instructions of each (issue 10).  So the
+** multiplier is raised to keep them youngkb KiB apart at least, looked
+** at every 256 activations.  Lua has no call that sets the multiplier
+** without setting the mode: one made while the program has chosen the
+** incremental collector (collectgarbage("incremental")) returns that
+** mode, and the program's choice is put back and left alone from then.
+*/
+static MKL_NOINLINE void young_floor(mkl_state *S) {
+  int kb = lua_gc(S->L, LUA_GCCOUNT), pct;
+  if (kb < 1) kb = 1;
+  pct = (S->youngkb * 100 + kb - 1) / kb;
+  if (pct < S->youngmin) pct = S->youngmin;
+  if (pct > 100) pct = 100;
+  if (pct == S->youngpct) return;
+  switch (lua_gc(S->L, LUA_GCGEN, pct, 0)) {
+    case LUA_GCGEN: S->youngpct = pct; break;
+    case LUA_GCINC: lua_gc(S->L, LUA_GCINC, 0, 0, 0); S->youngkb = 0; break;
+    default: break;        /* -1: inside a finalizer, nothing done: later */
+  }
+}
+
+void mkl_young_floor(lua_State *L, int minor, int floor_kb) {
+  mkl_state *S = getstate(L);
+  if (S == NULL) return;
+  S->youngmin = (uint8_t)(minor < 1 ? 1 : minor > 100 ? 100 : minor);
+  S->youngkb = floor_kb > 0 ? floor_kb : 0;
+  S->youngpct = S->youngmin;           /* what the host set */
+  S->youngtick = 0;
+}
+
 static void handle(mk_proc *p, const mk_event *ev) {
   lproc *lp = mk_proc_data(p);
   mkl_state *S = lp->S;
   lua_State *co;
   int nargs, nres = 0, st, overrun;
   if (S->collect) collect_dropped(S);
+  if (S->youngkb > 0 && ++S->youngtick == 0) young_floor(S);
   lp->activations++;
   if (ev->type == MK_EV_BOOT) {
     /* The boot function is the coroutine's body, called with the pid: no

@@ -132,6 +132,12 @@ void mkl_detach(lua_State *L);
 ** (on: 1) or not (0, the default): for a state whose collector is
 ** generational (host.c; lproc.c, dropped). */
 void mkl_collect_drops(lua_State *L, int on);
+/* Keep L's minor collections (generational, set by the host: host.c) at
+** minor percent of the heap allocated, but never closer than floor_kb
+** KiB apart (lproc.c, young_floor); floor_kb 0: leave the multiplier
+** alone (the default).  Stops for good once the program is seen to have
+** chosen the incremental collector. */
+void mkl_young_floor(lua_State *L, int minor, int floor_kb);
 
 /* The process a Lua function running on L acts for: mkl_current(L), or,
 ** from a coroutine of the program's own inside an activation, the process

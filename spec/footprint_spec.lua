@@ -442,3 +442,44 @@ describe("a crowd of processes gone", function()
     assert.equal(0, n[2])
   end)
 end)
+
+describe("minor collections in a small heap", function()
+  -- The market interpreter makes a minor collection each 2% of the heap
+  -- allocated, but keeps them 32 KiB apart at least (lua/lproc.c,
+  -- young_floor, looked at every 256 activations): in a heap of a few
+  -- hundred KiB, 2% came every 6 KiB. minors(first) runs 300 activations
+  -- (spawns), then counts the collections, by a finalizer that makes its
+  -- successor, while 4 MB of garbage are made (two strings of 1 KB a
+  -- turn); `first` is run before.
+  local function minors(first)
+    local status, out, err = H.run_script(([[
+      local market = require "market"
+      %s
+      local spawn = market.spawn(function() return market.transition(nil) end)
+      for _ = 1, 300 do market.perform(spawn) end
+      market.pause()
+      market.pause()
+      local count = 0
+      local function arm() setmetatable({}, { __gc = function() count = count + 1; arm() end }) end
+      arm()
+      for i = 1, 2000 do local s = ("x"):rep(1000) .. i end
+      print(count, collectgarbage("count") < 4096, (collectgarbage("incremental")))
+    ]]):format(first or ""))
+    assert.equal(0, status, err)
+    local count, small, mode = out:match("^(%d+)\t(%a+)\t(%a+)\n$")
+    assert.equal("true", small, out)
+    return tonumber(count), mode
+  end
+
+  it("come no closer than 32 KiB apart", function()
+    local count, mode = minors()
+    assert.equal("generational", mode)
+    -- 4 MB / 32 KiB: 122 (at 2% of the heap, some 6 KiB: about 700)
+    assert.is_true(count >= 40 and count <= 250, count)
+  end)
+
+  it("leave a program's choice of the incremental collector alone", function()
+    local _, mode = minors('collectgarbage("incremental")')
+    assert.equal("incremental", mode)
+  end)
+end)
