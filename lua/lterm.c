@@ -413,8 +413,7 @@ static void box_freed(void *block) {
   const box *b;
   if (((unsigned char *)block)[TT_OFF] != TT_USERDATA) return;
   b = (const box *)((char *)block + boxblock.off);
-  if (b->brand != &box_brand || b->t == NULL || b->t->refs == MK_IMMORTAL) return;
-  mk_unref(b->t);
+  if (b->brand == &box_brand) mk_unref(b->t);   /* NULL and immortals: nothing */
 }
 
 static void *probe_block;

@@ -88,6 +88,30 @@ static pblock *bigheads[NBIG + 1];   /* [0] unused */
 static size_t bigcached;             /* bytes in them; also in `cached` */
 
 #ifndef POOL_OFF
+/* The first block of the list at head (there is one), taken out, and
+** the block p put first in it: `size` is what the block counts for in
+** `cached`, and what memcheck is told of it. */
+static void *take(pblock **head, size_t size) {
+  pblock *b = *head;
+  MEM_DEFINED(b, sizeof *b);
+  *head = b->next;
+  /* The next block of this list was freed long ago, often by a GC sweep:
+  ** fetch it now, not when it is asked for (this load missed the cache
+  ** on most allocations). */
+  if (*head != NULL) __builtin_prefetch(*head, 1);
+  cached -= size;
+  MEM_UNDEFINED(b, size);
+  return b;
+}
+
+static void keep(pblock **head, void *p, size_t size) {
+  pblock *b = p;
+  b->next = *head;
+  *head = b;
+  cached += size;
+  MEM_NOACCESS(b, size);
+}
+
 /* The big class of n bytes, MK_POOL_MAX < n <= BIG_MAX, and its blocks'
 ** size: k * BIG_STEP - 8 bytes, the least that holds n. */
 static size_t bigclassof(size_t n) { return (n + 8 + BIG_STEP - 1) / BIG_STEP; }
@@ -95,16 +119,9 @@ static size_t bigsize(size_t k) { return k * BIG_STEP - 8; }
 
 static void *bigalloc(size_t n) {
   size_t k = bigclassof(n), size = bigsize(k);
-  pblock *b = bigheads[k];
-  if (b != NULL) {
-    MEM_DEFINED(b, sizeof *b);
-    bigheads[k] = b->next;
-    bigcached -= size;
-    cached -= size;
-    MEM_UNDEFINED(b, size);
-    return b;
-  }
-  return malloc(size);
+  if (bigheads[k] == NULL) return malloc(size);
+  bigcached -= size;
+  return take(&bigheads[k], size);
 }
 
 /* Keep p, a block of more than MK_POOL_MAX bytes, or give it back to
@@ -114,36 +131,20 @@ static void *bigalloc(size_t n) {
 ** than it has. */
 static void bigfree(void *p) {
   size_t k = (malloc_usable_size(p) + 8) / BIG_STEP, size;
-  pblock *b = p;
   if (k > NBIG) k = NBIG;
   size = bigsize(k);
   /* a class of at most MK_POOL_MAX bytes would never be asked for */
   if (size <= MK_POOL_MAX || bigcached + size > BIG_KEEP) { free(p); return; }
-  b->next = bigheads[k];
-  bigheads[k] = b;
   bigcached += size;
-  cached += size;
-  MEM_NOACCESS(b, size);
+  keep(&bigheads[k], p, size);
 }
 #endif
 
 void *mk_pool_alloc(size_t n) {
 #ifndef POOL_OFF
   if (n - 1 < MK_POOL_MAX) {
-    size_t size = classsize(classof(n));
-    pblock **head = &heads[classof(n)], *b = *head;
-    if (b != NULL) {
-      MEM_DEFINED(b, sizeof *b);
-      *head = b->next;
-      /* The next block of this class was freed long ago, often by a GC
-      ** sweep: fetch it now, not when it is asked for (this load missed
-      ** the cache on most allocations). */
-      if (*head != NULL) __builtin_prefetch(*head, 1);
-      cached -= size;
-      MEM_UNDEFINED(b, size);
-      return b;
-    }
-    return malloc(size);
+    size_t k = classof(n);
+    return heads[k] != NULL ? take(&heads[k], classsize(k)) : malloc(classsize(k));
   }
   if (n <= BIG_MAX) return bigalloc(n);
 #endif
@@ -153,12 +154,7 @@ void *mk_pool_alloc(size_t n) {
 void mk_pool_free(void *p, size_t n) {
 #ifndef POOL_OFF
   if (p != NULL && n - 1 < MK_POOL_MAX) {
-    size_t k = classof(n), size = classsize(k);
-    pblock *b = p;
-    b->next = heads[k];
-    heads[k] = b;
-    cached += size;
-    MEM_NOACCESS(b, size);
+    keep(&heads[classof(n)], p, classsize(classof(n)));
     return;
   }
   if (p != NULL && n <= BIG_MAX) { bigfree(p); return; }
