@@ -221,12 +221,111 @@ static void freelist(pblock **head) {
   *head = NULL;
 }
 
+/*
+** ---- blocks placed on cache lines (pool.h, mk_pool_alloc_at) ----
+**
+** A block of n bytes whose byte `at` must start a cache line takes whole
+** lines: `lead` bytes before the block (so that byte `at` falls on a
+** line's start), the block, and the rest of its last line.  Blocks of up
+** to LINE_MAX lines are carved from slabs of SLAB_BYTES, each slab one
+** malloc block on a line's boundary, and kept when freed, last freed
+** first, in one list per number of lines; larger ones are an
+** aligned_alloc each.  A slab is never given back while any block carved
+** from it may be in use, and blocks are not counted per slab: mk_pool_trim
+** frees the slabs once no block of any is in use (at the end of a
+** program, when its last Lua state closes).
+*/
+#define LINE       64
+#define LINE_MAX   8
+#define SLAB_BYTES (64 * 1024)
+
+static pblock *lineheads[LINE_MAX + 1];   /* [0] unused */
+static char *slab_next, *slab_end;        /* what is left of the last slab */
+static pblock *slabs;                     /* every slab, chained through its first line */
+static size_t linecached;  /* bytes of slabs not in a block in use (also in `cached`) */
+static size_t lineslive;   /* blocks of slabs in use */
+
+static size_t leadof(size_t at) { return (LINE - at % LINE) % LINE; }
+static size_t linesof(size_t n, size_t at) { return (leadof(at) + n + LINE - 1) / LINE; }
+
+#ifndef POOL_OFF
+/* k lines from the slab being carved, or from a new one; NULL when out of
+** memory.  The first line of a slab holds its link; what is left of the
+** last slab when a block no longer fits stays counted as cached. */
+static char *carve(size_t k) {
+  char *b;
+  if ((size_t)(slab_end - slab_next) < k * LINE) {
+    pblock *s = aligned_alloc(LINE, SLAB_BYTES);
+    if (s == NULL) return NULL;
+    s->next = slabs;
+    slabs = s;
+    slab_next = (char *)s + LINE;
+    slab_end = (char *)s + SLAB_BYTES;
+    cached += SLAB_BYTES - LINE;
+    linecached += SLAB_BYTES - LINE;
+    MEM_NOACCESS(slab_next, SLAB_BYTES - LINE);
+  }
+  b = slab_next;
+  slab_next += k * LINE;
+  cached -= k * LINE;
+  linecached -= k * LINE;
+  MEM_UNDEFINED(b, k * LINE);
+  return b;
+}
+#endif
+
+void *mk_pool_alloc_at(size_t n, size_t at) {
+  size_t lead = leadof(at), k = linesof(n, at);
+  char *b;
+#ifndef POOL_OFF
+  if (k <= LINE_MAX) {
+    if (lineheads[k] != NULL) {
+      b = take(&lineheads[k], k * LINE);
+      linecached -= k * LINE;
+    } else if ((b = carve(k)) == NULL) {
+      return NULL;
+    }
+    lineslive++;
+    return b + lead;
+  }
+#endif
+  b = aligned_alloc(LINE, k * LINE);
+  return b != NULL ? b + lead : NULL;
+}
+
+void mk_pool_free_at(void *p, size_t n, size_t at) {
+  size_t lead = leadof(at), k = linesof(n, at);
+  if (p == NULL) return;
+#ifdef POOL_OFF
+  (void)k;
+#else
+  if (k <= LINE_MAX) {
+    keep(&lineheads[k], (char *)p - lead, k * LINE);
+    linecached += k * LINE;
+    lineslive--;
+    return;
+  }
+#endif
+  free((char *)p - lead);
+}
+
 void mk_pool_trim(void) {
   size_t k;
   for (k = 0; k < NCLASS; k++) freelist(&heads[k]);
   for (k = 1; k <= NBIG; k++) freelist(&bigheads[k]);
   cached = 0;
   bigcached = 0;
+  if (lineslive == 0) {
+    while (slabs != NULL) {
+      pblock *s = slabs;
+      slabs = s->next;
+      free(s);
+    }
+    for (k = 1; k <= LINE_MAX; k++) lineheads[k] = NULL;
+    slab_next = slab_end = NULL;
+    linecached = 0;
+  }
+  cached = linecached;   /* what stays of the slabs, while some block is in use */
 }
 
 /* ---- a cache in front of another allocator (pool.h, mk_pool_over) ---- */

@@ -198,6 +198,17 @@ static void valgrind_sees_the_cache (void) {
     CHECK(VALGRIND_GET_VBITS(q, vbits, 8) == 1 && vbits[0] == 0xff); /* undefined */
     mk_pool_free(q, sizes[i]);
   }
+  {                                   /* placed blocks too (mk_pool_alloc_at) */
+    char *p = mk_pool_alloc_at(40, 8), *q;
+    memset(p, 0, 40);
+    CHECK(VALGRIND_GET_VBITS(p, vbits, 8) == 1 && vbits[0] == 0);
+    mk_pool_free_at(p, 40, 8);
+    CHECK(VALGRIND_GET_VBITS(p, vbits, 8) == 3);
+    q = mk_pool_alloc_at(40, 8);
+    CHECK(q == p);
+    CHECK(VALGRIND_GET_VBITS(q, vbits, 8) == 1 && vbits[0] == 0xff);
+    mk_pool_free_at(q, 40, 8);
+  }
   mk_pool_trim();
 #endif
 }
@@ -286,11 +297,55 @@ static void over_another (void) {
   mk_pool_over_free(NULL);
 }
 
+/* mk_pool_alloc_at: byte `at` of each block starts a cache line; a freed
+** block is the next of its lines' count; the slabs' free bytes count as
+** cached, and go back to malloc at a trim once no block is in use. */
+static void placed_blocks (void) {
+  enum { N = 3000 };                  /* past one 64 KiB slab of 128-byte blocks */
+  static char *blocks[N];
+  size_t ats[] = { 0, 8, 48, 63 }, i, k, before;
+  mk_pool_trim();
+  CHECK(mk_pool_cached() == 0);
+  for (k = 0; k < 4; k++) {
+    char *p = mk_pool_alloc_at(100, ats[k]), *q;
+    CHECK(p != NULL && ((uintptr_t)p + ats[k]) % 64 == 0);
+    memset(p, 0x5a, 100);
+    mk_pool_free_at(p, 100, ats[k]);
+    q = mk_pool_alloc_at(90, ats[k]);   /* as many lines: that block */
+    if (POOL_ON) CHECK(q == p);
+    mk_pool_free_at(q, 90, ats[k]);
+  }
+  before = mk_pool_cached();
+  for (i = 0; i < N; i++) {
+    blocks[i] = mk_pool_alloc_at(72, 0);
+    CHECK(blocks[i] != NULL && (uintptr_t)blocks[i] % 64 == 0);
+    memset(blocks[i], (int)i, 72);
+  }
+  for (i = 1; i < N; i++) CHECK(blocks[i] != blocks[i - 1]);
+  for (i = 0; i < N; i++) CHECK((unsigned char)blocks[i][71] == (unsigned char)i);
+  CHECK(POOL_ON ? mk_pool_cached() < before : mk_pool_cached() == 0);
+  for (i = 0; i < N; i += 2) mk_pool_free_at(blocks[i], 72, 0);
+  mk_pool_trim();                     /* blocks still in use: the slabs stay */
+  CHECK(POOL_ON ? mk_pool_cached() >= (size_t)N / 2 * 128 : mk_pool_cached() == 0);
+  for (i = 1; i < N; i += 2) CHECK((unsigned char)blocks[i][0] == (unsigned char)i);
+  for (i = 1; i < N; i += 2) mk_pool_free_at(blocks[i], 72, 0);
+  mk_pool_trim();                     /* none in use: all of it back */
+  CHECK(mk_pool_cached() == 0);
+  /* beyond the slabs' blocks: one aligned_alloc each, placed all the same */
+  blocks[0] = mk_pool_alloc_at(4000, 16);
+  CHECK(blocks[0] != NULL && ((uintptr_t)blocks[0] + 16) % 64 == 0);
+  memset(blocks[0], 1, 4000);
+  mk_pool_free_at(blocks[0], 4000, 16);
+  CHECK(mk_pool_cached() == 0);
+  mk_pool_free_at(NULL, 10, 0);       /* ignored */
+}
+
 int main (void) {
   RUN(reuse);
   RUN(classes_fit_chunks);
   RUN(large_blocks);
   RUN(large_blocks_hold_the_request);
+  RUN(placed_blocks);
   RUN(watch_frees);
   RUN(valgrind_sees_the_cache);
   RUN(keeps_every_block);
