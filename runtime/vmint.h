@@ -38,11 +38,14 @@ struct mk_action {
 /* Endpoint: attached to its process and (unless dead) to the VM's index
 ** and name table.  Counted: one reference while attached, one per queued
 ** event that names it.  Freed when the count reaches 0.  Allocated as
-** offsetof(mk_endpoint, name) plus the name: the fields are ordered so
-** that the name starts at byte 81, and a record with a name of up to 7
-** bytes fills a 96-byte malloc chunk (an idle connection holds about ten
-** endpoints; issue 10).  The name table's hash is computed again when
-** needed rather than kept, for the same reason. */
+** offsetof(mk_endpoint, name) plus the name.  One that hears messages is
+** placed with `proc` at a cache line's start (vm.c, xline): its hot fields
+** and a name of up to 22 bytes are one line.  The others, which hear only
+** presence and absence, are plain small blocks: a record with a name of up
+** to 7 bytes fills a 96-byte malloc chunk, where a placed one takes two
+** lines (an idle connection holds about ten endpoints; issue 10).  The
+** name table's hash is computed again when needed rather than kept, for
+** the same reason. */
 struct mk_endpoint {
   /* Cold: what adds, removes and walks of the routing index read.  A
   ** message routed through the match cache reads the fields from `proc`
@@ -66,6 +69,8 @@ struct mk_endpoint {
   uint8_t islink : 1;       /* a link of its process (vm.h, "Links"): hears
                             ** nothing but its absence, which kills the
                             ** process (deliver) */
+  uint8_t placed : 1;       /* allocated with `proc` at a cache line's start
+                            ** (vm.c, xline), else as any small block */
   char name[];              /* NUL-terminated, owned in place */
 };
 
@@ -139,15 +144,16 @@ typedef struct mk_procx {
   char name[];              /* NUL-terminated, in place */
 } mk_procx;
 
-/* A process.  72 bytes, an 80-byte malloc chunk (issue 10: a million
-** idle processes): the meta names live with the name (mk_procx), and
+/* A process.  64 bytes, one cache line of the pool's (vm.c, xline;
+** issue 10: a million idle processes): the meta names live with the name
+** (mk_procx), the pid table is open (no chain's link here), and
 ** mk_proc_nendpoints counts the endpoint list, asked by tests and
 ** embedders, never per event.  Keep it so (test_vm). */
 struct mk_proc {
   /* Hot: what queueing, delivering and sending read, 45 bytes from the
-  ** start, so that at thousands of connections, where each event's
-  ** process comes from memory, the record is as often one cache line as
-  ** two (issue 10). */
+  ** start; the whole record is one cache line (vm.c, xline), which at
+  ** thousands of connections, where each event's process comes from
+  ** memory, is one miss (issue 10). */
   mk_vm *vm;
   const mk_behavior *b;
   void *data;               /* owned by the behaviour: destroy() */
@@ -165,16 +171,17 @@ struct mk_proc {
   /* Cold: spawns, lookups by pid, names. */
   mk_pid pid;
   char *name;               /* owned, may be NULL; inside an mk_procx when xname */
-  mk_proc *hnext;           /* vm pid table chain */
 };
-_Static_assert(sizeof(mk_proc) == 72, "a process fills an 80-byte malloc chunk");
+_Static_assert(sizeof(mk_proc) == 64, "a process is one cache line (vm.c, xline)");
 _Static_assert(offsetof(mk_endpoint, name) == 81, "an endpoint named in 7 bytes fills 96");
+_Static_assert(offsetof(mk_endpoint, name) - offsetof(mk_endpoint, proc) <= 64,
+               "an endpoint's hot fields are one line (vm.c, xline)");
 
 struct mk_vm {
   mk_vm *parent;            /* NULL for a ground VM's core */
   mk_proc *self;            /* the nested-VM process in the parent */
   mk_index *ix[2];          /* by orientation */
-  mk_proc **ptab;           /* pid table, chained */
+  mk_proc **ptab;           /* pid table, open, at most half full */
   mk_proc *resident;        /* mk_vm_resident's process, or NULL; ended by mk_vm_free */
   size_t ptabsize, nprocs;
   mk_endpoint **etab;       /* (pid, name) table, chained */
