@@ -71,6 +71,7 @@
 */
 #include <ctype.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,6 +89,7 @@
 
 #include "mkl.h"
 #include "mkd.h"
+#include "pool.h"
 
 #define READ_MAX 65536
 
@@ -284,13 +286,15 @@ static int same_conf(const tconf *a, const tconf *b) {
   return 1;
 }
 
-/* 320 bytes, a 336-byte malloc chunk (issue 10), without padding: 248
-** and the inbound flow's match slot (72).  What
-** a round trip reads or writes comes first, in 56 bytes (one or two cache
-** lines, where it was spread over four): with 10,000 busy connections a
-** connection's state has left the caches by the time its next chunk
-** comes, and each line it touches is a miss.  Then pointers, 64-bit
-** fields, 32-bit ones. */
+/* 320 bytes (issue 10), without padding: 248 and the inbound flow's
+** match slot (72).  What a round trip reads or writes comes first, in 56
+** bytes, then the slot, whose `wraps` (route.h) ends the first cache line
+** and whose entry is the second: the record is allocated on a line's
+** boundary (mk_pool_alloc_at), so a round trip reads two lines of it (it was spread over
+** four, then over three where malloc's 16-byte alignment put it): with
+** 10,000 busy connections a connection's state has left the caches by the
+** time its next chunk comes, and each line it touches is a miss.  Then
+** pointers, 64-bit fields, 32-bit ones. */
 typedef struct tconn {
   /* the round trip's: a chunk read, a chunk written */
   mk_term *remote;            /* tcp.address(host, port) */
@@ -344,6 +348,9 @@ typedef struct tconn {
   uint32_t nopts, optcap;
   int readers, senders;       /* peers on the inbound / outbound flow */
 } tconn;
+
+_Static_assert(offsetof(tconn, inslot) + offsetof(mk_match_slot, e) == 64,
+               "a connection's slot entry is its second cache line");
 
 static char rbuf[READ_MAX];
 static mk_rtype *channel_rt;  /* tcp-channel/3, held while some manager lives */
@@ -1561,7 +1568,7 @@ static void destroy(mk_proc *p) {
     malloc_trim(0);
 #endif
   }
-  free(c);
+  mk_pool_free_at(c, sizeof *c, 0);
   nmanagers--;
   shared_release();
 }
@@ -1606,13 +1613,16 @@ static tbase *getdefaults(lua_State *L, int idx) {
 ** NULL) and the descriptor fd (-1: connect). */
 static tconn *newconn(lua_State *L, tbase *base, mkd_count *stats, mkd_count *conns, int fd,
                       mk_term *remote, mk_term *loc, mk_term *lport) {
-  tconn *c = remote ? calloc(1, sizeof *c) : NULL;   /* remote: NULL if out of memory */
+  /* on a cache line's boundary (pool.h): the round trip's fields, then
+  ** the slot from its `wraps` on, are its first two lines (above) */
+  tconn *c = remote ? mk_pool_alloc_at(sizeof *c, 0) : NULL;   /* NULL: out of memory */
   if (c == NULL) {
     if (fd >= 0) close(fd);
     mk_unref(remote); mk_unref(loc); mk_unref(lport);
     shared_release();
     return NULL;
   }
+  memset(c, 0, sizeof *c);
   nmanagers++;
   c->remote = remote;
   c->loc = loc;

@@ -140,8 +140,10 @@ typedef struct lwait {
                          ** the wait suspended now, or 0 */
 } lwait;
 
-/* A Lua process.  Owned by its mk_proc (destroy); from the small-block
-** cache (pool.h), as the VM's process records (vm.c, xpool). */
+/* A Lua process.  Owned by its mk_proc (destroy); from the pool, on a
+** cache line of its own (pool.h, mk_pool_alloc_at), as the VM's process
+** records (vm.c, xline): every activation reads it, and from a 16-byte
+** boundary its 40 bytes were two lines half the time (issue 10). */
 typedef struct lproc {
   mkl_state *S;
   lua_State *co;         /* its coroutine while it runs or waits, else NULL;
@@ -162,8 +164,7 @@ typedef struct lproc {
   uint32_t activations;  /* events handled (snapshots: mk_vm_snapshot; it
                          ** wraps at 2^32), in the 4 bytes of padding
                          ** before `wait`: the record keeps its size */
-  lwait *wait;           /* owned, NULL until the first timed wait; in the
-                         ** 48-byte malloc chunk the record took without it */
+  lwait *wait;           /* owned, NULL until the first timed wait */
 } lproc;
 
 /* How what a body returns is applied: by market.lua's apply, or by C first
@@ -537,8 +538,18 @@ static void newrole(mkl_state *S, lua_State *L, mk_orientation o, mk_interest i)
 ** and the same name again is read from there, without lua_pushstring's
 ** strlen, hash and look-up in Lua's string table (about 130 instructions
 ** of a presence event). */
+/* Are the strings equal?  Byte by byte, for the short names of endpoints:
+** strcmp reads 32 bytes at a time, past the name's end into the next cache
+** line, where an endpoint's name ends its line of hot fields (vm.c,
+** xline), and at thousands of connections that line was a miss. */
+static MKL_INLINE int samename(const char *a, const char *b) {
+  for (; *a == *b; a++, b++)
+    if (*a == '\0') return 1;
+  return 0;
+}
+
 static MKL_INLINE void pushname(mkl_state *S, lua_State *L, const char *name) {
-  if (S->lastname != NULL && strcmp(S->lastname, name) == 0) {
+  if (S->lastname != NULL && samename(S->lastname, name)) {
     pushslot(S, L, SLOT_NAME);
     return;
   }
@@ -837,7 +848,11 @@ static MKL_INLINE int messagehandler(mkl_state *S, lproc *lp, lua_State *co, con
   lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
   lua_rawgeti(co, 1, MKL_CTX_STATE);
   pushmessage(S, co, ev->message);
-  lua_pushstring(co, ev->endpoint);
+  /* the name from the last one's slot when it is the same: lua_pushstring
+  ** compared it with strings in Lua's cache of C strings, picked by its
+  ** address, a different one for each endpoint, and each compare was a
+  ** miss at thousands of connections (issue 10) */
+  pushname(S, co, ev->endpoint);
   if ((r = pushhandler(S, co, 1, 4, 0, FIELD_MESSAGE)) <= 0) {
     lua_settop(co, 0);
     return r;
@@ -970,12 +985,6 @@ static MKL_INLINE int toapply(mk_proc *p, lproc *lp, lua_State *co, int sends) {
 ** keeps the handler as its body (handle).
 */
 enum { B_HANDLED, B_APPLIED };
-
-static int samename(const char *a, const char *b) {
-  for (; *a == *b; a++, b++)
-    if (*a == '\0') return 1;
-  return 0;
-}
 
 /* The event's endpoint name at B_NAME, where the last one stays while
 ** the next has the same (*last: Lua's copy of it, or NULL). */
@@ -1580,7 +1589,7 @@ static void destroy(mk_proc *p) {
     untime(lp->wait);
     free(lp->wait);
   }
-  mk_pool_free(lp, sizeof *lp);
+  mk_pool_free_at(lp, sizeof *lp, 0);
 }
 
 /* For snapshots (mk_behavior.activations). */
@@ -1614,7 +1623,7 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   else lua_createtable(L, 0, 2);
   lua_rotate(L, -2, 1);
   lua_rawseti(L, -2, MKL_CTX_STATE);
-  lp = mk_pool_alloc(sizeof *lp);
+  lp = mk_pool_alloc_at(sizeof *lp, 0);
   if (lp == NULL) luaL_error(L, "out of memory");
   if (++S->nlive > S->peak) S->peak = S->nlive;    /* destroy: dropped() */
   lp->S = S;

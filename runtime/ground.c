@@ -22,11 +22,13 @@
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "ground.h"
+#include "pool.h"
 
 mk_rtype *mk_ground_readable, *mk_ground_writable, *mk_ground_alarm, *mk_ground_signal,
     *mk_ground_stopping;
@@ -54,22 +56,34 @@ enum { K_NONE = -1, K_IO, K_TIMER, K_SIGNAL };
 ** (argof), and the watch on the same descriptor in the other direction is
 ** looked up (twin_of) when one stops, which is not per message.
 */
+/*
+** A watch is laid out for its wake-up, which at a server's thousands of
+** sockets finds it out of the processor's cache: libev's watcher, the
+** ground and the topic in its first cache line, the slot its record is
+** routed by in the second (route.h puts the slot's `wraps` first for
+** that), the rest after.  It is placed on a line's boundary (pool.h,
+** mk_pool_alloc_at).  Laid out
+** in declaration order from a 16-byte boundary, the wake-up read three
+** lines and most of a fourth (issue 10, docs/performance.md, "Round 13").
+*/
 typedef struct watch {
-  struct watch *next;       /* hash chain */
-  struct watch *rnext, *rprev;   /* ring of active descriptor watches (audit),
-                                 ** or of running alarms (mk_ground_timeout) */
-  struct watch *dnext, *dprev;   /* descriptor watches to check before the next poll */
+  union { ev_io io; ev_timer timer; ev_signal sig; } w;   /* 48 bytes */
   mk_ground *g;
   mk_term *topic;           /* owned: the record sent when it fires */
   mk_match_slot slot;       /* its matches (route.h), for the VM's sends:
                             ** a server's thousands of sockets would each
                             ** look in the match cache's table */
+  struct watch *next;       /* hash chain */
+  struct watch *rnext, *rprev;   /* ring of active descriptor watches (audit),
+                                 ** or of running alarms (mk_ground_timeout) */
+  struct watch *dnext, *dprev;   /* descriptor watches to check before the next poll */
   unsigned long long serial;     /* the ground's endpoint is named "w<serial>" */
   uint32_t count;           /* subscriptions */
   uint8_t kind;             /* K_IO, K_TIMER, K_SIGNAL */
   uint8_t active, published, dirty;
-  union { ev_io io; ev_timer timer; ev_signal sig; } w;
 } watch;
+
+_Static_assert(offsetof(watch, slot) == 64, "a watch's slot starts its second line");
 
 /* The endpoint name of a watch: "w" and a serial of at most 20 digits. */
 #define EPNAME_SIZE 24
@@ -537,7 +551,7 @@ static watch *twin_of(mk_ground *g, const mk_term *topic) {
 static void watch_free(watch *w) {
   mk_match_slot_clear(&w->slot);
   mk_unref(w->topic);
-  free(w);
+  mk_pool_free_at(w, sizeof *w, 0);
 }
 
 static void subscribed(mk_vm *vm, const mk_term *topic, mk_endpoint *ep, void *ud) {
@@ -557,8 +571,9 @@ static void subscribed(mk_vm *vm, const mk_term *topic, mk_endpoint *ep, void *u
     else if (w->kind == K_TIMER && !w->active) mk_vm_tell(vm, ep, w->topic);
     return;
   }
-  w = calloc(1, sizeof *w);
+  w = mk_pool_alloc_at(sizeof *w, 0);
   if (w == NULL) return;
+  memset(w, 0, sizeof *w);
   w->g = g;
   w->topic = mk_ref((mk_term *)topic);
   w->count = 1;

@@ -90,8 +90,8 @@ typedef struct mk_match_entry {
 } mk_match_entry;
 
 typedef struct mk_match_slot {
+  uint32_t wraps;           /* first: read first, with the entry's start */
   mk_match_entry e;
-  uint32_t wraps;
 } mk_match_slot;
 
 /* mk_index_match, looking in `slot` (not NULL) first and leaving there
