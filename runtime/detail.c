@@ -151,9 +151,11 @@ static void install(mk_vm *vm, int on) {
   if (on && vm->detail == NULL) vm->detail = detail_new();
   else if (!on && vm->detail != NULL) { detail_free(vm->detail); vm->detail = NULL; }
   for (i = 0; i < vm->ptabsize; i++) {
-    mk_proc *p = vm->ptab[i];
-    mk_vm *child = p != NULL && p->b == &mk_nested_behavior ? p->data : NULL;
-    if (child != NULL && child->parent == vm) install(child, on);
+    mk_proc *p;
+    for (p = vm->ptab[i]; p; p = p->hnext) {
+      mk_vm *child = p->b == &mk_nested_behavior ? p->data : NULL;
+      if (child != NULL && child->parent == vm) install(child, on);
+    }
   }
 }
 

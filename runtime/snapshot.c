@@ -168,8 +168,9 @@ static void snap_vm(mk_vm *vm, mk_snap_vm *s) {
   procs = mkI_xmalloc((vm->nprocs + 1) * sizeof *procs);
   if (vm->resident != NULL && !vm->resident->dead) procs[n++] = vm->resident;
   for (i = 0; i < vm->ptabsize; i++) {
-    mk_proc *p = vm->ptab[i];
-    if (p != NULL && !p->dead) procs[n++] = p;
+    mk_proc *p;
+    for (p = vm->ptab[i]; p; p = p->hnext)
+      if (!p->dead) procs[n++] = p;
   }
   qsort(procs, n, sizeof *procs, by_pid);
   s->procs = mkI_xmalloc(n * sizeof *s->procs);

@@ -153,9 +153,11 @@ static void install(mk_vm *vm, mk_tracer *t) {
   tracer_unref(vm->trace);
   vm->trace = t;
   for (i = 0; i < vm->ptabsize; i++) {
-    mk_proc *p = vm->ptab[i];
-    mk_vm *child = p != NULL && p->b == &mk_nested_behavior ? p->data : NULL;
-    if (child != NULL && child->parent == vm) install(child, t);
+    mk_proc *p;
+    for (p = vm->ptab[i]; p; p = p->hnext) {
+      mk_vm *child = p->b == &mk_nested_behavior ? p->data : NULL;
+      if (child != NULL && child->parent == vm) install(child, t);
+    }
   }
 }
 

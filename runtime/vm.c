@@ -31,8 +31,9 @@ void *mkI_xmalloc(size_t n) {
 ** its records scattered over the free lists (issue 10,
 ** docs/performance.md).  A process, and an endpoint that hears messages,
 ** are placed so that what an event reads of them is one cache line
-** (mk_pool_alloc_at): a process from its start, an endpoint from `proc`
-** on (its name too, up to 22 bytes).  From a 16-byte boundary they were
+** (mk_pool_alloc_at): a process from its start (its hot fields; the pid
+** and the cold rest are the next line), an endpoint from `proc` on (its
+** name too, up to 22 bytes).  From a 16-byte boundary they were
 ** two lines half the time, and at thousands of connections each line is a
 ** miss: an echoed round trip reads three such endpoints and two processes
 ** (21.1 misses of the last-level cache at 1,000 connections; placed, 17.0).
@@ -75,17 +76,15 @@ static uint32_t strhash(const char *s, uint32_t h) {
   return h;
 }
 
-/* A process's home slot in the pid table (a power of two in size): the
-** pid itself.  Pids are handed out in sequence, so the processes alive at
-** once each have a slot of their own as long as they span no more pids
+/* A process's chain in the pid table (a power of two in size): the pid
+** itself.  Pids are handed out in sequence, so the processes alive at
+** once fall into chains of their own as long as they span no more pids
 ** than the table has slots, and a VM that kills a wave of processes in
 ** the order it spawned them walks the table in order.  A hash of the pid
 ** (bits 32 and up of its product with 2^64 / phi) crowded consecutive
 ** pids: 3.9 records read per lookup with 100,000 processes in 131,072
 ** chains, where one each would do, and each record read is a cache miss
-** in a large VM.  The table is open (a process taken by its home slot
-** goes to the next free one) and at most half full: a chain's link in
-** every record took it past a cache line of its own (vm.c, xline). */
+** in a large VM. */
 static size_t pidslot(const mk_vm *vm, mk_pid pid) {
   return (size_t)pid & (vm->ptabsize - 1);
 }
@@ -122,46 +121,36 @@ static char *repr(const mk_term *t) {
 
 /* ---- tables ------------------------------------------------------------- */
 
-static void ptab_put(mk_proc **t, size_t size, mk_proc *p) {
-  size_t i = (size_t)p->pid & (size - 1);
-  while (t[i] != NULL) i = (i + 1) & (size - 1);
-  t[i] = p;
-}
-
 static void ptab_grow(mk_vm *vm) {
   size_t n = vm->ptabsize ? vm->ptabsize * 2 : 64, i;
   mk_proc **t = calloc(n, sizeof *t);
   if (t == NULL) { fputs("market: out of memory\n", stderr); abort(); }
-  for (i = 0; i < vm->ptabsize; i++)
-    if (vm->ptab[i] != NULL) ptab_put(t, n, vm->ptab[i]);
+  for (i = 0; i < vm->ptabsize; i++) {
+    mk_proc *p = vm->ptab[i], *nx;
+    for (; p; p = nx) {
+      size_t h = (size_t)p->pid & (n - 1);     /* pidslot in the new table */
+      nx = p->hnext;
+      p->hnext = t[h];
+      t[h] = p;
+    }
+  }
   free(vm->ptab);
   vm->ptab = t;
   vm->ptabsize = n;
 }
 
 mk_proc *mk_vm_proc(const mk_vm *vm, mk_pid pid) {
-  size_t i, mask = vm->ptabsize - 1;
+  mk_proc *p;
   if (vm->ptabsize == 0) return NULL;
-  for (i = pidslot(vm, pid); vm->ptab[i] != NULL; i = (i + 1) & mask)
-    if (vm->ptab[i]->pid == pid) return vm->ptab[i];
+  for (p = vm->ptab[pidslot(vm, pid)]; p; p = p->hnext)
+    if (p->pid == pid) return p;
   return NULL;
 }
 
-/* Take p out, and move up each process after it in its run that may sit
-** nearer its home slot (linear probing's deletion without markers). */
 static void ptab_remove(mk_vm *vm, mk_proc *p) {
-  size_t mask = vm->ptabsize - 1, i = pidslot(vm, p->pid), j;
-  for (; vm->ptab[i] != p; i = (i + 1) & mask)
-    if (vm->ptab[i] == NULL) return;
-  vm->nprocs--;
-  for (j = (i + 1) & mask; vm->ptab[j] != NULL; j = (j + 1) & mask) {
-    size_t home = pidslot(vm, vm->ptab[j]->pid);
-    /* it stays when its home lies cyclically in (i, j] */
-    if (i <= j ? (i < home && home <= j) : (i < home || home <= j)) continue;
-    vm->ptab[i] = vm->ptab[j];
-    i = j;
-  }
-  vm->ptab[i] = NULL;
+  mk_proc **pp = &vm->ptab[pidslot(vm, p->pid)];
+  for (; *pp; pp = &(*pp)->hnext)
+    if (*pp == p) { *pp = p->hnext; vm->nprocs--; return; }
 }
 
 /* An endpoint's chain in the name table: its name's hash, mixed, plus
@@ -481,8 +470,8 @@ void mk_vm_kill_all(mk_vm *vm, mk_term *reason) {
     size_t n = 0, k;
     mk_proc **all = mkI_xmalloc(vm->nprocs * sizeof *all);
     for (i = 0; i < vm->ptabsize; i++) {
-      mk_proc *p = vm->ptab[i];
-      if (p != NULL) { all[n++] = p; p->refs++; }
+      mk_proc *p;
+      for (p = vm->ptab[i]; p; p = p->hnext) { all[n++] = p; p->refs++; }
     }
     qsort(all, n, sizeof *all, by_pid);
     for (k = 0; k < n; k++) {
@@ -588,6 +577,7 @@ void mk_proc_each_endpoint(const mk_proc *p, mk_endpoint_fn fn, void *ud) {
 
 static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
   mk_proc *p = xline(sizeof *p, PROC_AT);
+  size_t h;
   memset(p, 0, sizeof *p);
   p->vm = vm;
   p->pid = vm->nextpid++;
@@ -595,8 +585,10 @@ static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char
   p->b = b;
   p->data = data;
   p->refs = 1;
-  if (2 * (vm->nprocs + 1) > vm->ptabsize) ptab_grow(vm);
-  ptab_put(vm->ptab, vm->ptabsize, p);
+  if (vm->nprocs + 1 > vm->ptabsize) ptab_grow(vm);
+  h = pidslot(vm, p->pid);
+  p->hnext = vm->ptab[h];
+  vm->ptab[h] = p;
   vm->nprocs++;
   qev_new(vm, p, MK_EV_BOOT);
   if (TRACING(vm)) mkI_trace_proc(p, MK_TK_SPAWN, NULL, NULL, NULL);

@@ -144,16 +144,16 @@ typedef struct mk_procx {
   char name[];              /* NUL-terminated, in place */
 } mk_procx;
 
-/* A process.  64 bytes, one cache line of the pool's (vm.c, xline;
+/* A process.  72 bytes, two cache lines of the pool's (vm.c, xline;
 ** issue 10: a million idle processes): the meta names live with the name
-** (mk_procx), the pid table is open (no chain's link here), and
+** (mk_procx), and
 ** mk_proc_nendpoints counts the endpoint list, asked by tests and
 ** embedders, never per event.  Keep it so (test_vm). */
 struct mk_proc {
   /* Hot: what queueing, delivering and sending read, 45 bytes from the
-  ** start; the whole record is one cache line (vm.c, xline), which at
-  ** thousands of connections, where each event's process comes from
-  ** memory, is one miss (issue 10). */
+  ** start, which is a cache line's (vm.c, xline): at thousands of
+  ** connections, where each event's process comes from memory, they are
+  ** one miss (issue 10). */
   mk_vm *vm;
   const mk_behavior *b;
   void *data;               /* owned by the behaviour: destroy() */
@@ -171,8 +171,9 @@ struct mk_proc {
   /* Cold: spawns, lookups by pid, names. */
   mk_pid pid;
   char *name;               /* owned, may be NULL; inside an mk_procx when xname */
+  mk_proc *hnext;           /* vm pid table chain */
 };
-_Static_assert(sizeof(mk_proc) == 64, "a process is one cache line (vm.c, xline)");
+_Static_assert(offsetof(mk_proc, pid) <= 64, "a process's hot fields are its first line");
 _Static_assert(offsetof(mk_endpoint, name) == 81, "an endpoint named in 7 bytes fills 96");
 _Static_assert(offsetof(mk_endpoint, name) - offsetof(mk_endpoint, proc) <= 64,
                "an endpoint's hot fields are one line (vm.c, xline)");
@@ -181,7 +182,7 @@ struct mk_vm {
   mk_vm *parent;            /* NULL for a ground VM's core */
   mk_proc *self;            /* the nested-VM process in the parent */
   mk_index *ix[2];          /* by orientation */
-  mk_proc **ptab;           /* pid table, open, at most half full */
+  mk_proc **ptab;           /* pid table, chained */
   mk_proc *resident;        /* mk_vm_resident's process, or NULL; ended by mk_vm_free */
   size_t ptabsize, nprocs;
   mk_endpoint **etab;       /* (pid, name) table, chained */
