@@ -289,12 +289,12 @@ static int same_conf(const tconf *a, const tconf *b) {
 /* 320 bytes (issue 10), without padding: 248 and the inbound flow's
 ** match slot (72).  What a round trip reads or writes comes first, in 56
 ** bytes, then the slot, whose `wraps` (route.h) ends the first cache line
-** and whose entry is the second: the record is allocated on a line's
-** boundary (mk_pool_alloc_at), so a round trip reads two lines of it (it was spread over
-** four, then over three where malloc's 16-byte alignment put it): with
-** 10,000 busy connections a connection's state has left the caches by the
-** time its next chunk comes, and each line it touches is a miss.  Then
-** pointers, 64-bit fields, 32-bit ones. */
+** and whose entry is the second: the record is placed on a line's
+** boundary (pool.h, mk_pool_alloc_at), so a round trip reads two lines of
+** it (it was spread over four, then over three where malloc's 16-byte
+** alignment put it): with 10,000 busy connections a connection's state
+** has left the caches by the time its next chunk comes, and each line it
+** touches is a miss.  Then pointers, 64-bit fields, 32-bit ones. */
 typedef struct tconn {
   /* the round trip's: a chunk read, a chunk written */
   mk_term *remote;            /* tcp.address(host, port) */

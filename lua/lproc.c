@@ -531,13 +531,6 @@ static void newrole(mkl_state *S, lua_State *L, mk_orientation o, mk_interest i)
   lua_replace(L, -2);
 }
 
-/* Push the endpoint name `name`.  A burst of presences or absences goes
-** to endpoints of one name ("in" for each of 10,000 subscribers; an
-** observer's, each time): the last name pushed stays in a slot
-** (SLOT_NAME, S->lastname its bytes, which Lua's strings never move),
-** and the same name again is read from there, without lua_pushstring's
-** strlen, hash and look-up in Lua's string table (about 130 instructions
-** of a presence event). */
 /* Are the strings equal?  Byte by byte, for the short names of endpoints:
 ** strcmp reads 32 bytes at a time, past the name's end into the next cache
 ** line, where an endpoint's name ends its line of hot fields (vm.c,
@@ -548,6 +541,13 @@ static MKL_INLINE int samename(const char *a, const char *b) {
   return 0;
 }
 
+/* Push the endpoint name `name`.  A burst of presences or absences goes
+** to endpoints of one name ("in" for each of 10,000 subscribers; an
+** observer's, each time): the last name pushed stays in a slot
+** (SLOT_NAME, S->lastname its bytes, which Lua's strings never move),
+** and the same name again is read from there, without lua_pushstring's
+** strlen, hash and look-up in Lua's string table (about 130 instructions
+** of a presence event). */
 static MKL_INLINE void pushname(mkl_state *S, lua_State *L, const char *name) {
   if (S->lastname != NULL && samename(S->lastname, name)) {
     pushslot(S, L, SLOT_NAME);

@@ -62,9 +62,9 @@ enum { K_NONE = -1, K_IO, K_TIMER, K_SIGNAL };
 ** ground and the topic in its first cache line, the slot its record is
 ** routed by in the second (route.h puts the slot's `wraps` first for
 ** that), the rest after.  It is placed on a line's boundary (pool.h,
-** mk_pool_alloc_at).  Laid out
-** in declaration order from a 16-byte boundary, the wake-up read three
-** lines and most of a fourth (issue 10, docs/performance.md, "Round 13").
+** mk_pool_alloc_at).  Laid out in declaration order from a 16-byte
+** boundary, the wake-up read three lines and most of a fourth (issue 10,
+** docs/performance.md, "Round 13").
 */
 typedef struct watch {
   union { ev_io io; ev_timer timer; ev_signal sig; } w;   /* 48 bytes */

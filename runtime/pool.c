@@ -313,7 +313,6 @@ void mk_pool_trim(void) {
   size_t k;
   for (k = 0; k < NCLASS; k++) freelist(&heads[k]);
   for (k = 1; k <= NBIG; k++) freelist(&bigheads[k]);
-  cached = 0;
   bigcached = 0;
   if (lineslive == 0) {
     while (slabs != NULL) {

@@ -85,7 +85,7 @@ unsigned long mk_pool_lfrees(void);
 ** record read at each of a server's round trips (a process, an endpoint
 ** from its hot fields on, a connection) at thousands of connections comes
 ** from memory, a miss per line (issue 10: an echoed round trip at 1,000
-** connections, 21.1 misses of the last-level cache -> 17.7).  The block
+** connections, 21.1 misses of the last-level cache -> 17.3).  The block
 ** takes whole lines: up to 63 bytes more than malloc's.  Blocks of up to
 ** 512 bytes with their lead are carved from slabs and kept when freed,
 ** like the small classes; mk_pool_trim frees the slabs only once no block
