@@ -18,11 +18,13 @@
 
 /* ---- small helpers ------------------------------------------------------ */
 
-void *mkI_xmalloc(size_t n) {
-  void *p = malloc(n ? n : 1);
+/* p, which an allocation returned: the VM cannot go on without it. */
+static void *needed(void *p) {
   if (p == NULL) { fputs("market: out of memory\n", stderr); abort(); }
   return p;
 }
+
+void *mkI_xmalloc(size_t n) { return needed(malloc(n ? n : 1)); }
 
 /* The records every spawn makes and every exit frees, processes and
 ** endpoints, come from the pool (pool.h), which keeps what a wave of exits
@@ -33,10 +35,10 @@ void *mkI_xmalloc(size_t n) {
 ** are placed so that what an event reads of them is one cache line
 ** (mk_pool_alloc_at): a process from its start (its hot fields; the pid
 ** and the cold rest are the next line), an endpoint from `proc` on (its
-** name too, up to 22 bytes).  From a 16-byte boundary they were
-** two lines half the time, and at thousands of connections each line is a
+** name too, up to 22 bytes).  From a 16-byte boundary they were two lines
+** half the time, and at thousands of connections each line is a
 ** miss: an echoed round trip reads three such endpoints and two processes
-** (21.1 misses of the last-level cache at 1,000 connections; placed, 17.0).
+** (21.1 misses of the last-level cache at 1,000 connections; placed, 17.3).
 ** An endpoint that hears only presence and absence (a publisher, an
 ** observer, a lifeline) is a plain small block: placing it would cost up
 ** to 32 bytes more, for events that come once in its life. */
@@ -44,17 +46,8 @@ void *mkI_xmalloc(size_t n) {
 #define EP_AT   offsetof(mk_endpoint, proc)
 #define EP_SIZE(namesize) (offsetof(mk_endpoint, name) + (namesize))
 
-static void *xpool(size_t n) {
-  void *p = mk_pool_alloc(n);
-  if (p == NULL) { fputs("market: out of memory\n", stderr); abort(); }
-  return p;
-}
-
-static void *xline(size_t n, size_t at) {
-  void *p = mk_pool_alloc_at(n, at);
-  if (p == NULL) { fputs("market: out of memory\n", stderr); abort(); }
-  return p;
-}
+static void *xpool(size_t n) { return needed(mk_pool_alloc(n)); }
+static void *xline(size_t n, size_t at) { return needed(mk_pool_alloc_at(n, at)); }
 
 static void ep_free(mk_endpoint *e) {
   size_t n = EP_SIZE(strlen(e->name) + 1);
@@ -123,8 +116,7 @@ static char *repr(const mk_term *t) {
 
 static void ptab_grow(mk_vm *vm) {
   size_t n = vm->ptabsize ? vm->ptabsize * 2 : 64, i;
-  mk_proc **t = calloc(n, sizeof *t);
-  if (t == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  mk_proc **t = needed(calloc(n, sizeof *t));
   for (i = 0; i < vm->ptabsize; i++) {
     mk_proc *p = vm->ptab[i], *nx;
     for (; p; p = nx) {
@@ -172,8 +164,7 @@ static uint32_t ephash(mk_pid pid, const char *name) {
 
 static void etab_grow(mk_vm *vm) {
   size_t n = vm->etabsize ? vm->etabsize * 2 : 64, i;
-  mk_endpoint **t = calloc(n, sizeof *t);
-  if (t == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  mk_endpoint **t = needed(calloc(n, sizeof *t));
   for (i = 0; i < vm->etabsize; i++) {
     mk_endpoint *e = vm->etab[i], *nx;
     for (; e; e = nx) {
@@ -260,8 +251,7 @@ static mk_qblock *qblock_new(int populate) {
     return b;
   }
 #endif
-  b = malloc(sizeof *b);
-  if (b == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  b = needed(malloc(sizeof *b));
   b->mapped = 0;
   return b;
 }
@@ -643,16 +633,13 @@ typedef struct presence_ctx {
 ** ignores the depth limit (term.h), so NULL can only mean memory ran out.
 ** a's topic is not ground (on_peer shares it when it is). */
 static mk_term *refined(const mk_role *a, const mk_role *b) {
-  mk_term *t;
   if (b->topic->ground) return mk_ref(b->topic);
   /* Equal patterns (a feed's or a room's members all naming it alike)
   ** are their own intersection: mk_equal compares the hashes first and
   ** walks only when they agree, where a unification walked both twice
   ** (whether they unify, then their merge). */
   if (mk_equal(a->topic, b->topic)) return mk_ref(a->topic);
-  t = mk_unify(a->topic, b->topic);
-  if (t == NULL) { fputs("market: out of memory\n", stderr); abort(); }
-  return t;
+  return needed(mk_unify(a->topic, b->topic));
 }
 
 /* A walk of e's peers (on_peer) begins and ends. */

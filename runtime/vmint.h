@@ -146,9 +146,8 @@ typedef struct mk_procx {
 
 /* A process.  72 bytes, two cache lines of the pool's (vm.c, xline;
 ** issue 10: a million idle processes): the meta names live with the name
-** (mk_procx), and
-** mk_proc_nendpoints counts the endpoint list, asked by tests and
-** embedders, never per event.  Keep it so (test_vm). */
+** (mk_procx), and mk_proc_nendpoints counts the endpoint list, asked by
+** tests and embedders, never per event.  Keep it so (test_vm). */
 struct mk_proc {
   /* Hot: what queueing, delivering and sending read, 45 bytes from the
   ** start, which is a cache line's (vm.c, xline): at thousands of
