@@ -773,7 +773,7 @@ static int fwd_declines(mk_proc *p, uint32_t tag, mk_event_type type) {
 }
 
 static const mk_behavior fwd_behavior = {
-  "cluster", fwd_handle, NULL, fwd_destroy, fwd_declines, 0, NULL };
+  "cluster", fwd_handle, NULL, fwd_destroy, fwd_declines, 0, NULL, NULL };
 
 /* nil and libnats's last error on this thread, without the "(file.c:N): "
 ** it starts with, in lower case as the drivers' messages are. */

@@ -794,7 +794,7 @@ static void native_destroy(mk_proc *p) {
 }
 
 /* Tokens are the host program's pointers: nothing to release. */
-static const mk_behavior native_behavior = { "native", native_handle, NULL, native_destroy, NULL, 0, NULL };
+static const mk_behavior native_behavior = { "native", native_handle, NULL, native_destroy, NULL, 0, NULL, NULL };
 
 static native *native_new(const mk_native *handlers, void *ud) {
   native *n = malloc(sizeof *n);

@@ -69,6 +69,8 @@
 ** of their wake-ups as well: what a wake-up sets off is handled at most
 ** that many wake-ups later, while its records are still in the cache,
 ** not after every descriptor of the poll (10,000 for a busy server).
+** Before it runs such a batch, the VM prefetches what the batch's
+** processes will read (vm.h, mk_vm_prefetch).
 **
 ** When the last watch of a signal ends, the signal's disposition from
 ** before the first one comes back (libev would leave SIG_DFL: a program

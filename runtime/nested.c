@@ -155,7 +155,7 @@ static void destroy(mk_proc *self) {
 /* A nested VM hears of its deleted endpoints so as to pass that on to the
 ** child that deleted them, if the child asked (vm.c, deliver). */
 const mk_behavior mk_nested_behavior = { "nested-vm", handle, release_cont, destroy, NULL,
-                                         MK_BF_TELL_DELETED, NULL };
+                                         MK_BF_TELL_DELETED, NULL, NULL };
 
 void *mk_nested_new(mk_vm *parent_hint, const mk_behavior *b, void *data, const char *name) {
   mk_vm *vm = mk_vm_new();

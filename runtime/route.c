@@ -1351,6 +1351,13 @@ void mk_match_slot_clear (mk_match_slot *slot) {
   slot->wraps = 0;
 }
 
+size_t mk_match_slot_items (const mk_index *ix, const mk_match_slot *slot,
+                            mk_ilink *const **res) {
+  if (slot->wraps != ix->wraps || !live(ix, &slot->e)) return 0;
+  *res = slot->e.res;
+  return slot->e.nres;
+}
+
 size_t mk_index_count (const mk_index *ix) {
   return ix->count;
 }

@@ -100,6 +100,13 @@ size_t mk_index_match_slot(mk_index *ix, mk_match_slot *slot, const mk_term *que
                            mk_match_fn fn, void *ctx);
 /* Let go of what the slot holds; it is empty after. */
 void mk_match_slot_clear(mk_match_slot *slot);
+/* The items the slot holds while they are still the index's answer for
+** the query that filled it (its entry is current): their number, at most
+** MK_SLOT_RES, with *res pointing at them; else 0.  Reads only the slot
+** and the index's generations, and changes nothing: for a prefetch of the
+** records the next such query will reach (vm.h, mk_vm_prefetch). */
+size_t mk_match_slot_items(const mk_index *ix, const mk_match_slot *slot,
+                           mk_ilink *const **res);
 
 /* Number of items and trie nodes, for tests and benchmarks. */
 size_t mk_index_count(const mk_index *ix);

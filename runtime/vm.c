@@ -1587,6 +1587,33 @@ int mk_vm_step(mk_vm *vm) {
   return 1;
 }
 
+void mk_vm_prefetch(mk_vm *vm, size_t max) {
+  int stage;
+  for (stage = 0; stage < MK_PREFETCH_STAGES; stage++) {
+    const mk_qblock *b;
+    size_t left = max;
+    for (b = vm->qhead; b != NULL && left > 0; b = b->next) {
+      unsigned i;
+      for (i = b->first; i < b->last && left > 0; i++, left--) {
+        const mk_proc *p = b->ev[i].proc;   /* NULL: declined */
+        if (p != NULL && p->b->prefetch != NULL) p->b->prefetch(p, stage);
+      }
+    }
+  }
+}
+
+void mk_prefetch_receivers(const mk_proc *p, const mk_match_slot *slot, int stage) {
+  mk_ilink *const *res;
+  size_t n = mk_match_slot_items(p->vm->ix[MK_SUBSCRIBER], slot, &res), k;
+  for (k = 0; k < n; k++) {
+    const mk_endpoint *ep = (const mk_endpoint *)res[k];  /* link: first member */
+    if (stage == 0) { __builtin_prefetch(&ep->proc); continue; }
+    if (ep->dead) continue;                               /* proc may be gone */
+    if (stage == 1) __builtin_prefetch(ep->proc);
+    else if (ep->proc->b->prefetch != NULL) ep->proc->b->prefetch(ep->proc, stage - 2);
+  }
+}
+
 size_t mk_vm_run(mk_vm *vm) {
   size_t n = 0;
   while (mk_vm_step(vm)) n++;

@@ -112,6 +112,13 @@ struct mk_behavior {
   /* May be NULL (and left out of an initializer): the number of events the
   ** process handled so far, for snapshots (mk_vm_snapshot). */
   uint64_t (*activations)(const mk_proc *p);
+  /* May be NULL (and left out of an initializer): a hint, which changes
+  ** nothing.  mk_vm_prefetch calls it, in stages, for each process with
+  ** an event in a batch about to run; it issues __builtin_prefetch for
+  ** the records p will read when it handles that event.  At stage k it
+  ** may read only what stage k - 1 prefetched (or p's own first line and
+  ** data pointer), and only records certain to be alive. */
+  void (*prefetch)(const mk_proc *p, int stage);
 };
 
 #define MK_BF_TELL_DELETED 1u
@@ -286,6 +293,20 @@ void mk_vm_send(mk_vm *vm, mk_term *body, int feedback);   /* body borrowed */
 /* The same, with the sender's match slot (route.h), which it keeps for
 ** this VM and this direction (send or feedback) only. */
 void mk_vm_send_slot(mk_vm *vm, mk_term *body, int feedback, mk_match_slot *slot);
+/*
+** Prefetch for the first `max` events queued: stage 0 of every one's
+** process (its behaviour's `prefetch`), then stage 1 of every one, up to
+** MK_PREFETCH_STAGES - 1, so that the memory those events will read is
+** fetched together, each stage's misses overlapping, and not one miss
+** after another as each event's handler follows its pointers.  For a
+** batch of events about to run whose records are not in the cache: the
+** ground calls it before it runs a batch of descriptors' wake-ups
+** (ground.h, "Delivery"), at thousands of connections, where each
+** connection's records come from memory at each of its round trips
+** (issue 10).  Changes nothing.
+*/
+#define MK_PREFETCH_STAGES 5
+void mk_vm_prefetch(mk_vm *vm, size_t max);
 /* Queue `body` (borrowed) as a message for endpoint `ep` alone, as if a
 ** send had matched it and nothing else: for a hook that must answer one
 ** new subscriber (the ground, an alarm that went off before it came). */
@@ -369,6 +390,11 @@ void mk_send(mk_proc *p, mk_term *body);
 /* mk_send with p's match slot (route.h) for the queries it sends again
 ** and again (a connection's inbound flow): kept by p, for p's VM only. */
 void mk_send_slot(mk_proc *p, mk_term *body, mk_match_slot *slot);
+/* For a behaviour's prefetch: stage `stage` of a message p will send
+** through `slot`: the endpoints the slot's current answer names at stage
+** 0, their processes at 1, and from 2 on their behaviours' own stages,
+** two behind.  Nothing when the slot's answer is no longer current. */
+void mk_prefetch_receivers(const mk_proc *p, const mk_match_slot *slot, int stage);
 void mk_feedback(mk_proc *p, mk_term *body);
 /* Queue `cont` behind everything now pending; delivered as MK_EV_RESUME. */
 void mk_yield(mk_proc *p, void *cont);

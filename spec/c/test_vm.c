@@ -234,10 +234,10 @@ static void rec_destroy(mk_proc *p) {
   r->destroyed++;
 }
 
-static const mk_behavior recb = { "rec", rec_handle, rec_release, rec_destroy, NULL, 0, NULL };
+static const mk_behavior recb = { "rec", rec_handle, rec_release, rec_destroy, NULL, 0, NULL, NULL };
 /* The same, told of its own deleted endpoints (Marketplace's delete-endpoint). */
 static const mk_behavior toldb = { "told", rec_handle, rec_release, rec_destroy, NULL,
-                                   MK_BF_TELL_DELETED, NULL };
+                                   MK_BF_TELL_DELETED, NULL, NULL };
 
 static mk_pid spawn(mk_vm *vm, rec *r) {
   return mk_vm_spawn(vm, &recb, r, r->tag);
@@ -717,7 +717,7 @@ static void idle_handle(mk_proc *p, const mk_event *ev) {
   if (ev->type == MK_EV_BOOT)
     mk_add_endpoint(p, "in", 0, role(MK_SUBSCRIBER, MK_PARTICIPANT, idle_topic));
 }
-static const mk_behavior idle_behavior = { "idle", idle_handle, NULL, NULL, NULL, 0, NULL };
+static const mk_behavior idle_behavior = { "idle", idle_handle, NULL, NULL, NULL, 0, NULL, NULL };
 
 /* What the VM keeps per idle process with one endpoint: its record, in an
 ** 80-byte malloc chunk (96 while it held its name, meta names and endpoint
@@ -849,7 +849,7 @@ static int decline7(mk_proc *p, uint32_t tag, mk_event_type type) {
   return tag == 7 && type == MK_EV_MESSAGE;
 }
 static const mk_behavior declining = { "declining", rec_handle, rec_release, rec_destroy,
-                                       decline7, 0, NULL };
+                                       decline7, 0, NULL, NULL };
 
 static void tag7_script(mk_proc *p, const mk_event *ev, rec *r) {
   if (ev->type == MK_EV_BOOT) mk_tag_endpoint(p, "in", 7);
@@ -937,7 +937,7 @@ static void batch_handle(mk_proc *p, const mk_event *ev) {
   }
 }
 static const mk_behavior batching = { "batching", batch_handle, rec_release, rec_destroy,
-                                      NULL, 0, NULL };
+                                      NULL, 0, NULL, NULL };
 
 static void send_to(mk_vm *vm, int64_t who, int64_t n) {
   mk_term *t = R(I(who), I(n));
@@ -1427,7 +1427,7 @@ static void quiet_handle(mk_proc *p, const mk_event *ev) {
   if (ev->type == MK_EV_BOOT) mk_add_endpoint(p, "in", 0, role(MK_SUBSCRIBER, MK_PARTICIPANT, idle_topic));
   else if (ev->type == MK_EV_MESSAGE) quiet_count++;
 }
-static const mk_behavior quiet_behavior = { "quiet", quiet_handle, NULL, NULL, NULL, 0, NULL };
+static const mk_behavior quiet_behavior = { "quiet", quiet_handle, NULL, NULL, NULL, 0, NULL, NULL };
 
 static int qblocks_count(const mk_qblock *b) {
   int n = 0;
@@ -2429,9 +2429,9 @@ static void burst_collector(mk_proc *p, const mk_event *ev) {
   }
 }
 
-static const mk_behavior burst_readerb = { "reader", burst_reader, NULL, NULL, NULL, 0, NULL };
+static const mk_behavior burst_readerb = { "reader", burst_reader, NULL, NULL, NULL, 0, NULL, NULL };
 static const mk_behavior burst_collectorb = { "collector", burst_collector, NULL, NULL, NULL, 0,
-                                              NULL };
+                                              NULL, NULL };
 
 static void test_ground_burst(void) {
   BEGIN;
