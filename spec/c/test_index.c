@@ -645,7 +645,8 @@ static void cache (void) {
 ** would, is voided by every add and remove of a topic of its record type
 ** (others: cache_buckets), keeps the key it was filled with (a query that
 ** differs in a place the walk reads is not answered from it), and holds
-** references until it is cleared. */
+** references until it is cleared.  mk_match_slot_items gives what it
+** holds while that is current, and nothing once it is voided. */
 static void slot (void) {
   static const char *const t[] = {
     "ch(1, 2, _)", "ch(_, 2, _)", "ch(1, 2, \"y\")", "ch(2, 1, _)"
@@ -654,6 +655,7 @@ static void slot (void) {
   mk_index *ix = mk_index_new();
   Item *it = mkitems(4, t);
   mk_match_slot s, s2;
+  mk_ilink *const *res = NULL;
   mk_term *q = P("ch(1, 2, \"w\")"), *big;
   Coll c = { 0, 1 };
   char payload[600];
@@ -663,19 +665,26 @@ static void slot (void) {
   CHECK(mk_index_add(ix, it[0].topic, &it[0].link) == 0);
   CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"x\")", "0"));  /* walked, kept */
   CHECK(s.e.gen != 0 && s.e.nres == 1 && s.e.res[0] == &it[0].link);
+  CHECK(mk_match_slot_items(ix, &s, &res) == 1 && res[0] == &it[0].link);
   CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"y\")", "0"));  /* the payload is not read */
   CHECK(matches_slot(ix, &s, it, 4, "ch(1, 3, \"y\")", ""));   /* another key */
   CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"y\")", "0"));
   CHECK(matches_slot(ix, &s2, it, 4, "ch(1, 2, \"y\")", "0")); /* from the table */
   CHECK(s2.e.gen == s.e.gen && s2.e.res[0] == &it[0].link);
   CHECK(mk_index_add(ix, it[1].topic, &it[1].link) == 0);     /* voids both */
+  CHECK(mk_match_slot_items(ix, &s, &res) == 0);
+  CHECK(mk_match_slot_items(ix, &s2, &res) == 0);
   CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"y\")", "0 1"));
+  CHECK(mk_match_slot_items(ix, &s, &res) == 2);
+  CHECK((res[0] == &it[0].link && res[1] == &it[1].link) ||
+        (res[0] == &it[1].link && res[1] == &it[0].link));
   CHECK(matches_slot(ix, &s2, it, 4, "ch(7, 2, \"y\")", "1"));
   CHECK(mk_index_add(ix, it[2].topic, &it[2].link) == 0);     /* now the payload is read */
   CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"y\")", "0 1 2"));
   CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"x\")", "0 1"));
   CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"y\")", "0 1 2"));
   mk_index_remove(ix, &it[1].link);
+  CHECK(mk_match_slot_items(ix, &s, &res) == 0);     /* it[1] may be gone */
   CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"y\")", "0 2"));
   CHECK(matches_slot(ix, &s, it, 4, "ch(1, 2, \"x\")", "0"));
   /* a heavy key in a place the walk reads is not held */
@@ -686,6 +695,7 @@ static void slot (void) {
   c.calls = 0;
   CHECK(mk_index_match_slot(ix, &s, big, collect, &c) == 1);
   CHECK(s.e.gen == 0);
+  CHECK(mk_match_slot_items(ix, &s, &res) == 0);     /* an empty slot */
   mk_unref(big);
   /* more matches than a slot holds */
   CHECK(mk_index_add(ix, it[1].topic, &it[1].link) == 0);

@@ -999,6 +999,95 @@ static void test_proc_next(void) {
   END;
 }
 
+/* mk_behavior.prefetch, recorded: "A0 B0 A1 ..." (tag and stage). */
+static char pflog[1024];
+static void pf_hook(const mk_proc *p, int stage) {
+  const rec *r = mk_proc_data(p);
+  size_t n = strlen(pflog);
+  snprintf(pflog + n, sizeof pflog - n, "%s%s%d", n ? " " : "", r->tag, stage);
+}
+static const mk_behavior prefetching = { "prefetching", rec_handle, rec_release, rec_destroy,
+                                         NULL, 0, NULL, pf_hook };
+
+/* What stages over these tags, in mk_vm_prefetch's order, should log. */
+static const char *pfwant(const char *const *tags, int n, int stages) {
+  static char want[1024];
+  int k, i;
+  want[0] = '\0';
+  for (k = 0; k < stages; k++)
+    for (i = 0; i < n; i++) {
+      size_t len = strlen(want);
+      snprintf(want + len, sizeof want - len, "%s%s%d", len ? " " : "", tags[i], k);
+    }
+  return want;
+}
+
+/* mk_vm_prefetch calls each queued event's process stage by stage across
+** the first `max` events, and changes nothing; mk_prefetch_receivers
+** follows a slot to its receivers' own stages, two behind, while the
+** slot is current. */
+static void test_prefetch(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a, b;
+  mk_match_slot slot;
+  mk_term *t;
+  mk_proc *pa, *pb;
+  static const char *const ab[] = { "A", "B" }, *const aba[] = { "A", "B", "A" };
+  rec_init(&a, "A");
+  rec_init(&b, "B");
+  rec_ep(&a, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(1), W()), 0);
+  rec_ep(&b, "in", MK_SUBSCRIBER, MK_PARTICIPANT, R(I(2), W()), 0);
+  mk_vm_spawn(vm, &prefetching, &a, "A");
+  mk_vm_spawn(vm, &prefetching, &b, "B");
+  mk_vm_run(vm);
+  pa = mk_vm_proc(vm, a.pid);
+  pb = mk_vm_proc(vm, b.pid);
+  CHECK(pa != NULL && pb != NULL);
+  send_to(vm, 1, 1);
+  send_to(vm, 2, 1);
+  send_to(vm, 1, 2);
+  pflog[0] = '\0';
+  mk_vm_prefetch(vm, 2);
+  CHECK(strcmp(pflog, pfwant(ab, 2, MK_PREFETCH_STAGES)) == 0);
+  pflog[0] = '\0';
+  mk_vm_prefetch(vm, 100);
+  CHECK(strcmp(pflog, pfwant(aba, 3, MK_PREFETCH_STAGES)) == 0);
+  mk_vm_run(vm);                         /* as if nothing had looked */
+  CHECK(log_find(&a.log, "message in rec(1, 1)") == 1);
+  CHECK(log_find(&a.log, "message in rec(1, 2)") == 2);
+  CHECK(log_find(&b.log, "message in rec(2, 1)") == 1);
+  CHECK(a.log.n == 3 && b.log.n == 2);
+  pflog[0] = '\0';
+  mk_vm_prefetch(vm, 100);               /* an empty queue */
+  CHECK(pflog[0] == '\0');
+  /* a slot: its receiver's stages from the slot's stage 2 */
+  memset(&slot, 0, sizeof slot);
+  t = R(I(1), I(5));
+  mk_vm_send_slot(vm, t, 0, &slot);
+  mk_vm_run(vm);
+  pflog[0] = '\0';
+  mk_prefetch_receivers(pb, &slot, 0);
+  mk_prefetch_receivers(pb, &slot, 1);
+  CHECK(pflog[0] == '\0');
+  mk_prefetch_receivers(pb, &slot, 2);
+  mk_prefetch_receivers(pb, &slot, 3);
+  CHECK(strcmp(pflog, "A0 A1") == 0);
+  /* once the receiver is gone the slot is voided: nothing is read */
+  mk_vm_kill(vm, a.pid, NULL);
+  mk_vm_run(vm);
+  pflog[0] = '\0';
+  mk_prefetch_receivers(pb, &slot, 0);
+  mk_prefetch_receivers(pb, &slot, 2);
+  CHECK(pflog[0] == '\0');
+  mk_match_slot_clear(&slot);
+  mk_unref(t);
+  mk_vm_free(vm, NULL);
+  rec_done(&a);
+  rec_done(&b);
+  END;
+}
+
 static void send_at_boot(mk_proc *p, const mk_event *ev, rec *r) {
   mk_term *t;
   if (ev->type != MK_EV_BOOT) return;
@@ -3363,6 +3452,7 @@ int main(void) {
   RUN(test_lifelines);
   RUN(test_readd_held_name);
   RUN(test_links);
+  RUN(test_prefetch);
   RUN(test_rings);
   mk_rtype_unref(RT2);
   mk_rtype_unref(LIFE);
