@@ -479,9 +479,11 @@ static void halt(mk_ground *g, const char *why);
 
 void mk_ground_deliver(mk_ground *g) {
   /* The records a batch of wake-ups will read, fetched together first
-  ** (mk_vm_prefetch): most of its events are the wake-ups' own, and the
-  ** rest follow from them. */
-  if (g->woken > 1) mk_vm_prefetch(g->vm, 2 * (size_t)g->woken);
+  ** (mk_vm_prefetch) when there are too many to be in the cache
+  ** (MK_GROUND_PREFETCH_PROCS): most of the batch's events are the
+  ** wake-ups' own, and the rest follow from them. */
+  if (g->woken > 1 && mk_vm_nprocs(g->vm) >= MK_GROUND_PREFETCH_PROCS)
+    mk_vm_prefetch(g->vm, 2 * (size_t)g->woken);
   g->woken = 0;
   mk_vm_run(g->vm);
   /* No handler is running any more: the exit's teardown can run the VM. */

@@ -69,8 +69,9 @@
 ** of their wake-ups as well: what a wake-up sets off is handled at most
 ** that many wake-ups later, while its records are still in the cache,
 ** not after every descriptor of the poll (10,000 for a busy server).
-** Before it runs such a batch, the VM prefetches what the batch's
-** processes will read (vm.h, mk_vm_prefetch).
+** Before it runs such a batch in a VM of MK_GROUND_PREFETCH_PROCS
+** processes or more, the VM prefetches what the batch's processes will
+** read (vm.h, mk_vm_prefetch).
 **
 ** When the last watch of a signal ends, the signal's disposition from
 ** before the first one comes back (libev would leave SIG_DFL: a program
@@ -99,6 +100,15 @@ typedef struct mk_ground mk_ground;
 ** above).  64 connections' records, a few KiB each, fit a core's L2 cache
 ** with room to spare; fewer would run the VM more often for nothing. */
 #define MK_GROUND_BATCH 64
+
+/* The fewest processes in the ground VM for which a batch's records are
+** prefetched before it runs ("Delivery" above).  A round trip of a tcp
+** connection reads some 17 lines of its two processes' records: past a
+** few hundred connections they no longer fit a core's L2 cache and come
+** from memory at every round trip, and the prefetch saves more than it
+** costs; below, they are in the cache, and its 500 instructions a round
+** trip would be all it did (docs/performance.md, "Round 14"). */
+#define MK_GROUND_PREFETCH_PROCS 512
 
 /* The record types of the ground events (borrowed, live as long as any
 ** ground exists, created by mk_ground_new). */
