@@ -1599,8 +1599,6 @@ static uint64_t activations(const mk_proc *p) {
   return ((const lproc *)mk_proc_data(p))->activations;
 }
 
-/* Lua processes hear of their own deleted endpoints as in Marketplace
-** (market.lua keeps the deleted handlers until MK_EV_DELETED). */
 /* mk_behavior.prefetch: the record, then the context table, which every
 ** event reads first (handle). */
 static void prefetch(const mk_proc *p, int stage) {
@@ -1610,6 +1608,8 @@ static void prefetch(const mk_proc *p, int stage) {
   else if (stage == 1) __builtin_prefetch(lp->ctx);
 }
 
+/* Lua processes hear of their own deleted endpoints as in Marketplace
+** (market.lua keeps the deleted handlers until MK_EV_DELETED). */
 static const mk_behavior lua_behavior = { "lua", handle, NULL, destroy, declines,
                                           MK_BF_TELL_DELETED, activations, prefetch };
 
