@@ -41,6 +41,16 @@ describe("examples/echo.lua", function()
     assert.equal(table.concat(want), out)
   end)
 
+  -- 300 connections are 600 processes, past MK_GROUND_PREFETCH_PROCS: the
+  -- ground prefetches each batch of wake-ups before it runs it (ground.h),
+  -- which the sanitized pass of spec/run checks here too.
+  it("gives 300 connections talking at once each its own bytes back, round after round", function()
+    local out, status = capture(("timeout 60 perl spec/support/abuse.pl chatter %d 300 20")
+      :format(PORT), 70)
+    assert.equal(0, status)
+    assert.equal("ok 6000 bad 0\n", out)
+  end)
+
   it("echoes a megabyte of random bytes intact (socat)", function()
     local out, status = capture(([[
       f=$(mktemp); g=$(mktemp)

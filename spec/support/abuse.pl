@@ -19,6 +19,12 @@
 #                                     the server), then send "ping\n" on the
 #                                     open ones and print "echoed E" (those
 #                                     answered within 5 s); then close all
+#   abuse.pl chatter PORT N ROUNDS    N connections, all open first; each
+#                                     round writes on every one a message
+#                                     of its own (24 bytes to 4 KiB), then
+#                                     reads each back; prints "ok K bad B"
+#                                     (messages echoed intact, or not
+#                                     within 10 s), then closes all
 use strict;
 use warnings;
 use Socket qw(PF_INET SOCK_STREAM IPPROTO_TCP TCP_NODELAY SOL_SOCKET SO_LINGER SO_RCVBUF
@@ -106,6 +112,38 @@ if ($mode eq 'send' || $mode eq 'bytes') {
     }
   }
   print "echoed ", scalar(grep { $_ eq "ping\n" } values %got), "\n";
+} elsif ($mode eq 'chatter') {
+  my ($n, $rounds) = @rest;
+  my @socks = grep { defined } map { conn() } 1 .. $n;
+  my ($ok, $bad) = (0, $n - @socks);
+  setsockopt($_, IPPROTO_TCP, TCP_NODELAY, 1) for @socks;
+  for my $r (1 .. $rounds) {
+    my (%want, %got, %of);
+    for my $i (0 .. $#socks) {
+      my $s = $socks[$i];
+      # A message no other connection or round sends, of a size that
+      # varies with both: a session that got another's bytes shows.
+      my $m = sprintf("conn %04d round %03d ", $i, $r);
+      $m .= chr(65 + ($i + $r) % 26) x (($i * 37 + $r * 101) % 4073);
+      $want{fileno $s} = $m;
+      $got{fileno $s} = '';
+      $of{fileno $s} = $s;
+      syswrite($s, $m) == length($m) or $bad++;
+    }
+    my $sel = IO::Select->new(@socks);
+    my $until = time + 10;
+    while ($sel->count && time < $until) {
+      for my $s ($sel->can_read(0.05)) {
+        my $r = sysread($s, my $buf, 65536);
+        if (!$r) { $sel->remove($s); next; }
+        $got{fileno $s} .= $buf;
+        $sel->remove($s) if length($got{fileno $s}) >= length($want{fileno $s});
+      }
+    }
+    for my $f (keys %want) { $got{$f} eq $want{$f} ? $ok++ : $bad++; }
+  }
+  print "ok $ok bad $bad\n";
+  close $_ for @socks;
 } elsif ($mode eq 'reset') {
   my ($n) = @rest;
   for (1 .. $n) {
@@ -114,5 +152,5 @@ if ($mode eq 'send' || $mode eq 'bytes') {
     close $s;
   }
 } else {
-  die "usage: abuse.pl send|bytes|mute|reset|hold PORT ...\n";
+  die "usage: abuse.pl send|bytes|mute|reset|hold|chatter PORT ...\n";
 }
