@@ -21,7 +21,7 @@
 #                                     answered within 5 s); then close all
 #   abuse.pl chatter PORT N ROUNDS    N connections, all open first; each
 #                                     round writes on every one a message
-#                                     of its own (24 bytes to 4 KiB), then
+#                                     of its own (20 bytes to 4 KiB), then
 #                                     reads each back; prints "ok K bad B"
 #                                     (messages echoed intact, or not
 #                                     within 10 s), then closes all
@@ -118,7 +118,7 @@ if ($mode eq 'send' || $mode eq 'bytes') {
   my ($ok, $bad) = (0, $n - @socks);
   setsockopt($_, IPPROTO_TCP, TCP_NODELAY, 1) for @socks;
   for my $r (1 .. $rounds) {
-    my (%want, %got, %of);
+    my (%want, %got);
     for my $i (0 .. $#socks) {
       my $s = $socks[$i];
       # A message no other connection or round sends, of a size that
@@ -127,15 +127,14 @@ if ($mode eq 'send' || $mode eq 'bytes') {
       $m .= chr(65 + ($i + $r) % 26) x (($i * 37 + $r * 101) % 4073);
       $want{fileno $s} = $m;
       $got{fileno $s} = '';
-      $of{fileno $s} = $s;
       syswrite($s, $m) == length($m) or $bad++;
     }
     my $sel = IO::Select->new(@socks);
     my $until = time + 10;
     while ($sel->count && time < $until) {
       for my $s ($sel->can_read(0.05)) {
-        my $r = sysread($s, my $buf, 65536);
-        if (!$r) { $sel->remove($s); next; }
+        my $len = sysread($s, my $buf, 65536);
+        if (!$len) { $sel->remove($s); next; }
         $got{fileno $s} .= $buf;
         $sel->remove($s) if length($got{fileno $s}) >= length($want{fileno $s});
       }
