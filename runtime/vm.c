@@ -565,16 +565,23 @@ void mk_proc_each_endpoint(const mk_proc *p, mk_endpoint_fn fn, void *ud) {
   }
 }
 
-static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
+/* A process record of vm's, placed (xline), held once (alive), pid 0 and
+** in no table yet: what spawned and resident processes share. */
+static mk_proc *proc_record(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
   mk_proc *p = xline(sizeof *p, PROC_AT);
-  size_t h;
   memset(p, 0, sizeof *p);
   p->vm = vm;
-  p->pid = vm->nextpid++;
   p->name = mkI_xstrdup(name);
   p->b = b;
   p->data = data;
   p->refs = 1;
+  return p;
+}
+
+static mk_proc *proc_new(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
+  mk_proc *p = proc_record(vm, b, data, name);
+  size_t h;
+  p->pid = vm->nextpid++;
   if (vm->nprocs + 1 > vm->ptabsize) ptab_grow(vm);
   h = pidslot(vm, p->pid);
   p->hnext = vm->ptab[h];
@@ -593,14 +600,8 @@ mk_pid mk_vm_spawn(mk_vm *vm, const mk_behavior *b, void *data, const char *name
 mk_proc *mk_vm_resident(mk_vm *vm, const mk_behavior *b, void *data, const char *name) {
   mk_proc *p;
   if (vm->resident != NULL) return NULL;
-  p = xline(sizeof *p, PROC_AT);
-  memset(p, 0, sizeof *p);
-  p->vm = vm;
-  p->pid = 0;               /* not vm->nextpid: the program's pids stay as they were */
-  p->name = mkI_xstrdup(name);
-  p->b = b;
-  p->data = data;
-  p->refs = 1;
+  p = proc_record(vm, b, data, name);   /* pid 0, not vm->nextpid: the
+                                        ** program's pids stay as they were */
   p->resident = 1;
   vm->resident = p;
   return p;
