@@ -337,7 +337,7 @@ static uint32_t tokenhash (const mk_term *t) {
   switch (t->kind) {
     case MK_REC: h = t->v.rt->hash ^ 0x7feb352du; break;
     case MK_SEQ: h = t->n ^ 0x846ca68bu; break;
-    default: return t->hash;  /* already well mixed */
+    default: return mk_hash(t);  /* already well mixed */
   }
   h ^= h >> 16; h *= 0x7feb352du; h ^= h >> 15; h *= 0x846ca68bu; h ^= h >> 16;
   return h;
@@ -1080,7 +1080,7 @@ static uint32_t mix (uint32_t h, uint32_t x) {
 static uint32_t keyhash (const mk_term *q, uint32_t hh, uint32_t mask) {
   uint32_t k;
   for (k = 0; mask != 0; k++, mask >>= 1)
-    if (mask & 1) hh = mix(hh, mk_items(q)[k]->hash);
+    if (mask & 1) hh = mix(hh, mk_hash(mk_items(q)[k]));
   return hh;
 }
 

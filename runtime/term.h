@@ -75,7 +75,7 @@ struct mk_term {
   uint8_t kind;           /* mk_kind */
   uint8_t ground;         /* 1 when no wildcard occurs inside */
   uint16_t depth;         /* see "Depth" above; computed when sealed */
-  uint32_t hash;          /* computed when sealed */
+  uint32_t hash;          /* 0 until computed: read it with mk_hash */
   uint32_t n;             /* string length / record arity / sequence length */
   union {
     int64_t i;            /* MK_INT */

@@ -186,6 +186,39 @@ static void long_strings (void) {
   CHECK(mk_term_live() == base);
 }
 
+/* A string's hash, and so that of a compound holding one, is computed
+** when first asked for; equality and hashes agree whichever of two equal
+** terms was hashed first, or whether either was at all. */
+static void lazy_hash (void) {
+  size_t base = mk_term_live();
+  mk_rtype *rt = mk_rtype_get("pkt", 3, 2, NULL);
+  mk_term *s1 = mk_cstr("payload"), *s2 = mk_cstr("payload"), *s3 = mk_cstr("payload2");
+  mk_term *r1, *r2, *r3, *q1, *q2;
+  CHECK(s1->hash == 0 && s2->hash == 0);          /* made: not hashed */
+  CHECK(mk_equal(s1, s2) && s1->hash == 0);       /* equality needs none */
+  CHECK(!mk_equal(s1, s3));
+  r1 = mk_rec(rt, mk_int(1), mk_ref(s1));
+  CHECK(r1->hash == 0);                           /* an item is not hashed */
+  CHECK(mk_hash(s2) != 0 && s2->hash == mk_hash(s2));
+  r2 = mk_rec(rt, mk_int(1), mk_ref(s2));
+  CHECK(r2->hash != 0);                           /* every item is: at once */
+  CHECK(mk_equal(r1, r2) && mk_equal(r2, r1) && r1->hash == 0);
+  CHECK(mk_hash(r1) == mk_hash(r2) && s1->hash == s2->hash);
+  r3 = mk_rec(rt, mk_int(1), mk_ref(s3));
+  CHECK(!mk_equal(r1, r3) && !mk_equal(r3, r2) && mk_hash(r3) != mk_hash(r1));
+  /* one hashed, the other not, deeper down */
+  q1 = mk_cstr("x");
+  mk_hash(q1);
+  q1 = mk_rec(rt, mk_ref(r1), q1);
+  q2 = mk_rec(rt, mk_rec(rt, mk_int(1), mk_cstr("payload")), mk_cstr("x"));
+  CHECK(q1->hash != 0 && q2->hash == 0);
+  CHECK(mk_equal(q2, q1) && mk_hash(q2) == mk_hash(q1));
+  mk_unref(s1); mk_unref(s2); mk_unref(s3);
+  mk_unref(r1); mk_unref(r2); mk_unref(r3); mk_unref(q1); mk_unref(q2);
+  mk_rtype_unref(rt);
+  CHECK(mk_term_live() == base);
+}
+
 static void rtypes (void) {
   static const char *const names[] = { "from", "text" };
   static const char *const names2[] = { "who", "what" };
@@ -1076,6 +1109,7 @@ int main (void) {
   RUN(floats);
   RUN(strings);
   RUN(long_strings);
+  RUN(lazy_hash);
   RUN(rtypes);
   RUN(rtype_table);
   RUN(records);
