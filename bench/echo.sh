@@ -186,7 +186,7 @@ rounds_of() { echo "${acc[$1]# }"; }
 row() {
   local line="conns-$1-size-$2:" w
   for w in "${servers[@]}"; do line+=" $w $(med "$w.rate" %.0f)/s $(med "$w.cpu" %.2f)us"; done
-  line+=" | echo/floor rate $(med ef.rate) cpu $(med ef.cpu)"
+  line+=" | echo/floor rate $(med ef.rate) cpu $(med ef.cpu) (cpu rounds: $(rounds_of ef.cpu))"
   [ "$cq" = 1 ] && line+=" | echo/cqueues rate $(med ec.rate) cpu $(med ec.cpu)"
   [ -n "$base" ] && line+=" | echo/base rate $(med eb.rate) cpu $(med eb.cpu) user $(med eb.user) (cpu rounds: $(rounds_of eb.cpu))"
   line+=" | user"
