@@ -331,13 +331,18 @@ static int tokentag (const mk_term *t) {
   }
 }
 
+/* A term's hash (mk_hash), without the call when it has one already. */
+static inline uint32_t thash (const mk_term *t) {
+  return __builtin_expect(t->hash != 0, 1) ? t->hash : mk_hash(t);
+}
+
 /* headers hash their record type or length; remixed to spread the bits */
 static uint32_t tokenhash (const mk_term *t) {
   uint32_t h;
   switch (t->kind) {
     case MK_REC: h = t->v.rt->hash ^ 0x7feb352du; break;
     case MK_SEQ: h = t->n ^ 0x846ca68bu; break;
-    default: return mk_hash(t);  /* already well mixed */
+    default: return thash(t);  /* already well mixed */
   }
   h ^= h >> 16; h *= 0x7feb352du; h ^= h >> 15; h *= 0x846ca68bu; h ^= h >> 16;
   return h;
@@ -1076,11 +1081,25 @@ static uint32_t mix (uint32_t h, uint32_t x) {
   return h ^ (h >> 15);
 }
 
+/* match and lookup are inlined into each caller of match, so that
+** mk_index_match, without a slot, runs what it did before slots (a call
+** more and the tests of the slot were 10 instructions of a Lua-to-Lua
+** message, bench-callgrind); entryfor into its three callers (called,
+** with the bucket's generation as an argument, a message cost 7
+** instructions more than with one generation per index; inlined, 17
+** fewer); keyhash into its two (once terms' hashes were computed when
+** asked for, the compiler left it out of line: 22 instructions more). */
+#if defined(__GNUC__)
+#define MATCH_INLINE inline __attribute__((always_inline))
+#else
+#define MATCH_INLINE inline
+#endif
+
 /* The slot hash of query q (header hash hh) keyed under mask. */
-static uint32_t keyhash (const mk_term *q, uint32_t hh, uint32_t mask) {
+static MATCH_INLINE uint32_t keyhash (const mk_term *q, uint32_t hh, uint32_t mask) {
   uint32_t k;
   for (k = 0; mask != 0; k++, mask >>= 1)
-    if (mask & 1) hh = mix(hh, mk_hash(mk_items(q)[k]));
+    if (mask & 1) hh = mix(hh, thash(mk_items(q)[k]));
   return hh;
 }
 
@@ -1113,19 +1132,6 @@ static void clearcache (Cache *c) {
 static int live (const mk_index *ix, const CEntry *e) {
   return e->gen == ix->gen[e->bucket];
 }
-
-/* match and lookup are inlined into each caller of match, so that
-** mk_index_match, without a slot, runs what it did before slots (a call
-** more and the tests of the slot were 10 instructions of a Lua-to-Lua
-** message, bench-callgrind); entryfor into its three callers (called,
-** with the bucket's generation as an argument, a message cost 7
-** instructions more than with one generation per index; inlined, 17
-** fewer). */
-#if defined(__GNUC__)
-#define MATCH_INLINE inline __attribute__((always_inline))
-#else
-#define MATCH_INLINE inline
-#endif
 
 /* Is e the entry for q under mask, gen the generation of q's bucket?  (The
 ** callers have it at hand, the table's from the hint, a slot's from its

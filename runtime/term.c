@@ -567,7 +567,8 @@ size_t mk_term_size (const mk_term *t) {
 
 static uint32_t hashof (const mk_term *t);
 
-/* A compound's hash, from its items'. */
+/* A compound's hash, from its items' (seal computes the same in its own
+** pass when every item has one). */
 static uint32_t hcompound (const mk_term *c) {
   uint32_t h = HSEED ^ c->kind, i;
   if (c->kind == MK_REC) h = hmix(h, c->v.rt->hash);
@@ -582,13 +583,16 @@ static uint32_t hcompound (const mk_term *c) {
 ** items of fewer than 2^32 nodes each cannot wrap.  Too deep or too
 ** large: released, NULL. */
 static mk_term *seal (mk_term *c, size_t maxdepth, size_t maxsize) {
-  uint32_t i;
+  uint32_t h, i;
   int ground = 1, hashed = 1;
   unsigned depth = 0;
   uint64_t size = 1;
   if (c == NULL || !iscompound(c)) return c;
+  h = HSEED ^ c->kind;                       /* as hcompound, in this pass */
+  if (c->kind == MK_REC) h = hmix(h, c->v.rt->hash);
   for (i = 0; i < c->n; i++) {
     const mk_term *it = mk_items(c)[i];
+    h = hmix(h, it->hash);
     hashed &= it->hash != 0;
     ground &= it->ground;
     if (it->depth > depth) depth = it->depth;
@@ -598,7 +602,7 @@ static mk_term *seal (mk_term *c, size_t maxdepth, size_t maxsize) {
     mk_unref(c);
     return NULL;
   }
-  c->hash = hashed ? hcompound(c) : 0;
+  c->hash = hashed ? hfinal(h ^ c->n) : 0;
   c->ground = (uint8_t)ground;
   c->depth = (uint16_t)(depth + 1);
   *sizeslot(c) = (uint32_t)size;
