@@ -290,8 +290,9 @@ static int same_conf(const tconf *a, const tconf *b) {
 /* 320 bytes (issue 10), without padding: 248 and the inbound flow's
 ** match slot (72).  What a round trip reads or writes comes first, in 52
 ** bytes (the idle timeout itself is read only to set an alarm: `timed`
-** says whether there is one), then the slot, whose `wraps` (route.h) ends the first cache line
-** and whose entry is the second: the record is placed on a line's
+** says whether there is one), then nopts, which fills the hole, then the
+** slot, whose `wraps` (route.h) ends the first cache line and whose
+** entry is the second: the record is placed on a line's
 ** boundary (pool.h, mk_pool_alloc_at), so a round trip reads two lines of
 ** it (it was spread over four, then over three where malloc's 16-byte
 ** alignment put it): with 10,000 busy connections a connection's state
@@ -321,6 +322,7 @@ typedef struct tconn {
   uint32_t rawcap;            /* raw framing: the bytes the next read is
                               ** expected to bring, 0 when small ("direct
                               ** reads" below) */
+  uint32_t nopts;             /* (opts, below; here, it fills the hole) */
   mk_match_slot inslot;       /* the inbound flow's matches (route.h): its
                               ** chunks have the same remote and local each
                               ** time, and a server's thousands of connections
@@ -349,11 +351,14 @@ typedef struct tconn {
   int64_t linger_ms;
   size_t qbytes;              /* bytes held by the queue (blocks and terms) */
   size_t overrun;             /* bytes queued while paused */
-  size_t peak;                /* the most memory this connection held */
   size_t ioff, iscan, ilen, icap;
-  uint32_t nopts, optcap;
+  uint32_t optcap;
+  uint32_t peak;              /* the most memory this connection held (at
+                              ** most UINT32_MAX: a hint, for trim_credit) */
   int readers, senders;       /* peers on the inbound / outbound flow */
 } tconn;
+
+_Static_assert(sizeof(tconn) == 320, "a connection takes five cache lines");
 
 _Static_assert(offsetof(tconn, inslot) + offsetof(mk_match_slot, e) == 64,
                "a connection's slot entry is its second cache line");
@@ -482,7 +487,7 @@ static void close_resolver(tconn *c) {
 
 static void note_held(tconn *c) {
   size_t h = c->qbytes + c->icap;
-  if (h > c->peak) c->peak = h;
+  if (h > c->peak) c->peak = h < UINT32_MAX ? (uint32_t)h : UINT32_MAX;
 }
 
 static void free_input(tconn *c) {
