@@ -77,7 +77,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -288,11 +287,9 @@ static int same_conf(const tconf *a, const tconf *b) {
 }
 
 /* 320 bytes (issue 10), without padding: 248 and the inbound flow's
-** match slot (72).  What a round trip reads or writes comes first, in 52
-** bytes (the idle timeout itself is read only to set an alarm: `timed`
-** says whether there is one), then nopts, which fills the hole, then the
-** slot, whose `wraps` (route.h) ends the first cache line and whose
-** entry is the second: the record is placed on a line's
+** match slot (72).  What a round trip reads or writes comes first, in 56
+** bytes, then the slot, whose `wraps` (route.h) ends the first cache line
+** and whose entry is the second: the record is placed on a line's
 ** boundary (pool.h, mk_pool_alloc_at), so a round trip reads two lines of
 ** it (it was spread over four, then over three where malloc's 16-byte
 ** alignment put it): with 10,000 busy connections a connection's state
@@ -303,6 +300,7 @@ typedef struct tconn {
   mk_term *remote;            /* tcp.address(host, port) */
   mk_term *loc;               /* tcp.listener(port) | tcp.handle(id) */
   oblock *qhead;              /* output queue: first block, or NULL */
+  int64_t idle_ms;            /* (settings, below) */
   int64_t last_io;            /* ms, when bytes last moved (idle timeout) */
   int fd;                     /* -1: none (yet, or any more) */
   uint32_t readsize;          /* at most READ_MAX (settings) */
@@ -317,12 +315,7 @@ typedef struct tconn {
   unsigned out_gone : 1;      /* the outbound flow was withdrawn */
   unsigned draining : 1;      /* written and shut down: discarding input until EOF */
   unsigned flows : 1;         /* the flows are published (outbound: once connected) */
-  unsigned timed : 1;         /* idle_ms > 0: last_io is kept */
   uint32_t max_frame;         /* at most 2^31 (keys[]; here, it fills the hole) */
-  uint32_t rawcap;            /* raw framing: the bytes the next read is
-                              ** expected to bring, 0 when small ("direct
-                              ** reads" below) */
-  uint32_t nopts;             /* (opts, below; here, it fills the hole) */
   mk_match_slot inslot;       /* the inbound flow's matches (route.h): its
                               ** chunks have the same remote and local each
                               ** time, and a server's thousands of connections
@@ -347,18 +340,14 @@ typedef struct tconn {
   char *ib;
   tdial *dial;                /* owned: connecting (outbound), or NULL */
   size_t high, low, hard;
-  int64_t idle_ms;            /* (settings) */
   int64_t linger_ms;
   size_t qbytes;              /* bytes held by the queue (blocks and terms) */
   size_t overrun;             /* bytes queued while paused */
+  size_t peak;                /* the most memory this connection held */
   size_t ioff, iscan, ilen, icap;
-  uint32_t optcap;
-  uint32_t peak;              /* the most memory this connection held (at
-                              ** most UINT32_MAX: a hint, for trim_credit) */
+  uint32_t nopts, optcap;
   int readers, senders;       /* peers on the inbound / outbound flow */
 } tconn;
-
-_Static_assert(sizeof(tconn) == 320, "a connection takes five cache lines");
 
 _Static_assert(offsetof(tconn, inslot) + offsetof(mk_match_slot, e) == 64,
                "a connection's slot entry is its second cache line");
@@ -487,7 +476,7 @@ static void close_resolver(tconn *c) {
 
 static void note_held(tconn *c) {
   size_t h = c->qbytes + c->icap;
-  if (h > c->peak) c->peak = h < UINT32_MAX ? (uint32_t)h : UINT32_MAX;
+  if (h > c->peak) c->peak = h;
 }
 
 static void free_input(tconn *c) {
@@ -624,15 +613,10 @@ static void withdraw_flows(mk_proc *p, tconn *c, const char *reason) {
 */
 #define FRAME_BUDGET 128
 
-/* A chunk or frame t (stolen), sent on the inbound flow. */
-static void deliver_term(mk_proc *p, tconn *c, mk_term *t) {
-  mk_term *m = channel(c->remote, c->loc, t);
+static void deliver(mk_proc *p, tconn *c, const char *s, size_t n) {
+  mk_term *m = channel(c->remote, c->loc, mk_str(s, n));
   mk_send_slot(p, m, &c->inslot);
   mk_unref(m);
-}
-
-static void deliver(mk_proc *p, tconn *c, const char *s, size_t n) {
-  deliver_term(p, c, mk_str(s, n));
 }
 
 static size_t prefix_len(const tconn *c) { return c->framing == F_U16 ? 2 : 4; }
@@ -951,7 +935,7 @@ static ssize_t put(mk_proc *p, tconn *c, const char *s, size_t n) {
     return 0;
   }
   if (w > 0) {
-    if (c->timed) c->last_io = stamp_ms();
+    if (c->idle_ms > 0) c->last_io = stamp_ms();
     mk_detail_io(p, 0, (size_t)w);
   }
   return w;
@@ -1105,91 +1089,22 @@ static void drain_input(mk_proc *p, tconn *c) {
   if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) finish(p, c, NULL);
 }
 
-/*
-** Direct reads.  Raw input is delivered as read, each chunk a string
-** term: one that was read into rbuf and then copied into its term cost a
-** 4 KiB echo server's round trip two copies of the payload, this and the
-** one into the handler's Lua string (issue 10).  So once a connection's
-** reads bring more than DIRECT_MIN bytes, the next is read straight into
-** a term of rawcap bytes, with rbuf behind it for what more the socket
-** holds, up to readsize.  rawcap follows the reads: up to the largest
-** chunk, and down to one that fills less than half of it, so that a term
-** keeps at most twice its bytes (mk_str_trim copies what would waste
-** more).  A chunk past rawcap is copied into a term of its size, as
-** from rbuf alone.  Chunks of DIRECT_MIN bytes or fewer are read into
-** rbuf and copied: their copy is cheap, and a term trimmed in place
-** must keep its block's class, which among the small classes (pool.h)
-** a smaller chunk seldom shares.
-*/
-#define DIRECT_MIN MK_POOL_MAX
-
-static void next_rawcap(tconn *c, size_t n) {
-  if (n > c->rawcap || n < c->rawcap / 2) c->rawcap = n > DIRECT_MIN ? (uint32_t)n : 0;
-}
-
-/* A direct read into t, a new term of at most rawcap bytes, with what is
-** past them in rbuf: the bytes read, as recv() returns it. */
-static ssize_t read_direct(tconn *c, mk_term *t) {
-  struct iovec v[2];
-  ssize_t n;
-  v[0].iov_base = mk_strdata(t);
-  v[0].iov_len = t->n;
-  v[1].iov_base = rbuf;
-  v[1].iov_len = c->readsize - t->n;
-  do {
-    n = readv(c->fd, v, v[1].iov_len > 0 ? 2 : 1);
-  } while (n < 0 && errno == EINTR);
-  return n;
-}
-
-/* The n bytes a direct read brought into t and rbuf, delivered. */
-static void deliver_direct(mk_proc *p, tconn *c, mk_term *t, size_t n) {
-  size_t cap = t->n;
-  mk_term *u;
-  if (n <= cap) {
-    deliver_term(p, c, mk_str_trim(t, n));
-    return;
-  }
-  if ((u = mk_str_new(n)) != NULL) {
-    memcpy(mk_strdata(u), mk_strdata(t), cap);
-    memcpy(mk_strdata(u) + cap, rbuf, n - cap);
-    mk_unref(t);
-    deliver_term(p, c, u);
-    return;
-  }
-  deliver_term(p, c, t);       /* no memory for one term: two chunks */
-  deliver(p, c, rbuf, n - cap);
-}
-
 static void on_readable(mk_proc *p, tconn *c) {
   ssize_t n;
-  int err;
-  mk_term *t = NULL;
   if (c->fd < 0) return;
   if (c->draining) { drain_input(p, c); return; }
   if (c->more) { pump(p, c); return; }     /* what is left first */
-  if (c->framing == F_RAW && c->rawcap > 0 &&
-      (t = mk_str_new(c->rawcap < c->readsize ? c->rawcap : c->readsize)) != NULL) {
-    n = read_direct(c, t);
-  } else {
-    do {
-      n = recv(c->fd, rbuf, c->readsize, 0);
-    } while (n < 0 && errno == EINTR);
-  }
+  do {
+    n = recv(c->fd, rbuf, c->readsize, 0);
+  } while (n < 0 && errno == EINTR);
   if (n > 0) {
-    if (c->timed) c->last_io = stamp_ms();
+    if (c->idle_ms > 0) c->last_io = stamp_ms();
     mk_detail_io(p, (size_t)n, 0);
-    if (c->framing == F_RAW) next_rawcap(c, (size_t)n);
-    if (t != NULL) deliver_direct(p, c, t, (size_t)n);
-    else received(p, c, rbuf, (size_t)n);
-    return;
-  }
-  err = errno;
-  mk_unref(t);
-  if (n == 0) {
+    received(p, c, rbuf, (size_t)n);
+  } else if (n == 0) {
     end_of_input(p, c);
-  } else if (err != EAGAIN && err != EWOULDBLOCK) {
-    finish_errno(p, c, err);
+  } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+    finish_errno(p, c, errno);
   }
 }
 
@@ -1242,7 +1157,6 @@ static void reconfigure(mk_proc *p, tconn *c) {
   c->framing = (uint8_t)m.v[K_FRAMING];
   c->max_frame = (uint32_t)m.v[K_MAX_FRAME];
   c->idle_ms = m.v[K_IDLE];
-  c->timed = c->idle_ms > 0;
   c->high = (size_t)m.v[K_HIGH];
   c->low = m.set & (1u << K_LOW) ? (size_t)m.v[K_LOW] : c->high / 2;
   c->hard = m.set & (1u << K_HARD) ? (size_t)m.v[K_HARD] : 8 * c->high;

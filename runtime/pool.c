@@ -164,16 +164,6 @@ void mk_pool_free(void *p, size_t n) {
   free(p);
 }
 
-int mk_pool_fits(size_t have, size_t want) {
-#ifndef POOL_OFF
-  if (want <= MK_POOL_MAX) return have <= MK_POOL_MAX && classof(have) == classof(want);
-#else
-  (void)have;
-  (void)want;
-#endif
-  return 1;
-}
-
 /* Blocks over MK_POOL_MAX bytes that mk_pool_lalloc freed or resized (a
 ** resize may move a block) since the start (pool.h, mk_pool_lfrees). */
 static unsigned long lfrees;

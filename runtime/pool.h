@@ -63,12 +63,6 @@ void *mk_pool_alloc(size_t n);
 /* Free p (NULL is ignored), a block of n bytes from mk_pool_alloc (or
 ** malloc, when n is at most its size). */
 void mk_pool_free(void *p, size_t n);
-/* Whether a block asked for `have` bytes and given back as `want` (at
-** most `have`: always right, above) goes back where it came from: the
-** same small class, or both over MK_POOL_MAX (such a block's class is
-** found from the block).  Else it would serve a smaller class from then
-** on, the difference unused. */
-int mk_pool_fits(size_t have, size_t want);
 /* A lua_Alloc over the cache (ud unused): for Lua states made by market. */
 void *mk_pool_lalloc(void *ud, void *ptr, size_t osize, size_t nsize);
 /* Have fn(block) called for each block of exactly `size` bytes that

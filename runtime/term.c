@@ -282,29 +282,6 @@ mk_term *mk_str (const char *s, size_t len) {
   return t;                        /* its hash: when asked (mk_hash) */
 }
 
-mk_term *mk_str_new (size_t cap) {
-  mk_term *t;
-  if (cap > UINT32_MAX) return NULL;
-  t = newterm(MK_STR, (uint32_t)cap);
-  if (t != NULL) mk_strdata(t)[cap] = '\0';
-  return t;
-}
-
-mk_term *mk_str_trim (mk_term *t, size_t n) {
-  if (n < t->n && (n < t->n / 2 ||
-                   !mk_pool_fits(termsize(MK_STR, t->n), termsize(MK_STR, (uint32_t)n)))) {
-    mk_term *u = mk_str(mk_strdata(t), n);
-    if (u != NULL) {
-      mk_unref(t);
-      return u;
-    }
-  }
-  /* freed as n's block: right for any block at least that big (pool.h) */
-  t->n = (uint32_t)n;
-  mk_strdata(t)[n] = '\0';
-  return t;
-}
-
 mk_term *mk_cstr (const char *s) {
   return mk_str(s, strlen(s));
 }

@@ -130,16 +130,6 @@ mk_term *mk_bool(int b);
 mk_term *mk_int(int64_t i);
 mk_term *mk_float(double f);     /* an integral float in int64 range becomes MK_INT, as Lua table keys do */
 mk_term *mk_str(const char *s, size_t len);
-/* A string term of cap bytes, uninitialised, for the caller to fill in
-** place (a read straight into it, without mk_str's copy), then to cut to
-** what it holds with mk_str_trim before anything else sees it.  NULL when
-** out of memory. */
-mk_term *mk_str_new(size_t cap);
-/* The first n bytes of t (from mk_str_new, n at most its cap), t stolen:
-** t itself when its block suits n's bytes (the same block class, and at
-** most twice what n needs), else a copy and t released.  Never NULL:
-** without memory for the copy, t is kept as it is. */
-mk_term *mk_str_trim(mk_term *t, size_t n);
 mk_term *mk_cstr(const char *s);
 mk_term *mk_wild(void);
 mk_term *mk_eof(void);

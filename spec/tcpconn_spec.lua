@@ -178,48 +178,6 @@ describe("tcp connection managers", function()
     assert.equal(0, bad)
   end)
 
-  it("delivers chunks of every size whole as its reads grow and shrink", function()
-    -- Raw chunks past 512 bytes are read straight into their terms, sized
-    -- by the reads before (tcpconn.c, "Direct reads"): one that fits, one
-    -- that overflows into the read buffer, one that fills under half, one
-    -- past read_size, and back to small ones.  Each block is written once
-    -- the one before has arrived, so that each is a read of its own.
-    local sizes = { 100, 600, 600, 5000, 4000, 1500, 70000, 513, 512, 3000, 4096, 4096, 1 }
-    local blocks, got, chunks, total = {}, {}, {}, 0
-    for i, n in ipairs(sizes) do
-      local b = {}
-      for j = 1, n do b[j] = string.char((i * 31 + j * 7 + j // 251) % 256) end
-      blocks[i] = table.concat(b)
-    end
-    N.run(function()
-      market.perform(serve(0, function(remote, here)
-        return function()
-          return market.transition(nil,
-            market.subscriber(tcp.channel(remote, here, ANY), {
-              on_message = function(_, m)
-                local data = m.subpacket
-                if data == EOF then return T(send(tcp.channel(here, remote, EOF)), quit()) end
-                got[#got + 1], chunks[#chunks + 1], total = data, #data, total + #data
-              end }),
-            market.publisher(tcp.channel(here, remote, ANY)))
-        end
-      end))
-      local s, sent = connect(bound(0)), 0
-      for i = 1, #blocks do
-        assert(write_all(s, blocks[i]))
-        sent = sent + #blocks[i]
-        wait_until(function() return total >= sent end)
-      end
-      assert(s:shutdown())
-      assert.same({ "", "eof" }, { read_all(s) })
-      s:close()
-      market.perform(send({ "stop-server", 0 }))
-    end, 20000)
-    assert.equal(#table.concat(blocks), total)
-    assert.is_true(table.concat(blocks) == table.concat(got), "the bytes arrived changed")
-    assert.is_true(#chunks >= #sizes, #chunks .. " chunks")
-  end)
-
   it("stops watching for its listener's closing once a session has taken the connection", function()
     -- Until a session appears, a manager closes its connection when the
     -- listener closes (boot in tcpconn.c); once one has, that no longer

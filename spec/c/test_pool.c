@@ -104,27 +104,6 @@ static void large_blocks_hold_the_request (void) {
   mk_pool_trim();
 }
 
-/* mk_pool_fits: a block given back as smaller goes back to its own
-** class, or else would serve a smaller one.  A small block asked for 100
-** bytes and freed as 40 is then handed out for 40 (it holds more). */
-static void fits (void) {
-  void *p, *q;
-  CHECK(mk_pool_fits(4096, 4096) && mk_pool_fits(4096, 600) && mk_pool_fits(70000, 600));
-  CHECK(mk_pool_fits(100, 100) && mk_pool_fits(100, 90));       /* 89..104 */
-  CHECK(mk_pool_fits(600, 512) == !POOL_ON);   /* a big block as the largest small */
-  CHECK(mk_pool_fits(100, 40) == !POOL_ON);
-  mk_pool_trim();
-  p = mk_pool_alloc(100);
-  CHECK(p != NULL);
-  memset(p, 4, 100);
-  mk_pool_free(p, 40);                          /* right, if wasteful */
-  q = mk_pool_alloc(40);
-  if (POOL_ON) CHECK(q == p);
-  CHECK(malloc_usable_size(q) >= 40);
-  mk_pool_free(q, 40);
-  mk_pool_trim();
-}
-
 /* A block is the size of the malloc chunk it takes, less malloc's 8-byte
 ** header: 16k + 8 bytes, the least such size that holds the request (a
 ** 56-byte Lua table takes a 56-byte block, a 64-byte chunk, not 80). */
@@ -366,7 +345,6 @@ int main (void) {
   RUN(classes_fit_chunks);
   RUN(large_blocks);
   RUN(large_blocks_hold_the_request);
-  RUN(fits);
   RUN(placed_blocks);
   RUN(watch_frees);
   RUN(valgrind_sees_the_cache);

@@ -186,31 +186,6 @@ static void long_strings (void) {
   CHECK(mk_term_live() == base);
 }
 
-/* A string filled in place, then cut to what it holds: kept where it is
-** while its block suits (at most twice what it needs), else copied. */
-static void str_in_place (void) {
-  size_t base = mk_term_live();
-  mk_term *t = mk_str_new(4096), *u;
-  CHECK(t != NULL && t->n == 4096 && mk_strdata(t)[4096] == '\0');
-  memset(mk_strdata(t), 'x', 4096);
-  memcpy(mk_strdata(t), "head", 4);
-  u = mk_str_trim(t, 4000);
-  CHECK(u == t && u->n == 4000 && mk_strdata(u)[4000] == '\0' &&
-        memcmp(mk_strdata(u), "headxx", 6) == 0);
-  u = mk_str_trim(u, 1000);                    /* less than half: a copy */
-  CHECK(u != t && u->n == 1000 && mk_strdata(u)[1000] == '\0' &&
-        memcmp(mk_strdata(u), "headxx", 6) == 0 && mk_strdata(u)[999] == 'x');
-  CHECK(mk_term_live() == base + 1);           /* t went */
-  t = mk_str(mk_strdata(u), 1000);
-  CHECK(mk_equal(t, u) && mk_hash(t) == mk_hash(u));
-  mk_unref(t);
-  mk_unref(u);
-  t = mk_str_new(0);
-  CHECK(t != NULL && mk_str_trim(t, 0) == t && t->n == 0 && mk_strdata(t)[0] == '\0');
-  mk_unref(t);
-  CHECK(mk_term_live() == base);
-}
-
 /* A string's hash, and so that of a compound holding one, is computed
 ** when first asked for; equality and hashes agree whichever of two equal
 ** terms was hashed first, or whether either was at all. */
@@ -1135,7 +1110,6 @@ int main (void) {
   RUN(strings);
   RUN(long_strings);
   RUN(lazy_hash);
-  RUN(str_in_place);
   RUN(rtypes);
   RUN(rtype_table);
   RUN(records);
