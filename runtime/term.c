@@ -542,14 +542,12 @@ size_t mk_term_size (const mk_term *t) {
   return iscompound(t) ? *sizeslot(t) : 1;
 }
 
-static uint32_t hashof (const mk_term *t);
-
 /* A compound's hash, from its items' (seal computes the same in its own
 ** pass when every item has one). */
 static uint32_t hcompound (const mk_term *c) {
   uint32_t h = HSEED ^ c->kind, i;
   if (c->kind == MK_REC) h = hmix(h, c->v.rt->hash);
-  for (i = 0; i < c->n; i++) h = hmix(h, hashof(mk_items(c)[i]));
+  for (i = 0; i < c->n; i++) h = hmix(h, mk_hash(mk_items(c)[i]));
   return hfinal(h ^ c->n);
 }
 
@@ -657,12 +655,8 @@ static uint32_t rehash (mk_term *t) {
   return t->hash;
 }
 
-static uint32_t hashof (const mk_term *t) {
-  return t->hash != 0 ? t->hash : rehash((mk_term *)t);
-}
-
 uint32_t mk_hash (const mk_term *t) {
-  return hashof(t);
+  return t->hash != 0 ? t->hash : rehash((mk_term *)t);
 }
 
 int mk_unifies (const mk_term *a, const mk_term *b) {
