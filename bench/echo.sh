@@ -30,9 +30,9 @@
 # rates would show on a quiet machine.
 #
 # Knobs: BENCH_SECONDS (2), BENCH_ROUNDS (7: the 50-connection figures),
-# BENCH_SCALE_ROUNDS (3: the rows at 500, 1,000 and 10,000 connections),
+# BENCH_SCALE_ROUNDS (5: the rows at 500, 1,000 and 10,000 connections),
 # BENCH_LATENCY_ROUNDS (5: one connection), BENCH_IDLE_CONNS (10000).
-# The whole run takes about four and a half minutes.
+# The whole run takes about six minutes.
 #
 # To compare two versions of market on the rows that matter to a change:
 # BENCH_ROWS="1000x64 10000x64" runs only those rows (CONNSxSIZE, each
@@ -55,7 +55,7 @@ build=${1:-build}
 src=$(cd "$(dirname "$0")/.." && pwd)
 secs=${BENCH_SECONDS:-2}
 rounds=${BENCH_ROUNDS:-7}
-scale_rounds=${BENCH_SCALE_ROUNDS:-3}
+scale_rounds=${BENCH_SCALE_ROUNDS:-5}
 latency_rounds=${BENCH_LATENCY_ROUNDS:-5}
 idle_conns=${BENCH_IDLE_CONNS:-10000}
 only_rows=${BENCH_ROWS:-}
