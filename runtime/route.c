@@ -1222,11 +1222,17 @@ static void fill (const mk_index *ix, CEntry *e, const mk_term *q, uint32_t b,
   for (k = 0; k < nres; k++) e->res[k] = res[k];
 }
 
-/* Fill the sender's slot (route.h) for q under mask. */
+/* Fill the sender's slot (route.h) for q under mask, unless it holds a
+** current answer that was given within the last MK_SLOT_MISSES looks
+** (each look that did not take it counted here): refilling costs a clear
+** and a fill, with their references, which a sender taking turns between
+** topics would pay at every send. */
 static void fillslot (const mk_index *ix, mk_match_slot *s, const mk_term *q, uint32_t b,
                       uint32_t mask, size_t nres, mk_ilink *const *res) {
+  if (s->wraps == ix->wraps && live(ix, &s->e) && ++s->misses < MK_SLOT_MISSES) return;
   fill(ix, &s->e, q, b, mask, nres, res);
   s->wraps = ix->wraps;
+  s->misses = 0;
 }
 
 /* Remember what a complete walk of q found, keyed under `mask`, the hint
@@ -1322,8 +1328,10 @@ static MATCH_INLINE size_t match (mk_index *ix, const mk_term *query, mk_match_f
     const CEntry *e;
     uint32_t b;
     if (slot != NULL && slot->wraps == ix->wraps &&
-        entryfor(&slot->e, query, slot->e.mask, ix->gen[slot->e.bucket]))
+        entryfor(&slot->e, query, slot->e.mask, ix->gen[slot->e.bucket])) {
+      if (slot->misses != 0) slot->misses = 0;     /* (a store only then) */
       return answer(ix, &slot->e, fn, ctx);
+    }
     hh = tokenhash(query);
     b = genof(hh);
     mask = hint(ix, query, hh, ix->gen[b]);
@@ -1355,6 +1363,7 @@ size_t mk_index_match_slot (mk_index *ix, mk_match_slot *slot, const mk_term *qu
 void mk_match_slot_clear (mk_match_slot *slot) {
   clearentry(&slot->e);
   slot->wraps = 0;
+  slot->misses = 0;
 }
 
 size_t mk_match_slot_items (const mk_index *ix, const mk_match_slot *slot,

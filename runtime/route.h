@@ -91,11 +91,17 @@ typedef struct mk_match_entry {
 
 typedef struct mk_match_slot {
   uint32_t wraps;           /* first: read first, with the entry's start */
+  uint32_t misses;          /* looks since the last that the entry answered
+                            ** (in what was padding before the entry) */
   mk_match_entry e;
 } mk_match_slot;
 
 /* mk_index_match, looking in `slot` (not NULL) first and leaving there
-** the answer it found or walked for query, when the cache would keep it. */
+** the answer it found or walked for query, when the cache would keep it
+** and the slot holds no current answer, or has not given its answer to
+** the last MK_SLOT_MISSES looks: a sender that takes turns between a few
+** topics keeps one of them there rather than refilling it at each send. */
+#define MK_SLOT_MISSES 8
 size_t mk_index_match_slot(mk_index *ix, mk_match_slot *slot, const mk_term *query,
                            mk_match_fn fn, void *ctx);
 /* Let go of what the slot holds; it is empty after. */

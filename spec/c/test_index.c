@@ -726,6 +726,49 @@ static void slot (void) {
   CHECK(mk_term_live() == base);         /* ... until cleared */
 }
 
+/* A sender taking turns between keys keeps the first in its slot, the
+** others answered from the table meanwhile (a refill at each would cost
+** a clear and a fill), and one that has moved to another key for
+** MK_SLOT_MISSES looks has that one there from then on. */
+static void slot_turns (void) {
+  static const char *const t[] = { "ch(1, _, _)", "ch(2, _, _)" };
+  size_t base = mk_term_live();
+  mk_index *ix = mk_index_new();
+  Item *it = mkitems(2, t);
+  mk_match_slot s;
+  mk_ilink *const *res = NULL;
+  int k;
+  memset(&s, 0, sizeof s);
+  CHECK(mk_index_add(ix, it[0].topic, &it[0].link) == 0);
+  CHECK(mk_index_add(ix, it[1].topic, &it[1].link) == 0);
+  for (k = 0; k < 3 * MK_SLOT_MISSES; k++) {
+    CHECK(matches_slot(ix, &s, it, 2, "ch(1, 0, 0)", "0"));
+    CHECK(matches_slot(ix, &s, it, 2, "ch(2, 0, \"x\")", "1"));
+    CHECK(mk_match_slot_items(ix, &s, &res) == 1 && res[0] == &it[0].link);
+  }
+  /* one look that missed so far; the MK_SLOT_MISSES-th refills */
+  for (k = 2; k < MK_SLOT_MISSES; k++) {
+    CHECK(matches_slot(ix, &s, it, 2, "ch(2, 1, 1)", "1"));
+    CHECK(mk_match_slot_items(ix, &s, &res) == 1 && res[0] == &it[0].link);
+  }
+  CHECK(matches_slot(ix, &s, it, 2, "ch(2, 1, 1)", "1"));
+  CHECK(mk_match_slot_items(ix, &s, &res) == 1 && res[0] == &it[1].link);
+  CHECK(s.misses == 0);
+  /* a voided slot is refilled at once, whatever it missed */
+  CHECK(matches_slot(ix, &s, it, 2, "ch(1, 0, 0)", "0"));
+  CHECK(s.misses == 1);
+  mk_index_remove(ix, &it[1].link);
+  CHECK(mk_match_slot_items(ix, &s, &res) == 0);
+  CHECK(matches_slot(ix, &s, it, 2, "ch(1, 0, 0)", "0"));
+  CHECK(mk_match_slot_items(ix, &s, &res) == 1 && res[0] == &it[0].link);
+  CHECK(matches_slot(ix, &s, it, 2, "ch(2, 0, 0)", ""));
+  CHECK(mk_match_slot_items(ix, &s, &res) == 1 && res[0] == &it[0].link);
+  mk_index_free(ix);
+  freeitems(it, 2);
+  mk_match_slot_clear(&s);
+  CHECK(mk_term_live() == base);
+}
+
 /*
 ** Only what can unify with a query voids its cache entry and its slots:
 ** a channel's answers stay through adds and removes of topics of other
@@ -1286,6 +1329,7 @@ int main (void) {
   RUN(cache);
   RUN(cache_light);
   RUN(slot);
+  RUN(slot_turns);
   RUN(cache_buckets);
   RUN(randomized);
   RUN(randomized_cache);
