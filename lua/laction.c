@@ -456,12 +456,12 @@ static void dosend(lua_State *L, mk_proc *p) {
   lua_getiuservalue(L, -1, 1);
   body = mkl_testbox(L, -1);
   if (body != NULL) {
-    mk_send(p, body);
+    mkl_send(p, body);
     if (body->kind == MK_REC) mkl_share(L, -1, body);
   } else {
     const char *err;
     body = mkl_toterm(L, -1, &err);   /* send() made it a term: cannot fail */
-    if (body != NULL) mk_send(p, body);
+    if (body != NULL) mkl_send(p, body);
     mk_unref(body);
   }
 }

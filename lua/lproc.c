@@ -121,6 +121,9 @@ typedef struct mkl_state {
   mk_pool_over *over;    /* the cache installed in front of the state's
                          ** allocator while a ground VM runs (mkl_attach),
                          ** or NULL; owned */
+  const void *registry;  /* the registry table (lua_topointer), for
+                         ** prefetch alone; NULL when Lua's tables are not
+                         ** laid out as ltable says (tablelayout) */
 } mkl_state;
 
 /*
@@ -166,8 +169,17 @@ typedef struct lproc {
                          ** before `wait`: the record keeps its size */
   lwait *wait;           /* owned, NULL until the first timed wait */
   const void *ctx;       /* the context's address (lua_topointer), for
-                         ** prefetch alone: never read through */
+                         ** prefetch alone: read through only as ltable */
+  const void *state;     /* the state's address when an activation last
+                         ** read it (lua_topointer, messagehandler), for
+                         ** prefetch alone: never read through, and
+                         ** possibly stale (a later state, or freed) */
+  mk_match_slot *sendslot;  /* its sends' matches (mkl_send), made at its
+                         ** first send, or NULL; owned: cleared and freed
+                         ** by destroy */
 } lproc;
+
+_Static_assert(sizeof(lproc) <= 64, "a Lua process's record is one cache line");
 
 /* How what a body returns is applied: by market.lua's apply, or by C first
 ** (toapply) when it is a transition of sends alone.  A boot function's
@@ -849,6 +861,7 @@ static MKL_INLINE int messagehandler(mkl_state *S, lproc *lp, lua_State *co, con
   ** handlers, 6: fn */
   lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
   lua_rawgeti(co, 1, MKL_CTX_STATE);
+  lp->state = lua_topointer(co, 2);       /* for the next one's prefetch */
   pushmessage(S, co, ev->message);
   /* the name from the last one's slot when it is the same: lua_pushstring
   ** compared it with strings in Lua's cache of C strings, picked by its
@@ -1591,6 +1604,10 @@ static void destroy(mk_proc *p) {
     untime(lp->wait);
     free(lp->wait);
   }
+  if (lp->sendslot != NULL) {
+    mk_match_slot_clear(lp->sendslot);
+    mk_pool_free(lp->sendslot, sizeof *lp->sendslot);
+  }
   mk_pool_free_at(lp, sizeof *lp, 0);
 }
 
@@ -1599,13 +1616,80 @@ static uint64_t activations(const mk_proc *p) {
   return ((const lproc *)mk_proc_data(p))->activations;
 }
 
-/* mk_behavior.prefetch: the record, then the context table, which every
-** event reads first (handle). */
+/*
+** The head of a table as Lua 5.4 lays it out (lobject.h's Table, which
+** Lua does not export): read by prefetch alone, for the addresses of a
+** table's array and hash parts, so that an activation's first reads of
+** its context (the registry's slot for it, the context's hash nodes:
+** three misses a round trip at 1,000 connections, issue 10) are on
+** their way with the rest of a batch's records.  Nothing is read past
+** these 32 bytes of a table's 56, and a prefetch of a wrong address
+** faults nothing; tablelayout checks the mirror against tables made for
+** the purpose when the state opens, and a Lua laid out otherwise goes
+** without these prefetches.
+*/
+typedef struct ltable {
+  void *next;
+  unsigned char tt, marked, flags, lsizenode;
+  unsigned int alimit;   /* the array part's slots (ours: no resize) */
+  const char *array;     /* TValue[alimit] */
+  const char *node;      /* Node[1 << lsizenode] */
+} ltable;
+
+#define LT_TVALUE 16     /* sizeof(TValue): a Value and its tag */
+#define LT_NODE 24       /* sizeof(Node): a value, its key and the chain */
+#define LT_VTABLE 5      /* LUA_VTABLE, the tag of a table */
+
+/* Whether tables made here read as ltable says: the tag, and the sizes of
+** both parts as asked of lua_createtable. */
+static int tablelayout(lua_State *L) {
+  const ltable *a, *h;
+  int ok;
+  lua_createtable(L, 3, 0);
+  lua_createtable(L, 0, 4);
+  a = lua_topointer(L, -2);
+  h = lua_topointer(L, -1);
+  ok = a->tt == LT_VTABLE && h->tt == LT_VTABLE && a->alimit == 3 && a->array != NULL &&
+       a->lsizenode == 0 && h->alimit == 0 && h->array == NULL && h->lsizenode == 2 &&
+       h->node != NULL;
+  lua_pop(L, 2);
+  return ok;
+}
+
+/* Prefetch the lines from p to p + n - 1 (n > 0). */
+static MKL_INLINE void fetchspan(const char *p, size_t n) {
+  const char *end = p + n - 1;
+  for (; p < end; p += 64) __builtin_prefetch(p);
+  __builtin_prefetch(end);
+}
+
+/* mk_behavior.prefetch: the record; then the context's table, its slot in
+** the registry, the state as last read (a box's block and its header, 32
+** bytes before) and the sends' match slot; then the context's hash part,
+** where the state and the handler tables are (newproc makes it so), and
+** the endpoints the slot holds, which its next send will likely reach:
+** what every event reads first (handle), and what answering it reads. */
 static void prefetch(const mk_proc *p, int stage) {
   const lproc *lp = mk_proc_data(p);
   if (lp == NULL) return;
-  if (stage == 0) __builtin_prefetch(lp);
-  else if (stage == 1) __builtin_prefetch(lp->ctx);
+  if (stage == 0) {
+    __builtin_prefetch(lp);
+  } else if (stage == 1) {
+    const ltable *reg = lp->S->registry;
+    __builtin_prefetch(lp->ctx);
+    if (lp->state != NULL) {
+      __builtin_prefetch(lp->state);
+      __builtin_prefetch((const char *)lp->state - 32);
+    }
+    if (reg != NULL && (unsigned)(lp->ctxref - 1) < reg->alimit)
+      __builtin_prefetch(reg->array + (size_t)(lp->ctxref - 1) * LT_TVALUE);
+    if (lp->sendslot != NULL) fetchspan((const char *)lp->sendslot, sizeof *lp->sendslot);
+  } else if (stage == 2) {
+    const ltable *ctx = lp->ctx;
+    if (lp->S->registry != NULL && ctx->lsizenode <= 4)
+      fetchspan(ctx->node, (size_t)LT_NODE << ctx->lsizenode);
+    if (lp->sendslot != NULL) mk_prefetch_receivers(p, lp->sendslot, 0);
+  }
 }
 
 /* Lua processes hear of their own deleted endpoints as in Marketplace
@@ -1637,6 +1721,8 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lp = mk_pool_alloc_at(sizeof *lp, 0);
   if (lp == NULL) luaL_error(L, "out of memory");
   lp->ctx = lua_topointer(L, -1);
+  lp->state = NULL;
+  lp->sendslot = NULL;
   if (++S->nlive > S->peak) S->peak = S->nlive;    /* destroy: dropped() */
   lp->S = S;
   lp->co = NULL;
@@ -1806,13 +1892,31 @@ static int sendlike(lua_State *L, int feedback) {
   mk_term *body = mkl_testbox(L, 1);
   if (body) mk_ref(body); else body = mkl_checkterm(L, 1, feedback ? "feedback" : "send");
   if (level == 0) {
-    if (feedback) mk_feedback(p, body); else mk_send(p, body);
+    if (feedback) mk_feedback(p, body); else mkl_send(p, body);
   } else {
     mk_action *a = feedback ? mk_action_feedback(body) : mk_action_send(body);
     mk_at_meta_level(p, wrap(a, level - 1));
   }
   mk_unref(body);
   return settle(L, p, 0);
+}
+
+/*
+** A Lua process's send, through a match slot of its own (route.h): a
+** handler process mostly sends to one topic (a session to its
+** connection, a member to its room), and its slot, unlike the shared
+** match cache's entry, is prefetched with the process's record when an
+** event wakes it (prefetch), with the endpoints it holds.  The slot is
+** made at the first send, so that processes that never send do not pay
+** for one; without memory for it, the send goes without.
+*/
+void mkl_send(mk_proc *p, mk_term *body) {
+  lproc *lp = running.p == p ? running.lp : NULL;   /* the usual case */
+  if (lp != NULL && lp->sendslot == NULL &&
+      (lp->sendslot = mk_pool_alloc(sizeof *lp->sendslot)) != NULL)
+    memset(lp->sendslot, 0, sizeof *lp->sendslot);
+  if (lp != NULL && lp->sendslot != NULL) mk_send_slot(p, body, lp->sendslot);
+  else mk_send(p, body);
 }
 
 static int c_send(lua_State *L) { return sendlike(L, 0); }
@@ -2589,6 +2693,7 @@ void mkl_open_core(lua_State *L) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     S->L = lua_tothread(L, -1);
     lua_pop(L, 1);
+    if (tablelayout(L)) S->registry = lua_topointer(L, LUA_REGISTRYINDEX);
   }
   open_ground_mt(L, S);
   lua_createtable(L, 0, sizeof funcs / sizeof funcs[0] + 4);

@@ -110,6 +110,9 @@ void mkl_on_fail(lua_State *L, mkl_fail_fn fn, void *ud);
 /* The record box at idx, just sent by the running process as the term t,
 ** may be delivered as it is, instead of a new box for t (lproc.c). */
 void mkl_share(lua_State *L, int idx, const mk_term *t);
+/* mk_send for p, through the running Lua process's own match slot when p
+** is that process (lproc.c). */
+void mkl_send(mk_proc *p, mk_term *body);
 /* Nonzero while a Lua process of L is handling an event. */
 int mkl_running(lua_State *L);
 /* The process whose coroutine is L, while it handles an event, or NULL:

@@ -305,7 +305,7 @@ void mk_vm_send_slot(mk_vm *vm, mk_term *body, int feedback, mk_match_slot *slot
 ** connection's records come from memory at each of its round trips
 ** (issue 10).  Changes nothing.
 */
-#define MK_PREFETCH_STAGES 5
+#define MK_PREFETCH_STAGES 6
 void mk_vm_prefetch(mk_vm *vm, size_t max);
 /* Queue `body` (borrowed) as a message for endpoint `ep` alone, as if a
 ** send had matched it and nothing else: for a hook that must answer one
