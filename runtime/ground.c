@@ -122,7 +122,11 @@ struct mk_ground {
                             ** first, and a later exit changes nothing */
   uint8_t exited;           /* that was an exit (mk_ground_exit) */
   uint8_t exit_due;         /* an exit waits for the runs in progress to return */
-  unsigned woken;           /* descriptors' wake-ups queued since the VM last ran */
+  /* Descriptors' wake-ups since the VM last ran, in the order they came,
+  ** their records not sent yet (io_cb, flush); NULL: a watch halted since.
+  ** At most MK_GROUND_BATCH: the VM runs when there are that many. */
+  watch *ready[MK_GROUND_BATCH];
+  unsigned nready;
 };
 
 static mk_ground *grounds;
@@ -309,6 +313,14 @@ static double argof(const watch *w) {
   return v;
 }
 
+/* A halted watch's wake-up not sent yet is not sent (flush): it may be
+** freed before then. */
+static void unready(mk_ground *g, watch *w) {
+  unsigned i;
+  for (i = 0; i < g->nready; i++)
+    if (g->ready[i] == w) g->ready[i] = NULL;
+}
+
 /* Stop w's libev watcher, if it runs. */
 static void halt_watch(mk_ground *g, watch *w) {
   watch *twin;
@@ -320,6 +332,7 @@ static void halt_watch(mk_ground *g, watch *w) {
       ev_io_stop(g->loop, &w->w.io);
       ring_remove(g, w);
       dirty_remove(g, w);
+      unready(g, w);
       /* libev now changes the kernel's interest in the descriptor that the
       ** other direction still watches: check it first (prepare_cb). */
       if ((twin = twin_of(g, w->topic)) != NULL && twin->active) dirty_add(g, twin);
@@ -360,6 +373,35 @@ static void fire(mk_ground *g, watch *w) {
   mk_unref(t);
 }
 
+/*
+** Send the records of the wake-ups io_cb took, in the order they came.
+** Sent one by one from io_cb, each waited on its own misses at thousands
+** of connections: the watch's second line (its slot), its topic, the
+** connection's endpoint and process, one after another.  Taken together,
+** those are fetched in stages first, each stage's misses overlapping
+** (as mk_vm_prefetch does for what the sends queue), when the VM has
+** MK_GROUND_PREFETCH_PROCS processes or more.
+*/
+static void flush(mk_ground *g) {
+  unsigned i, n = g->nready;
+  if (n == 0) return;
+  if (n > 1 && mk_vm_nprocs(g->vm) >= MK_GROUND_PREFETCH_PROCS) {
+    int stage;
+    for (i = 0; i < n; i++)
+      if (g->ready[i] != NULL) {
+        __builtin_prefetch(&g->ready[i]->slot);
+        __builtin_prefetch(g->ready[i]->topic);
+      }
+    for (stage = 0; stage < 2; stage++)
+      for (i = 0; i < n; i++)
+        if (g->ready[i] != NULL) mk_vm_prefetch_receivers(g->vm, &g->ready[i]->slot, stage);
+  }
+  /* fire() only queues: no watch halts meanwhile (the VM does not run) */
+  for (i = 0; i < n; i++)
+    if (g->ready[i] != NULL) fire(g, g->ready[i]);
+  g->nready = 0;
+}
+
 /* A poll that brings many ready descriptors (a server's thousands of
 ** connections) has the VM run every MK_GROUND_BATCH of their wake-ups,
 ** not once after all of them (ground.h, "Delivery"): what a wake-up sets
@@ -374,18 +416,21 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents) {
   mk_ground *g = w->g;
   /* libev gave up on the descriptor (fd_kill) and stopped the watcher. */
   if (revents & EV_ERROR) { fail_about(g, w, "bad file descriptor"); return; }
-  fire(g, w);
-  if (++g->woken >= MK_GROUND_BATCH) mk_ground_deliver(g);   /* (w may go) */
+  g->ready[g->nready++] = w;       /* sent by flush, in order */
+  if (g->nready >= MK_GROUND_BATCH) mk_ground_deliver(g);
 }
 
+/* Alarms and signals are sent at once, after the wake-ups before them. */
 static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   watch *w = t->data;
   halt_watch(w->g, w);      /* one-shot: no longer something to wait on */
+  flush(w->g);
   fire(w->g, w);
 }
 
 static void signal_cb(struct ev_loop *loop, ev_signal *s, int revents) {
   watch *w = s->data;
+  flush(w->g);
   fire(w->g, w);
 }
 
@@ -477,14 +522,21 @@ static void check_dirty(mk_ground *g) {
 
 static void halt(mk_ground *g, const char *why);
 
+/* Nothing to deliver: the VM's queue empty, and no wake-up waiting to be
+** sent (flush). */
+static int idle(const mk_ground *g) {
+  return g->nready == 0 && mk_vm_idle(g->vm);
+}
+
 void mk_ground_deliver(mk_ground *g) {
   /* The records a batch of wake-ups will read, fetched together first
   ** (mk_vm_prefetch) when there are too many to be in the cache
   ** (MK_GROUND_PREFETCH_PROCS): most of the batch's events are the
   ** wake-ups' own, and the rest follow from them. */
-  if (g->woken > 1 && mk_vm_nprocs(g->vm) >= MK_GROUND_PREFETCH_PROCS)
-    mk_vm_prefetch(g->vm, 2 * (size_t)g->woken);
-  g->woken = 0;
+  unsigned woken = g->nready;
+  flush(g);
+  if (woken > 1 && mk_vm_nprocs(g->vm) >= MK_GROUND_PREFETCH_PROCS)
+    mk_vm_prefetch(g->vm, 2 * (size_t)woken);
   mk_vm_run(g->vm);
   /* No handler is running any more: the exit's teardown can run the VM. */
   if (g->exit_due) halt(g, "exit");
@@ -495,7 +547,7 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents) {
   do {
     mk_ground_deliver(g);
     check_dirty(g);          /* may queue absences: run them too */
-  } while (!mk_vm_idle(g->vm));
+  } while (!idle(g));
 }
 
 /* ---- subscriptions ------------------------------------------------------------ */
@@ -958,7 +1010,7 @@ double mk_ground_now(mk_ground *g) { return ev_now(g->loop) * 1000.0; }
 int mk_ground_run(mk_ground *g) {
   for (;;) {
     mk_ground_deliver(g);
-    if (mk_ground_watching(g) == 0 && mk_vm_idle(g->vm)) return 0;
+    if (mk_ground_watching(g) == 0 && idle(g)) return 0;
     ev_run(g->loop, EVRUN_ONCE);
   }
 }
@@ -967,13 +1019,13 @@ int mk_ground_step(mk_ground *g) {
   mk_ground_deliver(g);
   if (mk_ground_watching(g) > 0) ev_run(g->loop, EVRUN_NOWAIT);
   mk_ground_deliver(g);
-  return mk_ground_watching(g) > 0 || !mk_vm_idle(g->vm);
+  return mk_ground_watching(g) > 0 || !idle(g);
 }
 
 /* ---- driven from another event loop -------------------------------------------- */
 
 int mk_ground_turn(mk_ground *g, double timeout) {
-  if (timeout != 0 && mk_ground_watching(g) > 0 && mk_vm_idle(g->vm)) {
+  if (timeout != 0 && mk_ground_watching(g) > 0 && idle(g)) {
     /* Nothing queued and something watched: wait for it, or the bound. */
     if (timeout > 0) {
       ev_timer_set(&g->wake, timeout, 0);
@@ -988,7 +1040,7 @@ int mk_ground_turn(mk_ground *g, double timeout) {
   ** hand the watches that made to the kernel: a loop polling the backend
   ** descriptor sees only what libev has told the kernel about. */
   ev_run(g->loop, EVRUN_NOWAIT);
-  return mk_ground_watching(g) > 0 || !mk_vm_idle(g->vm);
+  return mk_ground_watching(g) > 0 || !idle(g);
 }
 
 /* The earlier of `t` (-1: none yet) and the time left on timer `w`. */
@@ -1001,7 +1053,7 @@ static double sooner(struct ev_loop *loop, double t, ev_timer *w) {
 double mk_ground_timeout(mk_ground *g) {
   double t = -1;
   watch *w;
-  if (!mk_vm_idle(g->vm)) return 0;
+  if (!idle(g)) return 0;
   if (mk_ground_watching(g) == 0) return -1;   /* finished: nothing will come */
   ev_now_update(g->loop);               /* the other loop may have slept since */
   if ((w = g->alarms) != NULL) {

@@ -69,9 +69,14 @@
 ** of their wake-ups as well: what a wake-up sets off is handled at most
 ** that many wake-ups later, while its records are still in the cache,
 ** not after every descriptor of the poll (10,000 for a busy server).
-** Before it runs such a batch in a VM of MK_GROUND_PREFETCH_PROCS
-** processes or more, the VM prefetches what the batch's processes will
-** read (vm.h, mk_vm_prefetch).
+** A wake-up's record is sent when its batch is delivered, in the order
+** the wake-ups came (an alarm's or a signal's sends them first, so that
+** none overtakes them); a watch stopped before then sends nothing.
+** Before it sends such a batch in a VM of MK_GROUND_PREFETCH_PROCS
+** processes or more, the ground prefetches what the sends will read (the
+** watches' match slots, their topics, the receivers' endpoints and
+** processes), and before it runs the batch, the VM prefetches what the
+** batch's processes will read (vm.h, mk_vm_prefetch).
 **
 ** When the last watch of a signal ends, the signal's disposition from
 ** before the first one comes back (libev would leave SIG_DFL: a program

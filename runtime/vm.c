@@ -1604,8 +1604,12 @@ void mk_vm_prefetch(mk_vm *vm, size_t max) {
 }
 
 void mk_prefetch_receivers(const mk_proc *p, const mk_match_slot *slot, int stage) {
+  mk_vm_prefetch_receivers(p->vm, slot, stage);
+}
+
+void mk_vm_prefetch_receivers(const mk_vm *vm, const mk_match_slot *slot, int stage) {
   mk_ilink *const *res;
-  size_t n = mk_match_slot_items(p->vm->ix[MK_SUBSCRIBER], slot, &res), k;
+  size_t n = mk_match_slot_items(vm->ix[MK_SUBSCRIBER], slot, &res), k;
   for (k = 0; k < n; k++) {
     const mk_endpoint *ep = (const mk_endpoint *)res[k];  /* link: first member */
     if (stage == 0) { __builtin_prefetch(&ep->proc); continue; }

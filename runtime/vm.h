@@ -395,6 +395,8 @@ void mk_send_slot(mk_proc *p, mk_term *body, mk_match_slot *slot);
 ** 0, their processes at 1, and from 2 on their behaviours' own stages,
 ** two behind.  Nothing when the slot's answer is no longer current. */
 void mk_prefetch_receivers(const mk_proc *p, const mk_match_slot *slot, int stage);
+/* The same for a message sent into vm from outside (mk_vm_send_slot). */
+void mk_vm_prefetch_receivers(const mk_vm *vm, const mk_match_slot *slot, int stage);
 void mk_feedback(mk_proc *p, mk_term *body);
 /* Queue `cont` behind everything now pending; delivered as MK_EV_RESUME. */
 void mk_yield(mk_proc *p, void *cont);
