@@ -1631,7 +1631,8 @@ static uint64_t activations(const mk_proc *p) {
 typedef struct ltable {
   void *next;
   unsigned char tt, marked, flags, lsizenode;
-  unsigned int alimit;   /* the array part's slots (ours: no resize) */
+  unsigned int alimit;   /* the array part's size, or less (Lua 5.4
+                         ** keeps a limit): a bound for reading it */
   const char *array;     /* TValue[alimit] */
   const char *node;      /* Node[1 << lsizenode] */
 } ltable;
