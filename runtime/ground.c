@@ -373,6 +373,14 @@ static void fire(mk_ground *g, watch *w) {
   mk_unref(t);
 }
 
+/* Whether a batch of n wake-ups' records are worth prefetching: more than
+** one, in a VM too big for its records to be in the cache (ground.h,
+** MK_GROUND_PREFETCH_PROCS).  For their sends (flush) and for what they
+** queue (mk_ground_deliver) alike. */
+static int prefetching(const mk_ground *g, unsigned n) {
+  return n > 1 && mk_vm_nprocs(g->vm) >= MK_GROUND_PREFETCH_PROCS;
+}
+
 /*
 ** Send the records of the wake-ups io_cb took, in the order they came.
 ** Sent one by one from io_cb, each waited on its own misses at thousands
@@ -385,7 +393,7 @@ static void fire(mk_ground *g, watch *w) {
 static void flush(mk_ground *g) {
   unsigned i, n = g->nready;
   if (n == 0) return;
-  if (n > 1 && mk_vm_nprocs(g->vm) >= MK_GROUND_PREFETCH_PROCS) {
+  if (prefetching(g, n)) {
     int stage;
     for (i = 0; i < n; i++)
       if (g->ready[i] != NULL) {
@@ -535,8 +543,7 @@ void mk_ground_deliver(mk_ground *g) {
   ** wake-ups' own, and the rest follow from them. */
   unsigned woken = g->nready;
   flush(g);
-  if (woken > 1 && mk_vm_nprocs(g->vm) >= MK_GROUND_PREFETCH_PROCS)
-    mk_vm_prefetch(g->vm, 2 * (size_t)woken);
+  if (prefetching(g, woken)) mk_vm_prefetch(g->vm, 2 * (size_t)woken);
   mk_vm_run(g->vm);
   /* No handler is running any more: the exit's teardown can run the VM. */
   if (g->exit_due) halt(g, "exit");
