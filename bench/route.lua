@@ -356,9 +356,10 @@ print(("waiting-timed-rss-bytes-per-process: %.0f  (resident, allocator slack in
 -- And the same under the `market` interpreter (bench/meson.build gives
 -- its path as MARKET), whose Lua state collects as lua/host.c sets it.
 -- One fresh run of each is not enough on a shared host: the same binary
--- gave 224,534 and then 312,882 a second, back to back, with the same
--- instructions and cache misses under callgrind (docs/performance.md,
--- "Round 19").  So each is run three times, the two interleaved, and the
+-- gave 224,534 and then 312,882 a second, back to back, and the two
+-- interpreters, which callgrind counts doing the same work, differed by
+-- a quarter in single runs (docs/performance.md, "Round 19").  So each
+-- is run three times, the two interleaved, and the
 -- line is the median of the three runs' medians (each run's own figure
 -- beside it) and the slowest wave of all.
 local interpreter = os.getenv("MARKET")
