@@ -359,10 +359,15 @@ print(("waiting-timed-rss-bytes-per-process: %.0f  (resident, allocator slack in
 -- gave 224,534 and then 312,882 a second, back to back, and the two
 -- interpreters, which callgrind counts doing the same work, differed by
 -- a quarter in single runs (docs/performance.md, "Round 19").  So each
--- is run three times, the two interleaved, and the
--- line is the median of the three runs' medians (each run's own figure
--- beside it) and the slowest wave of all.
+-- is run three times, the two interleaved, and the line is the median of
+-- the three runs' medians (each run's own figure beside it) and the
+-- slowest wave of all.
 local interpreter = os.getenv("MARKET")
+-- The middle value of an odd number of figures (t is sorted in place).
+local function middle(t)
+  table.sort(t)
+  return t[(#t + 1) // 2]
+end
 local function sustained(runs)
   local medians, shown, slowest = {}, {}, math.huge
   for i, r in ipairs(runs) do
@@ -370,8 +375,7 @@ local function sustained(runs)
     shown[i] = ("%.0f"):format(r[1])
     slowest = math.min(slowest, r[2])
   end
-  table.sort(medians)
-  return medians[(#medians + 1) // 2], slowest, table.concat(shown, " ")
+  return middle(medians), slowest, table.concat(shown, " ")
 end
 local lua_runs, market_runs = {}, {}
 for i = 1, 3 do
@@ -391,9 +395,7 @@ end
 local function median5(f)
   local a, b = {}, {}
   for i = 1, 5 do a[i], b[i] = f() end
-  table.sort(a)
-  if b[1] then table.sort(b) end
-  return a[3], b[3]
+  return middle(a), middle(b)
 end
 local appear, leave = median5(function() return presence(10000) end)
 local killed = median5(function() return absence(10000) end)
