@@ -526,7 +526,7 @@ static int f_apply(lua_State *L) {
   p = mkl_current(L);
   i = applysends(L, 1, 2, t, p, 1);
   /* A dead process runs no further line (as core.send's settle). */
-  if (p != NULL && !mk_proc_alive(p)) return lua_yield(L, 0);
+  if (p != NULL && !mk_proc_alive(p)) return mkl_stop_dead(L);
   if (i == t->n) return 0;
   lua_pushinteger(L, i + 1);
   lua_pushinteger(L, t->n);
@@ -703,7 +703,7 @@ static int f_perform(lua_State *L) {
       default: goto rest;
     }
     /* A dead process runs no further line (as core.send's settle). */
-    if (!mk_proc_alive(p)) return lua_yield(L, 0);
+    if (!mk_proc_alive(p)) return mkl_stop_dead(L);
     return n;
   }
 rest:

@@ -1758,10 +1758,39 @@ static mk_proc *self(lua_State *L, mkl_state *S, const char *what) {
   return p;
 }
 
-/* After an action that may have ended the process: a dead process does not
-** run another line.  It is never resumed again. */
+/*
+** A dead process runs no further line: it is never resumed again, so the
+** action that ended it (a quit, a kill of itself, an exit) yields its
+** coroutine for good.  Where a yield is not allowed (the action ran in a
+** metamethod called from C, or in a function table.sort or string.gsub
+** calls) this raises instead, and leaves a count hook on the coroutine
+** that does the same before every instruction, as the budget's hook
+** does: a pcall that catches the error does not let the dead process
+** run on, and the coroutine yields at the first instruction where it can.
+** handle() then drops it with the process (destroy), hook and all: it is
+** never pooled.
+*/
+#define DEAD_REASON "the process has ended (it quit or was killed inside a C function " \
+                    "such as a metamethod or table.sort's comparator); it runs no further line"
+
+static void dead_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  if (lua_isyieldable(L)) {
+    lua_yield(L, 0);                /* does not return */
+    return;
+  }
+  luaL_error(L, DEAD_REASON);
+}
+
+int mkl_stop_dead(lua_State *L) {
+  if (lua_isyieldable(L)) return lua_yield(L, 0);
+  lua_sethook(L, dead_hook, LUA_MASKCOUNT, 1);
+  return luaL_error(L, DEAD_REASON);
+}
+
+/* After an action that may have ended the process. */
 static int settle(lua_State *L, mk_proc *p, int nret) {
-  if (!mk_proc_alive(p)) return lua_yield(L, 0);
+  if (!mk_proc_alive(p)) return mkl_stop_dead(L);
   return nret;
 }
 
@@ -2015,6 +2044,15 @@ static void pushtimed(lua_State *L, double at) {
 
 static int await(lua_State *L, lua_KContext how) {
   lproc *lp = running.lp;
+  /* Checked before anything is set up for the wait: a yield that failed
+  ** here after lp->waiting was set left the process marked as waiting on
+  ** a coroutine that was not, and its next event was pushed on a stack
+  ** that was gone (a pcall had caught the error). */
+  if (!lua_isyieldable(L))
+    return luaL_error(L, "market.%s: cannot wait inside a C function (a metamethod, or a "
+                      "function that table.sort, string.gsub and the like call): the "
+                      "process cannot be suspended there",
+                      KIND(how) == WAIT_FOR ? "wait_for" : "yield");
   if (how & TIMED) timewait(L, lp, running.p, lua_tonumber(L, DEADLINE(how)));
   else if (lp->wait != NULL) untime(lp->wait);
   lp->waiting = 1;

@@ -13,6 +13,7 @@ local M = {}
 local PRESENCE, ABSENCE, MESSAGE = core.PRESENCE, core.ABSENCE, core.MESSAGE
 local SPAWNED, RESUME, DELETED = core.SPAWNED, core.RESUME, core.DELETED
 local cwait, csend = core.wait, core.send
+local isyieldable = coroutine.isyieldable
 local type, select, error, getmetatable, tostring =
   type, select, error, getmetatable, tostring
 
@@ -455,6 +456,13 @@ M.yield, M.wait_for = core.waits(yield_action, unkeep, keep)
 -- table if no handler took it.
 function M.pause()
   local ctx = current("pause")
+  -- Before the yield action: its continuation must not outlive a pause
+  -- that cannot wait (market.yield's check in C says the same).
+  if not isyieldable() then
+    error("market.pause: cannot wait inside a C function (a metamethod, or a function "
+          .. "that table.sort, string.gsub and the like call): the process cannot be "
+          .. "suspended there", 2)
+  end
   local done = false
   core.yield(register_cont(ctx, function() done = true end))
   while not done do

@@ -113,6 +113,10 @@ void mkl_share(lua_State *L, int idx, const mk_term *t);
 /* mk_send for p, through the running Lua process's own match slot when p
 ** is that process (lproc.c). */
 void mkl_send(mk_proc *p, mk_term *body);
+/* The running process on L has died of an action it performed: yield its
+** coroutine for good, or raise where it cannot yield and keep raising
+** until it can (lproc.c).  For C functions that perform actions. */
+int mkl_stop_dead(lua_State *L);
 /* Nonzero while a Lua process of L is handling an event. */
 int mkl_running(lua_State *L);
 /* The process whose coroutine is L, while it handles an event, or NULL:

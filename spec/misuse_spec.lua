@@ -219,6 +219,112 @@ describe("performing outside a process", function()
   end)
 end)
 
+describe("waiting where a process cannot be suspended", function()
+  -- Inside a function C calls (table.sort's comparator, string.gsub's
+  -- replacement, a metamethod) a coroutine cannot yield.  The wait is an
+  -- error there, raised before anything is set up for it: a pcall that
+  -- catches it leaves a process that handles its next events as before
+  -- (once it was left marked as waiting and the next event crashed the VM).
+  local NOWAIT = "cannot wait inside a C function %(a metamethod, or a function that "
+    .. "table%.sort, string%.gsub and the like call%): the process cannot be suspended there$"
+
+  local function after_caught(wait)
+    local log = H.log()
+    H.ground(function()
+      market.perform(market.spawn(function()
+        market.perform(market.subscriber("ping", { on_message = function(_, m)
+          log("ping %s", m)
+          return T(nil, market.quit())
+        end }))
+        local ok, e = pcall(table.sort, { 3, 1, 2 }, function(a, b) wait(); return a < b end)
+        log("%s %s", tostring(ok), e)
+        ok, e = pcall(string.gsub, "ab", ".", function() wait() end)
+        log("%s %s", tostring(ok), e)
+        -- A metamethod table.sort calls (one Lua calls may wait: 5.4 lets
+        -- a coroutine yield across it).
+        local mt = { __lt = function() wait(); return true end }
+        ok, e = pcall(table.sort, { setmetatable({}, mt), setmetatable({}, mt) })
+        log("%s %s", tostring(ok), e)
+      end, { name = "waiter" }))
+      H.settle()
+      H.step(market.send("ping"))
+    end, log)
+    assert.equal(4, #log.lines, table.concat(log.lines, "\n"))
+    assert.equal("ping ping", log.lines[4])
+    return log.lines
+  end
+
+  it("market.yield(), with a timeout or without, is an error the process may catch", function()
+    for _, wait in ipairs({ function() market.yield() end, function() market.yield(5) end }) do
+      local lines = after_caught(wait)
+      for i = 1, 3 do
+        assert.matches("^false spec/misuse_spec%.lua:%d+: market%.yield: " .. NOWAIT, lines[i])
+      end
+    end
+  end)
+
+  it("market.wait_for(), with a timeout or without", function()
+    for _, wait in ipairs({ function() market.wait_for(function() return true end) end,
+                            function() market.wait_for(function() return true end, 5) end }) do
+      local lines = after_caught(wait)
+      for i = 1, 3 do
+        assert.matches("^false spec/misuse_spec%.lua:%d+: market%.wait_for: " .. NOWAIT, lines[i])
+      end
+    end
+  end)
+
+  it("market.pause(), whose continuation is then not left behind", function()
+    local lines = after_caught(function() market.pause() end)
+    for i = 1, 3 do
+      assert.matches("^false spec/misuse_spec%.lua:%d+: market%.pause: " .. NOWAIT, lines[i])
+    end
+  end)
+end)
+
+describe("a process that ends where it cannot be suspended", function()
+  -- An action ending the process in table.sort's comparator, under a
+  -- pcall: the process is dead, and a dead process runs no further line,
+  -- caught or not.  Its endpoints are withdrawn and its peers see it go,
+  -- as after any quit.
+  local function ends_in_sort(die, reason)
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        return T(0, market.subscriber({ "mortal", market._ }, H.logging(log, "watch")))
+      end))
+      market.perform(market.spawn(function()
+        market.perform(market.publisher({ "mortal", 1 }))
+        for _ = 1, 2 do
+          local ok, e = pcall(table.sort, { 1, 2, 3 }, function(a, b)
+            die()
+            log("sort goes on")
+            return a < b
+          end)
+          log("after the pcall: %s %s", tostring(ok), e)
+        end
+        market.perform(market.publisher({ "mortal", 2 }))
+        log("after another action")
+      end, { name = "mortal" }))
+      H.settle()
+    end, log)
+    assert.same({ 'watch presence #1 publisher/participant ["mortal", 1]',
+                  'watch absence #1 publisher/participant ["mortal", 1] ' .. (reason or "nil") },
+                log.lines)
+  end
+
+  it("quit() alone", function()
+    ends_in_sort(function() market.perform(market.quit()) end)
+  end)
+
+  it("quit() after a send, in one perform", function()
+    ends_in_sort(function() market.perform(market.send("x"), market.quit()) end)
+  end)
+
+  it("a kill of itself (its reason: who killed it)", function()
+    ends_in_sort(function() market.perform(market.quit(market.self())) end, "mortal")
+  end)
+end)
+
 describe("misuse inside a process ends that process only, with the error as reason", function()
   local function victim_reason(bad)
     local log = H.log()
