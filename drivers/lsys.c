@@ -7,7 +7,9 @@
 ** crash.  A message is strerror's text with a lower-case first letter
 ** ("connection refused").  "Would block" is distinguished as false:
 **
-**   sys.resolve(host, port, "tcp"|"udp")  -> addrs | req | nil, msg
+**   sys.resolve(host, port, "tcp"|"udp" [, numeric_only])
+**                                          -> addrs | req | nil, msg
+**                                             (numeric_only: addrs | false)
 **       addrs: a list of {sa=<sockaddr bytes>, host=<numeric text>,
 **       port=n, family=4|6}, at once when host is numeric.  Otherwise a
 **       request whose getaddrinfo runs on its own thread: req:fd() is a pipe
@@ -851,24 +853,33 @@ static void *resolve_thread(void *arg) {
   return NULL;
 }
 
+/* host as a numeric address (no lookup): 0 and *res, or nonzero. */
+static int numeric_host(const char *host, const char *service, int socktype,
+                        struct addrinfo **res) {
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = socktype;
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+  return getaddrinfo(host, service, &hints, res);
+}
+
 int mkd_resolve_start(const char *host, int port, int socktype,
                       struct addrinfo **numeric, mkd_resolve_job **jobp, int *rfd,
                       const char **errp) {
   char service[16];
-  struct addrinfo hints, *res = NULL;
-  int rc, fds[2], err;
+  struct addrinfo *res = NULL;
+  int fds[2], err;
   resolve_job *j;
   pthread_t th;
   pthread_attr_t attr;
   sigset_t all, old;
   if (port < 0 || port > 65535) { *errp = "port out of range"; return -1; }
   snprintf(service, sizeof service, "%d", port);
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = socktype;
-  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-  rc = getaddrinfo(host, service, &hints, &res);
-  if (rc == 0) { *numeric = res; return 0; }     /* numeric: no need to wait */
+  if (numeric_host(host, service, socktype, &res) == 0) {
+    *numeric = res;                              /* numeric: no need to wait */
+    return 0;
+  }
   if (*host == '\0') { *errp = "empty host name"; return -1; }
   if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) { *errp = strerror(errno); return -1; }
   j = calloc(1, sizeof *j);
@@ -925,7 +936,8 @@ int mkd_resolve_poll(mkd_resolve_job *j, const struct addrinfo **res, const char
 void mkd_resolve_release(mkd_resolve_job *j) { job_release(j); }
 
 static int l_resolve(lua_State *L) {
-  const char *host = luaL_checkstring(L, 1);
+  size_t len;
+  const char *host = luaL_checklstring(L, 1, &len);
   lua_Integer port = luaL_checkinteger(L, 2);
   const char *kind = luaL_optstring(L, 3, "tcp");
   int socktype = strcmp(kind, "udp") == 0 ? SOCK_DGRAM : SOCK_STREAM, rc, rfd;
@@ -934,6 +946,16 @@ static int l_resolve(lua_State *L) {
   const char *err = NULL;
   req *r;
   if (port < 0 || port > 65535) { lua_pushnil(L); lua_pushliteral(L, "port out of range"); return 2; }
+  /* The resolver reads a C string: "127.0.0.1\0x" would be 127.0.0.1. */
+  if (strlen(host) != len) { lua_pushnil(L); lua_pushliteral(L, "host name holds a NUL byte"); return 2; }
+  if (lua_toboolean(L, 4)) {          /* numeric only: a name starts no lookup */
+    char service[16];
+    snprintf(service, sizeof service, "%d", (int)port);
+    if (numeric_host(host, service, socktype, &res) != 0) { lua_pushboolean(L, 0); return 1; }
+    pushaddrs(L, res);
+    freeaddrinfo(res);
+    return 1;
+  }
   /* The request userdata first: allocating it cannot then fail with a
   ** thread already running. */
   r = lua_newuserdatauv(L, sizeof *r, 0);

@@ -27,6 +27,9 @@ M.packet, M.remote_address, M.handle, M.listener, M.bound =
 local stop = market.record("udp-driver:stop", "socket")
 
 M.MAX_QUEUED = 1 << 20     -- bytes waiting for a full socket buffer before dropping
+                           -- (and, apart, bytes waiting for names to resolve)
+M.MAX_RESOLVING = 64       -- names a socket resolves at once (a thread each)
+local SLOT = 16            -- bytes a held datagram costs beside its own
 local SHOWN = 200          -- bytes of a term a warning shows (as MK_REPR_SHOWN)
 M.CACHE_MS = 60000         -- how long a resolved host name is remembered
 -- Listeners share their port with other processes' (SO_REUSEPORT), which the
@@ -61,7 +64,7 @@ local function socket_proc(loc)
     local q, qh, qt, qbytes = {}, 1, 0, 0       -- datagrams waiting: {data, sa}
     local cache, ncache = {}, 0                 -- "host port" -> {sa, expires}
     local resolving = {}                        -- key -> {req, datagrams...}
-    local nres = 0
+    local nres, nresolving, pbytes = 0, 0, 0    -- pbytes: held in `resolving`
     local watching = {}
     local warned = {}
 
@@ -137,18 +140,35 @@ local function socket_proc(loc)
       local key = host .. " " .. rport
       local hit = cache[key]
       if hit and hit[2] > market.now() then return transmit(data, hit[1]) end
+      -- What waits for a name is held within the send queue's bound
+      -- (all names together, pbytes, each datagram counted with its slot,
+      -- so that empty ones count too): a resolver that never answers must
+      -- not make the socket grow without end.
+      local full = pbytes + #data + SLOT > M.MAX_QUEUED
       local pend = resolving[key]
-      if pend then pend[#pend + 1] = data; return end
-      local r, rerr = sys.resolve(host, rport, "udp")
+      if pend then
+        if full then return drop("send queue full") end
+        pend[#pend + 1] = data
+        pbytes = pbytes + #data + SLOT
+        return
+      end
+      local r, rerr = sys.resolve(host, rport, "udp", true)
+      if r == false then                        -- a name: a lookup, if there is room
+        if full then return drop("send queue full") end
+        if nresolving >= M.MAX_RESOLVING then return drop("too many names being resolved") end
+        r, rerr = sys.resolve(host, rport, "udp")
+      end
       if type(r) == "table" then
         remember(key, r[1].sa, true)
         return transmit(data, r[1].sa)
       elseif not r then
         return drop(("cannot resolve %s: %s"):format(host, rerr))
       end
+      nresolving = nresolving + 1
       nres = nres + 1
       local name = "resolve#" .. nres
       pend = { r, data }
+      pbytes = pbytes + #data + SLOT
       resolving[key] = pend
       watch(name, readable(r:fd()), function()
         local res, e = r:result()
@@ -156,6 +176,8 @@ local function socket_proc(loc)
         unwatch(name)
         r:close()
         resolving[key] = nil
+        nresolving = nresolving - 1
+        for i = 2, #pend do pbytes = pbytes - #pend[i] - SLOT end
         if not res then
           for i = 2, #pend do drop(("unknown host %s (%s)"):format(host, e)) end
           return

@@ -26,6 +26,26 @@ local function bound_event(sock, name)
   return market.wait_for(function(e) return e.endpoint == name end)
 end
 
+-- Straight-line: an echo server on port 0 and a handle whose replies are
+-- appended to got; returns the server's port and the handle.
+local function echo_pair(name, got)
+  market.perform(server(0, function(body) return body end))
+  local port = bound_event(udp.listener(0), "b").role.topic.port
+  local me = udp.handle(name)
+  market.perform(market.subscriber(udp.packet(ANY, me, ANY), {
+    name = "rx", on_message = function(_, m) got[#got + 1] = m.body end }))
+  bound_event(me, "mine")
+  return port, me
+end
+
+-- Straight-line: wait up to 3 s for n replies in got.
+local function await_replies(got, n)
+  for _ = 1, 300 do
+    if #got >= n then return end
+    timer.sleep(10)
+  end
+end
+
 describe("udp driver", function()
   it("round-trips a 65,507-byte datagram between a handle and a listener on port 0", function()
     local payload = {}
@@ -106,6 +126,63 @@ describe("udp driver", function()
       timer.sleep(20)
     end)
     assert.are.same({ "bound integer", "unbound nil" }, seen)
+  end)
+
+  it("holds what waits for names within udp.MAX_QUEUED and udp.MAX_RESOLVING", function()
+    -- A resolver that is slow (or never answers) must not make a socket
+    -- grow: what waits for names is bounded, the rest dropped and counted.
+    local sys = require "market.sys"
+    local max_queued, max_resolving = udp.MAX_QUEUED, udp.MAX_RESOLVING
+    finally(function()
+      udp.MAX_QUEUED, udp.MAX_RESOLVING = max_queued, max_resolving
+      sys.set_resolve_delay(0)
+    end)
+    local got, dropped, by_name = {}, {}, nil
+    N.run(function()
+      local port, me = echo_pair("held", got)
+      udp.MAX_QUEUED, udp.MAX_RESOLVING = 230, 2
+      sys.set_resolve_delay(300)
+      local before = udp.stats.dropped
+      -- Ten datagrams of 50 bytes for one name, at once: three fit in 230
+      -- bytes (each counted with its 16-byte slot), seven are dropped.
+      local sends = {}
+      for i = 1, 10 do
+        sends[i] = send(udp.packet(me, udp.remote_address("localhost", port), ("%02d"):format(i):rep(25)))
+      end
+      market.perform(table.unpack(sends))
+      market.pause()
+      dropped[1] = udp.stats.dropped - before
+      -- Two names are being resolved at most: a second one fits (1 byte),
+      -- a third is dropped, while a numeric address goes at once.
+      market.perform(send(udp.packet(me, udp.remote_address("localhost", 9), "x")),
+                     send(udp.packet(me, udp.remote_address("localhost", 10), "y")),
+                     send(udp.packet(me, udp.remote_address("127.0.0.1", port), "numeric")))
+      market.pause()
+      dropped[2] = udp.stats.dropped - before
+      await_replies(got, 4)
+      by_name = #got
+      market.perform(send({ "stop-udp-server" }))
+    end, 20000)
+    assert.same({ 7, 8 }, dropped)
+    assert.equal(4, by_name)
+    assert.same({ "numeric", ("01"):rep(25), ("02"):rep(25), ("03"):rep(25) }, got)
+  end)
+
+  it("drops a datagram for a host name holding a NUL byte", function()
+    -- The resolver reads a C string: "127.0.0.1\0x" would be 127.0.0.1.
+    local got, dropped = {}, nil
+    N.run(function()
+      local port, me = echo_pair("nul", got)
+      local before = udp.stats.dropped
+      market.perform(send(udp.packet(me, udp.remote_address("127.0.0.1\0x", port), "nul")),
+                     send(udp.packet(me, udp.remote_address("127.0.0.1", port), "plain")))
+      await_replies(got, 1)
+      timer.sleep(20)
+      dropped = udp.stats.dropped - before
+      market.perform(send({ "stop-udp-server" }))
+    end)
+    assert.equal(1, dropped)
+    assert.same({ "plain" }, got)
   end)
 
   it("drops a datagram for an unknown host, and keeps the socket", function()
