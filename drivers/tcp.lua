@@ -189,10 +189,14 @@ end
 -- port: an integer (TCP, every address of the machine), a tcp.address(host,
 -- port) (TCP on that one numeric address: "127.0.0.1", "::1"), or a string,
 -- the path of a Unix socket.
+-- Anything else (a port of 1.5, NaN, a tcp.address(1, 2)) is reported as
+-- a listener that cannot listen: never silent (docs/tcp.md).
 local function listener_proc(port)
-  local unix, on_host = type(port) == "string", address:is(port)
+  local unix = type(port) == "string"
+  local on_host = address:is(port) and type(port.host) == "string" and mtype(port.port) == "integer"
+  local bad = not (unix or on_host or mtype(port) == "integer")
   local where = unix and repr(port) or on_host and ("%s port %d"):format(port.host, port.port)
-    or "port " .. port
+    or "port " .. (mtype(port) == "integer" and port or repr(port))
   return function()
     local loc = listener(port)
     local s, err, stopped, close
@@ -231,7 +235,9 @@ local function listener_proc(port)
         P(market.send(listener_closed(port)), market.quit())
         return
       end
-      if unix then
+      if bad then
+        err = "want an integer port, a tcp.address(host, port) or a Unix socket path"
+      elseif unix then
         s, err = sys.unix_listen(port, M.BACKLOG)
       else
         default("reuseport", "REUSEPORT")              -- checked
@@ -313,18 +319,26 @@ function M.driver()
 
   -- A listened port as a key of `listeners` (and in the listener's name):
   -- equal addresses are equal terms, not the same Lua value.
+  -- Other ports (not one to listen on: reported by the listener) by their
+  -- text, which a NaN has too.
   local function key(port)
-    return address:is(port) and ("%s:%d"):format(port.host, port.port) or port
+    if mtype(port) == "integer" or type(port) == "string" then return port end
+    if address:is(port) and type(port.host) == "string" and mtype(port.port) == "integer" then
+      return ("%s:%d"):format(port.host, port.port)
+    end
+    return repr(port)
   end
 
+  -- The port an observer of listener(port) asks for: any value but a
+  -- pattern (an observer of every listener, or of an address's every
+  -- host or port, asks for none).
   local function listen_port(role)
     if role.interest == "participant" then return nil end   -- sessions, not observers
     local port = role.topic.destination.port
-    if mtype(port) == "integer" or type(port) == "string" then return port end
-    if address:is(port) and type(port.host) == "string" and mtype(port.port) == "integer" then
-      return port
+    if is_wild(port) or address:is(port) and (is_wild(port.host) or is_wild(port.port)) then
+      return nil
     end
-    return nil
+    return port
   end
 
   local function out_entry(role, create)

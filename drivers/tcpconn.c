@@ -1434,6 +1434,10 @@ static void start_connect(mk_proc *p, tconn *c) {
              port->v.i < 1 || port->v.i > 65535) {
     bad_address(p, c, "want tcp.address(host, port 1..65535) or tcp.address(path, \"unix\")");
     return;
+  } else if (memchr(mk_strdata(host), '\0', host->n) != NULL) {
+    /* The resolver reads a C string: "127.0.0.1\0x" would be 127.0.0.1. */
+    bad_address(p, c, "host name holds a NUL byte");
+    return;
   }
   if ((d = c->dial = calloc(1, sizeof *d)) == NULL) { finish(p, c, "out of memory"); return; }
   d->rfd = -1;

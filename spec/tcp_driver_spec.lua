@@ -114,6 +114,33 @@ describe("tcp driver", function()
     assert.equal(("cannot listen on port %d: address already in use"):format(port), ev.reason)
   end)
 
+  it("reports a port it cannot listen on as the listener's absence, whatever the port", function()
+    -- Not only ports the kernel refuses: one that is no port at all (a
+    -- fraction, NaN, an address of numbers) was ignored, and its observer
+    -- waited for ever.
+    local reasons = {}
+    local ports = { 1.5, 0 / 0, math.huge, tcp.address(1, 2), tcp.address("::1", 1.5), 70000 }
+    N.run(function()
+      for i, port in ipairs(ports) do
+        local name = "listening" .. i
+        market.perform(market.observe_publishers(tcp.channel(ANY, tcp.listener(port), ANY), "obs" .. i),
+                       market.subscriber(tcp.listening(port, ANY), name))
+        local ev
+        repeat
+          ev = market.wait_for(function(e) return e.endpoint == name end)
+        until ev.type == "absence"
+        reasons[i] = ev.reason
+        market.perform(market.delete_endpoint("obs" .. i), market.delete_endpoint(name))
+      end
+    end)
+    local want = ": want an integer port, a tcp.address(host, port) or a Unix socket path"
+    assert.same({ "cannot listen on port 1.5" .. want, "cannot listen on port nan" .. want,
+                  "cannot listen on port inf" .. want,
+                  "cannot listen on port tcp-address(1, 2)" .. want,
+                  'cannot listen on port tcp-address("::1", 1.5)' .. want,
+                  "cannot listen on port 70000: invalid argument" }, reasons)
+  end)
+
   it("half-closes on EOF: the other direction stays open", function()
     local log, got = {}, {}
     N.run(function()

@@ -65,7 +65,7 @@ describe("tcp connection managers", function()
     local reasons = {}
     N.run(function()
       for i, a in ipairs { tcp.address("127.0.0.1", 0), tcp.address("127.0.0.1", 70000),
-                           tcp.address(42, 80) } do
+                           tcp.address(42, 80), tcp.address("127.0.0.1\0evil.example", 80) } do
         local h = tcp.handle("bad" .. i)
         market.perform(market.spawn(function()
           return market.transition(nil,
@@ -83,6 +83,8 @@ describe("tcp connection managers", function()
                  .. ' or tcp.address(path, "unix")', reasons[1])
     assert.matches("^bad address tcp%-address%(\"127.0.0.1\", 70000%)", reasons[2])
     assert.matches("^bad address tcp%-address%(42, 80%)", reasons[3])
+    -- Not 127.0.0.1: the resolver would have read the name only to its NUL.
+    assert.matches("^bad address .*: host name holds a NUL byte$", reasons[4])
   end)
 
   it("ignores a subpacket that is not a string and goes on", function()
