@@ -598,6 +598,15 @@ static void tostring_hook(lua_State *L, lua_Debug *ar) {
 ** for at most TOSTRING_STEPS instructions, so that one that raises or loops
 ** costs the failing process its readable reason, never the program.
 */
+/* The reason of a failure whose own reason could not be made for want of
+** memory: a term that is never allocated nor freed, so that a process
+** that died of "not enough memory" is not seen to end normally (a nil
+** reason, which a supervisor takes for a normal exit). */
+#define NOMEM_REASON "not enough memory"
+static struct { mk_term t; char s[sizeof NOMEM_REASON]; } nomem = {
+  { MK_IMMORTAL, MK_STR, 1, 0, 0, sizeof NOMEM_REASON - 1, { 0 } }, NOMEM_REASON
+};
+
 static mk_term *reason_of(mkl_state *S, lua_State *co) {
   lua_State *L = S->L;
   const char *err;
@@ -1499,6 +1508,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
     ** the program); Lua itself runs them only when a coroutine is closed,
     ** which a failed process's never is. */
     mk_term *reason = overrun ? mk_cstr(BUDGET_REASON) : reason_of(S, co);
+    if (reason == NULL) reason = &nomem.t;
     if (mk_proc_alive(p)) fail_on(S, p, co, reason);
     mk_unref(reason);
   }
