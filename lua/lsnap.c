@@ -139,7 +139,12 @@ static int snap_gc(lua_State *L) {
 
 /* ---- JSON ------------------------------------------------------------------ */
 
-#define JSON_DEPTH 200      /* Lua tables nested deeper are refused (cycles too) */
+/* Lua tables nested deeper are refused (cycles too).  A snapshot holds
+** topics as deep as the term depth limit allows (at most
+** MK_TERM_DEPTH_MAX), inside a few levels of its own: below that, a
+** legal topic made the whole snapshot an error.  A level of the walk
+** takes some 100 bytes of C stack. */
+#define JSON_DEPTH (MK_TERM_DEPTH_MAX + 64)
 
 /* The text being made (json.h), in a userdata whose __gc frees it, so
 ** an error half-way loses nothing (luaL_Buffer wants the stack balanced
@@ -171,7 +176,9 @@ static void addvalue(lua_State *L, mk_jbuf *b, int idx, int depth);
 static void addtable(lua_State *L, mk_jbuf *b, int idx, int depth) {
   lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0, i;
   const char **keys;
-  if (depth >= JSON_DEPTH) luaL_error(L, "market.snapshot_json: tables nested too deep (a cycle?)");
+  if (depth >= JSON_DEPTH)
+    luaL_error(L, "market.snapshot_json: tables nested more than %d levels deep (a cycle?)",
+               JSON_DEPTH);
   luaL_checkstack(L, 4, "market.snapshot_json");
   lua_pushnil(L);
   while (lua_next(L, idx)) { count++; lua_pop(L, 1); }

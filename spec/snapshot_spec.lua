@@ -201,11 +201,27 @@ describe("market.snapshot_json", function()
     assert.equal('{"name":"a\\ufffd"}', market.snapshot_json({ name = "a\255" }))
   end)
 
+  it("holds a topic as deep as the term depth limit allows", function()
+    -- Once refused past 200 levels, which made the whole snapshot (and the
+    -- inspector's /api/snapshot) an error for one legal endpoint.
+    local before = market.term_depth_limit()
+    market.term_depth_limit(10000)
+    finally(function() market.term_depth_limit(before) end)
+    local j
+    assert(market.ground_vm(function()
+      local deep = 1
+      for _ = 1, 9999 do deep = { deep } end
+      market.perform(market.subscriber(deep, "deep"))
+      j = market.snapshot_json()
+    end))
+    assert.truthy(j:find(("["):rep(9999) .. "1" .. ("]"):rep(9999), 1, true))
+  end)
+
   it("refuses what JSON cannot hold", function()
     local t = {}
     t.self = t
     assert.has_error(function() market.snapshot_json(t) end,
-      "market.snapshot_json: tables nested too deep (a cycle?)")
+      "market.snapshot_json: tables nested more than 10064 levels deep (a cycle?)")
     assert.has_error(function() market.snapshot_json({ print }) end,
       "market.snapshot_json: cannot encode a function")
     assert.has_error(function() market.snapshot_json(5) end,
