@@ -707,18 +707,50 @@ static int s_sendto(lua_State *L) {
 ** above all), so the flags found are put back when the stream is let go:
 ** close(), garbage collection, or exit (an atexit handler), whichever
 ** comes first.  One stream per descriptor at a time: two readers of
-** standard input would each get some of the lines. */
-static struct { int held; int flags; } stdfds[2];
+** standard input would each get some of the lines.
+**
+** Descriptors 0 and 1 are often one open file themselves (a terminal, a
+** socket from socat's EXEC or inetd): then the flags are one set, found
+** by whichever was taken first, and put back only when the last of the
+** two is let go; the first to go leaves them alone, as the other still
+** needs O_NONBLOCK.  `shared` says so for both entries. */
+static struct { int held; int flags; int shared; } stdfds[2];
 
 static void std_let_go(int fd) {
+  int other = 1 - fd;
   if (!stdfds[fd].held) return;
   stdfds[fd].held = 0;
+  if (stdfds[fd].shared) {
+    stdfds[fd].shared = stdfds[other].shared = 0;
+    if (stdfds[other].held) return;     /* the other puts them back */
+  }
   fcntl(fd, F_SETFL, stdfds[fd].flags);
 }
 
 static void std_at_exit(void) {
   std_let_go(0);
   std_let_go(1);
+}
+
+/* Whether fd, whose flags are `flags`, is the same open file as the other
+** standard descriptor, held.  Only the one case that matters is asked:
+** fd found non-blocking while the other was found blocking.  Otherwise
+** fd's own flags are right either way (if not shared, they are its own;
+** if shared, the same flags less O_NONBLOCK, which was there from the
+** start).  Neither fstat (a terminal opened twice is one inode, two open
+** files, with the same flags) nor kcmp(2) (Linux only, and refused by
+** many containers' seccomp filters) answers for certain everywhere, so
+** ask the open file itself: the other descriptor is set back as it was
+** found, blocking, for a moment, and fd is shared if it follows. */
+static int std_shares(int fd, int flags) {
+  int other = 1 - fd, now, cur;
+  if (!stdfds[other].held || !(flags & O_NONBLOCK) || (stdfds[other].flags & O_NONBLOCK))
+    return 0;
+  if ((cur = fcntl(other, F_GETFL)) < 0 || fcntl(other, F_SETFL, cur & ~O_NONBLOCK) != 0)
+    return 0;
+  now = fcntl(fd, F_GETFL);
+  fcntl(other, F_SETFL, cur);
+  return now >= 0 && !(now & O_NONBLOCK);
 }
 
 typedef struct stream { int fd; } stream;   /* fd: -1 once let go */
@@ -748,7 +780,14 @@ static int l_std_take(lua_State *L) {
   if (!registered) registered = atexit(std_at_exit) == 0;
   /* What the program printed through C's stdio before comes first. */
   if (fd == 1) fflush(stdout);
-  if (fcntl((int)fd, F_SETFL, flags | O_NONBLOCK) != 0) return fail(L, errno);
+  if (std_shares((int)fd, flags)) {
+    flags = stdfds[1 - fd].flags;     /* as the open file was found */
+    stdfds[fd].shared = stdfds[1 - fd].shared = 1;
+  }
+  if (fcntl((int)fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+    stdfds[fd].shared = stdfds[1 - fd].shared = 0;
+    return fail(L, errno);
+  }
   stdfds[fd].held = 1;
   stdfds[fd].flags = flags;
   s->fd = (int)fd;

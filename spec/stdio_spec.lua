@@ -241,6 +241,31 @@ return market.transition(nil, market.subscriber(stdio.stdin(market._), {
     assert.equal(1000 + 1024 * 1024, tonumber(out))
   end)
 
+  it("gives a terminal or socket that is both standard input and output back blocking", function()
+    -- Descriptors 0 and 1 are one open file here (a terminal: script(1);
+    -- a socket: socat's EXEC), and O_NONBLOCK is the open file's: taking
+    -- descriptor 1 finds it non-blocking already, because of descriptor 0.
+    -- The flags of the open file (from /proc/self/fdinfo/0, O_NONBLOCK is
+    -- 04000) are printed before and after the program by the same shell.
+    local flags = write("flags.sh", 'grep ^flags /proc/self/fdinfo/0\n"$@"\ngrep ^flags /proc/self/fdinfo/0\n')
+    local function nonblocking(out)
+      local t = {}
+      for f in out:gmatch("flags:%s+(%d+)") do t[#t + 1] = tonumber(f, 8) & 0x800 ~= 0 end
+      return t
+    end
+    local status, out = H.sh(("(printf 'hi\\n'; sleep 0.5; printf '\\004') | "
+                              .. "timeout 60 script -qec 'sh %s %s examples/upcase.lua' /dev/null")
+                             :format(flags, H.market_bin()))
+    assert.equal(0, status)
+    assert.matches("HI\r\n", out)
+    assert.same({ false, false }, nonblocking(out))
+    status, out = H.sh(("printf 'hi\\n' | timeout 60 socat -t 30 - EXEC:'sh %s %s examples/upcase.lua'")
+                       :format(flags, H.market_bin()))
+    assert.equal(0, status)
+    assert.matches("\nHI\n", out)
+    assert.same({ false, false }, nonblocking(out))
+  end)
+
   it("lets one driver at a time hold standard input", function()
     write("two.lua", [[
 local market = require "market"
