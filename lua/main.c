@@ -164,8 +164,10 @@ static int trace_option(trace_args *t, const char *opt, const char *arg) {
       if (item[0] < '0' || item[0] > '9') goto bad;
       if ((np = realloc(t->pids, (t->o.npids + 1) * sizeof *np)) == NULL) goto bad;
       t->pids = np;
+      errno = 0;
       t->pids[t->o.npids++] = strtoull(item, &end, 10);
-      if (*end != '\0') goto bad;
+      /* Past 2^64 strtoull gives its largest value: a pid nobody has. */
+      if (*end != '\0' || errno == ERANGE) goto bad;
     }
     s += n;
     if (*s == '\0') return 0;

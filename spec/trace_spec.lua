@@ -232,6 +232,7 @@ describe("--trace", function()
       { "--trace-kind send,", "%-%-trace%-kind: '' is not a kind of trace line" },
       { "--trace-pid 2,x", "%-%-trace%-pid: 'x' is not a pid" },
       { "--trace-pid -1", "%-%-trace%-pid: '%-1' is not a pid" },
+      { "--trace-pid 99999999999999999999999", "%-%-trace%-pid: '99999999999999999999999' is not a pid" },
       { "--trace-topic 'chat(_,'", "%-%-trace%-topic: expected a term, at byte 7 of 'chat%(_,'" },
       { "--trace-topic '\"open'", "%-%-trace%-topic: unterminated string" },
       { "--trace-topic '1 2'", "%-%-trace%-topic: more text after the term, at byte 2" },
