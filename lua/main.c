@@ -396,7 +396,7 @@ int main(int argc, char **argv) {
   const char *const *args = (const char *const *)argv;
   const char *code = NULL, *inspect = NULL;
   double drain = 5000;
-  int drivers = 1, quiet = 0, strict = 0, status = 0, workers = 0, i, first;
+  int drivers = 1, quiet = 0, strict = 0, status = 0, workers = 0, i, first, codei = -1;
   double budget = -1;
   int loglevel = -1;
   mk_host *h;
@@ -506,7 +506,7 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--no-drivers") == 0) drivers = 0;
     else if (strcmp(argv[i], "--quiet") == 0) quiet = 1;
     else if (strcmp(argv[i], "--strict") == 0) strict = 1;
-    else if (strcmp(argv[i], "-e") == 0) code = argv[++i];
+    else if (strcmp(argv[i], "-e") == 0) code = argv[codei = ++i];
     else if (strcmp(argv[i], "--max-activation") == 0) budget = ms_arg(argv[++i]);
     else if (strcmp(argv[i], "--max-term-depth") == 0 || strcmp(argv[i], "--max-term-size") == 0) i++;
     else if (strcmp(argv[i], "--drain") == 0) drain = ms_arg(argv[++i]);
@@ -569,7 +569,15 @@ int main(int argc, char **argv) {
   if (loglevel >= 0) mk_host_set_log_level(h, loglevel);
   if (budget >= 0) mk_host_set_max_activation(h, budget);
   mk_host_on_warning(h, warning_line, NULL);
-  /* arg[0] is the script (with -e: the code), as lua(1) has it. */
+  /* arg[0] is the script (with -e: the code), as lua(1) has it.  Options
+  ** or "--" may come between the code and its arguments: the code moves to
+  ** just before them (argv[first - 1]), the options after it one down,
+  ** among the negative indices with the interpreter. */
+  if (codei >= 0) {
+    char *c = argv[codei];
+    for (i = codei; i < first - 1; i++) argv[i] = argv[i + 1];
+    argv[first - 1] = c;
+  }
   if (mk_host_stop_on_signals(h, drain) != MK_OK ||
       mk_host_set_arg(h, argc, args, code ? first - 1 : first) != MK_OK ||
       (drivers && mk_host_start_drivers(h) != MK_OK)) {

@@ -164,6 +164,19 @@ describe("market -e", function()
     assert.equal("code\t2\tx\ty\tx\ty\nchild\tground\n", out)
   end)
 
+  it("has the code as arg[0], also with options or -- between it and its arguments", function()
+    local quoted = H.quote("print(arg[0]:sub(1, 12) == 'print(arg[0]', arg[1], arg[2], #arg, ...)")
+    for _, between in ipairs { "", "--strict", "--", "--quiet --", "--drain 10 --no-drivers --" } do
+      local status, out, err = H.run("-e " .. quoted .. " " .. between .. " a b")
+      assert.equal(0, status, err)
+      assert.equal("true\ta\tb\t2\ta\tb\n", out, between)
+    end
+    -- The options stay with the interpreter, at the negative indices.
+    local status, out = H.run("-e " .. H.quote("print(arg[-3], arg[-2], arg[-1])") .. " --strict -- a")
+    assert.equal(0, status)
+    assert.equal("-e\t--strict\t--\n", out)
+  end)
+
   it("fails like a script", function()
     local status, out, err = H.run("-e " .. H.quote("error('from -e')"))
     assert.equal(1, status)
