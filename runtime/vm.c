@@ -777,6 +777,18 @@ static void metaname_track(mk_proc *p, const mk_action *list, int depth) {
   }
 }
 
+/* The levels above its VM that an at_meta_level list reaches: 1, and one
+** more for each at_meta_level nested in it. */
+static int meta_reach(const mk_action *list) {
+  int most = 0;
+  for (; list; list = list->next)
+    if (list->type == MK_A_META) {
+      int r = meta_reach(list->list);
+      if (r > most) most = r;
+    }
+  return most + 1;
+}
+
 int mk_tag_endpoint(mk_proc *p, const char *name, uint32_t tag) {
   mk_endpoint *e;
   if (p->dead) return -1;
@@ -1235,10 +1247,15 @@ void mk_wake(mk_proc *p, void *cont) {
 }
 
 int mk_at_meta_level(mk_proc *p, mk_action *list) {
-  mk_vm *vm = p->vm;
+  mk_vm *vm = p->vm, *up;
   mk_action *a;
+  int levels = 0;
   if (p->dead) { mk_action_free(list); return -1; }
-  if (vm->parent == NULL) {
+  /* An action aimed above the ground VM fails here, in the process that
+  ** made it, however deep: found one level up, it failed the nested-VM
+  ** process that passed it on, and all that VM's processes with it. */
+  for (up = vm->parent; up != NULL; up = up->parent) levels++;
+  if (levels < meta_reach(list)) {
     mk_action_free(list);
     mk_failf(p, "at_meta_level in the ground VM: there is no VM above it");
     return -1;

@@ -425,6 +425,79 @@ describe("actions that make no sense at meta level end the process", function()
   end)
 end)
 
+describe("misuse at meta level in a nested VM ends the offending process only, at any depth",
+         function()
+  -- A VM `depth` levels down holds a sibling and an offender, both with
+  -- endpoints in the ground VM.  On "go" the offender does what bad(up)
+  -- returns (up: at_meta_level to the ground).  The ground watcher sees the
+  -- offender go with the reason and the sibling stay; the sibling still
+  -- answers a ping afterwards, so its VM lives on.
+  local function offend(depth, bad)
+    local _ = market._
+    local log = H.log()
+    local function up(...)
+      local a = market.at_meta_level(...)
+      for _ = 2, depth do a = market.at_meta_level(a) end
+      return a
+    end
+    local function inner()
+      return T(0,
+        market.spawn(function()
+          return T(0, up(market.publisher({ "held", "sibling" })),
+                   up(market.subscriber("ping", { on_message = function(s)
+                     return T(s, up(market.send({ "pong", "sibling" })))
+                   end })))
+        end, { name = "sibling" }),
+        market.spawn(function()
+          return T(0, up(market.publisher({ "held", "offender" }, "e")),
+                   up(market.subscriber("go", { on_message = function(s)
+                     return T(s, bad(up))
+                   end })))
+        end, { name = "offender" }))
+    end
+    local boot = inner
+    for _ = 2, depth do
+      local b = boot
+      boot = function() return T(0, market.nested_vm(b)) end
+    end
+    H.ground(function()
+      H.step(market.spawn(function()
+        return T(0, market.subscriber({ "held", _ }, H.logging(log, "w")),
+                 market.subscriber({ "pong", _ }, { on_message = function(s, m)
+                   log("pong from %s", m[2])
+                 end }))
+      end))
+      H.step(market.nested_vm(boot, { name = "vm" }))
+      H.step(market.send("go"))
+      H.step(market.send("ping"))
+    end, log)
+    return log.lines
+  end
+
+  local function offender_only(depth, bad, reason)
+    assert.same({ 'w presence #1 publisher/participant ["held", "sibling"]',
+                  'w presence #1 publisher/participant ["held", "offender"]',
+                  'w absence #1 publisher/participant ["held", "offender"] ' .. reason,
+                  "pong from sibling" }, offend(depth, bad))
+  end
+
+  for depth = 1, 2 do
+    describe("depth " .. depth, function()
+      it("a send aimed above the ground VM", function()
+        offender_only(depth, function(up)
+          return market.at_meta_level(up(market.send("x")))
+        end, "at_meta_level in the ground VM: there is no VM above it")
+      end)
+
+      it("an endpoint added above the ground VM", function()
+        offender_only(depth, function(up)
+          return market.at_meta_level(up(market.publisher({ "held", "above" }, "p")))
+        end, "at_meta_level in the ground VM: there is no VM above it")
+      end)
+    end)
+  end
+end)
+
 describe("harmless no-ops", function()
   it("deleting an endpoint that does not exist changes nothing", function()
     local log = H.log()
