@@ -214,7 +214,11 @@ static void proc_unref(mk_proc *p) {
   if (--p->refs > 0) return;
   if (p->b->destroy) p->b->destroy(p);
   if (p->xname) {
-    for (m = PROCX(p)->metas; m; m = mn) { mn = m->next; free(m); }
+    for (m = PROCX(p)->metas; m; m = mn) {
+      mn = m->next;
+      mk_unref(m->role.topic);
+      free(m);
+    }
     free(PROCX(p));
   } else {
     free(p->name);
@@ -705,20 +709,27 @@ static int on_peer(mk_ilink *link, void *ud) {
 ** = the parent VM).  The depth is part of the key because an endpoint "x"
 ** one level up and another "x" two levels up are different endpoints:
 ** deleting one must not make the process look finished while it still
-** holds the other.
+** holds the other.  Each keeps the role it was added with.
 */
-static void metaname_add(mk_proc *p, int depth, const char *name) {
+
+/* Track "depth:name" with its role: -1, and nothing tracked, when p holds
+** that name there with another role (re-adding it is p's error, §1). */
+static int metaname_add(mk_proc *p, int depth, const char *name, mk_role role) {
   mk_metaname *m;
   char key[16];
   size_t k = (size_t)snprintf(key, sizeof key, "%d:", depth), n = strlen(name) + 1;
   if (!p->xname) set_name(p, p->name, 1);    /* its first: move the name */
   for (m = PROCX(p)->metas; m; m = m->next)
-    if (strncmp(m->name, key, k) == 0 && strcmp(m->name + k, name) == 0) return;
+    if (strncmp(m->name, key, k) == 0 && strcmp(m->name + k, name) == 0)
+      return mk_role_equal(m->role, role) ? 0 : -1;
   m = mkI_xmalloc(sizeof *m + k + n);
+  m->role = role;
+  m->role.topic = mk_ref(role.topic);
   memcpy(m->name, key, k);
   memcpy(m->name + k, name, n);
   m->next = PROCX(p)->metas;
   PROCX(p)->metas = m;
+  return 0;
 }
 
 /* Forget "depth:name"; with `prefix`, every "d:name..." with d >= depth
@@ -735,6 +746,7 @@ static void metaname_remove(mk_proc *p, int depth, const char *name, int prefix)
                      : strncmp(m->name, key, k) == 0 && strcmp(rest, name) == 0;
     if (hit) {
       *pp = m->next;
+      mk_unref(m->role.topic);
       free(m);
       if (!prefix) return;
     } else {
@@ -764,17 +776,38 @@ static uint32_t upconts(const mk_action *list) {
   return n;
 }
 
-/* Track what an at_meta_level list adds and deletes above p.  Recurses
-** into nested MK_A_META lists (two or more levels up): without that, a
-** process whose only endpoints are two levels up was taken for finished
-** (implicit exit) right after the handler that added them. */
-static void metaname_track(mk_proc *p, const mk_action *list, int depth) {
-  for (; list; list = list->next) {
-    if (list->type == MK_A_ADD) metaname_add(p, depth, list->name);
-    else if (list->type == MK_A_DELETE) metaname_remove(p, depth, list->name, 0);
-    else if (list->type == MK_A_DROP) metaname_remove(p, depth, list->name, 1);
-    else if (list->type == MK_A_META) metaname_track(p, list->list, depth + 1);
+/* Track what the at_meta_level list at *pp adds and deletes above p, in
+** order.  Recurses into nested MK_A_META lists (two or more levels up):
+** without that, a process whose only endpoints are two levels up was taken
+** for finished (implicit exit) right after the handler that added them.
+** An add that re-adds a name p holds at that level with another role ends
+** the list: it and every action after it, at its level and at each level
+** around it, are cut off and freed, and its name comes back (owned) for
+** p's error.  Found here, where p made the action, p is the one to fail;
+** the VM above would find it on the nested-VM process that performs it,
+** and end the whole VM (DESIGN §1: never the VM). */
+static char *metaname_track(mk_proc *p, mk_action **pp, int depth) {
+  char *clash;
+  for (; *pp != NULL; pp = &(*pp)->next) {
+    mk_action *a = *pp;
+    if (a->type == MK_A_ADD) {
+      if (metaname_add(p, depth, a->name, a->role) != 0) {
+        clash = mkI_xstrdup(a->name);
+        *pp = NULL;
+        mk_action_free(a);
+        return clash;
+      }
+    } else if (a->type == MK_A_DELETE) {
+      metaname_remove(p, depth, a->name, 0);
+    } else if (a->type == MK_A_DROP) {
+      metaname_remove(p, depth, a->name, 1);
+    } else if (a->type == MK_A_META && (clash = metaname_track(p, &a->list, depth + 1))) {
+      mk_action_free(a->next);
+      a->next = NULL;
+      return clash;
+    }
   }
+  return NULL;
 }
 
 /* The levels above its VM that an at_meta_level list reaches: 1, and one
@@ -787,6 +820,14 @@ static int meta_reach(const mk_action *list) {
       if (r > most) most = r;
     }
   return most + 1;
+}
+
+/* Whether a list does anything: not when it holds only empty
+** at_meta_level lists (what a cut at its first action leaves). */
+static int meta_acts(const mk_action *list) {
+  for (; list; list = list->next)
+    if (list->type != MK_A_META || meta_acts(list->list)) return 1;
+  return 0;
 }
 
 int mk_tag_endpoint(mk_proc *p, const char *name, uint32_t tag) {
@@ -1249,6 +1290,7 @@ void mk_wake(mk_proc *p, void *cont) {
 int mk_at_meta_level(mk_proc *p, mk_action *list) {
   mk_vm *vm = p->vm, *up;
   mk_action *a;
+  char *clash;
   int levels = 0;
   if (p->dead) { mk_action_free(list); return -1; }
   /* An action aimed above the ground VM fails here, in the process that
@@ -1261,14 +1303,26 @@ int mk_at_meta_level(mk_proc *p, mk_action *list) {
     return -1;
   }
   if (TRACING(vm)) mkI_trace_proc(p, MK_TK_AT_META_LEVEL, NULL, NULL, NULL);
-  a = mk_action_meta(list);
-  a->pid = p->pid;
   /* Track what this process holds above, so that it is not taken for
-  ** finished while it still has endpoints there. */
-  metaname_track(p, list, 1);
-  /* And not while a pid it asked for is on its way back (nested.c). */
-  p->conts += upconts(list);
-  outbox_push(vm, a);
+  ** finished while it still has endpoints there; a re-add with another
+  ** role cuts the list there, and p fails after what came before it is
+  ** on its way up, as an action that fails in this VM ends p after its
+  ** earlier actions (§5). */
+  clash = metaname_track(p, &list, 1);
+  if (clash == NULL || meta_acts(list)) {
+    a = mk_action_meta(list);
+    a->pid = p->pid;
+    /* And not while a pid it asked for is on its way back (nested.c). */
+    p->conts += upconts(list);
+    outbox_push(vm, a);
+  } else {
+    mk_action_free(list);
+  }
+  if (clash != NULL) {
+    mk_failf(p, "endpoint '%s' re-added with a different role", clash);
+    free(clash);
+    return -1;
+  }
   return 0;
 }
 

@@ -126,9 +126,13 @@ typedef struct mk_qblock {
   mk_qev ev[MK_QBLOCK];
 } mk_qblock;
 
-/* Meta-endpoint names a process holds one level up (for implicit exit). */
+/* Meta-endpoint names a process holds one level up (for implicit exit),
+** with the role each was added with: a re-add under that name with another
+** role is the process's error, found when it makes the action (vm.c,
+** mk_at_meta_level), not the nested VM's when the VM above performs it. */
 typedef struct mk_metaname {
   struct mk_metaname *next;
+  mk_role role;             /* role.topic counted */
   char name[];
 } mk_metaname;
 

@@ -483,6 +483,30 @@ describe("misuse at meta level in a nested VM ends the offending process only, a
 
   for depth = 1, 2 do
     describe("depth " .. depth, function()
+      it("re-adding an endpoint with another role names it as the process did", function()
+        offender_only(depth, function(up)
+          return up(market.subscriber({ "held", "offender" }, "e"))
+        end, "endpoint 'e' re-added with a different role")
+      end)
+
+      -- Its endpoints go newest first, as any process's do.
+      it("a re-add later in the same at_meta_level list: what came before stands, then goes",
+         function()
+        assert.same({ 'w presence #1 publisher/participant ["held", "sibling"]',
+                      'w presence #1 publisher/participant ["held", "offender"]',
+                      'w presence #1 publisher/participant ["held", "first"]',
+                      'w absence #1 publisher/participant ["held", "first"] ' ..
+                        "endpoint 'f' re-added with a different role",
+                      'w absence #1 publisher/participant ["held", "offender"] ' ..
+                        "endpoint 'f' re-added with a different role",
+                      "pong from sibling" },
+                    offend(depth, function(up)
+                      return up(market.publisher({ "held", "first" }, "f"),
+                                market.subscriber({ "held", "first" }, "f"),
+                                market.publisher({ "held", "never" }, "g"))
+                    end))
+      end)
+
       it("a send aimed above the ground VM", function()
         offender_only(depth, function(up)
           return market.at_meta_level(up(market.send("x")))
