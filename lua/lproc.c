@@ -590,14 +590,6 @@ static void tostring_hook(lua_State *L, lua_Debug *ar) {
 
 #define TOSTRING_STEPS 1000000   /* Lua instructions a __tostring may take */
 
-/*
-** The error value at the top of co (a process that failed) as a reason: a
-** string or a term is itself (unless it has a __tostring); anything else
-** is shown as tostring() shows it.  That may call the value's __tostring, which is the program's code
-** running outside any activation: it runs protected, on the main thread,
-** for at most TOSTRING_STEPS instructions, so that one that raises or loops
-** costs the failing process its readable reason, never the program.
-*/
 /* The reason of a failure whose own reason could not be made for want of
 ** memory: a term that is never allocated nor freed, so that a process
 ** that died of "not enough memory" is not seen to end normally (a nil
@@ -607,6 +599,14 @@ static struct { mk_term t; char s[sizeof NOMEM_REASON]; } nomem = {
   { MK_IMMORTAL, MK_STR, 1, 0, 0, sizeof NOMEM_REASON - 1, { 0 } }, NOMEM_REASON
 };
 
+/*
+** The error value at the top of co (a process that failed) as a reason: a
+** string or a term is itself (unless it has a __tostring); anything else
+** is shown as tostring() shows it.  That may call the value's __tostring, which is the program's code
+** running outside any activation: it runs protected, on the main thread,
+** for at most TOSTRING_STEPS instructions, so that one that raises or loops
+** costs the failing process its readable reason, never the program.
+*/
 static mk_term *reason_of(mkl_state *S, lua_State *co) {
   lua_State *L = S->L;
   const char *err;
