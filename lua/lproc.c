@@ -231,7 +231,8 @@ static mkl_state *getstate(lua_State *L) {
 ** thread's CPU clock fires every BUDGET_TICK_MS of CPU the thread uses
 ** (never while it sleeps in the loop), and its signal handler counts the
 ** ticks during which one activation kept running.  Past the budget it sets
-** a count hook on that activation's coroutine, as lua.c does on Ctrl-C
+** a count hook on that activation's coroutine (or the coroutine it runs
+** now: act.co, "coroutines a process runs" below), as lua.c does on Ctrl-C
 ** (lua_sethook is written to be called from a signal handler); at the next
 ** instruction the hook yields the coroutine, or raises where a yield is not
 ** allowed (inside a metamethod called from C, say), and handle() fails the
@@ -247,7 +248,8 @@ static mkl_state *getstate(lua_State *L) {
 #define BUDGET_REASON "activation budget exceeded"
 
 static struct {
-  lua_State *volatile co;           /* the running activation, or NULL */
+  lua_State *volatile co;           /* the running activation's innermost
+                                    ** coroutine (co_resume_watched), or NULL */
   volatile double budget;           /* its budget in ms (> 0) */
   volatile unsigned long serial;    /* counts activations */
   volatile unsigned long seen;      /* the serial at the last tick */
@@ -262,6 +264,13 @@ static struct {
 
 static void budget_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
+  if (act.co == NULL || !act.tripped) {
+    /* Stale: no watched activation is over its budget.  A coroutine made
+    ** (lua_newthread) by a hooked one starts with its hook, and may be
+    ** kept and run later, elsewhere: it must run as if never hooked. */
+    lua_sethook(L, NULL, 0, 0);
+    return;
+  }
   act.fired = 1;
   if (lua_isyieldable(L)) {
     lua_yield(L, 0);                /* does not return */
@@ -387,6 +396,223 @@ static void budget_next(lua_State *co) {
   }
   act.serial++;
   act.co = co;
+}
+
+/* ---- coroutines a process runs --------------------------------------- */
+
+/*
+** Coroutines a process makes itself.  Lua's hooks are per thread: the
+** tick hooks act.co, and an endless loop in a coroutine the activation
+** resumed (coroutine.wrap(function() while true do end end)(), a `for` over
+** a coroutine.wrap iterator) ran without it, holding the VM for ever.  A
+** hook on every coroutine is what the budget exists to avoid, and Lua
+** gives no way to find, from a signal handler, the thread running now.
+** So the coroutine library's resume, wrap and close are replaced
+** (open_coroutines) by copies of lcorolib.c's (Lua 5.4.4) that, when the
+** thread calling them is the one the tick watches, make the coroutine they
+** run the watched one until it yields, returns, fails or is closed, and
+** give the watch back to the caller after: act.co is always the innermost
+** thread of the activation's chain, whatever the depth.  Anywhere else
+** (outside processes, an activation without a budget, a coroutine run by
+** something other than these functions) they are lcorolib's, step for
+** step.  The message path resumes no coroutine of the library, so this
+** costs it nothing; a resume inside a watched activation pays two stores
+** and two tests.
+**
+** A stop inside such a coroutine must stop the whole activation, not just
+** that coroutine: the hook yields it (or raises where a yield is not
+** allowed), and the resume that ran it, finding act.fired, stops its own
+** caller the same way (budget_stop) without handing it anything, and so
+** on out to the activation's coroutine, which handle() finds overrun.
+*/
+
+/* Stop L, the watched thread, once the budget's hook ran in a coroutine
+** it resumed: yield it for good, or raise where it cannot yield (L's hook
+** is set: leave), and again at its next instruction if that is caught. */
+static int budget_stop(lua_State *L) {
+  if (lua_isyieldable(L)) return lua_yield(L, 0);
+  return luaL_error(L, BUDGET_REASON);
+}
+
+/* co, which L ran watched, stopped running: L is watched again.  The
+** store comes first, so that a tick from then on hooks L; one that came
+** before it hooked co, and tripped, which the test after sees. */
+static void leave(lua_State *L, lua_State *co) {
+  act.co = L;
+  if (act.tripped) {
+    if (lua_gethook(co) == budget_hook) lua_sethook(co, NULL, 0, 0);
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+  }
+}
+
+/* lua_resume(co, L, ...), watched if L is: *stop set when the budget ran
+** out meanwhile (L must then be stopped: budget_stop). */
+static int co_resume_watched(lua_State *L, lua_State *co, int narg, int *nres, int *stop) {
+  int st;
+  *stop = 0;
+  if (act.co != L) return lua_resume(co, L, narg, nres);
+  act.co = co;
+  if (act.tripped) lua_sethook(co, budget_hook, LUA_MASKCOUNT, 1);
+  st = lua_resume(co, L, narg, nres);
+  leave(L, co);
+  *stop = act.fired;
+  return st;
+}
+
+/* lua_resetthread(co), which runs co's pending __close handlers on co,
+** watched if L is (there the hook raises: Lua calls them where no yield
+** is allowed, and goes on with the next handler). */
+static int co_reset_watched(lua_State *L, lua_State *co, int *stop) {
+  int st, watched = act.co == L;
+  *stop = 0;
+  if (watched) {
+    act.co = co;
+    if (act.tripped) lua_sethook(co, budget_hook, LUA_MASKCOUNT, 1);
+  }
+#if LUA_VERSION_RELEASE_NUM >= 50406
+  st = lua_closethread(co, L);
+#else
+  st = lua_resetthread(co);
+#endif
+  if (watched) {
+    leave(L, co);
+    *stop = act.fired;
+  }
+  return st;
+}
+
+/* What follows is lcorolib.c's, but for the two calls above. */
+
+static lua_State *co_get(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co, 1, "thread");
+  return co;
+}
+
+/* Returns the number of results, -1 for an error (its value pushed), or
+** -2 when L must be stopped (budget_stop). */
+static int co_aux(lua_State *L, lua_State *co, int narg) {
+  int status, nres, stop;
+  if (!lua_checkstack(co, narg)) {
+    lua_pushliteral(L, "too many arguments to resume");
+    return -1;
+  }
+  lua_xmove(L, co, narg);
+  status = co_resume_watched(L, co, narg, &nres, &stop);
+  if (stop) return -2;
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      lua_pushliteral(L, "too many results to resume");
+      return -1;
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+  }
+  lua_xmove(co, L, 1);
+  return -1;
+}
+
+/* coroutine.resume(co, ...) */
+static int co_resume(lua_State *L) {
+  lua_State *co = co_get(L);
+  int r = co_aux(L, co, lua_gettop(L) - 1);
+  if (r == -2) return budget_stop(L);
+  if (r < 0) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, -(r + 1));
+  return r + 1;
+}
+
+/* The function coroutine.wrap returns: its coroutine is upvalue 1. */
+static int co_auxwrap(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int r = co_aux(L, co, lua_gettop(L)), stop;
+  if (r == -2) return budget_stop(L);
+  if (r < 0) {
+    int stat = lua_status(co);
+    if (stat != LUA_OK && stat != LUA_YIELD) {    /* an error in co */
+      stat = co_reset_watched(L, co, &stop);      /* close its tbc variables */
+      if (stop) return budget_stop(L);
+      lua_xmove(co, L, 1);
+    }
+    if (stat != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+      luaL_where(L, 1);
+      lua_insert(L, -2);
+      lua_concat(L, 2);
+    }
+    return lua_error(L);
+  }
+  return r;
+}
+
+/* coroutine.wrap(f) */
+static int co_wrap(lua_State *L) {
+  lua_State *co;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushcclosure(L, co_auxwrap, 1);
+  return 1;
+}
+
+/* coroutine.close(co): lcorolib's, whose auxstatus it needs. */
+static int co_close(lua_State *L) {
+  static const char *const statname[] = {"running", "dead", "suspended", "normal"};
+  lua_State *co = co_get(L);
+  int status, stop;                    /* 0..3: statname's */
+  lua_Debug ar;
+  if (L == co) status = 0;
+  else switch (lua_status(co)) {
+    case LUA_YIELD: status = 2; break;
+    case LUA_OK:
+      if (lua_getstack(co, 0, &ar)) status = 3;
+      else status = lua_gettop(co) == 0 ? 1 : 2;
+      break;
+    default: status = 1; break;
+  }
+  if (status != 1 && status != 2)
+    return luaL_error(L, "cannot close a %s coroutine", statname[status]);
+  status = co_reset_watched(L, co, &stop);
+  if (stop) return budget_stop(L);
+  if (status == LUA_OK) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushboolean(L, 0);
+  lua_xmove(co, L, 1);
+  return 2;
+}
+
+/*
+** Put co_resume, co_wrap and co_close in the coroutine library's table
+** (package.loaded.coroutine, which the global `coroutine` is), in place of
+** lcorolib's: there, error messages name them "coroutine.resume" and so
+** on as they named the originals.  Only where they still are C functions
+** (lcorolib's): a program or library that wrapped them with its own keeps
+** its wrappers, and a state without the library is left without it.
+*/
+static void open_coroutines(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"resume", co_resume}, {"wrap", co_wrap}, {"close", co_close}, {NULL, NULL}};
+  const luaL_Reg *f;
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "coroutine") == LUA_TTABLE) {
+    for (f = funcs; f->name != NULL; f++) {
+      lua_getfield(L, -1, f->name);
+      if (lua_iscfunction(L, -1) && lua_tocfunction(L, -1) != f->func) {
+        lua_pushcfunction(L, f->func);
+        lua_setfield(L, -3, f->name);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 2);
 }
 
 /* ---- timed waits -------------------------------------------------------- */
@@ -2760,4 +2986,5 @@ void mkl_open_core(lua_State *L) {
   lua_pushinteger(L, MKL_CTX_METAS); lua_setfield(L, -2, "CTX_METAS");
   mkl_open_actions(L);
   mkl_open_trace(L);
+  open_coroutines(L);
 }
