@@ -223,3 +223,245 @@ describe("the activation budget, end to end", function()
     assert.matches("^ready\nmarket: ground #%d+ spinner failed: " .. REASON .. "\n.*got SIGTERM\n$", err)
   end)
 end)
+
+-- Coroutines a handler makes itself (lua/lproc.c, "coroutines a process
+-- runs"): Lua's hooks are per coroutine, and the budget's hook was set on
+-- the activation's own coroutine alone, so a loop inside one it resumed
+-- held the VM for ever.  Each case runs in a subprocess, bounded by
+-- timeout(1) (TERM, then KILL: a frozen VM takes one SIGTERM and goes on
+-- looping): a victim process loops in its handler, and the boot process
+-- prints the reason of its absence.
+describe("the activation budget, in coroutines a handler runs", function()
+  local function victim(spin, prelude)
+    local path = H.tempfile(([[
+      local market = require "market"
+      %s
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.subscriber("go", { on_message = function()
+          %s
+        end }))
+      end, { name = "victim" }))
+      market.pause()
+      market.perform(market.publisher("go", "go"))
+      assert(market.yield().type == "presence")
+      market.perform(market.send("go"))
+      local ev = market.yield()
+      print(ev.type .. ": " .. tostring(ev.reason))
+    ]]):format(prelude or "", spin))
+    local status, out, err = H.sh(("timeout -k 2 10 %s --no-drivers --max-activation 100 %s </dev/null")
+      :format(H.market_bin(), path))
+    os.remove(path)
+    assert.equal(0, status, err)
+    assert.equal("absence: " .. REASON .. "\n", out)
+    assert.matches("victim failed: " .. REASON, err, 1, true)
+  end
+
+  it("ends a loop in a coroutine.wrap function", function()
+    victim [[coroutine.wrap(function() while true do end end)()]]
+  end)
+
+  it("ends a loop in a coroutine run by coroutine.resume", function()
+    victim [[local co = coroutine.create(function() while true do end end)
+             assert(coroutine.resume(co))]]
+  end)
+
+  it("ends a loop in a coroutine nested two deep", function()
+    victim [[coroutine.wrap(function()
+               local co = coroutine.create(function()
+                 coroutine.wrap(function() while true do end end)()
+               end)
+               coroutine.resume(co)
+             end)()]]
+  end)
+
+  it("ends a loop in a coroutine.wrap iterator", function()
+    victim [[for _ in coroutine.wrap(function()
+               local i = 0
+               while true do i = i + 1; if i < 0 then coroutine.yield(i) end end
+             end) do end]]
+  end)
+
+  it("is not fooled by pcall around the coroutine, inside or out", function()
+    victim [[while true do
+               pcall(coroutine.wrap(function() while true do pcall(function() while true do end end) end end))
+             end]]
+  end)
+
+  it("ends a loop in a coroutine run where a yield is not allowed (a sort comparator)", function()
+    victim [[table.sort({ 3, 2, 1 }, function()
+               coroutine.wrap(function() while true do end end)()
+             end)]]
+  end)
+
+  it("ends a loop in a __close handler that coroutine.close or a wrap's error runs", function()
+    victim [[local co = coroutine.create(function()
+               local x <close> = setmetatable({}, { __close = function() while true do end end })
+               coroutine.yield()
+             end)
+             coroutine.resume(co)
+             coroutine.close(co)]]
+    victim [[coroutine.wrap(function()
+               local x <close> = setmetatable({}, { __close = function() while true do end end })
+               error("boom")
+             end)()]]
+  end)
+
+  it("ends a loop in a coroutine another process made in an earlier activation", function()
+    victim([[KEPT()]], [[KEPT = coroutine.wrap(function() coroutine.yield() while true do end end)
+                        KEPT()]])
+  end)
+end)
+
+-- market replaces coroutine.resume, wrap and close with its own (above):
+-- they must do exactly what Lua's do, in processes (with a budget and
+-- without) and outside them.  One script exercises them and writes what
+-- it saw; stock lua5.4, without market, is the reference.
+describe("coroutine.resume, wrap and close with market loaded", function()
+  local SRC = [=[
+    local lines = {}
+    local function out(...)
+      local t = table.pack(...)
+      for i = 1, t.n do t[i] = type(t[i]) == "table" and "table" or tostring(t[i]) end
+      lines[#lines + 1] = table.concat(t, " ", 1, t.n)
+    end
+    -- values through yields, both ways
+    local co = coroutine.create(function(a, b)
+      out("in", a, b, coroutine.isyieldable(), coroutine.status(coroutine.running()))
+      local c, d = coroutine.yield(a + b, "y")
+      out("got", c, d)
+      return "done", nil, 3
+    end)
+    out(coroutine.resume(co, 1, 2))
+    out(coroutine.status(co))
+    out(coroutine.resume(co, "c", nil))
+    out(coroutine.status(co))
+    out(coroutine.resume(co))
+    out(coroutine.close(co))
+    local gen = coroutine.wrap(function(...) local x = ... while x do x = coroutine.yield(x * 2) end return "end" end)
+    out(gen(1), gen(2), gen(false))
+    out(pcall(gen))
+    for i, v in coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i, i * i) end end) do out("it", i, v) end
+    -- errors, with and without positions
+    co = coroutine.create(function() error("boom") end)
+    out(coroutine.resume(co))
+    out(coroutine.status(co), coroutine.resume(co))
+    co = coroutine.create(function() error({}) end)
+    out(coroutine.resume(co))
+    co = coroutine.create(function() error("plain", 0) end)
+    out(coroutine.resume(co))
+    out(pcall(function() return coroutine.wrap(function() error("boom") end)() end))
+    out(pcall(function() return coroutine.wrap(function() error("plain", 0) end)() end))
+    out(pcall(function() return coroutine.wrap(function() error(42) end)() end))
+    local obj = {}
+    out(select(2, pcall(function() return coroutine.wrap(function() error(obj) end)() end)) == obj)
+    out(pcall(coroutine.wrap(function() error("from pcall") end)))
+    out(pcall(function()
+      return coroutine.wrap(function() coroutine.wrap(function() error("deep") end)() end)()
+    end))
+    local w = coroutine.wrap(function() return 1 end)
+    w()
+    out(pcall(function() return w() end))
+    out(pcall(coroutine.resume, nil))
+    out(pcall(function() return coroutine.resume(nil) end))
+    out(pcall(function() return coroutine.resume({}) end))
+    out(pcall(function() return coroutine.wrap(nil) end))
+    out(pcall(function() return coroutine.close(1) end))
+    out(coroutine.resume(coroutine.running()))
+    co = coroutine.create(function()
+      local outer = coroutine.running()
+      out(coroutine.resume(coroutine.create(function()
+        out("outer is", coroutine.status(outer), coroutine.resume(outer))
+        out(pcall(coroutine.close, outer))
+        out(pcall(coroutine.close, coroutine.running()))
+        return "inner done"
+      end)))
+    end)
+    out(coroutine.resume(co))
+    -- to-be-closed variables
+    local function closer(name) return setmetatable({}, { __close = function(_, e) out("close", name, e) end }) end
+    co = coroutine.create(function()
+      local a <close> = closer("a")
+      local b <close> = closer("b")
+      coroutine.yield("held")
+    end)
+    out(coroutine.resume(co))
+    out(coroutine.close(co))
+    out(coroutine.status(co), coroutine.close(co))
+    co = coroutine.create(function()
+      local a <close> = closer("ra")
+      error("err in resume")
+    end)
+    out(coroutine.resume(co))
+    out(coroutine.status(co))
+    out(coroutine.close(co))
+    out(pcall(function()
+      return coroutine.wrap(function()
+        local a <close> = closer("wa")
+        local b <close> = setmetatable({}, { __close = function() error("close failed") end })
+        error("err in wrap")
+      end)()
+    end))
+    out(pcall(function()
+      return coroutine.wrap(function()
+        local a <close> = closer("wb")
+        error({})
+      end)()
+    end))
+    co = coroutine.create(function()
+      local a <close> = setmetatable({}, { __close = function() error("in close") end })
+      coroutine.yield()
+    end)
+    coroutine.resume(co)
+    out(coroutine.close(co))
+    out(coroutine.status(co))
+    return table.concat(lines, "\n")
+  ]=]
+
+  local function transcript() return assert(load(SRC, "=coro"))() end
+
+  local reference
+  local function standard()
+    if reference == nil then
+      local path = H.tempfile("io.write(assert(load(io.read('a'), '=coro'))())")
+      local src = H.tempfile(SRC)
+      local status, out, err = H.sh_plain(("lua5.4 %s <%s"):format(H.quote(path), H.quote(src)))
+      os.remove(path)
+      os.remove(src)
+      assert(status == 0, err)
+      reference = out
+    end
+    return reference
+  end
+
+  it("are the library's own outside processes", function()
+    assert.not_equal(print, coroutine.resume)   -- market's, not a stub
+    assert.equal(standard(), transcript())
+  end)
+
+  it("behave as Lua's inside a process with a budget, and without", function()
+    for _, budget in ipairs { 1000, 0 } do
+      local seen
+      H.ground(function() seen = transcript() end, nil, { max_activation = budget })
+      assert.equal(standard(), seen)
+      seen = nil
+      H.ground(function()
+        market.perform(market.spawn(function()
+          return market.transition(nil, market.subscriber("go", { on_message = function()
+            seen = transcript()
+          end }))
+        end, { name = "handler" }))
+        market.pause()
+        market.perform(market.send("go"))
+        market.pause()
+      end, nil, { max_activation = budget })
+      assert.equal(standard(), seen)
+    end
+  end)
+
+  it("behave as Lua's in the interpreter's boot process", function()
+    local status, out, err = H.run_script("io.write((assert(load(" .. ("%q"):format(SRC)
+      .. ", '=coro'))()))", "--no-drivers --max-activation 1000")
+    assert.equal(0, status, err)
+    assert.equal(standard(), out)
+  end)
+end)
