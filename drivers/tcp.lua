@@ -187,15 +187,19 @@ end
 -- ---- a listener ------------------------------------------------------------
 
 -- port: an integer (TCP, every address of the machine), a tcp.address(host,
--- port) (TCP on that one numeric address: "127.0.0.1", "::1"), or a string,
--- the path of a Unix socket.
+-- port) (TCP on that one numeric address: "127.0.0.1", "::1"; its port a
+-- tcp.handle: a port the kernel picks, for this listener alone), or a
+-- string, the path of a Unix socket.
 -- Anything else (a port of 1.5, NaN, a tcp.address(1, 2)) is reported as
 -- a listener that cannot listen: never silent (docs/tcp.md).
 local function listener_proc(port)
   local unix = type(port) == "string"
-  local on_host = address:is(port) and type(port.host) == "string" and mtype(port.port) == "integer"
+  local on_host = address:is(port) and type(port.host) == "string" and
+    (mtype(port.port) == "integer" or handle:is(port.port))
   local bad = not (unix or on_host or mtype(port) == "integer")
-  local where = unix and repr(port) or on_host and ("%s port %d"):format(port.host, port.port)
+  -- A handle in the port field names the listener, not the port: bind 0.
+  local number = on_host and (handle:is(port.port) and 0 or port.port)
+  local where = unix and repr(port) or on_host and ("%s port %d"):format(port.host, number)
     or "port " .. (mtype(port) == "integer" and port or repr(port))
   return function()
     local loc = listener(port)
@@ -243,7 +247,7 @@ local function listener_proc(port)
         default("reuseport", "REUSEPORT")              -- checked
         local reuse = last("reuseport", "REUSEPORT")
         if on_host then
-          s, err = sys.tcp_listen(port.port, M.BACKLOG, reuse, port.host)
+          s, err = sys.tcp_listen(number, M.BACKLOG, reuse, port.host)
         else
           s, err = sys.tcp_listen(port, M.BACKLOG, reuse)
         end
@@ -318,13 +322,15 @@ function M.driver()
   local outbound = {}
 
   -- A listened port as a key of `listeners` (and in the listener's name):
-  -- equal addresses are equal terms, not the same Lua value.
+  -- equal addresses are equal terms, not the same Lua value.  A handle in
+  -- the port field keeps its listener apart from every other one.
   -- Other ports (not one to listen on: reported by the listener) by their
   -- text, which a NaN has too.
   local function key(port)
     if mtype(port) == "integer" or type(port) == "string" then return port end
-    if address:is(port) and type(port.host) == "string" and mtype(port.port) == "integer" then
-      return ("%s:%d"):format(port.host, port.port)
+    if address:is(port) and type(port.host) == "string" then
+      if mtype(port.port) == "integer" then return ("%s:%d"):format(port.host, port.port) end
+      if handle:is(port.port) then return ("%s:%s"):format(port.host, repr(port.port)) end
     end
     return repr(port)
   end
@@ -335,7 +341,8 @@ function M.driver()
   local function listen_port(role)
     if role.interest == "participant" then return nil end   -- sessions, not observers
     local port = role.topic.destination.port
-    if is_wild(port) or address:is(port) and (is_wild(port.host) or is_wild(port.port)) then
+    if is_wild(port) or address:is(port) and (is_wild(port.host) or is_wild(port.port) or
+                                              handle:is(port.port) and is_wild(port.port.id)) then
       return nil
     end
     return port

@@ -333,13 +333,21 @@ end
 -- publishes inspect.listening(url) and calls on_listening(url); if it
 -- cannot listen, on_listening(nil, why) and it quits.  It stops with the
 -- program (market.ground.stopping).
+local servers = 0
+
 local function server(addr, on_listening, fname)
   local host, port = M.parse_address(addr == nil and "127.0.0.1:0" or addr)
   if not host then error(fname .. ": " .. port, 3) end
   if on_listening ~= nil and type(on_listening) ~= "function" then
     error(fname .. ": on_listening must be a function, got " .. type(on_listening), 3)
   end
-  local here = tcp.listener(tcp.address(host, port))
+  -- The tcp driver shares one socket among the observers of one listener
+  -- term: on port 0, tcp.listener(tcp.address(host, 0)) would be the
+  -- program's own "any port" listener, or another inspector's.  A handle
+  -- in the port field gets a socket (and a port) of this server's own.
+  servers = servers + 1
+  local here = tcp.listener(tcp.address(host, port ~= 0 and port or
+                                        tcp.handle("market-inspector " .. servers)))
   local loopback_only = is_loopback(host)
   local info = { url = nil }
   local viewers = 0

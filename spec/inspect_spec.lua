@@ -7,6 +7,7 @@
 package.path = "spec/support/?.lua;" .. package.path
 local N = require "net"
 local J = require "jsonread"
+local H = require "helpers"
 local market = require "market"
 local q, capture = N.q, N.capture
 
@@ -224,6 +225,46 @@ describe("market --inspect", function()
   end)
 end)
 
+describe("market --inspect 0", function()
+  -- docs/tcp.md's "One address" example: the program's own loopback
+  -- listener on a port the kernel picks, echoing with a prefix.
+  local APP = [[
+local market = require "market"
+local tcp = require "market.tcp"
+local _, T = market._, market.transition_no_state
+local here = tcp.listener(tcp.address("127.0.0.1", 0))
+return market.transition(nil,
+  market.subscriber(tcp.listening(here.port, _), { on_presence = function(_s, role)
+    io.stderr:write("app: listening on port ", tostring(role.topic.bound_port), "\n") end }),
+  market.observe_publishers(tcp.channel(_, here, _), { on_presence = function(_s, role)
+    local remote = role.topic.source
+    return T(market.spawn(function()
+      return market.transition(nil,
+        market.subscriber(tcp.channel(remote, here, _), { on_message = function(_s, m)
+          if m.subpacket == market.EOF then return T(market.quit()) end
+          return T(market.send(tcp.channel(here, remote, "APP: " .. m.subpacket)))
+        end }),
+        market.publisher(tcp.channel(here, remote, _)))
+    end))
+  end }))
+]]
+
+  it("listens on a port of its own, not on the program's loopback listener", function()
+    local script = H.tempfile(APP)
+    local server = N.start_cmd(("exec %s --inspect 0 %s"):format(q(N.market_bin()), q(script)))
+    local _, iport = N.await_listening(server, "the inspector", 2,
+      "market: inspector on http://127%.0%.0%.1:(%d+)/\n")
+    local _, aport = N.await_listening(server, "the app", 2)
+    local app = capture(("printf 'hi' | nc -N 127.0.0.1 %d"):format(aport), 10)
+    local status = parse(get(iport, "/api/snapshot"))
+    server.kill()
+    os.remove(script)
+    assert.are_not.equal(iport, aport)
+    assert.equal("APP: hi", app)
+    assert.equal(200, status)
+  end)
+end)
+
 describe("market inspect HOST:PORT", function()
   it("prints the processes like ps", function()
     local server, iport = start_inspected("examples/chat.lua", "0")
@@ -308,5 +349,21 @@ describe("require 'market.inspect'", function()
     local status, _, body = parse(resp)
     assert.equal(200, status)
     assert.truthy(find_proc(J.decode(body), named("inspector")))
+  end)
+
+  it("gives each server on port 0 a port of its own", function()
+    local urls = {}
+    N.run(function()
+      for _ = 1, 2 do
+        market.perform(inspect.start("127.0.0.1:0", function(url) urls[#urls + 1] = url end))
+      end
+      market.perform(market.subscriber(inspect.listening(market._), "url"))
+      market.wait_for(function(e) return e.endpoint == "url" end)
+      market.wait_for(function(e) return e.endpoint == "url" end)
+      market.stop(0)
+    end)
+    assert.equal(2, #urls)
+    assert.truthy(urls[1]:find("^http://127%.0%.0%.1:%d+/$"), urls[1])
+    assert.are_not.equal(urls[1], urls[2])
   end)
 end)
