@@ -51,8 +51,14 @@ function M.parse_address(s)
   return host, math.tointeger(port)
 end
 
+-- "HOST:PORT" as a URL and a Host header have it: an IPv6 address in
+-- brackets (RFC 3986 3.2.2), or its colons would run into the port's.
+local function host_port(host, port)
+  return ("%s:%d"):format(host:find(":", 1, true) and "[" .. host .. "]" or host, port)
+end
+
 local function url_of(host, port)
-  return ("http://%s:%d/"):format(host:find(":", 1, true) and "[" .. host .. "]" or host, port)
+  return "http://" .. host_port(host, port) .. "/"
 end
 
 -- Whether a Host header names this machine's loopback: a page of another
@@ -543,7 +549,7 @@ function M.cli(addr)
   if not host then return fail(port) end
   local a, h = tcp.address(host, port), tcp.handle("market-inspect")
   local parser = http.response(1 << 30)
-  local where = ("%s:%d"):format(host, port)
+  local where = host_port(host, port)
   local function got(data)
     local done, why = parser:feed(data)
     if done == false then
