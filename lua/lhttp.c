@@ -44,6 +44,9 @@ typedef struct lhttp {
 } lhttp;
 
 static int grow(lhttp *h, hbuf *b, const char *at, size_t n) {
+  /* An empty piece (an empty header value, say) adds nothing: b->p may
+  ** still be NULL, and memcpy takes no NULL even for 0 bytes (C11 7.24.1). */
+  if (n == 0) return 0;
   if (b->n + n > h->max) {
     h->overflow = h->head_done ? 413 : 431;
     return -1;
