@@ -33,6 +33,7 @@ M.MAX_REQUEST = 8192        -- bytes a request may take (head and body)
 M.PUSH_MS = 1000            -- how often /events pushes a snapshot
 M.KEEP_EVENTS = 200         -- recent events kept per inspected process or conversation
 M.RING_IDLE_MS = 10000      -- a view nobody asked for this long is closed
+M.CLI_TIMEOUT_MS = 5000     -- how long `market inspect` waits for the whole answer
 
 -- ---- addresses ---------------------------------------------------------------
 
@@ -536,7 +537,9 @@ end
 
 -- cli(addr): the boot function of `market inspect HOST:PORT`: fetch
 -- /api/snapshot and print it; exit 1 (a message on stderr) when there is
--- nothing to fetch.
+-- nothing to fetch, or no whole answer within CLI_TIMEOUT_MS (a port that
+-- takes the connection and says nothing, an inspector stopped with
+-- SIGSTOP: the connect alone would wait forever).
 function M.cli(addr)
   local host, port = M.parse_address(addr)
   local failed = false
@@ -565,11 +568,26 @@ function M.cli(addr)
     if not ok or type(snap) ~= "table" or type(snap.vm) ~= "table" then
       return fail(("%s: not a snapshot: %s"):format(where, ok and "no vm" or snap))
     end
-    print_tree(snap, function(s) io.stdout:write(s) end)
+    -- JSON of another shape (a process without a pid, say) is an answer
+    -- that is not an inspector's, not a crash: the rows are made first,
+    -- so that nothing of a table cut short is printed.
+    local rows = {}
+    ok, why = pcall(print_tree, snap, function(s) rows[#rows + 1] = s end)
+    if not ok then
+      return fail(("%s: not a snapshot: %s"):format(where, tostring(why):gsub("^[^:]*:%d+: ", "")))
+    end
+    io.stdout:write(table.concat(rows))
     io.stdout:flush()
     return T(market.quit())
   end
+  local deadline = math.floor(market.now()) + M.CLI_TIMEOUT_MS
   return market.transition(nil,
+    market.subscriber(market.ground.alarm(deadline), {
+      name = "deadline",
+      on_message = function()
+        return fail(("no answer from http://%s/api/snapshot in %g s"):format(where,
+                                                                            M.CLI_TIMEOUT_MS / 1000))
+      end }),
     market.subscriber(tcp.channel(a, h, _), {
       name = "in",
       on_message = function(_, m)

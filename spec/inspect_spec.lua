@@ -322,6 +322,36 @@ describe("market inspect HOST:PORT", function()
     assert.equal(("market inspect: cannot fetch http://127.0.0.1:%d/api/snapshot: connection refused\n"):format(port), out)
   end)
 
+  -- `nc -l` on a free port, answering with the shell command `answer`'s
+  -- output; returned once the port listens.
+  local function fake(answer)
+    local port = N.free_port()
+    local nc = N.start_cmd(("%s | exec nc -N -l 127.0.0.1 %d >/dev/null"):format(answer, port))
+    local hex = ("%04X"):format(port)
+    for _ = 1, 250 do
+      if (N.slurp("/proc/net/tcp") or ""):find(":" .. hex .. " 00000000:0000 0A", 1, true) then break end
+      N.sleep(0.02)
+    end
+    return nc, port
+  end
+
+  it("gives up after inspect.CLI_TIMEOUT_MS (5 s) when what answers says nothing", function()
+    local nc, port = fake("sleep 30")
+    local out, status = capture(("%s inspect 127.0.0.1:%d"):format(q(N.market_bin()), port), 20)
+    nc.kill()
+    assert.equal(1, status, out)
+    assert.equal(("market inspect: no answer from http://127.0.0.1:%d/api/snapshot in 5 s\n"):format(port), out)
+  end)
+
+  it("says so and exits 1 when a 200 answer is JSON of another shape", function()
+    local body = '{"vm":{"processes":[{}]}}'
+    local nc, port = fake(("printf 'HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%%s' %s"):format(#body, q(body)))
+    local out, status = capture(("%s inspect 127.0.0.1:%d"):format(q(N.market_bin()), port), 10)
+    nc.kill()
+    assert.equal(1, status, out)
+    assert.truthy(out:find(("^market inspect: 127.0.0.1:%d: not a snapshot: [^\n]*\n$"):format(port)), out)
+  end)
+
   it("says so and exits 1 when what answers is not an inspector", function()
     local server, port = N.start_server("examples/echo.lua")
     local out, status = capture(("%s inspect 127.0.0.1:%d"):format(q(N.market_bin()), port), 10)
