@@ -87,18 +87,36 @@ local function close_view(k)
   if v and v.ring then v.ring:close() end
 end
 
+-- Closes the views idle for RING_IDLE_MS (all of them: all true); the
+-- milliseconds until the next of the others would be, or nil if none is left.
 local function sweep(all)
-  local now = market.now()
+  local now, due = market.now(), nil
   for k, v in pairs(views) do
-    if all or now - v.used > M.RING_IDLE_MS then close_view(k) end
+    local left = v.used + M.RING_IDLE_MS - now
+    if all or left <= 0 then close_view(k)
+    elseif not due or left < due then due = left end
   end
+  return due and math.ceil(due)
+end
+
+-- The servers' timer for sweeping the views: set by each request for a
+-- view, so that a view a page stops asking for is closed without a page's
+-- /events stream (whose pushes sweep too) and without a timer ticking
+-- while nothing is open.
+local SWEEP = { "market-inspector", "sweep" }
+
+local function arm_sweep(ms)
+  return market.send(timer.cancel(SWEEP)), market.send(timer.set(SWEEP, ms, "relative"))
 end
 
 -- The recent events of view k (the JSON lines, oldest first), opening its
--- ring with opts the first time; nil when the ring cannot be opened.
+-- ring with opts the first time (keeping KEEP_EVENTS lines between two
+-- reads); nil when the ring cannot be opened.
 local function view_lines(k, opts, keep)
   local v = views[k]
+  P(arm_sweep(M.RING_IDLE_MS))
   if not v then
+    opts.size = M.KEEP_EVENTS
     local ok, ring = pcall(market.ring, opts)
     if not ok then
       market.log.warn("market.inspect: cannot record events: %s", tostring(ring))
@@ -396,6 +414,12 @@ local function server(addr, on_listening, fname)
         on_absence = function()
           viewers = viewers - 1
           if viewers == 0 then detail(false); sweep(true) end
+        end }),
+      market.subscriber(timer.expired(SWEEP, _), {
+        name = "sweep",
+        on_message = function()
+          local due = sweep(false)
+          if due then return T(arm_sweep(due)) end
         end }),
       market.subscriber(market.ground.stopping(_), {
         name = "stopping",

@@ -399,6 +399,46 @@ describe("require 'market.inspect'", function()
     assert.truthy(find_proc(J.decode(body), named("inspector")))
   end)
 
+  -- GET path from the inspector on port, from a process (straight-line).
+  local function fetch(port, path)
+    local s = N.connect(port)
+    assert(N.write_all(s, ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"):format(path)))
+    local resp = N.read_all(s)
+    s:close()
+    local status, _, body = parse(resp)
+    assert.equal(200, status, body)
+    return J.decode(body)
+  end
+
+  it("keeps inspect.KEEP_EVENTS of a view's events, and closes a view idle for RING_IDLE_MS", function()
+    local idle = inspect.RING_IDLE_MS
+    inspect.RING_IDLE_MS = 300
+    local kept, again
+    local ok, err = pcall(N.run, function()
+      local timer = require "market.timer"
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.subscriber({ "poke", market._ }, "poke"))
+      end, { name = "poked" }))
+      market.perform(inspect.start("127.0.0.1:0"),
+                     market.subscriber(inspect.listening(market._), "url"))
+      local url = market.wait_for(function(e) return e.endpoint == "url" end).role.topic.url
+      local port = tonumber(url:match(":(%d+)/$"))
+      local pid = find_proc(market.snapshot(), named("poked")).pid
+      local path = "/api/process/" .. pid
+      fetch(port, path)                              -- opens the view
+      for i = 1, 150 do market.perform(market.send({ "poke", i })) end
+      timer.sleep(50)
+      kept = #fetch(port, path).events               -- past the 100 of a default ring
+      timer.sleep(1000)                              -- nobody asks: closed
+      again = #fetch(port, path).events              -- a fresh view: nothing since
+      market.stop(0)
+    end)
+    inspect.RING_IDLE_MS = idle
+    assert(ok, err)
+    assert.truthy(kept > 100 and kept <= inspect.KEEP_EVENTS, kept)
+    assert.equal(0, again)
+  end)
+
   it("gives each server on port 0 a port of its own", function()
     local urls = {}
     N.run(function()
