@@ -347,7 +347,11 @@ local function connection(remote, here, info, loopback_only)
           return T(out(r), market.quit())
         end,
         on_absence = stop }),
-      market.publisher(tcp.channel(here, remote, _), { name = "out", on_absence = stop }))
+      market.publisher(tcp.channel(here, remote, _), { name = "out", on_absence = stop }),
+      -- The program stops: an /events stream would otherwise hold the
+      -- drain (docs/semantics.md) for its whole time, a page never ending
+      -- it; a request not yet whole is not worth the wait either.
+      market.subscriber(market.ground.stopping(_), { name = "stopping", on_presence = stop }))
   end
 end
 

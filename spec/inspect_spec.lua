@@ -209,6 +209,24 @@ describe("the inspector's HTTP server", function()
 end)
 
 describe("market --inspect", function()
+  it("ends an open /events stream at once when the program stops, not at the drain's end", function()
+    local server, port = N.await_listening(N.start_cmd(("exec %s --drain 20000 --inspect 127.0.0.1:0 -e 'print(1)'")
+      :format(q(N.market_bin()))), "the inspector", 2, "market: inspector on http://127%.0%.0%.1:(%d+)/\n")
+    local page = N.start_cmd(("(printf 'GET /events HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n'; sleep 30) | " ..
+      "exec nc 127.0.0.1 %d"):format(port))
+    for _ = 1, 250 do
+      if page.stdout():find("data: ", 1, true) then break end
+      N.sleep(0.02)
+    end
+    os.execute("kill -TERM " .. server.pid)
+    -- The page keeps its side open: the connection's orderly close waits
+    -- up to 2 s for it (docs/tcp.md), far less than the 20 s drain.
+    local status = server.wait_exit(8)
+    page.kill()
+    server.kill()
+    assert.equal(0, status)
+  end)
+
   it("says why it cannot listen and exits 1", function()
     local busy = N.start_cmd(("exec %s --inspect 127.0.0.1:0 examples/chat.lua 0"):format(q(N.market_bin())))
     local _, port = N.await_listening(busy, "chat")
