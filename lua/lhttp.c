@@ -154,14 +154,25 @@ static int l_feed(lua_State *L) {
   enum http_errno e;
   if (h->done) { lua_pushboolean(L, 1); return 1; }
   if (h->overflow) return fail(L, "request too large", h->overflow);
-  /* The head, however it is cut, counts against the limit as it comes. */
-  if (!h->head_done && (h->seen += n) > h->max) {
-    h->overflow = 431;
-    return fail(L, "request head too large", 431);
-  }
   lua_settop(L, 2);
   h->L = L;
-  used = http_parser_execute(&h->p, &settings, s, n);
+  /* The head, however it is cut, counts against the limit as it comes.
+  ** A piece that would pass it is parsed only as far as the limit first:
+  ** if the head ends there, the rest is body (limited by its buffer: 413),
+  ** not more head (431). */
+  if (!h->head_done && n > h->max - h->seen) {
+    size_t room = h->max - h->seen;
+    /* room 0 would be no piece: an empty one tells the parser the end. */
+    used = room ? http_parser_execute(&h->p, &settings, s, room) : 0;
+    h->seen += used;
+    if (!h->head_done && !h->done && !h->overflow && HTTP_PARSER_ERRNO(&h->p) == HPE_OK)
+      h->overflow = 431;
+    else if (!h->done && !h->overflow && HTTP_PARSER_ERRNO(&h->p) == HPE_OK && used == room)
+      used += http_parser_execute(&h->p, &settings, s + room, n - room);
+  } else {
+    if (!h->head_done) h->seen += n;
+    used = http_parser_execute(&h->p, &settings, s, n);
+  }
   h->L = NULL;
   if (h->done) { lua_pushboolean(L, 1); return 1; }
   if (h->overflow) return fail(L, h->overflow == 431 ? "request head too large" : "body too large",

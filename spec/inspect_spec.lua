@@ -155,6 +155,16 @@ describe("the inspector's HTTP server", function()
     assert.equal(200, (parse(get(port, "/api/snapshot"))))
   end)
 
+  it("bounds a body: 413 past 8 KiB, though it comes with the head", function()
+    local status, _, body = parse(raw(port, "POST /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n" ..
+                                      "Content-Length: 9000\r\n\r\n" .. ("c"):rep(9000)))
+    assert.equal(413, status, body)
+    -- A head and a small body past the limit together: the body is no head.
+    status = parse(raw(port, "POST /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " .. ("d"):rep(7900) ..
+                              "\r\nContent-Length: 500\r\n\r\n" .. ("e"):rep(500)))
+    assert.equal(405, status)
+  end)
+
   it("puts together a request that comes in pieces", function()
     local out = capture(("(printf 'GET /api/snap'; sleep 0.3; printf 'shot HTTP/1.1\\r\\nHo'; sleep 0.3; " ..
       "printf 'st: 127.0.0.1\\r\\n\\r\\n') | nc -N 127.0.0.1 %d"):format(port), 10)
