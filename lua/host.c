@@ -553,7 +553,8 @@ static int p_inspect(lua_State *L) {
   lua_call(L, 1, 1);
   lua_getfield(L, -1, "parse_address");       /* a bad address: its message alone */
   lua_pushstring(L, addr);
-  lua_call(L, 1, 2);
+  lua_pushboolean(L, 1);                      /* to listen on: a numeric host */
+  lua_call(L, 2, 2);
   if (lua_isnil(L, -2)) return lua_error(L);
   lua_pop(L, 2);
   lua_getfield(L, -1, "server");

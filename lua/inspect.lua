@@ -37,9 +37,21 @@ M.CLI_TIMEOUT_MS = 5000     -- how long `market inspect` waits for the whole ans
 
 -- ---- addresses ---------------------------------------------------------------
 
+-- Whether host is written as a numeric IP address: four decimal numbers,
+-- or hex digits and colons (the listener's getaddrinfo checks the rest).
+local function numeric(host)
+  local a, b, c, d = host:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if a then
+    return tonumber(a) < 256 and tonumber(b) < 256 and tonumber(c) < 256 and tonumber(d) < 256
+  end
+  return host:find(":", 1, true) ~= nil and host:match("^[%x:%.]+$") ~= nil
+end
+
 -- "[HOST:]PORT" (HOST may be an IPv6 address in brackets) -> host, port;
--- or nil, why.  The host defaults to 127.0.0.1: loopback only.
-function M.parse_address(s)
+-- or nil, why.  The host defaults to 127.0.0.1: loopback only.  With
+-- listen, HOST must be numeric (a server's own address: no name is looked
+-- up), so that a name is a bad address at once, not a listener that fails.
+function M.parse_address(s, listen)
   if math.type(s) == "integer" then s = tostring(s) end
   if type(s) ~= "string" then return nil, "want [HOST:]PORT, got a " .. type(s) end
   local host, port = s:match("^%[([^%]]+)%]:(%d+)$")
@@ -48,6 +60,9 @@ function M.parse_address(s)
   port = tonumber(port)
   if not port or port > 65535 then
     return nil, ("bad address %q: want [HOST:]PORT, PORT 0..65535 (0: any)"):format(s)
+  end
+  if listen and not numeric(host) then
+    return nil, ("bad address %q: HOST must be a numeric IP address (no name is looked up)"):format(s)
   end
   return host, math.tointeger(port)
 end
@@ -365,7 +380,7 @@ end
 local servers = 0
 
 local function server(addr, on_listening, fname)
-  local host, port = M.parse_address(addr == nil and "127.0.0.1:0" or addr)
+  local host, port = M.parse_address(addr == nil and "127.0.0.1:0" or addr, true)
   if not host then error(fname .. ": " .. port, 3) end
   if on_listening ~= nil and type(on_listening) ~= "function" then
     error(fname .. ": on_listening must be a function, got " .. type(on_listening), 3)

@@ -256,9 +256,13 @@ describe("market --inspect", function()
     local out, status = capture(("%s --inspect 99999 -e 'print(1)'"):format(q(N.market_bin())), 10)
     assert.equal(2, status)
     assert.truthy(out:find('market: --inspect: bad address "99999"', 1, true), out)
-    out, status = capture(("%s --inspect no-such-host:0 -e 'print(1)'"):format(q(N.market_bin())), 10)
-    assert.equal(1, status)
-    assert.truthy(out:find("not a numeric IP address", 1, true), out)
+    -- A name, even one that resolves: the host is to listen on, not looked up.
+    for _, addr in ipairs { "no-such-host:0", "localhost:0" } do
+      out, status = capture(("%s --inspect %s -e 'print(1)'"):format(q(N.market_bin()), addr), 10)
+      assert.equal(2, status, out)
+      assert.equal(('market: --inspect: bad address "%s": HOST must be a numeric IP address ' ..
+                    "(no name is looked up)\n"):format(addr), out)
+    end
   end)
 end)
 
@@ -401,6 +405,13 @@ describe("require 'market.inspect'", function()
     assert.is_nil(ok)
     assert.truthy(why:find("bad address", 1, true))
     assert.is_nil((inspect.parse_address("::1:80")))
+    assert.same({ "localhost", 80 }, { inspect.parse_address("localhost:80") })   -- a client's
+    assert.is_nil((inspect.parse_address("localhost:80", true)))
+    assert.is_nil((inspect.parse_address("256.0.0.1:80", true)))
+    assert.same({ "::1", 0 }, { inspect.parse_address("[::1]:0", true) })
+    assert.same({ "0.0.0.0", 0 }, { inspect.parse_address("0.0.0.0:0", true) })
+    assert.has_error(function() inspect.start("localhost:0") end,
+      'market.inspect.start: bad address "localhost:0": HOST must be a numeric IP address (no name is looked up)')
     assert.has_error(function() inspect.start("x") end,
       'market.inspect.start: bad address "x": want [HOST:]PORT, PORT 0..65535 (0: any)')
     assert.has_error(function() inspect.start("0", 5) end,
