@@ -73,6 +73,40 @@ describe("tcp driver", function()
     assert.is_true(math.type(remote.port) == "integer" and remote.port > 0)
   end)
 
+  it("gives a listener with a tcp.handle in its port field a port of its own", function()
+    -- Observers of one listener term share its socket; a handle names a
+    -- listener apart from tcp.address(host, 0) and from other handles.
+    local loop = function(id) return tcp.address("127.0.0.1", id == nil and 0 or tcp.handle(id)) end
+    local ports, logs = {}, {}
+    N.run(function()
+      for i, id in ipairs({ false, "a", "b" }) do
+        local where = loop(id or nil)
+        market.perform(serve(where, polite))
+        local ev = listening_event(where)
+        assert.equal("presence", ev.type)
+        ports[i] = ev.role.topic.bound_port
+        market.perform(market.delete_endpoint("listening?"))
+      end
+      -- A second observer of the same handle term shares its socket.
+      local again = listening_event(loop("a"))
+      assert.equal(ports[2], again.role.topic.bound_port)
+      market.perform(market.delete_endpoint("listening?"))
+      for i, port in ipairs(ports) do
+        logs[i] = {}
+        market.perform(client("c" .. i, tcp.address("127.0.0.1", port), logs[i], {
+          on_connect = function(out) return T(out("hi" .. i)) end,
+          on_data = function(d, out) if d:find("hi") then return T(out(EOF)) end end }))
+        N.await({ "done", "c" .. i })
+      end
+      for _, id in ipairs({ false, "a", "b" }) do market.perform(send({ "stop-server", loop(id or nil) })) end
+    end)
+    for i = 1, 3 do
+      assert.is_true(math.type(ports[i]) == "integer" and ports[i] > 0)
+      assert.are.same({ "connected", "data you said hi" .. i .. "bye", "eof" }, squash(logs[i]))
+    end
+    assert.is_true(ports[1] ~= ports[2] and ports[2] ~= ports[3] and ports[1] ~= ports[3])
+  end)
+
   it("stops listening when the last observer goes: connecting then is refused", function()
     local log = {}
     N.run(function()

@@ -158,7 +158,7 @@ function N.tcp_serve(port, session)
         end }),
       market.subscriber({ "stop-server", port }, {
         on_message = function() return market.transition_no_state(market.quit()) end }))
-  end, { name = "server " .. port })
+  end, { name = "server " .. tostring(port) })
 end
 
 -- ---- raw sockets in straight-line code --------------------------------
