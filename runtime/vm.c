@@ -551,7 +551,9 @@ void mk_proc_each_endpoint(const mk_proc *p, mk_endpoint_fn fn, void *ud) {
     const char *name = strchr(m->name, ':') + 1;
     const mk_vm *vm = p->vm;
     mk_pid owner = p->pid;
-    char *full = mkI_xstrdup(name);
+    char *full;
+    if (!m->held) continue;        /* deleted, its absences on their way */
+    full = mkI_xstrdup(name);
     for (; level < depth && vm->parent != NULL; level++) {
       size_t n = strlen(full) + 24;
       char *up = mkI_xmalloc(n);
@@ -710,21 +712,48 @@ static int on_peer(mk_ilink *link, void *ud) {
 ** one level up and another "x" two levels up are different endpoints:
 ** deleting one must not make the process look finished while it still
 ** holds the other.  Each keeps the role it was added with.
+**
+** A name deleted up there stays until that deletion's MK_EV_DELETED comes
+** back down (metaname_deleted), when a process that asked to hear of its
+** deletions (MK_BF_TELL_DELETED) has had the deleted endpoint's own
+** absences, which come before it: forgotten at once, a process whose last
+** endpoint it was looked finished (implicit exit) and was gone before
+** they came, where at depth 0 they are queued for it and keep it.  The
+** marker always comes: the nested VM above performs the deletion as its
+** own, and is told (nested.c).  A name is held again if re-added
+** meanwhile, so each deletion's marker is counted.
 */
-
-/* Track "depth:name" with its role: -1, and nothing tracked, when p holds
-** that name there with another role (re-adding it is p's error, §1). */
-static int metaname_add(mk_proc *p, int depth, const char *name, mk_role role) {
+static mk_metaname *metaname_find(const mk_proc *p, int depth, const char *name) {
   mk_metaname *m;
   char key[16];
-  size_t k = (size_t)snprintf(key, sizeof key, "%d:", depth), n = strlen(name) + 1;
+  size_t k = (size_t)snprintf(key, sizeof key, "%d:", depth);
+  for (m = p->xname ? PROCX(p)->metas : NULL; m; m = m->next)
+    if (strncmp(m->name, key, k) == 0 && strcmp(m->name + k, name) == 0) return m;
+  return NULL;
+}
+
+/* Track "depth:name" with its role: -1, and nothing changed, when p holds
+** that name there with another role (re-adding it is p's error, §1).  A
+** name deleted and not yet heard of is held again, with the new role. */
+static int metaname_add(mk_proc *p, int depth, const char *name, mk_role role) {
+  mk_metaname *m = metaname_find(p, depth, name);
+  char key[16];
+  size_t k, n = strlen(name) + 1;
+  if (m != NULL && m->held) return mk_role_equal(m->role, role) ? 0 : -1;
+  if (m != NULL) {
+    mk_unref(m->role.topic);
+    m->role = role;
+    m->role.topic = mk_ref(role.topic);
+    m->held = 1;
+    return 0;
+  }
+  k = (size_t)snprintf(key, sizeof key, "%d:", depth);
   if (!p->xname) set_name(p, p->name, 1);    /* its first: move the name */
-  for (m = PROCX(p)->metas; m; m = m->next)
-    if (strncmp(m->name, key, k) == 0 && strcmp(m->name + k, name) == 0)
-      return mk_role_equal(m->role, role) ? 0 : -1;
   m = mkI_xmalloc(sizeof *m + k + n);
   m->role = role;
   m->role.topic = mk_ref(role.topic);
+  m->deleting = 0;
+  m->held = 1;
   memcpy(m->name, key, k);
   memcpy(m->name + k, name, n);
   m->next = PROCX(p)->metas;
@@ -732,35 +761,61 @@ static int metaname_add(mk_proc *p, int depth, const char *name, mk_role role) {
   return 0;
 }
 
-/* Forget "depth:name"; with `prefix`, every "d:name..." with d >= depth
-** (MK_A_DROP: a dead child's endpoints go at every level it held them). */
-static void metaname_remove(mk_proc *p, int depth, const char *name, int prefix) {
+static void metaname_unlink(mk_proc *p, mk_metaname *m) {
+  mk_metaname **pp = &PROCX(p)->metas;
+  while (*pp != m) pp = &(*pp)->next;
+  *pp = m->next;
+  mk_unref(m->role.topic);
+  free(m);
+}
+
+/* p deleted "depth:name" up there (MK_A_DELETE).  A name it does not hold
+** has no endpoint there, so no marker will come for it. */
+static void metaname_delete(mk_proc *p, int depth, const char *name) {
+  mk_metaname *m = metaname_find(p, depth, name);
+  if (m == NULL || !m->held) return;
+  m->held = 0;
+  if (p->b->flags & MK_BF_TELL_DELETED) m->deleting++;   /* until its marker */
+  else metaname_unlink(p, m);                   /* it hears nothing of it */
+}
+
+/* The MK_EV_DELETED of a deletion p made up there has come down: the
+** endpoint's own absences are all in. */
+static void metaname_deleted(mk_proc *p, int depth, const char *name) {
+  mk_metaname *m = metaname_find(p, depth, name);
+  if (m == NULL || m->deleting == 0) return;
+  if (--m->deleting == 0 && !m->held) metaname_unlink(p, m);
+}
+
+/* Forget every "d:name..." with d >= depth (MK_A_DROP: a dead child's
+** endpoints go at every level it held them), and any deletion of them
+** still to come back: its marker will find no child to go to. */
+static void metaname_drop(mk_proc *p, int depth, const char *prefix) {
   mk_metaname **pp;
-  char key[16];
-  size_t k = (size_t)snprintf(key, sizeof key, "%d:", depth), n = strlen(name);
+  size_t n = strlen(prefix);
   if (!p->xname) return;
   for (pp = &PROCX(p)->metas; *pp;) {
     mk_metaname *m = *pp;
     const char *rest = strchr(m->name, ':') + 1;
-    int hit = prefix ? atoi(m->name) >= depth && strncmp(rest, name, n) == 0
-                     : strncmp(m->name, key, k) == 0 && strcmp(rest, name) == 0;
-    if (hit) {
+    if (atoi(m->name) >= depth && strncmp(rest, prefix, n) == 0) {
       *pp = m->next;
       mk_unref(m->role.topic);
       free(m);
-      if (!prefix) return;
     } else {
       pp = &m->next;
     }
   }
 }
 
-/* The highest level above p where it holds endpoints (0: none). */
+/* The highest level above p where it holds endpoints (0: none).  Names
+** deleted there do not count: their deletion is on its way up before
+** anything p does next. */
 static int metaname_levels(const mk_proc *p) {
   const mk_metaname *m;
   int most = 0;
   for (m = p->xname ? PROCX(p)->metas : NULL; m; m = m->next) {
     int depth = atoi(m->name);
+    if (!m->held) continue;
     if (depth > most) most = depth;
   }
   return most;
@@ -798,9 +853,9 @@ static char *metaname_track(mk_proc *p, mk_action **pp, int depth) {
         return clash;
       }
     } else if (a->type == MK_A_DELETE) {
-      metaname_remove(p, depth, a->name, 0);
+      metaname_delete(p, depth, a->name);
     } else if (a->type == MK_A_DROP) {
-      metaname_remove(p, depth, a->name, 1);
+      metaname_drop(p, depth, a->name);
     } else if (a->type == MK_A_META && (clash = metaname_track(p, &a->list, depth + 1))) {
       mk_action_free(a->next);
       a->next = NULL;
@@ -1181,14 +1236,17 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
   while (p->eps) endpoint_remove(p->eps, reason, 0);
   if (p->lifeline) endpoint_remove(mkI_endpoint(vm, p->pid, lifeline_name), reason, 0);
   if (p->xname) {
+    int levels;
     while (PROCX(p)->links) endpoint_remove(PROCX(p)->links, reason, 0);
-    if (PROCX(p)->metas && vm->parent) {
+    /* Not for names only deleted up there: the deletion went up first. */
+    levels = metaname_levels(p);
+    if (levels > 0 && vm->parent) {
       /* Its endpoints above go with it, at every level, carrying the same
       ** reason: each nested VM on the way performs the drop and passes it
       ** up while levels remain (nested.c). */
       char prefix[32];
       snprintf(prefix, sizeof prefix, "%llu/", (unsigned long long)p->pid);
-      outbox_push(vm, mkI_drop(prefix, reason, metaname_levels(p)));
+      outbox_push(vm, mkI_drop(prefix, reason, levels));
     }
   }
   if (!p->resident) ptab_remove(vm, p);
@@ -1519,6 +1577,9 @@ static void deliver(mk_vm *vm, mk_qev *q) {
   mk_proc *p = q->proc;
   mk_event ev;
   if (q->type == MK_EV_SPAWNED || q->type == MK_EV_RESUME) p->conts--;
+  /* The last of a deletion p made above: p may have finished now
+  ** (check_exit), whether or not it hears the event. */
+  else if (q->type == MK_EV_DELETED && q->meta != 0) metaname_deleted(p, q->meta, q->name);
   /* An event for a deleted endpoint is dropped, unless it is one of the
   ** deletion's own (for a nested VM's child: if the child asked); so is
   ** one for a lifeline, which hears nothing, and for a link, whose

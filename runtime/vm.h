@@ -98,9 +98,11 @@ typedef struct mk_event {
 ** the process deletes an endpoint (mk_delete_endpoint, at any level), the
 ** endpoint itself then gets one MK_EV_ABSENCE per peer it could see, with
 ** ev->deleted = 1 and the reason given, and last one MK_EV_DELETED; its
-** peers get their absences either way.  Without the flag (the drivers) a
-** deleted endpoint hears nothing more.  A process that dies is told
-** nothing: it runs no more handlers.
+** peers get their absences either way; until its MK_EV_DELETED comes, an
+** endpoint deleted at meta level counts as held (implicit exit), so a
+** process whose last endpoint it was hears them before it ends.  Without
+** the flag (the drivers) a deleted endpoint hears nothing more.  A process
+** that dies is told nothing: it runs no more handlers.
 */
 struct mk_behavior {
   const char *kind;

@@ -126,13 +126,17 @@ typedef struct mk_qblock {
   mk_qev ev[MK_QBLOCK];
 } mk_qblock;
 
-/* Meta-endpoint names a process holds one level up (for implicit exit),
-** with the role each was added with: a re-add under that name with another
-** role is the process's error, found when it makes the action (vm.c,
+/* Meta-endpoint names a process holds above it, or has deleted there and
+** is still to hear of (for implicit exit; vm.c, metaname_add), with the
+** role each was added with: a re-add under a held name with another role
+** is the process's error, found when it makes the action (vm.c,
 ** mk_at_meta_level), not the nested VM's when the VM above performs it. */
 typedef struct mk_metaname {
   struct mk_metaname *next;
   mk_role role;             /* role.topic counted */
+  uint32_t deleting;        /* deletions made whose MK_EV_DELETED has not
+                            ** come back down yet */
+  uint8_t held;             /* 1: the endpoint is held up there */
   char name[];
 } mk_metaname;
 

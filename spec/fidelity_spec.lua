@@ -15,13 +15,13 @@ end
 
 -- A chain of `depth` nested VMs whose innermost runs boot; every VM on
 -- the way has only the next one in it (its boot process exits at once).
-local function chain(depth, boot)
+local function chain(depth, boot, opts)
   local f = boot
   for _ = 2, depth do
     local inner = f
     f = function() return T(0, market.nested_vm(inner)) end
   end
-  return market.nested_vm(f)
+  return market.nested_vm(f, opts)
 end
 
 describe("a process that ends takes what it held at every level, with its reason", function()
@@ -225,6 +225,84 @@ describe("delete_endpoint: the deleted endpoint hears its own absences", functio
       assert.same({ 'ground sees ["m", _] go: done',
                     'up absence ["m", 1] done', 'up absence ["m", 2] done' }, log.lines)
     end)
+  end
+
+  -- The endpoint deleted up there was its process's last: the process is
+  -- kept until its own absences (and the end of them) have come down,
+  -- and then ends, and with it every VM of the chain, as at depth 0.
+  -- Ground peers m1 and m2; m1 quits when it gets {"go"}.  `how`:
+  --   delete    at its second presence it deletes the endpoint,
+  --   peer goes at its second presence it sends {"go"} up, then deletes:
+  --             m1 goes while the absences are on their way down,
+  --   one turn  it adds and deletes the endpoint in its boot,
+  --   nobody    the same, with an endpoint that meets no peer,
+  --   VM goes   at its second presence it deletes the endpoint and quits
+  --             its VM: it is told nothing, and nothing is left behind.
+  local function last_endpoint(depth, how)
+    local log = H.log()
+    local topic = how == "nobody" and { "nobody" } or { "m", _ }
+    local function child()
+      local h = {
+        name = "up",
+        on_presence = function(s)
+          if s == 0 then return T(1) end
+          local acts = {}
+          if how == "peer goes" then acts[#acts + 1] = up(depth, market.send({ "go" })) end
+          acts[#acts + 1] = up(depth, market.delete_endpoint("up", "done"))
+          if how == "VM goes" then acts[#acts + 1] = market.at_meta_level(market.quit(nil, "bye")) end
+          return T(2, table.unpack(acts))
+        end,
+        on_absence = function(s, role, r, ep, deleted)
+          log("%s absence %s %s %s", ep, role.topic, r, tostring(deleted))
+        end,
+      }
+      if how == "one turn" or how == "nobody" then
+        return T(0, up(depth, market.subscriber(topic, h)),
+                 up(depth, market.delete_endpoint("up", "done")))
+      end
+      return T(0, up(depth, market.subscriber(topic, h)))
+    end
+    H.ground(function()
+      H.step(market.spawn(function()
+        return T(0, market.publisher({ "m", 1 }), market.subscriber({ "go" }, {
+          on_message = function() return T(0, market.quit()) end }))
+      end, { name = "m1" }), market.spawn(function()
+        return T(0, market.publisher({ "m", 2 }),
+                 market.observe_subscribers({ "m", _ }, { on_absence = function(s, role, r)
+                   log("ground sees %s go: %s", role.topic, r)
+                 end }))
+      end, { name = "m2" }))
+      H.step(market.spawn(function()
+        return T(0, chain(depth, child, { k = function(s, pid)
+          return T(s, market.observe_publishers(market.lifeline(pid), { on_absence = function(_, _, r)
+            log("its VMs gone: %s", r)
+          end }))
+        end }))
+      end, { name = "watch" }))
+      H.settle(depth * 2 + 6)
+    end, log)
+    return log.lines
+  end
+
+  for depth = 1, 2 do
+    for _, how in ipairs({ "delete", "peer goes", "one turn", "nobody", "VM goes" }) do
+      it(string.format("at meta level %d, its last endpoint (%s): it hears them, then ends",
+                       depth, how), function()
+        local lines = last_endpoint(depth, how)
+        local own = { 'up absence ["m", 1] done true', 'up absence ["m", 2] done true' }
+        local want, gone = { 'ground sees ["m", _] go: done' }, "its VMs gone: nil"
+        if how == "nobody" then want = {}
+        elseif how == "VM goes" then
+          if depth == 1 then gone = "its VMs gone: bye" end
+        else
+          table.move(own, 1, #own, 2, want)
+        end
+        -- The VMs go last: after the process has heard its own absences.
+        assert.equal(gone, table.remove(lines))
+        table.sort(lines)
+        assert.same(want, lines)
+      end)
+    end
   end
 
   it("straight-line code: they go to on_absence (told it is the deleted one); " ..
