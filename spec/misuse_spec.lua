@@ -507,6 +507,21 @@ describe("misuse at meta level in a nested VM ends the offending process only, a
                     end))
       end)
 
+      -- Deleted, a name is free again at once, also while the deletion's
+      -- own absences are still on their way down to the process.
+      it("deleting an endpoint, then adding its name with another role, is no re-add",
+         function()
+        assert.same({ 'w presence #1 publisher/participant ["held", "sibling"]',
+                      'w presence #1 publisher/participant ["held", "offender"]',
+                      'w absence #1 publisher/participant ["held", "offender"] nil',
+                      'w presence #1 publisher/participant ["held", "again"]',
+                      "pong from sibling" },
+                    offend(depth, function(up)
+                      return up(market.delete_endpoint("e"),
+                                market.publisher({ "held", "again" }, "e"))
+                    end))
+      end)
+
       it("a send aimed above the ground VM", function()
         offender_only(depth, function(up)
           return market.at_meta_level(up(market.send("x")))
