@@ -1133,6 +1133,15 @@ int mk_delete_endpoint(mk_proc *p, const char *name, int meta, mk_term *reason) 
     return mk_at_meta_level(p, mk_action_delete(name, reason));   /* untracks it */
   }
   e = mkI_endpoint(p->vm, p->pid, name);
+  if (e == NULL && p->b == &mk_nested_behavior) {
+    /* A child's deletion at meta level of what is not here (it never
+    ** came, or went another way): the child waits for the marker all
+    ** the same (metaname_delete), so it comes, bare, or the child, its
+    ** last endpoint gone, was kept for ever. */
+    mk_qev *q = qev_new(p->vm, p, MK_EV_DELETED);
+    q->name = mkI_xstrdup(name);
+    return -1;
+  }
   if (e == NULL || e->lifeline || e->islink) return -1;   /* they go with their process */
   endpoint_remove(e, reason, (p->b->flags & MK_BF_TELL_DELETED) != 0);
   return 0;
