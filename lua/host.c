@@ -45,13 +45,17 @@ struct mk_host {
   unsigned long crashes;
   mk_warning_fn on_warning;
   void *warning_ud;
+  mk_trace_fn on_trace;     /* NULL: no trace set with mk_host_trace */
+  void *trace_ud;
   char *warning;            /* owned: a warning being assembled, or NULL */
   size_t warnlen;
   int warnpieces;
 };
 
-/* Native handlers and failure callbacks running now (any host; market is
-** single-threaded): run, step and free are refused from inside one. */
+/* Native handlers and the host program's callbacks (failure, crash, log,
+** warning, trace) running now (any host; market is single-threaded): run,
+** step and free are refused from inside one, whose caller still uses the
+** host when it returns. */
 static int native_depth;
 
 const char *mk_version(void) { return MK_VERSION_STRING; }
@@ -261,7 +265,9 @@ void mk_host_on_failure(mk_host *h, mk_failure_fn fn, void *ud) {
 
 static void logged(void *ud, int level, const char *line) {
   mk_host *h = ud;
+  native_depth++;
   h->on_log(h, level, line, h->log_ud);
+  native_depth--;
 }
 
 void mk_host_on_log(mk_host *h, mk_log_fn fn, void *ud) {
@@ -309,8 +315,11 @@ static void warnf(void *ud, const char *msg, int tocont) {
   h->warnpieces++;
   if (tocont) return;
   if (h->warning != NULL && h->on_warning != NULL && !h->freeing &&
-      !(h->warnpieces == 1 && h->warning[0] == '@'))      /* a control message */
+      !(h->warnpieces == 1 && h->warning[0] == '@')) {    /* a control message */
+    native_depth++;
     h->on_warning(h, h->warning, h->warning_ud);
+    native_depth--;
+  }
   free(h->warning);
   h->warning = NULL;
   h->warnlen = 0;
@@ -477,8 +486,20 @@ mk_ground *mk_host_ground(mk_host *h) { return h ? h->g : NULL; }
 mk_vm *mk_host_vm(mk_host *h) { return h ? mk_ground_vm(h->g) : NULL; }
 struct lua_State *mk_host_lua(mk_host *h) { return h ? h->L : NULL; }
 
+/* The VMs call this for the host program's trace function: one call
+** deeper, so that the function cannot free the host under the VM. */
+static void traced(void *ud, const char *line) {
+  mk_host *h = ud;
+  native_depth++;
+  h->on_trace(h->trace_ud, line);
+  native_depth--;
+}
+
 void mk_host_trace(mk_host *h, mk_trace_fn fn, void *ud) {
-  if (h) mk_vm_set_trace(mk_ground_vm(h->g), fn, ud);
+  if (h == NULL) return;
+  h->on_trace = fn;
+  h->trace_ud = ud;
+  mk_vm_set_trace(mk_ground_vm(h->g), fn ? traced : NULL, fn ? h : NULL);
 }
 
 int mk_host_trace_opts(mk_host *h, const mk_trace_opts *opts) {

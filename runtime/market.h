@@ -47,7 +47,8 @@
 **   program may hold several hosts, but all on the thread that uses market.
 ** - Re-entrancy.  Native handlers and Lua processes run from inside
 **   mk_host_run(), mk_host_step(), mk_host_turn() or your own ev_run().
-**   From inside a handler you may call every function here except
+**   From inside a handler, or a callback you gave the host (failure,
+**   crash, log, warning, trace), you may call every function here except
 **   mk_host_run(), mk_host_step(), mk_host_turn() and mk_host_free(), which
 **   return MK_EBUSY (free: does nothing) there.
 */
@@ -143,7 +144,8 @@ mk_host *mk_host_new(struct ev_loop *loop, mk_error *err);
 ** created the loop, the loop is destroyed.  Your loop and your watchers on
 ** it are left alone.  After this, every term and record type market made
 ** is released; terms you still hold stay valid until you mk_unref them.
-** NULL is accepted.  Called from inside a handler it does nothing.
+** NULL is accepted.  Called from inside a handler or a callback it does
+** nothing.
 */
 void mk_host_free(mk_host *h);
 

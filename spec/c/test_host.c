@@ -551,6 +551,38 @@ static void trace(void) {
   mk_host_free(h);
 }
 
+/* The host's callbacks run with the VM, or mkl_log, still using the host:
+** free and run are refused from them as from a handler (a free there was a
+** use after free under ASan). */
+static int cb_busy, cb_calls;
+static void trace_frees(void *ud, const char *line) {
+  mk_host *h = ud;
+  (void)line;
+  cb_calls++;
+  mk_host_free(h);
+  if (mk_host_errcode(h) == MK_EBUSY && mk_host_run(h) == MK_EBUSY) cb_busy++;
+}
+static void log_frees(mk_host *h, int level, const char *line, void *ud) {
+  (void)level; (void)line; (void)ud;
+  cb_calls++;
+  mk_host_free(h);
+  if (mk_host_errcode(h) == MK_EBUSY && mk_host_step(h) == MK_EBUSY) cb_busy++;
+}
+static void callbacks_busy(void) {
+  mk_host *h = newhost();
+  mk_host_trace(h, trace_frees, h);
+  mk_host_spawn_string(h, "local m = require 'market'; m.perform(m.send('x'))", "traced", 0, NULL);
+  cb_busy = cb_calls = 0;
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(cb_calls > 0 && cb_busy == cb_calls);
+  mk_host_trace(h, NULL, NULL);
+  mk_host_on_log(h, log_frees, NULL);
+  cb_busy = cb_calls = 0;
+  CHECK(mk_host_log(h, MK_LOG_ERROR, "from outside") == MK_OK);
+  CHECK(cb_calls == 1 && cb_busy == 1);
+  mk_host_free(h);
+}
+
 /* mk_host_trace_opts: a filter and a format, set before the trace
 ** function or after it, and changed between runs. */
 static char tracebuf[4096];
@@ -1286,6 +1318,7 @@ int main(void) {
   RUN(continuations);
   RUN(own_loop_step);
   RUN(trace);
+  RUN(callbacks_busy);
   RUN(trace_opts);
   RUN(warnings);
   RUN(logging);
