@@ -128,6 +128,15 @@ local CHECKS = {
 }
 CHECKS.feedback = CHECKS.send
 CHECKS.snapshot = CHECKS.hello
+-- A hello or snapshot too large for one NATS message, in parts k of n.
+CHECKS["hello-part"] = function(m)
+  if not is_int(m[5]) then return "no sequence number" end
+  if not (is_int(m[6]) and is_int(m[7]) and m[6] >= 1 and m[6] <= m[7]) then
+    return "not a part k of n"
+  end
+  return wrong_roles(m[8])
+end
+CHECKS["snapshot-part"] = CHECKS["hello-part"]
 
 local function wrong(m)
   if not is_seq(m) then return "not a sequence: " .. repr(m, 200) end
@@ -171,9 +180,10 @@ local function boot(cfg)
     local nodes = {}
     local arrived        -- the at of the message being received, or nil
 
+    -- msg: a message, or its encoding.
     local function publish(subject, msg)
       if not connected then M.stats.dropped = M.stats.dropped + 1; return end
-      local ok, perr = conn:publish(subject, to_cbor(msg))
+      local ok, perr = conn:publish(subject, type(msg) == "string" and msg or to_cbor(msg))
       if ok then M.stats.sent = M.stats.sent + 1
       else
         M.stats.dropped = M.stats.dropped + 1
@@ -181,11 +191,50 @@ local function boot(cfg)
       end
     end
 
+    -- Whether bytes fit in one NATS message (the server's max_payload).
+    local function fits(bytes)
+      local max = conn:max_payload()
+      return max == 0 or #bytes <= max
+    end
+
     local function snapshot()
       local list = {}
       for id, r in pairs(roles) do list[#list + 1] = { id, r[1], r[2], r[3] } end
       table.sort(list, function(a, b) return a[1] < b[1] end)
       return list
+    end
+
+    -- Our roles as a hello (kind "hello") or a snapshot: one message when
+    -- it fits in one, else "hello-part" ("snapshot-part") messages k of n
+    -- with the roles in order, each as full as the server's max_payload
+    -- lets it be (docs/cluster.md: the wire protocol).
+    local WRAP = #to_cbor(nil) - 1            -- what every encoding starts with
+    local function publish_roles(subject, kind)
+      local list = snapshot()
+      local whole = to_cbor({ M.VERSION, kind, me, inc, seq, list })
+      local max = conn:max_payload()
+      if max == 0 or #whole <= max then return publish(subject, whole) end
+      local pkind = kind .. "-part"
+      -- An empty part, its k and n the largest they can be, and the room
+      -- for the roles' array head past one item.
+      local room = #to_cbor({ M.VERSION, pkind, me, inc, seq, math.maxinteger, math.maxinteger, {} }) + 8
+      local parts, part, used, lost = {}, {}, room, 0
+      for _i, r in ipairs(list) do
+        local size = #to_cbor(r) - WRAP
+        if room + size > max then
+          lost = lost + 1                     -- (the server's limit fell since its add)
+        else
+          if used + size > max then parts[#parts + 1], part, used = part, {}, room end
+          part[#part + 1], used = r, used + size
+        end
+      end
+      if #part > 0 or #parts == 0 then parts[#parts + 1] = part end
+      if lost > 0 then
+        warn("%d roles larger than NATS's max_payload (%d bytes) left out of a %s", lost, max, kind)
+      end
+      for k, p in ipairs(parts) do
+        publish(subject, { M.VERSION, pkind, me, inc, seq, k, #parts, p })
+      end
     end
 
     -- ---- stand-ins -------------------------------------------------------
@@ -281,14 +330,24 @@ local function boot(cfg)
 
     -- ---- local roles ------------------------------------------------------
 
+    -- A role whose add does not fit in one NATS message is not announced
+    -- (nor its del): a warning says so, and the sequence does not move,
+    -- so the other nodes stay in step with the roles they can hold.
     local function announce_add(o, i, t)
       local key = role_key(o, i, t)
+      local add = to_cbor({ M.VERSION, "add", me, inc, seq + 1, nextid + 1, o, i, t.topic })
+      if not fits(add) then
+        M.stats.dropped = M.stats.dropped + 1
+        warn("a %s %s of %s is %d bytes, over NATS's max_payload (%d): other nodes do not see it",
+             o, i, repr(t, 200), #add, conn:max_payload())
+        return
+      end
       nextid, seq = nextid + 1, seq + 1
       roles[nextid] = { o, i, t.topic }
       local ids = bykey[key] or {}
       bykey[key] = ids
       ids[#ids + 1] = nextid
-      publish(ALL, { M.VERSION, "add", me, inc, seq, nextid, o, i, t.topic })
+      publish(ALL, add)
     end
 
     local function announce_del(o, i, t, reason)
@@ -321,7 +380,7 @@ local function boot(cfg)
     local handle = {}
     function handle.hello(m, name, n)
       apply_snapshot(name, n, m[5], m[6])
-      publish(prefix .. ".node." .. name, { M.VERSION, "snapshot", me, inc, seq, snapshot() })
+      publish_roles(prefix .. ".node." .. name, "snapshot")
     end
     function handle.snapshot(m, name, n)
       -- An answer older than what we have (a second answer to two
@@ -330,8 +389,29 @@ local function boot(cfg)
       apply_snapshot(name, n, m[5], m[6])
     end
     function handle.want(_m, name)
-      publish(prefix .. ".node." .. name, { M.VERSION, "snapshot", me, inc, seq, snapshot() })
+      publish_roles(prefix .. ".node." .. name, "snapshot")
     end
+    -- Parts k of n of a hello (snapshot), gathered in n.parts and taken
+    -- whole once the last is in.  A part out of turn (one was dropped)
+    -- discards what was gathered: the heartbeats then show the gap, and
+    -- a snapshot is asked for.
+    local function part_of(kind)
+      return function(m, name, n)
+        local pseq, k, count, list = m[5], m[6], m[7], m[8]
+        if k == 1 then n.parts = { kind = kind, seq = pseq, count = count, got = 0, list = {} } end
+        local p = n.parts
+        if not p or p.kind ~= kind or p.seq ~= pseq or p.count ~= count or p.got ~= k - 1 then
+          n.parts = nil
+          return
+        end
+        table.move(list, 1, #list, #p.list + 1, p.list)
+        p.got = k
+        if k < count then return end
+        n.parts = nil
+        handle[kind]({ M.VERSION, kind, name, n.inc, pseq, p.list }, name, n)
+      end
+    end
+    handle["hello-part"], handle["snapshot-part"] = part_of("hello"), part_of("snapshot")
     function handle.add(m, name, n)
       if in_order(name, n, m[5]) then standin_add(name, n, m[6], m[7], m[8], m[9]) end
     end
@@ -374,7 +454,7 @@ local function boot(cfg)
     end
 
     local function hello()
-      publish(ALL, { M.VERSION, "hello", me, inc, seq, snapshot() })
+      publish_roles(ALL, "hello")
     end
 
     -- Up to 256 events at a time, and before each at most 256 sends and
@@ -437,6 +517,11 @@ local function boot(cfg)
       if dropped > dropped_in then
         warn("%d messages from NATS dropped: the loop fell behind", dropped - dropped_in)
         dropped_in = dropped
+      end
+      local oversize = conn:oversize()
+      if oversize > 0 then
+        warn("%d sends or feedback over NATS's max_payload (%d bytes) not sent to other nodes",
+             oversize, conn:max_payload())
       end
       arm()
     end

@@ -363,6 +363,9 @@ struct fwd {
   size_t leadlen[2];
   unsigned char wrapper[7];  /* the version tag and array head every encoded term starts with */
   size_t room;               /* room before a batch's topics: wrapper, array head, envelope */
+  size_t max_payload;        /* the server's largest message (0: not known) */
+  size_t oversize;           /* topics dropped alone over max_payload, not yet
+                             ** reported (conn:oversize) */
   int flush_due;             /* a continuation will publish the batches */
   rnode *nodes;              /* owned */
   fifo resent[2];
@@ -573,14 +576,20 @@ static int reserve(unsigned char **buf, size_t *cap, size_t n) {
   return 0;
 }
 
-/* Publish node n's batch, if it has one: [2, kind, node, inc, X1, ...], its
-** wrapper, array head and our envelope written in the room before the
-** topics, ending where they begin. */
-static void flush(fwd *f, rnode *n) {
-  size_t count = n->bn, at = f->room, hl;
+/* The server's largest message, as it said when we connected (again). */
+static void read_max_payload(fwd *f) {
+  int64_t m = f->nc != NULL ? natsConnection_GetMaxPayload(f->nc) : 0;
+  f->max_payload = m > 0 ? (size_t)m : 0;
+}
+
+/* Publish the first `count` topics of node n's batch, which end at `end`:
+** [2, kind, node, inc, X1, ...], its wrapper, array head and our envelope
+** written in the room before the topics, ending where they begin.  The
+** topics after them, if any, move to the front and stay in the batch. */
+static void flush_first(fwd *f, rnode *n, size_t count, size_t end) {
+  size_t at = f->room, hl, rest = n->blen - end;
   int k = n->bk;
-  if (count == 0) return;
-  n->bn = 0;
+  natsStatus s = NATS_CONNECTION_CLOSED;
   at -= f->minelen[k];
   memcpy(n->bb + at, f->mine[k], f->minelen[k]);
   hl = mk_cbor_head_len(4 + count);
@@ -588,12 +597,24 @@ static void flush(fwd *f, rnode *n) {
   mk_cbor_put_head(n->bb + at, 4, 4 + count);
   at -= sizeof f->wrapper;
   memcpy(n->bb + at, f->wrapper, sizeof f->wrapper);
-  if (f->connected && f->nc != NULL && n->subject != NULL && n->blen - at <= INT32_MAX &&
-      natsConnection_Publish(f->nc, n->subject, n->bb + at, (int)(n->blen - at)) == NATS_OK)
+  if (f->connected && f->nc != NULL && n->subject != NULL && end - at <= INT32_MAX)
+    s = natsConnection_Publish(f->nc, n->subject, n->bb + at, (int)(end - at));
+  if (s == NATS_OK) {
     f->stats->v[S_SENT]++;
-  else
+  } else {
     f->stats->v[S_DROPPED] += count;
-  n->blen = 0;
+    /* Only a topic alone is larger than the server takes (forward splits
+    ** batches): the driver says so at its next heartbeat. */
+    if (s == NATS_MAX_PAYLOAD) f->oversize += count;
+  }
+  n->bn -= count;
+  memmove(n->bb + f->room, n->bb + end, rest);
+  n->blen = n->bn > 0 ? f->room + rest : 0;
+}
+
+/* Publish node n's batch, if it has one. */
+static void flush(fwd *f, rnode *n) {
+  if (n->bn > 0) flush_first(f, n, n->bn, n->blen);
 }
 
 static void flush_all(fwd *f) {
@@ -640,6 +661,13 @@ static void forward(mk_proc *p, fwd *f, int k, mk_term *m) {
       n->blen += len;
     }
     n->bn++;
+    /* Past the server's max_payload (n->blen, with the room before the
+    ** topics, is at least the message's size): what came before goes
+    ** alone, and this topic starts the next batch. */
+    if (f->max_payload != 0 && n->blen > f->max_payload && n->bn > 1) {
+      flush_first(f, n, n->bn - 1, n->blen - len);
+      if (n == first) from = f->room;
+    }
     if (n->blen - f->room >= BATCH_MAX) flush(f, n);
     else if (!f->flush_due) {
       f->flush_due = 1;
@@ -1125,6 +1153,7 @@ static int c_start(lua_State *L) {
   f->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
   f->nc = c->nc;
   f->connected = 1;
+  read_max_payload(f);
   f->vm = mk_proc_vm(p);
   f->driver = mk_proc_pid(p);
   f->refs++;                         /* the process's, released by fwd_destroy */
@@ -1233,7 +1262,26 @@ static int c_connected(lua_State *L) {
   fwd *f = checkfwd(L);
   flush_all(f);
   f->connected = lua_toboolean(L, 2);
+  if (f->connected) read_max_payload(f);      /* another server, maybe */
   return 0;
+}
+
+/* conn:oversize() -> the count of sends and feedback dropped, since the
+** last call, for being larger alone than the server's max_payload. */
+static int c_oversize(lua_State *L) {
+  fwd *f = checkfwd(L);
+  lua_pushinteger(L, (lua_Integer)f->oversize);
+  f->oversize = 0;
+  return 1;
+}
+
+/* conn:max_payload() -> the largest message the server takes, in bytes
+** (0: not known, not connected). */
+static int c_max_payload(lua_State *L) {
+  conn *c = checkconn(L);
+  int64_t m = c->nc != NULL ? natsConnection_GetMaxPayload(c->nc) : 0;
+  lua_pushinteger(L, (lua_Integer)(m > 0 ? m : 0));
+  return 1;
 }
 
 /* conn:heard(name) -> when node name's last send or feedback reached the
@@ -1290,7 +1338,8 @@ void mkd_open_cluster(lua_State *L) {
     {"unsubscribe", c_unsubscribe}, {"publish", c_publish}, {"dropped", c_dropped},
     {"waiting", c_waiting}, {"start", c_start}, {"node", c_node}, {"forget", c_forget},
     {"role", c_role}, {"unrole", c_unrole}, {"connected", c_connected}, {"heard", c_heard},
-    {"deliver", c_deliver}, {"close", c_close}, {NULL, NULL}};
+    {"deliver", c_deliver}, {"oversize", c_oversize}, {"max_payload", c_max_payload},
+    {"close", c_close}, {NULL, NULL}};
   if (luaL_newmetatable(L, CONN_MT)) {
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);

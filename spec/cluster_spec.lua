@@ -322,6 +322,53 @@ market.perform(market.publisher(T({"w", "b"})),
     assert.equal(3, n.a.count("w absence"))
   end)
 
+  it("keeps within NATS's max_payload: snapshots in parts, batches split, too large said", function()
+    -- A server that takes at most 4 KiB a message.  a holds 150 roles
+    -- (about 11 KB: its snapshot for b goes in parts) and one role
+    -- larger than a message (never announced, said so); b sends a's
+    -- subscriber 100 topics of 110 bytes in one activation (batches
+    -- split below 4 KiB) and one larger than a message (dropped, said
+    -- so).  Then a adds a role: b, in step, sees it.
+    local srv = S.server({ max_payload = 4096 })
+    local a = S.node(PRELUDE .. [[
+local eps = {}
+for i = 1, 150 do eps[i] = market.publisher(T({"p", i, ("x"):rep(60)})) end
+eps[#eps + 1] = market.publisher(T({"p", 0, ("y"):rep(5000)}))
+local heard = 0
+eps[#eps + 1] = market.subscriber(T({"big", _}), { on_message = function(_, m)
+  heard = heard + 1
+  if m.topic[2] ~= heard .. ("w"):rep(100) then log("out of order at %d", heard) end
+  if heard == 100 then
+    log("a heard 100")
+    return market.transition_no_state(market.publisher(T({"p", 999, "late"})))
+  end
+end })
+market.perform(table.unpack(eps))
+log("a ready")
+]], { url = srv.url, name = "a" })
+    a.wait("a ready")
+    local b = S.node(PRELUDE .. [[
+local seen = 0
+market.perform(market.observe_publishers(T({"p", _, _}), { on_presence = function(_, r)
+  if r.topic.topic[2] == 999 then log("b saw late") return end
+  seen = seen + 1
+  if seen < 150 then return end
+  log("b saw %d", seen)
+  local sends = { market.send(T({"big", ("v"):rep(5000)})) }
+  for i = 1, 100 do sends[#sends + 1] = market.send(T({"big", i .. ("w"):rep(100)})) end
+  return market.transition_no_state(table.unpack(sends))
+end }))
+]], { url = srv.url, name = "b" })
+    b.wait("b saw 150")
+    a.wait("a heard 100")
+    b.wait("b saw late")
+    b.wait("1 sends or feedback over NATS's max_payload (4096 bytes) not sent to other nodes")
+    assert.is_false(b.has("b saw 151"), b.out())
+    assert.is_false(a.has("out of order"), a.out())
+    assert.truthy(a.has("over NATS's max_payload (4096): other nodes do not see it"), a.out())
+    assert.is_false(b.has("yyyy"), b.out())
+  end)
+
   it("survives a restart of nats-server: absence, then presence again, nothing twice", function()
     local srv = S.server()
     local n = nodes(srv, {
@@ -771,6 +818,16 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     say("market.spec.all", "hello", "a", 1, 1, { pub(1, "impostor") })
     a.wait("market.cluster: another node calls itself a")
     assert.is_false(a.has("impostor"))
+    -- A hello in parts is taken once its last part is in; a part out of
+    -- turn (x's 1 of 2 lost) is not taken at all.
+    say("market.spec.all", "hello-part", "x", 7, 1, 2, 2, { pub(1, "x-half") })
+    say("market.spec.all", "hello-part", "y", 8, 2, 1, 2, { pub(1, "y1") })
+    S.sleep(0.3)
+    assert.is_false(a.has("y1"))
+    say("market.spec.all", "hello-part", "y", 8, 2, 2, 2, { pub(2, "y2") })
+    a.wait('a presence publisher/participant market-cluster(["p", "y2"])')
+    assert.truthy(a.has('a presence publisher/participant market-cluster(["p", "y1"])'))
+    assert.is_false(a.has("x-half"))
     z:close()
   end)
 

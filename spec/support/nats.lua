@@ -68,7 +68,8 @@ end
 
 -- server([opts]): a nats-server on 127.0.0.1: opts.port (default: the
 -- kernel picks), opts.cluster (true: listen for routes), opts.routes (a
--- route URL).  Returns {pid=, port=, url=, route=}.
+-- route URL), opts.max_payload (the largest message it takes, in bytes:
+-- a config file).  Returns {pid=, port=, url=, route=}.
 function S.server(opts)
   opts = opts or {}
   local dir = S.dir or S.tmpdir()
@@ -81,6 +82,13 @@ function S.server(opts)
     cmd = cmd .. (" --cluster nats://127.0.0.1:%d --cluster_name spec"):format(opts.cluster_port or -1)
   end
   if opts.routes then cmd = cmd .. " --routes " .. opts.routes end
+  if opts.max_payload then
+    local conf = ("%s/nats%d.conf"):format(dir, n)
+    local f = assert(io.open(conf, "w"))
+    f:write(("max_payload: %d\n"):format(opts.max_payload))
+    f:close()
+    cmd = cmd .. " -c " .. H.quote(conf)
+  end
   local pid = S.bg(cmd, ("%s/nats%d.log"):format(dir, n))
   local ports = S.wait(function()
     return H.slurp(("%s/nats-server_%d.ports"):format(pdir, pid))
