@@ -764,7 +764,13 @@ for level, name in ipairs { "error", "warn", "info", "debug" } do
       if type(fmt) ~= "string" then
         error("market.log." .. name .. ": the format must be a string, got " .. type(fmt), 2)
       end
-      msg = fmt:format(...)
+      -- A format that does not fit its arguments is the caller's error,
+      -- at the caller's line, counted as log's arguments are.
+      local ok, m = pcall(string.format, fmt, ...)
+      if not ok then
+        error("market.log." .. name .. ": " .. (tostring(m):gsub(" to '[%w_.]*format'", "", 1)), 2)
+      end
+      msg = m
     else
       msg = tostring(fmt)
     end

@@ -76,6 +76,12 @@ describe("market.log", function()
                      "market.log.level: 'loud' is not a level (error, warn, info, debug)")
     assert.has_error(function() market.log.warn(42, "x") end,
                      "market.log.warn: the format must be a string, got number")
+    -- A format its arguments do not fit: the caller's line, not market's.
+    local line = debug.getinfo(1, "l").currentline + 1
+    local ok, err = pcall(function() market.log.warn("%d", "many"); return 0 end)
+    assert.is_false(ok)
+    assert.equal(("spec/log_spec.lua:%d: market.log.warn: bad argument #2 (number expected, got string)")
+                 :format(line), err)
   end)
 
   it("a Lua sink gets every line instead of stderr; nil gives them back; its errors are said",
