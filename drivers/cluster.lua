@@ -178,6 +178,12 @@ local function boot(cfg)
     -- feedback it delivers (conn:heard).  The forwarder knows each node
     -- and role too.
     local nodes = {}
+    -- Incarnations a newer one of the same name replaced: name -> list
+    -- (the last RETIRED).  What they still say is stale (in flight past
+    -- a restart) or another node under that name: ignored either way,
+    -- so two nodes with one name do not make every peer flap between
+    -- them.
+    local retired, RETIRED = {}, 8
     local arrived        -- the at of the message being received, or nil
 
     -- msg: a message, or its encoding.
@@ -281,6 +287,10 @@ local function boot(cfg)
     local function node_of(name, ninc)
       local n = nodes[name]
       if n and n.inc ~= ninc then
+        local r = retired[name] or {}
+        retired[name] = r
+        if #r == RETIRED then table.remove(r, 1) end
+        r[#r + 1] = n.inc
         forget(name, lost_reason(name, "restarted"))
         n = nil
       end
@@ -447,9 +457,21 @@ local function boot(cfg)
         warn("another node calls itself %s: its messages are ignored (node names must be unique)", me)
         return
       end
-      M.stats.received = M.stats.received + 1
       local name = m[3]
-      if m[2] == "bye" then return handle.bye(m, name) end
+      for _i, old in ipairs(retired[name] or {}) do
+        if old == m[4] then
+          M.stats.malformed = M.stats.malformed + 1
+          warn("ignoring node %s's incarnation %d, which a later one replaced (two nodes with one name?)",
+               name, old)
+          return
+        end
+      end
+      M.stats.received = M.stats.received + 1
+      if m[2] == "bye" then
+        -- (a bye from an incarnation not known yet has no roles to end)
+        if nodes[name] and nodes[name].inc == m[4] then handle.bye(m, name) end
+        return
+      end
       handle[m[2]](m, name, node_of(name, m[4]))
     end
 

@@ -814,6 +814,17 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     a.wait('a absence publisher/participant market-cluster(["p", "one"]) cluster: node z lost (restarted)')
     assert.equal(4, a.count("presence"))
     assert.equal(4, a.count("absence"))
+    -- The old incarnation still talking (late, or another node under z's
+    -- name): ignored with a warning, so nothing flaps; nor does its bye
+    -- end the new one.
+    say("market.spec.all", "add", "z", 43, 1, 1, "publisher", "participant", { "p", "new" })
+    a.wait('a presence publisher/participant market-cluster(["p", "new"])')
+    say("market.spec.all", "hello", "z", 42, 9, { pub(1, "old") })
+    say("market.spec.all", "bye", "z", 42)
+    a.wait("ignoring node z's incarnation 42, which a later one replaced")
+    S.sleep(0.3)
+    assert.is_false(a.has('"old"'))
+    assert.is_false(a.has("cluster: node z left"))
     -- Another node under a's own name: a says so, and hears none of it.
     say("market.spec.all", "hello", "a", 1, 1, { pub(1, "impostor") })
     a.wait("market.cluster: another node calls itself a")
