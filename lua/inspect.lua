@@ -395,6 +395,14 @@ local function server(addr, on_listening, fname)
   local loopback_only = is_loopback(host)
   local info = { url = nil }
   local viewers = 0
+  -- On a port given, `here` is the term a program uses for its own
+  -- listener on that address, and the driver would give both one socket:
+  -- every connection to both.  So an observer of its connections other
+  -- than our "accept" ends the inspector, as a port in use would.
+  local acceptors = 0
+  local shared = port ~= 0 and ("%s: the program accepts connections there too " ..
+    "(it observes tcp.channel(_, %s, _)): the inspector needs an address of its own")
+    :format(host_port(host, port), market.repr(here))
 
   return function()
     local function told(url, why)
@@ -423,6 +431,19 @@ local function server(addr, on_listening, fname)
             told(nil, why)
             return T(market.quit(nil, why))
           end
+        end }),
+      shared and market.observe_subscribers_everything(tcp.channel(_, here, _), {
+        name = "acceptors",
+        on_presence = function(_s, role)
+          if role.interest ~= "observer" or role.topic.source ~= _ then return end
+          acceptors = acceptors + 1
+          if acceptors > 1 then
+            told(nil, shared)
+            return T(market.quit(nil, shared))
+          end
+        end,
+        on_absence = function(_s, role)
+          if role.interest == "observer" and role.topic.source == _ then acceptors = acceptors - 1 end
         end }),
       market.observe_publishers(viewer(_), {
         name = "viewers",

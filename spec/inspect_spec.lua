@@ -252,6 +252,33 @@ describe("market --inspect", function()
     assert.truthy(port)
   end)
 
+  it("on a port the program listens on with the same term, says so and exits 1", function()
+    -- The tcp driver gives observers of one listener term one socket: the
+    -- inspector and the program would both take every connection.
+    local port = N.free_port()
+    local script = H.tempfile(([[
+local market = require "market"
+local tcp = require "market.tcp"
+local here = tcp.listener(tcp.address("127.0.0.1", %d))
+return market.transition(nil, market.observe_publishers(tcp.channel(market._, here, market._)))
+]]):format(port))
+    local out, status = capture(("%s --inspect 127.0.0.1:%d %s"):format(q(N.market_bin()), port, q(script)), 10)
+    assert.equal(1, status, out)
+    assert.truthy(out:find(("market: --inspect: 127.0.0.1:%d: the program accepts connections there too")
+                           :format(port), 1, true), out)
+    -- Observing the listener otherwise (an "everything" monitor) is no clash.
+    script = H.tempfile(([[
+local market = require "market"
+local tcp = require "market.tcp"
+local here = tcp.listener(tcp.address("127.0.0.1", %d))
+market.perform(market.observe_publishers_everything(tcp.channel(market._, here, market._)))
+require("market.timer").sleep(300)        -- (time for the inspector to see it)
+market.perform(market.exit(0))
+]]):format(port))
+    out, status = capture(("%s --inspect 127.0.0.1:%d %s"):format(q(N.market_bin()), port, q(script)), 10)
+    assert.equal(0, status, out)
+  end)
+
   it("refuses an address that is not [HOST:]PORT (usage error)", function()
     local out, status = capture(("%s --inspect 99999 -e 'print(1)'"):format(q(N.market_bin())), 10)
     assert.equal(2, status)
