@@ -518,8 +518,8 @@ static int f_apply(lua_State *L) {
   int i;
   if (lua_isnoneornil(L, 2)) return 0;
   if ((t = totrans(L, 2)) == NULL) {
-    lua_pushfstring(L, "handler returned a %s, not a transition (use market.transition)",
-                    luaL_typename(L, 2));
+    lua_pushfstring(L, "%s returned a %s, not a transition (use market.transition)",
+                    mkl_applying_boot(L) ? "boot function" : "handler", luaL_typename(L, 2));
     return lua_error(L);
   }
   lua_settop(L, 2);

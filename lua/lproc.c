@@ -185,7 +185,7 @@ _Static_assert(sizeof(lproc) <= 64, "a Lua process's record is one cache line");
 ** (toapply) when it is a transition of sends alone.  A boot function's
 ** transition adds endpoints, which C leaves to apply, and checking it
 ** first was a cost to every spawn. */
-enum { APPLY_LUA = 1, APPLY_C, APPLY_LAST };   /* APPLY_LAST: see mkl_applying */
+enum { APPLY_LUA = 1, APPLY_C, APPLY_LAST, APPLY_LAST_BOOT };  /* the last two: see mkl_applying */
 
 #if defined(__GNUC__)
 #define MKL_INLINE inline __attribute__((always_inline))
@@ -1707,7 +1707,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
       lua_settop(co, lua_gettop(co) - nres + 1);
       int n = toapply(p, lp, co, how == APPLY_C);
       if (n > 0) {
-        lp->applies = APPLY_LAST;
+        lp->applies = how == APPLY_LUA ? APPLY_LAST_BOOT : APPLY_LAST;
         st = activate(p, lp, co, n, &nres, &overrun);
         lp->applies = 0;
       }
@@ -2897,7 +2897,11 @@ mk_proc *mkl_current(lua_State *L) {
 ** of it, after toapply), so that no code of the process's own runs in
 ** it after that transition's last action. */
 int mkl_applying(lua_State *L) {
-  return running.p != NULL && running.lp->co == L && running.lp->applies == APPLY_LAST;
+  return running.p != NULL && running.lp->co == L && running.lp->applies >= APPLY_LAST;
+}
+
+int mkl_applying_boot(lua_State *L) {
+  return running.p != NULL && running.lp->co == L && running.lp->applies == APPLY_LAST_BOOT;
 }
 
 mk_proc *mkl_acting(lua_State *L) {

@@ -128,6 +128,8 @@ mk_proc *mkl_current(lua_State *L);
 ** transition's last action (laction.c, doadd; vm.h,
 ** mk_add_endpoint_tagged). */
 int mkl_applying(lua_State *L);
+/* Nonzero while what it applies is what a boot function returned. */
+int mkl_applying_boot(lua_State *L);
 /* Push the context (MKL_CTX_*) of the process mkl_current(L) names and
 ** return 1; 0, pushing nothing, when there is none. */
 int mkl_pushctx(lua_State *L);

@@ -377,6 +377,23 @@ describe("misuse inside a process ends that process only, with the error as reas
                  victim_reason(function(s) return faketr end))
   end)
 
+  it("a boot function returning what is not a transition: the reason says boot function", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        return T(0, market.subscriber({ "booted", market._ }, H.logging(log, "watch")))
+      end))
+      H.step(market.spawn(function()
+        market.perform(market.publisher({ "booted", 1 }))
+        return 42
+      end))
+    end, log)
+    assert.same({ 'watch presence #1 publisher/participant ["booted", 1]',
+                  'watch absence #1 publisher/participant ["booted", 1] ' ..
+                    "boot function returned a number, not a transition (use market.transition)" },
+                log.lines)
+  end)
+
   it("a handler returning another userdata given a transition's or a send's metatable", function()
     -- Through the debug library; its block was read as a transition's, and
     -- a file handle's made one of some thousands of actions.
