@@ -120,6 +120,15 @@ static int luaerr(mk_host *h, int status, int code, const char *what) {
   return code;
 }
 
+/* A spawn the ground VM refused: it is ending every process (mk_host_free,
+** an exit, a stop's end; mk_vm_kill_all), and a handler that runs
+** meanwhile spawning would keep it going.  The error, and 0 for the pid. */
+static mk_pid halting(mk_host *h, const char *what) {
+  seterr(h, MK_EBUSY, "%s: the ground VM is ending every process (mk_host_free, an exit, "
+         "a stop): no spawn is taken", what);
+  return 0;
+}
+
 /* ---- process failures --------------------------------------------------- */
 
 /* The endpoints of a failing process, gathered for its report. */
@@ -739,6 +748,7 @@ static mk_pid spawn_lua(spawn_req *r) {
     luaerr(h, st, code, "");
     return 0;
   }
+  if (r->pid == 0) return halting(h, "spawn");
   return r->pid;
 }
 
@@ -774,6 +784,10 @@ mk_pid mk_host_spawn_string(mk_host *h, const char *code, const char *name,
 typedef struct native {
   mk_native on;
   void *ud;
+  int born;        /* its spawn returned a pid: on_exit is owed.  A spawn
+                   ** refused while the VM ends every process (mk_vm_spawn
+                   ** destroys the data at once) made no process, and the
+                   ** caller, told 0, still owns ud: no on_exit then. */
 } native;
 
 static void native_handle(mk_proc *p, const mk_event *ev) {
@@ -807,7 +821,7 @@ static void native_handle(mk_proc *p, const mk_event *ev) {
 static void native_destroy(mk_proc *p) {
   native *n = mk_proc_data(p);
   if (n == NULL) return;
-  if (n->on.on_exit) {
+  if (n->born && n->on.on_exit) {
     native_depth++;
     n->on.on_exit(p, n->ud);
     native_depth--;
@@ -823,23 +837,30 @@ static native *native_new(const mk_native *handlers, void *ud) {
   if (n == NULL) return NULL;
   n->on = *handlers;
   n->ud = ud;
+  n->born = 0;
   return n;
 }
 
 mk_pid mk_host_spawn_native(mk_host *h, const mk_native *handlers, void *ud, const char *name) {
   native *n;
+  mk_pid pid;
   if (h == NULL) return 0;
   if (handlers == NULL) { seterr(h, MK_EINVAL, "mk_host_spawn_native: handlers is NULL"); return 0; }
   if ((n = native_new(handlers, ud)) == NULL) { seterr(h, MK_ENOMEM, "out of memory"); return 0; }
-  return mk_vm_spawn(mk_ground_vm(h->g), &native_behavior, n, name);
+  if ((pid = mk_vm_spawn(mk_ground_vm(h->g), &native_behavior, n, name)) == 0)
+    return halting(h, "mk_host_spawn_native");     /* n is freed */
+  n->born = 1;
+  return pid;
 }
 
 mk_pid mk_spawn_native(mk_proc *self, const mk_native *handlers, void *ud,
                        const char *name, void *token) {
   native *n;
+  mk_pid pid;
   if (self == NULL || handlers == NULL || !mk_proc_alive(self)) return 0;
   if ((n = native_new(handlers, ud)) == NULL) return 0;
-  return mk_spawn(self, &native_behavior, n, name, token);
+  if ((pid = mk_spawn(self, &native_behavior, n, name, token)) != 0) n->born = 1;
+  return pid;
 }
 
 static int add_participant(mk_proc *self, const char *name, mk_term *topic, mk_orientation o) {

@@ -389,6 +389,8 @@ int mk_host_start_drivers(mk_host *h);
 **   MK_EIO     the file cannot be opened or read (message says why)
 **   MK_ELUA    the file does not compile (message: file:line: error)
 **   MK_ENOMEM  out of memory
+**   MK_EBUSY   from a handler while the ground VM ends every process
+**              (mk_host_free, an exit, a stop's end): no spawn is taken
 ** The chunk runs later, when the VM delivers the process's boot event
 ** (mk_host_run / mk_host_step / your loop); a runtime error there is a
 ** process failure (mk_host_on_failure, MK_EFAILED), not a return code here.
@@ -398,7 +400,7 @@ mk_pid mk_host_spawn_file(mk_host *h, const char *path, int argc, const char *co
 /*
 ** As mk_host_spawn_file, with the chunk's source in `code` (text only).
 ** `name` is the chunk name in error messages and the debug name (NULL:
-** "(string)").  Errors: MK_EINVAL, MK_ELUA, MK_ENOMEM.
+** "(string)").  Errors: MK_EINVAL, MK_ELUA, MK_ENOMEM, MK_EBUSY.
 */
 mk_pid mk_host_spawn_string(mk_host *h, const char *code, const char *name,
                             int argc, const char *const *argv);
@@ -461,8 +463,9 @@ typedef struct mk_native {
 ** Spawn a native process in the ground VM, from outside any process (or
 ** from any handler).  `handlers` is copied; `ud` belongs to you (or to the
 ** process, if its on_exit frees it).  name may be NULL.
-** Returns the pid, or 0 with MK_EINVAL (h or handlers NULL) or MK_ENOMEM;
-** on_exit is not called then.
+** Returns the pid, or 0 with MK_EINVAL (h or handlers NULL), MK_ENOMEM or
+** MK_EBUSY (from a handler while the ground VM ends every process:
+** mk_host_free, an exit, a stop's end); on_exit is not called then.
 */
 mk_pid mk_host_spawn_native(mk_host *h, const mk_native *handlers, void *ud, const char *name);
 
@@ -470,7 +473,8 @@ mk_pid mk_host_spawn_native(mk_host *h, const mk_native *handlers, void *ud, con
 ** The action "spawn a native process", performed by `self` while it
 ** handles an event: the child lives in self's VM.  token, when not NULL,
 ** comes back to self's on_continue with the child's pid.  Returns the pid,
-** or 0 when self is not alive or handlers is NULL, or on MK_ENOMEM.
+** or 0 when self is not alive, handlers is NULL or its VM is ending every
+** process, or on MK_ENOMEM; on_exit is not called then.
 */
 mk_pid mk_spawn_native(mk_proc *self, const mk_native *handlers, void *ud,
                        const char *name, void *token);
@@ -497,7 +501,8 @@ int mk_host_feedback(mk_host *h, mk_term *body);
 ** for each matching message (message borrowed for the call).  It lasts
 ** until mk_host_kill(h, pid, NULL) or mk_host_free.  Its presence is seen
 ** by publishers of matching topics like any subscriber's.
-** Returns the pid, or 0 with MK_EINVAL or MK_ENOMEM.
+** Returns the pid, or 0 with MK_EINVAL, MK_ENOMEM or MK_EBUSY (as
+** mk_host_spawn_native).
 */
 typedef void (*mk_message_fn)(mk_host *h, mk_term *message, void *ud);
 mk_pid mk_host_subscribe(mk_host *h, mk_term *topic, mk_message_fn fn, void *ud);

@@ -1303,6 +1303,45 @@ static void foreign_allocator_wrapped(void) {
   strict_close(L);
 }
 
+/* Spawns from a handler while mk_host_free ends every process are refused
+** (mk_vm_kill_all): 0 and MK_EBUSY, and on_exit is not called for a
+** process that never was.  mk_host_subscribe freed its state twice then
+** (the refused spawn's on_exit freed it, then the failed spawn's cleanup),
+** and no error was set. */
+static int late_codes[4], late_exits;
+static mk_host *late_host;
+static void late_exit_fn(mk_proc *self, void *ud) { late_exits++; }
+static void late_msg(mk_host *h, mk_term *m, void *ud) {}
+static void late_exit(mk_proc *self, void *ud) {
+  mk_host *h = late_host;
+  p_exit(self, ud);
+  static const mk_native quiet = { NULL, NULL, NULL, NULL, NULL, late_exit_fn };
+  mk_term *t = mk_cstr("late");
+  late_codes[0] = mk_host_subscribe(h, t, late_msg, NULL) == 0 ? mk_host_errcode(h) : MK_OK;
+  late_codes[1] = mk_host_spawn_native(h, &quiet, NULL, "late") == 0 ? mk_host_errcode(h) : MK_OK;
+  late_codes[2] = mk_host_spawn_string(h, "return 1", "late", 0, NULL) == 0 ? mk_host_errcode(h) : MK_OK;
+  late_codes[3] = strstr(mk_host_error(h), "ending every process") != NULL;
+  mk_unref(t);
+}
+static void spawn_while_ending(void) {
+  size_t base = mk_term_live();
+  mk_host *h = newhost();
+  static const mk_native late = { p_boot, NULL, NULL, NULL, NULL, late_exit };
+  probe a = { "a", NULL, NULL, 0, 0, 0, NULL };
+  a.sub = mk_cstr("t");
+  memset(late_codes, 0, sizeof late_codes);
+  late_exits = 0;
+  late_host = h;
+  CHECK(mk_host_spawn_native(h, &late, &a, "a") != 0);
+  CHECK(mk_host_run(h) == MK_OK);
+  mk_host_free(h);                 /* a's on_exit runs in it */
+  CHECK(a.exits == 1);
+  CHECK(late_codes[0] == MK_EBUSY && late_codes[1] == MK_EBUSY && late_codes[2] == MK_EBUSY);
+  CHECK(late_codes[3] == 1);
+  CHECK(late_exits == 0);
+  CHECK(mk_term_live() == base);
+}
+
 int main(void) {
   RUN(new_and_free);
   RUN(boxes_released);
@@ -1314,6 +1353,7 @@ int main(void) {
   RUN(crash_reports);
   RUN(budget);
   RUN(teardown);
+  RUN(spawn_while_ending);
   RUN(busy);
   RUN(continuations);
   RUN(own_loop_step);
