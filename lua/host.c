@@ -33,6 +33,9 @@ struct mk_host {
   mk_ground *g;
   lua_State *L;
   uint8_t own_loop, own_L, drivers, freeing;
+  int running;              /* run, step or turn is on the stack: a watcher of
+                            ** the program's own that its loop serves may not
+                            ** free the host or run it again (busy) */
   int code;                 /* last error */
   char *msg;                /* owned, or NULL */
   char *failure;            /* owned: first unreported process failure */
@@ -107,7 +110,7 @@ const char *mk_host_error(const mk_host *h) {
 int mk_host_errcode(const mk_host *h) { return h ? h->code : MK_EINVAL; }
 
 static int busy(mk_host *h) {
-  return native_depth > 0 || mkl_running(h->L);
+  return native_depth > 0 || h->running > 0 || mkl_running(h->L);
 }
 
 /* The status of a failed lua_pcall, recorded with the message on top of
@@ -986,7 +989,9 @@ int mk_host_exited(const mk_host *h) {
 int mk_host_run(mk_host *h) {
   if (h == NULL) return MK_EINVAL;
   if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_run: called from inside a handler");
+  h->running++;
   mk_ground_run(h->g);
+  h->running--;
   /* What the processes killed at the end held in Lua (the drivers' sockets
   ** in market.sys userdata, closed by their finalisers) goes now, not at
   ** some later collection: after an exit (or a stop's deadline) a
@@ -1001,9 +1006,11 @@ int mk_host_step(mk_host *h) {
   if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_step: called from inside a handler");
   /* As mk_ground_step, but the loop is polled even when the ground
   ** watches nothing: the host's own watchers on it get their turn. */
+  h->running++;
   mk_ground_deliver(h->g);
   ev_run(h->loop, EVRUN_NOWAIT);
   mk_ground_deliver(h->g);
+  h->running--;
   more = mk_ground_watching(h->g) > 0 || !mk_vm_idle(mk_ground_vm(h->g));
   if (report(h) != MK_OK) return MK_EFAILED;
   return more ? 1 : 0;
@@ -1013,7 +1020,9 @@ int mk_host_turn(mk_host *h, double timeout) {
   int more;
   if (h == NULL) return MK_EINVAL;
   if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_turn: called from inside a handler");
+  h->running++;
   more = mk_ground_turn(h->g, timeout);
+  h->running--;
   if (report(h) != MK_OK) return MK_EFAILED;
   return more ? 1 : 0;
 }

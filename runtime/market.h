@@ -50,7 +50,9 @@
 **   From inside a handler, or a callback you gave the host (failure,
 **   crash, log, warning, trace), you may call every function here except
 **   mk_host_run(), mk_host_step(), mk_host_turn() and mk_host_free(), which
-**   return MK_EBUSY (free: does nothing) there.
+**   return MK_EBUSY (free: does nothing) there.  The same holds in a
+**   watcher of your own on the host's loop while one of those three runs
+**   the loop (it serves your watchers too).
 */
 #ifndef MARKET_H
 #define MARKET_H
@@ -144,8 +146,9 @@ mk_host *mk_host_new(struct ev_loop *loop, mk_error *err);
 ** created the loop, the loop is destroyed.  Your loop and your watchers on
 ** it are left alone.  After this, every term and record type market made
 ** is released; terms you still hold stay valid until you mk_unref them.
-** NULL is accepted.  Called from inside a handler or a callback it does
-** nothing.
+** NULL is accepted.  Called from inside a handler or a callback, or from
+** a watcher of yours while mk_host_run, mk_host_step or mk_host_turn runs
+** the loop, it does nothing (mk_host_errcode: MK_EBUSY).
 */
 void mk_host_free(mk_host *h);
 

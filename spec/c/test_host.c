@@ -1342,6 +1342,34 @@ static void spawn_while_ending(void) {
   CHECK(mk_term_live() == base);
 }
 
+/* A watcher of the program's own on the host's loop, served while
+** mk_host_run runs it, is no place to free the host or run it again:
+** refused with MK_EBUSY (the free was a use after free under ASan). */
+static mk_host *watcher_host;
+static int watcher_codes[2];
+static void watcher_frees(struct ev_loop *loop, ev_timer *w, int revents) {
+  ev_timer_stop(loop, w);
+  mk_host_free(watcher_host);
+  watcher_codes[0] = mk_host_errcode(watcher_host);
+  watcher_codes[1] = mk_host_run(watcher_host);
+}
+static void free_from_watcher(void) {
+  struct ev_loop *loop = ev_loop_new(0);
+  mk_error err;
+  ev_timer t;
+  watcher_host = mk_host_new(loop, &err);
+  CHECK(watcher_host != NULL && mk_host_start_drivers(watcher_host) == MK_OK);
+  mk_host_spawn_string(watcher_host, "local m = require 'market'\n"
+    "require('market.timer').sleep(50)", "sleeper", 0, NULL);
+  ev_timer_init(&t, watcher_frees, 0.01, 0);
+  ev_timer_start(loop, &t);
+  watcher_codes[0] = watcher_codes[1] = 0;
+  CHECK(mk_host_run(watcher_host) == MK_OK);
+  CHECK(watcher_codes[0] == MK_EBUSY && watcher_codes[1] == MK_EBUSY);
+  mk_host_free(watcher_host);
+  ev_loop_destroy(loop);
+}
+
 int main(void) {
   RUN(new_and_free);
   RUN(boxes_released);
@@ -1357,6 +1385,7 @@ int main(void) {
   RUN(busy);
   RUN(continuations);
   RUN(own_loop_step);
+  RUN(free_from_watcher);
   RUN(trace);
   RUN(callbacks_busy);
   RUN(trace_opts);
