@@ -583,6 +583,29 @@ static void callbacks_busy(void) {
   mk_host_free(h);
 }
 
+/* A log line from a Lua process runs the host's log function while that
+** process's coroutine runs: spawning a Lua process from it uses the host's
+** Lua state meanwhile, and must work. */
+static int log_spawned;
+static void log_spawns(mk_host *h, int level, const char *line, void *ud) {
+  (void)level; (void)ud;
+  if (strstr(line, "spawn one") != NULL &&
+      mk_host_spawn_string(h, "note('spawned from the log')", "fromlog", 0, NULL) != 0)
+    log_spawned++;
+}
+static void log_callback_spawns(void) {
+  mk_host *h = newhost();
+  mk_host_on_log(h, log_spawns, NULL);
+  log_spawned = 0;
+  mk_host_spawn_string(h, "local m = require 'market'\n"
+                          "m.log.warn('spawn one')\n"
+                          "note('after the log line')\n", "logger", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(log_spawned == 1);
+  CHECK(has("after the log line") && has("spawned from the log"));
+  mk_host_free(h);
+}
+
 /* mk_host_trace_opts: a filter and a format, set before the trace
 ** function or after it, and changed between runs. */
 static char tracebuf[4096];
@@ -1388,6 +1411,7 @@ int main(void) {
   RUN(free_from_watcher);
   RUN(trace);
   RUN(callbacks_busy);
+  RUN(log_callback_spawns);
   RUN(trace_opts);
   RUN(warnings);
   RUN(logging);
