@@ -248,6 +248,11 @@ end
 -- sleep(msecs): for straight-line processes; suspends this process only.
 local sleeps = 0
 function M.sleep(msecs)
+  -- The driver ignores a set it cannot keep (nobody to answer): a sleep
+  -- of one would never return, silently.  Misuse, said at the caller.
+  if type(msecs) ~= "number" or msecs ~= msecs or msecs == huge or msecs == -huge then
+    error("timer.sleep: msecs must be a finite number, got " .. repr(msecs), 2)
+  end
   sleeps = sleeps + 1
   local pid = market.self()
   local label = { "sleep", pid, sleeps }

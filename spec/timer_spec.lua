@@ -179,6 +179,24 @@ describe("timer driver", function()
     assert.same({ "quick", "sleeper" }, order)
   end)
 
+  it("refuses a sleep it could never end: msecs not a finite number", function()
+    local said, back = {}, false
+    ground(function()
+      market.perform(market.spawn(function()
+        for _, bad in ipairs({ "10", 0 / 0, math.huge, -math.huge, {} }) do
+          local ok, err = pcall(timer.sleep, bad)
+          said[#said + 1] = ok and "returned" or err
+        end
+        timer.sleep(-5)                    -- a time past: at once
+        timer.sleep(math.mininteger)
+        back = true
+      end, { name = "sleeper" }))
+    end)
+    local want = "timer.sleep: msecs must be a finite number, got "
+    assert.same({ want .. '"10"', want .. "nan", want .. "inf", want .. "-inf", want .. "[]" }, said)
+    assert.is_true(back)
+  end)
+
   it("ignores malformed requests and keeps serving", function()
     local labels = expiries(1, function()
       return { timer.set("bad", "soon", "relative"), timer.set("bad2", 5, "sometime"),
