@@ -762,8 +762,24 @@ static stream *checkstream(lua_State *L) {
 }
 
 /* sys.std_take(fd) -> stream | nil, msg */
+/* Whether fd is one of the kernel's anonymous objects (epoll, eventfd,
+** signalfd, timerfd, ...): never a stream.  Standard input or output
+** closed when the program started gives its number to the next open:
+** the event loop's own, whose eventfd took any 8 bytes written to it as a
+** wake-up count.  Its kind goes to name (what readlink says). */
+static int std_anon(int fd, char *name, size_t size) {
+  char path[32];
+  ssize_t n;
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  n = readlink(path, name, size - 1);
+  if (n < 0) return 0;
+  name[n] = '\0';
+  return strncmp(name, "anon_inode:", 11) == 0;
+}
+
 static int l_std_take(lua_State *L) {
   static int registered;
+  char kind[64];
   lua_Integer fd = luaL_checkinteger(L, 1);
   stream *s;
   int flags;
@@ -774,6 +790,12 @@ static int l_std_take(lua_State *L) {
     return 2;
   }
   if ((flags = fcntl((int)fd, F_GETFL)) < 0) return fail(L, errno);
+  if (std_anon((int)fd, kind, sizeof kind)) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "descriptor %d is %s, not standard %s: it was closed when the program "
+                    "started", (int)fd, kind, fd == 0 ? "input" : "output");
+    return 2;
+  }
   s = lua_newuserdatauv(L, sizeof *s, 0);
   s->fd = -1;
   luaL_setmetatable(L, STD_MT);

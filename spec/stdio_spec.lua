@@ -266,6 +266,27 @@ return market.transition(nil, market.subscriber(stdio.stdin(market._), {
     assert.same({ false, false }, nonblocking(out))
   end)
 
+  it("says so when standard output was closed at the start, and loses nothing in secret", function()
+    -- Closed, number 1 went to the event loop's epoll instance (>&-) or
+    -- its eventfd (<&- >&-), which took any 8 bytes as a wake-up count.
+    local script = write("closed_out.lua", [[
+local market = require "market"
+local stdio = require "market.stdio"
+market.perform(market.spawn(stdio.driver))
+market.perform(market.publisher(stdio.stdout(market._), "out"))
+market.wait_for(function(e) return e.endpoint == "out" end)
+market.perform(market.send(stdio.stdout("12345678")))
+local ev = market.wait_for(function(e) return e.endpoint == "out" end)
+io.stderr:write("out ", ev.type, ": ", tostring(ev.reason), "\n")
+]])
+    for _, redirect in ipairs({ ">&-", "<&- >&-" }) do
+      local status, _, err = H.sh(("timeout 20 %s %s %s"):format(market_bin, script, redirect))
+      assert.equal(0, status, err)
+      assert.matches("^out absence: descriptor 1 is anon_inode:%[event%a+%], not standard output: " ..
+                     "it was closed when the program started\n$", err)
+    end
+  end)
+
   it("lets one driver at a time hold standard input", function()
     write("two.lua", [[
 local market = require "market"
