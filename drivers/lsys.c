@@ -761,7 +761,6 @@ static stream *checkstream(lua_State *L) {
   return s;
 }
 
-/* sys.std_take(fd) -> stream | nil, msg */
 /* Whether fd is one of the kernel's anonymous objects (epoll, eventfd,
 ** signalfd, timerfd, ...): never a stream.  Standard input or output
 ** closed when the program started gives its number to the next open:
@@ -777,6 +776,7 @@ static int std_anon(int fd, char *name, size_t size) {
   return strncmp(name, "anon_inode:", 11) == 0;
 }
 
+/* sys.std_take(fd) -> stream | nil, msg */
 static int l_std_take(lua_State *L) {
   static int registered;
   char kind[64];
