@@ -262,6 +262,17 @@ static struct {
   struct sigaction old;             /* the signal's previous disposition */
 } act;
 
+/* Stop the coroutine L where it runs: yield it for good, or, where a
+** yield is not allowed (inside a metamethod called from C, say), raise
+** `reason`.  A count hook left on L raises again at its next instruction,
+** so code that catches the error with pcall is stopped there too.  The
+** budget's hook and a dead process's both end this way. */
+static int stop_here(lua_State *L, const char *reason) {
+  /* (From a hook lua_yield returns, and the hook must return at once.) */
+  if (lua_isyieldable(L)) return lua_yield(L, 0);
+  return luaL_error(L, "%s", reason);
+}
+
 static void budget_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   if (act.co == NULL || !act.tripped) {
@@ -272,13 +283,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
     return;
   }
   act.fired = 1;
-  if (lua_isyieldable(L)) {
-    lua_yield(L, 0);                /* does not return */
-    return;
-  }
-  /* Not yieldable here: raise instead.  The hook stays set, so code that
-  ** catches this with pcall is stopped again at its next instruction. */
-  luaL_error(L, BUDGET_REASON);
+  stop_here(L, BUDGET_REASON);      /* last: the hook stays set */
 }
 
 static void budget_tick(int sig) {
@@ -422,16 +427,14 @@ static void budget_next(lua_State *co) {
 ** A stop inside such a coroutine must stop the whole activation, not just
 ** that coroutine: the hook yields it (or raises where a yield is not
 ** allowed), and the resume that ran it, finding act.fired, stops its own
-** caller the same way (budget_stop) without handing it anything, and so
+** caller the same way (stop_here) without handing it anything, and so
 ** on out to the activation's coroutine, which handle() finds overrun.
 */
 
-/* Stop L, the watched thread, once the budget's hook ran in a coroutine
-** it resumed: yield it for good, or raise where it cannot yield (L's hook
-** is set: leave), and again at its next instruction if that is caught. */
-static int budget_stop(lua_State *L) {
-  if (lua_isyieldable(L)) return lua_yield(L, 0);
-  return luaL_error(L, BUDGET_REASON);
+/* L, watched, runs co: co is watched until it stops running (leave). */
+static void enter(lua_State *co) {
+  act.co = co;
+  if (act.tripped) lua_sethook(co, budget_hook, LUA_MASKCOUNT, 1);
 }
 
 /* co, which L ran watched, stopped running: L is watched again.  The
@@ -446,13 +449,12 @@ static void leave(lua_State *L, lua_State *co) {
 }
 
 /* lua_resume(co, L, ...), watched if L is: *stop set when the budget ran
-** out meanwhile (L must then be stopped: budget_stop). */
+** out meanwhile (L must then be stopped: stop_here). */
 static int co_resume_watched(lua_State *L, lua_State *co, int narg, int *nres, int *stop) {
   int st;
   *stop = 0;
   if (act.co != L) return lua_resume(co, L, narg, nres);
-  act.co = co;
-  if (act.tripped) lua_sethook(co, budget_hook, LUA_MASKCOUNT, 1);
+  enter(co);
   st = lua_resume(co, L, narg, nres);
   leave(L, co);
   *stop = act.fired;
@@ -465,10 +467,7 @@ static int co_resume_watched(lua_State *L, lua_State *co, int narg, int *nres, i
 static int co_reset_watched(lua_State *L, lua_State *co, int *stop) {
   int st, watched = act.co == L;
   *stop = 0;
-  if (watched) {
-    act.co = co;
-    if (act.tripped) lua_sethook(co, budget_hook, LUA_MASKCOUNT, 1);
-  }
+  if (watched) enter(co);
 #if LUA_VERSION_RELEASE_NUM >= 50406
   st = lua_closethread(co, L);
 #else
@@ -490,7 +489,7 @@ static lua_State *co_get(lua_State *L) {
 }
 
 /* Returns the number of results, -1 for an error (its value pushed), or
-** -2 when L must be stopped (budget_stop). */
+** -2 when L must be stopped (stop_here). */
 static int co_aux(lua_State *L, lua_State *co, int narg) {
   int status, nres, stop;
   if (!lua_checkstack(co, narg)) {
@@ -517,7 +516,7 @@ static int co_aux(lua_State *L, lua_State *co, int narg) {
 static int co_resume(lua_State *L) {
   lua_State *co = co_get(L);
   int r = co_aux(L, co, lua_gettop(L) - 1);
-  if (r == -2) return budget_stop(L);
+  if (r == -2) return stop_here(L, BUDGET_REASON);
   if (r < 0) {
     lua_pushboolean(L, 0);
     lua_insert(L, -2);
@@ -532,12 +531,12 @@ static int co_resume(lua_State *L) {
 static int co_auxwrap(lua_State *L) {
   lua_State *co = lua_tothread(L, lua_upvalueindex(1));
   int r = co_aux(L, co, lua_gettop(L)), stop;
-  if (r == -2) return budget_stop(L);
+  if (r == -2) return stop_here(L, BUDGET_REASON);
   if (r < 0) {
     int stat = lua_status(co);
     if (stat != LUA_OK && stat != LUA_YIELD) {    /* an error in co */
       stat = co_reset_watched(L, co, &stop);      /* close its tbc variables */
-      if (stop) return budget_stop(L);
+      if (stop) return stop_here(L, BUDGET_REASON);
       lua_xmove(co, L, 1);
     }
     if (stat != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
@@ -579,7 +578,7 @@ static int co_close(lua_State *L) {
   if (status != 1 && status != 2)
     return luaL_error(L, "cannot close a %s coroutine", statname[status]);
   status = co_reset_watched(L, co, &stop);
-  if (stop) return budget_stop(L);
+  if (stop) return stop_here(L, BUDGET_REASON);
   if (status == LUA_OK) {
     lua_pushboolean(L, 1);
     return 1;
@@ -2011,17 +2010,12 @@ static mk_proc *self(lua_State *L, mkl_state *S, const char *what) {
 
 static void dead_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
-  if (lua_isyieldable(L)) {
-    lua_yield(L, 0);                /* does not return */
-    return;
-  }
-  luaL_error(L, DEAD_REASON);
+  stop_here(L, DEAD_REASON);
 }
 
 int mkl_stop_dead(lua_State *L) {
-  if (lua_isyieldable(L)) return lua_yield(L, 0);
-  lua_sethook(L, dead_hook, LUA_MASKCOUNT, 1);
-  return luaL_error(L, DEAD_REASON);
+  if (!lua_isyieldable(L)) lua_sethook(L, dead_hook, LUA_MASKCOUNT, 1);
+  return stop_here(L, DEAD_REASON);
 }
 
 /* After an action that may have ended the process. */
