@@ -209,6 +209,12 @@ static void destroy_data(mk_vm *vm, const mk_behavior *b, void *data) {
   b->destroy(&tmp);
 }
 
+/* A meta-name record and what it owns (its role's topic; vmint.h). */
+static void metaname_free(mk_metaname *m) {
+  mk_unref(m->role.topic);
+  free(m);
+}
+
 static void proc_unref(mk_proc *p) {
   mk_metaname *m, *mn;
   if (--p->refs > 0) return;
@@ -216,8 +222,7 @@ static void proc_unref(mk_proc *p) {
   if (p->xname) {
     for (m = PROCX(p)->metas; m; m = mn) {
       mn = m->next;
-      mk_unref(m->role.topic);
-      free(m);
+      metaname_free(m);
     }
     free(PROCX(p));
   } else {
@@ -741,23 +746,20 @@ static int metaname_add(mk_proc *p, int depth, const char *name, mk_role role) {
   size_t k, n = strlen(name) + 1;
   if (m != NULL && m->held) return mk_role_equal(m->role, role) ? 0 : -1;
   if (m != NULL) {
-    mk_unref(m->role.topic);
-    m->role = role;
-    m->role.topic = mk_ref(role.topic);
-    m->held = 1;
-    return 0;
+    mk_unref(m->role.topic);                  /* deleted: the new role now */
+  } else {
+    k = (size_t)snprintf(key, sizeof key, "%d:", depth);
+    if (!p->xname) set_name(p, p->name, 1);  /* its first: move the name */
+    m = mkI_xmalloc(sizeof *m + k + n);
+    m->deleting = 0;
+    memcpy(m->name, key, k);
+    memcpy(m->name + k, name, n);
+    m->next = PROCX(p)->metas;
+    PROCX(p)->metas = m;
   }
-  k = (size_t)snprintf(key, sizeof key, "%d:", depth);
-  if (!p->xname) set_name(p, p->name, 1);    /* its first: move the name */
-  m = mkI_xmalloc(sizeof *m + k + n);
   m->role = role;
   m->role.topic = mk_ref(role.topic);
-  m->deleting = 0;
   m->held = 1;
-  memcpy(m->name, key, k);
-  memcpy(m->name + k, name, n);
-  m->next = PROCX(p)->metas;
-  PROCX(p)->metas = m;
   return 0;
 }
 
@@ -765,8 +767,7 @@ static void metaname_unlink(mk_proc *p, mk_metaname *m) {
   mk_metaname **pp = &PROCX(p)->metas;
   while (*pp != m) pp = &(*pp)->next;
   *pp = m->next;
-  mk_unref(m->role.topic);
-  free(m);
+  metaname_free(m);
 }
 
 /* p deleted "depth:name" up there (MK_A_DELETE).  A name it does not hold
@@ -799,8 +800,7 @@ static void metaname_drop(mk_proc *p, int depth, const char *prefix) {
     const char *rest = strchr(m->name, ':') + 1;
     if (atoi(m->name) >= depth && strncmp(rest, prefix, n) == 0) {
       *pp = m->next;
-      mk_unref(m->role.topic);
-      free(m);
+      metaname_free(m);
     } else {
       pp = &m->next;
     }
