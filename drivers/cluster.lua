@@ -218,9 +218,8 @@ local function boot(cfg)
     local function publish_roles(subject, kind)
       local list = snapshot()
       local whole = to_cbor({ M.VERSION, kind, me, inc, seq, list })
-      local max = conn:max_payload()
-      if max == 0 or #whole <= max then return publish(subject, whole) end
-      local pkind = kind .. "-part"
+      if fits(whole) then return publish(subject, whole) end
+      local max, pkind = conn:max_payload(), kind .. "-part"
       -- An empty part, its k and n the largest they can be, and the room
       -- for the roles' array head past one item.
       local room = #to_cbor({ M.VERSION, pkind, me, inc, seq, math.maxinteger, math.maxinteger, {} }) + 8

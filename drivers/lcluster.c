@@ -576,10 +576,11 @@ static int reserve(unsigned char **buf, size_t *cap, size_t n) {
   return 0;
 }
 
-/* The server's largest message, as it said when we connected (again). */
-static void read_max_payload(fwd *f) {
-  int64_t m = f->nc != NULL ? natsConnection_GetMaxPayload(f->nc) : 0;
-  f->max_payload = m > 0 ? (size_t)m : 0;
+/* The server's largest message, as it said when we connected (again);
+** 0: not known (no connection). */
+static size_t max_payload_of(natsConnection *nc) {
+  int64_t m = nc != NULL ? natsConnection_GetMaxPayload(nc) : 0;
+  return m > 0 ? (size_t)m : 0;
 }
 
 /* Publish the first `count` topics of node n's batch, which end at `end`:
@@ -1153,7 +1154,7 @@ static int c_start(lua_State *L) {
   f->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
   f->nc = c->nc;
   f->connected = 1;
-  read_max_payload(f);
+  f->max_payload = max_payload_of(f->nc);
   f->vm = mk_proc_vm(p);
   f->driver = mk_proc_pid(p);
   f->refs++;                         /* the process's, released by fwd_destroy */
@@ -1262,7 +1263,7 @@ static int c_connected(lua_State *L) {
   fwd *f = checkfwd(L);
   flush_all(f);
   f->connected = lua_toboolean(L, 2);
-  if (f->connected) read_max_payload(f);      /* another server, maybe */
+  if (f->connected) f->max_payload = max_payload_of(f->nc);   /* another server, maybe */
   return 0;
 }
 
@@ -1278,9 +1279,7 @@ static int c_oversize(lua_State *L) {
 /* conn:max_payload() -> the largest message the server takes, in bytes
 ** (0: not known, not connected). */
 static int c_max_payload(lua_State *L) {
-  conn *c = checkconn(L);
-  int64_t m = c->nc != NULL ? natsConnection_GetMaxPayload(c->nc) : 0;
-  lua_pushinteger(L, (lua_Integer)(m > 0 ? m : 0));
+  lua_pushinteger(L, (lua_Integer)max_payload_of(checkconn(L)->nc));
   return 1;
 }
 
