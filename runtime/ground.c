@@ -97,7 +97,6 @@ struct mk_ground {
   ev_timer audit;           /* unref'd, running while `ring` is not empty */
   ev_timer deadline;        /* unref'd, the end of a drain */
   ev_signal stopsig[2];     /* SIGINT, SIGTERM; unref'd (stop_on_signals) */
-  struct sigaction libev_sa[2];   /* their handler before stop_handler replaced it */
   watch **tab;              /* chained by mk_hash(topic) */
   size_t tabsize, nwatch, active, nring;
   watch *ring, *cursor;     /* the ring and the audit's next watch in it */
@@ -757,6 +756,13 @@ static volatile sig_atomic_t stop_unseen, stop_any, stop_signum;
 static volatile pid_t stop_sender;
 static struct timespec stop_first;     /* when the last request came */
 
+/* Grounds on one loop may each stop on signals (libev allows one loop per
+** signal, any number of watchers on it): the first to turn it on puts
+** stop_handler over libev's, and only the last to turn it off puts
+** libev's back, or the others would lose their watch for a stuck loop. */
+static unsigned stopping_grounds;
+static struct sigaction libev_sa[2];   /* SIGINT's, SIGTERM's, before stop_handler */
+
 static double ms_since(const struct timespec *then, const struct timespec *now) {
   return (double)(now->tv_sec - then->tv_sec) * 1e3 +
          (double)(now->tv_nsec - then->tv_nsec) / 1e6;
@@ -795,8 +801,10 @@ static void signals_off(mk_ground *g) {
   int i;
   if (!g->onsignals) return;
   g->onsignals = 0;
+  stopping_grounds--;
   for (i = 0; i < 2; i++) {
-    sigaction(g->stopsig[i].signum, &g->libev_sa[i], NULL);   /* libev's own again */
+    if (stopping_grounds == 0)
+      sigaction(g->stopsig[i].signum, &libev_sa[i], NULL);   /* libev's own again */
     ev_ref(g->loop);
     ev_signal_stop(g->loop, &g->stopsig[i]);
     release_signal(g->stopsig[i].signum);
@@ -822,9 +830,10 @@ int mk_ground_stop_on_signals(mk_ground *g, double drain_ms) {
       sa.sa_sigaction = stop_handler;
       sigfillset(&sa.sa_mask);
       sa.sa_flags = SA_RESTART | SA_SIGINFO;
-      sigaction(sigs[i], &sa, &g->libev_sa[i]);   /* over libev's: see stop_handler */
+      if (stopping_grounds == 0)
+        sigaction(sigs[i], &sa, &libev_sa[i]);   /* over libev's: see stop_handler */
     }
-    stop_unseen = stop_any = 0;
+    if (stopping_grounds++ == 0) stop_unseen = stop_any = 0;
     g->onsignals = 1;
   }
   g->drain_ms = drain_ms;

@@ -534,7 +534,8 @@ int mk_host_kill(mk_host *h, mk_pid pid, mk_term *reason);
 ** 128 + signum.  Opt-in (the `market` interpreter opts in, with 5000 ms
 ** unless --drain says otherwise); the watchers do not keep the loop alive;
 ** a process's own market:signal subscription still gets its message.
-** drain_ms: 0 or more, finite; negative turns it off again.  Returns
+** drain_ms: 0 or more, finite; negative turns it off again.  Hosts on one
+** loop may each turn it on: one signal begins the stop of each.  Returns
 ** MK_OK, or MK_EINVAL (drain_ms not a number, or the program already
 ** watches SIGINT or SIGTERM on another libev loop: libev allows one).
 **

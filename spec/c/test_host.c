@@ -839,6 +839,57 @@ static void stop_on_signals(void) {
   mk_host_free(h);
 }
 
+/* Two hosts on one loop may both stop on signals (libev allows one loop
+** per signal, not one watcher): one SIGTERM begins both stops, and the
+** second host keeps its watch, and the original disposition comes back,
+** whichever is freed first. */
+static mk_host *stop_host_on(struct ev_loop *loop, const char *mode) {
+  mk_error err;
+  mk_host *h = mk_host_new(loop, &err);
+  const char *argv[1];
+  argv[0] = mode;
+  CHECK(h != NULL);
+  lua_pushcfunction(mk_host_lua(h), l_note);
+  lua_setglobal(mk_host_lua(h), "note");
+  lua_pushcfunction(mk_host_lua(h), l_raise_term);
+  lua_setglobal(mk_host_lua(h), "raise_term");
+  CHECK(mk_host_spawn_string(h, stop_script, "stopper", 1, argv) == 1);
+  CHECK(mk_host_step(h) == 1);
+  return h;
+}
+
+static void stop_two_hosts(void) {
+  struct ev_loop *loop = ev_loop_new(0);
+  struct sigaction before, on, now;
+  mk_host *a, *b;
+  int round;
+  sigaction(SIGTERM, NULL, &before);
+  for (round = 0; round < 2; round++) {
+    logbuf[0] = 0;
+    a = stop_host_on(loop, "once");
+    b = stop_host_on(loop, "once");
+    CHECK(mk_host_stop_on_signals(a, 100) == MK_OK);
+    CHECK(mk_host_stop_on_signals(b, 100) == MK_OK);
+    sigaction(SIGTERM, NULL, &on);       /* the handler that sees a stuck loop */
+    raise(SIGTERM);
+    CHECK(mk_host_run(a) == MK_OK);
+    CHECK(mk_host_run(b) == MK_OK);
+    CHECK(strstr(logbuf, "stopping, 100 ms left\nstopping, 100 ms left\n") != NULL ||
+          strstr(logbuf, "stopping, 99 ms left") != NULL);
+    CHECK(strstr(logbuf, "job went: stopped: the drain time (100 ms) ran out\n"
+                         "job went: stopped: the drain time (100 ms) ran out") != NULL);
+    CHECK(mk_vm_nprocs(mk_host_vm(a)) == 0 && mk_vm_nprocs(mk_host_vm(b)) == 0);
+    /* Freeing either first leaves the other's handler in place. */
+    mk_host_free(round == 0 ? a : b);
+    sigaction(SIGTERM, NULL, &now);
+    CHECK(now.sa_sigaction == on.sa_sigaction && (now.sa_flags & SA_SIGINFO));
+    mk_host_free(round == 0 ? b : a);
+    sigaction(SIGTERM, NULL, &now);
+    CHECK(now.sa_handler == before.sa_handler);
+  }
+  ev_loop_destroy(loop);
+}
+
 static void stop_from_host(void) {
   mk_host *h;
   double t0;
@@ -1417,6 +1468,7 @@ int main(void) {
   RUN(logging);
   RUN(deep_lua);
   RUN(stop_on_signals);
+  RUN(stop_two_hosts);
   RUN(stop_from_host);
   RUN(exit_program);
   RUN(sigpipe);
