@@ -488,6 +488,29 @@ static lua_State *co_get(lua_State *L) {
   return co;
 }
 
+static int c_wait(lua_State *L);
+static int m_yield(lua_State *L);
+static int m_wait_for(lua_State *L);
+
+/* 1 when co is a process's coroutine waiting in market.yield or
+** market.wait_for (its level 0 is the function that called await): only
+** its VM may resume it, with the event it waits for.  Another process's
+** coroutine.resume ran the waiter's code inside its own activation, and
+** after the VM had gone a resume read the record of a process that was
+** no more (SEGV); a close pulled the stack from under a waiting process. */
+#define CO_WAITING "a coroutine that waits in market.yield or market.wait_for " \
+                   "(its process's VM resumes it)"
+static int co_waiting(lua_State *co) {
+  lua_Debug ar;
+  lua_CFunction f;
+  if (lua_status(co) != LUA_YIELD || !lua_getstack(co, 0, &ar) || !lua_checkstack(co, 1))
+    return 0;
+  lua_getinfo(co, "f", &ar);
+  f = lua_tocfunction(co, -1);
+  lua_pop(co, 1);
+  return f == c_wait || f == m_yield || f == m_wait_for;
+}
+
 /* Returns the number of results, -1 for an error (its value pushed), or
 ** -2 when L must be stopped (stop_here). */
 static int co_aux(lua_State *L, lua_State *co, int narg) {
@@ -515,7 +538,13 @@ static int co_aux(lua_State *L, lua_State *co, int narg) {
 /* coroutine.resume(co, ...) */
 static int co_resume(lua_State *L) {
   lua_State *co = co_get(L);
-  int r = co_aux(L, co, lua_gettop(L) - 1);
+  int r;
+  if (co_waiting(co)) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "cannot resume " CO_WAITING);
+    return 2;
+  }
+  r = co_aux(L, co, lua_gettop(L) - 1);
   if (r == -2) return stop_here(L, BUDGET_REASON);
   if (r < 0) {
     lua_pushboolean(L, 0);
@@ -577,6 +606,7 @@ static int co_close(lua_State *L) {
   }
   if (status != 1 && status != 2)
     return luaL_error(L, "cannot close a %s coroutine", statname[status]);
+  if (co_waiting(co)) return luaL_error(L, "cannot close " CO_WAITING);
   status = co_reset_watched(L, co, &stop);
   if (stop) return stop_here(L, BUDGET_REASON);
   if (status == LUA_OK) {
@@ -2324,6 +2354,14 @@ static int woken(lua_State *L, int status, lua_KContext how) {
   mkl_state *S = STATE(L);
   int first = FIRST(how), top = lua_gettop(L), i;
   (void)status;
+  if (running.lp == NULL || running.lp->co != L) {
+    /* Resumed by other than its VM, through a resume that is not
+    ** co_resume (a wrapper a program put in before market came): the
+    ** wait goes on as it was, and the resumer hears why. */
+    lua_settop(L, first - 1);
+    lua_pushliteral(L, "cannot resume " CO_WAITING);
+    return lua_yieldk(L, 1, how, woken);
+  }
   if (top == first && lua_touserdata(L, top) == WAKE_MARK) {
     lua_pushnil(L);                         /* timedout voided the wake */
     lua_pushliteral(L, "timeout");

@@ -209,6 +209,76 @@ describe("performing outside a process", function()
     assert.matches("market%.perform: not inside a market process", e)
   end)
 
+  -- A process's coroutine waiting in market.yield or market.wait_for is
+  -- resumed by its VM only.  Another process's coroutine.resume ran the
+  -- waiter's code inside its own activation (and swallowed its event), a
+  -- close pulled the stack from under it, and after the VM had ended a
+  -- resume read a freed process record (SEGV).
+  local WAITING = "cannot resume a coroutine that waits in market.yield or market.wait_for " ..
+                  "(its process's VM resumes it)"
+
+  it("excludes another process's waiting coroutine: resume and close refused, the wait goes on", function()
+    local log, co = {}, nil
+    H.ground(function()
+      market.perform(market.spawn(function()
+        co = coroutine.running()
+        market.perform(market.subscriber("real"))
+        local ev = market.wait_for(function(e) return e.type == "message" end)
+        log[#log + 1] = "waiter got " .. ev.message
+      end, "waiter"), market.spawn(function()
+        market.yield(1)
+        local ok, e = coroutine.resume(co, { type = "message", message = "forged" })
+        log[#log + 1] = tostring(ok) .. " " .. e
+        ok, e = pcall(coroutine.close, co)
+        log[#log + 1] = tostring(ok) .. " " .. e
+        log[#log + 1] = coroutine.status(co)
+        market.perform(market.send("real"))
+      end, "thief"))
+    end)
+    assert.same({ "false " .. WAITING,
+                  "false cannot close a coroutine that waits in market.yield or market.wait_for " ..
+                  "(its process's VM resumes it)",
+                  "suspended", "waiter got real" }, log)
+  end)
+
+  it("excludes a waiting coroutine of a ground VM that has ended", function()
+    local co
+    H.ground(function()
+      market.perform(market.spawn(function()
+        co = coroutine.running()
+        market.yield()
+      end))
+    end)
+    assert.equal("suspended", coroutine.status(co))
+    assert.same({ false, WAITING }, { coroutine.resume(co) })
+  end)
+
+  it("keeps the wait when a wrapper made before market resumes it (lcorolib's resume)", function()
+    local status, out, err = H.sh(("timeout 10 env LUA_CPATH=%s lua5.4 -e %s"):format(
+      H.quote(package.cpath), H.quote([[
+        local resume = coroutine.resume
+        coroutine.resume = function(...) return resume(...) end
+        local market = require "market"
+        local co, got
+        market.ground_vm(function()
+          market.perform(market.spawn(function()
+            co = coroutine.running()
+            market.perform(market.subscriber("real"))
+            got = market.yield().message
+            market.yield()                   -- still waiting when the VM ends
+          end), market.spawn(function()
+            market.yield(1)
+            print(coroutine.resume(co, { type = "message", message = "forged" }))
+            market.perform(market.send("real"))
+          end))
+        end)
+        print(got)
+        print(coroutine.resume(co))]])))
+    assert.equal("", err)
+    assert.equal(0, status)
+    assert.equal(("true\t%s\nreal\ntrue\t%s\n"):format(WAITING, WAITING), out)
+  end)
+
   it("a ground VM inside a running ground VM is an error", function()
     local e
     H.ground(function()
