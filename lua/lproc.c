@@ -491,6 +491,7 @@ static lua_State *co_get(lua_State *L) {
 static int c_wait(lua_State *L);
 static int m_yield(lua_State *L);
 static int m_wait_for(lua_State *L);
+static void dead_hook(lua_State *L, lua_Debug *ar);
 
 /* 1 when co is a process's coroutine waiting in market.yield or
 ** market.wait_for (its level 0 is the function that called await): only
@@ -500,6 +501,10 @@ static int m_wait_for(lua_State *L);
 ** no more (SEGV); a close pulled the stack from under a waiting process. */
 #define CO_WAITING "a coroutine that waits in market.yield or market.wait_for " \
                    "(its process's VM resumes it)"
+/* A process that ended where its coroutine was suspended (it quit, was
+** stopped by the budget, was killed while waiting) leaves it with
+** dead_hook (destroy): it runs no further line, for the VM or anyone. */
+#define CO_ENDED "the coroutine of a process that has ended"
 static int co_waiting(lua_State *co) {
   lua_Debug ar;
   lua_CFunction f;
@@ -539,9 +544,10 @@ static int co_aux(lua_State *L, lua_State *co, int narg) {
 static int co_resume(lua_State *L) {
   lua_State *co = co_get(L);
   int r;
-  if (co_waiting(co)) {
+  if (lua_gethook(co) == dead_hook || co_waiting(co)) {
     lua_pushboolean(L, 0);
-    lua_pushliteral(L, "cannot resume " CO_WAITING);
+    if (lua_gethook(co) == dead_hook) lua_pushliteral(L, "cannot resume " CO_ENDED);
+    else lua_pushliteral(L, "cannot resume " CO_WAITING);
     return 2;
   }
   r = co_aux(L, co, lua_gettop(L) - 1);
@@ -606,6 +612,7 @@ static int co_close(lua_State *L) {
   }
   if (status != 1 && status != 2)
     return luaL_error(L, "cannot close a %s coroutine", statname[status]);
+  if (lua_gethook(co) == dead_hook) return luaL_error(L, "cannot close " CO_ENDED);
   if (co_waiting(co)) return luaL_error(L, "cannot close " CO_WAITING);
   status = co_reset_watched(L, co, &stop);
   if (stop) return stop_here(L, BUDGET_REASON);
@@ -1862,8 +1869,14 @@ static void destroy(mk_proc *p) {
   if (lp == NULL) return;
   dropped(lp->S);
   /* A coroutine still held (waiting, or failed: see handle) is dropped,
-  ** never pooled. */
-  if (lp->coref != LUA_NOREF) luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->coref);
+  ** never pooled; one suspended is left so that it runs no further line
+  ** when a program that kept it (coroutine.running()) resumes it: before,
+  ** the resumer ran the rest of a process that had quit, or of one the
+  ** budget had stopped, as its own. */
+  if (lp->coref != LUA_NOREF) {
+    if (lua_status(lp->co) == LUA_YIELD) lua_sethook(lp->co, dead_hook, LUA_MASKCOUNT, 1);
+    luaL_unref(lp->S->L, LUA_REGISTRYINDEX, lp->coref);
+  }
   if (lp->ctxref != LUA_NOREF) spare_ctx(lp->S, lp->ctxref);
   if (lp->wait != NULL) {       /* no timeout outlives its process */
     untime(lp->wait);

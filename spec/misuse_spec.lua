@@ -241,6 +241,48 @@ describe("performing outside a process", function()
                   "suspended", "waiter got real" }, log)
   end)
 
+  -- A process that has ended runs no further line: before, resuming the
+  -- coroutine it left suspended ran the rest of it as the resumer's own.
+  local ENDED = "cannot resume the coroutine of a process that has ended"
+
+  it("excludes the coroutine of a process that has ended: quit, stopped by the budget, or killed", function()
+    local log, cos = {}, {}
+    H.ground(function()
+      market.perform(market.spawn(function()
+        cos.quit = coroutine.running()
+        market.perform(market.quit())
+        log[#log + 1] = "the quitter ran on"
+      end), market.spawn(function()
+        cos.budget = coroutine.running()
+        local t = os.clock()
+        while os.clock() - t < 0.5 do end
+        log[#log + 1] = "the looper ran on"
+      end), market.spawn(function()
+        local pid = market.perform(market.spawn(function()
+          cos.killed = coroutine.running()
+          market.yield()
+          log[#log + 1] = "the killed one ran on"
+        end))
+        market.yield(1)
+        market.perform(market.quit(pid, "killed"))
+      end))
+      market.perform(market.spawn(function()
+        market.yield(700)
+        for _, k in ipairs { "quit", "budget", "killed" } do
+          local ok, e = coroutine.resume(cos[k])
+          log[#log + 1] = k .. " " .. tostring(ok) .. " " .. tostring(e)
+          ok, e = pcall(coroutine.close, cos[k])
+          log[#log + 1] = k .. " close " .. tostring(ok) .. " " .. tostring(e)
+        end
+      end))
+    end, nil, { max_activation = 100 })
+    assert.same({
+      "quit false " .. ENDED, "quit close false cannot close the coroutine of a process that has ended",
+      "budget false " .. ENDED, "budget close false cannot close the coroutine of a process that has ended",
+      "killed false " .. ENDED, "killed close false cannot close the coroutine of a process that has ended",
+    }, log)
+  end)
+
   it("excludes a waiting coroutine of a ground VM that has ended", function()
     local co
     H.ground(function()
@@ -250,7 +292,7 @@ describe("performing outside a process", function()
       end))
     end)
     assert.equal("suspended", coroutine.status(co))
-    assert.same({ false, WAITING }, { coroutine.resume(co) })
+    assert.same({ false, ENDED }, { coroutine.resume(co) })
   end)
 
   it("keeps the wait when a wrapper made before market resumes it (lcorolib's resume)", function()
