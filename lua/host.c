@@ -548,10 +548,12 @@ static int p_drivers(lua_State *L) {
     if (lua_type(L, -1) != LUA_TFUNCTION)
       return luaL_error(L, "market.%s has no driver function", *d);
     snprintf(name, sizeof name, "%s-driver", *d);
-    mkl_spawn(L, mk_ground_vm(h->g), name, 0);     /* pops the driver function */
+    if (mkl_spawn(L, mk_ground_vm(h->g), name, 0) == 0)  /* pops the driver function */
+      return 0;                                 /* refused: the VM is ending (halting) */
     lua_settop(L, 1);
   }
-  return 0;
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 int mk_host_start_drivers(mk_host *h) {
@@ -560,7 +562,13 @@ int mk_host_start_drivers(mk_host *h) {
   if (h->drivers) return MK_OK;
   lua_pushcfunction(h->L, p_drivers);
   lua_pushlightuserdata(h->L, h);
-  if ((st = lua_pcall(h->L, 1, 0, 0)) != LUA_OK) return luaerr(h, st, MK_ELUA, "starting the drivers");
+  if ((st = lua_pcall(h->L, 1, 1, 0)) != LUA_OK) return luaerr(h, st, MK_ELUA, "starting the drivers");
+  st = lua_toboolean(h->L, -1);
+  lua_pop(h->L, 1);
+  if (!st) {       /* not marked started: none runs */
+    halting(h, "mk_host_start_drivers");
+    return MK_EBUSY;
+  }
   h->drivers = 1;
   return MK_OK;
 }
@@ -584,19 +592,19 @@ static int p_inspect(lua_State *L) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "market.inspect");
   lua_call(L, 1, 1);
-  lua_getfield(L, -1, "parse_address");       /* a bad address: its message alone */
+  lua_getfield(L, -1, "parse_address");
   lua_pushstring(L, addr);
   lua_pushboolean(L, 1);                      /* to listen on: a numeric host */
   lua_call(L, 2, 2);
-  if (lua_isnil(L, -2)) return lua_error(L);
+  if (lua_isnil(L, -2)) return 2;             /* a bad address: nil, its message */
   lua_pop(L, 2);
   lua_getfield(L, -1, "server");
   lua_pushstring(L, addr);
   lua_pushvalue(L, 3);
   lua_pushcclosure(L, inspect_told, 1);
   lua_call(L, 2, 1);
-  mkl_spawn(L, mk_ground_vm(h->g), "inspector", 0);    /* pops the boot function */
-  return 0;
+  lua_pushboolean(L, mkl_spawn(L, mk_ground_vm(h->g), "inspector", 0) != 0);
+  return 1;                                   /* false: refused (halting) */
 }
 
 int mk_host_inspect(mk_host *h, const char *addr, mk_inspect_fn fn, void *ud) {
@@ -612,8 +620,16 @@ int mk_host_inspect(mk_host *h, const char *addr, mk_inspect_fn fn, void *ud) {
   cb->h = h;
   cb->fn = fn;
   cb->ud = ud;
-  if ((st = lua_pcall(h->L, 3, 0, 0)) != LUA_OK) return luaerr(h, st, MK_EINVAL, "");
-  return MK_OK;
+  if ((st = lua_pcall(h->L, 3, 2, 0)) != LUA_OK) return luaerr(h, st, MK_ELUA, "mk_host_inspect");
+  if (lua_isnil(h->L, -2)) {
+    seterr(h, MK_EINVAL, "%s", lua_tostring(h->L, -1));
+    st = MK_EINVAL;
+  } else if (!lua_toboolean(h->L, -2)) {
+    halting(h, "mk_host_inspect");
+    st = MK_EBUSY;
+  }
+  lua_pop(h->L, 2);
+  return st;
 }
 
 /* ---- snapshots ------------------------------------------------------------ */

@@ -332,7 +332,9 @@ char *mk_host_snapshot_json(mk_host *h);
 ** NULL.  The inspector serves until the program stops (mk_host_stop, a
 ** signal, an exit): while it runs, the ground VM has work.
 ** Returns MK_OK, MK_EINVAL (h or addr NULL, addr not [HOST:]PORT: message
-** says why), MK_ELUA (a driver failed to load), MK_ENOMEM.
+** says why), MK_ELUA (a driver or the inspector failed to load: message
+** has the Lua error), MK_ENOMEM, MK_EBUSY (from a handler while the ground
+** VM ends every process: no inspector, and fn is not called).
 */
 typedef void (*mk_inspect_fn)(mk_host *h, const char *url, const char *error, void *ud);
 int mk_host_inspect(mk_host *h, const char *addr, mk_inspect_fn fn, void *ud);
@@ -375,7 +377,8 @@ int mk_host_set_arg(mk_host *h, int argc, const char *const *argv, int zero);
 ** those processes run (events are delivered in spawn order).  At most once
 ** per host; a second call does nothing.
 ** Returns MK_OK, MK_ELUA (a driver failed to load: message has the Lua
-** error), MK_ENOMEM.
+** error), MK_ENOMEM, MK_EBUSY (from a handler while the ground VM ends
+** every process: none is started, and a later call may start them).
 */
 int mk_host_start_drivers(mk_host *h);
 

@@ -1169,6 +1169,13 @@ static void inspector(void) {
   CHECK(mk_host_inspect(a, NULL, NULL, NULL) == MK_EINVAL);
   CHECK(mk_host_inspect(a, "nope", inspect_told, &inspect_url) == MK_EINVAL);
   CHECK(strcmp(mk_host_error(a), "bad address \"nope\": want [HOST:]PORT, PORT 0..65535 (0: any)") == 0);
+  /* The inspector's Lua failing is MK_ELUA, not a bad address. */
+  CHECK(luaL_dostring(mk_host_lua(a), "package.loaded['market.inspect'], saved_inspect = "
+                      "{ parse_address = function() return true end }, "
+                      "package.loaded['market.inspect']") == LUA_OK);
+  CHECK(mk_host_inspect(a, "0", inspect_told, &inspect_url) == MK_ELUA);
+  CHECK(strstr(mk_host_error(a), "mk_host_inspect: ") == mk_host_error(a));
+  CHECK(luaL_dostring(mk_host_lua(a), "package.loaded['market.inspect'] = saved_inspect") == LUA_OK);
   /* Listening: the URL, told from the loop. */
   inspect_url[0] = inspect_why[0] = 0;
   CHECK(mk_host_inspect(a, "127.0.0.1:0", inspect_told, &inspect_url) == MK_OK);
@@ -1382,7 +1389,7 @@ static void foreign_allocator_wrapped(void) {
 ** process that never was.  mk_host_subscribe freed its state twice then
 ** (the refused spawn's on_exit freed it, then the failed spawn's cleanup),
 ** and no error was set. */
-static int late_codes[4], late_exits;
+static int late_codes[6], late_exits;
 static mk_host *late_host;
 static void late_exit_fn(mk_proc *self, void *ud) { late_exits++; }
 static void late_msg(mk_host *h, mk_term *m, void *ud) {}
@@ -1395,24 +1402,33 @@ static void late_exit(mk_proc *self, void *ud) {
   late_codes[1] = mk_host_spawn_native(h, &quiet, NULL, "late") == 0 ? mk_host_errcode(h) : MK_OK;
   late_codes[2] = mk_host_spawn_string(h, "return 1", "late", 0, NULL) == 0 ? mk_host_errcode(h) : MK_OK;
   late_codes[3] = strstr(mk_host_error(h), "ending every process") != NULL;
+  /* The inspector too, whether or not the drivers run (before, the
+  ** refused spawn went unsaid: MK_OK, and no inspector ever told fn). */
+  late_codes[4] = mk_host_inspect(h, "127.0.0.1:0", NULL, NULL);
+  late_codes[5] = strstr(mk_host_error(h), "ending every process") != NULL;
   mk_unref(t);
 }
 static void spawn_while_ending(void) {
   size_t base = mk_term_live();
-  mk_host *h = newhost();
   static const mk_native late = { p_boot, NULL, NULL, NULL, NULL, late_exit };
-  probe a = { "a", NULL, NULL, 0, 0, 0, NULL };
-  a.sub = mk_cstr("t");
-  memset(late_codes, 0, sizeof late_codes);
-  late_exits = 0;
-  late_host = h;
-  CHECK(mk_host_spawn_native(h, &late, &a, "a") != 0);
-  CHECK(mk_host_run(h) == MK_OK);
-  mk_host_free(h);                 /* a's on_exit runs in it */
-  CHECK(a.exits == 1);
-  CHECK(late_codes[0] == MK_EBUSY && late_codes[1] == MK_EBUSY && late_codes[2] == MK_EBUSY);
-  CHECK(late_codes[3] == 1);
-  CHECK(late_exits == 0);
+  int drivers;
+  for (drivers = 0; drivers < 2; drivers++) {
+    mk_host *h = newhost();
+    probe a = { "a", NULL, NULL, 0, 0, 0, NULL };
+    a.sub = mk_cstr("t");
+    memset(late_codes, 0, sizeof late_codes);
+    late_exits = 0;
+    late_host = h;
+    if (drivers) CHECK(mk_host_start_drivers(h) == MK_OK);
+    CHECK(mk_host_spawn_native(h, &late, &a, "a") != 0);
+    CHECK(mk_host_run(h) == MK_OK);
+    mk_host_free(h);                 /* a's on_exit runs in it */
+    CHECK(a.exits == 1);
+    CHECK(late_codes[0] == MK_EBUSY && late_codes[1] == MK_EBUSY && late_codes[2] == MK_EBUSY);
+    CHECK(late_codes[3] == 1);
+    CHECK(late_codes[4] == MK_EBUSY && late_codes[5] == 1);
+    CHECK(late_exits == 0);
+  }
   CHECK(mk_term_live() == base);
 }
 
