@@ -253,8 +253,9 @@ function M.sleep(msecs)
   if type(msecs) ~= "number" or msecs ~= msecs or msecs == huge or msecs == -huge then
     error("timer.sleep: msecs must be a finite number, got " .. repr(msecs), 2)
   end
+  local inside, pid = pcall(market.self)
+  if not inside then error("timer.sleep: not inside a market process", 2) end
   sleeps = sleeps + 1
-  local pid = market.self()
   local label = { "sleep", pid, sleeps }
   local name = "sleep#" .. sleeps
   market.perform(market.subscriber(expired(label, _), { name = name }),

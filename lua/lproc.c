@@ -2811,13 +2811,14 @@ static void open_ground_mt(lua_State *L, mkl_state *S) {
   lua_pop(L, 1);
 }
 
-/* core.stop(drain_ms|nil): begin a stop of the ground (mk_ground_stop). */
+/* core.stop(drain_ms|nil): begin a stop of the ground (mk_ground_stop);
+** false when no ground VM runs (market.stop raises at its caller). */
 static int c_stop(lua_State *L) {
   mkl_state *S = STATE(L);
   double drain = luaL_optnumber(L, 1, -1);
-  if (S->g == NULL) return luaL_error(L, "market.stop: no ground VM is running");
-  mk_ground_stop(S->g, drain);
-  return 0;
+  if (S->g != NULL) mk_ground_stop(S->g, drain);
+  lua_pushboolean(L, S->g != NULL);
+  return 1;
 }
 
 /* core.now() -> wall-clock ms as the loop sees it */

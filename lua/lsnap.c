@@ -250,6 +250,7 @@ static void addvalue(lua_State *L, mk_jbuf *b, int idx, int depth) {
 static int c_snapshot_json(lua_State *L) {
   mk_jbuf *b;
   if (lua_isnoneornil(L, 1)) {
+    if (mkl_ground(L) == NULL) return luaL_error(L, "market.snapshot_json: no ground VM is running");
     lua_settop(L, 0);
     c_snapshot(L);
   } else if (!lua_istable(L, 1)) {

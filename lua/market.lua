@@ -563,7 +563,9 @@ end
 -- see market.ground.stopping(deadline_ms) appear at once; nothing is
 -- killed before the drain ends.  A stop under way is left as it is.
 function M.stop(drain_ms)
-  core.stop(check_drain(drain_ms, "market.stop"))
+  if not core.stop(check_drain(drain_ms, "market.stop")) then
+    error("market.stop: no ground VM is running", 2)
+  end
 end
 
 -- ---- lifelines and monitors (docs/supervision.md) ------------------------

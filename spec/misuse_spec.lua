@@ -199,6 +199,17 @@ describe("performing outside a process", function()
                    err_of(function() local _x = market.state() end))
   end)
 
+  -- These raised inside market.lua or the timer module ("market:566:",
+  -- "market.timer:257: market.self: ..."), or named market.snapshot.
+  it("and with no ground VM, at the caller's line, naming the function called", function()
+    assert.matches(THIS .. "timer%.sleep: not inside a market process$",
+                   err_of(function() require("market.timer").sleep(5) end))
+    assert.matches(THIS .. "market%.stop: no ground VM is running$",
+                   err_of(function() market.stop() end))
+    assert.matches(THIS .. "market%.snapshot_json: no ground VM is running$",
+                   err_of(function() local _x = market.snapshot_json() end))
+  end)
+
   it("includes a coroutine of a process's own making", function()
     local e
     H.ground(function()
