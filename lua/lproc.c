@@ -111,6 +111,8 @@ typedef struct mkl_state {
   int basekb;            /* the Lua heap (KiB) after the last such collection */
   uint8_t dropgc;        /* on (mkl_collect_drops) */
   uint8_t collect;       /* a drop seen: collect before the next activation */
+  uint8_t closing;       /* lua_close has begun with a ground VM open
+                         ** (canary_gc): no process's Lua code runs again */
   /* The minor collections' floor (mkl_young_floor): the multiplier wanted
   ** beyond it, the floor (KiB; 0: off), the multiplier last set, and the
   ** activations until the next look at the heap. */
@@ -1680,6 +1682,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
   int nargs, nres = 0, st, overrun;
   if (S->collect) collect_dropped(S);
   if (S->youngkb > 0 && ++S->youngtick == 0) young_floor(S);
+  if (S->closing) return;
   lp->activations++;
   if (ev->type == MK_EV_BOOT) {
     /* The boot function is the coroutine's body, called with the pid: no
@@ -2717,7 +2720,28 @@ static int c_ground_vm(lua_State *L) {
 typedef struct lground {
   mk_host *h;
   luacrash lc;
+  int canary;           /* registry reference to its canary, or LUA_NOREF */
 } lground;
+
+/*
+** A ground VM left open when the Lua state closes is freed by its __gc,
+** and every process then hears of the others' end.  But lua_close takes
+** no new finalizers once it has begun (Lua 5.4.4: GCSTPCLS): a term box
+** made for those events, by a handler, was never finalized, and its term
+** leaked, as did anything else a handler made that a __gc frees.  So
+** each open ground VM has a canary, a userdata made just after it and
+** held by the registry: it is finalized only by lua_close, and before
+** the ground VM (Lua finalizes the newest first), and it tells the state
+** that no process's Lua code is to run again (handle).  close disarms it
+** (points it at nothing) and lets it go.
+*/
+#define CANARY_MT "market.ground_vm.canary"
+
+static int canary_gc(lua_State *L) {
+  lground **armed = lua_touserdata(L, 1);
+  if (*armed != NULL) ((mkl_state *)lua_touserdata(L, lua_upvalueindex(1)))->closing = 1;
+  return 0;
+}
 
 static lground *checkground(lua_State *L, const char *fname) {
   lground *G = luaL_checkudata(L, 1, GROUND_MT);
@@ -2727,10 +2751,16 @@ static lground *checkground(lua_State *L, const char *fname) {
 
 static int c_open_ground_vm(lua_State *L) {
   lground *G = lua_newuserdatauv(L, sizeof *G, 0);   /* first: no host to leak */
+  lground **armed;
   G->h = NULL;
   G->lc.ref = LUA_NOREF;
+  G->canary = LUA_NOREF;
   luaL_setmetatable(L, GROUND_MT);
   G->h = open_host(L, "market.open_ground_vm", &G->lc);
+  armed = lua_newuserdatauv(L, sizeof *armed, 0);
+  *armed = G;
+  luaL_setmetatable(L, CANARY_MT);
+  G->canary = luaL_ref(L, LUA_REGISTRYINDEX);
   spawn_boot(L, G->h);                  /* an error now: __gc frees the host */
   return 1;
 }
@@ -2786,6 +2816,13 @@ static int g_close(lua_State *L) {
   G->h = NULL;
   luaL_unref(L, LUA_REGISTRYINDEX, G->lc.ref);
   G->lc.ref = LUA_NOREF;
+  if (G->canary != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, G->canary);
+    *(lground **)lua_touserdata(L, -1) = NULL;
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, G->canary);
+    G->canary = LUA_NOREF;
+  }
   return 0;
 }
 
@@ -2802,6 +2839,11 @@ static void open_ground_mt(lua_State *L, mkl_state *S) {
   static const luaL_Reg meta[] = {
     {"__gc", g_close}, {"__close", g_close}, {"__tostring", g_tostring}, {NULL, NULL}};
   if (!luaL_newmetatable(L, GROUND_MT)) { lua_pop(L, 1); return; }
+  luaL_newmetatable(L, CANARY_MT);
+  lua_pushlightuserdata(L, S);
+  lua_pushcclosure(L, canary_gc, 1);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
   lua_pushlightuserdata(L, S);
   luaL_setfuncs(L, meta, 1);
   lua_createtable(L, 0, sizeof methods / sizeof methods[0] - 1);
