@@ -398,11 +398,19 @@ local function server(addr, on_listening, fname)
   -- On a port given, `here` is the term a program uses for its own
   -- listener on that address, and the driver would give both one socket:
   -- every connection to both.  So an observer of its connections other
-  -- than our "accept" ends the inspector, as a port in use would.
+  -- than our "accept" ends the inspector, as a port in use would.  They
+  -- are watched as the driver watches listeners, through a pattern with a
+  -- wildcard listener, so that the role each presence shows keeps its own
+  -- listener field: `here` for a program's listener, a wildcard for a
+  -- monitor of every listener's connections, for which the driver opens
+  -- no socket (through tcp.channel(_, here, _) both showed `here`).
   local acceptors = 0
   local shared = port ~= 0 and ("%s: the program accepts connections there too " ..
     "(it observes tcp.channel(_, %s, _)): the inspector needs an address of its own")
     :format(host_port(host, port), market.repr(here))
+  local function accepts_here(role)      -- an observer of connections to `here`
+    return role.interest == "observer" and role.topic.destination == here
+  end
 
   return function()
     local function told(url, why)
@@ -432,10 +440,10 @@ local function server(addr, on_listening, fname)
             return T(market.quit(nil, why))
           end
         end }),
-      shared and market.observe_subscribers_everything(tcp.channel(_, here, _), {
+      shared and market.observe_subscribers_everything(tcp.channel(_, tcp.listener(_), _), {
         name = "acceptors",
         on_presence = function(_s, role)
-          if role.interest ~= "observer" or role.topic.source ~= _ then return end
+          if not accepts_here(role) then return end
           acceptors = acceptors + 1
           if acceptors > 1 then
             told(nil, shared)
@@ -443,7 +451,7 @@ local function server(addr, on_listening, fname)
           end
         end,
         on_absence = function(_s, role)
-          if role.interest == "observer" and role.topic.source == _ then acceptors = acceptors - 1 end
+          if accepts_here(role) then acceptors = acceptors - 1 end
         end }),
       market.observe_publishers(viewer(_), {
         name = "viewers",

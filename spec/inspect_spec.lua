@@ -277,6 +277,20 @@ market.perform(market.exit(0))
 ]]):format(port))
     out, status = capture(("%s --inspect 127.0.0.1:%d %s"):format(q(N.market_bin()), port, q(script)), 10)
     assert.equal(0, status, out)
+    -- Nor is a monitor of every listener's connections (observers of
+    -- channels to any listener): the driver opens no socket for it.
+    for _, pattern in ipairs { "tcp.channel(_, _, _)", "tcp.channel(_, tcp.listener(_), _)" } do
+      script = H.tempfile(([[
+local market = require "market"
+local tcp = require "market.tcp"
+local _ = market._
+market.perform(market.observe_publishers(%s))
+require("market.timer").sleep(300)        -- (time for the inspector to see it)
+market.perform(market.exit(0))
+]]):format(pattern))
+      out, status = capture(("%s --inspect 127.0.0.1:%d %s"):format(q(N.market_bin()), port, q(script)), 10)
+      assert.equal(0, status, pattern .. ": " .. out)
+    end
   end)
 
   it("refuses an address that is not [HOST:]PORT (usage error)", function()
