@@ -494,8 +494,8 @@ int mk_add_subscriber(mk_proc *self, const char *name, mk_term *topic);
 
 /*
 ** Send `body` (borrowed) into the ground VM from outside any process, like
-** market.send: every subscriber whose topic unifies with it gets it, when
-** the VM next runs.  No subscriber: the message is gone.  mk_host_feedback
+** market.send: every subscriber there now whose topic unifies with it gets
+** it, when the VM next runs.  No subscriber: the message is gone.  mk_host_feedback
 ** does the same toward publishers.  Returns MK_OK or MK_EINVAL.
 */
 int mk_host_send(mk_host *h, mk_term *body);
@@ -506,7 +506,10 @@ int mk_host_feedback(mk_host *h, mk_term *body);
 ** subscriber endpoint on `topic` (borrowed) that calls fn(h, message, ud)
 ** for each matching message (message borrowed for the call).  It lasts
 ** until mk_host_kill(h, pid, NULL) or mk_host_free.  Its presence is seen
-** by publishers of matching topics like any subscriber's.
+** by publishers of matching topics like any subscriber's.  The endpoint
+** is made when the process boots, the next time the VM runs (a spawn
+** queues the boot, docs/semantics.md §2): a message sent before then, by
+** mk_host_send just after this call say, finds no subscriber.
 ** Returns the pid, or 0 with MK_EINVAL, MK_ENOMEM or MK_EBUSY (as
 ** mk_host_spawn_native).
 */
