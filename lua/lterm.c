@@ -694,10 +694,10 @@ static int l_is_term(lua_State *L) {
 ** The second result is needed because nil is a term too: unify(nil, _)
 ** succeeds with the unifier nil, which alone reads like a failure. */
 static int l_unify(lua_State *L) {
-  mk_term *a = mkl_checkterm(L, 1, "unify"), *b, *u;
+  mk_term *a = mkl_checkterm(L, 1, "market.unify"), *b, *u;
   const char *err;
   b = mkl_toterm(L, 2, &err);
-  if (b == NULL) { mk_unref(a); return luaL_error(L, "unify: %s", err); }
+  if (b == NULL) { mk_unref(a); return luaL_error(L, "market.unify: %s", err); }
   u = mk_unify(a, b);
   mk_unref(a);
   mk_unref(b);
@@ -722,7 +722,7 @@ static int l_repr(lua_State *L) {
   }
   /* A box is shown whatever its size, as tostring shows it: what fits()
   ** keeps out of market may still be read. */
-  t = b ? mk_ref(b->t) : mkl_checkterm(L, 1, "repr");
+  t = b ? mk_ref(b->t) : mkl_checkterm(L, 1, "market.repr");
   s = mk_repr_max(t, max, &n);
   mk_unref(t);
   if (s == NULL) return luaL_error(L, "out of memory");

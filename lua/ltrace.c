@@ -182,7 +182,7 @@ static int settrace(lua_State *L, mk_vm *vm) {
     if (!lua_isnil(L, -1) && path == NULL)
       return luaL_error(L, "market.trace: file must be a path, got %s", luaL_typename(L, -1));
     if (lua_getfield(L, 1, "topic") != LUA_TNIL)
-      o.topic = mkl_checkterm(L, -1, "trace");    /* last: nothing raises after it */
+      o.topic = mkl_checkterm(L, -1, "market.trace: topic");    /* last: nothing raises after it */
   } else if (!lua_isnoneornil(L, 1) && !lua_isboolean(L, 1)) {
     return luaL_error(L, "market.trace: expected a table of options, true or false, got %s",
                       luaL_typename(L, 1));
@@ -331,7 +331,7 @@ static int l_ring(lua_State *L) {
   b->r = NULL;
   ringmeta(L);
   if (lua_getfield(L, 1, "topic") != LUA_TNIL)
-    o.topic = mkl_checkterm(L, -1, "ring");     /* last: nothing raises after it */
+    o.topic = mkl_checkterm(L, -1, "market.ring: topic");     /* last: nothing raises after it */
   lua_pop(L, 1);
   b->r = mk_vm_ring_open(mk_ground_vm(g), &o, (size_t)size);
   mk_unref(o.topic);

@@ -24,6 +24,23 @@ describe("constructing actions", function()
                    end))
   end)
 
+  -- These named themselves "unify:", "repr:", "ring:" and "trace:".
+  it("a non-term given to unify, repr, ring or trace names the function and the option", function()
+    assert.matches(THIS .. "market%.unify: a function is not a term$",
+                   err_of(function() local _x = market.unify(print, 1) end))
+    assert.matches(THIS .. "market%.unify: a function is not a term$",
+                   err_of(function() local _x = market.unify(1, print) end))
+    assert.matches(THIS .. "market%.repr: a function is not a term$",
+                   err_of(function() local _x = market.repr(print) end))
+    local ring, trace
+    H.ground(function()
+      ring = err_of(function() local _x = market.ring { topic = print } end)
+      trace = err_of(function() market.trace { topic = print } end)
+    end)
+    assert.matches(THIS .. "market%.ring: topic: a function is not a term$", ring)
+    assert.matches(THIS .. "market%.trace: topic: a function is not a term$", trace)
+  end)
+
   it("tables that are not sequences are not terms", function()
     assert.matches(THIS .. "market%.publisher: topic: a table with non%-sequence keys",
                    err_of(function() local _x = market.publisher({ a = 1 }) end))

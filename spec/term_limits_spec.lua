@@ -81,7 +81,7 @@ describe("the term depth limit", function()
     assert.equal("levels\t1000\t1000\trecord l, field 2: a term nested more than 1000 levels deep\n"
                  .. "unify\ttrue\ttrue\n"
                  .. "presence\tsub\ttrue\n"
-                 .. "unify: a table nested more than 1000 levels deep (a cycle?)\n", out)
+                 .. "market.unify: a table nested more than 1000 levels deep (a cycle?)\n", out)
   end)
 
   it("stops million-deep left-nested terms; equality, repr and a quit reason work at the limit",
@@ -141,12 +141,12 @@ describe("market.term_depth_limit", function()
     assert.has_error(function() return r(r(r(r(1)))) end,
                      "record r, field 1: a term nested more than 3 levels deep")
     assert.has_error(function() return market.unify({ { { {} } } }, 1) end,
-                     "unify: a table nested more than 3 levels deep (a cycle?)")
+                     "market.unify: a table nested more than 3 levels deep (a cycle?)")
     assert.is_false(market.is_term({ { { {} } } }))
     assert.is_true(market.is_term({ { {} } }))
     -- a box inside a table counts with its own depth
     assert.has_error(function() return market.repr({ r(r(r(1))), 2 }) end,
-                     "repr: a term nested more than 3 levels deep")
+                     "market.repr: a term nested more than 3 levels deep")
   end)
 
   it("refuses a limit that is not an integer from 1 to 10000", function()
@@ -220,7 +220,7 @@ describe("the term size limit", function()
     assert.equal(0, status, err)
     assert.equal("market.send: body: a term of more than 65536 nodes\n"
                  .. "market.subscriber: topic: a term of more than 65536 nodes\n"
-                 .. "false\trepr: a term of more than 65536 nodes"
+                 .. "false\tmarket.repr: a term of more than 65536 nodes"
                  .. "\trecord pair: a term of more than 65536 nodes\n", out)
     -- two copies built apart, as large as allowed, compared node by node
     status, out, err = run(DOUBLE .. [[
@@ -275,11 +275,11 @@ describe("market.term_size_limit", function()
     assert.equal(5, market.term_size_limit(nil))
     assert.equal("r(r(1, 2), 3)", market.repr(r(r(1, 2), 3)))
     assert.equal("record r: a term of more than 5 nodes", err(r, r(1, 2), r(3, 4)))
-    assert.equal("repr: a term of more than 5 nodes", err(market.repr, { 1, 2, 3, 4, 5 }))
+    assert.equal("market.repr: a term of more than 5 nodes", err(market.repr, { 1, 2, 3, 4, 5 }))
     assert.is_true(market.is_term({ 1, 2, { 3 } }))
     assert.is_false(market.is_term({ 1, 2, { 3, 4 } }))
     -- a box inside a table counts with its own size
-    assert.equal("repr: a term of more than 5 nodes", err(market.repr, { r(r(1, 2), 3) }))
+    assert.equal("market.repr: a term of more than 5 nodes", err(market.repr, { r(r(1, 2), 3) }))
     assert.equal(1, market.term_size_limit(1))
     assert.equal("[]", market.repr({}))
     assert.equal("record r: a term of more than 1 node", err(r, 1, 2))
@@ -302,10 +302,10 @@ describe("market.term_size_limit", function()
     assert.equal("market.feedback: body: " .. more, err(market.feedback, u))
     assert.equal("market.subscriber: topic: " .. more, err(market.subscriber, u))
     assert.equal("market.quit: reason: " .. more, err(market.quit, nil, u))
-    assert.equal("unify: " .. more, err(market.unify, u, _))
+    assert.equal("market.unify: " .. more, err(market.unify, u, _))
     assert.equal("record r: " .. more, err(r, u, 1))
     assert.equal("record r, field 2: a function is not a term", err(r, 1, print))
-    assert.equal("repr: " .. more, err(market.repr, { u }))
+    assert.equal("market.repr: " .. more, err(market.repr, { u }))
     -- nor is a term made before the limit was lowered
     market.term_size_limit(9)
     local big = r(u, 5)
