@@ -26,6 +26,9 @@ local M = {}
 
 local _, EOF = market._, market.EOF
 local repr, P = market.repr, market.perform
+-- A value an error names: a term as repr writes it, anything else by its
+-- type (repr raises on a non-term, in place of the error meant).
+local function show(v) return market.is_term(v) and repr(v) or type(v) end
 local mtype = math.type
 local readable, writable = market.ground.readable, market.ground.writable
 local find, sub, byte, concat = string.find, string.sub, string.byte, table.concat
@@ -69,7 +72,7 @@ local function setting(field, lo, hi, default)
   local v = M[field]
   if v == nil and default ~= nil then return default end
   if mtype(v) ~= "integer" or v < lo or v > hi then
-    error(("stdio.%s must be an integer from %d to %d, got %s"):format(field, lo, hi, repr(v)), 0)
+    error(("stdio.%s must be an integer from %d to %d, got %s"):format(field, lo, hi, show(v)), 0)
   end
   return v
 end
@@ -78,7 +81,7 @@ end
 local function settings()
   local framing = M.FRAMING
   if framing ~= "line" and framing ~= "raw" then
-    error(('stdio.FRAMING must be "line" or "raw", got %s'):format(repr(framing)), 0)
+    error(('stdio.FRAMING must be "line" or "raw", got %s'):format(show(framing)), 0)
   end
   local high = setting("HIGH_WATER", 1, 1 << 48)
   return framing, setting("MAX_LINE", 1, 1 << 40), setting("READ_SIZE", 1, 65536), high,

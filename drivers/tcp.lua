@@ -21,6 +21,9 @@ local M = {}
 
 local _ = market._
 local repr, P = market.repr, market.perform
+-- A value an error names: a term as repr writes it, anything else by its
+-- type (repr raises on a non-term, in place of the error meant).
+local function show(v) return market.is_term(v) and repr(v) or type(v) end
 local mtype, floor = math.type, math.floor
 local readable, alarm = market.ground.readable, market.ground.alarm
 
@@ -95,14 +98,14 @@ local function bad_setting(k, v)
   local bounds = KEYS[k]
   if k == "framing" then
     if not FRAMINGS[v] then
-      return ("framing must be %s, got %s"):format(framing_names, repr(v))
+      return ("framing must be %s, got %s"):format(framing_names, show(v))
     end
   elseif k == "reuseport" then
-    if type(v) ~= "boolean" then return ("reuseport must be a boolean, got %s"):format(repr(v)) end
+    if type(v) ~= "boolean" then return ("reuseport must be a boolean, got %s"):format(show(v)) end
   elseif bounds == nil then
-    return ("unknown setting %s"):format(repr(k))
+    return ("unknown setting %s"):format(show(k))
   elseif mtype(v) ~= "integer" or v < bounds[1] or v > bounds[2] then
-    return ("%s must be an integer from %d to %d, got %s"):format(k, bounds[1], bounds[2], repr(v))
+    return ("%s must be an integer from %d to %d, got %s"):format(k, bounds[1], bounds[2], show(v))
   end
 end
 
@@ -123,14 +126,14 @@ function M.options(loc, ...)
     remote, settings, handlers = ...
   end
   if not (listener:is(loc) or handle:is(loc)) then
-    error("tcp.options: the local end must be a tcp.listener or a tcp.handle, got " .. repr(loc), 2)
+    error("tcp.options: the local end must be a tcp.listener or a tcp.handle, got " .. show(loc), 2)
   end
   if type(settings) ~= "table" then
     error("tcp.options: settings must be a table, got " .. type(settings), 2)
   end
   local keys, seq = {}, {}
   for k in pairs(settings) do
-    local why = type(k) ~= "string" and ("unknown setting " .. repr(k)) or bad_setting(k, settings[k])
+    local why = type(k) ~= "string" and ("unknown setting " .. show(k)) or bad_setting(k, settings[k])
     if why then error("tcp.options: " .. why, 2) end
     keys[#keys + 1] = k
   end

@@ -31,6 +31,9 @@ M.set, M.cancel, M.expired, M.every = set, cancel, expired, every
 local alarm = market.ground.alarm
 local _ = market._
 local repr, ceil, huge = market.repr, math.ceil, math.huge
+-- A value an error names: a term as repr writes it, anything else by its
+-- type (repr raises on a non-term, in place of the error meant).
+local function show(v) return market.is_term(v) and repr(v) or type(v) end
 
 -- For tests and monitoring, across every timer driver of this Lua state:
 -- the most entries (live and stale) a driver's heap held, how often a
@@ -251,7 +254,7 @@ function M.sleep(msecs)
   -- The driver ignores a set it cannot keep (nobody to answer): a sleep
   -- of one would never return, silently.  Misuse, said at the caller.
   if type(msecs) ~= "number" or msecs ~= msecs or msecs == huge or msecs == -huge then
-    error("timer.sleep: msecs must be a finite number, got " .. repr(msecs), 2)
+    error("timer.sleep: msecs must be a finite number, got " .. show(msecs), 2)
   end
   local inside, pid = pcall(market.self)
   if not inside then error("timer.sleep: not inside a market process", 2) end

@@ -334,6 +334,16 @@ market.perform(market.spawn(stdio.driver), market.subscriber(stdio.stdin(market.
     -- A log line (docs/inspect.md): time, level, the driver, the message.
     assert.matches('^%S+Z warn ground #%d+: market%.stdio: stdio%.FRAMING must be "line" or "raw", ' ..
                    'got "lines"\n$', err)
+    -- One that is no term is named by its type (repr raised on it).
+    status, out, err = H.sh(("timeout 60 %s -e %s < /dev/null"):format(market_bin, H.quote([[
+local market = require "market"
+local stdio = require "market.stdio"
+stdio.HIGH_WATER = print
+market.perform(market.spawn(stdio.driver), market.subscriber(stdio.stdin(market._)))
+]])))
+    assert.equal(0, status)
+    assert.matches('^%S+Z warn ground #%d+: market%.stdio: stdio%.HIGH_WATER must be an integer ' ..
+                   'from 1 to %d+, got function\n$', err)
   end)
 
   it("stops reading while a reader publishes backpressure on stdin", function()

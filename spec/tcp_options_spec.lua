@@ -106,6 +106,15 @@ describe("tcp.options", function()
     assert.matches("the local end must be a tcp.listener or a tcp.handle, got 5999",
       err(function() tcp.options(5999, { framing = "line" }) end))
     assert.matches("settings must be a table, got nil", err(function() tcp.options(here0) end))
+    -- A value that is no term is named by its type (repr raised on it).
+    assert.matches("tcp_options_spec.lua:%d+: tcp.options: the local end must be a tcp.listener " ..
+                   "or a tcp.handle, got function$", err(function() tcp.options(print, {}) end))
+    assert.matches("tcp_options_spec.lua:%d+: tcp.options: framing must be .*, got function$",
+      err(function() tcp.options(here0, { framing = print }) end))
+    assert.matches("tcp_options_spec.lua:%d+: tcp.options: max_frame must be an integer from 1 " ..
+                   "to 2147483648, got table$", err(function() tcp.options(here0, { max_frame = { x = 1 } }) end))
+    assert.matches("tcp_options_spec.lua:%d+: tcp.options: unknown setting function$",
+      err(function() tcp.options(here0, { [print] = 1 }) end))
     -- The error points at the caller.
     assert.matches("tcp_options_spec.lua:%d+:", err(function() tcp.options(here0, { x = 1 }) end))
     -- A good call is a publisher of tcp-options(local, remote, sorted pairs).
