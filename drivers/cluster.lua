@@ -26,6 +26,9 @@ local M = {}
 
 local _ = market._
 local repr, P = market.repr, market.perform
+-- A value an error names: a term as repr writes it, anything else by its
+-- type (repr raises on a non-term, in place of the error meant).
+local function show(v) return market.is_term(v) and repr(v) or type(v) end
 local readable, alarm = market.ground.readable, market.ground.alarm
 local to_cbor, from_cbor = market.to_cbor, market.from_cbor
 
@@ -53,7 +56,7 @@ local CTOR = {
 local function check_name(what, v)
   if type(v) ~= "string" or not v:match("^[%w_%-]+$") then
     error(("market.cluster.driver: %s must be a non-empty string of letters, digits, '-' and '_', got %s")
-          :format(what, repr(v)), 3)
+          :format(what, show(v)), 3)
   end
   return v
 end
@@ -597,7 +600,7 @@ function M.driver(opts)
   for i, u in ipairs(urls) do
     if type(u) ~= "string" or not u:match("^nats://") then
       error(("market.cluster.driver: URL %d must be a string nats://HOST:PORT, got %s")
-            :format(i, repr(u)), 2)
+            :format(i, show(u)), 2)
     end
   end
   local host, pid = sys.host_pid()

@@ -760,6 +760,23 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     assert.matches("cluster must be a non%-empty string of letters", err)
   end)
 
+  it("checks the driver's options at the call, a value that is no term named by its type", function()
+    -- (market.repr raised on it: "market.cluster:56: market.repr: a function is not a term")
+    local cluster = require "market.cluster"
+    local function err(opts)
+      local ok, e = pcall(function() local _d = cluster.driver(opts) end)
+      assert.is_false(ok)
+      return e
+    end
+    local here = "^spec/cluster_spec%.lua:%d+: market%.cluster%.driver: "
+    assert.matches(here .. "node must be a non%-empty string of letters, digits, '%-' and '_', got function$",
+                   err { url = "nats://127.0.0.1:1", node = print })
+    assert.matches(here .. "cluster must be .*, got table$", err { url = "nats://127.0.0.1:1", cluster = { a = 1 } })
+    assert.matches(here .. "URL 1 must be a string nats://HOST:PORT, got function$", err { urls = { print } })
+    assert.matches(here .. 'URL 1 must be a string nats://HOST:PORT, got "127.0.0.1:4222"$',
+                   err { urls = { "127.0.0.1:4222" } })
+  end)
+
   it("speaks the documented protocol: a peer by hand, gaps repaired by snapshots", function()
     local market = require "market"
     local srv = S.server()
