@@ -1,0 +1,85 @@
+/*
+** fuzz_http.c: libFuzzer target for lua/lhttp.c, the HTTP/1.x parsers of
+** the live inspector (a server that may listen beyond loopback) and of its
+** client, `market inspect`.
+**
+** Input: byte 0 picks the side (bit 0: request or response) and the limit
+** (bits 1-7: 1 .. 128 bytes, or 1 MiB when all set); byte 1 the size of
+** the pieces (1 .. 256); the rest is the stream.  It is fed once whole and
+** once in those pieces, each followed by the end of the stream (""), and
+** both must come to the same verdict and the same message: the parser
+** says it keeps nothing of how the bytes were cut (of a message it did
+** not complete, only the verdict: the headers so far depend on where the
+** parser last stopped, which the pieces decide).  Each verdict must be
+** one lhttp.c documents (true; false; nil, a reason and 400, 413 or 431),
+** and what message() returns no larger than the limit.  A check that
+** fails is a Lua error, and the target aborts with it.
+*/
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "mkl.h"
+
+static const char check[] =
+  "local http, data, response, max, step = ...\n"
+  "local function run(cut)\n"
+  "  local p = response and http.response(max) or http.request(max)\n"
+  "  local i, ok, why, status = 1\n"
+  "  repeat\n"
+  "    local piece = data:sub(i, i + cut - 1)\n"
+  "    i = i + cut\n"
+  "    ok, why, status = p:feed(piece)\n"
+  "    if ok == nil then\n"
+  "      assert(type(why) == 'string' and #why > 0, 'a failure without a reason')\n"
+  "      assert(status == 400 or status == 413 or status == 431, 'status ' .. tostring(status))\n"
+  "    else\n"
+  "      assert(type(ok) == 'boolean' and why == nil, 'a verdict that is not one')\n"
+  "    end\n"
+  "    local m = p:message()\n"
+  "    assert(#m.body <= max and #(m.path or m.reason) <= max, 'a field past the limit')\n"
+  "    for k, v in pairs(m.headers) do\n"
+  "      assert(type(k) == 'string' and type(v) == 'string', 'a header that is not text')\n"
+  "      assert(k == k:lower(), 'a header name not lower-cased')\n"
+  "    end\n"
+  "  until ok ~= false or piece == ''\n"
+  "  if ok ~= true then return tostring(ok) .. ' ' .. tostring(status) end\n"
+  "  local m = p:message()\n"
+  "  local names = {}\n"
+  "  for k in pairs(m.headers) do names[#names + 1] = k end\n"
+  "  table.sort(names)\n"
+  "  for j, k in ipairs(names) do names[j] = k .. '=' .. m.headers[k] end\n"
+  "  return table.concat({ tostring(ok), tostring(status), tostring(m.method),\n"
+  "    tostring(m.path), tostring(m.status), tostring(m.reason), m.version, m.body,\n"
+  "    tostring(m.keep_alive), table.concat(names, '\\n') }, '\\0')\n"
+  "end\n"
+  "local whole, pieces = run(#data + 1), run(step)\n"
+  "if whole ~= pieces then\n"
+  "  error(('cut in pieces of %d, another message:\\n%q\\n%q'):format(step, whole, pieces))\n"
+  "end\n";
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  lua_State *L;
+  int limit;
+  if (size < 2) return 0;
+  L = luaL_newstate();
+  if (L == NULL) abort();
+  luaL_openlibs(L);
+  if (luaL_loadbuffer(L, check, sizeof check - 1, "=fuzz_http") != LUA_OK) abort();
+  mkl_open_http(L);
+  lua_pushlstring(L, (const char *)data + 2, size - 2);
+  lua_pushboolean(L, data[0] & 1);
+  limit = data[0] >> 1;
+  lua_pushinteger(L, limit == 127 ? 1 << 20 : limit + 1);
+  lua_pushinteger(L, (lua_Integer)data[1] + 1);
+  if (lua_pcall(L, 5, 0, 0) != LUA_OK) {
+    fprintf(stderr, "fuzz_http: %s\n", lua_tostring(L, -1));
+    abort();
+  }
+  lua_close(L);
+  return 0;
+}
