@@ -6,9 +6,11 @@
 -- hostile values (non-terms, NaN, huge and negative numbers, NUL bytes,
 -- cyclic and deep tables, deep records, record constructors of every
 -- arity, ground-event records with bad fields), performs the actions it
--- gets, spawns processes and nested VMs whose boots and handlers are more
--- of the same program, returns garbage from handlers, raises errors with
--- odd values, yields where it must not.  Errors are expected: every call is
+-- gets, spawns processes, nested VMs and supervisors whose boots and
+-- handlers are more of the same program, links and monitors them, returns
+-- garbage from handlers, raises errors with odd values, yields where it
+-- must not, and resumes or closes coroutines of other processes, waiting
+-- or ended.  Errors are expected: every call is
 -- protected.  What must never happen is what the harness catches: a crash,
 -- a sanitizer report, a hang, a leak.
 --
@@ -87,6 +89,12 @@ local function pid() return pick { 0, 1, 2, 3, -1, 2 ^ 40, 1.5, value() } end
 local function program(...) return step(...) end
 local function cont(...) return step(...) end
 
+-- Coroutines the program came across (its own, and the processes' own,
+-- from coroutine.running()), for any process to resume or close later:
+-- waiting, ended, pooled or running.
+local threads = {}
+local function thread() return threads[(byte() or 0) % (#threads + 1)] end
+
 local function opts()
   return pick {
     nil, "name", { name = "n" }, { k = cont }, { name = value(), k = cont },
@@ -125,6 +133,17 @@ local makers = {
   function() return market.yield(value()) end,
   function() return market.at_meta_level(action(), action()) end,
   function() return market.at_meta_level(action()) end,
+  function() return market.link(pid(), pick { nil, pid() }) end,
+  function() return market.monitor(pick { pid(), value() }, program, pick { nil, "m", { subscribers = true }, value() }) end,
+  function() return market.subscriber(market.lifeline(pid()), handlers()) end,
+  function() return market.observe_publishers(market.lifeline(pid()), handlers()) end,
+  function()
+    return market.supervisor { strategy = pick { nil, "one_for_all", value() },
+      intensity = pick { nil, 0, 2, value() }, period = pick { nil, 0.01, value() },
+      backoff = pick { nil, 1, { initial = 1, max = 2 }, value() },
+      children = { { id = pick { "a", 1, value() }, start = program, restart = pick { nil, "transient", "temporary", value() } },
+                   pick { nil, { id = "b", start = market.spawn(program) }, value() } } }
+  end,
   function() return market.transition(value(), action()) end,
   function() return value() end,            -- not an action at all
 }
@@ -172,6 +191,25 @@ local calls = {
   function() return market.now() end,
   function() return market.memory() end,
   function() coroutine.yield(value()) end,
+  function() threads[#threads + 1] = coroutine.running() end,
+  function() local co = thread(); if co then return coroutine.resume(co, value()) end end,
+  function() local co = thread(); if co then return coroutine.close(co) end end,
+  function() local co = thread(); if co then return coroutine.status(co) end end,
+  function() return coroutine.wrap(program)(value()) end,
+  function()
+    local co = coroutine.create(program)
+    threads[#threads + 1] = co
+    return coroutine.resume(co, value())
+  end,
+  function() return market.snapshot() end,
+  function() return market.snapshot_json() end,
+  function() return market.snapshot_json(value()) end,
+  function()
+    local ok, r = pcall(market.ring, pick { {}, { size = 2 }, { pid = pid() }, { kind = "send" }, { topic = value() }, value() })
+    if ok then
+      for _ = 1, (byte() or 0) % 3 do pcall(pick { r.read, r.close }, r) end
+    end
+  end,
   function() error(value()) end,
   function()                               -- the metamethods, called as the debug library can
     local mt = debug.getmetatable(pick(atoms) or market._)
