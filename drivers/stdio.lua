@@ -239,6 +239,7 @@ function M.driver()
   local output                  -- sys.std_take(1), from the first message on
   local q, qh, qt, qoff = {}, 1, 0, 1   -- queued strings; the next byte of q[qh]
   local held = 0                -- what the queue costs: bytes left + ENTRY_COST each
+  local unflushed = 0           -- what was queued since the last write
   local paused, overrun = false, 0
   local out_eof, out_done = false, false  -- EOF asked for; the flow ended or failed
   local writing, soon, warned = false, false, false
@@ -292,6 +293,7 @@ function M.driver()
 
   -- Write what standard output takes now; watch for more room if needed.
   function flush()
+    unflushed = 0
     while qh <= qt do
       local s = q[qh]
       if #s - qoff + 1 < WRITE_SIZE and qh < qt then
@@ -336,6 +338,17 @@ function M.driver()
     local cost = #data + ENTRY_COST
     held = held + cost
     if held > stats.max_queued then stats.max_queued = held end
+    -- Small messages wait for the end of the turn to be joined into one
+    -- write; a write's worth goes at once.  Held back for the turn, a
+    -- batch of a few MiB was all queued before the first write, past the
+    -- hard limit, and the flow failed, though its sender honoured
+    -- backpressure (which it could not yet have seen) and a file or a
+    -- reader that keeps up would have taken every byte.
+    unflushed = unflushed + cost
+    if unflushed >= WRITE_SIZE then
+      flush()
+      if out_done then return end
+    end
     if paused then
       overrun = overrun + cost
       if overrun > hard then

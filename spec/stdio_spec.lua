@@ -189,6 +189,25 @@ describe("market.stdio", function()
     assert.is_true(tonumber(queued) < 4 * 65536, "max_queued " .. queued)
   end)
 
+  -- A batch of messages was written only after the turn that brought it:
+  -- a batch of 4 MiB (64 messages of 64 KiB) was all queued first, past
+  -- the hard limit (8 * 64 KiB here), and the flow failed, though the
+  -- writer honours backpressure and the file takes every byte at once.
+  it("writes a batch as it comes: a file or /dev/null takes a batch past the hard limit whole", function()
+    local total = 16 * 1024 * 1024
+    local file = path("burst.out")
+    for _, dest in ipairs { file, "/dev/null" } do
+      local status, out, err = H.sh(("timeout 60 %s %s %d 65536 honour > %s")
+                                    :format(market_bin, path("writer.lua"), total, dest))
+      assert.equal(0, status)
+      assert.equal("", out)
+      assert.matches("^sent max_queued=%d+ pauses=0 overflows=0\n$", err)
+    end
+    local f = assert(io.open(file, "rb"))
+    assert.equal(total, f:seek("end"))
+    f:close()
+  end)
+
   it("fails the output flow of a sender that ignores backpressure, at the hard limit", function()
     local flag = path("flag2")
     local status, out, err = H.sh(("timeout 60 %s %s %d 1000 ignore %s | (%s; cat)")
