@@ -518,6 +518,12 @@ static int co_waiting(lua_State *co) {
   return f == c_wait || f == m_yield || f == m_wait_for;
 }
 
+/* Why co is no coroutine for coroutine.resume or close to touch, or NULL. */
+static const char *co_barred(lua_State *co) {
+  if (lua_gethook(co) == dead_hook) return CO_ENDED;
+  return co_waiting(co) ? CO_WAITING : NULL;
+}
+
 /* Returns the number of results, -1 for an error (its value pushed), or
 ** -2 when L must be stopped (stop_here). */
 static int co_aux(lua_State *L, lua_State *co, int narg) {
@@ -545,11 +551,11 @@ static int co_aux(lua_State *L, lua_State *co, int narg) {
 /* coroutine.resume(co, ...) */
 static int co_resume(lua_State *L) {
   lua_State *co = co_get(L);
+  const char *barred = co_barred(co);
   int r;
-  if (lua_gethook(co) == dead_hook || co_waiting(co)) {
+  if (barred != NULL) {
     lua_pushboolean(L, 0);
-    if (lua_gethook(co) == dead_hook) lua_pushliteral(L, "cannot resume " CO_ENDED);
-    else lua_pushliteral(L, "cannot resume " CO_WAITING);
+    lua_pushfstring(L, "cannot resume %s", barred);
     return 2;
   }
   r = co_aux(L, co, lua_gettop(L) - 1);
@@ -602,6 +608,7 @@ static int co_close(lua_State *L) {
   static const char *const statname[] = {"running", "dead", "suspended", "normal"};
   lua_State *co = co_get(L);
   int status, stop;                    /* 0..3: statname's */
+  const char *barred;
   lua_Debug ar;
   if (L == co) status = 0;
   else switch (lua_status(co)) {
@@ -614,8 +621,7 @@ static int co_close(lua_State *L) {
   }
   if (status != 1 && status != 2)
     return luaL_error(L, "cannot close a %s coroutine", statname[status]);
-  if (lua_gethook(co) == dead_hook) return luaL_error(L, "cannot close " CO_ENDED);
-  if (co_waiting(co)) return luaL_error(L, "cannot close " CO_WAITING);
+  if ((barred = co_barred(co)) != NULL) return luaL_error(L, "cannot close %s", barred);
   status = co_reset_watched(L, co, &stop);
   if (stop) return stop_here(L, BUDGET_REASON);
   if (status == LUA_OK) {
@@ -1680,9 +1686,9 @@ static void handle(mk_proc *p, const mk_event *ev) {
   mkl_state *S = lp->S;
   lua_State *co;
   int nargs, nres = 0, st, overrun;
+  if (S->closing) return;
   if (S->collect) collect_dropped(S);
   if (S->youngkb > 0 && ++S->youngtick == 0) young_floor(S);
-  if (S->closing) return;
   lp->activations++;
   if (ev->type == MK_EV_BOOT) {
     /* The boot function is the coroutine's body, called with the pid: no
