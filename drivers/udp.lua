@@ -131,9 +131,14 @@ local function socket_proc(loc)
     end
 
     local function on_out(_, m)
+      -- A message arrives as sent, not refined to the topic: a wildcard
+      -- (the whole message, or its destination) unifies with it and has
+      -- no fields to read.
+      if not packet:is(m) then return drop("not a udp.packet:", m) end
       local data, dst = m.body, m.destination
       if type(data) ~= "string" then return drop("the body is not a string:", data) end
-      local host, rport = dst.host, dst.port
+      local host, rport
+      if remote_address:is(dst) then host, rport = dst.host, dst.port end
       if type(host) ~= "string" or mtype(rport) ~= "integer" then
         return drop("bad destination", dst)
       end

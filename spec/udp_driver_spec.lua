@@ -185,6 +185,35 @@ describe("udp driver", function()
     assert.same({ "plain" }, got)
   end)
 
+  it("drops a packet whose destination or body is a wildcard, and keeps the socket", function()
+    -- udp.packet(me, _, body) unifies with the socket's subscription to
+    -- udp.packet(me, udp.remote_address(_, _), _) and arrives as sent, not
+    -- refined: its destination is no udp.remote_address.
+    local got, dropped, lost = {}, nil, {}
+    N.run(function()
+      local here = udp.listener(0)
+      market.perform(market.subscriber(udp.packet(ANY, here, ANY), {
+        name = "srx", on_message = function(_, m)
+          -- Only datagrams: the wildcard packets reach this subscriber too.
+          if udp.remote_address:is(m.source) then got[#got + 1] = m.body end
+        end }))
+      local port = bound_event(here, "b").role.topic.port
+      local me = udp.handle("wild")
+      market.perform(market.subscriber(udp.packet(ANY, me, ANY), {
+        name = "rx", on_absence = function(_, _, reason) lost[#lost + 1] = tostring(reason) end }))
+      bound_event(me, "mine")
+      local before = udp.stats.dropped
+      market.perform(send(udp.packet(me, ANY, "to anyone")),
+                     send(udp.packet(me, udp.remote_address("127.0.0.1", port), ANY)),
+                     send(udp.packet(me, udp.remote_address("127.0.0.1", port), "still here")))
+      await_replies(got, 1)
+      dropped = udp.stats.dropped - before
+    end)
+    assert.same({}, lost)
+    assert.equal(2, dropped)
+    assert.same({ "still here" }, got)
+  end)
+
   it("drops a datagram for an unknown host, and keeps the socket", function()
     local dropped, reply
     N.run(function()
