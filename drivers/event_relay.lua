@@ -31,7 +31,8 @@ end
 local function boot(self_id)
   return function()
     -- key (repr of a topic subscribed to here) -> {n = subscriptions,
-    -- seen = {repr of a refined topic above -> presences of it}}
+    -- seen = {repr of a refined topic above -> presences of it},
+    -- lost = a publisher above went while the subscription stayed}
     local subs = {}
     -- repr of a topic published here -> presences above it stands for
     local pubs = {}
@@ -56,7 +57,8 @@ local function boot(self_id)
     -- The meta-level subscription for key: what a publisher above does is
     -- done here by the relay's own publisher.
     local function upward(key, topic)
-      local seen = subs[key].seen
+      local s = subs[key]
+      local seen = s.seen
       return market.subscriber(topic, {
         name = key,
         on_message = relay_message,
@@ -65,10 +67,11 @@ local function boot(self_id)
           seen[rkey] = (seen[rkey] or 0) + 1
           return transition_no_state(publish(rkey, role.topic))
         end,
-        on_absence = function(_, role, reason)
+        on_absence = function(_, role, reason, _, deleted)
           local rkey = repr(role.topic)
           if not seen[rkey] then return end
           seen[rkey] = seen[rkey] > 1 and seen[rkey] - 1 or nil
+          if not deleted then s.lost = true end
           return transition_no_state(withdraw(rkey, reason))
         end,
       })
@@ -82,7 +85,21 @@ local function boot(self_id)
           if not relayed(kind, topic) then return end
           local key = repr(topic)
           local s = subs[key]
-          if s then s.n = s.n + 1; return end
+          if s then
+            s.n = s.n + 1
+            -- The watch above failed (the ground withdrew with a reason)
+            -- and nothing is published there now: in the ground VM a new
+            -- subscription starts the watch again, and every subscriber
+            -- still there sees how that goes (docs/semantics.md §12).  So
+            -- here: subscribe above anew.  The old endpoint saw nobody
+            -- there, so deleting it withdraws nothing here.
+            if s.lost and next(s.seen) == nil then
+              s.lost = false
+              return transition_no_state(market.at_meta_level(market.delete_endpoint(key),
+                                                              upward(key, topic)))
+            end
+            return
+          end
           subs[key] = { n = 1, seen = {} }
           return transition_no_state(market.at_meta_level(upward(key, topic)))
         end,

@@ -281,6 +281,42 @@ describe("event relays carry the ground's presence and absence", function()
       }, log.lines)
     end)
 
+    it("and a new subscription after a failed watch tries it again, at depth " .. depth, function()
+      -- In the ground VM a later subscription to a record whose watch
+      -- failed starts the watch again, and every subscriber still there
+      -- sees it (docs/semantics.md §12): so through relays.
+      local log, same = H.log(), nil
+      local function show(ev)
+        log("%s %s %s", ev.type, ev.endpoint, tostring(ev.reason ~= nil))
+      end
+      N.run(function()
+        market.perform(nested(depth, function()
+          local s1 = assert(sys.udp_bind(0))
+          local fd = s1:fd()
+          market.perform(market.subscriber(ground.readable(fd), "A"))
+          show(market.yield())
+          s1:close()                   -- A stays, as a careless subscriber would
+          show(market.yield())
+          local s2 = assert(sys.udp_bind(0))
+          same = s2:fd() == fd
+          market.perform(market.subscriber(ground.readable(fd), "B"))
+          local c = assert(sys.udp_bind(0))
+          c:sendto("x", sys.resolve("127.0.0.1", s2:local_port(), "udp")[1].sa)
+          for _i = 1, 3 do show(market.yield()) end
+          s2:close()
+          c:close()
+          market.perform(market.delete_endpoint("A"), market.delete_endpoint("B"),
+                         send_up(depth, { "depth", depth, "retried" }))
+        end))
+        N.await({ "depth", depth, "retried" })
+      end, 5000)
+      assert.is_true(same)
+      assert.same({
+        "presence A false", "absence A true",
+        "presence A false", "presence B false", "message A false",
+      }, log.lines)
+    end)
+
     it("and the stop, to stopping(_) subscriptions at depth " .. depth, function()
       local log, t0 = H.log(), os.time()
       H.ground(function()
