@@ -227,8 +227,17 @@ function M.supervisor(spec)
       bad(2, "unknown key '%s'", tostring(k))
     end
   end
+  -- A list: children keyed otherwise (by id, say) would not be seen by
+  -- the loop below, and the supervisor would start without them.
+  local n = #spec.children
+  for k in pairs(spec.children) do
+    if math.type(k) ~= "integer" or k < 1 or k > n then
+      bad(2, "children must be a list of child specs, not keyed by %s",
+          type(k) == "string" and repr(k) or tostring(k))
+    end
+  end
   local children, ids = {}, {}
-  for i = 1, #spec.children do children[i] = check_child(spec.children[i], i, ids, 2) end
+  for i = 1, n do children[i] = check_child(spec.children[i], i, ids, 2) end
   return market.spawn(boot {
     strategy = strategy, intensity = intensity, period = period, backoff = backoff,
     children = children,

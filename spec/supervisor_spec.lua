@@ -539,6 +539,9 @@ describe("market.supervisor", function()
       [{ backoff = { initial = 10, max = 5 }, children = {} }] = "backoff.max must be",
       [{ backoff = { initial = 10, step = 5 }, children = {} }] = "unknown backoff key 'step'",
       [{}] = "children must be a list",
+      -- Keyed by id, they were not seen at all: a supervisor of nothing.
+      [{ children = { db = { id = "db", start = f } } }] = "children must be a list of child specs, not keyed by \"db\"",
+      [{ children = { [2] = { id = "b", start = f } } }] = "children must be a list of child specs, not keyed by 2",
       [{ children = {}, strtegy = "one_for_all" }] = "unknown key 'strtegy'",
       [{ children = { { start = f } } }] = "child 1: id must be",
       [{ children = { { id = "a", start = f }, { id = "a", start = f } } }] = "child 2: id \"a\" is taken by child 1",
