@@ -57,7 +57,7 @@ local function socket_proc(loc)
     if not s then
       -- Presence, then absence with the reason, for the subscribers.
       P(market.publisher(in_topic, "in"),
-        market.quit(nil, ("cannot bind udp port %s: %s"):format(tostring(port), err)))
+        market.quit(nil, ("cannot bind udp port %s: %s"):format(repr(port, SHOWN), err)))
       return
     end
     local fd = s:fd()

@@ -99,6 +99,22 @@ describe("udp driver", function()
     assert.are.same({ "presence", "absence cannot bind udp port 70000: invalid argument" }, events)
   end)
 
+  it("names a port that is not an integer as the term it is", function()
+    local reasons = {}
+    N.run(function()
+      for i, port in ipairs { "x", { 1 }, 2 ^ 63 } do
+        market.perform(market.subscriber(udp.packet(ANY, udp.listener(port), ANY), {
+          name = "rx" .. i, on_absence = function(_, _, reason) reasons[i] = reason end }))
+      end
+      timer.sleep(50)
+    end)
+    assert.same({
+      'cannot bind udp port "x": the port must be an integer',
+      "cannot bind udp port [1]: the port must be an integer",
+      "cannot bind udp port 9.2233720368547758e+18: the port must be an integer",
+    }, reasons)
+  end)
+
   it("reports a port in use as the listener's absence with a reason", function()
     local sys = require "market.sys"
     local held = assert(sys.udp_bind(0))
