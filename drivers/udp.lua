@@ -67,11 +67,20 @@ local function socket_proc(loc)
     local nres, nresolving, pbytes = 0, 0, 0    -- pbytes: held in `resolving`
     local watching = {}
     local warned = {}
+    local close
+
+    -- A watch the ground ends with a reason (the descriptor closed behind
+    -- market's back, an error from libev; in a nested VM, its event relay
+    -- gone) hears nothing more: the socket ends with that reason, so that
+    -- its subscribers are told, rather than staying up deaf.
+    local function lost(_, _, reason, _, deleted)
+      if reason ~= nil and not deleted then return close(reason) end
+    end
 
     local function watch(name, topic, fn)
       if watching[name] then return end
       watching[name] = true
-      P(market.subscriber(topic, { name = name, on_message = fn }))
+      P(market.subscriber(topic, { name = name, on_message = fn, on_absence = lost }))
     end
     local function unwatch(name)
       if not watching[name] then return end
@@ -201,18 +210,18 @@ local function socket_proc(loc)
       end
     end
 
-    local function close()
+    function close(reason)
       for name in pairs(watching) do P(market.delete_endpoint(name)) end
       watching = {}
       for _, pend in pairs(resolving) do pend[1]:close() end
       s:close()
-      P(market.quit())
+      P(market.quit(nil, reason))
     end
 
     P(market.publisher(in_topic, "in"),
       market.publisher(bound(loc, s:local_port()), "bound"),
       market.subscriber(packet(loc, remote_address(_, _), _), { name = "out", on_message = on_out }),
-      market.subscriber(stop(loc), { name = "stop", on_message = close }))
+      market.subscriber(stop(loc), { name = "stop", on_message = function() close() end }))
     watch("rd", readable(fd), on_readable)
   end
 end

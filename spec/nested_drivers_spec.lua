@@ -81,3 +81,40 @@ describe("the udp and timer drivers two levels down", function()
     assert.equal("below:ping", reply)
   end)
 end)
+
+describe("the udp driver in a nested VM whose relay goes", function()
+  it("ends the socket with the reason, not a socket that hears nothing", function()
+    -- The socket's readable watch is the relay's: when it goes, the
+    -- socket can receive no more, and its subscribers are told so.
+    local events = {}
+    N.run(function()
+      market.perform(market.subscriber({ "udp-below", ANY }, {
+        name = "below", on_message = function(_, m) events[#events + 1] = m[2] end }))
+      local vm = market.perform(market.nested_vm(function()
+        local r = market.perform(relay.event_relay("below"))
+        market.perform(market.spawn(udp.driver, "udp-driver"))
+        market.pause()
+        local me = udp.handle("below")
+        local function up(what) return T(market.at_meta_level(send({ "udp-below", what }))) end
+        market.perform(market.subscriber(udp.packet(ANY, me, ANY), {
+          name = "rx",
+          on_presence = function() return up("bound") end,
+          on_absence = function(_, _, reason) return up("gone: " .. tostring(reason)) end }))
+        -- The socket watches its descriptor through the relay: wait until
+        -- the relay publishes that watch here.
+        market.perform(market.observe_publishers(market.ground.readable(ANY), "watched"))
+        market.wait_for(function(e) return e.endpoint == "watched" end)
+        market.perform(market.quit(r, "relay gone"))
+        market.perform(market.subscriber("stay", {}))
+      end, "vm"))
+      for _ = 1, 50 do
+        if #events >= 2 then break end
+        market.perform(market.subscriber(market.ground.alarm(math.floor(market.now()) + 10), "tick"))
+        market.wait_for(function(e) return e.endpoint == "tick" and e.type == "message" end)
+        market.perform(market.delete_endpoint("tick"))
+      end
+      market.perform(market.quit(vm))
+    end)
+    assert.same({ "bound", "gone: relay gone" }, events)
+  end)
+end)
