@@ -213,7 +213,13 @@ local function socket_proc(loc)
     function close(reason)
       for name in pairs(watching) do P(market.delete_endpoint(name)) end
       watching = {}
-      for _, pend in pairs(resolving) do pend[1]:close() end
+      -- What it still holds is dropped, and counted as every datagram
+      -- the driver cannot send.
+      for _ = qh, qt do drop("the socket closed") end
+      for _, pend in pairs(resolving) do
+        pend[1]:close()
+        for _ = 2, #pend do drop("the socket closed") end
+      end
       s:close()
       P(market.quit(nil, reason))
     end

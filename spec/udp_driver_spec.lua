@@ -184,6 +184,27 @@ describe("udp driver", function()
     assert.same({ "numeric", ("01"):rep(25), ("02"):rep(25), ("03"):rep(25) }, got)
   end)
 
+  it("counts what it still holds when the socket closes as dropped", function()
+    local sys = require "market.sys"
+    finally(function() sys.set_resolve_delay(0) end)
+    local dropped
+    N.run(function()
+      local got = {}
+      local port, me = echo_pair("closing", got)
+      sys.set_resolve_delay(300)
+      local before = udp.stats.dropped
+      market.perform(send(udp.packet(me, udp.remote_address("localhost", port), "a")),
+                     send(udp.packet(me, udp.remote_address("localhost", port), "b")))
+      market.pause()
+      -- The last subscriber goes while the name resolves: the socket closes.
+      market.perform(market.delete_endpoint("rx"))
+      market.wait_for(function(e) return e.endpoint == "mine" and e.type == "absence" end)
+      dropped = udp.stats.dropped - before
+      market.perform(send({ "stop-udp-server" }))
+    end)
+    assert.equal(2, dropped)
+  end)
+
   it("drops a datagram for a host name holding a NUL byte", function()
     -- The resolver reads a C string: "127.0.0.1\0x" would be 127.0.0.1.
     local got, dropped = {}, nil
