@@ -99,13 +99,15 @@ local function socket_proc(loc)
       end
     end
 
+    -- Each datagram queued counts with its slot, as for names: empty ones
+    -- must fill the queue too.
     local flush
     local function transmit(data, sa)
       if qh <= qt then                          -- keep the order
-        if qbytes + #data > M.MAX_QUEUED then return drop("send queue full") end
+        if qbytes + #data + SLOT > M.MAX_QUEUED then return drop("send queue full") end
         qt = qt + 1
         q[qt] = { data, sa }
-        qbytes = qbytes + #data
+        qbytes = qbytes + #data + SLOT
         return
       end
       local n, serr = s:sendto(data, sa)
@@ -114,7 +116,7 @@ local function socket_proc(loc)
       elseif n == false then
         qt = qt + 1
         q[qt] = { data, sa }
-        qbytes = qbytes + #data
+        qbytes = qbytes + #data + SLOT
         watch("wr", writable(fd), flush)
       else
         drop(serr)
@@ -128,7 +130,7 @@ local function socket_proc(loc)
         if n == false then return end
         if n then M.stats.sent = M.stats.sent + 1 else drop(serr) end
         q[qh], qh = nil, qh + 1
-        qbytes = qbytes - #d[1]
+        qbytes = qbytes - #d[1] - SLOT
       end
       unwatch("wr")
     end

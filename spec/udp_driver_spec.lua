@@ -205,6 +205,33 @@ describe("udp driver", function()
     assert.equal(2, dropped)
   end)
 
+  it("holds empty datagrams for a full socket buffer within udp.MAX_QUEUED too", function()
+    -- A full send buffer (sendto would block) is made here by making
+    -- sendto say so; on loopback it never does.  Each datagram held counts
+    -- with its 16-byte slot, as for names, or empty ones would never fill
+    -- the queue.
+    local methods = debug.getregistry()["market.sys.socket"].__index
+    local sendto, max_queued = methods.sendto, udp.MAX_QUEUED
+    finally(function() methods.sendto, udp.MAX_QUEUED = sendto, max_queued end)
+    local got, dropped = {}, nil
+    N.run(function()
+      local port, me = echo_pair("full", got)
+      udp.MAX_QUEUED = 160
+      methods.sendto = function() return false end
+      local before, sends = udp.stats.dropped, {}
+      for i = 1, 20 do sends[i] = send(udp.packet(me, udp.remote_address("127.0.0.1", port), "")) end
+      market.perform(table.unpack(sends))
+      market.pause()
+      dropped = udp.stats.dropped - before
+      methods.sendto = sendto
+      await_replies(got, 10)
+      timer.sleep(20)
+      market.perform(send({ "stop-udp-server" }))
+    end)
+    assert.equal(10, dropped)
+    assert.equal(10, #got)
+  end)
+
   it("drops a datagram for a host name holding a NUL byte", function()
     -- The resolver reads a C string: "127.0.0.1\0x" would be 127.0.0.1.
     local got, dropped = {}, nil
