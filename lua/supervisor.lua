@@ -169,10 +169,20 @@ local function boot(cfg)
       end
       waits = waits + 1
       local name = "backoff#" .. waits
-      perform(market.subscriber(alarm(now() + ms), { name = name, on_message = function()
-        perform(delete(name))
-        for _, c in ipairs(group) do start(c) end
-      end }))
+      perform(market.subscriber(alarm(now() + ms), { name = name,
+        on_message = function()
+          perform(delete(name))
+          for _, c in ipairs(group) do start(c) end
+        end,
+        -- The alarm's watch ended with a reason (in a nested VM, its event
+        -- relay went): it will not fire, and the group would wait for
+        -- ever.  Give up, as on too many restarts, so that it is seen.
+        on_absence = function(_, _, reason, _, deleted)
+          if reason == nil or deleted then return end
+          stop_all(nil)
+          return market.transition_no_state(
+            quit(nil, "market.supervisor: the back-off's alarm went: " .. repr(reason)))
+        end }))
     end
 
     ended = function(c, reason)

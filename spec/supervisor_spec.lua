@@ -444,6 +444,34 @@ describe("market.supervisor", function()
     assert.is_true(times[4] - times[1] < 5000, "liveness")
   end)
 
+  it("gives up with a reason when its back-off's alarm can no longer fire", function()
+    -- In a nested VM the alarm is the event relay's: when the relay goes,
+    -- the alarm goes with its reason, and the child would wait for ever.
+    local relay = require "market.event_relay"
+    local reason
+    ground(function()
+      market.perform(market.subscriber({ "sup-ended", _ }, "ended"),
+        market.subscriber(market.ground.alarm(math.floor(market.now()) + 3000), "limit"))
+      local vm = market.perform(market.nested_vm(function()
+        local r = market.perform(relay.event_relay("below"))
+        local sup = market.perform(market.supervisor {
+          intensity = 5, backoff = 60000,
+          children = { { id = "x", start = function() error("down", 0) end } } })
+        market.perform(market.monitor(sup, function(_, why)
+          return market.transition_no_state(market.at_meta_level(market.send({ "sup-ended", why })))
+        end))
+        -- Wait until the relay publishes the back-off's alarm here.
+        market.perform(market.observe_publishers(market.ground.alarm(_), "watched"))
+        market.wait_for(function(e) return e.endpoint == "watched" end)
+        market.perform(market.quit(r, "relay gone"))
+      end))
+      local ev = market.wait_for(function(e) return e.type == "message" end)
+      if ev.endpoint == "ended" then reason = ev.message[2] end
+      market.perform(market.quit(vm), market.delete_endpoint("limit"))
+    end)
+    assert.equal("market.supervisor: the back-off's alarm went: \"relay gone\"", reason)
+  end)
+
   it("under one_for_all, stops the others at once and starts the whole group after the back-off", function()
     local log, n, t = H.log(), 0, {}
     ground(function()
