@@ -89,7 +89,8 @@ local function socket_proc(loc)
     end
 
     -- One warning per reason; a term shown after it (what) does not make
-    -- a new reason, or every bad body would be remembered here.
+    -- a new reason, or every bad body would be remembered here (and every
+    -- host name that fails: a name goes in `what`, never in `why`).
     local function drop(why, what)
       M.stats.dropped = M.stats.dropped + 1
       if not warned[why] then
@@ -178,7 +179,7 @@ local function socket_proc(loc)
         remember(key, r[1].sa, true)
         return transmit(data, r[1].sa)
       elseif not r then
-        return drop(("cannot resolve %s: %s"):format(host, rerr))
+        return drop(("cannot resolve (%s):"):format(rerr), dst)
       end
       nresolving = nresolving + 1
       nres = nres + 1
@@ -195,7 +196,7 @@ local function socket_proc(loc)
         nresolving = nresolving - 1
         for i = 2, #pend do pbytes = pbytes - #pend[i] - SLOT end
         if not res then
-          for i = 2, #pend do drop(("unknown host %s (%s)"):format(host, e)) end
+          for i = 2, #pend do drop(("unknown host (%s):"):format(e), host) end
           return
         end
         remember(key, res[1].sa, false)

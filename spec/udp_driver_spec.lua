@@ -278,6 +278,32 @@ describe("udp driver", function()
     assert.same({ "still here" }, got)
   end)
 
+  it("remembers the kinds of problem it warned of, not every host name that had one", function()
+    -- One warning per socket and kind of problem: a host name in the
+    -- kind made every name that failed a kind of its own, kept for the
+    -- socket's life.
+    local dropped, grown
+    N.run(function()
+      local got = {}
+      local port, me = echo_pair("names", got)
+      local pad, sends = ("x"):rep(5000), {}
+      for i = 1, 2000 do
+        sends[i] = send(udp.packet(me, udp.remote_address(pad .. "\0" .. i, port), "lost"))
+      end
+      collectgarbage("collect")
+      local before, was = collectgarbage("count"), udp.stats.dropped
+      market.perform(table.unpack(sends))
+      sends = nil
+      market.pause()
+      collectgarbage("collect")
+      grown = collectgarbage("count") - before
+      dropped = udp.stats.dropped - was
+      market.perform(send({ "stop-udp-server" }))
+    end)
+    assert.equal(2000, dropped)
+    assert.is_true(grown < 2000, ("the socket grew by %.0f KiB"):format(grown))
+  end)
+
   it("drops a datagram for an unknown host, and keeps the socket", function()
     local dropped, reply
     N.run(function()
