@@ -118,3 +118,47 @@ describe("the udp driver in a nested VM whose relay goes", function()
     assert.same({ "bound", "gone: relay gone" }, events)
   end)
 end)
+
+describe("a nested VM with the udp driver, killed", function()
+  it("frees its port at once: the socket goes with the relay's watch, not at a collection", function()
+    -- A killed process runs no more handlers, so only its socket's
+    -- collection would close it; the relay goes before the socket (it is
+    -- older), and with it the socket's watch, whose absence closes it.
+    local port = N.free_port("udp")
+    local seen = {}
+    local function vm(tag)
+      return market.nested_vm(function()
+        market.perform(relay.event_relay(tag), market.spawn(udp.driver, "udp-driver"))
+        market.pause()
+        market.perform(market.spawn(function()
+          local function up(what) return T(market.at_meta_level(send({ "udp-vm", tag .. " " .. what }))) end
+          return market.transition(nil,
+            market.subscriber(udp.packet(ANY, udp.listener(port), ANY), {
+              on_absence = function(_, _, reason) return up(tostring(reason)) end }),
+            market.subscriber(udp.bound(udp.listener(port), ANY), {
+              on_presence = function() return up("bound") end }),
+            -- The socket's readable watch, once the relay has made it.
+            market.observe_publishers(market.ground.readable(ANY), {
+              on_presence = function() return up("watched") end }))
+        end, "user"))
+      end, tag)
+    end
+    collectgarbage("stop")
+    finally(function() collectgarbage("restart") end)
+    N.run(function()
+      market.perform(market.subscriber({ "udp-vm", ANY }, "st"))
+      local function next_state()
+        return market.wait_for(function(e) return e.endpoint == "st" and e.type == "message" end).message[2]
+      end
+      local first = market.perform(vm("first"))
+      seen[#seen + 1] = next_state()
+      seen[#seen + 1] = next_state()
+      market.perform(market.quit(first, "killed"))
+      local second = market.perform(vm("second"))
+      seen[#seen + 1] = next_state()
+      market.pause()
+      market.perform(market.quit(second))
+    end)
+    assert.same({ "first bound", "first watched", "second bound" }, seen)
+  end)
+end)
