@@ -1514,6 +1514,12 @@ static void handle(mk_proc *p, const mk_event *ev) {
       break;
     }
     case MK_EV_MESSAGE:
+      /* The ground's events, and the listener's word that it closed, are
+      ** ground terms.  One with a wildcard in it is a process's message
+      ** that unifies with everything, send(market._): taken for them, it
+      ** timed out a connect or a linger at once, or closed a connection
+      ** its listener had not yet handed over. */
+      if (ev->tag != T_OUT && !ev->message->ground) break;
       switch (ev->tag) {
         case W_RD: on_readable(p, c); break;
         case T_OUT: on_out(p, c, ev->message); break;     /* "out" or "want-out" */

@@ -93,6 +93,27 @@ describe("tcp connect", function()
     assert.is_true(took >= 290 and took < 5000, took)
   end)
 
+  -- A message with a wildcard in it (send(market._), or here one aimed at
+  -- every ground alarm) reaches the connection's watch of its deadline:
+  -- it was taken for the deadline, and the connect timed out at once.
+  it("keeps its deadline when a process sends a wildcard alarm", function()
+    local log, t0, l, port, filler = {}, nil, nil, nil, nil
+    N.run(function()
+      l, port, filler = full_listener()
+      t0 = market.now()
+      market.perform(client("kept", tcp.address("127.0.0.1", port), log, "lost",
+                            { connect_timeout = 400 }))
+      timer.sleep(50)
+      market.perform(market.send(market.ground.alarm(ANY)))
+      N.await({ "done", "kept" })
+    end)
+    local took = log.presence_at - t0
+    filler:close()
+    l:close()
+    assert.are.same({ "presence", "absence connect timed out after 400 ms" }, { table.unpack(log) })
+    assert.is_true(took >= 390 and took < 5000, took)
+  end)
+
   it("takes the module's default when no setting names the connection", function()
     local log, l, port, filler = {}, nil, nil, nil
     tcp.CONNECT_TIMEOUT = 200

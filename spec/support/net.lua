@@ -15,11 +15,13 @@ function N.run(boot, timeout_ms)
   local ok, err = market.ground_vm(function()
     market.perform(market.publisher(ALIVE, "net-spec-alive"), market.spawn(function()
       local me = market.self()
+      local deadline = market.ground.alarm(math.floor(market.now()) + (timeout_ms or 10000))
       return market.transition(nil,
         market.subscriber(ALIVE, {
           on_absence = function() return market.transition_no_state(market.quit()) end }),
-        market.subscriber(market.ground.alarm(math.floor(market.now()) + (timeout_ms or 10000)), {
-          on_message = function()
+        market.subscriber(deadline, {
+          on_message = function(_, m)
+            if m ~= deadline then return end   -- a spec's message with a wildcard
             timed_out = true
             for pid = 1, 5000 do
               if pid ~= me then market.perform(market.quit(pid, "spec timeout")) end
