@@ -569,7 +569,11 @@ local function boot(cfg)
                LEAD.send, LEAD.feedback, on_presence, on_absence)
     P(market.subscriber(readable(conn:fd()), { name = "nats", on_message = on_readable }),
       market.subscriber(market.ground.stopping(_), { name = "stopping", on_presence = leave }),
-      market.subscriber(M.leave_record(me), { name = "leave", on_message = leave }))
+      -- (Not the wildcard message, send(market._), which reaches every
+      -- subscriber: the node left its cluster.)
+      market.subscriber(M.leave_record(me), { name = "leave", on_message = function(_, m)
+        if M.leave_record:is(m) then return leave() end
+      end }))
     hello()
     arm()
   end

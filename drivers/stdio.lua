@@ -365,6 +365,9 @@ function M.driver()
   end
 
   local function on_out(_, m)
+    -- A wildcard message body, send(market._), reaches this subscription
+    -- too, and is no record: reading its field killed the driver.
+    if not stdout:is(m) then return end
     local data = m.data
     if out_eof or out_done then return end          -- after EOF or a failure: dropped
     if data == EOF then

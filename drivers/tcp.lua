@@ -231,7 +231,11 @@ local function listener_proc(port)
             if sets[i] == role.topic then table.remove(sets, i); return end
           end
         end }),
-      market.subscriber(stop_listener(port), { name = "stop", on_message = stop }),
+      -- (Not the wildcard message, send(market._), which reaches every
+      -- subscriber: it closed every listener.)
+      market.subscriber(stop_listener(port), { name = "stop", on_message = function(_, m)
+        if stop_listener:is(m) then return stop() end
+      end }),
       -- A graceful stop (docs/semantics.md): no new connections from now on.
       market.subscriber(market.ground.stopping(_), { name = "stopping", on_presence = stop }))
     -- The socket is made once the option sets already published have been

@@ -263,7 +263,11 @@ function M.sleep(msecs)
   local name = "sleep#" .. sleeps
   market.perform(market.subscriber(expired(label, _), { name = name }),
                  market.send(set(label, msecs, "relative")))
-  market.wait_for(function(ev) return ev.type == "message" and ev.endpoint == name end)
+  -- An expiry, not any message that reaches the endpoint: a wildcard one,
+  -- send(market._), reaches every subscriber, and woke every sleeper.
+  market.wait_for(function(ev)
+    return ev.type == "message" and ev.endpoint == name and expired:is(ev.message)
+  end)
   market.perform(market.delete_endpoint(name))
 end
 

@@ -230,7 +230,11 @@ local function socket_proc(loc)
     P(market.publisher(in_topic, "in"),
       market.publisher(bound(loc, s:local_port()), "bound"),
       market.subscriber(packet(loc, remote_address(_, _), _), { name = "out", on_message = on_out }),
-      market.subscriber(stop(loc), { name = "stop", on_message = function() close() end }))
+      -- (Not the wildcard message, send(market._), which reaches every
+      -- subscriber: it closed every socket.)
+      market.subscriber(stop(loc), { name = "stop", on_message = function(_, m)
+        if stop:is(m) then close() end
+      end }))
     watch("rd", readable(fd), on_readable)
   end
 end

@@ -340,6 +340,7 @@ local function connection(remote, here, info, loopback_only)
       market.subscriber(tcp.channel(remote, here, _), {
         name = "in",
         on_message = function(_, m)
+          if not tcp.channel:is(m) then return end   -- send(market._): no bytes
           local data = m.subpacket
           if streaming then       -- the page closing its side ends the stream
             if data == market.EOF then return stop() end
@@ -663,6 +664,7 @@ function M.cli(addr)
     market.subscriber(tcp.channel(a, h, _), {
       name = "in",
       on_message = function(_, m)
+        if not tcp.channel:is(m) then return end     -- send(market._): no bytes
         return got(m.subpacket == market.EOF and "" or m.subpacket)
       end,
       on_absence = function(_, _, why)

@@ -13,6 +13,9 @@ local market = ...
 local M = {}
 
 local lifeline, alarm, now, repr = market.lifeline, market.ground.alarm, market.now, market.repr
+-- A value an error names: a term as repr writes it, anything else by its
+-- type (repr raises on a non-term, in place of the error meant).
+local function show(v) return market.is_term(v) and repr(v) or type(v) end
 local perform, observe, delete, quit, link = market.perform, market.observe_publishers,
   market.delete_endpoint, market.quit, market.link
 
@@ -63,7 +66,7 @@ local function check_child(c, i, ids, level)
   local restart = c.restart or "permanent"
   if not RESTARTS[restart] then
     bad(level + 1, "child %s: restart must be \"permanent\", \"transient\" or \"temporary\", got %s",
-        repr(id), repr(restart))
+        repr(id), show(restart))
   end
   local start, spawn = c.start, nil
   if type(start) == "function" then
@@ -170,7 +173,8 @@ local function boot(cfg)
       waits = waits + 1
       local name = "backoff#" .. waits
       perform(market.subscriber(alarm(now() + ms), { name = name,
-        on_message = function()
+        on_message = function(_, m)
+          if not alarm:is(m) then return end   -- send(market._): not the back-off's end
           perform(delete(name))
           for _, c in ipairs(group) do start(c) end
         end,
@@ -220,7 +224,7 @@ function M.supervisor(spec)
   if type(spec) ~= "table" then bad(2, "the spec must be a table, got %s", type(spec)) end
   local strategy = spec.strategy or "one_for_one"
   if not STRATEGIES[strategy] then
-    bad(2, "strategy must be \"one_for_one\" or \"one_for_all\", got %s", repr(strategy))
+    bad(2, "strategy must be \"one_for_one\" or \"one_for_all\", got %s", show(strategy))
   end
   local intensity = spec.intensity or DEFAULT_INTENSITY
   if math.type(intensity) ~= "integer" or intensity < 0 then

@@ -288,6 +288,25 @@ end }))]],
     assert.same(expected, spread())
   end)
 
+  -- The wildcard as a message, send(market._), reaches the driver's own
+  -- subscription to cluster.leave's record: the node left its cluster.
+  it("keeps a node in its cluster when one of its processes sends the wildcard", function()
+    local srv = S.server()
+    local n = nodes(srv, {
+      a = [[market.perform(market.subscriber(T({"w", _}), logging("w")))]],
+      b = [[
+local timer = require "market.timer"
+market.perform(market.publisher(T({"w", "b"})))
+timer.sleep(300)
+market.perform(market.send(_), market.feedback(_))
+timer.sleep(300)
+market.perform(market.publisher(T({"w", "after"})))]],
+    })
+    n.a.wait('w presence publisher/participant market-cluster(["w", "b"])')
+    n.a.wait('w presence publisher/participant market-cluster(["w", "after"])')
+    assert.equal(0, n.a.count("w absence"))
+  end)
+
   it("makes a node that stops absent as left, one killed as lost within 3 s", function()
     local srv = S.server()
     local n = nodes(srv, {

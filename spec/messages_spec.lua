@@ -196,6 +196,69 @@ describe("matching", function()
     assert.same({ 's1 <- [_, 1]', 's2 <- [_, 1]', 's4 <- [_, 1]' }, log)
   end)
 
+  -- A message that is the wildcard reaches every subscriber of the
+  -- program, the drivers' own among them.  They took it for what their
+  -- subscriptions stand for: the stdio driver died reading its fields,
+  -- listeners and udp sockets took it for their stop, timer.sleep for its
+  -- expiry, a connecting tcp connection for its connect timeout.  Each is
+  -- checked on after a send(_) and a feedback(_).
+  it("the wildcard as a message is no command to the drivers, nor a timer's expiry", function()
+    local H = require "helpers"
+    local status, out, err = H.run_script([[
+local market = require "market"
+local timer = require "market.timer"
+local tcp = require "market.tcp"
+local udp = require "market.udp"
+local stdio = require "market.stdio"
+local _ = market._
+local T = market.transition_no_state
+market.perform(market.spawn(stdio.driver, { name = "stdio" }))
+local lis = tcp.listener(tcp.address("127.0.0.1", 0))
+local port
+market.perform(market.observe_publishers(tcp.channel(_, lis, _), { name = "acc",
+  on_presence = function(_s, role)
+    return T(market.subscriber(tcp.channel(role.topic.source, lis, _), { on_message = function(_s2, m)
+      -- (the wildcard comes here too)
+      if tcp.channel:is(m) and type(m.subpacket) == "string" then print("tcp got " .. m.subpacket) end
+    end }))
+  end }),
+  market.subscriber(tcp.listening(lis.port, _), { name = "l", on_presence = function(_s, role)
+    port = role.topic.bound_port end }))
+local me = udp.listener(0)
+market.perform(market.subscriber(udp.packet(_, me, _), { name = "u",
+  on_message = function(_s, m) if udp.packet:is(m) then print("udp got " .. m.body) end end }),
+  market.publisher(stdio.stdout(_), { name = "out" }))
+local uport
+market.perform(market.subscriber(udp.bound(me, _), { on_presence = function(_s, role)
+  uport = role.topic.port end }))
+timer.sleep(50)
+local t0 = market.now()
+market.perform(market.spawn(function()
+  timer.sleep(300)
+  print(("sleeper woke after %s"):format(market.now() - t0 >= 300 and "300 ms or more" or "less"))
+end))
+timer.sleep(20)
+market.perform(market.send(_), market.feedback(_))
+timer.sleep(100)
+market.perform(market.send(stdio.stdout("stdout still written\n")))
+local client, server = tcp.handle("client"), tcp.address("127.0.0.1", port)
+market.perform(market.subscriber(tcp.channel(server, client, _)),
+  market.publisher(tcp.channel(client, server, _), { name = "cout" }))
+market.wait_for(function(ev) return ev.type == "presence" and ev.endpoint == "cout" end)
+market.perform(market.send(tcp.channel(client, server, "hello\n")))
+market.perform(market.send(udp.packet(me, udp.remote_address("127.0.0.1", uport), "hello")))
+timer.sleep(400)
+market.perform(market.exit(0))
+]], "")
+    assert.equal(0, status, err)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    table.sort(lines)
+    assert.same({ "sleeper woke after 300 ms or more", "stdout still written", "tcp got hello",
+                  "udp got hello" }, lines)
+    assert.is_nil(err:find("failed", 1, true), err)
+  end)
+
   it("the message arrives as sent, wildcards included (not refined to the topic)", function()
     assert.same({ 's1 <- ["q", _]' }, deliveries({ { "q", 5 } }, { { "q", _ } }))
   end)

@@ -444,6 +444,27 @@ describe("market.supervisor", function()
     assert.is_true(times[4] - times[1] < 5000, "liveness")
   end)
 
+  -- The wildcard as a message, send(market._), reaches the back-off's
+  -- alarm subscription too: it was taken for the alarm, and the child came
+  -- back at once.
+  it("waits its back-off out when a process sends the wildcard meanwhile", function()
+    local times = {}
+    ground(function()
+      market.perform(market.supervisor {
+        intensity = 3, period = 60, backoff = 300,
+        children = { { id = "x", restart = "transient", start = function()
+          times[#times + 1] = market.now()
+          if #times == 1 then error("again", 0) end
+        end } },
+      })
+      market.perform(market.subscriber(market.ground.alarm(math.floor(market.now()) + 50), "soon"))
+      market.wait_for(function(e) return e.type == "message" and e.endpoint == "soon" end)
+      market.perform(market.delete_endpoint("soon"), market.send(_))
+    end)
+    assert.equal(2, #times)
+    assert.is_true(times[2] - times[1] >= 300, "the back-off: " .. (times[2] - times[1]))
+  end)
+
   it("gives up with a reason when its back-off's alarm can no longer fire", function()
     -- In a nested VM the alarm is the event relay's: when the relay goes,
     -- the alarm goes with its reason, and the child would wait for ever.

@@ -106,8 +106,10 @@ local WATCHDOG = [[
 io.stdout:setvbuf("line")
 require("market").perform(require("market").spawn(function()
   local market = require "market"
-  return market.transition(nil, market.subscriber(market.ground.alarm(market.now() + 120000),
-    { on_message = function() return market.transition_no_state(market.exit(9)) end }))
+  local deadline = market.ground.alarm(market.now() + 120000)
+  return market.transition(nil, market.subscriber(deadline, { on_message = function(_, m)
+    if m == deadline then return market.transition_no_state(market.exit(9)) end  -- not send(_)
+  end }))
 end, { name = "spec-watchdog" }))
 ]]
 
