@@ -904,6 +904,12 @@ static int f_addendpoint(lua_State *L) {
     default:
       return luaL_error(L, "%s: handlers must be a table, got %s", fname, luaL_typename(L, 2));
   }
+  if (lua_type(L, 3) == LUA_TSTRING) {
+    /* The VM keeps names as C strings: "a\0b" and "a\0c" were both 'a'. */
+    size_t n;
+    const char *name = lua_tolstring(L, 3, &n);
+    if (strlen(name) != n) return luaL_error(L, "%s: endpoint name must not contain a NUL byte", fname);
+  }
   if (lua_isnil(L, 2)) {
     lua_pushvalue(L, E_NOHANDLERS);
     lua_replace(L, 2);

@@ -145,6 +145,9 @@ M.observe_publishers_everything = endpoint("observe_publishers_everything", SUB,
 
 function M.delete_endpoint(name, reason)
   if type(name) ~= "string" then error("market.delete_endpoint: name must be a string", 2) end
+  if name:find("\0", 1, true) then
+    error("market.delete_endpoint: name must not contain a NUL byte", 2)
+  end
   return fixed("delete", name,
                reason ~= nil and term(reason, "market.delete_endpoint: reason") or false)
 end
@@ -635,6 +638,8 @@ function M.monitor(target, on_down, opts)
     name = "monitor#" .. monitors
   elseif type(name) ~= "string" then
     error("market.monitor: the name must be a string, got " .. type(name), 2)
+  elseif name:find("\0", 1, true) then
+    error("market.monitor: the name must not contain a NUL byte", 2)
   end
   local observe, topic = M.observe_publishers, nil
   local pid = type(target) == "number" and math.tointeger(target)   -- 3.0 is 3 (§9)

@@ -41,6 +41,19 @@ describe("constructing actions", function()
     assert.matches(THIS .. "market%.trace: topic: a function is not a term$", trace)
   end)
 
+  -- The VM keeps endpoint names as C strings: "a\0b" and "a\0c" were
+  -- one name, 'a' (a re-add with another role, said of 'a').
+  it("an endpoint name with a NUL byte is an error naming the constructor", function()
+    assert.matches(THIS .. "market%.subscriber: endpoint name must not contain a NUL byte$",
+                   err_of(function() local _x = market.subscriber("x", { name = "a\0b" }) end))
+    assert.matches(THIS .. "market%.observe_publishers: endpoint name must not contain a NUL byte$",
+                   err_of(function() local _x = market.observe_publishers("x", "a\0b") end))
+    assert.matches(THIS .. "market%.delete_endpoint: name must not contain a NUL byte$",
+                   err_of(function() local _x = market.delete_endpoint("a\0b") end))
+    assert.matches(THIS .. "market%.monitor: the name must not contain a NUL byte$",
+                   err_of(function() local _x = market.monitor(1, print, "a\0b") end))
+  end)
+
   it("tables that are not sequences are not terms", function()
     assert.matches(THIS .. "market%.publisher: topic: a table with non%-sequence keys",
                    err_of(function() local _x = market.publisher({ a = 1 }) end))
