@@ -426,6 +426,26 @@ describe("market.supervisor", function()
     }, log.lines)
   end)
 
+  it("forgets restarts older than its period", function()
+    local starts, gave_up = 0, nil
+    ground(function()
+      local sup = market.perform(market.supervisor {
+        intensity = 1, period = 0.2,
+        children = { { id = "x", start = function()
+          starts = starts + 1
+          if starts == 1 then error("first", 0) end
+          if starts == 2 then market.yield(300); error("second, after the period", 0) end
+          return market.transition(nil, market.subscriber("live"))    -- the third lives
+        end } },
+      })
+      market.perform(market.monitor(sup, function(_, why) gave_up = why end))
+      market.yield(600)
+      market.perform(market.quit(sup))
+    end)
+    assert.equal(3, starts)
+    assert.is_nil(gave_up)
+  end)
+
   it("waits the back-off before a restart, longer each time, up to its cap", function()
     local times = {}
     ground(function()
