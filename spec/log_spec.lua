@@ -108,6 +108,22 @@ describe("market.log", function()
     assert.matches("^" .. TIME .. " warn ground #%d+ [^\n]*: three$", l[3])
   end)
 
+  -- Lines travel as C strings (a host's mk_host_on_log takes one): a NUL
+  -- byte in a message cut it short there, and the rest was lost.
+  it("writes a NUL byte in a message as \\0, not as the end of the line", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      market.log.sink(function(_, line, message) print(message, #line > #message) end)
+      market.log.warn("a\0b")
+      market.log.warn("%s and %s", "c\0d", "\0")
+      market.log.sink(nil)
+      market.log.warn("e\0f")
+    ]])
+    assert.equal(0, status, err)
+    assert.equal("a\\0b\ttrue\nc\\0d and \\0\ttrue\n", out)
+    assert.matches("^" .. TIME .. " warn ground #%d+ [^\n]*: e\\0f\n$", err)
+  end)
+
   it("rate-limits a warning repeated from one place and says how many it suppressed", function()
     local status, _, err = H.run_script([[
       local market = require "market"
