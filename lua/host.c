@@ -224,7 +224,9 @@ static void failed(void *ud, mk_proc *p, mk_term *reason, const char *traceback,
   c.pid = mk_proc_pid(p);
   c.name = mk_proc_name(p);
   c.reason = reason;
-  if (reason != NULL && reason->kind == MK_STR) c.message = mk_strdata(reason);
+  /* A string as it is, unless a NUL in it would cut it short: shown then. */
+  if (reason != NULL && reason->kind == MK_STR && strlen(mk_strdata(reason)) == reason->n)
+    c.message = mk_strdata(reason);
   else c.message = shown = reason ? mk_repr_max(reason, MK_REPR_SHOWN, NULL) : NULL;
   if (c.message == NULL) c.message = reason ? "(out of memory)" : "(no reason)";
   c.traceback = traceback;

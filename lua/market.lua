@@ -92,12 +92,21 @@ end
 local NO_OPTS = {}
 local function check_opts(opts, fname)
   if opts == nil then return NO_OPTS end
-  if type(opts) == "string" then return { name = opts } end
+  if type(opts) == "string" then opts = { name = opts } end
   if type(opts) ~= "table" then
     error(fname .. ": options must be a table or a name, got " .. type(opts), 3)
   end
   if opts.k ~= nil and type(opts.k) ~= "function" then
     error(fname .. ": the continuation k must be a function", 3)
+  end
+  -- Checked here, not when performed (inside market.lua then); the VM
+  -- keeps it as a C string, where a NUL ended it.
+  local name = opts.name
+  if name ~= nil and type(name) ~= "string" and type(name) ~= "number" then
+    error(fname .. ": the name must be a string, got " .. type(name), 3)
+  end
+  if type(name) == "string" and name:find("\0", 1, true) then
+    error(fname .. ": the name must not contain a NUL byte", 3)
   end
   check_budget(opts.max_activation, fname, 3)
   return opts

@@ -62,6 +62,23 @@ describe("crash reports", function()
     assert.matches("\nendpoints:\n\tmine: publisher participant \"p\"\n$", err)
   end)
 
+  -- The report is text: a NUL in the reason ended it ("failed: a"); the
+  -- reason is shown as a term then, whole.  The peers get it as it is.
+  it("shows a reason with a NUL byte in it whole", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      market.perform(market.spawn(function()
+        market.perform(market.publisher("x"))
+        market.yield(5)
+        error("a\0b", 0)
+      end, { name = "nul" }))
+      market.perform(market.subscriber("x", { on_absence = function(_, _, why) print(why == "a\0b") end }))
+    ]])
+    assert.equal(0, status, err)
+    assert.equal("true\n", out)
+    assert.matches('^market: ground #%d+ nul failed: "a\\x00b"\nstack traceback:\n', err)
+  end)
+
   it("a strict error (an endpoint re-added with another role) points at the program's line",
      function()
     local status, _, err = H.run_script([[
