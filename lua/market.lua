@@ -99,17 +99,20 @@ local function check_opts(opts, fname)
   if opts.k ~= nil and type(opts.k) ~= "function" then
     error(fname .. ": the continuation k must be a function", 3)
   end
-  -- Checked here, not when performed (inside market.lua then); the VM
-  -- keeps it as a C string, where a NUL ended it.
+  -- Checked here, not when performed (inside market.lua then).
   local name = opts.name
   if name ~= nil and type(name) ~= "string" and type(name) ~= "number" then
     error(fname .. ": the name must be a string, got " .. type(name), 3)
   end
-  if type(name) == "string" and name:find("\0", 1, true) then
-    error(fname .. ": the name must not contain a NUL byte", 3)
-  end
   check_budget(opts.max_activation, fname, 3)
   return opts
+end
+
+-- A process's name as the VM keeps it, a C string: a NUL in it (a name
+-- made of a path, say) is written as \0, where it ended the name.
+local function cname(name)
+  if type(name) == "string" and name:find("\0", 1, true) then return (name:gsub("%z", "\\0")) end
+  return name
 end
 
 -- spawn(boot [, {name=, k=}]): boot runs in the new process; it returns a
@@ -119,7 +122,7 @@ function M.spawn(boot, opts)
     error("market.spawn: the boot argument must be a function, got " .. type(boot), 2)
   end
   opts = check_opts(opts, "market.spawn")
-  return fixed("spawn", boot, opts.name or false, opts.k or false, false, false)
+  return fixed("spawn", boot, cname(opts.name) or false, opts.k or false, false, false)
 end
 
 -- nested_vm(boot [, opts]): spawn a VM whose first process runs boot.
@@ -128,7 +131,7 @@ function M.nested_vm(boot, opts)
     error("market.nested_vm: the boot argument must be a function, got " .. type(boot), 2)
   end
   opts = check_opts(opts, "market.nested_vm")
-  return fixed("spawn", boot, opts.name or "nested-vm", opts.k or false, true,
+  return fixed("spawn", boot, cname(opts.name) or "nested-vm", opts.k or false, true,
                opts.max_activation or false)
 end
 
