@@ -34,6 +34,12 @@ M.PUSH_MS = 1000            -- how often /events pushes a snapshot
 M.KEEP_EVENTS = 200         -- recent events kept per inspected process or conversation
 M.RING_IDLE_MS = 10000      -- a view nobody asked for this long is closed
 M.CLI_TIMEOUT_MS = 5000     -- how long `market inspect` waits for the whole answer
+-- Its connections are the program's descriptors, and the inspector may
+-- listen beyond loopback: it holds this many at once (the tcp driver
+-- refuses the rest), and ends one with no byte either way this long (a
+-- page's /events stream gets a snapshot every PUSH_MS).
+M.MAX_CONNECTIONS = 64
+M.IDLE_TIMEOUT_MS = 30000
 
 -- ---- addresses ---------------------------------------------------------------
 
@@ -418,6 +424,9 @@ local function server(addr, on_listening, fname)
       if on_listening then on_listening(url, why) end
     end
     return market.transition(nil,
+      -- First: the listener takes the settings published when it starts.
+      tcp.options(here, { max_connections = M.MAX_CONNECTIONS, idle_timeout = M.IDLE_TIMEOUT_MS },
+                  "limits"),
       market.observe_publishers(tcp.channel(_, here, _), {
         name = "accept",
         on_presence = function(_, role)

@@ -479,6 +479,37 @@ describe("require 'market.inspect'", function()
     assert.truthy(find_proc(J.decode(body), named("inspector")))
   end)
 
+  -- The inspector's connections were not bounded: a client (the inspector
+  -- may listen beyond loopback) could hold any number open without a word,
+  -- each with a descriptor of the program's and a process.
+  it("holds at most MAX_CONNECTIONS, and ends one silent for IDLE_TIMEOUT_MS", function()
+    local saved = { inspect.MAX_CONNECTIONS, inspect.IDLE_TIMEOUT_MS }
+    inspect.MAX_CONNECTIONS, inspect.IDLE_TIMEOUT_MS = 2, 300
+    local ends, took = {}, nil
+    local ok, err = pcall(N.run, function()
+      market.perform(inspect.start("127.0.0.1:0"))
+      market.perform(market.subscriber(inspect.listening(market._), "url"))
+      local url = market.wait_for(function(e) return e.endpoint == "url" end).role.topic.url
+      local port = tonumber(url:match(":(%d+)/$"))
+      local t0 = market.now()
+      local a, b = N.connect(port), N.connect(port)
+      require("market.timer").sleep(50)                -- (both taken before the third)
+      local c = N.connect(port)
+      for i, s in ipairs { c, a, b } do
+        local data, how = N.read_all(s)
+        ends[i] = ("%d %s"):format(#data, how)
+        s:close()
+      end
+      took = market.now() - t0
+      market.stop(0)
+    end)
+    inspect.MAX_CONNECTIONS, inspect.IDLE_TIMEOUT_MS = saved[1], saved[2]
+    assert(ok, err)
+    -- The third is refused at once; the two silent ones end after 300 ms.
+    assert.same({ "0 eof", "0 eof", "0 eof" }, ends)
+    assert.is_true(took >= 300 and took < 5000, took)
+  end)
+
   -- GET path from the inspector on port, from a process (straight-line).
   local function fetch(port, path)
     local s = N.connect(port)
