@@ -19,13 +19,37 @@
 
 #include "market.h"
 
+/* All of standard input, NUL-terminated, malloc'd; NULL with errno set
+** on a read error or out of memory (the script `-`). */
+static char *read_stdin(void) {
+  size_t n = 0, cap = 4096;
+  char *buf = malloc(cap), *more;
+  while (buf != NULL) {
+    size_t got = fread(buf + n, 1, cap - n - 1, stdin);
+    n += got;
+    if (got == 0) {
+      if (ferror(stdin)) break;
+      buf[n] = 0;
+      return buf;
+    }
+    if (n + 1 == cap) {
+      if ((more = realloc(buf, cap * 2)) == NULL) break;
+      buf = more;
+      cap *= 2;
+    }
+  }
+  free(buf);
+  return NULL;
+}
+
 static const char usage[] =
   "usage: market [options] [script [args...]]\n"
   "       market inspect [HOST:]PORT\n"
   "\n"
   "Runs an actor script (Lua 5.4) as the boot process of a fresh ground VM\n"
   "with the timer, tcp and udp drivers already running, and exits when no\n"
-  "process has anything left to do.\n"
+  "process has anything left to do.  A script named - is read from\n"
+  "standard input, as lua(1) reads it.\n"
   "\n"
   "options:\n"
   "  -e CODE        run CODE as the boot process (instead of a script)\n"
@@ -395,6 +419,7 @@ static double ms_arg(const char *s) {
 int main(int argc, char **argv) {
   const char *const *args = (const char *const *)argv;
   const char *code = NULL, *inspect = NULL;
+  char *stdin_code = NULL;     /* the script `-`, read from standard input; owned */
   double drain = 5000;
   int drivers = 1, quiet = 0, strict = 0, status = 0, workers = 0, i, first, codei = -1;
   double budget = -1;
@@ -542,11 +567,25 @@ int main(int argc, char **argv) {
     fputs("market: --inspect cannot be given with --workers (docs/workers.md)\n", stderr);
     return trace_end(&trace, 2);
   }
+  /* The script `-`: standard input, read now, before the event loop is
+  ** made (on a closed descriptor 0 it would read the loop's own).  Each
+  ** worker would read what the others left. */
+  if (code == NULL && strcmp(argv[first], "-") == 0) {
+    if (workers > 0) {
+      fputs("market: the script - (standard input) cannot be given with --workers\n", stderr);
+      return trace_end(&trace, 2);
+    }
+    if ((stdin_code = read_stdin()) == NULL) {
+      fprintf(stderr, "market: cannot read the script from standard input: %s\n", strerror(errno));
+      return trace_end(&trace, 1);
+    }
+  }
   if (workers > 0) return trace_end(&trace, run_workers(argc, argv, workers));
 
   h = mk_host_new(NULL, &err);
   if (h == NULL) {
     fprintf(stderr, "market: %s\n", err.message);
+    free(stdin_code);
     return trace_end(&trace, 1);
   }
   if (trace.on) {
@@ -554,13 +593,15 @@ int main(int argc, char **argv) {
     if (trace.file != NULL && (tracefile = fopen(trace.file, "w")) == NULL) {
       fprintf(stderr, "market: --trace-file: cannot open '%s': %s\n", trace.file, strerror(errno));
       mk_host_free(h);
-      return trace_end(&trace, 1);
+      free(stdin_code);
+    return trace_end(&trace, 1);
     }
     if (tracefile != stderr) setvbuf(tracefile, NULL, _IOLBF, 0);   /* tail -f */
     if (mk_host_trace_opts(h, &trace.o) != MK_OK) {
       fprintf(stderr, "market: %s\n", mk_host_error(h));
       mk_host_free(h);
-      return trace_end(&trace, 1);
+      free(stdin_code);
+    return trace_end(&trace, 1);
     }
     mk_host_trace(h, trace_line, tracefile);
   }
@@ -608,6 +649,8 @@ int main(int argc, char **argv) {
   }
   if (code)
     pid = mk_host_spawn_string(h, code, "(command line)", argc - first, args + first);
+  else if (stdin_code != NULL)
+    pid = mk_host_spawn_string(h, stdin_code, "stdin", argc - first - 1, args + first + 1);
   else
     pid = mk_host_spawn_file(h, argv[first], argc - first - 1, args + first + 1);
   if (pid == 0) {
@@ -621,6 +664,7 @@ int main(int argc, char **argv) {
   /* An exit says what the status is, even after a boot failure. */
   if (mk_host_exited(h) || mk_host_exit_status(h) != 0) status = mk_host_exit_status(h);
 done:
+  free(stdin_code);
   free(cluster_url);
   free(cluster_name);
   mk_host_free(h);           /* may still trace: the processes it ends */

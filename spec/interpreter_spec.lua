@@ -192,6 +192,39 @@ describe("market -e", function()
   end)
 end)
 
+-- The script `-` is standard input, as lua(1) has it ("cannot open -"
+-- before).
+describe("market -", function()
+  local function sh(script, args)
+    return H.sh(("printf %s | timeout 20 %s - %s"):format(H.quote(script), H.quote(H.market_bin()),
+                                                        args or ""))
+  end
+
+  it("reads the script from standard input; arg[0] is -, the rest its arguments", function()
+    local status, out, err = sh("print(arg[0], select('#', ...), ...)\n", "a b")
+    assert.equal(0, status, err)
+    assert.equal("-\t2\ta\tb\n", out)
+  end)
+
+  it("names the chunk stdin in errors and tracebacks", function()
+    local status, _, err = sh("\nerror('from stdin')\n")
+    assert.equal(1, status)
+    assert.matches("^market: ground #%d+ stdin failed: stdin:2: from stdin\n", err)
+    status, _, err = sh("local x =\n")
+    assert.equal(1, status)
+    assert.matches("^market: stdin:2: unexpected symbol near <eof>\n$", err)
+  end)
+
+  it("says so when standard input is closed, and with --workers", function()
+    local status, _, err = H.sh(("timeout 20 %s - <&-"):format(H.quote(H.market_bin())))
+    assert.equal(1, status)
+    assert.equal("market: cannot read the script from standard input: Bad file descriptor\n", err)
+    status, _, err = H.sh(("echo 'print(1)' | timeout 20 %s --workers 2 -"):format(H.quote(H.market_bin())))
+    assert.equal(2, status)
+    assert.equal("market: the script - (standard input) cannot be given with --workers\n", err)
+  end)
+end)
+
 describe("market options", function()
   it("--help explains itself and exits 0", function()
     for _, opt in ipairs { "--help", "-h" } do
