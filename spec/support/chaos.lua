@@ -31,6 +31,14 @@ market.perform(market.observe_publishers(tcp.channel(_, lis, _), { on_presence =
 end }), market.subscriber(tcp.listening(lis.port, _), { on_presence = function(_s, r) port = r.topic.bound_port end }))
 market.pause()
 while not port do market.yield(10) end
+-- This process's open descriptors, and the ground VM's processes.
+local function fds()
+  local n = 0
+  for _ in io.popen("ls /proc/" .. io.open("/proc/self/stat"):read("n") .. "/fd"):lines() do n = n + 1 end
+  return n
+end
+local function procs() return #market.snapshot().vm.processes end
+local fds0, procs0 = fds(), procs()
 local n = 0
 local function client(i)
   local h = tcp.handle("c" .. i .. "-" .. rnd(1e9))
@@ -45,6 +53,7 @@ local function client(i)
       if rnd() < 0.03 then error("client chaos") end
       if rnd() < 0.05 then market.perform(market.delete_endpoint("out")) end
     end
+    market.perform(market.quit())       -- (holding its endpoints it would live on)
   end)
 end
 local function nested(i)
@@ -52,12 +61,14 @@ local function nested(i)
     market.perform(relay.event_relay("nest" .. i))
     local u = udp.listener(0)
     market.perform(market.spawn(udp.driver), market.spawn(timer.driver))
+    market.pause()                      -- the drivers' endpoints, before they are needed
     market.perform(market.subscriber(udp.packet(_, u, _)))
     for k = 1, rnd(1, 10) do
       market.perform(market.send(udp.packet(u, udp.remote_address("127.0.0.1", rnd(20000, 20010)), "hi")))
       timer.sleep(rnd(0, 20))
       if rnd() < 0.1 then market.perform(market.send(_)) end
     end
+    market.perform(market.at_meta_level(market.quit()))   -- the VM, drivers and all
   end)
 end
 local deadline = market.now() + tonumber(arg[2] or 10000)
@@ -85,5 +96,10 @@ while true do
     if got == "ping" then break end
   end
 end
-print(("rounds %d, last echo %q"):format(n, got))
+-- What the storm made has gone once its last clients are done (a second
+-- at most): nothing is left holding a descriptor or a process.
+timer.sleep(1000)
+collectgarbage()
+print(("rounds %d, last echo %q, %d more descriptors, %d more processes"):format(
+  n, got, fds() - fds0, procs() - procs0))
 market.perform(market.exit(0))
