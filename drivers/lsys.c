@@ -360,7 +360,14 @@ static int host_socket(const char *host, lua_Integer port, int reuseport, int *f
 static int l_tcp_listen(lua_State *L) {
   lua_Integer port = luaL_checkinteger(L, 1);
   int backlog = (int)luaL_optinteger(L, 2, 128), reuseport = lua_toboolean(L, 3), family, fd, err;
-  const char *host = luaL_optstring(L, 4, NULL), *why = NULL;
+  size_t hn = 0;
+  const char *host = luaL_optlstring(L, 4, NULL, &hn), *why = NULL;
+  /* getaddrinfo reads a C string: "127.0.0.1\0x" would bind 127.0.0.1. */
+  if (host && memchr(host, '\0', hn) != NULL) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "host holds a NUL byte");
+    return 2;
+  }
   spare_wanted = 1;
   open_spare();
   fd = host ? host_socket(host, port, reuseport, &family, &why)

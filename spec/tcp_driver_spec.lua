@@ -151,9 +151,12 @@ describe("tcp driver", function()
   it("reports a port it cannot listen on as the listener's absence, whatever the port", function()
     -- Not only ports the kernel refuses: one that is no port at all (a
     -- fraction, NaN, an address of numbers) was ignored, and its observer
-    -- waited for ever.
+    -- waited for ever.  A host with a NUL byte in it was listened on as
+    -- far as the NUL (getaddrinfo reads a C string): "127.0.0.1\0x" took
+    -- 127.0.0.1.
     local reasons = {}
-    local ports = { 1.5, 0 / 0, math.huge, tcp.address(1, 2), tcp.address("::1", 1.5), 70000 }
+    local ports = { 1.5, 0 / 0, math.huge, tcp.address(1, 2), tcp.address("::1", 1.5), 70000,
+                    tcp.address("127.0.0.1\0x", 0) }
     N.run(function()
       for i, port in ipairs(ports) do
         local name = "listening" .. i
@@ -172,7 +175,8 @@ describe("tcp driver", function()
                   "cannot listen on port inf" .. want,
                   "cannot listen on port tcp-address(1, 2)" .. want,
                   'cannot listen on port tcp-address("::1", 1.5)' .. want,
-                  "cannot listen on port 70000: invalid argument" }, reasons)
+                  "cannot listen on port 70000: invalid argument",
+                  'cannot listen on "127.0.0.1\\x00x" port 0: host holds a NUL byte' }, reasons)
   end)
 
   it("half-closes on EOF: the other direction stays open", function()
