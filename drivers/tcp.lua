@@ -320,6 +320,16 @@ end
 
 -- ---- the driver ------------------------------------------------------------
 
+-- In place of a manager when the module's defaults are bad: a connect
+-- that failed (docs/tcp.md, "Connecting"), the flows shown and withdrawn
+-- at once with the reason.
+local function failed_connect(a, h, reason)
+  return function()
+    P(market.publisher(channel(a, h, _), "in"), market.subscriber(channel(h, a, _), "out"),
+      market.yield(function() P(market.quit(nil, reason)) end))
+  end
+end
+
 -- The driver's boot function: run it with market.spawn(tcp.driver).
 function M.driver()
   local listeners = {}      -- port -> observers
@@ -405,7 +415,16 @@ function M.driver()
         e.subs = e.subs + 1
         if not e.manager then
           e.manager = "spawned"
-          sys.tcp_manage(a, h, "tcp " .. repr(h) .. " -> " .. repr(a), defaults(), M.stats)
+          local name = "tcp " .. repr(h) .. " -> " .. repr(a)
+          -- A bad default (tcp.HIGH_WATER = -1) is this connection's
+          -- failure: raised here, it killed the driver, and every later
+          -- listen and connect of the VM waited for ever.
+          local ok, settings = pcall(defaults)
+          if ok then
+            sys.tcp_manage(a, h, name, settings, M.stats)
+          else
+            P(market.spawn(failed_connect(a, h, settings), { name = name }))
+          end
         end
       end,
       on_absence = function(_, role)

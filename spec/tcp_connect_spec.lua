@@ -127,6 +127,30 @@ describe("tcp connect", function()
     assert.are.same({ "presence", "absence connect timed out after 200 ms" }, { table.unpack(log) })
   end)
 
+  it("fails the connection, not the driver, when a module default is bad", function()
+    -- defaults() raised in the driver's own handler: the driver died, and
+    -- with it every later listen and connect of the VM (no absence came).
+    local bad, good = {}, {}
+    local l = assert(sys.tcp_listen(0, 8, false, "127.0.0.1"))
+    local a = tcp.address("127.0.0.1", l:local_port())
+    local saved_hw = tcp.HIGH_WATER
+    N.run(function()
+      tcp.HIGH_WATER = -1
+      market.perform(client("bad", a, bad))
+      N.await({ "done", "bad" })
+      tcp.HIGH_WATER = saved_hw
+      market.perform(client("good", a, good, "x"))
+      local s = N.accept(l)
+      s:close()
+      N.await({ "done", "good" })
+    end)
+    tcp.HIGH_WATER = saved_hw
+    l:close()
+    assert.are.same({ "presence", "absence market.tcp: tcp.HIGH_WATER: high_water must be an " ..
+                      "integer from 1 to 576460752303423487, got -1" }, { table.unpack(bad) })
+    assert.equal("presence", good[1])
+  end)
+
   it("moves the deadline when a setting comes while connecting", function()
     local log, l, port, filler = {}, nil, nil, nil
     N.run(function()
