@@ -282,17 +282,25 @@ local function listener_proc(port)
         return last("max_connections", "MAX_CONNECTIONS")
       end
 
-      function close()
+      -- reason: why it closes (nil: stopped).
+      function close(reason)
         P(market.delete_endpoint("accept"))
         s:close()
-        P(market.send(listener_closed(port)), market.quit())
+        P(market.send(listener_closed(port)), market.quit(nil, reason))
       end
 
       function on_accept()
+        -- A bad default (tcp.MAX_CONNECTIONS = -1) ends the listener with
+        -- that reason; raised, it left the socket open until a collection,
+        -- its clients waiting in the queue and the port taken.
+        local ok, maxconn, settings = pcall(function() return max_connections(), defaults() end)
+        if not ok then
+          warn("listener on %s closed: %s", where, (tostring(maxconn):gsub("^market%.tcp: ", "")))
+          return close(maxconn)
+        end
         -- A manager per connection, spawned by this process (at most 64 per
         -- turn: the others' events are not held up by a burst of connects).
-        local n, err = sys.tcp_accept(s, loc, port, 64, max_connections(), conns, defaults(),
-                                      M.stats)
+        local n, err = sys.tcp_accept(s, loc, port, 64, maxconn, conns, settings, M.stats)
         if n then
           -- Out of descriptors (err): connections are refused meanwhile.
           if err and not exhausted then

@@ -421,6 +421,38 @@ describe("tcp.options", function()
     assert.equal(1, tcp.stats.refused)
   end)
 
+  it("closes the listening socket when a bad default ends the listener", function()
+    -- defaults() raised in the listener's accept handler: the process
+    -- died, but its socket stayed open (until a garbage collection), the
+    -- client waited in its queue and the port could not be listened on.
+    local reason, client_saw, again
+    local saved_mc = tcp.MAX_CONNECTIONS
+    N.run(function()
+      local here = tcp.listener(tcp.address("127.0.0.1", 0))
+      market.perform(market.observe_publishers(tcp.channel(ANY, here, ANY), "obs"))
+      local p = bound(here.port)
+      tcp.MAX_CONNECTIONS = -1
+      market.perform(market.subscriber(tcp.listening(here.port, ANY), {
+        on_absence = function(_, _, why) reason = why end }))
+      collectgarbage("stop")    -- (a collection would close it anyway)
+      local c = connect(p)
+      wait_until(function() return reason ~= nil end)
+      local data, how = read_all(c)
+      client_saw = data .. "|" .. how
+      c:close()
+      local l = require("market.sys").tcp_listen(p, 8, false, "127.0.0.1")
+      again = l ~= nil
+      if l then l:close() end
+      collectgarbage("restart")
+    end)
+    collectgarbage("restart")
+    tcp.MAX_CONNECTIONS = saved_mc
+    assert.equal("market.tcp: tcp.MAX_CONNECTIONS: max_connections must be an integer from 0 " ..
+                 "to 9223372036854775807, got -1", reason)
+    assert.is_true(client_saw == "|eof" or client_saw == "|connection reset by peer", client_saw)
+    assert.is_true(again)
+  end)
+
   it("takes patterns for the ends: every listener, every connection from a host", function()
     local log = {}
     N.run(function()
