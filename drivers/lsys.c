@@ -363,9 +363,9 @@ static int l_tcp_listen(lua_State *L) {
   size_t hn = 0;
   const char *host = luaL_optlstring(L, 4, NULL, &hn), *why = NULL;
   /* getaddrinfo reads a C string: "127.0.0.1\0x" would bind 127.0.0.1. */
-  if (host && memchr(host, '\0', hn) != NULL) {
+  if (host && (hn == 0 || memchr(host, '\0', hn) != NULL)) {
     luaL_pushfail(L);
-    lua_pushliteral(L, "host holds a NUL byte");
+    lua_pushstring(L, hn == 0 ? "empty host name" : "host holds a NUL byte");
     return 2;
   }
   spare_wanted = 1;

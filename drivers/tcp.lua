@@ -202,9 +202,10 @@ local function listener_proc(port)
   local bad = not (unix or on_host or mtype(port) == "integer")
   -- A handle in the port field names the listener, not the port: bind 0.
   local number = on_host and (handle:is(port.port) and 0 or port.port)
-  -- (A host with a NUL byte in it is shown quoted: the NUL would cut the text short.)
+  -- (A host with a NUL byte in it, or none, is shown quoted: the NUL would
+  -- cut the text short.)
   local where = unix and repr(port) or on_host and ("%s port %d"):format(
-      port.host:find("\0", 1, true) and repr(port.host) or port.host, number)
+      (port.host == "" or port.host:find("\0", 1, true)) and repr(port.host) or port.host, number)
     or "port " .. (mtype(port) == "integer" and port or repr(port))
   return function()
     local loc = listener(port)

@@ -1438,6 +1438,10 @@ static void start_connect(mk_proc *p, tconn *c) {
     /* The resolver reads a C string: "127.0.0.1\0x" would be 127.0.0.1. */
     bad_address(p, c, "host name holds a NUL byte");
     return;
+  } else if (host->n == 0) {
+    /* (The resolver said "cannot resolve : empty host name".) */
+    bad_address(p, c, "empty host name");
+    return;
   }
   if ((d = c->dial = calloc(1, sizeof *d)) == NULL) { finish(p, c, "out of memory"); return; }
   d->rfd = -1;

@@ -65,7 +65,8 @@ describe("tcp connection managers", function()
     local reasons = {}
     N.run(function()
       for i, a in ipairs { tcp.address("127.0.0.1", 0), tcp.address("127.0.0.1", 70000),
-                           tcp.address(42, 80), tcp.address("127.0.0.1\0evil.example", 80) } do
+                           tcp.address(42, 80), tcp.address("127.0.0.1\0evil.example", 80),
+                           tcp.address("", 80) } do
         local h = tcp.handle("bad" .. i)
         market.perform(market.spawn(function()
           return market.transition(nil,
@@ -85,6 +86,8 @@ describe("tcp connection managers", function()
     assert.matches("^bad address tcp%-address%(42, 80%)", reasons[3])
     -- Not 127.0.0.1: the resolver would have read the name only to its NUL.
     assert.matches("^bad address .*: host name holds a NUL byte$", reasons[4])
+    -- (It was "cannot resolve : empty host name".)
+    assert.equal('bad address tcp-address("", 80): empty host name', reasons[5])
   end)
 
   it("ignores a subpacket that is not a string and goes on", function()
