@@ -341,7 +341,11 @@ end
 
 -- The driver's boot function: run it with market.spawn(tcp.driver).
 function M.driver()
-  local listeners = {}      -- port -> observers
+  -- port -> observers; a Unix socket's path in a table of its own: the
+  -- path "H:7" is another listener than tcp.address("H", 7), whose key it
+  -- is (key, below).
+  local listeners, unix_listeners = {}, {}
+  local function counts(port) return type(port) == "string" and unix_listeners or listeners end
   -- Outbound, per (address, handle): subs = the users' subscriptions seen,
   -- manager = nil | "spawned" | "alive".  A manager is spawned when a first
   -- subscription appears and none is alive, so a process may withdraw its
@@ -399,19 +403,19 @@ function M.driver()
       on_presence = function(_, role)
         local port = listen_port(role)
         if not port then return end
-        local k = key(port)
-        local n = (listeners[k] or 0) + 1
-        listeners[k] = n
+        local k, count = key(port), counts(port)
+        local n = (count[k] or 0) + 1
+        count[k] = n
         if n == 1 then
           P(market.spawn(listener_proc(port), { name = "tcp-listener " .. k }))
         end
       end,
       on_absence = function(_, role)
         local port = listen_port(role)
-        local k = port and key(port)
-        if not port or not listeners[k] then return end
-        local n = listeners[k] - 1
-        listeners[k] = n > 0 and n or nil
+        local k, count = port and key(port), port and counts(port)
+        if not port or not count[k] then return end
+        local n = count[k] - 1
+        count[k] = n > 0 and n or nil
         if n == 0 then P(market.send(stop_listener(port))) end
       end,
     }),

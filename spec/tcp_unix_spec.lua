@@ -160,6 +160,29 @@ describe("tcp over Unix domain sockets", function()
     assert.is_false(exists(path))
   end)
 
+  it("listens on a path that reads like a listener's host and port", function()
+    -- The driver counted observers by a key in which tcp.address(H, 7)
+    -- and the path "H:7" were the same: the path's observer was taken
+    -- for one more of the address's, and no listener came for it.
+    local host_ev, path_ev
+    local path = dir .. "/s:7"
+    N.run(function()
+      local a = tcp.address(dir .. "/s", 7)
+      market.perform(market.subscriber(tcp.listening(a, ANY), "addr?"),
+                     market.observe_publishers(tcp.channel(ANY, tcp.listener(a), ANY), "addr"))
+      repeat
+        host_ev = market.wait_for(function(e) return e.endpoint == "addr?" end)
+      until host_ev.type == "absence"
+      watch_listening(path)
+      market.perform(market.observe_publishers(tcp.channel(ANY, tcp.listener(path), ANY), "path"))
+      path_ev = listening_event(path)
+      market.perform(market.delete_endpoint("path"), market.delete_endpoint("addr"))
+    end)
+    assert.matches("not a numeric IP address", host_ev.reason)
+    assert.equal("presence", path_ev.type)
+    assert.equal(path, path_ev.role.topic.bound_port)
+  end)
+
   it("refuses bad paths with a clear reason, listening and connecting", function()
     local long = dir .. "/" .. ("x"):rep(200)
     local reasons, log = {}, {}
