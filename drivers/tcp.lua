@@ -290,6 +290,18 @@ local function listener_proc(port)
         P(market.send(listener_closed(port)), market.quit(nil, reason))
       end
 
+      -- A watch the ground ends with a reason (in a nested VM, its event
+      -- relay gone: the VM is being killed) hears nothing more: the socket
+      -- closes now, so that its port is free at once (a killed process
+      -- runs no more handlers, and the socket would wait for a collection).
+      local function lost(_, _, reason, _, deleted)
+        if reason ~= nil and not deleted then return close(reason) end
+      end
+      local function watch_accept()
+        return market.subscriber(readable(fd), { name = "accept", on_message = on_accept,
+                                                 on_absence = lost })
+      end
+
       function on_accept()
         -- A bad default (tcp.MAX_CONNECTIONS = -1) ends the listener with
         -- that reason; raised, it left the socket open until a collection,
@@ -316,13 +328,13 @@ local function listener_proc(port)
           market.subscriber(alarm(floor(market.now()) + 100), {
             name = "backoff",
             on_message = function()
-              P(market.delete_endpoint("backoff"),
-                market.subscriber(readable(fd), { name = "accept", on_message = on_accept }))
-            end }))
+              P(market.delete_endpoint("backoff"), watch_accept())
+            end,
+            on_absence = lost }))
       end
 
       P(market.publisher(listening(port, unix and port or s:local_port()), "status"),
-        market.subscriber(readable(fd), { name = "accept", on_message = on_accept }))
+        watch_accept())
     end))
   end
 end

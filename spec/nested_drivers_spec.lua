@@ -162,3 +162,49 @@ describe("a nested VM with the udp driver, killed", function()
     assert.same({ "first bound", "first watched", "second bound" }, seen)
   end)
 end)
+
+describe("a nested VM with the tcp driver, killed", function()
+  it("frees its listening port at once: the socket goes with the relay's watch", function()
+    -- As for udp (above): a killed listener runs no more handlers, and
+    -- its socket stayed open until a collection, the port taken (a VM
+    -- started again in its place could not listen: address already in use).
+    local port = N.free_port("tcp")
+    local seen = {}
+    local function vm(tag)
+      return market.nested_vm(function()
+        market.perform(relay.event_relay(tag), market.spawn(tcp.driver, "tcp-driver"))
+        market.pause()
+        market.perform(market.spawn(function()
+          local function up(what) return T(market.at_meta_level(send({ "tcp-vm", tag .. " " .. what }))) end
+          return market.transition(nil,
+            market.observe_publishers(tcp.channel(ANY, tcp.listener(port), ANY)),
+            market.subscriber(tcp.listening(port, ANY), {
+              on_presence = function(_, role)
+                if role.topic.bound_port then return up("listening") end
+              end,
+              on_absence = function(_, _, reason) return up(tostring(reason)) end }),
+            market.observe_publishers(market.ground.readable(ANY), {
+              on_presence = function() return up("watched") end }))
+        end, "user"))
+      end, tag)
+    end
+    collectgarbage("stop")
+    finally(function() collectgarbage("restart") end)
+    N.run(function()
+      market.perform(market.subscriber({ "tcp-vm", ANY }, "st"))
+      local function next_state()
+        return market.wait_for(function(e) return e.endpoint == "st" and e.type == "message" end).message[2]
+      end
+      local first = market.perform(vm("first"))
+      seen[#seen + 1] = next_state()
+      seen[#seen + 1] = next_state()
+      market.perform(market.quit(first, "killed"))
+      local second = market.perform(vm("second"))
+      seen[#seen + 1] = next_state()
+      market.pause()
+      market.perform(market.quit(second))
+    end)
+    table.sort(seen, function(a, b) return a < b end)
+    assert.same({ "first listening", "first watched", "second listening" }, seen)
+  end)
+end)
