@@ -155,6 +155,13 @@ typedef struct tconf {
   unsigned set;
 } tconf;
 
+/* Whether string term t is exactly the C string s: the whole term, a NUL
+** in it included ("framing\0x" is no key). */
+static int is_str(const mk_term *t, const char *s) {
+  size_t n = strlen(s);
+  return t->kind == MK_STR && t->n == n && memcmp(mk_strdata(t), s, n) == 0;
+}
+
 /* Read the settings sequence s into *cf.  Returns the name of the first
 ** entry that is not a known key with a good value (skipped), or NULL. */
 static const char *parse_settings(const mk_term *s, tconf *cf) {
@@ -172,9 +179,9 @@ static const char *parse_settings(const mk_term *s, tconf *cf) {
     }
     key = mk_items(e)[0];
     val = mk_items(e)[1];
-    for (k = 0; k < NKEYS && strcmp(keys[k].name, mk_strdata(key)) != 0; k++) {}
+    for (k = 0; k < NKEYS && !is_str(key, keys[k].name); k++) {}
     if (k == K_FRAMING && val->kind == MK_STR) {
-      for (v = 0; framings[v] && strcmp(framings[v], mk_strdata(val)) != 0; v++) {}
+      for (v = 0; framings[v] && !is_str(val, framings[v]); v++) {}
       if (framings[v] == NULL) v = -1;
     } else if (k == K_REUSEPORT) {
       v = val->kind == MK_TRUE ? 1 : val->kind == MK_FALSE ? 0 : -1;

@@ -137,6 +137,23 @@ describe("tcp.options", function()
     assert.same({ "one", "two", "", "three", "four", "<eof>" }, log)
   end)
 
+  it("takes a hand-made set's key whole: \"framing\\0x\" is no framing", function()
+    -- The managers compared keys and framings as C strings: a key or a
+    -- value with a NUL byte in it was taken for what comes before the NUL.
+    local log = {}
+    N.run(function()
+      market.perform(market.publisher(tcp.options_record(here0, ANY, { { "framing\0x", "line" },
+                                                                        { "max_frame", 4 } })),
+                     market.publisher(tcp.options_record(here0, ANY, { { "framing", "u16\0" } })),
+                     recorder(log))
+      local s = connect(bound(0))
+      write_pieces(s, { "a\nb\n" })
+      assert.same({ "", "eof" }, { hang_up(s) })
+      market.perform(send({ "stop-server", 0 }))
+    end)
+    assert.same({ "a\nb\n", "<eof>" }, log)
+  end)
+
   it("splits u16 and u32 length-prefixed frames anywhere, the length too, from the first byte", function()
     local log = {}
     N.run(function()
