@@ -507,7 +507,9 @@ describe("require 'market.inspect'", function()
     assert(ok, err)
     -- The third is refused at once; the two silent ones end after 300 ms.
     assert.same({ "0 eof", "0 eof", "0 eof" }, ends)
-    assert.is_true(took >= 300 and took < 5000, took)
+    -- (Around 300 ms: the driver stamps the last byte with the loop's
+    -- time, which may lag the clock read here by a few ms.)
+    assert.is_true(took >= 250 and took < 5000, took)
   end)
 
   -- GET path from the inspector on port, from a process (straight-line).
