@@ -327,7 +327,8 @@ local function listener_proc(port)
         P(market.delete_endpoint("accept"),
           market.subscriber(alarm(floor(market.now()) + 100), {
             name = "backoff",
-            on_message = function()
+            on_message = function(_, m)
+              if not alarm:is(m) then return end   -- send(market._): not the back-off's end
               P(market.delete_endpoint("backoff"), watch_accept())
             end,
             on_absence = lost }))
