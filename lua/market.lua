@@ -111,7 +111,7 @@ end
 -- A process's name as the VM keeps it, a C string: a NUL in it (a name
 -- made of a path, say) is written as \0, where it ended the name.
 local function cname(name)
-  if type(name) == "string" and name:find("\0", 1, true) then return (name:gsub("%z", "\\0")) end
+  if type(name) == "string" and name:find("\0", 1, true) then return (name:gsub("\0", "\\0")) end
   return name
 end
 
