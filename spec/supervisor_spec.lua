@@ -602,6 +602,10 @@ describe("market.supervisor", function()
     local f = function() end
     for bad, msg in pairs {
       [{ strategy = "rest_for_one", children = {} }] = "strategy must be",
+      -- A value that is no term by its type (repr raised on it).
+      [{ strategy = print, children = {} }] = "strategy must be \"one_for_one\" or \"one_for_all\", got function",
+      [{ children = { { id = "a", start = f, restart = print } } }] =
+        "child \"a\": restart must be \"permanent\", \"transient\" or \"temporary\", got function",
       [{ intensity = -1, children = {} }] = "intensity must be an integer",
       [{ period = 0, children = {} }] = "period must be",
       [{ backoff = -5, children = {} }] = "backoff must be",
