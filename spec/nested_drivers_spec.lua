@@ -119,13 +119,37 @@ describe("the udp driver in a nested VM whose relay goes", function()
   end)
 end)
 
+-- With the collector stopped (no collection may close a socket for it):
+-- vm("first") is run until it has said two things, killed, and vm("second")
+-- started in its place is run until it has said one.  They say them as
+-- {key, text}; the texts, in the order they came.
+local function killed_then_again(key, vm)
+  local seen = {}
+  collectgarbage("stop")
+  finally(function() collectgarbage("restart") end)
+  N.run(function()
+    market.perform(market.subscriber({ key, ANY }, "st"))
+    local function next_state()
+      return market.wait_for(function(e) return e.endpoint == "st" and e.type == "message" end).message[2]
+    end
+    local first = market.perform(vm("first"))
+    seen[#seen + 1] = next_state()
+    seen[#seen + 1] = next_state()
+    market.perform(market.quit(first, "killed"))
+    local second = market.perform(vm("second"))
+    seen[#seen + 1] = next_state()
+    market.pause()
+    market.perform(market.quit(second))
+  end)
+  return seen
+end
+
 describe("a nested VM with the udp driver, killed", function()
   it("frees its port at once: the socket goes with the relay's watch, not at a collection", function()
     -- A killed process runs no more handlers, so only its socket's
     -- collection would close it; the relay goes before the socket (it is
     -- older), and with it the socket's watch, whose absence closes it.
     local port = N.free_port("udp")
-    local seen = {}
     local function vm(tag)
       return market.nested_vm(function()
         market.perform(relay.event_relay(tag), market.spawn(udp.driver, "udp-driver"))
@@ -143,22 +167,7 @@ describe("a nested VM with the udp driver, killed", function()
         end, "user"))
       end, tag)
     end
-    collectgarbage("stop")
-    finally(function() collectgarbage("restart") end)
-    N.run(function()
-      market.perform(market.subscriber({ "udp-vm", ANY }, "st"))
-      local function next_state()
-        return market.wait_for(function(e) return e.endpoint == "st" and e.type == "message" end).message[2]
-      end
-      local first = market.perform(vm("first"))
-      seen[#seen + 1] = next_state()
-      seen[#seen + 1] = next_state()
-      market.perform(market.quit(first, "killed"))
-      local second = market.perform(vm("second"))
-      seen[#seen + 1] = next_state()
-      market.pause()
-      market.perform(market.quit(second))
-    end)
+    local seen = killed_then_again("udp-vm", vm)
     assert.same({ "first bound", "first watched", "second bound" }, seen)
   end)
 end)
@@ -169,7 +178,6 @@ describe("a nested VM with the tcp driver, killed", function()
     -- its socket stayed open until a collection, the port taken (a VM
     -- started again in its place could not listen: address already in use).
     local port = N.free_port("tcp")
-    local seen = {}
     local function vm(tag)
       return market.nested_vm(function()
         market.perform(relay.event_relay(tag), market.spawn(tcp.driver, "tcp-driver"))
@@ -188,22 +196,7 @@ describe("a nested VM with the tcp driver, killed", function()
         end, "user"))
       end, tag)
     end
-    collectgarbage("stop")
-    finally(function() collectgarbage("restart") end)
-    N.run(function()
-      market.perform(market.subscriber({ "tcp-vm", ANY }, "st"))
-      local function next_state()
-        return market.wait_for(function(e) return e.endpoint == "st" and e.type == "message" end).message[2]
-      end
-      local first = market.perform(vm("first"))
-      seen[#seen + 1] = next_state()
-      seen[#seen + 1] = next_state()
-      market.perform(market.quit(first, "killed"))
-      local second = market.perform(vm("second"))
-      seen[#seen + 1] = next_state()
-      market.pause()
-      market.perform(market.quit(second))
-    end)
+    local seen = killed_then_again("tcp-vm", vm)
     table.sort(seen, function(a, b) return a < b end)
     assert.same({ "first listening", "first watched", "second listening" }, seen)
   end)
