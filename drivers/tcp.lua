@@ -354,11 +354,10 @@ end
 
 -- The driver's boot function: run it with market.spawn(tcp.driver).
 function M.driver()
-  -- port -> observers; a Unix socket's path in a table of its own: the
-  -- path "H:7" is another listener than tcp.address("H", 7), whose key it
-  -- is (key, below).
-  local listeners, unix_listeners = {}, {}
-  local function counts(port) return type(port) == "string" and unix_listeners or listeners end
+  -- repr(port) -> observers: equal terms have equal text, and unequal
+  -- ones other text (the listener's name, label below, does not keep the
+  -- path "H:7" apart from tcp.address("H", 7)).
+  local listeners = {}
   -- Outbound, per (address, handle): subs = the users' subscriptions seen,
   -- manager = nil | "spawned" | "alive".  A manager is spawned when a first
   -- subscription appears and none is alive, so a process may withdraw its
@@ -366,12 +365,11 @@ function M.driver()
   -- a second connection being made.
   local outbound = {}
 
-  -- A listened port as a key of `listeners` (and in the listener's name):
-  -- equal addresses are equal terms, not the same Lua value.  A handle in
-  -- the port field keeps its listener apart from every other one.
-  -- Other ports (not one to listen on: reported by the listener) by their
-  -- text, which a NaN has too.
-  local function key(port)
+  -- A listened port as the listener's name shows it.  A handle in the
+  -- port field keeps its listener apart from every other one.  Other ports
+  -- (not one to listen on: reported by the listener) by their text, which
+  -- a NaN has too.
+  local function label(port)
     if mtype(port) == "integer" or type(port) == "string" then return port end
     if address:is(port) and type(port.host) == "string" then
       if mtype(port.port) == "integer" then return ("%s:%d"):format(port.host, port.port) end
@@ -416,19 +414,19 @@ function M.driver()
       on_presence = function(_, role)
         local port = listen_port(role)
         if not port then return end
-        local k, count = key(port), counts(port)
-        local n = (count[k] or 0) + 1
-        count[k] = n
+        local k = repr(port)
+        local n = (listeners[k] or 0) + 1
+        listeners[k] = n
         if n == 1 then
-          P(market.spawn(listener_proc(port), { name = "tcp-listener " .. k }))
+          P(market.spawn(listener_proc(port), { name = "tcp-listener " .. label(port) }))
         end
       end,
       on_absence = function(_, role)
         local port = listen_port(role)
-        local k, count = port and key(port), port and counts(port)
-        if not port or not count[k] then return end
-        local n = count[k] - 1
-        count[k] = n > 0 and n or nil
+        local k = port and repr(port)
+        if not port or not listeners[k] then return end
+        local n = listeners[k] - 1
+        listeners[k] = n > 0 and n or nil
         if n == 0 then P(market.send(stop_listener(port))) end
       end,
     }),
