@@ -216,30 +216,13 @@ int mkl_log_set_level(lua_State *L, int level) {
   return 0;
 }
 
-/* msg (n bytes, some of them NUL) with each NUL written as the two
-** characters \0, pushed: a line travels as a C string (a host's log
-** function takes one), where a NUL ended it and the rest was lost. */
-static const char *visible_nuls(lua_State *L, const char *msg, size_t n) {
-  luaL_Buffer b;
-  size_t i;
-  luaL_buffinit(L, &b);
-  for (i = 0; i < n; i++) {
-    if (msg[i] == '\0') luaL_addlstring(&b, "\\0", 2);
-    else luaL_addchar(&b, msg[i]);
-  }
-  luaL_pushresult(&b);
-  return lua_tostring(L, -1);
-}
-
 /* core.log(level, key, message): a line from Lua (market.log's functions,
-** market.lua), logged as the running process's. */
+** market.lua, which wrote each NUL in message as \0), logged as the
+** running process's. */
 static int c_log(lua_State *L) {
   lua_Integer level = luaL_checkinteger(L, 1);
-  const char *key = luaL_optstring(L, 2, NULL);
-  size_t n;
-  const char *msg = luaL_checklstring(L, 3, &n);
+  const char *key = luaL_optstring(L, 2, NULL), *msg = luaL_checkstring(L, 3);
   luaL_argcheck(L, level >= MK_LOG_ERROR && level <= MK_LOG_DEBUG, 1, "no such level");
-  if (strlen(msg) != n) msg = visible_nuls(L, msg, n);
   mkl_log(L, NULL, (int)level, key, msg);
   return 0;
 }

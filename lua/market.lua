@@ -108,11 +108,12 @@ local function check_opts(opts, fname)
   return opts
 end
 
--- A process's name as the VM keeps it, a C string: a NUL in it (a name
--- made of a path, say) is written as \0, where it ended the name.
-local function cname(name)
-  if type(name) == "string" and name:find("\0", 1, true) then return (name:gsub("\0", "\\0")) end
-  return name
+-- Text the C half keeps as a C string (a process's name, a log line),
+-- with each NUL in it written as \0: there a NUL ended the text, and the
+-- rest was lost.  Anything else as it is.
+local function cstring(s)
+  if type(s) == "string" and s:find("\0", 1, true) then return (s:gsub("\0", "\\0")) end
+  return s
 end
 
 -- spawn(boot [, {name=, k=}]): boot runs in the new process; it returns a
@@ -122,7 +123,7 @@ function M.spawn(boot, opts)
     error("market.spawn: the boot argument must be a function, got " .. type(boot), 2)
   end
   opts = check_opts(opts, "market.spawn")
-  return fixed("spawn", boot, cname(opts.name) or false, opts.k or false, false, false)
+  return fixed("spawn", boot, cstring(opts.name) or false, opts.k or false, false, false)
 end
 
 -- nested_vm(boot [, opts]): spawn a VM whose first process runs boot.
@@ -131,7 +132,7 @@ function M.nested_vm(boot, opts)
     error("market.nested_vm: the boot argument must be a function, got " .. type(boot), 2)
   end
   opts = check_opts(opts, "market.nested_vm")
-  return fixed("spawn", boot, cname(opts.name) or "nested-vm", opts.k or false, true,
+  return fixed("spawn", boot, cstring(opts.name) or "nested-vm", opts.k or false, true,
                opts.max_activation or false)
 end
 
@@ -793,7 +794,7 @@ for level, name in ipairs { "error", "warn", "info", "debug" } do
     else
       msg = tostring(fmt)
     end
-    core.log(level, type(fmt) == "string" and fmt or nil, msg)
+    core.log(level, type(fmt) == "string" and fmt or nil, cstring(msg))
   end
 end
 
