@@ -1166,6 +1166,9 @@ static void reconfigure(mk_proc *p, tconn *c) {
   c->idle_ms = m.v[K_IDLE];
   c->high = (size_t)m.v[K_HIGH];
   c->low = m.set & (1u << K_LOW) ? (size_t)m.v[K_LOW] : c->high / 2;
+  /* Marks that cross (set apart, or merged from two sets) would publish
+  ** the pause and withdraw it again message by message. */
+  if (c->low > c->high) c->low = c->high;
   c->hard = m.set & (1u << K_HARD) ? (size_t)m.v[K_HARD] : 8 * c->high;
   c->readsize = (uint32_t)m.v[K_READ];
   c->linger_ms = m.v[K_LINGER];
