@@ -625,13 +625,14 @@ end
 function M.cli(addr)
   local host, port = M.parse_address(addr)
   local failed = false
-  local function fail(why)
+  local function fail(why, status)
     if failed then return end      -- both flows go when a connect fails
     failed = true
     io.stderr:write("market inspect: ", why, "\n")
-    return T(market.exit(1))
+    return T(market.exit(status or 1))
   end
-  if not host then return fail(port) end
+  -- A bad address is a usage error, as it is for --inspect.
+  if not host then return fail(port .. " (try market --help)", 2) end
   local a, h = tcp.address(host, port), tcp.handle("market-inspect")
   local parser = http.response(1 << 30)
   local where = host_port(host, port)

@@ -395,6 +395,15 @@ describe("market inspect HOST:PORT", function()
     assert.equal(("market inspect: cannot fetch http://127.0.0.1:%d/api/snapshot: connection refused\n"):format(port), out)
   end)
 
+  it("takes a bad address as a usage error: the message and status 2, as --inspect does", function()
+    for _, addr in ipairs { "99999", "127.0.0.1:", "[::1" } do
+      local out, status = capture(("%s inspect '%s'"):format(q(N.market_bin()), addr), 10)
+      assert.equal(2, status, addr)
+      assert.truthy(out:find('^market inspect: bad address "' .. addr:gsub("%p", "%%%0") ..
+                             '": [^\n]+ %(try market %-%-help%)\n$'), out)
+    end
+  end)
+
   -- `nc -l` on a free port, answering with the shell command `answer`'s
   -- output; returned once the port listens.
   local function fake(answer)
