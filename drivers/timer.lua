@@ -263,10 +263,13 @@ function M.sleep(msecs)
   local name = "sleep#" .. sleeps
   market.perform(market.subscriber(expired(label, _), { name = name }),
                  market.send(set(label, msecs, "relative")))
-  -- An expiry, not any message that reaches the endpoint: a wildcard one,
-  -- send(market._), reaches every subscriber, and woke every sleeper.
+  -- This sleep's expiry, not any message that reaches the endpoint: one
+  -- with wildcards (send(market._), a timer labelled _, whose expiry is
+  -- expired(_, now)) reaches every subscriber, and woke every sleeper.
+  local key = repr(label)
   market.wait_for(function(ev)
     return ev.type == "message" and ev.endpoint == name and expired:is(ev.message)
+      and repr(ev.message.label) == key
   end)
   market.perform(market.delete_endpoint(name))
 end

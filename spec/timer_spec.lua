@@ -179,6 +179,25 @@ describe("timer driver", function()
     assert.same({ "quick", "sleeper" }, order)
   end)
 
+  it("wakes a sleeper with its own expiry, not one whose label is a pattern", function()
+    -- A timer labelled _ (taken literally: see below) expires as
+    -- expired(_, now), which reaches every subscriber of an expiry; so
+    -- does a sleep's label with wildcards in it.  They woke every sleeper.
+    local slept
+    ground(function()
+      market.perform(market.spawn(function()
+        local t0 = market.now()
+        timer.sleep(150)
+        slept = market.now() - t0
+      end, { name = "sleeper" }))
+      market.pause()
+      market.perform(market.send(timer.set(_, 5, "relative")),
+                     market.send(timer.set({ "sleep", _, _ }, 10, "relative")),
+                     market.send(timer.expired({ _, _, _ }, 0)))
+    end)
+    assert.is_true(slept and slept >= 150, "slept " .. tostring(slept) .. " ms")
+  end)
+
   it("refuses a sleep it could never end: msecs not a finite number", function()
     local said, back = {}, false
     ground(function()
