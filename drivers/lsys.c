@@ -76,6 +76,7 @@
 
 #include "ground.h"
 #include "mkd.h"
+#include "mkl.h"
 
 #define SOCK_MT "market.sys.socket"
 #define REQ_MT "market.sys.resolve"
@@ -251,6 +252,15 @@ static int s_close(lua_State *L) {
   if (s->fd >= 0) { mkd_close_watched(s->fd); s->fd = -1; }
   unbind(s);
   return 0;
+}
+
+/* sys.close_at_end(s): s closes when the calling process ends, however
+** it ends (mkl_close_at_end): a killed one runs no handler that could. */
+static int l_close_at_end(lua_State *L) {
+  luaL_checkudata(L, 1, SOCK_MT);
+  if (mkl_close_at_end(L, 1) != 0) luaL_error(L, "sys.close_at_end: not inside a market process");
+  lua_settop(L, 1);
+  return 1;
 }
 
 static int s_fd(lua_State *L) {
@@ -1125,7 +1135,8 @@ int luaopen_market_sys(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"resolve", l_resolve}, {"tcp_listen", l_tcp_listen}, {"tcp_connect", l_tcp_connect},
     {"unix_listen", l_unix_listen},
-    {"udp_bind", l_udp_bind}, {"fd_read", l_fd_read}, {"std_take", l_std_take},
+    {"udp_bind", l_udp_bind}, {"close_at_end", l_close_at_end},
+    {"fd_read", l_fd_read}, {"std_take", l_std_take},
     {"set_resolve_delay", l_set_resolve_delay}, {"lose_spare", l_lose_spare}, {NULL, NULL}};
   lua_newuserdatauv(L, READ_MAX > DGRAM_MAX ? READ_MAX : DGRAM_MAX, 0);   /* scratch */
   newclass(L, SOCK_MT, sock_methods, s_close);

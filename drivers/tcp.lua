@@ -274,6 +274,10 @@ local function listener_proc(port)
         end))
         return
       end
+      -- Closed with the process, however it ends: killed (quit(pid), its
+      -- VM's end), it runs no handler that would close it, and the port
+      -- stayed taken until a collection.
+      sys.close_at_end(s)
       local fd = s:fd()
       local on_accept
       -- The count of the connections this listener's managers hold open.
@@ -290,10 +294,10 @@ local function listener_proc(port)
         P(market.send(listener_closed(port)), market.quit(nil, reason))
       end
 
-      -- A watch the ground ends with a reason (in a nested VM, its event
-      -- relay gone: the VM is being killed) hears nothing more: the socket
-      -- closes now, so that its port is free at once (a killed process
-      -- runs no more handlers, and the socket would wait for a collection).
+      -- A watch the ground ends with a reason (the descriptor closed behind
+      -- market's back; in a nested VM, its event relay gone) hears nothing
+      -- more: the listener closes with that reason, so that its observers
+      -- are told, rather than staying up deaf.
       local function lost(_, _, reason, _, deleted)
         if reason ~= nil and not deleted then return close(reason) end
       end

@@ -60,6 +60,7 @@ local function socket_proc(loc)
         market.quit(nil, ("cannot bind udp port %s: %s"):format(repr(port, SHOWN), err)))
       return
     end
+    sys.close_at_end(s)     -- when killed, too: as a tcp listener's (tcp.lua)
     local fd = s:fd()
     local q, qh, qt, qbytes = {}, 1, 0, 0       -- datagrams waiting: {data, sa}
     local cache, ncache = {}, 0                 -- "host port" -> {sa, expires}

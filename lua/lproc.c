@@ -158,7 +158,8 @@ typedef struct lproc {
                          ** holding the boot function until the boot event
                          ** (owned: unref'd by destroy) */
   uint8_t waiting;       /* suspended in a wait (await) */
-  uint8_t boot;          /* a boot process: its failure is the program's */
+  uint8_t boot : 1;      /* a boot process: its failure is the program's */
+  uint8_t owns : 1;      /* has values to close when it ends (close_owned) */
   uint8_t applies;       /* co's body is the boot function (APPLY_LUA) or
                          ** a handler (APPLY_C: messagehandler,
                          ** peerhandler), which has not returned yet: what
@@ -1873,10 +1874,75 @@ static void spare_ctx(mkl_state *S, int ref) {
   }
 }
 
+/*
+** Values closed when their process ends, however it ends (mkl_close_at_end):
+** the sockets of the drivers' Lua processes.  A process that is killed
+** runs no more handlers, so before only a collection closed a socket it
+** held, and a listener killed with quit(pid) kept its port till then.
+** The registry's table at &key_owned maps a process (its lproc, as a
+** light userdata) to the set of its values, weak, so that a value the
+** process lets go is collected (and closed by its __gc) as before.
+*/
+static const char key_owned = 0;
+
+int mkl_close_at_end(lua_State *L, int idx) {
+  mk_proc *p = mkl_acting(L);
+  lproc *lp;
+  if (p == NULL || (lp = mk_proc_data(p)) == NULL) return -1;
+  idx = lua_absindex(L, idx);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_owned) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_owned);
+  }
+  if (lua_rawgetp(L, -1, lp) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, -3, lp);
+  }
+  lua_pushvalue(L, idx);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 2);
+  lp->owns = 1;
+  return 0;
+}
+
+/* Close what lp's process holds (above), each by its __close, which is
+** the C function of a market.sys socket: no code of a process runs.  Not
+** while lua_close runs: the collector closes everything then. */
+static void close_owned(lproc *lp) {
+  lua_State *L = lp->S->L;
+  int top = lua_gettop(L);
+  if (lp->S->closing) return;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &key_owned);
+  if (lua_rawgetp(L, -1, lp) == LUA_TTABLE) {
+    lua_pushnil(L);
+    lua_rawsetp(L, -3, lp);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      lua_pop(L, 1);
+      if (luaL_getmetafield(L, -1, "__close") != LUA_TNIL) {
+        lua_pushvalue(L, -2);
+        lua_pushnil(L);
+        if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
+      }
+    }
+  }
+  lua_settop(L, top);
+}
+
 static void destroy(mk_proc *p) {
   lproc *lp = mk_proc_data(p);
   if (lp == NULL) return;
   dropped(lp->S);
+  if (lp->owns) close_owned(lp);
   /* A coroutine still held (waiting, or failed: see handle) is dropped,
   ** never pooled; one suspended is left so that it runs no further line
   ** when a program that kept it (coroutine.running()) resumes it: before,
@@ -2027,6 +2093,7 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   }
   lp->waiting = 0;
   lp->boot = 0;
+  lp->owns = 0;
   lp->applies = 0;
   lp->running = 0;
   lp->activations = 0;

@@ -148,6 +148,11 @@ void mkl_collect_drops(lua_State *L, int on);
 ** chosen the incremental collector. */
 void mkl_young_floor(lua_State *L, int minor, int floor_kb);
 
+/* Close the value at idx (by its __close, a C function: a market.sys
+** socket) when the process mkl_acting(L) names ends, however it ends;
+** -1 when there is none (lproc.c, close_owned). */
+int mkl_close_at_end(lua_State *L, int idx);
+
 /* The process a Lua function running on L acts for: mkl_current(L), or,
 ** from a coroutine of the program's own inside an activation, the process
 ** whose activation runs; NULL outside any. */

@@ -58,6 +58,16 @@ describe("market.sys", function()
     l:close()
   end)
 
+  it("ties a socket to the calling process only inside one", function()
+    local l = assert(sys.tcp_listen(0))
+    finally(function() l:close() end)
+    local ok, err = pcall(sys.close_at_end, l)
+    assert.is_false(ok)
+    assert.matches("sys.close_at_end: not inside a market process$", err)
+    assert.is_false(pcall(sys.close_at_end, 7))   -- not a socket
+    assert.is_true(l:local_port() > 0)            -- still open
+  end)
+
   it("reads, writes partially, half-closes, and tells would-block from end of stream", function()
     local c, s, host = pair()
     assert.equal("127.0.0.1", host)

@@ -347,6 +347,33 @@ describe("tcp driver", function()
     assert.equal(0, tcp.stats.overflows)
   end)
 
+  it("closes a listener's socket at once when its process is killed", function()
+    -- A killed process runs no more handlers: its socket waited for a
+    -- collection (stopped here), the port taken, and listening there
+    -- again failed with "address already in use".
+    local port = N.free_port("tcp")
+    local seen = {}
+    collectgarbage("stop")
+    finally(function() collectgarbage("restart") end)
+    N.run(function()
+      local function listen()
+        market.perform(market.observe_publishers(tcp.channel(ANY, tcp.listener(port), ANY), "srv"))
+        local ev = listening_event(port)
+        market.perform(market.delete_endpoint("listening?"))
+        seen[#seen + 1] = ev.type .. " " .. tostring(ev.role.topic.bound_port or ev.reason)
+      end
+      listen()
+      for _, p in ipairs(market.snapshot().vm.processes) do
+        if p.name == "tcp-listener " .. port then market.perform(market.quit(p.pid, "killed")) end
+      end
+      market.perform(market.delete_endpoint("srv"))
+      market.pause()
+      listen()
+      market.perform(market.delete_endpoint("srv"))
+    end)
+    assert.same({ "presence " .. port, "presence " .. port }, seen)
+  end)
+
   -- A server that sends CHUNK after CHUNK, ignoring backpressure, to a
   -- client that never reads, until its flow fails (at most `most` bytes).
   -- Returns the failure's reason and how much the Lua heap grew meanwhile.

@@ -144,6 +144,37 @@ describe("udp driver", function()
     assert.are.same({ "bound integer", "unbound nil" }, seen)
   end)
 
+  it("closes the socket at once when its process is killed", function()
+    -- A killed process runs no more handlers: its socket waited for a
+    -- collection (stopped here), the port taken, and binding it again
+    -- failed with "address already in use".
+    local port = N.free_port("udp")
+    local seen = {}
+    collectgarbage("stop")
+    finally(function() collectgarbage("restart") end)
+    N.run(function()
+      local here = udp.listener(port)
+      local function bind()
+        market.perform(market.subscriber(udp.packet(ANY, here, ANY), "rx"),
+                       market.subscriber(udp.bound(here, ANY), "b"))
+        local ev = market.wait_for(function(e)
+          return e.endpoint == "rx" and e.type == "absence" or e.endpoint == "b"
+        end)
+        seen[#seen + 1] = ev.type .. " " .. tostring(ev.reason or ev.role.topic.port)
+        market.perform(market.delete_endpoint("b"))
+      end
+      bind()
+      for _, p in ipairs(market.snapshot().vm.processes) do
+        if p.name:find("^udp ") then market.perform(market.quit(p.pid, "killed")) end
+      end
+      market.perform(market.delete_endpoint("rx"))
+      market.pause()
+      bind()
+      market.perform(market.delete_endpoint("rx"))
+    end)
+    assert.same({ "presence " .. port, "presence " .. port }, seen)
+  end)
+
   it("holds what waits for names within udp.MAX_QUEUED and udp.MAX_RESOLVING", function()
     -- A resolver that is slow (or never answers) must not make a socket
     -- grow: what waits for names is bounded, the rest dropped and counted.
