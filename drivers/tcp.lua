@@ -195,7 +195,7 @@ end
 -- string, the path of a Unix socket.
 -- Anything else (a port of 1.5, NaN, a tcp.address(1, 2)) is reported as
 -- a listener that cannot listen: never silent (docs/tcp.md).
-local function listener_proc(port)
+local function listener_proc(port, driver)
   local unix = type(port) == "string"
   local on_host = address:is(port) and type(port.host) == "string" and
     (mtype(port.port) == "integer" or handle:is(port.port))
@@ -221,8 +221,9 @@ local function listener_proc(port)
       end
       return v
     end
-    local function stop()
-      if s then close() else stopped = true end
+    -- reason: why it stops (nil: asked to).
+    local function stop(reason)
+      if s then close(reason) else stopped = { reason } end
     end
     P(market.observe_publishers(options_rec(loc, _, _), {
         name = "options",
@@ -240,13 +241,22 @@ local function listener_proc(port)
         if stop_listener:is(m) then return stop() end
       end }),
       -- A graceful stop (docs/semantics.md): no new connections from now on.
-      market.subscriber(market.ground.stopping(_), { name = "stopping", on_presence = stop }))
+      market.subscriber(market.ground.stopping(_), { name = "stopping",
+                                                     on_presence = function() return stop() end }),
+      -- It goes with the driver that spawned it: a driver started again
+      -- (by a supervisor) spawns its own listener for the port, which an
+      -- orphan held, and nothing would ever stop the orphan.  A quit, not
+      -- a link's kill: that is a failure, with a crash report.
+      market.observe_publishers(market.lifeline(driver), { name = "driver",
+        on_absence = function(_, _, reason)
+          return stop(("the tcp driver ended: %s"):format(show(reason)))
+        end }))
     -- The socket is made once the option sets already published have been
     -- seen (their presence comes before this continuation): reuseport is
     -- one of them, and it must be set before bind.
     P(market.yield(function()
       if stopped then
-        P(market.send(listener_closed(port)), market.quit())
+        P(market.send(listener_closed(port)), market.quit(nil, stopped[1]))
         return
       end
       if bad then
@@ -422,7 +432,7 @@ function M.driver()
         local n = (listeners[k] or 0) + 1
         listeners[k] = n
         if n == 1 then
-          P(market.spawn(listener_proc(port), { name = "tcp-listener " .. label(port) }))
+          P(market.spawn(listener_proc(port, market.self()), { name = "tcp-listener " .. label(port) }))
         end
       end,
       on_absence = function(_, role)

@@ -44,7 +44,7 @@ local function warn(fmt, ...)
   market.log.warn("market.udp: " .. fmt, ...)
 end
 
-local function socket_proc(loc)
+local function socket_proc(loc, driver)
   return function()
     local port = listener:is(loc) and loc.port or 0
     local in_topic = packet(remote_address(_, _), loc, _)
@@ -235,7 +235,13 @@ local function socket_proc(loc)
       -- subscriber: it closed every socket.)
       market.subscriber(stop(loc), { name = "stop", on_message = function(_, m)
         if stop:is(m) then close() end
-      end }))
+      end }),
+      -- It goes with the driver that spawned it, as a tcp listener does
+      -- (tcp.lua): a driver started again binds the port in its place.
+      market.observe_publishers(market.lifeline(driver), { name = "driver",
+        on_absence = function(_, _, reason)
+          close(("the udp driver ended: %s"):format(repr(reason, SHOWN)))
+        end }))
     watch("rd", readable(fd), on_readable)
   end
 end
@@ -260,7 +266,7 @@ function M.driver()
       if not key then return end
       local n = (sockets[key] or 0) + 1
       sockets[key] = n
-      if n == 1 then P(market.spawn(socket_proc(loc), { name = "udp " .. key })) end
+      if n == 1 then P(market.spawn(socket_proc(loc, market.self()), { name = "udp " .. key })) end
     end,
     on_absence = function(_, role)
       local key, loc = key_of(role)

@@ -374,6 +374,43 @@ describe("tcp driver", function()
     assert.same({ "presence " .. port, "presence " .. port }, seen)
   end)
 
+  it("ends a driver's listeners with it: a driver started again listens in their place", function()
+    -- A supervisor restarts a driver that failed.  Its listeners stayed,
+    -- orphans, so the new driver's own listener for the same port could
+    -- not bind (address already in use), and only the orphan, which no
+    -- driver would ever stop, held the port.
+    local port = N.free_port("tcp")
+    local seen = {}
+    collectgarbage("stop")
+    finally(function() collectgarbage("restart") end)
+    local ok, err = market.ground_vm(function()
+      local first = market.perform(market.spawn(tcp.driver, { name = "first driver" }))
+      market.perform(market.observe_publishers(tcp.channel(ANY, tcp.listener(port), ANY), "srv"),
+                     market.subscriber(tcp.listening(port, ANY), "st"))
+      local function next_status()
+        local ev = market.wait_for(function(e) return e.endpoint == "st" end, 2000)
+        if not ev then seen[#seen + 1] = "none in 2 s"; return end
+        seen[#seen + 1] = ev.type .. " " .. tostring(ev.type == "presence" and ev.role.topic.bound_port
+                                                    or ev.reason)
+      end
+      next_status()
+      market.perform(market.quit(first, "failed"))
+      next_status()
+      market.perform(market.spawn(tcp.driver, { name = "second driver" }))
+      next_status()
+      -- One listener, the second driver's.
+      local listeners = 0
+      for _, p in ipairs(market.snapshot().vm.processes) do
+        if p.name == "tcp-listener " .. port then listeners = listeners + 1 end
+      end
+      seen[#seen + 1] = listeners .. " listener"
+      market.perform(market.delete_endpoint("srv"), market.delete_endpoint("st"))
+    end)
+    assert(ok, err)
+    assert.same({ "presence " .. port, 'absence the tcp driver ended: "failed"',
+                  "presence " .. port, "1 listener" }, seen)
+  end)
+
   -- A server that sends CHUNK after CHUNK, ignoring backpressure, to a
   -- client that never reads, until its flow fails (at most `most` bytes).
   -- Returns the failure's reason and how much the Lua heap grew meanwhile.

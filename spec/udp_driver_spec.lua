@@ -175,6 +175,41 @@ describe("udp driver", function()
     assert.same({ "presence " .. port, "presence " .. port }, seen)
   end)
 
+  it("ends a driver's sockets with it: a driver started again binds in their place", function()
+    -- As for tcp listeners (tcp_driver_spec): an orphan socket held the
+    -- port, and the new driver's could not bind it.
+    local port = N.free_port("udp")
+    local seen = {}
+    collectgarbage("stop")
+    finally(function() collectgarbage("restart") end)
+    local ok, err = market.ground_vm(function()
+      local here = udp.listener(port)
+      local first = market.perform(market.spawn(udp.driver, { name = "first driver" }))
+      market.perform(market.subscriber(udp.packet(ANY, here, ANY), "rx"),
+                     market.subscriber(udp.bound(here, ANY), "b"))
+      local function next_status()
+        -- (A bind that fails is the absence of the packets' publisher,
+        -- which also goes with the driver, as its bound record does.)
+        local ev = market.wait_for(function(e)
+          return e.endpoint == "b" or e.endpoint == "rx" and e.type == "absence" and
+            not tostring(e.reason):find("driver ended", 1, true)
+        end, 2000)
+        if not ev then seen[#seen + 1] = "none in 2 s"; return end
+        seen[#seen + 1] = ev.endpoint .. " " .. ev.type .. " " ..
+          tostring(ev.type == "presence" and ev.role.topic.port or ev.reason)
+      end
+      next_status()
+      market.perform(market.quit(first, "failed"))
+      next_status()
+      market.perform(market.spawn(udp.driver, { name = "second driver" }))
+      next_status()
+      market.perform(market.delete_endpoint("rx"), market.delete_endpoint("b"))
+    end)
+    assert(ok, err)
+    assert.same({ "b presence " .. port, 'b absence the udp driver ended: "failed"',
+                  "b presence " .. port }, seen)
+  end)
+
   it("holds what waits for names within udp.MAX_QUEUED and udp.MAX_RESOLVING", function()
     -- A resolver that is slow (or never answers) must not make a socket
     -- grow: what waits for names is bounded, the rest dropped and counted.
