@@ -165,8 +165,16 @@ static int jbuf_gc(lua_State *L) {
   return 0;
 }
 
+/* An object's key: its bytes and length, as a key may hold a NUL. */
+typedef struct jkey {
+  const char *s;
+  size_t n;
+} jkey;
+
 static int keycmp(const void *a, const void *b) {
-  return strcmp(*(const char *const *)a, *(const char *const *)b);
+  const jkey *x = a, *y = b;
+  int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
+  return c != 0 ? c : (x->n > y->n) - (x->n < y->n);
 }
 
 static void addvalue(lua_State *L, mk_jbuf *b, int idx, int depth);
@@ -175,7 +183,7 @@ static void addvalue(lua_State *L, mk_jbuf *b, int idx, int depth);
 ** an object of its string keys, sorted (other keys are an error). */
 static void addtable(lua_State *L, mk_jbuf *b, int idx, int depth) {
   lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0, i;
-  const char **keys;
+  jkey *keys;
   if (depth >= JSON_DEPTH)
     luaL_error(L, "market.snapshot_json: tables nested more than %d levels deep (a cycle?)",
                JSON_DEPTH);
@@ -201,15 +209,18 @@ static void addtable(lua_State *L, mk_jbuf *b, int idx, int depth) {
     lua_pop(L, 1);
     if (lua_type(L, -1) != LUA_TSTRING)
       luaL_error(L, "market.snapshot_json: a table mixes keys that are not strings");
-    keys[i++] = lua_tostring(L, -1);
+    keys[i].s = lua_tolstring(L, -1, &keys[i].n);
+    i++;
   }
   qsort(keys, (size_t)count, sizeof *keys, keycmp);
   jchar(L, b, '{');
   for (i = 0; i < count; i++) {
     if (i) jchar(L, b, ',');
-    jstr(L, b, keys[i], strlen(keys[i]));
+    jstr(L, b, keys[i].s, keys[i].n);
     jchar(L, b, ':');
-    lua_getfield(L, idx, keys[i]);
+    /* By length and raw: a key "a\0b" is not "a", nor a way into __index. */
+    lua_pushlstring(L, keys[i].s, keys[i].n);
+    lua_rawget(L, idx);
     addvalue(L, b, lua_gettop(L), depth + 1);
     lua_pop(L, 1);
   }

@@ -201,6 +201,14 @@ describe("market.snapshot_json", function()
     assert.equal('{"name":"a\\ufffd"}', market.snapshot_json({ name = "a\255" }))
   end)
 
+  it("writes a key holding a NUL whole, and reads each value raw", function()
+    -- Keys were C strings: "a\0b" and "a\0c" both came out as "a", with
+    -- the value of a key "a" (null), which __index was asked for.
+    local t = setmetatable({ ["a\0b"] = 1, ["a\0c"] = 2, a = 3 },
+      { __index = function() error("__index asked") end })
+    assert.equal('{"a":3,"a\\u0000b":1,"a\\u0000c":2}', market.snapshot_json(t))
+  end)
+
   it("holds a topic as deep as the term depth limit allows", function()
     -- Once refused past 200 levels, which made the whole snapshot (and the
     -- inspector's /api/snapshot) an error for one legal endpoint.
