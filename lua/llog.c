@@ -230,14 +230,27 @@ static int c_log(lua_State *L) {
 /* core.log_level([name]) -> the threshold's name (before a change) */
 static int c_log_level(lua_State *L) {
   logstate *ls = getlog(L);
-  lua_pushstring(L, mk_log_level_name(ls->threshold));
+  size_t n;
+  const char *name;
   if (!lua_isnoneornil(L, 1)) {
-    int level = mk_log_level_parse(luaL_checkstring(L, 1));
+    int level;
+    /* Its own message: luaL_checkstring's named the function '?'. */
+    if (lua_type(L, 1) != LUA_TSTRING)
+      return luaL_error(L, "market.log.level: a level name expected (error, warn, info, "
+                        "debug), got %s", luaL_typename(L, 1));
+    name = lua_tolstring(L, 1, &n);
+    /* "error\0..." is no level, though its C string is */
+    if (strlen(name) != n)
+      return luaL_error(L, "market.log.level: a level name holds no NUL byte");
+    level = mk_log_level_parse(name);
     if (level < 0)
       return luaL_error(L, "market.log.level: '%s' is not a level (error, warn, info, debug)",
-                        lua_tostring(L, 1));
+                        name);
+    lua_pushstring(L, mk_log_level_name(ls->threshold));
     ls->threshold = level;
+    return 1;
   }
+  lua_pushstring(L, mk_log_level_name(ls->threshold));
   return 1;
 }
 

@@ -74,6 +74,12 @@ describe("market.log", function()
     assert.equal("debug", market.log.level(before))
     assert.has_error(function() market.log.level("loud") end,
                      "market.log.level: 'loud' is not a level (error, warn, info, debug)")
+    -- Once "bad argument #1 to '?'", and "error\0x" was taken for "error".
+    assert.has_error(function() market.log.level({}) end,
+                     "market.log.level: a level name expected (error, warn, info, debug), got table")
+    assert.has_error(function() market.log.level("error\0x") end,
+                     "market.log.level: a level name holds no NUL byte")
+    assert.equal(before, market.log.level())
     assert.has_error(function() market.log.warn(42, "x") end,
                      "market.log.warn: the format must be a string, got number")
     -- A format its arguments do not fit: the caller's line, not market's.
