@@ -56,6 +56,14 @@ void mkl_trace_end(lua_State *L) {
   memset(d, 0, sizeof *d);
 }
 
+/* The string at the top, which is one: NULL when it holds a NUL byte,
+** which the C string the trace keeps would cut it at. */
+static const char *cstring(lua_State *L) {
+  size_t n;
+  const char *s = lua_tolstring(L, -1, &n);
+  return strlen(s) == n ? s : NULL;
+}
+
 /* The strings (a string or a list of them) of field `key` of the options
 ** at index 1, into a userdata array pushed on the stack (the strings stay
 ** Lua's: the options table holds them while the trace copies them). */
@@ -66,6 +74,7 @@ static const char *const *strings(lua_State *L, const char *who, const char *key
   *n = 0;
   if (t == LUA_TNIL) return NULL;
   if (t == LUA_TSTRING) {
+    if (cstring(L) == NULL) luaL_error(L, "%s: %s must hold no NUL byte", who, key);
     a = lua_newuserdatauv(L, sizeof *a, 0);
     a[0] = lua_tostring(L, -2);
     *n = 1;
@@ -80,7 +89,8 @@ static const char *const *strings(lua_State *L, const char *who, const char *key
     if (lua_rawgeti(L, -2, (lua_Integer)i + 1) != LUA_TSTRING)
       luaL_error(L, "%s: %s[%d] must be a string, got %s", who, key, (int)i + 1,
                  luaL_typename(L, -1));
-    a[i] = lua_tostring(L, -1);     /* held by the list */
+    if ((a[i] = cstring(L)) == NULL)     /* held by the list */
+      luaL_error(L, "%s: %s[%d] must hold no NUL byte", who, key, (int)i + 1);
     lua_pop(L, 1);
   }
   return a;
@@ -114,8 +124,8 @@ static const mk_pid *pids(lua_State *L, const char *who, size_t *n) {
     lua_Integer pid;
     if (list) lua_rawgeti(L, -2, (lua_Integer)i + 1);
     else lua_pushvalue(L, -2);
-    pid = lua_tointegerx(L, -1, &isint);
-    if (!isint || pid < 0)
+    pid = lua_tointegerx(L, -1, &isint);       /* a number: "5" is no pid */
+    if (!isint || pid < 0 || lua_type(L, -1) != LUA_TNUMBER)
       luaL_error(L, "%s: pid must be a pid or a list of pids, got %s", who,
                  luaL_typename(L, -1));
     a[i] = (mk_pid)pid;
@@ -157,7 +167,7 @@ static int settrace(lua_State *L, mk_vm *vm) {
   mk_trace_opts o;
   const char *format, *path;
   FILE *file = NULL, *old = NULL;
-  int rc;
+  int rc, t;
   luaL_checkstack(L, 32, "market.trace");    /* what the fields leave there */
   memset(&o, 0, sizeof o);
   if (lua_isboolean(L, 1) && !lua_toboolean(L, 1)) {    /* false: stop */
@@ -177,10 +187,13 @@ static int settrace(lua_State *L, mk_vm *vm) {
       return luaL_error(L, "market.trace: format must be \"text\" or \"json\", got %s",
                         luaL_tolstring(L, -1, NULL));
     o.json = strcmp(format, "json") == 0;
-    lua_getfield(L, 1, "file");
-    path = lua_isnil(L, -1) ? NULL : lua_tostring(L, -1);
-    if (!lua_isnil(L, -1) && path == NULL)
-      return luaL_error(L, "market.trace: file must be a path, got %s", luaL_typename(L, -1));
+    /* A string as it is: lua_tostring made a number a name ("5"), and
+    ** fopen cut a path at a NUL. */
+    t = lua_getfield(L, 1, "file");
+    path = t == LUA_TSTRING ? cstring(L) : NULL;
+    if (t != LUA_TNIL && path == NULL)
+      return luaL_error(L, "market.trace: file must be a path, got %s",
+                        t == LUA_TSTRING ? "a string with a NUL byte" : luaL_typename(L, -1));
     if (lua_getfield(L, 1, "topic") != LUA_TNIL)
       o.topic = mkl_checkterm(L, -1, "market.trace: topic");    /* last: nothing raises after it */
   } else if (!lua_isnoneornil(L, 1) && !lua_isboolean(L, 1)) {
@@ -313,7 +326,7 @@ static int l_ring(lua_State *L) {
   mk_ground *g = mkl_ground(L);
   mk_trace_opts o;
   lua_Integer size;
-  int isint;
+  int isint, t;
   ringbox *b;
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
@@ -322,9 +335,9 @@ static int l_ring(lua_State *L) {
   memset(&o, 0, sizeof o);
   onlyfields(L, "market.ring", fields, "pid, name, vm, kind, topic, size");
   filter(L, "market.ring", &o);
-  if (lua_getfield(L, 1, "size") == LUA_TNIL) size = RING_SIZE, isint = 1;
+  if ((t = lua_getfield(L, 1, "size")) == LUA_TNIL) size = RING_SIZE, isint = 1;
   else size = lua_tointegerx(L, -1, &isint);
-  if (!isint || size < 1 || (lua_Unsigned)size > (lua_Unsigned)INT32_MAX)
+  if (!isint || (t != LUA_TNIL && t != LUA_TNUMBER) ||      /* "5" is no size */ size < 1 || (lua_Unsigned)size > (lua_Unsigned)INT32_MAX)
     return luaL_error(L, "market.ring: size must be a number of lines >= 1, got %s",
                       luaL_tolstring(L, -1, NULL));
   b = lua_newuserdatauv(L, sizeof *b, 0);

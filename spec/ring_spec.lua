@@ -126,6 +126,13 @@ describe("market.ring", function()
     scene(function()
       assert.has_error(function() market.ring { size = 0 } end,
         "market.ring: size must be a number of lines >= 1, got 0")
+      -- A string that reads as a number was once taken for one.
+      assert.has_error(function() market.ring { size = "5" } end,
+        "market.ring: size must be a number of lines >= 1, got 5")
+      assert.has_error(function() market.ring { pid = "1" } end,
+        "market.ring: pid must be a pid or a list of pids, got string")
+      assert.has_error(function() market.ring { name = { "a\0b" } } end,
+        "market.ring: name[1] must hold no NUL byte")
       assert.has_error(function() market.ring { kind = "nope" } end)
       assert.has_error(function() market.ring { colour = 1 } end,
         "market.ring: no option colour (pid, name, vm, kind, topic, size)")

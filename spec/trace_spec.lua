@@ -337,7 +337,8 @@ describe("market.trace", function()
     local status, out, err = H.run_script([[
       local market = require "market"
       for _, bad in ipairs { { kinds = "send" }, { pid = "x" }, { pid = -1 }, { name = 3 },
-                             { name = { "a", 2 } }, { format = "xml" }, { format = 1 }, { file = {} }, 42 } do
+                             { name = { "a", 2 } }, { format = "xml" }, { format = 1 }, { file = {} }, 42,
+                             { pid = "1" }, { file = 5 }, { file = "a\0b" }, { vm = "g\0" } } do
         print((select(2, pcall(market.trace, bad))))
       end
     ]])
@@ -351,7 +352,12 @@ describe("market.trace", function()
       "market.trace: format must be \"text\" or \"json\", got xml",
       "market.trace: format must be \"text\" or \"json\", got 1",
       "market.trace: file must be a path, got table",
-      "market.trace: expected a table of options, true or false, got number", "" }, "\n"), out)
+      "market.trace: expected a table of options, true or false, got number",
+      -- Once taken: "1" as pid 1, 5 as a file named "5", a path or glob cut at its NUL.
+      "market.trace: pid must be a pid or a list of pids, got string",
+      "market.trace: file must be a path, got number",
+      "market.trace: file must be a path, got a string with a NUL byte",
+      "market.trace: vm must hold no NUL byte", "" }, "\n"), out)
     assert.has_error(function() market.trace(true) end,
                      "market.trace: not inside a market process (ground_vm takes a trace option)")
   end)
