@@ -179,6 +179,22 @@ static int keycmp(const void *a, const void *b) {
 
 static void addvalue(lua_State *L, mk_jbuf *b, int idx, int depth);
 
+/* An endpoint's topic (the value at idx under the key "topic"): a term
+** written as one, so a string in it that is not UTF-8 comes out as its
+** bytes ({"bytes": hex}) and not with U+FFFD for them, as the snapshot's
+** own strings do; a value that is no term as any other. */
+static void addtopic(lua_State *L, mk_jbuf *b, int idx, int depth) {
+  const char *err;
+  mk_term *t = mkl_toterm(L, idx, &err);
+  if (t == NULL) {
+    addvalue(L, b, idx, depth);
+    return;
+  }
+  mk_json_term(b, t, SIZE_MAX);
+  mk_unref(t);
+  jcheck(L, b);
+}
+
 /* A table: an array when its keys are 1..#t (an empty table too), else
 ** an object of its string keys, sorted (other keys are an error). */
 static void addtable(lua_State *L, mk_jbuf *b, int idx, int depth) {
@@ -221,7 +237,10 @@ static void addtable(lua_State *L, mk_jbuf *b, int idx, int depth) {
     /* By length and raw: a key "a\0b" is not "a", nor a way into __index. */
     lua_pushlstring(L, keys[i].s, keys[i].n);
     lua_rawget(L, idx);
-    addvalue(L, b, lua_gettop(L), depth + 1);
+    if (keys[i].n == 5 && memcmp(keys[i].s, "topic", 5) == 0)
+      addtopic(L, b, lua_gettop(L), depth + 1);
+    else
+      addvalue(L, b, lua_gettop(L), depth + 1);
     lua_pop(L, 1);
   }
   jchar(L, b, '}');

@@ -201,6 +201,22 @@ describe("market.snapshot_json", function()
     assert.equal('{"name":"a\\ufffd"}', market.snapshot_json({ name = "a\255" }))
   end)
 
+  it("writes a topic's bytes that are not UTF-8 in hex, as a term's", function()
+    -- A topic comes back from snapshot() as a Lua string (or table): its
+    -- stray bytes were written as U+FFFD, as a name's, losing them.
+    local j
+    assert(market.ground_vm(function()
+      market.perform(market.subscriber("\255\0b", "bytes"))
+      market.perform(market.subscriber({ "\254", "ok" }, "seq"))
+      j = market.snapshot_json()
+    end))
+    local eps = decode(j).vm.processes[2].endpoints
+    assert.same({ bytes = "ff0062" }, eps[1].topic)
+    assert.same({ { bytes = "fe" }, "ok" }, eps[2].topic)
+    assert.equal('{"name":"a\\ufffd","topic":{"bytes":"61ff"}}',
+                 market.snapshot_json({ name = "a\255", topic = "a\255" }))
+  end)
+
   it("writes a key holding a NUL whole, and reads each value raw", function()
     -- Keys were C strings: "a\0b" and "a\0c" both came out as "a", with
     -- the value of a key "a" (null), which __index was asked for.
