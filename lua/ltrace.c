@@ -229,9 +229,9 @@ static int settrace(lua_State *L, mk_vm *vm) {
 }
 
 /* core.trace(opts): market.trace, for the program the running process
-** belongs to. */
+** belongs to (mkl_acting: from a coroutine of its own too, as log has it). */
 static int l_trace(lua_State *L) {
-  mk_proc *p = mkl_current(L);
+  mk_proc *p = mkl_acting(L);
   mk_vm *vm;
   if (p == NULL) return luaL_error(L, "market.trace: not inside a market process "
                                    "(ground_vm takes a trace option)");

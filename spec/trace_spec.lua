@@ -310,6 +310,20 @@ describe("market.trace", function()
                      .. "resume, meta, deleted)")
   end)
 
+  it("works from a coroutine of the process's own", function()
+    -- It asked for the process whose coroutine ran it, and a coroutine.wrap
+    -- inside the boot was "not inside a market process".
+    local path = os.tmpname()
+    local ok, e = market.ground_vm(function()
+      coroutine.wrap(function() assert(market.trace { kind = "send", file = path }) end)()
+      market.perform(market.send("x"))
+    end)
+    local text = H.slurp(path)
+    os.remove(path)
+    assert.equal(true, ok, e)
+    assert.matches(TIME .. 'ground #1 boot: send "x"\n$', text)
+  end)
+
   it("shows each event of a burst handled on one resume, before what its handler did",
      function()
     local path = os.tmpname()
