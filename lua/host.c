@@ -482,10 +482,13 @@ void mk_host_free(mk_host *h) {
   if (busy(h)) { seterr(h, MK_EBUSY, "mk_host_free: called from inside a handler"); return; }
   h->freeing = 1;
   mk_ground_free(h->g, NULL);      /* every process sees the others go */
+  /* At once: what follows may allocate in Lua (mkl_trace_end), and so run
+  ** a finalizer, whose market.snapshot or market.now read the freed ground
+  ** while the state still named it. */
+  mkl_detach(h->L);
   mkl_trace_end(h->L);             /* no tracer is left to write to its file */
   mkl_on_fail(h->L, NULL, NULL);
   if (h->on_log) mkl_log_set_sink(h->L, NULL, NULL);   /* the state may outlive h */
-  mkl_detach(h->L);
   if (h->own_L) lua_close(h->L);
   mk_pool_trim();
   if (h->own_loop) ev_loop_destroy(h->loop);

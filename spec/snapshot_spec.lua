@@ -3,6 +3,7 @@
 package.path = "spec/support/?.lua;" .. package.path
 local market = require "market"
 local N = require "net"
+local H = require "helpers"
 local J = require "jsonread"
 local P, T = market.perform, market.transition
 
@@ -166,6 +167,33 @@ describe("market.snapshot", function()
     local s = market.snapshot()
     g:close()
     assert.equal("x", s.vm.processes[2].endpoints[1].topic)
+  end)
+
+  -- mk_host_free freed the ground, then allocated in Lua (the trace's
+  -- end) before the state let go of it: a finalizer run by that
+  -- allocation read the freed ground (SEGV; ASan: heap-use-after-free).
+  it("reads no freed ground from a finalizer run as the ground VM ends", function()
+    local status, out, err = H.sh(("timeout 60 env LUA_CPATH=%s lua5.4 -e %s"):format(
+      H.quote(package.cpath), H.quote([[
+        local market = require "market"
+        local live, seen = true, 0
+        local function arm()
+          setmetatable({}, { __gc = function()
+            if not live then return end
+            seen = seen + 1
+            pcall(market.snapshot)
+            arm()
+          end })
+        end
+        collectgarbage("incremental", 1, 1000)   -- a step at nearly each allocation
+        for _ = 1, 20 do
+          assert(market.ground_vm(function() for _ = 1, 20 do arm() end end))
+        end
+        live = false
+        print(seen > 0)
+      ]])))
+    assert.equal(0, status, err)
+    assert.equal("true\n", out)
   end)
 
   it("is an error outside a ground VM", function()
