@@ -337,9 +337,11 @@ static int l_ring(lua_State *L) {
   filter(L, "market.ring", &o);
   if ((t = lua_getfield(L, 1, "size")) == LUA_TNIL) size = RING_SIZE, isint = 1;
   else size = lua_tointegerx(L, -1, &isint);
-  if (!isint || (t != LUA_TNIL && t != LUA_TNUMBER) ||      /* "5" is no size */ size < 1 || (lua_Unsigned)size > (lua_Unsigned)INT32_MAX)
-    return luaL_error(L, "market.ring: size must be a number of lines >= 1, got %s",
-                      luaL_tolstring(L, -1, NULL));
+  /* A number: "5" is no size. */
+  if (!isint || (t != LUA_TNIL && t != LUA_TNUMBER) || size < 1 ||
+      (lua_Unsigned)size > (lua_Unsigned)INT32_MAX)
+    return luaL_error(L, "market.ring: size must be a number of lines from 1 to %d, got %s",
+                      INT32_MAX, luaL_tolstring(L, -1, NULL));
   b = lua_newuserdatauv(L, sizeof *b, 0);
   b->r = NULL;
   ringmeta(L);

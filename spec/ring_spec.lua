@@ -125,10 +125,13 @@ describe("market.ring", function()
       "market.ring: no ground VM is running")
     scene(function()
       assert.has_error(function() market.ring { size = 0 } end,
-        "market.ring: size must be a number of lines >= 1, got 0")
+        "market.ring: size must be a number of lines from 1 to 2147483647, got 0")
       -- A string that reads as a number was once taken for one.
       assert.has_error(function() market.ring { size = "5" } end,
-        "market.ring: size must be a number of lines >= 1, got 5")
+        "market.ring: size must be a number of lines from 1 to 2147483647, got 5")
+      -- Too many was refused as if it were not ">= 1".
+      assert.has_error(function() market.ring { size = 1 << 31 } end,
+        "market.ring: size must be a number of lines from 1 to 2147483647, got 2147483648")
       assert.has_error(function() market.ring { pid = "1" } end,
         "market.ring: pid must be a pid or a list of pids, got string")
       assert.has_error(function() market.ring { name = { "a\0b" } } end,
