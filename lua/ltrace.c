@@ -25,8 +25,13 @@ static void writeline(void *ud, const char *line) {
   fprintf((FILE *)ud, "%s\n", line);
 }
 
+/* While a ground VM is open on the state, its tracer still writes to the
+** file: lua_close finalizes this (newer) userdata before that ground VM,
+** whose processes then end and are traced.  mkl_trace_end closes it
+** then, when the ground VM is freed. */
 static int dest_gc(lua_State *L) {
   tracedest *d = lua_touserdata(L, 1);
+  if (mkl_ground(L) != NULL) return 0;
   if (d->file) fclose(d->file);
   d->file = NULL;
   return 0;

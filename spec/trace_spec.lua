@@ -310,6 +310,28 @@ describe("market.trace", function()
                      .. "resume, meta, deleted)")
   end)
 
+  -- lua_close finalized the trace's file (closed it) before the ground VM
+  -- left open, whose processes were then traced ending into the closed
+  -- FILE: a use after free (valgrind), and those lines were lost.
+  it("writes the lines of a ground VM left open to the end, as the state closes", function()
+    local path = os.tmpname()
+    local status, _, err = H.sh(("timeout 60 env LUA_CPATH=%s lua5.4 -e %s"):format(
+      H.quote(package.cpath), H.quote(([[
+        local market = require "market"
+        local g = market.open_ground_vm(function()
+          market.trace { kind = "quit", file = %q }
+          market.perform(market.spawn(function()
+            return market.transition(nil, market.publisher("y", { name = "p" }))
+          end, { name = "kid" }))
+        end)
+        for _ = 1, 5 do g:step() end
+      ]]):format(path))))
+    local text = H.slurp(path)
+    os.remove(path)
+    assert.equal(0, status, err)
+    assert.matches("boot: quit\n" .. TIME:sub(2) .. "ground #2 kid: quit\n$", text)
+  end)
+
   it("works from a coroutine of the process's own", function()
     -- It asked for the process whose coroutine ran it, and a coroutine.wrap
     -- inside the boot was "not inside a market process".
