@@ -2688,6 +2688,16 @@ static void lua_crash(mk_host *h, const mk_crash *c, void *ud) {
   lua_pop(L, 1);
 }
 
+/* Raise "fname: msg" at the line that called market.ground_vm or
+** market.open_ground_vm: core's function is called by that Lua wrapper,
+** whose own line (market.lua's) luaL_error named. */
+static void open_error(lua_State *L, const char *fname, const char *msg) {
+  luaL_where(L, 2);
+  lua_pushfstring(L, "%s: %s", fname, msg);
+  lua_concat(L, 2);
+  lua_error(L);
+}
+
 /* A host on this Lua state and a loop of its own, from the arguments of
 ** core.ground_vm and core.open_ground_vm (boot, trace, drain,
 ** max_activation, on_crash); the caller spawns boot (spawn_boot) once it
@@ -2702,18 +2712,18 @@ static mk_host *open_host(lua_State *L, const char *fname, luacrash *lc) {
   double budget = luaL_optnumber(L, 4, -1);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   if (S->current != NULL || S->g != NULL)
-    luaL_error(L, "%s: a ground VM is already running in this Lua state", fname);
+    open_error(L, fname, "a ground VM is already running in this Lua state");
   h = mkl_host_new(L, NULL, &err);
-  if (h == NULL) luaL_error(L, "%s: %s", fname, err.message);
+  if (h == NULL) open_error(L, fname, err.message);
   if (!lua_isnoneornil(L, 2) && mkl_trace(L, mk_host_vm(h), 2) != NULL) {
     lua_pushstring(L, lua_tostring(L, -1));
     mk_host_free(h);
-    luaL_error(L, "%s: %s", fname, lua_tostring(L, -1));
+    open_error(L, fname, lua_tostring(L, -1));
   }
   if (drain >= 0 && mk_host_stop_on_signals(h, drain) != MK_OK) {
     lua_pushstring(L, mk_host_error(h));
     mk_host_free(h);
-    luaL_error(L, "%s: %s", fname, lua_tostring(L, -1));
+    open_error(L, fname, lua_tostring(L, -1));
   }
   if (budget >= 0) mk_host_set_max_activation(h, budget);
   lc->L = S->L;

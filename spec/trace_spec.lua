@@ -308,6 +308,11 @@ describe("market.trace", function()
                      "market.ground_vm: market.trace: no kind of line 'x' (spawn, quit, add, "
                      .. "delete, send, feedback, at_meta_level, presence, absence, message, spawned, "
                      .. "resume, meta, deleted)")
+    -- At the caller's line, as ground_vm's other options are (not market.lua's).
+    local line = debug.getinfo(1, "l").currentline + 1
+    local _, err = pcall(function() market.open_ground_vm(print, { trace = { format = "xml" } }) end)
+    assert.equal(("spec/trace_spec.lua:%d: market.open_ground_vm: market.trace: format must be "
+                  .. "\"text\" or \"json\", got xml"):format(line), err)
   end)
 
   -- lua_close finalized the trace's file (closed it) before the ground VM
