@@ -389,7 +389,10 @@ static int c_inspect_detail(lua_State *L) {
     lua_pushboolean(L, g != NULL && mk_vm_detail(mk_ground_vm(g)));
     return 1;
   }
-  luaL_checktype(L, 1, LUA_TBOOLEAN);
+  /* Its own message: luaL_checktype's named 'inspect_detail' alone. */
+  if (!lua_isboolean(L, 1))
+    return luaL_error(L, "market.inspect_detail: on must be true or false, got %s",
+                      luaL_typename(L, 1));
   lua_pushboolean(L, mkl_set_detail(L, lua_toboolean(L, 1)));
   return 1;
 }

@@ -333,7 +333,10 @@ static int l_ring(lua_State *L) {
   lua_Integer size;
   int isint, t;
   ringbox *b;
-  luaL_checktype(L, 1, LUA_TTABLE);
+  /* Its own message: luaL_checktype's named 'ring' alone, where it is a
+  ** field. */
+  if (!lua_istable(L, 1))
+    return luaL_error(L, "market.ring: expected a table of options, got %s", luaL_typename(L, 1));
   lua_settop(L, 1);
   luaL_checkstack(L, 32, "market.ring");
   if (g == NULL) return luaL_error(L, "market.ring: no ground VM is running");

@@ -53,7 +53,9 @@ describe("market.inspect_detail", function()
     assert.has_error(function() market.inspect_detail(true) end,
       "market.inspect_detail: no ground VM is running")
     ground(function()
-      assert.has_error(function() market.inspect_detail(1) end)
+      -- Once "bad argument #1 to 'inspect_detail'", without market's name.
+      assert.has_error(function() market.inspect_detail(1) end,
+        "market.inspect_detail: on must be true or false, got number")
     end)
   end)
 
