@@ -592,8 +592,15 @@ struct mk_snap_vm {
                              ** cpu_ms, memory and messages fields are set */
 };
 
+/* How many levels of nested VMs a snapshot shows below the VM it is taken
+** of: the process of a nested VM deeper than that has `vm` NULL.  Taking,
+** converting and freeing a snapshot recurses once per level, and a tree
+** of 20000 nested VMs ran the C stack out (SEGV). */
+#define MK_SNAP_DEPTH 1000
+
 /*
-** The snapshot of `vm` and every VM nested in it.  Cost: a walk of every
+** The snapshot of `vm` and every VM nested in it (MK_SNAP_DEPTH levels
+** down at most).  Cost: a walk of every
 ** process and endpoint, plus one match of the routing index per publisher
 ** endpoint (what it costs is what matches: route.h), which goes through
 ** the index's match cache like a send.  It may be taken from a handler:
