@@ -224,6 +224,10 @@ static int settrace(lua_State *L, mk_vm *vm) {
     old = d->file;
     d->file = file;
     mk_vm_set_trace(vm, writeline, file);
+    /* Where the lines went last, for trace(true) once another stopped
+    ** them (mk_host_trace(h, NULL, NULL)): not the file closed here. */
+    d->saved = writeline;
+    d->savedud = file;
     if (old) fclose(old);
   } else if (mk_vm_trace_fn(vm, NULL) == NULL) {   /* where it went, or stderr */
     if (d->saved) mk_vm_set_trace(vm, d->saved, d->savedud);

@@ -673,6 +673,46 @@ static void trace_opts(void) {
   mk_host_free(h);
 }
 
+/* market.trace(false) kept its file to go back to; a later file closed
+** it, and once the host stopped the trace, market.trace(true) wrote to
+** the closed FILE (valgrind: invalid read in vfprintf), not the file
+** the lines last went to. */
+static int l_host_untrace(lua_State *L) {
+  mk_host_trace(lua_touserdata(L, lua_upvalueindex(1)), NULL, NULL);
+  return 0;
+}
+static void trace_file_kept(void) {
+  mk_host *h = newhost();
+  lua_State *L = mk_host_lua(h);
+  char a[] = "/tmp/market-trace-a-XXXXXX", b[] = "/tmp/market-trace-b-XXXXXX", text[256] = "";
+  char script[512];
+  FILE *f;
+  int fa = mkstemp(a), fb = mkstemp(b);
+  CHECK(fa >= 0 && fb >= 0);
+  lua_pushlightuserdata(L, h);
+  lua_pushcclosure(L, l_host_untrace, 1);
+  lua_setglobal(L, "host_untrace");
+  snprintf(script, sizeof script, "local m = require 'market'\n"
+           "m.trace { file = '%s' }\n"
+           "m.trace(false)\n"
+           "m.trace { file = '%s', kind = 'send' }\n"
+           "host_untrace()\n"
+           "m.trace(true)\n"
+           "m.perform(m.send('last'))\n", a, b);
+  mk_host_spawn_string(h, script, "tracer", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  mk_host_free(h);
+  if ((f = fopen(b, "r")) != NULL) {
+    text[fread(text, 1, sizeof text - 1, f)] = '\0';
+    fclose(f);
+  }
+  CHECK(strstr(text, "tracer: send \"last\"") != NULL);
+  close(fa);
+  close(fb);
+  unlink(a);
+  unlink(b);
+}
+
 /* Warnings from Lua's warn() go to the host's callback, or nowhere. */
 static void on_warning(mk_host *h, const char *message, void *ud) {
   logf_("warning [%s]", message);
@@ -1480,6 +1520,7 @@ int main(void) {
   RUN(callbacks_busy);
   RUN(log_callback_spawns);
   RUN(trace_opts);
+  RUN(trace_file_kept);
   RUN(warnings);
   RUN(logging);
   RUN(deep_lua);
