@@ -256,7 +256,10 @@ mk_ring *mk_vm_ring_open(mk_vm *vm, const mk_trace_opts *opts, size_t size) {
 
 size_t mk_ring_read(mk_ring *r, mk_trace_fn fn, void *ud) {
   size_t dropped = r->dropped;
-  /* fn may make lines (it may run Lua): take the lines out first. */
+  /* fn may make lines (it may run Lua): take the lines out first.  It
+  ** may close the ring too (a finalizer run by its allocation): a
+  ** reference of the read's own keeps r until the loop is done. */
+  r->refs++;
   while (r->n > 0) {
     char *line = r->lines[r->first];
     r->first = (r->first + 1) % r->size;
@@ -265,6 +268,7 @@ size_t mk_ring_read(mk_ring *r, mk_trace_fn fn, void *ud) {
     free(line);
   }
   r->dropped = 0;
+  ring_unref(r);
   return dropped;
 }
 

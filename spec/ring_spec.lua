@@ -116,6 +116,27 @@ describe("market.ring", function()
     assert.equal("market.ring (closed)", tostring(r))
   end)
 
+  -- ring:read() pushes each line in Lua, which may run a finalizer that
+  -- closes the ring: the read went on with the freed ring (ASan:
+  -- heap-use-after-free in mk_ring_read).
+  it("may be closed by a finalizer while it is read", function()
+    local status, out, err = H.sh(("timeout 60 env LUA_CPATH=%s lua5.4 -e %s"):format(
+      H.quote(package.cpath), H.quote([[
+        local market = require "market"
+        assert(market.ground_vm(function()
+          local r = market.ring { size = 5000 }
+          for i = 1, 2000 do market.perform(market.send({ "x", i })) end
+          setmetatable({}, { __gc = function() r:close() end })
+          collectgarbage("incremental", 1, 1000)   -- a step at nearly each allocation
+          local lines = r:read()
+          collectgarbage("incremental", 200, 100)
+          print(#lines > 0, #lines < 2000 + 10, pcall(r.read, r))
+        end))
+      ]])))
+    assert.equal(0, status, err)
+    assert.equal("true\ttrue\tfalse\tmarket.ring: the ring is closed\n", out)
+  end)
+
   it("outlives its ground VM, and refuses bad options", function()
     local r
     scene(function() r = market.ring { kind = "send" } end)
