@@ -4,10 +4,12 @@
 ** "Traces"; docs/inspect.md, "Traces").
 */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mkl.h"
 
@@ -67,6 +69,22 @@ static const char *cstring(lua_State *L) {
   size_t n;
   const char *s = lua_tolstring(L, -1, &n);
   return strlen(s) == n ? s : NULL;
+}
+
+/* The file `path`, created or truncated, as fopen(path, "w") would, but
+** opened without blocking: a FIFO that no one reads is an error (ENXIO),
+** where fopen stopped the whole program until a reader came.  Writes
+** then block as they do on stderr. */
+static FILE *openfile(const char *path) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK, 0666), e;
+  FILE *f = NULL;
+  if (fd < 0) return NULL;
+  if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) == 0 && (f = fdopen(fd, "w")) != NULL)
+    return f;
+  e = errno;
+  close(fd);
+  errno = e;
+  return NULL;
 }
 
 /* The strings (a string or a list of them) of field `key` of the options
@@ -207,7 +225,7 @@ static int settrace(lua_State *L, mk_vm *vm) {
   } else {
     path = NULL;
   }
-  if (path != NULL && (file = fopen(path, "w")) == NULL) {
+  if (path != NULL && (file = openfile(path)) == NULL) {
     mk_unref(o.topic);
     lua_pushnil(L);
     lua_pushfstring(L, "market.trace: cannot open '%s': %s", path, strerror(errno));

@@ -337,6 +337,22 @@ describe("market.trace", function()
     assert.matches("boot: quit\n" .. TIME:sub(2) .. "ground #2 kid: quit\n$", text)
   end)
 
+  -- fopen of a FIFO blocks until a reader opens it: the whole program
+  -- stopped in market.trace.
+  it("refuses a FIFO that no one reads, and does not wait for a reader", function()
+    local fifo = os.tmpname()
+    os.remove(fifo)
+    assert.equal(0, (H.sh("mkfifo " .. H.quote(fifo))))
+    local status, out, err = H.sh(("timeout 10 env LUA_CPATH=%s lua5.4 -e %s"):format(
+      H.quote(package.cpath), H.quote(([[
+        local market = require "market"
+        assert(market.ground_vm(function() print(market.trace { file = %q }) end))
+      ]]):format(fifo))))
+    os.remove(fifo)
+    assert.equal(0, status, err)
+    assert.equal(("nil\tmarket.trace: cannot open '%s': No such device or address\n"):format(fifo), out)
+  end)
+
   it("works from a coroutine of the process's own", function()
     -- It asked for the process whose coroutine ran it, and a coroutine.wrap
     -- inside the boot was "not inside a market process".
