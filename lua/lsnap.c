@@ -203,7 +203,7 @@ static void addtable(lua_State *L, mk_jbuf *b, int idx, int depth) {
   if (depth >= JSON_DEPTH)
     luaL_error(L, "market.snapshot_json: tables nested more than %d levels deep (a cycle?)",
                JSON_DEPTH);
-  luaL_checkstack(L, 4, "market.snapshot_json");
+  luaL_checkstack(L, 5, "market.snapshot_json");
   lua_pushnil(L);
   while (lua_next(L, idx)) { count++; lua_pop(L, 1); }
   if (count == n) {
@@ -217,17 +217,24 @@ static void addtable(lua_State *L, mk_jbuf *b, int idx, int depth) {
     jchar(L, b, ']');
     return;
   }
-  /* The keys' strings stay anchored by the table itself meanwhile. */
+  /* Any allocation may run a finalizer, and one may change the table:
+  ** the keys are counted again as they are taken (no allocation between:
+  ** the anchor's array part is made to size), and kept by an anchor of
+  ** their own, not by the table, which may drop them meanwhile. */
   keys = lua_newuserdatauv(L, (size_t)count * sizeof *keys, 0);
+  lua_createtable(L, (int)count, 0);
   i = 0;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     lua_pop(L, 1);
     if (lua_type(L, -1) != LUA_TSTRING)
       luaL_error(L, "market.snapshot_json: a table mixes keys that are not strings");
+    if (i == count) luaL_error(L, "market.snapshot_json: a table changed while it was written");
     keys[i].s = lua_tolstring(L, -1, &keys[i].n);
-    i++;
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -3, ++i);
   }
+  count = i;
   qsort(keys, (size_t)count, sizeof *keys, keycmp);
   jchar(L, b, '{');
   for (i = 0; i < count; i++) {
@@ -244,7 +251,7 @@ static void addtable(lua_State *L, mk_jbuf *b, int idx, int depth) {
     lua_pop(L, 1);
   }
   jchar(L, b, '}');
-  lua_pop(L, 1);                  /* keys */
+  lua_pop(L, 2);                  /* keys, their anchor */
 }
 
 static void addvalue(lua_State *L, mk_jbuf *b, int idx, int depth) {
