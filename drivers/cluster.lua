@@ -105,9 +105,12 @@ local function is_seq(v) return type(v) == "table" end          -- (from_cbor: a
 local function is_int(v) return math.type(v) == "integer" end
 local function is_role(o, i) return CTOR[o] ~= nil and INTERESTS[i] == true end
 
+-- Every item up to #list (a hole included: from_cbor keeps nulls as
+-- holes), as a part's roles are gathered by their length.
 local function wrong_roles(list)
   if not is_seq(list) then return "a snapshot's roles are not a sequence" end
-  for _i, r in ipairs(list) do
+  for k = 1, #list do
+    local r = list[k]
     if not is_seq(r) or not is_int(r[1]) or not is_role(r[2], r[3]) then
       return "a snapshot holds something that is not [id, orientation, interest, topic]"
     end

@@ -173,6 +173,21 @@ local function nodes(srv, scripts)
   return out
 end
 
+-- by_hand(srv): node a, whose subscriber of p(_) logs as "a", and z, a
+-- connection of this spec's that speaks docs/cluster.md by hand,
+-- subscribed to everything a may say to it.
+local function by_hand(srv)
+  local a = S.node(PRELUDE .. [[market.perform(market.subscriber(T({"p", _}), logging("a")))]],
+                   { url = srv.url, name = "a" })
+  local z = assert(sys().nats_connect({ srv.url }, "z"))
+  assert(z:subscribe("market.spec.node.z"))
+  assert(z:subscribe("market.spec.all"))
+  return a, z
+end
+
+-- A publisher participant role p(x) as the wire has it.
+local function pub(id, x) return { id, "publisher", "participant", { "p", x } } end
+
 describe("market.cluster", function()
   after_each(S.cleanup)
 
@@ -493,6 +508,34 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     assert.truthy(n.a.has("ignoring a malformed message: not a sequence"), n.a.out())
   end)
 
+  it("refuses roles with a hole, in a hello and in its parts, and goes on", function()
+    -- A list of roles [nil, 5] passed the check (ipairs stops at the
+    -- hole) and a part's roles are gathered by their length: with the
+    -- next part's roles filling the hole, the driver read 5 as a role and
+    -- failed ("attempt to index a number value").
+    local market = require "market"
+    local a, z = by_hand(S.server())
+    assert(S.wait(function() return z:next() == "message" end, 10), "nothing from a")
+    -- [nil, 5] in place of the list ["HOLE"]: 82 f6 05 for 81 44 "HOLE".
+    local function holed(...)
+      local bytes = market.to_cbor({ 2, ... })
+      local i = assert(bytes:find("\x81\x44HOLE", 1, true))
+      return bytes:sub(1, i - 1) .. "\x82\xf6\x05" .. bytes:sub(i + 6)
+    end
+    for _, bytes in ipairs {
+      holed("hello-part", "x", 7, 1, 1, 2, { "HOLE" }),
+      market.to_cbor({ 2, "hello-part", "x", 7, 1, 2, 2, { pub(1, "x1") } }),
+      holed("hello", "y", 8, 1, { "HOLE" }),
+      market.to_cbor({ 2, "hello", "w", 9, 1, { pub(1, "w1") } }),
+    } do
+      assert(z:publish("market.spec.all", bytes))
+    end
+    a.wait('a presence publisher/participant market-cluster(["p", "w1"])')
+    z:close()
+    assert.equal(2, a.count("a snapshot holds something that is not [id, orientation, interest, topic]"), a.out())
+    assert.is_false(a.has('"x1"'), a.out())
+  end)
+
   it("delivers a peer's sends and feedback read from their bytes, and refuses bad ones", function()
     -- The driver reads [2, "send", node, inc, X...] from a node it knows
     -- without decoding the envelope (drivers/lcluster.c, batch_begin): a name
@@ -798,15 +841,9 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
 
   it("speaks the documented protocol: a peer by hand, gaps repaired by snapshots", function()
     local market = require "market"
-    local srv = S.server()
-    local a = S.node(PRELUDE .. [[market.perform(market.subscriber(T({"p", _}), logging("a")))]],
-                     { url = srv.url, name = "a" })
     -- Node z is this spec, speaking docs/cluster.md by hand.
-    local z = assert(sys().nats_connect({ srv.url }, "z"))
-    assert(z:subscribe("market.spec.node.z"))
-    assert(z:subscribe("market.spec.all"))
+    local a, z = by_hand(S.server())
     local function say(subject, ...) assert(z:publish(subject, market.to_cbor({ 2, ... }))) end
-    local function pub(id, x) return { id, "publisher", "participant", { "p", x } } end
     -- hear(kind): the next message of that kind a sends us.
     local function hear(kind)
       local m
