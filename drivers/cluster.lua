@@ -526,7 +526,8 @@ local function boot(cfg)
     local function arm()
       P(market.subscriber(alarm(market.now() + cfg.heartbeat_ms), { name = "tick", on_message = tick }))
     end
-    function tick()
+    function tick(_s, m)
+      if not alarm:is(m) then return end   -- send(market._): not the heartbeat's time
       P(market.delete_endpoint("tick"))
       if connected then publish(ALL, { M.VERSION, "heartbeat", me, inc, seq }) end
       -- Judged in the queue's time: what is still waiting arrived after

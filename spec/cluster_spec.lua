@@ -322,6 +322,36 @@ market.perform(market.publisher(T({"w", "after"})))]],
     assert.equal(0, n.a.count("w absence"))
   end)
 
+  it("publishes a heartbeat per heartbeat_ms, whatever wildcards its processes send", function()
+    -- send(market._) reached the driver's alarm subscription: each one
+    -- published a heartbeat at once (and checked for lost nodes).
+    local market = require "market"
+    local srv = S.server()
+    local z = assert(sys().nats_connect({ srv.url }, "z"))
+    assert(z:subscribe("market.spec.all"))
+    local a = S.node(PRELUDE .. [[
+market.perform(market.spawn(function()
+  for _i = 1, 100 do
+    market.yield(10)
+    market.perform(market.send(_))
+  end
+  log("a done")
+end))]], { url = srv.url, name = "a" })
+    local beats = 0
+    assert(S.wait(function()
+      repeat
+        local ev, _, data = z:next()
+        local m = ev == "message" and market.from_cbor(data)
+        if m and m[2] == "heartbeat" and m[3] == "a" then beats = beats + 1 end
+      until not ev
+      return a.has("a done")
+    end, 20), a.out())
+    z:close()
+    -- 100 wildcards over a second or more: a few heartbeats (one per
+    -- 500 ms), not one each.
+    assert(beats < 10, ("%d heartbeats"):format(beats))
+  end)
+
   it("makes a node that stops absent as left, one killed as lost within 3 s", function()
     local srv = S.server()
     local n = nodes(srv, {
