@@ -143,6 +143,8 @@ CHECKS["hello-part"] = function(m)
   return wrong_roles(m[8])
 end
 CHECKS["snapshot-part"] = CHECKS["hello-part"]
+-- The kinds that carry a node's roles (all of them, or a part).
+local ROLES = { hello = true, snapshot = true, ["hello-part"] = true, ["snapshot-part"] = true }
 
 local function wrong(m)
   if not is_seq(m) then return "not a sequence: " .. repr(m, 200) end
@@ -477,7 +479,11 @@ local function boot(cfg)
         if nodes[name] and nodes[name].inc == m[4] then handle.bye(m, name) end
         return
       end
-      handle[m[2]](m, name, node_of(name, m[4]))
+      local n = node_of(name, m[4])
+      -- A node heard of first through anything but its roles is asked
+      -- for them (add, del and heartbeat would ask too).
+      if n.seq == nil and not ROLES[m[2]] then want_snapshot(name, n) end
+      handle[m[2]](m, name, n)
     end
 
     local function hello()

@@ -566,6 +566,26 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     assert.is_false(a.has('"x1"'), a.out())
   end)
 
+  it("asks a node first heard of through a want, a send or feedback for a snapshot", function()
+    -- docs/cluster.md: a node heard of first through anything but hello
+    -- or snapshot is asked for a snapshot; one heard of through want or
+    -- send was not, and its roles stayed unknown until its heartbeat.
+    local market = require "market"
+    local a, z = by_hand(S.server())
+    assert(z:subscribe("market.spec.node.y"))
+    assert(S.wait(function() return z:next() == "message" end, 10), "nothing from a")
+    assert(z:publish("market.spec.node.a", market.to_cbor({ 2, "want", "z", 7 })))
+    assert(z:publish("market.spec.node.a", market.to_cbor({ 2, "send", "y", 8, { "p", 1 } })))
+    local asked = {}
+    assert(S.wait(function()
+      local ev, subject, data = z:next()
+      local m = ev == "message" and market.from_cbor(data)
+      if m and m[2] == "want" and m[3] == "a" then asked[subject] = true end
+      return asked["market.spec.node.z"] and asked["market.spec.node.y"]
+    end, 3), a.out())
+    z:close()
+  end)
+
   it("delivers a peer's sends and feedback read from their bytes, and refuses bad ones", function()
     -- The driver reads [2, "send", node, inc, X...] from a node it knows
     -- without decoding the envelope (drivers/lcluster.c, batch_begin): a name
