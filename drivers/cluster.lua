@@ -65,7 +65,7 @@ local function check_ms(what, v, default)
   if v == nil then return default end
   if math.type(v) == nil or not (v > 0) or v == math.huge then
     error(("market.cluster.driver: %s must be a number of milliseconds above 0, got %s")
-          :format(what, tostring(v)), 3)
+          :format(what, show(v)), 3)
   end
   return v
 end

@@ -887,6 +887,11 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     assert.matches(here .. "URL 1 must be a string nats://HOST:PORT, got function$", err { urls = { print } })
     assert.matches(here .. 'URL 1 must be a string nats://HOST:PORT, got "127.0.0.1:4222"$',
                    err { urls = { "127.0.0.1:4222" } })
+    -- A string is shown as one, not as the number it reads as.
+    assert.matches(here .. 'heartbeat_ms must be a number of milliseconds above 0, got "500"$',
+                   err { url = "nats://127.0.0.1:1", heartbeat_ms = "500" })
+    assert.matches(here .. "lost_after_ms must be .*, got table$",
+                   err { url = "nats://127.0.0.1:1", lost_after_ms = { x = 1 } })
   end)
 
   it("speaks the documented protocol: a peer by hand, gaps repaired by snapshots", function()
