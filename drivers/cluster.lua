@@ -624,8 +624,8 @@ function M.driver(opts)
     node = check_name("node", opts.node or (host:gsub("[^%w_%-]", "-") .. "-" .. pid)),
     heartbeat_ms = check_ms("heartbeat_ms", opts.heartbeat_ms, 500),
   }
-  M.node = cfg.node
   cfg.lost_after_ms = check_ms("lost_after_ms", opts.lost_after_ms, 4 * cfg.heartbeat_ms)
+  M.node = cfg.node
   -- Tells a restarted node of the same name from the one before it.
   cfg.incarnation = math.random(1, math.maxinteger)
   return market.spawn(boot(cfg), { name = "cluster " .. cfg.node })

@@ -892,6 +892,10 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
                    err { url = "nats://127.0.0.1:1", heartbeat_ms = "500" })
     assert.matches(here .. "lost_after_ms must be .*, got table$",
                    err { url = "nats://127.0.0.1:1", lost_after_ms = { x = 1 } })
+    -- cluster.node names the last driver made: not one refused.
+    local node = cluster.node
+    err { url = "nats://127.0.0.1:1", node = "refused", lost_after_ms = -1 }
+    assert.equal(node, cluster.node)
   end)
 
   it("speaks the documented protocol: a peer by hand, gaps repaired by snapshots", function()
