@@ -6,7 +6,7 @@
 **       urls: a list of nats:// URLs (servers of one NATS cluster); name:
 **       the connection's name as the server shows it.  Reconnects for ever
 **       (every 250 ms, the servers in turn); connecting the first time
-**       waits for the server up to timeout_ms (default 2000).
+**       waits for the servers up to timeout_ms in all (default 2000).
 **   conn:fd()                  -> a descriptor, readable while events wait
 **   conn:next([max])           -> "message", subject, data, at
 **                               | "disconnected" | "reconnected" | "closed"
@@ -920,7 +920,9 @@ static int l_nats_connect(lua_State *L) {
   if ((s = natsOptions_Create(&o)) != NATS_OK) { pushstatus(L, s); return 2; }
   if ((s = natsOptions_SetServers(o, urls, n)) != NATS_OK ||
       (s = natsOptions_SetName(o, name)) != NATS_OK ||
-      (s = natsOptions_SetTimeout(o, timeout)) != NATS_OK ||
+      /* libnats waits this long for each server in turn: timeout_ms is
+      ** the whole wait, the loop's. */
+      (s = natsOptions_SetTimeout(o, timeout / n > 0 ? timeout / n : 1)) != NATS_OK ||
       (s = natsOptions_SetAllowReconnect(o, true)) != NATS_OK ||
       (s = natsOptions_SetMaxReconnect(o, -1)) != NATS_OK ||
       (s = natsOptions_SetReconnectWait(o, 250)) != NATS_OK ||

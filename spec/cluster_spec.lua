@@ -83,6 +83,19 @@ describe("the NATS connection (market.sys, drivers/lcluster.c)", function()
     assert.matches("no server", err)
   end)
 
+  it("waits for the servers given at most its timeout in all", function()
+    -- Two servers that take the connection and say nothing (stopped):
+    -- libnats waits the timeout for each in turn, and the loop with it.
+    local s1, s2 = S.server(), S.server()
+    os.execute(("kill -STOP %d %d"):format(s1.pid, s2.pid))
+    local t0 = S.clock()
+    local c, err = sys().nats_connect({ s1.url, s2.url }, "c", 1000)
+    local took = S.clock() - t0
+    assert.is_nil(c)
+    assert.matches("timeout", err)
+    assert(took < 1.6, ("waited %.1f s"):format(took))
+  end)
+
   it("keeps the counters the driver and its forwarder share (cluster.stats)", function()
     local s = sys().cluster_stats()
     assert.same({ 0, 0, 0, 0, 0 }, { s.sent, s.received, s.delivered, s.dropped, s.malformed })
