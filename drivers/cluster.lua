@@ -521,6 +521,11 @@ local function boot(cfg)
           conn:connected(true)
           market.log.info("market.cluster: reconnected to NATS")
           hello()
+        elseif ev == "closed" then
+          -- libnats gave up (the server refused us on a reconnection):
+          -- no reconnection comes, so the driver fails, saying why.
+          error(("the connection to NATS at %s was closed: %s"):format(table.concat(cfg.urls, ", "),
+                subject ~= "" and subject or "no reason given"), 0)
         end
       end
       -- More waits: the descriptor stays readable, we are called again.

@@ -9,7 +9,9 @@
 **       waits for the servers up to timeout_ms in all (default 2000).
 **   conn:fd()                  -> a descriptor, readable while events wait
 **   conn:next([max])           -> "message", subject, data, at
-**                               | "disconnected" | "reconnected" | "closed"
+**                               | "disconnected" | "reconnected"
+**                               | "closed" [, why] (libnats gave up: it
+**                                 never reconnects)
 **                               | nil (nothing waits: the descriptor is
 **                                 quiet until something new arrives)
 **                               | false (max sends and feedback were
@@ -248,9 +250,13 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *
 static void on_disconnected(natsConnection *nc, void *ud) { push(ud, EV_DISCONNECTED, NULL, 0, NULL, 0); }
 static void on_reconnected(natsConnection *nc, void *ud) { push(ud, EV_RECONNECTED, NULL, 0, NULL, 0); }
 
-/* The connection's last callback: its reference goes. */
+/* The connection's last callback: its reference goes.  Unless conn:close
+** closed it (nothing is queued then), libnats gave up on it (the server
+** refused us on a reconnection, say): the event carries why. */
 static void on_closed(natsConnection *nc, void *ud) {
-  push(ud, EV_CLOSED, NULL, 0, NULL, 0);
+  const char *why = NULL;
+  if (natsConnection_GetLastError(nc, &why) == NATS_OK || why == NULL) why = "";
+  push(ud, EV_CLOSED, NULL, 0, why, strlen(why));
   queue_release(ud);
 }
 
@@ -999,7 +1005,11 @@ static int c_next(lua_State *L) {
     if (r != 1) return r;
   }
   lua_pushstring(L, ev_names[it->kind]);
-  if (it->kind != EV_MESSAGE) return 1;
+  if (it->kind != EV_MESSAGE) {
+    if (it->dlen == 0) return 1;
+    lua_pushlstring(L, it->bytes + it->slen, it->dlen);     /* "closed", why */
+    return 2;
+  }
   lua_pushlstring(L, it->bytes, it->slen);
   lua_pushlstring(L, it->bytes + it->slen, it->dlen);
   lua_pushnumber(L, it->at);

@@ -469,6 +469,25 @@ end }))
     S.stop(again.pid)
   end)
 
+  it("fails the driver, saying why, when NATS closes the connection for good", function()
+    -- A server restarted with another password refuses the node's
+    -- reconnection, and libnats gives up ("closed"): the driver went on
+    -- as if disconnected, out of its cluster for ever and saying nothing.
+    local srv = S.server({ auth = "u:p" })
+    local url = srv.url:gsub("^nats://", "nats://u:p@")
+    local a = S.node(PRELUDE .. [[market.perform(market.subscriber(T({"c", _}), logging("a")))]],
+                     { url = url, name = "a" })
+    local z = assert(sys().nats_connect({ url }, "z"))
+    assert(z:subscribe("market.spec.all"))
+    assert(S.wait(function() return z:next() == "message" end, 10), "nothing from a: " .. a.out())
+    z:close()
+    S.stop(srv.pid)
+    S.server({ port = srv.port, auth = "u:other" })
+    a.wait("was closed: Authorization Violation")
+    assert(S.wait(function() return not S.alive(a.pid) end, 10), a.out())
+    assert.truthy(a.has("market: --cluster: the connection to NATS at " .. url .. " was closed: "), a.out())
+  end)
+
   it("works across two nats-servers joined by routes", function()
     local s1 = S.server({ cluster = true })
     local s2 = S.server({ routes = s1.route })

@@ -69,7 +69,8 @@ end
 -- server([opts]): a nats-server on 127.0.0.1: opts.port (default: the
 -- kernel picks), opts.cluster (true: listen for routes), opts.routes (a
 -- route URL), opts.max_payload (the largest message it takes, in bytes:
--- a config file).  Returns {pid=, port=, url=, route=}.
+-- a config file), opts.auth ("USER:PASSWORD": the one client it lets in).
+-- Returns {pid=, port=, url=, route=}.
 function S.server(opts)
   opts = opts or {}
   local dir = S.dir or S.tmpdir()
@@ -82,6 +83,10 @@ function S.server(opts)
     cmd = cmd .. (" --cluster nats://127.0.0.1:%d --cluster_name spec"):format(opts.cluster_port or -1)
   end
   if opts.routes then cmd = cmd .. " --routes " .. opts.routes end
+  if opts.auth then
+    local user, pass = opts.auth:match("^(.-):(.*)$")
+    cmd = cmd .. (" --user %s --pass %s"):format(H.quote(user), H.quote(pass))
+  end
   if opts.max_payload then
     local conf = ("%s/nats%d.conf"):format(dir, n)
     local f = assert(io.open(conf, "w"))
