@@ -70,6 +70,14 @@ local function check_ms(what, v, default)
   return v
 end
 
+-- The servers, as a reason names them: without a password or token (a
+-- reason is logged, and reaches other processes).
+local function servers(urls)
+  local shown = {}
+  for i, u in ipairs(urls) do shown[i] = (u:gsub("^nats://[^/@]*@", "nats://***@")) end
+  return table.concat(shown, ", ")
+end
+
 local function role_key(o, i, t) return o .. " " .. i .. " " .. repr(t) end
 
 -- ---- messages across nodes, as bytes -------------------------------------
@@ -170,7 +178,7 @@ local function boot(cfg)
     if not conn then
       -- No process of ours has an endpoint yet: the failure is this
       -- process's, with the reason (the supervisor or the log tells).
-      error(("cannot connect to NATS at %s: %s"):format(table.concat(cfg.urls, ", "), err), 0)
+      error(("cannot connect to NATS at %s: %s"):format(servers(cfg.urls), err), 0)
     end
     local connected = true
     local seq = 0
@@ -524,7 +532,7 @@ local function boot(cfg)
         elseif ev == "closed" then
           -- libnats gave up (the server refused us on a reconnection):
           -- no reconnection comes, so the driver fails, saying why.
-          error(("the connection to NATS at %s was closed: %s"):format(table.concat(cfg.urls, ", "),
+          error(("the connection to NATS at %s was closed: %s"):format(servers(cfg.urls),
                 subject ~= "" and subject or "no reason given"), 0)
         end
       end
