@@ -624,7 +624,8 @@ function M.driver(opts)
   if type(urls) ~= "table" or #urls == 0 then
     error("market.cluster.driver: url (a string) or urls (a list of strings) is needed", 2)
   end
-  for i, u in ipairs(urls) do
+  for i = 1, #urls do                     -- (a hole is no URL)
+    local u = urls[i]
     if type(u) ~= "string" or not u:match("^nats://") then
       error(("market.cluster.driver: URL %d must be a string nats://HOST:PORT, got %s")
             :format(i, show(u)), 2)

@@ -932,6 +932,10 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     assert.matches(here .. "URL 1 must be a string nats://HOST:PORT, got function$", err { urls = { print } })
     assert.matches(here .. 'URL 1 must be a string nats://HOST:PORT, got "127.0.0.1:4222"$',
                    err { urls = { "127.0.0.1:4222" } })
+    -- Every URL up to the list's length: a hole is no URL (it failed the
+    -- driver later, in nats_connect, with "bad argument #1").
+    assert.matches(here .. "URL 2 must be a string nats://HOST:PORT, got nil$",
+                   err { urls = { "nats://127.0.0.1:1", nil, "nats://127.0.0.1:2" } })
     -- A string is shown as one, not as the number it reads as.
     assert.matches(here .. 'heartbeat_ms must be a number of milliseconds above 0, got "500"$',
                    err { url = "nats://127.0.0.1:1", heartbeat_ms = "500" })
