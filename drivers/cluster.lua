@@ -165,7 +165,9 @@ local function wrong(m)
     return "a node name that is not a NATS token: " .. repr(m[3], 100)
   end
   if not is_int(m[4]) then return "an incarnation that is not an integer" end
-  local why = check(m)
+  -- (from_cbor reads a null inside an array as a hole: the topic or
+  -- reason holding it is no term, and cannot be wrapped or sent)
+  local why = check(m) or not market.is_term(m) and "a null inside a sequence (a hole: no term has one)"
   return why and m[2] .. ": " .. why
 end
 
