@@ -385,7 +385,17 @@ local function boot(cfg)
       roles[id] = nil
       seq = seq + 1
       if reason ~= nil and not market.is_term(reason) then reason = tostring(reason) end
-      publish(ALL, { M.VERSION, "del", me, inc, seq, id, reason })
+      local del = to_cbor({ M.VERSION, "del", me, inc, seq, id, reason })
+      if not fits(del) then
+        -- A reason too large for one NATS message travels cut short (a
+        -- string) or as its text cut short, with "...": a del not sent
+        -- would lose it, and the sequence would show a gap.
+        local room = conn:max_payload() - #to_cbor({ M.VERSION, "del", me, inc, seq, id, "" }) - 16
+        room = math.max(room, 0)
+        reason = type(reason) == "string" and reason:sub(1, room) .. "..." or repr(reason, room)
+        del = to_cbor({ M.VERSION, "del", me, inc, seq, id, reason })
+      end
+      publish(ALL, del)
     end
 
     -- What the forwarder's observers see, handed over as it happens.

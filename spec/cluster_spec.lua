@@ -456,6 +456,24 @@ end }))
     assert.is_false(b.has("yyyy"), b.out())
   end)
 
+  it("carries a reason larger than NATS's max_payload cut short, not lost", function()
+    -- A del too large for one message was not published: the others saw
+    -- a gap, and the role went with the snapshot that repaired it, its
+    -- reason lost (nil).
+    local srv = S.server({ max_payload = 4096 })
+    local n = nodes(srv, {
+      a = [[market.perform(market.subscriber(T({"r", _}), logging("a")))]],
+      b = [[market.perform(market.publisher(T({"r", 1}), { on_presence = function()
+  error(("x"):rep(5000), 0)
+end }))]],
+    })
+    n.a.wait('a presence publisher/participant market-cluster(["r", 1])')
+    n.a.wait('a absence publisher/participant market-cluster(["r", 1])')
+    assert.truthy(n.a.has('a absence publisher/participant market-cluster(["r", 1]) xxxxxxxxxx'), n.a.out())
+    assert.truthy(n.a.has("xxx...\n"), n.a.out())
+    assert.is_false(n.b.has("cannot publish"), n.b.out())
+  end)
+
   it("survives a restart of nats-server: absence, then presence again, nothing twice", function()
     local srv = S.server()
     local n = nodes(srv, {
