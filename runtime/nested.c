@@ -108,11 +108,19 @@ static void flush_outbox(mk_proc *self, mk_vm *vm) {
   }
 }
 
-static void boot(mk_proc *self, mk_vm *vm) {
+/* 0, or -1 when the VM would be nested too deep: its process has failed. */
+static int boot(mk_proc *self, mk_vm *vm) {
   mk_vm *parent = self->vm;
   size_t n = strlen(parent->path) + 24;
   vm->parent = parent;
   vm->self = self;
+  /* Each level runs inside its parent's activation (handle, mk_vm_run),
+  ** and keeps its path: 30,000 levels ran the C stack out (SEGV). */
+  vm->depth = parent->depth + 1;
+  if (vm->depth > MK_NEST_MAX) {
+    mk_failf(self, "a VM nested more than %d levels deep", MK_NEST_MAX);
+    return -1;
+  }
   free(vm->path);
   vm->path = malloc(n);
   if (vm->path == NULL) { fputs("market: out of memory\n", stderr); abort(); }
@@ -127,12 +135,13 @@ static void boot(mk_proc *self, mk_vm *vm) {
     vm->bootb = NULL;
     vm->bootdata = NULL;
   }
+  return 0;
 }
 
 static void handle(mk_proc *self, const mk_event *ev) {
   mk_vm *vm = self->data;
   if (ev->type == MK_EV_BOOT) {
-    boot(self, vm);
+    if (boot(self, vm) != 0) return;
   } else if (ev->type == MK_EV_SPAWNED) {
     spawned(vm, ev->cont, ev->pid);
   } else if (ev->endpoint != NULL) {

@@ -94,10 +94,9 @@ static int on_match(mk_ilink *link, void *ud) {
   return 0;
 }
 
-static void snap_vm(mk_vm *vm, mk_snap_vm *s, int depth);
+static void snap_vm(mk_vm *vm, mk_snap_vm *s);
 
-/* p, a process of a VM `depth` levels below the snapshot's. */
-static void snap_proc(mk_proc *p, mk_snap_proc *sp, int depth) {
+static void snap_proc(mk_proc *p, mk_snap_proc *sp) {
   epcopy c;
   memset(sp, 0, sizeof *sp);
   sp->pid = p->pid;
@@ -116,9 +115,9 @@ static void snap_proc(mk_proc *p, mk_snap_proc *sp, int depth) {
     for (e = p->eps; e; e = e->pnext)
       sp->memory += (int64_t)(offsetof(mk_endpoint, name) + strlen(e->name) + 1);
   }
-  if (p->b == &mk_nested_behavior && p->data != NULL && depth < MK_SNAP_DEPTH) {
+  if (p->b == &mk_nested_behavior && p->data != NULL) {
     sp->vm = mkI_xmalloc(sizeof *sp->vm);
-    snap_vm(p->data, sp->vm, depth + 1);
+    snap_vm(p->data, sp->vm);
   }
 }
 
@@ -156,7 +155,7 @@ static void snap_convs(mk_vm *vm, mk_snap_vm *s, mk_proc **procs) {
   if (s->nconvs > 1) qsort(s->convs, s->nconvs, sizeof *s->convs, by_pair);
 }
 
-static void snap_vm(mk_vm *vm, mk_snap_vm *s, int depth) {
+static void snap_vm(mk_vm *vm, mk_snap_vm *s) {
   mk_proc **procs;
   mk_qblock *b;
   size_t i, n = 0;
@@ -176,14 +175,14 @@ static void snap_vm(mk_vm *vm, mk_snap_vm *s, int depth) {
   qsort(procs, n, sizeof *procs, by_pid);
   s->procs = mkI_xmalloc(n * sizeof *s->procs);
   s->nprocs = n;
-  for (i = 0; i < n; i++) snap_proc(procs[i], &s->procs[i], depth);
+  for (i = 0; i < n; i++) snap_proc(procs[i], &s->procs[i]);
   snap_convs(vm, s, procs);
   free(procs);
 }
 
 mk_snap_vm *mk_vm_snapshot(mk_vm *vm) {
   mk_snap_vm *s = mkI_xmalloc(sizeof *s);
-  snap_vm(vm, s, 0);
+  snap_vm(vm, s);
   return s;
 }
 

@@ -592,15 +592,9 @@ struct mk_snap_vm {
                              ** cpu_ms, memory and messages fields are set */
 };
 
-/* How many levels of nested VMs a snapshot shows below the VM it is taken
-** of: the process of a nested VM deeper than that has `vm` NULL.  Taking,
-** converting and freeing a snapshot recurses once per level, and a tree
-** of 20000 nested VMs ran the C stack out (SEGV). */
-#define MK_SNAP_DEPTH 1000
-
 /*
-** The snapshot of `vm` and every VM nested in it (MK_SNAP_DEPTH levels
-** down at most).  Cost: a walk of every
+** The snapshot of `vm` and every VM nested in it (recursing once per
+** level: MK_NEST_MAX at most).  Cost: a walk of every
 ** process and endpoint, plus one match of the routing index per publisher
 ** endpoint (what it costs is what matches: route.h), which goes through
 ** the index's match cache like a send.  It may be taken from a handler:
@@ -615,8 +609,11 @@ void mk_snapshot_free(mk_snap_vm *s);      /* NULL accepted */
 /*
 ** The behaviour of a nested VM.  Its data is the child mk_vm (created by
 ** mk_nested_new).  The boot process of the nested VM is spawned with
-** (b, data, name) when the nested VM boots.
+** (b, data, name) when the nested VM boots.  A VM more than MK_NEST_MAX
+** levels below the ground does not boot: its process fails ("a VM
+** nested more than 1000 levels deep"), its boot process never spawned.
 */
+#define MK_NEST_MAX 1000
 extern const mk_behavior mk_nested_behavior;
 /* The data to spawn with mk_nested_behavior: a new VM whose boot process is
 ** (b, data, name), not started until the nested VM process boots. */

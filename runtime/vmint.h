@@ -213,6 +213,7 @@ struct mk_vm {
   void *crashud;
   void *userdata;
   char *path;
+  int depth;                /* levels below the ground VM (0: a ground VM) */
   /* boot process of a nested VM, spawned when it boots */
   const mk_behavior *bootb;
   void *bootdata;

@@ -30,6 +30,25 @@ describe("nested VMs", function()
                   "k: nested vm is pid 2" }, log.lines)
   end)
 
+  it("a VM nested more than 1000 levels deep fails at its boot; the rest runs on", function()
+    -- Each level runs inside its parent's activation: 30,000 levels ran
+    -- the C stack out (SEGV), the whole program gone.
+    local ran, crashes, after = 0, {}, false
+    local ok, err = market.ground_vm(function()
+      local function nest(k)
+        ran = ran + 1
+        if k == 0 then return end
+        market.perform(market.nested_vm(function() nest(k - 1) end, { name = "n" .. k }))
+      end
+      nest(1005)
+      after = true
+    end, { on_crash = function(r) crashes[#crashes + 1] = r.name .. ": " .. tostring(r.reason) end })
+    assert(ok, err)
+    assert.equal(1001, ran)             -- the ground's boot and 1000 levels
+    assert.same({ "n5: a VM nested more than 1000 levels deep" }, crashes)   -- level 1001
+    assert.is_true(after)
+  end)
+
   it("a process one level down subscribes at meta level and gets ground messages " ..
      "(meta = 1, its own endpoint name)", function()
     local log = H.log()

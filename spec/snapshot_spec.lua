@@ -196,9 +196,9 @@ describe("market.snapshot", function()
     assert.equal("true\n", out)
   end)
 
-  -- Taking, converting and freeing a snapshot recursed once per nested VM
-  -- without a bound: 20000 nested VMs ran the C stack out (SEGV).
-  it("shows nested VMs 1000 levels deep at most", function()
+  -- Taking, converting and freeing a snapshot recurses once per nested VM:
+  -- as deep as VMs may be nested (1000 levels below the ground), whole.
+  it("shows the deepest tree of nested VMs whole", function()
     local s, j
     local function nest(k)
       if k == 0 then
@@ -209,16 +209,14 @@ describe("market.snapshot", function()
       end
       P(market.nested_vm(function() nest(k - 1) end, { name = "n" .. k }))
     end
-    assert(market.ground_vm(function() nest(1005) end))
+    assert(market.ground_vm(function() nest(1000) end))
     local levels, vm, last = 0, s.vm, nil
     while vm do
-      last = byname(vm, "n" .. (1005 - levels))
+      last = byname(vm, "n" .. (1000 - levels))
       vm, levels = last and last.vm, levels + 1
     end
     assert.equal(1001, levels)               -- the ground VM and 1000 below it
-    assert.equal("nested-vm", last.kind)     -- the deeper one, without its vm
-    assert.truthy(j:find('"name":"n5"', 1, true))
-    assert.falsy(j:find('"name":"n4"', 1, true))
+    assert.truthy(j:find('"name":"n1"', 1, true))
   end)
 
   it("is an error outside a ground VM", function()
