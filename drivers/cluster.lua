@@ -39,6 +39,11 @@ M.VERSION = 2               -- of the wire protocol (docs/cluster.md)
 -- The counters (sent, received, delivered, dropped, malformed), read and
 -- set like a table's fields; the forwarder counts in C.
 M.stats = sys.cluster_stats()
+-- The time a node was last heard from, and when a snapshot was asked for:
+-- ms of a clock that only goes forward, as the NATS queue's `at` is
+-- (drivers/lcluster.c), not market.now(), which a step of the wall clock
+-- moves: a step forward made every node look lost at once.
+local clock = sys.cluster_clock
 
 local function warn(fmt, ...)
   market.log.warn("market.cluster: " .. fmt, ...)
@@ -317,7 +322,7 @@ local function boot(cfg)
         conn:node(name, prefix .. ".node." .. name, envelope("send", name, ninc),
                   envelope("feedback", name, ninc))
       end
-      n.heard = arrived or market.now()
+      n.heard = arrived or clock()
       return n
     end
 
@@ -339,7 +344,7 @@ local function boot(cfg)
     -- Ask node name for a snapshot, again only when the last question
     -- went unanswered for two heartbeats.
     local function want_snapshot(name, n)
-      local now = market.now()
+      local now = clock()
       if n.syncing and now - n.syncing < 2 * cfg.heartbeat_ms then return end
       n.syncing = now
       publish(prefix .. ".node." .. name, { M.VERSION, "want", me, inc })
@@ -563,7 +568,7 @@ local function boot(cfg)
       if connected then publish(ALL, { M.VERSION, "heartbeat", me, inc, seq }) end
       -- Judged in the queue's time: what is still waiting arrived after
       -- everything heard, so a node is late only past the oldest of it.
-      local now, late = conn:waiting() or market.now(), {}
+      local now, late = conn:waiting() or clock(), {}
       for name, n in pairs(nodes) do
         n.heard = math.max(n.heard, conn:heard(name) or n.heard)
         if now - n.heard > cfg.lost_after_ms then late[#late + 1] = name end

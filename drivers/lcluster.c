@@ -19,8 +19,8 @@
 **                               | "malformed", why (sends or feedback
 **                                 from a known node that were refused)
 **                               (at: when the message reached the queue, in
-**                               market.now()'s milliseconds; with max, see
-**                               "The forwarder")
+**                               sys.cluster_clock()'s milliseconds; with
+**                               max, see "The forwarder")
 **   conn:waiting()             -> when the oldest event waiting reached the
 **                                 queue (ms, as at), or nil if none waits
 **   conn:subscribe(subject)    -> sid | nil, msg
@@ -31,6 +31,8 @@
 **   conn:start(...), conn:node(...), conn:forget(name), conn:role(...),
 **   conn:unrole(name, id), conn:connected(yes), conn:heard(name),
 **   conn:deliver(kind, body)   the forwarder (see "The forwarder")
+**   sys.cluster_clock()        -> ms of a clock that only goes forward
+**                                 (CLOCK_MONOTONIC), the one of `at`
 **   sys.cluster_stats()        -> counters, read and set as a table's fields
 **   sys.host_pid()             -> host name, pid (for default node names)
 **
@@ -161,12 +163,19 @@ static void queue_release(queue *q) {
   free(q);
 }
 
-/* The wall clock in ms, as market.now() reads it (libev's ev_time is
-** CLOCK_REALTIME too). */
+/* When a message arrived, for loss detection (a node not heard from for
+** lost_after_ms): in ms of CLOCK_MONOTONIC, not of the wall clock
+** (market.now()), which a step (NTP, a resumed machine) moves: a step
+** forward made every peer look lost at once. */
 static double now_ms(void) {
   struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
+  clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int l_cluster_clock(lua_State *L) {
+  lua_pushnumber(L, now_ms());
+  return 1;
 }
 
 /* On a libnats thread: queue an event, waking the loop unless it was woken
@@ -1361,6 +1370,8 @@ void mkd_open_cluster(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, l_cluster_stats);
   lua_setfield(L, -2, "cluster_stats");
+  lua_pushcfunction(L, l_cluster_clock);
+  lua_setfield(L, -2, "cluster_clock");
   lua_pushcfunction(L, l_nats_connect);
   lua_setfield(L, -2, "nats_connect");
   lua_pushcfunction(L, l_host_pid);

@@ -121,7 +121,8 @@ end, { name = "spec-watchdog" }))
 -- node(script, opts): `market --cluster URL --node NAME script` in the
 -- background; opts.url, opts.name, opts.cluster (default "spec"),
 -- opts.args; opts.file: run that script (script is then nil);
--- opts.own_driver: no --cluster (the script starts its driver).  Its output goes to a file: node.out() reads it, node.wait(s
+-- opts.own_driver: no --cluster (the script starts its driver); opts.env:
+-- environment variables for it, {NAME = value}.  Its output goes to a file: node.out() reads it, node.wait(s
 -- [, secs]) waits for a line containing the plain text s.
 function S.node(script, opts)
   local dir = S.dir or S.tmpdir()
@@ -135,7 +136,9 @@ function S.node(script, opts)
   local out = ("%s/%s.out"):format(dir, opts.name)
   local url = opts.url .. "/" .. (opts.cluster or "spec")
   local cluster = opts.own_driver and "" or ("--cluster %s --node %s"):format(H.quote(url), opts.name)
-  local pid = S.bg(("exec %s %s %s %s %s"):format(
+  local env = {}
+  for k, v in pairs(opts.env or {}) do env[#env + 1] = k .. "=" .. H.quote(v) end
+  local pid = S.bg(("exec env %s %s %s %s %s %s"):format(table.concat(env, " "),
     H.quote(H.market_bin()), cluster, opts.options or "", H.quote(path), opts.args or ""), out)
   local node = { pid = pid, name = opts.name }
   function node.out() return H.slurp(out) or "" end
