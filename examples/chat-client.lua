@@ -16,7 +16,10 @@ local T, send, quit = market.transition_no_state, market.send, market.quit
 
 local host, port = ...
 port = math.tointeger(tonumber(port))
-if not host or not port then error("usage: market examples/chat-client.lua HOST PORT", 0) end
+if not host or not port then
+  io.stderr:write("usage: market examples/chat-client.lua HOST PORT\n")
+  market.perform(market.exit(2))      -- a usage error: no crash report
+end
 
 local server, me = tcp.address(host, port), tcp.handle("chat-client")
 
@@ -37,7 +40,12 @@ return market.transition(nil,
       io.stdout:flush()
     end,
     on_absence = function(_, _, reason)
-      if reason then error("chat-client: " .. tostring(reason), 0) end
+      -- A connection that failed (refused, an unknown host) is no crash:
+      -- the reason, and status 1.
+      if reason then
+        io.stderr:write("chat-client: ", tostring(reason), "\n")
+        return T(market.exit(1))
+      end
       return T(quit())
     end,
   }),

@@ -42,7 +42,10 @@ end
 local server = market.record("chat-server", "port")
 
 local port = math.tointeger(tonumber((...) or 5999))
-if not port then error("usage: market examples/chat.lua [port]", 0) end
+if not port then
+  io.stderr:write("usage: market examples/chat.lua [port]\n")
+  market.perform(market.exit(2))      -- a usage error: no crash report
+end
 local here = tcp.listener(port)
 
 local function session(remote, name)

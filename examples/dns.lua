@@ -34,7 +34,10 @@ local args = { ... }
 local port = math.tointeger(tonumber(args[1] or 5300))
 local here_dir = (arg and arg[0] and arg[0]:match("^(.*)/")) or "."
 local zonefile = args[2] or (here_dir .. "/example.zone")
-if not port then error("usage: market examples/dns.lua [port [zonefile]]", 0) end
+if not port then
+  io.stderr:write("usage: market examples/dns.lua [port [zonefile]]\n")
+  market.perform(market.exit(2))      -- a usage error: no crash report
+end
 
 -- The message code (zone file, queries, answers) is a module of its own.
 local dns = assert(loadfile(here_dir .. "/dnsmsg.lua"))()

@@ -26,7 +26,8 @@ local args = { ... }
 local port = math.tointeger(tonumber(args[1] or 5999))
 local max_connections = math.tointeger(tonumber(args[2] or 1000))
 if not port or not max_connections then
-  error("usage: market examples/echo.lua [port [max_connections]]", 0)
+  io.stderr:write("usage: market examples/echo.lua [port [max_connections]]\n")
+  market.perform(market.exit(2))      -- a usage error: no crash report
 end
 local here = tcp.listener(port)
 

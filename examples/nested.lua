@@ -11,7 +11,10 @@ local tcp = require "market.tcp"
 
 local port = (...) or "5999"
 local depth = math.tointeger(tonumber(select(2, ...) or 1))
-if not depth or depth < 1 then error("usage: market examples/nested.lua [port] [depth >= 1]", 0) end
+if not depth or depth < 1 then
+  io.stderr:write("usage: market examples/nested.lua [port] [depth >= 1]\n")
+  market.perform(market.exit(2))      -- a usage error: no crash report
+end
 local dir = (arg and arg[0] or ""):match("^(.*)/") or "."
 local echo = assert(loadfile(dir .. "/echo.lua"))
 
