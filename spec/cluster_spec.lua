@@ -53,10 +53,10 @@ describe("the NATS connection (market.sys, drivers/lcluster.c)", function()
     local sid = assert(b:subscribe("spec.x"))
     assert.is_nil(b:next())                -- nothing yet
     S.sleep(0.2)                           -- the subscription reaches the server
+    local t0 = sys().cluster_clock()
     assert.is_true(a:publish("spec.x", "one\0two"))
     assert.is_true(a:publish("spec.y", "not subscribed"))
     assert.is_true(a:publish("spec.x", ""))
-    local t0 = sys().cluster_clock()
     S.wait(function() return b:waiting() ~= nil end, 10)
     assert.is_number(b:waiting())          -- when the oldest waiting arrived (ms)
     local got = { next_event(b) }
