@@ -17,6 +17,7 @@
 
 #include <lualib.h>
 
+#include "json.h"
 #include "mkl.h"
 #include "pool.h"
 
@@ -181,10 +182,14 @@ static void append(char **buf, size_t *len, const char *fmt, ...) {
 
 char *mk_crash_format(const mk_crash *c) {
   size_t len = 0, i;
-  char *s = calloc(1, 1);
+  char *s = calloc(1, 1), *name;
   if (c == NULL) return s;
+  /* Names with their control bytes escaped (json.h): a name made of
+  ** what a peer sent cannot add lines to the report. */
+  name = c->name ? mk_name_escaped(c->name) : NULL;
   append(&s, &len, "market: %s #%llu%s%s failed: %s\n", c->vm, (unsigned long long)c->pid,
-         c->name ? " " : "", c->name ? c->name : "", c->message);
+         c->name ? " " : "", name ? name : c->name ? c->name : "", c->message);
+  free(name);
   if (c->traceback) append(&s, &len, "%s\n", c->traceback);
   append(&s, &len, c->nendpoints ? "endpoints:\n" : "endpoints: none\n");
   for (i = 0; i < c->nendpoints; i++) {
@@ -192,9 +197,11 @@ char *mk_crash_format(const mk_crash *c) {
     char *topic = mk_repr_max(e->role.topic, MK_REPR_SHOWN, NULL);
     char level[32] = "";
     if (e->level > 0) snprintf(level, sizeof level, " (%d up)", e->level);
-    append(&s, &len, "\t%s%s: %s %s %s\n", e->name, level,
+    name = mk_name_escaped(e->name);
+    append(&s, &len, "\t%s%s: %s %s %s\n", name ? name : e->name, level,
            mk_orientation_name(e->role.orientation), mk_interest_name(e->role.interest),
            topic ? topic : "?");
+    free(name);
     free(topic);
   }
   return s;

@@ -567,26 +567,38 @@ local function decode(s)
   return v
 end
 
+-- A name as a line of text shows it (json.h, mk_jbuf_addname): control
+-- bytes as \n, \r, \t or \xHH.  What the answer holds is another
+-- program's, or any server's: none of it may break a row or drive the
+-- terminal.
+local function name_text(s)
+  return (tostring(s):gsub("[%c\127]", function(c)
+    if c == "\n" then return "\\n" elseif c == "\r" then return "\\r"
+    elseif c == "\t" then return "\\t" end
+    return ("\\x%02x"):format(c:byte())
+  end))
+end
+
 -- A term in its JSON form (docs/inspect.md, "Terms in JSON") as traces
 -- show it: label(fields), [items], "text", _.
 local function term_text(t)
   if t == nil then return "nil" end
   local ty = type(t)
   if ty == "string" then return ("%q"):format(t):gsub("\\\n", "\\n") end
-  if ty ~= "table" then return tostring(t) end
+  if ty ~= "table" then return name_text(t) end
   if t.wildcard then return "_" end
   if t.eof then return "#eof" end
-  if t.bytes then return "#x" .. t.bytes end
-  if t.float then return t.float end
-  if t.cut then return t.cut end
+  if t.bytes then return "#x" .. name_text(t.bytes) end
+  if t.float then return name_text(t.float) end
+  if t.cut then return name_text(t.cut) end
   local items = {}
   for k, v in ipairs(t.fields or t) do items[k] = term_text(v) end
-  if t.record then return t.record .. "(" .. table.concat(items, ", ") .. ")" end
+  if t.record then return name_text(t.record) .. "(" .. table.concat(items, ", ") .. ")" end
   return "[" .. table.concat(items, ", ") .. "]"
 end
 
 local function cut(s, n)
-  s = tostring(s)
+  s = name_text(s)
   return #s > n and s:sub(1, n - 1) .. "~" or s
 end
 

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "json.h"
 #include "mkl.h"
 
 #define LOG_SLOTS 64
@@ -130,14 +131,17 @@ static char *makeline(int level, mk_proc *p, const char *msg, unsigned carry) {
   struct tm tm;
   char when[32], more[48] = "", pid[32] = "";
   const char *name = p ? mk_proc_name(p) : NULL;
+  char *escaped = name ? mk_name_escaped(name) : NULL, *line;
   clock_gettime(CLOCK_REALTIME, &ts);
   gmtime_r(&ts.tv_sec, &tm);
   strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
   if (carry > 0) snprintf(more, sizeof more, " (%u more suppressed)", carry);
   if (p) snprintf(pid, sizeof pid, " #%llu", (unsigned long long)mk_proc_pid(p));
-  return mkl_format("%s.%03dZ %s %s%s%s%s: %s%s", when, (int)(ts.tv_nsec / 1000000),
-                mk_log_level_name(level), p ? mk_vm_path(mk_proc_vm(p)) : "-", pid,
-                name ? " " : "", name ? name : "", msg, more);
+  line = mkl_format("%s.%03dZ %s %s%s%s%s: %s%s", when, (int)(ts.tv_nsec / 1000000),
+                    mk_log_level_name(level), p ? mk_vm_path(mk_proc_vm(p)) : "-", pid,
+                    name ? " " : "", escaped ? escaped : name ? name : "", msg, more);
+  free(escaped);
+  return line;
 }
 
 typedef struct sinkcall { int level; const char *line, *msg; } sinkcall;

@@ -25,6 +25,37 @@ void mk_jbuf_add(mk_jbuf *b, const char *s, size_t n) {
 
 void mk_jbuf_adds(mk_jbuf *b, const char *s) { mk_jbuf_add(b, s, strlen(s)); }
 
+static int is_control(unsigned char c) { return c < 0x20 || c == 0x7f; }
+
+void mk_jbuf_addname(mk_jbuf *b, const char *s) {
+  const char *run = s;
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    char esc[5];
+    if (!is_control(c)) continue;
+    mk_jbuf_add(b, run, (size_t)(s - run));
+    run = s + 1;
+    if (c == '\n') mk_jbuf_adds(b, "\\n");
+    else if (c == '\r') mk_jbuf_adds(b, "\\r");
+    else if (c == '\t') mk_jbuf_adds(b, "\\t");
+    else {
+      snprintf(esc, sizeof esc, "\\x%02x", c);
+      mk_jbuf_adds(b, esc);
+    }
+  }
+  mk_jbuf_add(b, run, (size_t)(s - run));
+}
+
+char *mk_name_escaped(const char *s) {
+  mk_jbuf b = {NULL, 0, 0, 0};
+  const char *c;
+  for (c = s; *c && !is_control((unsigned char)*c); c++) {}
+  if (*c == '\0') return NULL;           /* the common case: a scan */
+  mk_jbuf_addname(&b, s);
+  if (b.oom) { free(b.p); return NULL; }
+  return b.p;
+}
+
 /* The length of the UTF-8 sequence at s (n bytes left), or 0 if it is
 ** not a valid one (overlong forms, surrogates, past U+10FFFF, cut short). */
 static size_t utf8len(const unsigned char *s, size_t n) {

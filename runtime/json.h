@@ -22,6 +22,16 @@ typedef struct mk_jbuf {
 void mk_jbuf_add(mk_jbuf *b, const char *s, size_t n);
 void mk_jbuf_adds(mk_jbuf *b, const char *s);
 
+/* A name (a process's, an endpoint's) in a line of text: its control
+** bytes (below 0x20, and 0x7f) written as \n, \r, \t or \xHH, so that
+** a name made from what a peer sent cannot break the line in two, forge
+** another, or drive a terminal (docs/inspect.md, "Names in text").  Other
+** bytes, the backslash among them, are written as they are.
+** mk_name_escaped: the same as a malloc'd string, or NULL when s has
+** nothing to escape (or memory ran out: s is then shown as it is). */
+void mk_jbuf_addname(mk_jbuf *b, const char *s);
+char *mk_name_escaped(const char *s);
+
 /* s (n bytes) as a JSON string: ", \ and control characters escaped.
 ** Bytes that are not UTF-8 become U+FFFD when lax; otherwise returns 0 at
 ** the first one, having written part of the string (rewind b->n). */

@@ -413,11 +413,11 @@ static void text_line(mk_jbuf *b, const mk_proc *p, int kind, const char *ep,
   mk_jbuf_adds(b, p->vm->path);
   snprintf(pid, sizeof pid, " #%llu ", (unsigned long long)p->pid);
   mk_jbuf_adds(b, pid);
-  mk_jbuf_adds(b, mk_proc_name(p) ? mk_proc_name(p) : "-");
+  mk_jbuf_addname(b, mk_proc_name(p) ? mk_proc_name(p) : "-");
   mk_jbuf_adds(b, ": ");
   mk_jbuf_adds(b, kindnames[kind]);
   if (kind == MK_TK_SPAWN) { mk_jbuf_adds(b, " "); mk_jbuf_adds(b, p->b->kind ? p->b->kind : "?"); }
-  if (ep) { mk_jbuf_adds(b, " "); mk_jbuf_adds(b, ep); }
+  if (ep) { mk_jbuf_adds(b, " "); mk_jbuf_addname(b, ep); }
   if (role) {
     mk_jbuf_adds(b, " ");
     mk_jbuf_adds(b, mk_orientation_name(role->orientation));

@@ -79,6 +79,40 @@ describe("crash reports", function()
     assert.matches('^market: ground #%d+ nul failed: "a\\x00b"\nstack traceback:\n', err)
   end)
 
+  -- A name may be made of what a peer sent ("session " .. nick): written
+  -- raw, a newline in it forged a line of its own, and an escape drove
+  -- the terminal.  Every text line shows its control bytes escaped.
+  it("shows names with control bytes escaped, in reports, log lines and trace lines", function()
+    local status, _, err = H.run_script([[
+      local market = require "market"
+      market.perform(market.spawn(function()
+        market.log.warn("said")
+        return market.transition(nil, market.subscriber("x", { name = "ep\nfake\t2" }),
+          market.subscriber("y", { on_message = function() error("boom", 0) end }))
+      end, { name = "evil\nforged line\r\27[31m" }))
+      market.pause()
+      market.perform(market.send("y"))
+    ]], "--no-drivers --trace-kind add")
+    assert.equal(0, status, err)
+    local TIME = "%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ "
+    local name = "evil\\nforged line\\r\\x1b%[31m"
+    local want = {
+      "^" .. TIME .. "warn ground #2 " .. name .. ": said$",
+      "^" .. TIME .. "ground #2 " .. name .. ": add ep\\nfake\\t2 subscriber/participant \"x\"$",
+      "^" .. TIME .. "ground #2 " .. name .. ": add #1 subscriber/participant \"y\"$",
+      "^market: ground #2 " .. name .. " failed: boom$",
+      "^stack traceback:$",
+    }
+    local lines = {}
+    for l in err:gmatch("[^\n]*") do
+      if l:find("ground #2", 1, true) or l:find("^stack") or l:find("^\t") then lines[#lines + 1] = l end
+    end
+    for i, pattern in ipairs(want) do assert.matches(pattern, lines[i]) end
+    assert.equal("\tep\\nfake\\t2: subscriber participant \"x\"", lines[#lines - 1])
+    assert.falsy(err:find("\27", 1, true), err)
+    assert.falsy(err:find("forged line", 1, true) and not err:find("\\nforged line", 1, true))
+  end)
+
   it("a strict error (an endpoint re-added with another role) points at the program's line",
      function()
     local status, _, err = H.run_script([[

@@ -434,6 +434,24 @@ describe("market inspect HOST:PORT", function()
     assert.truthy(out:find(("^market inspect: 127.0.0.1:%d: not a snapshot: [^\n]*\n$"):format(port)), out)
   end)
 
+  it("shows what an answer holds with its control bytes escaped: one row a process", function()
+    -- A hostile server (or a program's own names) cannot add rows or
+    -- drive the terminal.
+    local body = '{"vm":{"path":"ground\\u001b[2J","processes":[{"pid":1,"name":"a\\nb","kind":"lua\\r",' ..
+      '"queued":0,"endpoints":[{"topic":{"record":"r\\u001b[31m","fields":["x\\ny"]}}]}],"conversations":[]}}'
+    local nc, port = fake(("printf 'HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%%s' %s"):format(#body, q(body)))
+    local out, status = capture(("%s inspect 127.0.0.1:%d"):format(q(N.market_bin()), port), 10)
+    nc.kill()
+    assert.equal(0, status, out)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equal(2, #lines, out)
+    assert.falsy(out:find("[\r\27]"), out)
+    assert.truthy(lines[2]:find('^ground\\x1b%[~ +1  a\\nb '), lines[2])   -- (the VM column cut)
+    assert.truthy(lines[2]:find('lua\\r', 1, true), lines[2])
+    assert.truthy(lines[2]:find('r\\x1b[31m("x\\ny")', 1, true), lines[2])
+  end)
+
   it("says so and exits 1 when what answers is not an inspector", function()
     local server, port = N.start_server("examples/echo.lua")
     local out, status = capture(("%s inspect 127.0.0.1:%d"):format(q(N.market_bin()), port), 10)
