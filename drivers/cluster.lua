@@ -207,6 +207,9 @@ local function boot(cfg)
     -- so two nodes with one name do not make every peer flap between
     -- them.
     local retired, RETIRED = {}, 8
+    -- Incarnations cut off for holding more than cfg.max_roles roles:
+    -- name -> incarnation.  What they say is ignored until they restart.
+    local refused = {}
     local arrived        -- the at of the message being received, or nil
 
     -- msg: a message, or its encoding.
@@ -274,6 +277,7 @@ local function boot(cfg)
       local name = ("%s#%d"):format(node, id)
       local key = role_key(o, i, t)
       n.roles[id] = { o, i, inner, t = t, name = name, key = key }
+      n.nroles = n.nroles + 1
       own_pres[key] = (own_pres[key] or 0) + 1
       conn:role(node, id, o, t)
       P(ctor(t, name))
@@ -283,6 +287,7 @@ local function boot(cfg)
       local r = n.roles[id]
       if not r then return end
       n.roles[id] = nil
+      n.nroles = n.nroles - 1
       own_abs[r.key] = (own_abs[r.key] or 0) + 1
       conn:unrole(node, id)
       P(market.delete_endpoint(r.name, reason))
@@ -304,6 +309,17 @@ local function boot(cfg)
       return ("cluster: node %s lost (%s)"):format(name, why)
     end
 
+    -- Node name would hold more than cfg.max_roles roles here: each is an
+    -- endpoint of this VM, and a peer (buggy, or not a node at all) could
+    -- grow them without end.  Its roles go, and this incarnation is not
+    -- heard again: a restarted node (a new incarnation) is.
+    local function cut_off(name, n)
+      refused[name] = n.inc
+      warn("node %s has more than %d roles (max_roles): cut off until it restarts",
+           name, cfg.max_roles)
+      forget(name, lost_reason(name, ("more than %d roles"):format(cfg.max_roles)))
+    end
+
     -- The node of a message, made or renewed: a new incarnation of a name
     -- we knew means the old one is gone.
     local function node_of(name, ninc)
@@ -317,7 +333,7 @@ local function boot(cfg)
         n = nil
       end
       if not n then
-        n = { inc = ninc, seq = nil, roles = {} }
+        n = { inc = ninc, seq = nil, roles = {}, nroles = 0 }
         nodes[name] = n
         conn:node(name, prefix .. ".node." .. name, envelope("send", name, ninc),
                   envelope("feedback", name, ninc))
@@ -329,6 +345,7 @@ local function boot(cfg)
     -- Make node n's roles those of a snapshot taken at seq: what went is
     -- withdrawn, what is new is added, what stayed stays (no duplicates).
     local function apply_snapshot(name, n, nseq, list)
+      if #list > cfg.max_roles then return cut_off(name, n) end
       local keep = {}
       for _i, r in ipairs(list) do
         local id, o, i, inner = r[1], r[2], r[3], r[4]
@@ -422,7 +439,7 @@ local function boot(cfg)
     local handle = {}
     function handle.hello(m, name, n)
       apply_snapshot(name, n, m[5], m[6])
-      publish_roles(prefix .. ".node." .. name, "snapshot")
+      if nodes[name] == n then publish_roles(prefix .. ".node." .. name, "snapshot") end
     end
     function handle.snapshot(m, name, n)
       -- An answer older than what we have (a second answer to two
@@ -446,6 +463,10 @@ local function boot(cfg)
           n.parts = nil
           return
         end
+        if #p.list + #list > cfg.max_roles then
+          n.parts = nil
+          return cut_off(name, n)
+        end
         table.move(list, 1, #list, #p.list + 1, p.list)
         p.got = k
         if k < count then return end
@@ -455,7 +476,9 @@ local function boot(cfg)
     end
     handle["hello-part"], handle["snapshot-part"] = part_of("hello"), part_of("snapshot")
     function handle.add(m, name, n)
-      if in_order(name, n, m[5]) then standin_add(name, n, m[6], m[7], m[8], m[9]) end
+      if not in_order(name, n, m[5]) then return end
+      if n.nroles >= cfg.max_roles and not n.roles[m[6]] then return cut_off(name, n) end
+      standin_add(name, n, m[6], m[7], m[8], m[9])
     end
     function handle.del(m, name, n)
       if in_order(name, n, m[5]) then standin_del(name, n, m[6], m[7]) end
@@ -497,6 +520,10 @@ local function boot(cfg)
                name, old)
           return
         end
+      end
+      if refused[name] == m[4] then                 -- cut off (max_roles)
+        M.stats.malformed = M.stats.malformed + 1
+        return
       end
       M.stats.received = M.stats.received + 1
       if m[2] == "bye" then
@@ -629,7 +656,8 @@ function M.leave(node)
   return market.send(M.leave_record(node == nil and _ or node))
 end
 
--- driver{url= | urls=, cluster=, node=, heartbeat_ms=, lost_after_ms=}: the
+-- driver{url= | urls=, cluster=, node=, heartbeat_ms=, lost_after_ms=,
+-- max_roles=}: the
 -- spawn action that starts the driver.  cluster.node is then the node's
 -- name (nil until a driver was made), for programs that name things
 -- uniquely across the cluster (examples/chat.lua).
@@ -656,6 +684,11 @@ function M.driver(opts)
     heartbeat_ms = check_ms("heartbeat_ms", opts.heartbeat_ms, 500),
   }
   cfg.lost_after_ms = check_ms("lost_after_ms", opts.lost_after_ms, 4 * cfg.heartbeat_ms)
+  cfg.max_roles = opts.max_roles == nil and 100000 or opts.max_roles
+  if math.type(cfg.max_roles) ~= "integer" or cfg.max_roles < 1 then
+    error(("market.cluster.driver: max_roles must be an integer above 0, got %s")
+          :format(show(opts.max_roles)), 2)
+  end
   M.node = cfg.node
   -- Tells a restarted node of the same name from the one before it.
   cfg.incarnation = math.random(1, math.maxinteger)

@@ -632,6 +632,40 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     assert.is_false(a.has("a absence"), a.out())
   end)
 
+  it("cuts off a node that would hold more than max_roles roles, until it restarts", function()
+    -- Each role of a peer is an endpoint here: one peer (buggy, or not a
+    -- node at all) grew them without end, by hello, parts or adds.
+    local market = require "market"
+    local srv = S.server()
+    local a = S.node(PRELUDE .. ([[
+market.perform(cluster.driver{ url = %q, cluster = "spec", node = "a", max_roles = 3 })
+market.perform(market.subscriber(T({"p", _}), logging("a")))]]):format(srv.url),
+                     { url = srv.url, name = "a", own_driver = true })
+    local z = assert(sys().nats_connect({ srv.url }, "z"))
+    assert(z:subscribe("market.spec.all"))
+    assert(S.wait(function() return z:next() == "message" end, 10), "nothing from a")
+    local function all(...) assert(z:publish("market.spec.all", market.to_cbor({ 2, ... }))) end
+    -- x: three roles, then a fourth added.
+    all("hello", "x", 7, 3, { pub(1, "x1"), pub(2, "x2"), pub(3, "x3") })
+    a.wait('a presence publisher/participant market-cluster(["p", "x3"])')
+    all("add", "x", 7, 4, 4, "publisher", "participant", { "p", "x4" })
+    a.wait('a absence publisher/participant market-cluster(["p", "x1"]) cluster: node x lost (more than 3 roles)')
+    -- Cut off: what this incarnation says next is not heard.
+    all("hello", "x", 7, 1, { pub(9, "x9") })
+    -- y: a hello of four roles; w: parts of two and two.
+    all("hello", "y", 8, 4, { pub(1, "y1"), pub(2, "y2"), pub(3, "y3"), pub(4, "y4") })
+    all("hello-part", "w", 9, 4, 1, 2, { pub(1, "w1"), pub(2, "w2") })
+    all("hello-part", "w", 9, 4, 2, 2, { pub(3, "w3"), pub(4, "w4") })
+    -- x restarted (a new incarnation) is heard again.
+    all("hello", "x", 70, 1, { pub(1, "again") })
+    a.wait('a presence publisher/participant market-cluster(["p", "again"])')
+    z:close()
+    assert.equal(4, a.count("a presence"), a.out())   -- x1..x3, again
+    assert.equal(3, a.count("a absence"), a.out())
+    assert.is_false(a.has('"x4"') or a.has('"x9"') or a.has('"y') or a.has('"w'), a.out())
+    assert.equal(3, a.count("cut off until it restarts"), a.out())
+  end)
+
   it("asks a node first heard of through a want, a send or feedback for a snapshot", function()
     -- docs/cluster.md: a node heard of first through anything but hello
     -- or snapshot is asked for a snapshot; one heard of through want or
@@ -1014,6 +1048,10 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
                    err { url = "nats://127.0.0.1:1", heartbeat_ms = "500" })
     assert.matches(here .. "lost_after_ms must be .*, got table$",
                    err { url = "nats://127.0.0.1:1", lost_after_ms = { x = 1 } })
+    assert.matches(here .. "max_roles must be an integer above 0, got 0$",
+                   err { url = "nats://127.0.0.1:1", max_roles = 0 })
+    assert.matches(here .. "max_roles must be an integer above 0, got 1.5$",
+                   err { url = "nats://127.0.0.1:1", max_roles = 1.5 })
     -- cluster.node names the last driver made: not one refused.
     local node = cluster.node
     err { url = "nats://127.0.0.1:1", node = "refused", lost_after_ms = -1 }
