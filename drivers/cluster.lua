@@ -210,6 +210,19 @@ local function boot(cfg)
     -- Incarnations cut off for holding more than cfg.max_roles roles:
     -- name -> incarnation.  What they say is ignored until they restart.
     local refused = {}
+    -- The names retired or refused hold, oldest first (a queue from
+    -- past_head): at most cfg.max_nodes, the oldest forgotten, so that
+    -- names made up by the million do not grow them without end.
+    local past, past_head, nnodes = {}, 1, 0
+    local function remember(name)
+      if retired[name] or refused[name] then return end
+      past[#past + 1] = name
+      if #past - past_head + 1 > cfg.max_nodes then
+        local old = past[past_head]
+        past[past_head], past_head = nil, past_head + 1
+        retired[old], refused[old] = nil, nil
+      end
+    end
     local arrived        -- the at of the message being received, or nil
 
     -- msg: a message, or its encoding.
@@ -298,6 +311,7 @@ local function boot(cfg)
       local n = nodes[name]
       if not n then return end
       nodes[name] = nil
+      nnodes = nnodes - 1
       local ids = {}
       for id in pairs(n.roles) do ids[#ids + 1] = id end
       table.sort(ids)
@@ -314,6 +328,7 @@ local function boot(cfg)
     -- grow them without end.  Its roles go, and this incarnation is not
     -- heard again: a restarted node (a new incarnation) is.
     local function cut_off(name, n)
+      remember(name)
       refused[name] = n.inc
       warn("node %s has more than %d roles (max_roles): cut off until it restarts",
            name, cfg.max_roles)
@@ -325,6 +340,7 @@ local function boot(cfg)
     local function node_of(name, ninc)
       local n = nodes[name]
       if n and n.inc ~= ninc then
+        remember(name)
         local r = retired[name] or {}
         retired[name] = r
         if #r == RETIRED then table.remove(r, 1) end
@@ -335,6 +351,7 @@ local function boot(cfg)
       if not n then
         n = { inc = ninc, seq = nil, roles = {}, nroles = 0 }
         nodes[name] = n
+        nnodes = nnodes + 1
         conn:node(name, prefix .. ".node." .. name, envelope("send", name, ninc),
                   envelope("feedback", name, ninc))
       end
@@ -525,6 +542,13 @@ local function boot(cfg)
         M.stats.malformed = M.stats.malformed + 1
         return
       end
+      -- Names past max_nodes (made up, most likely: each would cost a
+      -- record, a want asked of it, its roles) are not heard.
+      if not nodes[name] and nnodes >= cfg.max_nodes then
+        M.stats.malformed = M.stats.malformed + 1
+        warn("more than %d nodes (max_nodes): ignoring node %s", cfg.max_nodes, name)
+        return
+      end
       M.stats.received = M.stats.received + 1
       if m[2] == "bye" then
         -- (a bye from an incarnation not known yet has no roles to end)
@@ -657,7 +681,7 @@ function M.leave(node)
 end
 
 -- driver{url= | urls=, cluster=, node=, heartbeat_ms=, lost_after_ms=,
--- max_roles=}: the
+-- max_roles=, max_nodes=}: the
 -- spawn action that starts the driver.  cluster.node is then the node's
 -- name (nil until a driver was made), for programs that name things
 -- uniquely across the cluster (examples/chat.lua).
@@ -684,10 +708,12 @@ function M.driver(opts)
     heartbeat_ms = check_ms("heartbeat_ms", opts.heartbeat_ms, 500),
   }
   cfg.lost_after_ms = check_ms("lost_after_ms", opts.lost_after_ms, 4 * cfg.heartbeat_ms)
-  cfg.max_roles = opts.max_roles == nil and 100000 or opts.max_roles
-  if math.type(cfg.max_roles) ~= "integer" or cfg.max_roles < 1 then
-    error(("market.cluster.driver: max_roles must be an integer above 0, got %s")
-          :format(show(opts.max_roles)), 2)
+  for key, default in pairs { max_roles = 100000, max_nodes = 10000 } do
+    local v = opts[key] == nil and default or opts[key]
+    if math.type(v) ~= "integer" or v < 1 then
+      error(("market.cluster.driver: %s must be an integer above 0, got %s"):format(key, show(opts[key])), 2)
+    end
+    cfg[key] = v
   end
   M.node = cfg.node
   -- Tells a restarted node of the same name from the one before it.

@@ -198,6 +198,22 @@ local function by_hand(srv)
   return a, z
 end
 
+-- Node a with its driver given `limits` (Lua: "max_roles = 3"), a raw
+-- connection z beside it, and all(...): z publishes [2, ...] to every
+-- node.  Returns a, z and all once a has said something.
+local function limited(limits)
+  local market = require "market"
+  local srv = S.server()
+  local a = S.node(PRELUDE .. ([[
+market.perform(cluster.driver{ url = %q, cluster = "spec", node = "a", %s })
+market.perform(market.subscriber(T({"p", _}), logging("a")))]]):format(srv.url, limits),
+                   { url = srv.url, name = "a", own_driver = true })
+  local z = assert(sys().nats_connect({ srv.url }, "z"))
+  assert(z:subscribe("market.spec.all"))
+  assert(S.wait(function() return z:next() == "message" end, 10), "nothing from a")
+  return a, z, function(...) assert(z:publish("market.spec.all", market.to_cbor({ 2, ... }))) end
+end
+
 -- A publisher participant role p(x) as the wire has it.
 local function pub(id, x) return { id, "publisher", "participant", { "p", x } } end
 
@@ -635,16 +651,7 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
   it("cuts off a node that would hold more than max_roles roles, until it restarts", function()
     -- Each role of a peer is an endpoint here: one peer (buggy, or not a
     -- node at all) grew them without end, by hello, parts or adds.
-    local market = require "market"
-    local srv = S.server()
-    local a = S.node(PRELUDE .. ([[
-market.perform(cluster.driver{ url = %q, cluster = "spec", node = "a", max_roles = 3 })
-market.perform(market.subscriber(T({"p", _}), logging("a")))]]):format(srv.url),
-                     { url = srv.url, name = "a", own_driver = true })
-    local z = assert(sys().nats_connect({ srv.url }, "z"))
-    assert(z:subscribe("market.spec.all"))
-    assert(S.wait(function() return z:next() == "message" end, 10), "nothing from a")
-    local function all(...) assert(z:publish("market.spec.all", market.to_cbor({ 2, ... }))) end
+    local a, z, all = limited("max_roles = 3")
     -- x: three roles, then a fourth added.
     all("hello", "x", 7, 3, { pub(1, "x1"), pub(2, "x2"), pub(3, "x3") })
     a.wait('a presence publisher/participant market-cluster(["p", "x3"])')
@@ -664,6 +671,32 @@ market.perform(market.subscriber(T({"p", _}), logging("a")))]]):format(srv.url),
     assert.equal(3, a.count("a absence"), a.out())
     assert.is_false(a.has('"x4"') or a.has('"x9"') or a.has('"y') or a.has('"w'), a.out())
     assert.equal(3, a.count("cut off until it restarts"), a.out())
+  end)
+
+  it("hears at most max_nodes nodes, and remembers that many names of replaced ones", function()
+    -- Names made up by the million each made a node record (and a want
+    -- asked of it), and every name whose incarnation changed stayed in a
+    -- table for good.
+    local a, z, all = limited("max_nodes = 1")
+    all("hello", "x", 1, 1, { pub(1, "x1") })
+    all("hello", "y", 1, 1, { pub(1, "y1") })          -- a second node: not heard
+    a.wait('a presence publisher/participant market-cluster(["p", "x1"])')
+    -- x restarts (incarnation 1 retired), then leaves; y is heard then.
+    all("hello", "x", 2, 1, { pub(1, "x2") })
+    a.wait('a presence publisher/participant market-cluster(["p", "x2"])')
+    all("bye", "x", 2)
+    all("hello", "y", 1, 1, { pub(1, "y1") })
+    a.wait('a presence publisher/participant market-cluster(["p", "y1"])')
+    -- y restarts too: its name takes the place of x's among the replaced,
+    -- so x's incarnation 1 is no longer known as replaced (the one name
+    -- max_nodes keeps), and is heard once y has left.
+    all("hello", "y", 2, 1, { pub(1, "y2") })
+    all("bye", "y", 2)
+    all("hello", "x", 1, 1, { pub(1, "x1 again") })
+    a.wait('a presence publisher/participant market-cluster(["p", "x1 again"])')
+    z:close()
+    assert.truthy(a.has("more than 1 nodes (max_nodes): ignoring node y"), a.out())
+    assert.equal(1, a.count('presence publisher/participant market-cluster(["p", "y1"])'), a.out())
   end)
 
   it("asks a node first heard of through a want, a send or feedback for a snapshot", function()
@@ -1052,6 +1085,8 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
                    err { url = "nats://127.0.0.1:1", max_roles = 0 })
     assert.matches(here .. "max_roles must be an integer above 0, got 1.5$",
                    err { url = "nats://127.0.0.1:1", max_roles = 1.5 })
+    assert.matches(here .. 'max_nodes must be an integer above 0, got "9"$',
+                   err { url = "nats://127.0.0.1:1", max_nodes = "9" })
     -- cluster.node names the last driver made: not one refused.
     local node = cluster.node
     err { url = "nats://127.0.0.1:1", node = "refused", lost_after_ms = -1 }
