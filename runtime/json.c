@@ -1,5 +1,5 @@
 /*
-** json.c: terms written as JSON (json.h).
+** json.c: terms written as JSON, and names in lines of text (json.h).
 */
 #include <math.h>
 #include <stdint.h>

@@ -2,7 +2,9 @@
 ** json.h: terms written as JSON (docs/inspect.md, "Terms in JSON"), and
 ** the growing buffer they are written into.  One encoder for the trace's
 ** JSON lines (trace.c) and for snapshots (lua/lsnap.c), so that both give
-** a term the same form.  Internal to the library: not installed.
+** a term the same form.  The buffer also writes names into lines of
+** text (mk_jbuf_addname: trace.c's text lines, lua/llog.c, lua/host.c's
+** crash reports).  Internal to the library: not installed.
 */
 #ifndef MK_JSON_H
 #define MK_JSON_H
