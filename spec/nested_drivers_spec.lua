@@ -125,8 +125,7 @@ end)
 -- {key, text}; the texts, in the order they came.
 local function killed_then_again(key, vm)
   local seen = {}
-  collectgarbage("stop")
-  finally(function() collectgarbage("restart") end)
+  N.no_collections(finally)
   N.run(function()
     market.perform(market.subscriber({ key, ANY }, "st"))
     local function next_state()

@@ -353,8 +353,7 @@ describe("tcp driver", function()
     -- again failed with "address already in use".
     local port = N.free_port("tcp")
     local seen = {}
-    collectgarbage("stop")
-    finally(function() collectgarbage("restart") end)
+    N.no_collections(finally)
     N.run(function()
       local function listen()
         market.perform(market.observe_publishers(tcp.channel(ANY, tcp.listener(port), ANY), "srv"))
@@ -363,9 +362,7 @@ describe("tcp driver", function()
         seen[#seen + 1] = ev.type .. " " .. tostring(ev.role.topic.bound_port or ev.reason)
       end
       listen()
-      for _, p in ipairs(market.snapshot().vm.processes) do
-        if p.name == "tcp-listener " .. port then market.perform(market.quit(p.pid, "killed")) end
-      end
+      N.kill_named("^tcp%-listener " .. port .. "$")
       market.perform(market.delete_endpoint("srv"))
       market.pause()
       listen()
@@ -381,8 +378,7 @@ describe("tcp driver", function()
     -- driver would ever stop, held the port.
     local port = N.free_port("tcp")
     local seen = {}
-    collectgarbage("stop")
-    finally(function() collectgarbage("restart") end)
+    N.no_collections(finally)
     local ok, err = market.ground_vm(function()
       local first = market.perform(market.spawn(tcp.driver, { name = "first driver" }))
       market.perform(market.observe_publishers(tcp.channel(ANY, tcp.listener(port), ANY), "srv"),

@@ -150,8 +150,7 @@ describe("udp driver", function()
     -- failed with "address already in use".
     local port = N.free_port("udp")
     local seen = {}
-    collectgarbage("stop")
-    finally(function() collectgarbage("restart") end)
+    N.no_collections(finally)
     N.run(function()
       local here = udp.listener(port)
       local function bind()
@@ -164,9 +163,7 @@ describe("udp driver", function()
         market.perform(market.delete_endpoint("b"))
       end
       bind()
-      for _, p in ipairs(market.snapshot().vm.processes) do
-        if p.name:find("^udp ") then market.perform(market.quit(p.pid, "killed")) end
-      end
+      N.kill_named("^udp ")
       market.perform(market.delete_endpoint("rx"))
       market.pause()
       bind()
@@ -180,8 +177,7 @@ describe("udp driver", function()
     -- port, and the new driver's could not bind it.
     local port = N.free_port("udp")
     local seen = {}
-    collectgarbage("stop")
-    finally(function() collectgarbage("restart") end)
+    N.no_collections(finally)
     local ok, err = market.ground_vm(function()
       local here = udp.listener(port)
       local first = market.perform(market.spawn(udp.driver, { name = "first driver" }))

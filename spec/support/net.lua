@@ -278,6 +278,23 @@ function N.fd_of_inode(ino, pid)
   return tonumber(ls:match(" (%d+) %-> socket:%[" .. ino .. "%]"))
 end
 
+-- no_collections(finally): no garbage collection until the spec ends, so
+-- that a socket closes only if market closes it, not because its
+-- userdata was collected.  finally: busted's, which is the spec's own (not
+-- a global), to restart the collector.
+function N.no_collections(finally)
+  collectgarbage("stop")
+  finally(function() collectgarbage("restart") end)
+end
+
+-- kill_named(name): straight-line, inside a VM: quit every process of it
+-- whose name matches the pattern `name`, with the reason "killed".
+function N.kill_named(name)
+  for _, p in ipairs(market.snapshot().vm.processes) do
+    if p.name and p.name:find(name) then market.perform(market.quit(p.pid, "killed")) end
+  end
+end
+
 -- A free TCP (or UDP) port on this host, as the kernel picks them.
 function N.free_port(kind)
   local sys = require "market.sys"
