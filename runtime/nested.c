@@ -153,7 +153,7 @@ static void handle(mk_proc *self, const mk_event *ev) {
   }
   mk_vm_run(vm);
   flush_outbox(self, vm);
-  if (mk_vm_nprocs(vm) == 0 && mk_proc_alive(self)) mk_quit(self, 0, NULL);
+  if (mk_vm_nprocs(vm) == 0 && mk_proc_alive(self)) mk_quit(self, 0, vm->last_reason);
 }
 
 static void destroy(mk_proc *self) {

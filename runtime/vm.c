@@ -503,6 +503,7 @@ void mk_vm_free(mk_vm *vm, mk_term *reason) {
   free(vm->etab);
   free(vm->path);
   free(vm->bootname);
+  mk_unref(vm->last_reason);
   mkI_trace_release(vm);
   /* A nested VM that never booted still owns its boot data. */
   if (vm->bootb && vm->bootdata) destroy_data(vm, vm->bootb, vm->bootdata);
@@ -1259,6 +1260,14 @@ void mkI_kill(mk_proc *p, mk_term *reason) {
     }
   }
   if (!p->resident) ptab_remove(vm, p);
+  if (vm->parent != NULL && !vm->halting) {
+    /* A nested VM ends with its last process, and with its reason: a
+    ** crash there is the VM's failure, which a supervisor of the VM or a
+    ** monitor above must see (nested.c). */
+    mk_term *old = vm->last_reason;
+    vm->last_reason = mk_ref(reason);
+    mk_unref(old);
+  }
   if (vm->detail) mkI_detail_gone(p);
   if (p->b == &mk_nested_behavior && p->data != NULL)
     /* Its VM goes with it: the processes inside see each other go with

@@ -221,6 +221,11 @@ struct mk_vm {
   double budget;            /* activation budget in ms; < 0: the parent's */
   int halting;              /* mk_vm_kill_all is running: spawns refused */
   int freeing;
+  mk_term *last_reason;     /* a nested VM's: the reason its last process to
+                            ** end went with, a counted reference (NULL:
+                            ** nil, or none yet); the VM ends with it when
+                            ** no process is left (nested.c).  Freed by
+                            ** mk_vm_free. */
 };
 
 /* A spawn continuation on its way up through a nested VM: the child it

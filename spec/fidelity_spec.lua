@@ -293,7 +293,9 @@ describe("delete_endpoint: the deleted endpoint hears its own absences", functio
         local want, gone = { 'ground sees ["m", _] go: done' }, "its VMs gone: nil"
         if how == "nobody" then want = {}
         elseif how == "VM goes" then
-          if depth == 1 then gone = "its VMs gone: bye" end
+          -- Its VM goes with "bye"; a VM above it, whose last process that
+          -- VM was, ends with the same reason (docs/semantics.md §8).
+          gone = "its VMs gone: bye"
         else
           table.move(own, 1, #own, 2, want)
         end

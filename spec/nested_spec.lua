@@ -277,6 +277,42 @@ describe("nested VMs", function()
     assert.truthy(child_quit < vm_quit and vm_quit < boot_end, err)
   end)
 
+  it("a nested VM whose last process crashes ends with that reason; one that quits, with its", function()
+    -- Each VM ends with its last process's reason, crash or not: a monitor
+    -- (or a supervisor, supervisor_spec) of the VM sees the failure, which
+    -- an end with nil would hide.  Each VM's processes wait for ["go", n]
+    -- from the ground, sent once the VM is watched.
+    local log, crashes = H.log(), {}
+    local function on_go(n, fn) return M(market.subscriber({ "go", n }, { on_message = fn })) end
+    local function fail(n) return function() error({ "broke", n }) end end
+    local vms = {
+      { "crashed", function() return T(0, on_go(1, fail(1))) end },
+      -- Two levels: the inner VM ends with the error, the outer with it.
+      { "two levels", function() return T(0, market.nested_vm(function() return T(0, M(on_go(2, fail(2)))) end)) end },
+      -- One process crashes, then the last one quits (on ["go", -3], sent
+      -- after ["go", 3]): nil.
+      { "crash then quit", function()
+        return T(0, market.spawn(function() return T(0, on_go(3, fail(3))) end),
+                 on_go(-3, function() return T(0, market.quit()) end))
+      end },
+      { "quit", function() return T(0, on_go(4, function() return T(0, market.quit(nil, "done")) end)) end },
+    }
+    H.ground(function()
+      for n, vm in ipairs(vms) do
+        H.step(market.nested_vm(vm[2], { k = function(_, pid)
+          return T(0, market.observe_publishers(market.lifeline(pid), { on_absence = function(_, _, r)
+            log("%s gone: %s", vm[1], market.repr(r))
+          end }), market.send({ "go", n }), market.send({ "go", -n }))
+        end }))
+      end
+      H.settle(10)
+    end, log, { on_crash = function(r) crashes[#crashes + 1] = r end })
+    table.sort(log.lines)
+    assert.same({ 'crash then quit gone: nil', 'crashed gone: ["broke", 1]',
+                  'quit gone: "done"', 'two levels gone: ["broke", 2]' }, log.lines)
+    assert.equal(3, #crashes)
+  end)
+
   it("names meta endpoints after the child and the endpoint, one prefix per level", function()
     local script = H.tempfile([[
       local market = require "market"

@@ -5,8 +5,8 @@ local H = require "spec.support.helpers"
 local _ = market._
 
 -- Run boot in a fresh ground VM; fail on a boot error.
-local function ground(boot)
-  local ok, err = market.ground_vm(boot)
+local function ground(boot, opts)
+  local ok, err = market.ground_vm(boot, opts)
   assert(ok == true, "ground_vm failed: " .. tostring(err))
 end
 
@@ -577,6 +577,25 @@ describe("market.supervisor", function()
       })
     end)
     assert.same({ "inside ground/3", "inside ground/4" }, log.lines)
+  end)
+
+  it("restarts a transient nested VM whose last process crashed", function()
+    -- The VM ends with its last process's reason: a crash inside is the
+    -- VM's failure, not a normal end that a transient child stays down for.
+    local log, n, line = H.log(), 0, nil
+    ground(function()
+      market.perform(market.supervisor {
+        intensity = 2,
+        children = { { id = "vm", restart = "transient", start = market.nested_vm(function()
+          n = n + 1
+          log("inside, run %d", n)
+          if n == 1 then line = debug.getinfo(1, "l").currentline; error("broke inside") end
+          return market.transition(nil, market.subscriber("stay", {}))
+        end) } },
+      })
+    end, { on_crash = function(r) log("crash: %s", r.reason) end })
+    assert.same({ "inside, run 1", "crash: spec/supervisor_spec.lua:" .. line .. ": broke inside",
+                  "inside, run 2" }, log.lines)
   end)
 
   it("ends, like any process, when none of its children is left to watch", function()
