@@ -780,7 +780,9 @@ static stream *checkstream(lua_State *L) {
 
 /* Whether fd is one of the kernel's anonymous objects (epoll, eventfd,
 ** signalfd, timerfd, ...): never a stream.  Standard input or output
-** closed when the program started gives its number to the next open:
+** closed when the program started (in a program embedding market: the
+** `market` interpreter keeps their numbers) gives its number to the next
+** open:
 ** the event loop's own, whose eventfd took any 8 bytes written to it as a
 ** wake-up count.  Its kind goes to name (what readlink says). */
 static int std_anon(int fd, char *name, size_t size) {
@@ -807,6 +809,12 @@ static int l_std_take(lua_State *L) {
     return 2;
   }
   if ((flags = fcntl((int)fd, F_GETFL)) < 0) return fail(L, errno);
+  if (flags & O_PATH) {        /* `market` kept a closed one's number (main.c) */
+    lua_pushnil(L);
+    lua_pushfstring(L, "standard %s was closed when the program started",
+                    fd == 0 ? "input" : "output");
+    return 2;
+  }
   if (std_anon((int)fd, kind, sizeof kind)) {
     lua_pushnil(L);
     lua_pushfstring(L, "descriptor %d is %s, not standard %s: it was closed when the program "

@@ -6,6 +6,7 @@
 ** (docs/embedding.md).
 */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -417,6 +418,24 @@ static double ms_arg(const char *s) {
   return end != s && *end == '\0' && ms >= 0 && isfinite(ms) ? ms : -1;
 }
 
+/* Standard descriptors closed when market started (`2>&-`, a parent
+** that closed them) keep their numbers: each gets /dev/null opened with
+** O_PATH, which reads and writes refuse (EBADF) as they would a closed
+** one.  Left free, the numbers went to the next opens: the event loop's
+** epoll and eventfd, then sockets, so crash reports and log lines meant
+** for standard error were written into a client's connection.  The
+** stdio driver refuses these, saying why (lsys.c, std_take).  Close on
+** exec: a command the program runs sees them closed, as market did. */
+static void std_reserve(void) {
+  int fd;
+  for (fd = 0; fd <= 2; fd++) {
+    int got;
+    if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+    got = open("/dev/null", O_PATH | O_CLOEXEC);
+    if (got >= 0 && got != fd) close(got);    /* only a race could do that */
+  }
+}
+
 int main(int argc, char **argv) {
   const char *const *args = (const char *const *)argv;
   const char *code = NULL, *inspect = NULL;
@@ -433,6 +452,7 @@ int main(int argc, char **argv) {
   const char *cluster = NULL, *node = NULL;
   char *cluster_url = NULL, *cluster_name = NULL;
 
+  std_reserve();
   memset(&trace, 0, sizeof trace);
   trace.names = calloc((size_t)argc, sizeof *trace.names);
   trace.vms = calloc((size_t)argc, sizeof *trace.vms);
