@@ -112,6 +112,35 @@ static char *repr(const mk_term *t) {
   return s ? s : mkI_xstrdup(t ? "?" : "nil");
 }
 
+/* A string term of the printf-formatted text: a reason. */
+static mk_term *vtermf(const char *fmt, va_list ap) {
+  char small[256];
+  int n;
+  va_list again;
+  mk_term *r;
+  va_copy(again, ap);
+  n = vsnprintf(small, sizeof small, fmt, ap);
+  if (n >= 0 && (size_t)n >= sizeof small) {
+    char *buf = mkI_xmalloc((size_t)n + 1);
+    vsnprintf(buf, (size_t)n + 1, fmt, again);
+    r = mk_str(buf, (size_t)n);
+    free(buf);
+  } else {
+    r = mk_cstr(n < 0 ? "error" : small);
+  }
+  va_end(again);
+  return r;
+}
+
+static mk_term *termf(const char *fmt, ...) {
+  va_list ap;
+  mk_term *r;
+  va_start(ap, fmt);
+  r = vtermf(fmt, ap);
+  va_end(ap);
+  return r;
+}
+
 /* ---- tables ------------------------------------------------------------- */
 
 static void ptab_grow(mk_vm *vm) {
@@ -962,7 +991,10 @@ int mk_link(mk_proc *p, mk_pid to, mk_pid who) {
   if (w == NULL || w->dead || w->resident) return -1;
   t = to > 0 ? mk_vm_proc(vm, to) : NULL;
   if (t == NULL || t->dead) {
-    mk_failf(w, "linked process %llu ended: \"no such process\"", (unsigned long long)to);
+    /* It ended before the link: the link's kill, as if it came after. */
+    mk_term *r = termf("linked process %llu ended: \"no such process\"", (unsigned long long)to);
+    mkI_kill(w, r);
+    mk_unref(r);
     return 0;
   }
   e = mkI_endpoint(vm, t->pid, lifeline_name);
@@ -1301,23 +1333,23 @@ void mk_fail(mk_proc *p, mk_term *reason) {
 
 void mk_failf(mk_proc *p, const char *fmt, ...) {
   va_list ap;
-  char small[256];
-  int n;
   mk_term *r;
   va_start(ap, fmt);
-  n = vsnprintf(small, sizeof small, fmt, ap);
+  r = vtermf(fmt, ap);
   va_end(ap);
-  if (n >= 0 && (size_t)n >= sizeof small) {
-    char *buf = mkI_xmalloc((size_t)n + 1);
-    va_start(ap, fmt);
-    vsnprintf(buf, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    r = mk_str(buf, (size_t)n);
-    free(buf);
-  } else {
-    r = mk_cstr(n < 0 ? "error" : small);
-  }
   mk_fail(p, r);
+  mk_unref(r);
+}
+
+/* p ends as a process it was linked to ended, with `why` (vm.h, links).
+** That is a kill, as quit(pid) is, whatever `why` is: no crash report, no
+** failure for `market --strict`.  If the end was a crash, its own report
+** says so; a supervisor tree stopped in order made one report per child. */
+static void link_ended(mk_proc *p, long long pid, const mk_term *why) {
+  char *shown = repr(why);
+  mk_term *r = termf("linked process %lld ended: %s", pid, shown);
+  free(shown);
+  mkI_kill(p, r);
   mk_unref(r);
 }
 
@@ -1553,9 +1585,7 @@ static void dropped(mk_proc *p, const mk_qev *q) {
   mk_endpoint *e = q->ep;
   if (q->type == MK_EV_ABSENCE && e != NULL && e->islink && !e->dead && !p->dead &&
       !p->vm->halting) {
-    char *why = repr(q->reason);
-    mk_failf(p, "linked process %lld ended: %s", (long long)mk_items(e->role.topic)[0]->v.i, why);
-    free(why);
+    link_ended(p, (long long)mk_items(e->role.topic)[0]->v.i, q->reason);
   }
   if (q->cont && p->b->release_cont) p->b->release_cont(p, q->cont);
 }

@@ -204,6 +204,53 @@ describe("market.link", function()
     }, log.lines)
   end)
 
+  it("kills without a failure: no crash report, whatever the other's reason", function()
+    -- A kill, as quit(pid) is: a supervisor tree stopped in order
+    -- (quit(sup)) made one crash report per child, and `market --strict`
+    -- exited 3.  A crash that ends the other process is reported once,
+    -- as its own.
+    local log, reports, line = H.log(), {}, nil
+    ground(function()
+      for _, how in ipairs { "nil", "shutdown", "boom", "crash" } do
+        local a = market.perform(market.spawn(function()
+          return market.transition(nil, market.subscriber("a-" .. how, { on_message = function()
+            line = debug.getinfo(1, "l").currentline + 1
+            error("a crashed")
+          end }))
+        end, { name = "a-" .. how }))
+        local l = market.perform(holder("linked-" .. how))
+        market.perform(market.link(a, l),
+          market.monitor(l, function(_, reason) log("%s: %s", how, reason) end))
+        market.pause()
+        if how == "crash" then market.perform(market.send("a-crash"))
+        else market.perform(market.quit(a, how ~= "nil" and how or nil)) end
+        market.pause()
+      end
+      market.perform(market.link(99, market.perform(holder("linked-late"))))
+    end, { on_crash = function(r) reports[#reports + 1] = r.pid .. ": " .. tostring(r.reason) end })
+    assert.same({ "nil: linked process 2 ended: nil",
+                  'shutdown: linked process 4 ended: "shutdown"',
+                  'boom: linked process 6 ended: "boom"',
+                  'crash: linked process 8 ended: "spec/supervisor_spec.lua:' .. line .. ': a crashed"' },
+                log.lines)
+    assert.same({ "8: spec/supervisor_spec.lua:" .. line .. ": a crashed" }, reports)
+  end)
+
+  it("stops a tree in order without a failure: market --strict exits 0", function()
+    local status, _, err = H.run_script([[
+local market = require "market"
+local sup = market.perform(market.supervisor {
+  children = { { id = "a", start = function() return market.transition(nil, market.subscriber("a", {})) end },
+               { id = "s", start = market.supervisor { children = {
+                   { id = "b", start = function() return market.transition(nil, market.subscriber("b", {})) end } } } } },
+})
+market.pause(); market.pause()
+market.perform(market.quit(sup))
+]], "--no-drivers --strict")
+    assert.equal(0, status, err)
+    assert.equal("", err)
+  end)
+
   it("does not keep its process alive, hears nothing, and cannot be deleted by it", function()
     local log = H.log()
     ground(function()
