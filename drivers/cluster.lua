@@ -181,13 +181,15 @@ local function boot(cfg)
     local me, inc = cfg.node, cfg.incarnation
     local prefix = "market." .. cfg.cluster
     local ALL, MINE = prefix .. ".all", prefix .. ".node." .. me
+    -- The first connection is made off the loop (lcluster.c,
+    -- "Connecting"): "connected" or "failed" comes through on_readable.
     local conn, err = sys.nats_connect(cfg.urls, me)
     if not conn then
       -- No process of ours has an endpoint yet: the failure is this
       -- process's, with the reason (the supervisor or the log tells).
       error(("cannot connect to NATS at %s: %s"):format(servers(cfg.urls), err), 0)
     end
-    local connected = true
+    local connected, joined = false, false
     local seq = 0
     -- Local roles: id -> {o, i, inner topic}; key -> ids of that role.
     local roles, bykey, nextid = {}, {}, 0
@@ -565,6 +567,7 @@ local function boot(cfg)
     local function hello()
       publish_roles(ALL, "hello")
     end
+    local join                -- on "connected" (below)
 
     -- Up to 256 events at a time, and before each at most 256 sends and
     -- feedback the forwarder's path delivers in C, topic by topic (256 in
@@ -592,6 +595,13 @@ local function boot(cfg)
           for name in pairs(nodes) do names[#names + 1] = name end
           table.sort(names)
           for _j, name in ipairs(names) do forget(name, lost_reason(name, "disconnected from NATS")) end
+        elseif ev == "connected" then
+          join()
+        elseif ev == "failed" then
+          -- No process of ours has a cluster endpoint yet: the failure is
+          -- this process's, with the reason.
+          conn:close()
+          error(("cannot connect to NATS at %s: %s"):format(servers(cfg.urls), subject), 0)
         elseif ev == "reconnected" then
           connected = true
           conn:connected(true)
@@ -642,22 +652,31 @@ local function boot(cfg)
     end
 
     local function leave()
-      publish(ALL, { M.VERSION, "bye", me, inc })
+      if joined then publish(ALL, { M.VERSION, "bye", me, inc }) end
       conn:close()
       P(market.quit())
     end
 
-    local ok, serr = conn:subscribe(ALL)
-    if ok then ok, serr = conn:subscribe(MINE) end
-    if not ok then
-      conn:close()
-      error(("cannot subscribe on NATS: %s"):format(serr), 0)
+    -- Connected: into the cluster.  Until then this node holds no
+    -- cluster role and forwards nothing; the local roles already there
+    -- are announced now, as the observers see them.
+    function join()
+      connected, joined = true, true
+      local ok, serr = conn:subscribe(ALL)
+      if ok then ok, serr = conn:subscribe(MINE) end
+      if not ok then
+        conn:close()
+        error(("cannot subscribe on NATS: %s"):format(serr), 0)
+      end
+      -- The observers see each other: those are our own presences.
+      own_pres[role_key("publisher", "everything", topic(_))] = 1
+      own_pres[role_key("subscriber", "everything", topic(_))] = 1
+      conn:start(M.stats, topic(_), envelope("send", me, inc), envelope("feedback", me, inc),
+                 LEAD.send, LEAD.feedback, on_presence, on_absence)
+      hello()
+      arm()
     end
-    -- The observers see each other: those are our own presences.
-    own_pres[role_key("publisher", "everything", topic(_))] = 1
-    own_pres[role_key("subscriber", "everything", topic(_))] = 1
-    conn:start(M.stats, topic(_), envelope("send", me, inc), envelope("feedback", me, inc),
-               LEAD.send, LEAD.feedback, on_presence, on_absence)
+
     P(market.subscriber(readable(conn:fd()), { name = "nats", on_message = on_readable }),
       market.subscriber(market.ground.stopping(_), { name = "stopping", on_presence = leave }),
       -- (Not the wildcard message, send(market._), which reaches every
@@ -665,8 +684,6 @@ local function boot(cfg)
       market.subscriber(M.leave_record(me), { name = "leave", on_message = function(_, m)
         if M.leave_record:is(m) then return leave() end
       end }))
-    hello()
-    arm()
   end
 end
 

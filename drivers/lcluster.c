@@ -4,11 +4,17 @@
 **
 **   sys.nats_connect(urls, name [, timeout_ms]) -> conn | nil, msg
 **       urls: a list of nats:// URLs (servers of one NATS cluster); name:
-**       the connection's name as the server shows it.  Reconnects for ever
-**       (every 250 ms, the servers in turn); connecting the first time
-**       waits for the servers up to timeout_ms in all (default 2000).
+**       the connection's name as the server shows it.  Returns at once: the
+**       first connection is made on a thread of its own, which waits for
+**       the servers up to timeout_ms in all (default 2000), and ends with
+**       the event "connected" or "failed", why (see "Connecting").  Then it
+**       reconnects for ever (every 250 ms, the servers in turn).
 **   conn:fd()                  -> a descriptor, readable while events wait
 **   conn:next([max])           -> "message", subject, data, at
+**                               | "connected" (the first time; the other
+**                                 methods may be called from then on)
+**                               | "failed", why (no first connection:
+**                                 nothing else comes)
 **                               | "disconnected" | "reconnected"
 **                               | "closed" [, why] (libnats gave up: it
 **                                 never reconnects)
@@ -45,6 +51,14 @@
 ** through an event relay too.  This is the issue's "ev_async and a locked queue" in the form
 ** market's drivers already have (as sys.resolve's pipe).  No Lua state, term
 ** or VM is touched off the loop thread.
+**
+** Connecting.  natsConnection_Connect tries each server in turn and waits
+** for it (timeout_ms in all), and the ground loop, every process and every
+** connection of the program, waited with it: two seconds frozen when a
+** server was down or silent.  So it runs on a thread of its own
+** (connect_thread), which hands the connection over through the queue
+** (queue.made, then the "connected" event), or its failure ("failed").
+** A conn closed meanwhile leaves the thread to close what it made.
 **
 ** Writing.  libnats writes on the caller's thread once its 32 KiB buffer
 ** is full (else its flusher thread does).  A server that stops reading
@@ -86,8 +100,9 @@
 #define WRITE_DEADLINE_MS 1000
 #define CLOSE_FLUSH_MS 500
 
-enum { EV_MESSAGE, EV_DISCONNECTED, EV_RECONNECTED, EV_CLOSED };
-static const char *const ev_names[] = {"message", "disconnected", "reconnected", "closed"};
+enum { EV_MESSAGE, EV_DISCONNECTED, EV_RECONNECTED, EV_CLOSED, EV_CONNECTED, EV_FAILED };
+static const char *const ev_names[] = {"message", "disconnected", "reconnected", "closed",
+                                       "connected", "failed"};
 
 /* One event, in a run: a message's subject and data side by side in
 ** bytes[], the whole padded to ITEM_ALIGN. */
@@ -125,6 +140,11 @@ typedef struct queue {
   run out;                   /* the loop's own: read from out_at */
   size_t out_at;
   size_t dropped;
+  /* The first connect (connect_thread), under mu: */
+  natsConnection *made;      /* made, not yet taken by conn:next ("connected"):
+                             ** owned; the conn owns it once taken */
+  int abandoned;             /* the conn closed first: the thread closes what
+                             ** it makes */
 } queue;
 
 typedef struct fwd fwd;
@@ -144,7 +164,7 @@ typedef struct batch {
 
 typedef struct conn {
   queue *q;                  /* a reference, NULL once closed */
-  natsConnection *nc;        /* owned, NULL once closed */
+  natsConnection *nc;        /* owned; NULL until "connected", and once closed */
   natsSubscription **subs;   /* owned array; a slot is NULL when unsubscribed */
   int nsubs;
   fwd *f;                    /* a reference (conn:start), NULL before and once closed */
@@ -821,23 +841,32 @@ static const mk_behavior fwd_behavior = {
 
 /* nil and libnats's last error on this thread, without the "(file.c:N): "
 ** it starts with, in lower case as the drivers' messages are. */
+static const char *status_text(natsStatus s, char *buf, size_t size);
 static void pushstatus(lua_State *L, natsStatus s) {
-  const char *last = nats_GetLastError(NULL), *p;
-  if (last == NULL || *last == '\0') last = natsStatus_GetText(s);
-  if (*last == '(' && (p = strstr(last, "): ")) != NULL) last = p + 3;
+  char buf[256];
   lua_pushnil(L);
-  lua_pushfstring(L, "%c%s", tolower((unsigned char)*last), *last ? last + 1 : "");
+  lua_pushstring(L, status_text(s, buf, sizeof buf));
 }
 
 static conn *checkconn(lua_State *L) {
   conn *c = luaL_checkudata(L, 1, CONN_MT);
-  if (c->nc == NULL) luaL_error(L, "the NATS connection is closed");
+  if (c->nc == NULL)
+    luaL_error(L, c->q != NULL ? "the NATS connection is not made yet (wait for \"connected\")"
+                               : "the NATS connection is closed");
   return c;
+}
+
+/* Close and free a connection of ours (its closed callback releases its
+** reference to the queue). */
+static void nc_end(natsConnection *nc) {
+  natsConnection_Close(nc);
+  natsConnection_Destroy(nc);
 }
 
 static int c_close(lua_State *L) {
   conn *c = luaL_checkudata(L, 1, CONN_MT);
   queue *q = c->q;
+  natsConnection *made;
   int i, efd;
   if (q == NULL) return 0;
   free(c->b.ends);
@@ -870,15 +899,20 @@ static int c_close(lua_State *L) {
     ** holds the loop CLOSE_FLUSH_MS at most. */
     if (natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED)
       natsConnection_FlushTimeout(c->nc, CLOSE_FLUSH_MS);
-    natsConnection_Close(c->nc);
-    natsConnection_Destroy(c->nc);
+    nc_end(c->nc);
     c->nc = NULL;
   }
-  /* From here on the callbacks queue nothing and write nowhere. */
+  /* From here on the callbacks queue nothing and write nowhere; a first
+  ** connect still running closes what it makes, and one made but not yet
+  ** taken is closed here. */
   pthread_mutex_lock(&q->mu);
   efd = q->efd;
   q->efd = -1;
+  q->abandoned = 1;
+  made = q->made;
+  q->made = NULL;
   pthread_mutex_unlock(&q->mu);
+  if (made != NULL) nc_end(made);
   if (efd >= 0) mkd_close_watched(efd);
   c->q = NULL;
   queue_release(q);
@@ -900,6 +934,48 @@ static void pin_self(void) {
     (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
 }
 
+/* libnats's last error on this thread as the drivers say it: without the
+** "(file.c:N): " it starts with, its first letter in lower case; into buf. */
+static const char *status_text(natsStatus s, char *buf, size_t size) {
+  const char *last = nats_GetLastError(NULL), *p;
+  if (last == NULL || *last == '\0') last = natsStatus_GetText(s);
+  if (*last == '(' && (p = strstr(last, "): ")) != NULL) last = p + 3;
+  snprintf(buf, size, "%s", last);
+  buf[0] = (char)tolower((unsigned char)buf[0]);
+  return buf;
+}
+
+/* What connect_thread is given: owned by it. */
+typedef struct dial { queue *q; natsOptions *o; } dial;
+
+/* The first connect, off the loop ("Connecting").  It holds two of the
+** queue's references: its own, and the connection's, which the closed
+** callback releases once a connection exists (none does on a failure). */
+static void *connect_thread(void *arg) {
+  dial *d = arg;
+  queue *q = d->q;
+  natsConnection *nc = NULL;
+  natsStatus s = natsConnection_Connect(&nc, d->o);
+  natsOptions_Destroy(d->o);
+  free(d);
+  if (s != NATS_OK) {
+    char why[256];
+    status_text(s, why, sizeof why);
+    push(q, EV_FAILED, NULL, 0, why, strlen(why));
+    queue_release(q);                  /* the connection's: there is none */
+  } else {
+    int abandoned;
+    pthread_mutex_lock(&q->mu);
+    if (!(abandoned = q->abandoned)) q->made = nc;
+    pthread_mutex_unlock(&q->mu);
+    if (abandoned) nc_end(nc);
+    else push(q, EV_CONNECTED, NULL, 0, NULL, 0);
+  }
+  queue_release(q);
+  nats_ReleaseThreadMemory();
+  return NULL;
+}
+
 static int l_nats_connect(lua_State *L) {
   lua_Integer timeout = luaL_optinteger(L, 3, 2000);
   const char *name = luaL_checkstring(L, 2);
@@ -908,7 +984,10 @@ static int l_nats_connect(lua_State *L) {
   natsStatus s;
   queue *q;
   conn *c;
-  int i, n;
+  dial *d;
+  pthread_t th;
+  pthread_attr_t attr;
+  int i, n, err;
   luaL_checktype(L, 1, LUA_TTABLE);
   n = (int)luaL_len(L, 1);
   luaL_argcheck(L, n > 0, 1, "no NATS server URL");
@@ -936,7 +1015,7 @@ static int l_nats_connect(lua_State *L) {
   if ((s = natsOptions_SetServers(o, urls, n)) != NATS_OK ||
       (s = natsOptions_SetName(o, name)) != NATS_OK ||
       /* libnats waits this long for each server in turn: timeout_ms is
-      ** the whole wait, the loop's. */
+      ** the whole wait. */
       (s = natsOptions_SetTimeout(o, timeout / n > 0 ? timeout / n : 1)) != NATS_OK ||
       (s = natsOptions_SetAllowReconnect(o, true)) != NATS_OK ||
       (s = natsOptions_SetMaxReconnect(o, -1)) != NATS_OK ||
@@ -967,21 +1046,34 @@ static int l_nats_connect(lua_State *L) {
     pushstatus(L, s);
     return 2;
   }
+  if ((d = malloc(sizeof *d)) == NULL) {
+    natsOptions_Destroy(o);
+    return luaL_error(L, "not enough memory");
+  }
+  d->q = q;
+  d->o = o;
   pin_self();
-  q->refs++;                         /* the connection's, released by on_closed */
-  s = natsConnection_Connect(&c->nc, o);
-  natsOptions_Destroy(o);
-  if (s != NATS_OK) {
-    q->refs--;                       /* no connection, no callbacks */
-    c->nc = NULL;
-    pushstatus(L, s);
+  q->refs += 2;                      /* the thread's and the connection's (connect_thread) */
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  err = pthread_create(&th, &attr, connect_thread, d);
+  pthread_attr_destroy(&attr);
+  if (err != 0) {
+    char buf[128];
+    q->refs -= 2;
+    natsOptions_Destroy(o);
+    free(d);
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot start a thread to connect: %s", mkd_strerror(err, buf, sizeof buf));
     return 2;
   }
   return 1;
 }
 
+/* (While the first connect runs too: "connected" comes through it.) */
 static int c_fd(lua_State *L) {
-  conn *c = checkconn(L);
+  conn *c = luaL_checkudata(L, 1, CONN_MT);
+  if (c->q == NULL) return luaL_error(L, "the NATS connection is closed");
   lua_pushinteger(L, c->q->efd);
   return 1;
 }
@@ -1012,6 +1104,12 @@ static int c_next(lua_State *L) {
     if ((it = take(q)) == NULL) return 0;
     if (p == NULL || it->kind != EV_MESSAGE || (r = batch_begin(L, c->f, &c->b, it)) == 0) break;
     if (r != 1) return r;
+  }
+  if (it->kind == EV_CONNECTED) {
+    pthread_mutex_lock(&q->mu);
+    c->nc = q->made;                 /* (NULL only if a close came first: then q is NULL) */
+    q->made = NULL;
+    pthread_mutex_unlock(&q->mu);
   }
   lua_pushstring(L, ev_names[it->kind]);
   if (it->kind != EV_MESSAGE) {

@@ -25,6 +25,18 @@ local function next_event(conn, secs)
   return table.unpack(ev, 1, ev.n)
 end
 
+-- dial(urls, name [, timeout_ms]): a connection once connected, or nil,
+-- why (nats_connect returns at once; the first connect ends with the
+-- event "connected" or "failed", why).
+local function dial(urls, name, timeout)
+  local c, err = sys().nats_connect(urls, name, timeout)
+  if not c then return nil, err end
+  local ev, why = next_event(c, 15)
+  if ev == "connected" then return c end
+  c:close()
+  return nil, ev == "failed" and why or ("no first connection: " .. tostring(ev))
+end
+
 
 -- Two chat users, A on port pa and B on port pb: A says "hello all", B
 -- joins a second later and says "hi A". What each saw, A's then "|" then
@@ -47,8 +59,8 @@ describe("the NATS connection (market.sys, drivers/lcluster.c)", function()
 
   it("publishes and delivers through a queue, byte strings intact", function()
     local srv = S.server()
-    local a = assert(sys().nats_connect({ srv.url }, "a"))
-    local b = assert(sys().nats_connect({ srv.url }, "b"))
+    local a = assert(dial({ srv.url }, "a"))
+    local b = assert(dial({ srv.url }, "b"))
     assert.equal("integer", math.type(b:fd()))
     local sid = assert(b:subscribe("spec.x"))
     assert.is_nil(b:next())                -- nothing yet
@@ -78,7 +90,7 @@ describe("the NATS connection (market.sys, drivers/lcluster.c)", function()
     local srv = S.server()
     local port = srv.port
     S.stop(srv.pid)
-    local c, err = sys().nats_connect({ "nats://127.0.0.1:" .. port }, "c", 500)
+    local c, err = dial({ "nats://127.0.0.1:" .. port }, "c", 500)
     assert.is_nil(c)
     assert.matches("no server", err)
   end)
@@ -89,7 +101,7 @@ describe("the NATS connection (market.sys, drivers/lcluster.c)", function()
     local s1, s2 = S.server(), S.server()
     os.execute(("kill -STOP %d %d"):format(s1.pid, s2.pid))
     local t0 = S.clock()
-    local c, err = sys().nats_connect({ s1.url, s2.url }, "c", 1000)
+    local c, err = dial({ s1.url, s2.url }, "c", 1000)
     local took = S.clock() - t0
     assert.is_nil(c)
     assert.matches("timeout", err)
@@ -116,12 +128,25 @@ describe("the NATS connection (market.sys, drivers/lcluster.c)", function()
 require "market.udp"
 local sys = package.loaded["market.sys"]
 local conns = {}
+local function connected(c)
+  for _ = 1, 1000 do
+    local ev = c:next()
+    if ev == "connected" then return c end
+    assert(ev == nil, ev)
+    os.execute("sleep 0.01")
+  end
+  error("no first connection")
+end
 for i = 1, 5 do
-  conns[i] = assert(sys.nats_connect({ URL }, "spec"))
+  conns[i] = connected(assert(sys.nats_connect({ URL }, "spec")))
   assert(conns[i]:subscribe("spec.a"))
   assert(conns[i]:subscribe("spec.b"))
 end
-conns[1]:close()]]):gsub("URL", ("%q"):format(srv.url))
+conns[1]:close()
+-- Two whose first connect (a thread's) may still run at the exit, one
+-- of them closed already: the thread closes what it makes.
+conns[6] = assert(sys.nats_connect({ URL }, "late"))
+assert(sys.nats_connect({ URL }, "late")):close()]]):gsub("URL", ("%q"):format(srv.url))
     local failed = {}
     for i = 1, 25 do
       -- The market.so this busted loaded (under spec/run's ASan suite,
@@ -135,8 +160,8 @@ conns[1]:close()]]):gsub("URL", ("%q"):format(srv.url))
 
   it("reports disconnection and reconnection, and resubscribes", function()
     local srv = S.server()
-    local a = assert(sys().nats_connect({ srv.url }, "a"))
-    local b = assert(sys().nats_connect({ srv.url }, "b"))
+    local a = assert(dial({ srv.url }, "a"))
+    local b = assert(dial({ srv.url }, "b"))
     assert(b:subscribe("spec.x"))
     S.stop(srv.pid)
     assert.equal("disconnected", (next_event(b)))
@@ -192,7 +217,7 @@ end
 local function by_hand(srv)
   local a = S.node(PRELUDE .. [[market.perform(market.subscriber(T({"p", _}), logging("a")))]],
                    { url = srv.url, name = "a" })
-  local z = assert(sys().nats_connect({ srv.url }, "z"))
+  local z = assert(dial({ srv.url }, "z"))
   assert(z:subscribe("market.spec.node.z"))
   assert(z:subscribe("market.spec.all"))
   return a, z
@@ -208,7 +233,7 @@ local function limited(limits)
 market.perform(cluster.driver{ url = %q, cluster = "spec", node = "a", %s })
 market.perform(market.subscriber(T({"p", _}), logging("a")))]]):format(srv.url, limits),
                    { url = srv.url, name = "a", own_driver = true })
-  local z = assert(sys().nats_connect({ srv.url }, "z"))
+  local z = assert(dial({ srv.url }, "z"))
   assert(z:subscribe("market.spec.all"))
   assert(S.wait(function() return z:next() == "message" end, 10), "nothing from a")
   return a, z, function(...) assert(z:publish("market.spec.all", market.to_cbor({ 2, ... }))) end
@@ -366,7 +391,7 @@ market.perform(market.publisher(T({"w", "after"})))]],
     -- published a heartbeat at once (and checked for lost nodes).
     local market = require "market"
     local srv = S.server()
-    local z = assert(sys().nats_connect({ srv.url }, "z"))
+    local z = assert(dial({ srv.url }, "z"))
     assert(z:subscribe("market.spec.all"))
     local a = S.node(PRELUDE .. [[
 market.perform(market.spawn(function()
@@ -521,7 +546,7 @@ end }))]],
     local url = srv.url:gsub("^nats://", "nats://u:p@")
     local a = S.node(PRELUDE .. [[market.perform(market.subscriber(T({"c", _}), logging("a")))]],
                      { url = url, name = "a" })
-    local z = assert(sys().nats_connect({ url }, "z"))
+    local z = assert(dial({ url }, "z"))
     assert(z:subscribe("market.spec.all"))
     assert(S.wait(function() return z:next() == "message" end, 10), "nothing from a: " .. a.out())
     z:close()
@@ -581,7 +606,7 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
   end })))]],
     })
     local market = require "market"
-    local c = assert(sys().nats_connect({ srv.url }, "spec"))
+    local c = assert(dial({ srv.url }, "spec"))
     S.sleep(0.5)
     local function add(...) return market.to_cbor({ 2, "add", "z", 7, ... }) end
     for _, bytes in ipairs {
@@ -734,7 +759,7 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
   end }))]],
     })
     local market = require "market"
-    local c = assert(sys().nats_connect({ srv.url }, "spec"))
+    local c = assert(dial({ srv.url }, "spec"))
     local z = ("z"):rep(30)
     local function msg(...) return market.to_cbor({ 2, ... }) end
     -- Once a is heard it listens; once it answers z's hello it knows z.
@@ -849,7 +874,7 @@ market.perform(market.subscriber(T({"d", _}), { on_message = function() got = go
   end }))]],
     })
     local market = require "market"
-    local c = assert(sys().nats_connect({ srv.url }, "spec"))
+    local c = assert(dial({ srv.url }, "spec"))
     local function heard(subject)
       assert(S.wait(function()
         local ev, subj = c:next()
@@ -1043,6 +1068,30 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     status, _, err = H.run("--cluster nats://127.0.0.1:1/a.b -e 'local x = 1'")
     assert.equal(1, status)
     assert.matches("cluster must be a non%-empty string of letters", err)
+  end)
+
+  it("goes on while its first connect waits: a silent server freezes nothing", function()
+    -- The connect waited on the loop's thread: every timer, connection
+    -- and process of the program stood still for up to 2 s.
+    local srv = S.server()
+    os.execute(("kill -STOP %d"):format(srv.pid))   -- takes the connection, says nothing
+    local status, _, err = H.run_script(([[
+local market, cluster, timer = require "market", require "market.cluster", require "market.timer"
+local ticks = 0
+market.perform(market.subscriber(timer.expired("tick", market._), { on_message = function()
+  ticks = ticks + 1 end }), market.send(timer.every("tick", 20)))
+local pid = market.perform(cluster.driver { url = URL, cluster = "spec", node = "n" })
+market.perform(market.monitor(pid, function(_, reason)
+  io.stderr:write(("ticks %d; driver ended: %s\n"):format(ticks, tostring(reason)))
+  return market.transition_no_state(market.exit(0))
+end))]]):gsub("URL", ("%q"):format(srv.url)), "--quiet")
+    os.execute(("kill -CONT %d"):format(srv.pid))
+    assert.equal(0, status, err)
+    local ticks, why = err:match("^ticks (%d+); driver ended: (.*)\n$")
+    assert.truthy(ticks, err)
+    -- 2 s of 20 ms ticks is 100; a slow machine gets fewer, never none.
+    assert.is_true(tonumber(ticks) >= 20, err)
+    assert.equal("cannot connect to NATS at " .. srv.url .. ": timeout", why)
   end)
 
   it("names the servers without their passwords or tokens in its reasons", function()
