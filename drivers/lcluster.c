@@ -839,9 +839,18 @@ static int fwd_declines(mk_proc *p, uint32_t tag, mk_event_type type) {
 static const mk_behavior fwd_behavior = {
   "cluster", fwd_handle, NULL, fwd_destroy, fwd_declines, 0, NULL, NULL };
 
-/* nil and libnats's last error on this thread, without the "(file.c:N): "
-** it starts with, in lower case as the drivers' messages are. */
-static const char *status_text(natsStatus s, char *buf, size_t size);
+/* libnats's last error on this thread as the drivers say it: without the
+** "(file.c:N): " it starts with, its first letter in lower case; into buf. */
+static const char *status_text(natsStatus s, char *buf, size_t size) {
+  const char *last = nats_GetLastError(NULL), *p;
+  if (last == NULL || *last == '\0') last = natsStatus_GetText(s);
+  if (*last == '(' && (p = strstr(last, "): ")) != NULL) last = p + 3;
+  snprintf(buf, size, "%s", last);
+  buf[0] = (char)tolower((unsigned char)buf[0]);
+  return buf;
+}
+
+/* nil and libnats's last error on this thread. */
 static void pushstatus(lua_State *L, natsStatus s) {
   char buf[256];
   lua_pushnil(L);
@@ -932,17 +941,6 @@ static void pin_self(void) {
   pinned = 1;
   if (dladdr((void *)pin_self, &info) && info.dli_fname != NULL)
     (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-}
-
-/* libnats's last error on this thread as the drivers say it: without the
-** "(file.c:N): " it starts with, its first letter in lower case; into buf. */
-static const char *status_text(natsStatus s, char *buf, size_t size) {
-  const char *last = nats_GetLastError(NULL), *p;
-  if (last == NULL || *last == '\0') last = natsStatus_GetText(s);
-  if (*last == '(' && (p = strstr(last, "): ")) != NULL) last = p + 3;
-  snprintf(buf, size, "%s", last);
-  buf[0] = (char)tolower((unsigned char)buf[0]);
-  return buf;
 }
 
 /* What connect_thread is given: owned by it. */

@@ -779,12 +779,11 @@ static stream *checkstream(lua_State *L) {
 }
 
 /* Whether fd is one of the kernel's anonymous objects (epoll, eventfd,
-** signalfd, timerfd, ...): never a stream.  Standard input or output
-** closed when the program started (in a program embedding market: the
-** `market` interpreter keeps their numbers) gives its number to the next
-** open:
-** the event loop's own, whose eventfd took any 8 bytes written to it as a
-** wake-up count.  Its kind goes to name (what readlink says). */
+** signalfd, timerfd, ...): never a stream.  In a program embedding market
+** (the `market` interpreter keeps their numbers: main.c), standard input
+** or output closed when the program started gives its number to the next
+** open: the event loop's own, whose eventfd took any 8 bytes written to it
+** as a wake-up count.  Its kind goes to name (what readlink says). */
 static int std_anon(int fd, char *name, size_t size) {
   char path[32];
   ssize_t n;

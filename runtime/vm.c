@@ -1344,7 +1344,7 @@ void mk_failf(mk_proc *p, const char *fmt, ...) {
 /* p ends as a process it was linked to ended, with `why` (vm.h, links).
 ** That is a kill, as quit(pid) is, whatever `why` is: no crash report, no
 ** failure for `market --strict`.  If the end was a crash, its own report
-** says so; a supervisor tree stopped in order made one report per child. */
+** says so, once; a supervisor tree stopped in order is quiet. */
 static void link_ended(mk_proc *p, long long pid, const mk_term *why) {
   char *shown = repr(why);
   mk_term *r = termf("linked process %lld ended: %s", pid, shown);

@@ -482,7 +482,8 @@ const char *mk_interest_name(mk_interest i);
 ** made on absence: `who` gets a subscriber endpoint (observer) on `to`'s
 ** lifeline, named MK_LINK_ENDPOINT "/" `to`, and when that lifeline goes,
 ** whatever the reason, nil included, the VM kills `who` with the reason
-** "linked process <to> ended: <repr of to's reason>".  Like a lifeline it
+** "linked process <to> ended: <repr of to's reason>": a kill, as
+** mk_quit's, not a failure (no crash hook call).  Like a lifeline it
 ** is not the process's own: it does not keep `who` alive, it hears
 ** nothing (the absence kills before any handler would run), and it
 ** cannot be deleted (mk_delete_endpoint returns -1); it goes with `who`.
