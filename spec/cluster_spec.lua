@@ -995,7 +995,13 @@ end })))]], { url = srv.url, name = "b", options = "--max-activation 20000" })
     assert.is_false(b.has("b absence"), b.out())
   end)
 
-  it("does not take a live node for lost when the wall clock steps forward", function()
+  -- Under ThreadSanitizer (docs/testing.md) libfaketime's own
+  -- pthread_cond_timedwait, which calls the C library's past the
+  -- sanitizer, hides the mutex's release inside the wait from it: it then
+  -- reports a "double lock" in libnats that is not there.
+  local tsan = io.popen("ldd " .. H.quote(H.market_bin()) .. " 2>/dev/null"):read("a")
+                 :find("libtsan", 1, true) ~= nil
+  ;(tsan and pending or it)("does not take a live node for lost when the wall clock steps forward", function()
     -- libfaketime moves b's wall clock (market.now()) a minute ahead while
     -- it runs, as NTP or a resumed machine may; its monotonic clock goes
     -- on.  a's heartbeats (every 40 s) are well within b's lost_after_ms
