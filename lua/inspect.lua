@@ -496,9 +496,14 @@ end
 -- ---- the client: market inspect HOST:PORT --------------------------------
 
 -- A JSON reader for the snapshot (what runtime/json.c writes: RFC 8259).
--- null reads as nil.  Raises on malformed text.
+-- null reads as nil.  Raises on malformed text, and on arrays and objects
+-- nested deeper than MAX_JSON_DEPTH: a snapshot's deepest (VMs 1,000
+-- levels down, topics as deep as the term depth limit allows) is far
+-- less, and an answer of five million "[" ran the Lua stack out ("stack
+-- overflow", at a line of this file).
+local MAX_JSON_DEPTH = 50000
 local function decode(s)
-  local i, value = 1, nil
+  local i, value, depth = 1, nil, 0
   local ESC = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
   local function ws() i = s:find("[^ \t\r\n]", i) or #s + 1 end
   local function bad(what) error(("market inspect: bad JSON at byte %d: %s"):format(i, what), 0) end
@@ -529,9 +534,11 @@ local function decode(s)
     local c = s:sub(i, i)
     if c == "{" or c == "[" then
       local t, close, n = {}, c == "{" and "}" or "]", 0
+      depth = depth + 1
+      if depth > MAX_JSON_DEPTH then bad(("nested deeper than %d levels"):format(MAX_JSON_DEPTH)) end
       i = i + 1
       ws()
-      if s:sub(i, i) == close then i = i + 1; return t end
+      if s:sub(i, i) == close then i, depth = i + 1, depth - 1; return t end
       while true do
         if close == "}" then
           ws()
@@ -548,7 +555,7 @@ local function decode(s)
         ws()
         c = s:sub(i, i)
         i = i + 1
-        if c == close then return t end
+        if c == close then depth = depth - 1; return t end
         if c ~= "," then bad("expected ',' or '" .. close .. "'") end
       end
     elseif c == '"' then return str()

@@ -434,6 +434,18 @@ describe("market inspect HOST:PORT", function()
     assert.truthy(out:find(("^market inspect: 127.0.0.1:%d: not a snapshot: [^\n]*\n$"):format(port)), out)
   end)
 
+  it("says so and exits 1 when a 200 answer nests deeper than any snapshot", function()
+    -- Five million "[" ran the reader's Lua stack out: "not a snapshot:
+    -- market.inspect:503: stack overflow", a line of market's own.
+    local nc, port = fake("{ printf 'HTTP/1.1 200 OK\\r\\nContent-Length: 3000000\\r\\n\\r\\n'; " ..
+                          "head -c 3000000 /dev/zero | tr '\\0' '['; }")
+    local out, status = capture(("%s inspect 127.0.0.1:%d"):format(q(N.market_bin()), port), 20)
+    nc.kill()
+    assert.equal(1, status, out)
+    assert.equal(("market inspect: 127.0.0.1:%d: not a snapshot: market inspect: bad JSON at byte 50001: " ..
+                  "nested deeper than 50000 levels\n"):format(port), out)
+  end)
+
   it("shows what an answer holds with its control bytes escaped: one row a process", function()
     -- A hostile server (or a program's own names) cannot add rows or
     -- drive the terminal.
