@@ -94,6 +94,8 @@ struct mk_ground {
   mk_proc *self;            /* the VM's resident process: publishes the events */
   mk_ground *gnext;         /* every ground of the program (mk_ground_fd_closed) */
   ev_prepare prepare;       /* unref'd */
+  ev_idle busy;             /* running while a slice left events queued:
+                            ** the loop polls without waiting meanwhile */
   ev_timer audit;           /* unref'd, running while `ring` is not empty */
   ev_timer deadline;        /* unref'd, the end of a drain */
   ev_signal stopsig[2];     /* SIGINT, SIGTERM; unref'd (stop_on_signals) */
@@ -543,18 +545,23 @@ void mk_ground_deliver(mk_ground *g) {
   unsigned woken = g->nready;
   flush(g);
   if (prefetching(g, woken)) mk_vm_prefetch(g->vm, 2 * (size_t)woken);
-  mk_vm_run(g->vm);
+  mk_vm_run_for(g->vm, MK_GROUND_SLICE_MS);
   /* No handler is running any more: the exit's teardown can run the VM. */
   if (g->exit_due) halt(g, "exit");
 }
 
+/* The VM runs for a slice before each poll; if events are left (or
+** check_dirty queued absences), the poll waits for nothing and the next
+** turn runs them. */
 static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents) {
   mk_ground *g = p->data;
-  do {
-    mk_ground_deliver(g);
-    check_dirty(g);          /* may queue absences: run them too */
-  } while (!idle(g));
+  mk_ground_deliver(g);
+  check_dirty(g);
+  if (!idle(g)) ev_idle_start(loop, &g->busy);
+  else ev_idle_stop(loop, &g->busy);
 }
+
+static void busy_cb(struct ev_loop *loop, ev_idle *i, int revents) {}
 
 /* ---- subscriptions ------------------------------------------------------------ */
 
@@ -1005,6 +1012,7 @@ mk_ground *mk_ground_new(struct ev_loop *loop) {
   g->prepare.data = g;
   ev_prepare_start(loop, &g->prepare);
   ev_unref(loop);            /* the prepare alone is nothing to wait on */
+  ev_idle_init(&g->busy, busy_cb);
   ev_init(&g->audit, audit_cb);
   g->audit.data = g;
   ev_init(&g->deadline, deadline_cb);
@@ -1130,6 +1138,7 @@ void mk_ground_free(mk_ground *g, mk_term *reason) {
   signals_off(g);
   ev_ref(g->loop);
   ev_prepare_stop(g->loop, &g->prepare);
+  ev_idle_stop(g->loop, &g->busy);
   if (--ground_types_users == 0) {
     mk_rtype_unref(mk_ground_readable);
     mk_rtype_unref(mk_ground_writable);

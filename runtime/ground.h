@@ -78,6 +78,13 @@
 ** processes), and before it runs the batch, the VM prefetches what the
 ** batch's processes will read (vm.h, mk_vm_prefetch).
 **
+** The VM runs for MK_GROUND_SLICE_MS at a time at most.  A process that
+** makes an event for every one it gets (a message to itself) keeps the VM
+** from ever running out of events; after a slice the ground polls without
+** waiting, so timers, descriptors and signals still come, in the queue's
+** order behind what is there, and the VM goes on after them.  A nested VM
+** busy so is one process among its parent's (vm.h, mk_vm_run_for).
+**
 ** When the last watch of a signal ends, the signal's disposition from
 ** before the first one comes back (libev would leave SIG_DFL: a program
 ** that watched SIGPIPE once would die of the next one).
@@ -105,6 +112,12 @@ typedef struct mk_ground mk_ground;
 ** above).  64 connections' records, a few KiB each, fit a core's L2 cache
 ** with room to spare; fewer would run the VM more often for nothing. */
 #define MK_GROUND_BATCH 64
+
+/* The longest the VM runs before the ground polls again ("Delivery"
+** above): how late a timer, a descriptor or a signal can be while the VM
+** is busy without end.  A poll that waits for nothing costs a microsecond
+** or two, so a busy VM loses a thousandth of its time to them. */
+#define MK_GROUND_SLICE_MS 10
 
 /* The fewest processes in the ground VM for which a batch's records are
 ** prefetched before it runs ("Delivery" above).  A round trip of a tcp
@@ -207,10 +220,11 @@ int mk_ground_exit_status(const mk_ground *g);
 /* 1 when mk_ground_exit ended the program (its status may be 0), else 0. */
 int mk_ground_exited(const mk_ground *g);
 /*
-** Deliver the ground VM's queued events (mk_vm_run), then carry out an exit
-** asked for meanwhile.  The ground's run, step and prepare watcher run the
-** VM so; a host that polls the loop by itself calls this instead of
-** mk_vm_run on the ground VM.
+** Deliver the ground VM's queued events for a slice (mk_vm_run_for,
+** MK_GROUND_SLICE_MS), then carry out an exit asked for meanwhile.  The
+** ground's run, step and prepare watcher run the VM so; a host that polls
+** the loop by itself calls this instead of mk_vm_run on the ground VM, and
+** again while mk_vm_idle says events are left.
 */
 void mk_ground_deliver(mk_ground *g);
 

@@ -596,8 +596,11 @@ int mk_host_exited(const mk_host *h);
 int mk_host_run(mk_host *h);
 
 /*
-** One step that never blocks: deliver every queued event, poll the loop
-** once without waiting, deliver again.  Returns 1 while there is something
+** One step that never blocks: deliver queued events, poll the loop once
+** without waiting, deliver again.  Each delivery stops after a slice of
+** 10 ms (ground.h, MK_GROUND_SLICE_MS) where a process keeps the VM busy
+** for ever (a message to itself at every activation), so that a step
+** always returns.  Returns 1 while there is something
 ** left to do (queued events or watched ground events), 0 when there is
 ** nothing; MK_EFAILED when a Lua process spawned by the host failed during
 ** this step (step again to go on); MK_EBUSY from inside a handler.
@@ -610,7 +613,8 @@ int mk_host_step(mk_host *h);
 ** reading, bounds its wait by mk_host_timeout(h), and calls
 ** mk_host_turn(h, 0) when either fires.
 **
-** mk_host_turn: deliver what is queued, wait up to `timeout` seconds for
+** mk_host_turn: deliver what is queued (for a slice, as mk_host_step),
+** wait up to `timeout` seconds for
 ** the loop (0: never; negative: until something happens), deliver what
 ** came, and leave the loop with every watch handed to the kernel, which
 ** mk_host_step does not promise.  Returns as mk_host_step.

@@ -138,9 +138,33 @@ static int boot(mk_proc *self, mk_vm *vm) {
   return 0;
 }
 
+/*
+** Turns.  Run inside a slice (the ground's, ground.h), the VM runs for
+** MK_NESTED_SLICE_MS of it at most and, if events are left, queues a
+** resume for itself behind what its parent has queued, and runs them then:
+** a process here that makes an event for every one it gets (a message to
+** itself) keeps this VM busy, not its parent, so the parent's other
+** processes, and other nested VMs so busy, get their turns in between.
+** Outside a slice (mk_vm_run on the parent) it runs until nothing is left.
+*/
+#define MK_NESTED_SLICE_MS 1
+
+static void run(mk_proc *self, mk_vm *vm) {
+  uint64_t deadline = self->vm->deadline, mine;
+  if (deadline == 0) { mk_vm_run(vm); return; }
+  mine = mkI_clock() + MK_NESTED_SLICE_MS * 1000000u;
+  mkI_run_until(vm, mine < deadline ? mine : deadline);
+  if (!mk_vm_idle(vm) && !vm->resume_queued) {
+    vm->resume_queued = 1;
+    mk_yield(self, NULL);
+  }
+}
+
 static void handle(mk_proc *self, const mk_event *ev) {
   mk_vm *vm = self->data;
-  if (ev->type == MK_EV_BOOT) {
+  if (ev->type == MK_EV_RESUME && ev->cont == NULL) {
+    vm->resume_queued = 0;           /* ours, or a wake-up's (mk_wake) */
+  } else if (ev->type == MK_EV_BOOT) {
     if (boot(self, vm) != 0) return;
   } else if (ev->type == MK_EV_SPAWNED) {
     spawned(vm, ev->cont, ev->pid);
@@ -151,7 +175,7 @@ static void handle(mk_proc *self, const mk_event *ev) {
     if (end != ev->endpoint && *end == '/' && (child = mk_vm_proc(vm, pid)) != NULL)
       mkI_enqueue_meta(vm, child, ev, end + 1, ev->meta + 1);
   }
-  mk_vm_run(vm);
+  run(self, vm);
   flush_outbox(self, vm);
   if (mk_vm_nprocs(vm) == 0 && mk_proc_alive(self)) mk_quit(self, 0, vm->last_reason);
 }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "pool.h"
 #include "vmint.h"
@@ -487,9 +488,18 @@ static int by_pid(const void *a, const void *b) {
 }
 
 /* Kill one process at a time, oldest first, and let the survivors see it
-** go.  Processes spawned meanwhile are taken in the next round. */
+** go: the VM runs after each kill until nothing is queued.  But a survivor
+** that makes an event for every one it gets (a message to itself) would
+** keep that run going for ever, its own kill never coming: so the run
+** stops after KILL_SLICE_MS, and once one has, the runs after the next
+** kills are a few events each (mkI_run_until with a deadline passed).
+** What a run leaves is run after the next kill, in order.  Processes
+** spawned meanwhile are taken in the next round. */
+#define KILL_SLICE_MS 10
+
 void mk_vm_kill_all(mk_vm *vm, mk_term *reason) {
   size_t i;
+  uint64_t slice = KILL_SLICE_MS * 1000000u;
   /* The survivors' handlers run meanwhile, and one that spawns a
   ** replacement for each peer that goes (a supervisor) would keep this
   ** going for ever: no spawn is taken while it runs. */
@@ -504,7 +514,8 @@ void mk_vm_kill_all(mk_vm *vm, mk_term *reason) {
     qsort(all, n, sizeof *all, by_pid);
     for (k = 0; k < n; k++) {
       mkI_kill(all[k], reason);
-      mk_vm_run(vm);
+      mkI_run_until(vm, mkI_clock() + slice);
+      if (!mk_vm_idle(vm)) slice = 0;
     }
     for (k = 0; k < n; k++) proc_unref(all[k]);
     free(all);
@@ -1803,6 +1814,33 @@ size_t mk_vm_run(mk_vm *vm) {
   size_t n = 0;
   while (mk_vm_step(vm)) n++;
   return n;
+}
+
+uint64_t mkI_clock(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The clock is read once every SLICE_CHECK events: a message costs a
+** tenth of a microsecond and a reading a fifth of that. */
+#define SLICE_CHECK 16
+
+size_t mkI_run_until(mk_vm *vm, uint64_t deadline) {
+  size_t n = 0;
+  uint64_t outer = vm->deadline;
+  vm->deadline = deadline;
+  while (mk_vm_step(vm))
+    if (++n % SLICE_CHECK == 0 && mkI_clock() >= deadline) break;
+  vm->deadline = outer;
+  return n;
+}
+
+size_t mk_vm_run_for(mk_vm *vm, double ms) {
+  uint64_t now = mkI_clock();
+  if (!(ms > 0)) ms = 0;
+  if (ms > 1e9) ms = 1e9;            /* some eleven days: no overflow */
+  return mkI_run_until(vm, now + (uint64_t)(ms * 1e6));
 }
 
 static void drop_queue(mk_vm *vm) {

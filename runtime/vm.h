@@ -231,8 +231,20 @@ void mk_ring_close(mk_ring *r);      /* NULL accepted */
 typedef void (*mk_crash_hook)(void *ud, mk_proc *p, mk_term *reason);
 void mk_vm_set_crash_hook(mk_vm *vm, mk_crash_hook fn, void *ud);
 /* Deliver queued events until the queue is empty.  Returns the number of
-** events delivered. */
+** events delivered.  A process that makes an event for every one it gets
+** (a message to itself) keeps the queue from ever emptying: this then
+** never returns. */
 size_t mk_vm_run(mk_vm *vm);
+/*
+** Deliver queued events until the queue is empty or about `ms`
+** milliseconds have passed (the clock is read every few events, and an
+** event is not cut short), at least one if any is queued.  Returns the
+** number delivered; mk_vm_idle says whether any are left.  A nested VM
+** busy so runs for a share of the slice and then waits its turn among its
+** parent's processes (nested.c).  The ground runs its VM so (ground.h,
+** MK_GROUND_SLICE_MS).
+*/
+size_t mk_vm_run_for(mk_vm *vm, double ms);
 /* Deliver at most one event.  Returns 1 if one was delivered. */
 int mk_vm_step(mk_vm *vm);
 int mk_vm_idle(const mk_vm *vm);            /* queue empty */

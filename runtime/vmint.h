@@ -221,6 +221,10 @@ struct mk_vm {
   double budget;            /* activation budget in ms; < 0: the parent's */
   int halting;              /* mk_vm_kill_all is running: spawns refused */
   int freeing;
+  uint64_t deadline;        /* while a slice runs (mkI_run_until): its end,
+                            ** on mkI_clock; 0: none (mk_vm_run) */
+  int resume_queued;        /* a nested VM's: it left events for later and
+                            ** queued its own resume in the parent */
   mk_term *last_reason;     /* a nested VM's: the reason its last process to
                             ** end went with, a counted reference (NULL:
                             ** nil, or none yet); the VM ends with it when
@@ -238,6 +242,12 @@ typedef struct mkI_cont {
 } mkI_cont;
 void mkI_cont_free(mkI_cont *c);                   /* the whole chain */
 void mkI_enqueue_spawned(mk_vm *vm, mk_proc *target, void *cont, mk_pid pid);
+
+/* Slices (mk_vm_run_for): the monotonic clock in nanoseconds, and a run
+** until it reaches `deadline`, which the VM keeps meanwhile for the nested
+** VMs it delivers to. */
+uint64_t mkI_clock(void);
+size_t mkI_run_until(mk_vm *vm, uint64_t deadline);
 
 /* Used by nested.c. */
 mk_action *mkI_drop(const char *prefix, mk_term *reason, int levels);   /* reason borrowed */

@@ -1752,6 +1752,64 @@ static void test_send_unbuilt(void) {
   END;
 }
 
+/* ---- slices (mk_vm_run_for) ------------------------------------------------ */
+
+/* A process that sends itself a message for every one it gets, counting
+** them in *data: its VM never runs out of events. */
+static void storm_handle(mk_proc *p, const mk_event *ev) {
+  mk_term *t = Ctl("storm");
+  if (ev->type == MK_EV_BOOT) {
+    mk_add_endpoint(p, "in", 0, role(MK_SUBSCRIBER, MK_PARTICIPANT, t));
+    mk_add_endpoint(p, "out", 0, role(MK_PUBLISHER, MK_PARTICIPANT, t));
+  } else if (ev->type == MK_EV_MESSAGE) {
+    ++*(long *)mk_proc_data(p);
+  }
+  if (ev->type == MK_EV_BOOT || ev->type == MK_EV_MESSAGE) mk_send(p, t);
+  mk_unref(t);
+}
+static const mk_behavior storm_behavior = { "storm", storm_handle, NULL, NULL, NULL, 0, NULL, NULL };
+
+static void test_run_for(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new(), *inner;
+  long top = 0, nested = 0;
+  mk_term *ctl = Ctl("R");
+  rec r;
+  size_t n;
+  int i;
+  /* mk_vm_run would never return: a slice does, having run the storm */
+  mk_vm_spawn(vm, &storm_behavior, &top, "storm");
+  n = mk_vm_run_for(vm, 5);
+  CHECK(n > 100 && top > 100 && !mk_vm_idle(vm));
+  /* a slice passed already still delivers */
+  n = mk_vm_run_for(vm, 0);
+  CHECK(n >= 1 && !mk_vm_idle(vm));
+  /* the same storm inside a nested VM keeps the nested VM busy, not its
+  ** parent: a process of the parent still hears its ctl, and both storms
+  ** go on */
+  inner = mk_nested_new(vm, &storm_behavior, &nested, "inner storm");
+  mk_vm_spawn(vm, &mk_nested_behavior, inner, "nest");
+  rec_init(&r, "R");
+  rec_ctl(&r);
+  spawn(vm, &r);
+  for (i = 0; i < 50 && r.boots == 0; i++) mk_vm_run_for(vm, 2);
+  CHECK(r.boots == 1);
+  mk_vm_send(vm, ctl, 0);
+  mk_unref(ctl);
+  for (i = 0; i < 50 && log_count_prefix(&r.log, "message ctl") == 0; i++) mk_vm_run_for(vm, 2);
+  CHECK(log_count_prefix(&r.log, "message ctl") == 1);
+  /* A turn of the nested VM is up to 1 ms of its events, one of the
+  ** parent's storm one event: each has one or two turns a slice. */
+  top = nested = 0;
+  for (i = 0; i < 10; i++) mk_vm_run_for(vm, 2);
+  if (!(top >= 10 && nested > 100)) fprintf(stderr, "  top %ld, nested %ld\n", top, nested);
+  CHECK(top >= 10 && nested > 100);
+  /* and killing them all ends, storms and all */
+  mk_vm_free(vm, NULL);
+  rec_done(&r);
+  END;
+}
+
 /* ---- nested VMs ---------------------------------------------------------- */
 
 /* Child of a nested VM: on ctl at meta level, mode 0 sends up one level,
@@ -3421,6 +3479,7 @@ int main(void) {
   RUN(test_queue_unmapped);
   RUN(test_meta_above_ground_fails);
   RUN(test_send_unbuilt);
+  RUN(test_run_for);
   RUN(test_nested_meta_message);
   RUN(test_nested_two_levels);
   RUN(test_nested_meta_delete);
