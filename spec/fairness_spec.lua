@@ -50,10 +50,8 @@ end
 
 local function run_market(args) return run(N.q(N.market_bin()) .. " " .. args, 20) end
 
-local function script(body)
-  local path = H.tempfile(STORM .. TICKER .. body)
-  return path
-end
+-- A script file of STORM, TICKER and body.
+local function script(body) return H.tempfile(STORM .. TICKER .. body) end
 
 -- Run the script made of STORM, TICKER and body under `market
 -- --no-drivers`, and check what the ticker said: five waits of 20 ms,
