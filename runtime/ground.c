@@ -537,6 +537,8 @@ static int idle(const mk_ground *g) {
   return g->nready == 0 && mk_vm_idle(g->vm);
 }
 
+#define EXIT_RUN_MS 1000
+
 void mk_ground_deliver(mk_ground *g) {
   /* The records a batch of wake-ups will read, fetched together first
   ** (mk_vm_prefetch) when there are too many to be in the cache
@@ -547,7 +549,13 @@ void mk_ground_deliver(mk_ground *g) {
   if (prefetching(g, woken)) mk_vm_prefetch(g->vm, 2 * (size_t)woken);
   mk_vm_run_for(g->vm, MK_GROUND_SLICE_MS);
   /* No handler is running any more: the exit's teardown can run the VM. */
-  if (g->exit_due) halt(g, "exit");
+  if (g->exit_due) {
+    /* What was queued is delivered first, without a poll in between
+    ** (docs/semantics.md §14), for EXIT_RUN_MS at most: a process busy
+    ** for ever is killed with the rest then. */
+    mk_vm_run_for(g->vm, EXIT_RUN_MS);
+    halt(g, "exit");
+  }
 }
 
 /* The VM runs for a slice before each poll; if events are left (or

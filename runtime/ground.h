@@ -204,8 +204,10 @@ int mk_ground_stop_on_signals(mk_ground *g, double drain_ms);
 /*
 ** End the program with `status` (0..255), from any handler in any VM of this
 ** ground, or from outside (market.exit; mk_host_exit).  The exit is due:
-** the runs in progress go on until nothing is queued, as after any action,
-** and then, before the loop polls again, the ground's run kills every
+** the runs in progress go on until nothing is queued, as after any action
+** (for a second at most: a process busy for ever, "Delivery" above, does
+** not hold the exit off), and then, before the loop polls again, the
+** ground's run kills every
 ** process, oldest first, with the reason "exit", as a stop's deadline does:
 ** their peers see it and the drivers close what they hold.  mk_ground_run
 ** then returns, and mk_ground_exit_status is `status`.  The first ending

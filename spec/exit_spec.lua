@@ -66,6 +66,41 @@ describe("market.exit", function()
     assert.same({ "ground saw deep go: exit" }, log.lines)
   end)
 
+  -- Longer than the ground's slice (10 ms, docs/semantics.md §1 "Turns"):
+  -- the ground still delivers it all before the kills.
+  -- A burst longer than the ground's slice (10 ms, docs/semantics.md §1
+  -- "Turns") for the young processes, then a message for the oldest: the
+  -- kills, oldest first, wait until it is delivered.
+  it("delivers what was queued before it first, a burst longer than a slice included", function()
+    local got, last = 0, false
+    local r = run(function()
+      local procs, sends = {}, {}
+      procs[1] = market.spawn(function()
+        return market.transition(nil, market.subscriber({ "last" }, { on_message = function()
+          last = true
+        end }))
+      end)
+      for i = 1, 100 do
+        procs[i + 1] = market.spawn(function()
+          return market.transition(nil, market.subscriber({ "burst", i }, { on_message = function()
+            got = got + 1
+            local t = os.clock()
+            while os.clock() - t < 0.0005 do end    -- 0.5 ms each: 50 ms in all
+          end }))
+        end)
+        sends[i] = market.send({ "burst", i })
+      end
+      sends[101] = market.send({ "last" })
+      market.perform(table.unpack(procs))
+      market.pause()
+      market.perform(table.unpack(sends))
+      market.perform(market.exit(0))
+    end, { drivers = false })
+    assert.same({ true, "exit", 0, n = 3 }, r)
+    assert.equal(100, got)
+    assert.is_true(last)
+  end)
+
   it("exit(0) and exit() end it with true, 'exit', 0", function()
     assert.same({ n = 3, true, "exit", 0 },
                 run(function() market.perform(market.subscriber("x"), market.exit(0)) end))
