@@ -537,6 +537,9 @@ static int idle(const mk_ground *g) {
   return g->nready == 0 && mk_vm_idle(g->vm);
 }
 
+/* How long an exit that fell due goes on delivering what is queued
+** before it kills (docs/semantics.md §14): a process busy for ever must
+** not hold it off. */
 #define EXIT_RUN_MS 1000
 
 void mk_ground_deliver(mk_ground *g) {
@@ -550,9 +553,7 @@ void mk_ground_deliver(mk_ground *g) {
   mk_vm_run_for(g->vm, MK_GROUND_SLICE_MS);
   /* No handler is running any more: the exit's teardown can run the VM. */
   if (g->exit_due) {
-    /* What was queued is delivered first, without a poll in between
-    ** (docs/semantics.md §14), for EXIT_RUN_MS at most: a process busy
-    ** for ever is killed with the rest then. */
+    /* what was queued first, without a poll in between */
     mk_vm_run_for(g->vm, EXIT_RUN_MS);
     halt(g, "exit");
   }

@@ -66,8 +66,6 @@ describe("market.exit", function()
     assert.same({ "ground saw deep go: exit" }, log.lines)
   end)
 
-  -- Longer than the ground's slice (10 ms, docs/semantics.md §1 "Turns"):
-  -- the ground still delivers it all before the kills.
   -- A burst longer than the ground's slice (10 ms, docs/semantics.md §1
   -- "Turns") for the young processes, then a message for the oldest: the
   -- kills, oldest first, wait until it is delivered.
