@@ -518,8 +518,14 @@ static int f_apply(lua_State *L) {
   int i;
   if (lua_isnoneornil(L, 2)) return 0;
   if ((t = totrans(L, 2)) == NULL) {
-    lua_pushfstring(L, "%s returned a %s, not a transition (use market.transition)",
-                    mkl_applying_boot(L) ? "boot function" : "handler", luaL_typename(L, 2));
+    const char *who = mkl_applying_boot(L) ? "boot function" : "handler";
+    /* The usual slip: `return market.send(x)` for a transition. */
+    if (isaction(L, 2))
+      lua_pushfstring(L, "%s returned an action, not a transition "
+                      "(use market.transition_no_state(action))", who);
+    else
+      lua_pushfstring(L, "%s returned a %s, not a transition (use market.transition)",
+                      who, luaL_typename(L, 2));
     return lua_error(L);
   }
   lua_settop(L, 2);
