@@ -2103,12 +2103,35 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
 
 /* ---- the running process ------------------------------------------------ */
 
+/*
+** Pushes the error for market.<what> called outside a process.  Inside a
+** coroutine a process runs itself (coroutine.wrap, coroutine.resume) a
+** process is running, which "not inside" alone seems to deny, so that
+** case says where it is.  One text for C's raises and market.lua's.
+*/
+static void pushoutside(lua_State *L, mkl_state *S, const char *what) {
+  if (S->current != NULL && mk_proc_data(S->current) != NULL)
+    lua_pushfstring(L, "market.%s: not inside a market process: called from a coroutine "
+                    "the process runs itself (coroutine.wrap or resume), and only the "
+                    "process's own code may act or wait", what);
+  else
+    lua_pushfstring(L, "market.%s: not inside a market process", what);
+}
+
+/* Raises pushoutside's error at the caller's line, as luaL_error does. */
+static void outside(lua_State *L, mkl_state *S, const char *what) {
+  luaL_where(L, 1);
+  pushoutside(L, S, what);
+  lua_concat(L, 2);
+  lua_error(L);
+}
+
 /* The process running on thread L, or a Lua error: actions are performed
 ** only by a process, from its own coroutine. */
 static mk_proc *self(lua_State *L, mkl_state *S, const char *what) {
   mk_proc *p = S->current;
   if (p == NULL || mk_proc_data(p) == NULL || ((lproc *)mk_proc_data(p))->co != L)
-    luaL_error(L, "market.%s: not inside a market process (actions are performed by processes)", what);
+    outside(L, S, what);
   return p;
 }
 
@@ -2470,8 +2493,7 @@ static lproc *waiter(lua_State *L, const char *what) {
   mkl_state *S = STATE(L);
   mk_proc *p = S->current;
   lproc *lp = p != NULL ? mk_proc_data(p) : NULL;
-  if (lp == NULL || lp->co != L)
-    luaL_error(L, "market.%s: not inside a market process", what);
+  if (lp == NULL || lp->co != L) outside(L, S, what);
   return lp;
 }
 
@@ -2569,6 +2591,13 @@ static int c_waits(lua_State *L) {
 }
 
 /* core.current() -> ctx of the running process, or nil */
+/* core.outside(what) -> the message market.<what> raises outside a
+** process (pushoutside), for market.lua to raise at its caller's line */
+static int c_outside(lua_State *L) {
+  pushoutside(L, STATE(L), luaL_checkstring(L, 1));
+  return 1;
+}
+
 static int c_current(lua_State *L) {
   mkl_state *S = STATE(L);
   mk_proc *p = S->current;
@@ -3109,7 +3138,7 @@ void mkl_open_core(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"spawn", c_spawn}, {"quit", c_quit}, {"link", c_link}, {"add", c_add}, {"delete", c_delete},
     {"send", c_send}, {"feedback", c_feedback}, {"yield", c_yield},
-    {"wait", c_wait}, {"waits", c_waits}, {"current", c_current},
+    {"wait", c_wait}, {"waits", c_waits}, {"current", c_current}, {"outside", c_outside},
     {"self", c_self}, {"role", c_role},
     {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
     {"open_ground_vm", c_open_ground_vm},

@@ -325,7 +325,7 @@ local apply = fast.make_apply(rest)
 local function current(fname)
   local ctx = core.current()
   if not ctx then
-    error("market." .. fname .. ": not inside a market process", 3)
+    error(core.outside(fname), 3)
   end
   return ctx
 end
@@ -337,7 +337,7 @@ end
 -- the C function.
 local function perform_rest(a1, ...)
   local ctx = core.current()
-  if not ctx then error("market.perform: not inside a market process", 3) end
+  if not ctx then error(core.outside("perform"), 3) end
   local nargs = select("#", ...)
   if nargs == 0 then         -- one action: without garbage
     if not is_action(a1) then error("market.perform: argument 1 is not an action", 3) end

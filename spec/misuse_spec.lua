@@ -256,14 +256,23 @@ describe("performing outside a process", function()
                    err_of(function() local _x = market.snapshot_json() end))
   end)
 
-  it("includes a coroutine of a process's own making", function()
-    local e
+  it("includes a coroutine of a process's own making, and the reason says so", function()
+    local errs = {}
     H.ground(function()
-      local co = coroutine.create(function() market.perform(market.send("x")) end)
-      local ok
-      ok, e = coroutine.resume(co)
+      for _, f in ipairs({ function() market.perform(market.send("x")) end,
+                           function() market.perform(market.send("x"), market.send("y")) end,
+                           function() local _x = market.yield(5) end,
+                           function() local _x = market.self() end }) do
+        local _, e = coroutine.resume(coroutine.create(f))
+        errs[#errs + 1] = e
+      end
     end)
-    assert.matches("market%.perform: not inside a market process", e)
+    local tail = ": not inside a market process: called from a coroutine the process runs " ..
+                 "itself %(coroutine%.wrap or resume%), and only the process's own code may act or wait$"
+    assert.matches(THIS .. "market%.perform" .. tail, errs[1])
+    assert.matches(THIS .. "market%.perform" .. tail, errs[2])
+    assert.matches(THIS .. "market%.yield" .. tail, errs[3])
+    assert.matches(THIS .. "market%.self" .. tail, errs[4])
   end)
 
   -- A process's coroutine waiting in market.yield or market.wait_for is
