@@ -25,6 +25,9 @@
 **                                            no SO_REUSEADDR: a port in use is refused)
 **   sys.fd_read(fd [, max])               -> string | nil, "eof" | false | nil, msg
 **   sys.std_take(fd)                      -> stream | nil, msg  (fd 0 or 1: market.stdio)
+**   sys.close_at_end(x)                   -> x: the socket, stream or request x
+**                                            closes when the calling process ends,
+**                                            however it ends (a killed one too)
 **   sock:fd()  sock:local_port()  sock:peer() -> host, port
 **   sock:read([max])        -> string | nil, "eof" | false | nil, msg
 **   sock:write(s [, i])     -> bytes written from s[i..] (0: would block) | nil, msg
@@ -254,10 +257,13 @@ static int s_close(lua_State *L) {
   return 0;
 }
 
-/* sys.close_at_end(s): s closes when the calling process ends, however
-** it ends (mkl_close_at_end): a killed one runs no handler that could. */
+/* sys.close_at_end(x): x closes when the calling process ends, however
+** it ends (mkl_close_at_end): a killed one runs no handler that could, and
+** waiting for a collection kept a listener's port, the standard streams
+** (and their O_NONBLOCK) and a resolver's pipe held meanwhile. */
 static int l_close_at_end(lua_State *L) {
-  luaL_checkudata(L, 1, SOCK_MT);
+  luaL_argexpected(L, luaL_testudata(L, 1, SOCK_MT) || luaL_testudata(L, 1, STD_MT) ||
+                   luaL_testudata(L, 1, REQ_MT), 1, "market.sys socket, stream or request");
   if (mkl_close_at_end(L, 1) != 0) luaL_error(L, "sys.close_at_end: not inside a market process");
   lua_settop(L, 1);
   return 1;
@@ -1117,7 +1123,7 @@ static int l_lose_spare(lua_State *L) {
 
 /* Push the metatable `name`, made the first time: its __index holds the
 ** methods, which share the scratch buffer below it as their upvalue, and
-** its __gc is gc. */
+** its __gc and __close are gc (close_at_end calls __close). */
 static void newclass(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {
   if (luaL_newmetatable(L, name)) {
     lua_newtable(L);
@@ -1126,6 +1132,8 @@ static void newclass(lua_State *L, const char *name, const luaL_Reg *methods, lu
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, gc);
     lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__close");
   }
 }
 
@@ -1147,8 +1155,6 @@ int luaopen_market_sys(lua_State *L) {
     {"set_resolve_delay", l_set_resolve_delay}, {"lose_spare", l_lose_spare}, {NULL, NULL}};
   lua_newuserdatauv(L, READ_MAX > DGRAM_MAX ? READ_MAX : DGRAM_MAX, 0);   /* scratch */
   newclass(L, SOCK_MT, sock_methods, s_close);
-  lua_pushcfunction(L, s_close);
-  lua_setfield(L, -2, "__close");
   lua_pushcfunction(L, s_tostring);
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
@@ -1160,6 +1166,8 @@ int luaopen_market_sys(lua_State *L) {
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, r_close);
     lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, r_close);
+    lua_setfield(L, -2, "__close");
   }
   lua_pop(L, 1);
   lua_newtable(L);

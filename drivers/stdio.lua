@@ -88,14 +88,13 @@ local function settings()
          setting("LOW_WATER", 0, high, high // 2), setting("HARD_LIMIT", 0, 1 << 52, 8 * high)
 end
 
--- sys.std_take(fd), once more after a full collection: a driver that went
--- with its VM (killed, without a word) lets go of its descriptors only
--- when its stream is collected.
+-- sys.std_take(fd), the stream given back when this driver ends, however
+-- it ends: a driver killed without a word (its VM went, say) runs no
+-- handler that could, and a new driver can take the descriptor at once.
 local function take(fd)
   local s, err = sys.std_take(fd)
-  if s then return s end
-  collectgarbage()
-  return sys.std_take(fd)
+  if s then sys.close_at_end(s) end
+  return s, err
 end
 
 -- The driver's boot function: run it with market.spawn(stdio.driver).

@@ -175,6 +175,8 @@ local function socket_proc(loc, driver)
         if full then return drop("send queue full") end
         if nresolving >= M.MAX_RESOLVING then return drop("too many names being resolved") end
         r, rerr = sys.resolve(host, rport, "udp")
+        -- Its pipe closes as the socket does, when the driver is killed.
+        if r then sys.close_at_end(r) end
       end
       if type(r) == "table" then
         remember(key, r[1].sa, true)

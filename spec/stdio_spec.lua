@@ -340,6 +340,36 @@ f:close()
     assert.equal("data\n", got)
   end)
 
+  it("gives standard input back at once when the driver is killed", function()
+    -- A killed driver runs no handler: before, the descriptor stayed
+    -- non-blocking and held until a collection found its stream, so a
+    -- blocking read by the program failed with EAGAIN.  The collector is
+    -- stopped here so that nothing but the kill can give it back.
+    write("killed.lua", [[
+local market = require "market"
+local stdio = require "market.stdio"
+collectgarbage("stop")
+local driver = market.perform(market.spawn(stdio.driver, { name = "stdio" }))
+return market.transition(nil, market.subscriber(stdio.stdin(market._), {
+  on_message = function(_, m)
+    io.stderr:write("driver: ", tostring(m.data), "\n")
+    return market.transition_no_state(market.quit(driver, "killed"))
+  end,
+  on_absence = function(_, _, reason)
+    io.stderr:write("absence: ", tostring(reason), "\n")
+    assert(io.open(arg[1], "w")):close()       -- now the shell writes "b"
+    local line, why = io.read("l")
+    io.stderr:write("read: ", tostring(line), why and " " .. why or "", "\n")
+    return market.transition_no_state(market.quit())
+  end }))
+]])
+    local flag = path("flag-killed")
+    local status, out, err = H.sh(("(printf 'a\\n'; %s; printf 'b\\n') | timeout 60 %s %s %s 2>&1")
+                                  :format(await(flag), market_bin, path("killed.lua"), flag))
+    assert.equal(0, status, out .. err)
+    assert.equal("driver: a\nabsence: killed\nread: b\n", out)
+  end)
+
   it("lets one driver at a time hold standard input", function()
     write("two.lua", [[
 local market = require "market"

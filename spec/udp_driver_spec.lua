@@ -267,6 +267,39 @@ describe("udp driver", function()
     assert.equal(2, dropped)
   end)
 
+  it("closes a name's resolver pipe with the socket when its process is killed", function()
+    -- Before, a killed socket process's pending lookups kept their pipes
+    -- until a collection happened to find them.
+    local sys = require "market.sys"
+    finally(function() sys.set_resolve_delay(0) end)
+    local function fds()
+      local n = 0
+      for _ in io.popen("ls /proc/" .. select(2, sys.host_pid()) .. "/fd"):lines() do n = n + 1 end
+      return n
+    end
+    local bound, killed
+    N.run(function()
+      local port, me = echo_pair("killed", {})
+      bound = fds()
+      sys.set_resolve_delay(300)
+      market.perform(send(udp.packet(me, udp.remote_address("localhost", port), "a")))
+      market.pause()
+      local pid
+      for _, p in ipairs(market.snapshot().vm.processes) do
+        if p.name == 'udp udp-handle("killed")' then pid = p.pid end
+      end
+      assert(pid, "the socket's process")
+      collectgarbage("stop")
+      market.perform(market.quit(pid, "killed"))
+      market.pause()
+      timer.sleep(400)                   -- the lookup's thread is done
+      killed = fds()
+      collectgarbage("restart")
+      market.perform(send({ "stop-udp-server" }))
+    end)
+    assert.equal(bound - 1, killed)      -- the socket and the pipe went
+  end)
+
   it("holds empty datagrams for a full socket buffer within udp.MAX_QUEUED too", function()
     -- A full send buffer (sendto would block) is made here by making
     -- sendto say so; on loopback it never does.  Each datagram held counts
