@@ -58,6 +58,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -141,6 +142,17 @@ static void addrtext(const struct sockaddr *sa, char *host, size_t size, int *po
   } else if (sa->sa_family == AF_INET6) {
     const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
     inet_ntop(AF_INET6, &s6->sin6_addr, host, (socklen_t)size);
+    /* A link-local address means nothing without its interface: keep the
+    ** scope as "%eth0" (getaddrinfo reads it back), or a reply to such a
+    ** peer could not be sent. */
+    if (s6->sin6_scope_id != 0) {
+      char ifname[IF_NAMESIZE];
+      size_t n = strlen(host);
+      if (if_indextoname(s6->sin6_scope_id, ifname) != NULL)
+        snprintf(host + n, size - n, "%%%s", ifname);
+      else
+        snprintf(host + n, size - n, "%%%u", (unsigned)s6->sin6_scope_id);
+    }
     *port = ntohs(s6->sin6_port);
   } else if (sa->sa_family == AF_UNIX) {
     /* Zeroed beyond what the kernel filled in (accept_fd): "" when the

@@ -30,6 +30,11 @@ describe("market.sys", function()
     assert.same({ "127.0.0.1", 80, 4 }, { a[1].host, a[1].port, a[1].family })
     local six = sys.resolve("::1", 53, "udp")
     assert.same({ "::1", 53, 6 }, { six[1].host, six[1].port, six[1].family })
+    -- A link-local address keeps its interface, which getaddrinfo reads
+    -- back: without it, a peer's address named no one (and two peers on
+    -- two interfaces were one topic).
+    local ll = sys.resolve("fe80::1%lo", 53, "udp")
+    assert.same({ "fe80::1%lo", 53, 6 }, { ll[1].host, ll[1].port, ll[1].family })
     local req = sys.resolve("localhost", 8080)
     assert.equal("userdata", type(req))
     assert.equal("number", math.type(req:fd()) and "number")
