@@ -2414,17 +2414,32 @@ static void pushtimed(lua_State *L, double at) {
   lua_toclose(L, -1);
 }
 
+/* Pushes the error for market.<what> waiting where Lua cannot suspend the
+** process; one text for C's raises and market.pause's. */
+static void pushnowait(lua_State *L, const char *what) {
+  lua_pushfstring(L, "market.%s: cannot wait inside a C function (a metamethod, or a "
+                  "function that table.sort, string.gsub and the like call): the "
+                  "process cannot be suspended there", what);
+}
+
+/* core.nowait(what) -> that text, for market.lua to raise at its caller's line */
+static int c_nowait(lua_State *L) {
+  pushnowait(L, luaL_checkstring(L, 1));
+  return 1;
+}
+
 static int await(lua_State *L, lua_KContext how) {
   lproc *lp = running.lp;
   /* Checked before anything is set up for the wait: a yield that failed
   ** here after lp->waiting was set left the process marked as waiting on
   ** a coroutine that was not, and its next event was pushed on a stack
   ** that was gone (a pcall had caught the error). */
-  if (!lua_isyieldable(L))
-    return luaL_error(L, "market.%s: cannot wait inside a C function (a metamethod, or a "
-                      "function that table.sort, string.gsub and the like call): the "
-                      "process cannot be suspended there",
-                      KIND(how) == WAIT_FOR ? "wait_for" : "yield");
+  if (!lua_isyieldable(L)) {
+    luaL_where(L, 1);
+    pushnowait(L, KIND(how) == WAIT_FOR ? "wait_for" : "yield");
+    lua_concat(L, 2);
+    return lua_error(L);
+  }
   if (how & TIMED) timewait(L, lp, running.p, lua_tonumber(L, DEADLINE(how)));
   else if (lp->wait != NULL) untime(lp->wait);
   lp->waiting = 1;
@@ -3138,7 +3153,7 @@ void mkl_open_core(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"spawn", c_spawn}, {"quit", c_quit}, {"link", c_link}, {"add", c_add}, {"delete", c_delete},
     {"send", c_send}, {"feedback", c_feedback}, {"yield", c_yield},
-    {"wait", c_wait}, {"waits", c_waits}, {"current", c_current}, {"outside", c_outside},
+    {"wait", c_wait}, {"waits", c_waits}, {"current", c_current}, {"outside", c_outside}, {"nowait", c_nowait},
     {"self", c_self}, {"role", c_role},
     {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
     {"open_ground_vm", c_open_ground_vm},

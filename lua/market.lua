@@ -474,11 +474,7 @@ function M.pause()
   local ctx = current("pause")
   -- Before the yield action: its continuation must not outlive a pause
   -- that cannot wait (market.yield's check in C says the same).
-  if not isyieldable() then
-    error("market.pause: cannot wait inside a C function (a metamethod, or a function "
-          .. "that table.sort, string.gsub and the like call): the process cannot be "
-          .. "suspended there", 2)
-  end
+  if not isyieldable() then error(core.nowait("pause"), 2) end
   local done = false
   core.yield(register_cont(ctx, function() done = true end))
   while not done do
