@@ -260,19 +260,24 @@ static const char cluster_boot[] =
   "  return market.transition_no_state(market.exit(1))\n"
   "end))\n";
 
-/* Split --cluster's nats://HOST:PORT[/NAME] into the URL and the cluster
-** name (NULL: the default), both malloc'd; -1 when arg is not such a URL. */
+/* Is arg nats://HOST:PORT[/NAME] as far as its shape goes: the scheme,
+** then something before the slash (libnats judges the host and port). */
+static int cluster_url_ok(const char *arg) {
+  return strncmp(arg, "nats://", 7) == 0 && arg[7] != '\0' && arg[7] != '/';
+}
+
+/* Split --cluster's nats://HOST:PORT[/NAME] (cluster_url_ok) into the URL
+** and the cluster name (NULL: the default), both malloc'd; -1 out of
+** memory. */
 static int cluster_arg(const char *arg, char **url, char **name) {
-  const char *hostport, *slash;
+  const char *hostport = arg + 7, *slash = strchr(hostport, '/');
   size_t n;
-  if (strncmp(arg, "nats://", 7) != 0 || arg[7] == '\0') return -1;
-  hostport = arg + 7;
-  slash = strchr(hostport, '/');
   n = slash ? (size_t)(slash - arg) : strlen(arg);
   if ((*url = malloc(n + 1)) == NULL) return -1;
   memcpy(*url, arg, n);
   (*url)[n] = '\0';
-  *name = slash && slash[1] ? strdup(slash + 1) : NULL;
+  *name = NULL;
+  if (slash && slash[1] && (*name = strdup(slash + 1)) == NULL) return -1;
   return 0;
 }
 
@@ -524,7 +529,7 @@ int main(int argc, char **argv) {
     }
     if (strcmp(argv[i], "--cluster") == 0 || strcmp(argv[i], "--node") == 0) {
       if (++i >= argc) { fprintf(stderr, "market: %s needs an argument\n", argv[i - 1]); return trace_end(&trace, 2); }
-      if (argv[i - 1][2] == 'c' && strncmp(argv[i], "nats://", 7) != 0) {
+      if (argv[i - 1][2] == 'c' && !cluster_url_ok(argv[i])) {
         fprintf(stderr, "market: --cluster: '%s' is not nats://HOST:PORT[/NAME]\n", argv[i]);
         return trace_end(&trace, 2);
       }

@@ -1068,9 +1068,11 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     assert.equal(1, status)
     assert.equal("ran\n", out)
     assert.matches("market: %-%-cluster: cannot connect to NATS at nats://127.0.0.1:" .. port, err)
-    status, _, err = H.run("--cluster 127.0.0.1:4222 -e 'local x = 1'")
-    assert.equal(2, status)
-    assert.matches("is not nats://HOST:PORT%[/NAME%]", err)
+    for _, bad in ipairs { "127.0.0.1:4222", "nats://", "nats:///spec" } do
+      status, _, err = H.run(("--cluster %s -e 'local x = 1'"):format(bad))
+      assert.equal(2, status)
+      assert.equal(("market: --cluster: '%s' is not nats://HOST:PORT[/NAME]\n"):format(bad), err)
+    end
     status, _, err = H.run("--cluster nats://127.0.0.1:1/a.b -e 'local x = 1'")
     assert.equal(1, status)
     assert.matches("cluster must be a non%-empty string of letters", err)
