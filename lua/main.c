@@ -359,6 +359,11 @@ static int run_workers(int argc, char **argv, int n) {
     free(pids);
     return 1;
   }
+  /* As in a host (market.h): the report of a worker's end, written to a
+  ** log pipe whose reader died, must not end the parent, and with it (by
+  ** PR_SET_PDEATHSIG) the workers still serving.  The workers inherit the
+  ** disposition, which is the one their hosts would set. */
+  signal(SIGPIPE, SIG_IGN);
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);

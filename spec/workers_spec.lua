@@ -83,6 +83,39 @@ describe("market --workers N", function()
     assert.equal(137, server.stop("TERM"))
   end)
 
+  it("goes on when its standard error's reader has gone (no SIGPIPE)", function()
+    -- A log pipe whose reader died: the report of a worker's end was the
+    -- parent's death by SIGPIPE, and the other workers stopped with it.
+    local fifo = os.tmpname()
+    os.remove(fifo)
+    assert(os.execute("mkfifo " .. fifo))
+    local reader = N.start_cmd("exec cat " .. q(fifo))
+    local port = N.free_port()
+    local server = N.start_cmd(("exec %s --workers 2 spec/support/whoami.lua %d 2>%s")
+      :format(q(N.market_bin()), port, q(fifo)))
+    local pids = {}
+    finally(function() reader.kill(); cleanup(server, pids); os.remove(fifo) end)
+    for _ = 1, 1500 do
+      local count = 0
+      for pid in reader.stdout():gmatch("pid (%d+) listening on port") do
+        pids[pid] = true
+        count = count + 1
+      end
+      if count == 2 or server.exited() then break end
+      N.sleep(0.02)
+    end
+    local victim, other = next(pids)
+    other = next(pids, victim)
+    assert.truthy(other, reader.stdout())
+    reader.kill()                          -- nobody reads standard error now
+    os.execute("kill -KILL " .. victim)
+    for _ = 1, 25 do N.sleep(0.02) end
+    assert.is_true(server.running(), "the parent ended with status " .. tostring(server.exited()))
+    assert.is_true(alive(other))
+    assert.equal("worker", (capture(("nc -N 127.0.0.1 %d </dev/null"):format(port), 5)):match("^%a+"))
+    assert.equal(137, server.stop("TERM"))
+  end)
+
   it("reports a worker that failed, and exits with the first failure's status", function()
     local out, status = capture(("%s --workers 3 -e %s 2>&1"):format(q(N.market_bin()), q([[
       local market = require "market"
