@@ -260,7 +260,24 @@ function M.sleep(msecs)
   if not inside then error("timer.sleep: not inside a market process", 2) end
   sleeps = sleeps + 1
   local label = { "sleep", pid, sleeps }
-  local name = "sleep#" .. sleeps
+  local name, watch = "sleep#" .. sleeps, "sleep#" .. sleeps .. "/driver"
+  -- A set that no driver hears is lost, and the sleep would never end (a
+  -- nested VM without a driver of its own, say): so first look for the
+  -- driver's subscription, whose presence the handler counts.  (A driver
+  -- that goes during the sleep is not watched: at an exit or a stop it
+  -- goes before its sleepers, which must not fail for that.)
+  local drivers = 0
+  market.perform(market.observe_subscribers(set(label, _, _), {
+    name = watch, on_presence = function() drivers = drivers + 1 end }))
+  market.pause()                     -- the presence of those there now
+  -- and of one whose boot was pending (spawned just before): its
+  -- subscription came during that pause, its presence after it
+  if drivers == 0 then market.pause() end
+  market.perform(market.delete_endpoint(watch))
+  if drivers == 0 then
+    error("timer.sleep: no timer driver in this VM (a nested VM needs its own: " ..
+          "spawn timer.driver there, docs/reference.md)", 2)
+  end
   market.perform(market.subscriber(expired(label, _), { name = name }),
                  market.send(set(label, msecs, "relative")))
   -- This sleep's expiry, not any message that reaches the endpoint: one

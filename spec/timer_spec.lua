@@ -218,6 +218,33 @@ describe("timer driver", function()
     assert.is_true(back)
   end)
 
+  it("refuses a sleep no driver would answer, in a nested VM without one, at the caller", function()
+    -- The set was lost and the sleep never ended: the program hung there.
+    local said
+    ground(function()
+      market.perform(market.nested_vm(function()
+        local ok, err = pcall(function() timer.sleep(5) end)
+        said = ok and "returned" or err
+      end, { name = "driverless" }))
+      market.pause()
+    end)
+    assert.matches("^spec/timer_spec%.lua:%d+: timer%.sleep: no timer driver in this VM " ..
+                   "%(a nested VM needs its own: spawn timer%.driver there, docs/reference%.md%)$",
+                   said)
+    -- A driver spawned just before, with no pause between, is found: the
+    -- sleep waits for what is pending first (before, its set was lost).
+    local slept
+    ground(function()
+      market.perform(market.nested_vm(function()
+        market.perform(relay.event_relay("inner"), market.spawn(timer.driver, "timer-driver"))
+        local t0 = market.now()
+        timer.sleep(20)
+        slept = market.now() - t0
+      end, { name = "driven" }))
+    end)
+    assert.is_true(slept and slept >= 20, "slept " .. tostring(slept) .. " ms")
+  end)
+
   it("ignores malformed requests and keeps serving", function()
     local labels = expiries(1, function()
       return { timer.set("bad", "soon", "relative"), timer.set("bad2", 5, "sometime"),
