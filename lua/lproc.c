@@ -2605,7 +2605,6 @@ static int c_waits(lua_State *L) {
   return 2;
 }
 
-/* core.current() -> ctx of the running process, or nil */
 /* core.outside(what) -> the message market.<what> raises outside a
 ** process (pushoutside), for market.lua to raise at its caller's line */
 static int c_outside(lua_State *L) {
@@ -2613,6 +2612,7 @@ static int c_outside(lua_State *L) {
   return 1;
 }
 
+/* core.current() -> ctx of the running process, or nil */
 static int c_current(lua_State *L) {
   mkl_state *S = STATE(L);
   mk_proc *p = S->current;
