@@ -90,11 +90,21 @@ local function check_budget(ms, fname, level)
 end
 
 local NO_OPTS = {}
-local function check_opts(opts, fname)
+local SPAWN_KEYS = { name = true, k = true }
+local NESTED_KEYS = { name = true, k = true, max_activation = true }
+local function check_opts(opts, fname, keys)
   if opts == nil then return NO_OPTS end
   if type(opts) == "string" then opts = { name = opts } end
   if type(opts) ~= "table" then
     error(fname .. ": options must be a table or a name, got " .. type(opts), 3)
+  end
+  -- A misspelt option ({nmae = ...}) was ignored without a word, as a
+  -- misspelt handler key is not (endpoint handlers).
+  for key in next, opts do
+    if not keys[key] then
+      error(("%s: unknown option %s"):format(fname,
+        type(key) == "string" and "'" .. key .. "'" or "of type " .. type(key)), 3)
+    end
   end
   if opts.k ~= nil and type(opts.k) ~= "function" then
     error(fname .. ": the continuation k must be a function", 3)
@@ -122,7 +132,7 @@ function M.spawn(boot, opts)
   if type(boot) ~= "function" then
     error("market.spawn: the boot argument must be a function, got " .. type(boot), 2)
   end
-  opts = check_opts(opts, "market.spawn")
+  opts = check_opts(opts, "market.spawn", SPAWN_KEYS)
   return fixed("spawn", boot, cstring(opts.name) or false, opts.k or false, false, false)
 end
 
@@ -131,7 +141,7 @@ function M.nested_vm(boot, opts)
   if type(boot) ~= "function" then
     error("market.nested_vm: the boot argument must be a function, got " .. type(boot), 2)
   end
-  opts = check_opts(opts, "market.nested_vm")
+  opts = check_opts(opts, "market.nested_vm", NESTED_KEYS)
   return fixed("spawn", boot, cstring(opts.name) or "nested-vm", opts.k or false, true,
                opts.max_activation or false)
 end

@@ -169,6 +169,14 @@ describe("constructing actions", function()
                    err_of(function() local _x = market.spawn(5) end))
     assert.matches(THIS .. "market%.spawn: the continuation k must be a function",
                    err_of(function() local _x = market.spawn(print, { k = 5 }) end))
+    -- A misspelt option was ignored; max_activation is a nested VM's only.
+    assert.matches(THIS .. "market%.spawn: unknown option 'nmae'$",
+                   err_of(function() local _x = market.spawn(print, { nmae = "x" }) end))
+    assert.matches(THIS .. "market%.spawn: unknown option 'max_activation'$",
+                   err_of(function() local _x = market.spawn(print, { max_activation = 5 }) end))
+    assert.matches(THIS .. "market%.nested_vm: unknown option of type number$",
+                   err_of(function() local _x = market.nested_vm(print, { "x" }) end))
+    assert.is_true(market.is_action(market.nested_vm(print, { name = "n", k = print, max_activation = 5 })))
     assert.matches(THIS .. "market%.nested_vm: the boot argument must be a function",
                    err_of(function() local _x = market.nested_vm("x") end))
     assert.matches(THIS .. "market%.quit: pid must be an integer or nil",
