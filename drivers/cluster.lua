@@ -702,9 +702,21 @@ end
 -- spawn action that starts the driver.  cluster.node is then the node's
 -- name (nil until a driver was made), for programs that name things
 -- uniquely across the cluster (examples/chat.lua).
+local DRIVER_KEYS = { "url", "urls", "cluster", "node", "heartbeat_ms", "lost_after_ms",
+                      "max_roles", "max_nodes" }
 function M.driver(opts)
   if type(opts) ~= "table" then
     error("market.cluster.driver: the options must be a table, got " .. type(opts), 2)
+  end
+  -- A misspelt key ({nodes = ...}) was ignored without a word (worded as
+  -- market.spawn's and market.trace's).
+  for key in next, opts do
+    local known = false
+    for i = 1, #DRIVER_KEYS do if DRIVER_KEYS[i] == key then known = true; break end end
+    if not known then
+      error(("market.cluster.driver: no option %s (%s)"):format(tostring(key),
+            table.concat(DRIVER_KEYS, ", ")), 2)
+    end
   end
   local urls = opts.urls or { opts.url }
   if type(urls) ~= "table" or #urls == 0 then

@@ -89,23 +89,31 @@ local function check_budget(ms, fname, level)
   return ms
 end
 
+-- An options table holds only the keys in `keys` (a list, in the order
+-- the error names them): a misspelt one ({nmae = ...}) was ignored
+-- without a word, as a misspelt handler key is not.  The error is worded
+-- as market.trace's (ltrace.c) and raised at `level`.
+local function only_keys(opts, keys, fname, level)
+  for key in next, opts do
+    local known = false
+    for i = 1, #keys do if keys[i] == key then known = true; break end end
+    if not known then
+      error(("%s: no option %s (%s)"):format(fname, tostring(key), table.concat(keys, ", ")),
+            level + 1)
+    end
+  end
+end
+
 local NO_OPTS = {}
-local SPAWN_KEYS = { name = true, k = true }
-local NESTED_KEYS = { name = true, k = true, max_activation = true }
+local SPAWN_KEYS = { "name", "k" }
+local NESTED_KEYS = { "name", "k", "max_activation" }
 local function check_opts(opts, fname, keys)
   if opts == nil then return NO_OPTS end
   if type(opts) == "string" then opts = { name = opts } end
   if type(opts) ~= "table" then
     error(fname .. ": options must be a table or a name, got " .. type(opts), 3)
   end
-  -- A misspelt option ({nmae = ...}) was ignored without a word, as a
-  -- misspelt handler key is not (endpoint handlers).
-  for key in next, opts do
-    if not keys[key] then
-      error(("%s: unknown option %s"):format(fname,
-        type(key) == "string" and "'" .. key .. "'" or "of type " .. type(key)), 3)
-    end
-  end
+  only_keys(opts, keys, fname, 3)
   if opts.k ~= nil and type(opts.k) ~= "function" then
     error(fname .. ": the continuation k must be a function", 3)
   end
@@ -522,6 +530,7 @@ end
 
 -- The options of ground_vm and open_ground_vm checked, and the boot
 -- function that starts the drivers first when asked.
+local GROUND_KEYS = { "drivers", "trace", "drain", "max_activation", "on_crash" }
 local function ground_boot(boot, opts, fname)
   if type(boot) ~= "function" then
     error(fname .. ": the boot argument must be a function, got " .. type(boot), 3)
@@ -530,6 +539,7 @@ local function ground_boot(boot, opts, fname)
   if type(opts) ~= "table" then
     error(fname .. ": options must be a table, got " .. type(opts), 3)
   end
+  only_keys(opts, GROUND_KEYS, fname, 3)
   check_budget(opts.max_activation, fname, 3)
   check_drain(opts.drain, fname, 4)
   if opts.on_crash ~= nil and type(opts.on_crash) ~= "function" then
@@ -642,6 +652,7 @@ local monitors = 0    -- names given to anonymous monitors, in this Lua state
 -- goes; the monitor then deletes itself.  opts: a name, or {name=,
 -- subscribers=}.  The count of peers lives in the monitoring process's
 -- context, so one monitor action may be performed by many processes.
+local MONITOR_KEYS = { "name", "subscribers" }
 function M.monitor(target, on_down, opts)
   if type(on_down) ~= "function" then
     error("market.monitor: on_down must be a function, got " .. type(on_down), 2)
@@ -651,6 +662,7 @@ function M.monitor(target, on_down, opts)
     error("market.monitor: options must be a table or a name, got " .. type(opts), 2)
   end
   opts = opts or NO_OPTS
+  only_keys(opts, MONITOR_KEYS, "market.monitor", 2)
   local name = opts.name
   if name == nil then
     monitors = monitors + 1

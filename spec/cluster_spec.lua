@@ -1144,6 +1144,10 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), "--quiet")
                    err { url = "nats://127.0.0.1:1", max_roles = 1.5 })
     assert.matches(here .. 'max_nodes must be an integer above 0, got "9"$',
                    err { url = "nats://127.0.0.1:1", max_nodes = "9" })
+    -- A misspelt key was ignored: the node was named after the host.
+    assert.matches(here .. "no option nodes %(url, urls, cluster, node, heartbeat_ms, " ..
+                   "lost_after_ms, max_roles, max_nodes%)$",
+                   err { url = "nats://127.0.0.1:1", nodes = "n1" })
     -- cluster.node names the last driver made: not one refused.
     local node = cluster.node
     err { url = "nats://127.0.0.1:1", node = "refused", lost_after_ms = -1 }

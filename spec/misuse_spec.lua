@@ -170,13 +170,20 @@ describe("constructing actions", function()
     assert.matches(THIS .. "market%.spawn: the continuation k must be a function",
                    err_of(function() local _x = market.spawn(print, { k = 5 }) end))
     -- A misspelt option was ignored; max_activation is a nested VM's only.
-    assert.matches(THIS .. "market%.spawn: unknown option 'nmae'$",
+    assert.matches(THIS .. "market%.spawn: no option nmae %(name, k%)$",
                    err_of(function() local _x = market.spawn(print, { nmae = "x" }) end))
-    assert.matches(THIS .. "market%.spawn: unknown option 'max_activation'$",
+    assert.matches(THIS .. "market%.spawn: no option max_activation %(name, k%)$",
                    err_of(function() local _x = market.spawn(print, { max_activation = 5 }) end))
-    assert.matches(THIS .. "market%.nested_vm: unknown option of type number$",
+    assert.matches(THIS .. "market%.nested_vm: no option 1 %(name, k, max_activation%)$",
                    err_of(function() local _x = market.nested_vm(print, { "x" }) end))
     assert.is_true(market.is_action(market.nested_vm(print, { name = "n", k = print, max_activation = 5 })))
+    assert.matches(THIS .. "market%.monitor: no option nmae %(name, subscribers%)$",
+                   err_of(function() local _x = market.monitor(1, print, { nmae = "x" }) end))
+    assert.matches(THIS .. "market%.ground_vm: no option drviers " ..
+                   "%(drivers, trace, drain, max_activation, on_crash%)$",
+                   err_of(function() market.ground_vm(print, { drviers = true }) end))
+    assert.matches(THIS .. "market%.open_ground_vm: no option drian",
+                   err_of(function() market.open_ground_vm(print, { drian = 5 }) end))
     assert.matches(THIS .. "market%.nested_vm: the boot argument must be a function",
                    err_of(function() local _x = market.nested_vm("x") end))
     assert.matches(THIS .. "market%.quit: pid must be an integer or nil",
