@@ -666,8 +666,13 @@ static int l_record(lua_State *L) {
   for (i = 0; i < n; i++) {
     size_t len;
     const char *name = luaL_checklstring(L, i + 2, &len);
+    int j;
     if (memchr(name, '\0', len) != NULL)
       return luaL_argerror(L, i + 2, "a field name must not contain a NUL byte");
+    /* r.a could read only one of two fields named a */
+    for (j = 0; j < i; j++)
+      if (strcmp(lua_tostring(L, j + 2), name) == 0)
+        return luaL_argerror(L, i + 2, lua_pushfstring(L, "field '%s' is named twice", name));
   }
   names = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n ? n : 1), 0);
   for (i = 0; i < n; i++) names[i] = lua_tostring(L, i + 2);

@@ -936,6 +936,13 @@ end)
 -- Labels and field names are C strings underneath (runtime/term.h): a NUL
 -- byte in one would cut it short ("a\0b" printed as a/1).
 describe("record labels and field names", function()
+  it("may not name one field twice: r.a could read only one of them", function()
+    assert.matches("bad argument #4 to '[%w.]*record' %(field 'a' is named twice%)$",
+                   select(2, pcall(market.record, "twice", "a", "b", "a")))
+    assert.matches("bad argument #3 to '[%w.]*record' %(field '1' is named twice%)$",
+                   select(2, pcall(market.record, "twice", "1", 1)))
+  end)
+
   it("may not contain a NUL byte", function()
     assert.matches("bad argument #1 to '[%w.]*record' %(a record label must not contain a NUL byte%)",
                    select(2, pcall(market.record, "a\0b")))
