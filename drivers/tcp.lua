@@ -493,12 +493,14 @@ end
 -- address and its peer, its session's pid, and in detail mode the bytes
 -- in, out and buffered.  Connections and listeners are processes of the
 -- snapshot's tree too (kind "tcp" for a connection's manager).
-function M.inspect()
+-- inspect([max]): with max (market.snapshot's max_processes), only the
+-- connections whose managers are among the first max processes.
+function M.inspect(max)
   local s, t = M.stats, {}
   for _, k in ipairs { "max_queued", "pauses", "overflows", "refused", "timeouts", "max_input" } do
     t[k] = s[k]
   end
-  t.connections = sys.tcp_inspect()
+  t.connections = sys.tcp_inspect(max)
   return t
 end
 

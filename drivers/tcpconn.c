@@ -1859,19 +1859,22 @@ static void inspect_vm(lua_State *L, mk_vm *vm, const mk_snap_vm *s, lua_Integer
   }
 }
 
-/* sys.tcp_inspect() -> { {pid =, vm =, address =, peer =, session =,
-** [bytes_in =, bytes_out =, buffered =]}, ... } (drivers/tcp.lua, inspect) */
+/* sys.tcp_inspect([max]) -> { {pid =, vm =, address =, peer =, session =,
+** [bytes_in =, bytes_out =, buffered =]}, ... } (drivers/tcp.lua, inspect):
+** with max, the connections among the first max processes of a snapshot
+** (mk_vm_snapshot_max) */
 static int l_tcp_inspect(lua_State *L) {
   mk_ground *g = mkl_ground(L);
   mk_snap_vm **box;
-  lua_Integer n = 0;
+  lua_Integer n = 0, max = luaL_optinteger(L, 1, 0);
   if (g == NULL) return luaL_error(L, "market.tcp.inspect: no ground VM is running");
+  if (max < 0) max = 0;
   /* Making the tables may raise: the snapshot is held meanwhile by a
   ** userdata whose __gc frees it (lua/lsnap.c). */
   box = lua_newuserdatauv(L, sizeof *box, 0);
   *box = NULL;
   luaL_setmetatable(L, "market.snapshot");
-  *box = mk_vm_snapshot(mk_ground_vm(g));
+  *box = mk_vm_snapshot_max(mk_ground_vm(g), (size_t)max);
   lua_newtable(L);
   inspect_vm(L, mk_ground_vm(g), *box, &n);
   mk_snapshot_free(*box);

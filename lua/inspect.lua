@@ -40,6 +40,12 @@ M.CLI_TIMEOUT_MS = 5000     -- how long `market inspect` waits for the whole ans
 -- page's /events stream gets a snapshot every PUSH_MS).
 M.MAX_CONNECTIONS = 64
 M.IDLE_TIMEOUT_MS = 30000
+-- Processes a snapshot of the inspector's lists, in the whole tree (the
+-- lowest pids of each VM; each VM says how many it left out, `omitted`).
+-- A whole snapshot of 200,000 processes took two seconds of CPU, over
+-- the activation budget: the connection asking for it was killed, and a
+-- page's pushes would have held the program every second.
+M.MAX_PROCESSES = 1000
 
 -- ---- addresses ---------------------------------------------------------------
 
@@ -163,7 +169,7 @@ local detail = market.inspect_detail
 -- ---- snapshots for the page -----------------------------------------------
 
 local function snapshot(extra)
-  local s = market.snapshot()
+  local s = market.snapshot { max_processes = M.MAX_PROCESSES }
   s.inspector = extra
   return s
 end
@@ -210,7 +216,7 @@ end
 
 -- /api/process/PID: the process as the snapshot has it and its recent events.
 local function process_view(pid, q)
-  local path, s = query_vm(q), market.snapshot()
+  local path, s = query_vm(q), market.snapshot { max_processes = M.MAX_PROCESSES }
   local vm = find_vm(s.vm, path)
   local p = vm and find_proc(vm, pid)
   local lines = p and view_lines("p " .. path .. " " .. pid, { pid = pid }, function(line)
@@ -222,7 +228,7 @@ end
 -- /api/conversation/PUB/EP/SUB/EP: the conversation and the messages its
 -- publisher sent that its subscriber's topic takes.
 local function conversation_view(pub, pep, sub, sep, q)
-  local path, s = query_vm(q), market.snapshot()
+  local path, s = query_vm(q), market.snapshot { max_processes = M.MAX_PROCESSES }
   local vm = find_vm(s.vm, path)
   local pp, sp = vm and find_proc(vm, pub), vm and find_proc(vm, sub)
   local pe, se = find_endpoint(pp, pep), find_endpoint(sp, sep)
@@ -632,6 +638,9 @@ local function print_tree(snap, write)
         convs[p.pid] or 0, table.concat(topics, " ")))
       if p.vm then vm_rows(p.vm) end
     end
+    if math.type(vm.omitted) == "integer" and vm.omitted > 0 then
+      write(("%-12s %6s  %d more processes not shown\n"):format(cut(vm.path, 12), "...", vm.omitted))
+    end
   end
   vm_rows(snap.vm)
 end
@@ -848,7 +857,7 @@ function render() {
     if (c.name !== undefined) connBy.set("name " + c.name, c);
   }
   eachVM(snap.vm, 0, (vm, depth) => {
-    procRows.push(`<tr class="vm"><td colspan="8" style="padding-left:${10 + depth * 18}px">VM ${esc(vm.path)} <span class="dim">(${(vm.processes || []).length} processes, ${vm.queued} queued)</span></td></tr>`);
+    procRows.push(`<tr class="vm"><td colspan="8" style="padding-left:${10 + depth * 18}px">VM ${esc(vm.path)} <span class="dim">(${(vm.processes || []).length} processes${vm.omitted ? `, ${vm.omitted} more not shown` : ""}, ${vm.queued} queued)</span></td></tr>`);
     for (const p of vm.processes || []) {
       const eps = (p.endpoints || []).map((e) =>
         `<span class="ep"><span class="o-${esc(e.orientation)}">${e.orientation === "publisher" ? "pub" : "sub"}</span>` +
@@ -894,11 +903,11 @@ function render() {
     `<tr><td colspan="5" class="empty">none</td></tr>`;
   $("pcount").textContent = np + " shown";
   $("ccount").textContent = nc + " shown";
-  let total = 0, convs = 0;
-  eachVM(snap.vm, 0, (vm) => { total += (vm.processes || []).length; convs += (vm.conversations || []).length; });
+  let total = 0, convs = 0, omitted = 0;
+  eachVM(snap.vm, 0, (vm) => { total += (vm.processes || []).length; convs += (vm.conversations || []).length; omitted += vm.omitted || 0; });
   const s = $("summary");
   s.dataset.processes = total; s.dataset.conversations = convs; s.dataset.time = snap.time;
-  s.textContent = `${total} processes · ${convs} conversations · ${new Date(snap.time).toISOString().slice(11, 19)} UTC`;
+  s.textContent = `${total} processes${omitted ? ` (${omitted} more not shown)` : ""} · ${convs} conversations · ${new Date(snap.time).toISOString().slice(11, 19)} UTC`;
 }
 function update(s) {
   const now = s.time, counts = new Map();

@@ -72,6 +72,7 @@ static void pushvm(lua_State *L, const mk_snap_vm *s) {
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   lua_setfield(L, -2, "processes");
+  if (s->omitted > 0) setint(L, "omitted", (lua_Integer)s->omitted);
   lua_createtable(L, (int)s->nconvs, 0);
   for (i = 0; i < s->nconvs; i++) {
     const mk_snap_conv *c = &s->convs[i];
@@ -90,16 +91,34 @@ static void pushvm(lua_State *L, const mk_snap_vm *s) {
 ** (an inspect() function) to a snapshot. */
 static const char *const drivers[] = { "timer", "tcp", "udp", "cluster", NULL };
 
-/* core.snapshot() -> {time =, vm =, drivers =} (docs/inspect.md). */
+/* core.snapshot([{max_processes = n}]) -> {time =, vm =, drivers =}
+** (docs/inspect.md); with n, at most n processes (mk_vm_snapshot_max),
+** and each driver's inspect(n) lists as much. */
 static int c_snapshot(lua_State *L) {
   mk_ground *g = mkl_ground(L);
   mk_snap_vm *s, **box;
+  lua_Integer max = 0;
   int i;
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+      lua_pop(L, 1);
+      if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "max_processes") != 0)
+        return luaL_error(L, "market.snapshot: no option %s (max_processes)",
+                          luaL_tolstring(L, -1, NULL));
+    }
+    lua_getfield(L, 1, "max_processes");
+    max = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+    if (!lua_isnil(L, -1) && max < 1)
+      return luaL_error(L, "market.snapshot: max_processes must be an integer above 0");
+    lua_settop(L, 0);
+  }
   if (g == NULL) return luaL_error(L, "market.snapshot: no ground VM is running");
   lua_createtable(L, 0, 3);
   lua_pushnumber(L, mk_ground_now(g));
   lua_setfield(L, -2, "time");
-  s = mk_vm_snapshot(mk_ground_vm(g));
+  s = mk_vm_snapshot_max(mk_ground_vm(g), (size_t)max);
   /* Making the tables may raise (out of memory): s is held meanwhile by a
   ** userdata whose __gc frees it. */
   box = lua_newuserdatauv(L, sizeof s, 0);
@@ -117,7 +136,8 @@ static int c_snapshot(lua_State *L) {
     lua_pushfstring(L, "market.%s", drivers[i]);
     if (lua_rawget(L, -2) == LUA_TTABLE) {
       if (lua_getfield(L, -1, "inspect") == LUA_TFUNCTION) {
-        lua_call(L, 0, 1);
+        if (max > 0) lua_pushinteger(L, max); else lua_pushnil(L);
+        lua_call(L, 1, 1);
         lua_setfield(L, -4, drivers[i]);
       } else {
         lua_pop(L, 1);

@@ -4,6 +4,7 @@
 ** it reads the VM's tables and index as they are.
 */
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,9 +95,10 @@ static int on_match(mk_ilink *link, void *ud) {
   return 0;
 }
 
-static void snap_vm(mk_vm *vm, mk_snap_vm *s);
+static void snap_vm(mk_vm *vm, mk_snap_vm *s, size_t *left);
 
-static void snap_proc(mk_proc *p, mk_snap_proc *sp) {
+/* left: how many more processes the snapshot may list (SIZE_MAX: all). */
+static void snap_proc(mk_proc *p, mk_snap_proc *sp, size_t *left) {
   epcopy c;
   memset(sp, 0, sizeof *sp);
   sp->pid = p->pid;
@@ -117,7 +119,7 @@ static void snap_proc(mk_proc *p, mk_snap_proc *sp) {
   }
   if (p->b == &mk_nested_behavior && p->data != NULL) {
     sp->vm = mkI_xmalloc(sizeof *sp->vm);
-    snap_vm(p->data, sp->vm);
+    snap_vm(p->data, sp->vm, left);
   }
 }
 
@@ -155,10 +157,10 @@ static void snap_convs(mk_vm *vm, mk_snap_vm *s, mk_proc **procs) {
   if (s->nconvs > 1) qsort(s->convs, s->nconvs, sizeof *s->convs, by_pair);
 }
 
-static void snap_vm(mk_vm *vm, mk_snap_vm *s) {
+static void snap_vm(mk_vm *vm, mk_snap_vm *s, size_t *left) {
   mk_proc **procs;
   mk_qblock *b;
-  size_t i, n = 0;
+  size_t i, n = 0, listed;
   memset(s, 0, sizeof *s);
   s->path = mkI_xstrdup(vm->path);
   s->detail = mk_vm_detail(vm);
@@ -173,18 +175,25 @@ static void snap_vm(mk_vm *vm, mk_snap_vm *s) {
       if (!p->dead) procs[n++] = p;
   }
   qsort(procs, n, sizeof *procs, by_pid);
-  s->procs = mkI_xmalloc(n * sizeof *s->procs);
-  s->nprocs = n;
-  for (i = 0; i < n; i++) snap_proc(procs[i], &s->procs[i]);
+  /* This VM's share, taken before any nested VM takes its own. */
+  listed = n < *left ? n : *left;
+  *left -= listed;
+  s->omitted = n - listed;
+  s->procs = mkI_xmalloc((listed ? listed : 1) * sizeof *s->procs);
+  s->nprocs = listed;
+  for (i = 0; i < listed; i++) snap_proc(procs[i], &s->procs[i], left);
   snap_convs(vm, s, procs);
   free(procs);
 }
 
-mk_snap_vm *mk_vm_snapshot(mk_vm *vm) {
+mk_snap_vm *mk_vm_snapshot_max(mk_vm *vm, size_t max_procs) {
   mk_snap_vm *s = mkI_xmalloc(sizeof *s);
-  snap_vm(vm, s);
+  size_t left = max_procs ? max_procs : SIZE_MAX;
+  snap_vm(vm, s, &left);
   return s;
 }
+
+mk_snap_vm *mk_vm_snapshot(mk_vm *vm) { return mk_vm_snapshot_max(vm, 0); }
 
 static void free_vm(mk_snap_vm *s) {
   size_t i, k;

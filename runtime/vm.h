@@ -599,6 +599,7 @@ struct mk_snap_vm {
   size_t queued;             /* events in its queue */
   mk_snap_proc *procs;       /* owned, nprocs of them, by pid (the resident first) */
   size_t nprocs;
+  size_t omitted;            /* its processes left out (mk_vm_snapshot_max), 0 in a whole one */
   mk_snap_conv *convs;       /* owned, nconvs of them, by publisher then subscriber */
   size_t nconvs;
   int detail;                /* 1: detail mode was on (mk_vm_set_detail): the
@@ -615,6 +616,16 @@ struct mk_snap_vm {
 ** caller; out of memory aborts (the VM's policy).
 */
 mk_snap_vm *mk_vm_snapshot(mk_vm *vm);
+/*
+** The same with at most max_procs processes in the whole tree (0: no
+** limit): each VM lists its lowest pids while any of the bound is left
+** (its own processes before those of the VMs nested in them), says in
+** `omitted` how many of its own it left out, and lists the conversations
+** of listed processes only.  A snapshot of a VM of a million processes
+** costs seconds and takes more memory than it shows anyone; this one costs
+** a sort of the pids and what it lists (the inspector's, inspect.lua).
+*/
+mk_snap_vm *mk_vm_snapshot_max(mk_vm *vm, size_t max_procs);
 void mk_snapshot_free(mk_snap_vm *s);      /* NULL accepted */
 
 /* ---- nested VMs ---------------------------------------------------------- */

@@ -379,6 +379,32 @@ describe("market inspect HOST:PORT", function()
     assert.truthy(out:find("\nground +%d+  inspector +lua "))
   end)
 
+  it("lists inspect.MAX_PROCESSES, and says how many more a VM has", function()
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+      local market = require "market"
+      local boot = function() return market.transition(nil, market.subscriber({ "idle", market._ })) end
+      for _ = 1, 1500 do market.perform(market.spawn(boot)) end
+      io.stderr:write("spawned\n")]])
+    f:close()
+    local server, iport = start_inspected(script)
+    finally(function() server.kill(); os.remove(script) end)
+    assert.is_true(server.wait_for("spawned\n", 20), server.stderr())
+    local out, status = capture(("%s inspect 127.0.0.1:%d"):format(q(N.market_bin()), iport), 10)
+    assert.equal(0, status, out)
+    local rows, more = 0, nil
+    for l in out:gmatch("[^\n]+") do
+      if l:find("^ground +%d+ ") then rows = rows + 1 end
+      more = l:match("^ground +%.%.%.  (%d+) more processes not shown$") or more
+    end
+    assert.equal(1000, rows)
+    local snap = json_get(iport, "/api/snapshot")
+    assert.equal(1000, #snap.vm.processes)
+    assert.equal(snap.vm.omitted, tonumber(more))
+    assert.is_true(snap.vm.omitted > 500)
+  end)
+
   it("reaches an inspector on [::1], naming it [::1] in its Host", function()
     local server, iport = N.await_listening(N.start_cmd(("exec %s --inspect '[::1]:0' -e 'print(1)'")
       :format(q(N.market_bin()))), "the inspector", 2, "market: inspector on http://%[::1%]:(%d+)/\n")
