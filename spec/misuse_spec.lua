@@ -570,41 +570,39 @@ describe("misuse inside a process ends that process only, with the error as reas
                  victim_reason(function(s) return faketr end))
   end)
 
+  -- What a watcher of a process's publisher logs when the process's boot
+  -- function returns ret().
+  local function booted_returning(ret)
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        return T(0, market.subscriber({ "booted", market._ }, H.logging(log, "watch")))
+      end))
+      H.step(market.spawn(function()
+        market.perform(market.publisher({ "booted", 1 }))
+        return ret()
+      end))
+    end, log)
+    return log.lines
+  end
+
   it("a handler or boot function returning a lone action: the reason says how to wrap it", function()
     local want = "handler returned an action, not a transition (use market.transition_no_state(action))"
     assert.equal(want, victim_reason(function(s) return market.send("x") end))
     assert.equal(want, victim_reason(function(s) return market.quit() end))
     assert.equal(want, victim_reason(function(s) return market.subscriber({ "y", market._ }) end))
-    local log = H.log()
-    H.ground(function()
-      H.step(market.spawn(function()
-        return T(0, market.subscriber({ "booted", market._ }, H.logging(log, "watch")))
-      end))
-      H.step(market.spawn(function()
-        market.perform(market.publisher({ "booted", 1 }))
-        return market.send("z")
-      end))
-    end, log)
-    assert.equal('watch absence #1 publisher/participant ["booted", 1] ' ..
-                 "boot function returned an action, not a transition (use market.transition_no_state(action))",
-                 log.lines[2])
+    assert.same({ 'watch presence #1 publisher/participant ["booted", 1]',
+                  'watch absence #1 publisher/participant ["booted", 1] ' ..
+                    "boot function returned an action, not a transition " ..
+                    "(use market.transition_no_state(action))" },
+                booted_returning(function() return market.send("z") end))
   end)
 
   it("a boot function returning what is not a transition: the reason says boot function", function()
-    local log = H.log()
-    H.ground(function()
-      H.step(market.spawn(function()
-        return T(0, market.subscriber({ "booted", market._ }, H.logging(log, "watch")))
-      end))
-      H.step(market.spawn(function()
-        market.perform(market.publisher({ "booted", 1 }))
-        return 42
-      end))
-    end, log)
     assert.same({ 'watch presence #1 publisher/participant ["booted", 1]',
                   'watch absence #1 publisher/participant ["booted", 1] ' ..
                     "boot function returned a number, not a transition (use market.transition)" },
-                log.lines)
+                booted_returning(function() return 42 end))
   end)
 
   it("a handler returning another userdata given a transition's or a send's metatable", function()
