@@ -2118,12 +2118,18 @@ static void pushoutside(lua_State *L, mkl_state *S, const char *what) {
     lua_pushfstring(L, "market.%s: not inside a market process", what);
 }
 
-/* Raises pushoutside's error at the caller's line, as luaL_error does. */
-static void outside(lua_State *L, mkl_state *S, const char *what) {
+/* Raises the message on top of the stack at the caller's line, as
+** luaL_error does. */
+static int raisehere(lua_State *L) {
   luaL_where(L, 1);
-  pushoutside(L, S, what);
+  lua_insert(L, -2);
   lua_concat(L, 2);
-  lua_error(L);
+  return lua_error(L);
+}
+
+static void outside(lua_State *L, mkl_state *S, const char *what) {
+  pushoutside(L, S, what);
+  raisehere(L);
 }
 
 /* The process running on thread L, or a Lua error: actions are performed
@@ -2435,10 +2441,8 @@ static int await(lua_State *L, lua_KContext how) {
   ** a coroutine that was not, and its next event was pushed on a stack
   ** that was gone (a pcall had caught the error). */
   if (!lua_isyieldable(L)) {
-    luaL_where(L, 1);
     pushnowait(L, KIND(how) == WAIT_FOR ? "wait_for" : "yield");
-    lua_concat(L, 2);
-    return lua_error(L);
+    return raisehere(L);
   }
   if (how & TIMED) timewait(L, lp, running.p, lua_tonumber(L, DEADLINE(how)));
   else if (lp->wait != NULL) untime(lp->wait);

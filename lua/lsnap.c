@@ -100,14 +100,9 @@ static int c_snapshot(lua_State *L) {
   lua_Integer max = 0;
   int i;
   if (!lua_isnoneornil(L, 1)) {
+    static const char *const fields[] = { "max_processes", NULL };
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_pushnil(L);
-    while (lua_next(L, 1)) {
-      lua_pop(L, 1);
-      if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "max_processes") != 0)
-        return luaL_error(L, "market.snapshot: no option %s (max_processes)",
-                          luaL_tolstring(L, -1, NULL));
-    }
+    mkl_only_fields(L, "market.snapshot", fields, "max_processes");
     lua_getfield(L, 1, "max_processes");
     max = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
     if (!lua_isnil(L, -1) && max < 1)

@@ -158,9 +158,9 @@ static const mk_pid *pids(lua_State *L, const char *who, size_t *n) {
 }
 
 /* The options table at index 1 has only these fields (`list`: how an
-** error names them). */
-static void onlyfields(lua_State *L, const char *who, const char *const *fields,
-                       const char *list) {
+** error names them); mkl.h. */
+void mkl_only_fields(lua_State *L, const char *who, const char *const *fields,
+                     const char *list) {
   lua_pushnil(L);
   while (lua_next(L, 1)) {
     const char *const *f = fields;
@@ -202,7 +202,7 @@ static int settrace(lua_State *L, mk_vm *vm) {
     return 1;
   }
   if (lua_istable(L, 1)) {
-    onlyfields(L, "market.trace", fields, "pid, name, vm, kind, topic, format, file");
+    mkl_only_fields(L, "market.trace", fields, "pid, name, vm, kind, topic, format, file");
     filter(L, "market.trace", &o);
     lua_getfield(L, 1, "format");
     format = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : lua_isnil(L, -1) ? "text" : NULL;
@@ -363,7 +363,7 @@ static int l_ring(lua_State *L) {
   luaL_checkstack(L, 32, "market.ring");
   if (g == NULL) return luaL_error(L, "market.ring: no ground VM is running");
   memset(&o, 0, sizeof o);
-  onlyfields(L, "market.ring", fields, "pid, name, vm, kind, topic, size");
+  mkl_only_fields(L, "market.ring", fields, "pid, name, vm, kind, topic, size");
   filter(L, "market.ring", &o);
   if ((t = lua_getfield(L, 1, "size")) == LUA_TNIL) size = RING_SIZE, isint = 1;
   else size = lua_tointegerx(L, -1, &isint);
