@@ -196,13 +196,23 @@ static void keepterm(lua_State *L, int idx, const char *what) {
   }
 }
 
+/* A send takes one term.  Two arguments are the mistake of a user who
+** knows publish(subject, data) (NATS, skynet.send): the second was
+** dropped without a word and the topic alone went out. */
+static int onebody(lua_State *L, const char *fname, int n) {
+  if (n == 0) return luaL_error(L, "%s: a message body is required", fname);
+  return luaL_error(L, "%s: one message body, got %d arguments (a topic and its data "
+                    "go in one term: a record or a sequence)", fname, n);
+}
+
 /* send(body): the action that sends body, a userdata holding it as its
 ** user value (one allocation; an action table takes two) and reading as
 ** {kind = "send", body = body} (send_index).  Terms that are not atoms
 ** or boxes (sequences given as tables) are converted, so a later change
 ** to the table cannot change the message. */
 static int f_send(lua_State *L) {
-  if (lua_type(L, 1) == LUA_TNONE) return luaL_error(L, "market.send: a message body is required");
+  int n = lua_gettop(L);
+  if (n != 1) return onebody(L, "market.send", n);
   lua_settop(L, 1);
   keepterm(L, 1, "market.send: body");
   ((sendact *)lua_newuserdatauv(L, sizeof(sendact), 1))->brand = &send_brand;
@@ -223,7 +233,9 @@ static int f_send(lua_State *L) {
 static int f_quit(lua_State *L) {
   int named = !lua_isnoneornil(L, 1);
   quitact *q;
-  if (named && !lua_isinteger(L, 1)) return luaL_error(L, "market.quit: pid must be an integer or nil");
+  if (named && !lua_isinteger(L, 1))   /* quit("done") meant a reason */
+    return luaL_error(L, "market.quit: pid must be an integer or nil, got %s "
+                      "(market.quit(nil, reason) quits with a reason)", luaL_typename(L, 1));
   lua_settop(L, 2);
   if (!lua_isnil(L, 2)) keepterm(L, 2, "market.quit: reason");
   /* No user value without a reason: 56 bytes, not 80, for the quit

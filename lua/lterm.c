@@ -654,7 +654,8 @@ static int conflict(lua_State *L, const char *label, size_t ll, const char *cons
 }
 
 /* market.record(label, field...).  The label and the field names are C
-** strings underneath (term.h): a NUL byte in one is refused, not cut. */
+** strings underneath (term.h): a NUL byte in one is refused, not cut;
+** an empty one is refused too. */
 static int l_record(lua_State *L) {
   size_t ll;
   const char *label = luaL_checklstring(L, 1, &ll);
@@ -663,12 +664,15 @@ static int l_record(lua_State *L) {
   rtbox *b;
   if (memchr(label, '\0', ll) != NULL)
     return luaL_argerror(L, 1, "a record label must not contain a NUL byte");
+  if (ll == 0)   /* its records would print as "(1, 2)", a sequence's look */
+    return luaL_argerror(L, 1, "a record label must not be empty");
   for (i = 0; i < n; i++) {
     size_t len;
     const char *name = luaL_checklstring(L, i + 2, &len);
     int j;
     if (memchr(name, '\0', len) != NULL)
       return luaL_argerror(L, i + 2, "a field name must not contain a NUL byte");
+    if (len == 0) return luaL_argerror(L, i + 2, "a field name must not be empty");
     /* r.a could read only one of two fields named a */
     for (j = 0; j < i; j++)
       if (strcmp(lua_tostring(L, j + 2), name) == 0)

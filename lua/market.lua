@@ -77,7 +77,12 @@ local function term(v, what)
 end
 
 function M.feedback(...)
-  if select("#", ...) == 0 then error("market.feedback: a message body is required", 2) end
+  local n = select("#", ...)
+  if n == 0 then error("market.feedback: a message body is required", 2) end
+  if n > 1 then   -- as market.send (laction.c onebody)
+    error(("market.feedback: one message body, got %d arguments (a topic and its data " ..
+           "go in one term: a record or a sequence)"):format(n), 2)
+  end
   return action { kind = "feedback", body = term((...), "market.feedback: body") }
 end
 

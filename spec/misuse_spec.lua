@@ -90,6 +90,11 @@ describe("constructing actions", function()
                    err_of(function() local _x = market.send() end))
     assert.matches(THIS .. "market%.feedback: a message body is required",
                    err_of(function() local _x = market.feedback() end))
+    assert.matches(THIS .. "market%.send: one message body, got 2 arguments %(a topic and " ..
+                   "its data go in one term: a record or a sequence%)$",
+                   err_of(function() local _x = market.send("chat", "hello") end))
+    assert.matches(THIS .. "market%.feedback: one message body, got 3 arguments",
+                   err_of(function() local _x = market.feedback(1, nil, nil) end))
     assert.is_true(market.is_action(market.send(nil)))
     assert.is_true(market.is_action(market.subscriber(nil)))
   end)
@@ -186,7 +191,8 @@ describe("constructing actions", function()
                    err_of(function() market.open_ground_vm(print, { drian = 5 }) end))
     assert.matches(THIS .. "market%.nested_vm: the boot argument must be a function",
                    err_of(function() local _x = market.nested_vm("x") end))
-    assert.matches(THIS .. "market%.quit: pid must be an integer or nil",
+    assert.matches(THIS .. "market%.quit: pid must be an integer or nil, got string " ..
+                   "%(market%.quit%(nil, reason%) quits with a reason%)$",
                    err_of(function() local _x = market.quit("x") end))
     assert.matches(THIS .. "market%.quit: reason: a function is not a term",
                    err_of(function() local _x = market.quit(nil, print) end))
@@ -939,6 +945,13 @@ describe("record labels and field names", function()
                    select(2, pcall(market.record, "twice", "a", "b", "a")))
     assert.matches("bad argument #3 to '[%w.]*record' %(field '1' is named twice%)$",
                    select(2, pcall(market.record, "twice", "1", 1)))
+  end)
+
+  it("may not be empty", function()
+    assert.matches("bad argument #1 to '[%w.]*record' %(a record label must not be empty%)$",
+                   select(2, pcall(market.record, "")))
+    assert.matches("bad argument #2 to '[%w.]*record' %(a field name must not be empty%)$",
+                   select(2, pcall(market.record, "a", "", "y")))
   end)
 
   it("may not contain a NUL byte", function()
