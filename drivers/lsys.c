@@ -300,7 +300,6 @@ static int s_tostring(lua_State *L) {
 ** them. */
 static int bound_socket(lua_State *L, int type, lua_Integer port, int reuseport, int *familyp) {
   int fd, one = 1, zero = 0, family = AF_INET6, err;
-  if (port < 0 || port > 65535) { errno = EINVAL; return -1; }
   fd = socket(AF_INET6, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0 && (errno == EAFNOSUPPORT || errno == EPROTONOSUPPORT)) {
     family = AF_INET;
@@ -363,7 +362,6 @@ static int host_socket(const char *host, lua_Integer port, int reuseport, int *f
   struct addrinfo hints, *ai;
   char serv[8];
   int fd, one = 1, err, rc;
-  if (port < 0 || port > 65535) { errno = EINVAL; return -1; }
   memset(&hints, 0, sizeof hints);
   hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
   hints.ai_socktype = SOCK_STREAM;
@@ -385,6 +383,14 @@ static int host_socket(const char *host, lua_Integer port, int reuseport, int *f
   return fd;
 }
 
+/* A port to bind: the kernel's EINVAL would say "invalid argument". */
+static int badport(lua_State *L, lua_Integer port) {
+  if (port >= 0 && port <= 65535) return 0;
+  luaL_pushfail(L);
+  lua_pushliteral(L, "port out of range (0 to 65535)");
+  return 1;
+}
+
 static int l_tcp_listen(lua_State *L) {
   lua_Integer port = luaL_checkinteger(L, 1);
   int backlog = (int)luaL_optinteger(L, 2, 128), reuseport = lua_toboolean(L, 3), family, fd, err;
@@ -396,6 +402,7 @@ static int l_tcp_listen(lua_State *L) {
     lua_pushstring(L, hn == 0 ? "empty host name" : "host holds a NUL byte");
     return 2;
   }
+  if (badport(L, port)) return 2;
   spare_wanted = 1;
   open_spare();
   fd = host ? host_socket(host, port, reuseport, &family, &why)
@@ -493,7 +500,9 @@ static int l_unix_listen(lua_State *L) {
 
 static int l_udp_bind(lua_State *L) {
   lua_Integer port = luaL_optinteger(L, 1, 0);
-  int family, fd = bound_socket(L, SOCK_DGRAM, port, lua_toboolean(L, 2), &family);
+  int family, fd;
+  if (badport(L, port)) return 2;
+  fd = bound_socket(L, SOCK_DGRAM, port, lua_toboolean(L, 2), &family);
   if (fd < 0) return fail(L, errno);
   newsock(L, fd, family);
   return 1;

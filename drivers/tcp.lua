@@ -200,6 +200,10 @@ local function listener_proc(port, driver)
   local on_host = address:is(port) and type(port.host) == "string" and
     (mtype(port.port) == "integer" or handle:is(port.port))
   local bad = not (unix or on_host or mtype(port) == "integer")
+  -- A port read from the command line and not made a number ("5999")
+  -- would be a socket file of that name: a mistake far likelier than a
+  -- path of digits, which "./5999" still gives.
+  local digits = unix and port:find("^%d+$")
   -- A handle in the port field names the listener, not the port: bind 0.
   local number = on_host and (handle:is(port.port) and 0 or port.port)
   -- (A host with a NUL byte in it, or none, is shown quoted: the NUL would
@@ -261,6 +265,9 @@ local function listener_proc(port, driver)
       end
       if bad then
         err = "want an integer port, a tcp.address(host, port) or a Unix socket path"
+      elseif digits then
+        err = ('a path of digits only (a port given as a string?): give a port as an integer, ' ..
+               'a path as "./%s"'):format(port)
       elseif unix then
         s, err = sys.unix_listen(port, M.BACKLOG)
       else

@@ -156,7 +156,7 @@ describe("tcp driver", function()
     -- 127.0.0.1.
     local reasons = {}
     local ports = { 1.5, 0 / 0, math.huge, tcp.address(1, 2), tcp.address("::1", 1.5), 70000,
-                    tcp.address("127.0.0.1\0x", 0), tcp.address("", 0) }
+                    tcp.address("127.0.0.1\0x", 0), tcp.address("", 0), "5999" }
     N.run(function()
       for i, port in ipairs(ports) do
         local name = "listening" .. i
@@ -175,10 +175,14 @@ describe("tcp driver", function()
                   "cannot listen on port inf" .. want,
                   "cannot listen on port tcp-address(1, 2)" .. want,
                   'cannot listen on port tcp-address("::1", 1.5)' .. want,
-                  "cannot listen on port 70000: invalid argument",
+                  "cannot listen on port 70000: port out of range (0 to 65535)",
                   'cannot listen on "127.0.0.1\\x00x" port 0: host holds a NUL byte',
                   -- (It was "cannot listen on  port 0: : not a numeric IP address".)
-                  'cannot listen on "" port 0: empty host name' }, reasons)
+                  'cannot listen on "" port 0: empty host name',
+                  -- (A port read from the command line, not made a number:
+                  -- it was a Unix socket file named 5999.)
+                  'cannot listen on "5999": a path of digits only (a port given as a string?): ' ..
+                  'give a port as an integer, a path as "./5999"' }, reasons)
   end)
 
   it("half-closes on EOF: the other direction stays open", function()

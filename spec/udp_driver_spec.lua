@@ -96,7 +96,7 @@ describe("udp driver", function()
         on_absence = function(_, _, reason) events[#events + 1] = "absence " .. tostring(reason) end }))
       timer.sleep(50)
     end)
-    assert.are.same({ "presence", "absence cannot bind udp port 70000: invalid argument" }, events)
+    assert.are.same({ "presence", "absence cannot bind udp port 70000: port out of range (0 to 65535)" }, events)
   end)
 
   it("names a port that is not an integer as the term it is", function()
