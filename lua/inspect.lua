@@ -40,6 +40,11 @@ M.CLI_TIMEOUT_MS = 5000     -- how long `market inspect` waits for the whole ans
 -- page's /events stream gets a snapshot every PUSH_MS).
 M.MAX_CONNECTIONS = 64
 M.IDLE_TIMEOUT_MS = 30000
+-- A request must be whole this long after its connection came, or it is
+-- answered 408 and closed: the idle timeout alone let a client that sends
+-- a byte every few seconds hold a connection for ever, and MAX_CONNECTIONS
+-- such clients shut everyone else out.
+M.REQUEST_TIMEOUT_MS = 10000
 -- Processes a snapshot of the inspector's lists, in the whole tree (the
 -- lowest pids of each VM; each VM says how many it left out, `omitted`).
 -- A whole snapshot of 200,000 processes took two seconds of CPU, over
@@ -249,7 +254,7 @@ end
 -- ---- HTTP ------------------------------------------------------------------
 
 local REASONS = { [200] = "OK", [400] = "Bad Request", [403] = "Forbidden", [404] = "Not Found",
-                  [405] = "Method Not Allowed", [413] = "Content Too Large",
+                  [405] = "Method Not Allowed", [408] = "Request Timeout", [413] = "Content Too Large",
                   [431] = "Request Header Fields Too Large", [500] = "Internal Server Error" }
 
 local function response(status, ctype, body, head_only, extra)
@@ -320,17 +325,24 @@ local function connection(remote, here, info, loopback_only)
     local parser = http.request(M.MAX_REQUEST)
     local function out(s) return market.send(tcp.channel(here, remote, s)) end
     local paused, streaming, label = false, false, { "market-inspector", id }
+    local deadline = { "market-inspector request", id }
 
     local function push()
       sweep(false)
       return out("data: " .. json(snapshot(info)) .. "\n\n")
     end
 
-    local function stop() return T(market.send(timer.cancel(label)), market.quit()) end
+    -- The last actions: the answer (nil: none), the timers dropped, gone.
+    local function finish(answer)
+      return T(answer, market.send(timer.cancel(label)), market.send(timer.cancel(deadline)),
+               market.quit())
+    end
+    local function stop() return finish() end
 
     -- /events: the head, a snapshot now and one every PUSH_MS.
     local function stream()
       streaming = true
+      P(market.send(timer.cancel(deadline)))
       -- On before the first push (the server's count of viewers, which
       -- turns it off after the last, hears of this one only later).
       detail(true)
@@ -360,22 +372,30 @@ local function connection(remote, here, info, loopback_only)
           end
           local done, why, status = parser:feed(data == market.EOF and "" or data)
           if done == false then
-            if data == market.EOF then return T(market.quit()) end   -- gone mid-request
+            if data == market.EOF then return finish() end   -- gone mid-request
             return
           end
           if not done then
-            return T(out(error_response(status, why)), market.quit())
+            return finish(out(error_response(status, why)))
           end
           local ok, r = pcall(route, parser:message(), info, loopback_only)
           if not ok then
             market.log.error("market.inspect: %s", r)
-            return T(out(error_response(500, "the inspector failed; see the program's log")), market.quit())
+            return finish(out(error_response(500, "the inspector failed; see the program's log")))
           end
           if r == "events" then return stream() end
-          return T(out(r), market.quit())
+          return finish(out(r))
         end,
         on_absence = stop }),
       market.publisher(tcp.channel(here, remote, _), { name = "out", on_absence = stop }),
+      market.subscriber(timer.expired(deadline, _), {
+        name = "deadline",
+        on_message = function()
+          if streaming then return end
+          return finish(out(error_response(408, ("no whole request within %d ms")
+                                                :format(M.REQUEST_TIMEOUT_MS))))
+        end }),
+      market.send(timer.set(deadline, M.REQUEST_TIMEOUT_MS, "relative")),
       -- The program stops: an /events stream would otherwise hold the
       -- drain (docs/semantics.md) for its whole time, a page never ending
       -- it; a request not yet whole is not worth the wait either.

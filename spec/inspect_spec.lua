@@ -577,6 +577,36 @@ describe("require 'market.inspect'", function()
     assert.is_true(took >= 250 and took < 5000, took)
   end)
 
+  -- A byte every 100 ms kept the idle timeout from ever running out: a
+  -- few such clients held every one of the inspector's connections.
+  it("answers 408 to a request not whole within REQUEST_TIMEOUT_MS, though bytes keep coming", function()
+    local saved = inspect.REQUEST_TIMEOUT_MS
+    inspect.REQUEST_TIMEOUT_MS = 300
+    local resp, took
+    local ok, err = pcall(N.run, function()
+      market.perform(inspect.start("127.0.0.1:0"))
+      market.perform(market.subscriber(inspect.listening(market._), "url"))
+      local url = market.wait_for(function(e) return e.endpoint == "url" end).role.topic.url
+      local s = N.connect(tonumber(url:match(":(%d+)/$")))
+      local t0 = market.now()
+      assert(N.write_all(s, "GET / HTTP/1.1\r\n"))
+      for _ = 1, 2 do                     -- a header trickling in (then the
+        require("market.timer").sleep(100) -- idle timeout of 30 s would end it)
+        assert(N.write_all(s, "X"))
+      end
+      resp = N.read_all(s)
+      took = market.now() - t0
+      s:close()
+      market.stop(0)
+    end)
+    inspect.REQUEST_TIMEOUT_MS = saved
+    assert(ok, err)
+    local status, _, body = parse(resp)
+    assert.equal(408, status)
+    assert.equal("408 Request Timeout: no whole request within 300 ms\n", body)
+    assert.is_true(took >= 250 and took < 5000, took)
+  end)
+
   -- GET path from the inspector on port, from a process (straight-line).
   local function fetch(port, path)
     local s = N.connect(port)
