@@ -374,6 +374,7 @@ static int p_setup(lua_State *L) {
   preload(L, "market.cluster", luaopen_market_cluster);
   preload(L, "market.supervisor", luaopen_market_supervisor);
   preload(L, "market.inspect", luaopen_market_inspect);
+  preload(L, "market.repl", luaopen_market_repl);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "market");
   lua_call(L, 1, 0);

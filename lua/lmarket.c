@@ -115,6 +115,7 @@ int luaopen_market_udp(lua_State *L) { return open_driver(L, "udp"); }
 int luaopen_market_stdio(lua_State *L) { return open_driver(L, "stdio"); }
 int luaopen_market_event_relay(lua_State *L) { return open_driver(L, "event_relay"); }
 int luaopen_market_cluster(lua_State *L) { return open_driver(L, "cluster"); }
+int luaopen_market_repl(lua_State *L) { return open_driver(L, "repl"); }
 
 /* The inspector's Lua half gets the HTTP parser (lhttp.c) as well. */
 int luaopen_market_inspect(lua_State *L) {

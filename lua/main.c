@@ -50,10 +50,15 @@ static const char usage[] =
   "Runs an actor script (Lua 5.4) as the boot process of a fresh ground VM\n"
   "with the timer, tcp and udp drivers already running, and exits when no\n"
   "process has anything left to do.  A script named - is read from\n"
-  "standard input, as lua(1) reads it.\n"
+  "standard input, as lua(1) reads it.  Without a script, standard input\n"
+  "is the script, or at a terminal market is interactive (-i).\n"
   "\n"
   "options:\n"
   "  -e CODE        run CODE as the boot process (instead of a script)\n"
+  "  -i             interactive, after starting the script if one is given:\n"
+  "                 each chunk typed runs as a process of its own and what\n"
+  "                 it returns is printed; Ctrl-C stops the chunk running,\n"
+  "                 twice at the prompt or Ctrl-D stops the program\n"
   "  --drain MS     on SIGINT or SIGTERM, give open work MS milliseconds to\n"
   "                 finish before everything is closed (default 5000; 0: none)\n"
   "  --trace        print every event and action to stderr, one line each,\n"
@@ -452,6 +457,8 @@ int main(int argc, char **argv) {
   char *stdin_code = NULL;     /* the script `-`, read from standard input; owned */
   double drain = 5000;
   int drivers = 1, quiet = 0, strict = 0, status = 0, workers = 0, i, first, codei = -1;
+  int interactive = 0;         /* -i, or no script at a terminal: lua/repl.lua */
+  int noscript;
   double budget = -1;
   int loglevel = -1;
   mk_host *h;
@@ -548,7 +555,8 @@ int main(int argc, char **argv) {
       continue;
     }
     if (strcmp(argv[i], "--trace") == 0 || strcmp(argv[i], "--no-drivers") == 0 ||
-        strcmp(argv[i], "--quiet") == 0 || strcmp(argv[i], "--strict") == 0)
+        strcmp(argv[i], "--quiet") == 0 || strcmp(argv[i], "--strict") == 0 ||
+        strcmp(argv[i], "-i") == 0)
       continue;
     if (argv[i][0] == '-' && strcmp(argv[i], "--") != 0 && strcmp(argv[i], "-") != 0) {
       fprintf(stderr, "market: unknown option '%s' (try market --help)\n", argv[i]);
@@ -562,6 +570,7 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--no-drivers") == 0) drivers = 0;
     else if (strcmp(argv[i], "--quiet") == 0) quiet = 1;
     else if (strcmp(argv[i], "--strict") == 0) strict = 1;
+    else if (strcmp(argv[i], "-i") == 0) interactive = 1;
     else if (strcmp(argv[i], "-e") == 0) code = argv[codei = ++i];
     else if (strcmp(argv[i], "--max-activation") == 0) budget = ms_arg(argv[++i]);
     else if (strcmp(argv[i], "--max-term-depth") == 0 || strcmp(argv[i], "--max-term-size") == 0) i++;
@@ -579,12 +588,20 @@ int main(int argc, char **argv) {
     else break;
   }
   first = i;   /* the script (or, with -e, its first argument) */
-  if (code == NULL && first >= argc) {
-    fputs("market: no script given (try market --help)\n", stderr);
+  /* No script: standard input is one, as lua(1) has it; at a terminal
+  ** (or with -i) a prompt takes it chunk by chunk instead. */
+  noscript = code == NULL && first >= argc;
+  if (noscript && !interactive && isatty(0)) interactive = 1;
+  if (interactive && workers > 0) {
+    fputs("market: -i cannot be given with --workers: one prompt cannot serve N programs\n", stderr);
+    return trace_end(&trace, 2);
+  }
+  if (interactive && !noscript && code == NULL && strcmp(argv[first], "-") == 0) {
+    fputs("market: -i reads standard input: the script cannot be - too\n", stderr);
     return trace_end(&trace, 2);
   }
   /* market inspect ADDR: a client of another program's inspector. */
-  if (code == NULL && strcmp(argv[first], "inspect") == 0) {
+  if (!noscript && code == NULL && strcmp(argv[first], "inspect") == 0) {
     if (argc - first != 2) {
       fputs("market inspect: want one [HOST:]PORT (try market --help)\n", stderr);
       return trace_end(&trace, 2);
@@ -601,7 +618,7 @@ int main(int argc, char **argv) {
   /* The script `-`: standard input, read now, before the event loop is
   ** made (on a closed descriptor 0 it would read the loop's own).  Each
   ** worker would read what the others left. */
-  if (code == NULL && strcmp(argv[first], "-") == 0) {
+  if (code == NULL && (noscript ? !interactive : strcmp(argv[first], "-") == 0)) {
     if (workers > 0) {
       fputs("market: the script - (standard input) cannot be given with --workers\n", stderr);
       return trace_end(&trace, 2);
@@ -650,8 +667,10 @@ int main(int argc, char **argv) {
     for (i = codei; i < first - 1; i++) argv[i] = argv[i + 1];
     argv[first - 1] = c;
   }
-  if (mk_host_stop_on_signals(h, drain) != MK_OK ||
-      mk_host_set_arg(h, argc, args, code ? first - 1 : first) != MK_OK ||
+  /* The prompt takes SIGINT (it stops the chunk running) and SIGTERM
+  ** itself (lua/repl.lua). */
+  if ((!interactive && mk_host_stop_on_signals(h, drain) != MK_OK) ||
+      mk_host_set_arg(h, argc, args, code ? first - 1 : noscript ? 0 : first) != MK_OK ||
       (drivers && mk_host_start_drivers(h) != MK_OK)) {
     fprintf(stderr, "market: %s\n", mk_host_error(h));
     status = 1;
@@ -681,9 +700,19 @@ int main(int argc, char **argv) {
   if (code)
     pid = mk_host_spawn_string(h, code, "(command line)", argc - first, args + first);
   else if (stdin_code != NULL)
-    pid = mk_host_spawn_string(h, stdin_code, "stdin", argc - first - 1, args + first + 1);
-  else
+    pid = noscript ? mk_host_spawn_string(h, stdin_code, "stdin", 0, NULL)
+                   : mk_host_spawn_string(h, stdin_code, "stdin", argc - first - 1, args + first + 1);
+  else if (!noscript)
     pid = mk_host_spawn_file(h, argv[first], argc - first - 1, args + first + 1);
+  else
+    pid = 1;                   /* no script: the prompt alone */
+  if (pid != 0 && interactive) {
+    char ms[32];
+    const char *rargs[1];
+    snprintf(ms, sizeof ms, "%.17g", drain);
+    rargs[0] = ms;
+    pid = mk_host_spawn_string(h, "return require(\"market.repl\").boot(...)", "repl", 1, rargs);
+  }
   if (pid == 0) {
     fprintf(stderr, "market: %s\n", mk_host_error(h));
     status = 1;

@@ -249,10 +249,15 @@ describe("market options", function()
     assert.matches("unknown option '%-%-frobnicate'", err)
   end)
 
-  it("no script is a usage error (status 2)", function()
-    local status, out, err = H.run("")
-    assert.equal(2, status)
-    assert.matches("no script given", err)
+  -- "no script given" (status 2) before, where lua(1) runs its input.
+  it("without a script runs standard input when it is not a terminal, as lua(1)", function()
+    local status, out, err = H.sh(("printf 'print(1 + 1, select(\"#\", ...))' | timeout 20 %s")
+                                  :format(H.quote(H.market_bin())))
+    assert.equal(0, status, err)
+    assert.equal("2\t0\n", out)
+    status, out, err = H.run("")
+    assert.equal(0, status, err)
+    assert.equal("", out)
   end)
 
   it("--trace prints one line per event and action to stderr", function()
@@ -320,5 +325,98 @@ describe("byte strings in the market program's own Lua state", function()
     ]])
     assert.equal(0, status, err)
     assert.equal("ok\n", out)
+  end)
+end)
+
+-- The prompt: `market` at a terminal, or -i.  Standard input here is a
+-- pipe or a FIFO, so -i is given.
+describe("market -i", function()
+  local BANNER = "^market %S+ %(Lua 5%.4%): each chunk runs as a process; Ctrl%-C stops it, Ctrl%-D leaves\n"
+
+  local function repl(input, args)
+    return H.sh(("printf %s | timeout 20 %s -i %s"):format(H.quote(input), H.quote(H.market_bin()),
+                                                          args or ""))
+  end
+
+  it("runs each chunk as a process and prints what it returns, as lua(1)", function()
+    local status, out, err = repl(table.concat({
+      "x = 6 * 7",                                           -- globals are shared
+      "x",
+      "{1, 2, market._}",                                    -- a term as market.repr shows it
+      "local t = require 'market.timer'; t.sleep(10) return 'slept', market.self() ~= nil",
+      "function f(a)",                                       -- a chunk over three lines
+      "  return a + 1",
+      "end",
+      "f(1)",
+      "return market.transition(nil, market.subscriber('ping', " ..
+        "{ on_message = function() print('pong') end }))",  -- lives on
+      "market.perform(market.send('ping'))",
+      "market.perform(market.send(market._))",             -- reaches the prompt's endpoints too
+      "'still here'",
+      "" }, "\n"))
+    assert.equal(0, status, err)
+    assert.equal("", err)
+    local rest = out:gsub(BANNER, "")
+    assert.is_true(rest ~= out, out)
+    assert.equal("> > 42\n> [1, 2, _]\n> slept\ttrue\n> >> >> > 2\n> > pong\n> pong\n> still here\n> \n",
+                 rest)
+  end)
+
+  it("keeps the prompt when a chunk fails or does not compile", function()
+    local status, out, err = repl("error('boom')\nlocal = 1\n'still here'\n")
+    assert.equal(0, status, err)
+    assert.equal("> > > still here\n> \n", (out:gsub(BANNER, "")))
+    assert.matches("^market: ground #%d+ stdin:1 failed: stdin:1: boom\n", err)
+    assert.matches("\nstdin:1: <name> expected near '='\n$", err)
+  end)
+
+  it("starts a script given first, with its arguments", function()
+    local path = script("print(select('#', ...), ...)\n")
+    local status, out, err = repl("1 + 1\n", H.quote(path) .. " a b")
+    os.remove(path)
+    assert.equal(0, status, err)
+    assert.matches("^2\ta\tb\n", out)
+    assert.matches("> 2\n> \n$", out)
+  end)
+
+  it("stops the chunk running at Ctrl-C, and the program at two in a row", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir " .. H.quote(dir)))
+    local status, out, err = H.sh(([[
+      exec 2>&1; cd %s && mkfifo in || exit 9
+      %s -i <in >out 2>err & pid=$!
+      exec 3>in
+      echo 'require("market.timer").sleep(60000) print("not interrupted")' >&3; sleep 0.5
+      kill -INT $pid; sleep 0.3
+      echo '"after"' >&3; sleep 0.3
+      kill -INT $pid; sleep 0.3
+      kill -INT $pid
+      (sleep 15; kill -KILL $pid 2>/dev/null) & guard=$!
+      wait $pid; echo "status $?"; kill $guard
+      cat out]]):format(H.quote(dir), H.quote(H.market_bin())))
+    os.execute("rm -rf " .. H.quote(dir))
+    assert.equal(0, status, err)
+    assert.matches("^status 0\n", out)
+    assert.equal("> interrupted\n> after\n> \n(Ctrl-C again or Ctrl-D to leave)\n> \n",
+                 (out:gsub("^status 0\n", ""):gsub(BANNER, "")))
+  end)
+
+  it("is what market without a script is at a terminal (script(1) makes one)", function()
+    local status, out, err = H.sh(("printf '1 + 1\\n' | timeout 20 script -qfec %s /dev/null")
+                                  :format(H.quote(H.quote(H.market_bin()))))
+    assert.equal(0, status, err)
+    out = out:gsub("\r", "")
+    assert.matches("\nmarket %S+ %(Lua 5%.4%): each chunk runs as a process", out)
+    assert.matches("\n> 2\n> \n$", out)
+  end)
+
+  it("is a usage error with --workers or the script -", function()
+    local status, _, err = H.run("-i --workers 2 x.lua")
+    assert.equal(2, status)
+    assert.matches("%-i cannot be given with %-%-workers", err)
+    status, _, err = H.run("-i -")
+    assert.equal(2, status)
+    assert.matches("%-i reads standard input: the script cannot be %- too", err)
   end)
 end)

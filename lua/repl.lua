@@ -1,0 +1,195 @@
+-- market.repl: the interactive interpreter (`market` at a terminal,
+-- `market -i`; the user's view is docs/reference.md, "The interpreter").
+--
+-- One process, the prompt.  It reads standard input itself, one read(2)
+-- per market.ground.readable(0), on a descriptor left blocking: after a
+-- readable event a read does not block, and the programs a chunk runs
+-- may print to the same terminal, which made non-blocking (the stdio
+-- driver's way) loses what a full terminal does not take.
+--
+-- Each chunk runs as a process of its own, straight-line code: it may
+-- perform, wait and sleep, its endpoints are its own, and what it spawns
+-- lives on after it.  A chunk that returns a transition lives on too, as
+-- a handler-style process.  The prompt waits for the chunk's end (or its
+-- transition), then prints what it returned, as lua(1) does.  Chunks
+-- share one table of globals, whose misses read _G; `market` is in it.
+--
+-- Ctrl-C kills the chunk running, with the reason "interrupted"; at the
+-- prompt it clears the line, and a second one in a row stops the program
+-- (the host leaves SIGINT to us: lua/main.c).  Ctrl-D, the end of input,
+-- stops the program gracefully, as SIGTERM does.
+local market, sys = ...
+local M = {}
+
+local _, P = market._, market.perform
+local SIGINT, SIGTERM = 2, 15
+
+-- A chunk's end: n is the chunk's number (its values are in `results`).
+local finished = market.record("market:repl-finished", "n")
+
+local function show(...)
+  local out = table.pack(...)
+  for i = 1, out.n do
+    local v = out[i]
+    -- A sequence reads as a term, not as "table: 0x...".
+    if type(v) == "table" and market.is_term(v) then out[i] = market.repr(v)
+    else out[i] = tostring(v) end
+  end
+  return table.concat(out, "\t", 1, out.n)
+end
+
+-- Compile a chunk as lua(1) does: an expression first (its values are
+-- printed), else statements.  nil, "incomplete" when more lines may
+-- finish it.
+local function compile(text, env)
+  local f = load("return " .. text, "=stdin", "t", env)
+  if f then return f end
+  local err
+  f, err = load(text, "=stdin", "t", env)
+  if f then return f end
+  if err:sub(-5) == "<eof>" then return nil, "incomplete" end
+  return nil, err
+end
+
+-- What an event is to the prompt: "stdin", "sigint", "sigterm",
+-- "finished" (and the chunk's number), or nil.  By the message's type,
+-- not only its endpoint: a chunk's send(market._) reaches every
+-- subscriber, and read as a readable descriptor it made the prompt block
+-- the whole program in read(2).
+local readable, signal = market.ground.readable, market.ground.signal
+local function what(ev)
+  if ev.type ~= "message" then return nil end
+  local ep, m = ev.endpoint, ev.message
+  if ep == "stdin" and readable:is(m) then return "stdin" end
+  if (ep == "sigint" or ep == "sigterm") and signal:is(m) then return ep end
+  if ep == "finished" and finished:is(m) then return "finished", m.n end
+  return nil
+end
+
+local function write(s)
+  io.stdout:write(s)
+  io.stdout:flush()
+end
+
+-- boot(drain_ms): the prompt's boot function.  drain_ms: the drain of a
+-- stop that SIGTERM or the end of input begins (market --drain).
+function M.boot(drain_ms)
+  drain_ms = math.tointeger(tonumber(drain_ms))
+  local env = setmetatable({ market = market }, { __index = _G })
+  local results, chunks = {}, 0
+  -- Bytes read, from `at` on not yet taken as lines; the chunk so far.
+  local pending, at, text = "", 1, nil
+  local eof, interrupts = false, 0
+
+  P(market.subscriber(finished(_), "finished"),
+    market.subscriber(market.ground.signal(SIGINT), "sigint"),
+    market.subscriber(market.ground.signal(SIGTERM), "sigterm"))
+  write(("market %s (%s): each chunk runs as a process; Ctrl-C stops it, " ..
+         "Ctrl-D leaves\n"):format(market.VERSION, _VERSION))
+
+  -- A graceful stop of the whole program; the prompt goes (its endpoints
+  -- would hold it, and so the program, for the whole drain).
+  local function stop()
+    market.stop(drain_ms)
+    P(market.quit())
+  end
+
+  -- The next line of input, nil at its end.  Reads only while it waits
+  -- here: a readable descriptor nobody reads would fire at every turn.
+  local function line()
+    while true do
+      local nl = pending:find("\n", at, true)
+      if nl then
+        local l = pending:sub(at, nl - 1)
+        at = nl + 1
+        return l
+      end
+      pending, at = pending:sub(at), 1
+      if eof then
+        if pending ~= "" then local l = pending; pending = ""; return l end
+        return nil
+      end
+      P(market.subscriber(readable(0), "stdin"))
+      local kind
+      repeat kind = what(market.yield()) until kind and kind ~= "finished"
+      P(market.delete_endpoint("stdin"))
+      if kind ~= "stdin" then return nil, kind end
+      local data, err = sys.fd_read(0)
+      if data then
+        pending = pending .. data
+      elseif data == nil then       -- the end, or an error: the end too
+        if err ~= "eof" then io.stderr:write("market: standard input: ", err, "\n") end
+        eof = true
+      end
+    end
+  end
+
+  -- Run f as chunk n's process; wait for its end.
+  local function run(f)
+    chunks = chunks + 1
+    local n = chunks
+    local pid = P(market.spawn(function()
+      local out = table.pack(f())
+      if market.is_transition(out[1]) then
+        results[n] = table.pack()
+        P(market.send(finished(n)))
+        return out[1]              -- lives on, as a handler-style process
+      end
+      results[n] = out
+      P(market.send(finished(n)))
+    end, { name = "stdin:" .. n }))
+    local watch = "chunk" .. n
+    P(market.observe_publishers(market.lifeline(pid), { name = watch }))
+    local kind, of
+    while true do
+      -- Every event is taken (yield), the ones of no interest dropped:
+      -- kept for later (wait_for), they would pile up chunk after chunk.
+      local ev = market.yield()
+      kind, of = what(ev)
+      if kind == "sigint" then
+        P(market.quit(pid, "interrupted"))
+        write("interrupted\n")
+        break
+      elseif kind == "sigterm" then
+        break
+      elseif kind == "finished" and of == n then
+        local out = results[n]
+        if out.n > 0 then write(show(table.unpack(out, 1, out.n)) .. "\n") end
+        break
+      elseif ev.endpoint == watch and ev.type == "absence" then
+        break                      -- failed (its crash report says why) or killed
+      end                          -- (else an earlier chunk's end, a presence, ...)
+    end
+    results[n] = nil
+    P(market.delete_endpoint(watch))
+    return kind
+  end
+
+  while true do
+    write(text and ">> " or "> ")
+    local l, why = line()
+    if why == "sigint" then
+      -- A line cleared; a second Ctrl-C in a row (no line between) leaves.
+      interrupts = interrupts + 1
+      text = nil
+      if interrupts >= 2 then write("\n") stop() end
+      write("\n(Ctrl-C again or Ctrl-D to leave)\n")
+    elseif why == "sigterm" or l == nil then
+      write("\n")
+      stop()
+    else
+      interrupts = 0
+      text = text and text .. "\n" .. l or l
+      local f, err = compile(text, env)
+      if f then
+        text = nil
+        if run(f) == "sigterm" then write("\n") stop() end
+      elseif err ~= "incomplete" then
+        text = nil
+        io.stderr:write(err, "\n")
+      end
+    end
+  end
+end
+
+return M
