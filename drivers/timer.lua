@@ -249,46 +249,27 @@ function M.driver()
 end
 
 -- sleep(msecs): for straight-line processes; suspends this process only.
-local sleeps = 0
+-- A timed wait of the process's own (market.wait_for with a timeout), not
+-- a timer of the driver's: it needs no driver in the VM, and it goes with
+-- its process.  Through the driver, a sleep in a VM without one was lost
+-- and never ended, a driver that went left its sleepers waiting for ever,
+-- and a sleeper killed (Ctrl-C at market -i) left its timer behind, which
+-- held a stop for its whole drain.
+local function never() return false end
+
 function M.sleep(msecs)
-  -- The driver ignores a set it cannot keep (nobody to answer): a sleep
-  -- of one would never return, silently.  Misuse, said at the caller.
+  -- A sleep of NaN or of infinity would never end: misuse, said here.
   if type(msecs) ~= "number" or msecs ~= msecs or msecs == huge or msecs == -huge then
     error("timer.sleep: msecs must be a finite number, got " .. show(msecs), 2)
   end
-  local inside, pid = pcall(market.self)
-  if not inside then error("timer.sleep: not inside a market process", 2) end
-  sleeps = sleeps + 1
-  local label = { "sleep", pid, sleeps }
-  local name, watch = "sleep#" .. sleeps, "sleep#" .. sleeps .. "/driver"
-  -- A set that no driver hears is lost, and the sleep would never end (a
-  -- nested VM without a driver of its own, say): so first look for the
-  -- driver's subscription, whose presence the handler counts.  (A driver
-  -- that goes during the sleep is not watched: at an exit or a stop it
-  -- goes before its sleepers, which must not fail for that.)
-  local drivers = 0
-  market.perform(market.observe_subscribers(set(label, _, _), {
-    name = watch, on_presence = function() drivers = drivers + 1 end }))
-  market.pause()                     -- the presence of those there now
-  -- and of one whose boot was pending (spawned just before): its
-  -- subscription came during that pause, its presence after it
-  if drivers == 0 then market.pause() end
-  market.perform(market.delete_endpoint(watch))
-  if drivers == 0 then
-    error("timer.sleep: no timer driver in this VM (a nested VM needs its own: " ..
-          "spawn timer.driver there, docs/reference.md)", 2)
+  -- No time (or a time past) still lets the others run, as a sleep
+  -- through the driver did; a wait of 0 would not suspend.
+  local ok, err
+  if msecs > 0 then ok, err = pcall(market.wait_for, never, msecs)
+  else ok, err = pcall(market.pause) end
+  if not ok then   -- its misuse (outside a process, in a C function) as ours
+    error("timer.sleep: " .. tostring(err):gsub("^.-market%.[%w_]+: ", ""), 2)
   end
-  market.perform(market.subscriber(expired(label, _), { name = name }),
-                 market.send(set(label, msecs, "relative")))
-  -- This sleep's expiry, not any message that reaches the endpoint: one
-  -- with wildcards (send(market._), a timer labelled _, whose expiry is
-  -- expired(_, now)) reaches every subscriber, and woke every sleeper.
-  local key = repr(label)
-  market.wait_for(function(ev)
-    return ev.type == "message" and ev.endpoint == name and expired:is(ev.message)
-      and repr(ev.message.label) == key
-  end)
-  market.perform(market.delete_endpoint(name))
 end
 
 -- For market.snapshot (docs/inspect.md, "Snapshots"): the counters above.

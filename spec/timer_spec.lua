@@ -218,31 +218,59 @@ describe("timer driver", function()
     assert.is_true(back)
   end)
 
-  it("refuses a sleep no driver would answer, in a nested VM without one, at the caller", function()
-    -- The set was lost and the sleep never ended: the program hung there.
-    local said
+  it("sleeps in a VM without a timer driver, and its driver's end does not hold it", function()
+    -- Through the driver, the set was lost and the sleep never ended (the
+    -- program hung there), and then an error said so; a driver that went
+    -- left its sleepers waiting for ever.
+    local slept, driven
     ground(function()
       market.perform(market.nested_vm(function()
-        local ok, err = pcall(function() timer.sleep(5) end)
-        said = ok and "returned" or err
-      end, { name = "driverless" }))
-      market.pause()
-    end)
-    assert.matches("^spec/timer_spec%.lua:%d+: timer%.sleep: no timer driver in this VM " ..
-                   "%(a nested VM needs its own: spawn timer%.driver there, docs/reference%.md%)$",
-                   said)
-    -- A driver spawned just before, with no pause between, is found: the
-    -- sleep waits for what is pending first (before, its set was lost).
-    local slept
-    ground(function()
-      market.perform(market.nested_vm(function()
-        market.perform(relay.event_relay("inner"), market.spawn(timer.driver, "timer-driver"))
         local t0 = market.now()
         timer.sleep(20)
         slept = market.now() - t0
-      end, { name = "driven" }))
+      end, { name = "driverless" }))
+      local pid = market.perform(market.spawn(function()
+        local t0 = market.now()
+        timer.sleep(50)
+        driven = market.now() - t0
+      end, { name = "sleeper" }))
+      market.pause()
+      market.perform(market.quit(1))                 -- the timer driver
+      assert(pid ~= 1)
     end)
     assert.is_true(slept and slept >= 20, "slept " .. tostring(slept) .. " ms")
+    assert.is_true(driven and driven >= 50, "slept " .. tostring(driven) .. " ms")
+  end)
+
+  it("leaves nothing behind when the sleeper is killed", function()
+    -- Its timer stayed with the driver and kept the program for a minute
+    -- (a stop, for its whole drain: Ctrl-C at market -i, then Ctrl-D).
+    local t0 = os.time()
+    ground(function()
+      local pid = market.perform(market.spawn(function() timer.sleep(60000) end, { name = "sleeper" }))
+      market.yield(50)                               -- the sleep well begun
+      market.perform(market.quit(pid))
+      market.stop(20000)
+    end)
+    local took = os.time() - t0
+    assert.is_true(took <= 10, "the program took " .. took .. " s")
+  end)
+
+  it("lets the others run at a sleep of no time, and says its misuse as its own", function()
+    local order = {}
+    ground(function()
+      market.perform(market.spawn(function() order[#order + 1] = "other" end, { name = "other" }))
+      timer.sleep(0)
+      order[#order + 1] = "after sleep(0)"
+      local ok, err = pcall(table.sort, { 1, 2 }, function(a, b) timer.sleep(1) return a < b end)
+      order[#order + 1] = ok and "sorted" or err
+      ok, err = coroutine.wrap(function() return pcall(timer.sleep, 1) end)()
+      order[#order + 1] = ok and "slept" or err
+    end)
+    assert.equal("other", order[1])
+    assert.equal("after sleep(0)", order[2])
+    assert.matches("^spec/timer_spec%.lua:%d+: timer%.sleep: cannot wait inside a C function", order[3])
+    assert.matches("^timer%.sleep: not inside a market process: called from a coroutine", order[4])
   end)
 
   it("ignores malformed requests and keeps serving", function()
