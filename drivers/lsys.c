@@ -23,7 +23,8 @@
 **   sys.tcp_connect(sa)                   -> sock, "connected"|"inprogress" | nil, msg
 **   sys.udp_bind(port [, reuseport])      -> sock | nil, msg  (dual stack; 0: any port;
 **                                            no SO_REUSEADDR: a port in use is refused)
-**   sys.fd_read(fd [, max])               -> string | nil, "eof" | false | nil, msg
+**   sys.fd_read(fd [, max])               -> string | nil, "eof" | false (nothing now; never
+**                                            blocks, on a blocking fd too) | nil, msg
 **   sys.std_take(fd)                      -> stream | nil, msg  (fd 0 or 1: market.stdio)
 **   sys.close_at_end(x)                   -> x: the socket, stream or request x
 **                                            closes when the calling process ends,
@@ -62,6 +63,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
@@ -579,8 +581,19 @@ static int s_read(lua_State *L) {
   return readfd(L, s->fd, 1, luaL_optinteger(L, 2, READ_MAX));
 }
 
+/* A descriptor read here may be blocking (market -i leaves standard
+** input so, lua/repl.lua): it is read only when poll says it has
+** something, so that a readable event that was not one (a message
+** forged by a process) cannot hold the VM in read(2). */
 static int l_fd_read(lua_State *L) {
-  int fd = (int)luaL_checkinteger(L, 1);
+  int fd = (int)luaL_checkinteger(L, 1), n;
+  struct pollfd p;
+  p.fd = fd;
+  p.events = POLLIN;
+  do n = poll(&p, 1, 0); while (n < 0 && errno == EINTR);
+  if (n < 0) return fail(L, errno);
+  if (p.revents & POLLNVAL) return fail(L, EBADF);
+  if (n == 0) { lua_pushboolean(L, 0); return 1; }
   return readfd(L, fd, 0, luaL_optinteger(L, 2, READ_MAX));
 }
 

@@ -2,10 +2,11 @@
 -- `market -i`; the user's view is docs/reference.md, "The interpreter").
 --
 -- One process, the prompt.  It reads standard input itself, one read(2)
--- per market.ground.readable(0), on a descriptor left blocking: after a
--- readable event a read does not block, and the programs a chunk runs
--- may print to the same terminal, which made non-blocking (the stdio
--- driver's way) loses what a full terminal does not take.
+-- per market.ground.readable(0), on a descriptor left blocking: the
+-- programs a chunk runs may print to the same terminal, which made
+-- non-blocking (the stdio driver's way) loses what a full terminal does
+-- not take.  sys.fd_read polls first, so that a readable message that was
+-- no such event (a process may send one) cannot hold the VM in read(2).
 --
 -- Each chunk runs as a process of its own, straight-line code: it may
 -- perform, wait and sleep, its endpoints are its own, and what it spawns

@@ -379,7 +379,10 @@ describe("market -i", function()
     assert.matches("> 2\n> \n$", out)
   end)
 
-  it("stops the chunk running at Ctrl-C, and the program at two in a row", function()
+  -- market -i reading a FIFO that `feed` (shell lines) writes to on
+  -- descriptor 3 and signals ($pid) as it goes; the exit status and what
+  -- the prompt wrote after its banner.
+  local function fifo_session(feed)
     local dir = os.tmpname()
     os.remove(dir)
     assert(os.execute("mkdir " .. H.quote(dir)))
@@ -387,19 +390,26 @@ describe("market -i", function()
       exec 2>&1; cd %s && mkfifo in || exit 9
       %s -i <in >out 2>err & pid=$!
       exec 3>in
+      %s
+      exec 3>&-
+      (sleep 15; kill -KILL $pid 2>/dev/null) & guard=$!
+      wait $pid; echo "status $?"; kill $guard
+      cat out err]]):format(H.quote(dir), H.quote(H.market_bin()), feed))
+    os.execute("rm -rf " .. H.quote(dir))
+    assert.equal(0, status, err)
+    local code, rest = out:match("^status (%d+)\n(.*)$")
+    return tonumber(code), (rest or out):gsub(BANNER, "")
+  end
+
+  it("stops the chunk running at Ctrl-C, and the program at two in a row", function()
+    local status, out = fifo_session([[
       echo 'require("market.timer").sleep(60000) print("not interrupted")' >&3; sleep 0.5
       kill -INT $pid; sleep 0.3
       echo '"after"' >&3; sleep 0.3
       kill -INT $pid; sleep 0.3
-      kill -INT $pid
-      (sleep 15; kill -KILL $pid 2>/dev/null) & guard=$!
-      wait $pid; echo "status $?"; kill $guard
-      cat out]]):format(H.quote(dir), H.quote(H.market_bin())))
-    os.execute("rm -rf " .. H.quote(dir))
-    assert.equal(0, status, err)
-    assert.matches("^status 0\n", out)
-    assert.equal("> interrupted\n> after\n> \n(Ctrl-C again or Ctrl-D to leave)\n> \n",
-                 (out:gsub("^status 0\n", ""):gsub(BANNER, "")))
+      kill -INT $pid]])
+    assert.equal(0, status, out)
+    assert.equal("> interrupted\n> after\n> \n(Ctrl-C again or Ctrl-D to leave)\n> \n", out)
   end)
 
   it("is what market without a script is at a terminal (script(1) makes one)", function()
@@ -409,6 +419,16 @@ describe("market -i", function()
     out = out:gsub("\r", "")
     assert.matches("\nmarket %S+ %(Lua 5%.4%): each chunk runs as a process", out)
     assert.matches("\n> 2\n> \n$", out)
+  end)
+
+  it("is not held in read(2) by a readable event some process forged", function()
+    local status, out = fifo_session([[
+      echo 't0 = market.now() market.perform(market.spawn(function() ' \
+           'require("market.timer").sleep(100) market.perform(market.send(market.ground.readable(0))) ' \
+           'require("market.timer").sleep(200) print("tick", market.now() - t0 < 900) end))' >&3
+      sleep 1.5; echo '"alive"' >&3]])
+    assert.equal(0, status, out)
+    assert.equal("> > tick\ttrue\nalive\n> \n", out)
   end)
 
   it("is a usage error with --workers or the script -", function()
