@@ -697,6 +697,7 @@ int main(int argc, char **argv) {
       goto done;
     }
   }
+  pid = 0;
   if (code)
     pid = mk_host_spawn_string(h, code, "(command line)", argc - first, args + first);
   else if (stdin_code != NULL)
@@ -704,9 +705,7 @@ int main(int argc, char **argv) {
                    : mk_host_spawn_string(h, stdin_code, "stdin", argc - first - 1, args + first + 1);
   else if (!noscript)
     pid = mk_host_spawn_file(h, argv[first], argc - first - 1, args + first + 1);
-  else
-    pid = 1;                   /* no script: the prompt alone */
-  if (pid != 0 && interactive) {
+  if (interactive && (noscript || pid != 0)) {     /* the prompt, after the script */
     char ms[32];
     const char *rargs[1];
     snprintf(ms, sizeof ms, "%.17g", drain);

@@ -75,7 +75,7 @@ end
 -- boot(drain_ms): the prompt's boot function.  drain_ms: the drain of a
 -- stop that SIGTERM or the end of input begins (market --drain).
 function M.boot(drain_ms)
-  drain_ms = math.tointeger(tonumber(drain_ms))
+  drain_ms = tonumber(drain_ms)
   local env = setmetatable({ market = market }, { __index = _G })
   local results, chunks = {}, 0
   -- Bytes read, from `at` on not yet taken as lines; the chunk so far.
