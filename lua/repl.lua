@@ -25,15 +25,20 @@ local M = {}
 local _, P = market._, market.perform
 local SIGINT, SIGTERM = 2, 15
 
--- A chunk's end: n is the chunk's number (its values are in `results`).
+-- A chunk's end: n is the chunk's number (the text of its values is in
+-- `results`).
 local finished = market.record("market:repl-finished", "n")
 
+-- The text of a chunk's values, made in the chunk's own process: a
+-- __tostring that fails or loops fails that process, not the prompt.
 local function show(...)
   local out = table.pack(...)
   for i = 1, out.n do
     local v = out[i]
-    -- A sequence reads as a term, not as "table: 0x...".
-    if type(v) == "table" and market.is_term(v) then out[i] = market.repr(v)
+    -- A sequence reads as a term, not as "table: 0x..." (a table with a
+    -- metatable as its __tostring has it).
+    if type(v) == "table" and getmetatable(v) == nil and market.is_term(v) then
+      out[i] = market.repr(v)
     else out[i] = tostring(v) end
   end
   return table.concat(out, "\t", 1, out.n)
@@ -132,11 +137,11 @@ function M.boot(drain_ms)
     local pid = P(market.spawn(function()
       local out = table.pack(f())
       if market.is_transition(out[1]) then
-        results[n] = table.pack()
+        results[n] = ""
         P(market.send(finished(n)))
         return out[1]              -- lives on, as a handler-style process
       end
-      results[n] = out
+      results[n] = out.n > 0 and show(table.unpack(out, 1, out.n)) .. "\n" or ""
       P(market.send(finished(n)))
     end, { name = "stdin:" .. n }))
     local watch = "chunk" .. n
@@ -154,8 +159,7 @@ function M.boot(drain_ms)
       elseif kind == "sigterm" then
         break
       elseif kind == "finished" and of == n then
-        local out = results[n]
-        if out.n > 0 then write(show(table.unpack(out, 1, out.n)) .. "\n") end
+        write(results[n])
         break
       elseif ev.endpoint == watch and ev.type == "absence" then
         break                      -- failed (its crash report says why) or killed
