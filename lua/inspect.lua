@@ -665,6 +665,16 @@ local function print_tree(snap, write)
   vm_rows(snap.vm)
 end
 
+-- ps(): this program's processes as `market inspect` prints another's,
+-- one row each (the lowest MAX_PROCESSES pids): the text, without its
+-- last newline, for print() or the prompt of `market -i`.  Through the
+-- JSON the inspector serves, so that the rows are the command's.
+function M.ps()
+  local rows = {}
+  print_tree(decode(json(snapshot())), function(s) rows[#rows + 1] = s end)
+  return (table.concat(rows):gsub("\n$", ""))
+end
+
 -- cli(addr): the boot function of `market inspect HOST:PORT`: fetch
 -- /api/snapshot and print it; exit 1 (a message on stderr) when there is
 -- nothing to fetch, or no whole answer within CLI_TIMEOUT_MS (a port that

@@ -13,7 +13,8 @@
 -- lives on after it.  A chunk that returns a transition lives on too, as
 -- a handler-style process.  The prompt waits for the chunk's end (or its
 -- transition), then prints what it returned, as lua(1) does.  Chunks
--- share one table of globals, whose misses read _G; `market` is in it.
+-- share one table of globals, whose misses read _G; `market` and `ps`
+-- (inspect.ps: the processes, as `market inspect` prints them) are in it.
 --
 -- Ctrl-C kills the chunk running, with the reason "interrupted"; at the
 -- prompt it clears the line, and a second one in a row stops the program
@@ -81,7 +82,10 @@ end
 -- stop that SIGTERM or the end of input begins (market --drain).
 function M.boot(drain_ms)
   drain_ms = tonumber(drain_ms)
-  local env = setmetatable({ market = market }, { __index = _G })
+  local env = setmetatable({
+    market = market,
+    ps = function() return require("market.inspect").ps() end,   -- the processes, as rows
+  }, { __index = _G })
   local results, chunks = {}, 0
   -- Bytes read, from `at` on not yet taken as lines; the chunk so far.
   local pending, at, text = "", 1, nil

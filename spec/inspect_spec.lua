@@ -347,6 +347,26 @@ return market.transition(nil,
   end)
 end)
 
+describe("inspect.ps()", function()
+  it("gives this program's processes as market inspect prints another's", function()
+    local text
+    local ok, err = market.ground_vm(function()
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.subscriber({ "ps-topic", market._ }, "in"))
+      end, { name = "listed" }))
+      market.pause()
+      text = require("market.inspect").ps()
+    end)
+    assert(ok, err)
+    local lines = {}
+    for l in text:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equal(4, #lines, text)                   -- the heading, the ground, the boot, "listed"
+    assert.truthy(lines[1]:find("^VM%s+PID%s+NAME%s+KIND%s+QUEUED%s+ACTS%s+EPS%s+CONV%s+TOPICS$"), text)
+    assert.truthy(lines[2]:find("^ground%s+0%s+ground%s+ground%s"), text)
+    assert.truthy(lines[4]:find('^ground +%d+  listed +lua +%d+ +%d+ +1 +0  %["ps%-topic", _%]$'), text)
+  end)
+end)
+
 describe("market inspect HOST:PORT", function()
   it("prints the processes like ps", function()
     local server, iport = start_inspected("examples/chat.lua", "0")

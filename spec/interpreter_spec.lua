@@ -333,6 +333,7 @@ end)
 describe("market -i", function()
   local BANNER = "^market %S+ %(Lua 5%.4%): each chunk runs as a process; Ctrl%-C stops it, Ctrl%-D leaves\n"
 
+  -- (input is printf's format: \n a newline, no %.)
   local function repl(input, args)
     return H.sh(("printf %s | timeout 20 %s -i %s"):format(H.quote(input), H.quote(H.market_bin()),
                                                           args or ""))
@@ -353,12 +354,13 @@ describe("market -i", function()
       "market.perform(market.send('ping'))",
       "market.perform(market.send(market._))",             -- reaches the prompt's endpoints too
       "'still here'",
+      "ps():find('  repl ', 1, true) ~= nil",              -- the processes, as rows
       "" }, "\n"))
     assert.equal(0, status, err)
     assert.equal("", err)
     local rest = out:gsub(BANNER, "")
     assert.is_true(rest ~= out, out)
-    assert.equal("> > 42\n> [1, 2, _]\n> slept\ttrue\n> >> >> > 2\n> > pong\n> pong\n> still here\n> \n",
+    assert.equal("> > 42\n> [1, 2, _]\n> slept\ttrue\n> >> >> > 2\n> > pong\n> pong\n> still here\n> true\n> \n",
                  rest)
   end)
 
