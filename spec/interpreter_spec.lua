@@ -7,6 +7,12 @@ local function script(text)
   return H.tempfile(text)
 end
 
+-- market ARGS with INPUT on a pipe as its standard input, for at most 20
+-- s.  (INPUT is printf's format: \n a newline, no %.)
+local function piped(input, args)
+  return H.sh(("printf %s | timeout 20 %s %s"):format(H.quote(input), H.quote(H.market_bin()), args))
+end
+
 describe("market script.lua", function()
   it("runs the script with its arguments in `arg` and `...`, and exits 0", function()
     local path = script([[
@@ -195,10 +201,7 @@ end)
 -- The script `-` is standard input, as lua(1) has it ("cannot open -"
 -- before).
 describe("market -", function()
-  local function sh(script, args)
-    return H.sh(("printf %s | timeout 20 %s - %s"):format(H.quote(script), H.quote(H.market_bin()),
-                                                        args or ""))
-  end
+  local function sh(script, args) return piped(script, "- " .. (args or "")) end
 
   it("reads the script from standard input; arg[0] is -, the rest its arguments", function()
     local status, out, err = sh("print(arg[0], select('#', ...), ...)\n", "a b")
@@ -251,8 +254,7 @@ describe("market options", function()
 
   -- "no script given" (status 2) before, where lua(1) runs its input.
   it("without a script runs standard input when it is not a terminal, as lua(1)", function()
-    local status, out, err = H.sh(("printf 'print(1 + 1, select(\"#\", ...))' | timeout 20 %s")
-                                  :format(H.quote(H.market_bin())))
+    local status, out, err = piped('print(1 + 1, select("#", ...))', "")
     assert.equal(0, status, err)
     assert.equal("2\t0\n", out)
     status, out, err = H.run("")
@@ -333,11 +335,7 @@ end)
 describe("market -i", function()
   local BANNER = "^market %S+ %(Lua 5%.4%): each chunk runs as a process; Ctrl%-C stops it, Ctrl%-D leaves\n"
 
-  -- (input is printf's format: \n a newline, no %.)
-  local function repl(input, args)
-    return H.sh(("printf %s | timeout 20 %s -i %s"):format(H.quote(input), H.quote(H.market_bin()),
-                                                          args or ""))
-  end
+  local function repl(input, args) return piped(input, "-i " .. (args or "")) end
 
   it("runs each chunk as a process and prints what it returns, as lua(1)", function()
     local status, out, err = repl(table.concat({
@@ -403,7 +401,7 @@ describe("market -i", function()
     os.execute("rm -rf " .. H.quote(dir))
     assert.equal(0, status, err)
     local code, rest = out:match("^status (%d+)\n(.*)$")
-    return tonumber(code), (rest or out):gsub(BANNER, "")
+    return tonumber(code), ((rest or out):gsub(BANNER, ""))
   end
 
   it("stops the chunk running at Ctrl-C, and the program at two in a row", function()
