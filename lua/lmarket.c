@@ -39,15 +39,17 @@ int mkl_builtin(const char *name) {
 }
 
 /* Run an embedded chunk with the narg values on top as its arguments;
-** leaves its result. */
+** leaves its result.  Its bytecode, unless this liblua refuses it (a
+** header of another version or number format: lundump checks them all,
+** so a refusal is an error, never a crash); then its source. */
 static int run_embedded(lua_State *L, const char *name, int narg) {
   const mkl_source *s;
-  char chunk[64];
   for (s = mkl_sources; s->name && strcmp(s->name, name) != 0; s++) {}
   if (s->name == NULL) return luaL_error(L, "market: module '%s' is not built in", name);
-  snprintf(chunk, sizeof chunk, "=market%s%s", strcmp(name, "market") ? "." : "",
-           strcmp(name, "market") ? name : "");
-  if (luaL_loadbufferx(L, s->src, s->len, chunk, "t") != LUA_OK) return lua_error(L);
+  if (luaL_loadbufferx(L, s->code, s->codelen, s->chunk, "b") != LUA_OK) {
+    lua_pop(L, 1);
+    if (luaL_loadbufferx(L, s->src, s->len, s->chunk, "t") != LUA_OK) return lua_error(L);
+  }
   if (narg) lua_insert(L, -1 - narg);
   lua_call(L, narg, 1);
   return 1;
