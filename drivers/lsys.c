@@ -385,11 +385,13 @@ static int host_socket(const char *host, lua_Integer port, int reuseport, int *f
   return fd;
 }
 
-/* A port to bind: the kernel's EINVAL would say "invalid argument". */
+/* A port to bind or resolve: the kernel's EINVAL would say "invalid
+** argument", and one past 65535 would be taken modulo 65536. */
+#define BADPORT "port out of range (0 to 65535)"
 static int badport(lua_State *L, lua_Integer port) {
   if (port >= 0 && port <= 65535) return 0;
   luaL_pushfail(L);
-  lua_pushliteral(L, "port out of range (0 to 65535)");
+  lua_pushliteral(L, BADPORT);
   return 1;
 }
 
@@ -999,7 +1001,7 @@ int mkd_resolve_start(const char *host, int port, int socktype,
   pthread_t th;
   pthread_attr_t attr;
   sigset_t all, old;
-  if (port < 0 || port > 65535) { *errp = "port out of range"; return -1; }
+  if (port < 0 || port > 65535) { *errp = BADPORT; return -1; }
   snprintf(service, sizeof service, "%d", port);
   if (numeric_host(host, service, socktype, &res) == 0) {
     *numeric = res;                              /* numeric: no need to wait */
@@ -1070,7 +1072,7 @@ static int l_resolve(lua_State *L) {
   resolve_job *j = NULL;
   const char *err = NULL;
   req *r;
-  if (port < 0 || port > 65535) { lua_pushnil(L); lua_pushliteral(L, "port out of range"); return 2; }
+  if (badport(L, port)) return 2;
   /* The resolver reads a C string: "127.0.0.1\0x" would be 127.0.0.1. */
   if (strlen(host) != len) { lua_pushnil(L); lua_pushliteral(L, "host name holds a NUL byte"); return 2; }
   if (lua_toboolean(L, 4)) {          /* numeric only: a name starts no lookup */

@@ -53,6 +53,10 @@ describe("market.sys", function()
     -- An abandoned request cleans up after itself.
     sys.resolve("localhost", 1):close()
     assert.same({ nil, "empty host name" }, { sys.resolve("", 1) })
+    -- The words of a listener's port out of range: resolve's said only
+    -- "port out of range", and the udp driver's warning carried that.
+    assert.same({ nil, "port out of range (0 to 65535)" }, { sys.resolve("127.0.0.1", 70000) })
+    assert.same({ nil, "port out of range (0 to 65535)" }, { sys.resolve("127.0.0.1", -1, "udp") })
   end)
 
   it("reports a port in use as a value", function()
