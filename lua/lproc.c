@@ -2538,13 +2538,29 @@ static double deadline(lua_State *L, double ms, const char *what) {
   return mk_ground_clock() + ms;
 }
 
-/* core.wait([every]) -> the table of the next event no handler takes; with
-** every, after the next event, and nothing if a handler took it */
+/* wait([every [, at]]) (core.waits makes it) -> the table of the next event no handler
+** takes; with every, after the next event, and nothing if a handler took
+** it; with at (a deadline: core.deadline), nil and "timeout" once it has
+** passed with no event. */
 static int c_wait(lua_State *L) {
   int how = lua_toboolean(L, 1) ? WAIT_EVERY : WAIT_UNHANDLED;
+  double at = lua_isnoneornil(L, 2) ? HUGE_VAL : luaL_checknumber(L, 2);
   waiter(L, "yield");
   lua_settop(L, 0);
-  return await(L, how);
+  if (at == HUGE_VAL) return await(L, how);
+  pushtimed(L, at);
+  return await(L, how | TIMED);
+}
+
+/* core.deadline(ms, what) -> the deadline of a wait of ms from now, for
+** core.wait; nil for none (ms nil or math.huge).  Bad ms raises as
+** market.<what>'s (called through pcall, the text has no position). */
+static int c_deadline(lua_State *L) {
+  const char *what = luaL_checkstring(L, 2);
+  double ms = timeout(L, 1, what);
+  if (ms == HUGE_VAL) return 0;
+  lua_pushnumber(L, deadline(L, ms, what));
+  return 1;
 }
 
 /* market.yield([k | ms]).  With k, the action yield_action(k).  Without,
@@ -2594,7 +2610,9 @@ static int m_wait_for(lua_State *L) {
   return await(L, WAIT_FOR | TIMED);
 }
 
-/* core.waits(yield_action, unkeep, keep) -> market.yield, market.wait_for */
+/* core.waits(yield_action, unkeep, keep) -> market.yield, market.wait_for,
+** and wait (c_wait).  Closures with the upvalues above: a timed wait keeps
+** its closer in U_CLOSER. */
 static int c_waits(lua_State *L) {
   int i;
   for (i = 1; i <= 3; i++) luaL_checktype(L, i, LUA_TFUNCTION);
@@ -2606,7 +2624,9 @@ static int c_waits(lua_State *L) {
   lua_pushcclosure(L, m_yield, 5);
   for (i = 1; i <= 5; i++) lua_pushvalue(L, i);
   lua_pushcclosure(L, m_wait_for, 5);
-  return 2;
+  for (i = 1; i <= 5; i++) lua_pushvalue(L, i);
+  lua_pushcclosure(L, c_wait, 5);
+  return 3;
 }
 
 /* core.outside(what) -> the message market.<what> raises outside a
@@ -3157,7 +3177,7 @@ void mkl_open_core(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"spawn", c_spawn}, {"quit", c_quit}, {"link", c_link}, {"add", c_add}, {"delete", c_delete},
     {"send", c_send}, {"feedback", c_feedback}, {"yield", c_yield},
-    {"wait", c_wait}, {"waits", c_waits}, {"current", c_current}, {"outside", c_outside}, {"nowait", c_nowait},
+    {"deadline", c_deadline}, {"waits", c_waits}, {"current", c_current}, {"outside", c_outside}, {"nowait", c_nowait},
     {"self", c_self}, {"role", c_role},
     {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
     {"open_ground_vm", c_open_ground_vm},

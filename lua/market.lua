@@ -12,7 +12,8 @@ local M = {}
 
 local PRESENCE, ABSENCE, MESSAGE = core.PRESENCE, core.ABSENCE, core.MESSAGE
 local SPAWNED, RESUME, DELETED = core.SPAWNED, core.RESUME, core.DELETED
-local cwait, csend = core.wait, core.send
+local csend = core.send
+local cwait                -- core.waits makes it, with market.yield (below)
 local isyieldable = coroutine.isyieldable
 local type, select, error, getmetatable, tostring =
   type, select, error, getmetatable, tostring
@@ -487,7 +488,7 @@ local function unkeep(ctx)
     return ev
   end
 end
-M.yield, M.wait_for = core.waits(yield_action, unkeep, keep)
+M.yield, M.wait_for, cwait = core.waits(yield_action, unkeep, keep)
 
 -- pause(): straight-line code lets the VM run everything now pending (the
 -- yield action), then goes on.  Events no handler takes meanwhile are kept
@@ -503,6 +504,32 @@ function M.pause()
   while not done do
     local ev = cwait(true)
     if ev then keep(ctx, ev) end
+  end
+end
+
+-- wait_until(cond [, ms]): straight-line code waits until cond() returns
+-- a true value, and returns it.  cond is tried at once, then after every
+-- event the process gets, handled or not: what it reads is what the
+-- process's handlers change.  nil, "timeout" when ms went by first.
+-- Events no handler takes meanwhile are kept for market.yield(), as
+-- pause keeps them.
+function M.wait_until(cond, ms)
+  local ctx = current("wait_until")
+  if type(cond) ~= "function" and not (getmetatable(cond) or {}).__call then
+    error("market.wait_until: cond must be a function", 2)
+  end
+  -- Through pcall, so that its misuse is said at the caller's line.
+  local ok, at = pcall(core.deadline, ms, "wait_until")
+  if not ok then error(at, 2) end
+  local v = cond()
+  if v then return v end
+  if not isyieldable() then error(core.nowait("wait_until"), 2) end
+  while true do
+    local ev, err = cwait(true, at)
+    if err then return nil, err end
+    if ev then keep(ctx, ev) end
+    v = cond()
+    if v then return v end
   end
 end
 

@@ -1,0 +1,96 @@
+-- wait_until_spec.lua: market.wait_until(cond [, ms]), straight-line code
+-- waiting for what its own handlers change (docs/semantics.md §6).
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local H = require "helpers"
+local _ = market._
+
+describe("market.wait_until", function()
+  it("waits until what the process's handlers change makes cond true, and returns its value",
+     function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        local got = {}
+        market.perform(market.subscriber({ "n", _ }, {
+          on_message = function(_, m) got[#got + 1] = m[2] end }))
+        log("%s", market.wait_until(function() return #got >= 3 and table.concat(got, " ") end))
+      end, { name = "waiter" }))
+      H.step(market.send({ "n", 1 }), market.send({ "n", 2 }))
+      H.step(market.send({ "n", 3 }))
+    end)
+    assert.same({ "1 2 3" }, log.lines)
+  end)
+
+  it("returns at once when cond holds already, without letting the VM run", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        market.perform(market.subscriber("late", "late"))
+        log("%s", market.wait_until(function() return "now" end))
+        -- Had it waited, the message sent below would have come first.
+        market.perform(market.send("late"))
+        log("%s", market.yield(0).endpoint)
+      end))
+    end)
+    assert.same({ "now", "late" }, log.lines)
+  end)
+
+  it("keeps the events no handler takes for market.yield(), in order", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        local done = false
+        market.perform(market.subscriber("done", { on_message = function() done = true end }),
+                       market.subscriber({ "other", _ }, "other"))
+        H.step(market.send({ "other", 1 }), market.send({ "other", 2 }), market.send("done"))
+        market.wait_until(function() return done end)
+        log("%s %s", market.yield(0).message, market.yield(0).message)
+        local none, why = market.yield(0)
+        log("%s %s", tostring(none), why)
+      end))
+    end)
+    assert.same({ '["other", 1] ["other", 2]', "nil timeout" }, log.lines)
+  end)
+
+  it("returns nil, \"timeout\" when ms go by first; 0 sees only what is queued", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        local n = 0
+        market.perform(market.subscriber("tick", { on_message = function() n = n + 1 end }))
+        market.perform(market.send("tick"))
+        log("%s", market.wait_until(function() return n == 1 and "queued" end, 0))
+        local t0 = market.now()
+        local v, why = market.wait_until(function() return n == 2 end, 100)
+        log("%s %s %s", tostring(v), why, tostring(market.now() - t0 >= 99))
+        v, why = market.wait_until(function() return n == 2 end, 0)
+        log("%s %s", tostring(v), why)
+      end))
+    end)
+    assert.same({ "queued", "nil timeout true", "nil timeout" }, log.lines)
+  end)
+
+  it("raises on misuse: a cond that is not a function, a bad timeout, outside a process", function()
+    local log = H.log()
+    H.ground(function()
+      for _, args in ipairs { { 5 }, { function() end, -1 }, { function() end, "10" } } do
+        local ok, err = pcall(market.wait_until, table.unpack(args))
+        log("%s %s", tostring(ok), err)
+      end
+      local ok, err = pcall(function() table.sort({ 2, 1 }, function(a, b)
+        return market.wait_until(function() return false end) and a < b end) end)
+      log("%s %s", tostring(ok), (err:gsub("^.-: ", "", 1)))
+    end)
+    local ok, err = pcall(market.wait_until, function() return true end)
+    assert.is_false(ok)
+    assert.matches("market.wait_until: not inside a market process", err, 1, true)
+    assert.same({
+      "false market.wait_until: cond must be a function",
+      "false market.wait_until: the timeout must be a number of milliseconds >= 0 (or nil: none), got -1",
+      "false market.wait_until: the timeout must be a number of milliseconds >= 0 (or nil: none), got string",
+      "false market.wait_until: cannot wait inside a C function (a metamethod, or a function that " ..
+        "table.sort, string.gsub and the like call): the process cannot be suspended there",
+    }, log.lines)
+  end)
+end)
