@@ -100,8 +100,8 @@ local function bad_setting(k, v)
     if not FRAMINGS[v] then
       return ("framing must be %s, got %s"):format(framing_names, show(v))
     end
-  elseif k == "reuseport" then
-    if type(v) ~= "boolean" then return ("reuseport must be a boolean, got %s"):format(show(v)) end
+  elseif k == "reuseport" or k == "reading" then
+    if type(v) ~= "boolean" then return ("%s must be a boolean, got %s"):format(k, show(v)) end
   elseif bounds == nil then
     return ("unknown setting %s"):format(show(k))
   elseif mtype(v) ~= "integer" or v < bounds[1] or v > bounds[2] then
@@ -502,6 +502,298 @@ end
 -- snapshot's tree too (kind "tcp" for a connection's manager).
 -- inspect([max]): with max (market.snapshot's max_processes), only the
 -- connections whose managers are among the first max processes.
+-- ---- connections for straight-line code: tcp.connect, tcp.serve ------------
+--
+-- A connection as an object, as cqueues and luasocket give one:
+-- conn:receive() waits for the next chunk, line or frame, conn:send(data)
+-- waits while the connection is paused.  Underneath are the endpoints of
+-- docs/tcp.md, with handlers, so that what comes while the code waits for
+-- something else (a sleep, another connection) lands in the object, never
+-- in the process's market.yield() backlog; the waits are
+-- market.wait_until on the object's fields.  What the code has not
+-- received yet is bounded: past tcp.MAX_UNREAD bytes the object publishes
+-- reading = false for its connection until half of it is taken, and the
+-- kernel pushes back on the peer (withdrawing the subscription instead
+-- would drop what is on its way to it).
+
+M.MAX_UNREAD = 1 << 20     -- bytes a connection object holds unreceived before it stops reading
+
+local EOF = market.EOF
+local Conn = { __name = "tcp.connection" }
+Conn.__index = Conn
+local connect_id = market.record("tcp-connect", "serial")
+local serial = 0
+-- A sender lets the VM run (market.pause) after this many bytes, so that
+-- the manager can write them and publish backpressure before more go.
+local SEND_CHECK = 1 << 16
+
+function Conn.__tostring(c) return "tcp.connection " .. repr(c.remote) end
+
+-- The running process, as market.self gives it; raises as fname's outside
+-- a process.  level: where the error points.
+local function self_of(fname, level)
+  local ok, pid, _, path = pcall(market.self)
+  if not ok then error(fname .. ": not inside a market process", level + 1) end
+  return pid, path
+end
+
+-- Settings checked as tcp.options checks them, but said as fname's, at
+-- the caller's line.
+local function check_settings(settings, fname)
+  if settings == nil then return end
+  if type(settings) ~= "table" then
+    error(("%s: settings must be a table, got %s"):format(fname, type(settings)), 3)
+  end
+  for k, v in pairs(settings) do
+    local why = type(k) ~= "string" and ("unknown setting " .. show(k)) or bad_setting(k, v)
+    if why then error(fname .. ": " .. why, 3) end
+  end
+end
+
+-- The object for the connection between here and remote, and the actions
+-- that make its endpoints (settings, if any, published first, so that
+-- they apply from the first byte).
+local function open(here, remote, settings)
+  serial = serial + 1
+  local tag = "tcp#" .. serial
+  local pid, path = self_of("tcp", 2)
+  local c = setmetatable({ here = here, remote = remote, owner = pid, path = path,
+                           q = {}, qfirst = 1, qlast = 0, unread = 0, unsent = 0,
+                           tag = tag, options = settings ~= nil }, Conn)
+  local acts = {}
+  if settings ~= nil then acts[1] = M.options(here, remote, settings, tag .. " options") end
+  acts[#acts + 1] = market.publisher(channel(here, remote, _), {
+    name = tag .. " out",
+    on_presence = function() c.ready_out = true end,
+    on_absence = function(_, _, reason)
+      if c.out_closed == nil then c.out_closed = reason or false end
+    end })
+  acts[#acts + 1] = market.observe_publishers(backpressure(here, remote), {
+    name = tag .. " pause",
+    on_presence = function() c.paused = true end,
+    on_absence = function() c.paused = false end })
+  acts[#acts + 1] = market.subscriber(channel(remote, here, _), {
+    name = tag .. " in",
+    on_presence = function() c.ready_in = true end,
+    on_message = function(_, m)
+      local d = m.subpacket
+      c.qlast = c.qlast + 1
+      c.q[c.qlast] = d
+      if type(d) ~= "string" then return end
+      c.unread = c.unread + #d
+      if c.unread > M.MAX_UNREAD and not c.holding then
+        c.holding = true
+        return market.transition_no_state(M.options(here, remote, { reading = false }, tag .. " hold"))
+      end
+    end,
+    on_absence = function(_, _, reason)
+      if c.in_closed == nil then c.in_closed = reason or false end
+    end })
+  return c, acts
+end
+
+-- Raises unless c is a connection of the running process.
+local function mine(c, what)
+  if getmetatable(c) ~= Conn then
+    error(("tcp.connection:%s: not a connection (call it as conn:%s(...))"):format(what, what), 3)
+  end
+  local pid, path = self_of("tcp.connection:" .. what, 3)
+  if pid ~= c.owner or path ~= c.path then
+    error(("tcp.connection:%s: the connection belongs to process %d of %s, not to this one " ..
+           "(its events go to that process)"):format(what, c.owner, c.path), 3)
+  end
+end
+
+local function ready(c)
+  return (c.ready_in and c.ready_out) or c.in_closed ~= nil or c.out_closed ~= nil
+end
+
+-- data = conn:receive([ms]): the next chunk (or line, or frame: the
+-- connection's framing); nil at the peer's end of stream; nil, reason
+-- when the connection failed or closed (the reason of its absence, or
+-- "closed"); nil, "timeout" when nothing came within ms.
+function Conn:receive(ms)
+  mine(self, "receive")
+  if self.qfirst > self.qlast and not self.at_eof and self.in_closed == nil then
+    local ok, err = market.wait_until(function()
+      return self.qfirst <= self.qlast or self.in_closed ~= nil
+    end, ms)
+    if not ok then return nil, err end
+  end
+  if self.qfirst <= self.qlast then
+    local d = self.q[self.qfirst]
+    self.q[self.qfirst] = nil
+    self.qfirst = self.qfirst + 1
+    if d == EOF then self.at_eof = true; return nil end
+    if type(d) == "string" then
+      self.unread = self.unread - #d
+      if self.holding and self.unread <= M.MAX_UNREAD // 2 then
+        self.holding = false
+        P(market.delete_endpoint(self.tag .. " hold"))
+      end
+    end
+    return d
+  end
+  if self.at_eof then return nil end
+  return nil, self.in_closed or "closed"
+end
+
+-- for data in conn:lines([ms]) do ... end: receive until it returns nil
+-- (receive then says why, again).
+function Conn:lines(ms)
+  mine(self, "lines")
+  return function() return (self:receive(ms)) end
+end
+
+-- ok = conn:send(data): true once data is on its way; nil, reason when
+-- the connection cannot take it.  Waits while the connection is paused
+-- (its output over high_water: docs/tcp.md, Flow control).
+function Conn:send(data)
+  mine(self, "send")
+  if type(data) ~= "string" then
+    error("tcp.connection:send: data must be a string, got " .. type(data), 2)
+  end
+  if self.shut then return nil, "shut down for sending (conn:shutdown)" end
+  if self.paused and self.out_closed == nil then
+    market.wait_until(function() return not self.paused or self.out_closed ~= nil end)
+  end
+  if self.out_closed ~= nil then return nil, self.out_closed or "closed" end
+  P(market.send(channel(self.here, self.remote, data)))
+  self.unsent = self.unsent + #data
+  if self.unsent >= SEND_CHECK then
+    self.unsent = 0
+    market.pause()
+  end
+  return true
+end
+
+-- conn:shutdown(): the end of what this side sends (a half-close); the
+-- peer reads its end of stream after the rest.  receive goes on.
+function Conn:shutdown()
+  mine(self, "shutdown")
+  if self.shut or self.out_closed ~= nil then return end
+  self.shut = true
+  P(market.send(channel(self.here, self.remote, EOF)))
+end
+
+-- conn:close(): its endpoints go; the manager writes what is queued and
+-- closes the socket (docs/tcp.md, End of stream and closing).  Again:
+-- nothing.
+function Conn:close()
+  mine(self, "close")
+  if self.closed then return end
+  self.closed = true
+  if self.in_closed == nil then self.in_closed = false end
+  if self.out_closed == nil then self.out_closed = false end
+  local tag = self.tag
+  P(market.delete_endpoint(tag .. " in"), market.delete_endpoint(tag .. " out"),
+    market.delete_endpoint(tag .. " pause"))
+  if self.options then P(market.delete_endpoint(tag .. " options")) end
+  if self.holding then P(market.delete_endpoint(tag .. " hold")) end
+end
+
+-- conn = tcp.connect(host, port [, settings]), or tcp.connect(address
+-- [, settings]): waits until connected; nil, reason when the connect
+-- failed (docs/tcp.md, Failures).  settings: as tcp.options takes them,
+-- for this connection (connect_timeout among them).
+function M.connect(host, port, settings)
+  local a
+  if address:is(host) then a, settings = host, port else a = address(host, port) end
+  self_of("tcp.connect", 2)
+  check_settings(settings, "tcp.connect")
+  serial = serial + 1
+  local c, acts = open(handle(connect_id(serial)), a, settings)
+  P(table.unpack(acts))
+  market.wait_until(function() return ready(c) end)
+  -- A connect that failed shows its endpoints and withdraws them in one
+  -- step: their absence is queued right behind the presence.
+  if c.in_closed == nil and c.out_closed == nil then
+    market.wait_until(function() return c.in_closed ~= nil end, 0)
+  end
+  if c.in_closed ~= nil or c.out_closed ~= nil then
+    local why = c.in_closed or c.out_closed or "closed"
+    c:close()
+    return nil, why
+  end
+  return c
+end
+
+-- A session's process: its connection, then session(conn), then quit
+-- (the manager flushes and closes).
+local function session_proc(here, remote, session)
+  return function()
+    local c, acts = open(here, remote, nil)
+    P(table.unpack(acts))
+    market.wait_until(function() return ready(c) end)
+    session(c)
+    P(market.quit())
+  end
+end
+
+local Server = { __name = "tcp.server" }
+Server.__index = Server
+function Server.__tostring(s)
+  return ("tcp.server %s (port %s)"):format(repr(s.here), tostring(s.port))
+end
+
+-- server:close(): no new connections (the listener closes when no one
+-- else observes it); sessions running go on.
+function Server:close()
+  if getmetatable(self) ~= Server then error("tcp.server:close: not a server (call it as server:close())", 2) end
+  if self.closed then return end
+  local pid, path = self_of("tcp.server:close", 2)
+  if pid ~= self.owner or path ~= self.path then
+    error(("tcp.server:close: the server belongs to process %d of %s"):format(self.owner, self.path), 2)
+  end
+  self.closed = true
+  P(market.delete_endpoint(self.tag), market.delete_endpoint(self.tag .. " listening"))
+  if self.options then P(market.delete_endpoint(self.tag .. " options")) end
+end
+
+-- server = tcp.serve(port, session [, settings]): listens on port (as
+-- tcp.listener takes it, or a tcp.listener), and runs session(conn) in a
+-- process of its own for each connection.  Waits until listening: the
+-- server (server.port: the port bound), or nil, reason.  It serves while
+-- the calling process has its endpoints (server:close, or its end, stops
+-- it).  settings: as tcp.options takes them, for every connection (and
+-- max_connections, reuseport: the listener's).
+function M.serve(port, session, settings)
+  if type(session) ~= "function" then
+    error("tcp.serve: session must be a function, got " .. type(session), 2)
+  end
+  local pid, path = self_of("tcp.serve", 2)
+  check_settings(settings, "tcp.serve")
+  local here = listener:is(port) and port or listener(port)
+  serial = serial + 1
+  local tag = "tcp.serve#" .. serial
+  local srv = setmetatable({ here = here, owner = pid, path = path, tag = tag,
+                             options = settings ~= nil }, Server)
+  local acts = {}
+  if settings ~= nil then acts[1] = M.options(here, settings, tag .. " options") end
+  acts[#acts + 1] = market.subscriber(listening(here.port, _), {
+    name = tag .. " listening",
+    on_presence = function(_, role)
+      if role.topic.bound_port ~= nil and srv.port == nil then srv.port = role.topic.bound_port end
+    end,
+    on_absence = function(_, _, reason)
+      if srv.failed == nil then srv.failed = reason or false end
+    end })
+  acts[#acts + 1] = market.observe_publishers(channel(_, here, _), {
+    name = tag,
+    on_presence = function(_, role)
+      local remote = role.topic.source
+      return market.transition_no_state(market.spawn(session_proc(here, remote, session),
+        { name = "session " .. repr(remote) }))
+    end })
+  P(table.unpack(acts))
+  market.wait_until(function() return srv.port ~= nil or srv.failed ~= nil end)
+  if srv.port == nil then
+    srv:close()
+    return nil, srv.failed or "closed"
+  end
+  return srv
+end
+
 function M.inspect(max)
   local s, t = M.stats, {}
   for _, k in ipairs { "max_queued", "pauses", "overflows", "refused", "timeouts", "max_input" } do

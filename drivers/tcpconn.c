@@ -129,10 +129,10 @@ enum { F_RAW, F_LINE, F_U16, F_U32 };
 static const char *const framings[] = { "raw", "line", "u16", "u32", NULL };
 
 enum { K_FRAMING, K_MAX_FRAME, K_IDLE, K_MAXCONN, K_HIGH, K_LOW, K_HARD, K_READ, K_LINGER,
-       K_CONNECT, K_REUSEPORT, NKEYS };
+       K_CONNECT, K_REUSEPORT, K_READING, NKEYS };
 
 /* The keys of a settings sequence and the integers they take (framing: an
-** index into framings[]; reuseport: a boolean, as 0 or 1).  They guard against hand-made tcp-options
+** index into framings[]; reuseport, reading: booleans, as 0 or 1).  They guard against hand-made tcp-options
 ** records here, and tcp.lua checks the same at the call site: it reads
 ** them from here (sys.tcp_settings), so there is one list. */
 static const struct { const char *name; int64_t lo, hi; } keys[NKEYS] = {
@@ -147,6 +147,7 @@ static const struct { const char *name; int64_t lo, hi; } keys[NKEYS] = {
   { "linger", 0, INT64_MAX / 4 },
   { "connect_timeout", 0, INT64_MAX / 4 },
   { "reuseport", 0, 1 },       /* the listener's (tcp.lua), not a connection's */
+  { "reading", 0, 1 },         /* false: read nothing more (held); unset: true */
 };
 
 /* A set of settings: v[k] is meaningful where bit k of `set` is. */
@@ -183,7 +184,7 @@ static const char *parse_settings(const mk_term *s, tconf *cf) {
     if (k == K_FRAMING && val->kind == MK_STR) {
       for (v = 0; framings[v] && !is_str(val, framings[v]); v++) {}
       if (framings[v] == NULL) v = -1;
-    } else if (k == K_REUSEPORT) {
+    } else if (k == K_REUSEPORT || k == K_READING) {
       v = val->kind == MK_TRUE ? 1 : val->kind == MK_FALSE ? 0 : -1;
     } else {
       v = val->kind == MK_INT ? val->v.i : -1;
@@ -322,6 +323,7 @@ typedef struct tconn {
   unsigned out_gone : 1;      /* the outbound flow was withdrawn */
   unsigned draining : 1;      /* written and shut down: discarding input until EOF */
   unsigned flows : 1;         /* the flows are published (outbound: once connected) */
+  unsigned held : 1;          /* reading = false: nothing more is read (settings) */
   uint32_t max_frame;         /* at most 2^31 (keys[]; here, it fills the hole) */
   mk_match_slot inslot;       /* the inbound flow's matches (route.h): its
                               ** chunks have the same remote and local each
@@ -568,7 +570,7 @@ static void finish_errno(mk_proc *p, tconn *c, int err) {
 
 static void update_reading(mk_proc *p, tconn *c) {
   if (c->draining || (c->connected && !c->eof_in && !c->closing && !c->in_failed &&
-                      c->readers > 0))
+                      c->readers > 0 && !c->held))
     watch(p, c, W_RD, c->rd);
   else
     unwatch(p, c, W_RD);
@@ -1157,10 +1159,14 @@ static void arm_dial(mk_proc *p, tconn *c);
 /* The settings, applied to the fields. */
 static void reconfigure(mk_proc *p, tconn *c) {
   tconf m;
-  int framing = c->framing;
+  int framing = c->framing, held = c->held;
   size_t max_frame = c->max_frame;
   int64_t idle = c->idle_ms;
   settle(c, &m);
+  /* Held, the socket is not read: the kernel's buffers fill and TCP
+  ** pushes back on the peer, while the session keeps its subscription
+  ** (withdrawing it would drop what is on its way to it). */
+  c->held = (m.set & (1u << K_READING)) && m.v[K_READING] == 0;
   c->framing = (uint8_t)m.v[K_FRAMING];
   c->max_frame = (uint32_t)m.v[K_MAX_FRAME];
   c->idle_ms = m.v[K_IDLE];
@@ -1184,6 +1190,7 @@ static void reconfigure(mk_proc *p, tconn *c) {
     if (c->done) return;
   }
   if (c->idle_ms != idle) arm_idle(p, c);
+  if (c->held != held) update_reading(p, c);
   if (!c->closing && !c->done) update_flow(p, c);
 }
 
@@ -1633,7 +1640,8 @@ static mk_proc *caller(lua_State *L, const char *what) {
 static tbase *getdefaults(lua_State *L, int idx) {
   const char *err, *bad;
   mk_term *t = mkl_toterm(L, idx, &err);
-  unsigned need = ~((1u << K_LOW) | (1u << K_HARD) | (1u << K_MAXCONN) | (1u << K_REUSEPORT)) &
+  unsigned need = ~((1u << K_LOW) | (1u << K_HARD) | (1u << K_MAXCONN) | (1u << K_REUSEPORT) |
+                    (1u << K_READING)) &
                   ((1u << NKEYS) - 1);
   tconf cf;
   if (t == NULL) luaL_error(L, "market.sys: the defaults are not a term: %s", err);

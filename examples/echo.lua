@@ -7,9 +7,9 @@
 -- _): that makes the driver listen.  Each accepted connection appears as the
 -- presence of a publisher tcp.channel(remote, listener, _); a session is
 -- spawned for it.  The session sends back what it reads, honours the
--- driver's backpressure (it stops taking input while its output is queued
--- past the high-water mark, so a client that sends but never reads cannot
--- make the server grow), half-closes on end of stream and then goes, which
+-- driver's backpressure (it stops the driver reading its input while its
+-- output is queued past the high-water mark, so a client that sends but
+-- never reads cannot make the server grow), half-closes on end of stream and then goes, which
 -- closes the connection.  The driver closes connections idle for five
 -- minutes and refuses those beyond max_connections (tcp.options), and
 -- the output limits are sized for that many: a session pauses at 64 KiB
@@ -44,16 +44,9 @@ local session_in = {
     end
     return transition_no_state(send(channel(here, remote, data)))
   end,
-  -- The manager went, so do we; not when "in" itself was deleted
-  -- (backpressure below): then it hears the manager's absence too.
-  on_absence = function(_, _, _, _, deleted)
-    if not deleted then return transition_no_state(market.quit()) end
-  end,
+  -- The manager went, so do we.
+  on_absence = function() return transition_no_state(market.quit()) end,
 }
-
-local function reader(remote)
-  return market.subscriber(channel(remote, here, _), session_in)
-end
 
 local session_out = {
   name = "out",
@@ -61,15 +54,20 @@ local session_out = {
   on_absence = function() return transition_no_state(market.quit()) end,
 }
 
+-- Output queued past the high-water mark: the manager reads no more
+-- until it drains (reading = false).  The subscription to "in" stays:
+-- withdrawn, a chunk already on its way to it would be dropped.
 local session_backpressure = {
   name = "backpressure",
-  on_presence = function() return transition_no_state(market.delete_endpoint("in")) end,
-  on_absence = function(remote) return transition_no_state(reader(remote)) end,
+  on_presence = function(remote)
+    return transition_no_state(tcp.options(here, remote, { reading = false }, "hold"))
+  end,
+  on_absence = function() return transition_no_state(market.delete_endpoint("hold")) end,
 }
 
 local function session(remote)
   return market.transition(remote,
-    reader(remote),
+    market.subscriber(channel(remote, here, _), session_in),
     market.publisher(channel(here, remote, _), session_out),
     market.observe_publishers(tcp.backpressure(here, remote), session_backpressure))
 end

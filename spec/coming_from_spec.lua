@@ -17,7 +17,7 @@ end
 -- The market program among the blocks that holds `marker`, as a file.
 local function program(marker)
   for _, code in ipairs(blocks()) do
-    if code:find('require "market"', 1, true) and code:find(marker, 1, true) then
+    if code:find('require "market', 1, true) and code:find(marker, 1, true) then
       return H.tempfile(code)
     end
   end
@@ -40,7 +40,7 @@ describe("docs/coming-from.md", function()
   end)
 
   it("has a straight-line echo server that echoes lines", function()
-    local path, port = program("tcp.listener"), N.free_port()
+    local path, port = program("tcp.serve"), N.free_port()
     local server = N.start(path, port)
     local ok, out = pcall(N.capture, ([[
       for i in $(seq 1 200); do printf 'one\r\ntwo\n' | nc -N 127.0.0.1 %d 2>/dev/null && break; sleep 0.05; done]])

@@ -1,0 +1,272 @@
+-- tcp_straight_spec.lua: connections for straight-line code (docs/tcp.md,
+-- "Straight-line connections"): tcp.connect, tcp.serve and the connection
+-- object's receive, lines, send, shutdown and close; and the setting
+-- reading = false that holds a connection's input without loss.  In one
+-- ground VM with its drivers, over loopback, ports the kernel picks.
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local tcp = require "market.tcp"
+local timer = require "market.timer"
+local N = require "net"
+
+-- A deterministic payload of n bytes (no two 4-byte pieces at the same
+-- offset alike, so a lost or doubled chunk shows).
+local function payload(n)
+  local t, i = {}, 0
+  while 16 * #t < n do
+    t[#t + 1] = ("%015d\n"):format(i)
+    i = i + 1
+  end
+  return table.concat(t):sub(1, n)
+end
+
+-- Everything conn receives until its end of stream (or failure: the
+-- reason then, after the data).
+local function drain(conn)
+  local t = {}
+  while true do
+    local d, why = conn:receive()
+    if d == nil then return table.concat(t), why end
+    t[#t + 1] = d
+  end
+end
+
+describe("tcp.connect and tcp.serve", function()
+  it("connect, send and receive lines, and see the end of stream", function()
+    local got = N.run(function()
+      local srv = assert(tcp.serve(0, function(conn)
+        for line in conn:lines() do
+          if line == "quit" then break end
+          assert(conn:send(line:upper() .. "\n"))
+        end
+        conn:send("bye\n")
+      end, { framing = "line" }))
+      local c = assert(tcp.connect("127.0.0.1", srv.port, { framing = "line" }))
+      local out = {}
+      assert(c:send("hello\nworld\n"))
+      out[1], out[2] = c:receive(), c:receive()
+      c:send("quit\n")
+      out[3] = c:receive()
+      out[4] = tostring(c:receive())             -- the session went: end of stream
+      out[5] = tostring(c:receive())             -- and again
+      c:close()
+      srv:close()
+      return out
+    end)
+    assert.same({ "HELLO", "WORLD", "bye", "nil", "nil" }, got)
+  end)
+
+  it("says why a connect or a listen failed, as nil and the reason", function()
+    local free = N.free_port()
+    local got = N.run(function()
+      local out = {}
+      out[1] = select(2, tcp.connect("127.0.0.1", free))
+      out[2] = select(2, tcp.connect(tcp.address("127.0.0.1", 70000)))
+      local srv = assert(tcp.serve(0, function() end))
+      out[3] = select(2, tcp.serve(srv.port, function() end))
+      srv:close()
+      -- Nothing of the failed ones is left.
+      local me, left = market.self(), 0
+      for _, p in ipairs(market.snapshot().vm.processes) do
+        if p.pid == me then
+          for _, ep in ipairs(p.endpoints) do
+            if ep.name:find("^tcp") then left = left + 1 end
+          end
+        end
+      end
+      out[4] = left
+      return out
+    end)
+    assert.same({ "connection refused",
+                  'bad address tcp-address("127.0.0.1", 70000): want tcp.address(host, port 1..65535) ' ..
+                    'or tcp.address(path, "unix")',
+                  "cannot listen on port " .. "%d" .. ": address already in use", 0 },
+                { got[1], got[2], got[3] and got[3]:gsub("%d+:", "%%d:", 1), got[4] })
+  end)
+
+  it("keeps what arrives while the code waits for something else, and out of market.yield()",
+     function()
+    local got = N.run(function()
+      local srv = assert(tcp.serve(0, function(conn)
+        conn:send("one")
+        timer.sleep(20)
+        conn:send("two")
+        conn:shutdown()
+        conn:receive()                         -- until the client goes
+      end))
+      local c = assert(tcp.connect("127.0.0.1", srv.port))
+      timer.sleep(200)
+      -- What the spec's own endpoints had (a presence of its watchdog's),
+      -- but nothing of the connection's.
+      local strays = {}
+      while true do
+        local ev = market.yield(0)
+        if not ev then break end
+        if ev.endpoint:find("^tcp") then strays[#strays + 1] = ev.endpoint end
+      end
+      local data = drain(c)
+      c:close()
+      srv:close()
+      return { strays, data }
+    end)
+    assert.same({ {}, "onetwo" }, got)
+  end)
+
+  it("times a receive out, and receives what comes later", function()
+    local got = N.run(function()
+      local srv = assert(tcp.serve(0, function(conn)
+        conn:receive()                         -- "go"
+        conn:send("late")
+        conn:receive()
+      end))
+      local c = assert(tcp.connect("127.0.0.1", srv.port))
+      local out = { c:receive(50) }
+      c:send("go")
+      out[3] = c:receive(10000)
+      c:close()
+      srv:close()
+      return out
+    end)
+    assert.same({ nil, "timeout", "late" }, got)
+  end)
+
+  it("holds at most MAX_UNREAD bytes unreceived, then reads on without loss; a sender " ..
+     "waits while paused", function()
+    local data = payload(4 << 20)
+    local old = tcp.MAX_UNREAD
+    tcp.MAX_UNREAD = 64 * 1024
+    local overflows = tcp.stats.overflows
+    local ok, got = pcall(N.run, function()
+      local srv = assert(tcp.serve(0, function(conn)
+        -- 4 MiB in 16 KiB pieces: past high_water (1 MiB) the sends wait.
+        for i = 1, #data, 16384 do assert(conn:send(data:sub(i, i + 16383))) end
+        conn:shutdown()
+        conn:receive()
+      end))
+      local c = assert(tcp.connect("127.0.0.1", srv.port))
+      timer.sleep(300)
+      -- Held: what was read before the hold, one read (64 KiB) at most past it.
+      local held = c.unread
+      local all, why = drain(c)
+      c:close()
+      srv:close()
+      return { held = held, n = #all, same = all == data, why = why }
+    end, 60000)
+    tcp.MAX_UNREAD = old
+    assert(ok, got)
+    assert.is_true(got.held > 0 and got.held <= 64 * 1024 + 65536, "held " .. got.held)
+    assert.same({ 4 << 20, true }, { got.n, got.same })
+    assert.is_nil(got.why)
+    assert.equal(overflows, tcp.stats.overflows)
+  end)
+
+  it("ends a session that fails, not its server", function()
+    local got = N.run(function()
+      local srv = assert(tcp.serve(0, function(conn)
+        local line = conn:receive()
+        if line == "boom" then error("session failed on purpose") end
+        conn:send("fine")
+        conn:shutdown()
+        conn:receive()
+      end))
+      local out = {}
+      local a = assert(tcp.connect("127.0.0.1", srv.port))
+      a:send("boom")
+      out[1] = { a:receive() }
+      a:close()
+      local b = assert(tcp.connect("127.0.0.1", srv.port))
+      b:send("hello")
+      out[2] = drain(b)
+      b:close()
+      srv:close()
+      return out
+    end)
+    -- The failed session's connection closes: its end of stream.
+    assert.same({ {}, "fine" }, got)
+  end)
+
+  it("raises on misuse, at the caller's line", function()
+    local got = N.run(function()
+      local out = {}
+      -- f's error, said at this file's line (the call in f), that prefix off.
+      local function try(f)
+        local ok, err = pcall(f)
+        local rest = tostring(err):match("^spec/tcp_straight_spec%.lua:%d+: (.*)$")
+        out[#out + 1] = tostring(ok) .. " " .. (rest or "(not at the caller's line) " .. tostring(err))
+      end
+      local srv = assert(tcp.serve(0, function(conn) conn:receive() end))
+      local c = assert(tcp.connect("127.0.0.1", srv.port))
+      try(function() c:send(42) end)
+      try(function() c.receive("c") end)
+      try(function() tcp.connect("127.0.0.1", srv.port, { framing = "lines" }) end)
+      try(function() tcp.serve(0, "session") end)
+      try(function() tcp.serve(0, function() end, { no_such = 1 }) end)
+      -- Another process may not use it: its events come here.
+      local err
+      market.perform(market.spawn(function()
+        local ok, e = pcall(c.receive, c)
+        err = tostring(ok) .. " " .. e:gsub("process %d+ of ground", "process N of ground")
+      end))
+      N.wait_until(function() return err end)   -- (its change is no event here)
+      out[#out + 1] = err
+      c:close()
+      c:close()                                  -- again: nothing
+      srv:close()
+      return out
+    end)
+    local ok, err = pcall(tcp.connect, "127.0.0.1", 1)
+    assert.is_false(ok)
+    assert.matches("tcp.connect: not inside a market process", err, 1, true)
+    assert.same({
+      "false tcp.connection:send: data must be a string, got number",
+      "false tcp.connection:receive: not a connection (call it as conn:receive(...))",
+      'false tcp.connect: framing must be "raw", "line", "u16" or "u32", got "lines"',
+      "false tcp.serve: session must be a function, got string",
+      'false tcp.serve: unknown setting "no_such"',
+      "false tcp.connection:receive: the connection belongs to process N of ground, not to " ..
+        "this one (its events go to that process)",
+    }, got)
+  end)
+end)
+
+describe("tcp.options reading = false", function()
+  it("stops reading a connection, keeping its subscription; true again reads on, nothing lost",
+     function()
+    local data = payload(1 << 20)
+    local got = N.run(function()
+      local srv = assert(tcp.serve(0, function(conn)
+        assert(conn:send(data))
+        conn:shutdown()
+        conn:receive()
+      end))
+      local here = tcp.handle("held")
+      local a = tcp.address("127.0.0.1", srv.port)
+      local chunks, bytes = {}, 0
+      market.perform(tcp.options(here, { reading = false, read_size = 4096 }, "hold"),
+                     market.publisher(tcp.channel(here, a, market._), "out"),
+                     market.subscriber(tcp.channel(a, here, market._), {
+                       name = "in",
+                       on_message = function(_, m)
+                         if m.subpacket ~= market.EOF then
+                           chunks[#chunks + 1] = m.subpacket
+                           bytes = bytes + #m.subpacket
+                         end
+                       end }))
+      timer.sleep(300)
+      local held = bytes
+      market.perform(market.delete_endpoint("hold"))
+      market.wait_until(function() return bytes == #data end, 20000)
+      market.perform(market.delete_endpoint("in"), market.delete_endpoint("out"))
+      srv:close()
+      return { held = held, same = table.concat(chunks) == data }
+    end, 30000)
+    -- Connected with reading off: nothing was read while it was so.
+    assert.same({ held = 0, same = true }, got)
+  end)
+
+  it("is a boolean", function()
+    local ok, err = pcall(tcp.options, tcp.listener(0), { reading = 1 })
+    assert.is_false(ok)
+    assert.matches("tcp.options: reading must be a boolean, got 1", err, 1, true)
+  end)
+end)
