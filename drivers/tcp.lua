@@ -532,7 +532,7 @@ function Conn.__tostring(c) return "tcp.connection " .. repr(c.remote) end
 -- The running process, as market.self gives it; raises as fname's outside
 -- a process.  level: where the error points.
 local function self_of(fname, level)
-  local ok, pid, _, path = pcall(market.self)
+  local ok, pid, _name, path = pcall(market.self)
   if not ok then error(fname .. ": not inside a market process", level + 1) end
   return pid, path
 end

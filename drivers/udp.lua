@@ -285,6 +285,136 @@ function M.driver()
       { name = "listeners", on_presence = handlers.on_presence, on_absence = handlers.on_absence }))
 end
 
+-- ---- sockets for straight-line code: udp.open ----------------------------------
+--
+-- A socket as an object, as luasocket gives one: sock:receivefrom() waits
+-- for the next datagram, sock:sendto(data, host, port) sends one.  Its
+-- endpoints have handlers (as tcp.connect's, drivers/tcp.lua): datagrams
+-- that come while the code waits for something else are kept in the
+-- object, at most MAX_QUEUED bytes of them (each counted with SLOT more);
+-- past that they are dropped and counted, as UDP may.
+
+local Sock = { __name = "udp.socket" }
+Sock.__index = Sock
+local open_id = market.record("udp-open", "serial")
+local serial = 0
+
+function Sock.__tostring(k) return ("udp.socket %s (port %s)"):format(repr(k.here), tostring(k.port)) end
+
+-- Raises unless k is a socket of the running process.
+local function mine(k, what)
+  if getmetatable(k) ~= Sock then
+    error(("udp.socket:%s: not a socket (call it as sock:%s(...))"):format(what, what), 3)
+  end
+  local ok, pid, _name, path = pcall(market.self)
+  if not ok then error(("udp.socket:%s: not inside a market process"):format(what), 3) end
+  if pid ~= k.owner or path ~= k.path then
+    error(("udp.socket:%s: the socket belongs to process %d of %s, not to this one " ..
+           "(its datagrams go to that process)"):format(what, k.owner, k.path), 3)
+  end
+end
+
+-- sock = udp.open([port]): a socket on port (an integer, or a
+-- udp.listener or udp.handle; none: a port the kernel picks), once bound;
+-- nil, reason when it cannot be bound.  sock.port: the port bound.
+function M.open(port)
+  local here
+  if port == nil then
+    serial = serial + 1
+    here = handle(open_id(serial))
+  elseif listener:is(port) or handle:is(port) then
+    here = port
+  else
+    here = listener(port)
+  end
+  local ok, pid, _name, path = pcall(market.self)
+  if not ok then error("udp.open: not inside a market process", 2) end
+  serial = serial + 1
+  local tag = "udp#" .. serial
+  local k = setmetatable({ here = here, owner = pid, path = path, tag = tag,
+                           q = {}, qfirst = 1, qlast = 0, held = 0 }, Sock)
+  P(market.subscriber(bound(here, _), {
+      name = tag .. " bound",
+      on_presence = function(_, role) if k.port == nil then k.port = role.topic.port end end }),
+    market.subscriber(packet(_, here, _), {
+      name = tag .. " in",
+      on_presence = function() k.ready = true end,
+      on_message = function(_, m)
+        local body, src = m.body, m.source
+        if type(body) ~= "string" or not remote_address:is(src) then return end
+        if k.held + #body + SLOT > M.MAX_QUEUED then
+          M.stats.dropped = M.stats.dropped + 1
+          if not k.warned then
+            k.warned = true
+            warn("%s: dropping a datagram: more than udp.MAX_QUEUED bytes not yet received",
+                 repr(here, SHOWN))
+          end
+          return
+        end
+        k.held = k.held + #body + SLOT
+        k.qlast = k.qlast + 1
+        k.q[k.qlast] = m
+      end,
+      on_absence = function(_, _, reason)
+        if k.closed == nil then k.closed = reason or false end
+      end }))
+  market.wait_until(function() return (k.ready and k.port ~= nil) or k.closed ~= nil end)
+  if k.closed ~= nil then
+    local why = k.closed or "closed"
+    k:close()
+    return nil, why
+  end
+  return k
+end
+
+-- data, host, port = sock:receivefrom([ms]): the next datagram and its
+-- sender; nil, "timeout" when none came within ms; nil, reason when the
+-- socket can hear no more (closed: "closed").
+function Sock:receivefrom(ms)
+  mine(self, "receivefrom")
+  if self.qfirst > self.qlast and self.closed == nil then
+    local ok, err = market.wait_until(function()
+      return self.qfirst <= self.qlast or self.closed ~= nil
+    end, ms)
+    if not ok then return nil, err end
+  end
+  if self.qfirst <= self.qlast then
+    local m = self.q[self.qfirst]
+    self.q[self.qfirst] = nil
+    self.qfirst = self.qfirst + 1
+    self.held = self.held - #m.body - SLOT
+    return m.body, m.source.host, m.source.port
+  end
+  return nil, self.closed or "closed"
+end
+
+-- ok = sock:sendto(data, host, port): true once the datagram is on its
+-- way (UDP promises no more: one that cannot go is dropped and counted,
+-- docs/udp.md); nil, reason when the socket is closed.
+function Sock:sendto(data, host, port)
+  mine(self, "sendto")
+  if type(data) ~= "string" then
+    error("udp.socket:sendto: data must be a string, got " .. type(data), 2)
+  end
+  if type(host) ~= "string" or mtype(port) ~= "integer" then
+    error(("udp.socket:sendto: want a host (a string) and a port (an integer), got %s and %s")
+          :format(type(host), mtype(port) or type(port)), 2)
+  end
+  if self.closed ~= nil then return nil, self.closed or "closed" end
+  P(market.send(packet(self.here, remote_address(host, port), data)))
+  return true
+end
+
+-- sock:close(): its endpoints go, and with the last subscriber the socket
+-- closes.  Again: nothing.
+function Sock:close()
+  mine(self, "close")
+  if self.done then return end
+  self.done = true
+  if self.closed == nil then self.closed = false end
+  P(market.delete_endpoint(self.tag .. " in"), market.delete_endpoint(self.tag .. " bound"))
+end
+
 -- For market.snapshot (docs/inspect.md, "Snapshots"): the counters above.
 function M.inspect()
   local s = M.stats

@@ -1,0 +1,100 @@
+-- udp_straight_spec.lua: sockets for straight-line code (docs/udp.md,
+-- "Straight-line sockets"): udp.open, sock:sendto, sock:receivefrom and
+-- sock:close.  In one ground VM with its drivers, over loopback, ports
+-- the kernel picks.
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local udp = require "market.udp"
+local timer = require "market.timer"
+local N = require "net"
+
+describe("udp.open", function()
+  it("sends and receives datagrams, with their sender", function()
+    local got = N.run(function()
+      local a, b = assert(udp.open()), assert(udp.open(0))
+      assert(a:sendto("ping", "127.0.0.1", b.port))
+      local data, host, port = b:receivefrom(10000)
+      assert(b:sendto(data .. "/pong", host, port))
+      local reply = { a:receivefrom(10000) }
+      local ports = { a.port, b.port }
+      local none = { a:receivefrom(50) }
+      a:close()
+      b:close()
+      local closed = { a:receivefrom(0) }
+      return { data = data, host = host, from_a = port == ports[1], reply = reply[1],
+               reply_from_b = reply[3] == ports[2], none = none, closed = closed }
+    end)
+    assert.same({ data = "ping", host = "127.0.0.1", from_a = true, reply = "ping/pong",
+                  reply_from_b = true, none = { nil, "timeout" }, closed = { nil, "closed" } }, got)
+  end)
+
+  it("says why a socket cannot be bound, as nil and the reason", function()
+    local got = N.run(function()
+      local a = assert(udp.open())
+      local out = { select(2, udp.open(a.port)), select(2, udp.open(70000)) }
+      a:close()
+      return out
+    end)
+    assert.equal("cannot bind udp port " .. "%d: address already in use",
+                 (got[1]:gsub("port %d+", "port %%d", 1)))
+    assert.equal("cannot bind udp port 70000: port out of range (0 to 65535)", got[2])
+  end)
+
+  it("keeps at most MAX_QUEUED bytes of datagrams not yet received, dropping the rest", function()
+    local old, before = udp.MAX_QUEUED, udp.stats.dropped
+    udp.MAX_QUEUED = 1000
+    local ok, got = pcall(N.run, function()
+      local a, b = assert(udp.open()), assert(udp.open())
+      for i = 1, 20 do a:sendto(("%03d"):format(i) .. ("x"):rep(97), "127.0.0.1", b.port) end
+      timer.sleep(200)
+      local seen = {}
+      while true do
+        local d = b:receivefrom(0)
+        if not d then break end
+        seen[#seen + 1] = d:sub(1, 3)
+      end
+      a:close()
+      b:close()
+      return seen
+    end)
+    udp.MAX_QUEUED = old
+    assert(ok, got)
+    -- 1000 bytes hold eight of 100 bytes (each counted with 16 more).
+    assert.same({ "001", "002", "003", "004", "005", "006", "007", "008" }, got)
+    assert.equal(before + 12, udp.stats.dropped)
+  end)
+
+  it("raises on misuse", function()
+    local got = N.run(function()
+      local out = {}
+      local function try(f)
+        local ok, err = pcall(f)
+        out[#out + 1] = tostring(ok) .. " " ..
+          (tostring(err):match("^spec/udp_straight_spec%.lua:%d+: (.*)$") or "(elsewhere) " .. tostring(err))
+      end
+      local a = assert(udp.open())
+      try(function() a:sendto(1, "127.0.0.1", 9) end)
+      try(function() a:sendto("x", "127.0.0.1", "9") end)
+      try(function() a.receivefrom(5) end)
+      local err
+      market.perform(market.spawn(function()
+        local ok, e = pcall(a.receivefrom, a)
+        err = tostring(ok) .. " " .. e:gsub("process %d+ of ground", "process N of ground")
+      end))
+      N.wait_until(function() return err end)
+      out[#out + 1] = err
+      a:close()
+      return out
+    end)
+    local ok, err = pcall(udp.open)
+    assert.is_false(ok)
+    assert.matches("udp.open: not inside a market process", err, 1, true)
+    assert.same({
+      "false udp.socket:sendto: data must be a string, got number",
+      "false udp.socket:sendto: want a host (a string) and a port (an integer), got string and string",
+      "false udp.socket:receivefrom: not a socket (call it as sock:receivefrom(...))",
+      "false udp.socket:receivefrom: the socket belongs to process N of ground, not to this " ..
+        "one (its datagrams go to that process)",
+    }, got)
+  end)
+end)
