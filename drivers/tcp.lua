@@ -109,6 +109,19 @@ local function bad_setting(k, v)
   end
 end
 
+-- Raises "fname: what is wrong" at the caller's caller's line unless
+-- settings (nil: none) is a table of good settings.
+local function check_settings(settings, fname)
+  if settings == nil then return end
+  if type(settings) ~= "table" then
+    error(("%s: settings must be a table, got %s"):format(fname, type(settings)), 3)
+  end
+  for k, v in pairs(settings) do
+    local why = type(k) ~= "string" and ("unknown setting " .. show(k)) or bad_setting(k, v)
+    if why then error(fname .. ": " .. why, 3) end
+  end
+end
+
 -- tcp.options(local, [remote,] settings [, handlers]): the action that
 -- publishes settings for the connections of local end `local` (a
 -- tcp.listener or a tcp.handle) with `remote` (default: the wildcard,
@@ -131,12 +144,9 @@ function M.options(loc, ...)
   if type(settings) ~= "table" then
     error("tcp.options: settings must be a table, got " .. type(settings), 2)
   end
+  check_settings(settings, "tcp.options")
   local keys, seq = {}, {}
-  for k in pairs(settings) do
-    local why = type(k) ~= "string" and ("unknown setting " .. show(k)) or bad_setting(k, settings[k])
-    if why then error("tcp.options: " .. why, 2) end
-    keys[#keys + 1] = k
-  end
+  for k in pairs(settings) do keys[#keys + 1] = k end
   table.sort(keys)
   for i, k in ipairs(keys) do seq[i] = { k, settings[k] } end
   if remote == nil then remote = _ end
@@ -495,13 +505,6 @@ function M.driver()
     }))
 end
 
--- For market.snapshot (docs/inspect.md, "Snapshots"): the counters of
--- M.stats, and the connections: each manager's pid and VM, its local
--- address and its peer, its session's pid, and in detail mode the bytes
--- in, out and buffered.  Connections and listeners are processes of the
--- snapshot's tree too (kind "tcp" for a connection's manager).
--- inspect([max]): with max (market.snapshot's max_processes), only the
--- connections whose managers are among the first max processes.
 -- ---- connections for straight-line code: tcp.connect, tcp.serve ------------
 --
 -- A connection as an object, as cqueues and luasocket give one:
@@ -537,19 +540,6 @@ local function self_of(fname, level)
   return pid, path
 end
 
--- Settings checked as tcp.options checks them, but said as fname's, at
--- the caller's line.
-local function check_settings(settings, fname)
-  if settings == nil then return end
-  if type(settings) ~= "table" then
-    error(("%s: settings must be a table, got %s"):format(fname, type(settings)), 3)
-  end
-  for k, v in pairs(settings) do
-    local why = type(k) ~= "string" and ("unknown setting " .. show(k)) or bad_setting(k, v)
-    if why then error(fname .. ": " .. why, 3) end
-  end
-end
-
 -- The object for the connection between here and remote, and the actions
 -- that make its endpoints (settings, if any, published first, so that
 -- they apply from the first byte).
@@ -576,6 +566,7 @@ local function open(here, remote, settings)
     name = tag .. " in",
     on_presence = function() c.ready_in = true end,
     on_message = function(_, m)
+      if not channel:is(m) then return end       -- send(market._): no bytes
       local d = m.subpacket
       c.qlast = c.qlast + 1
       c.q[c.qlast] = d
@@ -794,6 +785,13 @@ function M.serve(port, session, settings)
   return srv
 end
 
+-- For market.snapshot (docs/inspect.md, "Snapshots"): the counters of
+-- M.stats, and the connections: each manager's pid and VM, its local
+-- address and its peer, its session's pid, and in detail mode the bytes
+-- in, out and buffered.  Connections and listeners are processes of the
+-- snapshot's tree too (kind "tcp" for a connection's manager).
+-- inspect([max]): with max (market.snapshot's max_processes), only the
+-- connections whose managers are among the first max processes.
 function M.inspect(max)
   local s, t = M.stats, {}
   for _, k in ipairs { "max_queued", "pauses", "overflows", "refused", "timeouts", "max_input" } do

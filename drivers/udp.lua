@@ -340,6 +340,7 @@ function M.open(port)
       name = tag .. " in",
       on_presence = function() k.ready = true end,
       on_message = function(_, m)
+        if not packet:is(m) then return end      -- send(market._): no datagram
         local body, src = m.body, m.source
         if type(body) ~= "string" or not remote_address:is(src) then return end
         if k.held + #body + SLOT > M.MAX_QUEUED then

@@ -185,6 +185,19 @@ describe("tcp.connect and tcp.serve", function()
     assert.same({ {}, "fine" }, got)
   end)
 
+  it("takes a wildcard message, which reaches every subscriber, for no data", function()
+    local got = N.run(function()
+      local srv = assert(tcp.serve(0, function(conn) conn:receive() end))
+      local c = assert(tcp.connect("127.0.0.1", srv.port))
+      market.perform(market.send(market._))
+      local out = { c:receive(100) }
+      c:close()
+      srv:close()
+      return out
+    end)
+    assert.same({ nil, "timeout" }, got)
+  end)
+
   it("raises on misuse, at the caller's line", function()
     local got = N.run(function()
       local out = {}

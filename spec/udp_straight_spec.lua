@@ -64,6 +64,17 @@ describe("udp.open", function()
     assert.equal(before + 12, udp.stats.dropped)
   end)
 
+  it("takes a wildcard message, which reaches every subscriber, for no datagram", function()
+    local got = N.run(function()
+      local a = assert(udp.open())
+      market.perform(market.send(market._))
+      local out = { a:receivefrom(100) }
+      a:close()
+      return out
+    end)
+    assert.same({ nil, "timeout" }, got)
+  end)
+
   it("raises on misuse", function()
     local got = N.run(function()
       local out = {}
