@@ -636,17 +636,19 @@ function Conn:lines(ms)
   return function() return (self:receive(ms)) end
 end
 
--- ok = conn:send(data): true once data is on its way; nil, reason when
--- the connection cannot take it.  Waits while the connection is paused
--- (its output over high_water: docs/tcp.md, Flow control).
-function Conn:send(data)
+-- ok = conn:send(data [, ms]): true once data is on its way; nil, reason
+-- when the connection cannot take it.  Waits while the connection is
+-- paused (its output over high_water: docs/tcp.md, Flow control), at most
+-- ms: then nil, "timeout", and nothing of data was sent.
+function Conn:send(data, ms)
   mine(self, "send")
   if type(data) ~= "string" then
     error("tcp.connection:send: data must be a string, got " .. type(data), 2)
   end
   if self.shut then return nil, "shut down for sending (conn:shutdown)" end
   if self.paused and self.out_closed == nil then
-    market.wait_until(function() return not self.paused or self.out_closed ~= nil end)
+    local ok, err = market.wait_until(function() return not self.paused or self.out_closed ~= nil end, ms)
+    if not ok then return nil, err end
   end
   if self.out_closed ~= nil then return nil, self.out_closed or "closed" end
   P(market.send(channel(self.here, self.remote, data)))

@@ -160,6 +160,29 @@ describe("tcp.connect and tcp.serve", function()
     assert.equal(overflows, tcp.stats.overflows)
   end)
 
+  it("gives up a send after ms while the peer reads nothing, and sends nothing of it", function()
+    local got = N.run(function()
+      local result
+      local srv = assert(tcp.serve(0, function(conn)
+        local sent, ok, why = 0, nil, nil
+        repeat
+          ok, why = conn:send(("z"):rep(4096), 200)
+          if ok then sent = sent + 4096 end
+        until not ok
+        result = { sent = sent, why = why }
+      end, { high_water = 16384 }))
+      local s = N.connect(srv.port)            -- a raw socket that never reads
+      N.wait_until(function() return result end)
+      s:close()
+      srv:close()
+      return result
+    end, 30000)
+    assert.equal("timeout", got.why)
+    -- At least the high-water mark went, and not without end: the kernel's
+    -- buffers took some more before the pause.
+    assert.is_true(got.sent >= 16384 and got.sent < 64 << 20, "sent " .. got.sent)
+  end)
+
   it("ends a session that fails, not its server", function()
     local got = N.run(function()
       local srv = assert(tcp.serve(0, function(conn)
