@@ -93,6 +93,75 @@
 #include <lauxlib.h>
 
 #include "mkl.h"
+
+/*
+** libnats is opened when the first connection is made, not linked: it
+** brings libssl, libcrypto and libprotobuf-c, whose relocations took a
+** third of every start of market (docs/performance.md, bench-startup),
+** for the many programs that never join a cluster.  NATS_API lists every
+** libnats function this file calls, each called through the table
+** nats_open fills (natsapi.natsOptions_Create(...)).  The library stays
+** loaded: its threads call back until the end of the process (pin_self,
+** below).
+*/
+#define NATS_API(X) \
+  X(natsConnection_Close) X(natsConnection_Connect) X(natsConnection_Destroy) \
+  X(natsConnection_FlushTimeout) X(natsConnection_GetLastError) \
+  X(natsConnection_GetMaxPayload) X(natsConnection_Publish) X(natsConnection_Status) \
+  X(natsConnection_Subscribe) X(natsMsg_Destroy) X(natsMsg_GetData) \
+  X(natsMsg_GetDataLength) X(natsMsg_GetSubject) X(natsOptions_Create) \
+  X(natsOptions_Destroy) X(natsOptions_SetAllowReconnect) X(natsOptions_SetClosedCB) \
+  X(natsOptions_SetDisconnectedCB) X(natsOptions_SetErrorHandler) \
+  X(natsOptions_SetMaxReconnect) X(natsOptions_SetName) X(natsOptions_SetNoEcho) \
+  X(natsOptions_SetReconnectBufSize) X(natsOptions_SetReconnectWait) \
+  X(natsOptions_SetReconnectedCB) X(natsOptions_SetSendAsap) X(natsOptions_SetServers) \
+  X(natsOptions_SetTimeout) X(natsOptions_SetWriteDeadline) \
+  X(natsOptions_UseGlobalMessageDelivery) X(natsStatus_GetText) \
+  X(natsSubscription_Destroy) X(natsSubscription_SetOnCompleteCB) \
+  X(natsSubscription_Unsubscribe) X(nats_GetLastError) X(nats_ReleaseThreadMemory)
+
+#define NATS_FIELD(f) __typeof__(&f) f;
+static struct { NATS_API(NATS_FIELD) } natsapi;
+#undef NATS_FIELD
+
+/* The soname of the libnats built against (Debian's libnats3.4 ships
+** libnats.so.3.4), then the development link, for a build elsewhere. */
+#define NATS_STR_(x) #x
+#define NATS_STR(x) NATS_STR_(x)
+static const char *const nats_sonames[] = {
+  "libnats.so." NATS_STR(NATS_VERSION_MAJOR) "." NATS_STR(NATS_VERSION_MINOR), "libnats.so", NULL };
+
+/* Open libnats and fill natsapi, once (the first connection is made on the
+** loop's thread); NULL, or why not (a static text). */
+static const char *nats_open(void) {
+  static int state;                    /* 0: not tried, 1: open, -1: failed */
+  static char why[256];
+  void *lib = NULL;
+  const char *const *name;
+  if (state == 1) return NULL;
+  if (state == -1) return why;
+  for (name = nats_sonames; *name != NULL && lib == NULL; name++)
+    lib = dlopen(*name, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+  if (lib == NULL) {
+    const char *e = dlerror();
+    snprintf(why, sizeof why, "cannot load libnats (%s; Debian: apt-get install %s): %s",
+             nats_sonames[0], "libnats" NATS_STR(NATS_VERSION_MAJOR) "." NATS_STR(NATS_VERSION_MINOR),
+             e ? e : "not found");
+    state = -1;
+    return why;
+  }
+#define NATS_LOAD(f) \
+  if ((*(void **)&natsapi.f = dlsym(lib, #f)) == NULL) { \
+    snprintf(why, sizeof why, "libnats (%s) has no %s", nats_sonames[0], #f); \
+    state = -1; \
+    return why; \
+  }
+  NATS_API(NATS_LOAD)
+#undef NATS_LOAD
+  state = 1;
+  return NULL;
+}
+
 #include "mkd.h"
 
 #define CONN_MT "market.sys.nats"
@@ -270,10 +339,10 @@ static item *take(queue *q) {
 }
 
 static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *ud) {
-  const char *subj = natsMsg_GetSubject(m);
-  int n = natsMsg_GetDataLength(m);
-  push(ud, EV_MESSAGE, subj, strlen(subj), natsMsg_GetData(m), n > 0 ? (size_t)n : 0);
-  natsMsg_Destroy(m);
+  const char *subj = natsapi.natsMsg_GetSubject(m);
+  int n = natsapi.natsMsg_GetDataLength(m);
+  push(ud, EV_MESSAGE, subj, strlen(subj), natsapi.natsMsg_GetData(m), n > 0 ? (size_t)n : 0);
+  natsapi.natsMsg_Destroy(m);
 }
 
 static void on_disconnected(natsConnection *nc, void *ud) { push(ud, EV_DISCONNECTED, NULL, 0, NULL, 0); }
@@ -284,7 +353,7 @@ static void on_reconnected(natsConnection *nc, void *ud) { push(ud, EV_RECONNECT
 ** refused us on a reconnection, say): the event carries why. */
 static void on_closed(natsConnection *nc, void *ud) {
   const char *why = NULL;
-  if (natsConnection_GetLastError(nc, &why) == NATS_OK || why == NULL) why = "";
+  if (natsapi.natsConnection_GetLastError(nc, &why) == NATS_OK || why == NULL) why = "";
   push(ud, EV_CLOSED, NULL, 0, why, strlen(why));
   queue_release(ud);
 }
@@ -614,7 +683,7 @@ static int reserve(unsigned char **buf, size_t *cap, size_t n) {
 /* The server's largest message, as it said when we connected (again);
 ** 0: not known (no connection). */
 static size_t max_payload_of(natsConnection *nc) {
-  int64_t m = nc != NULL ? natsConnection_GetMaxPayload(nc) : 0;
+  int64_t m = nc != NULL ? natsapi.natsConnection_GetMaxPayload(nc) : 0;
   return m > 0 ? (size_t)m : 0;
 }
 
@@ -634,7 +703,7 @@ static void flush_first(fwd *f, rnode *n, size_t count, size_t end) {
   at -= sizeof f->wrapper;
   memcpy(n->bb + at, f->wrapper, sizeof f->wrapper);
   if (f->connected && f->nc != NULL && n->subject != NULL && end - at <= INT32_MAX)
-    s = natsConnection_Publish(f->nc, n->subject, n->bb + at, (int)(end - at));
+    s = natsapi.natsConnection_Publish(f->nc, n->subject, n->bb + at, (int)(end - at));
   if (s == NATS_OK) {
     f->stats->v[S_SENT]++;
   } else {
@@ -842,8 +911,8 @@ static const mk_behavior fwd_behavior = {
 /* libnats's last error on this thread as the drivers say it: without the
 ** "(file.c:N): " it starts with, its first letter in lower case; into buf. */
 static const char *status_text(natsStatus s, char *buf, size_t size) {
-  const char *last = nats_GetLastError(NULL), *p;
-  if (last == NULL || *last == '\0') last = natsStatus_GetText(s);
+  const char *last = natsapi.nats_GetLastError(NULL), *p;
+  if (last == NULL || *last == '\0') last = natsapi.natsStatus_GetText(s);
   if (*last == '(' && (p = strstr(last, "): ")) != NULL) last = p + 3;
   snprintf(buf, size, "%s", last);
   buf[0] = (char)tolower((unsigned char)buf[0]);
@@ -868,8 +937,8 @@ static conn *checkconn(lua_State *L) {
 /* Close and free a connection of ours (its closed callback releases its
 ** reference to the queue). */
 static void nc_end(natsConnection *nc) {
-  natsConnection_Close(nc);
-  natsConnection_Destroy(nc);
+  natsapi.natsConnection_Close(nc);
+  natsapi.natsConnection_Destroy(nc);
 }
 
 static int c_close(lua_State *L) {
@@ -895,8 +964,8 @@ static int c_close(lua_State *L) {
   }
   for (i = 0; i < c->nsubs; i++) {
     if (c->subs[i] == NULL) continue;
-    natsSubscription_Unsubscribe(c->subs[i]);
-    natsSubscription_Destroy(c->subs[i]);
+    natsapi.natsSubscription_Unsubscribe(c->subs[i]);
+    natsapi.natsSubscription_Destroy(c->subs[i]);
   }
   free(c->subs);
   c->subs = NULL;
@@ -906,8 +975,8 @@ static int c_close(lua_State *L) {
     ** before the connection goes: Close alone may drop what libnats's
     ** flusher has not written yet.  Bounded: a server that does not answer
     ** holds the loop CLOSE_FLUSH_MS at most. */
-    if (natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED)
-      natsConnection_FlushTimeout(c->nc, CLOSE_FLUSH_MS);
+    if (natsapi.natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED)
+      natsapi.natsConnection_FlushTimeout(c->nc, CLOSE_FLUSH_MS);
     nc_end(c->nc);
     c->nc = NULL;
   }
@@ -953,8 +1022,8 @@ static void *connect_thread(void *arg) {
   dial *d = arg;
   queue *q = d->q;
   natsConnection *nc = NULL;
-  natsStatus s = natsConnection_Connect(&nc, d->o);
-  natsOptions_Destroy(d->o);
+  natsStatus s = natsapi.natsConnection_Connect(&nc, d->o);
+  natsapi.natsOptions_Destroy(d->o);
   free(d);
   if (s != NATS_OK) {
     char why[256];
@@ -970,7 +1039,7 @@ static void *connect_thread(void *arg) {
     else push(q, EV_CONNECTED, NULL, 0, NULL, 0);
   }
   queue_release(q);
-  nats_ReleaseThreadMemory();
+  natsapi.nats_ReleaseThreadMemory();
   return NULL;
 }
 
@@ -986,9 +1055,15 @@ static int l_nats_connect(lua_State *L) {
   pthread_t th;
   pthread_attr_t attr;
   int i, n, err;
+  const char *noload;
   luaL_checktype(L, 1, LUA_TTABLE);
   n = (int)luaL_len(L, 1);
   luaL_argcheck(L, n > 0, 1, "no NATS server URL");
+  if ((noload = nats_open()) != NULL) {
+    lua_pushnil(L);
+    lua_pushstring(L, noload);
+    return 2;
+  }
   urls = lua_newuserdatauv(L, (size_t)n * sizeof *urls, 0);   /* freed by the GC */
   for (i = 0; i < n; i++) {
     lua_geti(L, 1, i + 1);
@@ -1009,43 +1084,43 @@ static int l_nats_connect(lua_State *L) {
     lua_pushstring(L, mkd_strerror(errno, buf, sizeof buf));
     return 2;
   }
-  if ((s = natsOptions_Create(&o)) != NATS_OK) { pushstatus(L, s); return 2; }
-  if ((s = natsOptions_SetServers(o, urls, n)) != NATS_OK ||
-      (s = natsOptions_SetName(o, name)) != NATS_OK ||
+  if ((s = natsapi.natsOptions_Create(&o)) != NATS_OK) { pushstatus(L, s); return 2; }
+  if ((s = natsapi.natsOptions_SetServers(o, urls, n)) != NATS_OK ||
+      (s = natsapi.natsOptions_SetName(o, name)) != NATS_OK ||
       /* libnats waits this long for each server in turn: timeout_ms is
       ** the whole wait. */
-      (s = natsOptions_SetTimeout(o, timeout / n > 0 ? timeout / n : 1)) != NATS_OK ||
-      (s = natsOptions_SetAllowReconnect(o, true)) != NATS_OK ||
-      (s = natsOptions_SetMaxReconnect(o, -1)) != NATS_OK ||
-      (s = natsOptions_SetReconnectWait(o, 250)) != NATS_OK ||
+      (s = natsapi.natsOptions_SetTimeout(o, timeout / n > 0 ? timeout / n : 1)) != NATS_OK ||
+      (s = natsapi.natsOptions_SetAllowReconnect(o, true)) != NATS_OK ||
+      (s = natsapi.natsOptions_SetMaxReconnect(o, -1)) != NATS_OK ||
+      (s = natsapi.natsOptions_SetReconnectWait(o, 250)) != NATS_OK ||
       /* Nothing is buffered while disconnected (DESIGN §7): the smallest
       ** buffer libnats takes (0 would mean its default, 8 MiB). */
-      (s = natsOptions_SetReconnectBufSize(o, 1)) != NATS_OK ||
-      (s = natsOptions_SetWriteDeadline(o, WRITE_DEADLINE_MS)) != NATS_OK ||
+      (s = natsapi.natsOptions_SetReconnectBufSize(o, 1)) != NATS_OK ||
+      (s = natsapi.natsOptions_SetWriteDeadline(o, WRITE_DEADLINE_MS)) != NATS_OK ||
       /* A node hears nothing it published itself. */
-      (s = natsOptions_SetNoEcho(o, true)) != NATS_OK ||
+      (s = natsapi.natsOptions_SetNoEcho(o, true)) != NATS_OK ||
       /* Each publish is written at once, not left to libnats's flusher
       ** thread, which waits about a millisecond for more.  Sends leave in
       ** batches, one publish per node per pass of the VM, so this costs
       ** a write(2) per batch, not per message (performance.md,
       ** "bench-cluster", "Latency"). */
-      (s = natsOptions_SetSendAsap(o, true)) != NATS_OK ||
+      (s = natsapi.natsOptions_SetSendAsap(o, true)) != NATS_OK ||
       /* One delivery thread for every subscription of the connection (the
       ** library's pool, one worker by default): what a node published to
       ** "all" and to our own subject is queued in the order the server
       ** sent it.  With a thread per subscription a node's "bye" could
       ** overtake the snapshot it sent before, which then brought it back. */
-      (s = natsOptions_UseGlobalMessageDelivery(o, true)) != NATS_OK ||
-      (s = natsOptions_SetErrorHandler(o, on_error, NULL)) != NATS_OK ||
-      (s = natsOptions_SetDisconnectedCB(o, on_disconnected, q)) != NATS_OK ||
-      (s = natsOptions_SetReconnectedCB(o, on_reconnected, q)) != NATS_OK ||
-      (s = natsOptions_SetClosedCB(o, on_closed, q)) != NATS_OK) {
-    natsOptions_Destroy(o);
+      (s = natsapi.natsOptions_UseGlobalMessageDelivery(o, true)) != NATS_OK ||
+      (s = natsapi.natsOptions_SetErrorHandler(o, on_error, NULL)) != NATS_OK ||
+      (s = natsapi.natsOptions_SetDisconnectedCB(o, on_disconnected, q)) != NATS_OK ||
+      (s = natsapi.natsOptions_SetReconnectedCB(o, on_reconnected, q)) != NATS_OK ||
+      (s = natsapi.natsOptions_SetClosedCB(o, on_closed, q)) != NATS_OK) {
+    natsapi.natsOptions_Destroy(o);
     pushstatus(L, s);
     return 2;
   }
   if ((d = malloc(sizeof *d)) == NULL) {
-    natsOptions_Destroy(o);
+    natsapi.natsOptions_Destroy(o);
     return luaL_error(L, "not enough memory");
   }
   d->q = q;
@@ -1059,7 +1134,7 @@ static int l_nats_connect(lua_State *L) {
   if (err != 0) {
     char buf[128];
     q->refs -= 2;
-    natsOptions_Destroy(o);
+    natsapi.natsOptions_Destroy(o);
     free(d);
     lua_pushnil(L);
     lua_pushfstring(L, "cannot start a thread to connect: %s", mkd_strerror(err, buf, sizeof buf));
@@ -1151,16 +1226,16 @@ static int c_subscribe(lua_State *L) {
   if ((subs = realloc(c->subs, (size_t)(c->nsubs + 1) * sizeof *subs)) == NULL)
     return luaL_error(L, "not enough memory");
   c->subs = subs;
-  s = natsConnection_Subscribe(&sub, c->nc, subject, on_msg, c->q);
+  s = natsapi.natsConnection_Subscribe(&sub, c->nc, subject, on_msg, c->q);
   if (s == NATS_OK) {
     pthread_mutex_lock(&c->q->mu);
     c->q->refs++;                    /* the handler's, released by on_sub_complete */
     pthread_mutex_unlock(&c->q->mu);
-    if ((s = natsSubscription_SetOnCompleteCB(sub, on_sub_complete, c->q)) != NATS_OK) {
+    if ((s = natsapi.natsSubscription_SetOnCompleteCB(sub, on_sub_complete, c->q)) != NATS_OK) {
       /* Not set: this subscription's reference can never be released, so
       ** the queue outlives the connection (a small leak, never a crash). */
-      natsSubscription_Unsubscribe(sub);
-      natsSubscription_Destroy(sub);
+      natsapi.natsSubscription_Unsubscribe(sub);
+      natsapi.natsSubscription_Destroy(sub);
     }
   }
   if (s != NATS_OK) { pushstatus(L, s); return 2; }
@@ -1174,8 +1249,8 @@ static int c_unsubscribe(lua_State *L) {
   lua_Integer sid = luaL_checkinteger(L, 2);
   luaL_argcheck(L, sid >= 1 && sid <= c->nsubs && c->subs[sid - 1] != NULL, 2,
                 "not a subscription of this connection");
-  natsSubscription_Unsubscribe(c->subs[sid - 1]);
-  natsSubscription_Destroy(c->subs[sid - 1]);
+  natsapi.natsSubscription_Unsubscribe(c->subs[sid - 1]);
+  natsapi.natsSubscription_Destroy(c->subs[sid - 1]);
   c->subs[sid - 1] = NULL;
   return 0;
 }
@@ -1190,7 +1265,7 @@ static int c_publish(lua_State *L) {
   /* The forwarder's batches first: what this node publishes (an
   ** announcement, a heartbeat, bye) never overtakes a message sent before. */
   if (c->f != NULL) flush_all(c->f);
-  s = natsConnection_Publish(c->nc, subject, data, (int)len);
+  s = natsapi.natsConnection_Publish(c->nc, subject, data, (int)len);
   if (s != NATS_OK) { pushstatus(L, s); return 2; }
   lua_pushboolean(L, 1);
   return 1;
