@@ -131,35 +131,38 @@ static struct { NATS_API(NATS_FIELD) } natsapi;
 static const char *const nats_sonames[] = {
   "libnats.so." NATS_STR(NATS_VERSION_MAJOR) "." NATS_STR(NATS_VERSION_MINOR), "libnats.so", NULL };
 
-/* Open libnats and fill natsapi, once (the first connection is made on the
-** loop's thread); NULL, or why not (a static text). */
-static const char *nats_open(void) {
-  static int state;                    /* 0: not tried, 1: open, -1: failed */
-  static char why[256];
+/* Open libnats and fill natsapi; nats_failed: NULL, or why not.  Once per
+** process (pthread_once: hosts on several threads may connect at once). */
+static pthread_once_t nats_once = PTHREAD_ONCE_INIT;
+static const char *nats_failed;
+static char nats_why[256];
+
+static void nats_load(void) {
   void *lib = NULL;
   const char *const *name;
-  if (state == 1) return NULL;
-  if (state == -1) return why;
   for (name = nats_sonames; *name != NULL && lib == NULL; name++)
     lib = dlopen(*name, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
   if (lib == NULL) {
     const char *e = dlerror();
-    snprintf(why, sizeof why, "cannot load libnats (%s; Debian: apt-get install %s): %s",
+    snprintf(nats_why, sizeof nats_why, "cannot load libnats (%s; Debian: apt-get install %s): %s",
              nats_sonames[0], "libnats" NATS_STR(NATS_VERSION_MAJOR) "." NATS_STR(NATS_VERSION_MINOR),
              e ? e : "not found");
-    state = -1;
-    return why;
+    nats_failed = nats_why;
+    return;
   }
 #define NATS_LOAD(f) \
   if ((*(void **)&natsapi.f = dlsym(lib, #f)) == NULL) { \
-    snprintf(why, sizeof why, "libnats (%s) has no %s", nats_sonames[0], #f); \
-    state = -1; \
-    return why; \
+    snprintf(nats_why, sizeof nats_why, "libnats (%s) has no %s", nats_sonames[0], #f); \
+    nats_failed = nats_why; \
+    return; \
   }
   NATS_API(NATS_LOAD)
 #undef NATS_LOAD
-  state = 1;
-  return NULL;
+}
+
+static const char *nats_open(void) {
+  pthread_once(&nats_once, nats_load);
+  return nats_failed;
 }
 
 #include "mkd.h"
