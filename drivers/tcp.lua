@@ -549,7 +549,7 @@ local function open(here, remote, settings)
   local pid, path = self_of("tcp", 2)
   local c = setmetatable({ here = here, remote = remote, owner = pid, path = path,
                            q = {}, qfirst = 1, qlast = 0, unread = 0, unsent = 0,
-                           tag = tag, options = settings ~= nil }, Conn)
+                           tag = tag }, Conn)
   local acts = {}
   if settings ~= nil then acts[1] = M.options(here, remote, settings, tag .. " options") end
   acts[#acts + 1] = market.publisher(channel(here, remote, _), {
@@ -583,17 +583,24 @@ local function open(here, remote, settings)
   return c, acts
 end
 
--- Raises unless c is a connection of the running process.
-local function mine(c, what)
-  if getmetatable(c) ~= Conn then
-    error(("tcp.connection:%s: not a connection (call it as conn:%s(...))"):format(what, what), 3)
+-- Raises unless obj is one of kind's objects (mt: Conn or Server) and
+-- the running process's: method `what` of it was called.  kind names the
+-- type ("connection"), var the variable the hint calls it by ("conn").
+local function owned(obj, mt, kind, var, what)
+  local fname = ("tcp.%s:%s"):format(kind, what)
+  if getmetatable(obj) ~= mt then
+    error(("%s: not a %s (call it as %s:%s(...))"):format(fname, kind, var, what), 3)
   end
-  local pid, path = self_of("tcp.connection:" .. what, 3)
-  if pid ~= c.owner or path ~= c.path then
-    error(("tcp.connection:%s: the connection belongs to process %d of %s, not to this one " ..
-           "(its events go to that process)"):format(what, c.owner, c.path), 3)
+  local pid, path = self_of(fname, 3)
+  if pid ~= obj.owner or path ~= obj.path then
+    error(("%s: the %s belongs to process %d of %s, not to this one " ..
+           "(its events go to that process)"):format(fname, kind, obj.owner, obj.path), 3)
   end
 end
+
+-- Raises unless c is a connection of the running process.
+-- (A tail call: the errors point at the method's caller either way.)
+local function mine(c, what) return owned(c, Conn, "connection", "conn", what) end
 
 local function ready(c)
   return (c.ready_in and c.ready_out) or c.in_closed ~= nil or c.out_closed ~= nil
@@ -678,11 +685,11 @@ function Conn:close()
   self.closed = true
   if self.in_closed == nil then self.in_closed = false end
   if self.out_closed == nil then self.out_closed = false end
+  -- (Deleting an endpoint it never made, options or hold, does nothing.)
   local tag = self.tag
   P(market.delete_endpoint(tag .. " in"), market.delete_endpoint(tag .. " out"),
-    market.delete_endpoint(tag .. " pause"))
-  if self.options then P(market.delete_endpoint(tag .. " options")) end
-  if self.holding then P(market.delete_endpoint(tag .. " hold")) end
+    market.delete_endpoint(tag .. " pause"), market.delete_endpoint(tag .. " options"),
+    market.delete_endpoint(tag .. " hold"))
 end
 
 -- conn = tcp.connect(host, port [, settings]), or tcp.connect(address
@@ -732,15 +739,11 @@ end
 -- server:close(): no new connections (the listener closes when no one
 -- else observes it); sessions running go on.
 function Server:close()
-  if getmetatable(self) ~= Server then error("tcp.server:close: not a server (call it as server:close())", 2) end
+  owned(self, Server, "server", "server", "close")
   if self.closed then return end
-  local pid, path = self_of("tcp.server:close", 2)
-  if pid ~= self.owner or path ~= self.path then
-    error(("tcp.server:close: the server belongs to process %d of %s"):format(self.owner, self.path), 2)
-  end
   self.closed = true
-  P(market.delete_endpoint(self.tag), market.delete_endpoint(self.tag .. " listening"))
-  if self.options then P(market.delete_endpoint(self.tag .. " options")) end
+  P(market.delete_endpoint(self.tag), market.delete_endpoint(self.tag .. " listening"),
+    market.delete_endpoint(self.tag .. " options"))
 end
 
 -- server = tcp.serve(port, session [, settings]): listens on port (as
@@ -759,8 +762,7 @@ function M.serve(port, session, settings)
   local here = listener:is(port) and port or listener(port)
   serial = serial + 1
   local tag = "tcp.serve#" .. serial
-  local srv = setmetatable({ here = here, owner = pid, path = path, tag = tag,
-                             options = settings ~= nil }, Server)
+  local srv = setmetatable({ here = here, owner = pid, path = path, tag = tag }, Server)
   local acts = {}
   if settings ~= nil then acts[1] = M.options(here, settings, tag .. " options") end
   acts[#acts + 1] = market.subscriber(listening(here.port, _), {
