@@ -548,7 +548,7 @@ local function open(here, remote, settings)
   local tag = "tcp#" .. serial
   local pid, path = self_of("tcp", 2)
   local c = setmetatable({ here = here, remote = remote, owner = pid, path = path,
-                           q = {}, qfirst = 1, qlast = 0, unread = 0, unsent = 0,
+                           q = {}, qfirst = 1, qlast = 0, qoff = 0, odd = 0, want = 0, unread = 0, unsent = 0,
                            tag = tag }, Conn)
   local acts = {}
   if settings ~= nil then acts[1] = M.options(here, remote, settings, tag .. " options") end
@@ -570,9 +570,9 @@ local function open(here, remote, settings)
       local d = m.subpacket
       c.qlast = c.qlast + 1
       c.q[c.qlast] = d
-      if type(d) ~= "string" then return end
+      if type(d) ~= "string" then c.odd = c.odd + 1; return end
       c.unread = c.unread + #d
-      if c.unread > M.MAX_UNREAD and not c.holding then
+      if c.unread > M.MAX_UNREAD and c.unread > c.want and not c.holding then
         c.holding = true
         return market.transition_no_state(M.options(here, remote, { reading = false }, tag .. " hold"))
       end
@@ -606,6 +606,36 @@ local function ready(c)
   return (c.ready_in and c.ready_out) or c.in_closed ~= nil or c.out_closed ~= nil
 end
 
+-- The connection reads again (its reading = false withdrawn).
+local function release(c)
+  c.holding = false
+  P(market.delete_endpoint(c.tag .. " hold"))
+end
+
+-- Takes the head of c's queue (n of its bytes, when given and a string's
+-- head is longer), and lets the connection read again once half of
+-- MAX_UNREAD is free.  c.odd counts what the queue holds that is not a
+-- string (the end of stream, a term sent by a process).  c.qoff: bytes of the head string taken already by
+-- a read (so that many small reads of one large chunk copy nothing twice).
+local function take(c, n)
+  local d, off = c.q[c.qfirst], c.qoff
+  if type(d) == "string" then
+    local len = #d - off
+    if n and n < len then
+      c.qoff = off + n
+      d = d:sub(off + 1, off + n)
+    else
+      if off > 0 then d = d:sub(off + 1) end
+      c.q[c.qfirst], c.qfirst, c.qoff = nil, c.qfirst + 1, 0
+    end
+    c.unread = c.unread - #d
+    if c.holding and c.unread <= M.MAX_UNREAD // 2 then release(c) end
+  else
+    c.q[c.qfirst], c.qfirst, c.odd = nil, c.qfirst + 1, c.odd - 1
+  end
+  return d
+end
+
 -- data = conn:receive([ms]): the next chunk (or line, or frame: the
 -- connection's framing); nil at the peer's end of stream; nil, reason
 -- when the connection failed or closed (the reason of its absence, or
@@ -619,21 +649,46 @@ function Conn:receive(ms)
     if not ok then return nil, err end
   end
   if self.qfirst <= self.qlast then
-    local d = self.q[self.qfirst]
-    self.q[self.qfirst] = nil
-    self.qfirst = self.qfirst + 1
+    local d = take(self)
     if d == EOF then self.at_eof = true; return nil end
-    if type(d) == "string" then
-      self.unread = self.unread - #d
-      if self.holding and self.unread <= M.MAX_UNREAD // 2 then
-        self.holding = false
-        P(market.delete_endpoint(self.tag .. " hold"))
-      end
-    end
     return d
   end
   if self.at_eof then return nil end
   return nil, self.in_closed or "closed"
+end
+
+-- data = conn:read(n [, ms]): the next n bytes of the stream, across the
+-- chunks it came in (framing "raw": with another framing the lines or
+-- frames are joined without their delimiters).  Fewer than n only when
+-- the stream ended or failed after them (the next call says which: nil,
+-- or nil and the reason); nil, "timeout" after ms, nothing taken.
+function Conn:read(n, ms)
+  mine(self, "read")
+  if math.type(n) ~= "integer" or n < 1 then
+    error("tcp.connection:read: n must be a positive integer, got " ..
+          (math.type(n) and tostring(n) or type(n)), 2)
+  end
+  if self.unread < n and self.odd == 0 and not self.at_eof and self.in_closed == nil then
+    -- A read of more than MAX_UNREAD holds that much: the connection
+    -- reads on until it is there (c.want: the hold waits past it).
+    if self.holding then release(self) end
+    self.want = n
+    local ok, err = market.wait_until(function()
+      return self.unread >= n or self.odd > 0 or self.in_closed ~= nil
+    end, ms)
+    self.want = 0
+    if not ok then return nil, err end
+  end
+  local t, got = {}, 0
+  while got < n and self.qfirst <= self.qlast and type(self.q[self.qfirst]) == "string" do
+    local d = take(self, n - got)
+    t[#t + 1] = d
+    got = got + #d
+  end
+  if got > 0 then return table.concat(t) end
+  -- Nothing of bytes at the head: the end of stream, a failure, or a
+  -- term another process sent on the channel (given as receive gives it).
+  return self:receive()
 end
 
 -- for data in conn:lines([ms]) do ... end: receive until it returns nil

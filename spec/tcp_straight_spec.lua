@@ -183,6 +183,89 @@ describe("tcp.connect and tcp.serve", function()
     assert.is_true(got.sent >= 16384 and got.sent < 64 << 20, "sent " .. got.sent)
   end)
 
+  it("reads n bytes across the chunks they came in, and fewer only at the end of stream",
+     function()
+    local got = N.run(function()
+      local srv = assert(tcp.serve(0, function(conn)
+        for _, piece in ipairs { "ab", "cdef", "gh", "ijklmnop" } do
+          conn:send(piece)
+          timer.sleep(20)                      -- a chunk each, as read
+        end
+        conn:shutdown()
+        conn:receive()
+      end))
+      local c = assert(tcp.connect("127.0.0.1", srv.port))
+      local out = {}
+      out[1] = c:read(3)                       -- "ab" and "c" of "cdef"
+      out[2] = c:read(1)                       -- "d": the rest of that chunk stays
+      out[3] = c:receive()                     -- "ef": receive takes what is left of it
+      out[4] = c:read(4)                       -- "gh" and "ij"
+      out[5] = c:read(100)                     -- the rest, then the end of stream
+      out[6] = tostring(c:read(1))             -- nil: the end of stream
+      out[7] = tostring(c:receive())           -- and again
+      c:close()
+      srv:close()
+      return out
+    end)
+    assert.same({ "abc", "d", "ef", "ghij", "klmnop", "nil", "nil" }, got)
+  end)
+
+  it("reads a length-prefixed protocol, a message larger than MAX_UNREAD among them", function()
+    local big = payload(3 << 20)
+    local msgs = { "hello", "", big, "after the big one" }
+    local old = tcp.MAX_UNREAD
+    tcp.MAX_UNREAD = 64 * 1024
+    local ok, got = pcall(N.run, function()
+      local srv = assert(tcp.serve(0, function(conn)
+        -- All but the last in one send; the last in two, its length alone.
+        local t = {}
+        for i = 1, #msgs - 1 do t[i] = string.pack(">s4", msgs[i]) end
+        assert(conn:send(table.concat(t)))
+        local last = string.pack(">s4", msgs[#msgs])
+        conn:send(last:sub(1, 4))
+        timer.sleep(50)
+        conn:send(last:sub(5))
+        conn:shutdown()
+        conn:receive()
+      end))
+      local c = assert(tcp.connect("127.0.0.1", srv.port))
+      local out = {}
+      while true do
+        local head = c:read(4, 20000)
+        if not head then break end
+        local len = string.unpack(">I4", head)
+        out[#out + 1] = len == 0 and "" or assert(c:read(len, 20000))
+      end
+      c:close()
+      srv:close()
+      return out
+    end, 60000)
+    tcp.MAX_UNREAD = old
+    assert(ok, got)
+    assert.equal(#msgs, #got)
+    for i = 1, #msgs do assert.is_true(got[i] == msgs[i], "message " .. i) end
+  end)
+
+  it("times a read out with nothing taken, and reads it whole later", function()
+    local got = N.run(function()
+      local srv = assert(tcp.serve(0, function(conn)
+        conn:send("12345")
+        conn:receive()                         -- "go"
+        conn:send("67890")
+        conn:receive()
+      end))
+      local c = assert(tcp.connect("127.0.0.1", srv.port))
+      local out = { c:read(10, 100) }
+      c:send("go")
+      out[3] = c:read(10, 10000)
+      c:close()
+      out[4] = select(2, c:read(1))            -- closed: the reason
+      srv:close()
+      return out
+    end)
+    assert.same({ nil, "timeout", "1234567890", "closed" }, got)
+  end)
+
   it("ends a session that fails, not its server", function()
     local got = N.run(function()
       local srv = assert(tcp.serve(0, function(conn)
@@ -234,6 +317,9 @@ describe("tcp.connect and tcp.serve", function()
       local c = assert(tcp.connect("127.0.0.1", srv.port))
       try(function() c:send(42) end)
       try(function() c.receive("c") end)
+      try(function() c:read(0) end)
+      try(function() c:read(1.5) end)
+      try(function() c:read("*l") end)
       try(function() tcp.connect("127.0.0.1", srv.port, { framing = "lines" }) end)
       try(function() tcp.serve(0, "session") end)
       try(function() tcp.serve(0, function() end, { no_such = 1 }) end)
@@ -256,6 +342,9 @@ describe("tcp.connect and tcp.serve", function()
     assert.same({
       "false tcp.connection:send: data must be a string, got number",
       "false tcp.connection:receive: not a connection (call it as conn:receive(...))",
+      "false tcp.connection:read: n must be a positive integer, got 0",
+      "false tcp.connection:read: n must be a positive integer, got 1.5",
+      "false tcp.connection:read: n must be a positive integer, got string",
       'false tcp.connect: framing must be "raw", "line", "u16" or "u32", got "lines"',
       "false tcp.serve: session must be a function, got string",
       'false tcp.serve: unknown setting "no_such"',
