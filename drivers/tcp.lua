@@ -199,17 +199,19 @@ end
 
 -- ---- a listener ------------------------------------------------------------
 
--- port: an integer (TCP, every address of the machine), a tcp.address(host,
--- port) (TCP on that one numeric address: "127.0.0.1", "::1"; its port a
--- tcp.handle: a port the kernel picks, for this listener alone), or a
--- string, the path of a Unix socket.
+-- port: an integer (TCP, every address of the machine), a tcp.handle (as
+-- 0, but a socket of this listener's alone, as tcp.serve(0) wants), a
+-- tcp.address(host, port) (TCP on that one numeric address: "127.0.0.1",
+-- "::1"; its port a tcp.handle: a port the kernel picks, for this
+-- listener alone), or a string, the path of a Unix socket.
 -- Anything else (a port of 1.5, NaN, a tcp.address(1, 2)) is reported as
 -- a listener that cannot listen: never silent (docs/tcp.md).
 local function listener_proc(port, driver)
   local unix = type(port) == "string"
   local on_host = address:is(port) and type(port.host) == "string" and
     (mtype(port.port) == "integer" or handle:is(port.port))
-  local bad = not (unix or on_host or mtype(port) == "integer")
+  local own = handle:is(port) and not is_wild(port.id)
+  local bad = not (unix or on_host or own or mtype(port) == "integer")
   -- A port read from the command line and not made a number ("5999")
   -- would be a socket file of that name: a mistake far likelier than a
   -- path of digits, which "./5999" still gives.
@@ -274,7 +276,7 @@ local function listener_proc(port, driver)
         return
       end
       if bad then
-        err = "want an integer port, a tcp.address(host, port) or a Unix socket path"
+        err = "want an integer port, a tcp.handle, a tcp.address(host, port) or a Unix socket path"
       elseif digits then
         err = ('a path of digits only (a port given as a string?): give a port as an integer, ' ..
                'a path as "./%s"'):format(port)
@@ -286,7 +288,7 @@ local function listener_proc(port, driver)
         if on_host then
           s, err = sys.tcp_listen(number, M.BACKLOG, reuse, port.host)
         else
-          s, err = sys.tcp_listen(port, M.BACKLOG, reuse)
+          s, err = sys.tcp_listen(own and 0 or port, M.BACKLOG, reuse)
         end
       end
       if not s then
@@ -415,8 +417,9 @@ function M.driver()
   local function listen_port(role)
     if role.interest == "participant" then return nil end   -- sessions, not observers
     local port = role.topic.destination.port
-    if is_wild(port) or address:is(port) and (is_wild(port.host) or is_wild(port.port) or
-                                              handle:is(port.port) and is_wild(port.port.id)) then
+    if is_wild(port) or handle:is(port) and is_wild(port.id) or
+       address:is(port) and (is_wild(port.host) or is_wild(port.port) or
+                             handle:is(port.port) and is_wild(port.port.id)) then
       return nil
     end
     return port
@@ -525,6 +528,7 @@ local EOF = market.EOF
 local Conn = { __name = "tcp.connection" }
 Conn.__index = Conn
 local connect_id = market.record("tcp-connect", "serial")
+local serve_id = market.record("tcp-serve", "serial")
 local serial = 0
 -- A sender lets the VM run (market.pause) after this many bytes, so that
 -- the manager can write them and publish backpressure before more go.
@@ -814,8 +818,12 @@ function M.serve(port, session, settings)
   end
   local pid, path = self_of("tcp.serve", 2)
   check_settings(settings, "tcp.serve")
-  local here = listener:is(port) and port or listener(port)
   serial = serial + 1
+  -- Port 0: a socket of this server's own.  tcp.listener(0) names one
+  -- socket for every observer of it, so two servers on port 0 would share
+  -- a port and each see the other's connections.
+  if port == 0 then port = handle(serve_id(serial)) end
+  local here = listener:is(port) and port or listener(port)
   local tag = "tcp.serve#" .. serial
   local srv = setmetatable({ here = here, owner = pid, path = path, tag = tag }, Server)
   local acts = {}

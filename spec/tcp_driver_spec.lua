@@ -170,7 +170,7 @@ describe("tcp driver", function()
         market.perform(market.delete_endpoint("obs" .. i), market.delete_endpoint(name))
       end
     end)
-    local want = ": want an integer port, a tcp.address(host, port) or a Unix socket path"
+    local want = ": want an integer port, a tcp.handle, a tcp.address(host, port) or a Unix socket path"
     assert.same({ "cannot listen on port 1.5" .. want, "cannot listen on port nan" .. want,
                   "cannot listen on port inf" .. want,
                   "cannot listen on port tcp-address(1, 2)" .. want,

@@ -56,6 +56,30 @@ describe("tcp.connect and tcp.serve", function()
     assert.same({ "HELLO", "WORLD", "bye", "nil", "nil" }, got)
   end)
 
+  it("gives two servers on port 0 two ports, each with its own connections", function()
+    local got = N.run(function()
+      local seen = { a = 0, b = 0 }
+      local function server(name)
+        return assert(tcp.serve(0, function(conn)
+          seen[name] = seen[name] + 1
+          conn:send(name)
+        end))
+      end
+      local a, b = server("a"), server("b")
+      local out = { a.port ~= b.port }
+      for _, srv in ipairs { a, b, a } do
+        local c = assert(tcp.connect("127.0.0.1", srv.port))
+        out[#out + 1] = c:receive(5000)
+        c:close()
+      end
+      a:close()
+      b:close()
+      out[#out + 1] = seen
+      return out
+    end)
+    assert.same({ true, "a", "b", "a", { a = 2, b = 1 } }, got)
+  end)
+
   it("says why a connect or a listen failed, as nil and the reason", function()
     local free = N.free_port()
     local got = N.run(function()
