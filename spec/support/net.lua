@@ -13,7 +13,10 @@ local ALIVE = { "net-spec", "alive" }
 function N.run(boot, timeout_ms)
   local timed_out, results = false, nil
   local ok, err = market.ground_vm(function()
-    market.perform(market.publisher(ALIVE, "net-spec-alive"), market.spawn(function()
+    local watched = false
+    market.perform(market.publisher(ALIVE, {
+      name = "net-spec-alive",
+      on_presence = function() watched = true end }), market.spawn(function()
       local me = market.self()
       local deadline = market.ground.alarm(math.floor(market.now()) + (timeout_ms or 10000))
       return market.transition(nil,
@@ -29,6 +32,10 @@ function N.run(boot, timeout_ms)
             return market.transition_no_state(market.quit())
           end }))
     end, { name = "watchdog" }))
+    -- The watchdog's subscriber is there before boot runs: a boot that
+    -- returns at once would otherwise withdraw ALIVE before the watchdog
+    -- could see it go, and the watchdog would wait for its deadline.
+    market.wait_until(function() return watched end)
     results = table.pack(boot())
     market.perform(market.quit())
   end, { drivers = true })
