@@ -373,6 +373,7 @@ static int p_setup(lua_State *L) {
   preload(L, "market.event_relay", luaopen_market_event_relay);
   preload(L, "market.cluster", luaopen_market_cluster);
   preload(L, "market.supervisor", luaopen_market_supervisor);
+  preload(L, "market.http", luaopen_market_http);
   preload(L, "market.inspect", luaopen_market_inspect);
   preload(L, "market.repl", luaopen_market_repl);
   lua_getglobal(L, "require");

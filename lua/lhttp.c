@@ -1,20 +1,26 @@
 /*
 ** lhttp.c: HTTP/1.x messages parsed by Node's http_parser (Debian's
-** libhttp-parser-dev), for the inspector (lua/inspect.lua) and its client
-** (`market inspect`).  Internal: the inspector's Lua half gets it as an
-** argument, it is no `require`-able module.
+** libhttp-parser-dev), for market.http (lua/http.lua), the inspector
+** (lua/inspect.lua) and its client (`market inspect`).  Internal: their
+** Lua halves get it as an argument, it is no `require`-able module.
 **
 **   http.request(max)      -> parser of one request (a server's side)
-**   http.response(max)     -> parser of one response (a client's side)
-**   parser:feed(bytes)     -> true: the message is complete (what follows
-**                             it is ignored); false: more is needed;
+**   http.response(max [, no_body])
+**                          -> parser of one response (a client's side);
+**                             no_body: the answer to a HEAD, whose head
+**                             says what length a GET's body would have
+**   parser:feed(bytes)     -> true, rest: the message is complete, and
+**                             rest is what of bytes follows it (the next
+**                             pipelined message, "" if none);
+**                             false: more is needed;
 **                             nil, why, status: malformed (400), or past
 **                             `max` bytes (431 while in the head, 413 in
 **                             the body).  feed("") says the stream ended
 **                             (a response delimited by the close).
 **   parser:message()       -> {method=, path=, version=, status=,
 **                             headers={lower-cased name = value}, body=,
-**                             keep_alive=}   (fields so far)
+**                             keep_alive=}   (fields so far; keep_alive
+**                             once the head is whole)
 **
 ** The bytes come as the connection delivers them, in pieces cut anywhere:
 ** the parser keeps what it needs between pieces in buffers that grow with
@@ -40,6 +46,7 @@ typedef struct lhttp {
   int overflow;           /* 0, or the status a buffer past max gave */
   int in_value;           /* the last header callback was a value */
   int head_done, done;
+  int no_body;            /* a response to HEAD: none, whatever its head says */
   hbuf url, status, field, value, body;
 } lhttp;
 
@@ -116,7 +123,7 @@ static int on_head(http_parser *p) {
   lhttp *h = (lhttp *)p;
   flush_header(h);
   h->head_done = 1;
-  return 0;
+  return h->no_body;      /* 1: the parser takes the message as bodiless */
 }
 
 static int on_body(http_parser *p, const char *at, size_t n) {
@@ -152,7 +159,7 @@ static int l_feed(lua_State *L) {
   size_t n, used;
   const char *s = luaL_checklstring(L, 2, &n);
   enum http_errno e;
-  if (h->done) { lua_pushboolean(L, 1); return 1; }
+  if (h->done) { lua_pushboolean(L, 1); lua_pushvalue(L, 2); return 2; }
   if (h->overflow) return fail(L, "request too large", h->overflow);
   lua_settop(L, 2);
   h->L = L;
@@ -174,7 +181,13 @@ static int l_feed(lua_State *L) {
     used = http_parser_execute(&h->p, &settings, s, n);
   }
   h->L = NULL;
-  if (h->done) { lua_pushboolean(L, 1); return 1; }
+  if (h->done) {
+    /* Paused in on_message_complete: execute counted the message's last
+    ** byte, and what follows is the next message's. */
+    lua_pushboolean(L, 1);
+    lua_pushlstring(L, s + used, n - used);
+    return 2;
+  }
   if (h->overflow) return fail(L, h->overflow == 431 ? "request head too large" : "body too large",
                               h->overflow);
   e = HTTP_PARSER_ERRNO(&h->p);
@@ -239,7 +252,12 @@ static int make(lua_State *L, enum http_parser_type type) {
 }
 
 static int l_request(lua_State *L) { return make(L, HTTP_REQUEST); }
-static int l_response(lua_State *L) { return make(L, HTTP_RESPONSE); }
+static int l_response(lua_State *L) {
+  int no_body = lua_toboolean(L, 2);
+  make(L, HTTP_RESPONSE);
+  ((lhttp *)lua_touserdata(L, -1))->no_body = no_body;
+  return 1;
+}
 
 void mkl_open_http(lua_State *L) {
   static const luaL_Reg methods[] = {

@@ -127,6 +127,14 @@ int luaopen_market_inspect(lua_State *L) {
   return run_embedded(L, "inspect", 3);
 }
 
+/* Not a driver: HTTP is market.tcp's connections and the parser. */
+int luaopen_market_http(lua_State *L) {
+  luaL_requiref(L, "market", luaopen_market, 0);
+  luaL_requiref(L, "market.tcp", luaopen_market_tcp, 0);
+  mkl_open_http(L);
+  return run_embedded(L, "http", 3);
+}
+
 /* Not a driver: supervision is plain market (lua/supervisor.lua). */
 int luaopen_market_supervisor(lua_State *L) {
   luaL_requiref(L, "market", luaopen_market, 0);

@@ -220,6 +220,7 @@ int luaopen_market_stdio(lua_State *L);
 int luaopen_market_event_relay(lua_State *L);
 int luaopen_market_cluster(lua_State *L);
 int luaopen_market_supervisor(lua_State *L);
+int luaopen_market_http(lua_State *L);
 int luaopen_market_repl(lua_State *L);
 int luaopen_market_inspect(lua_State *L);
 /* lhttp.c: push the HTTP parser table (http.request, http.response). */

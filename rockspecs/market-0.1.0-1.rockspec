@@ -1,5 +1,5 @@
 -- The market rock: the Lua module market.so (with market.timer, .tcp,
--- .udp and .event_relay, which it holds) and the interpreter `market`.
+-- .udp, .event_relay, .http and the rest, which it holds) and the interpreter `market`.
 -- From the root of a checkout (docs/packaging.md):
 --
 --   luarocks --lua-version 5.4 make                 (into the system tree)

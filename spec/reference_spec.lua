@@ -22,6 +22,7 @@ local MODULES = {
   { prefix = "supervisor", get = function() return require "market.supervisor" end },
   { prefix = "inspect", get = function() return require "market.inspect" end },
   { prefix = "cluster", get = function() return require "market.cluster" end },
+  { prefix = "http", get = function() return require "market.http" end },
 }
 
 -- Public fields that are nil until a program sets them (so pairs() never

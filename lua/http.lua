@@ -1,0 +1,377 @@
+-- market.http: HTTP/1.1 over market.tcp's connection objects, for
+-- straight-line code (the user's view is docs/http.md).
+--
+-- http.serve(port, handler [, settings]) runs a tcp.serve whose sessions
+-- read requests with the parser of lua/lhttp.c (Node's http_parser),
+-- call handler(req) for each, and write what it returns; a connection
+-- keeps alive between requests, pipelined ones included.
+-- http.request(url [, options]) makes one request on a connection of its
+-- own and returns the response.  Both wait, so both run in processes.
+-- No TLS: plain http:// only.
+local market, tcp, parser = ...
+local M = {}
+
+local mtype, concat, fmt = math.type, table.concat, string.format
+
+M.MAX_REQUEST = 1 << 20        -- [max_request] bytes of a request's head, and of its body
+M.MAX_RESPONSE = 64 << 20      -- [max_response] bytes of a response's body (http.request)
+M.TIMEOUT = 30000              -- [timeout] ms a request may take to arrive whole (serve), or
+                               -- a whole exchange (request)
+M.KEEP_ALIVE = 60000           -- [keep_alive] ms a connection waits for its next request
+
+local REASONS = {
+  [100] = "Continue", [101] = "Switching Protocols",
+  [200] = "OK", [201] = "Created", [202] = "Accepted", [204] = "No Content",
+  [206] = "Partial Content",
+  [301] = "Moved Permanently", [302] = "Found", [303] = "See Other", [304] = "Not Modified",
+  [307] = "Temporary Redirect", [308] = "Permanent Redirect",
+  [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden", [404] = "Not Found",
+  [405] = "Method Not Allowed", [408] = "Request Timeout", [409] = "Conflict",
+  [410] = "Gone", [411] = "Length Required", [413] = "Content Too Large",
+  [414] = "URI Too Long", [415] = "Unsupported Media Type", [422] = "Unprocessable Content",
+  [429] = "Too Many Requests", [431] = "Request Header Fields Too Large",
+  [500] = "Internal Server Error", [501] = "Not Implemented", [502] = "Bad Gateway",
+  [503] = "Service Unavailable", [504] = "Gateway Timeout",
+}
+
+-- ---- settings ----------------------------------------------------------
+
+local function positive(v) return mtype(v) == "integer" and v > 0 end
+
+-- What each function takes, and its check.
+local SERVE_KEYS = { max_request = positive, timeout = positive, keep_alive = positive,
+                     max_connections = function(v) return mtype(v) == "integer" and v >= 0 end,
+                     reuseport = function(v) return type(v) == "boolean" end }
+local REQUEST_KEYS = { method = function(v) return type(v) == "string" and v:match("^[%w!#$%%&'*+.^_`|~-]+$") end,
+                       headers = function(v) return type(v) == "table" end,
+                       body = function(v) return type(v) == "string" end,
+                       timeout = positive, max_response = positive }
+
+local function check(t, keys, fname)
+  if t == nil then return {} end
+  if type(t) ~= "table" then error(fname .. ": settings must be a table, got " .. type(t), 3) end
+  for k, v in pairs(t) do
+    local ok = keys[k]
+    if not ok then error(fname .. ": unknown setting " .. market.repr(k), 3) end
+    if not ok(v) then error(("%s: bad %s: %s"):format(fname, k, market.repr(v)), 3) end
+  end
+  return t
+end
+
+-- ---- headers -------------------------------------------------------------
+
+-- "Name: value\r\n" for each of headers (a value may be a sequence: one
+-- line each, as Set-Cookie wants), appended to t.  Raises on what would
+-- break the message: a name that is no token, a CR or LF in a value, a
+-- header market writes itself (own: lower-cased names; "skip": one
+-- written already, left out).
+local function put_headers(t, headers, own, fname)
+  if headers == nil then return end
+  if type(headers) ~= "table" then error(fname .. ": headers must be a table, got " .. type(headers), 0) end
+  for name, v in pairs(headers) do
+    if type(name) ~= "string" or not name:match("^[%w!#$%%&'*+.^_`|~-]+$") then
+      error(fname .. ": bad header name " .. market.repr(name), 0)
+    end
+    local o = own[name:lower()]
+    if o == true then error(("%s: the header %s is market's to write"):format(fname, name), 0) end
+    if o == "skip" then goto next end
+    local vs = type(v) == "table" and v or { v }
+    for _, x in ipairs(vs) do
+      if type(x) ~= "string" and type(x) ~= "number" then
+        error(("%s: header %s: want a string or a number, got %s"):format(fname, name, type(x)), 0)
+      end
+      x = tostring(x)
+      if x:find("[\r\n%z]") then error(("%s: header %s holds a CR, LF or NUL"):format(fname, name), 0) end
+      t[#t + 1] = name .. ": " .. x .. "\r\n"
+    end
+    ::next::
+  end
+end
+
+-- The Date header's value, made at most once a second.
+local date_at, date_text = -1, nil
+local function http_date()
+  local now = os.time()
+  if now ~= date_at then date_at, date_text = now, os.date("!%a, %d %b %Y %H:%M:%S GMT", now) end
+  return date_text
+end
+
+-- ---- the server --------------------------------------------------------
+
+local SERVER_OWN = { ["content-length"] = true, ["transfer-encoding"] = true,
+                     ["date"] = true, ["connection"] = "skip" }
+
+-- An answer market writes itself (a malformed request, a handler that
+-- failed): a short text, and the connection closes.
+local function plain(status, text)
+  return fmt("HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n" ..
+             "Content-Length: %d\r\nDate: %s\r\nConnection: close\r\n\r\n%s",
+             status, REASONS[status] or "", #text + 1, http_date(), text .. "\n")
+end
+
+-- The request table handed to the handler.
+local function request_of(msg, conn)
+  local target = msg.path
+  local path, query = target:match("^([^?]*)%?(.*)$")
+  return { method = msg.method, target = target, path = path or target, query = query,
+           version = msg.version, headers = msg.headers, body = msg.body,
+           remote = conn.remote }
+end
+
+-- The handler's answer as the bytes of its head (and body, when a
+-- string), or raises saying what is wrong with it: status, headers, body
+-- (a string, or a function returning the next piece, nil at the end:
+-- sent chunked).  keep: the request lets the connection stay open.
+-- Returns the bytes, whether the connection stays open, and whether a
+-- body function is to be streamed after them.
+local function answer(req, keep, status, headers, body)
+  if mtype(status) ~= "integer" or status < 100 or status > 999 then
+    error("http.serve: the handler must return a status (an integer from 100 to 999), got " ..
+          market.repr(status), 0)
+  end
+  if body ~= nil and type(body) ~= "string" and type(body) ~= "function" then
+    error("http.serve: the body must be a string or a function, got " .. type(body), 0)
+  end
+  if type(headers) == "table" then
+    -- Connection is market's, but a handler may ask it to close.
+    for name, v in pairs(headers) do
+      if type(name) == "string" and name:lower() == "connection" then
+        if type(v) ~= "string" or v:lower() ~= "close" then
+          error("http.serve: the only connection header a handler may give is \"close\", got " ..
+                market.repr(v), 0)
+        end
+        keep = false
+      end
+    end
+  end
+  local t = { fmt("HTTP/1.1 %d %s\r\n", status, REASONS[status] or "") }
+  put_headers(t, headers, SERVER_OWN, "http.serve")
+  t[#t + 1] = "Date: " .. http_date() .. "\r\n"
+  local bodiless = status < 200 or status == 204 or status == 304
+  local chunked = type(body) == "function" and not bodiless
+  if chunked and req.version == "1.0" then keep = false end   -- the close ends its body
+  if not bodiless then
+    if chunked then
+      if req.version ~= "1.0" then t[#t + 1] = "Transfer-Encoding: chunked\r\n" end
+    else
+      t[#t + 1] = "Content-Length: " .. (body and #body or 0) .. "\r\n"
+    end
+  end
+  if not keep then t[#t + 1] = "Connection: close\r\n" end
+  t[#t + 1] = "\r\n"
+  local head_only = req.method == "HEAD" or bodiless
+  if not head_only and type(body) == "string" then t[#t + 1] = body end
+  return concat(t), keep, chunked and not head_only
+end
+
+-- Streams a body function's pieces (chunked, or raw for HTTP/1.0, whose
+-- close ends the body).  Returns whether all went; a body function that
+-- fails is logged, and the connection closes on a body cut short.
+local function stream(conn, req, body)
+  local raw = req.version == "1.0"
+  while true do
+    local ok, piece = pcall(body)
+    if ok and piece ~= nil and type(piece) ~= "string" then
+      ok, piece = false, "the body function must return strings (nil at the end), got " ..
+                         type(piece)
+    end
+    if not ok then
+      market.log.error("http.serve: %s %s: %s", req.method, req.target, tostring(piece))
+      return false
+    end
+    if piece == nil then break end
+    if #piece > 0 and not conn:send(raw and piece or fmt("%x\r\n%s\r\n", #piece, piece)) then
+      return false
+    end
+  end
+  return raw or conn:send("0\r\n\r\n") ~= nil
+end
+
+-- Whether conn holds something receive would return at once (bytes, the
+-- end of stream, a failure): its queue, tcp.lua's `open`.
+local function has_input(conn)
+  return conn.qfirst <= conn.qlast or conn.in_closed ~= nil
+end
+
+-- One connection: requests until it ends, a request says close, the
+-- handler fails, or it waits keep_alive ms for the next one.
+local function session(handler, cfg)
+  return function(conn)
+    local stopping = false
+    market.perform(market.subscriber(market.ground.stopping(market._), {
+      name = "http stopping",
+      on_presence = function() stopping = true end }))
+    local rest = ""
+    while not stopping do
+      local p = parser.request(cfg.max_request)
+      local done, why, status
+      if #rest > 0 then
+        done, why, status = p:feed(rest)
+      else
+        -- Idle: the next request, or nothing for keep_alive ms, or the
+        -- program stopping (a drain should not wait for idle clients).
+        local ok = market.wait_until(function() return stopping or has_input(conn) end,
+                                     cfg.keep_alive)
+        if not ok or stopping then return end
+        done = false
+      end
+      local deadline = market.now() + cfg.timeout
+      local headed = false
+      while done == false do
+        if not headed then
+          local m = p:message()
+          if m.keep_alive ~= nil then             -- (there once the head is whole)
+            headed = true
+            local len = tonumber(m.headers["content-length"])
+            if len and len > cfg.max_request then
+              conn:send(plain(413, "body too large"))
+              return
+            end
+            -- A client that asks before it sends a large body (curl does).
+            local e = m.headers.expect
+            if e and e:lower() == "100-continue" and m.version == "1.1" then
+              conn:send("HTTP/1.1 100 Continue\r\n\r\n")
+            end
+          end
+        end
+        local left = deadline - market.now()
+        local data, err = conn:receive(left > 0 and math.ceil(left) or 0)
+        if data == nil then
+          if err == "timeout" then
+            conn:send(plain(408, ("no whole request within %d ms"):format(cfg.timeout)))
+          end
+          return                                  -- gone, or failed, mid-request
+        end
+        done, why, status = p:feed(data)
+      end
+      if not done then
+        conn:send(plain(status, why))
+        return
+      end
+      rest = why                                  -- (feed's second value when done)
+      local msg = p:message()
+      local req = request_of(msg, conn)
+      local ok, st, headers, body = pcall(handler, req)
+      local why, bytes, keep, streamed = st, nil, nil, nil
+      if ok then
+        ok, bytes, keep, streamed = pcall(answer, req, msg.keep_alive and not stopping, st,
+                                          headers, body)
+        why = bytes
+      end
+      if not ok then
+        market.log.error("http.serve: %s %s: %s", req.method, req.target, tostring(why))
+        conn:send(plain(500, "the handler failed; see the server's log"))
+        return
+      end
+      if not conn:send(bytes) then return end
+      if streamed and not stream(conn, req, body) then return end
+      if not keep then return end
+    end
+  end
+end
+
+-- server = http.serve(port, handler [, settings]): as tcp.serve, with
+-- handler(req) -> status, headers, body for each request.
+function M.serve(port, handler, settings)
+  if type(handler) ~= "function" then
+    error("http.serve: handler must be a function, got " .. type(handler), 2)
+  end
+  settings = check(settings, SERVE_KEYS, "http.serve")
+  local cfg = { max_request = settings.max_request or M.MAX_REQUEST,
+                timeout = settings.timeout or M.TIMEOUT,
+                keep_alive = settings.keep_alive or M.KEEP_ALIVE }
+  local tcp_settings
+  if settings.max_connections ~= nil or settings.reuseport ~= nil then
+    tcp_settings = { max_connections = settings.max_connections, reuseport = settings.reuseport }
+  end
+  local ok, srv, why = pcall(tcp.serve, port, session(handler, cfg), tcp_settings)
+  if not ok then error((tostring(srv):gsub("tcp%.serve", "http.serve")), 2) end
+  return srv, why
+end
+
+-- ---- the client --------------------------------------------------------
+
+-- host, port, authority (for Host), target of an http:// URL; or nil, why.
+local function parse_url(url)
+  local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
+  if not scheme then return nil, "not an absolute URL: " .. url end
+  scheme = scheme:lower()
+  if scheme ~= "http" then
+    return nil, scheme == "https" and "https is not supported (market has no TLS): " .. url
+                or "not an http URL: " .. url
+  end
+  local authority, target = rest:match("^([^/?#]*)(.*)$")
+  target = target:gsub("#.*$", "")
+  if target == "" then target = "/" elseif target:sub(1, 1) == "?" then target = "/" .. target end
+  if authority:find("@", 1, true) then return nil, "user information in a URL is not supported: " .. url end
+  local host, port = authority:match("^%[([^%]]+)%]:?(%d*)$")
+  if not host then host, port = authority:match("^([^:]*):?(%d*)$") end
+  if not host or host == "" then return nil, "no host in " .. url end
+  port = port == "" and 80 or math.tointeger(tonumber(port))
+  if not port or port < 1 or port > 65535 then return nil, "bad port in " .. url end
+  if target:find("[%s%z]") then return nil, "a space or control character in " .. url end
+  return host, port, authority, target
+end
+
+local CLIENT_OWN = { ["content-length"] = true, ["transfer-encoding"] = true,
+                     ["host"] = true, ["connection"] = true }
+
+-- res = http.request(url [, options]): one request, its response
+-- {status=, reason=, version=, headers=, body=}; nil, why on failure.
+function M.request(url, options)
+  if type(url) ~= "string" then error("http.request: url must be a string, got " .. type(url), 2) end
+  if not pcall(market.self) then error("http.request: not inside a market process", 2) end
+  options = check(options, REQUEST_KEYS, "http.request")
+  local method = options.method or "GET"
+  local timeout = options.timeout or M.TIMEOUT
+  local host, port, authority, target = parse_url(url)
+  if not host then return nil, port end
+  local t = { fmt("%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", method, target, authority) }
+  local ok, err = pcall(put_headers, t, options.headers, CLIENT_OWN, "http.request")
+  if not ok then error(err, 2) end
+  local body = options.body
+  if body or method == "POST" or method == "PUT" or method == "PATCH" then
+    t[#t + 1] = "Content-Length: " .. (body and #body or 0) .. "\r\n"
+  end
+  t[#t + 1] = "\r\n"
+  t[#t + 1] = body
+  local deadline = market.now() + timeout
+  local conn, why = tcp.connect(host, port, { connect_timeout = timeout })
+  if not conn then return nil, why end
+  local function finish(...) conn:close(); return ... end
+  ok, why = conn:send(concat(t))
+  if not ok then return finish(nil, why) end
+  local p = parser.response(options.max_response or M.MAX_RESPONSE, method == "HEAD")
+  while true do
+    local left = deadline - market.now()
+    if left <= 0 then return finish(nil, "timeout") end
+    local data, e = conn:receive(math.ceil(left))
+    if data == nil and e then return finish(nil, e) end
+    local done, rest, status = p:feed(data or "")          -- "": the end of stream
+    if done == nil and data == nil then
+      return finish(nil, "the connection closed before the whole response")
+    elseif done == nil then
+      return finish(nil, (status == 400 and "malformed response: " or "response too large: ") .. rest)
+    end
+    while done do
+      local m = p:message()
+      if m.status >= 200 or m.status < 100 then
+        return finish({ status = m.status, reason = m.reason, version = m.version,
+                        headers = m.headers, body = m.body })
+      end
+      -- An interim answer (100 Continue, 103 Early Hints): the real one
+      -- follows, maybe in what came with it.
+      p = parser.response(options.max_response or M.MAX_RESPONSE, method == "HEAD")
+      done = false
+      if #rest > 0 then
+        done, rest, status = p:feed(rest)
+        if done == nil then return finish(nil, "malformed response: " .. rest) end
+      end
+    end
+    if data == nil then
+      return finish(nil, "the connection closed before the whole response")
+    end
+  end
+end
+
+return M

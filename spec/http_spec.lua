@@ -1,0 +1,289 @@
+-- http_spec.lua: market.http (docs/http.md): http.serve's requests,
+-- answers, keep-alive, pipelining, limits and failures, and
+-- http.request's.  In one ground VM with its drivers, over loopback, on
+-- ports the kernel picks; raw requests go through tcp.connect.
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local http = require "market.http"
+local tcp = require "market.tcp"
+local timer = require "market.timer"
+local H = require "helpers"
+local N = require "net"
+
+local function url(srv, path) return ("http://127.0.0.1:%d%s"):format(srv.port, path) end
+
+-- What a handler saw of each request, as one line.
+local function echo(req)
+  local names = {}
+  for k in pairs(req.headers) do names[#names + 1] = k end
+  table.sort(names)
+  return 200, { ["Content-Type"] = "text/plain", ["X-Seen"] = table.concat(names, ",") },
+    ("%s %s path=%s query=%s body=%s"):format(req.method, req.target, req.path,
+                                              tostring(req.query), req.body)
+end
+
+-- Raw bytes to a server, and everything it says until it closes (or ms).
+local function raw(srv, bytes, ms)
+  local c = assert(tcp.connect("127.0.0.1", srv.port))
+  assert(c:send(bytes))
+  local t = {}
+  while true do
+    local d = c:receive(ms or 5000)
+    if not d then break end
+    t[#t + 1] = d
+  end
+  c:close()
+  return table.concat(t)
+end
+
+-- The log lines of level `level` written while f runs.
+local function logged(level, f)
+  local lines = {}
+  market.log.sink(function(l, _, message) if l == level then lines[#lines + 1] = message end end)
+  local ok, r = pcall(f)
+  market.log.sink(nil)
+  assert(ok, r)
+  return lines, r
+end
+
+describe("http.serve and http.request", function()
+  it("serve a request and give back the response: status, reason, headers, body", function()
+    local got = N.run(function()
+      local srv = assert(http.serve(0, echo))
+      local out = {}
+      local r = assert(http.request(url(srv, "/a/b?x=1&y=2")))
+      out[1] = { r.status, r.reason, r.version, r.headers["content-type"], r.headers["x-seen"], r.body }
+      r = assert(http.request(url(srv, "/post"), { method = "POST", body = "hello",
+                                                    headers = { ["X-Thing"] = 42 } }))
+      out[2] = { r.status, r.headers["x-seen"], r.body, r.headers["content-length"] }
+      r = assert(http.request(url(srv, "/head"), { method = "HEAD" }))
+      out[3] = { r.status, r.body, r.headers["content-length"] }
+      srv:close()
+      return out
+    end)
+    assert.same({ 200, "OK", "1.1", "text/plain", "connection,host",
+                  "GET /a/b?x=1&y=2 path=/a/b query=x=1&y=2 body=" }, got[1])
+    assert.same({ 200, "connection,content-length,host,x-thing", "POST /post path=/post query=nil body=hello",
+                  "42" }, got[2])
+    assert.same({ 200, "", "37" }, got[3])   -- HEAD: a GET's length, no body
+  end)
+
+  it("keeps a connection alive, answering pipelined requests in order, and closes after an " ..
+     "HTTP/1.0 one", function()
+    local got = N.run(function()
+      local srv = assert(http.serve(0, function(req) return 200, nil, req.path end))
+      local out = raw(srv, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n" ..
+                           "POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc" ..
+                           "GET /3 HTTP/1.0\r\n\r\n" ..
+                           "GET /never HTTP/1.1\r\nHost: x\r\n\r\n")
+      srv:close()
+      return out
+    end)
+    local bodies, closes = {}, 0
+    for head, body in got:gmatch("(HTTP/1%.1 200 OK\r\n.-\r\n\r\n)(/%d)") do
+      bodies[#bodies + 1] = body
+      if head:find("Connection: close", 1, true) then closes = closes + 1 end
+    end
+    assert.same({ "/1", "/2", "/3" }, bodies)
+    assert.equal(1, closes)
+  end)
+
+  it("streams a body function's pieces chunked, and raw to an HTTP/1.0 client", function()
+    local got = N.run(function()
+      local srv = assert(http.serve(0, function()
+        local i = 0
+        return 200, { ["content-type"] = "text/plain" }, function()
+          i = i + 1
+          if i <= 3 then return ("piece %d;"):format(i) end
+        end
+      end))
+      local r = assert(http.request(url(srv, "/")))
+      local old = raw(srv, "GET / HTTP/1.0\r\n\r\n")
+      srv:close()
+      return { r.headers["transfer-encoding"], r.body, old:match("\r\n\r\n(.*)$"),
+               old:find("Transfer-Encoding", 1, true) == nil }
+    end)
+    assert.same({ "chunked", "piece 1;piece 2;piece 3;", "piece 1;piece 2;piece 3;", true }, got)
+  end)
+
+  it("answers a handler that fails with 500, logs why, and goes on serving", function()
+    local got = N.run(function()
+      local srv = assert(http.serve(0, function(req)
+        if req.path == "/boom" then error("broken on purpose") end
+        if req.path == "/bad" then return "two hundred" end
+        if req.path == "/hdr" then return 200, { ["X-Evil"] = "a\r\nSet-Cookie: x=1" }, "" end
+        if req.path == "/own" then return 200, { ["Content-Length"] = "5" }, "" end
+        return 200, nil, "fine"
+      end))
+      local out = {}
+      local lines = logged("error", function()
+        for _, p in ipairs { "/boom", "/bad", "/hdr", "/own", "/ok" } do
+          local r = assert(http.request(url(srv, p)))
+          out[#out + 1] = r.status .. " " .. r.body
+        end
+      end)
+      out[#out + 1] = lines
+      srv:close()
+      return out
+    end)
+    local lines = table.remove(got)
+    assert.same({ "500 the handler failed; see the server's log\n",
+                  "500 the handler failed; see the server's log\n",
+                  "500 the handler failed; see the server's log\n",
+                  "500 the handler failed; see the server's log\n", "200 fine" }, got)
+    assert.equal(4, #lines)
+    assert.matches("http.serve: GET /boom: spec/http_spec.lua:%d+: broken on purpose", lines[1])
+    assert.matches('GET /bad: http.serve: the handler must return a status %(an integer from 100 to 999%), ' ..
+                   'got "two hundred"', lines[2])
+    assert.matches("GET /hdr: http.serve: header X%-Evil holds a CR, LF or NUL", lines[3])
+    assert.matches("GET /own: http.serve: the header Content%-Length is market's to write", lines[4])
+  end)
+
+  it("answers malformed and oversized requests with 400, 413 and 431, and slow ones with 408",
+     function()
+    local got = N.run(function()
+      local srv = assert(http.serve(0, echo, { max_request = 1024, timeout = 200 }))
+      local out = {}
+      local function status(bytes) out[#out + 1] = raw(srv, bytes):match("^HTTP/1%.1 (%d+)") end
+      status("NOT HTTP AT ALL\r\n\r\n")
+      -- 413 as soon as the head says how long the body is: none is sent.
+      status("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n")
+      -- A chunked body says no length first: 413 once it is past the limit.
+      status("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+             "7d0\r\n" .. ("x"):rep(2000) .. "\r\n0\r\n\r\n")
+      status("GET / HTTP/1.1\r\nHost: x\r\nX-Big: " .. ("y"):rep(2000) .. "\r\n\r\n")
+      local slow = raw(srv, "GET / HTTP/1.1\r\nHost: x\r\n")     -- the head never ends
+      out[#out + 1] = slow:match("^HTTP/1%.1 (%d+)")
+      out[#out + 1] = slow:match("no whole request within 200 ms") ~= nil
+      -- A client that says Expect: 100-continue hears 100 before it sends the body.
+      local c = assert(tcp.connect("127.0.0.1", srv.port))
+      c:send("PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+      out[#out + 1] = c:receive(5000)
+      c:send("hello")
+      out[#out + 1] = (c:receive(5000) or ""):match("body=(%w+)$")
+      c:close()
+      srv:close()
+      return out
+    end)
+    assert.same({ "400", "413", "413", "431", "408", true, "HTTP/1.1 100 Continue\r\n\r\n", "hello" }, got)
+  end)
+
+  it("closes a connection idle for keep_alive ms, and one the handler asks to close", function()
+    local got = N.run(function()
+      local srv = assert(http.serve(0, function(req)
+        if req.path == "/close" then return 200, { connection = "close" }, "bye" end
+        return 200, nil, "ok"
+      end, { keep_alive = 100 }))
+      local out = {}
+      local c = assert(tcp.connect("127.0.0.1", srv.port))
+      c:send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+      local t0 = market.now()
+      local all = {}
+      for d in c:lines(5000) do all[#all + 1] = d end    -- until the server closes
+      out[1] = table.concat(all):match("ok$")
+      out[2] = market.now() - t0 < 4000
+      c:close()
+      out[3] = raw(srv, "GET /close HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+      srv:close()
+      return out
+    end)
+    assert.same({ "ok", true }, { got[1], got[2] })
+    assert.matches("Connection: close\r\n", got[3], 1, true)
+    assert.matches("bye$", got[3])
+    assert.is_nil(got[3]:find("ok", 1, true))      -- the second request was not answered
+  end)
+
+  it("reports a client's failures as nil and the reason", function()
+    local free = N.free_port()
+    local got = N.run(function()
+      local out = {}
+      out[1] = select(2, http.request("https://127.0.0.1/"))
+      out[2] = select(2, http.request("ftp://127.0.0.1/"))
+      out[3] = select(2, http.request("127.0.0.1/"))
+      out[4] = select(2, http.request("http://127.0.0.1:99999/"))
+      out[5] = select(2, http.request("http://127.0.0.1:" .. free .. "/"))
+      -- A server that says nothing, then one that answers garbage, then
+      -- one whose body is larger than max_response.
+      local mute = assert(tcp.serve(0, function(conn) conn:receive(); conn:receive(5000) end))
+      out[6] = select(2, http.request("http://127.0.0.1:" .. mute.port .. "/", { timeout = 100 }))
+      local junk = assert(tcp.serve(0, function(conn) conn:receive(); conn:send("SPAM\r\n\r\n") end))
+      out[7] = select(2, http.request("http://127.0.0.1:" .. junk.port .. "/"))
+      local big = assert(http.serve(0, function() return 200, nil, ("z"):rep(5000) end))
+      out[8] = select(2, http.request(url(big, "/"), { max_response = 1000 }))
+      local cut = assert(tcp.serve(0, function(conn)
+        conn:receive()
+        conn:send("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+      end))
+      out[9] = select(2, http.request("http://127.0.0.1:" .. cut.port .. "/"))
+      mute:close(); junk:close(); big:close(); cut:close()
+      return out
+    end)
+    assert.same({ "https is not supported (market has no TLS): https://127.0.0.1/",
+                  "not an http URL: ftp://127.0.0.1/",
+                  "not an absolute URL: 127.0.0.1/",
+                  "bad port in http://127.0.0.1:99999/",
+                  "connection refused", "timeout" }, { table.unpack(got, 1, 6) })
+    assert.matches("^malformed response: ", got[7])
+    assert.matches("^response too large: ", got[8])
+    assert.equal("the connection closed before the whole response", got[9])
+  end)
+
+  it("raises on misuse", function()
+    local got = N.run(function()
+      local out = {}
+      local function try(f)
+        local ok, err = pcall(f)
+        out[#out + 1] = tostring(ok) .. " " .. tostring(err):gsub("^spec/http_spec%.lua:%d+: ", "")
+      end
+      try(function() http.serve(0, "handler") end)
+      try(function() http.serve(0, echo, { max_request = 0 }) end)
+      try(function() http.serve(0, echo, { nope = true }) end)
+      try(function() http.request(42) end)
+      try(function() http.request("http://127.0.0.1/", { method = "GET POST" }) end)
+      try(function() http.request("http://127.0.0.1/", { headers = { Host = "x" } }) end)
+      try(function() http.request("http://127.0.0.1/", { headers = { ["Bad Name"] = "x" } }) end)
+      return out
+    end)
+    assert.same({
+      "false http.serve: handler must be a function, got string",
+      "false http.serve: bad max_request: 0",
+      'false http.serve: unknown setting "nope"',
+      "false http.request: url must be a string, got number",
+      'false http.request: bad method: "GET POST"',
+      "false http.request: the header Host is market's to write",
+      'false http.request: bad header name "Bad Name"',
+    }, got)
+    local ok, err = pcall(http.request, "http://127.0.0.1/")
+    assert.is_false(ok)
+    assert.matches("not inside a market process", err, 1, true)
+  end)
+end)
+
+describe("market.http under the interpreter", function()
+  it("ends idle keep-alive connections when the program stops, not at the drain's end", function()
+    local script = H.tempfile([[
+      local http = require "market.http"
+      local srv = assert(http.serve(0, function() return 200, nil, "hi" end))
+      io.stderr:write("listening on port ", srv.port, "\n")
+    ]])
+    local server, port = N.await_listening(N.start_cmd(("exec %s --drain 20000 %s")
+      :format(N.q(N.market_bin()), N.q(script))), "the http server")
+    -- One request answered, then the connection stays open, idle.
+    local client = N.start_cmd(("(printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'; sleep 30) | " ..
+                                "exec nc 127.0.0.1 %d"):format(port))
+    local answered = false
+    for _ = 1, 250 do
+      answered = client.stdout():find("hi", 1, true) ~= nil
+      if answered then break end
+      N.sleep(0.02)
+    end
+    os.execute("kill -TERM " .. server.pid)
+    local status = server.wait_exit(10)          -- the drain would take 20 s
+    local err = server.stderr()
+    server.kill()
+    client.kill()
+    os.remove(script)
+    assert.is_true(answered, "no answer")
+    assert.equal(0, status, err)
+  end)
+end)
