@@ -554,6 +554,9 @@ local function open(here, remote, settings)
   local c = setmetatable({ here = here, remote = remote, owner = pid, path = path,
                            q = {}, qfirst = 1, qlast = 0, qoff = 0, odd = 0, want = 0, unread = 0, unsent = 0,
                            tag = tag }, Conn)
+  -- receive's wait: something to take (made once: a connection's every
+  -- receive may wait).
+  c.arrived = function() return c.qfirst <= c.qlast or c.in_closed ~= nil end
   local acts = {}
   if settings ~= nil then acts[1] = M.options(here, remote, settings, tag .. " options") end
   acts[#acts + 1] = market.publisher(channel(here, remote, _), {
@@ -590,15 +593,17 @@ end
 -- Raises unless obj is one of kind's objects (mt: Conn or Server) and
 -- the running process's: method `what` of it was called.  kind names the
 -- type ("connection"), var the variable the hint calls it by ("conn").
+-- (Every method call passes here: the function's name is made only for
+-- an error.)
 local function owned(obj, mt, kind, var, what)
-  local fname = ("tcp.%s:%s"):format(kind, what)
   if getmetatable(obj) ~= mt then
-    error(("%s: not a %s (call it as %s:%s(...))"):format(fname, kind, var, what), 3)
+    error(("tcp.%s:%s: not a %s (call it as %s:%s(...))"):format(kind, what, kind, var, what), 3)
   end
-  local pid, path = self_of(fname, 3)
+  local ok, pid, _name, path = pcall(market.self)
+  if not ok then self_of(("tcp.%s:%s"):format(kind, what), 3) end
   if pid ~= obj.owner or path ~= obj.path then
-    error(("%s: the %s belongs to process %d of %s, not to this one " ..
-           "(its events go to that process)"):format(fname, kind, obj.owner, obj.path), 3)
+    error(("tcp.%s:%s: the %s belongs to process %d of %s, not to this one " ..
+           "(its events go to that process)"):format(kind, what, kind, obj.owner, obj.path), 3)
   end
 end
 
@@ -647,9 +652,7 @@ end
 function Conn:receive(ms)
   mine(self, "receive")
   if self.qfirst > self.qlast and not self.at_eof and self.in_closed == nil then
-    local ok, err = market.wait_until(function()
-      return self.qfirst <= self.qlast or self.in_closed ~= nil
-    end, ms)
+    local ok, err = market.wait_until(self.arrived, ms)
     if not ok then return nil, err end
   end
   if self.qfirst <= self.qlast then

@@ -34,6 +34,13 @@ local REASONS = {
   [503] = "Service Unavailable", [504] = "Gateway Timeout",
 }
 
+-- "HTTP/1.1 200 OK\r\n", made once for each status answered.
+local STATUS_LINES = setmetatable({}, { __index = function(t, status)
+  local line = fmt("HTTP/1.1 %d %s\r\n", status, REASONS[status] or "")
+  t[status] = line
+  return line
+end })
+
 -- ---- settings ----------------------------------------------------------
 
 local function positive(v) return mtype(v) == "integer" and v > 0 end
@@ -60,32 +67,62 @@ end
 
 -- ---- headers -------------------------------------------------------------
 
+-- The lower-cased form of each header name seen valid (a token), so that
+-- the names a program sends again and again are checked once.  Bounded:
+-- emptied when it holds too many (names made from data, say).
+local names, named = {}, 0
+
+local function lower_name(name, fname)
+  local low = names[name]
+  if low then return low end
+  if type(name) ~= "string" or not name:match("^[%w!#$%%&'*+.^_`|~-]+$") then
+    error(fname .. ": bad header name " .. market.repr(name), 0)
+  end
+  if named >= 1024 then names, named = {}, 0 end
+  low = name:lower()
+  names[name], named = low, named + 1
+  return low
+end
+
+local function put_value(t, fname, name, x)
+  local tx = type(x)
+  if tx == "number" then
+    x = tostring(x)
+  elseif tx ~= "string" then
+    error(("%s: header %s: want a string or a number, got %s"):format(fname, name, tx), 0)
+  elseif x:find("[\r\n\0]") then
+    error(("%s: header %s holds a CR, LF or NUL"):format(fname, name), 0)
+  end
+  t[#t + 1] = name .. ": " .. x .. "\r\n"
+end
+
 -- "Name: value\r\n" for each of headers (a value may be a sequence: one
 -- line each, as Set-Cookie wants), appended to t.  Raises on what would
--- break the message: a name that is no token, a CR or LF in a value, a
--- header market writes itself (own: lower-cased names; "skip": one
--- written already, left out).
+-- break the message: a name that is no token, a CR, LF or NUL in a
+-- value, a header market writes itself (own: lower-cased names).  But a
+-- "connection" that own maps to "close" may say "close", and nothing
+-- else: it is left out, and put_headers returns true.
 local function put_headers(t, headers, own, fname)
   if headers == nil then return end
   if type(headers) ~= "table" then error(fname .. ": headers must be a table, got " .. type(headers), 0) end
+  local close
   for name, v in pairs(headers) do
-    if type(name) ~= "string" or not name:match("^[%w!#$%%&'*+.^_`|~-]+$") then
-      error(fname .. ": bad header name " .. market.repr(name), 0)
-    end
-    local o = own[name:lower()]
-    if o == true then error(("%s: the header %s is market's to write"):format(fname, name), 0) end
-    if o == "skip" then goto next end
-    local vs = type(v) == "table" and v or { v }
-    for _, x in ipairs(vs) do
-      if type(x) ~= "string" and type(x) ~= "number" then
-        error(("%s: header %s: want a string or a number, got %s"):format(fname, name, type(x)), 0)
+    local o = own[lower_name(name, fname)]
+    if o == "close" then
+      if type(v) ~= "string" or v:lower() ~= "close" then
+        error(("%s: the only %s header a handler may give is \"close\", got %s")
+              :format(fname, name, market.repr(v)), 0)
       end
-      x = tostring(x)
-      if x:find("[\r\n%z]") then error(("%s: header %s holds a CR, LF or NUL"):format(fname, name), 0) end
-      t[#t + 1] = name .. ": " .. x .. "\r\n"
+      close = true
+    elseif o then
+      error(("%s: the header %s is market's to write"):format(fname, name), 0)
+    elseif type(v) == "table" then
+      for _, x in ipairs(v) do put_value(t, fname, name, x) end
+    else
+      put_value(t, fname, name, v)
     end
-    ::next::
   end
+  return close
 end
 
 -- The Date header's value, made at most once a second.
@@ -99,7 +136,7 @@ end
 -- ---- the server --------------------------------------------------------
 
 local SERVER_OWN = { ["content-length"] = true, ["transfer-encoding"] = true,
-                     ["date"] = true, ["connection"] = "skip" }
+                     ["date"] = true, ["connection"] = "close" }
 
 -- An answer market writes itself (a malformed request, a handler that
 -- failed): a short text, and the connection closes.
@@ -132,20 +169,9 @@ local function answer(req, keep, status, headers, body)
   if body ~= nil and type(body) ~= "string" and type(body) ~= "function" then
     error("http.serve: the body must be a string or a function, got " .. type(body), 0)
   end
-  if type(headers) == "table" then
-    -- Connection is market's, but a handler may ask it to close.
-    for name, v in pairs(headers) do
-      if type(name) == "string" and name:lower() == "connection" then
-        if type(v) ~= "string" or v:lower() ~= "close" then
-          error("http.serve: the only connection header a handler may give is \"close\", got " ..
-                market.repr(v), 0)
-        end
-        keep = false
-      end
-    end
-  end
-  local t = { fmt("HTTP/1.1 %d %s\r\n", status, REASONS[status] or "") }
-  put_headers(t, headers, SERVER_OWN, "http.serve")
+  local t = { STATUS_LINES[status] }
+  -- (Connection is market's, but a handler may ask it to close.)
+  if put_headers(t, headers, SERVER_OWN, "http.serve") then keep = false end
   t[#t + 1] = "Date: " .. http_date() .. "\r\n"
   local bodiless = status < 200 or status == 204 or status == 304
   local chunked = type(body) == "function" and not bodiless
@@ -201,24 +227,23 @@ local function session(handler, cfg)
     market.perform(market.subscriber(market.ground.stopping(market._), {
       name = "http stopping",
       on_presence = function() stopping = true end }))
-    local rest = ""
+    local p, rest = parser.request(cfg.max_request), ""
+    local function woken() return stopping or has_input(conn) end
     while not stopping do
-      local p = parser.request(cfg.max_request)
       local done, why, status
       if #rest > 0 then
         done, why, status = p:feed(rest)
       else
         -- Idle: the next request, or nothing for keep_alive ms, or the
         -- program stopping (a drain should not wait for idle clients).
-        local ok = market.wait_until(function() return stopping or has_input(conn) end,
-                                     cfg.keep_alive)
+        local ok = market.wait_until(woken, cfg.keep_alive)
         if not ok or stopping then return end
         done = false
       end
       local deadline = market.now() + cfg.timeout
-      local headed = false
+      local headed, fed = false, #rest > 0
       while done == false do
-        if not headed then
+        if fed and not headed then
           local m = p:message()
           if m.keep_alive ~= nil then             -- (there once the head is whole)
             headed = true
@@ -243,6 +268,7 @@ local function session(handler, cfg)
           return                                  -- gone, or failed, mid-request
         end
         done, why, status = p:feed(data)
+        fed = true
       end
       if not done then
         conn:send(plain(status, why))
@@ -250,16 +276,17 @@ local function session(handler, cfg)
       end
       rest = why                                  -- (feed's second value when done)
       local msg = p:message()
+      p:reset()
       local req = request_of(msg, conn)
       local ok, st, headers, body = pcall(handler, req)
-      local why, bytes, keep, streamed = st, nil, nil, nil
+      local err, bytes, keep, streamed = st, nil, nil, nil
       if ok then
         ok, bytes, keep, streamed = pcall(answer, req, msg.keep_alive and not stopping, st,
                                           headers, body)
-        why = bytes
+        err = bytes
       end
       if not ok then
-        market.log.error("http.serve: %s %s: %s", req.method, req.target, tostring(why))
+        market.log.error("http.serve: %s %s: %s", req.method, req.target, tostring(err))
         conn:send(plain(500, "the handler failed; see the server's log"))
         return
       end

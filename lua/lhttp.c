@@ -17,6 +17,9 @@
 **                             `max` bytes (431 while in the head, 413 in
 **                             the body).  feed("") says the stream ended
 **                             (a response delimited by the close).
+**   parser:reset()         -> the parser as new, for the next message
+**                             (its buffers kept: a connection's requests
+**                             share one parser)
 **   parser:message()       -> {method=, path=, version=, status=,
 **                             headers={lower-cased name = value}, body=,
 **                             keep_alive=}   (fields so far; keep_alive
@@ -213,7 +216,12 @@ static int l_message(lua_State *L) {
     lua_setfield(L, -2, "status");
     setbuf_field(L, &h->status, "reason");
   }
-  lua_pushfstring(L, "%d.%d", (int)h->p.http_major, (int)h->p.http_minor);
+  if (h->p.http_major < 10 && h->p.http_minor < 10) {   /* "1.1": no formatter */
+    char v[3] = {(char)('0' + h->p.http_major), '.', (char)('0' + h->p.http_minor)};
+    lua_pushlstring(L, v, 3);
+  } else {
+    lua_pushfstring(L, "%d.%d", (int)h->p.http_major, (int)h->p.http_minor);
+  }
   lua_setfield(L, -2, "version");
   lua_getiuservalue(L, 1, 1);
   lua_setfield(L, -2, "headers");
@@ -234,6 +242,21 @@ static int l_gc(lua_State *L) {
     bufs[i]->p = NULL;
     bufs[i]->n = bufs[i]->cap = 0;
   }
+  return 0;
+}
+
+/* parser:reset(): ready for the next message of its kind, as new; the
+** buffers are kept (emptied) for it, the headers table is a new one. */
+static int l_reset(lua_State *L) {
+  lhttp *h = check(L);
+  hbuf *bufs[] = {&h->url, &h->status, &h->field, &h->value, &h->body};
+  size_t i;
+  http_parser_init(&h->p, (enum http_parser_type)h->p.type);
+  for (i = 0; i < sizeof bufs / sizeof bufs[0]; i++) bufs[i]->n = 0;
+  h->seen = 0;
+  h->overflow = h->in_value = h->head_done = h->done = 0;
+  lua_newtable(L);
+  lua_setiuservalue(L, 1, 1);
   return 0;
 }
 
@@ -261,7 +284,8 @@ static int l_response(lua_State *L) {
 
 void mkl_open_http(lua_State *L) {
   static const luaL_Reg methods[] = {
-    {"feed", l_feed}, {"message", l_message}, {"__gc", l_gc}, {NULL, NULL}};
+    {"feed", l_feed}, {"message", l_message}, {"reset", l_reset}, {"__gc", l_gc},
+    {NULL, NULL}};
   static const luaL_Reg funcs[] = {{"request", l_request}, {"response", l_response}, {NULL, NULL}};
   if (luaL_newmetatable(L, LHTTP_MT)) {
     luaL_setfuncs(L, methods, 0);

@@ -17,7 +17,8 @@ local function echo(req)
   local names = {}
   for k in pairs(req.headers) do names[#names + 1] = k end
   table.sort(names)
-  return 200, { ["Content-Type"] = "text/plain", ["X-Seen"] = table.concat(names, ",") },
+  return 200, { ["Content-Type"] = "text/plain", ["X-Seen"] = table.concat(names, ","),
+                ["X-Buzz"] = "fizz buzz", ["Set-Cookie"] = { "a=1", "b=2" } },
     ("%s %s path=%s query=%s body=%s"):format(req.method, req.target, req.path,
                                               tostring(req.query), req.body)
 end
@@ -52,7 +53,8 @@ describe("http.serve and http.request", function()
       local srv = assert(http.serve(0, echo))
       local out = {}
       local r = assert(http.request(url(srv, "/a/b?x=1&y=2")))
-      out[1] = { r.status, r.reason, r.version, r.headers["content-type"], r.headers["x-seen"], r.body }
+      out[1] = { r.status, r.reason, r.version, r.headers["content-type"], r.headers["x-seen"], r.body,
+                 r.headers["x-buzz"], r.headers["set-cookie"] }
       r = assert(http.request(url(srv, "/post"), { method = "POST", body = "hello",
                                                     headers = { ["X-Thing"] = 42 } }))
       out[2] = { r.status, r.headers["x-seen"], r.body, r.headers["content-length"] }
@@ -62,7 +64,7 @@ describe("http.serve and http.request", function()
       return out
     end)
     assert.same({ 200, "OK", "1.1", "text/plain", "connection,host",
-                  "GET /a/b?x=1&y=2 path=/a/b query=x=1&y=2 body=" }, got[1])
+                  "GET /a/b?x=1&y=2 path=/a/b query=x=1&y=2 body=", "fizz buzz", "a=1, b=2" }, got[1])
     assert.same({ 200, "connection,content-length,host,x-thing", "POST /post path=/post query=nil body=hello",
                   "42" }, got[2])
     assert.same({ 200, "", "37" }, got[3])   -- HEAD: a GET's length, no body
