@@ -11,14 +11,12 @@
 #endif
 #include <errno.h>
 #include <ev.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
-#include <fcntl.h>
+
+#include "floor.h"
 
 typedef struct conn {
   ev_io r, w;
@@ -66,39 +64,15 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents) {
   }
 }
 
-static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
-  for (;;) {
-    int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK), one = 1;
-    conn *c;
-    if (fd < 0) return;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c = calloc(1, sizeof *c);
-    ev_io_init(&c->r, on_read, fd, EV_READ);
-    ev_io_init(&c->w, on_write, fd, EV_WRITE);
-    c->r.data = c->w.data = c;
-    ev_io_start(loop, &c->r);
-  }
+static void accepted(struct ev_loop *loop, int fd) {
+  conn *c = calloc(1, sizeof *c);
+  if (c == NULL) { close(fd); return; }
+  ev_io_init(&c->r, on_read, fd, EV_READ);
+  ev_io_init(&c->w, on_write, fd, EV_WRITE);
+  c->r.data = c->w.data = c;
+  ev_io_start(loop, &c->r);
 }
 
 int main(int argc, char **argv) {
-  struct sockaddr_in a;
-  socklen_t alen = sizeof a;
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
-  struct ev_loop *loop = ev_default_loop(0);
-  ev_io acc;
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_port = htons((uint16_t)(argc > 1 ? atoi(argv[1]) : 5998));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 4096) < 0 ||
-      getsockname(fd, (struct sockaddr *)&a, &alen) < 0) {
-    perror("echo_floor");
-    return 1;
-  }
-  fprintf(stderr, "echo_floor: listening on port %d\n", ntohs(a.sin_port));
-  ev_io_init(&acc, on_accept, fd, EV_READ);
-  ev_io_start(loop, &acc);
-  ev_run(loop, 0);
-  return 0;
+  return floor_run("echo_floor", argc > 1 ? atoi(argv[1]) : 5998, accepted);
 }

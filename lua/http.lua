@@ -11,7 +11,8 @@
 local market, tcp, parser = ...
 local M = {}
 
-local mtype, concat, fmt = math.type, table.concat, string.format
+local mtype, fmt = math.type, string.format
+local head = parser.head
 
 M.MAX_REQUEST = 1 << 20        -- [max_request] bytes of a request's head, and of its body
 M.MAX_RESPONSE = 64 << 20      -- [max_response] bytes of a response's body (http.request)
@@ -67,64 +68,6 @@ end
 
 -- ---- headers -------------------------------------------------------------
 
--- The lower-cased form of each header name seen valid (a token), so that
--- the names a program sends again and again are checked once.  Bounded:
--- emptied when it holds too many (names made from data, say).
-local names, named = {}, 0
-
-local function lower_name(name, fname)
-  local low = names[name]
-  if low then return low end
-  if type(name) ~= "string" or not name:match("^[%w!#$%%&'*+.^_`|~-]+$") then
-    error(fname .. ": bad header name " .. market.repr(name), 0)
-  end
-  if named >= 1024 then names, named = {}, 0 end
-  low = name:lower()
-  names[name], named = low, named + 1
-  return low
-end
-
-local function put_value(t, fname, name, x)
-  local tx = type(x)
-  if tx == "number" then
-    x = tostring(x)
-  elseif tx ~= "string" then
-    error(("%s: header %s: want a string or a number, got %s"):format(fname, name, tx), 0)
-  elseif x:find("[\r\n\0]") then
-    error(("%s: header %s holds a CR, LF or NUL"):format(fname, name), 0)
-  end
-  t[#t + 1] = name .. ": " .. x .. "\r\n"
-end
-
--- "Name: value\r\n" for each of headers (a value may be a sequence: one
--- line each, as Set-Cookie wants), appended to t.  Raises on what would
--- break the message: a name that is no token, a CR, LF or NUL in a
--- value, a header market writes itself (own: lower-cased names).  But a
--- "connection" that own maps to "close" may say "close", and nothing
--- else: it is left out, and put_headers returns true.
-local function put_headers(t, headers, own, fname)
-  if headers == nil then return end
-  if type(headers) ~= "table" then error(fname .. ": headers must be a table, got " .. type(headers), 0) end
-  local close
-  for name, v in pairs(headers) do
-    local o = own[lower_name(name, fname)]
-    if o == "close" then
-      if type(v) ~= "string" or v:lower() ~= "close" then
-        error(("%s: the only %s header a handler may give is \"close\", got %s")
-              :format(fname, name, market.repr(v)), 0)
-      end
-      close = true
-    elseif o then
-      error(("%s: the header %s is market's to write"):format(fname, name), 0)
-    elseif type(v) == "table" then
-      for _, x in ipairs(v) do put_value(t, fname, name, x) end
-    else
-      put_value(t, fname, name, v)
-    end
-  end
-  return close
-end
-
 -- The Date header's value, made at most once a second.
 local date_at, date_text = -1, nil
 local function http_date()
@@ -146,13 +89,11 @@ local function plain(status, text)
              status, REASONS[status] or "", #text + 1, http_date(), text .. "\n")
 end
 
--- The request table handed to the handler.
+-- The request table handed to the handler: the parser's message (method,
+-- target, path, query, version, headers, body, keep_alive) and remote.
 local function request_of(msg, conn)
-  local target = msg.path
-  local path, query = target:match("^([^?]*)%?(.*)$")
-  return { method = msg.method, target = target, path = path or target, query = query,
-           version = msg.version, headers = msg.headers, body = msg.body,
-           remote = conn.remote }
+  msg.remote = conn.remote
+  return msg
 end
 
 -- The handler's answer as the bytes of its head (and body, when a
@@ -169,25 +110,22 @@ local function answer(req, keep, status, headers, body)
   if body ~= nil and type(body) ~= "string" and type(body) ~= "function" then
     error("http.serve: the body must be a string or a function, got " .. type(body), 0)
   end
-  local t = { STATUS_LINES[status] }
-  -- (Connection is market's, but a handler may ask it to close.)
-  if put_headers(t, headers, SERVER_OWN, "http.serve") then keep = false end
-  t[#t + 1] = "Date: " .. http_date() .. "\r\n"
   local bodiless = status < 200 or status == 204 or status == 304
   local chunked = type(body) == "function" and not bodiless
   if chunked and req.version == "1.0" then keep = false end   -- the close ends its body
-  if not bodiless then
-    if chunked then
-      if req.version ~= "1.0" then t[#t + 1] = "Transfer-Encoding: chunked\r\n" end
-    else
-      t[#t + 1] = "Content-Length: " .. (body and #body or 0) .. "\r\n"
-    end
+  local length                                  -- (nil: no length header)
+  if bodiless then
+    length = nil
+  elseif chunked then
+    length = req.version ~= "1.0" and -1 or nil
+  else
+    length = body and #body or 0
   end
-  if not keep then t[#t + 1] = "Connection: close\r\n" end
-  t[#t + 1] = "\r\n"
   local head_only = req.method == "HEAD" or bodiless
-  if not head_only and type(body) == "string" then t[#t + 1] = body end
-  return concat(t), keep, chunked and not head_only
+  -- (Connection is market's, but a handler may ask it to close: asked.)
+  local bytes, asked = head(STATUS_LINES[status], headers, SERVER_OWN, "http.serve", http_date(),
+                            length, not keep, not head_only and type(body) == "string" and body or nil)
+  return bytes, keep and not asked, chunked and not head_only
 end
 
 -- Streams a body function's pieces (chunked, or raw for HTTP/1.0, whose
@@ -353,20 +291,17 @@ function M.request(url, options)
   local timeout = options.timeout or M.TIMEOUT
   local host, port, authority, target = parse_url(url)
   if not host then return nil, port end
-  local t = { fmt("%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", method, target, authority) }
-  local ok, err = pcall(put_headers, t, options.headers, CLIENT_OWN, "http.request")
-  if not ok then error(err, 2) end
   local body = options.body
-  if body or method == "POST" or method == "PUT" or method == "PATCH" then
-    t[#t + 1] = "Content-Length: " .. (body and #body or 0) .. "\r\n"
-  end
-  t[#t + 1] = "\r\n"
-  t[#t + 1] = body
+  local length                                  -- (nil: no length header)
+  if body or method == "POST" or method == "PUT" or method == "PATCH" then length = body and #body or 0 end
+  local ok, bytes = pcall(head, fmt("%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, authority),
+                          options.headers, CLIENT_OWN, "http.request", nil, length, true, body)
+  if not ok then error(bytes, 2) end
   local deadline = market.now() + timeout
   local conn, why = tcp.connect(host, port, { connect_timeout = timeout })
   if not conn then return nil, why end
   local function finish(...) conn:close(); return ... end
-  ok, why = conn:send(concat(t))
+  ok, why = conn:send(bytes)
   if not ok then return finish(nil, why) end
   local p = parser.response(options.max_response or M.MAX_RESPONSE, method == "HEAD")
   while true do

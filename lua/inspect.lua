@@ -288,7 +288,7 @@ local function route(req, info, loopback_only)
     return error_response(403, "Host " .. (req.headers.host or "(none)") ..
                           " is not this machine's loopback", head_only)
   end
-  local path, q = req.path:match("^([^?#]*)%??([^#]*)")
+  local path, q = req.target:match("^([^?#]*)%??([^#]*)")
   if path == "/" then
     return response(200, "text/html; charset=utf-8", PAGE, head_only,
       "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; " ..

@@ -17,19 +17,24 @@
 **                             `max` bytes (431 while in the head, 413 in
 **                             the body).  feed("") says the stream ended
 **                             (a response delimited by the close).
+**   http.head(first, headers, own, fname, date, length, close [, body])
+**                          -> a message's bytes, whether headers asked to
+**                             close (l_head says how)
 **   parser:reset()         -> the parser as new, for the next message
 **                             (its buffers kept: a connection's requests
 **                             share one parser)
-**   parser:message()       -> {method=, path=, version=, status=,
+**   parser:message()       -> {method=, target=, path=, query=, version=, status=,
 **                             headers={lower-cased name = value}, body=,
 **                             keep_alive=}   (fields so far; keep_alive
-**                             once the head is whole)
+**                             once the head is whole; path and query:
+**                             the target cut at its first '?')
 **
 ** The bytes come as the connection delivers them, in pieces cut anywhere:
 ** the parser keeps what it needs between pieces in buffers that grow with
 ** the message and no further than `max` (no fixed buffer on the input
 ** path).  A repeated header's values are joined with ", " (RFC 9110 5.3).
 */
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -208,9 +213,17 @@ static int l_message(lua_State *L) {
   lhttp *h = check(L);
   lua_createtable(L, 0, 8);
   if (h->p.type == HTTP_REQUEST) {
+    const char *u = h->url.p ? h->url.p : "", *q = memchr(u, '?', h->url.n);
     lua_pushstring(L, http_method_str((enum http_method)h->p.method));
     lua_setfield(L, -2, "method");
-    setbuf_field(L, &h->url, "path");
+    setbuf_field(L, &h->url, "target");
+    /* The target cut at its first '?': path, query (none: nil). */
+    lua_pushlstring(L, u, q ? (size_t)(q - u) : h->url.n);
+    lua_setfield(L, -2, "path");
+    if (q) {
+      lua_pushlstring(L, q + 1, h->url.n - (size_t)(q - u) - 1);
+      lua_setfield(L, -2, "query");
+    }
   } else {
     lua_pushinteger(L, h->p.status_code);
     lua_setfield(L, -2, "status");
@@ -282,11 +295,148 @@ static int l_response(lua_State *L) {
   return 1;
 }
 
+/* ---- heads of messages market.http writes ---------------------------- */
+
+/* Raises the message alone: the caller (lua/http.lua) says where it is
+** from, as its own errors do (luaL_error would add http.lua's line). */
+static int herror(lua_State *L, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  return lua_error(L);
+}
+
+/* A token's characters (RFC 9110 5.6.2): a header's name is one. */
+static int tchar(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* The value at idx as a message shows it: a string quoted, else tostring. */
+static const char *shown(lua_State *L, int idx) {
+  if (lua_type(L, idx) == LUA_TSTRING) return lua_pushfstring(L, "\"%s\"", lua_tostring(L, idx));
+  return luaL_tolstring(L, idx, NULL);
+}
+
+/* "Name: value\r\n" of the value at the top (a string or a number), in
+** its stead, moved under the `under` slots below it (lua_next's key; or
+** the key, a sequence and its index), so that the lines pile up under the
+** traversal: *n counts them.  Raises on anything else, and on a CR, LF
+** or NUL in it. */
+static void put_value(lua_State *L, const char *fname, const char *name, int under, int *n) {
+  size_t len;
+  const char *v;
+  int t = lua_type(L, -1);
+  if (t != LUA_TSTRING && t != LUA_TNUMBER)
+    herror(L, "%s: header %s: want a string or a number, got %s", fname, name,
+               lua_typename(L, t));
+  v = lua_tolstring(L, -1, &len);              /* (a copy: lua_next's key is untouched) */
+  if (memchr(v, '\r', len) || memchr(v, '\n', len) || memchr(v, '\0', len))
+    herror(L, "%s: header %s holds a CR, LF or NUL", fname, name);
+  luaL_checkstack(L, 2, "too many headers");
+  lua_pushfstring(L, "%s: %s\r\n", name, v);
+  lua_replace(L, -2);                           /* the line where the value was */
+  lua_insert(L, -(under + 1));
+  (*n)++;
+}
+
+/* Whether the string at idx is "close", in any case. */
+static int is_close(lua_State *L, int idx) {
+  size_t len, i;
+  const char *v = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &len) : NULL;
+  if (v == NULL || len != 5) return 0;
+  for (i = 0; i < 5; i++)
+    if ((v[i] | 0x20) != "close"[i]) return 0;
+  return 1;
+}
+
+/* http.head(first, headers, own, fname, date, length, close [, body])
+**   -> the message's bytes, and whether headers asked to close
+** first: the start line (and any lines market writes before the
+** program's headers), "\r\n"-ended; headers: nil, or names to a string,
+** a number or a sequence of them (one line each); own: lower-cased
+** names market writes itself, which headers may not hold (raises),
+** except those own maps to "close": a value "close" (any case) is taken
+** as the ask to close, any other raises; fname: who raises.  Then Date:
+** date (if not nil), Content-Length: length (if >= 0; -1: chunked, nil:
+** neither), Connection: close (if close, or asked), the blank line, and
+** body.
+** One C pass checks and writes the program's headers (lua/http.lua's
+** answers took twice as long in Lua).  The pieces pile up on the stack
+** under lua_next's key and are joined at the end (a luaL_Buffer may not
+** have the traversal's slots above it). */
+static int l_head(lua_State *L) {
+  const char *fname = luaL_checkstring(L, 4);
+  int asked = 0, n = 1;
+  luaL_checkstring(L, 1);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
+    return herror(L, "%s: headers must be a table, got %s", fname, luaL_typename(L, 2));
+  lua_settop(L, 8);
+  lua_pushvalue(L, 1);                          /* the pieces begin at 9 */
+  if (!lua_isnil(L, 2)) {
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {                    /* pieces... key value */
+      size_t nlen = 0, i;
+      const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nlen) : NULL;
+      char low[32];
+      int ok = name != NULL && nlen > 0;
+      for (i = 0; ok && i < nlen; i++) ok = tchar((unsigned char)name[i]);
+      if (!ok) return herror(L, "%s: bad header name %s", fname, shown(L, -2));
+      if (nlen <= sizeof low) {                 /* longer: no name market writes */
+        for (i = 0; i < nlen; i++)
+          low[i] = (name[i] >= 'A' && name[i] <= 'Z') ? (char)(name[i] + 'a' - 'A') : name[i];
+        lua_pushlstring(L, low, nlen);
+        if (lua_rawget(L, 3) != LUA_TNIL) {
+          if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "close") != 0)
+            return herror(L, "%s: the header %s is market's to write", fname, name);
+          if (!is_close(L, -2))
+            return herror(L, "%s: the only %s header a handler may give is \"close\", got %s",
+                              fname, name, shown(L, -2));
+          asked = 1;
+          lua_pop(L, 2);
+          continue;
+        }
+        lua_pop(L, 1);
+      }
+      if (lua_type(L, -1) == LUA_TTABLE) {      /* pieces... key seq */
+        lua_Integer k;
+        for (k = 1;; k++) {
+          lua_pushinteger(L, k);                /* key seq k */
+          if (lua_rawgeti(L, -2, k) == LUA_TNIL) { lua_pop(L, 2); break; }
+          put_value(L, fname, name, 3, &n);     /* line key seq k */
+          lua_pop(L, 1);
+        }
+        lua_pop(L, 1);                          /* the sequence; the key stays */
+      } else {
+        put_value(L, fname, name, 1, &n);       /* line key */
+      }
+    }
+  }
+  luaL_checkstack(L, 6, "too many headers");
+  if (!lua_isnil(L, 5)) { lua_pushfstring(L, "Date: %s\r\n", lua_tostring(L, 5)); n++; }
+  if (!lua_isnil(L, 6)) {
+    lua_Integer length = luaL_checkinteger(L, 6);
+    if (length >= 0) lua_pushfstring(L, "Content-Length: %I\r\n", (LUAI_UACINT)length);
+    else lua_pushliteral(L, "Transfer-Encoding: chunked\r\n");
+    n++;
+  }
+  if (lua_toboolean(L, 7) || asked) { lua_pushliteral(L, "Connection: close\r\n"); n++; }
+  lua_pushliteral(L, "\r\n");
+  n++;
+  if (!lua_isnil(L, 8)) { lua_pushvalue(L, 8); n++; }
+  lua_concat(L, n);
+  lua_pushboolean(L, asked);
+  return 2;
+}
+
 void mkl_open_http(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"feed", l_feed}, {"message", l_message}, {"reset", l_reset}, {"__gc", l_gc},
     {NULL, NULL}};
-  static const luaL_Reg funcs[] = {{"request", l_request}, {"response", l_response}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"request", l_request}, {"response", l_response},
+                                   {"head", l_head}, {NULL, NULL}};
   if (luaL_newmetatable(L, LHTTP_MT)) {
     luaL_setfuncs(L, methods, 0);
     lua_pushvalue(L, -1);

@@ -11,8 +11,11 @@
 ** says it keeps nothing of how the bytes were cut (of a message it did
 ** not complete, only the verdict: the headers so far depend on where the
 ** parser last stopped, which the pieces decide).  Each verdict must be
-** one lhttp.c documents (true; false; nil, a reason and 400, 413 or 431),
-** and what message() returns no larger than the limit.  A check that
+** one lhttp.c documents (true and the piece's rest; false; nil, a reason
+** and 400, 413 or 431), and what message() returns no larger than the
+** limit.  What follows a complete message (its rest, and the pieces after
+** it) must be the same however the bytes were cut, and a parser reset
+** takes it as the first bytes of a new message alike.  A check that
 ** fails is a Lua error, and the target aborts with it.
 */
 #include <stdint.h>
@@ -37,8 +40,11 @@ static const char check[] =
   "    if ok == nil then\n"
   "      assert(type(why) == 'string' and #why > 0, 'a failure without a reason')\n"
   "      assert(status == 400 or status == 413 or status == 431, 'status ' .. tostring(status))\n"
+  "    elseif ok then\n"
+  "      assert(type(why) == 'string' and #why <= #piece, 'a rest longer than its piece')\n"
+  "      assert(piece:sub(#piece - #why + 1) == why, 'a rest that is not the end of its piece')\n"
   "    else\n"
-  "      assert(type(ok) == 'boolean' and why == nil, 'a verdict that is not one')\n"
+  "      assert(ok == false and why == nil, 'a verdict that is not one')\n"
   "    end\n"
   "    local m = p:message()\n"
   "    assert(#m.body <= max and #(m.path or m.reason) <= max, 'a field past the limit')\n"
@@ -48,14 +54,21 @@ static const char check[] =
   "    end\n"
   "  until ok ~= false or piece == ''\n"
   "  if ok ~= true then return tostring(ok) .. ' ' .. tostring(status) end\n"
+  "  local tail = why .. data:sub(i)\n"
   "  local m = p:message()\n"
+  "  p:reset()\n"
+  "  local again, _, st2 = p:feed(tail)\n"
   "  local names = {}\n"
   "  for k in pairs(m.headers) do names[#names + 1] = k end\n"
   "  table.sort(names)\n"
   "  for j, k in ipairs(names) do names[j] = k .. '=' .. m.headers[k] end\n"
+  "  if m.target then\n"
+  "    assert(m.target == m.path .. (m.query and '?' .. m.query or ''), 'target, path, query')\n"
+  "  end\n"
   "  return table.concat({ tostring(ok), tostring(status), tostring(m.method),\n"
-  "    tostring(m.path), tostring(m.status), tostring(m.reason), m.version, m.body,\n"
-  "    tostring(m.keep_alive), table.concat(names, '\\n') }, '\\0')\n"
+  "    tostring(m.path), tostring(m.query), tostring(m.status), tostring(m.reason), m.version,\n"
+  "    m.body, tostring(m.keep_alive), table.concat(names, '\\n'), tail,\n"
+  "    tostring(again) .. ' ' .. tostring(st2) }, '\\0')\n"
   "end\n"
   "local whole, pieces = run(#data + 1), run(step)\n"
   "if whole ~= pieces then\n"
