@@ -29,6 +29,11 @@
 **   sys.close_at_end(x)                   -> x: the socket, stream or request x
 **                                            closes when the calling process ends,
 **                                            however it ends (a killed one too)
+**   sys.owner()                           -> a table of the running process's own,
+**                                            the same at each call and no other
+**                                            process's while it is held; nothing
+**                                            from a coroutine of the program's
+**                                            own (the tcp objects' owner check)
 **   sock:fd()  sock:local_port()  sock:peer() -> host, port
 **   sock:read([max])        -> string | nil, "eof" | false | nil, msg
 **   sock:write(s [, i])     -> bytes written from s[i..] (0: would block) | nil, msg
@@ -282,6 +287,11 @@ static int l_close_at_end(lua_State *L) {
   lua_settop(L, 1);
   return 1;
 }
+
+/* sys.owner(): the running process's context table (mkl_pushctx), which
+** a connection object compares with the one it was made under: a table
+** lookup where market.self made two strings at every method call. */
+static int l_owner(lua_State *L) { return mkl_pushctx(L); }
 
 static int s_fd(lua_State *L) {
   sock *s = luaL_checkudata(L, 1, SOCK_MT);
@@ -1186,7 +1196,7 @@ int luaopen_market_sys(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"resolve", l_resolve}, {"tcp_listen", l_tcp_listen}, {"tcp_connect", l_tcp_connect},
     {"unix_listen", l_unix_listen},
-    {"udp_bind", l_udp_bind}, {"close_at_end", l_close_at_end},
+    {"udp_bind", l_udp_bind}, {"close_at_end", l_close_at_end}, {"owner", l_owner},
     {"fd_read", l_fd_read}, {"std_take", l_std_take},
     {"set_resolve_delay", l_set_resolve_delay}, {"lose_spare", l_lose_spare}, {NULL, NULL}};
   lua_newuserdatauv(L, READ_MAX > DGRAM_MAX ? READ_MAX : DGRAM_MAX, 0);   /* scratch */

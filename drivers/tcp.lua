@@ -551,7 +551,7 @@ local function open(here, remote, settings)
   serial = serial + 1
   local tag = "tcp#" .. serial
   local pid, path = self_of("tcp", 2)
-  local c = setmetatable({ here = here, remote = remote, owner = pid, path = path,
+  local c = setmetatable({ here = here, remote = remote, owner = pid, path = path, ctx = sys.owner(),
                            q = {}, qfirst = 1, qlast = 0, qoff = 0, odd = 0, want = 0, unread = 0, unsent = 0,
                            tag = tag }, Conn)
   -- receive's wait: something to take (made once: a connection's every
@@ -599,6 +599,7 @@ local function owned(obj, mt, kind, var, what)
   if getmetatable(obj) ~= mt then
     error(("tcp.%s:%s: not a %s (call it as %s:%s(...))"):format(kind, what, kind, var, what), 3)
   end
+  if obj.ctx ~= nil and sys.owner() == obj.ctx then return end   -- (the common case)
   local ok, pid, _name, path = pcall(market.self)
   if not ok then self_of(("tcp.%s:%s"):format(kind, what), 3) end
   if pid ~= obj.owner or path ~= obj.path then
@@ -828,7 +829,8 @@ function M.serve(port, session, settings)
   if port == 0 then port = handle(serve_id(serial)) end
   local here = listener:is(port) and port or listener(port)
   local tag = "tcp.serve#" .. serial
-  local srv = setmetatable({ here = here, owner = pid, path = path, tag = tag }, Server)
+  local srv = setmetatable({ here = here, owner = pid, path = path, ctx = sys.owner(), tag = tag },
+                           Server)
   local acts = {}
   if settings ~= nil then acts[1] = M.options(here, settings, tag .. " options") end
   acts[#acts + 1] = market.subscriber(listening(here.port, _), {

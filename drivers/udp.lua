@@ -306,6 +306,7 @@ local function mine(k, what)
   if getmetatable(k) ~= Sock then
     error(("udp.socket:%s: not a socket (call it as sock:%s(...))"):format(what, what), 3)
   end
+  if k.ctx ~= nil and sys.owner() == k.ctx then return end   -- (the common case: tcp.lua's owned)
   local ok, pid, _name, path = pcall(market.self)
   if not ok then error(("udp.socket:%s: not inside a market process"):format(what), 3) end
   if pid ~= k.owner or path ~= k.path then
@@ -331,7 +332,7 @@ function M.open(port)
   if not ok then error("udp.open: not inside a market process", 2) end
   serial = serial + 1
   local tag = "udp#" .. serial
-  local k = setmetatable({ here = here, owner = pid, path = path, tag = tag,
+  local k = setmetatable({ here = here, owner = pid, path = path, ctx = sys.owner(), tag = tag,
                            q = {}, qfirst = 1, qlast = 0, held = 0 }, Sock)
   P(market.subscriber(bound(here, _), {
       name = tag .. " bound",
