@@ -123,7 +123,18 @@ local function answer(req, keep, status, headers, body)
   end
   local head_only = req.method == "HEAD" or bodiless
   -- (Connection is market's, but a handler may ask it to close: asked.)
-  local bytes, asked = head(STATUS_LINES[status], headers, SERVER_OWN, "http.serve", http_date(),
+  -- An HTTP/1.0 client that asked to keep the connection is told it is
+  -- kept, or it waits for the close that ends a 1.0 answer (unless the
+  -- handler's own Connection header says close: head checks it).
+  local first = STATUS_LINES[status]
+  if keep and req.version == "1.0" then
+    local own = false
+    for name in pairs(type(headers) == "table" and headers or {}) do
+      if type(name) == "string" and name:lower() == "connection" then own = true end
+    end
+    if not own then first = first .. "Connection: keep-alive\r\n" end
+  end
+  local bytes, asked = head(first, headers, SERVER_OWN, "http.serve", http_date(),
                             length, not keep, not head_only and type(body) == "string" and body or nil)
   return bytes, keep and not asked, chunked and not head_only
 end

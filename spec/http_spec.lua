@@ -106,6 +106,26 @@ describe("http.serve and http.request", function()
     assert.equal(1, closes)
   end)
 
+  it("tells an HTTP/1.0 client that asked for keep-alive that the connection stays", function()
+    local got = N.run(function()
+      local srv = assert(http.serve(0, function(req) return 200, nil, req.path end))
+      local c = assert(tcp.connect("127.0.0.1", srv.port))
+      local out = {}
+      for _, p in ipairs { "/a", "/b" } do
+        c:send("GET " .. p .. " HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        out[#out + 1] = c:receive(5000)
+      end
+      c:close()
+      srv:close()
+      return out
+    end)
+    assert.equal(2, #got)
+    for i, p in ipairs { "/a", "/b" } do
+      assert.matches("^HTTP/1%.1 200 OK\r\nConnection: keep%-alive\r\n", got[i])
+      assert.matches(p .. "$", got[i])
+    end
+  end)
+
   it("streams a body function's pieces chunked, and raw to an HTTP/1.0 client", function()
     local got = N.run(function()
       local srv = assert(http.serve(0, function()
