@@ -311,7 +311,7 @@ describe("market.http under the interpreter", function()
     local server, port = N.await_listening(N.start_cmd(("exec %s --drain 20000 %s")
       :format(N.q(N.market_bin()), N.q(script))), "the http server")
     -- One request answered, then the connection stays open, idle.
-    local client = N.start_cmd(("(printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'; sleep 30) | " ..
+    local client = N.start_cmd(("(printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'; sleep 10) | " ..
                                 "exec nc 127.0.0.1 %d"):format(port))
     local answered = false
     for _ = 1, 250 do
