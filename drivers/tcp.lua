@@ -551,9 +551,9 @@ local function open(here, remote, settings)
   serial = serial + 1
   local tag = "tcp#" .. serial
   local pid, path = self_of("tcp", 2)
-  local c = setmetatable({ here = here, remote = remote, owner = pid, path = path, ctx = sys.owner(),
-                           q = {}, qfirst = 1, qlast = 0, qoff = 0, odd = 0, want = 0, unread = 0, unsent = 0,
-                           tag = tag }, Conn)
+  local c = setmetatable({ here = here, remote = remote, owner = pid, path = path,
+                           ctx = sys.owner(), q = {}, qfirst = 1, qlast = 0, qoff = 0, odd = 0,
+                           want = 0, unread = 0, unsent = 0, tag = tag }, Conn)
   -- receive's wait: something to take (made once: a connection's every
   -- receive may wait).
   c.arrived = function() return c.qfirst <= c.qlast or c.in_closed ~= nil end
@@ -625,8 +625,9 @@ end
 -- Takes the head of c's queue (n of its bytes, when given and a string's
 -- head is longer), and lets the connection read again once half of
 -- MAX_UNREAD is free.  c.odd counts what the queue holds that is not a
--- string (the end of stream, a term sent by a process).  c.qoff: bytes of the head string taken already by
--- a read (so that many small reads of one large chunk copy nothing twice).
+-- string (the end of stream, a term sent by a process); c.qoff, the
+-- bytes of the head string a read took already (so that many small reads
+-- of one large chunk copy nothing twice).
 local function take(c, n)
   local d, off = c.q[c.qfirst], c.qoff
   if type(d) == "string" then

@@ -285,7 +285,7 @@ local function parse_url(url)
   if not host or host == "" then return nil, "no host in " .. url end
   port = port == "" and 80 or math.tointeger(tonumber(port))
   if not port or port < 1 or port > 65535 then return nil, "bad port in " .. url end
-  if target:find("[%s%z]") then return nil, "a space or control character in " .. url end
+  if target:find("[%s%c]") then return nil, "a space or control character in " .. url end
   return host, port, authority, target
 end
 
