@@ -23,8 +23,9 @@
 **   parser:reset()         -> the parser as new, for the next message
 **                             (its buffers kept: a connection's requests
 **                             share one parser)
-**   parser:message()       -> {method=, target=, path=, query=, version=, status=,
-**                             headers={lower-cased name = value}, body=,
+**   parser:message()       -> {method=, target=, path=, query=, version=,
+**                             status=, headers={lower-cased name =
+**                             value}, body=,
 **                             keep_alive=}   (fields so far; keep_alive
 **                             once the head is whole; path and query:
 **                             the target cut at its first '?')
