@@ -8,11 +8,7 @@
 **
 ** Prints "http_floor: listening on port N" on stderr once it listens.
 */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #include <errno.h>
-#include <ev.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,48 +21,23 @@ static const char RESPONSE[] =
 #define RLEN (sizeof RESPONSE - 1)
 
 typedef struct conn {
-  ev_io r, w;
+  floor_conn fc;          /* first: floor.c allocates and frees it */
   int seen;               /* how much of "\r\n\r\n" the last bytes read end with */
-  char *out;              /* owned: responses not yet written */
-  size_t olen, ocap;
 } conn;
 
 static char buf[65536];
-
-static void conn_close(struct ev_loop *loop, conn *c) {
-  ev_io_stop(loop, &c->r);
-  ev_io_stop(loop, &c->w);
-  close(c->r.fd);
-  free(c->out);
-  free(c);
-}
-
-/* Writes what is held; stops reading while some is left. */
-static void flush(struct ev_loop *loop, conn *c) {
-  ssize_t n = write(c->r.fd, c->out, c->olen);
-  if (n < 0 && errno != EAGAIN) { conn_close(loop, c); return; }
-  if (n > 0) {
-    memmove(c->out, c->out + n, c->olen - (size_t)n);
-    c->olen -= (size_t)n;
-  }
-  if (c->olen == 0) { ev_io_stop(loop, &c->w); ev_io_start(loop, &c->r); }
-  else { ev_io_stop(loop, &c->r); ev_io_start(loop, &c->w); }
-}
-
-static void on_write(struct ev_loop *loop, ev_io *w, int revents) {
-  (void)revents;
-  flush(loop, w->data);
-}
+static char *out;         /* the answers to one read's requests (grows, kept) */
+static size_t outcap;
 
 static void on_read(struct ev_loop *loop, ev_io *w, int revents) {
   static const char end[] = "\r\n\r\n";
   conn *c = w->data;
   ssize_t n = read(w->fd, buf, sizeof buf), i;
-  size_t reqs = 0;
+  size_t reqs = 0, k;
   (void)revents;
   if (n <= 0) {
     if (n < 0 && errno == EAGAIN) return;
-    conn_close(loop, c);
+    floor_close(loop, &c->fc);
     return;
   }
   for (i = 0; i < n; i++) {
@@ -75,23 +46,14 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents) {
     if (c->seen == 4) { reqs++; c->seen = 0; }
   }
   if (reqs == 0) return;
-  if (c->olen + reqs * RLEN > c->ocap) {
-    c->ocap = c->olen + reqs * RLEN;
-    if ((c->out = realloc(c->out, c->ocap)) == NULL) { perror("http_floor"); exit(1); }
+  if (reqs * RLEN > outcap) {
+    outcap = reqs * RLEN;
+    if ((out = realloc(out, outcap)) == NULL) { perror("http_floor"); exit(1); }
   }
-  while (reqs--) { memcpy(c->out + c->olen, RESPONSE, RLEN); c->olen += RLEN; }
-  flush(loop, c);
-}
-
-static void accepted(struct ev_loop *loop, int fd) {
-  conn *c = calloc(1, sizeof *c);
-  if (c == NULL) { close(fd); return; }
-  ev_io_init(&c->r, on_read, fd, EV_READ);
-  ev_io_init(&c->w, on_write, fd, EV_WRITE);
-  c->r.data = c->w.data = c;
-  ev_io_start(loop, &c->r);
+  for (k = 0; k < reqs; k++) memcpy(out + k * RLEN, RESPONSE, RLEN);
+  floor_send(loop, &c->fc, out, reqs * RLEN);
 }
 
 int main(int argc, char **argv) {
-  return floor_run("http_floor", argc > 1 ? atoi(argv[1]) : 5997, accepted);
+  return floor_run("http_floor", argc > 1 ? atoi(argv[1]) : 5997, sizeof(conn), on_read);
 }
