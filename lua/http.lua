@@ -162,12 +162,6 @@ local function stream(conn, req, body)
   return raw or conn:send("0\r\n\r\n") ~= nil
 end
 
--- Whether conn holds something receive would return at once (bytes, the
--- end of stream, a failure): its queue, tcp.lua's `open`.
-local function has_input(conn)
-  return conn.qfirst <= conn.qlast or conn.in_closed ~= nil
-end
-
 -- One connection: requests until it ends, a request says close, the
 -- handler fails, or it waits keep_alive ms for the next one.
 local function session(handler, cfg)
@@ -177,7 +171,9 @@ local function session(handler, cfg)
       name = "http stopping",
       on_presence = function() stopping = true end }))
     local p, rest = parser.request(cfg.max_request), ""
-    local function woken() return stopping or has_input(conn) end
+    -- (conn.arrived: whether receive would return at once, the
+    -- connection's own wait: tcp.lua's `open`.)
+    local function woken() return stopping or conn.arrived() end
     while not stopping do
       local done, why, status
       if #rest > 0 then
@@ -334,7 +330,7 @@ function M.request(url, options)
       end
       -- An interim answer (100 Continue, 103 Early Hints): the real one
       -- follows, maybe in what came with it.
-      p = parser.response(options.max_response or M.MAX_RESPONSE, method == "HEAD")
+      p:reset()
       done = false
       if #rest > 0 then
         done, rest, status = p:feed(rest)

@@ -235,6 +235,22 @@ describe("http.serve and http.request", function()
     assert.is_nil(got[3]:find("ok", 1, true))      -- the second request was not answered
   end)
 
+  it("skips a response's interim 1xx answers, in the same read or apart", function()
+    local got = N.run(function()
+      local srv = assert(tcp.serve(0, function(conn)
+        conn:receive()
+        conn:send("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
+        timer.sleep(20)
+        conn:send("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        conn:receive()
+      end))
+      local r = assert(http.request("http://127.0.0.1:" .. srv.port .. "/"))
+      srv:close()
+      return { r.status, r.body, r.headers.link }
+    end)
+    assert.same({ 200, "ok" }, got)
+  end)
+
   it("reports a client's failures as nil and the reason", function()
     local free = N.free_port()
     local got = N.run(function()
@@ -273,10 +289,7 @@ describe("http.serve and http.request", function()
   it("raises on misuse", function()
     local got = N.run(function()
       local out = {}
-      local function try(f)
-        local ok, err = pcall(f)
-        out[#out + 1] = tostring(ok) .. " " .. tostring(err):gsub("^spec/http_spec%.lua:%d+: ", "")
-      end
+      local function try(f) out[#out + 1] = H.outcome(f, "spec/http_spec.lua") end
       try(function() http.serve(0, "handler") end)
       try(function() http.serve(0, echo, { max_request = 0 }) end)
       try(function() http.serve(0, echo, { nope = true }) end)
