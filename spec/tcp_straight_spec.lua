@@ -7,6 +7,7 @@ package.path = "spec/support/?.lua;" .. package.path
 local market = require "market"
 local tcp = require "market.tcp"
 local timer = require "market.timer"
+local H = require "helpers"
 local N = require "net"
 
 -- A deterministic payload of n bytes (no two 4-byte pieces at the same
@@ -332,11 +333,7 @@ describe("tcp.connect and tcp.serve", function()
     local got = N.run(function()
       local out = {}
       -- f's error, said at this file's line (the call in f), that prefix off.
-      local function try(f)
-        local ok, err = pcall(f)
-        local rest = tostring(err):match("^spec/tcp_straight_spec%.lua:%d+: (.*)$")
-        out[#out + 1] = tostring(ok) .. " " .. (rest or "(not at the caller's line) " .. tostring(err))
-      end
+      local function try(f) out[#out + 1] = H.outcome(f, "spec/tcp_straight_spec.lua") end
       local srv = assert(tcp.serve(0, function(conn) conn:receive() end))
       local c = assert(tcp.connect("127.0.0.1", srv.port))
       try(function() c:send(42) end)

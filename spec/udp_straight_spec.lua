@@ -6,6 +6,7 @@ package.path = "spec/support/?.lua;" .. package.path
 local market = require "market"
 local udp = require "market.udp"
 local timer = require "market.timer"
+local H = require "helpers"
 local N = require "net"
 
 describe("udp.open", function()
@@ -78,11 +79,7 @@ describe("udp.open", function()
   it("raises on misuse", function()
     local got = N.run(function()
       local out = {}
-      local function try(f)
-        local ok, err = pcall(f)
-        out[#out + 1] = tostring(ok) .. " " ..
-          (tostring(err):match("^spec/udp_straight_spec%.lua:%d+: (.*)$") or "(elsewhere) " .. tostring(err))
-      end
+      local function try(f) out[#out + 1] = H.outcome(f, "spec/udp_straight_spec.lua") end
       local a = assert(udp.open())
       try(function() a:sendto(1, "127.0.0.1", 9) end)
       try(function() a:sendto("x", "127.0.0.1", "9") end)

@@ -181,6 +181,17 @@ function H.scratch(what)
   return "/tmp/market-" .. what .. "-" .. root:gsub("[^%w]", "_"), root
 end
 
+-- outcome(f, file): pcall(f) as one line for a spec of misuse: "true
+-- ..." or "false MESSAGE", MESSAGE without its position when the error
+-- is said at a line of `file` (the spec's own: at the caller's line), and
+-- marked "(not at the caller's line)" when it is not.
+function H.outcome(f, file)
+  local ok, err = pcall(f)
+  local prefix = "^" .. file:gsub("%p", "%%%0") .. ":%d+: (.*)$"
+  local rest = tostring(err):match(prefix)
+  return tostring(ok) .. " " .. (rest or "(not at the caller's line) " .. tostring(err))
+end
+
 -- run(args): run the interpreter; returns status, stdout, stderr.
 function H.run(args)
   return H.sh(H.market_bin() .. " " .. args .. " </dev/null")
