@@ -334,6 +334,8 @@ function M.open(port)
   local tag = "udp#" .. serial
   local k = setmetatable({ here = here, owner = pid, path = path, ctx = sys.owner(), tag = tag,
                            q = {}, qfirst = 1, qlast = 0, held = 0 }, Sock)
+  -- receivefrom's wait, made once (as tcp.lua's `arrived`).
+  k.arrived = function() return k.qfirst <= k.qlast or k.closed ~= nil end
   P(market.subscriber(bound(here, _), {
       name = tag .. " bound",
       on_presence = function(_, role) if k.port == nil then k.port = role.topic.port end end }),
@@ -375,9 +377,7 @@ end
 function Sock:receivefrom(ms)
   mine(self, "receivefrom")
   if self.qfirst > self.qlast and self.closed == nil then
-    local ok, err = market.wait_until(function()
-      return self.qfirst <= self.qlast or self.closed ~= nil
-    end, ms)
+    local ok, err = market.wait_until(self.arrived, ms)
     if not ok then return nil, err end
   end
   if self.qfirst <= self.qlast then
