@@ -494,10 +494,11 @@ static lua_State *co_get(lua_State *L) {
 static int c_wait(lua_State *L);
 static int m_yield(lua_State *L);
 static int m_wait_for(lua_State *L);
+static int m_wait_until(lua_State *L);
 static void dead_hook(lua_State *L, lua_Debug *ar);
 
-/* 1 when co is a process's coroutine waiting in market.yield or
-** market.wait_for (its level 0 is the function that called await): only
+/* 1 when co is a process's coroutine waiting in market.yield, wait_for or
+** wait_until (its level 0 is the function that called await): only
 ** its VM may resume it, with the event it waits for.  Another process's
 ** coroutine.resume ran the waiter's code inside its own activation, and
 ** after the VM had gone a resume read the record of a process that was
@@ -516,7 +517,7 @@ static int co_waiting(lua_State *co) {
   lua_getinfo(co, "f", &ar);
   f = lua_tocfunction(co, -1);
   lua_pop(co, 1);
-  return f == c_wait || f == m_yield || f == m_wait_for;
+  return f == c_wait || f == m_yield || f == m_wait_for || f == m_wait_until;
 }
 
 /* Why co is no coroutine for coroutine.resume or close to touch, or NULL. */
@@ -2347,8 +2348,8 @@ static int c_yield(lua_State *L) {
 ** function that yields on the stack with LUA_MINSTACK (20) slots reserved
 ** above its arguments, so every slot of the frames under it counts twice.
 ** So the wait is C all the way down to the program's own code: the boot
-** function is the coroutine's body (handle), market.yield() and
-** market.wait_for() are the C functions it calls, and the loop that hands
+** function is the coroutine's body (handle), market.yield(),
+** market.wait_for() and market.wait_until() are the C functions it calls, and the loop that hands
 ** each event to market.lua's dispatch until one is left that no handler
 ** takes is this file's continuations.  A boot function waiting in
 ** market.yield() keeps two frames and 25 slots of stack, against five
@@ -2358,10 +2359,12 @@ static int c_yield(lua_State *L) {
 ** event's fields (pushevent) on top of what the waiting function keeps
 ** (wait_for: its predicate, at 1; a timed wait: its deadline, after),
 ** and `woken` passes them to dispatch(ctx, event...).  If a handler took
-** the event, a WAIT_EVERY wait returns nothing and the others wait again.
-** Otherwise the event becomes event_table(event...), which a WAIT_FOR wait
-** tests with its predicate, keeping it for market.yield() if it fails, and
-** the others return.  Handlers and predicates are called with
+** the event, a WAIT_EVERY wait returns nothing, a WAIT_UNTIL wait tries
+** its condition, and the others wait again.  Otherwise the event becomes
+** event_table(event...), which a WAIT_FOR wait tests with its predicate,
+** keeping it for market.yield() if it fails, a WAIT_UNTIL wait keeps
+** before it tries its condition, and the others return.  Handlers,
+** predicates and conditions are called with
 ** continuations, so code in them may wait too: its yield passes through
 ** these frames.
 **
@@ -2379,7 +2382,7 @@ static int c_yield(lua_State *L) {
 ** its own deadline, and the outer one sets up its own again when it
 ** waits again.
 */
-enum { WAIT_UNHANDLED, WAIT_EVERY, WAIT_FOR, TIMED = 4 };
+enum { WAIT_UNHANDLED, WAIT_EVERY, WAIT_FOR, WAIT_UNTIL, TIMED = 4 };
 #define KIND(how) ((how) & 3)
 
 /* Upvalues of market.yield and market.wait_for (core.waits). */
@@ -2388,9 +2391,10 @@ enum { WAIT_UNHANDLED, WAIT_EVERY, WAIT_FOR, TIMED = 4 };
 #define U_KEEP lua_upvalueindex(4)
 #define U_CLOSER lua_upvalueindex(5)
 
-/* Where the event's fields begin on the waiting function's stack, and
-** where a timed wait keeps its deadline (below its closer, below them). */
-#define FIRST(how) (1 + (KIND(how) == WAIT_FOR) + 2 * (((how) & TIMED) != 0))
+/* Where the event's fields begin on the waiting function's stack (above
+** wait_for's predicate or wait_until's condition, at 1), and where a
+** timed wait keeps its deadline (below its closer, below them). */
+#define FIRST(how) (1 + (KIND(how) >= WAIT_FOR) + 2 * (((how) & TIMED) != 0))
 #define DEADLINE(how) (FIRST(how) - 2)
 
 static int woken(lua_State *L, int status, lua_KContext how);
@@ -2441,7 +2445,8 @@ static int await(lua_State *L, lua_KContext how) {
   ** a coroutine that was not, and its next event was pushed on a stack
   ** that was gone (a pcall had caught the error). */
   if (!lua_isyieldable(L)) {
-    pushnowait(L, KIND(how) == WAIT_FOR ? "wait_for" : "yield");
+    static const char *const names[] = { "yield", "yield", "wait_for", "wait_until" };
+    pushnowait(L, names[KIND(how)]);
     return raisehere(L);
   }
   if (how & TIMED) timewait(L, lp, running.p, lua_tonumber(L, DEADLINE(how)));
@@ -2461,6 +2466,21 @@ static int tested(lua_State *L, int status, lua_KContext how) {
   return await(L, how);
 }
 
+/* wait_until's condition said: a true value ends the wait with it. */
+static int until_tested(lua_State *L, int status, lua_KContext how) {
+  (void)status;
+  if (lua_toboolean(L, -1)) return 1;
+  lua_pop(L, 1);
+  return await(L, how);
+}
+
+/* wait_until: cond(), its condition at 1, the stack at FIRST(how) - 1. */
+static int until_test(lua_State *L, lua_KContext how) {
+  lua_pushvalue(L, 1);
+  lua_callk(L, 0, 1, how, until_tested);
+  return until_tested(L, LUA_OK, how);
+}
+
 static int dispatched(lua_State *L, int status, lua_KContext how) {
   mkl_state *S = STATE(L);
   int first = FIRST(how);
@@ -2468,12 +2488,20 @@ static int dispatched(lua_State *L, int status, lua_KContext how) {
   if (lua_toboolean(L, -1)) {               /* a handler took it */
     if (KIND(how) == WAIT_EVERY) return 0;
     lua_settop(L, first - 1);
+    if (KIND(how) == WAIT_UNTIL) return until_test(L, how);
     return await(L, how);
   }
   lua_pop(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->eventref);
   lua_insert(L, first);
   lua_call(L, lua_gettop(L) - first, 1);
+  if (KIND(how) == WAIT_UNTIL) {
+    lua_pushvalue(L, U_KEEP);               /* keep(ctx, ev) */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
+    lua_rotate(L, -3, 2);
+    lua_call(L, 2, 0);
+    return until_test(L, how);
+  }
   if (KIND(how) != WAIT_FOR) return 1;
   lua_pushvalue(L, 1);                      /* pred(ev) */
   lua_pushvalue(L, first);
@@ -2538,29 +2566,12 @@ static double deadline(lua_State *L, double ms, const char *what) {
   return mk_ground_clock() + ms;
 }
 
-/* wait([every [, at]]) (core.waits makes it) -> the table of the next event no handler
-** takes; with every, after the next event, and nothing if a handler took
-** it; with at (a deadline: core.deadline), nil and "timeout" once it has
-** passed with no event. */
+/* wait() (core.waits makes it; market.pause waits with it) -> after the
+** next event, the event's table if no handler took it, nothing if one did. */
 static int c_wait(lua_State *L) {
-  int how = lua_toboolean(L, 1) ? WAIT_EVERY : WAIT_UNHANDLED;
-  double at = lua_isnoneornil(L, 2) ? HUGE_VAL : luaL_checknumber(L, 2);
   waiter(L, "yield");
   lua_settop(L, 0);
-  if (at == HUGE_VAL) return await(L, how);
-  pushtimed(L, at);
-  return await(L, how | TIMED);
-}
-
-/* core.deadline(ms, what) -> the deadline of a wait of ms from now, for
-** core.wait; nil for none (ms nil or math.huge).  Bad ms raises as
-** market.<what>'s (called through pcall, the text has no position). */
-static int c_deadline(lua_State *L) {
-  const char *what = luaL_checkstring(L, 2);
-  double ms = timeout(L, 1, what);
-  if (ms == HUGE_VAL) return 0;
-  lua_pushnumber(L, deadline(L, ms, what));
-  return 1;
+  return await(L, WAIT_EVERY);
 }
 
 /* market.yield([k | ms]).  With k, the action yield_action(k).  Without,
@@ -2610,9 +2621,34 @@ static int m_wait_for(lua_State *L) {
   return await(L, WAIT_FOR | TIMED);
 }
 
+/* market.wait_until(cond [, ms]): the first true value cond() returns,
+** tried at once and then after every event the process gets, handled or
+** not (what it reads is what the process's handlers change); nil and
+** "timeout" if ms milliseconds went by first.  Events no handler takes
+** meanwhile are kept for market.yield(), as wait_for keeps them.  (C, as
+** the other waits are: a Lua loop around c_wait cost a request of
+** tcp.serve's connection objects a fifth of its instructions.) */
+static int m_wait_until(lua_State *L) {
+  int how = WAIT_UNTIL;
+  double ms;
+  waiter(L, "wait_until");
+  if (lua_type(L, 1) != LUA_TFUNCTION) {
+    if (luaL_getmetafield(L, 1, "__call") == LUA_TNIL)
+      return luaL_error(L, "market.wait_until: cond must be a function");
+    lua_pop(L, 1);
+  }
+  ms = timeout(L, 2, "wait_until");
+  lua_settop(L, 1);
+  if (ms != HUGE_VAL) {
+    pushtimed(L, deadline(L, ms, "wait_until"));
+    how |= TIMED;
+  }
+  return until_test(L, how);
+}
+
 /* core.waits(yield_action, unkeep, keep) -> market.yield, market.wait_for,
-** and wait (c_wait).  Closures with the upvalues above: a timed wait keeps
-** its closer in U_CLOSER. */
+** market.wait_until and wait (c_wait).  Closures with the upvalues above:
+** a timed wait keeps its closer in U_CLOSER. */
 static int c_waits(lua_State *L) {
   int i;
   for (i = 1; i <= 3; i++) luaL_checktype(L, i, LUA_TFUNCTION);
@@ -2625,8 +2661,10 @@ static int c_waits(lua_State *L) {
   for (i = 1; i <= 5; i++) lua_pushvalue(L, i);
   lua_pushcclosure(L, m_wait_for, 5);
   for (i = 1; i <= 5; i++) lua_pushvalue(L, i);
+  lua_pushcclosure(L, m_wait_until, 5);
+  for (i = 1; i <= 5; i++) lua_pushvalue(L, i);
   lua_pushcclosure(L, c_wait, 5);
-  return 3;
+  return 4;
 }
 
 /* core.outside(what) -> the message market.<what> raises outside a
@@ -3177,7 +3215,7 @@ void mkl_open_core(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"spawn", c_spawn}, {"quit", c_quit}, {"link", c_link}, {"add", c_add}, {"delete", c_delete},
     {"send", c_send}, {"feedback", c_feedback}, {"yield", c_yield},
-    {"deadline", c_deadline}, {"waits", c_waits}, {"current", c_current}, {"outside", c_outside}, {"nowait", c_nowait},
+    {"waits", c_waits}, {"current", c_current}, {"outside", c_outside}, {"nowait", c_nowait},
     {"self", c_self}, {"role", c_role},
     {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
     {"open_ground_vm", c_open_ground_vm},

@@ -463,8 +463,14 @@ end
 -- wait_for(pred): straight-line code waits for the first event for which
 -- pred(event) is true and returns it; the events passed over meanwhile are
 -- kept, in order, for the next market.yield() calls.
+-- wait_until(cond [, ms]): straight-line code waits until cond() returns
+-- a true value, and returns it.  cond is tried at once, then after every
+-- event the process gets, handled or not: what it reads is what the
+-- process's handlers change.  nil, "timeout" when ms went by first.
+-- Events no handler takes meanwhile are kept for market.yield(), as
+-- pause keeps them.
 --
--- Both are C (lproc.c, await): a process that waits keeps its coroutine's
+-- All three are C (lproc.c, await): a process that waits keeps its coroutine's
 -- stack, and a frame of this file's under the wait would cost it twice its
 -- size.  These are their Lua parts: the action, and the events kept.
 local function yield_action(k)
@@ -488,11 +494,11 @@ local function unkeep(ctx)
     return ev
   end
 end
-M.yield, M.wait_for, cwait = core.waits(yield_action, unkeep, keep)
+M.yield, M.wait_for, M.wait_until, cwait = core.waits(yield_action, unkeep, keep)
 
 -- pause(): straight-line code lets the VM run everything now pending (the
 -- yield action), then goes on.  Events no handler takes meanwhile are kept
--- for market.yield().  cwait(true) returns after every event, the event's
+-- for market.yield().  cwait() returns after every event, the event's
 -- table if no handler took it.
 function M.pause()
   local ctx = current("pause")
@@ -502,34 +508,8 @@ function M.pause()
   local done = false
   core.yield(register_cont(ctx, function() done = true end))
   while not done do
-    local ev = cwait(true)
+    local ev = cwait()
     if ev then keep(ctx, ev) end
-  end
-end
-
--- wait_until(cond [, ms]): straight-line code waits until cond() returns
--- a true value, and returns it.  cond is tried at once, then after every
--- event the process gets, handled or not: what it reads is what the
--- process's handlers change.  nil, "timeout" when ms went by first.
--- Events no handler takes meanwhile are kept for market.yield(), as
--- pause keeps them.
-function M.wait_until(cond, ms)
-  local ctx = current("wait_until")
-  if type(cond) ~= "function" and not (getmetatable(cond) or {}).__call then
-    error("market.wait_until: cond must be a function", 2)
-  end
-  -- Through pcall, so that its misuse is said at the caller's line.
-  local ok, at = pcall(core.deadline, ms, "wait_until")
-  if not ok then error(at, 2) end
-  local v = cond()
-  if v then return v end
-  if not isyieldable() then error(core.nowait("wait_until"), 2) end
-  while true do
-    local ev, err = cwait(true, at)
-    if err then return nil, err end
-    if ev then keep(ctx, ev) end
-    v = cond()
-    if v then return v end
   end
 end
 
