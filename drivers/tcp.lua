@@ -25,9 +25,13 @@ local repr, P = market.repr, market.perform
 -- type (repr raises on a non-term, in place of the error meant).
 local function show(v) return market.is_term(v) and repr(v) or type(v) end
 local mtype, floor = math.type, math.floor
+-- (debug's: getmetatable's look for a __metatable field is a third of an
+-- owner check, and these objects' metatables have none.)
+local getmt = debug.getmetatable
 local readable, alarm = market.ground.readable, market.ground.alarm
 
 local channel = market.record("tcp-channel", "source", "destination", "subpacket")
+local is_channel = channel.is      -- (is_channel(channel, m): no lookup through the type's __index)
 local address = market.record("tcp-address", "host", "port")
 local handle = market.record("tcp-handle", "id")
 local listener = market.record("tcp-listener", "port")
@@ -526,6 +530,7 @@ M.MAX_UNREAD = 1 << 20     -- bytes a connection object holds unreceived before 
 
 local EOF = market.EOF
 local Conn = { __name = "tcp.connection" }
+local OPEN = {}          -- a connection's in_closed or out_closed before that side closes
 Conn.__index = Conn
 local connect_id = market.record("tcp-connect", "serial")
 local serve_id = market.record("tcp-serve", "serial")
@@ -551,19 +556,27 @@ local function open(here, remote, settings)
   serial = serial + 1
   local tag = "tcp#" .. serial
   local pid, path = self_of("tcp", 2)
+  -- Every field a method reads is there from the start, false where it
+  -- would be nil: a field missing from the object is looked for in Conn
+  -- (its __index) first, and a request of tcp.serve's read six of them.
+  -- in_closed and out_closed: OPEN, then the reason their side closed
+  -- (false: none given).
   local c = setmetatable({ here = here, remote = remote, owner = pid, path = path,
                            ctx = sys.owner(), q = {}, qfirst = 1, qlast = 0, qoff = 0, odd = 0,
-                           want = 0, unread = 0, unsent = 0, tag = tag }, Conn)
+                           want = 0, unread = 0, unsent = 0, tag = tag,
+                           in_closed = OPEN, out_closed = OPEN, at_eof = false, holding = false,
+                           paused = false, shut = false, closed = false,
+                           ready_in = false, ready_out = false }, Conn)
   -- receive's wait: something to take (made once: a connection's every
   -- receive may wait).
-  c.arrived = function() return c.qfirst <= c.qlast or c.in_closed ~= nil end
+  c.arrived = function() return c.qfirst <= c.qlast or c.in_closed ~= OPEN end
   local acts = {}
   if settings ~= nil then acts[1] = M.options(here, remote, settings, tag .. " options") end
   acts[#acts + 1] = market.publisher(channel(here, remote, _), {
     name = tag .. " out",
     on_presence = function() c.ready_out = true end,
     on_absence = function(_, _, reason)
-      if c.out_closed == nil then c.out_closed = reason or false end
+      if c.out_closed == OPEN then c.out_closed = reason or false end
     end })
   acts[#acts + 1] = market.observe_publishers(backpressure(here, remote), {
     name = tag .. " pause",
@@ -573,7 +586,7 @@ local function open(here, remote, settings)
     name = tag .. " in",
     on_presence = function() c.ready_in = true end,
     on_message = function(_, m)
-      if not channel:is(m) then return end       -- send(market._): no bytes
+      if not is_channel(channel, m) then return end   -- send(market._): no bytes
       local d = m.subpacket
       c.qlast = c.qlast + 1
       c.q[c.qlast] = d
@@ -585,7 +598,7 @@ local function open(here, remote, settings)
       end
     end,
     on_absence = function(_, _, reason)
-      if c.in_closed == nil then c.in_closed = reason or false end
+      if c.in_closed == OPEN then c.in_closed = reason or false end
     end })
   return c, acts
 end
@@ -596,7 +609,7 @@ end
 -- (Every method call passes here: the function's name is made only for
 -- an error.)
 local function owned(obj, mt, kind, var, what)
-  if getmetatable(obj) ~= mt then
+  if getmt(obj) ~= mt then
     error(("tcp.%s:%s: not a %s (call it as %s:%s(...))"):format(kind, what, kind, var, what), 3)
   end
   if obj.ctx ~= nil and sys.owner() == obj.ctx then return end   -- (the common case)
@@ -613,7 +626,7 @@ end
 local function mine(c, what) return owned(c, Conn, "connection", "conn", what) end
 
 local function ready(c)
-  return (c.ready_in and c.ready_out) or c.in_closed ~= nil or c.out_closed ~= nil
+  return (c.ready_in and c.ready_out) or c.in_closed ~= OPEN or c.out_closed ~= OPEN
 end
 
 -- The connection reads again (its reading = false withdrawn).
@@ -630,7 +643,7 @@ end
 -- of one large chunk copy nothing twice).
 local function take(c, n)
   local d, off = c.q[c.qfirst], c.qoff
-  if type(d) == "string" then
+  if c.odd == 0 or type(d) == "string" then    -- (odd == 0: only strings queued)
     local len = #d - off
     if n and n < len then
       c.qoff = off + n
@@ -653,7 +666,7 @@ end
 -- "closed"); nil, "timeout" when nothing came within ms.
 function Conn:receive(ms)
   mine(self, "receive")
-  if self.qfirst > self.qlast and not self.at_eof and self.in_closed == nil then
+  if self.qfirst > self.qlast and not self.at_eof and self.in_closed == OPEN then
     local ok, err = market.wait_until(self.arrived, ms)
     if not ok then return nil, err end
   end
@@ -677,13 +690,13 @@ function Conn:read(n, ms)
     error("tcp.connection:read: n must be a positive integer, got " ..
           (math.type(n) and tostring(n) or type(n)), 2)
   end
-  if self.unread < n and self.odd == 0 and not self.at_eof and self.in_closed == nil then
+  if self.unread < n and self.odd == 0 and not self.at_eof and self.in_closed == OPEN then
     -- A read of more than MAX_UNREAD holds that much: the connection
     -- reads on until it is there (c.want: the hold waits past it).
     if self.holding then release(self) end
     self.want = n
     local ok, err = market.wait_until(function()
-      return self.unread >= n or self.odd > 0 or self.in_closed ~= nil
+      return self.unread >= n or self.odd > 0 or self.in_closed ~= OPEN
     end, ms)
     self.want = 0
     if not ok then return nil, err end
@@ -717,11 +730,11 @@ function Conn:send(data, ms)
     error("tcp.connection:send: data must be a string, got " .. type(data), 2)
   end
   if self.shut then return nil, "shut down for sending (conn:shutdown)" end
-  if self.paused and self.out_closed == nil then
-    local ok, err = market.wait_until(function() return not self.paused or self.out_closed ~= nil end, ms)
+  if self.paused and self.out_closed == OPEN then
+    local ok, err = market.wait_until(function() return not self.paused or self.out_closed ~= OPEN end, ms)
     if not ok then return nil, err end
   end
-  if self.out_closed ~= nil then return nil, self.out_closed or "closed" end
+  if self.out_closed ~= OPEN then return nil, self.out_closed or "closed" end
   P(market.send(channel(self.here, self.remote, data)))
   self.unsent = self.unsent + #data
   if self.unsent >= SEND_CHECK then
@@ -735,7 +748,7 @@ end
 -- peer reads its end of stream after the rest.  receive goes on.
 function Conn:shutdown()
   mine(self, "shutdown")
-  if self.shut or self.out_closed ~= nil then return end
+  if self.shut or self.out_closed ~= OPEN then return end
   self.shut = true
   P(market.send(channel(self.here, self.remote, EOF)))
 end
@@ -747,8 +760,8 @@ function Conn:close()
   mine(self, "close")
   if self.closed then return end
   self.closed = true
-  if self.in_closed == nil then self.in_closed = false end
-  if self.out_closed == nil then self.out_closed = false end
+  if self.in_closed == OPEN then self.in_closed = false end
+  if self.out_closed == OPEN then self.out_closed = false end
   -- (Deleting an endpoint it never made, options or hold, does nothing.)
   local tag = self.tag
   P(market.delete_endpoint(tag .. " in"), market.delete_endpoint(tag .. " out"),
@@ -771,11 +784,12 @@ function M.connect(host, port, settings)
   market.wait_until(function() return ready(c) end)
   -- A connect that failed shows its endpoints and withdraws them in one
   -- step: their absence is queued right behind the presence.
-  if c.in_closed == nil and c.out_closed == nil then
-    market.wait_until(function() return c.in_closed ~= nil end, 0)
+  if c.in_closed == OPEN and c.out_closed == OPEN then
+    market.wait_until(function() return c.in_closed ~= OPEN end, 0)
   end
-  if c.in_closed ~= nil or c.out_closed ~= nil then
-    local why = c.in_closed or c.out_closed or "closed"
+  if c.in_closed ~= OPEN or c.out_closed ~= OPEN then
+    local why = c.in_closed ~= OPEN and c.in_closed or c.out_closed ~= OPEN and c.out_closed
+                or "closed"
     c:close()
     return nil, why
   end
