@@ -296,6 +296,9 @@ end
 
 local Sock = { __name = "udp.socket" }
 Sock.__index = Sock
+local OPEN = {}          -- a socket's `closed` until it closes (then the reason; false: none)
+local getmt = debug.getmetatable    -- (as tcp.lua's owned: no __metatable to look for)
+local is_packet, is_remote = packet.is, remote_address.is   -- (no lookup through __index)
 local open_id = market.record("udp-open", "serial")
 local serial = 0
 
@@ -303,7 +306,7 @@ function Sock.__tostring(k) return ("udp.socket %s (port %s)"):format(repr(k.her
 
 -- Raises unless k is a socket of the running process.
 local function mine(k, what)
-  if getmetatable(k) ~= Sock then
+  if getmt(k) ~= Sock then
     error(("udp.socket:%s: not a socket (call it as sock:%s(...))"):format(what, what), 3)
   end
   if k.ctx ~= nil and sys.owner() == k.ctx then return end   -- (the common case: tcp.lua's owned)
@@ -332,10 +335,13 @@ function M.open(port)
   if not ok then error("udp.open: not inside a market process", 2) end
   serial = serial + 1
   local tag = "udp#" .. serial
+  -- (Every field a method reads is there from the start, as tcp.lua's
+  -- connection objects have theirs.)
   local k = setmetatable({ here = here, owner = pid, path = path, ctx = sys.owner(), tag = tag,
-                           q = {}, qfirst = 1, qlast = 0, held = 0 }, Sock)
+                           q = {}, qfirst = 1, qlast = 0, held = 0, closed = OPEN, done = false,
+                           ready = false, warned = false }, Sock)
   -- receivefrom's wait, made once (as tcp.lua's `arrived`).
-  k.arrived = function() return k.qfirst <= k.qlast or k.closed ~= nil end
+  k.arrived = function() return k.qfirst <= k.qlast or k.closed ~= OPEN end
   P(market.subscriber(bound(here, _), {
       name = tag .. " bound",
       on_presence = function(_, role) if k.port == nil then k.port = role.topic.port end end }),
@@ -343,9 +349,9 @@ function M.open(port)
       name = tag .. " in",
       on_presence = function() k.ready = true end,
       on_message = function(_, m)
-        if not packet:is(m) then return end      -- send(market._): no datagram
+        if not is_packet(packet, m) then return end   -- send(market._): no datagram
         local body, src = m.body, m.source
-        if type(body) ~= "string" or not remote_address:is(src) then return end
+        if type(body) ~= "string" or not is_remote(remote_address, src) then return end
         if k.held + #body + SLOT > M.MAX_QUEUED then
           M.stats.dropped = M.stats.dropped + 1
           if not k.warned then
@@ -360,10 +366,10 @@ function M.open(port)
         k.q[k.qlast] = m
       end,
       on_absence = function(_, _, reason)
-        if k.closed == nil then k.closed = reason or false end
+        if k.closed == OPEN then k.closed = reason or false end
       end }))
-  market.wait_until(function() return (k.ready and k.port ~= nil) or k.closed ~= nil end)
-  if k.closed ~= nil then
+  market.wait_until(function() return (k.ready and k.port ~= nil) or k.closed ~= OPEN end)
+  if k.closed ~= OPEN then
     local why = k.closed or "closed"
     k:close()
     return nil, why
@@ -376,7 +382,7 @@ end
 -- socket can hear no more (closed: "closed").
 function Sock:receivefrom(ms)
   mine(self, "receivefrom")
-  if self.qfirst > self.qlast and self.closed == nil then
+  if self.qfirst > self.qlast and self.closed == OPEN then
     local ok, err = market.wait_until(self.arrived, ms)
     if not ok then return nil, err end
   end
@@ -402,7 +408,7 @@ function Sock:sendto(data, host, port)
     error(("udp.socket:sendto: want a host (a string) and a port (an integer), got %s and %s")
           :format(type(host), mtype(port) or type(port)), 2)
   end
-  if self.closed ~= nil then return nil, self.closed or "closed" end
+  if self.closed ~= OPEN then return nil, self.closed or "closed" end
   P(market.send(packet(self.here, remote_address(host, port), data)))
   return true
 end
@@ -413,7 +419,7 @@ function Sock:close()
   mine(self, "close")
   if self.done then return end
   self.done = true
-  if self.closed == nil then self.closed = false end
+  if self.closed == OPEN then self.closed = false end
   P(market.delete_endpoint(self.tag .. " in"), market.delete_endpoint(self.tag .. " bound"))
 end
 
