@@ -293,6 +293,23 @@ static int l_close_at_end(lua_State *L) {
 ** lookup where market.self made two strings at every method call. */
 static int l_owner(lua_State *L) { return mkl_pushctx(L); }
 
+/* sys.send(ctor, f1, ..., fn): the running process sends the record
+** ctor(f1, ..., fn) now, as market.perform(market.send(ctor(...))) does,
+** without the record's box and the action's userdata that a connection
+** object made for every chunk it sent, for the collector to free
+** (docs/performance.md, "bench-http").  Raises as ctor(...) does, and
+** outside a process. */
+static int l_send(lua_State *L) {
+  mk_proc *p = mkl_current(L);
+  mk_term *t;
+  if (p == NULL) return luaL_error(L, "sys.send: not inside a market process");
+  t = mkl_torecord(L);
+  mkl_send(p, t);
+  mk_unref(t);
+  if (!mk_proc_alive(p)) return mkl_stop_dead(L);   /* (as market.perform) */
+  return 0;
+}
+
 static int s_fd(lua_State *L) {
   sock *s = luaL_checkudata(L, 1, SOCK_MT);
   if (s->fd < 0) return 0;
@@ -1196,7 +1213,7 @@ int luaopen_market_sys(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"resolve", l_resolve}, {"tcp_listen", l_tcp_listen}, {"tcp_connect", l_tcp_connect},
     {"unix_listen", l_unix_listen},
-    {"udp_bind", l_udp_bind}, {"close_at_end", l_close_at_end}, {"owner", l_owner},
+    {"udp_bind", l_udp_bind}, {"close_at_end", l_close_at_end}, {"owner", l_owner}, {"send", l_send},
     {"fd_read", l_fd_read}, {"std_take", l_std_take},
     {"set_resolve_delay", l_set_resolve_delay}, {"lose_spare", l_lose_spare}, {NULL, NULL}};
   lua_newuserdatauv(L, READ_MAX > DGRAM_MAX ? READ_MAX : DGRAM_MAX, 0);   /* scratch */

@@ -27,7 +27,7 @@ local function show(v) return market.is_term(v) and repr(v) or type(v) end
 local mtype, floor = math.type, math.floor
 -- (debug's: getmetatable's look for a __metatable field is a third of an
 -- owner check, and these objects' metatables have none.)
-local getmt = debug.getmetatable
+local getmt, owner = debug.getmetatable, sys.owner
 local readable, alarm = market.ground.readable, market.ground.alarm
 
 local channel = market.record("tcp-channel", "source", "destination", "subpacket")
@@ -623,6 +623,9 @@ end
 
 -- Raises unless c is a connection of the running process.
 -- (A tail call: the errors point at the method's caller either way.)
+-- receive, read and send make owned's first check themselves, without
+-- calling: `if getmt(self) ~= Conn or self.ctx ~= owner() then mine(...)`
+-- (two calls fewer a request; outside a process owner() is nil).
 local function mine(c, what) return owned(c, Conn, "connection", "conn", what) end
 
 local function ready(c)
@@ -665,7 +668,7 @@ end
 -- when the connection failed or closed (the reason of its absence, or
 -- "closed"); nil, "timeout" when nothing came within ms.
 function Conn:receive(ms)
-  mine(self, "receive")
+  if getmt(self) ~= Conn or self.ctx ~= owner() then mine(self, "receive") end
   if self.qfirst > self.qlast and not self.at_eof and self.in_closed == OPEN then
     local ok, err = market.wait_until(self.arrived, ms)
     if not ok then return nil, err end
@@ -685,7 +688,7 @@ end
 -- the stream ended or failed after them (the next call says which: nil,
 -- or nil and the reason); nil, "timeout" after ms, nothing taken.
 function Conn:read(n, ms)
-  mine(self, "read")
+  if getmt(self) ~= Conn or self.ctx ~= owner() then mine(self, "read") end
   if math.type(n) ~= "integer" or n < 1 then
     error("tcp.connection:read: n must be a positive integer, got " ..
           (math.type(n) and tostring(n) or type(n)), 2)
@@ -725,7 +728,7 @@ end
 -- paused (its output over high_water: docs/tcp.md, Flow control), at most
 -- ms: then nil, "timeout", and nothing of data was sent.
 function Conn:send(data, ms)
-  mine(self, "send")
+  if getmt(self) ~= Conn or self.ctx ~= owner() then mine(self, "send") end
   if type(data) ~= "string" then
     error("tcp.connection:send: data must be a string, got " .. type(data), 2)
   end
@@ -735,7 +738,7 @@ function Conn:send(data, ms)
     if not ok then return nil, err end
   end
   if self.out_closed ~= OPEN then return nil, self.out_closed or "closed" end
-  P(market.send(channel(self.here, self.remote, data)))
+  sys.send(channel, self.here, self.remote, data)   -- (P(market.send(channel(...))), without a box)
   self.unsent = self.unsent + #data
   if self.unsent >= SEND_CHECK then
     self.unsent = 0

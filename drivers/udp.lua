@@ -409,7 +409,7 @@ function Sock:sendto(data, host, port)
           :format(type(host), mtype(port) or type(port)), 2)
   end
   if self.closed ~= OPEN then return nil, self.closed or "closed" end
-  P(market.send(packet(self.here, remote_address(host, port), data)))
+  sys.send(packet, self.here, remote_address(host, port), data)   -- (as tcp.lua's send)
   return true
 end
 

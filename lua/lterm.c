@@ -554,19 +554,22 @@ static int rt_gc(lua_State *L) {
 /* ctor(f1, ..., fn): a record; exactly `arity` fields, each a term less
 ** deep than the depth limit, and together smaller than the size limit,
 ** so that the record itself is within both.  A record too large is said
-** to be, whichever field made it so. */
-static int rt_call(lua_State *L) {
+** to be, whichever field made it so.  torec makes it from the constructor
+** at 1 and the fields above it, a new reference, or raises; rt_call boxes
+** it, and mkl_torecord gives it to C as it is. */
+static mk_term *torec(lua_State *L) {
   mk_rtype *rt = checkrt(L, 1);
   int n = lua_gettop(L) - 1;
   size_t limit = mk_term_depth_limit(), maxsize = mk_term_size_limit();
   size_t size = 1 + (size_t)rt->arity;   /* at least: the record and its fields */
   uint32_t i;
   mk_term *r;
-  if ((uint32_t)n != rt->arity)
-    return rterror(L, rt, " takes %d field%s, got %d", (int)rt->arity,
-                   rt->arity == 1 ? "" : "s", n);
-  if (size > maxsize) return rterror(L, rt, ": %s", toolarge());
-  if ((r = mk_rec_new(rt)) == NULL) return luaL_error(L, "out of memory");
+  if ((uint32_t)n != rt->arity) {
+    rterror(L, rt, " takes %d field%s, got %d", (int)rt->arity, rt->arity == 1 ? "" : "s", n);
+    return NULL;                    /* (rterror and luaL_error do not return) */
+  }
+  if (size > maxsize) { rterror(L, rt, ": %s", toolarge()); return NULL; }
+  if ((r = mk_rec_new(rt)) == NULL) { luaL_error(L, "out of memory"); return NULL; }
   for (i = 0; i < rt->arity; i++) {
     const char *err = NULL;
     mk_term *f = toterm(L, (int)i + 2, &err, 1, maxsize - size + 1);
@@ -577,15 +580,22 @@ static int rt_call(lua_State *L) {
     }
     if (f == NULL) {
       mk_unref(r);
-      if (err == toolarge_msg) return rterror(L, rt, ": %s", err);
-      return rterror(L, rt, ", field %d: %s", (int)i + 1, err);
+      if (err == toolarge_msg) rterror(L, rt, ": %s", err);
+      else rterror(L, rt, ", field %d: %s", (int)i + 1, err);
+      return NULL;
     }
     size += mk_term_size(f) - 1;   /* still at most maxsize */
     mk_set(r, i, f);
   }
-  pushbox(L, mk_seal(r), U_BOXMT);   /* within the limits: cannot fail */
+  return mk_seal(r);
+}
+
+static int rt_call(lua_State *L) {
+  pushbox(L, torec(L), U_BOXMT);   /* within the limits: cannot fail */
   return 1;
 }
+
+mk_term *mkl_torecord(lua_State *L) { return torec(L); }
 
 static int rt_is(lua_State *L) {
   mk_rtype *rt = checkrt(L, 1);

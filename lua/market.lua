@@ -402,7 +402,7 @@ end
 -- Run the handler for one event; false when no handler wants it.
 local function dispatch(ctx, kind, a, b, c, d, e, f, g)
   if kind == MESSAGE then
-    local eps = handlers_at(ctx, b)
+    local eps = b == 0 and ctx or handlers_at(ctx, b)    -- (handlers_at, without its call)
     local h = eps and eps[a]
     local fn = h and h.on_message
     if not fn then return false end

@@ -35,6 +35,10 @@ static inline void *mkl_branded(lua_State *L, int idx, size_t size, const char *
 ** until the next conversion: a term too deep or too large names the
 ** limit).  A box larger than the size limit is refused too (lterm.c, fits). */
 mk_term *mkl_toterm(lua_State *L, int idx, const char **err);
+/* The record ctor(f1, ..., fn), for the record constructor at 1 of L's
+** stack and the fields above it, as a new reference without a box; raises
+** as ctor(...) would. */
+mk_term *mkl_torecord(lua_State *L);
 /* As mkl_toterm, but raises a Lua error naming `what` on failure. */
 mk_term *mkl_checkterm(lua_State *L, int idx, const char *what);
 /* The term boxed at idx, borrowed, or NULL when it is not a term box, or
