@@ -107,11 +107,12 @@ local function answer(req, keep, status, headers, body)
     error("http.serve: the handler must return a status (an integer from 100 to 999), got " ..
           market.repr(status), 0)
   end
-  if body ~= nil and type(body) ~= "string" and type(body) ~= "function" then
-    error("http.serve: the body must be a string or a function, got " .. type(body), 0)
+  local btype = type(body)
+  if body ~= nil and btype ~= "string" and btype ~= "function" then
+    error("http.serve: the body must be a string or a function, got " .. btype, 0)
   end
   local bodiless = status < 200 or status == 204 or status == 304
-  local chunked = type(body) == "function" and not bodiless
+  local chunked = btype == "function" and not bodiless
   if chunked and req.version == "1.0" then keep = false end   -- the close ends its body
   local length                                  -- (nil: no length header)
   if bodiless then
@@ -135,7 +136,7 @@ local function answer(req, keep, status, headers, body)
     if not own then first = first .. "Connection: keep-alive\r\n" end
   end
   local bytes, asked = head(first, headers, SERVER_OWN, "http.serve", http_date(),
-                            length, not keep, not head_only and type(body) == "string" and body or nil)
+                            length, not keep, not head_only and btype == "string" and body or nil)
   return bytes, keep and not asked, chunked and not head_only
 end
 

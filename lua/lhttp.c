@@ -57,7 +57,10 @@ typedef struct lhttp {
   int head_done, done;
   int no_body;            /* a response to HEAD: none, whatever its head says */
   hbuf url, status, field, value, body;
+  const char *brand;      /* last: &lhttp_brand (mkl_branded) */
 } lhttp;
+
+static const char lhttp_brand[] = "market.http parser";
 
 static int grow(lhttp *h, hbuf *b, const char *at, size_t n) {
   /* An empty piece (an empty header value, say) adds nothing: b->p may
@@ -154,7 +157,13 @@ static const http_parser_settings settings = {
   .on_message_complete = on_done,
 };
 
-static lhttp *check(lua_State *L) { return luaL_checkudata(L, 1, LHTTP_MT); }
+/* The parser at 1, by its brand: luaL_checkudata looks its metatable up
+** by name, three times a request. */
+static lhttp *check(lua_State *L) {
+  lhttp *h = mkl_branded(L, 1, sizeof(lhttp), lhttp_brand);
+  if (h == NULL) luaL_typeerror(L, 1, "http parser");
+  return h;
+}
 
 static int fail(lua_State *L, const char *why, int status) {
   luaL_pushfail(L);
@@ -212,7 +221,7 @@ static void setbuf_field(lua_State *L, const hbuf *b, const char *k) {
 
 static int l_message(lua_State *L) {
   lhttp *h = check(L);
-  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 9);     /* its fields, and http.serve's remote */
   if (h->p.type == HTTP_REQUEST) {
     const char *u = h->url.p ? h->url.p : "", *q = memchr(u, '?', h->url.n);
     lua_pushstring(L, http_method_str((enum http_method)h->p.method));
@@ -282,6 +291,7 @@ static int make(lua_State *L, enum http_parser_type type) {
   memset(h, 0, sizeof *h);
   http_parser_init(&h->p, type);
   h->max = (size_t)max;
+  h->brand = lhttp_brand;
   luaL_setmetatable(L, LHTTP_MT);
   lua_newtable(L);
   lua_setiuservalue(L, -2, 1);
@@ -320,12 +330,53 @@ static const char *shown(lua_State *L, int idx) {
   return luaL_tolstring(L, idx, NULL);
 }
 
-/* "Name: value\r\n" of the value at the top (a string or a number), in
-** its stead, moved under the `under` slots below it (lua_next's key; or
-** the key, a sequence and its index), so that the lines pile up under the
-** traversal: *n counts them.  Raises on anything else, and on a CR, LF
-** or NUL in it. */
-static void put_value(lua_State *L, const char *fname, const char *name, int under, int *n) {
+/* The bytes of a head being written: a userdata at stack slot `slot`,
+** replaced by one twice as large (and copied) when full, so that an error
+** raised midway leaves only garbage for the collector.  The head is made
+** a string once, at the end: pieces pushed as strings one by one cost an
+** interning each and a join (l_head's first version spent a third of an
+** http.serve request's head there). */
+typedef struct {
+  lua_State *L;
+  int slot;
+  char *b;
+  size_t n, cap;
+} headbuf;
+
+static void hb_init(headbuf *h, lua_State *L, int slot, size_t cap) {
+  h->L = L;
+  h->slot = slot;
+  h->n = 0;
+  h->cap = cap;
+  h->b = lua_newuserdatauv(L, cap, 0);
+  lua_replace(L, slot);
+}
+
+static void hb_put(headbuf *h, const char *s, size_t len) {
+  if (len > h->cap - h->n) {
+    size_t cap = h->cap;
+    char *nb;
+    while (len > cap - h->n) {
+      if (cap > ((size_t)-1) / 2) luaL_error(h->L, "http.head: too large");
+      cap *= 2;
+    }
+    luaL_checkstack(h->L, 1, "http.head");
+    nb = lua_newuserdatauv(h->L, cap, 0);
+    memcpy(nb, h->b, h->n);
+    lua_replace(h->L, h->slot);
+    h->b = nb;
+    h->cap = cap;
+  }
+  memcpy(h->b + h->n, s, len);
+  h->n += len;
+}
+
+static void hb_puts(headbuf *h, const char *s) { hb_put(h, s, strlen(s)); }
+
+/* "Name: value\r\n" of the value at the top (a string or a number), left
+** where it is.  Raises on anything else, and on a CR, LF or NUL in it. */
+static void put_value(headbuf *h, const char *fname, const char *name, size_t nlen) {
+  lua_State *L = h->L;
   size_t len;
   const char *v;
   int t = lua_type(L, -1);
@@ -335,11 +386,10 @@ static void put_value(lua_State *L, const char *fname, const char *name, int und
   v = lua_tolstring(L, -1, &len);              /* (a copy: lua_next's key is untouched) */
   if (memchr(v, '\r', len) || memchr(v, '\n', len) || memchr(v, '\0', len))
     herror(L, "%s: header %s holds a CR, LF or NUL", fname, name);
-  luaL_checkstack(L, 2, "too many headers");
-  lua_pushfstring(L, "%s: %s\r\n", name, v);
-  lua_replace(L, -2);                           /* the line where the value was */
-  lua_insert(L, -(under + 1));
-  (*n)++;
+  hb_put(h, name, nlen);
+  hb_put(h, ": ", 2);
+  hb_put(h, v, len);
+  hb_put(h, "\r\n", 2);
 }
 
 /* Whether the string at idx is "close", in any case. */
@@ -364,21 +414,23 @@ static int is_close(lua_State *L, int idx) {
 ** neither), Connection: close (if close, or asked), the blank line, and
 ** body.
 ** One C pass checks and writes the program's headers (lua/http.lua's
-** answers took twice as long in Lua).  The pieces pile up on the stack
-** under lua_next's key and are joined at the end (a luaL_Buffer may not
-** have the traversal's slots above it). */
+** answers took twice as long in Lua), into one buffer (headbuf). */
 static int l_head(lua_State *L) {
   const char *fname = luaL_checkstring(L, 4);
-  int asked = 0, n = 1;
-  luaL_checkstring(L, 1);
+  size_t flen, blen = 0;
+  const char *first = luaL_checklstring(L, 1, &flen);
+  int asked = 0;
+  headbuf h;
   luaL_checktype(L, 3, LUA_TTABLE);
   if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
     return herror(L, "%s: headers must be a table, got %s", fname, luaL_typename(L, 2));
-  lua_settop(L, 8);
-  lua_pushvalue(L, 1);                          /* the pieces begin at 9 */
+  lua_settop(L, 9);                             /* the buffer at 9 */
+  if (!lua_isnil(L, 8)) luaL_checklstring(L, 8, &blen);
+  hb_init(&h, L, 9, 256 + flen + blen);
+  hb_put(&h, first, flen);
   if (!lua_isnil(L, 2)) {
     lua_pushnil(L);
-    while (lua_next(L, 2)) {                    /* pieces... key value */
+    while (lua_next(L, 2)) {                    /* key value */
       size_t nlen = 0, i;
       const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nlen) : NULL;
       char low[32];
@@ -401,33 +453,44 @@ static int l_head(lua_State *L) {
         }
         lua_pop(L, 1);
       }
-      if (lua_type(L, -1) == LUA_TTABLE) {      /* pieces... key seq */
+      if (lua_type(L, -1) == LUA_TTABLE) {      /* key seq */
         lua_Integer k;
-        for (k = 1;; k++) {
-          lua_pushinteger(L, k);                /* key seq k */
-          if (lua_rawgeti(L, -2, k) == LUA_TNIL) { lua_pop(L, 2); break; }
-          put_value(L, fname, name, 3, &n);     /* line key seq k */
+        for (k = 1; lua_rawgeti(L, -1, k) != LUA_TNIL; k++) {
+          put_value(&h, fname, name, nlen);     /* key seq v */
           lua_pop(L, 1);
         }
-        lua_pop(L, 1);                          /* the sequence; the key stays */
+        lua_pop(L, 1);
       } else {
-        put_value(L, fname, name, 1, &n);       /* line key */
+        put_value(&h, fname, name, nlen);
       }
+      lua_pop(L, 1);                            /* the value; the key stays */
     }
   }
-  luaL_checkstack(L, 6, "too many headers");
-  if (!lua_isnil(L, 5)) { lua_pushfstring(L, "Date: %s\r\n", lua_tostring(L, 5)); n++; }
+  if (!lua_isnil(L, 5)) {
+    size_t dlen;
+    const char *date = luaL_checklstring(L, 5, &dlen);
+    hb_puts(&h, "Date: ");
+    hb_put(&h, date, dlen);
+    hb_put(&h, "\r\n", 2);
+  }
   if (!lua_isnil(L, 6)) {
     lua_Integer length = luaL_checkinteger(L, 6);
-    if (length >= 0) lua_pushfstring(L, "Content-Length: %I\r\n", (LUAI_UACINT)length);
-    else lua_pushliteral(L, "Transfer-Encoding: chunked\r\n");
-    n++;
+    if (length >= 0) {
+      char digits[24];                          /* a lua_Integer's, at most 19 */
+      int i = (int)sizeof digits;
+      lua_Unsigned u = (lua_Unsigned)length;
+      do { digits[--i] = (char)('0' + u % 10); u /= 10; } while (u > 0);
+      hb_puts(&h, "Content-Length: ");
+      hb_put(&h, digits + i, sizeof digits - (size_t)i);
+      hb_put(&h, "\r\n", 2);
+    } else {
+      hb_puts(&h, "Transfer-Encoding: chunked\r\n");
+    }
   }
-  if (lua_toboolean(L, 7) || asked) { lua_pushliteral(L, "Connection: close\r\n"); n++; }
-  lua_pushliteral(L, "\r\n");
-  n++;
-  if (!lua_isnil(L, 8)) { lua_pushvalue(L, 8); n++; }
-  lua_concat(L, n);
+  if (lua_toboolean(L, 7) || asked) hb_puts(&h, "Connection: close\r\n");
+  hb_put(&h, "\r\n", 2);
+  if (blen > 0) hb_put(&h, lua_tostring(L, 8), blen);
+  lua_pushlstring(L, h.b, h.n);
   lua_pushboolean(L, asked);
   return 2;
 }
