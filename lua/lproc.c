@@ -2509,6 +2509,49 @@ static int dispatched(lua_State *L, int status, lua_KContext how) {
   return tested(L, LUA_OK, how);
 }
 
+/* The message's handler returned (its transition on top, above apply and
+** ctx): applied, and the event taken. */
+static int msg_applied(lua_State *L, int status, lua_KContext how) {
+  (void)status;
+  lua_pushboolean(L, 1);
+  return dispatched(L, LUA_OK, how);
+}
+
+static int msg_handled(lua_State *L, int status, lua_KContext how) {
+  (void)status;
+  lua_callk(L, 2, 0, how, msg_applied);     /* apply(ctx, transition) */
+  return msg_applied(L, LUA_OK, how);
+}
+
+/* A message at level 0, its fields at first..first + 3, to a waiting
+** process: its endpoint's on_message found (pushhandler) and called here,
+** fn(state, message, name), and what it returns applied, as dispatch
+** does a Lua frame higher (a tenth of a tcp.serve request's instructions
+** went to that frame).  Returns -1, the stack as it was, when dispatch is
+** to take it: a handler table with a metatable, or none at all. */
+static int wokenmessage(lua_State *L, mkl_state *S, int first, lua_KContext how) {
+  int top = lua_gettop(L), r;
+  luaL_checkstack(L, 8, NULL);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->applyref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
+  r = pushhandler(S, L, top + 2, first + 1, 0, FIELD_MESSAGE);
+  if (r < 0) {
+    lua_settop(L, top);
+    return -1;
+  }
+  if (r == 0) {                             /* no on_message: not taken */
+    lua_settop(L, top);
+    lua_pushboolean(L, 0);
+    return dispatched(L, LUA_OK, how);
+  }
+  lua_remove(L, -2);                        /* fields, apply, ctx, fn */
+  lua_rawgeti(L, top + 2, MKL_CTX_STATE);
+  lua_pushvalue(L, first + 3);
+  lua_pushvalue(L, first + 1);
+  lua_callk(L, 3, 1, how, msg_handled);
+  return msg_handled(L, LUA_OK, how);
+}
+
 static int woken(lua_State *L, int status, lua_KContext how) {
   mkl_state *S = STATE(L);
   int first = FIRST(how), top = lua_gettop(L), i;
@@ -2526,6 +2569,9 @@ static int woken(lua_State *L, int status, lua_KContext how) {
     lua_pushliteral(L, "timeout");
     return 2;
   }
+  if (top - first == 3 && lua_tointeger(L, first) == MK_EV_MESSAGE &&
+      lua_tointeger(L, first + 2) == 0 && (i = wokenmessage(L, S, first, how)) >= 0)
+    return i;
   luaL_checkstack(L, top - first + 3, NULL);
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->dispatchref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
