@@ -5,10 +5,11 @@
 -- read requests with the parser of lua/lhttp.c (Node's http_parser),
 -- call handler(req) for each, and write what it returns; a connection
 -- keeps alive between requests, pipelined ones included.
--- http.request(url [, options]) makes one request on a connection of its
--- own and returns the response.  Both wait, so both run in processes.
+-- http.request(url [, options]) makes one request and returns the
+-- response; the connection is kept for the process's next request to the
+-- same server (keep_alive ms).  Both wait, so both run in processes.
 -- No TLS: plain http:// only.
-local market, tcp, parser = ...
+local market, tcp, parser, sys = ...
 local M = {}
 
 local mtype, fmt = math.type, string.format
@@ -18,7 +19,8 @@ M.MAX_REQUEST = 1 << 20        -- [max_request] bytes of a request's head, and o
 M.MAX_RESPONSE = 64 << 20      -- [max_response] bytes of a response's body (http.request)
 M.TIMEOUT = 30000              -- [timeout] ms a request may take to arrive whole (serve), or
                                -- a whole exchange (request)
-M.KEEP_ALIVE = 60000           -- [keep_alive] ms a connection waits for its next request
+M.KEEP_ALIVE = 60000           -- [keep_alive] ms a connection waits for its next request (serve),
+                               -- or is kept for the next request to its server (request)
 
 local REASONS = {
   [100] = "Continue", [101] = "Switching Protocols",
@@ -53,7 +55,8 @@ local SERVE_KEYS = { max_request = positive, timeout = positive, keep_alive = po
 local REQUEST_KEYS = { method = function(v) return type(v) == "string" and v:match("^[%w!#$%%&'*+.^_`|~-]+$") end,
                        headers = function(v) return type(v) == "table" end,
                        body = function(v) return type(v) == "string" end,
-                       timeout = positive, max_response = positive }
+                       timeout = positive, max_response = positive,
+                       keep_alive = function(v) return mtype(v) == "integer" and v >= 0 end }
 
 local function check(t, keys, fname)
   if t == nil then return {} end
@@ -289,6 +292,93 @@ end
 local CLIENT_OWN = { ["content-length"] = true, ["transfer-encoding"] = true,
                      ["host"] = true, ["connection"] = true }
 
+-- Connections kept for a process's next request: per process (its
+-- context table, weakly: a process that ends takes its connections'
+-- endpoints with it), one per "host:port" with the time it may be kept
+-- until.  One is enough: a process makes one request at a time.
+local kept = setmetatable({}, { __mode = "k" })
+
+-- The running process's kept connections, those past their time, or
+-- that their server closed or spoke on unasked, closed first.
+local function kept_of(now)
+  local ctx = sys.owner()
+  local pool = kept[ctx]
+  if not pool then
+    pool = {}
+    kept[ctx] = pool
+  end
+  for key, e in pairs(pool) do
+    if now >= e.until_ms or e.conn.arrived() then
+      pool[key] = nil
+      e.conn:close()
+    end
+  end
+  return pool
+end
+
+-- The connection kept for key, if it is still good: anything that came
+-- on it while idle (most often the server's close) makes it useless, and
+-- what is already queued for the process is handled first (a wait of 0
+-- ms), so that a process busy since its last request sees the close.
+-- (conn.arrived: whether receive would return at once: tcp.lua's `open`.)
+local function reuse(pool, key)
+  local e = pool[key]
+  if not e then return nil end
+  pool[key] = nil
+  if e.conn.arrived() or market.wait_until(e.conn.arrived, 0) then
+    e.conn:close()
+    return nil
+  end
+  return e.conn
+end
+
+-- Methods a client may send again when a kept connection closed before
+-- any of the answer came (RFC 9110, 9.2.2): the server may have closed
+-- it idle just as the request went.
+local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true,
+                     TRACE = true }
+
+-- One exchange on conn: the response, and whether the connection may be
+-- kept; or nil, why, and whether nothing of an answer came.
+local function exchange(conn, bytes, method, deadline, max_response)
+  local ok, why = conn:send(bytes)
+  if not ok then return nil, why, true end
+  local p = parser.response(max_response, method == "HEAD")
+  local heard = false
+  while true do
+    local left = deadline - market.now()
+    if left <= 0 then return nil, "timeout" end
+    local data, e = conn:receive(math.ceil(left))
+    if data == nil and e then return nil, e, not heard end
+    heard = heard or data ~= nil
+    local done, rest, status = p:feed(data or "")          -- "": the end of stream
+    if done == nil and data == nil then
+      return nil, "the connection closed before the whole response", not heard
+    elseif done == nil then
+      return nil, (status == 400 and "malformed response: " or "response too large: ") .. rest
+    end
+    while done do
+      local m = p:message()
+      if m.status >= 200 or m.status < 100 then
+        return { status = m.status, reason = m.reason, version = m.version,
+                 headers = m.headers, body = m.body },
+               m.keep_alive and rest == "" and data ~= nil
+      end
+      -- An interim answer (100 Continue, 103 Early Hints): the real one
+      -- follows, maybe in what came with it.
+      p:reset()
+      done = false
+      if #rest > 0 then
+        done, rest, status = p:feed(rest)
+        if done == nil then return nil, "malformed response: " .. rest end
+      end
+    end
+    if data == nil then
+      return nil, "the connection closed before the whole response"
+    end
+  end
+end
+
 -- res = http.request(url [, options]): one request, its response
 -- {status=, reason=, version=, headers=, body=}; nil, why on failure.
 function M.request(url, options)
@@ -297,51 +387,41 @@ function M.request(url, options)
   options = check(options, REQUEST_KEYS, "http.request")
   local method = options.method or "GET"
   local timeout = options.timeout or M.TIMEOUT
+  local keep_ms = options.keep_alive or M.KEEP_ALIVE
   local host, port, authority, target = parse_url(url)
   if not host then return nil, port end
   local body = options.body
   local length                                  -- (nil: no length header)
   if body or method == "POST" or method == "PUT" or method == "PATCH" then length = body and #body or 0 end
   local ok, bytes = pcall(head, fmt("%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, authority),
-                          options.headers, CLIENT_OWN, "http.request", nil, length, true, body)
+                          options.headers, CLIENT_OWN, "http.request", nil, length, keep_ms == 0,
+                          body)
   if not ok then error(bytes, 2) end
-  local deadline = market.now() + timeout
-  local conn, why = tcp.connect(host, port, { connect_timeout = timeout })
-  if not conn then return nil, why end
-  local function finish(...) conn:close(); return ... end
-  ok, why = conn:send(bytes)
-  if not ok then return finish(nil, why) end
-  local p = parser.response(options.max_response or M.MAX_RESPONSE, method == "HEAD")
+  local now = market.now()
+  local deadline, key = now + timeout, host .. ":" .. port
+  local pool = kept_of(now)
+  local conn = nil
+  if keep_ms > 0 then conn = reuse(pool, key) end
+  local res, keep, fresh
   while true do
-    local left = deadline - market.now()
-    if left <= 0 then return finish(nil, "timeout") end
-    local data, e = conn:receive(math.ceil(left))
-    if data == nil and e then return finish(nil, e) end
-    local done, rest, status = p:feed(data or "")          -- "": the end of stream
-    if done == nil and data == nil then
-      return finish(nil, "the connection closed before the whole response")
-    elseif done == nil then
-      return finish(nil, (status == 400 and "malformed response: " or "response too large: ") .. rest)
+    local reused = conn ~= nil
+    if not conn then
+      local why
+      conn, why = tcp.connect(host, port, { connect_timeout = timeout })
+      if not conn then return nil, why end
     end
-    while done do
-      local m = p:message()
-      if m.status >= 200 or m.status < 100 then
-        return finish({ status = m.status, reason = m.reason, version = m.version,
-                        headers = m.headers, body = m.body })
-      end
-      -- An interim answer (100 Continue, 103 Early Hints): the real one
-      -- follows, maybe in what came with it.
-      p:reset()
-      done = false
-      if #rest > 0 then
-        done, rest, status = p:feed(rest)
-        if done == nil then return finish(nil, "malformed response: " .. rest) end
-      end
-    end
-    if data == nil then
-      return finish(nil, "the connection closed before the whole response")
-    end
+    res, keep, fresh = exchange(conn, bytes, method, deadline, options.max_response or M.MAX_RESPONSE)
+    if res or not (reused and fresh and IDEMPOTENT[method]) then break end
+    conn:close()                                -- closed idle as the request went: again
+    conn = nil
   end
+  if res and keep and keep_ms > 0 and pool[key] == nil then
+    pool[key] = { conn = conn, until_ms = market.now() + keep_ms }
+  else
+    conn:close()
+  end
+  if not res then return nil, keep end          -- (exchange's why)
+  return res
 end
 
 return M

@@ -132,7 +132,8 @@ int luaopen_market_http(lua_State *L) {
   luaL_requiref(L, "market", luaopen_market, 0);
   luaL_requiref(L, "market.tcp", luaopen_market_tcp, 0);
   mkl_open_http(L);
-  return run_embedded(L, "http", 3);
+  luaL_requiref(L, "market.sys", luaopen_market_sys, 0);
+  return run_embedded(L, "http", 4);
 }
 
 /* Not a driver: supervision is plain market (lua/supervisor.lua). */

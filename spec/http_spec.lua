@@ -63,9 +63,9 @@ describe("http.serve and http.request", function()
       srv:close()
       return out
     end)
-    assert.same({ 200, "OK", "1.1", "text/plain", "connection,host",
+    assert.same({ 200, "OK", "1.1", "text/plain", "host",
                   "GET /a/b?x=1&y=2 path=/a/b query=x=1&y=2 body=", "fizz buzz", "a=1, b=2" }, got[1])
-    assert.same({ 200, "connection,content-length,host,x-thing", "POST /post path=/post query=nil body=hello",
+    assert.same({ 200, "content-length,host,x-thing", "POST /post path=/post query=nil body=hello",
                   "42" }, got[2])
     assert.same({ 200, "", "37" }, got[3])   -- HEAD: a GET's length, no body
   end)
@@ -249,6 +249,34 @@ describe("http.serve and http.request", function()
       return { r.status, r.body, r.headers.link }
     end)
     assert.same({ 200, "ok" }, got)
+  end)
+
+  it("keeps a client's connection for its next request to the same server, unless told not to",
+     function()
+    local got = N.run(function()
+      -- Each answer says which client port it came in on.
+      local srv = assert(http.serve(0, function(req)
+        if req.path == "/close" then return 200, { Connection = "close" }, tostring(req.remote.port) end
+        return 200, nil, tostring(req.remote.port)
+      end, { keep_alive = 100 }))
+      local function port(path, options) return assert(http.request(url(srv, path), options)).body end
+      local out = {}
+      local a = port("/")
+      out[#out + 1] = port("/") == a                        -- kept: the same connection
+      out[#out + 1] = port("/close") == a                   -- kept, and the server closes it after
+      local b = port("/")
+      out[#out + 1] = b ~= a                                -- a new one
+      timer.sleep(250)                                      -- the server closes it idle
+      local c = port("/")
+      out[#out + 1] = c ~= b
+      out[#out + 1] = port("/", { keep_alive = 0 }) ~= c    -- one of its own, closed after
+      out[#out + 1] = port("/") == c                        -- the kept one still
+      out[#out + 1] = select(2, pcall(http.request, url(srv, "/"), { keep_alive = -1 }))
+      srv:close()
+      return out
+    end)
+    assert.same({ true, true, true, true, true, true,
+                  "http.request: bad keep_alive: -1" }, got)
   end)
 
   it("reports a client's failures as nil and the reason", function()
