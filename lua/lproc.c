@@ -2455,14 +2455,20 @@ static int await(lua_State *L, lua_KContext how) {
   return lua_yieldk(L, 0, how, woken);
 }
 
+/* keep(ctx, ev) for the event table on top, which it pops: kept for
+** market.yield(). */
+static void keepevent(lua_State *L) {
+  lua_pushvalue(L, U_KEEP);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
+  lua_rotate(L, -3, 2);
+  lua_call(L, 2, 0);
+}
+
 static int tested(lua_State *L, int status, lua_KContext how) {
   (void)status;
   if (lua_toboolean(L, -1)) { lua_pop(L, 1); return 1; }
   lua_pop(L, 1);                            /* pred, [deadline, closer,] ev */
-  lua_pushvalue(L, U_KEEP);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
-  lua_rotate(L, -3, 2);
-  lua_call(L, 2, 0);                        /* keep(ctx, ev) */
+  keepevent(L);
   return await(L, how);
 }
 
@@ -2496,10 +2502,7 @@ static int dispatched(lua_State *L, int status, lua_KContext how) {
   lua_insert(L, first);
   lua_call(L, lua_gettop(L) - first, 1);
   if (KIND(how) == WAIT_UNTIL) {
-    lua_pushvalue(L, U_KEEP);               /* keep(ctx, ev) */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
-    lua_rotate(L, -3, 2);
-    lua_call(L, 2, 0);
+    keepevent(L);
     return until_test(L, how);
   }
   if (KIND(how) != WAIT_FOR) return 1;
@@ -2620,6 +2623,15 @@ static int c_wait(lua_State *L) {
   return await(L, WAIT_EVERY);
 }
 
+/* Raises "market.<what>: <arg> must be a function" unless the value at 1
+** is one, or has a __call. */
+static void checkcallable(lua_State *L, const char *what, const char *arg) {
+  if (lua_type(L, 1) == LUA_TFUNCTION) return;
+  if (luaL_getmetafield(L, 1, "__call") == LUA_TNIL)
+    luaL_error(L, "market.%s: %s must be a function", what, arg);
+  lua_pop(L, 1);
+}
+
 /* market.yield([k | ms]).  With k, the action yield_action(k).  Without,
 ** the next event no handler takes: first those wait_for and pause kept
 ** (unkeep(ctx) returns the oldest, or nil), then the next to come; with
@@ -2654,11 +2666,7 @@ static int m_yield(lua_State *L) {
 ** market.yield().  pred and ms are checked now, not at the first event. */
 static int m_wait_for(lua_State *L) {
   double ms;
-  if (lua_type(L, 1) != LUA_TFUNCTION) {
-    if (luaL_getmetafield(L, 1, "__call") == LUA_TNIL)
-      return luaL_error(L, "market.wait_for: pred must be a function");
-    lua_pop(L, 1);
-  }
+  checkcallable(L, "wait_for", "pred");
   ms = timeout(L, 2, "wait_for");
   waiter(L, "wait_for");
   lua_settop(L, 1);
@@ -2678,11 +2686,7 @@ static int m_wait_until(lua_State *L) {
   int how = WAIT_UNTIL;
   double ms;
   waiter(L, "wait_until");
-  if (lua_type(L, 1) != LUA_TFUNCTION) {
-    if (luaL_getmetafield(L, 1, "__call") == LUA_TNIL)
-      return luaL_error(L, "market.wait_until: cond must be a function");
-    lua_pop(L, 1);
-  }
+  checkcallable(L, "wait_until", "cond");
   ms = timeout(L, 2, "wait_until");
   lua_settop(L, 1);
   if (ms != HUGE_VAL) {
