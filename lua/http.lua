@@ -317,15 +317,16 @@ local function kept_of(now)
 end
 
 -- The connection kept for key, if it is still good: anything that came
--- on it while idle (most often the server's close) makes it useless, and
--- what is already queued for the process is handled first (a wait of 0
--- ms), so that a process busy since its last request sees the close.
--- (conn.arrived: whether receive would return at once: tcp.lua's `open`.)
+-- on it while idle (most often the server's close) makes it useless.
+-- wait_until tries at once, then (a wait of 0 ms) after what is already
+-- queued for the process, so that a process busy since its last request
+-- sees the close.  (conn.arrived: whether receive would return at once:
+-- tcp.lua's `open`.)
 local function reuse(pool, key)
   local e = pool[key]
   if not e then return nil end
   pool[key] = nil
-  if e.conn.arrived() or market.wait_until(e.conn.arrived, 0) then
+  if market.wait_until(e.conn.arrived, 0) then
     e.conn:close()
     return nil
   end
