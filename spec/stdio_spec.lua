@@ -49,13 +49,17 @@ local _ = market._
 local total, size, ignore, flag = tonumber(arg[1]), tonumber(arg[2]), arg[3] == "ignore", arg[4]
 stdio.HIGH_WATER = 65536
 market.perform(market.spawn(stdio.driver))
-local sent, paused = 0, false
+-- One pump at a time: an absence of backpressure that came while a pump
+-- was still waiting for its turn started a second one beside it, and every
+-- such pause added another batch of 64 messages a turn.
+local sent, paused, pumping = 0, false, false
 local piece = ("0123456789abcdef"):rep(size // 16 + 1):sub(1, size - 1) .. "\n"
 local function report(what)
   io.stderr:write(what, (" max_queued=%d pauses=%d overflows=%d\n"):format(
     stdio.stats.max_queued, stdio.stats.pauses, stdio.stats.overflows))
 end
 local function pump()
+  pumping = false
   local acts = {}
   while sent < total and (ignore or not paused) and #acts < 64 do
     acts[#acts + 1] = market.send(stdio.stdout(piece))
@@ -66,6 +70,7 @@ local function pump()
     acts[#acts + 1] = market.send(stdio.stdout(market.EOF))
     acts[#acts + 1] = market.quit()
   elseif ignore or not paused then
+    pumping = true
     acts[#acts + 1] = market.yield(pump)
   end
   return market.transition_no_state(acts)
@@ -82,7 +87,10 @@ return market.transition(nil,
       paused = true
       if flag then assert(io.open(flag, "w")):close() end
     end,
-    on_absence = function() paused = false; return pump() end }))
+    on_absence = function()
+      paused = false
+      if not pumping then return pump() end
+    end }))
 ]])
 
 -- Shell text that waits (at most a minute) for the file FLAG.
