@@ -603,18 +603,13 @@ static int f_action_at(lua_State *L) {
 ** market.perform(action...).  Straight-line code that sends in a loop
 ** (perform(send) per message) spent more in entering a Lua vararg
 ** function than in the send itself: so perform is this C function, which
-** does one send, quit, named add or plain spawn at level 0 by itself and
-** hands everything else to
-** market.lua's perform (upvalue U_PERFORM, see make_perform), whose errors
-** name the caller of perform, past this function.
+** does sends, quits, named adds and plain spawns at level 0 by itself, in
+** order, and hands the first other action and all after it to market.lua's
+** perform (upvalue U_PERFORM, see make_perform), whose errors name the
+** caller of perform, past this function.
 */
 #define U_PERFORM lua_upvalueindex(NUPVALUES + 1)
 
-static int perform_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  (void)ctx;
-  return lua_gettop(L);
-}
 
 /* Which handlers the plain table at idx holds, as MKL_TAG_* bits (with
 ** MKL_TAG_KNOWN); 0 for a table with a metatable, whose handlers are
@@ -709,26 +704,43 @@ static int doaction(lua_State *L, mk_proc *p, const fixedact *a, int idx, int la
   }
 }
 
+/* What the actions i..n that market.lua performed returned, after the
+** pids of the spawns done here before them: all above the n arguments. */
+static int perform_k(lua_State *L, int status, lua_KContext n) {
+  (void)status;
+  return lua_gettop(L) - (int)n;
+}
+
+/* Straight-line code makes its endpoints several at a time (a tcp
+** connection object, three), and through market.lua each add cost a call
+** of perform_one and eight reads of the action's fields through its
+** __index.  A call with anything that is not an action goes there whole:
+** it does the actions before that one, then names the bad argument. */
 static int f_perform(lua_State *L) {
   mk_proc *p;
   void *u;
-  int n = 0;
-  if (lua_gettop(L) == 1 && (p = mkl_current(L)) != NULL) {
-    switch (actionof(L, 1, &u)) {
-      case A_SEND: dosend(L, p); break;
-      case A_QUIT: if (!quitnow(L, p, u, 1)) goto rest; break;
-      case A_FIXED: if ((n = doaction(L, p, u, 1, 0)) < 0) goto rest; break;
+  int n = lua_gettop(L), i, r, pids = 0;
+  luaL_checkstack(L, n + 2, "too many actions");   /* the pids, or the rest's call */
+  if (n == 0 || (p = mkl_current(L)) == NULL) { i = 1; goto rest; }
+  for (i = 1; i <= n; i++)
+    if (actionof(L, i, &u) == A_NONE) { i = 1; goto rest; }
+  for (i = 1; i <= n; i++) {
+    int top = lua_gettop(L);
+    switch (actionof(L, i, &u)) {
+      case A_SEND: lua_pushvalue(L, i); dosend(L, p); lua_settop(L, top); break;
+      case A_QUIT: if (!quitnow(L, p, u, i)) goto rest; break;
+      case A_FIXED: if ((r = doaction(L, p, u, i, 0)) < 0) goto rest; pids += r; break;
       default: goto rest;
     }
     /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return mkl_stop_dead(L);
-    return n;
   }
+  return pids;
 rest:
   lua_pushvalue(L, U_PERFORM);
-  lua_insert(L, 1);
-  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, perform_k);
-  return perform_k(L, LUA_OK, 0);
+  for (r = i; r <= n; r++) lua_pushvalue(L, r);
+  lua_callk(L, n - i + 1, LUA_MULTRET, n, perform_k);
+  return perform_k(L, LUA_OK, n);
 }
 
 /* f as a closure with the fastpath's upvalues and the Lua function at 1

@@ -56,6 +56,41 @@ describe("spawn", function()
     assert.same({ "pids 2 3 4", "named named", "k got 4" }, log.lines)
   end)
 
+  -- Several actions in one perform: C does them in order until one it
+  -- leaves to market.lua (a continuation's spawn, an anonymous endpoint),
+  -- which does that one and all after it (lua/laction.c, f_perform).
+  it("perform of several actions keeps their order and every spawn's pid across C and Lua",
+     function()
+    local log = H.log()
+    H.ground(function()
+      local a, b, c, d = market.perform(
+        market.subscriber({ "seen", _ }, { name = "named", on_message = function(_, m)
+          log("named %s", m[2])
+        end }),
+        market.spawn(function() end),
+        market.send({ "seen", 1 }),
+        market.spawn(function() end, { k = function(_, pid) log("k got %d", pid) end }),
+        market.subscriber({ "seen", _ }, { on_message = function(_, m) log("anonymous %s", m[2]) end }),
+        market.spawn(function() end),
+        market.send({ "seen", 2 }),
+        market.spawn(function() end))
+      log("pids %d %d %d %d", a, b, c, d)
+      market.pause()
+    end)
+    assert.same({ "pids 2 3 4 5", "named 1", "k got 3", "named 2", "anonymous 2" }, log.lines)
+  end)
+
+  it("perform with a bad argument does the actions before it, then names it", function()
+    local log = H.log()
+    H.ground(function()
+      H.step(holder("watch", market.subscriber("before", { on_message = function() log("got it") end })))
+      local ok, err = pcall(market.perform, market.send("before"), market.spawn(function() end), 42)
+      log("%s %s", tostring(ok), err)
+      market.pause()
+    end)
+    assert.same({ "false market.perform: argument 3 is not an action", "got it" }, log.lines)
+  end)
+
   it("the child's boot transition sets its initial state and actions", function()
     local log = H.log()
     H.ground(function()
