@@ -1059,6 +1059,13 @@ static void on_out(mk_proc *p, tconn *c, mk_term *m) {
   update_flow(p, c);
 }
 
+/* mk_yield tokens: the boot's check that someone still wants the
+** connection; the end of the hand-over from the observers to the flows;
+** a look at whether to read, once the events queued now are taken. */
+#define BOOTED ((void *)1)
+#define CONNECTED ((void *)2)
+#define RECHECK ((void *)3)
+
 /* ---- closing ------------------------------------------------------------ */
 
 /* Everything is written: the connection is done for its session.  The
@@ -1125,18 +1132,28 @@ static void on_linger(mk_proc *p, tconn *c) {
 }
 
 /* Peers: readers subscribe to the inbound flow, senders publish the
-** outbound one.  When the last of them goes, flush and close. */
+** outbound one.  When the last of them goes, flush and close.  With
+** nothing left to write the drain reads on: the socket's watch stays
+** (withdrawn here and made again in begin_drain, it cost four endpoint
+** changes, the ground's included, on every connection a server closed). */
 static void peers_changed(mk_proc *p, tconn *c) {
-  update_reading(p, c);
+  if (c->seen && c->readers + c->senders == 0 && !c->closing) {
+    c->closing = 1;
+    unwatch(p, c, W_IDLE);
+    if (!c->connected) { finish(p, c, NULL); return; }
+    if (c->qhead == NULL) { begin_drain(p, c); return; }
+    update_reading(p, c);
+    if (c->more) pump(p, c);
+    if (c->linger_ms <= 0) { on_linger(p, c); return; }
+    watch_alarm(p, c, W_LINGER, now_ms() + c->linger_ms);
+    return;
+  }
+  /* The last reader gone: its senders may follow in this turn (a session
+  ** that ends withdraws both, the inbound flow first), and then the drain
+  ** reads on.  Reading stops after the events queued now, not at once. */
+  if (c->readers == 0 && (c->watching & W_RD)) mk_yield(p, RECHECK);
+  else update_reading(p, c);
   if (c->more) pump(p, c);
-  if (!c->seen || c->readers + c->senders > 0 || c->closing) return;
-  c->closing = 1;
-  update_reading(p, c);
-  unwatch(p, c, W_IDLE);
-  if (!c->connected) { finish(p, c, NULL); return; }
-  if (c->qhead == NULL) { begin_drain(p, c); return; }
-  if (c->linger_ms <= 0) { on_linger(p, c); return; }
-  watch_alarm(p, c, W_LINGER, now_ms() + c->linger_ms);
 }
 
 /* ---- settings, applied -------------------------------------------------- */
@@ -1229,11 +1246,6 @@ static void options_changed(mk_proc *p, tconn *c, mk_term *topic, int present) {
 }
 
 /* ---- connecting --------------------------------------------------------- */
-
-/* mk_yield tokens: the boot's check that someone still wants the
-** connection; the end of the hand-over from the observers to the flows. */
-#define BOOTED ((void *)1)
-#define CONNECTED ((void *)2)
 
 /* The connect completed.  Only now are the flows published, so that a
 ** user who sees them may send at once and nothing it sends then can meet a
@@ -1562,6 +1574,7 @@ static void handle(mk_proc *p, const mk_event *ev) {
       break;
     case MK_EV_RESUME:
       if (ev->cont == CONNECTED) took_over(p, c);
+      else if (ev->cont == RECHECK) update_reading(p, c);
       else if (!c->seen) finish(p, c, NULL);
       break;
     default:
