@@ -191,14 +191,24 @@ local function default(k, field)
   if why then error(("market.tcp: tcp.%s: %s"):format(field, why), 0) end
   return v
 end
+-- Checked and parsed once (sys.tcp_defaults), and again only when one of
+-- the tunables changed: a listener asks at every accept.
+local made, made_from = nil, {}
 local function defaults()
+  local same = made ~= nil
+  for i = 1, #FIELDS do
+    if M[FIELDS[i][2]] ~= made_from[i] then same = false; break end
+  end
+  if same then return made end
   local t = {}
   for _, f in ipairs(FIELDS) do
     if M[f[2]] ~= nil or (f[1] ~= "low_water" and f[1] ~= "hard_limit") then
       t[#t + 1] = { f[1], default(f[1], f[2]) }
     end
   end
-  return t
+  made = sys.tcp_defaults(t)
+  for i, f in ipairs(FIELDS) do made_from[i] = M[f[2]] end
+  return made
 end
 
 -- ---- a listener ------------------------------------------------------------

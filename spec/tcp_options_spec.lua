@@ -396,6 +396,31 @@ describe("tcp.options", function()
     assert.equal(1, tcp.stats.timeouts)
   end)
 
+  -- The listener hands its managers the module's defaults as parsed once
+  -- (sys.tcp_defaults), and parses them again only when a tunable changed.
+  it("starts each connection from the tunables as they are then: a change applies to the next", function()
+    local log, saved = {}, tcp.IDLE_TIMEOUT
+    N.run(function()
+      market.perform(recorder(log))
+      local first = connect(bound(0))
+      assert(write_all(first, "one"))
+      wait_until(function() return #log == 1 end)
+      tcp.IDLE_TIMEOUT = 100
+      local second = connect(bound(0))
+      assert(write_all(second, "two"))
+      local data, how = read_all(second)          -- closed for idleness
+      second:close()
+      log[#log + 1] = "second: " .. data .. "|" .. how
+      tcp.IDLE_TIMEOUT = saved
+      assert(write_all(first, "three"))           -- the first keeps the default
+      wait_until(function() return #log == 5 end)
+      hang_up(first)
+      market.perform(send({ "stop-server", 0 }))
+    end, 30000)
+    tcp.IDLE_TIMEOUT = saved
+    assert.same({ "one", "two", "<gone: idle timeout>", "second: |eof", "three", "<eof>" }, log)
+  end)
+
   it("refuses connections beyond max_connections, says why, and takes new ones when others go", function()
     local refused, sessions, log = {}, 0, {}
     N.run(function()
