@@ -874,7 +874,7 @@ function M.serve(port, session, settings)
     on_presence = function(_, role)
       local remote = role.topic.source
       return market.transition_no_state(market.spawn(session_proc(here, remote, session),
-        { name = "session " .. repr(remote) }))
+        "session " .. repr(remote)))
     end })
   P(table.unpack(acts))
   market.wait_until(function() return srv.port ~= nil or srv.failed ~= nil end)

@@ -146,6 +146,9 @@ function M.spawn(boot, opts)
   if type(boot) ~= "function" then
     error("market.spawn: the boot argument must be a function, got " .. type(boot), 2)
   end
+  -- A name alone: no options table to make and check (a server spawns a
+  -- session so for every connection).
+  if type(opts) == "string" then return fixed("spawn", boot, cstring(opts), false, false, false) end
   opts = check_opts(opts, "market.spawn", SPAWN_KEYS)
   return fixed("spawn", boot, cstring(opts.name) or false, opts.k or false, false, false)
 end
