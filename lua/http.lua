@@ -374,8 +374,10 @@ local function exchange(conn, bytes, method, deadline, max_response)
         if done == nil then return nil, "malformed response: " .. rest end
       end
     end
+    -- (The parser takes an end of stream before any byte as no error: a
+    -- kept connection closed as the request went ends here, unheard.)
     if data == nil then
-      return nil, "the connection closed before the whole response"
+      return nil, "the connection closed before the whole response", not heard
     end
   end
 end

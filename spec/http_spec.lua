@@ -279,6 +279,43 @@ describe("http.serve and http.request", function()
                   "http.request: bad keep_alive: -1" }, got)
   end)
 
+  -- A server may close a kept connection idle just as the client's next
+  -- request goes.  This one answers the first request of each connection
+  -- (keep-alive) and closes on the second, answering nothing.
+  it("sends an idempotent request again on a new connection when the kept one closes unanswered",
+     function()
+    local got = N.run(function()
+      local conns = 0
+      local flaky = assert(tcp.serve(0, function(conn)
+        conns = conns + 1
+        local me, seen, buf = conns, 0, ""
+        while true do
+          local data = conn:receive()
+          if not data then return end
+          buf = buf .. data
+          while buf:find("\r\n\r\n", 1, true) do
+            buf = buf:sub(select(2, buf:find("\r\n\r\n", 1, true)) + 1)
+            seen = seen + 1
+            if seen > 1 then return end                 -- closes, answering nothing
+            conn:send(("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d"):format(#tostring(me), me))
+          end
+        end
+      end))
+      local function ask(method)
+        local res, why = http.request("http://127.0.0.1:" .. flaky.port .. "/", { method = method })
+        return res and res.body or why
+      end
+      local out = {}
+      out[1] = ask("GET")                               -- connection 1
+      out[2] = ask("GET")                               -- 1 closes unanswered: again on 2
+      out[3] = ask("POST")                              -- 2 closes unanswered: not again
+      out[4] = conns
+      flaky:close()
+      return out
+    end)
+    assert.same({ "1", "2", "the connection closed before the whole response", 2 }, got)
+  end)
+
   it("reports a client's failures as nil and the reason", function()
     local free = N.free_port()
     local got = N.run(function()
