@@ -880,20 +880,26 @@ static void idle_expired(mk_proc *p, tconn *c) {
   begin_drain(p, c);
 }
 
+/* Watch market:alarm(due rounded up to a multiple of span / 64, at most
+** a second): connections whose alarms fall within that grain share one
+** (one ground watch, one index node), where 10,000 idle connections held
+** 10,000 (issue 10), and a server closing 10,000 connections a second
+** made and dropped a ground watch for each one's drain. */
+static void watch_coarse(mk_proc *p, tconn *c, int bit, int64_t due, int64_t span) {
+  int64_t grain = span / 64 < 1000 ? span / 64 : 1000;
+  if (grain > 1) due += grain - 1 - (due + grain - 1) % grain;
+  watch_alarm(p, c, bit, due);
+}
+
 /* The alarm is set at last_io + idle_ms and moved only when it fires, so
-** the data path just stamps last_io.  It is rounded up to a multiple of
-** idle_ms / 64, at most a second: connections that start or move bytes
-** within that span share one alarm (one ground watch, one index node),
-** where 10,000 idle connections would otherwise hold 10,000 (issue 10). */
+** the data path just stamps last_io. */
 static void arm_idle(mk_proc *p, tconn *c) {
-  int64_t due, grain;
+  int64_t due;
   unwatch(p, c, W_IDLE);
   if (c->idle_ms <= 0 || !c->connected || c->closing || c->done) return;
   due = c->last_io + c->idle_ms;
   if (due <= now_ms()) { idle_expired(p, c); return; }
-  grain = c->idle_ms / 64 < 1000 ? c->idle_ms / 64 : 1000;
-  if (grain > 1) due += grain - 1 - (due + grain - 1) % grain;
-  watch_alarm(p, c, W_IDLE, due);
+  watch_coarse(p, c, W_IDLE, due, c->idle_ms);
 }
 
 /* ---- output ------------------------------------------------------------- */
@@ -1097,7 +1103,7 @@ static void begin_drain(mk_proc *p, tconn *c) {
   if (c->eof_in || ms <= 0) { finish(p, c, NULL); return; }
   c->draining = 1;
   update_reading(p, c);
-  watch_alarm(p, c, W_LINGER, now_ms() + ms);
+  watch_coarse(p, c, W_LINGER, now_ms() + ms, ms);
 }
 
 static void drain_input(mk_proc *p, tconn *c) {
