@@ -715,13 +715,26 @@ static int perform_k(lua_State *L, int status, lua_KContext n) {
 ** connection object, three), and through market.lua each add cost a call
 ** of perform_one and eight reads of the action's fields through its
 ** __index.  A call with anything that is not an action goes there whole:
-** it does the actions before that one, then names the bad argument. */
+** it does the actions before that one, then names the bad argument.  One
+** action alone, the common case (a send in a loop), takes the shortest
+** path. */
 static int f_perform(lua_State *L) {
   mk_proc *p;
   void *u;
-  int n = lua_gettop(L), i, r, pids = 0;
+  int n = lua_gettop(L), i = 1, r, pids = 0;
+  if (n == 1 && (p = mkl_current(L)) != NULL) {
+    switch (actionof(L, 1, &u)) {
+      case A_SEND: dosend(L, p); break;
+      case A_QUIT: if (!quitnow(L, p, u, 1)) goto rest; break;
+      case A_FIXED: if ((pids = doaction(L, p, u, 1, 0)) < 0) { pids = 0; goto rest; } break;
+      default: goto rest;
+    }
+    /* A dead process runs no further line (as core.send's settle). */
+    if (!mk_proc_alive(p)) return mkl_stop_dead(L);
+    return pids;
+  }
   luaL_checkstack(L, n + 2, "too many actions");   /* the pids, or the rest's call */
-  if (n == 0 || (p = mkl_current(L)) == NULL) { i = 1; goto rest; }
+  if (n == 0 || (p = mkl_current(L)) == NULL) goto rest;
   for (i = 1; i <= n; i++)
     if (actionof(L, i, &u) == A_NONE) { i = 1; goto rest; }
   for (i = 1; i <= n; i++) {
@@ -732,7 +745,6 @@ static int f_perform(lua_State *L) {
       case A_FIXED: if ((r = doaction(L, p, u, i, 0)) < 0) goto rest; pids += r; break;
       default: goto rest;
     }
-    /* A dead process runs no further line (as core.send's settle). */
     if (!mk_proc_alive(p)) return mkl_stop_dead(L);
   }
   return pids;
