@@ -166,12 +166,16 @@ local function stream(conn, req, body)
   return raw or conn:send("0\r\n\r\n") ~= nil
 end
 
+-- The program's stop, which a session watches (made once, not for every
+-- connection).
+local STOPPING = market.ground.stopping(market._)
+
 -- One connection: requests until it ends, a request says close, the
 -- handler fails, or it waits keep_alive ms for the next one.
 local function session(handler, cfg)
   return function(conn)
     local stopping = false
-    market.perform(market.subscriber(market.ground.stopping(market._), {
+    market.perform(market.subscriber(STOPPING, {
       name = "http stopping",
       on_presence = function() stopping = true end }))
     local p, rest = parser.request(cfg.max_request), ""
