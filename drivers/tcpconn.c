@@ -1119,6 +1119,9 @@ static void on_readable(mk_proc *p, tconn *c) {
   ssize_t n;
   if (c->fd < 0) return;
   if (c->draining) { drain_input(p, c); return; }
+  /* No reader since this was queued (peers_changed's RECHECK is still to
+  ** come): what the socket holds stays there, as it does unwatched. */
+  if (c->readers == 0) { update_reading(p, c); return; }
   if (c->more) { pump(p, c); return; }     /* what is left first */
   do {
     n = recv(c->fd, rbuf, c->readsize, 0);
@@ -1161,8 +1164,10 @@ static void peers_changed(mk_proc *p, tconn *c) {
   /* The last reader gone: its senders may follow in this turn (a session
   ** that ends withdraws both, the inbound flow first), and then the drain
   ** reads on.  Reading stops after the events queued now, not at once. */
-  if (c->readers == 0 && (c->watching & W_RD)) mk_yield(p, RECHECK);
-  else update_reading(p, c);
+  if (c->readers == 0 && c->senders > 0 && !c->in_failed && (c->watching & W_RD))
+    mk_yield(p, RECHECK);
+  else
+    update_reading(p, c);
   if (c->more) pump(p, c);
 }
 

@@ -213,6 +213,44 @@ describe("tcp driver", function()
     assert.are.same({ "connected", "data after your eof: hello<eof>", "eof" }, squash(log))
   end)
 
+  -- With no reader the manager stops reading, a turn later (its session
+  -- may be withdrawing its output too: then the close's drain reads on);
+  -- what comes meanwhile stays in the socket for the next reader.
+  it("keeps what comes while a session has stopped reading, for when it reads again", function()
+    local got = {}
+    N.run(function()
+      market.perform(serve(0, function(remote, here)
+        return function()
+          local function reader()
+            return market.subscriber(tcp.channel(remote, here, ANY), {
+              name = "in",
+              on_message = function(_, m)
+                local d = m.subpacket
+                got[#got + 1] = d == EOF and "<eof>" or d
+                if d == "first" then return T(market.delete_endpoint("in"), send({ "withdrawn" })) end
+                if d == EOF then return T(send(tcp.channel(here, remote, EOF)), quit()) end
+              end })
+          end
+          return market.transition(nil, reader(),
+            market.publisher(tcp.channel(here, remote, ANY), "out"),
+            market.subscriber({ "read-again" }, { on_message = function() return T(reader()) end }))
+        end
+      end))
+      local s = N.connect(N.bound(0))
+      assert(N.write_all(s, "first"))
+      N.await({ "withdrawn" })
+      assert(N.write_all(s, "second"))
+      timer.sleep(100)                                  -- nobody reads meanwhile
+      market.perform(send({ "read-again" }))
+      assert(s:shutdown())
+      local data, how = N.read_all(s)
+      s:close()
+      got[#got + 1] = "client: " .. data .. "|" .. how
+      market.perform(send({ "stop-server", 0 }))
+    end, 30000)
+    assert.same({ "first", "second", "<eof>", "client: |eof" }, got)
+  end)
+
   it("reports a connection reset by the peer as an absence with a reason", function()
     local reason
     N.run(function()
