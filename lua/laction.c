@@ -610,7 +610,6 @@ static int f_action_at(lua_State *L) {
 */
 #define U_PERFORM lua_upvalueindex(NUPVALUES + 1)
 
-
 /* Which handlers the plain table at idx holds, as MKL_TAG_* bits (with
 ** MKL_TAG_KNOWN); 0 for a table with a metatable, whose handlers are
 ** looked up at each event. */
