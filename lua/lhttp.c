@@ -256,15 +256,22 @@ static int l_message(lua_State *L) {
   return 1;
 }
 
-static int l_gc(lua_State *L) {
-  lhttp *h = check(L);
+/* Each of the parser's buffers emptied; with `release`, its memory freed. */
+static void empty_buffers(lhttp *h, int release) {
   hbuf *bufs[] = {&h->url, &h->status, &h->field, &h->value, &h->body};
   size_t i;
   for (i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-    free(bufs[i]->p);
-    bufs[i]->p = NULL;
-    bufs[i]->n = bufs[i]->cap = 0;
+    if (release) {
+      free(bufs[i]->p);
+      bufs[i]->p = NULL;
+      bufs[i]->cap = 0;
+    }
+    bufs[i]->n = 0;
   }
+}
+
+static int l_gc(lua_State *L) {
+  empty_buffers(check(L), 1);
   return 0;
 }
 
@@ -272,10 +279,8 @@ static int l_gc(lua_State *L) {
 ** buffers are kept (emptied) for it, the headers table is a new one. */
 static int l_reset(lua_State *L) {
   lhttp *h = check(L);
-  hbuf *bufs[] = {&h->url, &h->status, &h->field, &h->value, &h->body};
-  size_t i;
   http_parser_init(&h->p, (enum http_parser_type)h->p.type);
-  for (i = 0; i < sizeof bufs / sizeof bufs[0]; i++) bufs[i]->n = 0;
+  empty_buffers(h, 0);
   h->seen = 0;
   h->overflow = h->in_value = h->head_done = h->done = 0;
   lua_newtable(L);
