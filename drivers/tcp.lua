@@ -572,7 +572,7 @@ local function open(here, remote, settings)
   -- in_closed and out_closed: OPEN, then the reason their side closed
   -- (false: none given).
   local c = setmetatable({ here = here, remote = remote, owner = pid, path = path,
-                           ctx = sys.owner(), q = {}, qfirst = 1, qlast = 0, qoff = 0, odd = 0,
+                           ctx = owner(), q = {}, qfirst = 1, qlast = 0, qoff = 0, odd = 0,
                            want = 0, unread = 0, unsent = 0, tag = tag,
                            in_closed = OPEN, out_closed = OPEN, at_eof = false, holding = false,
                            paused = false, shut = false, closed = false,
@@ -622,7 +622,7 @@ local function owned(obj, mt, kind, var, what)
   if getmt(obj) ~= mt then
     error(("tcp.%s:%s: not a %s (call it as %s:%s(...))"):format(kind, what, kind, var, what), 3)
   end
-  if obj.ctx ~= nil and sys.owner() == obj.ctx then return end   -- (the common case)
+  if obj.ctx ~= nil and owner() == obj.ctx then return end   -- (the common case)
   local ok, pid, _name, path = pcall(market.self)
   if not ok then self_of(("tcp.%s:%s"):format(kind, what), 3) end
   if pid ~= obj.owner or path ~= obj.path then
@@ -857,7 +857,7 @@ function M.serve(port, session, settings)
   if port == 0 then port = handle(serve_id(serial)) end
   local here = listener:is(port) and port or listener(port)
   local tag = "tcp.serve#" .. serial
-  local srv = setmetatable({ here = here, owner = pid, path = path, ctx = sys.owner(), tag = tag },
+  local srv = setmetatable({ here = here, owner = pid, path = path, ctx = owner(), tag = tag },
                            Server)
   local acts = {}
   if settings ~= nil then acts[1] = M.options(here, settings, tag .. " options") end
