@@ -1155,15 +1155,13 @@ static void peers_changed(mk_proc *p, tconn *c) {
     unwatch(p, c, W_IDLE);
     if (!c->connected) { finish(p, c, NULL); return; }
     if (c->qhead == NULL) { begin_drain(p, c); return; }
-    update_reading(p, c);
-    if (c->more) pump(p, c);
     if (c->linger_ms <= 0) { on_linger(p, c); return; }
     watch_alarm(p, c, W_LINGER, now_ms() + c->linger_ms);
-    return;
   }
   /* The last reader gone: its senders may follow in this turn (a session
   ** that ends withdraws both, the inbound flow first), and then the drain
-  ** reads on.  Reading stops after the events queued now, not at once. */
+  ** reads on.  Reading stops after the events queued now, not at once.
+  ** (Closing with output queued, it stops now.) */
   if (c->readers == 0 && c->senders > 0 && !c->in_failed && (c->watching & W_RD))
     mk_yield(p, RECHECK);
   else
