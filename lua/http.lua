@@ -357,9 +357,7 @@ local function exchange(conn, bytes, method, deadline, max_response)
     if data == nil and e then return nil, e, not heard end
     heard = heard or data ~= nil
     local done, rest, status = p:feed(data or "")          -- "": the end of stream
-    if done == nil and data == nil then
-      return nil, "the connection closed before the whole response", not heard
-    elseif done == nil then
+    if done == nil and data ~= nil then
       return nil, (status == 400 and "malformed response: " or "response too large: ") .. rest
     end
     while done do
@@ -378,8 +376,9 @@ local function exchange(conn, bytes, method, deadline, max_response)
         if done == nil then return nil, "malformed response: " .. rest end
       end
     end
-    -- (The parser takes an end of stream before any byte as no error: a
-    -- kept connection closed as the request went ends here, unheard.)
+    -- The end of stream before the whole response, whether the parser
+    -- took it as an error or not (before any byte it does not: a kept
+    -- connection closed as the request went ends here, unheard).
     if data == nil then
       return nil, "the connection closed before the whole response", not heard
     end
