@@ -18,7 +18,10 @@
 #include <sys/prctl.h>
 #endif
 
+#include <ev.h>
+
 #include "market.h"
+#include "pool.h"
 
 /* All of standard input, NUL-terminated, malloc'd; NULL with errno set
 ** on a read error or out of memory (the script `-`). */
@@ -451,6 +454,17 @@ static void std_reserve(void) {
   }
 }
 
+/* libev's allocator: realloc, tried again once the pool has given back
+** what it keeps (pool.h, mk_pool_realloc).  libev ends the program when
+** its allocator fails; its default one failed for 32 bytes beside
+** hundreds of megabytes the pool kept from a process killed for running
+** out of memory, and took every other process with it. */
+static void *ev_alloc(void *p, long size) {
+  if (size > 0) return mk_pool_realloc(p, (size_t)size);
+  free(p);
+  return NULL;
+}
+
 int main(int argc, char **argv) {
   const char *const *args = (const char *const *)argv;
   const char *code = NULL, *inspect = NULL;
@@ -470,6 +484,7 @@ int main(int argc, char **argv) {
   char *cluster_url = NULL, *cluster_name = NULL;
 
   std_reserve();
+  ev_set_allocator(ev_alloc);
   memset(&trace, 0, sizeof trace);
   trace.names = calloc((size_t)argc, sizeof *trace.names);
   trace.vms = calloc((size_t)argc, sizeof *trace.vms);

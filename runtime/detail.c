@@ -61,12 +61,6 @@ static int64_t nested_ns;
 ** change under it may not restore the outer one's entry, freed too. */
 static unsigned long epoch;
 
-static void *xcalloc(size_t n, size_t size) {
-  void *p = calloc(n, size);
-  if (p == NULL) { fputs("market: out of memory\n", stderr); abort(); }
-  return p;
-}
-
 static size_t hash(const void *a, const void *b, size_t size) {
   uint64_t h = ((uint64_t)(uintptr_t)a >> 4) * 0x9E3779B97F4A7C15u;
   h ^= ((uint64_t)(uintptr_t)b >> 4) * 0xC2B2AE3D27D4EB4Fu;
@@ -85,7 +79,7 @@ static void put(hent ***tab, size_t *size, size_t n, hent *e) {
   hent **s;
   if (n >= *size) {
     size_t ns = *size * 2, i;
-    hent **nt = xcalloc(ns, sizeof *nt);
+    hent **nt = mkI_xcalloc(ns, sizeof *nt);
     for (i = 0; i < *size; i++) {
       hent *x, *xn;
       for (x = (*tab)[i]; x; x = xn) {
@@ -105,10 +99,10 @@ static void put(hent ***tab, size_t *size, size_t n, hent *e) {
 }
 
 static mkI_detail *detail_new(void) {
-  mkI_detail *d = xcalloc(1, sizeof *d);
+  mkI_detail *d = mkI_xcalloc(1, sizeof *d);
   d->psize = d->csize = 16;
-  d->ptab = xcalloc(d->psize, sizeof *d->ptab);
-  d->ctab = xcalloc(d->csize, sizeof *d->ctab);
+  d->ptab = mkI_xcalloc(d->psize, sizeof *d->ptab);
+  d->ctab = mkI_xcalloc(d->csize, sizeof *d->ctab);
   d->sweep_at = 64;
   return d;
 }
@@ -181,7 +175,7 @@ void mkI_detail_release(mk_vm *vm) {
 static pstat *pstat_of(mkI_detail *d, const mk_proc *p) {
   pstat *s = (pstat *)*slot(d->ptab, d->psize, p, NULL);
   if (s == NULL) {
-    s = xcalloc(1, sizeof *s);
+    s = mkI_xcalloc(1, sizeof *s);
     s->h.a = p;
     put(&d->ptab, &d->psize, d->np++, &s->h);
   }
@@ -276,7 +270,7 @@ static void count(mkI_detail *d, mk_endpoint *pub, mk_endpoint *sub) {
   pair *c = (pair *)*slot(d->ctab, d->csize, pub, sub);
   if (c == NULL) {
     if (d->nc >= d->sweep_at) sweep(d);
-    c = xcalloc(1, sizeof *c);
+    c = mkI_xcalloc(1, sizeof *c);
     c->h.a = pub;
     c->h.b = sub;
     pub->refs++;

@@ -575,6 +575,9 @@ void mk_ground_deliver(mk_ground *g) {
 ** turn runs them. */
 static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents) {
   mk_ground *g = p->data;
+  /* The pool's reserve, spent by an event that ran memory out (pool.h):
+  ** taken again once memory allows (a test while it is held). */
+  mk_pool_reserve();
   mk_ground_deliver(g);
   check_dirty(g);
   if (!idle(g)) ev_idle_start(loop, &g->busy);
@@ -960,7 +963,7 @@ void mk_timeout_start(mk_ground *g, mk_timeout *t) {
   else mk_expect(t->proc);
   if (g->tn == g->tcap) {
     size_t n = g->tcap ? 2 * g->tcap : 16;
-    mk_timeout **h = realloc(g->theap, n * sizeof *h);
+    mk_timeout **h = mk_pool_realloc(g->theap, n * sizeof *h);
     if (h == NULL) { fputs("market: out of memory\n", stderr); abort(); }
     g->theap = h;
     g->tcap = n;
@@ -1021,6 +1024,7 @@ mk_ground *mk_ground_new(struct ev_loop *loop) {
   g->vm = mk_vm_new();
   if (g->tab == NULL || g->vm == NULL) { free(g->tab); free(g); return NULL; }
   if (ground_types_users++ == 0) {
+    mk_pool_reserve();       /* (memory short already: at a later turn) */
     mk_ground_readable = rtype1("market:readable", "fd");
     mk_ground_writable = rtype1("market:writable", "fd");
     mk_ground_alarm = rtype1("market:alarm", "msecs");
@@ -1165,6 +1169,7 @@ void mk_ground_free(mk_ground *g, mk_term *reason) {
   ev_prepare_stop(g->loop, &g->prepare);
   ev_idle_stop(g->loop, &g->busy);
   if (--ground_types_users == 0) {
+    mk_pool_unreserve();
     mk_rtype_unref(mk_ground_readable);
     mk_rtype_unref(mk_ground_writable);
     mk_rtype_unref(mk_ground_alarm);

@@ -34,9 +34,15 @@
 **   the out-of-memory policy of the VM core: when malloc fails inside the
 **   VM (vm.c, nested.c), market writes "market: out of memory" to stderr
 **   and calls abort(), as a process that cannot allocate cannot keep its
-**   promises about presence and absence.  Lua allocations that fail inside
-**   Lua code are ordinary Lua errors (the process fails with "not enough
+**   promises about presence and absence.  It fails there only after the
+**   pool's cached blocks and then its reserve were given back (pool.h):
+**   the reserve lets the event finish, and the process that was handling
+**   it fails with "out of memory".  Lua allocations that fail inside Lua
+**   code are ordinary Lua errors (the process fails with "not enough
 **   memory"); allocation failures this header can report are MK_ENOMEM.
+**   libev aborts when its allocator fails: the market interpreter gives
+**   it one that tries mk_pool_realloc (pool.h); a host of its own may do
+**   the same with ev_set_allocator.
 **   Tracing (mk_host_trace) and Lua's warn() (mk_host_on_warning) go to
 **   functions of yours; market itself never writes them anywhere.
 ** - Ownership.  Terms passed *in* to the functions below are borrowed

@@ -19,8 +19,7 @@
 
 static char *prefixed(mk_pid pid, const char *name) {
   size_t n = strlen(name);
-  char *s = malloc(n + 24);
-  if (s == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  char *s = mkI_xmalloc(n + 24);
   snprintf(s, n + 24, "%llu/%s", (unsigned long long)pid, name);
   return s;
 }
@@ -37,8 +36,7 @@ static void prefix_names(mk_action *a, mk_pid pid) {
     } else if (a->type == MK_A_META) {
       prefix_names(a->list, pid);
     } else if (a->type == MK_A_SPAWN && a->cont != NULL) {
-      mkI_cont *c = malloc(sizeof *c);
-      if (c == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+      mkI_cont *c = mkI_xmalloc(sizeof *c);
       c->pid = pid;
       c->inner = a->cont;
       c->wrapped = a->cont_wrapped;
@@ -122,8 +120,7 @@ static int boot(mk_proc *self, mk_vm *vm) {
     return -1;
   }
   free(vm->path);
-  vm->path = malloc(n);
-  if (vm->path == NULL) { fputs("market: out of memory\n", stderr); abort(); }
+  vm->path = mkI_xmalloc(n);
   snprintf(vm->path, n, "%s/%llu", parent->path, (unsigned long long)self->pid);
   mkI_trace_inherit(vm, parent);
   mkI_detail_inherit(vm, parent);

@@ -87,6 +87,44 @@ static size_t classsize(size_t k) { return ((k + 1) << 4) + 8; }
 static pblock *bigheads[NBIG + 1];   /* [0] unused */
 static size_t bigcached;             /* bytes in them; also in `cached` */
 
+/* The reserve (pool.h), NULL while spent or not taken yet. */
+static void *reserve;
+unsigned long mk_pool_nspent;
+
+static int spend(void) {
+  if (reserve == NULL) return 0;
+  free(reserve);
+  reserve = NULL;
+  mk_pool_nspent++;
+  return 1;
+}
+
+/* What malloc cannot give at once it may give after the cache has given
+** back what it keeps (pool.h), or else after the reserve has. */
+#define RETRY(call) \
+  do { void *r_ = (call); \
+       if (r_ == NULL && cached > 0) { mk_pool_trim(); r_ = (call); } \
+       if (r_ == NULL && spend()) r_ = (call); \
+       return r_; } while (0)
+
+void *mk_pool_malloc(size_t n) { RETRY(malloc(n)); }
+void *mk_pool_calloc(size_t n, size_t size) { RETRY(calloc(n, size)); }
+void *mk_pool_realloc(void *p, size_t n) { RETRY(realloc(p, n)); }
+
+int mk_pool_reserve(void) {
+  if (reserve == NULL) reserve = malloc(MK_POOL_RESERVE);
+  if (reserve == NULL && cached > 0) {
+    mk_pool_trim();
+    reserve = malloc(MK_POOL_RESERVE);
+  }
+  return reserve != NULL;
+}
+
+void mk_pool_unreserve(void) {
+  free(reserve);
+  reserve = NULL;
+}
+
 #ifndef POOL_OFF
 /* The first block of the list at head (there is one), taken out, and
 ** the block p put first in it: `size` is what the block counts for in
@@ -119,7 +157,7 @@ static size_t bigsize(size_t k) { return k * BIG_STEP - 8; }
 
 static void *bigalloc(size_t n) {
   size_t k = bigclassof(n), size = bigsize(k);
-  if (bigheads[k] == NULL) return malloc(size);
+  if (bigheads[k] == NULL) return mk_pool_malloc(size);
   bigcached -= size;
   return take(&bigheads[k], size);
 }
@@ -144,11 +182,11 @@ void *mk_pool_alloc(size_t n) {
 #ifndef POOL_OFF
   if (n - 1 < MK_POOL_MAX) {
     size_t k = classof(n);
-    return heads[k] != NULL ? take(&heads[k], classsize(k)) : malloc(classsize(k));
+    return heads[k] != NULL ? take(&heads[k], classsize(k)) : mk_pool_malloc(classsize(k));
   }
   if (n <= BIG_MAX) return bigalloc(n);
 #endif
-  return malloc(n);
+  return mk_pool_malloc(n);
 }
 
 void mk_pool_free(void *p, size_t n) {
@@ -195,7 +233,7 @@ void *mk_pool_lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     return NULL;
   }
 #ifndef POOL_OFF
-  if (osize > MK_POOL_MAX && nsize > MK_POOL_MAX) return realloc(ptr, nsize);
+  if (osize > MK_POOL_MAX && nsize > MK_POOL_MAX) return mk_pool_realloc(ptr, nsize);
   if (osize <= MK_POOL_MAX && nsize <= MK_POOL_MAX && classof(osize) == classof(nsize))
     return ptr;
   q = mk_pool_alloc(nsize);
@@ -204,7 +242,7 @@ void *mk_pool_lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   mk_pool_free(ptr, osize);
   return q;
 #else
-  q = realloc(ptr, nsize);
+  q = mk_pool_realloc(ptr, nsize);
   return (q == NULL && nsize <= osize) ? ptr : q;
 #endif
 }
@@ -245,6 +283,8 @@ static pblock *slabs;                     /* every slab, chained through its fir
 static size_t linecached;  /* bytes of slabs not in a block in use (also in `cached`) */
 static size_t lineslive;   /* blocks of slabs in use */
 
+static void *aligned(size_t n) { RETRY(aligned_alloc(LINE, n)); }
+
 static size_t leadof(size_t at) { return (LINE - at % LINE) % LINE; }
 static size_t linesof(size_t n, size_t at) { return (leadof(at) + n + LINE - 1) / LINE; }
 
@@ -255,7 +295,7 @@ static size_t linesof(size_t n, size_t at) { return (leadof(at) + n + LINE - 1) 
 static char *carve(size_t k) {
   char *b;
   if ((size_t)(slab_end - slab_next) < k * LINE) {
-    pblock *s = aligned_alloc(LINE, SLAB_BYTES);
+    pblock *s = aligned(SLAB_BYTES);
     if (s == NULL) return NULL;
     s->next = slabs;
     slabs = s;
@@ -289,7 +329,7 @@ void *mk_pool_alloc_at(size_t n, size_t at) {
     return b + lead;
   }
 #endif
-  b = aligned_alloc(LINE, k * LINE);
+  b = aligned(k * LINE);
   return b != NULL ? b + lead : NULL;
 }
 

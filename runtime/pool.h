@@ -100,6 +100,35 @@ size_t mk_pool_cached(void);
 /* Give every cached block back to malloc (mk_pool_alloc_at's slabs only
 ** when none of their blocks is in use). */
 void mk_pool_trim(void);
+/*
+** malloc, calloc and realloc, tried once more after mk_pool_trim when
+** they fail (the pool's own calls to malloc do the same).  What the
+** cache keeps serves only its own class: a process killed for running
+** out of memory leaves its heap and its queued events here, and the VM,
+** another process or libev asking for a block of another size must find
+** that memory in malloc again, not abort beside it (mk_pool_over drains
+** so for a host's allocator).  NULL when memory is out even so.
+*/
+void *mk_pool_malloc(size_t n);
+void *mk_pool_calloc(size_t n, size_t size);
+void *mk_pool_realloc(void *p, size_t n);
+
+/*
+** The reserve: MK_POOL_RESERVE bytes taken from malloc and never touched
+** (no resident memory), given back when an allocation fails even after
+** the cache's blocks went back (the calls above, and the pool's own).
+** The program then has room to finish the event it was handling and to
+** end the process whose event ran memory out (vm.c, mk_vm_step), where it
+** would have aborted in the VM's C code or libev's.  mk_pool_nspent
+** counts the times it was spent (read it; only pool.c writes it).
+** mk_pool_reserve takes it (again): 1 when held, 0 when memory is still
+** too short (the ground tries at each turn while it is spent);
+** mk_pool_unreserve gives it back for good (the last ground's end).
+*/
+#define MK_POOL_RESERVE ((size_t)8 << 20)
+extern unsigned long mk_pool_nspent;
+int mk_pool_reserve(void);
+void mk_pool_unreserve(void);
 
 /*
 ** A cache in front of another allocator: a lua_Alloc (its shape, without

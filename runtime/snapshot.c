@@ -15,9 +15,7 @@
 static void *grow(void *a, size_t n, size_t *cap, size_t size) {
   if (n < *cap) return a;
   *cap = *cap ? *cap * 2 : 8;
-  a = realloc(a, *cap * size);
-  if (a == NULL) { fputs("market: out of memory\n", stderr); abort(); }
-  return a;
+  return mkI_xrealloc(a, *cap * size);
 }
 
 typedef struct epcopy {

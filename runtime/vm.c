@@ -25,7 +25,9 @@ static void *needed(void *p) {
   return p;
 }
 
-void *mkI_xmalloc(size_t n) { return needed(malloc(n ? n : 1)); }
+void *mkI_xmalloc(size_t n) { return needed(mk_pool_malloc(n ? n : 1)); }
+void *mkI_xcalloc(size_t n, size_t size) { return needed(mk_pool_calloc(n ? n : 1, size ? size : 1)); }
+void *mkI_xrealloc(void *p, size_t n) { return needed(mk_pool_realloc(p, n ? n : 1)); }
 
 /* The records every spawn makes and every exit frees, processes and
 ** endpoints, come from the pool (pool.h), which keeps what a wave of exits
@@ -146,7 +148,7 @@ static mk_term *termf(const char *fmt, ...) {
 
 static void ptab_grow(mk_vm *vm) {
   size_t n = vm->ptabsize ? vm->ptabsize * 2 : 64, i;
-  mk_proc **t = needed(calloc(n, sizeof *t));
+  mk_proc **t = mkI_xcalloc(n, sizeof *t);
   for (i = 0; i < vm->ptabsize; i++) {
     mk_proc *p = vm->ptab[i], *nx;
     for (; p; p = nx) {
@@ -194,7 +196,7 @@ static uint32_t ephash(mk_pid pid, const char *name) {
 
 static void etab_grow(mk_vm *vm) {
   size_t n = vm->etabsize ? vm->etabsize * 2 : 64, i;
-  mk_endpoint **t = needed(calloc(n, sizeof *t));
+  mk_endpoint **t = mkI_xcalloc(n, sizeof *t);
   for (i = 0; i < vm->etabsize; i++) {
     mk_endpoint *e = vm->etab[i], *nx;
     for (; e; e = nx) {
@@ -290,7 +292,7 @@ static mk_qblock *qblock_new(int populate) {
     return b;
   }
 #endif
-  b = needed(malloc(sizeof *b));
+  b = mkI_xmalloc(sizeof *b);
   b->mapped = 0;
   return b;
 }
@@ -1659,10 +1661,14 @@ static void deliver(mk_vm *vm, mk_qev *q) {
   p->in_handle--;
 }
 
+static unsigned long charged;   /* (mk_vm_step, charge) */
+
 int mk_proc_next(mk_proc *p, mk_event *ev) {
   const mk_qblock *b = p->vm->qhead;
   const mk_qev *q;
   if (b == NULL || b->first == b->last) return 0;
+  /* The reserve spent (charge): the step ends here and charges p. */
+  if (mk_pool_nspent != charged) return 0;
   q = &b->ev[b->first];
   /* What deliver would hand to p's handle, and no more: not a deleted
   ** endpoint's own absences, nor events that end continuations or come
@@ -1755,11 +1761,28 @@ static void decline_queued(mk_vm *vm, mk_proc *p, uint64_t from) {
   }
 }
 
+/*
+** An event that ran memory out: an allocation while p handled it spent
+** the pool's reserve (pool.h), where it would have failed.  p ends with
+** "out of memory", a crash as a Lua process's own failed allocation is,
+** so that what it holds (its heap, the events queued for it: a process
+** sending two messages for each it gets fills any memory) goes, and the
+** rest of the program goes on.  The step of the innermost VM, which
+** delivered to the process that was running, charges it; the steps of
+** the VMs around it, delivering to the nested VMs' processes, find it
+** charged (`charged`); a batch of p's events (mk_proc_next) ends at once.
+*/
+static void charge(mk_proc *p) {
+  charged = mk_pool_nspent;
+  if (!p->dead) mk_failf(p, "out of memory");
+}
+
 int mk_vm_step(mk_vm *vm) {
   mk_qev q;
   mk_proc *p;
   uint64_t from;
   mk_qblock *b;
+  unsigned long spent = mk_pool_nspent;
   for (;;) {
     if ((b = vm->qhead) == NULL || b->first == b->last) return 0;
     /* A slot decline_queued emptied is passed over without its copy. */
@@ -1772,6 +1795,7 @@ int mk_vm_step(mk_vm *vm) {
   p->pending--;
   from = p->pending == 0 ? vm->nqueued : 0;   /* 0: none (this event was queued) */
   deliver(vm, &q);
+  if (mk_pool_nspent != spent && charged != mk_pool_nspent) charge(p);
   qev_free(&q);
   if (from != 0 && p->pending != 0) decline_queued(vm, p, from);
   check_exit(p);

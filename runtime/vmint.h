@@ -295,9 +295,13 @@ int mkI_detail_messages(const mk_vm *vm, const mk_endpoint *pub, const mk_endpoi
                         uint64_t *n);
 void mkI_detail_inherit(mk_vm *vm, const mk_vm *parent);  /* a nested VM boots */
 void mkI_detail_release(mk_vm *vm);                       /* vm is freed */
-/* vm.c: malloc and strdup that end the program on out of memory (the
-** VM's policy: market.h, "Conventions"); mkI_xstrdup(NULL) is NULL. */
+/* vm.c: malloc, calloc, realloc and strdup that end the program on out
+** of memory (the VM's policy: market.h, "Conventions"), once the pool's
+** cache has been given back and the call tried again (pool.h,
+** mk_pool_malloc); mkI_xstrdup(NULL) is NULL. */
 void *mkI_xmalloc(size_t n);
+void *mkI_xcalloc(size_t n, size_t size);
+void *mkI_xrealloc(void *p, size_t n);
 char *mkI_xstrdup(const char *s);
 
 #endif

@@ -215,6 +215,56 @@ describe("a process that runs out of memory", function()
     assert.equal(0, status)
     assert.equal("hog down: not enough memory\n", out)
   end)
+
+  -- A process that sends two messages for each it gets fills any memory
+  -- with its queued events, and the allocation that fails may be the VM's
+  -- own (a queue block), not the process's: the program aborted there
+  -- ("market: out of memory"), or in libev, beside the memory the pool
+  -- kept.  The pool's reserve lets that event finish; the process whose
+  -- event spent it ends with "out of memory", and the rest goes on.
+  local function storm_then_ticker(storm)
+    local path = H.tempfile([[
+      local market = require "market"
+      local timer = require "market.timer"
+      local ping = market.record("ping", "n")
+      local function storm()
+        return market.transition(nil,
+          market.subscriber(ping(market._), { name = "in", on_message = function(_, m)
+            return market.transition_no_state(market.send(ping(m.n + 1)), market.send(ping(m.n + 2)))
+          end }),
+          market.send(ping(0)))
+      end
+      local pid = market.perform(]] .. storm .. [[)
+      market.perform(market.monitor(pid, function(_, r)
+        print("storm down: " .. tostring(r))
+        -- The program goes on: timers fire, processes start.
+        return market.transition_no_state(market.spawn(function()
+          for _ = 1, 5 do timer.sleep(20) end
+          print("ticker done")
+          market.perform(market.exit(0))
+        end, { name = "ticker" }))
+      end))
+    ]])
+    local status, out, err = H.sh(("ulimit -v 200000; timeout 60 %s %s </dev/null")
+                                  :format(H.quote(H.market_bin()), H.quote(path)))
+    os.remove(path)
+    return status, out, err
+  end
+
+  it_plain("that sends two messages for each it gets is ended with \"out of memory\", alone",
+           function()
+    local status, out, err = storm_then_ticker([[market.spawn(storm, { name = "storm" })]])
+    assert.equal(0, status, err)
+    assert.equal("storm down: out of memory\nticker done\n", out)
+    assert.matches("storm failed: out of memory", err, 1, true)
+  end)
+
+  it_plain("inside a nested VM is ended there, and its VM with it", function()
+    local status, out, err = storm_then_ticker([[market.nested_vm(storm, { name = "vm" })]])
+    assert.equal(0, status, err)
+    assert.equal("storm down: out of memory\nticker done\n", out)
+    assert.matches("vm failed: out of memory", err, 1, true)
+  end)
 end)
 
 describe("market.ground_vm's on_crash", function()

@@ -3,8 +3,11 @@
 */
 #include <malloc.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "check.h"
 #if defined(__has_include)
@@ -340,6 +343,68 @@ static void placed_blocks (void) {
   mk_pool_free_at(NULL, 10, 0);       /* ignored */
 }
 
+/* The address space in use now, from /proc (0 when it cannot be read). */
+static size_t vsize (void) {
+  unsigned long pages = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (f == NULL) return 0;
+  if (fscanf(f, "%lu", &pages) != 1) pages = 0;
+  fclose(f);
+  return (size_t)pages * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Under an address-space limit (ulimit -v) malloc fails: the pool gives
+** back what it keeps and tries again, then spends its reserve once, and
+** takes the reserve again when memory allows.  Not under valgrind (its
+** own address space) nor ASan (its shadow does not fit a low limit). */
+static void reserve_when_memory_runs_out (void) {
+  struct rlimit old, low;
+  void *big[512], *chain = NULL, *p;
+  size_t n = 0, i, small = 0, at = vsize();
+  unsigned long spent;
+#ifdef RUNNING_ON_VALGRIND
+  if (RUNNING_ON_VALGRIND) return;
+#endif
+  if (!POOL_ON || at == 0 || getrlimit(RLIMIT_AS, &old) != 0) return;
+  mk_pool_trim();
+  CHECK(mk_pool_reserve() == 1);
+  spent = mk_pool_nspent;
+  low = old;
+  low.rlim_cur = at + ((size_t)64 << 20);      /* 64 MiB more than now */
+  CHECK(setrlimit(RLIMIT_AS, &low) == 0);
+  /* 1 MiB blocks until memory is out: the reserve's 8 MiB spent once, on
+  ** the way, then NULL. */
+  while (n < 512 && (big[n] = mk_pool_malloc((size_t)1 << 20)) != NULL) n++;
+  CHECK(n > 16 && n < 512);
+  CHECK(mk_pool_nspent == spent + 1);
+  CHECK(mk_pool_reserve() == 0);               /* no room for it yet */
+  for (i = 0; i < n; i++) free(big[i]);
+  CHECK(mk_pool_reserve() == 1);               /* taken again */
+  /* Small blocks until memory is out, then all kept by the cache: a block
+  ** of another size finds their memory (given back), not a failure. */
+  while ((p = mk_pool_alloc(40)) != NULL) {
+    *(void **)p = chain;
+    chain = p;
+    small++;
+  }
+  CHECK(small > 100000);
+  CHECK(mk_pool_nspent == spent + 2);          /* the reserve, spent again */
+  while (chain != NULL) {
+    p = chain;
+    chain = *(void **)p;
+    mk_pool_free(p, 40);
+  }
+  CHECK(mk_pool_cached() >= small * 40);
+  p = mk_pool_malloc((size_t)16 << 20);
+  CHECK(p != NULL);
+  CHECK(mk_pool_cached() == 0);                /* trimmed for it */
+  free(p);
+  CHECK(mk_pool_nspent == spent + 2);
+  CHECK(setrlimit(RLIMIT_AS, &old) == 0);
+  CHECK(mk_pool_reserve() == 1);
+  mk_pool_unreserve();
+}
+
 int main (void) {
   RUN(reuse);
   RUN(classes_fit_chunks);
@@ -351,5 +416,6 @@ int main (void) {
   RUN(keeps_every_block);
   RUN(lua_allocator);
   RUN(over_another);
+  RUN(reserve_when_memory_runs_out);
   return CHECK_DONE();
 }
