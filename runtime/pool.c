@@ -99,17 +99,22 @@ static int spend(void) {
   return 1;
 }
 
-/* What malloc cannot give at once it may give after the cache has given
-** back what it keeps (pool.h), or else after the reserve has. */
-#define RETRY(call) \
+/* What malloc cannot give at once for n bytes it may give after the cache
+** has given back what it keeps (pool.h), or else after the reserve has.
+** Not for more than the reserve: a request that large (string.rep of a
+** terabyte, which a process may try under pcall) fails as it would have,
+** and leaves the reserve, and the process, alone. */
+#define RETRY(call, n) \
   do { void *r_ = (call); \
        if (r_ == NULL && cached > 0) { mk_pool_trim(); r_ = (call); } \
-       if (r_ == NULL && spend()) r_ = (call); \
+       if (r_ == NULL && (n) <= MK_POOL_RESERVE && spend()) r_ = (call); \
        return r_; } while (0)
 
-void *mk_pool_malloc(size_t n) { RETRY(malloc(n)); }
-void *mk_pool_calloc(size_t n, size_t size) { RETRY(calloc(n, size)); }
-void *mk_pool_realloc(void *p, size_t n) { RETRY(realloc(p, n)); }
+void *mk_pool_malloc(size_t n) { RETRY(malloc(n), n); }
+void *mk_pool_calloc(size_t n, size_t size) {
+  RETRY(calloc(n, size), size != 0 && n > MK_POOL_RESERVE / size ? MK_POOL_RESERVE + 1 : n * size);
+}
+void *mk_pool_realloc(void *p, size_t n) { RETRY(realloc(p, n), n); }
 
 int mk_pool_reserve(void) {
   if (reserve == NULL) reserve = malloc(MK_POOL_RESERVE);
@@ -283,7 +288,7 @@ static pblock *slabs;                     /* every slab, chained through its fir
 static size_t linecached;  /* bytes of slabs not in a block in use (also in `cached`) */
 static size_t lineslive;   /* blocks of slabs in use */
 
-static void *aligned(size_t n) { RETRY(aligned_alloc(LINE, n)); }
+static void *aligned(size_t n) { RETRY(aligned_alloc(LINE, n), n); }
 
 static size_t leadof(size_t at) { return (LINE - at % LINE) % LINE; }
 static size_t linesof(size_t n, size_t at) { return (leadof(at) + n + LINE - 1) / LINE; }

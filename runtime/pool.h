@@ -116,7 +116,8 @@ void *mk_pool_realloc(void *p, size_t n);
 /*
 ** The reserve: MK_POOL_RESERVE bytes taken from malloc and never touched
 ** (no resident memory), given back when an allocation fails even after
-** the cache's blocks went back (the calls above, and the pool's own).
+** the cache's blocks went back (the calls above, and the pool's own), if
+** the request is no larger than the reserve (a larger one just fails).
 ** The program then has room to finish the event it was handling and to
 ** end the process whose event ran memory out (vm.c, mk_vm_step), where it
 ** would have aborted in the VM's C code or libev's.  mk_pool_nspent

@@ -259,6 +259,27 @@ describe("a process that runs out of memory", function()
     assert.matches("storm failed: out of memory", err, 1, true)
   end)
 
+  -- A request larger than all memory fails as it did (the reserve is for
+  -- what could fit): under pcall, the process goes on.
+  it_plain("that asks for more than there is, under pcall, goes on", function()
+    local path = H.tempfile([[
+      local market = require "market"
+      local timer = require "market.timer"
+      local pid = market.perform(market.spawn(function()
+        print(pcall(string.rep, "x", 1 << 30))   -- 1 GiB, past ulimit -v
+        timer.sleep(20)
+        print("still here")
+        market.perform(market.exit(0))
+      end, { name = "asker" }))
+      market.perform(market.monitor(pid, function(_, r) print("asker down: " .. tostring(r)) end))
+    ]])
+    local status, out, err = H.sh(("ulimit -v 200000; timeout 60 %s %s </dev/null")
+                                  :format(H.quote(H.market_bin()), H.quote(path)))
+    os.remove(path)
+    assert.equal(0, status, err)
+    assert.equal("false\tnot enough memory\nstill here\nasker down: exit\n", out)
+  end)
+
   it_plain("inside a nested VM is ended there, and its VM with it", function()
     local status, out, err = storm_then_ticker([[market.nested_vm(storm, { name = "vm" })]])
     assert.equal(0, status, err)
