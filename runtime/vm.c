@@ -1771,10 +1771,14 @@ static void decline_queued(mk_vm *vm, mk_proc *p, uint64_t from) {
 ** delivered to the process that was running, charges it; the steps of
 ** the VMs around it, delivering to the nested VMs' processes, find it
 ** charged (`charged`); a batch of p's events (mk_proc_next) ends at once.
+** A spend in no process's event (the ground's own work) is charged to
+** none, and the reserve is taken again at a later turn all the same.
 */
 static void charge(mk_proc *p) {
   charged = mk_pool_nspent;
-  if (!p->dead) mk_failf(p, "out of memory");
+  /* Not the resident process (the ground's own, which publishes its
+  ** events): whoever embeds the VM owns it, and the ground would stop. */
+  if (!p->dead && !p->resident) mk_failf(p, "out of memory");
 }
 
 int mk_vm_step(mk_vm *vm) {

@@ -1647,6 +1647,73 @@ static void test_queue_unmapped(void) {
   END;
 }
 
+/* A handler that takes 1 MiB blocks until the pool spends its reserve
+** for one (pool.h), then gives them all back. */
+static int hog_spent;
+static void hog_handle(mk_proc *p, const mk_event *ev) {
+  static void *blocks[1024];
+  size_t n = 0;
+  unsigned long at = mk_pool_nspent;
+  (void)p; (void)ev;
+  while (n < 1024 && mk_pool_nspent == at && (blocks[n] = mk_pool_malloc((size_t)1 << 20)) != NULL)
+    n++;
+  hog_spent += mk_pool_nspent != at;
+  while (n > 0) free(blocks[--n]);
+}
+static const mk_behavior hog_behavior = { "hog", hog_handle, NULL, NULL, NULL, 0, NULL, NULL };
+
+static mk_term *hog_reason;
+static void hog_crash(void *ud, mk_proc *p, mk_term *reason) {
+  (void)ud; (void)p;
+  mk_unref(hog_reason);
+  hog_reason = mk_ref(reason);
+}
+
+/* An event whose handler spends the pool's reserve fails its process
+** with "out of memory" (vm.c, charge), and nothing else: not the
+** resident process, which belongs to whoever embeds the VM.  In a child
+** whose address space is capped at what it has and 48 MiB more. */
+static void test_memory_charge(void) {
+  BEGIN;
+  pid_t child;
+  int status = -1;
+  fflush(stdout);
+  child = fork();
+  if (child == 0) {
+    int ok = 1;
+#if !MK_SANITIZED      /* ASan's shadow does not fit a cap */
+    mk_vm *vm = mk_vm_new();
+    mk_proc *res;
+    mk_pid pid;
+    struct rlimit rl;
+    unsigned long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f == NULL || fscanf(f, "%lu", &pages) != 1) _exit(2);
+    fclose(f);
+    if (!mk_pool_reserve()) _exit(3);
+    rl.rlim_cur = rl.rlim_max = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + ((rlim_t)48 << 20);
+    if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(4);
+    mk_vm_set_crash_hook(vm, hog_crash, NULL);
+    pid = mk_vm_spawn(vm, &hog_behavior, NULL, "hog");
+    mk_vm_run(vm);                        /* its boot spends the reserve */
+    ok = ok && hog_spent == 1 && mk_vm_proc(vm, pid) == NULL;
+    ok = ok && hog_reason != NULL && hog_reason->kind == MK_STR &&
+         hog_reason->n == 13 && memcmp(mk_strdata(hog_reason), "out of memory", 13) == 0;
+    ok = ok && mk_pool_reserve();         /* taken again: the blocks went back */
+    res = mk_vm_resident(vm, &hog_behavior, NULL, "resident");
+    mk_yield(res, "c");                   /* its resume spends it again */
+    mk_vm_run(vm);
+    ok = ok && hog_spent == 2 && mk_proc_alive(res);
+    mk_unref(hog_reason);
+    mk_vm_free(vm, NULL);
+#endif
+    _exit(ok ? 0 : 1);
+  }
+  CHECK(child > 0 && waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  END;
+}
+
 static void meta_in_ground(mk_proc *p, const mk_event *ev, rec *r) {
   mk_term *t;
   if (ev->type != MK_EV_BOOT) return;
@@ -3477,6 +3544,7 @@ int main(void) {
   RUN(test_event_order);
   RUN(test_queue_blocks);
   RUN(test_queue_unmapped);
+  RUN(test_memory_charge);
   RUN(test_meta_above_ground_fails);
   RUN(test_send_unbuilt);
   RUN(test_run_for);
