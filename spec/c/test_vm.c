@@ -1602,51 +1602,66 @@ static void test_queue_blocks(void) {
   END;
 }
 
-/* Where no mapping can be had (the kernel's limit on mappings, or on
-** address space, as here), the queue takes its blocks from malloc and
-** goes on: in a child whose address space is capped at what it has, with
-** free heap left for malloc to serve from. */
-static void test_queue_unmapped(void) {
-  BEGIN;
+/* Run fn in a child process (its caps and crashes stay there): passed
+** when it returns 1. */
+static void in_child(int (*fn)(void)) {
   pid_t child;
   int status = -1;
   fflush(stdout);
   child = fork();
-  if (child == 0) {
-    mk_vm *vm;
-    int ok;
-#if !MK_SANITIZED      /* ASan maps its own memory as it goes: no cap */
-    struct rlimit rl;
-    unsigned long pages = 0;
-    FILE *f;
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);   /* glibc's most */
-    mallopt(M_TRIM_THRESHOLD, 256 << 20);
-    {                                   /* heap for malloc to serve from */
-      char *volatile warm = malloc(8 << 20);   /* volatile: not elided */
-      free(warm);
-    }
-    f = fopen("/proc/self/statm", "r");
-    if (f == NULL || fscanf(f, "%lu", &pages) != 1) _exit(2);
-    fclose(f);
-    rl.rlim_cur = rl.rlim_max = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE);
-    if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(3);
-#endif
-    vm = mk_vm_new();
-    idle_topic = R(I(4), W());
-    quiet_count = 0;
-    mk_vm_spawn(vm, &quiet_behavior, NULL, NULL);
-    mk_vm_run(vm);
-    queue_burst(vm, 4, 3000);             /* four blocks */
-    ok = vm->qhead->mapped == 0 && vm->qhead->next->mapped == 0;
-    mk_vm_run(vm);
-    ok = ok && quiet_count == 3000;
-    _exit(ok ? 0 : 1);
-  }
+  if (child == 0) _exit(fn() ? 0 : 1);
   CHECK(child > 0 && waitpid(child, &status, 0) == child);
   CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+#if !MK_SANITIZED      /* ASan maps its own memory as it goes: no cap */
+/* Cap this (child) process's address space at what it has and `more`
+** bytes; the child exits when it cannot. */
+static void cap_address_space(size_t more) {
+  struct rlimit rl;
+  unsigned long pages = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (f == NULL || fscanf(f, "%lu", &pages) != 1) _exit(2);
+  fclose(f);
+  rl.rlim_cur = rl.rlim_max = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (rlim_t)more;
+  if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(3);
+}
+#endif
+
+/* Where no mapping can be had (the kernel's limit on mappings, or on
+** address space, as here), the queue takes its blocks from malloc and
+** goes on: in a child whose address space is capped at what it has, with
+** free heap left for malloc to serve from. */
+static int queue_unmapped(void) {
+  mk_vm *vm;
+  int ok;
+#if !MK_SANITIZED
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);   /* glibc's most */
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  {                                   /* heap for malloc to serve from */
+    char *volatile warm = malloc(8 << 20);   /* volatile: not elided */
+    free(warm);
+  }
+  cap_address_space(0);
+#endif
+  vm = mk_vm_new();
+  idle_topic = R(I(4), W());
+  quiet_count = 0;
+  mk_vm_spawn(vm, &quiet_behavior, NULL, NULL);
+  mk_vm_run(vm);
+  queue_burst(vm, 4, 3000);             /* four blocks */
+  ok = vm->qhead->mapped == 0 && vm->qhead->next->mapped == 0;
+  mk_vm_run(vm);
+  return ok && quiet_count == 3000;
+}
+
+static void test_queue_unmapped(void) {
+  BEGIN;
+  in_child(queue_unmapped);
   END;
 }
 
+#if !MK_SANITIZED
 /* A handler that takes 1 MiB blocks until the pool spends its reserve
 ** for one (pool.h), then gives them all back. */
 static int hog_spent;
@@ -1668,49 +1683,40 @@ static void hog_crash(void *ud, mk_proc *p, mk_term *reason) {
   mk_unref(hog_reason);
   hog_reason = mk_ref(reason);
 }
+#endif
 
 /* An event whose handler spends the pool's reserve fails its process
 ** with "out of memory" (vm.c, charge), and nothing else: not the
 ** resident process, which belongs to whoever embeds the VM.  In a child
 ** whose address space is capped at what it has and 48 MiB more. */
+static int memory_charge(void) {
+  int ok = 1;
+#if !MK_SANITIZED      /* ASan's shadow does not fit a cap */
+  mk_vm *vm = mk_vm_new();
+  mk_proc *res;
+  mk_pid pid;
+  if (!mk_pool_reserve()) return 0;
+  cap_address_space((size_t)48 << 20);
+  mk_vm_set_crash_hook(vm, hog_crash, NULL);
+  pid = mk_vm_spawn(vm, &hog_behavior, NULL, "hog");
+  mk_vm_run(vm);                        /* its boot spends the reserve */
+  ok = ok && hog_spent == 1 && mk_vm_proc(vm, pid) == NULL;
+  ok = ok && hog_reason != NULL && hog_reason->kind == MK_STR &&
+       hog_reason->n == 13 && memcmp(mk_strdata(hog_reason), "out of memory", 13) == 0;
+  ok = ok && mk_pool_reserve();         /* taken again: the blocks went back */
+  res = mk_vm_resident(vm, &hog_behavior, NULL, "resident");
+  mk_yield(res, "c");                   /* its resume spends it again */
+  mk_vm_run(vm);
+  ok = ok && hog_spent == 2 && mk_proc_alive(res);
+  mk_unref(hog_reason);
+  mk_vm_free(vm, NULL);
+#endif
+  return ok;
+}
+
 static void test_memory_charge(void) {
   BEGIN;
-  pid_t child;
-  int status = -1;
-  fflush(stdout);
-  child = fork();
-  if (child == 0) {
-    int ok = 1;
-#if !MK_SANITIZED      /* ASan's shadow does not fit a cap */
-    mk_vm *vm = mk_vm_new();
-    mk_proc *res;
-    mk_pid pid;
-    struct rlimit rl;
-    unsigned long pages = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (f == NULL || fscanf(f, "%lu", &pages) != 1) _exit(2);
-    fclose(f);
-    if (!mk_pool_reserve()) _exit(3);
-    rl.rlim_cur = rl.rlim_max = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + ((rlim_t)48 << 20);
-    if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(4);
-    mk_vm_set_crash_hook(vm, hog_crash, NULL);
-    pid = mk_vm_spawn(vm, &hog_behavior, NULL, "hog");
-    mk_vm_run(vm);                        /* its boot spends the reserve */
-    ok = ok && hog_spent == 1 && mk_vm_proc(vm, pid) == NULL;
-    ok = ok && hog_reason != NULL && hog_reason->kind == MK_STR &&
-         hog_reason->n == 13 && memcmp(mk_strdata(hog_reason), "out of memory", 13) == 0;
-    ok = ok && mk_pool_reserve();         /* taken again: the blocks went back */
-    res = mk_vm_resident(vm, &hog_behavior, NULL, "resident");
-    mk_yield(res, "c");                   /* its resume spends it again */
-    mk_vm_run(vm);
-    ok = ok && hog_spent == 2 && mk_proc_alive(res);
-    mk_unref(hog_reason);
-    mk_vm_free(vm, NULL);
-#endif
-    _exit(ok ? 0 : 1);
-  }
-  CHECK(child > 0 && waitpid(child, &status, 0) == child);
-  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  in_child(memory_charge);
   END;
 }
 
