@@ -600,7 +600,11 @@ local function open(here, remote, settings)
       local d = m.subpacket
       c.qlast = c.qlast + 1
       c.q[c.qlast] = d
-      if type(d) ~= "string" then c.odd = c.odd + 1; return end
+      if type(d) ~= "string" then
+        c.odd = c.odd + 1
+        if d == EOF and c.input_ended then c.input_ended(c) end
+        return
+      end
       c.unread = c.unread + #d
       if c.unread > M.MAX_UNREAD and c.unread > c.want and not c.holding then
         c.holding = true
@@ -609,7 +613,12 @@ local function open(here, remote, settings)
     end,
     on_absence = function(_, _, reason)
       if c.in_closed == OPEN then c.in_closed = reason or false end
+      if c.input_ended then c.input_ended(c) end
     end })
+  -- (c.input_ended, unset here: a function called with c from these
+  -- handlers when the input ends, by the end of stream or the flow's
+  -- absence, even while the process waits for something else; http.lua
+  -- closes a kept connection so.)
   return c, acts
 end
 

@@ -299,24 +299,63 @@ local CLIENT_OWN = { ["content-length"] = true, ["transfer-encoding"] = true,
 -- Connections kept for a process's next request: per process (its
 -- context table, weakly: a process that ends takes its connections'
 -- endpoints with it), one per "host:port" with the time it may be kept
--- until.  One is enough: a process makes one request at a time.
+-- until.  One is enough: a process makes one request at a time.  A kept
+-- connection closes when its time passes or its server closes it, even
+-- while the process does something else: one alarm endpoint a process
+-- (KEPT, for the earliest time), and the connection object's
+-- input_ended (drivers/tcp.lua), which its own handlers call.
 local kept = setmetatable({}, { __mode = "k" })
+local KEPT = "http.request kept"
+local alarm = market.ground.alarm
 
--- The running process's kept connections, those past their time, or
--- that their server closed or spoke on unasked, closed first.
+-- pool.conns[key] taken out and closed.
+local function drop(pool, key)
+  local conn = pool.conns[key].conn
+  pool.conns[key] = nil
+  conn.input_ended = nil
+  conn:close()
+end
+
+-- The pool's connections past their time, or that their server closed or
+-- spoke on unasked, closed; then the alarm armed for the earliest time
+-- left, unless it is armed for one before it already.
+local function sweep(pool, now)
+  local first
+  for key, e in pairs(pool.conns) do
+    if now >= e.until_ms or e.conn.arrived() then
+      drop(pool, key)
+    elseif first == nil or e.until_ms < first then
+      first = e.until_ms
+    end
+  end
+  if first ~= nil and not (pool.at and pool.at <= first) then
+    pool.at = first
+    market.perform(market.delete_endpoint(KEPT),
+                   market.subscriber(alarm(math.ceil(first)), { name = KEPT, on_message = pool.rang }))
+  end
+end
+
+-- The running process's pool, swept.
 local function kept_of(now)
   local ctx = sys.owner()
   local pool = kept[ctx]
   if not pool then
-    pool = {}
+    pool = { conns = {}, at = false }
+    pool.rang = function(_, m)
+      if not alarm:is(m) then return end          -- send(market._): not the alarm
+      pool.at = false
+      market.perform(market.delete_endpoint(KEPT))
+      sweep(pool, market.now())
+    end
+    -- (called by the connection's handlers: its server closed it)
+    pool.ended = function(conn)
+      for key, e in pairs(pool.conns) do
+        if e.conn == conn then return drop(pool, key) end
+      end
+    end
     kept[ctx] = pool
   end
-  for key, e in pairs(pool) do
-    if now >= e.until_ms or e.conn.arrived() then
-      pool[key] = nil
-      e.conn:close()
-    end
-  end
+  sweep(pool, now)
   return pool
 end
 
@@ -327,14 +366,23 @@ end
 -- sees the close.  (conn.arrived: whether receive would return at once:
 -- tcp.lua's `open`.)
 local function reuse(pool, key)
-  local e = pool[key]
+  local e = pool.conns[key]
   if not e then return nil end
-  pool[key] = nil
+  pool.conns[key] = nil
+  e.conn.input_ended = nil
   if market.wait_until(e.conn.arrived, 0) then
     e.conn:close()
     return nil
   end
   return e.conn
+end
+
+-- Keep conn for key until keep_ms from now (the pool has none for key).
+local function keep_conn(pool, key, conn, keep_ms)
+  local now = market.now()
+  pool.conns[key] = { conn = conn, until_ms = now + keep_ms }
+  conn.input_ended = pool.ended
+  sweep(pool, now)                                 -- (arms the alarm)
 end
 
 -- Methods a client may send again when a kept connection closed before
@@ -421,8 +469,8 @@ function M.request(url, options)
     conn:close()                                -- closed idle as the request went: again
     conn = nil
   end
-  if res and keep and keep_ms > 0 and pool[key] == nil then
-    pool[key] = { conn = conn, until_ms = market.now() + keep_ms }
+  if res and keep and keep_ms > 0 and pool.conns[key] == nil then
+    keep_conn(pool, key, conn, keep_ms)
   else
     conn:close()
   end

@@ -279,6 +279,53 @@ describe("http.serve and http.request", function()
                   "http.request: bad keep_alive: -1" }, got)
   end)
 
+  -- A kept connection is closed when its time passes, or when its server
+  -- closes it, while the process does something else: it stayed open
+  -- until the process's next request or its end (and one its server had
+  -- closed held its descriptor meanwhile).
+  it("closes a kept connection when its time passes or its server closes it, between requests",
+     function()
+    local got = N.run(function()
+      -- Answers each request keeping the connection; closes it after
+      -- answering /bye.  Counts the connections whose client closed.
+      local closed = 0
+      local srv = assert(tcp.serve(0, function(conn)
+        local buf = ""
+        while true do
+          local data = conn:receive()
+          if not data then closed = closed + 1; return end
+          buf = buf .. data
+          local at = buf:find("\r\n\r\n", 1, true)
+          if at then
+            local bye = buf:find("^GET /bye ") ~= nil
+            buf = buf:sub(at + 4)
+            conn:send("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            if bye then return end                    -- the server's close
+          end
+        end
+      end))
+      local function clients()                        -- this process's connections to srv
+        local n = 0
+        for _, c in ipairs(tcp.inspect().connections) do
+          if c.peer.port == srv.port then n = n + 1 end
+        end
+        return n
+      end
+      local out = {}
+      assert(http.request(url(srv, "/"), { keep_alive = 100 }))
+      out[1] = clients()                              -- kept
+      timer.sleep(400)                                -- no request meanwhile
+      out[2] = closed                                 -- the client closed it after 100 ms
+      out[3] = clients()
+      assert(http.request(url(srv, "/bye")))          -- kept for 60 s, closed by the server
+      timer.sleep(100)
+      out[4] = clients()                              -- the client closed its side too
+      srv:close()
+      return out
+    end)
+    assert.same({ 1, 1, 0, 0 }, got)
+  end)
+
   -- A server may close a kept connection idle just as the client's next
   -- request goes.  This one answers the first request of each connection
   -- (keep-alive) and closes on the second, answering nothing.
