@@ -37,7 +37,7 @@
 **   promises about presence and absence.  It fails there only after the
 **   pool's cached blocks and then its reserve were given back (pool.h):
 **   the reserve lets the event finish, and the process that was handling
-**   it fails with "out of memory".  Lua allocations that fail inside Lua
+**   it fails with "not enough memory".  Lua allocations that fail inside Lua
 **   code are ordinary Lua errors (the process fails with "not enough
 **   memory"); allocation failures this header can report are MK_ENOMEM.
 **   libev aborts when its allocator fails: the market interpreter gives

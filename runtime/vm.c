@@ -1764,7 +1764,8 @@ static void decline_queued(mk_vm *vm, mk_proc *p, uint64_t from) {
 /*
 ** An event that ran memory out: an allocation while p handled it spent
 ** the pool's reserve (pool.h), where it would have failed.  p ends with
-** "out of memory", a crash as a Lua process's own failed allocation is,
+** "not enough memory", the reason a Lua process's own failed allocation
+** gives it,
 ** so that what it holds (its heap, the events queued for it: a process
 ** sending two messages for each it gets fills any memory) goes, and the
 ** rest of the program goes on.  The step of the innermost VM, which
@@ -1778,7 +1779,7 @@ static void charge(mk_proc *p) {
   charged = mk_pool_nspent;
   /* Not the resident process (the ground's own, which publishes its
   ** events): whoever embeds the VM owns it, and the ground would stop. */
-  if (!p->dead && !p->resident) mk_failf(p, "out of memory");
+  if (!p->dead && !p->resident) mk_failf(p, "not enough memory");
 }
 
 int mk_vm_step(mk_vm *vm) {

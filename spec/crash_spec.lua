@@ -221,7 +221,8 @@ describe("a process that runs out of memory", function()
   -- own (a queue block), not the process's: the program aborted there
   -- ("market: out of memory"), or in libev, beside the memory the pool
   -- kept.  The pool's reserve lets that event finish; the process whose
-  -- event spent it ends with "out of memory", and the rest goes on.
+  -- event spent it ends with "not enough memory" (as Lua's own failed
+  -- allocation ends one), and the rest goes on.
   local function storm_then_ticker(storm)
     local path = H.tempfile([[
       local market = require "market"
@@ -251,12 +252,12 @@ describe("a process that runs out of memory", function()
     return status, out, err
   end
 
-  it_plain("that sends two messages for each it gets is ended with \"out of memory\", alone",
+  it_plain("that sends two messages for each it gets is ended with \"not enough memory\", alone",
            function()
     local status, out, err = storm_then_ticker([[market.spawn(storm, { name = "storm" })]])
     assert.equal(0, status, err)
-    assert.equal("storm down: out of memory\nticker done\n", out)
-    assert.matches("storm failed: out of memory", err, 1, true)
+    assert.equal("storm down: not enough memory\nticker done\n", out)
+    assert.matches("storm failed: not enough memory", err, 1, true)
   end)
 
   -- A request larger than all memory fails as it did (the reserve is for
@@ -283,8 +284,8 @@ describe("a process that runs out of memory", function()
   it_plain("inside a nested VM is ended there, and its VM with it", function()
     local status, out, err = storm_then_ticker([[market.nested_vm(storm, { name = "vm" })]])
     assert.equal(0, status, err)
-    assert.equal("storm down: out of memory\nticker done\n", out)
-    assert.matches("vm failed: out of memory", err, 1, true)
+    assert.equal("storm down: not enough memory\nticker done\n", out)
+    assert.matches("vm failed: not enough memory", err, 1, true)
   end)
 end)
 

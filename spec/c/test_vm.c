@@ -1686,7 +1686,7 @@ static void hog_crash(void *ud, mk_proc *p, mk_term *reason) {
 #endif
 
 /* An event whose handler spends the pool's reserve fails its process
-** with "out of memory" (vm.c, charge), and nothing else: not the
+** with "not enough memory" (vm.c, charge), and nothing else: not the
 ** resident process, which belongs to whoever embeds the VM.  In a child
 ** whose address space is capped at what it has and 48 MiB more. */
 static int memory_charge(void) {
@@ -1702,7 +1702,7 @@ static int memory_charge(void) {
   mk_vm_run(vm);                        /* its boot spends the reserve */
   ok = ok && hog_spent == 1 && mk_vm_proc(vm, pid) == NULL;
   ok = ok && hog_reason != NULL && hog_reason->kind == MK_STR &&
-       hog_reason->n == 13 && memcmp(mk_strdata(hog_reason), "out of memory", 13) == 0;
+       hog_reason->n == 17 && memcmp(mk_strdata(hog_reason), "not enough memory", 17) == 0;
   ok = ok && mk_pool_reserve();         /* taken again: the blocks went back */
   res = mk_vm_resident(vm, &hog_behavior, NULL, "resident");
   mk_yield(res, "c");                   /* its resume spends it again */
