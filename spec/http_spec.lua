@@ -326,6 +326,31 @@ describe("http.serve and http.request", function()
     assert.same({ 1, 1, 0, 0 }, got)
   end)
 
+  -- A script that asks once and returns ends when its kept connection's
+  -- time has passed: it waited for ever, the connection (and its socket
+  -- watch) kept.
+  it("lets a script that asked once end when its kept connection's time passes", function()
+    local server, port = N.await_listening(N.start_cmd(("exec %s -e %s"):format(N.q(N.market_bin()),
+      N.q([[
+        local http = require "market.http"
+        local srv = assert(http.serve(0, function() return 200, nil, "hi" end))
+        io.stderr:write(("listening on port %d\n"):format(srv.port))
+      ]]))), "the server")
+    local script = H.tempfile(([[
+      local http = require "market.http"
+      local r = assert(http.request("http://127.0.0.1:%d/", { keep_alive = 200 }))
+      print(r.status, r.body)
+    ]]):format(port))
+    local client = N.start(script)
+    local status = client.wait_exit(10)
+    local out = client.stdout() .. client.stderr()
+    client.kill()
+    server.kill()
+    os.remove(script)
+    assert.equal(0, status, out)
+    assert.equal("200\thi\n", out)
+  end)
+
   -- A server may close a kept connection idle just as the client's next
   -- request goes.  This one answers the first request of each connection
   -- (keep-alive) and closes on the second, answering nothing.
