@@ -34,6 +34,9 @@
 **                                            process's while it is held; nothing
 **                                            from a coroutine of the program's
 **                                            own (the tcp objects' owner check)
+**   sys.at_return(fn)                     fn runs in the running process once its
+**                                            boot function has returned (http.lua's
+**                                            kept connections)
 **   sock:fd()  sock:local_port()  sock:peer() -> host, port
 **   sock:read([max])        -> string | nil, "eof" | false | nil, msg
 **   sock:write(s [, i])     -> bytes written from s[i..] (0: would block) | nil, msg
@@ -292,6 +295,17 @@ static int l_close_at_end(lua_State *L) {
 ** a connection object compares with the one it was made under: a table
 ** lookup where market.self made two strings at every method call. */
 static int l_owner(lua_State *L) { return mkl_pushctx(L); }
+
+/* sys.at_return(fn): fn runs in the running process once its boot
+** function has returned (mkl.h, MKL_CTX_AT_RETURN; one per process, the
+** last set): http.lua closes the connections kept for the process's next
+** request, which held a script's program open after its work was done.
+** Raises outside a process. */
+static int l_at_return(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (!mkl_set_at_return(L, 1)) return luaL_error(L, "sys.at_return: not inside a market process");
+  return 0;
+}
 
 /* sys.send(ctor, f1, ..., fn): the running process sends the record
 ** ctor(f1, ..., fn) now, as market.perform(market.send(ctor(...))) does,
@@ -1213,7 +1227,7 @@ int luaopen_market_sys(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"resolve", l_resolve}, {"tcp_listen", l_tcp_listen}, {"tcp_connect", l_tcp_connect},
     {"unix_listen", l_unix_listen},
-    {"udp_bind", l_udp_bind}, {"close_at_end", l_close_at_end}, {"owner", l_owner}, {"send", l_send},
+    {"udp_bind", l_udp_bind}, {"close_at_end", l_close_at_end}, {"owner", l_owner}, {"at_return", l_at_return}, {"send", l_send},
     {"fd_read", l_fd_read}, {"std_take", l_std_take},
     {"set_resolve_delay", l_set_resolve_delay}, {"lose_spare", l_lose_spare}, {NULL, NULL}};
   lua_newuserdatauv(L, READ_MAX > DGRAM_MAX ? READ_MAX : DGRAM_MAX, 0);   /* scratch */

@@ -303,7 +303,8 @@ local CLIENT_OWN = { ["content-length"] = true, ["transfer-encoding"] = true,
 -- connection closes when its time passes or its server closes it, even
 -- while the process does something else: one alarm endpoint a process
 -- (KEPT, for the earliest time), and the connection object's
--- input_ended (drivers/tcp.lua), which its own handlers call.
+-- input_ended (drivers/tcp.lua), which its own handlers call; and when
+-- the process's boot function returns (sys.at_return).
 local kept = setmetatable({}, { __mode = "k" })
 local KEPT = "http.request kept"
 local alarm = market.ground.alarm
@@ -353,6 +354,13 @@ local function kept_of(now)
         if e.conn == conn then return drop(pool, key) end
       end
     end
+    -- The process's own code is done (a script's, a tcp.serve session's):
+    -- nothing of it can ask again, and a kept connection would hold the
+    -- process, and the program, until its time passed.
+    sys.at_return(function()
+      for key in pairs(pool.conns) do drop(pool, key) end
+      market.perform(market.delete_endpoint(KEPT))
+    end)
     kept[ctx] = pool
   end
   sweep(pool, now)

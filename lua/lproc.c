@@ -160,6 +160,8 @@ typedef struct lproc {
   uint8_t waiting;       /* suspended in a wait (await) */
   uint8_t boot : 1;      /* a boot process: its failure is the program's */
   uint8_t owns : 1;      /* has values to close when it ends (close_owned) */
+  uint8_t at_return : 1; /* its context holds an at-return function
+                         ** (mkl_set_at_return): a boot's return looks */
   uint8_t applies;       /* co's body is the boot function (APPLY_LUA) or
                          ** a handler (APPLY_C: messagehandler,
                          ** peerhandler), which has not returned yet: what
@@ -1759,6 +1761,18 @@ static void handle(mk_proc *p, const mk_event *ev) {
         lp->applies = 0;
       }
     }
+    /* The boot function has returned: its at-return function, once, as
+    ** the rest of this activation (mkl.h, MKL_CTX_AT_RETURN). */
+    if (how == APPLY_LUA && lp->at_return && st == LUA_OK && !overrun && mk_proc_alive(p)) {
+      lp->at_return = 0;
+      lua_settop(co, 0);
+      lua_rawgeti(co, LUA_REGISTRYINDEX, lp->ctxref);
+      lua_rawgeti(co, 1, MKL_CTX_AT_RETURN);
+      lua_pushnil(co);
+      lua_rawseti(co, 1, MKL_CTX_AT_RETURN);
+      lua_remove(co, 1);
+      st = activate(p, lp, co, 0, &nres, &overrun);
+    }
   }
   if (st == LUA_YIELD && !overrun) {
     lua_pop(co, nres);
@@ -2095,6 +2109,7 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
   lp->waiting = 0;
   lp->boot = 0;
   lp->owns = 0;
+  lp->at_return = 0;
   lp->applies = 0;
   lp->running = 0;
   lp->activations = 0;
@@ -3238,6 +3253,16 @@ mk_proc *mkl_acting(lua_State *L) {
   return S != NULL ? S->current : NULL;
 }
 
+int mkl_set_at_return(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (!mkl_pushctx(L)) return 0;
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, MKL_CTX_AT_RETURN);
+  lua_pop(L, 1);
+  running.lp->at_return = 1;
+  return 1;
+}
+
 int mkl_pushctx(lua_State *L) {
   if (running.p == NULL || running.lp->co != L) return 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, running.lp->ctxref);
@@ -3315,6 +3340,7 @@ void mkl_open_core(lua_State *L) {
   lua_pushinteger(L, MK_EV_DELETED); lua_setfield(L, -2, "DELETED");
   lua_pushinteger(L, MKL_CTX_STATE); lua_setfield(L, -2, "CTX_STATE");
   lua_pushinteger(L, MKL_CTX_METAS); lua_setfield(L, -2, "CTX_METAS");
+  lua_pushinteger(L, MKL_CTX_AT_RETURN); lua_setfield(L, -2, "CTX_AT_RETURN");
   mkl_open_actions(L);
   mkl_open_trace(L);
   open_coroutines(L);

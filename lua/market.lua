@@ -236,12 +236,13 @@ local perform
 -- and the boot function until the boot event.
 local STATE = core.CTX_STATE
 local METAS = core.CTX_METAS -- [level]: the handlers of endpoints `level` VMs up
-local GONE = METAS + 1      -- [level]: those kept for deleted endpoints' own absences
-local CONTS = METAS + 2     -- continuations by id, and the last id given
-local NEXTCONT = METAS + 3
-local ANON = METAS + 4      -- anonymous endpoints named so far
-local BACKLOG = METAS + 5   -- events kept for market.yield()
-local MONITORS = METAS + 6  -- [monitor's endpoint name]: how many peers it sees
+local AT_RETURN = core.CTX_AT_RETURN   -- (lproc.c's: sys.at_return)
+local GONE = AT_RETURN + 1  -- [level]: those kept for deleted endpoints' own absences
+local CONTS = AT_RETURN + 2 -- continuations by id, and the last id given
+local NEXTCONT = AT_RETURN + 3
+local ANON = AT_RETURN + 4  -- anonymous endpoints named so far
+local BACKLOG = AT_RETURN + 5   -- events kept for market.yield()
+local MONITORS = AT_RETURN + 6  -- [monitor's endpoint name]: how many peers it sees
 
 -- ctx[field][level], a table made when first needed (METAS, GONE).
 local function per_level(ctx, field, level)

@@ -72,10 +72,15 @@ void mkl_forget_strings(void);
 /* A Lua process's context (market.lua's ctx): one table holding the
 ** handler tables of its endpoints under their names (strings), and its
 ** state at MKL_CTX_STATE (its boot function there until it boots); the
-** handlers of its meta-level endpoints, by level, at MKL_CTX_METAS.
-** market.lua puts its other fields at the integer keys after these. */
+** handlers of its meta-level endpoints, by level, at MKL_CTX_METAS; at
+** MKL_CTX_AT_RETURN, a function run in the process once its boot
+** function has returned and what it returned is applied (sys.at_return:
+** http.lua closes the connections it kept for the process's next
+** request).  market.lua puts its other fields at the integer keys after
+** these. */
 #define MKL_CTX_STATE     1
 #define MKL_CTX_METAS     2
+#define MKL_CTX_AT_RETURN 3
 
 /* laction.c */
 void mkl_open_actions(lua_State *L); /* core.fastpath into the table at the top */
@@ -137,6 +142,9 @@ int mkl_applying_boot(lua_State *L);
 /* Push the context (MKL_CTX_*) of the process mkl_current(L) names and
 ** return 1; 0, pushing nothing, when there is none. */
 int mkl_pushctx(lua_State *L);
+/* The function at idx as the running process's at-return function
+** (MKL_CTX_AT_RETURN); 0 outside a process's own coroutine. */
+int mkl_set_at_return(lua_State *L, int idx);
 /* Make `vm` (a ground VM) host Lua processes on L.  Needed once per ground
 ** before mkl_spawn_boot.  Returns 0 or -1 when L already serves another. */
 int mkl_attach(lua_State *L, mk_ground *g);
