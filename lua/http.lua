@@ -309,12 +309,21 @@ local kept = setmetatable({}, { __mode = "k" })
 local KEPT = "http.request kept"
 local alarm = market.ground.alarm
 
--- pool.conns[key] taken out and closed.
-local function drop(pool, key)
+-- pool.conns[key]'s connection, taken out of the pool.
+local function take(pool, key)
   local conn = pool.conns[key].conn
   pool.conns[key] = nil
   conn.input_ended = nil
-  conn:close()
+  return conn
+end
+
+-- pool.conns[key] taken out and closed.
+local function drop(pool, key) take(pool, key):close() end
+
+-- The pool's alarm withdrawn (sweep arms it again while it keeps any).
+local function disarm(pool)
+  pool.at = false
+  market.perform(market.delete_endpoint(KEPT))
 end
 
 -- The pool's connections past their time, or that their server closed or
@@ -344,8 +353,7 @@ local function kept_of(now)
     pool = { conns = {}, at = false }
     pool.rang = function(_, m)
       if not alarm:is(m) then return end          -- send(market._): not the alarm
-      pool.at = false
-      market.perform(market.delete_endpoint(KEPT))
+      disarm(pool)
       sweep(pool, market.now())
     end
     -- (called by the connection's handlers: its server closed it)
@@ -359,7 +367,7 @@ local function kept_of(now)
     -- process, and the program, until its time passed.
     sys.at_return(function()
       for key in pairs(pool.conns) do drop(pool, key) end
-      market.perform(market.delete_endpoint(KEPT))
+      disarm(pool)
     end)
     kept[ctx] = pool
   end
@@ -374,15 +382,13 @@ end
 -- sees the close.  (conn.arrived: whether receive would return at once:
 -- tcp.lua's `open`.)
 local function reuse(pool, key)
-  local e = pool.conns[key]
-  if not e then return nil end
-  pool.conns[key] = nil
-  e.conn.input_ended = nil
-  if market.wait_until(e.conn.arrived, 0) then
-    e.conn:close()
+  if not pool.conns[key] then return nil end
+  local conn = take(pool, key)
+  if market.wait_until(conn.arrived, 0) then
+    conn:close()
     return nil
   end
-  return e.conn
+  return conn
 end
 
 -- Keep conn for key until keep_ms from now (the pool has none for key).
