@@ -200,18 +200,26 @@ describe("a process that runs out of memory", function()
   -- sanitizer's shadow memory does not fit in the address space allowed.
   local sanitized = (os.getenv("LD_PRELOAD") or ""):find("asan", 1, true) ~= nil
   local it_plain = sanitized and pending or it
+
+  -- `market [options] script` under ulimit -v 200000 (200 MB), bounded in
+  -- time: its status, stdout and stderr.
+  local function capped(script, options)
+    local path = H.tempfile(script)
+    local status, out, err = H.sh(("ulimit -v 200000; timeout 60 %s %s%s </dev/null")
+                                  :format(H.quote(H.market_bin()), options or "", H.quote(path)))
+    os.remove(path)
+    return status, out, err
+  end
+
   it_plain("is seen to fail with the reason \"not enough memory\"", function()
-    local path = H.tempfile([[
+    local status, out = capped([[
       local market = require "market"
       local pid = market.perform(market.spawn(function()
         local t = {}
         for i = 1, 1e9 do t[i] = { i } end
       end, { name = "hog" }))
       market.perform(market.monitor(pid, function(_, r) print("hog down: " .. tostring(r)) end))
-    ]])
-    local status, out = H.sh(("ulimit -v 200000; timeout 60 %s --no-drivers --max-activation 0 %s </dev/null")
-                             :format(H.quote(H.market_bin()), H.quote(path)))
-    os.remove(path)
+    ]], "--no-drivers --max-activation 0 ")
     assert.equal(0, status)
     assert.equal("hog down: not enough memory\n", out)
   end)
@@ -224,7 +232,7 @@ describe("a process that runs out of memory", function()
   -- event spent it ends with "not enough memory" (as Lua's own failed
   -- allocation ends one), and the rest goes on.
   local function storm_then_ticker(storm)
-    local path = H.tempfile([[
+    return capped([[
       local market = require "market"
       local timer = require "market.timer"
       local ping = market.record("ping", "n")
@@ -246,10 +254,6 @@ describe("a process that runs out of memory", function()
         end, { name = "ticker" }))
       end))
     ]])
-    local status, out, err = H.sh(("ulimit -v 200000; timeout 60 %s %s </dev/null")
-                                  :format(H.quote(H.market_bin()), H.quote(path)))
-    os.remove(path)
-    return status, out, err
   end
 
   it_plain("that sends two messages for each it gets is ended with \"not enough memory\", alone",
@@ -263,7 +267,7 @@ describe("a process that runs out of memory", function()
   -- A request larger than all memory fails as it did (the reserve is for
   -- what could fit): under pcall, the process goes on.
   it_plain("that asks for more than there is, under pcall, goes on", function()
-    local path = H.tempfile([[
+    local status, out, err = capped([[
       local market = require "market"
       local timer = require "market.timer"
       local pid = market.perform(market.spawn(function()
@@ -274,9 +278,6 @@ describe("a process that runs out of memory", function()
       end, { name = "asker" }))
       market.perform(market.monitor(pid, function(_, r) print("asker down: " .. tostring(r)) end))
     ]])
-    local status, out, err = H.sh(("ulimit -v 200000; timeout 60 %s %s </dev/null")
-                                  :format(H.quote(H.market_bin()), H.quote(path)))
-    os.remove(path)
     assert.equal(0, status, err)
     assert.equal("false\tnot enough memory\nstill here\nasker down: exit\n", out)
   end)
