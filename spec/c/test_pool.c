@@ -3,11 +3,9 @@
 */
 #include <malloc.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <unistd.h>
 
 #include "check.h"
 #if defined(__has_include)
@@ -16,6 +14,7 @@
 #endif
 #endif
 #include "pool.h"
+#include "vsize.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define POOL_ON 0       /* pool.c leaves everything to malloc under ASan */
@@ -341,16 +340,6 @@ static void placed_blocks (void) {
   mk_pool_free_at(blocks[0], 4000, 16);
   CHECK(mk_pool_cached() == 0);
   mk_pool_free_at(NULL, 10, 0);       /* ignored */
-}
-
-/* The address space in use now, from /proc (0 when it cannot be read). */
-static size_t vsize (void) {
-  unsigned long pages = 0;
-  FILE *f = fopen("/proc/self/statm", "r");
-  if (f == NULL) return 0;
-  if (fscanf(f, "%lu", &pages) != 1) pages = 0;
-  fclose(f);
-  return (size_t)pages * (size_t)sysconf(_SC_PAGESIZE);
 }
 
 /* Under an address-space limit (ulimit -v) malloc fails: the pool gives

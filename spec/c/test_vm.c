@@ -1615,15 +1615,15 @@ static void in_child(int (*fn)(void)) {
 }
 
 #if !MK_SANITIZED      /* ASan maps its own memory as it goes: no cap */
+#include "vsize.h"
+
 /* Cap this (child) process's address space at what it has and `more`
 ** bytes; the child exits when it cannot. */
 static void cap_address_space(size_t more) {
   struct rlimit rl;
-  unsigned long pages = 0;
-  FILE *f = fopen("/proc/self/statm", "r");
-  if (f == NULL || fscanf(f, "%lu", &pages) != 1) _exit(2);
-  fclose(f);
-  rl.rlim_cur = rl.rlim_max = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (rlim_t)more;
+  size_t at = vsize();
+  if (at == 0) _exit(2);
+  rl.rlim_cur = rl.rlim_max = (rlim_t)at + (rlim_t)more;
   if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(3);
 }
 #endif
