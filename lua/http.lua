@@ -7,7 +7,8 @@
 -- keeps alive between requests, pipelined ones included.
 -- http.request(url [, options]) makes one request and returns the
 -- response; the connection is kept for the process's next request to the
--- same server (keep_alive ms).  Both wait, so both run in processes.
+-- same server (keep_alive ms), and redirects are followed if asked.
+-- Both wait, so both run in processes.
 -- No TLS: plain http:// only.
 local market, tcp, parser, sys = ...
 local M = {}
@@ -56,7 +57,8 @@ local REQUEST_KEYS = { method = function(v) return type(v) == "string" and v:mat
                        headers = function(v) return type(v) == "table" end,
                        body = function(v) return type(v) == "string" end,
                        timeout = positive, max_response = positive,
-                       keep_alive = function(v) return mtype(v) == "integer" and v >= 0 end }
+                       keep_alive = function(v) return mtype(v) == "integer" and v >= 0 end,
+                       redirects = function(v) return mtype(v) == "integer" and v >= 0 end }
 
 local function check(t, keys, fname)
   if t == nil then return {} end
@@ -447,26 +449,80 @@ local function exchange(conn, bytes, method, deadline, max_response)
   end
 end
 
--- res = http.request(url [, options]): one request, its response
--- {status=, reason=, version=, headers=, body=}; nil, why on failure.
-function M.request(url, options)
-  if type(url) ~= "string" then error("http.request: url must be a string, got " .. type(url), 2) end
-  if not pcall(market.self) then error("http.request: not inside a market process", 2) end
-  options = check(options, REQUEST_KEYS, "http.request")
-  local method = options.method or "GET"
-  local timeout = options.timeout or M.TIMEOUT
-  local keep_ms = options.keep_alive or M.KEEP_ALIVE
-  local host, port, authority, target = parse_url(url)
-  if not host then return nil, port end
-  local body = options.body
-  local length                                  -- (nil: no length header)
-  if body or method == "POST" or method == "PUT" or method == "PATCH" then length = body and #body or 0 end
-  local ok, bytes = pcall(head, fmt("%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, authority),
-                          options.headers, CLIENT_OWN, "http.request", nil, length, keep_ms == 0,
-                          body)
-  if not ok then error(bytes, 2) end
+-- ---- redirects -------------------------------------------------------
+
+-- path with its "." and ".." segments taken out (RFC 3986, 5.2.4); path
+-- starts with "/".
+local function remove_dots(path)
+  local segs, out, n = {}, {}, 0
+  for seg in path:gmatch("/([^/]*)") do segs[#segs + 1] = seg end
+  for i, seg in ipairs(segs) do
+    if seg == "." or seg == ".." then
+      if seg == ".." and n > 0 then out[n], n = nil, n - 1 end
+      if i == #segs then n = n + 1; out[n] = "" end       -- "a/.." names the folder: "a/"
+    else
+      n = n + 1; out[n] = seg
+    end
+  end
+  return "/" .. table.concat(out, "/")
+end
+
+-- url = http.resolve(base, ref): the URL that ref (a Location header's
+-- value, a link) names, read from base (RFC 3986, 5.2), without a
+-- fragment; or nil, why when base is not an absolute URL.
+function M.resolve(base, ref)
+  if type(base) ~= "string" then error("http.resolve: base must be a string, got " .. type(base), 2) end
+  if type(ref) ~= "string" then error("http.resolve: ref must be a string, got " .. type(ref), 2) end
+  ref = ref:gsub("#.*$", "")
+  if ref:match("^%a[%w+.-]*:") then                 -- absolute already
+    local scheme, rest = ref:match("^([^:]*):(.*)$")
+    local authority, path, query = rest:match("^//([^/?]*)([^?]*)(.*)$")
+    if not authority then return ref end           -- mailto:, urn:, ...: as it is
+    return scheme .. "://" .. authority .. (path == "" and "" or remove_dots(path)) .. query
+  end
+  local scheme, authority, path, query = base:match("^(%a[%w+.-]*)://([^/?#]*)([^?#]*)([^#]*)")
+  if not scheme then return nil, "not an absolute URL: " .. base end
+  if ref:sub(1, 2) == "//" then return M.resolve(base, scheme .. ":" .. ref) end
+  local rpath, rquery = ref:match("^([^?]*)(.*)$")
+  if rpath == "" then
+    return scheme .. "://" .. authority .. path .. (rquery ~= "" and rquery or query)
+  end
+  if rpath:sub(1, 1) ~= "/" then                   -- relative to base's folder
+    rpath = (path == "" and "/" or path:match("^(.*/)") or "/") .. rpath
+  end
+  return scheme .. "://" .. authority .. remove_dots(rpath) .. rquery
+end
+
+-- The statuses whose Location a request follows (options.redirects), and
+-- when the next request is a GET without the body: after a 303 always
+-- (but for a HEAD), after a 301 or 302 for a POST (what browsers and
+-- other clients do, and RFC 9110, 15.4.2 and 15.4.3, allow), after a 307
+-- or 308 never.
+local REDIRECTS = { [301] = "post", [302] = "post", [303] = "all", [307] = "none", [308] = "none" }
+
+-- Headers sent only to the server the caller named, not to another that
+-- a redirect names: credentials.
+local CREDENTIALS = { authorization = true, ["proxy-authorization"] = true, cookie = true }
+
+-- headers (the caller's: any case) without those named in drop (lower
+-- case); the same table when it has none of them.
+local function without(headers, drop)
+  if headers == nil then return nil end
+  local out, dropped = {}, false
+  for k, v in pairs(headers) do
+    if type(k) == "string" and drop[k:lower()] then dropped = true else out[k] = v end
+  end
+  return dropped and out or headers
+end
+
+-- ---- requests ----------------------------------------------------------
+
+-- One request's bytes sent to host:port, on the process's kept
+-- connection there or a new one, and its response read: the response, or
+-- nil and why.
+local function ask(host, port, bytes, method, deadline, keep_ms, max_response)
   local now = market.now()
-  local deadline, key = now + timeout, host .. ":" .. port
+  local key = host .. ":" .. port
   local pool = kept_of(now)
   local conn = nil
   if keep_ms > 0 then conn = reuse(pool, key) end
@@ -474,11 +530,12 @@ function M.request(url, options)
   while true do
     local reused = conn ~= nil
     if not conn then
-      local why
-      conn, why = tcp.connect(host, port, { connect_timeout = timeout })
+      local left, why = deadline - market.now()
+      if left <= 0 then return nil, "timeout" end
+      conn, why = tcp.connect(host, port, { connect_timeout = math.ceil(left) })
       if not conn then return nil, why end
     end
-    res, keep, fresh = exchange(conn, bytes, method, deadline, options.max_response or M.MAX_RESPONSE)
+    res, keep, fresh = exchange(conn, bytes, method, deadline, max_response)
     if res or not (reused and fresh and IDEMPOTENT[method]) then break end
     conn:close()                                -- closed idle as the request went: again
     conn = nil
@@ -490,6 +547,52 @@ function M.request(url, options)
   end
   if not res then return nil, keep end          -- (exchange's why)
   return res
+end
+
+-- res = http.request(url [, options]): one request, its response
+-- {status=, reason=, version=, headers=, body=, url=}, after the
+-- redirects options.redirects allows; nil, why on failure.
+function M.request(url, options)
+  if type(url) ~= "string" then error("http.request: url must be a string, got " .. type(url), 2) end
+  if not pcall(market.self) then error("http.request: not inside a market process", 2) end
+  options = check(options, REQUEST_KEYS, "http.request")
+  local method, headers, body = options.method or "GET", options.headers, options.body
+  local keep_ms = options.keep_alive or M.KEEP_ALIVE
+  local max_response = options.max_response or M.MAX_RESPONSE
+  local redirects, followed = options.redirects or 0, 0
+  local deadline = market.now() + (options.timeout or M.TIMEOUT)
+  local host, port, authority, target = parse_url(url)
+  if not host then return nil, port end
+  local origin = host:lower() .. ":" .. port
+  while true do
+    local length                                -- (nil: no length header)
+    if body or method == "POST" or method == "PUT" or method == "PATCH" then length = body and #body or 0 end
+    local ok, bytes = pcall(head, fmt("%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, authority),
+                            headers, CLIENT_OWN, "http.request", nil, length, keep_ms == 0, body)
+    if not ok then error(bytes, 2) end
+    local res, why = ask(host, port, bytes, method, deadline, keep_ms, max_response)
+    if not res then return nil, why end
+    local turn, location = REDIRECTS[res.status], res.headers.location
+    if redirects == 0 or not turn or not location then
+      res.url = url
+      return res
+    end
+    if followed == redirects then
+      return nil, ("too many redirects (%d followed): %d to %s"):format(followed, res.status, location)
+    end
+    followed = followed + 1
+    local to = M.resolve(url, location)
+    host, port, authority, target = parse_url(to)
+    if not host then return nil, ("redirected to %s: %s"):format(to, port) end
+    url = to
+    if turn == "all" and method ~= "HEAD" or turn == "post" and method == "POST" then
+      method, body = "GET", nil
+      headers = without(headers, { ["content-type"] = true })
+    end
+    if host:lower() .. ":" .. port ~= origin then   -- (and not back: once gone, gone)
+      headers = without(headers, CREDENTIALS)
+    end
+  end
 end
 
 return M

@@ -431,6 +431,94 @@ describe("http.serve and http.request", function()
     assert.equal("the connection closed before the whole response", got[9])
   end)
 
+  it("follows redirects when asked: relative Locations, the method a status keeps, credentials " ..
+     "kept from another server, a limit", function()
+    local got = N.run(function()
+      local function seen(who, req)
+        return 200, nil, ("%s %s %s auth=%s cookie=%s type=%s body=%s"):format(who, req.method,
+          req.target, tostring(req.headers.authorization), tostring(req.headers.cookie),
+          tostring(req.headers["content-type"]), req.body)
+      end
+      local other = assert(http.serve(0, function(req) return seen("other", req) end))
+      local moves = {
+        ["/a"] = { 302, "b/c?x=1" }, ["/b/c"] = { 301, "../d#part" }, ["/loop"] = { 302, "/loop" },
+        ["/303"] = { 303, "/end" }, ["/307"] = { 307, "/end" }, ["/308"] = { 308, "/end" },
+        ["/away"] = { 302, "http://127.0.0.1:" .. other.port .. "/there" },
+        ["/tls"] = { 301, "https://127.0.0.1/x" }, ["/nowhere"] = { 302, nil },
+      }
+      local srv = assert(http.serve(0, function(req)
+        local move = moves[req.path]
+        if not move then return seen("here", req) end
+        return move[1], { location = move[2] }, "moved"
+      end))
+      local out = {}
+      local function ask(path, options)
+        local r, e = http.request(url(srv, path), options)
+        out[#out + 1] = r and { r.status, (r.url:gsub(":%d+/", ":P/")), r.body } or { e }
+      end
+      local form = { ["Content-Type"] = "text/plain" }
+      ask("/a")                                               -- not followed unless asked
+      ask("/a", { redirects = 5 })
+      ask("/a", { redirects = 1 })
+      ask("/loop", { redirects = 3 })
+      ask("/a", { redirects = 5, method = "POST", body = "hi", headers = form })
+      ask("/307", { redirects = 5, method = "POST", body = "hi", headers = form })
+      ask("/308", { redirects = 5, method = "PUT", body = "hi" })
+      ask("/303", { redirects = 5, method = "PUT", body = "hi", headers = form })
+      ask("/303", { redirects = 5, method = "HEAD" })
+      ask("/307", { redirects = 5, headers = { Authorization = "secret", Cookie = "c=1" } })
+      ask("/away", { redirects = 5, headers = { Authorization = "secret", cookie = "c=1" } })
+      ask("/tls", { redirects = 5 })
+      ask("/nowhere", { redirects = 5 })
+      srv:close(); other:close()
+      return out
+    end)
+    assert.same({
+      { 302, "http://127.0.0.1:P/a", "moved" },
+      { 200, "http://127.0.0.1:P/d", "here GET /d auth=nil cookie=nil type=nil body=" },
+      { "too many redirects (1 followed): 301 to ../d#part" },
+      { "too many redirects (3 followed): 302 to /loop" },
+      { 200, "http://127.0.0.1:P/d", "here GET /d auth=nil cookie=nil type=nil body=" },
+      { 200, "http://127.0.0.1:P/end", "here POST /end auth=nil cookie=nil type=text/plain body=hi" },
+      { 200, "http://127.0.0.1:P/end", "here PUT /end auth=nil cookie=nil type=nil body=hi" },
+      { 200, "http://127.0.0.1:P/end", "here GET /end auth=nil cookie=nil type=nil body=" },
+      { 200, "http://127.0.0.1:P/end", "" },
+      { 200, "http://127.0.0.1:P/end", "here GET /end auth=secret cookie=c=1 type=nil body=" },
+      { 200, "http://127.0.0.1:P/there", "other GET /there auth=nil cookie=nil type=nil body=" },
+      { "redirected to https://127.0.0.1/x: https is not supported (market has no TLS): " ..
+        "https://127.0.0.1/x" },
+      { 302, "http://127.0.0.1:P/nowhere", "moved" },
+    }, got)
+  end)
+
+  it("resolves a reference against a base URL as RFC 3986 does", function()
+    -- RFC 3986, 5.4.1 and 5.4.2 (the strict reading of "http:g"), base
+    -- http://a/b/c/d;p?q; and a few of its own.
+    local base, cases = "http://a/b/c/d;p?q", {
+      { "g:h", "g:h" }, { "g", "http://a/b/c/g" }, { "./g", "http://a/b/c/g" },
+      { "g/", "http://a/b/c/g/" }, { "/g", "http://a/g" }, { "//g", "http://g" },
+      { "?y", "http://a/b/c/d;p?y" }, { "g?y", "http://a/b/c/g?y" }, { "#s", "http://a/b/c/d;p?q" },
+      { "g#s", "http://a/b/c/g" }, { "g?y#s", "http://a/b/c/g?y" }, { ";x", "http://a/b/c/;x" },
+      { "g;x", "http://a/b/c/g;x" }, { "", "http://a/b/c/d;p?q" }, { ".", "http://a/b/c/" },
+      { "./", "http://a/b/c/" }, { "..", "http://a/b/" }, { "../", "http://a/b/" },
+      { "../g", "http://a/b/g" }, { "../..", "http://a/" }, { "../../", "http://a/" },
+      { "../../g", "http://a/g" }, { "../../../g", "http://a/g" }, { "../../../../g", "http://a/g" },
+      { "/./g", "http://a/g" }, { "/../g", "http://a/g" }, { "g.", "http://a/b/c/g." },
+      { ".g", "http://a/b/c/.g" }, { "g..", "http://a/b/c/g.." }, { "..g", "http://a/b/c/..g" },
+      { "./../g", "http://a/b/g" }, { "./g/.", "http://a/b/c/g/" }, { "g/./h", "http://a/b/c/g/h" },
+      { "g/../h", "http://a/b/c/h" }, { "g;x=1/./y", "http://a/b/c/g;x=1/y" },
+      { "g;x=1/../y", "http://a/b/c/y" }, { "g?y/./x", "http://a/b/c/g?y/./x" },
+      { "g?y/../x", "http://a/b/c/g?y/../x" }, { "g#s/./x", "http://a/b/c/g" },
+      { "g#s/../x", "http://a/b/c/g" }, { "http:g", "http:g" },
+      { "//h/x/../y?z", "http://h/y?z" }, { "HTTP://X/a/./b", "HTTP://X/a/b" },
+    }
+    for _, c in ipairs(cases) do assert.equal(c[2], http.resolve(base, c[1]), c[1]) end
+    assert.equal("http://a/g", http.resolve("http://a", "g"))
+    assert.equal("http://a?q", http.resolve("http://a?q", ""))
+    assert.same({ nil, "not an absolute URL: /b/c" }, { http.resolve("/b/c", "g") })
+    assert.matches("base must be a string", select(2, pcall(http.resolve, nil, "g")), 1, true)
+  end)
+
   it("raises on misuse", function()
     local got = N.run(function()
       local out = {}
@@ -442,6 +530,7 @@ describe("http.serve and http.request", function()
       try(function() http.request("http://127.0.0.1/", { method = "GET POST" }) end)
       try(function() http.request("http://127.0.0.1/", { headers = { Host = "x" } }) end)
       try(function() http.request("http://127.0.0.1/", { headers = { ["Bad Name"] = "x" } }) end)
+      try(function() http.request("http://127.0.0.1/", { redirects = -1 }) end)
       return out
     end)
     assert.same({
@@ -452,6 +541,7 @@ describe("http.serve and http.request", function()
       'false http.request: bad method: "GET POST"',
       "false http.request: the header Host is market's to write",
       'false http.request: bad header name "Bad Name"',
+      "false http.request: bad redirects: -1",
     }, got)
     local ok, err = pcall(http.request, "http://127.0.0.1/")
     assert.is_false(ok)
