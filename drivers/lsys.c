@@ -1253,6 +1253,7 @@ int luaopen_market_sys(lua_State *L) {
   lua_remove(L, -2);
   mkd_open_count(L);
   mkd_open_tcpconn(L);
+  mkd_open_tls(L);
   mkd_open_cluster(L);
   return 1;
 }

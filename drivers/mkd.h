@@ -9,6 +9,7 @@
 #define MKD_H
 
 #include <netdb.h>
+#include <sys/types.h>
 #include <sys/un.h>
 
 #include <lua.h>
@@ -119,6 +120,42 @@ void mkd_open_count(lua_State *L);
 /* Adds tcp_accept, tcp_manage and tcp_stats to the market.sys table at
 ** the top of L's stack (see tcpconn.c). */
 void mkd_open_tcpconn(lua_State *L);
+
+/* ---- tls.c --------------------------------------------------------------- */
+
+/* A TLS session on a connected socket, for a manager of tcpconn.c
+** (docs/tcp.md, "TLS"): OpenSSL's, loaded at the first.  Owned by the
+** manager (mkd_tls_free); the socket stays the manager's. */
+typedef struct mkd_tls mkd_tls;
+
+/* Results besides bytes (> 0) and the end of stream (0). */
+enum { MKD_TLS_WANT_READ = -1, MKD_TLS_WANT_WRITE = -2, MKD_TLS_ERROR = -3 };
+
+struct mk_term;
+/* Whether t is a TLS configuration, a tcp-tls record (tcp.tls). */
+int mkd_tls_is_config(const struct mk_term *t);
+/* The session of configuration `config` on fd, a server's or a client's
+** (host: the peer's name or address, checked against its certificate
+** and named in SNI unless the configuration names another); NULL and why
+** (words for a reason: "tls: ...") on failure. */
+mkd_tls *mkd_tls_new(const struct mk_term *config, int fd, int server, const char *host,
+                     char *why, size_t size);
+void mkd_tls_free(mkd_tls *t);      /* NULL accepted */
+/* A step of the handshake: 1 when it is done, MKD_TLS_WANT_* or
+** MKD_TLS_ERROR (why). */
+int mkd_tls_handshake(mkd_tls *t, char *why, size_t size);
+/* Bytes read or written, 0 at the peer's end of stream (read), or
+** MKD_TLS_WANT_* or MKD_TLS_ERROR (why). */
+ssize_t mkd_tls_read(mkd_tls *t, char *buf, size_t n, char *why, size_t size);
+ssize_t mkd_tls_write(mkd_tls *t, const char *buf, size_t n, char *why, size_t size);
+/* Bytes read from the socket and decrypted but not yet taken. */
+size_t mkd_tls_pending(const mkd_tls *t);
+/* Send close_notify, if the socket takes it (writing then shuts down). */
+void mkd_tls_close_notify(mkd_tls *t);
+/* "TLSv1.3", ... */
+const char *mkd_tls_version(const mkd_tls *t);
+/* Adds tls_check to the market.sys table at the top of L's stack. */
+void mkd_open_tls(lua_State *L);
 
 /* ---- lcluster.c --------------------------------------------------------- */
 

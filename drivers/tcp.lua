@@ -45,12 +45,15 @@ local backpressure = market.record("tcp-backpressure", "source", "destination")
 -- wildcard: every connection of that local end), published by whoever sets
 -- them (tcp.options, below); settings is a sequence of {key, value} pairs.
 local options_rec = market.record("tcp-options", "local", "remote", "settings")
+-- A TLS configuration (tcp.tls, below; drivers/tls.c): paths, flags and
+-- the serial of the tcp.tls call that made it.
+local tls_rec = market.record("tcp-tls", "cert", "key", "ca", "verify", "server_name", "serial")
 -- Sent by a listener for each connection it closed at once instead of
 -- taking it (a connection cap, no descriptors left), with the reason.
 local refused = market.record("tcp-refused", "listener", "remote", "reason")
 M.channel, M.address, M.handle, M.listener = channel, address, handle, listener
 M.listening, M.backpressure, M.refused = listening, backpressure, refused
-M.options_record = options_rec
+M.options_record, M.tls_record = options_rec, tls_rec
 
 -- Internal messages between the driver's processes.
 local stop_listener = market.record("tcp-driver:stop-listener", "port")
@@ -104,6 +107,10 @@ local function bad_setting(k, v)
     if not FRAMINGS[v] then
       return ("framing must be %s, got %s"):format(framing_names, show(v))
     end
+  elseif k == "tls" then
+    if not (type(v) == "boolean" or tls_rec:is(v)) then
+      return ("tls must be a configuration tcp.tls made, or a boolean, got %s"):format(show(v))
+    end
   elseif k == "reuseport" or k == "reading" then
     if type(v) ~= "boolean" then return ("%s must be a boolean, got %s"):format(k, show(v)) end
   elseif bounds == nil then
@@ -149,13 +156,49 @@ function M.options(loc, ...)
     error("tcp.options: settings must be a table, got " .. type(settings), 2)
   end
   check_settings(settings, "tcp.options")
+  local tls = settings.tls
+  if tls == true then
+    tls = M.TLS_CLIENT
+  elseif tls and listener:is(loc) and not tls.cert then
+    error("tcp.options: tls: a server needs a certificate (tcp.tls{cert = ..., key = ...})", 2)
+  end
   local keys, seq = {}, {}
   for k in pairs(settings) do keys[#keys + 1] = k end
   table.sort(keys)
-  for i, k in ipairs(keys) do seq[i] = { k, settings[k] } end
+  for i, k in ipairs(keys) do seq[i] = { k, k == "tls" and tls or settings[k] } end
   if remote == nil then remote = _ end
   return market.publisher(options_rec(loc, remote, seq), handlers)
 end
+
+-- config = tcp.tls{cert =, key =, ca =, verify =, server_name =}: a TLS
+-- configuration for the tls setting (docs/tcp.md, "TLS"), its files read
+-- now (nil, why when they cannot be); or the same, made of the
+-- system's CA certificates, with no argument.
+local TLS_KEYS = { cert = "string", key = "string", ca = "string", verify = "boolean",
+                   server_name = "string" }
+local tls_serial = 0
+function M.tls(t)
+  if t == nil then t = {} end
+  if type(t) ~= "table" then error("tcp.tls: want a table of settings, got " .. type(t), 2) end
+  for k, v in pairs(t) do
+    local want = TLS_KEYS[k]
+    if not want then error("tcp.tls: unknown setting " .. show(k), 2) end
+    if type(v) ~= want or (want == "string" and (v == "" or v:find("\0", 1, true))) then
+      error(("tcp.tls: %s must be a %s%s, got %s"):format(k, want,
+        want == "string" and " (not empty, no NUL)" or "", show(v)), 2)
+    end
+  end
+  if t.key and not t.cert then error("tcp.tls: a key without its certificate (cert)", 2) end
+  tls_serial = tls_serial + 1
+  local config = tls_rec(t.cert or false, t.key or false, t.ca or false, t.verify ~= false,
+                         t.server_name or false, tls_serial)
+  local ok, why = sys.tls_check(config)
+  if not ok then return nil, why end
+  return config
+end
+-- What tls = true stands for: a client's, verifying against the system's
+-- CA certificates (serial 0: read at its first connection).
+M.TLS_CLIENT = tls_rec(false, false, false, true, false, 0)
 
 -- A settings sequence's value for key, the last one given, or nil.
 local function setting(seq, key)
@@ -325,6 +368,16 @@ local function listener_proc(port, driver)
       local on_accept
       -- The count of the connections this listener's managers hold open.
       local conns, exhausted = sys.tcp_conns(), false
+      -- The TLS configuration of the latest set that names one (false:
+      -- plain), for every connection accepted from now on.
+      local function tls_of()
+        local tls
+        for i = 1, #sets do
+          local x = setting(sets[i].settings, "tls")
+          if x ~= nil then tls = x end
+        end
+        return tls_rec:is(tls) and tls or nil
+      end
       local function max_connections()
         default("max_connections", "MAX_CONNECTIONS")   -- checked
         return last("max_connections", "MAX_CONNECTIONS")
@@ -360,7 +413,8 @@ local function listener_proc(port, driver)
         end
         -- A manager per connection, spawned by this process (at most 64 per
         -- turn: the others' events are not held up by a burst of connects).
-        local n, err = sys.tcp_accept(s, loc, port, 64, maxconn, conns, settings, M.stats)
+        local n, err = sys.tcp_accept(s, loc, port, 64, maxconn, conns, settings, M.stats,
+                                      tls_of())
         if n then
           -- Out of descriptors (err): connections are refused meanwhile.
           if err and not exhausted then
@@ -903,7 +957,8 @@ end
 -- connections whose managers are among the first max processes.
 function M.inspect(max)
   local s, t = M.stats, {}
-  for _, k in ipairs { "max_queued", "pauses", "overflows", "refused", "timeouts", "max_input" } do
+  for _, k in ipairs { "max_queued", "pauses", "overflows", "refused", "timeouts", "max_input",
+                       "tls_failures" } do
     t[k] = s[k]
   end
   t.connections = sys.tcp_inspect(max)

@@ -55,7 +55,8 @@
 **   sys.tcp_stats() -> stats
 **       counters shared by the managers given it: stats.max_queued,
 **       stats.pauses, stats.overflows, stats.refused, stats.timeouts,
-**       stats.max_input (read and set like table fields).
+**       stats.max_input, stats.tls_failures (read and set like table
+**       fields).
 **   sys.tcp_inspect() -> connections
 **       every connection's manager in the program's VMs, for
 **       market.tcp.inspect (docs/inspect.md, "Detail mode").
@@ -117,11 +118,11 @@
 
 /* Counters shared by managers and the Lua side (mkd.h's counter sets):
 ** tcp.stats, and each listener's count of its live managers. */
-enum { C_MAX_QUEUED, C_PAUSES, C_OVERFLOWS, C_REFUSED, C_TIMEOUTS, C_MAX_INPUT };
+enum { C_MAX_QUEUED, C_PAUSES, C_OVERFLOWS, C_REFUSED, C_TIMEOUTS, C_MAX_INPUT, C_TLS_FAILED };
 enum { C_LIVE, C_SERIAL };
 
 static const char *const stats_names[] = {
-  "max_queued", "pauses", "overflows", "refused", "timeouts", "max_input", NULL };
+  "max_queued", "pauses", "overflows", "refused", "timeouts", "max_input", "tls_failures", NULL };
 static const char *const conns_names[] = { "live", "serial", NULL };
 
 static int l_tcp_stats(lua_State *L) { mkd_newcount(L, "tcp.stats", stats_names); return 1; }
@@ -133,7 +134,7 @@ enum { F_RAW, F_LINE, F_U16, F_U32 };
 static const char *const framings[] = { "raw", "line", "u16", "u32", NULL };
 
 enum { K_FRAMING, K_MAX_FRAME, K_IDLE, K_MAXCONN, K_HIGH, K_LOW, K_HARD, K_READ, K_LINGER,
-       K_CONNECT, K_REUSEPORT, K_READING, NKEYS };
+       K_CONNECT, K_REUSEPORT, K_READING, K_TLS, NKEYS };
 
 /* The keys of a settings sequence and the integers they take (framing: an
 ** index into framings[]; reuseport, reading: booleans, as 0 or 1).  They guard against hand-made tcp-options
@@ -152,6 +153,7 @@ static const struct { const char *name; int64_t lo, hi; } keys[NKEYS] = {
   { "connect_timeout", 0, INT64_MAX / 4 },
   { "reuseport", 0, 1 },       /* the listener's (tcp.lua), not a connection's */
   { "reading", 0, 1 },         /* false: read nothing more (held); unset: true */
+  { "tls", 0, 1 },             /* a tcp-tls record (1: tls_config finds it), or false */
 };
 
 /* A set of settings: v[k] is meaningful where bit k of `set` is. */
@@ -190,6 +192,8 @@ static const char *parse_settings(const mk_term *s, tconf *cf) {
       if (framings[v] == NULL) v = -1;
     } else if (k == K_REUSEPORT || k == K_READING) {
       v = val->kind == MK_TRUE ? 1 : val->kind == MK_FALSE ? 0 : -1;
+    } else if (k == K_TLS) {
+      v = mkd_tls_is_config(val) ? 1 : val->kind == MK_FALSE ? 0 : -1;
     } else {
       v = val->kind == MK_INT ? val->v.i : -1;
     }
@@ -298,7 +302,7 @@ static int same_conf(const tconf *a, const tconf *b) {
   return 1;
 }
 
-/* 320 bytes (issue 10), without padding: 248 and the inbound flow's
+/* 336 bytes (issue 10), without padding: 264 and the inbound flow's
 ** match slot (72).  What a round trip reads or writes comes first, in 56
 ** bytes, then the slot, whose `wraps` (route.h) ends the first cache line
 ** and whose entry is the second: the record is placed on a line's
@@ -319,7 +323,7 @@ typedef struct tconn {
   uint8_t framing;            /* F_* (settings) */
   uint8_t watching;           /* W_* */
   unsigned seen : 1, connected : 1, paused : 1, eof_in : 1, eof_out : 1, closing : 1,
-           warned : 1, done : 1;
+           secure : 1, done : 1;    /* secure: speaks TLS (tls below) */
   unsigned in_failed : 1;     /* the inbound flow was withdrawn with a reason */
   unsigned more : 1;          /* ib may hold whole frames not yet delivered */
   unsigned eof_queued : 1;    /* shut down writing once the queue is written */
@@ -352,6 +356,7 @@ typedef struct tconn {
   /* framed input left over (see "framing" below): malloc'd, icap bytes */
   char *ib;
   tdial *dial;                /* owned: connecting (outbound), or NULL */
+  mkd_tls *tls;               /* owned: the TLS session (tls.c), or NULL: plain */
   size_t high, low, hard;
   int64_t linger_ms;
   size_t qbytes;              /* bytes held by the queue (blocks and terms) */
@@ -360,6 +365,11 @@ typedef struct tconn {
   size_t ioff, iscan, ilen, icap;
   uint32_t nopts, optcap;
   int readers, senders;       /* peers on the inbound / outbound flow */
+  /* (here, not among the round trip's bits above, whose word is full) */
+  unsigned warned : 1;        /* a non-string subpacket was logged (warn_once) */
+  unsigned tls_done : 1;      /* TLS: the handshake is over */
+  unsigned tls_rw : 1;        /* TLS: a read waits for the socket to be writable */
+  unsigned tls_wr : 1;        /* TLS: a write waits for it to be readable */
 } tconn;
 
 _Static_assert(offsetof(tconn, inslot) + offsetof(mk_match_slot, e) == 64,
@@ -551,12 +561,14 @@ static void add_flows(mk_proc *p, tconn *c) {
 ** descriptor (mkd_close_watched).  An outbound connection that never
 ** connected publishes its flows first, so that its users see them go
 ** with the reason (their absence: "connection refused", ...), and the
-** driver, which counts managers by their inbound flow, sees it go too. */
+** driver, which counts managers by their inbound flow, sees it go too.
+** An accepted connection without flows (its TLS handshake failed) goes
+** unseen: nobody took it. */
 static void finish(mk_proc *p, tconn *c, const char *reason) {
   int bit;
   mk_term *r;
   if (c->done) return;
-  if (!c->flows) add_flows(p, c);
+  if (!c->flows && c->lport == NULL) add_flows(p, c);
   for (bit = 1; bit <= W_LAST; bit <<= 1) unwatch(p, c, bit);
   close_resolver(c);
   if (c->fd >= 0) { mkd_close_watched(c->fd); set_fd(c, -1); }
@@ -573,7 +585,8 @@ static void finish_errno(mk_proc *p, tconn *c, int err) {
 }
 
 static void update_reading(mk_proc *p, tconn *c) {
-  if (c->draining || (c->connected && !c->eof_in && !c->closing && !c->in_failed &&
+  if (c->secure && !c->tls_done && !c->draining) return;   /* the handshake's watch */
+  if (c->draining || (c->secure && c->tls_wr) || (c->connected && !c->eof_in && !c->closing && !c->in_failed &&
                       c->readers > 0 && !c->held))
     watch(p, c, W_RD, c->rd);
   else
@@ -787,7 +800,8 @@ static void from_buffer(mk_proc *p, tconn *c, int budget) {
 /* After input was handled: an alarm to go on with what is left when the
 ** socket may have nothing more to say. */
 static void update_more(mk_proc *p, tconn *c) {
-  if (c->more && c->readers > 0 && !c->in_failed && !c->closing && !c->done) {
+  if ((c->more || (c->secure && c->tls_done && mkd_tls_pending(c->tls) > 0)) &&
+      c->readers > 0 && !c->in_failed && !c->closing && !c->done) {
     if (!(c->watching & W_MORE)) watch_alarm(p, c, W_MORE, now_ms() + 1);
   } else {
     unwatch(p, c, W_MORE);
@@ -934,8 +948,9 @@ static void update_flow(mk_proc *p, tconn *c) {
     mk_delete_endpoint(p, "bp", 0, NULL);
   }
   if (!c->connected) return;
-  if (c->qhead != NULL) {
-    watch_writable(p, c, W_WR);
+  if (c->qhead != NULL || (c->secure && c->tls_rw)) {
+    /* (not while a TLS write waits to read: writable, it would spin) */
+    if (c->secure && c->tls_wr) unwatch(p, c, W_WR); else watch_writable(p, c, W_WR);
   } else {
     unwatch(p, c, W_WR);
     if (c->closing) begin_drain(p, c);
@@ -946,12 +961,20 @@ static void update_flow(mk_proc *p, tconn *c) {
 ** full, -1 when the connection failed (finished then). */
 static ssize_t put(mk_proc *p, tconn *c, const char *s, size_t n) {
   ssize_t w;
-  do {
-    w = send(c->fd, s, n, MSG_NOSIGNAL);
-  } while (w < 0 && errno == EINTR);
-  if (w < 0) {
-    if (errno != EAGAIN && errno != EWOULDBLOCK) { finish_errno(p, c, errno); return -1; }
-    return 0;
+  if (c->secure) {
+    char why[256];
+    w = mkd_tls_write(c->tls, s, n, why, sizeof why);
+    if (w == MKD_TLS_ERROR) { finish(p, c, why); return -1; }
+    if (w == MKD_TLS_WANT_READ) { c->tls_wr = 1; update_reading(p, c); }
+    if (w < 0) return 0;
+  } else {
+    do {
+      w = send(c->fd, s, n, MSG_NOSIGNAL);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK) { finish_errno(p, c, errno); return -1; }
+      return 0;
+    }
   }
   if (w > 0) {
     if (c->idle_ms > 0) c->last_io = stamp_ms();
@@ -963,6 +986,7 @@ static ssize_t put(mk_proc *p, tconn *c, const char *s, size_t n) {
 static void shut_wr(mk_proc *p, tconn *c) {
   c->eof_queued = 0;
   c->shut = 1;
+  if (c->secure && c->tls_done) mkd_tls_close_notify(c->tls);
   if (shutdown(c->fd, SHUT_WR) != 0 && errno != ENOTCONN) finish_errno(p, c, errno);
 }
 
@@ -1115,21 +1139,40 @@ static void drain_input(mk_proc *p, tconn *c) {
   if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) finish(p, c, NULL);
 }
 
+static void tls_handshake(mk_proc *p, tconn *c);
+static void tls_readable(mk_proc *p, tconn *c);
+
+/* n bytes just read into rbuf (from the socket, or from a TLS session). */
+static void got(mk_proc *p, tconn *c, size_t n) {
+  if (c->idle_ms > 0) c->last_io = stamp_ms();
+  mk_detail_io(p, n, 0);
+  received(p, c, rbuf, n);
+}
+
 static void on_readable(mk_proc *p, tconn *c) {
   ssize_t n;
   if (c->fd < 0) return;
   if (c->draining) { drain_input(p, c); return; }
+  if (c->secure) {
+    if (!c->tls_done) { tls_handshake(p, c); return; }
+    if (c->tls_wr) {                      /* a write waited to read: the queue goes on */
+      c->tls_wr = 0;
+      flush(p, c);
+      if (c->done) return;
+      update_reading(p, c);
+      if (!(c->watching & W_RD)) return;
+    }
+  }
   /* No reader since this was queued (peers_changed's RECHECK is still to
   ** come): what the socket holds stays there, as it does unwatched. */
   if (c->readers == 0) { update_reading(p, c); return; }
   if (c->more) { pump(p, c); return; }     /* what is left first */
+  if (c->secure) { tls_readable(p, c); return; }
   do {
     n = recv(c->fd, rbuf, c->readsize, 0);
   } while (n < 0 && errno == EINTR);
   if (n > 0) {
-    if (c->idle_ms > 0) c->last_io = stamp_ms();
-    mk_detail_io(p, (size_t)n, 0);
-    received(p, c, rbuf, (size_t)n);
+    got(p, c, (size_t)n);
   } else if (n == 0) {
     end_of_input(p, c);
   } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -1265,7 +1308,7 @@ static void options_changed(mk_proc *p, tconn *c, mk_term *topic, int present) {
 ** connect that fails (docs/tcp.md, "Connecting").  "want-out" stays until
 ** what was routed to it alone (sent early) has been delivered: the resume
 ** comes after every event now queued (took_over). */
-static void on_connected(mk_proc *p, tconn *c) {
+static void established(mk_proc *p, tconn *c) {
   c->connected = 1;
   c->last_io = stamp_ms();
   unwatch(p, c, W_CONN);
@@ -1277,6 +1320,121 @@ static void on_connected(mk_proc *p, tconn *c) {
   update_reading(p, c);
   arm_idle(p, c);
   if (!c->done) flush(p, c);
+}
+
+/* ---- TLS ------------------------------------------------------------------ */
+
+/*
+** A connection with a TLS configuration (docs/tcp.md, "TLS"; tls.c) is
+** encrypted below the framing: its chunks, lines and frames are the
+** plaintext's.  The handshake comes first, and the flows wait for it: an
+** outbound connection is connected once its handshake is over (a
+** certificate that does not verify is the connect's failure, as a
+** refusal is), and an accepted one is shown to the listener's observers
+** only then, so that a client that cannot speak TLS (a port scanner, a
+** plain HTTP request) never gets a session; its manager ends alone,
+** counted in tcp.stats.tls_failures, within connect_timeout.  During the
+** handshake the manager watches the socket itself (W_RD for reading,
+** W_CONN for writing).  Afterwards a read may have to write and a write
+** to read (tls_rw, tls_wr), and bytes read from the socket may wait
+** decrypted in the session (mkd_tls_pending): they are taken before the
+** socket is asked again, as the framing's left-over frames are.
+*/
+
+/* The TLS configuration the option sets give an outbound connection, the
+** latest set that names one; NULL: plain. */
+static const mk_term *tls_config(const tconn *c) {
+  uint32_t i, j;
+  for (i = c->nopts; i-- > 0;) {
+    const mk_term *seq = mk_items(c->opts[i])[2];
+    if (seq->kind != MK_SEQ) continue;
+    for (j = seq->n; j-- > 0;) {
+      const mk_term *kv = mk_items(seq)[j];
+      if (kv->kind == MK_SEQ && kv->n == 2 && is_str(mk_items(kv)[0], "tls")) {
+        const mk_term *v = mk_items(kv)[1];
+        return mkd_tls_is_config(v) ? v : NULL;
+      }
+    }
+  }
+  return NULL;
+}
+
+static void tls_failed(mk_proc *p, tconn *c, const char *why) {
+  if (c->stats) c->stats->v[C_TLS_FAILED]++;
+  finish(p, c, why);
+}
+
+/* An accepted connection whose handshake is over: shown now. */
+static void accepted(mk_proc *p, tconn *c) {
+  c->connected = 1;
+  c->last_io = stamp_ms();
+  unwatch(p, c, W_DIAL);
+  add_flows(p, c);
+  arm_idle(p, c);
+}
+
+static void tls_handshake(mk_proc *p, tconn *c) {
+  char why[512];
+  int r = mkd_tls_handshake(c->tls, why, sizeof why);
+  if (r == MKD_TLS_WANT_READ) {
+    unwatch(p, c, W_CONN);
+    watch(p, c, W_RD, c->rd);
+    return;
+  }
+  if (r == MKD_TLS_WANT_WRITE) {
+    unwatch(p, c, W_RD);
+    watch_writable(p, c, W_CONN);
+    return;
+  }
+  if (r != 1) { tls_failed(p, c, why); return; }
+  c->tls_done = 1;
+  unwatch(p, c, W_CONN);
+  unwatch(p, c, W_RD);
+  if (c->lport != NULL) accepted(p, c); else established(p, c);
+}
+
+/* Plaintext from the session: what one read of the socket brought, and
+** what the session holds decrypted besides, while the connection takes
+** input (framing's budget, readers, reading = true). */
+static void tls_readable(mk_proc *p, tconn *c) {
+  char why[512];
+  ssize_t n;
+  do {
+    n = mkd_tls_read(c->tls, rbuf, c->readsize, why, sizeof why);
+    if (n > 0) {
+      got(p, c, (size_t)n);
+    } else if (n == 0) {
+      end_of_input(p, c);
+      return;
+    } else if (n == MKD_TLS_WANT_WRITE) {
+      c->tls_rw = 1;
+      watch_writable(p, c, W_WR);
+      return;
+    } else if (n == MKD_TLS_ERROR) {
+      finish(p, c, why);
+      return;
+    } else {
+      break;                              /* MKD_TLS_WANT_READ: the socket's next readiness */
+    }
+  } while (!c->done && !c->in_failed && !c->more && !c->held && c->readers > 0 &&
+           mkd_tls_pending(c->tls) > 0);
+  if (!c->done) update_more(p, c);
+}
+
+/* The connect completed: the TLS handshake first, if the settings ask for
+** one. */
+static void on_connected(mk_proc *p, tconn *c) {
+  const mk_term *cfg;
+  if (c->tls == NULL && (cfg = tls_config(c)) != NULL) {
+    char why[512];
+    const mk_term *host = mk_items(c->remote)[0];
+    int unix_path = c->dial != NULL && c->dial->unix_path;
+    c->tls = mkd_tls_new(cfg, c->fd, 0, unix_path ? NULL : mk_strdata(host), why, sizeof why);
+    if (c->tls == NULL) { tls_failed(p, c, why); return; }
+    c->secure = 1;
+  }
+  if (c->secure && !c->tls_done) { tls_handshake(p, c); return; }
+  established(p, c);
 }
 
 /* The hand-over is done: the observers go.  If the users left meanwhile,
@@ -1303,7 +1461,15 @@ static void wanted(mk_proc *p, tconn *c, int reader, int d) {
 
 static void dial_expired(mk_proc *p, tconn *c) {
   char buf[64];
-  if (c->connected || c->dial == NULL) return;
+  if (c->connected) return;
+  if (c->dial == NULL) {            /* accepted: its TLS handshake's time */
+    if (!c->secure) return;
+    if (c->stats) c->stats->v[C_TLS_FAILED]++;
+    snprintf(buf, sizeof buf, "tls: no handshake within %lld ms",
+             (long long)c->base->cf.v[K_CONNECT]);
+    finish(p, c, buf);
+    return;
+  }
   snprintf(buf, sizeof buf, "connect timed out after %lld ms", (long long)c->dial->timeout_ms);
   finish(p, c, buf);
 }
@@ -1516,13 +1682,21 @@ static void boot(mk_proc *p, tconn *c) {
     ** listener closes before anyone took this connection, close it. */
     static const char *const fields[] = { "port" };
     mk_rtype *rt = rtype("tcp-driver:listener-closed", 1, fields);
-    add_flows(p, c);
+    if (!c->secure) add_flows(p, c);
     r.interest = MK_PARTICIPANT;
     r.orientation = MK_SUBSCRIBER;
     r.topic = mk_rec(rt, mk_ref(c->lport));
     mk_add_endpoint_tagged(p, "listener", r, T_LISTENER, 0);
     mk_unref(r.topic);
     mk_rtype_unref(rt);
+    if (c->secure) {
+      /* Shown once its handshake is over (accepted), if within
+      ** connect_timeout. */
+      c->connected = 0;
+      if (c->base->cf.v[K_CONNECT] > 0) watch_alarm(p, c, W_DIAL, now_ms() + c->base->cf.v[K_CONNECT]);
+      tls_handshake(p, c);
+      return;
+    }
     arm_idle(p, c);
   } else {
     /* Outbound: no flows until connected (tdial), only the observers of
@@ -1569,12 +1743,25 @@ static void handle(mk_proc *p, const mk_event *ev) {
       switch (ev->tag) {
         case W_RD: on_readable(p, c); break;
         case T_OUT: on_out(p, c, ev->message); break;     /* "out" or "want-out" */
-        case W_WR: flush(p, c); break;
+        case W_WR:
+          if (c->secure && c->tls_rw) {   /* a TLS read waited to write */
+            c->tls_rw = 0;
+            on_readable(p, c);
+            if (c->done) break;
+          }
+          flush(p, c);
+          break;
         case W_RESOLVE: on_resolved(p, c); break;
-        case W_CONN: on_conn(p, c); break;
+        case W_CONN:
+          if (c->secure && !c->tls_done) tls_handshake(p, c); else on_conn(p, c);
+          break;
         case W_DIAL: dial_expired(p, c); break;
         case W_IDLE: arm_idle(p, c); break;
-        case W_MORE: unwatch(p, c, W_MORE); pump(p, c); break;
+        case W_MORE:
+          unwatch(p, c, W_MORE);
+          pump(p, c);
+          if (c->secure && !c->more && !c->done) tls_readable(p, c);
+          break;
         case W_LINGER: on_linger(p, c); break;
         case T_LISTENER:
           if (!c->seen) {
@@ -1606,6 +1793,7 @@ static void destroy(mk_proc *p) {
   close_resolver(c);
   if (c->dial && c->dial->numeric) freeaddrinfo(c->dial->numeric);
   free(c->dial);
+  mkd_tls_free(c->tls);
   base_release(c->base);
   if (c->fd >= 0) mkd_close_watched(c->fd);
   set_fd(c, -1);
@@ -1667,7 +1855,7 @@ static tbase *parsedefaults(lua_State *L, int idx) {
   const char *err, *bad;
   mk_term *t = mkl_toterm(L, idx, &err);
   unsigned need = ~((1u << K_LOW) | (1u << K_HARD) | (1u << K_MAXCONN) | (1u << K_REUSEPORT) |
-                    (1u << K_READING)) &
+                    (1u << K_READING) | (1u << K_TLS)) &
                   ((1u << NKEYS) - 1);
   tconf cf;
   if (t == NULL) luaL_error(L, "market.sys: the defaults are not a term: %s", err);
@@ -1772,7 +1960,8 @@ static void refuse(mk_proc *p, mkd_count *stats, mk_rtype *art, mk_term *loc, co
   mk_rtype_unref(rt);
 }
 
-/* sys.tcp_accept(lsock, loc, lport, max, maxconn, conns, defaults, stats) */
+/* sys.tcp_accept(lsock, loc, lport, max, maxconn, conns, defaults, stats [, tls]):
+** tls, a TLS configuration (tcp.tls): every connection speaks TLS. */
 static int l_tcp_accept(lua_State *L) {
   mk_proc *p = caller(L, "tcp_accept");
   int lfd = mkd_sockfd(L, 1), failed = 0, exhausted = 0, unix_path;
@@ -1785,6 +1974,14 @@ static int l_tcp_accept(lua_State *L) {
   static const char *const afields[] = { "host", "port" };
   mk_rtype *art;
   char host[MKD_HOST_MAX], name[160], why[64];
+  mk_term *tls = NULL;
+  if (!lua_isnoneornil(L, 9)) {
+    tls = mkl_toterm(L, 9, &err);
+    if (tls == NULL || !mkd_tls_is_config(tls)) {
+      mk_unref(tls);
+      return luaL_error(L, "market.sys.tcp_accept: tls must be a TLS configuration");
+    }
+  }
   base = getdefaults(L, 7);
   /* Raising nothing from here on: the references would leak. */
   loc = mkl_toterm(L, 2, &err);
@@ -1792,6 +1989,7 @@ static int l_tcp_accept(lua_State *L) {
   if (loc == NULL || lport == NULL) {
     mk_unref(loc);
     mk_unref(lport);
+    mk_unref(tls);
     base_release(base);
     return luaL_error(L, "market.sys.tcp_accept: the local end and port must be terms");
   }
@@ -1801,6 +1999,8 @@ static int l_tcp_accept(lua_State *L) {
     int port, fd = mkd_accept(lfd, host, sizeof host, &port);
     int64_t rport;
     tconn *c;
+    mkd_tls *t = NULL;
+    char twhy[512];
     if (fd < 0) {
       int e = errno;
       if (e == EAGAIN) break;
@@ -1822,9 +2022,19 @@ static int l_tcp_accept(lua_State *L) {
       refuse(p, stats, art, loc, host, rport, name);
       continue;
     }
+    if (tls != NULL && (t = mkd_tls_new(tls, fd, 1, NULL, twhy, sizeof twhy)) == NULL) {
+      /* The configuration's failure (its files gone since tcp.tls read
+      ** them): no connection of this listener can be served. */
+      close(fd);
+      if (stats) stats->v[C_TLS_FAILED]++;
+      refuse(p, stats, art, loc, host, rport, twhy);
+      continue;
+    }
     c = newconn(L, base, stats, conns, fd, mk_rec(art, host_term(host), mk_int(rport)),
                 mk_ref(loc), mk_ref(lport));
-    if (c == NULL) continue;
+    if (c == NULL) { mkd_tls_free(t); continue; }
+    c->tls = t;
+    c->secure = t != NULL;
     if (unix_path)
       snprintf(name, sizeof name, "tcp %.100s #%lld", mk_strdata(lport), (long long)rport);
     else
@@ -1834,6 +2044,7 @@ static int l_tcp_accept(lua_State *L) {
   mk_rtype_unref(art);
   mk_unref(loc);
   mk_unref(lport);
+  mk_unref(tls);
   base_release(base);
   if (failed) {
     lua_pushnil(L);

@@ -9,7 +9,7 @@
 -- response; the connection is kept for the process's next request to the
 -- same server (keep_alive ms), and redirects are followed if asked.
 -- Both wait, so both run in processes.
--- No TLS: plain http:// only.
+-- https:// and TLS servers through the TCP driver's tls setting.
 local market, tcp, parser, sys = ...
 local M = {}
 
@@ -52,13 +52,15 @@ local function positive(v) return mtype(v) == "integer" and v > 0 end
 -- What each function takes, and its check.
 local SERVE_KEYS = { max_request = positive, timeout = positive, keep_alive = positive,
                      max_connections = function(v) return mtype(v) == "integer" and v >= 0 end,
-                     reuseport = function(v) return type(v) == "boolean" end }
+                     reuseport = function(v) return type(v) == "boolean" end,
+                     tls = function(v) return tcp.tls_record:is(v) end }
 local REQUEST_KEYS = { method = function(v) return type(v) == "string" and v:match("^[%w!#$%%&'*+.^_`|~-]+$") end,
                        headers = function(v) return type(v) == "table" end,
                        body = function(v) return type(v) == "string" end,
                        timeout = positive, max_response = positive,
                        keep_alive = function(v) return mtype(v) == "integer" and v >= 0 end,
-                       redirects = function(v) return mtype(v) == "integer" and v >= 0 end }
+                       redirects = function(v) return mtype(v) == "integer" and v >= 0 end,
+                       tls = function(v) return tcp.tls_record:is(v) end }
 
 local function check(t, keys, fname)
   if t == nil then return {} end
@@ -262,9 +264,13 @@ function M.serve(port, handler, settings)
   local cfg = { max_request = settings.max_request or M.MAX_REQUEST,
                 timeout = settings.timeout or M.TIMEOUT,
                 keep_alive = settings.keep_alive or M.KEEP_ALIVE }
+  if settings.tls and not settings.tls.cert then
+    error("http.serve: tls: a server needs a certificate (tcp.tls{cert = ..., key = ...})", 2)
+  end
   local tcp_settings
-  if settings.max_connections ~= nil or settings.reuseport ~= nil then
-    tcp_settings = { max_connections = settings.max_connections, reuseport = settings.reuseport }
+  if settings.max_connections ~= nil or settings.reuseport ~= nil or settings.tls ~= nil then
+    tcp_settings = { max_connections = settings.max_connections, reuseport = settings.reuseport,
+                     tls = settings.tls }
   end
   local ok, srv, why = pcall(tcp.serve, port, session(handler, cfg), tcp_settings)
   if not ok then error((tostring(srv):gsub("tcp%.serve", "http.serve")), 2) end
@@ -273,15 +279,13 @@ end
 
 -- ---- the client --------------------------------------------------------
 
--- host, port, authority (for Host), target of an http:// URL; or nil, why.
+-- host, port, authority (for Host), target of an http:// or https:// URL,
+-- and whether it is https; or nil, why.
 local function parse_url(url)
   local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
   if not scheme then return nil, "not an absolute URL: " .. url end
   scheme = scheme:lower()
-  if scheme ~= "http" then
-    return nil, scheme == "https" and "https is not supported (market has no TLS): " .. url
-                or "not an http URL: " .. url
-  end
+  if scheme ~= "http" and scheme ~= "https" then return nil, "not an http URL: " .. url end
   local authority, target = rest:match("^([^/?#]*)(.*)$")
   target = target:gsub("#.*$", "")
   if target == "" then target = "/" elseif target:sub(1, 1) == "?" then target = "/" .. target end
@@ -289,10 +293,10 @@ local function parse_url(url)
   local host, port = authority:match("^%[([^%]]+)%]:?(%d*)$")
   if not host then host, port = authority:match("^([^:]*):?(%d*)$") end
   if not host or host == "" then return nil, "no host in " .. url end
-  port = port == "" and 80 or math.tointeger(tonumber(port))
+  port = port == "" and (scheme == "https" and 443 or 80) or math.tointeger(tonumber(port))
   if not port or port < 1 or port > 65535 then return nil, "bad port in " .. url end
   if target:find("[%s%c]") then return nil, "a space or control character in " .. url end
-  return host, port, authority, target
+  return host, port, authority, target, scheme == "https"
 end
 
 local CLIENT_OWN = { ["content-length"] = true, ["transfer-encoding"] = true,
@@ -517,12 +521,13 @@ end
 
 -- ---- requests ----------------------------------------------------------
 
--- One request's bytes sent to host:port, on the process's kept
--- connection there or a new one, and its response read: the response, or
--- nil and why.
-local function ask(host, port, bytes, method, deadline, keep_ms, max_response)
+-- One request's bytes sent to host:port (over TLS with configuration
+-- tls, or plain: nil), on the process's kept connection there or a new
+-- one, and its response read: the response, or nil and why.
+local function ask(host, port, tls, bytes, method, deadline, keep_ms, max_response)
   local now = market.now()
-  local key = host .. ":" .. port
+  -- (a connection made with one TLS configuration is not another's)
+  local key = (tls and ("https#%d:"):format(tls == true and 0 or tls.serial) or "") .. host .. ":" .. port
   local pool = kept_of(now)
   local conn = nil
   if keep_ms > 0 then conn = reuse(pool, key) end
@@ -532,7 +537,7 @@ local function ask(host, port, bytes, method, deadline, keep_ms, max_response)
     if not conn then
       local left, why = deadline - market.now()
       if left <= 0 then return nil, "timeout" end
-      conn, why = tcp.connect(host, port, { connect_timeout = math.ceil(left) })
+      conn, why = tcp.connect(host, port, { connect_timeout = math.ceil(left), tls = tls })
       if not conn then return nil, why end
     end
     res, keep, fresh = exchange(conn, bytes, method, deadline, max_response)
@@ -561,16 +566,19 @@ function M.request(url, options)
   local max_response = options.max_response or M.MAX_RESPONSE
   local redirects, followed = options.redirects or 0, 0
   local deadline = market.now() + (options.timeout or M.TIMEOUT)
-  local host, port, authority, target = parse_url(url)
+  local host, port, authority, target, secure = parse_url(url)
   if not host then return nil, port end
-  local origin = host:lower() .. ":" .. port
+  local tls = options.tls or true
+  local function origin_of() return (secure and "https://" or "http://") .. host:lower() .. ":" .. port end
+  local origin = origin_of()
   while true do
     local length                                -- (nil: no length header)
     if body or method == "POST" or method == "PUT" or method == "PATCH" then length = body and #body or 0 end
     local ok, bytes = pcall(head, fmt("%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, authority),
                             headers, CLIENT_OWN, "http.request", nil, length, keep_ms == 0, body)
     if not ok then error(bytes, 2) end
-    local res, why = ask(host, port, bytes, method, deadline, keep_ms, max_response)
+    local res, why = ask(host, port, secure and tls or nil, bytes, method, deadline, keep_ms,
+                         max_response)
     if not res then return nil, why end
     local turn, location = REDIRECTS[res.status], res.headers.location
     if redirects == 0 or not turn or not location then
@@ -582,14 +590,14 @@ function M.request(url, options)
     end
     followed = followed + 1
     local to = M.resolve(url, location)
-    host, port, authority, target = parse_url(to)
+    host, port, authority, target, secure = parse_url(to)
     if not host then return nil, ("redirected to %s: %s"):format(to, port) end
     url = to
     if turn == "all" and method ~= "HEAD" or turn == "post" and method == "POST" then
       method, body = "GET", nil
       headers = without(headers, { ["content-type"] = true })
     end
-    if host:lower() .. ":" .. port ~= origin then   -- (and not back: once gone, gone)
+    if origin_of() ~= origin then                   -- (and not back: once gone, gone)
       headers = without(headers, CREDENTIALS)
     end
   end

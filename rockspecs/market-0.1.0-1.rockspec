@@ -10,7 +10,8 @@
 -- and the Lua halves of the modules are compiled into the .so, which the
 -- "builtin" type cannot express.  Needs what meson does
 -- (docs/packaging.md): meson, ninja-build, pkg-config, a C compiler,
--- liblua5.4-dev, libev-dev, libcbor-dev, libhttp-parser-dev, libnats-dev, and lua5.4 itself (it runs at build time).
+-- liblua5.4-dev, libev-dev, libcbor-dev, libhttp-parser-dev, libnats-dev, libssl-dev, and lua5.4
+-- itself (it runs at build time).
 -- The C library and headers for embedders are `meson install`'s, not the
 -- rock's (docs/embedding.md).
 rockspec_format = "3.0"
@@ -28,7 +29,7 @@ description = {
 Processes live in nested virtual machines and talk only through
 pattern-routed publish/subscribe conversations, in which the presence and
 absence of peers are events. Drivers connect conversations to the world:
-TCP, UDP, timers, and an event relay for nested VMs.]],
+TCP (with TLS), UDP, timers, and an event relay for nested VMs.]],
   license = "MIT",
   labels = { "actors", "concurrency", "networking", "libev" },
 }
@@ -40,6 +41,7 @@ external_dependencies = {
   LIBCBOR = { header = "cbor.h", library = "cbor" },
   HTTP_PARSER = { header = "http_parser.h", library = "http_parser" },
   LIBNATS = { header = "nats/nats.h", library = "nats" },
+  OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
 }
 build = {
   type = "command",

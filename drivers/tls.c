@@ -1,0 +1,421 @@
+/*
+** tls.c: TLS for the TCP driver's connections (docs/tcp.md, "TLS"), on
+** OpenSSL (Debian's libssl3; docs/packaging.md says why).
+**
+** A connection speaks TLS when its settings carry a TLS configuration: a
+** tcp-tls(cert, key, ca, verify, server_name, serial) record that
+** tcp.tls() made (drivers/tcp.lua).  The record is plain data (paths,
+** flags), so it travels in tcp-options like any setting and a manager can
+** always build the OpenSSL context it describes; the contexts built are
+** kept in a small cache by `serial` (each tcp.tls() call has its own, so
+** a certificate renewed on disk is read again by the next tcp.tls()), and
+** each session holds its context's reference itself (SSL_new), so the
+** cache may drop one at any time.
+**
+** The manager (tcpconn.c) owns the socket and the watches; here are only
+** the session's steps, each telling what the socket must do next.
+**
+** libssl is opened at the first use, not linked: it and libcrypto cost
+** their relocations at every start (docs/performance.md, bench-startup),
+** as libnats did before it was opened so (lcluster.c).  TLS_API lists
+** every OpenSSL function this file calls, each called through `ssl`.
+*/
+#include <arpa/inet.h>
+#include <errno.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/opensslv.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "mkl.h"
+#include "mkd.h"
+
+#define TLS_API(X) \
+  X(TLS_method) X(SSL_CTX_new) X(SSL_CTX_free) X(SSL_CTX_ctrl) X(SSL_CTX_set_options) \
+  X(SSL_set_verify) X(SSL_CTX_set_default_verify_paths) X(SSL_CTX_load_verify_locations) \
+  X(SSL_CTX_use_certificate_chain_file) X(SSL_CTX_use_PrivateKey_file) \
+  X(SSL_CTX_check_private_key) X(SSL_CTX_set_num_tickets) X(SSL_new) X(SSL_free) \
+  X(SSL_set_fd) X(SSL_set_connect_state) X(SSL_set_accept_state) X(SSL_do_handshake) \
+  X(SSL_read) X(SSL_write) X(SSL_shutdown) X(SSL_get_error) X(SSL_pending) X(SSL_ctrl) \
+  X(SSL_set1_host) X(SSL_get0_param) X(SSL_get_verify_result) X(SSL_get_version) \
+  X(ERR_get_error) X(ERR_peek_error) X(ERR_clear_error) X(ERR_error_string_n) X(ERR_reason_error_string) \
+  X(X509_verify_cert_error_string) X(X509_VERIFY_PARAM_set1_ip_asc)
+
+#define TLS_FIELD(f) __typeof__(&f) f;
+static struct { TLS_API(TLS_FIELD) } ssl;
+#undef TLS_FIELD
+
+#define TLS_STR_(x) #x
+#define TLS_STR(x) TLS_STR_(x)
+static const char *const ssl_sonames[] = {
+  "libssl.so." TLS_STR(OPENSSL_VERSION_MAJOR), "libssl.so", NULL };
+
+static pthread_once_t ssl_once = PTHREAD_ONCE_INIT;
+static const char *ssl_failed;
+static char ssl_why[256];
+
+static void ssl_load(void) {
+  void *lib = NULL;
+  const char *const *name;
+  for (name = ssl_sonames; *name != NULL && lib == NULL; name++)
+    lib = dlopen(*name, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+  if (lib == NULL) {
+    const char *e = dlerror();
+    snprintf(ssl_why, sizeof ssl_why, "cannot load OpenSSL (%s; Debian: apt-get install libssl3): %s",
+             ssl_sonames[0], e ? e : "not found");
+    ssl_failed = ssl_why;
+    return;
+  }
+  /* (dlsym on libssl's handle finds libcrypto's functions too: it is
+  ** among the handle's dependencies.) */
+#define TLS_LOAD(f) \
+  if ((*(void **)&ssl.f = dlsym(lib, #f)) == NULL) { \
+    snprintf(ssl_why, sizeof ssl_why, "OpenSSL (%s) has no %s", ssl_sonames[0], #f); \
+    ssl_failed = ssl_why; \
+    return; \
+  }
+  TLS_API(TLS_LOAD)
+#undef TLS_LOAD
+}
+
+static const char *ssl_open(void) {
+  pthread_once(&ssl_once, ssl_load);
+  return ssl_failed;
+}
+
+/* ---- configurations --------------------------------------------------------- */
+
+/* A configuration, read from its record.  Strings point into the term. */
+typedef struct tls_conf {
+  const char *cert, *key, *ca, *server_name;   /* NULL: not given */
+  int verify;
+  int64_t serial;
+} tls_conf;
+
+enum { F_CERT, F_KEY, F_CA, F_VERIFY, F_NAME, F_SERIAL, NFIELDS };
+
+/* A string field, or false: NULL.  -1: neither (or a NUL inside). */
+static int str_field(const mk_term *t, const char **s) {
+  *s = NULL;
+  if (t->kind == MK_FALSE) return 0;
+  if (t->kind != MK_STR || t->n == 0 || memchr(mk_strdata(t), '\0', t->n) != NULL) return -1;
+  *s = mk_strdata(t);
+  return 0;
+}
+
+int mkd_tls_is_config(const mk_term *t) {
+  static const char label[] = "tcp-tls";
+  return t != NULL && t->kind == MK_REC && t->n == NFIELDS &&
+         t->v.rt->labellen == sizeof label - 1 && memcmp(t->v.rt->label, label, sizeof label) == 0;
+}
+
+static const char *read_conf(const mk_term *t, tls_conf *cf) {
+  mk_term *const *f;
+  if (!mkd_tls_is_config(t)) return "not a TLS configuration (tcp.tls makes one)";
+  f = mk_items(t);
+  if (str_field(f[F_CERT], &cf->cert) || str_field(f[F_KEY], &cf->key) ||
+      str_field(f[F_CA], &cf->ca) || str_field(f[F_NAME], &cf->server_name))
+    return "a TLS configuration's paths and name must be strings or false";
+  if (f[F_VERIFY]->kind != MK_TRUE && f[F_VERIFY]->kind != MK_FALSE)
+    return "a TLS configuration's verify must be a boolean";
+  if (f[F_SERIAL]->kind != MK_INT) return "a TLS configuration's serial must be an integer";
+  cf->verify = f[F_VERIFY]->kind == MK_TRUE;
+  cf->serial = f[F_SERIAL]->v.i;
+  if (cf->key != NULL && cf->cert == NULL) return "a key without its certificate (cert)";
+  return NULL;
+}
+
+/* OpenSSL's reason for the last failure, after `what`, into why. */
+static void ssl_reason(const char *what, char *why, size_t size) {
+  unsigned long e = ssl.ERR_get_error();      /* the first queued: the cause */
+  const char *r = e ? ssl.ERR_reason_error_string(e) : NULL;
+  if (r != NULL) snprintf(why, size, "%s: %s", what, r);
+  else if (e) {
+    char buf[200];
+    ssl.ERR_error_string_n(e, buf, sizeof buf);
+    snprintf(why, size, "%s: %s", what, buf);
+  } else {
+    snprintf(why, size, "%s", what);
+  }
+}
+
+/* A file the configuration names must be there and readable: errno's
+** words say so more plainly than OpenSSL's ("system lib"). */
+static int readable_path(const char *what, const char *path, int dir_ok, char *why, size_t size) {
+  struct stat st;
+  char buf[128];
+  if (stat(path, &st) != 0 || access(path, R_OK) != 0) {
+    snprintf(why, size, "tls: cannot read the %s %s: %s", what, path,
+             mkd_strerror(errno, buf, sizeof buf));
+    return -1;
+  }
+  if (S_ISDIR(st.st_mode) && !dir_ok) {
+    snprintf(why, size, "tls: the %s %s is a directory", what, path);
+    return -1;
+  }
+  return 0;
+}
+
+/* A new context for cf: NULL and why on failure. */
+static SSL_CTX *build(const tls_conf *cf, char *why, size_t size) {
+  SSL_CTX *ctx;
+  char what[300];
+  const char *key = cf->key ? cf->key : cf->cert;   /* one PEM file may hold both */
+  if ((cf->cert && readable_path("certificate", cf->cert, 0, why, size)) ||
+      (key && readable_path("key", key, 0, why, size)) ||
+      (cf->ca && readable_path("CA certificates", cf->ca, 1, why, size)))
+    return NULL;
+  ssl.ERR_clear_error();
+  if ((ctx = ssl.SSL_CTX_new(ssl.TLS_method())) == NULL) {
+    ssl_reason("tls: cannot make a context", why, size);
+    return NULL;
+  }
+  ssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, TLS1_2_VERSION, NULL);
+  /* Writes as the manager makes them (tcpconn.c, put): a partial write
+  ** is a count, and a write tried again may come from another buffer
+  ** holding the same bytes (the queue's copy).  The certificate chain
+  ** sent is the cert file's, as it is: completed from the CA store, it
+  ** cost every handshake a listing of /etc/ssl/certs (a fifth of a
+  ** server's time). */
+  ssl.SSL_CTX_ctrl(ctx, SSL_CTRL_MODE,
+                   SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                   SSL_MODE_NO_AUTO_CHAIN, NULL);
+  /* No renegotiation (a read would have to write, a write to read); a
+  ** peer's close without close_notify is an end of stream, as a TCP close
+  ** is: an HTTP body has its own length, and the peers market meets
+  ** mostly do not send one. */
+  ssl.SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+  /* No session tickets: market's clients do not resume, and each one
+  ** cost a server a write after the handshake. */
+  ssl.SSL_CTX_set_num_tickets(ctx, 0);
+  if (cf->cert) {
+    snprintf(what, sizeof what, "tls: the certificate %s", cf->cert);
+    if (ssl.SSL_CTX_use_certificate_chain_file(ctx, cf->cert) != 1) goto fail;
+    snprintf(what, sizeof what, "tls: the key %s", key);
+    if (ssl.SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) goto fail;
+    if (ssl.SSL_CTX_check_private_key(ctx) != 1) goto fail;
+  }
+  if (cf->ca) {
+    struct stat st;
+    int dir = stat(cf->ca, &st) == 0 && S_ISDIR(st.st_mode);
+    snprintf(what, sizeof what, "tls: the CA certificates %s", cf->ca);
+    if (ssl.SSL_CTX_load_verify_locations(ctx, dir ? NULL : cf->ca, dir ? cf->ca : NULL) != 1)
+      goto fail;
+  } else if (cf->verify) {
+    snprintf(what, sizeof what, "tls: the system's CA certificates");
+    if (ssl.SSL_CTX_set_default_verify_paths(ctx) != 1) goto fail;
+  }
+  return ctx;
+fail:
+  ssl_reason(what, why, size);
+  ssl.SSL_CTX_free(ctx);
+  return NULL;
+}
+
+/* Contexts built, most recently used first: each holds one reference. */
+#define CACHE_N 8
+static struct { int64_t serial; SSL_CTX *ctx; } cache[CACHE_N];
+
+/* cf's context (a reference the cache holds: SSL_new takes its own), or
+** NULL and why. */
+static SSL_CTX *context(const tls_conf *cf, char *why, size_t size) {
+  SSL_CTX *ctx;
+  int i;
+  for (i = 0; i < CACHE_N && cache[i].ctx != NULL; i++) {
+    if (cache[i].serial == cf->serial) {
+      ctx = cache[i].ctx;
+      memmove(&cache[1], &cache[0], (size_t)i * sizeof cache[0]);
+      cache[0].serial = cf->serial;
+      cache[0].ctx = ctx;
+      return ctx;
+    }
+  }
+  if ((ctx = build(cf, why, size)) == NULL) return NULL;
+  if (cache[CACHE_N - 1].ctx != NULL) ssl.SSL_CTX_free(cache[CACHE_N - 1].ctx);
+  memmove(&cache[1], &cache[0], (CACHE_N - 1) * sizeof cache[0]);
+  cache[0].serial = cf->serial;
+  cache[0].ctx = ctx;
+  return ctx;
+}
+
+/* ---- sessions --------------------------------------------------------------- */
+
+struct mkd_tls {
+  SSL *s;
+};
+
+/* Whether host is an IP address's text (verified as an address, and not
+** named in SNI, which takes only host names). */
+static int is_ip(const char *host) {
+  unsigned char buf[16];
+  return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+mkd_tls *mkd_tls_new(const mk_term *config, int fd, int server, const char *host, char *why,
+                     size_t size) {
+  tls_conf cf;
+  const char *bad, *name;
+  SSL_CTX *ctx;
+  mkd_tls *t;
+  if ((bad = ssl_open()) != NULL) { snprintf(why, size, "tls: %s", bad); return NULL; }
+  if ((bad = read_conf(config, &cf)) != NULL) { snprintf(why, size, "tls: %s", bad); return NULL; }
+  if (server && cf.cert == NULL) {
+    snprintf(why, size, "tls: a server needs a certificate (tcp.tls{cert = ..., key = ...})");
+    return NULL;
+  }
+  if ((ctx = context(&cf, why, size)) == NULL) return NULL;
+  if ((t = malloc(sizeof *t)) == NULL) { snprintf(why, size, "out of memory"); return NULL; }
+  ssl.ERR_clear_error();
+  if ((t->s = ssl.SSL_new(ctx)) == NULL || ssl.SSL_set_fd(t->s, fd) != 1) {
+    ssl_reason("tls: cannot make a session", why, size);
+    mkd_tls_free(t);
+    return NULL;
+  }
+  name = cf.server_name ? cf.server_name : host;
+  if (server) {
+    ssl.SSL_set_accept_state(t->s);
+    /* A server given CA certificates asks its clients for theirs. */
+    if (cf.ca && cf.verify)
+      ssl.SSL_set_verify(t->s, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+  } else {
+    ssl.SSL_set_connect_state(t->s);
+    if (name != NULL && !is_ip(name))
+      ssl.SSL_ctrl(t->s, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name, (void *)name);
+    if (cf.verify) {
+      ssl.SSL_set_verify(t->s, SSL_VERIFY_PEER, NULL);
+      if (name != NULL) {
+        int ok = is_ip(name) ? ssl.X509_VERIFY_PARAM_set1_ip_asc(ssl.SSL_get0_param(t->s), name)
+                             : ssl.SSL_set1_host(t->s, name);
+        if (ok != 1) {
+          ssl_reason("tls: cannot verify the name", why, size);
+          mkd_tls_free(t);
+          return NULL;
+        }
+      }
+    } else {
+      ssl.SSL_set_verify(t->s, SSL_VERIFY_NONE, NULL);
+    }
+  }
+  return t;
+}
+
+void mkd_tls_free(mkd_tls *t) {
+  if (t == NULL) return;
+  if (t->s != NULL) ssl.SSL_free(t->s);
+  free(t);
+}
+
+/* What a failed call of SSL_* with result r means for the manager. */
+static int outcome(mkd_tls *t, int r, const char *what, char *why, size_t size) {
+  int e = ssl.SSL_get_error(t->s, r);
+  char buf[128];
+  switch (e) {
+    case SSL_ERROR_WANT_READ: return MKD_TLS_WANT_READ;
+    case SSL_ERROR_WANT_WRITE: return MKD_TLS_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN: return 0;
+    case SSL_ERROR_SYSCALL:
+      if (errno != 0) {
+        snprintf(why, size, "%s", mkd_strerror(errno, buf, sizeof buf));
+        return MKD_TLS_ERROR;
+      }
+      /* (no error queued and no errno: the peer closed) */
+      if (ssl.ERR_peek_error() == 0) {
+        snprintf(why, size, "%s: the connection closed", what);
+        return MKD_TLS_ERROR;
+      }
+      /* fall through */
+    default: {
+      long v = ssl.SSL_get_verify_result(t->s);
+      ssl_reason(what, why, size);
+      if (v != X509_V_OK) {
+        size_t n = strlen(why);
+        snprintf(why + n, size - n, " (%s)", ssl.X509_verify_cert_error_string(v));
+      }
+      return MKD_TLS_ERROR;
+    }
+  }
+}
+
+int mkd_tls_handshake(mkd_tls *t, char *why, size_t size) {
+  int r;
+  ssl.ERR_clear_error();
+  errno = 0;
+  r = ssl.SSL_do_handshake(t->s);
+  if (r == 1) return 1;
+  r = outcome(t, r, "tls", why, size);
+  if (r == 0) { snprintf(why, size, "tls: the peer closed during the handshake"); return MKD_TLS_ERROR; }
+  return r;
+}
+
+ssize_t mkd_tls_read(mkd_tls *t, char *buf, size_t n, char *why, size_t size) {
+  int r;
+  ssl.ERR_clear_error();
+  errno = 0;
+  r = ssl.SSL_read(t->s, buf, n > INT32_MAX ? INT32_MAX : (int)n);
+  return r > 0 ? r : outcome(t, r, "tls", why, size);
+}
+
+ssize_t mkd_tls_write(mkd_tls *t, const char *buf, size_t n, char *why, size_t size) {
+  int r;
+  ssl.ERR_clear_error();
+  errno = 0;
+  r = ssl.SSL_write(t->s, buf, n > INT32_MAX ? INT32_MAX : (int)n);
+  if (r > 0) return r;
+  r = outcome(t, r, "tls", why, size);
+  if (r == 0) { snprintf(why, size, "tls: the peer closed"); return MKD_TLS_ERROR; }
+  return r;
+}
+
+size_t mkd_tls_pending(const mkd_tls *t) {
+  int n = ssl.SSL_pending(t->s);
+  return n > 0 ? (size_t)n : 0;
+}
+
+void mkd_tls_close_notify(mkd_tls *t) {
+  ssl.ERR_clear_error();
+  (void)ssl.SSL_shutdown(t->s);     /* sent, or not if the socket is full: the FIN follows */
+  ssl.ERR_clear_error();
+}
+
+const char *mkd_tls_version(const mkd_tls *t) { return ssl.SSL_get_version(t->s); }
+
+/* sys.tls_check(config) -> true | nil, why: the configuration read and
+** its context built now (and kept), so that a missing file or a bad key
+** is tcp.tls's answer rather than every connection's failure. */
+static int l_tls_check(lua_State *L) {
+  const char *err, *bad;
+  char why[512];
+  tls_conf cf;
+  mk_term *t = mkl_toterm(L, 1, &err);
+  if (t == NULL) return luaL_error(L, "market.sys.tls_check: %s", err);
+  bad = (bad = ssl_open()) != NULL ? bad : read_conf(t, &cf);
+  if (bad != NULL) {
+    snprintf(why, sizeof why, "tls: %s", bad);
+  } else if (context(&cf, why, sizeof why) != NULL) {
+    mk_unref(t);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  mk_unref(t);
+  lua_pushnil(L);
+  lua_pushstring(L, why);
+  return 2;
+}
+
+void mkd_open_tls(lua_State *L) {
+  lua_pushcfunction(L, l_tls_check);
+  lua_setfield(L, -2, "tls_check");
+}

@@ -1,0 +1,319 @@
+-- tls_spec.lua: TLS on the TCP driver's connections (docs/tcp.md, "TLS"):
+-- tcp.tls configurations, tcp.serve and tcp.connect with the tls setting,
+-- the handler-style listener's, https in market.http, and real clients
+-- (openssl s_client, curl) against market's servers.  Certificates are
+-- made for the run by the openssl command in a temporary directory; every
+-- server listens on a port the kernel picks, on loopback.
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local tcp = require "market.tcp"
+local http = require "market.http"
+local timer = require "market.timer"
+local H = require "helpers"
+local N = require "net"
+
+-- A CA and, signed by it, a server's certificate for localhost and
+-- 127.0.0.1 and a client's; another CA's server certificate; the server's
+-- certificate and key in one file.
+local dir
+local function pem(name) return dir .. "/" .. name end
+
+local function make_certificates()
+  dir = os.tmpname()
+  os.remove(dir)
+  local status, _, err = H.sh_plain(([[
+set -e
+mkdir -p %s && cd %s
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+ca() { key "$1.key"; openssl req -x509 -new -key "$1.key" -out "$1.pem" -days 2 -subj "/CN=$1" 2>/dev/null; }
+signed() {   # name ca subject-alt-names
+  key "$1.key"
+  openssl req -new -key "$1.key" -out "$1.csr" -subj "/CN=$1" 2>/dev/null
+  printf 'subjectAltName=%%s\n' "$3" >"$1.ext"
+  openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial -out "$1.pem" \
+    -days 2 -extfile "$1.ext" 2>/dev/null
+}
+ca ca
+ca other-ca
+signed server ca "DNS:localhost,IP:127.0.0.1"
+signed client ca "DNS:client"
+signed stranger other-ca "DNS:localhost,IP:127.0.0.1"
+cat server.pem server.key >both.pem
+]]):format(H.quote(dir), H.quote(dir)))
+  assert(status == 0, "openssl could not make the certificates: " .. err)
+end
+
+local function remove_certificates()
+  if dir then os.execute("rm -rf " .. H.quote(dir)) end
+end
+
+-- A line-echo server over TLS with configuration `cfg` (its sessions
+-- counted in count[1]).
+local function echo_server(cfg, count)
+  return assert(tcp.serve(0, function(conn)
+    if count then count[1] = count[1] + 1 end
+    for line in conn:lines() do conn:send("echo: " .. line .. "\n") end
+  end, { framing = "line", tls = cfg }))
+end
+
+describe("TLS on TCP connections", function()
+  setup(make_certificates)
+  teardown(remove_certificates)
+
+  it("carries lines, megabytes each way and a half-close over TLS", function()
+    local got = N.run(function()
+      local server_cfg = assert(tcp.tls{ cert = pem("server.pem"), key = pem("server.key") })
+      local client_cfg = assert(tcp.tls{ ca = pem("ca.pem") })
+      local out = {}
+      local srv = echo_server(server_cfg)
+      local c = assert(tcp.connect("127.0.0.1", srv.port, { framing = "line", tls = client_cfg }))
+      c:send("hello\nworld\n")
+      out[1] = { c:receive(), c:receive() }
+      c:close()
+      -- 4 MiB up to a reader that sleeps, then the sender's end of stream,
+      -- then the count back; then 8 MiB down to this process.
+      local chunk = ("z"):rep(65536)
+      local sink = assert(tcp.serve(0, function(conn)
+        local total = 0
+        for data in conn:lines() do total = total + #data; timer.sleep(1) end
+        conn:send("got " .. total)
+        for _ = 1, 128 do conn:send(chunk) end
+      end, { tls = server_cfg }))
+      c = assert(tcp.connect("localhost", sink.port, { tls = client_cfg }))
+      for _ = 1, 64 do assert(c:send(chunk)) end
+      c:shutdown()
+      local parts = {}
+      for data in c:lines(20000) do parts[#parts + 1] = data end
+      local all = table.concat(parts)
+      out[2] = { all:sub(1, 11), #all - 11 }
+      c:close()
+      srv:close(); sink:close()
+      return out
+    end, 30000)
+    assert.same({ "echo: hello", "echo: world" }, got[1])
+    assert.same({ "got 4194304", 8388608 }, got[2])
+  end)
+
+  it("fails a connect whose certificate does not verify, with the reason", function()
+    local got = N.run(function()
+      local srv = echo_server(assert(tcp.tls{ cert = pem("server.pem"), key = pem("server.key") }))
+      local stranger = echo_server(assert(tcp.tls{ cert = pem("stranger.pem"),
+                                                   key = pem("stranger.key") }))
+      local trusting = assert(tcp.tls{ ca = pem("ca.pem") })
+      local out = {}
+      local function try(port, settings, host)
+        local c, why = tcp.connect(host or "127.0.0.1", port, settings)
+        if c then
+          c:send("hi\n")
+          why = c:receive()
+          c:close()
+        end
+        out[#out + 1] = why
+      end
+      try(stranger.port, { framing = "line", tls = trusting })          -- another CA's
+      try(srv.port, { tls = true })                                     -- the system's CAs
+      try(srv.port, { tls = assert(tcp.tls{ ca = pem("ca.pem"), server_name = "example.com" }) })
+      try(srv.port, { framing = "line", tls = trusting }, "localhost")  -- by name
+      try(stranger.port, { framing = "line", tls = assert(tcp.tls{ verify = false }) })
+      srv:close(); stranger:close()
+      return out
+    end, 20000)
+    assert.same({
+      "tls: certificate verify failed (unable to get local issuer certificate)",
+      "tls: certificate verify failed (unable to get local issuer certificate)",
+      "tls: certificate verify failed (hostname mismatch)",
+      "echo: hi",
+      "echo: hi",
+    }, got)
+  end)
+
+  it("gives no session to a client that does not speak TLS, closes a silent one after " ..
+     "connect_timeout, and serves on", function()
+    local before = tcp.stats.tls_failures
+    local saved = tcp.CONNECT_TIMEOUT
+    local got = N.run(function()
+      tcp.CONNECT_TIMEOUT = 200
+      local sessions = { 0 }
+      local srv = echo_server(assert(tcp.tls{ cert = pem("server.pem"), key = pem("server.key") }),
+                              sessions)
+      local out = {}
+      local plain = assert(tcp.connect("127.0.0.1", srv.port))
+      plain:send("GET / HTTP/1.0\r\n\r\n")
+      out[1] = plain:receive(5000) == nil
+      plain:close()
+      local mute = assert(tcp.connect("127.0.0.1", srv.port))
+      local t0 = market.now()
+      out[2] = { mute:receive(5000) }
+      out[3] = market.now() - t0 >= 150
+      mute:close()
+      local c = assert(tcp.connect("127.0.0.1", srv.port,
+                                   { framing = "line", tls = assert(tcp.tls{ ca = pem("ca.pem") }) }))
+      c:send("still\n")
+      out[4] = c:receive()
+      c:close()
+      out[5] = sessions[1]
+      srv:close()
+      return out
+    end, 20000)
+    tcp.CONNECT_TIMEOUT = saved
+    assert.is_true(got[1])                    -- closed, no answer
+    assert.same({}, got[2])                   -- closed: the end of stream
+    assert.is_true(got[3])
+    assert.equal("echo: still", got[4])
+    assert.equal(1, got[5])                   -- only the TLS client had a session
+    assert.equal(2, tcp.stats.tls_failures - before)
+  end)
+
+  it("asks clients for their certificate when the server is given CA certificates", function()
+    local got = N.run(function()
+      local srv = echo_server(assert(tcp.tls{ cert = pem("both.pem"), ca = pem("ca.pem") }))
+      local out = {}
+      for i, cfg in ipairs {
+        assert(tcp.tls{ ca = pem("ca.pem"), cert = pem("client.pem"), key = pem("client.key") }),
+        assert(tcp.tls{ ca = pem("ca.pem") }),
+      } do
+        local c, why = tcp.connect("127.0.0.1", srv.port, { framing = "line", tls = cfg })
+        if c then
+          c:send("me\n")
+          local line, e = c:receive(5000)
+          out[i] = line or e or "closed"
+          c:close()
+        else
+          out[i] = why
+        end
+      end
+      srv:close()
+      return out
+    end, 20000)
+    assert.equal("echo: me", got[1])
+    -- TLS 1.3: the client is done before the server has read its (absent)
+    -- certificate; the server then ends the connection.
+    assert.is_not.equal("echo: me", got[2])
+  end)
+
+  it("says why a configuration cannot be used, and raises on misuse", function()
+    local got = N.run(function()
+      local out = {}
+      local function try(f) out[#out + 1] = H.outcome(f, "spec/tls_spec.lua") end
+      out[#out + 1] = select(2, tcp.tls{ cert = pem("nope.pem") })
+      out[#out + 1] = select(2, tcp.tls{ cert = pem("server.pem"), key = pem("client.key") })
+      out[#out + 1] = select(2, tcp.tls{ cert = pem("ca.srl") })
+      out[#out + 1] = select(2, tcp.tls{ ca = dir .. "/nowhere" })
+      try(function() tcp.tls{ key = pem("server.key") } end)
+      try(function() tcp.tls{ cert = 42 } end)
+      try(function() tcp.tls{ certificate = "x" } end)
+      try(function() tcp.tls("x") end)
+      try(function() tcp.connect("127.0.0.1", 1, { tls = "yes" }) end)
+      try(function() tcp.options(tcp.listener(1), { tls = assert(tcp.tls{}) }) end)
+      try(function() http.serve(0, function() end, { tls = true }) end)
+      return out
+    end)
+    assert.equal("tls: cannot read the certificate " .. pem("nope.pem") ..
+                 ": no such file or directory", got[1])
+    assert.equal("tls: the key " .. pem("client.key") .. ": key values mismatch", got[2])
+    assert.matches("^tls: the certificate .*ca%.srl: ", got[3])
+    assert.equal("tls: cannot read the CA certificates " .. dir .. "/nowhere" ..
+                 ": no such file or directory", got[4])
+    assert.same({
+      "false tcp.tls: a key without its certificate (cert)",
+      "false tcp.tls: cert must be a string (not empty, no NUL), got 42",
+      'false tcp.tls: unknown setting "certificate"',
+      "false tcp.tls: want a table of settings, got string",
+      'false tcp.connect: tls must be a configuration tcp.tls made, or a boolean, got "yes"',
+      "false tcp.options: tls: a server needs a certificate (tcp.tls{cert = ..., key = ...})",
+      "false http.serve: bad tls: true",
+    }, { table.unpack(got, 5) })
+  end)
+
+  it("speaks https: http.request to http.serve over TLS, a kept connection, a redirect to " ..
+     "https", function()
+    local got = N.run(function()
+      local server_cfg = assert(tcp.tls{ cert = pem("server.pem"), key = pem("server.key") })
+      local client_cfg = assert(tcp.tls{ ca = pem("ca.pem") })
+      local srv = assert(http.serve(0, function(req)
+        return 200, { ["content-type"] = "text/plain", ["x-port"] = req.remote.port },
+          req.method .. " " .. req.path .. " " .. #req.body
+      end, { tls = server_cfg }))
+      local plain = assert(http.serve(0, function(req)
+        return 302, { location = ("https://localhost:%d/moved"):format(srv.port) }, ""
+      end))
+      local out = {}
+      local base = ("https://127.0.0.1:%d"):format(srv.port)
+      local r = assert(http.request(base .. "/a", { tls = client_cfg, method = "POST",
+                                                    body = ("b"):rep(100000) }))
+      out[1] = { r.status, r.body }
+      r = assert(http.request(base .. "/b", { tls = client_cfg }))
+      out[2] = { r.status, r.body }
+      out[3] = select(2, http.request(base .. "/c"))            -- the system's CAs
+      r, out[4] = http.request(("http://127.0.0.1:%d/"):format(plain.port),
+                               { redirects = 1, tls = client_cfg })
+      out[5] = r and { r.status, r.body, (r.url:gsub(":%d+/", ":P/")) }
+      local ports = {}
+      for i = 1, 3 do
+        local k = assert(http.request(base .. "/k" .. i, { tls = client_cfg }))
+        out[5 + i] = k.body
+        ports[k.headers["x-port"]] = true
+      end
+      out[9] = 0
+      for _ in pairs(ports) do out[9] = out[9] + 1 end
+      srv:close(); plain:close()
+      return out
+    end, 20000)
+    assert.same({ 200, "POST /a 100000" }, got[1])
+    assert.same({ 200, "GET /b 0" }, got[2])
+    assert.equal("tls: certificate verify failed (unable to get local issuer certificate)", got[3])
+    assert.is_nil(got[4])
+    assert.same({ 200, "GET /moved 0", "https://localhost:P/moved" }, got[5])
+    assert.same({ "GET /k1 0", "GET /k2 0", "GET /k3 0" }, { got[6], got[7], got[8] })
+    assert.equal(1, got[9])                   -- one kept TLS connection (one client port) for the three
+  end)
+end)
+
+describe("TLS with real clients", function()
+  setup(make_certificates)
+  teardown(remove_certificates)
+
+  it("serves openssl s_client on a handler-style listener, and curl on http.serve", function()
+    local script = H.tempfile(([[
+local market = require "market"
+local tcp = require "market.tcp"
+local http = require "market.http"
+local cfg = assert(tcp.tls{ cert = %q, key = %q })
+local here = tcp.listener(0)
+market.perform(tcp.options(here, { tls = cfg, framing = "line" }),
+  market.subscriber(tcp.listening(0, market._), { on_presence = function(_, role)
+    io.stderr:write("echo on port ", role.topic.bound_port, "\n")
+  end }),
+  market.observe_publishers(tcp.channel(market._, here, market._), {
+    on_presence = function(_, role)
+      local remote = role.topic.source
+      return market.transition_no_state(market.spawn(function()
+        return market.transition(nil, market.subscriber(tcp.channel(remote, here, market._), {
+          on_message = function(_, m)
+            if m.subpacket == market.EOF then return market.transition_no_state(market.quit()) end
+            return market.transition_no_state(market.send(tcp.channel(here, remote, "tls: " .. m.subpacket .. "\n")))
+          end }), market.publisher(tcp.channel(here, remote, market._)))
+      end))
+    end }))
+local srv = assert(http.serve(0, function(req) return 200, nil, "hello " .. req.path .. "\n" end, { tls = cfg }))
+io.stderr:write("http on port ", srv.port, "\n")
+]]):format(pem("server.pem"), pem("server.key")), ".lua")
+    local server = N.start(script)
+    local _, echo_port = N.await_listening(server, "the TLS servers", 2, "echo on port (%d+)")
+    local _, http_port = N.await_listening(server, "the TLS servers", 2, "http on port (%d+)")
+    local said = N.capture(("(printf 'hello\\n'; sleep 1) | env -u LD_PRELOAD openssl s_client -quiet -verify_return_error " ..
+                            "-CAfile %s -connect 127.0.0.1:%d 2>/dev/null"):format(pem("ca.pem"), echo_port), 10)
+    local curled = N.capture(("env -u LD_PRELOAD curl -s --cacert %s https://localhost:%d/x https://127.0.0.1:%d/y")
+                             :format(pem("ca.pem"), http_port, http_port), 10)
+    local refused = N.capture(("env -u LD_PRELOAD curl -s -o /dev/null -w '%%{http_code}' https://127.0.0.1:%d/z")
+                              :format(http_port), 10)
+    server.stop()
+    local err = server.stderr()
+    server.kill()
+    os.remove(script)
+    assert.equal("tls: hello\n", said)
+    assert.equal("hello /x\nhello /y\n", curled)
+    assert.equal("000", refused)              -- curl trusts not this CA
+    assert.not_matches("failed", err)
+  end)
+end)
