@@ -2127,6 +2127,10 @@ static void inspect_vm(lua_State *L, mk_vm *vm, const mk_snap_vm *s, lua_Integer
       lua_pushinteger(L, (lua_Integer)s->procs[k].pid);
       lua_setfield(L, -2, "session");
     }
+    if (c->secure) {
+      lua_pushstring(L, c->tls_done ? mkd_tls_version(c->tls) : "handshake");
+      lua_setfield(L, -2, "tls");
+    }
     if (mk_detail_io_of(p, &in, &out)) {
       lua_pushinteger(L, (lua_Integer)in);
       lua_setfield(L, -2, "bytes_in");
@@ -2139,7 +2143,7 @@ static void inspect_vm(lua_State *L, mk_vm *vm, const mk_snap_vm *s, lua_Integer
   }
 }
 
-/* sys.tcp_inspect([max]) -> { {pid =, vm =, address =, peer =, session =,
+/* sys.tcp_inspect([max]) -> { {pid =, vm =, address =, peer =, session =, [tls =,]
 ** [bytes_in =, bytes_out =, buffered =]}, ... } (drivers/tcp.lua, inspect):
 ** with max, the connections among the first max processes of a snapshot
 ** (mk_vm_snapshot_max) */

@@ -189,10 +189,11 @@ static SSL_CTX *build(const tls_conf *cf, char *why, size_t size) {
   ** holding the same bytes (the queue's copy).  The certificate chain
   ** sent is the cert file's, as it is: completed from the CA store, it
   ** cost every handshake a listing of /etc/ssl/certs (a fifth of a
-  ** server's time). */
+  ** server's time).  An idle session gives its record buffers back
+  ** (idle, a TLS connection held 33 KB more than a plain one; 16 KB so). */
   ssl.SSL_CTX_ctrl(ctx, SSL_CTRL_MODE,
                    SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                   SSL_MODE_NO_AUTO_CHAIN, NULL);
+                   SSL_MODE_NO_AUTO_CHAIN | SSL_MODE_RELEASE_BUFFERS, NULL);
   /* No renegotiation (a read would have to write, a write to read); a
   ** peer's close without close_notify is an end of stream, as a TCP close
   ** is: an HTTP body has its own length, and the peers market meets

@@ -69,6 +69,8 @@ describe("TLS on TCP connections", function()
       local c = assert(tcp.connect("127.0.0.1", srv.port, { framing = "line", tls = client_cfg }))
       c:send("hello\nworld\n")
       out[1] = { c:receive(), c:receive() }
+      out[3] = {}                              -- the client's manager's and the server's
+      for _, e in ipairs(tcp.inspect().connections) do out[3][#out[3] + 1] = e.tls end
       c:close()
       -- 4 MiB up to a reader that sleeps, then the sender's end of stream,
       -- then the count back; then 8 MiB down to this process.
@@ -92,6 +94,7 @@ describe("TLS on TCP connections", function()
     end, 30000)
     assert.same({ "echo: hello", "echo: world" }, got[1])
     assert.same({ "got 4194304", 8388608 }, got[2])
+    assert.same({ "TLSv1.3", "TLSv1.3" }, got[3])
   end)
 
   it("fails a connect whose certificate does not verify, with the reason", function()
