@@ -586,8 +586,8 @@ static void finish_errno(mk_proc *p, tconn *c, int err) {
 
 static void update_reading(mk_proc *p, tconn *c) {
   if (c->secure && !c->tls_done && !c->draining) return;   /* the handshake's watch */
-  if (c->draining || (c->secure && c->tls_wr) || (c->connected && !c->eof_in && !c->closing && !c->in_failed &&
-                      c->readers > 0 && !c->held))
+  if (c->draining || (c->secure && c->tls_wr) ||
+      (c->connected && !c->eof_in && !c->closing && !c->in_failed && c->readers > 0 && !c->held))
     watch(p, c, W_RD, c->rd);
   else
     unwatch(p, c, W_RD);
@@ -1210,6 +1210,7 @@ static void peers_changed(mk_proc *p, tconn *c) {
   else
     update_reading(p, c);
   if (c->more) pump(p, c);
+  else if (c->secure && c->tls_done && !c->done) update_more(p, c);   /* what TLS holds decrypted */
 }
 
 /* ---- settings, applied -------------------------------------------------- */
@@ -1394,8 +1395,9 @@ static void tls_handshake(mk_proc *p, tconn *c) {
 }
 
 /* Plaintext from the session: what one read of the socket brought, and
-** what the session holds decrypted besides, while the connection takes
-** input (framing's budget, readers, reading = true). */
+** what the session holds decrypted besides (a record larger than
+** read_size), while the framing's budget lasts and someone reads (held
+** too: it was read from the socket already). */
 static void tls_readable(mk_proc *p, tconn *c) {
   char why[512];
   ssize_t n;
@@ -1416,7 +1418,7 @@ static void tls_readable(mk_proc *p, tconn *c) {
     } else {
       break;                              /* MKD_TLS_WANT_READ: the socket's next readiness */
     }
-  } while (!c->done && !c->in_failed && !c->more && !c->held && c->readers > 0 &&
+  } while (!c->done && !c->in_failed && !c->more && c->readers > 0 &&
            mkd_tls_pending(c->tls) > 0);
   if (!c->done) update_more(p, c);
 }

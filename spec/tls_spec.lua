@@ -97,6 +97,34 @@ describe("TLS on TCP connections", function()
     assert.same({ "TLSv1.3", "TLSv1.3" }, got[3])
   end)
 
+  it("delivers what a TLS record holds beyond read_size, framed, without waiting for the socket",
+     function()
+    local got = N.run(function()
+      local server_cfg = assert(tcp.tls{ cert = pem("server.pem"), key = pem("server.key") })
+      local client_cfg = assert(tcp.tls{ ca = pem("ca.pem") })
+      local lines = {}
+      for i = 1, 3000 do lines[i] = ("line %05d"):format(i) end
+      -- 33 KB of lines (records of 16 KB, each hundreds of lines: more
+      -- than a framing turn takes), then a 40 KB line cut by the close.
+      local blob = table.concat(lines, "\n") .. "\n" .. ("r"):rep(40000)
+      local srv = assert(tcp.serve(0, function(conn) conn:receive(); conn:send(blob) end,
+                                   { tls = server_cfg }))
+      local out = {}
+      for _, size in ipairs { 7, 100, 65536 } do
+        local c = assert(tcp.connect("127.0.0.1", srv.port, { tls = client_cfg, read_size = size,
+                                                              framing = "line" }))
+        c:send("go")
+        local n, last = 0, nil
+        for line in c:lines(5000) do n, last = n + 1, line end
+        out[#out + 1] = { size, n, #last, (c:receive()) }
+        c:close()
+      end
+      srv:close()
+      return out
+    end, 20000)
+    assert.same({ { 7, 3001, 40000 }, { 100, 3001, 40000 }, { 65536, 3001, 40000 } }, got)
+  end)
+
   it("fails a connect whose certificate does not verify, with the reason", function()
     local got = N.run(function()
       local srv = echo_server(assert(tcp.tls{ cert = pem("server.pem"), key = pem("server.key") }))
