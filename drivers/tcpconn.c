@@ -282,6 +282,7 @@ typedef struct tdial {
 typedef struct tbase {
   uint32_t refs;
   tconf cf;
+  lua_State *L;               /* the main thread of the managers' Lua state, for the log */
 } tbase;
 
 /* The defaults last handed out, while some manager holds them: the next
@@ -302,7 +303,7 @@ static int same_conf(const tconf *a, const tconf *b) {
   return 1;
 }
 
-/* 336 bytes (issue 10), without padding: 264 and the inbound flow's
+/* 320 bytes (issue 10), without padding: 248 and the inbound flow's
 ** match slot (72).  What a round trip reads or writes comes first, in 56
 ** bytes, then the slot, whose `wraps` (route.h) ends the first cache line
 ** and whose entry is the second: the record is placed on a line's
@@ -351,7 +352,6 @@ typedef struct tconn {
   mkd_count *stats;              /* counted reference, or NULL */
   mkd_count *conns;              /* counted reference (inbound) while the socket is
                               ** open, or NULL: the listener's live connections */
-  lua_State *L;               /* the main thread, for the log */
   oblock *qtail;              /* output queue: last block */
   /* framed input left over (see "framing" below): malloc'd, icap bytes */
   char *ib;
@@ -363,17 +363,18 @@ typedef struct tconn {
   size_t overrun;             /* bytes queued while paused */
   size_t peak;                /* the most memory this connection held */
   size_t ioff, iscan, ilen, icap;
-  uint32_t nopts, optcap;
-  int readers, senders;       /* peers on the inbound / outbound flow */
+  uint16_t nopts, optcap;     /* (a set past 65,535 is ignored: options_changed) */
   /* (here, not among the round trip's bits above, whose word is full) */
   unsigned warned : 1;        /* a non-string subpacket was logged (warn_once) */
   unsigned tls_done : 1;      /* TLS: the handshake is over */
   unsigned tls_rw : 1;        /* TLS: a read waits for the socket to be writable */
   unsigned tls_wr : 1;        /* TLS: a write waits for it to be readable */
+  int readers, senders;       /* peers on the inbound / outbound flow */
 } tconn;
 
 _Static_assert(offsetof(tconn, inslot) + offsetof(mk_match_slot, e) == 64,
                "a connection's slot entry is its second cache line");
+_Static_assert(sizeof(tconn) <= 5 * 64, "a connection's record fits five cache lines");
 
 static char rbuf[READ_MAX];
 static mk_rtype *channel_rt;  /* tcp-channel/3, held while some manager lives */
@@ -824,7 +825,10 @@ static void pump(mk_proc *p, tconn *c) {
 }
 
 /* Bytes just read, as the connection's framing wants them. */
-static void received(mk_proc *p, tconn *c, const char *d, size_t n) {
+/* (inlined into both readers: out of line, the echoed round trip paid
+** some 40 instructions more in calls and spills) */
+static inline __attribute__((always_inline)) void received(mk_proc *p, tconn *c, const char *d,
+                                                          size_t n) {
   int budget = FRAME_BUDGET, scanned = 0;
   size_t used = 0;
   if (c->framing == F_RAW) { deliver(p, c, d, n); return; }
@@ -957,24 +961,19 @@ static void update_flow(mk_proc *p, tconn *c) {
   }
 }
 
+static ssize_t tls_put(mk_proc *p, tconn *c, const char *s, size_t n);
+
 /* send() what it takes of s[0..n): bytes written, 0 when the socket is
 ** full, -1 when the connection failed (finished then). */
 static ssize_t put(mk_proc *p, tconn *c, const char *s, size_t n) {
   ssize_t w;
-  if (c->secure) {
-    char why[256];
-    w = mkd_tls_write(c->tls, s, n, why, sizeof why);
-    if (w == MKD_TLS_ERROR) { finish(p, c, why); return -1; }
-    if (w == MKD_TLS_WANT_READ) { c->tls_wr = 1; update_reading(p, c); }
-    if (w < 0) return 0;
-  } else {
-    do {
-      w = send(c->fd, s, n, MSG_NOSIGNAL);
-    } while (w < 0 && errno == EINTR);
-    if (w < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK) { finish_errno(p, c, errno); return -1; }
-      return 0;
-    }
+  if (c->secure) return tls_put(p, c, s, n);
+  do {
+    w = send(c->fd, s, n, MSG_NOSIGNAL);
+  } while (w < 0 && errno == EINTR);
+  if (w < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK) { finish_errno(p, c, errno); return -1; }
+    return 0;
   }
   if (w > 0) {
     if (c->idle_ms > 0) c->last_io = stamp_ms();
@@ -1051,11 +1050,11 @@ static ssize_t enqueue(tconn *c, mk_term *d, const char *s, size_t n) {
 
 static void warn_once(mk_proc *p, tconn *c, const mk_term *d) {
   char *who, *what;
-  if (c->warned || c->L == NULL) return;
+  if (c->warned || c->base->L == NULL) return;
   c->warned = 1;
   who = mk_repr_max(c->remote, MK_REPR_SHOWN, NULL);
   what = mk_repr_max(d, MK_REPR_SHOWN, NULL);
-  mkl_logf(c->L, p, MK_LOG_WARN, "market.tcp: ignoring a non-string subpacket",
+  mkl_logf(c->base->L, p, MK_LOG_WARN, "market.tcp: ignoring a non-string subpacket",
            "market.tcp: %s: ignoring a non-string subpacket %s", who ? who : "?",
            what ? what : "?");
   free(who);
@@ -1139,11 +1138,8 @@ static void drain_input(mk_proc *p, tconn *c) {
   if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) finish(p, c, NULL);
 }
 
-static void tls_handshake(mk_proc *p, tconn *c);
-static void tls_readable(mk_proc *p, tconn *c);
-
 /* n bytes just read into rbuf (from the socket, or from a TLS session). */
-static void got(mk_proc *p, tconn *c, size_t n) {
+static inline void got(mk_proc *p, tconn *c, size_t n) {
   if (c->idle_ms > 0) c->last_io = stamp_ms();
   mk_detail_io(p, n, 0);
   received(p, c, rbuf, n);
@@ -1153,21 +1149,10 @@ static void on_readable(mk_proc *p, tconn *c) {
   ssize_t n;
   if (c->fd < 0) return;
   if (c->draining) { drain_input(p, c); return; }
-  if (c->secure) {
-    if (!c->tls_done) { tls_handshake(p, c); return; }
-    if (c->tls_wr) {                      /* a write waited to read: the queue goes on */
-      c->tls_wr = 0;
-      flush(p, c);
-      if (c->done) return;
-      update_reading(p, c);
-      if (!(c->watching & W_RD)) return;
-    }
-  }
   /* No reader since this was queued (peers_changed's RECHECK is still to
   ** come): what the socket holds stays there, as it does unwatched. */
   if (c->readers == 0) { update_reading(p, c); return; }
   if (c->more) { pump(p, c); return; }     /* what is left first */
-  if (c->secure) { tls_readable(p, c); return; }
   do {
     n = recv(c->fd, rbuf, c->readsize, 0);
   } while (n < 0 && errno == EINTR);
@@ -1275,19 +1260,25 @@ static void options_changed(mk_proc *p, tconn *c, mk_term *topic, int present) {
   if (present) {
     tconf cf;
     const char *bad;
+    if (c->nopts == UINT16_MAX) {
+      if (c->base->L) lua_warning(c->base->L, "market.tcp: more than 65535 option sets: ignored", 0);
+      return;
+    }
     if (c->nopts == c->optcap) {
-      uint32_t ncap = c->optcap ? 2 * c->optcap : 1;   /* mostly one: the listener's */
-      mk_term **n = realloc(c->opts, ncap * sizeof *n);
+      uint32_t ncap = c->optcap ? 2u * c->optcap : 1;   /* mostly one: the listener's */
+      mk_term **n;
+      if (ncap > UINT16_MAX) ncap = UINT16_MAX;
+      n = realloc(c->opts, ncap * sizeof *n);
       if (n == NULL) { finish(p, c, "out of memory"); return; }
       c->opts = n;
-      c->optcap = ncap;
+      c->optcap = (uint16_t)ncap;
     }
     bad = parse_settings(s, &cf);
-    if (bad && c->L) {
+    if (bad && c->base->L) {
       /* Only a hand-made record can get here: tcp.options checks. */
       char buf[160];
       snprintf(buf, sizeof buf, "market.tcp: ignoring the tcp-options setting %.60s", bad);
-      lua_warning(c->L, buf, 0);
+      lua_warning(c->base->L, buf, 0);
     }
     c->opts[c->nopts++] = mk_ref(topic);
   } else {
@@ -1421,6 +1412,37 @@ static void tls_readable(mk_proc *p, tconn *c) {
   } while (!c->done && !c->in_failed && !c->more && c->readers > 0 &&
            mkd_tls_pending(c->tls) > 0);
   if (!c->done) update_more(p, c);
+}
+
+/* The socket is readable (or, with tls_rw, writable) for a TLS
+** connection: the handshake's next step, a write that waited to read, or
+** plaintext (on_readable's steps otherwise). */
+static void tls_on_readable(mk_proc *p, tconn *c) {
+  if (c->fd < 0) return;
+  if (c->draining) { drain_input(p, c); return; }
+  if (!c->tls_done) { tls_handshake(p, c); return; }
+  if (c->tls_wr) {                        /* a write waited to read: the queue goes on */
+    c->tls_wr = 0;
+    flush(p, c);
+    if (c->done) return;
+    update_reading(p, c);
+    if (!(c->watching & W_RD)) return;
+  }
+  if (c->readers == 0) { update_reading(p, c); return; }
+  if (c->more) { pump(p, c); return; }
+  tls_readable(p, c);
+}
+
+/* put's steps for a TLS connection. */
+static ssize_t tls_put(mk_proc *p, tconn *c, const char *s, size_t n) {
+  char why[256];
+  ssize_t w = mkd_tls_write(c->tls, s, n, why, sizeof why);
+  if (w == MKD_TLS_ERROR) { finish(p, c, why); return -1; }
+  if (w == MKD_TLS_WANT_READ) { c->tls_wr = 1; update_reading(p, c); }
+  if (w <= 0) return 0;
+  if (c->idle_ms > 0) c->last_io = stamp_ms();
+  mk_detail_io(p, 0, (size_t)w);
+  return w;
 }
 
 /* The connect completed: the TLS handshake first, if the settings ask for
@@ -1743,12 +1765,14 @@ static void handle(mk_proc *p, const mk_event *ev) {
       ** its listener had not yet handed over. */
       if (ev->tag != T_OUT && !ev->message->ground) break;
       switch (ev->tag) {
-        case W_RD: on_readable(p, c); break;
+        case W_RD:
+          if (c->secure) tls_on_readable(p, c); else on_readable(p, c);
+          break;
         case T_OUT: on_out(p, c, ev->message); break;     /* "out" or "want-out" */
         case W_WR:
           if (c->secure && c->tls_rw) {   /* a TLS read waited to write */
             c->tls_rw = 0;
-            on_readable(p, c);
+            tls_on_readable(p, c);
             if (c->done) break;
           }
           flush(p, c);
@@ -1855,6 +1879,7 @@ static mk_proc *caller(lua_State *L, const char *what) {
 ** high_water. */
 static tbase *parsedefaults(lua_State *L, int idx) {
   const char *err, *bad;
+  lua_State *main;
   mk_term *t = mkl_toterm(L, idx, &err);
   unsigned need = ~((1u << K_LOW) | (1u << K_HARD) | (1u << K_MAXCONN) | (1u << K_REUSEPORT) |
                     (1u << K_READING) | (1u << K_TLS)) &
@@ -1865,11 +1890,15 @@ static tbase *parsedefaults(lua_State *L, int idx) {
   mk_unref(t);
   if (bad) luaL_error(L, "market.sys: bad default setting %s", bad);
   if ((cf.set & need) != need) luaL_error(L, "market.sys: the defaults are incomplete");
-  if (last_base == NULL || !same_conf(&last_base->cf, &cf)) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  main = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  if (last_base == NULL || !same_conf(&last_base->cf, &cf) || last_base->L != main) {
     tbase *b = malloc(sizeof *b);
     if (b == NULL) luaL_error(L, "out of memory");
     b->refs = 0;
     b->cf = cf;
+    b->L = main;
     last_base = b;
   }
   last_base->refs++;
@@ -1938,9 +1967,6 @@ static tconn *newconn(lua_State *L, tbase *base, mkd_count *stats, mkd_count *co
   if (stats) stats->refs++;
   c->conns = conns;
   if (conns) { conns->refs++; conns->v[C_LIVE]++; }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  c->L = lua_tothread(L, -1);
-  lua_pop(L, 1);
   if (fd >= 0) {
     set_fd(c, fd);
     c->connected = 1;
