@@ -1351,8 +1351,17 @@ static const mk_term *tls_config(const tconn *c) {
   return NULL;
 }
 
+/* A handshake that failed: counted; an accepted connection's, which no
+** one else hears of, also logged at level info (a server's operator may
+** want to know why its clients fail; port scanners make them all day). */
 static void tls_failed(mk_proc *p, tconn *c, const char *why) {
   if (c->stats) c->stats->v[C_TLS_FAILED]++;
+  if (c->lport != NULL && c->base->L != NULL && mkl_log_enabled(c->base->L, MK_LOG_INFO)) {
+    char *who = mk_repr_max(c->remote, MK_REPR_SHOWN, NULL);
+    mkl_logf(c->base->L, p, MK_LOG_INFO, "market.tcp: tls handshake failed",
+             "market.tcp: %s: %s", who ? who : "?", why);
+    free(who);
+  }
   finish(p, c, why);
 }
 
@@ -1488,10 +1497,9 @@ static void dial_expired(mk_proc *p, tconn *c) {
   if (c->connected) return;
   if (c->dial == NULL) {            /* accepted: its TLS handshake's time */
     if (!c->secure) return;
-    if (c->stats) c->stats->v[C_TLS_FAILED]++;
     snprintf(buf, sizeof buf, "tls: no handshake within %lld ms",
              (long long)c->base->cf.v[K_CONNECT]);
-    finish(p, c, buf);
+    tls_failed(p, c, buf);
     return;
   }
   snprintf(buf, sizeof buf, "connect timed out after %lld ms", (long long)c->dial->timeout_ms);

@@ -161,7 +161,10 @@ describe("TLS on TCP connections", function()
   it("gives no session to a client that does not speak TLS, closes a silent one after " ..
      "connect_timeout, and serves on", function()
     local before = tcp.stats.tls_failures
-    local saved = tcp.CONNECT_TIMEOUT
+    local saved, level = tcp.CONNECT_TIMEOUT, market.log.level()
+    local logged = {}
+    market.log.level("info")
+    market.log.sink(function(l, _, message) if l == "info" then logged[#logged + 1] = message end end)
     local got = N.run(function()
       tcp.CONNECT_TIMEOUT = 200
       local sessions = { 0 }
@@ -187,12 +190,19 @@ describe("TLS on TCP connections", function()
       return out
     end, 20000)
     tcp.CONNECT_TIMEOUT = saved
+    market.log.sink(nil)
+    market.log.level(level)
     assert.is_true(got[1])                    -- closed, no answer
     assert.same({}, got[2])                   -- closed: the end of stream
     assert.is_true(got[3])
     assert.equal("echo: still", got[4])
     assert.equal(1, got[5])                   -- only the TLS client had a session
     assert.equal(2, tcp.stats.tls_failures - before)
+    -- Why, at level info: the plain client's, then the silent one's.
+    assert.equal(2, #logged)
+    assert.matches('^market%.tcp: tcp%-address%("127%.0%.0%.1", %d+%): tls: ', logged[1])
+    assert.matches('^market%.tcp: tcp%-address%("127%.0%.0%.1", %d+%): tls: no handshake within 200 ms$',
+                   logged[2])
   end)
 
   it("asks clients for their certificate when the server is given CA certificates", function()
