@@ -7,7 +7,8 @@
 -- keeps alive between requests, pipelined ones included.
 -- http.request(url [, options]) makes one request and returns the
 -- response; the connection is kept for the process's next request to the
--- same server (keep_alive ms), and redirects are followed if asked.
+-- same server (keep_alive ms), redirects are followed if asked, and the
+-- body may go to a sink as it comes.
 -- Both wait, so both run in processes.
 -- https:// and TLS servers through the TCP driver's tls setting.
 local market, tcp, parser, sys = ...
@@ -60,7 +61,8 @@ local REQUEST_KEYS = { method = function(v) return type(v) == "string" and v:mat
                        timeout = positive, max_response = positive,
                        keep_alive = function(v) return mtype(v) == "integer" and v >= 0 end,
                        redirects = function(v) return mtype(v) == "integer" and v >= 0 end,
-                       tls = function(v) return tcp.tls_record:is(v) end }
+                       tls = function(v) return tcp.tls_record:is(v) end,
+                       sink = function(v) return type(v) == "function" end }
 
 local function check(t, keys, fname)
   if t == nil then return {} end
@@ -412,12 +414,28 @@ local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS
                      TRACE = true }
 
 -- One exchange on conn: the response, and whether the connection may be
--- kept; or nil, why, and whether nothing of an answer came.
-local function exchange(conn, bytes, method, deadline, max_response)
+-- kept; or nil, why, and whether nothing of an answer came; or nil, the
+-- error, false, true when the sink raised it.  stream(status), if given,
+-- says once a final response's head is whole whether its body goes to a
+-- sink as it comes (the sink, or nil: kept whole in res.body).
+local function exchange(conn, bytes, method, deadline, max_response, stream)
   local ok, why = conn:send(bytes)
   if not ok then return nil, why, true end
   local p = parser.response(max_response, method == "HEAD")
   local heard = false
+  local sink = nil                    -- false: this response is kept whole
+  -- The body come so far to the sink, once the head has chosen one: true,
+  -- or false and the sink's error.
+  local function pour()
+    if sink == nil and stream then
+      local st = p:status()
+      if st and (st >= 200 or st < 100) then sink = stream(st) or false end
+    end
+    if not sink then return true end
+    local piece = p:take()
+    if piece == "" then return true end
+    return pcall(sink, piece)
+  end
   while true do
     local left = deadline - market.now()
     if left <= 0 then return nil, "timeout" end
@@ -429,6 +447,8 @@ local function exchange(conn, bytes, method, deadline, max_response)
       return nil, (status == 400 and "malformed response: " or "response too large: ") .. rest
     end
     while done do
+      local poured, err = pour()
+      if not poured then return nil, err, false, true end
       local m = p:message()
       if m.status >= 200 or m.status < 100 then
         return { status = m.status, reason = m.reason, version = m.version,
@@ -444,6 +464,8 @@ local function exchange(conn, bytes, method, deadline, max_response)
         if done == nil then return nil, "malformed response: " .. rest end
       end
     end
+    local poured, err = pour()
+    if not poured then return nil, err, false, true end
     -- The end of stream before the whole response, whether the parser
     -- took it as an error or not (before any byte it does not: a kept
     -- connection closed as the request went ends here, unheard).
@@ -523,15 +545,16 @@ end
 
 -- One request's bytes sent to host:port (over TLS with configuration
 -- tls, or plain: nil), on the process's kept connection there or a new
--- one, and its response read: the response, or nil and why.
-local function ask(host, port, tls, bytes, method, deadline, keep_ms, max_response)
+-- one, and its response read (stream: as exchange's): the response, or
+-- nil and why, and true after them when it is the sink's error.
+local function ask(host, port, tls, bytes, method, deadline, keep_ms, max_response, stream)
   local now = market.now()
   -- (a connection made with one TLS configuration is not another's)
   local key = (tls and ("https#%d:"):format(tls == true and 0 or tls.serial) or "") .. host .. ":" .. port
   local pool = kept_of(now)
   local conn = nil
   if keep_ms > 0 then conn = reuse(pool, key) end
-  local res, keep, fresh
+  local res, keep, fresh, raised
   while true do
     local reused = conn ~= nil
     if not conn then
@@ -540,8 +563,8 @@ local function ask(host, port, tls, bytes, method, deadline, keep_ms, max_respon
       conn, why = tcp.connect(host, port, { connect_timeout = math.ceil(left), tls = tls })
       if not conn then return nil, why end
     end
-    res, keep, fresh = exchange(conn, bytes, method, deadline, max_response)
-    if res or not (reused and fresh and IDEMPOTENT[method]) then break end
+    res, keep, fresh, raised = exchange(conn, bytes, method, deadline, max_response, stream)
+    if res or raised or not (reused and fresh and IDEMPOTENT[method]) then break end
     conn:close()                                -- closed idle as the request went: again
     conn = nil
   end
@@ -550,7 +573,7 @@ local function ask(host, port, tls, bytes, method, deadline, keep_ms, max_respon
   else
     conn:close()
   end
-  if not res then return nil, keep end          -- (exchange's why)
+  if not res then return nil, keep, raised end  -- (exchange's why)
   return res
 end
 
@@ -565,6 +588,14 @@ function M.request(url, options)
   local keep_ms = options.keep_alive or M.KEEP_ALIVE
   local max_response = options.max_response or M.MAX_RESPONSE
   local redirects, followed = options.redirects or 0, 0
+  local sink = options.sink
+  -- A response's body goes to the sink as it comes, but a redirect's
+  -- while redirects are followed: kept whole, it goes to the sink only if
+  -- it is the answer after all (no Location).
+  local stream = sink and function(status)
+    if redirects > 0 and REDIRECTS[status] then return nil end
+    return sink
+  end
   local deadline = market.now() + (options.timeout or M.TIMEOUT)
   local host, port, authority, target, secure = parse_url(url)
   if not host then return nil, port end
@@ -577,11 +608,16 @@ function M.request(url, options)
     local ok, bytes = pcall(head, fmt("%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, authority),
                             headers, CLIENT_OWN, "http.request", nil, length, keep_ms == 0, body)
     if not ok then error(bytes, 2) end
-    local res, why = ask(host, port, secure and tls or nil, bytes, method, deadline, keep_ms,
-                         max_response)
+    local res, why, raised = ask(host, port, secure and tls or nil, bytes, method, deadline,
+                                 keep_ms, max_response, stream)
+    if raised then error(why, 0) end              -- the sink's own error, as it raised it
     if not res then return nil, why end
     local turn, location = REDIRECTS[res.status], res.headers.location
     if redirects == 0 or not turn or not location then
+      if sink then
+        if res.body ~= "" then sink(res.body) end   -- (kept whole: a redirect's)
+        res.body = ""
+      end
       res.url = url
       return res
     end

@@ -20,6 +20,12 @@
 **   http.head(first, headers, own, fname, date, length, close [, body])
 **                          -> a message's bytes, whether headers asked to
 **                             close (l_head says how)
+**   parser:status()        -> once a response's head is whole, its status
+**                             (a request's: 0); nil before
+**   parser:take()          -> the body's bytes come so far, which the
+**                             parser then forgets (a body handed on as
+**                             it comes: `max` bounds each piece, not the
+**                             whole); message() has only what follows
 **   parser:reset()         -> the parser as new, for the next message
 **                             (its buffers kept: a connection's requests
 **                             share one parser)
@@ -270,6 +276,20 @@ static void empty_buffers(lhttp *h, int release) {
   }
 }
 
+static int l_status(lua_State *L) {
+  lhttp *h = check(L);
+  if (!h->head_done) return 0;
+  lua_pushinteger(L, h->p.type == HTTP_RESPONSE ? (lua_Integer)h->p.status_code : 0);
+  return 1;
+}
+
+static int l_take(lua_State *L) {
+  lhttp *h = check(L);
+  lua_pushlstring(L, h->body.p ? h->body.p : "", h->body.n);
+  h->body.n = 0;
+  return 1;
+}
+
 static int l_gc(lua_State *L) {
   empty_buffers(check(L), 1);
   return 0;
@@ -502,8 +522,8 @@ static int l_head(lua_State *L) {
 
 void mkl_open_http(lua_State *L) {
   static const luaL_Reg methods[] = {
-    {"feed", l_feed}, {"message", l_message}, {"reset", l_reset}, {"__gc", l_gc},
-    {NULL, NULL}};
+    {"feed", l_feed}, {"message", l_message}, {"reset", l_reset}, {"status", l_status},
+    {"take", l_take}, {"__gc", l_gc}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {{"request", l_request}, {"response", l_response},
                                    {"head", l_head}, {NULL, NULL}};
   if (luaL_newmetatable(L, LHTTP_MT)) {

@@ -490,6 +490,61 @@ describe("http.serve and http.request", function()
     }, got)
   end)
 
+  it("hands a response's body to a sink as it comes, past max_response, and not a followed " ..
+     "redirect's", function()
+    local got = N.run(function()
+      local srv = assert(http.serve(0, function(req)
+        if req.path == "/stream" then
+          local i = 0
+          return 200, nil, function()        -- four pieces, 50 ms apart
+            i = i + 1
+            if i > 4 then return nil end
+            timer.sleep(50)
+            return "piece " .. i .. ";"
+          end
+        elseif req.path == "/big" then
+          return 200, nil, ("x"):rep(3000000)
+        elseif req.path == "/moved" then
+          return 302, { location = "/stream" }, "redirect body"
+        elseif req.path == "/nowhere" then
+          return 302, nil, "no location body"
+        end
+      end))
+      local out = {}
+      local function ask(path, options, keep)
+        local pieces = {}
+        options.sink = function(piece) pieces[#pieces + 1] = keep and keep(piece) or piece end
+        local r = assert(http.request(url(srv, path), options))
+        out[#out + 1] = { r.status, r.body, table.concat(pieces, "|") }
+      end
+      local t0 = market.now()
+      ask("/stream", {}, function() return tostring(market.now() - t0) end)
+      ask("/big", { max_response = 100000 }, function(piece) return tostring(#piece) end)
+      ask("/moved", { redirects = 3 })
+      ask("/nowhere", { redirects = 3 })
+      ask("/moved", {})
+      out[#out + 1] = H.outcome(function()
+        http.request(url(srv, "/stream"), { sink = function() error("disk full") end })
+      end, "spec/http_spec.lua")
+      out[#out + 1] = assert(http.request(url(srv, "/stream"))).body   -- the connection after
+      srv:close()
+      return out
+    end)
+    -- Each piece came as it was sent (50 ms apart), not all at the end.
+    local at = {}
+    for ms in got[1][3]:gmatch("[%d.]+") do at[#at + 1] = tonumber(ms) end
+    assert.same({ 200, "", 4 }, { got[1][1], got[1][2], #at })
+    assert.is_true(at[4] - at[1] >= 100, got[1][3])
+    local big = 0
+    for n in got[2][3]:gmatch("%d+") do big = big + tonumber(n) end
+    assert.same({ 200, "", 3000000 }, { got[2][1], got[2][2], big })
+    assert.same({ 200, "", "piece 1;|piece 2;|piece 3;|piece 4;" }, got[3])
+    assert.same({ 302, "", "no location body" }, got[4])
+    assert.same({ 302, "", "redirect body" }, got[5])
+    assert.equal("false disk full", got[6])
+    assert.equal("piece 1;piece 2;piece 3;piece 4;", got[7])
+  end)
+
   it("resolves a reference against a base URL as RFC 3986 does", function()
     -- RFC 3986, 5.4.1 and 5.4.2 (the strict reading of "http:g"), base
     -- http://a/b/c/d;p?q; and a few of its own.
@@ -530,6 +585,7 @@ describe("http.serve and http.request", function()
       try(function() http.request("http://127.0.0.1/", { headers = { Host = "x" } }) end)
       try(function() http.request("http://127.0.0.1/", { headers = { ["Bad Name"] = "x" } }) end)
       try(function() http.request("http://127.0.0.1/", { redirects = -1 }) end)
+      try(function() http.request("http://127.0.0.1/", { sink = "file" }) end)
       return out
     end)
     assert.same({
@@ -541,6 +597,7 @@ describe("http.serve and http.request", function()
       "false http.request: the header Host is market's to write",
       'false http.request: bad header name "Bad Name"',
       "false http.request: bad redirects: -1",
+      'false http.request: bad sink: "file"',
     }, got)
     local ok, err = pcall(http.request, "http://127.0.0.1/")
     assert.is_false(ok)
