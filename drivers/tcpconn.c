@@ -1139,20 +1139,28 @@ static void drain_input(mk_proc *p, tconn *c) {
 }
 
 /* n bytes just read into rbuf (from the socket, or from a TLS session). */
-static inline void got(mk_proc *p, tconn *c, size_t n) {
+static inline __attribute__((always_inline)) void got(mk_proc *p, tconn *c, size_t n) {
   if (c->idle_ms > 0) c->last_io = stamp_ms();
   mk_detail_io(p, n, 0);
   received(p, c, rbuf, n);
+}
+
+/* Before a read (of the socket, or of a TLS session): 1 when nothing is
+** to be read now, and what is due instead was done.  No reader since
+** this was queued (peers_changed's RECHECK is still to come): what the
+** socket holds stays there, as it does unwatched.  Frames left over:
+** they go first. */
+static inline int not_now(mk_proc *p, tconn *c) {
+  if (c->readers == 0) { update_reading(p, c); return 1; }
+  if (c->more) { pump(p, c); return 1; }
+  return 0;
 }
 
 static void on_readable(mk_proc *p, tconn *c) {
   ssize_t n;
   if (c->fd < 0) return;
   if (c->draining) { drain_input(p, c); return; }
-  /* No reader since this was queued (peers_changed's RECHECK is still to
-  ** come): what the socket holds stays there, as it does unwatched. */
-  if (c->readers == 0) { update_reading(p, c); return; }
-  if (c->more) { pump(p, c); return; }     /* what is left first */
+  if (not_now(p, c)) return;
   do {
     n = recv(c->fd, rbuf, c->readsize, 0);
   } while (n < 0 && errno == EINTR);
@@ -1437,8 +1445,7 @@ static void tls_on_readable(mk_proc *p, tconn *c) {
     update_reading(p, c);
     if (!(c->watching & W_RD)) return;
   }
-  if (c->readers == 0) { update_reading(p, c); return; }
-  if (c->more) { pump(p, c); return; }
+  if (not_now(p, c)) return;
   tls_readable(p, c);
 }
 
