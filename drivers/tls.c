@@ -153,7 +153,8 @@ static void ssl_reason(const char *what, char *why, size_t size) {
 }
 
 /* A file the configuration names must be there and readable: errno's
-** words say so more plainly than OpenSSL's ("system lib"). */
+** words say so more plainly than OpenSSL's ("system lib").  0: a file;
+** 1: a directory (only where dir_ok); -1 and why: neither. */
 static int readable_path(const char *what, const char *path, int dir_ok, char *why, size_t size) {
   struct stat st;
   char buf[128];
@@ -166,7 +167,7 @@ static int readable_path(const char *what, const char *path, int dir_ok, char *w
     snprintf(why, size, "tls: the %s %s is a directory", what, path);
     return -1;
   }
-  return 0;
+  return S_ISDIR(st.st_mode);
 }
 
 /* A new context for cf: NULL and why on failure. */
@@ -174,9 +175,10 @@ static SSL_CTX *build(const tls_conf *cf, char *why, size_t size) {
   SSL_CTX *ctx;
   char what[300];
   const char *key = cf->key ? cf->key : cf->cert;   /* one PEM file may hold both */
-  if ((cf->cert && readable_path("certificate", cf->cert, 0, why, size)) ||
-      (key && readable_path("key", key, 0, why, size)) ||
-      (cf->ca && readable_path("CA certificates", cf->ca, 1, why, size)))
+  int ca_dir = 0;                                   /* ca names a hashed directory */
+  if ((cf->cert && readable_path("certificate", cf->cert, 0, why, size) < 0) ||
+      (key && readable_path("key", key, 0, why, size) < 0) ||
+      (cf->ca && (ca_dir = readable_path("CA certificates", cf->ca, 1, why, size)) < 0))
     return NULL;
   ssl.ERR_clear_error();
   if ((ctx = ssl.SSL_CTX_new(ssl.TLS_method())) == NULL) {
@@ -210,10 +212,8 @@ static SSL_CTX *build(const tls_conf *cf, char *why, size_t size) {
     if (ssl.SSL_CTX_check_private_key(ctx) != 1) goto fail;
   }
   if (cf->ca) {
-    struct stat st;
-    int dir = stat(cf->ca, &st) == 0 && S_ISDIR(st.st_mode);
     snprintf(what, sizeof what, "tls: the CA certificates %s", cf->ca);
-    if (ssl.SSL_CTX_load_verify_locations(ctx, dir ? NULL : cf->ca, dir ? cf->ca : NULL) != 1)
+    if (ssl.SSL_CTX_load_verify_locations(ctx, ca_dir ? NULL : cf->ca, ca_dir ? cf->ca : NULL) != 1)
       goto fail;
   } else if (cf->verify) {
     snprintf(what, sizeof what, "tls: the system's CA certificates");
