@@ -1269,7 +1269,8 @@ static void options_changed(mk_proc *p, tconn *c, mk_term *topic, int present) {
     tconf cf;
     const char *bad;
     if (c->nopts == UINT16_MAX) {
-      if (c->base->L) lua_warning(c->base->L, "market.tcp: more than 65535 option sets: ignored", 0);
+      if (c->base->L)
+        lua_warning(c->base->L, "market.tcp: more than 65535 option sets: ignored", 0);
       return;
     }
     if (c->nopts == c->optcap) {
@@ -1732,7 +1733,8 @@ static void boot(mk_proc *p, tconn *c) {
       /* Shown once its handshake is over (accepted), if within
       ** connect_timeout. */
       c->connected = 0;
-      if (c->base->cf.v[K_CONNECT] > 0) watch_alarm(p, c, W_DIAL, now_ms() + c->base->cf.v[K_CONNECT]);
+      if (c->base->cf.v[K_CONNECT] > 0)
+        watch_alarm(p, c, W_DIAL, now_ms() + c->base->cf.v[K_CONNECT]);
       tls_handshake(p, c);
       return;
     }

@@ -51,7 +51,8 @@
   X(SSL_set_fd) X(SSL_set_connect_state) X(SSL_set_accept_state) X(SSL_do_handshake) \
   X(SSL_read) X(SSL_write) X(SSL_shutdown) X(SSL_get_error) X(SSL_pending) X(SSL_ctrl) \
   X(SSL_set1_host) X(SSL_get0_param) X(SSL_get_verify_result) X(SSL_get_version) \
-  X(ERR_get_error) X(ERR_peek_error) X(ERR_clear_error) X(ERR_error_string_n) X(ERR_reason_error_string) \
+  X(ERR_get_error) X(ERR_peek_error) X(ERR_clear_error) X(ERR_error_string_n) \
+  X(ERR_reason_error_string) \
   X(X509_verify_cert_error_string) X(X509_VERIFY_PARAM_set1_ip_asc)
 
 #define TLS_FIELD(f) __typeof__(&f) f;
@@ -74,8 +75,9 @@ static void ssl_load(void) {
     lib = dlopen(*name, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
   if (lib == NULL) {
     const char *e = dlerror();
-    snprintf(ssl_why, sizeof ssl_why, "cannot load OpenSSL (%s; Debian: apt-get install libssl3): %s",
-             ssl_sonames[0], e ? e : "not found");
+    snprintf(ssl_why, sizeof ssl_why,
+             "cannot load OpenSSL (%s; Debian: apt-get install libssl3): %s", ssl_sonames[0],
+             e ? e : "not found");
     ssl_failed = ssl_why;
     return;
   }
@@ -357,7 +359,10 @@ int mkd_tls_handshake(mkd_tls *t, char *why, size_t size) {
   r = ssl.SSL_do_handshake(t->s);
   if (r == 1) return 1;
   r = outcome(t, r, "tls", why, size);
-  if (r == 0) { snprintf(why, size, "tls: the peer closed during the handshake"); return MKD_TLS_ERROR; }
+  if (r == 0) {
+    snprintf(why, size, "tls: the peer closed during the handshake");
+    return MKD_TLS_ERROR;
+  }
   return r;
 }
 
