@@ -938,7 +938,11 @@ function render() {
   eachVM(snap.vm, 0, (vm) => { total += (vm.processes || []).length; convs += (vm.conversations || []).length; omitted += vm.omitted || 0; });
   const s = $("summary");
   s.dataset.processes = total; s.dataset.conversations = convs; s.dataset.time = snap.time;
-  s.textContent = `${total} processes${omitted ? ` (${omitted} more not shown)` : ""} · ${convs} conversations · ${new Date(snap.time).toISOString().slice(11, 19)} UTC`;
+  const mem = snap.memory;
+  s.dataset.memory = mem ? mem.used : "";
+  s.textContent = `${total} processes${omitted ? ` (${omitted} more not shown)` : ""} · ${convs} conversations` +
+    (mem ? ` · memory ${bytes(mem.used)}${mem.limit ? ` of ${bytes(mem.limit)}` : ""}` : "") +
+    ` · ${new Date(snap.time).toISOString().slice(11, 19)} UTC`;
 }
 function update(s) {
   const now = s.time, counts = new Map();

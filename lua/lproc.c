@@ -3130,6 +3130,15 @@ static int c_memory(lua_State *L) {
   return 1;
 }
 
+/* market.memory_limit(): the memory limit (pool.h) or nil, and the bytes
+** it counts. */
+static int c_memory_limit(lua_State *L) {
+  if (mk_pool_limit() != 0) lua_pushinteger(L, (lua_Integer)mk_pool_limit());
+  else lua_pushnil(L);
+  lua_pushinteger(L, (lua_Integer)mk_pool_used());
+  return 2;
+}
+
 static int c_now(lua_State *L) {
   mkl_state *S = STATE(L);
   if (S->g == NULL) return luaL_error(L, "market.now: no ground VM is running");
@@ -3294,7 +3303,8 @@ void mkl_open_core(lua_State *L) {
     {"self", c_self}, {"role", c_role},
     {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
     {"open_ground_vm", c_open_ground_vm},
-    {"now", c_now}, {"memory", c_memory}, {"stop", c_stop}, {"exit", c_exit},
+    {"now", c_now}, {"memory", c_memory},
+    {"memory_limit", c_memory_limit}, {"stop", c_stop}, {"exit", c_exit},
     {NULL, NULL}};
   mkl_state *S = getstate(L);
   if (S == NULL) {

@@ -10,6 +10,7 @@
 
 #include "json.h"
 #include "mkl.h"
+#include "pool.h"
 
 /* ---- the VM tree as tables ------------------------------------------------ */
 
@@ -91,7 +92,7 @@ static void pushvm(lua_State *L, const mk_snap_vm *s) {
 ** (an inspect() function) to a snapshot. */
 static const char *const drivers[] = { "timer", "tcp", "udp", "cluster", NULL };
 
-/* core.snapshot([{max_processes = n}]) -> {time =, vm =, drivers =}
+/* core.snapshot([{max_processes = n}]) -> {time =, memory =, vm =, drivers =}
 ** (docs/inspect.md); with n, at most n processes (mk_vm_snapshot_max),
 ** and each driver's inspect(n) lists as much. */
 static int c_snapshot(lua_State *L) {
@@ -110,9 +111,14 @@ static int c_snapshot(lua_State *L) {
     lua_settop(L, 0);
   }
   if (g == NULL) return luaL_error(L, "market.snapshot: no ground VM is running");
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 4);
   lua_pushnumber(L, mk_ground_now(g));
   lua_setfield(L, -2, "time");
+  /* The memory limit's count, and the limit (pool.h; docs/limits.md) */
+  lua_createtable(L, 0, 2);
+  setint(L, "used", (lua_Integer)mk_pool_used());
+  if (mk_pool_limit() != 0) setint(L, "limit", (lua_Integer)mk_pool_limit());
+  lua_setfield(L, -2, "memory");
   s = mk_vm_snapshot_max(mk_ground_vm(g), (size_t)max);
   /* Making the tables may raise (out of memory): s is held meanwhile by a
   ** userdata whose __gc frees it. */

@@ -6,6 +6,7 @@
 ** (docs/embedding.md).
 */
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <math.h>
 #include <signal.h>
@@ -114,6 +115,13 @@ static const char usage[] =
   "                 the CPU time one activation of a handler may take before\n"
   "                 its process fails with \"activation budget exceeded\"\n"
   "                 (default 1000; 0: no budget)\n"
+  "  --max-memory SIZE\n"
+  "                 the memory the program's processes and messages may hold\n"
+  "                 (bytes, or with K, M or G): the process whose event\n"
+  "                 takes it past SIZE fails with \"not enough memory\", the\n"
+  "                 rest go on (default 7/8 of the cgroup's memory limit when\n"
+  "                 there is one, else none; 0: none; under --workers N\n"
+  "                 each worker gets 1/N; docs/limits.md)\n"
   "  -h, --help     show this help and exit\n"
   "  -v, --version  show the version and exit\n"
   "\n"
@@ -436,6 +444,42 @@ static double ms_arg(const char *s) {
   return end != s && *end == '\0' && ms >= 0 && isfinite(ms) ? ms : -1;
 }
 
+/* The argument of --max-memory: bytes, or a number with K, M or G
+** (powers of 1024); -1 if not. */
+static long long size_arg(const char *s) {
+  char *end;
+  unsigned long long n, unit = 1;
+  if (*s < '0' || *s > '9') return -1;
+  errno = 0;
+  n = strtoull(s, &end, 10);
+  switch (*end) {
+  case 'k': case 'K': unit = 1ULL << 10; end++; break;
+  case 'm': case 'M': unit = 1ULL << 20; end++; break;
+  case 'g': case 'G': unit = 1ULL << 30; end++; break;
+  default: break;
+  }
+  if (errno != 0 || *end != '\0' || n > (unsigned long long)LLONG_MAX / unit) return -1;
+  return (long long)(n * unit);
+}
+
+/* The memory limit (pool.h): --max-memory's, or 7/8 of the cgroup's (the
+** rest for what the pool does not count: code, stacks, libraries' own
+** memory, the kernel's socket buffers, which the cgroup charges too); a
+** worker of --workers N takes 1/N (MARKET_WORKER=i/N). */
+static void set_memory_limit(long long given) {
+  size_t bytes, cg;
+  const char *w = getenv("MARKET_WORKER"), *slash;
+  long n = 1;
+  if (given >= 0) {
+    bytes = (size_t)given;
+  } else {
+    cg = mk_cgroup_memory_max(NULL, NULL);
+    bytes = cg - cg / 8;
+  }
+  if (w != NULL && (slash = strchr(w, '/')) != NULL && (n = atol(slash + 1)) < 1) n = 1;
+  if (bytes != 0) mk_pool_set_limit(bytes / (size_t)n > 0 ? bytes / (size_t)n : 1);
+}
+
 /* Standard descriptors closed when market started (`2>&-`, a parent
 ** that closed them) keep their numbers: each gets /dev/null opened with
 ** O_PATH, which reads and writes refuse (EBADF) as they would a closed
@@ -474,6 +518,7 @@ int main(int argc, char **argv) {
   int interactive = 0;         /* -i, or no script at a terminal: lua/repl.lua */
   int noscript;
   double budget = -1;
+  long long memory = -1;       /* --max-memory: -1 not given */
   int loglevel = -1;
   mk_host *h;
   mk_error err;
@@ -511,6 +556,15 @@ int main(int argc, char **argv) {
       if (++i >= argc) { fputs("market: --max-activation needs a number of ms\n", stderr); return trace_end(&trace, 2); }
       if (ms_arg(argv[i]) < 0) {
         fprintf(stderr, "market: --max-activation: '%s' is not a number of ms >= 0\n", argv[i]);
+        return trace_end(&trace, 2);
+      }
+      continue;
+    }
+    if (strcmp(argv[i], "--max-memory") == 0) {
+      if (++i >= argc) { fputs("market: --max-memory needs a size\n", stderr); return trace_end(&trace, 2); }
+      if ((memory = size_arg(argv[i])) < 0) {
+        fprintf(stderr, "market: --max-memory: '%s' is not a size (bytes, or a number with K, M or G)\n",
+                argv[i]);
         return trace_end(&trace, 2);
       }
       continue;
@@ -588,7 +642,8 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "-i") == 0) interactive = 1;
     else if (strcmp(argv[i], "-e") == 0) code = argv[codei = ++i];
     else if (strcmp(argv[i], "--max-activation") == 0) budget = ms_arg(argv[++i]);
-    else if (strcmp(argv[i], "--max-term-depth") == 0 || strcmp(argv[i], "--max-term-size") == 0) i++;
+    else if (strcmp(argv[i], "--max-term-depth") == 0 || strcmp(argv[i], "--max-term-size") == 0 ||
+             strcmp(argv[i], "--max-memory") == 0) i++;
     else if (strcmp(argv[i], "--drain") == 0) drain = ms_arg(argv[++i]);
     else if (strcmp(argv[i], "--cluster") == 0) cluster = argv[++i];
     else if (strcmp(argv[i], "--node") == 0) node = argv[++i];
@@ -645,6 +700,7 @@ int main(int argc, char **argv) {
   }
   if (workers > 0) return trace_end(&trace, run_workers(argc, argv, workers));
 
+  set_memory_limit(memory);
   h = mk_host_new(NULL, &err);
   if (h == NULL) {
     fprintf(stderr, "market: %s\n", err.message);

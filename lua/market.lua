@@ -729,6 +729,9 @@ M.now = core.now
 -- memory(): bytes of heap in use by the whole program (C and Lua), for
 -- benchmarks and leak hunting.
 M.memory = core.memory
+-- memory_limit(): the memory limit (market --max-memory) or nil, and the
+-- bytes it counts.
+M.memory_limit = core.memory_limit
 
 -- Ground events (see runtime/ground.h): subscribe to these in the ground VM
 -- (or through an event relay) to hear of operating-system readiness.  The

@@ -58,6 +58,8 @@ typedef struct pblock { struct pblock *next; } pblock;
 ** block given back is kept). */
 static pblock *heads[NCLASS];
 static size_t cached;    /* bytes in all lists */
+static size_t linecached;  /* bytes of slabs not in a block in use (also in `cached`;
+                           ** "blocks placed on cache lines" below) */
 
 /* The class of an n-byte request, 1 <= n <= MK_POOL_MAX, and the size of
 ** its blocks, (class + 1) * 16 + 8 bytes. */
@@ -91,10 +93,20 @@ static size_t bigcached;             /* bytes in them; also in `cached` */
 static void *reserve;
 unsigned long mk_pool_nspent;
 
+/* The memory limit (pool.h, mk_pool_set_limit): 0 for none.  `used`
+** counts the bytes of every malloc block the pool holds for its blocks
+** (in use or cached: malloc_usable_size of each, as it comes and goes)
+** and what mk_pool_map was told of.  `slack`: the reserve is spent, and
+** the ceiling is the limit and the reserve's size above it until the
+** reserve is taken again. */
+static size_t limit, used;
+static int slack;
+
 static int spend(void) {
   if (reserve == NULL) return 0;
   free(reserve);
   reserve = NULL;
+  slack = 1;
   mk_pool_nspent++;
   return 1;
 }
@@ -117,17 +129,91 @@ void *mk_pool_calloc(size_t n, size_t size) {
 void *mk_pool_realloc(void *p, size_t n) { RETRY(realloc(p, n), n); }
 
 int mk_pool_reserve(void) {
-  if (reserve == NULL) reserve = malloc(MK_POOL_RESERVE);
+  if (reserve != NULL) return 1;
+  /* Over the limit still (the failed process's heap not yet collected):
+  ** the reserve waits, and with it the margin it gives.  What the cache
+  ** keeps of the failed process's goes back first. */
+  if (limit != 0 && used > limit && cached > linecached) mk_pool_trim();
+  if (limit != 0 && used > limit) return 0;
+  reserve = malloc(MK_POOL_RESERVE);
   if (reserve == NULL && cached > 0) {
     mk_pool_trim();
     reserve = malloc(MK_POOL_RESERVE);
   }
+  if (reserve != NULL) slack = 0;
   return reserve != NULL;
 }
 
 void mk_pool_unreserve(void) {
   free(reserve);
   reserve = NULL;
+}
+
+/*
+** ---- the limit (pool.h, mk_pool_set_limit) ----
+**
+** The pool's blocks come from malloc through grab and regrab and go back
+** through drop, which count them in `used`; nothing on the path of a
+** block the cache hands out or takes back counts anything (a round trip
+** of echo.lua makes and frees a dozen: issue 10).
+*/
+void mk_pool_set_limit(size_t bytes) { limit = bytes; }
+size_t mk_pool_limit(void) { return limit; }
+size_t mk_pool_used(void) { return used; }
+
+static size_t ceiling(void) { return slack ? limit + MK_POOL_RESERVE : limit; }
+
+/* n more bytes would pass the ceiling: what the cache keeps goes back to
+** malloc first.  Then the reserve, if held, is spent as if malloc had
+** failed (vm.c charges the process whose event this is, which ends with
+** "not enough memory") and the ceiling rises by its size.  Past that, a
+** strict request (a Lua state's: Lua collects and asks again, then
+** raises "not enough memory" in the code that asked) fails; the
+** runtime's own requests go on, into the margin the limit leaves below
+** the machine's, since the VM cannot do without them (vm.c, needed). */
+static int room(size_t n, int strict) {
+  if (cached > linecached) {
+    mk_pool_trim();
+    if (used + n <= ceiling()) return 1;
+  }
+  if (n <= MK_POOL_RESERVE && spend()) return 1;
+  return !strict;
+}
+
+#define OVER(n) (limit != 0 && used + (n) > ceiling())
+
+void mk_pool_map(size_t n) {
+  if (OVER(n)) room(n, 0);
+  used += n;
+}
+
+void mk_pool_unmap(size_t n) { used -= n; }
+
+static void *grab(size_t n, int strict) {
+  void *p;
+  if (OVER(n) && !room(n, strict)) return NULL;
+  if ((p = mk_pool_malloc(n)) != NULL) used += malloc_usable_size(p);
+  return p;
+}
+
+static void drop(void *p) {
+  size_t n;
+  if (p == NULL) return;
+  /* (a block from plain malloc given to mk_pool_free, against pool.h,
+  ** must not wrap the count round to the limit) */
+  n = malloc_usable_size(p);
+  used = used > n ? used - n : 0;
+  free(p);
+}
+
+/* p, a block from grab, resized to n bytes (NULL, p kept, when that
+** cannot be). */
+static void *regrab(void *p, size_t n, int strict) {
+  size_t was = malloc_usable_size(p);
+  void *q;
+  if (n > was && OVER(n - was) && !room(n - was, strict)) return NULL;
+  if ((q = mk_pool_realloc(p, n)) != NULL) used = used - was + malloc_usable_size(q);
+  return q;
 }
 
 #ifndef POOL_OFF
@@ -160,9 +246,9 @@ static void keep(pblock **head, void *p, size_t size) {
 static size_t bigclassof(size_t n) { return (n + 8 + BIG_STEP - 1) / BIG_STEP; }
 static size_t bigsize(size_t k) { return k * BIG_STEP - 8; }
 
-static void *bigalloc(size_t n) {
+static void *bigalloc(size_t n, int strict) {
   size_t k = bigclassof(n), size = bigsize(k);
-  if (bigheads[k] == NULL) return mk_pool_malloc(size);
+  if (bigheads[k] == NULL) return grab(size, strict);
   bigcached -= size;
   return take(&bigheads[k], size);
 }
@@ -177,22 +263,26 @@ static void bigfree(void *p) {
   if (k > NBIG) k = NBIG;
   size = bigsize(k);
   /* a class of at most MK_POOL_MAX bytes would never be asked for */
-  if (size <= MK_POOL_MAX || bigcached + size > BIG_KEEP) { free(p); return; }
+  if (size <= MK_POOL_MAX || bigcached + size > BIG_KEEP) { drop(p); return; }
   bigcached += size;
   keep(&bigheads[k], p, size);
 }
 #endif
 
-void *mk_pool_alloc(size_t n) {
+/* mk_pool_alloc, and mk_pool_lalloc's with strict set (the limit fails
+** a Lua state's request, not the runtime's: room above). */
+static inline __attribute__((always_inline)) void *alloc(size_t n, int strict) {
 #ifndef POOL_OFF
   if (n - 1 < MK_POOL_MAX) {
     size_t k = classof(n);
-    return heads[k] != NULL ? take(&heads[k], classsize(k)) : mk_pool_malloc(classsize(k));
+    return heads[k] != NULL ? take(&heads[k], classsize(k)) : grab(classsize(k), strict);
   }
-  if (n <= BIG_MAX) return bigalloc(n);
+  if (n <= BIG_MAX) return bigalloc(n, strict);
 #endif
-  return mk_pool_malloc(n);
+  return grab(n, strict);
 }
+
+void *mk_pool_alloc(size_t n) { return alloc(n, 0); }
 
 void mk_pool_free(void *p, size_t n) {
 #ifndef POOL_OFF
@@ -204,7 +294,7 @@ void mk_pool_free(void *p, size_t n) {
 #else
   (void)n;
 #endif
-  free(p);
+  drop(p);
 }
 
 /* Blocks over MK_POOL_MAX bytes that mk_pool_lalloc freed or resized (a
@@ -231,23 +321,23 @@ void *mk_pool_lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   void *q;
   (void)ud;
   if (ptr != NULL && osize > MK_POOL_MAX) lfrees++;   /* freed, or may move */
-  if (ptr == NULL) return nsize ? mk_pool_alloc(nsize) : NULL;
+  if (ptr == NULL) return nsize ? alloc(nsize, 1) : NULL;
   if (nsize == 0) {
     if (osize == watch_size && watch_fn != NULL) watch_fn(ptr);
     mk_pool_free(ptr, osize);
     return NULL;
   }
 #ifndef POOL_OFF
-  if (osize > MK_POOL_MAX && nsize > MK_POOL_MAX) return mk_pool_realloc(ptr, nsize);
+  if (osize > MK_POOL_MAX && nsize > MK_POOL_MAX) return regrab(ptr, nsize, 1);
   if (osize <= MK_POOL_MAX && nsize <= MK_POOL_MAX && classof(osize) == classof(nsize))
     return ptr;
-  q = mk_pool_alloc(nsize);
+  q = alloc(nsize, 1);
   if (q == NULL) return nsize <= osize ? ptr : NULL;
   memcpy(q, ptr, osize < nsize ? osize : nsize);
   mk_pool_free(ptr, osize);
   return q;
 #else
-  q = mk_pool_realloc(ptr, nsize);
+  q = regrab(ptr, nsize, 1);
   return (q == NULL && nsize <= osize) ? ptr : q;
 #endif
 }
@@ -259,7 +349,7 @@ static void freelist(pblock **head) {
   for (; b != NULL; b = next) {
     MEM_DEFINED(b, sizeof *b);
     next = b->next;
-    free(b);
+    drop(b);
   }
   *head = NULL;
 }
@@ -285,10 +375,18 @@ static void freelist(pblock **head) {
 static pblock *lineheads[LINE_MAX + 1];   /* [0] unused */
 static char *slab_next, *slab_end;        /* what is left of the last slab */
 static pblock *slabs;                     /* every slab, chained through its first line */
-static size_t linecached;  /* bytes of slabs not in a block in use (also in `cached`) */
 static size_t lineslive;   /* blocks of slabs in use */
 
-static void *aligned(size_t n) { RETRY(aligned_alloc(LINE, n), n); }
+static void *aligned_(size_t n) { RETRY(aligned_alloc(LINE, n), n); }
+
+/* n bytes on a line's boundary, counted as grab counts (the VM's records:
+** never refused for the limit). */
+static void *aligned(size_t n) {
+  void *p;
+  if (OVER(n)) room(n, 0);
+  if ((p = aligned_(n)) != NULL) used += malloc_usable_size(p);
+  return p;
+}
 
 static size_t leadof(size_t at) { return (LINE - at % LINE) % LINE; }
 static size_t linesof(size_t n, size_t at) { return (leadof(at) + n + LINE - 1) / LINE; }
@@ -351,7 +449,7 @@ void mk_pool_free_at(void *p, size_t n, size_t at) {
     return;
   }
 #endif
-  free((char *)p - lead);
+  drop((char *)p - lead);
 }
 
 void mk_pool_trim(void) {
@@ -363,7 +461,7 @@ void mk_pool_trim(void) {
     while (slabs != NULL) {
       pblock *s = slabs;
       slabs = s->next;
-      free(s);
+      drop(s);
     }
     for (k = 1; k <= LINE_MAX; k++) lineheads[k] = NULL;
     slab_next = slab_end = NULL;

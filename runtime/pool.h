@@ -60,8 +60,8 @@
 
 /* n bytes (n > 0), or NULL when out of memory. */
 void *mk_pool_alloc(size_t n);
-/* Free p (NULL is ignored), a block of n bytes from mk_pool_alloc (or
-** malloc, when n is at most its size). */
+/* Free p (NULL is ignored), a block of n bytes from mk_pool_alloc (never
+** one from malloc: the limit's count would lose what it never had). */
 void mk_pool_free(void *p, size_t n);
 /* A lua_Alloc over the cache (ud unused): for Lua states made by market. */
 void *mk_pool_lalloc(void *ud, void *ptr, size_t osize, size_t nsize);
@@ -130,6 +130,44 @@ void *mk_pool_realloc(void *p, size_t n);
 extern unsigned long mk_pool_nspent;
 int mk_pool_reserve(void);
 void mk_pool_unreserve(void);
+
+/*
+** The memory limit: under a cgroup's limit (a container's, systemd's
+** MemoryMax) malloc never fails, and the kernel kills the whole program
+** when it is reached.  With a limit set, the pool treats `bytes` as the
+** end of memory: the request that would take what it counts past it is
+** handled as one malloc refused (the cache given back, then the reserve
+** spent: the process whose event it was ends with "not enough memory",
+** alone), and a Lua state's request past the limit and the reserve fails
+** as in Lua (a collection, then the error "not enough memory"); the VM's
+** own requests never fail for the limit, and take from the margin that
+** should be left between it and the machine's.
+**
+** What is counted (mk_pool_used): every malloc block the pool holds for
+** mk_pool_alloc, mk_pool_alloc_at and mk_pool_lalloc, in use or cached;
+** so the Lua states on mk_pool_lalloc (the interpreter's, a C host's
+** made by mk_host_new), terms, queued events (and the queues' blocks:
+** mk_pool_map), processes, endpoints and routing nodes.  Not counted: the malloc, calloc and realloc above
+** (tables of the VM and the drivers), libraries' own (libev, OpenSSL,
+** libnats), a Lua state another host made (lua5.4's), code and stacks.
+** 0, the default: no limit.  The count costs nothing on a block the
+** cache hands out or takes back.
+*/
+void mk_pool_set_limit(size_t bytes);
+size_t mk_pool_limit(void);
+size_t mk_pool_used(void);
+/* Memory a VM maps for itself (its queue's blocks, vm.c), counted as the
+** pool's blocks are: mk_pool_map before n bytes are mapped (never fails:
+** past the limit, the reserve is spent as for the VM's own requests),
+** mk_pool_unmap once they are unmapped. */
+void mk_pool_map(size_t n);
+void mk_pool_unmap(size_t n);
+/* The memory limit of the control group this program runs in, in bytes:
+** the least of its own group's and its parents' (cgroup v2 memory.max,
+** v1 memory.limit_in_bytes); 0 when there is none or it cannot be read.
+** self and mount are where to read (NULL: /proc/self/cgroup and
+** /sys/fs/cgroup; a test gives a tree of its own).  runtime/cgroup.c. */
+size_t mk_cgroup_memory_max(const char *self, const char *mount);
 
 /*
 ** A cache in front of another allocator: a lua_Alloc (its shape, without

@@ -284,13 +284,16 @@ _Static_assert(sizeof(mk_qblock) == 65536, "a queue block is 64 KiB (vmint.h)");
 static mk_qblock *qblock_new(int populate) {
   mk_qblock *b = NULL;
 #if !MK_SANITIZED
-  void *m = mmap(NULL, sizeof *b, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | (populate ? MAP_POPULATE : 0), -1, 0);
+  void *m;
+  mk_pool_map(sizeof *b);        /* the memory limit counts it (pool.h) */
+  m = mmap(NULL, sizeof *b, PROT_READ | PROT_WRITE,
+           MAP_PRIVATE | MAP_ANONYMOUS | (populate ? MAP_POPULATE : 0), -1, 0);
   if (m != MAP_FAILED) {
     b = m;
     b->mapped = 1;
     return b;
   }
+  mk_pool_unmap(sizeof *b);
 #endif
   b = mkI_xmalloc(sizeof *b);
   b->mapped = 0;
@@ -299,7 +302,9 @@ static mk_qblock *qblock_new(int populate) {
 
 static void qblock_free(mk_qblock *b) {
   if (b == NULL) return;
-  if (b->mapped) munmap(b, sizeof *b); else free(b);
+  if (!b->mapped) { free(b); return; }
+  munmap(b, sizeof *b);
+  mk_pool_unmap(sizeof *b);
 }
 
 /* A slot for one more event at the queue's tail, with a block for it if

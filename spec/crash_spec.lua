@@ -193,20 +193,29 @@ describe("crash reports", function()
   end)
 end)
 
-describe("a process that runs out of memory", function()
+-- Memory runs out two ways: malloc fails (ulimit -v here), or the
+-- program reaches its memory limit (market --max-memory; by default 7/8
+-- of a cgroup's, where malloc never fails and the kernel kills the whole
+-- program at the cgroup's own).  Each must end the process whose event ran
+-- memory out, alone.
+for _, mode in ipairs({ "ulimit -v", "--max-memory" }) do
+describe("a process that runs out of memory (" .. mode .. ")", function()
   -- Its error is "not enough memory", and making that reason a term needs
   -- memory too, which is just what there is none of: peers saw the
-  -- absence with reason nil, a normal end.  Under a plain build only: a
-  -- sanitizer's shadow memory does not fit in the address space allowed.
+  -- absence with reason nil, a normal end.  ulimit -v under a plain
+  -- build only: a sanitizer's shadow memory does not fit in the address
+  -- space allowed.
   local sanitized = (os.getenv("LD_PRELOAD") or ""):find("asan", 1, true) ~= nil
-  local it_plain = sanitized and pending or it
+  local it_plain = (sanitized and mode == "ulimit -v") and pending or it
 
-  -- `market [options] script` under ulimit -v 200000 (200 MB), bounded in
-  -- time: its status, stdout and stderr.
+  -- `market [options] script` under ulimit -v 200000 (200 MB), or with
+  -- --max-memory 64M, bounded in time: its status, stdout and stderr.
   local function capped(script, options)
     local path = H.tempfile(script)
-    local status, out, err = H.sh(("ulimit -v 200000; timeout 60 %s %s%s </dev/null")
-                                  :format(H.quote(H.market_bin()), options or "", H.quote(path)))
+    local cmd = mode == "ulimit -v"
+      and "ulimit -v 200000; timeout 60 %s %s%s </dev/null"
+      or "timeout 60 %s --max-memory 64M %s%s </dev/null"
+    local status, out, err = H.sh(cmd:format(H.quote(H.market_bin()), options or "", H.quote(path)))
     os.remove(path)
     return status, out, err
   end
@@ -287,6 +296,46 @@ describe("a process that runs out of memory", function()
     assert.equal(0, status, err)
     assert.equal("storm down: not enough memory\nticker done\n", out)
     assert.matches("vm failed: not enough memory", err, 1, true)
+  end)
+end)
+end
+
+describe("market --max-memory", function()
+  local function run(options)
+    return H.sh(("timeout 20 %s %s </dev/null"):format(H.quote(H.market_bin()), options))
+  end
+
+  it("sets the limit market.memory_limit() reads, with what it counts", function()
+    local status, out, err = run([[--max-memory 1G -e 'local m = require "market"
+      local limit, used = m.memory_limit()
+      print(limit, math.type(used), used > 0 and used < limit)']])
+    assert.equal(0, status, err)
+    assert.equal("1073741824\tinteger\ttrue\n", out)
+    status, out = run([[--max-memory 300k -e 'print((require "market").memory_limit())' ]])
+    assert.equal(0, status)
+    assert.matches("^307200\t%d+\n$", out)
+    status, out = run([[--max-memory 0 -e 'print((require "market").memory_limit())' ]])
+    assert.equal(0, status)
+    assert.matches("^nil\t%d+\n$", out)
+  end)
+
+  it("gives each of N workers 1/N", function()
+    local status, out, err = run([[--workers 2 --max-memory 1G -e 'print((require "market").memory_limit())']])
+    assert.equal(0, status, err)
+    assert.equal("536870912\n536870912\n", out:gsub("\t%d+", ""))
+  end)
+
+  it("takes bytes or a number with K, M or G, else is a usage error", function()
+    for _, bad in ipairs({ "12X", "-5", "M", "1.5G", "99999999999999999999" }) do
+      local status, out, err = run("--max-memory " .. bad .. " -e 'print(1)'")
+      assert.equal(2, status, bad)
+      assert.equal("", out)
+      assert.equal(("market: --max-memory: '%s' is not a size (bytes, or a number with K, M or G)\n")
+                   :format(bad), err)
+    end
+    local status, _, err = run("--max-memory")
+    assert.equal(2, status)
+    assert.equal("market: --max-memory needs a size\n", err)
   end)
 end)
 

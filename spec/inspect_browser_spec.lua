@@ -2,7 +2,8 @@
 -- examples/chat.lua runs with --inspect and three nc clients; headless
 -- chromium shows the page, and the spec reads what it shows over the
 -- DevTools protocol (spec/support/cdp.lua): three sessions and their
--- conversations, then two within two seconds of one client leaving.  A
+-- conversations and the memory it holds against its limit, then two
+-- within two seconds of one client leaving.  A
 -- screenshot goes to $TMPDIR (its path is printed).  Skipped, saying so,
 -- where /usr/bin/chromium is absent.
 package.path = "spec/support/?.lua;" .. package.path
@@ -28,7 +29,8 @@ local SHOWN = [[(() => {
     .filter((n) => /^user\d+$/.test(n)).sort();
   const said = [...document.querySelectorAll("tr.conv")]
     .filter((r) => r.dataset.topic.startsWith("chat-said(")).length;
-  return JSON.stringify({ time: Number(s.dataset.time || 0), users: users, said: said });
+  return JSON.stringify({ time: Number(s.dataset.time || 0), users: users, said: said,
+                          summary: s.textContent });
 })()]]
 
 describe("the inspector's page in headless chromium", function()
@@ -48,7 +50,8 @@ describe("the inspector's page in headless chromium", function()
   end)
 
   it("shows three chat sessions and their conversations, and a departing one goes within 2 s", function()
-    server = N.start_cmd(("exec %s --inspect 127.0.0.1:0 examples/chat.lua 0"):format(q(N.market_bin())))
+    server = N.start_cmd(("exec %s --max-memory 256M --inspect 127.0.0.1:0 examples/chat.lua 0")
+      :format(q(N.market_bin())))
     local _, cport = N.await_listening(server, "chat")
     local iport
     for _ = 1, 250 do
@@ -139,6 +142,9 @@ describe("the inspector's page in headless chromium", function()
     print("\ninspect_browser_spec: screenshot in " .. shot)
 
     assert.same({ "user1", "user2", "user3" }, before.users)
+    -- The header: counts, the memory limit's count and the limit, time.
+    assert.matches("^%d+ processes · %d+ conversations · memory [%d.]+ [KM]i?B of 256%.0 MiB · " ..
+                   "%d%d:%d%d:%d%d UTC$", before.summary)
     assert.matches("^%d+%.%d %d+", cpu)          -- CPU ms and memory of user1
     -- Each session publishes what it says and hears everyone: 3 x 3.
     assert.equal(9, before.said)

@@ -39,6 +39,24 @@ local function scene(f)
 end
 
 describe("market.snapshot", function()
+  it("says what the memory limit counts, and the limit when there is one", function()
+    local snap, json
+    scene(function()
+      snap = market.snapshot()
+      json = decode(market.snapshot_json())
+    end)
+    assert.is_nil((market.memory_limit()))      -- busted's lua5.4: no limit set
+    assert.equal("integer", math.type(snap.memory.used))
+    assert.is_true(snap.memory.used > 0)
+    assert.is_nil(snap.memory.limit)
+    assert.equal("number", type(json.memory.used))
+    -- Under the interpreter with --max-memory, the limit too.
+    local _, out = H.sh(("%s --max-memory 64M -e %s"):format(H.quote(H.market_bin()), H.quote([[
+      local s = require("market").snapshot().memory
+      print(s.limit, math.type(s.used), s.used < s.limit)]])))
+    assert.equal("67108864\tinteger\ttrue\n", out)
+  end)
+
   it("counts a new process's activations from its boot, in memory a process had before", function()
     local counts = {}
     local ok, err = market.ground_vm(function()

@@ -77,13 +77,13 @@ static void large_blocks (void) {
 
 /* A large block's class is read from the block, not from the size it is
 ** freed with (which may be less than it holds, or than it was asked for
-** when it came from malloc or a realloc): each block handed out again
+** when a realloc made it): each block handed out again
 ** holds what is asked of it. */
 static void large_blocks_hold_the_request (void) {
   size_t sizes[] = { 600, 700, 1000, 4000, 4096, 4100, 9000, 60000, MK_POOL_BIG_MAX };
   size_t i, n;
   for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-    void *p = malloc(sizes[i]);
+    void *p = mk_pool_alloc(sizes[i]);
     CHECK(p != NULL);
     mk_pool_free(p, sizes[i] - 50);               /* freed as smaller */
     for (n = MK_POOL_MAX + 1; n <= sizes[i] + 300 && n <= MK_POOL_BIG_MAX; n += 7) {
@@ -394,6 +394,130 @@ static void reserve_when_memory_runs_out (void) {
   mk_pool_unreserve();
 }
 
+
+/* The memory limit's count (pool.h, mk_pool_used): every block the pool
+** takes from malloc, while it holds it, cached or not; the queues' mapped
+** blocks (mk_pool_map); nothing else. */
+static void limit_counts_blocks (void) {
+  size_t u0, u1;
+  void *p, *q, *r;
+  mk_pool_trim();
+  u0 = mk_pool_used();
+  p = mk_pool_alloc(40);                          /* from malloc: none cached */
+  CHECK(p != NULL && mk_pool_used() >= u0 + 40 && mk_pool_used() < u0 + 100);
+  u1 = mk_pool_used();
+  mk_pool_free(p, 40);                            /* cached: still held */
+  CHECK(mk_pool_used() == (POOL_ON ? u1 : u0));
+  q = mk_pool_alloc(200000);                      /* past the classes */
+  CHECK(q != NULL && mk_pool_used() >= u1 + 200000 - (POOL_ON ? 0 : 100));
+  r = mk_pool_lalloc(NULL, NULL, 4 /* LUA_TSTRING */, 3000);
+  CHECK(r != NULL);
+  r = mk_pool_lalloc(NULL, r, 3000, 300000);      /* Lua's resize */
+  CHECK(r != NULL && mk_pool_used() >= u1 + 500000 - (POOL_ON ? 0 : 100));
+  CHECK(mk_pool_lalloc(NULL, r, 300000, 0) == NULL);
+  mk_pool_free(q, 200000);
+  p = malloc(100000);                             /* not the pool's */
+  CHECK(mk_pool_used() < u1 + 10000);
+  free(p);
+  mk_pool_map(65536);
+  CHECK(mk_pool_used() >= u0 + 65536);
+  mk_pool_unmap(65536);
+  mk_pool_trim();
+  CHECK(mk_pool_used() == u0);
+}
+
+/* Past the limit, a Lua state's request is handled as malloc refusing it:
+** the cache given back, then the reserve spent once (the VM charges the
+** process of that event), then NULL past the reserve's margin; the VM's
+** own requests go on.  The reserve is taken again once under the limit. */
+static void limit_fails_lua_not_the_vm (void) {
+  enum { N = 200, BLOCK = 100000 };
+  void *lua[N], *vm;
+  size_t n = 0, i;
+  unsigned long spent;
+  mk_pool_trim();
+  CHECK(mk_pool_reserve() == 1);
+  spent = mk_pool_nspent;
+  mk_pool_set_limit(mk_pool_used() + ((size_t)4 << 20));
+  CHECK(mk_pool_limit() != 0);
+  while (n < N && (lua[n] = mk_pool_lalloc(NULL, NULL, 4, BLOCK)) != NULL) n++;
+  /* 4 MiB up to the limit, and the reserve's 8 above it */
+  CHECK(n * BLOCK > ((size_t)12 << 20) - 2 * BLOCK && n * BLOCK <= ((size_t)12 << 20));
+  CHECK(mk_pool_nspent == spent + 1);
+  vm = mk_pool_alloc(BLOCK);                      /* the VM's: not refused */
+  CHECK(vm != NULL);
+  CHECK(mk_pool_reserve() == 0);                  /* over the limit yet */
+  mk_pool_free(vm, BLOCK);
+  for (i = 0; i < n; i++) mk_pool_lalloc(NULL, lua[i], BLOCK, 0);
+  CHECK(mk_pool_reserve() == 1);                  /* taken again */
+  n = 0;                                          /* and the margin with it */
+  while (n < N && (lua[n] = mk_pool_lalloc(NULL, NULL, 4, BLOCK)) != NULL) n++;
+  CHECK(mk_pool_nspent == spent + 2);
+  CHECK(n * BLOCK > ((size_t)12 << 20) - 2 * BLOCK);
+  for (i = 0; i < n; i++) mk_pool_lalloc(NULL, lua[i], BLOCK, 0);
+  /* A request larger than the reserve fails as it is, the reserve kept */
+  CHECK(mk_pool_reserve() == 1);
+  CHECK(mk_pool_lalloc(NULL, NULL, 4, (size_t)16 << 20) == NULL);
+  CHECK(mk_pool_nspent == spent + 2);
+  mk_pool_set_limit(0);
+  CHECK(mk_pool_limit() == 0);
+  vm = mk_pool_lalloc(NULL, NULL, 4, (size_t)16 << 20);   /* no limit: fine */
+  CHECK(vm != NULL);
+  mk_pool_lalloc(NULL, vm, (size_t)16 << 20, 0);
+  mk_pool_trim();
+  mk_pool_unreserve();
+}
+
+/* The cgroup's memory limit, read from a tree made here: the least of the
+** group's and its parents' (v2), the memory controller's (v1), none. */
+static void put(const char *dir, const char *rel, const char *text) {
+  char path[512];
+  FILE *f;
+  snprintf(path, sizeof path, "%s/%s", dir, rel);
+  f = fopen(path, "w");
+  CHECK(f != NULL);
+  if (f != NULL) { fputs(text, f); fclose(f); }
+}
+
+static void cgroup_memory_max (void) {
+  char dir[] = "/tmp/mk-cgroup-XXXXXX", self[600], mount[600], cmd[700];
+  CHECK(mkdtemp(dir) != NULL);
+  snprintf(self, sizeof self, "%s/self", dir);
+  snprintf(mount, sizeof mount, "%s/fs", dir);
+  snprintf(cmd, sizeof cmd, "mkdir -p %s/fs/a/b/c %s/fs/memory/x/y", dir, dir);
+  CHECK(system(cmd) == 0);
+  /* v2: the group's own "max", its parent's 3 MiB, the grandparent's 5 */
+  put(dir, "self", "0::/a/b/c\n");
+  put(dir, "fs/a/b/c/memory.max", "max\n");
+  put(dir, "fs/a/b/memory.max", "3145728\n");
+  put(dir, "fs/a/memory.max", "5242880\n");
+  CHECK(mk_cgroup_memory_max(self, mount) == 3145728);
+  put(dir, "fs/a/b/memory.max", "max\n");
+  CHECK(mk_cgroup_memory_max(self, mount) == 5242880);
+  /* the path the host sees, which the container's mount does not have:
+  ** its own group is the mount's root */
+  put(dir, "self", "0::/docker/1234\n");
+  CHECK(mk_cgroup_memory_max(self, mount) == 0);
+  put(dir, "fs/memory.max", "1048576\n");
+  CHECK(mk_cgroup_memory_max(self, mount) == 1048576);
+  put(dir, "fs/memory.max", "max\n");
+  /* v1: the memory controller's group; "no limit" is a huge number */
+  put(dir, "self", "5:cpu,cpuacct:/x\n4:memory:/x/y\n0::/\n");
+  put(dir, "fs/memory/x/y/memory.limit_in_bytes", "9223372036854771712\n");
+  put(dir, "fs/memory/x/memory.limit_in_bytes", "2097152\n");
+  CHECK(mk_cgroup_memory_max(self, mount) == 2097152);
+  put(dir, "self", "4:cpu,memory:/x/y\n");
+  CHECK(mk_cgroup_memory_max(self, mount) == 2097152);
+  put(dir, "fs/memory/x/memory.limit_in_bytes", "garbage\n");
+  CHECK(mk_cgroup_memory_max(self, mount) == 0);
+  put(dir, "self", "4:cpu:/x/y\n");               /* no memory controller */
+  CHECK(mk_cgroup_memory_max(self, mount) == 0);
+  snprintf(self, sizeof self, "%s/none", dir);    /* no /proc/self/cgroup */
+  CHECK(mk_cgroup_memory_max(self, mount) == 0);
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  CHECK(system(cmd) == 0);
+}
+
 int main (void) {
   RUN(reuse);
   RUN(classes_fit_chunks);
@@ -406,5 +530,8 @@ int main (void) {
   RUN(lua_allocator);
   RUN(over_another);
   RUN(reserve_when_memory_runs_out);
+  RUN(limit_counts_blocks);
+  RUN(limit_fails_lua_not_the_vm);
+  RUN(cgroup_memory_max);
   return CHECK_DONE();
 }
