@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,9 +120,9 @@ static const char usage[] =
   "                 the memory the program's processes and messages may hold\n"
   "                 (bytes, or with K, M or G): the process whose event\n"
   "                 takes it past SIZE fails with \"not enough memory\", the\n"
-  "                 rest go on (default 7/8 of the cgroup's memory limit when\n"
-  "                 there is one, else none; 0: none; under --workers N\n"
-  "                 each worker gets 1/N; docs/limits.md)\n"
+  "                 rest go on (default 7/8 of the cgroup's memory limit or of\n"
+  "                 the machine's memory, the less; 0: none; under\n"
+  "                 --workers N each worker gets 1/N; docs/limits.md)\n"
   "  -h, --help     show this help and exit\n"
   "  -v, --version  show the version and exit\n"
   "\n"
@@ -462,19 +463,24 @@ static long long size_arg(const char *s) {
   return (long long)(n * unit);
 }
 
-/* The memory limit (pool.h): --max-memory's, or 7/8 of the cgroup's (the
-** rest for what the pool does not count: code, stacks, libraries' own
-** memory, the kernel's socket buffers, which the cgroup charges too); a
-** worker of --workers N takes 1/N (MARKET_WORKER=i/N). */
+/* The memory limit (pool.h): --max-memory's, or 7/8 of the cgroup's
+** memory limit or of the machine's memory, the less (the rest for what
+** the pool does not count: code, stacks, libraries' own memory, the
+** kernel's socket buffers, which the cgroup charges too): past either,
+** the kernel's OOM killer ends the whole program.  A worker of
+** --workers N takes 1/N (MARKET_WORKER=i/N). */
 static void set_memory_limit(long long given) {
-  size_t bytes, cg;
+  size_t bytes, cg = mk_cgroup_memory_max(NULL, NULL), ram = 0;
+  long pages = sysconf(_SC_PHYS_PAGES), pagesize = sysconf(_SC_PAGESIZE);
   const char *w = getenv("MARKET_WORKER"), *slash;
   long n = 1;
+  if (pages > 0 && pagesize > 0 && (size_t)pages <= SIZE_MAX / (size_t)pagesize)
+    ram = (size_t)pages * (size_t)pagesize;
   if (given >= 0) {
     bytes = (size_t)given;
   } else {
-    cg = mk_cgroup_memory_max(NULL, NULL);
-    bytes = cg - cg / 8;
+    bytes = cg != 0 && (ram == 0 || cg < ram) ? cg : ram;
+    bytes -= bytes / 8;
   }
   if (w != NULL && (slash = strchr(w, '/')) != NULL && (n = atol(slash + 1)) < 1) n = 1;
   if (bytes != 0) mk_pool_set_limit(bytes / (size_t)n > 0 ? bytes / (size_t)n : 1);

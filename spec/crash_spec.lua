@@ -195,8 +195,8 @@ end)
 
 -- Memory runs out two ways: malloc fails (ulimit -v here), or the
 -- program reaches its memory limit (market --max-memory; by default 7/8
--- of a cgroup's, where malloc never fails and the kernel kills the whole
--- program at the cgroup's own).  Each must end the process whose event ran
+-- of a cgroup's or of the machine's memory, where malloc never fails and
+-- the kernel kills the whole program at the cgroup's own).  Each must end the process whose event ran
 -- memory out, alone.
 for _, mode in ipairs({ "ulimit -v", "--max-memory" }) do
 describe("a process that runs out of memory (" .. mode .. ")", function()
@@ -317,6 +317,16 @@ describe("market --max-memory", function()
     status, out = run([[--max-memory 0 -e 'print((require "market").memory_limit())' ]])
     assert.equal(0, status)
     assert.matches("^nil\t%d+\n$", out)
+  end)
+
+  it("is by default 7/8 of the cgroup's memory limit or of the machine's memory", function()
+    local f = assert(io.open("/proc/meminfo"))
+    local ram = tonumber(f:read("a"):match("MemTotal:%s*(%d+) kB")) * 1024
+    f:close()
+    local status, out, err = run([[-e 'print((require "market").memory_limit())']])
+    assert.equal(0, status, err)
+    local limit = tonumber(out:match("^(%d+)\t%d+\n$"))
+    assert.is_true(limit ~= nil and limit > 0 and limit <= ram - ram // 8, out)
   end)
 
   it("gives each of N workers 1/N", function()
