@@ -349,6 +349,79 @@ describe("market --max-memory", function()
   end)
 end)
 
+-- The case the memory limit is for: a cgroup's memory limit, where malloc
+-- never fails and the kernel kills the whole program at the limit.  The
+-- spec makes a cgroup of 64 MiB (root, a writable cgroup file system: v2
+-- memory.max or v1 memory.limit_in_bytes) and runs the 2-for-1 storm in
+-- it with market's default limit (7/8 of the cgroup's): the storm ends,
+-- the program goes on.  Without market's limit the kernel killed the
+-- program there (status 137; not asserted: with swap, it would swap).
+-- Where no cgroup can be made (not root, a container's read-only
+-- /sys/fs/cgroup) it says so and is pending; under a sanitizer too.
+describe("a process that runs out of memory in a cgroup", function()
+  local sanitized = (os.getenv("LD_PRELOAD") or ""):find("asan", 1, true) ~= nil
+  -- Make a cgroup of `bytes`: its directory, or nil and why not.
+  local function make_cgroup(bytes)
+    local name = "market-spec-" .. tostring(os.time()) .. "-" .. tostring(math.random(1e9))
+    local status, out, err = H.sh(([[
+      set -e
+      if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+        grep -qw memory /sys/fs/cgroup/cgroup.subtree_control ||
+          echo +memory > /sys/fs/cgroup/cgroup.subtree_control
+        d=/sys/fs/cgroup/%s
+        mkdir "$d"
+        echo %d > "$d/memory.max"
+      else
+        d=/sys/fs/cgroup/memory/%s
+        mkdir "$d"
+        echo %d > "$d/memory.limit_in_bytes"
+      fi
+      echo "$d"]]):format(name, bytes, name, bytes))
+    if status ~= 0 then return nil, (err:gsub("\n+$", "")) end
+    return (out:gsub("\n$", ""))
+  end
+
+  local dir, why
+  if not sanitized then dir, why = make_cgroup(64 * 1024 * 1024) end
+  local it_cg = dir and it or pending
+  if not dir then
+    io.stderr:write("crash_spec: no cgroup of its own: " .. (why or "a sanitizer runs") .. "\n")
+  end
+  teardown(function() if dir then os.execute("rmdir " .. H.quote(dir) .. " 2>/dev/null") end end)
+
+  it_cg("under a cgroup's memory limit ends the storm, not the program", function()
+    local path = H.tempfile([[
+      local market = require "market"
+      local timer = require "market.timer"
+      local ping = market.record("ping", "n")
+      local limit = market.memory_limit()
+      print("limit", limit)
+      local pid = market.perform(market.spawn(function()
+        return market.transition(nil,
+          market.subscriber(ping(market._), { name = "in", on_message = function(_, m)
+            return market.transition_no_state(market.send(ping(m.n + 1)), market.send(ping(m.n + 2)))
+          end }),
+          market.send(ping(0)))
+      end, { name = "storm" }))
+      market.perform(market.monitor(pid, function(_, r)
+        print("storm down: " .. tostring(r))
+        return market.transition_no_state(market.spawn(function()
+          timer.sleep(20)
+          print("ticker done")
+          market.perform(market.exit(0))
+        end, { name = "ticker" }))
+      end))
+    ]])
+    -- (sh -c: $$ is then the shell that execs market, not its parent)
+    local status, out, err = H.sh("sh -c " .. H.quote(
+      ("echo $$ > %s/cgroup.procs && exec timeout 60 %s %s </dev/null")
+        :format(H.quote(dir), H.quote(H.market_bin()), H.quote(path))))
+    os.remove(path)
+    assert.equal(0, status, err)
+    assert.equal(("limit\t%d\nstorm down: not enough memory\nticker done\n"):format(56 * 1024 * 1024), out)
+  end)
+end)
+
 describe("market.ground_vm's on_crash", function()
   it("receives each report as a table, instead of stderr", function()
     local reports = {}
