@@ -154,6 +154,12 @@ size_t mkd_tls_pending(const mkd_tls *t);
 void mkd_tls_close_notify(mkd_tls *t);
 /* "TLSv1.3", ... */
 const char *mkd_tls_version(const mkd_tls *t);
+/* The certificate the peer gave in the handshake (a client's, when a
+** server asks for one: a configuration with `ca`), as a record
+** tcp-certificate(subject, issuer, names, serial, fingerprint,
+** not_before, not_after, pem) (docs/tcp.md, "TLS"); false when it gave
+** none; NULL when out of memory.  The caller owns the term. */
+struct mk_term *mkd_tls_peer(mkd_tls *t);
 /* Adds tls_check to the market.sys table at the top of L's stack. */
 void mkd_open_tls(lua_State *L);
 

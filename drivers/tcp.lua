@@ -51,8 +51,16 @@ local tls_rec = market.record("tcp-tls", "cert", "key", "ca", "verify", "server_
 -- Sent by a listener for each connection it closed at once instead of
 -- taking it (a connection cap, no descriptors left), with the reason.
 local refused = market.record("tcp-refused", "listener", "remote", "reason")
+-- Published by a TLS connection's manager once its handshake is over, for
+-- as long as it lives: the certificate the peer gave (a tcp-certificate
+-- record, drivers/tls.c), or false.
+local peer_certificate = market.record("tcp-peer-certificate", "source", "destination",
+                                       "certificate")
+local certificate = market.record("tcp-certificate", "subject", "issuer", "names", "serial",
+                                  "fingerprint", "not_before", "not_after", "pem")
 M.channel, M.address, M.handle, M.listener = channel, address, handle, listener
 M.listening, M.backpressure, M.refused = listening, backpressure, refused
+M.peer_certificate, M.certificate = peer_certificate, certificate
 M.options_record, M.tls_record = options_rec, tls_rec
 
 -- Internal messages between the driver's processes.
@@ -615,8 +623,9 @@ end
 
 -- The object for the connection between here and remote, and the actions
 -- that make its endpoints (settings, if any, published first, so that
--- they apply from the first byte).
-local function open(here, remote, settings)
+-- they apply from the first byte).  tls: the connection's TLS setting
+-- (a configuration, true, or false/nil: plain).
+local function open(here, remote, settings, tls)
   serial = serial + 1
   local tag = "tcp#" .. serial
   local pid, path = self_of("tcp", 2)
@@ -630,7 +639,10 @@ local function open(here, remote, settings)
                            want = 0, unread = 0, unsent = 0, tag = tag,
                            in_closed = OPEN, out_closed = OPEN, at_eof = false, holding = false,
                            paused = false, shut = false, closed = false,
-                           ready_in = false, ready_out = false }, Conn)
+                           ready_in = false, ready_out = false, tls = tls or false }, Conn)
+  -- cert: the peer's certificate table once heard (peer_certificate),
+  -- false for none (a plain connection has none); nil until then.
+  if not tls then c.cert = false end
   -- receive's wait: something to take (made once: a connection's every
   -- receive may wait).
   c.arrived = function() return c.qfirst <= c.qlast or c.in_closed ~= OPEN end
@@ -820,6 +832,37 @@ function Conn:send(data, ms)
   return true
 end
 
+-- cert = conn:peer_certificate(): the certificate the peer gave in the
+-- TLS handshake, as a table (subject, issuer, names, serial, fingerprint,
+-- not_before, not_after, pem: docs/tcp.md, "TLS"); nil when it gave none
+-- (a client, unless the server's configuration has `ca`) or the
+-- connection is not TLS; nil, reason when the connection closed before
+-- its manager told.  Asked once: the manager's word (its
+-- tcp.peer_certificate) is kept.
+function Conn:peer_certificate()
+  mine(self, "peer_certificate")
+  if self.cert == nil then
+    local name = self.tag .. " peer"
+    P(market.observe_publishers(peer_certificate(self.remote, self.here, _), {
+      name = name,
+      on_presence = function(_, role)
+        local t = role.topic.certificate
+        if t then
+          local names = {}
+          for i = 1, #t.names do names[i] = t.names[i] end
+          t = { subject = t.subject, issuer = t.issuer, names = names, serial = t.serial,
+                fingerprint = t.fingerprint, not_before = t.not_before, not_after = t.not_after,
+                pem = t.pem }
+        end
+        self.cert = t
+      end }))
+    market.wait_until(function() return self.cert ~= nil or self.in_closed ~= OPEN end)
+    P(market.delete_endpoint(name))
+    if self.cert == nil then return nil, self.in_closed or "closed" end
+  end
+  return self.cert or nil
+end
+
 -- conn:shutdown(): the end of what this side sends (a half-close); the
 -- peer reads its end of stream after the rest.  receive goes on.
 function Conn:shutdown()
@@ -855,7 +898,7 @@ function M.connect(host, port, settings)
   self_of("tcp.connect", 2)
   check_settings(settings, "tcp.connect")
   serial = serial + 1
-  local c, acts = open(handle(connect_id(serial)), a, settings)
+  local c, acts = open(handle(connect_id(serial)), a, settings, settings and settings.tls)
   P(table.unpack(acts))
   market.wait_until(function() return ready(c) end)
   -- A connect that failed shows its endpoints and withdraws them in one
@@ -874,9 +917,9 @@ end
 
 -- A session's process: its connection, then session(conn), then quit
 -- (the manager flushes and closes).
-local function session_proc(here, remote, session)
+local function session_proc(here, remote, session, tls)
   return function()
-    local c, acts = open(here, remote, nil)
+    local c, acts = open(here, remote, nil, tls)
     P(table.unpack(acts))
     market.wait_until(function() return ready(c) end)
     session(c)
@@ -936,7 +979,8 @@ function M.serve(port, session, settings)
     name = tag,
     on_presence = function(_, role)
       local remote = role.topic.source
-      return market.transition_no_state(market.spawn(session_proc(here, remote, session),
+      return market.transition_no_state(market.spawn(
+        session_proc(here, remote, session, settings and settings.tls),
         "session " .. repr(remote)))
     end })
   P(table.unpack(acts))

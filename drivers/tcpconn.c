@@ -1374,6 +1374,29 @@ static void tls_failed(mk_proc *p, tconn *c, const char *why) {
   finish(p, c, why);
 }
 
+/* What the handshake told of the peer, published before the flows for
+** as long as the connection lives: tcp.peer_certificate(remote, local,
+** certificate), the certificate a tcp-certificate record (tls.c,
+** mkd_tls_peer) or false when the peer gave none.  A session that
+** observes it at its start hears it before any byte (docs/tcp.md,
+** "TLS").  (Out of memory: not published; the connection goes on.) */
+static void publish_peer(mk_proc *p, tconn *c) {
+  static const char *const fields[] = { "source", "destination", "certificate" };
+  mk_rtype *rt = rtype("tcp-peer-certificate", 3, fields);
+  mk_term *cert = mkd_tls_peer(c->tls);
+  mk_role r;
+  if (rt != NULL && cert != NULL) {
+    r.orientation = MK_PUBLISHER;
+    r.interest = MK_PARTICIPANT;
+    r.topic = mk_rec(rt, mk_ref(c->remote), mk_ref(c->loc), cert);
+    cert = NULL;
+    if (r.topic != NULL) mk_add_endpoint(p, "peer", 0, r);
+    mk_unref(r.topic);
+  }
+  mk_unref(cert);
+  if (rt != NULL) mk_rtype_unref(rt);
+}
+
 /* An accepted connection whose handshake is over: shown now. */
 static void accepted(mk_proc *p, tconn *c) {
   c->connected = 1;
@@ -1400,6 +1423,7 @@ static void tls_handshake(mk_proc *p, tconn *c) {
   c->tls_done = 1;
   unwatch(p, c, W_CONN);
   unwatch(p, c, W_RD);
+  publish_peer(p, c);
   if (c->lport != NULL) accepted(p, c); else established(p, c);
 }
 

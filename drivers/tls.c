@@ -53,7 +53,13 @@
   X(SSL_set1_host) X(SSL_get0_param) X(SSL_get_verify_result) X(SSL_get_version) \
   X(ERR_get_error) X(ERR_peek_error) X(ERR_clear_error) X(ERR_error_string_n) \
   X(ERR_reason_error_string) \
-  X(X509_verify_cert_error_string) X(X509_VERIFY_PARAM_set1_ip_asc)
+  X(X509_verify_cert_error_string) X(X509_VERIFY_PARAM_set1_ip_asc) \
+  X(SSL_get1_peer_certificate) X(X509_free) X(X509_get_subject_name) X(X509_get_issuer_name) \
+  X(X509_NAME_print_ex) X(X509_get_ext_d2i) X(X509_get0_serialNumber) X(X509_digest) \
+  X(X509_get0_notBefore) X(X509_get0_notAfter) X(ASN1_TIME_to_tm) X(ASN1_INTEGER_to_BN) \
+  X(ASN1_STRING_get0_data) X(ASN1_STRING_length) X(BN_bn2hex) X(BN_free) X(CRYPTO_free) \
+  X(EVP_sha256) X(GENERAL_NAMES_free) X(OPENSSL_sk_num) X(OPENSSL_sk_value) \
+  X(BIO_new) X(BIO_s_mem) X(BIO_free) X(BIO_ctrl) X(PEM_write_bio_X509)
 
 #define TLS_FIELD(f) __typeof__(&f) f;
 static struct { TLS_API(TLS_FIELD) } ssl;
@@ -419,6 +425,118 @@ static int l_tls_check(lua_State *L) {
   lua_pushnil(L);
   lua_pushstring(L, why);
   return 2;
+}
+
+/* ---- the peer's certificate (mkd_tls_peer) ---------------------------------- */
+
+/* What the memory BIO b holds, as a string term (NULL: out of memory). */
+static mk_term *bio_term(BIO *b) {
+  char *data = NULL;
+  long n = ssl.BIO_ctrl(b, BIO_CTRL_INFO, 0, (char *)&data);
+  return mk_str(n > 0 && data != NULL ? data : "", n > 0 ? (size_t)n : 0);
+}
+
+/* A name, RFC 2253's way ("CN=alice,O=Example"). */
+static mk_term *name_term(const X509_NAME *name) {
+  BIO *b = ssl.BIO_new(ssl.BIO_s_mem());
+  mk_term *t;
+  if (b == NULL) return NULL;
+  ssl.X509_NAME_print_ex(b, name, 0, XN_FLAG_RFC2253);
+  t = bio_term(b);
+  ssl.BIO_free(b);
+  return t;
+}
+
+/* The subject alternative names: DNS names, addresses, e-mail addresses
+** and URIs, as strings, in the certificate's order; other kinds left out. */
+static mk_term *names_term(X509 *x) {
+  GENERAL_NAMES *gens = ssl.X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+  int i, n = gens != NULL ? ssl.OPENSSL_sk_num((const OPENSSL_STACK *)gens) : 0;
+  mk_term **v = n > 0 ? calloc((size_t)n, sizeof *v) : NULL;
+  mk_term *seq;
+  uint32_t k = 0, j;
+  for (i = 0; i < n && v != NULL; i++) {
+    const GENERAL_NAME *g = ssl.OPENSSL_sk_value((const OPENSSL_STACK *)gens, i);
+    const ASN1_STRING *a = NULL;
+    char ip[INET6_ADDRSTRLEN];
+    if (g->type == GEN_DNS) a = g->d.dNSName;
+    else if (g->type == GEN_EMAIL) a = g->d.rfc822Name;
+    else if (g->type == GEN_URI) a = g->d.uniformResourceIdentifier;
+    if (a != NULL) {
+      v[k++] = mk_str((const char *)ssl.ASN1_STRING_get0_data(a), (size_t)ssl.ASN1_STRING_length(a));
+    } else if (g->type == GEN_IPADD) {
+      int len = ssl.ASN1_STRING_length(g->d.iPAddress);
+      const unsigned char *d = ssl.ASN1_STRING_get0_data(g->d.iPAddress);
+      if ((len == 4 || len == 16) && inet_ntop(len == 4 ? AF_INET : AF_INET6, d, ip, sizeof ip))
+        v[k++] = mk_cstr(ip);
+    }
+  }
+  if (gens != NULL) ssl.GENERAL_NAMES_free(gens);
+  if (n > 0 && v == NULL) return NULL;
+  seq = mk_seq_new(k);
+  for (j = 0; j < k; j++) {
+    if (seq != NULL && v[j] != NULL) mk_set(seq, j, v[j]);
+    else mk_unref(v[j]);
+  }
+  free(v);
+  return mk_seal(seq);
+}
+
+/* A time as seconds since the epoch (0 if it cannot be read). */
+static mk_term *time_term(const ASN1_TIME *t) {
+  struct tm tm;
+  memset(&tm, 0, sizeof tm);
+  return mk_int(t != NULL && ssl.ASN1_TIME_to_tm(t, &tm) == 1 ? (int64_t)timegm(&tm) : 0);
+}
+
+/* The serial number in hexadecimal ("0A1B..."). */
+static mk_term *serial_term(const X509 *x) {
+  BIGNUM *bn = ssl.ASN1_INTEGER_to_BN(ssl.X509_get0_serialNumber(x), NULL);
+  char *hex = bn != NULL ? ssl.BN_bn2hex(bn) : NULL;
+  mk_term *t = mk_cstr(hex != NULL ? hex : "");
+  if (hex != NULL) ssl.CRYPTO_free(hex, __FILE__, __LINE__);
+  if (bn != NULL) ssl.BN_free(bn);
+  return t;
+}
+
+/* The SHA-256 of the certificate (DER), in lower-case hexadecimal. */
+static mk_term *fingerprint_term(const X509 *x) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  char hex[2 * EVP_MAX_MD_SIZE + 1];
+  unsigned n = 0, i;
+  if (ssl.X509_digest(x, ssl.EVP_sha256(), md, &n) != 1) n = 0;
+  for (i = 0; i < n; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+  hex[2 * n] = '\0';
+  return mk_cstr(hex);
+}
+
+static mk_term *pem_term(X509 *x) {
+  BIO *b = ssl.BIO_new(ssl.BIO_s_mem());
+  mk_term *t;
+  if (b == NULL) return NULL;
+  t = ssl.PEM_write_bio_X509(b, x) == 1 ? bio_term(b) : mk_cstr("");
+  ssl.BIO_free(b);
+  return t;
+}
+
+mk_term *mkd_tls_peer(mkd_tls *t) {
+  static const char *const fields[] = { "subject", "issuer", "names", "serial", "fingerprint",
+                                        "not_before", "not_after", "pem" };
+  X509 *x = ssl.SSL_get1_peer_certificate(t->s);
+  mk_rtype *rt;
+  mk_term *r;
+  if (x == NULL) return mk_bool(0);
+  if ((rt = mk_rtype_get("tcp-certificate", 15, 8, fields)) == NULL) {
+    ssl.X509_free(x);
+    return NULL;
+  }
+  r = mk_rec(rt, name_term(ssl.X509_get_subject_name(x)), name_term(ssl.X509_get_issuer_name(x)),
+             names_term(x), serial_term(x), fingerprint_term(x),
+             time_term(ssl.X509_get0_notBefore(x)), time_term(ssl.X509_get0_notAfter(x)),
+             pem_term(x));
+  mk_rtype_unref(rt);
+  ssl.X509_free(x);
+  return r;
 }
 
 void mkd_open_tls(lua_State *L) {

@@ -11,6 +11,7 @@ local http = require "market.http"
 local timer = require "market.timer"
 local H = require "helpers"
 local N = require "net"
+local P, _ = market.perform, market._
 
 -- A CA and, signed by it, a server's certificate for localhost and
 -- 127.0.0.1 and a client's; another CA's server certificate; the server's
@@ -230,6 +231,114 @@ describe("TLS on TCP connections", function()
     -- TLS 1.3: the client is done before the server has read its (absent)
     -- certificate; the server then ends the connection.
     assert.is_not.equal("echo: me", got[2])
+  end)
+
+  it("tells each side the certificate the other gave: conn:peer_certificate, " ..
+     "tcp.peer_certificate, http.serve's req.certificate", function()
+    local got = N.run(function()
+      local out = {}
+      local server_cfg = assert(tcp.tls{ cert = pem("both.pem"), ca = pem("ca.pem") })
+      local client_cfg = assert(tcp.tls{ ca = pem("ca.pem"), cert = pem("client.pem"),
+                                         key = pem("client.key") })
+      -- A tcp.serve session reads its client's; the client its server's.
+      local srv = assert(tcp.serve(0, function(conn)
+        local cert = conn:peer_certificate()
+        out.session = cert
+        out.again = conn:peer_certificate() == cert          -- kept, not asked again
+        for line in conn:lines() do conn:send(line .. " from " .. cert.subject .. "\n") end
+      end, { framing = "line", tls = server_cfg }))
+      local c = assert(tcp.connect("localhost", srv.port, { framing = "line", tls = client_cfg }))
+      out.client = c:peer_certificate()
+      c:send("hi\n")
+      out.line = c:receive(5000)
+      c:close()
+      srv:close()
+      -- A server without `ca` asks for none: nil; a plain connection: nil.
+      local plain = assert(tcp.serve(0, function(conn)
+        out.plain = { conn:peer_certificate() }
+        conn:send("x\n")
+      end, { framing = "line" }))
+      c = assert(tcp.connect("127.0.0.1", plain.port, { framing = "line" }))
+      c:receive(5000)
+      c:close()
+      plain:close()
+      local anon = echo_server(assert(tcp.tls{ cert = pem("both.pem") }))
+      c = assert(tcp.connect("127.0.0.1", anon.port, { framing = "line", tls = client_cfg }))
+      out.anon_client = c:peer_certificate().subject
+      c:close()
+      local no_cert = {}
+      anon:close()
+      anon = assert(tcp.serve(0, function(conn)
+        no_cert[1] = { conn:peer_certificate() }
+        conn:send("x\n")
+      end, { framing = "line", tls = assert(tcp.tls{ cert = pem("both.pem") }) }))
+      c = assert(tcp.connect("127.0.0.1", anon.port, { framing = "line", tls = client_cfg }))
+      c:receive(5000)
+      c:close()
+      anon:close()
+      out.no_cert = no_cert[1]
+      -- Handler-style: the manager's tcp.peer_certificate, heard before any byte.
+      local here = tcp.listener(0)
+      local order = {}
+      P(tcp.options(here, { tls = server_cfg }),
+        market.observe_publishers(tcp.channel(_, here, _), { name = "accept",
+          on_presence = function(_, role)
+            local remote, any = role.topic.source, market._
+            return market.transition_no_state(market.spawn(function()
+              return market.transition(nil,
+                market.observe_publishers(tcp.peer_certificate(remote, here, any), {
+                  on_presence = function(_, r)
+                    order[#order + 1] = "cert " .. r.topic.certificate.names[1]
+                  end }),
+                market.subscriber(tcp.channel(remote, here, any), {
+                  on_message = function(_, m)
+                    if m.subpacket == market.EOF then
+                      return market.transition_no_state(market.quit())
+                    end
+                    order[#order + 1] = "bytes"
+                  end }))
+            end))
+          end }),
+        market.subscriber(tcp.listening(0, _), { name = "bound",
+          on_presence = function(_, role) out.port = role.topic.bound_port end }))
+      market.wait_until(function() return out.port ~= nil end)
+      c = assert(tcp.connect("127.0.0.1", out.port, { tls = client_cfg }))
+      c:send("bytes")
+      c:shutdown()
+      c:receive(5000)
+      c:close()
+      market.wait_until(function() return #order >= 2 end, 5000)
+      out.order = order
+      P(market.delete_endpoint("accept"), market.delete_endpoint("bound"))
+      -- http.serve: the client's certificate in the request.
+      local hs = assert(http.serve(0, function(req)
+        return 200, {}, req.certificate and req.certificate.names[1] or "none"
+      end, { tls = server_cfg }))
+      local res = assert(http.request(("https://localhost:%d/"):format(hs.port),
+                                      { tls = client_cfg }))
+      out.http = res.body
+      hs:close()
+      return out
+    end, 30000)
+    local cert = got.session
+    assert.equal("CN=client", cert.subject)
+    assert.equal("CN=ca", cert.issuer)
+    assert.same({ "client" }, cert.names)
+    assert.matches("^%x+$", cert.serial)
+    assert.matches("^" .. ("%x"):rep(64) .. "$", cert.fingerprint)
+    assert.is_true(cert.not_before <= os.time() and cert.not_after > os.time())
+    assert.is_true(cert.not_after - cert.not_before >= 2 * 86400 - 60)
+    assert.matches("^%-%-%-%-%-BEGIN CERTIFICATE%-%-%-%-%-\n", cert.pem)
+    assert.is_true(got.again)
+    assert.equal("hi from CN=client", got.line)
+    assert.equal("CN=server", got.client.subject)
+    assert.same({ "localhost", "127.0.0.1" }, got.client.names)
+    assert.are_not.equal(cert.fingerprint, got.client.fingerprint)
+    assert.same({}, got.plain)
+    assert.equal("CN=server", got.anon_client)
+    assert.same({}, got.no_cert)
+    assert.same({ "cert client", "bytes" }, got.order)
+    assert.equal("client", got.http)
   end)
 
   it("says why a configuration cannot be used, and raises on misuse", function()
