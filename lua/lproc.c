@@ -3130,9 +3130,21 @@ static int c_memory(lua_State *L) {
   return 1;
 }
 
-/* market.memory_limit(): the memory limit (pool.h) or nil, and the bytes
-** it counts. */
+static void count_heap(lua_State *L, mkl_state *S);
+
+/* market.memory_limit([bytes]): the memory limit (pool.h) or nil, and the
+** bytes it counts; with bytes (0 or false: none), set first. */
 static int c_memory_limit(lua_State *L) {
+  if (!lua_isnone(L, 1)) {
+    lua_Integer n = 0;
+    if (lua_toboolean(L, 1)) {
+      int ok;
+      n = lua_tointegerx(L, 1, &ok);
+      luaL_argexpected(L, ok && n >= 0, 1, "a number of bytes, 0 or more (or false)");
+    }
+    mk_pool_set_limit((size_t)n);
+    if (n > 0) count_heap(L, STATE(L));
+  }
   if (mk_pool_limit() != 0) lua_pushinteger(L, (lua_Integer)mk_pool_limit());
   else lua_pushnil(L);
   lua_pushinteger(L, (lua_Integer)mk_pool_used());
@@ -3163,11 +3175,22 @@ mk_ground *mkl_ground(lua_State *L) {
 ** (docs/performance.md, "Sustained spawns").  The interpreter's own state
 ** is on the pool already (host.c); none under AddressSanitizer.
 */
+/* The state's Lua heap in the memory limit's count from now on, as the
+** interpreter's is (pool.h, mk_pool_over_count): once a limit is set,
+** since the count costs each block the cache does not keep. */
+static void count_heap(lua_State *L, mkl_state *S) {
+  if (S != NULL && S->over != NULL)
+    mk_pool_over_count(S->over, (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 +
+                                (size_t)lua_gc(L, LUA_GCCOUNTB, 0));
+}
+
 static void keep_freed(lua_State *L, mkl_state *S) {
   void *ud;
   lua_Alloc f = lua_getallocf(L, &ud);
   if (MK_SANITIZED || f == mk_pool_lalloc || f == mk_pool_over_lalloc) return;
-  if ((S->over = mk_pool_over_new(f, ud)) != NULL) lua_setallocf(L, mk_pool_over_lalloc, S->over);
+  if ((S->over = mk_pool_over_new(f, ud)) == NULL) return;
+  if (mk_pool_limit() != 0) count_heap(L, S);
+  lua_setallocf(L, mk_pool_over_lalloc, S->over);
 }
 
 /* A cache left installed behind another allocator (unkeep_freed): kept

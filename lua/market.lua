@@ -729,8 +729,8 @@ M.now = core.now
 -- memory(): bytes of heap in use by the whole program (C and Lua), for
 -- benchmarks and leak hunting.
 M.memory = core.memory
--- memory_limit(): the memory limit (market --max-memory) or nil, and the
--- bytes it counts.
+-- memory_limit([bytes]): the memory limit (market --max-memory) or nil,
+-- and the bytes it counts; with bytes (0 or false: none), set first.
 M.memory_limit = core.memory_limit
 
 -- Ground events (see runtime/ground.h): subscribe to these in the ground VM

@@ -476,6 +476,8 @@ struct mk_pool_over {
   mk_alloc_fn f;         /* the allocator underneath, and its ud */
   void *ud;
   int passing;           /* 1: keeps nothing, passes every call on */
+  int counting;          /* 1: `lent` is in the limit's count (mk_pool_over_count) */
+  size_t lent;           /* bytes of the Lua state's blocks from f, kept ones too */
   size_t cached;         /* bytes in the lists, each block counted as the
                          ** class it falls in (classsize): what glibc's
                          ** malloc counts of it, as for the pool's own */
@@ -497,6 +499,30 @@ mk_pool_over *mk_pool_over_new(mk_alloc_fn f, void *ud) {
   return o;
 }
 
+static void over_drain(mk_pool_over *o);
+
+/* d more bytes lent by f (fewer when negative), in the limit's count. */
+static void over_lent(mk_pool_over *o, ptrdiff_t d) {
+  if (!o->counting) return;       /* (over_drain's blocks, before counting) */
+  o->lent += (size_t)d;
+  used += (size_t)d;
+}
+
+void mk_pool_over_count(mk_pool_over *o, size_t already) {
+  if (o->counting) return;
+  o->counting = 1;
+  o->lent = already;
+  used += already;
+}
+
+/* n more bytes from f would pass the limit: what o keeps goes back to f
+** first, then as the pool's own requests (room); 0: refused. */
+static int over_room(mk_pool_over *o, size_t n) {
+  if (!OVER(n)) return 1;
+  over_drain(o);
+  return !OVER(n) || room(n, 1);
+}
+
 /* Every cached block back to f. */
 static void over_drain(mk_pool_over *o) {
   size_t n;
@@ -506,10 +532,29 @@ static void over_drain(mk_pool_over *o) {
       MEM_DEFINED(b, sizeof *b);
       next = b->next;
       o->f(o->ud, b, n, 0);
+      over_lent(o, -(ptrdiff_t)n);
     }
     o->heads[n] = NULL;
   }
   o->cached = 0;
+}
+
+/* A call mk_pool_over_lalloc passes on to f, counted (o->counting): a
+** new block (ptr NULL, nsize > 0), a resize or a free.  Apart, so that a
+** cache that does not count passes its calls on as before (a tail call). */
+static __attribute__((noinline)) void *over_counted(mk_pool_over *o, void *ptr, size_t osize,
+                                                     size_t nsize) {
+  void *q;
+  size_t was = ptr != NULL ? osize : 0;   /* (a new block's osize is a type tag) */
+  /* (a shrink must not fail: Lua's rule) */
+  if (nsize > was && !over_room(o, nsize - was)) return NULL;
+  q = o->f(o->ud, ptr, osize, nsize);
+  if (q == NULL && ptr == NULL && o->cached > 0) {   /* what is kept may make room */
+    over_drain(o);
+    q = o->f(o->ud, NULL, osize, nsize);
+  }
+  if (q != NULL || nsize == 0) over_lent(o, (ptrdiff_t)nsize - (ptrdiff_t)was);
+  return q;
 }
 
 void *mk_pool_over_lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -526,6 +571,7 @@ void *mk_pool_over_lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
       return b;
     }
     if (nsize == 0) return NULL;
+    if (o->counting) return over_counted(o, NULL, osize, nsize);
     q = o->f(o->ud, NULL, osize, nsize);
     if (q == NULL && o->cached > 0) {   /* what is kept may make room */
       over_drain(o);
@@ -541,6 +587,7 @@ void *mk_pool_over_lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     MEM_NOACCESS(b, osize);
     return NULL;
   }
+  if (o->counting) return over_counted(o, ptr, osize, nsize);
   return o->f(o->ud, ptr, osize, nsize);   /* frees and resizes */
 }
 
@@ -559,5 +606,6 @@ void mk_pool_over_pass(mk_pool_over *o) {
 void mk_pool_over_free(mk_pool_over *o) {
   if (o == NULL) return;
   over_drain(o);
+  over_lent(o, -(ptrdiff_t)o->lent);       /* the state's blocks: no longer ours to count */
   free(o);
 }

@@ -149,7 +149,8 @@ void mk_pool_unreserve(void);
 ** made by mk_host_new), terms, queued events (and the queues' blocks:
 ** mk_pool_map), processes, endpoints and routing nodes.  Not counted: the malloc, calloc and realloc above
 ** (tables of the VM and the drivers), libraries' own (libev, OpenSSL,
-** libnats), a Lua state another host made (lua5.4's), code and stacks.
+** libnats), a Lua state another host made (lua5.4's) unless its cache
+** counts (mk_pool_over_count: a ground VM on it does), code and stacks.
 ** 0, the default: no limit.  The count costs nothing on a block the
 ** cache hands out or takes back.
 */
@@ -203,4 +204,9 @@ void mk_pool_over_pass(mk_pool_over *o);
 /* Every kept block back to f, and o freed (NULL is ignored): once it is
 ** no Lua state's allocator. */
 void mk_pool_over_free(mk_pool_over *o);
+/* From now on, the bytes of the Lua state's blocks are in the memory
+** limit's count (mk_pool_used), `already` of them there now (Lua's count:
+** lua_gc COUNT and COUNTB), and a request past the limit is handled as a
+** Lua state's on mk_pool_lalloc; mk_pool_over_free takes them out. */
+void mk_pool_over_count(mk_pool_over *o, size_t already);
 #endif

@@ -468,6 +468,43 @@ static void limit_fails_lua_not_the_vm (void) {
   mk_pool_unreserve();
 }
 
+/* A cache over another allocator counts its Lua state's bytes once told
+** to (mk_pool_over_count: what the state holds already, then every block
+** lent, kept ones too), refuses past the limit as mk_pool_lalloc does, and
+** takes them all out when freed. */
+static void limit_counts_over_another (void) {
+  mk_pool_over *o = mk_pool_over_new(under, NULL);
+  void *p, *q, *big[64];
+  size_t u0, n = 0, i;
+  mk_pool_trim();
+  u0 = mk_pool_used();
+  CHECK(o != NULL);
+  p = mk_pool_over_lalloc(o, NULL, 5, 100);        /* not counting yet */
+  CHECK(p != NULL && mk_pool_used() == u0);
+  mk_pool_over_count(o, 5000);                      /* the state's 5000, p among them */
+  CHECK(mk_pool_used() == u0 + 5000);
+  q = mk_pool_over_lalloc(o, NULL, 5, 300);
+  CHECK(mk_pool_used() == u0 + 5300);
+  q = mk_pool_over_lalloc(o, q, 300, 1000);         /* resized through f */
+  CHECK(q != NULL && mk_pool_used() == u0 + 6000);
+  mk_pool_over_lalloc(o, p, 100, 0);                /* kept: still lent */
+  CHECK(mk_pool_used() == u0 + 6000);
+  mk_pool_over_lalloc(o, q, 1000, 0);               /* past the kept sizes: back to f */
+  CHECK(mk_pool_used() == u0 + 5000);
+  /* The limit: 1 MiB more, and the reserve's 8 above it once spent */
+  CHECK(mk_pool_reserve() == 1);
+  mk_pool_set_limit(mk_pool_used() + ((size_t)1 << 20));
+  while (n < 64 && (big[n] = mk_pool_over_lalloc(o, NULL, 4, (size_t)1 << 19)) != NULL) n++;
+  CHECK(n >= 17 && n <= 18);                        /* 9 MiB in halves */
+  for (i = 0; i < n; i++) mk_pool_over_lalloc(o, big[i], (size_t)1 << 19, 0);
+  mk_pool_set_limit(0);
+  CHECK(mk_pool_reserve() == 1);
+  CHECK(mk_pool_used() == u0 + 4900);               /* p, kept, went back to f for room */
+  mk_pool_over_free(o);                             /* no longer counted */
+  CHECK(mk_pool_used() == u0);
+  mk_pool_unreserve();
+}
+
 /* The cgroup's memory limit, read from a tree made here: the least of the
 ** group's and its parents' (v2), the memory controller's (v1), none. */
 static void put(const char *dir, const char *rel, const char *text) {
@@ -532,6 +569,7 @@ int main (void) {
   RUN(reserve_when_memory_runs_out);
   RUN(limit_counts_blocks);
   RUN(limit_fails_lua_not_the_vm);
+  RUN(limit_counts_over_another);
   RUN(cgroup_memory_max);
   return CHECK_DONE();
 }
