@@ -6,8 +6,8 @@
 ** (docs/embedding.md).
 */
 #include <errno.h>
-#include <limits.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdint.h>
