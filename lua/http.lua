@@ -566,8 +566,12 @@ local function ask(host, port, tls, bytes, method, deadline, keep_ms, max_respon
       if left <= 0 then return nil, "timeout" end
       conn, why = tcp.connect(host, port, { connect_timeout = math.ceil(left), tls = tls })
       if not conn then return nil, why end
+      -- The server's certificate, asked now, while the connection is
+      -- surely open; the connection keeps it for the requests after.
+      if tls then conn:peer_certificate() end
     end
     res, keep, fresh, raised = exchange(conn, bytes, method, deadline, max_response, stream)
+    if res and tls then res.certificate = conn:peer_certificate() end
     if res or raised or not (reused and fresh and IDEMPOTENT[method]) then break end
     conn:close()                                -- closed idle as the request went: again
     conn = nil
@@ -582,7 +586,8 @@ local function ask(host, port, tls, bytes, method, deadline, keep_ms, max_respon
 end
 
 -- res = http.request(url [, options]): one request, its response
--- {status=, reason=, version=, headers=, body=, url=}, after the
+-- {status=, reason=, version=, headers=, body=, url=, certificate=}
+-- (certificate: the server's, https only), after the
 -- redirects options.redirects allows; nil, why on failure.
 function M.request(url, options)
   if type(url) ~= "string" then error("http.request: url must be a string, got " .. type(url), 2) end

@@ -234,7 +234,7 @@ describe("TLS on TCP connections", function()
   end)
 
   it("tells each side the certificate the other gave: conn:peer_certificate, " ..
-     "tcp.peer_certificate, http.serve's req.certificate", function()
+     "tcp.peer_certificate, http.serve's req.certificate, http.request's res.certificate", function()
     local got = N.run(function()
       local out = {}
       local server_cfg = assert(tcp.tls{ cert = pem("both.pem"), ca = pem("ca.pem") })
@@ -317,6 +317,10 @@ describe("TLS on TCP connections", function()
       local res = assert(http.request(("https://localhost:%d/"):format(hs.port),
                                       { tls = client_cfg }))
       out.http = res.body
+      out.http_server = res.certificate and res.certificate.subject
+      res = assert(http.request(("https://localhost:%d/again"):format(hs.port),
+                                { tls = client_cfg }))     -- the kept connection's
+      out.http_again = res.certificate and res.certificate.names[2]
       hs:close()
       return out
     end, 30000)
@@ -339,6 +343,8 @@ describe("TLS on TCP connections", function()
     assert.same({}, got.no_cert)
     assert.same({ "cert client", "bytes" }, got.order)
     assert.equal("client", got.http)
+    assert.equal("CN=server", got.http_server)               -- http.request's res.certificate
+    assert.equal("127.0.0.1", got.http_again)
   end)
 
   it("says why a configuration cannot be used, and raises on misuse", function()
