@@ -47,7 +47,8 @@ local backpressure = market.record("tcp-backpressure", "source", "destination")
 local options_rec = market.record("tcp-options", "local", "remote", "settings")
 -- A TLS configuration (tcp.tls, below; drivers/tls.c): paths, flags and
 -- the serial of the tcp.tls call that made it.
-local tls_rec = market.record("tcp-tls", "cert", "key", "ca", "verify", "server_name", "serial")
+local tls_rec = market.record("tcp-tls", "cert", "key", "ca", "verify", "server_name", "serial",
+                              "pin")
 -- Sent by a listener for each connection it closed at once instead of
 -- taking it (a connection cap, no descriptors left), with the reason.
 local refused = market.record("tcp-refused", "listener", "remote", "reason")
@@ -183,15 +184,39 @@ end
 -- now (nil, why when they cannot be); or the same, made of the
 -- system's CA certificates, with no argument.
 local TLS_KEYS = { cert = "string", key = "string", ca = "string", verify = "boolean",
-                   server_name = "string" }
+                   server_name = "string", pin = "pin" }
+
+-- pin: a SHA-256 fingerprint (64 hexadecimal digits, colons between the
+-- bytes or not, as openssl x509 -fingerprint -sha256 prints it), or a
+-- list of them: a sequence of lower-case ones, or nil when it is none.
+local function pins(v)
+  local list = type(v) == "table" and v or { v }
+  local out = {}
+  if type(v) ~= "string" and (type(v) ~= "table" or #v == 0) then return nil end
+  for i, fp in ipairs(list) do
+    if type(fp) ~= "string" then return nil end
+    fp = fp:gsub(":", ""):lower()
+    if #fp ~= 64 or fp:find("[^0-9a-f]") then return nil end
+    out[i] = fp
+  end
+  return out
+end
+
 local tls_serial = 0
 function M.tls(t)
   if t == nil then t = {} end
   if type(t) ~= "table" then error("tcp.tls: want a table of settings, got " .. type(t), 2) end
+  local pin = false
   for k, v in pairs(t) do
     local want = TLS_KEYS[k]
     if not want then error("tcp.tls: unknown setting " .. show(k), 2) end
-    if type(v) ~= want or (want == "string" and (v == "" or v:find("\0", 1, true))) then
+    if want == "pin" then
+      pin = pins(v)
+      if not pin then
+        error("tcp.tls: pin must be a SHA-256 fingerprint (64 hexadecimal digits) or a list " ..
+              "of them, got " .. show(v), 2)
+      end
+    elseif type(v) ~= want or (want == "string" and (v == "" or v:find("\0", 1, true))) then
       error(("tcp.tls: %s must be a %s%s, got %s"):format(k, want,
         want == "string" and " (not empty, no NUL)" or "", show(v)), 2)
     end
@@ -199,14 +224,14 @@ function M.tls(t)
   if t.key and not t.cert then error("tcp.tls: a key without its certificate (cert)", 2) end
   tls_serial = tls_serial + 1
   local config = tls_rec(t.cert or false, t.key or false, t.ca or false, t.verify ~= false,
-                         t.server_name or false, tls_serial)
+                         t.server_name or false, tls_serial, pin)
   local ok, why = sys.tls_check(config)
   if not ok then return nil, why end
   return config
 end
 -- What tls = true stands for: a client's, verifying against the system's
 -- CA certificates (serial 0: read at its first connection).
-M.TLS_CLIENT = tls_rec(false, false, false, true, false, 0)
+M.TLS_CLIENT = tls_rec(false, false, false, true, false, 0, false)
 
 -- A settings sequence's value for key, the last one given, or nil.
 local function setting(seq, key)

@@ -347,6 +347,62 @@ describe("TLS on TCP connections", function()
     assert.equal("127.0.0.1", got.http_again)
   end)
 
+  it("pins certificates: a client takes only the server's, a server only its clients'", function()
+    local function fingerprint(name, colons)
+      local f = assert(io.popen(("openssl x509 -in %s -noout -fingerprint -sha256"):format(H.quote(pem(name)))))
+      local fp = assert(f:read("a"):match("=([%x:]+)"))
+      f:close()
+      return colons and fp or fp:gsub(":", ""):lower()
+    end
+    local server_fp, client_fp = fingerprint("server.pem", true), fingerprint("client.pem")
+    local got = N.run(function()
+      local out = {}
+      local srv = echo_server(assert(tcp.tls{ cert = pem("both.pem") }))
+      local function try(port, cfg)
+        local c, why = tcp.connect("127.0.0.1", port, { framing = "line", tls = cfg })
+        if not c then return why end
+        c:send("me\n")
+        local line, e = c:receive(5000)
+        c:close()
+        return line or e or "closed"
+      end
+      -- A client: verify = false with a pin trusts that certificate only
+      -- (a self-signed server); with verify, both must hold.
+      out[1] = try(srv.port, assert(tcp.tls{ verify = false, pin = server_fp }))
+      out[2] = try(srv.port, assert(tcp.tls{ verify = false, pin = { ("0"):rep(64), server_fp } }))
+      out[3] = try(srv.port, assert(tcp.tls{ verify = false, pin = client_fp }))
+      out[4] = try(srv.port, assert(tcp.tls{ ca = pem("ca.pem"), pin = client_fp }))
+      srv:close()
+      -- A server pinning its clients' certificates, without CAs to verify them.
+      local count = { 0 }
+      srv = echo_server(assert(tcp.tls{ cert = pem("both.pem"), pin = client_fp }), count)
+      out[5] = try(srv.port, assert(tcp.tls{ verify = false, cert = pem("client.pem"),
+                                             key = pem("client.key") }))
+      out[6] = try(srv.port, assert(tcp.tls{ verify = false, cert = pem("stranger.pem"),
+                                             key = pem("stranger.key") }))
+      out[7] = try(srv.port, assert(tcp.tls{ verify = false }))
+      out.sessions = count[1]
+      srv:close()
+      return out
+    end, 30000)
+    local refused = "tls: the peer's certificate is not the one pinned (sha256 " ..
+                    server_fp:gsub(":", ""):lower() .. ")"
+    assert.equal("echo: me", got[1])
+    assert.equal("echo: me", got[2])
+    assert.equal(refused, got[3])
+    assert.equal(refused, got[4])
+    assert.equal("echo: me", got[5])
+    assert.is_not.equal("echo: me", got[6])       -- (TLS 1.3: refused after the client is done)
+    assert.is_not.equal("echo: me", got[7])
+    assert.equal(1, got.sessions)                 -- only the pinned client got a session
+    for _, bad in ipairs { "xyz", ("g"):rep(64), {}, { 1 }, true } do
+      local ok, err = pcall(tcp.tls, { pin = bad })
+      assert.is_false(ok)
+      assert.matches("tcp.tls: pin must be a SHA-256 fingerprint (64 hexadecimal digits) or a list " ..
+                     "of them, got ", err, 1, true)
+    end
+  end)
+
   it("says why a configuration cannot be used, and raises on misuse", function()
     local got = N.run(function()
       local out = {}
