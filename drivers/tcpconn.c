@@ -2170,6 +2170,25 @@ static size_t session_of(const mk_snap_vm *s, size_t i) {
   return s->nprocs;
 }
 
+/* A TLS connection's peer, from what its manager publishes of it
+** (publish_peer: the endpoint "peer" in its snapshot sp), as the fields
+** peer_subject and peer_fingerprint: who is connected, for the
+** inspector, without reading the certificate again. */
+static void push_peer(lua_State *L, const mk_snap_proc *sp) {
+  size_t k;
+  for (k = 0; k < sp->nendpoints; k++) {
+    const mk_term *t = sp->endpoints[k].role.topic, *cert;
+    if (strcmp(sp->endpoints[k].name, "peer") != 0 || t->kind != MK_REC || t->n != 3) continue;
+    cert = mk_items(t)[2];
+    if (cert->kind != MK_REC || cert->n != 8) return;
+    mkl_pushterm(L, mk_items(cert)[0]);
+    lua_setfield(L, -2, "peer_subject");
+    mkl_pushterm(L, mk_items(cert)[4]);
+    lua_setfield(L, -2, "peer_fingerprint");
+    return;
+  }
+}
+
 /* The connections of vm (whose snapshot is s) and of the VMs nested in it,
 ** appended to the table at the top, *n so far. */
 static void inspect_vm(lua_State *L, mk_vm *vm, const mk_snap_vm *s, lua_Integer *n) {
@@ -2199,6 +2218,7 @@ static void inspect_vm(lua_State *L, mk_vm *vm, const mk_snap_vm *s, lua_Integer
     if (c->secure) {
       lua_pushstring(L, c->tls_done ? mkd_tls_version(c->tls) : "handshake");
       lua_setfield(L, -2, "tls");
+      push_peer(L, sp);
     }
     if (mk_detail_io_of(p, &in, &out)) {
       lua_pushinteger(L, (lua_Integer)in);
@@ -2212,7 +2232,8 @@ static void inspect_vm(lua_State *L, mk_vm *vm, const mk_snap_vm *s, lua_Integer
   }
 }
 
-/* sys.tcp_inspect([max]) -> { {pid =, vm =, address =, peer =, session =, [tls =,]
+/* sys.tcp_inspect([max]) -> { {pid =, vm =, address =, peer =, session =,
+** [tls =, peer_subject =, peer_fingerprint =,]
 ** [bytes_in =, bytes_out =, buffered =]}, ... } (drivers/tcp.lua, inspect):
 ** with max, the connections among the first max processes of a snapshot
 ** (mk_vm_snapshot_max) */

@@ -906,8 +906,9 @@ function render() {
       else if (/^udp /.test(p.name || "")) resRows.push([`UDP socket ${esc(p.name.slice(4))}`, where, "-", "-", "-", text]);
       else if (p.kind === "tcp") {
         const c = connBy.get("pid " + p.pid) || connBy.get("name " + p.name) || {};
-        const tls = c.tls ? ` <span class="tag">${esc(c.tls)}</span>` : "";
-        resRows.push([`connection ${esc((p.name || "").replace(/^tcp /, ""))}${tls}`, where, bytes(c.bytes_in), bytes(c.bytes_out), bytes(c.buffered), text + (c.tls ? " " + c.tls : "")]);
+        const tls = c.tls ? ` <span class="tag">${esc(c.tls)}</span>` +
+          (c.peer_subject ? ` <span class="tag" title="${esc(c.peer_fingerprint || "")}">${esc(c.peer_subject)}</span>` : "") : "";
+        resRows.push([`connection ${esc((p.name || "").replace(/^tcp /, ""))}${tls}`, where, bytes(c.bytes_in), bytes(c.bytes_out), bytes(c.buffered), text + (c.tls ? " " + c.tls : "") + (c.peer_subject ? " " + c.peer_subject : "")]);
       }
     }
     for (const c of vm.conversations || []) {

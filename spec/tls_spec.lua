@@ -250,6 +250,12 @@ describe("TLS on TCP connections", function()
       local c = assert(tcp.connect("localhost", srv.port, { framing = "line", tls = client_cfg }))
       out.client = c:peer_certificate()
       c:send("hi\n")
+      market.wait_until(function() return out.session ~= nil end, 5000)
+      out.inspect = {}                 -- tcp.inspect: who is at the other end of each
+      for _, e in ipairs(tcp.inspect().connections) do
+        out.inspect[#out.inspect + 1] = e.peer_subject .. " " .. #e.peer_fingerprint
+      end
+      table.sort(out.inspect)
       out.line = c:receive(5000)
       c:close()
       srv:close()
@@ -334,6 +340,7 @@ describe("TLS on TCP connections", function()
     assert.is_true(cert.not_after - cert.not_before >= 2 * 86400 - 60)
     assert.matches("^%-%-%-%-%-BEGIN CERTIFICATE%-%-%-%-%-\n", cert.pem)
     assert.is_true(got.again)
+    assert.same({ "CN=client 64", "CN=server 64" }, got.inspect)
     assert.equal("hi from CN=client", got.line)
     assert.equal("CN=server", got.client.subject)
     assert.same({ "localhost", "127.0.0.1" }, got.client.names)
