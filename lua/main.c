@@ -469,21 +469,29 @@ static long long size_arg(const char *s) {
 ** kernel's socket buffers, which the cgroup charges too): past either,
 ** the kernel's OOM killer ends the whole program.  A worker of
 ** --workers N takes 1/N (MARKET_WORKER=i/N). */
-static void set_memory_limit(long long given) {
+static void set_memory_limit(long long given, char *said, size_t size) {
   size_t bytes, cg = mk_cgroup_memory_max(NULL, NULL), ram = 0;
   long pages = sysconf(_SC_PHYS_PAGES), pagesize = sysconf(_SC_PAGESIZE);
-  const char *w = getenv("MARKET_WORKER"), *slash;
+  const char *w = getenv("MARKET_WORKER"), *slash, *from = "--max-memory";
   long n = 1;
   if (pages > 0 && pagesize > 0 && (size_t)pages <= SIZE_MAX / (size_t)pagesize)
     ram = (size_t)pages * (size_t)pagesize;
   if (given >= 0) {
     bytes = (size_t)given;
   } else {
+    from = cg != 0 && (ram == 0 || cg < ram) ? "7/8 of the cgroup's memory limit"
+                                               : "7/8 of the machine's memory";
     bytes = cg != 0 && (ram == 0 || cg < ram) ? cg : ram;
     bytes -= bytes / 8;
   }
   if (w != NULL && (slash = strchr(w, '/')) != NULL && (n = atol(slash + 1)) < 1) n = 1;
-  if (bytes != 0) mk_pool_set_limit(bytes / (size_t)n > 0 ? bytes / (size_t)n : 1);
+  if (bytes == 0) {
+    snprintf(said, size, "market: no memory limit (%s 0)", from);
+    return;
+  }
+  mk_pool_set_limit(bytes / (size_t)n > 0 ? bytes / (size_t)n : 1);
+  snprintf(said, size, "market: memory limit %zu MiB (%s%s)", mk_pool_limit() >> 20, from,
+           n > 1 ? ", a worker's share" : "");
 }
 
 /* Standard descriptors closed when market started (`2>&-`, a parent
@@ -525,6 +533,7 @@ int main(int argc, char **argv) {
   int noscript;
   double budget = -1;
   long long memory = -1;       /* --max-memory: -1 not given */
+  char limit_said[160];        /* the memory limit, in words, logged at level info */
   int loglevel = -1;
   mk_host *h;
   mk_error err;
@@ -706,7 +715,7 @@ int main(int argc, char **argv) {
   }
   if (workers > 0) return trace_end(&trace, run_workers(argc, argv, workers));
 
-  set_memory_limit(memory);
+  set_memory_limit(memory, limit_said, sizeof limit_said);
   h = mk_host_new(NULL, &err);
   if (h == NULL) {
     fprintf(stderr, "market: %s\n", err.message);
@@ -733,6 +742,7 @@ int main(int argc, char **argv) {
   trace_end(&trace, 0);        /* the trace made copies */
   if (quiet) mk_host_on_crash(h, quiet_crash, NULL);
   if (loglevel >= 0) mk_host_set_log_level(h, loglevel);
+  mk_host_log(h, MK_LOG_INFO, limit_said);     /* (what the process deaths it brings are about) */
   if (budget >= 0) mk_host_set_max_activation(h, budget);
   mk_host_on_warning(h, warning_line, NULL);
   /* arg[0] is the script (with -e: the code), as lua(1) has it.  Options
