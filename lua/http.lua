@@ -101,11 +101,12 @@ end
 -- The request table handed to the handler: the parser's message (method,
 -- target, path, query, version, headers, body, keep_alive), remote, and
 -- the client's certificate where the server asks for one (its TLS
--- configuration has `ca`; asked of the connection once, then kept).
+-- configuration has `ca` or `pin`; asked of the connection once, then
+-- kept).
 local function request_of(msg, conn)
   msg.remote = conn.remote
   local tls = conn.tls
-  if tls and tls ~= true and tls.ca then msg.certificate = conn:peer_certificate() end
+  if tls and tls ~= true and (tls.ca or tls.pin) then msg.certificate = conn:peer_certificate() end
   return msg
 end
 

@@ -3165,6 +3165,15 @@ mk_ground *mkl_ground(lua_State *L) {
   return S ? S->g : NULL;
 }
 
+/* The state's Lua heap in the memory limit's count from now on, as the
+** interpreter's is (pool.h, mk_pool_over_count): once a limit is set,
+** since the count costs each block the cache does not keep. */
+static void count_heap(lua_State *L, mkl_state *S) {
+  if (S != NULL && S->over != NULL)
+    mk_pool_over_count(S->over, (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 +
+                                (size_t)lua_gc(L, LUA_GCCOUNTB, 0));
+}
+
 /*
 ** While a ground VM runs on a Lua state that another host made (lua5.4's
 ** own allocator is realloc and free), the Lua objects its processes free
@@ -3175,15 +3184,6 @@ mk_ground *mkl_ground(lua_State *L) {
 ** (docs/performance.md, "Sustained spawns").  The interpreter's own state
 ** is on the pool already (host.c); none under AddressSanitizer.
 */
-/* The state's Lua heap in the memory limit's count from now on, as the
-** interpreter's is (pool.h, mk_pool_over_count): once a limit is set,
-** since the count costs each block the cache does not keep. */
-static void count_heap(lua_State *L, mkl_state *S) {
-  if (S != NULL && S->over != NULL)
-    mk_pool_over_count(S->over, (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 +
-                                (size_t)lua_gc(L, LUA_GCCOUNTB, 0));
-}
-
 static void keep_freed(lua_State *L, mkl_state *S) {
   void *ud;
   lua_Alloc f = lua_getallocf(L, &ud);

@@ -390,6 +390,15 @@ describe("TLS on TCP connections", function()
       out[7] = try(srv.port, assert(tcp.tls{ verify = false }))
       out.sessions = count[1]
       srv:close()
+      -- http.serve pinning its clients: the request carries the certificate.
+      local hs = assert(http.serve(0, function(req)
+        return 200, {}, req.certificate and req.certificate.subject or "none"
+      end, { tls = assert(tcp.tls{ cert = pem("both.pem"), pin = client_fp }) }))
+      local res = assert(http.request(("https://127.0.0.1:%d/"):format(hs.port), {
+        tls = assert(tcp.tls{ verify = false, pin = server_fp, cert = pem("client.pem"),
+                              key = pem("client.key") }) }))
+      out.http = res.body
+      hs:close()
       return out
     end, 30000)
     local refused = "tls: the peer's certificate is not the one pinned (sha256 " ..
@@ -402,6 +411,7 @@ describe("TLS on TCP connections", function()
     assert.is_not.equal("echo: me", got[6])       -- (TLS 1.3: refused after the client is done)
     assert.is_not.equal("echo: me", got[7])
     assert.equal(1, got.sessions)                 -- only the pinned client got a session
+    assert.equal("CN=client", got.http)
     for _, bad in ipairs { "xyz", ("g"):rep(64), {}, { 1 }, true } do
       local ok, err = pcall(tcp.tls, { pin = bad })
       assert.is_false(ok)
