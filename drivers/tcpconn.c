@@ -1379,13 +1379,16 @@ static void tls_failed(mk_proc *p, tconn *c, const char *why) {
 ** certificate), the certificate a tcp-certificate record (tls.c,
 ** mkd_tls_peer) or false when the peer gave none.  A session that
 ** observes it at its start hears it before any byte (docs/tcp.md,
-** "TLS").  (Out of memory: not published; the connection goes on.) */
+** "TLS"). */
 static void publish_peer(mk_proc *p, tconn *c) {
   static const char *const fields[] = { "source", "destination", "certificate" };
   mk_rtype *rt = rtype("tcp-peer-certificate", 3, fields);
   mk_term *cert = mkd_tls_peer(c->tls);
   mk_role r;
-  if (rt != NULL && cert != NULL) {
+  /* (a certificate that cannot be made a term: none, rather than a
+  ** session waiting for word of one until the connection ends) */
+  if (cert == NULL) cert = mk_bool(0);
+  if (rt != NULL) {
     r.orientation = MK_PUBLISHER;
     r.interest = MK_PARTICIPANT;
     r.topic = mk_rec(rt, mk_ref(c->remote), mk_ref(c->loc), cert);
