@@ -79,7 +79,7 @@ end
 -- reason is logged, and reaches other processes).
 local function servers(urls)
   local shown = {}
-  for i, u in ipairs(urls) do shown[i] = (u:gsub("^nats://[^/@]*@", "nats://***@")) end
+  for i, u in ipairs(urls) do shown[i] = (u:gsub("^(%a+)://[^/@]*@", "%1://***@")) end
   return table.concat(shown, ", ")
 end
 
@@ -183,7 +183,7 @@ local function boot(cfg)
     local ALL, MINE = prefix .. ".all", prefix .. ".node." .. me
     -- The first connection is made off the loop (lcluster.c,
     -- "Connecting"): "connected" or "failed" comes through on_readable.
-    local conn, err = sys.nats_connect(cfg.urls, me)
+    local conn, err = sys.nats_connect(cfg.urls, me, nil, cfg.tls)
     if not conn then
       -- No process of ours has an endpoint yet: the failure is this
       -- process's, with the reason (the supervisor or the log tells).
@@ -697,13 +697,37 @@ function M.leave(node)
   return market.send(M.leave_record(node == nil and _ or node))
 end
 
+-- The driver's tls option (a tcp.tls configuration, or true: the
+-- system's CA certificates) as sys.nats_connect takes it: a table of its
+-- files and flags, and the host the certificate must name (server_name,
+-- else the URLs' one host when it is a name, not an address); nil, the
+-- URLs decide (tls://).  Raises on what libnats cannot do.
+local function nats_tls(tls, urls)
+  if tls == nil or tls == false then return nil end
+  local tcp = require "market.tcp"
+  if tls == true then tls = tcp.TLS_CLIENT end
+  if not tcp.tls_record:is(tls) then
+    error("market.cluster.driver: tls must be a tcp.tls configuration or true, got " .. show(tls), 3)
+  end
+  if tls.pin then error("market.cluster.driver: tls: the NATS connection cannot pin (no pin)", 3) end
+  local host
+  for i, u in ipairs(urls) do
+    local h = u:match("^%a+://[^/@]*@([^/:]+)") or u:match("^%a+://([^/:]+)")
+    if i > 1 and h ~= host then host = nil; break end
+    host = h
+  end
+  if host and (host:match("^[%d.]+$") or host:find(":", 1, true)) then host = nil end
+  return { ca = tls.ca or nil, cert = tls.cert or nil, key = tls.key or nil, verify = tls.verify,
+           server_name = tls.server_name or nil, host = host }
+end
+
 -- driver{url= | urls=, cluster=, node=, heartbeat_ms=, lost_after_ms=,
--- max_roles=, max_nodes=}: the
+-- max_roles=, max_nodes=, tls=}: the
 -- spawn action that starts the driver.  cluster.node is then the node's
 -- name (nil until a driver was made), for programs that name things
 -- uniquely across the cluster (examples/chat.lua).
 local DRIVER_KEYS = { "url", "urls", "cluster", "node", "heartbeat_ms", "lost_after_ms",
-                      "max_roles", "max_nodes" }
+                      "max_roles", "max_nodes", "tls" }
 function M.driver(opts)
   if type(opts) ~= "table" then
     error("market.cluster.driver: the options must be a table, got " .. type(opts), 2)
@@ -724,8 +748,8 @@ function M.driver(opts)
   end
   for i = 1, #urls do                     -- (a hole is no URL)
     local u = urls[i]
-    if type(u) ~= "string" or not u:match("^nats://") then
-      error(("market.cluster.driver: URL %d must be a string nats://HOST:PORT, got %s")
+    if type(u) ~= "string" or not (u:match("^nats://") or u:match("^tls://")) then
+      error(("market.cluster.driver: URL %d must be a string nats://HOST:PORT (or tls://), got %s")
             :format(i, show(u)), 2)
     end
   end
@@ -735,6 +759,8 @@ function M.driver(opts)
     cluster = check_name("cluster", opts.cluster or "market"),
     node = check_name("node", opts.node or (host:gsub("[^%w_%-]", "-") .. "-" .. pid)),
     heartbeat_ms = check_ms("heartbeat_ms", opts.heartbeat_ms, 500),
+    -- (tls:// URLs alone: TLS with the system's CAs, the name checked)
+    tls = nats_tls(opts.tls == nil and urls[1]:match("^tls://") and true or opts.tls, urls),
   }
   cfg.lost_after_ms = check_ms("lost_after_ms", opts.lost_after_ms, 4 * cfg.heartbeat_ms)
   for key, default in pairs { max_roles = 100000, max_nodes = 10000 } do

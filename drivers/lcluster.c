@@ -2,8 +2,10 @@
 ** lcluster.c: a NATS connection for the cluster driver (drivers/cluster.lua),
 ** through libnats (internal: part of `market.sys`, not of the public API).
 **
-**   sys.nats_connect(urls, name [, timeout_ms]) -> conn | nil, msg
-**       urls: a list of nats:// URLs (servers of one NATS cluster); name:
+**   sys.nats_connect(urls, name [, timeout_ms [, tls]]) -> conn | nil, msg
+**       urls: a list of nats:// or tls:// URLs (servers of one NATS
+**       cluster; tls, a table, as set_tls reads it, or a tls:// URL: over
+**       TLS); name:
 **       the connection's name as the server shows it.  Returns at once: the
 **       first connection is made on a thread of its own, which waits for
 **       the servers up to timeout_ms in all (default 2000), and ends with
@@ -115,6 +117,9 @@
   X(natsOptions_SetMaxReconnect) X(natsOptions_SetName) X(natsOptions_SetNoEcho) \
   X(natsOptions_SetReconnectBufSize) X(natsOptions_SetReconnectWait) \
   X(natsOptions_SetReconnectedCB) X(natsOptions_SetSendAsap) X(natsOptions_SetServers) \
+  X(natsOptions_SetSecure) X(natsOptions_LoadCATrustedCertificates) \
+  X(natsOptions_LoadCertificatesChain) X(natsOptions_SkipServerVerification) \
+  X(natsOptions_SetExpectedHostname) \
   X(natsOptions_SetTimeout) X(natsOptions_SetWriteDeadline) \
   X(natsOptions_UseGlobalMessageDelivery) X(natsStatus_GetText) \
   X(natsSubscription_Destroy) X(natsSubscription_SetOnCompleteCB) \
@@ -918,7 +923,9 @@ static const char *status_text(natsStatus s, char *buf, size_t size) {
   if (last == NULL || *last == '\0') last = natsapi.natsStatus_GetText(s);
   if (*last == '(' && (p = strstr(last, "): ")) != NULL) last = p + 3;
   snprintf(buf, size, "%s", last);
-  buf[0] = (char)tolower((unsigned char)buf[0]);
+  /* a sentence's first word in lower case, as market's reasons have it;
+  ** not an acronym's ("SSL handshake error") */
+  if (!isupper((unsigned char)buf[1])) buf[0] = (char)tolower((unsigned char)buf[0]);
   return buf;
 }
 
@@ -1046,6 +1053,41 @@ static void *connect_thread(void *arg) {
   return NULL;
 }
 
+/* The TLS of the options o, from the table at index t (nats_connect's
+** fourth argument: ca, cert, key, server_name strings, verify a boolean;
+** drivers/cluster.lua makes it from a tcp.tls configuration), or plain
+** TLS with the system's CA certificates when t is none: the servers' URLs
+** say tls://.  libnats verifies the chain; the name only when it is
+** given (server_name, or the one host of the URLs when it is a name). */
+static natsStatus set_tls(lua_State *L, int t, natsOptions *o) {
+  const char *ca = NULL, *cert = NULL, *key = NULL, *host = NULL;
+  int verify = 1;
+  natsStatus s;
+  if (lua_istable(L, t)) {
+    lua_getfield(L, t, "ca");
+    ca = lua_tostring(L, -1);
+    lua_getfield(L, t, "cert");
+    cert = lua_tostring(L, -1);
+    lua_getfield(L, t, "key");
+    key = lua_tostring(L, -1);
+    lua_getfield(L, t, "server_name");
+    host = lua_tostring(L, -1);
+    lua_getfield(L, t, "verify");
+    verify = lua_isnil(L, -1) || lua_toboolean(L, -1);
+    lua_getfield(L, t, "host");                  /* (the URLs' one host, when a name) */
+    if (host == NULL) host = lua_tostring(L, -1);
+    lua_pop(L, 6);                               /* (the strings stay in the table) */
+  }
+  if ((s = natsapi.natsOptions_SetSecure(o, true)) != NATS_OK) return s;
+  if (ca != NULL && (s = natsapi.natsOptions_LoadCATrustedCertificates(o, ca)) != NATS_OK) return s;
+  if (cert != NULL &&
+      (s = natsapi.natsOptions_LoadCertificatesChain(o, cert, key ? key : cert)) != NATS_OK)
+    return s;
+  if (!verify) return natsapi.natsOptions_SkipServerVerification(o, true);
+  if (host != NULL) return natsapi.natsOptions_SetExpectedHostname(o, host);
+  return NATS_OK;
+}
+
 static int l_nats_connect(lua_State *L) {
   lua_Integer timeout = luaL_optinteger(L, 3, 2000);
   const char *name = luaL_checkstring(L, 2);
@@ -1057,7 +1099,7 @@ static int l_nats_connect(lua_State *L) {
   dial *d;
   pthread_t th;
   pthread_attr_t attr;
-  int i, n, err;
+  int i, n, err, secure = 0;
   const char *noload;
   luaL_checktype(L, 1, LUA_TTABLE);
   n = (int)luaL_len(L, 1);
@@ -1072,7 +1114,12 @@ static int l_nats_connect(lua_State *L) {
     lua_geti(L, 1, i + 1);
     urls[i] = lua_tostring(L, -1);
     luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 1, "NATS server URLs must be strings");
+    if (strncmp(urls[i], "tls://", 6) == 0) secure = 1;
     lua_pop(L, 1);                   /* the table keeps the string alive */
+  }
+  if (!lua_isnoneornil(L, 4)) {
+    luaL_checktype(L, 4, LUA_TTABLE);
+    secure = 1;
   }
   c = lua_newuserdatauv(L, sizeof *c, 0);
   memset(c, 0, sizeof *c);
@@ -1088,7 +1135,8 @@ static int l_nats_connect(lua_State *L) {
     return 2;
   }
   if ((s = natsapi.natsOptions_Create(&o)) != NATS_OK) { pushstatus(L, s); return 2; }
-  if ((s = natsapi.natsOptions_SetServers(o, urls, n)) != NATS_OK ||
+  if ((secure && (s = set_tls(L, 4, o)) != NATS_OK) ||
+      (s = natsapi.natsOptions_SetServers(o, urls, n)) != NATS_OK ||
       (s = natsapi.natsOptions_SetName(o, name)) != NATS_OK ||
       /* libnats waits this long for each server in turn: timeout_ms is
       ** the whole wait. */

@@ -95,12 +95,14 @@ static const char usage[] =
   "                 log lines up to LEVEL: error, warn, info or debug\n"
   "                 (default warn, or what MARKET_LOG says)\n"
   "  --no-drivers   do not start the timer, tcp and udp drivers\n"
-  "  --cluster nats://HOST:PORT[/NAME]\n"
+  "  --cluster nats://HOST:PORT[/NAME], --cluster tls://HOST:PORT[/NAME]\n"
   "                 join the cluster NAME (default \"market\") through the NATS\n"
   "                 server at HOST:PORT: topics wrapped in cluster.topic(...)\n"
   "                 (require \"market.cluster\") are shared with the other\n"
   "                 nodes (docs/cluster.md); the program then runs until\n"
-  "                 stopped (exit status 1 if the driver cannot connect)\n"
+  "                 stopped (exit status 1 if the driver cannot connect);\n"
+  "                 tls:// speaks TLS to the server, trusting the system's\n"
+  "                 CA certificates (or SSL_CERT_FILE's)\n"
   "  --node NAME    this node's name in the cluster (default HOST-PID;\n"
   "                 NAME-i for worker i under --workers)\n"
   "  --workers N    run N copies of the program as N processes (1 to 1024),\n"
@@ -277,17 +279,25 @@ static const char cluster_boot[] =
   "  return market.transition_no_state(market.exit(1))\n"
   "end))\n";
 
-/* Is arg nats://HOST:PORT[/NAME] as far as its shape goes: the scheme,
-** then something before the slash (libnats judges the host and port). */
+/* The length of arg's scheme and "://" when it is nats:// or tls://
+** (over TLS, with the system's CA certificates), else 0. */
+static size_t cluster_scheme(const char *arg) {
+  return strncmp(arg, "nats://", 7) == 0 ? 7 : strncmp(arg, "tls://", 6) == 0 ? 6 : 0;
+}
+
+/* Is arg nats://HOST:PORT[/NAME] (or tls://) as far as its shape goes: the
+** scheme, then something before the slash (libnats judges the host and
+** port). */
 static int cluster_url_ok(const char *arg) {
-  return strncmp(arg, "nats://", 7) == 0 && arg[7] != '\0' && arg[7] != '/';
+  size_t k = cluster_scheme(arg);
+  return k != 0 && arg[k] != '\0' && arg[k] != '/';
 }
 
 /* Split --cluster's nats://HOST:PORT[/NAME] (cluster_url_ok) into the URL
 ** and the cluster name (NULL: the default), both malloc'd; -1 out of
 ** memory. */
 static int cluster_arg(const char *arg, char **url, char **name) {
-  const char *hostport = arg + 7, *slash = strchr(hostport, '/');
+  const char *hostport = arg + cluster_scheme(arg), *slash = strchr(hostport, '/');
   size_t n;
   n = slash ? (size_t)(slash - arg) : strlen(arg);
   if ((*url = malloc(n + 1)) == NULL) return -1;
@@ -626,7 +636,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[i], "--cluster") == 0 || strcmp(argv[i], "--node") == 0) {
       if (++i >= argc) { fprintf(stderr, "market: %s needs an argument\n", argv[i - 1]); return trace_end(&trace, 2); }
       if (argv[i - 1][2] == 'c' && !cluster_url_ok(argv[i])) {
-        fprintf(stderr, "market: --cluster: '%s' is not nats://HOST:PORT[/NAME]\n", argv[i]);
+        fprintf(stderr, "market: --cluster: '%s' is not nats://HOST:PORT[/NAME] (or tls://)\n", argv[i]);
         return trace_end(&trace, 2);
       }
       continue;

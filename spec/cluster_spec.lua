@@ -25,11 +25,11 @@ local function next_event(conn, secs)
   return table.unpack(ev, 1, ev.n)
 end
 
--- dial(urls, name [, timeout_ms]): a connection once connected, or nil,
+-- dial(urls, name [, timeout_ms [, tls]]): a connection once connected, or nil,
 -- why (nats_connect returns at once; the first connect ends with the
 -- event "connected" or "failed", why).
-local function dial(urls, name, timeout)
-  local c, err = sys().nats_connect(urls, name, timeout)
+local function dial(urls, name, timeout, tls)
+  local c, err = sys().nats_connect(urls, name, timeout, tls)
   if not c then return nil, err end
   local ev, why = next_event(c, 15)
   if ev == "connected" then return c end
@@ -84,6 +84,23 @@ describe("the NATS connection (market.sys, drivers/lcluster.c)", function()
     b:close()
     b:close()                              -- twice is fine
     assert.has_error(function() b:publish("spec.x", "") end, "the NATS connection is closed")
+  end)
+
+  it("speaks TLS to a server that asks for it: its CA trusted, its name checked", function()
+    local certs = S.certificates()
+    local srv = S.server({ tls = certs })
+    assert.truthy(srv.url:match("^tls://localhost:%d+$"), srv.url)
+    local c = assert(dial({ srv.url }, "c", 5000, { ca = certs.ca, host = "localhost" }))
+    c:close()
+    -- The name the certificate must have, the CA it must come from.
+    local _, err = dial({ srv.url }, "d", 5000, { ca = certs.ca, host = "elsewhere.example" })
+    assert.matches("hostname mismatch", err)
+    _, err = dial({ srv.url }, "e", 5000)              -- the system's CAs: not this one
+    assert.matches("unable to get local issuer certificate", err)
+    _, err = dial({ "nats://127.0.0.1:" .. srv.port }, "f", 5000)   -- the server asks for TLS
+    assert.matches("unable to get local issuer certificate", err)
+    c = assert(dial({ srv.url }, "g", 5000, { verify = false }))
+    c:close()
   end)
 
   it("says nil and why when no server answers", function()
@@ -268,6 +285,29 @@ describe("market.cluster", function()
     assert.equal(1, n.a.count("presence"))
     assert.equal(1, n.b.count("presence"))
     assert.equal(0, n.c.count("presence"))
+  end)
+
+  it("runs over TLS: --cluster tls://, a driver's tls = tcp.tls{...}, and says why it cannot", function()
+    local certs = S.certificates()
+    local srv = S.server({ tls = certs })
+    -- a: --cluster tls://localhost:PORT/spec, the CA by SSL_CERT_FILE (the
+    -- system's place for it, as OpenSSL reads it); b: its own driver, the
+    -- CA in its configuration.
+    local a = S.node(PRELUDE .. [[market.perform(market.subscriber(T({"greet", _}), logging("sub")))]],
+                     { url = srv.url, name = "a", env = { SSL_CERT_FILE = certs.ca } })
+    local b = S.node(PRELUDE .. ([[
+local tcp = require "market.tcp"
+market.perform(cluster.driver{ url = %q, cluster = "spec", node = "b",
+                               tls = assert(tcp.tls{ ca = %q }) })
+market.perform(market.publisher(T({"greet", "b"}), logging("pub")))]]):format(srv.url, certs.ca),
+                     { url = srv.url, name = "b", own_driver = true })
+    a.wait('sub presence publisher/participant market-cluster(["greet", "b"])', 15)
+    b.wait('pub presence subscriber/participant market-cluster(["greet", "b"])', 15)
+    -- c trusts only the system's CAs: the driver fails, the program ends (1).
+    local c = S.node(PRELUDE, { url = srv.url, name = "c" })
+    assert(S.wait(function() return not S.alive(c.pid) end, 15), "c did not end")
+    assert.matches("market: %-%-cluster: cannot connect to NATS at tls://localhost:%d+: " ..
+                   "SSL handshake error: 20:unable to get local issuer certificate", c.out())
   end)
 
   it("carries messages and feedback both ways, once to each node, never back", function()
@@ -1068,10 +1108,10 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     assert.equal(1, status)
     assert.equal("ran\n", out)
     assert.matches("market: %-%-cluster: cannot connect to NATS at nats://127.0.0.1:" .. port, err)
-    for _, bad in ipairs { "127.0.0.1:4222", "nats://", "nats:///spec" } do
+    for _, bad in ipairs { "127.0.0.1:4222", "nats://", "nats:///spec", "tls://", "https://x:1" } do
       status, _, err = H.run(("--cluster %s -e 'local x = 1'"):format(bad))
       assert.equal(2, status)
-      assert.equal(("market: --cluster: '%s' is not nats://HOST:PORT[/NAME]\n"):format(bad), err)
+      assert.equal(("market: --cluster: '%s' is not nats://HOST:PORT[/NAME] (or tls://)\n"):format(bad), err)
     end
     status, _, err = H.run("--cluster nats://127.0.0.1:1/a.b -e 'local x = 1'")
     assert.equal(1, status)
@@ -1126,12 +1166,17 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), "--quiet")
     assert.matches(here .. "node must be a non%-empty string of letters, digits, '%-' and '_', got function$",
                    err { url = "nats://127.0.0.1:1", node = print })
     assert.matches(here .. "cluster must be .*, got table$", err { url = "nats://127.0.0.1:1", cluster = { a = 1 } })
-    assert.matches(here .. "URL 1 must be a string nats://HOST:PORT, got function$", err { urls = { print } })
-    assert.matches(here .. 'URL 1 must be a string nats://HOST:PORT, got "127.0.0.1:4222"$',
+    assert.matches(here .. "URL 1 must be a string nats://HOST:PORT %(or tls://%), got function$",
+                   err { urls = { print } })
+    assert.matches(here .. 'URL 1 must be a string nats://HOST:PORT %(or tls://%), got "127.0.0.1:4222"$',
                    err { urls = { "127.0.0.1:4222" } })
+    assert.matches(here .. "tls must be a tcp.tls configuration or true, got \"yes\"$",
+                   err { url = "tls://127.0.0.1:1", tls = "yes" })
+    assert.matches(here .. "tls: the NATS connection cannot pin %(no pin%)$",
+                   err { url = "tls://127.0.0.1:1", tls = require("market.tcp").tls{ pin = ("a"):rep(64) } })
     -- Every URL up to the list's length: a hole is no URL (it failed the
     -- driver later, in nats_connect, with "bad argument #1").
-    assert.matches(here .. "URL 2 must be a string nats://HOST:PORT, got nil$",
+    assert.matches(here .. "URL 2 must be a string nats://HOST:PORT %(or tls://%), got nil$",
                    err { urls = { "nats://127.0.0.1:1", nil, "nats://127.0.0.1:2" } })
     -- A string is shown as one, not as the number it reads as.
     assert.matches(here .. 'heartbeat_ms must be a number of milliseconds above 0, got "500"$',
@@ -1146,7 +1191,7 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), "--quiet")
                    err { url = "nats://127.0.0.1:1", max_nodes = "9" })
     -- A misspelt key was ignored: the node was named after the host.
     assert.matches(here .. "no option nodes %(url, urls, cluster, node, heartbeat_ms, " ..
-                   "lost_after_ms, max_roles, max_nodes%)$",
+                   "lost_after_ms, max_roles, max_nodes, tls%)$",
                    err { url = "nats://127.0.0.1:1", nodes = "n1" })
     -- cluster.node names the last driver made: not one refused.
     local node = cluster.node

@@ -87,6 +87,9 @@ function S.server(opts)
     local user, pass = opts.auth:match("^(.-):(.*)$")
     cmd = cmd .. (" --user %s --pass %s"):format(H.quote(user), H.quote(pass))
   end
+  if opts.tls then
+    cmd = cmd .. (" --tls --tlscert %s --tlskey %s"):format(H.quote(opts.tls.cert), H.quote(opts.tls.key))
+  end
   if opts.max_payload then
     local conf = ("%s/nats%d.conf"):format(dir, n)
     local f = assert(io.open(conf, "w"))
@@ -99,9 +102,11 @@ function S.server(opts)
     return H.slurp(("%s/nats-server_%d.ports"):format(pdir, pid))
   end, 10)
   assert(ports, "nats-server did not start: " .. (H.slurp(("%s/nats%d.log"):format(dir, n)) or ""))
-  local url = ports:match('"nats":%["(nats://[^"]+)"')
+  local url = ports:match('"nats":%["(%a+://[^"]+)"')
   local route = ports:match('"cluster":%["(nats://[^"]+)"')
-  return { pid = pid, url = url, port = math.tointeger(tonumber(url:match(":(%d+)$"))), route = route }
+  local port = math.tointeger(tonumber(url:match(":(%d+)$")))
+  if opts.tls then url = "tls://localhost:" .. port end   -- (the name its certificate has)
+  return { pid = pid, url = url, port = port, route = route }
 end
 
 -- Prepended to every node's script: output by lines, and an end after
@@ -165,6 +170,25 @@ function S.node(script, opts)
     end
   end
   return node
+end
+
+-- certificates(): a CA, and a certificate it signed for localhost and
+-- 127.0.0.1, made with openssl in the spec's directory: {ca =, cert =,
+-- key =} (paths).
+function S.certificates()
+  local dir = S.dir or S.tmpdir()
+  local status, _, err = H.sh_plain(([[
+set -e
+cd %s
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/dev/null
+openssl req -x509 -new -key ca.key -out ca.pem -days 2 -subj /CN=spec-ca 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out server.key 2>/dev/null
+openssl req -new -key server.key -out server.csr -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
+  -days 2 -extfile server.ext 2>/dev/null]]):format(H.quote(dir)))
+  assert(status == 0, "openssl could not make the certificates: " .. err)
+  return { ca = dir .. "/ca.pem", cert = dir .. "/server.pem", key = dir .. "/server.key" }
 end
 
 -- Kill every process still running (SIGKILL) and remove the directory
