@@ -160,7 +160,7 @@ const char *mkd_tls_version(const mkd_tls *t);
 ** not_before, not_after, pem) (docs/tcp.md, "TLS"); false when it gave
 ** none; NULL when out of memory.  The caller owns the term. */
 struct mk_term *mkd_tls_peer(mkd_tls *t);
-/* Adds tls_check to the market.sys table at the top of L's stack. */
+/* Adds tls_check and tls_serial to the market.sys table at the top of L's stack. */
 void mkd_open_tls(lua_State *L);
 
 /* ---- lcluster.c --------------------------------------------------------- */

@@ -202,7 +202,6 @@ local function pins(v)
   return out
 end
 
-local tls_serial = 0
 function M.tls(t)
   if t == nil then t = {} end
   if type(t) ~= "table" then error("tcp.tls: want a table of settings, got " .. type(t), 2) end
@@ -222,9 +221,8 @@ function M.tls(t)
     end
   end
   if t.key and not t.cert then error("tcp.tls: a key without its certificate (cert)", 2) end
-  tls_serial = tls_serial + 1
   local config = tls_rec(t.cert or false, t.key or false, t.ca or false, t.verify ~= false,
-                         t.server_name or false, tls_serial, pin)
+                         t.server_name or false, sys.tls_serial(), pin)
   local ok, why = sys.tls_check(config)
   if not ok then return nil, why end
   return config

@@ -462,6 +462,18 @@ void mkd_tls_close_notify(mkd_tls *t) {
 
 const char *mkd_tls_version(const mkd_tls *t) { return ssl.SSL_get_version(t->s); }
 
+/* sys.tls_serial() -> the next configuration's serial.  The contexts'
+** cache is the process's, so its keys must be too: a serial counted in
+** tcp.lua began again at 1 wherever the module was loaded again (another
+** Lua state of the process, package.loaded cleared: busted between spec
+** files), and a configuration then met the context of another one with
+** the same serial, its certificate files and all. */
+static int l_tls_serial(lua_State *L) {
+  static int64_t last;
+  lua_pushinteger(L, (lua_Integer)__atomic_add_fetch(&last, 1, __ATOMIC_RELAXED));
+  return 1;
+}
+
 /* sys.tls_check(config) -> true | nil, why: the configuration read and
 ** its context built now (and kept), so that a missing file or a bad key
 ** is tcp.tls's answer rather than every connection's failure. */
@@ -596,4 +608,6 @@ mk_term *mkd_tls_peer(mkd_tls *t) {
 void mkd_open_tls(lua_State *L) {
   lua_pushcfunction(L, l_tls_check);
   lua_setfield(L, -2, "tls_check");
+  lua_pushcfunction(L, l_tls_serial);
+  lua_setfield(L, -2, "tls_serial");
 }
