@@ -420,6 +420,19 @@ describe("TLS on TCP connections", function()
     end
   end)
 
+  -- The contexts made from configurations are cached by the process, by
+  -- serial: a module loaded again (another Lua state, package.loaded
+  -- cleared between spec files) must not count serials from 1 again, or
+  -- a configuration met another's context, its certificate and all.
+  it("numbers configurations for the whole process, across a new load of market.tcp", function()
+    local first = assert(tcp.tls{ ca = pem("ca.pem") }).serial
+    package.loaded["market.tcp"] = nil
+    local ok, again = pcall(require, "market.tcp")
+    package.loaded["market.tcp"] = tcp
+    assert.is_true(ok, again)
+    assert.is_true(assert(again.tls{ cert = pem("both.pem") }).serial > first)
+  end)
+
   it("says why a configuration cannot be used, and raises on misuse", function()
     local got = N.run(function()
       local out = {}
