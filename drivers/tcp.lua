@@ -48,7 +48,7 @@ local options_rec = market.record("tcp-options", "local", "remote", "settings")
 -- A TLS configuration (tcp.tls, below; drivers/tls.c): paths, flags and
 -- the serial of the tcp.tls call that made it.
 local tls_rec = market.record("tcp-tls", "cert", "key", "ca", "verify", "server_name", "serial",
-                              "pin")
+                              "pin", "sni")
 -- Sent by a listener for each connection it closed at once instead of
 -- taking it (a connection cap, no descriptors left), with the reason.
 local refused = market.record("tcp-refused", "listener", "remote", "reason")
@@ -184,7 +184,27 @@ end
 -- now (nil, why when they cannot be); or the same, made of the
 -- system's CA certificates, with no argument.
 local TLS_KEYS = { cert = "string", key = "string", ca = "string", verify = "boolean",
-                   server_name = "string", pin = "pin" }
+                   server_name = "string", pin = "pin", sni = "sni" }
+
+-- sni: {[name] = configuration}, a server's other certificates by the
+-- host a client names (a name, or "*.domain"): a sequence of {name,
+-- configuration} pairs, sorted by name so that equal tables give equal
+-- terms; nil and why when it is not one.
+local function snis(v)
+  if type(v) ~= "table" or next(v) == nil then return nil, "a table of names and configurations" end
+  local out = {}
+  for name, cfg in pairs(v) do
+    if type(name) ~= "string" or not name:match("^[%w%*][%w%-%.]*$") or name:find("*", 2, true) then
+      return nil, "a host name (or *.domain) as each key, got " .. show(name)
+    end
+    if not tls_rec:is(cfg) or not cfg.cert then
+      return nil, ("a tcp.tls configuration with a certificate for %s, got %s"):format(name, show(cfg))
+    end
+    out[#out + 1] = { name:lower(), cfg }
+  end
+  table.sort(out, function(a, b) return a[1] < b[1] end)
+  return out
+end
 
 -- pin: a SHA-256 fingerprint (64 hexadecimal digits, colons between the
 -- bytes or not, as openssl x509 -fingerprint -sha256 prints it), or a
@@ -205,11 +225,15 @@ end
 function M.tls(t)
   if t == nil then t = {} end
   if type(t) ~= "table" then error("tcp.tls: want a table of settings, got " .. type(t), 2) end
-  local pin = false
+  local pin, sni = false, false
   for k, v in pairs(t) do
     local want = TLS_KEYS[k]
     if not want then error("tcp.tls: unknown setting " .. show(k), 2) end
-    if want == "pin" then
+    if want == "sni" then
+      local why
+      sni, why = snis(v)
+      if not sni then error("tcp.tls: sni must be " .. why, 2) end
+    elseif want == "pin" then
       pin = pins(v)
       if not pin then
         error("tcp.tls: pin must be a SHA-256 fingerprint (64 hexadecimal digits) or a list " ..
@@ -221,15 +245,16 @@ function M.tls(t)
     end
   end
   if t.key and not t.cert then error("tcp.tls: a key without its certificate (cert)", 2) end
+  if sni and not t.cert then error("tcp.tls: sni is a server's: its own certificate (cert) too", 2) end
   local config = tls_rec(t.cert or false, t.key or false, t.ca or false, t.verify ~= false,
-                         t.server_name or false, sys.tls_serial(), pin)
+                         t.server_name or false, sys.tls_serial(), pin, sni)
   local ok, why = sys.tls_check(config)
   if not ok then return nil, why end
   return config
 end
 -- What tls = true stands for: a client's, verifying against the system's
 -- CA certificates (serial 0: read at its first connection).
-M.TLS_CLIENT = tls_rec(false, false, false, true, false, 0, false)
+M.TLS_CLIENT = tls_rec(false, false, false, true, false, 0, false, false)
 
 -- A settings sequence's value for key, the last one given, or nil.
 local function setting(seq, key)

@@ -3,7 +3,7 @@
 ** OpenSSL (Debian's libssl3; docs/packaging.md says why).
 **
 ** A connection speaks TLS when its settings carry a TLS configuration: a
-** tcp-tls(cert, key, ca, verify, server_name, serial, pin) record that
+** tcp-tls(cert, key, ca, verify, server_name, serial, pin, sni) record that
 ** tcp.tls() made (drivers/tcp.lua).  The record is plain data (paths,
 ** flags), so it travels in tcp-options like any setting and a manager can
 ** always build the OpenSSL context it describes; the contexts built are
@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -60,7 +61,9 @@
   X(X509_get0_notBefore) X(X509_get0_notAfter) X(ASN1_TIME_to_tm) X(ASN1_INTEGER_to_BN) \
   X(ASN1_STRING_get0_data) X(ASN1_STRING_length) X(BN_bn2hex) X(BN_free) X(CRYPTO_free) \
   X(EVP_sha256) X(GENERAL_NAMES_free) X(OPENSSL_sk_num) X(OPENSSL_sk_value) \
-  X(BIO_new) X(BIO_s_mem) X(BIO_free) X(BIO_ctrl) X(PEM_write_bio_X509)
+  X(BIO_new) X(BIO_s_mem) X(BIO_free) X(BIO_ctrl) X(PEM_write_bio_X509) \
+  X(SSL_CTX_callback_ctrl) X(SSL_get_servername) X(SSL_set_SSL_CTX) X(SSL_set_ex_data) \
+  X(SSL_get_ex_data)
 
 #define TLS_FIELD(f) __typeof__(&f) f;
 static struct { TLS_API(TLS_FIELD) } ssl;
@@ -114,9 +117,11 @@ typedef struct tls_conf {
   int64_t serial;
   mk_term *pin;      /* the peer certificates' SHA-256 fingerprints taken (strings of
                      ** 64 lower-case hexadecimal digits), a sequence; NULL: none */
+  mk_term *sni;      /* a server's other certificates by the name a client asks
+                     ** for: a sequence of [name, configuration]; NULL: none */
 } tls_conf;
 
-enum { F_CERT, F_KEY, F_CA, F_VERIFY, F_NAME, F_SERIAL, F_PIN, NFIELDS };
+enum { F_CERT, F_KEY, F_CA, F_VERIFY, F_NAME, F_SERIAL, F_PIN, F_SNI, NFIELDS };
 
 /* A string field, or false: NULL.  -1: neither (or a NUL inside). */
 static int str_field(const mk_term *t, const char **s) {
@@ -153,6 +158,19 @@ static const char *read_conf(const mk_term *t, tls_conf *cf) {
     cf->pin = f[F_PIN];
   } else if (f[F_PIN]->kind != MK_FALSE) {
     return "a TLS configuration's pin must be a sequence of fingerprints or false";
+  }
+  cf->sni = NULL;
+  if (f[F_SNI]->kind == MK_SEQ) {
+    uint32_t i;
+    for (i = 0; i < f[F_SNI]->n; i++) {
+      const mk_term *kv = mk_items(f[F_SNI])[i];
+      if (kv->kind != MK_SEQ || kv->n != 2 || mk_items(kv)[0]->kind != MK_STR ||
+          !mkd_tls_is_config(mk_items(kv)[1]))
+        return "a TLS configuration's sni must be pairs of a name and a configuration";
+    }
+    cf->sni = f[F_SNI];
+  } else if (f[F_SNI]->kind != MK_FALSE) {
+    return "a TLS configuration's sni must be a sequence of pairs or false";
   }
   cf->verify = f[F_VERIFY]->kind == MK_TRUE;
   cf->serial = f[F_SERIAL]->v.i;
@@ -192,6 +210,49 @@ static int readable_path(const char *what, const char *path, int dir_ok, char *w
   return S_ISDIR(st.st_mode);
 }
 
+/* A session (mkd.h): owned by its manager. */
+struct mkd_tls {
+  SSL *s;
+  mk_term *pin;      /* (tls_conf's, a reference of the session's own) */
+  mk_term *sni;      /* (the same) */
+};
+
+static SSL_CTX *context(const tls_conf *cf, char *why, size_t size);
+
+/* Whether the name a client asked for (SNI) is `pattern`: the same name,
+** or under a wildcard's domain ("*.example.com": one label more). */
+static int sni_matches(const char *name, const mk_term *pattern) {
+  const char *p = mk_strdata(pattern), *dot;
+  if (strcasecmp(name, p) == 0) return 1;
+  return p[0] == '*' && p[1] == '.' && (dot = strchr(name, '.')) != NULL && dot != name &&
+         strcasecmp(dot + 1, p + 2) == 0;
+}
+
+/* A server's client named a host (SNI): the session takes the context of
+** the configuration given for that name (tcp.tls's sni), the first that
+** matches; any other name, or none, keeps the server's own certificate. */
+static int on_servername(SSL *s, int *alert, void *arg) {
+  const mkd_tls *t = ssl.SSL_get_ex_data(s, 0);
+  const char *name = ssl.SSL_get_servername(s, TLSEXT_NAMETYPE_host_name);
+  uint32_t i;
+  (void)alert;
+  (void)arg;
+  if (t == NULL || t->sni == NULL || name == NULL) return SSL_TLSEXT_ERR_OK;
+  for (i = 0; i < t->sni->n; i++) {
+    const mk_term *kv = mk_items(t->sni)[i];
+    tls_conf cf;
+    SSL_CTX *ctx;
+    char why[256];
+    if (!sni_matches(name, mk_items(kv)[0])) continue;
+    if (read_conf(mk_items(kv)[1], &cf) != NULL || cf.cert == NULL ||
+        (ctx = context(&cf, why, sizeof why)) == NULL)
+      return SSL_TLSEXT_ERR_OK;          /* (tcp.tls checked it: not met) */
+    ssl.SSL_set_SSL_CTX(s, ctx);
+    return SSL_TLSEXT_ERR_OK;
+  }
+  return SSL_TLSEXT_ERR_OK;
+}
+
 /* A new context for cf: NULL and why on failure. */
 static SSL_CTX *build(const tls_conf *cf, char *why, size_t size) {
   SSL_CTX *ctx;
@@ -226,6 +287,8 @@ static SSL_CTX *build(const tls_conf *cf, char *why, size_t size) {
   /* No session tickets: market's clients do not resume, and each one
   ** cost a server a write after the handshake. */
   ssl.SSL_CTX_set_num_tickets(ctx, 0);
+  if (cf->sni != NULL)
+    ssl.SSL_CTX_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, (void (*)(void))on_servername);
   if (cf->cert) {
     snprintf(what, sizeof what, "tls: the certificate %s", cf->cert);
     if (ssl.SSL_CTX_use_certificate_chain_file(ctx, cf->cert) != 1) goto fail;
@@ -276,10 +339,6 @@ static SSL_CTX *context(const tls_conf *cf, char *why, size_t size) {
 
 /* ---- sessions --------------------------------------------------------------- */
 
-struct mkd_tls {
-  SSL *s;
-  mk_term *pin;      /* (tls_conf's, a reference of the session's own) */
-};
 
 /* x's SHA-256 fingerprint (of its DER) in hex: 64 lower-case digits, or
 ** "" when it cannot be had. */
@@ -339,6 +398,7 @@ mkd_tls *mkd_tls_new(const mk_term *config, int fd, int server, const char *host
   if ((ctx = context(&cf, why, size)) == NULL) return NULL;
   if ((t = malloc(sizeof *t)) == NULL) { snprintf(why, size, "out of memory"); return NULL; }
   t->pin = cf.pin != NULL ? mk_ref(cf.pin) : NULL;
+  t->sni = server && cf.sni != NULL ? mk_ref(cf.sni) : NULL;
   ssl.ERR_clear_error();
   if ((t->s = ssl.SSL_new(ctx)) == NULL || ssl.SSL_set_fd(t->s, fd) != 1) {
     ssl_reason("tls: cannot make a session", why, size);
@@ -348,6 +408,7 @@ mkd_tls *mkd_tls_new(const mk_term *config, int fd, int server, const char *host
   name = cf.server_name ? cf.server_name : host;
   if (server) {
     ssl.SSL_set_accept_state(t->s);
+    if (t->sni != NULL) ssl.SSL_set_ex_data(t->s, 0, t);   /* (on_servername) */
     /* A server given CA certificates asks its clients for theirs; so
     ** does one that pins them, which without CAs takes any chain. */
     if (cf.ca && cf.verify)
@@ -380,6 +441,7 @@ void mkd_tls_free(mkd_tls *t) {
   if (t == NULL) return;
   if (t->s != NULL) ssl.SSL_free(t->s);
   mk_unref(t->pin);
+  mk_unref(t->sni);
   free(t);
 }
 

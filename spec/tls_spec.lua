@@ -39,6 +39,8 @@ ca other-ca
 signed server ca "DNS:localhost,IP:127.0.0.1"
 signed client ca "DNS:client"
 signed stranger other-ca "DNS:localhost,IP:127.0.0.1"
+signed other ca "DNS:other.test"
+signed wild ca "DNS:*.wild.test"
 cat server.pem server.key >both.pem
 ]]):format(H.quote(dir), H.quote(dir)))
   assert(status == 0, "openssl could not make the certificates: " .. err)
@@ -55,6 +57,18 @@ local function echo_server(cfg, count)
     if count then count[1] = count[1] + 1 end
     for line in conn:lines() do conn:send("echo: " .. line .. "\n") end
   end, { framing = "line", tls = cfg }))
+end
+
+-- What a client with configuration cfg gets back for "me" from echo_server at port: the line, or why not;
+-- after the subject of the server's certificate when `subject`.
+local function echoed(port, cfg, subject)
+  local c, why = tcp.connect("127.0.0.1", port, { framing = "line", tls = cfg })
+  if not c then return why end
+  local said = subject and c:peer_certificate().subject .. " " or ""
+  c:send("me\n")
+  local line, e = c:receive(5000)
+  c:close()
+  return said .. (line or e or "closed")
 end
 
 describe("TLS on TCP connections", function()
@@ -214,15 +228,7 @@ describe("TLS on TCP connections", function()
         assert(tcp.tls{ ca = pem("ca.pem"), cert = pem("client.pem"), key = pem("client.key") }),
         assert(tcp.tls{ ca = pem("ca.pem") }),
       } do
-        local c, why = tcp.connect("127.0.0.1", srv.port, { framing = "line", tls = cfg })
-        if c then
-          c:send("me\n")
-          local line, e = c:receive(5000)
-          out[i] = line or e or "closed"
-          c:close()
-        else
-          out[i] = why
-        end
+        out[i] = echoed(srv.port, cfg)
       end
       srv:close()
       return out
@@ -365,29 +371,21 @@ describe("TLS on TCP connections", function()
     local got = N.run(function()
       local out = {}
       local srv = echo_server(assert(tcp.tls{ cert = pem("both.pem") }))
-      local function try(port, cfg)
-        local c, why = tcp.connect("127.0.0.1", port, { framing = "line", tls = cfg })
-        if not c then return why end
-        c:send("me\n")
-        local line, e = c:receive(5000)
-        c:close()
-        return line or e or "closed"
-      end
       -- A client: verify = false with a pin trusts that certificate only
       -- (a self-signed server); with verify, both must hold.
-      out[1] = try(srv.port, assert(tcp.tls{ verify = false, pin = server_fp }))
-      out[2] = try(srv.port, assert(tcp.tls{ verify = false, pin = { ("0"):rep(64), server_fp } }))
-      out[3] = try(srv.port, assert(tcp.tls{ verify = false, pin = client_fp }))
-      out[4] = try(srv.port, assert(tcp.tls{ ca = pem("ca.pem"), pin = client_fp }))
+      out[1] = echoed(srv.port, assert(tcp.tls{ verify = false, pin = server_fp }))
+      out[2] = echoed(srv.port, assert(tcp.tls{ verify = false, pin = { ("0"):rep(64), server_fp } }))
+      out[3] = echoed(srv.port, assert(tcp.tls{ verify = false, pin = client_fp }))
+      out[4] = echoed(srv.port, assert(tcp.tls{ ca = pem("ca.pem"), pin = client_fp }))
       srv:close()
       -- A server pinning its clients' certificates, without CAs to verify them.
       local count = { 0 }
       srv = echo_server(assert(tcp.tls{ cert = pem("both.pem"), pin = client_fp }), count)
-      out[5] = try(srv.port, assert(tcp.tls{ verify = false, cert = pem("client.pem"),
+      out[5] = echoed(srv.port, assert(tcp.tls{ verify = false, cert = pem("client.pem"),
                                              key = pem("client.key") }))
-      out[6] = try(srv.port, assert(tcp.tls{ verify = false, cert = pem("stranger.pem"),
+      out[6] = echoed(srv.port, assert(tcp.tls{ verify = false, cert = pem("stranger.pem"),
                                              key = pem("stranger.key") }))
-      out[7] = try(srv.port, assert(tcp.tls{ verify = false }))
+      out[7] = echoed(srv.port, assert(tcp.tls{ verify = false }))
       out.sessions = count[1]
       srv:close()
       -- http.serve pinning its clients: the request carries the certificate.
@@ -418,6 +416,33 @@ describe("TLS on TCP connections", function()
       assert.matches("tcp.tls: pin must be a SHA-256 fingerprint (64 hexadecimal digits) or a list " ..
                      "of them, got ", err, 1, true)
     end
+  end)
+
+  it("serves another certificate to a client that names another host (sni)", function()
+    local got = N.run(function()
+      local out = {}
+      local srv = echo_server(assert(tcp.tls{ cert = pem("both.pem"), sni = {
+        ["Other.test"] = assert(tcp.tls{ cert = pem("other.pem"), key = pem("other.key") }),
+        ["*.wild.test"] = assert(tcp.tls{ cert = pem("wild.pem"), key = pem("wild.key") }) } }))
+      for i, name in ipairs { "other.test", "a.wild.test", "localhost", "nobody.test", "b.a.wild.test" } do
+        out[i] = echoed(srv.port, assert(tcp.tls{ ca = pem("ca.pem"), server_name = name }), true)
+      end
+      srv:close()
+      return out
+    end, 30000)
+    assert.equal("CN=other echo: me", got[1])
+    assert.equal("CN=wild echo: me", got[2])
+    assert.equal("CN=server echo: me", got[3])                   -- the server's own
+    assert.matches("tls: certificate verify failed %(hostname mismatch%)", got[4])   -- (its own, then)
+    assert.matches("tls: certificate verify failed %(hostname mismatch%)", got[5])   -- one label only
+    for _, bad in ipairs { { [1] = "x" }, { ["a b"] = true }, { ok = tcp.tls{ ca = pem("ca.pem") } }, "x" } do
+      local ok, err = pcall(tcp.tls, { cert = pem("both.pem"), sni = bad })
+      assert.is_false(ok)
+      assert.matches("tcp.tls: sni must be ", err, 1, true)
+    end
+    local ok, err = pcall(tcp.tls, { sni = { a = tcp.tls{ cert = pem("both.pem") } } })
+    assert.is_false(ok)
+    assert.matches("tcp.tls: sni is a server's: its own certificate (cert) too", err, 1, true)
   end)
 
   -- The contexts made from configurations are cached by the process, by
