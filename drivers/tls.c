@@ -63,7 +63,7 @@
   X(EVP_sha256) X(GENERAL_NAMES_free) X(OPENSSL_sk_num) X(OPENSSL_sk_value) \
   X(BIO_new) X(BIO_s_mem) X(BIO_free) X(BIO_ctrl) X(PEM_write_bio_X509) \
   X(SSL_CTX_callback_ctrl) X(SSL_get_servername) X(SSL_set_SSL_CTX) X(SSL_set_ex_data) \
-  X(SSL_get_ex_data)
+  X(SSL_get_ex_data) X(SSL_get_SSL_CTX) X(SSL_CTX_get_cert_store)
 
 #define TLS_FIELD(f) __typeof__(&f) f;
 static struct { TLS_API(TLS_FIELD) } ssl;
@@ -244,10 +244,16 @@ static int on_servername(SSL *s, int *alert, void *arg) {
     SSL_CTX *ctx;
     char why[256];
     if (!sni_matches(name, mk_items(kv)[0])) continue;
+    X509_STORE *trust;
     if (read_conf(mk_items(kv)[1], &cf) != NULL || cf.cert == NULL ||
         (ctx = context(&cf, why, sizeof why)) == NULL)
       return SSL_TLSEXT_ERR_OK;          /* (tcp.tls checked it: not met) */
+    /* The certificate is the name's; the CAs that clients' certificates
+    ** are verified against stay the server's, as the verify mode does
+    ** (the session's own): OpenSSL would take the new context's. */
+    trust = ssl.SSL_CTX_get_cert_store(ssl.SSL_get_SSL_CTX(s));
     ssl.SSL_set_SSL_CTX(s, ctx);
+    ssl.SSL_ctrl(s, SSL_CTRL_SET_VERIFY_CERT_STORE, 1, trust);
     return SSL_TLSEXT_ERR_OK;
   }
   return SSL_TLSEXT_ERR_OK;

@@ -428,11 +428,19 @@ describe("TLS on TCP connections", function()
         out[i] = echoed(srv.port, assert(tcp.tls{ ca = pem("ca.pem"), server_name = name }), true)
       end
       srv:close()
+      -- A server that asks for client certificates verifies them against
+      -- its own CAs whichever name was asked for (the name's has none).
+      srv = echo_server(assert(tcp.tls{ cert = pem("both.pem"), ca = pem("ca.pem"), sni = {
+        ["other.test"] = assert(tcp.tls{ cert = pem("other.pem"), key = pem("other.key") }) } }))
+      out.client = echoed(srv.port, assert(tcp.tls{ ca = pem("ca.pem"), server_name = "other.test",
+                                                    cert = pem("client.pem"), key = pem("client.key") }), true)
+      srv:close()
       return out
     end, 30000)
     assert.equal("CN=other echo: me", got[1])
     assert.equal("CN=wild echo: me", got[2])
     assert.equal("CN=server echo: me", got[3])                   -- the server's own
+    assert.equal("CN=other echo: me", got.client)
     assert.matches("tls: certificate verify failed %(hostname mismatch%)", got[4])   -- (its own, then)
     assert.matches("tls: certificate verify failed %(hostname mismatch%)", got[5])   -- one label only
     for _, bad in ipairs { { [1] = "x" }, { ["a b"] = true }, { ok = tcp.tls{ ca = pem("ca.pem") } }, "x" } do
