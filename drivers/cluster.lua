@@ -718,7 +718,7 @@ local function nats_tls(tls, urls)
   end
   if host and (host:match("^[%d.]+$") or host:find(":", 1, true)) then host = nil end
   return { ca = tls.ca or nil, cert = tls.cert or nil, key = tls.key or nil, verify = tls.verify,
-           server_name = tls.server_name or nil, host = host }
+           host = tls.server_name or host }
 end
 
 -- driver{url= | urls=, cluster=, node=, heartbeat_ms=, lost_after_ms=,

@@ -1054,11 +1054,11 @@ static void *connect_thread(void *arg) {
 }
 
 /* The TLS of the options o, from the table at index t (nats_connect's
-** fourth argument: ca, cert, key, server_name strings, verify a boolean;
+** fourth argument: ca, cert, key and host strings, verify a boolean;
 ** drivers/cluster.lua makes it from a tcp.tls configuration), or plain
 ** TLS with the system's CA certificates when t is none: the servers' URLs
-** say tls://.  libnats verifies the chain; the name only when it is
-** given (server_name, or the one host of the URLs when it is a name). */
+** say tls://.  libnats verifies the chain; the name only when one is
+** given (host: server_name, or the one host of the URLs when a name). */
 static natsStatus set_tls(lua_State *L, int t, natsOptions *o) {
   const char *ca = NULL, *cert = NULL, *key = NULL, *host = NULL;
   int verify = 1;
@@ -1070,13 +1070,11 @@ static natsStatus set_tls(lua_State *L, int t, natsOptions *o) {
     cert = lua_tostring(L, -1);
     lua_getfield(L, t, "key");
     key = lua_tostring(L, -1);
-    lua_getfield(L, t, "server_name");
+    lua_getfield(L, t, "host");
     host = lua_tostring(L, -1);
     lua_getfield(L, t, "verify");
     verify = lua_isnil(L, -1) || lua_toboolean(L, -1);
-    lua_getfield(L, t, "host");                  /* (the URLs' one host, when a name) */
-    if (host == NULL) host = lua_tostring(L, -1);
-    lua_pop(L, 6);                               /* (the strings stay in the table) */
+    lua_pop(L, 5);                               /* (the strings stay in the table) */
   }
   if ((s = natsapi.natsOptions_SetSecure(o, true)) != NATS_OK) return s;
   if (ca != NULL && (s = natsapi.natsOptions_LoadCATrustedCertificates(o, ca)) != NATS_OK) return s;

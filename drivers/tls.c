@@ -242,9 +242,9 @@ static int on_servername(SSL *s, int *alert, void *arg) {
     const mk_term *kv = mk_items(t->sni)[i];
     tls_conf cf;
     SSL_CTX *ctx;
+    X509_STORE *trust;
     char why[256];
     if (!sni_matches(name, mk_items(kv)[0])) continue;
-    X509_STORE *trust;
     if (read_conf(mk_items(kv)[1], &cf) != NULL || cf.cert == NULL ||
         (ctx = context(&cf, why, sizeof why)) == NULL)
       return SSL_TLSEXT_ERR_OK;          /* (tcp.tls checked it: not met) */

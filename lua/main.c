@@ -489,9 +489,9 @@ static void set_memory_limit(long long given, char *said, size_t size) {
   if (given >= 0) {
     bytes = (size_t)given;
   } else {
-    from = cg != 0 && (ram == 0 || cg < ram) ? "7/8 of the cgroup's memory limit"
-                                               : "7/8 of the machine's memory";
-    bytes = cg != 0 && (ram == 0 || cg < ram) ? cg : ram;
+    int by_cgroup = cg != 0 && (ram == 0 || cg < ram);
+    from = by_cgroup ? "7/8 of the cgroup's memory limit" : "7/8 of the machine's memory";
+    bytes = by_cgroup ? cg : ram;
     bytes -= bytes / 8;
   }
   if (w != NULL && (slash = strchr(w, '/')) != NULL && (n = atol(slash + 1)) < 1) n = 1;
