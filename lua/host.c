@@ -182,14 +182,18 @@ static void append(char **buf, size_t *len, const char *fmt, ...) {
 
 char *mk_crash_format(const mk_crash *c) {
   size_t len = 0, i;
-  char *s = calloc(1, 1), *name;
+  char *s = calloc(1, 1), *name, *message;
   if (c == NULL) return s;
-  /* Names with their control bytes escaped (json.h): a name made of
-  ** what a peer sent cannot add lines to the report. */
+  /* Names with their control bytes escaped, the reason as a message is
+  ** in a log line (json.h): neither a name nor an error made of what a
+  ** peer sent can add lines to the report or drive a terminal. */
   name = c->name ? mk_name_escaped(c->name) : NULL;
+  message = mk_text_escaped(c->message, strlen(c->message));
   append(&s, &len, "market: %s #%llu%s%s failed: %s\n", c->vm, (unsigned long long)c->pid,
-         c->name ? " " : "", name ? name : c->name ? c->name : "", c->message);
+         c->name ? " " : "", name ? name : c->name ? c->name : "",
+         message ? message : c->message);
   free(name);
+  free(message);
   if (c->traceback) append(&s, &len, "%s\n", c->traceback);
   append(&s, &len, c->nendpoints ? "endpoints:\n" : "endpoints: none\n");
   for (i = 0; i < c->nendpoints; i++) {

@@ -132,6 +132,7 @@ static char *makeline(int level, mk_proc *p, const char *msg, unsigned carry) {
   char when[32], more[48] = "", pid[32] = "";
   const char *name = p ? mk_proc_name(p) : NULL;
   char *escaped = name ? mk_name_escaped(name) : NULL, *line;
+  char *text = mk_text_escaped(msg, strlen(msg));   /* a message holds what a peer sent */
   clock_gettime(CLOCK_REALTIME, &ts);
   gmtime_r(&ts.tv_sec, &tm);
   strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
@@ -139,8 +140,10 @@ static char *makeline(int level, mk_proc *p, const char *msg, unsigned carry) {
   if (p) snprintf(pid, sizeof pid, " #%llu", (unsigned long long)mk_proc_pid(p));
   line = mkl_format("%s.%03dZ %s %s%s%s%s: %s%s", when, (int)(ts.tv_nsec / 1000000),
                     mk_log_level_name(level), p ? mk_vm_path(mk_proc_vm(p)) : "-", pid,
-                    name ? " " : "", escaped ? escaped : name ? name : "", msg, more);
+                    name ? " " : "", escaped ? escaped : name ? name : "", text ? text : msg,
+                    more);
   free(escaped);
+  free(text);
   return line;
 }
 

@@ -77,6 +77,50 @@ static size_t utf8len(const unsigned char *s, size_t n) {
   return len;
 }
 
+/* How many bytes at s (n left) a message shows as they are: a printable
+** ASCII byte, a tab, or a whole UTF-8 character other than the C1
+** controls (U+0080 to U+009F, which some terminals obey as ESC [ and the
+** like); 0 for anything else. */
+static size_t shownlen(const unsigned char *s, size_t n) {
+  size_t len;
+  if (s[0] == '\t' || (s[0] >= 0x20 && s[0] < 0x7f)) return 1;
+  if (s[0] < 0x80) return 0;
+  len = utf8len(s, n);
+  return len == 2 && s[0] == 0xc2 && s[1] < 0xa0 ? 0 : len;
+}
+
+void mk_jbuf_addtext(mk_jbuf *b, const char *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  const unsigned char *u = (const unsigned char *)s;
+  size_t i = 0;
+  while (i < n) {
+    size_t run = i, len;
+    while (run < n && (len = shownlen(u + run, n - run)) > 0) run += len;
+    if (run > i) { mk_jbuf_add(b, s + i, run - i); i = run; continue; }
+    if (u[i] == '\r' && i + 1 < n && u[i + 1] == '\n') i++;    /* CR LF: one break */
+    if (u[i] == '\n') {
+      mk_jbuf_add(b, "\n\t", 2);
+    } else if (u[i] == '\r') {
+      mk_jbuf_add(b, "\\r", 2);
+    } else {
+      char e[4] = {'\\', 'x', hex[u[i] >> 4], hex[u[i] & 15]};
+      mk_jbuf_add(b, e, 4);
+    }
+    i++;
+  }
+}
+
+char *mk_text_escaped(const char *s, size_t n) {
+  mk_jbuf b = {NULL, 0, 0, 0};
+  const unsigned char *u = (const unsigned char *)s;
+  size_t i = 0, len;
+  while (i < n && (len = shownlen(u + i, n - i)) > 0) i += len;
+  if (i == n) return NULL;               /* the common case: a scan */
+  mk_jbuf_addtext(&b, s, n);
+  if (b.oom) { free(b.p); return NULL; }
+  return b.p;
+}
+
 int mk_json_str(mk_jbuf *b, const char *s, size_t n, int lax) {
   static const char hex[] = "0123456789abcdef";
   size_t i = 0;

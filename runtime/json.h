@@ -2,9 +2,9 @@
 ** json.h: terms written as JSON (docs/inspect.md, "Terms in JSON"), and
 ** the growing buffer they are written into.  One encoder for the trace's
 ** JSON lines (trace.c) and for snapshots (lua/lsnap.c), so that both give
-** a term the same form.  The buffer also writes names into lines of
-** text (mk_jbuf_addname: trace.c's text lines, lua/llog.c, lua/host.c's
-** crash reports).  Internal to the library: not installed.
+** a term the same form.  The buffer also writes names and messages into
+** lines of text (mk_jbuf_addname, mk_jbuf_addtext: trace.c's text lines,
+** lua/llog.c, lua/host.c's crash reports).  Internal to the library: not installed.
 */
 #ifndef MK_JSON_H
 #define MK_JSON_H
@@ -27,12 +27,26 @@ void mk_jbuf_adds(mk_jbuf *b, const char *s);
 /* A name (a process's, an endpoint's) in a line of text: its control
 ** bytes (below 0x20, and 0x7f) written as \n, \r, \t or \xHH, so that
 ** a name made from what a peer sent cannot break the line in two, forge
-** another, or drive a terminal (docs/inspect.md, "Names in text").  Other
-** bytes, the backslash among them, are written as they are.
+** another, or drive a terminal (docs/inspect.md, "Names and messages in
+** text").  Other bytes, the backslash among them, are written as they
+** are.
 ** mk_name_escaped: the same as a malloc'd string, or NULL when s has
 ** nothing to escape (or memory ran out: s is then shown as it is). */
 void mk_jbuf_addname(mk_jbuf *b, const char *s);
 char *mk_name_escaped(const char *s);
+
+/* A message (a log line's, a crash report's reason) in text: shown as
+** it is but for what could forge a line or drive a terminal.  A line
+** break (LF, or CR LF) stays one, and the next line begins with a tab,
+** so that no line of a message can pass for a line of its own (a log
+** line's timestamp, a report's "market: ... failed"); another CR is \r,
+** other control bytes and the C1 controls are \xHH, and so is each
+** byte that is not part of a UTF-8 character.  Tabs and the backslash
+** are as they are.  mk_text_escaped: the same as a malloc'd string, or
+** NULL when s has nothing to change (or memory ran out: s is then shown
+** as it is). */
+void mk_jbuf_addtext(mk_jbuf *b, const char *s, size_t n);
+char *mk_text_escaped(const char *s, size_t n);
 
 /* s (n bytes) as a JSON string: ", \ and control characters escaped.
 ** Bytes that are not UTF-8 become U+FFFD when lax; otherwise returns 0 at

@@ -113,6 +113,38 @@ describe("crash reports", function()
     assert.falsy(err:find("forged line", 1, true) and not err:find("\\nforged line", 1, true))
   end)
 
+  -- A message is the program's, but what it says is often a peer's
+  -- ("bad request: " .. line): a line break in it forged a log line or a
+  -- report of its own, and ESC drove the terminal.  Its lines stay lines,
+  -- each after the first begun with a tab; control bytes, C1 controls and
+  -- bytes that are no UTF-8 are \xHH.  A Lua sink still gets the message
+  -- as it was said, beside the line.
+  it("shows messages with later lines indented and control bytes escaped, in log lines and reports",
+     function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      local forged = "one\n2026-12-06T00:00:00.000Z error - forged\r\nmarket: ground #1 x failed: no" ..
+        "\rover\27[2J\1\127 \194\155 \255 caf\195\169\ttab \\ end"
+      market.log.warn("said %s", forged)
+      local lines = {}
+      market.log.sink(function(level, line, message) lines[#lines + 1] = {line, message} end)
+      market.log.warn("said %s", forged)
+      market.log.sink(nil)
+      io.write(lines[1][1], "|", tostring(lines[1][2] == "said " .. forged), "\n")
+      market.perform(market.spawn(function() error("bad: " .. forged, 0) end, { name = "p" }))
+    ]], "--no-drivers")
+    assert.equal(0, status, err)
+    local shown = "one\n\t2026%-12%-06T00:00:00%.000Z error %- forged\n\tmarket: ground #1 x failed: " ..
+      "no\\rover\\x1b%[2J\\x01\\x7f \\xc2\\x9b \\xff café\ttab \\ end"
+    local TIME = "%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ "
+    assert.matches("^" .. TIME .. "warn ground #1 [^\n]*: said " .. shown .. "\n", err)
+    assert.matches("^" .. TIME .. "warn ground #1 [^\n]*: said " .. shown .. "|true\n$", out)
+    assert.matches("\nmarket: ground #%d+ p failed: bad: " .. shown .. "\nstack traceback:\n", err)
+    assert.equal(1, #heads(err), err)
+    assert.falsy(err:find("\27", 1, true), err)
+    assert.falsy(err:find("\n2026-12-06T00:00:00", 1, true), err)
+  end)
+
   it("a strict error (an endpoint re-added with another role) points at the program's line",
      function()
     local status, _, err = H.run_script([[
