@@ -243,11 +243,12 @@ static int is_trace_option(const char *opt) {
   return 0;
 }
 
-/* The drivers' warnings (they name themselves: "market.tcp: ..."). */
+/* Lua's warnings (warn(), "error in __gc (...)"): log lines at warn, so
+** that they carry the time and the process, go to a sink, and a message
+** made of what a peer sent cannot forge a line (docs/inspect.md). */
 static void warning_line(mk_host *h, const char *message, void *ud) {
-  (void)h;
   (void)ud;
-  fprintf(stderr, "%s\n", message);
+  mk_host_log(h, MK_LOG_WARN, message);
 }
 
 /* Crash reports under --quiet: only the boot process's, whose failure is

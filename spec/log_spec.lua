@@ -179,4 +179,27 @@ describe("market.log", function()
                    "datagram[^\n]*\nafter\n$", out)
     assert.equal("", err)
   end)
+
+  -- Lua's warn() and a finalizer's error came to stderr bare: no time, no
+  -- process, no sink, and what the message held written raw.
+  it("the interpreter logs Lua's warnings: warn() and an error in __gc", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      market.log.sink(function(level, line, message) print(level, message) end)
+      market.perform(market.spawn(function()
+        warn("disk ", "almost full")
+        setmetatable({}, { __gc = function() error("finalizer broke", 0) end })
+        collectgarbage()
+      end, { name = "w" }))
+      market.pause()
+      market.log.sink(nil)
+      warn("said\nforged")
+    ]], "--no-drivers")
+    assert.equal(0, status, err)
+    assert.equal("warn\tdisk almost full\nwarn\terror in __gc (finalizer broke)\n", out)
+    assert.matches("^" .. TIME .. " warn ground #%d+ [^\n]*: said\n\tforged\n$", err)
+    status, _, err = H.run_script("warn('quiet')", "--no-drivers --log-level error")
+    assert.equal(0, status, err)
+    assert.equal("", err)
+  end)
 end)
