@@ -94,6 +94,7 @@
 #include <lua.h>
 #include <lauxlib.h>
 
+#include "mkd.h"
 #include "mkl.h"
 
 /*
@@ -155,6 +156,7 @@ static void nats_load(void) {
     nats_failed = nats_why;
     return;
   }
+  mkd_openssl_no_atexit(lib);     /* before libnats initializes OpenSSL */
 #define NATS_LOAD(f) \
   if ((*(void **)&natsapi.f = dlsym(lib, #f)) == NULL) { \
     snprintf(nats_why, sizeof nats_why, "libnats (%s) has no %s", nats_sonames[0], #f); \
@@ -169,8 +171,6 @@ static const char *nats_open(void) {
   pthread_once(&nats_once, nats_load);
   return nats_failed;
 }
-
-#include "mkd.h"
 
 #define CONN_MT "market.sys.nats"
 #define QUEUE_MAX ((size_t)64 << 20)

@@ -169,4 +169,9 @@ void mkd_open_tls(lua_State *L);
 ** stack: the NATS connection of the cluster driver (see lcluster.c). */
 void mkd_open_cluster(lua_State *L);
 
+/* Ask OpenSSL, through the library handle lib that brings it (libssl,
+** libnats), for no cleanup at exit, where other threads may still be in
+** it (tls.c says more).  Call it before anything initializes OpenSSL. */
+void mkd_openssl_no_atexit(void *lib);
+
 #endif

@@ -91,6 +91,7 @@ static void ssl_load(void) {
     ssl_failed = ssl_why;
     return;
   }
+  mkd_openssl_no_atexit(lib);
   /* (dlsym on libssl's handle finds libcrypto's functions too: it is
   ** among the handle's dependencies.) */
 #define TLS_LOAD(f) \
@@ -101,6 +102,23 @@ static void ssl_load(void) {
   }
   TLS_API(TLS_LOAD)
 #undef TLS_LOAD
+}
+
+/*
+** OpenSSL cleans itself up at exit (an atexit handler, registered by its
+** first initialization), while threads may still be inside it: libnats's
+** connect and reader threads, in a handshake or a read, when a program
+** exits with a cluster connection still being made (a segfault, status
+** 139, one exit in ten).  Nothing is gained by the cleanup at exit, so
+** whoever opens a library that brings libcrypto asks for none, before
+** anything initializes it: lib is the handle (libssl's, libnats's; dlsym
+** searches its dependencies).  If OpenSSL was initialized before (a host
+** that uses it too), its handler stays: this is then too late to help.
+*/
+void mkd_openssl_no_atexit(void *lib) {
+  int (*init)(uint64_t, const void *);
+  *(void **)&init = dlsym(lib, "OPENSSL_init_crypto");
+  if (init != NULL) (void)init(OPENSSL_INIT_NO_ATEXIT, NULL);
 }
 
 static const char *ssl_open(void) {

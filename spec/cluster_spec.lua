@@ -310,6 +310,26 @@ market.perform(market.publisher(T({"greet", "b"}), logging("pub")))]]):format(sr
                    "SSL handshake error: 20:unable to get local issuer certificate", c.out())
   end)
 
+  -- libnats connects on a thread of its own: a program that exited while
+  -- that thread was in the TLS handshake met OpenSSL's cleanup at exit in
+  -- it (a segfault, status 139, in about one exit of four).
+  it("exits with its own status while its TLS connection is being made", function()
+    local certs = S.certificates()
+    local srv = S.server({ tls = certs })
+    local path = H.tempfile(([[
+local market = require "market"
+local cluster = require "market.cluster"
+local tcp = require "market.tcp"
+market.perform(cluster.driver{ url = %q, node = "x", tls = assert(tcp.tls{ ca = %q }) })
+market.perform(market.exit(3))]]):format(srv.url, certs.ca))
+    local bad = {}
+    for _ = 1, 40 do
+      local status, _, err = H.sh(H.quote(H.market_bin()) .. " " .. path)
+      if status ~= 3 then bad[#bad + 1] = ("status %s: %s"):format(status, err) end
+    end
+    assert.same({}, bad)
+  end)
+
   it("carries messages and feedback both ways, once to each node, never back", function()
     local srv = S.server()
     local chat = [[
