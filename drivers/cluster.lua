@@ -697,11 +697,22 @@ function M.leave(node)
   return market.send(M.leave_record(node == nil and _ or node))
 end
 
+-- A URL's host: a name, an IPv4 address, or an IPv6 one without its
+-- brackets (nats://user:pass@[::1]:4222).
+local function url_host(u)
+  local rest = u:match("^%a+://[^/@]*@(.*)$") or u:match("^%a+://(.*)$")
+  return rest:match("^%[([^%]]*)%]") or rest:match("^([^/:]*)")
+end
+
 -- The driver's tls option (a tcp.tls configuration, or true: the
 -- system's CA certificates) as sys.nats_connect takes it: a table of its
--- files and flags, and the host the certificate must name (server_name,
--- else the URLs' one host when it is a name, not an address); nil, the
--- URLs decide (tls://).  Raises on what libnats cannot do.
+-- files and flags, and the host the certificate must name: server_name,
+-- else the URLs' one host (a name, or an address: OpenSSL checks it
+-- against the certificate's IP addresses).  libnats checks one name for
+-- every server, and none unless told: URLs of several hosts with no
+-- server_name would have taken any certificate of a trusted CA from any
+-- of them (with the system's CAs, anybody's), so they are refused unless
+-- verification is off.  nil: no TLS.  Raises on what cannot be done.
 local function nats_tls(tls, urls)
   if tls == nil or tls == false then return nil end
   local tcp = require "market.tcp"
@@ -710,15 +721,34 @@ local function nats_tls(tls, urls)
     error("market.cluster.driver: tls must be a tcp.tls configuration or true, got " .. show(tls), 3)
   end
   if tls.pin then error("market.cluster.driver: tls: the NATS connection cannot pin (no pin)", 3) end
-  local host
-  for i, u in ipairs(urls) do
-    local h = u:match("^%a+://[^/@]*@([^/:]+)") or u:match("^%a+://([^/:]+)")
-    if i > 1 and h ~= host then host = nil; break end
-    host = h
+  local host = tls.server_name or nil
+  if not host and tls.verify then
+    local hosts, seen = {}, {}
+    for _, u in ipairs(urls) do
+      local h = url_host(u)
+      if h ~= "" and not seen[h:lower()] then
+        seen[h:lower()] = true
+        hosts[#hosts + 1] = h
+      end
+    end
+    host = hosts[1]
+    if #hosts > 1 then
+      error(("market.cluster.driver: tls: the URLs name %d hosts (%s), and libnats checks every " ..
+             "server's certificate against one name: give tls.server_name, a name all of their " ..
+             "certificates carry"):format(#hosts, table.concat(hosts, ", ")), 3)
+    end
   end
-  if host and (host:match("^[%d.]+$") or host:find(":", 1, true)) then host = nil end
   return { ca = tls.ca or nil, cert = tls.cert or nil, key = tls.key or nil, verify = tls.verify,
-           host = tls.server_name or host }
+           host = host }
+end
+
+-- Whether a URL of the list says tls://: then TLS with the system's CAs,
+-- and the name checked, unless the tls option says otherwise (any of them,
+-- not the first only: libnats would speak TLS to them all, checking no
+-- name).
+local function any_tls(urls)
+  for _, u in ipairs(urls) do if u:match("^tls://") then return true end end
+  return nil
 end
 
 -- driver{url= | urls=, cluster=, node=, heartbeat_ms=, lost_after_ms=,
@@ -759,8 +789,7 @@ function M.driver(opts)
     cluster = check_name("cluster", opts.cluster or "market"),
     node = check_name("node", opts.node or (host:gsub("[^%w_%-]", "-") .. "-" .. pid)),
     heartbeat_ms = check_ms("heartbeat_ms", opts.heartbeat_ms, 500),
-    -- (tls:// URLs alone: TLS with the system's CAs, the name checked)
-    tls = nats_tls(opts.tls == nil and urls[1]:match("^tls://") and true or opts.tls, urls),
+    tls = nats_tls(opts.tls == nil and any_tls(urls) or opts.tls, urls),
   }
   cfg.lost_after_ms = check_ms("lost_after_ms", opts.lost_after_ms, 4 * cfg.heartbeat_ms)
   for key, default in pairs { max_roles = 100000, max_nodes = 10000 } do

@@ -308,6 +308,18 @@ market.perform(market.publisher(T({"greet", "b"}), logging("pub")))]]):format(sr
     assert(S.wait(function() return not S.alive(c.pid) end, 15), "c did not end")
     assert.matches("market: %-%-cluster: cannot connect to NATS at tls://localhost:%d+: " ..
                    "SSL handshake error: 20:unable to get local issuer certificate", c.out())
+    -- An address in the URL is checked against the certificate's (it was
+    -- not checked at all): d's server has none, e's has 127.0.0.1.
+    local named = S.certificates("DNS:localhost")
+    local by_name = S.server({ tls = named })
+    local d = S.node(PRELUDE, { url = "tls://127.0.0.1:" .. by_name.port, name = "d",
+                                env = { SSL_CERT_FILE = named.ca } })
+    assert(S.wait(function() return not S.alive(d.pid) end, 15), "d did not end")
+    assert.matches("cannot connect to NATS at tls://127%.0%.0%.1:%d+: SSL handshake error: " ..
+                   "64:IP address mismatch", d.out())
+    local e = S.node(PRELUDE .. [[market.perform(market.subscriber(T({"greet", _}), logging("sub")))]],
+                     { url = "tls://127.0.0.1:" .. srv.port, name = "e", env = { SSL_CERT_FILE = certs.ca } })
+    e.wait('sub presence publisher/participant market-cluster(["greet", "b"])', 15)
   end)
 
   -- libnats connects on a thread of its own: a program that exited while
@@ -1194,6 +1206,27 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), "--quiet")
                    err { url = "tls://127.0.0.1:1", tls = "yes" })
     assert.matches(here .. "tls: the NATS connection cannot pin %(no pin%)$",
                    err { url = "tls://127.0.0.1:1", tls = require("market.tcp").tls{ pin = ("a"):rep(64) } })
+    -- libnats checks one name for all the servers, and none unless told:
+    -- several hosts took any trusted certificate from any of them.  Any
+    -- tls:// URL makes it TLS, not the first only (the second list's
+    -- tls:// went unchecked).
+    local several = "tls: the URLs name 2 hosts %(a%.example, b%.example%), and libnats checks " ..
+      "every server's certificate against one name: give tls%.server_name, a name all of their " ..
+      "certificates carry$"
+    assert.matches(here .. several, err { urls = { "tls://a.example:1", "tls://u:p@b.example:2",
+                                                   "tls://A.example:3" } })
+    assert.matches(here .. several, err { urls = { "nats://a.example:1", "tls://b.example:1" } })
+    assert.matches(here .. several, err { urls = { "nats://a.example:1", "nats://b.example:1" },
+                                          tls = true })
+    local tcp = require "market.tcp"
+    for _, ok in ipairs { { urls = { "tls://a.example:1", "tls://a.example:2" } },
+                          { urls = { "tls://[::1]:1", "nats://[::1]:2" } },
+                          { urls = { "tls://a.example:1", "tls://b.example:1" },
+                            tls = tcp.tls{ server_name = "nats.example" } },
+                          { urls = { "tls://a.example:1", "tls://b.example:1" },
+                            tls = tcp.tls{ verify = false } } } do
+      assert(pcall(cluster.driver, ok))
+    end
     -- Every URL up to the list's length: a hole is no URL (it failed the
     -- driver later, in nats_connect, with "bad argument #1").
     assert.matches(here .. "URL 2 must be a string nats://HOST:PORT %(or tls://%), got nil$",

@@ -172,11 +172,13 @@ function S.node(script, opts)
   return node
 end
 
--- certificates(): a CA, and a certificate it signed for localhost and
--- 127.0.0.1, made with openssl in the spec's directory: {ca =, cert =,
--- key =} (paths).
-function S.certificates()
-  local dir = S.dir or S.tmpdir()
+-- certificates([names]): a CA, and a certificate it signed for localhost
+-- and 127.0.0.1 (or the subject alternative names given, as openssl
+-- writes them: "DNS:localhost"), made with openssl in a directory of
+-- their own under the spec's: {ca =, cert =, key =} (paths).
+function S.certificates(names)
+  local base = S.dir or S.tmpdir()
+  local dir = assert(io.popen("mktemp -d " .. H.quote(base) .. "/certs-XXXXXX")):read("l")
   local status, _, err = H.sh_plain(([[
 set -e
 cd %s
@@ -184,9 +186,9 @@ openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/de
 openssl req -x509 -new -key ca.key -out ca.pem -days 2 -subj /CN=spec-ca 2>/dev/null
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out server.key 2>/dev/null
 openssl req -new -key server.key -out server.csr -subj /CN=localhost 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >server.ext
+printf 'subjectAltName=%s\n' >server.ext
 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
-  -days 2 -extfile server.ext 2>/dev/null]]):format(H.quote(dir)))
+  -days 2 -extfile server.ext 2>/dev/null]]):format(H.quote(dir), names or "DNS:localhost,IP:127.0.0.1"))
   assert(status == 0, "openssl could not make the certificates: " .. err)
   return { ca = dir .. "/ca.pem", cert = dir .. "/server.pem", key = dir .. "/server.key" }
 end
