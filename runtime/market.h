@@ -294,7 +294,9 @@ char *mk_crash_format(const mk_crash *crash);
 ** lines in 10 s, and the next one after says "(N more suppressed)".
 **
 ** mk_host_on_log: fn receives each line (borrowed for the call, no
-** newline) and its level; fn NULL: lines go to stderr (the default).  A
+** newline at its end; a message's later lines begin with a tab, and its
+** control bytes are escaped: docs/inspect.md, "Names and messages in
+** text") and its level; fn NULL: lines go to stderr (the default).  A
 ** sink set from Lua (market.log.sink) comes first.
 ** mk_host_set_log_level: MK_OK, or MK_EINVAL for a level out of range.
 ** mk_host_log: log `message` as the host's (no process), MK_OK.
