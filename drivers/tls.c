@@ -109,7 +109,7 @@ static void ssl_load(void) {
 ** first initialization), while threads may still be inside it: libnats's
 ** connect and reader threads, in a handshake or a read, when a program
 ** exits with a cluster connection still being made (a segfault, status
-** 139, one exit in ten).  Nothing is gained by the cleanup at exit, so
+** 139, one such exit in four).  Nothing is gained by the cleanup at exit, so
 ** whoever opens a library that brings libcrypto asks for none, before
 ** anything initializes it: lib is the handle (libssl's, libnats's; dlsym
 ** searches its dependencies).  If OpenSSL was initialized before (a host

@@ -4,7 +4,8 @@
 ** JSON lines (trace.c) and for snapshots (lua/lsnap.c), so that both give
 ** a term the same form.  The buffer also writes names and messages into
 ** lines of text (mk_jbuf_addname, mk_jbuf_addtext: trace.c's text lines,
-** lua/llog.c, lua/host.c's crash reports).  Internal to the library: not installed.
+** lua/llog.c, lua/host.c's crash reports).  Internal to the library: not
+** installed.
 */
 #ifndef MK_JSON_H
 #define MK_JSON_H
