@@ -18,6 +18,7 @@
 
 #include "market.h"
 #include "check.h"
+#include "json.h"      /* mk_text_escaped */
 #include "pool.h"      /* MK_SANITIZED */
 #include "term.h"      /* mk_term_live */
 #include "stackuse.h"
@@ -1504,7 +1505,93 @@ static void free_from_watcher(void) {
   ev_loop_destroy(loop);
 }
 
+/* ---- messages in text (json.h, mk_text_escaped) ------------------------- */
+
+/* Whether text (n bytes) is safe in a line: no control byte but tabs,
+** and newlines (with breaks) each followed by a tab; every other byte part
+** of a UTF-8 character that is no C1 control. */
+static int safe_text(const char *text, size_t n, int breaks) {
+  const unsigned char *u = (const unsigned char *)text;
+  size_t i = 0;
+  while (i < n) {
+    size_t len = 1, k;
+    if (u[i] == '\n') {
+      if (!breaks || i + 1 >= n || u[i + 1] != '\t') return 0;
+    } else if (u[i] < 0x20 ? u[i] != '\t' : u[i] == 0x7f) {
+      return 0;
+    } else if (u[i] >= 0x80) {
+      /* the second byte's range for each lead byte: no overlong form, no
+      ** surrogate, nothing past U+10FFFF, no C1 control (RFC 3629) */
+      unsigned lo = 0x80, hi = 0xbf;
+      len = u[i] > 0xf4 ? 0 : u[i] >= 0xf0 ? 4 : u[i] >= 0xe0 ? 3 : u[i] >= 0xc2 ? 2 : 0;
+      if (u[i] == 0xc2) lo = 0xa0;
+      if (u[i] == 0xe0) lo = 0xa0;
+      if (u[i] == 0xed) hi = 0x9f;
+      if (u[i] == 0xf0) lo = 0x90;
+      if (u[i] == 0xf4) hi = 0x8f;
+      if (len == 0 || i + len > n || u[i + 1] < lo || u[i + 1] > hi) return 0;
+      for (k = 2; k < len; k++) if ((u[i + k] & 0xc0) != 0x80) return 0;
+    }
+    i += len;
+  }
+  return 1;
+}
+
+static void text_escaped(void) {
+  static const struct { const char *in, *out; } cases[] = {
+    {"plain text, caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\ttab \\ back", NULL},
+    {"one\ntwo", "one\n\ttwo"},
+    {"one\r\ntwo\n", "one\n\ttwo\n\t"},
+    {"over\rwrite", "over\\rwrite"},
+    {"\x1b[2J\x01\x7f", "\\x1b[2J\\x01\\x7f"},
+    {"c1 \xc2\x9b and \xc2\xa0", "c1 \\xc2\\x9b and \xc2\xa0"},
+    {"bad \xff \xc0\xaf \xed\xa0\x80 cut \xe2\x82", "bad \\xff \\xc0\\xaf \\xed\\xa0\\x80 cut \\xe2\\x82"},
+  };
+  unsigned char buf[64];
+  size_t i, j;
+  unsigned seed = 12345;
+  for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char *t = mk_text_escaped(cases[i].in, strlen(cases[i].in));
+    if (cases[i].out == NULL) CHECK(t == NULL);
+    else CHECK(t != NULL && strcmp(t, cases[i].out) == 0);
+    free(t);
+  }
+  {   /* a NUL inside is a control byte like the others */
+    char *t = mk_text_escaped("a\0b", 3);
+    CHECK(t != NULL && strcmp(t, "a\\x00b") == 0);
+    free(t);
+  }
+  /* Every byte, every pair of bytes but those led by NUL, and random
+  ** strings of up to 63 bytes
+  ** drawn from the bytes that matter: the text is safe, and nothing to
+  ** change means the string was safe already, with no line break. */
+  for (i = 0; i < 65536 + 200000; i++) {
+    size_t n;
+    char *t;
+    if (i < 65536) {
+      n = i < 256 ? 1 : 2;
+      buf[0] = (unsigned char)(n == 1 ? i : i >> 8);
+      buf[1] = (unsigned char)i;
+    } else {
+      static const unsigned char pick[] = {'a', ' ', '\t', '\n', '\r', 0, 0x1b, 0x7f, 0x80, 0x9b,
+                                           0xbf, 0xc2, 0xc3, 0xe2, 0xed, 0xf0, 0xf4, 0xff};
+      seed = seed * 1103515245u + 12345u;
+      n = (seed >> 16) % sizeof buf;
+      for (j = 0; j < n; j++) {
+        seed = seed * 1103515245u + 12345u;
+        buf[j] = pick[(seed >> 16) % sizeof pick];
+      }
+    }
+    t = mk_text_escaped((const char *)buf, n);
+    if (t == NULL) CHECK(safe_text((const char *)buf, n, 0));
+    else CHECK(safe_text(t, strlen(t), 1) && !safe_text((const char *)buf, n, 0));
+    free(t);
+    if (check_failed_now) break;
+  }
+}
+
 int main(void) {
+  RUN(text_escaped);
   RUN(new_and_free);
   RUN(boxes_released);
   RUN(spawn_errors);
