@@ -1562,9 +1562,9 @@ static void text_escaped(void) {
     free(t);
   }
   /* Every byte, every pair of bytes but those led by NUL, and random
-  ** strings of up to 63 bytes
-  ** drawn from the bytes that matter: the text is safe, and nothing to
-  ** change means the string was safe already, with no line break. */
+  ** strings of up to 63 bytes drawn from the bytes that matter: the text
+  ** is safe, and nothing to change means the string was safe already,
+  ** with no line break. */
   for (i = 0; i < 65536 + 200000; i++) {
     size_t n;
     char *t;
