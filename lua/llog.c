@@ -104,6 +104,12 @@ static int admit(logstate *ls, int level, const char *key, unsigned *carry) {
   return 1;
 }
 
+void mkl_text_line(FILE *f, const char *prefix, const char *message) {
+  char *text = mk_text_escaped(message, strlen(message));
+  fprintf(f, "%s%s\n", prefix, text ? text : message);
+  free(text);
+}
+
 char *mkl_vformat(const char *fmt, va_list ap) {
   va_list aq;
   char *s;
@@ -189,8 +195,9 @@ void mkl_log(lua_State *L, mk_proc *p, int level, const char *key, const char *m
     }
     ls->insink = 0;
     /* The line is not lost: it goes where it would without the sink. */
-    fprintf(stderr, "market: the log sink failed: %s\n",
-            lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(error object is not a string)");
+    mkl_text_line(stderr, "market: the log sink failed: ",
+                  lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                 : "(error object is not a string)");
     lua_pop(L, 1);
   }
   if (ls->fn != NULL) ls->fn(ls->ud, level, line);

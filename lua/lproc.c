@@ -2854,8 +2854,9 @@ static void lua_crash(mk_host *h, const mk_crash *c, void *ud) {
   text = mk_crash_format(c);
   if (text != NULL) fputs(text, stderr);
   free(text);
-  fprintf(stderr, "market: on_crash failed: %s\n",
-          lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(error object is not a string)");
+  mkl_text_line(stderr, "market: on_crash failed: ",
+                lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                               : "(error object is not a string)");
   lua_pop(L, 1);
 }
 

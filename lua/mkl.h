@@ -5,6 +5,7 @@
 #define MKL_H
 
 #include <stdarg.h>
+#include <stdio.h>
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -181,6 +182,10 @@ typedef void (*mkl_log_fn)(void *ud, int level, const char *line);
 ** memory. */
 char *mkl_vformat(const char *fmt, va_list ap);
 char *mkl_format(const char *fmt, ...);
+/* prefix, then message as a log line shows a message (json.h,
+** mk_text_escaped), then a newline, to f: for what market says about a
+** sink or a callback that failed, outside the log. */
+void mkl_text_line(FILE *f, const char *prefix, const char *message);
 void mkl_log(lua_State *L, mk_proc *p, int level, const char *key, const char *msg);
 void mkl_logf(lua_State *L, mk_proc *p, int level, const char *key, const char *fmt, ...);
 int mkl_log_enabled(lua_State *L, int level);
