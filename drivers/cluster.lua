@@ -697,6 +697,15 @@ function M.leave(node)
   return market.send(M.leave_record(node == nil and _ or node))
 end
 
+-- Whether a URL of the list says tls://: then TLS with the system's CAs,
+-- and the name checked, unless the tls option says otherwise (any of them,
+-- not the first only: libnats would speak TLS to them all, checking no
+-- name).
+local function any_tls(urls)
+  for _, u in ipairs(urls) do if u:match("^tls://") then return true end end
+  return nil
+end
+
 -- A URL's host: a name, an IPv4 address, or an IPv6 one without its
 -- brackets (nats://user:pass@[::1]:4222).
 local function url_host(u)
@@ -714,6 +723,9 @@ end
 -- of them (with the system's CAs, anybody's), so they are refused unless
 -- verification is off.  nil: no TLS.  Raises on what cannot be done.
 local function nats_tls(tls, urls)
+  if tls == false and any_tls(urls) then    -- (libnats would speak it, checking nothing)
+    error("market.cluster.driver: tls = false, but a URL says tls://", 3)
+  end
   if tls == nil or tls == false then return nil end
   local tcp = require "market.tcp"
   if tls == true then tls = tcp.TLS_CLIENT end
@@ -740,15 +752,6 @@ local function nats_tls(tls, urls)
   end
   return { ca = tls.ca or nil, cert = tls.cert or nil, key = tls.key or nil, verify = tls.verify,
            host = host }
-end
-
--- Whether a URL of the list says tls://: then TLS with the system's CAs,
--- and the name checked, unless the tls option says otherwise (any of them,
--- not the first only: libnats would speak TLS to them all, checking no
--- name).
-local function any_tls(urls)
-  for _, u in ipairs(urls) do if u:match("^tls://") then return true end end
-  return nil
 end
 
 -- driver{url= | urls=, cluster=, node=, heartbeat_ms=, lost_after_ms=,

@@ -1218,6 +1218,9 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), "--quiet")
     assert.matches(here .. several, err { urls = { "nats://a.example:1", "tls://b.example:1" } })
     assert.matches(here .. several, err { urls = { "nats://a.example:1", "nats://b.example:1" },
                                           tls = true })
+    -- (tls = false beside a tls:// URL: libnats spoke TLS, checking nothing)
+    assert.matches(here .. "tls = false, but a URL says tls://$",
+                   err { urls = { "nats://a.example:1", "tls://a.example:1" }, tls = false })
     local tcp = require "market.tcp"
     for _, ok in ipairs { { urls = { "tls://a.example:1", "tls://a.example:2" } },
                           { urls = { "tls://[::1]:1", "nats://[::1]:2" } },
