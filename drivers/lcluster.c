@@ -156,7 +156,7 @@ static void nats_load(void) {
     nats_failed = nats_why;
     return;
   }
-  mkd_openssl_no_atexit(lib);     /* before libnats initializes OpenSSL */
+  mkd_openssl_prepare(lib);       /* before libnats initializes OpenSSL */
 #define NATS_LOAD(f) \
   if ((*(void **)&natsapi.f = dlsym(lib, #f)) == NULL) { \
     snprintf(nats_why, sizeof nats_why, "libnats (%s) has no %s", nats_sonames[0], #f); \

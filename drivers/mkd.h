@@ -169,9 +169,10 @@ void mkd_open_tls(lua_State *L);
 ** stack: the NATS connection of the cluster driver (see lcluster.c). */
 void mkd_open_cluster(lua_State *L);
 
-/* Ask OpenSSL, through the library handle lib that brings it (libssl,
-** libnats), for no cleanup at exit, where other threads may still be in
-** it (tls.c says more).  Call it before anything initializes OpenSSL. */
-void mkd_openssl_no_atexit(void *lib);
+/* Prepare OpenSSL, through the library handle lib that brings it (libssl,
+** libnats): its memory counted with the pool's, and no cleanup at exit,
+** where other threads may still be in it (tls.c says more).  Call it
+** before anything uses OpenSSL. */
+void mkd_openssl_prepare(void *lib);
 
 #endif

@@ -43,6 +43,7 @@
 
 #include "mkl.h"
 #include "mkd.h"
+#include "pool.h"      /* mk_pool_lib_malloc */
 
 #define TLS_API(X) \
   X(TLS_method) X(SSL_CTX_new) X(SSL_CTX_free) X(SSL_CTX_ctrl) X(SSL_CTX_set_options) \
@@ -91,7 +92,7 @@ static void ssl_load(void) {
     ssl_failed = ssl_why;
     return;
   }
-  mkd_openssl_no_atexit(lib);
+  mkd_openssl_prepare(lib);
   /* (dlsym on libssl's handle finds libcrypto's functions too: it is
   ** among the handle's dependencies.) */
 #define TLS_LOAD(f) \
@@ -105,18 +106,49 @@ static void ssl_load(void) {
 }
 
 /*
-** OpenSSL cleans itself up at exit (an atexit handler, registered by its
-** first initialization), while threads may still be inside it: libnats's
-** connect and reader threads, in a handshake or a read, when a program
-** exits with a cluster connection still being made (a segfault, status
-** 139, one such exit in four).  Nothing is gained by the cleanup at exit, so
-** whoever opens a library that brings libcrypto asks for none, before
-** anything initializes it: lib is the handle (libssl's, libnats's; dlsym
-** searches its dependencies).  If OpenSSL was initialized before (a host
-** that uses it too), its handler stays: this is then too late to help.
+** Whoever opens a library that brings libcrypto (libssl here, libnats in
+** lcluster.c) prepares OpenSSL before anything else can use it: lib is
+** the handle (dlsym searches its dependencies).
+**
+** Its memory is counted with the pool's (runtime/pool.h,
+** mk_pool_lib_malloc): an idle TLS connection holds some 16 KB of
+** OpenSSL's, which the memory limit did not see, so that ten thousand of
+** them could pass a cgroup's limit while the count stayed under its own.
+** OpenSSL takes the functions only before its first allocation.
+**
+** And it is asked for no cleanup at exit (an atexit handler its first
+** initialization registers), where threads may still be inside it:
+** libnats's connect and reader threads, in a handshake or a read, when a
+** program exits with a cluster connection still being made (a segfault,
+** status 139, one such exit in four).  Nothing is gained by the cleanup
+** at exit.
+**
+** If OpenSSL was in use before (a host that uses it too), neither takes:
+** its memory is then not counted, and its handler stays.
 */
-void mkd_openssl_no_atexit(void *lib) {
+static void *ossl_malloc(size_t n, const char *file, int line) {
+  (void)file;
+  (void)line;
+  return mk_pool_lib_malloc(n);
+}
+
+static void *ossl_realloc(void *p, size_t n, const char *file, int line) {
+  (void)file;
+  (void)line;
+  return mk_pool_lib_realloc(p, n);
+}
+
+static void ossl_free(void *p, const char *file, int line) {
+  (void)file;
+  (void)line;
+  mk_pool_lib_free(p);
+}
+
+void mkd_openssl_prepare(void *lib) {
+  int (*set_mem)(CRYPTO_malloc_fn, CRYPTO_realloc_fn, CRYPTO_free_fn);
   int (*init)(uint64_t, const void *);
+  *(void **)&set_mem = dlsym(lib, "CRYPTO_set_mem_functions");
+  if (set_mem != NULL) (void)set_mem(ossl_malloc, ossl_realloc, ossl_free);
   *(void **)&init = dlsym(lib, "OPENSSL_init_crypto");
   if (init != NULL) (void)init(OPENSSL_INIT_NO_ATEXIT, NULL);
 }

@@ -2,6 +2,7 @@
 ** pool.c: the small-block cache (see pool.h).
 */
 #include <malloc.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -102,6 +103,15 @@ unsigned long mk_pool_nspent;
 static size_t limit, used;
 static int slack;
 
+/* Bytes libraries hold through mk_pool_lib_malloc and its kin (OpenSSL's,
+** on libnats's threads too): counted with `used`, but atomic, and never
+** refused (pool.h). */
+static atomic_size_t outside;
+
+static size_t total(void) {
+  return used + atomic_load_explicit(&outside, memory_order_relaxed);
+}
+
 static int spend(void) {
   if (reserve == NULL) return 0;
   free(reserve);
@@ -133,8 +143,8 @@ int mk_pool_reserve(void) {
   /* Over the limit still (the failed process's heap not yet collected):
   ** the reserve waits, and with it the margin it gives.  What the cache
   ** keeps of the failed process's goes back first. */
-  if (limit != 0 && used > limit && cached > linecached) mk_pool_trim();
-  if (limit != 0 && used > limit) return 0;
+  if (limit != 0 && total() > limit && cached > linecached) mk_pool_trim();
+  if (limit != 0 && total() > limit) return 0;
   reserve = malloc(MK_POOL_RESERVE);
   if (reserve == NULL && cached > 0) {
     mk_pool_trim();
@@ -159,7 +169,8 @@ void mk_pool_unreserve(void) {
 */
 void mk_pool_set_limit(size_t bytes) { limit = bytes; }
 size_t mk_pool_limit(void) { return limit; }
-size_t mk_pool_used(void) { return used; }
+
+size_t mk_pool_used(void) { return total(); }
 
 static size_t ceiling(void) { return slack ? limit + MK_POOL_RESERVE : limit; }
 
@@ -174,13 +185,13 @@ static size_t ceiling(void) { return slack ? limit + MK_POOL_RESERVE : limit; }
 static int room(size_t n, int strict) {
   if (cached > linecached) {
     mk_pool_trim();
-    if (used + n <= ceiling()) return 1;
+    if (total() + n <= ceiling()) return 1;
   }
   if (n <= MK_POOL_RESERVE && spend()) return 1;
   return !strict;
 }
 
-#define OVER(n) (limit != 0 && used + (n) > ceiling())
+#define OVER(n) (limit != 0 && total() + (n) > ceiling())
 
 void mk_pool_map(size_t n) {
   if (OVER(n)) room(n, 0);
@@ -188,6 +199,36 @@ void mk_pool_map(size_t n) {
 }
 
 void mk_pool_unmap(size_t n) { used -= n; }
+
+/* Any thread: only the count is touched, atomically; what the limit does
+** about it (the cache trimmed, the reserve spent, a Lua request refused)
+** is done at the pool's next request on the VM's thread. */
+void *mk_pool_lib_malloc(size_t n) {
+  void *p = malloc(n);
+  if (p != NULL) atomic_fetch_add_explicit(&outside, malloc_usable_size(p), memory_order_relaxed);
+  return p;
+}
+
+void *mk_pool_lib_realloc(void *p, size_t n) {
+  size_t was = p != NULL ? malloc_usable_size(p) : 0;
+  void *q;
+  if (n == 0 && p != NULL) {      /* glibc's realloc(p, 0) frees p */
+    mk_pool_lib_free(p);
+    return NULL;
+  }
+  q = realloc(p, n);
+  if (q != NULL) {
+    atomic_fetch_sub_explicit(&outside, was, memory_order_relaxed);
+    atomic_fetch_add_explicit(&outside, malloc_usable_size(q), memory_order_relaxed);
+  }
+  return q;
+}
+
+void mk_pool_lib_free(void *p) {
+  if (p == NULL) return;
+  atomic_fetch_sub_explicit(&outside, malloc_usable_size(p), memory_order_relaxed);
+  free(p);
+}
 
 static void *grab(size_t n, int strict) {
   void *p;

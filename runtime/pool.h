@@ -147,8 +147,10 @@ void mk_pool_unreserve(void);
 ** mk_pool_alloc, mk_pool_alloc_at and mk_pool_lalloc, in use or cached;
 ** so the Lua states on mk_pool_lalloc (the interpreter's, a C host's
 ** made by mk_host_new), terms, queued events (and the queues' blocks:
-** mk_pool_map), processes, endpoints and routing nodes.  Not counted: the malloc, calloc and realloc above
-** (tables of the VM and the drivers), libraries' own (libev, OpenSSL,
+** mk_pool_map), processes, endpoints and routing nodes, and what
+** libraries hold through mk_pool_lib_malloc (OpenSSL's: its sessions and
+** buffers, drivers/tls.c).  Not counted: the malloc, calloc and realloc
+** above (tables of the VM and the drivers), other libraries' own (libev,
 ** libnats), a Lua state another host made (lua5.4's) unless its cache
 ** counts (mk_pool_over_count: a ground VM on it does), code and stacks.
 ** 0, the default: no limit.  The count costs nothing on a block the
@@ -163,6 +165,15 @@ size_t mk_pool_used(void);
 ** mk_pool_unmap once they are unmapped. */
 void mk_pool_map(size_t n);
 void mk_pool_unmap(size_t n);
+/* malloc, realloc and free for a library's own memory, counted as the
+** pool's blocks are (mk_pool_used) but never refused for the limit: a
+** library may call them on threads of its own (libnats's), where the
+** limit can do nothing but count; past it, the next request of the pool's
+** own meets it.  A block from them may also go to plain free (it is
+** malloc's): the count then keeps its bytes. */
+void *mk_pool_lib_malloc(size_t n);
+void *mk_pool_lib_realloc(void *p, size_t n);
+void mk_pool_lib_free(void *p);
 /* The memory limit of the control group this program runs in, in bytes:
 ** the least of its own group's and its parents' (cgroup v2 memory.max,
 ** v1 memory.limit_in_bytes); 0 when there is none or it cannot be read.

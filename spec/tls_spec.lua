@@ -112,6 +112,48 @@ describe("TLS on TCP connections", function()
     assert.same({ "TLSv1.3", "TLSv1.3" }, got[3])
   end)
 
+  -- OpenSSL's memory (some 10 KB a session) was outside the memory
+  -- limit's count: ten thousand idle TLS connections could pass a
+  -- cgroup's limit while the count stayed under its own.  A hundred
+  -- connections, both ends in one program, plain and then over TLS (so
+  -- that TLS meets the pool's cache as warm as plain left it): TLS's
+  -- count grows by what OpenSSL holds besides.
+  it("counts OpenSSL's memory with the memory limit's", function()
+    local status, out, err = H.run_script(([[
+      local market = require "market"
+      local tcp = require "market.tcp"
+      local function used() return select(2, market.memory_limit()) end
+      local function per_connection(server_cfg, client_cfg)
+        local srv = assert(tcp.serve(0, function(conn)
+          for line in conn:lines() do conn:send(line .. "\n") end
+        end, { framing = "line", tls = server_cfg }))
+        local function open()
+          local c = assert(tcp.connect("127.0.0.1", srv.port, { framing = "line", tls = client_cfg }))
+          c:send("hi\n")
+          assert(c:receive() == "hi")
+          return c
+        end
+        local first = open()
+        collectgarbage(); collectgarbage()
+        local before, conns = used(), {}
+        for i = 1, 100 do conns[i] = open() end
+        collectgarbage(); collectgarbage()
+        local grew = (used() - before) / 100
+        for _, c in ipairs(conns) do c:close() end
+        first:close(); srv:close()
+        return grew
+      end
+      local plain = per_connection(nil, nil)
+      local tls = per_connection(assert(tcp.tls{ cert = %q, key = %q }),
+                                 assert(tcp.tls{ ca = %q }))
+      print(math.floor(plain), math.floor(tls))
+    ]]):format(pem("server.pem"), pem("server.key"), pem("ca.pem")), "--max-activation 0")
+    assert.equal(0, status, err)
+    local plain, tls = out:match("^(%d+)\t(%d+)\n$")
+    assert(plain, out)
+    assert(tonumber(tls) - tonumber(plain) > 8000, out)
+  end)
+
   it("delivers what a TLS record holds beyond read_size, framed, without waiting for the socket",
      function()
     local got = N.run(function()

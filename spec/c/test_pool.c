@@ -2,6 +2,7 @@
 ** test_pool.c: the small-block cache (runtime/pool.h).
 */
 #include <malloc.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -507,6 +508,51 @@ static void limit_counts_over_another (void) {
 
 /* The cgroup's memory limit, read from a tree made here: the least of the
 ** group's and its parents' (v2), the memory controller's (v1), none. */
+/* A library's memory (mk_pool_lib_malloc: OpenSSL's) is in the count, on
+** any thread, and never refused; a Lua request past the limit meets it;
+** realloc to 0 frees. */
+static void *lib_churn(void *arg) {
+  void *p[64] = {0};
+  int i;
+  (void)arg;
+  for (i = 0; i < 20000; i++) {
+    int k = i % 64;
+    mk_pool_lib_free(p[k]);
+    p[k] = mk_pool_lib_malloc(16 + (size_t)(i % 200));
+    if (i % 7 == 0) p[k] = mk_pool_lib_realloc(p[k], 300 + (size_t)(i % 3000));
+  }
+  for (i = 0; i < 64; i++) mk_pool_lib_free(p[i]);
+  return NULL;
+}
+
+static void limit_counts_libraries (void) {
+  pthread_t t[4];
+  size_t u0, i;
+  void *p, *q;
+  mk_pool_trim();
+  mk_pool_unreserve();
+  u0 = mk_pool_used();
+  p = mk_pool_lib_malloc(5000);
+  CHECK(p != NULL && mk_pool_used() >= u0 + 5000 && mk_pool_used() < u0 + 5100);
+  q = mk_pool_lib_realloc(p, 50000);
+  CHECK(q != NULL && mk_pool_used() >= u0 + 50000 && mk_pool_used() < u0 + 50100);
+  mk_pool_set_limit(mk_pool_used() + 1000);
+  p = mk_pool_lib_malloc(100000);                 /* past the limit: never refused */
+  CHECK(p != NULL);
+  CHECK(mk_pool_lalloc(NULL, NULL, 4, 100000) == NULL);   /* Lua's is, then */
+  mk_pool_set_limit(0);
+  mk_pool_lib_free(p);
+  CHECK(mk_pool_lib_realloc(q, 0) == NULL);
+  CHECK(mk_pool_used() == u0);
+  mk_pool_lib_free(NULL);
+  p = mk_pool_lib_realloc(NULL, 100);
+  CHECK(p != NULL && mk_pool_used() >= u0 + 100);
+  mk_pool_lib_free(p);
+  for (i = 0; i < 4; i++) CHECK(pthread_create(&t[i], NULL, lib_churn, NULL) == 0);
+  for (i = 0; i < 4; i++) pthread_join(t[i], NULL);
+  CHECK(mk_pool_used() == u0);
+}
+
 static void put(const char *dir, const char *rel, const char *text) {
   char path[512];
   FILE *f;
@@ -570,6 +616,7 @@ int main (void) {
   RUN(limit_counts_blocks);
   RUN(limit_fails_lua_not_the_vm);
   RUN(limit_counts_over_another);
+  RUN(limit_counts_libraries);
   RUN(cgroup_memory_max);
   return CHECK_DONE();
 }
