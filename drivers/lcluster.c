@@ -1007,21 +1007,6 @@ static int c_close(lua_State *L) {
   return 0;
 }
 
-/* libnats's threads call back into this code (the handlers above) until
-** it has let go of every connection, which may be after the Lua state that
-** made them is closed: stock lua5.4 then unloads market.so, and a late
-** callback would jump into unmapped code.  So the first connection pins
-** this object in memory for the life of the process (RTLD_NODELETE); a
-** program that never connects unloads as before. */
-static void pin_self(void) {
-  static int pinned;
-  Dl_info info;
-  if (pinned) return;
-  pinned = 1;
-  if (dladdr((void *)pin_self, &info) && info.dli_fname != NULL)
-    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-}
-
 /* What connect_thread is given: owned by it. */
 typedef struct dial { queue *q; natsOptions *o; } dial;
 
@@ -1174,7 +1159,11 @@ static int l_nats_connect(lua_State *L) {
   }
   d->q = q;
   d->o = o;
-  pin_self();
+  /* libnats's threads call back into this code (the handlers above)
+  ** until it has let go of every connection, which may be after the Lua
+  ** state that made them is closed: the first connection pins market in
+  ** memory (mkd_pin_self). */
+  mkd_pin_self();
   q->refs += 2;                      /* the thread's and the connection's (connect_thread) */
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
