@@ -65,6 +65,7 @@
 */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -125,6 +126,25 @@ const char *mkd_strerror(int err, char *buf, size_t size) {
 }
 
 static int would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+
+static void pin(void) {
+  Dl_info info;
+  if (dladdr((void *)pin, &info) && info.dli_fname != NULL)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+/* Stock lua5.4 unloads market.so when the Lua state that loaded it
+** closes, and a C host may close its state and go on: code of market's
+** that outlives the state (OpenSSL's allocator, tls.c; libnats's
+** callbacks, lcluster.c) would then be unmapped under whoever calls it.
+** So market stays in memory for the life of the process once it hands
+** such code out (RTLD_NODELETE on itself); a program that never does
+** unloads as before.  The market binary has market linked in: nothing
+** to do. */
+void mkd_pin_self(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, pin);
+}
 
 /* ---- addresses ---------------------------------------------------------- */
 

@@ -174,7 +174,7 @@ void mkd_open_cluster(lua_State *L);
 ** where other threads may still be in it (tls.c says more).  Call it
 ** before anything uses OpenSSL. */
 void mkd_openssl_prepare(void *lib);
-/* Keep market's code in memory until the process ends (tls.c says why):
+/* Keep market's code in memory until the process ends (lsys.c says why):
 ** before handing out code that may be called after the Lua state that
 ** loaded market closes. */
 void mkd_pin_self(void);

@@ -144,24 +144,6 @@ static void ossl_free(void *p, const char *file, int line) {
   mk_pool_lib_free(p);
 }
 
-static void pin(void) {
-  Dl_info info;
-  if (dladdr((void *)pin, &info) && info.dli_fname != NULL)
-    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-}
-
-/* Stock lua5.4 unloads market.so when the Lua state that loaded it
-** closes, and a C host may close its state and go on: code of market's
-** that outlives the state (OpenSSL's allocator, libnats's callbacks)
-** would then be unmapped under whoever calls it.  So market stays in
-** memory for the life of the process once it hands such code out
-** (RTLD_NODELETE on itself); a program that never does unloads as
-** before.  The market binary has market linked in: nothing to do. */
-void mkd_pin_self(void) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, pin);
-}
-
 void mkd_openssl_prepare(void *lib) {
   int (*set_mem)(CRYPTO_malloc_fn, CRYPTO_realloc_fn, CRYPTO_free_fn);
   int (*init)(uint64_t, const void *);

@@ -27,21 +27,24 @@ void mk_jbuf_adds(mk_jbuf *b, const char *s) { mk_jbuf_add(b, s, strlen(s)); }
 
 static int is_control(unsigned char c) { return c < 0x20 || c == 0x7f; }
 
+/* c as \xHH, for names and messages in text */
+static void addhex(mk_jbuf *b, unsigned char c) {
+  static const char hex[] = "0123456789abcdef";
+  char e[4] = {'\\', 'x', hex[c >> 4], hex[c & 15]};
+  mk_jbuf_add(b, e, 4);
+}
+
 void mk_jbuf_addname(mk_jbuf *b, const char *s) {
   const char *run = s;
   for (; *s; s++) {
     unsigned char c = (unsigned char)*s;
-    char esc[5];
     if (!is_control(c)) continue;
     mk_jbuf_add(b, run, (size_t)(s - run));
     run = s + 1;
     if (c == '\n') mk_jbuf_adds(b, "\\n");
     else if (c == '\r') mk_jbuf_adds(b, "\\r");
     else if (c == '\t') mk_jbuf_adds(b, "\\t");
-    else {
-      snprintf(esc, sizeof esc, "\\x%02x", c);
-      mk_jbuf_adds(b, esc);
-    }
+    else addhex(b, c);
   }
   mk_jbuf_add(b, run, (size_t)(s - run));
 }
@@ -90,7 +93,6 @@ static size_t shownlen(const unsigned char *s, size_t n) {
 }
 
 void mk_jbuf_addtext(mk_jbuf *b, const char *s, size_t n) {
-  static const char hex[] = "0123456789abcdef";
   const unsigned char *u = (const unsigned char *)s;
   size_t i = 0;
   while (i < n) {
@@ -103,8 +105,7 @@ void mk_jbuf_addtext(mk_jbuf *b, const char *s, size_t n) {
     } else if (u[i] == '\r') {
       mk_jbuf_add(b, "\\r", 2);
     } else {
-      char e[4] = {'\\', 'x', hex[u[i] >> 4], hex[u[i] & 15]};
-      mk_jbuf_add(b, e, 4);
+      addhex(b, u[i]);
     }
     i++;
   }
