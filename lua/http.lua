@@ -49,6 +49,11 @@ end })
 -- ---- settings ----------------------------------------------------------
 
 local function positive(v) return mtype(v) == "integer" and v > 0 end
+-- A time in ms, or math.huge: none.
+local function ms_or_huge(v) return positive(v) or v == math.huge end
+
+-- The longest connect_timeout the TCP driver takes (0 is none).
+local CONNECT_MAX = sys.tcp_settings().connect_timeout[2]
 
 -- What each function takes, and its check.
 local SERVE_KEYS = { max_request = positive, timeout = positive, keep_alive = positive,
@@ -58,7 +63,7 @@ local SERVE_KEYS = { max_request = positive, timeout = positive, keep_alive = po
 local REQUEST_KEYS = { method = function(v) return type(v) == "string" and v:match("^[%w!#$%%&'*+.^_`|~-]+$") end,
                        headers = function(v) return type(v) == "table" end,
                        body = function(v) return type(v) == "string" end,
-                       timeout = positive, max_response = positive,
+                       timeout = ms_or_huge, idle_timeout = ms_or_huge, max_response = positive,
                        keep_alive = function(v) return mtype(v) == "integer" and v >= 0 end,
                        redirects = function(v) return mtype(v) == "integer" and v >= 0 end,
                        tls = function(v) return tcp.tls_record:is(v) end,
@@ -418,12 +423,24 @@ end
 local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true,
                      TRACE = true }
 
+-- The ms to wait for the next event: until the deadline (ms since the
+-- epoch, or math.huge), but no longer than idle (ms, or math.huge); and
+-- whether the deadline is what ends it.  At least 0.
+local function wait_ms(deadline, idle)
+  local left = deadline - market.now()
+  if left <= 0 then return 0, true end
+  if idle < left then return idle, false end
+  return left == math.huge and left or math.ceil(left), true
+end
+
 -- One exchange on conn: the response, and whether the connection may be
--- kept; or nil, why, and whether nothing of an answer came; or nil, the
--- error, false, true when the sink raised it.  stream(status), if given,
--- says once a final response's head is whole whether its body goes to a
--- sink as it comes (the sink, or nil: kept whole in res.body).
-local function exchange(conn, bytes, method, deadline, max_response, stream)
+-- kept; or nil, why, and whether nothing of an answer came (the
+-- connection closed or failed before a byte of it: not a timeout); or
+-- nil, the error, false, true when the sink raised it.  The server may
+-- keep silent for idle ms at most (math.huge: no limit).  stream(status),
+-- if given, says once a final response's head is whole whether its body
+-- goes to a sink as it comes (the sink, or nil: kept whole in res.body).
+local function exchange(conn, bytes, method, deadline, idle, max_response, stream)
   local ok, why = conn:send(bytes)
   if not ok then return nil, why, true end
   local p = parser.response(max_response, method == "HEAD")
@@ -442,9 +459,10 @@ local function exchange(conn, bytes, method, deadline, max_response, stream)
     return pcall(sink, piece)
   end
   while true do
-    local left = deadline - market.now()
-    if left <= 0 then return nil, "timeout" end
-    local data, e = conn:receive(math.ceil(left))
+    local ms, whole = wait_ms(deadline, idle)
+    if ms <= 0 then return nil, "timeout" end
+    local data, e = conn:receive(ms)
+    if e == "timeout" then return nil, whole and "timeout" or "idle timeout" end
     if data == nil and e then return nil, e, not heard end
     heard = heard or data ~= nil
     local done, rest, status = p:feed(data or "")          -- "": the end of stream
@@ -552,7 +570,7 @@ end
 -- tls, or plain: nil), on the process's kept connection there or a new
 -- one, and its response read (stream: as exchange's): the response, or
 -- nil and why, and true after them when it is the sink's error.
-local function ask(host, port, tls, bytes, method, deadline, keep_ms, max_response, stream)
+local function ask(host, port, tls, bytes, method, deadline, idle, keep_ms, max_response, stream)
   local now = market.now()
   -- (a connection made with one TLS configuration is not another's)
   local key = (tls and ("https#%d:"):format(tls == true and 0 or tls.serial) or "") .. host .. ":" .. port
@@ -563,15 +581,17 @@ local function ask(host, port, tls, bytes, method, deadline, keep_ms, max_respon
   while true do
     local reused = conn ~= nil
     if not conn then
-      local left, why = deadline - market.now()
-      if left <= 0 then return nil, "timeout" end
-      conn, why = tcp.connect(host, port, { connect_timeout = math.ceil(left), tls = tls })
+      local ms, why = wait_ms(deadline, idle)
+      if ms <= 0 then return nil, "timeout" end
+      -- (0 is no limit to the driver; past its largest, as good as none)
+      ms = ms == math.huge and 0 or math.min(ms, CONNECT_MAX)
+      conn, why = tcp.connect(host, port, { connect_timeout = ms, tls = tls })
       if not conn then return nil, why end
       -- The server's certificate, asked now, while the connection is
       -- surely open; the connection keeps it for the requests after.
       if tls then conn:peer_certificate() end
     end
-    res, keep, fresh, raised = exchange(conn, bytes, method, deadline, max_response, stream)
+    res, keep, fresh, raised = exchange(conn, bytes, method, deadline, idle, max_response, stream)
     if res and tls then res.certificate = conn:peer_certificate() end
     if res or raised or not (reused and fresh and IDEMPOTENT[method]) then break end
     conn:close()                                -- closed idle as the request went: again
@@ -607,6 +627,7 @@ function M.request(url, options)
     return sink
   end
   local deadline = market.now() + (options.timeout or M.TIMEOUT)
+  local idle = options.idle_timeout or math.huge
   local host, port, authority, target, secure = parse_url(url)
   if not host then return nil, port end
   local tls = options.tls or true
@@ -619,7 +640,7 @@ function M.request(url, options)
                             headers, CLIENT_OWN, "http.request", nil, length, keep_ms == 0, body)
     if not ok then error(bytes, 2) end
     local res, why, raised = ask(host, port, secure and tls or nil, bytes, method, deadline,
-                                 keep_ms, max_response, stream)
+                                 idle, keep_ms, max_response, stream)
     if raised then error(why, 0) end              -- the sink's own error, as it raised it
     if not res then return nil, why end
     local turn, location = REDIRECTS[res.status], res.headers.location

@@ -545,6 +545,60 @@ describe("http.serve and http.request", function()
     assert.equal("piece 1;piece 2;piece 3;piece 4;", got[7])
   end)
 
+  it("bounds a request by the server's silence (idle_timeout), its whole by any integer or " ..
+     "math.huge (timeout)", function()
+    local got = N.run(function()
+      local srv = assert(http.serve(0, function(req)
+        local i, stall = 0, tonumber(req.query)
+        return 200, { ["content-type"] = "text/event-stream" }, function()
+          i = i + 1                          -- four events, 50 ms apart, or a stall before the third
+          if i > 4 then return nil end
+          timer.sleep(i == 3 and stall or 50)
+          return "data: " .. i .. "\n\n"
+        end
+      end))
+      local out = {}
+      local function ask(path, options)
+        local n = 0
+        options.sink = function() n = n + 1 end
+        local r, why = http.request(url(srv, path), options)
+        out[#out + 1] = { r and r.status or why, n }
+      end
+      ask("/?50", { timeout = math.huge, idle_timeout = 2000 })
+      ask("/?50", { timeout = math.maxinteger })
+      ask("/?50", { timeout = 1 << 62, idle_timeout = math.huge })
+      ask("/?3000", { timeout = math.huge, idle_timeout = 300 })     -- silent for 3 s: given up
+      -- A kept connection whose server goes silent: given up, not sent again.
+      local heads = 0
+      local mute = by_hand(function()
+        heads = heads + 1
+        if heads == 1 then return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" end
+        return ""                            -- heard, never answered
+      end)
+      local base = "http://127.0.0.1:" .. mute.port .. "/"
+      out[#out + 1] = assert(http.request(base)).body
+      out[#out + 1] = select(2, http.request(base, { idle_timeout = 200 }))
+      out[#out + 1] = select(2, http.request(base, { timeout = 200 }))
+      out[#out + 1] = heads
+      -- It bounds the connect too: a TLS handshake the server never answers.
+      local silent = assert(tcp.serve(0, function(conn) repeat until not conn:receive(5000) end))
+      out[#out + 1] = select(2, http.request("https://127.0.0.1:" .. silent.port .. "/",
+                                             { timeout = math.huge, idle_timeout = 200 }))
+      for _, bad in ipairs({ 0, -1, 1.5, "100", -math.huge, 0 / 0 }) do
+        out[#out + 1] = select(2, pcall(http.request, base, { idle_timeout = bad }))
+      end
+      out[#out + 1] = select(2, pcall(http.request, base, { timeout = -math.huge }))
+      srv:close(); mute:close(); silent:close()
+      return out
+    end)
+    assert.same({ { 200, 4 }, { 200, 4 }, { 200, 4 }, { "idle timeout", 2 }, "ok", "idle timeout",
+                  "timeout", 3, "connect timed out after 200 ms",
+                  "http.request: bad idle_timeout: 0", "http.request: bad idle_timeout: -1",
+                  "http.request: bad idle_timeout: 1.5", 'http.request: bad idle_timeout: "100"',
+                  "http.request: bad idle_timeout: -inf", "http.request: bad idle_timeout: nan",
+                  "http.request: bad timeout: -inf" }, got)
+  end)
+
   it("resolves a reference against a base URL as RFC 3986 does", function()
     -- RFC 3986, 5.4.1 and 5.4.2 (the strict reading of "http:g"), base
     -- http://a/b/c/d;p?q; and a few of its own.
