@@ -57,6 +57,7 @@ local CONNECT_MAX = sys.tcp_settings().connect_timeout[2]
 
 -- What each function takes, and its check.
 local SERVE_KEYS = { max_request = positive, timeout = positive, keep_alive = positive,
+                     stream_body = function(v) return type(v) == "boolean" end,
                      max_connections = function(v) return mtype(v) == "integer" and v >= 0 end,
                      reuseport = function(v) return type(v) == "boolean" end,
                      tls = function(v) return tcp.tls_record:is(v) end }
@@ -182,6 +183,55 @@ local function stream(conn, req, body)
   return raw or conn:send("0\r\n\r\n") ~= nil
 end
 
+-- A request's body as it comes (http.serve's stream_body): the function
+-- the handler gets as req.body, and the state the session reads after the
+-- answer.  Each call gives the next piece (a string, not empty), nil at
+-- the end, or nil and why once the body cannot be had (then again at each
+-- call): the client's close, no piece within timeout ms, a malformed
+-- chunk.  `done`: the parser has the whole message (the body may be in
+-- it still, unread); `rest`: what followed the message; `continue`: the
+-- client waits for "100 Continue" before it sends the body, which the
+-- first call sends (a handler that answers without reading it, a 401 or
+-- a 413, spares the client the upload); `open` while the answer is made.
+local function body_reader(conn, p, cfg, done, rest, continue)
+  local st = { done = done, rest = rest, continue = continue, open = true, ended = false,
+               failed = nil }
+  local ctx = sys.owner()
+  st.read = function()
+    if not st.open or sys.owner() ~= ctx then
+      error("http.serve: req.body: a request's body is read in its connection's process, " ..
+            "while its answer is made", 2)
+    end
+    if st.failed then return nil, st.failed end
+    if st.ended then return nil end
+    while true do
+      local piece = p:take()
+      if piece ~= "" then return piece end
+      if st.done then st.ended = true; return nil end
+      if st.continue then
+        st.continue = false
+        if not conn:send("HTTP/1.1 100 Continue\r\n\r\n") then
+          st.failed = "the connection closed"
+          return nil, st.failed
+        end
+      end
+      local data, err = conn:receive(cfg.timeout)
+      if data == nil then
+        st.failed = err == "timeout" and ("no piece of the body within %d ms"):format(cfg.timeout)
+                    or err or "the client closed before the body's end"
+        return nil, st.failed
+      end
+      local d, why = p:feed(data)
+      if d == nil then
+        st.failed = why
+        return nil, why
+      end
+      if d then st.done, st.rest = true, why end
+    end
+  end
+  return st
+end
+
 -- The program's stop, which a session watches (made once, not for every
 -- connection).
 local STOPPING = market.ground.stopping(market._)
@@ -194,7 +244,7 @@ local function session(handler, cfg)
     market.perform(market.subscriber(STOPPING, {
       name = "http stopping",
       on_presence = function() stopping = true end }))
-    local p, rest = parser.request(cfg.max_request), ""
+    local p, rest = parser.request(cfg.max_request, cfg.stream_body), ""
     -- (conn.arrived: whether receive would return at once, the
     -- connection's own wait: tcp.lua's `open`.)
     local function woken() return stopping or conn.arrived() end
@@ -216,6 +266,7 @@ local function session(handler, cfg)
           local m = p:message()
           if m.keep_alive ~= nil then             -- (there once the head is whole)
             headed = true
+            if cfg.stream_body then break end     -- the handler reads the body
             local len = tonumber(m.headers["content-length"])
             if len and len > cfg.max_request then
               conn:send(plain(413, "body too large"))
@@ -239,19 +290,30 @@ local function session(handler, cfg)
         done, why, status = p:feed(data)
         fed = true
       end
-      if not done then
+      if done == nil then
         conn:send(plain(status, why))
         return
       end
-      rest = why                                  -- (feed's second value when done)
       local msg = p:message()
-      p:reset()
+      local reader
+      if cfg.stream_body then
+        local e = msg.headers.expect
+        reader = body_reader(conn, p, cfg, done, done and why or nil,
+                             e and e:lower() == "100-continue" and msg.version == "1.1")
+        msg.body = reader.read
+      else
+        rest = why                                -- (feed's second value when done)
+        p:reset()
+      end
       local req = request_of(msg, conn)
       local ok, st, headers, body = pcall(handler, req)
       local err, bytes, keep, streamed = st, nil, nil, nil
       if ok then
-        ok, bytes, keep, streamed = pcall(answer, req, msg.keep_alive and not stopping, st,
-                                          headers, body)
+        -- A body the handler left unread (or that failed) is not read on
+        -- for the next request: the connection closes after the answer.
+        local whole = reader == nil or reader.done and not reader.failed
+        ok, bytes, keep, streamed = pcall(answer, req, msg.keep_alive and not stopping and whole,
+                                          st, headers, body)
         err = bytes
       end
       if not ok then
@@ -262,6 +324,11 @@ local function session(handler, cfg)
       if not conn:send(bytes) then return end
       if streamed and not stream(conn, req, body) then return end
       if not keep then return end
+      if reader then
+        reader.open = false
+        rest = reader.rest
+        p:reset()
+      end
     end
   end
 end
@@ -274,7 +341,7 @@ function M.serve(port, handler, settings)
   end
   settings = check(settings, SERVE_KEYS, "http.serve")
   local cfg = { max_request = settings.max_request or M.MAX_REQUEST,
-                timeout = settings.timeout or M.TIMEOUT,
+                timeout = settings.timeout or M.TIMEOUT, stream_body = settings.stream_body,
                 keep_alive = settings.keep_alive or M.KEEP_ALIVE }
   if settings.tls and not settings.tls.cert then
     error("http.serve: tls: a server needs a certificate (tcp.tls{cert = ..., key = ...})", 2)

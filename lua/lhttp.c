@@ -4,7 +4,10 @@
 ** (lua/inspect.lua) and its client (`market inspect`).  Internal: their
 ** Lua halves get it as an argument, it is no `require`-able module.
 **
-**   http.request(max)      -> parser of one request (a server's side)
+**   http.request(max [, stream])
+**                          -> parser of one request (a server's side);
+**                             stream: its body is taken as it comes
+**                             (take), so `max` bounds the head alone
 **   http.response(max [, no_body])
 **                          -> parser of one response (a client's side);
 **                             no_body: the answer to a HEAD, whose head
@@ -42,6 +45,7 @@
 ** path).  A repeated header's values are joined with ", " (RFC 9110 5.3).
 */
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,6 +66,7 @@ typedef struct lhttp {
   int in_value;           /* the last header callback was a value */
   int head_done, done;
   int no_body;            /* a response to HEAD: none, whatever its head says */
+  int stream;             /* the body is taken as it comes: max bounds the head */
   hbuf url, status, field, value, body;
   const char *brand;      /* last: &lhttp_brand (mkl_branded) */
 } lhttp;
@@ -69,18 +74,20 @@ typedef struct lhttp {
 static const char lhttp_brand[] = "market.http parser";
 
 static int grow(lhttp *h, hbuf *b, const char *at, size_t n) {
+  /* A streamed body holds at most what one feed brought: taken after it. */
+  size_t max = h->stream && b == &h->body ? SIZE_MAX : h->max;
   /* An empty piece (an empty header value, say) adds nothing: b->p may
   ** still be NULL, and memcpy takes no NULL even for 0 bytes (C11 7.24.1). */
   if (n == 0) return 0;
-  if (b->n + n > h->max) {
+  if (b->n + n > max || b->n + n < n) {
     h->overflow = h->head_done ? 413 : 431;
     return -1;
   }
   if (b->n + n > b->cap) {
     size_t cap = b->cap ? b->cap : 64;
     char *p;
-    while (cap < b->n + n) cap *= 2;
-    if (cap > h->max) cap = h->max;
+    while (cap < b->n + n) cap = cap > max / 2 ? max : cap * 2;   /* n + b->n <= max */
+    if (cap > max) cap = max;
     if ((p = realloc(b->p, cap)) == NULL) { luaL_error(h->L, "market.http: out of memory"); return -1; }
     b->p = p;
     b->cap = cap;
@@ -323,7 +330,12 @@ static int make(lua_State *L, enum http_parser_type type) {
   return 1;
 }
 
-static int l_request(lua_State *L) { return make(L, HTTP_REQUEST); }
+static int l_request(lua_State *L) {
+  int stream = lua_toboolean(L, 2);
+  make(L, HTTP_REQUEST);
+  ((lhttp *)lua_touserdata(L, -1))->stream = stream;
+  return 1;
+}
 static int l_response(lua_State *L) {
   int no_body = lua_toboolean(L, 2);
   make(L, HTTP_RESPONSE);

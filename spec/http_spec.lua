@@ -37,6 +37,18 @@ local function raw(srv, bytes, ms)
   return table.concat(t)
 end
 
+-- A PUT of "hello" that says Expect: 100-continue: what the server says
+-- before the body is sent, and its answer's body after.
+local function continued(srv, path)
+  local c = assert(tcp.connect("127.0.0.1", srv.port))
+  c:send(("PUT %s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"):format(path))
+  local first = c:receive(5000)
+  c:send("hello")
+  local answer = (c:receive(5000) or ""):match("\r\n\r\n(.*)$")
+  c:close()
+  return first, answer
+end
+
 -- A server written by hand on tcp.serve, for what http.serve would not
 -- do.  For each request head that comes (no bodies here), answer(head, n),
 -- n the head's number on its connection, gives the bytes to send, or nil
@@ -227,16 +239,91 @@ describe("http.serve and http.request", function()
       out[#out + 1] = slow:match("^HTTP/1%.1 (%d+)")
       out[#out + 1] = slow:match("no whole request within 200 ms") ~= nil
       -- A client that says Expect: 100-continue hears 100 before it sends the body.
-      local c = assert(tcp.connect("127.0.0.1", srv.port))
-      c:send("PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-      out[#out + 1] = c:receive(5000)
-      c:send("hello")
-      out[#out + 1] = (c:receive(5000) or ""):match("body=(%w+)$")
-      c:close()
+      local first, answer = continued(srv, "/up")
+      out[#out + 1] = first
+      out[#out + 1] = answer and answer:match("body=(%w+)$")
       srv:close()
       return out
     end)
     assert.same({ "400", "413", "413", "431", "408", true, "HTTP/1.1 100 Continue\r\n\r\n", "hello" }, got)
+  end)
+
+  it("hands a request's body to the handler as it comes with stream_body: pieces past " ..
+     "max_request, 100 Continue at the first read, failures as nil and why, the connection " ..
+     "kept only after a whole body", function()
+    local got = N.run(function()
+      local failed, saved = {}, nil
+      local srv = assert(http.serve(0, function(req)
+        if req.path == "/count" then
+          local n, pieces = 0, 0
+          while true do
+            local piece, err = req.body()
+            if not piece then
+              if err then
+                failed[#failed + 1] = err
+                return 400, nil, "failed: " .. err
+              end
+              break
+            end
+            n, pieces = n + #piece, pieces + 1
+          end
+          assert(req.body() == nil)              -- the end, again
+          return 200, nil, ("%d bytes in %s"):format(n, pieces > 1 and "pieces" or "one")
+        elseif req.path == "/save" then
+          saved = req.body
+        elseif req.path == "/saved" then
+          return 200, nil, select(2, pcall(saved))
+        end
+        return 200, nil, req.method .. " " .. req.path         -- the body left unread
+      end, { stream_body = true, max_request = 1024, timeout = 200 }))
+      local out = {}
+      local function status_body(bytes)
+        local r = raw(srv, bytes)
+        local n = 0
+        for _ in r:gmatch("HTTP/1%.1 %d+") do n = n + 1 end
+        return r:match("^HTTP/1%.1 (%d+)"), r:match("\r\n\r\n(.*)$"), n
+      end
+      local res = assert(http.request(url(srv, "/count"), { method = "POST", body = ("x"):rep(300000) }))
+      out[#out + 1] = res.body
+      -- Chunked, then a pipelined request on the same connection.
+      local r = raw(srv, "POST /count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+                         "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n" ..
+                         "GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 2000)
+      out[#out + 1] = select(2, r:gsub("11 bytes in", "")) + select(2, r:gsub("GET /next", ""))
+      -- 100 Continue only once the handler reads: not at all when it answers first.
+      out[#out + 1], out[#out + 2] = continued(srv, "/count")
+      out[#out + 1] = raw(srv, "PUT /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n" ..
+                               "Expect: 100-continue\r\n\r\n"):match("^HTTP/1%.1 %d+ [^\r]*\r\n")
+      -- A body left unread but whole keeps the connection; one still coming closes it.
+      out[#out + 1] = select(3, status_body("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi" ..
+                                            "GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+      out[#out + 1] = select(3, status_body("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\nhi"))
+      -- Failures: too slow, malformed, the client gone.
+      out[#out + 1] = { status_body("POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\nhi") }
+      out[#out + 1] = { status_body("POST /count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n") }
+      local c = assert(tcp.connect("127.0.0.1", srv.port))
+      c:send("POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\nhi")
+      timer.sleep(50)
+      c:close()
+      for _ = 1, 100 do if #failed == 2 then break end timer.sleep(10) end
+      out[#out + 1] = tostring(failed[2])
+      -- Read from elsewhere, or after its answer: misuse.
+      out[#out + 1] = select(2, status_body("GET /save HTTP/1.1\r\nHost: x\r\n\r\n" ..
+                                            "GET /saved HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+      out[#out + 1] = select(2, pcall(saved))
+      srv:close()
+      return out
+    end)
+    assert.same({ "300000 bytes in pieces", 2, "HTTP/1.1 100 Continue\r\n\r\n", "5 bytes in one",
+                  "HTTP/1.1 200 OK\r\n", 2, 1,
+                  { "400", "failed: no piece of the body within 200 ms", 1 } }, { table.unpack(got, 1, 8) })
+    assert.equal("400", got[9][1])
+    assert.matches("invalid character in chunk size", got[9][2])
+    assert.equal("the client closed before the body's end", got[10])
+    local misuse = "http.serve: req.body: a request's body is read in its connection's process, " ..
+                   "while its answer is made"
+    assert.matches(misuse, got[11], 1, true)
+    assert.matches(misuse, got[12], 1, true)
   end)
 
   it("closes a connection idle for keep_alive ms, and one the handler asks to close", function()

@@ -15,8 +15,12 @@
 ** and 400, 413 or 431), and what message() returns no larger than the
 ** limit.  What follows a complete message (its rest, and the pieces after
 ** it) must be the same however the bytes were cut, and a parser reset
-** takes it as the first bytes of a new message alike.  A check that
-** fails is a Lua error, and the target aborts with it.
+** takes it as the first bytes of a new message alike.  A request is
+** parsed a third way too, as http.serve's stream_body does (the body
+** taken after every piece): each piece taken no longer than the piece
+** fed, and the same verdict, body and rest as whole, but that the limit
+** then bounds the head alone (no 413).  A check that fails is a Lua
+** error, and the target aborts with it.
 */
 #include <stdint.h>
 #include <stdio.h>
@@ -53,7 +57,7 @@ static const char check[] =
   "      assert(k == k:lower(), 'a header name not lower-cased')\n"
   "    end\n"
   "  until ok ~= false or piece == ''\n"
-  "  if ok ~= true then return tostring(ok) .. ' ' .. tostring(status) end\n"
+  "  if ok ~= true then return tostring(ok) .. ' ' .. tostring(status), ok, status end\n"
   "  local tail = why .. data:sub(i)\n"
   "  local m = p:message()\n"
   "  p:reset()\n"
@@ -68,11 +72,39 @@ static const char check[] =
   "  return table.concat({ tostring(ok), tostring(status), tostring(m.method),\n"
   "    tostring(m.path), tostring(m.query), tostring(m.status), tostring(m.reason), m.version,\n"
   "    m.body, tostring(m.keep_alive), table.concat(names, '\\n'), tail,\n"
-  "    tostring(again) .. ' ' .. tostring(st2) }, '\\0')\n"
+  "    tostring(again) .. ' ' .. tostring(st2) }, '\\0'), ok, status, m.body, tail\n"
   "end\n"
-  "local whole, pieces = run(#data + 1), run(step)\n"
+  "local function streamed(cut)\n"
+  "  local p = http.request(max, true)\n"
+  "  local i, ok, why, status, body = 1, nil, nil, nil, {}\n"
+  "  repeat\n"
+  "    local piece = data:sub(i, i + cut - 1)\n"
+  "    i = i + cut\n"
+  "    ok, why, status = p:feed(piece)\n"
+  "    local taken = p:take()\n"
+  "    assert(#taken <= #piece, 'streamed: a piece taken longer than the piece fed')\n"
+  "    body[#body + 1] = taken\n"
+  "  until ok ~= false or piece == ''\n"
+  "  if ok ~= true then return tostring(ok) .. ' ' .. tostring(status) end\n"
+  "  return 'true ' .. table.concat(body) .. '\\0' .. why .. data:sub(i)\n"
+  "end\n"
+  "local whole, ok, status, body, tail = run(#data + 1)\n"
+  "local pieces = run(step)\n"
   "if whole ~= pieces then\n"
   "  error(('cut in pieces of %d, another message:\\n%q\\n%q'):format(step, whole, pieces))\n"
+  "end\n"
+  "if not response then\n"
+  "  local s1, s2 = streamed(#data + 1), streamed(step)\n"
+  "  if s1 ~= s2 then\n"
+  "    error(('streamed, cut in pieces of %d, another outcome:\\n%q\\n%q'):format(step, s1, s2))\n"
+  "  end\n"
+  "  if ok == true then\n"
+  "    assert(s1 == 'true ' .. body .. '\\0' .. tail, 'streamed: another body or rest')\n"
+  "  elseif status == 413 then\n"
+  "    assert(not s1:find(' 41[13]$'), 'streamed: the body bounded')\n"
+  "  else\n"
+  "    assert(s1 == tostring(ok) .. ' ' .. tostring(status), 'streamed: another verdict')\n"
+  "  end\n"
   "end\n";
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
