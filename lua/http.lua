@@ -3,12 +3,14 @@
 --
 -- http.serve(port, handler [, settings]) runs a tcp.serve whose sessions
 -- read requests with the parser of lua/lhttp.c (Node's http_parser),
--- call handler(req) for each, and write what it returns; a connection
--- keeps alive between requests, pipelined ones included.
+-- call handler(req) for each (once the head is whole, with stream_body:
+-- the handler reads the body as it comes), and write what it returns; a
+-- connection keeps alive between requests, pipelined ones included.
 -- http.request(url [, options]) makes one request and returns the
 -- response; the connection is kept for the process's next request to the
--- same server (keep_alive ms), redirects are followed if asked, and the
--- body may go to a sink as it comes.
+-- same server (keep_alive ms), redirects are followed if asked, the
+-- request's body may come from a function as it is sent, and the
+-- response's may go to a sink as it comes.
 -- Both wait, so both run in processes.
 -- https:// and TLS servers through the TCP driver's tls setting.
 local market, tcp, parser, sys = ...
@@ -63,7 +65,8 @@ local SERVE_KEYS = { max_request = positive, timeout = positive, keep_alive = po
                      tls = function(v) return tcp.tls_record:is(v) end }
 local REQUEST_KEYS = { method = function(v) return type(v) == "string" and v:match("^[%w!#$%%&'*+.^_`|~-]+$") end,
                        headers = function(v) return type(v) == "table" end,
-                       body = function(v) return type(v) == "string" end,
+                       body = function(v) return type(v) == "string" or type(v) == "function" end,
+                       length = function(v) return mtype(v) == "integer" and v >= 0 end,
                        timeout = ms_or_huge, idle_timeout = ms_or_huge, max_response = positive,
                        keep_alive = function(v) return mtype(v) == "integer" and v >= 0 end,
                        redirects = function(v) return mtype(v) == "integer" and v >= 0 end,
@@ -500,16 +503,67 @@ local function wait_ms(deadline, idle)
   return left == math.huge and left or math.ceil(left), true
 end
 
+-- A body function's pieces sent on conn after the head: chunked, or as
+-- they are when the caller gave their length.  true; or nil and why when
+-- the connection took no more (the server may have answered already) or
+-- the time ran out; raises what the function raises, and when it gives
+-- what is no string, or other than length bytes in all.
+local function send_pieces(conn, body, length, deadline, idle)
+  local sent = 0
+  local function put(bytes)
+    local ms, whole = wait_ms(deadline, idle)
+    if ms <= 0 then return nil, "timeout" end
+    local ok, why = conn:send(bytes, ms)
+    if why == "timeout" then why = whole and "timeout" or "idle timeout" end
+    return ok, why
+  end
+  while true do
+    local piece = body()
+    if piece == nil then break end
+    if type(piece) ~= "string" then
+      error("http.request: the body function must return strings (nil at the end), got " ..
+            type(piece), 0)
+    end
+    sent = sent + #piece
+    if length and sent > length then
+      error(("http.request: the body function gave more than length (%d bytes)"):format(length), 0)
+    end
+    if #piece > 0 then
+      local ok, why = put(length and piece or fmt("%x\r\n%s\r\n", #piece, piece))
+      if not ok then return nil, why end
+    end
+  end
+  if length and sent < length then
+    error(("http.request: the body function gave %d bytes, not length (%d)"):format(sent, length), 0)
+  end
+  if length then return true end
+  return put("0\r\n\r\n")
+end
+
 -- One exchange on conn: the response, and whether the connection may be
 -- kept; or nil, why, and whether nothing of an answer came (the
 -- connection closed or failed before a byte of it: not a timeout); or
--- nil, the error, false, true when the sink raised it.  The server may
--- keep silent for idle ms at most (math.huge: no limit).  stream(status),
--- if given, says once a final response's head is whole whether its body
--- goes to a sink as it comes (the sink, or nil: kept whole in res.body).
-local function exchange(conn, bytes, method, deadline, idle, max_response, stream)
+-- nil, the error, false, true when the sink or the body function raised
+-- it.  body: nil, or a function whose pieces follow the head (bytes),
+-- length of them in all if given.  The server may keep silent for idle
+-- ms at most (math.huge: no limit).  stream(status), if given, says once
+-- a final response's head is whole whether its body goes to a sink as it
+-- comes (the sink, or nil: kept whole in res.body).
+local function exchange(conn, bytes, body, length, method, deadline, idle, max_response, stream)
   local ok, why = conn:send(bytes)
   if not ok then return nil, why, true end
+  -- A server may answer before the body is all sent (a 413) and close:
+  -- its answer is read still, and the failure to send said without one.
+  local unsent = nil
+  if body then
+    local fine
+    fine, ok, why = pcall(send_pieces, conn, body, length, deadline, idle)
+    if not fine then return nil, ok, false, true end
+    if not ok then
+      if why == "timeout" or why == "idle timeout" then return nil, why end
+      unsent = why
+    end
+  end
   local p = parser.response(max_response, method == "HEAD")
   local heard = false
   local sink = nil                    -- false: this response is kept whole
@@ -530,7 +584,7 @@ local function exchange(conn, bytes, method, deadline, idle, max_response, strea
     if ms <= 0 then return nil, "timeout" end
     local data, e = conn:receive(ms)
     if e == "timeout" then return nil, whole and "timeout" or "idle timeout" end
-    if data == nil and e then return nil, e, not heard end
+    if data == nil and e then return nil, unsent or e, not heard and not body end
     heard = heard or data ~= nil
     local done, rest, status = p:feed(data or "")          -- "": the end of stream
     if done == nil and data ~= nil then
@@ -543,7 +597,7 @@ local function exchange(conn, bytes, method, deadline, idle, max_response, strea
       if m.status >= 200 or m.status < 100 then
         return { status = m.status, reason = m.reason, version = m.version,
                  headers = m.headers, body = m.body },
-               m.keep_alive and rest == "" and data ~= nil
+               m.keep_alive and rest == "" and data ~= nil and not unsent
       end
       -- An interim answer (100 Continue, 103 Early Hints): the real one
       -- follows, maybe in what came with it.
@@ -560,7 +614,7 @@ local function exchange(conn, bytes, method, deadline, idle, max_response, strea
     -- took it as an error or not (before any byte it does not: a kept
     -- connection closed as the request went ends here, unheard).
     if data == nil then
-      return nil, "the connection closed before the whole response", not heard
+      return nil, unsent or "the connection closed before the whole response", not heard and not body
     end
   end
 end
@@ -634,10 +688,13 @@ end
 -- ---- requests ----------------------------------------------------------
 
 -- One request's bytes sent to host:port (over TLS with configuration
--- tls, or plain: nil), on the process's kept connection there or a new
--- one, and its response read (stream: as exchange's): the response, or
--- nil and why, and true after them when it is the sink's error.
-local function ask(host, port, tls, bytes, method, deadline, idle, keep_ms, max_response, stream)
+-- tls, or plain: nil), with a body function's pieces after them (body,
+-- length: as exchange's), on the process's kept connection there or a
+-- new one, and its response read (stream: as exchange's): the response,
+-- or nil and why, and true after them when the sink or the body function
+-- raised it.
+local function ask(host, port, tls, bytes, body, length, method, deadline, idle, keep_ms,
+                   max_response, stream)
   local now = market.now()
   -- (a connection made with one TLS configuration is not another's)
   local key = (tls and ("https#%d:"):format(tls == true and 0 or tls.serial) or "") .. host .. ":" .. port
@@ -658,7 +715,8 @@ local function ask(host, port, tls, bytes, method, deadline, idle, keep_ms, max_
       -- surely open; the connection keeps it for the requests after.
       if tls then conn:peer_certificate() end
     end
-    res, keep, fresh, raised = exchange(conn, bytes, method, deadline, idle, max_response, stream)
+    res, keep, fresh, raised = exchange(conn, bytes, body, length, method, deadline, idle,
+                                        max_response, stream)
     if res and tls then res.certificate = conn:peer_certificate() end
     if res or raised or not (reused and fresh and IDEMPOTENT[method]) then break end
     conn:close()                                -- closed idle as the request went: again
@@ -682,6 +740,9 @@ function M.request(url, options)
   if not pcall(market.self) then error("http.request: not inside a market process", 2) end
   options = check(options, REQUEST_KEYS, "http.request")
   local method, headers, body = options.method or "GET", options.headers, options.body
+  if options.length ~= nil and type(body) ~= "function" then
+    error("http.request: length goes with a body function (a string's is its own)", 2)
+  end
   local keep_ms = options.keep_alive or M.KEEP_ALIVE
   local max_response = options.max_response or M.MAX_RESPONSE
   local redirects, followed = options.redirects or 0, 0
@@ -701,17 +762,26 @@ function M.request(url, options)
   local function origin_of() return (secure and "https://" or "http://") .. host:lower() .. ":" .. port end
   local origin = origin_of()
   while true do
-    local length                                -- (nil: no length header)
-    if body or method == "POST" or method == "PUT" or method == "PATCH" then length = body and #body or 0 end
+    local length                                -- (nil: no length header; -1: chunked)
+    local pieces = type(body) == "function" and body or nil
+    if pieces then
+      length = options.length or -1
+    elseif body or method == "POST" or method == "PUT" or method == "PATCH" then
+      length = body and #body or 0
+    end
     local ok, bytes = pcall(head, fmt("%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, authority),
-                            headers, CLIENT_OWN, "http.request", nil, length, keep_ms == 0, body)
+                            headers, CLIENT_OWN, "http.request", nil, length, keep_ms == 0,
+                            not pieces and body or nil)
     if not ok then error(bytes, 2) end
-    local res, why, raised = ask(host, port, secure and tls or nil, bytes, method, deadline,
-                                 idle, keep_ms, max_response, stream)
-    if raised then error(why, 0) end              -- the sink's own error, as it raised it
+    local res, why, raised = ask(host, port, secure and tls or nil, bytes, pieces, options.length,
+                                 method, deadline, idle, keep_ms, max_response, stream)
+    if raised then error(why, 0) end              -- the sink's or the body's error, as it raised it
     if not res then return nil, why end
     local turn, location = REDIRECTS[res.status], res.headers.location
-    if redirects == 0 or not turn or not location then
+    -- A body function's pieces are gone: a redirect that would send the
+    -- body again is the answer.
+    local again = not (turn == "all" and method ~= "HEAD" or turn == "post" and method == "POST")
+    if redirects == 0 or not turn or not location or pieces and again then
       if sink then
         if res.body ~= "" then sink(res.body) end   -- (kept whole: a redirect's)
         res.body = ""
@@ -727,7 +797,7 @@ function M.request(url, options)
     host, port, authority, target, secure = parse_url(to)
     if not host then return nil, ("redirected to %s: %s"):format(to, port) end
     url = to
-    if turn == "all" and method ~= "HEAD" or turn == "post" and method == "POST" then
+    if not again then
       method, body = "GET", nil
       headers = without(headers, { ["content-type"] = true })
     end

@@ -326,6 +326,80 @@ describe("http.serve and http.request", function()
     assert.matches(misuse, got[12], 1, true)
   end)
 
+  it("sends a body function's pieces, chunked or of the length given, and reads an answer " ..
+     "that came before the body's end", function()
+    local got = N.run(function()
+      local srv = assert(http.serve(0, function(req)
+        if req.path == "/refuse" then return 413, nil, "too large" end
+        if req.path == "/moved" then return 307, { location = "/count" }, "" end
+        if req.path == "/other" then return 303, { location = "/count" }, "" end
+        local n, chunks = 0, 0
+        while true do
+          local piece, err = req.body()
+          if not piece then
+            if err then return 400, nil, err end
+            break
+          end
+          n, chunks = n + #piece, chunks + 1
+        end
+        return 200, nil, ("%s %s %d %s %s"):format(req.method, req.path, n,
+          tostring(req.headers["content-length"]), tostring(req.headers["transfer-encoding"]))
+      end, { stream_body = true }))
+      local function pieces(list)
+        local i = 0
+        return function() i = i + 1; return list[i] end
+      end
+      local out = {}
+      local function ask(path, options)
+        local ok, r, why = pcall(http.request, url(srv, path), options)
+        out[#out + 1] = not ok and r or r and (r.status .. " " .. r.body) or why
+      end
+      ask("/count", { method = "POST", body = pieces({ "hello", "", " world", ("x"):rep(100000) }) })
+      ask("/count", { method = "PUT", body = pieces({ "hello", " world" }), length = 11 })
+      ask("/count", { method = "PUT", body = pieces({ "hello" }), length = 11 })
+      ask("/count", { method = "PUT", body = pieces({ "hello", " world!" }), length = 11 })
+      ask("/count", { method = "PUT", body = function() error("disk read failed", 0) end })
+      ask("/count", { method = "PUT", body = pieces({ "a", 42 }) })
+      ask("/count", { method = "PUT", body = "text", length = 4 })
+      -- A redirect that would send the body again is the answer; one to a GET is followed.
+      ask("/moved", { method = "PUT", body = pieces({ "hello" }), redirects = 3 })
+      ask("/other", { method = "PUT", body = pieces({ "hello" }), redirects = 3 })
+      -- 12.8 MB the server does not read: its 413 is the answer.
+      local big = ("z"):rep(65536)
+      local n = 0
+      ask("/refuse", { method = "PUT", body = function()
+        n = n + 1
+        return n <= 200 and big or nil
+      end })
+      -- A server that answers as soon as the head came, and closes (its
+      -- side lingers, taking what still comes): its answer is the response.
+      local early = by_hand(function()
+        return "HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno", true
+      end)
+      n = 0
+      local ok, r = pcall(http.request, "http://127.0.0.1:" .. early.port .. "/", { method = "PUT",
+        body = function()
+          n = n + 1
+          if n > 1 then timer.sleep(100) end
+          return n <= 20 and big or nil
+        end })
+      out[#out + 1] = ok and r and (r.status .. " " .. r.body) or tostring(r)
+      early:close()
+      out[#out + 1] = assert(http.request(url(srv, "/count"))).body     -- the client goes on
+      srv:close()
+      return out
+    end)
+    assert.same({ "200 POST /count 100011 nil chunked", "200 PUT /count 11 11 nil",
+                  "http.request: the body function gave 5 bytes, not length (11)",
+                  "http.request: the body function gave more than length (11 bytes)",
+                  "disk read failed",
+                  "http.request: the body function must return strings (nil at the end), got number" },
+                { table.unpack(got, 1, 6) })
+    assert.matches("length goes with a body function", got[7], 1, true)
+    assert.same({ "307 ", "200 GET /count 0 nil nil", "413 too large", "401 no",
+                  "GET /count 0 nil nil" }, { table.unpack(got, 8, 12) })
+  end)
+
   it("closes a connection idle for keep_alive ms, and one the handler asks to close", function()
     local got = N.run(function()
       local srv = assert(http.serve(0, function(req)
