@@ -48,6 +48,14 @@ static char *read_stdin(void) {
   return NULL;
 }
 
+/* What `market inspect` does: in the whole help, and alone for
+** `market inspect --help`. */
+#define INSPECT_HELP \
+  "market inspect [HOST:]PORT prints the processes of a program run with\n" \
+  "--inspect, one line each, like ps (exit 1 if it cannot be reached or\n" \
+  "does not answer within 5 s, 2 if the address is bad).  A script named\n" \
+  "inspect runs as ./inspect.\n"
+
 static const char usage[] =
   "usage: market [options] [script [args...]]\n"
   "       market inspect [HOST:]PORT\n"
@@ -129,10 +137,7 @@ static const char usage[] =
   "  -h, --help     show this help and exit\n"
   "  -v, --version  show the version and exit\n"
   "\n"
-  "market inspect [HOST:]PORT prints the processes of a program run with\n"
-  "--inspect, one line each, like ps (exit 1 if it cannot be reached or\n"
-  "does not answer within 5 s, 2 if the address is bad).  A script named\n"
-  "inspect runs as ./inspect.\n"
+  INSPECT_HELP
   "\n"
   "The script sees its arguments in the global `arg` (arg[0] is the script)\n"
   "and as `...`.\n"
@@ -699,6 +704,11 @@ int main(int argc, char **argv) {
   }
   /* market inspect ADDR: a client of another program's inspector. */
   if (!noscript && code == NULL && strcmp(argv[first], "inspect") == 0) {
+    if (argc - first == 2 && (strcmp(argv[first + 1], "-h") == 0 ||
+                              strcmp(argv[first + 1], "--help") == 0)) {
+      fputs("usage: market inspect [HOST:]PORT\n\n" INSPECT_HELP, stdout);
+      return trace_end(&trace, 0);
+    }
     if (argc - first != 2) {
       fputs("market inspect: want one [HOST:]PORT (try market --help)\n", stderr);
       return trace_end(&trace, 2);

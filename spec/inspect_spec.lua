@@ -450,6 +450,18 @@ describe("market inspect HOST:PORT", function()
     end
   end)
 
+  it("says what it does with -h or --help, and a missing address is a usage error", function()
+    for _, flag in ipairs { "-h", "--help" } do
+      local out, status = capture(("%s inspect %s"):format(q(N.market_bin()), flag), 10)
+      assert.equal(0, status, flag)
+      assert.truthy(out:find("^usage: market inspect %[HOST:%]PORT\n\nmarket inspect %[HOST:%]PORT " ..
+                             "prints the processes of a program run with\n%-%-inspect"), out)
+    end
+    local out, status = capture(("%s inspect"):format(q(N.market_bin())), 10)
+    assert.equal(2, status)
+    assert.equal("market inspect: want one [HOST:]PORT (try market --help)\n", out)
+  end)
+
   -- `nc -l` on a free port, answering with the shell command `answer`'s
   -- output; returned once the port listens.
   local function fake(answer)
