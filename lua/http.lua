@@ -235,6 +235,213 @@ local function body_reader(conn, p, cfg, done, rest, continue)
   return st
 end
 
+-- ---- WebSockets (RFC 6455) -------------------------------------------
+
+-- The requests whose handlers run now and that may become WebSockets: the
+-- connection, what came after the request (the first frames of a client
+-- that did not wait for the answer), the process, and the socket once
+-- http.websocket made it.  Weak: a request kept by the program does not
+-- keep its connection.
+local upgradable = setmetatable({}, { __mode = "k" })
+
+local OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING = 1, 2, 8, 9
+local KINDS = { [OP_TEXT] = "text", [OP_BINARY] = "binary" }
+M.MAX_MESSAGE = 1 << 20        -- [max_message] bytes of a message a WebSocket takes
+M.CLOSE_WAIT = 1000            -- ms a closing WebSocket waits for the client's close
+
+local WS = {}
+WS.__index = WS
+
+local function mine_ws(ws, what)
+  if getmetatable(ws) ~= WS then
+    error(("http.websocket: %s: not a WebSocket (call it with ':')"):format(what), 3)
+  end
+  if sys.owner() ~= ws.ctx then
+    error(("http.websocket: %s: a WebSocket is used in its connection's process"):format(what), 3)
+  end
+end
+
+-- What wslay has to send (pongs, closes, messages queued), sent: true, or
+-- nil and why (then the socket has failed).
+local function flush(ws)
+  local bytes = ws.s:output()
+  if bytes == "" then return true end
+  local ok, why = ws.conn:send(bytes)
+  if not ok then
+    ws.failed = ws.failed or "the connection closed" .. (why and ": " .. why or "")
+    return nil, ws.failed
+  end
+  return true
+end
+
+-- The socket can do no more: why kept for every later call, the
+-- connection closed.
+local function fail(ws, why)
+  ws.failed = why
+  ws.conn:close()
+  return nil, why
+end
+
+-- data, kind = ws:receive([ms]): the next message ("text" or "binary");
+-- nil, "closed", code, reason once the client closed; nil, "timeout"; nil
+-- and why when the connection failed or the client broke the protocol.
+-- wslay answers pings and the client's close.
+function WS:receive(ms)
+  mine_ws(self, "receive")
+  if ms ~= nil and ms ~= math.huge and (mtype(ms) ~= "integer" or ms < 0) then
+    error("http.websocket: receive: ms must be a non-negative integer or math.huge, got " ..
+          market.repr(ms), 2)
+  end
+  local deadline = ms and market.now() + ms or math.huge
+  while true do
+    if self.failed then return nil, self.failed end
+    if self.peer_closed then return nil, "closed", self.peer_code, self.peer_reason end
+    local op, payload, code = self.s:next()
+    if op == OP_TEXT or op == OP_BINARY then
+      return payload, KINDS[op]
+    elseif op == OP_CLOSE then
+      flush(self)                             -- the close wslay answered with
+      self.peer_closed, self.peer_code = true, code ~= 0 and code or nil
+      self.peer_reason = payload:sub(3)
+      self.conn:close()
+      -- (wslay checks a reason that came in pieces only in part)
+      if not utf8.len(self.peer_reason) then
+        return fail(self, "protocol error (a close whose reason is not UTF-8)")
+      end
+    elseif op == nil then
+      if not self.reading then
+        -- wslay reads no more without a close from the client: it broke
+        -- the protocol, and the close wslay queued says how.
+        flush(self)
+        local _, _, _, sent = self.s:status()
+        return fail(self, sent == 1005 and "protocol error (closed without a code)" or
+                          ("protocol error (closed with %d)"):format(sent))
+      end
+      local left = deadline - market.now()
+      if left <= 0 then return nil, "timeout" end
+      local data, err = self.conn:receive(left == math.huge and left or math.ceil(left))
+      if data == nil then
+        if err == "timeout" then return nil, "timeout" end
+        return fail(self, "the connection closed" .. (err and ": " .. err or ""))
+      end
+      self.reading = self.s:feed(data)
+      local ok, why = flush(self)               -- pongs, and a close
+      if not ok then return fail(self, why) end
+    end                                         -- (a ping or a pong: answered already)
+  end
+end
+
+-- What ws:send and ws:ping queue, sent: true, or nil and why.
+local function put(ws, op, data)
+  if ws.failed then return nil, ws.failed end
+  if ws.done or not ws.s:queue(op, data) then return nil, "closed" end
+  return flush(ws)
+end
+
+-- ok = ws:send(data [, kind]): a message, text (UTF-8: raises otherwise)
+-- unless kind is "binary"; nil and why once the socket closes.
+function WS:send(data, kind)
+  mine_ws(self, "send")
+  if type(data) ~= "string" then
+    error("http.websocket: send: data must be a string, got " .. type(data), 2)
+  end
+  if kind ~= nil and kind ~= "text" and kind ~= "binary" then
+    error("http.websocket: send: kind must be \"text\" or \"binary\", got " .. market.repr(kind), 2)
+  end
+  if kind ~= "binary" and not utf8.len(data) then
+    error("http.websocket: send: a text message must be UTF-8 (send it as \"binary\")", 2)
+  end
+  return put(self, kind == "binary" and OP_BINARY or OP_TEXT, data)
+end
+
+-- ok = ws:ping([data]): a ping (the client answers with a pong, which
+-- receive drops); nil and why once the socket closes.
+function WS:ping(data)
+  mine_ws(self, "ping")
+  if data ~= nil and (type(data) ~= "string" or #data > 125) then
+    error("http.websocket: ping: data must be a string of at most 125 bytes", 2)
+  end
+  return put(self, OP_PING, data or "")
+end
+
+-- ws:close([code [, reason]]): the close handshake (code 1000 unless
+-- told; reason at most 123 bytes of UTF-8), waiting CLOSE_WAIT ms at most
+-- for the client's close (messages meanwhile are dropped), then the
+-- connection closed.  Closing again does nothing.
+function WS:close(code, reason)
+  mine_ws(self, "close")
+  if code ~= nil and (mtype(code) ~= "integer" or code < 1000 or code > 4999 or
+                      code == 1004 or code == 1005 or code == 1006 or code == 1015) then
+    error("http.websocket: close: code must be an integer a close frame may carry " ..
+          "(1000 to 4999 but 1004 to 1006 and 1015), got " .. market.repr(code), 2)
+  end
+  if reason ~= nil and (type(reason) ~= "string" or #reason > 123 or not utf8.len(reason)) then
+    error("http.websocket: close: reason must be UTF-8 of at most 123 bytes", 2)
+  end
+  if self.failed or self.done then return true end
+  self.done = true
+  self.s:close(code or 1000, reason)
+  if flush(self) then
+    local deadline = market.now() + M.CLOSE_WAIT
+    while not self.peer_closed and not self.failed do
+      local left = deadline - market.now()
+      if left <= 0 or self:receive(math.ceil(left)) == nil and not self.peer_closed then break end
+    end
+  end
+  self.conn:close()
+  return true
+end
+
+local WS_KEYS = { max_message = positive,
+                  protocol = function(v) return type(v) == "string" and v:match("^[%w!#$%%&'*+.^_`|~-]+$") end }
+
+-- Does the comma-separated header value v list token (any case)?
+local function lists(v, token)
+  for t in (v or ""):gmatch("[^,]+") do
+    if t:match("^%s*(.-)%s*$"):lower() == token then return true end
+  end
+  return false
+end
+
+-- ws = http.websocket(req [, options]): the handler's request taken up
+-- to a WebSocket (the 101 answer sent); nil and why when it is no
+-- WebSocket handshake (the handler then answers as it will: 400).
+function M.websocket(req, options)
+  local up = type(req) == "table" and upgradable[req]
+  if not up or sys.owner() ~= up.ctx then
+    error("http.websocket: req must be the request an http.serve handler was given, " ..
+          "in that handler", 2)
+  end
+  if up.ws then error("http.websocket: the request is a WebSocket already", 2) end
+  options = check(options, WS_KEYS, "http.websocket")
+  local h, why = req.headers, nil
+  if req.method ~= "GET" or req.version ~= "1.1" then why = "not a GET of HTTP/1.1"
+  elseif not lists(h.upgrade, "websocket") then why = "no Upgrade: websocket"
+  elseif not lists(h.connection, "upgrade") then why = "no Connection: Upgrade"
+  elseif h["sec-websocket-version"] ~= "13" then why = "Sec-WebSocket-Version is not 13"
+  end
+  local accept = not why and parser.ws_accept(h["sec-websocket-key"] or "")
+  if not why and not accept then why = "no Sec-WebSocket-Key of 16 bytes in base64" end
+  if why then return nil, "not a WebSocket handshake: " .. why end
+  local protocol = options.protocol and lists(h["sec-websocket-protocol"], options.protocol:lower())
+                   and options.protocol or nil
+  local ok, err = up.conn:send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" ..
+    "Connection: Upgrade\r\nSec-WebSocket-Accept: " .. accept .. "\r\n" ..
+    (protocol and "Sec-WebSocket-Protocol: " .. protocol .. "\r\n" or "") .. "\r\n")
+  if not ok then return nil, err end
+  local ws = setmetatable({ conn = up.conn, ctx = up.ctx, reading = true, protocol = protocol,
+                            remote = req.remote, peer_closed = false,
+                            s = parser.ws_session(options.max_message or M.MAX_MESSAGE) }, WS)
+  if up.rest ~= "" then
+    ws.reading = ws.s:feed(up.rest)
+    flush(ws)
+  end
+  -- arrived(): whether receive would return at once (for wait_until).
+  ws.arrived = function() return ws.s:ready() or not ws.reading or ws.conn.arrived() end
+  up.ws = ws
+  return ws
+end
+
 -- The program's stop, which a session watches (made once, not for every
 -- connection).
 local STOPPING = market.ground.stopping(market._)
@@ -309,7 +516,25 @@ local function session(handler, cfg)
         p:reset()
       end
       local req = request_of(msg, conn)
+      local up = nil
+      if msg.headers.upgrade then
+        up = { conn = conn, ctx = sys.owner(), rest = reader and (reader.rest or "") or rest }
+        upgradable[req] = up
+      end
       local ok, st, headers, body = pcall(handler, req)
+      if up then
+        upgradable[req] = nil
+        if up.ws then                           -- HTTP is over on this connection
+          if not ok then
+            market.log.error("http.serve: %s %s (a WebSocket): %s", req.method, req.target,
+                             tostring(st))
+          end
+          if not up.ws.done and not up.ws.failed then
+            up.ws:close(ok and 1000 or 1011)
+          end
+          return
+        end
+      end
       local err, bytes, keep, streamed = st, nil, nil, nil
       if ok then
         -- A body the handler left unread (or that failed) is not read on

@@ -545,4 +545,5 @@ void mkl_open_http(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
+  mkl_open_ws(L);
 }

@@ -10,7 +10,8 @@
 -- and the Lua halves of the modules are compiled into the .so, which the
 -- "builtin" type cannot express.  Needs what meson does
 -- (docs/packaging.md): meson, ninja-build, pkg-config, a C compiler,
--- liblua5.4-dev, libev-dev, libcbor-dev, libhttp-parser-dev, libnats-dev, libssl-dev, and lua5.4
+-- liblua5.4-dev, libev-dev, libcbor-dev, libhttp-parser-dev, libwslay-dev, libmd-dev,
+-- libnats-dev, libssl-dev, and lua5.4
 -- itself (it runs at build time).
 -- The C library and headers for embedders are `meson install`'s, not the
 -- rock's (docs/embedding.md).
@@ -40,6 +41,8 @@ external_dependencies = {
   LIBEV = { header = "ev.h", library = "ev" },
   LIBCBOR = { header = "cbor.h", library = "cbor" },
   HTTP_PARSER = { header = "http_parser.h", library = "http_parser" },
+  WSLAY = { header = "wslay/wslay.h", library = "wslay" },
+  LIBMD = { header = "sha1.h", library = "md" },
   LIBNATS = { header = "nats/nats.h", library = "nats" },
   OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
 }

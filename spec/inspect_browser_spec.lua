@@ -12,13 +12,7 @@ local J = require "jsonread"
 local market = require "market"
 local q = N.q
 
-local CHROMIUM = "/usr/bin/chromium"
-
-local function exists(path)
-  local f = io.open(path)
-  if f then f:close() end
-  return f ~= nil
-end
+local cdp = require "cdp"
 
 -- What the page shows: the snapshot's time, the chat sessions' names and
 -- the conversations about what they say.
@@ -34,19 +28,18 @@ local SHOWN = [[(() => {
 })()]]
 
 describe("the inspector's page in headless chromium", function()
-  if not exists(CHROMIUM) then
-    it("is skipped: " .. CHROMIUM .. " is absent (apt-get install chromium)", function()
-      io.stderr:write("inspect_browser_spec: SKIPPED: no " .. CHROMIUM .. "\n")
+  if not cdp.available() then
+    it("is skipped: " .. cdp.CHROMIUM .. " is absent (apt-get install chromium)", function()
+      io.stderr:write("inspect_browser_spec: SKIPPED: no " .. cdp.CHROMIUM .. "\n")
     end)
     return
   end
 
   local server, clients, browser, profile = nil, {}, nil, nil
   after_each(function()
-    if browser then browser.stop("TERM"); browser.kill() end
+    cdp.stop(browser, profile)
     for _, c in ipairs(clients) do c.kill() end
     if server then server.kill() end
-    if profile then os.execute("rm -rf " .. q(profile)) end
   end)
 
   it("shows three chat sessions and their conversations, and a departing one goes within 2 s", function()
@@ -63,23 +56,9 @@ describe("the inspector's page in headless chromium", function()
     for i = 1, 3 do
       clients[i] = N.start_cmd(("exec timeout 120 nc -d 127.0.0.1 %d"):format(cport))
     end
-    local f = io.popen("mktemp -d")
-    profile = f:read("l")
-    f:close()
-    -- Outside the sanitizers' LD_PRELOAD (the ASan pass): chromium is not ours.
-    browser = N.start_cmd(("exec env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS %s --headless " ..
-      "--no-sandbox --disable-gpu --no-proxy-server --no-first-run --user-data-dir=%s " ..
-      "--remote-debugging-port=0 --window-size=1600,1000 http://127.0.0.1:%d/")
-      :format(CHROMIUM, q(profile), iport))
     local dport
-    for _ = 1, 3000 do
-      dport = tonumber(browser.stderr():match("DevTools listening on ws://127%.0%.0%.1:(%d+)/"))
-      if dport or browser.exited() then break end
-      N.sleep(0.02)
-    end
-    assert(dport, "chromium did not start: " .. browser.stderr())
+    browser, dport, profile = cdp.start(("http://127.0.0.1:%d/"):format(iport), "1600,1000")
 
-    local cdp = require "cdp"
     local shot = (os.getenv("TMPDIR") or "/tmp") .. "/market-inspector-" .. server.pid .. ".png"
     local before, states, gone_at, filtered, detail, conv, cpu = nil, {}, nil, nil, nil, nil, nil
     N.run(function()

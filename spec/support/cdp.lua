@@ -1,7 +1,8 @@
--- cdp.lua: just enough of Chromium's DevTools protocol for the inspector's
--- browser spec: a WebSocket client (RFC 6455) on market.sys sockets, to
--- evaluate JavaScript in the page a headless chromium shows and to take a
--- screenshot.  Straight-line code: call it inside N.run.
+-- cdp.lua: a headless chromium for the browser specs, started and
+-- stopped, and just enough of its DevTools protocol to read what it
+-- shows: a WebSocket client (RFC 6455) on market.sys sockets, to evaluate
+-- JavaScript in the page and to take a screenshot.  open and what it
+-- returns are straight-line code: call them inside N.run.
 local N = require "net"
 local J = require "jsonread"
 local C = {}
@@ -32,6 +33,47 @@ local function jstr(s)
   return '"' .. s:gsub('[%c"\\]', function(c)
     return ({ ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n" })[c] or ("\\u%04x"):format(c:byte())
   end) .. '"'
+end
+
+C.CHROMIUM = "/usr/bin/chromium"
+
+-- Is chromium installed?  The browser specs skip, saying so, where not.
+function C.available()
+  local f = io.open(C.CHROMIUM)
+  if f then f:close() end
+  return f ~= nil
+end
+
+-- A headless chromium showing url (its window size, "W,H", if given):
+-- the browser (N.start_cmd's), the port of its DevTools and its profile
+-- directory, for stop.  Outside the sanitizers' LD_PRELOAD (the ASan
+-- pass): chromium is not ours.
+function C.start(url, size)
+  local f = io.popen("mktemp -d")
+  local profile = f:read("l")
+  f:close()
+  local browser = N.start_cmd(("exec env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS %s " ..
+    "--headless --no-sandbox --disable-gpu --no-proxy-server --no-first-run --user-data-dir=%s " ..
+    "--remote-debugging-port=0 %s%s"):format(C.CHROMIUM, N.q(profile),
+    size and "--window-size=" .. size .. " " or "", url))
+  local dport
+  for _ = 1, 3000 do
+    dport = tonumber(browser.stderr():match("DevTools listening on ws://127%.0%.0%.1:(%d+)/"))
+    if dport or browser.exited() then break end
+    N.sleep(0.02)
+  end
+  if not dport then
+    local err = browser.stderr()
+    C.stop(browser, profile)
+    error("chromium did not start: " .. err, 2)
+  end
+  return browser, dport, profile
+end
+
+-- The browser stopped and its profile removed (either may be nil).
+function C.stop(browser, profile)
+  if browser then browser.stop("TERM"); browser.kill() end
+  if profile then os.execute("rm -rf " .. N.q(profile)) end
 end
 
 -- open(port): a session with the first page target of the chromium whose

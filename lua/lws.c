@@ -1,0 +1,308 @@
+/*
+** lws.c: WebSockets (RFC 6455) for market.http's servers (lua/http.lua,
+** http.websocket), on wslay's event layer (Debian's libwslay-dev: a
+** maintained, fuzzed codec of the frames, which checks masking, reserved
+** bits, opcodes, control frames, fragments, UTF-8 text and close codes,
+** answers pings and closes, and leaves the I/O to its user) and libmd's
+** SHA-1 (libmd-dev) for the handshake.  Internal: http.lua gets these in
+** the table lhttp.c makes.
+**
+**   ws_accept(key)       -> the Sec-WebSocket-Accept value for a client's
+**                           Sec-WebSocket-Key; nil when the key is not 16
+**                           bytes in base64, as the RFC asks
+**   ws_session(max)      -> one server side of a WebSocket, taking
+**                           messages of at most max bytes
+**   s:feed(bytes)        -> the client's bytes read: the messages in them
+**                           queued for next(), and what wslay answers
+**                           (pongs, a close) for output().  false once
+**                           wslay reads no more (a close came, or the
+**                           client broke the protocol: a close with the
+**                           code queued)
+**   s:next()             -> the next message: opcode, payload, and a close's
+**                           code (0 without one); nil when none is queued
+**   s:ready()            -> whether next() has one
+**   s:queue(opcode, payload) -> true; nil once no more may be sent (a close
+**                           went, or is queued)
+**   s:close(code, reason)-> a close queued (true; nil as queue)
+**   s:output()           -> the bytes to send now ("" when none)
+**   s:status()           -> close received (boolean), close sent
+**                           (boolean), the code received and the code
+**                           sent (RFC 6455's 1005 when none)
+**
+** What wslay reads is handed to it from feed's string; what it writes is
+** gathered for output().  Every buffer grows with what it holds, no
+** further than max for a message (no fixed buffer on the input path).
+*/
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include <sha1.h>
+#include <wslay/wslay.h>
+
+#include "mkl.h"
+
+/* ---- the handshake ------------------------------------------------------ */
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Does key, of n bytes, decode from base64 to exactly 16 bytes? */
+static int key16(const char *key, size_t n) {
+  size_t i;
+  if (n != 24 || key[22] != '=' || key[23] != '=') return 0;
+  for (i = 0; i < 22; i++)
+    if (key[i] == '\0' || strchr(b64, key[i]) == NULL) return 0;
+  /* the last digit's low four bits pad the 16th byte: zero */
+  return (strchr(b64, key[21]) - b64) % 16 == 0;
+}
+
+static int l_accept(lua_State *L) {
+  static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+  size_t n;
+  const char *key = luaL_checklstring(L, 1, &n);
+  uint8_t d[SHA1_DIGEST_LENGTH + 1] = {0};   /* one byte more: seven groups of three */
+  char out[28];
+  SHA1_CTX c;
+  int i, o = 0;
+  if (!key16(key, n)) return 0;
+  SHA1Init(&c);
+  SHA1Update(&c, (const uint8_t *)key, n);
+  SHA1Update(&c, (const uint8_t *)guid, sizeof guid - 1);
+  SHA1Final(d, &c);
+  for (i = 0; i < 21; i += 3) {
+    uint32_t v = (uint32_t)d[i] << 16 | (uint32_t)d[i + 1] << 8 | d[i + 2];
+    out[o++] = b64[v >> 18];
+    out[o++] = b64[(v >> 12) & 63];
+    out[o++] = b64[(v >> 6) & 63];
+    out[o++] = b64[v & 63];
+  }
+  out[27] = '=';                          /* 20 bytes: the last digit is padding */
+  lua_pushlstring(L, out, sizeof out);
+  return 1;
+}
+
+/* ---- a session ---------------------------------------------------------- */
+
+#define LWS_MT "market.http websocket"
+
+/* A message wslay read, queued for next(): owned by the session until
+** next() takes it (or __gc frees it). */
+typedef struct wsmsg {
+  struct wsmsg *next;
+  uint8_t op;
+  uint16_t code;
+  size_t len;
+  char data[];
+} wsmsg;
+
+/* Owns ctx (wslay_event_context_free), the queue and out (free), all
+** released in __gc. */
+typedef struct wssession {
+  wslay_event_context_ptr ctx;
+  const char *in;             /* while feed runs: what wslay has yet to read */
+  size_t inlen;
+  char *out;                  /* what wslay wrote, for output() */
+  size_t outn, outcap;
+  wsmsg *first, *last;
+  int nomem;                  /* a callback could not allocate */
+} wssession;
+
+static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
+                       void *ud) {
+  wssession *s = ud;
+  (void)flags;
+  if (s->inlen == 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  if (len > s->inlen) len = s->inlen;
+  memcpy(buf, s->in, len);
+  s->in += len;
+  s->inlen -= len;
+  return (ssize_t)len;
+}
+
+static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                       void *ud) {
+  wssession *s = ud;
+  (void)flags;
+  if (s->outn + len > s->outcap) {
+    size_t cap = s->outcap ? s->outcap : 256;
+    char *p;
+    while (cap < s->outn + len) cap *= 2;
+    if ((p = realloc(s->out, cap)) == NULL) {
+      s->nomem = 1;
+      wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+      return -1;
+    }
+    s->out = p;
+    s->outcap = cap;
+  }
+  memcpy(s->out + s->outn, data, len);
+  s->outn += len;
+  return (ssize_t)len;
+}
+
+static void msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+                   void *ud) {
+  wssession *s = ud;
+  wsmsg *m = malloc(sizeof *m + arg->msg_length);
+  (void)ctx;
+  if (m == NULL) { s->nomem = 1; return; }
+  m->next = NULL;
+  m->op = arg->opcode;
+  m->code = arg->status_code;
+  m->len = arg->msg_length;
+  if (m->len > 0) memcpy(m->data, arg->msg, m->len);
+  if (s->last) s->last->next = m; else s->first = m;
+  s->last = m;
+}
+
+static wssession *checksession(lua_State *L) {
+  wssession *s = luaL_checkudata(L, 1, LWS_MT);
+  if (s->ctx == NULL) luaL_error(L, "market.http: a WebSocket session used after it was freed");
+  return s;
+}
+
+static int l_session(lua_State *L) {
+  static const struct wslay_event_callbacks cbs = {
+    .recv_callback = recv_cb, .send_callback = send_cb, .on_msg_recv_callback = msg_cb,
+  };
+  lua_Integer max = luaL_checkinteger(L, 1);
+  wssession *s;
+  luaL_argcheck(L, max > 0, 1, "the limit must be a positive number of bytes");
+  s = lua_newuserdatauv(L, sizeof *s, 0);
+  memset(s, 0, sizeof *s);
+  luaL_setmetatable(L, LWS_MT);
+  if (wslay_event_context_server_init(&s->ctx, &cbs, s) != 0) {
+    s->ctx = NULL;
+    return luaL_error(L, "market.http: out of memory");
+  }
+  wslay_event_config_set_max_recv_msg_length(s->ctx, (uint64_t)max);
+  return 1;
+}
+
+/* Raises when a callback ran out of memory (after the call it was in). */
+static void checkmem(lua_State *L, wssession *s) {
+  if (s->nomem) {
+    s->nomem = 0;
+    luaL_error(L, "market.http: out of memory");
+  }
+}
+
+static int l_feed(lua_State *L) {
+  wssession *s = checksession(L);
+  size_t n;
+  const char *bytes = luaL_checklstring(L, 2, &n);
+  s->in = bytes;
+  s->inlen = n;
+  /* A negative result is a broken frame (wslay queued a close) or no
+  ** memory: either way it reads no more, which status() tells. */
+  wslay_event_recv(s->ctx);
+  s->in = NULL;
+  s->inlen = 0;
+  checkmem(L, s);
+  lua_pushboolean(L, wslay_event_want_read(s->ctx));
+  return 1;
+}
+
+static int l_next(lua_State *L) {
+  wssession *s = checksession(L);
+  wsmsg *m = s->first;
+  if (m == NULL) return 0;
+  lua_pushinteger(L, m->op);
+  lua_pushlstring(L, m->data, m->len);
+  lua_pushinteger(L, m->code);
+  s->first = m->next;
+  if (s->first == NULL) s->last = NULL;
+  free(m);
+  return 3;
+}
+
+static int l_ready(lua_State *L) {
+  lua_pushboolean(L, checksession(L)->first != NULL);
+  return 1;
+}
+
+static int l_queue(lua_State *L) {
+  wssession *s = checksession(L);
+  lua_Integer op = luaL_checkinteger(L, 2);
+  size_t n;
+  const char *payload = luaL_checklstring(L, 3, &n);
+  struct wslay_event_msg msg;
+  int r;
+  msg.opcode = (uint8_t)op;
+  msg.msg = (const uint8_t *)payload;
+  msg.msg_length = n;
+  r = wslay_event_queue_msg(s->ctx, &msg);
+  if (r == WSLAY_ERR_NOMEM) return luaL_error(L, "market.http: out of memory");
+  if (r != 0) return 0;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_close(lua_State *L) {
+  wssession *s = checksession(L);
+  lua_Integer code = luaL_checkinteger(L, 2);
+  size_t n = 0;
+  const char *reason = luaL_optlstring(L, 3, "", &n);
+  int r = wslay_event_queue_close(s->ctx, (uint16_t)code, (const uint8_t *)reason, n);
+  if (r == WSLAY_ERR_NOMEM) return luaL_error(L, "market.http: out of memory");
+  if (r != 0) return 0;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_output(lua_State *L) {
+  wssession *s = checksession(L);
+  s->outn = 0;
+  wslay_event_send(s->ctx);
+  checkmem(L, s);
+  lua_pushlstring(L, s->out ? s->out : "", s->outn);
+  s->outn = 0;
+  return 1;
+}
+
+static int l_status(lua_State *L) {
+  wssession *s = checksession(L);
+  lua_pushboolean(L, wslay_event_get_close_received(s->ctx));
+  lua_pushboolean(L, wslay_event_get_close_sent(s->ctx));
+  lua_pushinteger(L, wslay_event_get_status_code_received(s->ctx));
+  lua_pushinteger(L, wslay_event_get_status_code_sent(s->ctx));
+  return 4;
+}
+
+static int l_gc(lua_State *L) {
+  wssession *s = luaL_checkudata(L, 1, LWS_MT);
+  while (s->first) {
+    wsmsg *m = s->first;
+    s->first = m->next;
+    free(m);
+  }
+  s->last = NULL;
+  if (s->ctx) wslay_event_context_free(s->ctx);
+  s->ctx = NULL;
+  free(s->out);
+  s->out = NULL;
+  s->outn = s->outcap = 0;
+  return 0;
+}
+
+/* Adds ws_accept and ws_session to the table at the top. */
+void mkl_open_ws(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"feed", l_feed}, {"next", l_next}, {"ready", l_ready}, {"queue", l_queue},
+    {"close", l_close}, {"output", l_output}, {"status", l_status}, {"__gc", l_gc},
+    {NULL, NULL}};
+  if (luaL_newmetatable(L, LWS_MT)) {
+    luaL_setfuncs(L, methods, 0);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_accept);
+  lua_setfield(L, -2, "ws_accept");
+  lua_pushcfunction(L, l_session);
+  lua_setfield(L, -2, "ws_session");
+}

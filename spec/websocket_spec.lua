@@ -1,0 +1,300 @@
+-- websocket_spec.lua: http.websocket (docs/http.md, "WebSockets"): the
+-- handshake, messages both ways, fragments, pings, the close handshake,
+-- what breaks the protocol and what misuse raises, and a chat of two
+-- clients through a market topic.  The clients are spec/support/wsclient.lua's
+-- (RFC 6455's client side on tcp.connect), in one ground VM with its
+-- drivers, over loopback, on ports the kernel picks.
+package.path = "spec/support/?.lua;" .. package.path
+local market = require "market"
+local http = require "market.http"
+local N = require "net"
+local W = require "wsclient"
+local frame, client = W.frame, W.client
+
+local _ = market._
+local KEY, ACCEPT = W.KEY, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="     -- RFC 6455's example, 1.3
+
+-- A server whose handler takes each request up to a WebSocket with
+-- options and hands it to serve(ws, req); what a request that is no
+-- handshake gets is 400 and why.
+local function ws_server(serve, options)
+  return assert(http.serve(0, function(req)
+    local ws, err = http.websocket(req, options)
+    if not ws then return 400, { connection = "close" }, err end
+    serve(ws, req)
+  end))
+end
+
+-- Echoes every message with its kind, until the client closes; then
+-- records how receive ended.
+local function echo(ended)
+  return function(ws)
+    while true do
+      local data, kind, code, reason = ws:receive()
+      if not data then
+        ended[#ended + 1] = table.concat({ tostring(kind), tostring(code), tostring(reason) }, " ")
+        return
+      end
+      ws:send(data, kind)
+    end
+  end
+end
+
+describe("http.websocket", function()
+  it("answers the handshake with 101 and RFC 6455's accept value, and a subprotocol offered",
+     function()
+    local got = N.run(function()
+      local protocols = {}
+      local srv = ws_server(function(ws) protocols[#protocols + 1] = tostring(ws.protocol) end,
+                            { protocol = "superchat" })
+      local out = {}
+      out[1] = client(srv.port).open()
+      out[2] = client(srv.port, "/", ("Upgrade: WebSocket\r\nConnection: keep-alive, upgrade\r\n" ..
+        "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" ..
+        "Sec-WebSocket-Protocol: chat, SuperChat\r\n"):format(KEY)).open()
+      market.wait_until(function() return #protocols == 2 end, 5000)
+      out[3] = protocols
+      srv:close()
+      return out
+    end)
+    assert.equal("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" ..
+                 "Sec-WebSocket-Accept: " .. ACCEPT .. "\r\n", got[1])
+    assert.equal("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" ..
+                 "Sec-WebSocket-Accept: " .. ACCEPT .. "\r\nSec-WebSocket-Protocol: superchat\r\n",
+                 got[2])
+    assert.same({ "nil", "superchat" }, got[3])
+  end)
+
+  it("gives nil and why for a request that is no handshake, which the handler answers", function()
+    local got = N.run(function()
+      local srv = ws_server(function() end)
+      local out = {}
+      local bad = {
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+        ("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\n" ..
+         "Sec-WebSocket-Version: 8\r\n"):format(KEY),
+        ("Upgrade: websocket\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"):format(KEY),
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\n" ..
+        "Sec-WebSocket-Version: 13\r\n",
+      }
+      for i, h in ipairs(bad) do
+        local c = client(srv.port, "/", h)
+        out[i] = c.open():match("^HTTP/1%.1 (%d+)") .. " " .. c.rest()
+      end
+      srv:close()
+      return out
+    end)
+    assert.same({ "400 not a WebSocket handshake: no Sec-WebSocket-Key of 16 bytes in base64",
+                  "400 not a WebSocket handshake: Sec-WebSocket-Version is not 13",
+                  "400 not a WebSocket handshake: no Connection: Upgrade",
+                  "400 not a WebSocket handshake: no Sec-WebSocket-Key of 16 bytes in base64" }, got)
+  end)
+
+  it("carries text and binary messages both ways, of every length form, fragments put " ..
+     "together around a ping", function()
+    local got = N.run(function()
+      local ended = {}
+      local srv = ws_server(echo(ended))
+      local c = client(srv.port, "/", nil, frame(1, "early"))   -- sent with the handshake
+      local out = {}
+      out[#out + 1] = c.open():match("^HTTP/1%.1 (%d+)")
+      local function ask(...)
+        c.send(...)
+        local op, payload = c.next()
+        return op, payload
+      end
+      out[#out + 1] = { c.next() }                               -- "early", echoed
+      out[#out + 1] = { ask(1, "héllo") }
+      out[#out + 1] = { ask(2, "\0\1\2\255") }
+      for _, n in ipairs({ 125, 126, 65535, 65536, 300000 }) do
+        local op, payload = ask(2, ("b"):rep(n))
+        out[#out + 1] = { op, #payload }
+      end
+      c.send(1, "frag", false)
+      c.send(9, "are you there")
+      c.send(0, "men", false)
+      c.send(0, "ted")
+      out[#out + 1] = { c.next() }                               -- the pong first
+      out[#out + 1] = { c.next() }
+      c.send(8, string.pack(">I2", 1001) .. "going")
+      out[#out + 1] = { c.next() }                               -- the close, answered
+      out[#out + 1] = c.next() == nil                            -- then the end
+      market.wait_until(function() return #ended == 1 end, 5000)
+      out[#out + 1] = ended[1]
+      srv:close()
+      return out
+    end)
+    assert.same({ "101", { 1, "early" }, { 1, "héllo" }, { 2, "\0\1\2\255" },
+                  { 2, 125 }, { 2, 126 }, { 2, 65535 }, { 2, 65536 }, { 2, 300000 },
+                  { 10, "are you there" }, { 1, "fragmented" },
+                  { 8, string.pack(">I2", 1001) .. "going" }, true, "closed 1001 going" }, got)
+  end)
+
+  it("closes with 1002, 1007 or 1009 a client that breaks the protocol, saying why to the handler",
+     function()
+    local got = N.run(function()
+      local ended = {}
+      local srv = ws_server(echo(ended), { max_message = 100 })
+      local cases = {
+        { frame(1, "plain", true, true) },                        -- unmasked
+        { frame(1, ("x"):rep(60), false), frame(0, ("x"):rep(60)) },   -- 120 > 100 in all
+        { frame(2, ("x"):rep(101)) },
+        { frame(1, "\255\254") },                                 -- text, not UTF-8
+        { frame(0, "orphan") },
+        { frame(1, "a", false), frame(1, "b") },
+        { frame(9, ("p"):rep(126)) },
+        { string.char(0xC1, 0x80) .. "\0\0\0\0" },                 -- a reserved bit
+        { frame(3, "") },
+      }
+      local out = {}
+      for i, frames in ipairs(cases) do
+        local c = client(srv.port)
+        c.open()
+        for _, f in ipairs(frames) do c.raw(f) end
+        local op, payload = c.next()
+        out[i] = { op, payload and #payload >= 2 and string.unpack(">I2", payload) or payload,
+                   c.next() }
+        c.close()
+      end
+      market.wait_until(function() return #ended == #cases end, 5000)
+      out.ended = ended
+      srv:close()
+      return out
+    end)
+    local codes = {}
+    for i, r in ipairs(got) do codes[i] = { r[1], r[2], r[3] } end
+    -- A control frame too long is broken framing: closed without a code.
+    assert.same({ { 8, 1002 }, { 8, 1009 }, { 8, 1009 }, { 8, 1007 }, { 8, 1002 }, { 8, 1002 },
+                  { 8, "" }, { 8, 1002 }, { 8, 1002 } }, codes)
+    table.sort(got.ended)
+    assert.same({
+      "protocol error (closed with 1002) nil nil", "protocol error (closed with 1002) nil nil",
+      "protocol error (closed with 1002) nil nil", "protocol error (closed with 1002) nil nil",
+      "protocol error (closed with 1002) nil nil", "protocol error (closed with 1007) nil nil",
+      "protocol error (closed with 1009) nil nil", "protocol error (closed with 1009) nil nil",
+      "protocol error (closed without a code) nil nil",
+    }, got.ended)
+  end)
+
+  it("closes with 1000 when the handler returns and 1011 when it raises (logged), and " ..
+     "ws:close sends the code and reason given", function()
+    local got = N.run(function()
+      local logged = {}
+      market.log.sink(function(level, _, message)
+        if level == "error" then logged[#logged + 1] = message end
+      end)
+      local srv = ws_server(function(ws, req)
+        if req.path == "/raise" then error("the handler broke", 0) end
+        if req.path == "/close" then ws:close(4000, "done here"); ws:close() end
+        if req.path == "/wait" then
+          local d, why = ws:receive(100)
+          ws:send(tostring(d) .. " " .. why)
+        end
+      end)
+      local out = {}
+      for _, path in ipairs({ "/", "/raise", "/close", "/wait" }) do
+        local c = client(srv.port, path)
+        c.open()
+        local op, payload = c.next()
+        if op == 1 then
+          out[#out + 1] = payload
+          op, payload = c.next()
+        end
+        out[#out + 1] = { op, string.unpack(">I2", payload), payload:sub(3) }
+        c.send(8, payload)                                         -- the close answered
+        c.close()
+      end
+      market.log.sink(nil)
+      out[#out + 1] = logged
+      srv:close()
+      return out
+    end)
+    assert.same({ { 8, 1000, "" }, { 8, 1011, "" }, { 8, 4000, "done here" }, "nil timeout",
+                  { 8, 1000, "" } }, { table.unpack(got, 1, 5) })
+    assert.same({ "http.serve: GET /raise (a WebSocket): the handler broke" }, got[6])
+  end)
+
+  it("raises on misuse", function()
+    local got = N.run(function()
+      local errors = {}
+      local kept
+      local srv = ws_server(function(ws, req)
+        kept = ws
+        local function try(f, ...)
+          local ok, err = pcall(f, ...)
+          errors[#errors + 1] = ok and "no error" or err:gsub("^[^:]+:%d+: ", "")
+        end
+        try(ws.send, ws, "\255")
+        try(ws.send, ws, 42)
+        try(ws.send, ws, "x", "json")
+        try(ws.close, ws, 1005)
+        try(ws.close, ws, 1000, ("r"):rep(124))
+        try(ws.ping, ws, ("p"):rep(126))
+        try(ws.receive, ws, -1)
+        try(ws.send, "x")
+        try(http.websocket, req)
+        try(http.websocket, {})
+      end)
+      local c = client(srv.port)
+      c.open()
+      c.next()
+      c.close()
+      market.wait_until(function() return #errors == 10 end, 5000)
+      local ok, err = pcall(kept.send, kept, "from elsewhere")
+      errors[#errors + 1] = ok and "no error" or err:gsub("^[^:]+:%d+: ", "")
+      srv:close()
+      return errors
+    end)
+    assert.same({
+      'http.websocket: send: a text message must be UTF-8 (send it as "binary")',
+      "http.websocket: send: data must be a string, got number",
+      'http.websocket: send: kind must be "text" or "binary", got "json"',
+      "http.websocket: close: code must be an integer a close frame may carry " ..
+        "(1000 to 4999 but 1004 to 1006 and 1015), got 1005",
+      "http.websocket: close: reason must be UTF-8 of at most 123 bytes",
+      "http.websocket: ping: data must be a string of at most 125 bytes",
+      "http.websocket: receive: ms must be a non-negative integer or math.huge, got -1",
+      "http.websocket: send: not a WebSocket (call it with ':')",
+      "http.websocket: the request is a WebSocket already",
+      "http.websocket: req must be the request an http.serve handler was given, in that handler",
+      "http.websocket: send: a WebSocket is used in its connection's process",
+    }, got)
+  end)
+
+  it("lets two clients chat through a market topic: handlers take the room's lines, " ..
+     "the socket's wait takes the client's", function()
+    local said = market.record("ws-said", "who", "text")
+    local got = N.run(function()
+      local srv = ws_server(function(ws, req)
+        local me, outbox = req.query, {}
+        market.perform(market.subscriber(said(_, _), { on_message = function(_, m)
+          outbox[#outbox + 1] = m.who .. ": " .. m.text
+        end }), market.publisher(said(me, _)))
+        while true do
+          market.wait_until(function() return #outbox > 0 or ws.arrived() end)
+          for _, line in ipairs(outbox) do ws:send(line) end
+          outbox = {}
+          if ws.arrived() then
+            local text = ws:receive()
+            if not text then return end
+            market.perform(market.send(said(me, text)))
+          end
+        end
+      end)
+      local a, b = client(srv.port, "/?ann"), client(srv.port, "/?bob")
+      a.open()
+      b.open()
+      market.wait_until(function() return false end, 100)         -- both subscribed
+      a.send(1, "hi bob")
+      local out = { select(2, a.next()), select(2, b.next()) }
+      b.send(1, "hi ann")
+      out[3], out[4] = select(2, a.next()), select(2, b.next())
+      a.send(8, string.pack(">I2", 1000))
+      b.send(8, string.pack(">I2", 1000))
+      out[5], out[6] = a.next(), b.next()
+      srv:close()
+      return out
+    end)
+    assert.same({ "ann: hi bob", "ann: hi bob", "bob: hi ann", "bob: hi ann", 8, 8 }, got)
+  end)
+end)
