@@ -283,8 +283,8 @@ local function fail(ws, why)
 end
 
 -- data, kind = ws:receive([ms]): the next message ("text" or "binary");
--- nil, "closed", code, reason once the client closed; nil, "timeout"; nil
--- and why when the connection failed or the client broke the protocol.
+-- nil, "closed", code, reason once the other side closed; nil, "timeout"; nil
+-- and why when the connection failed or the other side broke the protocol.
 -- wslay answers pings and the client's close.
 function WS:receive(ms)
   mine_ws(self, "receive")
@@ -392,6 +392,22 @@ function WS:close(code, reason)
   return true
 end
 
+-- A WebSocket on conn, used by the process ctx, a client's if client,
+-- taking messages of at most max bytes (nil: MAX_MESSAGE), having agreed
+-- on protocol (or nil), rest what came after the handshake.
+local function new_ws(conn, ctx, max, client, protocol, rest)
+  local ws = setmetatable({ conn = conn, ctx = ctx, reading = true, protocol = protocol,
+                            remote = conn.remote, peer_closed = false,
+                            s = parser.ws_session(max or M.MAX_MESSAGE, client) }, WS)
+  if rest ~= "" then
+    ws.reading = ws.s:feed(rest)
+    flush(ws)
+  end
+  -- arrived(): whether receive would return at once (for wait_until).
+  ws.arrived = function() return ws.s:ready() or not ws.reading or ws.conn.arrived() end
+  return ws
+end
+
 local WS_KEYS = { max_message = positive,
                   protocol = function(v) return type(v) == "string" and v:match("^[%w!#$%%&'*+.^_`|~-]+$") end }
 
@@ -429,17 +445,8 @@ function M.websocket(req, options)
     "Connection: Upgrade\r\nSec-WebSocket-Accept: " .. accept .. "\r\n" ..
     (protocol and "Sec-WebSocket-Protocol: " .. protocol .. "\r\n" or "") .. "\r\n")
   if not ok then return nil, err end
-  local ws = setmetatable({ conn = up.conn, ctx = up.ctx, reading = true, protocol = protocol,
-                            remote = req.remote, peer_closed = false,
-                            s = parser.ws_session(options.max_message or M.MAX_MESSAGE) }, WS)
-  if up.rest ~= "" then
-    ws.reading = ws.s:feed(up.rest)
-    flush(ws)
-  end
-  -- arrived(): whether receive would return at once (for wait_until).
-  ws.arrived = function() return ws.s:ready() or not ws.reading or ws.conn.arrived() end
-  up.ws = ws
-  return ws
+  up.ws = new_ws(up.conn, up.ctx, options.max_message, false, protocol, up.rest)
+  return up.ws
 end
 
 -- The program's stop, which a session watches (made once, not for every
@@ -588,11 +595,17 @@ end
 
 -- host, port, authority (for Host), target of an http:// or https:// URL,
 -- and whether it is https; or nil, why.
-local function parse_url(url)
+-- schemes: to whether they are secure (HTTP_SCHEMES unless given).
+local HTTP_SCHEMES, WS_SCHEMES = { http = false, https = true }, { ws = false, wss = true }
+local function parse_url(url, schemes)
   local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
   if not scheme then return nil, "not an absolute URL: " .. url end
   scheme = scheme:lower()
-  if scheme ~= "http" and scheme ~= "https" then return nil, "not an http URL: " .. url end
+  schemes = schemes or HTTP_SCHEMES
+  local secure = schemes[scheme]
+  if secure == nil then
+    return nil, (schemes == WS_SCHEMES and "not a ws URL: " or "not an http URL: ") .. url
+  end
   local authority, target = rest:match("^([^/?#]*)(.*)$")
   target = target:gsub("#.*$", "")
   if target == "" then target = "/" elseif target:sub(1, 1) == "?" then target = "/" .. target end
@@ -600,10 +613,10 @@ local function parse_url(url)
   local host, port = authority:match("^%[([^%]]+)%]:?(%d*)$")
   if not host then host, port = authority:match("^([^:]*):?(%d*)$") end
   if not host or host == "" then return nil, "no host in " .. url end
-  port = port == "" and (scheme == "https" and 443 or 80) or math.tointeger(tonumber(port))
+  port = port == "" and (secure and 443 or 80) or math.tointeger(tonumber(port))
   if not port or port < 1 or port > 65535 then return nil, "bad port in " .. url end
   if target:find("[%s%c]") then return nil, "a space or control character in " .. url end
-  return host, port, authority, target, scheme == "https"
+  return host, port, authority, target, secure
 end
 
 local CLIENT_OWN = { ["content-length"] = true, ["transfer-encoding"] = true,
@@ -1030,6 +1043,90 @@ function M.request(url, options)
       headers = without(headers, CREDENTIALS)
     end
   end
+end
+
+-- ---- WebSocket clients -------------------------------------------------
+
+local CONNECT_KEYS = {
+  headers = function(v) return type(v) == "table" end,
+  protocols = function(v)
+    if type(v) ~= "table" or #v == 0 then return false end
+    for _, p in ipairs(v) do
+      if type(p) ~= "string" or not p:match("^[%w!#$%%&'*+.^_`|~-]+$") then return false end
+    end
+    return true
+  end,
+  timeout = ms_or_huge, max_message = positive,
+  tls = function(v) return tcp.tls_record:is(v) end }
+-- (what the handshake's head says itself)
+local WS_CLIENT_OWN = { ["content-length"] = true, ["transfer-encoding"] = true, host = true,
+                        connection = true, upgrade = true, ["sec-websocket-key"] = true,
+                        ["sec-websocket-version"] = true, ["sec-websocket-protocol"] = true,
+                        ["sec-websocket-extensions"] = true }
+local MAX_ANSWER = 64 * 1024   -- bytes of the handshake's answer (its head)
+
+-- ws = http.websocket_connect(url [, options]): a WebSocket to a ws:// or
+-- wss:// URL, its handshake done within options.timeout; nil and why.
+function M.websocket_connect(url, options)
+  if type(url) ~= "string" then
+    error("http.websocket_connect: url must be a string, got " .. type(url), 2)
+  end
+  if not pcall(market.self) then error("http.websocket_connect: not inside a market process", 2) end
+  options = check(options, CONNECT_KEYS, "http.websocket_connect")
+  local host, port, authority, target, secure = parse_url(url, WS_SCHEMES)
+  if not host then return nil, port end
+  local key, protocols = parser.ws_key(), options.protocols
+  local ok, bytes = pcall(head, fmt("GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n" ..
+    "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s", target,
+    authority, key, protocols and "Sec-WebSocket-Protocol: " .. table.concat(protocols, ", ") .. "\r\n"
+    or ""), options.headers, WS_CLIENT_OWN, "http.websocket_connect", nil, nil, false)
+  if not ok then error(bytes, 2) end
+  local deadline = market.now() + (options.timeout or M.TIMEOUT)
+  local ms = wait_ms(deadline, math.huge)
+  local conn, why = tcp.connect(host, port, {
+    connect_timeout = ms == math.huge and 0 or math.min(ms, CONNECT_MAX),
+    tls = secure and (options.tls or true) or nil })
+  if not conn then return nil, why end
+  local function failed(reason)
+    conn:close()
+    return nil, reason
+  end
+  ok, why = conn:send(bytes)
+  if not ok then return failed(why) end
+  -- The answer's head: a 101 ends there (what follows is frames).
+  local p, rest = parser.response(MAX_ANSWER), ""
+  while not p:status() do
+    local wait = wait_ms(deadline, math.huge)
+    if wait <= 0 then return failed("timeout") end
+    local data, e = conn:receive(wait)
+    if data == nil then
+      return failed(e == "timeout" and "timeout" or e or "the connection closed before the answer")
+    end
+    local done, r = p:feed(data)
+    if done == nil then return failed("malformed answer: " .. r) end
+    if done then rest = r end
+  end
+  local m = p:message()
+  local h = m.headers
+  if m.status ~= 101 then
+    return failed(("not a WebSocket answer: %d %s"):format(m.status, m.reason))
+  elseif not lists(h.upgrade, "websocket") or not lists(h.connection, "upgrade") then
+    return failed("not a WebSocket answer: no Upgrade: websocket and Connection: Upgrade")
+  elseif h["sec-websocket-accept"] ~= parser.ws_accept(key) then
+    return failed("not a WebSocket answer: a wrong Sec-WebSocket-Accept")
+  elseif h["sec-websocket-extensions"] then
+    return failed("not a WebSocket answer: an extension nobody asked for (" ..
+                  h["sec-websocket-extensions"] .. ")")
+  end
+  local protocol = h["sec-websocket-protocol"]
+  if protocol then
+    local offered = false
+    for _, p2 in ipairs(protocols or {}) do offered = offered or p2 == protocol end
+    if not offered then
+      return failed("not a WebSocket answer: a subprotocol not offered (" .. protocol .. ")")
+    end
+  end
+  return new_ws(conn, sys.owner(), options.max_message, true, protocol, rest)
 end
 
 return M

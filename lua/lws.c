@@ -1,6 +1,7 @@
 /*
-** lws.c: WebSockets (RFC 6455) for market.http's servers (lua/http.lua,
-** http.websocket), on wslay's event layer (Debian's libwslay-dev: a
+** lws.c: WebSockets (RFC 6455) for market.http (lua/http.lua:
+** http.websocket's servers, http.websocket_connect's clients), on wslay's
+** event layer (Debian's libwslay-dev: a
 ** maintained, fuzzed codec of the frames, which checks masking, reserved
 ** bits, opcodes, control frames, fragments, UTF-8 text and close codes,
 ** answers pings and closes, and leaves the I/O to its user) and libmd's
@@ -10,13 +11,17 @@
 **   ws_accept(key)       -> the Sec-WebSocket-Accept value for a client's
 **                           Sec-WebSocket-Key; nil when the key is not 16
 **                           bytes in base64, as the RFC asks
-**   ws_session(max)      -> one server side of a WebSocket, taking
-**                           messages of at most max bytes
-**   s:feed(bytes)        -> the client's bytes read: the messages in them
+**   ws_key()             -> a new Sec-WebSocket-Key: 16 random bytes in
+**                           base64 (a client's)
+**   ws_session(max [, client])
+**                        -> one side of a WebSocket, a server's (or with
+**                           client, a client's: its frames masked),
+**                           taking messages of at most max bytes
+**   s:feed(bytes)        -> the other side's bytes read: the messages in them
 **                           queued for next(), and what wslay answers
 **                           (pongs, a close) for output().  false once
 **                           wslay reads no more (a close came, or the
-**                           client broke the protocol: a close with the
+**                           other side broke the protocol: a close with the
 **                           code queued)
 **   s:next()             -> the next message: opcode, payload, and a close's
 **                           code (0 without one); nil when none is queued
@@ -36,6 +41,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/types.h>
 
 #include <sha1.h>
@@ -57,6 +63,37 @@ static int key16(const char *key, size_t n) {
   return (strchr(b64, key[21]) - b64) % 16 == 0;
 }
 
+/* n random bytes into buf: 0, or -1 when the system has none to give. */
+static int random_bytes(uint8_t *buf, size_t n) {
+  while (n > 0) {
+    ssize_t got = getrandom(buf, n, 0);
+    if (got < 0) return -1;               /* (EINTR is not for so few bytes) */
+    buf += got;
+    n -= (size_t)got;
+  }
+  return 0;
+}
+
+/* Three bytes as four base64 digits. */
+static void b64group(const uint8_t *d, char *out) {
+  uint32_t v = (uint32_t)d[0] << 16 | (uint32_t)d[1] << 8 | d[2];
+  out[0] = b64[v >> 18];
+  out[1] = b64[(v >> 12) & 63];
+  out[2] = b64[(v >> 6) & 63];
+  out[3] = b64[v & 63];
+}
+
+static int l_key(lua_State *L) {
+  uint8_t d[18] = {0};                    /* 16 random, two of padding */
+  char out[24];
+  int i;
+  if (random_bytes(d, 16) != 0) return luaL_error(L, "market.http: no random bytes for a key");
+  for (i = 0; i < 6; i++) b64group(d + 3 * i, out + 4 * i);
+  out[22] = out[23] = '=';
+  lua_pushlstring(L, out, sizeof out);
+  return 1;
+}
+
 static int l_accept(lua_State *L) {
   static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
   size_t n;
@@ -70,13 +107,7 @@ static int l_accept(lua_State *L) {
   SHA1Update(&c, (const uint8_t *)key, n);
   SHA1Update(&c, (const uint8_t *)guid, sizeof guid - 1);
   SHA1Final(d, &c);
-  for (i = 0; i < 21; i += 3) {
-    uint32_t v = (uint32_t)d[i] << 16 | (uint32_t)d[i + 1] << 8 | d[i + 2];
-    out[o++] = b64[v >> 18];
-    out[o++] = b64[(v >> 12) & 63];
-    out[o++] = b64[(v >> 6) & 63];
-    out[o++] = b64[v & 63];
-  }
+  for (i = 0; i < 21; i += 3, o += 4) b64group(d + i, out + o);
   out[27] = '=';                          /* 20 bytes: the last digit is padding */
   lua_pushlstring(L, out, sizeof out);
   return 1;
@@ -159,6 +190,14 @@ static void msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
   s->last = m;
 }
 
+/* A client's masks. */
+static int genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *ud) {
+  (void)ud;
+  if (random_bytes(buf, len) == 0) return 0;
+  wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+  return -1;
+}
+
 static wssession *checksession(lua_State *L) {
   wssession *s = luaL_checkudata(L, 1, LWS_MT);
   if (s->ctx == NULL) luaL_error(L, "market.http: a WebSocket session used after it was freed");
@@ -167,15 +206,19 @@ static wssession *checksession(lua_State *L) {
 
 static int l_session(lua_State *L) {
   static const struct wslay_event_callbacks cbs = {
-    .recv_callback = recv_cb, .send_callback = send_cb, .on_msg_recv_callback = msg_cb,
+    .recv_callback = recv_cb, .send_callback = send_cb, .genmask_callback = genmask_cb,
+    .on_msg_recv_callback = msg_cb,
   };
   lua_Integer max = luaL_checkinteger(L, 1);
+  int client = lua_toboolean(L, 2), r;
   wssession *s;
   luaL_argcheck(L, max > 0, 1, "the limit must be a positive number of bytes");
   s = lua_newuserdatauv(L, sizeof *s, 0);
   memset(s, 0, sizeof *s);
   luaL_setmetatable(L, LWS_MT);
-  if (wslay_event_context_server_init(&s->ctx, &cbs, s) != 0) {
+  r = client ? wslay_event_context_client_init(&s->ctx, &cbs, s)
+             : wslay_event_context_server_init(&s->ctx, &cbs, s);
+  if (r != 0) {
     s->ctx = NULL;
     return luaL_error(L, "market.http: out of memory");
   }
@@ -289,7 +332,7 @@ static int l_gc(lua_State *L) {
   return 0;
 }
 
-/* Adds ws_accept and ws_session to the table at the top. */
+/* Adds ws_accept, ws_key and ws_session to the table at the top. */
 void mkl_open_ws(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"feed", l_feed}, {"next", l_next}, {"ready", l_ready}, {"queue", l_queue},
@@ -303,6 +346,8 @@ void mkl_open_ws(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, l_accept);
   lua_setfield(L, -2, "ws_accept");
+  lua_pushcfunction(L, l_key);
+  lua_setfield(L, -2, "ws_key");
   lua_pushcfunction(L, l_session);
   lua_setfield(L, -2, "ws_session");
 }

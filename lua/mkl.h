@@ -243,7 +243,7 @@ int luaopen_market_inspect(lua_State *L);
 /* lhttp.c: push the HTTP parser table (http.request, http.response, and
 ** lws.c's WebSocket frames). */
 void mkl_open_http(lua_State *L);
-/* lws.c: add ws_accept, ws_reader and ws_frame to the table at the top. */
+/* lws.c: add ws_accept, ws_key and ws_session to the table at the top. */
 void mkl_open_ws(lua_State *L);
 /* 1 when the Lua half of module `name` ("market", "timer", ...) is built in. */
 int mkl_builtin(const char *name);

@@ -7,6 +7,7 @@
 package.path = "spec/support/?.lua;" .. package.path
 local market = require "market"
 local http = require "market.http"
+local tcp = require "market.tcp"
 local N = require "net"
 local W = require "wsclient"
 local frame, client = W.frame, W.client
@@ -259,6 +260,123 @@ describe("http.websocket", function()
       "http.websocket: req must be the request an http.serve handler was given, in that handler",
       "http.websocket: send: a WebSocket is used in its connection's process",
     }, got)
+  end)
+
+  it("connects as a client to ws:// and wss://: messages both ways, a subprotocol, the " ..
+     "server's close", function()
+    local S = require "nats"                       -- (its certificates)
+    local certs = S.certificates()
+    local ok, got = pcall(N.run, function()
+      local function serve(ws)
+        while true do
+          local data, kind = ws:receive()
+          if not data then return end
+          if data == "bye" then return ws:close(4001, "as asked") end
+          ws:send(kind .. ":" .. data, kind)
+        end
+      end
+      local plain = ws_server(serve, { protocol = "echo" })
+      local secure = assert(http.serve(0, function(req)
+        serve(assert(http.websocket(req)))
+      end, { tls = assert(tcp.tls{ cert = certs.cert, key = certs.key }) }))
+      local out = {}
+      local function session(url, options)
+        local ws, why = http.websocket_connect(url, options)
+        if not ws then return why end
+        local r = { tostring(ws.protocol), ws.remote.host }
+        ws:send("héllo")
+        r[#r + 1] = table.concat({ ws:receive(5000) }, " ")
+        ws:send(("\0"):rep(70000), "binary")
+        local data, kind = ws:receive(5000)
+        r[#r + 1] = #data .. " " .. kind
+        ws:send("bye")
+        r[#r + 1] = table.concat({ tostring(ws:receive(5000)), select(2, ws:receive()) }, " ")
+        r[#r + 1] = tostring(ws:send("after"))
+        return r
+      end
+      out[1] = session("ws://127.0.0.1:" .. plain.port .. "/x?y", { protocols = { "chat", "echo" } })
+      out[2] = session("WSS://127.0.0.1:" .. secure.port .. "/",
+                       { tls = assert(tcp.tls{ ca = certs.ca }), timeout = math.huge })
+      out[3] = select(2, http.websocket_connect("wss://127.0.0.1:" .. secure.port .. "/"))
+      plain:close(); secure:close()
+      return out
+    end)
+    S.cleanup()
+    assert(ok, got)
+    assert.same({ "echo", "127.0.0.1", "text:héllo text", "70007 binary",
+                  "nil closed 4001 as asked", "nil" }, got[1])
+    assert.same({ "nil", "127.0.0.1", "text:héllo text", "70007 binary", "nil closed 4001 as asked",
+                  "nil" }, got[2])
+    assert.matches("^tls: certificate verify failed", got[3])
+  end)
+
+  it("gives a client nil and why for what is no WebSocket answer, and raises on misuse", function()
+    local got = N.run(function()
+      -- Servers written by hand: each answers the handshake with answer(key).
+      local function answering(answer)
+        return assert(tcp.serve(0, function(conn)
+          local buf = ""
+          repeat buf = buf .. (conn:receive(5000) or "") until buf:find("\r\n\r\n", 1, true)
+          local key = buf:match("[Ss]ec%-[Ww]eb[Ss]ocket%-[Kk]ey: ([^\r]+)")
+          local reply = answer(key)
+          if reply then conn:send(reply) end
+          conn:receive(5000)
+        end))
+      end
+      local real = ws_server(function() end)
+      local function accept_of(key)    -- what a real server answers to key
+        local c = W.client(real.port, "/", ("Upgrade: websocket\r\nConnection: Upgrade\r\n" ..
+          "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"):format(key))
+        local h = c.open()
+        c.close()
+        return h:match("Sec%-WebSocket%-Accept: ([^\r]+)")
+      end
+      local answers = {
+        function() return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi" end,
+        function() return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" ..
+                          "Connection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n" end,
+        function(key) return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" ..
+                             "Connection: Upgrade\r\nSec-WebSocket-Accept: " .. accept_of(key) .. "\r\n" ..
+                             "Sec-WebSocket-Protocol: other\r\n\r\n" end,
+        function(key) return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" ..
+                             "Connection: Upgrade\r\nSec-WebSocket-Accept: " .. accept_of(key) .. "\r\n" ..
+                             "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n" end,
+        function() return "SPAM\r\n\r\n" end,
+        function() return nil end,                              -- silent
+      }
+      local out = {}
+      for i, answer in ipairs(answers) do
+        local srv = answering(answer)
+        out[i] = select(2, http.websocket_connect("ws://127.0.0.1:" .. srv.port .. "/",
+                                                  { timeout = 300, protocols = { "chat" } }))
+        srv:close()
+      end
+      local free = N.free_port()
+      out[#out + 1] = select(2, http.websocket_connect("ws://127.0.0.1:" .. free .. "/"))
+      out[#out + 1] = select(2, http.websocket_connect("http://127.0.0.1:" .. free .. "/"))
+      local function try(...)
+        local ok, err = pcall(http.websocket_connect, ...)
+        out[#out + 1] = ok and "no error" or err:gsub("^[^:]+:%d+: ", "")
+      end
+      try(42)
+      try("ws://127.0.0.1:1/", { protocols = {} })
+      try("ws://127.0.0.1:1/", { headers = { Upgrade = "h2c" } })
+      try("ws://127.0.0.1:1/", { compress = true })
+      real:close()
+      return out
+    end)
+    assert.same({ "not a WebSocket answer: 200 OK",
+                  "not a WebSocket answer: a wrong Sec-WebSocket-Accept",
+                  "not a WebSocket answer: a subprotocol not offered (other)",
+                  "not a WebSocket answer: an extension nobody asked for (permessage-deflate)" },
+                { table.unpack(got, 1, 4) })
+    assert.matches("^malformed answer: ", got[5])
+    assert.same({ "timeout", "connection refused", "not a ws URL: http://127.0.0.1:" }, {
+      got[6], got[7], got[8]:match("^not a ws URL: http://127%.0%.0%.1:") })
+    assert.same({ "http.websocket_connect: url must be a string, got number",
+                  "http.websocket_connect: bad protocols: []",
+                  "http.websocket_connect: the header Upgrade is market's to write",
+                  "http.websocket_connect: unknown setting \"compress\"" }, { table.unpack(got, 9, 12) })
   end)
 
   it("lets two clients chat through a market topic: handlers take the room's lines, " ..
