@@ -247,7 +247,7 @@ local upgradable = setmetatable({}, { __mode = "k" })
 local OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING = 1, 2, 8, 9
 local KINDS = { [OP_TEXT] = "text", [OP_BINARY] = "binary" }
 M.MAX_MESSAGE = 1 << 20        -- [max_message] bytes of a message a WebSocket takes
-M.CLOSE_WAIT = 1000            -- ms a closing WebSocket waits for the client's close
+M.CLOSE_WAIT = 1000            -- ms a closing WebSocket waits for the other side's close
 
 local WS = {}
 WS.__index = WS
@@ -285,7 +285,7 @@ end
 -- data, kind = ws:receive([ms]): the next message ("text" or "binary");
 -- nil, "closed", code, reason once the other side closed; nil, "timeout"; nil
 -- and why when the connection failed or the other side broke the protocol.
--- wslay answers pings and the client's close.
+-- wslay answers pings and the other side's close.
 function WS:receive(ms)
   mine_ws(self, "receive")
   if ms ~= nil and ms ~= math.huge and (mtype(ms) ~= "integer" or ms < 0) then
@@ -310,8 +310,8 @@ function WS:receive(ms)
       end
     elseif op == nil then
       if not self.reading then
-        -- wslay reads no more without a close from the client: it broke
-        -- the protocol, and the close wslay queued says how.
+        -- wslay reads no more without a close from the other side: it
+        -- broke the protocol, and the close wslay queued says how.
         flush(self)
         local _, _, _, sent = self.s:status()
         return fail(self, sent == 1005 and "protocol error (closed without a code)" or
@@ -366,7 +366,7 @@ end
 
 -- ws:close([code [, reason]]): the close handshake (code 1000 unless
 -- told; reason at most 123 bytes of UTF-8), waiting CLOSE_WAIT ms at most
--- for the client's close (messages meanwhile are dropped), then the
+-- for the other side's close (messages meanwhile are dropped), then the
 -- connection closed.  Closing again does nothing.
 function WS:close(code, reason)
   mine_ws(self, "close")

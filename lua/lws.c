@@ -304,6 +304,11 @@ static int l_output(lua_State *L) {
   checkmem(L, s);
   lua_pushlstring(L, s->out ? s->out : "", s->outn);
   s->outn = 0;
+  if (s->outcap > 64 * 1024) {          /* a large message's room: not kept while idle */
+    free(s->out);
+    s->out = NULL;
+    s->outcap = 0;
+  }
   return 1;
 }
 
