@@ -54,6 +54,11 @@ local function positive(v) return mtype(v) == "integer" and v > 0 end
 -- A time in ms, or math.huge: none.
 local function ms_or_huge(v) return positive(v) or v == math.huge end
 
+-- Cookie jars' metatable (http.cookies, below).
+local Jar = {}
+Jar.__index = Jar
+local function is_jar(v) return getmetatable(v) == Jar end
+
 -- The longest connect_timeout the TCP driver takes (0 is none).
 local CONNECT_MAX = sys.tcp_settings().connect_timeout[2]
 
@@ -71,7 +76,8 @@ local REQUEST_KEYS = { method = function(v) return type(v) == "string" and v:mat
                        keep_alive = function(v) return mtype(v) == "integer" and v >= 0 end,
                        redirects = function(v) return mtype(v) == "integer" and v >= 0 end,
                        tls = function(v) return tcp.tls_record:is(v) end,
-                       sink = function(v) return type(v) == "function" end }
+                       sink = function(v) return type(v) == "function" end,
+                       cookies = is_jar }
 
 local function check(t, keys, fname)
   if t == nil then return {} end
@@ -834,7 +840,7 @@ local function exchange(conn, bytes, body, length, method, deadline, idle, max_r
       local m = p:message()
       if m.status >= 200 or m.status < 100 then
         return { status = m.status, reason = m.reason, version = m.version,
-                 headers = m.headers, body = m.body },
+                 headers = m.headers, body = m.body, set_cookies = m.set_cookies },
                m.keep_alive and rest == "" and data ~= nil and not unsent
       end
       -- An interim answer (100 Continue, 103 Early Hints): the real one
@@ -923,6 +929,233 @@ local function without(headers, drop)
   return dropped and out or headers
 end
 
+-- ---- cookies (RFC 6265) ------------------------------------------------
+
+M.MAX_COOKIES = 3000           -- cookies a jar keeps (the oldest go first)
+local MAX_PER_DOMAIN = 50      -- (RFC 6265, 6.1: at least 50 a domain)
+local MAX_COOKIE = 4096        -- bytes of a cookie's name, value and attributes
+
+local MONTHS = { jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6, jul = 7, aug = 8,
+                 sep = 9, oct = 10, nov = 11, dec = 12 }
+
+-- Days from 1970-01-01 to y-m-d (proleptic Gregorian).
+local function days(y, m, d)
+  y = m <= 2 and y - 1 or y
+  local era = y // 400
+  local yoe = y - era * 400
+  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
+  return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+end
+
+-- A cookie date (RFC 6265, 5.1.1: "Wed, 21 Oct 2015 07:28:00 GMT" and
+-- its looser kin) as ms since the epoch; nil when it is none.
+local function cookie_date(s)
+  local time, day, month, year
+  for token in s:gmatch("[^\t !\"#$%%&'()*+,%-./;<=>?@%[\\%]^_`{|}~]+") do
+    local h, mi, se = token:match("^(%d%d?):(%d%d?):(%d%d?)")
+    if not time and h then
+      time = { tonumber(h), tonumber(mi), tonumber(se) }
+    elseif not day and token:match("^%d%d?%f[%D]") then
+      day = tonumber(token:match("^%d+"))
+    elseif not month and MONTHS[token:sub(1, 3):lower()] then
+      month = MONTHS[token:sub(1, 3):lower()]
+    elseif not year and token:match("^%d%d%d?%d?%f[%D]") then
+      year = tonumber(token:match("^%d+"))
+    end
+  end
+  if not (time and day and month and year) then return nil end
+  if year >= 70 and year <= 99 then year = year + 1900 elseif year <= 69 then year = year + 2000 end
+  if day < 1 or day > 31 or year < 1601 or time[1] > 23 or time[2] > 59 or time[3] > 59 then
+    return nil
+  end
+  return ((days(year, month, day) * 24 + time[1]) * 60 + time[2]) * 60000 + time[3] * 1000
+end
+
+-- Is host an address (IPv4, or IPv6 as URLs bracket it)?
+local function is_address(host)
+  return host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil or host:find(":", 1, true) ~= nil
+end
+
+-- Does host domain-match domain (RFC 6265, 5.1.3)?
+local function domain_match(host, domain)
+  return host == domain or not is_address(host) and #host > #domain and
+         host:sub(-#domain - 1) == "." .. domain
+end
+
+-- Does the request path path-match the cookie path cpath (5.1.4)?
+local function path_match(path, cpath)
+  return path == cpath or path:sub(1, #cpath) == cpath and
+         (cpath:sub(-1) == "/" or path:sub(#cpath + 1, #cpath + 1) == "/")
+end
+
+-- jar = http.cookies(): an empty cookie jar, for the cookies option.
+function M.cookies()
+  return setmetatable({ kept = {}, made = 0 }, Jar)
+end
+
+local function checkjar(jar, what)
+  if getmetatable(jar) ~= Jar then
+    error(("http.cookies: %s: not a cookie jar (call it with ':')"):format(what), 3)
+  end
+end
+
+-- The cookies past their time taken out.
+local function expire(jar, now)
+  local list, n = jar.kept, 0
+  for i = 1, #list do
+    local c = list[i]
+    if not c.expires or c.expires > now then n = n + 1; list[n] = c end
+  end
+  for i = #list, n + 1, -1 do list[i] = nil end
+end
+
+-- A Set-Cookie value heard from host (lower case) for path (the request's,
+-- without its query), secure when over TLS, taken into the jar (5.2, 5.3).
+local function store(jar, line, host, path, secure, now)
+  if #line > MAX_COOKIE then return end
+  local pair, attrs = line:match("^([^;]*)(.*)$")
+  local name, value = pair:match("^%s*([^=]-)%s*=%s*(.-)%s*$")
+  if not name or name == "" then return end
+  local c = { name = name, value = value, domain = host, path = nil, secure = false,
+              http_only = false, host_only = true, expires = nil }
+  local max_age, expires, domain
+  for attr in attrs:gmatch(";([^;]*)") do
+    local k, v = attr:match("^%s*([^=]-)%s*=%s*(.-)%s*$")
+    k = (k or attr:match("^%s*(.-)%s*$")):lower()
+    if k == "expires" and v then
+      expires = cookie_date(v) or expires
+    elseif k == "max-age" and v and v:match("^%-?%d+$") then
+      local secs = math.tointeger(tonumber(v))
+      if secs then max_age = secs end
+    elseif k == "domain" and v and v ~= "" then
+      domain = v:gsub("^%.", ""):lower()
+    elseif k == "path" and v and v:sub(1, 1) == "/" then
+      c.path = v
+    elseif k == "secure" then
+      c.secure = true
+    elseif k == "httponly" then
+      c.http_only = true
+    end
+  end
+  if max_age then
+    c.expires = max_age <= 0 and -math.huge or now + max_age * 1000.0   -- (a float: no wrap)
+  elseif expires then
+    c.expires = expires
+  end
+  if domain then
+    -- Not for another site, nor for a whole top-level domain.
+    if not domain_match(host, domain) or not domain:find(".", 1, true) and domain ~= host then return end
+    c.domain, c.host_only = domain, false
+  end
+  if not c.path then                         -- the request path's directory
+    c.path = path:sub(1, 1) == "/" and path:match("^(.*)/") or ""
+    if c.path == "" then c.path = "/" end
+  end
+  if c.secure and not secure then return end
+  local list, same = jar.kept, nil
+  for i, old in ipairs(list) do
+    if old.name == c.name and old.domain == c.domain and old.path == c.path then same = i; break end
+  end
+  if same then
+    c.made = list[same].made
+    table.remove(list, same)
+  else
+    jar.made = jar.made + 1
+    c.made = jar.made
+  end
+  if c.expires and c.expires <= now then return end    -- (a delete)
+  local per = 0
+  for _, old in ipairs(list) do if old.domain == c.domain then per = per + 1 end end
+  -- Past a limit, the oldest go: of this domain, or of all.
+  while #list > 0 and (per >= MAX_PER_DOMAIN or #list >= M.MAX_COOKIES) do
+    local oldest
+    for j, old in ipairs(list) do
+      if (per < MAX_PER_DOMAIN or old.domain == c.domain) and
+         (not oldest or old.made < list[oldest].made) then
+        oldest = j
+      end
+    end
+    if list[oldest].domain == c.domain then per = per - 1 end
+    table.remove(list, oldest)
+  end
+  list[#list + 1] = c
+end
+
+-- The Cookie header's value for host, path, secure (nil: none), the
+-- longest paths first, then the oldest (5.4).
+local function cookie_header(jar, host, path, secure, now)
+  expire(jar, now)
+  local chosen = {}
+  for _, c in ipairs(jar.kept) do
+    if (c.host_only and host == c.domain or not c.host_only and domain_match(host, c.domain)) and
+       path_match(path, c.path) and (secure or not c.secure) then
+      chosen[#chosen + 1] = c
+    end
+  end
+  if #chosen == 0 then return nil end
+  table.sort(chosen, function(a, b)
+    if #a.path ~= #b.path then return #a.path > #b.path end
+    return a.made < b.made
+  end)
+  for i, c in ipairs(chosen) do chosen[i] = c.name .. "=" .. c.value end
+  return table.concat(chosen, "; ")
+end
+
+-- headers (the caller's, or nil) with the jar's cookies for a request to
+-- host and target: after a Cookie header of the caller's, if any.
+local function with_cookies(headers, jar, host, target, secure)
+  local c = jar and cookie_header(jar, host:lower(), target:match("^[^?]*"), secure, market.now())
+  if not c then return headers end
+  local out, own = {}, nil
+  for k, v in pairs(headers or {}) do
+    if type(k) == "string" and k:lower() == "cookie" then
+      own = type(v) == "table" and table.concat(v, "; ") or tostring(v)
+    else
+      out[k] = v
+    end
+  end
+  out.Cookie = own and own .. "; " .. c or c
+  return out
+end
+
+-- The Set-Cookie values of an answer from host to target, into the jar.
+local function take_cookies(jar, lines, host, target, secure)
+  local now = market.now()
+  for _, line in ipairs(lines or {}) do
+    store(jar, line, host:lower(), target:match("^[^?]*"), secure, now)
+  end
+end
+
+-- header = jar:header(url): what a request to url sends (nil: nothing).
+function Jar:header(url)
+  checkjar(self, "header")
+  if type(url) ~= "string" then error("http.cookies: header: url must be a string, got " .. type(url), 2) end
+  local scheme = url:match("^(%a[%w+.-]*):")
+  local host, _, _, target, secure = parse_url(url, scheme and WS_SCHEMES[scheme:lower()] ~= nil and
+                                                     WS_SCHEMES or HTTP_SCHEMES)
+  if not host then return nil end
+  return cookie_header(self, host:lower(), target:match("^[^?]*"), secure, market.now())
+end
+
+-- jar:list(): the cookies kept, each a table (name, value, domain, path,
+-- secure, http_only, host_only, expires: ms since the epoch or nil).
+function Jar:list()
+  checkjar(self, "list")
+  expire(self, market.now())
+  local out = {}
+  for i, c in ipairs(self.kept) do
+    out[i] = { name = c.name, value = c.value, domain = c.domain, path = c.path, secure = c.secure,
+               http_only = c.http_only, host_only = c.host_only, expires = c.expires }
+  end
+  return out
+end
+
+-- jar:clear(): every cookie gone.
+function Jar:clear()
+  checkjar(self, "clear")
+  self.kept = {}
+end
+
 -- ---- requests ----------------------------------------------------------
 
 -- One request's bytes sent to host:port (over TLS with configuration
@@ -994,6 +1227,7 @@ function M.request(url, options)
   end
   local deadline = market.now() + (options.timeout or M.TIMEOUT)
   local idle = options.idle_timeout or math.huge
+  local jar = options.cookies
   local host, port, authority, target, secure = parse_url(url)
   if not host then return nil, port end
   local tls = options.tls or true
@@ -1008,13 +1242,14 @@ function M.request(url, options)
       length = body and #body or 0
     end
     local ok, bytes = pcall(head, fmt("%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, authority),
-                            headers, CLIENT_OWN, "http.request", nil, length, keep_ms == 0,
-                            not pieces and body or nil)
+                            with_cookies(headers, jar, host, target, secure), CLIENT_OWN,
+                            "http.request", nil, length, keep_ms == 0, not pieces and body or nil)
     if not ok then error(bytes, 2) end
     local res, why, raised = ask(host, port, secure and tls or nil, bytes, pieces, options.length,
                                  method, deadline, idle, keep_ms, max_response, stream)
     if raised then error(why, 0) end              -- the sink's or the body's error, as it raised it
     if not res then return nil, why end
+    if jar then take_cookies(jar, res.set_cookies, host, target, secure) end
     local turn, location = REDIRECTS[res.status], res.headers.location
     -- A body function's pieces are gone: a redirect that would send the
     -- body again is the answer.
@@ -1056,7 +1291,7 @@ local CONNECT_KEYS = {
     end
     return true
   end,
-  timeout = ms_or_huge, max_message = positive,
+  timeout = ms_or_huge, max_message = positive, cookies = is_jar,
   tls = function(v) return tcp.tls_record:is(v) end }
 -- (what the handshake's head says itself)
 local WS_CLIENT_OWN = { ["content-length"] = true, ["transfer-encoding"] = true, host = true,
@@ -1079,7 +1314,8 @@ function M.websocket_connect(url, options)
   local ok, bytes = pcall(head, fmt("GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n" ..
     "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s", target,
     authority, key, protocols and "Sec-WebSocket-Protocol: " .. table.concat(protocols, ", ") .. "\r\n"
-    or ""), options.headers, WS_CLIENT_OWN, "http.websocket_connect", nil, nil, false)
+    or ""), with_cookies(options.headers, options.cookies, host, target, secure), WS_CLIENT_OWN,
+    "http.websocket_connect", nil, nil, false)
   if not ok then error(bytes, 2) end
   local deadline = market.now() + (options.timeout or M.TIMEOUT)
   local ms = wait_ms(deadline, math.huge)
@@ -1108,6 +1344,7 @@ function M.websocket_connect(url, options)
   end
   local m = p:message()
   local h = m.headers
+  if options.cookies then take_cookies(options.cookies, m.set_cookies, host, target, secure) end
   if m.status ~= 101 then
     return failed(("not a WebSocket answer: %d %s"):format(m.status, m.reason))
   elseif not lists(h.upgrade, "websocket") or not lists(h.connection, "upgrade") then

@@ -34,7 +34,7 @@
 **                             share one parser)
 **   parser:message()       -> {method=, target=, path=, query=, version=,
 **                             status=, headers={lower-cased name =
-**                             value}, body=,
+**                             value}, body=, set_cookies=,
 **                             keep_alive=}   (fields so far; keep_alive
 **                             once the head is whole; path and query:
 **                             the target cut at its first '?')
@@ -42,7 +42,10 @@
 ** The bytes come as the connection delivers them, in pieces cut anywhere:
 ** the parser keeps what it needs between pieces in buffers that grow with
 ** the message and no further than `max` (no fixed buffer on the input
-** path).  A repeated header's values are joined with ", " (RFC 9110 5.3).
+** path).  A repeated header's values are joined with ", " (RFC 9110 5.3);
+** Set-Cookie's are kept apart as well, in set_cookies (a list; RFC 9110
+** 5.3 again: a cookie's Expires holds a comma, so joined they are not
+** one header's values any more).
 */
 #include <stdarg.h>
 #include <stdint.h>
@@ -118,6 +121,12 @@ static void flush_header(lhttp *h) {
   }
   lua_rawset(L, -3);
   lua_pop(L, 1);
+  if (h->field.n == 10 && memcmp(h->field.p, "set-cookie", 10) == 0) {
+    lua_getiuservalue(L, 1, 2);
+    lua_pushlstring(L, h->value.p, h->value.n);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    lua_pop(L, 1);
+  }
   h->field.n = h->value.n = 0;
   h->in_value = 0;
 }
@@ -261,6 +270,8 @@ static int l_message(lua_State *L) {
   lua_setfield(L, -2, "version");
   lua_getiuservalue(L, 1, 1);
   lua_setfield(L, -2, "headers");
+  lua_getiuservalue(L, 1, 2);
+  lua_setfield(L, -2, "set_cookies");
   setbuf_field(L, &h->body, "body");
   if (h->head_done) {
     lua_pushboolean(L, http_should_keep_alive(&h->p));
@@ -312,6 +323,8 @@ static int l_reset(lua_State *L) {
   h->overflow = h->in_value = h->head_done = h->done = 0;
   lua_newtable(L);
   lua_setiuservalue(L, 1, 1);
+  lua_newtable(L);
+  lua_setiuservalue(L, 1, 2);
   return 0;
 }
 
@@ -319,7 +332,7 @@ static int make(lua_State *L, enum http_parser_type type) {
   lua_Integer max = luaL_checkinteger(L, 1);
   lhttp *h;
   luaL_argcheck(L, max > 0, 1, "the limit must be a positive number of bytes");
-  h = lua_newuserdatauv(L, sizeof *h, 1);
+  h = lua_newuserdatauv(L, sizeof *h, 2);   /* the headers, the Set-Cookie values */
   memset(h, 0, sizeof *h);
   http_parser_init(&h->p, type);
   h->max = (size_t)max;
@@ -327,6 +340,8 @@ static int make(lua_State *L, enum http_parser_type type) {
   luaL_setmetatable(L, LHTTP_MT);
   lua_newtable(L);
   lua_setiuservalue(L, -2, 1);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 2);
   return 1;
 }
 

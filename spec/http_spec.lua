@@ -760,6 +760,107 @@ describe("http.serve and http.request", function()
                   "http.request: bad timeout: -inf" }, got)
   end)
 
+  it("keeps cookies in a jar: what a server sets goes back where it belongs, redirects " ..
+     "included, and goes when it expires or is deleted", function()
+    local got = N.run(function()
+      local srv = assert(http.serve(0, function(req)
+        local set = {
+          ["/login"] = { "session=abc; Path=/; HttpOnly", "theme=dark; Max-Age=3600",
+                         "gone=1; Max-Age=0", "old=x; Expires=Wed, 21 Oct 2015 07:28:00 GMT",
+                         "far=y; expires=Fri, 01-Jan-2100 00:00:00 GMT", "sub=z; Path=/app",
+                         "sec=s; Secure", "evil=e; Domain=example.com", "nameless",
+                         "dom=d; Domain=127.0.0.1" },
+          ["/logout"] = { "session=; Max-Age=0", "theme=light" },
+          ["/hop"] = { "hop=1" },
+        }
+        local headers = { ["set-cookie"] = set[req.path] }
+        if req.path == "/hop" then headers.location = "/app/x"; return 302, headers, "" end
+        return 200, headers, tostring(req.headers.cookie)
+      end))
+      local jar = http.cookies()
+      local function ask(path, options)
+        options = options or {}
+        options.cookies = jar
+        return assert(http.request(url(srv, path), options)).body
+      end
+      local out = {}
+      local res = assert(http.request(url(srv, "/login"), { cookies = jar }))
+      out[#out + 1] = #res.set_cookies                            -- each value apart
+      out[#out + 1] = ask("/")
+      out[#out + 1] = ask("/app/page")
+      out[#out + 1] = ask("/application")                          -- not under /app
+      out[#out + 1] = ask("/", { headers = { Cookie = "mine=1" } })
+      out[#out + 1] = jar:header("http://127.0.0.1:1/app")
+      out[#out + 1] = tostring(jar:header("http://localhost/"))
+      out[#out + 1] = ask("/hop", { redirects = 1 })              -- set on the way, sent after
+      ask("/logout")
+      out[#out + 1] = ask("/")
+      local names = {}
+      for _, c in ipairs(jar:list()) do
+        names[#names + 1] = ("%s=%s %s %s %s"):format(c.name, c.value, c.path, tostring(c.host_only),
+                                                      tostring(c.expires))
+      end
+      table.sort(names)
+      out[#out + 1] = names
+      jar:clear()
+      out[#out + 1] = ask("/")
+      out[#out + 1] = select(2, pcall(http.request, url(srv, "/"), { cookies = {} }))
+      srv:close()
+      return out
+    end)
+    assert.same({ 10,
+                  "session=abc; theme=dark; far=y; dom=d",
+                  "sub=z; session=abc; theme=dark; far=y; dom=d",
+                  "session=abc; theme=dark; far=y; dom=d",
+                  "mine=1; session=abc; theme=dark; far=y; dom=d",
+                  "sub=z; session=abc; theme=dark; far=y; dom=d",
+                  "nil" }, { table.unpack(got, 1, 7) })
+    assert.equal("sub=z; session=abc; theme=dark; far=y; dom=d; hop=1", got[8])
+    assert.equal("theme=light; far=y; dom=d; hop=1", got[9])
+    assert.matches("^dom=d / false nil$", got[10][1])
+    assert.equal("far=y / true 4102444800000", got[10][2])
+    assert.equal("nil", got[11])
+    assert.matches("http.request: bad cookies", got[12], 1, true)
+  end)
+
+  it("reads a cookie's Expires in the forms servers write, Max-Age first, and keeps at most " ..
+     "50 cookies a host", function()
+    local got = N.run(function()
+      local srv = assert(http.serve(0, function(req)
+        if req.path == "/many" then
+          local set = {}
+          for i = 1, 60 do set[i] = ("c%d=%d"):format(i, i) end
+          return 200, { ["set-cookie"] = set }, ""
+        end
+        return 200, { ["set-cookie"] = {
+          "a=1; Expires=Sun, 06 Nov 2094 08:49:37 GMT", "b=1; Expires=Sunday, 06-Nov-94 08:49:37 GMT",
+          "c=1; Expires=Sun Nov  6 08:49:37 2094", "d=1; Expires=not a date",
+          "e=1; Expires=Sun, 06 Nov 2094 08:49:37 GMT; Max-Age=60", "f=1; expires=6 nov 2094 8:49:37" } }, ""
+      end))
+      local jar = http.cookies()
+      local t0 = market.now()
+      assert(http.request(url(srv, "/dates"), { cookies = jar }))
+      local out = {}
+      for _, c in ipairs(jar:list()) do
+        out[c.name] = c.name == "e" and (c.expires - t0 >= 59000 and c.expires - t0 <= 61000) or
+                      tostring(c.expires)
+      end
+      local other = http.cookies()
+      assert(http.request(url(srv, "/many"), { cookies = other }))
+      local names = {}
+      for _, c in ipairs(other:list()) do names[#names + 1] = c.name end
+      out.many = table.concat(names, " ")
+      srv:close()
+      return out
+    end)
+    local when = tostring(3939871777 * 1000)      -- date -u -d "2094-11-06 08:49:37" +%s
+    assert.same({ a = when, c = when, d = "nil", e = true, f = when }, { a = got.a, b = got.b, c = got.c,
+                  d = got.d, e = got.e, f = got.f })
+    local kept = {}
+    for i = 11, 60 do kept[#kept + 1] = "c" .. i end
+    assert.equal(table.concat(kept, " "), got.many)
+  end)
+
   it("resolves a reference against a base URL as RFC 3986 does", function()
     -- RFC 3986, 5.4.1 and 5.4.2 (the strict reading of "http:g"), base
     -- http://a/b/c/d;p?q; and a few of its own.

@@ -298,7 +298,20 @@ describe("http.websocket", function()
       out[2] = session("WSS://127.0.0.1:" .. secure.port .. "/",
                        { tls = assert(tcp.tls{ ca = certs.ca }), timeout = math.huge })
       out[3] = select(2, http.websocket_connect("wss://127.0.0.1:" .. secure.port .. "/"))
-      plain:close(); secure:close()
+      -- A cookie jar's cookies go with the handshake.
+      local told = assert(http.serve(0, function(req)
+        if req.path == "/login" then return 200, { ["set-cookie"] = "who=ann; Path=/" }, "" end
+        local ws = assert(http.websocket(req))
+        ws:send(tostring(req.headers.cookie))
+        ws:close()
+      end))
+      local jar = http.cookies()
+      assert(http.request("http://127.0.0.1:" .. told.port .. "/login", { cookies = jar }))
+      local ws = assert(http.websocket_connect("ws://127.0.0.1:" .. told.port .. "/chat",
+                                               { cookies = jar, headers = { cookie = "mine=1" } }))
+      out[4] = ws:receive(5000)
+      ws:close()
+      plain:close(); secure:close(); told:close()
       return out
     end)
     S.cleanup()
@@ -308,6 +321,7 @@ describe("http.websocket", function()
     assert.same({ "nil", "127.0.0.1", "text:héllo text", "70007 binary", "nil closed 4001 as asked",
                   "nil" }, got[2])
     assert.matches("^tls: certificate verify failed", got[3])
+    assert.equal("mine=1; who=ann", got[4])
   end)
 
   it("gives a client nil and why for what is no WebSocket answer, and raises on misuse", function()
