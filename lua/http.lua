@@ -62,6 +62,22 @@ local function is_jar(v) return getmetatable(v) == Jar end
 -- The longest connect_timeout the TCP driver takes (0 is none).
 local CONNECT_MAX = sys.tcp_settings().connect_timeout[2]
 
+-- The ms to wait for the next event: until the deadline (ms since the
+-- epoch, or math.huge), but no longer than idle (ms, or math.huge); and
+-- whether the deadline is what ends it.  At least 0.
+local function wait_ms(deadline, idle)
+  local left = deadline - market.now()
+  if left <= 0 then return 0, true end
+  if idle < left then return idle, false end
+  return left == math.huge and left or math.ceil(left), true
+end
+
+-- wait_ms's ms as a connect_timeout: 0 is no limit to the driver, and
+-- past its largest is as good as none.
+local function connect_ms(ms)
+  return ms == math.huge and 0 or math.min(ms, CONNECT_MAX)
+end
+
 -- What each function takes, and its check.
 local SERVE_KEYS = { max_request = positive, timeout = positive, keep_alive = positive,
                      stream_body = function(v) return type(v) == "boolean" end,
@@ -123,6 +139,13 @@ local function request_of(msg, conn)
   local tls = conn.tls
   if tls and tls ~= true and (tls.ca or tls.pin) then msg.certificate = conn:peer_certificate() end
   return msg
+end
+
+-- Does the request (the parser's message, its head whole) wait for
+-- "100 Continue" before it sends its body?
+local function expects_continue(m)
+  local e = m.headers.expect
+  return e ~= nil and e:lower() == "100-continue" and m.version == "1.1"
 end
 
 -- The handler's answer as the bytes of its head (and body, when a
@@ -323,9 +346,9 @@ function WS:receive(ms)
         return fail(self, sent == 1005 and "protocol error (closed without a code)" or
                           ("protocol error (closed with %d)"):format(sent))
       end
-      local left = deadline - market.now()
-      if left <= 0 then return nil, "timeout" end
-      local data, err = self.conn:receive(left == math.huge and left or math.ceil(left))
+      local wait = wait_ms(deadline, math.huge)
+      if wait <= 0 then return nil, "timeout" end
+      local data, err = self.conn:receive(wait)
       if data == nil then
         if err == "timeout" then return nil, "timeout" end
         return fail(self, "the connection closed" .. (err and ": " .. err or ""))
@@ -390,8 +413,8 @@ function WS:close(code, reason)
   if flush(self) then
     local deadline = market.now() + M.CLOSE_WAIT
     while not self.peer_closed and not self.failed do
-      local left = deadline - market.now()
-      if left <= 0 or self:receive(math.ceil(left)) == nil and not self.peer_closed then break end
+      local wait = wait_ms(deadline, math.huge)
+      if wait <= 0 or self:receive(wait) == nil and not self.peer_closed then break end
     end
   end
   self.conn:close()
@@ -496,10 +519,7 @@ local function session(handler, cfg)
               return
             end
             -- A client that asks before it sends a large body (curl does).
-            local e = m.headers.expect
-            if e and e:lower() == "100-continue" and m.version == "1.1" then
-              conn:send("HTTP/1.1 100 Continue\r\n\r\n")
-            end
+            if expects_continue(m) then conn:send("HTTP/1.1 100 Continue\r\n\r\n") end
           end
         end
         local left = deadline - market.now()
@@ -520,9 +540,7 @@ local function session(handler, cfg)
       local msg = p:message()
       local reader
       if cfg.stream_body then
-        local e = msg.headers.expect
-        reader = body_reader(conn, p, cfg, done, done and why or nil,
-                             e and e:lower() == "100-continue" and msg.version == "1.1")
+        reader = body_reader(conn, p, cfg, done, done and why or nil, expects_continue(msg))
         msg.body = reader.read
       else
         rest = why                                -- (feed's second value when done)
@@ -736,16 +754,6 @@ end
 -- it idle just as the request went.
 local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true,
                      TRACE = true }
-
--- The ms to wait for the next event: until the deadline (ms since the
--- epoch, or math.huge), but no longer than idle (ms, or math.huge); and
--- whether the deadline is what ends it.  At least 0.
-local function wait_ms(deadline, idle)
-  local left = deadline - market.now()
-  if left <= 0 then return 0, true end
-  if idle < left then return idle, false end
-  return left == math.huge and left or math.ceil(left), true
-end
 
 -- A body function's pieces sent on conn after the head: chunked, or as
 -- they are when the caller gave their length.  true; or nil and why when
@@ -1178,9 +1186,7 @@ local function ask(host, port, tls, bytes, body, length, method, deadline, idle,
     if not conn then
       local ms, why = wait_ms(deadline, idle)
       if ms <= 0 then return nil, "timeout" end
-      -- (0 is no limit to the driver; past its largest, as good as none)
-      ms = ms == math.huge and 0 or math.min(ms, CONNECT_MAX)
-      conn, why = tcp.connect(host, port, { connect_timeout = ms, tls = tls })
+      conn, why = tcp.connect(host, port, { connect_timeout = connect_ms(ms), tls = tls })
       if not conn then return nil, why end
       -- The server's certificate, asked now, while the connection is
       -- surely open; the connection keeps it for the requests after.
@@ -1318,9 +1324,8 @@ function M.websocket_connect(url, options)
     "http.websocket_connect", nil, nil, false)
   if not ok then error(bytes, 2) end
   local deadline = market.now() + (options.timeout or M.TIMEOUT)
-  local ms = wait_ms(deadline, math.huge)
   local conn, why = tcp.connect(host, port, {
-    connect_timeout = ms == math.huge and 0 or math.min(ms, CONNECT_MAX),
+    connect_timeout = connect_ms(wait_ms(deadline, math.huge)),
     tls = secure and (options.tls or true) or nil })
   if not conn then return nil, why end
   local function failed(reason)

@@ -268,21 +268,25 @@ static int l_ready(lua_State *L) {
   return 1;
 }
 
+/* What queueing a message (or a close) came to: true; nil when no more
+** may be sent; raises when out of memory. */
+static int queued(lua_State *L, int r) {
+  if (r == WSLAY_ERR_NOMEM) return luaL_error(L, "market.http: out of memory");
+  if (r != 0) return 0;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int l_queue(lua_State *L) {
   wssession *s = checksession(L);
   lua_Integer op = luaL_checkinteger(L, 2);
   size_t n;
   const char *payload = luaL_checklstring(L, 3, &n);
   struct wslay_event_msg msg;
-  int r;
   msg.opcode = (uint8_t)op;
   msg.msg = (const uint8_t *)payload;
   msg.msg_length = n;
-  r = wslay_event_queue_msg(s->ctx, &msg);
-  if (r == WSLAY_ERR_NOMEM) return luaL_error(L, "market.http: out of memory");
-  if (r != 0) return 0;
-  lua_pushboolean(L, 1);
-  return 1;
+  return queued(L, wslay_event_queue_msg(s->ctx, &msg));
 }
 
 static int l_close(lua_State *L) {
@@ -290,11 +294,7 @@ static int l_close(lua_State *L) {
   lua_Integer code = luaL_checkinteger(L, 2);
   size_t n = 0;
   const char *reason = luaL_optlstring(L, 3, "", &n);
-  int r = wslay_event_queue_close(s->ctx, (uint16_t)code, (const uint8_t *)reason, n);
-  if (r == WSLAY_ERR_NOMEM) return luaL_error(L, "market.http: out of memory");
-  if (r != 0) return 0;
-  lua_pushboolean(L, 1);
-  return 1;
+  return queued(L, wslay_event_queue_close(s->ctx, (uint16_t)code, (const uint8_t *)reason, n));
 }
 
 static int l_output(lua_State *L) {
