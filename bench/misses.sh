@@ -17,7 +17,7 @@
 # BENCH_WARMUP seconds (default 10: under valgrind, opening 1,000
 # connections takes a few; give 10,000 a minute) collection is on for
 # BENCH_WINDOW seconds (default 10).  Round trips are counted as the
-# server's calls of recv().  The whole run takes BENCH_SECONDS and a few
+# server's calls of recv() and readv().  The whole run takes BENCH_SECONDS and a few
 # more.  BENCH_PROFILE=FILE keeps the profile there, for callgrind_annotate
 # (--auto=yes shows the misses line by line).
 set -u
@@ -53,10 +53,11 @@ wait "$server" 2>/dev/null
 [ -s "$tmp/cg" ] || die "callgrind wrote no profile"
 [ -z "${BENCH_PROFILE:-}" ] || cp "$tmp/cg" "$BENCH_PROFILE" || die "cannot write $BENCH_PROFILE"
 
-# The round trips: the calls of recv() (one per round trip and connection).
+# The round trips: the calls of recv() and readv() (one per round trip and
+# connection: a chunk as large as the last is read in place, with readv).
 trips=$(callgrind_annotate --tree=caller --threshold=100 "$tmp/cg" 2>/dev/null | awk '
   /^ *[0-9,]+ .* < / { held = held "\n" $0; next }
-  /\* .*:recv \[/ { n = split(held, l, "\n"); for (i = 1; i <= n; i++)
+  /\* .*:(recv|readv) \[/ { n = split(held, l, "\n"); for (i = 1; i <= n; i++)
                       if (match(l[i], /\(([0-9,]+)x\)/)) { c = substr(l[i], RSTART + 1, RLENGTH - 3);
                                                           gsub(",", "", c); t += c } }
   !/ < / { held = "" }

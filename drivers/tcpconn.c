@@ -82,6 +82,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -320,7 +321,9 @@ typedef struct tconn {
   int64_t idle_ms;            /* (settings, below) */
   int64_t last_io;            /* ms, when bytes last moved (idle timeout) */
   int fd;                     /* -1: none (yet, or any more) */
-  uint32_t readsize;          /* at most READ_MAX (settings) */
+  uint32_t readsize : 17;     /* at most READ_MAX (settings) */
+  uint32_t lastread : 9;      /* the last chunk read, in 256 bytes rounded up
+                              ** (at most READ_MAX / 256): read_in_place */
   uint8_t framing;            /* F_* (settings) */
   uint8_t watching;           /* W_* */
   unsigned seen : 1, connected : 1, paused : 1, eof_in : 1, eof_out : 1, closing : 1,
@@ -640,10 +643,19 @@ static void withdraw_flows(mk_proc *p, tconn *c, const char *reason) {
 */
 #define FRAME_BUDGET 128
 
-static void deliver(mk_proc *p, tconn *c, const char *s, size_t n) {
-  mk_term *m = channel(c->remote, c->loc, mk_str(s, n));
+/* The chunk s (a string term, stolen) sent on the inbound flow.  NULL:
+** memory ran out making it, and the flow fails (a nil for the chunk
+** would lose its bytes without a word). */
+static void deliver_term(mk_proc *p, tconn *c, mk_term *s) {
+  mk_term *m;
+  if (s == NULL) { fail_inbound(p, c, "out of memory"); return; }
+  m = channel(c->remote, c->loc, s);
   mk_send_slot(p, m, &c->inslot);
   mk_unref(m);
+}
+
+static void deliver(mk_proc *p, tconn *c, const char *s, size_t n) {
+  deliver_term(p, c, mk_str(s, n));
 }
 
 static size_t prefix_len(const tconn *c) { return c->framing == F_U16 ? 2 : 4; }
@@ -1156,15 +1168,73 @@ static inline int not_now(mk_proc *p, tconn *c) {
   return 0;
 }
 
+/* The size of the chunk just read, n > 0, for the next read's guess. */
+#define LASTREAD(n)  (((n) + 255) >> 8)
+
+/* Raw chunks read in place: a chunk about as large as the last one is
+** read into the string term that carries it (mk_str_room), where reading
+** into rbuf and copying into a term cost a copy of every byte and, at 4
+** KiB a chunk, a cache line written cold for each 64 of them (issue 10:
+** 63 first-level misses of an echoed round trip's 306; docs/performance.md,
+** "Chunks read in place").  The guess is the last chunk's size: a longer
+** chunk's rest comes into rbuf (readv), and the two are joined by one copy
+** as before; a much shorter one is copied into a term that fits
+** (mk_str_fill).  Small chunks (under IN_PLACE_MIN bytes last time) are
+** read into rbuf: a copy of a few hundred bytes costs less than the
+** second buffer's setting up. */
+#define IN_PLACE_MIN 1024
+
+static void read_in_place(mk_proc *p, tconn *c) {
+  size_t want = (size_t)c->lastread << 8, n;
+  struct iovec iov[2];
+  mk_term *t;
+  ssize_t r;
+  if (want > c->readsize) want = c->readsize;
+  t = mk_str_room(want);
+  if (t == NULL) { fail_inbound(p, c, "out of memory"); return; }
+  iov[0].iov_base = mk_strdata(t);
+  iov[0].iov_len = want;
+  iov[1].iov_base = rbuf;
+  iov[1].iov_len = c->readsize - want;
+  do {
+    r = readv(c->fd, iov, want < c->readsize ? 2 : 1);
+  } while (r < 0 && errno == EINTR);
+  if (r <= 0) {
+    mk_unref(t);
+    if (r == 0) end_of_input(p, c);
+    else if (errno != EAGAIN && errno != EWOULDBLOCK) finish_errno(p, c, errno);
+    return;
+  }
+  n = (size_t)r;
+  c->lastread = LASTREAD(n) & 0x1ff;
+  if (c->idle_ms > 0) c->last_io = stamp_ms();
+  mk_detail_io(p, n, 0);
+  if (n > want) {                      /* longer: join the two parts */
+    mk_term *u = mk_str_room(n);
+    if (u != NULL) {
+      memcpy(mk_strdata(u), mk_strdata(t), want);
+      memcpy(mk_strdata(u) + want, rbuf, n - want);
+    }
+    mk_unref(t);
+    t = u;
+  }
+  deliver_term(p, c, t != NULL ? mk_str_fill(t, n) : NULL);
+}
+
 static void on_readable(mk_proc *p, tconn *c) {
   ssize_t n;
   if (c->fd < 0) return;
   if (c->draining) { drain_input(p, c); return; }
   if (not_now(p, c)) return;
+  if (c->framing == F_RAW && (size_t)c->lastread << 8 >= IN_PLACE_MIN) {
+    read_in_place(p, c);
+    return;
+  }
   do {
     n = recv(c->fd, rbuf, c->readsize, 0);
   } while (n < 0 && errno == EINTR);
   if (n > 0) {
+    c->lastread = LASTREAD((size_t)n) & 0x1ff;
     got(p, c, (size_t)n);
   } else if (n == 0) {
     end_of_input(p, c);

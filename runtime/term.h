@@ -131,6 +131,19 @@ mk_term *mk_int(int64_t i);
 mk_term *mk_float(double f);     /* an integral float in int64 range becomes MK_INT, as Lua table keys do */
 mk_term *mk_str(const char *s, size_t len);
 mk_term *mk_cstr(const char *s);
+/*
+** A string term filled in place, for a reader that would otherwise read
+** into a buffer of its own and copy (a socket's chunk: docs/performance.md,
+** "Chunks read in place").  mk_str_room(cap) gives a term with room for
+** cap bytes at mk_strdata(t), NULL when out of memory; write at most cap
+** bytes there, then mk_str_fill(t, len) makes it the string of its first
+** len bytes (len <= cap) and returns it: t itself when len fills most of
+** the room, else a copy that fits (t freed), or NULL when out of memory
+** (t freed too).  Until mk_str_fill, t is no term: do not hash, share
+** or send it (mk_unref frees it).
+*/
+mk_term *mk_str_room(size_t cap);
+mk_term *mk_str_fill(mk_term *t, size_t len);
 mk_term *mk_wild(void);
 mk_term *mk_eof(void);
 

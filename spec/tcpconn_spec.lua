@@ -183,6 +183,79 @@ describe("tcp connection managers", function()
     assert.equal(0, bad)
   end)
 
+  -- Chunks about as large as the last are read into their term in place
+  -- (drivers/tcpconn.c, read_in_place): as large (kept), longer (the rest
+  -- read into the driver's buffer and joined), much shorter (copied into a
+  -- term that fits), past read_size, and under the size read in place.
+  -- Every byte must come back, in order, whatever path it took.
+  local function chunks_come_back(sizes, options)
+    local got, want, lens = {}, {}, {}
+    N.run(function()
+      local here = tcp.listener(0)
+      if options then market.perform(tcp.options(here, options)) end
+      market.perform(serve(0, function(remote, h)
+        return function()
+          return market.transition(nil,
+            market.subscriber(tcp.channel(remote, h, ANY), {
+              on_message = function(_, m)
+                if m.subpacket == EOF then return T(send(tcp.channel(h, remote, EOF)), quit()) end
+                lens[#lens + 1] = #m.subpacket
+                return T(send(tcp.channel(h, remote, m.subpacket)))
+              end }),
+            market.publisher(tcp.channel(h, remote, ANY)))
+        end
+      end))
+      local s = connect(bound(0))
+      for i, n in ipairs(sizes) do
+        -- bytes that differ from chunk to chunk and within one
+        local t = {}
+        for j = 1, n do t[j] = string.char((i * 31 + j * 7) % 256) end
+        want[i] = table.concat(t)
+        assert(write_all(s, want[i]))
+        -- the whole chunk back before the next is written: each comes
+        -- to the server apart from the others
+        local back = {}
+        local have = 0
+        while have < n do
+          N.wait_fd(s:fd())
+          local data = s:read()
+          if data then back[#back + 1] = data; have = have + #data end
+        end
+        got[i] = table.concat(back)
+      end
+      assert(s:shutdown())
+      local rest, how = read_all(s)
+      s:close()
+      got.rest, got.how = rest, how
+      market.perform(send({ "stop-server", 0 }))
+    end, 30000)
+    for i = 1, #sizes do
+      assert.equal(#want[i], #got[i], "chunk " .. i)
+      assert.is_true(want[i] == got[i], "chunk " .. i .. "'s bytes")
+    end
+    assert.equal("", got.rest)
+    assert.equal("eof", got.how)
+    return lens
+  end
+
+  it("reads raw chunks in place, longer, shorter and past read_size, every byte in order", function()
+    local sizes = { 3000, 3000, 2900, 10000, 10000, 500, 20000, 2000, 4096, 4096, 70000, 65536,
+                    100, 1 }
+    local lens = chunks_come_back(sizes)
+    local total, seen = 0, 0
+    for _, n in ipairs(sizes) do total = total + n end
+    for _, n in ipairs(lens) do
+      seen = seen + n
+      assert.is_true(n <= 65536, "a chunk of at most tcp.READ_SIZE bytes")
+    end
+    assert.equal(total, seen)
+  end)
+
+  it("reads in place within a small read_size", function()
+    local lens = chunks_come_back({ 1500, 1500, 5000, 300, 1500 }, { read_size = 1200 })
+    for _, n in ipairs(lens) do assert.is_true(n <= 1200, "a chunk of at most read_size bytes") end
+  end)
+
   it("stops watching for its listener's closing once a session has taken the connection", function()
     -- Until a session appears, a manager closes its connection when the
     -- listener closes (boot in tcpconn.c); once one has, that no longer

@@ -162,6 +162,39 @@ static void strings (void) {
   CHECK(mk_term_live() == base);
 }
 
+/* Strings filled in place (mk_str_room, mk_str_fill): kept when the bytes
+** fill at least half the room, copied into a term that fits otherwise,
+** and equal to the same bytes made by mk_str either way. */
+static void strings_in_place (void) {
+  size_t base = mk_term_live(), n;
+  mk_term *t, *u, *v;
+  const size_t lens[] = { 4096, 2048, 2047, 600, 100, 0 };
+  size_t i;
+  for (i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+    t = mk_str_room(4096);
+    CHECK(t != NULL && mk_kindof(t) == MK_STR);
+    for (n = 0; n < 4096; n++) mk_strdata(t)[n] = (char)(n * 7 + i);
+    u = mk_str_fill(t, lens[i]);
+    CHECK(u != NULL && u->n == lens[i] && mk_strdata(u)[lens[i]] == '\0');
+    CHECK((u == t) == (lens[i] >= 2048));        /* kept, or a copy that fits */
+    v = mk_str(mk_strdata(u), lens[i]);
+    for (n = 0; n < lens[i]; n++)
+      if (mk_strdata(u)[n] != (char)(n * 7 + i)) break;
+    CHECK(n == lens[i]);
+    CHECK(mk_equal(u, v) && mk_hash(u) == mk_hash(v));
+    mk_unref(u); mk_unref(v);
+  }
+  /* a small room: kept while at least half full, the block's class stays */
+  t = mk_str_room(300);
+  memcpy(mk_strdata(t), "abc", 3);
+  u = mk_str_fill(t, 3);
+  CHECK(u != t && u->n == 3 && memcmp(mk_strdata(u), "abc", 4) == 0);
+  mk_unref(u);
+  /* a room freed unfilled */
+  mk_unref(mk_str_room(65536));
+  CHECK(mk_term_live() == base);
+}
+
 /* Long strings are hashed over a sample of their bytes (term.c, hbytes):
 ** equal ones still hash equal, and ones that differ only outside the
 ** sample are still unequal. */
@@ -1108,6 +1141,7 @@ int main (void) {
   RUN(integers);
   RUN(floats);
   RUN(strings);
+  RUN(strings_in_place);
   RUN(long_strings);
   RUN(lazy_hash);
   RUN(rtypes);
