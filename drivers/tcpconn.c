@@ -1179,9 +1179,9 @@ static inline int not_now(mk_proc *p, tconn *c) {
 ** "Chunks read in place").  The guess is the last chunk's size: a longer
 ** chunk's rest comes into rbuf (readv), and the two are joined by one copy
 ** as before; a much shorter one is copied into a term that fits
-** (mk_str_fill).  Small chunks (under IN_PLACE_MIN bytes last time) are
-** read into rbuf: a copy of a few hundred bytes costs less than the
-** second buffer's setting up. */
+** (mk_str_fill).  Small chunks (the last one IN_PLACE_MIN bytes or
+** fewer) are read into rbuf: a copy of a few hundred bytes costs less
+** than the second buffer's setting up. */
 #define IN_PLACE_MIN 1024
 
 static void read_in_place(mk_proc *p, tconn *c) {
@@ -1226,7 +1226,7 @@ static void on_readable(mk_proc *p, tconn *c) {
   if (c->fd < 0) return;
   if (c->draining) { drain_input(p, c); return; }
   if (not_now(p, c)) return;
-  if (c->framing == F_RAW && (size_t)c->lastread << 8 >= IN_PLACE_MIN) {
+  if (c->framing == F_RAW && c->lastread > IN_PLACE_MIN / 256) {
     read_in_place(p, c);
     return;
   }
