@@ -1018,12 +1018,13 @@ local function expire(jar, now)
 end
 
 -- A Set-Cookie value heard from host (lower case) for path (the request's,
--- without its query), secure when over TLS, taken into the jar (5.2, 5.3).
+-- without its query), secure when over TLS, taken into the jar (5.2, 5.3):
+-- true, or nil and why it was not.
 local function store(jar, line, host, path, secure, now)
-  if #line > MAX_COOKIE then return end
+  if #line > MAX_COOKIE then return nil, ("longer than %d bytes"):format(MAX_COOKIE) end
   local pair, attrs = line:match("^([^;]*)(.*)$")
   local name, value = pair:match("^%s*([^=]-)%s*=%s*(.-)%s*$")
-  if not name or name == "" then return end
+  if not name or name == "" then return nil, "no name=value" end
   local c = { name = name, value = value, domain = host, path = nil, secure = false,
               http_only = false, host_only = true, expires = nil }
   local max_age, expires, domain
@@ -1051,15 +1052,23 @@ local function store(jar, line, host, path, secure, now)
     c.expires = expires
   end
   if domain then
-    -- Not for another site, nor for a whole top-level domain.
-    if not domain_match(host, domain) or not domain:find(".", 1, true) and domain ~= host then return end
-    c.domain, c.host_only = domain, false
+    -- Not for another site, nor for a public suffix ("com", "co.uk",
+    -- "github.io": every site under it would be sent the cookie), unless
+    -- the host is that suffix: then for the host alone (5.3, step 5).
+    if not domain_match(host, domain) then
+      return nil, ("domain %s is not %s's"):format(domain, host)
+    end
+    if parser.public_suffix(domain) then
+      if domain ~= host then return nil, ("domain %s is a public suffix"):format(domain) end
+    else
+      c.domain, c.host_only = domain, false
+    end
   end
   if not c.path then                         -- the request path's directory
     c.path = path:sub(1, 1) == "/" and path:match("^(.*)/") or ""
     if c.path == "" then c.path = "/" end
   end
-  if c.secure and not secure then return end
+  if c.secure and not secure then return nil, "secure, and heard over plain http" end
   local list, same = jar.kept, nil
   for i, old in ipairs(list) do
     if old.name == c.name and old.domain == c.domain and old.path == c.path then same = i; break end
@@ -1071,7 +1080,7 @@ local function store(jar, line, host, path, secure, now)
     jar.made = jar.made + 1
     c.made = jar.made
   end
-  if c.expires and c.expires <= now then return end    -- (a delete)
+  if c.expires and c.expires <= now then return true end    -- (a delete)
   local per = 0
   for _, old in ipairs(list) do if old.domain == c.domain then per = per + 1 end end
   -- Past a limit, the oldest go: of this domain, or of all.
@@ -1087,6 +1096,7 @@ local function store(jar, line, host, path, secure, now)
     table.remove(list, oldest)
   end
   list[#list + 1] = c
+  return true
 end
 
 -- The Cookie header's value for host, path, secure (nil: none), the
@@ -1134,15 +1144,38 @@ local function take_cookies(jar, lines, host, target, secure)
   end
 end
 
+-- The host, path and whether secure of a jar method's url (http, https,
+-- ws or wss); raises when it is not a string; nil, why when it is no such
+-- url.
+local function jar_url(url, what)
+  if type(url) ~= "string" then
+    error(("http.cookies: %s: url must be a string, got %s"):format(what, type(url)), 3)
+  end
+  local scheme = url:match("^(%a[%w+.-]*):")
+  local host, why, _, target, secure = parse_url(url, scheme and WS_SCHEMES[scheme:lower()] ~= nil
+                                                      and WS_SCHEMES or HTTP_SCHEMES)
+  if not host then return nil, why end
+  return host:lower(), target:match("^[^?]*"), secure
+end
+
 -- header = jar:header(url): what a request to url sends (nil: nothing).
 function Jar:header(url)
   checkjar(self, "header")
-  if type(url) ~= "string" then error("http.cookies: header: url must be a string, got " .. type(url), 2) end
-  local scheme = url:match("^(%a[%w+.-]*):")
-  local host, _, _, target, secure = parse_url(url, scheme and WS_SCHEMES[scheme:lower()] ~= nil and
-                                                     WS_SCHEMES or HTTP_SCHEMES)
+  local host, path, secure = jar_url(url, "header")
   if not host then return nil end
-  return cookie_header(self, host:lower(), target:match("^[^?]*"), secure, market.now())
+  return cookie_header(self, host, path, secure, market.now())
+end
+
+-- ok, why = jar:set(url, set_cookie): a Set-Cookie value taken as if an
+-- answer from url had brought it: true, or nil and why the jar refused it.
+function Jar:set(url, line)
+  checkjar(self, "set")
+  if type(line) ~= "string" then
+    error("http.cookies: set: set_cookie must be a string, got " .. type(line), 2)
+  end
+  local host, path, secure = jar_url(url, "set")
+  if not host then return nil, path end
+  return store(self, line, host, path, secure, market.now())
 end
 
 -- jar:list(): the cookies kept, each a table (name, value, domain, path,

@@ -38,6 +38,14 @@
 **                             keep_alive=}   (fields so far; keep_alive
 **                             once the head is whole; path and query:
 **                             the target cut at its first '?')
+**   http.public_suffix(domain)
+**                          -> whether domain (lower case) is a public
+**                             suffix ("com", "co.uk", "github.io"), for
+**                             the cookie jar (RFC 6265 5.3, step 5):
+**                             libpsl's list, the newest of the one built
+**                             into Debian's libpsl5 and the publicsuffix
+**                             package's file, loaded at the first call
+**                             (and libpsl with it: psl_load)
 **
 ** The bytes come as the connection delivers them, in pieces cut anywhere:
 ** the parser keeps what it needs between pieces in buffers that grow with
@@ -47,16 +55,21 @@
 ** 5.3 again: a cookie's Expires holds a comma, so joined they are not
 ** one header's values any more).
 */
+#include <dlfcn.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <http_parser.h>
+#include <libpsl.h>
 
 #include "mkl.h"
 
 #define LHTTP_MT "market.http"
+#define LPSL_MT "market.http public suffixes"
 
 /* A growing byte buffer, owned by its parser (freed in __gc). */
 typedef struct hbuf { char *p; size_t n, cap; } hbuf;
@@ -547,6 +560,75 @@ static int l_head(lua_State *L) {
   return 2;
 }
 
+/* ---- public suffixes (the cookie jar's) ------------------------------ */
+
+/* libpsl is opened at the first look-up, as OpenSSL is at the first TLS
+** connection (drivers/tls.c): linked, it brought libidn2 and libunistring
+** into every program's start (0.3 ms of `market -e ''`'s 2.8, for the
+** few that keep cookies across domains). */
+#define LPSL_FUNCS(X) X(psl_latest) X(psl_builtin) X(psl_is_public_suffix2) X(psl_free)
+#define PSL_FIELD(f) __typeof__(&f) f;
+static struct { LPSL_FUNCS(PSL_FIELD) } psl;
+#undef PSL_FIELD
+
+static const char *const psl_sonames[] = { "libpsl.so.5", "libpsl.so", NULL };
+static pthread_once_t psl_once = PTHREAD_ONCE_INIT;
+static const char *psl_failed;
+static char psl_why[256];
+
+static void psl_load(void) {
+  void *lib = NULL;
+  const char *const *name;
+  for (name = psl_sonames; *name != NULL && lib == NULL; name++)
+    lib = dlopen(*name, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+  if (lib == NULL) {
+    const char *e = dlerror();
+    snprintf(psl_why, sizeof psl_why,
+             "cannot load libpsl (%s; Debian: apt-get install libpsl5): %s", psl_sonames[0],
+             e ? e : "not found");
+    psl_failed = psl_why;
+    return;
+  }
+#define PSL_LOAD(f) \
+  if ((*(void **)&psl.f = dlsym(lib, #f)) == NULL) { \
+    snprintf(psl_why, sizeof psl_why, "libpsl (%s) has no %s", psl_sonames[0], #f); \
+    psl_failed = psl_why; \
+    return; \
+  }
+  LPSL_FUNCS(PSL_LOAD)
+#undef PSL_LOAD
+}
+
+/* The list, owned when loaded from a file (freed in __gc), borrowed when
+** it is the one built into libpsl (psl_builtin: static). */
+typedef struct lpsl { psl_ctx_t *loaded; const psl_ctx_t *ctx; } lpsl;
+
+static int psl_gc(lua_State *L) {
+  lpsl *s = luaL_checkudata(L, 1, LPSL_MT);
+  if (s->loaded != NULL) psl.psl_free(s->loaded);
+  s->loaded = NULL;
+  s->ctx = NULL;
+  return 0;
+}
+
+/* The list is the function's upvalue, loaded when first needed: a
+** program that keeps no cookies reads no file. */
+static int l_public_suffix(lua_State *L) {
+  lpsl *s = lua_touserdata(L, lua_upvalueindex(1));
+  const char *domain = luaL_checkstring(L, 1);
+  if (s->ctx == NULL) {
+    pthread_once(&psl_once, psl_load);
+    if (psl_failed != NULL) return luaL_error(L, "http: %s", psl_failed);
+    s->loaded = psl.psl_latest(NULL);
+    s->ctx = s->loaded != NULL ? s->loaded : psl.psl_builtin();
+    if (s->ctx == NULL) return luaL_error(L, "http: no public suffix list (install publicsuffix)");
+  }
+  /* Any: ICANN's and private domains' suffixes ("github.io") alike; the
+  ** implicit "*" rule too: a label no rule names is a top-level domain. */
+  lua_pushboolean(L, psl.psl_is_public_suffix2(s->ctx, domain, PSL_TYPE_ANY) != 0);
+  return 1;
+}
+
 void mkl_open_http(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"feed", l_feed}, {"message", l_message}, {"reset", l_reset}, {"status", l_status},
@@ -560,5 +642,13 @@ void mkl_open_http(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
+  memset(lua_newuserdatauv(L, sizeof(lpsl), 0), 0, sizeof(lpsl));
+  if (luaL_newmetatable(L, LPSL_MT)) {
+    lua_pushcfunction(L, psl_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_pushcclosure(L, l_public_suffix, 1);
+  lua_setfield(L, -2, "public_suffix");
   mkl_open_ws(L);
 }

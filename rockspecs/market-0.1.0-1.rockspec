@@ -11,8 +11,8 @@
 -- "builtin" type cannot express.  Needs what meson does
 -- (docs/packaging.md): meson, ninja-build, pkg-config, a C compiler,
 -- liblua5.4-dev, libev-dev, libcbor-dev, libhttp-parser-dev, libwslay-dev, libmd-dev,
--- libnats-dev, libssl-dev, and lua5.4
--- itself (it runs at build time).
+-- libpsl-dev, libnats-dev, libssl-dev, and lua5.4 itself (it runs at build
+-- time).
 -- The C library and headers for embedders are `meson install`'s, not the
 -- rock's (docs/embedding.md).
 rockspec_format = "3.0"
@@ -43,6 +43,7 @@ external_dependencies = {
   HTTP_PARSER = { header = "http_parser.h", library = "http_parser" },
   WSLAY = { header = "wslay/wslay.h", library = "wslay" },
   LIBMD = { header = "sha1.h", library = "md" },
+  LIBPSL = { header = "libpsl.h", library = "psl" },
   LIBNATS = { header = "nats/nats.h", library = "nats" },
   OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
 }

@@ -861,6 +861,55 @@ describe("http.serve and http.request", function()
     assert.equal(table.concat(kept, " "), got.many)
   end)
 
+  it("refuses a cookie for a public suffix or another site, and says why (jar:set)", function()
+    local got = N.run(function()
+      local jar, out = http.cookies(), {}
+      local function set(u, line) out[#out + 1] = table.concat({ tostring((jar:set(u, line))),
+                                                                  select(2, jar:set(u, line)) or "" }, " ") end
+      set("http://evil.co.uk/", "a=1; Domain=co.uk")             -- ICANN's suffix
+      set("http://x.github.io/", "b=1; Domain=github.io")        -- a private one
+      set("http://a.example/", "c=1; Domain=example")            -- no rule: a top-level domain
+      set("http://www.example.com/docs/x", "d=1; Domain=example.com")
+      set("http://co.uk/", "e=1; Domain=CO.UK")                  -- the suffix itself: host-only
+      set("http://other.org/", "f=1; Domain=example.com")
+      set("http://www.example.com/", "g=1; Secure")
+      set("https://www.example.com/", "g=1; Secure")
+      set("http://www.example.com/", "nameless")
+      set("http://www.example.com/", "h=" .. ("x"):rep(5000))
+      set("ftp://www.example.com/", "i=1")
+      out[#out + 1] = tostring(jar:header("https://www.example.com/docs/a"))
+      out[#out + 1] = tostring(jar:header("https://shop.example.com/docs/a"))
+      out[#out + 1] = tostring(jar:header("http://co.uk/"))
+      out[#out + 1] = tostring(jar:header("http://foo.co.uk/"))
+      out[#out + 1] = tostring(jar:header("http://y.github.io/"))
+      out[#out + 1] = select(2, pcall(jar.set, jar, "http://a/", 42))
+      out[#out + 1] = select(2, pcall(jar.set, jar, 42, "a=1"))
+      out[#out + 1] = select(2, pcall(jar.set, {}, "http://a/", "a=1"))
+      return out
+    end)
+    assert.same({
+      "nil domain co.uk is a public suffix",
+      "nil domain github.io is a public suffix",
+      "nil domain example is a public suffix",
+      "true ",
+      "true ",
+      "nil domain example.com is not other.org's",
+      "nil secure, and heard over plain http",
+      "true ",
+      "nil no name=value",
+      "nil longer than 4096 bytes",
+      "nil not an http URL: ftp://www.example.com/",
+      "d=1; g=1",
+      "d=1",                                 -- g is www.example.com's alone
+      "e=1",
+      "nil",
+      "nil",
+    }, { table.unpack(got, 1, 16) })
+    assert.matches("http.cookies: set: set_cookie must be a string, got number", got[17], 1, true)
+    assert.matches("http.cookies: set: url must be a string, got number", got[18], 1, true)
+    assert.matches("http.cookies: set: not a cookie jar", got[19], 1, true)
+  end)
+
   it("resolves a reference against a base URL as RFC 3986 does", function()
     -- RFC 3986, 5.4.1 and 5.4.2 (the strict reading of "http:g"), base
     -- http://a/b/c/d;p?q; and a few of its own.
