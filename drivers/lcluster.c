@@ -144,18 +144,10 @@ static const char *nats_failed;
 static char nats_why[256];
 
 static void nats_load(void) {
-  void *lib = NULL;
-  const char *const *name;
-  for (name = nats_sonames; *name != NULL && lib == NULL; name++)
-    lib = dlopen(*name, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
-  if (lib == NULL) {
-    const char *e = dlerror();
-    snprintf(nats_why, sizeof nats_why, "cannot load libnats (%s; Debian: apt-get install %s): %s",
-             nats_sonames[0], "libnats" NATS_STR(NATS_VERSION_MAJOR) "." NATS_STR(NATS_VERSION_MINOR),
-             e ? e : "not found");
-    nats_failed = nats_why;
-    return;
-  }
+  void *lib = mkl_dlopen(nats_sonames, "libnats",
+                         "libnats" NATS_STR(NATS_VERSION_MAJOR) "." NATS_STR(NATS_VERSION_MINOR),
+                         nats_why, sizeof nats_why);
+  if (lib == NULL) { nats_failed = nats_why; return; }
   mkd_openssl_prepare(lib);       /* before libnats initializes OpenSSL */
 #define NATS_LOAD(f) \
   if ((*(void **)&natsapi.f = dlsym(lib, #f)) == NULL) { \

@@ -80,18 +80,8 @@ static const char *ssl_failed;
 static char ssl_why[256];
 
 static void ssl_load(void) {
-  void *lib = NULL;
-  const char *const *name;
-  for (name = ssl_sonames; *name != NULL && lib == NULL; name++)
-    lib = dlopen(*name, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
-  if (lib == NULL) {
-    const char *e = dlerror();
-    snprintf(ssl_why, sizeof ssl_why,
-             "cannot load OpenSSL (%s; Debian: apt-get install libssl3): %s", ssl_sonames[0],
-             e ? e : "not found");
-    ssl_failed = ssl_why;
-    return;
-  }
+  void *lib = mkl_dlopen(ssl_sonames, "OpenSSL", "libssl3", ssl_why, sizeof ssl_why);
+  if (lib == NULL) { ssl_failed = ssl_why; return; }
   mkd_openssl_prepare(lib);
   /* (dlsym on libssl's handle finds libcrypto's functions too: it is
   ** among the handle's dependencies.) */

@@ -577,18 +577,8 @@ static const char *psl_failed;
 static char psl_why[256];
 
 static void psl_load(void) {
-  void *lib = NULL;
-  const char *const *name;
-  for (name = psl_sonames; *name != NULL && lib == NULL; name++)
-    lib = dlopen(*name, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
-  if (lib == NULL) {
-    const char *e = dlerror();
-    snprintf(psl_why, sizeof psl_why,
-             "cannot load libpsl (%s; Debian: apt-get install libpsl5): %s", psl_sonames[0],
-             e ? e : "not found");
-    psl_failed = psl_why;
-    return;
-  }
+  void *lib = mkl_dlopen(psl_sonames, "libpsl", "libpsl5", psl_why, sizeof psl_why);
+  if (lib == NULL) { psl_failed = psl_why; return; }
 #define PSL_LOAD(f) \
   if ((*(void **)&psl.f = dlsym(lib, #f)) == NULL) { \
     snprintf(psl_why, sizeof psl_why, "libpsl (%s) has no %s", psl_sonames[0], #f); \

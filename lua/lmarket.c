@@ -6,6 +6,7 @@
 ** of each module is compiled in (lua/embed.lua), so nothing needs to be
 ** installed beside the .so.
 */
+#include <dlfcn.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -70,6 +71,20 @@ static void worker(lua_Integer *index, lua_Integer *count) {
   if (*end != '\0' || i < 1 || i > n || n > INT_MAX) return;
   *index = i;
   *count = n;
+}
+
+void *mkl_dlopen(const char *const *sonames, const char *what, const char *package,
+                 char *why, size_t n) {
+  const char *const *name;
+  const char *e;
+  for (name = sonames; *name != NULL; name++) {
+    void *lib = dlopen(*name, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+    if (lib != NULL) return lib;
+  }
+  e = dlerror();
+  snprintf(why, n, "cannot load %s (%s; Debian: apt-get install %s): %s", what, sonames[0],
+           package, e ? e : "not found");
+  return NULL;
 }
 
 int luaopen_market(lua_State *L) {

@@ -171,6 +171,16 @@ int mkl_close_at_end(lua_State *L, int idx);
 ** whose activation runs; NULL outside any. */
 mk_proc *mkl_acting(lua_State *L);
 
+/* lmarket.c: the first of sonames (NULL-ended) that dlopen opens, kept
+** loaded (RTLD_NODELETE: a host that unloads market must not unload what
+** market's threads and OpenSSL's handlers still use); NULL when none
+** opens, and why[0..n) says so: "cannot load WHAT (SONAME; Debian:
+** apt-get install PACKAGE): dlerror's message".  For the libraries
+** market opens when first needed (OpenSSL, libnats, libpsl), so that a
+** program that does not use them does not load them at its start. */
+void *mkl_dlopen(const char *const *sonames, const char *what, const char *package,
+                 char *why, size_t n);
+
 /* llog.c: logging (market.log; docs/inspect.md).  mkl_log logs `msg` at
 ** `level` (MK_LOG_*) as process p's (NULL: mkl_acting(L)'s), if the
 ** state's threshold lets it through and, for warnings and errors, the
