@@ -440,10 +440,21 @@ end
 local WS_KEYS = { max_message = positive,
                   protocol = function(v) return type(v) == "string" and v:match("^[%w!#$%%&'*+.^_`|~-]+$") end }
 
+-- s without its leading and trailing blanks, in time linear in #s.  Not
+-- s:match("^%s*(.-)%s*$"): that backtracks over the blanks after each
+-- byte it takes, quadratic in a run of inner blanks (a header of a few
+-- hundred KiB of spaces a peer sends would hold the VM for minutes).
+local function trim(s)
+  local i = s:find("%S")
+  if not i then return "" end
+  local _, j = s:find("^.*%S", i)       -- (back from the end: linear)
+  return s:sub(i, j)
+end
+
 -- Does the comma-separated header value v list token (any case)?
 local function lists(v, token)
   for t in (v or ""):gmatch("[^,]+") do
-    if t:match("^%s*(.-)%s*$"):lower() == token then return true end
+    if trim(t):lower() == token then return true end
   end
   return false
 end
@@ -1023,14 +1034,15 @@ end
 local function store(jar, line, host, path, secure, now)
   if #line > MAX_COOKIE then return nil, ("longer than %d bytes"):format(MAX_COOKIE) end
   local pair, attrs = line:match("^([^;]*)(.*)$")
-  local name, value = pair:match("^%s*([^=]-)%s*=%s*(.-)%s*$")
+  local eq = pair:find("=", 1, true)
+  local name, value = eq and trim(pair:sub(1, eq - 1)), eq and trim(pair:sub(eq + 1))
   if not name or name == "" then return nil, "no name=value" end
   local c = { name = name, value = value, domain = host, path = nil, secure = false,
               http_only = false, host_only = true, expires = nil }
   local max_age, expires, domain
   for attr in attrs:gmatch(";([^;]*)") do
-    local k, v = attr:match("^%s*([^=]-)%s*=%s*(.-)%s*$")
-    k = (k or attr:match("^%s*(.-)%s*$")):lower()
+    local eq = attr:find("=", 1, true)
+    local k, v = trim(eq and attr:sub(1, eq - 1) or attr):lower(), eq and trim(attr:sub(eq + 1))
     if k == "expires" and v then
       expires = cookie_date(v) or expires
     elseif k == "max-age" and v and v:match("^%-?%d+$") then

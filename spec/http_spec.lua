@@ -877,6 +877,11 @@ describe("http.serve and http.request", function()
       set("http://www.example.com/", "nameless")
       set("http://www.example.com/", "h=" .. ("x"):rep(5000))
       set("ftp://www.example.com/", "i=1")
+      -- blanks trimmed around the name, the value and the attributes, kept inside
+      local inner = (" "):rep(1500)
+      set("http://blank.example/", "  j  =  x" .. inner .. "y  ;  Path  =  /p" .. inner .. "q  ")
+      local j = jar:list()[#jar:list()]
+      out[#out] = out[#out] .. " " .. j.name .. " " .. #j.value .. " " .. #j.path
       out[#out + 1] = tostring(jar:header("https://www.example.com/docs/a"))
       out[#out + 1] = tostring(jar:header("https://shop.example.com/docs/a"))
       out[#out + 1] = tostring(jar:header("http://co.uk/"))
@@ -899,15 +904,16 @@ describe("http.serve and http.request", function()
       "nil no name=value",
       "nil longer than 4096 bytes",
       "nil not an http URL: ftp://www.example.com/",
+      "true  j 1502 1503",
       "d=1; g=1",
       "d=1",                                 -- g is www.example.com's alone
       "e=1",
       "nil",
       "nil",
-    }, { table.unpack(got, 1, 16) })
-    assert.matches("http.cookies: set: set_cookie must be a string, got number", got[17], 1, true)
-    assert.matches("http.cookies: set: url must be a string, got number", got[18], 1, true)
-    assert.matches("http.cookies: set: not a cookie jar", got[19], 1, true)
+    }, { table.unpack(got, 1, 17) })
+    assert.matches("http.cookies: set: set_cookie must be a string, got number", got[18], 1, true)
+    assert.matches("http.cookies: set: url must be a string, got number", got[19], 1, true)
+    assert.matches("http.cookies: set: not a cookie jar", got[20], 1, true)
   end)
 
   it("resolves a reference against a base URL as RFC 3986 does", function()
