@@ -1178,8 +1178,8 @@ static inline int not_now(mk_proc *p, tconn *c) {
 ** 63 first-level misses of an echoed round trip's 306; docs/performance.md,
 ** "Chunks read in place").  The guess is the last chunk's size: a longer
 ** chunk's rest comes into rbuf (readv), and the two are joined by one copy
-** as before; a much shorter one is copied into a term that fits
-** (mk_str_fill).  Small chunks (the last one IN_PLACE_MIN bytes or
+** as before; a shorter one (under three quarters of the guess) is copied
+** into a term that fits (mk_str_fill).  Small chunks (the last one IN_PLACE_MIN bytes or
 ** fewer) are read into rbuf: a copy of a few hundred bytes costs less
 ** than the second buffer's setting up. */
 #define IN_PLACE_MIN 1024

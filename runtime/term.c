@@ -286,14 +286,16 @@ mk_term *mk_str_room (size_t cap) {
   return cap > UINT32_MAX ? NULL : newterm(MK_STR, (uint32_t)cap);
 }
 
-/* The term keeps its block when len leaves at most half of it unused.  It
-** is freed later by the size len gives (termsize), which is right for the
-** pool only while that size is of a large block too (pool.h: blocks of
-** more than MK_POOL_MAX bytes are filed by the block's own size, smaller
-** ones by the size given): a fill that small is copied. */
+/* The term keeps its block when len fills at least three quarters of it:
+** what counts a term's bytes by its length (an output queue's limits)
+** then misses at most a third more.  It is freed later by the size len
+** gives (termsize), which is right for the pool only while that size is
+** of a large block too (pool.h: blocks of more than MK_POOL_MAX bytes are
+** filed by the block's own size, smaller ones by the size given): a fill
+** that small is copied. */
 mk_term *mk_str_fill (mk_term *t, size_t len) {
   mk_term *u;
-  if (len <= t->n && len >= t->n / 2 &&
+  if (len <= t->n && len >= t->n - t->n / 4 &&
       (termsize(MK_STR, (uint32_t)len) > MK_POOL_MAX ||
        termsize(MK_STR, t->n) <= MK_POOL_MAX)) {
     t->n = (uint32_t)len;

@@ -137,9 +137,9 @@ mk_term *mk_cstr(const char *s);
 ** "Chunks read in place").  mk_str_room(cap) gives a term with room for
 ** cap bytes at mk_strdata(t), NULL when out of memory; write at most cap
 ** bytes there, then mk_str_fill(t, len) makes it the string of its first
-** len bytes (len <= cap) and returns it: t itself when len fills most of
-** the room, else a copy that fits (t freed), or NULL when out of memory
-** (t freed too).  Until mk_str_fill, t is no term: do not hash, share
+** len bytes (len <= cap) and returns it: t itself when len fills at
+** least three quarters of the room, else a copy that fits (t freed), or
+** NULL when out of memory (t freed too).  Until mk_str_fill, t is no term: do not hash, share
 ** or send it (mk_unref frees it).
 */
 mk_term *mk_str_room(size_t cap);

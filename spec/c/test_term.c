@@ -163,12 +163,12 @@ static void strings (void) {
 }
 
 /* Strings filled in place (mk_str_room, mk_str_fill): kept when the bytes
-** fill at least half the room, copied into a term that fits otherwise,
-** and equal to the same bytes made by mk_str either way. */
+** fill at least three quarters of the room, copied into a term that fits
+** otherwise, and equal to the same bytes made by mk_str either way. */
 static void strings_in_place (void) {
   size_t base = mk_term_live(), n;
   mk_term *t, *u, *v;
-  const size_t lens[] = { 4096, 2048, 2047, 600, 100, 0 };
+  const size_t lens[] = { 4096, 3072, 3071, 600, 100, 0 };
   size_t i;
   for (i = 0; i < sizeof lens / sizeof lens[0]; i++) {
     t = mk_str_room(4096);
@@ -176,7 +176,7 @@ static void strings_in_place (void) {
     for (n = 0; n < 4096; n++) mk_strdata(t)[n] = (char)(n * 7 + i);
     u = mk_str_fill(t, lens[i]);
     CHECK(u != NULL && u->n == lens[i] && mk_strdata(u)[lens[i]] == '\0');
-    CHECK((u == t) == (lens[i] >= 2048));        /* kept, or a copy that fits */
+    CHECK((u == t) == (lens[i] >= 3072));        /* kept, or a copy that fits */
     v = mk_str(mk_strdata(u), lens[i]);
     for (n = 0; n < lens[i]; n++)
       if (mk_strdata(u)[n] != (char)(n * 7 + i)) break;
@@ -184,7 +184,7 @@ static void strings_in_place (void) {
     CHECK(mk_equal(u, v) && mk_hash(u) == mk_hash(v));
     mk_unref(u); mk_unref(v);
   }
-  /* a small room: kept while at least half full, the block's class stays */
+  /* a small room, hardly filled: a copy that fits */
   t = mk_str_room(300);
   memcpy(mk_strdata(t), "abc", 3);
   u = mk_str_fill(t, 3);
