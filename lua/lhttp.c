@@ -45,7 +45,8 @@
 **                             libpsl's list, the newest of the one built
 **                             into Debian's libpsl5 and the publicsuffix
 **                             package's file, loaded at the first call
-**                             (and libpsl with it: psl_load)
+**                             (and libpsl with it: psl_load); nil, why
+**                             when there is none
 **
 ** The bytes come as the connection delivers them, in pieces cut anywhere:
 ** the parser keeps what it needs between pieces in buffers that grow with
@@ -608,10 +609,14 @@ static int l_public_suffix(lua_State *L) {
   const char *domain = luaL_checkstring(L, 1);
   if (s->ctx == NULL) {
     pthread_once(&psl_once, psl_load);
-    if (psl_failed != NULL) return luaL_error(L, "http: %s", psl_failed);
+    if (psl_failed != NULL) { luaL_pushfail(L); lua_pushstring(L, psl_failed); return 2; }
     s->loaded = psl.psl_latest(NULL);
     s->ctx = s->loaded != NULL ? s->loaded : psl.psl_builtin();
-    if (s->ctx == NULL) return luaL_error(L, "http: no public suffix list (install publicsuffix)");
+    if (s->ctx == NULL) {
+      luaL_pushfail(L);
+      lua_pushliteral(L, "no public suffix list (Debian: apt-get install publicsuffix)");
+      return 2;
+    }
   }
   /* Any: ICANN's and private domains' suffixes ("github.io") alike; the
   ** implicit "*" rule too: a label no rule names is a top-level domain. */
