@@ -952,6 +952,9 @@ end
 
 M.MAX_COOKIES = 3000           -- cookies a jar keeps (the oldest go first)
 local MAX_PER_DOMAIN = 50      -- (RFC 6265, 6.1: at least 50 a domain)
+-- Set-Cookie values one answer may bring into a jar: each costs a look
+-- through the jar, and 80 KiB of head holds 8,000 of them (0.7 s).
+M.MAX_SET_COOKIES = 200
 local MAX_COOKIE = 4096        -- bytes of a cookie's name, value and attributes
 
 local MONTHS = { jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6, jul = 7, aug = 8,
@@ -1150,11 +1153,13 @@ local function with_cookies(headers, jar, host, target, secure)
   return out
 end
 
--- The Set-Cookie values of an answer from host to target, into the jar.
+-- The Set-Cookie values of an answer from host to target, into the jar:
+-- the first http.MAX_SET_COOKIES of them.
 local function take_cookies(jar, lines, host, target, secure)
   local now = market.now()
-  for _, line in ipairs(lines or {}) do
-    store(jar, line, host:lower(), target:match("^[^?]*"), secure, now)
+  host, target = host:lower(), target:match("^[^?]*")
+  for i = 1, math.min(#(lines or {}), M.MAX_SET_COOKIES) do
+    store(jar, lines[i], host, target, secure, now)
   end
 end
 

@@ -823,13 +823,19 @@ describe("http.serve and http.request", function()
     assert.matches("http.request: bad cookies", got[12], 1, true)
   end)
 
-  it("reads a cookie's Expires in the forms servers write, Max-Age first, and keeps at most " ..
-     "50 cookies a host", function()
+  it("reads a cookie's Expires in the forms servers write, Max-Age first, keeps at most " ..
+     "50 cookies a host, and takes at most http.MAX_SET_COOKIES values of an answer", function()
     local got = N.run(function()
       local srv = assert(http.serve(0, function(req)
         if req.path == "/many" then
           local set = {}
           for i = 1, 60 do set[i] = ("c%d=%d"):format(i, i) end
+          return 200, { ["set-cookie"] = set }, ""
+        end
+        if req.path == "/flood" then
+          local set = { "first=1" }
+          for i = 2, http.MAX_SET_COOKIES do set[i] = "nameless" end
+          set[#set + 1] = "late=1"
           return 200, { ["set-cookie"] = set }, ""
         end
         return 200, { ["set-cookie"] = {
@@ -850,6 +856,12 @@ describe("http.serve and http.request", function()
       local names = {}
       for _, c in ipairs(other:list()) do names[#names + 1] = c.name end
       out.many = table.concat(names, " ")
+      -- the first http.MAX_SET_COOKIES values of an answer, not the rest
+      local third = http.cookies()
+      assert(http.request(url(srv, "/flood"), { cookies = third }))
+      names = {}
+      for _, c in ipairs(third:list()) do names[#names + 1] = c.name end
+      out.flood = table.concat(names, " ")
       srv:close()
       return out
     end)
@@ -859,6 +871,7 @@ describe("http.serve and http.request", function()
     local kept = {}
     for i = 11, 60 do kept[#kept + 1] = "c" .. i end
     assert.equal(table.concat(kept, " "), got.many)
+    assert.equal("first", got.flood)
   end)
 
   it("refuses a cookie for a public suffix or another site, and says why (jar:set)", function()
