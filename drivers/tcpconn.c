@@ -1184,14 +1184,16 @@ static inline int not_now(mk_proc *p, tconn *c) {
 ** than the second buffer's setting up. */
 #define IN_PLACE_MIN 1024
 
-static void read_in_place(mk_proc *p, tconn *c) {
+/* 0 when done; -1 when no room could be had for the guess: read into rbuf
+** then, as for a small chunk (a shorter chunk may still fit in memory). */
+static int read_in_place(mk_proc *p, tconn *c) {
   size_t want = (size_t)c->lastread << 8, n;
   struct iovec iov[2];
   mk_term *t;
   ssize_t r;
   if (want > c->readsize) want = c->readsize;
   t = mk_str_room(want);
-  if (t == NULL) { fail_inbound(p, c, "out of memory"); return; }
+  if (t == NULL) return -1;
   iov[0].iov_base = mk_strdata(t);
   iov[0].iov_len = want;
   iov[1].iov_base = rbuf;
@@ -1200,10 +1202,11 @@ static void read_in_place(mk_proc *p, tconn *c) {
     r = readv(c->fd, iov, want < c->readsize ? 2 : 1);
   } while (r < 0 && errno == EINTR);
   if (r <= 0) {
+    int err = errno;
     mk_unref(t);
     if (r == 0) end_of_input(p, c);
-    else if (errno != EAGAIN && errno != EWOULDBLOCK) finish_errno(p, c, errno);
-    return;
+    else if (err != EAGAIN && err != EWOULDBLOCK) finish_errno(p, c, err);
+    return 0;
   }
   n = (size_t)r;
   c->lastread = LASTREAD(n) & 0x1ff;
@@ -1219,6 +1222,7 @@ static void read_in_place(mk_proc *p, tconn *c) {
     t = u;
   }
   deliver_term(p, c, t != NULL ? mk_str_fill(t, n) : NULL);
+  return 0;
 }
 
 static void on_readable(mk_proc *p, tconn *c) {
@@ -1226,10 +1230,8 @@ static void on_readable(mk_proc *p, tconn *c) {
   if (c->fd < 0) return;
   if (c->draining) { drain_input(p, c); return; }
   if (not_now(p, c)) return;
-  if (c->framing == F_RAW && c->lastread > IN_PLACE_MIN / 256) {
-    read_in_place(p, c);
+  if (c->framing == F_RAW && c->lastread > IN_PLACE_MIN / 256 && read_in_place(p, c) == 0)
     return;
-  }
   do {
     n = recv(c->fd, rbuf, c->readsize, 0);
   } while (n < 0 && errno == EINTR);
