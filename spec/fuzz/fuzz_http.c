@@ -19,8 +19,10 @@
 ** parsed a third way too, as http.serve's stream_body does (the body
 ** taken after every piece): each piece taken no longer than the piece
 ** fed, and the same verdict, body and rest as whole, but that the limit
-** then bounds the head alone (no 413).  A check that fails is a Lua
-** error, and the target aborts with it.
+** then bounds the head alone (no 413).  A Set-Cookie value heard is also
+** asked of the public suffix list (libpsl: the cookie jar's look-up, on
+** whatever bytes a server sends).  A check that fails is a Lua error, and
+** the target aborts with it.
 */
 #include <stdint.h>
 #include <stdio.h>
@@ -54,6 +56,8 @@ static const char check[] =
   "    assert(#m.body <= max and #(m.path or m.reason) <= max, 'a field past the limit')\n"
   "    if #m.set_cookies > 0 then\n"
   "      assert(table.concat(m.set_cookies, ', ') == m.headers['set-cookie'], 'set_cookies')\n"
+  "      local public = http.public_suffix(m.set_cookies[1]:lower())\n"
+  "      assert(public == true or public == false, 'public_suffix')\n"
   "    end\n"
   "    for k, v in pairs(m.headers) do\n"
   "      assert(type(k) == 'string' and type(v) == 'string', 'a header that is not text')\n"
