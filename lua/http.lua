@@ -1010,9 +1010,12 @@ local function path_match(path, cpath)
          (cpath:sub(-1) == "/" or path:sub(#cpath + 1, #cpath + 1) == "/")
 end
 
--- jar = http.cookies(): an empty cookie jar, for the cookies option.
+-- jar = http.cookies(): an empty cookie jar, for the cookies option.  Its
+-- cookies are kept by domain (by_domain[domain]: a list, oldest first, as
+-- `made` counts), so that a request looks at its host's and its parent
+-- domains' lists, not at every cookie (a full jar: 3000); n counts them.
 function M.cookies()
-  return setmetatable({ kept = {}, made = 0 }, Jar)
+  return setmetatable({ by_domain = {}, n = 0, made = 0 }, Jar)
 end
 
 local function checkjar(jar, what)
@@ -1021,14 +1024,26 @@ local function checkjar(jar, what)
   end
 end
 
--- The cookies past their time taken out.
-local function expire(jar, now)
-  local list, n = jar.kept, 0
+-- The cookies of domain past their time taken out; its list (or nil).
+local function expire(jar, domain, now)
+  local list, n = jar.by_domain[domain], 0
+  if not list then return nil end
   for i = 1, #list do
     local c = list[i]
     if not c.expires or c.expires > now then n = n + 1; list[n] = c end
   end
+  jar.n = jar.n - (#list - n)
   for i = #list, n + 1, -1 do list[i] = nil end
+  if n == 0 then jar.by_domain[domain] = nil; return nil end
+  return list
+end
+
+-- The oldest cookie of list taken out.
+local function drop_oldest(jar, domain)
+  local list = jar.by_domain[domain]
+  table.remove(list, 1)
+  jar.n = jar.n - 1
+  if #list == 0 then jar.by_domain[domain] = nil end
 end
 
 -- A Set-Cookie value heard from host (lower case) for path (the request's,
@@ -1086,46 +1101,56 @@ local function store(jar, line, host, path, secure, now)
     if c.path == "" then c.path = "/" end
   end
   if c.secure and not secure then return nil, "secure, and heard over plain http" end
-  local list, same = jar.kept, nil
+  local list = expire(jar, c.domain, now) or {}
   for i, old in ipairs(list) do
-    if old.name == c.name and old.domain == c.domain and old.path == c.path then same = i; break end
-  end
-  if same then
-    c.made = list[same].made
-    table.remove(list, same)
-  else
-    jar.made = jar.made + 1
-    c.made = jar.made
-  end
-  if c.expires and c.expires <= now then return true end    -- (a delete)
-  local per = 0
-  for _, old in ipairs(list) do if old.domain == c.domain then per = per + 1 end end
-  -- Past a limit, the oldest go: of this domain, or of all.
-  while #list > 0 and (per >= MAX_PER_DOMAIN or #list >= M.MAX_COOKIES) do
-    local oldest
-    for j, old in ipairs(list) do
-      if (per < MAX_PER_DOMAIN or old.domain == c.domain) and
-         (not oldest or old.made < list[oldest].made) then
-        oldest = j
+    if old.name == c.name and old.path == c.path then
+      -- the same cookie: in its place, as old as it was (5.3, step 11)
+      c.made = old.made
+      if c.expires and c.expires <= now then        -- (a delete)
+        table.remove(list, i)
+        jar.n = jar.n - 1
+        if #list == 0 then jar.by_domain[c.domain] = nil end
+      else
+        list[i] = c
       end
+      return true
     end
-    if list[oldest].domain == c.domain then per = per - 1 end
-    table.remove(list, oldest)
   end
+  if c.expires and c.expires <= now then return true end
+  jar.made = jar.made + 1
+  c.made = jar.made
+  -- Past a limit, the oldest go: of this domain, or of all (once those
+  -- past their time have gone: the others' lists are expired lazily).
+  if #list >= MAX_PER_DOMAIN then drop_oldest(jar, c.domain) end
+  if jar.n >= M.MAX_COOKIES then
+    for d in pairs(jar.by_domain) do expire(jar, d, now) end
+  end
+  while jar.n >= M.MAX_COOKIES do
+    local oldest
+    for d, l in pairs(jar.by_domain) do
+      if not oldest or l[1].made < jar.by_domain[oldest][1].made then oldest = d end
+    end
+    drop_oldest(jar, oldest)
+  end
+  list = jar.by_domain[c.domain] or list
+  jar.by_domain[c.domain] = list
   list[#list + 1] = c
+  jar.n = jar.n + 1
   return true
 end
 
 -- The Cookie header's value for host, path, secure (nil: none), the
 -- longest paths first, then the oldest (5.4).
 local function cookie_header(jar, host, path, secure, now)
-  expire(jar, now)
-  local chosen = {}
-  for _, c in ipairs(jar.kept) do
-    if (c.host_only and host == c.domain or not c.host_only and domain_match(host, c.domain)) and
-       path_match(path, c.path) and (secure or not c.secure) then
-      chosen[#chosen + 1] = c
+  local chosen, domain = {}, host
+  while domain do                              -- the host, then its parents
+    for _, c in ipairs(expire(jar, domain, now) or {}) do
+      if (not c.host_only or domain == host) and path_match(path, c.path) and
+         (secure or not c.secure) then
+        chosen[#chosen + 1] = c
+      end
     end
+    domain = not is_address(host) and domain:match("^[^.]*%.(.+)$") or nil
   end
   if #chosen == 0 then return nil end
   table.sort(chosen, function(a, b)
@@ -1201,9 +1226,14 @@ end
 -- secure, http_only, host_only, expires: ms since the epoch or nil).
 function Jar:list()
   checkjar(self, "list")
-  expire(self, market.now())
-  local out = {}
-  for i, c in ipairs(self.kept) do
+  local now, all, out = market.now(), {}, {}
+  local domains = {}
+  for d in pairs(self.by_domain) do domains[#domains + 1] = d end
+  for _, d in ipairs(domains) do
+    for _, c in ipairs(expire(self, d, now) or {}) do all[#all + 1] = c end
+  end
+  table.sort(all, function(a, b) return a.made < b.made end)     -- oldest first
+  for i, c in ipairs(all) do
     out[i] = { name = c.name, value = c.value, domain = c.domain, path = c.path, secure = c.secure,
                http_only = c.http_only, host_only = c.host_only, expires = c.expires }
   end
@@ -1213,7 +1243,7 @@ end
 -- jar:clear(): every cookie gone.
 function Jar:clear()
   checkjar(self, "clear")
-  self.kept = {}
+  self.by_domain, self.n = {}, 0
 end
 
 -- ---- requests ----------------------------------------------------------

@@ -929,6 +929,53 @@ describe("http.serve and http.request", function()
     assert.matches("http.cookies: set: not a cookie jar", got[20], 1, true)
   end)
 
+  it("keeps a jar's cookies by domain: past http.MAX_COOKIES the expired go first, then the " ..
+     "oldest of all domains, and a request is sent its host's and parent domains' alone", function()
+    local saved = http.MAX_COOKIES
+    http.MAX_COOKIES = 6
+    local ok, got = pcall(N.run, function()
+      local timer = require "market.timer"
+      local jar, out = http.cookies(), {}
+      local function names()
+        local t = {}
+        for _, c in ipairs(jar:list()) do t[#t + 1] = c.name end
+        return table.concat(t, " ")
+      end
+      for _, u in ipairs({ "http://a.example/", "http://b.example/", "http://c.example/" }) do
+        local h = u:match("//(%a)")
+        assert(jar:set(u, h .. "1=1"))
+        assert(jar:set(u, h .. "2=1"))
+      end
+      assert(jar:set("http://d.example/", "d1=1"))                -- a1 goes: the oldest of all
+      out[#out + 1] = names()
+      assert(jar:set("http://b.example/", "b1=2"))                -- the same cookie: keeps its age
+      assert(jar:set("http://d.example/", "d2=1"))                -- a2 goes
+      out[#out + 1] = names()
+      assert(jar:set("http://c.example/", "c2=1; Max-Age=1"))
+      timer.sleep(1100)                                           -- c2 is past its time
+      assert(jar:set("http://d.example/", "d3=1"))                -- c2 goes, not b1
+      out[#out + 1] = names()
+      assert(jar:set("http://www.shop.example/", "w=1"))          -- b1 goes
+      assert(jar:set("http://www.shop.example/", "s=1; Domain=shop.example"))   -- b2 goes
+      out[#out + 1] = tostring(jar:header("http://www.shop.example/"))
+      out[#out + 1] = tostring(jar:header("http://x.www.shop.example/"))
+      out[#out + 1] = tostring(jar:header("http://shop.example/"))
+      out[#out + 1] = names()
+      return out
+    end)
+    http.MAX_COOKIES = saved
+    assert(ok, got)
+    assert.same({
+      "a2 b1 b2 c1 c2 d1",
+      "b1 b2 c1 c2 d1 d2",
+      "b1 b2 c1 d1 d2 d3",
+      "w=1; s=1",
+      "s=1",
+      "s=1",
+      "c1 d1 d2 d3 w s",
+    }, got)
+  end)
+
   it("resolves a reference against a base URL as RFC 3986 does", function()
     -- RFC 3986, 5.4.1 and 5.4.2 (the strict reading of "http:g"), base
     -- http://a/b/c/d;p?q; and a few of its own.
