@@ -37,6 +37,10 @@
 ** What wslay reads is handed to it from feed's string; what it writes is
 ** gathered for output().  Every buffer grows with what it holds, no
 ** further than max for a message (no fixed buffer on the input path).
+** The messages queued and the output are the memory limit's to count
+** (pool.h: the queue's from mk_pool_alloc, the output's from
+** mk_pool_lib_realloc); what wslay holds of a message being put together
+** is its own malloc's, which the limit cannot see (docs/limits.md).
 */
 #include <stdint.h>
 #include <stdlib.h>
@@ -48,6 +52,7 @@
 #include <wslay/wslay.h>
 
 #include "mkl.h"
+#include "pool.h"
 
 /* ---- the handshake ------------------------------------------------------ */
 
@@ -127,8 +132,8 @@ typedef struct wsmsg {
   char data[];
 } wsmsg;
 
-/* Owns ctx (wslay_event_context_free), the queue and out (free), all
-** released in __gc. */
+/* Owns ctx (wslay_event_context_free), the queue (mk_pool_free) and out
+** (mk_pool_lib_free), all released in __gc. */
 typedef struct wssession {
   wslay_event_context_ptr ctx;
   const char *in;             /* while feed runs: what wslay has yet to read */
@@ -162,7 +167,7 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
     size_t cap = s->outcap ? s->outcap : 256;
     char *p;
     while (cap < s->outn + len) cap *= 2;
-    if ((p = realloc(s->out, cap)) == NULL) {
+    if ((p = mk_pool_lib_realloc(s->out, cap)) == NULL) {
       s->nomem = 1;
       wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
       return -1;
@@ -178,7 +183,7 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
 static void msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
                    void *ud) {
   wssession *s = ud;
-  wsmsg *m = malloc(sizeof *m + arg->msg_length);
+  wsmsg *m = mk_pool_alloc(sizeof *m + arg->msg_length);
   (void)ctx;
   if (m == NULL) { s->nomem = 1; return; }
   m->next = NULL;
@@ -259,7 +264,7 @@ static int l_next(lua_State *L) {
   lua_pushinteger(L, m->code);
   s->first = m->next;
   if (s->first == NULL) s->last = NULL;
-  free(m);
+  mk_pool_free(m, sizeof *m + m->len);
   return 3;
 }
 
@@ -305,7 +310,7 @@ static int l_output(lua_State *L) {
   lua_pushlstring(L, s->out ? s->out : "", s->outn);
   s->outn = 0;
   if (s->outcap > 64 * 1024) {          /* a large message's room: not kept while idle */
-    free(s->out);
+    mk_pool_lib_free(s->out);
     s->out = NULL;
     s->outcap = 0;
   }
@@ -326,12 +331,12 @@ static int l_gc(lua_State *L) {
   while (s->first) {
     wsmsg *m = s->first;
     s->first = m->next;
-    free(m);
+    mk_pool_free(m, sizeof *m + m->len);
   }
   s->last = NULL;
   if (s->ctx) wslay_event_context_free(s->ctx);
   s->ctx = NULL;
-  free(s->out);
+  mk_pool_lib_free(s->out);
   s->out = NULL;
   s->outn = s->outcap = 0;
   return 0;

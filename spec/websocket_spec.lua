@@ -86,6 +86,33 @@ describe("http.websocket", function()
     assert.is_true(got.ms < 5000, ("the answer took %.0f ms (milliseconds expected)"):format(got.ms))
   end)
 
+  it("counts the messages it has put together and not yet handed out with the memory limit's",
+     function()
+    -- Twenty messages of 3000 bytes come in one read; the first is handed
+    -- out, nineteen wait in the session's queue: ~57 KB the limit's count
+    -- did not see when the queue was malloc's.
+    local got = N.run(function()
+      local grew
+      local srv = ws_server(function(ws)
+        market.wait_until(function() return ws.arrived() end, 5000)
+        local before = select(2, market.memory_limit())
+        assert(ws:receive(5000))
+        grew = select(2, market.memory_limit()) - before
+        for _ = 2, 20 do assert(ws:receive(5000)) end
+      end)
+      local c = client(srv.port)
+      assert(c.open():find(" 101 ", 1, true))
+      local burst = {}
+      for i = 1, 20 do burst[i] = frame(2, ("x"):rep(3000)) end
+      c.raw(table.concat(burst))
+      market.wait_until(function() return grew ~= nil end, 5000)
+      c.close()
+      srv:close()
+      return grew
+    end)
+    assert.is_true(got > 19 * 3000 / 2, ("the count grew by %d bytes"):format(got))
+  end)
+
   it("gives nil and why for a request that is no handshake, which the handler answers", function()
     local got = N.run(function()
       local srv = ws_server(function() end)
