@@ -1038,7 +1038,7 @@ local function expire(jar, domain, now)
   return list
 end
 
--- The oldest cookie of list taken out.
+-- The oldest cookie of domain's list taken out.
 local function drop_oldest(jar, domain)
   local list = jar.by_domain[domain]
   table.remove(list, 1)
@@ -1125,7 +1125,7 @@ local function store(jar, line, host, path, secure, now)
   if jar.n >= M.MAX_COOKIES then
     for d in pairs(jar.by_domain) do expire(jar, d, now) end
   end
-  while jar.n >= M.MAX_COOKIES do
+  while jar.n >= M.MAX_COOKIES and next(jar.by_domain) do
     local oldest
     for d, l in pairs(jar.by_domain) do
       if not oldest or l[1].made < jar.by_domain[oldest][1].made then oldest = d end
