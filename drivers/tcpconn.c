@@ -323,7 +323,7 @@ typedef struct tconn {
   int fd;                     /* -1: none (yet, or any more) */
   uint32_t readsize : 17;     /* at most READ_MAX (settings) */
   uint32_t lastread : 9;      /* the last chunk read, in 256 bytes rounded up
-                              ** (at most READ_MAX / 256): read_in_place */
+                              ** (at most READ_MAX / 256): on_readable */
   uint8_t framing;            /* F_* (settings) */
   uint8_t watching;           /* W_* */
   unsigned seen : 1, connected : 1, paused : 1, eof_in : 1, eof_out : 1, closing : 1,
@@ -1150,10 +1150,18 @@ static void drain_input(mk_proc *p, tconn *c) {
   if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) finish(p, c, NULL);
 }
 
-/* n bytes just read into rbuf (from the socket, or from a TLS session). */
-static inline __attribute__((always_inline)) void got(mk_proc *p, tconn *c, size_t n) {
+/* n > 0 bytes just read: the idle timeout's stamp, the inspector's count,
+** and the next raw read's guess (its size in 256 bytes, rounded up:
+** on_readable). */
+static inline __attribute__((always_inline)) void note_read(mk_proc *p, tconn *c, size_t n) {
   if (c->idle_ms > 0) c->last_io = stamp_ms();
   mk_detail_io(p, n, 0);
+  c->lastread = ((n + 255) >> 8) & 0x1ff;
+}
+
+/* n bytes just read into rbuf (from the socket, or from a TLS session). */
+static inline __attribute__((always_inline)) void got(mk_proc *p, tconn *c, size_t n) {
+  note_read(p, c, n);
   received(p, c, rbuf, n);
 }
 
@@ -1168,50 +1176,35 @@ static inline int not_now(mk_proc *p, tconn *c) {
   return 0;
 }
 
-/* The size of the chunk just read, n > 0, for the next read's guess. */
-#define LASTREAD(n)  (((n) + 255) >> 8)
-
 /* Raw chunks read in place: a chunk about as large as the last one is
 ** read into the string term that carries it (mk_str_room), where reading
 ** into rbuf and copying into a term cost a copy of every byte and, at 4
 ** KiB a chunk, a cache line written cold for each 64 of them (issue 10:
 ** 63 first-level misses of an echoed round trip's 306; docs/performance.md,
-** "Chunks read in place").  The guess is the last chunk's size: a longer
-** chunk's rest comes into rbuf (readv), and the two are joined by one copy
-** as before; a shorter one (under three quarters of the guess) is copied
-** into a term that fits (mk_str_fill).  Small chunks (the last one IN_PLACE_MIN bytes or
-** fewer) are read into rbuf: a copy of a few hundred bytes costs less
-** than the second buffer's setting up. */
+** "Chunks read in place").  The guess is the last chunk's size
+** (lastread): a longer chunk's rest comes into rbuf (readv), and the two
+** are joined by one copy as before; a shorter one (under three quarters
+** of the guess) is copied into a term that fits (mk_str_fill).  Small
+** chunks (the last one IN_PLACE_MIN bytes or fewer) are read into rbuf: a
+** copy of a few hundred bytes costs less than the second buffer's setting
+** up; so is a chunk whose guess could get no room (a shorter one may
+** still fit in memory). */
 #define IN_PLACE_MIN 1024
 
-/* 0 when done; -1 when no room could be had for the guess: read into rbuf
-** then, as for a small chunk (a shorter chunk may still fit in memory). */
-static int read_in_place(mk_proc *p, tconn *c) {
-  size_t want = (size_t)c->lastread << 8, n;
+/* Read the socket into t's room of want bytes, and rbuf for the rest. */
+static ssize_t readv_into(tconn *c, mk_term *t, size_t want) {
   struct iovec iov[2];
-  mk_term *t;
-  ssize_t r;
-  if (want > c->readsize) want = c->readsize;
-  t = mk_str_room(want);
-  if (t == NULL) return -1;
   iov[0].iov_base = mk_strdata(t);
   iov[0].iov_len = want;
   iov[1].iov_base = rbuf;
   iov[1].iov_len = c->readsize - want;
-  do {
-    r = readv(c->fd, iov, want < c->readsize ? 2 : 1);
-  } while (r < 0 && errno == EINTR);
-  if (r <= 0) {
-    int err = errno;
-    mk_unref(t);
-    if (r == 0) end_of_input(p, c);
-    else if (err != EAGAIN && err != EWOULDBLOCK) finish_errno(p, c, err);
-    return 0;
-  }
-  n = (size_t)r;
-  c->lastread = LASTREAD(n) & 0x1ff;
-  if (c->idle_ms > 0) c->last_io = stamp_ms();
-  mk_detail_io(p, n, 0);
+  return readv(c->fd, iov, want < c->readsize ? 2 : 1);
+}
+
+/* The string term of the n bytes read in place: t's first want bytes, and
+** rbuf's after them when there were more (t is stolen; NULL when out of
+** memory). */
+static mk_term *read_in(mk_term *t, size_t want, size_t n) {
   if (n > want) {                      /* longer: join the two parts */
     mk_term *u = mk_str_room(n);
     if (u != NULL) {
@@ -1221,27 +1214,38 @@ static int read_in_place(mk_proc *p, tconn *c) {
     mk_unref(t);
     t = u;
   }
-  deliver_term(p, c, t != NULL ? mk_str_fill(t, n) : NULL);
-  return 0;
+  return t != NULL ? mk_str_fill(t, n) : NULL;
 }
 
 static void on_readable(mk_proc *p, tconn *c) {
+  mk_term *t = NULL;
+  size_t want = 0;
   ssize_t n;
+  int err;
   if (c->fd < 0) return;
   if (c->draining) { drain_input(p, c); return; }
   if (not_now(p, c)) return;
-  if (c->framing == F_RAW && c->lastread > IN_PLACE_MIN / 256 && read_in_place(p, c) == 0)
-    return;
+  if (c->framing == F_RAW && c->lastread > IN_PLACE_MIN / 256) {
+    want = (size_t)c->lastread << 8;
+    if (want > c->readsize) want = c->readsize;
+    t = mk_str_room(want);
+  }
   do {
-    n = recv(c->fd, rbuf, c->readsize, 0);
+    n = t != NULL ? readv_into(c, t, want) : recv(c->fd, rbuf, c->readsize, 0);
   } while (n < 0 && errno == EINTR);
+  err = errno;
+  if (n > 0 && t != NULL) {
+    note_read(p, c, (size_t)n);
+    deliver_term(p, c, read_in(t, want, (size_t)n));
+    return;
+  }
+  mk_unref(t);
   if (n > 0) {
-    c->lastread = LASTREAD((size_t)n) & 0x1ff;
     got(p, c, (size_t)n);
   } else if (n == 0) {
     end_of_input(p, c);
-  } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-    finish_errno(p, c, errno);
+  } else if (err != EAGAIN && err != EWOULDBLOCK) {
+    finish_errno(p, c, err);
   }
 }
 

@@ -184,7 +184,7 @@ describe("tcp connection managers", function()
   end)
 
   -- Chunks about as large as the last are read into their term in place
-  -- (drivers/tcpconn.c, read_in_place): as large (kept), longer (the rest
+  -- (drivers/tcpconn.c, on_readable): as large (kept), longer (the rest
   -- read into the driver's buffer and joined), much shorter (copied into a
   -- term that fits), past read_size, and under the size read in place.
   -- Every byte must come back, in order, whatever path it took.
