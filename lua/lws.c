@@ -348,16 +348,13 @@ void mkl_open_ws(lua_State *L) {
     {"feed", l_feed}, {"next", l_next}, {"ready", l_ready}, {"queue", l_queue},
     {"close", l_close}, {"output", l_output}, {"status", l_status}, {"__gc", l_gc},
     {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+    {"ws_accept", l_accept}, {"ws_key", l_key}, {"ws_session", l_session}, {NULL, NULL}};
   if (luaL_newmetatable(L, LWS_MT)) {
     luaL_setfuncs(L, methods, 0);
     lua_pushvalue(L, -1);
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_accept);
-  lua_setfield(L, -2, "ws_accept");
-  lua_pushcfunction(L, l_key);
-  lua_setfield(L, -2, "ws_key");
-  lua_pushcfunction(L, l_session);
-  lua_setfield(L, -2, "ws_session");
+  luaL_setfuncs(L, funcs, 0);
 }
