@@ -51,6 +51,9 @@ end })
 -- ---- settings ----------------------------------------------------------
 
 local function positive(v) return mtype(v) == "integer" and v > 0 end
+local function non_negative(v) return mtype(v) == "integer" and v >= 0 end
+local function is_tls(v) return tcp.tls_record:is(v) end
+local function is_table(v) return type(v) == "table" end
 -- A time in ms, or math.huge: none.
 local function ms_or_huge(v) return positive(v) or v == math.huge end
 
@@ -78,20 +81,23 @@ local function connect_ms(ms)
   return ms == math.huge and 0 or math.min(ms, CONNECT_MAX)
 end
 
+-- Is v an HTTP token (RFC 9110 5.6.2: a method, a WebSocket subprotocol)?
+local function is_token(v) return type(v) == "string" and v:match("^[%w!#$%%&'*+.^_`|~-]+$") ~= nil end
+
 -- What each function takes, and its check.
 local SERVE_KEYS = { max_request = positive, timeout = positive, keep_alive = positive,
                      stream_body = function(v) return type(v) == "boolean" end,
-                     max_connections = function(v) return mtype(v) == "integer" and v >= 0 end,
+                     max_connections = non_negative,
                      reuseport = function(v) return type(v) == "boolean" end,
-                     tls = function(v) return tcp.tls_record:is(v) end }
-local REQUEST_KEYS = { method = function(v) return type(v) == "string" and v:match("^[%w!#$%%&'*+.^_`|~-]+$") end,
-                       headers = function(v) return type(v) == "table" end,
+                     tls = is_tls }
+local REQUEST_KEYS = { method = is_token,
+                       headers = is_table,
                        body = function(v) return type(v) == "string" or type(v) == "function" end,
-                       length = function(v) return mtype(v) == "integer" and v >= 0 end,
+                       length = non_negative,
                        timeout = ms_or_huge, idle_timeout = ms_or_huge, max_response = positive,
-                       keep_alive = function(v) return mtype(v) == "integer" and v >= 0 end,
-                       redirects = function(v) return mtype(v) == "integer" and v >= 0 end,
-                       tls = function(v) return tcp.tls_record:is(v) end,
+                       keep_alive = non_negative,
+                       redirects = non_negative,
+                       tls = is_tls,
                        sink = function(v) return type(v) == "function" end,
                        cookies = is_jar }
 
@@ -438,7 +444,7 @@ local function new_ws(conn, ctx, max, client, protocol, rest)
 end
 
 local WS_KEYS = { max_message = positive,
-                  protocol = function(v) return type(v) == "string" and v:match("^[%w!#$%%&'*+.^_`|~-]+$") end }
+                  protocol = is_token }
 
 -- s without its leading and trailing blanks, in time linear in #s.  Not
 -- s:match("^%s*(.-)%s*$"): that backtracks over the blanks after each
@@ -1371,16 +1377,16 @@ end
 -- ---- WebSocket clients -------------------------------------------------
 
 local CONNECT_KEYS = {
-  headers = function(v) return type(v) == "table" end,
+  headers = is_table,
   protocols = function(v)
     if type(v) ~= "table" or #v == 0 then return false end
     for _, p in ipairs(v) do
-      if type(p) ~= "string" or not p:match("^[%w!#$%%&'*+.^_`|~-]+$") then return false end
+      if not is_token(p) then return false end
     end
     return true
   end,
   timeout = ms_or_huge, max_message = positive, cookies = is_jar,
-  tls = function(v) return tcp.tls_record:is(v) end }
+  tls = is_tls }
 -- (what the handshake's head says itself)
 local WS_CLIENT_OWN = { ["content-length"] = true, ["transfer-encoding"] = true, host = true,
                         connection = true, upgrade = true, ["sec-websocket-key"] = true,
