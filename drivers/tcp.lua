@@ -1023,8 +1023,12 @@ function M.serve(port, session, settings)
     on_absence = function(_, _, reason)
       if srv.failed == nil then srv.failed = reason or false end
     end })
+  -- The observer of the connections gets every chunk they carry (DESIGN
+  -- §1): refused (on_message = false), or they would be kept for
+  -- market.yield() while the server's owner waits, and pile up.
   acts[#acts + 1] = market.observe_publishers(channel(_, here, _), {
     name = tag,
+    on_message = false,
     on_presence = function(_, role)
       local remote = role.topic.source
       return market.transition_no_state(market.spawn(

@@ -611,15 +611,18 @@ static int f_action_at(lua_State *L) {
 #define U_PERFORM lua_upvalueindex(NUPVALUES + 1)
 
 /* Which handlers the plain table at idx holds, as MKL_TAG_* bits (with
-** MKL_TAG_KNOWN); 0 for a table with a metatable, whose handlers are
-** looked up at each event. */
+** MKL_TAG_KNOWN; a handler false refuses its events, MKL_TAG_REFUSES);
+** 0 for a table with a metatable, whose handlers are looked up at each
+** event. */
 static int handlertag(lua_State *L, int idx) {
   static const int bits[] = {MKL_TAG_MESSAGE, MKL_TAG_PRESENCE, MKL_TAG_ABSENCE};
-  int tag = MKL_TAG_KNOWN, i;
+  int tag = MKL_TAG_KNOWN, i, t;
   if (lua_getmetatable(L, idx)) { lua_pop(L, 1); return 0; }
   for (i = 0; i < 3; i++) {   /* no metatable: a raw read is the read */
     lua_pushvalue(L, U_HANDLER(i));
-    if (lua_rawget(L, idx) != LUA_TNIL) tag |= bits[i];
+    t = lua_rawget(L, idx);
+    if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1)) tag |= MKL_TAG_REFUSES(bits[i]);
+    else if (t != LUA_TNIL) tag |= bits[i];
     lua_pop(L, 1);
   }
   return tag;
@@ -856,8 +859,10 @@ static int checkhandler(lua_State *L, int k, int v) {
     luaL_error(L, "%s: unknown handler key '%s'", lua_tostring(L, E_FNAME),
                luaL_tolstring(L, -1, NULL));
   }
-  if (i < HK_NAME && lua_type(L, v) != LUA_TFUNCTION)
-    luaL_error(L, "%s: handler %s is not a function", lua_tostring(L, E_FNAME),
+  /* false: the endpoint refuses such events (mkl.h, MKL_TAG_REFUSES) */
+  if (i < HK_NAME && lua_type(L, v) != LUA_TFUNCTION &&
+      !(lua_type(L, v) == LUA_TBOOLEAN && !lua_toboolean(L, v)))
+    luaL_error(L, "%s: handler %s is not a function (nor false)", lua_tostring(L, E_FNAME),
                handlerkeys[i]);
   return i;
 }

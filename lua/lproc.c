@@ -1121,6 +1121,7 @@ static MKL_INLINE int pushhandler(mkl_state *S, lua_State *co, int ctx, int name
   switch (lua_rawget(co, -2)) {
     case LUA_TFUNCTION: return 1;
     case LUA_TNIL: return 0;
+    case LUA_TBOOLEAN: return lua_toboolean(co, -1) ? -1 : 0;   /* false: refused */
     default: return -1;
   }
 }
@@ -1189,9 +1190,18 @@ static void release(mkl_state *S, lproc *lp) {
   lp->coref = LUA_NOREF;
 }
 
+/* Does the event's endpoint refuse events of its kind (a handler false,
+** mkl.h): dropped, whether the process is idle or waits? */
+static int refused(uint32_t tag, mk_event_type type) {
+  const char *field;
+  int bit = handler_of(type, &field);
+  return bit != 0 && (tag & MKL_TAG_KNOWN) && (tag & MKL_TAG_REFUSES(bit));
+}
+
 /* The VM asks before queueing an event that would be p's next: an idle
 ** process (not in straight-line code waiting in market.yield) would drop
-** it unhandled at delivery, as above, so it need not be queued. */
+** it unhandled at delivery, as above, so it need not be queued; nor an
+** event its endpoint refuses, which a waiting process drops too. */
 static int declines(mk_proc *p, uint32_t tag, mk_event_type type) {
   const char *field;
   int bit = handler_of(type, &field);
@@ -1199,6 +1209,7 @@ static int declines(mk_proc *p, uint32_t tag, mk_event_type type) {
   /* The tag first: most events go to a handler, and the answer is then
   ** no without a look at the process. */
   if (bit == 0 || !(tag & MKL_TAG_KNOWN) || (tag & bit)) return 0;
+  if (tag & MKL_TAG_REFUSES(bit)) return 1;
   lp = mk_proc_data(p);
   return lp != NULL && !lp->waiting && !lp->running;
 }
@@ -1711,8 +1722,12 @@ static void handle(mk_proc *p, const mk_event *ev) {
     lp->applies = APPLY_LUA;
   } else if (lp->waiting) {
     /* Straight-line code suspended in a wait: the event is what await's
-    ** continuation finds on its stack. */
+    ** continuation finds on its stack, unless its endpoint refuses it (a
+    ** server's observer of its connections, tcp.lua, refuses the chunks
+    ** they carry: kept for market.yield(), they piled up while the
+    ** server's owner waited). */
     co = lp->co;
+    if (refused(ev->tag, ev->type)) return;
     if (ev->type == MK_EV_RESUME && IS_WAKE(ev->cont)) {
       if (!timedout(lp, ev->cont)) return;
       lua_pushlightuserdata(co, WAKE_MARK);

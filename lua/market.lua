@@ -409,7 +409,7 @@ local function dispatch(ctx, kind, a, b, c, d, e, f, g)
     local eps = b == 0 and ctx or handlers_at(ctx, b)    -- (handlers_at, without its call)
     local h = eps and eps[a]
     local fn = h and h.on_message
-    if not fn then return false end
+    if not fn then return fn == false end    -- false: refused, never kept
     apply(ctx, fn(ctx[STATE], c, a))
     return true
   elseif g then
@@ -432,10 +432,10 @@ local function dispatch(ctx, kind, a, b, c, d, e, f, g)
     local h = eps and eps[a]
     if not h then return true end          -- endpoint gone: nobody to tell
     if kind == PRESENCE then
-      if not h.on_presence then return false end
+      if not h.on_presence then return h.on_presence == false end
       apply(ctx, h.on_presence(ctx[STATE], role(c, d, e), a))
     else
-      if not h.on_absence then return false end
+      if not h.on_absence then return h.on_absence == false end
       apply(ctx, h.on_absence(ctx[STATE], role(c, d, e), f, a))
     end
     return true

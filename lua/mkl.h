@@ -64,11 +64,15 @@ void mkl_forget_strings(void);
 /* An endpoint's tag (mk_tag_endpoint) as the binding sets it: which
 ** handlers its table held when it was added (laction.c computes it,
 ** lproc.c reads it).  Without MKL_TAG_KNOWN (a handler table with a
-** metatable, or a meta-level endpoint) the table itself is consulted. */
+** metatable, or a meta-level endpoint) the table itself is consulted.
+** MKL_TAG_REFUSES(bit): the handler is false, the endpoint takes no such
+** event: dropped, even while straight-line code waits (not kept for
+** market.yield()). */
 #define MKL_TAG_KNOWN     1
 #define MKL_TAG_MESSAGE   2
 #define MKL_TAG_PRESENCE  4
 #define MKL_TAG_ABSENCE   8
+#define MKL_TAG_REFUSES(bit) ((bit) << 3)
 
 /* A Lua process's context (market.lua's ctx): one table holding the
 ** handler tables of its endpoints under their names (strings), and its

@@ -53,6 +53,47 @@ describe("market.wait_until", function()
     assert.same({ '["other", 1] ["other", 2]', "nil timeout" }, log.lines)
   end)
 
+  it("drops the events an endpoint refuses with a handler false, and keeps the others", function()
+    -- A waiting process's observer with on_message = false (tcp.serve's
+    -- of its connections) must not keep every message that fits its
+    -- topic for a market.yield() that never comes: they piled up.
+    local log = H.log()
+    H.ground(function()
+      H.step(market.spawn(function()
+        local done = false
+        market.perform(market.subscriber("done", { on_message = function() done = true end }),
+                       market.observe_publishers({ "refused", _ }, { name = "refusing",
+                         on_message = false, on_presence = function() log("presence") end }),
+                       market.subscriber({ "kept", _ }, { name = "kept", on_presence = false }))
+        H.step(market.spawn(function()
+          return market.transition(nil, market.publisher({ "refused", 0 }),
+                                   market.publisher({ "kept", 0 }))
+        end))
+        H.step(market.send({ "refused", 1 }), market.send({ "kept", 2 }),
+               market.send({ "refused", 3 }), market.send("done"))
+        market.wait_until(function() return done end)
+        local ev = market.yield(0)
+        log("%s %s", ev.endpoint, ev.message)
+        local none, why = market.yield(0)
+        log("%s %s", tostring(none), why)
+      end))
+    end)
+    assert.same({ "presence", 'kept ["kept", 2]', "nil timeout" }, log.lines)
+  end)
+
+  it("refuses a handler that is neither a function nor false", function()
+    local log = H.log()
+    H.ground(function()
+      for _, v in ipairs { true, 0 } do
+        local ok, err = pcall(market.subscriber, "x", { on_message = v })
+        log("%s %s", tostring(ok), err)
+      end
+    end)
+    assert.same({ "false market.subscriber: handler on_message is not a function (nor false)",
+                  "false market.subscriber: handler on_message is not a function (nor false)" },
+                log.lines)
+  end)
+
   it("returns nil, \"timeout\" when ms go by first; 0 sees only what is queued", function()
     local log = H.log()
     H.ground(function()
