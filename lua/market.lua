@@ -481,11 +481,21 @@ local function yield_action(k)
   return action { kind = "yield", k = k }
 end
 
+-- A process that waits for something else keeps them without bound, and
+-- may never ask for them: a warning at KEPT_WARN of them and at every
+-- tenfold after, naming the endpoint of the last.
+local KEPT_WARN = 10000
 local function keep(ctx, ev)
   local backlog = ctx[BACKLOG]
   if not backlog then backlog = { first = 1, last = 0 }; ctx[BACKLOG] = backlog end
   backlog.last = backlog.last + 1
   backlog[backlog.last] = ev
+  local n = backlog.last - backlog.first + 1
+  if n >= (backlog.warn or KEPT_WARN) then
+    backlog.warn = n * 10
+    M.log.warn("%d events kept for market.yield(), the last for endpoint %s: take them, " ..
+               "or refuse them with a handler false", n, ev.endpoint)
+  end
 end
 
 -- The oldest event kept, or nil.

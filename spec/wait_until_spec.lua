@@ -81,6 +81,28 @@ describe("market.wait_until", function()
     assert.same({ "presence", 'kept ["kept", 2]', "nil timeout" }, log.lines)
   end)
 
+  it("warns when the events kept for market.yield() reach 10,000, and at every tenfold", function()
+    local warned = {}
+    H.ground(function()
+      market.log.sink(function(level, _, message)
+        if level == "warn" then warned[#warned + 1] = message end
+      end)
+      H.step(market.spawn(function()
+        local done = false
+        market.perform(market.subscriber("done", { on_message = function() done = true end }),
+                       market.subscriber({ "unread", _ }, { name = "unread" }))
+        local sends = {}
+        for i = 1, 10001 do sends[i] = market.send({ "unread", i }) end
+        H.step(table.unpack(sends))
+        H.step(market.send("done"))
+        market.wait_until(function() return done end)
+      end))
+      market.log.sink(nil)
+    end)
+    assert.same({ "10000 events kept for market.yield(), the last for endpoint unread: " ..
+                  "take them, or refuse them with a handler false" }, warned)
+  end)
+
   it("refuses a handler that is neither a function nor false", function()
     local log = H.log()
     H.ground(function()
