@@ -37,10 +37,16 @@
 ** What wslay reads is handed to it from feed's string; what it writes is
 ** gathered for output().  Every buffer grows with what it holds, no
 ** further than max for a message (no fixed buffer on the input path).
-** The messages queued and the output are the memory limit's to count
-** (pool.h: the queue's from mk_pool_alloc, the output's from
-** mk_pool_lib_realloc); what wslay holds of a message being put together
-** is its own malloc's, which the limit cannot see (docs/limits.md).
+** wslay buffers no data message (no_buffering): the session puts each
+** together from its frames' pieces itself, so that the memory limit
+** counts a message while it comes as well as once it is queued (pool.h:
+** a data message's block from mk_pool_lalloc, refused past the limit as
+** a Lua state's requests are, a control message's from mk_pool_alloc,
+** the output's from mk_pool_lib_realloc), and so that the
+** bytes are copied once, not three times (wslay's pieces, its flattened
+** message, the queue's).  The limit max then holds across a message's
+** fragments here; wslay checks each frame against it too.  Control
+** messages (at most 125 bytes) are still wslay's to put together.
 */
 #include <stdint.h>
 #include <stdlib.h>
@@ -122,18 +128,20 @@ static int l_accept(lua_State *L) {
 
 #define LWS_MT "market.http websocket"
 
-/* A message wslay read, queued for next(): owned by the session until
-** next() takes it (or __gc frees it). */
+/* A message read, queued for next(), or a data message being put
+** together: a block of sizeof(wsmsg) + cap bytes from the pool (freed by
+** msgfree), owned by the session until next() takes it (or __gc frees
+** it). */
 typedef struct wsmsg {
   struct wsmsg *next;
   uint8_t op;
   uint16_t code;
-  size_t len;
+  size_t len, cap;            /* bytes in data, and room for them */
   char data[];
 } wsmsg;
 
-/* Owns ctx (wslay_event_context_free), the queue (mk_pool_free) and out
-** (mk_pool_lib_free), all released in __gc. */
+/* Owns ctx (wslay_event_context_free), the queue and part (msgfree) and
+** out (mk_pool_lib_free), all released in __gc. */
 typedef struct wssession {
   wslay_event_context_ptr ctx;
   const char *in;             /* while feed runs: what wslay has yet to read */
@@ -141,8 +149,15 @@ typedef struct wssession {
   char *out;                  /* what wslay wrote, for output() */
   size_t outn, outcap;
   wsmsg *first, *last;
+  wsmsg *part;                /* the data message being put together, or NULL */
+  size_t max;                 /* the most bytes a message may have */
+  int indata;                 /* the frame being read is a data frame's */
   int nomem;                  /* a callback could not allocate */
 } wssession;
+
+static void msgfree(wsmsg *m) {
+  if (m != NULL) mk_pool_free(m, sizeof *m + m->cap);
+}
 
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                        void *ud) {
@@ -180,19 +195,84 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
   return (ssize_t)len;
 }
 
+/* Reads no more: a close with code queued (code 0: none, for no memory),
+** and the message being put together dropped. */
+static void refuse(wslay_event_context_ptr ctx, wssession *s, uint16_t code) {
+  if (code != 0 && wslay_event_queue_close(ctx, code, NULL, 0) == WSLAY_ERR_NOMEM) s->nomem = 1;
+  wslay_event_shutdown_read(ctx);
+  s->indata = 0;
+  msgfree(s->part);
+  s->part = NULL;
+}
+
+/* A frame starts: wslay has checked its opcode, its place in a message
+** and its length against max.  A data frame's payload gets its room in
+** the message being put together (its first frame makes it), unless the
+** message would then be longer than max: wslay's check, made across the
+** fragments. */
+static void start_cb(wslay_event_context_ptr ctx,
+                     const struct wslay_event_on_frame_recv_start_arg *arg, void *ud) {
+  wssession *s = ud;
+  wsmsg *m = s->part;
+  size_t len = m != NULL ? m->len : 0, cap;
+  s->indata = arg->opcode == WSLAY_CONTINUATION_FRAME || arg->opcode == WSLAY_TEXT_FRAME ||
+              arg->opcode == WSLAY_BINARY_FRAME;
+  if (!s->indata) return;
+  if (arg->payload_length > s->max - len) { refuse(ctx, s, WSLAY_CODE_MESSAGE_TOO_BIG); return; }
+  if (m != NULL && len + arg->payload_length <= m->cap) return;
+  /* Twice the room at a time, for a message of many small fragments, but
+  ** no more than max; a message in one frame gets just its length. */
+  cap = len + (size_t)arg->payload_length;
+  if (m != NULL && cap < 2 * m->cap) cap = 2 * m->cap < s->max ? 2 * m->cap : s->max;
+  m = mk_pool_lalloc(NULL, m, m != NULL ? sizeof *m + m->cap : 0, sizeof *m + cap);
+  if (m == NULL) { s->nomem = 1; refuse(ctx, s, 0); return; }
+  if (s->part == NULL) {
+    m->next = NULL;
+    m->op = arg->opcode;
+    m->code = 0;
+    m->len = 0;
+  }
+  m->cap = cap;
+  s->part = m;
+}
+
+/* A piece of a frame's payload: a data frame's goes to its message (the
+** room was made in start_cb); a control frame's is wslay's. */
+static void chunk_cb(wslay_event_context_ptr ctx,
+                     const struct wslay_event_on_frame_recv_chunk_arg *arg, void *ud) {
+  wssession *s = ud;
+  wsmsg *m = s->part;
+  (void)ctx;
+  if (!s->indata || arg->data_length == 0) return;
+  memcpy(m->data + m->len, arg->data, arg->data_length);
+  m->len += arg->data_length;
+}
+
+static void enqueue(wssession *s, wsmsg *m) {
+  if (s->last) s->last->next = m; else s->first = m;
+  s->last = m;
+}
+
+/* A message is complete: a data message is the one put together (none
+** when it was refused), a control message comes whole from wslay. */
 static void msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
                    void *ud) {
   wssession *s = ud;
-  wsmsg *m = mk_pool_alloc(sizeof *m + arg->msg_length);
+  wsmsg *m;
   (void)ctx;
-  if (m == NULL) { s->nomem = 1; return; }
+  if (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME) {
+    if ((m = s->part) == NULL) return;
+    s->part = NULL;
+    enqueue(s, m);
+    return;
+  }
+  if ((m = mk_pool_alloc(sizeof *m + arg->msg_length)) == NULL) { s->nomem = 1; return; }
   m->next = NULL;
   m->op = arg->opcode;
   m->code = arg->status_code;
-  m->len = arg->msg_length;
+  m->len = m->cap = arg->msg_length;
   if (m->len > 0) memcpy(m->data, arg->msg, m->len);
-  if (s->last) s->last->next = m; else s->first = m;
-  s->last = m;
+  enqueue(s, m);
 }
 
 /* A client's masks. */
@@ -212,7 +292,8 @@ static wssession *checksession(lua_State *L) {
 static int l_session(lua_State *L) {
   static const struct wslay_event_callbacks cbs = {
     .recv_callback = recv_cb, .send_callback = send_cb, .genmask_callback = genmask_cb,
-    .on_msg_recv_callback = msg_cb,
+    .on_msg_recv_callback = msg_cb, .on_frame_recv_start_callback = start_cb,
+    .on_frame_recv_chunk_callback = chunk_cb,
   };
   lua_Integer max = luaL_checkinteger(L, 1);
   int client = lua_toboolean(L, 2), r;
@@ -227,7 +308,9 @@ static int l_session(lua_State *L) {
     s->ctx = NULL;
     return luaL_error(L, "market.http: out of memory");
   }
+  s->max = (uint64_t)max > SIZE_MAX - sizeof(wsmsg) ? SIZE_MAX - sizeof(wsmsg) : (size_t)max;
   wslay_event_config_set_max_recv_msg_length(s->ctx, (uint64_t)max);
+  wslay_event_config_set_no_buffering(s->ctx, 1);
   return 1;
 }
 
@@ -264,7 +347,7 @@ static int l_next(lua_State *L) {
   lua_pushinteger(L, m->code);
   s->first = m->next;
   if (s->first == NULL) s->last = NULL;
-  mk_pool_free(m, sizeof *m + m->len);
+  msgfree(m);
   return 3;
 }
 
@@ -331,9 +414,11 @@ static int l_gc(lua_State *L) {
   while (s->first) {
     wsmsg *m = s->first;
     s->first = m->next;
-    mk_pool_free(m, sizeof *m + m->len);
+    msgfree(m);
   }
   s->last = NULL;
+  msgfree(s->part);
+  s->part = NULL;
   if (s->ctx) wslay_event_context_free(s->ctx);
   s->ctx = NULL;
   mk_pool_lib_free(s->out);

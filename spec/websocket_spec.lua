@@ -113,6 +113,41 @@ describe("http.websocket", function()
     assert.is_true(got > 19 * 3000 / 2, ("the count grew by %d bytes"):format(got))
   end)
 
+  it("counts a message being put together from its fragments with the memory limit's, " ..
+     "and hands it out whole", function()
+    -- Eight fragments of 500,000 bytes, the message not finished: wslay's
+    -- own malloc held them, which the limit's count did not see.  (The
+    -- count takes in the blocks kept for reuse too, up to 1 MiB of them
+    -- large: 4 MB is past what the traffic alone leaves there.)  The pong
+    -- answers a ping sent after them: the server has read them all.
+    local piece = ("f"):rep(500000)
+    local first, more = frame(2, piece, false), frame(0, piece, false)
+    local got = N.run(function()
+      local received
+      local srv = ws_server(function(ws) received = assert(ws:receive(10000)) end,
+                            { max_message = 8000000 })
+      local c = client(srv.port)
+      assert(c.open():find(" 101 ", 1, true))
+      collectgarbage()
+      local before = select(2, market.memory_limit())
+      c.raw(first)
+      for _ = 2, 8 do c.raw(more) end
+      c.send(9, "read all?")
+      local op, payload = c.next()
+      collectgarbage()
+      local held = select(2, market.memory_limit()) - before
+      c.send(0, "end")
+      market.wait_until(function() return received ~= nil end, 10000)
+      c.close()
+      srv:close()
+      return { op, payload, held, received }
+    end)
+    assert.same({ 10, "read all?" }, { got[1], got[2] })
+    assert.is_true(got[3] > 3500000, ("the count grew by %d bytes"):format(got[3]))
+    assert.equal(4000003, #got[4])
+    assert.equal(piece:rep(8) .. "end", got[4])
+  end)
+
   it("gives nil and why for a request that is no handshake, which the handler answers", function()
     local got = N.run(function()
       local srv = ws_server(function() end)
