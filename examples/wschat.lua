@@ -54,6 +54,10 @@ local function guest(ws)
     market.publisher(said(me, _)),
     market.subscriber(said(_, _), { on_message = function(_, m) tell(m.who .. ": " .. m.text) end }),
     market.observe_publishers(said(_, _), {          -- the others (we see ourselves too)
+      -- An observer gets the lines said too (the subscriber above takes
+      -- them): refused, or they would be kept for a market.yield() this
+      -- process never calls, every line for as long as the guest stays.
+      on_message = false,
       on_presence = function(_, role)
         if role.topic.who ~= me then tell(role.topic.who .. " joined") end
       end,
