@@ -481,9 +481,10 @@ local function yield_action(k)
   return action { kind = "yield", k = k }
 end
 
--- A process that waits for something else keeps them without bound, and
--- may never ask for them: a warning at KEPT_WARN of them and at every
--- tenfold after, naming the endpoint of the last.
+-- keep(ctx, ev): an event no handler took, for market.yield().  A process
+-- that waits for something else keeps them without bound, and may never
+-- ask for them: a warning at KEPT_WARN of them and at every tenfold
+-- after, naming the endpoint of the last.
 local KEPT_WARN = 10000
 local function keep(ctx, ev)
   local backlog = ctx[BACKLOG]
