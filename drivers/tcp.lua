@@ -1024,11 +1024,12 @@ function M.serve(port, session, settings)
       if srv.failed == nil then srv.failed = reason or false end
     end })
   -- The observer of the connections gets every chunk they carry (DESIGN
-  -- §1): refused (on_message = false), or they would be kept for
-  -- market.yield() while the server's owner waits, and pile up.
+  -- §1) and each one's absence as it ends: refused (false), or they would
+  -- be kept for market.yield() while the server's owner waits, and pile up.
   acts[#acts + 1] = market.observe_publishers(channel(_, here, _), {
     name = tag,
     on_message = false,
+    on_absence = false,
     on_presence = function(_, role)
       local remote = role.topic.source
       return market.transition_no_state(market.spawn(

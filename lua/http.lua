@@ -707,8 +707,13 @@ local function sweep(pool, now)
   end
   if first ~= nil and not (pool.at and pool.at <= first) then
     pool.at = first
+    -- (The ground's presence that comes with each alarm, and an absence,
+    -- refused: kept for market.yield(), one a sweep would pile up in a
+    -- process that waits.)
     market.perform(market.delete_endpoint(KEPT),
-                   market.subscriber(alarm(math.ceil(first)), { name = KEPT, on_message = pool.rang }))
+                   market.subscriber(alarm(math.ceil(first)), { name = KEPT, on_message = pool.rang,
+                                                               on_presence = false,
+                                                               on_absence = false }))
   end
 end
 

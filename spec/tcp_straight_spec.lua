@@ -122,9 +122,11 @@ describe("tcp.connect and tcp.serve", function()
       local c = assert(tcp.connect("127.0.0.1", srv.port))
       -- The server's observer of its connections gets these chunks too:
       -- they were kept for this process's market.yield() (and piled up
-      -- for as long as it waited).
+      -- for as long as it waited) ...
       c:send("three")
       c:send("four")
+      -- ... and the absence of each connection that ends.
+      assert(tcp.connect("127.0.0.1", srv.port)):close()
       timer.sleep(200)
       -- What the spec's own endpoints had (a presence of its watchdog's),
       -- but nothing of the connection's, nor of the server's.
