@@ -720,6 +720,9 @@ function M.monitor(target, on_down, opts)
   end
   return observe(topic, {
     name = name,
+    -- An observer gets the conversation's messages (or feedback) too:
+    -- refused, or a waiting process would keep each for market.yield().
+    on_message = false,
     on_presence = function() seen(1) end,
     on_absence = function(state, role, reason, _, deleted)
       -- Its own deletion tells it of each peer it saw: not an end.

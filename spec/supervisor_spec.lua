@@ -132,6 +132,27 @@ describe("market.monitor", function()
     assert.same({ "after a", "listeners gone: b left", "room over: b left" }, log.lines)
   end)
 
+  it("keeps none of the conversation's messages for market.yield() while its process waits",
+     function()
+    local log = H.log()
+    ground(function()
+      market.perform(market.monitor({ "room", _ }, function() end, "watch"))
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.publisher({ "room", 1 }, {}),
+                                 market.send({ "room", 1 }), market.send({ "room", 2 }))
+      end))
+      market.pause()
+      market.pause()
+      while true do
+        local ev = market.yield(0)
+        if not ev then break end
+        log("%s %s", ev.type, ev.endpoint)
+      end
+      log("drained")
+    end)
+    assert.same({ "drained" }, log.lines)
+  end)
+
   it("one monitor action serves every process that performs it, each on its own", function()
     local log = H.log()
     ground(function()
