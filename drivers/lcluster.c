@@ -78,7 +78,6 @@
 ** dropped and counted (nothing is buffered without bound).
 */
 #include <ctype.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -150,8 +149,8 @@ static void nats_load(void) {
   if (lib == NULL) { nats_failed = nats_why; return; }
   mkd_openssl_prepare(lib);       /* before libnats initializes OpenSSL */
 #define NATS_LOAD(f) \
-  if ((*(void **)&natsapi.f = dlsym(lib, #f)) == NULL) { \
-    snprintf(nats_why, sizeof nats_why, "libnats (%s) has no %s", nats_sonames[0], #f); \
+  if (!mkl_dlsym(lib, #f, (void **)&natsapi.f, "libnats", nats_sonames[0], nats_why, \
+                 sizeof nats_why)) { \
     nats_failed = nats_why; \
     return; \
   }

@@ -86,8 +86,7 @@ static void ssl_load(void) {
   /* (dlsym on libssl's handle finds libcrypto's functions too: it is
   ** among the handle's dependencies.) */
 #define TLS_LOAD(f) \
-  if ((*(void **)&ssl.f = dlsym(lib, #f)) == NULL) { \
-    snprintf(ssl_why, sizeof ssl_why, "OpenSSL (%s) has no %s", ssl_sonames[0], #f); \
+  if (!mkl_dlsym(lib, #f, (void **)&ssl.f, "OpenSSL", ssl_sonames[0], ssl_why, sizeof ssl_why)) { \
     ssl_failed = ssl_why; \
     return; \
   }

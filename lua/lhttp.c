@@ -56,7 +56,6 @@
 ** 5.3 again: a cookie's Expires holds a comma, so joined they are not
 ** one header's values any more).
 */
-#include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -581,8 +580,7 @@ static void psl_load(void) {
   void *lib = mkl_dlopen(psl_sonames, "libpsl", "libpsl5", psl_why, sizeof psl_why);
   if (lib == NULL) { psl_failed = psl_why; return; }
 #define PSL_LOAD(f) \
-  if ((*(void **)&psl.f = dlsym(lib, #f)) == NULL) { \
-    snprintf(psl_why, sizeof psl_why, "libpsl (%s) has no %s", psl_sonames[0], #f); \
+  if (!mkl_dlsym(lib, #f, (void **)&psl.f, "libpsl", psl_sonames[0], psl_why, sizeof psl_why)) { \
     psl_failed = psl_why; \
     return; \
   }

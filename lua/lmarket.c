@@ -87,6 +87,13 @@ void *mkl_dlopen(const char *const *sonames, const char *what, const char *packa
   return NULL;
 }
 
+int mkl_dlsym(void *lib, const char *name, void **slot, const char *what, const char *soname,
+              char *why, size_t n) {
+  if ((*slot = dlsym(lib, name)) != NULL) return 1;
+  snprintf(why, n, "%s (%s) has no %s", what, soname, name);
+  return 0;
+}
+
 int luaopen_market(lua_State *L) {
   /* For the checks of market.ground's constructors (market.lua). */
   static const struct { const char *name; lua_Integer value; } limits[] = {

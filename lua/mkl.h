@@ -184,6 +184,12 @@ mk_proc *mkl_acting(lua_State *L);
 ** program that does not use them does not load them at its start. */
 void *mkl_dlopen(const char *const *sonames, const char *what, const char *package,
                  char *why, size_t n);
+/* Function `name` of lib (which mkl_dlopen opened as `soname`) into *slot
+** (a function pointer's object, written through void **, as POSIX's
+** dlsym wants): 1; 0 when lib has none, and why[0..n) says so: "WHAT
+** (SONAME) has no NAME". */
+int mkl_dlsym(void *lib, const char *name, void **slot, const char *what, const char *soname,
+              char *why, size_t n);
 
 /* llog.c: logging (market.log; docs/inspect.md).  mkl_log logs `msg` at
 ** `level` (MK_LOG_*) as process p's (NULL: mkl_acting(L)'s), if the
