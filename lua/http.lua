@@ -1049,12 +1049,20 @@ local function expire(jar, domain, now)
   return list
 end
 
--- The oldest cookie of domain's list taken out.
-local function drop_oldest(jar, domain)
+-- Cookie i of domain's list taken out (1: its oldest).
+local function drop_cookie(jar, domain, i)
   local list = jar.by_domain[domain]
-  table.remove(list, 1)
+  table.remove(list, i)
   jar.n = jar.n - 1
   if #list == 0 then jar.by_domain[domain] = nil end
+end
+
+-- s split at its first "=", both sides trimmed; s trimmed and nil
+-- without one.
+local function split_eq(s)
+  local eq = s:find("=", 1, true)
+  if not eq then return trim(s), nil end
+  return trim(s:sub(1, eq - 1)), trim(s:sub(eq + 1))
 end
 
 -- A Set-Cookie value heard from host (lower case) for path (the request's,
@@ -1063,15 +1071,14 @@ end
 local function store(jar, line, host, path, secure, now)
   if #line > MAX_COOKIE then return nil, ("longer than %d bytes"):format(MAX_COOKIE) end
   local pair, attrs = line:match("^([^;]*)(.*)$")
-  local eq = pair:find("=", 1, true)
-  local name, value = eq and trim(pair:sub(1, eq - 1)), eq and trim(pair:sub(eq + 1))
-  if not name or name == "" then return nil, "no name=value" end
+  local name, value = split_eq(pair)
+  if not value or name == "" then return nil, "no name=value" end
   local c = { name = name, value = value, domain = host, path = nil, secure = false,
               http_only = false, host_only = true, expires = nil }
   local max_age, expires, domain
   for attr in attrs:gmatch(";([^;]*)") do
-    local eq = attr:find("=", 1, true)
-    local k, v = trim(eq and attr:sub(1, eq - 1) or attr):lower(), eq and trim(attr:sub(eq + 1))
+    local k, v = split_eq(attr)
+    k = k:lower()
     if k == "expires" and v then
       expires = cookie_date(v) or expires
     elseif k == "max-age" and v and v:match("^%-?%d+$") then
@@ -1118,9 +1125,7 @@ local function store(jar, line, host, path, secure, now)
       -- the same cookie: in its place, as old as it was (5.3, step 11)
       c.made = old.made
       if c.expires and c.expires <= now then        -- (a delete)
-        table.remove(list, i)
-        jar.n = jar.n - 1
-        if #list == 0 then jar.by_domain[c.domain] = nil end
+        drop_cookie(jar, c.domain, i)
       else
         list[i] = c
       end
@@ -1132,7 +1137,7 @@ local function store(jar, line, host, path, secure, now)
   c.made = jar.made
   -- Past a limit, the oldest go: of this domain, or of all (once those
   -- past their time have gone: the others' lists are expired lazily).
-  if #list >= MAX_PER_DOMAIN then drop_oldest(jar, c.domain) end
+  if #list >= MAX_PER_DOMAIN then drop_cookie(jar, c.domain, 1) end
   if jar.n >= M.MAX_COOKIES then
     for d in pairs(jar.by_domain) do expire(jar, d, now) end
   end
@@ -1141,7 +1146,7 @@ local function store(jar, line, host, path, secure, now)
     for d, l in pairs(jar.by_domain) do
       if not oldest or l[1].made < jar.by_domain[oldest][1].made then oldest = d end
     end
-    drop_oldest(jar, oldest)
+    drop_cookie(jar, oldest, 1)
   end
   list = jar.by_domain[c.domain] or list
   jar.by_domain[c.domain] = list
