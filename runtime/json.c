@@ -114,10 +114,21 @@ void mk_jbuf_addtext(mk_jbuf *b, const char *s, size_t n) {
 char *mk_text_escaped(const char *s, size_t n) {
   mk_jbuf b = {NULL, 0, 0, 0};
   const unsigned char *u = (const unsigned char *)s;
-  size_t i = 0, len;
-  while (i < n && (len = shownlen(u + i, n - i)) > 0) i += len;
+  size_t i = 0, len, shown = n;
+  if (n > MK_TEXT_MAX) {
+    /* cut before the character, or the CR LF, that the limit falls in */
+    shown = MK_TEXT_MAX;
+    while (shown > MK_TEXT_MAX - 3 && (u[shown] & 0xc0) == 0x80) shown--;
+    if (u[shown - 1] == '\r' && u[shown] == '\n') shown--;
+  }
+  while (i < shown && (len = shownlen(u + i, shown - i)) > 0) i += len;
   if (i == n) return NULL;               /* the common case: a scan */
-  mk_jbuf_addtext(&b, s, n);
+  mk_jbuf_addtext(&b, s, shown);
+  if (shown < n) {
+    char more[48];
+    snprintf(more, sizeof more, " ... (%zu bytes more)", n - shown);
+    mk_jbuf_adds(&b, more);
+  }
   if (b.oom) { free(b.p); return NULL; }
   return b.p;
 }

@@ -45,7 +45,12 @@ char *mk_name_escaped(const char *s);
 ** byte that is not part of a UTF-8 character.  Tabs and the backslash
 ** are as they are.  mk_text_escaped: the same as a malloc'd string, or
 ** NULL when s has nothing to change (or memory ran out: s is then shown
-** as it is). */
+** as it is).  It shows at most MK_TEXT_MAX bytes of s (cut on a
+** character's boundary) and then " ... (N bytes more)": an error made of
+** a peer's 10 MB body is a report of 16 KiB, not of 10 MB, on stderr and
+** in a log (the program still has the whole message: a log sink's
+** argument, on_crash's reason, the absence its peers see). */
+#define MK_TEXT_MAX 16384
 void mk_jbuf_addtext(mk_jbuf *b, const char *s, size_t n);
 char *mk_text_escaped(const char *s, size_t n);
 

@@ -145,6 +145,48 @@ describe("crash reports", function()
     assert.falsy(err:find("\n2026-12-06T00:00:00", 1, true), err)
   end)
 
+  it("shows at most 16 KiB of a message in a log line or a report, and the program still has it whole",
+     function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      local huge = string.rep("y", 1024 * 1024)
+      market.log.warn("said %s", huge)
+      local got
+      market.log.sink(function(_, line, message) got = {line, message} end)
+      market.log.warn("said %s", huge)
+      market.log.sink(nil)
+      io.write(#got[1], " ", tostring(got[2] == "said " .. huge), "\n")
+      local r = market.record("huge-ping")
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.subscriber(r(), { on_message = function()
+          error(huge, 0)
+        end }))
+      end, { name = "p" }))
+      market.perform(market.publisher(r()))
+      assert(market.yield().type == "presence")
+      market.perform(market.send(r()))
+      local ev = market.yield()
+      io.write(ev.type, " ", tostring(ev.reason == huge), "\n")
+    ]], "--no-drivers")
+    assert.equal(0, status, err)
+    -- "said " and 16,379 y's: the limit is on the message, the line's
+    -- head (time, level, VM, pid, name) comes before it
+    local cut = " ... (" .. (1024 * 1024 + 5 - 16384) .. " bytes more)"
+    local logline = err:match("warn ground #1 [^\n]*: (said y+ %.%.%. %(%d+ bytes more%))\n")
+    assert.is_not_nil(logline, err:sub(1, 300))
+    assert.equal("said " .. string.rep("y", 16384 - 5) .. cut, logline)
+    local len, whole = out:match("^(%d+) (%a+)\n")
+    assert.equal("true", whole)
+    assert.is_true(tonumber(len) < 16384 + 200, len)
+    -- the report: the reason cut the same way, the traceback and endpoints after it
+    local reason = err:match("\nmarket: ground #%d+ p failed: (y+ %.%.%. %(%d+ bytes more%))\nstack traceback:\n")
+    assert.equal(string.rep("y", 16384) .. " ... (" .. (1024 * 1024 - 16384) .. " bytes more)", reason)
+    assert.matches("\nendpoints:\n\t[^\n]*subscriber participant huge%-ping%(%)\n", err)
+    assert.is_true(#err < 3 * 16384 + 2000, #err)
+    -- what the peers see is the whole error
+    assert.matches("absence true\n$", out)
+  end)
+
   it("a strict error (an endpoint re-added with another role) points at the program's line",
      function()
     local status, _, err = H.run_script([[

@@ -1561,6 +1561,40 @@ static void text_escaped(void) {
     CHECK(t != NULL && strcmp(t, "a\\x00b") == 0);
     free(t);
   }
+  {   /* past MK_TEXT_MAX bytes, a message is cut, never inside a
+      ** character or a CR LF, and says how much more it had */
+    size_t n = MK_TEXT_MAX + 100000, k;
+    char *big = malloc(n), *t, want[64];
+    CHECK(big != NULL);
+    if (big == NULL) return;
+    memset(big, 'x', n);
+    t = mk_text_escaped(big, n);
+    snprintf(want, sizeof want, " ... (%zu bytes more)", n - MK_TEXT_MAX);
+    CHECK(t != NULL && strlen(t) == MK_TEXT_MAX + strlen(want) &&
+          strcmp(t + MK_TEXT_MAX, want) == 0 && t[MK_TEXT_MAX - 1] == 'x');
+    free(t);
+    /* the limit inside a 4-byte character, at each of its bytes */
+    for (k = 1; k <= 3; k++) {
+      memset(big, 'x', n);
+      memcpy(big + MK_TEXT_MAX - k, "\xf0\x9f\x98\x80", 4);
+      t = mk_text_escaped(big, n);
+      snprintf(want, sizeof want, " ... (%zu bytes more)", n - (MK_TEXT_MAX - k));
+      CHECK(t != NULL && strlen(t) == MK_TEXT_MAX - k + strlen(want) &&
+            strcmp(t + MK_TEXT_MAX - k, want) == 0 && safe_text(t, strlen(t), 0));
+      free(t);
+    }
+    /* and between a CR and its LF */
+    memset(big, 'x', n);
+    memcpy(big + MK_TEXT_MAX - 1, "\r\n", 2);
+    t = mk_text_escaped(big, n);
+    CHECK(t != NULL && strstr(t, "\\r") == NULL && t[MK_TEXT_MAX - 2] == 'x' &&
+          strncmp(t + MK_TEXT_MAX - 1, " ... (", 6) == 0);
+    free(t);
+    /* exactly MK_TEXT_MAX bytes: whole, nothing to change */
+    memset(big, 'x', n);
+    CHECK(mk_text_escaped(big, MK_TEXT_MAX) == NULL);
+    free(big);
+  }
   /* Every byte, every pair of bytes but those led by NUL, and random
   ** strings of up to 63 bytes drawn from the bytes that matter: the text
   ** is safe, and nothing to change means the string was safe already,
