@@ -34,26 +34,45 @@ static void addhex(mk_jbuf *b, unsigned char c) {
   mk_jbuf_add(b, e, 4);
 }
 
+/* How many of the n bytes at u a line shows when it shows at most max:
+** all of them, or max less the start of the UTF-8 character the limit
+** falls in. */
+static size_t shown_of(const unsigned char *u, size_t n, size_t max) {
+  size_t shown = max;
+  if (n <= max) return n;
+  while (shown > max - 3 && (u[shown] & 0xc0) == 0x80) shown--;
+  return shown;
+}
+
+/* What a cut name or message left out. */
+static void addmore(mk_jbuf *b, size_t more) {
+  char s[48];
+  snprintf(s, sizeof s, " ... (%zu bytes more)", more);
+  mk_jbuf_adds(b, s);
+}
+
 void mk_jbuf_addname(mk_jbuf *b, const char *s) {
-  const char *run = s;
-  for (; *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (!is_control(c)) continue;
-    mk_jbuf_add(b, run, (size_t)(s - run));
-    run = s + 1;
-    if (c == '\n') mk_jbuf_adds(b, "\\n");
-    else if (c == '\r') mk_jbuf_adds(b, "\\r");
-    else if (c == '\t') mk_jbuf_adds(b, "\\t");
-    else addhex(b, c);
+  const unsigned char *u = (const unsigned char *)s;
+  size_t n = strlen(s), shown = shown_of(u, n, MK_NAME_MAX), i, run = 0;
+  for (i = 0; i < shown; i++) {
+    if (!is_control(u[i])) continue;
+    mk_jbuf_add(b, s + run, i - run);
+    run = i + 1;
+    if (u[i] == '\n') mk_jbuf_adds(b, "\\n");
+    else if (u[i] == '\r') mk_jbuf_adds(b, "\\r");
+    else if (u[i] == '\t') mk_jbuf_adds(b, "\\t");
+    else addhex(b, u[i]);
   }
-  mk_jbuf_add(b, run, (size_t)(s - run));
+  mk_jbuf_add(b, s + run, shown - run);
+  if (shown < n) addmore(b, n - shown);
 }
 
 char *mk_name_escaped(const char *s) {
   mk_jbuf b = {NULL, 0, 0, 0};
   const char *c;
   for (c = s; *c && !is_control((unsigned char)*c); c++) {}
-  if (*c == '\0') return NULL;           /* the common case: a scan */
+  /* the common case: a scan */
+  if (*c == '\0' && (size_t)(c - s) <= MK_NAME_MAX) return NULL;
   mk_jbuf_addname(&b, s);
   if (b.oom) { free(b.p); return NULL; }
   return b.p;
@@ -114,21 +133,12 @@ void mk_jbuf_addtext(mk_jbuf *b, const char *s, size_t n) {
 char *mk_text_escaped(const char *s, size_t n) {
   mk_jbuf b = {NULL, 0, 0, 0};
   const unsigned char *u = (const unsigned char *)s;
-  size_t i = 0, len, shown = n;
-  if (n > MK_TEXT_MAX) {
-    /* cut before the character, or the CR LF, that the limit falls in */
-    shown = MK_TEXT_MAX;
-    while (shown > MK_TEXT_MAX - 3 && (u[shown] & 0xc0) == 0x80) shown--;
-    if (u[shown - 1] == '\r' && u[shown] == '\n') shown--;
-  }
+  size_t i = 0, len, shown = shown_of(u, n, MK_TEXT_MAX);
+  if (shown < n && u[shown - 1] == '\r' && u[shown] == '\n') shown--;   /* not inside a CR LF */
   while (i < shown && (len = shownlen(u + i, shown - i)) > 0) i += len;
   if (i == n) return NULL;               /* the common case: a scan */
   mk_jbuf_addtext(&b, s, shown);
-  if (shown < n) {
-    char more[48];
-    snprintf(more, sizeof more, " ... (%zu bytes more)", n - shown);
-    mk_jbuf_adds(&b, more);
-  }
+  if (shown < n) addmore(&b, n - shown);
   if (b.oom) { free(b.p); return NULL; }
   return b.p;
 }

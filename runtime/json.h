@@ -32,7 +32,11 @@ void mk_jbuf_adds(mk_jbuf *b, const char *s);
 ** text").  Other bytes, the backslash among them, are written as they
 ** are.
 ** mk_name_escaped: the same as a malloc'd string, or NULL when s has
-** nothing to escape (or memory ran out: s is then shown as it is). */
+** nothing to escape (or memory ran out: s is then shown as it is).  Both
+** show at most MK_NAME_MAX bytes of a name (cut on a character's
+** boundary), then " ... (N bytes more)": a name made of a peer's
+** megabyte is not a megabyte in every line about its process. */
+#define MK_NAME_MAX 256
 void mk_jbuf_addname(mk_jbuf *b, const char *s);
 char *mk_name_escaped(const char *s);
 

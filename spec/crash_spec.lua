@@ -113,6 +113,30 @@ describe("crash reports", function()
     assert.falsy(err:find("forged line", 1, true) and not err:find("\\nforged line", 1, true))
   end)
 
+  it("shows at most 256 bytes of a name, in reports, log lines and trace lines", function()
+    -- 255 a's and then "é": the limit falls inside the character
+    local status, _, err = H.run_script([[
+      local market = require "market"
+      market.perform(market.spawn(function()
+        market.log.warn("said")
+        return market.transition(nil, market.subscriber("x", { name = string.rep("e", 300) }),
+          market.subscriber("y", { on_message = function() error("boom", 0) end }))
+      end, { name = string.rep("a", 255) .. "\195\169" .. string.rep("b", 1000) }))
+      market.pause()
+      market.perform(market.send("y"))
+    ]], "--no-drivers --trace-kind add")
+    assert.equal(0, status, err)
+    local name = string.rep("a", 255) .. " %.%.%. %(1002 bytes more%)"
+    local ep = string.rep("e", 256) .. " %.%.%. %(44 bytes more%)"
+    local TIME = "%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ "
+    assert.matches("\n" .. TIME .. "warn ground #2 " .. name .. ": said\n", "\n" .. err)
+    assert.matches("\n" .. TIME .. "ground #2 " .. name .. ": add " .. ep .. " subscriber/participant \"x\"\n",
+                   "\n" .. err)
+    assert.matches("\nmarket: ground #2 " .. name .. " failed: boom\nstack traceback:\n", "\n" .. err)
+    assert.matches("\n\t" .. ep .. ": subscriber participant \"x\"\n", err)
+    assert.falsy(err:find("b", 1, true) and err:find(string.rep("b", 10), 1, true), err)
+  end)
+
   -- A message is the program's, but what it says is often a peer's
   -- ("bad request: " .. line): a line break in it forged a log line or a
   -- report of its own, and ESC drove the terminal.  Its lines stay lines,

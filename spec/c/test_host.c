@@ -1595,6 +1595,25 @@ static void text_escaped(void) {
     CHECK(mk_text_escaped(big, MK_TEXT_MAX) == NULL);
     free(big);
   }
+  {   /* a name: at most MK_NAME_MAX bytes, escaped, never cut inside a
+      ** character */
+    char name[MK_NAME_MAX + 100], *t;
+    memset(name, 'n', sizeof name - 1);
+    name[sizeof name - 1] = '\0';
+    t = mk_name_escaped(name);
+    CHECK(t != NULL && strlen(t) == MK_NAME_MAX + strlen(" ... (99 bytes more)") &&
+          strcmp(t + MK_NAME_MAX, " ... (99 bytes more)") == 0);
+    free(t);
+    memcpy(name + MK_NAME_MAX - 1, "\xc3\xa9", 2);
+    name[0] = '\n';
+    t = mk_name_escaped(name);
+    CHECK(t != NULL && strncmp(t, "\\nnn", 4) == 0 &&
+          strcmp(t + 1 + MK_NAME_MAX - 1, " ... (100 bytes more)") == 0);
+    free(t);
+    name[MK_NAME_MAX] = '\0';            /* MK_NAME_MAX bytes: whole */
+    name[0] = 'n';
+    CHECK(mk_name_escaped(name) == NULL);
+  }
   /* Every byte, every pair of bytes but those led by NUL, and random
   ** strings of up to 63 bytes drawn from the bytes that matter: the text
   ** is safe, and nothing to change means the string was safe already,
