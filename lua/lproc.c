@@ -261,6 +261,7 @@ static struct {
   volatile long spent;              /* ticks since `seen` was first seen */
   volatile sig_atomic_t tripped;    /* the hook is set on co */
   volatile sig_atomic_t fired;      /* the hook ran: co is stopped */
+  volatile sig_atomic_t told;       /* stuck() wrote its line */
   int users;                        /* Lua states with market open */
   int timer;                        /* 1: running; -1: could not be made */
   timer_t id;
@@ -291,11 +292,84 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
   stop_here(L, BUDGET_REASON);      /* last: the hook stays set */
 }
 
+/*
+** The hook stops an activation at its next Lua instruction, so within a
+** tick; one still running STUCK_MS after the hook was set is where no hook
+** runs: a long call into C (a pattern that backtracks, say), a collection,
+** or a __gc metamethod (Lua runs finalizers with hooks off), and nothing
+** can stop it safely (docs/limits.md, "The activation budget").  The VM
+** then waits for it, and so does everything else: stuck() says so on
+** stderr, once an activation, rather than leave the program silent.  It
+** runs in the signal handler, so it writes with write(2) from a buffer
+** filled by hand (no stdio, no malloc).
+*/
+#define STUCK_MS 1000
+
+typedef struct { char b[640]; size_t n; } sigline;
+
+static void sl_add(sigline *l, const char *s) {
+  for (; *s && l->n < sizeof l->b - 1; s++) l->b[l->n++] = *s;
+}
+
+static void sl_num(sigline *l, unsigned long long v) {
+  char d[24];
+  int i = 0;
+  do { d[i++] = (char)('0' + v % 10); v /= 10; } while (v > 0);
+  while (i > 0 && l->n < sizeof l->b - 1) l->b[l->n++] = d[--i];
+}
+
+/* A name as lines of text show it (json.h, mk_jbuf_addname): control
+** bytes as \n, \r, \t or \xHH; at most 200 bytes of it. */
+static void sl_name(sigline *l, const char *s) {
+  static const char hex[] = "0123456789abcdef";
+  size_t i;
+  for (i = 0; s[i] && i < 200 && l->n < sizeof l->b - 5; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c < 0x20 || c == 0x7f) {
+      l->b[l->n++] = '\\';
+      if (c == '\n' || c == '\r' || c == '\t') {
+        l->b[l->n++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+        continue;
+      }
+      l->b[l->n++] = 'x';
+      l->b[l->n++] = hex[c >> 4];
+      l->b[l->n++] = hex[c & 15];
+    } else {
+      l->b[l->n++] = (char)c;
+    }
+  }
+  if (s[i]) sl_add(l, "...");
+}
+
+static void stuck(double ms) {
+  mk_proc *p = running.p;
+  sigline l;
+  ssize_t w;
+  l.n = 0;
+  sl_add(&l, "market: ");
+  if (p != NULL) {
+    const char *name = mk_proc_name(p);
+    sl_add(&l, mk_vm_path(mk_proc_vm(p)));
+    sl_add(&l, " #");
+    sl_num(&l, (unsigned long long)mk_proc_pid(p));
+    if (name != NULL) { sl_add(&l, " "); sl_name(&l, name); }
+    sl_add(&l, ": ");
+  }
+  sl_add(&l, "an activation has run ");
+  sl_num(&l, (unsigned long long)ms);
+  sl_add(&l, " ms, past its budget of ");
+  sl_num(&l, (unsigned long long)act.budget);
+  sl_add(&l, " ms, in code the budget cannot stop (a long call into C, a collection, "
+              "a __gc metamethod): nothing else runs until it returns\n");
+  w = write(2, l.b, l.n);
+  (void)w;                          /* (nowhere to say that stderr failed) */
+}
+
 static void budget_tick(int sig) {
   int saved = errno;
   lua_State *co = act.co;
   (void)sig;
-  if (co != NULL && !act.tripped) {
+  if (co != NULL && !act.fired && !act.told) {
     /* The kernel checks CPU timers at its own ticks, and on a busy machine
     ** a thread that runs in short slices is seen late: several periods
     ** then come as one signal and the rest as overruns.  Counting only
@@ -305,10 +379,15 @@ static void budget_tick(int sig) {
       act.seen = act.serial;
       act.spent = 0;
     } else {
+      double ms;
       act.spent += 1 + (over > 0 ? over : 0);
-      if ((double)act.spent * BUDGET_TICK_MS >= act.budget) {
+      ms = (double)act.spent * BUDGET_TICK_MS;
+      if (!act.tripped && ms >= act.budget) {
         act.tripped = 1;
         lua_sethook(co, budget_hook, LUA_MASKCOUNT, 1);
+      } else if (act.tripped && ms >= act.budget + STUCK_MS) {
+        act.told = 1;
+        stuck(ms);
       }
     }
   }
@@ -366,7 +445,7 @@ static int resume(mk_proc *p, lua_State *co, int nargs, int *nres, int *overrun)
   double budget = mk_vm_budget(mk_proc_vm(p));
   lua_State *outer = act.co;
   double obudget = act.budget;
-  sig_atomic_t otripped = act.tripped, ofired = act.fired;
+  sig_atomic_t otripped = act.tripped, ofired = act.fired, otold = act.told;
   int st;
   if (!(budget > 0)) {              /* none: not watched, and nothing outer is */
     act.co = NULL;
@@ -376,7 +455,7 @@ static int resume(mk_proc *p, lua_State *co, int nargs, int *nres, int *overrun)
     if (act.timer == 0) budget_start();
     act.co = NULL;
     act.budget = budget;
-    act.tripped = act.fired = 0;
+    act.tripped = act.fired = act.told = 0;
     act.serial++;
     act.co = co;
     st = lua_resume(co, NULL, nargs, nres);
@@ -387,6 +466,7 @@ static int resume(mk_proc *p, lua_State *co, int nargs, int *nres, int *overrun)
     act.budget = obudget;
     act.tripped = otripped;
     act.fired = ofired;
+    act.told = otold;
     act.serial++;
   }
   act.co = outer;
@@ -404,6 +484,7 @@ static void budget_next(lua_State *co) {
     lua_sethook(co, NULL, 0, 0);
     act.tripped = 0;
   }
+  act.told = 0;
   act.serial++;
   act.co = co;
 }

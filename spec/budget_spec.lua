@@ -222,6 +222,42 @@ describe("the activation budget, end to end", function()
     assert.equal(0, status)
     assert.matches("^ready\nmarket: ground #%d+ spinner failed: " .. REASON .. "\n.*got SIGTERM\n$", err)
   end)
+
+  -- Where no hook runs (a finalizer, a call into C) the budget cannot stop
+  -- an activation, and the VM waits for it: the program says so on stderr
+  -- a second past the budget instead of hanging silently, and a second
+  -- SIGTERM still ends it.
+  for _, case in ipairs {
+    { "a __gc metamethod", "gc\tloop",
+      [[setmetatable({}, { __gc = function() while true do end end }); collectgarbage()]] },
+    { "a pattern that backtracks (a call into C)", "pattern",
+      [[return ("a"):rep(40):find(("a*"):rep(20) .. "b")]] },
+  } do
+    it("says on stderr when an activation runs on in " .. case[1] .. "; a second signal ends it", function()
+      local path = H.tempfile(([[
+        local market = require "market"
+        io.stderr:write("ready\n")
+        market.perform(market.spawn(function() %s end, { name = %q }))
+      ]]):format(case[3], case[2]))
+      local status, _, err = H.sh(([[
+        e=$(mktemp)
+        %s --max-activation 100 %s 2>$e & pid=$!
+        (sleep 120; kill -KILL $pid 2>/dev/null) & w=$!
+]] .. N.AWAIT_READY .. [[
+        for i in $(seq 1 3000); do grep -q "cannot stop" $e && break; sleep 0.02; done
+        kill -TERM $pid; sleep 0.6; kill -TERM $pid; wait $pid; s=$?
+        kill $w 2>/dev/null; cat $e >&2; rm -f $e; exit $s]]):format(
+        H.market_bin(), path))
+      os.remove(path)
+      assert.equal(143, status, err)
+      local name = case[2]:gsub("\t", "\\t")
+      assert.matches("\nmarket: ground #%d+ " .. name .. ": an activation has run %d+ ms, past its " ..
+        "budget of 100 ms, in code the budget cannot stop %(a long call into C, a collection, a __gc " ..
+        "metamethod%): nothing else runs until it returns\n", err)
+      local ms = tonumber(err:match("has run (%d+) ms"))
+      assert.is_true(ms >= 1100, err)
+    end)
+  end
 end)
 
 -- Coroutines a handler makes itself (lua/lproc.c, "coroutines a process
