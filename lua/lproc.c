@@ -318,8 +318,9 @@ static void sl_num(sigline *l, unsigned long long v) {
   while (i > 0 && l->n < sizeof l->b - 1) l->b[l->n++] = d[--i];
 }
 
-/* A name as lines of text show it (json.h, mk_jbuf_addname): control
-** bytes as \n, \r, \t or \xHH; at most 200 bytes of it. */
+/* A name escaped as lines of text show it (json.h, mk_jbuf_addname):
+** control bytes as \n, \r, \t or \xHH; but cut at 200 bytes, with "...",
+** to fit the line's buffer. */
 static void sl_name(sigline *l, const char *s) {
   static const char hex[] = "0123456789abcdef";
   size_t i;
