@@ -29,7 +29,7 @@ local repr, P = market.repr, market.perform
 -- A value an error names: a term as repr writes it, anything else by its
 -- type (repr raises on a non-term, in place of the error meant).
 local function show(v) return market.is_term(v) and repr(v) or type(v) end
-local readable, alarm = market.ground.readable, market.ground.alarm
+local readable, alarm = market.ground.readable, market.ground.monotonic_alarm
 local to_cbor, from_cbor = market.to_cbor, market.from_cbor
 
 local topic = market.record("market-cluster", "topic")
@@ -621,7 +621,7 @@ local function boot(cfg)
     local tick
     local dropped_in = 0           -- of conn:dropped(), reported already
     local function arm()
-      P(market.subscriber(alarm(market.now() + cfg.heartbeat_ms), { name = "tick", on_message = tick }))
+      P(market.subscriber(alarm(market.monotonic() + cfg.heartbeat_ms), { name = "tick", on_message = tick }))
     end
     function tick(_s, m)
       if not alarm:is(m) then return end   -- send(market._): not the heartbeat's time

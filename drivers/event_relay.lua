@@ -23,7 +23,7 @@ local transition_no_state, send = market.transition_no_state, market.send
 -- A subscription to readable, writable, alarm or signal with a wildcard
 -- (or any non-number) field watches nothing in the ground VM, so it is not
 -- relayed.  Stopping is relayed as it is: one waits for stopping(_).
-local KINDS = { "readable", "writable", "alarm", "signal", "stopping" }
+local KINDS = { "readable", "writable", "alarm", "monotonic_alarm", "signal", "stopping" }
 local function relayed(kind, topic)
   return kind == "stopping" or type(topic[1]) == "number"
 end

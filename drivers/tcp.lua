@@ -28,7 +28,7 @@ local mtype, floor = math.type, math.floor
 -- (debug's: getmetatable's look for a __metatable field is a third of an
 -- owner check, and these objects' metatables have none.)
 local getmt, owner = debug.getmetatable, sys.owner
-local readable, alarm = market.ground.readable, market.ground.alarm
+local readable, alarm = market.ground.readable, market.ground.monotonic_alarm
 
 local channel = market.record("tcp-channel", "source", "destination", "subpacket")
 local is_channel = channel.is      -- (is_channel(channel, m): no lookup through the type's __index)
@@ -482,7 +482,7 @@ local function listener_proc(port, driver)
         -- Out of descriptors, with none spare, say: back off instead of spinning.
         warn("accept on %s: %s", where, err)
         P(market.delete_endpoint("accept"),
-          market.subscriber(alarm(floor(market.now()) + 100), {
+          market.subscriber(alarm(floor(market.monotonic()) + 100), {
             name = "backoff",
             on_message = function(_, m)
               if not alarm:is(m) then return end   -- send(market._): not the back-off's end

@@ -421,19 +421,21 @@ static mk_term *channel(mk_term *a, mk_term *b, mk_term *sub) {
 
 static mk_term *ground1(mk_rtype *rt, int64_t v) { return mk_rec(rt, mk_int(v)); }
 
-/* Wall-clock milliseconds, the clock of market:alarm.  The coarse clock,
-** where there is one, costs next to nothing: it stamps every chunk of a
-** connection with an idle timeout. */
+/* Monotonic milliseconds, the clock of market:monotonic_alarm (and of
+** mk_ground_clock): idle, linger and connect timeouts are durations, and
+** setting the wall clock must neither fire them early nor hold them
+** back.  The coarse clock, where there is one, costs next to nothing: it
+** stamps every chunk of a connection with an idle timeout. */
 static int64_t now_ms(void) {
   struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
+  clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static int64_t stamp_ms(void) {
-#ifdef CLOCK_REALTIME_COARSE
+#ifdef CLOCK_MONOTONIC_COARSE
   struct timespec ts;
-  clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 #else
   return now_ms();
@@ -462,7 +464,7 @@ static void unwatch(mk_proc *p, tconn *c, int bit) {
   mk_delete_endpoint(p, watch_names[bitindex(bit)], 0, NULL);
 }
 
-/* Watch market:alarm(at) under `bit`.  A ground watch is shared by equal
+/* Watch market:monotonic_alarm(at) under `bit`.  A ground watch is shared by equal
 ** topics and fires once.  In the ground VM a subscriber that joins an
 ** alarm that has fired is told at once (ground.c), but through an event
 ** relay it is not: the relay holds one subscription above per distinct
@@ -471,9 +473,9 @@ static void unwatch(mk_proc *p, tconn *c, int bit) {
 ** ask for times still ahead (at > now_ms()). */
 static void watch_alarm(mk_proc *p, tconn *c, int bit, int64_t at) {
   mk_term *t = shared_alarm;
-  if (t == NULL || t->v.rt != mk_ground_alarm || mk_items(t)[0]->v.i != at) {
+  if (t == NULL || t->v.rt != mk_ground_monotonic_alarm || mk_items(t)[0]->v.i != at) {
     mk_unref(shared_alarm);
-    shared_alarm = t = ground1(mk_ground_alarm, at);   /* NULL: the endpoint fails */
+    shared_alarm = t = ground1(mk_ground_monotonic_alarm, at);   /* NULL: the endpoint fails */
   }
   watch(p, c, bit, t);
 }
@@ -910,7 +912,7 @@ static void idle_expired(mk_proc *p, tconn *c) {
   begin_drain(p, c);
 }
 
-/* Watch market:alarm(due rounded up to a multiple of span / 64, at most
+/* Watch market:monotonic_alarm(due rounded up to a multiple of span / 64, at most
 ** a second): connections whose alarms fall within that grain share one
 ** (one ground watch, one index node), where 10,000 idle connections held
 ** 10,000 (issue 10), and a server closing 10,000 connections a second

@@ -11,9 +11,10 @@
 -- market's own, is a periodic timer: an expiry every msecs until the label
 -- is cancelled.
 --
--- Outstanding timers live in one binary heap; the driver holds a single
--- ground alarm for the earliest deadline, so a hundred thousand timers
--- cost one watcher.  Expiries due together go out in batches, one
+-- Outstanding timers live in two binary heaps, one per clock (relative
+-- timers on the monotonic clock, absolute ones on the wall clock: M.driver);
+-- the driver holds a single ground alarm for each heap's earliest deadline,
+-- so a hundred thousand timers cost at most two watchers.  Expiries due together go out in batches, one
 -- activation each (expire, below).  A cancel does not search the heap:
 -- it marks the label's entries stale at once (a per-label count and cut,
 -- below) and they are dropped when they reach the top, or all together
@@ -28,7 +29,6 @@ local cancel = market.record("timer-cancel", "label")
 local expired = market.record("timer-expired", "label", "msecs")
 local every = market.record("timer-every", "label", "msecs")
 M.set, M.cancel, M.expired, M.every = set, cancel, expired, every
-local alarm = market.ground.alarm
 local _ = market._
 local repr, ceil, huge = market.repr, math.ceil, math.huge
 -- A value an error names: a term as repr writes it, anything else by its
@@ -36,8 +36,8 @@ local repr, ceil, huge = market.repr, math.ceil, math.huge
 local function show(v) return market.is_term(v) and repr(v) or type(v) end
 
 -- For tests and monitoring, across every timer driver of this Lua state:
--- the most entries (live and stale) a driver's heap held, how often a
--- driver rebuilt its heap to drop stale entries, and how many activations
+-- the most entries (live and stale) a driver's heaps held together, how
+-- often a driver rebuilt its heaps to drop stale entries, and how many activations
 -- sent expiries (one per batch).
 M.stats = { max_heap = 0, compactions = 0, batches = 0 }
 local stats = M.stats
@@ -56,7 +56,6 @@ end
 local function push(h, e)
   local n = h.n + 1
   h.n = n
-  if n > stats.max_heap then stats.max_heap = n end
   while n > 1 do
     local p = n // 2
     local pe = h[p]
@@ -93,13 +92,21 @@ end
 
 -- The driver's boot function: run it with market.spawn(timer.driver).
 function M.driver()
-  local heap, seq = { n = 0 }, 0
+  -- Two clocks, a heap and a ground alarm each.  Relative timers and
+  -- every's beats are kept on the monotonic clock, so that setting the
+  -- wall clock (an NTP step, `date -s`) neither delays nor hastens them;
+  -- absolute ones on the wall clock, whose alarm libev moves when the
+  -- clock is set, so that one set forward past a deadline fires it then.
+  -- `armed`: the deadline of the ground alarm held, named `name`.
+  local mono = { heap = { n = 0 }, alarm = market.ground.monotonic_alarm, name = "alarm" }
+  local wall = { heap = { n = 0 }, alarm = market.ground.alarm, name = "wall alarm" }
+  local clocks = { mono, wall }
+  local seq = 0
   -- Per label key: live[key], how many of its entries will fire; cut[key],
   -- the seq of its last cancel (its entries with seq <= cut are stale);
-  -- stale[key], how many of those are still in the heap, so that cut[key]
+  -- stale[key], how many of those are still in the heaps, so that cut[key]
   -- goes with the last of them.  nstale counts all stale entries.
   local live, cut, stale, nstale = {}, {}, {}, 0
-  local armed = nil                      -- deadline of the ground alarm held
   local draining = false                 -- a continuation sends more expiries
 
   local function is_live(e)
@@ -107,7 +114,7 @@ function M.driver()
     return c == nil or e[2] > c
   end
 
-  -- Account for a stale entry that left the heap.
+  -- Account for a stale entry that left a heap.
   local function dropped(e)
     local key = e[4]
     local s = stale[key] - 1
@@ -115,79 +122,117 @@ function M.driver()
     nstale = nstale - 1
   end
 
-  -- Rebuild the heap from its live entries (heapify, linear time).
+  -- Rebuild the heaps from their live entries (heapify, linear time).
   local function compact()
-    local h, n = { n = 0 }, 0
-    for i = 1, heap.n do
-      local e = heap[i]
-      if is_live(e) then n = n + 1; h[n] = e end
+    for _i, c in ipairs(clocks) do
+      local h, n, old = { n = 0 }, 0, c.heap
+      for i = 1, old.n do
+        local e = old[i]
+        if is_live(e) then n = n + 1; h[n] = e end
+      end
+      h.n = n
+      for i = n // 2, 1, -1 do sink(h, i, h[i]) end
+      c.heap = h
     end
-    h.n = n
-    for i = n // 2, 1, -1 do sink(h, i, h[i]) end
-    heap, cut, stale, nstale = h, {}, {}, 0
+    cut, stale, nstale = {}, {}, 0
     stats.compactions = stats.compactions + 1
   end
 
-  -- Hold one ground alarm, for the earliest live deadline.  Called after
-  -- every change to the heap: stale entries then never outnumber live ones
-  -- (a cancel makes them, and expiries leave them behind).
+  -- Hold one ground alarm per clock, for its earliest live deadline.
+  -- Called after every change to the heaps: stale entries then never
+  -- outnumber live ones (a cancel makes them, and expiries leave them
+  -- behind).
   local expire
   local function rearm(actions)
-    while heap.n > 0 and not is_live(heap[1]) do dropped(pop(heap)) end
-    -- Compaction keeps every live entry, so the earliest stays on top.
-    if 2 * nstale > heap.n then compact() end
-    if draining then return end   -- the batches rearm when they are done
-    local want = heap.n > 0 and heap[1][1] or nil
-    if want == armed then return end
-    if armed then actions[#actions + 1] = market.delete_endpoint("alarm") end
-    if want then
-      actions[#actions + 1] = market.subscriber(alarm(want), { name = "alarm", on_message = function()
-        -- The ground alarm fires once: drop it, then arm the next one.
-        armed = nil
-        return market.transition_no_state(expire({ market.delete_endpoint("alarm") }))
-      end })
+    for _i, c in ipairs(clocks) do
+      local heap = c.heap
+      while heap.n > 0 and not is_live(heap[1]) do dropped(pop(heap)) end
     end
-    armed = want
+    -- Compaction keeps every live entry, so the earliest stay on top.
+    if 2 * nstale > mono.heap.n + wall.heap.n then compact() end
+    if draining then return end   -- the batches rearm when they are done
+    for _i, c in ipairs(clocks) do
+      local want = c.heap.n > 0 and c.heap[1][1] or nil
+      if want ~= c.armed then
+        if c.armed then actions[#actions + 1] = market.delete_endpoint(c.name) end
+        if want then
+          actions[#actions + 1] = market.subscriber(c.alarm(want), { name = c.name, on_message = function()
+            -- The ground alarm fires once: drop it, then arm the next one.
+            c.armed = nil
+            return market.transition_no_state(expire({ market.delete_endpoint(c.name) }))
+          end })
+        end
+        c.armed = want
+      end
+    end
   end
 
   local function go_on() return market.transition_no_state(expire({})) end
+
+  -- The wall clock's lead on the monotonic one, to put the two heaps'
+  -- deadlines in one order.  market.now() is the loop's time, read when
+  -- the loop last woke, so now() - monotonic() is short of the lead by as
+  -- long as the loop has run since: the most seen is kept, and a change of
+  -- more than a second (the wall clock was set) replaces it.
+  local lead
+  local function lead_now(nm, nw)
+    local o = nw - nm
+    if not lead or o > lead or o < lead - 1000 then lead = o end
+    return lead
+  end
+
+  -- The clock whose heap's top is due next at these times (nil: none is
+  -- due), its stale tops dropped first.  Both due: the one whose deadline
+  -- came first, the wall's taken to the monotonic clock; equal deadlines
+  -- in the order of the sets.
+  local function due(nm, nw, off)
+    local em, ew
+    for _i, c in ipairs(clocks) do
+      local heap = c.heap
+      while heap.n > 0 and not is_live(heap[1]) do dropped(pop(heap)) end
+    end
+    if mono.heap.n > 0 and mono.heap[1][1] <= nm then em = mono.heap[1] end
+    if wall.heap.n > 0 and wall.heap[1][1] <= nw then ew = wall.heap[1] end
+    if not ew then return em and mono end
+    if not em then return wall end
+    local wm = ew[1] - off
+    return (wm < em[1] or (wm == em[1] and ew[2] < em[2])) and wall or mono
+  end
 
   -- Add to out the expiries now due, at most BATCH of them: the rest are
   -- sent by a continuation, after what was queued meanwhile, so that no
   -- number of timers due at once makes one activation run over its budget
   -- (docs/limits.md) and the receivers run in between.  Then rearm.
   expire = function(out)
-    local now, sent = market.now(), 0
-    while heap.n > 0 do
-      local e = heap[1]
-      if not is_live(e) then
-        dropped(pop(heap))
-      elseif e[1] > now then
-        break
-      elseif sent == BATCH then
+    local nm, nw, sent = market.monotonic(), market.now(), 0
+    local off = lead_now(nm, nw)
+    while true do
+      local c = due(nm, nw, off)
+      if not c then break end
+      if sent == BATCH then
         stats.batches = stats.batches + 1
         draining = true
         out[#out + 1] = market.yield(go_on)
         return out
-      else
-        pop(heap)
-        local key, period = e[4], e[5]
-        if period then
-          -- Back in at its next beat after now, counted from its first
-          -- deadline, so that beats do not drift; beats missed while the
-          -- VM was busy are skipped, not sent in a burst.  It stays live,
-          -- and takes a new seq: among equal deadlines it now comes after
-          -- the timers set before this beat.
-          seq = seq + 1
-          e[1], e[2] = e[1] + ((now - e[1]) // period + 1) * period, seq
-          push(heap, e)
-        else
-          local n = live[key] - 1
-          live[key] = n > 0 and n or nil
-        end
-        out[#out + 1] = market.send(expired(e[3], now))
-        sent = sent + 1
       end
+      local e = pop(c.heap)
+      local key, period = e[4], e[5]
+      if period then
+        -- Back in at its next beat after now, counted from its first
+        -- deadline, so that beats do not drift; beats missed while the
+        -- VM was busy are skipped, not sent in a burst.  It stays live,
+        -- and takes a new seq: among equal deadlines it now comes after
+        -- the timers set before this beat.
+        seq = seq + 1
+        e[1], e[2] = e[1] + ((nm - e[1]) // period + 1) * period, seq
+        push(c.heap, e)
+      else
+        local n = live[key] - 1
+        live[key] = n > 0 and n or nil
+      end
+      -- The expiry says the wall clock, as Marketplace's does.
+      out[#out + 1] = market.send(expired(e[3], nw))
+      sent = sent + 1
     end
     if sent > 0 then stats.batches = stats.batches + 1 end
     draining = false
@@ -195,12 +240,15 @@ function M.driver()
     return out
   end
 
-  -- Add a timer due at deadline (ms; repeating every period ms when given).
-  local function add(label, deadline, period)
+  -- Add a timer due at deadline (ms on clock c; repeating every period ms
+  -- when given).
+  local function add(c, label, deadline, period)
     local key = repr(label)
     seq = seq + 1
     live[key] = (live[key] or 0) + 1
-    push(heap, { ceil(deadline), seq, label, key, period })   -- ceil: never early
+    push(c.heap, { ceil(deadline), seq, label, key, period })   -- ceil: never early
+    local held = mono.heap.n + wall.heap.n
+    if held > stats.max_heap then stats.max_heap = held end
     local actions = {}
     rearm(actions)
     return market.transition_no_state(actions)
@@ -214,10 +262,10 @@ function M.driver()
     if not set:is(m) then return end
     local msecs, kind = m.msecs, m.kind
     if type(msecs) ~= "number" or (kind ~= "relative" and kind ~= "absolute") then return end
-    local deadline = kind == "absolute" and msecs or market.now() + msecs
     -- NaN or infinite: no ground alarm can be set for it (ground.h).
-    if not finite(deadline) then return end
-    return add(m.label, deadline)
+    if not finite(msecs) then return end
+    if kind == "absolute" then return add(wall, m.label, msecs) end
+    return add(mono, m.label, market.monotonic() + msecs)
   end
 
   local function on_every(_, m)
@@ -226,7 +274,7 @@ function M.driver()
     -- A period is a finite number of ms, at least 1 (ceil: 0.5 is 1).
     if type(msecs) ~= "number" or not finite(msecs) or not (msecs > 0) then return end
     local period = ceil(msecs)
-    return add(m.label, market.now() + period, period)
+    return add(mono, m.label, market.monotonic() + period, period)
   end
 
   local function on_cancel(_, m)

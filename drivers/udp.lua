@@ -140,7 +140,7 @@ local function socket_proc(loc, driver)
     local function remember(key, sa, numeric)
       if ncache >= 1024 then cache, ncache = {}, 0 end
       ncache = ncache + 1
-      cache[key] = { sa, numeric and math.huge or market.now() + M.CACHE_MS }
+      cache[key] = { sa, numeric and math.huge or market.monotonic() + M.CACHE_MS }
     end
 
     local function on_out(_, m)
@@ -157,7 +157,7 @@ local function socket_proc(loc, driver)
       end
       local key = host .. " " .. rport
       local hit = cache[key]
-      if hit and hit[2] > market.now() then return transmit(data, hit[1]) end
+      if hit and hit[2] > market.monotonic() then return transmit(data, hit[1]) end
       -- What waits for a name is held within the send queue's bound
       -- (all names together, pbytes, each datagram counted with its slot,
       -- so that empty ones count too): a resolver that never answers must

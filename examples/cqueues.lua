@@ -8,7 +8,7 @@
 -- and closes.  The controller is driven by one market process,
 -- run_cqueues below (docs/loops.md): it watches the controller's
 -- descriptor with market.ground.readable and its timeout with
--- market.ground.alarm, and steps it without waiting when either fires.
+-- market.ground.monotonic_alarm, and steps it without waiting when either fires.
 -- When the controller has no coroutine left, the process quits; then the
 -- server goes too, and the program ends.  Needs lua-cqueues.
 local market = require "market"
@@ -28,7 +28,7 @@ local function run_cqueues(cq)
   local function alarm()
     local t = cq:timeout()              -- seconds, or nil
     if t == nil then return nil end
-    return market.subscriber(market.ground.alarm(math.ceil(market.now() + t * 1000)),
+    return market.subscriber(market.ground.monotonic_alarm(math.ceil(market.monotonic() + t * 1000)),
                              { name = "cq-alarm", on_message = function() return turn() end })
   end
   turn = function()

@@ -69,7 +69,7 @@ local CONNECT_MAX = sys.tcp_settings().connect_timeout[2]
 -- epoch, or math.huge), but no longer than idle (ms, or math.huge); and
 -- whether the deadline is what ends it.  At least 0.
 local function wait_ms(deadline, idle)
-  local left = deadline - market.now()
+  local left = deadline - market.monotonic()
   if left <= 0 then return 0, true end
   if idle < left then return idle, false end
   return left == math.huge and left or math.ceil(left), true
@@ -327,7 +327,7 @@ function WS:receive(ms)
     error("http.websocket: receive: ms must be a non-negative integer or math.huge, got " ..
           market.repr(ms), 2)
   end
-  local deadline = ms and market.now() + ms or math.huge
+  local deadline = ms and market.monotonic() + ms or math.huge
   while true do
     if self.failed then return nil, self.failed end
     if self.peer_closed then return nil, "closed", self.peer_code, self.peer_reason end
@@ -417,7 +417,7 @@ function WS:close(code, reason)
   self.done = true
   self.s:close(code or 1000, reason)
   if flush(self) then
-    local deadline = market.now() + M.CLOSE_WAIT
+    local deadline = market.monotonic() + M.CLOSE_WAIT
     while not self.peer_closed and not self.failed do
       local wait = wait_ms(deadline, math.huge)
       if wait <= 0 or self:receive(wait) == nil and not self.peer_closed then break end
@@ -522,7 +522,7 @@ local function session(handler, cfg)
         if not ok or stopping then return end
         done = false
       end
-      local deadline = market.now() + cfg.timeout
+      local deadline = market.monotonic() + cfg.timeout
       local headed, fed = false, #rest > 0
       while done == false do
         if fed and not headed then
@@ -539,7 +539,7 @@ local function session(handler, cfg)
             if expects_continue(m) then conn:send("HTTP/1.1 100 Continue\r\n\r\n") end
           end
         end
-        local left = deadline - market.now()
+        local left = deadline - market.monotonic()
         local data, err = conn:receive(left > 0 and math.ceil(left) or 0)
         if data == nil then
           if err == "timeout" then
@@ -674,7 +674,7 @@ local CLIENT_OWN = { ["content-length"] = true, ["transfer-encoding"] = true,
 -- the process's boot function returns (sys.at_return).
 local kept = setmetatable({}, { __mode = "k" })
 local KEPT = "http.request kept"
-local alarm = market.ground.alarm
+local alarm = market.ground.monotonic_alarm
 
 -- pool.conns[key]'s connection, taken out of the pool.
 local function take(pool, key)
@@ -726,7 +726,7 @@ local function kept_of(now)
     pool.rang = function(_, m)
       if not alarm:is(m) then return end          -- send(market._): not the alarm
       disarm(pool)
-      sweep(pool, market.now())
+      sweep(pool, market.monotonic())
     end
     -- (called by the connection's handlers: its server closed it)
     pool.ended = function(conn)
@@ -765,7 +765,7 @@ end
 
 -- Keep conn for key until keep_ms from now (the pool has none for key).
 local function keep_conn(pool, key, conn, keep_ms)
-  local now = market.now()
+  local now = market.monotonic()
   pool.conns[key] = { conn = conn, until_ms = now + keep_ms }
   conn.input_ended = pool.ended
   sweep(pool, now)                                 -- (arms the alarm)
@@ -1272,7 +1272,7 @@ end
 -- raised it.
 local function ask(host, port, tls, bytes, body, length, method, deadline, idle, keep_ms,
                    max_response, stream)
-  local now = market.now()
+  local now = market.monotonic()
   -- (a connection made with one TLS configuration is not another's)
   local key = (tls and ("https#%d:"):format(tls == true and 0 or tls.serial) or "") .. host .. ":" .. port
   local pool = kept_of(now)
@@ -1329,7 +1329,7 @@ function M.request(url, options)
     if redirects > 0 and REDIRECTS[status] then return nil end
     return sink
   end
-  local deadline = market.now() + (options.timeout or M.TIMEOUT)
+  local deadline = market.monotonic() + (options.timeout or M.TIMEOUT)
   local idle = options.idle_timeout or math.huge
   local jar = options.cookies
   local host, port, authority, target, secure = parse_url(url)
@@ -1421,7 +1421,7 @@ function M.websocket_connect(url, options)
     or ""), with_cookies(options.headers, options.cookies, host, target, secure), WS_CLIENT_OWN,
     "http.websocket_connect", nil, nil, false)
   if not ok then error(bytes, 2) end
-  local deadline = market.now() + (options.timeout or M.TIMEOUT)
+  local deadline = market.monotonic() + (options.timeout or M.TIMEOUT)
   local conn, why = tcp.connect(host, port, {
     connect_timeout = connect_ms(wait_ms(deadline, math.huge)),
     tls = secure and (options.tls or true) or nil })

@@ -122,7 +122,7 @@ end
 -- Closes the views idle for RING_IDLE_MS (all of them: all true); the
 -- milliseconds until the next of the others would be, or nil if none is left.
 local function sweep(all)
-  local now, due = market.now(), nil
+  local now, due = market.monotonic(), nil
   for k, v in pairs(views) do
     local left = v.used + M.RING_IDLE_MS - now
     if all or left <= 0 then close_view(k)
@@ -157,7 +157,7 @@ local function view_lines(k, opts, keep)
     v = { ring = ring, lines = {} }
     views[k] = v
   end
-  v.used = market.now()
+  v.used = market.monotonic()
   for _, line in ipairs(v.ring:read()) do
     if not keep or keep(line) then v.lines[#v.lines + 1] = line end
   end
@@ -721,9 +721,9 @@ function M.cli(addr)
     io.stdout:flush()
     return T(market.quit())
   end
-  local deadline = math.floor(market.now()) + M.CLI_TIMEOUT_MS
+  local deadline = math.floor(market.monotonic()) + M.CLI_TIMEOUT_MS
   return market.transition(nil,
-    market.subscriber(market.ground.alarm(deadline), {
+    market.subscriber(market.ground.monotonic_alarm(deadline), {
       name = "deadline",
       on_message = function()
         return fail(("no answer from http://%s/api/snapshot in %g s"):format(where,

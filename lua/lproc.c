@@ -3256,6 +3256,14 @@ static int c_now(lua_State *L) {
   return 1;
 }
 
+/* The monotonic clock, in ms: timed waits, monotonic alarms and relative
+** timers are kept on it, so setting the wall clock moves none of them.
+** Needs no ground: it is the program's. */
+static int c_monotonic(lua_State *L) {
+  lua_pushnumber(L, mk_ground_clock());
+  return 1;
+}
+
 /* ---- entry points for C ------------------------------------------------- */
 
 mk_ground *mkl_ground(lua_State *L) {
@@ -3424,7 +3432,7 @@ void mkl_open_core(lua_State *L) {
     {"self", c_self}, {"role", c_role},
     {"set_name", c_set_name}, {"init", c_init}, {"ground_vm", c_ground_vm},
     {"open_ground_vm", c_open_ground_vm},
-    {"now", c_now}, {"memory", c_memory},
+    {"now", c_now}, {"monotonic", c_monotonic}, {"memory", c_memory},
     {"memory_limit", c_memory_limit}, {"stop", c_stop}, {"exit", c_exit},
     {NULL, NULL}};
   mkl_state *S = getstate(L);

@@ -740,6 +740,9 @@ function M.supervisor(spec)
 end
 
 M.now = core.now
+-- monotonic(): ms on a clock that setting the wall clock does not move
+-- (its origin is arbitrary: for deadlines and durations, not dates).
+M.monotonic = core.monotonic
 -- memory(): bytes of heap in use by the whole program (C and Lua), for
 -- benchmarks and leak hunting.
 M.memory = core.memory
@@ -785,6 +788,7 @@ local ground_checks = {
   end,
 }
 ground_checks.writable = ground_checks.readable
+ground_checks.monotonic_alarm = ground_checks.alarm
 
 -- A constructor that checks its field first, and otherwise reads like the
 -- record constructor (label, arity, fields, is).
@@ -811,6 +815,7 @@ M.ground = {
   readable = ground_event("readable", "fd"),
   writable = ground_event("writable", "fd"),
   alarm = ground_event("alarm", "msecs"),
+  monotonic_alarm = ground_event("monotonic_alarm", "msecs"),
   signal = ground_event("signal", "signum"),
   stopping = ground_event("stopping", "deadline_ms"),
 }

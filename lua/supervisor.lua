@@ -12,7 +12,9 @@
 local market = ...
 local M = {}
 
-local lifeline, alarm, now, repr = market.lifeline, market.ground.alarm, market.now, market.repr
+-- (Back-off and the restart window are durations: on the monotonic clock,
+-- which setting the wall clock does not move.)
+local lifeline, alarm, now, repr = market.lifeline, market.ground.monotonic_alarm, market.monotonic, market.repr
 -- A value an error names: a term as repr writes it, anything else by its
 -- type (repr raises on a non-term, in place of the error meant).
 local function show(v) return market.is_term(v) and repr(v) or type(v) end

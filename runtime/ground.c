@@ -31,10 +31,17 @@
 #include "pool.h"
 
 mk_rtype *mk_ground_readable, *mk_ground_writable, *mk_ground_alarm, *mk_ground_signal,
-    *mk_ground_stopping;
+    *mk_ground_stopping, *mk_ground_monotonic_alarm;
 static int ground_types_users;
 
-enum { K_NONE = -1, K_IO, K_TIMER, K_SIGNAL };
+/* K_TIMER: a monotonic alarm, on an ev_timer; K_WALL: a wall-clock alarm,
+** on an ev_periodic, which libev moves when the clock is set (it watches
+** for that with a timerfd): an ev_timer, counting monotonic time from the
+** subscription, fired late after the clock was set forward and early
+** after it was set back. */
+enum { K_NONE = -1, K_IO, K_TIMER, K_SIGNAL, K_WALL };
+
+#define IS_ALARM(kind) ((kind) == K_TIMER || (kind) == K_WALL)
 
 #define AUDIT_PERIOD 1.0    /* seconds between audits of the watched descriptors */
 #define AUDIT_MAX 128       /* descriptors checked per audit */
@@ -67,7 +74,9 @@ enum { K_NONE = -1, K_IO, K_TIMER, K_SIGNAL };
 ** docs/performance.md, "Round 13").
 */
 typedef struct watch {
-  union { ev_io io; ev_timer timer; ev_signal sig; } w;   /* 48 bytes */
+  union { ev_io io; ev_timer timer; ev_signal sig;
+          ev_periodic *wall; } w;   /* 48 bytes; a periodic is 64, so it is
+                                    ** kept apart (owned, while active) */
   mk_ground *g;
   mk_term *topic;           /* owned: the record sent when it fires */
   mk_match_slot slot;       /* its matches (route.h), for the VM's sends:
@@ -79,7 +88,7 @@ typedef struct watch {
   struct watch *dnext, *dprev;   /* descriptor watches to check before the next poll */
   unsigned long long serial;     /* the ground's endpoint is named "w<serial>" */
   uint32_t count;           /* subscriptions */
-  uint8_t kind;             /* K_IO, K_TIMER, K_SIGNAL */
+  uint8_t kind;             /* K_IO, K_TIMER, K_SIGNAL, K_WALL */
   uint8_t active, published, dirty;
 } watch;
 
@@ -353,6 +362,12 @@ static void halt_watch(mk_ground *g, watch *w) {
       ev_timer_stop(g->loop, &w->w.timer);
       alarm_remove(g, w);
       break;
+    case K_WALL:
+      ev_periodic_stop(g->loop, w->w.wall);
+      mk_pool_free(w->w.wall, sizeof *w->w.wall);
+      w->w.wall = NULL;
+      alarm_remove(g, w);
+      break;
     default:
       ev_signal_stop(g->loop, &w->w.sig);
       release_signal(w->w.sig.signum);
@@ -441,11 +456,30 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents) {
 }
 
 /* Alarms and signals are sent at once, after the wake-ups before them. */
-static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
-  watch *w = t->data;
+static void alarm_fired(watch *w) {
   halt_watch(w->g, w);      /* one-shot: no longer something to wait on */
   flush(w->g);
   fire(w->g, w);
+}
+
+/* libev counts a timer's delay from the time it read at the start of the
+** loop iteration that set it, so a monotonic alarm may go off a little
+** early: it is set again for what is left. */
+static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+  watch *w = t->data;
+  double left = argof(w) - mk_ground_clock();
+  (void)revents;
+  if (left > 0) {
+    ev_timer_set(t, left / 1000.0, 0);
+    ev_timer_start(loop, t);
+    return;
+  }
+  alarm_fired(w);
+}
+
+static void wall_cb(struct ev_loop *loop, ev_periodic *p, int revents) {
+  (void)loop; (void)revents;
+  alarm_fired(p->data);
 }
 
 static void signal_cb(struct ev_loop *loop, ev_signal *s, int revents) {
@@ -465,6 +499,7 @@ static const char *invalid(mk_ground *g, watch *w) {
       if (fd_ground_loop((int)v)) return "an event loop's own descriptor (epoll)";
       return NULL;
     case K_TIMER:
+    case K_WALL:
       return isfinite(v) ? NULL : "not a finite time";
     default:
       if (!(v >= 1 && v < NSIG && integral) || (int)v == SIGKILL || (int)v == SIGSTOP)
@@ -502,13 +537,24 @@ static void start(mk_ground *g, watch *w) {
       dirty_add(g, w);        /* closed before the next poll: prepare_cb */
       break;
     case K_TIMER: {
-      double delay = v / 1000.0 - ev_now(g->loop);
+      double delay = (v - mk_ground_clock()) / 1000.0;
       ev_timer_init(&w->w.timer, timer_cb, delay > 0 ? delay : 0, 0);
       w->w.timer.data = w;
       ev_timer_start(g->loop, &w->w.timer);
       alarm_add(g, w);
       break;
     }
+    case K_WALL:
+      if ((w->w.wall = mk_pool_alloc(sizeof *w->w.wall)) == NULL) {
+        publish(g, w);
+        fail_about(g, w, "out of memory");
+        return;
+      }
+      ev_periodic_init(w->w.wall, wall_cb, v / 1000.0, 0, 0);
+      w->w.wall->data = w;
+      ev_periodic_start(g->loop, w->w.wall);
+      alarm_add(g, w);
+      break;
     default:
       ev_signal_init(&w->w.sig, signal_cb, (int)v);
       w->w.sig.data = w;
@@ -601,7 +647,8 @@ static int ground_kind(const mk_term *t, double *arg) {
   if (t->kind != MK_REC) return K_NONE;
   rt = t->v.rt;
   if (rt == mk_ground_readable || rt == mk_ground_writable) kind = K_IO;
-  else if (rt == mk_ground_alarm) kind = K_TIMER;
+  else if (rt == mk_ground_alarm) kind = K_WALL;
+  else if (rt == mk_ground_monotonic_alarm) kind = K_TIMER;
   else if (rt == mk_ground_signal) kind = K_SIGNAL;
   else return K_NONE;
   /* Only now is there a field to read: a record of another type may have
@@ -662,7 +709,7 @@ static void subscribed(mk_vm *vm, const mk_term *topic, mk_endpoint *ep, void *u
     /* An alarm that went off is still published: one who comes late gets
     ** it too, as it would with a watch of its own (its time has passed),
     ** and those who had it do not get it twice. */
-    else if (w->kind == K_TIMER && !w->active) mk_vm_tell(vm, ep, w->topic);
+    else if (IS_ALARM(w->kind) && !w->active) mk_vm_tell(vm, ep, w->topic);
     return;
   }
   w = mk_pool_alloc_at(sizeof *w, 0);
@@ -1028,6 +1075,7 @@ mk_ground *mk_ground_new(struct ev_loop *loop) {
     mk_ground_readable = rtype1("market:readable", "fd");
     mk_ground_writable = rtype1("market:writable", "fd");
     mk_ground_alarm = rtype1("market:alarm", "msecs");
+    mk_ground_monotonic_alarm = rtype1("market:monotonic_alarm", "msecs");
     mk_ground_signal = rtype1("market:signal", "signum");
     mk_ground_stopping = rtype1("market:stopping", "deadline_ms");
   }
@@ -1096,11 +1144,15 @@ int mk_ground_turn(mk_ground *g, double timeout) {
   return mk_ground_watching(g) > 0 || !idle(g);
 }
 
-/* The earlier of `t` (-1: none yet) and the time left on timer `w`. */
-static double sooner(struct ev_loop *loop, double t, ev_timer *w) {
-  double left = ev_timer_remaining(loop, w);
+/* The earlier of `t` (-1: none yet) and `left` seconds. */
+static double earlier(double t, double left) {
   if (left < 0) left = 0;
   return t < 0 || left < t ? left : t;
+}
+
+/* The earlier of `t` and the time left on timer `w`. */
+static double sooner(struct ev_loop *loop, double t, ev_timer *w) {
+  return earlier(t, ev_timer_remaining(loop, w));
 }
 
 double mk_ground_timeout(mk_ground *g) {
@@ -1110,7 +1162,10 @@ double mk_ground_timeout(mk_ground *g) {
   if (mk_ground_watching(g) == 0) return -1;   /* finished: nothing will come */
   ev_now_update(g->loop);               /* the other loop may have slept since */
   if ((w = g->alarms) != NULL) {
-    do { t = sooner(g->loop, t, &w->w.timer); } while ((w = w->rnext) != g->alarms);
+    do {
+      t = w->kind == K_WALL ? earlier(t, ev_periodic_at(w->w.wall) - ev_now(g->loop))
+                            : sooner(g->loop, t, &w->w.timer);
+    } while ((w = w->rnext) != g->alarms);
   }
   if (g->tn > 0) t = sooner(g->loop, t, &g->tclock);
   if (g->ring != NULL) t = sooner(g->loop, t, &g->audit);
@@ -1175,8 +1230,9 @@ void mk_ground_free(mk_ground *g, mk_term *reason) {
     mk_rtype_unref(mk_ground_alarm);
     mk_rtype_unref(mk_ground_signal);
     mk_rtype_unref(mk_ground_stopping);
+    mk_rtype_unref(mk_ground_monotonic_alarm);
     mk_ground_readable = mk_ground_writable = mk_ground_alarm = mk_ground_signal = NULL;
-    mk_ground_stopping = NULL;
+    mk_ground_stopping = mk_ground_monotonic_alarm = NULL;
   }
   free(g);
 }

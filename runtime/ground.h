@@ -7,7 +7,10 @@
 **
 **   market:readable(fd)          fd is readable (level-triggered)
 **   market:writable(fd)          fd is writable (level-triggered)
-**   market:alarm(msecs)          the wall clock (ms since the epoch) reached msecs (once)
+**   market:alarm(msecs)          the wall clock (ms since the epoch) reached msecs (once),
+**                                also when it got there by being set forward
+**   market:monotonic_alarm(msecs)  the monotonic clock (mk_ground_clock) reached
+**                                msecs (once): setting the wall clock moves it not
 **   market:signal(signum)        the signal arrived
 **   market:stopping(deadline_ms) the program is stopping (below); watches nothing
 **
@@ -39,7 +42,7 @@
 **                       fault recurs as soon as a handler returns) and
 **                       MK_BUDGET_SIGNAL (vm.h), not watched by this program
 **                       on another libev loop (libev allows one per signal)
-**   alarm               a finite number
+**   alarm, monotonic_alarm  a finite number
 **
 ** An invalid record is published and withdrawn at once, so its subscriber
 ** sees presence, then absence with a reason such as
@@ -131,7 +134,7 @@ typedef struct mk_ground mk_ground;
 /* The record types of the ground events (borrowed, live as long as any
 ** ground exists, created by mk_ground_new). */
 extern mk_rtype *mk_ground_readable, *mk_ground_writable, *mk_ground_alarm,
-    *mk_ground_signal, *mk_ground_stopping;
+    *mk_ground_signal, *mk_ground_stopping, *mk_ground_monotonic_alarm;
 
 /*
 ** A ground VM on `loop`, or on libev's default loop when loop is NULL.  The

@@ -307,7 +307,7 @@ describe("luv inside market", function()
       local function alarm()
         local t = uv.backend_timeout()           -- ms, -1: nothing timed
         if t < 0 then return nil end
-        return market.subscriber(market.ground.alarm(math.ceil(market.now() + t)),
+        return market.subscriber(market.ground.monotonic_alarm(math.ceil(market.monotonic() + t)),
                                  { name = "uv-alarm", on_message = function() return turn() end })
       end
       turn = function()

@@ -569,8 +569,9 @@ describe("market.supervisor", function()
         market.perform(market.monitor(sup, function(_, why)
           return market.transition_no_state(market.at_meta_level(market.send({ "sup-ended", why })))
         end))
-        -- Wait until the relay publishes the back-off's alarm here.
-        market.perform(market.observe_publishers(market.ground.alarm(_), "watched"))
+        -- Wait until the relay publishes the back-off's alarm here (a
+        -- monotonic one: a delay).
+        market.perform(market.observe_publishers(market.ground.monotonic_alarm(_), "watched"))
         market.wait_for(function(e) return e.endpoint == "watched" end)
         market.perform(market.quit(r, "relay gone"))
       end))

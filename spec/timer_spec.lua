@@ -1,7 +1,10 @@
--- The timer driver and the event relay (DESIGN §3), in-process.
+-- The timer driver and the event relay (DESIGN §3), in-process; the last
+-- cases run the interpreter with its wall clock set under it.
+package.path = "spec/support/?.lua;" .. package.path
 local market = require "market"
 local timer = require "market.timer"
 local relay = require "market.event_relay"
+local H = require "helpers"
 local _ = market._
 
 -- Run boot in a fresh ground VM with the timer driver; fail on boot error.
@@ -555,9 +558,10 @@ describe("event relay", function()
     local gone = false
     assert(market.ground_vm(function()
       -- An observer in the ground sees the nested VM's relayed alarm
-      -- subscription appear and then go.
+      -- subscription (a relative timer's: on the monotonic clock) appear
+      -- and then go.
       market.perform(market.spawn(function()
-        return market.transition(0, market.observe_subscribers(market.ground.alarm(_), {
+        return market.transition(0, market.observe_subscribers(market.ground.monotonic_alarm(_), {
           on_presence = function(n) return market.transition(n + 1) end,
           on_absence = function(n)
             gone = true
@@ -567,5 +571,130 @@ describe("event relay", function()
       market.perform(vm_with_timer(1, {}))
     end))
     assert.is_true(gone)
+  end)
+end)
+
+-- libfaketime sets the interpreter's wall clock (market.now(), what libev
+-- reads) from a file, read again at every look, while its monotonic clock
+-- goes on: a step of the wall clock, as NTP, `date -s` or a resumed
+-- machine makes one.  Real time is read from /proc/uptime, which neither
+-- clock's faking touches.
+describe("the timer driver when the wall clock is set", function()
+  local lib = io.popen("ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null"):read("l")
+
+  -- Run script (given the stamp file's path as its argument) under
+  -- libfaketime at an offset of +0; returns status, stdout, stderr.
+  local function stepped(script)
+    assert(lib, "libfaketime is not installed (apt-get install faketime)")
+    local stamp = os.tmpname()
+    local f = assert(io.open(stamp, "w"))
+    f:write("+0\n")
+    f:close()
+    local path = H.tempfile(script)
+    local status, out, err = H.sh(("LD_PRELOAD=%s FAKETIME_TIMESTAMP_FILE=%s FAKETIME_NO_CACHE=1 " ..
+      "FAKETIME_DONT_FAKE_MONOTONIC=1 DONT_FAKE_MONOTONIC=1 timeout 30 %s %s %s </dev/null")
+      :format(H.quote(((os.getenv("LD_PRELOAD") or "") .. " " .. lib)), H.quote(stamp),
+              H.quote(H.market_bin()), H.quote(path), H.quote(stamp)))
+    os.remove(path)
+    os.remove(stamp)
+    return status, out, err
+  end
+
+  local PRELUDE = [[
+local market = require "market"
+local timer = require "market.timer"
+local _ = market._
+local stamp = ...
+local function uptime()
+  local f = io.open("/proc/uptime")
+  local s = f:read("l")
+  f:close()
+  return tonumber(s:match("^%S+"))
+end
+local u0 = uptime()
+local function step(offset)
+  local f = assert(io.open(stamp, "w"))
+  f:write(offset, "\n")
+  f:close()
+end
+local function at(label) print(("%s %.2f"):format(label, uptime() - u0)) end
+]]
+
+  -- The seconds of real time at which each label was printed.
+  local function times(out)
+    local t = {}
+    for label, s in out:gmatch("(%S+) (%S+)\n") do t[label] = tonumber(s) end
+    return t
+  end
+
+  it("keeps relative timers, beats and monotonic alarms on time when it is set back", function()
+    -- Before, the driver kept every deadline on the wall clock: set back 5 s
+    -- at 0.2 s, the 1 s timer went off at 6 s of real time.
+    local status, out, err = stepped(PRELUDE .. [[
+local beats = 0
+market.perform(market.spawn(function()
+  return market.transition(nil,
+    market.subscriber(timer.expired(_, _), { on_message = function(_, m)
+      if m.label == "step" then step("-5") return end
+      if m.label == "beat" then
+        beats = beats + 1
+        if beats == 3 then at("beat3") end
+        return
+      end
+      at(m.label)
+      if m.label == "rel" then
+        return market.transition(nil, market.send(timer.cancel("beat")), market.quit())
+      end
+    end }),
+    market.subscriber(market.ground.monotonic_alarm(math.floor(market.monotonic()) + 700), {
+      on_message = function() at("monotonic") end }),
+    market.send(timer.set("step", 200, "relative")),
+    market.send(timer.every("beat", 250)),
+    market.send(timer.set("rel", 1000, "relative")))
+end))
+]])
+    assert.equal(0, status, err)
+    local t = times(out)
+    assert.is_number(t.rel, out)
+    assert.is_true(t.rel >= 0.99 and t.rel < 3, out)              -- never early
+    assert.is_true(t.beat3 >= 0.74 and t.beat3 < 3, out)
+    assert.is_true(t.monotonic >= 0.69 and t.monotonic < 3, out)
+  end)
+
+  it("fires an absolute timer and a wall-clock alarm when it is set past their time", function()
+    -- Before, both went off when the monotonic time left at their setting
+    -- had passed: 4 s, not at the step.  Here a beat wakes the loop, where
+    -- libev sees the step; a real step is seen at once (a timerfd).
+    local status, out, err = stepped(PRELUDE .. [[
+local t0 = math.floor(market.now())
+market.perform(market.spawn(function()
+  local got = 0
+  local function one(label)
+    at(label)
+    got = got + 1
+    if got == 2 then
+      return market.transition(nil, market.send(timer.cancel("beat")), market.quit())
+    end
+  end
+  return market.transition(nil,
+    market.subscriber(timer.expired(_, _), { on_message = function(_, m)
+      if m.label == "step" then step("+10") return end
+      if m.label == "abs" then
+        if market.now() < t0 + 4000 then at("early") end
+        return one("abs")
+      end
+    end }),
+    market.subscriber(market.ground.alarm(t0 + 4000), { on_message = function() return one("alarm") end }),
+    market.send(timer.set("step", 200, "relative")),
+    market.send(timer.every("beat", 100)),
+    market.send(timer.set("abs", t0 + 4000, "absolute")))
+end))
+]])
+    assert.equal(0, status, err)
+    local t = times(out)
+    assert.is_nil(t.early, out)
+    assert.is_number(t.abs, out)
+    assert.is_true(t.abs >= 0.19 and t.abs < 2, out)
+    assert.is_true(t.alarm >= 0.19 and t.alarm < 2, out)
   end)
 end)
