@@ -91,13 +91,17 @@ local function socket_proc(loc, driver)
 
     -- One warning per reason; a term shown after it (what) does not make
     -- a new reason, or every bad body would be remembered here (and every
-    -- host name that fails: a name goes in `what`, never in `why`).
+    -- host name that fails: a name goes in `what`, never in `why`).  The
+    -- socket and the reason are in the line's format, which is its place
+    -- for the log's rate limit (docs/inspect.md): with one format for all,
+    -- the sixth reason in ten seconds, on any socket, was suppressed, and
+    -- never said since it counted as warned.
     local function drop(why, what)
       M.stats.dropped = M.stats.dropped + 1
       if not warned[why] then
         warned[why] = true
-        warn("%s: dropping a datagram: %s%s", repr(loc, SHOWN), why,
-             what ~= nil and " " .. repr(what, SHOWN) or "")
+        local place = (repr(loc, SHOWN) .. ": dropping a datagram: " .. why):gsub("%%", "%%%%")
+        warn(place .. "%s", what ~= nil and " " .. repr(what, SHOWN) or "")
       end
     end
 
@@ -155,6 +159,8 @@ local function socket_proc(loc, driver)
       if type(host) ~= "string" or mtype(rport) ~= "integer" then
         return drop("bad destination", dst)
       end
+      -- (The kernel's word for port 0 is "invalid argument".)
+      if rport < 1 or rport > 65535 then return drop("destination port not 1 to 65535:", dst) end
       local key = host .. " " .. rport
       local hit = cache[key]
       if hit and hit[2] > market.monotonic() then return transmit(data, hit[1]) end

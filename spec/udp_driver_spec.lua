@@ -399,6 +399,39 @@ describe("udp driver", function()
     assert.is_true(grown < 2000, ("the socket grew by %.0f KiB"):format(grown))
   end)
 
+  it("warns of each kind of problem of each socket once, the log's rate limit or not", function()
+    -- The log allows one place 5 lines in 10 s (docs/inspect.md), and all
+    -- the drops' lines were one place: the sixth kind in 10 s, on any
+    -- socket, was never said, though udp.stats.dropped counted it.
+    local lines, dropped, got = {}, nil, {}
+    N.run(function()
+      market.log.sink(function(level, _, message)
+        if level == "warn" and message:find("dropping a datagram", 1, true) then
+          lines[#lines + 1] = message
+        end
+      end)
+      local port, me = echo_pair("kinds", got)
+      local to = udp.remote_address("127.0.0.1", port)
+      local before = udp.stats.dropped
+      market.perform(send(udp.packet(me, to, 42)),
+                     send(udp.packet(me, udp.remote_address("255.255.255.255", port), "x")),
+                     send(udp.packet(me, udp.remote_address("127.0.0.1\0x", port), "x")),
+                     send(udp.packet(me, udp.remote_address("127.0.0.1", 0), "x")),
+                     send(udp.packet(me, to, ("x"):rep(70000))),
+                     send(udp.packet(me, udp.remote_address("", port), "x")),
+                     send(udp.packet(me, udp.remote_address("127.0.0.1", 0), "x")),   -- a kind again
+                     send(udp.packet(me, to, "still here")))
+      await_replies(got, 1)
+      dropped = udp.stats.dropped - before
+      market.log.sink(nil)
+      market.perform(send({ "stop-udp-server" }))
+    end)
+    assert.equal(7, dropped)
+    assert.equal(6, #lines, table.concat(lines, "\n"))
+    assert.truthy(table.concat(lines, "\n"):find("destination port not 1 to 65535", 1, true))
+    assert.same({ "still here" }, got)
+  end)
+
   it("drops a datagram for an unknown host, and keeps the socket", function()
     local dropped, reply
     N.run(function()
