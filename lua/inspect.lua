@@ -51,6 +51,16 @@ M.REQUEST_TIMEOUT_MS = 10000
 -- the activation budget: the connection asking for it was killed, and a
 -- page's pushes would have held the program every second.
 M.MAX_PROCESSES = 1000
+-- Conversations of a snapshot, in the whole tree (those of each VM's
+-- lowest publishers; each VM says how many it left out,
+-- `conversations_omitted`).  They grow as the square of a room: 300 chat
+-- users made 90,000, an 8.7 MB snapshot that took a second to build, and
+-- a page's pushes held the whole program that long every second.
+M.MAX_CONVERSATIONS = 5000
+-- Pages and requests within this many ms of a snapshot get that one's
+-- text: however many pages are open, the program builds at most two
+-- snapshots a second for them (each page had its own, every PUSH_MS).
+M.SHARE_MS = 500
 
 -- ---- addresses ---------------------------------------------------------------
 
@@ -174,9 +184,20 @@ local detail = market.inspect_detail
 -- ---- snapshots for the page -----------------------------------------------
 
 local function snapshot(extra)
-  local s = market.snapshot { max_processes = M.MAX_PROCESSES }
+  local s = market.snapshot { max_processes = M.MAX_PROCESSES, max_conversations = M.MAX_CONVERSATIONS }
   s.inspector = extra
   return s
+end
+
+-- The JSON text of a snapshot for the server whose info is `extra`: the
+-- last one made for it, if made less than SHARE_MS ago.
+local shared = setmetatable({}, { __mode = "k" })
+local function snapshot_text(extra)
+  local now, last = market.monotonic(), shared[extra]
+  if last and now - last.at < M.SHARE_MS then return last.text end
+  last = { at = now, text = json(snapshot(extra)) }
+  shared[extra] = last
+  return last.text
 end
 
 -- The VM at path in snapshot s, or nil.
@@ -221,7 +242,7 @@ end
 
 -- /api/process/PID: the process as the snapshot has it and its recent events.
 local function process_view(pid, q)
-  local path, s = query_vm(q), market.snapshot { max_processes = M.MAX_PROCESSES }
+  local path, s = query_vm(q), market.snapshot { max_processes = M.MAX_PROCESSES, max_conversations = 1 }
   local vm = find_vm(s.vm, path)
   local p = vm and find_proc(vm, pid)
   local lines = p and view_lines("p " .. path .. " " .. pid, { pid = pid }, function(line)
@@ -233,7 +254,7 @@ end
 -- /api/conversation/PUB/EP/SUB/EP: the conversation and the messages its
 -- publisher sent that its subscriber's topic takes.
 local function conversation_view(pub, pep, sub, sep, q)
-  local path, s = query_vm(q), market.snapshot { max_processes = M.MAX_PROCESSES }
+  local path, s = query_vm(q), market.snapshot { max_processes = M.MAX_PROCESSES, max_conversations = 1 }
   local vm = find_vm(s.vm, path)
   local pp, sp = vm and find_proc(vm, pub), vm and find_proc(vm, sub)
   local pe, se = find_endpoint(pp, pep), find_endpoint(sp, sep)
@@ -297,17 +318,19 @@ local function route(req, info, loopback_only)
     if head_only then return response(200, "text/event-stream", "", true) end
     return "events"
   elseif path == "/api/snapshot" then
-    return response(200, "application/json", json(snapshot(info)), head_only)
+    return response(200, "application/json", snapshot_text(info), head_only)
   end
-  local pid = path:match("^/api/process/(%d+)$")
+  -- (A pid past an integer's range names no process: tonumber makes it a
+  -- float, which named none and was answered 200 without a pid.)
+  local pid = math.tointeger(tonumber(path:match("^/api/process/(%d+)$")))
   if pid then
-    return response(200, "application/json", process_view(math.tointeger(tonumber(pid)), q), head_only)
+    return response(200, "application/json", process_view(pid, q), head_only)
   end
   local a, b, c, d = path:match("^/api/conversation/(%d+)/([^/]+)/(%d+)/([^/]+)$")
-  if a then
+  a, c = math.tointeger(tonumber(a)), math.tointeger(tonumber(c))
+  if a and c then
     return response(200, "application/json",
-      conversation_view(math.tointeger(tonumber(a)), unescape(b), math.tointeger(tonumber(c)),
-                        unescape(d), q), head_only)
+      conversation_view(a, unescape(b), c, unescape(d), q), head_only)
   end
   return error_response(404, "no such page: " .. path, head_only)
 end
@@ -329,7 +352,7 @@ local function connection(remote, here, info, loopback_only)
 
     local function push()
       sweep(false)
-      return out("data: " .. json(snapshot(info)) .. "\n\n")
+      return out("data: " .. snapshot_text(info) .. "\n\n")
     end
 
     -- The last actions: the answer (nil: none), the timers dropped, gone.
@@ -661,6 +684,10 @@ local function print_tree(snap, write)
     if math.type(vm.omitted) == "integer" and vm.omitted > 0 then
       write(("%-12s %6s  %d more processes not shown\n"):format(cut(vm.path, 12), "...", vm.omitted))
     end
+    if math.type(vm.conversations_omitted) == "integer" and vm.conversations_omitted > 0 then
+      write(("%-12s %6s  %d more conversations not counted in CONV\n"):format(cut(vm.path, 12), "...",
+                                                                        vm.conversations_omitted))
+    end
   end
   vm_rows(snap.vm)
 end
@@ -935,13 +962,13 @@ function render() {
     `<tr><td colspan="5" class="empty">none</td></tr>`;
   $("pcount").textContent = np + " shown";
   $("ccount").textContent = nc + " shown";
-  let total = 0, convs = 0, omitted = 0;
-  eachVM(snap.vm, 0, (vm) => { total += (vm.processes || []).length; convs += (vm.conversations || []).length; omitted += vm.omitted || 0; });
+  let total = 0, convs = 0, omitted = 0, comitted = 0;
+  eachVM(snap.vm, 0, (vm) => { total += (vm.processes || []).length; convs += (vm.conversations || []).length; omitted += vm.omitted || 0; comitted += vm.conversations_omitted || 0; });
   const s = $("summary");
   s.dataset.processes = total; s.dataset.conversations = convs; s.dataset.time = snap.time;
   const mem = snap.memory;
   s.dataset.memory = mem ? mem.used : "";
-  s.textContent = `${total} processes${omitted ? ` (${omitted} more not shown)` : ""} · ${convs} conversations` +
+  s.textContent = `${total} processes${omitted ? ` (${omitted} more not shown)` : ""} · ${convs} conversations${comitted ? ` (${comitted} more not shown)` : ""}` +
     (mem ? ` · memory ${bytes(mem.used)}${mem.limit ? ` of ${bytes(mem.limit)}` : ""}` : "") +
     ` · ${new Date(snap.time).toISOString().slice(11, 19)} UTC`;
 }

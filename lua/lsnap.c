@@ -86,28 +86,39 @@ static void pushvm(lua_State *L, const mk_snap_vm *s) {
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   lua_setfield(L, -2, "conversations");
+  if (s->convs_omitted > 0) setint(L, "conversations_omitted", (lua_Integer)s->convs_omitted);
 }
 
 /* The drivers whose modules, when loaded, may give their resources
 ** (an inspect() function) to a snapshot. */
 static const char *const drivers[] = { "timer", "tcp", "udp", "cluster", NULL };
 
-/* core.snapshot([{max_processes = n}]) -> {time =, memory =, vm =, drivers =}
-** (docs/inspect.md); with n, at most n processes (mk_vm_snapshot_max),
-** and each driver's inspect(n) lists as much. */
+/* An integer field of the options at 1 above 0, or 0 when it is nil. */
+static lua_Integer positive(lua_State *L, const char *field) {
+  lua_Integer n;
+  lua_getfield(L, 1, field);
+  n = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+  if (!lua_isnil(L, -1) && n < 1)
+    return luaL_error(L, "market.snapshot: %s must be an integer above 0", field);
+  lua_pop(L, 1);
+  return n;
+}
+
+/* core.snapshot([{max_processes = n, max_conversations = m}]) -> {time =,
+** memory =, vm =, drivers =} (docs/inspect.md); with n, at most n
+** processes (mk_vm_snapshot_limits), and each driver's inspect(n) lists
+** as much; with m, at most m conversations. */
 static int c_snapshot(lua_State *L) {
   mk_ground *g = mkl_ground(L);
   mk_snap_vm *s, **box;
-  lua_Integer max = 0;
+  lua_Integer max = 0, maxconvs = 0;
   int i;
   if (!lua_isnoneornil(L, 1)) {
-    static const char *const fields[] = { "max_processes", NULL };
+    static const char *const fields[] = { "max_processes", "max_conversations", NULL };
     luaL_checktype(L, 1, LUA_TTABLE);
-    mkl_only_fields(L, "market.snapshot", fields, "max_processes");
-    lua_getfield(L, 1, "max_processes");
-    max = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
-    if (!lua_isnil(L, -1) && max < 1)
-      return luaL_error(L, "market.snapshot: max_processes must be an integer above 0");
+    mkl_only_fields(L, "market.snapshot", fields, "max_processes, max_conversations");
+    max = positive(L, "max_processes");
+    maxconvs = positive(L, "max_conversations");
     lua_settop(L, 0);
   }
   if (g == NULL) return luaL_error(L, "market.snapshot: no ground VM is running");
@@ -119,7 +130,7 @@ static int c_snapshot(lua_State *L) {
   setint(L, "used", (lua_Integer)mk_pool_used());
   if (mk_pool_limit() != 0) setint(L, "limit", (lua_Integer)mk_pool_limit());
   lua_setfield(L, -2, "memory");
-  s = mk_vm_snapshot_max(mk_ground_vm(g), (size_t)max);
+  s = mk_vm_snapshot_limits(mk_ground_vm(g), (size_t)max, (size_t)maxconvs);
   /* Making the tables may raise (out of memory): s is held meanwhile by a
   ** userdata whose __gc frees it. */
   box = lua_newuserdatauv(L, sizeof s, 0);

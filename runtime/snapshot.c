@@ -66,7 +66,14 @@ typedef struct convctx {
   const epref *refs;
   size_t nrefs;
   const epref *pub;
+  size_t *left;              /* conversations the snapshot may still list */
 } convctx;
+
+static int by_position(const void *a, const void *b) {
+  const epref *x = a, *y = b;
+  if (x->proc != y->proc) return x->proc < y->proc ? -1 : 1;
+  return x->endpoint < y->endpoint ? -1 : x->endpoint > y->endpoint;
+}
 
 static int on_match(mk_ilink *link, void *ud) {
   convctx *c = ud;
@@ -82,6 +89,11 @@ static int on_match(mk_ilink *link, void *ud) {
   key.e = q;
   r = bsearch(&key, c->refs, c->nrefs, sizeof key, by_address);
   if (r == NULL) return 0;            /* a lifeline, a link, a dead one */
+  if (*c->left == 0) {
+    c->s->convs_omitted++;
+    return 0;
+  }
+  (*c->left)--;
   c->s->convs = grow(c->s->convs, c->s->nconvs, &c->cap, sizeof *cv);
   cv = &c->s->convs[c->s->nconvs++];
   cv->pub_proc = c->pub->proc;
@@ -93,10 +105,13 @@ static int on_match(mk_ilink *link, void *ud) {
   return 0;
 }
 
-static void snap_vm(mk_vm *vm, mk_snap_vm *s, size_t *left);
+/* How many more processes and conversations the snapshot may list
+** (SIZE_MAX: all). */
+typedef struct budget { size_t procs, convs; } budget;
 
-/* left: how many more processes the snapshot may list (SIZE_MAX: all). */
-static void snap_proc(mk_proc *p, mk_snap_proc *sp, size_t *left) {
+static void snap_vm(mk_vm *vm, mk_snap_vm *s, budget *left);
+
+static void snap_proc(mk_proc *p, mk_snap_proc *sp, budget *left) {
   epcopy c;
   memset(sp, 0, sizeof *sp);
   sp->pid = p->pid;
@@ -122,10 +137,11 @@ static void snap_proc(mk_proc *p, mk_snap_proc *sp, size_t *left) {
 }
 
 /* The conversations of one VM: for each publisher endpoint, the subscribers
-** the index matches it with (each pair once: only publishers ask). */
-static void snap_convs(mk_vm *vm, mk_snap_vm *s, mk_proc **procs) {
-  size_t i, n = 0, cap = 0;
-  epref *refs = NULL;
+** the index matches it with (each pair once: only publishers ask), the
+** publishers taken by their position. */
+static void snap_convs(mk_vm *vm, mk_snap_vm *s, mk_proc **procs, size_t *left) {
+  size_t i, n = 0, cap = 0, npubs = 0;
+  epref *refs = NULL, *pubs;
   convctx c;
   for (i = 0; i < s->nprocs; i++) {
     const mk_endpoint *e = procs[i]->eps;
@@ -140,22 +156,27 @@ static void snap_convs(mk_vm *vm, mk_snap_vm *s, mk_proc **procs) {
       n++;
     }
   }
+  pubs = mkI_xmalloc((n ? n : 1) * sizeof *pubs);
+  for (i = 0; i < n; i++)
+    if (!refs[i].e->dead && refs[i].e->role.orientation == MK_PUBLISHER) pubs[npubs++] = refs[i];
+  if (npubs > 1) qsort(pubs, npubs, sizeof *pubs, by_position);
   if (n > 1) qsort(refs, n, sizeof *refs, by_address);
   c.vm = vm;
   c.s = s;
   c.cap = 0;
   c.refs = refs;
   c.nrefs = n;
-  for (i = 0; i < n; i++) {
-    if (refs[i].e->dead || refs[i].e->role.orientation != MK_PUBLISHER) continue;
-    c.pub = &refs[i];
-    mk_index_match(vm->ix[MK_SUBSCRIBER], refs[i].e->role.topic, on_match, &c);
+  c.left = left;
+  for (i = 0; i < npubs; i++) {
+    c.pub = &pubs[i];
+    mk_index_match(vm->ix[MK_SUBSCRIBER], pubs[i].e->role.topic, on_match, &c);
   }
+  free(pubs);
   free(refs);
   if (s->nconvs > 1) qsort(s->convs, s->nconvs, sizeof *s->convs, by_pair);
 }
 
-static void snap_vm(mk_vm *vm, mk_snap_vm *s, size_t *left) {
+static void snap_vm(mk_vm *vm, mk_snap_vm *s, budget *left) {
   mk_proc **procs;
   mk_qblock *b;
   size_t i, n = 0, listed;
@@ -174,21 +195,29 @@ static void snap_vm(mk_vm *vm, mk_snap_vm *s, size_t *left) {
   }
   qsort(procs, n, sizeof *procs, by_pid);
   /* This VM's share, taken before any nested VM takes its own. */
-  listed = n < *left ? n : *left;
-  *left -= listed;
+  listed = n < left->procs ? n : left->procs;
+  left->procs -= listed;
   s->omitted = n - listed;
   s->procs = mkI_xmalloc((listed ? listed : 1) * sizeof *s->procs);
   s->nprocs = listed;
+  /* Its conversations before its nested VMs take theirs (they name the
+  ** listed processes' endpoints by position only). */
+  snap_convs(vm, s, procs, &left->convs);
   for (i = 0; i < listed; i++) snap_proc(procs[i], &s->procs[i], left);
-  snap_convs(vm, s, procs);
   free(procs);
 }
 
-mk_snap_vm *mk_vm_snapshot_max(mk_vm *vm, size_t max_procs) {
+mk_snap_vm *mk_vm_snapshot_limits(mk_vm *vm, size_t max_procs, size_t max_convs) {
   mk_snap_vm *s = mkI_xmalloc(sizeof *s);
-  size_t left = max_procs ? max_procs : SIZE_MAX;
+  budget left;
+  left.procs = max_procs ? max_procs : SIZE_MAX;
+  left.convs = max_convs ? max_convs : SIZE_MAX;
   snap_vm(vm, s, &left);
   return s;
+}
+
+mk_snap_vm *mk_vm_snapshot_max(mk_vm *vm, size_t max_procs) {
+  return mk_vm_snapshot_limits(vm, max_procs, 0);
 }
 
 mk_snap_vm *mk_vm_snapshot(mk_vm *vm) { return mk_vm_snapshot_max(vm, 0); }

@@ -602,6 +602,7 @@ struct mk_snap_vm {
   size_t omitted;            /* its processes left out (mk_vm_snapshot_max), 0 in a whole one */
   mk_snap_conv *convs;       /* owned, nconvs of them, by publisher then subscriber */
   size_t nconvs;
+  size_t convs_omitted;      /* its conversations left out (mk_vm_snapshot_limits) */
   int detail;                /* 1: detail mode was on (mk_vm_set_detail): the
                              ** cpu_ms, memory and messages fields are set */
 };
@@ -626,6 +627,17 @@ mk_snap_vm *mk_vm_snapshot(mk_vm *vm);
 ** a sort of the pids and what it lists (the inspector's, inspect.lua).
 */
 mk_snap_vm *mk_vm_snapshot_max(mk_vm *vm, size_t max_procs);
+/*
+** The same with at most max_convs conversations in the whole tree too (0:
+** no limit), each VM's before those of the VMs nested in it, those of its
+** lowest publishers first; each VM says in `convs_omitted` how many of
+** its own it left out.  Conversations grow as the square of a room's
+** members: 300 chat users made 90,000, and their snapshot took a second
+** to turn into Lua and JSON (the inspector's pushes, inspect.lua).  The
+** ones left out are still matched, to be counted: in C, that costs a
+** small part of listing them.
+*/
+mk_snap_vm *mk_vm_snapshot_limits(mk_vm *vm, size_t max_procs, size_t max_convs);
 void mk_snapshot_free(mk_snap_vm *s);      /* NULL accepted */
 
 /* ---- nested VMs ---------------------------------------------------------- */

@@ -106,6 +106,11 @@ describe("the inspector's HTTP server", function()
   end)
 
   it("answers 404 for other paths", function()
+    -- (A pid past an integer's range was answered 200, without a pid.)
+    for _, path in ipairs { "/api/process/99999999999999999999999", "/api/process/9223372036854775808",
+                            "/api/conversation/99999999999999999999/p/6/%231" } do
+      assert.equal(404, (parse(get(port, path))), path)
+    end
     local status, _, body = parse(get(port, "/etc/passwd"))
     assert.equal(404, status)
     assert.truthy(body:find("no such page", 1, true))
@@ -649,6 +654,42 @@ describe("require 'market.inspect'", function()
     assert.equal(200, status, body)
     return J.decode(body)
   end
+
+  -- 64 pages of a program of 300 chat users, each built its own 8.7 MB
+  -- snapshot every second: the whole program stood still for up to 28 s
+  -- at a time, and took 750 MB.
+  it("gives pages and requests within SHARE_MS one snapshot, of at most MAX_CONVERSATIONS", function()
+    local saved = { inspect.SHARE_MS, inspect.MAX_CONVERSATIONS }
+    inspect.SHARE_MS, inspect.MAX_CONVERSATIONS = 60000, 7
+    local a, b, c
+    local ok, err = pcall(N.run, function()
+      for i = 1, 10 do
+        market.perform(market.spawn(function()
+          return market.transition(nil, market.publisher({ "room", i, market._ }, "say"),
+                                   market.subscriber({ "room", market._, market._ }, "hear"))
+        end, { name = "member " .. i }))
+      end
+      market.perform(inspect.start("127.0.0.1:0"))
+      market.perform(market.subscriber(inspect.listening(market._), "url"))
+      local url = market.wait_for(function(e) return e.endpoint == "url" end).role.topic.url
+      local port = tonumber(url:match(":(%d+)/$"))
+      a = fetch(port, "/api/snapshot")
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.publisher("late", "late"))
+      end, { name = "late" }))
+      b = fetch(port, "/api/snapshot")
+      inspect.SHARE_MS = 0
+      c = fetch(port, "/api/snapshot")
+      market.stop(0)
+    end)
+    inspect.SHARE_MS, inspect.MAX_CONVERSATIONS = saved[1], saved[2]
+    assert(ok, err)
+    assert.same(a, b)
+    assert.is_nil(find_proc(b, named("late")))
+    assert.truthy(find_proc(c, named("late")))
+    assert.equal(7, #c.vm.conversations)
+    assert.is_true(c.vm.conversations_omitted >= 100 - 7, c.vm.conversations_omitted)
+  end)
 
   it("keeps inspect.KEEP_EVENTS of a view's events, and closes a view idle for RING_IDLE_MS", function()
     local idle = inspect.RING_IDLE_MS
