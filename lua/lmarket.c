@@ -95,9 +95,11 @@ int mkl_dlsym(void *lib, const char *name, void **slot, const char *what, const 
 }
 
 int luaopen_market(lua_State *L) {
-  /* For the checks of market.ground's constructors (market.lua). */
+  /* For the checks of market.ground's constructors and of at_meta_level
+  ** (market.lua). */
   static const struct { const char *name; lua_Integer value; } limits[] = {
-    {"INT_MAX", INT_MAX}, {"NSIG", NSIG}, {"SIGKILL", SIGKILL}, {"SIGSTOP", SIGSTOP}};
+    {"INT_MAX", INT_MAX}, {"NSIG", NSIG}, {"SIGKILL", SIGKILL}, {"SIGSTOP", SIGSTOP},
+    {"NEST_MAX", MK_NEST_MAX}};
   size_t i;
   lua_Integer index, count;
   mkl_open_core(L);                       /* core */

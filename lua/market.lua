@@ -206,15 +206,27 @@ function M.exit(status)
   return fixed("exit", s)
 end
 
+-- No VM is more than NEST_MAX levels deep (vm.h, MK_NEST_MAX), so an
+-- action wrapped deeper could never be performed: it is refused here.
+-- 100,000 levels crashed the program (freed recursively, in C) and took
+-- time as the square of the depth to perform.
+local NEST_MAX = core.NEST_MAX
+
 function M.at_meta_level(...)
   local n = select("#", ...)
   local list = { ... }
+  local depth = 1
   for i = 1, n do
-    if not is_action(list[i]) then
+    local a = list[i]
+    if not is_action(a) then
       error("market.at_meta_level: argument " .. i .. " is not an action", 2)
     end
+    if a.kind == "meta" and a.depth >= depth then depth = a.depth + 1 end
   end
-  return action { kind = "meta", n = n, list = list }
+  if depth > NEST_MAX then
+    error(("market.at_meta_level: nested more than %d levels deep (no VM is)"):format(NEST_MAX), 2)
+  end
+  return action { kind = "meta", n = n, list = list, depth = depth }
 end
 
 -- ---- transitions ---------------------------------------------------------

@@ -421,7 +421,7 @@ void mkI_enqueue_meta(mk_vm *vm, mk_proc *target, const mk_event *ev,
                       const char *name, int meta) {
   mk_qev *q = qev_new(vm, target, ev->type);
   q->name = mkI_xstrdup(name);
-  q->meta = (uint8_t)meta;
+  q->meta = (uint16_t)meta;
   q->term = mk_ref(ev->type == MK_EV_MESSAGE ? ev->message : ev->role.topic);
   /* A message event carries the receiving endpoint's role (vm.h); keep its
   ** topic too, or the child got role.topic == NULL. */
@@ -914,12 +914,15 @@ static char *metaname_track(mk_proc *p, mk_action **pp, int depth) {
 }
 
 /* The levels above its VM that an at_meta_level list reaches: 1, and one
-** more for each at_meta_level nested in it. */
-static int meta_reach(const mk_action *list) {
+** more for each at_meta_level nested in it; counted up to limit + 1 only,
+** so that it recurses no deeper than there are VMs above (a host's list
+** nested 100,000 levels ran the C stack out). */
+static int meta_reach(const mk_action *list, int limit) {
   int most = 0;
+  if (limit <= 0) return 1;
   for (; list; list = list->next)
     if (list->type == MK_A_META) {
-      int r = meta_reach(list->list);
+      int r = meta_reach(list->list, limit - 1);
       if (r > most) most = r;
     }
   return most + 1;
@@ -1423,7 +1426,7 @@ int mk_at_meta_level(mk_proc *p, mk_action *list) {
   ** made it, however deep: found one level up, it failed the nested-VM
   ** process that passed it on, and all that VM's processes with it. */
   for (up = vm->parent; up != NULL; up = up->parent) levels++;
-  if (levels < meta_reach(list)) {
+  if (levels < meta_reach(list, levels)) {
     mk_action_free(list);
     mk_failf(p, "at_meta_level in the ground VM: there is no VM above it");
     return -1;
@@ -1533,16 +1536,26 @@ mk_action *mk_action_append(mk_action *a, mk_action *b) {
 static void action_free1(mk_action *a) {
   if (a->type == MK_A_SPAWN && a->data) destroy_data(NULL, a->b, a->data);
   if (a->type == MK_A_SPAWN && a->cont_wrapped) mkI_cont_free(a->cont);
-  mk_action_free(a->list);
   mk_unref(a->role.topic);
   mk_unref(a->term);
   free(a->name);
   free(a);
 }
 
+/* Without recursion: an at_meta_level's list is put before the rest, so
+** that an action nested 100,000 levels deep (a host's, or Lua's before
+** market.at_meta_level refused one past MK_NEST_MAX) does not run the C
+** stack out. */
 void mk_action_free(mk_action *a) {
   while (a) {
     mk_action *n = a->next;
+    if (a->list != NULL) {
+      mk_action *t = a->list;
+      while (t->next) t = t->next;
+      t->next = n;
+      n = a->list;
+      a->list = NULL;
+    }
     action_free1(a);
     a = n;
   }

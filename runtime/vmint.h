@@ -87,7 +87,10 @@ typedef struct mk_qev {
   mk_term *topic;           /* meta-forwarded messages: the receiving endpoint's topic */
   void *cont;
   mk_pid pid;
-  uint8_t type, meta, orientation, interest;
+  uint16_t meta;            /* levels up (at_meta_level), to MK_NEST_MAX: a byte
+                            ** wrapped at 256, and an event for an endpoint
+                            ** that far up went to one 256 levels nearer */
+  uint8_t type, orientation, interest;
   uint8_t deleted;          /* an absence told to the deleted endpoint itself */
 } mk_qev;
 

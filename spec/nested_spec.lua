@@ -117,6 +117,47 @@ describe("nested VMs", function()
     assert.same({ "message dn meta 1", "message dn meta 2" }, log.lines)
   end)
 
+  it("a subscriber 300 levels up gets what the ground sends, and no other does",
+     function()
+    -- The level an event came down from was a byte: at 256 levels up the
+    -- event was lost, at 257 it went to the process's endpoint one level
+    -- up, of another topic.
+    local got = {}
+    local ok, err = market.ground_vm(function()
+      local function boot(d)
+        return function()
+          if d < 300 then market.perform(market.nested_vm(boot(d + 1))) return end
+          local far = market.subscriber("x", { name = "e", on_message = function(_, m)
+            got[#got + 1] = "far " .. tostring(m)
+          end })
+          for _ = 1, 300 do far = M(far) end
+          local near = market.subscriber("y", { name = "e", on_message = function(_, m)
+            got[#got + 1] = "near " .. tostring(m)
+          end })
+          market.perform(far, M(near))
+        end
+      end
+      market.perform(market.nested_vm(boot(1)))
+      for _ = 1, 5 do market.pause() end
+      market.perform(market.send("x"))
+      for _ = 1, 5 do market.pause() end
+      market.perform(market.exit(0))
+    end)
+    assert(ok, err)
+    assert.same({ "far x" }, got)
+  end)
+
+  it("refuses an at_meta_level nested past 1000 levels where it is made", function()
+    -- No VM is that deep; 100,000 levels crashed the program when the
+    -- action was freed, and took time as the square of the depth.
+    local a = market.send(1)
+    for _ = 1, 1000 do a = M(a) end
+    local ok, err = pcall(M, a)
+    assert.is_false(ok)
+    assert.matches("market.at_meta_level: nested more than 1000 levels deep (no VM is)", err, 1, true)
+    assert.is_false(pcall(M, market.send(1), a))
+  end)
+
   it("presence and absence cross levels with the refined role and the reason", function()
     local log = H.log()
     H.ground(function()

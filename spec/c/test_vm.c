@@ -1751,6 +1751,37 @@ static void test_meta_above_ground_fails(void) {
   END;
 }
 
+/* An at_meta_level list nested 100,000 levels deep, in the ground VM:
+** the process fails, as with one level; counting its reach and freeing it
+** recursed once per level and ran the C stack out. */
+static void deep_meta(mk_proc *p, const mk_event *ev, rec *r) {
+  mk_action *a;
+  mk_term *one;
+  int i;
+  if (ev->type != MK_EV_BOOT) return;
+  one = mk_int(1);
+  a = mk_action_send(one);                /* (borrows it) */
+  mk_unref(one);
+  for (i = 0; i < 100000; i++) a = mk_action_meta(a);
+  rec_ret(r, mk_at_meta_level(p, a));
+}
+
+static void test_meta_nested_deep_fails(void) {
+  BEGIN;
+  mk_vm *vm = mk_vm_new();
+  rec a;
+  rec_init(&a, "A");
+  rec_ep(&a, "ep", MK_PUBLISHER, MK_PARTICIPANT, R(I(1), I(1)), 0);
+  a.fn = deep_meta;
+  spawn(vm, &a);
+  mk_vm_run(vm);
+  CHECK(a.nret == 1 && a.ret[0] == -1);
+  CHECK(a.destroyed == 1);
+  mk_vm_free(vm, NULL);
+  rec_done(&a);
+  END;
+}
+
 /* A message a C process could not build (its builder gave NULL: deeper
 ** than the depth limit here) fails that process, with a reason its peers
 ** see; the VM and the others carry on. */
@@ -3556,6 +3587,7 @@ int main(void) {
   RUN(test_queue_unmapped);
   RUN(test_memory_charge);
   RUN(test_meta_above_ground_fails);
+  RUN(test_meta_nested_deep_fails);
   RUN(test_send_unbuilt);
   RUN(test_run_for);
   RUN(test_nested_meta_message);
