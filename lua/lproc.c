@@ -2216,6 +2216,14 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
 
 /* ---- the running process ------------------------------------------------ */
 
+/* Whether L runs a finaliser (a __gc metamethod) now: Lua 5.4.4's lua_gc
+** answers -1 inside one (its internal stop, GCSTPGC).  A finaliser runs in
+** whichever process the collector happens to be in: acting as that one,
+** an ended process's object killed another and spoke in its name. */
+static int in_finaliser(lua_State *L) {
+  return lua_gc(L, LUA_GCISRUNNING) < 0;
+}
+
 /*
 ** Pushes the error for market.<what> called outside a process.  Inside a
 ** coroutine a process runs itself (coroutine.wrap, coroutine.resume) a
@@ -2223,7 +2231,11 @@ static lproc *newproc(mkl_state *S, lua_State *L) {
 ** case says where it is.  One text for C's raises and market.lua's.
 */
 static void pushoutside(lua_State *L, mkl_state *S, const char *what) {
-  if (S->current != NULL && mk_proc_data(S->current) != NULL)
+  if (in_finaliser(L))
+    lua_pushfstring(L, "market.%s: not inside a market process: called from a finaliser "
+                    "(__gc), which runs in whichever process the collector is in when it "
+                    "finds the object, and so acts for none", what);
+  else if (S->current != NULL && mk_proc_data(S->current) != NULL)
     lua_pushfstring(L, "market.%s: not inside a market process: called from a coroutine "
                     "the process runs itself (coroutine.wrap or resume), and only the "
                     "process's own code may act or wait", what);
@@ -2249,7 +2261,8 @@ static void outside(lua_State *L, mkl_state *S, const char *what) {
 ** only by a process, from its own coroutine. */
 static mk_proc *self(lua_State *L, mkl_state *S, const char *what) {
   mk_proc *p = S->current;
-  if (p == NULL || mk_proc_data(p) == NULL || ((lproc *)mk_proc_data(p))->co != L)
+  if (p == NULL || mk_proc_data(p) == NULL || ((lproc *)mk_proc_data(p))->co != L ||
+      in_finaliser(L))
     outside(L, S, what);
   return p;
 }
@@ -3370,7 +3383,7 @@ int mkl_running(lua_State *L) {
 }
 
 mk_proc *mkl_current(lua_State *L) {
-  return running.p != NULL && running.lp->co == L ? running.p : NULL;
+  return running.p != NULL && running.lp->co == L && !in_finaliser(L) ? running.p : NULL;
 }
 
 /* The activation on L applies what its body returned (handle: the rest

@@ -135,7 +135,8 @@ int mkl_stop_dead(lua_State *L);
 int mkl_running(lua_State *L);
 /* The process whose coroutine is L, while it handles an event, or NULL:
 ** for C functions that act on behalf of the calling process (the tcp
-** driver spawns its native connection managers so). */
+** driver spawns its native connection managers so).  NULL in a finaliser
+** (__gc), which acts for no process (lproc.c, in_finaliser). */
 mk_proc *mkl_current(lua_State *L);
 /* Nonzero while the activation on L applies what its body returned,
 ** after which it ends: no code of the process's own runs after that

@@ -418,6 +418,37 @@ describe("performing outside a process", function()
   end)
 end)
 
+describe("acting from a finaliser (__gc)", function()
+  -- A finaliser runs in whichever process the collector is in when it
+  -- finds the object: an ended process's object quit another (B) with its
+  -- reason, and spoke in that one's name.
+  it("is refused: it acts for no process, and the one it ran in goes on", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      market.perform(market.spawn(function()
+        setmetatable({}, { __gc = function()
+          market.perform(market.quit(nil, "from a finaliser"))
+        end })
+      end, "A"))
+      market.pause()
+      local b = market.perform(market.spawn(function()
+        market.perform(market.subscriber("keep", "keep"))
+        for _ = 1, 3 do collectgarbage() end
+        print("B goes on")
+        market.pause()
+        print("B still here")
+        market.perform(market.quit())
+      end, "B"))
+      for _ = 1, 5 do market.pause() end
+    ]], "")
+    assert.equal(0, status, err)
+    assert.equal("B goes on\nB still here\n", out)
+    assert.truthy(err:find("warn ground #%d+ B: error in __gc %(.*market%.quit: not inside a " ..
+                           "market process: called from a finaliser %(__gc%)"), err)
+    assert.falsy(err:find("from a finaliser\"", 1, true), err)
+  end)
+end)
+
 describe("waiting where a process cannot be suspended", function()
   -- Inside a function C calls (table.sort's comparator, string.gsub's
   -- replacement, a metamethod) a coroutine cannot yield.  The wait is an
