@@ -482,8 +482,12 @@ static void wall_cb(struct ev_loop *loop, ev_periodic *p, int revents) {
   alarm_fired(p->data);
 }
 
+static void stuck_guard(int signum);
+static void signal_seen(int signum);
+
 static void signal_cb(struct ev_loop *loop, ev_signal *s, int revents) {
   watch *w = s->data;
+  signal_seen(s->signum);
   flush(w->g);
   fire(w->g, w);
 }
@@ -559,6 +563,7 @@ static void start(mk_ground *g, watch *w) {
       ev_signal_init(&w->w.sig, signal_cb, (int)v);
       w->w.sig.data = w;
       ev_signal_start(g->loop, &w->w.sig);
+      stuck_guard((int)v);
       break;
   }
   w->active = 1;
@@ -868,6 +873,26 @@ static void stop_handler(int signum, siginfo_t *info, void *uc) {
   stop_any = 1;
   stop_unseen = 1;
   ev_feed_signal(signum);
+}
+
+/* A process that takes SIGINT or SIGTERM itself (market -i's prompt, whose
+** Ctrl-C stops the chunk running) gets the same guard: a chunk stuck where
+** the budget cannot reach (a finaliser that loops, or no budget at all)
+** was ended by SIGKILL only.  Put over the handler ev_signal_start gave;
+** libev puts the default back when it stops watching the signal. */
+static void stuck_guard(int signum) {
+  struct sigaction sa;
+  if ((signum != SIGINT && signum != SIGTERM) || stopping_grounds > 0) return;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = stop_handler;
+  sigfillset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART | SA_SIGINFO;
+  sigaction(signum, &sa, NULL);
+}
+
+/* The loop took the signal: a next one is a request of its own. */
+static void signal_seen(int signum) {
+  if (signum == SIGINT || signum == SIGTERM) stop_unseen = 0;
 }
 
 static void stopsig_cb(struct ev_loop *loop, ev_signal *s, int revents) {

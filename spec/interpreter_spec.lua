@@ -415,6 +415,19 @@ describe("market -i", function()
     assert.equal("> interrupted\n> after\n> \n(Ctrl-C again or Ctrl-D to leave)\n> \n", out)
   end)
 
+  -- The prompt takes Ctrl-C as an event: a chunk stuck where nothing
+  -- reaches it (a finaliser that loops, a loop with no budget) ran on
+  -- through any number of SIGINTs and SIGTERMs; only SIGKILL ended it.
+  it("ends at the second Ctrl-C when a chunk is stuck where the prompt cannot run", function()
+    local status, out = fifo_session([[
+      echo 'setmetatable({}, { __gc = function() while true do end end }) collectgarbage()' >&3
+      sleep 0.5
+      kill -INT $pid; sleep 0.5
+      kill -INT $pid; sleep 0.5]])
+    assert.equal(130, status, out)
+    assert.equal("> ", out)
+  end)
+
   it("is what market without a script is at a terminal (script(1) makes one)", function()
     local status, out, err = H.sh(("printf '1 + 1\\n' | timeout 20 script -qfec %s /dev/null")
                                   :format(H.quote(H.quote(H.market_bin()))))
