@@ -38,7 +38,7 @@ local REASONS = {
   [414] = "URI Too Long", [415] = "Unsupported Media Type", [422] = "Unprocessable Content",
   [429] = "Too Many Requests", [431] = "Request Header Fields Too Large",
   [500] = "Internal Server Error", [501] = "Not Implemented", [502] = "Bad Gateway",
-  [503] = "Service Unavailable", [504] = "Gateway Timeout",
+  [503] = "Service Unavailable", [504] = "Gateway Timeout", [505] = "HTTP Version Not Supported",
 }
 
 -- "HTTP/1.1 200 OK\r\n", made once for each status answered.

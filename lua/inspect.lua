@@ -276,7 +276,8 @@ end
 
 local REASONS = { [200] = "OK", [400] = "Bad Request", [403] = "Forbidden", [404] = "Not Found",
                   [405] = "Method Not Allowed", [408] = "Request Timeout", [413] = "Content Too Large",
-                  [431] = "Request Header Fields Too Large", [500] = "Internal Server Error" }
+                  [431] = "Request Header Fields Too Large", [500] = "Internal Server Error",
+                  [505] = "HTTP Version Not Supported" }
 
 local function response(status, ctype, body, head_only, extra)
   local h = { ("HTTP/1.1 %d %s\r\n"):format(status, REASONS[status]),

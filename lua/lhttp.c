@@ -16,9 +16,11 @@
 **                             rest is what of bytes follows it (the next
 **                             pipelined message, "" if none);
 **                             false: more is needed;
-**                             nil, why, status: malformed (400), or past
+**                             nil, why, status: malformed (400), past
 **                             `max` bytes (431 while in the head, 413 in
-**                             the body).  feed("") says the stream ended
+**                             the body: a request's as soon as its
+**                             Content-Length or a chunk's size says so),
+**                             or of another HTTP than 1.x (505).  feed("") says the stream ended
 **                             (a response delimited by the close).
 **   http.head(first, headers, own, fname, date, length, close [, body])
 **                          -> a message's bytes, whether headers asked to
@@ -165,11 +167,35 @@ static int on_value(http_parser *p, const char *at, size_t n) {
   return grow(h, &h->value, at, n);
 }
 
+/* Room left for a request's body that is kept whole (its buffer holds
+** max bytes: grow), or no bound for one taken as it comes.  A response's
+** may go to a sink as it comes (http.lua, exchange), which the parser
+** hears of only after its head: its buffer's limit alone holds it. */
+static uint64_t body_room(const lhttp *h) {
+  if (h->stream || h->p.type != HTTP_REQUEST) return UINT64_MAX;
+  return h->max > h->body.n ? (uint64_t)(h->max - h->body.n) : 0;
+}
+
 static int on_head(http_parser *p) {
   lhttp *h = (lhttp *)p;
   flush_header(h);
   h->head_done = 1;
+  /* Only HTTP/1.x is spoken here: "HTTP/9.9" was answered as 1.1. */
+  if (p->http_major != 1) { h->overflow = 505; return -1; }
+  /* A body said to be longer than the limit is refused now (413), not once
+  ** it has come, or when its sender gives up waiting for an answer. */
+  if (!h->no_body && (p->flags & F_CONTENTLENGTH) && p->content_length > body_room(h)) {
+    h->overflow = 413;
+    return -1;
+  }
   return h->no_body;      /* 1: the parser takes the message as bodiless */
+}
+
+/* The same for each chunk of a chunked body (its size is content_length). */
+static int on_chunk(http_parser *p) {
+  lhttp *h = (lhttp *)p;
+  if (p->content_length > body_room(h)) { h->overflow = 413; return -1; }
+  return 0;
 }
 
 static int on_body(http_parser *p, const char *at, size_t n) {
@@ -188,7 +214,7 @@ static int on_done(http_parser *p) {
 static const http_parser_settings settings = {
   .on_url = on_url, .on_status = on_status, .on_header_field = on_field,
   .on_header_value = on_value, .on_headers_complete = on_head, .on_body = on_body,
-  .on_message_complete = on_done,
+  .on_message_complete = on_done, .on_chunk_header = on_chunk,
 };
 
 /* The parser at 1, by its brand: luaL_checkudata looks its metatable up
@@ -212,7 +238,8 @@ static int l_feed(lua_State *L) {
   const char *s = luaL_checklstring(L, 2, &n);
   enum http_errno e;
   if (h->done) { lua_pushboolean(L, 1); lua_pushvalue(L, 2); return 2; }
-  if (h->overflow) return fail(L, "request too large", h->overflow);
+  if (h->overflow) return fail(L, h->overflow == 505 ? "HTTP version not supported: only 1.x" :
+                                 "request too large", h->overflow);
   lua_settop(L, 2);
   h->L = L;
   /* The head, however it is cut, counts against the limit as it comes.
@@ -240,8 +267,9 @@ static int l_feed(lua_State *L) {
     lua_pushlstring(L, s + used, n - used);
     return 2;
   }
-  if (h->overflow) return fail(L, h->overflow == 431 ? "request head too large" : "body too large",
-                              h->overflow);
+  if (h->overflow) return fail(L, h->overflow == 431 ? "request head too large" :
+                                 h->overflow == 505 ? "HTTP version not supported: only 1.x" :
+                                 "body too large", h->overflow);
   e = HTTP_PARSER_ERRNO(&h->p);
   if (e != HPE_OK || used != n) return fail(L, http_errno_description(e), 400);
   lua_pushboolean(L, 0);

@@ -222,7 +222,7 @@ describe("http.serve and http.request", function()
                    'got "keep%-alive"', lines[5])
   end)
 
-  it("answers malformed and oversized requests with 400, 413 and 431, and slow ones with 408",
+  it("answers malformed and oversized requests with 400, 413, 431 and 505, and slow ones with 408",
      function()
     local got = N.run(function()
       local srv = assert(http.serve(0, echo, { max_request = 1024, timeout = 200 }))
@@ -235,6 +235,8 @@ describe("http.serve and http.request", function()
       status("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" ..
              "7d0\r\n" .. ("x"):rep(2000) .. "\r\n0\r\n\r\n")
       status("GET / HTTP/1.1\r\nHost: x\r\nX-Big: " .. ("y"):rep(2000) .. "\r\n\r\n")
+      -- Only HTTP/1.x: 9.9 was answered as 1.1.
+      status("GET / HTTP/9.9\r\nHost: x\r\n\r\n")
       local slow = raw(srv, "GET / HTTP/1.1\r\nHost: x\r\n")     -- the head never ends
       out[#out + 1] = slow:match("^HTTP/1%.1 (%d+)")
       out[#out + 1] = slow:match("no whole request within 200 ms") ~= nil
@@ -245,7 +247,8 @@ describe("http.serve and http.request", function()
       srv:close()
       return out
     end)
-    assert.same({ "400", "413", "413", "431", "408", true, "HTTP/1.1 100 Continue\r\n\r\n", "hello" }, got)
+    assert.same({ "400", "413", "413", "431", "505", "408", true, "HTTP/1.1 100 Continue\r\n\r\n", "hello" },
+                got)
   end)
 
   it("hands a request's body to the handler as it comes with stream_body: pieces past " ..

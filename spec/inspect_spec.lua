@@ -164,6 +164,18 @@ describe("the inspector's HTTP server", function()
     local status, _, body = parse(raw(port, "POST /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n" ..
                                       "Content-Length: 9000\r\n\r\n" .. ("c"):rep(9000)))
     assert.equal(413, status, body)
+    -- 413 as soon as the head says so, the body not sent (it was 408 at
+    -- REQUEST_TIMEOUT_MS); a chunk's size the same.
+    for _, head in ipairs { "Content-Length: 9000", "Content-Length: 99999999999",
+                            "Transfer-Encoding: chunked\r\n\r\nffffffffffff" } do
+      local t0 = os.time()
+      status, _, body = parse(raw(port, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" .. head .. "\r\n\r\n"))
+      assert.equal(413, status, body)
+      assert.is_true(os.time() - t0 < 5, head)
+    end
+    -- Only HTTP/1.x (9.9 was answered 200, as 1.1).
+    status = parse(raw(port, "GET /api/snapshot HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n"))
+    assert.equal(505, status)
     -- A head and a small body past the limit together: the body is no head.
     status = parse(raw(port, "POST /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " .. ("d"):rep(7900) ..
                               "\r\nContent-Length: 500\r\n\r\n" .. ("e"):rep(500)))
