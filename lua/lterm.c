@@ -307,7 +307,8 @@ static mk_term *toterm(lua_State *L, int idx, const char **err, size_t depth,
     case LUA_TTABLE: return totable(L, idx, err, depth, room);
     case LUA_TFUNCTION: *err = "a function is not a term"; return NULL;
     case LUA_TTHREAD: *err = "a coroutine is not a term"; return NULL;
-    default: *err = "a light userdata is not a term"; return NULL;
+    case LUA_TLIGHTUSERDATA: *err = "a light userdata is not a term"; return NULL;
+    default: *err = "a term is required (no value given)"; return NULL;   /* LUA_TNONE */
   }
 }
 

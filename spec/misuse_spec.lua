@@ -32,6 +32,11 @@ describe("constructing actions", function()
                    err_of(function() local _x = market.unify(1, print) end))
     assert.matches(THIS .. "market%.repr: a function is not a term$",
                    err_of(function() local _x = market.repr(print) end))
+    -- (No value at all was "a light userdata is not a term".)
+    assert.matches(THIS .. "market%.repr: a term is required %(no value given%)$",
+                   err_of(function() local _x = market.repr() end))
+    assert.matches(THIS .. "market%.unify: a term is required %(no value given%)$",
+                   err_of(function() local _x = market.unify(1) end))
     local ring, trace
     H.ground(function()
       ring = err_of(function() local _x = market.ring { topic = print } end)
