@@ -26,23 +26,41 @@ local M = {}
 local _, P = market._, market.perform
 local SIGINT, SIGTERM = 2, 15
 
+-- What the prompt uses, taken now: chunks share the standard library and
+-- the market table with it, and one that set string.sub, io or
+-- market.yield to nil made the prompt itself fail, and the program end.
+-- (What a chunk's own process runs, show() and run()'s body, may fail
+-- with it: that is the chunk's failure.)
+local find, sub, format, concat, pack, unpack = string.find, string.sub, string.format,
+  table.concat, table.pack, table.unpack
+local load, setmetatable, getmetatable, type, tostring, tonumber, require =
+  load, setmetatable, getmetatable, type, tostring, tonumber, require
+local stdout, stderr = io.stdout, io.stderr
+local fwrite, fflush = stdout.write, stdout.flush
+local subscriber, yield, delete_endpoint, spawn, send, quit, stop_program =
+  market.subscriber, market.yield, market.delete_endpoint, market.spawn, market.send,
+  market.quit, market.stop
+local observe_publishers, lifeline, is_transition, is_term, repr, record =
+  market.observe_publishers, market.lifeline, market.is_transition, market.is_term,
+  market.repr, market.record
+
 -- A chunk's end: n is the chunk's number (the text of its values is in
 -- `results`).
-local finished = market.record("market:repl-finished", "n")
+local finished = record("market:repl-finished", "n")
 
 -- The text of a chunk's values, made in the chunk's own process: a
 -- __tostring that fails or loops fails that process, not the prompt.
 local function show(...)
-  local out = table.pack(...)
+  local out = pack(...)
   for i = 1, out.n do
     local v = out[i]
     -- A sequence reads as a term, not as "table: 0x..." (a table with a
     -- metatable as its __tostring has it).
-    if type(v) == "table" and getmetatable(v) == nil and market.is_term(v) then
-      out[i] = market.repr(v)
+    if type(v) == "table" and getmetatable(v) == nil and is_term(v) then
+      out[i] = repr(v)
     else out[i] = tostring(v) end
   end
-  return table.concat(out, "\t", 1, out.n)
+  return concat(out, "\t", 1, out.n)
 end
 
 -- Compile a chunk as lua(1) does: an expression first (its values are
@@ -54,7 +72,7 @@ local function compile(text, env)
   local err
   f, err = load(text, "=stdin", "t", env)
   if f then return f end
-  if err:sub(-5) == "<eof>" then return nil, "incomplete" end
+  if sub(err, -5) == "<eof>" then return nil, "incomplete" end
   return nil, err
 end
 
@@ -74,8 +92,8 @@ local function what(ev)
 end
 
 local function write(s)
-  io.stdout:write(s)
-  io.stdout:flush()
+  fwrite(stdout, s)
+  fflush(stdout)
 end
 
 -- boot(drain_ms): the prompt's boot function.  drain_ms: the drain of a
@@ -91,44 +109,44 @@ function M.boot(drain_ms)
   local pending, at, text = "", 1, nil
   local eof, interrupts = false, 0
 
-  P(market.subscriber(finished(_), "finished"),
-    market.subscriber(market.ground.signal(SIGINT), "sigint"),
-    market.subscriber(market.ground.signal(SIGTERM), "sigterm"))
-  write(("market %s (%s): each chunk runs as a process; Ctrl-C stops it, " ..
-         "Ctrl-D leaves\n"):format(market.VERSION, _VERSION))
+  P(subscriber(finished(_), "finished"),
+    subscriber(signal(SIGINT), "sigint"),
+    subscriber(signal(SIGTERM), "sigterm"))
+  write(format("market %s (%s): each chunk runs as a process; Ctrl-C stops it, " ..
+               "Ctrl-D leaves\n", market.VERSION, _VERSION))
 
   -- A graceful stop of the whole program; the prompt goes (its endpoints
   -- would hold it, and so the program, for the whole drain).
   local function stop()
-    market.stop(drain_ms)
-    P(market.quit())
+    stop_program(drain_ms)
+    P(quit())
   end
 
   -- The next line of input, nil at its end.  Reads only while it waits
   -- here: a readable descriptor nobody reads would fire at every turn.
   local function line()
     while true do
-      local nl = pending:find("\n", at, true)
+      local nl = find(pending, "\n", at, true)
       if nl then
-        local l = pending:sub(at, nl - 1)
+        local l = sub(pending, at, nl - 1)
         at = nl + 1
         return l
       end
-      pending, at = pending:sub(at), 1
+      pending, at = sub(pending, at), 1
       if eof then
         if pending ~= "" then local l = pending; pending = ""; return l end
         return nil
       end
-      P(market.subscriber(readable(0), "stdin"))
+      P(subscriber(readable(0), "stdin"))
       local kind
-      repeat kind = what(market.yield()) until kind and kind ~= "finished"
-      P(market.delete_endpoint("stdin"))
+      repeat kind = what(yield()) until kind and kind ~= "finished"
+      P(delete_endpoint("stdin"))
       if kind ~= "stdin" then return nil, kind end
       local data, err = sys.fd_read(0)
       if data then
         pending = pending .. data
       elseif data == nil then       -- the end, or an error: the end too
-        if err ~= "eof" then io.stderr:write("market: standard input: ", err, "\n") end
+        if err ~= "eof" then fwrite(stderr, "market: standard input: ", err, "\n") end
         eof = true
       end
     end
@@ -138,26 +156,26 @@ function M.boot(drain_ms)
   local function run(f)
     chunks = chunks + 1
     local n = chunks
-    local pid = P(market.spawn(function()
-      local out = table.pack(f())
-      if market.is_transition(out[1]) then
+    local pid = P(spawn(function()
+      local out = pack(f())
+      if is_transition(out[1]) then
         results[n] = ""
-        P(market.send(finished(n)))
+        P(send(finished(n)))
         return out[1]              -- lives on, as a handler-style process
       end
-      results[n] = out.n > 0 and show(table.unpack(out, 1, out.n)) .. "\n" or ""
-      P(market.send(finished(n)))
+      results[n] = out.n > 0 and show(unpack(out, 1, out.n)) .. "\n" or ""
+      P(send(finished(n)))
     end, { name = "stdin:" .. n }))
     local watch = "chunk" .. n
-    P(market.observe_publishers(market.lifeline(pid), { name = watch }))
+    P(observe_publishers(lifeline(pid), { name = watch }))
     local kind, of
     while true do
       -- Every event is taken (yield), the ones of no interest dropped:
       -- kept for later (wait_for), they would pile up chunk after chunk.
-      local ev = market.yield()
+      local ev = yield()
       kind, of = what(ev)
       if kind == "sigint" then
-        P(market.quit(pid, "interrupted"))
+        P(quit(pid, "interrupted"))
         write("interrupted\n")
         break
       elseif kind == "sigterm" then
@@ -170,7 +188,7 @@ function M.boot(drain_ms)
       end                          -- (else an earlier chunk's end, a presence, ...)
     end
     results[n] = nil
-    P(market.delete_endpoint(watch))
+    P(delete_endpoint(watch))
     return kind
   end
 
@@ -195,7 +213,7 @@ function M.boot(drain_ms)
         if run(f) == "sigterm" then write("\n") stop() end
       elseif err ~= "incomplete" then
         text = nil
-        io.stderr:write(err, "\n")
+        fwrite(stderr, err, "\n")
       end
     end
   end

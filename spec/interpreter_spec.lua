@@ -373,6 +373,21 @@ describe("market -i", function()
     assert.matches("\nmarket: ground #%d+ stdin:2 failed: stdin:1: no text\n", err)
   end)
 
+  -- Chunks share the standard library and the market table with the
+  -- prompt: "market.repl:117: attempt to call a nil value (field 'io')",
+  -- and the program ended.  (The string library is the runtime's too:
+  -- market.lua calls its methods, so a chunk that takes it away breaks
+  -- every process, as it would any Lua library.)
+  it("keeps its prompt when a chunk takes away what the prompt uses", function()
+    local status, out, err = repl(table.concat({
+      "local m = market; m.yield, m.subscriber, m.spawn, m.send, m.quit = nil, nil, nil, nil, nil; " ..
+        "io, load, table = nil, nil, nil",
+      "1 + 1",
+    }, "\n") .. "\n")
+    assert.equal(0, status, err)
+    assert.matches("> > 2\n> \n$", out)
+  end)
+
   it("starts a script given first, with its arguments", function()
     local path = script("print(select('#', ...), ...)\n")
     local status, out, err = repl("1 + 1\n", H.quote(path) .. " a b")
