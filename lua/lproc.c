@@ -2342,7 +2342,13 @@ static int c_quit(lua_State *L) {
   mk_term *reason = lua_isnoneornil(L, 2) ? NULL : mkl_checkterm(L, 2, "quit reason");
   int r = 0;
   if (level == 0) r = named && pid <= 0 ? -1 : mk_quit(p, (mk_pid)pid, reason);
-  else if (named) { mk_unref(reason); return luaL_error(L, "market.quit: at_meta_level quits the whole VM; it takes no pid"); }
+  else if (named) {
+    mk_unref(reason);
+    /* (No position: it would be perform's, in market.lua, as the other
+    ** actions that make no sense at meta level say, error(..., 0).) */
+    lua_pushliteral(L, "market.quit: at_meta_level quits the whole VM; it takes no pid");
+    return lua_error(L);
+  }
   else mk_at_meta_level(p, wrap(mk_action_quit(reason), level - 1));
   mk_unref(reason);
   if (r < 0) lua_pushnil(L); else lua_pushboolean(L, 1);
@@ -2360,8 +2366,10 @@ static int c_link(lua_State *L) {
   int named = !lua_isnoneornil(L, 2);
   lua_Integer who = named ? luaL_checkinteger(L, 2) : 0;
   int r;
-  if (luaL_optinteger(L, 3, 0) != 0)
-    return luaL_error(L, "market.link: cannot be performed at meta level (pids are a VM's own)");
+  if (luaL_optinteger(L, 3, 0) != 0) {
+    lua_pushliteral(L, "market.link: cannot be performed at meta level (pids are a VM's own)");
+    return lua_error(L);                  /* (no position: as quit's, above) */
+  }
   r = named && who <= 0 ? -1 : mk_link(p, to > 0 ? (mk_pid)to : 0, (mk_pid)who);
   if (r < 0) lua_pushnil(L); else lua_pushboolean(L, 1);
   return settle(L, p, 1);

@@ -684,9 +684,15 @@ describe("actions that make no sense at meta level end the process", function()
     return log.lines[3]:match('^w absence #1 publisher/participant "watched" (.*)$')
   end
 
+  -- (Their reasons said "market:314: ...", a line of market.lua's.)
   it("quit(pid) at meta level (a VM quits only itself)", function()
-    assert.matches("market%.quit: at_meta_level quits the whole VM; it takes no pid$",
-                   reason_of(function() return market.at_meta_level(market.quit(1)) end))
+    assert.equal("market.quit: at_meta_level quits the whole VM; it takes no pid",
+                 reason_of(function() return market.at_meta_level(market.quit(1)) end))
+  end)
+
+  it("link at meta level", function()
+    assert.equal("market.link: cannot be performed at meta level (pids are a VM's own)",
+                 reason_of(function() return market.at_meta_level(market.link(1)) end))
   end)
 
   it("yield at meta level", function()
