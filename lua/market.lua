@@ -711,6 +711,9 @@ function M.monitor(target, on_down, opts)
   elseif name:find("\0", 1, true) then
     error("market.monitor: the name must not contain a NUL byte", 2)
   end
+  if opts.subscribers ~= nil and type(opts.subscribers) ~= "boolean" then
+    error("market.monitor: subscribers must be true or false, got " .. type(opts.subscribers), 2)
+  end
   local observe, topic = M.observe_publishers, nil
   local pid = type(target) == "number" and math.tointeger(target)   -- 3.0 is 3 (§9)
   if pid then

@@ -189,6 +189,9 @@ describe("constructing actions", function()
     assert.is_true(market.is_action(market.nested_vm(print, { name = "n", k = print, max_activation = 5 })))
     assert.matches(THIS .. "market%.monitor: no option nmae %(name, subscribers%)$",
                    err_of(function() local _x = market.monitor(1, print, { nmae = "x" }) end))
+    -- (5 was taken for true.)
+    assert.matches(THIS .. "market%.monitor: subscribers must be true or false, got number$",
+                   err_of(function() local _x = market.monitor("p", print, { subscribers = 5 }) end))
     assert.matches(THIS .. "market%.ground_vm: no option drviers " ..
                    "%(drivers, trace, drain, max_activation, on_crash%)$",
                    err_of(function() market.ground_vm(print, { drviers = true }) end))
