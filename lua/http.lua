@@ -862,7 +862,7 @@ local function exchange(conn, bytes, body, length, method, deadline, idle, max_r
     heard = heard or data ~= nil
     local done, rest, status = p:feed(data or "")          -- "": the end of stream
     if done == nil and data ~= nil then
-      return nil, (status == 400 and "malformed response: " or "response too large: ") .. rest
+      return nil, ((status == 400 or status == 505) and "malformed response: " or "response too large: ") .. rest
     end
     while done do
       local poured, err = pour()
@@ -1070,6 +1070,9 @@ end
 -- true, or nil and why it was not.
 local function store(jar, line, host, path, secure, now)
   if #line > MAX_COOKIE then return nil, ("longer than %d bytes"):format(MAX_COOKIE) end
+  -- (A parser never gives these; jar:set may, and a Cookie header
+  -- holding one made every later request to the host raise.)
+  if line:find("[\r\n%z]") then return nil, "holds a CR, LF or NUL" end
   local pair, attrs = line:match("^([^;]*)(.*)$")
   local name, value = split_eq(pair)
   if not value or name == "" then return nil, "no name=value" end
@@ -1082,8 +1085,9 @@ local function store(jar, line, host, path, secure, now)
     if k == "expires" and v then
       expires = cookie_date(v) or expires
     elseif k == "max-age" and v and v:match("^%-?%d+$") then
-      local secs = math.tointeger(tonumber(v))
-      if secs then max_age = secs end
+      -- Past an integer's range, tonumber gives a float: still a number
+      -- of seconds (a huge negative one deletes, 5.2.2), not nothing.
+      max_age = tonumber(v)
     elseif k == "domain" and v and v ~= "" then
       domain = v:gsub("^%.", ""):lower()
     elseif k == "path" and v and v:sub(1, 1) == "/" then

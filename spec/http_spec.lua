@@ -594,7 +594,12 @@ describe("http.serve and http.request", function()
         conn:send("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
       end))
       out[9] = select(2, http.request("http://127.0.0.1:" .. cut.port .. "/"))
-      mute:close(); junk:close(); big:close(); cut:close()
+      local two = assert(tcp.serve(0, function(conn)
+        conn:receive()
+        conn:send("HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+      end))
+      out[10] = select(2, http.request("http://127.0.0.1:" .. two.port .. "/"))
+      mute:close(); junk:close(); big:close(); cut:close(); two:close()
       return out
     end)
     assert.same({ "connection refused",
@@ -605,6 +610,8 @@ describe("http.serve and http.request", function()
     assert.matches("^malformed response: ", got[7])
     assert.matches("^response too large: ", got[8])
     assert.equal("the connection closed before the whole response", got[9])
+    -- (It said "response too large".)
+    assert.equal("malformed response: HTTP version not supported: only 1.x", got[10])
   end)
 
   it("follows redirects when asked: relative Locations, the method a status keeps, credentials " ..
@@ -905,6 +912,11 @@ describe("http.serve and http.request", function()
       set("http://www.example.com/", "nameless")
       set("http://www.example.com/", "h=" .. ("x"):rep(5000))
       set("ftp://www.example.com/", "i=1")
+      -- (Kept, they made every later request to the host raise.)
+      set("http://www.example.com/", "k=b\r\nX-Injected: 1")
+      set("http://www.example.com/", "l=1\0")
+      -- A Max-Age past an integer's range is still seconds: this deletes d.
+      set("http://www.example.com/docs/x", "d=2; Domain=example.com; Max-Age=-99999999999999999999")
       -- blanks trimmed around the name, the value and the attributes, kept inside
       local inner = (" "):rep(1500)
       set("http://blank.example/", "  j  =  x" .. inner .. "y  ;  Path  =  /p" .. inner .. "q  ")
@@ -932,16 +944,19 @@ describe("http.serve and http.request", function()
       "nil no name=value",
       "nil longer than 4096 bytes",
       "nil not an http URL: ftp://www.example.com/",
+      "nil holds a CR, LF or NUL",
+      "nil holds a CR, LF or NUL",
+      "true ",
       "true  j 1502 1503",
-      "d=1; g=1",
-      "d=1",                                 -- g is www.example.com's alone
+      "g=1",
+      "nil",                                 -- g is www.example.com's alone
       "e=1",
       "nil",
       "nil",
-    }, { table.unpack(got, 1, 17) })
-    assert.matches("http.cookies: set: set_cookie must be a string, got number", got[18], 1, true)
-    assert.matches("http.cookies: set: url must be a string, got number", got[19], 1, true)
-    assert.matches("http.cookies: set: not a cookie jar", got[20], 1, true)
+    }, { table.unpack(got, 1, 20) })
+    assert.matches("http.cookies: set: set_cookie must be a string, got number", got[21], 1, true)
+    assert.matches("http.cookies: set: url must be a string, got number", got[22], 1, true)
+    assert.matches("http.cookies: set: not a cookie jar", got[23], 1, true)
   end)
 
   it("keeps a jar's cookies by domain: past http.MAX_COOKIES the expired go first, then the " ..
