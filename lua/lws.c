@@ -217,6 +217,13 @@ static void start_cb(wslay_event_context_ptr ctx,
   size_t len = m != NULL ? m->len : 0, cap;
   s->indata = arg->opcode == WSLAY_CONTINUATION_FRAME || arg->opcode == WSLAY_TEXT_FRAME ||
               arg->opcode == WSLAY_BINARY_FRAME;
+  /* A close's body is a code of two bytes and a reason, or nothing: one
+  ** byte breaks the protocol (RFC 6455 5.5.1), which wslay took for a
+  ** close without a code, and answered so. */
+  if (arg->opcode == WSLAY_CONNECTION_CLOSE && arg->payload_length == 1) {
+    refuse(ctx, s, WSLAY_CODE_PROTOCOL_ERROR);
+    return;
+  }
   if (!s->indata) return;
   if (arg->payload_length > s->max - len) { refuse(ctx, s, WSLAY_CODE_MESSAGE_TOO_BIG); return; }
   if (m != NULL && len + arg->payload_length <= m->cap) return;
@@ -266,6 +273,9 @@ static void msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
     enqueue(s, m);
     return;
   }
+  /* (A close of one byte, refused in start_cb, still ends here: no close
+  ** to hand on, the protocol error is what the other side did.) */
+  if (arg->opcode == WSLAY_CONNECTION_CLOSE && arg->msg_length == 1) return;
   if ((m = mk_pool_alloc(sizeof *m + arg->msg_length)) == NULL) { s->nomem = 1; return; }
   m->next = NULL;
   m->op = arg->opcode;

@@ -228,6 +228,7 @@ describe("http.websocket", function()
         { frame(9, ("p"):rep(126)) },
         { string.char(0xC1, 0x80) .. "\0\0\0\0" },                 -- a reserved bit
         { frame(3, "") },
+        { frame(8, "x") },                                        -- a close of one byte
       }
       local out = {}
       for i, frames in ipairs(cases) do
@@ -247,13 +248,15 @@ describe("http.websocket", function()
     local codes = {}
     for i, r in ipairs(got) do codes[i] = { r[1], r[2], r[3] } end
     -- A control frame too long is broken framing: closed without a code.
+    -- A close of one byte was taken for a close without a code.
     assert.same({ { 8, 1002 }, { 8, 1009 }, { 8, 1009 }, { 8, 1007 }, { 8, 1002 }, { 8, 1002 },
-                  { 8, "" }, { 8, 1002 }, { 8, 1002 } }, codes)
+                  { 8, "" }, { 8, 1002 }, { 8, 1002 }, { 8, 1002 } }, codes)
     table.sort(got.ended)
     assert.same({
       "protocol error (closed with 1002) nil nil", "protocol error (closed with 1002) nil nil",
       "protocol error (closed with 1002) nil nil", "protocol error (closed with 1002) nil nil",
-      "protocol error (closed with 1002) nil nil", "protocol error (closed with 1007) nil nil",
+      "protocol error (closed with 1002) nil nil", "protocol error (closed with 1002) nil nil",
+      "protocol error (closed with 1007) nil nil",
       "protocol error (closed with 1009) nil nil", "protocol error (closed with 1009) nil nil",
       "protocol error (closed without a code) nil nil",
     }, got.ended)
