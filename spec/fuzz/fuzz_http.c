@@ -12,7 +12,7 @@
 ** not complete, only the verdict: the headers so far depend on where the
 ** parser last stopped, which the pieces decide).  Each verdict must be
 ** one lhttp.c documents (true and the piece's rest; false; nil, a reason
-** and 400, 413 or 431), and what message() returns no larger than the
+** and 400, 413, 431 or 505), and what message() returns no larger than the
 ** limit.  What follows a complete message (its rest, and the pieces after
 ** it) must be the same however the bytes were cut, and a parser reset
 ** takes it as the first bytes of a new message alike.  A request is
@@ -45,7 +45,8 @@ static const char check[] =
   "    ok, why, status = p:feed(piece)\n"
   "    if ok == nil then\n"
   "      assert(type(why) == 'string' and #why > 0, 'a failure without a reason')\n"
-  "      assert(status == 400 or status == 413 or status == 431, 'status ' .. tostring(status))\n"
+  "      assert(status == 400 or status == 413 or status == 431 or status == 505,\n"
+  "             'status ' .. tostring(status))\n"
   "    elseif ok then\n"
   "      assert(type(why) == 'string' and #why <= #piece, 'a rest longer than its piece')\n"
   "      assert(piece:sub(#piece - #why + 1) == why, 'a rest that is not the end of its piece')\n"
