@@ -239,7 +239,8 @@ static int l_feed(lua_State *L) {
   enum http_errno e;
   if (h->done) { lua_pushboolean(L, 1); lua_pushvalue(L, 2); return 2; }
   if (h->overflow) return fail(L, h->overflow == 505 ? "HTTP version not supported: only 1.x" :
-                                 "request too large", h->overflow);
+                                 h->p.type == HTTP_REQUEST ? "request too large" :
+                                 "response too large", h->overflow);
   lua_settop(L, 2);
   h->L = L;
   /* The head, however it is cut, counts against the limit as it comes.
@@ -267,7 +268,11 @@ static int l_feed(lua_State *L) {
     lua_pushlstring(L, s + used, n - used);
     return 2;
   }
-  if (h->overflow) return fail(L, h->overflow == 431 ? "request head too large" :
+  /* (A response's head too large was called a request's: the parser is
+  ** the client's too.) */
+  if (h->overflow) return fail(L, h->overflow == 431 ? (h->p.type == HTTP_REQUEST ?
+                                                        "request head too large" :
+                                                        "response head too large") :
                                  h->overflow == 505 ? "HTTP version not supported: only 1.x" :
                                  "body too large", h->overflow);
   e = HTTP_PARSER_ERRNO(&h->p);

@@ -599,7 +599,12 @@ describe("http.serve and http.request", function()
         conn:send("HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n")
       end))
       out[10] = select(2, http.request("http://127.0.0.1:" .. two.port .. "/"))
-      mute:close(); junk:close(); big:close(); cut:close(); two:close()
+      local long = assert(tcp.serve(0, function(conn)
+        conn:receive()
+        conn:send("HTTP/1.1 200 OK\r\nX-Long: " .. ("h"):rep(2000) .. "\r\n\r\n")
+      end))
+      out[11] = select(2, http.request("http://127.0.0.1:" .. long.port .. "/", { max_response = 1000 }))
+      mute:close(); junk:close(); big:close(); cut:close(); two:close(); long:close()
       return out
     end)
     assert.same({ "connection refused",
@@ -612,6 +617,8 @@ describe("http.serve and http.request", function()
     assert.equal("the connection closed before the whole response", got[9])
     -- (It said "response too large".)
     assert.equal("malformed response: HTTP version not supported: only 1.x", got[10])
+    -- (A response's head was called a request's.)
+    assert.equal("response too large: response head too large", got[11])
   end)
 
   it("follows redirects when asked: relative Locations, the method a status keeps, credentials " ..
