@@ -14,8 +14,8 @@
 -- Outstanding timers live in two binary heaps, one per clock (relative
 -- timers on the monotonic clock, absolute ones on the wall clock: M.driver);
 -- the driver holds a single ground alarm for each heap's earliest deadline,
--- so a hundred thousand timers cost at most two watchers.  Expiries due together go out in batches, one
--- activation each (expire, below).  A cancel does not search the heap:
+-- so a hundred thousand timers cost at most two watchers.  Expiries due
+-- together go out in batches, one activation each (expire, below).  A cancel does not search the heap:
 -- it marks the label's entries stale at once (a per-label count and cut,
 -- below) and they are dropped when they reach the top, or all together
 -- when stale entries come to outnumber live ones (the heap is then rebuilt
@@ -138,16 +138,21 @@ function M.driver()
     stats.compactions = stats.compactions + 1
   end
 
+  -- Drop the stale entries at the heaps' tops.
+  local function drop_stale()
+    for _i, c in ipairs(clocks) do
+      local heap = c.heap
+      while heap.n > 0 and not is_live(heap[1]) do dropped(pop(heap)) end
+    end
+  end
+
   -- Hold one ground alarm per clock, for its earliest live deadline.
   -- Called after every change to the heaps: stale entries then never
   -- outnumber live ones (a cancel makes them, and expiries leave them
   -- behind).
   local expire
   local function rearm(actions)
-    for _i, c in ipairs(clocks) do
-      local heap = c.heap
-      while heap.n > 0 and not is_live(heap[1]) do dropped(pop(heap)) end
-    end
+    drop_stale()
     -- Compaction keeps every live entry, so the earliest stay on top.
     if 2 * nstale > mono.heap.n + wall.heap.n then compact() end
     if draining then return end   -- the batches rearm when they are done
@@ -187,10 +192,7 @@ function M.driver()
   -- in the order of the sets.
   local function due(nm, nw, off)
     local em, ew
-    for _i, c in ipairs(clocks) do
-      local heap = c.heap
-      while heap.n > 0 and not is_live(heap[1]) do dropped(pop(heap)) end
-    end
+    drop_stale()
     if mono.heap.n > 0 and mono.heap[1][1] <= nm then em = mono.heap[1] end
     if wall.heap.n > 0 and wall.heap[1][1] <= nw then ew = wall.heap[1] end
     if not ew then return em and mono end

@@ -875,19 +875,24 @@ static void stop_handler(int signum, siginfo_t *info, void *uc) {
   ev_feed_signal(signum);
 }
 
+/* stop_handler over signum's handler, which goes to *old (NULL: nowhere). */
+static void put_stop_handler(int signum, struct sigaction *old) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = stop_handler;
+  sigfillset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART | SA_SIGINFO;
+  sigaction(signum, &sa, old);
+}
+
 /* A process that takes SIGINT or SIGTERM itself (market -i's prompt, whose
 ** Ctrl-C stops the chunk running) gets the same guard: a chunk stuck where
 ** the budget cannot reach (a finaliser that loops, or no budget at all)
 ** was ended by SIGKILL only.  Put over the handler ev_signal_start gave;
 ** libev puts the default back when it stops watching the signal. */
 static void stuck_guard(int signum) {
-  struct sigaction sa;
   if ((signum != SIGINT && signum != SIGTERM) || stopping_grounds > 0) return;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = stop_handler;
-  sigfillset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART | SA_SIGINFO;
-  sigaction(signum, &sa, NULL);
+  put_stop_handler(signum, NULL);
 }
 
 /* The loop took the signal: a next one is a request of its own. */
@@ -927,18 +932,13 @@ int mk_ground_stop_on_signals(mk_ground *g, double drain_ms) {
     for (i = 0; i < 2; i++)
       if (sigowner[sigs[i]].n > 0 && sigowner[sigs[i]].loop != g->loop) return -1;
     for (i = 0; i < 2; i++) {
-      struct sigaction sa;
       claim_signal(g->loop, sigs[i]);
       ev_signal_init(&g->stopsig[i], stopsig_cb, sigs[i]);
       g->stopsig[i].data = g;
       ev_signal_start(g->loop, &g->stopsig[i]);
       ev_unref(g->loop);      /* a stop is nothing to wait for */
-      memset(&sa, 0, sizeof sa);
-      sa.sa_sigaction = stop_handler;
-      sigfillset(&sa.sa_mask);
-      sa.sa_flags = SA_RESTART | SA_SIGINFO;
       if (stopping_grounds == 0)
-        sigaction(sigs[i], &sa, &libev_sa[i]);   /* over libev's: see stop_handler */
+        put_stop_handler(sigs[i], &libev_sa[i]);   /* over libev's: see stop_handler */
     }
     if (stopping_grounds++ == 0) stop_unseen = stop_any = 0;
     g->onsignals = 1;
