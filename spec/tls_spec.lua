@@ -508,6 +508,55 @@ describe("TLS on TCP connections", function()
     assert.is_true(assert(again.tls{ cert = pem("both.pem") }).serial > first)
   end)
 
+
+  -- The system's CA certificates are read once per process, into one
+  -- store that every configuration verifying against them shares (where
+  -- OpenSSL's default bundle is a hashed directory's own, Debian's layout,
+  -- only the directory is read, as chains ask: the first spec above).  A
+  -- bundle given by SSL_CERT_FILE is read whole wherever it lies, beside
+  -- SSL_CERT_DIR's.  Each layout in a program of its own (the store is the
+  -- process's): tls = true, then a tcp.tls() of its own, then one with a
+  -- server_name the certificate does not have.
+  it("verifies against the system's CA certificates: SSL_CERT_FILE's and SSL_CERT_DIR's",
+     function()
+    local status, _, err = H.sh_plain(([[
+set -e
+cd %s
+mkdir -p hashed plain empty
+cp other-ca.pem hashed/other.pem && cat ca.pem >hashed/bundle.crt && openssl rehash hashed
+cat other-ca.pem ca.pem >plain/bundle.crt
+cp ca.pem plain/ca.pem && openssl rehash plain
+cp other-ca.pem empty/other.pem && openssl rehash empty
+]]):format(H.quote(dir)))
+    assert(status == 0, "openssl rehash: " .. err)
+    local script = ([[
+      local tcp = require "market.tcp"
+      local srv = assert(tcp.serve(0, function(conn)
+        for line in conn:lines() do conn:send("echo: " .. line .. "\n") end
+      end, { framing = "line", tls = assert(tcp.tls{ cert = %q, key = %q }) }))
+      local out = {}
+      for _, tls in ipairs({ true, assert(tcp.tls()), assert(tcp.tls{ server_name = "other.test" }) }) do
+        local c, why = tcp.connect("localhost", srv.port, { framing = "line", tls = tls })
+        if c then c:send("hi\n"); why = c:receive(5000); c:close() end
+        out[#out + 1] = why
+      end
+      srv:close()
+      print(table.concat(out, "|"))
+    ]]):format(pem("server.pem"), pem("server.key"))
+    local function run(file, cert_dir)
+      local path = H.tempfile(script)
+      local st, out, e = H.sh(("SSL_CERT_FILE=%s SSL_CERT_DIR=%s timeout 60 %s %s </dev/null"):format(
+        H.quote(pem(file)), H.quote(pem(cert_dir)), H.quote(H.market_bin()), H.quote(path)))
+      os.remove(path)
+      return st .. " " .. out .. e
+    end
+    local mismatch = "tls: certificate verify failed (hostname mismatch)"
+    local unknown = "tls: certificate verify failed (unable to get local issuer certificate)"
+    assert.equal("0 echo: hi|echo: hi|" .. mismatch .. "\n", run("hashed/bundle.crt", "hashed"))
+    assert.equal("0 echo: hi|echo: hi|" .. mismatch .. "\n", run("plain/bundle.crt", "empty"))
+    assert.equal("0 echo: hi|echo: hi|" .. mismatch .. "\n", run("empty/other.pem", "plain"))
+    assert.equal(("0 %s|%s|%s\n"):format(unknown, unknown, unknown), run("empty/other.pem", "empty"))
+  end)
   it("says why a configuration cannot be used, and raises on misuse", function()
     local got = N.run(function()
       local out = {}
