@@ -219,7 +219,7 @@ static int settrace(lua_State *L, mk_vm *vm) {
                         t == LUA_TSTRING ? "a string with a NUL byte" : luaL_typename(L, -1));
     if (lua_getfield(L, 1, "topic") != LUA_TNIL)
       o.topic = mkl_checkterm(L, -1, "market.trace: topic");    /* last: nothing raises after it */
-  } else if (!lua_isnoneornil(L, 1) && !lua_isboolean(L, 1)) {
+  } else if (!lua_isboolean(L, 1)) {   /* nil too: a variable unset would start every line */
     return luaL_error(L, "market.trace: expected a table of options, true or false, got %s",
                       luaL_typename(L, 1));
   } else {

@@ -398,6 +398,7 @@ describe("market.trace", function()
                              { pid = "1" }, { file = 5 }, { file = "a\0b" }, { vm = "g\0" } } do
         print((select(2, pcall(market.trace, bad))))
       end
+      print((select(2, pcall(market.trace))))         -- nil is not false: a mistake, not "every line"
     ]])
     assert.equal(0, status, err)
     assert.equal(table.concat({
@@ -414,7 +415,8 @@ describe("market.trace", function()
       "market.trace: pid must be a pid or a list of pids, got string",
       "market.trace: file must be a path, got number",
       "market.trace: file must be a path, got a string with a NUL byte",
-      "market.trace: vm must hold no NUL byte", "" }, "\n"), out)
+      "market.trace: vm must hold no NUL byte",
+      "market.trace: expected a table of options, true or false, got nil", "" }, "\n"), out)
     assert.has_error(function() market.trace(true) end,
                      "market.trace: not inside a market process (ground_vm takes a trace option)")
   end)
