@@ -232,15 +232,23 @@ static int fail(lua_State *L, const char *why, int status) {
   return 3;
 }
 
+/* The failure a limit passed (h->overflow) is, the same each time it is
+** told.  (A response's head too large was called a request's: the parser
+** is the client's too.) */
+static int overflowed(lua_State *L, const lhttp *h) {
+  int req = h->p.type == HTTP_REQUEST;
+  return fail(L, h->overflow == 431 ? (req ? "request head too large" : "response head too large") :
+                 h->overflow == 505 ? "HTTP version not supported: only 1.x" : "body too large",
+              h->overflow);
+}
+
 static int l_feed(lua_State *L) {
   lhttp *h = check(L);
   size_t n, used;
   const char *s = luaL_checklstring(L, 2, &n);
   enum http_errno e;
   if (h->done) { lua_pushboolean(L, 1); lua_pushvalue(L, 2); return 2; }
-  if (h->overflow) return fail(L, h->overflow == 505 ? "HTTP version not supported: only 1.x" :
-                                 h->p.type == HTTP_REQUEST ? "request too large" :
-                                 "response too large", h->overflow);
+  if (h->overflow) return overflowed(L, h);
   lua_settop(L, 2);
   h->L = L;
   /* The head, however it is cut, counts against the limit as it comes.
@@ -268,13 +276,7 @@ static int l_feed(lua_State *L) {
     lua_pushlstring(L, s + used, n - used);
     return 2;
   }
-  /* (A response's head too large was called a request's: the parser is
-  ** the client's too.) */
-  if (h->overflow) return fail(L, h->overflow == 431 ? (h->p.type == HTTP_REQUEST ?
-                                                        "request head too large" :
-                                                        "response head too large") :
-                                 h->overflow == 505 ? "HTTP version not supported: only 1.x" :
-                                 "body too large", h->overflow);
+  if (h->overflow) return overflowed(L, h);
   e = HTTP_PARSER_ERRNO(&h->p);
   if (e != HPE_OK || used != n) return fail(L, http_errno_description(e), 400);
   lua_pushboolean(L, 0);
