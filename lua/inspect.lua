@@ -240,10 +240,16 @@ local function query_vm(q)
   return vm and unescape(vm) or "ground"
 end
 
+-- The path ?vm= names, and that VM in a snapshot of processes (its
+-- conversations left out), or nil.
+local function vm_of(q)
+  local path = query_vm(q)
+  return path, find_vm(market.snapshot { max_processes = M.MAX_PROCESSES, max_conversations = 1 }.vm, path)
+end
+
 -- /api/process/PID: the process as the snapshot has it and its recent events.
 local function process_view(pid, q)
-  local path, s = query_vm(q), market.snapshot { max_processes = M.MAX_PROCESSES, max_conversations = 1 }
-  local vm = find_vm(s.vm, path)
+  local path, vm = vm_of(q)
   local p = vm and find_proc(vm, pid)
   local lines = p and view_lines("p " .. path .. " " .. pid, { pid = pid }, function(line)
     return line:find('"vm":' .. json({ path }):sub(2, -2) .. ',', 1, true) ~= nil
@@ -254,8 +260,7 @@ end
 -- /api/conversation/PUB/EP/SUB/EP: the conversation and the messages its
 -- publisher sent that its subscriber's topic takes.
 local function conversation_view(pub, pep, sub, sep, q)
-  local path, s = query_vm(q), market.snapshot { max_processes = M.MAX_PROCESSES, max_conversations = 1 }
-  local vm = find_vm(s.vm, path)
+  local path, vm = vm_of(q)
   local pp, sp = vm and find_proc(vm, pub), vm and find_proc(vm, sub)
   local pe, se = find_endpoint(pp, pep), find_endpoint(sp, sep)
   local lines
