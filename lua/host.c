@@ -62,6 +62,12 @@ struct mk_host {
 ** host when it returns. */
 static int native_depth;
 
+/* Trace callbacks running now: each is called in the middle of a change
+** to the VM (vm.c traces an add before the endpoint is in the index, a
+** delete before it is out), where a kill would free the endpoint under
+** the change: mk_host_kill is refused. */
+static int trace_depth;
+
 const char *mk_version(void) { return MK_VERSION_STRING; }
 const char *mk_lua_release(void) { return LUA_RELEASE; }
 
@@ -521,7 +527,9 @@ struct lua_State *mk_host_lua(mk_host *h) { return h ? h->L : NULL; }
 static void traced(void *ud, const char *line) {
   mk_host *h = ud;
   native_depth++;
+  trace_depth++;
   h->on_trace(h->trace_ud, line);
+  trace_depth--;
   native_depth--;
 }
 
@@ -980,6 +988,9 @@ mk_pid mk_host_subscribe(mk_host *h, mk_term *topic, mk_message_fn fn, void *ud)
 
 int mk_host_kill(mk_host *h, mk_pid pid, mk_term *reason) {
   if (h == NULL) return MK_EINVAL;
+  if (trace_depth > 0)
+    return seterr(h, MK_EBUSY, "mk_host_kill: not from a trace callback (the VM is in the "
+                  "middle of the change the line tells)");
   if (mk_vm_kill(mk_ground_vm(h->g), pid, reason) != 0)
     return seterr(h, MK_ENOPROC, "no process %llu in the ground VM", (unsigned long long)pid);
   return MK_OK;

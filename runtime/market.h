@@ -58,7 +58,9 @@
 **   mk_host_run(), mk_host_step(), mk_host_turn() and mk_host_free(), which
 **   return MK_EBUSY (free: does nothing) there.  The same holds in a
 **   watcher of your own on the host's loop while one of those three runs
-**   the loop (it serves your watchers too).
+**   the loop (it serves your watchers too).  A trace callback is called
+**   in the middle of the change its line tells (an endpoint half added,
+**   say): there mk_host_kill() returns MK_EBUSY too.
 */
 #ifndef MARKET_H
 #define MARKET_H
@@ -194,7 +196,8 @@ void mk_host_trace(mk_host *h, mk_trace_fn fn, void *ud);
 ** in every VM of the host, from the next line on; NULL: every line, as
 ** text.  The options are copied.  The function set with mk_host_trace is
 ** kept: this alone does not start a trace.  Returns MK_OK, MK_EINVAL (h
-** NULL, an array NULL with a count, unknown kind bits) or MK_ENOMEM; the
+** NULL, an array NULL with a count, a NULL glob, unknown kind bits) or
+** MK_ENOMEM; the
 ** trace is unchanged on failure.
 */
 int mk_host_trace_opts(mk_host *h, const mk_trace_opts *opts);
@@ -527,7 +530,7 @@ mk_pid mk_host_subscribe(mk_host *h, mk_term *topic, mk_message_fn fn, void *ud)
 /*
 ** End process `pid` of the ground VM from outside, with `reason` (borrowed;
 ** NULL for a normal quit): its endpoints go and peers see absence.
-** Returns MK_OK or MK_ENOPROC.
+** Returns MK_OK, MK_ENOPROC, or MK_EBUSY from inside a trace callback.
 */
 int mk_host_kill(mk_host *h, mk_pid pid, mk_term *reason);
 

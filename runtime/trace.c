@@ -203,9 +203,18 @@ mk_trace_fn mk_vm_trace_fn(const mk_vm *vm, void **ud) {
   return vm->trace ? vm->trace->fn : NULL;
 }
 
+/* n globs, none NULL (the array NULL only when n is 0). */
+static int globs_ok(const char *const *s, size_t n) {
+  size_t i;
+  if (n > 0 && s == NULL) return 0;
+  for (i = 0; i < n; i++)
+    if (s[i] == NULL) return 0;
+  return 1;
+}
+
 static int malformed(const mk_trace_opts *o) {
-  return o != NULL && ((o->npids > 0 && o->pids == NULL) || (o->nnames > 0 && o->names == NULL) ||
-                       (o->nvms > 0 && o->vms == NULL) || (o->kinds >> MK_TK_COUNT) != 0);
+  return o != NULL && ((o->npids > 0 && o->pids == NULL) || !globs_ok(o->names, o->nnames) ||
+                       !globs_ok(o->vms, o->nvms) || (o->kinds >> MK_TK_COUNT) != 0);
 }
 
 int mk_vm_set_trace_opts(mk_vm *vm, const mk_trace_opts *o) {

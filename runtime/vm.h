@@ -196,8 +196,8 @@ void mk_vm_set_hooks(mk_vm *vm, const mk_vm_hooks *hooks);
 /* Trace vm and every VM nested in it (now and later) to fn (NULL: stop),
 ** keeping the filter set last.  mk_vm_set_trace_opts sets the filter and
 ** format (NULL: every line, as text), keeping the function; it returns 0,
-** -1 for malformed options (an array NULL with a count, unknown kind
-** bits) or -2 when out of memory, and the trace is then unchanged. */
+** -1 for malformed options (an array NULL with a count, a NULL glob,
+** unknown kind bits) or -2 when out of memory, and the trace is then unchanged. */
 void mk_vm_set_trace(mk_vm *vm, mk_trace_fn fn, void *ud);
 int mk_vm_set_trace_opts(mk_vm *vm, const mk_trace_opts *opts);
 /* The trace function of vm (NULL: none) and, when ud is not NULL, its ud. */

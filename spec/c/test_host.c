@@ -584,6 +584,51 @@ static void callbacks_busy(void) {
   mk_host_free(h);
 }
 
+/* A trace callback runs in the middle of the change its line tells: the
+** add of an endpoint before it is in the index, its delete before it is
+** out.  A kill of the process there freed the endpoint under the change
+** (a use after free in mk_index_add, then in endpoint_remove): refused. */
+static mk_host *kill_host;
+static mk_pid kill_pid;
+static const char *kill_at;
+static int kill_busy;
+static void trace_kills(void *ud, const char *line) {
+  (void)ud;
+  if (kill_pid != 0 && strstr(line, kill_at) != NULL &&
+      mk_host_kill(kill_host, kill_pid, NULL) == MK_EBUSY &&
+      mk_host_errcode(kill_host) == MK_EBUSY)
+    kill_busy++;
+}
+static void adds_and_deletes(mk_proc *self, void *ud) {
+  mk_term *t = mk_record("ping", 0);
+  (void)ud;
+  CHECK(mk_add_subscriber(self, "in", t) == 0);
+  CHECK(mk_delete_endpoint(self, "in", 0, NULL) == 0);
+  mk_unref(t);
+}
+static const mk_native adder = { .on_boot = adds_and_deletes };
+static void trace_cannot_kill(void) {
+  static const char *const at[] = { ": add ", ": delete " };
+  size_t i;
+  for (i = 0; i < 2; i++) {
+    mk_host *h = kill_host = newhost();
+    kill_at = at[i];
+    kill_busy = 0;
+    kill_pid = 0;
+    mk_host_trace(h, trace_kills, NULL);
+    kill_pid = mk_host_spawn_native(h, &adder, NULL, "victim");
+    CHECK(kill_pid != 0);
+    CHECK(mk_host_run(h) == MK_OK);
+    CHECK(kill_busy == 1);
+    mk_host_trace(h, NULL, NULL);
+    /* Outside the callback the same kill is taken (the process is gone by
+    ** now: no such process). */
+    CHECK(mk_host_kill(h, kill_pid, NULL) == MK_ENOPROC);
+    mk_host_free(h);
+  }
+  kill_pid = 0;
+}
+
 /* A log line from a Lua process runs the host's log function while that
 ** process's coroutine runs: spawning a Lua process from it uses the host's
 ** Lua state meanwhile, and must work. */
@@ -663,6 +708,15 @@ static void trace_opts(void) {
   o.vms = bad;
   o.nvms = 0;
   CHECK(mk_host_trace_opts(NULL, &o) == MK_EINVAL);
+  o.nvms = 1;                                      /* a NULL glob (was a crash in strlen) */
+  CHECK(mk_host_trace_opts(h, &o) == MK_EINVAL);
+  o.vms = NULL;
+  o.nvms = 0;
+  o.names = bad;
+  o.nnames = 1;
+  CHECK(mk_host_trace_opts(h, &o) == MK_EINVAL);
+  o.names = NULL;
+  o.nnames = 0;
   /* NULL: every line again, as text. */
   CHECK(mk_host_trace_opts(h, NULL) == MK_OK);
   tracebuf[0] = '\0';
@@ -1662,6 +1716,7 @@ int main(void) {
   RUN(free_from_watcher);
   RUN(trace);
   RUN(callbacks_busy);
+  RUN(trace_cannot_kill);
   RUN(log_callback_spawns);
   RUN(trace_opts);
   RUN(trace_file_kept);
