@@ -501,7 +501,10 @@ local function server(addr, on_listening, fname)
         end,
         on_absence = function(_, _, why)
           if why then
-            told(nil, why)
+            -- Told only of a listener that never listened: one that did
+            -- goes when the program does (the tcp driver's "exit"), and
+            -- on_listening's NULL means "cannot listen" (docs/embedding.md).
+            if not info.url then told(nil, why) end
             return T(market.quit(nil, why))
           end
         end }),

@@ -254,6 +254,20 @@ describe("market --inspect", function()
     assert.equal(0, status)
   end)
 
+  -- The listener's absence at the end (the tcp driver's "exit") was told
+  -- as a failure to listen after the inspector had listened.
+  it("says nothing more when a program that it served ends with market.exit", function()
+    local script = H.tempfile([[
+local market = require "market"
+require("market.timer").sleep(300)        -- (time for the inspector to listen)
+market.perform(market.exit(0))
+]])
+    local out, status = capture(("%s --inspect 127.0.0.1:0 %s"):format(q(N.market_bin()), q(script)), 10)
+    os.remove(script)
+    assert.equal(0, status, out)
+    assert.matches("^market: inspector on http://127%.0%.0%.1:%d+/\n$", out)
+  end)
+
   it("says why it cannot listen and exits 1", function()
     local busy = N.start_cmd(("exec %s --inspect 127.0.0.1:0 examples/chat.lua 0"):format(q(N.market_bin())))
     local _, port = N.await_listening(busy, "chat")
