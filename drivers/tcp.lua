@@ -501,11 +501,13 @@ end
 
 -- In place of a manager when the module's defaults are bad: a connect
 -- that failed (docs/tcp.md, "Connecting"), the flows shown and withdrawn
--- at once with the reason.
+-- in one step with the reason, as a manager's failed connect is (withdrawn
+-- a step later, the absence missed tcp.connect's look, and it returned a
+-- connection).
 local function failed_connect(a, h, reason)
   return function()
     P(market.publisher(channel(a, h, _), "in"), market.subscriber(channel(h, a, _), "out"),
-      market.yield(function() P(market.quit(nil, reason)) end))
+      market.quit(nil, reason))
   end
 end
 
@@ -535,18 +537,20 @@ function M.driver()
     return repr(port)
   end
 
-  -- The port an observer of listener(port) asks for: any value but a
-  -- pattern (an observer of every listener, or of an address's every
-  -- host or port, asks for none).
+  -- true and the port an observer of listener(port) asks for: any value
+  -- but a pattern (an observer of every listener, or of an address's
+  -- every host or port, asks for none: false).  nil and false are values
+  -- too, which the listener refuses with its reason (they were taken for
+  -- no port, and tcp.serve(nil) waited for ever).
   local function listen_port(role)
-    if role.interest == "participant" then return nil end   -- sessions, not observers
+    if role.interest == "participant" then return false end   -- sessions, not observers
     local port = role.topic.destination.port
     if is_wild(port) or handle:is(port) and is_wild(port.id) or
        address:is(port) and (is_wild(port.host) or is_wild(port.port) or
                              handle:is(port.port) and is_wild(port.port.id)) then
-      return nil
+      return false
     end
-    return port
+    return true, port
   end
 
   local function out_entry(role, create)
@@ -570,8 +574,8 @@ function M.driver()
     market.observe_subscribers_everything(channel(_, listener(_), _), {
       name = "listen",
       on_presence = function(_, role)
-        local port = listen_port(role)
-        if not port then return end
+        local asks, port = listen_port(role)
+        if not asks then return end
         local k = repr(port)
         local n = (listeners[k] or 0) + 1
         listeners[k] = n
@@ -580,9 +584,9 @@ function M.driver()
         end
       end,
       on_absence = function(_, role)
-        local port = listen_port(role)
-        local k = port and repr(port)
-        if not port or not listeners[k] then return end
+        local asks, port = listen_port(role)
+        local k = asks and repr(port)
+        if not asks or not listeners[k] then return end
         local n = listeners[k] - 1
         listeners[k] = n > 0 and n or nil
         if n == 0 then P(market.send(stop_listener(port))) end

@@ -139,6 +139,9 @@ describe("tcp connect", function()
       tcp.HIGH_WATER = -1
       market.perform(client("bad", a, bad))
       N.await({ "done", "bad" })
+      -- (Withdrawn a step after the presence, the failure missed
+      -- tcp.connect's look: it returned a connection.)
+      bad.connect = { tcp.connect(a) }
       tcp.HIGH_WATER = saved_hw
       market.perform(client("good", a, good, "x"))
       local s = N.accept(l)
@@ -149,6 +152,8 @@ describe("tcp connect", function()
     l:close()
     assert.are.same({ "presence", "absence market.tcp: tcp.HIGH_WATER: high_water must be an " ..
                       "integer from 1 to 576460752303423487, got -1" }, { table.unpack(bad) })
+    assert.same({ nil, "market.tcp: tcp.HIGH_WATER: high_water must be an integer from 1 to " ..
+                       "576460752303423487, got -1" }, bad.connect)
     assert.equal("presence", good[1])
   end)
 

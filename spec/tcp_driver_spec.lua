@@ -156,7 +156,7 @@ describe("tcp driver", function()
     -- 127.0.0.1.
     local reasons = {}
     local ports = { 1.5, 0 / 0, math.huge, tcp.address(1, 2), tcp.address("::1", 1.5), 70000,
-                    tcp.address("127.0.0.1\0x", 0), tcp.address("", 0), "5999" }
+                    tcp.address("127.0.0.1\0x", 0), tcp.address("", 0), "5999", false }
     N.run(function()
       for i, port in ipairs(ports) do
         local name = "listening" .. i
@@ -169,7 +169,11 @@ describe("tcp driver", function()
         reasons[i] = ev.reason
         market.perform(market.delete_endpoint("obs" .. i), market.delete_endpoint(name))
       end
+      -- nil and false were taken for no port at all: tcp.serve(nil) waited for ever.
+      reasons.serve = { select(2, tcp.serve(nil, function() end)) }
     end)
+    local serve = reasons.serve
+    reasons.serve = nil
     local want = ": want an integer port, a tcp.handle, a tcp.address(host, port) or a Unix socket path"
     assert.same({ "cannot listen on port 1.5" .. want, "cannot listen on port nan" .. want,
                   "cannot listen on port inf" .. want,
@@ -182,7 +186,9 @@ describe("tcp driver", function()
                   -- (A port read from the command line, not made a number:
                   -- it was a Unix socket file named 5999.)
                   'cannot listen on "5999": a path of digits only (a port given as a string?): ' ..
-                  'give a port as an integer, a path as "./5999"' }, reasons)
+                  'give a port as an integer, a path as "./5999"',
+                  "cannot listen on port false" .. want }, reasons)
+    assert.same({ "cannot listen on port nil" .. want }, serve)
   end)
 
   it("half-closes on EOF: the other direction stays open", function()
