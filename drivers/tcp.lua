@@ -659,9 +659,22 @@ Conn.__index = Conn
 local connect_id = market.record("tcp-connect", "serial")
 local serve_id = market.record("tcp-serve", "serial")
 local serial = 0
--- A sender lets the VM run (market.pause) after this many bytes, so that
--- the manager can write them and publish backpressure before more go.
+-- A sender lets the VM run (market.pause) before a send would take it
+-- past this many bytes since the last look, so that the manager can write
+-- them and publish backpressure before more go; past half the hard limit
+-- when that is less, so that what goes out during a pause before the
+-- sender sees it stays under the limit.
 local SEND_CHECK = 1 << 16
+
+-- The bytes a connection with settings (tcp.connect's or tcp.serve's
+-- table, or nil) may send between two looks at its backpressure.
+local function send_check(settings)
+  local t = type(settings) == "table" and settings or {}
+  local hw = mtype(t.high_water) == "integer" and t.high_water or M.HIGH_WATER
+  local hard = t.hard_limit or M.HARD_LIMIT
+  if mtype(hard) ~= "integer" then hard = mtype(hw) == "integer" and 8 * hw or SEND_CHECK end
+  return math.max(1, math.min(SEND_CHECK, hard // 2))
+end
 
 function Conn.__tostring(c) return "tcp.connection " .. repr(c.remote) end
 
@@ -677,7 +690,7 @@ end
 -- that make its endpoints (settings, if any, published first, so that
 -- they apply from the first byte).  tls: the connection's TLS setting
 -- (a configuration, true, or false/nil: plain).
-local function open(here, remote, settings, tls)
+local function open(here, remote, settings, tls, server_settings)
   serial = serial + 1
   local tag = "tcp#" .. serial
   local pid, path = self_of("tcp", 2)
@@ -689,6 +702,7 @@ local function open(here, remote, settings, tls)
   local c = setmetatable({ here = here, remote = remote, owner = pid, path = path,
                            ctx = owner(), q = {}, qfirst = 1, qlast = 0, qoff = 0, odd = 0,
                            want = 0, unread = 0, unsent = 0, tag = tag,
+                           check = send_check(settings or server_settings),
                            in_closed = OPEN, out_closed = OPEN, at_eof = false, holding = false,
                            paused = false, shut = false, closed = false,
                            ready_in = false, ready_out = false, tls = tls or false }, Conn)
@@ -870,6 +884,10 @@ function Conn:send(data, ms)
     error("tcp.connection:send: data must be a string, got " .. type(data), 2)
   end
   if self.shut then return nil, "shut down for sending (conn:shutdown)" end
+  if self.unsent > 0 and self.unsent + #data > self.check then
+    self.unsent = 0
+    market.pause()
+  end
   if self.paused and self.out_closed == OPEN then
     local ok, err = market.wait_until(function() return not self.paused or self.out_closed ~= OPEN end, ms)
     if not ok then return nil, err end
@@ -877,10 +895,6 @@ function Conn:send(data, ms)
   if self.out_closed ~= OPEN then return nil, self.out_closed or "closed" end
   sys.send(channel, self.here, self.remote, data)   -- (P(market.send(channel(...))), without a box)
   self.unsent = self.unsent + #data
-  if self.unsent >= SEND_CHECK then
-    self.unsent = 0
-    market.pause()
-  end
   return true
 end
 
@@ -969,9 +983,9 @@ end
 
 -- A session's process: its connection, then session(conn), then quit
 -- (the manager flushes and closes).
-local function session_proc(here, remote, session, tls)
+local function session_proc(here, remote, session, settings)
   return function()
-    local c, acts = open(here, remote, nil, tls)
+    local c, acts = open(here, remote, nil, settings and settings.tls, settings)
     P(table.unpack(acts))
     market.wait_until(function() return ready(c) end)
     session(c)
@@ -1037,7 +1051,7 @@ function M.serve(port, session, settings)
     on_presence = function(_, role)
       local remote = role.topic.source
       return market.transition_no_state(market.spawn(
-        session_proc(here, remote, session, settings and settings.tls),
+        session_proc(here, remote, session, settings),
         "session " .. repr(remote)))
     end })
   P(table.unpack(acts))

@@ -192,6 +192,36 @@ describe("tcp.connect and tcp.serve", function()
     assert.equal(overflows, tcp.stats.overflows)
   end)
 
+  -- send looked at the pause only each 64 KiB: with a hard limit below
+  -- that, pieces of 1,000 bytes went on into the pause and failed the
+  -- connection ("... bytes sent despite backpressure").
+  it("waits in a pause before a hard limit below 64 KiB, whoever set it", function()
+    local got = N.run(function()
+      local result = {}
+      local function flood(conn, who)
+        local ok, why
+        repeat ok, why = conn:send(("y"):rep(1000), 300) until not ok
+        result[who] = why
+      end
+      local srv = assert(tcp.serve(0, function(conn) flood(conn, "server") end,
+                                   { high_water = 32768, hard_limit = 32768 }))
+      local s = N.connect(srv.port)            -- a raw socket that never reads
+      local sink = assert(tcp.serve(0, function(conn)
+        N.wait_until(function() return result.client end)
+        conn:close()
+      end, { reading = false }))
+      local c = assert(tcp.connect("127.0.0.1", sink.port, { high_water = 8192, hard_limit = 4000 }))
+      flood(c, "client")
+      N.wait_until(function() return result.server end)
+      c:close()
+      s:close()
+      srv:close()
+      sink:close()
+      return result
+    end, 30000)
+    assert.same({ server = "timeout", client = "timeout" }, got)
+  end)
+
   it("gives up a send after ms while the peer reads nothing, and sends nothing of it", function()
     local got = N.run(function()
       local result
