@@ -372,6 +372,7 @@ typedef struct tconn {
   unsigned tls_done : 1;      /* TLS: the handshake is over */
   unsigned tls_rw : 1;        /* TLS: a read waits for the socket to be writable */
   unsigned tls_wr : 1;        /* TLS: a write waits for it to be readable */
+  unsigned inset : 1;         /* in the set of accepted flows (flowset) */
   int readers, senders;       /* peers on the inbound / outbound flow */
 } tconn;
 
@@ -406,6 +407,89 @@ static mk_term *host_term(const char *host) {
     shared_host = mk_cstr(host);
   }
   return mk_ref(shared_host);
+}
+
+/*
+** The accepted TCP connections whose manager lives, by the terms that
+** name their flows (the listener and the remote address): a set of
+** open addressing, linear probing, a deletion shifting back what follows
+** it.  A second connection from the same address and port to the same
+** listener (a client that connects again from its port right after a
+** reset, before the first manager has seen it; a NAT that gives the port
+** to another host) would publish the same flows as the first: each
+** side's sessions would read the other's bytes and write into its
+** socket.  It is refused while the first one's manager lives (accept).
+** Unix sockets' peers are numbered apart, and need none of this.  The
+** slots are the set's (malloc'd); the connections are their managers'.
+*/
+static tconn **flowset;
+static size_t nflows, flowcap;      /* flowcap: 0 or a power of two */
+
+static uint32_t flow_hash(const mk_term *loc, const mk_term *remote) {
+  return mk_hash(remote) * 31u + mk_hash(loc);
+}
+
+/* The slot of the connection whose flows are (loc, remote), or of the
+** empty slot where it would go. */
+static size_t flow_slot(const mk_term *loc, const mk_term *remote) {
+  size_t i = flow_hash(loc, remote) & (flowcap - 1);
+  while (flowset[i] != NULL &&
+         !(mk_equal(flowset[i]->remote, remote) && mk_equal(flowset[i]->loc, loc)))
+    i = (i + 1) & (flowcap - 1);
+  return i;
+}
+
+static int flow_taken(const mk_term *loc, const mk_term *remote) {
+  return nflows > 0 && flowset[flow_slot(loc, remote)] != NULL;
+}
+
+/* Room for one more: 0, or -1 when out of memory (the connection is then
+** not taken). */
+static int flow_room(void) {
+  if (2 * (nflows + 1) > flowcap) {
+    size_t cap = flowcap ? 2 * flowcap : 64, i;
+    tconn **old = flowset, **n = calloc(cap, sizeof *n);
+    if (n == NULL) return -1;
+    flowset = n;
+    for (i = 0; i < flowcap; i++)
+      if (old[i] != NULL) {
+        size_t j = flow_hash(old[i]->loc, old[i]->remote) & (cap - 1);
+        while (n[j] != NULL) j = (j + 1) & (cap - 1);
+        n[j] = old[i];
+      }
+    free(old);
+    flowcap = cap;
+  }
+  return 0;
+}
+
+/* Add c, for which flow_room made room. */
+static void flow_add(tconn *c) {
+  flowset[flow_slot(c->loc, c->remote)] = c;
+  nflows++;
+  c->inset = 1;
+}
+
+static void flow_remove(tconn *c) {
+  size_t i, j, k;
+  if (!c->inset) return;
+  c->inset = 0;
+  i = flow_slot(c->loc, c->remote);
+  flowset[i] = NULL;
+  /* Shift back each later entry of the run that its home slot allows. */
+  for (j = (i + 1) & (flowcap - 1); flowset[j] != NULL; j = (j + 1) & (flowcap - 1)) {
+    k = flow_hash(flowset[j]->loc, flowset[j]->remote) & (flowcap - 1);
+    if ((j > i && (k <= i || k > j)) || (j < i && k <= i && k > j)) {
+      flowset[i] = flowset[j];
+      flowset[j] = NULL;
+      i = j;
+    }
+  }
+  if (--nflows == 0) {
+    free(flowset);
+    flowset = NULL;
+    flowcap = 0;
+  }
 }
 
 static mk_rtype *rtype(const char *label, uint32_t arity, const char *const *names) {
@@ -1946,6 +2030,7 @@ static void destroy(mk_proc *p) {
   if (c->fd >= 0) mkd_close_watched(c->fd);
   set_fd(c, -1);
   mk_match_slot_clear(&c->inslot);
+  flow_remove(c);
   mk_unref(c->remote);
   mk_unref(c->loc);
   mk_unref(c->lport);
@@ -2148,6 +2233,7 @@ static int l_tcp_accept(lua_State *L) {
   for (; n < max; n++) {
     int port, fd = mkd_accept(lfd, host, sizeof host, &port);
     int64_t rport;
+    mk_term *remote;
     tconn *c;
     mkd_tls *t = NULL;
     char twhy[512];
@@ -2172,17 +2258,30 @@ static int l_tcp_accept(lua_State *L) {
       refuse(p, stats, art, loc, host, rport, name);
       continue;
     }
+    remote = mk_rec(art, host_term(host), mk_int(rport));   /* (NULL: newconn says) */
+    if (remote != NULL && !unix_path) {
+      const char *no = flow_taken(loc, remote)
+                       ? "a connection from this address and port to this listener is still open"
+                       : flow_room() != 0 ? "out of memory" : NULL;
+      if (no != NULL) {
+        close(fd);
+        mk_unref(remote);
+        refuse(p, stats, art, loc, host, rport, no);
+        continue;
+      }
+    }
     if (tls != NULL && (t = mkd_tls_new(tls, fd, 1, NULL, twhy, sizeof twhy)) == NULL) {
       /* The configuration's failure (its files gone since tcp.tls read
       ** them): no connection of this listener can be served. */
       close(fd);
+      mk_unref(remote);
       if (stats) stats->v[C_TLS_FAILED]++;
       refuse(p, stats, art, loc, host, rport, twhy);
       continue;
     }
-    c = newconn(L, base, stats, conns, fd, mk_rec(art, host_term(host), mk_int(rport)),
-                mk_ref(loc), mk_ref(lport));
+    c = newconn(L, base, stats, conns, fd, remote, mk_ref(loc), mk_ref(lport));
     if (c == NULL) { mkd_tls_free(t); continue; }
+    if (!unix_path) flow_add(c);      /* (flow_room made room) */
     c->tls = t;
     c->secure = t != NULL;
     if (unix_path)

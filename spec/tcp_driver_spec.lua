@@ -148,6 +148,43 @@ describe("tcp driver", function()
     assert.equal(("cannot listen on port %d: address already in use"):format(port), ev.reason)
   end)
 
+  -- A connection's flows are named by the listener and the peer's address
+  -- and port.  A client reset its connection and connected again from the
+  -- same port before the first manager (not reading) had seen the reset:
+  -- the second connection published the same flows, and it read what the
+  -- first one's session sent ("secret 1").  It is refused now, with its
+  -- reason, while the first one's manager lives.
+  it("refuses a connection from the address and port of one still open, with the reason",
+     function()
+    local got = N.run(function()
+      local n, refused, taken = 0, {}, os.tmpname()
+      os.remove(taken)
+      local srv = assert(tcp.serve(0, function(conn)
+        n = n + 1
+        local me = n
+        if me == 1 then assert(io.open(taken, "w")):close() end
+        timer.sleep(500)
+        conn:send("secret " .. me .. "\n")
+        timer.sleep(200)
+      end, { reading = false }))
+      market.perform(market.subscriber(tcp.refused(srv.here, ANY, ANY), {
+        name = "refused",
+        on_message = function(_, m) refused[#refused + 1] = m.reason end }))
+      local before = tcp.stats.refused
+      local client = N.start_cmd(("exec perl spec/support/abuse.pl again %d %s"):format(srv.port, taken))
+      N.wait_until(function() return client.exited() ~= nil end)
+      local out = { status = client.exited(), read = client.stdout(), refused = refused,
+                    counted = tcp.stats.refused - before, err = client.stderr() }
+      client.kill()
+      os.remove(taken)
+      srv:close()
+      return out
+    end, 20000)
+    assert.same({ status = 0, read = "", err = "", counted = 1,
+                  refused = { "a connection from this address and port to this listener is still open" } },
+                got)
+  end)
+
   it("reports a port it cannot listen on as the listener's absence, whatever the port", function()
     -- Not only ports the kernel refuses: one that is no port at all (a
     -- fraction, NaN, an address of numbers) was ignored, and its observer

@@ -19,6 +19,11 @@
 #                                     the server), then send "ping\n" on the
 #                                     open ones and print "echoed E" (those
 #                                     answered within 5 s); then close all
+#   abuse.pl again PORT FILE          a connection closed with a reset once
+#                                     FILE exists (the server has taken
+#                                     it), then at once another from the
+#                                     same port; prints what that one reads
+#                                     in 1.5 s, or until end of stream
 #   abuse.pl chatter PORT N ROUNDS    N connections, all open first; each
 #                                     round writes on every one a message
 #                                     of its own (20 bytes to 4 KiB), then
@@ -28,7 +33,7 @@
 use strict;
 use warnings;
 use Socket qw(PF_INET SOCK_STREAM IPPROTO_TCP TCP_NODELAY SOL_SOCKET SO_LINGER SO_RCVBUF
-              inet_aton pack_sockaddr_in);
+              SO_REUSEADDR inet_aton pack_sockaddr_in unpack_sockaddr_in);
 use IO::Handle;
 use IO::Select;
 use Errno qw(ECONNRESET EPIPE);
@@ -143,6 +148,27 @@ if ($mode eq 'send' || $mode eq 'bytes') {
   }
   print "ok $ok bad $bad\n";
   close $_ for @socks;
+} elsif ($mode eq 'again') {
+  my ($file) = @rest;
+  my $a = conn() or die "connect: $!";
+  my ($from) = unpack_sockaddr_in(getsockname($a));
+  for (1 .. 500) { last if -e $file; usleep(20_000); }
+  setsockopt($a, SOL_SOCKET, SO_LINGER, pack("ii", 1, 0));
+  close $a;
+  socket(my $b, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
+  setsockopt($b, SOL_SOCKET, SO_REUSEADDR, 1);
+  bind($b, pack_sockaddr_in($from, inet_aton("127.0.0.1"))) or die "bind: $!";
+  connect($b, $addr) or die "connect again: $!";
+  my ($got, $until) = ('', time + 1.5);
+  my $sel = IO::Select->new($b);
+  while ((my $left = $until - time) > 0) {
+    last unless $sel->can_read($left);
+    my $n = sysread($b, my $buf, 65536);
+    last if !$n;
+    $got .= $buf;
+  }
+  binmode STDOUT;
+  print $got;
 } elsif ($mode eq 'reset') {
   my ($n) = @rest;
   for (1 .. $n) {
@@ -151,5 +177,5 @@ if ($mode eq 'send' || $mode eq 'bytes') {
     close $s;
   }
 } else {
-  die "usage: abuse.pl send|bytes|mute|reset|hold|chatter PORT ...\n";
+  die "usage: abuse.pl send|bytes|mute|reset|again|hold|chatter PORT ...\n";
 }
