@@ -729,6 +729,9 @@ local function open(here, remote, settings, tls, server_settings)
     on_presence = function() c.ready_in = true end,
     on_message = function(_, m)
       if not is_channel(channel, m) then return end   -- send(market._): no bytes
+      -- The flow's publisher went: bytes now are another connection's,
+      -- from the same address and port once its manager has gone.
+      if c.in_closed ~= OPEN then return end
       local d = m.subpacket
       c.qlast = c.qlast + 1
       c.q[c.qlast] = d
