@@ -1681,12 +1681,25 @@ static void deliver(mk_vm *vm, mk_qev *q) {
 
 static unsigned long charged;   /* (mk_vm_step, charge) */
 
+/* The clock is read once every SLICE_CHECK events: a message costs a
+** tenth of a microsecond and a reading a fifth of that. */
+#define SLICE_CHECK 16
+
+static unsigned batched;        /* events taken by mk_proc_next, for the clock */
+
 int mk_proc_next(mk_proc *p, mk_event *ev) {
-  const mk_qblock *b = p->vm->qhead;
+  mk_vm *vm = p->vm;
+  const mk_qblock *b = vm->qhead;
   const mk_qev *q;
   if (b == NULL || b->first == b->last) return 0;
   /* The reserve spent (charge): the step ends here and charges p. */
   if (mk_pool_nspent != charged) return 0;
+  /* The slice's end (mkI_run_until) ends a batch too: a process whose
+  ** events come back to back (one that sends itself two messages for each
+  ** it gets) held the step for ever, and with it the loop: no timer, no
+  ** socket, no signal was served. */
+  if (vm->deadline != 0 && ++batched % SLICE_CHECK == 0 && mkI_clock() >= vm->deadline)
+    return 0;
   q = &b->ev[b->first];
   /* What deliver would hand to p's handle, and no more: not a deleted
   ** endpoint's own absences, nor events that end continuations or come
@@ -1868,10 +1881,6 @@ uint64_t mkI_clock(void) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
-
-/* The clock is read once every SLICE_CHECK events: a message costs a
-** tenth of a microsecond and a reading a fifth of that. */
-#define SLICE_CHECK 16
 
 size_t mkI_run_until(mk_vm *vm, uint64_t deadline) {
   size_t n = 0;

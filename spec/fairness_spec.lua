@@ -74,6 +74,23 @@ return market.transition(nil, market.spawn(ticker), market.spawn(storm))
 ]])
   end)
 
+  -- Two messages in the queue for each one taken: the process's events
+  -- came back to back, and it took them all in one step (a batch of
+  -- handlers) that never ended: no timer fired, one SIGTERM did nothing.
+  it("leaves timers their turn when its events come back to back", function()
+    ticks([[
+local function storm2()
+  return market.transition(nil,
+    market.subscriber("ping", { on_message = function()
+      count = count + 1
+      return market.transition_no_state(market.send("ping"))
+    end }),
+    market.publisher("ping", {}), market.send("ping"), market.send("ping"))
+end
+return market.transition(nil, market.spawn(ticker), market.spawn(storm2))
+]])
+  end)
+
   it("busy inside a nested VM, leaves the ground's timers their turn", function()
     ticks([[
 return market.transition(nil, market.nested_vm(function()
