@@ -83,6 +83,11 @@ end
 -- the whole program in read(2).
 local readable, signal = market.ground.readable, market.ground.signal
 local function what(ev)
+  -- Standard input cannot be watched (closed when market started): the
+  -- ground's absence, with the reason.
+  if ev.type == "absence" and ev.endpoint == "stdin" and ev.reason then
+    return "unwatched", ev.reason
+  end
   if ev.type ~= "message" then return nil end
   local ep, m = ev.endpoint, ev.message
   if ep == "stdin" and readable:is(m) then return "stdin" end
@@ -138,11 +143,12 @@ function M.boot(drain_ms)
         return nil
       end
       P(subscriber(readable(0), "stdin"))
-      local kind
-      repeat kind = what(yield()) until kind and kind ~= "finished"
+      local kind, why
+      repeat kind, why = what(yield()) until kind and kind ~= "finished"
       P(delete_endpoint("stdin"))
-      if kind ~= "stdin" then return nil, kind end
-      local data, err = sys.fd_read(0)
+      if kind ~= "stdin" and kind ~= "unwatched" then return nil, kind end
+      local data, err
+      if kind == "stdin" then data, err = sys.fd_read(0) else err = tostring(why) end
       if data then
         pending = pending .. data
       elseif data == nil then       -- the end, or an error: the end too

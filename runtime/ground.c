@@ -220,8 +220,13 @@ static mk_term *reason_about(const watch *w, const char *why) {
 
 /* ---- descriptor bookkeeping ------------------------------------------------ */
 
+/* Open, and not with O_PATH: a descriptor that only names a file (as
+** market keeps a standard descriptor closed at start: lua/main.c,
+** std_reserve) is refused by epoll_ctl with EBADF, on which libev
+** aborts. */
 static int fd_open(int fd) {
-  return fcntl(fd, F_GETFD) != -1 || errno != EBADF;
+  int fl = fcntl(fd, F_GETFL);
+  return fl != -1 ? !(fl & O_PATH) : errno != EBADF;
 }
 
 /* An epoll instance (an event loop's own descriptor, libev's among them). */

@@ -226,6 +226,23 @@ describe("market -", function()
     assert.equal(2, status)
     assert.equal("market: the script - (standard input) cannot be given with --workers\n", err)
   end)
+
+  -- A standard descriptor closed at start keeps its number on /dev/null
+  -- opened with O_PATH, which epoll refuses: watched, libev aborted the
+  -- program (134), market -i <&- among them.
+  it("refuses to watch a standard descriptor closed at start, and -i ends", function()
+    local bin = H.quote(H.market_bin())
+    local status, out, err = H.sh(("timeout 20 %s -e %s <&-"):format(bin, H.quote([[
+local m = require "market"
+m.perform(m.subscriber(m.ground.readable(0), "in"))
+local ev = m.wait_for(function(e) return e.endpoint == "in" and e.type == "absence" end)
+print(ev.reason)]])))
+    assert.same({ 0, "market:readable(0): not an open file descriptor\n", "" }, { status, out, err })
+    status, out, err = H.sh(("timeout 20 %s -i <&-"):format(bin))
+    assert.equal(0, status, err)
+    assert.matches("^market [^\n]*\n> \n$", out)
+    assert.equal("market: standard input: market:readable(0): not an open file descriptor\n", err)
+  end)
 end)
 
 describe("market options", function()
