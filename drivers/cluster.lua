@@ -57,11 +57,20 @@ local CTOR = {
                  everything = market.observe_publishers_everything },
 }
 
--- A NATS subject token: what a cluster or node name may be.
+-- A NATS subject token: what a cluster or node name may be.  At most
+-- NAME_MAX bytes: the longest subject made of them, market.C.node.N, is
+-- then 523 bytes, well within the line nats-server takes (its
+-- max_control_line, 4096 by default), which a longer one passed: the
+-- server closed the connection of the node that published to it.
+local NAME_MAX = 255
 local function check_name(what, v)
   if type(v) ~= "string" or not v:match("^[%w_%-]+$") then
     error(("market.cluster.driver: %s must be a non-empty string of letters, digits, '-' and '_', got %s")
           :format(what, show(v)), 3)
+  end
+  if #v > NAME_MAX then
+    error(("market.cluster.driver: %s must be at most %d bytes (a NATS subject holds it), got %d")
+          :format(what, NAME_MAX, #v), 3)
   end
   return v
 end
@@ -168,6 +177,11 @@ local function wrong(m)
   if not check then return "an unknown kind " .. repr(m[2], 50) end
   if type(m[3]) ~= "string" or not m[3]:match("^[%w_%-]+$") then
     return "a node name that is not a NATS token: " .. repr(m[3], 100)
+  end
+  -- (a subject holding a longer one would be past the server's line:
+  -- asking it for a snapshot got this node's connection closed)
+  if #m[3] > NAME_MAX then
+    return ("a node name longer than %d bytes: %s"):format(NAME_MAX, repr(m[3], 100))
   end
   if not is_int(m[4]) then return "an incarnation that is not an integer" end
   -- (from_cbor reads a null inside an array as a hole: the topic or

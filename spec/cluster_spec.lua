@@ -745,6 +745,49 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     assert.is_false(a.has("a absence"), a.out())
   end)
 
+  it("refuses node names too long for a NATS subject, its own and those heard", function()
+    -- A peer named by 4100 letters was asked for a snapshot on
+    -- market.spec.node.<name>: nats-server refused the line ("maximum
+    -- control line exceeded") and closed the connection, and every node
+    -- of the cluster exited with status 1.
+    local market = require "market"
+    local srv = S.server()
+    local a, z = by_hand(srv)
+    assert(S.wait(function() return z:next() == "message" end, 10), "nothing from a")
+    local longest = ("v"):rep(255)
+    assert(z:subscribe("market.spec.node." .. longest))
+    local function all(...) assert(z:publish("market.spec.all", market.to_cbor({ 2, ... }))) end
+    all("heartbeat", ("x"):rep(4100), 1, 0)
+    all("hello", ("y"):rep(5000), 1, 0, {})
+    all("hello", ("w"):rep(256), 1, 0, {})
+    -- 255 bytes is a name: heard, and answered on its subject.
+    all("hello", longest, 1, 1, { pub(1, "v1") })
+    a.wait('a presence publisher/participant market-cluster(["p", "v1"])')
+    assert(S.wait(function()
+      local ev, subject, data = z:next()
+      local m = ev == "message" and subject == "market.spec.node." .. longest and market.from_cbor(data)
+      return m and m[2] == "snapshot" and m[3] == "a"
+    end, 5), "no snapshot from a: " .. a.out())
+    z:close()
+    assert.is_true(S.alive(a.pid), a.out())
+    assert.equal(3, a.count("a node name longer than 255 bytes: "), a.out())
+    -- This node's own names, and the cluster's, are bounded alike.
+    local cluster = require "market.cluster"
+    local function err(opts)
+      local ok, e = pcall(cluster.driver, opts)
+      assert.is_false(ok)
+      return e
+    end
+    assert.matches("market%.cluster%.driver: node must be at most 255 bytes %(a NATS subject holds it%), got 256$",
+                   err { url = srv.url, node = ("n"):rep(256) })
+    assert.matches("market%.cluster%.driver: cluster must be at most 255 bytes %(a NATS subject holds it%), got 4100$",
+                   err { url = srv.url, node = "n", cluster = ("c"):rep(4100) })
+    assert(pcall(cluster.driver, { url = srv.url, node = longest, cluster = ("c"):rep(255) }))
+    local status, _, e = H.run(("--cluster %s/spec --node %s -e 'local x = 1'"):format(srv.url, ("n"):rep(300)))
+    assert.equal(1, status)
+    assert.matches("market%.cluster%.driver: node must be at most 255 bytes", e)
+  end)
+
   it("cuts off a node that would hold more than max_roles roles, until it restarts", function()
     -- Each role of a peer is an endpoint here: one peer (buggy, or not a
     -- node at all) grew them without end, by hello, parts or adds.
