@@ -227,13 +227,16 @@ local function boot(cfg)
     -- name -> incarnation.  What they say is ignored until they restart.
     local refused = {}
     -- The names retired or refused hold, oldest first (a queue from
-    -- past_head): at most cfg.max_nodes, the oldest forgotten, so that
-    -- names made up by the million do not grow them without end.
-    local past, past_head, nnodes = {}, 1, 0
+    -- past_head to past_tail): at most cfg.max_nodes, the oldest
+    -- forgotten, so that names made up by the million do not grow them
+    -- without end.  (Not #past: with its front set to nil, the length
+    -- operator may answer any border, and the queue grew for ever.)
+    local past, past_head, past_tail, nnodes = {}, 1, 0, 0
     local function remember(name)
       if retired[name] or refused[name] then return end
-      past[#past + 1] = name
-      if #past - past_head + 1 > cfg.max_nodes then
+      past_tail = past_tail + 1
+      past[past_tail] = name
+      if past_tail - past_head + 1 > cfg.max_nodes then
         local old = past[past_head]
         past[past_head], past_head = nil, past_head + 1
         retired[old], refused[old] = nil, nil

@@ -839,6 +839,31 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     assert.equal(1, a.count('presence publisher/participant market-cluster(["p", "y1"])'), a.out())
   end)
 
+  it("forgets the oldest replaced names however many come, keeping max_nodes", function()
+    -- The queue of replaced names found its end by #past, its front set
+    -- to nil: a border the length operator may pick anywhere, so names
+    -- were kept for good (with max_nodes = 1, n4 of n1..n6 stayed).
+    local a, z, all = limited("max_nodes = 1")
+    for i = 1, 6 do
+      local name = "n" .. i
+      all("hello", name, 1, 1, { pub(1, name) })
+      all("hello", name, 2, 1, { pub(1, name .. " again") })  -- incarnation 1 replaced
+      all("bye", name, 2)
+    end
+    -- Only n6 is known as replaced now: n4's incarnation 1 is heard.
+    all("hello", "n4", 1, 1, { pub(1, "n4 back") })
+    all("bye", "n4", 1)
+    all("hello", "n6", 1, 1, { pub(1, "n6 back") })
+    all("bye", "n6", 1)
+    all("hello", "end", 1, 1, { pub(1, "end") })
+    a.wait('a presence publisher/participant market-cluster(["p", "end"])')
+    z:close()
+    assert.truthy(a.has('a presence publisher/participant market-cluster(["p", "n4 back"])'), a.out())
+    assert.is_false(a.has('"n6 back"'), a.out())
+    assert.equal(2, a.count("ignoring node n6's incarnation 1, which a later one replaced"), a.out())  -- (hello, bye)
+    assert.is_false(a.has("ignoring node n4"), a.out())
+  end)
+
   it("asks a node first heard of through a want, a send or feedback for a snapshot", function()
     -- docs/cluster.md: a node heard of first through anything but hello
     -- or snapshot is asked for a snapshot; one heard of through want or
