@@ -31,6 +31,13 @@ local repr, P = market.repr, market.perform
 local function show(v) return market.is_term(v) and repr(v) or type(v) end
 local readable, alarm = market.ground.readable, market.ground.monotonic_alarm
 local to_cbor, from_cbor = market.to_cbor, market.from_cbor
+-- v's encoding, or nil and why: a legal term may nest or grow past the
+-- term limits in force once a message wraps it (to_cbor raises then).
+local function encode(v)
+  local ok, bytes = pcall(to_cbor, v)
+  if ok then return bytes end
+  return nil, bytes
+end
 
 local topic = market.record("market-cluster", "topic")
 M.topic = topic
@@ -247,7 +254,14 @@ local function boot(cfg)
     -- msg: a message, or its encoding.
     local function publish(subject, msg)
       if not connected then M.stats.dropped = M.stats.dropped + 1; return end
-      local ok, perr = conn:publish(subject, type(msg) == "string" and msg or to_cbor(msg))
+      local bytes, why = msg, nil
+      if type(msg) ~= "string" then bytes, why = encode(msg) end
+      if not bytes then
+        M.stats.dropped = M.stats.dropped + 1
+        warn("cannot publish to %s: %s", subject, why)
+        return
+      end
+      local ok, perr = conn:publish(subject, bytes)
       if ok then M.stats.sent = M.stats.sent + 1
       else
         M.stats.dropped = M.stats.dropped + 1
@@ -271,21 +285,28 @@ local function boot(cfg)
     -- Our roles as a hello (kind "hello") or a snapshot: one message when
     -- it fits in one, else "hello-part" ("snapshot-part") messages k of n
     -- with the roles in order, each as full as the server's max_payload
-    -- lets it be (docs/cluster.md: the wire protocol).
+    -- lets it be (docs/cluster.md: the wire protocol).  Many roles may
+    -- make more nodes than a term may have: they go in parts too, each of
+    -- at most as many bytes as the size limit counts nodes (a node takes
+    -- a byte at least).
     local WRAP = #to_cbor(nil) - 1            -- what every encoding starts with
     local function publish_roles(subject, kind)
       local list = snapshot()
-      local whole = to_cbor({ M.VERSION, kind, me, inc, seq, list })
-      if fits(whole) then return publish(subject, whole) end
+      local whole = encode({ M.VERSION, kind, me, inc, seq, list })
+      if whole and fits(whole) then return publish(subject, whole) end
       local max, pkind = conn:max_payload(), kind .. "-part"
+      local limit = market.term_size_limit()
+      if max == 0 or max > limit then max = limit end
       -- An empty part, its k and n the largest they can be, and the room
       -- for the roles' array head past one item.
       local room = #to_cbor({ M.VERSION, pkind, me, inc, seq, math.maxinteger, math.maxinteger, {} }) + 8
       local parts, part, used, lost = {}, {}, room, 0
       for _i, r in ipairs(list) do
-        local size = #to_cbor(r) - WRAP
-        if room + size > max then
-          lost = lost + 1                     -- (the server's limit fell since its add)
+        -- (as deep as a part holds it: [..., [r]])
+        local bytes = encode({ { r } })
+        local size = bytes and #bytes - WRAP - 2
+        if not bytes or room + size > max then
+          lost = lost + 1       -- (the server's limit fell since its add, which checked the rest)
         else
           if used + size > max then parts[#parts + 1], part, used = part, {}, room end
           part[#part + 1], used = r, used + size
@@ -293,7 +314,8 @@ local function boot(cfg)
       end
       if #part > 0 or #parts == 0 then parts[#parts + 1] = part end
       if lost > 0 then
-        warn("%d roles larger than NATS's max_payload (%d bytes) left out of a %s", lost, max, kind)
+        warn("%d roles larger than NATS's max_payload (%d bytes) or the term limits left out of a %s",
+             lost, max, kind)
       end
       for k, p in ipairs(parts) do
         publish(subject, { M.VERSION, pkind, me, inc, seq, k, #parts, p })
@@ -417,10 +439,22 @@ local function boot(cfg)
 
     -- A role whose add does not fit in one NATS message is not announced
     -- (nor its del): a warning says so, and the sequence does not move,
-    -- so the other nodes stay in step with the roles they can hold.
+    -- so the other nodes stay in step with the roles they can hold.  So
+    -- is one that cannot be encoded: a legal topic may pass the term
+    -- limits inside a message (to_cbor raised, and the driver failed).
+    -- A hello holds it two levels deeper than an add: a role announced
+    -- and then left out of a snapshot would be gone for whoever got it.
     local function announce_add(o, i, t)
       local key = role_key(o, i, t)
-      local add = to_cbor({ M.VERSION, "add", me, inc, seq + 1, nextid + 1, o, i, t.topic })
+      local add, why = encode({ M.VERSION, "add", me, inc, seq + 1, nextid + 1, o, i, t.topic })
+      if add then           -- (and as a hello of that one role holds it)
+        why = select(2, encode({ M.VERSION, "hello", me, inc, seq + 1, { { nextid + 1, o, i, t.topic } } }))
+      end
+      if why then
+        M.stats.dropped = M.stats.dropped + 1
+        warn("a %s %s of %s cannot be sent (%s): other nodes do not see it", o, i, repr(t, 200), why)
+        return
+      end
       if not fits(add) then
         M.stats.dropped = M.stats.dropped + 1
         warn("a %s %s of %s is %d bytes, over NATS's max_payload (%d): other nodes do not see it",
@@ -443,11 +477,13 @@ local function boot(cfg)
       roles[id] = nil
       seq = seq + 1
       if reason ~= nil and not market.is_term(reason) then reason = tostring(reason) end
-      local del = to_cbor({ M.VERSION, "del", me, inc, seq, id, reason })
-      if not fits(del) then
+      local del = encode({ M.VERSION, "del", me, inc, seq, id, reason })
+      if not del or not fits(del) then
         -- A reason too large for one NATS message travels cut short (a
         -- string) or as its text cut short, with "...": a del not sent
-        -- would lose it, and the sequence would show a gap.
+        -- would lose it, and the sequence would show a gap.  So does one
+        -- past the term limits inside the del (a reason as deep as a
+        -- term may be), as its text.
         local room = conn:max_payload() - #to_cbor({ M.VERSION, "del", me, inc, seq, id, "" }) - 16
         room = math.max(room, 0)
         reason = type(reason) == "string" and reason:sub(1, room) .. "..." or repr(reason, room)

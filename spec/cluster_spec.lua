@@ -587,6 +587,61 @@ end }))]],
     assert.is_false(n.b.has("cannot publish"), n.b.out())
   end)
 
+  it("keeps roles and reasons past the term limits inside a message out, not failing", function()
+    -- A legal topic or reason may pass the term limits once a message
+    -- wraps it, and to_cbor raised: the driver failed and the node
+    -- exited 1.  a runs with small limits (50 levels, 1000 nodes): a
+    -- topic as deep as a term may be (its hello nests it two levels
+    -- deeper), one as large (its add is larger), 150 roles (more nodes
+    -- than a hello may have: it goes in parts), and a role deleted with a
+    -- reason as deep as a term may be (it goes as its text).  b comes
+    -- once a has announced its roles, for a snapshot of them all.
+    local market = require "market"
+    local srv = S.server()
+    local z = assert(dial({ srv.url }, "z"))
+    assert(z:subscribe("market.spec.all"))
+    local a = S.node(PRELUDE .. [[
+local deep = "leaf"
+while pcall(T, { deep }) do deep = { deep } end
+local big = {}
+while pcall(T, big) do big[#big + 1] = 0 end
+big[#big] = nil
+local reason = "why"
+while market.is_term({ reason }) do reason = { reason } end
+local eps = { market.subscriber(T(deep)), market.subscriber(T(big)),
+  market.publisher(T({"r", 1}), { name = "r1", on_presence = function()
+    log("a dropped %d", cluster.inspect().dropped)
+    return market.transition_no_state(market.delete_endpoint("r1", reason))
+  end }) }
+for i = 1, 150 do eps[#eps + 1] = market.publisher(T({"m", i})) end
+market.perform(table.unpack(eps))
+]], { url = srv.url, name = "a", options = "--max-term-depth 50 --max-term-size 1000" })
+    assert(S.wait(function()
+      repeat                                                  -- (all that waits)
+        local ev, _, data = z:next()
+        local m = ev == "message" and market.from_cbor(data)
+        if m and m[2] == "add" and m[9][1] == "m" and m[9][2] == 150 then return true end
+      until not ev
+    end, 10), "a did not announce its roles: " .. a.out())
+    z:close()
+    local b = S.node(PRELUDE .. [[
+local seen = 0
+market.perform(market.subscriber(T({"r", _}), logging("b")),
+  market.observe_subscribers(T(_), logging("o")),
+  market.observe_publishers(T({"m", _}), { on_presence = function()
+    seen = seen + 1
+    if seen == 150 then log("b saw 150") end
+  end }))
+]], { url = srv.url, name = "b" })
+    b.wait("b saw 150")
+    b.wait('b absence publisher/participant market-cluster(["r", 1]) ' .. ("["):rep(50) .. '"why"' .. ("]"):rep(50))
+    assert.truthy(a.has("a dropped 2"), a.out())
+    assert.truthy(a.has("cannot be sent (market.to_cbor: a table nested more than 50 levels deep"), a.out())
+    assert.truthy(a.has("cannot be sent (market.to_cbor: a term of more than 1000 nodes)"), a.out())
+    assert.equal(1, b.count("o presence"), b.out())       -- (b's own subscriber)
+    assert.is_true(S.alive(a.pid), a.out())
+  end)
+
   it("survives a restart of nats-server: absence, then presence again, nothing twice", function()
     local srv = S.server()
     local n = nodes(srv, {
