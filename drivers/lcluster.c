@@ -79,9 +79,11 @@
 */
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -630,9 +632,14 @@ static int batch_begin(lua_State *L, fwd *f, batch *b, item *it) {
       b->ends = e;
       b->maxends = max;
     }
-    if ((end = mk_cbor_item_end(d, len, at)) == 0)
-      return refused(L, b, ": topic %I of %I is cut short or not a term's CBOR", (lua_Integer)i + 1,
-                     (lua_Integer)(count - 4));
+    if ((end = mk_cbor_item_end(d, len, at)) == 0) {
+      /* (the count as the head says it, unsigned: past 2^63 a lua_Integer
+      ** showed it negative, "topic 2 of -5") */
+      char of[24];
+      snprintf(of, sizeof of, "%" PRIu64, count - 4);
+      return refused(L, b, ": topic %I of %s is cut short or not a term's CBOR", (lua_Integer)i + 1,
+                     of);
+    }
     b->ends[i] = at = end;
   }
   if (at != len) return refused(L, b, ": bytes after the last topic");

@@ -1112,6 +1112,44 @@ market.perform(market.subscriber(T({"d", _}), { on_message = function() got = go
     assert.truthy(n.a.has("ignoring a malformed message: send from z: topic 2 of 2 is cut short or not a term's CBOR"), n.a.out())
   end)
 
+  it("names a batch's count past 2^63 as its head says it, unsigned", function()
+    -- A head counting 0xffffffffffffffff items was shown as a signed
+    -- integer: "topic 2 of -5".
+    local srv = S.server()
+    local n = nodes(srv, {
+      a = [[market.perform(market.subscriber(T({"s", _}), logging("a")),
+  market.subscriber(T({"done"}), { on_message = function()
+    log("counted: malformed %d", cluster.inspect().malformed)
+  end }))]],
+    })
+    local market = require "market"
+    local c = assert(dial({ srv.url }, "spec"))
+    local function heard(subject)
+      assert(S.wait(function()
+        local ev, subj = c:next()
+        return ev == "message" and subj == subject
+      end, 10), "nothing from a on " .. subject)
+    end
+    assert(c:subscribe("market.spec.all"))
+    assert(c:subscribe("market.spec.node.z"))
+    heard("market.spec.all")
+    assert.is_true(c:publish("market.spec.all", market.to_cbor({ 2, "hello", "z", 7, 0, {} })))
+    heard("market.spec.node.z")
+    local wrapper = market.to_cbor(nil):sub(1, 7)
+    local envelope = market.to_cbor({ 2, "send", "z", 7 }):sub(9)
+    local function item(x) return market.to_cbor(x):sub(8) end
+    -- An array of 2^64 - 1 items (9b ff..ff), of which one follows.
+    assert.is_true(c:publish("market.spec.node.a",
+      wrapper .. "\x9b" .. ("\xff"):rep(8) .. envelope .. item({ "s", 1 })))
+    assert.is_true(c:publish("market.spec.node.a", wrapper .. "\x85" .. envelope .. item({ "done" })))
+    n.a.wait("counted: ")
+    c:close()
+    assert.truthy(n.a.has("counted: malformed 1"), n.a.out())
+    assert.truthy(n.a.has("ignoring a malformed message: send from z: topic 2 of 18446744073709551611 " ..
+                          "is cut short or not a term's CBOR"), n.a.out())
+    assert.is_false(n.a.has("a message market-cluster"), n.a.out())
+  end)
+
   it("announces a role before a message sent after it, as one VM orders them", function()
     -- a subscribes to back(_) and sends o(1) in one transition; b answers
     -- o(1) with back(1), which reaches a only if b knew of a's subscriber
