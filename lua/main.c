@@ -25,9 +25,9 @@
 #include "market.h"
 #include "pool.h"
 
-/* All of standard input, NUL-terminated, malloc'd; NULL with errno set
-** on a read error or out of memory (the script `-`). */
-static char *read_stdin(void) {
+/* All of standard input, NUL-terminated, malloc'd, its length in *len;
+** NULL with errno set on a read error or out of memory (the script `-`). */
+static char *read_stdin(size_t *len) {
   size_t n = 0, cap = 4096;
   char *buf = malloc(cap), *more;
   while (buf != NULL) {
@@ -36,6 +36,7 @@ static char *read_stdin(void) {
     if (got == 0) {
       if (ferror(stdin)) break;
       buf[n] = 0;
+      *len = n;
       return buf;
     }
     if (n + 1 == cap) {
@@ -46,6 +47,23 @@ static char *read_stdin(void) {
   }
   free(buf);
   return NULL;
+}
+
+/* Where the chunk starts in a script read from standard input, as lua(1)
+** has it (lauxlib.c, luaL_loadfilex, which a file given by name goes
+** through): past a UTF-8 BOM, and past a first line starting with '#' (a
+** Unix exec line, "#!/usr/bin/env market"), but not its newline, which
+** stands for the line so that the next one is still line 2.  *len: the
+** length from there. */
+static const char *script_start(const char *s, size_t *len) {
+  const char *end = s + *len, *nl;
+  if (*len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) s += 3;
+  if (s < end && *s == '#') {
+    nl = memchr(s, '\n', (size_t)(end - s));
+    s = nl ? nl : end;
+  }
+  *len = (size_t)(end - s);
+  return s;
 }
 
 /* What `market inspect` does: in the whole help, and alone for
@@ -544,6 +562,8 @@ int main(int argc, char **argv) {
   const char *const *args = (const char *const *)argv;
   const char *code = NULL, *inspect = NULL;
   char *stdin_code = NULL;     /* the script `-`, read from standard input; owned */
+  const char *stdin_script = NULL;   /* its chunk, in stdin_code (script_start) */
+  size_t stdin_len = 0;
   double drain = 5000;
   int drivers = 1, quiet = 0, strict = 0, status = 0, workers = 0, i, first, codei = -1;
   int interactive = 0;         /* -i, or no script at a terminal: lua/repl.lua */
@@ -730,10 +750,11 @@ int main(int argc, char **argv) {
       fputs("market: the script - (standard input) cannot be given with --workers\n", stderr);
       return trace_end(&trace, 2);
     }
-    if ((stdin_code = read_stdin()) == NULL) {
+    if ((stdin_code = read_stdin(&stdin_len)) == NULL) {
       fprintf(stderr, "market: cannot read the script from standard input: %s\n", strerror(errno));
       return trace_end(&trace, 1);
     }
+    stdin_script = script_start(stdin_code, &stdin_len);
   }
   if (workers > 0) return trace_end(&trace, run_workers(argc, argv, workers));
 
@@ -810,8 +831,8 @@ int main(int argc, char **argv) {
   if (code)
     pid = mk_host_spawn_string(h, code, "(command line)", argc - first, args + first);
   else if (stdin_code != NULL)
-    pid = noscript ? mk_host_spawn_string(h, stdin_code, "stdin", 0, NULL)
-                   : mk_host_spawn_string(h, stdin_code, "stdin", argc - first - 1, args + first + 1);
+    pid = noscript ? mk_host_spawn_string(h, stdin_script, "stdin", 0, NULL)
+                   : mk_host_spawn_string(h, stdin_script, "stdin", argc - first - 1, args + first + 1);
   else if (!noscript)
     pid = mk_host_spawn_file(h, argv[first], argc - first - 1, args + first + 1);
   if (interactive && (noscript || pid != 0)) {     /* the prompt, after the script */

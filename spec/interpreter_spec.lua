@@ -218,6 +218,24 @@ describe("market -", function()
     assert.matches("^market: stdin:2: unexpected symbol near <eof>\n$", err)
   end)
 
+  -- As luaL_loadfilex skips them in a script given by name, and lua5.4 -
+  -- on standard input ("stdin:1: unexpected symbol near '#'" before).
+  it("skips a UTF-8 BOM and a first line starting with #, still counted as line 1", function()
+    for _, head in ipairs { "#!/usr/bin/env market\n", "\239\187\191#!/usr/bin/env market\n",
+                            "# a comment\r\n" } do
+      local status, out, err = sh(head .. "print('ok', ...)\nerror('at 3')\n", "a")
+      assert.equal(1, status, head)
+      assert.equal("ok\ta\n", out, head)
+      assert.matches("^market: ground #%d+ stdin failed: stdin:3: at 3\n", err, 1, head)
+    end
+    local status, out, err = sh("\239\187\191print('bom')\n")
+    assert.equal(0, status, err)
+    assert.equal("bom\n", out)
+    status, out, err = sh("#!/usr/bin/env market")       -- that line alone
+    assert.equal(0, status, err)
+    assert.equal("", out .. err)
+  end)
+
   it("says so when standard input is closed, and with --workers", function()
     local status, _, err = H.sh(("timeout 20 %s - <&-"):format(H.quote(H.market_bin())))
     assert.equal(1, status)
