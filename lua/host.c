@@ -740,7 +740,8 @@ int mk_host_set_arg(mk_host *h, int argc, const char *const *argv, int zero) {
 
 typedef struct spawn_req {
   mk_host *h;
-  const char *path, *code, *name;
+  const char *path, *code, *name, *mode;
+  size_t len;             /* code's */
   int argc;
   const char *const *argv;
   int loadstatus;
@@ -757,7 +758,7 @@ static int p_spawn(lua_State *L) {
   spawn_req *r = lua_touserdata(L, 1);
   int i;
   r->loadstatus = r->path ? luaL_loadfilex(L, r->path, NULL)
-                          : luaL_loadbufferx(L, r->code, strlen(r->code), lua_tostring(L, 2), "t");
+                          : luaL_loadbufferx(L, r->code, r->len, lua_tostring(L, 2), r->mode);
   if (r->loadstatus != LUA_OK) return lua_error(L);
   if (luaL_loadbufferx(L, wrapper, sizeof wrapper - 1, "=market.spawn", "t") != LUA_OK)
     return lua_error(L);
@@ -810,18 +811,27 @@ mk_pid mk_host_spawn_file(mk_host *h, const char *path, int argc, const char *co
   return spawn_lua(&r);
 }
 
-mk_pid mk_host_spawn_string(mk_host *h, const char *code, const char *name,
-                            int argc, const char *const *argv) {
+mk_pid mk_host_spawn_buffer(mk_host *h, const char *code, size_t len, const char *name,
+                            const char *mode, int argc, const char *const *argv) {
   spawn_req r;
   if (h == NULL) return 0;
-  if (code == NULL) { seterr(h, MK_EINVAL, "mk_host_spawn_string: code is NULL"); return 0; }
+  if (code == NULL) { seterr(h, MK_EINVAL, "mk_host_spawn_buffer: code is NULL"); return 0; }
   memset(&r, 0, sizeof r);
   r.h = h;
   r.code = code;
+  r.len = len;
+  r.mode = mode;
   r.name = name ? name : "(string)";
   r.argc = argc;
   r.argv = argv;
   return spawn_lua(&r);
+}
+
+mk_pid mk_host_spawn_string(mk_host *h, const char *code, const char *name,
+                            int argc, const char *const *argv) {
+  if (h == NULL) return 0;
+  if (code == NULL) { seterr(h, MK_EINVAL, "mk_host_spawn_string: code is NULL"); return 0; }
+  return mk_host_spawn_buffer(h, code, strlen(code), name, "t", argc, argv);
 }
 
 /* ---- native processes --------------------------------------------------- */

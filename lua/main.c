@@ -53,14 +53,18 @@ static char *read_stdin(size_t *len) {
 ** has it (lauxlib.c, luaL_loadfilex, which a file given by name goes
 ** through): past a UTF-8 BOM, and past a first line starting with '#' (a
 ** Unix exec line, "#!/usr/bin/env market"), but not its newline, which
-** stands for the line so that the next one is still line 2.  *len: the
-** length from there. */
+** stands for the line so that the next one is still line 2.  A
+** precompiled chunk after that line loses the newline too, as it does in
+** a file given by name: it must start with its signature (ESC,
+** LUA_SIGNATURE's first byte) and has no lines to count.  (lua5.4 - of
+** Lua 5.4.4 keeps it, and fails there.)  *len: the length from there. */
 static const char *script_start(const char *s, size_t *len) {
   const char *end = s + *len, *nl;
   if (*len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) s += 3;
   if (s < end && *s == '#') {
     nl = memchr(s, '\n', (size_t)(end - s));
     s = nl ? nl : end;
+    if (end - s > 1 && s[1] == '\033') s++;
   }
   *len = (size_t)(end - s);
   return s;
@@ -831,8 +835,11 @@ int main(int argc, char **argv) {
   if (code)
     pid = mk_host_spawn_string(h, code, "(command line)", argc - first, args + first);
   else if (stdin_code != NULL)
-    pid = noscript ? mk_host_spawn_string(h, stdin_script, "stdin", 0, NULL)
-                   : mk_host_spawn_string(h, stdin_script, "stdin", argc - first - 1, args + first + 1);
+    /* Its whole length, NULs and all, and precompiled chunks as well
+    ** (mode NULL), as a script given by name (mk_host_spawn_file). */
+    pid = noscript ? mk_host_spawn_buffer(h, stdin_script, stdin_len, "stdin", NULL, 0, NULL)
+                   : mk_host_spawn_buffer(h, stdin_script, stdin_len, "stdin", NULL,
+                                          argc - first - 1, args + first + 1);
   else if (!noscript)
     pid = mk_host_spawn_file(h, argv[first], argc - first - 1, args + first + 1);
   if (interactive && (noscript || pid != 0)) {     /* the prompt, after the script */

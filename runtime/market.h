@@ -216,13 +216,13 @@ int mk_host_trace_opts(mk_host *h, const mk_trace_opts *opts);
 int mk_host_set_max_activation(mk_host *h, double ms);
 
 /*
-** Called when a Lua process spawned by mk_host_spawn_file or
-** mk_host_spawn_string fails (raises an error): pid, its name and the
-** reason followed by the Lua traceback (borrowed for the call).  Its peers
-** see absence with the error as the reason either way.  fn NULL removes
-** the callback.  Processes they spawned in turn, drivers and native
-** processes are not reported here (mk_host_on_crash reports them all), and
-** nothing is reported while mk_host_free runs.
+** Called when a Lua process spawned by mk_host_spawn_file,
+** mk_host_spawn_string or mk_host_spawn_buffer fails (raises an error):
+** pid, its name and the reason followed by the Lua traceback (borrowed for
+** the call).  Its peers see absence with the error as the reason either
+** way.  fn NULL removes the callback.  Processes they spawned in turn,
+** drivers and native processes are not reported here (mk_host_on_crash
+** reports them all), and nothing is reported while mk_host_free runs.
 */
 typedef void (*mk_failure_fn)(mk_host *h, mk_pid pid, const char *name,
                               const char *traceback, void *ud);
@@ -421,6 +421,24 @@ mk_pid mk_host_spawn_file(mk_host *h, const char *path, int argc, const char *co
 */
 mk_pid mk_host_spawn_string(mk_host *h, const char *code, const char *name,
                             int argc, const char *const *argv);
+
+/*
+** As mk_host_spawn_string, with the chunk in the `len` bytes at `code`,
+** which may hold NULs and need not end with one, and loaded in `mode`, as
+** lua_load takes it: "t" source text only, "b" precompiled (luac) chunks
+** only, "bt" or NULL either (as mk_host_spawn_file loads a file).  Lua
+** does not check a precompiled chunk: a malformed one can crash the
+** program, so allow them only from a source you trust.  Nothing is
+** skipped: a first line starting with '#' or a UTF-8 BOM is Lua code here
+** (the `market` interpreter skips them, as lua(1) does, before it spawns
+** standard input).
+** Errors: MK_EINVAL (code NULL, argc < 0, or argv NULL with argc > 0),
+** MK_ELUA (does not compile, is a kind of chunk `mode` refuses: "attempt
+** to load a binary chunk (mode is 't')", or is a truncated precompiled
+** chunk), MK_ENOMEM, MK_EBUSY.
+*/
+mk_pid mk_host_spawn_buffer(mk_host *h, const char *code, size_t len, const char *name,
+                            const char *mode, int argc, const char *const *argv);
 
 /* ---- native processes --------------------------------------------------- */
 

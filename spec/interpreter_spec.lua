@@ -236,6 +236,23 @@ describe("market -", function()
     assert.equal("", out .. err)
   end)
 
+  -- As a script given by name: it was cut at its first NUL ("unfinished
+  -- string") and a precompiled chunk refused ("attempt to load a binary
+  -- chunk (mode is 't')").
+  it("takes the whole input, NUL bytes and precompiled (luac) chunks too", function()
+    local status, out, err = sh("print(#'a\\0b', ...)\n", "x")   -- printf makes the NUL
+    assert.equal(0, status, err)
+    assert.equal("3\tx\n", out)
+    local chunk = string.dump(load("print('dumped', ...)"))
+    for _, head in ipairs { "", "\239\187\191", "#!/usr/bin/env market\n" } do
+      local path = H.tempfile(head .. chunk, ".luac")
+      status, out, err = H.sh(("timeout 20 %s - y <%s"):format(H.quote(H.market_bin()), H.quote(path)))
+      os.remove(path)
+      assert.equal(0, status, err)
+      assert.equal("dumped\ty\n", out)
+    end
+  end)
+
   it("says so when standard input is closed, and with --workers", function()
     local status, _, err = H.sh(("timeout 20 %s - <&-"):format(H.quote(H.market_bin())))
     assert.equal(1, status)

@@ -197,6 +197,58 @@ static void spawn_errors(void) {
   mk_host_free(h);
 }
 
+/* lua_dump's writer: into a dumped buffer. */
+typedef struct dumped { char b[4096]; size_t n; } dumped;
+
+static int dump_into(lua_State *L, const void *p, size_t sz, void *ud) {
+  dumped *d = ud;
+  (void)L;
+  if (sz > sizeof d->b - d->n) return 1;
+  memcpy(d->b + d->n, p, sz);
+  d->n += sz;
+  return 0;
+}
+
+/* mk_host_spawn_buffer loads exactly len bytes (NULs kept, no NUL needed
+** at the end) in the mode asked for; a precompiled chunk only where the
+** mode allows it. */
+static void spawn_buffer(void) {
+  static const char nul[] = "note('nul ' .. #'a\0b' .. ' ' .. ...)";
+  const char *argv[1] = { "x" };
+  mk_host *h = newhost();
+  lua_State *L = mk_host_lua(h);
+  dumped bin;
+  bin.n = 0;
+  CHECK(luaL_loadstring(L, "note('bin ' .. ...)") == LUA_OK);
+  CHECK(lua_dump(L, dump_into, &bin, 1) == 0 && bin.n > 0);
+  lua_pop(L, 1);
+  CHECK(mk_host_spawn_buffer(h, nul, sizeof nul - 1, "nul", "t", 1, argv) != 0);
+  CHECK(mk_host_spawn_buffer(h, "note('cut')error('not loaded')", 11, "cut", "t", 0, NULL) != 0);
+  CHECK(mk_host_spawn_buffer(h, bin.b, bin.n, "bin", NULL, 1, argv) != 0);
+  CHECK(mk_host_spawn_buffer(h, bin.b, bin.n, "bin", "b", 1, argv) != 0);
+  CHECK(mk_host_run(h) == MK_OK);
+  CHECK(has("nul 3 x\ncut\nbin x\nbin x\n"));
+  CHECK(mk_host_spawn_buffer(h, bin.b, bin.n, "bin", "t", 0, NULL) == 0);
+  CHECK(mk_host_errcode(h) == MK_ELUA);
+  CHECK(strstr(mk_host_error(h), "attempt to load a binary chunk (mode is 't')") != NULL);
+  CHECK(mk_host_spawn_buffer(h, "return", 6, "txt", "b", 0, NULL) == 0);
+  CHECK(mk_host_errcode(h) == MK_ELUA);
+  CHECK(strstr(mk_host_error(h), "attempt to load a text chunk (mode is 'b')") != NULL);
+  CHECK(mk_host_spawn_buffer(h, bin.b, bin.n - 4, "short", NULL, 0, NULL) == 0);
+  CHECK(mk_host_errcode(h) == MK_ELUA);
+  CHECK(strstr(mk_host_error(h), "truncated") != NULL);
+  CHECK(mk_host_spawn_buffer(h, "x x", 3, NULL, NULL, 0, NULL) == 0);
+  CHECK(mk_host_errcode(h) == MK_ELUA);
+  CHECK(strstr(mk_host_error(h), "(string):1:") != NULL);
+  CHECK(mk_host_spawn_buffer(h, NULL, 0, "x", NULL, 0, NULL) == 0);
+  CHECK(mk_host_errcode(h) == MK_EINVAL);
+  CHECK(mk_host_spawn_buffer(h, "return", 6, "x", NULL, 1, NULL) == 0);
+  CHECK(mk_host_errcode(h) == MK_EINVAL);
+  CHECK(mk_host_spawn_buffer(NULL, "return", 6, "x", NULL, 0, NULL) == 0);
+  CHECK(mk_vm_nprocs(mk_host_vm(h)) == 0);
+  mk_host_free(h);
+}
+
 /* A Lua process and a native one talk; the Lua chunk sees its arguments. */
 static void lua_and_native(void) {
   size_t base = mk_term_live();
@@ -1702,6 +1754,7 @@ int main(void) {
   RUN(new_and_free);
   RUN(boxes_released);
   RUN(spawn_errors);
+  RUN(spawn_buffer);
   RUN(lua_and_native);
   RUN(terms_across);
   RUN(subscribe);
