@@ -56,21 +56,21 @@ static int run_embedded(lua_State *L, const char *name, int narg) {
   return 1;
 }
 
-/* Which worker of `market --workers N` this process is: MARKET_WORKER=i/N
-** (1 <= i <= N), as lua/main.c sets it; 1 of 1 when it is not set or not
-** of that form (docs/workers.md). */
-static void worker(lua_Integer *index, lua_Integer *count) {
+/* market.h.  Digits only: strtol alone would take spaces and a sign.
+** Past LONG_MAX it gives LONG_MAX, which is past INT_MAX: refused. */
+int mk_worker(int *index, int *count) {
   const char *env = getenv("MARKET_WORKER");
   char *end;
   long i, n;
   *index = *count = 1;
-  if (env == NULL || *env < '0' || *env > '9') return;
+  if (env == NULL || *env < '0' || *env > '9') return 0;
   i = strtol(env, &end, 10);
-  if (*end != '/' || end[1] < '0' || end[1] > '9') return;
+  if (*end != '/' || end[1] < '0' || end[1] > '9') return 0;
   n = strtol(end + 1, &end, 10);
-  if (*end != '\0' || i < 1 || i > n || n > INT_MAX) return;
-  *index = i;
-  *count = n;
+  if (*end != '\0' || i < 1 || i > n || n > INT_MAX) return 0;
+  *index = (int)i;
+  *count = (int)n;
+  return 1;
 }
 
 void *mkl_dlopen(const char *const *sonames, const char *what, const char *package,
@@ -101,7 +101,7 @@ int luaopen_market(lua_State *L) {
     {"INT_MAX", INT_MAX}, {"NSIG", NSIG}, {"SIGKILL", SIGKILL}, {"SIGSTOP", SIGSTOP},
     {"NEST_MAX", MK_NEST_MAX}};
   size_t i;
-  lua_Integer index, count;
+  int index, count;
   mkl_open_core(L);                       /* core */
   lua_newtable(L);
   mkl_open_terms(L);
@@ -115,7 +115,7 @@ int luaopen_market(lua_State *L) {
     lua_pushinteger(L, limits[i].value);
     lua_setfield(L, -2, limits[i].name);
   }
-  worker(&index, &count);
+  mk_worker(&index, &count);
   lua_createtable(L, 0, 2);
   lua_pushinteger(L, index);
   lua_setfield(L, -2, "index");

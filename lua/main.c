@@ -291,15 +291,14 @@ static void quiet_crash(mk_host *h, const mk_crash *c, void *ud) {
 }
 
 /* The boot process --cluster starts, before the script: the cluster
-** driver, with the URL, the cluster name and the node name as its
-** arguments.  Under --workers each worker is a node of its own: a --node
-** name gets the worker's number (NAME-i).  A driver that fails (no server
-** to connect to) ends the program with status 1: the user asked for a
-** cluster. */
+** driver, with the URL, the cluster name, the node name and the worker's
+** number (NULL when not a worker: mk_worker) as its arguments.  Under
+** --workers each worker is a node of its own: a --node name gets the
+** worker's number (NAME-i).  A driver that fails (no server to connect
+** to) ends the program with status 1: the user asked for a cluster. */
 static const char cluster_boot[] =
-  "local url, name, node = ...\n"
-  "local worker = os.getenv('MARKET_WORKER')\n"
-  "if node and worker then node = node .. '-' .. worker:match('^%d+') end\n"
+  "local url, name, node, worker = ...\n"
+  "if node and worker then node = node .. '-' .. worker end\n"
   "local market, cluster = require 'market', require 'market.cluster'\n"
   "local pid = market.perform(cluster.driver{ url = url, cluster = name, node = node })\n"
   "market.perform(market.monitor(pid, function(_, reason)\n"
@@ -507,12 +506,15 @@ static long long size_arg(const char *s) {
 ** the pool does not count: code, stacks, libraries' own memory, the
 ** kernel's socket buffers, which the cgroup charges too): past either,
 ** the kernel's OOM killer ends the whole program.  A worker of
-** --workers N takes 1/N (MARKET_WORKER=i/N). */
+** --workers N takes 1/N (MARKET_WORKER=i/N), read by the rule of
+** market.worker (mk_worker), so that the share and market.worker.count
+** agree and a malformed variable is ignored, not a divisor. */
 static void set_memory_limit(long long given, char *said, size_t size) {
   size_t bytes, cg = mk_cgroup_memory_max(NULL, NULL), ram = 0;
   long pages = sysconf(_SC_PHYS_PAGES), pagesize = sysconf(_SC_PAGESIZE);
-  const char *w = getenv("MARKET_WORKER"), *slash, *from = "--max-memory";
-  long n = 1;
+  const char *from = "--max-memory";
+  int i, n;                    /* worker i of n */
+  mk_worker(&i, &n);
   if (pages > 0 && pagesize > 0 && (size_t)pages <= SIZE_MAX / (size_t)pagesize)
     ram = (size_t)pages * (size_t)pagesize;
   if (given >= 0) {
@@ -523,7 +525,6 @@ static void set_memory_limit(long long given, char *said, size_t size) {
     bytes = by_cgroup ? cg : ram;
     bytes -= bytes / 8;
   }
-  if (w != NULL && (slash = strchr(w, '/')) != NULL && (n = atol(slash + 1)) < 1) n = 1;
   if (bytes == 0) {
     snprintf(said, size, "market: no memory limit (%s 0)", from);
     return;
@@ -816,7 +817,9 @@ int main(int argc, char **argv) {
     goto done;
   }
   if (cluster != NULL) {
-    const char *cargs[3];
+    const char *cargs[4];
+    char worker[16];
+    int wi, wn;
     if (cluster_arg(cluster, &cluster_url, &cluster_name) != 0) {
       fputs("market: out of memory\n", stderr);
       status = 1;
@@ -825,7 +828,12 @@ int main(int argc, char **argv) {
     cargs[0] = cluster_url;
     cargs[1] = cluster_name;
     cargs[2] = node;
-    if (mk_host_spawn_string(h, cluster_boot, "(--cluster)", 3, cargs) == 0) {
+    cargs[3] = NULL;
+    if (mk_worker(&wi, &wn)) {
+      snprintf(worker, sizeof worker, "%d", wi);
+      cargs[3] = worker;
+    }
+    if (mk_host_spawn_string(h, cluster_boot, "(--cluster)", 4, cargs) == 0) {
       fprintf(stderr, "market: %s\n", mk_host_error(h));
       status = 1;
       goto done;

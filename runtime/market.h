@@ -91,6 +91,17 @@ const char *mk_version(void);
 /* The Lua release the library was built with, e.g. "Lua 5.4.4". */
 const char *mk_lua_release(void);
 
+/*
+** Which worker of `market --workers n` this program is, from the
+** environment variable MARKET_WORKER=i/n that the interpreter sets: when
+** it is exactly that, decimal digits with 1 <= i <= n <= INT_MAX, *index
+** = i, *count = n and the result is 1; otherwise (unset, or anything
+** else) the variable is ignored: 1 of 1, and 0.  What market.worker
+** says, and what the interpreter divides its memory limit by
+** (docs/workers.md).
+*/
+int mk_worker(int *index, int *count);
+
 /* ---- errors ------------------------------------------------------------- */
 
 typedef enum mk_status {

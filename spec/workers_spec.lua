@@ -144,6 +144,31 @@ describe("market --workers N", function()
     assert.equal("1\t1\n", out)
   end)
 
+  -- One rule (mk_worker) for market.worker, the memory limit's share and
+  -- the cluster's node name.  The limit took any "i/n" with atol: 5/3 was a
+  -- third of --max-memory where market.worker said 1 of 1, and
+  -- 1/99999999999999999999 a limit of 1 byte, "cannot create a Lua state:
+  -- out of memory"; "x" made --node's name nil .. "-".
+  it("ignores a MARKET_WORKER that is not i/n with 1 <= i <= n, everywhere alike", function()
+    local code = q("local w = require('market').worker print(w.index, w.count)")
+    for _, bad in ipairs { "5/3", "1/99999999999999999999", "0/2", " 1/2", "1/2x", "x", "" } do
+      local out, status = capture(("MARKET_WORKER=%s %s --log-level info --max-memory 1G -e %s 2>&1")
+                                  :format(q(bad), q(N.market_bin()), code), 10)
+      assert.equal(0, status, out)
+      assert.matches(" info %-: market: memory limit 1024 MiB %(%-%-max%-memory%)\n1\t1\n$", out, 1, bad)
+    end
+    local out = capture(("MARKET_WORKER=2/3 %s --log-level info --max-memory 1G -e %s 2>&1")
+                        :format(q(N.market_bin()), code), 10)
+    assert.matches(" info %-: market: memory limit 341 MiB %(%-%-max%-memory, a worker's share%)\n2\t3\n$",
+                   out)
+    -- Nothing listens on port 1: the driver fails, named after its node.
+    for w, node in pairs { x = "n", ["2/3"] = "n%-2" } do
+      out = capture(("MARKET_WORKER=%s %s --cluster nats://127.0.0.1:1 --node n -e '' 2>&1")
+                    :format(w, q(N.market_bin())), 20)
+      assert.matches("ground #%d+ cluster " .. node .. " failed: ", out, 1, w)
+    end
+  end)
+
   it("stops the workers when the parent is killed", function()
     local server, _, pids = start_workers(2)
     finally(function() cleanup(server, pids) end)

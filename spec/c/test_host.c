@@ -249,6 +249,23 @@ static void spawn_buffer(void) {
   mk_host_free(h);
 }
 
+/* mk_worker: MARKET_WORKER=i/n exactly, or 1 of 1. */
+static void worker_env(void) {
+  static const char *const bad[] = { "5/3", "0/2", "1/99999999999999999999", " 1/2", "+1/2",
+                                     "1/2x", "1/", "/2", "x", "", NULL };
+  const char *const *b;
+  int i = 0, n = 0;
+  CHECK(setenv("MARKET_WORKER", "2/3", 1) == 0);
+  CHECK(mk_worker(&i, &n) == 1 && i == 2 && n == 3);
+  for (b = bad; *b; b++) {
+    CHECK(setenv("MARKET_WORKER", *b, 1) == 0);
+    i = n = 0;
+    CHECK(mk_worker(&i, &n) == 0 && i == 1 && n == 1);
+  }
+  CHECK(unsetenv("MARKET_WORKER") == 0);
+  CHECK(mk_worker(&i, &n) == 0 && i == 1 && n == 1);
+}
+
 /* A Lua process and a native one talk; the Lua chunk sees its arguments. */
 static void lua_and_native(void) {
   size_t base = mk_term_live();
@@ -1755,6 +1772,7 @@ int main(void) {
   RUN(boxes_released);
   RUN(spawn_errors);
   RUN(spawn_buffer);
+  RUN(worker_env);
   RUN(lua_and_native);
   RUN(terms_across);
   RUN(subscribe);
