@@ -12,6 +12,7 @@
 **                          -> parser of one response (a client's side);
 **                             no_body: the answer to a HEAD, whose head
 **                             says what length a GET's body would have
+**                             (a 1xx, 204 or 304 has none either)
 **   parser:feed(bytes)     -> true, rest: the message is complete, and
 **                             rest is what of bytes follows it (the next
 **                             pipelined message, "" if none);
@@ -176,12 +177,23 @@ static uint64_t body_room(const lhttp *h) {
   return h->max > h->body.n ? (uint64_t)(h->max - h->body.n) : 0;
 }
 
+/* Whether a response's status says it has no body, whatever its head
+** says (RFC 9112 6.3): a 1xx, a 204, a 304.  http_parser heeds its
+** Content-Length or Transfer-Encoding first: a 304's Content-Length (the
+** length a 200 would have, RFC 9110 8.6) was waited for, and a 103 Early
+** Hints' took the real answer's status line for its body. */
+static int bodiless(const http_parser *p) {
+  return p->type == HTTP_RESPONSE &&
+         (p->status_code / 100 == 1 || p->status_code == 204 || p->status_code == 304);
+}
+
 static int on_head(http_parser *p) {
   lhttp *h = (lhttp *)p;
   flush_header(h);
   h->head_done = 1;
   /* Only HTTP/1.x is spoken here: "HTTP/9.9" was answered as 1.1. */
   if (p->http_major != 1) { h->overflow = 505; return -1; }
+  if (bodiless(p)) return 1;
   /* A body said to be longer than the limit is refused now (413), not once
   ** it has come, or when its sender gives up waiting for an answer. */
   if (!h->no_body && (p->flags & F_CONTENTLENGTH) && p->content_length > body_room(h)) {

@@ -444,6 +444,36 @@ describe("http.serve and http.request", function()
     assert.same({ 200, "ok" }, got)
   end)
 
+  it("reads no body after a 1xx, 204 or 304, whatever Content-Length or Transfer-Encoding " ..
+     "says", function()
+    -- A 304's Content-Length is the length a 200 would have (RFC 9110
+    -- 8.6): it was waited for until the timeout; a 103's took the real
+    -- answer's status line for its body.
+    local got = N.run(function()
+      local srv = by_hand(function(head, n)
+        local path = head:match("^%u+ (%S+)")
+        if path == "/early" then
+          return "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nContent-Length: 5\r\n\r\n" ..
+                 "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        elseif path == "/same" then
+          return "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 1234\r\n\r\n"
+        elseif path == "/none" then
+          return "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n"
+        end
+        return "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n" .. n   -- (its head's number)
+      end)
+      local out = {}
+      for _, path in ipairs({ "/early", "/same", "/none", "/after" }) do
+        local r, why = http.request(url(srv, path), { timeout = 1000 })
+        out[#out + 1] = r and { r.status, r.body } or why
+      end
+      srv:close()
+      return out
+    end)
+    -- One connection, kept throughout: nothing after a head was taken for a body.
+    assert.same({ { 200, "ok" }, { 304, "" }, { 204, "" }, { 200, "4" } }, got)
+  end)
+
   it("keeps a client's connection for its next request to the same server, unless told not to",
      function()
     local got = N.run(function()
