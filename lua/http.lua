@@ -838,6 +838,7 @@ local function exchange(conn, bytes, body, length, method, deadline, idle, max_r
       unsent = why
     end
   end
+  -- (max_response bounds the body; the head has lhttp.c's bound, 80 KiB)
   local p = parser.response(max_response, method == "HEAD")
   local heard = false
   local sink = nil                    -- false: this response is kept whole
@@ -1437,7 +1438,7 @@ function M.websocket_connect(url, options)
   ok, why = conn:send(bytes)
   if not ok then return failed(why) end
   -- The answer's head: a 101 ends there (what follows is frames).
-  local p, rest = parser.response(MAX_ANSWER), ""
+  local p, rest = parser.response(MAX_ANSWER, false, MAX_ANSWER), ""
   while not p:status() do
     local wait = wait_ms(deadline, math.huge)
     if wait <= 0 then return failed("timeout") end

@@ -8,17 +8,19 @@
 **                          -> parser of one request (a server's side);
 **                             stream: its body is taken as it comes
 **                             (take), so `max` bounds the head alone
-**   http.response(max [, no_body])
-**                          -> parser of one response (a client's side);
-**                             no_body: the answer to a HEAD, whose head
-**                             says what length a GET's body would have
-**                             (a 1xx, 204 or 304 has none either)
+**   http.response(max [, no_body [, head]])
+**                          -> parser of one response (a client's side):
+**                             `max` bounds its body alone, `head` its head
+**                             (HEAD_MAX unless given); no_body: the answer
+**                             to a HEAD, whose head says what length a
+**                             GET's body would have (a 1xx, 204 or 304
+**                             has none either)
 **   parser:feed(bytes)     -> true, rest: the message is complete, and
 **                             rest is what of bytes follows it (the next
 **                             pipelined message, "" if none);
 **                             false: more is needed;
 **                             nil, why, status: malformed (400), past
-**                             `max` bytes (431 while in the head, 413 in
+**                             the limit (431 while in the head, 413 in
 **                             the body: a request's as soon as its
 **                             Content-Length or a chunk's size says so),
 **                             or of another HTTP than 1.x (505).  feed("") says the stream ended
@@ -53,8 +55,8 @@
 **
 ** The bytes come as the connection delivers them, in pieces cut anywhere:
 ** the parser keeps what it needs between pieces in buffers that grow with
-** the message and no further than `max` (no fixed buffer on the input
-** path).  A repeated header's values are joined with ", " (RFC 9110 5.3);
+** the message and no further than its limits (no fixed buffer on the
+** input path).  A repeated header's values are joined with ", " (RFC 9110 5.3);
 ** Set-Cookie's are kept apart as well, in set_cookies (a list; RFC 9110
 ** 5.3 again: a cookie's Expires holds a comma, so joined they are not
 ** one header's values any more).
@@ -71,6 +73,11 @@
 #include "mkl.h"
 
 #define LHTTP_MT "market.http"
+
+/* The bytes of a response's head, unless told: what http_parser takes of
+** any head (a request's too, whatever its `max`), so that a head past
+** it is called too large, not malformed. */
+#define HEAD_MAX HTTP_MAX_HEADER_SIZE
 #define LPSL_MT "market.http public suffixes"
 
 /* A growing byte buffer, owned by its parser (freed in __gc). */
@@ -79,7 +86,10 @@ typedef struct hbuf { char *p; size_t n, cap; } hbuf;
 typedef struct lhttp {
   http_parser p;          /* first: the callbacks cast back from it */
   lua_State *L;           /* while feed runs: the parser is at index 1 */
-  size_t max, seen;       /* the limit; bytes fed so far */
+  size_t max, seen;       /* the limit; bytes of the head fed so far */
+  size_t head_max;        /* the head's limit: a request's is max, a response's
+                          ** its own (a client bounds an answer's body, not
+                          ** the head that comes with it) */
   int overflow;           /* 0, or the status a buffer past max gave */
   int in_value;           /* the last header callback was a value */
   int head_done, done;
@@ -93,7 +103,7 @@ static const char lhttp_brand[] = "market.http parser";
 
 static int grow(lhttp *h, hbuf *b, const char *at, size_t n) {
   /* A streamed body holds at most what one feed brought: taken after it. */
-  size_t max = h->stream && b == &h->body ? SIZE_MAX : h->max;
+  size_t max = b != &h->body ? h->head_max : h->stream ? SIZE_MAX : h->max;
   /* An empty piece (an empty header value, say) adds nothing: b->p may
   ** still be NULL, and memcpy takes no NULL even for 0 bytes (C11 7.24.1). */
   if (n == 0) return 0;
@@ -263,12 +273,12 @@ static int l_feed(lua_State *L) {
   if (h->overflow) return overflowed(L, h);
   lua_settop(L, 2);
   h->L = L;
-  /* The head, however it is cut, counts against the limit as it comes.
+  /* The head, however it is cut, counts against its limit as it comes.
   ** A piece that would pass it is parsed only as far as the limit first:
   ** if the head ends there, the rest is body (limited by its buffer: 413),
   ** not more head (431). */
-  if (!h->head_done && n > h->max - h->seen) {
-    size_t room = h->max - h->seen;
+  if (!h->head_done && n > h->head_max - h->seen) {
+    size_t room = h->head_max - h->seen;
     /* room 0 would be no piece: an empty one tells the parser the end. */
     used = room ? http_parser_execute(&h->p, &settings, s, room) : 0;
     h->seen += used;
@@ -394,7 +404,7 @@ static int make(lua_State *L, enum http_parser_type type) {
   h = lua_newuserdatauv(L, sizeof *h, 2);   /* the headers, the Set-Cookie values */
   memset(h, 0, sizeof *h);
   http_parser_init(&h->p, type);
-  h->max = (size_t)max;
+  h->max = h->head_max = (size_t)max;
   h->brand = lhttp_brand;
   luaL_setmetatable(L, LHTTP_MT);
   lua_newtable(L);
@@ -412,8 +422,13 @@ static int l_request(lua_State *L) {
 }
 static int l_response(lua_State *L) {
   int no_body = lua_toboolean(L, 2);
+  lua_Integer head = luaL_optinteger(L, 3, HEAD_MAX);
+  lhttp *h;
+  luaL_argcheck(L, head > 0, 3, "the limit must be a positive number of bytes");
   make(L, HTTP_RESPONSE);
-  ((lhttp *)lua_touserdata(L, -1))->no_body = no_body;
+  h = lua_touserdata(L, -1);
+  h->no_body = no_body;
+  h->head_max = (size_t)head;
   return 1;
 }
 

@@ -631,9 +631,9 @@ describe("http.serve and http.request", function()
       out[10] = select(2, http.request("http://127.0.0.1:" .. two.port .. "/"))
       local long = assert(tcp.serve(0, function(conn)
         conn:receive()
-        conn:send("HTTP/1.1 200 OK\r\nX-Long: " .. ("h"):rep(2000) .. "\r\n\r\n")
+        conn:send("HTTP/1.1 200 OK\r\nX-Long: " .. ("h"):rep(90000) .. "\r\n\r\n")
       end))
-      out[11] = select(2, http.request("http://127.0.0.1:" .. long.port .. "/", { max_response = 1000 }))
+      out[11] = select(2, http.request("http://127.0.0.1:" .. long.port .. "/"))
       mute:close(); junk:close(); big:close(); cut:close(); two:close(); long:close()
       return out
     end)
@@ -649,6 +649,31 @@ describe("http.serve and http.request", function()
     assert.equal("malformed response: HTTP version not supported: only 1.x", got[10])
     -- (A response's head was called a request's.)
     assert.equal("response too large: response head too large", got[11])
+  end)
+
+  it("bounds a response's body by max_response, and its head by 80 KiB alone", function()
+    -- max_response = 64 refused an ordinary head of 90 bytes with a body of 2.
+    local got = N.run(function()
+      local srv = by_hand(function(head)
+        local kind, n = head:match("^%u+ /(%a+)/(%d+)")
+        n = tonumber(n)
+        if kind == "head" then
+          return "HTTP/1.1 200 OK\r\nX-Long: " .. ("h"):rep(n) .. "\r\nContent-Length: 2\r\n\r\nok"
+        end
+        return "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nServer: spec\r\n" ..
+               "Content-Length: " .. n .. "\r\n\r\n" .. ("b"):rep(n)
+      end)
+      local out = {}
+      for _, path in ipairs({ "/body/2", "/body/64", "/body/65", "/head/2000", "/head/80000",
+                              "/head/82000" }) do
+        local r, why = http.request(url(srv, path), { max_response = 64, timeout = 2000 })
+        out[#out + 1] = r and #r.body or why
+      end
+      srv:close()
+      return out
+    end)
+    assert.same({ 2, 64, "response too large: body too large", 2, 2,
+                  "response too large: response head too large" }, got)
   end)
 
   it("follows redirects when asked: relative Locations, the method a status keeps, credentials " ..
