@@ -296,12 +296,21 @@ local function mine_ws(ws, what)
   end
 end
 
--- What wslay has to send (pongs, closes, messages queued), sent: true, or
--- nil and why (then the socket has failed).
-local function flush(ws)
+-- What wslay has to send (pongs, closes, messages queued), sent within ms
+-- (nil: no limit) after what an earlier flush could not send in time
+-- (ws.unsent: first, as the frames were queued): true; nil, "timeout",
+-- the bytes kept in ws.unsent for the next flush (conn:send takes all of
+-- them or, timed out, none: no frame goes in part, none twice); or nil and
+-- why (then the socket has failed).
+local function flush(ws, ms)
   local bytes = ws.s:output()
+  if ws.unsent then bytes, ws.unsent = ws.unsent .. bytes, nil end
   if bytes == "" then return true end
-  local ok, why = ws.conn:send(bytes)
+  local ok, why = ws.conn:send(bytes, ms)
+  if why == "timeout" then
+    ws.unsent = bytes
+    return nil, why
+  end
   if not ok then
     ws.failed = ws.failed or "the connection closed" .. (why and ": " .. why or "")
     return nil, ws.failed
@@ -320,7 +329,8 @@ end
 -- data, kind = ws:receive([ms]): the next message ("text" or "binary");
 -- nil, "closed", code, reason once the other side closed; nil, "timeout"; nil
 -- and why when the connection failed or the other side broke the protocol.
--- wslay answers pings and the other side's close.
+-- wslay answers pings and the other side's close; what of its answers
+-- cannot go within ms waits in ws.unsent (flush).
 function WS:receive(ms)
   mine_ws(self, "receive")
   if ms ~= nil and ms ~= math.huge and (mtype(ms) ~= "integer" or ms < 0) then
@@ -335,7 +345,7 @@ function WS:receive(ms)
     if op == OP_TEXT or op == OP_BINARY then
       return payload, KINDS[op]
     elseif op == OP_CLOSE then
-      flush(self)                             -- the close wslay answered with
+      flush(self, wait_ms(deadline, math.huge))   -- the close wslay answered with
       self.peer_closed, self.peer_code = true, code ~= 0 and code or nil
       self.peer_reason = payload:sub(3)
       self.conn:close()
@@ -347,21 +357,32 @@ function WS:receive(ms)
       if not self.reading then
         -- wslay reads no more without a close from the other side: it
         -- broke the protocol, and the close wslay queued says how.
-        flush(self)
+        flush(self, wait_ms(deadline, math.huge))
         local _, _, _, sent = self.s:status()
         return fail(self, sent == 1005 and "protocol error (closed without a code)" or
                           ("protocol error (closed with %d)"):format(sent))
       end
       local wait = wait_ms(deadline, math.huge)
       if wait <= 0 then return nil, "timeout" end
-      local data, err = self.conn:receive(wait)
+      -- Pongs an earlier call could not send go before more is read: a
+      -- peer that does not read is not read either, or its pings would
+      -- pile up pongs without end.
+      local ok, why = true, nil
+      if self.unsent then ok, why = flush(self, wait) end
+      if why == "timeout" then return nil, why end
+      if not ok then return fail(self, why) end
+      local data, err = self.conn:receive(wait_ms(deadline, math.huge))
       if data == nil then
         if err == "timeout" then return nil, "timeout" end
         return fail(self, "the connection closed" .. (err and ": " .. err or ""))
       end
       self.reading = self.s:feed(data)
-      local ok, why = flush(self)               -- pongs, and a close
-      if not ok then return fail(self, why) end
+      -- Pongs, and a close: within the time left, or kept for the next
+      -- call (a peer that floods pings and reads nothing held receive
+      -- until it closed).  Timed out, the loop hands out a message that
+      -- came, or finds the time gone.
+      ok, why = flush(self, wait_ms(deadline, math.huge))
+      if not ok and why ~= "timeout" then return fail(self, why) end
     end                                         -- (a ping or a pong: answered already)
   end
 end
@@ -416,8 +437,10 @@ function WS:close(code, reason)
   if self.failed or self.done then return true end
   self.done = true
   self.s:close(code or 1000, reason)
-  if flush(self) then
-    local deadline = market.monotonic() + M.CLOSE_WAIT
+  -- The close goes (after pongs still unsent) within CLOSE_WAIT too: a
+  -- peer that read nothing held it for as long as it kept the connection.
+  local deadline = market.monotonic() + M.CLOSE_WAIT
+  if flush(self, M.CLOSE_WAIT) then
     while not self.peer_closed and not self.failed do
       local wait = wait_ms(deadline, math.huge)
       if wait <= 0 or self:receive(wait) == nil and not self.peer_closed then break end

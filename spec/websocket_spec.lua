@@ -8,6 +8,7 @@ package.path = "spec/support/?.lua;" .. package.path
 local market = require "market"
 local http = require "market.http"
 local tcp = require "market.tcp"
+local timer = require "market.timer"
 local N = require "net"
 local W = require "wsclient"
 local frame, client = W.frame, W.client
@@ -211,6 +212,87 @@ describe("http.websocket", function()
                   { 2, 125 }, { 2, 126 }, { 2, 65535 }, { 2, 65536 }, { 2, 300000 },
                   { 10, "are you there" }, { 1, "fragmented" },
                   { 8, string.pack(">I2", 1001) .. "going" }, true, "closed 1001 going" }, got)
+  end)
+
+  it("gives up on a peer that floods pings and reads nothing within receive's ms (and " ..
+     "CLOSE_WAIT's), and sends its pongs later, in order, each once", function()
+    -- receive answered the pings with a send that had no time limit: it
+    -- waited for the peer to read, whatever ms said; close did too.
+    local saved = tcp.HIGH_WATER
+    tcp.HIGH_WATER = 64 * 1024            -- (the server's output pauses sooner)
+    local ok, got = pcall(N.run, function()
+      local st = {}
+      local srv = ws_server(function(ws)
+        local t0 = market.monotonic()
+        st.first = { ws:receive(300) }
+        st.ms = market.monotonic() - t0
+        st.second = { ws:receive(5000) }
+        st.third = { ws:receive(300) }        -- flooded again: then closed
+        t0 = market.monotonic()
+        ws:close()
+        st.close_ms = market.monotonic() - t0
+      end)
+      tcp.HIGH_WATER = saved
+      local c = assert(tcp.connect("127.0.0.1", srv.port))
+      c:send(("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" ..
+              "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"):format(KEY))
+      local buf = ""
+      repeat buf = buf .. assert(c:receive(5000)) until buf:find("\r\n\r\n", 1, true)
+      buf = buf:match("\r\n\r\n(.*)$")
+      -- Pings, numbered, read by the server while it answers them, until
+      -- it says it gave up (or 3 s pass).  Masked with the key 0: as sent.
+      local function ping(i) return ("%08d"):format(i) .. ("x"):rep(117) end
+      local sent = 0
+      local function flood(done)
+        local t0 = market.monotonic()
+        while not done() and market.monotonic() - t0 < 3000 do
+          local frames = {}
+          for i = sent + 1, sent + 200 do frames[#frames + 1] = "\137\253\0\0\0\0" .. ping(i) end
+          if c:send(table.concat(frames), 50) then sent = sent + 200 end
+        end
+      end
+      flood(function() return st.first end)
+      -- Now read: the server's pongs, one for each ping, in order.
+      local pongs, wrong, at = 0, nil, 1
+      while pongs < sent and not wrong do
+        while #buf - at + 1 >= 127 and pongs < sent do
+          local b1, b2 = buf:byte(at, at + 1)
+          local payload = buf:sub(at + 2, at + 126)
+          if b1 ~= 0x8A or b2 ~= 125 or payload ~= ping(pongs + 1) then
+            wrong = ("frame %d: %d %d %q"):format(pongs + 1, b1, b2, payload:sub(1, 8))
+            break
+          end
+          pongs, at = pongs + 1, at + 127
+        end
+        if not wrong and pongs < sent then
+          local d = c:receive(5000)
+          if not d then wrong = "the end after " .. pongs .. " pongs" end
+          buf = buf:sub(at) .. (d or "")
+          at = 1
+        end
+      end
+      local flooded = sent
+      c:send("\129\133\0\0\0\0after")             -- a text, masked with 0
+      local t0 = market.monotonic()
+      while not st.second and market.monotonic() - t0 < 5000 do timer.sleep(10) end
+      flood(function() return st.close_ms end)
+      -- (read to the end: the two sides' queues would each wait their
+      -- linger for the other to read)
+      while c:receive(2000) do end
+      c:close()
+      srv:close()
+      return { first = st.first, ms = st.ms, second = st.second, sent = flooded, pongs = pongs,
+               wrong = wrong, third = st.third, close_ms = st.close_ms }
+    end)
+    tcp.HIGH_WATER = saved
+    assert(ok, got)
+    assert.same({ nil, "timeout" }, got.first)
+    assert.is_true(got.ms < 1500, tostring(got.ms))
+    assert.is_nil(got.wrong)
+    assert.is_true(got.sent > 0 and got.pongs == got.sent)
+    assert.same({ "after", "text" }, got.second)
+    assert.same({ nil, "timeout" }, got.third)
+    assert.is_true(got.close_ms < http.CLOSE_WAIT + 500, tostring(got.close_ms))
   end)
 
   it("closes with 1002, 1007 or 1009 a client that breaks the protocol, saying why to the handler",
