@@ -81,6 +81,15 @@ local function connect_ms(ms)
   return ms == math.huge and 0 or math.min(ms, CONNECT_MAX)
 end
 
+-- A connect's failure, why, as a request tells it: when the limit the
+-- connect had was the whole exchange's (whole: wait_ms's), its running
+-- out is the exchange's "timeout", not the driver's "connect timed out
+-- after N ms" (which is idle_timeout's, as documented).
+local function connect_failure(why, whole)
+  if whole and type(why) == "string" and why:find("^connect timed out after") then return "timeout" end
+  return why
+end
+
 -- Is v an HTTP token (RFC 9110 5.6.2: a method, a WebSocket subprotocol)?
 local function is_token(v) return type(v) == "string" and v:match("^[%w!#$%%&'*+.^_`|~-]+$") ~= nil end
 
@@ -1310,10 +1319,11 @@ local function ask(host, port, tls, bytes, body, length, method, deadline, idle,
   while true do
     local reused = conn ~= nil
     if not conn then
-      local ms, why = wait_ms(deadline, idle)
+      local ms, whole = wait_ms(deadline, idle)
       if ms <= 0 then return nil, "timeout" end
+      local why
       conn, why = tcp.connect(host, port, { connect_timeout = connect_ms(ms), tls = tls })
-      if not conn then return nil, why end
+      if not conn then return nil, connect_failure(why, whole) end
       -- The server's certificate, asked now, while the connection is
       -- surely open; the connection keeps it for the requests after.
       if tls then conn:peer_certificate() end
@@ -1453,7 +1463,7 @@ function M.websocket_connect(url, options)
   local conn, why = tcp.connect(host, port, {
     connect_timeout = connect_ms(wait_ms(deadline, math.huge)),
     tls = secure and (options.tls or true) or nil })
-  if not conn then return nil, why end
+  if not conn then return nil, connect_failure(why, true) end
   local function failed(reason)
     conn:close()
     return nil, reason

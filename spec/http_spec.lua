@@ -829,6 +829,10 @@ describe("http.serve and http.request", function()
       local silent = assert(tcp.serve(0, function(conn) repeat until not conn:receive(5000) end))
       out[#out + 1] = select(2, http.request("https://127.0.0.1:" .. silent.port .. "/",
                                              { timeout = math.huge, idle_timeout = 200 }))
+      -- The same within timeout alone: nothing whole in time, "timeout"
+      -- (it said "connect timed out after 200 ms").
+      out[#out + 1] = select(2, http.request("https://127.0.0.1:" .. silent.port .. "/",
+                                             { timeout = 200 }))
       for _, bad in ipairs({ 0, -1, 1.5, "100", -math.huge, 0 / 0 }) do
         out[#out + 1] = select(2, pcall(http.request, base, { idle_timeout = bad }))
       end
@@ -837,7 +841,7 @@ describe("http.serve and http.request", function()
       return out
     end)
     assert.same({ { 200, 4 }, { 200, 4 }, { 200, 4 }, { "idle timeout", 2 }, "ok", "idle timeout",
-                  "timeout", 3, "connect timed out after 200 ms",
+                  "timeout", 3, "connect timed out after 200 ms", "timeout",
                   "http.request: bad idle_timeout: 0", "http.request: bad idle_timeout: -1",
                   "http.request: bad idle_timeout: 1.5", 'http.request: bad idle_timeout: "100"',
                   "http.request: bad idle_timeout: -inf", "http.request: bad idle_timeout: nan",

@@ -532,6 +532,12 @@ describe("http.websocket", function()
                                                   { timeout = 300, protocols = { "chat" } }))
         srv:close()
       end
+      -- A TLS handshake the server never answers: the timeout's too (it
+      -- said "connect timed out after 300 ms").
+      local silent = assert(tcp.serve(0, function(conn) repeat until not conn:receive(5000) end))
+      local stalled = select(2, http.websocket_connect("wss://127.0.0.1:" .. silent.port .. "/",
+                                                       { timeout = 300 }))
+      silent:close()
       local free = N.free_port()
       out[#out + 1] = select(2, http.websocket_connect("ws://127.0.0.1:" .. free .. "/"))
       out[#out + 1] = select(2, http.websocket_connect("http://127.0.0.1:" .. free .. "/"))
@@ -544,6 +550,7 @@ describe("http.websocket", function()
       try("ws://127.0.0.1:1/", { headers = { Upgrade = "h2c" } })
       try("ws://127.0.0.1:1/", { compress = true })
       real:close()
+      out[#out + 1] = stalled
       return out
     end)
     assert.same({ "not a WebSocket answer: 200 OK",
@@ -558,6 +565,7 @@ describe("http.websocket", function()
                   "http.websocket_connect: bad protocols: []",
                   "http.websocket_connect: the header Upgrade is market's to write",
                   "http.websocket_connect: unknown setting \"compress\"" }, { table.unpack(got, 9, 12) })
+    assert.equal("timeout", got[13])
   end)
 
   it("lets two clients chat through a market topic: handlers take the room's lines, " ..
