@@ -63,13 +63,14 @@ local function boot(self_id)
         name = key,
         on_message = relay_message,
         on_presence = function(_, role)
+          if s.gone then return end
           local rkey = repr(role.topic)
           seen[rkey] = (seen[rkey] or 0) + 1
           return transition_no_state(publish(rkey, role.topic))
         end,
         on_absence = function(_, role, reason, _, deleted)
           local rkey = repr(role.topic)
-          if not seen[rkey] then return end
+          if s.gone or not seen[rkey] then return end
           seen[rkey] = seen[rkey] > 1 and seen[rkey] - 1 or nil
           if not deleted then s.lost = true end
           return transition_no_state(withdraw(rkey, reason))
@@ -111,10 +112,17 @@ local function boot(self_id)
           if not s then return end
           if s.n > 1 then s.n = s.n - 1; return end
           subs[key] = nil
-          -- The deleted endpoint hears the absence of each publisher it
-          -- saw above (delete_endpoint, as in Marketplace): its on_absence
-          -- withdraws what they stood for here.
-          return transition_no_state(market.at_meta_level(market.delete_endpoint(key)))
+          -- What the publishers it saw above stand for here is withdrawn
+          -- now, not by the deleted endpoint's own absences: one whose
+          -- absence (the ground's, its descriptor closed) was still queued
+          -- for it is dropped with the endpoint, and that publisher stayed
+          -- here for good (a readable(fd) after a socket's close).
+          s.gone = true
+          local acts = { market.at_meta_level(market.delete_endpoint(key)) }
+          for rkey, count in pairs(s.seen) do
+            for _i = 1, count do acts[#acts + 1] = withdraw(rkey) end
+          end
+          return transition_no_state(table.unpack(acts))
         end,
       }
     end

@@ -119,6 +119,38 @@ describe("the udp driver in a nested VM whose relay goes", function()
   end)
 end)
 
+describe("the event relay, when a watched descriptor closes below", function()
+  it("withdraws its stand-in of the ground's watch, as the ground withdrew", function()
+    -- The ground's absence for the closed descriptor was queued for the
+    -- relay's meta-level subscription when the relay deleted it (its last
+    -- subscriber gone): dropped with it, and the relay went on publishing
+    -- readable(fd) below for good, where later subscribers took it for a
+    -- watch and never heard that there was none.
+    local said
+    N.run(function()
+      market.perform(market.subscriber({ "said", ANY }, {
+        name = "said", on_message = function(_, m) said = m[2] end }))
+      local vm = market.perform(market.nested_vm(function()
+        market.perform(relay.event_relay("below"), market.spawn(udp.driver, "udp-driver"),
+                       market.observe_publishers(market.ground.readable(ANY), "watched"))
+        market.pause()
+        local function next_watch()
+          local ev = market.wait_for(function(e) return e.endpoint == "watched" end, 2000)
+          return ev and ev.type or "nothing"
+        end
+        local s = assert(udp.open())
+        local first = next_watch()
+        s:close()
+        market.perform(market.at_meta_level(send({ "said", first .. " " .. next_watch() })))
+        market.perform(market.subscriber("stay", {}))
+      end, "vm"))
+      N.wait_until(function() return said end)
+      market.perform(market.quit(vm))
+    end)
+    assert.equal("presence absence", said)
+  end)
+end)
+
 -- With the collector stopped (no collection may close a socket for it):
 -- vm("first") is run until it has said two things, killed, and vm("second")
 -- started in its place is run until it has said one.  They say them as
