@@ -43,26 +43,38 @@ document.getElementById("say").onsubmit = (e) => {
 
 local guests = 0
 
+-- The room's lines a guest may be behind by.  They wait in its outbox
+-- while its socket's send waits for the browser to read: one that never
+-- reads, while the others talk, is dropped past this many (as chat.lua
+-- drops a user who does not read), or it would make the server grow
+-- without bound.
+local MAX_BEHIND = 1000
+
 -- One browser's socket, in its connection's process: the room's lines
 -- (handlers, below) go to an outbox that the loop sends; what the browser
 -- says goes to the room.
 local function guest(ws)
   guests = guests + 1
   local me, outbox = "guest" .. guests, {}
-  local function tell(text) outbox[#outbox + 1] = text end
+  local function tell(text)
+    if #outbox >= MAX_BEHIND then
+      return market.transition_no_state(market.quit(nil, "too far behind: not reading"))
+    end
+    outbox[#outbox + 1] = text
+  end
   market.perform(
     market.publisher(said(me, _)),
-    market.subscriber(said(_, _), { on_message = function(_, m) tell(m.who .. ": " .. m.text) end }),
+    market.subscriber(said(_, _), { on_message = function(_, m) return tell(m.who .. ": " .. m.text) end }),
     market.observe_publishers(said(_, _), {          -- the others (we see ourselves too)
       -- An observer gets the lines said too (the subscriber above takes
       -- them): refused, or they would be kept for a market.yield() this
       -- process never calls, every line for as long as the guest stays.
       on_message = false,
       on_presence = function(_, role)
-        if role.topic.who ~= me then tell(role.topic.who .. " joined") end
+        if role.topic.who ~= me then return tell(role.topic.who .. " joined") end
       end,
       on_absence = function(_, role)
-        if role.topic.who ~= me then tell(role.topic.who .. " left") end
+        if role.topic.who ~= me then return tell(role.topic.who .. " left") end
       end }))
   tell("you are " .. me)
   while true do
@@ -72,9 +84,15 @@ local function guest(ws)
     end
     outbox = {}
     if ws.arrived() then
-      local text = ws:receive()
-      if not text then return end                 -- gone: the others see us leave
-      market.perform(market.send(said(me, text)))
+      local data, kind = ws:receive()
+      if not data then return end                 -- gone: the others see us leave
+      -- The room is text: a binary message (the page sends none) said
+      -- to it would be sent on as text, which must be UTF-8.
+      if kind == "text" then
+        market.perform(market.send(said(me, data)))
+      else
+        tell("(only text is said to the room)")
+      end
     end
   end
 end

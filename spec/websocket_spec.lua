@@ -605,3 +605,57 @@ describe("http.websocket", function()
     assert.same({ "ann: hi bob", "ann: hi bob", "bob: hi ann", "bob: hi ann", 8, 8 }, got)
   end)
 end)
+
+describe("examples/wschat.lua", function()
+  -- A binary message said to the room was sent on to every guest as text,
+  -- which must be UTF-8: each guest's process raised, and everyone was
+  -- disconnected.  And a guest that did not read while the others talked
+  -- kept every line in its outbox: 800 MB in 15 s.
+  it("keeps the room when a guest sends binary, and drops a guest who does not read", function()
+    local server, port = N.start_server("examples/wschat.lua")
+    local ok, got = pcall(N.run, function()
+      local a, b = client(port, "/ws"), client(port, "/ws")
+      a.open()
+      b.open()
+      -- The next text frame of c that matches pattern, or nil.
+      local function heard(c, pattern)
+        for _ = 1, 20000 do
+          local op, text = c.next()
+          if op == nil then return nil end
+          if op == 1 and text:find(pattern) then return text end
+        end
+      end
+      local out = {}
+      out.a = heard(a, "^you are guest%d+$")
+      local me = out.a:match("guest%d+")
+      b.send(2, "\255\254\253")
+      out.b = heard(b, "^%(only")
+      b.send(1, "still here")
+      out.still = heard(a, ": still here$")
+      -- A guest whose socket takes nothing, while a talks.
+      local lazy = assert(tcp.connect("127.0.0.1", port, { reading = false }))
+      lazy:send(("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" ..
+                 "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"):format(W.KEY))
+      local who = heard(a, "^guest%d+ joined$"):match("^(guest%d+)")
+      local line = ("x"):rep(4000)
+      for _ = 1, 5000 do          -- each line, and a's own copy of it back
+        a.send(1, line)
+        local op, text
+        repeat
+          op, text = a.next()
+          if op == 1 and text:find(" left$") then out.left = text end
+        until op == nil or op == 1 and text:sub(1, #me + 3) == me .. ": x"
+        if out.left or op == nil then break end
+      end
+      out.lazy = who
+      a.close(); b.close(); lazy:close()
+      return out
+    end, 60000)
+    server.kill()
+    assert(ok, got)
+    assert.matches("^you are guest%d+$", got.a)
+    assert.equal("(only text is said to the room)", got.b)
+    assert.matches("^guest%d+: still here$", got.still)
+    assert.equal(got.lazy .. " left", got.left)
+  end)
+end)
