@@ -3064,6 +3064,14 @@ static int outcome(lua_State *L, mk_host *h, int rc, int more) {
   return 1;
 }
 
+/* The end of every process left (docs/semantics.md §7), before
+** mk_host_free, which reports nothing: a handler that fails as the others
+** go fails as any other, with its crash report (lua/main.c does the
+** same).  An exit asked for meanwhile changes nothing: it is read before. */
+static void teardown(mk_host *h) {
+  mk_vm_kill_all(mk_ground_vm(mk_host_ground(h)), NULL);
+}
+
 /* core.ground_vm(boot, trace, drain, max_activation, on_crash): trace as
 ** market.trace's
 **   -> true | nil, traceback | nil, why, status | ok, why, status after an
@@ -3077,6 +3085,7 @@ static int c_ground_vm(lua_State *L) {
   int nret;
   spawn_boot(L, h);
   nret = outcome(L, h, mk_host_run(h), 1);
+  teardown(h);
   mk_host_free(h);
   luaL_unref(L, LUA_REGISTRYINDEX, lc.ref);
   return nret;
@@ -3188,6 +3197,7 @@ static int g_close(lua_State *L) {
   if (G->h == NULL) return 0;
   if (STATE(L)->current != NULL)
     return luaL_error(L, "market: close called from inside a process of the ground VM it closes");
+  teardown(G->h);
   mk_host_free(G->h);
   G->h = NULL;
   luaL_unref(L, LUA_REGISTRYINDEX, G->lc.ref);

@@ -572,6 +572,7 @@ int main(int argc, char **argv) {
   double drain = 5000;
   int drivers = 1, quiet = 0, strict = 0, status = 0, workers = 0, i, first, codei = -1;
   int interactive = 0;         /* -i, or no script at a terminal: lua/repl.lua */
+  int rc, exited, exit_status; /* the run's, and its exit's */
   int noscript;
   double budget = -1;
   long long memory = -1;       /* --max-memory: -1 not given */
@@ -863,10 +864,18 @@ int main(int argc, char **argv) {
     goto done;
   }
   /* A boot process's failure was printed as its crash report. */
-  if (mk_host_run(h) == MK_EFAILED) status = 1;
+  rc = mk_host_run(h);
+  exited = mk_host_exited(h);
+  exit_status = mk_host_exit_status(h);
+  /* The teardown of what is left (docs/semantics.md §7) here, not in
+  ** mk_host_free, which reports nothing: a handler that fails as the
+  ** others go fails as any other, with its report and --strict's status.
+  ** (An exit asked for meanwhile changes nothing, as in mk_host_free.) */
+  mk_vm_kill_all(mk_ground_vm(mk_host_ground(h)), NULL);
+  if (rc == MK_EFAILED) status = 1;
   else if (strict && mk_host_crashes(h) > 0) status = 3;
   /* An exit says what the status is, even after a boot failure. */
-  if (mk_host_exited(h) || mk_host_exit_status(h) != 0) status = mk_host_exit_status(h);
+  if (exited || exit_status != 0) status = exit_status;
 done:
   free(stdin_code);
   free(cluster_url);

@@ -167,7 +167,11 @@ mk_host *mk_host_new(struct ev_loop *loop, mk_error *err);
 ** is released; terms you still hold stay valid until you mk_unref them.
 ** NULL is accepted.  Called from inside a handler or a callback, or from
 ** a watcher of yours while mk_host_run, mk_host_step or mk_host_turn runs
-** the loop, it does nothing (mk_host_errcode: MK_EBUSY).
+** the loop, it does nothing (mk_host_errcode: MK_EBUSY).  Nothing is
+** reported while it runs: to have the failures of handlers that run in
+** that teardown reported, end the processes first with
+** mk_vm_kill_all(mk_ground_vm(mk_host_ground(h)), NULL), as `market` and
+** market.ground_vm do.
 */
 void mk_host_free(mk_host *h);
 

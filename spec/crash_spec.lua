@@ -289,6 +289,34 @@ describe("crash reports", function()
     assert.equal(1, #heads(err), err)
     assert.matches("boot broke", err)
   end)
+
+  -- At the end the survivors see each other go and their handlers run
+  -- (docs/semantics.md §7); that teardown ran inside the host's free,
+  -- which reports nothing: a handler failing there was silent, and
+  -- --strict exited 0.  Under market and under market.ground_vm alike.
+  it("reports a handler that fails in the teardown at the end, and --strict exits 3", function()
+    local program = [[
+      market.perform(market.spawn(function()
+        return market.transition(0, market.publisher("a")) end, { name = "holder" }))
+      market.perform(market.spawn(function()
+        return market.transition(0, market.subscriber("a", { on_absence = function()
+          error("broke in the teardown") end }))
+      end, { name = "mourner" }))
+    ]]
+    local status, _, err = H.run_script("local market = require 'market'\n" .. program ..
+                                        "market.pause()", "--no-drivers --strict")
+    assert.equal(3, status)
+    assert.equal(1, #heads(err), err)
+    assert.matches("^market: ground #%d+ mourner failed: [^\n]*: broke in the teardown\n", err)
+    local out
+    status, out, err = H.sh(("timeout 20 lua5.4 -e %s"):format(H.quote(
+      ("package.cpath = %q .. '/lua/?.so;' .. package.cpath\n"):format(H.build_dir()) ..
+      "local market = require 'market'\nprint(market.ground_vm(function()\n" .. program ..
+      "\nend, { drivers = false }))")))
+    assert.equal(0, status, err)
+    assert.equal("true\n", out)
+    assert.matches("^market: ground #%d+ mourner failed: [^\n]*: broke in the teardown\n", err)
+  end)
 end)
 
 -- Memory runs out two ways: malloc fails (ulimit -v here), or the
