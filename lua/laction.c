@@ -231,17 +231,23 @@ static int f_send(lua_State *L) {
 ** collector to free.  The reason is converted as a send's body is.
 */
 static int f_quit(lua_State *L) {
-  int named = !lua_isnoneornil(L, 1);
+  int named = !lua_isnoneornil(L, 1), isint = 1;
+  lua_Integer pid = 0;
   quitact *q;
-  if (named && !lua_isinteger(L, 1))   /* quit("done") meant a reason */
+  /* An integral float is the integer (3.0 is pid 3), as for link and
+  ** monitor; a string is not taken for one: quit("done") meant a reason. */
+  if (named) pid = lua_type(L, 1) == LUA_TNUMBER ? lua_tointegerx(L, 1, &isint) : (isint = 0);
+  if (!isint)
     return luaL_error(L, "market.quit: pid must be an integer or nil, got %s "
-                      "(market.quit(nil, reason) quits with a reason)", luaL_typename(L, 1));
+                      "(market.quit(nil, reason) quits with a reason)",
+                      lua_type(L, 1) == LUA_TNUMBER ? lua_pushfstring(L, "%f", lua_tonumber(L, 1))
+                                                     : luaL_typename(L, 1));
   lua_settop(L, 2);
   if (!lua_isnil(L, 2)) keepterm(L, 2, "market.quit: reason");
   /* No user value without a reason: 56 bytes, not 80, for the quit
   ** made per kill (the collector's work grows with the bytes made). */
   q = lua_newuserdatauv(L, sizeof *q, lua_toboolean(L, 2));
-  q->pid = named ? lua_tointeger(L, 1) : 0;
+  q->pid = pid;
   q->named = (unsigned char)named;
   q->reason = (unsigned char)lua_toboolean(L, 2);   /* false is none, as nil */
   q->brand = &quit_brand;

@@ -202,6 +202,10 @@ describe("constructing actions", function()
     assert.matches(THIS .. "market%.quit: pid must be an integer or nil, got string " ..
                    "%(market%.quit%(nil, reason%) quits with a reason%)$",
                    err_of(function() local _x = market.quit("x") end))
+    -- (An integral float is the integer, as for link and monitor: 3.0 raised.)
+    assert.matches(THIS .. "market%.quit: pid must be an integer or nil, got 3%.5 ",
+                   err_of(function() local _x = market.quit(3.5) end))
+    assert.equal(3, market.quit(3.0).pid)
     assert.matches(THIS .. "market%.quit: reason: a function is not a term",
                    err_of(function() local _x = market.quit(nil, print) end))
     assert.matches(THIS .. "market%.delete_endpoint: name must be a string",
