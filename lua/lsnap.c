@@ -217,7 +217,17 @@ static void addvalue(lua_State *L, mk_jbuf *b, int idx, int depth);
 ** own strings do; a value that is no term as any other. */
 static void addtopic(lua_State *L, mk_jbuf *b, int idx, int depth) {
   const char *err;
-  mk_term *t = mkl_toterm(L, idx, &err);
+  mk_term *const *slot = mkl_boxslot(L, idx);
+  mk_term *t;
+  /* A term's box as it is: one past a size limit lowered since it was
+  ** made is still read and printed (docs/terms.md), and taken through
+  ** mkl_toterm it failed the whole snapshot ("cannot encode a userdata"). */
+  if (slot != NULL && *slot != NULL) {
+    mk_json_term(b, *slot, SIZE_MAX);
+    jcheck(L, b);
+    return;
+  }
+  t = mkl_toterm(L, idx, &err);
   if (t == NULL) {
     addvalue(L, b, idx, depth);
     return;

@@ -261,6 +261,26 @@ describe("market.snapshot", function()
     assert.equal("x", s.vm.processes[2].endpoints[1].topic)
   end)
 
+  -- A topic made before the size limit was lowered past it is still a
+  -- term, read and printed: the JSON failed whole ("cannot encode a
+  -- userdata"), the inspector's /api/snapshot with it.
+  it("writes a topic past a size limit lowered since it was made", function()
+    local r = market.record("snap-r", "x")
+    local g = market.open_ground_vm(function()
+      P(market.subscriber(r(r(r(r(1)))), { name = "held" }))
+      market.wait_for(function() return false end)
+    end, { drivers = false })
+    g:step(0)
+    local old = market.term_size_limit()
+    market.term_size_limit(4)
+    local ok, text = pcall(market.snapshot_json)
+    market.term_size_limit(old)
+    g:close()
+    assert(ok, text)
+    decode(text)
+    assert.truthy(text:find('"topic":{"record":"snap-r","fields":[{"record":"snap-r"', 1, true), text)
+  end)
+
   -- mk_host_free freed the ground, then allocated in Lua (the trace's
   -- end) before the state let go of it: a finalizer run by that
   -- allocation read the freed ground (SEGV; ASan: heap-use-after-free).
