@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "json.h"
+#include "pool.h"
 #include "vmint.h"
 
 static const char *const kindnames[MK_TK_COUNT] = {
@@ -57,8 +58,8 @@ static void tracer_unref(mk_tracer *t);
 static void ring_unref(mk_ring *r) {
   size_t i;
   if (--r->refs > 0) return;
-  for (i = 0; i < r->n; i++) free(r->lines[(r->first + i) % r->size]);
-  free(r->lines);
+  for (i = 0; i < r->n; i++) mk_pool_lib_free(r->lines[(r->first + i) % r->size]);
+  mk_pool_lib_free(r->lines);
   tracer_unref(r->filter);
   free(r);
 }
@@ -254,8 +255,15 @@ mk_ring *mk_vm_ring_open(mk_vm *vm, const mk_trace_opts *opts, size_t size) {
   r->refs = 1;
   r->size = size;
   r->vm = vm;
+  /* The line array and the lines are counted with the memory limit
+  ** (pool.h: a library's memory, never refused, so that a trace line is
+  ** never what fails): a ring of millions of long lines was memory the
+  ** limit did not see.  An array past the limit is refused at once. */
   if ((r->filter = tracer_new(NULL, NULL, &o, NULL, NULL, NULL)) == NULL ||
-      (r->lines = malloc(size * sizeof *r->lines)) == NULL || rering(vm, NULL, r) != 0) {
+      (mk_pool_limit() > 0 && (mk_pool_used() > mk_pool_limit() ||
+                               size * sizeof *r->lines > mk_pool_limit() - mk_pool_used())) ||
+      (r->lines = mk_pool_lib_malloc(size * sizeof *r->lines)) == NULL ||
+      rering(vm, NULL, r) != 0) {
     ring_unref(r);
     errno = ENOMEM;
     return NULL;
@@ -274,7 +282,7 @@ size_t mk_ring_read(mk_ring *r, mk_trace_fn fn, void *ud) {
     r->first = (r->first + 1) % r->size;
     r->n--;
     if (fn) fn(ud, line);
-    free(line);
+    mk_pool_lib_free(line);
   }
   r->dropped = 0;
   ring_unref(r);
@@ -293,10 +301,10 @@ void mk_ring_close(mk_ring *r) {
 
 static void ring_push(mk_ring *r, const char *line, size_t len) {
   char *copy;
-  if (r->vm == NULL || (copy = malloc(len + 1)) == NULL) return;
+  if (r->vm == NULL || (copy = mk_pool_lib_malloc(len + 1)) == NULL) return;
   memcpy(copy, line, len + 1);
   if (r->n == r->size) {                /* the oldest goes */
-    free(r->lines[r->first]);
+    mk_pool_lib_free(r->lines[r->first]);
     r->first = (r->first + 1) % r->size;
     r->n--;
     r->dropped++;

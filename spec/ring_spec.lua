@@ -167,4 +167,22 @@ describe("market.ring", function()
                    :format(line), err)
     end)
   end)
+
+  -- Its lines and their array were plain malloc's, which the memory limit
+  -- did not count: a ring of a million long lines grew the program past
+  -- --max-memory (184 MB under 50), and size = 2^31 - 1 took 16 GiB of
+  -- address space at once.
+  it("counts with the memory limit: a ring past it is refused, its lines are counted", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      print((select(2, pcall(market.ring, { size = 2^31 - 1 }))))
+      local r = market.ring { size = 100000 }
+      local before = select(2, market.memory_limit())
+      for i = 1, 200 do market.perform(market.send({ i, ("z"):rep(1000) })) end
+      local after = select(2, market.memory_limit())
+      print(after - before > 200 * 1000, #r:read())
+    ]], "--no-drivers --max-memory 64M")
+    assert.equal(0, status, err)
+    assert.equal("not enough memory\ntrue\t200\n", out)
+  end)
 end)
