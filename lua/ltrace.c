@@ -74,8 +74,8 @@ static const char *cstring(lua_State *L) {
 /* The file `path`, created or truncated, as fopen(path, "w") would, but
 ** opened without blocking: a FIFO that no one reads is an error (ENXIO),
 ** where fopen stopped the whole program until a reader came.  Writes
-** then block as they do on stderr. */
-static FILE *openfile(const char *path) {
+** then block as they do on stderr.  (mkl.h: market --trace-file's too.) */
+FILE *mkl_trace_file(const char *path) {
   int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK, 0666), e;
   FILE *f = NULL;
   if (fd < 0) return NULL;
@@ -225,7 +225,7 @@ static int settrace(lua_State *L, mk_vm *vm) {
   } else {
     path = NULL;
   }
-  if (path != NULL && (file = openfile(path)) == NULL) {
+  if (path != NULL && (file = mkl_trace_file(path)) == NULL) {
     mk_unref(o.topic);
     lua_pushnil(L);
     lua_pushfstring(L, "market.trace: cannot open '%s': %s", path, strerror(errno));

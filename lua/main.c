@@ -23,6 +23,7 @@
 #include <ev.h>
 
 #include "market.h"
+#include "mkl.h"
 #include "pool.h"
 
 /* All of standard input, NUL-terminated, malloc'd, its length in *len;
@@ -773,7 +774,7 @@ int main(int argc, char **argv) {
   }
   if (trace.on) {
     trace.o.pids = trace.pids;
-    if (trace.file != NULL && (tracefile = fopen(trace.file, "w")) == NULL) {
+    if (trace.file != NULL && (tracefile = mkl_trace_file(trace.file)) == NULL) {
       fprintf(stderr, "market: --trace-file: cannot open '%s': %s\n", trace.file, strerror(errno));
       mk_host_free(h);
       free(stdin_code);

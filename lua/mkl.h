@@ -232,6 +232,9 @@ void mkl_open_trace(lua_State *L); /* core.trace into the table at the top */
 ** market.trace's argument (a table of options, true, false), in a
 ** protected call.  NULL, or why not (a string on the stack). */
 const char *mkl_trace(lua_State *L, mk_vm *vm, int idx);
+/* `path` created or truncated for trace lines, as fopen(path, "w"), but
+** not waiting: a FIFO no one reads is an error (ENXIO).  NULL and errno. */
+FILE *mkl_trace_file(const char *path);
 /* The host is gone: close the file market.trace opened, forget the rest. */
 void mkl_trace_end(lua_State *L);
 /* Raise "who: no option KEY (list)" unless the table at index 1 has only

@@ -162,6 +162,15 @@ describe("--trace", function()
     local _, status2, err2 = trace("--trace-file /nonexistent/dir/trace.log")
     assert.equal(1, status2)
     assert.matches("market: %-%-trace%-file: cannot open '/nonexistent/dir/trace.log'", err2)
+    -- A FIFO no one reads: fopen waited for a reader, for ever, as
+    -- market.trace{file = ...} does not.
+    local fifo = os.tmpname()
+    os.remove(fifo)
+    assert.equal(0, (H.sh("mkfifo " .. H.quote(fifo))))
+    local _, status3, err3 = trace("--trace-file " .. H.quote(fifo))
+    os.remove(fifo)
+    assert.equal(1, status3)
+    assert.matches("market: %-%-trace%-file: cannot open '[^']+': No such device or address", err3)
   end)
 
   it("--trace-format json writes one JSON object a line, terms in their JSON form", function()
