@@ -71,10 +71,15 @@ local function check_child(c, i, ids, level)
         repr(id), show(restart))
   end
   local start, spawn = c.start, nil
+  if c.name ~= nil and type(c.name) ~= "string" then bad(level + 1, "child %s: name must be a string", repr(id)) end
   if type(start) == "function" then
-    if c.name ~= nil and type(c.name) ~= "string" then bad(level + 1, "child %s: name must be a string", repr(id)) end
     spawn = market.spawn(start, { name = c.name or tostring(id) })
   elseif market.is_action(start) and start.kind == "spawn" then
+    -- (a name given beside it was dropped without a word)
+    if c.name ~= nil then
+      bad(level + 1, "child %s: name is a boot function's; a spawn action names its process itself " ..
+          "(market.spawn(f, { name = ... }))", repr(id))
+    end
     if start.k ~= nil then
       bad(level + 1, "child %s: a start action with a continuation k (the supervisor's state is its own)", repr(id))
     end

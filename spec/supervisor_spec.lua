@@ -710,6 +710,11 @@ describe("market.supervisor", function()
       [{ children = { { id = "a", start = 5 } } }] = "child \"a\": start must be a boot function or a spawn action",
       [{ children = { { id = "a", start = market.spawn(f, { k = f }) } } }] = "child \"a\": a start action with a continuation k",
       [{ children = { { id = "a", start = f, restrat = "temporary" } } }] = "child \"a\": unknown key 'restrat'",
+      [{ children = { { id = "a", start = f, name = 5 } } }] = "child \"a\": name must be a string",
+      -- (Beside a spawn action, a name was dropped without a word, a number too.)
+      [{ children = { { id = "a", start = market.spawn(f), name = "a" } } }] =
+        "child \"a\": name is a boot function's; a spawn action names its process itself",
+      [{ children = { { id = "a", start = market.spawn(f), name = 5 } } }] = "child \"a\": name must be a string",
     } do
       assert.matches("market.supervisor: " .. msg, err_of(bad), 1, true)
     end
