@@ -256,6 +256,30 @@ market.perform(market.subscriber(T({"p", _}), logging("a")))]]):format(srv.url, 
   return a, z, function(...) assert(z:publish("market.spec.all", market.to_cbor({ 2, ... }))) end
 end
 
+-- A connection of this spec's that is node z of cluster "spec" by hand
+-- (docs/cluster.md): it hears node a's hello, says its own, and waits for
+-- a's answer to it, so that a takes what it sends as z's.  Returns it and
+-- what batches are made of by hand: the wrapper, the envelope [2, "send",
+-- "z", 7] past its array head, and item(x), a term's encoding past the
+-- wrapper.
+local function as_z(srv)
+  local market = require "market"
+  local c = assert(dial({ srv.url }, "spec"))
+  local function heard(subject)
+    assert(S.wait(function()
+      local ev, subj = c:next()
+      return ev == "message" and subj == subject
+    end, 10), "nothing from a on " .. subject)
+  end
+  assert(c:subscribe("market.spec.all"))
+  assert(c:subscribe("market.spec.node.z"))
+  heard("market.spec.all")
+  assert.is_true(c:publish("market.spec.all", market.to_cbor({ 2, "hello", "z", 7, 0, {} })))
+  heard("market.spec.node.z")
+  return c, market.to_cbor(nil):sub(1, 7), market.to_cbor({ 2, "send", "z", 7 }):sub(9),
+         function(x) return market.to_cbor(x):sub(8) end
+end
+
 -- A publisher participant role p(x) as the wire has it.
 local function pub(id, x) return { id, "publisher", "participant", { "p", x } } end
 
@@ -1068,24 +1092,9 @@ market.perform(market.subscriber(T({"d", _}), { on_message = function() got = go
     log("counted: malformed %d delivered %d", cluster.inspect().malformed, cluster.inspect().delivered)
   end }))]],
     })
-    local market = require "market"
-    local c = assert(dial({ srv.url }, "spec"))
-    local function heard(subject)
-      assert(S.wait(function()
-        local ev, subj = c:next()
-        return ev == "message" and subj == subject
-      end, 10), "nothing from a on " .. subject)
-    end
-    assert(c:subscribe("market.spec.all"))
-    assert(c:subscribe("market.spec.node.z"))
-    heard("market.spec.all")
-    assert.is_true(c:publish("market.spec.all", market.to_cbor({ 2, "hello", "z", 7, 0, {} })))
-    heard("market.spec.node.z")
     -- [2, "send", "z", 7, X...] by hand: the wrapper, the array head, the
     -- envelope's items, the topics' items (docs/cluster.md).
-    local wrapper = market.to_cbor(nil):sub(1, 7)
-    local envelope = market.to_cbor({ 2, "send", "z", 7 }):sub(9)
-    local function item(x) return market.to_cbor(x):sub(8) end
+    local c, wrapper, envelope, item = as_z(srv)
     local function batch(count, ...)
       return wrapper .. string.char(0x80 + 4 + count) .. envelope .. table.concat({ ... })
     end
@@ -1122,22 +1131,7 @@ market.perform(market.subscriber(T({"d", _}), { on_message = function() got = go
     log("counted: malformed %d", cluster.inspect().malformed)
   end }))]],
     })
-    local market = require "market"
-    local c = assert(dial({ srv.url }, "spec"))
-    local function heard(subject)
-      assert(S.wait(function()
-        local ev, subj = c:next()
-        return ev == "message" and subj == subject
-      end, 10), "nothing from a on " .. subject)
-    end
-    assert(c:subscribe("market.spec.all"))
-    assert(c:subscribe("market.spec.node.z"))
-    heard("market.spec.all")
-    assert.is_true(c:publish("market.spec.all", market.to_cbor({ 2, "hello", "z", 7, 0, {} })))
-    heard("market.spec.node.z")
-    local wrapper = market.to_cbor(nil):sub(1, 7)
-    local envelope = market.to_cbor({ 2, "send", "z", 7 }):sub(9)
-    local function item(x) return market.to_cbor(x):sub(8) end
+    local c, wrapper, envelope, item = as_z(srv)
     -- An array of 2^64 - 1 items (9b ff..ff), of which one follows.
     assert.is_true(c:publish("market.spec.node.a",
       wrapper .. "\x9b" .. ("\xff"):rep(8) .. envelope .. item({ "s", 1 })))
