@@ -31,12 +31,9 @@
 
 struct mk_host {
   struct ev_loop *loop;
-  mk_ground *g;
+  mk_ground *g;              /* owned; NULL once mk_host_free has ended it */
   lua_State *L;
   uint8_t own_loop, own_L, drivers, freeing;
-  int running;              /* run, step or turn is on the stack: a watcher of
-                            ** the program's own that its loop serves may not
-                            ** free the host or run it again (busy) */
   int code;                 /* last error */
   char *msg;                /* owned, or NULL */
   char *failure;            /* owned: first unreported process failure */
@@ -61,6 +58,12 @@ struct mk_host {
 ** step and free are refused from inside one, whose caller still uses the
 ** host when it returns. */
 static int native_depth;
+
+/* Hosts whose run, step or turn is on the stack now: a watcher of the
+** program's own that a loop serves may not free a host or run one again
+** (busy), nor run a second host, which on a shared loop would serve the
+** first one's watchers (its VM mid-delivery) again. */
+static int running_hosts;
 
 /* Trace callbacks running now: each is called in the middle of a change
 ** to the VM (vm.c traces an add before the endpoint is in the index, a
@@ -116,8 +119,20 @@ const char *mk_host_error(const mk_host *h) {
 
 int mk_host_errcode(const mk_host *h) { return h ? h->code : MK_EINVAL; }
 
+/* Any host's handler, callback or run is on the stack, or any Lua process
+** runs (mkl_busy: whatever its state): run, step, turn and free are
+** refused, as market.h says, whichever host they are called for. */
 static int busy(mk_host *h) {
-  return native_depth > 0 || h->running > 0 || mkl_running(h->L);
+  return native_depth > 0 || running_hosts > 0 || mkl_busy();
+}
+
+/* h's ground is gone: mk_host_free has ended it and now closes the Lua
+** state, whose finalizers may still call the host (through C functions
+** the program registered).  What would reach the ground is refused. */
+static int ended(mk_host *h, const char *what) {
+  if (h->g != NULL) return 0;
+  seterr(h, MK_EBUSY, "%s: the host is being freed", what);
+  return 1;
 }
 
 /* The status of a failed lua_pcall, recorded with the message on top of
@@ -501,6 +516,7 @@ void mk_host_free(mk_host *h) {
   if (busy(h)) { seterr(h, MK_EBUSY, "mk_host_free: called from inside a handler"); return; }
   h->freeing = 1;
   mk_ground_free(h->g, NULL);      /* every process sees the others go */
+  h->g = NULL;                     /* ended: for finalizers that call us */
   /* At once: what follows may allocate in Lua (mkl_trace_end), and so run
   ** a finalizer, whose market.snapshot or market.now read the freed ground
   ** while the state still named it. */
@@ -519,7 +535,7 @@ void mk_host_free(mk_host *h) {
 
 struct ev_loop *mk_host_loop(mk_host *h) { return h ? h->loop : NULL; }
 mk_ground *mk_host_ground(mk_host *h) { return h ? h->g : NULL; }
-mk_vm *mk_host_vm(mk_host *h) { return h ? mk_ground_vm(h->g) : NULL; }
+mk_vm *mk_host_vm(mk_host *h) { return h && h->g ? mk_ground_vm(h->g) : NULL; }
 struct lua_State *mk_host_lua(mk_host *h) { return h ? h->L : NULL; }
 
 /* The VMs call this for the host program's trace function: one call
@@ -534,7 +550,7 @@ static void traced(void *ud, const char *line) {
 }
 
 void mk_host_trace(mk_host *h, mk_trace_fn fn, void *ud) {
-  if (h == NULL) return;
+  if (h == NULL || ended(h, "mk_host_trace")) return;
   h->on_trace = fn;
   h->trace_ud = ud;
   mk_vm_set_trace(mk_ground_vm(h->g), fn ? traced : NULL, fn ? h : NULL);
@@ -543,6 +559,7 @@ void mk_host_trace(mk_host *h, mk_trace_fn fn, void *ud) {
 int mk_host_trace_opts(mk_host *h, const mk_trace_opts *opts) {
   int rc;
   if (h == NULL) return MK_EINVAL;
+  if (ended(h, "mk_host_trace_opts")) return MK_EBUSY;
   rc = mk_vm_set_trace_opts(mk_ground_vm(h->g), opts);
   if (rc == -1) return seterr(h, MK_EINVAL, "mk_host_trace_opts: an array NULL with a count, or unknown kind bits");
   if (rc != 0) return seterr(h, MK_ENOMEM, "mk_host_trace_opts: out of memory");
@@ -552,6 +569,7 @@ int mk_host_trace_opts(mk_host *h, const mk_trace_opts *opts) {
 int mk_host_set_max_activation(mk_host *h, double ms) {
   if (h == NULL || !(ms >= 0))      /* NaN too */
     return h ? seterr(h, MK_EINVAL, "the activation budget must be a number of ms >= 0") : MK_EINVAL;
+  if (ended(h, "mk_host_set_max_activation")) return MK_EBUSY;
   mk_vm_set_budget(mk_ground_vm(h->g), ms);
   return MK_OK;
 }
@@ -585,6 +603,7 @@ static int p_drivers(lua_State *L) {
 int mk_host_start_drivers(mk_host *h) {
   int st;
   if (h == NULL) return MK_EINVAL;
+  if (ended(h, "mk_host_start_drivers")) return MK_EBUSY;
   if (h->drivers) return MK_OK;
   lua_pushcfunction(h->L, p_drivers);
   lua_pushlightuserdata(h->L, h);
@@ -661,7 +680,7 @@ int mk_host_inspect(mk_host *h, const char *addr, mk_inspect_fn fn, void *ud) {
 /* ---- snapshots ------------------------------------------------------------ */
 
 mk_snap_vm *mk_host_snapshot(mk_host *h) {
-  return h ? mk_vm_snapshot(mk_host_vm(h)) : NULL;
+  return h && h->g ? mk_vm_snapshot(mk_host_vm(h)) : NULL;
 }
 
 static int p_detail(lua_State *L) {
@@ -800,7 +819,7 @@ static mk_pid spawn_lua(spawn_req *r) {
 
 mk_pid mk_host_spawn_file(mk_host *h, const char *path, int argc, const char *const *argv) {
   spawn_req r;
-  if (h == NULL) return 0;
+  if (h == NULL || ended(h, "mk_host_spawn_file")) return 0;
   if (path == NULL) { seterr(h, MK_EINVAL, "mk_host_spawn_file: path is NULL"); return 0; }
   memset(&r, 0, sizeof r);
   r.h = h;
@@ -814,7 +833,7 @@ mk_pid mk_host_spawn_file(mk_host *h, const char *path, int argc, const char *co
 mk_pid mk_host_spawn_buffer(mk_host *h, const char *code, size_t len, const char *name,
                             const char *mode, int argc, const char *const *argv) {
   spawn_req r;
-  if (h == NULL) return 0;
+  if (h == NULL || ended(h, "mk_host_spawn_buffer")) return 0;
   if (code == NULL) { seterr(h, MK_EINVAL, "mk_host_spawn_buffer: code is NULL"); return 0; }
   memset(&r, 0, sizeof r);
   r.h = h;
@@ -899,7 +918,7 @@ static native *native_new(const mk_native *handlers, void *ud) {
 mk_pid mk_host_spawn_native(mk_host *h, const mk_native *handlers, void *ud, const char *name) {
   native *n;
   mk_pid pid;
-  if (h == NULL) return 0;
+  if (h == NULL || ended(h, "mk_host_spawn_native")) return 0;
   if (handlers == NULL) { seterr(h, MK_EINVAL, "mk_host_spawn_native: handlers is NULL"); return 0; }
   if ((n = native_new(handlers, ud)) == NULL) { seterr(h, MK_ENOMEM, "out of memory"); return 0; }
   if ((pid = mk_vm_spawn(mk_ground_vm(h->g), &native_behavior, n, name)) == 0)
@@ -939,6 +958,7 @@ int mk_add_subscriber(mk_proc *self, const char *name, mk_term *topic) {
 
 int mk_host_send(mk_host *h, mk_term *body) {
   if (h == NULL) return MK_EINVAL;
+  if (ended(h, "mk_host_send")) return MK_EBUSY;
   if (body == NULL) return seterr(h, MK_EINVAL, "mk_host_send: body is NULL");
   mk_vm_send(mk_ground_vm(h->g), body, 0);
   return MK_OK;
@@ -946,6 +966,7 @@ int mk_host_send(mk_host *h, mk_term *body) {
 
 int mk_host_feedback(mk_host *h, mk_term *body) {
   if (h == NULL) return MK_EINVAL;
+  if (ended(h, "mk_host_feedback")) return MK_EBUSY;
   if (body == NULL) return seterr(h, MK_EINVAL, "mk_host_feedback: body is NULL");
   mk_vm_send(mk_ground_vm(h->g), body, 1);
   return MK_OK;
@@ -981,7 +1002,7 @@ static const mk_native sub_handlers = {
 mk_pid mk_host_subscribe(mk_host *h, mk_term *topic, mk_message_fn fn, void *ud) {
   subscription *s;
   mk_pid pid;
-  if (h == NULL) return 0;
+  if (h == NULL || ended(h, "mk_host_subscribe")) return 0;
   if (topic == NULL || fn == NULL) {
     seterr(h, MK_EINVAL, "mk_host_subscribe: topic or fn is NULL");
     return 0;
@@ -998,6 +1019,7 @@ mk_pid mk_host_subscribe(mk_host *h, mk_term *topic, mk_message_fn fn, void *ud)
 
 int mk_host_kill(mk_host *h, mk_pid pid, mk_term *reason) {
   if (h == NULL) return MK_EINVAL;
+  if (ended(h, "mk_host_kill")) return MK_EBUSY;
   if (trace_depth > 0)
     return seterr(h, MK_EBUSY, "mk_host_kill: not from a trace callback (the VM is in the "
                   "middle of the change the line tells)");
@@ -1010,6 +1032,7 @@ int mk_host_kill(mk_host *h, mk_pid pid, mk_term *reason) {
 
 int mk_host_stop_on_signals(mk_host *h, double drain_ms) {
   if (h == NULL) return MK_EINVAL;
+  if (ended(h, "mk_host_stop_on_signals")) return MK_EBUSY;
   if (mk_ground_stop_on_signals(h->g, drain_ms) != 0)
     return seterr(h, MK_EINVAL, isfinite(drain_ms) || drain_ms < 0
                   ? "mk_host_stop_on_signals: SIGINT or SIGTERM is watched on another event loop"
@@ -1019,16 +1042,18 @@ int mk_host_stop_on_signals(mk_host *h, double drain_ms) {
 
 int mk_host_stop(mk_host *h, double drain_ms) {
   if (h == NULL) return MK_EINVAL;
+  if (ended(h, "mk_host_stop")) return MK_EBUSY;
   mk_ground_stop(h->g, drain_ms);
   return MK_OK;
 }
 
 int mk_host_exit_status(const mk_host *h) {
-  return h ? mk_ground_exit_status(h->g) : 0;
+  return h && h->g ? mk_ground_exit_status(h->g) : 0;
 }
 
 int mk_host_exit(mk_host *h, int status) {
   if (h == NULL) return MK_EINVAL;
+  if (ended(h, "mk_host_exit")) return MK_EBUSY;
   if (status < 0 || status > 255)
     return seterr(h, MK_EINVAL, "mk_host_exit: the status must be 0..255, got %d", status);
   mk_ground_exit(h->g, status);
@@ -1036,17 +1061,18 @@ int mk_host_exit(mk_host *h, int status) {
 }
 
 int mk_host_exited(const mk_host *h) {
-  return h ? mk_ground_exited(h->g) : 0;
+  return h && h->g ? mk_ground_exited(h->g) : 0;
 }
 
 /* ---- running ------------------------------------------------------------ */
 
 int mk_host_run(mk_host *h) {
   if (h == NULL) return MK_EINVAL;
+  if (ended(h, "mk_host_run")) return MK_EBUSY;
   if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_run: called from inside a handler");
-  h->running++;
+  running_hosts++;
   mk_ground_run(h->g);
-  h->running--;
+  running_hosts--;
   /* What the processes killed at the end held in Lua (the drivers' sockets
   ** in market.sys userdata, closed by their finalisers) goes now, not at
   ** some later collection: after an exit (or a stop's deadline) a
@@ -1058,14 +1084,15 @@ int mk_host_run(mk_host *h) {
 int mk_host_step(mk_host *h) {
   int more;
   if (h == NULL) return MK_EINVAL;
+  if (ended(h, "mk_host_step")) return MK_EBUSY;
   if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_step: called from inside a handler");
   /* As mk_ground_step, but the loop is polled even when the ground
   ** watches nothing: the host's own watchers on it get their turn. */
-  h->running++;
+  running_hosts++;
   mk_ground_deliver(h->g);
   ev_run(h->loop, EVRUN_NOWAIT);
   mk_ground_deliver(h->g);
-  h->running--;
+  running_hosts--;
   more = mk_ground_watching(h->g) > 0 || !mk_vm_idle(mk_ground_vm(h->g));
   if (report(h) != MK_OK) return MK_EFAILED;
   return more ? 1 : 0;
@@ -1074,16 +1101,17 @@ int mk_host_step(mk_host *h) {
 int mk_host_turn(mk_host *h, double timeout) {
   int more;
   if (h == NULL) return MK_EINVAL;
+  if (ended(h, "mk_host_turn")) return MK_EBUSY;
   if (busy(h)) return seterr(h, MK_EBUSY, "mk_host_turn: called from inside a handler");
-  h->running++;
+  running_hosts++;
   more = mk_ground_turn(h->g, timeout);
-  h->running--;
+  running_hosts--;
   if (report(h) != MK_OK) return MK_EFAILED;
   return more ? 1 : 0;
 }
 
-double mk_host_timeout(mk_host *h) { return h ? mk_ground_timeout(h->g) : -1; }
-int mk_host_pollfd(mk_host *h) { return h ? mk_ground_pollfd(h->g) : -1; }
+double mk_host_timeout(mk_host *h) { return h && h->g ? mk_ground_timeout(h->g) : -1; }
+int mk_host_pollfd(mk_host *h) { return h && h->g ? mk_ground_pollfd(h->g) : -1; }
 
 /* ---- terms -------------------------------------------------------------- */
 

@@ -3403,6 +3403,8 @@ int mkl_running(lua_State *L) {
   return S != NULL && S->current != NULL;
 }
 
+int mkl_busy(void) { return running.p != NULL; }
+
 mk_proc *mkl_current(lua_State *L) {
   return running.p != NULL && running.lp->co == L && !in_finaliser(L) ? running.p : NULL;
 }

@@ -133,6 +133,8 @@ void mkl_send(mk_proc *p, mk_term *body);
 int mkl_stop_dead(lua_State *L);
 /* Nonzero while a Lua process of L is handling an event. */
 int mkl_running(lua_State *L);
+/* A Lua process runs now, in any state (host.c: a host is busy). */
+int mkl_busy(void);
 /* The process whose coroutine is L, while it handles an event, or NULL:
 ** for C functions that act on behalf of the calling process (the tcp
 ** driver spawns its native connection managers so).  NULL in a finaliser

@@ -56,9 +56,12 @@
 **   From inside a handler, or a callback you gave the host (failure,
 **   crash, log, warning, trace), you may call every function here except
 **   mk_host_run(), mk_host_step(), mk_host_turn() and mk_host_free(), which
-**   return MK_EBUSY (free: does nothing) there.  The same holds in a
-**   watcher of your own on the host's loop while one of those three runs
-**   the loop (it serves your watchers too).  A trace callback is called
+**   return MK_EBUSY (free: does nothing) there, for every host of the
+**   program, not only the handler's own.  The same holds in a watcher of
+**   your own while one of those three runs a loop (it serves your watchers
+**   too).  Finalizers that mk_host_free() runs as it closes the Lua state
+**   find the host's ground gone: what would reach it returns MK_EBUSY (a
+**   pid: 0).  A trace callback is called
 **   in the middle of the change its line tells (an endpoint half added,
 **   say): there mk_host_kill() returns MK_EBUSY too.
 */
@@ -681,9 +684,11 @@ int mk_host_pollfd(mk_host *h);
 **   mk_record("chat-line", 2, mk_cstr("bob"), mk_cstr("hi"))
 ** equals what Lua builds with market.record("chat-line", "who", "text")
 ** ("bob", "hi"): record types are identified by label and arity.
-** Returns a new sealed term, or NULL when out of memory or when it would
-** nest deeper than the depth limit or have more nodes than the size limit
-** (term.h, mk_term_set_depth_limit, mk_term_set_size_limit).
+** Returns a new sealed term, or NULL when out of memory, when a field is
+** NULL (a builder inside failed: the failure is passed on, never a nil),
+** or when it would nest deeper than the depth limit or have more nodes
+** than the size limit (term.h, mk_term_set_depth_limit,
+** mk_term_set_size_limit).
 */
 mk_term *mk_record(const char *label, uint32_t n, ...);
 /* 1 when t is a record with this label and arity, else 0. */

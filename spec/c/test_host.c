@@ -698,6 +698,61 @@ static void trace_cannot_kill(void) {
   kill_pid = 0;
 }
 
+/* Two hosts on one loop: a Lua handler of one that runs the other (step,
+** run or turn) would serve the first one's watchers again while its own
+** process is still in its handler.  Refused, for every host. */
+static mk_host *other_host;
+static int other_steps[3];
+static int l_run_other(lua_State *L) {
+  other_steps[0] = mk_host_step(other_host);
+  other_steps[1] = mk_host_run(other_host);
+  other_steps[2] = mk_host_turn(other_host, 0);
+  return 0;
+}
+static void two_hosts_not_nested(void) {
+  mk_host *a = newhost();
+  mk_error err;
+  other_host = mk_host_new(mk_host_loop(a), &err);
+  CHECK(other_host != NULL);
+  lua_register(mk_host_lua(a), "run_other", l_run_other);
+  mk_host_spawn_string(a, "local m = require 'market'\n"
+    "local t = m.record('t', 'x')\n"
+    "return m.transition(0, m.subscriber(t(m._), { on_message = function(_, x)\n"
+    "  note('enter ' .. x.x)\n"
+    "  if x.x == 1 then run_other() end\n"
+    "  note('leave ' .. x.x)\n"
+    "end }), m.publisher(t(m._)), m.send(t(1)), m.send(t(2)))\n", "a", 0, NULL);
+  CHECK(mk_host_run(a) == MK_OK);
+  CHECK(other_steps[0] == MK_EBUSY && other_steps[1] == MK_EBUSY && other_steps[2] == MK_EBUSY);
+  CHECK(strcmp(logbuf, "enter 1\nleave 1\nenter 2\nleave 2\n") == 0);
+  mk_host_free(other_host);
+  mk_host_free(a);
+}
+
+/* mk_host_free ends the ground, then closes the Lua state: a finalizer
+** that reaches the host through a C function finds the ground gone. */
+static mk_host *freed_host;
+static int gc_calls[3];
+static int l_gc_calls(lua_State *L) {
+  mk_term *m = mk_record("closed", 1, mk_int(1));
+  gc_calls[0] = mk_host_send(freed_host, m);
+  gc_calls[1] = (int)mk_host_spawn_string(freed_host, "note('spawned late')", "late", 0, NULL);
+  gc_calls[2] = mk_host_kill(freed_host, 1, NULL);
+  mk_unref(m);
+  return 0;
+}
+static void finalizer_after_free(void) {
+  freed_host = newhost();
+  gc_calls[0] = gc_calls[1] = gc_calls[2] = 1;
+  lua_register(mk_host_lua(freed_host), "gc_calls", l_gc_calls);
+  mk_host_spawn_string(freed_host, "local m = require 'market'\n"
+    "held = setmetatable({}, { __gc = function() gc_calls() end })\n"
+    "return m.transition(0, m.subscriber(m.record('t', 'x')(m._)))\n", "holder", 0, NULL);
+  CHECK(mk_host_run(freed_host) == MK_OK);
+  mk_host_free(freed_host);
+  CHECK(gc_calls[0] == MK_EBUSY && gc_calls[1] == 0 && gc_calls[2] == MK_EBUSY);
+}
+
 /* A log line from a Lua process runs the host's log function while that
 ** process's coroutine runs: spawning a Lua process from it uses the host's
 ** Lua state meanwhile, and must work. */
@@ -1789,6 +1844,8 @@ int main(void) {
   RUN(callbacks_busy);
   RUN(trace_cannot_kill);
   RUN(log_callback_spawns);
+  RUN(two_hosts_not_nested);
+  RUN(finalizer_after_free);
   RUN(trace_opts);
   RUN(trace_file_kept);
   RUN(warnings);
