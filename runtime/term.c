@@ -119,6 +119,10 @@ static mk_term false_obj = SINGLETON(MK_FALSE, 1, 0x5f0a93e1u);
 static mk_term true_obj  = SINGLETON(MK_TRUE,  1, 0x8c47d15bu);
 static mk_term wild_obj  = SINGLETON(MK_WILD,  0, 0xd2f86a37u);
 static mk_term eof_obj   = SINGLETON(MK_EOF,   1, 0x36a5c0f9u);
+/* What a NULL item (a builder that failed) is stored as: deeper than any
+** limit, so that sealing the compound fails as the item did, with no test
+** of its own, where storing nil would pass a wrong term on. */
+static mk_term failed_obj = { MK_IMMORTAL, MK_NIL, 1, UINT16_MAX, 0x0e4d93a1u, 0, { 0 } };
 
 mk_term *mk_nil (void) { return &nil_obj; }
 mk_term *mk_bool (int b) { return b ? &true_obj : &false_obj; }
@@ -522,7 +526,7 @@ void mk_set (mk_term *c, uint32_t i, mk_term *item) {
     return;
   }
   old = mk_items(c)[i];
-  mk_items(c)[i] = item ? item : &nil_obj;
+  mk_items(c)[i] = item ? item : &failed_obj;
   /* a slot is filled once, as a rule, over the nil it was made with */
   if (old->refs != MK_IMMORTAL) mk_unref(old);
 }
@@ -621,7 +625,7 @@ mk_term *mk_rec (mk_rtype *rt, ...) {
   for (i = 0; i < n; i++) {
     mk_term *it = va_arg(ap, mk_term *);
     /* each slot once, over its nil: stored as mk_set would store it */
-    if (t != NULL) mk_items(t)[i] = it ? it : &nil_obj;
+    if (t != NULL) mk_items(t)[i] = it ? it : &failed_obj;
     else mk_unref(it);  /* the arguments are stolen even on failure */
   }
   va_end(ap);

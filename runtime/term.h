@@ -169,6 +169,7 @@ int mk_rtype_field(const mk_rtype *rt, const char *name);
 ** Compound builders.  mk_rec_new/mk_seq_new return a term whose slots are
 ** mk_nil(); fill them with mk_set (steals `item`, which must be sealed),
 ** then mk_seal() it before any other use (hashing, comparing, routing).
+** A NULL item (a builder that failed) makes the seal fail: NULL.
 ** mk_rec_new takes a new reference to rt (the caller keeps its own).
 ** mk_seal takes the caller's reference and gives it back: it returns the
 ** compound, or, when the compound nests deeper than the depth limit or
@@ -182,8 +183,8 @@ void mk_set(mk_term *compound, uint32_t i, mk_term *item);
 mk_term *mk_seal(mk_term *compound);
 
 /* Convenience: a sealed record of rt with `n == rt->arity` stolen fields.
-** NULL when out of memory or beyond the depth or the size limit (the
-** fields are released all the same). */
+** NULL when out of memory, when a field is NULL, or beyond the depth or
+** the size limit (the fields are released all the same). */
 mk_term *mk_rec(mk_rtype *rt, ...);
 
 /* Structural equality and hashing (equal terms hash equal). */

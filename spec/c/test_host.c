@@ -321,6 +321,9 @@ static void terms_across(void) {
   CHECK(strcmp(mk_record_label(t), "chat-line") == 0);
   CHECK(strcmp(mk_tostring(mk_field(t, 0), &len), "bob") == 0 && len == 3);
   CHECK(mk_field(t, 2) == NULL && mk_field_named(t, "who") == NULL);
+  /* A builder inside that failed fails the record, never a nil field. */
+  CHECK(mk_record("chat-line", 2, mk_cstr("bob"), NULL) == NULL);
+  CHECK(mk_record("x", 1, mk_record("y", 1, mk_str("z", (size_t)1 << 40))) == NULL);
   p.sub = mk_record("chat-line", 2, mk_wild(), mk_wild());
   mk_host_spawn_native(h, &probe_handlers, &p, "probe");
   mk_host_spawn_string(h,

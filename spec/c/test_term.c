@@ -359,8 +359,8 @@ static void records (void) {
 
 /* mk_set and mk_rec store a slot's first item over its nil without
 ** releasing anything, and release what a later mk_set replaces, a
-** singleton or a counted term; a NULL item is nil; mk_rec is held to the
-** limits as mk_seal is. */
+** singleton or a counted term; a NULL item (a builder that failed) fails
+** the seal; mk_rec is held to the limits as mk_seal is. */
 static void slots (void) {
   size_t base = mk_term_live();
   static const char *const names[] = { "a", "b", "c" };
@@ -370,13 +370,18 @@ static void slots (void) {
   mk_set(s, 0, mk_wild());
   mk_set(s, 0, mk_ref(shared));       /* over a singleton */
   mk_set(s, 1, mk_int(7));
-  mk_set(s, 1, NULL);                 /* releases the 7: nil */
+  mk_set(s, 1, mk_nil());             /* releases the 7 */
   mk_set(s, 2, mk_ref(shared));
   mk_set(s, 2, mk_eof());             /* releases one reference */
   CHECK(shared->refs == 2 && mk_term_live() == base + 2);
   s = mk_seal(s);
   CHECK(repr_is(mk_ref(s), "[\"shared\", nil, #eof]") && s->ground);
-  r = mk_rec(rt, NULL, mk_ref(s), mk_wild());
+  CHECK(mk_rec(rt, mk_int(1), NULL, mk_ref(s)) == NULL && s->refs == 1);
+  r = mk_seq_new(2);
+  mk_set(r, 0, mk_ref(s));
+  mk_set(r, 1, NULL);
+  CHECK(mk_seal(r) == NULL && s->refs == 1);
+  r = mk_rec(rt, mk_nil(), mk_ref(s), mk_wild());
   CHECK(r != NULL && repr_is(mk_ref(r), "slots(nil, [\"shared\", nil, #eof], _)"));
   CHECK(!r->ground && r->depth == 2 && mk_term_size(r) == 7 && s->refs == 2);
   CHECK(mk_term_set_depth_limit(1) == 0);
