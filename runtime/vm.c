@@ -1067,6 +1067,14 @@ static int add(mk_proc *p, const char *name, int meta, mk_role role, const uint3
   int placed;
   uint32_t h;
   if (p->dead) return -1;
+  if (name == NULL) { mk_failf(p, "an endpoint has no name (NULL)"); return -1; }
+  /* The enums come from C callers as ints: one out of range would index
+  ** past vm->ix, or make an endpoint no interest test knows. */
+  if ((unsigned)role.orientation > MK_SUBSCRIBER || (unsigned)role.interest > MK_EVERYTHING) {
+    mk_failf(p, "endpoint '%s': orientation %d or interest %d out of range", name,
+             (int)role.orientation, (int)role.interest);
+    return -1;
+  }
   if (role.topic == NULL) { mk_failf(p, "endpoint '%s' has no topic", name); return -1; }
   if (mk_term_size(role.topic) > MK_TERM_SIZE_MAX) {   /* see nobody() */
     mk_failf(p, "endpoint '%s': a topic of more than %lu nodes", name,

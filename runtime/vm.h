@@ -377,7 +377,9 @@ mk_pid mk_spawn(mk_proc *p, const mk_behavior *b, void *data, const char *name, 
 int mk_quit(mk_proc *p, mk_pid pid, mk_term *reason);
 /* Add an endpoint (role.topic borrowed).  Re-adding an existing name with an
 ** equal role returns 1 and changes nothing (the behaviour replaces its
-** handlers); with a different role the process fails and -1 is returned. */
+** handlers); with a different role the process fails and -1 is returned,
+** as it is for a NULL name or topic, or an orientation or interest out of
+** range. */
 int mk_add_endpoint(mk_proc *p, const char *name, int meta, mk_role role);
 /* mk_add_endpoint at level 0 and mk_tag_endpoint in one: the endpoint
 ** (new, or re-added with an equal role) has `tag` before it meets its

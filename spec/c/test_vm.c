@@ -1788,6 +1788,17 @@ static void test_meta_nested_deep_fails(void) {
 static void unbuilt_script(mk_proc *p, const mk_event *ev, rec *r) {
   mk_term *t;
   if (!is_ctl(ev)) return;
+  if (r->mode >= 4) {
+    /* An endpoint a C caller got wrong: no name, an orientation or an
+    ** interest out of its enum (ints in C). */
+    mk_role role;
+    role.orientation = r->mode == 5 ? (mk_orientation)5 : MK_PUBLISHER;
+    role.interest = r->mode == 6 ? (mk_interest)7 : MK_PARTICIPANT;
+    role.topic = t = I(9);
+    rec_ret(r, mk_add_endpoint(p, r->mode == 4 ? NULL : "odd", 0, role));
+    mk_unref(t);
+    return;
+  }
   CHECK(mk_term_set_depth_limit(1) == 0);
   t = R(I(1), R(I(2), I(3)));       /* two levels: NULL */
   CHECK(mk_term_set_depth_limit(MK_TERM_DEPTH_DEFAULT) == 0);
@@ -1829,8 +1840,11 @@ static void test_send_unbuilt(void) {
     "send: no message (a term past the depth or size limit, or out of memory)",
     "feedback: no message (a term past the depth or size limit, or out of memory)",
     "send: a term of more than 16777216 nodes",
-    "endpoint 'big': a topic of more than 16777216 nodes" };
-  for (mode = 0; mode < 4; mode++) {
+    "endpoint 'big': a topic of more than 16777216 nodes",
+    "an endpoint has no name (NULL)",
+    "endpoint 'odd': orientation 5 or interest 0 out of range",
+    "endpoint 'odd': orientation 0 or interest 7 out of range" };
+  for (mode = 0; mode < 7; mode++) {
     mk_vm *vm = mk_vm_new();
     rec a, b;
     char want[200];
@@ -1848,6 +1862,7 @@ static void test_send_unbuilt(void) {
     poke(vm, "A");
     mk_vm_run(vm);
     CHECK(a.destroyed == 1 && mk_vm_nprocs(vm) == 1);
+    CHECK(mode < 4 || (a.nret == 1 && a.ret[0] == -1));
     snprintf(want, sizeof want, "absence ep publisher/participant rec(1, 1) \"%s\"", why[mode]);
     CHECK(log_count(&b.log, want) == 1);
     mk_vm_free(vm, NULL);
