@@ -219,6 +219,8 @@ int mk_json_term(mk_jbuf *b, const mk_term *t, size_t end) {
     case MK_REC: case MK_SEQ:
       if (t->kind == MK_REC) {
         mk_jbuf_adds(b, "{\"record\":");
+        /* as a string: past the end, not written (a label may be long) */
+        if (end != SIZE_MAX && b->n + t->v.rt->labellen > end) return 0;
         mk_json_str(b, t->v.rt->label, t->v.rt->labellen, 1);
         mk_jbuf_adds(b, ",\"fields\":");
       }

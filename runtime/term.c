@@ -884,6 +884,22 @@ static void addquoted (Buf *b, const char *s, size_t len) {
   addchar(b, '"');
 }
 
+/* A label printed bare reads back as itself and as nothing else: printable
+** ASCII but a blank and the bytes that end a word (wordch).  Any other is
+** written as a string before its '(': a label can then neither end its
+** record early, so that two records print alike, nor carry a newline or
+** an escape into a trace line. */
+static int barelabel (const char *l, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)l[i];
+    if (c <= ' ' || c >= 0x7f || c == '(' || c == ')' || c == '[' || c == ']' ||
+        c == ',' || c == '"')
+      return 0;
+  }
+  return n > 0;
+}
+
 static void addterm (Buf *b, const mk_term *t) {
   uint32_t i;
   switch (mk_kindof(t)) {
@@ -897,7 +913,9 @@ static void addterm (Buf *b, const mk_term *t) {
     case MK_EOF: addlit(b, "#eof"); break;
     case MK_REC: case MK_SEQ:
       if (t->kind == MK_REC) {
-        addmem(b, t->v.rt->label, t->v.rt->labellen);
+        const mk_rtype *rt = t->v.rt;
+        if (barelabel(rt->label, rt->labellen)) addmem(b, rt->label, rt->labellen);
+        else addquoted(b, rt->label, rt->labellen);
         addchar(b, '(');
       }
       else addchar(b, '[');
@@ -1092,7 +1110,18 @@ static mk_term *rdword (Rd *r, size_t depth) {
 static mk_term *rdterm (Rd *r, size_t depth) {
   rdblank(r);
   if (r->p >= r->end) return rdfail(r, "expected a term"), NULL;
-  if (*r->p == '"') return rdstring(r);
+  if (*r->p == '"') {                      /* a string, or a quoted label */
+    mk_term *t = rdstring(r), *c;
+    rdblank(r);
+    if (t == NULL || r->p >= r->end || *r->p != '(') return t;
+    if (memchr(mk_strdata(t), '\0', t->n) != NULL) {
+      mk_unref(t);
+      return rdfail(r, "a record label must not contain a NUL byte"), NULL;
+    }
+    c = rdcompound(r, ')', mk_strdata(t), t->n, depth);
+    mk_unref(t);
+    return c;
+  }
   if (*r->p == '[') return rdcompound(r, ']', NULL, 0, depth);
   return rdword(r, depth);
 }

@@ -408,6 +408,18 @@ describe("timer.cancel (market's own)", function()
     assert.same({ "b", { "a" }, "end" }, labels)
   end)
 
+  it("cancels no label that merely prints like the one cancelled", function()
+    -- The driver keys its tables by market.repr: a label whose record's
+    -- own label holds "(1), b" printed as [a(1), b()] did too.
+    local a, b, c = market.record("a", "x"), market.record("b"), market.record("a(1), b")
+    local labels = expiries(2, function()
+      return { timer.set({ c() }, 20, "relative"), timer.set({ a(1), b() }, 30, "relative"),
+               timer.cancel({ a(1), b() }), timer.set("end", 60, "relative") }
+    end)
+    assert.equal('["a(1), b"()]', market.repr(labels[1]))
+    assert.equal("end", labels[2])
+  end)
+
   it("replaces when it comes before a set: cancel, then set", function()
     local labels, log, start = expiries(2, function()
       return { timer.set("x", 10, "relative"), timer.cancel("x"),

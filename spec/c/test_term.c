@@ -977,6 +977,41 @@ static void read_terms (void) {
   CHECK(t != NULL && mk_kindof(t) == MK_REC && t->v.rt == rt);
   mk_unref(t);
   mk_rtype_unref(rt);
+  /* A label that is not a plain word is written as a string: every one
+  ** reads back, and two records never print alike (the timer driver keys
+  ** its table by the text: [a(1), b()] and "a(1), b"() were one key). */
+  {
+    static const char *const odd[] = { "a(1), b", "x\n2026 forged\x1b[31m", "", "caf\xc3\xa9",
+                                       "q\"uote", "sp ace", "[", "f(" };
+    mk_term *a, *b;
+    char *ra, *rb;
+    for (i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+      mk_rtype *ot = mk_rtype_get(odd[i], strlen(odd[i]), 1, NULL);
+      CHECK(reads_back(mk_rec(ot, mk_int(1))));
+      mk_rtype_unref(ot);
+    }
+    a = P("[a(1), b()]");
+    rt = mk_rtype_get("a(1), b", 7, 0, NULL);
+    b = mk_seq_new(1);
+    mk_set(b, 0, mk_rec(rt));
+    b = mk_seal(b);
+    mk_rtype_unref(rt);
+    ra = mk_repr(a, NULL);
+    rb = mk_repr(b, NULL);
+    CHECK(strcmp(ra, "[a(1), b()]") == 0 && strcmp(rb, "[\"a(1), b\"()]") == 0);
+    free(ra);
+    free(rb);
+    mk_unref(a);
+    mk_unref(b);
+    rt = mk_rtype_get("x\ny", 3, 0, NULL);
+    a = mk_rec(rt);
+    mk_rtype_unref(rt);
+    ra = mk_repr(a, NULL);
+    CHECK(strcmp(ra, "\"x\\ny\"()") == 0);
+    free(ra);
+    mk_unref(a);
+  }
+  CHECK(read_fails("\"a\\x00b\"(1)", 8, "must not contain a NUL"));
   CHECK(read_fails("", 0, "expected a term"));
   CHECK(read_fails("chat(_,", 7, "expected a term"));
   CHECK(read_fails("[1 2]", 3, "expected ',' or ']'"));
