@@ -57,6 +57,11 @@ describe("market.to_cbor and market.from_cbor", function()
       [WRAP .. "\xd8\x20\x60"] = "an unknown tag",
       ["\xda\x6d\x6b\x00\x00\x82\x02\xf6"] = "an unsupported version",
       [WRAP .. "\x9b\0\0\0\1\0\0\0\0\0"] = "truncated CBOR",
+      -- [1, nil], [nil, 1], and f([nil]): Lua would read a hole
+      [WRAP .. "\x82\x01\xf6"] = "a null inside a sequence (Lua would read it as a hole)",
+      [WRAP .. "\x82\xf6\x01"] = "a null inside a sequence (Lua would read it as a hole)",
+      [WRAP .. "\xda\x6d\x6b\0\x01\x82\x61f\x81\xf7"] =
+        "a null inside a sequence (Lua would read it as a hole)",
     }
     for bytes, why in pairs(cases) do
       local v, err = market.from_cbor(bytes)
