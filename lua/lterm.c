@@ -504,10 +504,12 @@ static int term_len(lua_State *L) {
 /* r[i] is field i (1-based); r.name is the field called name. */
 static int term_index(lua_State *L) {
   mk_term *t = selfbox(L);
-  lua_Integer i;
+  lua_Integer i = 0;
+  int integral = 0;
   if (t->kind != MK_REC) return luaL_error(L, "%s has no fields", t->kind == MK_WILD ? "the wildcard" : "EOF");
-  if (lua_isinteger(L, 2)) {
-    i = lua_tointeger(L, 2);
+  /* r[1.0] is r[1], as a table's t[1.0] is t[1] (a string "1" is no index) */
+  if (lua_type(L, 2) == LUA_TNUMBER) i = lua_tointegerx(L, 2, &integral);
+  if (integral) {
     if (i < 1 || (lua_Unsigned)i > t->n) { lua_pushnil(L); return 1; }
   } else {
     size_t kl;
