@@ -171,6 +171,12 @@ static void handle(mk_proc *self, const mk_event *ev) {
     mk_proc *child;
     if (end != ev->endpoint && *end == '/' && (child = mk_vm_proc(vm, pid)) != NULL)
       mkI_enqueue_meta(vm, child, ev, end + 1, ev->meta + 1);
+    /* A resume is queued already: the event waits for it in the VM's
+    ** queue.  A slice for every event was many new parent events for each
+    ** (a process here that hears its own meta-level sends), which grew the
+    ** parent's queue faster than it drained: its timers and signals were
+    ** never reached. */
+    if (vm->resume_queued) return;
   }
   run(self, vm);
   flush_outbox(self, vm);

@@ -99,6 +99,26 @@ end), market.spawn(ticker))
 ]])
   end)
 
+  -- Each step also sends one message at meta level, which the nested VM's
+  -- own process hears in the ground: every such event ran the nested VM
+  -- another slice, which made thousands more, and the ground's queue grew
+  -- faster than it drained (no timer fired, memory grew without bound).
+  it("busy inside a nested VM that hears its own meta-level sends, leaves the ground's timers their turn", function()
+    ticks([[
+local M = market.at_meta_level
+return market.transition(nil, market.nested_vm(function()
+  return market.transition(nil,
+    M(market.subscriber("echo", { on_message = function() end })),
+    M(market.publisher("echo", {})),
+    market.subscriber("loop", { on_message = function()
+      count = count + 1
+      return market.transition_no_state(M(market.send("echo")), market.send("loop"))
+    end }),
+    market.publisher("loop", {}), market.send("loop"))
+end), market.spawn(ticker))
+]])
+  end)
+
   -- The exit kills the processes oldest first: "a" while "b" is busy.
   it("two nested VMs busy at once both go on, and end with an exit", function()
     local path = script([[
