@@ -249,14 +249,18 @@ static void metaname_free(mk_metaname *m) {
 
 static void proc_unref(mk_proc *p) {
   mk_metaname *m, *mn;
+  uint32_t i;
   if (--p->refs > 0) return;
   if (p->b->destroy) p->b->destroy(p);
   if (p->xname) {
-    for (m = PROCX(p)->metas; m; m = mn) {
-      mn = m->next;
-      metaname_free(m);
-    }
-    free(PROCX(p));
+    mk_procx *px = PROCX(p);
+    for (i = 0; i < px->metasize; i++)
+      for (m = px->metas[i]; m; m = mn) {
+        mn = m->next;
+        metaname_free(m);
+      }
+    free(px->metas);
+    free(px);
   } else {
     free(p->name);
   }
@@ -574,6 +578,8 @@ static void set_name(mk_proc *p, const char *name, int x) {
   }
   px = mkI_xmalloc(offsetof(mk_procx, name) + n);
   px->metas = p->xname ? PROCX(p)->metas : NULL;
+  px->nmetas = p->xname ? PROCX(p)->nmetas : 0;
+  px->metasize = p->xname ? PROCX(p)->metasize : 0;
   px->links = p->xname ? PROCX(p)->links : NULL;
   memcpy(px->name, name ? name : "", n);
   if (p->xname) free(PROCX(p)); else free(p->name);
@@ -595,13 +601,14 @@ size_t mk_proc_nendpoints(const mk_proc *p) {
 void mk_proc_each_endpoint(const mk_proc *p, mk_endpoint_fn fn, void *ud) {
   const mk_endpoint *e = p->eps;
   const mk_metaname *m;
+  uint32_t i, size = p->xname ? PROCX(p)->metasize : 0;
   while (e != NULL && e->pnext != NULL) e = e->pnext;    /* the oldest */
   for (; e != NULL; e = e->pprev) fn(ud, e->name, 0, &e->role);
-  for (m = p->xname ? PROCX(p)->metas : NULL; m; m = m->next) {
-    /* "depth:name": the endpoint is named "pid/name" one VM up, owned by
-    ** the nested-VM process, and one more "pid/" per level (nested.c). */
-    int depth = atoi(m->name), level = 0;
-    const char *name = strchr(m->name, ':') + 1;
+  for (i = 0; i < size; i++) for (m = PROCX(p)->metas[i]; m; m = m->next) {
+    /* The endpoint is named "pid/name" one VM up, owned by the nested-VM
+    ** process, and one more "pid/" per level (nested.c). */
+    int depth = m->depth, level = 0;
+    const char *name = m->name;
     const mk_vm *vm = p->vm;
     mk_pid owner = p->pid;
     char *full;
@@ -760,7 +767,7 @@ static int on_peer(mk_ilink *link, void *ud) {
 }
 
 /*
-** Meta-endpoint names a process holds above it, keyed "depth:name" (depth 1
+** Meta-endpoint names a process holds above it, keyed (depth, name) (depth 1
 ** = the parent VM).  The depth is part of the key because an endpoint "x"
 ** one level up and another "x" two levels up are different endpoints:
 ** deleting one must not make the process look finished while it still
@@ -776,34 +783,61 @@ static int on_peer(mk_ilink *link, void *ud) {
 ** own, and is told (nested.c).  A name is held again if re-added
 ** meanwhile, so each deletion's marker is counted.
 */
+static uint32_t metahash(int depth, const char *name) {
+  uint32_t h = 2166136261u ^ (uint32_t)depth;
+  for (; *name; name++) h = (h ^ (unsigned char)*name) * 16777619u;
+  return h;
+}
+
 static mk_metaname *metaname_find(const mk_proc *p, int depth, const char *name) {
+  const mk_procx *px;
   mk_metaname *m;
-  char key[16];
-  size_t k = (size_t)snprintf(key, sizeof key, "%d:", depth);
-  for (m = p->xname ? PROCX(p)->metas : NULL; m; m = m->next)
-    if (strncmp(m->name, key, k) == 0 && strcmp(m->name + k, name) == 0) return m;
+  if (!p->xname || (px = PROCX(p))->nmetas == 0) return NULL;
+  for (m = px->metas[metahash(depth, name) & (px->metasize - 1)]; m; m = m->next)
+    if (m->depth == depth && strcmp(m->name, name) == 0) return m;
   return NULL;
 }
 
-/* Track "depth:name" with its role: -1, and nothing changed, when p holds
+/* Twice the buckets, once there are more records than buckets. */
+static void metaname_grow(mk_procx *px) {
+  uint32_t size = px->metasize ? 2 * px->metasize : 8, i;
+  mk_metaname **t = mkI_xmalloc(size * sizeof *t), *m, *mn;
+  memset(t, 0, size * sizeof *t);
+  for (i = 0; i < px->metasize; i++)
+    for (m = px->metas[i]; m; m = mn) {
+      mk_metaname **b = &t[metahash(m->depth, m->name) & (size - 1)];
+      mn = m->next;
+      m->next = *b;
+      *b = m;
+    }
+  free(px->metas);
+  px->metas = t;
+  px->metasize = size;
+}
+
+/* Track (depth, name) with its role: -1, and nothing changed, when p holds
 ** that name there with another role (re-adding it is p's error, §1).  A
 ** name deleted and not yet heard of is held again, with the new role. */
 static int metaname_add(mk_proc *p, int depth, const char *name, mk_role role) {
   mk_metaname *m = metaname_find(p, depth, name);
-  char key[16];
-  size_t k, n = strlen(name) + 1;
+  size_t n = strlen(name) + 1;
   if (m != NULL && m->held) return mk_role_equal(m->role, role) ? 0 : -1;
   if (m != NULL) {
     mk_unref(m->role.topic);                  /* deleted: the new role now */
   } else {
-    k = (size_t)snprintf(key, sizeof key, "%d:", depth);
+    mk_procx *px;
+    mk_metaname **b;
     if (!p->xname) set_name(p, p->name, 1);  /* its first: move the name */
-    m = mkI_xmalloc(sizeof *m + k + n);
+    px = PROCX(p);
+    if (px->nmetas + 1 > px->metasize) metaname_grow(px);
+    m = mkI_xmalloc(sizeof *m + n);
     m->deleting = 0;
-    memcpy(m->name, key, k);
-    memcpy(m->name + k, name, n);
-    m->next = PROCX(p)->metas;
-    PROCX(p)->metas = m;
+    m->depth = depth;
+    memcpy(m->name, name, n);
+    b = &px->metas[metahash(depth, name) & (px->metasize - 1)];
+    m->next = *b;
+    *b = m;
+    px->nmetas++;
   }
   m->role = role;
   m->role.topic = mk_ref(role.topic);
@@ -812,13 +846,15 @@ static int metaname_add(mk_proc *p, int depth, const char *name, mk_role role) {
 }
 
 static void metaname_unlink(mk_proc *p, mk_metaname *m) {
-  mk_metaname **pp = &PROCX(p)->metas;
+  mk_procx *px = PROCX(p);
+  mk_metaname **pp = &px->metas[metahash(m->depth, m->name) & (px->metasize - 1)];
   while (*pp != m) pp = &(*pp)->next;
   *pp = m->next;
+  px->nmetas--;
   metaname_free(m);
 }
 
-/* p deleted "depth:name" up there (MK_A_DELETE).  A name it does not hold
+/* p deleted (depth, name) up there (MK_A_DELETE).  A name it does not hold
 ** has no endpoint there, so no marker will come for it. */
 static void metaname_delete(mk_proc *p, int depth, const char *name) {
   mk_metaname *m = metaname_find(p, depth, name);
@@ -836,21 +872,27 @@ static void metaname_deleted(mk_proc *p, int depth, const char *name) {
   if (--m->deleting == 0 && !m->held) metaname_unlink(p, m);
 }
 
-/* Forget every "d:name..." with d >= depth (MK_A_DROP: a dead child's
-** endpoints go at every level it held them), and any deletion of them
-** still to come back: its marker will find no child to go to. */
+/* Forget every (d, name...) with d >= depth and the name starting with
+** prefix (MK_A_DROP: a dead child's endpoints go at every level it held
+** them), and any deletion of them still to come back: its marker will
+** find no child to go to. */
 static void metaname_drop(mk_proc *p, int depth, const char *prefix) {
-  mk_metaname **pp;
+  mk_procx *px;
   size_t n = strlen(prefix);
+  uint32_t i;
   if (!p->xname) return;
-  for (pp = &PROCX(p)->metas; *pp;) {
-    mk_metaname *m = *pp;
-    const char *rest = strchr(m->name, ':') + 1;
-    if (atoi(m->name) >= depth && strncmp(rest, prefix, n) == 0) {
-      *pp = m->next;
-      metaname_free(m);
-    } else {
-      pp = &m->next;
+  px = PROCX(p);
+  for (i = 0; i < px->metasize; i++) {
+    mk_metaname **pp = &px->metas[i];
+    while (*pp) {
+      mk_metaname *m = *pp;
+      if (m->depth >= depth && strncmp(m->name, prefix, n) == 0) {
+        *pp = m->next;
+        px->nmetas--;
+        metaname_free(m);
+      } else {
+        pp = &m->next;
+      }
     }
   }
 }
@@ -860,12 +902,11 @@ static void metaname_drop(mk_proc *p, int depth, const char *prefix) {
 ** anything p does next. */
 static int metaname_levels(const mk_proc *p) {
   const mk_metaname *m;
+  uint32_t i, size = p->xname ? PROCX(p)->metasize : 0;
   int most = 0;
-  for (m = p->xname ? PROCX(p)->metas : NULL; m; m = m->next) {
-    int depth = atoi(m->name);
-    if (!m->held) continue;
-    if (depth > most) most = depth;
-  }
+  for (i = 0; i < size; i++)
+    for (m = PROCX(p)->metas[i]; m; m = m->next)
+      if (m->held && m->depth > most) most = m->depth;
   return most;
 }
 
@@ -1612,7 +1653,7 @@ static void check_exit(mk_proc *p) {
   ** its live processes.  A lifeline (vm.h) is not on p's list of
   ** endpoints: one that holds nothing else has finished. */
   if (p->b == &mk_nested_behavior || p->resident) return;
-  if (!p->dead && p->eps == NULL && (!p->xname || PROCX(p)->metas == NULL) &&
+  if (!p->dead && p->eps == NULL && (!p->xname || PROCX(p)->nmetas == 0) &&
       p->pending == 0 && p->conts == 0 && !p->in_handle)
     mkI_kill(p, NULL);
 }

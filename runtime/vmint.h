@@ -135,12 +135,13 @@ typedef struct mk_qblock {
 ** is the process's error, found when it makes the action (vm.c,
 ** mk_at_meta_level), not the nested VM's when the VM above performs it. */
 typedef struct mk_metaname {
-  struct mk_metaname *next;
+  struct mk_metaname *next; /* in its bucket of mk_procx.metas */
   mk_role role;             /* role.topic counted */
   uint32_t deleting;        /* deletions made whose MK_EV_DELETED has not
                             ** come back down yet */
+  int depth;                /* 1: the parent VM, 2: the one above it, ... */
   uint8_t held;             /* 1: the endpoint is held up there */
-  char name[];
+  char name[];              /* its name at that level, NUL-terminated */
 } mk_metaname;
 
 /* A process's name with the meta-endpoint names it holds (for implicit
@@ -148,7 +149,12 @@ typedef struct mk_metaname {
 ** Owned by the process; its `name` points at `name` here then (PROCX in
 ** vm.c). */
 typedef struct mk_procx {
-  mk_metaname *metas;       /* owned list */
+  mk_metaname **metas;      /* owned hash table of nmetas records in
+                            ** metasize buckets (a power of 2), keyed by
+                            ** (depth, name), or NULL: a process may hold
+                            ** tens of thousands up there, and a list made
+                            ** every add a walk of them all */
+  uint32_t nmetas, metasize;
   mk_endpoint *links;       /* its links (vm.h), chained by pnext/pprev: off
                             ** its list of endpoints, so that they do not
                             ** keep it alive; mkI_kill withdraws them */
