@@ -961,6 +961,11 @@ static int f_addendpoint(lua_State *L) {
     size_t n;
     const char *name = lua_tolstring(L, 3, &n);
     if (strlen(name) != n) return luaL_error(L, "%s: endpoint name must not contain a NUL byte", fname);
+    /* "#1", "#2", ... name a process's anonymous endpoints (market.lua):
+    ** one of its own named so was taken for the anonymous one's re-add. */
+    if (n > 1 && name[0] == '#' && strspn(name + 1, "0123456789") == n - 1)
+      return luaL_error(L, "%s: endpoint name '%s' is reserved (anonymous endpoints are "
+                        "named #1, #2, ...)", fname, name);
   }
   if (lua_isnil(L, 2)) {
     lua_pushvalue(L, E_NOHANDLERS);

@@ -59,6 +59,20 @@ describe("constructing actions", function()
                    err_of(function() local _x = market.monitor(1, print, "a\0b") end))
   end)
 
+  -- Anonymous endpoints are named #1, #2, ...: a subscriber the process
+  -- named "#1" itself was taken for the first anonymous one's re-add (one
+  -- endpoint where there were two, or a failure for another role).
+  it("an endpoint named like an anonymous one (#1, #2, ...) is an error", function()
+    assert.matches(THIS .. "market%.subscriber: endpoint name '#1' is reserved %(anonymous endpoints are named #1, #2, ...%)$",
+                   err_of(function() local _x = market.subscriber("x", "#1") end))
+    assert.matches(THIS .. "market%.publisher: endpoint name '#20' is reserved",
+                   err_of(function() local _x = market.publisher("x", { name = "#20" }) end))
+    for _, fine in ipairs({ "#", "#a", "#1a", "1", "a#1" }) do
+      assert.is_not_nil(market.subscriber("x", fine))
+    end
+    assert.is_not_nil(market.delete_endpoint("#1"))   -- an anonymous one can go
+  end)
+
   -- A spawn's name is checked where it is made: a table or a boolean
   -- raised "market:271: bad argument #2 to 'spawn'" when performed.  A
   -- NUL, which ended the name the VM keeps, is written as \0.
