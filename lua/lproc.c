@@ -370,7 +370,10 @@ static void budget_tick(int sig) {
   int saved = errno;
   lua_State *co = act.co;
   (void)sig;
-  if (co != NULL && !act.fired && !act.told) {
+  /* Past its hook's firing too: an activation still running then runs
+  ** where no hook does (an xpcall message handler called for the hook's
+  ** own error, say, which Lua runs with hooks off). */
+  if (co != NULL && !act.told) {
     /* The kernel checks CPU timers at its own ticks, and on a busy machine
     ** a thread that runs in short slices is seen late: several periods
     ** then come as one signal and the rest as overruns.  Counting only
@@ -518,6 +521,20 @@ static void budget_next(lua_State *co) {
 ** on out to the activation's coroutine, which handle() finds overrun.
 */
 
+/* A __tostring that reason_of runs may take TOSTRING_STEPS Lua instructions
+** in all, counted in ticks of TOSTRING_TICK on every thread it runs: the
+** main one, and each coroutine it resumes (co_resume_watched hooks them;
+** one made before had no hook, and looped for ever).  tostring.on: one
+** runs now. */
+#define TOSTRING_STEPS 1000000
+#define TOSTRING_TICK 1000
+static struct { int on; unsigned long ticks; } tostring;
+
+static void tostring_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  if (++tostring.ticks >= TOSTRING_STEPS / TOSTRING_TICK) luaL_error(L, "__tostring ran too long");
+}
+
 /* L, watched, runs co: co is watched until it stops running (leave). */
 static void enter(lua_State *co) {
   act.co = co;
@@ -540,6 +557,14 @@ static void leave(lua_State *L, lua_State *co) {
 static int co_resume_watched(lua_State *L, lua_State *co, int narg, int *nres, int *stop) {
   int st;
   *stop = 0;
+  if (tostring.on) {                   /* counted as the __tostring's own */
+    lua_Hook hook = lua_gethook(co);
+    int mask = lua_gethookmask(co), count = lua_gethookcount(co);
+    lua_sethook(co, tostring_hook, LUA_MASKCOUNT, TOSTRING_TICK);
+    st = lua_resume(co, L, narg, nres);
+    lua_sethook(co, hook, mask, count);
+    return st;
+  }
   if (act.co != L) return lua_resume(co, L, narg, nres);
   enter(co);
   st = lua_resume(co, L, narg, nres);
@@ -717,6 +742,59 @@ static int co_close(lua_State *L) {
   lua_pushboolean(L, 0);
   lua_xmove(co, L, 1);
   return 2;
+}
+
+/*
+** xpcall's message handler, wrapped (xp_guard, upvalue 1 the program's).
+** When the budget stops an activation where no yield is allowed, its hook
+** raises, and Lua calls the message handler of the xpcall around for that
+** error inside the hook, with hooks off: a handler that looped then froze
+** the program, out of the budget's reach and without a word.  The stop's
+** own error (the budget fired, or the process has died: dead_hook) goes
+** through as it is; any other error meets the program's handler.
+*/
+static int xp_guard(lua_State *L) {
+  if ((act.co != NULL && act.fired) || (running.p != NULL && !mk_proc_alive(running.p)))
+    return 1;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+/* lbaselib.c's finishpcall and xpcall (Lua 5.4.4), but for the guard. */
+static int xp_finish(lua_State *L, int status, lua_KContext extra) {
+  if (status != LUA_OK && status != LUA_YIELD) {
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, -2);
+    return 2;
+  }
+  return lua_gettop(L) - (int)extra;
+}
+
+static int xp_call(lua_State *L) {
+  int status, n = lua_gettop(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushvalue(L, 2);
+  lua_pushcclosure(L, xp_guard, 1);
+  lua_replace(L, 2);
+  lua_pushboolean(L, 1);
+  lua_pushvalue(L, 1);
+  lua_rotate(L, 3, 2);
+  status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, xp_finish);
+  return xp_finish(L, status, 2);
+}
+
+/* xp_call as the global xpcall, where that is still a C function (the base
+** library's): a program that wrapped it keeps its wrapper. */
+static void open_xpcall(lua_State *L) {
+  lua_pushglobaltable(L);
+  if (lua_getfield(L, -1, "xpcall") == LUA_TFUNCTION && lua_iscfunction(L, -1) &&
+      lua_tocfunction(L, -1) != xp_call) {
+    lua_pushcfunction(L, xp_call);
+    lua_setfield(L, -3, "xpcall");
+  }
+  lua_pop(L, 2);
 }
 
 /*
@@ -939,13 +1017,6 @@ static int p_tostring(lua_State *L) {
   return 1;
 }
 
-static void tostring_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  luaL_error(L, "__tostring ran too long");
-}
-
-#define TOSTRING_STEPS 1000000   /* Lua instructions a __tostring may take */
-
 /* The reason of a failure whose own reason could not be made for want of
 ** memory: a term that is never allocated nor freed, so that a process
 ** that died of "not enough memory" is not seen to end normally (a nil
@@ -989,8 +1060,11 @@ static mk_term *reason_of(mkl_state *S, lua_State *co) {
   lua_pushcfunction(L, p_tostring);
   lua_pushvalue(co, -1);
   lua_xmove(co, L, 1);
-  lua_sethook(L, tostring_hook, LUA_MASKCOUNT, TOSTRING_STEPS);
+  lua_sethook(L, tostring_hook, LUA_MASKCOUNT, TOSTRING_TICK);
+  tostring.on = 1;
+  tostring.ticks = 0;
   st = lua_pcall(L, 1, 1, 0);
+  tostring.on = 0;
   lua_sethook(L, hook, mask, count);
   if (st != LUA_OK) {
     const char *why = lua_tostring(L, -1);
@@ -3519,4 +3593,5 @@ void mkl_open_core(lua_State *L) {
   mkl_open_actions(L);
   mkl_open_trace(L);
   open_coroutines(L);
+  open_xpcall(L);
 }

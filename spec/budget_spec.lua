@@ -77,6 +77,23 @@ describe("the activation budget", function()
     end)))
   end)
 
+  -- xpcall is market's copy of Lua's (docs/limits.md): every other error
+  -- meets the handler, results and yields pass as through Lua's own.
+  it("leaves xpcall as Lua's for every other error, yields across it included", function()
+    local seen = {}
+    H.ground(function()
+      seen[1] = table.pack(xpcall(error, function(e) return "handled " .. e end, "boom"))
+      seen[2] = table.pack(xpcall(function(a, b) return a + b, "ok" end, print, 1, 2))
+      seen[3] = table.pack(xpcall(function() market.yield(1); return "woke" end, print))
+      seen[4] = table.pack(pcall(xpcall, print))
+    end, nil, { max_activation = 100 })
+    assert.same({ false, "handled boom", n = 2 }, seen[1])
+    assert.same({ true, 3, "ok", n = 3 }, seen[2])
+    assert.same({ true, "woke", n = 2 }, seen[3])
+    assert.is_false(seen[4][1])
+    assert.matches("bad argument #2 to 'xpcall' %(function expected, got no value%)", seen[4][2])
+  end)
+
   it("counts one activation, not a process's lifetime", function()
     -- Five activations of about 60 ms of CPU each, with a budget of 150 ms.
     local runs = 0
@@ -294,6 +311,15 @@ describe("the activation budget, in coroutines a handler runs", function()
 
   it("ends a loop in a coroutine.wrap function", function()
     victim [[coroutine.wrap(function() while true do end end)()]]
+  end)
+
+  -- Lua calls an xpcall's message handler where no yield is allowed: the
+  -- budget raises there, and Lua called the handler again for that error
+  -- inside the hook, with hooks off, where its loop froze the program.
+  it("ends a loop in an xpcall message handler, which does not see the budget's own error", function()
+    victim [[xpcall(error, function() while true do end end, "x")]]
+    victim [[xpcall(string.gsub, function() while true do end end, "abc", "%w",
+                    function() while true do end end)]]
   end)
 
   it("ends a loop in a coroutine run by coroutine.resume", function()

@@ -1039,7 +1039,7 @@ end)
 -- with `options`.
 local function peer_sees(body, show, options)
   local status, out, err = H.run_script(([[
-    local market = require "market"
+    local market = require "market"; LOOPER = coroutine.create(function() while true do end end)
     market.perform(market.spawn(function()
       market.perform(market.publisher("x"))
       market.pause()
@@ -1063,6 +1063,10 @@ describe("an error value with a __tostring", function()
                    reason('setmetatable({ x = 1 }, { __tostring = function() error("boom") end })'))
     assert.equal('"(a table error value; its __tostring failed: __tostring ran too long)"',
                  reason('setmetatable({}, { __tostring = function() while true do end end })'))
+    -- in a coroutine made before, which had no hook; the count is shared
+    assert.equal('"(a table error value; its __tostring failed: __tostring ran too long)"',
+                 reason('setmetatable({}, { __tostring = function() while true do ' ..
+                        'coroutine.resume(LOOPER) end end })'))
     assert.equal('"(a table error value; its __tostring failed: \'__tostring\' must return a string)"',
                  reason('setmetatable({}, { __tostring = function() return {} end })'))
     assert.equal("[1, 2]", reason("{ 1, 2 }"))
