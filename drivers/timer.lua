@@ -15,12 +15,13 @@
 -- timers on the monotonic clock, absolute ones on the wall clock: M.driver);
 -- the driver holds a single ground alarm for each heap's earliest deadline,
 -- so a hundred thousand timers cost at most two watchers.  Expiries due
--- together go out in batches, one activation each (expire, below).  A cancel does not search the heap:
--- it marks the label's entries stale at once (a per-label count and cut,
--- below) and they are dropped when they reach the top, or all together
--- when stale entries come to outnumber live ones (the heap is then rebuilt
--- without them, in time linear in its size, paid for by the sets that
--- made them).
+-- together go out in batches, one activation each (expire, below).  A
+-- cancel does not search the heap: it marks the label's entries stale at
+-- once (a per-label count and cut, below) and they are dropped when they
+-- reach the top, or by a compaction when stale entries come to outnumber
+-- live ones (a scan of the heaps that takes them out, paid for by the sets
+-- that made them).  Both go in steps, a bounded number an activation
+-- (STEPS, below), like the batches of expiries.
 local market = ...
 local M = {}
 
@@ -37,14 +38,21 @@ local function show(v) return market.is_term(v) and repr(v) or type(v) end
 
 -- For tests and monitoring, across every timer driver of this Lua state:
 -- the most entries (live and stale) a driver's heaps held together, how
--- often a driver rebuilt its heaps to drop stale entries, and how many activations
--- sent expiries (one per batch).
-M.stats = { max_heap = 0, compactions = 0, batches = 0 }
+-- often a driver began a compaction to drop stale entries, how many
+-- activations sent expiries (one per batch), and the most steps (below)
+-- one activation took.
+M.stats = { max_heap = 0, compactions = 0, batches = 0, max_steps = 0 }
 local stats = M.stats
 
 -- Expiries sent in one activation at most: firing a hundred thousand at
 -- once took half a second of CPU, half the default activation budget.
 local BATCH = 1000
+
+-- Steps one activation takes at most, a step being a stale entry dropped
+-- or an entry a compaction looks at; a continuation does the rest.
+-- Dropping fifty thousand cancelled entries in one activation ran the
+-- driver over a 100 ms budget, and it failed with every timer it held.
+local STEPS = 1000
 
 -- The heap holds entries {deadline, seq, label, key[, period]}, ordered by
 -- deadline, then by seq (the order of the sets); key is repr(label); a
@@ -53,17 +61,22 @@ local function before(a, b)
   return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
 end
 
+-- Put e into the hole at i, moving later parents down.
+local function up(h, i, e)
+  while i > 1 do
+    local p = i // 2
+    local pe = h[p]
+    if before(pe, e) then break end
+    h[i] = pe
+    i = p
+  end
+  h[i] = e
+end
+
 local function push(h, e)
   local n = h.n + 1
   h.n = n
-  while n > 1 do
-    local p = n // 2
-    local pe = h[p]
-    if before(pe, e) then break end
-    h[n] = pe
-    n = p
-  end
-  h[n] = e
+  up(h, n, e)
 end
 
 -- Put e into the hole at i, moving smaller children up.
@@ -90,6 +103,18 @@ local function pop(h)
   return top
 end
 
+-- Take out the entry at i; the last one takes its place, moved up or down.
+local function remove(h, i)
+  local e, n = h[i], h.n
+  local last = h[n]
+  h[n] = nil
+  h.n = n - 1
+  if i < n then
+    if i > 1 and before(last, h[i // 2]) then up(h, i, last) else sink(h, i, last) end
+  end
+  return e
+end
+
 -- The driver's boot function: run it with market.spawn(timer.driver).
 function M.driver()
   -- Two clocks, a heap and a ground alarm each.  Relative timers and
@@ -97,7 +122,8 @@ function M.driver()
   -- wall clock (an NTP step, `date -s`) neither delays nor hastens them;
   -- absolute ones on the wall clock, whose alarm libev moves when the
   -- clock is set, so that one set forward past a deadline fires it then.
-  -- `armed`: the deadline of the ground alarm held, named `name`.
+  -- `armed`: the deadline of the ground alarm held, named `name`; `scan`:
+  -- where a compaction under way looks next (compact, below).
   local mono = { heap = { n = 0 }, alarm = market.ground.monotonic_alarm, name = "alarm" }
   local wall = { heap = { n = 0 }, alarm = market.ground.alarm, name = "wall alarm" }
   local clocks = { mono, wall }
@@ -107,7 +133,17 @@ function M.driver()
   -- stale[key], how many of those are still in the heaps, so that cut[key]
   -- goes with the last of them.  nstale counts all stale entries.
   local live, cut, stale, nstale = {}, {}, {}, 0
-  local draining = false                 -- a continuation sends more expiries
+  local pending = false       -- a continuation (go_on) is queued: it rearms
+  local compacting = false    -- a compaction is under way
+  local steps = 0             -- taken in this activation (STEPS)
+
+  -- Take a step, if this activation has one left.
+  local function step()
+    if steps == STEPS then return false end
+    steps = steps + 1
+    if steps > stats.max_steps then stats.max_steps = steps end
+    return true
+  end
 
   local function is_live(e)
     local c = cut[e[4]]
@@ -122,40 +158,71 @@ function M.driver()
     nstale = nstale - 1
   end
 
-  -- Rebuild the heaps from their live entries (heapify, linear time).
+  -- Go on with the compaction under way: scan each heap from its end to
+  -- its top, taking out in place the stale entries met, a step each
+  -- entry looked at; false when the steps ran out first.  Positions past
+  -- c.scan hold entries looked at: after a removal the position is looked
+  -- at again (what took its place may not have been), and a pop moves
+  -- into them only entries looked at.  (A push may move one more there:
+  -- what the scan misses waits for the top or the next compaction.)
   local function compact()
     for _i, c in ipairs(clocks) do
-      local h, n, old = { n = 0 }, 0, c.heap
-      for i = 1, old.n do
-        local e = old[i]
-        if is_live(e) then n = n + 1; h[n] = e end
+      local h, i = c.heap, c.scan
+      if i then
+        if i > h.n then i = h.n end
+        while i > 0 do
+          if not step() then c.scan = i; return false end
+          if is_live(h[i]) then i = i - 1
+          else
+            dropped(remove(h, i))
+            if i > h.n then i = h.n end
+          end
+        end
+        c.scan = nil
       end
-      h.n = n
-      for i = n // 2, 1, -1 do sink(h, i, h[i]) end
-      c.heap = h
     end
-    cut, stale, nstale = {}, {}, 0
-    stats.compactions = stats.compactions + 1
+    compacting = false
+    return true
   end
 
-  -- Drop the stale entries at the heaps' tops.
+  -- Drop the stale entries at the heaps' tops; false when the steps ran
+  -- out first.
   local function drop_stale()
     for _i, c in ipairs(clocks) do
       local heap = c.heap
-      while heap.n > 0 and not is_live(heap[1]) do dropped(pop(heap)) end
+      while heap.n > 0 and not is_live(heap[1]) do
+        if not step() then return false end
+        dropped(pop(heap))
+      end
     end
+    return true
+  end
+
+  local go_on
+
+  -- Queue a continuation to go on where this activation stopped.
+  local function later(actions)
+    if pending then return end
+    pending = true
+    actions[#actions + 1] = market.yield(go_on)
   end
 
   -- Hold one ground alarm per clock, for its earliest live deadline.
-  -- Called after every change to the heaps: stale entries then never
-  -- outnumber live ones (a cancel makes them, and expiries leave them
-  -- behind).
+  -- Called after every change to the heaps, it begins a compaction when
+  -- stale entries (a cancel makes them, and expiries leave them behind)
+  -- come to outnumber live ones, and goes on with one under way; what the
+  -- steps left undone a continuation does, which rearms when done.
   local expire
   local function rearm(actions)
-    drop_stale()
-    -- Compaction keeps every live entry, so the earliest stay on top.
-    if 2 * nstale > mono.heap.n + wall.heap.n then compact() end
-    if draining then return end   -- the batches rearm when they are done
+    local clear = drop_stale()
+    if not compacting and 2 * nstale > mono.heap.n + wall.heap.n then
+      compacting = true
+      for _i, c in ipairs(clocks) do c.scan = c.heap.n end
+      stats.compactions = stats.compactions + 1
+    end
+    if compacting then compact() end
+    if not clear or compacting then later(actions) end
+    if pending then return end
     for _i, c in ipairs(clocks) do
       local want = c.heap.n > 0 and c.heap[1][1] or nil
       if want ~= c.armed then
@@ -172,7 +239,10 @@ function M.driver()
     end
   end
 
-  local function go_on() return market.transition_no_state(expire({})) end
+  go_on = function()
+    pending = false
+    return market.transition_no_state(expire({}))
+  end
 
   -- The wall clock's lead on the monotonic one, to put the two heaps'
   -- deadlines in one order.  market.now() is the loop's time, read when
@@ -187,12 +257,13 @@ function M.driver()
   end
 
   -- The clock whose heap's top is due next at these times (nil: none is
-  -- due), its stale tops dropped first.  Both due: the one whose deadline
-  -- came first, the wall's taken to the monotonic clock; equal deadlines
-  -- in the order of the sets.
+  -- due), its stale tops dropped first (nil, true: the steps ran out
+  -- first).  Both due: the one whose deadline came first, the wall's
+  -- taken to the monotonic clock; equal deadlines in the order of the
+  -- sets.
   local function due(nm, nw, off)
     local em, ew
-    drop_stale()
+    if not drop_stale() then return nil, true end
     if mono.heap.n > 0 and mono.heap[1][1] <= nm then em = mono.heap[1] end
     if wall.heap.n > 0 and wall.heap[1][1] <= nw then ew = wall.heap[1] end
     if not ew then return em and mono end
@@ -201,20 +272,21 @@ function M.driver()
     return (wm < em[1] or (wm == em[1] and ew[2] < em[2])) and wall or mono
   end
 
-  -- Add to out the expiries now due, at most BATCH of them: the rest are
-  -- sent by a continuation, after what was queued meanwhile, so that no
-  -- number of timers due at once makes one activation run over its budget
-  -- (docs/limits.md) and the receivers run in between.  Then rearm.
+  -- Add to out the expiries now due, at most BATCH of them (and STEPS
+  -- steps): the rest are sent by a continuation, after what was queued
+  -- meanwhile, so that no number of timers due at once, or cancelled,
+  -- makes one activation run over its budget (docs/limits.md) and the
+  -- receivers run in between.  Then rearm.
   expire = function(out)
     local nm, nw, sent = market.monotonic(), market.now(), 0
     local off = lead_now(nm, nw)
+    steps = 0
     while true do
-      local c = due(nm, nw, off)
-      if not c then break end
-      if sent == BATCH then
-        stats.batches = stats.batches + 1
-        draining = true
-        out[#out + 1] = market.yield(go_on)
+      local c, blocked = due(nm, nw, off)
+      if not c and not blocked then break end
+      if blocked or sent == BATCH then
+        if sent > 0 then stats.batches = stats.batches + 1 end
+        later(out)
         return out
       end
       local e = pop(c.heap)
@@ -237,7 +309,6 @@ function M.driver()
       sent = sent + 1
     end
     if sent > 0 then stats.batches = stats.batches + 1 end
-    draining = false
     rearm(out)
     return out
   end
@@ -252,6 +323,7 @@ function M.driver()
     local held = mono.heap.n + wall.heap.n
     if held > stats.max_heap then stats.max_heap = held end
     local actions = {}
+    steps = 0
     rearm(actions)
     return market.transition_no_state(actions)
   end
@@ -288,6 +360,7 @@ function M.driver()
     stale[key] = (stale[key] or 0) + n
     nstale = nstale + n
     local actions = {}
+    steps = 0
     rearm(actions)
     return market.transition_no_state(actions)
   end
@@ -325,7 +398,8 @@ end
 -- For market.snapshot (docs/inspect.md, "Snapshots"): the counters above.
 function M.inspect()
   local s = M.stats
-  return { max_heap = s.max_heap, compactions = s.compactions, batches = s.batches }
+  return { max_heap = s.max_heap, compactions = s.compactions, batches = s.batches,
+           max_steps = s.max_steps }
 end
 
 return M

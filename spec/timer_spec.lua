@@ -490,6 +490,47 @@ describe("timer.cancel (market's own)", function()
     assert.is_true(timer.stats.compactions > 0)
   end)
 
+  it("drops any number of cancelled entries in steps, 1,000 an activation at most, and keeps serving",
+     function()
+    -- Counted, not timed, as the batches of expiries are (above).  Before,
+    -- a label's cancelled entries on top of the heap were all dropped in
+    -- one activation: at the cancel, or at the expiry of the timer above
+    -- them; 50,000 ran the driver over a 100 ms budget (--max-activation
+    -- 100), and it failed with every timer it held.
+    local N, log, stats = 20000, {}, timer.stats
+    stats.max_steps, stats.compactions = 0, 0
+    ground(function()
+      market.perform(recorder(log, 4))
+      market.pause()
+      local function many(label, msecs, n)
+        for i = 1, n do
+          market.perform(market.send(timer.set(label, msecs, "relative")))
+          if i % 1000 == 0 then market.pause() end
+        end
+      end
+      many("a", 60000, N)
+      many("b", 90000, N // 2)
+      market.perform(market.send(timer.set("anchor", 100000, "relative")))
+      many("keep", 120000, N)
+      -- On top: dropped after the cancel.
+      market.perform(market.send(timer.cancel("a")), market.send(timer.set("one", 5, "relative")))
+      timer.sleep(20)
+      -- Under "two", and fewer than the live entries: dropped after its
+      -- expiry.
+      market.perform(market.send(timer.set("two", 10, "relative")), market.send(timer.cancel("b")))
+      timer.sleep(30)
+      -- Under "anchor", and more than the live entries: compacted.
+      market.perform(market.send(timer.cancel("keep")), market.send(timer.set("three", 5, "relative")))
+      timer.sleep(20)
+      market.perform(market.send(timer.cancel("anchor")), market.send(timer.set("four", 5, "relative")))
+    end)
+    local labels = {}
+    for k, e in ipairs(log) do labels[k] = e.label end
+    assert.same({ "one", "two", "three", "four" }, labels)
+    assert.equal(1000, stats.max_steps)
+    assert.is_true(stats.compactions > 0)
+  end)
+
   it("agrees with a model under 3,000 random sets and cancels", function()
     -- Absolute deadlines, so the model knows them: the expiries are the
     -- sets no later cancel of their label reached, by deadline, then set.
