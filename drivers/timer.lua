@@ -54,9 +54,10 @@ local BATCH = 1000
 -- driver over a 100 ms budget, and it failed with every timer it held.
 local STEPS = 1000
 
--- The heap holds entries {deadline, seq, label, key[, period]}, ordered by
--- deadline, then by seq (the order of the sets); key is repr(label); a
--- periodic entry (timer.every) has its period in ms.
+-- The heap holds entries {deadline, seq, label, key[, period, origin]},
+-- ordered by deadline, then by seq (the order of the sets); key is
+-- repr(label); a periodic entry (timer.every) has its period in ms and the
+-- time of its request, from which its beats are counted.
 local function before(a, b)
   return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
 end
@@ -292,13 +293,20 @@ function M.driver()
       local e = pop(c.heap)
       local key, period = e[4], e[5]
       if period then
-        -- Back in at its next beat after now, counted from its first
-        -- deadline, so that beats do not drift; beats missed while the
-        -- VM was busy are skipped, not sent in a burst.  It stays live,
-        -- and takes a new seq: among equal deadlines it now comes after
-        -- the timers set before this beat.
+        -- Back in at its next beat after now: the n-th is due at
+        -- ceil(origin + n * period), so that beats do not drift, not even
+        -- by the rounding of a fractional period (rounded once, every(5.5)
+        -- beat every 6 ms); beats missed while the VM was busy are
+        -- skipped, not sent in a burst.  (The second try: a product that
+        -- rounds down to now.)  It stays live, and takes a new seq: among
+        -- equal deadlines it now comes after the timers set before this
+        -- beat.
+        local origin = e[6]
+        local n = (nm - origin) // period + 1
+        local d = ceil(origin + n * period)
+        if d <= nm then d = ceil(origin + (n + 1) * period) end
         seq = seq + 1
-        e[1], e[2] = e[1] + ((nm - e[1]) // period + 1) * period, seq
+        e[1], e[2] = d, seq
         push(c.heap, e)
       else
         local n = live[key] - 1
@@ -313,13 +321,13 @@ function M.driver()
     return out
   end
 
-  -- Add a timer due at deadline (ms on clock c; repeating every period ms
-  -- when given).
-  local function add(c, label, deadline, period)
+  -- Add a timer due at deadline (ms on clock c; when period is given,
+  -- repeating every period ms counted from origin).
+  local function add(c, label, deadline, period, origin)
     local key = repr(label)
     seq = seq + 1
     live[key] = (live[key] or 0) + 1
-    push(c.heap, { ceil(deadline), seq, label, key, period })   -- ceil: never early
+    push(c.heap, { ceil(deadline), seq, label, key, period, origin })   -- ceil: never early
     local held = mono.heap.n + wall.heap.n
     if held > stats.max_heap then stats.max_heap = held end
     local actions = {}
@@ -345,10 +353,12 @@ function M.driver()
   local function on_every(_, m)
     if not every:is(m) then return end
     local msecs = m.msecs
-    -- A period is a finite number of ms, at least 1 (ceil: 0.5 is 1).
+    -- A period is a finite number of ms above 0, kept as it is (beats
+    -- due at fractions are rounded up one by one, in expire); under 1 ms
+    -- it is 1 ms, no more than a beat a millisecond.
     if type(msecs) ~= "number" or not finite(msecs) or not (msecs > 0) then return end
-    local period = ceil(msecs)
-    return add(mono, m.label, market.monotonic() + period, period)
+    local period, origin = msecs < 1 and 1 or msecs, market.monotonic()
+    return add(mono, m.label, origin + period, period, origin)
   end
 
   local function on_cancel(_, m)

@@ -363,6 +363,42 @@ describe("timer.every (market's own)", function()
     assert.equal(0, after)
   end)
 
+  it("keeps a fractional period: the n-th beat is due n * msecs after the request, rounded up",
+     function()
+    -- Before, the period was rounded up: every(5.5) beat every 6 ms, and
+    -- every(1000 / 60) 58.8 times a second.  The deadlines are read from
+    -- the ground alarms the driver subscribes to, one a beat, not timed:
+    -- each is ceil(origin + n * 5.5) for some n (beats missed while the
+    -- VM was busy skipped), so its distance from the first is within 1 ms
+    -- of a multiple of 5.5.  Six ms steps leave it 1 to 2.5 ms off.
+    local due, t0 = {}, nil
+    ground(function()
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.observe_subscribers(market.ground.monotonic_alarm(_), {
+          on_presence = function(_, role)
+            due[#due + 1] = role.topic.msecs
+            if #due == 12 then
+              return market.transition(nil, market.send(timer.cancel("frac")), market.quit())
+            end
+          end }))
+      end, { name = "watcher" }))
+      market.pause()
+      t0 = market.monotonic()
+      market.perform(market.send(timer.every("frac", 5.5)))
+    end)
+    assert.equal(12, #due)
+    assert.is_true(due[1] >= t0 + 5.5, "the first beat early")
+    local last = 0
+    for i = 2, #due do
+      local d = due[i] - due[1]
+      local n = math.floor(d / 5.5 + 0.5)
+      assert.is_true(n > last, ("beat %d not after the one before: %s"):format(i, market.repr(due)))
+      assert.is_true(math.abs(d - n * 5.5) < 1,
+        ("beat %d due %s ms after the first, not n * 5.5 rounded up: %s"):format(i, d, market.repr(due)))
+      last = n
+    end
+  end)
+
   it("skips the beats missed while the VM was busy instead of sending them in a burst", function()
     local burst
     ground(function()
