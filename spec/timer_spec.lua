@@ -274,6 +274,10 @@ describe("timer driver", function()
     assert.equal("after sleep(0)", order[2])
     assert.matches("^spec/timer_spec%.lua:%d+: timer%.sleep: cannot wait inside a C function", order[3])
     assert.matches("^timer%.sleep: not inside a market process: called from a coroutine", order[4])
+    -- Outside any process (and any VM): the words of docs/reference.md.
+    local ok, err = pcall(timer.sleep, 1)
+    assert.is_false(ok)
+    assert.equal("timer.sleep: not inside a market process", err)
   end)
 
   it("ignores malformed requests and keeps serving", function()
