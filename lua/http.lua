@@ -239,7 +239,9 @@ end
 -- it still, unread); `rest`: what followed the message; `continue`: the
 -- client waits for "100 Continue" before it sends the body, which the
 -- first call sends (a handler that answers without reading it, a 401 or
--- a 413, spares the client the upload); `open` while the answer is made.
+-- a 413, spares the client the upload), or the session before a head
+-- whose body function may read (then never again: session); `open`
+-- while the answer is made.
 local function body_reader(conn, p, cfg, done, rest, continue)
   local st = { done = done, rest = rest, continue = continue, open = true, ended = false,
                failed = nil }
@@ -628,6 +630,19 @@ local function session(handler, cfg)
         market.log.error("http.serve: %s %s: %s", req.method, req.target, tostring(err))
         conn:send(plain(500, "the handler failed; see the server's log"))
         return
+      end
+      if reader then
+        -- An interim answer comes before the final one (RFC 9110 15.2);
+        -- after its head, "100 Continue" would be read as the body's
+        -- bytes.  A body function streaming the answer may read req.body,
+        -- so a client still waiting is told to send first; once the head
+        -- has gone, no read sends it (a client that has a final status
+        -- sends the body without it, or not at all).
+        if reader.continue and streamed and not reader.done and
+           not conn:send("HTTP/1.1 100 Continue\r\n\r\n") then
+          return
+        end
+        reader.continue = false
       end
       if not conn:send(bytes) then return end
       if streamed and not stream(conn, req, body) then return end

@@ -329,6 +329,47 @@ describe("http.serve and http.request", function()
     assert.matches(misuse, got[12], 1, true)
   end)
 
+  it("with stream_body, sends 100 Continue before the head of an answer whose body function " ..
+     "reads the body, and never after it", function()
+    local got = N.run(function()
+      local srv = assert(http.serve(0, function(req)
+        if req.path == "/late" then                 -- reads only after a first piece has gone
+          local sent = false
+          return 200, nil, function()
+            if not sent then sent = true; return "first " end
+            return (req.body())
+          end
+        end
+        return 200, nil, function() return (req.body()) end
+      end, { stream_body = true, timeout = 2000 }))
+      local out = {}
+      for _, path in ipairs({ "/echo", "/late" }) do
+        local c = assert(tcp.connect("127.0.0.1", srv.port))
+        c:send(("PUT %s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+               :format(path))
+        -- What comes before the body is sent: up to the final head's end.
+        local t = ""
+        while not t:find("HTTP/1%.1 200 OK\r\n.-\r\n\r\n") do
+          local d = c:receive(2000)
+          if not d then break end
+          t = t .. d
+        end
+        c:send("hello")
+        while true do
+          local d = c:receive(2000)
+          if not d then break end
+          t = t .. d
+        end
+        c:close()
+        out[#out + 1] = { t:match("^(.-)HTTP/1%.1 200 OK\r\n"), t:match("\r\n\r\n(%x+\r\n.*)$") }
+      end
+      srv:close()
+      return out
+    end)
+    assert.same({ "HTTP/1.1 100 Continue\r\n\r\n", "5\r\nhello\r\n0\r\n\r\n" }, got[1])
+    assert.same({ "HTTP/1.1 100 Continue\r\n\r\n", "6\r\nfirst \r\n5\r\nhello\r\n0\r\n\r\n" }, got[2])
+  end)
+
   it("sends a body function's pieces, chunked or of the length given, and reads an answer " ..
      "that came before the body's end", function()
     local got = N.run(function()
