@@ -19,7 +19,8 @@ local M = {}
 local mtype, fmt = math.type, string.format
 local head = parser.head
 
-M.MAX_REQUEST = 1 << 20        -- [max_request] bytes of a request's head, and of its body
+M.MAX_REQUEST = 1 << 20        -- [max_request] bytes of a request's body, and of its head (80 KiB
+                               -- at most: lhttp.c)
 M.MAX_RESPONSE = 64 << 20      -- [max_response] bytes of a response's body (http.request)
 M.TIMEOUT = 30000              -- [timeout] ms a request may take to arrive whole (serve), or
                                -- a whole exchange (request)

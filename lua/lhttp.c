@@ -5,9 +5,10 @@
 ** Lua halves get it as an argument, it is no `require`-able module.
 **
 **   http.request(max [, stream])
-**                          -> parser of one request (a server's side);
-**                             stream: its body is taken as it comes
-**                             (take), so `max` bounds the head alone
+**                          -> parser of one request (a server's side):
+**                             `max` bounds its body, and its head up to
+**                             HEAD_MAX; stream: its body is taken as it
+**                             comes (take), so `max` bounds the head alone
 **   http.response(max [, no_body [, head]])
 **                          -> parser of one response (a client's side):
 **                             `max` bounds its body alone, `head` its head
@@ -74,9 +75,10 @@
 
 #define LHTTP_MT "market.http"
 
-/* The bytes of a response's head, unless told: what http_parser takes of
-** any head (a request's too, whatever its `max`), so that a head past
-** it is called too large, not malformed. */
+/* The bytes of a response's head, unless told, and the most a request's
+** may have, whatever its `max`: what http_parser takes of any head
+** (HPE_HEADER_OVERFLOW past it), so that a head past it is called too
+** large (431), not malformed (400). */
 #define HEAD_MAX HTTP_MAX_HEADER_SIZE
 #define LPSL_MT "market.http public suffixes"
 
@@ -87,9 +89,9 @@ typedef struct lhttp {
   http_parser p;          /* first: the callbacks cast back from it */
   lua_State *L;           /* while feed runs: the parser is at index 1 */
   size_t max, seen;       /* the limit; bytes of the head fed so far */
-  size_t head_max;        /* the head's limit: a request's is max, a response's
-                          ** its own (a client bounds an answer's body, not
-                          ** the head that comes with it) */
+  size_t head_max;        /* the head's limit: a request's is max (HEAD_MAX at
+                          ** most), a response's its own (a client bounds an
+                          ** answer's body, not the head that comes with it) */
   int overflow;           /* 0, or the status a buffer past max gave */
   int in_value;           /* the last header callback was a value */
   int head_done, done;
@@ -300,6 +302,13 @@ static int l_feed(lua_State *L) {
   }
   if (h->overflow) return overflowed(L, h);
   e = HTTP_PARSER_ERRNO(&h->p);
+  /* The parser's own bound on a head, should it be lower than HEAD_MAX
+  ** (a library built with another HTTP_MAX_HEADER_SIZE than its header
+  ** says): too large all the same.  (A trailer past it stays malformed.) */
+  if (e == HPE_HEADER_OVERFLOW && !h->head_done) {
+    h->overflow = 431;
+    return overflowed(L, h);
+  }
   if (e != HPE_OK || used != n) return fail(L, http_errno_description(e), 400);
   lua_pushboolean(L, 0);
   return 1;
@@ -416,8 +425,13 @@ static int make(lua_State *L, enum http_parser_type type) {
 
 static int l_request(lua_State *L) {
   int stream = lua_toboolean(L, 2);
+  lhttp *h;
   make(L, HTTP_REQUEST);
-  ((lhttp *)lua_touserdata(L, -1))->stream = stream;
+  h = lua_touserdata(L, -1);
+  h->stream = stream;
+  /* Past HEAD_MAX the parser fails the head as malformed, whatever max is
+  ** (a 90 KiB head under the default 1 MiB got 400): the bound is ours. */
+  if (h->head_max > HEAD_MAX) h->head_max = HEAD_MAX;
   return 1;
 }
 static int l_response(lua_State *L) {

@@ -251,6 +251,24 @@ describe("http.serve and http.request", function()
                 got)
   end)
 
+  it("answers a head past the parser's 80 KiB with 431 whatever max_request allows", function()
+    local got = N.run(function()
+      local out = {}
+      for _, stream in ipairs({ false, true }) do
+        local srv = assert(http.serve(0, function() return 200, nil, "ok" end,
+                                      { max_request = 4 << 20, stream_body = stream }))
+        for _, n in ipairs({ 70000, 90000, 200000 }) do
+          out[#out + 1] = raw(srv, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " ..
+                                   ("y"):rep(n) .. "\r\n\r\n"):match("^HTTP/1%.1 (%d+[^\r]*)")
+        end
+        srv:close()
+      end
+      return out
+    end)
+    local too_large = "431 Request Header Fields Too Large"
+    assert.same({ "200 OK", too_large, too_large, "200 OK", too_large, too_large }, got)
+  end)
+
   it("hands a request's body to the handler as it comes with stream_body: pieces past " ..
      "max_request, 100 Continue at the first read, failures as nil and why, the connection " ..
      "kept only after a whole body", function()
