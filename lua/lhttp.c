@@ -60,7 +60,8 @@
 ** input path).  A repeated header's values are joined with ", " (RFC 9110 5.3);
 ** Set-Cookie's are kept apart as well, in set_cookies (a list; RFC 9110
 ** 5.3 again: a cookie's Expires holds a comma, so joined they are not
-** one header's values any more).
+** one header's values any more).  A chunked body's trailer fields are
+** read and dropped (on_field).
 */
 #include <pthread.h>
 #include <stdarg.h>
@@ -168,14 +169,20 @@ static int on_status(http_parser *p, const char *at, size_t n) {
   return grow(h, &h->status, at, n);
 }
 
+/* After the head, the fields are a chunked body's trailer: dropped.  They
+** may not be merged into the headers (RFC 9110 6.5.1: a trailer "Host" or
+** "Set-Cookie" was taken as the head's), and a handler reading a streamed
+** body sees its request's headers as they were. */
 static int on_field(http_parser *p, const char *at, size_t n) {
   lhttp *h = (lhttp *)p;
+  if (h->head_done) return 0;
   flush_header(h);
   return grow(h, &h->field, at, n);
 }
 
 static int on_value(http_parser *p, const char *at, size_t n) {
   lhttp *h = (lhttp *)p;
+  if (h->head_done) return 0;
   h->in_value = 1;
   return grow(h, &h->value, at, n);
 }

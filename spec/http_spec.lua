@@ -269,6 +269,46 @@ describe("http.serve and http.request", function()
     assert.same({ "200 OK", too_large, too_large, "200 OK", too_large, too_large }, got)
   end)
 
+  it("drops a chunked body's trailer fields: never merged into the headers or the cookies",
+     function()
+    local got = N.run(function()
+      local out = {}
+      local chunked = "POST / HTTP/1.1\r\nHost: good\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+                      "5\r\nhello\r\n0\r\nHost: evil\r\nX-Last: 1\r\n\r\n"
+      for _, stream in ipairs({ false, true }) do
+        local srv = assert(http.serve(0, function(req)
+          local before = req.headers.host
+          local body = req.body
+          if stream then
+            body = ""
+            for piece in req.body do body = body .. piece end
+          end
+          return 200, nil, ("%s %s %s %s\n"):format(before, req.headers.host,
+                                                  tostring(req.headers["x-last"]), body)
+        end, { stream_body = stream }))
+        -- (and the next request on the connection is read as ever)
+        local r = raw(srv, chunked .. "GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        local bodies = {}
+        for b in r:gmatch("\r\n\r\n([^\n]*)\n") do bodies[#bodies + 1] = b end
+        out[#out + 1] = { bodies[1], #bodies }
+        srv:close()
+      end
+      local srv = by_hand(function()
+        return "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+               "3\r\nabc\r\n0\r\nSet-Cookie: sid=evil\r\nX-Last: 1\r\n\r\n"
+      end)
+      local jar = http.cookies()
+      local res = assert(http.request(url(srv, "/"), { cookies = jar, keep_alive = 0 }))
+      out[#out + 1] = { res.body, tostring(res.headers["set-cookie"]), tostring(res.headers["x-last"]),
+                        #res.set_cookies, tostring(jar:header(url(srv, "/"))) }
+      srv:close()
+      return out
+    end)
+    assert.same({ "good good nil hello", 2 }, got[1])
+    assert.same({ "good good nil hello", 2 }, got[2])
+    assert.same({ "abc", "nil", "nil", 0, "nil" }, got[3])
+  end)
+
   it("hands a request's body to the handler as it comes with stream_body: pieces past " ..
      "max_request, 100 Continue at the first read, failures as nil and why, the connection " ..
      "kept only after a whole body", function()
