@@ -575,7 +575,16 @@ local function session(handler, cfg)
           end
         end
         local left = deadline - market.monotonic()
-        local data, err = conn:receive(left > 0 and math.ceil(left) or 0)
+        local ms = left > 0 and math.ceil(left) or 0
+        -- A head still coming is no request being handled: the program's
+        -- stop closes its connection at once, as an idle one's (a client
+        -- that sent half a head held the drain for its whole time).
+        local ok, err, data = true, nil, nil
+        if not headed then
+          ok, err = market.wait_until(woken, ms)
+          if stopping then return end
+        end
+        if ok then data, err = conn:receive(ms) end
         if data == nil then
           if err == "timeout" then
             conn:send(plain(408, ("no whole request within %d ms"):format(cfg.timeout)))

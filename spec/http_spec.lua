@@ -1258,4 +1258,34 @@ describe("market.http under the interpreter", function()
     assert.is_true(answered, "no answer")
     assert.equal(0, status, err)
   end)
+
+  it("closes a connection whose request head is still coming when the program stops", function()
+    local script = H.tempfile([[
+      local http = require "market.http"
+      local srv = assert(http.serve(0, function() return 200, nil, "hi" end))
+      io.stderr:write("listening on port ", srv.port, "\n")
+    ]])
+    local server, port = N.await_listening(N.start_cmd(("exec %s --drain 20000 %s")
+      :format(N.q(N.market_bin()), N.q(script))), "the http server")
+    -- One request answered, then half of the next one's head (sent with
+    -- it: the server has it once the first is answered).
+    local client = N.start_cmd(("(printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n" ..
+                                "GET /partial HTTP/1.1\\r\\nHost: x\\r\\n'; sleep 10) | " ..
+                                "exec nc 127.0.0.1 %d"):format(port))
+    local answered = false
+    for _ = 1, 250 do
+      answered = client.stdout():find("hi", 1, true) ~= nil
+      if answered then break end
+      N.sleep(0.02)
+    end
+    N.sleep(0.2)
+    os.execute("kill -TERM " .. server.pid)
+    local status = server.wait_exit(10)          -- the drain would take 20 s
+    local err = server.stderr()
+    server.kill()
+    client.kill()
+    os.remove(script)
+    assert.is_true(answered, "no answer")
+    assert.equal(0, status, err)
+  end)
 end)
