@@ -303,6 +303,11 @@ end
 
 local PAGE   -- the page's HTML, at the end of this file
 
+-- The head of an /events stream (no length: the close ends it), a HEAD's
+-- answer too (it said Content-Length: 0, which the GET does not).
+local EVENTS_HEAD = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n" ..
+                    "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
+
 -- What a finished request is answered with: the response's text, or
 -- "events" for the Server-Sent Events stream.
 local function route(req, info, loopback_only)
@@ -321,7 +326,7 @@ local function route(req, info, loopback_only)
       "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; " ..
       "style-src 'unsafe-inline'; connect-src 'self'; img-src data:\r\n")
   elseif path == "/events" then
-    if head_only then return response(200, "text/event-stream", "", true) end
+    if head_only then return EVENTS_HEAD end
     return "events"
   elseif path == "/api/snapshot" then
     return response(200, "application/json", snapshot_text(info), head_only)
@@ -383,8 +388,7 @@ local function connection(remote, here, info, loopback_only)
         market.subscriber(timer.expired(label, _), {
           name = "tick",
           on_message = function() if not paused then return T(push()) end end }),
-        out("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n" ..
-            "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\nretry: 1000\n\n"),
+        out(EVENTS_HEAD .. "retry: 1000\n\n"),
         push(),
         market.send(timer.every(label, M.PUSH_MS)))
     end

@@ -133,6 +133,13 @@ describe("the inspector's HTTP server", function()
     assert.equal(tostring(#gbody), headers["content-length"])
     assert.equal(gh["content-type"], headers["content-type"])
     assert.equal("", body)
+    -- /events too: a stream's head, no length (a HEAD said Content-Length: 0).
+    local stream = capture(("printf 'GET /events HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n' | " ..
+                            "timeout 5 nc -N 127.0.0.1 %d"):format(port), 10)
+    local ghead = stream:match("^(.-\r\n\r\n)")
+    assert.truthy(ghead, stream)
+    assert.equal(ghead, get(port, "/events", "HEAD"))
+    assert.falsy(ghead:lower():find("content-length", 1, true))
   end)
 
   it("answers 400 to what is not HTTP, and closes", function()
