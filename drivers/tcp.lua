@@ -99,6 +99,20 @@ end
 
 local function is_wild(v) return v == _ end
 
+-- True when the wildcard occurs in v at any depth: a listener's port or
+-- a connection's end so is a pattern (an observer's tcp.handle({"c", _})),
+-- which gets no listener or connection of its own.
+local function holds_wild(v)
+  if v == _ then return true end
+  local t = type(v)
+  if t == "table" or t == "userdata" then     -- a sequence or a record (#EOF is 0)
+    for i = 1, #v do
+      if holds_wild(v[i]) then return true end
+    end
+  end
+  return false
+end
+
 -- ---- settings ----------------------------------------------------------------
 
 -- key -> {smallest, largest} (framing: the list of framings), as the
@@ -538,25 +552,22 @@ function M.driver()
   end
 
   -- true and the port an observer of listener(port) asks for: any value
-  -- but a pattern (an observer of every listener, or of an address's
-  -- every host or port, asks for none: false).  nil and false are values
+  -- but a pattern, the wildcard anywhere in it (an observer of every
+  -- listener, of an address's every host or port, or of tcp.handle({"l",
+  -- _}), asks for none: false).  nil and false are values
   -- too, which the listener refuses with its reason (they were taken for
   -- no port, and tcp.serve(nil) waited for ever).
   local function listen_port(role)
     if role.interest == "participant" then return false end   -- sessions, not observers
     local port = role.topic.destination.port
-    if is_wild(port) or handle:is(port) and is_wild(port.id) or
-       address:is(port) and (is_wild(port.host) or is_wild(port.port) or
-                             handle:is(port.port) and is_wild(port.port.id)) then
-      return false
-    end
+    if holds_wild(port) then return false end
     return true, port
   end
 
   local function out_entry(role, create)
     local t = role.topic
     local a, h = t.source, t.destination
-    if is_wild(a.host) or is_wild(a.port) or is_wild(h.id) then return nil end
+    if holds_wild(a) or holds_wild(h) then return nil end
     local key = repr(a) .. " " .. repr(h)
     local e = outbound[key]
     if not e and create then

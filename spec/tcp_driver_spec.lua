@@ -107,6 +107,31 @@ describe("tcp driver", function()
     assert.is_true(ports[1] ~= ports[2] and ports[2] ~= ports[3] and ports[1] ~= ports[3])
   end)
 
+  it("neither listens nor connects for an end holding the wildcard inside, an observer's pattern", function()
+    -- Only a wildcard at the top (tcp.handle(_)) was a pattern: an
+    -- observer of tcp.listener(tcp.handle({"l", _})) got a listener, and
+    -- a subscriber of tcp.handle({"c", _}) a connection of its own.
+    local names, log = {}, {}
+    N.run(function()
+      market.perform(serve(0, polite))
+      local a = tcp.address("127.0.0.1", listening_event(0).role.topic.bound_port)
+      market.perform(market.subscriber(tcp.channel(a, tcp.handle({ "c", ANY }), ANY), "sniff"),
+        market.observe_publishers(tcp.channel(ANY, tcp.listener(tcp.handle({ "l", ANY })), ANY),
+                                  "lsniff"))
+      market.perform(client("c1", a, log, {
+        on_connect = function(out) return T(out("ping")) end,
+        on_data = function(d, out) if d:find("ping") then return T(out(EOF)) end end }))
+      N.await({ "done", "c1" })
+      -- (The driver's handlers ran for the patterns before the client's.)
+      for _, p in ipairs(market.snapshot().vm.processes) do
+        if p.name:find(", _]", 1, true) then names[#names + 1] = (p.name:gsub("%d+", "N")) end
+      end
+      market.perform(send({ "stop-server", 0 }))
+    end)
+    assert.same({}, names)
+    assert.are.same({ "connected", "data you said pingbye", "eof" }, squash(log))
+  end)
+
   it("stops listening when the last observer goes: connecting then is refused", function()
     local log = {}
     N.run(function()

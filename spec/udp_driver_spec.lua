@@ -144,6 +144,30 @@ describe("udp driver", function()
     assert.are.same({ "bound integer", "unbound nil" }, seen)
   end)
 
+  it("binds no socket for a handle that holds the wildcard inside, an observer's pattern", function()
+    -- Only a wildcard at the top (udp.handle(_)) was a pattern: a handle
+    -- of {"conn", _} got a socket, which sent every datagram of
+    -- udp.handle({"conn", 1}) a second time.
+    local got, names = {}, {}
+    N.run(function()
+      local rx = assert(udp.open())
+      market.perform(market.subscriber(udp.packet(ANY, udp.handle({ "conn", ANY }), ANY), "sniff"))
+      local c1 = udp.handle({ "conn", 1 })
+      market.perform(market.subscriber(udp.packet(ANY, c1, ANY), "c1"))
+      bound_event(c1, "c1 bound")
+      for _, p in ipairs(market.snapshot().vm.processes) do
+        if p.name:find("^udp ") then names[#names + 1] = p.name:gsub("udp%-open%(%d+%)", "udp-open(N)") end
+      end
+      market.perform(send(udp.packet(c1, udp.remote_address("127.0.0.1", rx.port), "once")))
+      got[1] = rx:receivefrom(5000)
+      got[2] = select(2, rx:receivefrom(200))
+      rx:close()
+    end)
+    table.sort(names)
+    assert.same({ 'udp udp-handle(["conn", 1])', "udp udp-handle(udp-open(N))" }, names)
+    assert.same({ "once", "timeout" }, got)
+  end)
+
   it("closes the socket at once when its process is killed", function()
     -- A killed process runs no more handlers: its socket waited for a
     -- collection (stopped here), the port taken, and binding it again
