@@ -347,6 +347,10 @@ function M.open(port)
   else
     here = listener(port)
   end
+  if holds_wild(here) then
+    error(("udp.open: %s is a pattern (it holds the wildcard), which binds no socket")
+          :format(repr(here, SHOWN)), 2)
+  end
   local ok, pid, _name, path = pcall(market.self)
   if not ok then error("udp.open: not inside a market process", 2) end
   serial = serial + 1

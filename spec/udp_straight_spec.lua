@@ -84,6 +84,10 @@ describe("udp.open", function()
       try(function() a:sendto(1, "127.0.0.1", 9) end)
       try(function() a:sendto("x", "127.0.0.1", "9") end)
       try(function() a.receivefrom(5) end)
+      -- A pattern binds nothing: udp.open waited for ever.
+      try(function() udp.open(udp.listener(market._)) end)
+      try(function() udp.open(udp.handle({ "conn", market._ })) end)
+      try(function() udp.open(market._) end)
       local err
       market.perform(market.spawn(function()
         local ok, e = pcall(a.receivefrom, a)
@@ -101,6 +105,9 @@ describe("udp.open", function()
       "false udp.socket:sendto: data must be a string, got number",
       "false udp.socket:sendto: want a host (a string) and a port (an integer), got string and string",
       "false udp.socket:receivefrom: not a socket (call it as sock:receivefrom(...))",
+      "false udp.open: udp-listener(_) is a pattern (it holds the wildcard), which binds no socket",
+      'false udp.open: udp-handle(["conn", _]) is a pattern (it holds the wildcard), which binds no socket',
+      "false udp.open: udp-listener(_) is a pattern (it holds the wildcard), which binds no socket",
       "false udp.socket:receivefrom: the socket belongs to process N of ground, not to this " ..
         "one (its datagrams go to that process)",
     }, got)
