@@ -335,11 +335,14 @@ local function mine(k, what)
 end
 
 -- sock = udp.open([port]): a socket on port (an integer, or a
--- udp.listener or udp.handle; none: a port the kernel picks), once bound;
--- nil, reason when it cannot be bound.  sock.port: the port bound.
+-- udp.listener or udp.handle; none or 0: a port the kernel picks, for
+-- this socket alone), once bound; nil, reason when it cannot be bound.
+-- sock.port: the port bound.
 function M.open(port)
   local here
-  if port == nil then
+  if port == nil or port == 0 then
+    -- A handle of its own, as tcp.serve(0) has: as udp.listener(0), two
+    -- would share one socket, each hearing the other's datagrams.
     serial = serial + 1
     here = handle(open_id(serial))
   elseif listener:is(port) or handle:is(port) then

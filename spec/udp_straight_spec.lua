@@ -41,6 +41,26 @@ describe("udp.open", function()
     assert.equal("cannot bind udp port 70000: port out of range (0 to 65535)", got[2])
   end)
 
+  it("gives each udp.open() and udp.open(0) a socket of its own", function()
+    -- udp.open(0) was udp.listener(0), one socket for all: each of two
+    -- heard the other's datagrams.
+    local got = N.run(function()
+      local a, b, c = assert(udp.open(0)), assert(udp.open(0)), assert(udp.open())
+      local out = { distinct = a.port ~= b.port and b.port ~= c.port and a.port ~= c.port }
+      c:sendto("for a", "127.0.0.1", a.port)
+      c:sendto("for b", "127.0.0.1", b.port)
+      out.a = a:receivefrom(5000)
+      out.b = b:receivefrom(5000)
+      out.taken = select(2, udp.open(a.port))
+      a:close(); b:close(); c:close()
+      return out
+    end)
+    assert.same({ distinct = true, a = "for a", b = "for b",
+                  taken = "cannot bind udp port " .. "%d: address already in use" },
+                { distinct = got.distinct, a = got.a, b = got.b,
+                  taken = (got.taken:gsub("port %d+", "port %%d", 1)) })
+  end)
+
   it("keeps at most MAX_QUEUED bytes of datagrams not yet received, dropping the rest", function()
     local old, before = udp.MAX_QUEUED, udp.stats.dropped
     udp.MAX_QUEUED = 1000
