@@ -44,7 +44,9 @@ local function warn(fmt, ...)
   market.log.warn("market.udp: " .. fmt, ...)
 end
 
-local function socket_proc(loc, driver)
+-- entry: the driver's record of this socket ({n = its subscribers, up =,
+-- forget = a function}), which the socket reads when told to stop.
+local function socket_proc(loc, driver, entry)
   return function()
     local port = listener:is(loc) and loc.port or 0
     local in_topic = packet(remote_address(_, _), loc, _)
@@ -239,10 +241,22 @@ local function socket_proc(loc, driver)
     P(market.publisher(in_topic, "in"),
       market.publisher(bound(loc, s:local_port()), "bound"),
       market.subscriber(packet(loc, remote_address(_, _), _), { name = "out", on_message = on_out }),
+      -- The driver sends stop when the last subscriber went; one may have
+      -- come since (a socket closed and opened again at once).  The
+      -- socket goes only if none has once everything queued has run (the
+      -- driver's count then has it), and it goes in that turn, so that a
+      -- subscriber coming later sees no socket about to close, and the
+      -- driver binds a new one for it (the port free at once).
       -- (Not the wildcard message, send(market._), which reaches every
       -- subscriber: it closed every socket.)
       market.subscriber(stop(loc), { name = "stop", on_message = function(_, m)
-        if stop:is(m) then close() end
+        if not stop:is(m) then return end
+        P(market.yield(function()
+          if entry.up and entry.n == 0 then
+            entry.forget()
+            close()
+          end
+        end))
       end }),
       -- It goes with the driver that spawned it, as a tcp listener does
       -- (tcp.lua): a driver started again binds the port in its place.
@@ -270,7 +284,11 @@ end
 
 -- The driver's boot function: run it with market.spawn(udp.driver).
 function M.driver()
-  local sockets = {}        -- repr(local) -> subscribers
+  -- repr(local) -> {n = subscribers, up = its socket's process runs,
+  -- forget}: one socket process at a time for a local, so a new one is
+  -- spawned only once the old one has gone (its port free), and the old
+  -- one is not mistaken for it.
+  local sockets = {}
 
   local function key_of(role)
     local loc = role.topic.destination
@@ -278,20 +296,37 @@ function M.driver()
     return repr(loc), loc
   end
 
+  local function spawn(key, loc)
+    local e = { n = 1, up = true }
+    e.forget = function()
+      e.up = false
+      if sockets[key] == e then sockets[key] = nil end
+    end
+    sockets[key] = e
+    local pid = P(market.spawn(socket_proc(loc, market.self(), e), { name = "udp " .. key }))
+    -- However it ends (a failed bind, killed), the next subscriber after
+    -- the last of these gets a new one.
+    P(market.monitor(pid, function()
+      e.up = false
+      if e.n == 0 then e.forget() end
+    end, "socket " .. pid))
+  end
+
   local handlers = {
     on_presence = function(_, role)
       local key, loc = key_of(role)
       if not key then return end
-      local n = (sockets[key] or 0) + 1
-      sockets[key] = n
-      if n == 1 then P(market.spawn(socket_proc(loc, market.self()), { name = "udp " .. key })) end
+      local e = sockets[key]
+      if not e then return spawn(key, loc) end
+      e.n = e.n + 1
     end,
     on_absence = function(_, role)
       local key, loc = key_of(role)
-      if not key or not sockets[key] then return end
-      local n = sockets[key] - 1
-      sockets[key] = n > 0 and n or nil
-      if n == 0 then P(market.send(stop(loc))) end
+      local e = key and sockets[key]
+      if not e then return end
+      e.n = e.n - 1
+      if e.n > 0 then return end
+      if e.up then P(market.send(stop(loc))) else e.forget() end
     end,
   }
   return market.transition(nil,
@@ -359,18 +394,20 @@ function M.open(port)
   serial = serial + 1
   local tag = "udp#" .. serial
   -- (Every field a method reads is there from the start, as tcp.lua's
-  -- connection objects have theirs.)
+  -- connection objects have theirs.)  live: the socket processes whose
+  -- presence it has; opened: udp.open has returned it.
   local k = setmetatable({ here = here, owner = pid, path = path, ctx = sys.owner(), tag = tag,
                            q = {}, qfirst = 1, qlast = 0, held = 0, closed = OPEN, done = false,
-                           ready = false, warned = false }, Sock)
+                           live = 0, opened = false, warned = false }, Sock)
   -- receivefrom's wait, made once (as tcp.lua's `arrived`).
   k.arrived = function() return k.qfirst <= k.qlast or k.closed ~= OPEN end
   P(market.subscriber(bound(here, _), {
       name = tag .. " bound",
-      on_presence = function(_, role) if k.port == nil then k.port = role.topic.port end end }),
+      on_presence = function(_, role) if not k.opened then k.port = role.topic.port end end,
+      on_absence = function() if not k.opened then k.port = nil end end }),
     market.subscriber(packet(_, here, _), {
       name = tag .. " in",
-      on_presence = function() k.ready = true end,
+      on_presence = function() k.live = k.live + 1 end,
       on_message = function(_, m)
         if not is_packet(packet, m) then return end   -- send(market._): no datagram
         local body, src = m.body, m.source
@@ -389,14 +426,31 @@ function M.open(port)
         k.q[k.qlast] = m
       end,
       on_absence = function(_, _, reason)
-        if k.closed == OPEN then k.closed = reason or false end
+        k.live = k.live - 1
+        if k.closed ~= OPEN then return end
+        -- Without a reason, while opening: a socket that was closing as
+        -- this one came (its last subscriber had just gone); the driver
+        -- binds a new one (docs/udp.md).
+        if reason then k.closed = reason elseif k.opened and k.live == 0 then k.closed = false end
       end }))
-  market.wait_until(function() return (k.ready and k.port ~= nil) or k.closed ~= OPEN end)
+  local function settled() return (k.live > 0 and k.port ~= nil) or k.closed ~= OPEN end
+  repeat
+    market.wait_until(settled)
+    -- A socket whose presence came may be one about to close: it closes
+    -- in a continuation queued before this subscription reached the
+    -- driver (the socket's stop handler, above).  After one pause that has
+    -- run, after a second its absence has come.
+    if k.closed == OPEN then
+      market.pause()
+      market.pause()
+    end
+  until settled()
   if k.closed ~= OPEN then
     local why = k.closed or "closed"
     k:close()
     return nil, why
   end
+  k.opened = true
   return k
 end
 

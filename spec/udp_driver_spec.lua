@@ -144,6 +144,44 @@ describe("udp driver", function()
     assert.are.same({ "bound integer", "unbound nil" }, seen)
   end)
 
+  it("keeps the socket for a subscriber that comes as the last one goes", function()
+    -- The driver stopped the socket and at once spawned another for the
+    -- same local: the newcomer saw the old one's presence, its absence
+    -- with no reason, then the new one's.
+    local port = N.free_port("udp")
+    local seen, got = {}, {}
+    N.run(function()
+      local here = udp.listener(port)
+      local function sub(name)
+        return market.subscriber(udp.packet(ANY, here, ANY), {
+          name = name,
+          on_presence = function() seen[#seen + 1] = name .. " presence" end,
+          on_absence = function(_, _, reason, _, deleted)
+            seen[#seen + 1] = name .. (deleted and " deleted" or " absence " .. tostring(reason))
+          end,
+          on_message = function(_, m) got[#got + 1] = name .. " " .. m.body end })
+      end
+      local tx = assert(udp.open())
+      market.perform(sub("a"))
+      bound_event(here, "b")
+      market.perform(market.delete_endpoint("a"), sub("again"))
+      tx:sendto("one", "127.0.0.1", port)
+      N.wait_until(function() return #got == 1 end)
+      -- Once every subscriber has gone, it closes; a later one binds anew.
+      market.perform(market.delete_endpoint("again"))
+      market.wait_for(function(e) return e.endpoint == "b" and e.type == "absence" end)
+      market.perform(sub("later"))
+      N.wait_until(function() return seen[#seen] == "later presence" end)
+      tx:sendto("two", "127.0.0.1", port)
+      N.wait_until(function() return #got == 2 end)
+      market.perform(market.delete_endpoint("later"), market.delete_endpoint("b"))
+      tx:close()
+    end)
+    assert.same({ "a presence", "a deleted", "again presence", "again deleted",
+                  "later presence" }, seen)
+    assert.same({ "again one", "later two" }, got)
+  end)
+
   it("binds no socket for a handle that holds the wildcard inside, an observer's pattern", function()
     -- Only a wildcard at the top (udp.handle(_)) was a pattern: a handle
     -- of {"conn", _} got a socket, which sent every datagram of

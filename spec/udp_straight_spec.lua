@@ -41,6 +41,32 @@ describe("udp.open", function()
     assert.equal("cannot bind udp port 70000: port out of range (0 to 65535)", got[2])
   end)
 
+  it("opens a socket again as soon as it is closed, with or without a pause between", function()
+    -- The driver stopped the old socket and at once spawned a new one for
+    -- the same local: udp.open took the old one's presence for its own,
+    -- and that one's absence for the socket closing (nil, "closed").
+    local port = N.free_port("udp")
+    local got = N.run(function()
+      local tx, out = assert(udp.open()), {}
+      for _, where in ipairs({ udp.handle("again"), port }) do
+        for i = 1, 8 do
+          local s = assert(udp.open(where))
+          tx:sendto("ping" .. i, "127.0.0.1", s.port)
+          out[#out + 1] = table.concat({ tostring((s:receivefrom(5000))) })
+          s:close()
+          for _ = 1, i % 4 do market.pause() end
+        end
+      end
+      tx:close()
+      return out
+    end)
+    local want = {}
+    for _ = 1, 2 do
+      for i = 1, 8 do want[#want + 1] = "ping" .. i end
+    end
+    assert.same(want, got)
+  end)
+
   it("gives each udp.open() and udp.open(0) a socket of its own", function()
     -- udp.open(0) was udp.listener(0), one socket for all: each of two
     -- heard the other's datagrams.
