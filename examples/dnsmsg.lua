@@ -36,6 +36,17 @@ local function encode_name(name)
   return table.concat(out)
 end
 
+-- Why name cannot go on the wire (nil: it can): each label 1 to 63 bytes,
+-- the whole at most 255 (the final zero byte and a length byte a label).
+local function bad_name(name)
+  if name == "." then return nil end
+  if #name > 254 then return "longer than 255 bytes on the wire" end
+  for label in name:gmatch("([^.]*)%.") do
+    if #label == 0 then return "an empty label" end
+    if #label > 63 then return "a label longer than 63 bytes" end
+  end
+end
+
 local function in_zone(name, origin)
   return name == origin or name:sub(-#origin - 1) == "." .. origin
 end
@@ -111,15 +122,29 @@ local function load_zone(path)
   for line in f:lines() do
     lineno = lineno + 1
     local function bad(why) error(("dns: %s:%d: %s"):format(path, lineno, why), 0) end
+    -- The name text stands for, refused here if it could not be put in
+    -- an answer (there, pack or encode_name would raise).
+    local function name_of(text, origin)
+      local n = absolute(text, origin or zone.origin)
+      local why = bad_name(n)
+      if why then bad(("bad name %s: %s"):format(n, why)) end
+      return n
+    end
+    -- A TTL or an SOA number: an unsigned 32-bit integer on the wire.
+    local function u32(text, what)
+      local v = math.tointeger(tonumber(text)) or bad(("bad %s %s"):format(what, text))
+      if v < 0 or v > 0xFFFFFFFF then bad(("%s out of range (0 to 4294967295): %s"):format(what, text)) end
+      return v
+    end
     local tk, terr = tokens(line)
     if not tk then bad(terr) end
     if #tk > 0 then
       if tk[1].text == "$ORIGIN" then
-        zone.origin = absolute(tk[2] and tk[2].text or bad("$ORIGIN needs a name"), ".")
+        zone.origin = name_of(tk[2] and tk[2].text or bad("$ORIGIN needs a name"), ".")
       else
         if #tk < 4 then bad("want NAME TTL TYPE DATA") end
-        local name = absolute(tk[1].text, zone.origin)
-        local ttl = math.tointeger(tonumber(tk[2].text)) or bad("bad TTL " .. tk[2].text)
+        local name = name_of(tk[1].text)
+        local ttl = u32(tk[2].text, "TTL")
         local tname = tk[3].text:upper()
         local ty = TYPE[tname] or bad("unsupported type " .. tname)
         local rdata
@@ -128,7 +153,7 @@ local function load_zone(path)
         elseif tname == "AAAA" then
           rdata = ipv6(tk[4].text) or bad("bad IPv6 address " .. tk[4].text)
         elseif tname == "CNAME" or tname == "NS" then
-          rdata = encode_name(absolute(tk[4].text, zone.origin))
+          rdata = encode_name(name_of(tk[4].text))
         elseif tname == "TXT" then
           local parts = {}
           for i = 4, #tk do
@@ -136,12 +161,13 @@ local function load_zone(path)
             parts[#parts + 1] = pack("s1", tk[i].text)
           end
           rdata = table.concat(parts)
+          if #rdata > 65535 then bad("TXT data longer than 65535 bytes") end
         elseif tname == "SOA" then
           if #tk < 10 then bad("SOA wants MNAME RNAME SERIAL REFRESH RETRY EXPIRE MINIMUM") end
           local nums = {}
-          for i = 6, 10 do nums[#nums + 1] = math.tointeger(tonumber(tk[i].text)) or bad("bad SOA number") end
-          rdata = encode_name(absolute(tk[4].text, zone.origin)) ..
-                  encode_name(absolute(tk[5].text, zone.origin)) .. pack(">I4I4I4I4I4", table.unpack(nums))
+          for i = 6, 10 do nums[#nums + 1] = u32(tk[i].text, "SOA number") end
+          rdata = encode_name(name_of(tk[4].text)) ..
+                  encode_name(name_of(tk[5].text)) .. pack(">I4I4I4I4I4", table.unpack(nums))
         end
         local rec = { name = name, type = ty, ttl = ttl, rdata = rdata }
         local list = zone.names[name]
@@ -247,8 +273,10 @@ local function answer(q, zone, limit)
     return pack(">I2I2I2I2I2I2", q.id, f | rcode, question ~= "" and 1 or 0, #an, #ns,
                 q.edns and 1 or 0) .. question .. table.concat(an) .. table.concat(ns) .. additional
   end
-  local msg = message(flags, answers, authority)
-  if #msg > (limit or q.edns or 512) then msg = message(flags | 0x0200, {}, {}) end   -- TC
+  -- (More than 65,535 records, a name's ANY, fit in no message: the count
+  -- would not even pack.)
+  local msg = #answers <= 65535 and message(flags, answers, authority)
+  if not msg or #msg > (limit or q.edns or 512) then msg = message(flags | 0x0200, {}, {}) end   -- TC
   return msg
 end
 

@@ -112,3 +112,77 @@ describe("examples/dns.lua", function()
                  server.stderr())
   end)
 end)
+
+describe("examples/dnsmsg.lua", function()
+  local dns = dofile("examples/dnsmsg.lua")
+
+  -- load_zone's outcome for a zone file of these lines.
+  local function load(text)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(text)
+    f:close()
+    local ok, err = pcall(dns.load_zone, path)
+    os.remove(path)
+    return ok and "loaded" or (err:gsub("^dns: [^:]+:", "dns: ZONE:"))
+  end
+
+  local function query(id, name)
+    local q = ""
+    for label in name:gmatch("[^.]+") do q = q .. string.pack("s1", label) end
+    return string.pack(">I2I2I2I2I2I2", id, 0x100, 1, 0, 0, 0) .. q .. "\0" .. string.pack(">I2I2", 1, 1)
+  end
+
+  it("refuses at load a zone whose numbers or names do not fit the wire, naming the line", function()
+    -- They loaded, and the first query for the name raised in answer (a
+    -- TTL of -1: "bad argument #4 to 'pack' (unsigned overflow)"), which
+    -- killed the server; a label too long raised a bare assertion.
+    local head = "$ORIGIN example.test.\n@ 3600 SOA ns hm 1 2 3 4 5\n"
+    local long = ("a"):rep(64)
+    local got = {}
+    for _, line in ipairs({
+      "neg -1 A 192.0.2.1",
+      "big 4294967296 A 192.0.2.2",
+      "@ 3600 SOA ns hm 1 2 3 4 -5",
+      "@ 3600 SOA ns hm 4294967296 2 3 4 5",
+      "x 300 CNAME " .. long,
+      "x 300 NS " .. long .. ".example.org.",
+      "@ 3600 SOA " .. long .. " hm 1 2 3 4 5",
+      "@ 3600 SOA ns a.." .. " 1 2 3 4 5",
+      long .. " 300 A 192.0.2.3",
+      "$ORIGIN " .. long .. ".",
+      "x 300 CNAME " .. ("abcdefg."):rep(32),
+      "t 300 TXT" .. (' "' .. ("t"):rep(255) .. '"'):rep(257),
+    }) do
+      got[#got + 1] = load(head .. line .. "\n")
+    end
+    local lname = long .. ".example.test."
+    assert.same({
+      "dns: ZONE:3: TTL out of range (0 to 4294967295): -1",
+      "dns: ZONE:3: TTL out of range (0 to 4294967295): 4294967296",
+      "dns: ZONE:3: SOA number out of range (0 to 4294967295): -5",
+      "dns: ZONE:3: SOA number out of range (0 to 4294967295): 4294967296",
+      "dns: ZONE:3: bad name " .. lname .. ": a label longer than 63 bytes",
+      "dns: ZONE:3: bad name " .. long .. ".example.org.: a label longer than 63 bytes",
+      "dns: ZONE:3: bad name " .. lname .. ": a label longer than 63 bytes",
+      "dns: ZONE:3: bad name a..: an empty label",
+      "dns: ZONE:3: bad name " .. lname .. ": a label longer than 63 bytes",
+      "dns: ZONE:3: bad name " .. long .. ".: a label longer than 63 bytes",
+      "dns: ZONE:3: bad name " .. ("abcdefg."):rep(32) .. ": longer than 255 bytes on the wire",
+      "dns: ZONE:3: TXT data longer than 65535 bytes",
+    }, got)
+    -- The largest numbers load, and are answered.
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(head:gsub("1 2 3 4 5", "4294967295 0 0 0 4294967295"), "top 4294967295 A 192.0.2.4\n",
+            ("a"):rep(63), " 0 A 192.0.2.5\n")
+    f:close()
+    local zone = dns.load_zone(path)
+    os.remove(path)
+    local reply = dns.answer(dns.parse(query(7, "top.example.test")), zone)
+    local id, flags, _, an = string.unpack(">I2I2I2I2", reply)
+    assert.same({ 7, 0, 1 }, { id, flags & 0xF, an })
+    -- The record ends with its TTL, its data's length and the address.
+    assert.equal("\255\255\255\255\0\4\192\0\2\4", reply:sub(-10))
+  end)
+end)
