@@ -54,10 +54,15 @@ local function tcp_session(remote)
     return market.transition(nil,
       market.subscriber(tcp.channel(remote, tcp_here, _), {
         on_message = function(_, m)
+          -- A message comes as sent: the wildcard (send(market._) reaches
+          -- every subscriber) has no fields, and another process's
+          -- channel record may carry anything.
+          if not tcp.channel:is(m) then return end
           local msg = m.subpacket             -- one message, without its length
           if msg == market.EOF then
             return T(send(tcp.channel(tcp_here, remote, market.EOF)), market.quit())
           end
+          if type(msg) ~= "string" then return end
           local q = dns.parse(msg)
           if q then return T(send(tcp.channel(tcp_here, remote, pack(">s2", dns.answer(q, zone, 65535))))) end
         end,
@@ -76,6 +81,8 @@ local function serve_udp(bound_port)
   return market.subscriber(udp.packet(_, here, _), {
       name = "queries",
       on_message = function(_, m)
+        -- (As a session's: the wildcard message has no body.)
+        if not udp.packet:is(m) or type(m.body) ~= "string" then return end
         local q = dns.parse(m.body)
         if not q then return end
         return T(send(udp.packet(here, m.source, dns.answer(q, zone))))

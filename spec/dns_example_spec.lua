@@ -186,3 +186,51 @@ describe("examples/dnsmsg.lua", function()
     assert.equal("\255\255\255\255\0\4\192\0\2\4", reply:sub(-10))
   end)
 end)
+
+describe("examples/dns.lua in a ground VM", function()
+  it("takes a wildcard message (send(market._)) for no query, over UDP and TCP alike", function()
+    -- Its handlers read m.body and m.subpacket: the wildcard has no
+    -- fields, and the server (or the session) died of it.
+    local market = require "market"
+    local udp, tcp = require "market.udp", require "market.tcp"
+    local ANY = market._
+    local function query(id)
+      return string.pack(">I2I2I2I2I2I2", id, 0x100, 1, 0, 0, 0) .. "\7example\4test\0" ..
+        string.pack(">I2I2", 1, 1)
+    end
+    local function head(reply)
+      if type(reply) ~= "string" then return tostring(reply) end
+      local id, flags, _, an = string.unpack(">I2I2I2I2", reply)
+      return ("id %d rcode %d answers %d"):format(id, flags & 0xF, an)
+    end
+    local chunk = assert(loadfile("examples/dns.lua"))
+    local function boot()
+      -- (The chunk's globals are _G, not the spec's environment.)
+      local saved = _G.arg
+      _G.arg = { [0] = "examples/dns.lua" }  -- where dns.lua finds dnsmsg.lua and the zone
+      local ok, t = pcall(chunk, "0")
+      _G.arg = saved
+      if not ok then error(t, 0) end
+      return t
+    end
+    local got = N.run(function()
+      local pid = market.perform(market.spawn(boot, { name = "dns" }))
+      market.perform(market.subscriber(udp.bound(udp.listener(ANY), ANY), "bound"))
+      local port = market.wait_for(function(e) return e.endpoint == "bound" end).role.topic.port
+      local conn = assert(tcp.connect("127.0.0.1", port, { framing = "u16" }))
+      assert(conn:send(string.pack(">s2", query(1))))
+      local out = { head(conn:receive(5000)) }
+      market.perform(market.send(ANY))
+      local s = assert(udp.open())
+      s:sendto(query(2), "127.0.0.1", port)
+      out[#out + 1] = head(s:receivefrom(5000))
+      assert(conn:send(string.pack(">s2", query(3))))
+      out[#out + 1] = head(conn:receive(5000))
+      s:close()
+      conn:close()
+      market.perform(market.quit(pid))
+      return out
+    end)
+    assert.same({ "id 1 rcode 0 answers 1", "id 2 rcode 0 answers 1", "id 3 rcode 0 answers 1" }, got)
+  end)
+end)
