@@ -1042,6 +1042,10 @@ function M.serve(port, session, settings)
   -- a port and each see the other's connections.
   if port == 0 then port = handle(serve_id(serial)) end
   local here = listener:is(port) and port or listener(port)
+  if holds_wild(here) then    -- an observer's pattern: no listener binds it, nothing would come
+    error(("tcp.serve: %s is a pattern (it holds the wildcard), which binds no listener")
+          :format(repr(here)), 2)
+  end
   local tag = "tcp.serve#" .. serial
   local srv = setmetatable({ here = here, owner = pid, path = path, ctx = owner(), tag = tag },
                            Server)

@@ -233,7 +233,12 @@ describe("tcp driver", function()
       end
       -- nil and false were taken for no port at all: tcp.serve(nil) waited for ever.
       reasons.serve = { select(2, tcp.serve(nil, function() end)) }
+      -- A pattern binds no listener: tcp.serve waited for ever on it.
+      reasons.pattern = { pcall(tcp.serve, tcp.handle({ "x", ANY }), function() end) }
     end)
+    assert.same({ false, 'tcp.serve: tcp-listener(tcp-handle(["x", _])) is a pattern (it holds ' ..
+                  'the wildcard), which binds no listener' }, reasons.pattern)
+    reasons.pattern = nil
     local serve = reasons.serve
     reasons.serve = nil
     local want = ": want an integer port, a tcp.handle, a tcp.address(host, port) or a Unix socket path"
