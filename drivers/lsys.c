@@ -926,7 +926,10 @@ static int l_std_take(lua_State *L) {
   s = lua_newuserdatauv(L, sizeof *s, 0);
   s->fd = -1;
   luaL_setmetatable(L, STD_MT);
-  if (!registered) registered = atexit(std_at_exit) == 0;
+  if (!registered) {
+    registered = atexit(std_at_exit) == 0;
+    mk_ground_on_hard_exit(std_at_exit);   /* fcntl only: async-signal-safe */
+  }
   /* What the program printed through C's stdio before comes first. */
   if (fd == 1) fflush(stdout);
   if (std_shares((int)fd, flags)) {

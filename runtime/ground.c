@@ -860,6 +860,10 @@ static double ms_since(const struct timespec *then, const struct timespec *now) 
          (double)(now->tv_nsec - then->tv_nsec) / 1e6;
 }
 
+static void (*volatile hard_exit_fn)(void);
+
+void mk_ground_on_hard_exit(void (*fn)(void)) { hard_exit_fn = fn; }
+
 static void stop_handler(int signum, siginfo_t *info, void *uc) {
   struct timespec now;
   double ms;
@@ -869,7 +873,11 @@ static void stop_handler(int signum, siginfo_t *info, void *uc) {
   if (ms < SAME_MS && signum == stop_signum && info->si_pid == stop_sender)
     return;                                /* the same one again */
   if (stop_unseen) {
-    if (ms >= STUCK_MS) _exit(128 + signum);
+    if (ms >= STUCK_MS) {
+      void (*fn)(void) = hard_exit_fn;
+      if (fn != NULL) fn();
+      _exit(128 + signum);
+    }
     return;
   }
   stop_first = now;

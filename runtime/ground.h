@@ -205,6 +205,15 @@ void mk_ground_stop(mk_ground *g, double drain_ms);
 */
 int mk_ground_stop_on_signals(mk_ground *g, double drain_ms);
 /*
+** fn (NULL: none) runs just before a second signal ends a program whose
+** loop is stuck (mk_ground_stop_on_signals): that end is _exit(2), which
+** skips atexit handlers, so what one must undo for the processes that
+** share the program's open files (the stdio driver's O_NONBLOCK, lsys.c)
+** is done here too.  It runs in a signal handler: async-signal-safe calls
+** only.  One for the program; the last set wins.
+*/
+void mk_ground_on_hard_exit(void (*fn)(void));
+/*
 ** End the program with `status` (0..255), from any handler in any VM of this
 ** ground, or from outside (market.exit; mk_host_exit).  The exit is due:
 ** the runs in progress go on until nothing is queued, as after any action

@@ -268,6 +268,28 @@ return market.transition(nil, market.subscriber(stdio.stdin(market._), {
     assert.equal(1000 + 1024 * 1024, tonumber(out))
   end)
 
+  -- A second signal ends a program whose loop is stuck with _exit, which
+  -- skips the atexit handler: standard input stayed non-blocking, and the
+  -- next reader of the pipe failed with EAGAIN.  (<&3: sh gives a
+  -- background command /dev/null for its input, before its redirections.)
+  it("gives standard input back blocking when a second signal ends a stuck program", function()
+    local flag = path("flag5")
+    local stuck = write("stuck.lua", ([[
+local market = require "market"
+local stdio = require "market.stdio"
+market.perform(market.spawn(stdio.driver), market.subscriber(stdio.stdin(market._)))
+require("market.timer").sleep(100)
+io.open(%q, "w"):close()
+while true do end
+]]):format(flag))
+    local status, out, err = H.sh(("(sleep 3; printf 'after\\n') | { exec 3<&0; %s --max-activation 0 %s <&3 3<&- & p=$!; %s; "
+                                   .. "kill -INT $p; sleep 0.5; kill -INT $p; wait $p; echo \"status $?\" >&2; "
+                                   .. "timeout 60 cat; }"):format(market_bin, stuck, await(flag)))
+    assert.equal(0, status, err)
+    assert.matches("status 130\n$", err)
+    assert.equal("after\n", out)
+  end)
+
   it("gives a terminal or socket that is both standard input and output back blocking", function()
     -- Descriptors 0 and 1 are one open file here (a terminal: script(1);
     -- a socket: socat's EXEC), and O_NONBLOCK is the open file's: taking
