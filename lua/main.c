@@ -476,6 +476,28 @@ static void inspector_told(mk_host *h, const char *url, const char *error, void 
   mk_host_exit(h, 1);
 }
 
+/* -i: the prompt takes SIGINT and SIGTERM itself, and begins a graceful
+** stop on the second Ctrl-C, SIGTERM or the end of input (lua/repl.lua),
+** then goes.  From that stop on, the signals are the program's, as without
+** -i: one more ends it at once with 128 + N, through the teardown (it was
+** the default action, the process killed by the signal). */
+static struct { mk_host *h; double drain; } prompt_stop;
+
+static void stopping_boot(mk_proc *self, void *ud) {
+  mk_term *stopping = mk_record("market:stopping", 1, mk_wild());
+  (void)ud;
+  mk_add_subscriber(self, "stopping", stopping);   /* NULL: fails the process, saying so */
+  mk_unref(stopping);
+}
+
+/* The ground's market:stopping publisher has come: a stop has begun. */
+static void stopping_seen(mk_proc *self, void *ud, const mk_role *peer, const char *endpoint) {
+  (void)self; (void)ud; (void)peer; (void)endpoint;
+  mk_host_stop_on_signals(prompt_stop.h, prompt_stop.drain);
+}
+
+static const mk_native stopping_watch = { stopping_boot, stopping_seen, NULL, NULL, NULL, NULL };
+
 /* The argument of --drain or --max-activation: milliseconds, finite, 0 or
 ** more; -1 if not. */
 static double ms_arg(const char *s) {
@@ -812,6 +834,15 @@ int main(int argc, char **argv) {
     fprintf(stderr, "market: %s\n", mk_host_error(h));
     status = 1;
     goto done;
+  }
+  if (interactive) {
+    prompt_stop.h = h;
+    prompt_stop.drain = drain;
+    if (mk_host_spawn_native(h, &stopping_watch, NULL, "stop-watch") == 0) {
+      fprintf(stderr, "market: %s\n", mk_host_error(h));
+      status = 1;
+      goto done;
+    }
   }
   if (inspect != NULL && mk_host_inspect(h, inspect, inspector_told, NULL) != MK_OK) {
     fprintf(stderr, "market: --inspect: %s\n", mk_host_error(h));

@@ -495,6 +495,21 @@ describe("market -i", function()
     assert.equal("> ", out)
   end)
 
+  -- The prompt begins a graceful stop at SIGTERM and goes; a process that
+  -- holds the program meanwhile (a sleeper) kept it for the drain, and the
+  -- next SIGTERM killed it by the default action: no teardown (no
+  -- finaliser ran), and its status was the signal's, not 143.
+  it("ends at a signal during the stop the prompt began, through the teardown", function()
+    local status, out = fifo_session([[
+      echo 'kept = setmetatable({}, { __gc = function() print("closed") end }) ' \
+           'market.perform(market.spawn(function() require("market.timer").sleep(8000) end))' >&3
+      sleep 0.5
+      kill -TERM $pid; sleep 0.5
+      kill -TERM $pid; sleep 0.5]])
+    assert.equal(143, status, out)
+    assert.equal("> > \nclosed\n", out)     -- the Lua state closed, as at any end
+  end)
+
   it("is what market without a script is at a terminal (script(1) makes one)", function()
     local status, out, err = H.sh(("printf '1 + 1\\n' | timeout 20 script -qfec %s /dev/null")
                                   :format(H.quote(H.quote(H.market_bin()))))
