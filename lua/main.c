@@ -5,6 +5,7 @@
 ** A client of market.h like any embedding program: it uses nothing else
 ** (docs/embedding.md).
 */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -301,7 +302,12 @@ static const char cluster_boot[] =
   "local url, name, node, worker = ...\n"
   "if node and worker then node = node .. '-' .. worker end\n"
   "local market, cluster = require 'market', require 'market.cluster'\n"
-  "local pid = market.perform(cluster.driver{ url = url, cluster = name, node = node })\n"
+  "local ok, driver = pcall(cluster.driver, { url = url, cluster = name, node = node })\n"
+  "if not ok then\n"
+  "  io.stderr:write('market: --cluster: ', tostring(driver), '\\n')\n"
+  "  market.perform(market.exit(1))\n"
+  "end\n"
+  "local pid = market.perform(driver)\n"
   "market.perform(market.monitor(pid, function(_, reason)\n"
   "  if reason == nil then return end\n"
   "  io.stderr:write('market: --cluster: ', tostring(reason), '\\n')\n"
@@ -314,12 +320,25 @@ static size_t cluster_scheme(const char *arg) {
   return strncmp(arg, "nats://", 7) == 0 ? 7 : strncmp(arg, "tls://", 6) == 0 ? 6 : 0;
 }
 
+/* A cluster's or a node's name as the driver takes it (drivers/cluster.lua,
+** check_name): letters, digits, '-' and '_', 1 to 255 bytes.  Checked here
+** too, so that a bad one is a usage error, not a program that runs on
+** without its cluster until it ends. */
+static int cluster_name_ok(const char *s) {
+  size_t n = strlen(s), i;
+  if (n == 0 || n > 255) return 0;
+  for (i = 0; i < n; i++)
+    if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_') return 0;
+  return 1;
+}
+
 /* Is arg nats://HOST:PORT[/NAME] (or tls://) as far as its shape goes: the
 ** scheme, then something before the slash (libnats judges the host and
-** port). */
+** port), and a good name after it if there is one. */
 static int cluster_url_ok(const char *arg) {
   size_t k = cluster_scheme(arg);
-  return k != 0 && arg[k] != '\0' && arg[k] != '/';
+  const char *slash = k != 0 ? strchr(arg + k, '/') : NULL;
+  return k != 0 && arg[k] != '\0' && arg[k] != '/' && (slash == NULL || cluster_name_ok(slash + 1));
 }
 
 /* Split --cluster's nats://HOST:PORT[/NAME] (cluster_url_ok) into the URL
@@ -692,7 +711,13 @@ int main(int argc, char **argv) {
     if (strcmp(argv[i], "--cluster") == 0 || strcmp(argv[i], "--node") == 0) {
       if (++i >= argc) { fprintf(stderr, "market: %s needs an argument\n", argv[i - 1]); return trace_end(&trace, 2); }
       if (argv[i - 1][2] == 'c' && !cluster_url_ok(argv[i])) {
-        fprintf(stderr, "market: --cluster: '%s' is not nats://HOST:PORT[/NAME] (or tls://)\n", argv[i]);
+        fprintf(stderr, "market: --cluster: '%s' is not nats://HOST:PORT[/NAME] (or tls://), "
+                "NAME of letters, digits, '-' and '_'\n", argv[i]);
+        return trace_end(&trace, 2);
+      }
+      if (argv[i - 1][2] == 'n' && !cluster_name_ok(argv[i])) {
+        fprintf(stderr, "market: --node: '%s' is not a name of 1 to 255 letters, digits, '-' "
+                "and '_'\n", argv[i]);
         return trace_end(&trace, 2);
       }
       continue;

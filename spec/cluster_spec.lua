@@ -1295,14 +1295,29 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
     assert.equal(1, status)
     assert.equal("ran\n", out)
     assert.matches("market: %-%-cluster: cannot connect to NATS at nats://127.0.0.1:" .. port, err)
-    for _, bad in ipairs { "127.0.0.1:4222", "nats://", "nats:///spec", "tls://", "https://x:1" } do
-      status, _, err = H.run(("--cluster %s -e 'local x = 1'"):format(bad))
+    -- A bad name ran the script without its cluster, and said so at its end.
+    for _, bad in ipairs { "127.0.0.1:4222", "nats://", "nats:///spec", "tls://", "https://x:1",
+                           "nats://127.0.0.1:1/a.b", "nats://127.0.0.1:1/" } do
+      status, out, err = H.run(("--cluster %s -e 'print(\"ran\")'"):format(bad))
       assert.equal(2, status)
-      assert.equal(("market: --cluster: '%s' is not nats://HOST:PORT[/NAME] (or tls://)\n"):format(bad), err)
+      assert.equal("", out)
+      assert.equal(("market: --cluster: '%s' is not nats://HOST:PORT[/NAME] (or tls://), NAME of " ..
+                    "letters, digits, '-' and '_'\n"):format(bad), err)
     end
-    status, _, err = H.run("--cluster nats://127.0.0.1:1/a.b -e 'local x = 1'")
+    for _, bad in ipairs { "bad name!", "", ("n"):rep(256) } do
+      status, out, err = H.run(("--node '%s' --cluster nats://127.0.0.1:1/x -e 'print(\"ran\")'"):format(bad))
+      assert.equal(2, status)
+      assert.equal("", out)
+      assert.equal(("market: --node: '%s' is not a name of 1 to 255 letters, digits, '-' and '_'\n")
+                   :format(bad), err)
+    end
+    -- A name the driver refuses still (each worker's NAME-i one byte too
+    -- long) ends the program at once, before the script gets far.
+    status, out, err = H.run(("--workers 2 --node %s --cluster nats://127.0.0.1:1/x " ..
+      "-e 'require(\"market.timer\").sleep(300) print(\"ran\")'"):format(("n"):rep(254)))
     assert.equal(1, status)
-    assert.matches("cluster must be a non%-empty string of letters", err)
+    assert.equal("", out)
+    assert.matches("market: %-%-cluster: market%.cluster%.driver: node must be at most 255 bytes", err)
   end)
 
   it("goes on while its first connect waits: a silent server freezes nothing", function()
