@@ -186,7 +186,8 @@ function M.boot(drain_ms)
         break
       elseif kind == "sigterm" then
         break
-      elseif kind == "finished" and of == n then
+      elseif kind == "finished" and of == n and results[n] then
+        -- (A chunk may forge finished(n) before its text is made: wait.)
         write(results[n])
         break
       elseif ev.endpoint == watch and ev.type == "absence" then

@@ -425,6 +425,16 @@ describe("market -i", function()
     assert.matches("\nmarket: ground #%d+ stdin:2 failed: stdin:1: no text\n", err)
   end)
 
+  -- A chunk that sends the prompt's own record for its end before its
+  -- values are made: the prompt wrote nil and failed, and the program ended.
+  it("is not ended by a chunk that forges the record of its end", function()
+    local status, out, err = repl("market.perform(market.send(market.record('market:repl-finished', 'n')(1))) " ..
+      "require('market.timer').sleep(50) return 'done'\n'next'\n")
+    assert.equal(0, status, err)
+    assert.equal("", err)
+    assert.equal("> done\n> next\n> \n", (out:gsub(BANNER, "")))
+  end)
+
   -- Chunks share the standard library and the market table with the
   -- prompt: "market.repl:117: attempt to call a nil value (field 'io')",
   -- and the program ended.  (The string library is the runtime's too:
