@@ -100,9 +100,10 @@ static const char usage[] =
   "                 finish before everything is closed (default 5000; 0: none)\n"
   "  --trace        print every event and action to stderr, one line each,\n"
   "                 starting with the time (UTC); the options below choose\n"
-  "                 which lines (each implies --trace; a repeated option adds\n"
-  "                 values, any of which may match; different options must\n"
-  "                 all match):\n"
+  "                 which lines (each implies --trace; a repeated --trace-pid,\n"
+  "                 -name, -vm or -kind adds values, any of which may match;\n"
+  "                 --trace-topic is given once; different options must all\n"
+  "                 match):\n"
   "  --trace-pid N[,N...]     lines about these pids (in any VM)\n"
   "  --trace-name GLOB        about processes whose debug name matches GLOB\n"
   "  --trace-vm GLOB          about processes in VMs whose path matches GLOB\n"
@@ -613,6 +614,7 @@ int main(int argc, char **argv) {
   size_t stdin_len = 0;
   double drain = 5000;
   int drivers = 1, quiet = 0, strict = 0, status = 0, workers = 0, i, first, codei = -1;
+  int ecount = 0;              /* -e options seen */
   int interactive = 0;         /* -i, or no script at a terminal: lua/repl.lua */
   int rc, exited, exit_status; /* the run's, and its exit's */
   int noscript;
@@ -650,6 +652,11 @@ int main(int argc, char **argv) {
     }
     if (strcmp(argv[i], "-e") == 0) {
       if (++i >= argc) { fputs("market: -e needs an argument\n", stderr); return trace_end(&trace, 2); }
+      /* One chunk is the boot process: a second -e replaced the first. */
+      if (ecount++ > 0) {
+        fputs("market: -e given twice: the code is one chunk (join the pieces with ';')\n", stderr);
+        return trace_end(&trace, 2);
+      }
       continue;
     }
     if (strcmp(argv[i], "--max-activation") == 0) {

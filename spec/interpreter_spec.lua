@@ -196,6 +196,17 @@ describe("market -e", function()
     assert.equal(2, status)
     assert.matches("%-e needs an argument", err)
   end)
+
+  -- The second replaced the first: only B ran.
+  it("given twice is a usage error; after the code, -e is the code's argument", function()
+    local status, out, err = H.run("-e 'print(1)' -e 'print(2)'")
+    assert.equal(2, status)
+    assert.equal("", out)
+    assert.equal("market: -e given twice: the code is one chunk (join the pieces with ';')\n", err)
+    status, out, err = H.run("-e 'print(...)' x -e y")
+    assert.equal(0, status, err)
+    assert.equal("x\t-e\ty\n", out)
+  end)
 end)
 
 -- The script `-` is standard input, as lua(1) has it ("cannot open -"
