@@ -858,10 +858,7 @@ int main(int argc, char **argv) {
     for (i = codei; i < first - 1; i++) argv[i] = argv[i + 1];
     argv[first - 1] = c;
   }
-  /* The prompt takes SIGINT (it stops the chunk running) and SIGTERM
-  ** itself (lua/repl.lua). */
-  if ((!interactive && mk_host_stop_on_signals(h, drain) != MK_OK) ||
-      mk_host_set_arg(h, argc, args, code ? first - 1 : noscript ? 0 : first) != MK_OK ||
+  if (mk_host_set_arg(h, argc, args, code ? first - 1 : noscript ? 0 : first) != MK_OK ||
       (drivers && mk_host_start_drivers(h) != MK_OK)) {
     fprintf(stderr, "market: %s\n", mk_host_error(h));
     status = 1;
@@ -923,6 +920,16 @@ int main(int argc, char **argv) {
     pid = mk_host_spawn_string(h, "return require(\"market.repl\").boot(...)", "repl", 1, rargs);
   }
   if (pid == 0) {
+    fprintf(stderr, "market: %s\n", mk_host_error(h));
+    status = 1;
+    goto done;
+  }
+  /* From here on SIGINT and SIGTERM stop the program gracefully; while the
+  ** script was read, their default action ended it, as it ends lua(1): a
+  ** script that is a FIFO with no writer blocked in open(2), where a stop
+  ** begun was never served.  The prompt takes both itself (lua/repl.lua):
+  ** it stops the chunk running at SIGINT. */
+  if (!interactive && mk_host_stop_on_signals(h, drain) != MK_OK) {
     fprintf(stderr, "market: %s\n", mk_host_error(h));
     status = 1;
     goto done;

@@ -28,6 +28,22 @@ describe("market script.lua", function()
     assert.equal("", err)
   end)
 
+  -- open(2) of a FIFO with no writer blocks: the stop a SIGTERM began there
+  -- was never served, and the program ran on until killed.
+  it("is ended by one SIGTERM while it waits to read the script (a FIFO)", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local status, out = H.sh(([[
+      mkdir %s && mkfifo %s/fifo || exit 9
+      %s %s/fifo & pid=$!
+      sleep 0.5; kill -TERM $pid; sleep 1
+      kill -0 $pid 2>/dev/null && { echo "still running"; kill -KILL $pid; }
+      wait $pid; echo "status $?"; rm -rf %s]]):format(H.quote(dir), H.quote(dir), H.quote(H.market_bin()),
+                                                   H.quote(dir), H.quote(dir)))
+    assert.equal(0, status, out)
+    assert.equal("status 143\n", out)
+  end)
+
   it("top-level code is the boot process: it performs actions and waits with market.yield",
      function()
     local path = script([[
