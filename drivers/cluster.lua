@@ -191,9 +191,9 @@ local function wrong(m)
     return ("a node name longer than %d bytes: %s"):format(NAME_MAX, repr(m[3], 100))
   end
   if not is_int(m[4]) then return "an incarnation that is not an integer" end
-  -- (from_cbor reads a null inside an array as a hole: the topic or
-  -- reason holding it is no term, and cannot be wrapped or sent)
-  local why = check(m) or not market.is_term(m) and "a null inside a sequence (a hole: no term has one)"
+  -- (A null inside an array, which Lua would read as a hole, so that the
+  -- topic or reason holding it were no term, from_cbor refuses.)
+  local why = check(m)
   return why and m[2] .. ": " .. why
 end
 
