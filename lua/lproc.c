@@ -775,9 +775,13 @@ static int xp_finish(lua_State *L, int status, lua_KContext extra) {
 static int xp_call(lua_State *L) {
   int status, n = lua_gettop(L);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  lua_pushvalue(L, 2);
-  lua_pushcclosure(L, xp_guard, 1);
-  lua_replace(L, 2);
+  /* Outside an activation nothing stops code: the handler is called as
+  ** Lua calls it (a traceback it makes has no frame of the guard's). */
+  if (running.p != NULL || act.co != NULL) {
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, xp_guard, 1);
+    lua_replace(L, 2);
+  }
   lua_pushboolean(L, 1);
   lua_pushvalue(L, 1);
   lua_rotate(L, 3, 2);

@@ -92,6 +92,10 @@ describe("the activation budget", function()
     assert.same({ true, "woke", n = 2 }, seen[3])
     assert.is_false(seen[4][1])
     assert.matches("bad argument #2 to 'xpcall' %(function expected, got no value%)", seen[4][2])
+    -- Outside any process the handler is called as Lua calls it: no frame
+    -- of the guard's on top of a traceback.
+    local _, tb = xpcall(function() error("x") end, debug.traceback)
+    assert.matches("^[^\n]*: x\nstack traceback:\n\t%[C%]: in function 'error'\n", tb)
   end)
 
   it("counts one activation, not a process's lifetime", function()
