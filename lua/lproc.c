@@ -3415,13 +3415,21 @@ static void keep_freed(lua_State *L, mkl_state *S) {
 ** reachable, the last one, for leak checkers. */
 static mk_pool_over *left_behind;
 
+/* The code of this module stays loaded for the life of the process, even
+** once the Lua state that loaded it closes (lua5.4 unloads its C modules
+** then): something still calls into it. */
+static void pin_module(void) {
+  Dl_info info;
+  if (dladdr((void *)mk_pool_over_lalloc, &info) && info.dli_fname != NULL)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 /* The VM is gone: the state's allocator is what it was, and what the cache
 ** kept goes back to it.  If something installed an allocator of its own in
 ** front of the cache meanwhile, the cache stays, passing every call on,
 ** and so does the code of its function: market.so is kept loaded. */
 static void unkeep_freed(lua_State *L, mkl_state *S) {
   void *ud;
-  Dl_info info;
   if (S->over == NULL) return;
   if (lua_getallocf(L, &ud) == mk_pool_over_lalloc && ud == S->over) {
     lua_Alloc f = mk_pool_over_under(S->over, &ud);
@@ -3430,8 +3438,7 @@ static void unkeep_freed(lua_State *L, mkl_state *S) {
   } else {
     mk_pool_over_pass(S->over);
     left_behind = S->over;
-    if (dladdr((void *)mk_pool_over_lalloc, &info) && info.dli_fname != NULL)
-      dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+    pin_module();
   }
   S->over = NULL;
 }
@@ -3523,6 +3530,18 @@ int mkl_pushctx(lua_State *L) {
 
 static int state_gc(lua_State *L) {
   mkl_state *S = lua_touserdata(L, 1);
+  if (S->g != NULL) {
+    /* The state closes while its ground VM runs: os.exit(status, true) in
+    ** a process, or a ground VM whose close raised (one of its processes
+    ** running).  Its host is never freed (ground_vm's is on a C stack
+    ** that does not return), so mkl_detach does not put the allocator
+    ** back: done here, as Lua frees the rest of the state after the
+    ** finalizers, market.so's (in _CLIBS, the oldest) last.  The host's
+    ** watchers, signal handlers and hooks still point into market.so, so
+    ** it is kept loaded. */
+    unkeep_freed(L, S);
+    pin_module();
+  }
   free(S->spare);
   S->spare = NULL;
   S->nspare = S->maxspare = S->nkept = S->run = S->demand = 0;

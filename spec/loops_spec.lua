@@ -287,6 +287,35 @@ describe("market.open_ground_vm", function()
     assert.equal(0, status)
     assert.equal("exiting\n", out)
   end)
+
+  -- os.exit(status, true) in a process closes the Lua state while its
+  -- ground VM runs, and the host is never freed.  The cache in front of
+  -- lua5.4's allocator (lproc.c, keep_freed) stayed installed, and Lua's
+  -- last frees, once lua5.4 had unloaded market.so, jumped into unmapped
+  -- code: a SIGSEGV.  (No cache under ASan: there the plain build alone
+  -- can fail.)
+  it("os.exit(status, true) in a process exits with that status, the state closed", function()
+    local cases = {
+      { [[market.ground_vm(function() print("boot") os.exit(0, true) end)]], 0, "boot\n" },
+      { [[local g = market.open_ground_vm(function() print("boot") os.exit(0, true) end)
+          g:step(0)]], 0, "boot\n" },
+      { [[local tcp = require "market.tcp"
+          local g = market.open_ground_vm(function()
+            local lis = tcp.listener(tcp.address("127.0.0.1", 0))
+            market.perform(market.subscriber(tcp.channel(market._, lis, market._)))
+            market.yield(20)
+            print("boot")
+            os.exit(3, true)
+          end, { drivers = true })
+          while g:step(g:timeout()) do end]], 3, "boot\n" },
+    }
+    for i, case in ipairs(cases) do
+      local status, out, err = H.sh(("timeout 20 env LUA_CPATH=%s lua5.4 -e %s"):format(
+        H.quote(package.cpath), H.quote('local market = require "market"\n' .. case[1])))
+      assert.equal(case[2], status, ("case %d: %s"):format(i, err))
+      assert.equal(case[3], out, "case " .. i)
+    end
+  end)
 end)
 
 describe("cqueues inside market", function()
