@@ -126,6 +126,8 @@ static int busy(mk_host *h) {
   return native_depth > 0 || running_hosts > 0 || mkl_busy();
 }
 
+int mkl_host_busy(void) { return busy(NULL); }
+
 /* h's ground is gone: mk_host_free has ended it and now closes the Lua
 ** state, whose finalizers may still call the host (through C functions
 ** the program registered).  What would reach the ground is refused. */

@@ -3228,6 +3228,18 @@ static int c_open_ground_vm(lua_State *L) {
   return 1;
 }
 
+/* Refuse what (step or close) where the ground VM's host is running: in
+** one of its processes, or in its on_crash (called inside the turn, as
+** handlers are), where a close would free the host under the turn, and
+** where mk_host_turn and mk_host_free refuse (MK_EBUSY). */
+static void from_outside(lua_State *L, const char *what) {
+  if (STATE(L)->current != NULL)
+    luaL_error(L, "market: %s called from inside a process of the ground VM it %ss", what, what);
+  if (mkl_host_busy())
+    luaL_error(L, "market: %s called inside a turn of the ground VM it %ss (from its on_crash)",
+               what, what);
+}
+
 /* g:step([timeout]): one turn, waiting up to timeout seconds (nil: until
 ** something happens) -> true while it has more to do, false when done |
 ** nil, traceback | nil, why, status (outcome) */
@@ -3236,8 +3248,7 @@ static int g_step(lua_State *L) {
   double timeout = luaL_optnumber(L, 2, -1);
   int rc;
   luaL_argcheck(L, lua_isnoneornil(L, 2) || timeout >= 0, 2, "a timeout is 0 or more seconds");
-  if (STATE(L)->current != NULL)
-    return luaL_error(L, "market: step called from inside a process of the ground VM it steps");
+  from_outside(L, "step");
   rc = mk_host_turn(G->h, timeout);
   return outcome(L, G->h, rc, rc == 1);
 }
@@ -3273,8 +3284,7 @@ static int g_timeout(lua_State *L) {
 static int g_close(lua_State *L) {
   lground *G = luaL_checkudata(L, 1, GROUND_MT);
   if (G->h == NULL) return 0;
-  if (STATE(L)->current != NULL)
-    return luaL_error(L, "market: close called from inside a process of the ground VM it closes");
+  from_outside(L, "close");
   teardown(G->h);
   mk_host_free(G->h);
   G->h = NULL;

@@ -277,5 +277,9 @@ int mkl_builtin(const char *name);
 /* host.c: a host on an existing Lua state that has loaded "market" (the
 ** Lua module's market.ground_vm).  The host does not close L. */
 mk_host *mkl_host_new(lua_State *L, struct ev_loop *loop, mk_error *err);
+/* 1 while a host's run, step or turn, or a handler or callback of one (a
+** crash report's on_crash), is on the stack: run, step, turn and free
+** are refused (MK_EBUSY), whichever host they are called for. */
+int mkl_host_busy(void);
 
 #endif

@@ -234,6 +234,43 @@ describe("market.open_ground_vm", function()
     g:close()
   end)
 
+  -- on_crash runs inside the turn: a close there killed every process
+  -- mid-turn, was then refused by mk_host_free (busy), and left the
+  -- ground half closed and leaked, with the Lua state refusing any new
+  -- one; a step there returned false, as if the ground were done.
+  it("step and close from its on_crash raise an error, and the ground goes on", function()
+    local g, said
+    local went = false
+    g = market.open_ground_vm(function()
+      market.perform(market.spawn(function() error("kaboom") end, { name = "fragile" }),
+                     market.publisher("holder"),
+                     market.spawn(function()
+                       return market.transition(nil, market.subscriber("holder",
+                         { on_absence = function() went = true end }))
+                     end))
+      return market.transition(nil,
+        market.subscriber(market.ground.alarm(math.floor(market.now()) + 60000)))
+    end, { on_crash = function(r)
+      said = { r.name, H.outcome(function() g:step(0) end, "spec/loops_spec.lua"),
+               H.outcome(function() g:close() end, "spec/loops_spec.lua") }
+    end })
+    for _ = 1, 100 do
+      assert.is_true(g:step(0))
+      if said then break end
+    end
+    assert.same({ "fragile",
+      "false market: step called inside a turn of the ground VM it steps (from its on_crash)",
+      "false market: close called inside a turn of the ground VM it closes (from its on_crash)" },
+      said)
+    assert.is_false(went)                        -- nothing was torn down
+    assert.matches("open", tostring(g))
+    assert.is_true(g:step(0))
+    g:close()
+    assert.is_true(went)
+    local g2 <close> = market.open_ground_vm(function() end)   -- freed: a new one opens
+    assert.is_false(g2:step(0))
+  end)
+
   it("a ground VM nobody closes is closed when collected: its processes end", function()
     local went
     do
