@@ -379,7 +379,11 @@ static char **worker_argv(int argc, char **argv) {
   return w;
 }
 
-/* Worker i (0-based) of n: its environment, then this very program. */
+/* Worker i (0-based) of n: its environment, then this very program, with
+** mask as its signal mask.  SIGINT and SIGTERM stay blocked in it until the
+** program takes them (main, once its stop on them is set): one the parent
+** passed on before would otherwise take its default action and kill the
+** worker instead of stopping it gracefully. */
 static void worker_exec(char **wargv, int i, int n, pid_t parent, const sigset_t *mask) {
   char env[32];
   snprintf(env, sizeof env, "%d/%d", i + 1, n);
@@ -427,7 +431,7 @@ static int worker_ended(int i, int n, pid_t pid, int st) {
 static int run_workers(int argc, char **argv, int n) {
   char **wargv = worker_argv(argc, argv);
   pid_t *pids = calloc((size_t)n, sizeof *pids), parent = getpid();
-  sigset_t set, old;
+  sigset_t set, old, wmask;
   int live = 0, status = 0, i;
   if (wargv == NULL || pids == NULL) {
     fputs("market: out of memory\n", stderr);
@@ -445,10 +449,13 @@ static int run_workers(int argc, char **argv, int n) {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGCHLD);
   sigprocmask(SIG_BLOCK, &set, &old);
+  wmask = old;                 /* the workers': see worker_exec */
+  sigaddset(&wmask, SIGINT);
+  sigaddset(&wmask, SIGTERM);
   fflush(NULL);
   for (i = 0; i < n; i++) {
     pid_t pid = fork();
-    if (pid == 0) worker_exec(wargv, i, n, parent, &old);
+    if (pid == 0) worker_exec(wargv, i, n, parent, &wmask);
     if (pid < 0) {
       fprintf(stderr, "market: cannot start worker %d: %s\n", i + 1, strerror(errno));
       status = 1;
@@ -933,6 +940,15 @@ int main(int argc, char **argv) {
     fprintf(stderr, "market: %s\n", mk_host_error(h));
     status = 1;
     goto done;
+  }
+  /* A worker of --workers N was started with both blocked (worker_exec):
+  ** one that came meanwhile is taken now, as a stop. */
+  if (!interactive) {
+    sigset_t stops;
+    sigemptyset(&stops);
+    sigaddset(&stops, SIGINT);
+    sigaddset(&stops, SIGTERM);
+    sigprocmask(SIG_UNBLOCK, &stops, NULL);
   }
   /* A boot process's failure was printed as its crash report. */
   rc = mk_host_run(h);

@@ -71,6 +71,54 @@ describe("market --workers N", function()
     assert.is_nil(server.stderr():find("market: worker", 1, true), server.stderr())
   end)
 
+  -- A worker took SIGINT and SIGTERM by their default action until its
+  -- program had set its stop on them: one passed on soon after the start
+  -- killed it ("killed by signal 15", status 143).  Here the worker is
+  -- held before then, reading its script from a FIFO nobody writes yet.
+  it("stops a worker gracefully on a signal passed on while it starts", function()
+    local fifo = os.tmpname()
+    os.remove(fifo)
+    assert(os.execute("mkfifo " .. fifo))
+    local server = N.start_cmd(("exec %s --workers 1 --drain 0 %s"):format(q(N.market_bin()), q(fifo)))
+    local worker
+    finally(function()
+      if worker then os.execute("kill -KILL " .. worker .. " 2>/dev/null") end
+      server.kill()
+      os.remove(fifo)
+    end)
+    -- The worker runs market (execv'd): its command line has no --workers.
+    for _ = 1, 500 do
+      local children = N.slurp(("/proc/%s/task/%s/children"):format(server.pid, server.pid)) or ""
+      worker = children:match("%d+")
+      local cmdline = worker and N.slurp("/proc/" .. worker .. "/cmdline") or ""
+      if cmdline ~= "" and not cmdline:find("--workers", 1, true) then break end
+      worker = nil
+      N.sleep(0.02)
+    end
+    assert.truthy(worker, "the worker never started: " .. server.stderr())
+    os.execute("kill -TERM " .. server.pid)
+    -- Passed on: the worker holds it pending (SIGTERM, bit 15 of the
+    -- masks), or (before the fix) was killed by it.
+    local held
+    for _ = 1, 500 do
+      local st = N.slurp("/proc/" .. worker .. "/status") or ""
+      if st == "" or st:match("State:%s*Z") then break end
+      local shd, sig = st:match("ShdPnd:%s*(%x+)"), st:match("SigPnd:%s*(%x+)")
+      held = (tonumber(shd, 16) | tonumber(sig, 16)) & (1 << 14) ~= 0
+      if held then break end
+      N.sleep(0.02)
+    end
+    -- Its script (the FIFO unblocks once a writer opens it): wait a minute,
+    -- or until stopped (--drain 0: at once).
+    capture(("printf %%s %s >%s"):format(q([[
+      local market = require "market"
+      return market.transition(nil, market.subscriber(market.ground.alarm(math.floor(market.now()) + 60000)))]]),
+      q(fifo)), 5)
+    assert.equal(0, server.wait_exit(10), server.stderr())
+    assert.equal("", server.stderr())
+    assert.is_true(held)
+  end)
+
   it("reports a worker that was killed, and exits with its status", function()
     local server, _, pids = start_workers(2)
     finally(function() cleanup(server, pids) end)
