@@ -660,10 +660,10 @@ int mk_host_step(mk_host *h);
 ** reading, bounds its wait by mk_host_timeout(h), and calls
 ** mk_host_turn(h, 0) when either fires.
 **
-** mk_host_turn: deliver what is queued (for a slice, as mk_host_step),
-** wait up to `timeout` seconds for
+** mk_host_turn: deliver what is queued, wait up to `timeout` seconds for
 ** the loop (0: never; negative: until something happens), deliver what
-** came, and leave the loop with every watch handed to the kernel, which
+** came (each delivery for a slice at most, as mk_host_step's: two slices,
+** up to about 20 ms, besides the wait), and leave the loop with every watch handed to the kernel, which
 ** mk_host_step does not promise.  Returns as mk_host_step.
 ** mk_host_timeout: the seconds the other loop may wait for the descriptor
 ** before the host must turn anyway: 0 when events are queued, -1 when no
