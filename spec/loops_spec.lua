@@ -271,6 +271,24 @@ describe("market.open_ground_vm", function()
     assert.is_false(g2:step(0))
   end)
 
+  it("a spawn performed while close ends the processes is not taken: its pid is 0", function()
+    local got, ran = {}, false
+    local g = market.open_ground_vm(function()
+      market.perform(market.publisher("holder"), market.spawn(function()
+        return market.transition(nil, market.subscriber("holder", { on_absence = function()
+          got = { market.perform(market.spawn(function() ran = true end,
+                                              { k = function() ran = true end })) }
+        end }))
+      end))
+      market.yield()
+    end)
+    assert.is_false(g:step(0))                   -- booted; nothing watched: left to close
+    assert.same({}, got)
+    g:close()
+    assert.same({ 0 }, got)
+    assert.is_false(ran)
+  end)
+
   it("a ground VM nobody closes is closed when collected: its processes end", function()
     local went
     do
