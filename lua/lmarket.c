@@ -57,7 +57,9 @@ static int run_embedded(lua_State *L, const char *name, int narg) {
 }
 
 /* market.h.  Digits only: strtol alone would take spaces and a sign.
-** Past LONG_MAX it gives LONG_MAX, which is past INT_MAX: refused. */
+** Past LONG_MAX it gives LONG_MAX, which is past the bound: refused.  The
+** bound is --workers's: MARKET_WORKER=1/2000000 was taken, and the memory
+** limit's share (main.c) was then too small to load the market module. */
 int mk_worker(int *index, int *count) {
   const char *env = getenv("MARKET_WORKER");
   char *end;
@@ -67,7 +69,7 @@ int mk_worker(int *index, int *count) {
   i = strtol(env, &end, 10);
   if (*end != '/' || end[1] < '0' || end[1] > '9') return 0;
   n = strtol(end + 1, &end, 10);
-  if (*end != '\0' || i < 1 || i > n || n > INT_MAX) return 0;
+  if (*end != '\0' || i < 1 || i > n || n > MK_WORKERS_MAX) return 0;
   *index = (int)i;
   *count = (int)n;
   return 1;

@@ -363,7 +363,7 @@ static int cluster_arg(const char *arg, char **url, char **name) {
 ** =======================================================
 */
 
-#define WORKERS_MAX 1024
+#define WORKERS_MAX MK_WORKERS_MAX    /* and MARKET_WORKER's n (mk_worker) */
 
 /* The workers' command line: this one without `--workers N`, which the
 ** parsing of the options blanked (NULL), so that an argument of another
@@ -853,6 +853,18 @@ int main(int argc, char **argv) {
   trace_end(&trace, 0);        /* the trace made copies */
   if (quiet) mk_host_on_crash(h, quiet_crash, NULL);
   if (loglevel >= 0) mk_host_set_log_level(h, loglevel);
+  {
+    /* Set but not what --workers sets: ignored (mk_worker), which says so,
+    ** since the variable was meant to tell something. */
+    const char *w = getenv("MARKET_WORKER");
+    int wi, wn;
+    if (w != NULL && !mk_worker(&wi, &wn)) {
+      char said[200];
+      snprintf(said, sizeof said, "market: MARKET_WORKER=%.64s%s ignored: not i/n with "
+               "1 <= i <= n <= %d (docs/workers.md)", w, strlen(w) > 64 ? "..." : "", WORKERS_MAX);
+      mk_host_log(h, MK_LOG_WARN, said);
+    }
+  }
   mk_host_log(h, MK_LOG_INFO, limit_said);     /* (what the process deaths it brings are about) */
   if (budget >= 0) mk_host_set_max_activation(h, budget);
   mk_host_on_warning(h, warning_line, NULL);

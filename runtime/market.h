@@ -97,12 +97,13 @@ const char *mk_lua_release(void);
 /*
 ** Which worker of `market --workers n` this program is, from the
 ** environment variable MARKET_WORKER=i/n that the interpreter sets: when
-** it is exactly that, decimal digits with 1 <= i <= n <= INT_MAX, *index
-** = i, *count = n and the result is 1; otherwise (unset, or anything
-** else) the variable is ignored: 1 of 1, and 0.  What market.worker
-** says, and what the interpreter divides its memory limit by
-** (docs/workers.md).
+** it is exactly that, decimal digits with 1 <= i <= n <= MK_WORKERS_MAX
+** (the bound of --workers), *index = i, *count = n and the result is 1;
+** otherwise (unset, or anything else) the variable is ignored: 1 of 1,
+** and 0.  What market.worker says, and what the interpreter divides its
+** memory limit by (docs/workers.md).
 */
+#define MK_WORKERS_MAX 1024
 int mk_worker(int *index, int *count);
 
 /* ---- errors ------------------------------------------------------------- */

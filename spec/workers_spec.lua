@@ -196,15 +196,22 @@ describe("market --workers N", function()
   -- the cluster's node name.  The limit took any "i/n" with atol: 5/3 was a
   -- third of --max-memory where market.worker said 1 of 1, and
   -- 1/99999999999999999999 a limit of 1 byte, "cannot create a Lua state:
-  -- out of memory"; "x" made --node's name nil .. "-".
-  it("ignores a MARKET_WORKER that is not i/n with 1 <= i <= n, everywhere alike", function()
+  -- out of memory"; "x" made --node's name nil .. "-".  Past --workers's
+  -- bound, 1/2000000 was taken, and its share of the memory limit was too
+  -- small to load the market module.
+  it("ignores a MARKET_WORKER that is not i/n with 1 <= i <= n <= 1024, everywhere alike", function()
     local code = q("local w = require('market').worker print(w.index, w.count)")
-    for _, bad in ipairs { "5/3", "1/99999999999999999999", "0/2", " 1/2", "1/2x", "x", "" } do
+    for _, bad in ipairs { "5/3", "1/99999999999999999999", "1/2000000", "1/1025", "0/2", " 1/2",
+                           "1/2x", "x", "" } do
       local out, status = capture(("MARKET_WORKER=%s %s --log-level info --max-memory 1G -e %s 2>&1")
                                   :format(q(bad), q(N.market_bin()), code), 10)
       assert.equal(0, status, out)
-      assert.matches(" info %-: market: memory limit 1024 MiB %(%-%-max%-memory%)\n1\t1\n$", out, 1, bad)
+      assert.matches(" warn %-: market: MARKET_WORKER=" .. bad:gsub("%p", "%%%0") ..
+                     " ignored: not i/n with 1 <= i <= n <= 1024 %(docs/workers.md%)\n" ..
+                     "[^\n]* info %-: market: memory limit 1024 MiB %(%-%-max%-memory%)\n1\t1\n$", out, 1, bad)
     end
+    local top = capture(("MARKET_WORKER=1024/1024 %s -e %s 2>&1"):format(q(N.market_bin()), code), 10)
+    assert.equal("1024\t1024\n", top)
     local out = capture(("MARKET_WORKER=2/3 %s --log-level info --max-memory 1G -e %s 2>&1")
                         :format(q(N.market_bin()), code), 10)
     assert.matches(" info %-: market: memory limit 341 MiB %(%-%-max%-memory, a worker's share%)\n2\t3\n$",

@@ -249,14 +249,17 @@ static void spawn_buffer(void) {
   mk_host_free(h);
 }
 
-/* mk_worker: MARKET_WORKER=i/n exactly, or 1 of 1. */
+/* mk_worker: MARKET_WORKER=i/n exactly, n at most MK_WORKERS_MAX, or 1 of 1. */
 static void worker_env(void) {
-  static const char *const bad[] = { "5/3", "0/2", "1/99999999999999999999", " 1/2", "+1/2",
-                                     "1/2x", "1/", "/2", "x", "", NULL };
+  static const char *const bad[] = { "5/3", "0/2", "1/99999999999999999999", "1/1025",
+                                     "1/2000000", " 1/2", "+1/2", "1/2x", "1/", "/2", "x", "",
+                                     NULL };
   const char *const *b;
   int i = 0, n = 0;
   CHECK(setenv("MARKET_WORKER", "2/3", 1) == 0);
   CHECK(mk_worker(&i, &n) == 1 && i == 2 && n == 3);
+  CHECK(setenv("MARKET_WORKER", "1024/1024", 1) == 0);
+  CHECK(mk_worker(&i, &n) == 1 && i == 1024 && n == 1024);
   for (b = bad; *b; b++) {
     CHECK(setenv("MARKET_WORKER", *b, 1) == 0);
     i = n = 0;
