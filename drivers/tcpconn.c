@@ -256,7 +256,7 @@ typedef struct oblock {
   char data[];
 } oblock;
 
-/* Connecting (outbound only): allocated by start_connect, freed with the
+/* Connecting (outbound only): allocated at the boot, freed with the
 ** connection, so that an accepted connection does not carry it.
 **
 ** Until the connect completes the manager has no flows (docs/tcp.md,
@@ -274,6 +274,7 @@ typedef struct tdial {
   int64_t timeout_ms;         /* connect_timeout (settings); 0: none */
   int64_t retry_ms;           /* Unix socket: the wait before the next try (queue full) */
   int readers, senders;       /* the users "want-in" / "want-out" see */
+  unsigned begun : 1;         /* start_connect ran: started and timeout_ms hold */
   unsigned unix_path : 1;     /* tcp.address(path, "unix") */
   char lasterr[128];
 } tdial;
@@ -1191,8 +1192,9 @@ static void on_out(mk_proc *p, tconn *c, mk_term *m) {
 }
 
 /* mk_yield tokens: the boot's check that someone still wants the
-** connection; the end of the hand-over from the observers to the flows;
-** a look at whether to read, once the events queued now are taken. */
+** connection, and then its connect; the end of the hand-over from the
+** observers to the flows; a look at whether to read, once the events
+** queued now are taken. */
 #define BOOTED ((void *)1)
 #define CONNECTED ((void *)2)
 #define RECHECK ((void *)3)
@@ -1408,7 +1410,7 @@ static void reconfigure(mk_proc *p, tconn *c) {
   c->readsize = (uint32_t)m.v[K_READ];
   c->linger_ms = m.v[K_LINGER];
   if (p == NULL || c->done || c->draining) return;
-  if (c->dial && !c->connected && c->dial->timeout_ms != m.v[K_CONNECT]) {
+  if (c->dial && c->dial->begun && !c->connected && c->dial->timeout_ms != m.v[K_CONNECT]) {
     c->dial->timeout_ms = m.v[K_CONNECT];
     arm_dial(p, c);
     if (c->done) return;
@@ -1852,7 +1854,7 @@ static void resolve(mk_proc *p, tconn *c, const mk_term *host, const mk_term *po
 }
 
 static void start_connect(mk_proc *p, tconn *c) {
-  tdial *d;
+  tdial *d = c->dial;
   mk_term *host = NULL, *port = NULL;
   tconf m;
   if (c->remote->kind == MK_REC && c->remote->n == 2) {
@@ -1880,8 +1882,7 @@ static void start_connect(mk_proc *p, tconn *c) {
     bad_address(p, c, "empty host name");
     return;
   }
-  if ((d = c->dial = calloc(1, sizeof *d)) == NULL) { finish(p, c, "out of memory"); return; }
-  d->rfd = -1;
+  d->begun = 1;
   d->unix_path = is_unix(port);
   d->started = now_ms();
   settle(c, &m);
@@ -1931,11 +1932,17 @@ static void boot(mk_proc *p, tconn *c) {
   } else {
     /* Outbound: no flows until connected (tdial), only the observers of
     ** the users.  The process that asked is here already; if it went away
-    ** meanwhile, there is nobody to connect for (checked when everything
-    ** now pending has run). */
+    ** meanwhile, there is nobody to connect for.  Both are known once
+    ** everything now pending has run, and only then does the connect
+    ** start: the option sets published before are applied by then (their
+    ** presence is queued), so that a Unix connect, which completes inside
+    ** the call, finds its TLS configuration and connect_timeout.  (Started
+    ** here, it went plain, sending in clear what was meant to be
+    ** encrypted; a TCP connect escaped only by taking a turn.) */
+    if ((c->dial = calloc(1, sizeof *c->dial)) == NULL) { finish(p, c, "out of memory"); return; }
+    c->dial->rfd = -1;
     add_pair(p, c, "want-in", "want-out", MK_OBSERVER);
     mk_yield(p, BOOTED);
-    start_connect(p, c);
   }
 }
 
@@ -2007,7 +2014,8 @@ static void handle(mk_proc *p, const mk_event *ev) {
     case MK_EV_RESUME:
       if (ev->cont == CONNECTED) took_over(p, c);
       else if (ev->cont == RECHECK) update_reading(p, c);
-      else if (!c->seen) finish(p, c, NULL);
+      else if (!c->seen) finish(p, c, NULL);        /* BOOTED */
+      else start_connect(p, c);
       break;
     default:
       break;

@@ -215,6 +215,56 @@ describe("TLS on TCP connections", function()
     }, got)
   end)
 
+  -- A Unix connect completes inside the call: the manager started it
+  -- before it had seen the option sets, found no TLS configuration and
+  -- went plain, sending in clear what was to be encrypted (a TCP connect
+  -- escaped by taking a turn).  Straight-line (tcp.connect's settings)
+  -- and handler-style (tcp.options published before subscribing).
+  it("speaks TLS over Unix sockets: a plain server fails the connect, a TLS one handshakes",
+     function()
+    local got = N.run(function()
+      local out, heard = {}, {}
+      local plain = assert(tcp.serve(pem("plain.sock"), function(conn)
+        conn:send("hello, in clear\n")
+        for line in conn:lines(5000) do heard[#heard + 1] = line end
+      end, { framing = "line" }))
+      local srv = assert(tcp.serve(pem("tls.sock"), function(conn)
+        for line in conn:lines() do conn:send("echo: " .. line .. "\n") end
+      end, { framing = "line", tls = assert(tcp.tls{ cert = pem("server.pem"),
+                                                        key = pem("server.key") }) }))
+      local cfg = assert(tcp.tls{ ca = pem("ca.pem"), server_name = "localhost" })
+      local c, why = tcp.connect(tcp.address(pem("plain.sock"), "unix"),
+                                 { framing = "line", tls = cfg, connect_timeout = 5000 })
+      if c then c:send("secret\n"); c:close() end
+      out.plain = why
+      c = assert(tcp.connect(tcp.address(pem("tls.sock"), "unix"), { framing = "line", tls = cfg }))
+      c:send("me\n")
+      out.echo = { c:receive(5000) }
+      out.subject = (c:peer_certificate() or {}).subject
+      c:close()
+      local log, a, h = {}, tcp.address(pem("tls.sock"), "unix"), tcp.handle("unix-tls")
+      local subject
+      P(market.observe_publishers(tcp.peer_certificate(a, h, _), {
+        on_presence = function(_, role) subject = role.topic.certificate.subject end }))
+      P(N.tcp_client("unix-tls", a, log, {
+        settings = { framing = "line", tls = cfg },
+        on_connect = function(send) return market.transition_no_state(send("you\n")) end,
+        on_data = function(_, send) return market.transition_no_state(send(market.EOF)) end }))
+      N.await({ "done", "unix-tls" })
+      out.log, out.handler_subject = log, subject
+      plain:close(); srv:close()
+      out.heard = heard
+      return out
+    end, 20000)
+    assert.is_string(got.plain)
+    assert.matches("^tls: ", got.plain)
+    assert.same({ "echo: me" }, got.echo)
+    assert.equal("CN=server", got.subject)
+    assert.same({ "connected", "data echo: you", "eof" }, got.log)
+    assert.equal("CN=server", got.handler_subject)
+    for _, line in ipairs(got.heard) do assert.not_matches("secret", line) end
+  end)
+
   it("gives no session to a client that does not speak TLS, closes a silent one after " ..
      "connect_timeout, and serves on", function()
     local before = tcp.stats.tls_failures
