@@ -50,7 +50,8 @@
   X(TLS_method) X(SSL_CTX_new) X(SSL_CTX_free) X(SSL_CTX_ctrl) X(SSL_CTX_set_options) \
   X(SSL_set_verify) X(SSL_CTX_load_verify_locations) \
   X(SSL_CTX_use_certificate_chain_file) X(SSL_CTX_use_PrivateKey_file) \
-  X(SSL_CTX_check_private_key) X(SSL_CTX_set_num_tickets) X(SSL_new) X(SSL_free) \
+  X(SSL_CTX_check_private_key) X(SSL_CTX_set_default_passwd_cb) \
+  X(SSL_CTX_set_default_passwd_cb_userdata) X(SSL_CTX_set_num_tickets) X(SSL_new) X(SSL_free) \
   X(SSL_set_fd) X(SSL_set_connect_state) X(SSL_set_accept_state) X(SSL_do_handshake) \
   X(SSL_read) X(SSL_write) X(SSL_shutdown) X(SSL_get_error) X(SSL_pending) X(SSL_ctrl) \
   X(SSL_set1_host) X(SSL_get0_param) X(SSL_get_verify_result) X(SSL_get_verify_mode) \
@@ -363,10 +364,23 @@ static X509_STORE *system_cas(void) {
   return cas = s;
 }
 
+/* OpenSSL's passphrase callback: none is given.  Without one OpenSSL asks
+** for it on the terminal (or stdin), and the whole VM waited there, at
+** tcp.tls and again at a connection, taking the program's input.  *asked
+** (the userdata, while build reads the key) notes that it was wanted. */
+static int no_passphrase(char *buf, int size, int rwflag, void *asked) {
+  (void)buf;
+  (void)size;
+  (void)rwflag;
+  if (asked != NULL) *(int *)asked = 1;
+  return 0;
+}
+
 /* A new context for cf: NULL and why on failure. */
 static SSL_CTX *build(const tls_conf *cf, char *why, size_t size) {
   SSL_CTX *ctx;
   char what[300];
+  int asked = 0;                                    /* the key wanted a passphrase */
   const char *key = cf->key ? cf->key : cf->cert;   /* one PEM file may hold both */
   int ca_dir = 0;                                   /* ca names a hashed directory */
   if ((cf->cert && readable_path("certificate", cf->cert, 0, why, size) < 0) ||
@@ -399,6 +413,10 @@ static SSL_CTX *build(const tls_conf *cf, char *why, size_t size) {
   ssl.SSL_CTX_set_num_tickets(ctx, 0);
   if (cf->sni != NULL)
     ssl.SSL_CTX_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, (void (*)(void))on_servername);
+  /* (Sessions copy the callback and its userdata from the context: the
+  ** userdata goes before any is made.) */
+  ssl.SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
+  ssl.SSL_CTX_set_default_passwd_cb_userdata(ctx, &asked);
   if (cf->cert) {
     snprintf(what, sizeof what, "tls: the certificate %s", cf->cert);
     if (ssl.SSL_CTX_use_certificate_chain_file(ctx, cf->cert) != 1) goto fail;
@@ -406,6 +424,7 @@ static SSL_CTX *build(const tls_conf *cf, char *why, size_t size) {
     if (ssl.SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) goto fail;
     if (ssl.SSL_CTX_check_private_key(ctx) != 1) goto fail;
   }
+  ssl.SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
   if (cf->ca) {
     snprintf(what, sizeof what, "tls: the CA certificates %s", cf->ca);
     if (ssl.SSL_CTX_load_verify_locations(ctx, ca_dir ? NULL : cf->ca, ca_dir ? cf->ca : NULL) != 1)
@@ -418,7 +437,12 @@ static SSL_CTX *build(const tls_conf *cf, char *why, size_t size) {
   }
   return ctx;
 fail:
-  ssl_reason(what, why, size);
+  if (asked) {
+    ssl.ERR_clear_error();
+    snprintf(why, size, "%s is encrypted: a key with a passphrase is not supported", what);
+  } else {
+    ssl_reason(what, why, size);
+  }
   ssl.SSL_CTX_free(ctx);
   return NULL;
 }

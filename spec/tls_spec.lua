@@ -641,6 +641,28 @@ cp other-ca.pem empty/other.pem && openssl rehash empty
     }, { table.unpack(got, 5) })
   end)
 
+  -- OpenSSL asks for a key's passphrase on the terminal, or on stdin when
+  -- there is none: the whole VM waited there, at tcp.tls and at every
+  -- connection, and took the program's input.  Here, without a terminal
+  -- (setsid) and with the passphrase on stdin, as OpenSSL would have read
+  -- it: tcp.tls refuses, and the program still reads its own input.
+  it("refuses an encrypted key without asking for its passphrase", function()
+    local status, _, err = H.sh_plain(("cd %s && openssl pkey -in server.key -aes256 " ..
+                                       "-passout pass:secret -out enc.key"):format(H.quote(dir)))
+    assert(status == 0, "openssl pkey: " .. err)
+    local path = H.tempfile(([[
+      local tcp = require "market.tcp"
+      print(tcp.tls{ cert = %q, key = %q })
+      print(io.read("l"))
+    ]]):format(pem("server.pem"), pem("enc.key")))
+    local st, out, e = H.sh(("printf 'secret\n' | setsid timeout 30 %s %s"):format(
+      H.quote(H.market_bin()), H.quote(path)))
+    os.remove(path)
+    assert.equal(0, st, e)
+    assert.equal(("nil\ttls: the key %s is encrypted: a key with a passphrase is not supported\n" ..
+                  "secret\n"):format(pem("enc.key")), out)
+  end)
+
   it("speaks https: http.request to http.serve over TLS, a kept connection, a redirect to " ..
      "https", function()
     local got = N.run(function()
