@@ -5,12 +5,12 @@
 ** A connection speaks TLS when its settings carry a TLS configuration: a
 ** tcp-tls(cert, key, ca, verify, server_name, serial, pin, sni) record that
 ** tcp.tls() made (drivers/tcp.lua).  The record is plain data (paths,
-** flags), so it travels in tcp-options like any setting and a manager can
-** always build the OpenSSL context it describes; the contexts built are
-** kept in a small cache by `serial` (each tcp.tls() call has its own, so
-** a certificate renewed on disk is read again by the next tcp.tls()), and
-** each session holds its context's reference itself (SSL_new), so the
-** cache may drop one at any time.
+** flags), so it travels in tcp-options like any setting; the OpenSSL
+** context it stands for is built once, by tcp.tls(), from the files as
+** they are then, and kept with the record for as long as the record
+** lives (configurations, below): no file is read for a connection, and a
+** certificate renewed on disk is taken by the next tcp.tls() only.  Each
+** session holds its context's reference itself (SSL_new).
 **
 ** The manager (tcpconn.c) owns the socket and the watches; here are only
 ** the session's steps, each telling what the socket must do next.
@@ -261,7 +261,7 @@ struct mkd_tls {
   mk_term *sni;      /* (the same) */
 };
 
-static SSL_CTX *context(const tls_conf *cf, char *why, size_t size);
+static SSL_CTX *context(const mk_term *t, const tls_conf *cf, char *why, size_t size);
 
 /* Whether the name a client asked for (SNI) is `pattern`: the same name,
 ** or under a wildcard's domain ("*.example.com": one label more). */
@@ -290,7 +290,7 @@ static int on_servername(SSL *s, int *alert, void *arg) {
     char why[256];
     if (!sni_matches(name, mk_items(kv)[0])) continue;
     if (read_conf(mk_items(kv)[1], &cf) != NULL || cf.cert == NULL ||
-        (ctx = context(&cf, why, sizeof why)) == NULL)
+        (ctx = context(mk_items(kv)[1], &cf, why, sizeof why)) == NULL)
       return SSL_TLSEXT_ERR_OK;          /* (tcp.tls checked it: not met) */
     /* The certificate is the name's; the CAs that clients' certificates
     ** are verified against stay the server's, as the verify mode does
@@ -376,7 +376,7 @@ static int no_passphrase(char *buf, int size, int rwflag, void *asked) {
   return 0;
 }
 
-/* A new context for cf: NULL and why on failure. */
+/* A new context for cf, its files read now: NULL and why on failure. */
 static SSL_CTX *build(const tls_conf *cf, char *why, size_t size) {
   SSL_CTX *ctx;
   char what[300];
@@ -447,30 +447,88 @@ fail:
   return NULL;
 }
 
-/* Contexts built, most recently used first: each holds one reference. */
-#define CACHE_N 8
-static struct { int64_t serial; SSL_CTX *ctx; } cache[CACHE_N];
+/*
+** The configurations tcp.tls made, each with the context built from its
+** files then (one reference, the configuration's).  A configuration keeps
+** its context as long as its record lives: held by a Lua variable, in a
+** published setting, by a listener or a manager.  Terms are counted
+** references and the record here is one of them: when it is the only one
+** left, nobody can hand the configuration to a connection any more, and
+** its context goes (swept at the next tcp.tls, so that the contexts kept
+** are those of the live configurations and of those dropped since then).
+** A cache of built contexts, as before, read a configuration's files
+** again once its context had been pushed out: a renewed or half-written
+** certificate was taken by a configuration made before it, and a program
+** with more configurations than the cache read files at connections.
+**
+** A record is found by its pointer (the term that travels), else as an
+** equal record (one rebuilt from its fields: its serial and paths alike).
+** TLS_CLIENT's (tls = true, serial 0) names no file of its own: its one
+** context is built at the first use and kept.
+*/
+typedef struct held { mk_term *config; SSL_CTX *ctx; } held;
+static held *configs;
+static size_t nconfigs, configcap;
+static size_t collect_at = 64;     /* (l_tls_check) */
+static SSL_CTX *client_ctx;
 
-/* cf's context (a reference the cache holds: SSL_new takes its own), or
-** NULL and why. */
-static SSL_CTX *context(const tls_conf *cf, char *why, size_t size) {
-  SSL_CTX *ctx;
-  int i;
-  for (i = 0; i < CACHE_N && cache[i].ctx != NULL; i++) {
-    if (cache[i].serial == cf->serial) {
-      ctx = cache[i].ctx;
-      memmove(&cache[1], &cache[0], (size_t)i * sizeof cache[0]);
-      cache[0].serial = cf->serial;
-      cache[0].ctx = ctx;
-      return ctx;
+/* The contexts of the configurations no one holds any more go. */
+static void sweep(void) {
+  size_t i, j = 0;
+  for (i = 0; i < nconfigs; i++) {
+    if (configs[i].config->refs == 1) {
+      ssl.SSL_CTX_free(configs[i].ctx);
+      mk_unref(configs[i].config);
+    } else {
+      configs[j++] = configs[i];
     }
   }
-  if ((ctx = build(cf, why, size)) == NULL) return NULL;
-  if (cache[CACHE_N - 1].ctx != NULL) ssl.SSL_CTX_free(cache[CACHE_N - 1].ctx);
-  memmove(&cache[1], &cache[0], (CACHE_N - 1) * sizeof cache[0]);
-  cache[0].serial = cf->serial;
-  cache[0].ctx = ctx;
-  return ctx;
+  nconfigs = j;
+}
+
+/* Whether config is one of the configurations kept (this very term). */
+static int kept(const mk_term *config) {
+  size_t i;
+  for (i = 0; i < nconfigs; i++)
+    if (configs[i].config == config) return 1;
+  return 0;
+}
+
+/* Keeps ctx as the context of config (a reference taken): 0, or -1 when
+** out of memory (ctx then freed). */
+static int keep(mk_term *config, SSL_CTX *ctx) {
+  sweep();
+  if (nconfigs == configcap) {
+    size_t ncap = configcap ? 2 * configcap : 8;
+    held *n = realloc(configs, ncap * sizeof *n);
+    if (n == NULL) { ssl.SSL_CTX_free(ctx); return -1; }
+    configs = n;
+    configcap = ncap;
+  }
+  configs[nconfigs].config = mk_ref(config);
+  configs[nconfigs].ctx = ctx;
+  nconfigs++;
+  return 0;
+}
+
+/* The context of configuration t (read as cf): a reference the
+** configuration holds (SSL_new takes its own), or NULL and why. */
+static SSL_CTX *context(const mk_term *t, const tls_conf *cf, char *why, size_t size) {
+  size_t i;
+  if (cf->serial == 0 && cf->cert == NULL && cf->ca == NULL && cf->sni == NULL) {
+    if (client_ctx == NULL) {
+      tls_conf client = { NULL, NULL, NULL, NULL, 1, 0, NULL, NULL };
+      client_ctx = build(&client, why, size);
+    }
+    return client_ctx;
+  }
+  for (i = 0; i < nconfigs; i++)
+    if (configs[i].config == t) return configs[i].ctx;
+  for (i = 0; i < nconfigs; i++)
+    if (mk_items(configs[i].config)[F_SERIAL]->v.i == cf->serial && mk_equal(configs[i].config, t))
+      return configs[i].ctx;
+  snprintf(why, size, "tls: not a configuration that tcp.tls made in this program");
+  return NULL;
 }
 
 /* ---- sessions --------------------------------------------------------------- */
@@ -531,7 +589,7 @@ mkd_tls *mkd_tls_new(const mk_term *config, int fd, int server, const char *host
     snprintf(why, size, "tls: a server needs a certificate (tcp.tls{cert = ..., key = ...})");
     return NULL;
   }
-  if ((ctx = context(&cf, why, size)) == NULL) return NULL;
+  if ((ctx = context(config, &cf, why, size)) == NULL) return NULL;
   if ((t = malloc(sizeof *t)) == NULL) { snprintf(why, size, "out of memory"); return NULL; }
   t->pin = cf.pin != NULL ? mk_ref(cf.pin) : NULL;
   t->sni = server && cf.sni != NULL ? mk_ref(cf.sni) : NULL;
@@ -660,12 +718,12 @@ void mkd_tls_close_notify(mkd_tls *t) {
 
 const char *mkd_tls_version(const mkd_tls *t) { return ssl.SSL_get_version(t->s); }
 
-/* sys.tls_serial() -> the next configuration's serial.  The contexts'
-** cache is the process's, so its keys must be too: a serial counted in
-** tcp.lua began again at 1 wherever the module was loaded again (another
-** Lua state of the process, package.loaded cleared: busted between spec
-** files), and a configuration then met the context of another one with
-** the same serial, its certificate files and all. */
+/* sys.tls_serial() -> the next configuration's serial.  The
+** configurations kept are the process's, so their serials must be too: a
+** serial counted in tcp.lua began again at 1 wherever the module was
+** loaded again (another Lua state of the process, package.loaded cleared:
+** busted between spec files), and two configurations of the same files,
+** made before and after a certificate was renewed, were equal records. */
 static int l_tls_serial(lua_State *L) {
   static int64_t last;
   lua_pushinteger(L, (lua_Integer)__atomic_add_fetch(&last, 1, __ATOMIC_RELAXED));
@@ -673,19 +731,40 @@ static int l_tls_serial(lua_State *L) {
 }
 
 /* sys.tls_check(config) -> true | nil, why: the configuration read and
-** its context built now (and kept), so that a missing file or a bad key
-** is tcp.tls's answer rather than every connection's failure. */
+** its context built now, and kept with it (configurations, above), so
+** that a missing file or a bad key is tcp.tls's answer rather than every
+** connection's failure, and its files are read only now. */
 static int l_tls_check(lua_State *L) {
   const char *err, *bad;
   char why[512];
   tls_conf cf;
+  SSL_CTX *ctx;
   mk_term *t = mkl_toterm(L, 1, &err);
   if (t == NULL) return luaL_error(L, "market.sys.tls_check: %s", err);
   bad = (bad = ssl_open()) != NULL ? bad : read_conf(t, &cf);
   if (bad != NULL) {
     snprintf(why, sizeof why, "tls: %s", bad);
-  } else if (context(&cf, why, sizeof why) != NULL) {
+  } else if (kept(t)) {
+    mk_unref(t);                /* (checked already: its context stays the one built then) */
+    lua_pushboolean(L, 1);
+    return 1;
+  } else if ((ctx = build(&cf, why, sizeof why)) != NULL) {
+    if (keep(t, ctx) != 0) {
+      mk_unref(t);
+      return luaL_error(L, "market.sys.tls_check: out of memory");
+    }
     mk_unref(t);
+    /* A record dropped is released when the collector frees its box, and
+    ** the collector does not see the context behind it (tens of KB, a CA
+    ** file's certificates among them): configurations made in a loop
+    ** kept a thousand of them.  A full collection whenever the contexts
+    ** kept have doubled since the last one bounds them to twice those in
+    ** use, at a cost spread over as many tcp.tls calls. */
+    if (nconfigs >= collect_at) {
+      lua_gc(L, LUA_GCCOLLECT);
+      sweep();
+      collect_at = 2 * nconfigs > 64 ? 2 * nconfigs : 64;
+    }
     lua_pushboolean(L, 1);
     return 1;
   }

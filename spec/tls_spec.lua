@@ -545,10 +545,11 @@ describe("TLS on TCP connections", function()
     assert.matches("tcp.tls: sni is a server's: its own certificate (cert) too", err, 1, true)
   end)
 
-  -- The contexts made from configurations are cached by the process, by
-  -- serial: a module loaded again (another Lua state, package.loaded
-  -- cleared between spec files) must not count serials from 1 again, or
-  -- a configuration met another's context, its certificate and all.
+  -- The configurations kept are the process's, told apart by serial
+  -- where their records are equal: a module loaded again (another Lua
+  -- state, package.loaded cleared between spec files) must not count
+  -- serials from 1 again, or two configurations of the same files made
+  -- before and after a renewal were one.
   it("numbers configurations for the whole process, across a new load of market.tcp", function()
     local first = assert(tcp.tls{ ca = pem("ca.pem") }).serial
     package.loaded["market.tcp"] = nil
@@ -558,6 +559,48 @@ describe("TLS on TCP connections", function()
     assert.is_true(assert(again.tls{ cert = pem("both.pem") }).serial > first)
   end)
 
+
+  -- A configuration's files are read by tcp.tls, once: it keeps what
+  -- they held for as long as it is in use.  The contexts built were a
+  -- cache of eight, and one pushed out was built again from the files as
+  -- they were then: gone here (its connections failed), or a renewed or
+  -- half-written certificate taken by a configuration made before it.
+  it("keeps what its files held when tcp.tls read them, however many configurations there are",
+     function()
+    local function copy(from, to)
+      assert(os.execute(("cp %s %s"):format(H.quote(pem(from)), H.quote(pem(to)))))
+    end
+    copy("server.pem", "renewed.pem"); copy("server.key", "renewed.key")
+    local got = N.run(function()
+      local out = {}
+      local server_cfg = assert(tcp.tls{ cert = pem("renewed.pem"), key = pem("renewed.key") })
+      local client_cfg = assert(tcp.tls{ ca = pem("ca.pem"), server_name = "localhost" })
+      local srv = echo_server(server_cfg)
+      local other = echo_server(assert(tcp.tls{ cert = pem("server.pem"), key = pem("server.key") }))
+      out[1] = echoed(srv.port, client_cfg, true)
+      -- The files change: a renewal for another name, then half of it.
+      copy("other.pem", "renewed.pem"); copy("other.key", "renewed.key")
+      local renewed = echo_server(assert(tcp.tls{ cert = pem("renewed.pem"), key = pem("renewed.key") }))
+      assert(io.open(pem("renewed.key"), "w")):close()
+      for i = 1, 12 do out[1 + i] = echoed(other.port, assert(tcp.tls{ ca = pem("ca.pem") })) end
+      -- The configurations dropped go (at the next tcp.tls); those held,
+      -- by a variable or only by a listener, stay.
+      collectgarbage()
+      out[14] = echoed(renewed.port, assert(tcp.tls{ ca = pem("ca.pem"), server_name = "other.test" }),
+                       true)
+      out[15] = echoed(srv.port, client_cfg, true)
+      -- A record made by hand has no context: its connection fails.
+      local forged = tcp.tls_record(false, false, pem("ca.pem"), true, false, 1 << 40, false, false)
+      out[16] = echoed(srv.port, forged)
+      srv:close(); other:close(); renewed:close()
+      return out
+    end, 30000)
+    assert.equal("CN=server echo: me", got[1])
+    for i = 2, 13 do assert.equal("echo: me", got[i]) end
+    assert.equal("CN=other echo: me", got[14])
+    assert.equal("CN=server echo: me", got[15])
+    assert.equal("tls: not a configuration that tcp.tls made in this program", got[16])
+  end)
 
   -- The system's CA certificates are read once per process, into one
   -- store that every configuration verifying against them shares (where
