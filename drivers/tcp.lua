@@ -918,7 +918,10 @@ end
 -- (a client, unless the server's configuration has `ca`) or the
 -- connection is not TLS; nil, reason when the connection closed before
 -- its manager told.  Asked once: the manager's word (its
--- tcp.peer_certificate) is kept.
+-- tcp.peer_certificate) is kept.  The manager publishes it as long as it
+-- lives, so only both flows' ends tell that it will not: an inbound flow
+-- that failed alone (a line over max_frame) leaves the manager and its
+-- word there.
 function Conn:peer_certificate()
   mine(self, "peer_certificate")
   if self.cert == nil then
@@ -936,9 +939,11 @@ function Conn:peer_certificate()
         end
         self.cert = t
       end }))
-    market.wait_until(function() return self.cert ~= nil or self.in_closed ~= OPEN end)
+    market.wait_until(function()
+      return self.cert ~= nil or (self.in_closed ~= OPEN and self.out_closed ~= OPEN)
+    end)
     P(market.delete_endpoint(name))
-    if self.cert == nil then return nil, self.in_closed or "closed" end
+    if self.cert == nil then return nil, self.in_closed or self.out_closed or "closed" end
   end
   return self.cert or nil
 end

@@ -331,6 +331,33 @@ describe("TLS on TCP connections", function()
     assert.is_not.equal("echo: me", got[2])
   end)
 
+  -- The certificate is published as long as the manager lives: an
+  -- inbound flow that failed alone (a line over max_frame) does not end
+  -- it, and conn:peer_certificate still has it to give.
+  it("gives the peer's certificate after the inbound flow failed alone", function()
+    local got = N.run(function()
+      local out = {}
+      local srv = assert(tcp.serve(0, function(conn)
+        conn:send("a very long line\n")
+        out.server = conn:receive(5000)
+      end, { framing = "line",
+             tls = assert(tcp.tls{ cert = pem("server.pem"), key = pem("server.key") }) }))
+      local c = assert(tcp.connect("127.0.0.1", srv.port, {
+        framing = "line", max_frame = 4, tls = assert(tcp.tls{ ca = pem("ca.pem") }) }))
+      out.receive = { c:receive(5000) }
+      local cert, why = c:peer_certificate()
+      out.cert = { cert and cert.subject, why }
+      out.send = c:send("x\n")
+      N.wait_until(function() return out.server ~= nil end)
+      c:close(); srv:close()
+      return out
+    end, 20000)
+    assert.same({ nil, "line longer than 4 bytes" }, got.receive)
+    assert.same({ "CN=server" }, got.cert)
+    assert.is_true(got.send)
+    assert.equal("x", got.server)
+  end)
+
   it("tells each side the certificate the other gave: conn:peer_certificate, " ..
      "tcp.peer_certificate, http.serve's req.certificate, http.request's res.certificate", function()
     local got = N.run(function()
