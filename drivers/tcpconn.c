@@ -956,14 +956,17 @@ static void reframe(mk_proc *p, tconn *c) {
 }
 
 /* The peer's end of stream (read only when nothing whole is left over):
-** the last unfinished line, then EOF; a frame cut short fails the flow
-** instead. */
+** the last unfinished line, then EOF; a frame cut short, or a last line
+** over max_frame, fails the flow instead. */
 static void end_of_input(mk_proc *p, tconn *c) {
   mk_term *m;
   size_t partial = c->ilen - c->ioff;
   c->eof_in = 1;
   update_reading(p, c);
   if (partial > 0 && c->framing == F_LINE) {
+    /* (from_buffer let it be one byte over, a "\r" that a "\n" might
+    ** have followed: none came, and the "\r" is the line's) */
+    if (partial > c->max_frame) { line_too_long(p, c); return; }
     deliver(p, c, c->ib + c->ioff, partial);
   } else if (partial > 0) {
     char buf[128];

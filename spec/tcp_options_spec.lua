@@ -313,6 +313,24 @@ describe("tcp.options", function()
     assert.same({ "bye: line longer than 10 bytes\n", "eof" }, got)
   end)
 
+  -- A line may be one byte over max_frame while it ends in "\r" (a "\n"
+  -- may follow); at the end of stream none does, and such a last line was
+  -- delivered whole, longer than max_frame.
+  it("refuses an unfinished last line over max_frame at the end of stream, a \"\\r\" and all", function()
+    local log = {}
+    N.run(function()
+      market.perform(tcp.options(here0, { framing = "line", max_frame = 16 }), recorder(log))
+      local p = bound(0)
+      for _, bytes in ipairs { "0123456789abcdef\r", "0123456789abcde\r" } do
+        local s = connect(p)
+        assert(write_all(s, bytes))
+        hang_up(s)
+      end
+      market.perform(send({ "stop-server", 0 }))
+    end)
+    assert.same({ "<gone: line longer than 16 bytes>", "0123456789abcde\r", "<eof>" }, log)
+  end)
+
   it("ends the inbound flow of a frame over max_frame, or cut by the end of stream, with a reason", function()
     local log = {}
     N.run(function()
