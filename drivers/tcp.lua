@@ -797,6 +797,16 @@ local function ready(c)
   return (c.ready_in and c.ready_out) or c.in_closed ~= OPEN or c.out_closed ~= OPEN
 end
 
+-- Raises, at the line that called method `what`, that ms is not a
+-- timeout (a number >= 0; nil, none, is not passed here).  Checked by
+-- the methods themselves, before they wait: send waits only while paused,
+-- so that a bad timeout went unseen, and wait_until's error pointed at
+-- this file's line.
+local function bad_timeout(ms, what)
+  error(("tcp.connection:%s: the timeout must be a number of milliseconds >= 0 (or nil: none), " ..
+         "got %s"):format(what, mtype(ms) and tostring(ms) or type(ms)), 3)
+end
+
 -- The connection reads again (its reading = false withdrawn).
 local function release(c)
   c.holding = false
@@ -834,6 +844,7 @@ end
 -- "closed"); nil, "timeout" when nothing came within ms.
 function Conn:receive(ms)
   if getmt(self) ~= Conn or self.ctx ~= owner() then mine(self, "receive") end
+  if ms ~= nil and not (type(ms) == "number" and ms >= 0) then bad_timeout(ms, "receive") end
   if self.qfirst > self.qlast and not self.at_eof and self.in_closed == OPEN then
     local ok, err = market.wait_until(self.arrived, ms)
     if not ok then return nil, err end
@@ -858,6 +869,7 @@ function Conn:read(n, ms)
     error("tcp.connection:read: n must be a positive integer, got " ..
           (math.type(n) and tostring(n) or type(n)), 2)
   end
+  if ms ~= nil and not (type(ms) == "number" and ms >= 0) then bad_timeout(ms, "read") end
   if self.unread < n and self.odd == 0 and not self.at_eof and self.in_closed == OPEN then
     -- A read of more than MAX_UNREAD holds that much: the connection
     -- reads on until it is there (c.want: the hold waits past it).
@@ -885,6 +897,7 @@ end
 -- (receive then says why, again).
 function Conn:lines(ms)
   mine(self, "lines")
+  if ms ~= nil and not (type(ms) == "number" and ms >= 0) then bad_timeout(ms, "lines") end
   return function() return (self:receive(ms)) end
 end
 
@@ -897,6 +910,7 @@ function Conn:send(data, ms)
   if type(data) ~= "string" then
     error("tcp.connection:send: data must be a string, got " .. type(data), 2)
   end
+  if ms ~= nil and not (type(ms) == "number" and ms >= 0) then bad_timeout(ms, "send") end
   if self.shut then return nil, "shut down for sending (conn:shutdown)" end
   if self.unsent > 0 and self.unsent + #data > self.check then
     self.unsent = 0

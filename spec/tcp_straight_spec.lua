@@ -378,6 +378,13 @@ describe("tcp.connect and tcp.serve", function()
       try(function() c:read(0) end)
       try(function() c:read(1.5) end)
       try(function() c:read("*l") end)
+      -- A bad timeout, whether the call would have waited or not.
+      try(function() c:send("x", -5) end)
+      try(function() c:send("x", "bad") end)
+      try(function() c:receive("x") end)
+      try(function() c:receive(-1) end)
+      try(function() c:read(3, 0 / 0) end)
+      try(function() c:lines({}) end)
       try(function() tcp.connect("127.0.0.1", srv.port, { framing = "lines" }) end)
       try(function() tcp.serve(0, "session") end)
       try(function() tcp.serve(0, function() end, { no_such = 1 }) end)
@@ -397,12 +404,19 @@ describe("tcp.connect and tcp.serve", function()
     local ok, err = pcall(tcp.connect, "127.0.0.1", 1)
     assert.is_false(ok)
     assert.matches("tcp.connect: not inside a market process", err, 1, true)
+    local bad_ms = "the timeout must be a number of milliseconds >= 0 (or nil: none), got "
     assert.same({
       "false tcp.connection:send: data must be a string, got number",
       "false tcp.connection:receive: not a connection (call it as conn:receive(...))",
       "false tcp.connection:read: n must be a positive integer, got 0",
       "false tcp.connection:read: n must be a positive integer, got 1.5",
       "false tcp.connection:read: n must be a positive integer, got string",
+      "false tcp.connection:send: " .. bad_ms .. "-5",
+      "false tcp.connection:send: " .. bad_ms .. "string",
+      "false tcp.connection:receive: " .. bad_ms .. "string",
+      "false tcp.connection:receive: " .. bad_ms .. "-1",
+      "false tcp.connection:read: " .. bad_ms .. tostring(0 / 0),
+      "false tcp.connection:lines: " .. bad_ms .. "table",
       'false tcp.connect: framing must be "raw", "line", "u16" or "u32", got "lines"',
       "false tcp.serve: session must be a function, got string",
       'false tcp.serve: unknown setting "no_such"',
