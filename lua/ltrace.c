@@ -5,6 +5,7 @@
 */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,8 +89,12 @@ FILE *mkl_trace_file(const char *path) {
 }
 
 /* The strings (a string or a list of them) of field `key` of the options
-** at index 1, into a userdata array pushed on the stack (the strings stay
-** Lua's: the options table holds them while the trace copies them). */
+** at index 1, into a userdata array pushed on the stack, with what holds
+** the strings under it until the trace has copied them: the string, or a
+** copy of the list that only this stack sees.  Not the program's list:
+** the fields read after this one may run Lua (an __index of the options,
+** a finalizer during an allocation) that empties it and collects the
+** strings the array points to. */
 static const char *const *strings(lua_State *L, const char *who, const char *key, size_t *n) {
   const char **a;
   size_t i;
@@ -107,15 +112,17 @@ static const char *const *strings(lua_State *L, const char *who, const char *key
     luaL_error(L, "%s: %s must be a string or a list of strings, got %s", who, key,
                luaL_typename(L, -1));
   *n = lua_rawlen(L, -1);
+  lua_createtable(L, *n < INT_MAX ? (int)*n : 0, 0);
   a = lua_newuserdatauv(L, (*n ? *n : 1) * sizeof *a, 0);
   for (i = 0; i < *n; i++) {
-    if (lua_rawgeti(L, -2, (lua_Integer)i + 1) != LUA_TSTRING)
+    if (lua_rawgeti(L, -3, (lua_Integer)i + 1) != LUA_TSTRING)
       luaL_error(L, "%s: %s[%d] must be a string, got %s", who, key, (int)i + 1,
                  luaL_typename(L, -1));
-    if ((a[i] = cstring(L)) == NULL)     /* held by the list */
+    if ((a[i] = cstring(L)) == NULL)
       luaL_error(L, "%s: %s[%d] must hold no NUL byte", who, key, (int)i + 1);
-    lua_pop(L, 1);
+    lua_rawseti(L, -3, (lua_Integer)i + 1);     /* held by the copy */
   }
+  lua_remove(L, -3);      /* the program's list */
   return a;
 }
 

@@ -137,6 +137,28 @@ describe("market.ring", function()
     assert.equal("true\ttrue\tfalse\tmarket.ring: the ring is closed\n", out)
   end)
 
+  -- The VM globs were kept as bare pointers while size was read: its
+  -- __index dropped them and collected them before the ring copied them
+  -- (ASan: heap-use-after-free in strs_dup).
+  it("keeps the globs it was given though the options' __index drops them", function()
+    local lines
+    scene(function()
+      local vms, junk = { "gro*", ("g"):rep(60) .. "*" }, {}    -- held by the list alone
+      local r = market.ring(setmetatable({ vm = vms, kind = "send" }, { __index = function(_, k)
+        if k == "size" then
+          vms[1], vms[2] = nil, nil
+          collectgarbage(); collectgarbage()
+          for i = 1, 1000 do junk[i] = ("J"):rep(61) .. i end
+        end
+      end }))
+      P(market.send("x"))
+      lines = r:read()
+      r:close()
+    end)
+    assert.equal(1, #lines)
+    assert.same({ "ground", "x" }, { decoded(lines)[1].vm, decoded(lines)[1].message })
+  end)
+
   it("outlives its ground VM, and refuses bad options", function()
     local r
     scene(function() r = market.ring { kind = "send" } end)

@@ -399,6 +399,31 @@ describe("market.trace", function()
     assert.same(want, untimed(lines_of(text)))
   end)
 
+  -- The names' strings were kept as bare pointers while the other fields
+  -- were read: an __index of the options (or a finalizer) could drop them
+  -- from their list and collect them before the trace copied them (ASan:
+  -- heap-use-after-free in strs_dup), and the filter held what took their
+  -- place.
+  it("keeps the globs it was given though the options' __index drops them", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      local names, junk = { ("s"):rep(60) .. "*" }, {}     -- held by the list alone
+      print(market.trace(setmetatable({ name = names, kind = "send" }, { __index = function(_, k)
+        if k == "vm" then
+          names[1] = nil
+          collectgarbage(); collectgarbage()
+          for i = 1, 1000 do junk[i] = ("J"):rep(61) .. i end
+        end
+      end })))
+      market.perform(market.spawn(function() market.perform(market.send("seen")) end,
+                                  { name = ("s"):rep(60) .. "x" }))
+      market.pause()
+    ]], "--no-drivers")
+    assert.equal(0, status, err)
+    assert.equal("true\n", out)
+    assert.same({ ("ground #2 %sx: send \"seen\""):format(("s"):rep(60)) }, untimed(lines_of(err)))
+  end)
+
   it("refuses what is not an option, and is for processes only", function()
     local status, out, err = H.run_script([[
       local market = require "market"
