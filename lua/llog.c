@@ -12,9 +12,14 @@
 ** descriptors is retried ten times a second): each message site (its key,
 ** the format string for market.log) logs at most LOG_BURST lines in a
 ** window of LOG_WINDOW seconds; the others are counted, and the site's
-** next line after the window says how many were suppressed.  Sites are
-** kept in a small direct-mapped table: a site that takes another's slot
-** resets it, which costs at most a burst more lines, never memory.
+** next line after the window says how many were suppressed.  The sites
+** are kept in a table of LOG_SITES; a new one takes a free entry, or the
+** one whose window ended longest ago.  A site never takes one whose window
+** still runs: two places that took each other's entry in turn each got a
+** fresh burst on every line, and neither was ever limited.  When all the
+** windows run, the new sites share one more window, the crowd's: however
+** many places log, at most (LOG_SITES + 1) * LOG_BURST lines a window,
+** in a fixed table.
 */
 #include <stdarg.h>
 #include <stdint.h>
@@ -26,12 +31,12 @@
 #include "json.h"
 #include "mkl.h"
 
-#define LOG_SLOTS 64
+#define LOG_SITES 64
 #define LOG_BURST 5
 #define LOG_WINDOW 10.0
 
 typedef struct logsite {
-  uint64_t hash;             /* of the key and level; 0: free */
+  uint64_t hash;             /* of the key and level; 0: free (the crowd's: 0) */
   double start;              /* the window's start, monotonic seconds */
   unsigned lines, suppressed;
 } logsite;
@@ -43,7 +48,8 @@ typedef struct logstate {
   int insink;                /* the Lua sink runs: its own lines go around it */
   mkl_log_fn fn;             /* the host's sink, or NULL */
   void *ud;
-  logsite sites[LOG_SLOTS];
+  logsite sites[LOG_SITES];
+  logsite crowd;             /* the window the sites without an entry share */
 } logstate;
 
 static const char key_log = 0;
@@ -79,18 +85,33 @@ static double monotonic(void) {
 static int admit(logstate *ls, int level, const char *key, unsigned *carry) {
   uint64_t h = 14695981039346656037u ^ (uint64_t)level;
   const unsigned char *k;
-  logsite *s;
+  logsite *s = NULL, *old = NULL;
   double now;
+  int i;
   *carry = 0;
   if (level > MK_LOG_WARN || key == NULL) return 1;
   for (k = (const unsigned char *)key; *k; k++) h = (h ^ *k) * 1099511628211u;
   if (h == 0) h = 1;
-  s = &ls->sites[h % LOG_SLOTS];
   now = monotonic();
-  if (s->hash != h) {
+  for (i = 0; i < LOG_SITES && s == NULL; i++) {
+    logsite *e = &ls->sites[i];
+    if (e->hash == h) s = e;
+    else if (e->hash == 0 || now - e->start >= LOG_WINDOW) {
+      /* Free, or over: the one over longest ago goes (a count it still
+      ** held would have been told only if its place logged again). */
+      if (old == NULL || (old->hash != 0 && (e->hash == 0 || e->start < old->start))) old = e;
+    }
+  }
+  if (s == NULL && old != NULL) {
+    s = old;
     s->hash = h;
     s->start = now;
     s->lines = s->suppressed = 0;
+  } else if (s == NULL) {
+    s = &ls->crowd;
+  }
+  if (s->lines == 0 && s->suppressed == 0) {   /* a window not begun: the crowd's first */
+    s->start = now;
   } else if (now - s->start >= LOG_WINDOW) {
     *carry = s->suppressed;
     s->start = now;

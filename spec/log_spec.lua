@@ -161,6 +161,34 @@ describe("market.log", function()
     assert.matches(": again 13 %(7 more suppressed%)\n$", err)
   end)
 
+  -- The places were kept in a direct-mapped table where a place reset the
+  -- window of the one it displaced: these two formats share a slot of it,
+  -- and logged in turn, neither was ever limited (2000 lines).
+  it("limits places that alternate, however many they are", function()
+    local status, _, err = H.run_script([[
+      local market = require "market"
+      for i = 1, 1000 do
+        market.log.warn("disk A full: %s", i)
+        market.log.warn("disk B232 full: %s", i)
+      end
+      for r = 1, 20 do
+        for k = 1, 100 do market.log.warn("place " .. k .. ": %d", r) end
+      end
+    ]])
+    assert.equal(0, status, err)
+    local _, a = err:gsub(" warn [^\n]*disk A full", "")
+    local _, b = err:gsub(" warn [^\n]*disk B232 full", "")
+    assert.same({ 5, 5 }, { a, b })
+    -- 62 places keep an entry each; the others share one more window.
+    local per, total = {}, 0
+    for k in err:gmatch(" warn [^\n]*place (%d+): %d+\n") do
+      per[k] = (per[k] or 0) + 1
+      total = total + 1
+    end
+    for k, n in pairs(per) do assert.is_true(n <= 5, k .. ": " .. n) end
+    assert.equal(62 * 5 + 5, total)
+  end)
+
   it("the drivers' warnings go through it", function()
     local status, out, err = H.run_script([[
       local market = require "market"
