@@ -151,10 +151,13 @@ local function arm_sweep(ms)
   return market.send(timer.cancel(SWEEP)), market.send(timer.set(SWEEP, ms, "relative"))
 end
 
--- The recent events of view k (the JSON lines, oldest first), opening its
--- ring with opts the first time (keeping KEEP_EVENTS lines between two
--- reads); nil when the ring cannot be opened.
-local function view_lines(k, opts, keep)
+-- The recent events of view k (the JSON lines, oldest first) and how many
+-- its ring let go unread since it opened, opening it with opts the first
+-- time (keeping KEEP_EVENTS lines between two reads); nil when the ring
+-- cannot be opened.  The filter is the ring's own, all of it: lines the
+-- view would drop afterwards (another VM's process of the same pid) took
+-- the ring's room, and pushed the view's own out.
+local function view_lines(k, opts)
   local v = views[k]
   P(arm_sweep(M.RING_IDLE_MS))
   if not v then
@@ -164,19 +167,24 @@ local function view_lines(k, opts, keep)
       market.log.warn("market.inspect: cannot record events: %s", tostring(ring))
       return nil
     end
-    v = { ring = ring, lines = {} }
+    v = { ring = ring, lines = {}, dropped = 0 }
     views[k] = v
   end
   v.used = market.monotonic()
-  for _, line in ipairs(v.ring:read()) do
-    if not keep or keep(line) then v.lines[#v.lines + 1] = line end
-  end
+  local lines, dropped = v.ring:read()
+  v.dropped = v.dropped + dropped
+  table.move(lines, 1, #lines, #v.lines + 1, v.lines)
   local n, extra = #v.lines, #v.lines - M.KEEP_EVENTS
   if extra > 0 then                  -- the oldest go
     table.move(v.lines, extra + 1, n, 1)
     for i = n - extra + 1, n do v.lines[i] = nil end
   end
-  return v.lines
+  return v.lines, v.dropped
+end
+
+-- A VM path as a glob that matches it alone (market.ring's vm =).
+local function exactly(path)
+  return (path:gsub("[][*?\\]", "\\%0"))
 end
 
 local detail = market.inspect_detail
@@ -251,10 +259,10 @@ end
 local function process_view(pid, q)
   local path, vm = vm_of(q)
   local p = vm and find_proc(vm, pid)
-  local lines = p and view_lines("p " .. path .. " " .. pid, { pid = pid }, function(line)
-    return line:find('"vm":' .. json({ path }):sub(2, -2) .. ',', 1, true) ~= nil
-  end)
-  return with_events({ vm = path, pid = pid, process = p, recording = lines ~= nil }, lines)
+  local lines, dropped
+  if p then lines, dropped = view_lines("p " .. path .. " " .. pid, { vm = exactly(path), pid = pid }) end
+  return with_events({ vm = path, pid = pid, process = p, recording = lines ~= nil,
+                       dropped = dropped }, lines)
 end
 
 -- /api/conversation/PUB/EP/SUB/EP: the conversation and the messages its
@@ -263,18 +271,16 @@ local function conversation_view(pub, pep, sub, sep, q)
   local path, vm = vm_of(q)
   local pp, sp = vm and find_proc(vm, pub), vm and find_proc(vm, sub)
   local pe, se = find_endpoint(pp, pep), find_endpoint(sp, sep)
-  local lines
+  local lines, dropped
   if pe and se then
-    local mark = '"vm":' .. json({ path }):sub(2, -2) .. ',"pid":' .. pub .. ','
-    lines = view_lines(table.concat({ "c", path, pub, pep, sub, sep }, " "),
-      { topic = se.topic, kind = "send" },
-      function(line) return line:find(mark, 1, true) ~= nil end)
+    lines, dropped = view_lines(table.concat({ "c", path, pub, pep, sub, sep }, " "),
+      { vm = exactly(path), pid = pub, topic = se.topic, kind = "send" })
   end
   return with_events({ vm = path, publisher = { pid = pub, endpoint = pep, process = pp and pp.name,
                                                 topic = pe and pe.topic },
                        subscriber = { pid = sub, endpoint = sep, process = sp and sp.name,
                                       topic = se and se.topic },
-                       recording = lines ~= nil }, lines)
+                       recording = lines ~= nil, dropped = dropped }, lines)
 end
 
 -- ---- HTTP ------------------------------------------------------------------
@@ -1016,6 +1022,7 @@ function showDetail() {
       $("dtitle").textContent = `conversation #${d.publisher.pid} ${d.publisher.process || ""}:${d.publisher.endpoint} → #${d.subscriber.pid} ${d.subscriber.process || ""}:${d.subscriber.endpoint}`;
       head = `<p class="topic">${esc(term(d.publisher.topic))} ⟷ ${esc(term(d.subscriber.topic))}</p>`;
     }
+    if (d.dropped) head += `<p class="dim">${d.dropped} events came and went between two looks: not shown</p>`;
     $("dbody").innerHTML = head + (d.recording ? eventRows(d.events || []) :
       `<div class="empty">recent events cannot be recorded: see the program's log</div>`);
   }).catch(() => {});

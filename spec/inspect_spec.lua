@@ -753,6 +753,78 @@ describe("require 'market.inspect'", function()
     assert.equal(0, again)
   end)
 
+  -- The views' rings took every VM's lines of the pid (and a conversation's
+  -- every VM's sends of the topic), and the view kept its own VM's after:
+  -- a busy process of the same pid in a nested VM pushed the view's
+  -- events out of its ring, and the view showed none, without a word.
+  it("records a view's own events though another VM has a busy process of its pid", function()
+    local proc, conv, later
+    local ok, err = pcall(N.run, function()
+      local timer = require "market.timer"
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.publisher({ "said", market._ }, "out"),
+          market.subscriber({ "poke", market._ }, { name = "poke", on_message = function(s, m)
+            return market.transition(s, market.send({ "said", m[2] }))
+          end }))
+      end, { name = "poked" }))
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.subscriber({ "said", market._ }, "hear"))
+      end, { name = "hearer" }))
+      market.perform(inspect.start("127.0.0.1:0"),
+                     market.subscriber(inspect.listening(market._), "url"))
+      local url = market.wait_for(function(e) return e.endpoint == "url" end).role.topic.url
+      local port = tonumber(url:match(":(%d+)/$"))
+      local pid = find_proc(market.snapshot(), named("poked")).pid
+      local hearer = find_proc(market.snapshot(), named("hearer")).pid
+      market.perform(market.nested_vm(function()
+        for _ = 1, pid do
+          market.perform(market.spawn(function()
+            if market.self() ~= pid then return end
+            market.perform(market.at_meta_level(market.subscriber("go", "go")))
+            market.wait_for(function(e) return e.endpoint == "go" end)
+            for j = 1, 300 do market.perform(market.send({ "said", j })) end
+            market.pause()
+          end, { name = "noisy" }))
+        end
+        market.pause()
+      end, { name = "box" }))
+      timer.sleep(50)
+      local box = find_proc(market.snapshot(), named("box"))
+      assert.truthy(find_proc(box, function(p) return p.pid == pid and p.name == "noisy" end))
+      local ppath = "/api/process/" .. pid
+      local cpath = ("/api/conversation/%d/out/%d/hear?vm=ground"):format(pid, hearer)
+      fetch(port, ppath)                          -- opens the views
+      fetch(port, cpath)
+      for i = 1, 10 do market.perform(market.send({ "poke", i })) end
+      timer.sleep(50)
+      market.perform(market.send("go"))           -- after: pushes them out of a shared ring
+      timer.sleep(50)
+      proc, conv = fetch(port, ppath), fetch(port, cpath)
+      for i = 1, 250 do market.perform(market.send({ "poke", i })) end
+      timer.sleep(50)
+      later = fetch(port, ppath)
+      market.stop(0)
+    end)
+    assert(ok, err)
+    local sends = {}
+    for _, e in ipairs(proc.events) do
+      assert.same({ "ground", "poked" }, { e.vm, e.name })
+      if e.kind == "send" then sends[#sends + 1] = e.message[2] end
+    end
+    assert.same({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, sends)
+    assert.equal(0, proc.dropped)
+    sends = {}
+    for _, e in ipairs(conv.events) do
+      assert.same({ "ground", "poked", "send" }, { e.vm, e.name, e.kind })
+      sends[#sends + 1] = e.message[2]
+    end
+    assert.same({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, sends)
+    assert.equal(0, conv.dropped)
+    -- 500 lines between two looks: the ring's 200 kept, the others told.
+    assert.equal(inspect.KEEP_EVENTS, #later.events)
+    assert.equal(300, later.dropped)
+  end)
+
   it("gives each server on port 0 a port of its own", function()
     local urls = {}
     N.run(function()
