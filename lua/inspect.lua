@@ -654,21 +654,55 @@ local function name_text(s)
   end))
 end
 
+-- A string as market.repr writes it (term.c, addquoted): printable ASCII
+-- stays, but for " and \\; every other byte is escaped, C1 controls and
+-- the bytes of UTF-8 text too.
+local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\t"] = "\\t", ["\r"] = "\\r" }
+local function quoted(s)
+  return '"' .. s:gsub('[\0\1-\31"\\\127-\255]', function(c)
+    return ESCAPES[c] or ("\\x%02x"):format(c:byte())
+  end) .. '"'
+end
+
+-- A record's label bare, as market.repr writes one that reads back as
+-- itself (term.c, barelabel); any other as a string.
+local function label_text(l)
+  if type(l) ~= "string" then l = tostring(l) end
+  if l ~= "" and not l:find('[\0\1- ()%[%],"\127-\255]') then return l end
+  return quoted(l)
+end
+
 -- A term in its JSON form (docs/inspect.md, "Terms in JSON") as traces
--- show it: label(fields), [items], "text", _.
+-- and market.repr show it: label(fields), [items], "text", _.  What the
+-- JSON form does not keep stays lost (a float with an integer's value is
+-- an integer there, a label's bytes that are not UTF-8 are U+FFFD), and
+-- what no term has the form of (an answer may be any server's) is shown
+-- quoted, escaped as a string is.
 local function term_text(t)
-  if t == nil then return "nil" end
   local ty = type(t)
-  if ty == "string" then return ("%q"):format(t):gsub("\\\n", "\\n") end
-  if ty ~= "table" then return name_text(t) end
-  if t.wildcard then return "_" end
-  if t.eof then return "#eof" end
-  if t.bytes then return "#x" .. name_text(t.bytes) end
-  if t.float then return name_text(t.float) end
-  if t.cut then return name_text(t.cut) end
+  if t == nil then return "nil" end
+  if ty == "boolean" then return tostring(t) end
+  if math.type(t) == "integer" then return ("%d"):format(t) end
+  if ty == "number" then          -- term.c, addfloat: a float reads back as a float
+    local f = ("%.17g"):format(t)
+    return f:find("^[-0-9]+$") and f .. ".0" or f
+  end
+  if ty == "string" then return quoted(t) end
+  if ty ~= "table" then return quoted(tostring(t)) end
+  if t.wildcard == true then return "_" end
+  if t.eof == true then return "#eof" end
+  if type(t.bytes) == "string" then
+    local raw = #t.bytes % 2 == 0 and t.bytes:find("^%x*$") and
+      t.bytes:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end)
+    return quoted(raw or t.bytes)
+  end
+  if t.float == "nan" or t.float == "inf" or t.float == "-inf" then return t.float end
+  if t.cut ~= nil then            -- market.repr's text already, cut short
+    return (tostring(t.cut):gsub("[^\32-\126]", function(c) return ("\\x%02x"):format(c:byte()) end))
+  end
   local items = {}
   for k, v in ipairs(t.fields or t) do items[k] = term_text(v) end
-  if t.record then return name_text(t.record) .. "(" .. table.concat(items, ", ") .. ")" end
+  if t.record ~= nil then return label_text(t.record) .. "(" .. table.concat(items, ", ") .. ")" end
   return "[" .. table.concat(items, ", ") .. "]"
 end
 

@@ -403,6 +403,35 @@ describe("inspect.ps()", function()
     assert.truthy(lines[2]:find("^ground%s+0%s+ground%s+ground%s"), text)
     assert.truthy(lines[4]:find('^ground +%d+  listed +lua +%d+ +%d+ +1 +0  %["ps%-topic", _%]$'), text)
   end)
+
+  -- Strings went through %q, which escaped C0 controls only, and floats,
+  -- cuts and labels through the names' escaping (C0 and DEL): a peer's C1
+  -- controls (CSI, OSC) reached the terminal raw, and UTF-8 text and
+  -- labels did not read as market.repr writes them.
+  it("shows topics as market.repr writes them, every byte but printable ASCII escaped", function()
+    local text, topics
+    local ok, err = market.ground_vm(function()
+      local odd, plain = market.record("odd label\xc2\x9b", "f"), market.record("plain-1", "f")
+      topics = { "peer said \xc2\x9b2J\xc2\x9d0;owned\x07", "caf\xc3\xa9", "\xff\xfe", 'q"\\\n\t\r\127',
+                 odd(1), plain(-3), 1.5, 0 / 0, math.huge, -math.huge, 2 ^ 70,
+                 { market._, market.EOF, true, false, { "x" } } }
+      market.perform(market.spawn(function()
+        for i, t in ipairs(topics) do market.perform(market.subscriber(t, "in" .. i)) end
+        market.pause()
+      end, { name = "listed" }))
+      market.pause()
+      text = require("market.inspect").ps()
+    end)
+    assert(ok, err)
+    local row = text:match("\n(ground +%d+  listed [^\n]*)")
+    assert.truthy(row, text)
+    assert.falsy(text:find("[^\n\32-\126]"), text)
+    for _, t in ipairs(topics) do
+      assert.truthy(row:find(" " .. market.repr(t), 1, true), market.repr(t) .. " in " .. row)
+    end
+    assert.truthy(row:find(' "odd label\\xc2\\x9b"(1) ', 1, true), row)
+    assert.truthy(row:find(" plain-1(-3) ", 1, true), row)
+  end)
 end)
 
 describe("market inspect HOST:PORT", function()
@@ -557,7 +586,7 @@ describe("market inspect HOST:PORT", function()
     assert.falsy(out:find("[\r\27]"), out)
     assert.truthy(lines[2]:find('^ground\\x1b%[~ +1  a\\nb '), lines[2])   -- (the VM column cut)
     assert.truthy(lines[2]:find('lua\\r', 1, true), lines[2])
-    assert.truthy(lines[2]:find('r\\x1b[31m("x\\ny")', 1, true), lines[2])
+    assert.truthy(lines[2]:find('"r\\x1b[31m"("x\\ny")', 1, true), lines[2])
   end)
 
   it("says so and exits 1 when what answers is not an inspector", function()
