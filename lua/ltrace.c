@@ -126,10 +126,13 @@ static const char *const *strings(lua_State *L, const char *who, const char *key
   return a;
 }
 
-static unsigned kinds(lua_State *L, const char *who) {
+/* The kinds of the options at index 1 as bits (0: every kind); *empty
+** set when they are an empty list. */
+static unsigned kinds(lua_State *L, const char *who, int *empty) {
   size_t n, i;
   unsigned bits = 0;
   const char *const *k = strings(L, who, "kind", &n);
+  *empty = k != NULL && n == 0;
   for (i = 0; i < n; i++) {
     int kind = mk_trace_kind(k[i]);
     if (kind < 0)
@@ -179,12 +182,16 @@ void mkl_only_fields(lua_State *L, const char *who, const char *const *fields,
 }
 
 /* The filter of the options at index 1 into o, all but the topic (last:
-** nothing may raise once o holds a reference). */
+** nothing may raise once o holds a reference).  An empty list has no value
+** to match: no line passes (a count of 0 alone would be no filter). */
 static void filter(lua_State *L, const char *who, mk_trace_opts *o) {
+  int nokind;
   o->pids = pids(L, who, &o->npids);
   o->names = strings(L, who, "name", &o->nnames);
   o->vms = strings(L, who, "vm", &o->nvms);
-  o->kinds = kinds(L, who);
+  o->kinds = kinds(L, who, &nokind);
+  o->none = nokind || (o->pids != NULL && o->npids == 0) ||
+            (o->names != NULL && o->nnames == 0) || (o->vms != NULL && o->nvms == 0);
 }
 
 /* The trace of vm's tree (the whole program from a ground VM) as the

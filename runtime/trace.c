@@ -116,6 +116,7 @@ static mk_tracer *tracer_new(mk_trace_fn fn, void *ud, const mk_trace_opts *o,
   t->on = fn != NULL || t->nrings > 0;
   if (o == NULL) return t;
   t->kinds = o->kinds;
+  t->none = o->none != 0;
   t->json = o->json != 0;
   t->topic = mk_ref(o->topic);
   if (o->npids > 0) {
@@ -142,6 +143,7 @@ static mk_trace_opts tracer_opts(const mk_tracer *t) {
   o.nvms = t->nvms;
   o.kinds = t->kinds;
   o.topic = t->topic;
+  o.none = t->none;
   o.json = t->json;
   return o;
 }
@@ -326,7 +328,7 @@ static int globbed(char *const *globs, size_t n, const char *s) {
 
 static int shown(const mk_tracer *t, const mk_proc *p, int kind, const mk_term *topic) {
   size_t i;
-  if (t->kinds && !(t->kinds & (1u << kind))) return 0;
+  if (t->none || (t->kinds && !(t->kinds & (1u << kind)))) return 0;
   if (t->npids > 0) {
     for (i = 0; i < t->npids && t->pids[i] != p->pid; i++) {}
     if (i == t->npids) return 0;

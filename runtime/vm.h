@@ -153,8 +153,9 @@ const char *mk_trace_kind_name(int kind);
 /*
 ** Which lines a trace shows, and how.  A line is shown when it passes
 ** every filter that is set; a filter with several values passes what
-** matches any of them.  Everything here is borrowed by the calls that
-** take it (they copy it).
+** matches any of them.  A count of 0 sets no filter: a filter given an
+** empty list of values, which nothing matches, is `none`.  Everything
+** here is borrowed by the calls that take it (they copy it).
 */
 typedef struct mk_trace_opts {
   const mk_pid *pids;          /* the process's pid (in its own VM) is one */
@@ -168,6 +169,8 @@ typedef struct mk_trace_opts {
                                ** line's message (send, feedback, message)
                                ** or else its role's topic; lines with
                                ** neither never match it */
+  int none;                    /* nonzero: no line passes (the filters
+                               ** given with it are kept all the same) */
   int json;                    /* nonzero: one JSON object a line */
 } mk_trace_opts;
 

@@ -281,6 +281,7 @@ struct mk_tracer {
   int on;                   /* fn or rings: the VM makes lines */
   uint32_t refs;            /* one per VM holding it, one per line being written */
   unsigned kinds;           /* 1u << MK_TK_*; 0: every kind */
+  int none;                 /* no line passes (mk_trace_opts) */
   int json;
   mk_pid *pids;
   size_t npids;

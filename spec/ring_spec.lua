@@ -159,6 +159,21 @@ describe("market.ring", function()
     assert.same({ "ground", "x" }, { decoded(lines)[1].vm, decoded(lines)[1].message })
   end)
 
+  it("keeps no line for a filter given an empty list", function()
+    local got = {}
+    scene(function()
+      for _, f in ipairs { "pid", "name", "vm", "kind" } do
+        local r, all = market.ring { [f] = {} }, market.ring {}
+        P(market.send({ "m", f }))
+        market.pause()
+        got[f] = { #r:read(), #all:read() > 0 }
+        r:close()
+        all:close()
+      end
+    end)
+    for _, f in ipairs { "pid", "name", "vm", "kind" } do assert.same({ 0, true }, got[f], f) end
+  end)
+
   it("outlives its ground VM, and refuses bad options", function()
     local r
     scene(function() r = market.ring { kind = "send" } end)

@@ -424,6 +424,25 @@ describe("market.trace", function()
     assert.same({ ("ground #2 %sx: send \"seen\""):format(("s"):rep(60)) }, untimed(lines_of(err)))
   end)
 
+  -- An empty list gave a count of 0, which the trace took for no filter:
+  -- {pid = {}} showed every line.
+  it("shows no line for a filter given an empty list", function()
+    for _, f in ipairs { "pid", "name", "vm", "kind" } do
+      local path = os.tmpname()
+      local ok, e = market.ground_vm(function()
+        market.perform(market.send("hidden"))
+        assert(market.trace { kind = "send", file = path })     -- the filter alone changes
+        market.perform(market.send("shown"))
+        assert(market.trace { [f] = {} })
+        market.perform(market.send("hidden"))
+      end, { trace = { [f] = {}, file = path } })
+      local text = H.slurp(path)
+      os.remove(path)
+      assert.equal(true, ok, e)
+      assert.same({ 'ground #1 boot: send "shown"' }, untimed(lines_of(text)), f)
+    end
+  end)
+
   it("refuses what is not an option, and is for processes only", function()
     local status, out, err = H.run_script([[
       local market = require "market"
