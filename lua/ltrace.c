@@ -18,14 +18,43 @@
 ** registry under &destkey, closed by its __gc and by mkl_trace_end. */
 typedef struct tracedest {
   FILE *file;               /* opened for file=, owned; or NULL */
+  char *path;               /* its path, owned, for what says it failed */
+  mk_vm *vm;                /* the tree whose trace writes to it */
   mk_trace_fn saved;        /* the function trace(false) stopped, to go */
   void *savedud;            /* back to on trace(true) */
 } tracedest;
 
 static const char destkey = 0;
 
+static void closefile(tracedest *d) {
+  if (d->file) fclose(d->file);
+  free(d->path);
+  d->file = NULL;
+  d->path = NULL;
+}
+
+/* stderr's lines: where they could not go, nothing could say so. */
 static void writeline(void *ud, const char *line) {
   fprintf((FILE *)ud, "%s\n", line);
+}
+
+/* The file's lines (ud: the tracedest).  A line that cannot be written
+** (a full disk, a reader gone) is said once, on stderr as the log sink's
+** failure is (this may run inside any process's step, where no Lua may
+** run), and the trace stops: every later line was lost without a word,
+** each still formatted.  The file is closed, and the trace's next start
+** without a file goes to stderr.  Changing the trace from its function
+** is allowed (trace.c). */
+static void fileline(void *ud, const char *line) {
+  tracedest *d = ud;
+  int e;
+  if (d->file == NULL || fprintf(d->file, "%s\n", line) >= 0) return;
+  e = errno;
+  fprintf(stderr, "market.trace: cannot write to '%s': %s; the trace stops\n", d->path,
+          strerror(e));
+  if (d->saved == fileline) d->saved = NULL;
+  closefile(d);
+  mk_vm_set_trace(d->vm, NULL, NULL);
 }
 
 /* While a ground VM is open on the state, its tracer still writes to the
@@ -35,8 +64,7 @@ static void writeline(void *ud, const char *line) {
 static int dest_gc(lua_State *L) {
   tracedest *d = lua_touserdata(L, 1);
   if (mkl_ground(L) != NULL) return 0;
-  if (d->file) fclose(d->file);
-  d->file = NULL;
+  closefile(d);
   return 0;
 }
 
@@ -60,7 +88,7 @@ static tracedest *getdest(lua_State *L) {
 
 void mkl_trace_end(lua_State *L) {
   tracedest *d = getdest(L);
-  if (d->file) fclose(d->file);
+  closefile(d);
   memset(d, 0, sizeof *d);
 }
 
@@ -203,7 +231,8 @@ static int settrace(lua_State *L, mk_vm *vm) {
   tracedest *d = getdest(L);
   mk_trace_opts o;
   const char *format, *path;
-  FILE *file = NULL, *old = NULL;
+  char *copy = NULL;
+  FILE *file = NULL;
   int rc, t;
   luaL_checkstack(L, 32, "market.trace");    /* what the fields leave there */
   memset(&o, 0, sizeof o);
@@ -239,7 +268,12 @@ static int settrace(lua_State *L, mk_vm *vm) {
   } else {
     path = NULL;
   }
+  if (path != NULL && (copy = strdup(path)) == NULL) {
+    mk_unref(o.topic);
+    return luaL_error(L, "market.trace: out of memory");
+  }
   if (path != NULL && (file = mkl_trace_file(path)) == NULL) {
+    free(copy);
     mk_unref(o.topic);
     lua_pushnil(L);
     lua_pushfstring(L, "market.trace: cannot open '%s': %s", path, strerror(errno));
@@ -249,18 +283,20 @@ static int settrace(lua_State *L, mk_vm *vm) {
   mk_unref(o.topic);
   if (rc != 0) {
     if (file) fclose(file);
+    free(copy);
     return luaL_error(L, "market.trace: out of memory");
   }
+  d->vm = vm;                           /* (one tree a state: its host's) */
   if (file) {                           /* the new file, the old one closed */
     setvbuf(file, NULL, _IOLBF, 0);
-    old = d->file;
+    closefile(d);
     d->file = file;
-    mk_vm_set_trace(vm, writeline, file);
+    d->path = copy;
+    mk_vm_set_trace(vm, fileline, d);
     /* Where the lines went last, for trace(true) once another stopped
-    ** them (mk_host_trace(h, NULL, NULL)): not the file closed here. */
-    d->saved = writeline;
-    d->savedud = file;
-    if (old) fclose(old);
+    ** them (mk_host_trace(h, NULL, NULL)): the file, whichever it is then. */
+    d->saved = fileline;
+    d->savedud = d;
   } else if (mk_vm_trace_fn(vm, NULL) == NULL) {   /* where it went, or stderr */
     if (d->saved) mk_vm_set_trace(vm, d->saved, d->savedud);
     else mk_vm_set_trace(vm, writeline, stderr);

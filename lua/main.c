@@ -186,9 +186,23 @@ static const char usage[] =
   "second signal N ended a stop, S after market.exit(S) (whatever happened\n"
   "before).\n";
 
-/* A trace line, to stderr or the --trace-file. */
+/* Where the --trace lines go. */
+typedef struct trace_out {
+  FILE *f;                 /* stderr, or --trace-file's */
+  const char *path;        /* --trace-file's, or NULL */
+  mk_host *h;
+} trace_out;
+
+/* A line that cannot be written (a full disk, a reader gone) is said once
+** and the trace stops: every later line was lost without a word, each
+** still formatted.  (Where stderr fails, nothing can say so.) */
 static void trace_line(void *ud, const char *line) {
-  fprintf((FILE *)ud, "%s\n", line);
+  trace_out *o = ud;
+  if (fprintf(o->f, "%s\n", line) >= 0) return;
+  if (o->path != NULL)
+    fprintf(stderr, "market: --trace-file: cannot write to '%s': %s; the trace stops\n", o->path,
+            strerror(errno));
+  mk_host_trace(o->h, NULL, NULL);
 }
 
 /* What the --trace-* options asked for.  The globs point into argv. */
@@ -634,6 +648,7 @@ int main(int argc, char **argv) {
   mk_pid pid;
   trace_args trace;
   FILE *tracefile = stderr;
+  trace_out traceout;
   const char *cluster = NULL, *node = NULL;
   char *cluster_url = NULL, *cluster_name = NULL;
 
@@ -848,7 +863,10 @@ int main(int argc, char **argv) {
       free(stdin_code);
     return trace_end(&trace, 1);
     }
-    mk_host_trace(h, trace_line, tracefile);
+    traceout.f = tracefile;
+    traceout.path = trace.file;
+    traceout.h = h;
+    mk_host_trace(h, trace_line, &traceout);
   }
   trace_end(&trace, 0);        /* the trace made copies */
   if (quiet) mk_host_on_crash(h, quiet_crash, NULL);

@@ -235,6 +235,19 @@ describe("--trace", function()
     assert.matches("^%[1, 2, 3, .*%.%.%.$", o.message.cut)
   end)
 
+  -- Every line was lost without a word, and market exited 0.
+  it("says once that the file cannot be written, and stops the trace", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      for i = 1, 3 do market.perform(market.send({ "x", i })) end
+      print("ran")
+    ]], "--no-drivers --trace-file /dev/full")
+    assert.equal(0, status, err)
+    assert.equal("ran\n", out)
+    assert.equal("market: --trace-file: cannot write to '/dev/full': No space left on device; "
+                 .. "the trace stops\n", err)
+  end)
+
   it("refuses bad filters with a usage error (status 2)", function()
     local cases = {
       { "--trace-kind mesage", "%-%-trace%-kind: 'mesage' is not a kind of trace line" },
@@ -422,6 +435,24 @@ describe("market.trace", function()
     assert.equal(0, status, err)
     assert.equal("true\n", out)
     assert.same({ ("ground #2 %sx: send \"seen\""):format(("s"):rep(60)) }, untimed(lines_of(err)))
+  end)
+
+  -- market.trace returned true and every line was lost without a word.
+  it("says once that its file cannot be written, stops, and starts again on stderr", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      print(market.trace { file = "/dev/full", kind = "send" })
+      for i = 1, 3 do market.perform(market.send({ "lost", i })) end
+      print(market.trace { kind = "send" })
+      market.perform(market.send("shown"))
+    ]], "--no-drivers")
+    assert.equal(0, status, err)
+    assert.equal("true\ntrue\n", out)
+    local lines = lines_of(err)
+    assert.equal(2, #lines, err)
+    assert.equal("market.trace: cannot write to '/dev/full': No space left on device; the trace stops",
+                 lines[1])
+    assert.matches(TIME .. 'ground #1 %S+: send "shown"$', lines[2])
   end)
 
   -- An empty list gave a count of 0, which the trace took for no filter:
