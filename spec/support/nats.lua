@@ -98,8 +98,11 @@ function S.server(opts)
     cmd = cmd .. " -c " .. H.quote(conf)
   end
   local pid = S.bg(cmd, ("%s/nats%d.log"):format(dir, n))
+  -- (Read whole: the server writes the file while it may be read, and a
+  -- file read half written had no "nats" entry yet.)
   local ports = S.wait(function()
-    return H.slurp(("%s/nats-server_%d.ports"):format(pdir, pid))
+    local text = H.slurp(("%s/nats-server_%d.ports"):format(pdir, pid))
+    return text and text:match('"nats":%["%a+://[^"]+"') and text
   end, 10)
   assert(ports, "nats-server did not start: " .. (H.slurp(("%s/nats%d.log"):format(dir, n)) or ""))
   local url = ports:match('"nats":%["(%a+://[^"]+)"')
