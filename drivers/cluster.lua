@@ -44,7 +44,8 @@ M.topic = topic
 
 M.VERSION = 2               -- of the wire protocol (docs/cluster.md)
 -- The counters (sent, received, delivered, dropped, malformed), read and
--- set like a table's fields; the forwarder counts in C.
+-- set like a table's fields; the forwarder counts in C.  max_steps: the
+-- most steps one activation of a driver took ("work in steps").
 M.stats = sys.cluster_stats()
 -- The time a node was last heard from, and when a snapshot was asked for:
 -- ms of a clock that only goes forward, as the NATS queue's `at` is
@@ -98,6 +99,12 @@ local function servers(urls)
   for i, u in ipairs(urls) do shown[i] = (u:gsub("^(%a+)://[^/@]*@", "%1://***@")) end
   return table.concat(shown, ", ")
 end
+
+-- Steps one activation of the driver takes at most (boot: "work in
+-- steps"), as many as the forwarder's path delivers topics in one turn;
+-- and the most roles in a part of a hello or snapshot.
+local STEPS = 256
+local PART_ROLES = 1024
 
 local function role_key(o, i, t) return o .. " " .. i .. " " .. repr(t) end
 
@@ -174,6 +181,8 @@ end
 CHECKS["snapshot-part"] = CHECKS["hello-part"]
 -- The kinds that carry a node's roles (all of them, or a part).
 local ROLES = { hello = true, snapshot = true, ["hello-part"] = true, ["snapshot-part"] = true }
+-- The kinds held while a node's parts come (handle, part_of).
+local HELD = { add = true, del = true, heartbeat = true }
 
 local function wrong(m)
   if not is_seq(m) then return "not a sequence: " .. repr(m, 200) end
@@ -251,6 +260,44 @@ local function boot(cfg)
     end
     local arrived        -- the at of the message being received, or nil
 
+    -- ---- work in steps ---------------------------------------------------
+    -- A node may hold max_roles roles (100,000), each a stand-in endpoint
+    -- here, and a send of a megabyte may carry a million topics: applied
+    -- in one activation, a large snapshot took 1-2 s and the activation
+    -- budget killed the driver.  So such work is queued as jobs, done at
+    -- most STEPS steps (a stand-in made or ended, a topic delivered, a
+    -- held announcement taken, a role put in a part) per activation, the
+    -- rest by a continuation.  While a job waits, the driver reads nothing
+    -- more from NATS (the sends and feedback of known nodes included):
+    -- what arrived after a snapshot is not taken before it.
+    local jobs, jobs_head, jobs_tail = {}, 1, 0
+    local steps = 0             -- taken in this activation
+    local pending = false       -- a continuation (go_on) is queued
+    local function step()
+      if steps == STEPS then return false end
+      steps = steps + 1
+      if steps > M.stats.max_steps then M.stats.max_steps = steps end
+      return true
+    end
+    local go_on
+    -- job() -> true when done, false when the steps ran out first.
+    local function queue(job)
+      jobs_tail = jobs_tail + 1
+      jobs[jobs_tail] = job
+      if not pending then
+        pending = true
+        P(market.yield(go_on))
+      end
+    end
+    -- Go on with the jobs, in order: true when none is left.
+    local function run_jobs()
+      while jobs_head <= jobs_tail do
+        if not jobs[jobs_head]() then return false end
+        jobs[jobs_head], jobs_head = nil, jobs_head + 1
+      end
+      return true
+    end
+
     -- msg: a message, or its encoding.
     local function publish(subject, msg)
       if not connected then M.stats.dropped = M.stats.dropped + 1; return end
@@ -275,51 +322,81 @@ local function boot(cfg)
       return max == 0 or #bytes <= max
     end
 
-    local function snapshot()
-      local list = {}
-      for id, r in pairs(roles) do list[#list + 1] = { id, r[1], r[2], r[3] } end
-      table.sort(list, function(a, b) return a[1] < b[1] end)
-      return list
-    end
-
     -- Our roles as a hello (kind "hello") or a snapshot: one message when
-    -- it fits in one, else "hello-part" ("snapshot-part") messages k of n
-    -- with the roles in order, each as full as the server's max_payload
+    -- it fits in one and holds at most PART_ROLES roles, else "hello-part"
+    -- ("snapshot-part") messages k of n with the roles in order, each of
+    -- at most PART_ROLES roles and as full as the server's max_payload
     -- lets it be (docs/cluster.md: the wire protocol).  Many roles may
     -- make more nodes than a term may have: they go in parts too, each of
     -- at most as many bytes as the size limit counts nodes (a node takes
-    -- a byte at least).
+    -- a byte at least).  The roles are taken, and the first message
+    -- published, now; the other parts one an activation (a job), so that
+    -- a hundred thousand roles do not hold one activation past its budget
+    -- (announcements made meanwhile follow on NATS the parts before them,
+    -- and a receiver holds them until the last part is in: handle).
     local WRAP = #to_cbor(nil) - 1            -- what every encoding starts with
     local function publish_roles(subject, kind)
-      local list = snapshot()
-      local whole = encode({ M.VERSION, kind, me, inc, seq, list })
-      if whole and fits(whole) then return publish(subject, whole) end
+      local ids = {}
+      for id in pairs(roles) do ids[#ids + 1] = id end
+      table.sort(ids)
+      local rs, sseq = {}, seq
+      for k, id in ipairs(ids) do rs[k] = roles[id] end
+      local function item(k)
+        local r = rs[k]
+        return { ids[k], r[1], r[2], r[3] }
+      end
       local max, pkind = conn:max_payload(), kind .. "-part"
+      if #ids <= PART_ROLES then
+        local list = {}
+        for k = 1, #ids do list[k] = item(k) end
+        local whole = encode({ M.VERSION, kind, me, inc, sseq, list })
+        if whole and fits(whole) then return publish(subject, whole) end
+      end
       local limit = market.term_size_limit()
       if max == 0 or max > limit then max = limit end
       -- An empty part, its k and n the largest they can be, and the room
-      -- for the roles' array head past one item.
-      local room = #to_cbor({ M.VERSION, pkind, me, inc, seq, math.maxinteger, math.maxinteger, {} }) + 8
-      local parts, part, used, lost = {}, {}, room, 0
-      for _i, r in ipairs(list) do
-        -- (as deep as a part holds it: [..., [r]])
-        local bytes = encode({ { r } })
-        local size = bytes and #bytes - WRAP - 2
-        if not bytes or room + size > max then
+      -- for the roles' array head past one item.  Each role's size (as
+      -- deep as a part holds it: [..., [r]]) was taken by its add.
+      local room = #to_cbor({ M.VERSION, pkind, me, inc, sseq, math.maxinteger, math.maxinteger, {} }) + 8
+      local parts, first, count, used, lost = {}, nil, 0, room, 0
+      for k = 1, #rs do
+        local size = rs[k].size
+        if room + size > max then
           lost = lost + 1       -- (the server's limit fell since its add, which checked the rest)
         else
-          if used + size > max then parts[#parts + 1], part, used = part, {}, room end
-          part[#part + 1], used = r, used + size
+          if first and (used + size > max or count == PART_ROLES) then
+            parts[#parts + 1], first, count, used = { first, k - 1 }, nil, 0, room
+          end
+          if not first then first = k end
+          count, used = count + 1, used + size
         end
       end
-      if #part > 0 or #parts == 0 then parts[#parts + 1] = part end
+      if first or #parts == 0 then parts[#parts + 1] = { first or 1, first and #rs or 0 } end
       if lost > 0 then
         warn("%d roles larger than NATS's max_payload (%d bytes) or the term limits left out of a %s",
              lost, max, kind)
       end
-      for k, p in ipairs(parts) do
-        publish(subject, { M.VERSION, pkind, me, inc, seq, k, #parts, p })
+      local function part(j)
+        local list = {}
+        for k = parts[j][1], parts[j][2] do
+          if room + rs[k].size <= max then list[#list + 1] = item(k) end
+        end
+        publish(subject, { M.VERSION, pkind, me, inc, sseq, j, #parts, list })
       end
+      part(1)
+      if #parts == 1 then return end
+      local j = 2
+      queue(function()
+        -- (a part of PART_ROLES roles is an activation's steps)
+        while j <= #parts do
+          if steps > 0 then return false end
+          steps = STEPS
+          if steps > M.stats.max_steps then M.stats.max_steps = steps end
+          part(j)
+          j = j + 1
+        end
+        return true
+      end)
     end
 
     -- ---- stand-ins -------------------------------------------------------
@@ -337,27 +414,43 @@ local function boot(cfg)
       P(ctor(t, name))
     end
 
+    -- Stand-in r ends.
+    local function standin_end(r, reason)
+      own_abs[r.key] = (own_abs[r.key] or 0) + 1
+      P(market.delete_endpoint(r.name, reason))
+    end
+
     local function standin_del(node, n, id, reason)
       local r = n.roles[id]
       if not r then return end
       n.roles[id] = nil
       n.nroles = n.nroles - 1
-      own_abs[r.key] = (own_abs[r.key] or 0) + 1
       conn:unrole(node, id)
-      P(market.delete_endpoint(r.name, reason))
+      standin_end(r, reason)
     end
 
-    -- Every role of node name goes, with reason; the node is forgotten.
+    -- Every role of node name goes, with reason; the node is forgotten
+    -- now (the forwarder with it), its stand-ins end in steps.  (A new
+    -- incarnation's stand-ins, of the same names, come from jobs queued
+    -- after this one.)
     local function forget(name, reason)
       local n = nodes[name]
       if not n then return end
       nodes[name] = nil
       nnodes = nnodes - 1
+      conn:forget(name)
       local ids = {}
       for id in pairs(n.roles) do ids[#ids + 1] = id end
       table.sort(ids)
-      for _i, id in ipairs(ids) do standin_del(name, n, id, reason) end
-      conn:forget(name)
+      local k = 1
+      queue(function()
+        while k <= #ids do
+          if not step() then return false end
+          standin_end(n.roles[ids[k]], reason)
+          k = k + 1
+        end
+        return true
+      end)
     end
 
     local function lost_reason(name, why)
@@ -401,19 +494,37 @@ local function boot(cfg)
     end
 
     -- Make node n's roles those of a snapshot taken at seq: what went is
-    -- withdrawn, what is new is added, what stayed stays (no duplicates).
-    local function apply_snapshot(name, n, nseq, list)
+    -- withdrawn, what is new is added, what stayed stays (no duplicates);
+    -- in steps (a job), then done(), if the node is still known.
+    local function apply_snapshot(name, n, nseq, list, done)
       if #list > cfg.max_roles then return cut_off(name, n) end
-      local keep = {}
-      for _i, r in ipairs(list) do
-        local id, o, i, inner = r[1], r[2], r[3], r[4]
-        keep[id] = true
-        standin_add(name, n, id, o, i, inner)
-      end
-      for id in pairs(n.roles) do
-        if not keep[id] then standin_del(name, n, id, nil) end
-      end
-      n.seq, n.syncing = nseq, nil
+      local keep, k, gone = {}, 1, nil
+      queue(function()
+        if nodes[name] ~= n then return true end        -- forgotten meanwhile
+        while k <= #list do
+          if not step() then return false end
+          local r = list[k]
+          keep[r[1]] = true
+          standin_add(name, n, r[1], r[2], r[3], r[4])
+          k = k + 1
+        end
+        if not gone then
+          gone = {}
+          for id in pairs(n.roles) do
+            if not keep[id] then gone[#gone + 1] = id end
+          end
+          table.sort(gone)
+          k = 1
+        end
+        while k <= #gone do
+          if not step() then return false end
+          standin_del(name, n, gone[k], nil)
+          k = k + 1
+        end
+        n.seq, n.syncing = nseq, nil
+        if done then done() end
+        return true
+      end)
     end
 
     -- Ask node name for a snapshot, again only when the last question
@@ -447,8 +558,10 @@ local function boot(cfg)
     local function announce_add(o, i, t)
       local key = role_key(o, i, t)
       local add, why = encode({ M.VERSION, "add", me, inc, seq + 1, nextid + 1, o, i, t.topic })
-      if add then           -- (and as a hello of that one role holds it)
+      local item                -- (and as a hello of that one role holds it; its size in a part)
+      if add then
         why = select(2, encode({ M.VERSION, "hello", me, inc, seq + 1, { { nextid + 1, o, i, t.topic } } }))
+        item = encode({ { { nextid + 1, o, i, t.topic } } })
       end
       if why then
         M.stats.dropped = M.stats.dropped + 1
@@ -462,7 +575,7 @@ local function boot(cfg)
         return
       end
       nextid, seq = nextid + 1, seq + 1
-      roles[nextid] = { o, i, t.topic }
+      roles[nextid] = { o, i, t.topic, size = #item - WRAP - 2 }
       local ids = bykey[key] or {}
       bykey[key] = ids
       ids[#ids + 1] = nextid
@@ -510,8 +623,9 @@ local function boot(cfg)
 
     local handle = {}
     function handle.hello(m, name, n)
-      apply_snapshot(name, n, m[5], m[6])
-      if nodes[name] == n then publish_roles(prefix .. ".node." .. name, "snapshot") end
+      apply_snapshot(name, n, m[5], m[6], function()
+        publish_roles(prefix .. ".node." .. name, "snapshot")
+      end)
     end
     function handle.snapshot(m, name, n)
       -- An answer older than what we have (a second answer to two
@@ -522,21 +636,45 @@ local function boot(cfg)
     function handle.want(_m, name)
       publish_roles(prefix .. ".node." .. name, "snapshot")
     end
+    -- The announcements (and heartbeats) held while a node's parts came
+    -- are taken now, in order, in steps.
+    local function replay(name, n)
+      local held, k = n.held, 1
+      n.held = nil
+      if not held or #held == 0 then return end
+      queue(function()
+        while k <= #held do
+          if nodes[name] ~= n then return true end
+          if not step() then return false end
+          local m = held[k]
+          k = k + 1
+          handle[m[2]](m, name, n)
+        end
+        return true
+      end)
+    end
     -- Parts k of n of a hello (snapshot), gathered in n.parts and taken
     -- whole once the last is in.  A part out of turn (one was dropped)
     -- discards what was gathered: the heartbeats then show the gap, and
-    -- a snapshot is asked for.
+    -- a snapshot is asked for.  The sender publishes its parts over
+    -- several activations, and what it announces meanwhile follows the
+    -- parts before it: the node's add, del and heartbeat are held from
+    -- part 1 on (n.held, at most max_roles of them) and taken after the
+    -- hello (snapshot).
     local function part_of(kind)
       return function(m, name, n)
         local pseq, k, count, list = m[5], m[6], m[7], m[8]
-        if k == 1 then n.parts = { kind = kind, seq = pseq, count = count, got = 0, list = {} } end
+        if k == 1 then
+          n.parts = { kind = kind, seq = pseq, count = count, got = 0, list = {} }
+          n.held = n.held or {}
+        end
         local p = n.parts
         if not p or p.kind ~= kind or p.seq ~= pseq or p.count ~= count or p.got ~= k - 1 then
           n.parts = nil
-          return
+          return replay(name, n)
         end
         if #p.list + #list > cfg.max_roles then
-          n.parts = nil
+          n.parts, n.held = nil, nil
           return cut_off(name, n)
         end
         table.move(list, 1, #list, #p.list + 1, p.list)
@@ -544,6 +682,7 @@ local function boot(cfg)
         if k < count then return end
         n.parts = nil
         handle[kind]({ M.VERSION, kind, name, n.inc, pseq, p.list }, name, n)
+        replay(name, n)
       end
     end
     handle["hello-part"], handle["snapshot-part"] = part_of("hello"), part_of("snapshot")
@@ -611,6 +750,10 @@ local function boot(cfg)
         return
       end
       local n = node_of(name, m[4])
+      if n.held and HELD[m[2]] then                 -- (a hello or snapshot in parts is coming)
+        if #n.held < cfg.max_roles then n.held[#n.held + 1] = m end
+        return
+      end
       -- A node heard of first through anything but its roles is asked
       -- for them (add, del and heartbeat would ask too).
       if n.seq == nil and not ROLES[m[2]] then want_snapshot(name, n) end
@@ -626,7 +769,10 @@ local function boot(cfg)
     -- feedback the forwarder's path delivers in C, topic by topic (256 in
     -- a row end the turn, in the middle of a batch maybe): the loop's
     -- other work goes on.
+    -- A job waiting is done first: until it is, nothing more is read.
     local function on_readable()
+      steps = 0
+      if not run_jobs() then return end
       for _i = 1, 256 do
         local ev, subject, data, at = conn:next(256)
         if not ev then return end          -- (false: more waits)
@@ -666,6 +812,9 @@ local function boot(cfg)
           error(("the connection to NATS at %s was closed: %s"):format(servers(cfg.urls),
                 subject ~= "" and subject or "no reason given"), 0)
         end
+        -- (what the event queued, done before the next; if the steps ran
+        -- out, the continuation goes on and the descriptor stays readable)
+        if not run_jobs() then return end
       end
       -- More waits: the descriptor stays readable, we are called again.
     end
@@ -702,6 +851,16 @@ local function boot(cfg)
              oversize, conn:max_payload())
       end
       arm()
+    end
+
+    -- The continuation: the jobs go on, and again while some are left.
+    go_on = function()
+      pending = false
+      steps = 0
+      if not run_jobs() and not pending then
+        pending = true
+        P(market.yield(go_on))
+      end
     end
 
     local function leave()
@@ -864,7 +1023,7 @@ end
 function M.inspect()
   local s = M.stats
   return { sent = s.sent, received = s.received, delivered = s.delivered, dropped = s.dropped,
-           malformed = s.malformed }
+           malformed = s.malformed, max_steps = s.max_steps }
 end
 
 return M

@@ -369,10 +369,12 @@ static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus s, vo
 /* ---- counters ------------------------------------------------------------ */
 
 /* cluster.stats: a counter set (mkd.h), counted by the forwarder without
-** entering Lua; the userdata and each forwarder hold a reference. */
-enum { S_SENT, S_RECEIVED, S_DELIVERED, S_DROPPED, S_MALFORMED };
+** entering Lua; the userdata and each forwarder hold a reference.
+** max_steps is the Lua driver's: the most steps one of its activations
+** took (drivers/cluster.lua, "work in steps"). */
+enum { S_SENT, S_RECEIVED, S_DELIVERED, S_DROPPED, S_MALFORMED, S_MAX_STEPS };
 static const char *const stat_names[] = {
-  "sent", "received", "delivered", "dropped", "malformed", NULL};
+  "sent", "received", "delivered", "dropped", "malformed", "max_steps", NULL};
 
 /* sys.cluster_stats() -> a new set of counters, all 0 */
 static int l_cluster_stats(lua_State *L) {

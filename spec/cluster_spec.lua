@@ -892,6 +892,50 @@ market.perform(market.subscriber(T({"x", "b"}), logging("b1")),
     assert.equal(3, a.count("cut off until it restarts"), a.out())
   end)
 
+  it("applies a large hello in steps, what came after it taken after it", function()
+    -- A node may hold max_roles roles, each a stand-in here: a hello of
+    -- 100,000 made them all in one activation, 1-2 s, and the activation
+    -- budget killed the driver.  Here 6,000 roles in 4 parts, then a del
+    -- and an add that must not overtake them; the most the driver did in
+    -- one activation is counted (cluster.stats.max_steps).
+    local market = require "market"
+    local srv = S.server()
+    local N, PARTS = 6000, 4
+    -- (z says no heartbeat: lost_after_ms outlasts the spec)
+    local a = S.node(PRELUDE .. ([[
+market.perform(cluster.driver{ url = %q, cluster = "spec", node = "a", lost_after_ms = 600000 })
+local n = 0
+market.perform(market.subscriber(T({"p", _}), logging("a", { on_presence = function(_, r)
+  log("a presence %%s", role(r))
+  n = n + 1
+  if n == %d then log("a has them all, max_steps %%s", tostring(cluster.inspect().max_steps)) end
+end })))]]):format(srv.url, N), { url = srv.url, name = "a", own_driver = true })
+    local z = assert(dial({ srv.url }, "z"))
+    assert(z:subscribe("market.spec.all"))
+    assert(S.wait(function() return z:next() == "message" end, 10), "nothing from a")
+    local per = N // PARTS
+    for k = 1, PARTS do
+      local list = {}
+      for id = (k - 1) * per + 1, k * per do list[#list + 1] = pub(id, id) end
+      assert(z:publish("market.spec.all", market.to_cbor({ 2, "hello-part", "z", 7, 0, k, PARTS, list })))
+    end
+    assert(z:publish("market.spec.all", market.to_cbor({ 2, "del", "z", 7, 1, 1, "gone" })))
+    assert(z:publish("market.spec.all",
+                     market.to_cbor({ 2, "add", "z", 7, 2, N + 1, "publisher", "participant", { "p", "last" } })))
+    a.wait('a absence publisher/participant market-cluster(["p", 1]) gone', 30)
+    a.wait('a presence publisher/participant market-cluster(["p", "last"])', 30)
+    z:close()
+    local steps = a.out():match("a has them all, max_steps (%w+)")
+    assert.is_truthy(math.tointeger(tonumber(steps)), a.out():sub(-2000))
+    assert.is_true(tonumber(steps) <= 256, steps)
+    -- Every role once; the del after its presence, the add last.
+    assert.equal(N + 1, a.count("a presence"), a.out():sub(-2000))
+    assert.equal(1, a.count("a absence"))
+    local out = a.out()
+    assert.is_true(out:find('market-cluster(["p", 1])', 1, true) < out:find("a absence", 1, true))
+    assert.is_true(out:find('["p", ' .. N .. '])', 1, true) < out:find('["p", "last"]', 1, true))
+  end)
+
   it("hears at most max_nodes nodes, and remembers that many names of replaced ones", function()
     -- Names made up by the million each made a node record (and a want
     -- asked of it), and every name whose incarnation changed stayed in a
