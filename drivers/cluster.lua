@@ -700,10 +700,19 @@ local function boot(cfg)
     function handle.bye(_m, name)
       forget(name, ("cluster: node %s left"):format(name))
     end
-    -- (counted as delivered, and not sent on by the forwarder)
+    -- (counted as delivered, and not sent on by the forwarder; in steps,
+    -- a topic each, as the forwarder's path delivers them)
     local function deliver_all(kind)
       return function(m)
-        for i = 5, #m do conn:deliver(kind, topic(m[i])) end
+        local k = 5
+        queue(function()
+          while k <= #m do
+            if not step() then return false end
+            conn:deliver(kind, topic(m[k]))
+            k = k + 1
+          end
+          return true
+        end)
       end
     end
     handle.send, handle.feedback = deliver_all("send"), deliver_all("feedback")
