@@ -793,6 +793,10 @@ int main(int argc, char **argv) {
     else break;
   }
   first = i;   /* the script (or, with -e, its first argument) */
+  if (node != NULL && cluster == NULL) {   /* it named nothing: the user meant a cluster */
+    fputs("market: --node names this node in a cluster: give --cluster too\n", stderr);
+    return trace_end(&trace, 2);
+  }
   /* No script: standard input is one, as lua(1) has it; at a terminal
   ** (or with -i) a prompt takes it chunk by chunk instead. */
   noscript = code == NULL && first >= argc;

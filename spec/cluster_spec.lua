@@ -1383,6 +1383,10 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), { url = srv.url, name = "nest", ow
       assert.equal(("market: --node: '%s' is not a name of 1 to 255 letters, digits, '-' and '_'\n")
                    :format(bad), err)
     end
+    status, out, err = H.run("--node lonely -e 'print(\"ran\")'")
+    assert.equal(2, status)
+    assert.equal("", out)
+    assert.equal("market: --node names this node in a cluster: give --cluster too\n", err)
     -- A name the driver refuses still (each worker's NAME-i one byte too
     -- long) ends the program at once, before the script gets far.
     status, out, err = H.run(("--workers 2 --node %s --cluster nats://127.0.0.1:1/x " ..
