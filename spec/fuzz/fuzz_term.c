@@ -180,6 +180,33 @@ static void put (Text *t, const char *s, size_t len) {
 
 static void puts_ (Text *t, const char *s) { put(t, s, strlen(s)); }
 
+/* A string as mk_repr quotes it. */
+static void ref_quoted (Text *t, const char *s, size_t len) {
+  char num[8];
+  size_t k;
+  puts_(t, "\"");
+  for (k = 0; k < len; k++) {
+    unsigned char c = (unsigned char)s[k];
+    if (c == '"') puts_(t, "\\\"");
+    else if (c == '\\') puts_(t, "\\\\");
+    else if (c == '\n') puts_(t, "\\n");
+    else if (c == '\t') puts_(t, "\\t");
+    else if (c == '\r') puts_(t, "\\r");
+    else if (c >= 0x20 && c < 0x7f) put(t, (const char *)&c, 1);
+    else { snprintf(num, sizeof num, "\\x%02x", c); puts_(t, num); }
+  }
+  puts_(t, "\"");
+}
+
+/* A label mk_repr writes bare: printable ASCII, no blank, none of ()[],". */
+static int ref_bare (const char *s, size_t len) {
+  size_t k;
+  for (k = 0; k < len; k++)
+    if ((unsigned char)s[k] <= ' ' || (unsigned char)s[k] >= 0x7f || strchr("()[],\"", s[k]))
+      return 0;
+  return len > 0;
+}
+
 static void ref_text (Text *t, const Ref *r) {
   char num[64];
   size_t k;
@@ -203,21 +230,14 @@ static void ref_text (Text *t, const Ref *r) {
       }
       break;
     case MK_STR:
-      puts_(t, "\"");
-      for (k = 0; k < r->len; k++) {
-        unsigned char c = (unsigned char)r->s[k];
-        if (c == '"') puts_(t, "\\\"");
-        else if (c == '\\') puts_(t, "\\\\");
-        else if (c == '\n') puts_(t, "\\n");
-        else if (c == '\t') puts_(t, "\\t");
-        else if (c == '\r') puts_(t, "\\r");
-        else if (c >= 0x20 && c < 0x7f) put(t, (const char *)&c, 1);
-        else { snprintf(num, sizeof num, "\\x%02x", c); puts_(t, num); }
-      }
-      puts_(t, "\"");
+      ref_quoted(t, r->s, r->len);
       break;
     default:
-      if (r->kind == MK_REC) { put(t, r->s, r->len); puts_(t, "("); }
+      if (r->kind == MK_REC) {
+        if (ref_bare(r->s, r->len)) put(t, r->s, r->len);
+        else ref_quoted(t, r->s, r->len);
+        puts_(t, "(");
+      }
       else puts_(t, "[");
       for (k = 0; k < r->n; k++) {
         if (k > 0) puts_(t, ", ");
