@@ -1211,6 +1211,23 @@ static int l_set_resolve_delay(lua_State *L) {
   return 0;
 }
 
+/* sys.holds_wild(v) -> whether the wildcard occurs in the term v, at any
+** depth: the term's own `ground` flag (term.h), for the tcp and udp
+** drivers, to whom an address so is an observer's pattern and gets no
+** socket of its own.  A value that is no term holds none. */
+static int l_holds_wild(lua_State *L) {
+  const char *err;
+  mk_term *t = mkl_testbox(L, 1);
+  if (t != NULL) {
+    lua_pushboolean(L, !t->ground);
+    return 1;
+  }
+  t = mkl_toterm(L, 1, &err);
+  lua_pushboolean(L, t != NULL && !t->ground);
+  mk_unref(t);
+  return 1;
+}
+
 /* For tests: lose the spare descriptor, as when another thread takes its
 ** slot during a refusal. */
 static int l_lose_spare(lua_State *L) {
@@ -1251,7 +1268,7 @@ int luaopen_market_sys(lua_State *L) {
     {"resolve", l_resolve}, {"tcp_listen", l_tcp_listen}, {"tcp_connect", l_tcp_connect},
     {"unix_listen", l_unix_listen},
     {"udp_bind", l_udp_bind}, {"close_at_end", l_close_at_end}, {"owner", l_owner}, {"at_return", l_at_return}, {"send", l_send},
-    {"fd_read", l_fd_read}, {"std_take", l_std_take},
+    {"fd_read", l_fd_read}, {"std_take", l_std_take}, {"holds_wild", l_holds_wild},
     {"set_resolve_delay", l_set_resolve_delay}, {"lose_spare", l_lose_spare}, {NULL, NULL}};
   lua_newuserdatauv(L, READ_MAX > DGRAM_MAX ? READ_MAX : DGRAM_MAX, 0);   /* scratch */
   newclass(L, SOCK_MT, sock_methods, s_close);

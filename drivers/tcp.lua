@@ -102,16 +102,7 @@ local function is_wild(v) return v == _ end
 -- True when the wildcard occurs in v at any depth: a listener's port or
 -- a connection's end so is a pattern (an observer's tcp.handle({"c", _})),
 -- which gets no listener or connection of its own.
-local function holds_wild(v)
-  if v == _ then return true end
-  local t = type(v)
-  if t == "table" or t == "userdata" then     -- a sequence or a record (#EOF is 0)
-    for i = 1, #v do
-      if holds_wild(v[i]) then return true end
-    end
-  end
-  return false
-end
+local holds_wild = sys.holds_wild
 
 -- ---- settings ----------------------------------------------------------------
 

@@ -271,16 +271,7 @@ end
 -- True when the wildcard occurs in v, at any depth: v is a pattern (an
 -- observer's udp.handle({"conn", _})), not a socket's name, and gets no
 -- socket of its own.
-local function holds_wild(v)
-  if v == _ then return true end
-  local t = type(v)
-  if t == "table" or t == "userdata" then     -- a sequence or a record (#EOF is 0)
-    for i = 1, #v do
-      if holds_wild(v[i]) then return true end
-    end
-  end
-  return false
-end
+local holds_wild = sys.holds_wild
 
 -- The driver's boot function: run it with market.spawn(udp.driver).
 function M.driver()
