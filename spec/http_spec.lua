@@ -1232,7 +1232,11 @@ describe("http.serve and http.request", function()
 end)
 
 describe("market.http under the interpreter", function()
-  it("ends idle keep-alive connections when the program stops, not at the drain's end", function()
+  -- A server run with a drain of 20 s, and nc sending it `requests` and
+  -- then holding the connection; once the first answer came (and `settle`
+  -- seconds more), the server is sent SIGTERM.  Whether it answered, its
+  -- exit status (nil: still running after 10 s) and its stderr.
+  local function stop_with_client(requests, settle)
     local script = H.tempfile([[
       local http = require "market.http"
       local srv = assert(http.serve(0, function() return 200, nil, "hi" end))
@@ -1240,51 +1244,35 @@ describe("market.http under the interpreter", function()
     ]])
     local server, port = N.await_listening(N.start_cmd(("exec %s --drain 20000 %s")
       :format(N.q(N.market_bin()), N.q(script))), "the http server")
-    -- One request answered, then the connection stays open, idle.
-    local client = N.start_cmd(("(printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'; sleep 10) | " ..
-                                "exec nc 127.0.0.1 %d"):format(port))
+    local client = N.start_cmd(("(printf '%s'; sleep 10) | exec nc 127.0.0.1 %d"):format(requests, port))
     local answered = false
     for _ = 1, 250 do
       answered = client.stdout():find("hi", 1, true) ~= nil
       if answered then break end
       N.sleep(0.02)
     end
+    N.sleep(settle)
     os.execute("kill -TERM " .. server.pid)
     local status = server.wait_exit(10)          -- the drain would take 20 s
     local err = server.stderr()
     server.kill()
     client.kill()
     os.remove(script)
+    return answered, status, err
+  end
+
+  it("ends idle keep-alive connections when the program stops, not at the drain's end", function()
+    -- One request answered, then the connection stays open, idle.
+    local answered, status, err = stop_with_client("GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n", 0)
     assert.is_true(answered, "no answer")
     assert.equal(0, status, err)
   end)
 
   it("closes a connection whose request head is still coming when the program stops", function()
-    local script = H.tempfile([[
-      local http = require "market.http"
-      local srv = assert(http.serve(0, function() return 200, nil, "hi" end))
-      io.stderr:write("listening on port ", srv.port, "\n")
-    ]])
-    local server, port = N.await_listening(N.start_cmd(("exec %s --drain 20000 %s")
-      :format(N.q(N.market_bin()), N.q(script))), "the http server")
     -- One request answered, then half of the next one's head (sent with
     -- it: the server has it once the first is answered).
-    local client = N.start_cmd(("(printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n" ..
-                                "GET /partial HTTP/1.1\\r\\nHost: x\\r\\n'; sleep 10) | " ..
-                                "exec nc 127.0.0.1 %d"):format(port))
-    local answered = false
-    for _ = 1, 250 do
-      answered = client.stdout():find("hi", 1, true) ~= nil
-      if answered then break end
-      N.sleep(0.02)
-    end
-    N.sleep(0.2)
-    os.execute("kill -TERM " .. server.pid)
-    local status = server.wait_exit(10)          -- the drain would take 20 s
-    local err = server.stderr()
-    server.kill()
-    client.kill()
-    os.remove(script)
+    local answered, status, err = stop_with_client("GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n" ..
+                                                   "GET /partial HTTP/1.1\\r\\nHost: x\\r\\n", 0.2)
     assert.is_true(answered, "no answer")
     assert.equal(0, status, err)
   end)
