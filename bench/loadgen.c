@@ -4,6 +4,8 @@
 **   loadgen tcp PORT CONNS SIZE SECONDS [PID]   echo round trips on CONNS connections
 **   loadgen idle PORT CONNS PID                 RSS of server PID per idle connection
 **   loadgen dns PORT OUTSTANDING SECONDS NAME   DNS A queries over UDP
+**   loadgen turns SIZE SECONDS PORT...          one connection per server,
+**                                               their round trips in turn
 **
 ** tcp: each connection sends SIZE bytes, waits until all SIZE came back,
 ** and sends again.  The measurement starts once every connection has made
@@ -18,6 +20,19 @@
 ** ("server-cpu-us-per-round-trip: X") and the user part of it
 ** ("server-user-us-per-round-trip: X": the server's own code, steadier
 ** than the kernel's share, which moves with how the wake-ups batch).
+**
+** turns: the latency of one connection, for several servers at once: one
+** connection to each PORT, and round trips on them in turn (the first
+** server, then the second, ..., and again, who goes first turning each
+** time), each server's trip starting when the one before it ended, so
+** that each server is, as with tcp at one connection, alone with one
+** request in flight, and all of them live through the same spells of a
+** shared machine.  Timed one after the other (tcp), each server's p999
+** is set by whatever else ran during its own window, and the ratio of
+** two of them swung from 1.2 to 2.7 between rounds of one run
+** (docs/performance.md, "Latency at one connection").  Prints, for the
+** i-th PORT from 1, "server-i-round-trips: N" and its percentiles
+** ("server-i-latency-us-p50: N", p99, p999).
 **
 ** idle: reads server PID's resident set (VmRSS), opens CONNS connections,
 ** makes one 64-byte round trip on each (so the server holds whatever a
@@ -310,6 +325,68 @@ static int dns(int port, int outstanding, double secs, const char *name) {
   return answered ? 0 : 1;
 }
 
+/* Reads and writes until all of buf went out and as many bytes came back
+** (blocking): 0, or -1 if the server closed or failed. */
+static int round_trip(int fd, const char *buf, size_t n) {
+  size_t sent = 0, got = 0;
+  while (sent < n) {
+    ssize_t k = write(fd, buf + sent, n - sent);
+    if (k <= 0) { if (k < 0 && errno == EINTR) continue; return -1; }
+    sent += (size_t)k;
+  }
+  while (got < n) {
+    ssize_t k = read(fd, rbuf, sizeof rbuf);
+    if (k <= 0) { if (k < 0 && errno == EINTR) continue; return -1; }
+    got += (size_t)k;
+  }
+  return 0;
+}
+
+static int turns(size_t n, double secs, int nports, char **ports) {
+  int *fds = calloc((size_t)nports, sizeof *fds), i, first = 0, one = 1;
+  bench_samples *lat = calloc((size_t)nports, sizeof *lat);
+  unsigned long long *count = calloc((size_t)nports, sizeof *count);
+  char *buf = malloc(n), prefix[32];
+  double end;
+  if (fds == NULL || lat == NULL || count == NULL || buf == NULL) { perror("loadgen"); return 2; }
+  memset(buf, 'x', n);
+  for (i = 0; i < nports; i++) {
+    struct sockaddr_in a = loopback(atoi(ports[i]));
+    if ((fds[i] = socket(AF_INET, SOCK_STREAM, 0)) < 0 ||
+        connect(fds[i], (struct sockaddr *)&a, sizeof a) != 0) {
+      fprintf(stderr, "loadgen: port %s: %s\n", ports[i], strerror(errno));
+      return 1;
+    }
+    setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* a first trip outside the window: the session's creation */
+    if (round_trip(fds[i], buf, n) != 0) {
+      fprintf(stderr, "loadgen: port %s closed the connection\n", ports[i]);
+      return 1;
+    }
+  }
+  end = bench_now_us() + secs * 1e6;
+  while (bench_now_us() < end) {
+    for (i = 0; i < nports; i++) {
+      int k = (first + i) % nports;
+      double t = bench_now_us();
+      if (round_trip(fds[k], buf, n) != 0) {
+        fprintf(stderr, "loadgen: port %s closed the connection\n", ports[k]);
+        return 1;
+      }
+      bench_samples_add(&lat[k], bench_now_us() - t);
+      count[k]++;
+    }
+    first = (first + 1) % nports;
+  }
+  for (i = 0; i < nports; i++) {
+    snprintf(prefix, sizeof prefix, "server-%d-", i + 1);
+    printf("%sround-trips: %llu\n", prefix, count[i]);
+    bench_samples_print(&lat[i], prefix);
+    close(fds[i]);
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if ((argc == 6 || argc == 7) && strcmp(argv[1], "tcp") == 0) {
     size = (size_t)atoi(argv[4]);
@@ -322,7 +399,10 @@ int main(int argc, char **argv) {
   }
   if (argc == 6 && strcmp(argv[1], "dns") == 0)
     return dns(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), argv[5]);
+  if (argc >= 5 && strcmp(argv[1], "turns") == 0 && atoi(argv[2]) > 0)
+    return turns((size_t)atoi(argv[2]), atof(argv[3]), argc - 4, argv + 4);
   fputs("usage: loadgen tcp PORT CONNS SIZE SECONDS [PID] | loadgen idle PORT CONNS PID"
-        " | loadgen dns PORT OUTSTANDING SECONDS NAME\n", stderr);
+        " | loadgen dns PORT OUTSTANDING SECONDS NAME | loadgen turns SIZE SECONDS PORT...\n",
+        stderr);
   return 2;
 }

@@ -12,9 +12,8 @@
 
 #include "measure.h"
 
-/* The latency samples (µs), grown by doubling. */
-static float *lat;
-static size_t nlat, caplat;
+/* bench_record's samples. */
+static bench_samples one;
 
 double bench_now_us(void) {
   struct timespec ts;
@@ -22,15 +21,15 @@ double bench_now_us(void) {
   return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
-void bench_record(double us) {
-  if (nlat == caplat) {
-    size_t n = caplat ? 2 * caplat : 65536;
-    float *p = realloc(lat, n * sizeof *p);
+void bench_samples_add(bench_samples *s, double us) {
+  if (s->n == s->cap) {
+    size_t n = s->cap ? 2 * s->cap : 65536;
+    float *p = realloc(s->v, n * sizeof *p);
     if (p == NULL) return;       /* the rates still count; percentiles undercount */
-    lat = p;
-    caplat = n;
+    s->v = p;
+    s->cap = n;
   }
-  lat[nlat++] = (float)us;
+  s->v[s->n++] = (float)us;
 }
 
 static int by_value(const void *a, const void *b) {
@@ -38,17 +37,20 @@ static int by_value(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-void bench_print_percentiles(void) {
+void bench_samples_print(bench_samples *s, const char *prefix) {
   static const struct { const char *name; double q; } ps[] = {
     {"p50", 0.50}, {"p99", 0.99}, {"p999", 0.999}};
   size_t i;
-  if (nlat == 0) return;
-  qsort(lat, nlat, sizeof *lat, by_value);
+  if (s->n == 0) return;
+  qsort(s->v, s->n, sizeof *s->v, by_value);
   for (i = 0; i < sizeof ps / sizeof ps[0]; i++) {
-    size_t k = (size_t)(ps[i].q * (double)(nlat - 1) + 0.5);
-    printf("latency-us-%s: %.0f\n", ps[i].name, (double)lat[k]);
+    size_t k = (size_t)(ps[i].q * (double)(s->n - 1) + 0.5);
+    printf("%slatency-us-%s: %.0f\n", prefix, ps[i].name, (double)s->v[k]);
   }
 }
+
+void bench_record(double us) { bench_samples_add(&one, us); }
+void bench_print_percentiles(void) { bench_samples_print(&one, ""); }
 
 /* The fields of /proc/PID/stat are read after the command name, which
 ** may hold spaces and parentheses: after its last ')'. */

@@ -9,13 +9,23 @@
 /* Now, in µs, on the monotonic clock. */
 double bench_now_us(void);
 
-/* Keeps one latency sample (µs).  The samples are kept whole, for exact
-** percentiles (a few million per run at most), in an array owned by
-** measure.c and kept until exit. */
-void bench_record(double us);
+/* Latency samples (µs), kept whole for exact percentiles (a few million
+** per run at most): `v` is owned by the set, grown by doubling, and kept
+** until exit.  A zeroed set is empty. */
+typedef struct bench_samples {
+  float *v;
+  size_t n, cap;
+} bench_samples;
 
-/* Prints "latency-us-p50: N", p99 and p999 of the samples (nothing
-** without any), sorting them. */
+void bench_samples_add(bench_samples *s, double us);
+
+/* Prints "PREFIXlatency-us-p50: N", p99 and p999 of the set's samples
+** (nothing without any), sorting them. */
+void bench_samples_print(bench_samples *s, const char *prefix);
+
+/* bench_samples_add and bench_samples_print on one set of measure.c's,
+** for the programs that measure one server. */
+void bench_record(double us);
 void bench_print_percentiles(void);
 
 /* CPU time (user + system) process pid has used, in seconds; -1 if it is
