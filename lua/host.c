@@ -468,7 +468,8 @@ static mk_host *host_make(lua_State *L, struct ev_loop *loop, mk_error *err) {
     ** (docs/performance.md, "Young garbage swept while in the cache").
     ** In a small heap 2% is a few KiB, and each minor collection has a
     ** fixed part: they are kept YOUNG_FLOOR_KB apart at least
-    ** (mkl_young_floor, below). */
+    ** (mkl_young_floor, below).  One nearly due is made between slices of
+    ** deliveries, not inside a handler (mkl_attach: lproc.c, settle_gc). */
     lua_gc(L, LUA_GCGEN, GEN_MINOR, GEN_MAJOR);
     h->L = L;
     h->own_L = 1;

@@ -154,7 +154,10 @@ int mkl_pushctx(lua_State *L);
 ** (MKL_CTX_AT_RETURN); 0 outside a process's own coroutine. */
 int mkl_set_at_return(lua_State *L, int idx);
 /* Make `vm` (a ground VM) host Lua processes on L.  Needed once per ground
-** before mkl_spawn_boot.  Returns 0 or -1 when L already serves another. */
+** before mkl_spawn_boot.  Returns 0 or -1 when L already serves another.
+** It sets g's settle hook (ground.h) to L's (minor collections between
+** deliveries): mkl_detach is called once g is freed, which takes the hook
+** with it; a state closed first takes it off itself. */
 int mkl_attach(lua_State *L, mk_ground *g);
 void mkl_detach(lua_State *L);
 /* Have L collect fully once most of a crowd of its processes has ended

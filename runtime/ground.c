@@ -103,6 +103,8 @@ struct mk_ground {
   mk_proc *self;            /* the VM's resident process: publishes the events */
   mk_ground *gnext;         /* every ground of the program (mk_ground_fd_closed) */
   ev_prepare prepare;       /* unref'd */
+  void (*settle)(void *ud); /* mk_ground_on_settle's hook, or NULL */
+  void *settle_ud;          /* its argument, borrowed */
   ev_idle busy;             /* running while a slice left events queued:
                             ** the loop polls without waiting meanwhile */
   ev_timer audit;           /* unref'd, running while `ring` is not empty */
@@ -618,6 +620,9 @@ void mk_ground_deliver(mk_ground *g) {
   flush(g);
   if (prefetching(g, woken)) mk_vm_prefetch(g->vm, 2 * (size_t)woken);
   mk_vm_run_for(g->vm, MK_GROUND_SLICE_MS);
+  /* The slice's writes are made (the drivers write as they are told):
+  ** what may wait goes now, off the path of the replies (ground.h). */
+  if (g->settle != NULL) g->settle(g->settle_ud);
   /* No handler is running any more: the exit's teardown can run the VM. */
   if (g->exit_due) {
     /* what was queued first, without a poll in between */
@@ -641,6 +646,11 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents) {
 }
 
 static void busy_cb(struct ev_loop *loop, ev_idle *i, int revents) {}
+
+void mk_ground_on_settle(mk_ground *g, void (*fn)(void *ud), void *ud) {
+  g->settle = fn;
+  g->settle_ud = fn != NULL ? ud : NULL;
+}
 
 /* ---- subscriptions ------------------------------------------------------------ */
 

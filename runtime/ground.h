@@ -243,6 +243,17 @@ int mk_ground_exited(const mk_ground *g);
 void mk_ground_deliver(mk_ground *g);
 
 /*
+** The settle hook: fn(ud) runs in mk_ground_deliver after each slice of
+** deliveries, before the exit check and before the poll.  The slice's
+** messages to the drivers have been handled by then, their writes made,
+** so work put off to this point delays no reply: lua/lproc.c makes the
+** Lua state's minor collections there (docs/performance.md, "Latency at
+** one connection").  One hook per ground; fn NULL removes it.  ud is
+** borrowed: the caller removes the hook before ud goes.
+*/
+void mk_ground_on_settle(mk_ground *g, void (*fn)(void *ud), void *ud);
+
+/*
 ** Timeouts: the ground's clock for processes at any depth of nested VMs,
 ** with no timer driver and no event relay (lua/lproc.c's timed waits,
 ** market.wait_for(pred, ms)).  An mk_timeout is its owner's record; while

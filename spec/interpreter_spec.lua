@@ -175,6 +175,39 @@ describe("market script.lua", function()
   end)
 end)
 
+describe("the collector under market", function()
+  -- A minor collection that falls due while handlers run is made after the
+  -- slice of deliveries instead, once its writes are made
+  -- (lua/lproc.c, settle_gc): a program allocating a little per
+  -- activation, in activations a timer wakes one by one, meets none in
+  -- its own code.  The first loop takes the heap past the collector's
+  -- start (its first major collections and the long pause after them).
+  it("makes the minor collections between activations, not inside them", function()
+    local path = script([[
+      local market = require "market"
+      for _ = 1, 300 do for _ = 1, 200 do local _ = {} end market.yield(0) end
+      local inside, collections = 0, 0
+      local last = collectgarbage("count")
+      for _ = 1, 400 do
+        local before = collectgarbage("count")
+        if before < last then collections = collections + 1 end
+        for _ = 1, 10 do local _ = {} end
+        last = collectgarbage("count")
+        if last < before then inside = inside + 1; collections = collections + 1 end
+        market.yield(1)
+      end
+      print(inside, collections)
+    ]])
+    local status, out, err = H.run("--no-drivers " .. H.quote(path))
+    os.remove(path)
+    assert.equal(0, status, err)
+    local inside, collections = out:match("^(%d+)\t(%d+)\n$")
+    assert.is_truthy(inside, out)
+    assert.is_true(tonumber(collections) >= 3, out)     -- the loop did collect
+    assert.equal(0, tonumber(inside), out)
+  end)
+end)
+
 describe("market -e", function()
   it("runs CODE as the boot process; further arguments are its arguments", function()
     local status, out, err = H.run("-e " .. H.quote([[

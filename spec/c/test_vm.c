@@ -2534,6 +2534,47 @@ static void test_ground_nested_alarm(void) {
   END;
 }
 
+/* ground.h's settle hook: called after each slice of deliveries, with the
+** slice's events handled, and no more once removed. */
+typedef struct settle_ud {
+  rec *r;
+  int calls;
+  int boots_seen;        /* r->boots at the first call */
+} settle_ud;
+
+static void settle_count(void *ud) {
+  settle_ud *u = ud;
+  if (u->calls++ == 0) u->boots_seen = u->r->boots;
+}
+
+static void test_ground_settle(void) {
+  BEGIN;
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  mk_ground *g = mk_ground_new(loop);
+  rec r, r2;
+  settle_ud u = {&r, 0, -1};
+  int calls;
+  rec_init(&r, "A");
+  rec_init(&r2, "B");
+  mk_ground_on_settle(g, settle_count, &u);
+  spawn(mk_ground_vm(g), &r);
+  CHECK(u.calls == 0);               /* nothing delivered yet */
+  mk_ground_step(g);
+  CHECK(u.calls >= 1);
+  CHECK(u.boots_seen == 1);          /* after the boot, in the same slice */
+  calls = u.calls;
+  mk_ground_on_settle(g, NULL, &u);
+  spawn(mk_ground_vm(g), &r2);
+  mk_ground_step(g);
+  CHECK(r2.boots == 1);
+  CHECK(u.calls == calls);           /* removed: not called again */
+  mk_ground_free(g, NULL);
+  ev_loop_destroy(loop);
+  rec_done(&r);
+  rec_done(&r2);
+  END;
+}
+
 /* A process that arms a timeout at boot (disarming it at once when `stop`)
 ** and asks for nothing else: only the timeout keeps it. */
 typedef struct timeout_ud {
@@ -3630,6 +3671,7 @@ int main(void) {
   RUN(test_ground_fd_closed_twin);
   RUN(test_ground_signal_two_loops);
   RUN(test_ground_stop);
+  RUN(test_ground_settle);
   RUN(test_delete_tells_endpoint);
   RUN(test_meta_spawn_k);
   RUN(test_route_cache);
