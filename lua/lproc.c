@@ -1860,20 +1860,22 @@ static MKL_NOINLINE void young_floor(mkl_state *S) {
 ** crowd of 10,000 had come and gone), and they set its p99 and p999
 ** (docs/performance.md, "Latency at one connection").  So the ground
 ** calls settle_gc after each slice of deliveries, once the slice's writes
-** are made (mk_ground_on_settle), and a collection that is due within a
-** quarter of the interval is made there: the next request finds it done.
+** are made (mk_ground_on_settle), and a collection that would fall due
+** inside the next slice is made there: the next request finds it done.
 **
 ** Lua's debt is not visible, and its pace is its own (after a major
 ** collection that freed little it waits long, and a step forced then
 ** would be a full collection each time), so the collector is not stepped
 ** outright: lua_gc(LUA_GCSTEP, k) adds k KiB to the debt and steps only
 ** if that makes it due, and when it did not (the heap count is the same)
-** the k KiB are taken back.  That look costs four calls, so it is made
-** only once the heap has grown three quarters of the interval since the
-** last collection seen (settlebase: a drop in the count), and again every
-** k KiB while the collector is not yet due.  A handler that allocates
-** more than the quarter at once still meets the collection inside, as
-** before.  Only in generational mode as the host set it up (youngkb > 0),
+** the k KiB are taken back.  k is what the next slice will likely
+** allocate, twice the last one's, at most a quarter of the interval: a
+** collection due later would not come inside the next slice, and one
+** pulled forward further is only made more often.  That look costs four
+** calls, so it is made only once the heap has grown three quarters of
+** the interval since the last collection seen (settlebase: a drop in the
+** count).  A handler that allocates more than that at once still meets
+** the collection inside, as before.  Only in generational mode as the host set it up (youngkb > 0),
 ** and never while the program has stopped the collector.
 */
 /* A quarter of the minor collections' interval from a heap of kb KiB. */
@@ -1890,17 +1892,21 @@ static void settle_from(mkl_state *S, int kb) {
 
 static void settle_gc(void *ud) {
   mkl_state *S = ud;
-  int kb, k;
+  int kb, k, grew;
   if (S->closing || S->youngkb == 0) return;
   if ((kb = lua_gc(S->L, LUA_GCCOUNT)) < 0) return;     /* inside a finalizer */
   if (kb < S->settlelast) settle_from(S, kb);           /* collected since the last look */
+  grew = kb - S->settlelast;
   S->settlelast = kb;
   if (kb < S->settlenext || !lua_gc(S->L, LUA_GCISRUNNING)) return;
+  /* Due within what the next slice will likely allocate (twice this
+  ** one's): it would come inside the next slice.  No more: a collection
+  ** pulled forward further is only made more often. */
   k = quarter(S, S->settlebase);
+  if (grew < k / 2) k = 2 * grew + 1;
   lua_gc(S->L, LUA_GCSTEP, k);
   if (lua_gc(S->L, LUA_GCCOUNT) == kb) {                /* not due yet: the k KiB back */
     lua_gc(S->L, LUA_GCSTEP, -k);
-    S->settlenext = kb > INT_MAX - k ? INT_MAX : kb + k;
   } else {
     settle_from(S, lua_gc(S->L, LUA_GCCOUNT));
   }
