@@ -27,12 +27,12 @@
 ** time), each server's trip starting when the one before it ended, so
 ** that each server is, as with tcp at one connection, alone with one
 ** request in flight, and all of them live through the same spells of a
-** shared machine.  Timed one after the other (tcp), each server's p999
-** is set by whatever else ran during its own window, and the ratio of
-** two of them swung from 1.2 to 2.7 between rounds of one run
-** (docs/performance.md, "Latency at one connection").  Prints, for the
-** i-th PORT from 1, "server-i-round-trips: N" and its percentiles
-** ("server-i-latency-us-p50: N", p99, p999).
+** shared machine (timed one after the other, each p999 is set by what
+** else ran in its own window: docs/performance.md, "Latency at one
+** connection").  Prints, for the i-th PORT from 1,
+** "server-i-round-trips: N" and its percentiles
+** ("server-i-latency-us-p50: N", p99, p999).  A server silent for
+** TURN_LIMIT seconds ends the run (exit 1).
 **
 ** idle: reads server PID's resident set (VmRSS), opens CONNS connections,
 ** makes one 64-byte round trip on each (so the server holds whatever a
@@ -325,8 +325,8 @@ static int dns(int port, int outstanding, double secs, const char *name) {
   return answered ? 0 : 1;
 }
 
-/* Reads and writes until all of buf went out and as many bytes came back
-** (blocking): 0, or -1 if the server closed or failed. */
+/* Writes all of buf and reads as many bytes back (blocking): 0, or -1 if
+** the server closed, failed or was silent past the socket's timeouts. */
 static int round_trip(int fd, const char *buf, size_t n) {
   size_t sent = 0, got = 0;
   while (sent < n) {
@@ -342,7 +342,10 @@ static int round_trip(int fd, const char *buf, size_t n) {
   return 0;
 }
 
+#define TURN_LIMIT 10
+
 static int turns(size_t n, double secs, int nports, char **ports) {
+  struct timeval limit = {TURN_LIMIT, 0};
   int *fds = calloc((size_t)nports, sizeof *fds), i, first = 0, one = 1;
   bench_samples *lat = calloc((size_t)nports, sizeof *lat);
   unsigned long long *count = calloc((size_t)nports, sizeof *count);
@@ -358,6 +361,8 @@ static int turns(size_t n, double secs, int nports, char **ports) {
       return 1;
     }
     setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    setsockopt(fds[i], SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
     /* a first trip outside the window: the session's creation */
     if (round_trip(fds[i], buf, n) != 0) {
       fprintf(stderr, "loadgen: port %s closed the connection\n", ports[i]);
@@ -370,7 +375,7 @@ static int turns(size_t n, double secs, int nports, char **ports) {
       int k = (first + i) % nports;
       double t = bench_now_us();
       if (round_trip(fds[k], buf, n) != 0) {
-        fprintf(stderr, "loadgen: port %s closed the connection\n", ports[k]);
+        fprintf(stderr, "loadgen: port %s closed the connection or went silent\n", ports[k]);
         return 1;
       }
       bench_samples_add(&lat[k], bench_now_us() - t);
