@@ -1851,6 +1851,18 @@ static MKL_NOINLINE void young_floor(mkl_state *S) {
   }
 }
 
+/* A quarter of the minor collections' interval from a heap of kb KiB. */
+static int quarter(const mkl_state *S, int kb) {
+  long long q = (long long)S->youngpct * kb / 400;
+  return q < 1 ? 1 : q > INT_MAX / 4 ? INT_MAX / 4 : (int)q;
+}
+
+/* A collection seen, the heap at kb KiB after it. */
+static void settle_from(mkl_state *S, int kb) {
+  S->settlebase = S->settlelast = kb;
+  S->settlenext = kb > INT_MAX - 3 * quarter(S, kb) ? INT_MAX : kb + 3 * quarter(S, kb);
+}
+
 /*
 ** Minor collections between deliveries.  A minor collection comes when
 ** the program has allocated youngpct percent of the heap since the last
@@ -1875,21 +1887,10 @@ static MKL_NOINLINE void young_floor(mkl_state *S) {
 ** calls, so it is made only once the heap has grown three quarters of
 ** the interval since the last collection seen (settlebase: a drop in the
 ** count).  A handler that allocates more than that at once still meets
-** the collection inside, as before.  Only in generational mode as the host set it up (youngkb > 0),
-** and never while the program has stopped the collector.
+** the collection inside, as before.  Only in generational mode as the
+** host set it up (youngkb > 0), and never while the program has stopped
+** the collector.
 */
-/* A quarter of the minor collections' interval from a heap of kb KiB. */
-static int quarter(const mkl_state *S, int kb) {
-  long long q = (long long)S->youngpct * kb / 400;
-  return q < 1 ? 1 : q > INT_MAX / 4 ? INT_MAX / 4 : (int)q;
-}
-
-/* A collection seen, the heap at kb KiB after it. */
-static void settle_from(mkl_state *S, int kb) {
-  S->settlebase = S->settlelast = kb;
-  S->settlenext = kb > INT_MAX - 3 * quarter(S, kb) ? INT_MAX : kb + 3 * quarter(S, kb);
-}
-
 static void settle_gc(void *ud) {
   mkl_state *S = ud;
   int kb, k, grew;
@@ -1899,9 +1900,6 @@ static void settle_gc(void *ud) {
   grew = kb - S->settlelast;
   S->settlelast = kb;
   if (kb < S->settlenext || !lua_gc(S->L, LUA_GCISRUNNING)) return;
-  /* Due within what the next slice will likely allocate (twice this
-  ** one's): it would come inside the next slice.  No more: a collection
-  ** pulled forward further is only made more often. */
   k = quarter(S, S->settlebase);
   if (grew < k / 2) k = 2 * grew + 1;
   lua_gc(S->L, LUA_GCSTEP, k);
