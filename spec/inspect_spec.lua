@@ -601,6 +601,15 @@ end)
 describe("require 'market.inspect'", function()
   local inspect = require "market.inspect"
 
+  -- Straight-line, in a ground VM: starts the inspector on loopback, on a
+  -- port the kernel picks, and returns that port once it listens.
+  local function start_here()
+    market.perform(inspect.start("127.0.0.1:0"),
+                   market.subscriber(inspect.listening(market._), "url"))
+    local url = market.wait_for(function(e) return e.endpoint == "url" end).role.topic.url
+    return tonumber(url:match(":(%d+)/$"))
+  end
+
   it("parses [HOST:]PORT", function()
     assert.same({ "127.0.0.1", 80 }, { inspect.parse_address("80") })
     assert.same({ "0.0.0.0", 0 }, { inspect.parse_address("0.0.0.0:0") })
@@ -651,10 +660,7 @@ describe("require 'market.inspect'", function()
     inspect.MAX_CONNECTIONS, inspect.IDLE_TIMEOUT_MS = 2, 300
     local ends, took = {}, nil
     local ok, err = pcall(N.run, function()
-      market.perform(inspect.start("127.0.0.1:0"))
-      market.perform(market.subscriber(inspect.listening(market._), "url"))
-      local url = market.wait_for(function(e) return e.endpoint == "url" end).role.topic.url
-      local port = tonumber(url:match(":(%d+)/$"))
+      local port = start_here()
       local t0 = market.now()
       local a, b = N.connect(port), N.connect(port)
       require("market.timer").sleep(50)                -- (both taken before the third)
@@ -683,10 +689,7 @@ describe("require 'market.inspect'", function()
     inspect.REQUEST_TIMEOUT_MS = 300
     local resp, took
     local ok, err = pcall(N.run, function()
-      market.perform(inspect.start("127.0.0.1:0"))
-      market.perform(market.subscriber(inspect.listening(market._), "url"))
-      local url = market.wait_for(function(e) return e.endpoint == "url" end).role.topic.url
-      local s = N.connect(tonumber(url:match(":(%d+)/$")))
+      local s = N.connect(start_here())
       local t0 = market.now()
       assert(N.write_all(s, "GET / HTTP/1.1\r\n"))
       for _ = 1, 2 do                     -- a header trickling in (then the
@@ -731,10 +734,7 @@ describe("require 'market.inspect'", function()
                                    market.subscriber({ "room", market._, market._ }, "hear"))
         end, { name = "member " .. i }))
       end
-      market.perform(inspect.start("127.0.0.1:0"))
-      market.perform(market.subscriber(inspect.listening(market._), "url"))
-      local url = market.wait_for(function(e) return e.endpoint == "url" end).role.topic.url
-      local port = tonumber(url:match(":(%d+)/$"))
+      local port = start_here()
       a = fetch(port, "/api/snapshot")
       market.perform(market.spawn(function()
         return market.transition(nil, market.publisher("late", "late"))
@@ -762,10 +762,7 @@ describe("require 'market.inspect'", function()
       market.perform(market.spawn(function()
         return market.transition(nil, market.subscriber({ "poke", market._ }, "poke"))
       end, { name = "poked" }))
-      market.perform(inspect.start("127.0.0.1:0"),
-                     market.subscriber(inspect.listening(market._), "url"))
-      local url = market.wait_for(function(e) return e.endpoint == "url" end).role.topic.url
-      local port = tonumber(url:match(":(%d+)/$"))
+      local port = start_here()
       local pid = find_proc(market.snapshot(), named("poked")).pid
       local path = "/api/process/" .. pid
       fetch(port, path)                              -- opens the view
@@ -799,10 +796,7 @@ describe("require 'market.inspect'", function()
       market.perform(market.spawn(function()
         return market.transition(nil, market.subscriber({ "said", market._ }, "hear"))
       end, { name = "hearer" }))
-      market.perform(inspect.start("127.0.0.1:0"),
-                     market.subscriber(inspect.listening(market._), "url"))
-      local url = market.wait_for(function(e) return e.endpoint == "url" end).role.topic.url
-      local port = tonumber(url:match(":(%d+)/$"))
+      local port = start_here()
       local pid = find_proc(market.snapshot(), named("poked")).pid
       local hearer = find_proc(market.snapshot(), named("hearer")).pid
       market.perform(market.nested_vm(function()

@@ -37,6 +37,16 @@ local function hang_up(s)
   return data, how
 end
 
+-- Straight-line: each of streams on a connection of its own to port p,
+-- written whole, then hung up, one after the other.
+local function send_each(p, streams)
+  for _, bytes in ipairs(streams) do
+    local s = connect(p)
+    assert(write_all(s, bytes))
+    hang_up(s)
+  end
+end
+
 -- A server on listener(0) whose sessions log what their inbound flow
 -- brings: each message (EOF as "<eof>") and the flow's absence ("<gone:
 -- reason>").  opts.boot(remote, here): actions the session starts with
@@ -321,11 +331,7 @@ describe("tcp.options", function()
     N.run(function()
       market.perform(tcp.options(here0, { framing = "line", max_frame = 16 }), recorder(log))
       local p = bound(0)
-      for _, bytes in ipairs { "0123456789abcdef\r", "0123456789abcde\r" } do
-        local s = connect(p)
-        assert(write_all(s, bytes))
-        hang_up(s)
-      end
+      send_each(p, { "0123456789abcdef\r", "0123456789abcde\r" })
       market.perform(send({ "stop-server", 0 }))
     end)
     assert.same({ "<gone: line longer than 16 bytes>", "0123456789abcde\r", "<eof>" }, log)
@@ -339,11 +345,7 @@ describe("tcp.options", function()
         return { framing = framing[k], max_frame = k == 1 and 100 or 65536 }
       end))
       local p = bound(0)
-      for _, bytes in ipairs { pack(">I2", 5000) .. "abc", pack(">I4", 70000), "\0\10abc", "\0" } do
-        local s = connect(p)
-        assert(write_all(s, bytes))
-        hang_up(s)
-      end
+      send_each(p, { pack(">I2", 5000) .. "abc", pack(">I4", 70000), "\0\10abc", "\0" })
       market.perform(send({ "stop-server", 0 }))
     end)
     assert.same({ "<gone: frame of 5000 bytes is longer than max_frame (100)>",
