@@ -289,6 +289,20 @@ local function boot(cfg)
         P(market.yield(go_on))
       end
     end
+    -- A job calling fn(k) for k = first, ..., last, a step each; done at
+    -- once, what is left not done, when alive (if given) says false.
+    local function each_step(first, last, fn, alive)
+      local k = first
+      return function()
+        while k <= last do
+          if alive and not alive() then return true end
+          if not step() then return false end
+          fn(k)
+          k = k + 1
+        end
+        return true
+      end
+    end
     -- Go on with the jobs, in order: true when none is left.
     local function run_jobs()
       while jobs_head <= jobs_tail do
@@ -442,15 +456,7 @@ local function boot(cfg)
       local ids = {}
       for id in pairs(n.roles) do ids[#ids + 1] = id end
       table.sort(ids)
-      local k = 1
-      queue(function()
-        while k <= #ids do
-          if not step() then return false end
-          standin_end(n.roles[ids[k]], reason)
-          k = k + 1
-        end
-        return true
-      end)
+      queue(each_step(1, #ids, function(k) standin_end(n.roles[ids[k]], reason) end))
     end
 
     local function lost_reason(name, why)
@@ -639,19 +645,11 @@ local function boot(cfg)
     -- The announcements (and heartbeats) held while a node's parts came
     -- are taken now, in order, in steps.
     local function replay(name, n)
-      local held, k = n.held, 1
+      local held = n.held
       n.held = nil
       if not held or #held == 0 then return end
-      queue(function()
-        while k <= #held do
-          if nodes[name] ~= n then return true end
-          if not step() then return false end
-          local m = held[k]
-          k = k + 1
-          handle[m[2]](m, name, n)
-        end
-        return true
-      end)
+      queue(each_step(1, #held, function(k) handle[held[k][2]](held[k], name, n) end,
+                      function() return nodes[name] == n end))
     end
     -- Parts k of n of a hello (snapshot), gathered in n.parts and taken
     -- whole once the last is in.  A part out of turn (one was dropped)
@@ -704,15 +702,7 @@ local function boot(cfg)
     -- a topic each, as the forwarder's path delivers them)
     local function deliver_all(kind)
       return function(m)
-        local k = 5
-        queue(function()
-          while k <= #m do
-            if not step() then return false end
-            conn:deliver(kind, topic(m[k]))
-            k = k + 1
-          end
-          return true
-        end)
+        queue(each_step(5, #m, function(k) conn:deliver(kind, topic(m[k])) end))
       end
     end
     handle.send, handle.feedback = deliver_all("send"), deliver_all("feedback")
