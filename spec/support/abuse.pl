@@ -22,7 +22,8 @@
 #   abuse.pl again PORT FILE          a connection closed with a reset once
 #                                     FILE exists (the server has taken
 #                                     it), then at once another from the
-#                                     same port; prints what that one reads
+#                                     same address (127.0.0.2) and port;
+#                                     prints what that one reads
 #                                     in 1.5 s, or until end of stream
 #   abuse.pl chatter PORT N ROUNDS    N connections, all open first; each
 #                                     round writes on every one a message
@@ -149,15 +150,23 @@ if ($mode eq 'send' || $mode eq 'bytes') {
   print "ok $ok bad $bad\n";
   close $_ for @socks;
 } elsif ($mode eq 'again') {
+  # Both from 127.0.0.2: the port the first one had is free between the
+  # reset and the second bind, and a connect from 127.0.0.1 elsewhere on
+  # the machine (the specs' own clients all come from there) could take
+  # it in between; from this address none does.
   my ($file) = @rest;
-  my $a = conn() or die "connect: $!";
+  my $here = inet_aton("127.0.0.2");
+  socket(my $a, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
+  setsockopt($a, SOL_SOCKET, SO_REUSEADDR, 1);
+  bind($a, pack_sockaddr_in(0, $here)) or die "bind: $!";
+  connect($a, $addr) or die "connect: $!";
   my ($from) = unpack_sockaddr_in(getsockname($a));
   for (1 .. 500) { last if -e $file; usleep(20_000); }
   setsockopt($a, SOL_SOCKET, SO_LINGER, pack("ii", 1, 0));
   close $a;
   socket(my $b, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
   setsockopt($b, SOL_SOCKET, SO_REUSEADDR, 1);
-  bind($b, pack_sockaddr_in($from, inet_aton("127.0.0.1"))) or die "bind: $!";
+  bind($b, pack_sockaddr_in($from, $here)) or die "bind: $!";
   connect($b, $addr) or die "connect again: $!";
   my ($got, $until) = ('', time + 1.5);
   my $sel = IO::Select->new($b);
