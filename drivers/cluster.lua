@@ -40,6 +40,9 @@ local function encode(v)
 end
 
 local topic = market.record("market-cluster", "topic")
+-- What a driver publishes in its VM: it drives `cluster` there (below,
+-- boot's last endpoints).
+local driving = market.record("market-cluster:driver", "cluster", "pid")
 M.topic = topic
 
 M.VERSION = 2               -- of the wire protocol (docs/cluster.md)
@@ -888,7 +891,23 @@ local function boot(cfg)
       arm()
     end
 
-    P(market.subscriber(readable(conn:fd()), { name = "nats", on_message = on_readable }),
+    -- One driver of a cluster in a VM: two take each other's stand-ins for
+    -- roles of their own and announce them to each other without end.
+    -- Each says it drives the cluster here, and the later of two (the
+    -- greater pid) fails, saying which runs, before it joins: the
+    -- presence comes before anything NATS says (it is queued as the
+    -- endpoints are added, the connection's readiness later).
+    local mypid = market.self()
+    P(market.publisher(driving(cfg.cluster, mypid), { name = "driving" }),
+      market.observe_publishers(driving(cfg.cluster, _), { name = "drivers",
+        on_presence = function(_, r)
+          local other = r.topic.pid
+          if other >= mypid then return end
+          conn:close()
+          error(("a driver of cluster %s already runs in this VM (pid %d): one driver " ..
+                 "per cluster and VM"):format(cfg.cluster, other), 0)
+        end }),
+      market.subscriber(readable(conn:fd()), { name = "nats", on_message = on_readable }),
       market.subscriber(market.ground.stopping(_), { name = "stopping", on_presence = leave }),
       -- (Not the wildcard message, send(market._), which reaches every
       -- subscriber: the node left its cluster.)

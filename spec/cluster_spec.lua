@@ -311,6 +311,28 @@ describe("market.cluster", function()
     assert.equal(0, n.c.count("presence"))
   end)
 
+  it("fails a second driver of one cluster in a VM, saying which runs, the first unmoved", function()
+    -- A script that starts its own driver, run with --cluster on the same
+    -- cluster: the two took each other's stand-ins for roles of their own
+    -- and announced them to each other without end.
+    local srv = S.server()
+    local n = nodes(srv, {
+      a = ([[
+local pid = market.perform(cluster.driver{ url = URL, cluster = "spec", node = "a-again" })
+market.perform(market.monitor(pid, function(_, reason) log("second driver: %s", tostring(reason)) end))
+market.perform(market.subscriber(T({"greet", _}), logging("sub")))]]):gsub("URL", ("%q"):format(srv.url)),
+      b = [[market.perform(market.publisher(T({"greet", "b"}), logging("pub")))]],
+    })
+    n.a.wait("second driver: a driver of cluster spec already runs in this VM (pid ")
+    assert.truthy(n.a.has("one driver per cluster and VM"), n.a.out())
+    n.a.wait('sub presence publisher/participant market-cluster(["greet", "b"])')
+    n.b.wait('pub presence subscriber/participant market-cluster(["greet", "b"])')
+    S.sleep(1)
+    assert.equal(1, n.a.count("sub presence"))
+    assert.equal(1, n.b.count("pub presence"))
+    assert.is_true(S.alive(n.a.pid))
+  end)
+
   it("runs over TLS: --cluster tls://, a driver's tls = tcp.tls{...}, and says why it cannot", function()
     local certs = S.certificates()
     local srv = S.server({ tls = certs })
