@@ -226,6 +226,13 @@ local function boot(cfg)
     local seq = 0
     -- Local roles: id -> {o, i, inner topic}; key -> ids of that role.
     local roles, bykey, nextid = {}, {}, 0
+    -- The ids of roles, in the order of their adds, which is theirs
+    -- (nextid only grows), with the ids of roles gone since (`holes` of
+    -- them) left in until they are as many as the rest: a hello or a
+    -- snapshot takes the roles in order from it.  Collected with pairs
+    -- and sorted, 95,000 roles held the driver's activation 30 ms more
+    -- each time a node joined.
+    local order, holes = {}, 0
     -- Presences (pres) and absences (abs) of our own endpoints the
     -- observers are yet to hear, by role key.
     local own_pres, own_abs = {}, {}
@@ -353,11 +360,12 @@ local function boot(cfg)
     -- and a receiver holds them until the last part is in: handle).
     local WRAP = #to_cbor(nil) - 1            -- what every encoding starts with
     local function publish_roles(subject, kind)
-      local ids = {}
-      for id in pairs(roles) do ids[#ids + 1] = id end
-      table.sort(ids)
-      local rs, sseq = {}, seq
-      for k, id in ipairs(ids) do rs[k] = roles[id] end
+      local ids, rs, sseq = {}, {}, seq
+      for k = 1, #order do
+        local id = order[k]
+        local r = roles[id]
+        if r then ids[#ids + 1], rs[#rs + 1] = id, r end
+      end
       local function item(k)
         local r = rs[k]
         return { ids[k], r[1], r[2], r[3] }
@@ -585,6 +593,7 @@ local function boot(cfg)
       end
       nextid, seq = nextid + 1, seq + 1
       roles[nextid] = { o, i, t.topic, size = #item - WRAP - 2 }
+      order[#order + 1] = nextid
       local ids = bykey[key] or {}
       bykey[key] = ids
       ids[#ids + 1] = nextid
@@ -597,6 +606,16 @@ local function boot(cfg)
       local id = table.remove(ids)
       if #ids == 0 then bykey[role_key(o, i, t)] = nil end
       roles[id] = nil
+      holes = holes + 1
+      if holes * 2 > #order then        -- the ids gone out, in one pass
+        local n = 0
+        for k = 1, #order do
+          local kept = order[k]
+          order[k] = nil
+          if roles[kept] then n = n + 1; order[n] = kept end
+        end
+        holes = 0
+      end
       seq = seq + 1
       if reason ~= nil and not market.is_term(reason) then reason = tostring(reason) end
       local del = encode({ M.VERSION, "del", me, inc, seq, id, reason })

@@ -333,6 +333,32 @@ market.perform(market.subscriber(T({"greet", _}), logging("sub")))]]):gsub("URL"
     assert.is_true(S.alive(n.a.pid))
   end)
 
+  it("tells a node that joins late the roles still held, after many have gone", function()
+    -- The driver keeps its roles' ids in the order of their adds, the
+    -- gone ones taken out once they are half of them: a hello to a node
+    -- that joins takes the rest from there, in order.  a's roles go once
+    -- it sees b's, so that its driver has joined and announced them.
+    local srv = S.server()
+    local n = nodes(srv, {
+      a = [[
+for k = 1, 10 do market.perform(market.publisher(T({"r", k}), "r" .. k)) end
+market.perform(market.subscriber(T({"go"}), "go"))
+market.wait_for(function(e) return e.endpoint == "go" and e.type == "presence" end)
+for k = 1, 8 do market.perform(market.delete_endpoint("r" .. k)) end
+for k = 11, 12 do market.perform(market.publisher(T({"r", k}), "r" .. k)) end
+log("held")]],
+      b = [[market.perform(market.publisher(T({"go"}), logging("go")))]],
+    })
+    n.a.wait("held")
+    S.sleep(0.5)
+    local c = nodes(srv, { c = [[market.perform(market.subscriber(T({"r", _}), logging("sub")))]] }).c
+    for _, k in ipairs { 9, 10, 11, 12 } do
+      c.wait(('sub presence publisher/participant market-cluster(["r", %d])'):format(k))
+    end
+    S.sleep(1)
+    assert.equal(4, c.count("sub presence"), c.out())
+  end)
+
   it("runs over TLS: --cluster tls://, a driver's tls = tcp.tls{...}, and says why it cannot", function()
     local certs = S.certificates()
     local srv = S.server({ tls = certs })
