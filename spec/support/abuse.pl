@@ -153,7 +153,8 @@ if ($mode eq 'send' || $mode eq 'bytes') {
   # Both from 127.0.0.2: the port the first one had is free between the
   # reset and the second bind, and a connect from 127.0.0.1 elsewhere on
   # the machine (the specs' own clients all come from there) could take
-  # it in between; from this address none does.
+  # it in between; on this address only a listener on the wildcard
+  # address that drew that very port could.
   my ($file) = @rest;
   my $here = inet_aton("127.0.0.2");
   socket(my $a, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
