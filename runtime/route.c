@@ -423,10 +423,8 @@ static inline uint32_t *slotsof (mk_inode **tab, uint32_t cap) {
   return (uint32_t *)(tab + cap);
 }
 
-/* A table's block size. */
-static inline size_t tablebytes (uint32_t cap) {
-  return (size_t)cap * (sizeof(mk_inode *) + sizeof(uint32_t));
-}
+/* A table's slot: its child pointer and its mark. */
+#define SLOTBYTES (sizeof(mk_inode *) + sizeof(uint32_t))
 
 static mk_inode *findkid (const mk_inode *n, int tag, uint32_t h,
                           const mk_term *t) {
@@ -466,10 +464,10 @@ static mk_inode **newtable (mk_index *ix, uint32_t ncap) {
   if (ncap <= SMALLKIDS) return (mk_inode **)calloc(ncap, sizeof(mk_inode *));
   if ((t = ix->spare[klogof(ncap)]) != NULL) {
     ix->spare[klogof(ncap)] = NULL;
-    memset(t, 0, tablebytes(ncap));
+    memset(t, 0, (size_t)ncap * SLOTBYTES);
     return t;
   }
-  return (mk_inode **)calloc(ncap, sizeof(mk_inode *) + sizeof(uint32_t));
+  return (mk_inode **)calloc(ncap, SLOTBYTES);
 }
 
 /* Give up n's child map (kept as a spare when it is a hash table and
