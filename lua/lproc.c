@@ -1893,7 +1893,7 @@ static void settle_from(mkl_state *S, int kb) {
 */
 static void settle_gc(void *ud) {
   mkl_state *S = ud;
-  int kb, k, grew;
+  int kb, k, grew, after;
   if (S->closing || S->youngkb == 0) return;
   if ((kb = lua_gc(S->L, LUA_GCCOUNT)) < 0) return;     /* inside a finalizer */
   if (kb < S->settlelast) settle_from(S, kb);           /* collected since the last look */
@@ -1903,11 +1903,9 @@ static void settle_gc(void *ud) {
   k = quarter(S, S->settlebase);
   if (grew < k / 2) k = 2 * grew + 1;
   lua_gc(S->L, LUA_GCSTEP, k);
-  if (lua_gc(S->L, LUA_GCCOUNT) == kb) {                /* not due yet: the k KiB back */
-    lua_gc(S->L, LUA_GCSTEP, -k);
-  } else {
-    settle_from(S, lua_gc(S->L, LUA_GCCOUNT));
-  }
+  after = lua_gc(S->L, LUA_GCCOUNT);
+  if (after == kb) lua_gc(S->L, LUA_GCSTEP, -k);        /* not due yet: the k KiB back */
+  else settle_from(S, after);
 }
 
 void mkl_young_floor(lua_State *L, int minor, int floor_kb) {
