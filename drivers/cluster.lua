@@ -237,7 +237,13 @@ local function boot(cfg)
     -- observers are yet to hear, by role key.
     local own_pres, own_abs = {}, {}
     -- Remote nodes: name -> {inc, seq, heard, roles = {id -> role},
-    -- syncing}; a role is {o, i, topic (inner), name (of its stand-in)}.
+    -- nroles, order, last, holes, syncing}; a role is {o, i, topic
+    -- (inner), name (of its stand-in), at}.  order[1 .. last]: the ids in
+    -- the order their stand-ins were made, false where one went since
+    -- (`holes` of them, until they are half); role.at is its place
+    -- there.  Forgetting a node and applying a snapshot walk it: collected
+    -- with pairs and sorted, a node of 95,000 roles took one activation
+    -- of the driver some 70 ms.
     -- heard: when the node's last message reached our queue (conn:next's
     -- at), not when we read it; the forwarder keeps it for the sends and
     -- feedback it delivers (conn:heard).  The forwarder knows each node
@@ -426,13 +432,29 @@ local function boot(cfg)
 
     -- ---- stand-ins -------------------------------------------------------
 
+    -- n.order without its holes, each role's `at` moved with it.
+    local function compact(n)
+      local order, roles, j = n.order, n.roles, 0
+      for k = 1, n.last do
+        local id = order[k]
+        if id then
+          j = j + 1
+          order[j], roles[id].at = id, j
+        end
+      end
+      for k = j + 1, n.last do order[k] = nil end
+      n.last, n.holes = j, 0
+    end
+
     local function standin_add(node, n, id, o, i, inner)
       local ctor = CTOR[o][i]
       if n.roles[id] then return end           -- known already (a peer repeating itself)
       local t = topic(inner)
       local name = ("%s#%d"):format(node, id)
       local key = role_key(o, i, t)
-      n.roles[id] = { o, i, inner, t = t, name = name, key = key }
+      n.last = n.last + 1
+      n.order[n.last] = id
+      n.roles[id] = { o, i, inner, t = t, name = name, key = key, at = n.last }
       n.nroles = n.nroles + 1
       own_pres[key] = (own_pres[key] or 0) + 1
       conn:role(node, id, o, t)
@@ -450,6 +472,8 @@ local function boot(cfg)
       if not r then return end
       n.roles[id] = nil
       n.nroles = n.nroles - 1
+      n.order[r.at], n.holes = false, n.holes + 1
+      if n.holes * 2 > n.last then compact(n) end
       conn:unrole(node, id)
       standin_end(r, reason)
     end
@@ -464,10 +488,11 @@ local function boot(cfg)
       nodes[name] = nil
       nnodes = nnodes - 1
       conn:forget(name)
-      local ids = {}
-      for id in pairs(n.roles) do ids[#ids + 1] = id end
-      table.sort(ids)
-      queue(each_step(1, #ids, function(k) standin_end(n.roles[ids[k]], reason) end))
+      local order = n.order
+      queue(each_step(1, n.last, function(k)
+        local id = order[k]
+        if id then standin_end(n.roles[id], reason) end
+      end))
     end
 
     local function lost_reason(name, why)
@@ -500,7 +525,7 @@ local function boot(cfg)
         n = nil
       end
       if not n then
-        n = { inc = ninc, seq = nil, roles = {}, nroles = 0 }
+        n = { inc = ninc, seq = nil, roles = {}, nroles = 0, order = {}, last = 0, holes = 0 }
         nodes[name] = n
         nnodes = nnodes + 1
         conn:node(name, prefix .. ".node." .. name, envelope("send", name, ninc),
@@ -527,10 +552,11 @@ local function boot(cfg)
         end
         if not gone then
           gone = {}
-          for id in pairs(n.roles) do
-            if not keep[id] then gone[#gone + 1] = id end
+          local order = n.order
+          for j = 1, n.last do
+            local id = order[j]
+            if id and not keep[id] then gone[#gone + 1] = id end
           end
-          table.sort(gone)
           k = 1
         end
         while k <= #gone do
