@@ -18,8 +18,11 @@
 --
 -- Ctrl-C kills the chunk running, with the reason "interrupted"; at the
 -- prompt it clears the line, and a second one in a row stops the program
--- (the host leaves SIGINT to us: lua/main.c).  Ctrl-D, the end of input,
--- stops the program gracefully, as SIGTERM does.
+-- (the host leaves SIGINT to us: lua/main.c).  A Ctrl-C pressed while a
+-- chunk held the thread (in a C call, or in a loop until its budget ran
+-- out) is read by the ground only after the chunk's end: the prompt takes
+-- it then as meant for that chunk (late), not as one at the prompt.
+-- Ctrl-D, the end of input, stops the program gracefully, as SIGTERM does.
 local market, sys = ...
 local M = {}
 
@@ -40,9 +43,9 @@ local fwrite, fflush = stdout.write, stdout.flush
 local subscriber, yield, delete_endpoint, spawn, send, quit, stop_program =
   market.subscriber, market.yield, market.delete_endpoint, market.spawn, market.send,
   market.quit, market.stop
-local observe_publishers, lifeline, is_transition, is_term, repr, record =
+local observe_publishers, lifeline, is_transition, is_term, repr, record, monotonic =
   market.observe_publishers, market.lifeline, market.is_transition, market.is_term,
-  market.repr, market.record
+  market.repr, market.record, market.monotonic
 
 -- A chunk's end: n is the chunk's number (the text of its values is in
 -- `results`).
@@ -158,10 +161,32 @@ function M.boot(drain_ms)
     end
   end
 
+  -- After a chunk that ran for HELD ms or more: the Ctrl-Cs pressed while
+  -- it held the thread, which the ground reads at the loop's next poll
+  -- (LATE ms are time for one), and what that poll queued beside the
+  -- wait's own timeout (yield(0)).  They were meant for the chunk, which
+  -- has ended: taken here, they neither clear the next line nor count
+  -- towards the two that leave.  A SIGTERM among them is still a stop
+  -- (returns "sigterm"); whatever else comes is dropped, as in run.
+  local HELD, LATE = 50, 20
+  local function late(kind)
+    local ms = LATE
+    while true do
+      local ev = yield(ms)
+      if ev == nil then
+        if ms == 0 then return kind end
+        ms = 0
+      elseif what(ev) == "sigterm" then
+        return "sigterm"
+      end
+    end
+  end
+
   -- Run f as chunk n's process; wait for its end.
   local function run(f)
     chunks = chunks + 1
     local n = chunks
+    local began = monotonic()
     local pid = P(spawn(function()
       local out = pack(f())
       if is_transition(out[1]) then
@@ -196,6 +221,9 @@ function M.boot(drain_ms)
     end
     results[n] = nil
     P(delete_endpoint(watch))
+    if kind ~= "sigint" and kind ~= "sigterm" and monotonic() - began >= HELD then
+      kind = late(kind)
+    end
     return kind
   end
 

@@ -552,6 +552,19 @@ describe("market -i", function()
     assert.equal("> interrupted\n> after\n> \n(Ctrl-C again or Ctrl-D to leave)\n> \n", out)
   end)
 
+  -- A Ctrl-C pressed while a chunk holds the thread (a loop, here) is read
+  -- by the ground once the chunk has ended: it was the chunk's, and must
+  -- neither clear the next line nor count as the first of two that leave.
+  it("takes a Ctrl-C pressed while a chunk held the thread as that chunk's", function()
+    local status, out = fifo_session([[
+      echo 'io.write("held ") io.flush() local t = os.clock() while os.clock() - t < 0.6 do end' >&3
+      for i in $(seq 200); do grep -q held out && break; sleep 0.05; done
+      kill -INT $pid; sleep 1.5
+      echo '"after"' >&3; sleep 0.3]])
+    assert.equal(0, status, out)
+    assert.equal("> held > after\n> \n", out)
+  end)
+
   -- The prompt takes Ctrl-C as an event: a chunk stuck where nothing
   -- reaches it (a finaliser that loops, a loop with no budget) ran on
   -- through any number of SIGINTs and SIGTERMs; only SIGKILL ended it.
