@@ -164,22 +164,27 @@ function M.boot(drain_ms)
   -- After a chunk that ran for HELD ms or more: the Ctrl-Cs pressed while
   -- it held the thread, which the ground reads at the loop's next poll
   -- (LATE ms are time for one), and what that poll queued beside the
-  -- wait's own timeout (yield(0)).  They were meant for the chunk, which
-  -- has ended: taken here, they neither clear the next line nor count
-  -- towards the two that leave.  A SIGTERM among them is still a stop
-  -- (returns "sigterm"); whatever else comes is dropped, as in run.
-  local HELD, LATE = 50, 20
+  -- wait's own timeout (at most DRAIN events already queued).  They were
+  -- meant for the chunk, which has ended: taken here, they neither clear
+  -- the next line nor count towards the two that leave.  A SIGTERM among
+  -- them is still a stop (returns "sigterm"); whatever else comes is
+  -- dropped, as in run.  Bounded in time and events: processes that
+  -- flood the prompt with messages cannot keep it here.
+  local HELD, LATE, DRAIN = 50, 20, 64
   local function late(kind)
-    local ms = LATE
-    while true do
-      local ev = yield(ms)
+    local until_ms, drained = monotonic() + LATE, 0
+    while drained < DRAIN do
+      local ms = until_ms - monotonic()
+      local ev = yield(ms > 0 and ms or 0)
       if ev == nil then
-        if ms == 0 then return kind end
-        ms = 0
+        if ms <= 0 then return kind end
       elseif what(ev) == "sigterm" then
         return "sigterm"
+      elseif ms <= 0 then
+        drained = drained + 1
       end
     end
+    return kind
   end
 
   -- Run f as chunk n's process; wait for its end.
