@@ -242,8 +242,8 @@ local function boot(cfg)
     -- the order their stand-ins were made, false where one went since
     -- (`holes` of them, until they are half); role.at is its place
     -- there.  Forgetting a node and applying a snapshot walk it: collected
-    -- with pairs and sorted, a node of 95,000 roles took one activation
-    -- of the driver some 70 ms.
+    -- with pairs and sorted, a node of 95,000 roles held the VM 20 to 45
+    -- ms longer (docs/performance.md, round 39).
     -- heard: when the node's last message reached our queue (conn:next's
     -- at), not when we read it; the forwarder keeps it for the sends and
     -- feedback it delivers (conn:heard).  The forwarder knows each node

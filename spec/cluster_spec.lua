@@ -1627,8 +1627,8 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), "--quiet")
 
   it("ends a node's stand-ins in the order they were made, not by id", function()
     -- A snapshot's leftovers and a forgotten node's roles are walked in
-    -- the order of their adds: never collected and sorted, which took one
-    -- activation some 70 ms for a node of 95,000 roles.
+    -- the order of their adds: never collected and sorted, which held the
+    -- VM 20 to 45 ms longer for a node of 95,000 roles.
     local market = require "market"
     local a, z = by_hand(S.server())
     local function say(...) assert(z:publish("market.spec.all", market.to_cbor({ 2, ... }))) end
