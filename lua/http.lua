@@ -473,7 +473,9 @@ local function new_ws(conn, ctx, max, client, protocol, rest)
     ws.reading = ws.s:feed(rest)
     flush(ws)
   end
-  -- arrived(): whether receive would return at once (for wait_until).
+  -- arrived(): whether something came for receive (for wait_until): a
+  -- message, the end, or bytes (docs/http.md says when receive may still
+  -- wait: part of a frame, pongs the other side has not read).
   ws.arrived = function() return ws.s:ready() or not ws.reading or ws.conn.arrived() end
   return ws
 end
