@@ -45,6 +45,37 @@ local topic = market.record("market-cluster", "topic")
 local driving = market.record("market-cluster:driver", "cluster", "pid")
 M.topic = topic
 
+-- Role ids in the order of their adds (a node's own, or the stand-ins of
+-- one peer's): ids[1 .. last], false where one went since (`holes` of
+-- them), closed up once the holes are half; each role's record keeps its
+-- place (`at`).  Announcing a node's roles, forgetting a node and
+-- trimming it to a snapshot walk it: collected with pairs and sorted, a
+-- node of 95,000 roles held the driver's VM 20 to 45 ms longer each time
+-- (docs/performance.md, round 39).
+local function new_order() return { ids = {}, last = 0, holes = 0 } end
+
+local function order_add(order, id, r)
+  order.last = order.last + 1
+  order.ids[order.last], r.at = id, order.last
+end
+
+-- r, roles[id] until now, went (roles: id -> record of the roles left).
+local function order_del(order, r, roles)
+  local ids = order.ids
+  ids[r.at], order.holes = false, order.holes + 1
+  if order.holes * 2 <= order.last then return end
+  local j = 0
+  for k = 1, order.last do
+    local id = ids[k]
+    if id then
+      j = j + 1
+      ids[j], roles[id].at = id, j
+    end
+  end
+  for k = j + 1, order.last do ids[k] = nil end
+  order.last, order.holes = j, 0
+end
+
 M.VERSION = 2               -- of the wire protocol (docs/cluster.md)
 -- The counters (sent, received, delivered, dropped, malformed), read and
 -- set like a table's fields; the forwarder counts in C.  max_steps: the
@@ -224,26 +255,17 @@ local function boot(cfg)
     end
     local connected, joined = false, false
     local seq = 0
-    -- Local roles: id -> {o, i, inner topic}; key -> ids of that role.
-    local roles, bykey, nextid = {}, {}, 0
-    -- The ids of roles, in the order of their adds, which is theirs
-    -- (nextid only grows), with the ids of roles gone since (`holes` of
-    -- them) left in until they are as many as the rest: a hello or a
-    -- snapshot takes the roles in order from it.  Collected with pairs
-    -- and sorted, 95,000 roles took the driver's activation twice as long
-    -- (38 ms against 18 on one host) each time a node joined.
-    local order, holes = {}, 0
+    -- Local roles: id -> {o, i, inner topic, size, at}; key -> ids of
+    -- that role; `order`, their ids in the order of their adds, which is
+    -- theirs (nextid only grows): a hello or a snapshot takes them so.
+    local roles, bykey, nextid, order = {}, {}, 0, new_order()
     -- Presences (pres) and absences (abs) of our own endpoints the
     -- observers are yet to hear, by role key.
     local own_pres, own_abs = {}, {}
     -- Remote nodes: name -> {inc, seq, heard, roles = {id -> role},
-    -- nroles, order, last, holes, syncing}; a role is {o, i, topic
-    -- (inner), name (of its stand-in), at}.  order[1 .. last]: the ids in
-    -- the order their stand-ins were made, false where one went since
-    -- (`holes` of them, until they are half); role.at is its place
-    -- there.  Forgetting a node and applying a snapshot walk it: collected
-    -- with pairs and sorted, a node of 95,000 roles held the VM 20 to 45
-    -- ms longer (docs/performance.md, round 39).
+    -- nroles, order, syncing}; a role is {o, i, topic (inner), name (of
+    -- its stand-in), at}; order, the ids in the order their stand-ins
+    -- were made (new_order).
     -- heard: when the node's last message reached our queue (conn:next's
     -- at), not when we read it; the forwarder keeps it for the sends and
     -- feedback it delivers (conn:heard).  The forwarder knows each node
@@ -367,10 +389,9 @@ local function boot(cfg)
     local WRAP = #to_cbor(nil) - 1            -- what every encoding starts with
     local function publish_roles(subject, kind)
       local ids, rs, sseq = {}, {}, seq
-      for k = 1, #order do
-        local id = order[k]
-        local r = roles[id]
-        if r then ids[#ids + 1], rs[#rs + 1] = id, r end
+      for k = 1, order.last do
+        local id = order.ids[k]
+        if id then ids[#ids + 1], rs[#rs + 1] = id, roles[id] end
       end
       local function item(k)
         local r = rs[k]
@@ -432,29 +453,15 @@ local function boot(cfg)
 
     -- ---- stand-ins -------------------------------------------------------
 
-    -- n.order without its holes, each role's `at` moved with it.
-    local function compact(n)
-      local order, roles, j = n.order, n.roles, 0
-      for k = 1, n.last do
-        local id = order[k]
-        if id then
-          j = j + 1
-          order[j], roles[id].at = id, j
-        end
-      end
-      for k = j + 1, n.last do order[k] = nil end
-      n.last, n.holes = j, 0
-    end
-
     local function standin_add(node, n, id, o, i, inner)
       local ctor = CTOR[o][i]
       if n.roles[id] then return end           -- known already (a peer repeating itself)
       local t = topic(inner)
       local name = ("%s#%d"):format(node, id)
       local key = role_key(o, i, t)
-      n.last = n.last + 1
-      n.order[n.last] = id
-      n.roles[id] = { o, i, inner, t = t, name = name, key = key, at = n.last }
+      local r = { o, i, inner, t = t, name = name, key = key, at = 0 }
+      n.roles[id] = r
+      order_add(n.order, id, r)
       n.nroles = n.nroles + 1
       own_pres[key] = (own_pres[key] or 0) + 1
       conn:role(node, id, o, t)
@@ -472,8 +479,7 @@ local function boot(cfg)
       if not r then return end
       n.roles[id] = nil
       n.nroles = n.nroles - 1
-      n.order[r.at], n.holes = false, n.holes + 1
-      if n.holes * 2 > n.last then compact(n) end
+      order_del(n.order, r, n.roles)
       conn:unrole(node, id)
       standin_end(r, reason)
     end
@@ -488,9 +494,9 @@ local function boot(cfg)
       nodes[name] = nil
       nnodes = nnodes - 1
       conn:forget(name)
-      local order = n.order
-      queue(each_step(1, n.last, function(k)
-        local id = order[k]
+      local ids = n.order.ids
+      queue(each_step(1, n.order.last, function(k)
+        local id = ids[k]
         if id then standin_end(n.roles[id], reason) end
       end))
     end
@@ -525,7 +531,7 @@ local function boot(cfg)
         n = nil
       end
       if not n then
-        n = { inc = ninc, seq = nil, roles = {}, nroles = 0, order = {}, last = 0, holes = 0 }
+        n = { inc = ninc, seq = nil, roles = {}, nroles = 0, order = new_order() }
         nodes[name] = n
         nnodes = nnodes + 1
         conn:node(name, prefix .. ".node." .. name, envelope("send", name, ninc),
@@ -552,9 +558,9 @@ local function boot(cfg)
         end
         if not gone then
           gone = {}
-          local order = n.order
-          for j = 1, n.last do
-            local id = order[j]
+          local ids = n.order.ids
+          for j = 1, n.order.last do
+            local id = ids[j]
             if id and not keep[id] then gone[#gone + 1] = id end
           end
           k = 1
@@ -618,8 +624,8 @@ local function boot(cfg)
         return
       end
       nextid, seq = nextid + 1, seq + 1
-      roles[nextid] = { o, i, t.topic, size = #item - WRAP - 2 }
-      order[#order + 1] = nextid
+      roles[nextid] = { o, i, t.topic, size = #item - WRAP - 2, at = 0 }
+      order_add(order, nextid, roles[nextid])
       local ids = bykey[key] or {}
       bykey[key] = ids
       ids[#ids + 1] = nextid
@@ -631,17 +637,9 @@ local function boot(cfg)
       if not ids then return end
       local id = table.remove(ids)
       if #ids == 0 then bykey[role_key(o, i, t)] = nil end
+      local r = roles[id]
       roles[id] = nil
-      holes = holes + 1
-      if holes * 2 > #order then        -- the ids gone out, in one pass
-        local n = 0
-        for k = 1, #order do
-          local kept = order[k]
-          order[k] = nil
-          if roles[kept] then n = n + 1; order[n] = kept end
-        end
-        holes = 0
-      end
+      order_del(order, r, roles)
       seq = seq + 1
       if reason ~= nil and not market.is_term(reason) then reason = tostring(reason) end
       local del = encode({ M.VERSION, "del", me, inc, seq, id, reason })
