@@ -157,18 +157,20 @@ if ($mode eq 'send' || $mode eq 'bytes') {
   # address that drew that very port could.
   my ($file) = @rest;
   my $here = inet_aton("127.0.0.2");
-  socket(my $a, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
-  setsockopt($a, SOL_SOCKET, SO_REUSEADDR, 1);
-  bind($a, pack_sockaddr_in(0, $here)) or die "bind: $!";
-  connect($a, $addr) or die "connect: $!";
+  my $from_here = sub {   # a connection from $here, port $_[0] (0: any)
+    my ($port, $what) = @_;
+    socket(my $s, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
+    setsockopt($s, SOL_SOCKET, SO_REUSEADDR, 1);
+    bind($s, pack_sockaddr_in($port, $here)) or die "bind: $!";
+    connect($s, $addr) or die "$what: $!";
+    return $s;
+  };
+  my $a = $from_here->(0, "connect");
   my ($from) = unpack_sockaddr_in(getsockname($a));
   for (1 .. 500) { last if -e $file; usleep(20_000); }
   setsockopt($a, SOL_SOCKET, SO_LINGER, pack("ii", 1, 0));
   close $a;
-  socket(my $b, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
-  setsockopt($b, SOL_SOCKET, SO_REUSEADDR, 1);
-  bind($b, pack_sockaddr_in($from, $here)) or die "bind: $!";
-  connect($b, $addr) or die "connect again: $!";
+  my $b = $from_here->($from, "connect again");
   my ($got, $until) = ('', time + 1.5);
   my $sel = IO::Select->new($b);
   while ((my $left = $until - time) > 0) {
