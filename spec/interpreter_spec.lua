@@ -520,8 +520,10 @@ describe("market -i", function()
   end)
 
   -- market -i reading a FIFO that `feed` (shell lines) writes to on
-  -- descriptor 3 and signals ($pid) as it goes; the exit status and what
-  -- the prompt wrote after its banner.
+  -- descriptor 3 and signals ($pid) as it goes, once the interpreter has
+  -- written its banner (a signal sent before it has started, as a loaded
+  -- machine may make it, would find the default action); the exit status
+  -- and what the prompt wrote after its banner.
   local function fifo_session(feed)
     local dir = os.tmpname()
     os.remove(dir)
@@ -530,6 +532,7 @@ describe("market -i", function()
       exec 2>&1; cd %s && mkfifo in || exit 9
       %s -i <in >out 2>err & pid=$!
       exec 3>in
+      for i in $(seq 300); do [ -s out ] && break; sleep 0.05; done
       %s
       exec 3>&-
       (sleep 15; kill -KILL $pid 2>/dev/null) & guard=$!

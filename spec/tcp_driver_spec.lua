@@ -187,8 +187,20 @@ describe("tcp driver", function()
       local srv = assert(tcp.serve(0, function(conn)
         n = n + 1
         local me = n
-        if me == 1 then assert(io.open(taken, "w")):close() end
-        timer.sleep(500)
+        if me == 1 then
+          assert(io.open(taken, "w")):close()
+          -- Until the client's second connection, from this one's port,
+          -- is refused (at most 5 s): a fixed 500 ms was too short for
+          -- the client to see the file, reset and connect again on a
+          -- loaded machine, and this send then let the manager see the
+          -- reset first.
+          for _ = 1, 200 do
+            if #refused > 0 then break end
+            timer.sleep(25)
+          end
+        else
+          timer.sleep(500)
+        end
         conn:send("secret " .. me .. "\n")
         timer.sleep(200)
       end, { reading = false }))

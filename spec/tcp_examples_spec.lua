@@ -97,19 +97,26 @@ end)
 
 describe("examples/chat.lua", function()
   local PORT, server
+  -- A shell function: `heard FILE TEXT` waits, 10 s at most, until what a
+  -- client has heard (its nc's output, FILE) holds TEXT.  The clients'
+  -- steps wait on what they hear: steps 0.3 s apart failed on a loaded
+  -- machine, a step taken before the one it answers had been heard.
+  local HEARD = [[heard() { for i in $(seq 200); do grep -q "$2" "$1" && return 0; sleep 0.05; done; return 1; }]]
   before_each(function() server, PORT = N.start_server("examples/chat.lua") end)
   after_each(function() server.kill() end)
 
   it("greets, relays lines to the others and announces joins and leaves", function()
-    -- A stays 1.6 s and speaks at 1.0 s; B comes at 0.4 s, speaks at
-    -- 0.7 s and leaves at 1.3 s (after hearing A).
+    -- Each step waits for what it answers, not for a time: A speaks once
+    -- B has joined and leaves once B has; B comes once A is greeted,
+    -- speaks once greeted and leaves once it has heard A.
     local out = capture(([[
+      %s
       a=$(mktemp); b=$(mktemp)
-      (sleep 1.0; printf 'hello all\n'; sleep 0.6) | nc -N 127.0.0.1 %d > $a &
-      sleep 0.4
-      (sleep 0.3; printf 'hi A\n'; sleep 0.6) | nc -N 127.0.0.1 %d > $b
+      (heard $a 'user2 joined'; printf 'hello all\n'; heard $a 'user2 left') | nc -N 127.0.0.1 %d > $a &
+      heard $a welcome
+      (heard $b welcome; printf 'hi A\n'; heard $b 'user1: hello all') | nc -N 127.0.0.1 %d > $b
       wait
-      cat $a; echo '|'; cat $b; rm -f $a $b]]):format(PORT, PORT), 10)
+      cat $a; echo '|'; cat $b; rm -f $a $b]]):format(HEARD, PORT, PORT), 20)
     assert.equal(table.concat({
       "welcome, you are user1; here: nobody else",
       "user2 joined",
@@ -123,13 +130,14 @@ describe("examples/chat.lua", function()
 
   it("works with examples/chat-client.lua", function()
     local out = capture(([[
+      %s
       a=$(mktemp); c=$(mktemp)
-      (sleep 1.2) | nc -N 127.0.0.1 %d > $a &
-      sleep 0.3
+      (heard $a 'user2 left') | nc -N 127.0.0.1 %d > $a &
+      heard $a welcome
       printf 'from the client\n' | %s examples/chat-client.lua 127.0.0.1 %d > $c
       echo "client status $?"
       wait
-      cat $c; echo '|'; cat $a; rm -f $a $c]]):format(PORT, q(N.market_bin()), PORT), 10)
+      cat $c; echo '|'; cat $a; rm -f $a $c]]):format(HEARD, PORT, q(N.market_bin()), PORT), 20)
     assert.equal(table.concat({
       "client status 0",
       "welcome, you are user2; here: user1",
@@ -144,7 +152,10 @@ describe("examples/chat.lua", function()
   it("tells connected users when it shuts down, then exits cleanly", function()
     -- nc -d: reads nothing from stdin, exits when the server closes.
     local a = N.start_cmd(("exec nc -d 127.0.0.1 %d"):format(PORT))
-    N.sleep(0.5)
+    for _ = 1, 200 do                  -- greeted: the server has it
+      if a.stdout():find("welcome", 1, true) then break end
+      N.sleep(0.05)
+    end
     local status = server.stop("TERM")
     local done = a.wait_exit(3)
     local heard = a.stdout()
