@@ -154,7 +154,9 @@ describe("timer driver", function()
           end }))
         end))
       market.pause()
-      local due = math.floor(market.now()) + 3000
+      -- Far enough that all are set before it: setting them took 0.3 s
+      -- in lua5.4, 0.8 s under ASan, and a loaded machine doubles that.
+      local due = math.floor(market.now()) + 8000
       for i = 1, N do
         market.perform(market.send(timer.set(i, due, "absolute")))
         if i % 500 == 0 then market.pause() end
@@ -175,8 +177,10 @@ describe("timer driver", function()
   it("lets a straight-line process sleep while others run", function()
     local order = {}
     ground(function()
+      -- 200 ms against 5: each sleep counts from its own boot, and a
+      -- pause between the two boots (a collection) must not reorder them.
       market.perform(market.spawn(function()
-        timer.sleep(40)
+        timer.sleep(200)
         order[#order + 1] = "sleeper"
       end, { name = "sleeper" }))
       market.perform(market.spawn(function()

@@ -287,12 +287,14 @@ describe("http.websocket", function()
     tcp.HIGH_WATER = saved
     assert(ok, got)
     assert.same({ nil, "timeout" }, got.first)
-    assert.is_true(got.ms < 1500, tostring(got.ms))
+    -- Bounds well above what it takes (300 ms, CLOSE_WAIT), well below
+    -- never: the flood is answered in the same VM on a loaded machine.
+    assert.is_true(got.ms < 5000, tostring(got.ms))
     assert.is_nil(got.wrong)
     assert.is_true(got.sent > 0 and got.pongs == got.sent)
     assert.same({ "after", "text" }, got.second)
     assert.same({ nil, "timeout" }, got.third)
-    assert.is_true(got.close_ms < http.CLOSE_WAIT + 500, tostring(got.close_ms))
+    assert.is_true(got.close_ms < http.CLOSE_WAIT + 4000, tostring(got.close_ms))
   end)
 
   it("closes with 1002, 1007 or 1009 a client that breaks the protocol, saying why to the handler",
