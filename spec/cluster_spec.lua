@@ -38,17 +38,19 @@ local function dial(urls, name, timeout, tls)
 end
 
 
--- Two chat users, A on port pa and B on port pb: A says "hello all", B
--- joins a second later and says "hi A". What each saw, A's then "|" then
--- B's.
+-- Two chat users, A on port pa and B on port pb: B joins a second after
+-- A was greeted (A's presence crosses to B's node meanwhile) and says "hi
+-- A" once greeted; A says "hello all" once B has joined, and each leaves
+-- once it has heard the other.  What each saw, A's then "|" then B's.
 local function two_chatters(pa, pb)
-  local f = assert(io.popen(("timeout 20 sh -c %s 2>&1"):format(H.quote(([[
+  local f = assert(io.popen(("timeout 30 sh -c %s 2>&1"):format(H.quote(([[
+    %s
     A=$(mktemp); B=$(mktemp)
-    (sleep 2.5; printf 'hello all\n'; sleep 2.5) | timeout 10 nc -N 127.0.0.1 %d > $A &
-    sleep 1
-    (sleep 2.5; printf 'hi A\n'; sleep 0.5) | timeout 10 nc -N 127.0.0.1 %d > $B
+    (heard $A joined; printf 'hello all\n'; heard $A left) | timeout 20 nc -N 127.0.0.1 %d > $A &
+    heard $A welcome; sleep 1
+    (heard $B welcome; printf 'hi A\n'; heard $B 'hello all') | timeout 20 nc -N 127.0.0.1 %d > $B
     wait
-    cat $A; echo '|'; cat $B; rm -f $A $B]]):format(pa, pb)))))
+    cat $A; echo '|'; cat $B; rm -f $A $B]]):format(H.HEARD, pa, pb)))))
   local out = f:read("a")
   f:close()
   return out

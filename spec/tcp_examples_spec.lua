@@ -97,11 +97,7 @@ end)
 
 describe("examples/chat.lua", function()
   local PORT, server
-  -- A shell function: `heard FILE TEXT` waits, 10 s at most, until what a
-  -- client has heard (its nc's output, FILE) holds TEXT.  The clients'
-  -- steps wait on what they hear: steps 0.3 s apart failed on a loaded
-  -- machine, a step taken before the one it answers had been heard.
-  local HEARD = [[heard() { for i in $(seq 200); do grep -q "$2" "$1" && return 0; sleep 0.05; done; return 1; }]]
+  local HEARD = require("helpers").HEARD
   before_each(function() server, PORT = N.start_server("examples/chat.lua") end)
   after_each(function() server.kill() end)
 

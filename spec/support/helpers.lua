@@ -199,6 +199,12 @@ end
 
 function H.quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
+-- A shell function for scripts that drive line clients (nc): `heard FILE
+-- TEXT` waits, 10 s at most, until what a client has heard (FILE) holds
+-- TEXT.  Steps that wait on what they answer, not on sleeps a few tenths
+-- of a second apart, which a loaded machine can outrun.
+H.HEARD = [[heard() { for i in $(seq 200); do grep -q "$2" "$1" && return 0; sleep 0.05; done; return 1; }]]
+
 -- run_script(text [, options]): run a Lua script in the interpreter, with
 -- options (default "--no-drivers"), for at most a minute; returns status,
 -- stdout, stderr.  For cases that once crashed the whole program: a crash
