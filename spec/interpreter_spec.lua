@@ -519,16 +519,17 @@ describe("market -i", function()
     assert.matches("> 2\n> \n$", out)
   end)
 
-  -- market -i reading a FIFO that `feed` (shell lines) writes to on
-  -- descriptor 3 and signals ($pid) as it goes, once the interpreter has
-  -- written its banner (a signal sent before it has started, as a loaded
-  -- machine may make it, would find the default action); the exit status
-  -- and what the prompt wrote after its banner.
+  -- market -i reading a FIFO that `feed` (shell lines, with H.HEARD's
+  -- `heard`) writes to on descriptor 3 and signals ($pid) as it goes,
+  -- once the interpreter has written its banner (a signal sent before it
+  -- has started, as a loaded machine may make it, would find the default
+  -- action); the exit status and what the prompt wrote after its banner.
   local function fifo_session(feed)
     local dir = os.tmpname()
     os.remove(dir)
     assert(os.execute("mkdir " .. H.quote(dir)))
     local status, out, err = H.sh(([[
+      %s
       exec 2>&1; cd %s && mkfifo in || exit 9
       %s -i <in >out 2>err & pid=$!
       exec 3>in
@@ -537,7 +538,7 @@ describe("market -i", function()
       exec 3>&-
       (sleep 15; kill -KILL $pid 2>/dev/null) & guard=$!
       wait $pid; echo "status $?"; kill $guard
-      cat out err]]):format(H.quote(dir), H.quote(H.market_bin()), feed))
+      cat out err]]):format(H.HEARD, H.quote(dir), H.quote(H.market_bin()), feed))
     os.execute("rm -rf " .. H.quote(dir))
     assert.equal(0, status, err)
     local code, rest = out:match("^status (%d+)\n(.*)$")
@@ -561,7 +562,7 @@ describe("market -i", function()
   it("takes a Ctrl-C pressed while a chunk held the thread as that chunk's", function()
     local status, out = fifo_session([[
       echo 'io.write("held ") io.flush() local t = os.clock() while os.clock() - t < 0.6 do end' >&3
-      for i in $(seq 200); do grep -q held out && break; sleep 0.05; done
+      heard out held
       kill -INT $pid; sleep 1.5
       echo '"after"' >&3; sleep 0.3]])
     assert.equal(0, status, out)
