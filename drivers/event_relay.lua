@@ -5,7 +5,14 @@
 -- writable, alarm, signal, stopping); for each distinct one it makes the
 -- same subscription one level up (at_meta_level), and carries down what
 -- happens there:
---   - every message that arrives is sent into its VM;
+--   - a message that arrives is sent into its VM when it is the watched
+--     event itself: the record subscribed to, as the ground sends it.  A
+--     message with a wildcard is no ground event (docs/semantics.md §4),
+--     and it unifies with every subscription the relay holds above:
+--     carried down by each, it reached every subscriber below once per
+--     relayed watch, and that many times again at each level.  Stopping
+--     is published by the ground, never sent: a stopping record sent as a
+--     message is no event either;
 --   - the presence of a publisher above (the ground, which publishes every
 --     record it watches) makes the relay publish the same (refined) topic in
 --     its VM, and that publisher's absence withdraws it with the same reason.
@@ -37,10 +44,6 @@ local function boot(self_id)
     -- repr of a topic published here -> presences above it stands for
     local pubs = {}
 
-    local function relay_message(_, m)
-      return transition_no_state(send(m))
-    end
-
     local function publish(rkey, topic)
       local n = (pubs[rkey] or 0) + 1
       pubs[rkey] = n
@@ -55,13 +58,17 @@ local function boot(self_id)
     end
 
     -- The meta-level subscription for key: what a publisher above does is
-    -- done here by the relay's own publisher.
-    local function upward(key, topic)
+    -- done here by the relay's own publisher, and the event it watches,
+    -- sent above, is sent here (only that: the header).
+    local function upward(kind, key, topic)
       local s = subs[key]
       local seen = s.seen
+      local event = kind ~= "stopping" and topic or nil
       return market.subscriber(topic, {
         name = key,
-        on_message = relay_message,
+        on_message = function(_, m)
+          if m == event then return transition_no_state(send(m)) end
+        end,
         on_presence = function(_, role)
           if s.gone then return end
           local rkey = repr(role.topic)
@@ -97,12 +104,12 @@ local function boot(self_id)
             if s.lost and next(s.seen) == nil then
               s.lost = false
               return transition_no_state(market.at_meta_level(market.delete_endpoint(key),
-                                                              upward(key, topic)))
+                                                              upward(kind, key, topic)))
             end
             return
           end
           subs[key] = { n = 1, seen = {} }
-          return transition_no_state(market.at_meta_level(upward(key, topic)))
+          return transition_no_state(market.at_meta_level(upward(kind, key, topic)))
         end,
         on_absence = function(_, role)
           local topic = role.topic

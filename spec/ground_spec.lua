@@ -334,5 +334,49 @@ describe("event relays carry the ground's presence and absence", function()
       assert.same({ "stopping seen, 50 ms left" }, log.lines)
       assert.is_true(os.time() - t0 <= 5)
     end)
+
+    it("and a message only when it is the watched event, once, at depth " .. depth, function()
+      -- A wildcard message sent in the ground unifies with every one of a
+      -- relay's subscriptions above: carried down by each, it reached
+      -- every subscriber below once per relayed watch, and that many
+      -- times again at each level.  It is no ground event (docs/semantics.md
+      -- §4), nor is a stopping record sent as a message (the ground
+      -- publishes stopping, never sends it): neither goes down.  An
+      -- alarm record, as the ground sends it, does, once.
+      local got, far
+      N.run(function()
+        far = math.floor(market.now()) + 1000000000     -- alarms that never fire
+        market.perform(nested(depth, function()
+          local log = {}
+          market.perform(market.subscriber(ground.alarm(far), "a0"),
+                         market.subscriber(ground.alarm(far + 1), "a1"),
+                         market.subscriber(ground.alarm(far + 2), "a2"),
+                         market.subscriber(ground.stopping(_), "stop"),
+                         market.subscriber({ "private", _ }, "private"))
+          local watched = 0
+          while watched < 3 do        -- the relays' publishers of the three alarms
+            if market.yield().type == "presence" then watched = watched + 1 end
+          end
+          market.perform(send_up(depth, { "depth", depth, "ready" }))
+          repeat
+            local ev = market.yield()
+            if ev.type == "message" then
+              log[#log + 1] = ev.endpoint .. " " .. market.repr(ev.message)
+            end
+          until ev.type == "message" and ev.message == ground.alarm(far + 2)
+          market.perform(send_up(depth, { "depth", depth, "got", table.concat(log, "; ") }),
+                         market.quit())
+        end))
+        N.await({ "depth", depth, "ready" })
+        market.perform(market.subscriber({ "depth", depth, "got", _ }, "got"),
+                       market.send(_), market.send(ground.alarm(_)),
+                       market.send(ground.stopping(far)), market.send(ground.alarm(far)),
+                       market.send(ground.alarm(far + 2)))
+        got = market.wait_for(function(e)
+          return e.endpoint == "got" and type(e.message) == "table"   -- (not the `_` sent)
+        end).message[4]
+      end, 5000)
+      assert.equal(("a0 market:alarm(%d); a2 market:alarm(%d)"):format(far, far + 2), got)
+    end)
   end
 end)
