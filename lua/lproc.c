@@ -529,14 +529,21 @@ static void budget_next(lua_State *co) {
 ** in all, counted in ticks of TOSTRING_TICK on every thread it runs: the
 ** main one, and each coroutine it resumes (co_resume_watched hooks them;
 ** one made before had no hook, and looped for ever).  tostring.on: one
-** runs now. */
+** runs now.  Once its instructions are spent, the hook raises at every
+** instruction, as the budget's does: one error, which a pcall in the
+** __tostring caught, let it loop on for ever, and the program with it. */
 #define TOSTRING_STEPS 1000000
 #define TOSTRING_TICK 1000
 static struct { int on; unsigned long ticks; } tostring;
 
+static int tostring_spent(void) { return tostring.ticks >= TOSTRING_STEPS / TOSTRING_TICK; }
+
 static void tostring_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
-  if (++tostring.ticks >= TOSTRING_STEPS / TOSTRING_TICK) luaL_error(L, "__tostring ran too long");
+  if (tostring_spent() || ++tostring.ticks >= TOSTRING_STEPS / TOSTRING_TICK) {
+    lua_sethook(L, tostring_hook, LUA_MASKCOUNT, 1);
+    luaL_error(L, "__tostring ran too long");
+  }
 }
 
 /* L, watched, runs co: co is watched until it stops running (leave). */
@@ -564,7 +571,7 @@ static int co_resume_watched(lua_State *L, lua_State *co, int narg, int *nres, i
   if (tostring.on) {                   /* counted as the __tostring's own */
     lua_Hook hook = lua_gethook(co);
     int mask = lua_gethookmask(co), count = lua_gethookcount(co);
-    lua_sethook(co, tostring_hook, LUA_MASKCOUNT, TOSTRING_TICK);
+    lua_sethook(co, tostring_hook, LUA_MASKCOUNT, tostring_spent() ? 1 : TOSTRING_TICK);
     st = lua_resume(co, L, narg, nres);
     lua_sethook(co, hook, mask, count);
     return st;
@@ -755,10 +762,13 @@ static int co_close(lua_State *L) {
 ** error inside the hook, with hooks off: a handler that looped then froze
 ** the program, out of the budget's reach and without a word.  The stop's
 ** own error (the budget fired, or the process has died: dead_hook) goes
-** through as it is; any other error meets the program's handler.
+** through as it is; any other error meets the program's handler.  So in
+** a failed process's __tostring (reason_of), once its instructions are
+** spent.
 */
 static int xp_guard(lua_State *L) {
-  if ((act.co != NULL && act.fired) || (running.p != NULL && !mk_proc_alive(running.p)))
+  if ((act.co != NULL && act.fired) || (running.p != NULL && !mk_proc_alive(running.p)) ||
+      (tostring.on && tostring_spent()))
     return 1;
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
@@ -781,7 +791,7 @@ static int xp_call(lua_State *L) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   /* Outside an activation nothing stops code: the handler is called as
   ** Lua calls it (a traceback it makes has no frame of the guard's). */
-  if (running.p != NULL || act.co != NULL) {
+  if (running.p != NULL || act.co != NULL || tostring.on) {
     lua_pushvalue(L, 2);
     lua_pushcclosure(L, xp_guard, 1);
     lua_replace(L, 2);

@@ -1071,6 +1071,22 @@ describe("an error value with a __tostring", function()
                  reason('setmetatable({}, { __tostring = function() return {} end })'))
     assert.equal("[1, 2]", reason("{ 1, 2 }"))
   end)
+
+  -- The limit's error was raised once: a __tostring that caught it looped
+  -- on, and an xpcall's handler, which Lua runs inside the hook with hooks
+  -- off, was out of its reach.  Each hung the program (the timeout's 60 s).
+  it("is stopped when it catches the limit's error, or loops in an xpcall's handler", function()
+    local spent = '"(a table error value; its __tostring failed: __tostring ran too long)"'
+    assert.equal(spent, reason('setmetatable({}, { __tostring = function() ' ..
+                               'while true do pcall(function() while true do end end) end end })'))
+    assert.equal(spent, reason('setmetatable({}, { __tostring = function() return ' ..
+                               'select(2, xpcall(error, function() while true do end end, "x")) end })'))
+    -- (coroutine.wrap puts where it was on the error it passes on)
+    assert.matches('^"%(a table error value; its __tostring failed: [^"]*__tostring ran too long%)"$',
+                   reason('setmetatable({}, { __tostring = function() local co = ' ..
+                          'coroutine.wrap(function() while true do pcall(function() ' ..
+                          'while true do end end) end end) co() end })'))
+  end)
 end)
 
 -- A process that fails leaves its pending to-be-closed variables unclosed,

@@ -211,7 +211,8 @@ H.HEARD = [[heard() { for i in $(seq 200); do grep -q "$2" "$1" && return 0; sle
 -- is then a status to assert on, not a dead busted.
 function H.run_script(text, options)
   local path = H.tempfile(text)
-  local status, out, err = H.sh(("timeout 60 %s %s %s </dev/null"):format(
+  -- (-k: a program that a stop does not end, hung, is killed)
+  local status, out, err = H.sh(("timeout -k 5 60 %s %s %s </dev/null"):format(
     H.quote(H.market_bin()), options or "--no-drivers", H.quote(path)))
   os.remove(path)
   return status, out, err
