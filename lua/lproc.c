@@ -1336,8 +1336,13 @@ static MKL_INLINE int messagehandler(mkl_state *S, lproc *lp, lua_State *co, con
 }
 
 /* Give lp a coroutine for an activation: one from the pool (its stack
-** already grown by earlier activations) or a new one. */
+** already grown by earlier activations) or a new one.  A hook on it that
+** is not market's goes: a process that kept a pooled thread it ran on
+** (coroutine.running() in a handler) and set a hook on it with
+** debug.sethook had that hook run inside, and act as, whichever process
+** borrowed the thread next. */
 static lua_State *acquire(mkl_state *S, lproc *lp) {
+  lua_Hook hook;
   if (S->npool > 0) {
     S->npool--;
     lp->co = S->pool[S->npool];
@@ -1346,6 +1351,8 @@ static lua_State *acquire(mkl_state *S, lproc *lp) {
     lp->co = lua_newthread(S->L);
     lp->coref = luaL_ref(S->L, LUA_REGISTRYINDEX);
   }
+  hook = lua_gethook(lp->co);
+  if (hook != NULL && hook != budget_hook && hook != dead_hook) lua_sethook(lp->co, NULL, 0, 0);
   return lp->co;
 }
 

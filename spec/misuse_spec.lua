@@ -475,6 +475,41 @@ describe("acting from a finaliser (__gc)", function()
   end)
 end)
 
+describe("a hook on a handler's thread, kept", function()
+  -- Handlers run on pooled threads: a process that kept the one it ran on
+  -- and set a hook on it had the hook run in the next process to borrow
+  -- the thread, as that process (market.self() said B; its quit was B's).
+  it("is gone before another process runs on that thread", function()
+    local status, out, err = H.run_script([[
+      local market = require "market"
+      local kept
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.subscriber("a", { on_message = function()
+          kept = coroutine.running()
+        end }))
+      end, "A"))
+      market.perform(market.spawn(function()
+        return market.transition(nil, market.subscriber("b", { on_message = function()
+          local _x = 1
+          print("B handled its message")
+        end }))
+      end, "B"))
+      market.pause()
+      market.perform(market.send("a"))
+      market.pause()
+      debug.sethook(kept, function()
+        debug.sethook(kept)
+        print("hook runs as", select(2, market.self()))
+        market.perform(market.quit(nil, "killed by A's hook"))
+      end, "l")
+      market.perform(market.send("b"))
+      market.pause()
+    ]], "")
+    assert.equal(0, status, err)
+    assert.equal("B handled its message\n", out)
+  end)
+end)
+
 describe("waiting where a process cannot be suspended", function()
   -- Inside a function C calls (table.sort's comparator, string.gsub's
   -- replacement, a metamethod) a coroutine cannot yield.  The wait is an
