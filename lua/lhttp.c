@@ -68,6 +68,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <http_parser.h>
 #include <libpsl.h>
@@ -98,6 +99,7 @@ typedef struct lhttp {
   int head_done, done;
   int no_body;            /* a response to HEAD: none, whatever its head says */
   int stream;             /* the body is taken as it comes: max bounds the head */
+  const char *bad;        /* why the head is malformed, found here (400), or NULL */
   hbuf url, status, field, value, body;
   const char *brand;      /* last: &lhttp_brand (mkl_branded) */
 } lhttp;
@@ -128,14 +130,34 @@ static int grow(lhttp *h, hbuf *b, const char *at, size_t n) {
   return 0;
 }
 
+/* A token's characters (RFC 9110 5.6.2): a header's name is one. */
+static int tchar(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
 /* The header whose name and value are buffered goes into the headers
-** table (the parser's user value), joined to an earlier one of its name. */
-static void flush_header(lhttp *h) {
+** table (the parser's user value), joined to an earlier one of its name;
+** -1 (h->bad set) when its name is malformed.  http_parser lets
+** whitespace between a name and its colon through, and frames the message
+** by a "Content-Length :" all the same, where the name kept its space: the
+** handler's headers then disagreed with the framing, and "Host :" beside
+** "Host:" made two hosts.  A request with it is refused (RFC 9112 5.1: a
+** server must answer 400); a response's name is read without it, as a
+** proxy must forward it. */
+static int flush_header(lhttp *h) {
   lua_State *L = h->L;
   size_t i;
-  if (!h->in_value) return;
-  for (i = 0; i < h->field.n; i++)
+  if (!h->in_value) return 0;
+  while (h->field.n > 0 && (h->field.p[h->field.n - 1] == ' ' || h->field.p[h->field.n - 1] == '\t')) {
+    if (h->p.type == HTTP_REQUEST) { h->bad = "whitespace before a header's colon"; return -1; }
+    h->field.n--;
+  }
+  if (h->field.n == 0) { h->bad = "empty header name"; return -1; }
+  for (i = 0; i < h->field.n; i++) {
+    if (!tchar((unsigned char)h->field.p[i])) { h->bad = "invalid character in a header name"; return -1; }
     if (h->field.p[i] >= 'A' && h->field.p[i] <= 'Z') h->field.p[i] += 'a' - 'A';
+  }
   lua_getiuservalue(L, 1, 1);
   lua_pushlstring(L, h->field.p, h->field.n);
   lua_pushvalue(L, -1);
@@ -157,6 +179,7 @@ static void flush_header(lhttp *h) {
   }
   h->field.n = h->value.n = 0;
   h->in_value = 0;
+  return 0;
 }
 
 static int on_url(http_parser *p, const char *at, size_t n) {
@@ -176,7 +199,7 @@ static int on_status(http_parser *p, const char *at, size_t n) {
 static int on_field(http_parser *p, const char *at, size_t n) {
   lhttp *h = (lhttp *)p;
   if (h->head_done) return 0;
-  flush_header(h);
+  if (flush_header(h) < 0) return -1;
   return grow(h, &h->field, at, n);
 }
 
@@ -206,12 +229,35 @@ static int bodiless(const http_parser *p) {
          (p->status_code / 100 == 1 || p->status_code == 204 || p->status_code == 304);
 }
 
+/* Whether a request's Transfer-Encoding names a coding other than chunked
+** (RFC 9112 6.1: a server answers one it does not know with 501).
+** http_parser refuses a list that does not end in chunked, and takes one
+** that does as chunked alone: "gzip, chunked" gave the handler the bytes
+** still gzipped, as if they were the body. */
+static int unknown_coding(lhttp *h) {
+  lua_State *L = h->L;
+  size_t n, i = 0;
+  const char *te;
+  int other;
+  if (h->p.type != HTTP_REQUEST || !(h->p.flags & F_CHUNKED)) return 0;
+  lua_getiuservalue(L, 1, 1);
+  lua_getfield(L, -1, "transfer-encoding");
+  te = lua_tolstring(L, -1, &n);
+  if (te == NULL) { lua_pop(L, 2); return 0; }
+  while (i < n && (te[i] == ' ' || te[i] == '\t')) i++;
+  while (n > i && (te[n - 1] == ' ' || te[n - 1] == '\t')) n--;
+  other = n - i != 7 || strncasecmp(te + i, "chunked", 7) != 0;
+  lua_pop(L, 2);
+  return other;
+}
+
 static int on_head(http_parser *p) {
   lhttp *h = (lhttp *)p;
-  flush_header(h);
+  if (flush_header(h) < 0) return -1;
   h->head_done = 1;
   /* Only HTTP/1.x is spoken here: "HTTP/9.9" was answered as 1.1. */
   if (p->http_major != 1) { h->overflow = 505; return -1; }
+  if (unknown_coding(h)) { h->overflow = 501; return -1; }
   if (bodiless(p)) return 1;
   /* A body said to be longer than the limit is refused now (413), not once
   ** it has come, or when its sender gives up waiting for an answer. */
@@ -269,7 +315,8 @@ static int fail(lua_State *L, const char *why, int status) {
 static int overflowed(lua_State *L, const lhttp *h) {
   int req = h->p.type == HTTP_REQUEST;
   return fail(L, h->overflow == 431 ? (req ? "request head too large" : "response head too large") :
-                 h->overflow == 505 ? "HTTP version not supported: only 1.x" : "body too large",
+                 h->overflow == 505 ? "HTTP version not supported: only 1.x" :
+                 h->overflow == 501 ? "transfer coding not implemented: only chunked" : "body too large",
               h->overflow);
 }
 
@@ -279,6 +326,7 @@ static int l_feed(lua_State *L) {
   const char *s = luaL_checklstring(L, 2, &n);
   enum http_errno e;
   if (h->done) { lua_pushboolean(L, 1); lua_pushvalue(L, 2); return 2; }
+  if (h->bad) return fail(L, h->bad, 400);
   if (h->overflow) return overflowed(L, h);
   lua_settop(L, 2);
   h->L = L;
@@ -300,6 +348,7 @@ static int l_feed(lua_State *L) {
     used = http_parser_execute(&h->p, &settings, s, n);
   }
   h->L = NULL;
+  if (h->bad) return fail(L, h->bad, 400);
   if (h->done) {
     /* Paused in on_message_complete: execute counted the message's last
     ** byte, and what follows is the next message's. */
@@ -406,6 +455,7 @@ static int l_reset(lua_State *L) {
   empty_buffers(h, 0);
   h->seen = 0;
   h->overflow = h->in_value = h->head_done = h->done = 0;
+  h->bad = NULL;
   lua_newtable(L);
   lua_setiuservalue(L, 1, 1);
   lua_newtable(L);
@@ -463,12 +513,6 @@ static int herror(lua_State *L, const char *fmt, ...) {
   lua_pushvfstring(L, fmt, ap);
   va_end(ap);
   return lua_error(L);
-}
-
-/* A token's characters (RFC 9110 5.6.2): a header's name is one. */
-static int tchar(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
 }
 
 /* The value at idx as a message shows it: a string quoted, else tostring. */
