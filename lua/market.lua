@@ -415,12 +415,27 @@ local function kept(ctx, level, name)
   return g and g[name], g
 end
 
+-- h[field], endpoint name's handler: nil or false (none, or refused) or a
+-- function (or what has a __call).  Anything else was put in the table
+-- after the endpoint was added (its constructor checked it then): the
+-- process ends saying so, not with Lua's "attempt to call a string value"
+-- in this file.
+local function handler(h, field, name)
+  local fn = h[field]
+  local mt = fn and type(fn) ~= "function" and getmetatable(fn)
+  if fn and type(fn) ~= "function" and not (type(mt) == "table" and mt.__call) then
+    error(("handler %s of endpoint %q is not a function (nor false), got a %s")
+          :format(field, tostring(name), type(fn)), 0)
+  end
+  return fn
+end
+
 -- Run the handler for one event; false when no handler wants it.
 local function dispatch(ctx, kind, a, b, c, d, e, f, g)
   if kind == MESSAGE then
     local eps = b == 0 and ctx or handlers_at(ctx, b)    -- (handlers_at, without its call)
     local h = eps and eps[a]
-    local fn = h and h.on_message
+    local fn = h and handler(h, "on_message", a)
     if not fn then return fn == false end    -- false: refused, never kept
     apply(ctx, fn(ctx[STATE], c, a))
     return true
@@ -430,7 +445,8 @@ local function dispatch(ctx, kind, a, b, c, d, e, f, g)
     -- market.yield() never sees one (it would pile up in wait_for's
     -- backlog, a timer.sleep at a time).
     local k = kept(ctx, b, a)
-    if k then apply(ctx, k.h.on_absence(ctx[STATE], role(c, d, e), f, a, true)) end
+    local fn = k and handler(k.h, "on_absence", a)
+    if fn then apply(ctx, fn(ctx[STATE], role(c, d, e), f, a, true)) end
     return true
   elseif kind == DELETED then
     local k, level = kept(ctx, b, a)
@@ -444,11 +460,13 @@ local function dispatch(ctx, kind, a, b, c, d, e, f, g)
     local h = eps and eps[a]
     if not h then return true end          -- endpoint gone: nobody to tell
     if kind == PRESENCE then
-      if not h.on_presence then return h.on_presence == false end
-      apply(ctx, h.on_presence(ctx[STATE], role(c, d, e), a))
+      local fn = handler(h, "on_presence", a)
+      if not fn then return fn == false end
+      apply(ctx, fn(ctx[STATE], role(c, d, e), a))
     else
-      if not h.on_absence then return h.on_absence == false end
-      apply(ctx, h.on_absence(ctx[STATE], role(c, d, e), f, a))
+      local fn = handler(h, "on_absence", a)
+      if not fn then return fn == false end
+      apply(ctx, fn(ctx[STATE], role(c, d, e), f, a))
     end
     return true
   elseif kind == SPAWNED or kind == RESUME then

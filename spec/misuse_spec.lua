@@ -617,7 +617,7 @@ describe("a process that ends where it cannot be suspended", function()
 end)
 
 describe("misuse inside a process ends that process only, with the error as reason", function()
-  local function victim_reason(bad)
+  local function victim_reason(bad, extra)
     local log = H.log()
     H.ground(function()
       H.step(market.spawn(function()
@@ -625,7 +625,7 @@ describe("misuse inside a process ends that process only, with the error as reas
       end))
       H.step(market.spawn(function()
         return T(0, market.publisher({ "victim", 1 }),
-                 market.subscriber("go", { on_message = bad }))
+                 market.subscriber("go", { on_message = bad }), extra)
       end))
       H.step(market.spawn(function()
         return T(0, market.subscriber("go", { on_message = function() log("other runs") end }))
@@ -653,6 +653,18 @@ describe("misuse inside a process ends that process only, with the error as reas
                  victim_reason(function(s)
                    return T(s, market.at_meta_level(market.subscriber("x", "up")))
                  end))
+  end)
+
+  -- The constructor checks a handler; the table is read at each event, so
+  -- one replaced later was called as it was: "attempt to call a string
+  -- value", in market.lua's dispatch.
+  it("a handler replaced after its endpoint was added by what is not a function", function()
+    local h = { name = "again", on_message = function() end }
+    assert.equal('handler on_message of endpoint "again" is not a function (nor false), got a string',
+                 victim_reason(function(s)
+                   h.on_message = "oops"
+                   return T(s, market.send("again"))
+                 end, market.subscriber("again", h)))
   end)
 
   it("coroutine.yield() instead of market.yield()", function()
