@@ -450,6 +450,11 @@ end
 -- socket can hear no more (closed: "closed").
 function Sock:receivefrom(ms)
   mine(self, "receivefrom")
+  -- (checked here, at the caller's line: wait_until's error named this file)
+  if ms ~= nil and not (type(ms) == "number" and ms >= 0) then
+    error(("udp.socket:receivefrom: the timeout must be a number of milliseconds >= 0 (or nil: " ..
+           "none), got %s"):format(mtype(ms) and tostring(ms) or type(ms)), 2)
+  end
   if self.qfirst > self.qlast and self.closed == OPEN then
     local ok, err = market.wait_until(self.arrived, ms)
     if not ok then return nil, err end

@@ -710,9 +710,12 @@ local function parse_url(url, schemes)
   target = target:gsub("#.*$", "")
   if target == "" then target = "/" elseif target:sub(1, 1) == "?" then target = "/" .. target end
   if authority:find("@", 1, true) then return nil, "user information in a URL is not supported: " .. url end
-  local host, port = authority:match("^%[([^%]]+)%]:?(%d*)$")
-  if not host then host, port = authority:match("^([^:]*):?(%d*)$") end
-  if not host or host == "" then return nil, "no host in " .. url end
+  local host, after = authority:match("^%[([^%]]+)%](.*)$")
+  if not host then host, after = authority:match("^([^:]*)(.*)$") end
+  if host == "" then return nil, "no host in " .. url end
+  if host:find("[%s%c]") then return nil, "a space or control character in " .. url end
+  local port = after == "" and "" or after:match("^:(%d*)$")   -- (":-1", ":abc" were "no host")
+  if not port then return nil, "bad port in " .. url end
   port = port == "" and (secure and 443 or 80) or math.tointeger(tonumber(port))
   if not port or port < 1 or port > 65535 then return nil, "bad port in " .. url end
   if target:find("[%s%c]") then return nil, "a space or control character in " .. url end

@@ -257,6 +257,12 @@ static int on_head(http_parser *p) {
   h->head_done = 1;
   /* Only HTTP/1.x is spoken here: "HTTP/9.9" was answered as 1.1. */
   if (p->http_major != 1) { h->overflow = 505; return -1; }
+  /* RFC 9110 15: a status is 100 to 599 (http_parser takes any three
+  ** digits: "000" was a status 0). */
+  if (p->type == HTTP_RESPONSE && (p->status_code < 100 || p->status_code > 599)) {
+    h->bad = "a status outside 100..599";
+    return -1;
+  }
   if (unknown_coding(h)) { h->overflow = 501; return -1; }
   if (bodiless(p)) return 1;
   /* A body said to be longer than the limit is refused now (413), not once

@@ -771,7 +771,17 @@ describe("http.serve and http.request", function()
         conn:send("HTTP/1.1 200 OK\r\nX-Long: " .. ("h"):rep(90000) .. "\r\n\r\n")
       end))
       out[11] = select(2, http.request("http://127.0.0.1:" .. long.port .. "/"))
-      mute:close(); junk:close(); big:close(); cut:close(); two:close(); long:close()
+      -- (Each of these three said "no host in"; a space went to the resolver.)
+      out[12] = select(2, http.request("http://127.0.0.1:-1/"))
+      out[13] = select(2, http.request("http://[::1]80/"))
+      out[14] = select(2, http.request("http://127.0.0.1 /"))
+      -- (It was status 0.)
+      local zero = assert(tcp.serve(0, function(conn)
+        conn:receive()
+        conn:send("HTTP/1.1 000 OK\r\nContent-Length: 0\r\n\r\n")
+      end))
+      out[15] = select(2, http.request("http://127.0.0.1:" .. zero.port .. "/"))
+      mute:close(); junk:close(); big:close(); cut:close(); two:close(); long:close(); zero:close()
       return out
     end)
     assert.same({ "connection refused",
@@ -786,6 +796,9 @@ describe("http.serve and http.request", function()
     assert.equal("malformed response: HTTP version not supported: only 1.x", got[10])
     -- (A response's head was called a request's.)
     assert.equal("response too large: response head too large", got[11])
+    assert.same({ "bad port in http://127.0.0.1:-1/", "bad port in http://[::1]80/",
+                  "a space or control character in http://127.0.0.1 /",
+                  "malformed response: a status outside 100..599" }, { table.unpack(got, 12, 15) })
   end)
 
   it("bounds a response's body by max_response, and its head by 80 KiB alone", function()

@@ -130,6 +130,8 @@ describe("udp.open", function()
       try(function() a:sendto(1, "127.0.0.1", 9) end)
       try(function() a:sendto("x", "127.0.0.1", "9") end)
       try(function() a.receivefrom(5) end)
+      -- (wait_until's error, which named market.udp's line)
+      try(function() a:receivefrom(-1) end)
       -- A pattern binds nothing: udp.open waited for ever.
       try(function() udp.open(udp.listener(market._)) end)
       try(function() udp.open(udp.handle({ "conn", market._ })) end)
@@ -151,6 +153,8 @@ describe("udp.open", function()
       "false udp.socket:sendto: data must be a string, got number",
       "false udp.socket:sendto: want a host (a string) and a port (an integer), got string and string",
       "false udp.socket:receivefrom: not a socket (call it as sock:receivefrom(...))",
+      "false udp.socket:receivefrom: the timeout must be a number of milliseconds >= 0 (or nil: " ..
+        "none), got -1",
       "false udp.open: udp-listener(_) is a pattern (it holds the wildcard), which binds no socket",
       'false udp.open: udp-handle(["conn", _]) is a pattern (it holds the wildcard), which binds no socket',
       "false udp.open: udp-listener(_) is a pattern (it holds the wildcard), which binds no socket",
