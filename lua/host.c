@@ -354,6 +354,7 @@ static int panicf(lua_State *L) {
 static void warnf(void *ud, const char *msg, int tocont) {
   mk_host *h = ud;
   size_t n = strlen(msg);
+  int control;
   char *w = realloc(h->warning, h->warnlen + n + 1);
   if (w != NULL) {
     memcpy(w + h->warnlen, msg, n + 1);
@@ -362,16 +363,21 @@ static void warnf(void *ud, const char *msg, int tocont) {
   }
   h->warnpieces++;
   if (tocont) return;
-  if (h->warning != NULL && h->on_warning != NULL && !h->freeing &&
-      !(h->warnpieces == 1 && h->warning[0] == '@')) {    /* a control message */
-    native_depth++;
-    h->on_warning(h, h->warning, h->warning_ud);
-    native_depth--;
-  }
-  free(h->warning);
+  /* The line is taken out of h before the callback runs: a warning raised
+  ** inside it (lua_warning on mk_host_lua, a finalizer that warns) came
+  ** here again, appended to the same buffer and freed it, while the outer
+  ** callback still read its message. */
+  w = h->warning;
+  control = h->warnpieces == 1 && w != NULL && w[0] == '@';
   h->warning = NULL;
   h->warnlen = 0;
   h->warnpieces = 0;
+  if (w != NULL && h->on_warning != NULL && !h->freeing && !control) {
+    native_depth++;
+    h->on_warning(h, w, h->warning_ud);
+    native_depth--;
+  }
+  free(w);
 }
 
 void mk_host_on_warning(mk_host *h, mk_warning_fn fn, void *ud) {

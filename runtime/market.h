@@ -321,7 +321,10 @@ char *mk_crash_format(const mk_crash *crash);
 ** text") and its level; fn NULL: lines go to stderr (the default).  A
 ** sink set from Lua (market.log.sink) comes first.
 ** mk_host_set_log_level: MK_OK, or MK_EINVAL for a level out of range.
-** mk_host_log: log `message` as the host's (no process), MK_OK.
+** mk_host_log: log `message`, MK_OK: as the host's (no process), or,
+** called while a Lua process runs (from a C function it called, or a
+** warning callback during its activation), as that process's; so the
+** interpreter's warning callback names the process that warned.
 ** mk_log_level_parse: the level a name stands for, or -1;
 ** mk_log_level_name: the name of a level ("?" for none).
 */

@@ -914,6 +914,28 @@ static void warnings(void) {
   mk_host_free(h);
 }
 
+/* A warning raised inside the warning callback (a function of the host's
+** called there, lua_warning on its state, a finalizer that warns) came to
+** the same buffer: the inner line was the outer's with its own appended,
+** and the outer callback's message was freed under it (ASan: a use after
+** free; the plain build printed garbage). */
+static int warn_depth;
+static void on_warning_nested(mk_host *h, const char *message, void *ud) {
+  logf_("warning %d [%s]", warn_depth, message);
+  if (warn_depth++ == 0) {
+    lua_warning(mk_host_lua(h), "inner", 0);
+    logf_("outer still [%s]", message);
+  }
+  warn_depth--;
+}
+static void warnings_nested(void) {
+  mk_host *h = newhost();
+  mk_host_on_warning(h, on_warning_nested, NULL);
+  lua_warning(mk_host_lua(h), "outer", 0);
+  CHECK(strcmp(logbuf, "warning 0 [outer]\nwarning 1 [inner]\nouter still [outer]\n") == 0);
+  mk_host_free(h);
+}
+
 /* The log (mk_host_on_log): lines from Lua and from the host, with their
 ** level and prefix, up to the threshold. */
 static void on_log(mk_host *h, int level, const char *line, void *ud) {
@@ -944,6 +966,28 @@ static void logging(void) {
   CHECK(n == 2);
   CHECK(strcmp(logbuf, "log info [info ground #1 logger: hello there]\n"
                        "log error [error -: from the host]\n") == 0);
+  mk_host_free(h);
+}
+
+/* mk_host_log from a C function a Lua process calls is that process's (as
+** the interpreter's warning callback relies on), and the host's outside. */
+static mk_host *log_host;
+static int l_hostlog(lua_State *L) {
+  (void)L;
+  mk_host_log(log_host, MK_LOG_ERROR, "by the host");
+  return 0;
+}
+static void logging_host_in_process(void) {
+  int n = 0;
+  mk_host *h = log_host = newhost();
+  mk_host_on_log(h, on_log, &n);
+  lua_register(mk_host_lua(h), "hostlog", l_hostlog);
+  mk_host_spawn_string(h, "hostlog()", "some-process", 0, NULL);
+  CHECK(mk_host_run(h) == MK_OK);
+  l_hostlog(NULL);
+  CHECK(n == 2);
+  CHECK(strcmp(logbuf, "log error [error ground #1 some-process: by the host]\n"
+                       "log error [error -: by the host]\n") == 0);
   mk_host_free(h);
 }
 
@@ -1855,7 +1899,9 @@ int main(void) {
   RUN(trace_opts);
   RUN(trace_file_kept);
   RUN(warnings);
+  RUN(warnings_nested);
   RUN(logging);
+  RUN(logging_host_in_process);
   RUN(deep_lua);
   RUN(stop_on_signals);
   RUN(stop_two_hosts);
