@@ -704,12 +704,18 @@ local function boot(cfg)
     -- several activations, and what it announces meanwhile follows the
     -- parts before it: the node's add, del and heartbeat are held from
     -- part 1 on (n.held, at most max_roles of them) and taken after the
-    -- hello (snapshot).
+    -- hello (snapshot).  A set that is not whole within lost_after_ms of
+    -- its part 1 (its last part lost, or never sent: any NATS client may
+    -- publish a part 1 in a node's name) is given up by tick: what it held
+    -- is taken, and a heartbeat's gap asks for a snapshot.  Held for ever,
+    -- the node's adds, dels and heartbeats were never taken, and nothing
+    -- asked for a snapshot again.
     local function part_of(kind)
       return function(m, name, n)
         local pseq, k, count, list = m[5], m[6], m[7], m[8]
         if k == 1 then
-          n.parts = { kind = kind, seq = pseq, count = count, got = 0, list = {} }
+          n.parts = { kind = kind, seq = pseq, count = count, got = 0, list = {},
+                      since = arrived or clock() }
           n.held = n.held or {}
         end
         local p = n.parts
@@ -802,7 +808,13 @@ local function boot(cfg)
       -- A node heard of first through anything but its roles is asked
       -- for them (add, del and heartbeat would ask too).
       if n.seq == nil and not ROLES[m[2]] then want_snapshot(name, n) end
+      -- A whole hello or snapshot describes all of the node's roles: a set
+      -- of parts still coming is given up for it, and what it held is
+      -- taken after it.
+      local whole = (m[2] == "hello" or m[2] == "snapshot") and n.parts ~= nil
+      if whole then n.parts = nil end
       handle[m[2]](m, name, n)
+      if whole then replay(name, n) end
     end
 
     local function hello()
@@ -880,6 +892,10 @@ local function boot(cfg)
       for name, n in pairs(nodes) do
         n.heard = math.max(n.heard, conn:heard(name) or n.heard)
         if now - n.heard > cfg.lost_after_ms then late[#late + 1] = name end
+        if n.parts and now - n.parts.since > cfg.lost_after_ms then   -- (part_of)
+          n.parts = nil
+          replay(name, n)
+        end
       end
       table.sort(late)
       for _i, name in ipairs(late) do

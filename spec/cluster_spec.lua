@@ -1627,6 +1627,37 @@ end))]]):gsub("URL", ("%q"):format(srv.url)), "--quiet")
     z:close()
   end)
 
+  it("gives up a hello in parts whose last part does not come, and asks for a snapshot", function()
+    -- The node's adds, dels and heartbeats are held from part 1 on: with
+    -- the last part lost (or a part 1 forged in its name, which any NATS
+    -- client may publish), they were held for ever and nothing asked for
+    -- a snapshot, so its roles froze as they were.
+    local market = require "market"
+    local a, z = by_hand(S.server())
+    local function say(subject, ...) assert(z:publish(subject, market.to_cbor({ 2, ... }))) end
+    assert(S.wait(function() return z:next() == "message" end, 10), "nothing from a")
+    say("market.spec.all", "hello-part", "z", 42, 1, 1, 2, { pub(1, "one") })   -- 2 of 2 never comes
+    say("market.spec.all", "add", "z", 42, 2, 2, "publisher", "participant", { "p", "two" })
+    -- z's heartbeats keep it known; a asks once it gives the parts up
+    -- (lost_after_ms, 2 s, after part 1).
+    local asked, beats = false, 0
+    assert(S.wait(function()
+      beats = beats + 1
+      if beats % 4 == 0 then say("market.spec.all", "heartbeat", "z", 42, 2) end
+      repeat
+        local ev, subject, data = z:next()
+        local m = ev == "message" and subject == "market.spec.node.z" and market.from_cbor(data)
+        asked = asked or (m and m[2] == "want" and m[3] == "a")
+      until not ev
+      return asked
+    end, 10), "a never asked z for a snapshot")
+    say("market.spec.node.a", "snapshot", "z", 42, 2, { pub(1, "one"), pub(2, "two") })
+    a.wait('a presence publisher/participant market-cluster(["p", "two"])')
+    assert.truthy(a.has('a presence publisher/participant market-cluster(["p", "one"])'))
+    assert.is_false(a.has("node z lost"))
+    z:close()
+  end)
+
   it("ends a node's stand-ins in the order they were made, not by id", function()
     -- A snapshot's leftovers and a forgotten node's roles are walked in
     -- the order of their adds: never collected and sorted, which held the
