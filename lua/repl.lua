@@ -67,10 +67,10 @@ local function show(...)
 end
 
 -- Compile a chunk as lua(1) does: an expression first (its values are
--- printed), else statements.  nil, "incomplete" when more lines may
--- finish it.
-local function compile(text, env)
-  local f = load("return " .. text, "=stdin", "t", env)
+-- printed), if it is one line, else statements.  nil, "incomplete" when
+-- more lines may finish it.
+local function compile(text, env, first)
+  local f = first and load("return " .. text, "=stdin", "t", env)
   if f then return f end
   local err
   f, err = load(text, "=stdin", "t", env)
@@ -113,9 +113,14 @@ function M.boot(drain_ms)
     ps = function() return require("market.inspect").ps() end,   -- the processes, as rows
   }, { __index = _G })
   local results, chunks = {}, 0
-  -- Bytes read, from `at` on not yet taken as lines; the chunk so far.
-  local pending, at, text = "", 1, nil
+  -- Bytes read, from `at` on not yet taken as lines; the pieces of a line
+  -- longer than one read, before them (joined once its end comes: each
+  -- read appended to the rest copied and searched it all again, and an
+  -- 8 MB line took 4 s); the chunk so far.
+  local pending, at, long, text = "", 1, {}, nil
   local eof, interrupts = false, 0
+  -- When the prompt last let the VM run (line, below).
+  local ran = monotonic()
 
   P(subscriber(finished(_), "finished"),
     subscriber(signal(SIGINT), "sigint"),
@@ -132,7 +137,13 @@ function M.boot(drain_ms)
 
   -- The next line of input, nil at its end.  Reads only while it waits
   -- here: a readable descriptor nobody reads would fire at every turn.
+  -- Lines already read are taken in turn without a wait, and a chunk of
+  -- thousands of them, compiled again at each (as lua(1) does), ran in one
+  -- activation past the prompt's budget, which ended the program: past
+  -- SLICE ms, the VM runs first.
+  local SLICE = 100
   local function line()
+    if monotonic() - ran > SLICE then market.pause(); ran = monotonic() end
     while true do
       local nl = find(pending, "\n", at, true)
       if nl then
@@ -142,6 +153,7 @@ function M.boot(drain_ms)
       end
       pending, at = sub(pending, at), 1
       if eof then
+        if #long > 0 then long[#long + 1] = pending; pending = concat(long); long = {} end
         if pending ~= "" then local l = pending; pending = ""; return l end
         return nil
       end
@@ -149,10 +161,20 @@ function M.boot(drain_ms)
       local kind, why
       repeat kind, why = what(yield()) until kind and kind ~= "finished"
       P(delete_endpoint("stdin"))
+      ran = monotonic()
       if kind ~= "stdin" and kind ~= "unwatched" then return nil, kind end
       local data, err
       if kind == "stdin" then data, err = sys.fd_read(0) else err = tostring(why) end
-      if data then
+      if data and not find(data, "\n", 1, true) then
+        if pending ~= "" then long[#long + 1] = pending end
+        long[#long + 1] = data
+        pending = ""
+      elseif data and #long > 0 then
+        long[#long + 1] = pending
+        long[#long + 1] = data
+        pending = concat(long)
+        long = {}
+      elseif data then
         pending = pending .. data
       elseif data == nil then       -- the end, or an error: the end too
         if err ~= "eof" then fwrite(stderr, "market: standard input: ", err, "\n") end
@@ -246,8 +268,9 @@ function M.boot(drain_ms)
       stop()
     else
       interrupts = 0
+      local first = text == nil
       text = text and text .. "\n" .. l or l
-      local f, err = compile(text, env)
+      local f, err = compile(text, env, first)
       if f then
         text = nil
         if run(f) == "sigterm" then write("\n") stop() end

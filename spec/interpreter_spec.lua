@@ -485,6 +485,21 @@ describe("market -i", function()
     assert.matches("\nmarket: ground #%d+ stdin:2 failed: stdin:1: no text\n", err)
   end)
 
+  -- Lines already read were taken in one activation, each compiling the
+  -- chunk so far again: a chunk of 6,000 lines passed the prompt's budget,
+  -- which failed it and ended the program (status 1).  A line longer than
+  -- a read was appended to and searched again at each read.
+  it("takes a chunk of thousands of lines, and a line of megabytes, from a pipe", function()
+    local input = H.tempfile("t = {\n" .. ("1,\n"):rep(6000) .. "}\n#t\n" ..
+                             "s = '" .. ("a"):rep(3000000) .. "'\n#s\n")
+    local status, out, err = H.sh(("timeout -k 5 60 %s -i < %s"):format(H.quote(H.market_bin()),
+                                                                       H.quote(input)))
+    os.remove(input)
+    assert.equal(0, status, err)
+    assert.equal("", err)
+    assert.matches("> 6000\n> > 3000000\n> \n$", out)
+  end)
+
   -- A chunk that sends the prompt's own record for its end before its
   -- values are made: the prompt wrote nil and failed, and the program ended.
   it("is not ended by a chunk that forges the record of its end", function()
