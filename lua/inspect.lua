@@ -760,6 +760,9 @@ end
 -- nothing to fetch, or no whole answer within CLI_TIMEOUT_MS (a port that
 -- takes the connection and says nothing, an inspector stopped with
 -- SIGSTOP: the connect alone would wait forever).
+-- The most of an answer M.cli reads.
+local CLI_MAX = 64 << 20
+
 function M.cli(addr)
   local host, port = M.parse_address(addr)
   local failed = false
@@ -769,10 +772,14 @@ function M.cli(addr)
     io.stderr:write("market inspect: ", why, "\n")
     return T(market.exit(status or 1))
   end
-  -- A bad address is a usage error, as it is for --inspect.
+  -- A bad address is a usage error, as it is for --inspect; so is port 0,
+  -- which a listener may take but nothing can be reached at.
   if not host then return fail(port .. " (try market --help)", 2) end
+  if port == 0 then return fail(("bad address %q: a client needs a PORT 1..65535 (try market --help)"):format(addr), 2) end
   local a, h = tcp.address(host, port), tcp.handle("market-inspect")
-  local parser = http.response(1 << 30)
+  -- (An inspector's snapshot is bounded; 1 GiB, before, let any server
+  -- that answered make the client hold that much.)
+  local parser = http.response(CLI_MAX)
   local where = host_port(host, port)
   local function got(data)
     local done, why = parser:feed(data)

@@ -509,7 +509,8 @@ describe("market inspect HOST:PORT", function()
   end)
 
   it("takes a bad address as a usage error: the message and status 2, as --inspect does", function()
-    for _, addr in ipairs { "99999", "127.0.0.1:", "[::1" } do
+    -- (port 0 passed, and the client failed at the connect with status 1)
+    for _, addr in ipairs { "99999", "127.0.0.1:", "[::1", "0", "127.0.0.1:0" } do
       local out, status = capture(("%s inspect '%s'"):format(q(N.market_bin()), addr), 10)
       assert.equal(2, status, addr)
       assert.truthy(out:find('^market inspect: bad address "' .. addr:gsub("%p", "%%%0") ..
