@@ -57,6 +57,9 @@ M.MAX_PROCESSES = 1000
 -- users made 90,000, an 8.7 MB snapshot that took a second to build, and
 -- a page's pushes held the whole program that long every second.
 M.MAX_CONVERSATIONS = 5000
+-- ... and endpoints: one process of 150,000 made a snapshot of 20 MB,
+-- which no request finished within the activation budget.
+M.MAX_ENDPOINTS = 20000
 -- Pages and requests within this many ms of a snapshot get that one's
 -- text: however many pages are open, the program builds at most two
 -- snapshots a second for them (each page had its own, every PUSH_MS).
@@ -192,7 +195,8 @@ local detail = market.inspect_detail
 -- ---- snapshots for the page -----------------------------------------------
 
 local function snapshot(extra)
-  local s = market.snapshot { max_processes = M.MAX_PROCESSES, max_conversations = M.MAX_CONVERSATIONS }
+  local s = market.snapshot { max_processes = M.MAX_PROCESSES, max_conversations = M.MAX_CONVERSATIONS,
+                              max_endpoints = M.MAX_ENDPOINTS }
   s.inspector = extra
   return s
 end
@@ -252,7 +256,8 @@ end
 -- conversations left out), or nil.
 local function vm_of(q)
   local path = query_vm(q)
-  return path, find_vm(market.snapshot { max_processes = M.MAX_PROCESSES, max_conversations = 1 }.vm, path)
+  return path, find_vm(market.snapshot { max_processes = M.MAX_PROCESSES, max_conversations = 1,
+                                         max_endpoints = M.MAX_ENDPOINTS }.vm, path)
 end
 
 -- /api/process/PID: the process as the snapshot has it and its recent events.
@@ -730,7 +735,8 @@ local function print_tree(snap, write)
       end
       write(("%-12s %6d  %-22s %-9s %6d %6s %4d %4d  %s\n"):format(
         cut(vm.path, 12), p.pid, cut(p.name or "-", 22), cut(p.kind, 9), p.queued or 0,
-        p.activations and tostring(p.activations) or "-", #(p.endpoints or {}),
+        p.activations and tostring(p.activations) or "-",
+        #(p.endpoints or {}) + (math.type(p.endpoints_omitted) == "integer" and p.endpoints_omitted or 0),
         convs[p.pid] or 0, table.concat(topics, " ")))
       if p.vm then vm_rows(p.vm) end
     end
@@ -986,7 +992,7 @@ function render() {
       const sel = selected && selected.type === "p" && selected.vm === vm.path && selected.pid === p.pid;
       procRows.push(`<tr class="proc${sel ? " selected" : ""}" data-vm="${esc(vm.path)}" data-pid="${p.pid}" data-name="${esc(p.name || "")}">` +
         `<td class="n mono" style="padding-left:${10 + depth * 18}px">${p.pid}</td><td>${esc(p.name || "-")}</td><td class="kind">${esc(p.kind)}</td>` +
-        `<td>${eps || '<span class="dim">none</span>'}</td><td class="n">${p.queued}</td><td class="n">${dash(p.activations)}</td>` +
+        `<td>${eps || '<span class="dim">none</span>'}${p.endpoints_omitted ? ` <span class="dim">${p.endpoints_omitted} more not shown</span>` : ""}</td><td class="n">${p.queued}</td><td class="n">${dash(p.activations)}</td>` +
         `<td class="n">${p.cpu_ms === undefined ? "-" : Number(p.cpu_ms).toFixed(1)}</td><td class="n">${bytes(p.memory)}</td></tr>`);
       const where = esc(vm.path + " #" + p.pid);
       if (/^tcp-listener /.test(p.name || "")) resRows.push([`listener ${esc(p.name.slice(13))}`, where, "-", "-", "-", text]);
@@ -1058,7 +1064,7 @@ function showDetail() {
     if (sel.type === "p") {
       const p = d.process;
       $("dtitle").textContent = p ? `process ${d.vm} #${d.pid} ${p.name || ""} (${p.kind})` : `process ${d.vm} #${d.pid}: gone`;
-      head = p ? `<p class="dim">${(p.endpoints || []).length} endpoints, ${p.queued} queued, ${dash(p.activations)} activations</p>` : "";
+      head = p ? `<p class="dim">${(p.endpoints || []).length + (p.endpoints_omitted || 0)} endpoints, ${p.queued} queued, ${dash(p.activations)} activations</p>` : "";
     } else {
       $("dtitle").textContent = `conversation #${d.publisher.pid} ${d.publisher.process || ""}:${d.publisher.endpoint} → #${d.subscriber.pid} ${d.subscriber.process || ""}:${d.subscriber.endpoint}`;
       head = `<p class="topic">${esc(term(d.publisher.topic))} ⟷ ${esc(term(d.subscriber.topic))}</p>`;

@@ -66,6 +66,7 @@ static void pushvm(lua_State *L, const mk_snap_vm *s) {
       lua_rawseti(L, -2, (lua_Integer)k + 1);
     }
     lua_setfield(L, -2, "endpoints");
+    if (p->endpoints_omitted > 0) setint(L, "endpoints_omitted", (lua_Integer)p->endpoints_omitted);
     if (p->vm != NULL) {
       pushvm(L, p->vm);
       lua_setfield(L, -2, "vm");
@@ -104,21 +105,25 @@ static lua_Integer positive(lua_State *L, const char *field) {
   return n;
 }
 
-/* core.snapshot([{max_processes = n, max_conversations = m}]) -> {time =,
-** memory =, vm =, drivers =} (docs/inspect.md); with n, at most n
-** processes (mk_vm_snapshot_limits), and each driver's inspect(n) lists
-** as much; with m, at most m conversations. */
+/* core.snapshot([{max_processes = n, max_conversations = m,
+** max_endpoints = e}]) -> {time =, memory =, vm =, drivers =}
+** (docs/inspect.md); with n, at most n processes (mk_vm_snapshot_bounded),
+** and each driver's inspect(n) lists as much; with m, at most m
+** conversations; with e, at most e endpoints. */
 static int c_snapshot(lua_State *L) {
   mk_ground *g = mkl_ground(L);
   mk_snap_vm *s, **box;
-  lua_Integer max = 0, maxconvs = 0;
+  lua_Integer max = 0, maxconvs = 0, maxeps = 0;
   int i;
   if (!lua_isnoneornil(L, 1)) {
-    static const char *const fields[] = { "max_processes", "max_conversations", NULL };
+    static const char *const fields[] = { "max_processes", "max_conversations", "max_endpoints",
+                                          NULL };
     luaL_checktype(L, 1, LUA_TTABLE);
-    mkl_only_fields(L, "market.snapshot", fields, "max_processes, max_conversations");
+    mkl_only_fields(L, "market.snapshot", fields,
+                    "max_processes, max_conversations, max_endpoints");
     max = positive(L, "max_processes");
     maxconvs = positive(L, "max_conversations");
+    maxeps = positive(L, "max_endpoints");
     lua_settop(L, 0);
   }
   if (g == NULL) return luaL_error(L, "market.snapshot: no ground VM is running");
@@ -130,7 +135,7 @@ static int c_snapshot(lua_State *L) {
   setint(L, "used", (lua_Integer)mk_pool_used());
   if (mk_pool_limit() != 0) setint(L, "limit", (lua_Integer)mk_pool_limit());
   lua_setfield(L, -2, "memory");
-  s = mk_vm_snapshot_limits(mk_ground_vm(g), (size_t)max, (size_t)maxconvs);
+  s = mk_vm_snapshot_bounded(mk_ground_vm(g), (size_t)max, (size_t)maxconvs, (size_t)maxeps);
   /* Making the tables may raise (out of memory): s is held meanwhile by a
   ** userdata whose __gc frees it. */
   box = lua_newuserdatauv(L, sizeof s, 0);

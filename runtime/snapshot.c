@@ -21,11 +21,13 @@ static void *grow(void *a, size_t n, size_t *cap, size_t size) {
 typedef struct epcopy {
   mk_snap_proc *sp;
   size_t cap;
+  size_t max;                /* endpoints it may list; the rest are counted */
 } epcopy;
 
 static void copy_endpoint(void *ud, const char *name, int level, const mk_role *role) {
   epcopy *c = ud;
   mk_snap_endpoint *e;
+  if (c->sp->nendpoints == c->max) { c->sp->endpoints_omitted++; return; }
   c->sp->endpoints = grow(c->sp->endpoints, c->sp->nendpoints, &c->cap, sizeof *e);
   e = &c->sp->endpoints[c->sp->nendpoints++];
   e->name = mkI_xstrdup(name);
@@ -67,6 +69,7 @@ typedef struct convctx {
   size_t nrefs;
   const epref *pub;
   size_t *left;              /* conversations the snapshot may still list */
+  const size_t *listed;      /* per listed process, how many of its endpoints are */
 } convctx;
 
 static int by_position(const void *a, const void *b) {
@@ -89,7 +92,9 @@ static int on_match(mk_ilink *link, void *ud) {
   key.e = q;
   r = bsearch(&key, c->refs, c->nrefs, sizeof key, by_address);
   if (r == NULL) return 0;            /* a lifeline, a link, a dead one */
-  if (*c->left == 0) {
+  /* a side not listed (its process's endpoints bounded) leaves it out too */
+  if (*c->left == 0 || r->endpoint >= c->listed[r->proc] ||
+      c->pub->endpoint >= c->listed[c->pub->proc]) {
     c->s->convs_omitted++;
     return 0;
   }
@@ -105,13 +110,20 @@ static int on_match(mk_ilink *link, void *ud) {
   return 0;
 }
 
-/* How many more processes and conversations the snapshot may list
-** (SIZE_MAX: all). */
-typedef struct budget { size_t procs, convs; } budget;
+/* How many more processes, conversations and endpoints the snapshot may
+** list (SIZE_MAX: all), and endpoints of any one process. */
+typedef struct budget { size_t procs, convs, eps, eps_each; } budget;
 
 static void snap_vm(mk_vm *vm, mk_snap_vm *s, budget *left);
 
-static void snap_proc(mk_proc *p, mk_snap_proc *sp, budget *left) {
+static void count_endpoint(void *ud, const char *name, int level, const mk_role *role) {
+  (void)name; (void)level; (void)role;
+  (*(size_t *)ud)++;
+}
+
+/* p's listing, with at most max_eps of its endpoints (those first in
+** mk_proc_each_endpoint's order). */
+static void snap_proc(mk_proc *p, mk_snap_proc *sp, size_t max_eps, budget *left) {
   epcopy c;
   memset(sp, 0, sizeof *sp);
   sp->pid = p->pid;
@@ -121,6 +133,7 @@ static void snap_proc(mk_proc *p, mk_snap_proc *sp, budget *left) {
   sp->activations = p->b->activations ? (int64_t)p->b->activations(p) : -1;
   c.sp = sp;
   c.cap = 0;
+  c.max = max_eps;
   mk_proc_each_endpoint(p, copy_endpoint, &c);
   if (mkI_detail_proc(p, &sp->cpu_ms, &sp->memory)) {
     const mk_endpoint *e;
@@ -139,7 +152,8 @@ static void snap_proc(mk_proc *p, mk_snap_proc *sp, budget *left) {
 /* The conversations of one VM: for each publisher endpoint, the subscribers
 ** the index matches it with (each pair once: only publishers ask), the
 ** publishers taken by their position. */
-static void snap_convs(mk_vm *vm, mk_snap_vm *s, mk_proc **procs, size_t *left) {
+static void snap_convs(mk_vm *vm, mk_snap_vm *s, mk_proc **procs, const size_t *listed,
+                       size_t *left) {
   size_t i, n = 0, cap = 0, npubs = 0;
   epref *refs = NULL, *pubs;
   convctx c;
@@ -167,6 +181,7 @@ static void snap_convs(mk_vm *vm, mk_snap_vm *s, mk_proc **procs, size_t *left) 
   c.refs = refs;
   c.nrefs = n;
   c.left = left;
+  c.listed = listed;
   for (i = 0; i < npubs; i++) {
     c.pub = &pubs[i];
     mk_index_match(vm->ix[MK_SUBSCRIBER], pubs[i].e->role.topic, on_match, &c);
@@ -179,7 +194,7 @@ static void snap_convs(mk_vm *vm, mk_snap_vm *s, mk_proc **procs, size_t *left) 
 static void snap_vm(mk_vm *vm, mk_snap_vm *s, budget *left) {
   mk_proc **procs;
   mk_qblock *b;
-  size_t i, n = 0, listed;
+  size_t i, n = 0, listed, *eps;
   memset(s, 0, sizeof *s);
   s->path = mkI_xstrdup(vm->path);
   s->detail = mk_vm_detail(vm);
@@ -200,20 +215,39 @@ static void snap_vm(mk_vm *vm, mk_snap_vm *s, budget *left) {
   s->omitted = n - listed;
   s->procs = mkI_xmalloc((listed ? listed : 1) * sizeof *s->procs);
   s->nprocs = listed;
+  /* How many endpoints each listed process lists: this VM's share of the
+  ** bound, in pid order, before its nested VMs take theirs (one process of
+  ** 150,000 endpoints made a snapshot no inspector request could finish
+  ** within the activation budget). */
+  eps = mkI_xmalloc((listed ? listed : 1) * sizeof *eps);
+  for (i = 0; i < listed; i++) {
+    size_t all = 0, most = left->eps_each < left->eps ? left->eps_each : left->eps;
+    if (left->eps != SIZE_MAX) mk_proc_each_endpoint(procs[i], count_endpoint, &all);
+    eps[i] = left->eps == SIZE_MAX ? SIZE_MAX : all < most ? all : most;
+    if (left->eps != SIZE_MAX) left->eps -= eps[i];
+  }
   /* Its conversations before its nested VMs take theirs (they name the
   ** listed processes' endpoints by position only). */
-  snap_convs(vm, s, procs, &left->convs);
-  for (i = 0; i < listed; i++) snap_proc(procs[i], &s->procs[i], left);
+  snap_convs(vm, s, procs, eps, &left->convs);
+  for (i = 0; i < listed; i++) snap_proc(procs[i], &s->procs[i], eps[i], left);
+  free(eps);
   free(procs);
 }
 
-mk_snap_vm *mk_vm_snapshot_limits(mk_vm *vm, size_t max_procs, size_t max_convs) {
+mk_snap_vm *mk_vm_snapshot_bounded(mk_vm *vm, size_t max_procs, size_t max_convs,
+                                   size_t max_endpoints) {
   mk_snap_vm *s = mkI_xmalloc(sizeof *s);
   budget left;
   left.procs = max_procs ? max_procs : SIZE_MAX;
   left.convs = max_convs ? max_convs : SIZE_MAX;
+  left.eps = max_endpoints ? max_endpoints : SIZE_MAX;
+  left.eps_each = max_endpoints ? (max_endpoints + 9) / 10 : SIZE_MAX;
   snap_vm(vm, s, &left);
   return s;
+}
+
+mk_snap_vm *mk_vm_snapshot_limits(mk_vm *vm, size_t max_procs, size_t max_convs) {
+  return mk_vm_snapshot_bounded(vm, max_procs, max_convs, 0);
 }
 
 mk_snap_vm *mk_vm_snapshot_max(mk_vm *vm, size_t max_procs) {

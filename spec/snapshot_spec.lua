@@ -165,7 +165,8 @@ describe("market.snapshot", function()
     assert.matches("market.snapshot: max_processes must be an integer above 0", err, 1, true)
     ok, err = pcall(market.snapshot, { max = 5 })
     assert.is_false(ok)
-    assert.matches("market.snapshot: no option max (max_processes, max_conversations)", err, 1, true)
+    assert.matches("market.snapshot: no option max (max_processes, max_conversations, max_endpoints)",
+                   err, 1, true)
     ok, err = pcall(market.snapshot, { max_conversations = 1.5 })
     assert.is_false(ok)
     assert.matches("market.snapshot: max_conversations must be an integer above 0", err, 1, true)
@@ -199,6 +200,42 @@ describe("market.snapshot", function()
       assert.equal("say", c.publisher.endpoint)
     end
     assert.truthy(market.snapshot_json(s5):find('"conversations_omitted":139', 1, true))
+  end)
+
+  it("lists at most max_endpoints, a tenth of them in any one process, and counts the rest", function()
+    -- One process of 150,000 endpoints made a 20 MB snapshot that no
+    -- inspector request finished within the activation budget.
+    local whole, s
+    local ok, err = market.ground_vm(function()
+      P(market.spawn(function()
+        local acts = {}
+        for i = 1, 300 do acts[i] = market.subscriber({ "big", i }, { name = "b" .. i }) end
+        return market.transition(nil, acts)
+      end, { name = "big" }))
+      P(market.spawn(function()
+        return market.transition(nil, market.publisher({ "big", 1 }, { name = "one" }),
+                                 market.publisher({ "big", 300 }, { name = "last" }))
+      end, { name = "small" }))
+      for _ = 1, 3 do market.pause() end
+      whole = market.snapshot()
+      s = market.snapshot { max_endpoints = 100 }
+    end)
+    assert(ok, err)
+    local big, small = byname(whole.vm, "big"), byname(s.vm, "small")
+    assert.equal(300, #big.endpoints)
+    assert.is_nil(big.endpoints_omitted)
+    big = byname(s.vm, "big")
+    assert.equal(10, #big.endpoints)                     -- a tenth of the bound
+    assert.equal(290, big.endpoints_omitted)
+    assert.equal("b1", big.endpoints[1].name)
+    assert.equal(2, #small.endpoints)                    -- the others keep theirs
+    -- big(1)'s conversation is listed; big(300)'s, whose subscriber is
+    -- left out, is counted
+    assert.equal(2, #whole.vm.conversations)
+    assert.equal(1, #s.vm.conversations)
+    assert.equal("b1", s.vm.conversations[1].subscriber.endpoint)
+    assert.equal(1, s.vm.conversations_omitted)
+    assert.truthy(market.snapshot_json(s):find('"endpoints_omitted":290', 1, true))
   end)
 
   it("leaves out a process that ended", function()
