@@ -149,14 +149,16 @@ static int flush_header(lhttp *h) {
   lua_State *L = h->L;
   size_t i;
   if (!h->in_value) return 0;
-  while (h->field.n > 0 && (h->field.p[h->field.n - 1] == ' ' || h->field.p[h->field.n - 1] == '\t')) {
+  for (; h->field.n > 0; h->field.n--) {
+    char last = h->field.p[h->field.n - 1];
+    if (last != ' ' && last != '\t') break;
     if (h->p.type == HTTP_REQUEST) { h->bad = "whitespace before a header's colon"; return -1; }
-    h->field.n--;
   }
   if (h->field.n == 0) { h->bad = "empty header name"; return -1; }
   for (i = 0; i < h->field.n; i++) {
-    if (!tchar((unsigned char)h->field.p[i])) { h->bad = "invalid character in a header name"; return -1; }
-    if (h->field.p[i] >= 'A' && h->field.p[i] <= 'Z') h->field.p[i] += 'a' - 'A';
+    char c = h->field.p[i];
+    if (!tchar((unsigned char)c)) { h->bad = "invalid character in a header name"; return -1; }
+    if (c >= 'A' && c <= 'Z') h->field.p[i] = (char)(c + ('a' - 'A'));
   }
   lua_getiuservalue(L, 1, 1);
   lua_pushlstring(L, h->field.p, h->field.n);

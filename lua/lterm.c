@@ -666,12 +666,12 @@ static int conflict(lua_State *L, const char *label, size_t ll, const char *cons
                     label, n, lua_tostring(L, -1), lua_tostring(L, -2));
 }
 
-/* market.record(label, field...).  The label and the field names are C
-** strings underneath (term.h): a NUL byte in one is refused, not cut;
-** an empty one is refused too. */
 /* Up to this many fields, l_record compares each name with those before. */
 #define RECORD_SCAN 16
 
+/* market.record(label, field...).  The label and the field names are C
+** strings underneath (term.h): a NUL byte in one is refused, not cut;
+** an empty one is refused too. */
 static int l_record(lua_State *L) {
   size_t ll;
   const char *label = luaL_checklstring(L, 1, &ll);

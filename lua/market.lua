@@ -422,10 +422,12 @@ end
 -- in this file.
 local function handler(h, field, name)
   local fn = h[field]
-  local mt = fn and type(fn) ~= "function" and getmetatable(fn)
-  if fn and type(fn) ~= "function" and not (type(mt) == "table" and mt.__call) then
-    error(("handler %s of endpoint %q is not a function (nor false), got a %s")
-          :format(field, tostring(name), type(fn)), 0)
+  if fn and type(fn) ~= "function" then
+    local mt = getmetatable(fn)
+    if not (type(mt) == "table" and mt.__call) then
+      error(("handler %s of endpoint %q is not a function (nor false), got a %s")
+            :format(field, tostring(name), type(fn)), 0)
+    end
   end
   return fn
 end
