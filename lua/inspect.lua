@@ -195,7 +195,8 @@ local detail = market.inspect_detail
 -- ---- snapshots for the page -----------------------------------------------
 
 local function snapshot(extra)
-  local s = market.snapshot { max_processes = M.MAX_PROCESSES, max_conversations = M.MAX_CONVERSATIONS,
+  local s = market.snapshot { max_processes = M.MAX_PROCESSES,
+                              max_conversations = M.MAX_CONVERSATIONS,
                               max_endpoints = M.MAX_ENDPOINTS }
   s.inspector = extra
   return s
@@ -736,7 +737,8 @@ local function print_tree(snap, write)
       write(("%-12s %6d  %-22s %-9s %6d %6s %4d %4d  %s\n"):format(
         cut(vm.path, 12), p.pid, cut(p.name or "-", 22), cut(p.kind, 9), p.queued or 0,
         p.activations and tostring(p.activations) or "-",
-        #(p.endpoints or {}) + (math.type(p.endpoints_omitted) == "integer" and p.endpoints_omitted or 0),
+        #(p.endpoints or {}) +
+          (math.type(p.endpoints_omitted) == "integer" and p.endpoints_omitted or 0),
         convs[p.pid] or 0, table.concat(topics, " ")))
       if p.vm then vm_rows(p.vm) end
     end
@@ -761,14 +763,16 @@ function M.ps()
   return (table.concat(rows):gsub("\n$", ""))
 end
 
+-- The most of an answer M.cli reads (an inspector's snapshot is bounded;
+-- 1 GiB, before, let any server that answered make the client hold that
+-- much).
+local CLI_MAX = 64 << 20
+
 -- cli(addr): the boot function of `market inspect HOST:PORT`: fetch
 -- /api/snapshot and print it; exit 1 (a message on stderr) when there is
 -- nothing to fetch, or no whole answer within CLI_TIMEOUT_MS (a port that
 -- takes the connection and says nothing, an inspector stopped with
 -- SIGSTOP: the connect alone would wait forever).
--- The most of an answer M.cli reads.
-local CLI_MAX = 64 << 20
-
 function M.cli(addr)
   local host, port = M.parse_address(addr)
   local failed = false
@@ -781,10 +785,10 @@ function M.cli(addr)
   -- A bad address is a usage error, as it is for --inspect; so is port 0,
   -- which a listener may take but nothing can be reached at.
   if not host then return fail(port .. " (try market --help)", 2) end
-  if port == 0 then return fail(("bad address %q: a client needs a PORT 1..65535 (try market --help)"):format(addr), 2) end
+  if port == 0 then
+    return fail(("bad address %q: a client needs a PORT 1..65535 (try market --help)"):format(addr), 2)
+  end
   local a, h = tcp.address(host, port), tcp.handle("market-inspect")
-  -- (An inspector's snapshot is bounded; 1 GiB, before, let any server
-  -- that answered make the client hold that much.)
   local parser = http.response(CLI_MAX)
   local where = host_port(host, port)
   local function got(data)
