@@ -94,12 +94,13 @@ typedef struct lhttp {
   size_t head_max;        /* the head's limit: a request's is max (HEAD_MAX at
                           ** most), a response's its own (a client bounds an
                           ** answer's body, not the head that comes with it) */
-  int overflow;           /* 0, or the status a buffer past max gave */
+  int overflow;           /* 0, or the status the message failed with: a
+                          ** buffer past max (413, 431), or `why` */
   int in_value;           /* the last header callback was a value */
   int head_done, done;
   int no_body;            /* a response to HEAD: none, whatever its head says */
   int stream;             /* the body is taken as it comes: max bounds the head */
-  const char *bad;        /* why the head is malformed, found here (400), or NULL */
+  const char *why;        /* a failure found here, not a limit's (400, 501), or NULL */
   hbuf url, status, field, value, body;
   const char *brand;      /* last: &lhttp_brand (mkl_branded) */
 } lhttp;
@@ -130,6 +131,14 @@ static int grow(lhttp *h, hbuf *b, const char *at, size_t n) {
   return 0;
 }
 
+/* The message fails with `status` for `why` (a static string), told by
+** feed as a limit's failure is (overflowed); -1, for a callback to return. */
+static int fails(lhttp *h, int status, const char *why) {
+  h->overflow = status;
+  h->why = why;
+  return -1;
+}
+
 /* A token's characters (RFC 9110 5.6.2): a header's name is one. */
 static int tchar(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -138,7 +147,7 @@ static int tchar(unsigned char c) {
 
 /* The header whose name and value are buffered goes into the headers
 ** table (the parser's user value), joined to an earlier one of its name;
-** -1 (h->bad set) when its name is malformed.  http_parser lets
+** -1 (a 400, malformed: fails) when its name is malformed.  http_parser lets
 ** whitespace between a name and its colon through, and frames the message
 ** by a "Content-Length :" all the same, where the name kept its space: the
 ** handler's headers then disagreed with the framing, and "Host :" beside
@@ -152,12 +161,12 @@ static int flush_header(lhttp *h) {
   for (; h->field.n > 0; h->field.n--) {
     char last = h->field.p[h->field.n - 1];
     if (last != ' ' && last != '\t') break;
-    if (h->p.type == HTTP_REQUEST) { h->bad = "whitespace before a header's colon"; return -1; }
+    if (h->p.type == HTTP_REQUEST) return fails(h, 400, "whitespace before a header's colon");
   }
-  if (h->field.n == 0) { h->bad = "empty header name"; return -1; }
+  if (h->field.n == 0) return fails(h, 400, "empty header name");
   for (i = 0; i < h->field.n; i++) {
     char c = h->field.p[i];
-    if (!tchar((unsigned char)c)) { h->bad = "invalid character in a header name"; return -1; }
+    if (!tchar((unsigned char)c)) return fails(h, 400, "invalid character in a header name");
     if (c >= 'A' && c <= 'Z') h->field.p[i] = (char)(c + ('a' - 'A'));
   }
   lua_getiuservalue(L, 1, 1);
@@ -258,14 +267,12 @@ static int on_head(http_parser *p) {
   if (flush_header(h) < 0) return -1;
   h->head_done = 1;
   /* Only HTTP/1.x is spoken here: "HTTP/9.9" was answered as 1.1. */
-  if (p->http_major != 1) { h->overflow = 505; return -1; }
+  if (p->http_major != 1) return fails(h, 505, "HTTP version not supported: only 1.x");
   /* RFC 9110 15: a status is 100 to 599 (http_parser takes any three
   ** digits: "000" was a status 0). */
-  if (p->type == HTTP_RESPONSE && (p->status_code < 100 || p->status_code > 599)) {
-    h->bad = "a status outside 100..599";
-    return -1;
-  }
-  if (unknown_coding(h)) { h->overflow = 501; return -1; }
+  if (p->type == HTTP_RESPONSE && (p->status_code < 100 || p->status_code > 599))
+    return fails(h, 400, "a status outside 100..599");
+  if (unknown_coding(h)) return fails(h, 501, "a transfer coding other than chunked");
   if (bodiless(p)) return 1;
   /* A body said to be longer than the limit is refused now (413), not once
   ** it has come, or when its sender gives up waiting for an answer. */
@@ -317,14 +324,14 @@ static int fail(lua_State *L, const char *why, int status) {
   return 3;
 }
 
-/* The failure a limit passed (h->overflow) is, the same each time it is
-** told.  (A response's head too large was called a request's: the parser
-** is the client's too.) */
+/* The failure the message met (h->overflow: a limit passed, or h->why),
+** the same each time it is told.  (A response's head too large was
+** called a request's: the parser is the client's too.) */
 static int overflowed(lua_State *L, const lhttp *h) {
   int req = h->p.type == HTTP_REQUEST;
-  return fail(L, h->overflow == 431 ? (req ? "request head too large" : "response head too large") :
-                 h->overflow == 505 ? "HTTP version not supported: only 1.x" :
-                 h->overflow == 501 ? "transfer coding not implemented: only chunked" : "body too large",
+  return fail(L, h->why ? h->why :
+                 h->overflow == 431 ? (req ? "request head too large" : "response head too large") :
+                 "body too large",
               h->overflow);
 }
 
@@ -334,7 +341,6 @@ static int l_feed(lua_State *L) {
   const char *s = luaL_checklstring(L, 2, &n);
   enum http_errno e;
   if (h->done) { lua_pushboolean(L, 1); lua_pushvalue(L, 2); return 2; }
-  if (h->bad) return fail(L, h->bad, 400);
   if (h->overflow) return overflowed(L, h);
   lua_settop(L, 2);
   h->L = L;
@@ -356,7 +362,6 @@ static int l_feed(lua_State *L) {
     used = http_parser_execute(&h->p, &settings, s, n);
   }
   h->L = NULL;
-  if (h->bad) return fail(L, h->bad, 400);
   if (h->done) {
     /* Paused in on_message_complete: execute counted the message's last
     ** byte, and what follows is the next message's. */
@@ -463,7 +468,7 @@ static int l_reset(lua_State *L) {
   empty_buffers(h, 0);
   h->seen = 0;
   h->overflow = h->in_value = h->head_done = h->done = 0;
-  h->bad = NULL;
+  h->why = NULL;
   lua_newtable(L);
   lua_setiuservalue(L, 1, 1);
   lua_newtable(L);
