@@ -540,7 +540,8 @@ static int tostring_spent(void) { return tostring.ticks >= TOSTRING_STEPS / TOST
 
 static void tostring_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
-  if (tostring_spent() || ++tostring.ticks >= TOSTRING_STEPS / TOSTRING_TICK) {
+  tostring.ticks++;
+  if (tostring_spent()) {
     lua_sethook(L, tostring_hook, LUA_MASKCOUNT, 1);
     luaL_error(L, "__tostring ran too long");
   }

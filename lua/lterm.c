@@ -666,9 +666,6 @@ static int conflict(lua_State *L, const char *label, size_t ll, const char *cons
                     label, n, lua_tostring(L, -1), lua_tostring(L, -2));
 }
 
-/* Up to this many fields, l_record compares each name with those before. */
-#define RECORD_SCAN 16
-
 /* market.record(label, field...).  The label and the field names are C
 ** strings underneath (term.h): a NUL byte in one is refused, not cut;
 ** an empty one is refused too. */
@@ -682,30 +679,25 @@ static int l_record(lua_State *L) {
     return luaL_argerror(L, 1, "a record label must not contain a NUL byte");
   if (ll == 0)   /* its records would print as "(1, 2)", a sequence's look */
     return luaL_argerror(L, 1, "a record label must not be empty");
-  /* r.a could read only one of two fields named a.  Past a few fields
-  ** the names seen go in a table: compared each with every other, 100,000
-  ** fields took 24 s in this one call, where the budget cannot stop it. */
-  if (n > RECORD_SCAN) lua_createtable(L, 0, n);
+  /* r.a could read only one of two fields named a.  The names seen go in
+  ** a table: compared each with every other, 100,000 fields took 24 s in
+  ** this one call, where the budget cannot stop it. */
+  lua_createtable(L, 0, n);
   for (i = 0; i < n; i++) {
     size_t len;
     const char *name = luaL_checklstring(L, i + 2, &len);
-    int j, twice = 0;
     if (memchr(name, '\0', len) != NULL)
       return luaL_argerror(L, i + 2, "a field name must not contain a NUL byte");
     if (len == 0) return luaL_argerror(L, i + 2, "a field name must not be empty");
-    if (n > RECORD_SCAN) {
-      lua_pushvalue(L, i + 2);
-      twice = lua_rawget(L, n + 2) != LUA_TNIL;
-      lua_pop(L, 1);
-      lua_pushvalue(L, i + 2);
-      lua_pushboolean(L, 1);
-      lua_rawset(L, n + 2);
-    } else {
-      for (j = 0; j < i && !twice; j++) twice = strcmp(lua_tostring(L, j + 2), name) == 0;
-    }
-    if (twice) return luaL_argerror(L, i + 2, lua_pushfstring(L, "field '%s' is named twice", name));
+    lua_pushvalue(L, i + 2);
+    if (lua_rawget(L, n + 2) != LUA_TNIL)
+      return luaL_argerror(L, i + 2, lua_pushfstring(L, "field '%s' is named twice", name));
+    lua_pop(L, 1);
+    lua_pushvalue(L, i + 2);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, n + 2);
   }
-  if (n > RECORD_SCAN) lua_pop(L, 1);
+  lua_pop(L, 1);
   names = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n ? n : 1), 0);
   for (i = 0; i < n; i++) names[i] = lua_tostring(L, i + 2);
   b = lua_newuserdatauv(L, sizeof *b, 0);

@@ -114,9 +114,9 @@ function M.boot(drain_ms)
   }, { __index = _G })
   local results, chunks = {}, 0
   -- Bytes read, from `at` on not yet taken as lines; the pieces of a line
-  -- longer than one read, before them (joined once its end comes: each
-  -- read appended to the rest copied and searched it all again, and an
-  -- 8 MB line took 4 s); the chunk so far.
+  -- longer than one read (joined once its end comes: each read appended
+  -- to the rest copied and searched it all again, and an 8 MB line took
+  -- 4 s), while there are any `pending` is empty; the chunk so far.
   local pending, at, long, text = "", 1, {}, nil
   local eof, interrupts = false, 0
   -- When the prompt last let the VM run (line, below).
@@ -153,7 +153,7 @@ function M.boot(drain_ms)
       end
       pending, at = sub(pending, at), 1
       if eof then
-        if #long > 0 then long[#long + 1] = pending; pending = concat(long); long = {} end
+        if #long > 0 then pending = concat(long); long = {} end
         if pending ~= "" then local l = pending; pending = ""; return l end
         return nil
       end
@@ -169,12 +169,8 @@ function M.boot(drain_ms)
         if pending ~= "" then long[#long + 1] = pending end
         long[#long + 1] = data
         pending = ""
-      elseif data and #long > 0 then
-        long[#long + 1] = pending
-        long[#long + 1] = data
-        pending = concat(long)
-        long = {}
       elseif data then
+        if #long > 0 then long[#long + 1] = data; data = concat(long); long = {} end
         pending = pending .. data
       elseif data == nil then       -- the end, or an error: the end too
         if err ~= "eof" then fwrite(stderr, "market: standard input: ", err, "\n") end

@@ -222,9 +222,10 @@ static void snap_vm(mk_vm *vm, mk_snap_vm *s, budget *left) {
   eps = mkI_xmalloc((listed ? listed : 1) * sizeof *eps);
   for (i = 0; i < listed; i++) {
     size_t all = 0, most = left->eps_each < left->eps ? left->eps_each : left->eps;
-    if (left->eps != SIZE_MAX) mk_proc_each_endpoint(procs[i], count_endpoint, &all);
-    eps[i] = left->eps == SIZE_MAX ? SIZE_MAX : all < most ? all : most;
-    if (left->eps != SIZE_MAX) left->eps -= eps[i];
+    if (left->eps == SIZE_MAX) { eps[i] = SIZE_MAX; continue; }     /* no bound */
+    mk_proc_each_endpoint(procs[i], count_endpoint, &all);
+    eps[i] = all < most ? all : most;
+    left->eps -= eps[i];
   }
   /* Its conversations before its nested VMs take theirs (they name the
   ** listed processes' endpoints by position only). */
